@@ -1,0 +1,1 @@
+"""Anomaly detectors on DINOv2 patch features, chosen by registered name."""
