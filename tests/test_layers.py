@@ -1,0 +1,55 @@
+"""The three layers depend one way: models <- inspector <- ui (STYLE.md section 1)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FORBIDDEN = {
+    "models": {"inspector", "ui", "PySide6", "pyqtgraph", "sqlalchemy"},
+    "inspector": {"ui", "PySide6", "pyqtgraph"},
+    "ui": {"torch", "timm", "onnxruntime", "anomalib", "models"},
+}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported anywhere in a module (lazy imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_layer_imports(package: str) -> None:
+    for path in sorted((REPO / package).rglob("*.py")):
+        bad = top_level_imports(path) & FORBIDDEN[package]
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_engine_import_pulls_no_qt() -> None:
+    code = (
+        "import sys, inspector, inspector.cli, inspector.pipeline, inspector.store, inspector.recipe;"
+        "bad = sorted(m for m in ('PySide6', 'pyqtgraph') if m in sys.modules); print(bad); sys.exit(bool(bad))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    code = (
+        "import sys; from inspector.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "sys.exit('torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, "inspector --help imported torch\n" + run.stderr
