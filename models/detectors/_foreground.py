@@ -1,0 +1,93 @@
+"""Zero-shot foreground masks from the first principal component of a frame's patch features.
+
+AnomalyDINO (Damm et al. 2024, section 3 "masking"; anomalib's ``compute_background_masks``):
+patches whose projection on the first principal component exceeds 10 are foreground; if that
+keeps 35 % or less of the central crop the component's sign is flipped; then a 3x3 dilation and
+a 3x3 closing clean the mask. Done here in torch, batched and on the features' device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["foreground_masks", "mask_fractions"]
+
+
+def _principal_projection(features: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) -> (B, N) projections on each frame's first principal component (centred).
+
+    The sign follows scikit-learn's ``svd_flip(u_based_decision=False)``: the component's entry of
+    largest magnitude is positive, so results match ``sklearn.decomposition.PCA``.
+    """
+    centred = features - features.mean(dim=1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred  # (B, D, D); eigh of it is cheaper than an SVD of (N, D)
+    _, vecs = torch.linalg.eigh(cov)
+    first = vecs[..., -1]  # (B, D), eigenvalues ascend
+    largest = first.abs().argmax(dim=1, keepdim=True)
+    first = first * torch.sign(first.gather(1, largest))
+    return (centred @ first[..., None])[..., 0]
+
+
+def _centre_slices(h: int, w: int, border: float) -> tuple[slice, slice]:
+    y0, y1 = int(h * border), int(h * (1 - border))
+    x0, x1 = int(w * border), int(w * (1 - border))
+    if y1 <= y0 or x1 <= x0:  # grid too small for a border: the centre is the whole grid
+        return slice(0, h), slice(0, w)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def foreground_masks(
+    features: torch.Tensor,
+    *,
+    threshold: float = 10.0,
+    border: float = 0.2,
+    min_centre_fraction: float = 0.35,
+    kernel_size: int = 3,
+) -> torch.Tensor:
+    """Foreground patches of each frame.
+
+    Args:
+        features: (B, h, w, D) patch features before L2 normalisation (PCA needs their scale).
+        threshold: projection on the first principal component above which a patch is foreground.
+        border: fraction of the grid on each side outside the central crop.
+        min_centre_fraction: if the mask keeps this share of the central crop or less, flip the sign.
+        kernel_size: size of the square dilation and closing kernel.
+
+    Returns:
+        (B, h, w) bool, True for foreground patches, on the features' device.
+    """
+    b, h, w, d = features.shape
+    proj = _principal_projection(features.reshape(b, h * w, d).float()).reshape(b, h, w)
+    ys, xs = _centre_slices(h, w, border)
+    mask = proj > threshold
+    centre = mask[:, ys, xs].float().mean(dim=(1, 2))
+    flip = centre <= min_centre_fraction
+    mask = torch.where(flip[:, None, None], -proj > threshold, mask)
+    pad = kernel_size // 2
+    m = mask.float()[:, None]
+    # max_pool2d pads with -inf, so borders behave as in cv2.dilate/cv2.erode's default border.
+    m = F.max_pool2d(m, kernel_size, stride=1, padding=pad)  # dilate
+    m = F.max_pool2d(m, kernel_size, stride=1, padding=pad)  # close = dilate ...
+    m = -F.max_pool2d(-m, kernel_size, stride=1, padding=pad)  # ... then erode
+    return m[:, 0] > 0.5
+
+
+def mask_fractions(masks: torch.Tensor, *, border: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share of foreground patches overall and in the border ring (outside the central crop).
+
+    Args:
+        masks: (B, h, w) bool foreground masks.
+        border: as in ``foreground_masks``.
+
+    Returns:
+        ((B,) float32 overall fraction, (B,) float32 border-ring fraction).
+    """
+    b, h, w = masks.shape
+    ys, xs = _centre_slices(h, w, border)
+    ring = torch.ones((h, w), dtype=torch.bool, device=masks.device)
+    ring[ys, xs] = False
+    overall = masks.float().mean(dim=(1, 2))
+    if not ring.any():
+        return overall, overall
+    return overall, masks[:, ring].float().mean(dim=1)

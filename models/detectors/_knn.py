@@ -1,0 +1,135 @@
+"""Nearest-neighbour search and coreset subsampling over a patch memory bank, in bounded memory.
+
+Both work in blocks so that a bank of a million patches never needs a (queries x bank) matrix:
+the largest temporary is one ``query_chunk_size x chunk_size`` block of similarities.
+On CUDA the block products run in float16 (the bank is stored in float16 there), on the CPU in
+float32; distances are always accumulated and returned in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+__all__ = ["compute_dtype", "greedy_coreset", "knn_distances"]
+
+logger = logging.getLogger(__name__)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA (tensor cores, half the memory), float32 elsewhere (CPU half matmul is slow)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def knn_distances(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    *,
+    k: int = 1,
+    chunk_size: int = 16384,
+    query_chunk_size: int = 4096,
+    query_owner: torch.Tensor | None = None,
+    bank_owner: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cosine distance of each query to its ``k`` nearest bank entries.
+
+    Args:
+        queries: (Q, D) L2-normalised features, any float dtype, on the bank's device.
+        bank: (M, D) L2-normalised features, float16 or float32.
+        k: number of neighbours averaged (k=1: the nearest, as in AnomalyDINO).
+        chunk_size: bank rows per block.
+        query_chunk_size: query rows per block.
+        query_owner: (Q,) int64 owner id per query; with ``bank_owner``, bank entries with the same
+            owner as the query are skipped (leave-one-out scoring).
+        bank_owner: (M,) int64 owner id per bank entry.
+
+    Returns:
+        (Q,) float32 cosine distances in [0, 2] (``1 - cos``), on the queries' device; ``inf``
+        where fewer than ``k`` bank entries were allowed.
+    """
+    if bank.ndim != 2 or queries.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        msg = f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be (Q, D) and (M, D)"
+        raise ValueError(msg)
+    if (query_owner is None) != (bank_owner is None):
+        msg = "give both query_owner and bank_owner, or neither"
+        raise ValueError(msg)
+    n_queries, n_bank = queries.shape[0], bank.shape[0]
+    out = torch.full((n_queries,), math.inf, dtype=torch.float32, device=queries.device)
+    if n_queries == 0 or n_bank == 0:
+        return out
+    dtype = compute_dtype(bank.device)
+    k_eff = min(k, n_bank)
+    for q0 in range(0, n_queries, query_chunk_size):
+        q = queries[q0 : q0 + query_chunk_size].to(dtype)
+        q_owner = query_owner[q0 : q0 + query_chunk_size, None] if query_owner is not None else None
+        best = torch.full((q.shape[0], k_eff), math.inf, dtype=torch.float32, device=q.device)
+        for b0 in range(0, n_bank, chunk_size):
+            block = bank[b0 : b0 + chunk_size].to(dtype)
+            dist = (1.0 - (q @ block.T).float()).clamp_(0.0, 2.0)  # (q, b) float32
+            if q_owner is not None and bank_owner is not None:
+                dist.masked_fill_(q_owner == bank_owner[None, b0 : b0 + chunk_size], math.inf)
+            block_best = dist.topk(min(k_eff, dist.shape[1]), dim=1, largest=False).values
+            best = torch.cat([best, block_best], dim=1).topk(k_eff, dim=1, largest=False).values
+        out[q0 : q0 + q.shape[0]] = best.mean(dim=1) if k_eff > 1 else best[:, 0]
+    return out
+
+
+def greedy_coreset(
+    features: torch.Tensor,
+    size: int,
+    *,
+    projection_dim: int = 128,
+    seed: int = 0,
+    chunk_size: int = 65536,
+) -> torch.Tensor:
+    """Indices of a k-center greedy coreset (PatchCore, Roth et al. 2022, section 3.2).
+
+    Features are first projected to ``projection_dim`` dimensions with a Gaussian random
+    projection (Johnson-Lindenstrauss; PatchCore uses 128). Starting from a random entry, each
+    step adds the entry farthest from everything chosen so far, so isolated (rare) patches are
+    kept and dense clusters are thinned.
+
+    Args:
+        features: (M, D) features, any float dtype.
+        size: number of entries to keep; ``size >= M`` keeps all.
+        projection_dim: dimension of the random projection; no projection when ``D`` is smaller.
+        seed: seeds the projection and the start entry.
+        chunk_size: rows projected at a time (bounds the float32 temporaries).
+
+    Returns:
+        (size,) int64 indices into ``features``, in the order they were chosen.
+    """
+    n, dim = features.shape
+    device = features.device
+    if size >= n:
+        return torch.arange(n, device=device)
+    if size < 1:
+        msg = f"coreset size must be >= 1, got {size}"
+        raise ValueError(msg)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if dim > projection_dim:
+        matrix = torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)
+        matrix = matrix.to(device)
+        projected = torch.cat(
+            [features[i : i + chunk_size].float() @ matrix for i in range(0, n, chunk_size)]
+        )
+    else:
+        projected = features.float()
+    sq_norms = (projected * projected).sum(dim=1)  # (M,)
+    start = int(torch.randint(n, (1,), generator=gen).item())
+    chosen = torch.empty(size, dtype=torch.int64, device=device)
+    chosen[0] = start
+    min_dist = torch.full((n,), math.inf, dtype=torch.float32, device=device)
+    idx = torch.tensor(start, device=device)
+    # The loop stays on the device: no .item() per step, so CUDA never waits on the host.
+    for step in range(1, size):
+        centre = projected[idx]
+        dist = sq_norms - 2.0 * (projected @ centre) + sq_norms[idx]  # squared L2 to the new centre
+        torch.minimum(min_dist, dist, out=min_dist)
+        idx = torch.argmax(min_dist)
+        chosen[step] = idx
+        if step % 10000 == 0:
+            logger.debug("coreset: %d of %d chosen", step, size)
+    return chosen

@@ -1,0 +1,656 @@
+"""Few-shot patch-kNN anomaly detection on DINOv2 features (AnomalyDINO, and options beyond it).
+
+The published recipe (Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection
+with DINOv2", WACV 2025; anomalib's ``AnomalyDINOModel``):
+
+1. shorter side resized to 448 (bicubic, antialiased), ImageNet normalisation, crop to a multiple
+   of 14 (``models.preprocess``);
+2. patch tokens of the backbone's blocks, L2-normalised; the memory bank holds every patch of
+   every good image, each also rotated by 0, 45, ..., 315 degrees when there are few shots;
+3. optional zero-shot foreground masking of the test image (``_foreground``); masked-out patches
+   score 0;
+4. patch score = cosine distance to the nearest bank patch; image score = mean of the top 1 %
+   patch scores; anomaly map = bilinear upsampling + Gaussian blur (sigma 4).
+
+Beyond the paper: k-center greedy coreset for large banks (PatchCore), blocked kNN in bounded
+memory, k > 1 neighbours, an ``"auto"`` rule for masking and rotations, a fallback when a test
+frame's mask is nearly empty (a missing part must not pass because everything was masked out),
+and leave-one-out scores of the training images for calibration.
+
+Example:
+    >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
+    >>> detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(masking="off"))
+    >>> detector.fit(good_images_rgb)
+    >>> detection = detector.predict(frame_rgb)
+    >>> detection.pred_score.shape, detection.anomaly_map.shape
+    ((1,), (1, H, W))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NamedTuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbone import DinoBackbone, resolve_device
+from models.detectors._foreground import foreground_masks, mask_fractions
+from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
+from models.detectors.registry import register_detector
+from models.preprocess import input_size, to_model_input
+
+__all__ = ["Detection", "PatchKNN", "PatchKNNConfig"]
+
+logger = logging.getLogger(__name__)
+
+# A frame longer than this many times its shorter side would blow up to a huge model input once
+# the shorter side is resized to 448; such frames need a region of interest first.
+MAX_ASPECT_RATIO: Final = 32.0
+
+
+class Detection(NamedTuple):
+    """What ``PatchKNN.predict`` returns.
+
+    ``anomaly_map`` is one (B, H, W) array when all input frames have the same size, and a list of
+    B (H_i, W_i) arrays when they differ.
+    """
+
+    pred_score: np.ndarray  # (B,) float32 image anomaly scores (cosine distance, 0 = normal)
+    anomaly_map: np.ndarray | list[np.ndarray]  # (B, H, W) float32 at each input frame's full size
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchKNNConfig:
+    """Every option of the patch-kNN detector, with where each default comes from."""
+
+    # --- input (models.preprocess) ---
+    shorter_side: int = 448  # AnomalyDINO: "we resize the shorter side to 448" (672 also reported)
+
+    # --- memory bank ---
+    augment_rotations: bool | Literal["auto"] = "auto"  # AnomalyDINO rotates references in few-shot runs
+    rotation_angles: tuple[float, ...] = (0, 45, 90, 135, 180, 225, 270, 315)  # AnomalyDINO, degrees
+    rotation_max_shots: int = 8  # ours: "auto" rotates when fitting on this many images or fewer
+    max_bank_size: int | None = None  # ours: greedy coreset down to this many patches; None keeps all
+    coreset_projection_dim: int = 128  # PatchCore's random-projection dimension for k-center greedy
+
+    # --- scoring ---
+    k: int = 1  # neighbours averaged per patch; AnomalyDINO uses k=1
+    top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
+    blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
+
+    # --- foreground masking of the test frame ---
+    masking: Literal["auto", "on", "off"] = "auto"  # "auto": on when the references look like an object on a background
+    mask_pca_threshold: float = 10.0  # AnomalyDINO: first principal component > 10 is foreground
+    mask_border: float = 0.2  # anomalib: the central crop leaves 20 % of the grid on each side
+    mask_min_centre_fraction: float = 0.35  # AnomalyDINO: flip the sign if <= 35 % of the centre is kept
+    mask_kernel_size: int = 3  # AnomalyDINO: 3x3 dilation, then 3x3 closing
+    masking_auto_max_border: float = 0.2  # ours: "auto" masks if <= 20 % of the references' border ring is foreground
+    mask_fallback_ratio: float = 0.5  # ours: a test mask under half the references' foreground share is ignored
+
+    # --- compute ---
+    fit_batch_size: int = 8  # frames per backbone call during fit
+    chunk_size: int = 16384  # bank rows per kNN block
+    query_chunk_size: int = 4096  # query rows per kNN block (largest temporary: 4096 x 16384)
+    loo_max_images: int = 64  # ours: leave-one-out scores for at most this many training images
+    seed: int = 0  # coreset start, coreset projection and the leave-one-out subset
+
+    def __post_init__(self) -> None:
+        positive_ints = ("shorter_side", "rotation_max_shots", "k", "mask_kernel_size", "fit_batch_size",
+                         "chunk_size", "query_chunk_size", "coreset_projection_dim")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                msg = f"PatchKNNConfig.{name} must be an integer >= 1, got {value!r}"
+                raise ValueError(msg)
+        if not isinstance(self.loo_max_images, int) or self.loo_max_images < 0:
+            msg = f"PatchKNNConfig.loo_max_images must be an integer >= 0, got {self.loo_max_images!r}"
+            raise ValueError(msg)
+        if self.max_bank_size is not None and (not isinstance(self.max_bank_size, int) or self.max_bank_size < 1):
+            msg = f"PatchKNNConfig.max_bank_size must be None or an integer >= 1, got {self.max_bank_size!r}"
+            raise ValueError(msg)
+        if self.augment_rotations not in (True, False, "auto"):
+            msg = f"PatchKNNConfig.augment_rotations must be True, False or 'auto', got {self.augment_rotations!r}"
+            raise ValueError(msg)
+        if self.masking not in ("auto", "on", "off"):
+            msg = f"PatchKNNConfig.masking must be 'auto', 'on' or 'off', got {self.masking!r}"
+            raise ValueError(msg)
+        if not 0.0 < self.top_percent <= 100.0:
+            msg = f"PatchKNNConfig.top_percent must be in (0, 100], got {self.top_percent!r}"
+            raise ValueError(msg)
+        if self.blur_sigma < 0:
+            msg = f"PatchKNNConfig.blur_sigma must be >= 0 (0 = no blur), got {self.blur_sigma!r}"
+            raise ValueError(msg)
+        if not self.rotation_angles:
+            msg = "PatchKNNConfig.rotation_angles must list at least one angle (0 for the frame itself)"
+            raise ValueError(msg)
+        for name in ("mask_border", "mask_min_centre_fraction", "masking_auto_max_border", "mask_fallback_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                msg = f"PatchKNNConfig.{name} must be in [0, 1], got {value!r}"
+                raise ValueError(msg)
+        object.__setattr__(self, "rotation_angles", tuple(float(a) for a in self.rotation_angles))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["rotation_angles"] = list(self.rotation_angles)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PatchKNNConfig:
+        """Inverse of ``to_dict``; unknown keys are refused by name.
+
+        Raises:
+            ValueError: ``unknown PatchKNNConfig option(s): 'x'; known: ...``, or a bad value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = f"unknown PatchKNNConfig option(s): {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            raise ValueError(msg)
+        values = dict(data)
+        if "rotation_angles" in values:
+            values["rotation_angles"] = tuple(values["rotation_angles"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """How a frame of ``frame`` size maps to the model input (mirrors ``models.preprocess``)."""
+
+    frame: tuple[int, int]  # (H, W) of the frame
+    resized: tuple[int, int]  # (H, W) after resizing the shorter side
+    crop: tuple[int, int]  # (H, W) of the centre crop fed to the backbone
+    offset: tuple[int, int]  # (top, left) of the crop inside the resized frame
+
+
+def _geometry(height: int, width: int, *, shorter_side: int, patch_size: int) -> _Geometry:
+    h, w = input_size(height, width, shorter_side=shorter_side, patch_size=patch_size)
+    scale = shorter_side / min(height, width)
+    rh, rw = round(height * scale), round(width * scale)
+    return _Geometry((height, width), (rh, rw), (h, w), ((rh - h) // 2, (rw - w) // 2))
+
+
+def _check_image(image: Any, index: int) -> np.ndarray:
+    """Validate one frame; returns it as (H, W, 3) uint8 (grayscale is stacked to 3 channels)."""
+    if not isinstance(image, np.ndarray):
+        msg = f"image {index} is a {type(image).__name__}; expected a numpy array (H, W, 3) uint8 RGB"
+        raise ValueError(msg)
+    if image.size == 0:
+        msg = f"image {index} is empty (shape {image.shape}); every frame needs at least one pixel"
+        raise ValueError(msg)
+    if image.dtype != np.uint8:
+        msg = (f"image {index} has dtype {image.dtype}; expected uint8 RGB "
+               "(convert 16-bit or float frames to 8 bits first)")
+        raise ValueError(msg)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.ndim != 3:
+        msg = f"image {index} has shape {image.shape}; expected (H, W, 3) RGB or (H, W) grayscale"
+        raise ValueError(msg)
+    elif image.shape[2] != 3:
+        msg = (f"image {index} has {image.shape[2]} channels (shape {image.shape}); expected 3 (RGB); "
+               "drop the alpha channel or convert the frame to RGB first")
+        raise ValueError(msg)
+    h, w = image.shape[:2]
+    if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
+        msg = (f"image {index} of {h}x{w} pixels is too elongated (more than {MAX_ASPECT_RATIO:g}:1); "
+               "crop a region of interest first")
+        raise ValueError(msg)
+    return image
+
+
+def _as_image_list(images_rgb: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One (H, W, 3) / (H, W) frame, a (B, H, W, 3) batch or a sequence of frames -> list of frames."""
+    if isinstance(images_rgb, np.ndarray):
+        if images_rgb.ndim == 4:
+            frames = list(images_rgb)
+        elif images_rgb.ndim in (2, 3):
+            frames = [images_rgb]
+        else:
+            msg = (f"images have shape {images_rgb.shape}; expected (H, W, 3), (B, H, W, 3) "
+                   "or a list of (H, W, 3) arrays")
+            raise ValueError(msg)
+    else:
+        frames = list(images_rgb)
+    return [_check_image(image, i) for i, image in enumerate(frames)]
+
+
+def _rotate(image: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate about the centre, same size; corners are filled by reflection, not black."""
+    if angle % 360 == 0:
+        return image
+    h, w = image.shape[:2]
+    if angle % 90 == 0 and h == w:
+        return np.ascontiguousarray(np.rot90(image, k=int(angle // 90) % 4))
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W); kernel size as anomalib's AnomalyMapGenerator."""
+    if sigma <= 0:
+        return maps
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    h, w = maps.shape[-2:]
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    out = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+
+
+def _anomaly_maps(patch_scores: torch.Tensor, geo: _Geometry, *, sigma: float, full_size: bool) -> torch.Tensor:
+    """(B, h, w) patch scores -> (B, H, W) float32 maps at the frame size (or the resized size).
+
+    Upsampled bilinearly to the crop, blurred at the model's scale (so sigma 4 means what it means
+    in the paper), padded by edge replication over the cropped-off border, then resized to the frame.
+    """
+    maps = F.interpolate(patch_scores[:, None].float(), size=geo.crop, mode="bilinear", align_corners=False)
+    maps = _gaussian_blur(maps, sigma)
+    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
+    if (rh, rw) != (ch, cw):
+        maps = F.pad(maps, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
+    if full_size and geo.frame != geo.resized:
+        maps = F.interpolate(maps, size=geo.frame, mode="bilinear", align_corners=False)
+    return maps[:, 0]
+
+
+@register_detector("patch_knn")
+class PatchKNN(nn.Module):
+    """Few-shot anomaly detector: nearest-neighbour distance of patch features to a bank of good patches.
+
+    Args:
+        backbone: the DINOv2 feature extractor (its blocks and weights define the feature space).
+        config: detector options; defaults reproduce AnomalyDINO with automatic masking/rotations.
+        device: ``"auto" | "cpu" | "cuda"``, or None to stay on the backbone's device.
+
+    Attributes:
+        train_scores: (N,) float32 leave-one-out image scores of (up to ``loo_max_images``)
+            training images, each scored against the bank without its own patches; empty when
+            fitted on a single image. For ``models.calibration.calibrate``.
+        train_maps: the matching leave-one-out anomaly maps, each (h, w) float32 at the model's
+            resized scale (shorter side = ``shorter_side``), for pixel-threshold calibration.
+        masking_active: whether test frames are masked (decided at fit when ``masking="auto"``).
+    """
+
+    detector_name: str = "patch_knn"
+
+    def __init__(
+        self,
+        *,
+        backbone: DinoBackbone,
+        config: PatchKNNConfig | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        if device is not None:
+            backbone = backbone.to(resolve_device(device))
+        self._backbone = backbone
+        self._config = config if config is not None else PatchKNNConfig()
+        dev = self.device
+        self.register_buffer("memory_bank", torch.empty(0, backbone.feature_dim, dtype=compute_dtype(dev), device=dev))
+        self.register_buffer("bank_owner", torch.empty(0, dtype=torch.int64, device=dev))
+        self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
+        self.train_maps: list[np.ndarray] = []
+        self.masking_active: bool = self._config.masking == "on"
+        self.reference_foreground: float = 1.0  # mean foreground share of the references' masks
+        self.rotations_used: bool = False
+        self.n_images: int = 0  # good frames in the bank (fit + add_normal); also the next owner id
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> PatchKNNConfig:
+        """The detector's options."""
+        return self._config
+
+    @property
+    def backbone(self) -> DinoBackbone:
+        """The feature extractor."""
+        return self._backbone
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone (and the bank) live."""
+        return next(self._backbone.parameters()).device
+
+    @property
+    def bank_size(self) -> int:
+        """Number of patches in the memory bank (0 before fit)."""
+        return int(self.memory_bank.shape[0])
+
+    @property
+    def is_fitted(self) -> bool:
+        """True once the bank holds patches."""
+        return self.bank_size > 0
+
+    # ------------------------------------------------------------------ fit
+    @torch.inference_mode()
+    def fit(
+        self,
+        images_rgb: Iterable[np.ndarray],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Build the memory bank from good frames, then score the frames leave-one-out.
+
+        Args:
+            images_rgb: good frames, each (H, W, 3) uint8 RGB (or (H, W) grayscale), any sizes.
+                A sized collection (list, or a lazy sequence with ``__len__``) is iterated once
+                without being copied; any other iterable is first turned into a list.
+            progress: called as ``progress(done, total)`` after each frame's patches are banked.
+
+        Raises:
+            ValueError: "no good images to fit on" when empty, or a frame is not valid.
+        """
+        cfg = self._config
+        images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
+        total = len(images)
+        if total == 0:
+            msg = "no good images to fit on: fit() needs at least one good frame"
+            raise ValueError(msg)
+        rotate = cfg.augment_rotations is True or (cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots)
+        angles = cfg.rotation_angles if rotate else (0.0,)
+        rng = np.random.default_rng(cfg.seed)
+        n_loo = min(total, cfg.loo_max_images) if total >= 2 else 0
+        loo_ids = {int(i) for i in rng.choice(total, size=n_loo, replace=False)} if n_loo else set()
+
+        self.train_scores, self.train_maps = np.empty(0, dtype=np.float32), []
+        bank_parts: list[torch.Tensor] = []
+        owner_parts: list[torch.Tensor] = []
+        loo_items: list[tuple[int, torch.Tensor, _Geometry]] = []
+        ref_masks: list[torch.Tensor] = []
+
+        def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
+            bank_parts.append(F.normalize(raw.float(), dim=-1).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            owner_parts.append(torch.full((raw.shape[0] * raw.shape[1],), owner, dtype=torch.int64, device=raw.device))
+            if angle == 0.0:
+                if cfg.masking != "off":
+                    ref_masks.append(self._masks(raw[None])[0])
+                if owner in loo_ids:
+                    loo_items.append((owner, raw.to(self.memory_bank.dtype), geo))
+
+        self._extract_views(images, angles, bank, progress=progress, total=total)
+        self.memory_bank = torch.cat(bank_parts)
+        self.bank_owner = torch.cat(owner_parts)
+        self.n_images = total
+        self.rotations_used = rotate
+        n_before = self.bank_size
+        if cfg.max_bank_size is not None and n_before > cfg.max_bank_size:
+            keep = greedy_coreset(self.memory_bank, cfg.max_bank_size, projection_dim=cfg.coreset_projection_dim,
+                                  seed=cfg.seed)
+            self.memory_bank = self.memory_bank[keep].contiguous()
+            self.bank_owner = self.bank_owner[keep].contiguous()
+        self._decide_masking(ref_masks)
+        logger.info("patch_knn fitted on %d frame(s)%s: bank of %d patches (from %d), masking %s",
+                    total, " with rotations" if rotate else "", self.bank_size, n_before,
+                    "on" if self.masking_active else "off")
+        self._score_leave_one_out(loo_items)
+
+    @torch.inference_mode()
+    def add_normal(self, images_rgb: Iterable[np.ndarray]) -> None:
+        """Append the patches of frames an operator marked good; no refit, no coreset, no new LOO scores.
+
+        Args:
+            images_rgb: frames, each (H, W, 3) uint8 RGB. Rotated like the fit frames were.
+
+        Raises:
+            ValueError: before fit, or when a frame is not valid.
+        """
+        self._require_fitted()
+        images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
+        angles = self._config.rotation_angles if self.rotations_used else (0.0,)
+        parts: list[torch.Tensor] = []
+        owners: list[torch.Tensor] = []
+        first = self.n_images
+
+        def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
+            parts.append(F.normalize(raw.float(), dim=-1).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            owners.append(torch.full((raw.shape[0] * raw.shape[1],), first + owner, dtype=torch.int64,
+                                     device=raw.device))
+
+        self._extract_views(images, angles, bank, progress=None, total=len(images))
+        if not parts:
+            return
+        self.memory_bank = torch.cat([self.memory_bank, *parts])
+        self.bank_owner = torch.cat([self.bank_owner, *owners])
+        self.n_images += len(images)
+        logger.info("patch_knn: added %d good frame(s); bank now %d patches", len(images), self.bank_size)
+
+    # ------------------------------------------------------------------ predict
+    @torch.inference_mode()
+    def predict(self, images_rgb: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 8) -> Detection:
+        """Score frames.
+
+        Args:
+            images_rgb: one (H, W, 3) uint8 RGB frame, a (B, H, W, 3) batch, or a list of frames of
+                any sizes ((H, W) grayscale is accepted and stacked to RGB).
+            batch_size: frames per backbone call (frames of one size are batched together).
+
+        Returns:
+            ``Detection(pred_score (B,) float32, anomaly_map (B, H, W) float32)``; the map is at
+            each frame's full size, a list of arrays when the sizes differ.
+
+        Raises:
+            ValueError: "not fitted: call fit() with good images first", or a frame is not valid.
+        """
+        self._require_fitted()
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        frames = _as_image_list(images_rgb)
+        scores = np.zeros(len(frames), dtype=np.float32)
+        maps: list[np.ndarray | None] = [None] * len(frames)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, frame in enumerate(frames):
+            by_size.setdefault(frame.shape[:2], []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                raw, geo = self._features([frames[i] for i in chunk])
+                patch_scores = self._patch_scores(raw)
+                image_scores = self._image_scores(patch_scores)
+                full = _anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=True)
+                full_np = full.cpu().numpy().astype(np.float32, copy=False)
+                scores[chunk] = image_scores.cpu().numpy()
+                for j, i in enumerate(chunk):
+                    maps[i] = full_np[j]
+        out_maps = [m for m in maps if m is not None]
+        if len(by_size) == 1:
+            return Detection(pred_score=scores, anomaly_map=np.stack(out_maps))
+        return Detection(pred_score=scores, anomaly_map=out_maps)
+
+    def forward(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
+        """Same as ``predict``."""
+        return self.predict(images_rgb)
+
+    # ------------------------------------------------------------------ state for models.saved
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and plain fields that make up a fitted detector (used by ``models.saved``)."""
+        self._require_fitted()
+        tensors = {
+            "memory_bank": self.memory_bank.detach().contiguous(),
+            "bank_owner": self.bank_owner.detach().contiguous(),
+            "train_scores": torch.from_numpy(np.ascontiguousarray(self.train_scores, dtype=np.float32)),
+        }
+        info = {
+            "masking_active": self.masking_active,
+            "reference_foreground": self.reference_foreground,
+            "rotations_used": self.rotations_used,
+            "n_images": self.n_images,
+        }
+        return tensors, info
+
+    def import_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        """Restore what ``export_state`` gave (used by ``models.saved``).
+
+        Raises:
+            ValueError: when a tensor is missing or its feature size does not fit this backbone.
+        """
+        for name in ("memory_bank", "bank_owner", "train_scores"):
+            if name not in tensors:
+                msg = f"saved detector state lacks the tensor {name!r}"
+                raise ValueError(msg)
+        bank = tensors["memory_bank"]
+        if bank.ndim != 2 or bank.shape[1] != self._backbone.feature_dim or bank.shape[0] == 0:
+            msg = (f"saved memory bank has shape {tuple(bank.shape)}; this backbone gives "
+                   f"{self._backbone.feature_dim}-long features")
+            raise ValueError(msg)
+        if tensors["bank_owner"].shape != (bank.shape[0],):
+            msg = f"saved bank_owner has shape {tuple(tensors['bank_owner'].shape)}; expected ({bank.shape[0]},)"
+            raise ValueError(msg)
+        dev = self.device
+        self.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
+        self.bank_owner = tensors["bank_owner"].to(dev, torch.int64)
+        self.train_scores = tensors["train_scores"].float().cpu().numpy()
+        self.train_maps = []
+        self.masking_active = bool(info["masking_active"])
+        self.reference_foreground = float(info["reference_foreground"])
+        self.rotations_used = bool(info["rotations_used"])
+        self.n_images = int(info["n_images"])
+
+    # ------------------------------------------------------------------ internals
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            msg = "not fitted: call fit() with good images first"
+            raise ValueError(msg)
+
+    @torch.inference_mode()
+    def _features(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, _Geometry]:
+        """Same-sized (H, W, 3) uint8 frames -> ((B, h, w, D) raw patch features, geometry)."""
+        height, width = frames[0].shape[:2]
+        patch = self._backbone.patch_size
+        geo = _geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
+        x = to_model_input(np.stack(frames), shorter_side=self._config.shorter_side, patch_size=patch,
+                           device=self.device)
+        return self._backbone(x), geo
+
+    @torch.inference_mode()
+    def _extract_views(
+        self,
+        images: Iterable[Any],
+        angles: tuple[float, ...],
+        sink: Callable[[int, torch.Tensor, float, _Geometry], None],
+        *,
+        progress: Callable[[int, int], None] | None,
+        total: int,
+    ) -> None:
+        """Run every frame (and its rotations) through the backbone in batches of one size.
+
+        ``sink(owner, raw (h, w, D), angle, geometry)`` receives each view's features.
+        ``progress(done, total)`` is called once all views of a frame have been sunk.
+        """
+        batch_size = self._config.fit_batch_size
+        pending: list[tuple[int, float, np.ndarray]] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start : start + batch_size]
+                raw, geo = self._features([view for _, _, view in chunk])
+                for (owner, angle, _), feats in zip(chunk, raw, strict=True):
+                    sink(owner, feats, angle, geo)
+            finished = {owner for owner, _, _ in pending}
+            pending.clear()
+            for _ in finished:
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+        for i, image in enumerate(images):
+            frame = _check_image(image, i)
+            if pending and pending[-1][2].shape != frame.shape:
+                flush()
+            pending.extend((i, angle, _rotate(frame, angle)) for angle in angles)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+
+    def _masks(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, D) raw features -> (B, h, w) bool foreground masks."""
+        cfg = self._config
+        return foreground_masks(raw, threshold=cfg.mask_pca_threshold, border=cfg.mask_border,
+                                min_centre_fraction=cfg.mask_min_centre_fraction, kernel_size=cfg.mask_kernel_size)
+
+    def _decide_masking(self, ref_masks: list[torch.Tensor]) -> None:
+        cfg = self._config
+        if cfg.masking == "off" or not ref_masks:
+            self.masking_active, self.reference_foreground = False, 1.0
+            return
+        overall = [mask_fractions(m[None], border=cfg.mask_border) for m in ref_masks]
+        fg = float(torch.stack([o for o, _ in overall]).mean())
+        border = float(torch.stack([b for _, b in overall]).mean())
+        self.reference_foreground = fg
+        if cfg.masking == "on":
+            self.masking_active = True
+        else:
+            # An object on a plain background leaves the border ring background; a texture does not.
+            self.masking_active = border <= cfg.masking_auto_max_border and 0.0 < fg < 1.0
+        logger.info("patch_knn masking (%s): references keep %.0f %% as foreground, %.0f %% of the border -> %s",
+                    cfg.masking, 100 * fg, 100 * border, "on" if self.masking_active else "off")
+
+    def _patch_scores(
+        self, raw: torch.Tensor, *, owner: int | None = None
+    ) -> torch.Tensor:
+        """(B, h, w, D) raw features -> (B, h, w) float32 patch scores (0 where masked out).
+
+        ``owner`` skips bank patches of that training frame (leave-one-out).
+        """
+        b, h, w, d = raw.shape
+        cfg = self._config
+        feats = F.normalize(raw.float(), dim=-1).reshape(-1, d)
+        keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
+        if self.masking_active:
+            masks = self._masks(raw)
+            share = masks.float().mean(dim=(1, 2))
+            # A frame whose mask is much smaller than the references' (a missing or very different
+            # part) is scored everywhere: masking it would hide exactly the defect we look for.
+            too_small = share < cfg.mask_fallback_ratio * self.reference_foreground
+            masks[too_small] = True
+            keep = masks.reshape(-1)
+        query_owner = bank_owner = None
+        if owner is not None:
+            query_owner = torch.full((int(keep.sum()),), owner, dtype=torch.int64, device=raw.device)
+            bank_owner = self.bank_owner
+        dists = knn_distances(feats[keep], self.memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
+                              query_chunk_size=cfg.query_chunk_size, query_owner=query_owner, bank_owner=bank_owner)
+        scores = torch.zeros(b * h * w, dtype=torch.float32, device=raw.device)
+        scores[keep] = dists
+        return scores.reshape(b, h, w)
+
+    def _image_scores(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) -> (B,) mean of the top ``top_percent`` % patch scores."""
+        flat = patch_scores.reshape(patch_scores.shape[0], -1)
+        n_top = max(int(flat.shape[1] * self._config.top_percent / 100.0), 1)
+        return flat.topk(n_top, dim=1).values.mean(dim=1)
+
+    @torch.inference_mode()
+    def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, _Geometry]]) -> None:
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
+        for owner, raw, geo in items:
+            patch_scores = self._patch_scores(raw[None], owner=owner)
+            if not torch.isfinite(patch_scores).all():  # the bank holds only this frame's patches
+                continue
+            scores.append(float(self._image_scores(patch_scores)[0]))
+            maps.append(_anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
+                        .cpu().numpy().astype(np.float32, copy=False))
+        self.train_scores = np.asarray(scores, dtype=np.float32)
+        self.train_maps = maps
+        if scores:
+            logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",
+                        len(scores), float(np.mean(scores)), float(np.max(scores)))
+        else:
+            logger.info("patch_knn: no leave-one-out scores (fitted on %d frame(s)); calibration needs 2 or more",
+                        self.n_images)
