@@ -1,0 +1,390 @@
+"""The image archive: FAIL and REVIEW frames (and every Nth PASS) saved with their heatmap overlay.
+
+Files are written by the archive's own thread, so `Archive.submit` is quick enough to be a pipeline
+consumer. Every file appears atomically (written under a temporary name in the same folder, then
+``os.replace``): a crash leaves no partial image under a final name. The folder is kept under a size
+cap, oldest files removed first. A failed write (disk full, folder gone, read-only) pauses the archive
+with a warning; inspection goes on, and archiving tries again after ``retry_after_s``.
+
+Layout::
+
+    <directory>/2026-11-23/101502-123_bracket-a_000042_fail.jpg
+    <directory>/2026-11-23/101502-123_bracket-a_000042_fail_overlay.jpg
+
+Example:
+    >>> archive = Archive(ArchivePolicy(directory=Path("archive"), save_pass_every=100))  # doctest: +SKIP
+    >>> paths = archive.submit(result)   # ArchivedPaths(image, overlay) or None
+    >>> archive.close()
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, NamedTuple, Self
+
+import cv2
+import numpy as np
+
+from inspector.overlay import render_overlay
+from inspector.results import InspectionResult, Verdict
+
+__all__ = ["Archive", "ArchivePolicy", "ArchivedPaths", "safe_name"]
+
+logger = logging.getLogger(__name__)
+
+_DAY_DIR: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME: Final = 64   # characters kept of an outside name (recipe, source) in a file name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchivePolicy:
+    """What to archive, where, and how much disk it may use."""
+
+    enabled: bool = True
+    directory: Path                           # created when missing
+    save_pass_every: int = 0                  # also keep every Nth PASS frame; 0 = no PASS frames
+    max_bytes: int = 2 * 1024**3              # size cap of the archive's own files; oldest go first
+    image_format: Literal["jpg", "png"] = "jpg"
+    jpeg_quality: int = 92                    # cv2.IMWRITE_JPEG_QUALITY, 0-100
+    # Heatmap colour range of the overlays: set from the recipe (e.g. 0.5x and 1.5x the pixel
+    # threshold) so colours mean the same in every file; None = each map's own min/max.
+    vmin: float | None = None
+    vmax: float | None = None
+    retry_after_s: float = 30.0               # after a failed write, skip archiving this long
+    queue_size: int = 64                      # frames waiting for the writer; more are skipped
+
+    def __post_init__(self) -> None:
+        if self.save_pass_every < 0:
+            msg = f"archive.save_pass_every must be 0 (none) or a positive count, got {self.save_pass_every}"
+            raise ValueError(msg)
+        if self.max_bytes <= 0:
+            msg = f"archive.max_bytes must be a positive number of bytes, got {self.max_bytes}"
+            raise ValueError(msg)
+        if self.image_format not in ("jpg", "png"):
+            msg = f"archive.image_format must be 'jpg' or 'png', got {self.image_format!r}"
+            raise ValueError(msg)
+        if not 0 <= self.jpeg_quality <= 100:
+            msg = f"archive.jpeg_quality must be in 0-100, got {self.jpeg_quality}"
+            raise ValueError(msg)
+        if self.vmin is not None and self.vmax is not None and not self.vmax > self.vmin:
+            msg = f"archive.vmin ({self.vmin}) must be below archive.vmax ({self.vmax})"
+            raise ValueError(msg)
+        if self.queue_size < 1 or self.retry_after_s < 0:
+            msg = "archive.queue_size must be >= 1 and archive.retry_after_s >= 0"
+            raise ValueError(msg)
+
+
+class ArchivedPaths(NamedTuple):
+    """Where the archive writes a frame (the files appear once the writer gets to them)."""
+
+    image: Path
+    overlay: Path | None                      # None when the result has no anomaly map
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Job:
+    result: InspectionResult
+    paths: ArchivedPaths
+
+
+def safe_name(text: str, *, default: str = "unnamed") -> str:
+    """A string from outside (recipe name, source) made safe as part of a file name.
+
+    Keeps letters, digits, ``.``, ``_`` and ``-``; anything else becomes ``_``; leading dots are removed
+    (no hidden files, no ``..``); cut to 64 characters.
+    """
+    cleaned = _UNSAFE.sub("_", text).strip("._")[:_MAX_NAME].strip("._")
+    return cleaned or default
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """The one place bytes reach the disk; tests replace it to mock a full disk (hardware)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so the final name only ever holds the complete file.
+
+    The temporary name sits in the same folder (``os.replace`` is atomic only within one file system)
+    and starts with a dot, so readers and the size-cap scan skip it.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class Archive:
+    """Saves FAIL/REVIEW frames (and every Nth PASS) with overlays on its own writer thread.
+
+    Args:
+        policy: what to keep, where, and the size cap.
+        on_warning: called with one sentence when archiving pauses (disk full, not writable) or the
+            writer falls behind; called from the writer thread or the submitting thread.
+
+    Use `close` (or a ``with`` block) to write what is queued and join the writer thread.
+    """
+
+    def __init__(self, policy: ArchivePolicy, on_warning: Callable[[str], None] | None = None) -> None:
+        self.policy = policy
+        self._on_warning = on_warning
+        self._directory = Path(policy.directory)
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=policy.queue_size)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
+        self._pass_seen = 0
+        self._paused_until = 0.0                 # time.monotonic(); archiving skipped before it
+        self._failing = False                    # last write failed; warn again only after a success
+        self._warned_full = False
+        self._closed = False
+        self._files: collections.deque[tuple[Path, int]] = collections.deque()   # oldest first
+        self._total_bytes = 0
+        self.saved = 0                           # frames written
+        self.skipped = 0                         # frames not written: paused, queue full, or failed
+        self._thread: threading.Thread | None = None
+        if policy.enabled:
+            self._thread = threading.Thread(target=self._run, name="inspector-archive", daemon=True)
+            self._thread.start()
+
+    # ---- any thread -------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """True while archiving is paused after a failed write."""
+        return time.monotonic() < self._paused_until
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of archived files the writer knows of (after its start-up scan)."""
+        with self._lock:
+            return self._total_bytes
+
+    def submit(self, result: InspectionResult) -> ArchivedPaths | None:
+        """Queue a result for archiving if the policy keeps it.
+
+        Returns:
+            The paths the writer will use, or None when the frame is not archived (a PASS not due, an
+            ERROR, no image, archiving disabled, paused or falling behind).
+        """
+        if self._thread is None or self._closed or result.image_bgr is None:
+            return None
+        if result.verdict is Verdict.PASS:
+            if self.policy.save_pass_every <= 0:
+                return None
+            with self._lock:
+                self._pass_seen += 1
+                if self._pass_seen % self.policy.save_pass_every:
+                    return None
+        elif result.verdict not in (Verdict.FAIL, Verdict.REVIEW):
+            return None
+        if self.paused:
+            with self._lock:
+                self.skipped += 1
+            return None
+        paths = self._paths_for(result)
+        with self._lock:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(_Job(result=result, paths=paths))
+        except queue.Full:
+            with self._lock:
+                self._pending -= 1
+                self.skipped += 1
+                warn, self._warned_full = not self._warned_full, True
+            if warn:
+                self._warn(
+                    f"archive writer in {self._directory} falls behind ({self.policy.queue_size} frames "
+                    f"queued); frames are skipped until it catches up"
+                )
+            return None
+        return paths
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted frame is written (or skipped). False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop and join the writer thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            logger.error("archive writer did not finish within %s s", timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _paths_for(self, result: InspectionResult) -> ArchivedPaths:
+        seconds = int(result.timestamp)
+        millis = int(round((result.timestamp - seconds) * 1000)) % 1000
+        local = time.localtime(result.timestamp)
+        day = time.strftime("%Y-%m-%d", local)
+        stem = (
+            f"{time.strftime('%H%M%S', local)}-{millis:03d}_{safe_name(result.recipe)}_"
+            f"{max(0, int(result.frame_id)):06d}_{result.verdict.value.lower()}"
+        )
+        ext = self.policy.image_format
+        folder = self._directory / day
+        overlay = folder / f"{stem}_overlay.{ext}" if result.anomaly_map is not None else None
+        return ArchivedPaths(image=folder / f"{stem}.{ext}", overlay=overlay)
+
+    def _warn(self, message: str) -> None:
+        logger.warning("%s", message)
+        if self._on_warning is not None:
+            try:
+                self._on_warning(message)
+            except Exception:
+                logger.exception("archive on_warning callback raised")
+
+    # ---- writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._scan()
+        except OSError as exc:
+            logger.warning("archive %s could not be scanned: %s", self._directory, exc)
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                self._write(job)
+            except Exception:
+                logger.exception("archiving %s failed", job.paths.image)
+                with self._lock:
+                    self.skipped += 1
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def _write(self, job: _Job) -> None:
+        if self.paused:
+            with self._lock:
+                self.skipped += 1
+            return
+        result, paths = job.result, job.paths
+        blobs = [(paths.image, self._encode(result.image_bgr))]   # type: ignore[arg-type]
+        if paths.overlay is not None and result.anomaly_map is not None and result.image_bgr is not None:
+            anomaly_map = result.anomaly_map
+            vmin = self.policy.vmin if self.policy.vmin is not None else float(np.nanmin(anomaly_map))
+            vmax = self.policy.vmax if self.policy.vmax is not None else float(np.nanmax(anomaly_map))
+            vmax = max(vmax, vmin + 1e-6)
+            overlay = render_overlay(result.image_bgr, anomaly_map, vmin=vmin, vmax=vmax, regions=result.regions)
+            blobs.append((paths.overlay, self._encode(overlay)))
+        written: list[tuple[Path, int]] = []
+        try:
+            paths.image.parent.mkdir(parents=True, exist_ok=True)
+            for path, data in blobs:
+                _write_atomic(path, data)
+                written.append((path, len(data)))
+        except OSError as exc:
+            for path, _ in written:               # no half-archived frame
+                path.unlink(missing_ok=True)
+            self._paused_until = time.monotonic() + self.policy.retry_after_s
+            with self._lock:
+                self.skipped += 1
+                warn, self._failing = not self._failing, True
+            reason = exc.strerror or str(exc)
+            if warn:
+                self._warn(
+                    f"archive paused: cannot write {paths.image.name} in {paths.image.parent} ({reason}); "
+                    f"inspection goes on, archiving retries in {self.policy.retry_after_s:g} s"
+                )
+            else:
+                logger.info("archive still cannot write in %s (%s)", paths.image.parent, reason)
+            return
+        with self._lock:
+            if self._failing:
+                logger.info("archive resumed writing in %s", self._directory)
+            self._failing = False
+            self.saved += 1
+            for item in written:
+                self._files.append(item)
+                self._total_bytes += item[1]
+        self._trim(keep=len(written))
+
+    def _encode(self, image_bgr: np.ndarray) -> bytes:
+        if self.policy.image_format == "jpg":
+            ok, buffer = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.policy.jpeg_quality])
+        else:
+            ok, buffer = cv2.imencode(".png", image_bgr)
+        if not ok:
+            msg = f"OpenCV could not encode a {image_bgr.shape} {image_bgr.dtype} image as {self.policy.image_format}"
+            raise ValueError(msg)
+        return buffer.tobytes()
+
+    def _trim(self, *, keep: int) -> None:
+        """Remove the oldest files until under the cap, never the ``keep`` newest (just written)."""
+        while True:
+            with self._lock:
+                if self._total_bytes <= self.policy.max_bytes or len(self._files) <= keep:
+                    return
+                path, size = self._files.popleft()
+                self._total_bytes -= size
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("archive could not remove %s: %s", path, exc)
+                continue
+            try:
+                path.parent.rmdir()               # only succeeds once the day folder is empty
+            except OSError:
+                pass
+
+    def _scan(self) -> None:
+        """Learn the files already archived (day folders only), oldest first; drop stale temp files."""
+        if not self._directory.is_dir():
+            return
+        found: list[tuple[float, str, Path, int]] = []
+        for day in self._directory.iterdir():
+            if not (day.is_dir() and _DAY_DIR.match(day.name)):
+                continue
+            for path in day.iterdir():
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink(missing_ok=True)  # left by a crash mid-write
+                    continue
+                if path.suffix.lower() in (".jpg", ".png") and path.is_file():
+                    stat = path.stat()
+                    found.append((stat.st_mtime, path.name, path, stat.st_size))
+        found.sort()
+        with self._lock:
+            # Files written before the scan finished are already listed and newer: put the old ones first.
+            known = {p for p, _ in self._files}
+            older = [(p, size) for _, _, p, size in found if p not in known]
+            self._files.extendleft(reversed(older))
+            self._total_bytes += sum(size for _, size in older)
+        self._trim(keep=0)
