@@ -52,6 +52,7 @@ __all__ = [
     "SourceSpec",
     "VideoSource",
     "VideoSpec",
+    "image_files",
     "load_image",
     "open_source",
     "parse_source",
@@ -384,7 +385,7 @@ def _tiff_dims(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _image_files(root: Path) -> list[Path]:
+def image_files(root: Path) -> list[Path]:
     """Image files under ``root`` (recursive, hidden files skipped), in natural order of their relative path."""
 
     def natural(path: Path) -> list[Any]:
@@ -611,7 +612,7 @@ class FolderSource(_SourceBase):
         if path.is_file():
             files = [path]
         elif path.is_dir():
-            files = _image_files(path)
+            files = image_files(path)
         else:
             msg = f"{path}: folder not found; check the path"
             raise CaptureError(msg)

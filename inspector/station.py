@@ -1,0 +1,321 @@
+"""A station: one recipe and its fitted detector, turning frames into inspection results.
+
+`Station.inspect` is what the pipeline's inference worker calls for every frame: region of interest,
+the detector, defect regions, the verdict. It is a `inspector.pipeline.FrameInspector`.
+
+Model versions live beside the recipe's model location: ``<model dir>/v1``, ``v2``, ... each holding a
+saved detector (``model.safetensors`` + ``model.json``). A recipe uses the newest unless it pins one.
+
+Example:
+    >>> station = Station.load(load_recipe("recipes/fryum_demo.yaml"))
+    >>> result = station.inspect_image(cv2.imread("part.png"))
+    >>> result.verdict, result.score
+"""
+
+from __future__ import annotations
+
+import logging
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import cv2
+import numpy as np
+
+from inspector.errors import ModelError, WeightsNotFound
+from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict
+
+if TYPE_CHECKING:
+    from models.calibration import Thresholds
+    from models.detectors.patch_knn import PatchKNN
+    from models.weights import WeightsInfo
+
+    from inspector.recipe import Recipe, Roi
+
+__all__ = ["ModelVersion", "Station", "apply_roi", "build_detector", "next_version", "resolve_version"]
+
+logger = logging.getLogger(__name__)
+
+MIN_ROI_PX: Final = 14  # one DINOv2 patch
+
+
+# --------------------------------------------------------------------------- model versions
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelVersion:
+    """One saved model version of a recipe."""
+
+    name: str          # "v3"
+    path: Path         # the version's folder
+
+
+def resolve_version(recipe: Recipe, version: str | None = None) -> ModelVersion:
+    """The version to load: ``version`` if given, else the recipe's pin, else the newest.
+
+    Raises:
+        ModelError: no model was taught yet, or the asked-for version is missing.
+    """
+    if version not in (None, "", "latest"):
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, version=version))
+    path = recipe.model_version_dir()
+    return ModelVersion(name=path.name, path=path)
+
+
+def next_version(recipe: Recipe) -> ModelVersion:
+    """The folder the next saved version goes to (numbers are never reused)."""
+    versions = recipe.model_versions()
+    name = f"v{int(versions[-1][1:]) + 1}" if versions else "v1"
+    return ModelVersion(name=name, path=recipe.model_dir() / name)
+
+
+# --------------------------------------------------------------------------- ROI
+
+
+def apply_roi(image_bgr: np.ndarray, roi: Roi | None) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+    """Cut the region of interest out of a frame.
+
+    Args:
+        image_bgr: (H, W, 3) uint8 BGR frame.
+        roi: the recipe's ROI, or None for the whole frame.
+
+    Returns:
+        ``(crop_bgr, (x0, y0), polygon_mask)``: the crop, its offset in the frame, and for a polygon a
+        (h, w) bool mask of the crop's pixels inside it (None for a rectangle or the whole frame).
+    """
+    if roi is None:
+        return image_bgr, (0, 0), None
+    height, width = image_bgr.shape[:2]
+    x, y, w, h = roi.bounding_box()
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    if x1 - x0 < MIN_ROI_PX or y1 - y0 < MIN_ROI_PX:
+        msg = (f"the region of interest ({x}, {y}, {w}, {h}) leaves less than {MIN_ROI_PX}x{MIN_ROI_PX} px "
+               f"of a {width}x{height} frame")
+        raise ValueError(msg)
+    crop = image_bgr[y0:y1, x0:x1]
+    mask = roi.mask(height, width)[y0:y1, x0:x1] if roi.polygon is not None else None
+    return crop, (x0, y0), mask
+
+
+# --------------------------------------------------------------------------- building and loading
+
+
+def _weights(recipe: Recipe, weights: str | Path | None) -> Any:
+    from models.weights import resolve_weights
+
+    explicit = weights if weights is not None else recipe.weights_path()
+    try:
+        return resolve_weights(recipe.detector.backbone, explicit)
+    except FileNotFoundError as exc:
+        raise WeightsNotFound(str(exc), tried=tuple(getattr(exc, "tried", ()))) from exc
+
+
+def build_detector(
+    recipe: Recipe, *, device: str | None = None, weights: str | Path | None = None
+) -> tuple[PatchKNN, WeightsInfo]:
+    """A new, unfitted detector as the recipe describes it, on ``device`` (default: the recipe's)."""
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNNConfig, create_detector
+
+    resolved = _weights(recipe, weights)
+    backbone = create_backbone(
+        recipe.detector.backbone,
+        state_dict=resolved.state_dict,
+        blocks=tuple(recipe.detector.blocks),
+        device=device or recipe.detector.device,
+    )
+    options = {"shorter_side": recipe.preprocess.shorter_side, **recipe.detector.options}
+    try:
+        config = PatchKNNConfig.from_dict(options)
+        detector = create_detector(recipe.detector.name, backbone=backbone, config=config)
+    except (TypeError, ValueError) as exc:
+        where = recipe.path or recipe.name
+        msg = f"{where}: detector settings are not valid: {exc}"
+        raise ModelError(msg) from exc
+    return detector, resolved.info
+
+
+class Station:
+    """A recipe with its fitted detector: inspects frames.
+
+    Thread-safe for one caller at a time (the pipeline's worker); `inspect` holds a lock so a GUI
+    "check this image" call cannot interleave with it.
+    """
+
+    def __init__(
+        self,
+        *,
+        recipe: Recipe,
+        detector: PatchKNN,
+        thresholds: Thresholds,
+        version: ModelVersion | None,
+        weights: WeightsInfo | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        self.recipe = recipe
+        self.detector = detector
+        self.model_thresholds = thresholds
+        self.version = version
+        self.weights = weights
+        self.warnings: list[str] = list(warnings)
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def load(
+        cls,
+        recipe: Recipe,
+        *,
+        version: str | None = None,
+        device: str | None = None,
+        weights: str | Path | None = None,
+    ) -> Station:
+        """Load the recipe's model (the pinned or newest version) onto ``device``.
+
+        Raises:
+            ModelError: no trained model, a broken model folder, or a model made with other weights.
+            WeightsNotFound: no DINOv2 weights source works.
+        """
+        from models.backbone import create_backbone
+        from models.saved import load_detector
+
+        chosen = resolve_version(recipe, version)
+        wanted_device = device or recipe.detector.device
+        warnings: list[str] = []
+        if wanted_device == "auto":
+            import torch
+
+            if not torch.cuda.is_available():
+                warnings.append("GPU unavailable: running on CPU")
+        resolved = _weights(recipe, weights)
+        try:
+            meta = _read_meta(chosen.path)
+            blocks = tuple(meta.get("blocks") or recipe.detector.blocks)
+            backbone = create_backbone(
+                meta.get("backbone", recipe.detector.backbone),
+                state_dict=resolved.state_dict,
+                blocks=blocks,
+                device=wanted_device,
+            )
+            detector, thresholds, _ = load_detector(
+                chosen.path, backbone=backbone, weights_sha256=resolved.info.sha256, device=wanted_device
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            msg = f"{chosen.path}: cannot load model version {chosen.name} of recipe '{recipe.name}': {exc}"
+            raise ModelError(msg) from exc
+        logger.info("recipe %s: loaded model %s on %s", recipe.name, chosen.name, detector.device)
+        return cls(
+            recipe=recipe, detector=detector, thresholds=thresholds, version=chosen,
+            weights=resolved.info, warnings=tuple(warnings),
+        )
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def model_version(self) -> str:
+        return self.version.name if self.version else ""
+
+    @property
+    def device(self) -> str:
+        return str(self.detector.device)
+
+    @property
+    def thresholds(self) -> tuple[float, float, float]:
+        """(review, fail, pixel): the recipe's overrides where set, else the model's calibration."""
+        over = self.recipe.thresholds
+        model = self.model_thresholds
+        review = over.review if over.review is not None else model.review
+        fail = over.fail if over.fail is not None else model.fail
+        pixel = over.pixel if over.pixel is not None else model.pixel
+        return float(review), float(fail), float(pixel)
+
+    # ----------------------------------------------------------------- inspection
+
+    def inspect(self, frame: Frame) -> InspectionResult:
+        """Inspect one frame (the pipeline's worker calls this). Raises on failure; the pipeline turns that into ERROR."""
+        return self._inspect(frame.image_bgr, frame_id=frame.frame_id, timestamp=frame.timestamp,
+                             source=frame.source, path=frame.path, capture_ms=frame.capture_ms)
+
+    def inspect_image(
+        self, image_bgr: np.ndarray, *, path: str | None = None, frame_id: int = 0
+    ) -> InspectionResult:
+        """Inspect one image outside the pipeline (teaching checks, review, the GUI)."""
+        return self._inspect(image_bgr, frame_id=frame_id, timestamp=time.time(),
+                             source=path or "image", path=path, capture_ms=0.0)
+
+    def _inspect(
+        self, image_bgr: np.ndarray, *, frame_id: int, timestamp: float, source: str,
+        path: str | None, capture_ms: float,
+    ) -> InspectionResult:
+        with self._lock:
+            t0 = time.perf_counter()
+            crop_bgr, (x0, y0), polygon = apply_roi(image_bgr, self.recipe.roi)
+            crop_rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
+            t1 = time.perf_counter()
+            detection = self._predict(crop_rgb)
+            t2 = time.perf_counter()
+            crop_map = detection.anomaly_map[0]
+            if polygon is not None:
+                crop_map = np.where(polygon, crop_map, 0.0).astype(np.float32)
+            score = float(detection.pred_score[0])
+            review, fail, pixel = self.thresholds
+            verdict = Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
+            regions: tuple[DefectRegion, ...] = ()
+            if verdict is not Verdict.PASS:
+                regions = self._regions(crop_map, pixel, x0, y0)
+            anomaly_map = crop_map
+            if crop_map.shape != image_bgr.shape[:2]:
+                anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)
+                anomaly_map[y0 : y0 + crop_map.shape[0], x0 : x0 + crop_map.shape[1]] = crop_map
+            t3 = time.perf_counter()
+        return InspectionResult(
+            frame_id=frame_id, timestamp=timestamp, source=source, recipe=self.name,
+            model_version=self.model_version, verdict=verdict, score=score, regions=regions,
+            anomaly_map=anomaly_map, image_bgr=image_bgr, path=path,
+            times=StageTimes(capture_ms=capture_ms, preprocess_ms=(t1 - t0) * 1e3,
+                             model_ms=(t2 - t1) * 1e3, postprocess_ms=(t3 - t2) * 1e3),
+            line=self.recipe.line, station=self.recipe.station,
+        )
+
+    def _predict(self, image_rgb: np.ndarray) -> Any:
+        try:
+            return self.detector.predict(image_rgb)
+        except Exception as exc:
+            if "OutOfMemory" in type(exc).__name__ and self.detector.device.type != "cpu":
+                # This frame is an ERROR (the pipeline reports it); the next ones run on the CPU.
+                self.detector.to("cpu")
+                warning = "GPU out of memory: this station now runs on CPU"
+                self.warnings.append(warning)
+                logger.warning("recipe %s: %s", self.name, warning)
+            raise
+
+    def _regions(self, crop_map: np.ndarray, pixel: float, x0: int, y0: int) -> tuple[DefectRegion, ...]:
+        from models.regions import find_regions
+
+        found = find_regions(crop_map, pixel_threshold=pixel, min_area_px=self.recipe.min_defect_area_px,
+                             mm_per_px=self.recipe.mm_per_px)
+        return tuple(
+            DefectRegion(x=r.x + x0, y=r.y + y0, width=r.width, height=r.height, area_px=r.area_px,
+                         area_mm2=r.area_mm2, max_score=r.max_score, mean_score=r.mean_score)
+            for r in found
+        )
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    import json
+
+    path = directory / "model.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        msg = f"{path}: cannot read the model description: {exc}"
+        raise ModelError(msg) from exc

@@ -1,0 +1,316 @@
+"""Teaching a recipe: fit its detector on good images, calibrate the thresholds, save a model version.
+
+Long work is a generator of `Progress` (STYLE.md section 5): each ``yield`` is a progress tick and a
+place to cancel (close the generator). The CLI drives it with a progress bar, the GUI from a worker
+thread; ``run_to_end`` gives the final `TeachReport` when no progress is wanted.
+
+Example:
+    >>> report = run_to_end(teach(recipe, Path("good/")))
+    >>> report.version, report.thresholds.fail
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import cv2
+import numpy as np
+
+from inspector.capture import image_files, load_image
+from inspector.errors import FrameDecodeError, InspectorError, ModelError
+from inspector.results import Progress
+from inspector.station import Station, apply_roi, build_detector, next_version, resolve_version
+
+if TYPE_CHECKING:
+    from models.calibration import Thresholds
+    from models.weights import WeightsInfo
+
+    from inspector.recipe import Recipe
+
+__all__ = [
+    "TeachCancelled",
+    "TeachReport",
+    "add_good_feedback",
+    "load_folder",
+    "run_to_end",
+    "save_thresholds",
+    "teach",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TeachCancelled(InspectorError):
+    """Teaching was cancelled before a model was saved; nothing was written."""
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TeachReport:
+    """What teaching produced: the saved version, its thresholds and the scores they came from."""
+
+    recipe: str
+    version: str
+    model_dir: Path
+    thresholds: Thresholds
+    n_good: int
+    n_defect: int
+    good_scores: np.ndarray        # (N,) leave-one-out scores of good training images
+    defect_scores: np.ndarray      # (M,) scores of the known-bad images (empty without --defects)
+    weights: WeightsInfo
+    seconds: float
+    skipped: tuple[str, ...] = ()  # "file: reason" for images that could not be read
+
+    def summary_lines(self) -> list[str]:
+        """The calibration report, one line each, for the CLI and the GUI."""
+        t = self.thresholds
+        lines = [
+            f"recipe {self.recipe}: saved model {self.version} in {self.model_dir}",
+            f"trained on {self.n_good} good image(s)" + (f", checked on {self.n_defect} defect image(s)"
+                                                         if self.n_defect else "") + f" in {self.seconds:.1f} s",
+            f"weights: {self.weights.source} ({self.weights.location})",
+            f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
+            f"rule: {t.rule}",
+        ]
+        extra = {k: getattr(t, k) for k in ("expected_false_reject", "auroc", "f1", "confusion")
+                 if getattr(t, k, None) is not None}
+        if "expected_false_reject" in extra:
+            lines.append(f"expected false-reject rate: {100 * extra['expected_false_reject']:.1f} %")
+        if "auroc" in extra:
+            lines.append(f"defects: AUROC {extra['auroc']:.3f}" + (f", F1 {extra['f1']:.3f}" if "f1" in extra else ""))
+        if "confusion" in extra:
+            tn, fp, fn, tp = extra["confusion"]
+            lines.append(f"at the fail threshold: good passed {tn}, good rejected {fp}, "
+                         f"bad passed {fn}, bad rejected {tp}")
+        lines.extend(f"skipped {s}" for s in self.skipped)
+        return lines
+
+
+def run_to_end(job: Generator[Progress, None, T]) -> T:
+    """Drive a progress generator to its end and return its value."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+def load_folder(
+    recipe: Recipe, folder: Path, *, skipped: list[str]
+) -> Generator[Progress, None, tuple[list[np.ndarray], list[Path]]]:
+    """Read every image of a folder as RGB crops of the recipe's ROI; unreadable files are skipped and listed."""
+    files = image_files(folder)
+    crops: list[np.ndarray] = []
+    used: list[Path] = []
+    for i, path in enumerate(files, 1):
+        try:
+            crop_bgr, _, _ = apply_roi(load_image(path), recipe.roi)
+        except (FrameDecodeError, ValueError) as exc:
+            skipped.append(f"{path}: {exc}")
+            logger.warning("skipped %s: %s", path, exc)
+        else:
+            crops.append(cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB))
+            used.append(path)
+        yield Progress(done=i, total=len(files), message=f"reading {path.name}")
+    return crops, used
+
+
+def _masks_for(defect_paths: Sequence[Path], recipe: Recipe) -> list[np.ndarray] | None:
+    """Defect masks when every defect image has one: MVTec layout (``../../ground_truth/<type>/<stem>_mask.png``)
+    or a ``masks`` folder beside the images. None if any is missing."""
+    masks = []
+    for path in defect_paths:
+        candidates = [
+            path.parent / "masks" / f"{path.stem}_mask.png",
+            path.parent / "masks" / f"{path.stem}.png",
+            path.parents[2] / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+            if len(path.parents) > 2 else path,
+        ]
+        found = next((c for c in candidates if c != path and c.is_file()), None)
+        if found is None:
+            return None
+        mask = cv2.imread(str(found), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            return None
+        full = np.zeros(mask.shape, bool) | (mask > 127)
+        crop, _, _ = apply_roi(np.dstack([full.astype(np.uint8)] * 3), recipe.roi)
+        masks.append(crop[..., 0].astype(bool))
+    return masks
+
+
+def _fit_with_progress(detector: Any, images: list[np.ndarray]) -> Generator[Progress, None, None]:
+    """Run ``detector.fit`` on a helper thread and relay its progress; closing the generator cancels it."""
+    ticks: queue.Queue[tuple[int, int]] = queue.Queue()
+    cancel = threading.Event()
+    failure: list[BaseException] = []
+
+    def progress(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise TeachCancelled("teaching was cancelled")
+        ticks.put((done, total))
+
+    def work() -> None:
+        try:
+            detector.fit(images, progress=progress)
+        except BaseException as exc:  # delivered to the generator's caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="inspector-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not ticks.empty():
+            try:
+                done, total = ticks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            yield Progress(done=done, total=total, message="learning good patches")
+    finally:
+        cancel.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def teach(
+    recipe: Recipe,
+    good: Path | Sequence[np.ndarray],
+    *,
+    defects: Path | None = None,
+    device: str | None = None,
+    weights: str | Path | None = None,
+) -> Generator[Progress, None, TeachReport]:
+    """Fit the recipe's detector on good images, calibrate, and save a new model version.
+
+    Args:
+        recipe: the recipe to teach.
+        good: a folder of good images, or a list of (H, W, 3) uint8 BGR frames (captured live).
+        defects: optional folder of known-bad images; with masks (MVTec layout or ``masks/``) the pixel
+            threshold is chosen on them too.
+        device: ``auto | cpu | cuda``; default: the recipe's.
+        weights: DINOv2 weights file; default: the recipe's, else the resolution order.
+
+    Yields:
+        Progress ticks (reading, learning, calibrating, saving).
+
+    Returns:
+        The `TeachReport` of the saved version.
+
+    Raises:
+        InspectorError: no good images, unreadable folders, no weights; nothing is saved then.
+    """
+    from models.calibration import calibrate
+    from models.saved import save_detector
+
+    start = time.perf_counter()
+    skipped: list[str] = []
+    if isinstance(good, Path):
+        if not good.is_dir():
+            msg = f"{good}: not a folder of good images"
+            raise InspectorError(msg)
+        images, _ = yield from load_folder(recipe, good, skipped=skipped)
+        where = str(good)
+    else:
+        images = [cv2.cvtColor(apply_roi(f, recipe.roi)[0], cv2.COLOR_BGR2RGB) for f in good]
+        where = "the captured frames"
+    if not images:
+        msg = f"{where}: no readable good images to teach recipe '{recipe.name}' from"
+        raise InspectorError(msg)
+
+    defect_images: list[np.ndarray] = []
+    defect_paths: list[Path] = []
+    if defects is not None:
+        if not defects.is_dir():
+            msg = f"{defects}: not a folder of defect images"
+            raise InspectorError(msg)
+        defect_images, defect_paths = yield from load_folder(recipe, defects, skipped=skipped)
+
+    yield Progress(done=0, total=len(images), message="loading the DINOv2 backbone")
+    detector, weights_info = build_detector(recipe, device=device, weights=weights)
+    try:
+        yield from _fit_with_progress(detector, images)
+    except ValueError as exc:
+        raise ModelError(f"recipe '{recipe.name}': {exc}") from exc
+
+    yield Progress(done=0, total=max(1, len(defect_images)), message="calibrating thresholds")
+    defect_scores = np.empty(0, np.float32)
+    defect_maps: list[np.ndarray] | None = None
+    for i, image in enumerate(defect_images, 1):
+        det = detector.predict(image)
+        defect_scores = np.append(defect_scores, np.float32(det.pred_score[0]))
+        defect_maps = (defect_maps or []) + [np.asarray(det.anomaly_map[0])]
+        yield Progress(done=i, total=len(defect_images), message="scoring known-bad images")
+    masks = _masks_for(defect_paths, recipe) if defect_paths else None
+    thresholds = calibrate(
+        detector.train_scores,
+        good_maps=list(detector.train_maps) or None,
+        defect_scores=defect_scores if len(defect_scores) else None,
+        defect_maps=defect_maps if masks is not None else None,
+        defect_masks=masks,
+    )
+
+    version = next_version(recipe)
+    yield Progress(done=0, total=1, message=f"saving model {version.name}")
+    save_detector(detector, thresholds, version.path, weights=weights_info,
+                  metadata={"recipe": recipe.name, "good_images": len(images), "defect_images": len(defect_images),
+                            "source": where})
+    yield Progress(done=1, total=1, message=f"saved model {version.name}")
+    return TeachReport(
+        recipe=recipe.name, version=version.name, model_dir=version.path, thresholds=thresholds,
+        n_good=len(images), n_defect=len(defect_images),
+        good_scores=np.asarray(detector.train_scores, np.float32), defect_scores=defect_scores,
+        weights=weights_info, seconds=time.perf_counter() - start, skipped=tuple(skipped),
+    )
+
+
+def save_thresholds(
+    recipe: Recipe, version: str | None = None, *, review: float, fail: float, pixel: float | None = None
+) -> str:
+    """Save a copy of a model version with thresholds set by hand (the engineer's slider); returns the new version."""
+    from models.saved import save_detector
+
+    if not review <= fail:
+        msg = f"the review threshold ({review}) must not be above the fail threshold ({fail})"
+        raise ValueError(msg)
+    station = Station.load(recipe, version=version, device="cpu")
+    old = station.model_thresholds
+    thresholds = dataclasses.replace(
+        old, review=float(review), fail=float(fail), pixel=float(old.pixel if pixel is None else pixel),
+        rule=f"set by hand from {station.model_version} (review {review:.4f}, fail {fail:.4f}); before: {old.rule}",
+    )
+    target = next_version(recipe)
+    save_detector(station.detector, thresholds, target.path, weights=station.weights,
+                  metadata={"recipe": recipe.name, "derived_from": station.model_version, "change": "thresholds"})
+    return target.name
+
+
+def add_good_feedback(
+    recipe: Recipe, images_bgr: Sequence[np.ndarray], *, device: str | None = None, note: str = ""
+) -> str:
+    """Operator feedback "actually good": add the frames' patches to the newest model as a new version.
+
+    No retraining: the patches join the memory bank, so similar frames score low from now on. The
+    thresholds are kept as they were. Returns the new version's name.
+    """
+    from models.saved import save_detector
+
+    if not images_bgr:
+        msg = "no images were given as good feedback"
+        raise ValueError(msg)
+    base = resolve_version(recipe)
+    station = Station.load(recipe, version=base.name, device=device)
+    crops = [cv2.cvtColor(apply_roi(f, recipe.roi)[0], cv2.COLOR_BGR2RGB) for f in images_bgr]
+    station.detector.add_normal(crops)
+    target = next_version(recipe)
+    save_detector(station.detector, station.model_thresholds, target.path, weights=station.weights,
+                  metadata={"recipe": recipe.name, "derived_from": base.name, "change": "good feedback",
+                            "images": len(crops), "note": note})
+    logger.info("recipe %s: %d good image(s) added as model %s", recipe.name, len(crops), target.name)
+    return target.name
