@@ -36,15 +36,14 @@ import cv2
 import numpy as np
 
 from inspector.overlay import render_overlay
+from inspector.paths import safe_name
 from inspector.results import InspectionResult, Verdict
 
-__all__ = ["Archive", "ArchivePolicy", "ArchivedPaths", "safe_name"]
+__all__ = ["Archive", "ArchivePolicy", "ArchivedPaths"]
 
 logger = logging.getLogger(__name__)
 
 _DAY_DIR: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_NAME: Final = 64   # characters kept of an outside name (recipe, source) in a file name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,16 +95,6 @@ class ArchivedPaths(NamedTuple):
 class _Job:
     result: InspectionResult
     paths: ArchivedPaths
-
-
-def safe_name(text: str, *, default: str = "unnamed") -> str:
-    """A string from outside (recipe name, source) made safe as part of a file name.
-
-    Keeps letters, digits, ``.``, ``_`` and ``-``; anything else becomes ``_``; leading dots are removed
-    (no hidden files, no ``..``); cut to 64 characters.
-    """
-    cleaned = _UNSAFE.sub("_", text).strip("._")[:_MAX_NAME].strip("._")
-    return cleaned or default
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -253,7 +242,7 @@ class Archive:
         local = time.localtime(result.timestamp)
         day = time.strftime("%Y-%m-%d", local)
         stem = (
-            f"{time.strftime('%H%M%S', local)}-{millis:03d}_{safe_name(result.recipe)}_"
+            f"{time.strftime('%H%M%S', local)}-{millis:03d}_{safe_name(result.recipe, max_length=48)}_"
             f"{max(0, int(result.frame_id)):06d}_{result.verdict.value.lower()}"
         )
         ext = self.policy.image_format
