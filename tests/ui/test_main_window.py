@@ -1,0 +1,218 @@
+"""The main window end to end: real pipeline, real folder replay, a stand-in inspector (tests/ui/conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings, Qt
+
+from inspector.capture import ArraySource
+from inspector.errors import ModelError
+from inspector.results import Verdict
+from tests.ui.conftest import DarkSpotInspector, FlakyCamera
+from ui.main_window import MainWindow, RunState
+
+WAIT_MS = 15_000       # generous upper bound for a loaded 2-core CI machine; tests finish far sooner
+
+
+def _recipes(tmp_path: Path, *names: str) -> list[Path]:
+    paths = []
+    for name in names:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def _window(qtbot, settings: QSettings, recipes: list[Path], inspectors: dict[str, object], **kw) -> MainWindow:
+    def load(path: Path) -> object:
+        found = inspectors[path.stem]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    window = MainWindow(recipes=recipes, settings=settings, load_inspector=load, **kw)
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
+def test_folder_replay_updates_banner_counters_and_strip(qtbot, tmp_path, settings, part_folder) -> None:
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
+                     source=str(part_folder))
+    window.start()
+    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.STOPPED, timeout=WAIT_MS)
+
+    assert (window.counts.passed, window.counts.failed, window.counts.review) == (4, 2, 0)
+    strip = "".join(v.value[0] for v in window.station.strip.verdicts)
+    assert strip == "PPFPFP"
+    assert window.station.banner.verdict_text == "PASS"          # the last part (005_good) passed
+    assert window.station.banner.detail_text.startswith("score ")
+    qtbot.waitUntil(lambda: window.station.yield_panel.value("yield") == "66.7 %", timeout=WAIT_MS)
+    assert window.station.yield_panel.value("failed") == "2"
+    assert window.pipeline is None                                 # joined once the source drained
+    shown = window.station.heatmap.result
+    assert shown is not None and shown.anomaly_map is not None
+    window.close()
+
+
+def test_fail_shows_regions_and_red_banner(qtbot, tmp_path, settings, part_images) -> None:
+    bad = [image for name, image in part_images if "bad" in name][:1]
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
+                     source="memory", open_source=lambda text: ArraySource(bad, name="memory"))
+    window.start()
+    qtbot.waitUntil(lambda: window.counts.inspected == 1, timeout=WAIT_MS)
+    assert window.station.banner.state == Verdict.FAIL
+    assert "defect region" in window.station.banner.detail_text
+    assert window.station.heatmap.result.regions, "a FAIL of the stand-in inspector has a region"
+    pixmap = window.station.heatmap.grab()                         # paints: converts the newest result
+    assert not pixmap.isNull()
+    window.close()
+
+
+def test_switch_recipe_mid_run(qtbot, tmp_path, settings, part_images) -> None:
+    images = [image for _, image in part_images]
+    first, second = DarkSpotInspector("demo"), DarkSpotInspector("other", version="v7")
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo", "other"), {"demo": first, "other": second},
+                     source="memory",
+                     open_source=lambda text: ArraySource(images, name="memory", loop=True, fps=100))
+    window.start()
+    qtbot.waitUntil(lambda: window.counts.inspected >= 3, timeout=WAIT_MS)
+    window.recipe_box.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: second.calls >= 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.station.heatmap.result.recipe == "other", timeout=WAIT_MS)
+    assert window.state == RunState.RUNNING
+    assert "model v7" in window.station.info.text()
+    window.stop()
+    assert window.state == RunState.STOPPED and window.pipeline is None
+    assert window.station.banner.verdict_text == "STOPPED"
+    window.close()
+
+
+def test_camera_lost_banner_and_reconnect(qtbot, tmp_path, settings, part_images) -> None:
+    camera = FlakyCamera([image for _, image in part_images], good_frames=3)
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
+                     source="0", open_source=lambda text: camera)
+    window.start()
+    qtbot.waitUntil(lambda: "camera" in window.station.faults.faults(), timeout=WAIT_MS)
+    assert "Camera lost" in window.station.faults.faults()["camera"]
+    assert "reconnecting" in window.station.faults.faults()["camera"]
+    assert window.station.faults.isVisible()
+    assert window.state == RunState.RUNNING
+    camera.replug()
+    qtbot.waitUntil(lambda: "camera" not in window.station.faults.faults(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.counts.inspected >= 5, timeout=WAIT_MS)
+    window.close()
+    assert window.pipeline is None
+
+
+def test_model_missing_banner(qtbot, tmp_path, settings, part_folder) -> None:
+    missing = ModelError("recipe 'demo' has no trained model in models/demo; run 'inspector train' first")
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": missing}, source=str(part_folder))
+    window.start()
+    qtbot.waitUntil(lambda: "model" in window.station.faults.faults(), timeout=WAIT_MS)
+    assert "Model missing for recipe demo" in window.station.faults.faults()["model"]
+    assert "Teach" in window.station.faults.faults()["model"]
+    assert window.state == RunState.STOPPED
+    window.close()
+
+
+def test_gpu_unavailable_banner(qtbot, tmp_path, settings, part_folder) -> None:
+    inspector = DarkSpotInspector("demo", warnings=("GPU unavailable: running on CPU",))
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": inspector}, source=str(part_folder))
+    window.start()
+    qtbot.waitUntil(lambda: "gpu" in window.station.faults.faults(), timeout=WAIT_MS)
+    assert window.station.faults.faults()["gpu"] == "GPU unavailable: running on CPU"
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
+    window.close()
+
+
+def test_keyboard_shortcuts(qtbot, tmp_path, settings, part_images) -> None:
+    images = [image for _, image in part_images]
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
+                     source="memory",
+                     open_source=lambda text: ArraySource(images, name="memory", loop=True, fps=100))
+    with qtbot.waitActive(window):
+        window.activateWindow()
+    qtbot.keyClick(window, Qt.Key.Key_F5)
+    qtbot.waitUntil(lambda: window.state == RunState.RUNNING and window.counts.inspected > 0, timeout=WAIT_MS)
+    qtbot.keyClick(window, Qt.Key.Key_Space)
+    assert window.state == RunState.PAUSED
+    assert window.station.banner.verdict_text == "PAUSED"
+    qtbot.keyClick(window, Qt.Key.Key_Space)
+    assert window.state == RunState.RUNNING
+    assert window.station.heatmap.heatmap_visible
+    qtbot.keyClick(window, Qt.Key.Key_H)
+    assert not window.station.heatmap.heatmap_visible
+    opacity = window.station.heatmap.opacity
+    qtbot.keyClick(window, Qt.Key.Key_BracketLeft)
+    assert window.station.heatmap.opacity == pytest.approx(opacity - 0.1)
+    qtbot.keyClick(window, Qt.Key.Key_Escape)
+    assert window.state == RunState.STOPPED
+    qtbot.keyClick(window, Qt.Key.Key_F11)
+    assert window.act_kiosk.isChecked() and not window.toolbar.isVisible()
+    qtbot.keyClick(window, Qt.Key.Key_F11)
+    assert not window.act_kiosk.isChecked() and window.toolbar.isVisible()
+    qtbot.keyClick(window, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
+    assert window.counts.inspected == 0
+    window.close()
+
+
+def test_window_layout_and_choices_are_remembered(qtbot, tmp_path, settings) -> None:
+    recipes = _recipes(tmp_path, "demo", "other")
+    inspectors = {"demo": DarkSpotInspector("demo"), "other": DarkSpotInspector("other")}
+    window = _window(qtbot, settings, recipes, inspectors)
+    window.resize(720, 540)
+    window.set_source_text(str(tmp_path))
+    window.recipe_box.setCurrentIndex(1)
+    window.opacity_slider.setValue(30)
+    window.act_heatmap.setChecked(False)
+    size = window.size()                  # the toolbar may hold the width above what was asked
+    window.close()
+
+    again = _window(qtbot, QSettings(settings.fileName(), QSettings.Format.IniFormat), recipes, inspectors)
+    assert again.source_box.currentText() == str(tmp_path)
+    assert again.current_recipe == recipes[1]
+    assert again.opacity_slider.value() == 30
+    assert not again.act_heatmap.isChecked()
+    assert again.size() == size
+    again.close()
+
+
+def test_start_without_source_says_what_to_do(qtbot, tmp_path, settings) -> None:
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")})
+    window.source_box.setCurrentText("")
+    window.start()
+    assert window.state == RunState.STOPPED
+    assert "No source" in window.station.faults.faults()["camera"]
+    window.close()
+
+
+def test_bad_source_text_is_reported(qtbot, tmp_path, settings) -> None:
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
+                     source=str(tmp_path / "no-such-folder"))
+    window.start()
+    qtbot.waitUntil(lambda: "camera" in window.station.faults.faults(), timeout=WAIT_MS)
+    assert "no-such-folder" in window.station.faults.faults()["camera"]
+    assert window.state == RunState.STOPPED
+    window.close()
+
+
+def test_heatmap_paints_overlay(qtbot, part_images) -> None:
+    from ui.live_view import HeatmapView
+
+    view = HeatmapView()
+    qtbot.addWidget(view)
+    view.resize(224, 224)
+    inspector = DarkSpotInspector()
+    bad = next(image for name, image in part_images if "bad" in name)
+    view.set_heat_range(0.15, 0.45)
+    view.show_result(inspector.inspect_image(bad))
+    with_heat = view.grab().toImage()
+    view.set_heatmap_visible(False)
+    without = view.grab().toImage()
+    assert with_heat != without
+    arr = np.array([with_heat.pixelColor(x, 112).red() for x in range(224)])
+    assert arr.max() > 0

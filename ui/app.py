@@ -1,0 +1,130 @@
+"""``inspector-gui``: the desktop app of the inspection station.
+
+Usage::
+
+    inspector-gui [--recipe PATH] [--source TEXT] [--kiosk] [--store PATH_OR_URL] [--start]
+
+Without ``--recipe`` the demo recipe ``recipes/fryum_demo.yaml`` is offered, with every other recipe
+of its folder. Without a display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``, and no
+``QT_QPA_PLATFORM`` chosen) it prints one line and exits with `EXIT_NO_DISPLAY`, so a launcher can
+fall back to the headless demo (``inspector demo``).
+
+Exit codes: 0 closed normally, 1 failed to start, 2 usage error, 3 no display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["EXIT_ERROR", "EXIT_NO_DISPLAY", "EXIT_OK", "build_parser", "default_recipe", "has_display", "main"]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_NO_DISPLAY: Final = 3      # distinct from argparse's 2, so the launcher can tell "no screen" apart
+
+DEMO_RECIPE: Final = Path("recipes") / "fryum_demo.yaml"
+
+log = logging.getLogger("ui")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspector-gui", description="Visual inspection station (desktop app).")
+    parser.add_argument("--recipe", type=Path, default=None, metavar="PATH",
+                        help="recipe file to start with (default: recipes/fryum_demo.yaml); the other "
+                             "recipes of its folder are offered too")
+    parser.add_argument("--source", default=None, metavar="TEXT",
+                        help='frame source: camera index ("0"), stream URL, video file or image folder '
+                             "(default: the last one used, else the recipe's)")
+    parser.add_argument("--kiosk", action="store_true", help="start full screen, station screen only (F11 leaves)")
+    parser.add_argument("--store", default=None, metavar="PATH_OR_URL",
+                        help="statistics store: SQLite file or SQLAlchemy URL (default: the per-user data dir)")
+    parser.add_argument("--start", action="store_true", help="start inspecting at once (as if F5 was pressed)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def has_display(environ: dict[str, str] | None = None, platform: str | None = None) -> bool:
+    """Whether Qt can open a window: always on Windows/macOS; on Linux/BSD needs X11, Wayland or a chosen QPA."""
+    env = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if platform.startswith(("win", "darwin")):
+        return True
+    return any(env.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
+def default_recipe() -> Path | None:
+    """The demo recipe, looked up next to the package (source checkout) and in the working folder."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        candidate = root / DEMO_RECIPE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def recipe_choices(recipe: Path | None) -> list[Path]:
+    """The recipe given first, then the other ``*.yaml`` / ``*.yml`` files of its folder (sorted)."""
+    if recipe is None:
+        return []
+    recipe = recipe.expanduser().resolve()
+    siblings = sorted(p.resolve() for p in recipe.parent.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    return [recipe, *(p for p in siblings if p != recipe)]
+
+
+def _open_store(text: str | None) -> Any | None:
+    from inspector.paths import database_path
+    from inspector.store import Store
+
+    target = text if text else database_path()
+    if not text:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return Store(target)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the app; returns the exit code (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    if not has_display():
+        print("inspector-gui: no display (DISPLAY/WAYLAND_DISPLAY unset); run 'inspector demo' for the headless demo")
+        return EXIT_NO_DISPLAY
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from ui.main_window import MainWindow
+    from ui.theme import apply_theme
+
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "inspector-gui"])
+    app.setApplicationName("inspector-gui")
+    app.setOrganizationName("inspector")
+    apply_theme(app)
+    recipe = args.recipe if args.recipe is not None else default_recipe()
+    if recipe is not None and not recipe.is_file():
+        print(f"inspector-gui: recipe {recipe} not found; pass --recipe PATH to an existing recipe file")
+        return EXIT_ERROR
+    store = None
+    try:
+        store = _open_store(args.store)
+    except Exception as exc:  # the station still runs without statistics; the operator is told
+        log.exception("statistics store unavailable")
+        QMessageBox.warning(None, "Statistics store", f"Results will not be recorded: {type(exc).__name__}: {exc}")
+    window = MainWindow(recipes=recipe_choices(recipe), source=args.source, store=store, kiosk=args.kiosk)
+    window.show()
+    if args.start:
+        window.start()
+    try:
+        return int(app.exec())
+    finally:
+        window.shutdown()
+        if store is not None:
+            store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
