@@ -213,11 +213,13 @@ class _SourceBase:
         if not self._period:
             return True
         now = time.monotonic()
+        if not self._next_due:
+            self._next_due = now                    # the first frame is due at once
         if self._next_due > now and self._interrupted.wait(self._next_due - now):
             return False
         # Schedule from the due time, not from now, so the mean rate holds; but never bank more
         # than one period of lateness (a slow consumer must not cause a burst afterwards).
-        self._next_due = max(self._next_due, time.monotonic() - self._period) + self._period
+        self._next_due = max(self._next_due + self._period, time.monotonic() - self._period)
         return True
 
 
@@ -278,7 +280,7 @@ def _check_dims(path: Path, width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         msg = (
             f"{path}: image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
-            f"{MAX_IMAGE_PIXELS // 1_000_000} MP limit; resize it or crop to the part"
+            f"{MAX_IMAGE_PIXELS // 1_000_000} MP limit; resize it or crop to the part (or the file is corrupt)"
         )
         raise FrameDecodeError(msg, path=path)
     if min(width, height) < MIN_IMAGE_SIDE:

@@ -465,7 +465,7 @@ class Pipeline:
         if not isinstance(item, _End):
             with self._lock:
                 self._captured += 1
-        if self._live:
+        if self._live and not isinstance(item, _End):   # the end marker must not replace the last frame
             if not _offer(self._slot, item):
                 with self._lock:
                     self._dropped += 1

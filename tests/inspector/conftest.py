@@ -85,9 +85,11 @@ class StubInspector:
         self.gate = gate or {}
         self.seen: list[int] = []
         self.threads: set[str] = set()
+        self.started = threading.Event()   # set when the first inspect() begins
 
     def inspect(self, frame: Frame) -> InspectionResult:
         self.seen.append(frame.frame_id)
+        self.started.set()
         self.threads.add(threading.current_thread().name)
         if frame.frame_id in self.gate:
             self.gate[frame.frame_id].wait(10)
