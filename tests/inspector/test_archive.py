@@ -1,0 +1,258 @@
+"""The image archive: what is kept, atomic files, size cap, disk-full pause, safe names."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import inspector.archive as archive_module
+from inspector.archive import Archive, ArchivedPaths, ArchivePolicy
+from inspector.capture import ArraySource
+from inspector.pipeline import Pipeline
+from inspector.results import DefectRegion, InspectionResult, Verdict
+
+pytestmark = pytest.mark.usefixtures("no_thread_leak")
+
+T0 = 1_795_400_000.0   # a fixed capture time, so file names are predictable within a test
+
+
+def _result(
+    frame_id: int,
+    verdict: Verdict,
+    *,
+    rng: np.random.Generator,
+    recipe: str = "bracket-a",
+    with_map: bool = True,
+    size: int = 56,
+) -> InspectionResult:
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    anomaly_map = rng.random((size, size), dtype=np.float32) if with_map else None
+    region = DefectRegion(x=10, y=10, width=8, height=8, area_px=64, area_mm2=None, max_score=1.0, mean_score=0.7)
+    return InspectionResult(
+        frame_id=frame_id,
+        timestamp=T0 + frame_id * 0.01,
+        source="camera 0",
+        recipe=recipe,
+        model_version="v1",
+        verdict=verdict,
+        score=None if verdict is Verdict.ERROR else 0.5,
+        regions=(region,) if verdict is Verdict.FAIL else (),
+        anomaly_map=anomaly_map,
+        image_bgr=image,
+    )
+
+
+def _archived_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_keeps_fail_and_review_and_every_nth_pass(tmp_path: Path, rng: np.random.Generator) -> None:
+    policy = ArchivePolicy(directory=tmp_path / "archive", save_pass_every=3, vmin=0.2, vmax=0.9)
+    verdicts = [Verdict.PASS, Verdict.FAIL, Verdict.PASS, Verdict.REVIEW, Verdict.PASS, Verdict.ERROR, Verdict.PASS]
+    with Archive(policy) as archive:
+        paths = [archive.submit(_result(i, v, rng=rng)) for i, v in enumerate(verdicts)]
+        assert archive.flush(10)
+        assert archive.saved == 3
+    kept = [i for i, p in enumerate(paths) if p is not None]
+    assert kept == [1, 3, 4]                                  # FAIL, REVIEW, and the 3rd PASS
+    for index in kept:
+        item = paths[index]
+        assert isinstance(item, ArchivedPaths) and item.overlay is not None
+        assert item.image.is_file() and item.overlay.is_file()
+        assert item.image.is_relative_to(tmp_path / "archive")
+        assert item.image.name.endswith(f"_bracket-a_{index:06d}_{verdicts[index].value.lower()}.jpg")
+        assert item.overlay.name == item.image.name.replace(".jpg", "_overlay.jpg")
+        decoded = cv2.imdecode(np.fromfile(item.image, np.uint8), cv2.IMREAD_COLOR)
+        assert decoded is not None and decoded.shape == (56, 56, 3)
+    assert len(_archived_files(tmp_path / "archive")) == 6     # no temp files left behind
+
+
+def test_png_without_anomaly_map(tmp_path: Path, rng: np.random.Generator) -> None:
+    result = _result(0, Verdict.FAIL, rng=rng, with_map=False)
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png")) as archive:
+        paths = archive.submit(result)
+    assert paths is not None and paths.overlay is None and paths.image.suffix == ".png"
+    loaded = cv2.imdecode(np.fromfile(paths.image, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(loaded, result.image_bgr)   # PNG is lossless
+
+
+def test_disabled_archive_keeps_nothing_and_starts_no_thread(tmp_path: Path, rng: np.random.Generator) -> None:
+    before = threading.active_count()
+    archive = Archive(ArchivePolicy(enabled=False, directory=tmp_path / "a"))
+    assert threading.active_count() == before
+    assert archive.submit(_result(0, Verdict.FAIL, rng=rng)) is None
+    archive.close()
+    assert not (tmp_path / "a").exists()
+
+
+def test_files_appear_atomically(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[tuple[str, list[str]]] = []    # (name written to, visible files in the folder then)
+    real_write = archive_module._write_file
+
+    def watching_write(path: Path, data: bytes) -> None:
+        visible = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
+        writes.append((path.name, visible))
+        real_write(path, data)
+
+    monkeypatch.setattr(archive_module, "_write_file", watching_write)
+    with Archive(ArchivePolicy(directory=tmp_path)) as archive:
+        paths = archive.submit(_result(0, Verdict.FAIL, rng=rng))
+    assert paths is not None and paths.overlay is not None
+    (image_tmp, before_image), (overlay_tmp, before_overlay) = writes
+    assert image_tmp.startswith(f".{paths.image.name}.") and image_tmp.endswith(".tmp")
+    assert overlay_tmp.startswith(f".{paths.overlay.name}.") and overlay_tmp.endswith(".tmp")
+    assert before_image == [] and before_overlay == [paths.image.name]   # final names appear only when complete
+    assert sorted(p.name for p in paths.image.parent.iterdir()) == sorted([paths.image.name, paths.overlay.name])
+
+
+def test_a_write_that_dies_leaves_no_partial_file(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocks a disk that fails mid-write (hardware): half the bytes land, then OSError."""
+
+    def half_write(path: Path, data: bytes) -> None:
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(archive_module, "_write_file", half_write)
+    warnings: list[str] = []
+    with Archive(ArchivePolicy(directory=tmp_path), on_warning=warnings.append) as archive:
+        paths = archive.submit(_result(0, Verdict.FAIL, rng=rng))
+        assert archive.flush(10)
+    assert paths is not None and not paths.image.exists()
+    assert _archived_files(tmp_path) == []
+    assert len(warnings) == 1 and "Input/output error" in warnings[0]
+
+
+def test_size_cap_removes_oldest_first(tmp_path: Path, rng: np.random.Generator) -> None:
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png")) as archive:
+        first = archive.submit(_result(0, Verdict.FAIL, rng=rng, with_map=False))
+        assert archive.flush(10) and first is not None
+    one_file = first.image.stat().st_size
+    cap = int(one_file * 3.5)                                   # room for three of these frames
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png", max_bytes=cap)) as archive:
+        paths = [archive.submit(_result(i, Verdict.FAIL, rng=rng, with_map=False)) for i in range(1, 7)]
+        assert archive.flush(10)
+        assert archive.total_bytes <= cap
+    remaining = _archived_files(tmp_path)
+    assert remaining == sorted(p.image for p in paths[-3:] if p is not None)   # the three newest
+    assert not first.image.exists()                             # files found at start-up count too
+
+
+def test_existing_archive_over_a_new_cap_is_trimmed_at_start(tmp_path: Path, rng: np.random.Generator) -> None:
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png")) as archive:
+        for i in range(4):
+            archive.submit(_result(i, Verdict.REVIEW, rng=rng, with_map=False))
+    files = _archived_files(tmp_path)
+    assert len(files) == 4
+    stray = tmp_path / "operator_notes.png"                     # not in a day folder: never touched
+    stray.write_bytes(b"x" * 10)
+    with Archive(ArchivePolicy(directory=tmp_path, max_bytes=1)) as archive:
+        assert archive.flush(10)
+    assert _archived_files(tmp_path) == [stray]
+
+
+def test_disk_full_pauses_with_a_warning_then_resumes(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocks a full disk (hardware) by making the low-level write raise ENOSPC."""
+    real_write = archive_module._write_file
+    full = threading.Event()
+    full.set()
+
+    def maybe_full(path: Path, data: bytes) -> None:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(archive_module, "_write_file", maybe_full)
+    warnings: list[str] = []
+    policy = ArchivePolicy(directory=tmp_path, retry_after_s=0.2)
+    with Archive(policy, on_warning=warnings.append) as archive:
+        assert archive.submit(_result(0, Verdict.FAIL, rng=rng)) is not None
+        assert archive.flush(10)
+        assert archive.paused
+        assert archive.submit(_result(1, Verdict.FAIL, rng=rng)) is None      # skipped while paused
+        assert len(warnings) == 1
+        assert warnings[0].startswith("archive paused: cannot write ")
+        assert "No space left on device" in warnings[0] and "retries in 0.2 s" in warnings[0]
+        full.clear()                                                            # space freed
+        deadline = time.monotonic() + 10
+        while archive.paused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        resumed = archive.submit(_result(2, Verdict.FAIL, rng=rng))
+        assert archive.flush(10)
+    assert resumed is not None and resumed.image.is_file()
+    assert (archive.saved, archive.skipped) == (1, 2)
+    assert len(warnings) == 1
+
+
+def test_pipeline_goes_on_while_the_disk_is_full(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, stub_inspector: type) -> None:
+    """Mocks a full disk (hardware); every frame still gets its result."""
+
+    def no_space(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive_module, "_write_file", no_space)
+    images = [rng.integers(0, 256, (56, 56, 3), dtype=np.uint8) for _ in range(3)]
+    warnings: list[str] = []
+    results: list[InspectionResult] = []
+    with Archive(ArchivePolicy(directory=tmp_path), on_warning=warnings.append) as archive:
+        inspector = stub_inspector(fail_above=0.0)               # every frame FAILs: all are archived
+        pipeline = Pipeline(ArraySource(images, loop=True, count=50), inspector,
+                            consumers=[archive.submit, results.append])
+        with pipeline:
+            pipeline.start()
+            assert pipeline.wait(30)
+    assert [r.frame_id for r in results] == list(range(50))
+    assert all(r.verdict is Verdict.FAIL for r in results)
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert _archived_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("recipe", ["../../etc/passwd", "/abs/olute", "..", "C:\\evil\\x", "name with spaces/and\x00nul"])
+def test_outside_names_cannot_escape_the_archive(tmp_path: Path, rng: np.random.Generator, recipe: str) -> None:
+    root = tmp_path / "archive"
+    with Archive(ArchivePolicy(directory=root)) as archive:
+        paths = archive.submit(_result(0, Verdict.FAIL, rng=rng, recipe=recipe))
+    assert paths is not None
+    assert paths.image.resolve().parent.parent == root.resolve()
+    assert paths.image.is_file()
+    assert all(p.resolve().is_relative_to(root.resolve()) for p in tmp_path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"save_pass_every": -1}, "archive.save_pass_every must be 0"),
+        ({"max_bytes": 0}, "archive.max_bytes must be a positive"),
+        ({"image_format": "gif"}, "archive.image_format must be 'jpg' or 'png', got 'gif'"),
+        ({"jpeg_quality": 101}, "archive.jpeg_quality must be in 0-100"),
+        ({"vmin": 2.0, "vmax": 1.0}, r"archive.vmin \(2.0\) must be below archive.vmax \(1.0\)"),
+    ],
+)
+def test_policy_validation(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ArchivePolicy(directory=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_writer_falling_behind_skips_and_warns_once(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real_write = archive_module._write_file
+
+    def slow_write(path: Path, data: bytes) -> None:
+        release.wait(10)
+        real_write(path, data)
+
+    monkeypatch.setattr(archive_module, "_write_file", slow_write)
+    warnings: list[str] = []
+    with Archive(ArchivePolicy(directory=tmp_path, queue_size=2), on_warning=warnings.append) as archive:
+        paths = [archive.submit(_result(i, Verdict.FAIL, rng=rng, with_map=False)) for i in range(8)]
+        release.set()
+        assert archive.flush(10)
+    assert paths[0] is not None and paths[-1] is None
+    assert len(warnings) == 1 and "falls behind" in warnings[0]
+    assert archive.saved + archive.skipped == 8
+
