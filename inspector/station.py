@@ -182,7 +182,7 @@ class Station:
             WeightsNotFound: no DINOv2 weights source works.
         """
         from models.backbone import create_backbone
-        from models.saved import load_detector
+        from models.saved import load_detector, read_manifest
 
         chosen = resolve_version(recipe, version)
         wanted_device = device or recipe.detector.device
@@ -194,12 +194,12 @@ class Station:
                 warnings.append("GPU unavailable: running on CPU")
         resolved = _weights(recipe, weights)
         try:
-            meta = _read_meta(chosen.path)
-            blocks = tuple(meta.get("blocks") or recipe.detector.blocks)
+            saved = read_manifest(chosen.path)["backbone"]
             backbone = create_backbone(
-                meta.get("backbone", recipe.detector.backbone),
+                saved["model_name"],
                 state_dict=resolved.state_dict,
-                blocks=blocks,
+                blocks=tuple(saved["blocks"]),
+                norm=bool(saved["norm"]),
                 device=wanted_device,
             )
             detector, thresholds, _ = load_detector(
@@ -309,13 +309,3 @@ class Station:
             for r in found
         )
 
-
-def _read_meta(directory: Path) -> dict[str, Any]:
-    import json
-
-    path = directory / "model.json"
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        msg = f"{path}: cannot read the model description: {exc}"
-        raise ModelError(msg) from exc

@@ -21,3 +21,73 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     data = tmp_path_factory.mktemp("user-data")
     monkeypatch.setenv("INSPECTOR_DATA_DIR", str(data))
     monkeypatch.delenv("INSPECTOR_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised ViT-S/14 saved as safetensors: a real weights file for cheap engine tests.
+
+    Random DINOv2 features still separate a bright blob from a textured part at small sizes, which is
+    all the engine's tests need; accuracy is tested with the real weights in tests/models.
+    """
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True)
+    path = tmp_path_factory.mktemp("weights") / "vit_small_random.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    return path
+
+
+def write_recipe(folder: Path, weights: Path, *, name: str = "tiny_part", source: Path | None = None,
+                 extra: str = "") -> Path:
+    """A recipe file for tiny synthetic parts: 84 px, random weights, model versions under ``folder/models``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = source or folder / "frames"
+    source.mkdir(parents=True, exist_ok=True)
+    text = f"""\
+schema_version: 1
+name: {name}
+product: Synthetic test part
+line: L1
+station: S1
+source: {{type: folder, path: {source.as_posix()}}}
+preprocess: {{shorter_side: 84}}
+detector:
+  weights: {weights.as_posix()}
+  device: cpu
+  options: {{augment_rotations: false, masking: "off", blur_sigma: 1.0}}
+model: {{directory: models}}
+min_defect_area_px: 4
+{extra}"""
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def _taught_template(tmp_path_factory: pytest.TempPathFactory, tiny_weights_file: Path) -> Path:
+    """A recipe folder taught once per session on eight synthetic good parts (model v1)."""
+    import numpy as np
+
+    from inspector.recipe import load_recipe
+    from inspector.teach import run_to_end, teach
+    from tests.helpers.images import textured_part, write_images
+
+    root = tmp_path_factory.mktemp("taught")
+    rng = np.random.default_rng(0)
+    good = write_images(root / "good", [textured_part(rng) for _ in range(8)])
+    path = write_recipe(root / "recipe", tiny_weights_file)
+    run_to_end(teach(load_recipe(path), good[0].parent))
+    return path
+
+
+@pytest.fixture
+def taught_recipe(tmp_path: Path, _taught_template: Path) -> Path:
+    """A private copy of a recipe taught on eight synthetic good parts (model v1 saved beside it)."""
+    import shutil
+
+    folder = shutil.copytree(_taught_template.parent, tmp_path / "recipe")
+    return Path(folder) / _taught_template.name

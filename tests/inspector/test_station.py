@@ -1,0 +1,131 @@
+"""Station: a taught recipe turns frames into verdicts, regions and maps; versions and ROI behave."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspector.errors import ModelError, WeightsNotFound
+from inspector.recipe import Roi, load_recipe
+from inspector.results import Frame, Verdict
+from inspector.station import Station, apply_roi, next_version, resolve_version
+from tests.helpers.images import textured_part, with_defect
+
+
+@pytest.fixture
+def station(taught_recipe: Path) -> Station:
+    return Station.load(load_recipe(taught_recipe))
+
+
+def test_good_part_passes_and_defect_fails_with_region_on_the_defect(station: Station) -> None:
+    rng = np.random.default_rng(7)
+    good = textured_part(rng)
+    bad, mask = with_defect(textured_part(rng), rng)
+
+    passed = station.inspect_image(good)
+    failed = station.inspect_image(bad, path="bad.png")
+
+    assert passed.verdict is Verdict.PASS and passed.regions == ()
+    assert failed.verdict is Verdict.FAIL
+    assert failed.score > passed.score
+    assert failed.anomaly_map.shape == bad.shape[:2] and failed.anomaly_map.dtype == np.float32
+    peak = np.unravel_index(np.argmax(failed.anomaly_map), mask.shape)
+    assert mask[peak], "the heatmap peak must fall inside the drawn defect"
+    assert failed.regions and failed.regions[0].area_px >= 4
+    r = failed.regions[0]
+    assert r.x <= peak[1] < r.x + r.width and r.y <= peak[0] < r.y + r.height
+    assert failed.recipe == "tiny_part" and failed.model_version == "v1" and failed.path == "bad.png"
+    assert failed.line == "L1" and failed.station == "S1"
+    assert failed.times.model_ms > 0
+
+
+def test_inspect_takes_pipeline_frames(station: Station) -> None:
+    image = textured_part(np.random.default_rng(1))
+    frame = Frame(image_bgr=image, frame_id=41, timestamp=123.0, source="cam", capture_ms=2.5)
+    result = station.inspect(frame)
+    assert (result.frame_id, result.timestamp, result.source) == (41, 123.0, "cam")
+    assert result.times.capture_ms == 2.5
+
+
+def test_recipe_thresholds_override_the_calibrated_ones(taught_recipe: Path) -> None:
+    recipe = load_recipe(taught_recipe)
+    strict = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds, review=0.0, fail=0.0))
+    result = Station.load(strict).inspect_image(textured_part(np.random.default_rng(3)))
+    assert result.verdict is Verdict.FAIL
+    lenient = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds, review=1e6, fail=1e6))
+    bad, _ = with_defect(textured_part(np.random.default_rng(3)), np.random.default_rng(3))
+    assert Station.load(lenient).inspect_image(bad).verdict is Verdict.PASS
+
+
+def test_roi_rect_maps_regions_back_to_frame_coordinates(taught_recipe: Path) -> None:
+    recipe = load_recipe(taught_recipe)
+    rng = np.random.default_rng(5)
+    bad, mask = with_defect(textured_part(rng), rng)
+    frame = np.zeros((140, 200, 3), np.uint8)
+    frame[30:114, 50:134] = bad
+    roi = dataclasses.replace(recipe, roi=Roi(rect=(50, 30, 84, 84)))
+    result = Station.load(roi).inspect_image(frame)
+    assert result.anomaly_map.shape == (140, 200)
+    assert float(result.anomaly_map[:30].max()) == 0.0, "outside the ROI the map is zero"
+    peak = np.unravel_index(np.argmax(result.anomaly_map), result.anomaly_map.shape)
+    assert mask[peak[0] - 30, peak[1] - 50]
+    assert all(r.x >= 50 and r.y >= 30 for r in result.regions)
+
+
+def test_polygon_roi_zeroes_the_map_outside_the_polygon() -> None:
+    frame = np.full((100, 100, 3), 128, np.uint8)
+    crop, offset, mask = apply_roi(frame, Roi(polygon=((10, 10), (90, 10), (10, 90))))
+    assert offset == (10, 10) and crop.shape[:2] == mask.shape
+    assert mask[5, 5] and not mask[-5, -5]
+
+
+def test_roi_too_small_is_refused() -> None:
+    with pytest.raises(ValueError, match="less than 14x14"):
+        apply_roi(np.zeros((50, 50, 3), np.uint8), Roi(rect=(45, 45, 20, 20)))
+
+
+def test_versions_newest_pinned_and_missing(taught_recipe: Path) -> None:
+    recipe = load_recipe(taught_recipe)
+    assert resolve_version(recipe).name == "v1"
+    assert next_version(recipe).name == "v2"
+    pinned = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, version="v7"))
+    with pytest.raises(ModelError, match="v7"):
+        Station.load(pinned)
+
+
+def test_untaught_recipe_says_how_to_teach(tmp_path: Path, tiny_weights_file: Path) -> None:
+    from tests.conftest import write_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_weights_file))
+    with pytest.raises(ModelError, match="inspector train"):
+        Station.load(recipe)
+
+
+def test_model_made_with_other_weights_is_refused(taught_recipe: Path, tmp_path: Path) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True)
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(other))
+    with pytest.raises(ModelError, match="sha256"):
+        Station.load(load_recipe(taught_recipe), weights=other)
+
+
+def test_missing_weights_file_names_it(taught_recipe: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(WeightsNotFound, match="nowhere.safetensors"):
+        Station.load(load_recipe(taught_recipe), weights=missing)
+
+
+def test_corrupt_model_file_names_it(taught_recipe: Path) -> None:
+    recipe = load_recipe(taught_recipe)
+    tensors = resolve_version(recipe).path / "model.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="model.safetensors"):
+        Station.load(recipe)
