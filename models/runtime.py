@@ -1,0 +1,313 @@
+"""Run an exported detector (``models.export``) through onnxruntime, as a drop-in for the torch one.
+
+``OrtDetector.predict(images_rgb) -> Detection`` takes and returns what ``PatchKNN.predict`` does,
+so the engine can swap one for the other. The frames are preprocessed with the same torch code
+(``models.preprocess``) and the map is brought back to the frame size the same way, so torch and
+onnxruntime differ only inside the graph.
+
+Execution providers are asked for in the order ``TensorrtExecutionProvider`` (only with
+``tensorrt=True``: engine builds take minutes), ``CUDAExecutionProvider``, ``CPUExecutionProvider``,
+as far as this onnxruntime build has them and a CUDA device is present; the provider the session
+really got is logged and kept in ``provider``. ``device="cuda"`` without a working CUDA provider
+raises instead of silently running on the CPU.
+
+Example:
+    >>> detector = OrtDetector(Path("models/fryum/v3/model.onnx"))
+    >>> detector.provider
+    'CPUExecutionProvider'
+    >>> detection = detector.predict(frame_rgb)       # Detection(pred_score (1,), anomaly_map (1, H, W))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.detectors.patch_knn import Detection, PatchKNN, _as_image_list, _geometry
+from models.export import INPUT_NAME, read_description
+from models.preprocess import to_model_input
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = ["PROVIDER_ORDER", "OrtBackbone", "OrtDetector", "create_session", "select_providers"]
+
+logger = logging.getLogger(__name__)
+
+# Fastest first; onnxruntime falls back along the list (its documented provider priority order).
+PROVIDER_ORDER: Final = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+DEVICES: Final = ("auto", "cpu", "cuda")
+
+
+def select_providers(device: str = "auto", *, tensorrt: bool = False) -> list[str]:
+    """Execution providers to ask for, fastest first.
+
+    Args:
+        device: ``"auto"`` (GPU providers when a CUDA device is present), ``"cpu"`` or ``"cuda"``.
+        tensorrt: also ask for TensorRT before CUDA (off by default: building its engine takes minutes).
+
+    Raises:
+        ValueError: an unknown device.
+        RuntimeError: ``"cuda"`` without a CUDA provider in this onnxruntime build or without a device.
+    """
+    import onnxruntime
+
+    kind = device.split(":")[0]
+    if kind not in DEVICES:
+        msg = f"unknown device {device!r}; use one of: {', '.join(DEVICES)}"
+        raise ValueError(msg)
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    available = set(onnxruntime.get_available_providers())
+    # onnxruntime-gpu lists the CUDA provider even on a machine without a GPU; asking for it there
+    # only produces error logs before the fallback, so ask torch whether a device is present.
+    gpu = "CUDAExecutionProvider" in available and torch.cuda.is_available()
+    if kind == "cuda" and not gpu:
+        msg = (f"device 'cuda' was asked for but onnxruntime cannot use CUDA here (providers: "
+               f"{', '.join(sorted(available))}; CUDA device present: {torch.cuda.is_available()}); "
+               "install onnxruntime-gpu matching the CUDA version, or use device 'auto' or 'cpu'")
+        raise RuntimeError(msg)
+    providers: list[str] = []
+    if gpu:
+        if tensorrt and "TensorrtExecutionProvider" in available:
+            providers.append("TensorrtExecutionProvider")
+        providers.append("CUDAExecutionProvider")
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def create_session(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    tensorrt: bool = False,
+    intra_op_threads: int | None = None,
+) -> tuple[onnxruntime.InferenceSession, str]:
+    """An onnxruntime session on the best available provider.
+
+    Args:
+        path: the ``.onnx`` file.
+        device: ``"auto" | "cpu" | "cuda"`` (see ``select_providers``).
+        tensorrt: ask for TensorRT first.
+        intra_op_threads: CPU threads per operator; None lets onnxruntime choose (all cores).
+
+    Returns:
+        (session, the provider it runs on).
+
+    Raises:
+        FileNotFoundError: no such file.
+        RuntimeError: the file cannot be loaded, or ``"cuda"`` was asked for and the session fell
+            back to the CPU.
+    """
+    import onnxruntime
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path} not found; export the model first (`inspector export RECIPE`)"
+        raise FileNotFoundError(msg)
+    providers = select_providers(device, tensorrt=tensorrt)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = int(intra_op_threads)
+    try:
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ... types
+        msg = f"{path}: onnxruntime cannot load the file ({type(exc).__name__}: {exc}); export it again"
+        raise RuntimeError(msg) from exc
+    got = session.get_providers()[0]
+    if device.startswith("cuda") and got == "CPUExecutionProvider":
+        msg = f"{path}: asked for CUDA but onnxruntime fell back to the CPU; check the CUDA/cuDNN install"
+        raise RuntimeError(msg)
+    logger.info("onnxruntime session for %s on %s (asked for %s)", path.name, got, ", ".join(providers))
+    return session, got
+
+
+class OrtBackbone(nn.Module):
+    """A ``DinoBackbone`` stand-in that runs an exported ``"backbone"`` graph in onnxruntime.
+
+    Has the attributes ``PatchKNN`` reads (``patch_size``, ``feature_dim``, ``blocks``, ``norm``,
+    ``embed_dim``, ``depth``) and a zero-size parameter so ``PatchKNN.device`` is the CPU: the
+    tensors it returns live on the CPU whatever the provider.
+
+    Args:
+        path: the ``.onnx`` file of a backbone graph.
+        device: ``"auto" | "cpu" | "cuda"`` for the provider choice.
+        tensorrt: ask for TensorRT first.
+        intra_op_threads: CPU threads per operator.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        tensorrt: bool = False,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.description = read_description(path)
+        if self.description["graph"] != "backbone":
+            msg = f"{path} holds a {self.description['graph']!r} graph; OrtBackbone runs 'backbone' graphs"
+            raise ValueError(msg)
+        self.session, self.provider = create_session(path, device=device, tensorrt=tensorrt,
+                                                     intra_op_threads=intra_op_threads)
+        bb = self.description["backbone"]
+        self.patch_size: int = int(bb["patch_size"])
+        self.feature_dim: int = int(bb["feature_dim"])
+        self.blocks: tuple[int, ...] = tuple(int(b) for b in bb["blocks"])
+        self.norm: bool = bool(bb["norm"])
+        self.embed_dim: int = self.feature_dim // len(self.blocks)
+        self.depth: int = max(self.blocks)
+        self.input_hw: tuple[int, int] = (int(self.description["input_hw"][0]), int(self.description["input_hw"][1]))
+        self._anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised float (H, W = ``input_hw``) -> (B, h, w, D) float32 features on the CPU."""
+        if tuple(images.shape[-2:]) != self.input_hw:
+            msg = (f"model input of {images.shape[-2]}x{images.shape[-1]} px, but the ONNX backbone was exported "
+                   f"for {self.input_hw[0]}x{self.input_hw[1]}; export again with the camera's frame size")
+            raise ValueError(msg)
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        (features,) = self.session.run(["features"], {INPUT_NAME: x})
+        return torch.from_numpy(features)
+
+
+class OrtDetector:
+    """An exported detector run by onnxruntime; ``predict`` behaves as ``PatchKNN.predict``.
+
+    Args:
+        path: the ``.onnx`` file written by ``models.export.export_onnx`` (its ``.json`` beside it).
+        device: ``"auto" | "cpu" | "cuda"`` for the provider choice.
+        tensorrt: ask for TensorRT first (GPU only).
+        intra_op_threads: CPU threads per operator; None lets onnxruntime choose.
+        detector: the fitted torch detector; needed only for a ``"backbone"`` graph (exported when
+            the detector masks the background), whose kNN scoring then runs in torch on its bank.
+
+    Raises:
+        FileNotFoundError: the file or its description is missing.
+        ValueError: a backbone graph without ``detector``.
+        RuntimeError: onnxruntime cannot load the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        tensorrt: bool = False,
+        intra_op_threads: int | None = None,
+        detector: PatchKNN | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.description = read_description(self.path)
+        self.graph: str = self.description["graph"]
+        self.input_hw: tuple[int, int] = (int(self.description["input_hw"][0]), int(self.description["input_hw"][1]))
+        prep = self.description["preprocess"]
+        self.shorter_side: int = int(prep["shorter_side"])
+        self.patch_size: int = int(prep["patch_size"])
+        self._scorer: PatchKNN | None = None
+        if self.graph == "backbone":
+            if detector is None:
+                msg = (f"{self.path} holds only the backbone (the detector masks the background, which ONNX "
+                       "cannot express); pass detector= (the fitted torch detector) to score with its bank")
+                raise ValueError(msg)
+            backbone = OrtBackbone(self.path, device=device, tensorrt=tensorrt, intra_op_threads=intra_op_threads)
+            self.session, self.provider = backbone.session, backbone.provider
+            scorer = PatchKNN(backbone=backbone, config=detector.config)  # type: ignore[arg-type]
+            tensors, info = detector.export_state()
+            scorer.import_state(tensors, info)
+            self._scorer = scorer
+        elif self.graph == "detector":
+            self.session, self.provider = create_session(self.path, device=device, tensorrt=tensorrt,
+                                                         intra_op_threads=intra_op_threads)
+        else:
+            msg = f"{self.path}: unknown graph kind {self.graph!r}; export the model again"
+            raise ValueError(msg)
+
+    @property
+    def device(self) -> torch.device:
+        """Where results are returned (host memory), for code that asks the torch detector the same."""
+        return torch.device("cpu")
+
+    def run_graph(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on preprocessed input.
+
+        Args:
+            images: (B, 3, H, W) float32 normalised RGB, (H, W) = ``input_hw``.
+
+        Returns:
+            The graph outputs by name: ``pred_score`` (B,) and ``anomaly_map`` (B, H, W) float32 for
+            a detector graph, ``features`` (B, h, w, D) float32 for a backbone graph.
+        """
+        names = [o.name for o in self.session.get_outputs()]
+        values = self.session.run(names, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})
+        return dict(zip(names, values, strict=True))
+
+    def predict(self, images_rgb: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 8) -> Detection:
+        """Score frames, as ``PatchKNN.predict``.
+
+        Args:
+            images_rgb: one (H, W, 3) uint8 RGB frame, a (B, H, W, 3) batch or a list of frames;
+                each frame's model input (shorter side resized, cropped) must be ``input_hw``.
+            batch_size: frames per session run.
+
+        Returns:
+            ``Detection(pred_score (B,) float32, anomaly_map (B, H, W) float32 at the frame size)``.
+
+        Raises:
+            ValueError: a frame is not valid or its size does not fit the exported input size.
+        """
+        if self._scorer is not None:
+            return self._scorer.predict(images_rgb, batch_size=batch_size)
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        frames = _as_image_list(images_rgb)
+        scores = np.zeros(len(frames), dtype=np.float32)
+        maps: list[np.ndarray] = [np.empty(0, np.float32)] * len(frames)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, frame in enumerate(frames):
+            by_size.setdefault(frame.shape[:2], []).append(i)
+        for (height, width), indices in by_size.items():
+            geo = _geometry(height, width, shorter_side=self.shorter_side, patch_size=self.patch_size)
+            if geo.crop != self.input_hw:
+                msg = (f"a frame of {height}x{width} px gives a model input of {geo.crop[0]}x{geo.crop[1]}, but "
+                       f"{self.path.name} was exported for {self.input_hw[0]}x{self.input_hw[1]}; export again "
+                       "for this frame size (or use the torch runtime)")
+                raise ValueError(msg)
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                x = to_model_input(np.stack([frames[i] for i in chunk]), shorter_side=self.shorter_side,
+                                   patch_size=self.patch_size, device="cpu")
+                out = self.run_graph(x.numpy())
+                scores[chunk] = out["pred_score"]
+                full = _to_frame_size(out["anomaly_map"], geo)
+                for j, i in enumerate(chunk):
+                    maps[i] = full[j]
+        if len(by_size) == 1:
+            return Detection(pred_score=scores, anomaly_map=np.stack(maps))
+        return Detection(pred_score=scores, anomaly_map=maps)
+
+    def __call__(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
+        """Same as ``predict``."""
+        return self.predict(images_rgb)
+
+
+def _to_frame_size(crop_maps: np.ndarray, geo: Any) -> np.ndarray:
+    """(B, h, w) maps at the crop size -> (B, H, W) float32 at the frame size, as ``PatchKNN`` does."""
+    maps = torch.from_numpy(np.ascontiguousarray(crop_maps))[:, None]
+    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
+    if (rh, rw) != (ch, cw):
+        maps = F.pad(maps, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
+    if geo.frame != geo.resized:
+        maps = F.interpolate(maps, size=geo.frame, mode="bilinear", align_corners=False)
+    return maps[:, 0].numpy().astype(np.float32, copy=False)
+
