@@ -1,0 +1,107 @@
+"""The ``inspector`` command end to end: train, run, stats, feedback, info, and its exit codes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspector.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from tests.conftest import write_recipe
+from tests.helpers.images import textured_part, with_defect, write_images
+
+
+@pytest.fixture
+def frames(tmp_path: Path) -> Path:
+    """Six frames: four good parts and two with a drawn defect (the 3rd and 6th)."""
+    rng = np.random.default_rng(11)
+    images = []
+    for i in range(6):
+        part = textured_part(rng)
+        images.append(with_defect(part, rng)[0] if i % 3 == 2 else part)
+    return write_images(tmp_path / "frames", images)[0].parent
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "train", "evaluate", "review", "stats", "feedback", "info", "demo", "export"):
+        assert command in out
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "recipe" in capsys.readouterr().err
+
+
+def test_train_prints_the_calibration_report(
+    tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    good = write_images(tmp_path / "good", [textured_part(rng) for _ in range(6)])[0].parent
+    bad_images = [with_defect(textured_part(rng), rng)[0] for _ in range(3)]
+    bad = write_images(tmp_path / "bad", bad_images)[0].parent
+    recipe = write_recipe(tmp_path / "r", tiny_weights_file)
+
+    assert main(["train", str(recipe), "--good", str(good), "--defects", str(bad)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "saved model v1" in out and "thresholds: review" in out
+    assert "AUROC 1.000" in out, out
+    assert (tmp_path / "r" / "models" / "v1" / "model.json").is_file()
+
+
+def test_run_stores_every_frame_then_stats_and_feedback(
+    taught_recipe: Path, frames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "station.db"
+    code = main(["run", str(taught_recipe), "--source", str(frames), "--store", str(db), "--lot", "LOT-7"])
+    assert code == EXIT_OK
+    out = capsys.readouterr().out
+    assert "inspected 6 frame(s)" in out and "recorded 6" in out, out
+    assert out.count("FAIL") >= 2
+
+    rows = sqlite3.connect(db).execute("SELECT verdict, lot, path FROM inspections ORDER BY id").fetchall()
+    assert len(rows) == 6 and {lot for _, lot, _ in rows} == {"LOT-7"}
+    assert [v for v, _, _ in rows][2] == "FAIL" and [v for v, _, _ in rows][5] == "FAIL"
+
+    assert main(["stats", "--store", str(db), "--by", "lot", "--csv", str(tmp_path / "x.csv")]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "LOT-7" in out and "wrote 6 inspection(s)" in out
+    assert len((tmp_path / "x.csv").read_text().splitlines()) == 7
+
+    first_fail = 3
+    assert main(["feedback", str(first_fail), "scratch", "--store", str(db), "--user", "qa"]) == EXIT_OK
+    assert main(["feedback", str(first_fail), "good", "--store", str(db), "--user", "qa",
+                 "--recipe", str(taught_recipe)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "now uses model v2" in out
+    labels = sqlite3.connect(db).execute("SELECT label, user FROM feedback ORDER BY id").fetchall()
+    assert labels == [("scratch", "qa"), ("good", "qa")]
+
+
+def test_broken_recipe_exits_1_naming_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema_version: 1\nname: x\nsource: {type: folder, path: .}\nthresholds: {fail: high}\n")
+    assert main(["run", str(bad)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "thresholds.fail" in err
+
+
+def test_run_without_a_model_says_how_to_teach(
+    tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = write_recipe(tmp_path, tiny_weights_file)
+    assert main(["run", str(recipe)]) == EXIT_ERROR
+    assert "inspector train" in capsys.readouterr().err
+
+
+def test_info_reports_the_weights_source(tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--weights", str(tiny_weights_file)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "torch" in out and "weights: file" in out and "device:" in out
