@@ -11,7 +11,6 @@ import dataclasses
 import getpass
 import json
 import platform
-import shutil
 import sys
 import threading
 import time
@@ -184,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     backbone = create_backbone(defaults.backbone, state_dict=resolved.state_dict, blocks=tuple(defaults.blocks),
                                device=args.device or "auto")
     if args.zero_shot:
-        from models.evaluation import evaluate_zero_shot
+        from models.detectors.zero_shot import evaluate_zero_shot
 
         report = evaluate_zero_shot(backbone, category, progress=_tqdm_progress("zero-shot"))
     else:
@@ -345,14 +344,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InspectorError(msg)
     recipe = load_recipe(DEMO_RECIPE)
     out: Path = args.out
-    model_dir = out / "model"
-    shutil.rmtree(model_dir, ignore_errors=True)   # the demo teaches afresh each time
-    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, directory=model_dir.resolve()))
-    print(f"teaching recipe '{recipe.name}' on {DEMO_DATA / 'train' / 'good'} ...")
-    report = drive(teach(recipe, DEMO_DATA / "train" / "good", device=args.device, weights=args.weights),
-                   desc="teaching")
-    for line in report.summary_lines():
-        print(f"  {line}")
+    if args.retrain or not recipe.model_versions():
+        print(f"teaching recipe '{recipe.name}' on {DEMO_DATA / 'train' / 'good'} ...")
+        report = drive(teach(recipe, DEMO_DATA / "train" / "good", device=args.device, weights=args.weights),
+                       desc="teaching")
+        for line in report.summary_lines():
+            print(f"  {line}")
+    else:
+        print(f"recipe '{recipe.name}' is taught already ({recipe.model_dir()}); --retrain teaches it again")
     station = Station.load(recipe, device=args.device, weights=args.weights)
     review, fail, pixel = station.thresholds
     (out / "overlays").mkdir(parents=True, exist_ok=True)

@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, device and the DINOv2 weights source")
     _add_weights(p)
 
-    p = sub.add_parser("demo", help="teach the built-in demo recipe and inspect its test images")
+    p = sub.add_parser("demo", help="teach the built-in demo recipe (once) and inspect its test images")
     p.add_argument("--out", type=Path, default=Path("out/demo"), metavar="DIR",
                    help="where heatmap overlays are written (default: out/demo)")
+    p.add_argument("--retrain", action="store_true", help="teach the demo recipe again (a new model version)")
     _add_device(p)
     _add_weights(p)
 
