@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QSizePolicy,
     QSlider,
@@ -34,6 +35,7 @@ from PySide6.QtWidgets import (
 from inspector.errors import CaptureError, ModelError
 from inspector.results import InspectionResult, Progress
 from ui.live_view import LotCounts
+from ui.recording import ResultRecorder
 from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
 
@@ -139,6 +141,8 @@ class MainWindow(QMainWindow):
         self.bridge = PipelineBridge(self)
         self.bridge.result_ready.connect(self._on_result)
         self.bridge.event.connect(self._on_pipeline_event)
+        self.bridge.warning.connect(self._on_warning)
+        self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning)
         self.jobs = JobRunner(self)
         self.jobs.finished.connect(self._on_job_finished)
         self.jobs.raised.connect(self._on_job_raised)
@@ -176,12 +180,14 @@ class MainWindow(QMainWindow):
         from ui.teach_wizard import TeachPage
 
         self.statistics = StatisticsView(self._store)
-        self.review = ReviewView(self._store, feedback_runner=self._run_feedback)
+        self.review = ReviewView(self._store, feedback_runner=self._run_feedback,
+                                 recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of)
         self.teach = TeachPage(recipes=self._recipes, open_source=self._open_source)
         self.tabs.addTab(self.statistics, "Statistics")
         self.tabs.addTab(self.review, "Review")
         self.tabs.addTab(self.teach, "Teach")
         self.tabs.currentChanged.connect(self._on_tab_changed)
+        self.teach.taught.connect(self._on_taught)
 
     def _action(self, text: str, shortcut: str | QKeySequence.StandardKey | None, slot: Callable[..., Any],
                 *, checkable: bool = False, tip: str = "") -> QAction:
@@ -252,6 +258,12 @@ class MainWindow(QMainWindow):
         self.opacity_slider.valueChanged.connect(self._on_opacity_changed)
         bar.addWidget(self.opacity_slider)
         bar.addSeparator()
+        bar.addWidget(QLabel(" Lot "))
+        self.lot_edit = QLineEdit()
+        self.lot_edit.setPlaceholderText("lot number")
+        self.lot_edit.setMaximumWidth(130)
+        self.lot_edit.editingFinished.connect(self._on_lot_edited)
+        bar.addWidget(self.lot_edit)
         bar.addAction(self.act_new_lot)
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
@@ -467,6 +479,9 @@ class MainWindow(QMainWindow):
             self._status.setText(f"Switched to recipe {recipe.stem}")
             self.recipe_box.setEnabled(True)
         elif name == "feedback" and self.review is not None:
+            recipe = self._recipe_file(self.review.current.recipe) if self.review.current is not None else None
+            if recipe is not None:
+                self._inspectors.pop(recipe, None)    # reloaded with the new version on the next start
             self.review.on_feedback_done(value)
 
     @Slot(object)
@@ -492,10 +507,7 @@ class MainWindow(QMainWindow):
     def _launch(self, source: Any, inspector: Any) -> None:
         self._inspector = inspector
         self._source_done = False
-        consumers: list[Callable[[Any], None]] = []
-        if self._store is not None:
-            consumers.append(self._store.record)
-        consumers.append(self.bridge.on_result)
+        consumers: list[Callable[[Any], None]] = [self.recorder.record, self.bridge.on_result]
         try:
             self._pipeline = self._make_pipeline(source, inspector, consumers=consumers,
                                                  on_event=self.bridge.on_event)
@@ -525,6 +537,7 @@ class MainWindow(QMainWindow):
         else:
             self.station.faults.clear_fault("warning")
         self.station.faults.clear_fault("model")
+        self.recorder.use(inspector)
         review, fail, pixel = _thresholds(inspector)
         if self.statistics is not None:
             self.statistics.set_thresholds(review, fail)
@@ -686,6 +699,44 @@ class MainWindow(QMainWindow):
             widget.refresh()
 
     @Slot()
+    def _on_lot_edited(self) -> None:
+        self.recorder.set_lot(self.lot_edit.text())
+        self._status.setText(f"Lot: {self.recorder.lot or '(none)'}")
+
+    @Slot(str)
+    def _on_warning(self, text: str) -> None:
+        self._show_fault("warning", text, level="warning")
+
+    def _recipe_file(self, name: str) -> Path | None:
+        """The recipe file of a recipe name (file stem first, then the name inside each file)."""
+        for path in self._recipes:
+            if path.stem == name:
+                return path
+        for path, inspector in self._inspectors.items():
+            if getattr(inspector, "name", None) == name:
+                return path
+        return None
+
+    def _defect_classes_of(self, name: str) -> tuple[str, ...]:
+        from ui.review_view import DEFAULT_DEFECT_CLASSES
+
+        path = self._recipe_file(name)
+        inspector = self._inspectors.get(path) if path is not None else None
+        classes = getattr(getattr(inspector, "recipe", None), "defect_classes", None)
+        return tuple(classes) if classes else DEFAULT_DEFECT_CLASSES
+
+    @Slot(object, str)
+    def _on_taught(self, recipe: Path, version: str) -> None:
+        """A recipe got a new model version: forget its loaded model and offer it in the selector."""
+        path = Path(recipe)
+        self._inspectors.pop(path, None)
+        index = self.recipe_box.findData(str(path))
+        if index < 0:
+            self._recipes.append(path)
+            self.recipe_box.addItem(path.stem, str(path))
+        self._status.setText(f"Recipe {path.stem}: model {version} ready; select it and press F5")
+
+    @Slot()
     def _on_refresh(self) -> None:
         widget = self.tabs.currentWidget()
         if hasattr(widget, "refresh"):
@@ -706,6 +757,7 @@ class MainWindow(QMainWindow):
         self.bridge.close()
         self.jobs.shutdown()
         self._stop_pipeline()
+        self.recorder.close()
         if self.teach is not None:
             self.teach.shutdown()
         self._state = RunState.STOPPED

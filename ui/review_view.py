@@ -1,28 +1,425 @@
-"""Review screen (placeholder until the store lands)."""
+"""Review screen: past inspections from the store, filtered; open one to see it; give feedback.
+
+A table of inspections (thumbnail, time, recipe, verdict, score, regions, label) filtered by verdict,
+recipe and time. Selecting a row shows the archived image with its heatmap overlay and regions.
+"Actually good" records the label in the store and, in a worker thread, adds the image to the
+recipe's model as a new version (`inspector.teach.add_good_feedback`); "Assign class" labels the
+defect regions. Store queries are small and indexed and run on the GUI thread; the model update
+never does.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import getpass
+import logging
+from collections.abc import Callable, Generator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+import cv2
+import numpy as np
+from PySide6.QtCore import QDateTime, QSize, Qt, Slot
+from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDateTimeEdit,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-__all__ = ["ReviewView"]
+from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
+from ui.live_view import VERDICT_COLOURS, HeatmapView
+from ui.qimage import bgr_to_qimage
+
+__all__ = ["DEFAULT_DEFECT_CLASSES", "ReviewView"]
+
+log = logging.getLogger(__name__)
+
+THUMB_PX = 56                # thumbnail height in the table: enough to recognise a part, cheap to load
+PAGE_SIZE = 200              # inspections listed at once (newest first)
+DEFAULT_DEFECT_CLASSES = ("scratch", "crack", "contamination", "missing", "deformation", "other")
+
+FeedbackRunner = Callable[[Callable[[], Generator[Progress, None, Any]]], bool]
+
+
+def _default_good_feedback(recipe_path: Path, image_bgr: np.ndarray, note: str) -> str:
+    """Add one image to a recipe's model as good (new model version); runs on the worker thread."""
+    from inspector.recipe import load_recipe
+    from inspector.teach import add_good_feedback
+
+    return add_good_feedback(load_recipe(recipe_path), [image_bgr], note=note)
+
+
+def _read_image(path: str | None) -> np.ndarray | None:
+    if not path or not Path(path).is_file():
+        return None
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    return image if image is not None and image.size else None
 
 
 class ReviewView(QWidget):
-    def __init__(self, store: Any | None, *, feedback_runner: Callable[..., bool] | None = None,
-                 parent: QWidget | None = None) -> None:
+    """The review screen.
+
+    Args:
+        store: an `inspector.store.Store`, or None.
+        feedback_runner: runs a job on the main window's worker thread; returns False when busy.
+        recipe_lookup: recipe name -> recipe file (to add "actually good" images to its model).
+        good_feedback: (recipe file, image, note) -> new model version; default `add_good_feedback`.
+        defect_classes: recipe name -> its defect classes (default `DEFAULT_DEFECT_CLASSES`).
+    """
+
+    def __init__(
+        self,
+        store: Any | None,
+        *,
+        feedback_runner: FeedbackRunner | None = None,
+        recipe_lookup: Callable[[str], Path | None] | None = None,
+        good_feedback: Callable[[Path, np.ndarray, str], str] | None = None,
+        defect_classes: Callable[[str], tuple[str, ...]] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self._store = store
+        self._feedback_runner = feedback_runner
+        self._recipe_lookup = recipe_lookup or (lambda name: None)
+        self._good_feedback = good_feedback or _default_good_feedback
+        self._defect_classes = defect_classes or (lambda name: DEFAULT_DEFECT_CLASSES)
+        self._records: list[Any] = []
+        self._current: Any | None = None
+        self._image: np.ndarray | None = None
+        self._overlay: np.ndarray | None = None
+        self._pending_recipe: str | None = None
+
+        self.verdict_box = QComboBox()
+        self.verdict_box.addItem("All verdicts", None)
+        for verdict in (Verdict.FAIL, Verdict.REVIEW, Verdict.PASS, Verdict.ERROR):
+            self.verdict_box.addItem(str(verdict), str(verdict))
+        self.recipe_box = QComboBox()
+        self.recipe_box.addItem("All recipes", None)
+        now = QDateTime.currentDateTime()
+        self.since_edit = QDateTimeEdit(now.addDays(-7))
+        self.until_edit = QDateTimeEdit(now.addDays(1))
+        for edit in (self.since_edit, self.until_edit):
+            edit.setCalendarPopup(True)
+            edit.setDisplayFormat("yyyy-MM-dd HH:mm")
+        refresh = QPushButton("Refresh")
+        refresh.clicked.connect(self.refresh)
+        self.verdict_box.currentIndexChanged.connect(self._on_filter_changed)
+        self.recipe_box.currentIndexChanged.connect(self._on_filter_changed)
+        bar = QHBoxLayout()
+        for label, widget in (("Verdict", self.verdict_box), ("Recipe", self.recipe_box),
+                              ("From", self.since_edit), ("To", self.until_edit)):
+            bar.addWidget(QLabel(label))
+            bar.addWidget(widget)
+        bar.addStretch(1)
+        bar.addWidget(refresh)
+
+        self.table = QTableWidget(0, 7)
+        self.table.setHorizontalHeaderLabels(["Image", "Time", "Recipe", "Verdict", "Score", "Regions", "Label"])
+        self.table.setIconSize(QSize(THUMB_PX * 4 // 3, THUMB_PX))
+        self.table.verticalHeader().setDefaultSectionSize(THUMB_PX + 6)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.itemSelectionChanged.connect(self._on_selection_changed)
+
+        self.view = HeatmapView()
+        self.view.set_placeholder("Select an inspection to see it")
+        self.overlay_check = QCheckBox("Heatmap overlay")
+        self.overlay_check.setChecked(True)
+        self.overlay_check.toggled.connect(self._on_overlay_toggled)
+        self.details = QLabel("")
+        self.details.setWordWrap(True)
+        self.user_edit = QLineEdit(_user_name())
+        self.user_edit.setPlaceholderText("reviewer")
+        self.good_button = QPushButton("Actually good")
+        self.good_button.setToolTip("Record as good and add the image to the recipe's model (new version)")
+        self.good_button.clicked.connect(self.mark_good)
+        self.class_box = QComboBox()
+        self.class_button = QPushButton("Assign class")
+        self.class_button.clicked.connect(self._on_assign_clicked)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setStyleSheet("font-weight: bold;")
+
+        actions = QHBoxLayout()
+        actions.addWidget(QLabel("Reviewer"))
+        actions.addWidget(self.user_edit)
+        actions.addWidget(self.good_button)
+        actions.addWidget(self.class_box)
+        actions.addWidget(self.class_button)
+        detail = QWidget()
+        detail_layout = QVBoxLayout(detail)
+        detail_layout.setContentsMargins(0, 0, 0, 0)
+        detail_layout.addWidget(self.view, 1)
+        detail_layout.addWidget(self.overlay_check)
+        detail_layout.addWidget(self.details)
+        detail_layout.addLayout(actions)
+        detail_layout.addWidget(self.message)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.table)
+        split.addWidget(detail)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Review"))
+        layout.addLayout(bar)
+        layout.addWidget(split, 1)
+        self._set_actions_enabled(False)
+        if store is None:
+            self.message.setText("No statistics store: start the app with --store PATH to review results.")
 
+    # ------------------------------------------------------------------------------ public
+    def set_store(self, store: Any | None) -> None:
+        self._store = store
+        self.refresh()
+
+    @property
+    def records(self) -> list[Any]:
+        """The inspections listed (store `InspectionRecord`s, newest first)."""
+        return list(self._records)
+
+    @property
+    def current(self) -> Any | None:
+        return self._current
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict_box.currentData(),
+            "recipe": self.recipe_box.currentData(),
+            "since": float(self.since_edit.dateTime().toSecsSinceEpoch()),
+            "until": float(self.until_edit.dateTime().toSecsSinceEpoch()),
+        }
+
+    def set_range(self, since: float, until: float) -> None:
+        self.since_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(since)))
+        self.until_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(until) + 1))
+
+    @Slot()
     def refresh(self) -> None:
-        pass
+        """Query the store again (keeps the selection when the inspection is still listed)."""
+        if self._store is None:
+            return
+        keep = self._current.id if self._current is not None else None
+        try:
+            self._refresh_recipes()
+            self._records = self._store.inspections(limit=PAGE_SIZE, **self.filters())
+        except Exception as exc:
+            log.exception("review refresh failed")
+            self.message.setText(f"Review unavailable: {type(exc).__name__}: {exc}")
+            return
+        self._fill_table()
+        rows = [i for i, r in enumerate(self._records) if r.id == keep]
+        if rows:
+            self.table.selectRow(rows[0])
+        else:
+            self._show(None)
 
-    def on_feedback_done(self, value: Any) -> None:
-        pass
+    def select(self, row: int) -> None:
+        self.table.selectRow(row)
+
+    @Slot()
+    def mark_good(self) -> None:
+        """Record the selected inspection as good and add its image to the recipe's model (worker thread)."""
+        record = self._current
+        if record is None or self._store is None:
+            return
+        user = self._user()
+        try:
+            self._store.add_feedback(record.id, "good", user=user, note="actually good (review screen)")
+        except Exception as exc:
+            self.message.setText(f"Feedback not recorded: {type(exc).__name__}: {exc}")
+            return
+        self._refresh_current()
+        recipe_path = self._recipe_lookup(record.recipe)
+        image = self._image
+        if recipe_path is None or image is None or self._feedback_runner is None:
+            why = "its recipe file is not known here" if recipe_path is None else "its image was not archived"
+            self.message.setText(f"Recorded as good; the model is unchanged because {why}.")
+            return
+        good_feedback, note = self._good_feedback, f"inspection {record.id} marked good by {user}"
+
+        def job() -> Generator[Progress, None, str]:
+            yield Progress(done=0, total=1, message=f"adding inspection {record.id} to recipe {record.recipe}")
+            return good_feedback(recipe_path, image, note)
+
+        if self._feedback_runner(job):
+            self._pending_recipe = record.recipe
+            self.good_button.setEnabled(False)
+            self.message.setText(f"Recorded as good; adding it to recipe {record.recipe}'s model…")
+        else:
+            self.message.setText("Recorded as good; the model update waits: another job is running, try again.")
+
+    def assign_class(self, defect_class: str) -> None:
+        """Label the selected inspection's defect regions (and record the label as feedback)."""
+        record = self._current
+        if record is None or self._store is None or not defect_class:
+            return
+        user = self._user()
+        try:
+            if record.regions:
+                self._store.set_defect_class(defect_class, user=user, inspection_id=record.id)
+            self._store.add_feedback(record.id, defect_class, user=user, note="class assigned on the review screen")
+        except Exception as exc:
+            self.message.setText(f"Class not recorded: {type(exc).__name__}: {exc}")
+            return
+        self.message.setText(f"Inspection {record.id}: class '{defect_class}' recorded.")
+        self._refresh_current()
+
+    def on_feedback_done(self, version: Any) -> None:
+        """The "actually good" model update finished (called by the main window)."""
+        self.good_button.setEnabled(self._current is not None)
+        self.message.setText(f"Recipe {self._pending_recipe}: model {version} saved with the good image. "
+                             "The station uses it from the next start or recipe switch.")
+        self._pending_recipe = None
 
     def on_feedback_failed(self, text: str) -> None:
-        pass
+        self.good_button.setEnabled(self._current is not None)
+        self.message.setText(f"Recorded as good, but the model update failed: {text}")
+        self._pending_recipe = None
+
+    # ----------------------------------------------------------------------------- private
+    def _user(self) -> str:
+        return self.user_edit.text().strip() or "operator"
+
+    def _refresh_recipes(self) -> None:
+        names = sorted({row.key for row in self._store.yield_summary(group_by="recipe")})
+        known = {self.recipe_box.itemData(i) for i in range(1, self.recipe_box.count())}
+        self.recipe_box.blockSignals(True)
+        for name in names:
+            if name not in known:
+                self.recipe_box.addItem(name, name)
+        self.recipe_box.blockSignals(False)
+
+    def _fill_table(self) -> None:
+        table = self.table
+        table.blockSignals(True)
+        table.clearContents()
+        table.setRowCount(len(self._records))
+        for row, record in enumerate(self._records):
+            thumb = QTableWidgetItem()
+            image = _read_image(record.image_path) if record.image_path else None
+            if image is None:
+                image = _read_image(record.path)
+            if image is not None:
+                scale = THUMB_PX / image.shape[0]
+                small = cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX),
+                                   interpolation=cv2.INTER_AREA)
+                thumb.setIcon(QIcon(QPixmap.fromImage(bgr_to_qimage(small))))
+            table.setItem(row, 0, thumb)
+            when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
+            score = "—" if record.score is None else f"{record.score:.3f}"
+            values = [when, record.recipe, str(record.verdict), score, str(len(record.regions)), record.label or ""]
+            for col, value in enumerate(values, 1):
+                item = QTableWidgetItem(value)
+                if col == 3:
+                    background, text = VERDICT_COLOURS.get(record.verdict, VERDICT_COLOURS["IDLE"])
+                    item.setBackground(QColor(background))
+                    item.setForeground(QColor(text))
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                table.setItem(row, col, item)
+        table.blockSignals(False)
+
+    def _refresh_current(self) -> None:
+        if self._current is None or self._store is None:
+            return
+        record = self._store.get_inspection(self._current.id)
+        for row, listed in enumerate(self._records):
+            if listed.id == record.id:
+                self._records[row] = record
+                item = self.table.item(row, 6)
+                if item is not None:
+                    item.setText(record.label or "")
+        self._show(record, reload_image=False)
+
+    @Slot()
+    def _on_selection_changed(self) -> None:
+        rows = {index.row() for index in self.table.selectedIndexes()}
+        self._show(self._records[min(rows)] if rows else None)
+
+    def _show(self, record: Any | None, *, reload_image: bool = True) -> None:
+        self._current = record
+        self._set_actions_enabled(record is not None)
+        if record is None:
+            self._image = None
+            self.view.show_result(None)
+            self.details.setText("")
+            return
+        if reload_image:
+            self._image = _read_image(record.image_path) if record.image_path else None
+            if self._image is None:
+                self._image = _read_image(record.path)
+            self._overlay = _read_image(record.overlay_path)
+        self._show_image()
+        when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
+        classes = sorted({r.defect_class for r in record.regions if r.defect_class})
+        score = "—" if record.score is None else f"{record.score:.4f}"
+        lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  {record.verdict}  score {score}",
+                 f"source {record.source}" + (f"  ·  lot {record.lot}" if record.lot else ""),
+                 f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
+        if record.feedback:
+            last = record.feedback[-1]
+            lines.append(f"label '{last.label}' by {last.user}")
+        if record.error:
+            lines.append(f"error: {record.error}")
+        if self._image is None:
+            lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
+        self.details.setText("\n".join(lines))
+        self.class_box.clear()
+        self.class_box.addItems(list(self._defect_classes(record.recipe)))
+
+    def _show_image(self) -> None:
+        record = self._current
+        if record is None:
+            return
+        overlay = self._overlay if self.overlay_check.isChecked() else None
+        image = overlay if overlay is not None else self._image
+        if image is None:
+            self.view.show_result(None)
+            return
+        regions = tuple(
+            DefectRegion(x=r.x, y=r.y, width=r.width, height=r.height, area_px=r.area_px, area_mm2=r.area_mm2,
+                         max_score=r.max_score or 0.0, mean_score=r.mean_score or 0.0, defect_class=r.defect_class)
+            for r in record.regions
+        )
+        self.view.show_result(InspectionResult(
+            frame_id=record.frame_id, timestamp=record.time, source=record.source, recipe=record.recipe,
+            model_version=record.model_version, verdict=record.verdict, score=record.score, regions=regions,
+            image_bgr=image,
+        ))
+
+    def _set_actions_enabled(self, on: bool) -> None:
+        for widget in (self.good_button, self.class_button, self.class_box):
+            widget.setEnabled(on)
+
+    @Slot(bool)
+    def _on_overlay_toggled(self, on: bool) -> None:
+        self._show_image()
+
+    @Slot()
+    def _on_assign_clicked(self) -> None:
+        self.assign_class(self.class_box.currentText())
+
+    @Slot(int)
+    def _on_filter_changed(self, index: int) -> None:
+        self.refresh()
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:   # no login name in some containers and services
+        return "operator"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,15 +155,18 @@ class StatisticsView(QWidget):
         """Thresholds drawn on the score chart (the current recipe's)."""
         self._review_threshold, self._fail_threshold = review, fail
 
-    def set_range(self, since: datetime, until: datetime) -> None:
+    def set_range(self, since: float | datetime, until: float | datetime) -> None:
+        """The date-range filter (seconds since the epoch, or datetimes)."""
         self.since_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(_to_epoch(since))))
         self.until_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(math.ceil(_to_epoch(until)))))
 
     def filters(self) -> dict[str, Any]:
-        """The store query filters chosen on screen (recipe, since, until as aware UTC datetimes)."""
-        since = datetime.fromtimestamp(self.since_edit.dateTime().toSecsSinceEpoch(), UTC)
-        until = datetime.fromtimestamp(self.until_edit.dateTime().toSecsSinceEpoch(), UTC)
-        return {"recipe": self.recipe_box.currentData(), "since": since, "until": until}
+        """The store query filters chosen on screen: recipe, and since/until in seconds since the epoch."""
+        return {
+            "recipe": self.recipe_box.currentData(),
+            "since": float(self.since_edit.dateTime().toSecsSinceEpoch()),
+            "until": float(self.until_edit.dateTime().toSecsSinceEpoch()),
+        }
 
     @Slot()
     def refresh(self) -> None:

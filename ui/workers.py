@@ -54,6 +54,7 @@ class PipelineBridge(QObject):
 
     result_ready = Signal(object)     # inspector.results.InspectionResult
     event = Signal(object)            # inspector.pipeline.PipelineEvent
+    warning = Signal(str)             # one sentence (e.g. the archive paused: disk full)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -68,6 +69,11 @@ class PipelineBridge(QObject):
         """Pipeline ``on_event`` callback: called on engine threads with each `PipelineEvent`."""
         if not self._closed.is_set():
             self.event.emit(event)
+
+    def on_warning(self, text: str) -> None:
+        """Warning callback of engine helpers (archive, store); any thread."""
+        if not self._closed.is_set():
+            self.warning.emit(text)
 
     def close(self) -> None:
         """Stop forwarding (the window is closing); callbacks still in flight become no-ops."""

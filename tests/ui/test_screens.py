@@ -1,0 +1,119 @@
+"""Statistics and review screens on a real SQLite store in tmp_path, filled with stand-in inspector results."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.results import Verdict
+from inspector.store import Store
+from tests.ui.conftest import FAIL, REVIEW, DarkSpotInspector
+from ui.review_view import ReviewView
+from ui.stats_view import StatisticsView, control_limits
+from ui.workers import JobRunner
+
+
+@pytest.fixture
+def store(tmp_path: Path, part_images) -> Store:
+    """A store with the six parts inspected twice by recipe "demo" (lot A) and once by "other" (lot B)."""
+    db = Store(tmp_path / "stats.db", flush_interval=0.0)
+    inspector = DarkSpotInspector("demo")
+    other = DarkSpotInspector("other")
+    images = tmp_path / "archive"
+    images.mkdir()
+    frame_id = 0
+    for rounds, insp, lot in ((2, inspector, "A"), (1, other, "B")):
+        for _ in range(rounds):
+            for name, image in part_images:
+                path = images / f"{frame_id:03d}_{name}"
+                cv2.imwrite(str(path), image)
+                result = insp.inspect_image(image, path=str(path), frame_id=frame_id)
+                from dataclasses import replace
+
+                db.record(replace(result, lot=lot), image_path=str(path))
+                frame_id += 1
+    db.flush()
+    yield db
+    db.close()
+
+
+def test_control_limits() -> None:
+    assert control_limits(np.array([1.0])) is None
+    mean, low, high = control_limits(np.array([1.0, 2.0, 3.0, np.nan]))
+    assert mean == pytest.approx(2.0)
+    assert (high - mean) == pytest.approx(3.0) and (mean - low) == pytest.approx(3.0)
+
+
+def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
+    view = StatisticsView(store)
+    qtbot.addWidget(view)
+    view.set_thresholds(REVIEW, FAIL)
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    view.refresh()
+    table = view.yield_table
+    rows = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(1, 7)] for r in range(table.rowCount())}
+    assert rows == {"demo": ["12", "8", "0", "4", "0", "66.7"], "other": ["6", "4", "0", "2", "0", "66.7"]}
+    assert view.defect_table.item(0, 1).text() == "6"           # one region per FAIL, none classified yet
+    assert view.points_drawn == 18
+
+    view.group_box.setCurrentIndex(view.group_box.findData("lot"))   # re-queries on change
+    keys = [view.yield_table.item(r, 0).text() for r in range(view.yield_table.rowCount())]
+    assert keys == ["A", "B"]
+    view.recipe_box.setCurrentIndex(view.recipe_box.findData("other"))
+    assert view.points_drawn == 6
+
+    out = view.export_csv(tmp_path / "export.csv")
+    with out.open(encoding="utf-8") as f:
+        exported = list(csv.DictReader(f))
+    assert len(exported) == 6 and {row["recipe"] for row in exported} == {"other"}
+
+
+def test_statistics_without_store_says_so(qtbot) -> None:
+    view = StatisticsView(None)
+    qtbot.addWidget(view)
+    view.refresh()
+    assert "--store" in view.message.text()
+    with pytest.raises(RuntimeError, match="no statistics store"):
+        view.export_csv("x.csv")
+
+
+def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
+    calls: list[tuple[Path, tuple[int, ...], str]] = []
+
+    def good_feedback(recipe: Path, image: np.ndarray, note: str) -> str:
+        calls.append((recipe, image.shape, note))       # stands in for teach.add_good_feedback (needs torch)
+        return "v2"
+
+    runner = JobRunner()
+    view = ReviewView(store, feedback_runner=lambda job: (runner.start(job, name="feedback"), True)[1],
+                      recipe_lookup=lambda name: tmp_path / f"{name}.yaml", good_feedback=good_feedback)
+    runner.finished.connect(view.on_feedback_done)
+    qtbot.addWidget(view)
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    view.refresh()
+    assert len(view.records) == 18
+    view.verdict_box.setCurrentIndex(view.verdict_box.findData("FAIL"))
+    assert len(view.records) == 6 and all(r.verdict == Verdict.FAIL for r in view.records)
+    assert not view.table.item(0, 0).icon().isNull(), "thumbnail from the archived image"
+
+    view.select(0)
+    record = view.current
+    assert record is not None and view.view.result is not None and view.view.result.regions
+    assert f"#{record.id}" in view.details.text()
+
+    view.assign_class("scratch")
+    again = store.get_inspection(record.id)
+    assert {r.defect_class for r in again.regions} == {"scratch"}
+    assert again.label == "scratch"
+
+    with qtbot.waitSignal(runner.stopped, timeout=10_000):
+        view.mark_good()
+    assert store.get_inspection(record.id).label == "good"
+    assert calls and calls[0][0] == tmp_path / f"{record.recipe}.yaml" and calls[0][1] == (112, 112, 3)
+    assert "model v2 saved" in view.message.text()
+    assert view.table.item(0, 6).text() == "good"

@@ -1,0 +1,97 @@
+"""What the app does with each result besides showing it: archive FAIL/REVIEW images and record to the store.
+
+`ResultRecorder.record` is a pipeline consumer: it runs on the pipeline's worker thread and must be
+quick. `Archive.submit` and `Store.record` both only enqueue to their own writer threads, so it is.
+The lot number and the archive of each recipe are set from the GUI thread; they are read under a lock.
+No Qt here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from inspector.results import InspectionResult
+
+__all__ = ["ResultRecorder"]
+
+log = logging.getLogger(__name__)
+
+
+class ResultRecorder:
+    """Stamps the lot on each result, archives it by its recipe's policy, and records it in the store.
+
+    Args:
+        store: an `inspector.store.Store`, or None (results are then only archived).
+        on_warning: called with a sentence when the archive pauses (disk full, folder gone); any thread.
+    """
+
+    def __init__(self, store: Any | None, *, on_warning: Callable[[str], None] | None = None) -> None:
+        self._store = store
+        self._on_warning = on_warning
+        self._lock = threading.Lock()
+        self._archives: dict[str, Any] = {}     # recipe name -> inspector.archive.Archive
+        self._lot = ""
+
+    @property
+    def lot(self) -> str:
+        with self._lock:
+            return self._lot
+
+    def set_lot(self, lot: str) -> None:
+        """The lot number written with every result from now on ("" for none)."""
+        with self._lock:
+            self._lot = lot.strip()
+
+    def use(self, inspector: Any) -> None:
+        """Prepare the archive of an inspector's recipe (a `Station` has ``.recipe``); GUI thread."""
+        recipe = getattr(inspector, "recipe", None)
+        if recipe is None or not getattr(getattr(recipe, "archive", None), "enabled", False):
+            return
+        with self._lock:
+            if recipe.name in self._archives:
+                return
+        from inspector.archive import Archive, ArchivePolicy
+
+        review, fail, pixel = getattr(inspector, "thresholds", (None, None, None))
+        try:
+            archive = Archive(
+                ArchivePolicy(
+                    directory=recipe.archive_dir(),
+                    save_pass_every=recipe.archive.save_pass_every,
+                    max_bytes=int(recipe.archive.max_size_mb * 1024 * 1024),
+                    # the same colour range as the station view, so archived overlays read the same
+                    vmin=0.5 * pixel if pixel else None,
+                    vmax=1.5 * pixel if pixel else None,
+                ),
+                on_warning=self._on_warning,
+            )
+        except Exception:
+            log.exception("archive of recipe %s unavailable; results are recorded without images", recipe.name)
+            return
+        with self._lock:
+            self._archives[recipe.name] = archive
+
+    def record(self, result: InspectionResult) -> None:
+        """Pipeline consumer (worker thread): archive, then record in the store."""
+        with self._lock:
+            lot, archive = self._lot, self._archives.get(result.recipe)
+        if lot and not result.lot:
+            result = dataclasses.replace(result, lot=lot)
+        paths = archive.submit(result) if archive is not None else None
+        if self._store is not None:
+            self._store.record(result, image_path=str(paths.image) if paths else None,
+                               overlay_path=str(paths.overlay) if paths and paths.overlay else None)
+
+    def close(self) -> None:
+        """Close every archive (waits for queued images to be written)."""
+        with self._lock:
+            archives, self._archives = list(self._archives.values()), {}
+        for archive in archives:
+            try:
+                archive.close()
+            except Exception:
+                log.exception("closing an archive failed")
