@@ -87,6 +87,17 @@ def _thresholds(inspector: Any) -> tuple[float | None, float | None, float | Non
     return getattr(value, "review", None), getattr(value, "fail", None), getattr(value, "pixel", None)
 
 
+def _recipe_source(inspector: Any) -> Any:
+    """The source a recipe names (used when the source box is empty)."""
+    recipe = getattr(inspector, "recipe", None)
+    if recipe is None or not hasattr(recipe, "resolved_source"):
+        msg = "no source: type a camera index, a stream URL, or pick a folder or video"
+        raise CaptureError(msg)
+    from inspector.capture import open_source
+
+    return open_source(recipe.resolved_source())
+
+
 def _event_kind(event: Any) -> str:
     kind = getattr(event, "kind", "")
     return str(getattr(kind, "name", kind)).upper()
@@ -232,7 +243,7 @@ class MainWindow(QMainWindow):
         self.source_box.setMinimumContentsLength(24)
         self.source_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.source_box.setToolTip('Camera index ("0"), stream URL ("rtsp://…"), video file or image folder')
-        self.source_box.lineEdit().setPlaceholderText("0, rtsp://…, video or folder")
+        self.source_box.lineEdit().setPlaceholderText("empty: the recipe's source")
         bar.addWidget(self.source_box)
         bar.addAction(self.act_open_folder)
         bar.addAction(self.act_open_video)
@@ -366,23 +377,20 @@ class MainWindow(QMainWindow):
         if recipe is None:
             self._show_fault("recipe", "No recipe selected: choose one in the Recipe box, or teach one (Teach tab)")
             return
-        if not text:
-            self._show_fault("camera", "No source: type a camera index, a stream URL, or pick a folder / video")
-            return
         for key in ("camera", "recipe", "model", "source"):
             self.station.faults.clear_fault(key)
-        if self.source_box.findText(text) < 0:
+        if text and self.source_box.findText(text) < 0:
             self.source_box.addItem(text)
         self._set_state(RunState.STARTING)
-        self.station.banner.show_idle("STARTING", f"opening {text} · loading {recipe.stem}")
+        self.station.banner.show_idle("STARTING", f"opening {text or 'the recipe source'} · loading {recipe.stem}")
         self.jobs.start(self._start_job(text, recipe), name="start")
 
     def _start_job(self, text: str, recipe: Path) -> Callable[[], Generator[Progress, None, tuple[Any, Any]]]:
         def job() -> Generator[Progress, None, tuple[Any, Any]]:
             yield Progress(done=0, total=2, message=f"loading recipe {recipe.stem}")
             inspector = self._inspector_for(recipe)
-            yield Progress(done=1, total=2, message=f"opening source {text}")
-            source = self._open_source(text)
+            yield Progress(done=1, total=2, message=f"opening source {text or 'of the recipe'}")
+            source = self._open_source(text) if text else _recipe_source(inspector)
             return source, inspector
 
         return job

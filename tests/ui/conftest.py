@@ -55,6 +55,8 @@ class DarkSpotInspector:
     blurred; the score is its maximum. Cheap numpy, no torch, same interface as `Station`.
     """
 
+    total_calls = 0          # over every instance: lets a test prove that nothing was re-inferred
+
     def __init__(self, name: str = "demo", *, version: str = "v1", warnings: tuple[str, ...] = ()) -> None:
         self.name = name
         self.model_version = version
@@ -72,6 +74,7 @@ class DarkSpotInspector:
     def inspect_image(self, image_bgr: np.ndarray, *, path: str | None = None, frame_id: int = 0,
                       timestamp: float | None = None, source: str = "image") -> InspectionResult:
         self.calls += 1
+        DarkSpotInspector.total_calls += 1
         grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
         disc = self._disc if grey.shape == self._disc.shape else np.ones(grey.shape, bool)
         amap = np.where(disc, np.clip((PART_GREY - grey) / PART_GREY, 0, 1), 0).astype(np.float32)

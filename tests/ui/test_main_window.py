@@ -184,9 +184,10 @@ def test_window_layout_and_choices_are_remembered(qtbot, tmp_path, settings) -> 
 def test_start_without_source_says_what_to_do(qtbot, tmp_path, settings) -> None:
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")})
     window.source_box.setCurrentText("")
-    window.start()
+    window.start()                       # empty: the recipe's source, but the stand-in has no recipe
+    qtbot.waitUntil(lambda: "camera" in window.station.faults.faults(), timeout=WAIT_MS)
     assert window.state == RunState.STOPPED
-    assert "No source" in window.station.faults.faults()["camera"]
+    assert "no source: type a camera index" in window.station.faults.faults()["camera"]
     window.close()
 
 

@@ -1,0 +1,156 @@
+"""The teaching flow, page by page, on real recipe files with a stand-in engine (no torch in the GUI tests)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.capture import image_files, load_image
+from inspector.recipe import load_recipe, save_recipe
+from inspector.results import Progress, Verdict
+from tests.conftest import write_recipe
+from tests.ui.conftest import FAIL, PIXEL, REVIEW, DarkSpotInspector, make_part
+from ui.teach_wizard import TeachEngine, TeachWizard, verdict_counts
+
+
+def _folder(folder: Path, images: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    return folder
+
+
+@pytest.fixture
+def teach_setup(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    good = _folder(tmp_path / "good", [make_part(rng, defect=False) for _ in range(8)])
+    bad = _folder(tmp_path / "bad", [make_part(rng, defect=True) for _ in range(3)])
+    recipe = write_recipe(tmp_path / "recipes", tmp_path / "weights.safetensors", name="part")
+    saved: list[tuple[str, float, float]] = []
+    release = threading.Event()
+    release.set()
+
+    def fake_teach(recipe, good_images, *, defects=None) -> Generator[Progress, None, SimpleNamespace]:
+        """Stands in for inspector.teach.teach: scores with the numpy stand-in inspector, saves nothing."""
+        inspector = DarkSpotInspector(recipe.name)
+        scores = []
+        for i, image in enumerate(good_images, 1):
+            scores.append(inspector.inspect_image(image).score)
+            yield Progress(done=i, total=len(good_images), message="learning good parts")
+        while not release.is_set():          # a long fit: each tick is a place to cancel
+            yield Progress(done=0, total=0, message="fitting")
+            release.wait(0.01)
+        bad_scores = [inspector.inspect_image(load_image(p)).score for p in image_files(defects)] if defects else []
+        lines = [f"recipe {recipe.name}: saved model v1", f"roi {recipe.roi}"]
+        return SimpleNamespace(
+            recipe=recipe.name, version="v1", thresholds=SimpleNamespace(review=REVIEW, fail=FAIL, pixel=PIXEL),
+            good_scores=np.array(scores, np.float32), defect_scores=np.array(bad_scores, np.float32),
+            summary_lines=lambda: lines,
+        )
+
+    def fake_save_thresholds(recipe, version, *, review, fail) -> str:
+        saved.append((version, review, fail))
+        return "v2"
+
+    engine = TeachEngine(
+        load_recipe=load_recipe, save_recipe=save_recipe, teach=fake_teach, save_thresholds=fake_save_thresholds,
+        load_station=lambda recipe, version: DarkSpotInspector(recipe.name, version=version),
+        load_image=load_image, image_files=image_files,
+    )
+    return SimpleNamespace(good=good, bad=bad, recipe=recipe, engine=engine, saved=saved, release=release)
+
+
+def test_verdict_counts() -> None:
+    counts = verdict_counts([0.1, 0.3, 0.6, 0.5], review=0.25, fail=0.5)
+    assert counts == {Verdict.PASS: 1, Verdict.REVIEW: 1, Verdict.FAIL: 2}
+
+
+def test_teach_flow_roi_train_check_adjust_save(qtbot, teach_setup) -> None:
+    s = teach_setup
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    taught: list[tuple[Path, str]] = []
+    wizard.taught.connect(lambda path, version: taught.append((path, version)))
+
+    wizard.next()                                           # recipe page -> images
+    assert wizard.currentPage() is wizard.images_page
+    wizard.next()                                           # nothing chosen: stays, says why
+    assert wizard.currentPage() is wizard.images_page
+    assert "Choose a folder" in wizard.images_page.summary.text()
+    wizard.images_page.good_edit.setText(str(s.good))
+    wizard.images_page.bad_edit.setText(str(s.bad))
+    wizard.images_page.holdout.setValue(2)
+    wizard.next()
+    assert wizard.currentPage() is wizard.roi_page
+    editor = wizard.roi_page.editor
+    editor.resize(224, 224)
+    editor.set_roi((8, 8, 96, 96))
+    assert "96 × 96" in wizard.roi_page.label.text()
+    wizard.next()                                           # train: runs in the worker thread
+    assert wizard.currentPage() is wizard.train_page
+    message = wizard.train_page.message
+    qtbot.waitUntil(lambda: wizard.train_page.isComplete() or "failed" in message.text(), timeout=15_000)
+    assert wizard.train_page.isComplete(), message.text()
+    assert load_recipe(s.recipe).roi.rect == (8, 8, 96, 96), "the ROI drawn is saved into the recipe"
+    outcome = wizard.outcome
+    assert len(outcome.held_out) == 2 and len(outcome.known_bad) == 3
+    assert len(outcome.good_scores) == 8                    # 6 taught (leave-one-out) + 2 held out
+
+    wizard.next()
+    check = wizard.check_page
+    assert check.count("good", Verdict.PASS) == 8 and check.count("bad", Verdict.FAIL) == 3
+    assert len(check.tiles) == 5
+    calls = DarkSpotInspector.total_calls
+    check.fail_slider.setValue(check.fail_slider.maximum())  # nothing FAILs any more: all bad become REVIEW
+    assert check.count("bad", Verdict.FAIL) == 0 and check.count("bad", Verdict.REVIEW) == 3
+    check.review_slider.setValue(check.review_slider.maximum())
+    assert check.count("bad", Verdict.PASS) == 3
+    check.set_thresholds(0.3, 0.6)
+    assert wizard.review == pytest.approx(0.3, abs=1e-9) and wizard.fail == pytest.approx(0.6, abs=1e-9)
+    assert DarkSpotInspector.total_calls == calls                # re-scored from cached scores, no inference
+
+    wizard.next()
+    assert wizard.currentPage() is wizard.save_page and not wizard.save_page.isComplete()
+    wizard.save_page.save()
+    qtbot.waitUntil(wizard.save_page.isComplete, timeout=10_000)
+    assert s.saved == [("v1", pytest.approx(0.3), pytest.approx(0.6))]
+    wizard.accept()
+    assert taught == [(s.recipe, "v2")]
+
+
+def test_training_can_be_cancelled(qtbot, teach_setup) -> None:
+    s = teach_setup
+    s.release.clear()                                       # the fake fit runs until cancelled
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    wizard.next()
+    wizard.images_page.good_edit.setText(str(s.good))
+    wizard.next()
+    wizard.next()
+    qtbot.waitUntil(lambda: "fitting" in wizard.train_page.message.text(), timeout=10_000)
+    with qtbot.waitSignal(wizard.jobs.stopped, timeout=10_000):
+        wizard.train_page.cancel_button.click()
+    assert "cancelled" in wizard.train_page.message.text()
+    assert not wizard.train_page.isComplete() and wizard.outcome is None
+
+
+def test_new_recipe_needs_a_free_name(qtbot, teach_setup) -> None:
+    s = teach_setup
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(wizard)
+    page = wizard.recipe_page
+    page.new_check.setChecked(True)
+    page.new_name.setText("part")
+    assert not page.validatePage()
+    assert "part.yaml already exists" in page.error.text()
+    page.new_name.setText("part_b")
+    assert page.validatePage()
+    assert load_recipe(s.recipe.with_name("part_b.yaml")).name == "part_b"
