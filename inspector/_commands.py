@@ -374,3 +374,81 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\ndemo: image AUROC {image_auroc(scores, labels):.3f}; good passed {good_ok}/{labels.count(0)}, "
           f"defects flagged {bad_caught}/{labels.count(1)}; overlays in {out / 'overlays'}")
     return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a recipe's model to ONNX beside its version (or to --out), verify it, print the numbers.
+
+    The graph's fixed input size is that of the recipe's frames after the region of interest and the
+    shorter-side resize: taken from the ROI, else the camera's requested resolution, else the first
+    image of a folder source, else a 2:3 frame. Images of a folder source are the verify frames.
+    """
+    from inspector.errors import ExportError
+    from inspector.recipe import load_recipe
+    from inspector.station import Station, apply_roi
+    from models.export import export_onnx
+    from models.preprocess import input_size
+
+    recipe = load_recipe(args.recipe)
+    station = Station.load(recipe, device="cpu", weights=args.weights)
+    detector = station.detector
+    shorter = detector.config.shorter_side
+    patch = detector.backbone.patch_size
+    samples = [cv2.cvtColor(apply_roi(image, recipe.roi)[0], cv2.COLOR_BGR2RGB) for image in _export_samples(recipe)]
+    frame_hw = _export_frame_size(recipe, samples)
+    input_hw = input_size(*frame_hw, shorter_side=shorter, patch_size=patch)
+    verify = [s for s in samples if input_size(*s.shape[:2], shorter_side=shorter, patch_size=patch) == input_hw]
+    if station.version is None:
+        msg = f"recipe '{recipe.name}' has no model version to export; teach it first (inspector train)"
+        raise ExportError(msg)
+    out = args.out or station.version.path / "model.onnx"
+    print(f"exporting recipe '{recipe.name}' model {station.model_version} ({detector.bank_size} bank patches) "
+          f"for {frame_hw[0]}x{frame_hw[1]} frames (model input {input_hw[0]}x{input_hw[1]}) to {out} ...")
+    try:
+        report = export_onnx(detector, out, input_hw=input_hw, verify_images=verify or None, weights=station.weights)
+    except RuntimeError as exc:
+        raise ExportError(str(exc)) from exc
+    except ValueError as exc:
+        msg = f"recipe '{recipe.name}': cannot export model {station.model_version}: {exc}"
+        raise ExportError(msg) from exc
+    for line in report.summary_lines():
+        print(line)
+    if not verify:
+        print("note: verified on seeded noise frames (the recipe's source gave no sample images of this size)")
+    return 0
+
+
+def _export_samples(recipe: Any, limit: int = 2) -> list[np.ndarray]:
+    """Up to ``limit`` BGR frames of the recipe's folder source (none for cameras and videos)."""
+    from inspector.capture import FolderSpec, image_files, load_image
+
+    src = recipe.resolved_source()
+    if not isinstance(src, FolderSpec):
+        return []
+    files = [src.path] if src.path.is_file() else image_files(src.path) if src.path.is_dir() else []
+    frames = []
+    for path in files[:limit]:
+        try:
+            frames.append(load_image(path))
+        except InspectorError:
+            continue
+    return frames
+
+
+def _export_frame_size(recipe: Any, samples_rgb: list[np.ndarray]) -> tuple[int, int]:
+    """(H, W) of the frames the detector will see (after the ROI)."""
+    from inspector.capture import CameraSpec
+
+    if recipe.roi is not None:
+        _, _, w, h = recipe.roi.bounding_box()
+        return h, w
+    src = recipe.source
+    if isinstance(src, CameraSpec) and src.width and src.height:
+        return int(src.height), int(src.width)
+    if samples_rgb:
+        return samples_rgb[0].shape[0], samples_rgb[0].shape[1]
+    side = recipe.preprocess.shorter_side
+    return side, side * 3 // 2
