@@ -55,7 +55,7 @@ _WINDOWS_RESERVED: Final = frozenset(
     {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 )
 _HASH_CHARS: Final = 8      # 32 bits of sha256: enough to keep distinct outside names apart in one folder
-MAX_NAME_LENGTH: Final = 100  # well below the 255-byte limit of common file systems, leaving room for suffixes
+MAX_NAME_LENGTH: Final = 100  # well below the 255-byte limit of common file systems; room for suffixes
 
 
 def _env_or_default(env: str, default: Path) -> Path:

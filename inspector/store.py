@@ -109,7 +109,8 @@ inspections = sa.Table(
 regions = sa.Table(
     "regions", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("inspection_id", sa.Integer, sa.ForeignKey("inspections.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("inspection_id", sa.Integer, sa.ForeignKey("inspections.id", ondelete="CASCADE"),
+              nullable=False),
     sa.Column("x", sa.Integer, nullable=False),
     sa.Column("y", sa.Integer, nullable=False),
     sa.Column("w", sa.Integer, nullable=False),
@@ -127,7 +128,8 @@ regions = sa.Table(
 feedback = sa.Table(
     "feedback", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("inspection_id", sa.Integer, sa.ForeignKey("inspections.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("inspection_id", sa.Integer, sa.ForeignKey("inspections.id", ondelete="CASCADE"),
+              nullable=False),
     sa.Column("label", sa.Text, nullable=False),         # "good" or a defect class of the recipe
     sa.Column("user", sa.Text, nullable=False),
     sa.Column("time", sa.Float, nullable=False),
@@ -143,7 +145,7 @@ store_meta = sa.Table(
 
 
 class _bucket(FunctionElement[int]):
-    """``floor(x)`` for x >= 0, portably: SQLite's ``floor`` needs the math extension, which many builds lack."""
+    """``floor(x)`` for x >= 0, portably: SQLite's ``floor`` needs its optional math extension."""
 
     type = sa.Integer()
     inherit_cache = True
@@ -168,7 +170,7 @@ def _bucket_sqlite(element: _bucket, compiler: Any, **kw: Any) -> str:
 class YieldRow:
     """Counts of one group. ``yield_pct`` = passed / inspected * 100: REVIEW and ERROR count against it."""
 
-    key: str                 # recipe / line / lot name, or local "2026-11-23 14:00", "2026-11-23", "2026-11-23 06:00-14:00"
+    key: str                 # recipe/line/lot, or local time: "2026-11-23 14:00", "2026-11-23 06:00-14:00"
     inspected: int
     passed: int
     review: int
@@ -556,13 +558,14 @@ class Store:
             return
 
     def _write_apart(self, batch: list[_Pending], exc: BaseException) -> None:
-        """The database refused the batch for its data: write each result alone, setting aside the bad ones."""
+        """The database refused the batch for its data: write each result alone, set the bad ones aside."""
         if len(batch) > 1:
             for item in batch:
                 self._write([item])
             return
         row = batch[0].inspection
-        msg = f"{self.display_name} refused the result of {row['recipe']!r} frame {row['frame_id']}: {_reason(exc)}"
+        msg = (f"{self.display_name} refused the result of {row['recipe']!r} frame {row['frame_id']}: "
+               f"{_reason(exc)}")
         self._settle(rejected=1)
         self._report(StoreError(msg), log=True)
 
@@ -574,7 +577,8 @@ class Store:
                 ids = list(conn.execute(stmt, rows).scalars())
             else:                              # old SQLite without RETURNING: one statement per row
                 ids = [conn.execute(sa.insert(inspections), row).inserted_primary_key[0] for row in rows]
-            region_rows = [{**r, "inspection_id": i} for i, p in zip(ids, batch, strict=True) for r in p.regions]
+            region_rows = [{**r, "inspection_id": i}
+                           for i, p in zip(ids, batch, strict=True) for r in p.regions]
             if region_rows:
                 conn.execute(sa.insert(regions), region_rows)
 
@@ -773,7 +777,8 @@ class Store:
             StoreError: if there is no inspection with that id.
         """
         with self._engine.connect() as conn:
-            rows = list(conn.execute(sa.select(inspections).where(inspections.c.id == inspection_id)).mappings())
+            stmt = sa.select(inspections).where(inspections.c.id == inspection_id)
+            rows = list(conn.execute(stmt).mappings())
             if not rows:
                 msg = f"no inspection with id {inspection_id} in {self.display_name}"
                 raise StoreError(msg)
@@ -826,7 +831,8 @@ class Store:
                "time": time.time() if time_s is None else time_s}
         what = f"feedback {label!r} for inspection {inspection_id}"
         with _WriteTransaction(self, what) as conn:
-            if conn.execute(sa.select(inspections.c.id).where(inspections.c.id == inspection_id)).first() is None:
+            exists = sa.select(inspections.c.id).where(inspections.c.id == inspection_id)
+            if conn.execute(exists).first() is None:
                 msg = f"no inspection with id {inspection_id} in {self.display_name}; feedback not recorded"
                 raise StoreError(msg)
             return int(conn.execute(sa.insert(feedback), row).inserted_primary_key[0])
@@ -845,8 +851,11 @@ class Store:
             msg = "set_defect_class: give exactly one of region_id= or inspection_id="
             raise StoreError(msg)
         _require_text(defect_class=defect_class, user=user)
-        target = regions.c.id == region_id if region_id is not None else regions.c.inspection_id == inspection_id
-        what = f"region {region_id}" if region_id is not None else f"the regions of inspection {inspection_id}"
+        if region_id is not None:
+            target, what = regions.c.id == region_id, f"region {region_id}"
+        else:
+            target = regions.c.inspection_id == inspection_id
+            what = f"the regions of inspection {inspection_id}"
         stmt = (sa.update(regions).where(target)
                 .values(defect_class=defect_class, classified_by=user, classified_at=time.time()))
         with _WriteTransaction(self, f"class {defect_class!r} for {what}") as conn:
@@ -889,7 +898,8 @@ class Store:
         n_regions = (sa.select(sa.func.count()).where(regions.c.inspection_id == inspections.c.id)
                      .scalar_subquery().label("regions"))
         label = (sa.select(feedback.c.label).where(feedback.c.inspection_id == inspections.c.id)
-                 .order_by(feedback.c.time.desc(), feedback.c.id.desc()).limit(1).scalar_subquery().label("label"))
+                 .order_by(feedback.c.time.desc(), feedback.c.id.desc()).limit(1)
+                 .scalar_subquery().label("label"))
         stmt = (sa.select(inspections, n_regions, label).where(*conds)
                 .order_by(inspections.c.time, inspections.c.id))
         columns = ["id", "time", "local_time", "recipe", "model_version", "line", "station", "lot", "source",
@@ -916,7 +926,8 @@ class Store:
             os.replace(tmp_name, path)
             tmp_name = None
         except OSError as exc:
-            msg = f"cannot write the CSV export {path}: {exc.strerror or exc}; check the folder exists and is writable"
+            msg = (f"cannot write the CSV export {path}: {exc.strerror or exc}; "
+                   "check the folder exists and is writable")
             raise StoreError(msg) from exc
         finally:
             if tmp_name is not None:
@@ -953,7 +964,8 @@ class Store:
             if found is None:
                 try:
                     with self._engine.begin() as conn:
-                        conn.execute(sa.insert(store_meta), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+                        conn.execute(sa.insert(store_meta),
+                                     {"key": "schema_version", "value": str(SCHEMA_VERSION)})
                 except sa.exc.IntegrityError:
                     pass                           # another process wrote it first
                 with self._engine.connect() as conn:
@@ -1022,7 +1034,8 @@ def _database_url(url: str | Path | None) -> sa.URL:
             raise StoreError(msg)
         path = Path(text).expanduser()
         if not path.parent.is_dir():
-            msg = f"statistics store {path}: folder {path.parent} does not exist; create it or choose another path"
+            msg = (f"statistics store {path}: folder {path.parent} does not exist; "
+                   "create it or choose another path")
             raise StoreError(msg)
         return sa.URL.create("sqlite", database=str(path))
     try:
@@ -1031,7 +1044,8 @@ def _database_url(url: str | Path | None) -> sa.URL:
         msg = f"statistics store URL {text!r} is not a valid SQLAlchemy URL (e.g. postgresql://user@host/db)"
         raise StoreError(msg) from exc
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        msg = "statistics store: an in-memory SQLite database cannot be shared with the writer thread; give a file"
+        msg = ("statistics store: an in-memory SQLite database cannot be shared with the writer thread; "
+               "give a file")
         raise StoreError(msg)
     return parsed
 
@@ -1049,7 +1063,8 @@ def _create_engine(url: sa.URL, busy_timeout_s: float) -> sa.Engine:
         # Connections move between the writer thread and readers; the pool hands each to one thread at a time.
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-        msg = f"cannot open the statistics store {_display(url)}: {exc}; install its database driver or check the URL"
+        msg = (f"cannot open the statistics store {_display(url)}: {exc}; "
+               "install its database driver or check the URL")
         raise StoreError(msg) from exc
 
     @event.listens_for(engine, "connect")
@@ -1087,7 +1102,8 @@ def _pending(result: InspectionResult, image_path: str | None, overlay_path: str
     }
     region_rows = tuple({
         "x": int(r.x), "y": int(r.y), "w": int(r.width), "h": int(r.height), "area_px": int(r.area_px),
-        "area_mm2": _number(r.area_mm2), "max_score": _number(r.max_score), "mean_score": _number(r.mean_score),
+        "area_mm2": _number(r.area_mm2), "max_score": _number(r.max_score),
+        "mean_score": _number(r.mean_score),
         "defect_class": r.defect_class,
     } for r in result.regions)
     return _Pending(inspection=row, regions=region_rows)
@@ -1129,8 +1145,9 @@ class _CountRow(NamedTuple):
 
 def _rows(result: sa.CursorResult[Any]) -> Iterable[_CountRow]:
     for m in result.mappings():
-        yield _CountRow(inspected=int(m["inspected"]), pass_=int(m["pass"] or 0), review=int(m["review"] or 0),
-                        fail=int(m["fail"] or 0), error=int(m["error"] or 0), k=m.get("k"), b=m.get("b"))
+        yield _CountRow(inspected=int(m["inspected"]), pass_=int(m["pass"] or 0),
+                        review=int(m["review"] or 0), fail=int(m["fail"] or 0), error=int(m["error"] or 0),
+                        k=m.get("k"), b=m.get("b"))
 
 
 def _yield_row(key: str, inspected: int, passed: int, review: int, failed: int, errors: int) -> YieldRow:
@@ -1145,7 +1162,7 @@ def _parse_shift_start(text: str) -> int:
     except ValueError:
         hours, minutes = -1, -1
     if not (0 <= hours < 24 and 0 <= minutes < 60) or minutes % 15:
-        msg = f"Store: shift_start must be a local time HH:MM on a quarter hour, such as '06:00', got {text!r}"
+        msg = f"Store: shift_start must be a local time HH:MM on a quarter hour such as '06:00', got {text!r}"
         raise ValueError(msg)
     return hours * 60 + minutes
 

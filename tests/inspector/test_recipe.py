@@ -54,7 +54,8 @@ VALID: dict[str, Any] = {
 
 def write(folder: Path, data: Any, name: str = "recipe.yaml") -> Path:
     path = folder / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -142,8 +143,10 @@ def test_resolve_relative_and_absolute(tmp_path: Path) -> None:
     assert recipe.weights_path() == tmp_path / "weights" / "dino.safetensors"
     assert recipe.model_dir() == tmp_path / "abs_models"
     assert recipe.archive_dir() == tmp_path / "recipes" / "archive"
-    assert recipe.resolved_source().path == tmp_path / "recipes" / "images" / "good"  # type: ignore[union-attr]
-    assert recipe.source.path == Path("images/good"), "the stored path stays as written"  # type: ignore[union-attr]
+    source = recipe.resolved_source()
+    assert isinstance(source, FolderSpec) and isinstance(recipe.source, FolderSpec)
+    assert source.path == tmp_path / "recipes" / "images" / "good"
+    assert recipe.source.path == Path("images/good"), "the stored path stays as written"
 
 
 def test_model_versions(tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ ERRORS = [
     ("source.path", DELETE, "source.path", r"is required \(a file path\)"),
     ("source.fps", -4, "source.fps", r"must be a number > 0 or null, got -4\.0"),
     ("source.loop", "yes please", "source.loop", r"must be true or false"),
-    ("source", DELETE, "source", r"is required \(a mapping with type: camera \| video \| folder \| genicam\)"),
+    ("source", DELETE, "source", r"is required \(a mapping with type: camera \| video \| folder \| genicam"),
     ("name", "Bracket A", "name", r"a-z, 0-9.*got 'Bracket A'"),
     ("name", DELETE, "name", r"is required \(text\)"),
     ("detector.blocks", [0], "detector.blocks[0]", r"block number from 1"),
@@ -280,7 +283,7 @@ def test_recipe_never_imports_what_it_names(tmp_path: Path) -> None:
 def test_huge_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     """Aliases can make a value exponentially large; the message must stay short."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 6)}]" for i in range(1, 12)]
     with pytest.raises(RecipeError, match=r"a0 is not a known field") as info:
         load_recipe(write(tmp_path, "\n".join(lines) + "\n"))
     assert len(str(info.value)) < 1000
@@ -343,7 +346,7 @@ def test_list_recipes(tmp_path: Path) -> None:
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["camera", "folder", "video", "genicam", "latest", "v2", "auto", "cuda", "good", "other"]),
+    st.sampled_from(["camera", "folder", "video", "genicam", "latest", "v2", "auto", "cuda", "good"]),
 )
 values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=10)

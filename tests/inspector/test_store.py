@@ -91,20 +91,22 @@ def test_default_location_is_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_yield_per_recipe_line_lot(store: Store) -> None:
-    plan = [("bracket_a", "L1", "lot-1", Verdict.PASS)] * 6 + [("bracket_a", "L1", "lot-2", Verdict.FAIL)] * 2 + [
-        ("bracket_a", "L2", "lot-2", Verdict.REVIEW), ("pcb", "L2", "lot-3", Verdict.ERROR),
-        ("pcb", "L2", "lot-3", Verdict.PASS)]
+    plan = [("bracket_a", "L1", "lot-1", Verdict.PASS)] * 6 + [("bracket_a", "L1", "lot-2", Verdict.FAIL)] * 2
+    plan += [("bracket_a", "L2", "lot-2", Verdict.REVIEW), ("pcb", "L2", "lot-3", Verdict.ERROR),
+             ("pcb", "L2", "lot-3", Verdict.PASS)]
     for i, (recipe, line, lot, verdict) in enumerate(plan):
         store.record(result(i, recipe=recipe, line=line, lot=lot, verdict=verdict,
                             score=None if verdict is Verdict.ERROR else 0.5))
     store.flush()
     assert store.yield_summary() == [
-        YieldRow(key="bracket_a", inspected=9, passed=6, review=1, failed=2, errors=0, yield_pct=pytest.approx(66.667, abs=1e-3)),
+        YieldRow(key="bracket_a", inspected=9, passed=6, review=1, failed=2, errors=0,
+                 yield_pct=pytest.approx(66.667, abs=1e-3)),
         YieldRow(key="pcb", inspected=2, passed=1, review=0, failed=0, errors=1, yield_pct=50.0),
     ]
     by_line = {r.key: (r.inspected, r.passed) for r in store.yield_summary(group_by="line")}
     assert by_line == {"L1": (8, 6), "L2": (3, 1)}
-    by_lot = {r.key: (r.inspected, r.failed, r.review) for r in store.yield_summary(group_by="lot", recipe="bracket_a")}
+    by_lot = {r.key: (r.inspected, r.failed, r.review)
+              for r in store.yield_summary(group_by="lot", recipe="bracket_a")}
     assert by_lot == {"lot-1": (6, 0, 0), "lot-2": (3, 2, 1)}
     assert store.yield_summary(recipe="nothing") == []
 
@@ -117,7 +119,7 @@ def test_yield_per_hour_day_and_shift(tmp_path: Path) -> None:
         s.flush()
         shifts = {r.key: r.inspected for r in s.yield_summary(group_by="shift")}
         assert shifts == {
-            "2026-11-22 22:00-06:00": 2,         # 00:30 and 05:59 belong to the night shift that began the day before
+            "2026-11-22 22:00-06:00": 2,         # 00:30 and 05:59: the night shift that began the day before
             "2026-11-23 06:00-14:00": 2,
             "2026-11-23 14:00-22:00": 2,
             "2026-11-23 22:00-06:00": 3,
@@ -152,7 +154,8 @@ def test_unknown_group_by(store: Store) -> None:
 
 def test_inspections_filters_and_paging(store: Store) -> None:
     for i in range(12):
-        store.record(result(i, recipe="a" if i % 2 else "b", verdict=Verdict.FAIL if i % 4 == 0 else Verdict.PASS))
+        verdict = Verdict.FAIL if i % 4 == 0 else Verdict.PASS
+        store.record(result(i, recipe="a" if i % 2 else "b", verdict=verdict))
     store.flush()
     assert [r.frame_id for r in store.inspections(limit=3)] == [11, 10, 9]
     assert [r.frame_id for r in store.inspections(limit=3, offset=3)] == [8, 7, 6]
@@ -170,7 +173,8 @@ def test_feedback_and_defect_classes(store: Store) -> None:
     fid = store.add_feedback(first, "crack", user="anna", note="left edge", time_s=T0 + 100)
     store.add_feedback(first, "good", user="ben", time_s=T0 + 200)
     record = store.get_inspection(first)
-    assert [(f.label, f.user, f.note) for f in record.feedback] == [("crack", "anna", "left edge"), ("good", "ben", "")]
+    assert [(f.label, f.user, f.note) for f in record.feedback] == [
+        ("crack", "anna", "left edge"), ("good", "ben", "")]
     assert record.feedback[0].id == fid and record.label == "good"
 
     assert store.defects_by_class() == [("unclassified", 3)]
@@ -186,12 +190,12 @@ def test_feedback_and_defect_classes(store: Store) -> None:
 @pytest.mark.parametrize(
     ("call", "pattern"),
     [
-        (lambda s: s.add_feedback(999, "good", user="anna"), r"no inspection with id 999 .*feedback not recorded"),
+        (lambda s: s.add_feedback(999, "good", user="anna"), r"no inspection with id 999 .*not recorded"),
         (lambda s: s.add_feedback(1, "", user="anna"), r"label must be non-empty text"),
         (lambda s: s.add_feedback(1, "good", user=" "), r"user must be non-empty text"),
         (lambda s: s.set_defect_class("crack", user="a"), r"exactly one of region_id= or inspection_id="),
         (lambda s: s.set_defect_class("crack", user="a", region_id=1, inspection_id=1), r"exactly one of"),
-        (lambda s: s.set_defect_class("crack", user="a", region_id=999), r"no region 999 .*defect class not set"),
+        (lambda s: s.set_defect_class("crack", user="a", region_id=999), r"no region 999 .*class not set"),
         (lambda s: s.get_inspection(999), r"no inspection with id 999 in .*stats\.db"),
     ],
 )
@@ -233,7 +237,8 @@ def test_sql_injection_in_names_is_stored_verbatim(store: Store, tmp_path: Path)
     [row] = store.inspections(recipe=evil)
     assert (row.recipe, row.lot, row.line) == (evil, "1 OR 1=1", '"; DELETE FROM regions; --')
     assert {r.key for r in store.yield_summary()} == {evil, "bracket_a"}
-    assert store.inspections(lot="1 OR 1=1")[0].id == row.id and len(store.inspections(lot="' OR '1'='1")) == 0
+    assert store.inspections(lot="1 OR 1=1")[0].id == row.id
+    assert store.inspections(lot="' OR '1'='1") == []
     store.add_feedback(row.id, "'; DROP TABLE feedback; --", user="Robert'); --")
     assert store.get_inspection(row.id).feedback[0].user == "Robert'); --"
     assert len(store.inspections()) == 2 and store.defects_by_class() == [("unclassified", 1)]
@@ -274,7 +279,7 @@ def test_opening_errors(tmp_path: Path) -> None:
         Store("nosuchdb://user:secret@host/db")
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match=r"cannot open the statistics store .*garbage\.db: file is not a database"):
+    with pytest.raises(StoreError, match=r"cannot open the statistics store .*garbage\.db: file is not a"):
         Store(garbage)
 
 
@@ -330,7 +335,8 @@ def test_locked_database_full_queue_drops_are_counted(tmp_path: Path) -> None:
         s.flush(timeout=30)
         assert s.recorded_count == accepted and s.failed_count == 0
         messages = [str(e) for e in errors]
-        assert any("dropped bracket_a frame" in m and "results are waiting for the database" in m for m in messages)
+        assert any("dropped bracket_a frame" in m and "results are waiting for the database" in m
+                   for m in messages)
         assert any("database is locked" in m and "retrying" in m for m in messages)
     finally:
         s.close()
@@ -404,8 +410,8 @@ while True:
 
 
 def _spawn(script: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc: subprocess.Popen[str]) -> None:
