@@ -1,0 +1,343 @@
+"""The files of a batch review report: ``index.html`` (self-contained), ``results.csv``, ``defects.csv``.
+
+Rendered from the review's journal records (plain dicts, see `inspector.review`), so the same code
+writes the periodic reports during a run and the final one. Every file is written atomically (a
+temporary file in the same folder, then ``os.replace``): a reader never sees half a report.
+
+The page opens from disk with no server and no network: inline CSS and JavaScript, an inline SVG
+score histogram, thumbnails and overlays referenced by relative paths. Every text that comes from
+outside (file names, error messages, recipe names) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+__all__ = ["ReportMeta", "write_report"]
+
+HISTOGRAM_BINS: Final = 30
+VERDICT_ORDER: Final = ("FAIL", "REVIEW", "PASS", "ERROR")
+VERDICT_COLOURS: Final = {"PASS": "#2e7d32", "REVIEW": "#ef6c00", "FAIL": "#c62828", "ERROR": "#616161"}
+RESULT_COLUMNS: Final = ("file", "verdict", "score", "defects", "largest_defect_px", "largest_defect_mm2",
+                         "width", "height", "thumbnail", "overlay", "error")
+DEFECT_COLUMNS: Final = ("file", "region", "x", "y", "width", "height", "area_px", "area_mm2", "max_score",
+                         "mean_score", "defect_class")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportMeta:
+    """What the report says about the run as a whole."""
+
+    title: str                       # e.g. "Review of parts_0612"
+    mode: str                        # "recipe" or "zero-shot"
+    source: str                      # the reviewed folder, as given
+    model: str                       # "recipe bracket_a, model v3" or "zero-shot (DINOv2 ...)"
+    thresholds: tuple[float, float, float] | None  # (review, fail, pixel); None before they are known
+    rule: str                        # one sentence: how verdicts were decided
+    total_files: int                 # image files found in the folder
+    complete: bool                   # False for a periodic report written mid-run
+    generated: str                   # local time the report was written
+    images_per_second: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _largest(record: Mapping[str, Any]) -> tuple[int | None, float | None]:
+    regions = record.get("regions") or []
+    if not regions:
+        return None, None
+    biggest = max(regions, key=lambda r: r["area_px"])
+    return int(biggest["area_px"]), biggest.get("area_mm2")
+
+
+def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> Path:
+    """Write ``index.html``, ``results.csv`` and ``defects.csv`` into ``out``.
+
+    Args:
+        out: the report folder (exists; thumbnails and overlays are already in it).
+        records: one journal record per image, in report order: ``file`` (relative POSIX path),
+            ``status`` ("ok" or "error"), and for "ok" ``verdict``, ``score``, ``regions`` (dicts
+            with x, y, width, height, area_px, area_mm2, max_score, mean_score, defect_class),
+            ``width``, ``height``, ``thumb`` and ``overlay`` (paths relative to ``out`` or None);
+            for "error" ``error`` (the reason).
+        meta: what the report says about the run.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    _atomic_write(out / "results.csv", _results_csv(records))
+    _atomic_write(out / "defects.csv", _defects_csv(records))
+    index = out / "index.html"
+    _atomic_write(index, render_html(records, meta))
+    return index
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _results_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for r in records:
+        area_px, area_mm2 = _largest(r)
+        ok = r.get("status") == "ok"
+        rows.append([
+            r["file"], r.get("verdict") if ok else "ERROR", _fmt(r.get("score"), 6) if ok else "",
+            len(r.get("regions") or []) if ok else "", area_px or "", _fmt(area_mm2, 3),
+            r.get("width") or "", r.get("height") or "", r.get("thumb") or "", r.get("overlay") or "",
+            r.get("error") or "",
+        ])
+    return _csv_text(RESULT_COLUMNS, rows)
+
+
+def _defects_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for r in records:
+        for i, reg in enumerate(r.get("regions") or [], 1):
+            rows.append([r["file"], i, reg["x"], reg["y"], reg["width"], reg["height"], reg["area_px"],
+                         _fmt(reg.get("area_mm2"), 3), _fmt(reg.get("max_score"), 6),
+                         _fmt(reg.get("mean_score"), 6), reg.get("defect_class") or ""])
+    return _csv_text(DEFECT_COLUMNS, rows)
+
+
+# ------------------------------------------------------------------------------------------- HTML
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _href(relative: str) -> str:
+    """A relative path inside the report folder as an escaped URL (names are made safe by the review)."""
+    return _e(quote(relative, safe="/"))
+
+
+def histogram_svg(scores: Sequence[float], thresholds: tuple[float, float, float] | None, *,
+                  width: int = 640, height: int = 180, bins: int = HISTOGRAM_BINS) -> str:
+    """An inline SVG histogram of the image scores with the review and fail thresholds as lines.
+
+    Args:
+        scores: image scores (ERROR images have none and are left out).
+        thresholds: (review, fail, pixel) or None.
+        width: SVG width in px.
+        height: SVG height in px.
+        bins: number of bars.
+
+    Returns:
+        ``<svg ...>...</svg>`` markup.
+    """
+    finite = [float(s) for s in scores if s is not None and math.isfinite(s)]
+    pad_l, pad_b, pad_t = 40, 28, 10
+    plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="histogram of image scores">']
+    if not finite:
+        parts.append(f'<text x="{pad_l}" y="{height // 2}">no scores yet</text></svg>')
+        return "".join(parts)
+    marks = [t for t in (thresholds or ())[:2] if math.isfinite(t)]
+    lo = min([*finite, *marks])
+    hi = max([*finite, *marks])
+    if hi <= lo:
+        hi = lo + 1e-6
+    span = hi - lo
+    lo, hi = lo - 0.02 * span, hi + 0.02 * span
+    counts = [0] * bins
+    for s in finite:
+        counts[min(bins - 1, int((s - lo) / (hi - lo) * bins))] += 1
+    top = max(counts)
+
+    def x_of(v: float) -> float:
+        return pad_l + (v - lo) / (hi - lo) * plot_w
+
+    bar_w = plot_w / bins
+    for i, c in enumerate(counts):
+        if c:
+            h = c / top * plot_h
+            parts.append(f'<rect x="{pad_l + i * bar_w:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar_w - 1:.1f}" '
+                         f'height="{h:.1f}" fill="#5c6bc0"><title>{c} image(s), score '
+                         f'{lo + i * (hi - lo) / bins:.4f} to {lo + (i + 1) * (hi - lo) / bins:.4f}</title></rect>')
+    parts.append(f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#333"/>')
+    parts.append(f'<text x="{pad_l}" y="{height - 8}" font-size="11">{lo:.4f}</text>')
+    parts.append(f'<text x="{pad_l + plot_w}" y="{height - 8}" font-size="11" text-anchor="end">{hi:.4f}</text>')
+    parts.append(f'<text x="4" y="{pad_t + 10}" font-size="11">{top}</text>')
+    if thresholds is not None:
+        for name, value, colour in (("review", thresholds[0], VERDICT_COLOURS["REVIEW"]),
+                                    ("fail", thresholds[1], VERDICT_COLOURS["FAIL"])):
+            if math.isfinite(value):
+                x = x_of(value)
+                parts.append(f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + plot_h}" stroke="{colour}" '
+                             f'stroke-width="2" stroke-dasharray="4 3"><title>{name} threshold {value:.4f}</title></line>')
+                parts.append(f'<text x="{x + 3:.1f}" y="{pad_t + (12 if name == "fail" else 24)}" font-size="11" '
+                             f'fill="{colour}">{name} {value:.4f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS: Final = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.2em 0 .4em}
+.meta td{padding:1px 12px 1px 0;vertical-align:top}.warn{background:#fff3e0;padding:.4em .8em;border-left:4px solid #ef6c00}
+.counts span{display:inline-block;margin-right:1.2em}
+table.results{border-collapse:collapse;width:100%}
+table.results th,table.results td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:middle}
+table.results th{cursor:pointer;user-select:none;background:#f5f5f5;position:sticky;top:0}
+table.results th.sorted-asc::after{content:" \\25B2"}table.results th.sorted-desc::after{content:" \\25BC"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.v{font-weight:600;padding:1px 6px;border-radius:3px;color:#fff}
+.v-PASS{background:#2e7d32}.v-REVIEW{background:#ef6c00}.v-FAIL{background:#c62828}.v-ERROR{background:#616161}
+img.thumb{max-width:160px;max-height:120px;display:block}
+.filters{margin:.6em 0}.filters label{margin-right:1em}
+"""
+
+_JS: Final = """
+(function(){
+  var table=document.getElementById('results');var body=table.tBodies[0];
+  var rows=Array.prototype.slice.call(body.rows);
+  function key(row,col){var c=row.cells[col];var v=c.getAttribute('data-v');
+    if(v===null){return c.textContent.toLowerCase();}var n=parseFloat(v);return isNaN(n)?-Infinity:n;}
+  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,col){
+    if(th.hasAttribute('data-nosort')){return;}
+    th.addEventListener('click',function(){
+      var asc=!th.classList.contains('sorted-asc');
+      Array.prototype.forEach.call(table.tHead.rows[0].cells,function(h){h.classList.remove('sorted-asc','sorted-desc');});
+      th.classList.add(asc?'sorted-asc':'sorted-desc');
+      rows.sort(function(a,b){var x=key(a,col),y=key(b,col);return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+      rows.forEach(function(r){body.appendChild(r);});
+    });
+  });
+  var text=document.getElementById('f-text');var minScore=document.getElementById('f-score');
+  var boxes=document.querySelectorAll('input.f-verdict');var shown=document.getElementById('shown');
+  function apply(){
+    var t=text.value.toLowerCase();var m=parseFloat(minScore.value);var on={};var n=0;
+    Array.prototype.forEach.call(boxes,function(b){on[b.value]=b.checked;});
+    rows.forEach(function(r){
+      var ok=on[r.getAttribute('data-verdict')]&&r.getAttribute('data-file').toLowerCase().indexOf(t)>=0;
+      if(ok&&!isNaN(m)){var s=parseFloat(r.getAttribute('data-score'));ok=!isNaN(s)&&s>=m;}
+      r.style.display=ok?'':'none';if(ok){n++;}
+    });
+    shown.textContent=n;
+  }
+  text.addEventListener('input',apply);minScore.addEventListener('input',apply);
+  Array.prototype.forEach.call(boxes,function(b){b.addEventListener('change',apply);});
+  apply();
+})();
+"""
+
+
+def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> str:
+    """The report page as one self-contained HTML document (see ``write_report`` for ``records``)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    errors = [r for r in records if r.get("status") != "ok"]
+    verdicts = Counter(str(r.get("verdict")) for r in ok)
+    verdicts["ERROR"] = len(errors)
+    classes = Counter(reg.get("defect_class") for r in ok for reg in (r.get("regions") or [])
+                      if reg.get("defect_class"))
+    out: list[str] = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(meta.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(meta.title)}</h1>",
+    ]
+    if not meta.complete:
+        out.append(f'<p class="warn">This report is partial: {len(records)} of {meta.total_files} file(s) done so '
+                   f"far. Run the same command again to continue; it picks up where it stopped.</p>")
+    rows = [("folder", meta.source), ("mode", meta.mode), ("model", meta.model), ("verdict rule", meta.rule),
+            ("files", f"{meta.total_files} image file(s) found, {len(records)} in this report"),
+            ("written", meta.generated)]
+    if meta.thresholds is not None:
+        review, fail, pixel = meta.thresholds
+        rows.insert(3, ("thresholds", f"review {review:.4f}, fail {fail:.4f}, pixel {pixel:.4f}"))
+    if meta.images_per_second:
+        rows.append(("speed", f"{meta.images_per_second:.2f} images/s in the last run"))
+    out.append('<table class="meta">' + "".join(f"<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>" for k, v in rows)
+               + "</table>")
+    out.extend(f'<p class="warn">{_e(note)}</p>' for note in meta.notes)
+
+    out.append("<h2>Counts</h2>")
+    out.append('<p class="counts">' + "".join(
+        f'<span><span class="v v-{v}">{v}</span> {verdicts.get(v, 0)}</span>' for v in VERDICT_ORDER) + "</p>")
+    if classes:
+        out.append("<table class=\"meta\"><tr><td><b>defect class</b></td><td><b>regions</b></td></tr>" + "".join(
+            f"<tr><td>{_e(name)}</td><td>{count}</td></tr>" for name, count in classes.most_common()) + "</table>")
+    else:
+        out.append("<p>No defect classes assigned yet: counts are per verdict.</p>")
+
+    out.append("<h2>Score histogram</h2>")
+    out.append(histogram_svg([r["score"] for r in ok if r.get("score") is not None], meta.thresholds))
+
+    out.append("<h2>Images</h2>")
+    out.append('<div class="filters"><label>file contains <input id="f-text" type="search"></label>'
+               '<label>score at least <input id="f-score" type="number" step="any" style="width:7em"></label>'
+               + "".join(f'<label><input type="checkbox" class="f-verdict" value="{v}" checked> {v}</label>'
+                         for v in VERDICT_ORDER)
+               + ' <span id="shown"></span> shown</div>')
+    out.append('<table class="results" id="results"><thead><tr><th data-nosort>image</th><th>verdict</th>'
+               "<th>score</th><th>defects</th><th>largest defect (px)</th><th>file</th></tr></thead><tbody>")
+    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    for r in records:
+        is_ok = r.get("status") == "ok"
+        verdict = str(r.get("verdict")) if is_ok else "ERROR"
+        score = r.get("score") if is_ok else None
+        area_px, area_mm2 = _largest(r)
+        n_regions = len(r.get("regions") or [])
+        thumb, overlay = r.get("thumb"), r.get("overlay")
+        image_cell = f'<img class="thumb" loading="lazy" src="{_href(thumb)}" alt="">' if thumb else ""
+        if overlay and image_cell:
+            image_cell = f'<a href="{_href(overlay)}">{image_cell}</a>'
+        file_cell = _e(r["file"]) + (f'<br><small>{_e(r.get("error"))}</small>' if not is_ok else "")
+        area_text = "" if area_px is None else f"{area_px}" + (f" ({area_mm2:.2f} mm²)" if area_mm2 else "")
+        out.append(
+            f'<tr data-verdict="{verdict}" data-file="{_e(r["file"])}" data-score="{_fmt(score, 6)}">'
+            f"<td>{image_cell}</td>"
+            f'<td data-v="{rank[verdict] if verdict in rank else 9}"><span class="v v-{_e(verdict)}">{_e(verdict)}</span></td>'
+            f'<td class="num" data-v="{_fmt(score, 6)}">{_fmt(score)}</td>'
+            f'<td class="num" data-v="{n_regions if is_ok else ""}">{n_regions if is_ok else ""}</td>'
+            f'<td class="num" data-v="{area_px if area_px is not None else 0}">{_e(area_text)}</td>'
+            f"<td>{file_cell}</td></tr>")
+    out.append("</tbody></table>")
+
+    out.append("<h2>Unreadable files</h2>")
+    if errors:
+        out.append("<ul>" + "".join(f"<li><b>{_e(r['file'])}</b>: {_e(r.get('error') or 'unknown reason')}</li>"
+                                    for r in errors) + "</ul>")
+    else:
+        out.append("<p>None.</p>")
+    out.append("<p><small>Also in this folder: results.csv (one row per image), defects.csv (one row per defect "
+               "region), overlays/ (full-size heatmaps of REVIEW and FAIL images).</small></p>")
+    # The records as JSON too, for scripts that read the page; "</" is escaped so no text can close the tag.
+    data = json.dumps({"thresholds": meta.thresholds, "mode": meta.mode}).replace("</", "<\\/")
+    out.append(f'<script type="application/json" id="report-meta">{data}</script>')
+    out.append(f"<script>{_JS}</script></body></html>")
+    return "\n".join(out)

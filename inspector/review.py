@@ -1,0 +1,607 @@
+"""Offline batch review: score every image of a folder tree and write a browsable report.
+
+Two modes:
+
+- **recipe**: each image goes through a taught recipe's `Station` (ROI, detector, regions,
+  verdict by the recipe's thresholds);
+- **zero-shot**: no recipe and no training; the images are scored against each other
+  (`models.detectors.zero_shot`), and flagged by a robust rule on the batch's own scores
+  (REVIEW above median + 3 robust sigma, FAIL above median + 6), which the report states.
+
+The report folder holds ``index.html`` (self-contained, opens from disk), ``results.csv``,
+``defects.csv``, ``thumbs/`` (small heatmap overlays of every image) and ``overlays/`` (full-size
+overlays of REVIEW and FAIL images). See `inspector._report`.
+
+A review is resumable. Each finished image is appended to ``progress.jsonl`` (flushed and synced),
+whose first line records what the review was made with; killed halfway, the same command skips the
+images already in the journal and completes the report. In zero-shot mode the batch's scores are
+also saved (``zero_shot_scores.npz``) once computed, so a restart does not score the batch again.
+The report is rewritten atomically every `REPORT_EVERY_S` seconds and at the end.
+
+Unreadable files never stop a review: each is listed in the report with its reason.
+
+Example:
+    >>> summary = run_to_end(review(Path("lot_0612"), Path("lot_0612-review"), recipe=Path("recipes/a.yaml")))
+    >>> print("\\n".join(summary.summary_lines()))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import cv2
+import numpy as np
+
+from inspector._report import ReportMeta, write_report
+from inspector.capture import image_files, load_image
+from inspector.errors import FrameDecodeError, InspectorError
+from inspector.overlay import render_overlay
+from inspector.paths import safe_name
+from inspector.results import DefectRegion, Progress, Verdict
+
+if TYPE_CHECKING:
+    from models.detectors.zero_shot import ZeroShotConfig
+
+    from inspector.station import Station
+
+__all__ = [
+    "JOURNAL_NAME",
+    "REPORT_EVERY_S",
+    "ZERO_SHOT_K_FAIL",
+    "ZERO_SHOT_K_REVIEW",
+    "ReviewSummary",
+    "review",
+]
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_NAME: Final = "progress.jsonl"
+SCORES_NAME: Final = "zero_shot_scores.npz"
+JOURNAL_VERSION: Final = 1
+REPORT_EVERY_S: Final = 30.0       # periodic report while running; a report costs ~10 ms per 100 images
+THUMB_SIDE: Final = 160            # longer side of a thumbnail, px
+THUMB_QUALITY: Final = 80          # JPEG quality of thumbnails
+OVERLAY_QUALITY: Final = 90        # JPEG quality of full-size overlays
+ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
+ZERO_SHOT_K_FAIL: Final = 6.0      # ... and for FAIL: far outside what the batch does
+ZERO_SHOT_MIN_AREA_PX: Final = 25  # smallest zero-shot defect region, the recipe default `min_defect_area_px`
+EXTRACT_BATCH: Final = 8           # images per backbone call in zero-shot mode
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewSummary:
+    """The outcome of a review, for the CLI and the GUI."""
+
+    folder: Path                   # the reviewed folder
+    out: Path                      # the report folder
+    report: Path                   # its index.html
+    mode: str                      # "recipe" or "zero-shot"
+    model: str                     # what scored the images, in words
+    files: int                     # image files found
+    counts: dict[str, int]         # PASS / REVIEW / FAIL / ERROR over all files
+    thresholds: tuple[float, float, float]   # (review, fail, pixel) used
+    rule: str                      # how verdicts were decided
+    resumed: int                   # files already done by an earlier, interrupted run
+    seconds: float                 # wall time of this run
+    images_per_second: float       # images scored per second in this run (0 when none were left)
+    errors: tuple[str, ...] = ()   # "file: reason" of the unreadable files
+
+    def summary_lines(self) -> list[str]:
+        """A few lines for the CLI."""
+        c = self.counts
+        lines = [
+            f"reviewed {self.files} file(s) of {self.folder} ({self.mode}: {self.model})",
+            f"PASS {c.get('PASS', 0)}, REVIEW {c.get('REVIEW', 0)}, FAIL {c.get('FAIL', 0)}, "
+            f"unreadable {c.get('ERROR', 0)}",
+            f"thresholds: review {self.thresholds[0]:.4f}, fail {self.thresholds[1]:.4f}, "
+            f"pixel {self.thresholds[2]:.4f}",
+            f"rule: {self.rule}",
+        ]
+        if self.resumed:
+            lines.append(f"resumed: {self.resumed} file(s) were done by an earlier run")
+        lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.2f} images/s")
+        lines.extend(f"unreadable: {e}" for e in self.errors)
+        lines.append(f"report: {self.report}")
+        return lines
+
+
+# ------------------------------------------------------------------------------------ journal
+
+
+class _Journal:
+    """``progress.jsonl``: a header line, then one record per finished file (the last record of a file wins)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.is_file() and path.stat().st_size > 0:
+            self._read(header)
+        else:
+            self._write_line(header, mode="w")
+
+    def _read(self, header: dict[str, Any]) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            old = json.loads(lines[0])
+        except (json.JSONDecodeError, IndexError) as exc:
+            msg = f"{self.path}: not a review journal; delete it or choose another --out folder"
+            raise InspectorError(msg) from exc
+        if old != header:
+            diff = sorted(k for k in set(old) | set(header) if old.get(k) != header.get(k))
+            msg = (f"{self.path.parent}: holds a review made with other settings ({', '.join(diff)} differ: "
+                   f"{ {k: old.get(k) for k in diff} } before, { {k: header.get(k) for k in diff} } now); "
+                   f"choose another --out folder or delete that one to start afresh")
+            raise InspectorError(msg)
+        for n, line in enumerate(lines[1:], 2):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                # A process killed mid-write leaves a cut-off last line: that file is done again.
+                logger.warning("%s: line %d is incomplete; its file is reviewed again", self.path, n)
+                continue
+            self.records[record["file"]] = record
+        if lines and not self.path.read_bytes().endswith(b"\n"):
+            with self.path.open("a", encoding="utf-8") as fh:   # end the cut-off line
+                fh.write("\n")
+
+    def _write_line(self, data: Mapping[str, Any], *, mode: str = "a") -> None:
+        with self.path.open(mode, encoding="utf-8") as fh:
+            fh.write(json.dumps(data, allow_nan=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._write_line(record)
+        self.records[record["file"]] = record
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()
+
+
+def _reason(exc: BaseException, path: Path, rel: str) -> str:
+    """The error's sentence with the absolute path replaced by the file's name relative to the folder."""
+    text = str(exc).replace(str(path), rel)
+    return text[len(rel) + 2:] if text.startswith(f"{rel}: ") else text
+
+
+def _region_dict(r: DefectRegion) -> dict[str, Any]:
+    return {"x": int(r.x), "y": int(r.y), "width": int(r.width), "height": int(r.height), "area_px": int(r.area_px),
+            "area_mm2": None if r.area_mm2 is None else float(r.area_mm2), "max_score": float(r.max_score),
+            "mean_score": float(r.mean_score), "defect_class": r.defect_class}
+
+
+def _write_jpeg(path: Path, image_bgr: np.ndarray, quality: int) -> None:
+    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        msg = f"could not encode {path.name} as JPEG"
+        raise OSError(msg)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+
+
+def _images(
+    out: Path, rel: str, image_bgr: np.ndarray, anomaly_map: np.ndarray, regions: tuple[DefectRegion, ...],
+    verdict: Verdict, thresholds: tuple[float, float, float],
+) -> tuple[str, str | None]:
+    """Write the thumbnail (every image) and the full-size overlay (REVIEW/FAIL); returns their relative paths."""
+    review_t, fail_t, pixel = thresholds
+    vmin = 0.5 * pixel
+    vmax = max(fail_t, pixel, vmin + 1e-6) * 1.5
+    overlay = render_overlay(image_bgr, anomaly_map, vmin=vmin, vmax=vmax, regions=regions)
+    name = safe_name(rel) + ".jpg"
+    height, width = overlay.shape[:2]
+    scale = min(1.0, THUMB_SIDE / max(height, width))
+    thumb = cv2.resize(overlay, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1.0 else overlay
+    _write_jpeg(out / "thumbs" / name, thumb, THUMB_QUALITY)
+    if verdict in (Verdict.REVIEW, Verdict.FAIL):
+        _write_jpeg(out / "overlays" / name, overlay, OVERLAY_QUALITY)
+        return f"thumbs/{name}", f"overlays/{name}"
+    return f"thumbs/{name}", None
+
+
+def _verdict(score: float, review_t: float, fail_t: float) -> Verdict:
+    return Verdict.FAIL if score >= fail_t else Verdict.REVIEW if score >= review_t else Verdict.PASS
+
+
+class _Rate:
+    """Images per second and time left, from the images done in this run only (resumed ones excluded)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def tick(self) -> None:
+        self.done += 1
+
+    def text(self, left: int) -> str:
+        elapsed = time.perf_counter() - self.start
+        if not self.done or elapsed <= 0:
+            return ""
+        rate = self.done / elapsed
+        return f"{rate:.2f} img/s, ETA {left / rate:.0f} s"
+
+    @property
+    def per_second(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.done / elapsed if self.done and elapsed > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------ review
+
+
+def review(
+    folder: Path,
+    out: Path,
+    *,
+    recipe: Path | None = None,
+    zero_shot: bool = False,
+    device: str | None = None,
+    weights: str | Path | None = None,
+    zero_shot_config: ZeroShotConfig | None = None,
+) -> Generator[Progress, None, ReviewSummary]:
+    """Score every image under ``folder`` and write the report into ``out``.
+
+    Args:
+        folder: the folder of images (searched recursively, hidden files skipped).
+        out: the report folder; created. A folder holding an interrupted review made with the same
+            settings is continued; one made with other settings is refused.
+        recipe: a taught recipe file (recipe mode); exactly one of ``recipe`` and ``zero_shot``.
+        zero_shot: score the images against each other, without a recipe.
+        device: ``auto | cpu | cuda``; default: the recipe's, ``auto`` in zero-shot mode.
+        weights: DINOv2 weights file; default: the recipe's, else the resolution order of `models.weights`.
+        zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: shorter side 224).
+
+    Yields:
+        Progress ticks, one per image (and per scored block in zero-shot mode), with rate and ETA in
+        the message. Each is a place to cancel: closing the generator stops the review, and the
+        same call later continues it.
+
+    Returns:
+        The `ReviewSummary`.
+
+    Raises:
+        InspectorError: no such folder, no images in it, both or neither mode, an ``out`` folder
+            holding another review, or a recipe that cannot be loaded.
+    """
+    folder, out = Path(folder), Path(out)
+    if (recipe is None) == (not zero_shot):
+        msg = "review needs exactly one of a recipe (--recipe FILE) or --zero-shot"
+        raise InspectorError(msg)
+    if not folder.is_dir():
+        msg = f"{folder}: not a folder of images to review"
+        raise InspectorError(msg)
+    out_abs = out.resolve()
+    files = [p for p in image_files(folder) if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
+    if not files:
+        msg = f"{folder}: holds no image files to review"
+        raise InspectorError(msg)
+    for sub in ("thumbs", "overlays"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if recipe is not None:
+        summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights)
+    else:
+        summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
+                                               config=zero_shot_config)
+    return ReviewSummary(**{**summary, "seconds": time.perf_counter() - start})
+
+
+def _finish(
+    folder: Path, out: Path, files: list[Path], journal: _Journal, meta: ReportMeta, *, resumed: int,
+    rate: _Rate, mode: str,
+) -> dict[str, Any]:
+    records = _ordered(folder, files, journal)
+    index = write_report(out, records, meta)
+    counts = Counter("ERROR" if r["status"] != "ok" else r["verdict"] for r in records)
+    errors = tuple(f"{r['file']}: {r['error']}" for r in records if r["status"] != "ok")
+    logger.info("review of %s: %s; report %s", folder, dict(counts), index)
+    return {"folder": folder, "out": out, "report": index, "mode": mode, "model": meta.model, "files": len(files),
+            "counts": {v.value: counts.get(v.value, 0) for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL,
+                                                                 Verdict.ERROR)},
+            "thresholds": meta.thresholds or (math.nan, math.nan, math.nan), "rule": meta.rule, "resumed": resumed,
+            "images_per_second": rate.per_second, "errors": errors}
+
+
+def _ordered(folder: Path, files: list[Path], journal: _Journal) -> list[dict[str, Any]]:
+    """Journal records in the folder's file order (files not done yet are left out)."""
+    return [journal.records[rel] for rel in (_relative(p, folder) for p in files) if rel in journal.records]
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------ recipe mode
+
+
+def _review_recipe(
+    folder: Path, out: Path, files: list[Path], recipe_path: Path, *, device: str | None,
+    weights: str | Path | None,
+) -> Generator[Progress, None, dict[str, Any]]:
+    from inspector.recipe import load_recipe
+    from inspector.station import Station
+
+    recipe = load_recipe(recipe_path)
+    yield Progress(done=0, total=len(files), message=f"loading recipe {recipe.name}")
+    station = Station.load(recipe, device=device, weights=weights)
+    thresholds = station.thresholds
+    header = {"journal": JOURNAL_VERSION, "mode": "recipe", "folder": str(folder.resolve()), "recipe": recipe.name,
+              "model_version": station.model_version, "thresholds": list(thresholds)}
+    journal = _Journal(out / JOURNAL_NAME, header)
+    resumed = sum(1 for p in files if _relative(p, folder) in journal.records)
+    model = f"recipe {recipe.name}, model {station.model_version} on {station.device}"
+    rule = (f"the recipe's thresholds: FAIL at score >= {thresholds[1]:.4f}, REVIEW at >= {thresholds[0]:.4f}; "
+            f"defect regions where the map is >= {thresholds[2]:.4f}, at least {recipe.min_defect_area_px} px")
+
+    def meta(complete: bool, rate: _Rate) -> ReportMeta:
+        return ReportMeta(title=f"Review of {folder.name}", mode="recipe", source=str(folder), model=model,
+                          thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
+                          generated=_now(), images_per_second=rate.per_second or None,
+                          notes=tuple(station.warnings))
+
+    rate = _Rate()
+    last_report = time.perf_counter()
+    todo = [p for p in files if _relative(p, folder) not in journal.records]
+    for i, path in enumerate(todo):
+        rel = _relative(path, folder)
+        journal.append(_inspect_one(station, path, rel, out, thresholds))
+        rate.tick()
+        done = resumed + i + 1
+        yield Progress(done=done, total=len(files), message=f"{rel}  {rate.text(len(todo) - i - 1)}".strip())
+        if time.perf_counter() - last_report >= REPORT_EVERY_S:
+            write_report(out, _ordered(folder, files, journal), meta(False, rate))
+            last_report = time.perf_counter()
+    return _finish(folder, out, files, journal, meta(True, rate), resumed=resumed, rate=rate, mode="recipe")
+
+
+def _inspect_one(station: Station, path: Path, rel: str, out: Path,
+                 thresholds: tuple[float, float, float]) -> dict[str, Any]:
+    try:
+        image = load_image(path)
+        result = station.inspect_image(image, path=rel)
+    except (FrameDecodeError, ValueError, RuntimeError) as exc:
+        # One bad file never costs the others: it is reported with its reason and the review goes on.
+        logger.warning("review: %s: %s", rel, exc)
+        return {"file": rel, "status": "error", "error": _reason(exc, path, rel)}
+    score = float(result.score) if result.score is not None else math.nan
+    thumb, overlay = _images(out, rel, image, result.anomaly_map if result.anomaly_map is not None
+                             else np.zeros(image.shape[:2], np.float32), result.regions, result.verdict, thresholds)
+    return {"file": rel, "status": "ok", "verdict": result.verdict.value, "score": score,
+            "regions": [_region_dict(r) for r in result.regions], "width": int(image.shape[1]),
+            "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay}
+
+
+# ------------------------------------------------------------------------------------ zero-shot mode
+
+
+def _review_zero_shot(
+    folder: Path, out: Path, files: list[Path], *, device: str | None, weights: str | Path | None,
+    config: ZeroShotConfig | None,
+) -> Generator[Progress, None, dict[str, Any]]:
+    from models.backbone import create_backbone
+    from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer, patch_scores_to_map, robust_thresholds
+    from models.weights import resolve_weights
+
+    from inspector.recipe import DetectorSettings
+
+    settings = DetectorSettings()          # what a fresh recipe uses: the measured defaults
+    config = config if config is not None else ZeroShotConfig()
+    header = {"journal": JOURNAL_VERSION, "mode": "zero-shot", "folder": str(folder.resolve()),
+              "backbone": settings.backbone, "blocks": list(settings.blocks), "config": config.to_dict()}
+    journal = _Journal(out / JOURNAL_NAME, header)
+    model = (f"zero-shot mutual scoring (no recipe) on {settings.backbone} block(s) "
+             f"{', '.join(map(str, settings.blocks))}, shorter side {config.shorter_side} px")
+    rate = _Rate()
+    resumed = sum(1 for p in files if _relative(p, folder) in journal.records)
+
+    saved = _load_scores(out / SCORES_NAME)
+    fresh = saved is None              # scored now: every image's record is (re)written
+    if saved is None:
+        try:
+            resolved = resolve_weights(settings.backbone, weights)
+        except FileNotFoundError as exc:
+            from inspector.errors import WeightsNotFound
+
+            raise WeightsNotFound(str(exc), tried=tuple(getattr(exc, "tried", ()))) from exc
+        yield Progress(done=0, total=len(files), message="loading the DINOv2 backbone")
+        backbone = create_backbone(settings.backbone, state_dict=resolved.state_dict, blocks=tuple(settings.blocks),
+                                   device=device or settings.device)
+        scorer = ZeroShotScorer(backbone=backbone, config=config)
+        readable: list[str] = []
+        shapes: list[tuple[int, int]] = []
+        pending: list[np.ndarray] = []
+        for i, path in enumerate(files):
+            rel = _relative(path, folder)
+            try:
+                image = load_image(path)
+            except FrameDecodeError as exc:
+                if rel not in journal.records:
+                    logger.warning("review: %s: %s", rel, exc)
+                    journal.append({"file": rel, "status": "error", "error": _reason(exc, path, rel)})
+            else:
+                readable.append(rel)
+                shapes.append((int(image.shape[0]), int(image.shape[1])))
+                pending.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+            if len(pending) >= EXTRACT_BATCH or (i == len(files) - 1 and pending):
+                scorer.add(pending)
+                pending = []
+            rate.tick()
+            yield Progress(done=i + 1, total=len(files),
+                           message=f"features {rel}  {rate.text(len(files) - i - 1)}".strip())
+        if len(readable) < 2:
+            msg = (f"{folder}: zero-shot review compares the images with each other and needs 2 or more "
+                   f"readable images, found {len(readable)}")
+            raise InspectorError(msg)
+        scores = yield from _score_with_progress(scorer)
+        saved = {"files": readable, "shapes": shapes, "pred_score": scores.pred_score,
+                 "patch_scores": scores.patch_scores, "patch_size": backbone.patch_size}
+        _save_scores(out / SCORES_NAME, saved)
+        rate = _Rate()
+    review_t, fail_t, rule = robust_thresholds(saved["pred_score"], k_review=ZERO_SHOT_K_REVIEW,
+                                               k_fail=ZERO_SHOT_K_FAIL)
+    # Patch scores and image scores share one scale (the image score is a mean of top patch
+    # scores), so a pixel reaching the review threshold marks a defect region.
+    thresholds = (review_t, fail_t, review_t)
+    rule += f"; defect regions where the map is >= the review threshold, at least {ZERO_SHOT_MIN_AREA_PX} px"
+
+    def meta(complete: bool) -> ReportMeta:
+        return ReportMeta(title=f"Zero-shot review of {folder.name}", mode="zero-shot", source=str(folder),
+                          model=model, thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
+                          generated=_now(), images_per_second=rate.per_second or None,
+                          notes=("Zero-shot mode: no recipe and no good reference images. Each image was scored "
+                                 "against the others of this folder, and flagged by how far its score lies above "
+                                 "the batch's median. It assumes most images are good; a folder of mostly "
+                                 "defective parts needs a recipe.",))
+
+    index = {rel: i for i, rel in enumerate(saved["files"])}
+    last_report = time.perf_counter()
+    todo = [rel for rel in saved["files"] if fresh or journal.records.get(rel, {}).get("status") != "ok"]
+    by_rel = {_relative(p, folder): p for p in files}
+    for i, rel in enumerate(todo):
+        path = by_rel.get(rel)
+        k = index[rel]
+        try:
+            if path is None:
+                msg = "the file disappeared after the batch was scored"
+                raise FrameDecodeError(msg)
+            image = load_image(path)
+            if image.shape[:2] != tuple(saved["shapes"][k]):
+                msg = (f"its size changed after the batch was scored ({tuple(saved['shapes'][k])} then, "
+                       f"{image.shape[:2]} now); delete {out} and review again")
+                raise FrameDecodeError(msg)
+        except FrameDecodeError as exc:
+            journal.append({"file": rel, "status": "error", "error": _reason(exc, path or Path(rel), rel)})
+        else:
+            journal.append(_zero_shot_record(out, rel, image, saved, k, thresholds, config,
+                                             patch_scores_to_map))
+        rate.tick()
+        yield Progress(done=i + 1, total=len(todo), message=f"report {rel}  {rate.text(len(todo) - i - 1)}".strip())
+        if time.perf_counter() - last_report >= REPORT_EVERY_S:
+            write_report(out, _ordered(folder, files, journal), meta(False))
+            last_report = time.perf_counter()
+    return _finish(folder, out, files, journal, meta(True), resumed=resumed, rate=rate, mode="zero-shot")
+
+
+def _score_with_progress(scorer: Any) -> Generator[Progress, None, Any]:
+    """Run ``scorer.score`` on a helper thread and relay its ticks; closing the generator cancels it.
+
+    Mutual scoring of thousands of images takes minutes on a CPU; a thread keeps every tick a
+    place to cancel (the scorer's progress callback raises once cancelled).
+    """
+    ticks: queue.Queue[tuple[int, int]] = queue.Queue()
+    cancel = threading.Event()
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    def progress(done: int, total: int) -> None:
+        if cancel.is_set():
+            msg = "zero-shot scoring was cancelled"
+            raise InspectorError(msg)
+        ticks.put((done, total))
+
+    def work() -> None:
+        try:
+            outcome.append(scorer.score(progress=progress))
+        except BaseException as exc:  # delivered to the generator's caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="inspector-zero-shot", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not ticks.empty():
+            try:
+                done, total = ticks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            yield Progress(done=done, total=total, message="mutual scoring")
+    finally:
+        cancel.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _zero_shot_record(
+    out: Path, rel: str, image: np.ndarray, saved: Mapping[str, Any], k: int,
+    thresholds: tuple[float, float, float], config: Any, to_map: Any,
+) -> dict[str, Any]:
+    from models.regions import find_regions
+
+    review_t, fail_t, pixel = thresholds
+    score = float(saved["pred_score"][k])
+    verdict = _verdict(score, review_t, fail_t)
+    anomaly_map = to_map(saved["patch_scores"][k], image.shape[:2], shorter_side=config.shorter_side,
+                         patch_size=int(saved["patch_size"]), blur_sigma=config.blur_sigma)
+    regions: tuple[DefectRegion, ...] = ()
+    if verdict is not Verdict.PASS:
+        regions = tuple(
+            DefectRegion(x=r.x, y=r.y, width=r.width, height=r.height, area_px=r.area_px, area_mm2=r.area_mm2,
+                         max_score=r.max_score, mean_score=r.mean_score)
+            for r in find_regions(anomaly_map, pixel_threshold=pixel, min_area_px=ZERO_SHOT_MIN_AREA_PX))
+    thumb, overlay = _images(out, rel, image, anomaly_map, regions, verdict, thresholds)
+    return {"file": rel, "status": "ok", "verdict": verdict.value, "score": score,
+            "regions": [_region_dict(r) for r in regions], "width": int(image.shape[1]),
+            "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay}
+
+
+def _save_scores(path: Path, saved: Mapping[str, Any]) -> None:
+    """The batch's scores as plain arrays (no pickle), atomically."""
+    grids = saved["patch_scores"]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, files=np.asarray(saved["files"], dtype=str),
+                     shapes=np.asarray(saved["shapes"], dtype=np.int64).reshape(-1, 2),
+                     pred_score=np.asarray(saved["pred_score"], dtype=np.float32),
+                     grids=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
+                     flat=np.concatenate([g.reshape(-1) for g in grids]).astype(np.float32),
+                     patch_size=np.int64(saved["patch_size"]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_scores(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            grids = [tuple(int(v) for v in g) for g in data["grids"]]
+            flat = data["flat"]
+            patch_scores = list(_split(flat, grids))
+            return {"files": [str(f) for f in data["files"]], "shapes": [tuple(int(v) for v in s) for s in data["shapes"]],
+                    "pred_score": data["pred_score"].astype(np.float32), "patch_scores": patch_scores,
+                    "patch_size": int(data["patch_size"])}
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("%s: unreadable (%s); the batch is scored again", path, exc)
+        return None
+
+
+def _split(flat: np.ndarray, grids: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
+    start = 0
+    for h, w in grids:
+        yield flat[start : start + h * w].reshape(h, w)
+        start += h * w

@@ -1,0 +1,254 @@
+"""Batch review: recipe and zero-shot modes, the report files, resuming, unreadable files.
+
+A small synthetic folder (12 good textured 84x84 parts, 3 with a planted blob, 1 corrupt file, one
+name with HTML-special characters, one sub-folder) is reviewed with a recipe taught in the test on a
+random-init ViT-S/14 (weights written to a safetensors file once per module), and zero-shot.
+"""
+
+from __future__ import annotations
+
+import csv
+import html.parser
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import torch
+
+from inspector.errors import InspectorError
+from inspector.recipe import load_recipe
+from inspector.results import Progress
+from inspector.review import JOURNAL_NAME, ReviewSummary, review
+from inspector.teach import run_to_end, teach
+from models.detectors.zero_shot import ZeroShotConfig
+from tests.helpers.images import textured_part, with_defect, write_images
+
+SIZE = 84                                  # 6 x 6 patches at shorter side 84
+ZERO_SHOT = ZeroShotConfig(shorter_side=SIZE)
+DEFECT_FILES = ("defects/img_000.png", "defects/img_001.png", "defects/img_002.png")
+CORRUPT = "broken.png"
+ODD = "odd & <name>.png"
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The review folder, a separate folder of good images to teach from, and random-init weights."""
+    root = tmp_path_factory.mktemp("review-data")
+    rng = np.random.default_rng(0)
+    folder = root / "batch"
+    write_images(folder / "good", [textured_part(rng, SIZE) for _ in range(11)])
+    write_images(folder / "defects", [with_defect(textured_part(rng, SIZE), rng)[0] for _ in range(3)])
+    write_images(root / "odd", [textured_part(rng, SIZE)])
+    (root / "odd" / "img_000.png").rename(folder / ODD)
+    (folder / CORRUPT).write_bytes(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+    write_images(root / "teach", [textured_part(rng, SIZE) for _ in range(6)])
+
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True)
+    weights = root / "random_vits14.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+
+    recipe = root / "part.yaml"
+    recipe.write_text(
+        "schema_version: 1\nname: part\n"
+        "source: {type: folder, path: batch}\n"
+        f"preprocess: {{shorter_side: {SIZE}}}\n"
+        "detector: {name: patch_knn, backbone: vit_small_patch14_dinov2, blocks: [8], "
+        f"weights: {weights.name}, options: {{masking: 'off'}}, device: cpu}}\n"
+        "model: {directory: models, version: latest}\n"
+        "min_defect_area_px: 4\n",
+        encoding="utf-8",
+    )
+    run_to_end(teach(load_recipe(recipe), root / "teach"))
+    return {"root": root, "folder": folder, "recipe": recipe, "weights": weights}
+
+
+def _drive(job: Generator[Progress, None, ReviewSummary], *, stop_after: Any = None) -> ReviewSummary | None:
+    """Run a review; with ``stop_after(tick, n)`` returning True, close it there (an interrupted run)."""
+    n = 0
+    try:
+        while True:
+            tick = next(job)
+            n += 1
+            if stop_after is not None and stop_after(tick, n):
+                job.close()
+                return None
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def recipe_review(data: dict[str, Path]) -> tuple[ReviewSummary, Path]:
+    out = data["root"] / "recipe-review"
+    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu"))
+    assert summary is not None
+    return summary, out
+
+
+@pytest.fixture(scope="module")
+def zero_shot_review(data: dict[str, Path]) -> tuple[ReviewSummary, Path]:
+    out = data["root"] / "zero-shot-review"
+    summary = _drive(review(data["folder"], out, zero_shot=True, device="cpu", weights=data["weights"],
+                            zero_shot_config=ZERO_SHOT))
+    assert summary is not None
+    return summary, out
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href") and value is not None:
+                self.links.append(value)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _check_report(out: Path, folder: Path) -> list[dict[str, str]]:
+    """Every file listed once, the corrupt one with its reason, the page parses and links only existing files."""
+    rows = _rows(out / "results.csv")
+    expected = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert sorted(r["file"] for r in rows) == expected, "each image file exactly once, by its relative name"
+    broken = next(r for r in rows if r["file"] == CORRUPT)
+    assert broken["verdict"] == "ERROR"
+    assert "not a decodable image" in broken["error"], broken
+    assert str(folder) not in broken["error"], "reasons name files relative to the folder"
+
+    page = (out / "index.html").read_text(encoding="utf-8")
+    parser = _Links()
+    parser.feed(page)
+    parser.close()
+    assert parser.links, "the page shows thumbnails"
+    for link in parser.links:
+        assert "://" not in link and not link.startswith("/"), f"only relative links, got {link}"
+        assert (out / unquote(link)).is_file(), f"index.html references {link}, which does not exist"
+    assert "odd &amp; &lt;name&gt;.png" in page, "file names are HTML-escaped"
+    assert "<name>" not in page
+    text = " ".join(parser.text)
+    assert CORRUPT in text and "not a decodable image" in text, "the unreadable file is listed with its reason"
+    assert "<svg" in page and "review threshold" in page, "score histogram with the thresholds marked"
+    for verdict_row in rows:
+        if verdict_row["verdict"] in ("REVIEW", "FAIL"):
+            assert (out / verdict_row["overlay"]).is_file(), "full-size overlays of REVIEW and FAIL images"
+    return rows
+
+
+def _planted_rank_first(rows: list[dict[str, str]]) -> None:
+    scored = sorted((r for r in rows if r["verdict"] != "ERROR"), key=lambda r: -float(r["score"]))
+    assert {r["file"] for r in scored[: len(DEFECT_FILES)]} == set(DEFECT_FILES), [
+        (r["file"], r["score"]) for r in scored]
+
+
+# ------------------------------------------------------------------------------------------- recipe mode
+
+
+def test_recipe_review_writes_a_complete_report(recipe_review: tuple[ReviewSummary, Path],
+                                                data: dict[str, Path]) -> None:
+    summary, out = recipe_review
+    rows = _check_report(out, data["folder"])
+    _planted_rank_first(rows)
+    assert summary.files == 16
+    assert summary.counts["ERROR"] == 1
+    assert sum(summary.counts.values()) == 16
+    assert summary.mode == "recipe"
+    assert any("broken.png" in line for line in summary.summary_lines())
+    defects = _rows(out / "defects.csv")
+    flagged = {r["file"] for r in rows if r["verdict"] in ("REVIEW", "FAIL")}
+    assert {d["file"] for d in defects} <= flagged
+
+
+def test_interrupted_recipe_review_resumes_to_the_same_report(
+    recipe_review: tuple[ReviewSummary, Path], data: dict[str, Path]
+) -> None:
+    _, full = recipe_review
+    out = data["root"] / "recipe-resumed"
+    stopped = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu"),
+                     stop_after=lambda tick, n: n == 7)      # the loading tick, then 6 images
+    assert stopped is None
+    journal = (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()
+    assert len(journal) == 1 + 6, "a header, then one line per finished image"
+    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu"))
+    assert summary is not None
+    assert summary.resumed == 6
+    assert len((out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()) == 1 + 16, "nothing done twice"
+    for name in ("results.csv", "defects.csv"):
+        assert (out / name).read_text(encoding="utf-8") == (full / name).read_text(encoding="utf-8"), name
+    _check_report(out, data["folder"])
+
+
+def test_report_folder_of_another_review_is_refused(
+    recipe_review: tuple[ReviewSummary, Path], data: dict[str, Path]
+) -> None:
+    _, out = recipe_review
+    with pytest.raises(InspectorError, match="other settings.*mode"):
+        _drive(review(data["folder"], out, zero_shot=True, weights=data["weights"], zero_shot_config=ZERO_SHOT))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({}, "exactly one of a recipe"), ({"zero_shot": True, "recipe": Path("x.yaml")}, "exactly one of a recipe")],
+)
+def test_review_needs_exactly_one_mode(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InspectorError, match=match):
+        _drive(review(tmp_path, tmp_path / "out", **kwargs))
+
+
+def test_review_of_an_empty_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(InspectorError, match="holds no image files"):
+        _drive(review(tmp_path, tmp_path / "out", zero_shot=True))
+
+
+# ------------------------------------------------------------------------------------------- zero-shot
+
+
+def test_zero_shot_review_ranks_planted_defects_first(zero_shot_review: tuple[ReviewSummary, Path],
+                                                      data: dict[str, Path]) -> None:
+    summary, out = zero_shot_review
+    rows = _check_report(out, data["folder"])
+    _planted_rank_first(rows)
+    assert summary.mode == "zero-shot"
+    assert "median" in summary.rule
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Zero-shot mode" in page and "median" in page, "the report says how images were flagged"
+    assert summary.counts["PASS"] >= 8, summary.counts
+
+
+def test_interrupted_zero_shot_review_resumes_to_the_same_report(
+    zero_shot_review: tuple[ReviewSummary, Path], data: dict[str, Path]
+) -> None:
+    _, full = zero_shot_review
+    out = data["root"] / "zero-shot-resumed"
+    reports = iter(range(100))
+    # Stop after the batch was scored and 4 images were written into the report.
+    stopped = _drive(review(data["folder"], out, zero_shot=True, device="cpu", weights=data["weights"],
+                            zero_shot_config=ZERO_SHOT),
+                     stop_after=lambda tick, n: tick.message.startswith("report") and next(reports) == 3)
+    assert stopped is None
+    assert (out / "zero_shot_scores.npz").is_file(), "the batch's scores are kept for the next run"
+    summary = _drive(review(data["folder"], out, zero_shot=True, device="cpu", weights=data["weights"],
+                            zero_shot_config=ZERO_SHOT))
+    assert summary is not None
+    for name in ("results.csv", "defects.csv"):
+        assert (out / name).read_text(encoding="utf-8") == (full / name).read_text(encoding="utf-8"), name
