@@ -359,6 +359,8 @@ def _parse_yaml(text: str, where: str, file: Path | None) -> Any:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark is not None:
+            problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
         msg = f"{where}: YAML syntax error{at}: {problem}"
         raise RecipeError(msg, path=file) from exc
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
