@@ -90,6 +90,7 @@ class HeatmapView(QWidget):
         self._vmin = 0.0
         self._vmax = 1.0
         self._placeholder = "No image yet: choose a source and press Start (F5)"
+        self.show_labels = True           # region size / class under each box (off for small tiles)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -199,6 +200,8 @@ class HeatmapView(QWidget):
                     max(region.width * scale, 3.0), max(region.height * scale, 3.0),
                 )
                 painter.drawRect(rect)
+                if not self.show_labels:
+                    continue
                 label = region.defect_class or (
                     f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
                 )
@@ -253,7 +256,8 @@ class VerdictBanner(QFrame):
             detail = result.error or "the frame could not be inspected"
         else:
             score = "—" if result.score is None else f"{result.score:.3f}"
-            defects = f"   ·   {len(result.regions)} defect region(s)" if result.regions else ""
+            n = len(result.regions)
+            defects = f"\n{n} defect{'s' if n != 1 else ''}" if n else ""
             detail = f"score {score}{defects}"
         self._detail.setText(detail)
         self._apply_style()

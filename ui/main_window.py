@@ -603,7 +603,6 @@ class MainWindow(QMainWindow):
         if self._source_done and stats.state == "stopped":
             # the source ended (or failed) and the worker delivered every queued frame: join the threads
             self._stop_pipeline()
-            self.station.yield_panel.set_stats(stats)
             self._set_state(RunState.STOPPED)
             self._status.setText(f"Source finished: {stats.frames_inspected} frames inspected")
             if self.station.banner.state == "IDLE":
@@ -613,6 +612,7 @@ class MainWindow(QMainWindow):
     def _set_state(self, state: str) -> None:
         self._state = state
         self._update_controls()
+        self._update_info()
 
     def _update_controls(self) -> None:
         state = self._state

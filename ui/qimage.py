@@ -69,7 +69,9 @@ def heatmap_rgba(anomaly_map: np.ndarray, *, vmin: float, vmax: float) -> np.nda
         raise ValueError(msg)
     span = max(float(vmax) - float(vmin), 1e-12)
     unit = np.clip((np.nan_to_num(anomaly_map.astype(np.float32)) - vmin) / span, 0.0, 1.0)
-    level = (unit * 255).astype(np.uint8)
+    # turbo up to 0.86 of its range: the hot end is a bright red, not turbo's near-black maroon,
+    # so a defect reads as "hot" over dark parts too
+    level = (unit * 220).astype(np.uint8)
     colour_bgr = cv2.applyColorMap(level, cv2.COLORMAP_TURBO)
     rgba = np.empty((*anomaly_map.shape, 4), np.uint8)
     rgba[..., :3] = colour_bgr[..., ::-1]

@@ -42,6 +42,10 @@ CONTROL_SIGMA = 3.0          # Shewhart control limits: mean ± 3σ
 def control_limits(scores: np.ndarray) -> tuple[float, float, float] | None:
     """Mean and the Shewhart limits (mean - 3σ, mean + 3σ) of a score series; None with < 2 scores.
 
+    The chart passes the scores of PASS parts: the limits describe the process when it makes good
+    parts, so a drift of good parts towards the review threshold shows before the rejects do
+    (defects are outliers by definition and would only widen the band).
+
     Args:
         scores: (N,) float anomaly scores; NaN entries are ignored.
     """
@@ -122,6 +126,9 @@ class StatisticsView(QWidget):
         self.chart.setBackground("#11161a")
         self.chart.showGrid(x=True, y=True, alpha=0.25)
         self.chart.setLabel("left", "anomaly score")
+        self.chart.getAxis("left").enableAutoSIPrefix(False)
+        self.points_drawn = 0
+        self.limits: tuple[float, float, float] | None = None
         self.chart.addLegend(offset=(10, 10))
         self.chart.setMinimumHeight(220)
 
@@ -246,6 +253,7 @@ class StatisticsView(QWidget):
     def _draw_scores(self, points: list[Any]) -> None:
         chart = self.chart
         chart.clear()
+        self.limits = None
         times = np.array([_to_epoch(_field(p, "time", "timestamp")) for p in points], dtype=np.float64)
         scores = np.array([np.nan if _field(p, "score") is None else float(_field(p, "score")) for p in points])
         self.points_drawn = len(points)
@@ -255,12 +263,15 @@ class StatisticsView(QWidget):
         brushes = [pg.mkBrush(colours.get(str(_field(p, "verdict")), "#90a4ae")) for p in points]
         chart.plot(times, scores, pen=pg.mkPen("#607d8b", width=1), name="score")
         chart.addItem(pg.ScatterPlotItem(times, scores, size=6, brush=brushes, pen=None))
-        limits = control_limits(scores)
+        passed = np.array([str(_field(p, "verdict")) == "PASS" for p in points])
+        limits = control_limits(scores[passed] if passed.sum() >= 2 else scores)
+        self.limits = limits
         if limits is not None:
             mean, low, high = limits
-            for value, name, style in ((mean, "mean", Qt.PenStyle.SolidLine),
-                                       (high, "mean + 3σ", Qt.PenStyle.DashLine),
-                                       (low, "mean − 3σ", Qt.PenStyle.DashLine)):
+            lines = [(mean, "mean (PASS)", Qt.PenStyle.SolidLine), (high, "mean + 3σ", Qt.PenStyle.DashLine)]
+            if low > 0:              # scores are >= 0: a negative lower limit says nothing
+                lines.append((low, "mean − 3σ", Qt.PenStyle.DashLine))
+            for value, name, style in lines:
                 chart.addItem(pg.InfiniteLine(value, angle=0, pen=pg.mkPen("#29b6f6", width=1, style=style),
                                               label=name, labelOpts={"color": "#29b6f6", "position": 0.05}))
         for value, name, colour in ((self._review_threshold, "review", "#ffca28"),

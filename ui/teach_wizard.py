@@ -540,6 +540,7 @@ class CheckTile(QWidget):
         self.result = result
         self.view = HeatmapView()
         self.view.setMinimumSize(120, 100)
+        self.view.show_labels = False
         self.view.set_heat_range(*heat_range)
         self.view.show_result(result)
         self.label = QLabel("")

@@ -65,7 +65,7 @@ def test_fail_shows_regions_and_red_banner(qtbot, tmp_path, settings, part_image
     window.start()
     qtbot.waitUntil(lambda: window.counts.inspected == 1, timeout=WAIT_MS)
     assert window.station.banner.state == Verdict.FAIL
-    assert "defect region" in window.station.banner.detail_text
+    assert "1 defect" in window.station.banner.detail_text
     assert window.station.heatmap.result.regions, "a FAIL of the stand-in inspector has a region"
     pixmap = window.station.heatmap.grab()                         # paints: converts the newest result
     assert not pixmap.isNull()

@@ -1,0 +1,72 @@
+"""``inspector-gui`` entry point: display detection, recipe discovery, and one run with the real Station."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings
+
+from inspector.store import Store
+from ui.app import EXIT_NO_DISPLAY, has_display, main, recipe_choices
+from ui.main_window import MainWindow, RunState
+
+
+@pytest.mark.parametrize(
+    ("environ", "platform", "expected"),
+    [
+        ({}, "linux", False),
+        ({"DISPLAY": ":0"}, "linux", True),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", True),
+        ({"QT_QPA_PLATFORM": "offscreen"}, "linux", True),
+        ({}, "win32", True),
+        ({}, "darwin", True),
+    ],
+)
+def test_has_display(environ: dict[str, str], platform: str, expected: bool) -> None:
+    assert has_display(environ, platform) is expected
+
+
+def test_main_without_display_says_so_and_exits_distinctly(monkeypatch, capsys) -> None:
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert main([]) == EXIT_NO_DISPLAY
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and "no display" in out and "inspector demo" in out
+
+
+def test_recipe_choices_offers_the_folder(tmp_path: Path) -> None:
+    for name in ("b.yaml", "a.yml", "notes.txt"):
+        (tmp_path / name).write_text("name: x\n", encoding="utf-8")
+    choices = recipe_choices(tmp_path / "b.yaml")
+    assert [p.name for p in choices] == ["b.yaml", "a.yml"]
+    assert recipe_choices(None) == []
+
+
+def test_real_station_run_fills_store_statistics_and_review(qtbot, tmp_path, taught_recipe) -> None:
+    """The real Station (tiny random-weights model taught by tests/conftest.py) on a folder replay."""
+    import numpy as np
+
+    from tests.helpers.images import textured_part, with_defect, write_images
+
+    rng = np.random.default_rng(1)
+    good = [textured_part(rng) for _ in range(3)]
+    bad = [with_defect(textured_part(rng), rng)[0] for _ in range(2)]
+    frames = write_images(tmp_path / "frames", [good[0], bad[0], good[1], bad[1], good[2]])[0].parent
+    store = Store(tmp_path / "stats.db", flush_interval=0.0)
+    window = MainWindow(recipes=[taught_recipe], source=str(frames), store=store,
+                        settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window.show()
+    window.start()
+    qtbot.waitUntil(lambda: window.counts.inspected == 5 and window.state == RunState.STOPPED, timeout=60_000)
+    assert window.counts.errors == 0, window.station.banner.detail_text
+    assert "model v1" in window.station.info.text()
+    store.flush()
+    window.tabs.setCurrentWidget(window.statistics)            # refreshes on show
+    assert window.statistics.yield_table.item(0, 1).text() == "5"
+    window.tabs.setCurrentWidget(window.review)
+    assert len(window.review.records) == 5
+    window.close()
+    store.close()
