@@ -232,7 +232,8 @@ def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as 8-bit BGR, refusing what cannot be a part image.
 
     Decodes with ``cv2.imdecode(np.fromfile(path))`` so non-ASCII paths work on every OS. Grayscale,
-    palette, RGBA/BGRA (alpha dropped) and 16-bit or float images are converted. 16-bit images are
+    palette, RGBA/BGRA (alpha dropped) and 16-bit or float images are converted, and the EXIF
+    orientation is applied. 16-bit images are
     scaled by their full range (``/ 257``), the same for every file, so brightness stays comparable
     between frames; 12-bit data stored in 16 bits therefore looks dark.
 
@@ -265,7 +266,9 @@ def load_image(path: str | Path) -> np.ndarray:
     dims = _header_dims(data[:65536].tobytes())
     if dims is not None:
         _check_dims(path, *dims)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # ANYCOLOR|ANYDEPTH: native channels (gray stays gray, palette and alpha become BGR) and bit depth,
+    # and, unlike IMREAD_UNCHANGED, the EXIF orientation is applied (photos taken with a phone).
+    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     if image is None or image.size == 0:
         msg = (
             f"{path}: not a decodable image ({size} bytes); the file is truncated, corrupt, "

@@ -99,6 +99,22 @@ def test_load_image_palette_png(tmp_path: Path) -> None:
     assert loaded[0, 27].tolist() == [255, 0, 0]    # BGR blue
 
 
+def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
+    image = np.zeros((56, 84, 3), np.uint8)
+    image[:, :14] = 255                                        # a white band on the left
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    # APP1 Exif segment with one IFD entry: Orientation (0x0112) = 6, "rotate 90 degrees clockwise".
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+    tiff += struct.pack("<I", 0)
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(data.tobytes()[:2] + app1 + data.tobytes()[2:])
+    loaded = load_image(path)
+    assert loaded.shape == (84, 56, 3)                         # upright: taller than wide
+    assert loaded[:14].mean() > 200 and loaded[20:].mean() < 30   # the band is now at the top
+
+
 def test_load_image_reads_unicode_paths(tmp_path: Path, rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)
     folder = tmp_path / "Prüfteile ø"
