@@ -28,6 +28,7 @@ from inspector.recipe import (
     save_recipe,
 )
 
+FAST_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)    # libyaml: keeps the fuzz test cheap
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
 
@@ -386,13 +387,13 @@ def mutated_recipes(draw: st.DrawFn) -> str:
                 node[draw(st.sampled_from(FIELD_NAMES) | st.text(max_size=6))] = draw(values)
         except (KeyError, IndexError, TypeError):
             pass                                   # an earlier mutation removed this path
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.dump(data, Dumper=FAST_DUMPER, sort_keys=False)
 
 
 yaml_text = st.one_of(
     st.text(max_size=80),                                                  # anything at all
     st.text(alphabet="abcnt:-[]{}&*!|>#'\"\n 0123456789.,?%@`", max_size=80),  # YAML punctuation soup
-    values.map(lambda v: yaml.safe_dump(v)),                               # well-formed, wrong shape
+    values.map(lambda v: yaml.dump(v, Dumper=FAST_DUMPER)),                               # well-formed, wrong shape
     mutated_recipes(),                                                     # nearly right
     mutated_recipes().map(lambda t: t[: len(t) // 2]),                     # cut short
 )
