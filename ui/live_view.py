@@ -91,6 +91,7 @@ class HeatmapView(QWidget):
         self._vmax = 1.0
         self._placeholder = "No image yet: choose a source and press Start (F5)"
         self.show_labels = True           # region size / class under each box (off for small tiles)
+        self.conversions = 0              # results turned into pixels: at most one per paint
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -150,6 +151,7 @@ class HeatmapView(QWidget):
         if result is None:
             return
         self._shown = result
+        self.conversions += 1
         self._frame = bgr_to_qimage(result.image_bgr) if result.image_bgr is not None else None
         amap = result.anomaly_map
         self._heat = heatmap_to_qimage(amap, vmin=self._vmin, vmax=self._vmax) if amap is not None else None

@@ -44,6 +44,7 @@ __all__ = ["MainWindow", "RunState"]
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_MS = 250        # counters and fps refresh at 4 Hz: fast enough to feel live, cheap to paint
+SCREEN_REFRESH_TICKS = 20      # the statistics screen, when shown, re-queries the store every 5 s (20 ticks)
 STOP_TIMEOUT_S = 5.0           # a stop that takes longer is logged; threads are daemons in the engine
 
 
@@ -148,6 +149,7 @@ class MainWindow(QMainWindow):
         self._last_result_time: float | None = None
         self._closing = False
         self._source_done = False      # the pipeline's source ended or failed; stop once it has drained
+        self._ticks = 0
 
         self.bridge = PipelineBridge(self)
         self.bridge.result_ready.connect(self._on_result)
@@ -592,6 +594,10 @@ class MainWindow(QMainWindow):
     @Slot()
     def _on_stats_tick(self) -> None:
         self.station.set_counts(self._counts)
+        self._ticks += 1
+        if (self._ticks % SCREEN_REFRESH_TICKS == 0 and self._pipeline is not None
+                and self.tabs.currentWidget() is self.statistics):
+            self.statistics.refresh()
         if self._pipeline is None:
             return
         try:

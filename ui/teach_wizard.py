@@ -568,7 +568,7 @@ class CheckPage(QWizardPage):
                          "Move the thresholds: counts update at once from the cached scores.")
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setMaximumHeight(110)
+        self.report.setMaximumHeight(90)
         self.good_grid = QGridLayout()
         self.bad_grid = QGridLayout()
         self.review_slider = QSlider(Qt.Orientation.Horizontal)
