@@ -142,12 +142,14 @@ class Archive:
         self._failing = False                    # last write failed; warn again only after a success
         self._warned_full = False
         self._closed = False
-        self._files: collections.deque[tuple[Path, int]] = collections.deque()   # oldest first
+        # One entry per archived frame (its image and overlay go together), oldest first.
+        self._files: collections.deque[tuple[tuple[Path, ...], int]] = collections.deque()
         self._total_bytes = 0
         self.saved = 0                           # frames written
         self.skipped = 0                         # frames not written: paused, queue full, or failed
         self._thread: threading.Thread | None = None
         if policy.enabled:
+            self._pending = 1                    # the start-up scan: flush() waits for it too
             self._thread = threading.Thread(target=self._run, name="inspector-archive", daemon=True)
             self._thread.start()
 
@@ -205,7 +207,7 @@ class Archive:
         return paths
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted frame is written (or skipped). False on timeout."""
+        """Wait until the start-up scan is done and every submitted frame written (or skipped). False on timeout."""
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
@@ -265,6 +267,10 @@ class Archive:
             self._scan()
         except OSError as exc:
             logger.warning("archive %s could not be scanned: %s", self._directory, exc)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
         while True:
             job = self._queue.get()
             if job is None:
@@ -321,10 +327,10 @@ class Archive:
                 logger.info("archive resumed writing in %s", self._directory)
             self._failing = False
             self.saved += 1
-            for item in written:
-                self._files.append(item)
-                self._total_bytes += item[1]
-        self._trim(keep=len(written))
+            size = sum(n for _, n in written)
+            self._files.append((tuple(p for p, _ in written), size))
+            self._total_bytes += size
+        self._trim(keep=1)
 
     def _encode(self, image_bgr: np.ndarray) -> bytes:
         if self.policy.image_format == "jpg":
@@ -337,28 +343,28 @@ class Archive:
         return buffer.tobytes()
 
     def _trim(self, *, keep: int) -> None:
-        """Remove the oldest files until under the cap, never the ``keep`` newest (just written)."""
+        """Remove the oldest frames until under the cap, never the ``keep`` newest (just written)."""
         while True:
             with self._lock:
                 if self._total_bytes <= self.policy.max_bytes or len(self._files) <= keep:
                     return
-                path, size = self._files.popleft()
+                paths, size = self._files.popleft()
                 self._total_bytes -= size
+            for path in paths:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    logger.warning("archive could not remove %s: %s", path, exc)
             try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                logger.warning("archive could not remove %s: %s", path, exc)
-                continue
-            try:
-                path.parent.rmdir()               # only succeeds once the day folder is empty
+                paths[0].parent.rmdir()           # only succeeds once the day folder is empty
             except OSError:
                 pass
 
     def _scan(self) -> None:
-        """Learn the files already archived (day folders only), oldest first; drop stale temp files."""
+        """Learn the frames already archived (in day folders only), oldest first; drop stale temp files."""
         if not self._directory.is_dir():
             return
-        found: list[tuple[float, str, Path, int]] = []
+        frames: dict[Path, list[tuple[float, Path, int]]] = {}   # image path -> its files
         for day in self._directory.iterdir():
             if not (day.is_dir() and _DAY_DIR.match(day.name)):
                 continue
@@ -368,12 +374,14 @@ class Archive:
                     continue
                 if path.suffix.lower() in (".jpg", ".png") and path.is_file():
                     stat = path.stat()
-                    found.append((stat.st_mtime, path.name, path, stat.st_size))
-        found.sort()
+                    image = path.with_name(path.name.replace("_overlay.", "."))
+                    frames.setdefault(image, []).append((stat.st_mtime, path, stat.st_size))
+        found = sorted(
+            (min(m for m, _, _ in files), image.name, tuple(p for _, p, _ in sorted(files)), sum(n for _, _, n in files))
+            for image, files in frames.items()
+        )
         with self._lock:
-            # Files written before the scan finished are already listed and newer: put the old ones first.
-            known = {p for p, _ in self._files}
-            older = [(p, size) for _, _, p, size in found if p not in known]
-            self._files.extendleft(reversed(older))
-            self._total_bytes += sum(size for _, size in older)
+            # The writer thread scans before its first write, so everything found is older.
+            self._files.extendleft((paths, size) for *_, paths, size in reversed(found))
+            self._total_bytes += sum(size for *_, size in found)
         self._trim(keep=0)

@@ -40,6 +40,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "MIN_IMAGE_SIDE",
+    "STREAM_TIMEOUT_MS",
     "VIDEO_EXTENSIONS",
     "ArraySource",
     "CameraSource",
@@ -69,6 +70,8 @@ IMAGE_EXTENSIONS: Final = frozenset(
 VIDEO_EXTENSIONS: Final = frozenset({".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"})
 # One DINOv2 patch (14 px): anything smaller cannot be a part image, usually a thumbnail or a broken file.
 MIN_IMAGE_SIDE: Final = 14
+# Open and read timeout of stream URLs: longer than a keyframe interval, short enough to reconnect soon.
+STREAM_TIMEOUT_MS: Final = 5000
 # 100 megapixels: ~300 MB as BGR uint8. Above this a "photo" is a mistake or a decompression bomb.
 MAX_IMAGE_PIXELS: Final = 100_000_000
 
@@ -457,7 +460,16 @@ class CameraSource(_SourceBase):
             CameraNotFound: OpenCV could not open the device or URL.
         """
         self.close()
-        capture = cv2.VideoCapture(self._device)
+        if isinstance(self._device, int):
+            capture = cv2.VideoCapture(self._device)
+        else:
+            # Stream URLs go through FFmpeg, which otherwise waits ~30 s on a dead host and can block a
+            # read forever on a dropped stream; the capture thread must notice and reconnect instead.
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+            ]
+            capture = cv2.VideoCapture(self._device, cv2.CAP_ANY, params)
         if not capture.isOpened():
             capture.release()
             hint = (

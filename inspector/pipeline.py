@@ -35,11 +35,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Final, Literal, Protocol, Self
 
 from inspector.capture import FrameSource
 from inspector.errors import FrameDecodeError
 from inspector.results import Frame, InspectionResult, StageTimes, Verdict
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "EventKind",
@@ -144,7 +147,7 @@ def error_result(
     recipe: str,
     error: str,
     path: str | None = None,
-    image_bgr: object = None,
+    image_bgr: np.ndarray | None = None,
     capture_ms: float = 0.0,
 ) -> InspectionResult:
     """An ERROR result for a frame that could not be inspected (never PASS, score None).
@@ -167,7 +170,7 @@ def error_result(
         model_version="",
         verdict=Verdict.ERROR,
         score=None,
-        image_bgr=image_bgr,  # type: ignore[arg-type]
+        image_bgr=image_bgr,
         times=StageTimes(capture_ms=capture_ms),
         error=error,
         path=path,
@@ -292,16 +295,19 @@ class Pipeline:
     def pause(self) -> None:
         """Stop reading frames; frames already queued are still inspected and delivered.
 
-        Waits up to 1 s for the capture thread to finish the read it is in.
+        Waits up to 1 s for the capture thread to finish the read it is in (not when called from a
+        consumer, on the worker thread).
         """
         self._parked.clear()
         self._running.clear()
         with self._lock:
             if self._state == "running":
                 self._state = "paused"
-        capture = self._threads[0] if self._threads else None
-        if capture is not None and capture.is_alive() and threading.current_thread() is not capture:
-            self._parked.wait(_PAUSE_ACK_S)
+        # Wait for the capture thread to park, so nothing is read after pause() returns. Not on the
+        # worker thread: the capture thread may be waiting for the worker to take a frame.
+        if len(self._threads) == 2 and threading.current_thread() not in self._threads:
+            if self._threads[0].is_alive():
+                self._parked.wait(_PAUSE_ACK_S)
 
     def resume(self) -> None:
         """Read frames again after `pause`."""

@@ -143,6 +143,25 @@ def test_size_cap_removes_oldest_first(tmp_path: Path, rng: np.random.Generator)
     assert not first.image.exists()                             # files found at start-up count too
 
 
+def test_image_and_overlay_are_removed_together(tmp_path: Path, rng: np.random.Generator) -> None:
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png")) as archive:
+        probe = archive.submit(_result(0, Verdict.FAIL, rng=rng))
+        assert archive.flush(10) and probe is not None and probe.overlay is not None
+    frame_bytes = probe.image.stat().st_size + probe.overlay.stat().st_size
+    probe.image.unlink()
+    probe.overlay.unlink()
+    cap = int(frame_bytes * 2.5)
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png", max_bytes=cap)) as archive:
+        paths = [archive.submit(_result(i, Verdict.FAIL, rng=rng)) for i in range(1, 6)]
+        assert archive.flush(10)
+    newest = sorted(p for item in paths[-2:] if item is not None for p in item if p is not None)
+    assert _archived_files(tmp_path) == newest                   # two whole frames, no orphan overlay
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png", max_bytes=int(frame_bytes * 1.5))) as archive:
+        assert archive.flush(10)
+    last = paths[-1]
+    assert last is not None and _archived_files(tmp_path) == sorted([last.image, last.overlay])  # type: ignore[type-var]
+
+
 def test_existing_archive_over_a_new_cap_is_trimmed_at_start(tmp_path: Path, rng: np.random.Generator) -> None:
     with Archive(ArchivePolicy(directory=tmp_path, image_format="png")) as archive:
         for i in range(4):
@@ -153,7 +172,7 @@ def test_existing_archive_over_a_new_cap_is_trimmed_at_start(tmp_path: Path, rng
     stray.write_bytes(b"x" * 10)
     with Archive(ArchivePolicy(directory=tmp_path, max_bytes=1)) as archive:
         assert archive.flush(10)
-    assert _archived_files(tmp_path) == [stray]
+        assert _archived_files(tmp_path) == [stray] and archive.total_bytes == 0
 
 
 def test_disk_full_pauses_with_a_warning_then_resumes(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
