@@ -1,0 +1,302 @@
+"""Thresholds from scores: good images only, or good and defect images when there are some.
+
+With good images only, anomalib's F1-adaptive threshold has nothing to balance and flags everything
+(anomalib issues 2433 and 3357). Here the good-only rule uses the leave-one-out scores of the
+training images (``PatchKNN.train_scores``/``train_maps``: each image scored against a bank
+without its own patches, so they behave like unseen good parts):
+
+* ``fail`` = the highest good score plus ``fail_margin`` times the spread of the good scores;
+* ``review`` = the ``review_quantile`` of the good scores (never above ``fail``);
+* ``pixel`` = the ``pixel_quantile`` of all good anomaly-map pixels, so good parts give (almost)
+  no defect regions.
+
+When defect scores exist, ``fail`` is the best-F1 threshold (or the threshold meeting a target
+false-reject rate), and with defect masks ``pixel`` is the best pixel-F1 threshold. The rule used
+is written into ``Thresholds.rule`` in one sentence.
+
+Example:
+    >>> thresholds = calibrate(detector.train_scores, good_maps=detector.train_maps)
+    >>> thresholds.fail > thresholds.good_max
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+__all__ = ["Thresholds", "auroc", "calibrate"]
+
+# ours: with a few near-identical good images the std is ~0; the spread never drops below 5 % of
+# the mean good score, so the fail threshold keeps a real margin above the goods.
+MIN_RELATIVE_SPREAD: Final = 0.05
+# Pixel-F1 search resolution: candidate thresholds are this many histogram edges.
+PIXEL_BINS: Final = 2048
+# Pooled good pixels beyond this many are subsampled (seeded) for the quantile.
+MAX_POOLED_PIXELS: Final = 20_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholds:
+    """Decision thresholds and the score statistics they came from.
+
+    A frame is FAIL when its score >= ``fail``, REVIEW when >= ``review``, PASS otherwise; pixels
+    at or above ``pixel`` form defect regions.
+    """
+
+    review: float  # image score at or above this -> REVIEW (<= fail)
+    fail: float  # image score at or above this -> FAIL
+    pixel: float  # anomaly-map value at or above this is a defect pixel
+    rule: str  # one sentence stating how the thresholds were chosen
+    # --- statistics of the scores used ---
+    good_mean: float  # mean good (leave-one-out) image score
+    good_std: float  # standard deviation of the good scores (ddof=1)
+    good_max: float  # highest good score
+    n_good: int  # good scores used
+    n_defect: int = 0  # defect scores used
+    expected_false_reject: float  # share of the good scores at or above ``fail``
+    # --- only when defect scores were given ---
+    auroc: float | None = None  # image AUROC of good vs defect scores
+    f1: float | None = None  # image F1 at ``fail`` (defect = positive)
+    confusion: tuple[int, int, int, int] | None = None  # (tn, fp, fn, tp) at ``fail``
+    pixel_f1: float | None = None  # pixel F1 at ``pixel`` over the defect masks
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out["confusion"] = list(self.confusion) if self.confusion is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Thresholds:
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ValueError: naming the unknown or missing field.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            msg = f"unknown Thresholds field(s): {', '.join(unknown)}"
+            raise ValueError(msg)
+        values = dict(data)
+        if values.get("confusion") is not None:
+            values["confusion"] = tuple(int(v) for v in values["confusion"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            msg = f"Thresholds fields incomplete: {exc}"
+            raise ValueError(msg) from exc
+
+
+def auroc(good_scores: np.ndarray, defect_scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U): P(defect score > good score), ties count half.
+
+    Args:
+        good_scores: (N,) float scores of good images (negatives).
+        defect_scores: (M,) float scores of defect images (positives).
+    """
+    good = np.asarray(good_scores, dtype=np.float64).ravel()
+    bad = np.asarray(defect_scores, dtype=np.float64).ravel()
+    if good.size == 0 or bad.size == 0:
+        msg = "AUROC needs at least one good and one defect score"
+        raise ValueError(msg)
+    good_sorted = np.sort(good)
+    below = np.searchsorted(good_sorted, bad, side="left")
+    not_above = np.searchsorted(good_sorted, bad, side="right")
+    return float((below.sum() + 0.5 * (not_above - below).sum()) / (good.size * bad.size))
+
+
+def calibrate(
+    good_scores: np.ndarray | Sequence[float],
+    *,
+    good_maps: np.ndarray | Sequence[np.ndarray] | None = None,
+    defect_scores: np.ndarray | Sequence[float] | None = None,
+    defect_maps: np.ndarray | Sequence[np.ndarray] | None = None,
+    defect_masks: np.ndarray | Sequence[np.ndarray] | None = None,
+    target_false_reject: float | None = None,
+    fail_margin: float = 1.0,
+    review_quantile: float = 0.99,
+    pixel_quantile: float = 0.999,
+) -> Thresholds:
+    """Choose review, fail and pixel thresholds.
+
+    Args:
+        good_scores: (N,) image scores of good images not in the bank (leave-one-out or held out);
+            at least 2.
+        good_maps: their anomaly maps, each (H, W) float32 (any sizes), for the pixel threshold.
+        defect_scores: (M,) image scores of defect images, if any.
+        defect_maps: the defect images' anomaly maps, each (H, W) float32.
+        defect_masks: ground-truth masks for ``defect_maps``, each (H, W) bool (same sizes).
+        target_false_reject: accepted share of good images at or above ``fail`` (e.g. 0.01);
+            None picks ``fail`` by the margin rule (good only) or by best F1 (with defects).
+        fail_margin: good-only rule: ``fail = max + fail_margin * spread``.
+        review_quantile: ``review`` = this quantile of the good scores.
+        pixel_quantile: good-only pixel rule: this quantile of the pooled good map pixels.
+
+    Returns:
+        The thresholds, the rule used and the score statistics.
+
+    Raises:
+        ValueError: fewer than 2 good scores, non-finite scores, or inconsistent maps/masks.
+    """
+    good = _scores("good_scores", good_scores)
+    if good.size < 2:
+        msg = (f"calibration needs the scores of at least 2 good images, got {good.size}; fit on 2 or more "
+               "good images (leave-one-out scoring needs a second image) or pass held-out good scores")
+        raise ValueError(msg)
+    if target_false_reject is not None and not 0.0 <= target_false_reject < 1.0:
+        msg = f"target_false_reject must be in [0, 1), got {target_false_reject}"
+        raise ValueError(msg)
+    for name, q in (("review_quantile", review_quantile), ("pixel_quantile", pixel_quantile)):
+        if not 0.0 <= q <= 1.0:
+            msg = f"{name} must be in [0, 1], got {q}"
+            raise ValueError(msg)
+    if fail_margin < 0:
+        msg = f"fail_margin must be >= 0, got {fail_margin}"
+        raise ValueError(msg)
+    defects = _scores("defect_scores", defect_scores) if defect_scores is not None else np.empty(0)
+
+    mean, std, top = float(good.mean()), float(good.std(ddof=1)), float(good.max())
+    spread = max(std, MIN_RELATIVE_SPREAD * abs(mean))
+    review = float(np.quantile(good, review_quantile))
+    auc = f1 = None
+    confusion = None
+    if target_false_reject is not None:
+        fail = _fail_for_false_reject(good, target_false_reject)
+        fail_rule = f"fail = lowest score with at most {100 * target_false_reject:g} % of good scores at or above it"
+    elif defects.size:
+        fail, best_f1 = _best_f1_threshold(good, defects)
+        fail_rule = f"fail = best-F1 threshold over the good and defect scores (F1 {best_f1:.3f})"
+    else:
+        fail = top + fail_margin * spread
+        fail_rule = (f"fail = highest good score {top:.4g} + {fail_margin:g} x spread {spread:.3g} "
+                     f"(std, at least {100 * MIN_RELATIVE_SPREAD:g} % of the mean)")
+    review = min(review, fail)
+    review_rule = f"review = {100 * review_quantile:g}th percentile of good scores (at most fail)"
+    if defects.size:
+        auc = auroc(good, defects)
+        tn, fp = int((good < fail).sum()), int((good >= fail).sum())
+        fn, tp = int((defects < fail).sum()), int((defects >= fail).sum())
+        confusion = (tn, fp, fn, tp)
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+    pixel, pixel_rule, pixel_f1 = _pixel_threshold(
+        good_maps, defect_maps, defect_masks, fallback=fail, pixel_quantile=pixel_quantile
+    )
+    source = f"{good.size} good" + (f" and {defects.size} defect" if defects.size else "") + " image scores"
+    rule = f"{fail_rule}; {review_rule}; {pixel_rule} ({source})."
+    return Thresholds(
+        review=float(review), fail=float(fail), pixel=float(pixel), rule=rule,
+        good_mean=mean, good_std=std, good_max=top, n_good=int(good.size), n_defect=int(defects.size),
+        expected_false_reject=float((good >= fail).mean()),
+        auroc=auc, f1=f1, confusion=confusion, pixel_f1=pixel_f1,
+    )
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _scores(name: str, values: np.ndarray | Sequence[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if not np.isfinite(arr).all():
+        msg = f"{name} contains non-finite values (NaN or inf); score the images again"
+        raise ValueError(msg)
+    return arr
+
+
+def _fail_for_false_reject(good: np.ndarray, target: float) -> float:
+    """Lowest threshold with at most ``target`` of the good scores at or above it."""
+    desc = np.sort(good)[::-1]
+    allowed = int(np.floor(target * good.size + 1e-9))  # good scores that may be rejected
+    if allowed >= good.size:
+        return float(desc[-1])
+    return float(np.nextafter(desc[allowed], np.inf))
+
+
+def _best_f1_threshold(good: np.ndarray, defects: np.ndarray) -> tuple[float, float]:
+    """Threshold with the best F1 (defect = positive); midpoints between sorted scores.
+
+    Among equal F1 the lowest threshold wins: fewer escaped defects.
+    """
+    values = np.unique(np.concatenate([good, defects]))
+    candidates = np.concatenate([(values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
+    candidates = np.concatenate([[values[0]], candidates])
+    good_sorted, bad_sorted = np.sort(good), np.sort(defects)
+    fp = good.size - np.searchsorted(good_sorted, candidates, side="left")
+    tp = defects.size - np.searchsorted(bad_sorted, candidates, side="left")
+    fn = defects.size - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    best = int(np.argmax(f1))  # argmax returns the first, i.e. the lowest threshold
+    return float(candidates[best]), float(f1[best])
+
+
+def _as_maps(name: str, maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    out = [np.asarray(m) for m in maps]
+    for i, m in enumerate(out):
+        if m.ndim != 2 or m.size == 0:
+            msg = f"{name}[{i}] must be a non-empty (H, W) array, got shape {m.shape}"
+            raise ValueError(msg)
+    return out
+
+
+def _pixel_threshold(
+    good_maps: np.ndarray | Sequence[np.ndarray] | None,
+    defect_maps: np.ndarray | Sequence[np.ndarray] | None,
+    defect_masks: np.ndarray | Sequence[np.ndarray] | None,
+    *,
+    fallback: float,
+    pixel_quantile: float,
+) -> tuple[float, str, float | None]:
+    goods = _as_maps("good_maps", good_maps) if good_maps is not None else []
+    if defect_masks is not None:
+        if defect_maps is None:
+            msg = "defect_masks were given without defect_maps; pass the defect images' anomaly maps too"
+            raise ValueError(msg)
+        maps = _as_maps("defect_maps", defect_maps)
+        masks = _as_maps("defect_masks", defect_masks)
+        if len(maps) != len(masks):
+            msg = f"{len(maps)} defect_maps but {len(masks)} defect_masks; give one mask per map"
+            raise ValueError(msg)
+        for i, (m, k) in enumerate(zip(maps, masks, strict=True)):
+            if m.shape != k.shape:
+                msg = f"defect_masks[{i}] has shape {k.shape} but defect_maps[{i}] has {m.shape}"
+                raise ValueError(msg)
+        positives = np.concatenate([m[k.astype(bool)].ravel() for m, k in zip(maps, masks, strict=True)])
+        negatives = np.concatenate([m[~k.astype(bool)].ravel() for m, k in zip(maps, masks, strict=True)]
+                                   + [g.ravel() for g in goods])
+        if positives.size:
+            pixel, f1 = _best_pixel_f1(positives.astype(np.float64), negatives.astype(np.float64))
+            return pixel, f"pixel = best pixel-F1 threshold over {len(maps)} defect masks (F1 {f1:.3f})", f1
+    if goods:
+        pooled = np.concatenate([g.ravel() for g in goods]).astype(np.float64)
+        if not np.isfinite(pooled).all():
+            msg = "good_maps contain non-finite values (NaN or inf); score the images again"
+            raise ValueError(msg)
+        if pooled.size > MAX_POOLED_PIXELS:
+            pooled = np.random.default_rng(0).choice(pooled, MAX_POOLED_PIXELS, replace=False)
+        pixel = float(np.quantile(pooled, pixel_quantile))
+        return pixel, f"pixel = {100 * pixel_quantile:g}th percentile of {len(goods)} good anomaly maps", None
+    return float(fallback), "pixel = fail (no anomaly maps given)", None
+
+
+def _best_pixel_f1(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float]:
+    """Best-F1 pixel threshold on a histogram of ``PIXEL_BINS`` edges (exact counts per edge)."""
+    lo = min(positives.min(), negatives.min()) if negatives.size else positives.min()
+    hi = max(positives.max(), negatives.max()) if negatives.size else positives.max()
+    if not hi > lo:
+        return float(lo), 0.0
+    edges = np.linspace(lo, hi, PIXEL_BINS + 1)
+    pos_hist, _ = np.histogram(positives, bins=edges)
+    neg_hist, _ = np.histogram(negatives, bins=edges)
+    # Pixels >= edges[i] are those in bins i.. (the last bin includes hi).
+    tp = np.cumsum(pos_hist[::-1])[::-1]
+    fp = np.cumsum(neg_hist[::-1])[::-1]
+    fn = positives.size - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    best = int(np.argmax(f1))
+    return float(edges[best]), float(f1[best])

@@ -1,0 +1,307 @@
+"""Save and load a fitted detector with its thresholds, without pickle.
+
+A saved detector is a folder of two files:
+
+* ``model.safetensors``: the memory bank, the owner of each bank patch and the leave-one-out
+  training scores (plain tensors; safetensors cannot run code on load);
+* ``model.json``: format version, detector name and config, backbone name, blocks and resolution,
+  the weights' source and sha256, the thresholds with their score statistics, the creation time, the
+  checksum of ``model.safetensors`` and the caller's free-form ``metadata``.
+
+Each file is written to a temporary file in the same folder and moved into place with
+``os.replace``, safetensors first, so a crash leaves either the old model or the new one; the
+checksum catches a folder whose two files do not belong together.
+
+A model only makes sense with the backbone weights it was fitted with, so loading refuses another
+backbone, other blocks or other weights, naming what the model was built with and what is loaded.
+
+Example:
+    >>> save_detector(detector, thresholds, Path("models/bracket_a/v3"), weights=resolved.info,
+    ...               metadata={"recipe": "bracket_a"})
+    >>> detector, thresholds, metadata = load_detector(Path("models/bracket_a/v3"))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from models.backbone import DinoBackbone, create_backbone, resolve_device
+from models.calibration import Thresholds
+from models.detectors.patch_knn import PatchKNN, PatchKNNConfig
+from models.detectors.registry import get_detector_class
+
+if TYPE_CHECKING:
+    from models.weights import WeightsInfo
+
+__all__ = ["FORMAT_VERSION", "MODEL_JSON", "MODEL_TENSORS", "load_detector", "read_manifest", "save_detector"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_JSON: Final = "model.json"
+MODEL_TENSORS: Final = "model.safetensors"
+FORMAT: Final = "inspector.detector"
+# Bump when the layout changes; loading refuses files from a newer version.
+FORMAT_VERSION: Final = 1
+
+
+def save_detector(
+    detector: PatchKNN,
+    thresholds: Thresholds,
+    directory: Path,
+    *,
+    weights: WeightsInfo | None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a fitted detector and its thresholds to ``directory`` (created if missing).
+
+    Args:
+        detector: a fitted detector.
+        thresholds: its calibration.
+        directory: the model folder; existing model files in it are replaced atomically.
+        weights: where the backbone weights came from (``ResolvedWeights.info``); None only for a
+            random-init backbone in tests.
+        metadata: free-form JSON-serialisable data of the caller (recipe name, operator, ...).
+
+    Returns:
+        ``directory``.
+
+    Raises:
+        ValueError: the detector is not fitted, or ``metadata`` is not JSON-serialisable.
+        OSError: the folder cannot be written.
+    """
+    directory = Path(directory)
+    tensors, state = detector.export_state()
+    backbone = detector.backbone
+    model_name = weights.model_name if weights is not None else _backbone_name(backbone)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "detector": type(detector).detector_name,
+        "config": detector.config.to_dict(),
+        "backbone": {
+            "model_name": model_name,
+            "blocks": list(backbone.blocks),
+            "norm": bool(backbone.norm),
+            "feature_dim": int(backbone.feature_dim),
+            "patch_size": int(backbone.patch_size),
+        },
+        "weights": (
+            {"model_name": weights.model_name, "source": weights.source, "location": weights.location,
+             "sha256": weights.sha256, "description": weights.description}
+            if weights is not None else None
+        ),
+        "resolution": {"shorter_side": detector.config.shorter_side},
+        "thresholds": thresholds.to_dict(),
+        "score_statistics": _statistics(detector),
+        "state": state,
+        "bank_size": detector.bank_size,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "metadata": dict(metadata or {}),
+    }
+    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    try:
+        text = json.dumps(manifest, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        msg = f"cannot save the model to {directory}: metadata must be JSON-serialisable ({exc})"
+        raise ValueError(msg) from exc
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / MODEL_TENSORS, blob)
+    _write_atomic(directory / MODEL_JSON, (text + "\n").encode("utf-8"))
+    logger.info("saved %s detector (%d bank patches) to %s", manifest["detector"], detector.bank_size, directory)
+    return directory
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The parsed ``model.json`` of a saved detector.
+
+    Raises:
+        FileNotFoundError: no ``model.json`` in ``directory``.
+        ValueError: the file is corrupt, truncated, or of another format or a newer version.
+    """
+    path = Path(directory) / MODEL_JSON
+    if not path.is_file():
+        msg = f"{path} not found; {directory} does not hold a saved detector (save one with save_detector)"
+        raise FileNotFoundError(msg)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = f"{path} is corrupt or truncated ({exc}); save the model again"
+        raise ValueError(msg) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        msg = f"{path} is not a saved inspector detector (no \"format\": \"{FORMAT}\")"
+        raise ValueError(msg)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        msg = (f"{path} has format version {version!r}; this program reads up to {FORMAT_VERSION}: "
+               "update the program or save the model again with this one")
+        raise ValueError(msg)
+    return manifest
+
+
+def load_detector(
+    directory: Path,
+    *,
+    backbone: DinoBackbone | None = None,
+    weights_sha256: str | None = None,
+    device: str | torch.device = "auto",
+) -> tuple[PatchKNN, Thresholds, dict[str, Any]]:
+    """Load a detector saved by ``save_detector``.
+
+    Args:
+        directory: the model folder.
+        backbone: the backbone to use; None builds it from locally resolved weights
+            (``models.weights.resolve_weights``), checking their sha256. A given backbone is moved to
+            ``device``.
+        weights_sha256: sha256 of the weights in ``backbone``, checked against the saved one (without
+            it a given backbone's weights cannot be verified, which is logged).
+        device: ``"auto" | "cpu" | "cuda"``.
+
+    Returns:
+        (the fitted detector, its thresholds, the caller's ``metadata`` given at save time).
+
+    Raises:
+        FileNotFoundError: a model file is missing (the message names it).
+        ValueError: a file is corrupt or truncated (named), or the model was built with another
+            backbone, other blocks or other weights than those loaded now.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    json_path = directory / MODEL_JSON
+    try:
+        saved_bb = manifest["backbone"]
+        saved_name = str(saved_bb["model_name"])
+        saved_blocks = tuple(int(b) for b in saved_bb["blocks"])
+        saved_norm = bool(saved_bb.get("norm", True))
+        saved_weights = manifest.get("weights")
+        saved_sha = saved_weights.get("sha256") if saved_weights else None
+        detector_cls = get_detector_class(manifest["detector"])
+        config = PatchKNNConfig.from_dict(manifest["config"])
+        thresholds = Thresholds.from_dict(manifest["thresholds"])
+        state = manifest["state"]
+        expected_sha = manifest["tensors_sha256"]
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"{json_path} is incomplete or invalid ({type(exc).__name__}: {exc}); save the model again"
+        raise ValueError(msg) from exc
+    built_with = f"{saved_name}, blocks {list(saved_blocks)}, weights sha256 {_short(saved_sha)}"
+
+    dev = resolve_device(device)
+    if backbone is None:
+        backbone, loaded_sha = _backbone_for(directory, saved_name, saved_blocks, saved_norm, saved_sha, dev)
+    else:
+        loaded_sha = weights_sha256
+        name = _backbone_name(backbone)
+        if _base(name) != _base(saved_name) or tuple(backbone.blocks) != saved_blocks or backbone.norm != saved_norm:
+            msg = (f"{directory}: the model was built with {saved_name}, blocks {list(saved_blocks)}, norm {saved_norm}; "
+                   f"the backbone loaded now is {name}, blocks {list(backbone.blocks)}, norm {backbone.norm}; "
+                   "load it with the backbone it was built with, or teach the model again")
+            raise ValueError(msg)
+        if weights_sha256 is None:
+            logger.warning("%s: backbone weights not verified (no weights_sha256 given); the model expects %s",
+                           directory, _short(saved_sha))
+    if loaded_sha is not None and loaded_sha != saved_sha:
+        msg = (f"{directory}: the model was built with {built_with}, but the weights loaded now have sha256 "
+               f"{_short(loaded_sha)}; load the weights it was built with, or teach the model again")
+        raise ValueError(msg)
+
+    tensors = _read_tensors(directory / MODEL_TENSORS, expected_sha, json_path)
+    detector = detector_cls(backbone=backbone, config=config, device=dev)
+    try:
+        detector.import_state(tensors, state)
+    except (KeyError, ValueError) as exc:
+        msg = f"{directory / MODEL_TENSORS}: {exc}; save the model again"
+        raise ValueError(msg) from exc
+    logger.info("loaded %s detector (%d bank patches) from %s on %s", manifest["detector"],
+                detector.bank_size, directory, dev)
+    return detector, thresholds, dict(manifest.get("metadata") or {})
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, flush to disk, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_tensors(path: Path, expected_sha: str, json_path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        msg = f"{path} not found; the saved model is incomplete: save it again"
+        raise FileNotFoundError(msg)
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != expected_sha:
+        msg = (f"{path} is corrupt or truncated, or does not belong to {json_path} (checksum differs); "
+               "save the model again")
+        raise ValueError(msg)
+    try:
+        return load_safetensors(blob)
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        msg = f"{path} is corrupt or truncated ({exc}); save the model again"
+        raise ValueError(msg) from exc
+
+
+def _backbone_for(
+    directory: Path,
+    name: str,
+    blocks: tuple[int, ...],
+    norm: bool,
+    saved_sha: str | None,
+    device: torch.device,
+) -> tuple[DinoBackbone, str]:
+    """Build the saved backbone from locally resolved weights."""
+    if saved_sha is None:
+        msg = (f"{directory}: the model was saved with a randomly initialised backbone (tests only); "
+               "pass backbone= to load it")
+        raise ValueError(msg)
+    from models.weights import resolve_weights
+
+    resolved = resolve_weights(name)
+    if resolved.info.sha256 != saved_sha:
+        msg = (f"{directory}: the model was built with {name} weights sha256 {_short(saved_sha)}, but the weights "
+               f"found now ({resolved.info.location}, {resolved.info.source}) have sha256 "
+               f"{_short(resolved.info.sha256)}; provide the original weights (--weights PATH) or teach the model again")
+        raise ValueError(msg)
+    backbone = create_backbone(name, state_dict=resolved.state_dict, blocks=blocks, norm=norm, device=device)
+    return backbone, resolved.info.sha256
+
+
+def _statistics(detector: PatchKNN) -> dict[str, Any]:
+    scores = detector.train_scores
+    if scores.size == 0:
+        return {"n_train_scores": 0}
+    return {"n_train_scores": int(scores.size), "mean": float(scores.mean()), "std": float(scores.std()),
+            "min": float(scores.min()), "max": float(scores.max())}
+
+
+def _backbone_name(backbone: DinoBackbone) -> str:
+    cfg = getattr(backbone.vit, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture", type(backbone.vit).__name__))
+
+
+def _base(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "none (random init)"

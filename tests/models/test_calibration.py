@@ -1,0 +1,99 @@
+"""calibrate: good images only (no F1 on normals), and with defect scores and masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.calibration import Thresholds, auroc, calibrate
+
+
+def good_scores(n: int = 20) -> np.ndarray:
+    return np.random.default_rng(0).normal(0.20, 0.02, n).astype(np.float32)
+
+
+def test_good_only_puts_fail_above_every_good_score() -> None:
+    scores = good_scores()
+    t = calibrate(scores)
+    assert t.fail > scores.max() and t.review <= t.fail
+    assert t.expected_false_reject == 0.0
+    assert not (scores >= t.fail).any(), "no good image may be flagged FAIL"
+    assert t.n_good == 20 and t.n_defect == 0
+    assert t.good_max == pytest.approx(float(scores.max()))
+    assert t.good_mean == pytest.approx(float(scores.mean()), rel=1e-6)
+    assert t.auroc is None and t.f1 is None and t.confusion is None
+    assert "highest good score" in t.rule and "pixel = fail" in t.rule
+
+
+def test_identical_good_scores_still_get_a_margin() -> None:
+    t = calibrate([0.3, 0.3, 0.3])
+    assert t.fail == pytest.approx(0.3 * 1.05)
+
+
+def test_good_maps_give_a_pixel_threshold_that_leaves_good_maps_almost_clean() -> None:
+    rng = np.random.default_rng(0)
+    maps = [rng.gamma(2.0, 0.05, (56, 56)).astype(np.float32) for _ in range(10)]
+    t = calibrate(good_scores(10), good_maps=maps)
+    above = np.mean([float((m >= t.pixel).mean()) for m in maps])
+    assert above <= 0.0011
+    assert "99.9th percentile of 10 good anomaly maps" in t.rule
+
+
+def test_defects_choose_fail_by_best_f1_and_report_metrics() -> None:
+    good = good_scores()
+    defects = np.array([0.5, 0.6, 0.45, 0.21], np.float32)  # one defect hides among the goods
+    t = calibrate(good, defect_scores=defects)
+    assert t.n_defect == 4
+    assert good.max() < t.fail <= 0.45
+    assert t.confusion == (20, 0, 1, 3)
+    assert t.f1 == pytest.approx(2 * 3 / (2 * 3 + 0 + 1))
+    assert t.auroc == pytest.approx(auroc(good, defects))
+    assert "best-F1" in t.rule
+
+
+def test_target_false_reject_rate() -> None:
+    good = np.arange(1, 101, dtype=np.float64) / 100  # 0.01 .. 1.00
+    t = calibrate(good, target_false_reject=0.05)
+    assert t.expected_false_reject == pytest.approx(0.05)
+    assert 0.95 < t.fail < 0.96
+
+
+def test_pixel_threshold_by_best_pixel_f1_over_masks() -> None:
+    rng = np.random.default_rng(1)
+    maps, masks = [], []
+    for _ in range(3):
+        m = rng.uniform(0.0, 0.3, (56, 56)).astype(np.float32)
+        mask = np.zeros((56, 56), bool)
+        mask[20:30, 20:30] = True
+        m[mask] = rng.uniform(0.6, 0.9, int(mask.sum()))
+        maps.append(m)
+        masks.append(mask)
+    t = calibrate(good_scores(), defect_scores=[0.6, 0.7, 0.8], defect_maps=maps, defect_masks=masks)
+    assert 0.3 <= t.pixel <= 0.6
+    assert t.pixel_f1 == pytest.approx(1.0)
+
+
+def test_auroc_matches_definition() -> None:
+    assert auroc([0.1, 0.2], [0.3, 0.4]) == 1.0
+    assert auroc([0.1, 0.3], [0.2, 0.3]) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+
+
+def test_round_trip_through_dict() -> None:
+    t = calibrate(good_scores(), defect_scores=[0.5, 0.6])
+    assert Thresholds.from_dict(t.to_dict()) == t
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (([0.2],), {}, "at least 2 good images, got 1"),
+        (([0.2, float("nan")],), {}, "good_scores contains non-finite values"),
+        (([0.2, 0.3],), {"target_false_reject": 1.5}, r"target_false_reject must be in \[0, 1\)"),
+        (([0.2, 0.3],), {"defect_masks": [np.zeros((4, 4), bool)]}, "defect_masks were given without defect_maps"),
+        (([0.2, 0.3],), {"defect_maps": [np.zeros((4, 4))], "defect_masks": [np.zeros((5, 4), bool)]},
+         r"defect_masks\[0\] has shape \(5, 4\)"),
+    ],
+)
+def test_bad_input_is_named(args: tuple, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        calibrate(*args, **kwargs)

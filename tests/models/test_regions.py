@@ -1,0 +1,57 @@
+"""find_regions / defect_mask on hand-made anomaly maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.regions import Region, defect_mask, find_regions
+
+
+def hand_map() -> np.ndarray:
+    """(60, 80) float32 map: a 10x10 block scoring 0.9, a 3x3 block 0.6 and a diagonal pair 0.7."""
+    anomaly_map = np.zeros((60, 80), np.float32)
+    anomaly_map[5:15, 10:20] = 0.9
+    anomaly_map[12, 12] = 1.0  # the block's peak
+    anomaly_map[40:43, 50:53] = 0.6
+    anomaly_map[30, 70] = anomaly_map[31, 71] = 0.7  # touch at a corner: one region with 8-connectivity
+    return anomaly_map
+
+
+def test_regions_have_boxes_areas_and_scores_sorted_by_max() -> None:
+    regions = find_regions(hand_map(), pixel_threshold=0.5)
+    assert [r.max_score for r in regions] == pytest.approx([1.0, 0.7, 0.6])
+    block, pair, small = regions
+    assert (block.x, block.y, block.width, block.height, block.area_px) == (10, 5, 10, 10, 100)
+    assert block.mean_score == pytest.approx((99 * 0.9 + 1.0) / 100)
+    assert (pair.x, pair.y, pair.width, pair.height, pair.area_px) == (70, 30, 2, 2, 2)
+    assert (small.area_px, small.mean_score) == (9, pytest.approx(0.6))
+    assert all(r.area_mm2 is None for r in regions)
+    assert isinstance(block, Region)
+
+
+def test_mm_per_px_gives_square_millimetres_and_min_area_filters() -> None:
+    regions = find_regions(hand_map(), pixel_threshold=0.5, min_area_px=9, mm_per_px=0.1)
+    assert [r.area_px for r in regions] == [100, 9]
+    assert [r.area_mm2 for r in regions] == pytest.approx([1.0, 0.09])
+
+
+def test_threshold_is_inclusive_and_nothing_above_gives_no_regions() -> None:
+    assert [r.area_px for r in find_regions(hand_map(), pixel_threshold=0.9)] == [100]
+    assert find_regions(hand_map(), pixel_threshold=1.5) == []
+    mask = defect_mask(hand_map(), 0.6)
+    assert mask.dtype == bool and mask.shape == (60, 80) and int(mask.sum()) == 100 + 9 + 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"anomaly_map": np.zeros((2, 3, 4))}, r"anomaly_map must be a non-empty \(H, W\) array"),
+        ({"min_area_px": -1}, "min_area_px must be >= 0"),
+        ({"mm_per_px": 0.0}, "mm_per_px must be a positive number"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
+    args = {"anomaly_map": hand_map(), "pixel_threshold": 0.5} | kwargs
+    with pytest.raises(ValueError, match=message):
+        find_regions(**args)

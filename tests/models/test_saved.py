@@ -1,0 +1,154 @@
+"""save_detector / load_detector: round trip, refusals, corrupt files, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbone import DinoBackbone, create_backbone
+from models.calibration import calibrate
+from models.detectors import PatchKNN, PatchKNNConfig
+from models.saved import MODEL_JSON, MODEL_TENSORS, load_detector, read_manifest, save_detector
+from models.weights import WeightsInfo
+
+SHA = "ab" * 32
+INFO = WeightsInfo(model_name="vit_small_patch14_dinov2", source="file", location="~/w.safetensors",
+                   sha256=SHA, description="test weights")
+
+
+def frame(rng: np.random.Generator, size: int = 56) -> np.ndarray:
+    return np.clip(128 + rng.normal(0, 12, (size, size, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> DinoBackbone:
+    torch.manual_seed(0)
+    return create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted(backbone: DinoBackbone) -> PatchKNN:
+    rng = np.random.default_rng(0)
+    detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=56, augment_rotations=False, k=2))
+    detector.fit([frame(rng) for _ in range(3)])
+    return detector
+
+
+@pytest.fixture
+def saved(fitted: PatchKNN, tmp_path: Path) -> Path:
+    thresholds = calibrate(fitted.train_scores, good_maps=fitted.train_maps)
+    return save_detector(fitted, thresholds, tmp_path / "model", weights=INFO, metadata={"recipe": "bracket_a"})
+
+
+def test_round_trip_gives_identical_scores(fitted: PatchKNN, saved: Path, backbone: DinoBackbone) -> None:
+    assert sorted(p.name for p in saved.iterdir()) == [MODEL_JSON, MODEL_TENSORS]  # no temp files left
+    loaded, thresholds, metadata = load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+    assert metadata == {"recipe": "bracket_a"}
+    assert thresholds == calibrate(fitted.train_scores, good_maps=fitted.train_maps)
+    assert loaded.config == fitted.config and loaded.bank_size == fitted.bank_size
+    np.testing.assert_array_equal(loaded.train_scores, fitted.train_scores)
+    frames = [frame(np.random.default_rng(1)), frame(np.random.default_rng(2), 70)]
+    before, after = fitted.predict(frames), loaded.predict(frames)
+    np.testing.assert_array_equal(after.pred_score, before.pred_score)
+    for a, b in zip(after.anomaly_map, before.anomaly_map, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_manifest_records_what_the_model_was_built_with(saved: Path) -> None:
+    manifest = read_manifest(saved)
+    assert manifest["format_version"] == 1 and manifest["detector"] == "patch_knn"
+    assert manifest["backbone"]["model_name"] == "vit_small_patch14_dinov2"
+    assert manifest["backbone"]["blocks"] == [2]
+    assert manifest["weights"]["sha256"] == SHA and manifest["weights"]["source"] == "file"
+    assert manifest["resolution"] == {"shorter_side": 56}
+    assert manifest["config"]["k"] == 2
+    assert manifest["score_statistics"]["n_train_scores"] == 3
+    assert manifest["thresholds"]["rule"]
+    assert manifest["created"].endswith("+00:00")
+
+
+def test_other_weights_are_refused(saved: Path, backbone: DinoBackbone) -> None:
+    with pytest.raises(ValueError, match=rf"{saved.name}: the model was built with vit_small_patch14_dinov2.*"
+                                         r"sha256 abababababab.*loaded now have sha256 cdcdcdcdcdcd"):
+        load_detector(saved, backbone=backbone, weights_sha256="cd" * 32, device="cpu")
+
+
+def test_other_backbone_or_blocks_are_refused(saved: Path, backbone: DinoBackbone) -> None:
+    other_blocks = DinoBackbone(backbone.vit, blocks=(3,))
+    with pytest.raises(ValueError, match=r"built with vit_small_patch14_dinov2, blocks \[2\].*blocks \[3\]"):
+        load_detector(saved, backbone=other_blocks, weights_sha256=SHA, device="cpu")
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    manifest["backbone"]["model_name"] = "vit_base_patch14_dinov2"
+    (saved / MODEL_JSON).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="built with vit_base_patch14_dinov2.*loaded now is vit_small_patch14_dinov2"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_random_init_model_needs_its_backbone(fitted: PatchKNN, backbone: DinoBackbone, tmp_path: Path) -> None:
+    thresholds = calibrate(fitted.train_scores)
+    path = save_detector(fitted, thresholds, tmp_path / "random", weights=None)
+    with pytest.raises(ValueError, match="randomly initialised backbone.*pass backbone="):
+        load_detector(path, device="cpu")
+    loaded, _, metadata = load_detector(path, backbone=backbone, device="cpu")
+    assert loaded.bank_size == fitted.bank_size and metadata == {}
+
+
+def test_truncated_tensor_file_is_named(saved: Path, backbone: DinoBackbone) -> None:
+    path = saved / MODEL_TENSORS
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"{MODEL_TENSORS} is corrupt or truncated"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_corrupt_json_is_named(saved: Path, backbone: DinoBackbone) -> None:
+    path = saved / MODEL_JSON
+    path.write_text(path.read_text()[:50])
+    with pytest.raises(ValueError, match=rf"{MODEL_JSON} is corrupt or truncated"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_missing_files_are_named(saved: Path, backbone: DinoBackbone, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=rf"{MODEL_JSON} not found; .* does not hold a saved detector"):
+        load_detector(tmp_path / "nowhere", backbone=backbone, device="cpu")
+    (saved / MODEL_TENSORS).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{MODEL_TENSORS} not found"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_newer_format_is_refused(saved: Path, backbone: DinoBackbone) -> None:
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    manifest["format_version"] = 99
+    (saved / MODEL_JSON).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format version 99; this program reads up to 1"):
+        load_detector(saved, backbone=backbone, device="cpu")
+
+
+def test_unserialisable_metadata_is_refused_and_nothing_is_written(fitted: PatchKNN, tmp_path: Path) -> None:
+    thresholds = calibrate(fitted.train_scores)
+    with pytest.raises(ValueError, match="metadata must be JSON-serialisable"):
+        save_detector(fitted, thresholds, tmp_path / "m", weights=INFO, metadata={"when": object()})
+    assert not (tmp_path / "m").exists()
+
+
+def test_saving_twice_replaces_the_model(fitted: PatchKNN, saved: Path, backbone: DinoBackbone) -> None:
+    thresholds = replace(calibrate(fitted.train_scores), fail=9.0)
+    save_detector(fitted, thresholds, saved, weights=INFO, metadata={"v": 2})
+    _, loaded, metadata = load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+    assert loaded.fail == 9.0 and metadata == {"v": 2}
+    assert sorted(p.name for p in saved.iterdir()) == [MODEL_JSON, MODEL_TENSORS]
+
+
+def test_loads_with_real_weights_resolved_from_the_machine(real_backbone: DinoBackbone, real_weights,
+                                                           tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(shorter_side=56, augment_rotations=False))
+    detector.fit([frame(rng), frame(rng)])
+    path = save_detector(detector, calibrate(detector.train_scores), tmp_path / "real", weights=real_weights.info)
+    loaded, _, _ = load_detector(path, device="cpu")  # builds the backbone from resolve_weights itself
+    probe = frame(rng)
+    np.testing.assert_array_equal(loaded.predict(probe).pred_score, detector.predict(probe).pred_score)
