@@ -47,7 +47,8 @@ class MeanDiffInspector:
 
     def inspect(self, frame: Frame) -> InspectionResult:
         start = time.perf_counter()
-        diff = np.abs(frame.image_bgr.astype(np.int16) - self._reference).mean(axis=2).astype(np.float32) / 255.0
+        diff = np.abs(frame.image_bgr.astype(np.int16) - self._reference).mean(axis=2)
+        diff = diff.astype(np.float32) / 255.0
         score = float(diff.mean())
         verdict = Verdict.FAIL if score > self._fail_above else Verdict.PASS
         return InspectionResult(
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: a temporary one)")
     parser.add_argument("--no-store", action="store_true", help="count results in memory instead")
     parser.add_argument("--archive", action="store_true", help="also archive FAIL frames (temporary folder)")
-    parser.add_argument("--max-pending", type=int, default=5000, help="results queued for the store before waiting")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=50.0, help="allowed RSS growth after warm-up")
+    parser.add_argument("--max-pending", type=int, default=5000,
+                        help="results queued for the store before waiting")
+    parser.add_argument("--max-rss-growth-mb", type=float, default=50.0,
+                        help="allowed RSS growth after warm-up")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     source = ArraySource(images, loop=True, count=args.frames, name="soak memory")
     pipeline = Pipeline(source, inspector, consumers=[record], on_event=events.append)
-    print(f"soak: {args.frames} frames of {args.size}x{args.size}, store={'off' if store is None else store.display_name}, "
+    where = "off" if store is None else store.display_name
+    print(f"soak: {args.frames} frames of {args.size}x{args.size}, store={where}, "
           f"archive={'on' if archive else 'off'}, threads at start={threads_before}, rss={rss_mb():.1f} MiB")
     print(f"{'t_s':>7} {'sent':>8} {'inspected':>9} {'recorded':>9} {'fps':>8} {'rss_MiB':>8} {'threads':>7}")
     start = time.monotonic()

@@ -207,7 +207,11 @@ class Archive:
         return paths
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the start-up scan is done and every submitted frame written (or skipped). False on timeout."""
+        """Wait for the start-up scan and every submitted frame to be written (or skipped).
+
+        Returns:
+            False on timeout.
+        """
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
@@ -298,7 +302,9 @@ class Archive:
             vmin = self.policy.vmin if self.policy.vmin is not None else float(np.nanmin(anomaly_map))
             vmax = self.policy.vmax if self.policy.vmax is not None else float(np.nanmax(anomaly_map))
             vmax = max(vmax, vmin + 1e-6)
-            overlay = render_overlay(result.image_bgr, anomaly_map, vmin=vmin, vmax=vmax, regions=result.regions)
+            overlay = render_overlay(
+                result.image_bgr, anomaly_map, vmin=vmin, vmax=vmax, regions=result.regions
+            )
             blobs.append((paths.overlay, self._encode(overlay)))
         written: list[tuple[Path, int]] = []
         try:
@@ -338,7 +344,10 @@ class Archive:
         else:
             ok, buffer = cv2.imencode(".png", image_bgr)
         if not ok:
-            msg = f"OpenCV could not encode a {image_bgr.shape} {image_bgr.dtype} image as {self.policy.image_format}"
+            msg = (
+                f"OpenCV could not encode a {image_bgr.shape} {image_bgr.dtype} image "
+                f"as {self.policy.image_format}"
+            )
             raise ValueError(msg)
         return buffer.tobytes()
 
@@ -377,7 +386,12 @@ class Archive:
                     image = path.with_name(path.name.replace("_overlay.", "."))
                     frames.setdefault(image, []).append((stat.st_mtime, path, stat.st_size))
         found = sorted(
-            (min(m for m, _, _ in files), image.name, tuple(p for _, p, _ in sorted(files)), sum(n for _, _, n in files))
+            (
+                min(m for m, _, _ in files),
+                image.name,
+                tuple(p for _, p, _ in sorted(files)),
+                sum(n for _, _, n in files),
+            )
             for image, files in frames.items()
         )
         with self._lock:

@@ -67,7 +67,9 @@ IMAGE_EXTENSIONS: Final = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".gif"}
 )
 # Containers OpenCV's FFmpeg backend reads.
-VIDEO_EXTENSIONS: Final = frozenset({".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"})
+VIDEO_EXTENSIONS: Final = frozenset(
+    {".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"}
+)
 # One DINOv2 patch (14 px): anything smaller cannot be a part image, usually a thumbnail or a broken file.
 MIN_IMAGE_SIDE: Final = 14
 # Open and read timeout of stream URLs: longer than a keyframe interval, short enough to reconnect soon.
@@ -156,7 +158,10 @@ class FrameSource(Protocol):
         ...
 
     def read(self) -> Frame | None:
-        """Next frame; None when a file source ended. Live sources raise `CaptureError` when the stream drops."""
+        """Next frame; None when a file source ended.
+
+        Live sources raise `CaptureError` when the stream drops.
+        """
         ...
 
     def close(self) -> None:
@@ -286,7 +291,8 @@ def _check_dims(path: Path, width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         msg = (
             f"{path}: image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
-            f"{MAX_IMAGE_PIXELS // 1_000_000} MP limit; resize it or crop to the part (or the file is corrupt)"
+            f"{MAX_IMAGE_PIXELS // 1_000_000} MP limit; resize it or crop to the part "
+            f"(or the file is corrupt)"
         )
         raise FrameDecodeError(msg, path=path)
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -394,7 +400,7 @@ def _tiff_dims(head: bytes) -> tuple[int, int] | None:
 
 
 def image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, hidden files skipped), in natural order of their relative path."""
+    """Image files under ``root`` (recursive, hidden files skipped), in natural order of relative path."""
 
     def natural(path: Path) -> list[Any]:
         rel = path.relative_to(root).as_posix().lower()
@@ -416,7 +422,10 @@ def image_files(root: Path) -> list[Path]:
 
 
 def redact_url(text: str) -> str:
-    """Remove credentials from a URL for display and logs: ``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``."""
+    """Remove credentials from a URL for display and logs.
+
+    ``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``; text that is not a URL comes back unchanged.
+    """
     if "://" not in text:
         return text
     try:
@@ -791,12 +800,16 @@ class GenICamSource(_SourceBase):
             harvester.update()
             devices = list(harvester.device_info_list)
             if not devices:
-                msg = f"no GenICam camera visible through {cti.name}; is it powered and on this network/USB bus?"
+                msg = (
+                    f"no GenICam camera visible through {cti.name}; "
+                    f"is it powered and on this network/USB bus?"
+                )
                 raise CameraNotFound(msg)
             if self.spec.serial is not None:
                 serials = [getattr(d, "serial_number", "?") for d in devices]
                 if self.spec.serial not in serials:
-                    msg = f"GenICam camera {self.spec.serial} not found; visible: {', '.join(map(str, serials))}"
+                    visible = ", ".join(map(str, serials))
+                    msg = f"GenICam camera {self.spec.serial} not found; visible: {visible}"
                     raise CameraNotFound(msg)
                 acquirer = harvester.create({"serial_number": self.spec.serial})
             else:
@@ -872,7 +885,10 @@ def _genicam_to_bgr(data: np.ndarray, pixel_format: str, width: int, height: int
     """
     bits = int(m.group(1)) if (m := re.search(r"(\d+)$", pixel_format)) else 8
     if pixel_format.endswith("p") or "Packed" in pixel_format:
-        msg = f"GenICam pixel format {pixel_format} (packed) is not supported; set an unpacked format such as Mono8"
+        msg = (
+            f"GenICam pixel format {pixel_format} (packed) is not supported; "
+            f"set an unpacked format such as Mono8"
+        )
         raise CaptureError(msg)
     if bits > 8:
         data = (data.astype(np.float32) * (255.0 / ((1 << bits) - 1))).round().astype(np.uint8)

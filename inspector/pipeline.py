@@ -18,7 +18,8 @@ drive the same code (STYLE.md section 5)::
   event, and called again for the next result.
 
 Example:
-    >>> pipeline = Pipeline(open_source(spec), station, consumers=[store.record], on_event=print)  # doctest: +SKIP
+    >>> pipeline = Pipeline(open_source(spec), station,
+    ...                     consumers=[store.record], on_event=print)  # doctest: +SKIP
     >>> with pipeline:
     ...     pipeline.start()
     ...     pipeline.wait()          # a folder replay: returns when every result was delivered
@@ -411,7 +412,8 @@ class Pipeline:
                 source.open()
                 opened = True
             except Exception as exc:
-                self._emit(EventKind.SOURCE_FAILED, f"{source.name} could not be opened: {_one_sentence(exc)}")
+                message = f"{source.name} could not be opened: {_one_sentence(exc)}"
+                self._emit(EventKind.SOURCE_FAILED, message)
                 return
             self._emit(EventKind.SOURCE_OPENED, f"{source.name} opened")
             while not self._stop_event.is_set():
@@ -500,7 +502,9 @@ class Pipeline:
             try:
                 source.open()
             except Exception as again:
-                logger.info("%s: reconnection attempt %d failed: %s", source.name, attempt, _one_sentence(again))
+                logger.info(
+                    "%s: reconnection attempt %d failed: %s", source.name, attempt, _one_sentence(again)
+                )
                 delay = min(delay * 2, self._max_reconnect_delay)
                 continue
             self._emit(
@@ -556,14 +560,18 @@ class Pipeline:
         try:
             result = inspector.inspect(item)
             if not isinstance(result, InspectionResult):
-                msg = f"{type(inspector).__name__}.inspect returned {type(result).__name__}, not InspectionResult"
+                msg = (
+                    f"{type(inspector).__name__}.inspect returned {type(result).__name__}, "
+                    f"not InspectionResult"
+                )
                 raise TypeError(msg)
             return result
         except Exception as exc:
             where = f" ({item.path})" if item.path else ""
             error = f"inspection of frame {item.frame_id}{where} failed: {_one_sentence(exc)}"
             if "OutOfMemory" in type(exc).__name__:
-                self._emit(EventKind.WARNING, f"recipe '{inspector.name}' ran out of memory: {_one_sentence(exc)}")
+                message = f"recipe '{inspector.name}' ran out of memory: {_one_sentence(exc)}"
+                self._emit(EventKind.WARNING, message)
             logger.warning("%s", error, exc_info=logger.isEnabledFor(logging.DEBUG))
             return error_result(
                 frame_id=item.frame_id,
@@ -602,7 +610,8 @@ class Pipeline:
     # ---- events -----------------------------------------------------------------------------
 
     def _emit(self, kind: EventKind, message: str) -> None:
-        level = logging.WARNING if kind in (EventKind.WARNING, EventKind.SOURCE_LOST, EventKind.SOURCE_FAILED) else logging.INFO
+        bad = kind in (EventKind.WARNING, EventKind.SOURCE_LOST, EventKind.SOURCE_FAILED)
+        level = logging.WARNING if bad else logging.INFO
         logger.log(level, "%s: %s", kind.value, message)
         if self._on_event is None:
             return
