@@ -33,7 +33,9 @@ def _result(
 ) -> InspectionResult:
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     anomaly_map = rng.random((size, size), dtype=np.float32) if with_map else None
-    region = DefectRegion(x=10, y=10, width=8, height=8, area_px=64, area_mm2=None, max_score=1.0, mean_score=0.7)
+    region = DefectRegion(
+        x=10, y=10, width=8, height=8, area_px=64, area_mm2=None, max_score=1.0, mean_score=0.7
+    )
     return InspectionResult(
         frame_id=frame_id,
         timestamp=T0 + frame_id * 0.01,
@@ -54,7 +56,9 @@ def _archived_files(root: Path) -> list[Path]:
 
 def test_keeps_fail_and_review_and_every_nth_pass(tmp_path: Path, rng: np.random.Generator) -> None:
     policy = ArchivePolicy(directory=tmp_path / "archive", save_pass_every=3, vmin=0.2, vmax=0.9)
-    verdicts = [Verdict.PASS, Verdict.FAIL, Verdict.PASS, Verdict.REVIEW, Verdict.PASS, Verdict.ERROR, Verdict.PASS]
+    verdicts = [
+        Verdict.PASS, Verdict.FAIL, Verdict.PASS, Verdict.REVIEW, Verdict.PASS, Verdict.ERROR, Verdict.PASS,
+    ]
     with Archive(policy) as archive:
         paths = [archive.submit(_result(i, v, rng=rng)) for i, v in enumerate(verdicts)]
         assert archive.flush(10)
@@ -82,7 +86,9 @@ def test_png_without_anomaly_map(tmp_path: Path, rng: np.random.Generator) -> No
     np.testing.assert_array_equal(loaded, result.image_bgr)   # PNG is lossless
 
 
-def test_disabled_archive_keeps_nothing_and_starts_no_thread(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_disabled_archive_keeps_nothing_and_starts_no_thread(
+    tmp_path: Path, rng: np.random.Generator,
+) -> None:
     before = threading.active_count()
     archive = Archive(ArchivePolicy(enabled=False, directory=tmp_path / "a"))
     assert threading.active_count() == before
@@ -91,7 +97,9 @@ def test_disabled_archive_keeps_nothing_and_starts_no_thread(tmp_path: Path, rng
     assert not (tmp_path / "a").exists()
 
 
-def test_files_appear_atomically(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_appear_atomically(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     writes: list[tuple[str, list[str]]] = []    # (name written to, visible files in the folder then)
     real_write = archive_module._write_file
 
@@ -107,11 +115,15 @@ def test_files_appear_atomically(tmp_path: Path, rng: np.random.Generator, monke
     (image_tmp, before_image), (overlay_tmp, before_overlay) = writes
     assert image_tmp.startswith(f".{paths.image.name}.") and image_tmp.endswith(".tmp")
     assert overlay_tmp.startswith(f".{paths.overlay.name}.") and overlay_tmp.endswith(".tmp")
-    assert before_image == [] and before_overlay == [paths.image.name]   # final names appear only when complete
-    assert sorted(p.name for p in paths.image.parent.iterdir()) == sorted([paths.image.name, paths.overlay.name])
+    # the final names appear only when their file is complete
+    assert before_image == [] and before_overlay == [paths.image.name]
+    visible = sorted(p.name for p in paths.image.parent.iterdir())
+    assert visible == sorted([paths.image.name, paths.overlay.name])
 
 
-def test_a_write_that_dies_leaves_no_partial_file(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_that_dies_leaves_no_partial_file(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Mocks a disk that fails mid-write (hardware): half the bytes land, then OSError."""
 
     def half_write(path: Path, data: bytes) -> None:
@@ -156,13 +168,17 @@ def test_image_and_overlay_are_removed_together(tmp_path: Path, rng: np.random.G
         assert archive.flush(10)
     newest = sorted(p for item in paths[-2:] if item is not None for p in item if p is not None)
     assert _archived_files(tmp_path) == newest                   # two whole frames, no orphan overlay
-    with Archive(ArchivePolicy(directory=tmp_path, image_format="png", max_bytes=int(frame_bytes * 1.5))) as archive:
+    smaller = ArchivePolicy(directory=tmp_path, image_format="png", max_bytes=int(frame_bytes * 1.5))
+    with Archive(smaller) as archive:
         assert archive.flush(10)
     last = paths[-1]
-    assert last is not None and _archived_files(tmp_path) == sorted([last.image, last.overlay])  # type: ignore[type-var]
+    assert last is not None and last.overlay is not None
+    assert _archived_files(tmp_path) == sorted([last.image, last.overlay])
 
 
-def test_existing_archive_over_a_new_cap_is_trimmed_at_start(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_existing_archive_over_a_new_cap_is_trimmed_at_start(
+    tmp_path: Path, rng: np.random.Generator,
+) -> None:
     with Archive(ArchivePolicy(directory=tmp_path, image_format="png")) as archive:
         for i in range(4):
             archive.submit(_result(i, Verdict.REVIEW, rng=rng, with_map=False))
@@ -175,7 +191,9 @@ def test_existing_archive_over_a_new_cap_is_trimmed_at_start(tmp_path: Path, rng
         assert _archived_files(tmp_path) == [stray] and archive.total_bytes == 0
 
 
-def test_disk_full_pauses_with_a_warning_then_resumes(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_pauses_with_a_warning_then_resumes(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Mocks a full disk (hardware) by making the low-level write raise ENOSPC."""
     real_write = archive_module._write_file
     full = threading.Event()
@@ -208,7 +226,9 @@ def test_disk_full_pauses_with_a_warning_then_resumes(tmp_path: Path, rng: np.ra
     assert len(warnings) == 1
 
 
-def test_pipeline_goes_on_while_the_disk_is_full(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, stub_inspector: type) -> None:
+def test_pipeline_goes_on_while_the_disk_is_full(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, stub_inspector: type,
+) -> None:
     """Mocks a full disk (hardware); every frame still gets its result."""
 
     def no_space(path: Path, data: bytes) -> None:
@@ -231,8 +251,12 @@ def test_pipeline_goes_on_while_the_disk_is_full(tmp_path: Path, rng: np.random.
     assert _archived_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("recipe", ["../../etc/passwd", "/abs/olute", "..", "C:\\evil\\x", "name with spaces/and\x00nul"])
-def test_outside_names_cannot_escape_the_archive(tmp_path: Path, rng: np.random.Generator, recipe: str) -> None:
+@pytest.mark.parametrize(
+    "recipe", ["../../etc/passwd", "/abs/olute", "..", "C:\\evil\\x", "name with spaces/and\x00nul"]
+)
+def test_outside_names_cannot_escape_the_archive(
+    tmp_path: Path, rng: np.random.Generator, recipe: str,
+) -> None:
     root = tmp_path / "archive"
     with Archive(ArchivePolicy(directory=root)) as archive:
         paths = archive.submit(_result(0, Verdict.FAIL, rng=rng, recipe=recipe))
@@ -257,7 +281,9 @@ def test_policy_validation(tmp_path: Path, kwargs: dict[str, object], match: str
         ArchivePolicy(directory=tmp_path, **kwargs)  # type: ignore[arg-type]
 
 
-def test_writer_falling_behind_skips_and_warns_once(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_falling_behind_skips_and_warns_once(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     release = threading.Event()
     real_write = archive_module._write_file
 

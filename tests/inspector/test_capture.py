@@ -32,7 +32,8 @@ from inspector.errors import CameraNotFound, CaptureError, FrameDecodeError
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def _palette_png(indices: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
@@ -105,7 +106,8 @@ def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
     ok, data = cv2.imencode(".jpg", image)
     assert ok
     # APP1 Exif segment with one IFD entry: Orientation (0x0112) = 6, "rotate 90 degrees clockwise".
-    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
     tiff += struct.pack("<I", 0)
     app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
     path = tmp_path / "phone.jpg"
@@ -160,10 +162,12 @@ def test_load_image_refuses_tiny_images(tmp_path: Path, shape: tuple[int, ...]) 
 
 def test_load_image_refuses_huge_images_from_the_header(tmp_path: Path) -> None:
     # Only a header claiming 20000 x 20000 px: refused before any decoding is attempted.
-    header = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0))
+    ihdr = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
+    header = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
     path = tmp_path / "bomb.png"
     path.write_bytes(header + b"\x00" * 64)
-    with pytest.raises(FrameDecodeError, match=r"bomb\.png: image is 20000x20000 pixels \(400 MP\), over the 100 MP"):
+    match = r"bomb\.png: image is 20000x20000 pixels \(400 MP\), over the 100 MP"
+    with pytest.raises(FrameDecodeError, match=match):
         load_image(path)
 
 

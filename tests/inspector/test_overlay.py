@@ -11,7 +11,9 @@ from inspector.results import DefectRegion
 
 
 def _region(x: int, y: int, w: int, h: int) -> DefectRegion:
-    return DefectRegion(x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0, mean_score=0.8)
+    return DefectRegion(
+        x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0, mean_score=0.8
+    )
 
 
 def test_heatmap_ends_of_the_range() -> None:

@@ -48,7 +48,9 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def _folder_pipeline(folder: Path, inspector: object, **kwargs: object) -> tuple[Pipeline, list[InspectionResult], Events]:
+def _folder_pipeline(
+    folder: Path, inspector: object, **kwargs: object,
+) -> tuple[Pipeline, list[InspectionResult], Events]:
     results: list[InspectionResult] = []
     events = Events()
     pipeline = Pipeline(
@@ -77,20 +79,27 @@ def test_folder_replay_gives_one_result_per_frame_in_order(image_folder: Path, s
     assert events.kinds() == [EventKind.SOURCE_OPENED, EventKind.SOURCE_ENDED, EventKind.STOPPED]
 
 
-def test_raising_inspector_gives_error_results_and_the_run_goes_on(image_folder: Path, stub_inspector: type) -> None:
+def test_raising_inspector_gives_error_results_and_the_run_goes_on(
+    image_folder: Path, stub_inspector: type,
+) -> None:
     inspector = stub_inspector(raise_on=frozenset({1, 4}), error=ValueError("bad tensor shape\nmore detail"))
     pipeline, results, _ = _folder_pipeline(image_folder, inspector)
     with pipeline:
         pipeline.start()
         assert pipeline.wait(30)
-    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.ERROR, Verdict.PASS, Verdict.PASS, Verdict.ERROR, Verdict.PASS]
+    assert [r.verdict for r in results] == [
+        Verdict.PASS, Verdict.ERROR, Verdict.PASS, Verdict.PASS, Verdict.ERROR, Verdict.PASS,
+    ]
     failed = results[1]
     assert failed.score is None and failed.recipe == "stub" and failed.image_bgr is not None
-    assert failed.error == "inspection of frame 1 (" + str(image_folder / "img_001.png") + ") failed: ValueError: bad tensor shape"
+    where = image_folder / "img_001.png"
+    assert failed.error == f"inspection of frame 1 ({where}) failed: ValueError: bad tensor shape"
     assert pipeline.stats().errors == 2
 
 
-def test_undecodable_files_give_error_results_naming_the_file(image_folder: Path, stub_inspector: type) -> None:
+def test_undecodable_files_give_error_results_naming_the_file(
+    image_folder: Path, stub_inspector: type,
+) -> None:
     (image_folder / "img_001.png").write_bytes(b"")                                    # zero bytes
     good = (image_folder / "img_002.png").read_bytes()
     (image_folder / "img_002.png").write_bytes(good[: len(good) // 2])                 # truncated
@@ -169,15 +178,20 @@ def test_live_source_that_drops_out_is_reconnected(rng: np.random.Generator, stu
         pipeline.start()
         assert pipeline.wait(30)
     kinds = events.kinds()
-    assert kinds.index(EventKind.SOURCE_LOST) < kinds.index(EventKind.SOURCE_RECONNECTED) < kinds.index(EventKind.SOURCE_ENDED)
-    assert "flaky camera lost (CaptureError: flaky camera gave no frame" in events.of(EventKind.SOURCE_LOST)[0].message
+    order = (EventKind.SOURCE_LOST, EventKind.SOURCE_RECONNECTED, EventKind.SOURCE_ENDED)
+    lost, back, ended = (kinds.index(kind) for kind in order)
+    assert lost < back < ended
+    lost_message = events.of(EventKind.SOURCE_LOST)[0].message
+    assert "flaky camera lost (CaptureError: flaky camera gave no frame" in lost_message
     assert "after 3 attempt(s)" in events.of(EventKind.SOURCE_RECONNECTED)[0].message
     assert camera._opens == 4                                    # first open + 2 failed + 1 good
     assert results and results[-1].frame_id == 39                # frames after the reconnection arrived
     assert all(r.verdict is Verdict.PASS for r in results)
 
 
-def test_live_source_faster_than_inference_drops_and_counts(rng: np.random.Generator, stub_inspector: type) -> None:
+def test_live_source_faster_than_inference_drops_and_counts(
+    rng: np.random.Generator, stub_inspector: type,
+) -> None:
     gate = {0: threading.Event()}
     inspector = stub_inspector(gate=gate)
 
@@ -205,12 +219,15 @@ def test_live_source_faster_than_inference_drops_and_counts(rng: np.random.Gener
     assert stats.source_live
 
 
-def test_switching_inspector_takes_effect_on_the_next_frame(make_folder: Callable[..., Path], stub_inspector: type) -> None:
+def test_switching_inspector_takes_effect_on_the_next_frame(
+    make_folder: Callable[..., Path], stub_inspector: type,
+) -> None:
     folder = make_folder(8)
     first, second = stub_inspector("recipe_a"), stub_inspector("recipe_b")
     results: list[InspectionResult] = []
     events = Events()
-    pipeline = Pipeline(FolderSource(FolderSpec(path=folder)), first, consumers=[results.append], on_event=events)
+    source = FolderSource(FolderSpec(path=folder))
+    pipeline = Pipeline(source, first, consumers=[results.append], on_event=events)
 
     def switch_after_three(result: InspectionResult) -> None:
         if result.frame_id == 3:
@@ -299,7 +316,9 @@ def test_stop_before_start(image_folder: Path, stub_inspector: type) -> None:
     assert not pipeline.wait(0)
 
 
-def test_failing_consumer_warns_once_and_others_still_get_results(image_folder: Path, stub_inspector: type) -> None:
+def test_failing_consumer_warns_once_and_others_still_get_results(
+    image_folder: Path, stub_inspector: type,
+) -> None:
     def broken(result: InspectionResult) -> None:
         raise OSError("disk on fire")
 
@@ -317,12 +336,14 @@ def test_out_of_memory_gives_error_result_and_warning(image_folder: Path, stub_i
     class OutOfMemoryError(RuntimeError):   # the name torch.cuda.OutOfMemoryError carries
         pass
 
-    inspector = stub_inspector(raise_on=frozenset({2}), error=OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    oom = OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    inspector = stub_inspector(raise_on=frozenset({2}), error=oom)
     pipeline, results, events = _folder_pipeline(image_folder, inspector)
     with pipeline:
         pipeline.start()
         assert pipeline.wait(30)
-    assert results[2].verdict is Verdict.ERROR and "OutOfMemoryError: CUDA out of memory" in (results[2].error or "")
+    assert results[2].verdict is Verdict.ERROR
+    assert "OutOfMemoryError: CUDA out of memory" in (results[2].error or "")
     (warning,) = events.of(EventKind.WARNING)
     assert warning.message.startswith("recipe 'stub' ran out of memory")
     assert [r.verdict for r in results].count(Verdict.PASS) == 5
@@ -353,7 +374,9 @@ def test_video_through_the_pipeline(tmp_path: Path, stub_inspector: type) -> Non
 
 
 def test_error_result_is_never_pass() -> None:
-    result = error_result(frame_id=3, timestamp=1.0, source="cam", recipe="r", error="camera hiccup", path="a.png")
+    result = error_result(
+        frame_id=3, timestamp=1.0, source="cam", recipe="r", error="camera hiccup", path="a.png"
+    )
     assert result.verdict is Verdict.ERROR and result.score is None and result.error == "camera hiccup"
 
 
