@@ -254,6 +254,7 @@ def test_pause_and_resume(rng: np.random.Generator, stub_inspector: type) -> Non
         assert _wait_until(lambda: len(results) >= 20)
         pipeline.pause()
         assert pipeline.stats().state == "paused"
+        assert pipeline._parked.wait(10)          # pause() waits 1 s for this; a loaded CI may need more
         captured = pipeline.stats().frames_captured
         assert _wait_until(lambda: len(results) == captured)  # what was queued is still delivered
         time.sleep(0.1)
