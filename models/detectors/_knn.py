@@ -64,15 +64,19 @@ def knn_distances(
     for q0 in range(0, n_queries, query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size].to(dtype)
         q_owner = query_owner[q0 : q0 + query_chunk_size, None] if query_owner is not None else None
-        best = torch.full((q.shape[0], k_eff), math.inf, dtype=torch.float32, device=q.device)
+        best = torch.full((q.shape[0], k_eff), -math.inf, dtype=torch.float32, device=q.device)  # similarities
         for b0 in range(0, n_bank, chunk_size):
-            block = bank[b0 : b0 + chunk_size].to(dtype)
-            dist = (1.0 - (q @ block.T).float()).clamp_(0.0, 2.0)  # (q, b) float32
+            sim = q @ bank[b0 : b0 + chunk_size].to(dtype).T  # (q, b): the only block-sized temporary
             if q_owner is not None and bank_owner is not None:
-                dist.masked_fill_(q_owner == bank_owner[None, b0 : b0 + chunk_size], math.inf)
-            block_best = dist.topk(min(k_eff, dist.shape[1]), dim=1, largest=False).values
-            best = torch.cat([best, block_best], dim=1).topk(k_eff, dim=1, largest=False).values
-        out[q0 : q0 + q.shape[0]] = best.mean(dim=1) if k_eff > 1 else best[:, 0]
+                sim.masked_fill_(q_owner == bank_owner[None, b0 : b0 + chunk_size], -math.inf)
+            if k_eff == 1:
+                best = torch.maximum(best, sim.amax(dim=1, keepdim=True).float())
+            else:
+                block_best = sim.topk(min(k_eff, sim.shape[1]), dim=1).values.float()
+                best = torch.cat([best, block_best], dim=1).topk(k_eff, dim=1).values
+        # cosine distance; only the lower bound is clamped so that "no neighbour allowed" stays inf
+        dist = (1.0 - best).clamp_(min=0.0)
+        out[q0 : q0 + q.shape[0]] = dist.mean(dim=1) if k_eff > 1 else dist[:, 0]
     return out
 
 

@@ -84,6 +84,7 @@ class PatchKNNConfig:
     k: int = 1  # neighbours averaged per patch; AnomalyDINO uses k=1
     top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
     blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
+    patch_pooling: int = 1  # ours, from PatchCore: average each feature over a p x p patch neighbourhood (1 = off, PatchCore 3)
 
     # --- foreground masking of the test frame ---
     masking: Literal["auto", "on", "off"] = "auto"  # "auto": on when the references look like an object on a background
@@ -103,7 +104,7 @@ class PatchKNNConfig:
 
     def __post_init__(self) -> None:
         positive_ints = ("shorter_side", "rotation_max_shots", "k", "mask_kernel_size", "fit_batch_size",
-                         "chunk_size", "query_chunk_size", "coreset_projection_dim")
+                         "chunk_size", "query_chunk_size", "coreset_projection_dim", "patch_pooling")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -372,7 +373,7 @@ class PatchKNN(nn.Module):
         ref_masks: list[torch.Tensor] = []
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
-            bank_parts.append(F.normalize(raw.float(), dim=-1).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            bank_parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
             owner_parts.append(torch.full((raw.shape[0] * raw.shape[1],), owner, dtype=torch.int64, device=raw.device))
             if angle == 0.0:
                 if cfg.masking != "off":
@@ -415,7 +416,7 @@ class PatchKNN(nn.Module):
         first = self.n_images
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
-            parts.append(F.normalize(raw.float(), dim=-1).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
             owners.append(torch.full((raw.shape[0] * raw.shape[1],), first + owner, dtype=torch.int64,
                                      device=raw.device))
 
@@ -577,6 +578,18 @@ class PatchKNN(nn.Module):
                 flush()
         flush()
 
+    def _embed(self, raw: torch.Tensor) -> torch.Tensor:
+        """(..., h, w, D) raw features -> the same, float32, pooled (if configured) and L2-normalised."""
+        pool = self._config.patch_pooling
+        feats = raw.float()
+        if pool > 1:
+            lead = feats.shape[:-3]
+            grid = feats.reshape(-1, *feats.shape[-3:]).permute(0, 3, 1, 2)
+            grid = F.avg_pool2d(grid, pool, stride=1, padding=pool // 2, count_include_pad=False)
+            grid = grid[..., : feats.shape[-3], : feats.shape[-2]]  # even sizes pad one too many
+            feats = grid.permute(0, 2, 3, 1).reshape(*lead, *feats.shape[-3:])
+        return F.normalize(feats, dim=-1)
+
     def _masks(self, raw: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) bool foreground masks."""
         cfg = self._config
@@ -609,7 +622,7 @@ class PatchKNN(nn.Module):
         """
         b, h, w, d = raw.shape
         cfg = self._config
-        feats = F.normalize(raw.float(), dim=-1).reshape(-1, d)
+        feats = self._embed(raw).reshape(-1, d)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
         if self.masking_active:
             masks = self._masks(raw)

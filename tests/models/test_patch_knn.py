@@ -181,6 +181,19 @@ def test_masking_paths_run(backbone: DinoBackbone) -> None:
         assert np.isfinite(out.pred_score).all()
 
 
+@pytest.mark.parametrize("pooling", [2, 3])
+def test_patch_pooling_keeps_the_grid(backbone: DinoBackbone, pooling: int) -> None:
+    rng = np.random.default_rng(11)
+    cfg = PatchKNNConfig(shorter_side=SIZE, augment_rotations=False, patch_pooling=pooling)
+    detector = PatchKNN(backbone=backbone, config=cfg)
+    detector.fit([good_frame(rng) for _ in range(2)])
+    assert detector.bank_size == 2 * PATCHES
+    frame, mask = defect_frame(rng)
+    out = detector.predict([good_frame(rng), frame])
+    assert out.pred_score[1] > out.pred_score[0]
+    assert torch.allclose(detector.memory_bank.norm(dim=1), torch.ones(1), atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- masks
 
 
