@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from inspector.errors import CaptureError, ModelError
+from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
 from inspector.results import InspectionResult, Progress
 from ui.live_view import LotCounts
 from ui.recording import ResultRecorder
@@ -499,10 +499,14 @@ class MainWindow(QMainWindow):
         name = self.jobs.name
         text = str(exc) or type(exc).__name__
         if name in ("start", "switch"):
-            if isinstance(exc, ModelError):
+            if isinstance(exc, WeightsNotFound):
+                self._show_fault("model", f"DINOv2 weights missing: {text}")
+            elif isinstance(exc, ModelError):
                 recipe = self.current_recipe
                 stem = recipe.stem if recipe else "?"
-                self._show_fault("model", f"Model missing for recipe {stem}: {text}. Teach it first (Teach tab).")
+                self._show_fault("model", f"Model missing for recipe {stem}: {text} — or use the Teach tab.")
+            elif isinstance(exc, RecipeError):
+                self._show_fault("recipe", f"Recipe problem: {text}")
             elif isinstance(exc, CaptureError):
                 self._show_fault("camera", f"Cannot open the source: {text}")
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,8 @@ def test_camera_lost_banner_and_reconnect(qtbot, tmp_path, settings, part_images
     qtbot.waitUntil(lambda: window.counts.inspected >= 5, timeout=WAIT_MS)
     window.close()
     assert window.pipeline is None
+    engine = [t.name for t in threading.enumerate() if t.name.startswith("inspector-") and t.is_alive()]
+    assert engine == [], f"engine threads left after close: {engine}"
 
 
 def test_model_missing_banner(qtbot, tmp_path, settings, part_folder) -> None:
@@ -116,6 +119,31 @@ def test_model_missing_banner(qtbot, tmp_path, settings, part_folder) -> None:
     assert "Model missing for recipe demo" in window.station.faults.faults()["model"]
     assert "Teach" in window.station.faults.faults()["model"]
     assert window.state == RunState.STOPPED
+    window.close()
+
+
+def test_untaught_recipe_shows_model_missing_with_the_real_loader(qtbot, tmp_path, settings, part_folder) -> None:
+    from tests.conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "recipes", tmp_path / "weights.safetensors", name="untaught")
+    window = MainWindow(recipes=[recipe], source=str(part_folder), settings=settings)   # real Station.load
+    qtbot.addWidget(window)
+    window.start()
+    # the first Station.load imports torch on the job thread: slow on a busy 2-core machine
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=90_000)
+    faults = window.station.faults.faults()
+    assert "Model missing for recipe untaught" in faults.get("model", ""), faults
+    window.close()
+
+
+def test_broken_recipe_file_is_named(qtbot, tmp_path, settings, part_folder) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nthresholds: {fail: high}\n", encoding="utf-8")
+    window = MainWindow(recipes=[broken], source=str(part_folder), settings=settings)
+    qtbot.addWidget(window)
+    window.start()
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
+    assert "broken.yaml" in window.station.faults.faults().get("recipe", ""), window.station.faults.faults()
     window.close()
 
 
