@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Protocol, Self
 
 from inspector.capture import FrameSource
-from inspector.errors import FrameDecodeError
+from inspector.errors import FrameDecodeError, InspectorError
 from inspector.results import Frame, InspectionResult, StageTimes, Verdict
 
 if TYPE_CHECKING:
@@ -183,6 +183,13 @@ def _one_sentence(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _source_problem(name: str, what: str, exc: BaseException) -> str:
+    """One sentence about a source failure; our own errors already name the source and say what to check."""
+    if isinstance(exc, InspectorError) and str(exc).strip():
+        return str(exc).strip().splitlines()[0]
+    return f"{name} {what}: {_one_sentence(exc)}"
 
 
 def _offer(slot: queue.Queue[_Item], item: _Item) -> bool:
@@ -412,7 +419,7 @@ class Pipeline:
                 source.open()
                 opened = True
             except Exception as exc:
-                message = f"{source.name} could not be opened: {_one_sentence(exc)}"
+                message = _source_problem(source.name, "could not be opened", exc)
                 self._emit(EventKind.SOURCE_FAILED, message)
                 return
             self._emit(EventKind.SOURCE_OPENED, f"{source.name} opened")
@@ -430,7 +437,7 @@ class Pipeline:
                     if self._stop_event.is_set():
                         return
                     if not self._live:
-                        self._emit(EventKind.SOURCE_FAILED, f"{source.name} failed: {_one_sentence(exc)}")
+                        self._emit(EventKind.SOURCE_FAILED, _source_problem(source.name, "failed", exc))
                         return
                     if not self._reconnect(exc):
                         return
@@ -488,7 +495,7 @@ class Pipeline:
     def _reconnect(self, exc: BaseException) -> bool:
         """Close and reopen a live source with backoff. False when stopped first."""
         source = self._source
-        self._emit(EventKind.SOURCE_LOST, f"{source.name} lost ({_one_sentence(exc)}); reconnecting")
+        self._emit(EventKind.SOURCE_LOST, f"{_source_problem(source.name, 'lost', exc)} (reconnecting)")
         delay = self._reconnect_delay
         attempt = 0
         while not self._stop_event.is_set():
