@@ -16,7 +16,7 @@ Example:
     >>> recipe.detector.backbone, recipe.thresholds.fail
     ('vit_small_patch14_dinov2', None)
     >>> source = recipe.resolved_source()                    # FolderSpec with an absolute path
-    >>> save_recipe(dataclasses.replace(recipe, line="L2"), "recipes/fryum_l2.yaml")
+    >>> save_recipe(dataclasses.replace(recipe, name="fryum_l2", line="L2"), "recipes/fryum_l2.yaml")
 """
 
 from __future__ import annotations
