@@ -22,7 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["EXIT_ERROR", "EXIT_NO_DISPLAY", "EXIT_OK", "build_parser", "default_recipe", "has_display", "main"]
+__all__ = [
+    "EXIT_ERROR", "EXIT_NO_DISPLAY", "EXIT_OK", "build_parser", "default_recipe", "has_display", "main",
+    "recipe_choices",
+]
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -34,23 +37,27 @@ log = logging.getLogger("ui")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inspector-gui", description="Visual inspection station (desktop app).")
+    parser = argparse.ArgumentParser(prog="inspector-gui",
+                                     description="Visual inspection station (desktop app).")
     parser.add_argument("--recipe", type=Path, default=None, metavar="PATH",
                         help="recipe file to start with (default: recipes/fryum_demo.yaml); the other "
                              "recipes of its folder are offered too")
     parser.add_argument("--source", default=None, metavar="TEXT",
                         help='frame source: camera index ("0"), stream URL, video file or image folder '
                              "(default: the last one used, else the recipe's)")
-    parser.add_argument("--kiosk", action="store_true", help="start full screen, station screen only (F11 leaves)")
+    parser.add_argument("--kiosk", action="store_true",
+                        help="start full screen, station screen only (F11 leaves)")
     parser.add_argument("--store", default=None, metavar="PATH_OR_URL",
-                        help="statistics store: SQLite file or SQLAlchemy URL (default: the per-user data dir)")
-    parser.add_argument("--start", action="store_true", help="start inspecting at once (as if F5 was pressed)")
+                        help="statistics store: SQLite file or SQLAlchemy URL "
+                             "(default: the per-user data dir)")
+    parser.add_argument("--start", action="store_true",
+                        help="start inspecting at once (as if F5 was pressed)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
 
 def has_display(environ: dict[str, str] | None = None, platform: str | None = None) -> bool:
-    """Whether Qt can open a window: always on Windows/macOS; on Linux/BSD needs X11, Wayland or a chosen QPA."""
+    """Whether Qt can open a window: always on Windows/macOS; elsewhere needs X11, Wayland or a chosen QPA."""
     env = os.environ if environ is None else environ
     platform = sys.platform if platform is None else platform
     if platform.startswith(("win", "darwin")):
@@ -90,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     if not has_display():
-        print("inspector-gui: no display (DISPLAY/WAYLAND_DISPLAY unset); run 'inspector demo' for the headless demo")
+        print("inspector-gui: no display (DISPLAY/WAYLAND_DISPLAY unset); "
+              "run 'inspector demo' for the headless demo")
         return EXIT_NO_DISPLAY
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -113,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = _open_store(args.store)
     except Exception as exc:  # the station still runs without statistics; the operator is told
         log.exception("statistics store unavailable")
-        QMessageBox.warning(None, "Statistics store", f"Results will not be recorded: {type(exc).__name__}: {exc}")
+        QMessageBox.warning(None, "Statistics store",
+                            f"Results will not be recorded: {type(exc).__name__}: {exc}")
     window = MainWindow(recipes=recipe_choices(recipe), source=args.source, store=store, kiosk=args.kiosk)
     window.show()
     if args.start:

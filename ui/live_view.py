@@ -55,7 +55,10 @@ class LotCounts:
 
     @property
     def yield_pct(self) -> float | None:
-        """PASS share of everything inspected (REVIEW, FAIL and ERROR all count against it); None before the first."""
+        """PASS share of all inspected (REVIEW, FAIL and ERROR count against it); None before the first.
+
+        The same rule as `inspector.store.YieldRow.yield_pct`.
+        """
         return 100.0 * self.passed / self.inspected if self.inspected else None
 
     def add(self, verdict: Verdict) -> LotCounts:
@@ -175,7 +178,8 @@ class HeatmapView(QWidget):
             font = painter.font()
             font.setPointSize(14)
             painter.setFont(font)
-            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._placeholder)
+            flags = Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap
+            painter.drawText(self.rect(), flags, self._placeholder)
             painter.end()
             return
         target = self.image_rect()
@@ -352,8 +356,9 @@ class YieldPanel(QFrame):
     (fps, latency, dropped frames). Refreshed by the main window's timer, a few times per second."""
 
     FIELDS = (
-        ("inspected", "Inspected"), ("passed", "Pass"), ("review", "Review"), ("failed", "Fail"),
-        ("errors", "Errors"), ("yield", "Yield"), ("fps", "FPS"), ("latency", "Latency"), ("dropped", "Dropped"),
+        ("inspected", "Inspected"), ("passed", "Pass"), ("review", "Review"),
+        ("failed", "Fail"), ("errors", "Errors"), ("yield", "Yield"),
+        ("fps", "FPS"), ("latency", "Latency"), ("dropped", "Dropped"),
     )
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -405,9 +410,8 @@ class YieldPanel(QFrame):
         fps = float(getattr(stats, "fps", 0.0) or 0.0)
         latency = getattr(stats, "latency_ms", None)
         self._values["fps"].setText(f"{fps:.1f}")
-        self._values["latency"].setText(
-            "—" if latency is None or (isinstance(latency, float) and math.isnan(latency)) else f"{latency:.0f} ms"
-        )
+        unknown = latency is None or (isinstance(latency, float) and math.isnan(latency))
+        self._values["latency"].setText("—" if unknown else f"{latency:.0f} ms")
         self._values["dropped"].setText(str(getattr(stats, "frames_dropped", 0)))
 
 
@@ -417,7 +421,11 @@ class FaultBanner(QWidget):
     Each fault has a key, so it can be raised and cleared independently; hidden when there are none.
     """
 
-    LEVEL_COLOURS = {"error": ("#b71c1c", "#ffffff"), "warning": ("#ff8f00", "#000000"), "info": ("#01579b", "#ffffff")}
+    LEVEL_COLOURS = {  # (background, text), high contrast like the verdict banner
+        "error": ("#b71c1c", "#ffffff"),
+        "warning": ("#ff8f00", "#000000"),
+        "info": ("#01579b", "#ffffff"),
+    }
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)

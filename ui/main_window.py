@@ -224,12 +224,16 @@ class MainWindow(QMainWindow):
         self.act_heatmap.setChecked(True)
         self.act_more = self._action("Opacity +", "]", self._on_opacity_up)
         self.act_less = self._action("Opacity −", "[", self._on_opacity_down)
-        self.act_kiosk = self._action("Kiosk", "F11", self.set_kiosk, checkable=True, tip="Full-screen kiosk mode")
+        self.act_kiosk = self._action("Kiosk", "F11", self.set_kiosk, checkable=True,
+                                      tip="Full-screen kiosk mode")
         self.act_new_lot = self._action("New lot", "Ctrl+N", self.new_lot, tip="Reset the lot counters")
         self.act_next_recipe = self._action("Next recipe", "Ctrl+R", self._on_next_recipe)
-        self.act_open_folder = self._action("Folder…", "Ctrl+O", self._on_open_folder, tip="Replay an image folder")
-        self.act_open_video = self._action("Video…", "Ctrl+Shift+O", self._on_open_video, tip="Play a video file")
-        self.act_refresh = self._action("Refresh", "Ctrl+F5", self._on_refresh, tip="Refresh statistics / review")
+        self.act_open_folder = self._action("Folder…", "Ctrl+O", self._on_open_folder,
+                                            tip="Replay an image folder")
+        self.act_open_video = self._action("Video…", "Ctrl+Shift+O", self._on_open_video,
+                                           tip="Play a video file")
+        self.act_refresh = self._action("Refresh", "Ctrl+F5", self._on_refresh,
+                                        tip="Refresh statistics / review")
         self.act_quit = self._action("Quit", "Ctrl+Q", self.close)
         for index in range(4):
             self._action(f"Screen {index + 1}", f"Ctrl+{index + 1}", self._on_screen_shortcut)
@@ -244,7 +248,8 @@ class MainWindow(QMainWindow):
         self.source_box.setEditable(True)
         self.source_box.setMinimumContentsLength(24)
         self.source_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.source_box.setToolTip('Camera index ("0"), stream URL ("rtsp://…"), video file or image folder')
+        self.source_box.setToolTip('Camera index ("0"), stream URL ("rtsp://…"), video file or image folder; '
+                                   "empty: the recipe's own source")
         self.source_box.lineEdit().setPlaceholderText("empty: the recipe's source")
         bar.addWidget(self.source_box)
         bar.addAction(self.act_open_folder)
@@ -377,14 +382,16 @@ class MainWindow(QMainWindow):
         recipe = self.current_recipe
         text = self.source_box.currentText().strip()
         if recipe is None:
-            self._show_fault("recipe", "No recipe selected: choose one in the Recipe box, or teach one (Teach tab)")
+            self._show_fault("recipe",
+                             "No recipe selected: choose one in the Recipe box, or teach one (Teach tab)")
             return
         for key in ("camera", "recipe", "model", "source"):
             self.station.faults.clear_fault(key)
         if text and self.source_box.findText(text) < 0:
             self.source_box.addItem(text)
         self._set_state(RunState.STARTING)
-        self.station.banner.show_idle("STARTING", f"opening {text or 'the recipe source'} · loading {recipe.stem}")
+        where = text or "the recipe's source"
+        self.station.banner.show_idle("STARTING", f"opening {where} · loading {recipe.stem}")
         self.jobs.start(self._start_job(text, recipe), name="start")
 
     def _start_job(self, text: str, recipe: Path) -> Callable[[], Generator[Progress, None, tuple[Any, Any]]]:
@@ -489,7 +496,8 @@ class MainWindow(QMainWindow):
             self._status.setText(f"Switched to recipe {recipe.stem}")
             self.recipe_box.setEnabled(True)
         elif name == "feedback" and self.review is not None:
-            recipe = self._recipe_file(self.review.current.recipe) if self.review.current is not None else None
+            current = self.review.current
+            recipe = self._recipe_file(current.recipe) if current is not None else None
             if recipe is not None:
                 self._inspectors.pop(recipe, None)    # reloaded with the new version on the next start
             self.review.on_feedback_done(value)
@@ -504,7 +512,8 @@ class MainWindow(QMainWindow):
             elif isinstance(exc, ModelError):
                 recipe = self.current_recipe
                 stem = recipe.stem if recipe else "?"
-                self._show_fault("model", f"Model missing for recipe {stem}: {text} — or use the Teach tab.")
+                self._show_fault("model",
+                                 f"Model missing for recipe {stem}: {text} — or use the Teach tab.")
             elif isinstance(exc, RecipeError):
                 self._show_fault("recipe", f"Recipe problem: {text}")
             elif isinstance(exc, CaptureError):
@@ -538,7 +547,7 @@ class MainWindow(QMainWindow):
         self.station.banner.show_idle("RUNNING", "waiting for the first part")
 
     def _apply_inspector(self, inspector: Any) -> None:
-        """Show what the inspector says about itself: warnings (GPU unavailable), thresholds (heatmap range)."""
+        """Show what the inspector says about itself: warnings (GPU unavailable), thresholds (heat range)."""
         warnings = tuple(getattr(inspector, "warnings", ()) or ())
         gpu = [w for w in warnings if "gpu" in w.lower() or "cuda" in w.lower()]
         other = [w for w in warnings if w not in gpu]
@@ -556,7 +565,8 @@ class MainWindow(QMainWindow):
         if self.statistics is not None:
             self.statistics.set_thresholds(review, fail)
         if pixel is not None and pixel > 0:
-            # transparent at half the pixel threshold, opaque red at 1.5x: defects stand out, good parts stay clear
+            # transparent at half the pixel threshold, opaque red at 1.5x (as the archive's overlays):
+            # defects stand out, good parts stay clear
             self.station.heatmap.set_heat_range(0.5 * float(pixel), 1.5 * float(pixel))
         self._update_info()
 
@@ -637,7 +647,10 @@ class MainWindow(QMainWindow):
     def _update_info(self, result: InspectionResult | None = None) -> None:
         recipe = self.current_recipe
         parts = [f"Recipe: {recipe.stem if recipe else '—'}"]
-        version = result.model_version if result is not None else getattr(self._inspector, "model_version", "")
+        if result is not None:
+            version = result.model_version
+        else:
+            version = getattr(self._inspector, "model_version", "")
         if version:
             parts.append(f"model {version}")
         device = getattr(self._inspector, "device", None)
@@ -698,7 +711,8 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_open_video(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Play a video file", "", "Videos (*.mp4 *.avi *.mkv *.mov);;All (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "Play a video file", "",
+                                              "Videos (*.mp4 *.avi *.mkv *.mov);;All (*)")
         if path:
             self.set_source_text(path)
 

@@ -70,7 +70,8 @@ class ResultRecorder:
                 on_warning=self._on_warning,
             )
         except Exception:
-            log.exception("archive of recipe %s unavailable; results are recorded without images", recipe.name)
+            log.exception("archive of recipe %s unavailable; results are recorded without images",
+                          recipe.name)
             return
         with self._lock:
             self._archives[recipe.name] = archive

@@ -125,7 +125,8 @@ class ReviewView(QWidget):
         bar.addWidget(refresh)
 
         self.table = QTableWidget(0, 7)
-        self.table.setHorizontalHeaderLabels(["Image", "Time", "Recipe", "Verdict", "Score", "Regions", "Label"])
+        self.table.setHorizontalHeaderLabels(
+            ["Image", "Time", "Recipe", "Verdict", "Score", "Regions", "Label"])
         self.table.setIconSize(QSize(THUMB_PX * 4 // 3, THUMB_PX))
         self.table.verticalHeader().setDefaultSectionSize(THUMB_PX + 6)
         self.table.verticalHeader().setVisible(False)
@@ -253,7 +254,8 @@ class ReviewView(QWidget):
         good_feedback, note = self._good_feedback, f"inspection {record.id} marked good by {user}"
 
         def job() -> Generator[Progress, None, str]:
-            yield Progress(done=0, total=1, message=f"adding inspection {record.id} to recipe {record.recipe}")
+            yield Progress(done=0, total=1,
+                           message=f"adding inspection {record.id} to recipe {record.recipe}")
             return good_feedback(recipe_path, image, note)
 
         if self._feedback_runner(job):
@@ -261,7 +263,8 @@ class ReviewView(QWidget):
             self.good_button.setEnabled(False)
             self.message.setText(f"Recorded as good; adding it to recipe {record.recipe}'s model…")
         else:
-            self.message.setText("Recorded as good; the model update waits: another job is running, try again.")
+            self.message.setText(
+                "Recorded as good; the model was not updated: another job is running, try again.")
 
     def assign_class(self, defect_class: str) -> None:
         """Label the selected inspection's defect regions (and record the label as feedback)."""
@@ -272,7 +275,8 @@ class ReviewView(QWidget):
         try:
             if record.regions:
                 self._store.set_defect_class(defect_class, user=user, inspection_id=record.id)
-            self._store.add_feedback(record.id, defect_class, user=user, note="class assigned on the review screen")
+            self._store.add_feedback(record.id, defect_class, user=user,
+                                     note="class assigned on the review screen")
         except Exception as exc:
             self.message.setText(f"Class not recorded: {type(exc).__name__}: {exc}")
             return
@@ -322,7 +326,8 @@ class ReviewView(QWidget):
             table.setItem(row, 0, thumb)
             when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
             score = "—" if record.score is None else f"{record.score:.3f}"
-            values = [when, record.recipe, str(record.verdict), score, str(len(record.regions)), record.label or ""]
+            values = [when, record.recipe, str(record.verdict), score, str(len(record.regions)),
+                      record.label or ""]
             for col, value in enumerate(values, 1):
                 item = QTableWidgetItem(value)
                 if col == 3:
@@ -367,7 +372,8 @@ class ReviewView(QWidget):
         when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
         classes = sorted({r.defect_class for r in record.regions if r.defect_class})
         score = "—" if record.score is None else f"{record.score:.4f}"
-        lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  {record.verdict}  score {score}",
+        lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  "
+                 f"{record.verdict}  score {score}",
                  f"source {record.source}" + (f"  ·  lot {record.lot}" if record.lot else ""),
                  f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
         if record.feedback:
@@ -391,8 +397,9 @@ class ReviewView(QWidget):
             self.view.show_result(None)
             return
         regions = tuple(
-            DefectRegion(x=r.x, y=r.y, width=r.width, height=r.height, area_px=r.area_px, area_mm2=r.area_mm2,
-                         max_score=r.max_score or 0.0, mean_score=r.mean_score or 0.0, defect_class=r.defect_class)
+            DefectRegion(x=r.x, y=r.y, width=r.width, height=r.height, area_px=r.area_px,
+                         area_mm2=r.area_mm2, max_score=r.max_score or 0.0, mean_score=r.mean_score or 0.0,
+                         defect_class=r.defect_class)
             for r in record.regions
         )
         self.view.show_result(InspectionResult(

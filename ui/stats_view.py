@@ -112,7 +112,8 @@ class StatisticsView(QWidget):
         bar.addWidget(self.export_button)
 
         self.yield_table = QTableWidget(0, 7)
-        self.yield_table.setHorizontalHeaderLabels(["Group", "Inspected", "Pass", "Review", "Fail", "Errors", "Yield %"])
+        self.yield_table.setHorizontalHeaderLabels(
+            ["Group", "Inspected", "Pass", "Review", "Fail", "Errors", "Yield %"])
         self.defect_table = QTableWidget(0, 2)
         self.defect_table.setHorizontalHeaderLabels(["Defect class", "Count"])
         for table in (self.yield_table, self.defect_table):
@@ -242,7 +243,8 @@ class StatisticsView(QWidget):
                 if isinstance(row, tuple) and len(row) == 2 and not hasattr(row, "_fields"):
                     pairs.append(row)
                 else:
-                    pairs.append((_field(row, "defect_class", "key", "label", "name"), _field(row, "count", "n")))
+                    pairs.append((_field(row, "defect_class", "key", "label", "name"),
+                                  _field(row, "count", "n")))
         self.defect_table.setRowCount(len(pairs))
         for r, (name, count) in enumerate(pairs):
             self.defect_table.setItem(r, 0, QTableWidgetItem(str(name) if name else "(unassigned)"))
@@ -255,7 +257,8 @@ class StatisticsView(QWidget):
         chart.clear()
         self.limits = None
         times = np.array([_to_epoch(_field(p, "time", "timestamp")) for p in points], dtype=np.float64)
-        scores = np.array([np.nan if _field(p, "score") is None else float(_field(p, "score")) for p in points])
+        scores = np.array([np.nan if _field(p, "score") is None else float(_field(p, "score"))
+                           for p in points])
         self.points_drawn = len(points)
         if not len(points):
             return
@@ -288,7 +291,8 @@ class StatisticsView(QWidget):
     @Slot()
     def _on_export_clicked(self) -> None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M")
-        path, _ = QFileDialog.getSaveFileName(self, "Export inspections", f"inspections-{stamp}.csv", "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self, "Export inspections", f"inspections-{stamp}.csv",
+                                              "CSV (*.csv)")
         if not path:
             return
         try:

@@ -74,7 +74,8 @@ def verdict_counts(scores: Sequence[float] | np.ndarray, review: float, fail: fl
     values = np.asarray(scores, dtype=np.float64)
     failed = int(np.count_nonzero(values >= fail))
     review_n = int(np.count_nonzero((values >= review) & (values < fail)))
-    return {Verdict.PASS: int(values.size) - failed - review_n, Verdict.REVIEW: review_n, Verdict.FAIL: failed}
+    passed = int(values.size) - failed - review_n
+    return {Verdict.PASS: passed, Verdict.REVIEW: review_n, Verdict.FAIL: failed}
 
 
 def _verdict(score: float | None, review: float, fail: float) -> Verdict:
@@ -91,7 +92,7 @@ class TeachEngine:
     save_recipe: Callable[[Any, Path], Any]
     teach: Callable[..., Generator[Progress, None, Any]]     # inspector.teach.teach
     save_thresholds: Callable[..., str]                     # inspector.teach.save_thresholds
-    load_station: Callable[[Any, str], Any]                 # (recipe, version) -> has inspect_image(image_bgr)
+    load_station: Callable[[Any, str], Any]                 # (recipe, version) -> has .inspect_image()
     load_image: Callable[[Path], np.ndarray]                # -> (H, W, 3) uint8 BGR
     image_files: Callable[[Path], list[Path]]
 
@@ -171,7 +172,8 @@ class RoiEditor(QWidget):
         height, width = self._image_size
         sx, sy = target.width() / width, target.height() / height
         x, y, w, h = self._roi
-        self._band.setGeometry(QRect(int(target.x() + x * sx), int(target.y() + y * sy), int(w * sx), int(h * sy)))
+        self._band.setGeometry(
+            QRect(int(target.x() + x * sx), int(target.y() + y * sy), int(w * sx), int(h * sy)))
         self._band.show()
 
     def drag(self, start: QPoint, end: QPoint) -> None:
@@ -252,7 +254,8 @@ class RecipePage(QWizardPage):
                     return False
                 target = path.with_name(f"{name}.yaml")
                 if target.exists():
-                    self.error.setText(f"{target.name} already exists: choose another name, or teach that recipe.")
+                    self.error.setText(
+                        f"{target.name} already exists: choose another name, or teach that recipe.")
                     return False
                 recipe = dataclasses.replace(recipe, name=name, roi=None)
                 recipe = self.w.engine.save_recipe(recipe, target) or self.w.engine.load_recipe(target)
@@ -270,7 +273,8 @@ class ImagesPage(QWizardPage):
         super().__init__()
         self.w = wizard
         self.setTitle("2 · Good images")
-        self.setSubTitle("Pick a folder of good parts (10–50 is plenty), or capture frames from the live source. "
+        self.setSubTitle("Pick a folder of good parts (10–50 is plenty), or capture frames from the live "
+                         "source. "
                          "Known-bad images are optional; they help to check and calibrate.")
         self.good_edit = QLineEdit()
         self.good_edit.setPlaceholderText("folder of good images")
@@ -346,7 +350,8 @@ class ImagesPage(QWizardPage):
                     if frame is None:
                         break
                     frames.append(frame.image_bgr)
-                    yield Progress(done=len(frames), total=count, message=f"captured {len(frames)} of {count}")
+                    yield Progress(done=len(frames), total=count,
+                                   message=f"captured {len(frames)} of {count}")
             finally:
                 source.close()
             return frames
@@ -684,7 +689,8 @@ class SavePage(QWizardPage):
         super().__init__()
         self.w = wizard
         self.setTitle("6 · Save")
-        self.setSubTitle("Thresholds changed by hand are saved as a new model version; the taught version stays.")
+        self.setSubTitle("Thresholds changed by hand are saved as a new model version; "
+                         "the taught version stays.")
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setStyleSheet("font-size: 15px;")
@@ -710,8 +716,9 @@ class SavePage(QWizardPage):
                 f"You chose review {self.w.review:.4f} / fail {self.w.fail:.4f}: save them as a new version."
             )
         else:
-            self.message.setText(f"Model {outcome.report.version} of recipe {outcome.report.recipe} is saved "
-                                 "with its calibrated thresholds. Finish, then select the recipe on the station.")
+            self.message.setText(f"Model {outcome.report.version} of recipe {outcome.report.recipe} is "
+                                 "saved with its calibrated thresholds. Finish, then select the recipe on "
+                                 "the station.")
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:  # noqa: N802 (Qt name)
@@ -839,7 +846,8 @@ class TeachWizard(QWizard):
                 yield Progress(done=len(checked_good), total=total, message="checking held-out good images")
             for file in bad_todo:
                 checked_bad.append(station.inspect_image(engine.load_image(file), path=str(file)))
-                yield Progress(done=len(todo) + len(checked_bad), total=total, message="checking known-bad images")
+                yield Progress(done=len(todo) + len(checked_bad), total=total,
+                               message="checking known-bad images")
             held_scores = [r.score for r in checked_good if r.score is not None]
             return TeachOutcome(
                 recipe=recipe, report=report, held_out=tuple(checked_good), known_bad=tuple(checked_bad),

@@ -1,4 +1,4 @@
-"""Fixtures of the GUI tests: isolated QSettings, synthetic part images, a stand-in inspector, thread checks."""
+"""Fixtures of the GUI tests: isolated QSettings, synthetic parts, a stand-in inspector, thread checks."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def part_images() -> list[tuple[str, np.ndarray]]:
     """Six parts, seeded: good, good, FAIL, good, FAIL, good (file name, image)."""
     rng = np.random.default_rng(0)
     pattern = [False, False, True, False, True, False]
-    return [(f"{i:03d}_{'bad' if bad else 'good'}.png", make_part(rng, defect=bad)) for i, bad in enumerate(pattern)]
+    return [(f"{i:03d}_{'bad' if bad else 'good'}.png", make_part(rng, defect=bad))
+            for i, bad in enumerate(pattern)]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The main window end to end: real pipeline, real folder replay, a stand-in inspector (tests/ui/conftest.py)."""
+"""The main window end to end: real pipeline, real folder replay, a stand-in inspector (conftest.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _recipes(tmp_path: Path, *names: str) -> list[Path]:
     return paths
 
 
-def _window(qtbot, settings: QSettings, recipes: list[Path], inspectors: dict[str, object], **kw) -> MainWindow:
+def _window(qtbot, settings: QSettings, recipes: list[Path], inspectors: dict[str, object],
+            **kw) -> MainWindow:
     def load(path: Path) -> object:
         found = inspectors[path.stem]
         if isinstance(found, Exception):
@@ -44,7 +45,8 @@ def test_folder_replay_updates_banner_counters_and_strip(qtbot, tmp_path, settin
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
                      source=str(part_folder))
     window.start()
-    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.STOPPED, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.STOPPED,
+                    timeout=WAIT_MS)
 
     assert (window.counts.passed, window.counts.failed, window.counts.review) == (4, 2, 0)
     strip = "".join(v.value[0] for v in window.station.strip.verdicts)
@@ -122,7 +124,8 @@ def test_model_missing_banner(qtbot, tmp_path, settings, part_folder) -> None:
     window.close()
 
 
-def test_untaught_recipe_shows_model_missing_with_the_real_loader(qtbot, tmp_path, settings, part_folder) -> None:
+def test_untaught_recipe_shows_model_missing_with_the_real_loader(qtbot, tmp_path, settings,
+                                                                   part_folder) -> None:
     from tests.conftest import write_recipe
 
     recipe = write_recipe(tmp_path / "recipes", tmp_path / "weights.safetensors", name="untaught")
@@ -149,7 +152,8 @@ def test_broken_recipe_file_is_named(qtbot, tmp_path, settings, part_folder) -> 
 
 def test_gpu_unavailable_banner(qtbot, tmp_path, settings, part_folder) -> None:
     inspector = DarkSpotInspector("demo", warnings=("GPU unavailable: running on CPU",))
-    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": inspector}, source=str(part_folder))
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": inspector},
+                     source=str(part_folder))
     window.start()
     qtbot.waitUntil(lambda: "gpu" in window.station.faults.faults(), timeout=WAIT_MS)
     assert window.station.faults.faults()["gpu"] == "GPU unavailable: running on CPU"

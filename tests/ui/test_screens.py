@@ -1,4 +1,4 @@
-"""Statistics and review screens on a real SQLite store in tmp_path, filled with stand-in inspector results."""
+"""Statistics and review screens on a real SQLite store in tmp_path, filled with stand-in results."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     view.set_range(time.time() - 3600, time.time() + 3600)
     view.refresh()
     table = view.yield_table
-    rows = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(1, 7)] for r in range(table.rowCount())}
+    rows = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(1, 7)]
+            for r in range(table.rowCount())}
     assert rows == {"demo": ["12", "8", "0", "4", "0", "66.7"], "other": ["6", "4", "0", "2", "0", "66.7"]}
     assert view.defect_table.item(0, 1).text() == "6"           # one region per FAIL, none classified yet
     assert view.points_drawn == 18

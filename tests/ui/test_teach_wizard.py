@@ -1,4 +1,4 @@
-"""The teaching flow, page by page, on real recipe files with a stand-in engine (no torch in the GUI tests)."""
+"""The teaching flow, page by page, on real recipe files with a stand-in engine (no torch here)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,12 @@ def teach_setup(tmp_path: Path):
         while not release.is_set():          # a long fit: each tick is a place to cancel
             yield Progress(done=0, total=0, message="fitting")
             release.wait(0.01)
-        bad_scores = [inspector.inspect_image(load_image(p)).score for p in image_files(defects)] if defects else []
+        bad_files = image_files(defects) if defects else []
+        bad_scores = [inspector.inspect_image(load_image(p)).score for p in bad_files]
         lines = [f"recipe {recipe.name}: saved model v1", f"roi {recipe.roi}"]
         return SimpleNamespace(
-            recipe=recipe.name, version="v1", thresholds=SimpleNamespace(review=REVIEW, fail=FAIL, pixel=PIXEL),
+            recipe=recipe.name, version="v1",
+            thresholds=SimpleNamespace(review=REVIEW, fail=FAIL, pixel=PIXEL),
             good_scores=np.array(scores, np.float32), defect_scores=np.array(bad_scores, np.float32),
             summary_lines=lambda: lines,
         )
@@ -59,7 +61,8 @@ def teach_setup(tmp_path: Path):
         return "v2"
 
     engine = TeachEngine(
-        load_recipe=load_recipe, save_recipe=save_recipe, teach=fake_teach, save_thresholds=fake_save_thresholds,
+        load_recipe=load_recipe, save_recipe=save_recipe, teach=fake_teach,
+        save_thresholds=fake_save_thresholds,
         load_station=lambda recipe, version: DarkSpotInspector(recipe.name, version=version),
         load_image=load_image, image_files=image_files,
     )
