@@ -249,3 +249,37 @@ def test_heatmap_paints_overlay(qtbot, part_images) -> None:
     assert with_heat != without
     arr = np.array([with_heat.pixelColor(x, 112).red() for x in range(224)])
     assert arr.max() > 0
+
+
+class _Broken(DarkSpotInspector):
+    """A stand-in inspector whose every third frame fails, as a model can (e.g. out of memory)."""
+
+    def inspect(self, frame):
+        if frame.frame_id % 3 == 2:
+            msg = "CUDA out of memory (stand-in)"
+            raise RuntimeError(msg)
+        return super().inspect(frame)
+
+
+def test_inspection_errors_show_an_error_banner_and_count(qtbot, tmp_path, settings, part_folder) -> None:
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": _Broken("demo")},
+                     source=str(part_folder))
+    window.start()
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED and window.counts.inspected == 6, timeout=WAIT_MS)
+    assert window.counts.errors == 2
+    assert "E" in "".join(v.value[0] for v in window.station.strip.verdicts)
+    qtbot.waitUntil(lambda: window.station.yield_panel.value("errors") == "2", timeout=WAIT_MS)
+    window.close()
+
+
+def test_error_banner_says_why(qtbot) -> None:
+    from inspector.results import InspectionResult
+    from ui.live_view import VerdictBanner
+
+    banner = VerdictBanner()
+    qtbot.addWidget(banner)
+    banner.show_result(InspectionResult(frame_id=2, timestamp=0.0, source="x", recipe="demo", model_version="v1",
+                                        verdict=Verdict.ERROR, score=None,
+                                        error="inspection of frame 2 failed: CUDA out of memory"))
+    assert banner.verdict_text == "ERROR" and banner.state == "ERROR"
+    assert banner.detail_text == "inspection of frame 2 failed: CUDA out of memory"

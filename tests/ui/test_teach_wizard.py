@@ -157,3 +157,28 @@ def test_new_recipe_needs_a_free_name(qtbot, teach_setup) -> None:
     page.new_name.setText("part_b")
     assert page.validatePage()
     assert load_recipe(s.recipe.with_name("part_b.yaml")).name == "part_b"
+
+
+def test_capture_good_frames_from_the_live_source(qtbot, teach_setup) -> None:
+    from inspector.capture import ArraySource
+
+    s = teach_setup
+    rng = np.random.default_rng(0)
+    frames = [make_part(rng, defect=False) for _ in range(3)]
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine, source_text="0",
+                         open_source=lambda text: ArraySource(frames, name=f"camera {text}", loop=True))
+    qtbot.addWidget(wizard)
+    wizard.show()
+    wizard.next()
+    page = wizard.images_page
+    assert page.source_edit.text() == "0"
+    page.capture_count.setValue(5)
+    with qtbot.waitSignal(wizard.jobs.stopped, timeout=10_000):
+        page.capture_button.click()
+    assert len(wizard.captured) == 5 and "Captured 5 frames" in page.summary.text()
+    page.holdout.setValue(1)
+    wizard.next()
+    assert wizard.currentPage() is wizard.roi_page and wizard.first_frame is wizard.captured[0]
+    wizard.next()
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+    assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) == 5
