@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STATS_INTERVAL_MS = 250        # counters and fps refresh at 4 Hz: fast enough to feel live, cheap to paint
 SCREEN_REFRESH_TICKS = 20      # the statistics screen, when shown, re-queries the store every 5 s (20 ticks)
+JOB_SHUTDOWN_MS = 60_000       # close waits this long for a job without yields (torch import, model load)
 STOP_TIMEOUT_S = 5.0           # a stop that takes longer is logged; threads are daemons in the engine
 
 
@@ -787,7 +788,8 @@ class MainWindow(QMainWindow):
         self._closing = True
         self._stats_timer.stop()
         self.bridge.close()
-        self.jobs.shutdown()
+        # a job cancels at its next yield; loading a model has none, so give it time to finish
+        self.jobs.shutdown(timeout_ms=JOB_SHUTDOWN_MS)
         self._stop_pipeline()
         self.recorder.close()
         if self.teach is not None:

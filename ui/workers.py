@@ -28,6 +28,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from inspector.errors import InspectorError
 from inspector.results import Progress
 
 __all__ = ["JobRunner", "JobWorker", "PipelineBridge", "call_as_job", "running_job_threads"]
@@ -117,7 +118,10 @@ class JobWorker(QObject):
             except StopIteration as stop:
                 self.finished.emit(stop.value)
         except Exception as exc:  # delivered to the GUI, not swallowed
-            log.exception("background job failed")
+            if isinstance(exc, InspectorError):     # an expected failure with its own sentence
+                log.warning("background job failed: %s: %s", type(exc).__name__, exc)
+            else:
+                log.exception("background job failed")
             self.raised.emit(exc)
             self.errored.emit(f"{type(exc).__name__}: {exc}")
         finally:

@@ -265,7 +265,8 @@ def test_inspection_errors_show_an_error_banner_and_count(qtbot, tmp_path, setti
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": _Broken("demo")},
                      source=str(part_folder))
     window.start()
-    qtbot.waitUntil(lambda: window.state == RunState.STOPPED and window.counts.inspected == 6, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED and window.counts.inspected == 6,
+                    timeout=WAIT_MS)
     assert window.counts.errors == 2
     assert "E" in "".join(v.value[0] for v in window.station.strip.verdicts)
     qtbot.waitUntil(lambda: window.station.yield_panel.value("errors") == "2", timeout=WAIT_MS)
@@ -278,8 +279,9 @@ def test_error_banner_says_why(qtbot) -> None:
 
     banner = VerdictBanner()
     qtbot.addWidget(banner)
-    banner.show_result(InspectionResult(frame_id=2, timestamp=0.0, source="x", recipe="demo", model_version="v1",
-                                        verdict=Verdict.ERROR, score=None,
-                                        error="inspection of frame 2 failed: CUDA out of memory"))
+    banner.show_result(InspectionResult(
+        frame_id=2, timestamp=0.0, source="x", recipe="demo", model_version="v1", verdict=Verdict.ERROR,
+        score=None, error="inspection of frame 2 failed: CUDA out of memory",
+    ))
     assert banner.verdict_text == "ERROR" and banner.state == "ERROR"
     assert banner.detail_text == "inspection of frame 2 failed: CUDA out of memory"
