@@ -199,8 +199,10 @@ def histogram_svg(scores: Sequence[float], thresholds: tuple[float, float, float
                 x = x_of(value)
                 parts.append(f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + plot_h}" stroke="{colour}" '
                              f'stroke-width="2" stroke-dasharray="4 3"><title>{name} threshold {value:.4f}</title></line>')
-                parts.append(f'<text x="{x + 3:.1f}" y="{pad_t + (12 if name == "fail" else 24)}" font-size="11" '
-                             f'fill="{colour}">{name} {value:.4f}</text>')
+                right = x > pad_l + 0.75 * plot_w      # label left of the line near the right edge
+                parts.append(f'<text x="{x - 3 if right else x + 3:.1f}" y="{pad_t + (12 if name == "fail" else 24)}" '
+                             f'font-size="11" fill="{colour}" text-anchor="{"end" if right else "start"}">'
+                             f'{name} {value:.4f}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

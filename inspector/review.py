@@ -96,7 +96,7 @@ class ReviewSummary:
     rule: str                      # how verdicts were decided
     resumed: int                   # files already done by an earlier, interrupted run
     seconds: float                 # wall time of this run
-    images_per_second: float       # images scored per second in this run (0 when none were left)
+    images_per_second: float       # images scored in this run per second of it, all steps included
     errors: tuple[str, ...] = ()   # "file: reason" of the unreadable files
 
     def summary_lines(self) -> list[str]:
@@ -302,12 +302,14 @@ def review(
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
                                                config=zero_shot_config)
-    return ReviewSummary(**{**summary, "seconds": time.perf_counter() - start})
+    seconds = time.perf_counter() - start
+    scored = summary.pop("scored")
+    return ReviewSummary(**summary, seconds=seconds, images_per_second=scored / seconds if seconds > 0 else 0.0)
 
 
 def _finish(
     folder: Path, out: Path, files: list[Path], journal: _Journal, meta: ReportMeta, *, resumed: int,
-    rate: _Rate, mode: str,
+    scored: int, mode: str,
 ) -> dict[str, Any]:
     records = _ordered(folder, files, journal)
     index = write_report(out, records, meta)
@@ -318,7 +320,7 @@ def _finish(
             "counts": {v.value: counts.get(v.value, 0) for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL,
                                                                  Verdict.ERROR)},
             "thresholds": meta.thresholds or (math.nan, math.nan, math.nan), "rule": meta.rule, "resumed": resumed,
-            "images_per_second": rate.per_second, "errors": errors}
+            "scored": scored, "errors": errors}
 
 
 def _ordered(folder: Path, files: list[Path], journal: _Journal) -> list[dict[str, Any]]:
@@ -370,7 +372,7 @@ def _review_recipe(
         if time.perf_counter() - last_report >= REPORT_EVERY_S:
             write_report(out, _ordered(folder, files, journal), meta(False, rate))
             last_report = time.perf_counter()
-    return _finish(folder, out, files, journal, meta(True, rate), resumed=resumed, rate=rate, mode="recipe")
+    return _finish(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo), mode="recipe")
 
 
 def _inspect_one(station: Station, path: Path, rel: str, out: Path,
@@ -411,9 +413,17 @@ def _review_zero_shot(
     model = (f"zero-shot mutual scoring (no recipe) on {settings.backbone} block(s) "
              f"{', '.join(map(str, settings.blocks))}, shorter side {config.shorter_side} px")
     rate = _Rate()
+    run_start = time.perf_counter()
     resumed = sum(1 for p in files if _relative(p, folder) in journal.records)
 
     saved = _load_scores(out / SCORES_NAME)
+    if saved is not None:
+        known = set(saved["files"]) | {rel for rel, r in journal.records.items() if r["status"] != "ok"}
+        added = [p for p in files if _relative(p, folder) not in known]
+        if added:
+            # Scores are relative to the batch: new images change everyone's, so the batch is scored again.
+            logger.info("review: %d image(s) were added since the batch was scored; scoring it again", len(added))
+            saved = None
     fresh = saved is None              # scored now: every image's record is (re)written
     if saved is None:
         try:
@@ -463,10 +473,15 @@ def _review_zero_shot(
     thresholds = (review_t, fail_t, review_t)
     rule += f"; defect regions where the map is >= the review threshold, at least {ZERO_SHOT_MIN_AREA_PX} px"
 
+    def _overall_rate() -> float:
+        # Features and mutual scoring count for every image; a resumed run only renders the rest.
+        n = len(saved["files"]) if fresh else rate.done
+        return n / max(time.perf_counter() - run_start, 1e-9)
+
     def meta(complete: bool) -> ReportMeta:
         return ReportMeta(title=f"Zero-shot review of {folder.name}", mode="zero-shot", source=str(folder),
                           model=model, thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
-                          generated=_now(), images_per_second=rate.per_second or None,
+                          generated=_now(), images_per_second=_overall_rate() or None,
                           notes=("Zero-shot mode: no recipe and no good reference images. Each image was scored "
                                  "against the others of this folder, and flagged by how far its score lies above "
                                  "the batch's median. It assumes most images are good; a folder of mostly "
@@ -498,7 +513,8 @@ def _review_zero_shot(
         if time.perf_counter() - last_report >= REPORT_EVERY_S:
             write_report(out, _ordered(folder, files, journal), meta(False))
             last_report = time.perf_counter()
-    return _finish(folder, out, files, journal, meta(True), resumed=resumed, rate=rate, mode="zero-shot")
+    scored = len(saved["files"]) if fresh else len(todo)
+    return _finish(folder, out, files, journal, meta(True), resumed=resumed, scored=scored, mode="zero-shot")
 
 
 def _score_with_progress(scorer: Any) -> Generator[Progress, None, Any]:

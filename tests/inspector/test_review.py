@@ -264,3 +264,20 @@ def test_interrupted_zero_shot_review_resumes_to_the_same_report(
     assert summary is not None
     for name in ("results.csv", "defects.csv"):
         assert (out / name).read_text(encoding="utf-8") == (full / name).read_text(encoding="utf-8"), name
+
+
+def test_zero_shot_review_scores_the_batch_again_when_images_were_added(data: dict[str, Path], tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "lot"
+    write_images(folder, [textured_part(rng, SIZE) for _ in range(4)])
+    out = tmp_path / "lot-review"
+    first = _drive(review(folder, out, zero_shot=True, device="cpu", weights=data["weights"],
+                          zero_shot_config=ZERO_SHOT))
+    assert first is not None and first.files == 4
+    write_images(folder, [with_defect(textured_part(rng, SIZE), rng)[0]], prefix="late")
+    second = _drive(review(folder, out, zero_shot=True, device="cpu", weights=data["weights"],
+                           zero_shot_config=ZERO_SHOT))
+    assert second is not None and second.files == 5
+    rows = _rows(out / "results.csv")
+    assert [r["file"] for r in rows] == ["img_000.png", "img_001.png", "img_002.png", "img_003.png", "late_000.png"]
+    assert max(rows, key=lambda r: float(r["score"]))["file"] == "late_000.png", "the new image was scored with the rest"
