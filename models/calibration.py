@@ -168,7 +168,8 @@ def calibrate(
     confusion = None
     if target_false_reject is not None:
         fail = _fail_for_false_reject(good, target_false_reject)
-        fail_rule = f"fail = lowest score with at most {100 * target_false_reject:g} % of good scores at or above it"
+        fail_rule = (f"fail = lowest score with at most {100 * target_false_reject:g} % of good scores "
+                     "at or above it")
     elif defects.size:
         fail, best_f1 = _best_f1_threshold(good, defects)
         fail_rule = f"fail = best-F1 threshold over the good and defect scores (F1 {best_f1:.3f})"

@@ -120,7 +120,8 @@ def save_detector(
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(directory / MODEL_TENSORS, blob)
     _write_atomic(directory / MODEL_JSON, (text + "\n").encode("utf-8"))
-    logger.info("saved %s detector (%d bank patches) to %s", manifest["detector"], detector.bank_size, directory)
+    logger.info("saved %s detector (%d bank patches) to %s", manifest["detector"], detector.bank_size,
+                directory)
     return directory
 
 
@@ -203,13 +204,16 @@ def load_detector(
     else:
         loaded_sha = weights_sha256
         name = _backbone_name(backbone)
-        if _base(name) != _base(saved_name) or tuple(backbone.blocks) != saved_blocks or backbone.norm != saved_norm:
-            msg = (f"{directory}: the model was built with {saved_name}, blocks {list(saved_blocks)}, norm {saved_norm}; "
-                   f"the backbone loaded now is {name}, blocks {list(backbone.blocks)}, norm {backbone.norm}; "
+        same_blocks = tuple(backbone.blocks) == saved_blocks and backbone.norm == saved_norm
+        if _base(name) != _base(saved_name) or not same_blocks:
+            msg = (f"{directory}: the model was built with {saved_name}, blocks {list(saved_blocks)}, "
+                   f"norm {saved_norm}; the backbone loaded now is {name}, blocks {list(backbone.blocks)}, "
+                   f"norm {backbone.norm}; "
                    "load it with the backbone it was built with, or teach the model again")
             raise ValueError(msg)
         if weights_sha256 is None:
-            logger.warning("%s: backbone weights not verified (no weights_sha256 given); the model expects %s",
+            logger.warning("%s: backbone weights not verified (no weights_sha256 given); "
+                           "the model expects %s",
                            directory, _short(saved_sha))
     if loaded_sha is not None and loaded_sha != saved_sha:
         msg = (f"{directory}: the model was built with {built_with}, but the weights loaded now have sha256 "
@@ -278,9 +282,10 @@ def _backbone_for(
 
     resolved = resolve_weights(name)
     if resolved.info.sha256 != saved_sha:
-        msg = (f"{directory}: the model was built with {name} weights sha256 {_short(saved_sha)}, but the weights "
-               f"found now ({resolved.info.location}, {resolved.info.source}) have sha256 "
-               f"{_short(resolved.info.sha256)}; provide the original weights (--weights PATH) or teach the model again")
+        msg = (f"{directory}: the model was built with {name} weights sha256 {_short(saved_sha)}, "
+               f"but the weights found now ({resolved.info.location}, {resolved.info.source}) have sha256 "
+               f"{_short(resolved.info.sha256)}; provide the original weights (--weights PATH) "
+               "or teach the model again")
         raise ValueError(msg)
     backbone = create_backbone(name, state_dict=resolved.state_dict, blocks=blocks, norm=norm, device=device)
     return backbone, resolved.info.sha256

@@ -64,7 +64,8 @@ def knn_distances(
     for q0 in range(0, n_queries, query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size].to(dtype)
         q_owner = query_owner[q0 : q0 + query_chunk_size, None] if query_owner is not None else None
-        best = torch.full((q.shape[0], k_eff), -math.inf, dtype=torch.float32, device=q.device)  # similarities
+        # running best similarities (largest first), float32
+        best = torch.full((q.shape[0], k_eff), -math.inf, dtype=torch.float32, device=q.device)
         for b0 in range(0, n_bank, chunk_size):
             sim = q @ bank[b0 : b0 + chunk_size].to(dtype).T  # (q, b): the only block-sized temporary
             if q_owner is not None and bank_owner is not None:

@@ -84,16 +84,17 @@ class PatchKNNConfig:
     k: int = 1  # neighbours averaged per patch; AnomalyDINO uses k=1
     top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
     blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
-    patch_pooling: int = 1  # ours, from PatchCore: average each feature over a p x p patch neighbourhood (1 = off, PatchCore 3)
+    patch_pooling: int = 1  # from PatchCore: average features over p x p patches (1 = off; PatchCore uses 3)
 
     # --- foreground masking of the test frame ---
-    masking: Literal["auto", "on", "off"] = "auto"  # "auto": on when the references look like an object on a background
+    # "auto": on when the references look like an object on a plain background (ours, see _decide_masking)
+    masking: Literal["auto", "on", "off"] = "auto"
     mask_pca_threshold: float = 10.0  # AnomalyDINO: first principal component > 10 is foreground
     mask_border: float = 0.2  # anomalib: the central crop leaves 20 % of the grid on each side
     mask_min_centre_fraction: float = 0.35  # AnomalyDINO: flip the sign if <= 35 % of the centre is kept
     mask_kernel_size: int = 3  # AnomalyDINO: 3x3 dilation, then 3x3 closing
-    masking_auto_max_border: float = 0.2  # ours: "auto" masks if <= 20 % of the references' border ring is foreground
-    mask_fallback_ratio: float = 0.5  # ours: a test mask under half the references' foreground share is ignored
+    masking_auto_max_border: float = 0.2  # ours: "auto" masks if <= 20 % of the references' border is kept
+    mask_fallback_ratio: float = 0.5  # ours: a test mask under half the references' foreground is ignored
 
     # --- compute ---
     fit_batch_size: int = 8  # frames per backbone call during fit
@@ -113,11 +114,13 @@ class PatchKNNConfig:
         if not isinstance(self.loo_max_images, int) or self.loo_max_images < 0:
             msg = f"PatchKNNConfig.loo_max_images must be an integer >= 0, got {self.loo_max_images!r}"
             raise ValueError(msg)
-        if self.max_bank_size is not None and (not isinstance(self.max_bank_size, int) or self.max_bank_size < 1):
+        bank = self.max_bank_size
+        if bank is not None and (not isinstance(bank, int) or isinstance(bank, bool) or bank < 1):
             msg = f"PatchKNNConfig.max_bank_size must be None or an integer >= 1, got {self.max_bank_size!r}"
             raise ValueError(msg)
         if self.augment_rotations not in (True, False, "auto"):
-            msg = f"PatchKNNConfig.augment_rotations must be True, False or 'auto', got {self.augment_rotations!r}"
+            msg = (f"PatchKNNConfig.augment_rotations must be True, False or 'auto', "
+                   f"got {self.augment_rotations!r}")
             raise ValueError(msg)
         if self.masking not in ("auto", "on", "off"):
             msg = f"PatchKNNConfig.masking must be 'auto', 'on' or 'off', got {self.masking!r}"
@@ -131,7 +134,9 @@ class PatchKNNConfig:
         if not self.rotation_angles:
             msg = "PatchKNNConfig.rotation_angles must list at least one angle (0 for the frame itself)"
             raise ValueError(msg)
-        for name in ("mask_border", "mask_min_centre_fraction", "masking_auto_max_border", "mask_fallback_ratio"):
+        fractions = ("mask_border", "mask_min_centre_fraction", "masking_auto_max_border",
+                     "mask_fallback_ratio")
+        for name in fractions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 msg = f"PatchKNNConfig.{name} must be in [0, 1], got {value!r}"
@@ -154,7 +159,8 @@ class PatchKNNConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            msg = f"unknown PatchKNNConfig option(s): {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            msg = (f"unknown PatchKNNConfig option(s): {', '.join(map(repr, unknown))}; "
+                   f"known: {', '.join(sorted(known))}")
             raise ValueError(msg)
         values = dict(data)
         if "rotation_angles" in values:
@@ -251,7 +257,9 @@ def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
 
 
-def _anomaly_maps(patch_scores: torch.Tensor, geo: _Geometry, *, sigma: float, full_size: bool) -> torch.Tensor:
+def _anomaly_maps(
+    patch_scores: torch.Tensor, geo: _Geometry, *, sigma: float, full_size: bool
+) -> torch.Tensor:
     """(B, h, w) patch scores -> (B, H, W) float32 maps at the frame size (or the resized size).
 
     Upsampled bilinearly to the crop, blurred at the model's scale (so sigma 4 means what it means
@@ -300,7 +308,8 @@ class PatchKNN(nn.Module):
         self._backbone = backbone
         self._config = config if config is not None else PatchKNNConfig()
         dev = self.device
-        self.register_buffer("memory_bank", torch.empty(0, backbone.feature_dim, dtype=compute_dtype(dev), device=dev))
+        empty_bank = torch.empty(0, backbone.feature_dim, dtype=compute_dtype(dev), device=dev)
+        self.register_buffer("memory_bank", empty_bank)
         self.register_buffer("bank_owner", torch.empty(0, dtype=torch.int64, device=dev))
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
@@ -360,7 +369,8 @@ class PatchKNN(nn.Module):
         if total == 0:
             msg = "no good images to fit on: fit() needs at least one good frame"
             raise ValueError(msg)
-        rotate = cfg.augment_rotations is True or (cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots)
+        auto_rotate = cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots
+        rotate = cfg.augment_rotations is True or auto_rotate
         angles = cfg.rotation_angles if rotate else (0.0,)
         rng = np.random.default_rng(cfg.seed)
         n_loo = min(total, cfg.loo_max_images) if total >= 2 else 0
@@ -374,7 +384,8 @@ class PatchKNN(nn.Module):
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
             bank_parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
-            owner_parts.append(torch.full((raw.shape[0] * raw.shape[1],), owner, dtype=torch.int64, device=raw.device))
+            n_patches = raw.shape[0] * raw.shape[1]
+            owner_parts.append(torch.full((n_patches,), owner, dtype=torch.int64, device=raw.device))
             if angle == 0.0:
                 if cfg.masking != "off":
                     ref_masks.append(self._masks(raw[None])[0])
@@ -388,8 +399,8 @@ class PatchKNN(nn.Module):
         self.rotations_used = rotate
         n_before = self.bank_size
         if cfg.max_bank_size is not None and n_before > cfg.max_bank_size:
-            keep = greedy_coreset(self.memory_bank, cfg.max_bank_size, projection_dim=cfg.coreset_projection_dim,
-                                  seed=cfg.seed)
+            keep = greedy_coreset(self.memory_bank, cfg.max_bank_size,
+                                  projection_dim=cfg.coreset_projection_dim, seed=cfg.seed)
             self.memory_bank = self.memory_bank[keep].contiguous()
             self.bank_owner = self.bank_owner[keep].contiguous()
         self._decide_masking(ref_masks)
@@ -508,7 +519,8 @@ class PatchKNN(nn.Module):
                    f"{self._backbone.feature_dim}-long features")
             raise ValueError(msg)
         if tensors["bank_owner"].shape != (bank.shape[0],):
-            msg = f"saved bank_owner has shape {tuple(tensors['bank_owner'].shape)}; expected ({bank.shape[0]},)"
+            shape = tuple(tensors["bank_owner"].shape)
+            msg = f"saved bank_owner has shape {shape}; expected ({bank.shape[0]},)"
             raise ValueError(msg)
         dev = self.device
         self.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
@@ -594,7 +606,8 @@ class PatchKNN(nn.Module):
         """(B, h, w, D) raw features -> (B, h, w) bool foreground masks."""
         cfg = self._config
         return foreground_masks(raw, threshold=cfg.mask_pca_threshold, border=cfg.mask_border,
-                                min_centre_fraction=cfg.mask_min_centre_fraction, kernel_size=cfg.mask_kernel_size)
+                                min_centre_fraction=cfg.mask_min_centre_fraction,
+                                kernel_size=cfg.mask_kernel_size)
 
     def _decide_masking(self, ref_masks: list[torch.Tensor]) -> None:
         cfg = self._config
@@ -610,7 +623,8 @@ class PatchKNN(nn.Module):
         else:
             # An object on a plain background leaves the border ring background; a texture does not.
             self.masking_active = border <= cfg.masking_auto_max_border and 0.0 < fg < 1.0
-        logger.info("patch_knn masking (%s): references keep %.0f %% as foreground, %.0f %% of the border -> %s",
+        logger.info("patch_knn masking (%s): references keep %.0f %% as foreground, "
+                    "%.0f %% of the border -> %s",
                     cfg.masking, 100 * fg, 100 * border, "on" if self.masking_active else "off")
 
     def _patch_scores(
@@ -637,7 +651,8 @@ class PatchKNN(nn.Module):
             query_owner = torch.full((int(keep.sum()),), owner, dtype=torch.int64, device=raw.device)
             bank_owner = self.bank_owner
         dists = knn_distances(feats[keep], self.memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
-                              query_chunk_size=cfg.query_chunk_size, query_owner=query_owner, bank_owner=bank_owner)
+                              query_chunk_size=cfg.query_chunk_size,
+                              query_owner=query_owner, bank_owner=bank_owner)
         scores = torch.zeros(b * h * w, dtype=torch.float32, device=raw.device)
         scores[keep] = dists
         return scores.reshape(b, h, w)
@@ -665,5 +680,6 @@ class PatchKNN(nn.Module):
             logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",
                         len(scores), float(np.mean(scores)), float(np.max(scores)))
         else:
-            logger.info("patch_knn: no leave-one-out scores (fitted on %d frame(s)); calibration needs 2 or more",
+            logger.info("patch_knn: no leave-one-out scores (fitted on %d frame(s)); "
+                        "calibration needs 2 or more",
                         self.n_images)

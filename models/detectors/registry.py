@@ -35,7 +35,8 @@ def register_detector(name: str) -> Callable[[ModuleT], ModuleT]:
     def decorate(cls: ModuleT) -> ModuleT:
         existing = _REGISTRY.get(name)
         if existing is not None and existing is not cls:
-            msg = f"detector name {name!r} is already registered by {existing.__qualname__}; pick another name"
+            msg = (f"detector name {name!r} is already registered by {existing.__qualname__}; "
+                   "pick another name")
             raise ValueError(msg)
         _REGISTRY[name] = cls
         cls.detector_name = name  # type: ignore[attr-defined]  # saved models record it

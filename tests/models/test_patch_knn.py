@@ -65,7 +65,8 @@ def test_fit_builds_bank_with_rotations_and_reports_progress(backbone: DinoBackb
     rng = np.random.default_rng(0)
     calls: list[tuple[int, int]] = []
     detector = PatchKNN(backbone=backbone, config=CFG)
-    detector.fit([good_frame(rng) for _ in range(2)], progress=lambda done, total: calls.append((done, total)))
+    frames = [good_frame(rng) for _ in range(2)]
+    detector.fit(frames, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 2), (2, 2)]
     assert detector.rotations_used  # "auto": 2 shots <= rotation_max_shots
     assert detector.bank_size == 2 * 8 * PATCHES
@@ -122,7 +123,8 @@ def test_defect_scores_above_good_and_heatmap_peak_in_mask(fitted: PatchKNN) -> 
 
 def test_real_backbone_finds_the_blob(real_backbone: DinoBackbone) -> None:
     rng = np.random.default_rng(4)
-    detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(shorter_side=SIZE, augment_rotations=False))
+    cfg = PatchKNNConfig(shorter_side=SIZE, augment_rotations=False)
+    detector = PatchKNN(backbone=real_backbone, config=cfg)
     detector.fit([good_frame(rng) for _ in range(2)])
     frame, mask = defect_frame(rng)
     out = detector.predict([good_frame(rng), frame])
@@ -197,8 +199,9 @@ def test_patch_pooling_keeps_the_grid(backbone: DinoBackbone, pooling: int) -> N
 # ------------------------------------------------------------------------------- masks
 
 
-def _object_features(h: int = 16, w: int = 16, d: int = 16, flip: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+def _object_features(flip: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """Features of an object (the central 9x9) on a background: one strong direction separates them."""
+    h = w = d = 16
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(1, h, w, d, generator=gen)
     obj = np.zeros((h, w), bool)
@@ -218,7 +221,8 @@ def test_foreground_mask_finds_the_object_whatever_the_pc_sign(flip: bool) -> No
     np.testing.assert_array_equal(mask, obj)
     dilated = foreground_masks(feats, threshold=10.0, kernel_size=3)[0].numpy()
     kernel = np.ones((3, 3), np.uint8)  # AnomalyDINO's cleanup in cv2, as anomalib does it
-    expected = cv2.morphologyEx(cv2.dilate(obj.astype(np.uint8), kernel), cv2.MORPH_CLOSE, kernel).astype(bool)
+    dilated_cv2 = cv2.dilate(obj.astype(np.uint8), kernel)
+    expected = cv2.morphologyEx(dilated_cv2, cv2.MORPH_CLOSE, kernel).astype(bool)
     np.testing.assert_array_equal(dilated, expected)
     overall, border = mask_fractions(torch.from_numpy(obj)[None], border=0.2)
     assert float(border[0]) == 0.0 and float(overall[0]) == pytest.approx(81 / 256)
@@ -245,7 +249,8 @@ def test_masked_out_patches_score_zero(backbone: DinoBackbone, monkeypatch: pyte
 
 
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -264,7 +269,8 @@ def test_knn_skips_bank_entries_of_the_same_owner() -> None:
     owners = torch.arange(40) // 10  # 4 owners of 10 entries
     plain = knn_distances(queries, bank, chunk_size=7)
     assert (plain < 1e-5).all()  # each query is in the bank
-    loo = knn_distances(queries, bank, chunk_size=7, query_owner=torch.zeros(5, dtype=torch.int64), bank_owner=owners)
+    query_owner = torch.zeros(5, dtype=torch.int64)
+    loo = knn_distances(queries, bank, chunk_size=7, query_owner=query_owner, bank_owner=owners)
     expected = (1 - queries @ bank[10:].T).min(dim=1).values
     torch.testing.assert_close(loo, expected, rtol=0, atol=1e-6)
 

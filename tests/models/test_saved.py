@@ -34,7 +34,8 @@ def backbone() -> DinoBackbone:
 @pytest.fixture(scope="module")
 def fitted(backbone: DinoBackbone) -> PatchKNN:
     rng = np.random.default_rng(0)
-    detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=56, augment_rotations=False, k=2))
+    cfg = PatchKNNConfig(shorter_side=56, augment_rotations=False, k=2)
+    detector = PatchKNN(backbone=backbone, config=cfg)
     detector.fit([frame(rng) for _ in range(3)])
     return detector
 
@@ -42,7 +43,8 @@ def fitted(backbone: DinoBackbone) -> PatchKNN:
 @pytest.fixture
 def saved(fitted: PatchKNN, tmp_path: Path) -> Path:
     thresholds = calibrate(fitted.train_scores, good_maps=fitted.train_maps)
-    return save_detector(fitted, thresholds, tmp_path / "model", weights=INFO, metadata={"recipe": "bracket_a"})
+    metadata = {"recipe": "bracket_a"}
+    return save_detector(fitted, thresholds, tmp_path / "model", weights=INFO, metadata=metadata)
 
 
 def test_round_trip_gives_identical_scores(fitted: PatchKNN, saved: Path, backbone: DinoBackbone) -> None:
@@ -85,11 +87,14 @@ def test_other_backbone_or_blocks_are_refused(saved: Path, backbone: DinoBackbon
     manifest = json.loads((saved / MODEL_JSON).read_text())
     manifest["backbone"]["model_name"] = "vit_base_patch14_dinov2"
     (saved / MODEL_JSON).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="built with vit_base_patch14_dinov2.*loaded now is vit_small_patch14_dinov2"):
+    message = "built with vit_base_patch14_dinov2.*loaded now is vit_small_patch14_dinov2"
+    with pytest.raises(ValueError, match=message):
         load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
 
 
-def test_random_init_model_needs_its_backbone(fitted: PatchKNN, backbone: DinoBackbone, tmp_path: Path) -> None:
+def test_random_init_model_needs_its_backbone(
+    fitted: PatchKNN, backbone: DinoBackbone, tmp_path: Path
+) -> None:
     thresholds = calibrate(fitted.train_scores)
     path = save_detector(fitted, thresholds, tmp_path / "random", weights=None)
     with pytest.raises(ValueError, match="randomly initialised backbone.*pass backbone="):
@@ -113,7 +118,8 @@ def test_corrupt_json_is_named(saved: Path, backbone: DinoBackbone) -> None:
 
 
 def test_missing_files_are_named(saved: Path, backbone: DinoBackbone, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=rf"{MODEL_JSON} not found; .* does not hold a saved detector"):
+    message = rf"{MODEL_JSON} not found; .* does not hold a saved detector"
+    with pytest.raises(FileNotFoundError, match=message):
         load_detector(tmp_path / "nowhere", backbone=backbone, device="cpu")
     (saved / MODEL_TENSORS).unlink()
     with pytest.raises(FileNotFoundError, match=rf"{MODEL_TENSORS} not found"):
@@ -146,9 +152,11 @@ def test_saving_twice_replaces_the_model(fitted: PatchKNN, saved: Path, backbone
 def test_loads_with_real_weights_resolved_from_the_machine(real_backbone: DinoBackbone, real_weights,
                                                            tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(shorter_side=56, augment_rotations=False))
+    cfg = PatchKNNConfig(shorter_side=56, augment_rotations=False)
+    detector = PatchKNN(backbone=real_backbone, config=cfg)
     detector.fit([frame(rng), frame(rng)])
-    path = save_detector(detector, calibrate(detector.train_scores), tmp_path / "real", weights=real_weights.info)
+    thresholds = calibrate(detector.train_scores)
+    path = save_detector(detector, thresholds, tmp_path / "real", weights=real_weights.info)
     loaded, _, _ = load_detector(path, device="cpu")  # builds the backbone from resolve_weights itself
     probe = frame(rng)
     np.testing.assert_array_equal(loaded.predict(probe).pred_score, detector.predict(probe).pred_score)
