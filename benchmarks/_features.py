@@ -1,0 +1,123 @@
+"""A disk cache of DINOv2 patch features of all blocks, so kNN-side sweeps cost no backbone time.
+
+The cache sits *inside* the backbone: ``CachedBackbone`` is a ``DinoBackbone`` whose ``forward``
+hashes each preprocessed input image (the exact float32 tensor the detector hands it), looks the
+hash up on disk and only runs the ViT on a miss, once, for all 12 blocks (fp16). It then returns
+the blocks the detector was built for, concatenated as ``DinoBackbone`` does. So the detector
+code under test is the real one (preprocessing, rotations, masking, kNN, maps); only the ViT
+forward is memoised. A key is (weights sha256, the input tensor's shape and bytes), which covers
+category, image, resolution and augmentation at once.
+
+Not for production: a few MB of disk per image and resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.backbone import DinoBackbone
+
+__all__ = ["CachedBackbone", "FeatureStore"]
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureStore:
+    """fp16 (h, w, depth, D) arrays of all blocks' patch tokens, one ``.npy`` per input tensor.
+
+    Args:
+        root: cache folder (outside the repository, e.g. under /tmp).
+        weights_sha256: identity of the backbone weights; part of every key.
+        vit_depth: number of blocks stored per image.
+    """
+
+    def __init__(self, root: str | Path, *, weights_sha256: str, full: DinoBackbone) -> None:
+        self.root = Path(root) / weights_sha256[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+        if full.blocks != tuple(range(1, full.depth + 1)):
+            msg = f"the store's backbone must return all blocks 1..{full.depth}, got {full.blocks}"
+            raise ValueError(msg)
+        self.full = full
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(image: torch.Tensor) -> str:
+        """sha1 of one (3, H, W) input tensor's shape, dtype and bytes."""
+        data = image.detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha1(repr(tuple(data.shape)).encode())
+        digest.update(data.numpy().tobytes())
+        return digest.hexdigest()[:24]
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, images: torch.Tensor) -> torch.Tensor:
+        """All-block features of a batch.
+
+        Args:
+            images: (B, 3, H, W) float32 normalised input.
+
+        Returns:
+            (B, h, w, depth, D) float16 on the CPU.
+        """
+        keys = [self.key(img) for img in images]
+        out: list[torch.Tensor | None] = []
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            path = self._path(key)
+            if path.is_file():
+                try:
+                    out.append(torch.from_numpy(np.load(path)))
+                    self.hits += 1
+                    continue
+                except (OSError, ValueError):
+                    logger.warning("%s: unreadable cache entry, recomputing", path)
+            out.append(None)
+            missing.append(i)
+        if missing:
+            self.misses += len(missing)
+            with torch.inference_mode():
+                feats = self.full(images[missing].to(next(self.full.parameters()).device))
+            h, w = feats.shape[1:3]
+            feats = feats.reshape(len(missing), h, w, self.full.depth, self.full.embed_dim)
+            feats = feats.to("cpu", torch.float16)
+            for j, i in enumerate(missing):
+                out[i] = feats[j]
+                self._write(self._path(keys[i]), feats[j].numpy())
+        return torch.stack([t for t in out if t is not None])
+
+    @staticmethod
+    def _write(path: Path, array: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+
+
+class CachedBackbone(DinoBackbone):
+    """A ``DinoBackbone`` that serves the chosen blocks from a ``FeatureStore``.
+
+    Args:
+        store: the shared store (its backbone runs on misses).
+        blocks: 1-based blocks to return, concatenated along features.
+    """
+
+    def __init__(self, store: FeatureStore, *, blocks: tuple[int, ...]) -> None:
+        super().__init__(store.full.vit, blocks=blocks, norm=store.full.norm)
+        self.store = store
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised float input -> (B, h, w, D * len(blocks)) float32 features."""
+        feats = self.store.get(images)                         # (B, h, w, depth, D) fp16
+        chosen = feats[:, :, :, [b - 1 for b in self.blocks], :].float()
+        b, h, w = chosen.shape[:3]
+        return chosen.reshape(b, h, w, -1).to(images.device)
