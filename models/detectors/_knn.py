@@ -130,8 +130,8 @@ def greedy_coreset(
     idx = torch.tensor(start, device=device)
     # The loop stays on the device: no .item() per step, so CUDA never waits on the host.
     for step in range(1, size):
-        centre = projected[idx]
-        dist = sq_norms - 2.0 * (projected @ centre) + sq_norms[idx]  # squared L2 to the new centre
+        # squared L2 to the new centre, |x|^2 - 2 x.c + |c|^2, in one fused pass over the features
+        dist = torch.addmv(sq_norms, projected, projected[idx], alpha=-2.0).add_(sq_norms[idx])
         torch.minimum(min_dist, dist, out=min_dist)
         idx = torch.argmax(min_dist)
         chosen[step] = idx

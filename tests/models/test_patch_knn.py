@@ -336,3 +336,27 @@ def test_config_validates_and_round_trips() -> None:
         PatchKNNConfig(masking="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown PatchKNNConfig option.*'kk'"):
         PatchKNNConfig.from_dict({"kk": 1})
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(backbone: DinoBackbone) -> None:
+    """fp16 kNN on CUDA agrees with the float32 CPU path (deselected by default: needs a GPU)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(12)
+    frames = [good_frame(rng) for _ in range(3)]
+    frame, mask = defect_frame(rng)
+    cfg = PatchKNNConfig(shorter_side=SIZE)
+    cpu = PatchKNN(backbone=backbone, config=cfg)
+    cpu.fit(frames)
+    gpu_backbone = create_backbone("vit_small_patch14_dinov2", blocks=(2,), device="cuda")
+    gpu_backbone.load_state_dict(backbone.state_dict())
+    gpu = PatchKNN(backbone=gpu_backbone, config=cfg)
+    gpu.fit(frames)
+    assert gpu.memory_bank.dtype == torch.float16 and gpu.bank_size == cpu.bank_size
+    a, b = cpu.predict(frame), gpu.predict(frame)
+    np.testing.assert_allclose(b.pred_score, a.pred_score, atol=5e-3)
+    assert mask[np.unravel_index(np.argmax(b.anomaly_map[0]), mask.shape)]
+    np.testing.assert_allclose(gpu.train_scores, cpu.train_scores, atol=5e-3)
+    chosen = greedy_coreset(gpu.memory_bank, 100)
+    assert chosen.device.type == "cuda" and chosen.unique().numel() == 100

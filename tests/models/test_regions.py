@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.regions import Region, defect_mask, find_regions
 
@@ -55,3 +57,16 @@ def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
     args = {"anomaly_map": hand_map(), "pixel_threshold": 0.5} | kwargs
     with pytest.raises(ValueError, match=message):
         find_regions(**args)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), threshold=st.floats(0.05, 0.95))
+def test_regions_partition_the_defect_mask(seed: int, threshold: float) -> None:
+    anomaly_map = np.random.default_rng(seed).random((24, 32)).astype(np.float32)
+    regions = find_regions(anomaly_map, pixel_threshold=threshold)
+    mask = defect_mask(anomaly_map, threshold)
+    assert sum(r.area_px for r in regions) == int(mask.sum())
+    for r in regions:
+        box = anomaly_map[r.y : r.y + r.height, r.x : r.x + r.width]
+        assert box.max() >= r.max_score >= r.mean_score >= threshold
+    assert [r.max_score for r in regions] == sorted((r.max_score for r in regions), reverse=True)

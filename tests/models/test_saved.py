@@ -160,3 +160,16 @@ def test_loads_with_real_weights_resolved_from_the_machine(real_backbone: DinoBa
     loaded, _, _ = load_detector(path, device="cpu")  # builds the backbone from resolve_weights itself
     probe = frame(rng)
     np.testing.assert_array_equal(loaded.predict(probe).pred_score, detector.predict(probe).pred_score)
+
+
+@pytest.mark.gpu
+def test_cpu_model_loads_on_cuda(fitted: PatchKNN, saved: Path, backbone: DinoBackbone) -> None:
+    """A model saved on the CPU scores the same on CUDA, within fp16 tolerance (needs a GPU)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gpu_backbone = create_backbone("vit_small_patch14_dinov2", blocks=(2,), device="cpu")
+    gpu_backbone.load_state_dict(backbone.state_dict())
+    loaded, _, _ = load_detector(saved, backbone=gpu_backbone, weights_sha256=SHA, device="cuda")
+    assert loaded.device.type == "cuda" and loaded.memory_bank.dtype == torch.float16
+    probe = frame(np.random.default_rng(5))
+    np.testing.assert_allclose(loaded.predict(probe).pred_score, fitted.predict(probe).pred_score, atol=5e-3)
