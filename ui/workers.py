@@ -84,19 +84,21 @@ class PipelineBridge(QObject):
 class JobWorker(QObject):
     """Iterates a job generator on a worker thread; lives on that thread after ``moveToThread``.
 
-    Signals carry plain data: a `Progress`, the generator's return value, or one sentence.
+    Every signal carries the job's id first, so a late signal of a finished job is recognised;
+    then plain data: a `Progress`, the generator's return value, or one sentence.
     """
 
-    progress = Signal(object)     # Progress
-    finished = Signal(object)     # the generator's return value
-    errored = Signal(str)         # "TypeName: message"
-    raised = Signal(object)       # the exception itself, for callers that react by type
-    cancelled = Signal()
-    done = Signal()               # after any of the three above; the controller quits the thread
+    progress = Signal(int, object)     # job id, Progress
+    finished = Signal(int, object)     # job id, the generator's return value
+    errored = Signal(int, str)         # job id, "TypeName: message"
+    raised = Signal(int, object)       # job id, the exception itself (for callers that react by type)
+    cancelled = Signal(int)
+    done = Signal(int)                 # last of all; the controller then joins the thread
 
-    def __init__(self, job: JobFactory) -> None:
+    def __init__(self, job: JobFactory, job_id: int) -> None:
         super().__init__()        # parentless, so it can move to the worker thread
         self._job = job
+        self._id = job_id
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -106,26 +108,27 @@ class JobWorker(QObject):
     @Slot()
     def run(self) -> None:
         """Build and iterate the generator; checks the cancel flag at every yield."""
+        job_id = self._id
         try:
             generator = self._job()
             try:
                 while True:
                     if self._cancel.is_set():
                         generator.close()
-                        self.cancelled.emit()
+                        self.cancelled.emit(job_id)
                         return
-                    self.progress.emit(next(generator))
+                    self.progress.emit(job_id, next(generator))
             except StopIteration as stop:
-                self.finished.emit(stop.value)
+                self.finished.emit(job_id, stop.value)
         except Exception as exc:  # delivered to the GUI, not swallowed
             if isinstance(exc, InspectorError):     # an expected failure with its own sentence
                 log.warning("background job failed: %s: %s", type(exc).__name__, exc)
             else:
                 log.exception("background job failed")
-            self.raised.emit(exc)
-            self.errored.emit(f"{type(exc).__name__}: {exc}")
+            self.raised.emit(job_id, exc)
+            self.errored.emit(job_id, f"{type(exc).__name__}: {exc}")
         finally:
-            self.done.emit()
+            self.done.emit(job_id)
 
 
 class JobRunner(QObject):
@@ -133,6 +136,11 @@ class JobRunner(QObject):
 
     ``shutdown()`` (called when the owning window closes) cancels the job, quits the thread and
     waits for it, so no thread outlives its window.
+
+    The worker and its thread are owned by Python and released only after ``QThread.wait()``
+    returned. We do not connect ``thread.finished`` to ``worker.deleteLater`` as the C++ pattern
+    does: with PySide the Python reference and the deferred delete race, which crashed the tests
+    (segfault in ``_collect``); once the thread has ended, dropping the references is safe.
     """
 
     progress = Signal(object)
@@ -146,6 +154,7 @@ class JobRunner(QObject):
         super().__init__(parent)
         self._thread: QThread | None = None
         self._worker: JobWorker | None = None
+        self._job_id = 0              # id of the current (or last) job; signals of older jobs are ignored
         self._terminal = False        # the worker has sent its last result; its thread is ending
         self.name = ""                # name of the current (or last) job
 
@@ -164,15 +173,14 @@ class JobRunner(QObject):
             RuntimeError: a job is still running; cancel it or wait for ``stopped``.
         """
         if self._thread is not None and self._terminal:
-            self._thread.quit()
-            self._thread.wait()
             self._collect()
         if self._thread is not None:
             msg = f"cannot start {name!r}: another background job is still running; cancel it first"
             raise RuntimeError(msg)
+        self._job_id += 1
         thread = QThread()
         thread.setObjectName(f"inspector-{name}")
-        worker = JobWorker(job)
+        worker = JobWorker(job, self._job_id)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         worker.progress.connect(self._on_worker_progress)
@@ -180,37 +188,11 @@ class JobRunner(QObject):
         worker.errored.connect(self._on_worker_errored)
         worker.raised.connect(self._on_worker_raised)
         worker.cancelled.connect(self._on_worker_cancelled)
-        worker.done.connect(thread.quit)
-        thread.finished.connect(worker.deleteLater)
-        thread.finished.connect(self._on_thread_finished)
+        worker.done.connect(self._on_worker_done)
         self._thread, self._worker, self._terminal = thread, worker, False
         self.name = name
         _LIVE_THREADS.add(thread)
         thread.start()
-
-    @Slot(object)
-    def _on_worker_progress(self, progress: object) -> None:
-        self.progress.emit(progress)
-
-    @Slot(object)
-    def _on_worker_finished(self, value: object) -> None:
-        self._terminal = True
-        self.finished.emit(value)
-
-    @Slot(object)
-    def _on_worker_raised(self, exc: object) -> None:
-        self._terminal = True
-        self.raised.emit(exc)
-
-    @Slot(str)
-    def _on_worker_errored(self, text: str) -> None:
-        self._terminal = True
-        self.errored.emit(text)
-
-    @Slot()
-    def _on_worker_cancelled(self) -> None:
-        self._terminal = True
-        self.cancelled.emit()
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next yield (no-op when idle)."""
@@ -224,27 +206,58 @@ class JobRunner(QObject):
             return True
         self.cancel()
         thread.quit()
-        ended = thread.wait(timeout_ms)
-        if ended:
-            self._collect()
-        else:
+        if not thread.wait(timeout_ms):
             log.warning("background job %s did not stop within %d ms", thread.objectName(), timeout_ms)
-        return bool(ended)
-
-    @Slot()
-    def _on_thread_finished(self) -> None:
-        sender = self.sender()
-        if sender is not None and sender != self._thread:
-            return                # a late signal from a thread already collected
+            return False
         self._collect()
+        return True
+
+    # -- worker signals (queued to the GUI thread) -------------------------------------------
+    @Slot(int, object)
+    def _on_worker_progress(self, job_id: int, progress: object) -> None:
+        if job_id == self._job_id:
+            self.progress.emit(progress)
+
+    @Slot(int, object)
+    def _on_worker_finished(self, job_id: int, value: object) -> None:
+        if job_id == self._job_id:
+            self._terminal = True
+            self.finished.emit(value)
+
+    @Slot(int, object)
+    def _on_worker_raised(self, job_id: int, exc: object) -> None:
+        if job_id == self._job_id:
+            self._terminal = True
+            self.raised.emit(exc)
+
+    @Slot(int, str)
+    def _on_worker_errored(self, job_id: int, text: str) -> None:
+        if job_id == self._job_id:
+            self._terminal = True
+            self.errored.emit(text)
+
+    @Slot(int)
+    def _on_worker_cancelled(self, job_id: int) -> None:
+        if job_id == self._job_id:
+            self._terminal = True
+            self.cancelled.emit()
+
+    @Slot(int)
+    def _on_worker_done(self, job_id: int) -> None:
+        if job_id == self._job_id and self._thread is not None:
+            self._collect()
 
     def _collect(self) -> None:
-        thread, self._thread, self._worker = self._thread, None, None
-        if thread is not None:
-            thread.wait()         # finished was emitted; this returns at once
-            _LIVE_THREADS.discard(thread)
-            thread.deleteLater()
-            self.stopped.emit()
+        """Join the job's thread (its run() has returned or is returning) and release it."""
+        thread, worker = self._thread, self._worker
+        if thread is None:
+            return
+        thread.quit()
+        thread.wait()
+        _LIVE_THREADS.discard(thread)
+        self._thread, self._worker = None, None
+        del worker, thread        # Python owns both: deleted here, after the thread has ended
+        self.stopped.emit()
 
 
 def call_as_job(function: Callable[[], Any], message: str) -> JobFactory:
