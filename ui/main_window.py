@@ -195,7 +195,8 @@ class MainWindow(QMainWindow):
 
         self.statistics = StatisticsView(self._store)
         self.review = ReviewView(self._store, feedback_runner=self._run_feedback,
-                                 recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of)
+                                 recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of,
+                                 recipes=self._recipe_list)
         self.teach = TeachPage(recipes=self._recipes, open_source=self._open_source)
         self.tabs.addTab(self.statistics, "Statistics")
         self.tabs.addTab(self.review, "Review")
@@ -750,6 +751,9 @@ class MainWindow(QMainWindow):
                 return path
         return None
 
+    def _recipe_list(self) -> list[Path]:
+        return list(self._recipes)
+
     def _defect_classes_of(self, name: str) -> tuple[str, ...]:
         from ui.review_view import DEFAULT_DEFECT_CLASSES
 
@@ -794,6 +798,8 @@ class MainWindow(QMainWindow):
         self.recorder.close()
         if self.teach is not None:
             self.teach.shutdown()
+        if self.review is not None:
+            self.review.shutdown()
         self._state = RunState.STOPPED
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)

@@ -19,16 +19,19 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QDateTime, QSize, Qt, Slot
-from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtCore import QDateTime, QSize, Qt, QUrl, Slot
+from PySide6.QtGui import QColor, QDesktopServices, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDateTimeEdit,
+    QFileDialog,
+    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSplitter,
     QTableWidget,
@@ -40,8 +43,9 @@ from PySide6.QtWidgets import (
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
 from ui.live_view import VERDICT_COLOURS, HeatmapView
 from ui.qimage import bgr_to_qimage
+from ui.workers import JobRunner
 
-__all__ = ["DEFAULT_DEFECT_CLASSES", "ReviewView"]
+__all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ReviewView"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ PAGE_SIZE = 200              # inspections listed at once (newest first)
 DEFAULT_DEFECT_CLASSES = ("scratch", "crack", "contamination", "missing", "deformation", "other")
 
 FeedbackRunner = Callable[[Callable[[], Generator[Progress, None, Any]]], bool]
+BatchReview = Callable[..., Generator[Progress, None, Any]]     # inspector.review.review
+ZERO_SHOT = "zero-shot (no recipe)"
 
 
 def _default_good_feedback(recipe_path: Path, image_bgr: np.ndarray, note: str) -> str:
@@ -65,6 +71,139 @@ def _read_image(path: str | None) -> np.ndarray | None:
         return None
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     return image if image is not None and image.size else None
+
+
+def _default_batch_review(folder: Path, out: Path, *, recipe: Path | None, zero_shot: bool
+                          ) -> Generator[Progress, None, Any]:
+    from inspector.review import review
+
+    return review(folder, out, recipe=recipe, zero_shot=zero_shot)
+
+
+class BatchReviewPanel(QGroupBox):
+    """Review a folder of images offline (``inspector.review``) with a recipe or zero-shot, in a worker
+    thread with a progress bar and Cancel; the report opens in the browser. A cancelled review
+    continues where it stopped when run again with the same folders."""
+
+    def __init__(self, *, recipes: Callable[[], list[Path]] = list, run_review: BatchReview | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__("Batch review of a folder", parent)
+        self._recipes = recipes
+        self._run_review = run_review or _default_batch_review
+        self.jobs = JobRunner(self)
+        self.jobs.progress.connect(self._on_progress)
+        self.jobs.finished.connect(self._on_finished)
+        self.jobs.errored.connect(self._on_errored)
+        self.jobs.cancelled.connect(self._on_cancelled)
+        self.jobs.stopped.connect(self._on_stopped)
+        self.summary: Any | None = None
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("folder of images")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._on_browse)
+        self.recipe_box = QComboBox()
+        self.run_button = QPushButton("Review")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.jobs.cancel)
+        self.open_button = QPushButton("Open report")
+        self.open_button.setEnabled(False)
+        self.open_button.clicked.connect(self._on_open_report)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        row = QHBoxLayout()
+        for widget in (self.folder_edit, browse, self.recipe_box, self.run_button, self.cancel_button,
+                       self.open_button):
+            row.addWidget(widget, 1 if widget is self.folder_edit else 0)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.message)
+        self.refresh_recipes()
+
+    def refresh_recipes(self) -> None:
+        current = self.recipe_box.currentText()
+        self.recipe_box.clear()
+        for path in self._recipes():
+            self.recipe_box.addItem(path.stem, str(path))
+        self.recipe_box.addItem(ZERO_SHOT, None)
+        index = self.recipe_box.findText(current) if current else -1
+        if index >= 0:
+            self.recipe_box.setCurrentIndex(index)
+
+    @Slot()
+    def run(self) -> None:
+        """Start reviewing the chosen folder into ``<folder>-review`` beside it."""
+        folder = Path(self.folder_edit.text().strip()).expanduser()
+        if not self.folder_edit.text().strip() or not folder.is_dir():
+            self.message.setText("Choose the folder of images to review.")
+            return
+        data = self.recipe_box.currentData()
+        recipe = Path(data) if data else None
+        out = folder.with_name(f"{folder.name}-review")
+        run_review = self._run_review
+
+        def job() -> Generator[Progress, None, Any]:
+            return (yield from run_review(folder, out, recipe=recipe, zero_shot=recipe is None))
+
+        self.summary = None
+        self.open_button.setEnabled(False)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.bar.setRange(0, 0)
+        self.message.setText(f"Reviewing {folder} into {out}…")
+        self.jobs.start(job, name="batch-review")
+
+    def shutdown(self) -> None:
+        self.jobs.shutdown()
+
+    @Slot()
+    def _on_browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images to review")
+        if folder:
+            self.folder_edit.setText(folder)
+
+    @Slot(object)
+    def _on_progress(self, progress: Progress) -> None:
+        if progress.total:
+            self.bar.setRange(0, progress.total)
+            self.bar.setValue(progress.done)
+        self.message.setText(progress.message)
+
+    @Slot(object)
+    def _on_finished(self, summary: Any) -> None:
+        self.summary = summary
+        lines = summary.summary_lines() if hasattr(summary, "summary_lines") else [str(summary)]
+        self.message.setText("\n".join(lines))
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1)
+        self.open_button.setEnabled(getattr(summary, "report", None) is not None)
+
+    @Slot(str)
+    def _on_errored(self, text: str) -> None:
+        self.message.setText(f"Review failed: {text}")
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+
+    @Slot()
+    def _on_cancelled(self) -> None:
+        self.message.setText("Review cancelled; run it again to continue where it stopped.")
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+
+    @Slot()
+    def _on_stopped(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    @Slot()
+    def _on_open_report(self) -> None:
+        report = getattr(self.summary, "report", None)
+        if report is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(report)))
 
 
 class ReviewView(QWidget):
@@ -86,9 +225,12 @@ class ReviewView(QWidget):
         recipe_lookup: Callable[[str], Path | None] | None = None,
         good_feedback: Callable[[Path, np.ndarray, str], str] | None = None,
         defect_classes: Callable[[str], tuple[str, ...]] | None = None,
+        recipes: Callable[[], list[Path]] = list,
+        run_review: BatchReview | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
+        self.batch = BatchReviewPanel(recipes=recipes, run_review=run_review)
         self._store = store
         self._feedback_runner = feedback_runner
         self._recipe_lookup = recipe_lookup or (lambda name: None)
@@ -179,6 +321,7 @@ class ReviewView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
         layout.addWidget(split, 1)
+        layout.addWidget(self.batch)
         self._set_actions_enabled(False)
         if store is None:
             self.message.setText("No statistics store: start the app with --store PATH to review results.")
@@ -212,6 +355,7 @@ class ReviewView(QWidget):
     @Slot()
     def refresh(self) -> None:
         """Query the store again (keeps the selection when the inspection is still listed)."""
+        self.batch.refresh_recipes()
         if self._store is None:
             return
         keep = self._current.id if self._current is not None else None
@@ -294,6 +438,10 @@ class ReviewView(QWidget):
         self.good_button.setEnabled(self._current is not None)
         self.message.setText(f"Recorded as good, but the model update failed: {text}")
         self._pending_recipe = None
+
+    def shutdown(self) -> None:
+        """Cancel a running batch review and join its thread."""
+        self.batch.shutdown()
 
     # ----------------------------------------------------------------------------- private
     def _user(self) -> str:

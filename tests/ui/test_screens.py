@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import threading
 import time
 from pathlib import Path
 
@@ -118,3 +119,46 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     assert calls and calls[0][0] == tmp_path / f"{record.recipe}.yaml" and calls[0][1] == (112, 112, 3)
     assert "model v2 saved" in view.message.text()
     assert view.table.item(0, 6).text() == "good"
+
+
+def test_batch_review_runs_in_a_worker_and_can_be_cancelled(qtbot, tmp_path, part_folder) -> None:
+    from types import SimpleNamespace
+
+    from inspector.results import Progress
+    from ui.review_view import ZERO_SHOT, BatchReviewPanel
+
+    calls: list[tuple] = []
+    endless = {"on": False}
+
+    def fake_review(folder, out, *, recipe, zero_shot):
+        """Stands in for inspector.review.review (torch): ticks per file, then a summary."""
+        calls.append((folder, out, recipe, zero_shot))
+        files = sorted(folder.glob("*.png"))
+        for i, _ in enumerate(files, 1):
+            yield Progress(done=i, total=len(files), message=f"{i}/{len(files)} images")
+        while endless["on"]:
+            yield Progress(done=0, total=0, message="scoring")
+            threading.Event().wait(0.005)
+        return SimpleNamespace(report=out / "index.html",
+                               summary_lines=lambda: [f"reviewed {len(files)} file(s)", "PASS 4, FAIL 2"])
+
+    recipe = tmp_path / "demo.yaml"
+    panel = BatchReviewPanel(recipes=lambda: [recipe], run_review=fake_review)
+    qtbot.addWidget(panel)
+    assert [panel.recipe_box.itemText(i) for i in range(panel.recipe_box.count())] == ["demo", ZERO_SHOT]
+    panel.run()
+    assert "Choose the folder" in panel.message.text()
+    panel.folder_edit.setText(str(part_folder))
+    with qtbot.waitSignal(panel.jobs.stopped, timeout=10_000):
+        panel.run()
+    assert calls == [(part_folder, tmp_path / "parts-review", recipe, False)]
+    assert "reviewed 6 file(s)" in panel.message.text() and panel.open_button.isEnabled()
+
+    endless["on"] = True
+    panel.recipe_box.setCurrentIndex(1)                     # zero-shot
+    panel.run()
+    qtbot.waitUntil(lambda: panel.message.text() == "scoring", timeout=10_000)
+    with qtbot.waitSignal(panel.jobs.stopped, timeout=10_000):
+        panel.cancel_button.click()
+    assert calls[-1][2:] == (None, True)
+    assert "cancelled" in panel.message.text() and panel.run_button.isEnabled()
