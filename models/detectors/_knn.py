@@ -1,7 +1,8 @@
 """Nearest-neighbour search and coreset subsampling over a patch memory bank, in bounded memory.
 
 Both work in blocks so that a bank of a million patches never needs a (queries x bank) matrix:
-the largest temporary is one ``query_chunk_size x chunk_size`` block of similarities.
+the largest temporaries are one ``query_chunk_size x chunk_size`` block of similarities, plus a
+bool mask and (with a search radius) a float32 distance block of the same shape.
 On CUDA the block products run in float16 (the bank is stored in float16 there), on the CPU in
 float32; distances are always accumulated and returned in float32.
 """
@@ -32,6 +33,9 @@ def knn_distances(
     query_chunk_size: int = 4096,
     query_owner: torch.Tensor | None = None,
     bank_owner: torch.Tensor | None = None,
+    query_pos: torch.Tensor | None = None,
+    bank_pos: torch.Tensor | None = None,
+    radius: float | None = None,
 ) -> torch.Tensor:
     """Mean cosine distance of each query to its ``k`` nearest bank entries.
 
@@ -44,6 +48,10 @@ def knn_distances(
         query_owner: (Q,) int64 owner id per query; with ``bank_owner``, bank entries with the same
             owner as the query are skipped (leave-one-out scoring).
         bank_owner: (M,) int64 owner id per bank entry.
+        query_pos: (Q, 2) float32 (y, x) position of each query in [0, 1] frame coordinates; with
+            ``bank_pos`` and ``radius``, only bank entries within ``radius`` (Euclidean) count.
+        bank_pos: (M, 2) float32 (y, x) position of each bank entry.
+        radius: search radius in the same normalised coordinates; None searches everywhere.
 
     Returns:
         (Q,) float32 cosine distances in [0, 2] (``1 - cos``), on the queries' device; ``inf``
@@ -55,6 +63,11 @@ def knn_distances(
     if (query_owner is None) != (bank_owner is None):
         msg = "give both query_owner and bank_owner, or neither"
         raise ValueError(msg)
+    use_pos = radius is not None
+    if use_pos and (query_pos is None or bank_pos is None):
+        msg = "a search radius needs query_pos and bank_pos"
+        raise ValueError(msg)
+    r2 = float(radius) ** 2 if radius is not None else 0.0
     n_queries, n_bank = queries.shape[0], bank.shape[0]
     out = torch.full((n_queries,), math.inf, dtype=torch.float32, device=queries.device)
     if n_queries == 0 or n_bank == 0:
@@ -64,12 +77,16 @@ def knn_distances(
     for q0 in range(0, n_queries, query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size].to(dtype)
         q_owner = query_owner[q0 : q0 + query_chunk_size, None] if query_owner is not None else None
+        q_pos = query_pos[q0 : q0 + query_chunk_size] if use_pos and query_pos is not None else None
         # running best similarities (largest first), float32
         best = torch.full((q.shape[0], k_eff), -math.inf, dtype=torch.float32, device=q.device)
         for b0 in range(0, n_bank, chunk_size):
-            sim = q @ bank[b0 : b0 + chunk_size].to(dtype).T  # (q, b): the only block-sized temporary
+            sim = q @ bank[b0 : b0 + chunk_size].to(dtype).T  # (q, b) block of similarities
             if q_owner is not None and bank_owner is not None:
                 sim.masked_fill_(q_owner == bank_owner[None, b0 : b0 + chunk_size], -math.inf)
+            if q_pos is not None and bank_pos is not None:
+                far = torch.cdist(q_pos, bank_pos[b0 : b0 + chunk_size]).square_() > r2
+                sim.masked_fill_(far, -math.inf)
             if k_eff == 1:
                 best = torch.maximum(best, sim.amax(dim=1, keepdim=True).float())
             else:

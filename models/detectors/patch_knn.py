@@ -85,6 +85,10 @@ class PatchKNNConfig:
     top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
     blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
     patch_pooling: int = 1  # from PatchCore: average features over p x p patches (1 = off; PatchCore uses 3)
+    # ours, for aligned parts: match only bank patches within this distance of the query's position,
+    # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
+    # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
+    position_radius: float | None = None
 
     # --- foreground masking of the test frame ---
     # "auto": on when the references look like an object on a plain background (ours, see _decide_masking)
@@ -124,6 +128,9 @@ class PatchKNNConfig:
             raise ValueError(msg)
         if self.masking not in ("auto", "on", "off"):
             msg = f"PatchKNNConfig.masking must be 'auto', 'on' or 'off', got {self.masking!r}"
+            raise ValueError(msg)
+        if self.position_radius is not None and not self.position_radius > 0:
+            msg = f"PatchKNNConfig.position_radius must be None or > 0, got {self.position_radius!r}"
             raise ValueError(msg)
         if not 0.0 < self.top_percent <= 100.0:
             msg = f"PatchKNNConfig.top_percent must be in (0, 100], got {self.top_percent!r}"
@@ -243,6 +250,13 @@ def _rotate(image: np.ndarray, angle: float) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
+def _grid_positions(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(h * w, 2) float32 (y, x) centres of an h x w patch grid, scaled to [0, 1], row-major."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
 def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, 1, H, W); kernel size as anomalib's AnomalyMapGenerator."""
     if sigma <= 0:
@@ -311,6 +325,8 @@ class PatchKNN(nn.Module):
         empty_bank = torch.empty(0, backbone.feature_dim, dtype=compute_dtype(dev), device=dev)
         self.register_buffer("memory_bank", empty_bank)
         self.register_buffer("bank_owner", torch.empty(0, dtype=torch.int64, device=dev))
+        # (y, x) of each bank patch in its (rotated) view, scaled to [0, 1]; for position_radius
+        self.register_buffer("bank_pos", torch.empty(0, 2, dtype=torch.float32, device=dev))
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
@@ -379,6 +395,7 @@ class PatchKNN(nn.Module):
         self.train_scores, self.train_maps = np.empty(0, dtype=np.float32), []
         bank_parts: list[torch.Tensor] = []
         owner_parts: list[torch.Tensor] = []
+        pos_parts: list[torch.Tensor] = []
         loo_items: list[tuple[int, torch.Tensor, _Geometry]] = []
         ref_masks: list[torch.Tensor] = []
 
@@ -386,6 +403,7 @@ class PatchKNN(nn.Module):
             bank_parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
             n_patches = raw.shape[0] * raw.shape[1]
             owner_parts.append(torch.full((n_patches,), owner, dtype=torch.int64, device=raw.device))
+            pos_parts.append(_grid_positions(raw.shape[0], raw.shape[1], raw.device))
             if angle == 0.0:
                 if cfg.masking != "off":
                     ref_masks.append(self._masks(raw[None])[0])
@@ -395,6 +413,7 @@ class PatchKNN(nn.Module):
         self._extract_views(images, angles, bank, progress=progress, total=total)
         self.memory_bank = torch.cat(bank_parts)
         self.bank_owner = torch.cat(owner_parts)
+        self.bank_pos = torch.cat(pos_parts)
         self.n_images = total
         self.rotations_used = rotate
         n_before = self.bank_size
@@ -403,6 +422,7 @@ class PatchKNN(nn.Module):
                                   projection_dim=cfg.coreset_projection_dim, seed=cfg.seed)
             self.memory_bank = self.memory_bank[keep].contiguous()
             self.bank_owner = self.bank_owner[keep].contiguous()
+            self.bank_pos = self.bank_pos[keep].contiguous()
         self._decide_masking(ref_masks)
         logger.info("patch_knn fitted on %d frame(s)%s: bank of %d patches (from %d), masking %s",
                     total, " with rotations" if rotate else "", self.bank_size, n_before,
@@ -424,10 +444,12 @@ class PatchKNN(nn.Module):
         angles = self._config.rotation_angles if self.rotations_used else (0.0,)
         parts: list[torch.Tensor] = []
         owners: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
         first = self.n_images
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
             parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            positions.append(_grid_positions(raw.shape[0], raw.shape[1], raw.device))
             owners.append(torch.full((raw.shape[0] * raw.shape[1],), first + owner, dtype=torch.int64,
                                      device=raw.device))
 
@@ -436,6 +458,7 @@ class PatchKNN(nn.Module):
             return
         self.memory_bank = torch.cat([self.memory_bank, *parts])
         self.bank_owner = torch.cat([self.bank_owner, *owners])
+        self.bank_pos = torch.cat([self.bank_pos, *positions])
         self.n_images += len(images)
         logger.info("patch_knn: added %d good frame(s); bank now %d patches", len(images), self.bank_size)
 
@@ -493,6 +516,7 @@ class PatchKNN(nn.Module):
         tensors = {
             "memory_bank": self.memory_bank.detach().contiguous(),
             "bank_owner": self.bank_owner.detach().contiguous(),
+            "bank_pos": self.bank_pos.detach().float().contiguous(),
             "train_scores": torch.from_numpy(np.ascontiguousarray(self.train_scores, dtype=np.float32)),
         }
         info = {
@@ -525,6 +549,13 @@ class PatchKNN(nn.Module):
         dev = self.device
         self.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
         self.bank_owner = tensors["bank_owner"].to(dev, torch.int64)
+        if "bank_pos" in tensors and tensors["bank_pos"].shape == (bank.shape[0], 2):
+            self.bank_pos = tensors["bank_pos"].to(dev, torch.float32)
+        elif self._config.position_radius is not None:
+            msg = "saved state lacks bank_pos (patch positions), which position_radius needs"
+            raise ValueError(msg)
+        else:
+            self.bank_pos = torch.zeros(bank.shape[0], 2, dtype=torch.float32, device=dev)
         self.train_scores = tensors["train_scores"].float().cpu().numpy()
         self.train_maps = []
         self.masking_active = bool(info["masking_active"])
@@ -647,12 +678,23 @@ class PatchKNN(nn.Module):
             masks[too_small] = True
             keep = masks.reshape(-1)
         query_owner = bank_owner = None
+        radius = cfg.position_radius
+        query_pos = _grid_positions(h, w, raw.device).repeat(b, 1)[keep] if radius is not None else None
         if owner is not None:
             query_owner = torch.full((int(keep.sum()),), owner, dtype=torch.int64, device=raw.device)
             bank_owner = self.bank_owner
         dists = knn_distances(feats[keep], self.memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
                               query_chunk_size=cfg.query_chunk_size,
-                              query_owner=query_owner, bank_owner=bank_owner)
+                              query_owner=query_owner, bank_owner=bank_owner,
+                              query_pos=query_pos, bank_pos=self.bank_pos, radius=radius)
+        if radius is not None:
+            # No bank patch near enough (a radius below one patch, or an odd frame size): search everywhere.
+            lost = ~torch.isfinite(dists)
+            if lost.any():
+                q_owner = query_owner[lost] if query_owner is not None else None
+                dists[lost] = knn_distances(feats[keep][lost], self.memory_bank, k=cfg.k,
+                                            chunk_size=cfg.chunk_size, query_chunk_size=cfg.query_chunk_size,
+                                            query_owner=q_owner, bank_owner=bank_owner)
         scores = torch.zeros(b * h * w, dtype=torch.float32, device=raw.device)
         scores[keep] = dists
         return scores.reshape(b, h, w)

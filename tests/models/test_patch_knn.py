@@ -196,6 +196,28 @@ def test_patch_pooling_keeps_the_grid(backbone: DinoBackbone, pooling: int) -> N
     assert torch.allclose(detector.memory_bank.norm(dim=1), torch.ones(1), atol=1e-5)
 
 
+def test_position_radius_finds_a_swapped_layout(backbone: DinoBackbone) -> None:
+    """Dark left / bright right is the good layout; the mirrored frame only looks wrong by position."""
+    rng = np.random.default_rng(13)
+
+    def layout(flipped: bool) -> np.ndarray:
+        frame = good_frame(rng)
+        frame[:, : SIZE // 2] //= 3  # dark half
+        return np.ascontiguousarray(frame[:, ::-1]) if flipped else frame
+
+    scores = {}
+    for radius in (None, 0.3):
+        cfg = PatchKNNConfig(shorter_side=SIZE, augment_rotations=False, position_radius=radius)
+        detector = PatchKNN(backbone=backbone, config=cfg)
+        detector.fit([layout(False) for _ in range(2)])
+        assert detector.bank_pos.shape == (detector.bank_size, 2)
+        out = detector.predict([layout(False), layout(True)])
+        scores[radius] = out.pred_score
+    good, swapped = scores[0.3]
+    assert swapped > 2 * good, scores
+    assert swapped > 2 * scores[None][1], "only the positional search should see the swap"
+
+
 # ------------------------------------------------------------------------------- masks
 
 
@@ -273,6 +295,19 @@ def test_knn_skips_bank_entries_of_the_same_owner() -> None:
     loo = knn_distances(queries, bank, chunk_size=7, query_owner=query_owner, bank_owner=owners)
     expected = (1 - queries @ bank[10:].T).min(dim=1).values
     torch.testing.assert_close(loo, expected, rtol=0, atol=1e-6)
+
+
+def test_knn_radius_only_matches_nearby_positions() -> None:
+    bank = _unit(50, 8, 3)
+    queries = bank[:4].clone()
+    bank_pos = torch.rand(50, 2, generator=torch.Generator().manual_seed(0))
+    query_pos = bank_pos[:4] + 0.5  # every query far from its own twin in the bank
+    near = torch.cdist(query_pos, bank_pos) <= 0.4
+    out = knn_distances(queries, bank, chunk_size=9, query_pos=query_pos, bank_pos=bank_pos, radius=0.4)
+    dist = (1 - queries @ bank.T).masked_fill(~near, float("inf"))
+    torch.testing.assert_close(out, dist.min(dim=1).values.clamp(min=0), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="a search radius needs query_pos and bank_pos"):
+        knn_distances(queries, bank, radius=0.4)
 
 
 def test_coreset_keeps_the_farthest_points() -> None:
