@@ -12,10 +12,13 @@ with DINOv2", WACV 2025; anomalib's ``AnomalyDINOModel``):
 4. patch score = cosine distance to the nearest bank patch; image score = mean of the top 1 %
    patch scores; anomaly map = bilinear upsampling + Gaussian blur (sigma 4).
 
-Beyond the paper: k-center greedy coreset for large banks (PatchCore), blocked kNN in bounded
-memory, k > 1 neighbours, an ``"auto"`` rule for masking and rotations, a fallback when a test
-frame's mask is nearly empty (a missing part must not pass because everything was masked out),
-and leave-one-out scores of the training images for calibration.
+Beyond the paper (all options of ``PatchKNNConfig``, off or neutral by default unless said):
+k-center greedy coreset for large banks (PatchCore), blocked kNN in bounded memory, k > 1
+neighbours, PatchCore's neighbourhood pooling of features, a search radius around each patch's
+position for aligned parts (missing or misplaced components), an ``"auto"`` rule for masking and
+rotations (on by default), a fallback when a test frame's mask is nearly empty (a missing part must
+not pass because everything was masked out; on by default), and leave-one-out scores of the
+training images for calibration.
 
 Example:
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
