@@ -5,7 +5,9 @@ With good images only, anomalib's F1-adaptive threshold has nothing to balance a
 training images (``PatchKNN.train_scores``/``train_maps``: each image scored against a bank
 without its own patches, so they behave like unseen good parts):
 
-* ``fail`` = the highest good score plus ``fail_margin`` times the spread of the good scores;
+* ``fail`` = the highest good score plus ``fail_margin`` times the spread of the good scores
+  (a robust spread, 1.4826 x the median absolute deviation, so that one odd good image, which
+  already raises the maximum, does not widen the margin a second time);
 * ``review`` = the ``review_quantile`` of the good scores (never above ``fail``);
 * ``pixel`` = the ``pixel_quantile`` of all good anomaly-map pixels, so good parts give (almost)
   no defect regions.
@@ -31,8 +33,8 @@ import numpy as np
 
 __all__ = ["Thresholds", "auroc", "calibrate"]
 
-# ours: with a few near-identical good images the std is ~0; the spread never drops below 5 % of
-# the mean good score, so the fail threshold keeps a real margin above the goods.
+# ours: with a few near-identical good images the spread is ~0; it never drops below 5 % of
+# the median good score, so the fail threshold keeps a real margin above the goods.
 MIN_RELATIVE_SPREAD: Final = 0.05
 # Pixel-F1 search resolution: candidate thresholds are this many histogram edges.
 PIXEL_BINS: Final = 2048
@@ -162,7 +164,9 @@ def calibrate(
     defects = _scores("defect_scores", defect_scores) if defect_scores is not None else np.empty(0)
 
     mean, std, top = float(good.mean()), float(good.std(ddof=1)), float(good.max())
-    spread = max(std, MIN_RELATIVE_SPREAD * abs(mean))
+    median = float(np.median(good))
+    mad_spread = 1.4826 * float(np.median(np.abs(good - median)))  # = std for normally spread scores
+    spread = max(mad_spread, MIN_RELATIVE_SPREAD * abs(median))
     review = float(np.quantile(good, review_quantile))
     auc = f1 = None
     confusion = None
@@ -176,7 +180,7 @@ def calibrate(
     else:
         fail = top + fail_margin * spread
         fail_rule = (f"fail = highest good score {top:.4g} + {fail_margin:g} x spread {spread:.3g} "
-                     f"(std, at least {100 * MIN_RELATIVE_SPREAD:g} % of the mean)")
+                     f"(1.4826 x MAD, at least {100 * MIN_RELATIVE_SPREAD:g} % of the median)")
     review = min(review, fail)
     review_rule = f"review = {100 * review_quantile:g}th percentile of good scores (at most fail)"
     if defects.size:

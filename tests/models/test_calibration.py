@@ -98,3 +98,9 @@ def test_round_trip_through_dict() -> None:
 def test_bad_input_is_named(args: tuple, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         calibrate(*args, **kwargs)
+
+
+def test_one_odd_good_image_does_not_widen_the_margin() -> None:
+    scores = np.array([0.20, 0.21, 0.19, 0.20, 0.22, 0.40])  # the last good image looks unusual
+    t = calibrate(scores)
+    assert 0.40 < t.fail < 0.40 + 0.05, t.rule  # std (0.08) would have added 0.08
