@@ -151,14 +151,16 @@ def check_peer_features(peer: Any, store: FeatureStore, images_rgb: list[np.ndar
 
     from anomalib.models.components.feature_extractors.timm import _disable_pos_embed_antialiasing
 
+    inputs = [to_model_input(image[None], shorter_side=shorter_side) for image in images_rgb]
+    # Cached features first, with timm's own resampling: a cache miss must not be computed while
+    # the peer's patch is active, or the check would compare the patched features with themselves.
+    cached = [store.get(x)[:, :, :, store.full.depth - 1, :].float() for x in inputs]
     original = vit.resample_abs_pos_embed
     _disable_pos_embed_antialiasing()          # the peer's own extraction, as anomalib runs it
     worst = 1.0
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.callback(setattr, vit, "resample_abs_pos_embed", original)
-        for image in images_rgb:
-            x = to_model_input(image[None], shorter_side=shorter_side)
+        for x, ref in zip(inputs, cached, strict=True):
             own = peer.feature_encoder(x)[peer.last_layer].float()
-            cached = store.get(x)[:, :, :, store.full.depth - 1, :].float().reshape(own.shape)
-            worst = min(worst, float(F.cosine_similarity(own, cached, dim=-1).min()))
+            worst = min(worst, float(F.cosine_similarity(own, ref.reshape(own.shape), dim=-1).min()))
     return worst

@@ -58,7 +58,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="DINOv2 weights file (default: models.weights resolution)")
     p.add_argument("--config", default="{}", help="JSON overrides of PatchKNNConfig for ours")
     p.add_argument("--blocks", default="8", help="our backbone blocks, e.g. 8 or 7,9 (1-based)")
-    p.add_argument("--no-peer", action="store_true", help="run ours only")
+    p.add_argument("--neighbourhood", type=int, default=1, help="ours: 3 = 3x3 mean of patch features")
+    p.add_argument("--only", choices=("both", "ours", "peer"), default="both", help="which detectors to run")
     p.add_argument("--no-cache", action="store_true", help="run the backbones for real (true ms/image)")
     p.add_argument("--json", type=Path, default=None, help="write all reports here")
     p.add_argument("--seed", type=int, default=0)
@@ -79,7 +80,7 @@ def _fmt(x: float) -> str:
     return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def _row(cat: str, setting: str, ours: EvalReport, peer: EvalReport | None) -> str:
+def _row(cat: str, setting: str, ours: EvalReport | None, peer: EvalReport | None) -> str:
     def cols(r: EvalReport | None) -> str:
         if r is None:
             return " | ".join(["  -  "] * 4 + ["   -  "])
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     store = FeatureStore(args.cache_dir / "features", weights_sha256=resolved.info.sha256, full=full)
     blocks = tuple(int(b) for b in args.blocks.split(","))
     config = PatchKNNConfig.from_dict(json.loads(args.config))
-    peer_model = None if args.no_peer else build_peer(resolved.state_dict, model_name=MODEL_NAME)
+    peer_model = None if args.only == "ours" else build_peer(resolved.state_dict, model_name=MODEL_NAME)
 
     settings = []
     for s in args.settings.split(","):
@@ -127,16 +128,21 @@ def main(argv: list[str] | None = None) -> int:
                                         config.shorter_side)
             logger.info("%s: peer's own features vs cached: min cosine similarity %.5f", category.name, worst)
         for label, shots in settings:
-            start = time.perf_counter()
-            if args.no_cache:
-                backbone = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=blocks,
-                                           device=args.device)
-            else:
-                backbone = CachedBackbone(store, blocks=blocks)
-            ours = evaluate(PatchKNN(backbone=backbone, config=config), category, shots=shots,
-                            seed=args.seed, test_items=items)
-            logger.info("%s %s ours: AUROC %.3f AUPRO %.3f (%.0f s)", category.name, label,
-                        ours.image_auroc, ours.aupro, time.perf_counter() - start)
+            ours = None
+            if args.only != "peer":
+                start = time.perf_counter()
+                if args.no_cache:
+                    if args.neighbourhood > 1:
+                        msg = "--no-cache with --neighbourhood > 1 needs that option in PatchKNN itself"
+                        raise SystemExit(msg)
+                    backbone = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=blocks,
+                                               device=args.device)
+                else:
+                    backbone = CachedBackbone(store, blocks=blocks, neighbourhood=args.neighbourhood)
+                ours = evaluate(PatchKNN(backbone=backbone, config=config), category, shots=shots,
+                                seed=args.seed, test_items=items)
+                logger.info("%s %s ours: AUROC %.3f AUPRO %.3f (%.0f s)", category.name, label,
+                            ours.image_auroc, ours.aupro, time.perf_counter() - start)
             peer = None
             if peer_model is not None:
                 start = time.perf_counter()
@@ -147,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("%s %s peer: AUROC %.3f AUPRO %.3f (%.0f s)", category.name, label,
                             peer.image_auroc, peer.aupro, time.perf_counter() - start)
             rows.append(_row(category.name, label, ours, peer))
-            out.append({"category": category.name, "setting": label, "blocks": list(blocks),
-                        "ours": ours.to_dict(), "peer": peer.to_dict() if peer else None})
+            out.append({"category": category.name, "setting": label, "blocks": list(blocks), "neighbourhood": args.neighbourhood,
+                        "ours": ours.to_dict() if ours else None, "peer": peer.to_dict() if peer else None})
             print("\n".join([HEADER, *rows]), flush=True)
             if args.json:
                 args.json.write_text(json.dumps(out, indent=1))
