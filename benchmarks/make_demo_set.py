@@ -29,8 +29,8 @@ N_TEST_GOOD: Final = 6
 # defect types in the order they are picked, with how many of each (10 in all); the types whose
 # defects stay visible at 600x400 come first, the subtle "similar colour spot" gets one.
 PICKS: Final = (
-    ("burnt", 1),
-    ("different_colour_spot", 2),
+    ("burnt", 2),
+    ("different_colour_spot", 1),
     ("middle_breakage", 2),
     ("corner_or_edge_breakage", 1),
     ("fryum_stuck_together", 2),
@@ -54,10 +54,11 @@ def _write_mask(src: Path, dst: Path) -> None:
 
 
 def build(source: Path, out: Path) -> None:
-    """Write the demo set from ``source`` (the full category) into ``out`` (replaced)."""
+    """Write the demo set from ``source`` (the full category) into ``out`` (its image folders replaced)."""
     category = load_category(source)
-    if out.exists():
-        shutil.rmtree(out)
+    for sub in ("train", "test", "ground_truth"):       # README.md (the attribution) stays
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
     for path in select_shots(category.train_good, N_TRAIN, seed=0):
         _write_image(path, out / "train" / "good" / path.name)
     good = [t for t in category.test if t.label == 0]
