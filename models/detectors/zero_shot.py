@@ -6,10 +6,11 @@ al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mu
 Unlabeled Images", ICLR 2024) scores this way and reaches 97.8 image AUROC on MVTec AD, against 94.2
 for the batched zero-shot mode of AnomalyDINO (Damm et al., WACV 2025).
 
-What this module does (MuSc's mutual scoring, without its multi-scale neighbourhood aggregation
-and image-level re-scoring):
+What this module does (MuSc's mutual scoring with one aggregation scale, without its image-level
+re-scoring):
 
-1. patch features of each image (``DinoBackbone``, L2-normalised), stored in float16 on the CPU
+1. patch features of each image (``DinoBackbone``), averaged over each patch's 3 x 3 neighbourhood
+   (MuSc's local neighbourhood aggregation, one scale), L2-normalised, stored in float16 on the CPU
    (``models.preprocess``: shorter side resized, crop to a multiple of the patch size);
 2. up to ``max_references`` reference images (a seeded random subset when the batch is larger);
 3. for each patch of image *i* and each reference image *j != i*: the cosine distance to the
@@ -75,6 +76,8 @@ class ZeroShotConfig:
     shorter_side: int = 224  # ours: modest, for CPU batches (AnomalyDINO/MuSc use 448-518 on a GPU)
 
     # --- mutual scoring ---
+    aggregate: int = 3  # mean of each patch's r x r neighbourhood of features (MuSc's LNAMD, r=3); 1 = off.
+    #                     Measured on mvtec_transistor (224 px): image AUROC 0.857 with 1, 0.937 with 3, 0.870 with 5
     max_references: int = 200  # ours: reference images per batch; a seeded random subset above this
     neighbour_fraction: float = 0.1  # mean of the smallest 10 % of the per-image minima (MuSc-like)
     top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
@@ -86,6 +89,10 @@ class ZeroShotConfig:
     seed: int = 0  # picks the reference subset
 
     def __post_init__(self) -> None:
+        if not isinstance(self.aggregate, int) or isinstance(self.aggregate, bool) or self.aggregate < 1 \
+                or self.aggregate % 2 == 0:
+            msg = f"ZeroShotConfig.aggregate must be an odd integer >= 1 (1 = off), got {self.aggregate!r}"
+            raise ValueError(msg)
         for name in ("shorter_side", "max_references", "batch_size", "block_elements"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -253,6 +260,13 @@ class ZeroShotScorer:
         x = to_model_input(np.stack(frames), shorter_side=self._config.shorter_side, patch_size=patch,
                            device=self.device)
         raw = self._backbone(x)  # (B, h, w, D)
+        r = self._config.aggregate
+        if r > 1:
+            # Local neighbourhood aggregation: a patch is described by its r x r neighbourhood's mean
+            # feature, so a defect is judged with its context (MuSc, section 3.2).
+            grid = F.avg_pool2d(raw.permute(0, 3, 1, 2).float(), r, stride=1, padding=r // 2,
+                                count_include_pad=False)
+            raw = grid.permute(0, 2, 3, 1)
         _, h, w, d = raw.shape
         feats = F.normalize(raw.float(), dim=-1).reshape(len(frames), h * w, d).to("cpu", torch.float16)
         self._entries.extend(_Entry(features=f.contiguous(), grid=(h, w), geo=geo) for f in feats)
