@@ -428,6 +428,18 @@ def measure_levers(detector: PatchKNN, frames: list[np.ndarray], *, repeats: int
     return out
 
 
+def blocked_max_distance(q: torch.Tensor, bank: torch.Tensor, chunk: int) -> torch.Tensor:
+    """k=1 cosine distance with one pass over each (Q x chunk) block: running max of similarities.
+
+    Equal to ``knn_distances(k=1)`` (``clamp(1 - s)`` is monotonic in s), without its two extra
+    elementwise passes and the topk over every block.
+    """
+    best = torch.full((q.shape[0],), -math.inf, dtype=torch.float32, device=q.device)
+    for b0 in range(0, bank.shape[0], chunk):
+        torch.maximum(best, (q @ bank[b0 : b0 + chunk].T).amax(dim=1).float(), out=best)
+    return (1.0 - best).clamp_(0.0, 2.0)
+
+
 def knn_levers(detector: PatchKNN, frame: np.ndarray, *, repeats: int) -> list[dict[str, Any]]:
     """The kNN step alone on one frame's patches: our blocked matmul + topk vs one matmul vs cdist."""
     from models.detectors._knn import knn_distances
@@ -440,6 +452,7 @@ def knn_levers(detector: PatchKNN, frame: np.ndarray, *, repeats: int) -> list[d
         variants: dict[str, Callable[[], torch.Tensor]] = {
             "kNN ours: blocked matmul + topk": lambda: knn_distances(
                 q, bank, k=1, chunk_size=cfg.chunk_size, query_chunk_size=cfg.query_chunk_size),
+            "kNN blocked matmul + max, 1 - max after": lambda: blocked_max_distance(q, bank, cfg.chunk_size),
             "kNN one matmul + max (no blocks)": lambda: (1.0 - (q @ bank.T).amax(dim=1)).clamp(0, 2),
             "kNN anomalib: matmul, 1 - s, topk": lambda: (torch.ones_like(s := q @ bank.T) - s).clamp(0, 2)
             .topk(1, dim=1, largest=False).values[:, 0],
@@ -551,10 +564,11 @@ def main(argv: list[str] | None = None) -> int:
                     size, round(size * ASPECT), check["score_max_abs_diff"], check["score_correlation"],
                     check["map_max_abs_diff"], "same" if same else "DIFFERENT (timings still printed)")
 
+        real_bank = ours.memory_bank
         banks = [ours.bank_size] + ([large] if large > ours.bank_size else [])
         for bank_rows in banks:
-            if bank_rows != ours.bank_size:
-                real_bank = ours.memory_bank
+            padded = bank_rows != real_bank.shape[0]
+            if padded:
                 ours.memory_bank = pad_bank(real_bank, bank_rows)
                 peer.memory_bank = ours.memory_bank.float()
                 r_peer = peer_runner(peer, shorter_side=size, device=device, threshold=threshold)
@@ -575,9 +589,9 @@ def main(argv: list[str] | None = None) -> int:
             for mine in pair[:-1]:
                 mine.ratio_fps = mine.fps / theirs.fps if theirs.fps > 0 else None
                 mine.ratio_p50 = theirs.p50_ms / mine.p50_ms if mine.p50_ms > 0 else None
-            if bank_rows != ours.bank_size:
+            if padded:  # back to the fitted bank for the levers and the block-8 rows
                 ours.memory_bank = real_bank
-                peer.memory_bank = real_bank.float()
+                peer.memory_bank = real_bank.float().clone()
         if args.levers:
             levers[f"{size}"] = measure_levers(ours, test, repeats=args.repeats, device=device, onnx_dir=onnx_dir,
                                                onnx=args.no_onnx)
