@@ -95,7 +95,8 @@ class PeerDetector:
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.config = {"detector": "anomalib.AnomalyDINOModel", "shorter_side": shorter_side, "block": 12,
                        "k": peer.num_neighbours, "masking": peer.masking,
-                       "coreset_subsampling": peer.coreset_subsampling, "features": "cached" if store else "own"}
+                       "coreset_subsampling": peer.coreset_subsampling,
+                       "features": "cached" if store else "own"}
         if store is not None:
             depth = store.full.depth
 
@@ -145,7 +146,9 @@ class PeerDetector:
         return Detection(pred_score=out.pred_score.reshape(-1).numpy(), anomaly_map=amap[:, 0].numpy())
 
 
-def check_peer_features(peer: Any, store: FeatureStore, images_rgb: list[np.ndarray], shorter_side: int) -> float:
+def check_peer_features(
+    peer: Any, store: FeatureStore, images_rgb: list[np.ndarray], shorter_side: int
+) -> float:
     """Smallest cosine similarity between the peer's own last-block features and the cached ones."""
     import timm.models.vision_transformer as vit
 

@@ -56,7 +56,8 @@ class SweepData:
     frame_masks: list[np.ndarray]                # full-size gt masks
     knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)     # variant -> [(h, w, K_MAX)]
     fg: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)      # variant -> [(h, w) bool]
-    ref_fg: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # variant -> (fg share, border share)
+    # variant -> (foreground share, border-ring share) of the references' masks
+    ref_fg: dict[tuple, tuple[float, float]] = field(default_factory=dict)
 
 
 def _pool(feats: torch.Tensor, pool: int) -> torch.Tensor:
@@ -121,7 +122,8 @@ def collect(
         data.geos.append(_geometry(h_img, w_img, shorter_side=shorter_side, patch_size=14))
         mask = load_mask(item.mask_path, (h_img, w_img)) if item.mask_path else np.zeros((h_img, w_img), bool)
         data.frame_masks.append(mask)
-        data.masks_gt.append(resize_for_pixel_metrics(np.zeros((2, 2), np.float32), mask, pixel_size=pixel_size)[1])
+        small = resize_for_pixel_metrics(np.zeros((2, 2), np.float32), mask, pixel_size=pixel_size)[1]
+        data.masks_gt.append(small)
         raw = _features(store, item.path, shorter_side)[:, :, bidx]                      # (h, w, L, D)
         h, w = raw.shape[:2]
         for pool in pools:
@@ -137,9 +139,11 @@ def collect(
                 dot = dots[sel[0]].clone()
                 for j in sel[1:]:
                     dot += dots[j]
-                denom = torch.sqrt(q_sq[:, sel].sum(1))[:, None] * torch.sqrt(bank_sq[pool][:, sel].sum(1))[None]
+                q_norm = torch.sqrt(q_sq[:, sel].sum(1))[:, None]
+                denom = q_norm * torch.sqrt(bank_sq[pool][:, sel].sum(1))[None]
                 dist = (1.0 - dot / denom.clamp_min(1e-12)).clamp_(0.0, 2.0)
-                data.knn[(blocks, pool)].append(dist.topk(K_MAX, dim=1, largest=False).values.reshape(h, w, K_MAX))
+                nearest = dist.topk(K_MAX, dim=1, largest=False).values
+                data.knn[(blocks, pool)].append(nearest.reshape(h, w, K_MAX))
                 if (blocks, pool) in mask_variants:
                     data.fg[(blocks, pool)].append(foreground_masks(raw[:, :, sel].reshape(1, h, w, -1))[0])
             del dots

@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("%s %s peer: AUROC %.3f AUPRO %.3f (%.0f s)", category.name, label,
                             peer.image_auroc, peer.aupro, time.perf_counter() - start)
             rows.append(_row(category.name, label, ours, peer))
-            out.append({"category": category.name, "setting": label, "blocks": list(blocks), "neighbourhood": args.neighbourhood,
+            out.append({"category": category.name, "setting": label, "blocks": list(blocks),
+                        "neighbourhood": args.neighbourhood,
                         "ours": ours.to_dict() if ours else None, "peer": peer.to_dict() if peer else None})
             print("\n".join([HEADER, *rows]), flush=True)
             if args.json:

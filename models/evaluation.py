@@ -411,7 +411,8 @@ def f1_at(
     # sigmoid before comparing them with its own threshold.
     decided = (np.asarray(scores, dtype=np.float64) >= threshold).astype(np.float32)
     metric = F1Score(fields=["pred_score", "gt_label"], threshold=0.5)
-    metric.update(_Batch(pred_score=_as_tensor(decided, torch.float32), gt_label=_as_tensor(labels, torch.long)))
+    batch = _Batch(pred_score=_as_tensor(decided, torch.float32), gt_label=_as_tensor(labels, torch.long))
+    metric.update(batch)
     return float(metric.compute())
 
 
@@ -430,7 +431,8 @@ def best_f1(
     span = hi - lo if hi > lo else 1.0
     # F1Max wants probabilities; min-max scaling to [0, 1] keeps the order and maps back exactly.
     metric = F1Max(fields=["pred_score", "gt_label"])
-    metric.update(_Batch(pred_score=_as_tensor((raw - lo) / span, torch.float64), gt_label=_as_tensor(labels, torch.long)))
+    scaled = _as_tensor((raw - lo) / span, torch.float64)
+    metric.update(_Batch(pred_score=scaled, gt_label=_as_tensor(labels, torch.long)))
     value = float(metric.compute())
     return value, lo + float(metric.threshold) * span
 

@@ -56,7 +56,9 @@ def mvtec_dir(tmp_path: Path) -> Path:
     """A tiny MVTec-AD-layout category: 6 train/good, 3 test/good, 2 scratch, 2 blob (with masks)."""
     rng = np.random.default_rng(0)
     root = tmp_path / "widget"
-    for sub in ("train/good", "test/good", "test/scratch", "test/blob", "ground_truth/scratch", "ground_truth/blob"):
+    subs = ("train/good", "test/good", "test/scratch", "test/blob",
+            "ground_truth/scratch", "ground_truth/blob")
+    for sub in subs:
         (root / sub).mkdir(parents=True)
     for i in range(6):
         cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), _part(rng))
