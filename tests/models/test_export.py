@@ -221,3 +221,19 @@ def test_cuda_without_cuda_raises() -> None:
 def test_unknown_device_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="use one of: auto, cpu, cuda"):
         select_providers("gpu")
+
+
+# --------------------------------------------------------------------------------- recipe switch
+
+
+@pytest.mark.parametrize(("runtime", "ok"), [("torch", True), ("onnx", True), ("tensorrt", False)])
+def test_recipe_detector_runtime_is_torch_or_onnx(runtime: str, ok: bool) -> None:
+    from inspector.errors import RecipeError
+    from inspector.recipe import parse_recipe
+
+    text = f"schema_version: 1\nname: part_a\nsource: {{type: camera}}\ndetector: {{runtime: {runtime}}}\n"
+    if ok:
+        assert parse_recipe(text).detector.runtime == runtime
+    else:
+        with pytest.raises(RecipeError, match="detector.runtime.*'torch' or 'onnx'"):
+            parse_recipe(text)
