@@ -60,6 +60,7 @@ __all__ = [
     "GraphKind",
     "describe_path",
     "export_onnx",
+    "file_sha256",
     "read_description",
 ]
 
@@ -110,8 +111,9 @@ class ExportReport:
     def summary_lines(self) -> list[str]:
         """Human-readable lines for the CLI."""
         lines = [
-            f"wrote {self.path} ({self.file_bytes / 1e6:.1f} MB, {self.graph} graph, input {self.input_hw[0]}x"
-            f"{self.input_hw[1]}, opset {self.opset}, outputs {', '.join(self.outputs)})",
+            f"wrote {self.path} ({self.file_bytes / 1e6:.1f} MB, {self.graph} graph, "
+            f"input {self.input_hw[0]}x{self.input_hw[1]}, opset {self.opset}, "
+            f"outputs {', '.join(self.outputs)})",
             f"verified on {self.n_verify_frames} frame(s) with onnxruntime {self.provider}: "
             f"max |score diff| {self.score_max_abs_diff:.3g} (tolerance {self.score_atol:g}), "
             f"max |map diff| {self.map_max_abs_diff:.3g} (tolerance {self.map_atol:g})",
@@ -339,7 +341,8 @@ def export_onnx(
     report = ExportReport(
         path=path, description_path=description_path, graph=graph, input_hw=input_hw, opset=opset,
         inputs=(INPUT_NAME,), outputs=outputs, n_verify_frames=len(frames), score_max_abs_diff=score_diff,
-        map_max_abs_diff=map_diff, feature_max_abs_diff=feature_diff, score_atol=score_atol, map_atol=map_atol,
+        map_max_abs_diff=map_diff, feature_max_abs_diff=feature_diff, score_atol=score_atol,
+        map_atol=map_atol,
         provider=runtime.provider, file_bytes=file_bytes, export_seconds=time.perf_counter() - started,
         notes=tuple(notes),
     )
@@ -351,6 +354,7 @@ def export_onnx(
         "passed": score_diff <= score_atol and map_diff <= map_atol,
     }
     description["notes"] = list(notes)
+    description["onnx_sha256"] = file_sha256(path)
     _write_json(description_path, description)
     logger.info("ONNX self-check on %d frame(s): max |score diff| %.3g, max |map diff| %.3g",
                 len(frames), score_diff, map_diff)
@@ -363,7 +367,7 @@ def export_onnx(
 
 
 def describe_path(path: str | Path) -> Path:
-    """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: a saved detector's manifest is called so)."""
+    """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: that is a saved detector's manifest)."""
     path = Path(path)
     return path.with_name(path.name + ".json")
 

@@ -166,14 +166,16 @@ class OrtBackbone(nn.Module):
         self.norm: bool = bool(bb["norm"])
         self.embed_dim: int = self.feature_dim // len(self.blocks)
         self.depth: int = max(self.blocks)
-        self.input_hw: tuple[int, int] = (int(self.description["input_hw"][0]), int(self.description["input_hw"][1]))
+        height, width = self.description["input_hw"]
+        self.input_hw: tuple[int, int] = (int(height), int(width))
         self._anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised float (H, W = ``input_hw``) -> (B, h, w, D) float32 features on the CPU."""
         if tuple(images.shape[-2:]) != self.input_hw:
-            msg = (f"model input of {images.shape[-2]}x{images.shape[-1]} px, but the ONNX backbone was exported "
-                   f"for {self.input_hw[0]}x{self.input_hw[1]}; export again with the camera's frame size")
+            msg = (f"model input of {images.shape[-2]}x{images.shape[-1]} px, but the ONNX backbone was "
+                   f"exported for {self.input_hw[0]}x{self.input_hw[1]}; "
+                   "export again with the camera's frame size")
             raise ValueError(msg)
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
         (features,) = self.session.run(["features"], {INPUT_NAME: x})
@@ -209,7 +211,8 @@ class OrtDetector:
         self.path = Path(path)
         self.description = read_description(self.path)
         self.graph: str = self.description["graph"]
-        self.input_hw: tuple[int, int] = (int(self.description["input_hw"][0]), int(self.description["input_hw"][1]))
+        height, width = self.description["input_hw"]
+        self.input_hw: tuple[int, int] = (int(height), int(width))
         prep = self.description["preprocess"]
         self.shorter_side: int = int(prep["shorter_side"])
         self.patch_size: int = int(prep["patch_size"])
@@ -219,7 +222,8 @@ class OrtDetector:
                 msg = (f"{self.path} holds only the backbone (the detector masks the background, which ONNX "
                        "cannot express); pass detector= (the fitted torch detector) to score with its bank")
                 raise ValueError(msg)
-            backbone = OrtBackbone(self.path, device=device, tensorrt=tensorrt, intra_op_threads=intra_op_threads)
+            backbone = OrtBackbone(self.path, device=device, tensorrt=tensorrt,
+                                   intra_op_threads=intra_op_threads)
             self.session, self.provider = backbone.session, backbone.provider
             scorer = PatchKNN(backbone=backbone, config=detector.config)  # type: ignore[arg-type]
             tensors, info = detector.export_state()
@@ -279,8 +283,9 @@ class OrtDetector:
         for (height, width), indices in by_size.items():
             geo = _geometry(height, width, shorter_side=self.shorter_side, patch_size=self.patch_size)
             if geo.crop != self.input_hw:
-                msg = (f"a frame of {height}x{width} px gives a model input of {geo.crop[0]}x{geo.crop[1]}, but "
-                       f"{self.path.name} was exported for {self.input_hw[0]}x{self.input_hw[1]}; export again "
+                msg = (f"a frame of {height}x{width} px gives a model input of {geo.crop[0]}x{geo.crop[1]}, "
+                       f"but {self.path.name} was exported for {self.input_hw[0]}x{self.input_hw[1]}; "
+                       "export again "
                        "for this frame size (or use the torch runtime)")
                 raise ValueError(msg)
             for start in range(0, len(indices), batch_size):
