@@ -104,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         archive = Archive(ArchivePolicy(
             directory=recipe.archive_dir(), save_pass_every=recipe.archive.save_pass_every,
             max_bytes=int(recipe.archive.max_size_mb * 1024 * 1024),
+            # the colour range of the station view, so archived overlays compare between files
+            vmin=0.5 * station.thresholds[2], vmax=1.5 * station.thresholds[2],
         ), on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
 
     counts: Counter[str] = Counter()
@@ -113,8 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def record(result: InspectionResult) -> None:
         result = dataclasses.replace(result, lot=args.lot) if args.lot else result
         paths = archive.submit(result) if archive is not None else None
-        store.record(result, image_path=str(paths.image) if paths else None,
-                     overlay_path=str(paths.overlay) if paths else None)
+        store.record(result, image_path=str(paths.image) if paths and paths.image else None,
+                     overlay_path=str(paths.overlay) if paths and paths.overlay else None)
         counts[result.verdict.value] += 1
         if not args.quiet and pipeline is not None:
             stats = pipeline.stats()
