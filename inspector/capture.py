@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from inspector.errors import CameraNotFound, CaptureError, FrameDecodeError
+from inspector.errors import CameraNotFound, CaptureError, FrameDecodeError, redact_credentials
 from inspector.results import Frame
 
 __all__ = [
@@ -276,7 +276,12 @@ def load_image(path: str | Path) -> np.ndarray:
         _check_dims(path, *dims)
     # ANYCOLOR|ANYDEPTH: native channels (gray stays gray, palette and alpha become BGR) and bit depth,
     # and, unlike IMREAD_UNCHANGED, the EXIF orientation is applied (photos taken with a phone).
-    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as exc:   # most decoders return None, a few raise (e.g. a header over OpenCV's size limit)
+        reason = (exc.err or str(exc)).strip().splitlines()[0]
+        msg = f"{path}: not a decodable image ({size} bytes): {reason}"
+        raise FrameDecodeError(msg, path=path) from exc
     if image is None or image.size == 0:
         msg = (
             f"{path}: not a decodable image ({size} bytes); the file is truncated, corrupt, "
@@ -308,7 +313,8 @@ def _to_bgr8(image: np.ndarray, path: Path) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype in (np.float32, np.float64):
-        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
+        finite = image[np.isfinite(image)]
+        scale = 255.0 if finite.size == 0 or float(finite.max()) <= 1.0 else 1.0   # 0..1 data, or 0..255
         image = np.nan_to_num(image * scale).clip(0, 255).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         image = image.clip(0, 255).astype(np.uint8)
@@ -431,7 +437,7 @@ def redact_url(text: str) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", text)
+        return redact_credentials(text)
     if "@" not in parts.netloc:
         return text
     host = parts.netloc.rsplit("@", 1)[1]
@@ -456,7 +462,7 @@ class CameraSource(_SourceBase):
         super().__init__()
         self.spec = spec
         device = spec.device
-        if isinstance(device, str) and device.strip().isdigit():
+        if isinstance(device, str) and device.strip().isascii() and device.strip().isdigit():
             device = int(device)
         self._device: int | str = device
         self.name = f"camera {device}" if isinstance(device, int) else redact_url(device)
@@ -942,19 +948,20 @@ def parse_source(text: str) -> SourceSpec:
         CaptureError: the text is none of these (the message lists what is accepted).
     """
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():   # not str.isdigit alone: "¹" and "٣" are digits to it
         return CameraSpec(device=int(text))
     if _URL.match(text) and not text.lower().startswith("file://"):
         return CameraSpec(device=text)
+    typed = text
     if text.lower().startswith("file://"):
         text = text[len("file://") :]
-    path = Path(text).expanduser()
+    path = Path(os.path.expanduser(text))   # "~user" of an unknown user stays as typed (Path's raises)
     if path.suffix.lower() in VIDEO_EXTENSIONS:
         return VideoSpec(path=path)
     if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS):
         return FolderSpec(path=path)
     msg = (
-        f"source {redact_url(text)!r} is not a camera index (0, 1, ...), a stream URL (rtsp://, http://), "
+        f"source {redact_credentials(typed)!r} is not a camera index (0, 1, ...), a stream URL (rtsp://, http://), "
         f"a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}) or an existing image folder"
     )
     raise CaptureError(msg)

@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 from inspector import __version__
 
@@ -33,6 +33,15 @@ EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 
 logger = logging.getLogger("inspector")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors never echo a password from a URL argument."""
+
+    def error(self, message: str) -> NoReturn:
+        from inspector.errors import redact_credentials
+
+        super().error(redact_credentials(message))
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -53,7 +62,7 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (kept import-light for ``--help``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="inspector",
         description="Industrial visual inspection: few-shot DINOv2 anomaly detection, defect segmentation "
                     "and line statistics.",
@@ -150,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from inspector.errors import InspectorError
+    from inspector.errors import InspectorError, redact_credentials
 
     try:
         return _handler(args.command)(args)
@@ -160,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InspectorError, OSError, ValueError, RuntimeError) as exc:
         if args.verbose >= 2:
             raise
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        # the message may quote an argument, and an argument may be a URL with a password in it
+        print(redact_credentials(f"{type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_ERROR
 
 

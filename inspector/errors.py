@@ -18,6 +18,7 @@ engine wraps them here where it adds context.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = [
@@ -30,7 +31,16 @@ __all__ = [
     "RecipeError",
     "StoreError",
     "WeightsNotFound",
+    "redact_credentials",
 ]
+
+# scheme://user:password@ (also scheme:/user:password@, as a URL reads after pathlib folds its "//")
+_CREDENTIALS = re.compile(r"(:/{1,2})[^/@\s]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***``, for messages and logs."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 class InspectorError(Exception):

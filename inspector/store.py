@@ -776,6 +776,7 @@ class Store:
         Raises:
             StoreError: if there is no inspection with that id.
         """
+        _check_id(inspection_id, self.display_name)
         with self._engine.connect() as conn:
             stmt = sa.select(inspections).where(inspections.c.id == inspection_id)
             rows = list(conn.execute(stmt).mappings())
@@ -827,6 +828,7 @@ class Store:
             StoreError: no such inspection, an empty label or user, or the database refused.
         """
         _require_text(label=label, user=user)
+        _check_id(inspection_id, self.display_name)
         row = {"inspection_id": inspection_id, "label": label, "user": user, "note": note,
                "time": time.time() if time_s is None else time_s}
         what = f"feedback {label!r} for inspection {inspection_id}"
@@ -851,6 +853,10 @@ class Store:
             msg = "set_defect_class: give exactly one of region_id= or inspection_id="
             raise StoreError(msg)
         _require_text(defect_class=defect_class, user=user)
+        if region_id is not None:
+            _check_id(region_id, self.display_name, "region")
+        elif inspection_id is not None:
+            _check_id(inspection_id, self.display_name)
         if region_id is not None:
             target, what = regions.c.id == region_id, f"region {region_id}"
         else:
@@ -1177,6 +1183,13 @@ def _require_text(**values: str) -> None:
         if not isinstance(value, str) or not value.strip():
             msg = f"{name} must be non-empty text, got {value!r}"
             raise StoreError(msg)
+
+
+def _check_id(row_id: int, where: str, kind: str = "inspection") -> None:
+    """Refuse an id no row can have (SQLite's INTEGER is signed 64-bit; ids start at 1)."""
+    if not 1 <= row_id < 2**63:
+        msg = f"no {kind} with id {row_id} in {where} (ids are whole numbers from 1)"
+        raise StoreError(msg)
 
 
 def _reason(exc: BaseException) -> str:
