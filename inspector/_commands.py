@@ -86,10 +86,10 @@ def _result_line(result: InspectionResult, fps: float, dropped: int) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a station headless: a line per frame, every result stored, FAIL/REVIEW images archived."""
-    from inspector.archive import Archive, ArchivePolicy
     from inspector.capture import open_source, parse_source
     from inspector.pipeline import Pipeline, PipelineEvent
     from inspector.recipe import load_recipe
+    from inspector.recording import ResultRecorder
     from inspector.station import Station
 
     recipe = load_recipe(args.recipe)
@@ -99,24 +99,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = parse_source(args.source) if args.source else recipe.resolved_source()
     source = open_source(spec)
     store = _open_store(args.store)
-    archive = None
-    if recipe.archive.enabled and not args.no_archive:
-        archive = Archive(ArchivePolicy(
-            directory=recipe.archive_dir(), save_pass_every=recipe.archive.save_pass_every,
-            max_bytes=int(recipe.archive.max_size_mb * 1024 * 1024),
-            # the colour range of the station view, so archived overlays compare between files
-            vmin=0.5 * station.thresholds[2], vmax=1.5 * station.thresholds[2],
-        ), on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
+    recorder = ResultRecorder(store, on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
+    recorder.set_lot(args.lot)
+    if not args.no_archive:
+        recorder.use(station)   # the recipe's archive, if it keeps one
 
     counts: Counter[str] = Counter()
     done = threading.Event()
     pipeline: Pipeline | None = None
 
     def record(result: InspectionResult) -> None:
-        result = dataclasses.replace(result, lot=args.lot) if args.lot else result
-        paths = archive.submit(result) if archive is not None else None
-        store.record(result, image_path=str(paths.image) if paths and paths.image else None,
-                     overlay_path=str(paths.overlay) if paths and paths.overlay else None)
+        recorder.record(result)
         counts[result.verdict.value] += 1
         if not args.quiet and pipeline is not None:
             stats = pipeline.stats()
@@ -136,9 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
     finally:
         pipeline.stop()
+        recorder.close()        # archives first: their images are on disk before the store says so
         store.close()
-        if archive is not None:
-            archive.close()
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
     passed = counts[Verdict.PASS.value]
@@ -322,7 +314,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         info = resolve_weights("vit_small_patch14_dinov2", args.weights).info
     except FileNotFoundError as exc:
-        print(f"weights: NOT FOUND\n{exc}")
+        print("weights: NOT FOUND")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"weights: {info.source} from {info.location} (sha256 {info.sha256[:16]}...)")
     print(f"  {info.description}")

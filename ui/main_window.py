@@ -33,9 +33,9 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
+from inspector.recording import ResultRecorder
 from inspector.results import InspectionResult, Progress
 from ui.live_view import LotCounts
-from ui.recording import ResultRecorder
 from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
 

@@ -1,9 +1,9 @@
-"""What the app does with each result besides showing it: archive FAIL/REVIEW images and record to the store.
+"""What a station does with each result besides showing it: archive FAIL/REVIEW images, record to the store.
 
-`ResultRecorder.record` is a pipeline consumer: it runs on the pipeline's worker thread and must be
-quick. `Archive.submit` and `Store.record` both only enqueue to their own writer threads, so it is.
-The lot number and the archive of each recipe are set from the GUI thread; they are read under a lock.
-No Qt here.
+Shared by the app and ``inspector run``. `ResultRecorder.record` is a pipeline consumer: it runs on the
+pipeline's worker thread and must be quick. `Archive.submit` and `Store.record` both only enqueue to
+their own writer threads, so it is. The lot number and the archive of each recipe are set from another
+thread (the GUI's); they are read under a lock.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ class ResultRecorder:
             self._lot = lot.strip()
 
     def use(self, inspector: Any) -> None:
-        """Prepare the archive of an inspector's recipe (a `Station` has ``.recipe``); GUI thread."""
+        """Prepare the archive of an inspector's recipe (a `Station` has ``.recipe``) if it keeps one.
+
+        Called before the recipe's first result (in the app: on the GUI thread when a recipe is loaded).
+        """
         recipe = getattr(inspector, "recipe", None)
         if recipe is None or not getattr(getattr(recipe, "archive", None), "enabled", False):
             return
@@ -69,9 +72,11 @@ class ResultRecorder:
                 ),
                 on_warning=self._on_warning,
             )
-        except Exception:
-            log.exception("archive of recipe %s unavailable; results are recorded without images",
-                          recipe.name)
+        except Exception as exc:   # a folder that cannot be made, a bad policy: record without images
+            message = f"archive of recipe {recipe.name} unavailable ({exc}); results are recorded without images"
+            log.warning(message)
+            if self._on_warning is not None:
+                self._on_warning(message)
             return
         with self._lock:
             self._archives[recipe.name] = archive
@@ -84,7 +89,7 @@ class ResultRecorder:
             result = dataclasses.replace(result, lot=lot)
         paths = archive.submit(result) if archive is not None else None
         if self._store is not None:
-            self._store.record(result, image_path=str(paths.image) if paths else None,
+            self._store.record(result, image_path=str(paths.image) if paths and paths.image else None,
                                overlay_path=str(paths.overlay) if paths and paths.overlay else None)
 
     def close(self) -> None:

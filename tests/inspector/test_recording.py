@@ -1,0 +1,67 @@
+"""ResultRecorder: the lot, the archive and the store together, with the real Archive and SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from inspector.recipe import load_recipe
+from inspector.recording import ResultRecorder
+from inspector.results import DefectRegion, InspectionResult, Verdict
+from inspector.store import Store
+from tests.conftest import write_recipe
+
+
+def _result(frame_id: int, verdict: Verdict, recipe: str) -> InspectionResult:
+    rng = np.random.default_rng(frame_id)
+    region = DefectRegion(x=4, y=4, width=6, height=6, area_px=36, area_mm2=None, max_score=1.0, mean_score=0.8)
+    return InspectionResult(
+        frame_id=frame_id, timestamp=1_795_400_000.0 + frame_id, source="camera 0", recipe=recipe,
+        model_version="v1", verdict=verdict, score=0.9 if verdict is Verdict.FAIL else 0.1,
+        regions=(region,) if verdict is Verdict.FAIL else (),
+        anomaly_map=rng.random((32, 32), dtype=np.float32), image_bgr=rng.integers(0, 256, (32, 32, 3), np.uint8),
+    )
+
+
+def test_archives_fail_records_everything_and_stamps_the_lot(tmp_path: Path, tiny_weights_file: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file,
+                                      extra=f"archive: {{directory: {(tmp_path / 'archive').as_posix()}}}\n"))
+    station = SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4))
+    warnings: list[str] = []
+    store = Store(tmp_path / "station.db")
+    recorder = ResultRecorder(store, on_warning=warnings.append)
+    recorder.use(station)
+    recorder.set_lot("  LOT-9 ")
+    for i, verdict in enumerate([Verdict.PASS, Verdict.FAIL, Verdict.PASS]):
+        recorder.record(_result(i, verdict, recipe.name))
+    recorder.close()
+    store.close()
+
+    rows = sqlite3.connect(tmp_path / "station.db").execute(
+        "SELECT verdict, lot, image_path, overlay_path FROM inspections ORDER BY id").fetchall()
+    assert [(v, lot) for v, lot, _, _ in rows] == [("PASS", "LOT-9"), ("FAIL", "LOT-9"), ("PASS", "LOT-9")]
+    assert rows[0][2:] == (None, None) and rows[2][2:] == (None, None), "no 'None' text for PASS without images"
+    image, overlay = rows[1][2:]
+    assert Path(image).is_file() and Path(overlay).is_file()
+    assert Path(image).is_relative_to(tmp_path / "archive")
+    assert warnings == []
+
+
+def test_an_archive_folder_that_cannot_be_written_warns_and_still_records(tmp_path: Path, tiny_weights_file: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file,
+                                      extra=f"archive: {{directory: {(blocker / 'archive').as_posix()}}}\n"))
+    warnings: list[str] = []
+    store = Store(tmp_path / "station.db")
+    recorder = ResultRecorder(store, on_warning=warnings.append)
+    recorder.use(SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4)))
+    recorder.record(_result(0, Verdict.FAIL, recipe.name))
+    recorder.close()
+    store.close()
+    assert len(warnings) == 1 and "archive paused" in warnings[0] and "Not a directory" in warnings[0], warnings
+    rows = sqlite3.connect(tmp_path / "station.db").execute("SELECT verdict FROM inspections").fetchall()
+    assert rows == [("FAIL",)]
