@@ -31,9 +31,7 @@ import json
 import logging
 import math
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Generator, Iterator, Mapping
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import cv2
 import numpy as np
 
+from inspector._jobs import relay_progress
 from inspector._report import ReportMeta, write_report
 from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError
@@ -53,9 +52,8 @@ from inspector.paths import safe_name
 from inspector.results import DefectRegion, Progress, Verdict
 
 if TYPE_CHECKING:
-    from models.detectors.zero_shot import ZeroShotConfig
-
     from inspector.station import Station
+    from models.detectors.zero_shot import ZeroShotConfig
 
 __all__ = [
     "JOURNAL_NAME",
@@ -399,11 +397,10 @@ def _review_zero_shot(
     folder: Path, out: Path, files: list[Path], *, device: str | None, weights: str | Path | None,
     config: ZeroShotConfig | None,
 ) -> Generator[Progress, None, dict[str, Any]]:
+    from inspector.recipe import DetectorSettings
     from models.backbone import create_backbone
     from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer, patch_scores_to_map, robust_thresholds
     from models.weights import resolve_weights
-
-    from inspector.recipe import DetectorSettings
 
     settings = DetectorSettings()          # what a fresh recipe uses: the measured defaults
     config = config if config is not None else ZeroShotConfig()
@@ -461,7 +458,9 @@ def _review_zero_shot(
             msg = (f"{folder}: zero-shot review compares the images with each other and needs 2 or more "
                    f"readable images, found {len(readable)}")
             raise InspectorError(msg)
-        scores = yield from _score_with_progress(scorer)
+        scores = yield from relay_progress(lambda progress: scorer.score(progress=progress),
+                                           message="mutual scoring", name="inspector-zero-shot",
+                                           cancelled=lambda: InspectorError("zero-shot scoring was cancelled"))
         saved = {"files": readable, "shapes": shapes, "pred_score": scores.pred_score,
                  "patch_scores": scores.patch_scores, "patch_size": backbone.patch_size}
         _save_scores(out / SCORES_NAME, saved)
@@ -517,46 +516,6 @@ def _review_zero_shot(
     return _finish(folder, out, files, journal, meta(True), resumed=resumed, scored=scored, mode="zero-shot")
 
 
-def _score_with_progress(scorer: Any) -> Generator[Progress, None, Any]:
-    """Run ``scorer.score`` on a helper thread and relay its ticks; closing the generator cancels it.
-
-    Mutual scoring of thousands of images takes minutes on a CPU; a thread keeps every tick a
-    place to cancel (the scorer's progress callback raises once cancelled).
-    """
-    ticks: queue.Queue[tuple[int, int]] = queue.Queue()
-    cancel = threading.Event()
-    outcome: list[Any] = []
-    failure: list[BaseException] = []
-
-    def progress(done: int, total: int) -> None:
-        if cancel.is_set():
-            msg = "zero-shot scoring was cancelled"
-            raise InspectorError(msg)
-        ticks.put((done, total))
-
-    def work() -> None:
-        try:
-            outcome.append(scorer.score(progress=progress))
-        except BaseException as exc:  # delivered to the generator's caller below
-            failure.append(exc)
-
-    thread = threading.Thread(target=work, name="inspector-zero-shot", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive() or not ticks.empty():
-            try:
-                done, total = ticks.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            yield Progress(done=done, total=total, message="mutual scoring")
-    finally:
-        cancel.set()
-        thread.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]
-
-
 def _zero_shot_record(
     out: Path, rel: str, image: np.ndarray, saved: Mapping[str, Any], k: int,
     thresholds: tuple[float, float, float], config: Any, to_map: Any,
@@ -608,7 +567,8 @@ def _load_scores(path: Path) -> dict[str, Any] | None:
             grids = [tuple(int(v) for v in g) for g in data["grids"]]
             flat = data["flat"]
             patch_scores = list(_split(flat, grids))
-            return {"files": [str(f) for f in data["files"]], "shapes": [tuple(int(v) for v in s) for s in data["shapes"]],
+            return {"files": [str(f) for f in data["files"]],
+                    "shapes": [tuple(int(v) for v in s) for s in data["shapes"]],
                     "pred_score": data["pred_score"].astype(np.float32), "patch_scores": patch_scores,
                     "patch_size": int(data["patch_size"])}
     except (OSError, ValueError, KeyError) as exc:

@@ -13,27 +13,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
-import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import cv2
 import numpy as np
 
+from inspector._jobs import relay_progress
 from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
 from inspector.results import Progress
 from inspector.station import Station, apply_roi, build_detector, next_version, resolve_version
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from models.calibration import Thresholds
     from models.weights import WeightsInfo
-
-    from inspector.recipe import Recipe
 
 __all__ = [
     "TeachCancelled",
@@ -146,39 +144,6 @@ def _masks_for(defect_paths: Sequence[Path], recipe: Recipe) -> list[np.ndarray]
     return masks
 
 
-def _fit_with_progress(detector: Any, images: list[np.ndarray]) -> Generator[Progress, None, None]:
-    """Run ``detector.fit`` on a helper thread and relay its progress; closing the generator cancels it."""
-    ticks: queue.Queue[tuple[int, int]] = queue.Queue()
-    cancel = threading.Event()
-    failure: list[BaseException] = []
-
-    def progress(done: int, total: int) -> None:
-        if cancel.is_set():
-            raise TeachCancelled("teaching was cancelled")
-        ticks.put((done, total))
-
-    def work() -> None:
-        try:
-            detector.fit(images, progress=progress)
-        except BaseException as exc:  # delivered to the generator's caller below
-            failure.append(exc)
-
-    thread = threading.Thread(target=work, name="inspector-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive() or not ticks.empty():
-            try:
-                done, total = ticks.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            yield Progress(done=done, total=total, message="learning good patches")
-    finally:
-        cancel.set()
-        thread.join()
-    if failure:
-        raise failure[0]
-
-
 def teach(
     recipe: Recipe,
     good: Path | Sequence[np.ndarray],
@@ -235,9 +200,12 @@ def teach(
     yield Progress(done=0, total=len(images), message="loading the DINOv2 backbone")
     detector, weights_info = build_detector(recipe, device=device, weights=weights)
     try:
-        yield from _fit_with_progress(detector, images)
+        yield from relay_progress(lambda progress: detector.fit(images, progress=progress),
+                                  message="learning good patches", name="inspector-fit",
+                                  cancelled=lambda: TeachCancelled("teaching was cancelled"))
     except ValueError as exc:
-        raise ModelError(f"recipe '{recipe.name}': {exc}") from exc
+        msg = f"recipe '{recipe.name}': {exc}"
+        raise ModelError(msg) from exc
 
     yield Progress(done=0, total=max(1, len(defect_images)), message="calibrating thresholds")
     defect_scores = np.empty(0, np.float32)
