@@ -45,7 +45,6 @@ def _offline_timm() -> Iterator[None]:
     """Build anomalib's timm backbone without weights, and keep timm's pos-embed resampling as is."""
     import timm
     import timm.models.vision_transformer as vit
-
     from anomalib.models.components.feature_extractors import timm as anomalib_timm
 
     original_create = timm.create_model
@@ -151,7 +150,6 @@ def check_peer_features(
 ) -> float:
     """Smallest cosine similarity between the peer's own last-block features and the cached ones."""
     import timm.models.vision_transformer as vit
-
     from anomalib.models.components.feature_extractors.timm import _disable_pos_embed_antialiasing
 
     inputs = [to_model_input(image[None], shorter_side=shorter_side) for image in images_rgb]

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     store = archive = None
     events: list[PipelineEvent] = []
     if not args.no_store:
-        from inspector.store import Store   # imported here: --no-store runs without SQLAlchemy
+        from inspector.store import Store  # imported here: --no-store runs without SQLAlchemy
 
         store = Store(args.db or Path(workdir.name) / "soak.db", max_pending=max(args.max_pending * 2, 1000))
     if args.archive:

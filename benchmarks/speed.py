@@ -411,7 +411,8 @@ def measure_levers(detector: PatchKNN, frames: list[np.ndarray], *, repeats: int
                note="changes scores")
     try:
         if not onnx:
-            raise RuntimeError("skipped: the main table has the 'ours onnx' rows")
+            msg = "skipped: the main table has the 'ours onnx' rows"
+            raise RuntimeError(msg)
         from models.export import export_onnx
         from models.runtime import OrtDetector
 

@@ -163,12 +163,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Accuracy on an MVTec-AD-layout category: image AUROC, pixel AUROC, AUPRO, F1, ms per image."""
+    from inspector.recipe import DetectorSettings
     from models.backbone import create_backbone
     from models.detectors import PatchKNNConfig, create_detector
     from models.evaluation import evaluate, load_category
     from models.weights import resolve_weights
-
-    from inspector.recipe import DetectorSettings
 
     category = load_category(args.category)
     defaults = DetectorSettings()          # what a fresh recipe uses: the measured defaults

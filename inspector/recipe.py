@@ -120,7 +120,7 @@ class Roi:
         Returns:
             (height, width) bool, True inside the ROI (parts outside the frame are cut off).
         """
-        import cv2                            # lazy: reading a recipe needs no OpenCV
+        import cv2  # lazy: reading a recipe needs no OpenCV
         import numpy as np
 
         mask = np.zeros((height, width), np.uint8)

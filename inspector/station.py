@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -29,11 +29,10 @@ from inspector.errors import ModelError, WeightsNotFound
 from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe, Roi
     from models.calibration import Thresholds
     from models.detectors.patch_knn import PatchKNN
     from models.weights import WeightsInfo
-
-    from inspector.recipe import Recipe, Roi
 
 __all__ = ["ModelVersion", "Station", "apply_roi", "build_detector", "next_version", "resolve_version"]
 
@@ -243,7 +242,10 @@ class Station:
     # ----------------------------------------------------------------- inspection
 
     def inspect(self, frame: Frame) -> InspectionResult:
-        """Inspect one frame (the pipeline's worker calls this). Raises on failure; the pipeline turns that into ERROR."""
+        """Inspect one frame (the pipeline's worker calls this).
+
+        Raises on failure; the pipeline turns that into an ERROR result.
+        """
         return self._inspect(frame.image_bgr, frame_id=frame.frame_id, timestamp=frame.timestamp,
                              source=frame.source, path=frame.path, capture_ms=frame.capture_ms)
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import DinoBackbone, resolve_device
-from models.detectors.patch_knn import _anomaly_maps, _check_image, _geometry, _Geometry
+from models.detectors.patch_knn import _anomaly_maps, _check_image, _Geometry, _geometry
 from models.preprocess import to_model_input
 
 if TYPE_CHECKING:

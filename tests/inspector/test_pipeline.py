@@ -321,7 +321,8 @@ def test_failing_consumer_warns_once_and_others_still_get_results(
     image_folder: Path, stub_inspector: type,
 ) -> None:
     def broken(result: InspectionResult) -> None:
-        raise OSError("disk on fire")
+        msg = "disk on fire"
+        raise OSError(msg)
 
     pipeline, results, events = _folder_pipeline(image_folder, stub_inspector())
     pipeline.add_consumer(broken)

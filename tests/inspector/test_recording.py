@@ -50,7 +50,9 @@ def test_archives_fail_records_everything_and_stamps_the_lot(tmp_path: Path, tin
     assert warnings == []
 
 
-def test_an_archive_folder_that_cannot_be_written_warns_and_still_records(tmp_path: Path, tiny_weights_file: Path) -> None:
+def test_an_archive_folder_that_cannot_be_written_warns_and_still_records(
+    tmp_path: Path, tiny_weights_file: Path
+) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file,

@@ -280,4 +280,5 @@ def test_zero_shot_review_scores_the_batch_again_when_images_were_added(data: di
     assert second is not None and second.files == 5
     rows = _rows(out / "results.csv")
     assert [r["file"] for r in rows] == ["img_000.png", "img_001.png", "img_002.png", "img_003.png", "late_000.png"]
-    assert max(rows, key=lambda r: float(r["score"]))["file"] == "late_000.png", "the new image was scored with the rest"
+    top = max(rows, key=lambda r: float(r["score"]))
+    assert top["file"] == "late_000.png", "the new image was scored with the rest"

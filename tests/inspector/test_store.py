@@ -24,7 +24,7 @@ from inspector.errors import StoreError
 from inspector.results import DefectRegion, InspectionResult, StageTimes, Verdict
 from inspector.store import ScorePoint, Store, YieldRow
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 23, tzinfo=UTC).timestamp()   # a Monday, 00:00 UTC
 HOUR = 3600.0
 

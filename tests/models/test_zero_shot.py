@@ -50,7 +50,10 @@ def _rgb(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def _brute_force(scorer: ZeroShotScorer, config: ZeroShotConfig) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The definition, written plainly: per patch, min distance to each other reference image, mean of the smallest few."""
+    """The definition, written plainly.
+
+    Per patch: the min distance to each other reference image, then the mean of the smallest few.
+    """
     feats = [e.features.float() for e in scorer._entries]
     refs = scorer.references()
     image_scores, grids = [], []
@@ -157,7 +160,8 @@ def test_evaluate_zero_shot_on_a_tiny_category(backbone: DinoBackbone, tmp_path:
     write_images(root / "test" / "blob", [image for image, _ in planted])
     write_images(root / "ground_truth" / "blob", [mask.astype(np.uint8) * 255 for _, mask in planted], prefix="tmp")
     for i in range(2):
-        (root / "ground_truth" / "blob" / f"tmp_{i:03d}.png").rename(root / "ground_truth" / "blob" / f"img_{i:03d}_mask.png")
+        masks = root / "ground_truth" / "blob"
+        (masks / f"tmp_{i:03d}.png").rename(masks / f"img_{i:03d}_mask.png")
     ticks: list[tuple[int, int, str]] = []
     report = evaluate_zero_shot(backbone, load_category(root), config=ZeroShotConfig(shorter_side=SIZE),
                                 progress=lambda done, total, message: ticks.append((done, total, message)))
