@@ -106,6 +106,7 @@ class DinoBackbone(nn.Module):
             norm=self.norm,
             output_fmt="NCHW",
             intermediates_only=True,
+            stop_early=True,   # the blocks after the last one asked for are not run (block 8 of 12: -1/3 compute)
         )
         out = feats[0] if len(feats) == 1 else torch.cat(feats, dim=1)
         return out.permute(0, 2, 3, 1)
