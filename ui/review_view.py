@@ -529,7 +529,10 @@ class ReviewView(QWidget):
             lines.append(f"label '{last.label}' by {last.user}")
         if record.error:
             lines.append(f"error: {record.error}")
-        if self._image is None:
+        if self._image is None and record.image_path:
+            lines.append(f"image {record.image_path} is gone (removed by the archive's size cap, or never "
+                         f"written: the archive pauses when the disk is full)")
+        elif self._image is None:
             lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
         self.details.setText("\n".join(lines))
         self.class_box.clear()

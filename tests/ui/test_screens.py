@@ -120,6 +120,11 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     assert "model v2 saved" in view.message.text()
     assert view.table.item(0, 6).text() == "good"
 
+    Path(record.image_path).unlink()       # the archive's size cap removed it
+    view.select(1)
+    view.select(0)
+    assert "is gone" in view.details.text() and record.image_path in view.details.text()
+
 
 def test_batch_review_runs_in_a_worker_and_can_be_cancelled(qtbot, tmp_path, part_folder) -> None:
     from types import SimpleNamespace
