@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import html.parser
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -34,18 +34,6 @@ ODD = "odd & <name>.png"
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: tiny 84 px inputs gain nothing from more, and on a loaded shared machine
-    two OpenMP threads spin-waiting on each other made a forward pass 10x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 
 @pytest.fixture(scope="module")

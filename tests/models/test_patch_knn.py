@@ -7,8 +7,6 @@ DINOv2 weights (block 8).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import cv2
 import numpy as np
 import pytest
@@ -44,15 +42,6 @@ def defect_frame(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros(frame.shape[:2], np.uint8)
     cv2.circle(mask, (70, 40), 10, 1, thickness=-1)
     return frame, mask.astype(bool)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread beats two that wait on each other on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,15 +23,6 @@ INFO = WeightsInfo(model_name="vit_small_patch14_dinov2", source="file", locatio
 
 def frame(rng: np.random.Generator, size: int = 56) -> np.ndarray:
     return np.clip(128 + rng.normal(0, 12, (size, size, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread beats two that wait on each other on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ textured part, which is all these tests need.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -27,16 +26,6 @@ from models.evaluation import load_category
 from tests.helpers.images import textured_part, with_defect, write_images
 
 SIZE = 84  # 6 x 6 patches at shorter side 84
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: tiny 84 px inputs gain nothing from more, and on a loaded shared machine
-    two OpenMP threads spin-waiting on each other made a forward pass 10x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
