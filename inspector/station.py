@@ -38,7 +38,8 @@ __all__ = ["ModelVersion", "Station", "apply_roi", "build_detector", "next_versi
 
 logger = logging.getLogger(__name__)
 
-MIN_ROI_PX: Final = 14  # one DINOv2 patch
+PATCH_SIZE: Final = 14  # px of the model input per DINOv2 feature patch (every backbone in models.backbone)
+MIN_ROI_PX: Final = PATCH_SIZE
 
 
 # --------------------------------------------------------------------------- model versions
@@ -305,8 +306,11 @@ class Station:
     def _regions(self, crop_map: np.ndarray, pixel: float, x0: int, y0: int) -> tuple[DefectRegion, ...]:
         from models.regions import find_regions
 
+        # the map's resolution is one feature patch (14 px of the model input): fragments closer than
+        # that come from neighbouring patches of one defect and are shown as one region
+        patch_px = PATCH_SIZE * min(crop_map.shape) / self.recipe.preprocess.shorter_side
         found = find_regions(crop_map, pixel_threshold=pixel, min_area_px=self.recipe.min_defect_area_px,
-                             mm_per_px=self.recipe.mm_per_px)
+                             mm_per_px=self.recipe.mm_per_px, merge_gap_px=round(patch_px))
         return tuple(
             DefectRegion(x=r.x + x0, y=r.y + y0, width=r.width, height=r.height, area_px=r.area_px,
                          area_mm2=r.area_mm2, max_score=r.max_score, mean_score=r.mean_score)

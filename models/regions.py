@@ -56,6 +56,7 @@ def find_regions(
     pixel_threshold: float,
     min_area_px: int = 0,
     mm_per_px: float | None = None,
+    merge_gap_px: int = 0,
 ) -> list[Region]:
     """Connected regions (8-connectivity) of ``anomaly_map >= pixel_threshold``.
 
@@ -64,6 +65,9 @@ def find_regions(
         pixel_threshold: per-pixel score from calibration (``Thresholds.pixel``).
         min_area_px: regions with fewer pixels are dropped.
         mm_per_px: frame scale (millimetres per pixel side); None leaves ``area_mm2`` None.
+        merge_gap_px: fragments less than this many pixels apart (in steps of 2 px) are one region:
+            one defect that the threshold cut into pieces. The box, area and scores still come from the pixels at or
+            above the threshold only. 0 = plain connected components.
 
     Returns:
         Regions sorted by ``max_score``, highest first.
@@ -78,8 +82,20 @@ def find_regions(
     if mm_per_px is not None and not mm_per_px > 0:
         msg = f"mm_per_px must be a positive number of millimetres per pixel, got {mm_per_px}"
         raise ValueError(msg)
+    if merge_gap_px < 0:
+        msg = f"merge_gap_px must be >= 0, got {merge_gap_px}"
+        raise ValueError(msg)
     mask = (scores >= pixel_threshold).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    radius = (merge_gap_px - 1) // 2     # grown by r on each side, fragments up to 2r px apart touch
+    if radius > 0 and mask.any():
+        # label the mask grown on every side, then keep the labels of the real pixels only
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        grown = cv2.dilate(mask, kernel)
+        count, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
+        labels = labels * mask
+        stats = _component_stats(labels, count)
+    else:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     if count <= 1:
         return []
     flat_labels = labels.ravel()
@@ -91,7 +107,7 @@ def find_regions(
     regions = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
-        if area < min_area_px:
+        if area == 0 or area < min_area_px:
             continue
         regions.append(Region(
             x=x, y=y, width=w, height=h, area_px=area,
@@ -101,3 +117,25 @@ def find_regions(
         ))
     regions.sort(key=lambda r: r.max_score, reverse=True)
     return regions
+
+
+def _component_stats(labels: np.ndarray, count: int) -> np.ndarray:
+    """(count, 5) rows of x, y, width, height, area per label, as cv2.connectedComponentsWithStats gives."""
+    stats = np.zeros((count, 5), np.int64)
+    ys, xs = np.nonzero(labels)
+    found = labels[ys, xs]
+    stats[:, 4] = np.bincount(found, minlength=count)
+    present = stats[:, 4] > 0
+    x_min = np.full(count, np.iinfo(np.int64).max)
+    y_min = np.full(count, np.iinfo(np.int64).max)
+    x_max = np.full(count, -1)
+    y_max = np.full(count, -1)
+    np.minimum.at(x_min, found, xs)
+    np.minimum.at(y_min, found, ys)
+    np.maximum.at(x_max, found, xs)
+    np.maximum.at(y_max, found, ys)
+    stats[present, 0] = x_min[present]
+    stats[present, 1] = y_min[present]
+    stats[present, 2] = x_max[present] - x_min[present] + 1
+    stats[present, 3] = y_max[present] - y_min[present] + 1
+    return stats

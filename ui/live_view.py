@@ -34,6 +34,8 @@ __all__ = [
 
 # (background, text) per verdict. Saturated colours with black/white text chosen for contrast
 # (WCAG ratio >= 4.5 for each pair) so the banner reads from two metres under factory light.
+MAX_LABELS = 5   # region boxes past the five highest-scoring ones are drawn without a size label
+
 VERDICT_COLOURS: dict[str, tuple[str, str]] = {
     Verdict.PASS: ("#0b7a28", "#ffffff"),
     Verdict.REVIEW: ("#ffb300", "#000000"),
@@ -200,13 +202,13 @@ class HeatmapView(QWidget):
             font.setPointSize(11)
             font.setBold(True)
             painter.setFont(font)
-            for region in shown.regions:
+            for rank, region in enumerate(shown.regions):   # highest score first
                 rect = QRectF(
                     target.x() + region.x * scale, target.y() + region.y * scale,
                     max(region.width * scale, 3.0), max(region.height * scale, 3.0),
                 )
                 painter.drawRect(rect)
-                if not self.show_labels:
+                if not self.show_labels or rank >= MAX_LABELS:
                     continue
                 label = region.defect_class or (
                     f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"

@@ -70,3 +70,35 @@ def test_regions_partition_the_defect_mask(seed: int, threshold: float) -> None:
         box = anomaly_map[r.y : r.y + r.height, r.x : r.x + r.width]
         assert box.max() >= r.max_score >= r.mean_score >= threshold
     assert [r.max_score for r in regions] == sorted((r.max_score for r in regions), reverse=True)
+
+
+def test_fragments_closer_than_the_merge_gap_are_one_region() -> None:
+    anomaly_map = np.zeros((40, 60), np.float32)
+    anomaly_map[10:20, 10:20] = 0.9          # two fragments of one defect, 4 px apart
+    anomaly_map[10:20, 24:30] = 0.8
+    anomaly_map[30:33, 50:53] = 0.7          # a separate spot, far away
+    assert len(find_regions(anomaly_map, pixel_threshold=0.5)) == 3
+    assert len(find_regions(anomaly_map, pixel_threshold=0.5, merge_gap_px=3)) == 3
+    merged, spot = find_regions(anomaly_map, pixel_threshold=0.5, merge_gap_px=5)
+    assert (merged.x, merged.y, merged.width, merged.height) == (10, 10, 20, 10)
+    assert merged.area_px == 100 + 60, "only pixels over the threshold count, not the gap"
+    assert merged.max_score == pytest.approx(0.9)
+    assert merged.mean_score == pytest.approx((100 * 0.9 + 60 * 0.8) / 160)
+    assert (spot.x, spot.y, spot.area_px) == (50, 30, 9)
+    with pytest.raises(ValueError, match="merge_gap_px"):
+        find_regions(anomaly_map, pixel_threshold=0.5, merge_gap_px=-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), gap=st.integers(1, 12))
+def test_merging_keeps_every_pixel_and_never_adds_regions(seed: int, gap: int) -> None:
+    rng = np.random.default_rng(seed)
+    anomaly_map = rng.random((32, 48)).astype(np.float32)
+    plain = find_regions(anomaly_map, pixel_threshold=0.9)
+    merged = find_regions(anomaly_map, pixel_threshold=0.9, merge_gap_px=gap)
+    assert sum(r.area_px for r in merged) == sum(r.area_px for r in plain) == int((anomaly_map >= 0.9).sum())
+    assert len(merged) <= len(plain)
+    for region in merged:
+        box = anomaly_map[region.y : region.y + region.height, region.x : region.x + region.width]
+        assert 0.9 <= region.max_score <= box.max()
+        assert region.area_px <= box.size
