@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Generator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import cv2
 import numpy as np
@@ -166,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from inspector.recipe import DetectorSettings
     from models.backbone import create_backbone
     from models.detectors import PatchKNNConfig, create_detector
-    from models.evaluation import evaluate, load_category
+    from models.evaluation import Detector, evaluate, load_category
     from models.weights import resolve_weights
 
     category = load_category(args.category)
@@ -180,8 +180,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         report = evaluate_zero_shot(backbone, category, progress=_tqdm_progress("zero-shot"))
     else:
-        report = evaluate(lambda: create_detector("patch_knn", backbone=backbone, config=config), category,
-                          shots=args.shots or None, seed=args.seed, progress=_tqdm_progress("evaluating"))
+        # create_detector is typed nn.Module (the registry's type); patch_knn is a Detector
+        report = evaluate(lambda: cast(Detector, create_detector("patch_knn", backbone=backbone, config=config)),
+                          category, shots=args.shots or None, seed=args.seed, progress=_tqdm_progress("evaluating"))
     data = report.to_dict()
     data["weights"] = dataclasses.asdict(resolved.info)
     print(f"{category.name}: image AUROC {data['image_auroc']:.4f}  pixel AUROC {data['pixel_auroc']:.4f}  "
@@ -350,10 +351,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     review, fail, pixel = station.thresholds
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     print(f"\n{'image':<34} {'truth':<8} {'verdict':<7} {'score':>7}  regions (x, y, w, h, area px)")
-    scores, labels, verdicts = [], [], Counter()
+    scores: list[float] = []
+    labels: list[int] = []
+    verdicts: Counter[tuple[bool, Verdict]] = Counter()
     for path in image_files(DEMO_DATA / "test"):
         result = station.inspect_image(load_image(path), path=str(path))
         truth = path.parent.name
+        assert result.score is not None and result.image_bgr is not None   # inspect_image never makes ERROR results
         scores.append(result.score)
         labels.append(0 if truth == "good" else 1)
         verdicts[(truth == "good", result.verdict)] += 1

@@ -72,13 +72,12 @@ ResultConsumer = Callable[[InspectionResult], object]
 
 
 class FrameInspector(Protocol):
-    """What the worker calls for every frame: `inspector.station.Station` in the app, a stub in tests.
+    """What the worker calls for every frame: `inspector.station.Station` in the app, a stub in tests."""
 
-    Attributes:
-        name: the recipe name, written into ERROR results made on its behalf.
-    """
-
-    name: str
+    @property
+    def name(self) -> str:
+        """The recipe name, written into ERROR results made on its behalf (read-only, as `Station` has it)."""
+        ...
 
     def inspect(self, frame: Frame) -> InspectionResult:
         """Score one frame; may raise (the pipeline turns that into an ERROR result)."""

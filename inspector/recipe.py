@@ -434,7 +434,8 @@ class _Checker:
 
     # ---- type-driven conversion ----
 
-    def build(self, cls: type[Any], raw: Any, prefix: str) -> Any:
+    # `type`, not `type[Any]`: mypy does not count type[Any] as Hashable, the key of _schema's cache.
+    def build(self, cls: type, raw: Any, prefix: str) -> Any:
         """Fill dataclass ``cls`` from the mapping ``raw``, converting each field by its annotation."""
         if not isinstance(raw, dict):
             self.fail(prefix or None, f"must be a mapping (key: value), got {_show.repr(raw)}")
@@ -473,7 +474,7 @@ class _Checker:
             return self._convert_tuple(value, typing.get_args(hint), name)
         if origin in (dict, Mapping):
             return self._convert_options(value, name)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             return self.build(hint, value, name)
         if hint is bool:
             if not isinstance(value, bool):
@@ -510,7 +511,7 @@ class _Checker:
             self.fail(name, f"must be {_describe(typing.Union[options])}, got null")  # noqa: UP007
         candidates = [o for o in options if o is not type(None)]
         # A union of dataclasses with a `type` literal (the frame sources) is chosen by that key.
-        tagged = {_type_tag(c): c for c in candidates if _type_tag(c) is not None}
+        tagged = {key: c for c in candidates if (key := _type_tag(c)) is not None}
         if tagged and len(tagged) == len(candidates):
             if not isinstance(value, dict):
                 self.fail(name, f"must be a mapping with a type ({', '.join(tagged)}), "
@@ -541,7 +542,7 @@ class _Checker:
     def _convert_options(self, value: Any, name: str) -> FrozenOptions:
         """Detector options: text keys, values that are scalars or flat lists of scalars."""
         if value is None:
-            return {}
+            return FrozenOptions()
         if not isinstance(value, dict):
             self.fail(name, f"must be a mapping of option: value, got {_show.repr(value)}")
         out: dict[str, Any] = {}

@@ -491,19 +491,19 @@ def _review_zero_shot(
     todo = [rel for rel in saved["files"] if fresh or journal.records.get(rel, {}).get("status") != "ok"]
     by_rel = {_relative(p, folder): p for p in files}
     for i, rel in enumerate(todo):
-        path = by_rel.get(rel)
+        file = by_rel.get(rel)
         k = index[rel]
         try:
-            if path is None:
+            if file is None:
                 msg = "the file disappeared after the batch was scored"
                 raise FrameDecodeError(msg)
-            image = load_image(path)
+            image = load_image(file)
             if image.shape[:2] != tuple(saved["shapes"][k]):
                 msg = (f"its size changed after the batch was scored ({tuple(saved['shapes'][k])} then, "
                        f"{image.shape[:2]} now); delete {out} and review again")
                 raise FrameDecodeError(msg)
         except FrameDecodeError as exc:
-            journal.append({"file": rel, "status": "error", "error": _reason(exc, path or Path(rel), rel)})
+            journal.append({"file": rel, "status": "error", "error": _reason(exc, file or Path(rel), rel)})
         else:
             journal.append(_zero_shot_record(out, rel, image, saved, k, thresholds, config,
                                              patch_scores_to_map))

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import cv2
 import numpy as np
@@ -131,7 +131,8 @@ def build_detector(
     options = {"shorter_side": recipe.preprocess.shorter_side, **recipe.detector.options}
     try:
         config = PatchKNNConfig.from_dict(options)
-        detector = create_detector(recipe.detector.name, backbone=backbone, config=config)
+        # create_detector is typed nn.Module (the registry's type); its detectors are PatchKNN (the only built-in)
+        detector = cast("PatchKNN", create_detector(recipe.detector.name, backbone=backbone, config=config))
     except (TypeError, ValueError) as exc:
         where = recipe.path or recipe.name
         msg = f"{where}: detector settings are not valid: {exc}"

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple, Self
+from typing import Any, Final, Literal, NamedTuple, Self, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -576,7 +576,7 @@ class Store:
                 stmt = sa.insert(inspections).returning(inspections.c.id, sort_by_parameter_order=True)
                 ids = list(conn.execute(stmt, rows).scalars())
             else:                              # old SQLite without RETURNING: one statement per row
-                ids = [conn.execute(sa.insert(inspections), row).inserted_primary_key[0] for row in rows]
+                ids = [_new_id(conn.execute(sa.insert(inspections), row)) for row in rows]
             region_rows = [{**r, "inspection_id": i}
                            for i, p in zip(ids, batch, strict=True) for r in p.regions]
             if region_rows:
@@ -646,8 +646,8 @@ class Store:
         groups: dict[str, list[int]] = {}
         with self._engine.connect() as conn:
             for r in _rows(conn.execute(stmt)):
-                key = self._time_key(int(r.b) * _BUCKET_S, group_by)
-                acc = groups.setdefault(key, [0, 0, 0, 0, 0])
+                group = self._time_key(int(r.b) * _BUCKET_S, group_by)
+                acc = groups.setdefault(group, [0, 0, 0, 0, 0])
                 for i, n in enumerate((r.inspected, r.pass_, r.review, r.fail, r.error)):
                     acc[i] += int(n or 0)
         return [_yield_row(k, *v) for k, v in groups.items()]
@@ -837,7 +837,7 @@ class Store:
             if conn.execute(exists).first() is None:
                 msg = f"no inspection with id {inspection_id} in {self.display_name}; feedback not recorded"
                 raise StoreError(msg)
-            return int(conn.execute(sa.insert(feedback), row).inserted_primary_key[0])
+            return int(_new_id(conn.execute(sa.insert(feedback), row)))
 
     def set_defect_class(self, defect_class: str, *, user: str, region_id: int | None = None,
                          inspection_id: int | None = None) -> int:
@@ -979,6 +979,7 @@ class Store:
         except sa.exc.SQLAlchemyError as exc:
             msg = f"cannot open the statistics store {self.display_name}: {_reason(exc)}"
             raise StoreError(msg) from exc
+        assert found is not None   # read back after this or another process inserted it (value is NOT NULL)
         if not found.isdigit() or int(found) > SCHEMA_VERSION:
             msg = (f"the statistics store {self.display_name} has schema version {found}, newer than this "
                    f"inspector reads ({SCHEMA_VERSION}); upgrade inspector or use another database")
@@ -1147,6 +1148,11 @@ class _CountRow(NamedTuple):
     error: int
     k: Any = None
     b: Any = None
+
+
+def _new_id(result: sa.CursorResult[Any]) -> Any:
+    """The primary key of a one-row insert (SQLAlchemy types it Optional: None only after executemany)."""
+    return cast("sa.Row[Any]", result.inserted_primary_key)[0]
 
 
 def _rows(result: sa.CursorResult[Any]) -> Iterable[_CountRow]:

@@ -11,11 +11,14 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
 import timm
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["BACKBONES", "DinoBackbone", "create_backbone", "resolve_device"]
 
@@ -69,7 +72,7 @@ class DinoBackbone(nn.Module):
             ``get_intermediate_layers(norm=True)`` does).
     """
 
-    def __init__(self, vit: nn.Module, *, blocks: tuple[int, ...] = (8,), norm: bool = True) -> None:
+    def __init__(self, vit: VisionTransformer, *, blocks: tuple[int, ...] = (8,), norm: bool = True) -> None:
         super().__init__()
         depth = len(vit.blocks)
         if not blocks:
@@ -100,14 +103,15 @@ class DinoBackbone(nn.Module):
         Returns:
             (B, H/patch, W/patch, feature_dim) features in the dtype of the model.
         """
-        feats = self.vit.forward_intermediates(
+        # intermediates_only=True: timm returns the list of block outputs only (its annotation is a union)
+        feats = cast("list[torch.Tensor]", self.vit.forward_intermediates(
             images,
             indices=[b - 1 for b in self.blocks],
             norm=self.norm,
             output_fmt="NCHW",
             intermediates_only=True,
             stop_early=True,   # the blocks after the last one asked for are not run (block 8 of 12: -1/3 compute)
-        )
+        ))
         out = feats[0] if len(feats) == 1 else torch.cat(feats, dim=1)
         return out.permute(0, 2, 3, 1)
 
@@ -138,7 +142,8 @@ def create_backbone(
         msg = f"unknown backbone {model_name!r}; available: {', '.join(BACKBONES)}"
         raise ValueError(msg)
     # pretrained=False: weights never come from the hub here; they are resolved from local files.
-    vit = timm.create_model(base, pretrained=False, num_classes=0, dynamic_img_size=True)
+    # timm.create_model is annotated nn.Module; every name in BACKBONES builds a VisionTransformer.
+    vit = cast("VisionTransformer", timm.create_model(base, pretrained=False, num_classes=0, dynamic_img_size=True))
     if state_dict is not None:
         state_dict = _fit_pos_embed(vit, state_dict)
         vit.load_state_dict(state_dict, strict=True)
@@ -147,10 +152,11 @@ def create_backbone(
     return backbone.to(resolve_device(device))
 
 
-def _fit_pos_embed(vit: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _fit_pos_embed(vit: VisionTransformer, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Resample a position embedding saved for another grid to the grid timm built (e.g. 37x37 -> timm's)."""
     key = "pos_embed"
-    if key not in state_dict or state_dict[key].shape == vit.pos_embed.shape:
+    pos_embed = cast("nn.Parameter", vit.pos_embed)   # Optional in timm; every DINOv2 ViT has one
+    if key not in state_dict or state_dict[key].shape == pos_embed.shape:
         return state_dict
     from timm.layers import resample_abs_pos_embed
 

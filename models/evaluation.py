@@ -31,11 +31,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from anomalib.data import Batch
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -265,7 +268,11 @@ def subset_test(items: Sequence[TestItem], n: int | None, *, seed: int = 0) -> l
 
 @dataclass(frozen=True)
 class _Batch:
-    """The fields anomalib's metrics read (anomalib's ``Batch`` dataclasses carry the same names)."""
+    """The fields anomalib's metrics read (anomalib's ``Batch`` dataclasses carry the same names).
+
+    ``AnomalibMetric.update`` is annotated with anomalib's ``Batch`` but only reads these fields by
+    name, so a ``_Batch`` is passed through ``cast("Batch", ...)``.
+    """
 
     pred_score: torch.Tensor | None = None
     gt_label: torch.Tensor | None = None
@@ -303,7 +310,7 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     # torchmetrics squashes scores outside [0, 1] through a sigmoid; monotone, so AUROC is unchanged,
     # but float64 keeps large distances from saturating to equal values.
     metric = AUROC(fields=["pred_score", "gt_label"])
-    metric.update(_Batch(pred_score=preds, gt_label=target))
+    metric.update(cast("Batch", _Batch(pred_score=preds, gt_label=target)))
     return float(metric.compute())
 
 
@@ -323,7 +330,7 @@ def resize_for_pixel_metrics(
     height, width = defect_mask.shape
     scale = pixel_size / min(height, width)
     size_wh = (max(1, round(width * scale)), max(1, round(height * scale)))
-    amap = np.asarray(anomaly_map, dtype=np.float32)
+    amap: np.ndarray = np.asarray(anomaly_map, dtype=np.float32)
     shrink = amap.shape[0] > size_wh[1] or amap.shape[1] > size_wh[0]
     amap = cv2.resize(amap, size_wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     mask = cv2.resize(defect_mask.astype(np.uint8), size_wh, interpolation=cv2.INTER_NEAREST) > 0
@@ -347,7 +354,7 @@ def pixel_auroc(anomaly_maps: Sequence[np.ndarray], defect_masks: Sequence[np.nd
     if not _check_both_classes(target, "pixel AUROC"):
         return math.nan
     metric = AUROC(fields=["anomaly_map", "gt_mask"])
-    metric.update(_Batch(anomaly_map=preds, gt_mask=target))
+    metric.update(cast("Batch", _Batch(anomaly_map=preds, gt_mask=target)))
     return float(metric.compute())
 
 
@@ -412,7 +419,7 @@ def f1_at(
     decided = (np.asarray(scores, dtype=np.float64) >= threshold).astype(np.float32)
     metric = F1Score(fields=["pred_score", "gt_label"], threshold=0.5)
     batch = _Batch(pred_score=_as_tensor(decided, torch.float32), gt_label=_as_tensor(labels, torch.long))
-    metric.update(batch)
+    metric.update(cast("Batch", batch))
     return float(metric.compute())
 
 
@@ -432,7 +439,7 @@ def best_f1(
     # F1Max wants probabilities; min-max scaling to [0, 1] keeps the order and maps back exactly.
     metric = F1Max(fields=["pred_score", "gt_label"])
     scaled = _as_tensor((raw - lo) / span, torch.float64)
-    metric.update(_Batch(pred_score=scaled, gt_label=_as_tensor(labels, torch.long)))
+    metric.update(cast("Batch", _Batch(pred_score=scaled, gt_label=_as_tensor(labels, torch.long))))
     value = float(metric.compute())
     return value, lo + float(metric.threshold) * span
 

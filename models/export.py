@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ from models.detectors.patch_knn import PatchKNN, _gaussian_blur
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
     from models.weights import WeightsInfo
 
 __all__ = [
@@ -146,13 +148,15 @@ def _static_backbone(backbone: DinoBackbone, input_hw: tuple[int, int]) -> DinoB
         pos = resample_abs_pos_embed(vit.pos_embed, new_size=grid, old_size=vit.patch_embed.grid_size,
                                      num_prefix_tokens=prefix)
     vit.pos_embed = nn.Parameter(pos, requires_grad=False)
-    vit._pos_embed = types.MethodType(_fixed_pos_embed, vit)
+    # A per-instance override of timm's method, on purpose; setattr would only hide it from mypy.
+    vit._pos_embed = types.MethodType(_fixed_pos_embed, vit)  # type: ignore[method-assign]
     static = DinoBackbone(vit, blocks=backbone.blocks, norm=backbone.norm)
     return static.eval().requires_grad_(False)
 
 
-def _fixed_pos_embed(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _fixed_pos_embed(self: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """timm ``VisionTransformer._pos_embed`` for (B, h, w, C) tokens and a pos_embed of that grid."""
+    pos_embed = cast("nn.Parameter", self.pos_embed)   # Optional in timm; _static_backbone has just set it
     to_cat = []
     if self.cls_token is not None:
         to_cat.append(self.cls_token.expand(x.shape[0], -1, -1))
@@ -160,13 +164,13 @@ def _fixed_pos_embed(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         to_cat.append(self.reg_token.expand(x.shape[0], -1, -1))
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     if self.no_embed_class:
-        x = x + self.pos_embed
+        x = x + pos_embed
         if to_cat:
             x = torch.cat([*to_cat, x], dim=1)
     else:
         if to_cat:
             x = torch.cat([*to_cat, x], dim=1)
-        x = x + self.pos_embed
+        x = x + pos_embed
     return self.pos_drop(x)
 
 

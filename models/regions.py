@@ -8,9 +8,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["Region", "defect_mask", "find_regions"]
 
@@ -98,7 +102,7 @@ def find_regions(
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     if count <= 1:
         return []
-    flat_labels = labels.ravel()
+    flat_labels = cast("npt.NDArray[np.int32]", labels.ravel())   # ltype=CV_32S; cv2's stubs say integer | float
     flat_scores = scores.ravel()
     inside = flat_labels > 0
     sums = np.bincount(flat_labels[inside], weights=flat_scores[inside], minlength=count)

@@ -30,7 +30,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -199,6 +199,7 @@ def load_detector(
     built_with = f"{saved_name}, blocks {list(saved_blocks)}, weights sha256 {_short(saved_sha)}"
 
     dev = resolve_device(device)
+    loaded_sha: str | None
     if backbone is None:
         backbone, loaded_sha = _backbone_for(directory, saved_name, saved_blocks, saved_norm, saved_sha, dev)
     else:
@@ -221,7 +222,8 @@ def load_detector(
         raise ValueError(msg)
 
     tensors = _read_tensors(directory / MODEL_TENSORS, expected_sha, json_path)
-    detector = detector_cls(backbone=backbone, config=config, device=dev)
+    # The registry is typed nn.Module; a saved model is a PatchKNN (import_state, bank_size).
+    detector = cast(PatchKNN, detector_cls(backbone=backbone, config=config, device=dev))
     try:
         detector.import_state(tensors, state)
     except (KeyError, ValueError) as exc:
