@@ -101,7 +101,7 @@ class ReviewSummary:
         """A few lines for the CLI."""
         c = self.counts
         lines = [
-            f"reviewed {self.files} file(s) of {self.folder} ({self.mode}: {self.model})",
+            f"reviewed {self.files} file(s) of {self.folder} with {self.model}",
             f"PASS {c.get('PASS', 0)}, REVIEW {c.get('REVIEW', 0)}, FAIL {c.get('FAIL', 0)}, "
             f"unreadable {c.get('ERROR', 0)}",
             f"thresholds: review {self.thresholds[0]:.4f}, fail {self.thresholds[1]:.4f}, "
