@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -430,18 +429,9 @@ def image_files(root: Path) -> list[Path]:
 def redact_url(text: str) -> str:
     """Remove credentials from a URL for display and logs.
 
-    ``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``; text that is not a URL comes back unchanged.
+    ``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``; text without credentials comes back unchanged.
     """
-    if "://" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return redact_credentials(text)
-    if "@" not in parts.netloc:
-        return text
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return redact_credentials(text)
 
 
 # --------------------------------------------------------------------------------------------

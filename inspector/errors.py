@@ -34,8 +34,9 @@ __all__ = [
     "redact_credentials",
 ]
 
-# scheme://user:password@ (also scheme:/user:password@, as a URL reads after pathlib folds its "//")
-_CREDENTIALS = re.compile(r"(:/{1,2})[^/@\s]+@")
+# scheme://user:password@host: everything up to the authority's last "@" (a password may hold one);
+# also scheme:/user:password@, as a URL reads after pathlib has folded its "//"
+_CREDENTIALS = re.compile(r"(:/{1,2})[^/\s]*@")
 
 
 def redact_credentials(text: str) -> str:

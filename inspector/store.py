@@ -855,11 +855,10 @@ class Store:
         _require_text(defect_class=defect_class, user=user)
         if region_id is not None:
             _check_id(region_id, self.display_name, "region")
-        elif inspection_id is not None:
-            _check_id(inspection_id, self.display_name)
-        if region_id is not None:
             target, what = regions.c.id == region_id, f"region {region_id}"
         else:
+            assert inspection_id is not None   # exactly one of the two was given (checked above)
+            _check_id(inspection_id, self.display_name)
             target = regions.c.inspection_id == inspection_id
             what = f"the regions of inspection {inspection_id}"
         stmt = (sa.update(regions).where(target)

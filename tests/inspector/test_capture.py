@@ -297,6 +297,9 @@ def test_redact_url() -> None:
     assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/stream1") == "rtsp://***@10.0.0.5:554/stream1"
     assert redact_url("http://cam.local/mjpg") == "http://cam.local/mjpg"
     assert redact_url("0") == "0"
+    assert redact_url("rtsp://admin:p@ss@10.0.0.5/s") == "rtsp://***@10.0.0.5/s", "an '@' in the password"
+    assert redact_url("http://cam.local/snap@2x.jpg") == "http://cam.local/snap@2x.jpg", "'@' in the path only"
+    assert redact_url("camera rtsp://u:pw@h/1 and rtsp://v:pw2@h/2") == "camera rtsp://***@h/1 and rtsp://***@h/2"
 
 
 def test_camera_source_names_hide_credentials() -> None:
