@@ -1,4 +1,4 @@
-"""mypy is clean on the engine and the ML packages (STYLE.md section 8)."""
+"""Static checks: ruff is clean on the whole tree, mypy on the engine and the ML packages (STYLE.md section 8)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,11 @@ def test_mypy_inspector_and_models() -> None:
     run = subprocess.run([sys.executable, "-m", "mypy", "inspector", "models"], cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"mypy found problems:\n{run.stdout}{run.stderr}"
+
+
+def test_ruff_clean() -> None:
+    """``python -m ruff check .`` with the pyproject.toml rules exits 0 (about 1 s)."""
+    pytest.importorskip("ruff", reason="ruff is not installed (pip install -e '.[test]')")
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"ruff found problems:\n{run.stdout}{run.stderr}"
