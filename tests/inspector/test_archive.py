@@ -287,8 +287,13 @@ def test_writer_falling_behind_skips_and_warns_once(
     release = threading.Event()
     real_write = archive_module._write_file
 
+    released: list[bool] = []
+
     def slow_write(path: Path, data: bytes) -> None:
-        release.wait(10)
+        # Blocks until the eight submits are done; the timeout only keeps a broken test from hanging.
+        # (It was 10 s: once, on a loaded machine, job 7 found room in the queue; a write that gave up
+        # waiting is the one way we see for that, so the wait is longer and checked below.)
+        released.append(release.wait(120))
         real_write(path, data)
 
     monkeypatch.setattr(archive_module, "_write_file", slow_write)
@@ -297,6 +302,7 @@ def test_writer_falling_behind_skips_and_warns_once(
         paths = [archive.submit(_result(i, Verdict.FAIL, rng=rng, with_map=False)) for i in range(8)]
         release.set()
         assert archive.flush(10)
+    assert released and all(released), "a write stopped waiting before the submits were done"
     assert paths[0] is not None and paths[-1] is None
     assert len(warnings) == 1 and "falls behind" in warnings[0]
     assert archive.saved + archive.skipped == 8
