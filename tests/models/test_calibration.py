@@ -23,6 +23,9 @@ def test_good_only_puts_fail_above_every_good_score() -> None:
     assert t.good_mean == pytest.approx(float(scores.mean()), rel=1e-6)
     assert t.auroc is None and t.f1 is None and t.confusion is None
     assert "highest good score" in t.rule and "pixel = fail" in t.rule
+    # the REVIEW band starts at the 90th percentile of the good scores: about one good part in ten
+    assert t.review == pytest.approx(float(np.quantile(scores, 0.90)))
+    assert "review = 90th percentile" in t.rule
 
 
 def test_identical_good_scores_still_get_a_margin() -> None:
