@@ -82,6 +82,9 @@ class TeachReport:
                  if getattr(t, k, None) is not None}
         if "expected_false_reject" in extra:
             lines.append(f"expected false-reject rate: {100 * extra['expected_false_reject']:.1f} %")
+        if t.expected_review is not None:
+            lines.append(f"expected share of good parts sent to REVIEW or FAIL: {100 * t.expected_review:.1f} % "
+                         f"(of the good images' leave-one-out scores)")
         if "auroc" in extra:
             lines.append(f"defects: AUROC {extra['auroc']:.3f}" + (f", F1 {extra['f1']:.3f}" if "f1" in extra else ""))
         if "confusion" in extra:
@@ -249,9 +252,14 @@ def save_thresholds(
         raise ValueError(msg)
     station = Station.load(recipe, version=version, device="cpu")
     old = station.model_thresholds
+    scores = getattr(station.detector, "train_scores", None)
+    good = np.asarray(scores if scores is not None else [], np.float64).ravel()
     thresholds = dataclasses.replace(
         old, review=float(review), fail=float(fail), pixel=float(old.pixel if pixel is None else pixel),
         rule=f"set by hand from {station.model_version} (review {review:.4f}, fail {fail:.4f}); before: {old.rule}",
+        # the shares of the good scores at the new thresholds (None when the model kept no scores)
+        expected_false_reject=float((good >= fail).mean()) if good.size else old.expected_false_reject,
+        expected_review=float((good >= review).mean()) if good.size else None,
     )
     target = next_version(recipe)
     save_detector(station.detector, thresholds, target.path, weights=station.weights,

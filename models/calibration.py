@@ -64,6 +64,7 @@ class Thresholds:
     n_good: int  # good scores used
     n_defect: int = 0  # defect scores used
     expected_false_reject: float  # share of the good scores at or above ``fail``
+    expected_review: float | None = None  # share at or above ``review`` (REVIEW or FAIL); None in old models
     # --- only when defect scores were given ---
     auroc: float | None = None  # image AUROC of good vs defect scores
     f1: float | None = None  # image F1 at ``fail`` (defect = positive)
@@ -201,7 +202,7 @@ def calibrate(
     return Thresholds(
         review=float(review), fail=float(fail), pixel=float(pixel), rule=rule,
         good_mean=mean, good_std=std, good_max=top, n_good=int(good.size), n_defect=int(defects.size),
-        expected_false_reject=float((good >= fail).mean()),
+        expected_false_reject=float((good >= fail).mean()), expected_review=float((good >= review).mean()),
         auroc=auc, f1=f1, confusion=confusion, pixel_f1=pixel_f1,
     )
 
