@@ -26,18 +26,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if not (REPO / "models").is_dir():     # run from a copy outside the repository: use the working dir
-    REPO = Path.cwd()
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks._features import FeatureStore
+from benchmarks._sweep import _features, collect, score
+from models.backbone import create_backbone
+from models.evaluation import load_category, select_shots, subset_test
+from models.weights import resolve_weights
 
-from benchmarks._features import FeatureStore  # noqa: E402
-from benchmarks._sweep import _features, collect, score  # noqa: E402
-from models.backbone import create_backbone  # noqa: E402
-from models.evaluation import load_category, select_shots, subset_test  # noqa: E402
-from models.weights import resolve_weights  # noqa: E402
-
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data of the checkout
 logger = logging.getLogger("benchmarks.e4_resolution")
 CATEGORIES = ("visa_fryum", "mvtec_transistor", "mtd_magnetic_tile")
 VARIANT = ((8,), 1)
@@ -58,7 +53,7 @@ def _knn_time(store: FeatureStore, train, item_path, size: int) -> tuple[float, 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--sizes", default="448,672")
     p.add_argument("--categories", default=",".join(CATEGORIES))
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/inspector-bench-cache"))

@@ -31,19 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if not (REPO / "models").is_dir():     # run from a copy outside the repository: use the working dir
-    REPO = Path.cwd()
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks._features import CachedBackbone, FeatureStore
+from models.backbone import create_backbone
+from models.calibration import MIN_RELATIVE_SPREAD
+from models.detectors.patch_knn import PatchKNN, PatchKNNConfig
+from models.evaluation import load_category, load_image_rgb, select_shots, subset_test
+from models.weights import resolve_weights
 
-from benchmarks._features import CachedBackbone, FeatureStore  # noqa: E402
-from models.backbone import create_backbone  # noqa: E402
-from models.calibration import MIN_RELATIVE_SPREAD  # noqa: E402
-from models.detectors.patch_knn import PatchKNN, PatchKNNConfig  # noqa: E402
-from models.evaluation import load_category, load_image_rgb, select_shots, subset_test  # noqa: E402
-from models.weights import resolve_weights  # noqa: E402
-
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data of the checkout
 logger = logging.getLogger("benchmarks.e5_calibration")
 CATEGORIES = ("mtd_magnetic_tile", "mvtec_transistor", "visa_fryum")
 FAIL_MARGINS = (1.0, 0.5, 0.0)
@@ -122,7 +117,7 @@ def report(rows: list[dict]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--categories", default=",".join(CATEGORIES))
     p.add_argument("--limit-test", type=int, default=60)
     p.add_argument("--limit-for", default="", help="categories scored on subset_test(test, --limit-test)")
