@@ -58,8 +58,15 @@ def drive(job: Generator[Progress, None, T], *, desc: str) -> T:
 
 
 def _open_store(url: str | None) -> Any:
+    """The statistics store of ``--store``; a file must lie where the station may write (`check_contained`)."""
+    from inspector.paths import PathNotAllowed, check_contained
     from inspector.store import Store
 
+    if url is not None and "://" not in url:
+        try:
+            check_contained(Path(url), "--store")
+        except PathNotAllowed as exc:
+            raise InspectorError(str(exc)) from exc
     return Store(url)
 
 
@@ -85,14 +92,24 @@ def _result_line(result: InspectionResult, fps: float, dropped: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a station headless: a line per frame, every result stored, FAIL/REVIEW images archived."""
+    """Run a station headless: a line per frame, every result stored, FAIL/REVIEW images archived.
+
+    A line is printed only once its result is durable (`inspector.recording.ResultRecorder.record`
+    returned: it is in the local journal if not yet in the store). At the end the run waits until
+    the store holds every result, unless ``--leave-pending`` says to leave them in the journal.
+    Exit code 1 when the source could not be opened or failed, or results were left unstored.
+    """
     from inspector.capture import open_source, parse_source
-    from inspector.pipeline import Pipeline, PipelineEvent
+    from inspector.pipeline import EventKind, Pipeline, PipelineEvent
     from inspector.recipe import load_recipe
     from inspector.recording import ResultRecorder
-    from inspector.station import Station
+    from inspector.station import Station, check_detector_options
 
+    if args.max_frames is not None and args.max_frames < 1:
+        msg = f"--max-frames must be 1 or more, got {args.max_frames}"
+        raise ValueError(msg)
     recipe = load_recipe(args.recipe)
+    check_detector_options(recipe)          # what `train` refuses, `run` refuses too
     station = Station.load(recipe, device=args.device, weights=args.weights)
     for warning in station.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -106,22 +123,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     counts: Counter[str] = Counter()
     done = threading.Event()
+    source_failed: list[str] = []
+    not_recorded: list[str] = []
+    printing = not args.quiet
     pipeline: Pipeline | None = None
 
     def record(result: InspectionResult) -> None:
-        recorder.record(result)
+        nonlocal printing
+        if done.is_set():
+            return                      # past --max-frames or a journal failure: neither recorded nor shown
+        try:
+            recorder.record(result)     # returns once the result is durable
+        except InspectorError as exc:
+            not_recorded.append(str(exc))
+            done.set()
+            return
         counts[result.verdict.value] += 1
-        if not args.quiet and pipeline is not None:
-            stats = pipeline.stats()
-            print(_result_line(result, stats.fps, stats.frames_dropped), flush=True)
         if args.max_frames is not None and sum(counts.values()) >= args.max_frames:
             done.set()
+            if pipeline is not None:
+                pipeline.pause()        # read no further frame
+        if printing and pipeline is not None:
+            stats = pipeline.stats()
+            try:
+                print(_result_line(result, stats.fps, stats.frames_dropped), flush=True)
+            except (BrokenPipeError, ValueError):       # stdout closed (| head -1): go on, silently
+                printing = False
+                _silence_stdout()
 
     def on_event(event: PipelineEvent) -> None:
+        if event.kind is EventKind.SOURCE_FAILED:
+            source_failed.append(event.message)
         print(f"{event.kind.value}: {event.message}", file=sys.stderr, flush=True)
 
     pipeline = Pipeline(source, station, consumers=[record], on_event=on_event)
     started = time.perf_counter()
+    left = 0
     try:
         pipeline.start()
         while not done.is_set():
@@ -129,17 +166,62 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
     finally:
         pipeline.stop()
-        recorder.close()        # archives first: their images are on disk before the store says so
-        store.close()
+        recorder.close_archives()      # archives first: their images are on disk before the store says so
+        left = _wait_for_store(recorder, leave=args.leave_pending)
+        recorder.close(timeout=0.0 if left else 10.0)
+        try:
+            store.close()
+        except InspectorError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
     passed = counts[Verdict.PASS.value]
     judged = total - counts[Verdict.ERROR.value]
     yield_pct = 100.0 * passed / judged if judged else 0.0
-    print(f"inspected {total} frame(s) in {elapsed:.1f} s: PASS {passed}, REVIEW {counts['REVIEW']}, "
-          f"FAIL {counts['FAIL']}, ERROR {counts['ERROR']}; yield {yield_pct:.1f} %; "
-          f"recorded {store.recorded_count}")
-    return 0
+    summary = (f"inspected {total} frame(s) in {elapsed:.1f} s: PASS {passed}, REVIEW {counts['REVIEW']}, "
+               f"FAIL {counts['FAIL']}, ERROR {counts['ERROR']}; yield {yield_pct:.1f} %; "
+               f"recorded {recorder.forwarded_count}")
+    if printing:
+        try:
+            print(summary, flush=True)
+        except (BrokenPipeError, ValueError):
+            _silence_stdout()
+    if left:
+        print(f"error: {left} result(s) are not yet in the statistics store {store.display_name}; they wait in "
+              f"{recorder.journal_path} and are forwarded the next time inspector records to this store",
+              file=sys.stderr)
+    for message in not_recorded:
+        print(f"error: the run stopped: {message}", file=sys.stderr)
+    for message in source_failed:
+        print(f"error: the source failed: {message}", file=sys.stderr)
+    return 1 if left or not_recorded or source_failed else 0
+
+
+def _wait_for_store(recorder: Any, *, leave: bool) -> int:
+    """Wait until the journal is forwarded; returns what is left (only with ``leave`` or Ctrl-C)."""
+    if recorder.wait_stored(timeout=2.0) or leave:
+        return int(recorder.pending)
+    try:
+        while not recorder.wait_stored(timeout=5.0):
+            error = recorder.last_error
+            print(f"waiting: {recorder.pending} result(s) wait in {recorder.journal_path} for the statistics "
+                  f"store{f' ({error})' if error else ''}; Ctrl-C leaves them there for the next run",
+                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    return int(recorder.pending)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that nothing (not even the interpreter at exit) writes to a closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 # --------------------------------------------------------------------------- train

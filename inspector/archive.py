@@ -3,7 +3,11 @@
 Files are written by the archive's own thread, so `Archive.submit` is quick enough to be a pipeline
 consumer. Every file appears atomically (written under a temporary name in the same folder, then
 ``os.replace``): a crash leaves no partial image under a final name. The folder is kept under a size
-cap, oldest files removed first. A failed write (disk full, folder gone, read-only) pauses the archive
+cap, oldest files removed first, and only files the archive wrote itself: each archive (one per
+recipe) lists what it wrote in its manifest, ``<directory>/.inspector-archive-<recipe>.jsonl``, so two
+recipes sharing one folder each keep their own cap and neither touches the other's images, nor
+anyone else's photos in dated folders. ``on_removed`` hears of every frame the cap removed (the
+recorder clears the store's paths to them). A failed write (disk full, folder gone, read-only) pauses the archive
 with a warning; inspection goes on, and archiving tries again after ``retry_after_s``.
 
 Layout::
@@ -20,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import queue
@@ -62,6 +67,7 @@ class ArchivePolicy:
     vmax: float | None = None
     retry_after_s: float = 30.0               # after a failed write, skip archiving this long
     queue_size: int = 64                      # frames waiting for the writer; more are skipped
+    owner: str = ""                           # whose files these are (the recipe): names the manifest
 
     def __post_init__(self) -> None:
         if self.save_pass_every < 0:
@@ -126,13 +132,19 @@ class Archive:
         on_warning: called with one sentence when archiving pauses (disk full, not writable) or the
             writer falls behind; called from the writer thread or the submitting thread.
 
+        on_removed: called with the files of each frame the size cap removed (writer thread).
+
     Use `close` (or a ``with`` block) to write what is queued and join the writer thread.
     """
 
-    def __init__(self, policy: ArchivePolicy, on_warning: Callable[[str], None] | None = None) -> None:
+    def __init__(self, policy: ArchivePolicy, on_warning: Callable[[str], None] | None = None,
+                 on_removed: Callable[[list[Path]], None] | None = None) -> None:
         self.policy = policy
         self._on_warning = on_warning
+        self._on_removed = on_removed
         self._directory = Path(policy.directory)
+        self._owner = safe_name(policy.owner or "archive", max_length=64)
+        self.manifest_path = self._directory / f".inspector-archive-{self._owner}.jsonl"
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=policy.queue_size)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -336,6 +348,7 @@ class Archive:
             size = sum(n for _, n in written)
             self._files.append((tuple(p for p, _ in written), size))
             self._total_bytes += size
+        self._note("add", tuple(p for p, _ in written), size)
         self._trim(keep=1)
 
     def _encode(self, image_bgr: np.ndarray) -> bytes:
@@ -364,38 +377,89 @@ class Archive:
                     path.unlink(missing_ok=True)
                 except OSError as exc:
                     logger.warning("archive could not remove %s: %s", path, exc)
+            self._note("del", paths, size)
+            if self._on_removed is not None:
+                try:
+                    self._on_removed(list(paths))
+                except Exception:
+                    logger.exception("archive on_removed callback raised")
             try:
                 paths[0].parent.rmdir()           # only succeeds once the day folder is empty
             except OSError:
                 pass
 
+    def _note(self, op: str, paths: tuple[Path, ...], size: int) -> None:
+        """Append one line to the manifest: what this archive wrote ("add") or removed ("del")."""
+        line = json.dumps({"op": op, "files": [p.relative_to(self._directory).as_posix() for p in paths],
+                           "bytes": size})
+        try:
+            with open(self.manifest_path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except OSError as exc:     # the file is then never trimmed: kept, never someone else's removed
+            logger.warning("archive could not update its manifest %s: %s", self.manifest_path, exc)
+
+    def _read_manifest(self) -> list[tuple[Path, ...]]:
+        """The frames this archive wrote and has not removed, oldest first (from its manifest)."""
+        frames: dict[tuple[str, ...], None] = {}
+        try:
+            text = self.manifest_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                entry = json.loads(line)
+                files = tuple(str(f) for f in entry["files"])
+                op = entry["op"]
+            except (ValueError, KeyError, TypeError):
+                logger.warning("%s line %d is not a manifest entry; skipped", self.manifest_path, number)
+                continue
+            if any(Path(f).is_absolute() or ".." in Path(f).parts for f in files):
+                logger.warning("%s line %d names a file outside the archive; skipped", self.manifest_path, number)
+                continue
+            if op == "add":
+                frames[files] = None
+            elif op == "del":
+                frames.pop(files, None)
+        return [tuple(self._directory / f for f in files) for files in frames]
+
     def _scan(self) -> None:
-        """Learn the frames already archived (in day folders only), oldest first; drop stale temp files."""
+        """Learn the frames this archive wrote before (its manifest), oldest first; drop its stale temp files.
+
+        Files the manifest does not list (another recipe's, someone's photos, archives of older
+        versions without a manifest) are never counted nor removed.
+        """
         if not self._directory.is_dir():
             return
-        frames: dict[Path, list[tuple[float, Path, int]]] = {}   # image path -> its files
+        marker = f"_{safe_name(self.policy.owner, max_length=48)}_" if self.policy.owner else None
         for day in self._directory.iterdir():
-            if not (day.is_dir() and _DAY_DIR.match(day.name)):
+            if not (day.is_dir() and _DAY_DIR.match(day.name)) or marker is None:
                 continue
             for path in day.iterdir():
-                if path.name.startswith(".") and path.name.endswith(".tmp"):
-                    path.unlink(missing_ok=True)  # left by a crash mid-write
-                    continue
-                if path.suffix.lower() in (".jpg", ".png") and path.is_file():
-                    stat = path.stat()
-                    image = path.with_name(path.name.replace("_overlay.", "."))
-                    frames.setdefault(image, []).append((stat.st_mtime, path, stat.st_size))
-        found = sorted(
-            (
-                min(m for m, _, _ in files),
-                image.name,
-                tuple(p for _, p, _ in sorted(files)),
-                sum(n for _, _, n in files),
-            )
-            for image, files in frames.items()
-        )
+                # left by our own crash mid-write: ".<stem with our recipe>.<ext>.<pid>-<thread>.tmp"
+                if path.name.startswith(".") and path.name.endswith(".tmp") and marker in path.name:
+                    path.unlink(missing_ok=True)
+        found: list[tuple[tuple[Path, ...], int]] = []
+        for files in self._read_manifest():
+            present = [(p, p.stat().st_size) for p in files if p.is_file() and not p.is_symlink()]
+            if present:
+                found.append((tuple(p for p, _ in present), sum(n for _, n in present)))
         with self._lock:
             # The writer thread scans before its first write, so everything found is older.
-            self._files.extendleft((paths, size) for *_, paths, size in reversed(found))
-            self._total_bytes += sum(size for *_, size in found)
+            self._files.extendleft(reversed(found))
+            self._total_bytes += sum(size for _, size in found)
+        self._compact_manifest(found)
         self._trim(keep=0)
+
+    def _compact_manifest(self, found: list[tuple[tuple[Path, ...], int]]) -> None:
+        """Rewrite the manifest with only the frames still there (atomically)."""
+        lines = "".join(json.dumps({"op": "add", "files": [p.relative_to(self._directory).as_posix() for p in paths],
+                                    "bytes": size}) + "\n" for paths, size in found)
+        if not found and not self.manifest_path.exists():
+            return
+        tmp = self.manifest_path.with_name(f"{self.manifest_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(lines, encoding="utf-8")
+            os.replace(tmp, self.manifest_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            logger.warning("archive could not rewrite its manifest %s: %s", self.manifest_path, exc)

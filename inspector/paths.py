@@ -7,6 +7,12 @@ developer's own data::
 
     INSPECTOR_DATA_DIR    models, the statistics database, the image archive
     INSPECTOR_CACHE_DIR   converted weights and other files that can be rebuilt
+    INSPECTOR_ALLOWED_DIRS  further folders (``os.pathsep``-separated) where the station's configuration
+                          allows models, archives and databases outside the data folder
+
+A recipe is data that anyone may hand over, so the folders it names for the station to write in
+(``model.directory``, ``archive.directory``) and the store's file must resolve, links followed, inside
+the data folder or one of the allowed folders (`check_contained`); ``model.directory: /etc`` is refused.
 
 Names that come from outside (recipe names, lot numbers, camera names, user input) go through
 `safe_name` before they become part of a path, so that ``../../etc`` or ``C:\\x`` cannot leave the
@@ -31,11 +37,15 @@ from typing import Final
 import platformdirs
 
 __all__ = [
+    "ALLOWED_DIRS_ENV",
     "APP_NAME",
     "CACHE_DIR_ENV",
     "DATA_DIR_ENV",
+    "PathNotAllowed",
+    "allowed_roots",
     "archive_dir",
     "cache_dir",
+    "check_contained",
     "data_dir",
     "database_path",
     "model_dir",
@@ -45,6 +55,7 @@ __all__ = [
 APP_NAME: Final = "inspector"
 DATA_DIR_ENV: Final = "INSPECTOR_DATA_DIR"
 CACHE_DIR_ENV: Final = "INSPECTOR_CACHE_DIR"
+ALLOWED_DIRS_ENV: Final = "INSPECTOR_ALLOWED_DIRS"
 
 # Characters kept as they are in a file name; everything else becomes "_". This is the portable
 # file name character set of POSIX (IEEE Std 1003.1, 3.282), which is also safe on Windows.
@@ -100,6 +111,39 @@ def model_dir(recipe_name: str) -> Path:
 def archive_dir(recipe_name: str) -> Path:
     """The default image archive of a recipe: ``<data dir>/archive/<safe recipe name>``."""
     return data_dir() / "archive" / safe_name(recipe_name)
+
+
+class PathNotAllowed(ValueError):
+    """A configured location lies outside every folder the station may write in."""
+
+
+def allowed_roots() -> list[Path]:
+    """The folders the station may keep models, archives and databases in: the data folder first."""
+    roots = [data_dir()]
+    for part in os.environ.get(ALLOWED_DIRS_ENV, "").split(os.pathsep):
+        if part.strip():
+            roots.append(Path(part.strip()).expanduser())
+    return [Path(os.path.realpath(r)) for r in roots]
+
+
+def check_contained(path: Path, field: str) -> Path:
+    """``path`` with links resolved, if it lies inside an allowed folder (`allowed_roots`).
+
+    Args:
+        path: where something is to be written (need not exist yet).
+        field: the setting it came from, for the message (``model.directory``, ``--store``).
+
+    Raises:
+        PathNotAllowed: naming the field, the path and the allowed folders, and how to allow one.
+    """
+    real = Path(os.path.realpath(Path(path).expanduser()))
+    roots = allowed_roots()
+    if any(real == root or real.is_relative_to(root) for root in roots):
+        return real
+    msg = (f"{field}: {path} is outside the folders the station may write in "
+           f"({', '.join(str(r) for r in roots)}); use a folder inside the data folder, or allow it in "
+           f"{ALLOWED_DIRS_ENV}")
+    raise PathNotAllowed(msg)
 
 
 def safe_name(text: str, *, max_length: int = MAX_NAME_LENGTH) -> str:

@@ -272,16 +272,33 @@ class Recipe:
         return None if self.detector.weights is None else self.resolve(self.detector.weights)
 
     def model_dir(self) -> Path:
-        """The folder holding this recipe's model versions (``v1``, ``v2``, ...)."""
+        """The folder holding this recipe's model versions (``v1``, ``v2``, ...).
+
+        Raises:
+            RecipeError: ``model.directory`` lies outside the folders the station may write in
+                (`inspector.paths.check_contained`).
+        """
         if self.model.directory is None:
             return paths.model_dir(self.name)
-        return self.resolve(self.model.directory)
+        return self._contained(self.resolve(self.model.directory), "model.directory")
 
     def archive_dir(self) -> Path:
-        """The folder of this recipe's image archive."""
+        """The folder of this recipe's image archive.
+
+        Raises:
+            RecipeError: ``archive.directory`` lies outside the folders the station may write in.
+        """
         if self.archive.directory is None:
             return paths.archive_dir(self.name)
-        return self.resolve(self.archive.directory)
+        return self._contained(self.resolve(self.archive.directory), "archive.directory")
+
+    def _contained(self, path: Path, field_name: str) -> Path:
+        try:
+            paths.check_contained(path, field_name)
+        except paths.PathNotAllowed as exc:
+            msg = f"{self.path or self.name}: {exc}"
+            raise RecipeError(msg, path=self.path, field=field_name) from exc
+        return path
 
     def model_versions(self) -> list[str]:
         """The model versions present in `model_dir`, oldest first (``["v1", "v2", "v10"]``)."""
@@ -333,9 +350,17 @@ def load_recipe(path: str | Path) -> Recipe:
         RecipeError: the file is missing, unreadable, not YAML, or any field is invalid. The message
             names the file, the field and the bad value; ``.path`` and ``.field`` hold the same.
     """
+    from models.files import FileTooLarge, NotARegularFile, read_bounded
+
     path = Path(path)
     try:
-        data = path.read_bytes()[: MAX_RECIPE_BYTES + 1]
+        data = read_bounded(path, MAX_RECIPE_BYTES, what="recipe")
+    except FileTooLarge as exc:
+        msg = f"{path}: is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a short YAML text file"
+        raise RecipeError(msg, path=path) from exc
+    except NotARegularFile as exc:
+        msg = f"{path}: {exc.strerror}; give the recipe's .yaml file"
+        raise RecipeError(msg, path=path) from exc
     except FileNotFoundError as exc:
         msg = f"{path}: recipe file not found; check the path (recipes live in the recipes/ folder)"
         raise RecipeError(msg, path=path) from exc
@@ -345,9 +370,6 @@ def load_recipe(path: str | Path) -> Recipe:
     except OSError as exc:
         msg = f"{path}: cannot read the recipe file: {exc.strerror or exc}"
         raise RecipeError(msg, path=path) from exc
-    if len(data) > MAX_RECIPE_BYTES:
-        msg = f"{path}: is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a short YAML text file"
-        raise RecipeError(msg, path=path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -376,7 +398,7 @@ def parse_recipe(text: str, *, path: str | Path | None = None) -> Recipe:
     if not isinstance(raw, dict):
         checker.fail(None, f"must be a mapping of fields (name: ..., source: ...), got {_show.repr(raw)}")
     raw = checker.migrate(raw)
-    recipe = checker.build(Recipe, raw, "")
+    recipe = dataclasses.replace(checker.build(Recipe, raw, ""), path=file)
     checker.validate(recipe)
     if checker.unversioned:
         logger.warning("%s: no schema_version; read as version %d (add `schema_version: %d`)",
@@ -384,11 +406,41 @@ def parse_recipe(text: str, *, path: str | Path | None = None) -> Recipe:
     return dataclasses.replace(recipe, path=file)
 
 
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc]
+    """The safe loader (the C one when present: several times faster), refusing duplicate keys.
+
+    YAML says keys are unique; PyYAML silently keeps the last value, so a recipe with two
+    ``thresholds:`` blocks would run with whichever came last. Merge keys (``<<: *base``) may still
+    be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:          # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                msg = "while reading a mapping"
+                raise yaml.constructor.ConstructorError(
+                    msg, node.start_mark,
+                    f"found the key {_show.repr(key)} twice (first at line {first.start_mark.line + 1}); "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
 def _parse_yaml(text: str, where: str, file: Path | None) -> Any:
-    # The C loader when present: same safe constructors as yaml.safe_load, several times faster.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -584,23 +636,29 @@ class _Checker:
                       f"must be 'latest' or a version such as 'v3', got {_show.repr(r.model.version)}")
         for key in ("review", "fail", "pixel"):
             value = getattr(r.thresholds, key)
-            if value is not None and value < 0:
-                self.fail(f"thresholds.{key}", f"must be a number >= 0 or null, got {value!r}")
+            if value is not None and not (value >= 0 and math.isfinite(value)):   # NaN fails both
+                self.fail(f"thresholds.{key}", f"must be a finite number >= 0 or null, got {value!r}")
         t = r.thresholds
         if t.review is not None and t.fail is not None and t.review > t.fail:
             self.fail("thresholds.review", f"({t.review!r}) must not be above thresholds.fail ({t.fail!r}): "
                                            "a part scoring between them is sent to REVIEW")
         if r.min_defect_area_px < 0:
             self.fail("min_defect_area_px", f"must be >= 0, got {r.min_defect_area_px}")
-        if r.mm_per_px is not None and r.mm_per_px <= 0:
+        if r.mm_per_px is not None and not (r.mm_per_px > 0 and math.isfinite(r.mm_per_px)):
             self.fail("mm_per_px",
                       f"must be a number > 0 (millimetres per pixel) or null, got {r.mm_per_px!r}")
         self._validate_classes(r.defect_classes)
         if r.archive.save_pass_every < 0:
             self.fail("archive.save_pass_every", f"must be >= 0 (0 = keep no PASS images), got "
                                                  f"{r.archive.save_pass_every}")
-        if r.archive.max_size_mb <= 0:
+        if not r.archive.max_size_mb > 0 or not math.isfinite(r.archive.max_size_mb):
             self.fail("archive.max_size_mb", f"must be a number > 0, got {r.archive.max_size_mb!r}")
+        for key, folder in (("model.directory", r.model.directory), ("archive.directory", r.archive.directory)):
+            if folder is not None:
+                try:
+                    paths.check_contained(r.resolve(folder), key)
+                except paths.PathNotAllowed as exc:
+                    self.fail(key, str(exc).removeprefix(f"{key}: "))
 
     def _validate_source(self, src: SourceSpec) -> None:
         for key in ("fps", "width", "height", "exposure_us"):

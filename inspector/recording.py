@@ -1,9 +1,20 @@
-"""What a station does with each result besides showing it: archive FAIL/REVIEW images, record to the store.
+"""What a station does with each result besides showing it: archive FAIL/REVIEW images, record it durably.
 
 Shared by the app and ``inspector run``. `ResultRecorder.record` is a pipeline consumer: it runs on the
-pipeline's worker thread and must be quick. `Archive.submit` and `Store.record` both only enqueue to
-their own writer threads, so it is. The lot number and the archive of each recipe are set from another
-thread (the GUI's); they are read under a lock.
+pipeline's worker thread. It returns only when the result is **durable**: appended to the local
+result journal (`inspector.journal`, one fsync'd SQLite commit, about a millisecond on an SSD),
+from where a forwarder thread copies it into the statistics store, in order, and removes it once
+the store has committed it. So whatever reports a verdict (the screen, ``inspector run``'s line, a
+PLC answer, an MQTT message) reports it after `record` returned, or from a durable listener
+(`ResultRecorder.add_durable_listener`), and a SIGKILL can no longer lose a reported result: the
+next recorder that opens the same journal forwards what is left.
+
+A locked, full or unreachable store costs nothing but time: results wait in the journal (bounded by
+``max_journal``) and are forwarded when the store is back; `ResultRecorder.close` says how many wait,
+and where, if it has to leave them.
+
+The lot number and the archive of each recipe are set from another thread (the GUI's); they are read
+under a lock.
 """
 
 from __future__ import annotations
@@ -11,30 +22,78 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
+from inspector import paths
+from inspector.errors import StoreError
+from inspector.journal import DEFAULT_MAX_ENTRIES, JournalEntry, ResultJournal, journal_path_for
 from inspector.results import InspectionResult
 
-__all__ = ["ResultRecorder"]
+__all__ = ["DurableListener", "Receipt", "ResultRecorder"]
 
 log = logging.getLogger(__name__)
 
+_FORWARD_BATCH: Final = 64
+_RETRY_MAX_DELAY_S: Final = 5.0
 
-class ResultRecorder:
-    """Stamps the lot on each result, archives it by its recipe's policy, and records it in the store.
 
-    Args:
-        store: an `inspector.store.Store`, or None (results are then only archived).
-        on_warning: called with a sentence when the archive pauses (disk full, folder gone); any thread.
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    """Proof that a result is durable: it survives a crash of this process from now on.
+
+    ``where`` is the journal file (or "not recorded" without a store); the forwarder moves it into
+    the store later. ``seq`` orders results within one journal.
     """
 
-    def __init__(self, store: Any | None, *, on_warning: Callable[[str], None] | None = None) -> None:
+    result_id: str
+    where: str
+    seq: int
+    durable_at: float          # time.time() when the journal's commit returned
+
+
+DurableListener = Callable[[InspectionResult, Receipt], None]
+
+
+class ResultRecorder:
+    """Stamps the lot on each result, archives it by its recipe's policy, and records it durably.
+
+    Args:
+        store: an `inspector.store.Store`, or None (results are then only archived; nothing is durable).
+        on_warning: called with a sentence when the archive pauses or the store is away; any thread.
+        journal_path: the result journal; default beside an SQLite store (``inspector.pending.db``),
+            else ``<data dir>/journal/<store name>.pending.db``.
+        max_journal: most results that may wait for the store; `record` raises `JournalFull` beyond.
+    """
+
+    def __init__(self, store: Any | None, *, on_warning: Callable[[str], None] | None = None,
+                 journal_path: Path | None = None, max_journal: int = DEFAULT_MAX_ENTRIES) -> None:
         self._store = store
         self._on_warning = on_warning
         self._lock = threading.Lock()
         self._archives: dict[str, Any] = {}     # recipe name -> inspector.archive.Archive
         self._lot = ""
+        self._listeners: tuple[DurableListener, ...] = ()
+        self._journal: ResultJournal | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._forwarded = 0
+        self._last_error: StoreError | None = None
+        self._thread: threading.Thread | None = None
+        if store is not None:
+            self._journal = ResultJournal(journal_path or _default_journal_path(store), max_entries=max_journal)
+            if self._journal.count:
+                log.warning("%d result(s) left in %s by an earlier run; forwarding them to %s",
+                            self._journal.count, self._journal.path, getattr(store, "display_name", store))
+            self._thread = threading.Thread(target=self._forward_loop, name="inspector-journal-forwarder",
+                                            daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ state
 
     @property
     def lot(self) -> str:
@@ -45,6 +104,36 @@ class ResultRecorder:
         """The lot number written with every result from now on ("" for none)."""
         with self._lock:
             self._lot = lot.strip()
+
+    @property
+    def journal_path(self) -> Path | None:
+        return self._journal.path if self._journal is not None else None
+
+    @property
+    def pending(self) -> int:
+        """Results durable in the journal but not yet in the store."""
+        return self._journal.count if self._journal is not None else 0
+
+    @property
+    def forwarded_count(self) -> int:
+        """Results this recorder has moved from the journal into the store (replays included)."""
+        with self._lock:
+            return self._forwarded
+
+    @property
+    def last_error(self) -> StoreError | None:
+        """Why the store did not take the last batch (None once it did)."""
+        with self._lock:
+            return self._last_error
+
+    def add_durable_listener(self, listener: DurableListener) -> None:
+        """Call ``listener(result, receipt)`` for every result once it is durable (on the worker thread).
+
+        This is where a PLC answer or an MQTT publish belongs: it can never announce a verdict that a
+        crash then loses. Listeners must be quick; one that raises is logged and the others still run.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
 
     def use(self, inspector: Any) -> None:
         """Prepare the archive of an inspector's recipe (a `Station` has ``.recipe``) if it keeps one.
@@ -69,8 +158,10 @@ class ResultRecorder:
                     # the same colour range as the station view, so archived overlays read the same
                     vmin=0.5 * pixel if pixel else None,
                     vmax=1.5 * pixel if pixel else None,
+                    owner=recipe.name,
                 ),
                 on_warning=self._on_warning,
+                on_removed=self._images_removed if self._store is not None else None,
             )
         except Exception as exc:   # a folder that cannot be made, a bad policy: record without images
             message = f"archive of recipe {recipe.name} unavailable ({exc}); results are recorded without images"
@@ -81,18 +172,52 @@ class ResultRecorder:
         with self._lock:
             self._archives[recipe.name] = archive
 
-    def record(self, result: InspectionResult) -> None:
-        """Pipeline consumer (worker thread): archive, then record in the store."""
+    # ------------------------------------------------------------------ recording
+
+    def record(self, result: InspectionResult) -> Receipt | None:
+        """Pipeline consumer (worker thread): archive, then make the result durable; returns its receipt.
+
+        Returns None only without a store. Report the verdict after this returns.
+
+        Raises:
+            JournalFull: too many results wait for the store; this one is NOT recorded.
+            StoreError: the journal cannot be written (disk full); this one is NOT recorded.
+        """
+        from inspector.store import result_rows
+
         with self._lock:
-            lot, archive = self._lot, self._archives.get(result.recipe)
+            lot, archive, listeners = self._lot, self._archives.get(result.recipe), self._listeners
         if lot and not result.lot:
             result = dataclasses.replace(result, lot=lot)
-        paths = archive.submit(result) if archive is not None else None
-        if self._store is not None:
-            self._store.record(result, image_path=str(paths.image) if paths and paths.image else None,
-                               overlay_path=str(paths.overlay) if paths and paths.overlay else None)
+        archived = archive.submit(result) if archive is not None else None
+        if self._journal is None:
+            return None
+        result_id = uuid.uuid4().hex
+        payload = result_rows(result, image_path=str(archived.image) if archived and archived.image else None,
+                              overlay_path=str(archived.overlay) if archived and archived.overlay else None)
+        seq = self._journal.append(result_id, payload)
+        receipt = Receipt(result_id=result_id, where=str(self._journal.path), seq=seq, durable_at=time.time())
+        self._wake.set()
+        for listener in listeners:
+            try:
+                listener(result, receipt)
+            except Exception:
+                log.exception("durable listener %r failed", listener)
+        return receipt
 
-    def close(self) -> None:
+    def wait_stored(self, timeout: float | None = None) -> bool:
+        """Wait until the journal is empty (everything is in the store); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending:
+            if self._thread is None or not self._thread.is_alive():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.02)
+        return True
+
+    def close_archives(self) -> None:
         """Close every archive (waits for queued images to be written)."""
         with self._lock:
             archives, self._archives = list(self._archives.values()), {}
@@ -101,3 +226,104 @@ class ResultRecorder:
                 archive.close()
             except Exception:
                 log.exception("closing an archive failed")
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Close the archives, forward what the journal holds (up to ``timeout`` s), stop the forwarder.
+
+        Returns:
+            How many results still wait in the journal (`journal_path`); they are forwarded by the next
+            recorder that opens it. 0 when everything is in the store.
+        """
+        self.close_archives()
+        if self._journal is None:
+            return 0
+        self.wait_stored(timeout)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 5.0)
+        left = self._journal.count
+        self._journal.close()
+        self._journal = None
+        return left
+
+    # ------------------------------------------------------------------ the forwarder
+
+    def _forward_loop(self) -> None:
+        assert self._journal is not None
+        journal = self._journal
+        attempt = 0
+        while not self._stop.is_set():
+            entries = journal.peek(_FORWARD_BATCH)
+            if not entries:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self._forward(journal, entries)
+            except StoreError as exc:
+                attempt += 1
+                with self._lock:
+                    self._last_error = exc
+                if attempt == 1 or attempt % 20 == 0:
+                    message = (f"{exc}; {journal.count} result(s) wait in {journal.path} and are forwarded when "
+                               "the store is back")
+                    log.warning(message)
+                    if self._on_warning is not None:
+                        self._on_warning(message)
+                self._stop.wait(min(0.05 * 2 ** min(attempt, 10), _RETRY_MAX_DELAY_S))
+                continue
+            except Exception:        # a bug must not end the forwarder silently
+                log.exception("forwarding the result journal failed")
+                self._stop.wait(1.0)
+                continue
+            if attempt:
+                log.info("statistics store is writable again; forwarding the journal")
+            attempt = 0
+            with self._lock:
+                self._last_error = None
+
+    def _forward(self, journal: ResultJournal, entries: list[JournalEntry]) -> None:
+        assert self._store is not None
+        try:
+            self._store.insert_results([(e.result_id, e.payload) for e in entries])
+        except StoreError as exc:
+            if getattr(exc, "retry", True):
+                raise
+            # The database refuses the data: find the bad ones, keep the rest flowing.
+            for entry in entries:
+                try:
+                    self._store.insert_results([(entry.result_id, entry.payload)])
+                except StoreError as one:
+                    if getattr(one, "retry", True):
+                        raise
+                    journal.set_aside(entry, str(one))
+                    continue
+                journal.remove([entry.seq])
+                self._count_forwarded(1)
+            return
+        journal.remove([e.seq for e in entries])
+        self._count_forwarded(len(entries))
+
+    def _count_forwarded(self, n: int) -> None:
+        with self._lock:
+            self._forwarded += n
+
+    def _images_removed(self, removed: list[Path]) -> None:
+        """The archive trimmed these files: the store's rows stop pointing at them (archive thread)."""
+        assert self._store is not None
+        try:
+            self._store.forget_images([str(p) for p in removed])
+        except StoreError as exc:
+            log.warning("%s", exc)
+
+
+def _default_journal_path(store: Any) -> Path:
+    url = getattr(store, "url", None)
+    database = getattr(url, "database", None)
+    if url is not None and url.get_backend_name() == "sqlite" and database:
+        return journal_path_for(Path(database))
+    folder = paths.data_dir(create=True) / "journal"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = paths.safe_name(str(getattr(store, "display_name", "store")))
+    return folder / f"{name}.pending.db"

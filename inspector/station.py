@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     from models.detectors.patch_knn import PatchKNN
     from models.weights import WeightsInfo
 
-__all__ = ["ModelVersion", "Station", "apply_roi", "build_detector", "next_version", "resolve_version"]
+__all__ = [
+    "ModelVersion", "Station", "apply_roi", "build_detector", "check_detector_options", "next_version",
+    "resolve_version",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +141,22 @@ def build_detector(
         msg = f"{where}: detector settings are not valid: {exc}"
         raise ModelError(msg) from exc
     return detector, resolved.info
+
+
+def check_detector_options(recipe: Recipe) -> None:
+    """Refuse ``detector.options`` that `build_detector` (teaching) would refuse, before loading a model.
+
+    Raises:
+        RecipeError: naming the recipe file, ``detector.options`` and the bad option.
+    """
+    from inspector.errors import RecipeError
+    from models.detectors import PatchKNNConfig
+
+    try:
+        PatchKNNConfig.from_dict({"shorter_side": recipe.preprocess.shorter_side, **recipe.detector.options})
+    except (TypeError, ValueError) as exc:
+        msg = f"{recipe.path or recipe.name}: detector.options are not valid: {exc}"
+        raise RecipeError(msg, path=recipe.path, field="detector.options") from exc
 
 
 class Station:
@@ -274,6 +293,15 @@ class Station:
                 crop_map = np.where(polygon, crop_map, 0.0).astype(np.float32)
             score = float(detection.pred_score[0])
             review, fail, pixel = self.thresholds
+            problem = _not_finite(score, review, fail, pixel, crop_map)
+            if problem is not None:    # fail-safe: a broken number is a reject, never a PASS
+                logger.error("recipe %s frame %s: %s", self.name, frame_id, problem)
+                return InspectionResult(
+                    frame_id=frame_id, timestamp=timestamp, source=source, recipe=self.name,
+                    model_version=self.model_version, verdict=Verdict.ERROR, score=None, image_bgr=image_bgr,
+                    path=path, times=StageTimes(capture_ms=capture_ms), error=problem,
+                    line=self.recipe.line, station=self.recipe.station,
+                )
             verdict = Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
             regions: tuple[DefectRegion, ...] = ()
             if verdict is not Verdict.PASS:
@@ -318,6 +346,18 @@ class Station:
             for r in found
         )
 
+
+
+def _not_finite(score: float, review: float, fail: float, pixel: float, anomaly_map: np.ndarray) -> str | None:
+    """Why this frame cannot be judged (a NaN or infinite number), or None when every number is finite."""
+    for name, value in (("review threshold", review), ("fail threshold", fail), ("pixel threshold", pixel)):
+        if not np.isfinite(value):
+            return f"the {name} is {value}: the model or recipe is broken; teach the recipe again"
+    if not np.isfinite(score):
+        return f"the model gave the score {score}: the model is broken; teach the recipe again"
+    if not np.isfinite(anomaly_map).all():
+        return "the model's anomaly map holds NaN or infinite values: the model is broken; teach the recipe again"
+    return None
 
 
 def _onnx_detector(recipe: Recipe, version: ModelVersion, detector: PatchKNN, device: str) -> Any:

@@ -62,13 +62,14 @@ __all__ = [
     "Store",
     "YieldRow",
     "metadata",
+    "result_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
 GroupBy = Literal["recipe", "line", "lot", "hour", "shift", "day"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2            # 2: inspections.result_id (unique)
 UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nobody has classified yet
 # Time grouping is done on 15-minute buckets in SQL, then mapped to local hours/days/shifts in Python:
 # every time zone in use today is a whole number of quarter hours from UTC, so a bucket never
@@ -101,7 +102,9 @@ inspections = sa.Table(
     sa.Column("image_path", sa.Text),                    # archived frame, if any
     sa.Column("overlay_path", sa.Text),                  # archived heatmap overlay, if any
     sa.Column("error", sa.Text),                         # one sentence for ERROR
+    sa.Column("result_id", sa.String(64)),               # unique per result: a journal replay stores it once
     sa.Index("ix_inspections_time", "time"),
+    sa.Index("ux_inspections_result_id", "result_id", unique=True),
     sa.Index("ix_inspections_recipe_time", "recipe", "time"),
     sa.Index("ix_inspections_verdict", "verdict"),
 )
@@ -409,6 +412,72 @@ class Store:
             msg = (f"statistics store {self.display_name}: {self._queue.maxsize} results are waiting for the "
                    f"database; dropped {result.recipe} frame {result.frame_id} ({dropped} dropped so far)")
             self._report(StoreError(msg), log=dropped == 1 or dropped % 100 == 0)
+
+    def insert_results(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Write journalled results now, in one transaction; skip result ids the store already has.
+
+        This is the durable path (`inspector.recording.ResultRecorder` forwards its journal with it):
+        it runs on the caller's thread, does not retry, and returns only after the commit.
+
+        Args:
+            entries: (result id, payload of `result_rows`) pairs, in the order they were inspected.
+
+        Returns:
+            How many were inserted (the others were stored before: a replay after a crash).
+
+        Raises:
+            StoreError: the database refused or could not be reached; nothing of this call is stored.
+                Its ``retry`` attribute is False when the data itself was refused (a constraint), so
+                writing the same rows again cannot help.
+        """
+        if self._closed:
+            msg = f"statistics store {self.display_name} is closed"
+            raise StoreError(msg)
+        ids = [result_id for result_id, _ in entries]
+        try:
+            with self._engine.begin() as conn:
+                have = set(conn.execute(sa.select(inspections.c.result_id)
+                                        .where(inspections.c.result_id.in_(ids))).scalars())
+                fresh = [(rid, payload) for rid, payload in entries if rid not in have]
+                for rid, payload in fresh:
+                    row = {**payload["inspection"], "result_id": rid}
+                    new_id = _new_id(conn.execute(sa.insert(inspections), row))
+                    region_rows = [{**r, "inspection_id": new_id} for r in payload["regions"]]
+                    if region_rows:
+                        conn.execute(sa.insert(regions), region_rows)
+        except sa.exc.SQLAlchemyError as exc:
+            retry = isinstance(exc, sa.exc.OperationalError) or bool(getattr(exc, "connection_invalidated", False))
+            msg = f"cannot write {len(entries)} result(s) to {self.display_name}: {_reason(exc)}"
+            error = StoreError(msg)
+            error.retry = retry   # type: ignore[attr-defined]
+            raise error from exc
+        with self._cond:
+            self._recorded += len(fresh)
+            recorded = self._recorded
+        if fresh and self._on_recorded is not None:
+            try:
+                self._on_recorded(recorded)
+            except Exception:
+                logger.exception("on_recorded callback failed")
+        return len(fresh)
+
+    def forget_images(self, removed: Sequence[str]) -> int:
+        """The archive removed these files: rows that pointed at them now say no image (NULL).
+
+        Returns:
+            How many rows were changed.
+
+        Raises:
+            StoreError: the database could not be written.
+        """
+        if not removed:
+            return 0
+        changed = 0
+        with _WriteTransaction(self, "the removal of archived images") as conn:
+            for column in (inspections.c.image_path, inspections.c.overlay_path):
+                result = conn.execute(sa.update(inspections).where(column.in_(list(removed))).values({column: None}))
+                changed += result.rowcount or 0
+        return changed
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every result recorded before this call is committed (or given up).
@@ -983,6 +1052,25 @@ class Store:
             msg = (f"the statistics store {self.display_name} has schema version {found}, newer than this "
                    f"inspector reads ({SCHEMA_VERSION}); upgrade inspector or use another database")
             raise StoreError(msg)
+        if int(found) < SCHEMA_VERSION:
+            self._upgrade_schema(int(found))
+
+    def _upgrade_schema(self, found: int) -> None:
+        """Bring a store of an older schema version up to this one (adds columns; keeps every row)."""
+        try:
+            with self._engine.begin() as conn:
+                have = {c["name"] for c in sa.inspect(conn).get_columns("inspections")}
+                if found < 2 and "result_id" not in have:
+                    conn.execute(sa.text("ALTER TABLE inspections ADD COLUMN result_id VARCHAR(64)"))
+                conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS ux_inspections_result_id "
+                                     "ON inspections (result_id)"))
+                conn.execute(sa.update(store_meta).where(store_meta.c.key == "schema_version")
+                             .values(value=str(SCHEMA_VERSION)))
+        except sa.exc.SQLAlchemyError as exc:
+            msg = (f"cannot upgrade the statistics store {self.display_name} from schema version {found} to "
+                   f"{SCHEMA_VERSION}: {_reason(exc)}; close other programs using it and try again")
+            raise StoreError(msg) from exc
+        logger.info("statistics store %s upgraded to schema version %d", self.display_name, SCHEMA_VERSION)
 
 
 class _WriteTransaction:
@@ -1086,6 +1174,16 @@ def _create_engine(url: sa.URL, busy_timeout_s: float) -> sa.Engine:
             cur.close()
 
     return engine
+
+
+def result_rows(result: InspectionResult, *, image_path: str | None = None,
+                overlay_path: str | None = None) -> dict[str, Any]:
+    """The store's rows for a result as plain JSON data: ``{"inspection": {...}, "regions": [...]}``.
+
+    What the result journal keeps (see `inspector.journal`) and `Store.insert_results` writes.
+    """
+    pending = _pending(result, image_path, overlay_path)
+    return {"inspection": pending.inspection, "regions": list(pending.regions)}
 
 
 def _pending(result: InspectionResult, image_path: str | None, overlay_path: str | None) -> _Pending:

@@ -10,7 +10,15 @@ A saved detector is a folder of two files:
 
 Each file is written to a temporary file in the same folder and moved into place with
 ``os.replace``, safetensors first, so a crash leaves either the old model or the new one; the
-checksum catches a folder whose two files do not belong together.
+checksum catches a folder whose two files do not belong together. ``model.json`` is covered too: the
+sha256 of its content (all but ``tensors_sha256``) is written into the safetensors header, so an
+edited ``model.json`` (other blocks, other thresholds) is refused, naming the file.
+
+Loading validates the whole model before it can judge a part: every tensor finite and of the right
+shape, the config and thresholds finite and in range (review <= fail), the bank size as recorded.
+A model that fails any check is refused with a message naming the file and the field; a NaN or an
+infinite number must never turn into a PASS. Files are read with a size limit checked first
+(`models.files.read_bounded`): a device or FIFO named as a model is refused at once.
 
 A model only makes sense with the backbone weights it was fitted with, so loading refuses another
 backbone, other blocks or other weights, naming what the model was built with and what is loaded.
@@ -27,7 +35,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -40,6 +50,7 @@ from models.backbone import DinoBackbone, create_backbone, resolve_device
 from models.calibration import Thresholds
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig
 from models.detectors.registry import get_detector_class
+from models.files import read_bounded
 
 if TYPE_CHECKING:
     from models.weights import WeightsInfo
@@ -52,7 +63,10 @@ MODEL_JSON: Final = "model.json"
 MODEL_TENSORS: Final = "model.safetensors"
 FORMAT: Final = "inspector.detector"
 # Bump when the layout changes; loading refuses files from a newer version.
-FORMAT_VERSION: Final = 1
+# 2: model.json's sha256 in the safetensors header (version 1 files load with a warning).
+FORMAT_VERSION: Final = 2
+MAX_MANIFEST_BYTES: Final = 4 << 20       # model.json is a page of settings and statistics
+MAX_TENSORS_BYTES: Final = 8 << 30        # the largest bank we fit is a few hundred MB
 
 
 def save_detector(
@@ -109,14 +123,17 @@ def save_detector(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "metadata": dict(metadata or {}),
     }
-    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
     try:
-        text = json.dumps(manifest, indent=2, allow_nan=False)
+        manifest = json.loads(json.dumps(manifest, allow_nan=False))    # exactly what loading will see
     except (TypeError, ValueError) as exc:
-        msg = f"cannot save the model to {directory}: metadata must be JSON-serialisable ({exc})"
+        msg = (f"cannot save the model to {directory}: metadata must be JSON-serialisable and every number "
+               f"finite ({exc})")
         raise ValueError(msg) from exc
+    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                                      "manifest_sha256": _manifest_digest(manifest)})
+    manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    text = json.dumps(manifest, indent=2, allow_nan=False)
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(directory / MODEL_TENSORS, blob)
     _write_atomic(directory / MODEL_JSON, (text + "\n").encode("utf-8"))
@@ -133,13 +150,17 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         ValueError: the file is corrupt, truncated, or of another format or a newer version.
     """
     path = Path(directory) / MODEL_JSON
-    if not path.is_file():
+    if not path.exists():
         msg = f"{path} not found; {directory} does not hold a saved detector (save one with save_detector)"
         raise FileNotFoundError(msg)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        text = read_bounded(path, MAX_MANIFEST_BYTES, what="model manifest").decode("utf-8")
+        manifest = json.loads(text, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"{path} is corrupt or truncated ({exc}); save the model again"
+        raise ValueError(msg) from exc
+    except OSError as exc:
+        msg = f"{path}: cannot read the model manifest: {exc.strerror or exc}"
         raise ValueError(msg) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         msg = f"{path} is not a saved inspector detector (no \"format\": \"{FORMAT}\")"
@@ -193,6 +214,7 @@ def load_detector(
         thresholds = Thresholds.from_dict(manifest["thresholds"])
         state = manifest["state"]
         expected_sha = manifest["tensors_sha256"]
+        _check_settings(config, thresholds, saved_blocks, manifest)
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"{json_path} is incomplete or invalid ({type(exc).__name__}: {exc}); save the model again"
         raise ValueError(msg) from exc
@@ -221,7 +243,8 @@ def load_detector(
                f"{_short(loaded_sha)}; load the weights it was built with, or teach the model again")
         raise ValueError(msg)
 
-    tensors = _read_tensors(directory / MODEL_TENSORS, expected_sha, json_path)
+    tensors = _read_tensors(directory / MODEL_TENSORS, expected_sha, json_path, manifest)
+    _check_tensors(tensors, manifest, directory / MODEL_TENSORS)
     # The registry is typed nn.Module; a saved model is a PatchKNN (import_state, bank_size).
     detector = cast(PatchKNN, detector_cls(backbone=backbone, config=config, device=dev))
     try:
@@ -251,20 +274,110 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _read_tensors(path: Path, expected_sha: str, json_path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+def _read_tensors(path: Path, expected_sha: str, json_path: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    if not path.exists():
         msg = f"{path} not found; the saved model is incomplete: save it again"
         raise FileNotFoundError(msg)
-    blob = path.read_bytes()
+    try:
+        blob = read_bounded(path, MAX_TENSORS_BYTES, what="model tensors")
+    except OSError as exc:
+        msg = f"{path}: cannot read the model's tensors: {exc.strerror or exc}"
+        raise ValueError(msg) from exc
     if hashlib.sha256(blob).hexdigest() != expected_sha:
         msg = (f"{path} is corrupt or truncated, or does not belong to {json_path} (checksum differs); "
                "save the model again")
         raise ValueError(msg)
+    header = _safetensors_metadata(blob, path)
+    saved_version = str(header.get("format_version", "1"))
+    if saved_version != str(manifest.get("format_version")):
+        msg = (f"{json_path} says format version {manifest.get('format_version')!r} but {path} was saved as "
+               f"version {saved_version}: model.json was edited; save the model again")
+        raise ValueError(msg)
+    if int(manifest["format_version"]) >= 2:
+        if header.get("manifest_sha256") != _manifest_digest(manifest):
+            msg = (f"{json_path} was changed after the model was saved (its sha256 differs from the one "
+                   f"recorded in {path.name}); a model is used only as taught: teach it again")
+            raise ValueError(msg)
+    else:
+        logger.warning("%s: format version 1 (model.json not covered by a checksum); save the model again to "
+                       "protect it", json_path)
     try:
         return load_safetensors(blob)
     except Exception as exc:  # safetensors raises its own SafetensorError
         msg = f"{path} is corrupt or truncated ({exc}); save the model again"
         raise ValueError(msg) from exc
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of model.json's content, ``tensors_sha256`` aside (it is the checksum of the other file)."""
+    content = {k: v for k, v in manifest.items() if k != "tensors_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+                          .encode("utf-8")).hexdigest()
+
+
+def _refuse_constant(name: str) -> Any:
+    msg = f"holds {name}: every number of a model must be finite"
+    raise ValueError(msg)
+
+
+def _safetensors_metadata(blob: bytes, path: Path) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file (8-byte little-endian header length, then JSON)."""
+    try:
+        (length,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8 : 8 + length].decode("utf-8"))
+        meta = header.get("__metadata__") or {}
+    except (struct.error, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        msg = f"{path} is corrupt or truncated (unreadable header: {exc}); save the model again"
+        raise ValueError(msg) from exc
+    if not isinstance(meta, dict):
+        msg = f"{path} has an invalid header (__metadata__ is not a mapping); save the model again"
+        raise ValueError(msg)
+    return meta
+
+
+def _check_settings(config: PatchKNNConfig, thresholds: Thresholds, blocks: tuple[int, ...],
+                    manifest: dict[str, Any]) -> None:
+    """Refuse settings no taught model has: non-finite or out-of-range numbers (the message names the field)."""
+    for key, value in config.to_dict().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            msg = f"config.{key} is {value}; it must be a finite number"
+            raise ValueError(msg)
+    if not 14 <= config.shorter_side <= 4096:
+        msg = f"config.shorter_side is {config.shorter_side}; it must be between 14 and 4096 px"
+        raise ValueError(msg)
+    for key in ("review", "fail", "pixel"):
+        value = getattr(thresholds, key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            msg = f"thresholds.{key} is {value!r}; it must be a finite number >= 0"
+            raise ValueError(msg)
+    if thresholds.review > thresholds.fail:
+        msg = f"thresholds.review ({thresholds.review}) is above thresholds.fail ({thresholds.fail})"
+        raise ValueError(msg)
+    if not blocks or any(not 1 <= b <= 48 for b in blocks) or len(set(blocks)) != len(blocks):
+        msg = f"backbone.blocks is {list(blocks)}; it must list distinct block numbers from 1"
+        raise ValueError(msg)
+    bank_size = manifest.get("bank_size")
+    if not isinstance(bank_size, int) or isinstance(bank_size, bool) or bank_size < 1:
+        msg = f"bank_size is {bank_size!r}; it must be a whole number >= 1"
+        raise ValueError(msg)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], manifest: dict[str, Any], path: Path) -> None:
+    """Every float tensor finite; the bank as large as model.json says (the message names the tensor)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            msg = f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s); the model is broken: teach it again"
+            raise ValueError(msg)
+    bank = tensors.get("memory_bank")
+    if bank is not None and (bank.ndim != 2 or bank.shape[0] != manifest["bank_size"]):
+        msg = (f"{path}: memory_bank has shape {tuple(bank.shape)}, but model.json records bank_size "
+               f"{manifest['bank_size']}; save the model again")
+        raise ValueError(msg)
+    owner = tensors.get("bank_owner")
+    if owner is not None and owner.numel() and (owner.is_floating_point() or int(owner.min()) < 0):
+        msg = f"{path}: bank_owner must hold image numbers >= 0; save the model again"
+        raise ValueError(msg)
 
 
 def _backbone_for(

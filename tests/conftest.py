@@ -28,6 +28,21 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tmp_is_allowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests keep models, archives and databases in their tmp_path: the station may write there.
+
+    Session-wide (set before session fixtures teach a recipe), restored afterwards.
+    """
+    before = os.environ.get("INSPECTOR_ALLOWED_DIRS")
+    os.environ["INSPECTOR_ALLOWED_DIRS"] = str(tmp_path_factory.getbasetemp())
+    yield
+    if before is None:
+        os.environ.pop("INSPECTOR_ALLOWED_DIRS", None)
+    else:
+        os.environ["INSPECTOR_ALLOWED_DIRS"] = before
+
+
 @pytest.fixture(scope="session")
 def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's ``INSPECTOR_CACHE_DIR``: converted weights are written here once per run."""

@@ -13,7 +13,7 @@ import torch
 from models.backbone import DinoBackbone, create_backbone
 from models.calibration import calibrate
 from models.detectors import PatchKNN, PatchKNNConfig
-from models.saved import MODEL_JSON, MODEL_TENSORS, load_detector, read_manifest, save_detector
+from models.saved import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, load_detector, read_manifest, save_detector
 from models.weights import WeightsInfo
 
 SHA = "ab" * 32
@@ -63,7 +63,7 @@ def test_round_trip_gives_identical_scores(fitted: PatchKNN, saved: Path, backbo
 
 def test_manifest_records_what_the_model_was_built_with(saved: Path) -> None:
     manifest = read_manifest(saved)
-    assert manifest["format_version"] == 1 and manifest["detector"] == "patch_knn"
+    assert manifest["format_version"] == FORMAT_VERSION == 2 and manifest["detector"] == "patch_knn"
     assert manifest["backbone"]["model_name"] == "vit_small_patch14_dinov2"
     assert manifest["backbone"]["blocks"] == [2]
     assert manifest["weights"]["sha256"] == SHA and manifest["weights"]["source"] == "file"
@@ -130,7 +130,7 @@ def test_newer_format_is_refused(saved: Path, backbone: DinoBackbone) -> None:
     manifest = json.loads((saved / MODEL_JSON).read_text())
     manifest["format_version"] = 99
     (saved / MODEL_JSON).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="format version 99; this program reads up to 1"):
+    with pytest.raises(ValueError, match=f"format version 99; this program reads up to {FORMAT_VERSION}"):
         load_detector(saved, backbone=backbone, device="cpu")
 
 

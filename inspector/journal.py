@@ -1,0 +1,176 @@
+"""The local result journal: each result is on disk here before anyone is told its verdict.
+
+A station must never show, print, publish or answer a verdict that a crash can then lose. So
+`inspector.recording.ResultRecorder` first appends every result to this journal, one SQLite
+transaction with ``synchronous = FULL`` (the commit has reached the disk when `append` returns),
+and only then reports it. A forwarder copies the journal's entries, oldest first, into the
+statistics store and removes them once the store has committed them. When the store is locked, full
+or unreachable the entries simply stay here (up to ``max_entries``) and are forwarded when it is
+back, by this process or by the next one that opens the same journal after a crash.
+
+The journal knows nothing of the store's engine: an entry is a result id (unique per result) and
+the store's rows as JSON, so the same file serves an SQLite store today and a remote server later.
+Forwarding is idempotent by the result id (`inspector.store.Store.insert_results` skips ids it
+has), so an entry forwarded twice (a crash between the store's commit and the journal's delete) is
+stored once.
+
+Example:
+    >>> journal = ResultJournal(tmp_path / "inspector.pending.db")      # doctest: +SKIP
+    >>> journal.append("c0ffee", {"inspection": {...}, "regions": []})
+    >>> [entry.result_id for entry in journal.peek(10)]
+    ['c0ffee']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from inspector.errors import StoreError
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "JournalEntry", "JournalFull", "ResultJournal", "journal_path_for"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ENTRIES: Final = 100_000     # about a day of a 1 fps line with the store away; ~1 KB each
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    result_id TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS set_aside (
+    seq INTEGER PRIMARY KEY,
+    result_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+class JournalFull(StoreError):
+    """The journal holds ``max_entries`` results that the store has not taken; nothing more is accepted."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JournalEntry:
+    """One journalled result: its order, its id and the store's rows for it."""
+
+    seq: int
+    result_id: str
+    payload: dict[str, Any]
+
+
+def journal_path_for(store_path: Path) -> Path:
+    """The journal beside an SQLite store file: ``inspector.db`` -> ``inspector.pending.db``.
+
+    Not ``inspector.db-journal``: that name is SQLite's own rollback journal.
+    """
+    return store_path.with_name(f"{store_path.stem}.pending.db")
+
+
+class ResultJournal:
+    """A bounded, crash-safe FIFO of results on local disk (SQLite, WAL, ``synchronous = FULL``).
+
+    Thread-safe: one connection, used under a lock (appends come from the inspection worker,
+    peeks and removals from the forwarder).
+
+    Args:
+        path: the journal file; its folder must exist.
+        max_entries: most results waiting; `append` raises `JournalFull` beyond it.
+
+    Raises:
+        StoreError: the file cannot be opened or is not a journal.
+    """
+
+    def __init__(self, path: Path, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            msg = f"ResultJournal: max_entries must be >= 1, got {max_entries}"
+            raise ValueError(msg)
+        self.path = Path(path)
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves; timeout: another process's lock
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")     # a COMMIT is on disk when it returns
+            self._conn.executescript(_SCHEMA)
+            self._count = int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+        except sqlite3.Error as exc:
+            msg = (f"cannot open the result journal {self.path}: {exc}; check that the folder is writable "
+                   "and the file is a journal (it holds results not yet in the store: do not delete it)")
+            raise StoreError(msg) from exc
+
+    @property
+    def count(self) -> int:
+        """Results waiting to be forwarded."""
+        with self._lock:
+            return self._count
+
+    def append(self, result_id: str, payload: dict[str, Any]) -> int:
+        """Write one result durably; returns its sequence number once the commit is on disk.
+
+        Raises:
+            JournalFull: ``max_entries`` results are waiting already.
+            StoreError: the journal cannot be written (disk full, folder gone); the result is not durable.
+        """
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+        with self._lock:
+            if self._count >= self.max_entries:
+                msg = (f"the result journal {self.path} is full: {self._count} results wait for the statistics "
+                       "store; bring the store back (they are forwarded in order) before inspecting more")
+                raise JournalFull(msg)
+            try:
+                cur = self._conn.execute("INSERT INTO pending (result_id, payload) VALUES (?, ?)", (result_id, text))
+            except sqlite3.Error as exc:
+                msg = f"cannot write result {result_id} to the journal {self.path}: {exc}"
+                raise StoreError(msg) from exc
+            self._count += 1
+            return int(cur.lastrowid or 0)
+
+    def peek(self, limit: int) -> list[JournalEntry]:
+        """The oldest ``limit`` waiting results, in the order they were appended."""
+        with self._lock:
+            rows = self._conn.execute("SELECT seq, result_id, payload FROM pending ORDER BY seq LIMIT ?",
+                                      (limit,)).fetchall()
+        return [JournalEntry(seq=int(s), result_id=str(r), payload=json.loads(p)) for s, r, p in rows]
+
+    def remove(self, seqs: list[int]) -> None:
+        """Forget results the store has committed."""
+        if not seqs:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in seqs])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._count = int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    def set_aside(self, entry: JournalEntry, reason: str) -> None:
+        """Move a result the store refuses for its data out of the queue (kept in table ``set_aside``)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO set_aside (seq, result_id, payload, reason) "
+                                   "VALUES (?, ?, ?, ?)",
+                                   (entry.seq, entry.result_id, json.dumps(entry.payload), reason))
+                self._conn.execute("DELETE FROM pending WHERE seq = ?", (entry.seq,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._count = int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+        logger.error("result %s set aside in %s (table set_aside): %s", entry.result_id, self.path, reason)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
