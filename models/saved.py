@@ -159,6 +159,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"{path} is corrupt or truncated ({exc}); save the model again"
         raise ValueError(msg) from exc
+    except ValueError as exc:        # _refuse_constant: NaN, Infinity
+        msg = f"{path} {exc}; the model is broken: teach it again"
+        raise ValueError(msg) from exc
     except OSError as exc:
         msg = f"{path}: cannot read the model manifest: {exc.strerror or exc}"
         raise ValueError(msg) from exc

@@ -129,3 +129,38 @@ def test_corrupt_model_file_names_it(taught_recipe: Path) -> None:
     tensors.write_bytes(tensors.read_bytes()[:1000])
     with pytest.raises(ModelError, match="model.safetensors"):
         Station.load(recipe)
+
+
+# ---- fail-safe verdicts: a broken number is an ERROR (a reject), never a PASS (issue 12) ----
+
+
+def test_non_finite_threshold_gives_error_not_pass(station: Station) -> None:
+    calibrated = station.model_thresholds
+    for field, bad in (("review", float("nan")), ("fail", float("inf")), ("fail", float("nan")),
+                       ("pixel", float("-inf"))):
+        station.model_thresholds = dataclasses.replace(calibrated, **{field: bad})
+        result = station.inspect_image(textured_part(np.random.default_rng(7)))
+        assert result.verdict is Verdict.ERROR and result.score is None, (field, bad)
+        assert result.error is not None and f"{field} threshold" in result.error
+
+
+@pytest.mark.parametrize("where", ["score", "map"])
+def test_non_finite_score_or_map_gives_error_not_pass(
+    station: Station, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    real_predict = station.detector.predict
+
+    def broken(image_rgb: np.ndarray) -> object:
+        detection = real_predict(image_rgb)
+        if where == "score":
+            detection.pred_score[0] = np.nan
+        else:
+            detection.anomaly_map[0][3, 3] = np.inf
+        return detection
+
+    monkeypatch.setattr(station.detector, "predict", broken)
+    rng = np.random.default_rng(7)
+    for image in (textured_part(rng), with_defect(textured_part(rng), rng)[0]):
+        result = station.inspect_image(image)
+        assert result.verdict is Verdict.ERROR and result.score is None
+        assert result.error is not None and ("score nan" in result.error or "anomaly map" in result.error)

@@ -173,3 +173,83 @@ def test_cpu_model_loads_on_cuda(fitted: PatchKNN, saved: Path, backbone: DinoBa
     assert loaded.device.type == "cuda" and loaded.memory_bank.dtype == torch.float16
     probe = frame(np.random.default_rng(5))
     np.testing.assert_allclose(loaded.predict(probe).pred_score, fitted.predict(probe).pred_score, atol=5e-3)
+
+
+# ---- a tampered or broken model is refused whole, naming the file (issue 12) ----
+
+
+def _rewrite_tensors(saved: Path, change: dict[str, torch.Tensor]) -> None:
+    """Change tensors and recompute the checksum in model.json, as a determined tamperer would."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    blob = (saved / MODEL_TENSORS).read_bytes()
+    length = int.from_bytes(blob[:8], "little")
+    metadata = json.loads(blob[8 : 8 + length])["__metadata__"]
+    tensors = {**load(blob), **change}
+    new_blob = save(tensors, metadata=metadata)
+    (saved / MODEL_TENSORS).write_bytes(new_blob)
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    manifest["tensors_sha256"] = hashlib.sha256(new_blob).hexdigest()
+    (saved / MODEL_JSON).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bank_with_a_non_finite_value_is_refused(saved: Path, backbone: DinoBackbone, bad: float) -> None:
+    from safetensors.torch import load
+
+    bank = load((saved / MODEL_TENSORS).read_bytes())["memory_bank"].clone()
+    bank[3, 5] = bad
+    _rewrite_tensors(saved, {"memory_bank": bank})
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'memory_bank' holds 1 NaN or infinite"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_thresholds_in_model_json_are_refused(saved: Path, backbone: DinoBackbone, text: str) -> None:
+    raw = (saved / MODEL_JSON).read_text()
+    manifest = json.loads(raw)
+    old = json.dumps(manifest["thresholds"]["fail"])
+    assert raw.count(f'"fail": {old}') == 1
+    (saved / MODEL_JSON).write_text(raw.replace(f'"fail": {old}', f'"fail": {text}'))
+    with pytest.raises(ValueError, match=rf"{MODEL_JSON} .*{text}"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_edited_model_json_is_refused_even_with_sane_values(saved: Path) -> None:
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    manifest["backbone"]["blocks"] = [12]                 # scored against a block-2 bank
+    (saved / MODEL_JSON).write_text(json.dumps(manifest))
+    other = create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(12,), device="cpu")
+    with pytest.raises(ValueError, match=r"model\.json was changed after the model was saved"):
+        load_detector(saved, backbone=other, weights_sha256=SHA, device="cpu")
+
+
+def test_downgrading_the_format_version_to_skip_the_check_is_refused(saved: Path, backbone: DinoBackbone) -> None:
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    manifest["format_version"] = 1
+    manifest["thresholds"]["fail"] = 1e9
+    (saved / MODEL_JSON).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="model.json was edited"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_review_above_fail_is_refused(saved: Path, backbone: DinoBackbone) -> None:
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    manifest["thresholds"]["review"] = manifest["thresholds"]["fail"] + 1
+    (saved / MODEL_JSON).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"thresholds\.review .* is above thresholds\.fail"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_a_fifo_as_model_json_is_refused_at_once(saved: Path, backbone: DinoBackbone) -> None:
+    import os
+    import time
+
+    (saved / MODEL_JSON).unlink()
+    os.mkfifo(saved / MODEL_JSON)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"model\.json.* is a FIFO, not a regular model manifest file"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+    assert time.monotonic() - started < 1.0
