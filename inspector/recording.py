@@ -84,8 +84,10 @@ class ResultRecorder:
         self._forwarded = 0
         self._last_error: StoreError | None = None
         self._thread: threading.Thread | None = None
+        self._journal_path: Path | None = None
         if store is not None:
             self._journal = ResultJournal(journal_path or _default_journal_path(store), max_entries=max_journal)
+            self._journal_path = self._journal.path
             if self._journal.count:
                 log.warning("%d result(s) left in %s by an earlier run; forwarding them to %s",
                             self._journal.count, self._journal.path, getattr(store, "display_name", store))
@@ -107,7 +109,8 @@ class ResultRecorder:
 
     @property
     def journal_path(self) -> Path | None:
-        return self._journal.path if self._journal is not None else None
+        """The result journal's file (also after `close`), or None without a store."""
+        return self._journal_path
 
     @property
     def pending(self) -> int:

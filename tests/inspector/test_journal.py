@@ -1,0 +1,254 @@
+"""Durable before reported: the result journal, its forwarding to the store, and what survives SIGKILL.
+
+Real SQLite files throughout; the store is made unavailable the way a second program does it, by
+holding its write lock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspector.journal import JournalFull, ResultJournal, journal_path_for
+from inspector.recording import Receipt, ResultRecorder
+from inspector.results import InspectionResult, Verdict
+from inspector.store import Store, result_rows
+from tests.helpers.images import textured_part, write_images
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _result(frame_id: int, verdict: Verdict = Verdict.PASS) -> InspectionResult:
+    return InspectionResult(
+        frame_id=frame_id, timestamp=1_795_400_000.0 + frame_id, source="camera 0", recipe="tiny_part",
+        model_version="v1", verdict=verdict, score=0.1 * frame_id, image_bgr=None,
+    )
+
+
+def _stored(db: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT frame_id, result_id FROM inspections ORDER BY id").fetchall()
+
+
+@contextmanager
+def _write_locked(db: Path) -> Iterator[None]:
+    """Hold the database's write lock, as another program in a long transaction does."""
+    conn = sqlite3.connect(db, timeout=1.0, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_record_returns_once_durable_and_the_forwarder_stores_in_order(tmp_path: Path) -> None:
+    db = tmp_path / "station.db"
+    store = Store(db)
+    recorder = ResultRecorder(store)
+    heard: list[tuple[int, Receipt]] = []
+    recorder.add_durable_listener(lambda result, receipt: heard.append((result.frame_id, receipt)))
+    receipts = [recorder.record(_result(i)) for i in range(5)]
+    assert recorder.journal_path == journal_path_for(db) == tmp_path / "station.pending.db"
+    assert all(isinstance(r, Receipt) for r in receipts)
+    assert [frame for frame, _ in heard] == list(range(5))
+    assert recorder.wait_stored(10)
+    assert recorder.close() == 0
+    store.close()
+    rows = _stored(db)
+    assert [frame for frame, _ in rows] == list(range(5))
+    assert [rid for _, rid in rows] == [r.result_id for r in receipts if r is not None]
+
+
+def test_a_journal_left_by_a_crash_is_forwarded_once_on_the_next_start(tmp_path: Path) -> None:
+    db = tmp_path / "station.db"
+    Store(db).close()
+    journal = ResultJournal(journal_path_for(db))
+    for i in range(4):
+        journal.append(f"id-{i}", result_rows(_result(i)))
+    journal.close()
+    # the crash came after the store committed id-0 but before the journal forgot it
+    store = Store(db)
+    assert store.insert_results([("id-0", result_rows(_result(0)))]) == 1
+    recorder = ResultRecorder(store)
+    assert recorder.wait_stored(10)
+    assert recorder.close() == 0
+    store.close()
+    assert _stored(db) == [(0, "id-0"), (1, "id-1"), (2, "id-2"), (3, "id-3")]
+
+
+def test_an_old_store_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    Store(db).close()
+    with sqlite3.connect(db) as conn:            # make it look like a schema-1 store with one row
+        conn.execute("DROP INDEX ux_inspections_result_id")
+        conn.execute("ALTER TABLE inspections DROP COLUMN result_id")
+        conn.execute("INSERT INTO inspections (time, recipe, model_version, line, station, lot, source, frame_id,"
+                     " verdict) VALUES (1, 'r', '', '', '', '', '', 7, 'PASS')")
+        conn.execute("UPDATE store_meta SET value = '1' WHERE key = 'schema_version'")
+    store = Store(db)
+    assert store.insert_results([("new", result_rows(_result(8)))]) == 1
+    assert store.insert_results([("new", result_rows(_result(8)))]) == 0
+    store.close()
+    assert _stored(db) == [(7, None), (8, "new")]
+
+
+@pytest.mark.parametrize("lock_s", [
+    3.0,
+    # the issue's probe: same code path, ten times longer
+    pytest.param(30.0, marks=pytest.mark.slow),
+])
+def test_a_locked_store_loses_nothing_and_recording_does_not_wait(tmp_path: Path, lock_s: float) -> None:
+    db = tmp_path / "station.db"
+    store = Store(db, busy_timeout_s=0.2)
+    warnings: list[str] = []
+    recorder = ResultRecorder(store, on_warning=warnings.append)
+    with _write_locked(db):
+        started = time.monotonic()
+        slowest = 0.0
+        n = 0
+        while time.monotonic() - started < lock_s:
+            t0 = time.perf_counter()
+            assert recorder.record(_result(n)) is not None
+            slowest = max(slowest, time.perf_counter() - t0)
+            n += 1
+            time.sleep(0.1)
+        assert recorder.pending == n and _stored(db) == []
+        assert recorder.last_error is not None and "locked" in str(recorder.last_error)
+    assert slowest < 0.5, f"record() waited {slowest:.2f} s for a locked store"     # generous: it never waits on it
+    assert any("wait in" in w and "station.pending.db" in w for w in warnings), warnings
+    assert recorder.wait_stored(30)
+    assert recorder.close() == 0
+    store.close()
+    assert [frame for frame, _ in _stored(db)] == list(range(n))
+
+
+def test_a_full_journal_refuses_instead_of_dropping(tmp_path: Path) -> None:
+    db = tmp_path / "station.db"
+    store = Store(db, busy_timeout_s=0.1)
+    recorder = ResultRecorder(store, max_journal=3)
+    with _write_locked(db):
+        for i in range(3):
+            recorder.record(_result(i))
+        with pytest.raises(JournalFull, match=r"station\.pending\.db is full: 3 results wait"):
+            recorder.record(_result(3))
+    assert recorder.wait_stored(30) and recorder.close() == 0
+    store.close()
+    assert [frame for frame, _ in _stored(db)] == [0, 1, 2]
+
+
+# ---- inspector run ----
+
+
+@pytest.fixture
+def many_frames(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    return write_images(tmp_path / "frames", [textured_part(rng) for _ in range(40)])[0].parent
+
+
+def _run_command(recipe: Path, frames: Path, db: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "inspector", "run", str(recipe), "--source", str(frames), "--store", str(db),
+            "--no-archive", *extra]
+
+
+@pytest.mark.parametrize("kill_after", [1, 4, 9])
+def test_sigkill_after_the_nth_printed_result_loses_none_that_was_printed(
+    taught_recipe: Path, many_frames: Path, tmp_path: Path, kill_after: int
+) -> None:
+    db = tmp_path / "station.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_run_command(taught_recipe, many_frames, db), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    printed: list[str] = []
+    try:
+        for line in proc.stdout:
+            if ".png" in line:
+                printed.append(line.split()[-1])
+            if len(printed) >= kill_after:
+                proc.send_signal(signal.SIGKILL)
+                break
+        printed += [line.split()[-1] for line in proc.stdout if ".png" in line]   # already in the pipe
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and len(printed) >= kill_after
+    assert len(printed) < 40, "the run ended before it was killed; the test proves nothing"
+    store = Store(db)                    # the next start forwards what the killed run left in its journal
+    recorder = ResultRecorder(store)
+    assert recorder.wait_stored(30)
+    recorder.close()
+    store.close()
+    with sqlite3.connect(db) as conn:
+        stored = {Path(p).name for (p,) in conn.execute("SELECT path FROM inspections")}
+        duplicates = conn.execute("SELECT count(*) - count(DISTINCT path) FROM inspections").fetchone()[0]
+    missing = [name for name in printed if name not in stored]
+    assert missing == [], f"printed but not stored after SIGKILL: {missing}"
+    assert duplicates == 0
+
+
+def test_run_with_the_store_locked_leaves_results_in_the_journal_and_says_where(
+    taught_recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inspector.cli import EXIT_ERROR, main
+
+    rng = np.random.default_rng(5)
+    frames = write_images(tmp_path / "few", [textured_part(rng) for _ in range(3)])[0].parent
+    db = tmp_path / "station.db"
+    Store(db).close()
+    with _write_locked(db):
+        code = main(["run", str(taught_recipe), "--source", str(frames), "--store", str(db), "--no-archive",
+                     "--leave-pending"])
+        captured = capsys.readouterr()
+        assert code == EXIT_ERROR
+        assert captured.out.count(".png") == 3        # each line printed once durable in the journal
+        assert f"3 result(s) are not yet in the statistics store {db}; they wait in {tmp_path / 'station.pending.db'}" \
+            in captured.err, captured.err
+        assert _stored(db) == []
+    store = Store(db)
+    recorder = ResultRecorder(store)
+    assert recorder.wait_stored(30)
+    recorder.close()
+    store.close()
+    assert len(_stored(db)) == 3
+
+
+def test_run_waits_for_a_store_that_comes_back(
+    taught_recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inspector.cli import EXIT_OK, main
+
+    rng = np.random.default_rng(6)
+    frames = write_images(tmp_path / "few", [textured_part(rng) for _ in range(2)])[0].parent
+    db = tmp_path / "station.db"
+    Store(db).close()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        with _write_locked(db):
+            release.wait(20)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    timer = threading.Timer(4.0, release.set)        # the store comes back after 4 s
+    timer.start()
+    try:
+        code = main(["run", str(taught_recipe), "--source", str(frames), "--store", str(db), "--no-archive"])
+    finally:
+        release.set()
+        timer.cancel()
+        holder.join()
+    assert code == EXIT_OK, capsys.readouterr().err
+    assert len(_stored(db)) == 2
