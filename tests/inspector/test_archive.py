@@ -308,3 +308,61 @@ def test_writer_falling_behind_skips_and_warns_once(
     assert len(warnings) == 1 and "falls behind" in warnings[0]
     assert archive.saved + archive.skipped == 8
 
+
+
+# ---- own files only (issue 12) ----
+
+
+def test_a_shared_folder_keeps_foreign_files_and_each_recipe_its_own_cap(
+    tmp_path: Path, rng: np.random.Generator,
+) -> None:
+    day = time.strftime("%Y-%m-%d", time.localtime(T0))
+    foreign = [tmp_path / day / "holiday_photo.jpg", tmp_path / "2020-01-01" / "IMG_0001.png"]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\xff" * 5000)
+    big = ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-a")
+    with Archive(big) as a:
+        kept_a = [a.submit(_result(i, Verdict.FAIL, rng=rng, recipe="recipe-a", with_map=False)) for i in range(4)]
+        assert a.flush(10)
+    one = kept_a[0].image.stat().st_size if kept_a[0] else 0
+    small = ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-b", max_bytes=int(one * 1.5))
+    with Archive(small) as b:
+        kept_b = [b.submit(_result(i, Verdict.FAIL, rng=rng, recipe="recipe-b", with_map=False))
+                  for i in range(10, 14)]
+        assert b.flush(10)
+        assert b.total_bytes <= int(one * 1.5)
+    with Archive(ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-b", max_bytes=1)) as again:
+        assert again.flush(10)                    # a restart with a smaller cap: still only recipe-b's files
+    assert all(p.is_file() for p in foreign), "files the archive did not write were removed"
+    assert all(item is not None and item.image.is_file() for item in kept_a), "recipe-b's cap removed recipe-a's"
+    assert not any(item is not None and item.image.exists() for item in kept_b[:-1])
+
+
+def test_the_store_stops_pointing_at_images_the_cap_removed(
+    tmp_path: Path, rng: np.random.Generator, tiny_weights_file: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from inspector.recipe import load_recipe
+    from inspector.recording import ResultRecorder
+    from inspector.store import Store
+    from tests.conftest import write_recipe
+
+    extra = f"archive: {{directory: {(tmp_path / 'archive').as_posix()}, max_size_mb: 0.00001}}\n"
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file, extra=extra))
+    store = Store(tmp_path / "station.db")
+    recorder = ResultRecorder(store)
+    recorder.use(SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4)))
+    recorder.record(_result(0, Verdict.FAIL, rng=rng, recipe=recipe.name))
+    assert recorder.wait_stored(10)
+    first = store.get_inspection(1)
+    assert first.image_path is not None and Path(first.image_path).is_file()
+    recorder.record(_result(1, Verdict.FAIL, rng=rng, recipe=recipe.name))   # over the cap: frame 0 goes
+    recorder.close()
+    assert not Path(first.image_path).exists()
+    after = store.get_inspection(1)
+    second = store.get_inspection(2)
+    store.close()
+    assert after.image_path is None and after.overlay_path is None
+    assert second.image_path is not None and Path(second.image_path).is_file()

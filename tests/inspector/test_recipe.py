@@ -201,7 +201,7 @@ ERRORS = [
     ("thresholds.fial", 0.5, "thresholds.fial", r"did you mean 'fail'\?"),
     ("detecter", {}, "detecter", r"did you mean 'detector'\?.*allowed here: schema_version, name"),
     ("thresholds.review", 0.5, "thresholds.review", r"\(0\.5\) must not be above thresholds\.fail \(0\.3\)"),
-    ("thresholds.pixel", -0.1, "thresholds.pixel", r"must be a number >= 0 or null, got -0\.1"),
+    ("thresholds.pixel", -0.1, "thresholds.pixel", r"must be a finite number >= 0 or null, got -0\.1"),
     ("mm_per_px", math.nan, "mm_per_px", r"must be a finite number, got nan"),
     ("mm_per_px", 0, "mm_per_px", r"must be a number > 0"),
     ("min_defect_area_px", -1, "min_defect_area_px", r"must be >= 0, got -1"),
@@ -435,3 +435,77 @@ def test_loader_returns_recipe_or_raises_recipe_error(fuzz_dir: Path, text: str)
         return
     assert isinstance(recipe, Recipe)
     assert parse_recipe(dump_recipe(recipe), path=path) == recipe, "what loads also saves and reloads"
+
+
+# ---- hostile recipe files (issue 12) ----
+
+_MINIMAL = "schema_version: 1\nname: part\nsource: {type: camera, device: 0}\n"
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_device_or_fifo_as_recipe_is_refused_within_a_second(tmp_path: Path, kind: str) -> None:
+    import time
+
+    if kind == "device":
+        path = Path("/dev/zero")
+    else:
+        path = tmp_path / "recipe.yaml"
+        os.mkfifo(path)
+    started = time.monotonic()
+    with pytest.raises(RecipeError, match=rf"{path}: .*is a {'device' if kind == 'device' else 'FIFO'}, not a "
+                                          "regular recipe file"):
+        load_recipe(path)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_recipe_larger_than_the_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as handle:
+        handle.truncate(64 << 30)            # sparse: 64 GiB that would never fit in memory
+    with pytest.raises(RecipeError, match=r"huge\.yaml: is larger than 1024 KiB"):
+        load_recipe(path)
+
+
+def test_duplicate_keys_are_refused_naming_the_key_and_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(_MINIMAL + "thresholds: {fail: 0.9}\nmin_defect_area_px: 4\nthresholds: {fail: 0.1}\n")
+    with pytest.raises(RecipeError, match=r"dup\.yaml: .*line 6.*found the key 'thresholds' twice "
+                                          r"\(first at line 4\)"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("field", ["model.directory", "archive.directory"])
+@pytest.mark.parametrize("where", ["/etc", "/", "../../../../../../../tmp/elsewhere"])
+def test_folders_outside_the_allowed_ones_are_refused_naming_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, where: str,
+) -> None:
+    monkeypatch.setenv("INSPECTOR_ALLOWED_DIRS", str(tmp_path / "allowed"))
+    section, key = field.split(".")
+    path = tmp_path / "allowed" / "part.yaml"
+    path.parent.mkdir()
+    path.write_text(_MINIMAL + f"{section}: {{{key}: {where}}}\n")
+    with pytest.raises(RecipeError, match=rf"part\.yaml: {field} .* is outside the folders the station may "
+                                          "write in") as caught:
+        load_recipe(path)
+    assert caught.value.field == field
+
+
+def test_a_link_out_of_an_allowed_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "models").symlink_to("/etc")
+    monkeypatch.setenv("INSPECTOR_ALLOWED_DIRS", str(allowed))
+    path = allowed / "part.yaml"
+    path.write_text(_MINIMAL + "model: {directory: models}\n")
+    with pytest.raises(RecipeError, match="model.directory"):
+        load_recipe(path)
+    path.write_text(_MINIMAL + "model: {directory: models_ok}\n")
+    assert load_recipe(path).model_dir() == allowed / "models_ok"
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf"])
+def test_non_finite_thresholds_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "part.yaml"
+    path.write_text(_MINIMAL + f"thresholds: {{fail: {text}}}\n")
+    with pytest.raises(RecipeError, match="thresholds.fail must be a finite number"):
+        load_recipe(path)
