@@ -105,3 +105,63 @@ def test_info_reports_the_weights_source(tiny_weights_file: Path, capsys: pytest
     assert main(["info", "--weights", str(tiny_weights_file)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "torch" in out and "weights: file" in out and "device:" in out
+
+
+# ---- inspector run: the smaller findings of issue 12 ----
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_max_frames_inspects_and_records_exactly_n(
+    taught_recipe: Path, frames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int
+) -> None:
+    db = tmp_path / "station.db"
+    assert main(["run", str(taught_recipe), "--source", str(frames), "--store", str(db), "--max-frames", str(n),
+                 "--no-archive"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count(".png") == n and f"inspected {n} frame(s)" in out and f"recorded {n}" in out, out
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM inspections").fetchone()[0] == n
+
+
+def test_run_with_stdout_closed_still_stops_at_max_frames(taught_recipe: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(2)
+    many = write_images(tmp_path / "many", [textured_part(rng) for _ in range(30)])[0].parent
+    db = tmp_path / "station.db"
+    command = (f"{sys.executable} -m inspector run {taught_recipe} --source {many} --store {db} --no-archive "
+               "--max-frames 3 | head -1")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=repo, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.stdout.count("\n") == 1 and ".png" in done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM inspections").fetchone()[0] == 3
+
+
+def test_run_exits_1_when_its_source_cannot_be_opened(
+    taught_recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    code = main(["run", str(taught_recipe), "--source", str(broken), "--store", str(tmp_path / "s.db")])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR and "the source failed" in err, err
+
+
+def test_run_refuses_detector_options_that_train_refuses(
+    taught_recipe: Path, frames: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = taught_recipe.read_text()
+    taught_recipe.write_text(text.replace("blur_sigma: 1.0", "blur_sigma: 1.0, no_such_option: 3"))
+    assert main(["run", str(taught_recipe), "--source", str(frames)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "detector.options are not valid" in err and "no_such_option" in err, err
+
+
+def test_a_store_file_outside_the_allowed_folders_is_refused(
+    taught_recipe: Path, frames: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INSPECTOR_ALLOWED_DIRS", str(taught_recipe.parent))
+    assert main(["run", str(taught_recipe), "--source", str(frames), "--store", "/etc/inspector.db"]) == EXIT_ERROR
+    assert "--store: /etc/inspector.db is outside the folders" in capsys.readouterr().err
