@@ -349,6 +349,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     store = _open_store(args.store)
     try:
         record = store.get_inspection(args.inspection_id)
+        _check_label(args.label, record.recipe, args.recipe)
         if args.label == "good":
             recipe_path = args.recipe or REPO_ROOT / "recipes" / f"{record.recipe}.yaml"
             image_path = record.image_path or record.path
@@ -368,6 +369,29 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None:
+    """A label must be 'good' or a defect class of the inspection's recipe (``--recipe``, else its file in
+    recipes/); when neither is found, any label is taken with a warning.
+
+    Raises:
+        InspectorError: naming the label, the allowed ones and the recipe file.
+    """
+    from inspector.recipe import load_recipe
+
+    path = recipe_path or REPO_ROOT / "recipes" / f"{recipe_name}.yaml"
+    if recipe_path is None and not path.is_file():
+        if label != "good":
+            print(f"warning: recipe {recipe_name!r} not found (give --recipe); the label {label!r} is not checked "
+                  "against its defect classes", file=sys.stderr)
+        return
+    classes = tuple(load_recipe(path).defect_classes)
+    if label == "good" or label in classes:
+        return
+    msg = (f"label {label!r} is neither 'good' nor a defect class of recipe {path} ({', '.join(classes)}); "
+           "use one of those, or add the class to the recipe's defect_classes")
+    raise InspectorError(msg)
 
 
 # --------------------------------------------------------------------------- info

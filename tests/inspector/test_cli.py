@@ -165,3 +165,18 @@ def test_a_store_file_outside_the_allowed_folders_is_refused(
     monkeypatch.setenv("INSPECTOR_ALLOWED_DIRS", str(taught_recipe.parent))
     assert main(["run", str(taught_recipe), "--source", str(frames), "--store", "/etc/inspector.db"]) == EXIT_ERROR
     assert "--store: /etc/inspector.db is outside the folders" in capsys.readouterr().err
+
+
+def test_feedback_refuses_a_label_the_recipe_does_not_have(
+    taught_recipe: Path, frames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "station.db"
+    taught_recipe.write_text(taught_recipe.read_text() + "defect_classes: [scratch, dent]\n")
+    assert main(["run", str(taught_recipe), "--source", str(frames), "--store", str(db), "--max-frames", "1",
+                 "--no-archive"]) == EXIT_OK
+    capsys.readouterr()
+    args = ["feedback", "1", "--store", str(db), "--recipe", str(taught_recipe), "--user", "qa"]
+    assert main([args[0], args[1], "=HYPERLINK(1)", *args[2:]]) == EXIT_ERROR
+    assert "label '=HYPERLINK(1)' is neither 'good' nor a defect class" in capsys.readouterr().err
+    assert main([args[0], args[1], "dent", *args[2:]]) == EXIT_OK
+    assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",)]
