@@ -100,11 +100,16 @@ def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMe
     return index
 
 
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # what spreadsheets run as formulas (OWASP)
+
+
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV text; a text cell that a spreadsheet would run as a formula (a file named ``=cmd|...``) gets a ``'``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([["'" + c if isinstance(c, str) and c.startswith(_CSV_FORMULA_START) else c for c in row]
+                      for row in rows])
     return buf.getvalue()
 
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from inspector._jobs import relay_progress
 from inspector._report import ReportMeta, write_report
-from inspector.capture import image_files, load_image
+from inspector.capture import IMAGE_EXTENSIONS, image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError
 from inspector.overlay import render_overlay
 from inspector.paths import safe_name
@@ -96,6 +96,7 @@ class ReviewSummary:
     seconds: float                 # wall time of this run
     images_per_second: float       # images scored in this run per second of it, all steps included
     errors: tuple[str, ...] = ()   # "file: reason" of the unreadable files
+    skipped: tuple[str, ...] = ()  # "file: reason" of image files not reviewed (hidden, a link out of the folder)
 
     def summary_lines(self) -> list[str]:
         """A few lines for the CLI."""
@@ -112,6 +113,7 @@ class ReviewSummary:
             lines.append(f"resumed: {self.resumed} file(s) were done by an earlier run")
         lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.2f} images/s")
         lines.extend(f"unreadable: {e}" for e in self.errors)
+        lines.extend(f"skipped: {e}" for e in self.skipped)
         lines.append(f"report: {self.report}")
         return lines
 
@@ -288,7 +290,10 @@ def review(
         msg = f"{folder}: not a folder of images to review"
         raise InspectorError(msg)
     out_abs = out.resolve()
-    files = [p for p in image_files(folder) if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
+    files, skipped = _reviewable(folder)
+    files = [p for p in files if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
+    for line in skipped:
+        logger.warning("review of %s: skipped %s", folder, line)
     if not files:
         msg = f"{folder}: holds no image files to review"
         raise InspectorError(msg)
@@ -302,7 +307,27 @@ def review(
                                                config=zero_shot_config)
     seconds = time.perf_counter() - start
     scored = summary.pop("scored")
-    return ReviewSummary(**summary, seconds=seconds, images_per_second=scored / seconds if seconds > 0 else 0.0)
+    return ReviewSummary(**summary, seconds=seconds, images_per_second=scored / seconds if seconds > 0 else 0.0,
+                         skipped=tuple(skipped))
+
+
+def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
+    """The image files to review, and "file: reason" for those left out: hidden names (``.x.png`` or in a
+    hidden folder) and links that lead out of the folder (never followed)."""
+    root = folder.resolve()
+    files: list[Path] = []
+    skipped: list[str] = []
+    for path in image_files(folder):
+        if not path.resolve().is_relative_to(root):
+            skipped.append(f"{_relative(path, folder)}: a link to {path.resolve()}, outside the reviewed folder")
+        else:
+            files.append(path)
+    hidden = sorted(
+        p for p in folder.rglob(".*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.endswith(".tmp")
+    )
+    skipped.extend(f"{_relative(p, folder)}: hidden (its name starts with '.')" for p in hidden)
+    return files, skipped
 
 
 def _finish(

@@ -270,3 +270,21 @@ def test_zero_shot_review_scores_the_batch_again_when_images_were_added(data: di
     assert [r["file"] for r in rows] == ["img_000.png", "img_001.png", "img_002.png", "img_003.png", "late_000.png"]
     top = max(rows, key=lambda r: float(r["score"]))
     assert top["file"] == "late_000.png", "the new image was scored with the rest"
+
+
+def test_hostile_file_names_are_escaped_listed_or_not_followed(data: dict[str, Path], tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    folder = tmp_path / "lot"
+    write_images(folder, [textured_part(rng, SIZE) for _ in range(3)])
+    (folder / "img_000.png").rename(folder / "=HYPERLINK(1).png")
+    (folder / "img_001.png").rename(folder / ".hidden.png")
+    secret = write_images(tmp_path / "elsewhere", [textured_part(rng, SIZE)])[0]
+    (folder / "link.png").symlink_to(secret)
+    out = tmp_path / "lot-review"
+    summary = _drive(review(folder, out, zero_shot=True, device="cpu", weights=data["weights"],
+                            zero_shot_config=ZERO_SHOT))
+    assert summary is not None and summary.files == 2
+    assert [r["file"] for r in _rows(out / "results.csv")] == ["'=HYPERLINK(1).png", "img_002.png"]
+    assert any(s.startswith(".hidden.png: hidden") for s in summary.skipped), summary.skipped
+    assert any(s.startswith("link.png: a link to") and "outside the reviewed folder" in s for s in summary.skipped)
+    assert any(line.startswith("skipped: link.png") for line in summary.summary_lines())
