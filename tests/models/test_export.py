@@ -237,3 +237,17 @@ def test_recipe_detector_runtime_is_torch_or_onnx(runtime: str, ok: bool) -> Non
     else:
         with pytest.raises(RecipeError, match="detector.runtime.*'torch' or 'onnx'"):
             parse_recipe(text)
+
+
+def test_loading_onnxruntime_through_models_writes_nothing_under_home(tmp_path: Path) -> None:
+    """onnxruntime's telemetry would write ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path)
+    code = "import models.runtime, onnxruntime; onnxruntime.get_available_providers()"
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True, timeout=120)
+    assert list(tmp_path.rglob("*")) == []
