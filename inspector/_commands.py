@@ -399,11 +399,11 @@ def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Versions, device, and where the DINOv2 weights come from."""
-    import models  # noqa: F401 - first: it switches onnxruntime's telemetry off before onnxruntime loads
     import onnxruntime
     import timm
     import torch
 
+    import models  # noqa: F401 - first: it switches onnxruntime's telemetry off before onnxruntime loads
     from inspector import __version__
     from models.weights import resolve_weights, weights_sources
 
