@@ -399,13 +399,16 @@ def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Versions, device, and where the DINOv2 weights come from."""
-    import onnxruntime
+    import importlib
+
     import timm
     import torch
 
-    import models  # noqa: F401 - first: it switches onnxruntime's telemetry off before onnxruntime loads
     from inspector import __version__
     from models.weights import resolve_weights, weights_sources
+
+    # after `models` (imported above): it switches onnxruntime's telemetry off before onnxruntime loads
+    onnxruntime = importlib.import_module("onnxruntime")
 
     print(f"inspector {__version__}, Python {platform.python_version()} on {platform.platform()}")
     print(f"torch {torch.__version__}, timm {timm.__version__}, onnxruntime {onnxruntime.__version__}, "
