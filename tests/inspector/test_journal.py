@@ -157,6 +157,23 @@ def many_frames(tmp_path: Path) -> Path:
     return write_images(tmp_path / "frames", [textured_part(rng) for _ in range(40)])[0].parent
 
 
+def _few_frames_and_a_store(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(n)
+    frames = write_images(tmp_path / "few", [textured_part(rng) for _ in range(n)])[0].parent
+    db = tmp_path / "station.db"
+    Store(db).close()
+    return frames, db
+
+
+def _forward_what_is_left(db: Path) -> None:
+    """Start a recorder on the store, as the next run does: it forwards what its journal holds."""
+    store = Store(db)
+    recorder = ResultRecorder(store)
+    assert recorder.wait_stored(30)
+    assert recorder.close() == 0
+    store.close()
+
+
 def _run_command(recipe: Path, frames: Path, db: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "inspector", "run", str(recipe), "--source", str(frames), "--store", str(db),
             "--no-archive", *extra]
@@ -186,11 +203,7 @@ def test_sigkill_after_the_nth_printed_result_loses_none_that_was_printed(
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL and len(printed) >= kill_after
     assert len(printed) < 40, "the run ended before it was killed; the test proves nothing"
-    store = Store(db)                    # the next start forwards what the killed run left in its journal
-    recorder = ResultRecorder(store)
-    assert recorder.wait_stored(30)
-    recorder.close()
-    store.close()
+    _forward_what_is_left(db)            # the next start forwards what the killed run left in its journal
     with sqlite3.connect(db) as conn:
         stored = {Path(p).name for (p,) in conn.execute("SELECT path FROM inspections")}
         duplicates = conn.execute("SELECT count(*) - count(DISTINCT path) FROM inspections").fetchone()[0]
@@ -204,10 +217,7 @@ def test_run_with_the_store_locked_leaves_results_in_the_journal_and_says_where(
 ) -> None:
     from inspector.cli import EXIT_ERROR, main
 
-    rng = np.random.default_rng(5)
-    frames = write_images(tmp_path / "few", [textured_part(rng) for _ in range(3)])[0].parent
-    db = tmp_path / "station.db"
-    Store(db).close()
+    frames, db = _few_frames_and_a_store(tmp_path, 3)
     with _write_locked(db):
         code = main(["run", str(taught_recipe), "--source", str(frames), "--store", str(db), "--no-archive",
                      "--leave-pending"])
@@ -217,11 +227,7 @@ def test_run_with_the_store_locked_leaves_results_in_the_journal_and_says_where(
         assert f"3 result(s) are not yet in the statistics store {db}; they wait in {tmp_path / 'station.pending.db'}" \
             in captured.err, captured.err
         assert _stored(db) == []
-    store = Store(db)
-    recorder = ResultRecorder(store)
-    assert recorder.wait_stored(30)
-    recorder.close()
-    store.close()
+    _forward_what_is_left(db)
     assert len(_stored(db)) == 3
 
 
@@ -230,10 +236,7 @@ def test_run_waits_for_a_store_that_comes_back(
 ) -> None:
     from inspector.cli import EXIT_OK, main
 
-    rng = np.random.default_rng(6)
-    frames = write_images(tmp_path / "few", [textured_part(rng) for _ in range(2)])[0].parent
-    db = tmp_path / "station.db"
-    Store(db).close()
+    frames, db = _few_frames_and_a_store(tmp_path, 2)
     release = threading.Event()
 
     def hold_lock() -> None:
