@@ -315,14 +315,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Yield and counts per group, defects by class; optional CSV export."""
     store = _open_store(args.store)
     try:
-        filters = {"recipe": args.recipe, "line": args.line, "lot": args.lot,
+        filters = {"recipe": args.recipe, "line": args.line, "lot": args.lot, "station": args.station,
                    "since": _parse_time(args.since), "until": _parse_time(args.until)}
-        rows = store.yield_summary(group_by=args.by, **filters)
-        header = f"{args.by:<24} {'inspected':>9} {'pass':>7} {'review':>7} {'fail':>7} {'error':>7} {'yield %':>8}"
+        keys = (args.by,) if isinstance(args.by, str) else tuple(args.by)
+        rows = store.yield_summary(group_by=keys, **filters)
+        width = max([24, len(" / ".join(keys)), *(len(row.key) for row in rows)])
+        header = (f"{' / '.join(keys):<{width}} {'inspected':>9} {'pass':>7} {'review':>7} {'fail':>7} {'error':>7} "
+                  f"{'yield %':>8}")
         print(header)
         print("-" * len(header))
         for row in rows:
-            print(f"{str(row.key):<24} {row.inspected:>9} {row.passed:>7} {row.review:>7} {row.failed:>7} "
+            print(f"{row.key:<{width}} {row.inspected:>9} {row.passed:>7} {row.review:>7} {row.failed:>7} "
                   f"{row.errors:>7} {row.yield_pct:>8.1f}")
         if not rows:
             print("(no inspections recorded yet)")

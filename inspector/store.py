@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import queue
+import stat
 import tempfile
 import threading
 import time
@@ -58,16 +59,21 @@ __all__ = [
     "InspectionRecord",
     "RegionRecord",
     "SCHEMA_VERSION",
+    "STORE_URL_ENV",
+    "STORE_URL_FILE_ENV",
     "ScorePoint",
     "Store",
     "YieldRow",
+    "configured_url",
     "metadata",
     "result_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
-GroupBy = Literal["recipe", "line", "lot", "hour", "shift", "day"]
+GroupBy = Literal["recipe", "line", "station", "lot", "hour", "shift", "day"]
+_NAME_KEYS: Final = ("recipe", "line", "station", "lot")
+_TIME_KEYS: Final = ("hour", "shift", "day")
 
 SCHEMA_VERSION: Final = 2            # 2: inspections.result_id (unique)
 UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nobody has classified yet
@@ -75,6 +81,9 @@ UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nob
 # every time zone in use today is a whole number of quarter hours from UTC, so a bucket never
 # straddles a local hour, and shifts may start on any quarter hour.
 _BUCKET_S: Final = 900
+STORE_URL_ENV: Final = "INSPECTOR_STORE_URL"            # a plant's shared store, e.g. postgresql://...
+STORE_URL_FILE_ENV: Final = "INSPECTOR_STORE_URL_FILE"  # ... or a file (mode 0600) holding that URL
+_MAX_URL_FILE_BYTES: Final = 4096
 _RETRY_MAX_DELAY_S: Final = 5.0           # backoff cap while the database refuses writes
 _CSV_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")   # what spreadsheets run as formulas (OWASP)
 
@@ -173,13 +182,15 @@ def _bucket_sqlite(element: _bucket, compiler: Any, **kw: Any) -> str:
 class YieldRow:
     """Counts of one group. ``yield_pct`` = passed / inspected * 100: REVIEW and ERROR count against it."""
 
-    key: str                 # recipe/line/lot, or local time: "2026-11-23 14:00", "2026-11-23 06:00-14:00"
+    key: str                 # recipe/line/lot, or local time: "2026-11-23 14:00", "2026-11-23 06:00-14:00";
+                             # with several group keys their values joined by " / "
     inspected: int
     passed: int
     review: int
     failed: int
     errors: int
     yield_pct: float
+    keys: tuple[str, ...] = ()   # the value of each group key, in the order asked
 
 
 class ScorePoint(NamedTuple):
@@ -269,8 +280,10 @@ class Store:
     """The statistics database and its writer thread.
 
     Args:
-        url: an SQLite file path, a SQLAlchemy URL (``"postgresql://user@host/db"``), or None for
-            ``<data dir>/inspector.db``.
+        url: an SQLite file path, a SQLAlchemy URL (``"postgresql+psycopg://user@host/db"``; add
+            ``?sslmode=verify-full&sslrootcert=ca.pem`` for TLS), or None for the plant's configured
+            store (`configured_url`: ``$INSPECTOR_STORE_URL`` or a 0600 file named by
+            ``$INSPECTOR_STORE_URL_FILE``), else ``<data dir>/inspector.db``.
         batch_size: most results per insert transaction.
         flush_interval: seconds the writer waits to fill a batch before committing what it has.
         max_pending: results that may wait for the database; beyond it `record` drops and counts.
@@ -676,7 +689,7 @@ class Store:
     def yield_summary(
         self,
         *,
-        group_by: GroupBy = "recipe",
+        group_by: GroupBy | Sequence[GroupBy] = "recipe",
         recipe: str | None = None,
         line: str | None = None,
         lot: str | None = None,
@@ -687,37 +700,43 @@ class Store:
         """Inspected / passed / review / failed / error counts and yield per group.
 
         Args:
-            group_by: ``recipe``, ``line``, ``lot`` (sorted by name) or ``hour``, ``shift``, ``day``
-                (local time, in time order; a shift belongs to the day it started).
+            group_by: one key or several (``("line", "station", "recipe")``): ``recipe``, ``line``,
+                ``station``, ``lot`` (sorted by name) and at most one of ``hour``, ``shift``, ``day``
+                (local time, in time order; a shift belongs to the day it started). Several keys give
+                one row per combination, ``key`` joined by " / " and ``keys`` apart.
             recipe, line, lot, station: only inspections with this value.
             since, until: only inspections with ``since <= time < until`` (seconds since the epoch).
 
         Raises:
-            ValueError: unknown ``group_by``.
+            ValueError: an unknown key, or more than one time key.
         """
+        keys = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+        unknown = [k for k in keys if k not in _NAME_KEYS + _TIME_KEYS]
+        times = [k for k in keys if k in _TIME_KEYS]
+        if not keys or unknown or len(times) > 1 or len(set(keys)) != len(keys):
+            msg = (f"unknown or repeated group_by {', '.join(keys) or '(none)'}; use one or more of "
+                   f"{', '.join(_NAME_KEYS)} and at most one of {', '.join(_TIME_KEYS)}")
+            raise ValueError(msg)
         conds = _where(recipe=recipe, line=line, lot=lot, station=station, since=since, until=until)
         counts = [
             sa.func.count().label("inspected"),
             *(sa.func.sum(sa.case((inspections.c.verdict == v.value, 1), else_=0)).label(v.value.lower())
               for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL, Verdict.ERROR)),
         ]
-        if group_by in ("recipe", "line", "lot"):
-            key = inspections.c[group_by]
-            stmt = sa.select(key.label("k"), *counts).where(*conds).group_by(key).order_by(key)
-            with self._engine.connect() as conn:
-                return [_yield_row(str(r.k), r.inspected, r.pass_, r.review, r.fail, r.error)
-                        for r in _rows(conn.execute(stmt))]
-        if group_by not in ("hour", "shift", "day"):
-            msg = f"unknown group_by {group_by!r}; use one of recipe, line, lot, hour, shift, day"
-            raise ValueError(msg)
-        bucket = _bucket(inspections.c.time / sa.literal_column(str(_BUCKET_S))).label("b")
-        stmt = sa.select(bucket, *counts).where(*conds).group_by(sa.text("b")).order_by(sa.text("b"))
-        groups: dict[str, list[int]] = {}
+        names = [k for k in keys if k in _NAME_KEYS]
+        columns = [inspections.c[k].label(f"k_{k}") for k in names]
+        if times:   # 15-minute buckets in SQL, mapped to local hours/shifts/days here
+            columns.append(_bucket(inspections.c.time / sa.literal_column(str(_BUCKET_S))).label("k_time"))
+        stmt = (sa.select(*columns, *counts).where(*conds)
+                .group_by(*(sa.text(c.name) for c in columns)).order_by(*(sa.text(c.name) for c in columns)))
+        groups: dict[tuple[str, ...], list[int]] = {}
         with self._engine.connect() as conn:
-            for r in _rows(conn.execute(stmt)):
-                group = self._time_key(int(r.b) * _BUCKET_S, group_by)
-                acc = groups.setdefault(group, [0, 0, 0, 0, 0])
-                for i, n in enumerate((r.inspected, r.pass_, r.review, r.fail, r.error)):
+            for r in conn.execute(stmt).mappings():
+                values: dict[str, str] = {k: str(r[f"k_{k}"]) for k in names}
+                if times:
+                    values[times[0]] = self._time_key(int(r["k_time"]) * _BUCKET_S, times[0])
+                acc = groups.setdefault(tuple(values[k] for k in keys), [0, 0, 0, 0, 0])
+                for i, n in enumerate((r["inspected"], r["pass"], r["review"], r["fail"], r["error"])):
                     acc[i] += int(n or 0)
         return [_yield_row(k, *v) for k, v in groups.items()]
 
@@ -1022,33 +1041,18 @@ class Store:
     # ---- opening ----
 
     def _init_schema(self) -> None:
-        """Create missing tables (safe when two processes open a new file at once) and check the version."""
+        """Create or upgrade the schema in place (`inspector.migrations`) and check the version."""
+        from inspector import migrations
+
+        migrations.upgrade(self._engine, self.display_name)
+        version = sa.select(store_meta.c.value).where(store_meta.c.key == "schema_version")
         try:
-            for attempt in range(5):
-                try:
-                    metadata.create_all(self._engine)
-                    break
-                except sa.exc.OperationalError as exc:
-                    # Another process created a table between our check and our CREATE.
-                    if "already exists" not in str(exc) or attempt == 4:
-                        raise
-            version = sa.select(store_meta.c.value).where(store_meta.c.key == "schema_version")
             with self._engine.connect() as conn:
                 found = conn.execute(version).scalar()
-            if found is None:
-                try:
-                    with self._engine.begin() as conn:
-                        conn.execute(sa.insert(store_meta),
-                                     {"key": "schema_version", "value": str(SCHEMA_VERSION)})
-                except sa.exc.IntegrityError:
-                    pass                           # another process wrote it first
-                with self._engine.connect() as conn:
-                    found = conn.execute(version).scalar()
         except sa.exc.SQLAlchemyError as exc:
             msg = f"cannot open the statistics store {self.display_name}: {_reason(exc)}"
             raise StoreError(msg) from exc
-        assert found is not None   # read back after this or another process inserted it (value is NOT NULL)
-        if not found.isdigit() or int(found) > SCHEMA_VERSION:
+        if found is None or not found.isdigit() or int(found) > SCHEMA_VERSION:
             msg = (f"the statistics store {self.display_name} has schema version {found}, newer than this "
                    f"inspector reads ({SCHEMA_VERSION}); upgrade inspector or use another database")
             raise StoreError(msg)
@@ -1115,7 +1119,48 @@ def _close_at_exit(ref: weakref.ReferenceType[Store]) -> None:
         logger.error("%s", exc)
 
 
+def configured_url() -> str | None:
+    """The store URL a plant configured for this computer, or None for the per-user SQLite file.
+
+    ``$INSPECTOR_STORE_URL`` first, else the first line of the file named by ``$INSPECTOR_STORE_URL_FILE``,
+    which must be a regular file readable by its owner only (``chmod 600``): a URL holds the database
+    password, and neither is ever printed (see `_display`).
+
+    Raises:
+        StoreError: the URL file is missing, empty, not a regular file or readable by others.
+    """
+    value = os.environ.get(STORE_URL_ENV, "").strip()
+    if value:
+        return value
+    file_name = os.environ.get(STORE_URL_FILE_ENV, "").strip()
+    if not file_name:
+        return None
+    path = Path(file_name).expanduser()
+    try:
+        info = path.stat()
+    except OSError as exc:
+        msg = f"{STORE_URL_FILE_ENV}={path}: cannot read the store URL file ({exc.strerror or exc})"
+        raise StoreError(msg) from exc
+    if not stat.S_ISREG(info.st_mode):
+        msg = f"{STORE_URL_FILE_ENV}={path}: not a regular file"
+        raise StoreError(msg)
+    if info.st_mode & 0o077:
+        msg = (f"{STORE_URL_FILE_ENV}={path}: readable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+               f"it holds the database password: run chmod 600 {path}")
+        raise StoreError(msg)
+    if info.st_size > _MAX_URL_FILE_BYTES:
+        msg = f"{STORE_URL_FILE_ENV}={path}: {info.st_size} bytes is not a store URL (at most {_MAX_URL_FILE_BYTES})"
+        raise StoreError(msg)
+    lines = path.read_text(encoding="utf-8").strip().splitlines()
+    if not lines or not lines[0].strip():
+        msg = f"{STORE_URL_FILE_ENV}={path}: empty; write the store URL on its first line"
+        raise StoreError(msg)
+    return lines[0].strip()
+
+
 def _database_url(url: str | Path | None) -> sa.URL:
+    if url is None:
+        url = configured_url()
     if url is None:
         path = paths.database_path()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1237,32 +1282,16 @@ def _where(*, recipe: str | None = None, line: str | None = None, lot: str | Non
     return conds
 
 
-class _CountRow(NamedTuple):
-    inspected: int
-    pass_: int
-    review: int
-    fail: int
-    error: int
-    k: Any = None
-    b: Any = None
-
-
 def _new_id(result: sa.CursorResult[Any]) -> Any:
     """The primary key of a one-row insert (SQLAlchemy types it Optional: None only after executemany)."""
     return cast("sa.Row[Any]", result.inserted_primary_key)[0]
 
 
-def _rows(result: sa.CursorResult[Any]) -> Iterable[_CountRow]:
-    for m in result.mappings():
-        yield _CountRow(inspected=int(m["inspected"]), pass_=int(m["pass"] or 0),
-                        review=int(m["review"] or 0), fail=int(m["fail"] or 0), error=int(m["error"] or 0),
-                        k=m.get("k"), b=m.get("b"))
-
-
-def _yield_row(key: str, inspected: int, passed: int, review: int, failed: int, errors: int) -> YieldRow:
+def _yield_row(keys: tuple[str, ...], inspected: int, passed: int, review: int, failed: int,
+               errors: int) -> YieldRow:
     pct = 100.0 * passed / inspected if inspected else 0.0
-    return YieldRow(key=key, inspected=inspected, passed=passed, review=review, failed=failed, errors=errors,
-                    yield_pct=pct)
+    return YieldRow(key=" / ".join(keys), keys=keys, inspected=inspected, passed=passed, review=review,
+                    failed=failed, errors=errors, yield_pct=pct)
 
 
 def _parse_shift_start(text: str) -> int:

@@ -84,13 +84,9 @@ def recipe_choices(recipe: Path | None) -> list[Path]:
 
 
 def _open_store(text: str | None) -> Any | None:
-    from inspector.paths import database_path
     from inspector.store import Store
 
-    target = text if text else database_path()
-    if not text:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-    return Store(target)
+    return Store(text or None)     # None: the configured plant store, else the per-user SQLite file
 
 
 def main(argv: Sequence[str] | None = None) -> int:

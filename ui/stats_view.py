@@ -1,4 +1,4 @@
-"""Statistics screen: yield and counts per recipe / line / lot / shift / hour / day, defects by class,
+"""Statistics screen: yield and counts per recipe / line / station / lot / shift / hour / day, defects by class,
 a score trend chart with the thresholds and control limits (mean ± 3σ), a date-range filter, CSV export.
 
 Reads an `inspector.store.Store` on the GUI thread when asked (`refresh`): the queries are small
@@ -35,7 +35,9 @@ __all__ = ["GROUPS", "StatisticsView", "control_limits"]
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("recipe", "line", "lot", "shift", "hour", "day")   # what Store.yield_summary groups by
+# What Store.yield_summary groups by; the tuples read across a plant's stations sharing one store.
+GROUPS: tuple[str | tuple[str, ...], ...] = ("recipe", "line", "station", ("line", "station", "recipe"), "lot",
+                                             "shift", "hour", "day")
 CONTROL_SIGMA = 3.0          # Shewhart control limits: mean ± 3σ
 
 
@@ -86,7 +88,8 @@ class StatisticsView(QWidget):
 
         self.group_box = QComboBox()
         for group in GROUPS:
-            self.group_box.addItem(group.capitalize(), group)
+            label = group.capitalize() if isinstance(group, str) else " / ".join(k.capitalize() for k in group)
+            self.group_box.addItem(label, group)
         self.recipe_box = QComboBox()
         self.recipe_box.addItem("All recipes", None)
         now = QDateTime.currentDateTime()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from inspector.results import Frame, InspectionResult, Verdict
+from tests.helpers.postgres import PostgresCluster, postgres_bin_dir
 
 
 def part_image(rng: np.random.Generator, *, size: int = 56, defect: bool = False) -> np.ndarray:
@@ -129,3 +130,21 @@ def no_thread_leak() -> Iterator[None]:
         leaked[0].join(0.1)
         leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server on a free loopback port for the whole session (Debian's ``postgresql``).
+
+    Skips, with the reason, only where the server is not installed (``.ci/run`` installs it)."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    with PostgresCluster.start(tmp_path_factory.mktemp("postgres") / "cluster") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster, request: pytest.FixtureRequest) -> str:
+    """A new, empty database on the session's PostgreSQL server; its SQLAlchemy URL."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return postgres_cluster.create_database(name)

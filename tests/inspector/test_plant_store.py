@@ -1,0 +1,127 @@
+"""A plant's stations on one store: grouping across stations, the configured URL, TLS to PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from inspector.errors import StoreError
+from inspector.results import InspectionResult, Verdict
+from inspector.store import STORE_URL_ENV, STORE_URL_FILE_ENV, Store, configured_url
+from tests.helpers.postgres import PostgresCluster, postgres_bin_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _result(i: int, *, line: str, station: str, recipe: str, verdict: Verdict) -> InspectionResult:
+    return InspectionResult(frame_id=i, timestamp=1.8e9 + 60 * i, source="cam", recipe=recipe, model_version="v1",
+                            verdict=verdict, score=0.9 if verdict is Verdict.FAIL else 0.1, line=line,
+                            station=station)
+
+
+def _fill(store: Store) -> None:
+    plan = [("L1", "S1", "bracket", Verdict.PASS), ("L1", "S1", "bracket", Verdict.FAIL),
+            ("L1", "S2", "bracket", Verdict.PASS), ("L2", "S3", "cap", Verdict.REVIEW),
+            ("L2", "S3", "cap", Verdict.PASS), ("L2", "S3", "bracket", Verdict.PASS)]
+    for i, (line, station, recipe, verdict) in enumerate(plan):
+        store.record(_result(i, line=line, station=station, recipe=recipe, verdict=verdict))
+    store.flush()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_yield_by_line_station_recipe(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    with Store(url) as store:
+        _fill(store)
+        rows = store.yield_summary(group_by=("line", "station", "recipe"))
+        assert [(r.keys, r.inspected, r.passed, r.review, r.failed) for r in rows] == [
+            (("L1", "S1", "bracket"), 2, 1, 0, 1),
+            (("L1", "S2", "bracket"), 1, 1, 0, 0),
+            (("L2", "S3", "bracket"), 1, 1, 0, 0),
+            (("L2", "S3", "cap"), 2, 1, 1, 0),
+        ]
+        assert rows[0].key == "L1 / S1 / bracket"
+        by_station_day = store.yield_summary(group_by=("station", "day"), line="L2")
+        assert [(r.keys[0], r.inspected) for r in by_station_day] == [("S3", 3)]
+        assert [r.key for r in store.yield_summary(group_by="station")] == ["S1", "S2", "S3"]
+        with pytest.raises(ValueError, match="at most one of hour, shift, day"):
+            store.yield_summary(group_by=("hour", "day"))
+
+
+def test_cli_stats_by_several_keys(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        _fill(store)
+    out = subprocess.run([sys.executable, "-m", "inspector", "stats", "--by", "line,station,recipe", "--store",
+                          str(db)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "line / station / recipe" in out.stdout
+    assert "L2 / S3 / cap" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "inspector", "stats", "--by", "line,colour", "--store", str(db)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid --by 'line,colour'" in bad.stderr
+
+
+def test_store_url_from_the_environment_and_a_private_file(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "plant.db"
+    monkeypatch.setenv(STORE_URL_ENV, f"sqlite:///{db}")
+    with Store() as store:
+        assert store.display_name == str(db)
+    monkeypatch.delenv(STORE_URL_ENV)
+    secret = tmp_path / "store-url"
+    secret.write_text("postgresql+psycopg://station:s3cret@127.0.0.1:1/plant\n", encoding="utf-8")
+    secret.chmod(0o644)
+    monkeypatch.setenv(STORE_URL_FILE_ENV, str(secret))
+    with pytest.raises(StoreError, match=r"readable by other users \(mode 0644\).*chmod 600") as info:
+        configured_url()
+    assert "s3cret" not in str(info.value)
+    secret.chmod(0o600)
+    assert configured_url() == "postgresql+psycopg://station:s3cret@127.0.0.1:1/plant"
+    with pytest.raises(StoreError) as unreachable:      # nothing listens on port 1
+        Store()
+    assert "s3cret" not in str(unreachable.value) and "***" in str(unreachable.value)
+    secret.unlink()
+    with pytest.raises(StoreError, match="cannot read the store URL file"):
+        configured_url()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresCluster, Path]]:
+    """A PostgreSQL server that offers TLS with a self-signed certificate (openssl, made here)."""
+    if postgres_bin_dir() is None or shutil.which("openssl") is None:
+        pytest.skip("PostgreSQL or openssl is not installed here")
+    root = tmp_path_factory.mktemp("pg-tls") / "cluster"
+    certs = tmp_path_factory.mktemp("pg-certs")
+    subprocess.run(["openssl", "req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(certs / "server.key"),
+                    "-out", str(certs / "server.crt")], check=True, capture_output=True)
+    if os.geteuid() == 0:
+        for name in ("server.key", "server.crt"):
+            shutil.chown(certs / name, "postgres", "postgres")
+        os.chmod(certs, 0o755)
+    os.chmod(certs / "server.key", 0o600)
+    cluster = PostgresCluster.start(root, extra=("-c", "ssl=on", "-c", f"ssl_cert_file={certs / 'server.crt'}",
+                                                 "-c", f"ssl_key_file={certs / 'server.key'}"))
+    yield cluster, certs / "server.crt"
+    cluster.stop()
+
+
+def test_tls_to_postgresql_when_the_url_asks_for_it(tls_cluster: tuple[PostgresCluster, Path]) -> None:
+    cluster, ca = tls_cluster
+    url = cluster.create_database("tls")
+    with Store(f"{url}?sslmode=verify-full&sslrootcert={ca}") as store:
+        store.record(_result(1, line="L1", station="S1", recipe="r", verdict=Verdict.PASS))
+        store.flush()
+        with store._engine.connect() as conn:    # what the server says of this very connection
+            ssl = conn.execute(sa.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
+        assert ssl is True
+    with pytest.raises(StoreError, match="cannot open the statistics store"):
+        Store(f"{url}?sslmode=verify-full&sslrootcert={ca.parent / 'missing.crt'}")
