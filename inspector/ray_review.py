@@ -72,6 +72,7 @@ __all__ = [
     "MAX_BATCH_TRIES",
     "ReviewWorker",
     "WorkerPool",
+    "batched",
     "ray_review",
 ]
 
@@ -193,7 +194,7 @@ class WorkerPool:
         caller gets a place to cancel. At most ``capacity`` batches are in flight; ``batches`` is read
         only as room frees up.
         """
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         exhausted = False
         while True:
@@ -225,6 +226,12 @@ class WorkerPool:
                     else:
                         self._again.append(batch)
                     continue
+                except RayTaskError as exc:
+                    # Not a bad image (those are records): the worker cannot write the report folder,
+                    # or its model is gone. The run stops as a single-process review would.
+                    cause = getattr(exc, "cause", None) or exc
+                    msg = f"a review worker failed on the batch from {batch.rels[0]}: {cause}"
+                    raise InspectorError(msg) from exc
                 yield batch.rels, records
 
     def _submit(self, batch: _Batch) -> None:
@@ -352,7 +359,7 @@ def ray_review(
         todo = (rel for rel in (relative_name(p, folder) for p in files()) if rel not in journal.records)
         done, scored = resumed, 0
         last_report = time.perf_counter()
-        for rels, records in pool.results(_batched(todo, batch_size)):
+        for rels, records in pool.results(batched(todo, batch_size)):
             if isinstance(records, str):
                 records = [{"file": rel, "status": "error", "error": records} for rel in rels]
             for record in records:
@@ -438,7 +445,8 @@ def _describe(ray: Any, actor: Any) -> dict[str, Any]:
     return described
 
 
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of ``size`` items (the last one shorter), reading ``items`` lazily."""
     batch: list[str] = []
     for item in items:
         batch.append(item)

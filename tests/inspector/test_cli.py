@@ -105,3 +105,14 @@ def test_info_reports_the_weights_source(tiny_weights_file: Path, capsys: pytest
     assert main(["info", "--weights", str(tiny_weights_file)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "torch" in out and "weights: file" in out and "device:" in out
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--zero-shot", "--ray"], "--ray needs --recipe"),
+    (["--zero-shot", "--workers", "2"], "--workers needs --ray"),
+])
+def test_review_on_ray_options_that_cannot_work_exit_1(
+    frames: Path, extra: list[str], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["review", str(frames), *extra]) == EXIT_ERROR
+    assert match in capsys.readouterr().err

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inspector.cli import EXIT_OK, main
 from inspector.errors import InspectorError
 from inspector.results import Progress
 from inspector.review import JOURNAL_NAME, ReviewSummary, review
@@ -156,7 +157,7 @@ def test_a_killed_worker_is_replaced_and_its_images_redone(
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_cancelled_ray_review_stops_its_workers_and_resumes(
-    folder: Path, taught_recipe: Path, tmp_path: Path
+    folder: Path, taught_recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     job = ray_review(folder, out, recipe=taught_recipe, workers=2, batch_size=2)
@@ -168,13 +169,17 @@ def test_a_cancelled_ray_review_stops_its_workers_and_resumes(
     _, before = _journal(out)
     assert 4 <= len(before) < 13
 
-    summary = _finish(ray_review(folder, out, recipe=taught_recipe, workers=2, batch_size=2))
-    assert summary.resumed == len(before)
+    # resumed through the command line, on this process's cluster
+    code = main(["review", str(folder), "--recipe", str(taught_recipe), "--out", str(out), "--ray", "--workers", "2"])
+    assert code == EXIT_OK
+    printed = capsys.readouterr().out
+    assert f"resumed: {len(before)} file(s) were done by an earlier run" in printed
+    assert "Ray: 2 worker(s) on 1 node(s)" in printed
     _, after = _journal(out)
     files = [r["file"] for r in after]
     assert len(files) == len(set(files)) == 13
     assert after[: len(before)] == before                          # nothing recorded was redone or lost
-    assert sum(summary.counts.values()) == 13
+    assert sorted(_csv_files(out)) == sorted(files)
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -1,0 +1,280 @@
+"""Scale benchmarks of issue 15: batch review on Ray (this part) and PostgreSQL writers (added later).
+
+Review rows (`review_rows`), all on one machine:
+
+1. **Throughput.** One synthetic folder (``--images`` parts of ``--size`` px, a tenth with a drawn
+   defect) reviewed with a recipe taught on 8 good parts (random-init ViT-S/14 weights: the speed is
+   the model's, the accuracy is not the point): single-process `inspector.review.review`, then
+   `inspector.ray_review.ray_review` with 1 and 2 workers on one local Ray cluster (started once,
+   its start-up not counted). Per run: wall time (actor start-up and model loading included) and the
+   steady rate (images/s from the first finished image to the last), and the ratio of each to the
+   single-process run. The journals of the runs are compared (same verdicts and scores to 1e-5).
+2. **Driver memory.** A synthetic folder of ``--files`` small files (default 200,000, one flat
+   folder: the worst case, as the walk holds one folder's names at a time) is streamed through the
+   real driver code (`iter_image_files` -> batches -> `WorkerPool` with ``ray.wait``) to 2 trivial
+   actors that return a tiny record per file: scoring 200,000 images is out of reach on 2 cores. Peak
+   Python memory of the driver (tracemalloc) and its RSS growth are measured, against building the
+   full list of paths (`image_files`, what a single-process review holds). Not measured: the journal's
+   record per finished image, which a real run keeps in the driver for the report.
+
+Usage (from the repository root):
+    python -m benchmarks.scale --review-only
+    python -m benchmarks.scale --review-only --images 48 --files 200000 --json benchmarks/results/scale-review.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector.results import Progress
+from inspector.review import JOURNAL_NAME, ReviewSummary
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux: VmRSS of /proc/self/status; else 0)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _timed(job: Generator[Progress, None, ReviewSummary]) -> dict[str, Any]:
+    """Drive a review; wall time, and the steady rate from the first finished image to the last."""
+    start = time.perf_counter()
+    first: tuple[float, int] | None = None
+    while True:
+        try:
+            tick = next(job)
+        except StopIteration as stop:
+            summary: ReviewSummary = stop.value
+            break
+        if first is None and tick.done > 0:
+            first = (time.perf_counter(), tick.done)
+    end = time.perf_counter()
+    n = sum(summary.counts.values())
+    steady = (n - first[1]) / (end - first[0]) if first and end > first[0] and n > first[1] else None
+    return {"images": n, "wall_s": round(end - start, 2), "images_per_s_wall": round(n / (end - start), 3),
+            "images_per_s_steady": None if steady is None else round(steady, 3), "model": summary.model,
+            "counts": summary.counts}
+
+
+def _records(out: Path) -> dict[str, dict[str, Any]]:
+    lines = (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()[1:]
+    return {r["file"]: r for r in map(json.loads, lines)}
+
+
+def _same(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(a[k]["status"] == b[k]["status"] and a[k].get("verdict") == b[k].get("verdict")
+               and abs(a[k].get("score", 0.0) - b[k].get("score", 0.0)) <= 1e-5 for k in a)
+
+
+def _teach(root: Path, size: int) -> Path:
+    """A recipe taught on 8 synthetic good parts with random-init ViT-S/14 weights (no download)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from inspector.recipe import load_recipe
+    from inspector.teach import run_to_end, teach
+    from tests.conftest import write_recipe
+    from tests.helpers.images import textured_part, write_images
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True)
+    weights = root / "vit_small_random.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    rng = np.random.default_rng(0)
+    good = write_images(root / "good", [textured_part(rng, size) for _ in range(8)])[0].parent
+    recipe = write_recipe(root / "recipe", weights)
+    text = recipe.read_text(encoding="utf-8").replace("shorter_side: 84", f"shorter_side: {size}")
+    recipe.write_text(text, encoding="utf-8")
+    run_to_end(teach(load_recipe(recipe), good))
+    return recipe
+
+
+# ------------------------------------------------------------------------------------ rows
+
+
+def throughput_rows(root: Path, *, images: int, size: int, workers: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Single-process review vs Ray with each number of ``workers``, same folder, same recipe."""
+    import ray
+
+    from inspector.ray_review import ray_review
+    from inspector.review import review
+    from tests.helpers.images import textured_part, with_defect, write_images
+
+    recipe = _teach(root, size)
+    rng = np.random.default_rng(1)
+    parts = [with_defect(textured_part(rng, size), rng)[0] if i % 10 == 9 else textured_part(rng, size)
+             for i in range(images)]
+    folder = write_images(root / "lot", parts)[0].parent
+    rows = []
+    base = _timed(review(folder, root / "out-single", recipe=recipe))
+    rows.append({"run": "single process", "workers": 1, **base, "ratio_wall": 1.0, "ratio_steady": 1.0,
+                 "same_records": True})
+    print(_line(rows[-1]), flush=True)
+    reference = _records(root / "out-single")
+    t = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    ray_start_s = round(time.perf_counter() - t, 1)
+    try:
+        for n in workers:
+            out = root / f"out-ray-{n}"
+            row = _timed(ray_review(folder, out, recipe=recipe, workers=n))
+            rows.append({"run": f"Ray, {n} worker(s)", "workers": n, **row,
+                         "ratio_wall": round(row["images_per_s_wall"] / base["images_per_s_wall"], 2),
+                         "ratio_steady": None if not (row["images_per_s_steady"] and base["images_per_s_steady"])
+                         else round(row["images_per_s_steady"] / base["images_per_s_steady"], 2),
+                         "same_records": _same(_records(out), reference), "ray_start_s": ray_start_s})
+            print(_line(rows[-1]), flush=True)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+class CountingWorker:
+    """A trivial review actor: one tiny record per file, no image read (measures the driver, not scoring)."""
+
+    def score(self, rels: list[str]) -> list[dict[str, Any]]:
+        return [{"file": rel, "status": "ok"} for rel in rels]
+
+
+def memory_rows(root: Path, *, files: int, workers: int = 2) -> list[dict[str, Any]]:
+    """Driver memory while streaming ``files`` small files, vs the full list of their paths."""
+    import gc
+
+    import ray
+
+    from inspector.capture import image_files, iter_image_files
+    from inspector.ray_review import BATCH_SIZE, WorkerPool, batched
+    from inspector.review import relative_name
+
+    folder = root / "many"
+    folder.mkdir()
+    t = time.perf_counter()
+    for i in range(files):
+        (folder / f"img_{i:07d}.png").touch()
+    make_s = time.perf_counter() - t
+    rows = []
+
+    gc.collect()
+    tracemalloc.start()
+    t = time.perf_counter()
+    listed = image_files(folder)
+    list_s = time.perf_counter() - t
+    peak_list = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    count = len(listed)
+    del listed
+    gc.collect()
+    rows.append({"run": "full path list (image_files, single-process review)", "files": count,
+                 "peak_python_mb": round(peak_list / 2**20, 1), "seconds": round(list_s, 1)})
+    print(rows[-1], flush=True)
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(CountingWorker)
+        pool = WorkerPool(lambda name: remote.options(name=name).remote(), workers=workers)
+        ray.get([a.score.remote([]) for a in pool.actors])       # actors up before measuring
+        gc.collect()
+        rss0 = rss_mb()
+        rss_peak = rss0
+        tracemalloc.start()
+        t = time.perf_counter()
+        done = 0
+        peak_in_flight = 0
+        todo = (relative_name(p, folder) for p in iter_image_files(folder))
+        for _rels, records in pool.results(batched(todo, BATCH_SIZE)):
+            done += len(records)
+            peak_in_flight = max(peak_in_flight, pool.in_flight)
+            if done % 20_000 < BATCH_SIZE:
+                rss_peak = max(rss_peak, rss_mb())
+        seconds = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        pool.close()
+    finally:
+        ray.shutdown()
+    rows.append({"run": f"streamed to {workers} trivial Ray actors (iter_image_files + WorkerPool)",
+                 "files": done, "peak_python_mb": round(peak / 2**20, 1),
+                 "rss_growth_mb": round(rss_peak - rss0, 1), "seconds": round(seconds, 1),
+                 "files_per_s": round(done / seconds), "batch_size": BATCH_SIZE,
+                 "peak_batches_in_flight": peak_in_flight, "make_folder_s": round(make_s, 1)})
+    print(rows[-1], flush=True)
+    return rows
+
+
+def review_rows(*, images: int = 48, size: int = 112, files: int = 200_000,
+                workers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """The review part of the scale benchmark: throughput rows and driver-memory rows."""
+    root = Path(tempfile.mkdtemp(prefix="scale-review-"))
+    try:
+        return {"throughput": throughput_rows(root, images=images, size=size, workers=workers),
+                "memory": memory_rows(root, files=files)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _line(row: dict[str, Any]) -> str:
+    steady = row["images_per_s_steady"]
+    return (f"{row['run']:<22} {row['images']:>4} img  wall {row['wall_s']:>7.1f} s  "
+            f"{row['images_per_s_wall']:>6.2f} img/s (x{row['ratio_wall']})  steady "
+            f"{'-' if steady is None else f'{steady:.2f}'} img/s (x{row['ratio_steady']})  "
+            f"same records: {row['same_records']}")
+
+
+def _conditions(command: str) -> dict[str, Any]:
+    import ray
+    import torch
+
+    return {"command": command, "device": f"CPU only: {os.cpu_count()} cores ({platform.processor() or 'unknown'})",
+            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray.__version__, "torch_threads_driver": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--review-only", action="store_true", help="only the Ray review rows (no PostgreSQL rows)")
+    p.add_argument("--images", type=int, default=48, help="images of the throughput folder (default 48)")
+    p.add_argument("--size", type=int, default=112, help="side of the synthetic parts, px (default 112)")
+    p.add_argument("--files", type=int, default=200_000, help="files of the driver-memory folder (default 200000)")
+    p.add_argument("--json", type=Path, default=RESULTS / "scale-review.json", help="where the results go")
+    args = p.parse_args(argv)
+    if not args.review_only:
+        print("the PostgreSQL rows are not in this file yet; running the review rows", file=sys.stderr)
+    conditions = _conditions("python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:]))
+    data = {"conditions": conditions,
+            "review": review_rows(images=args.images, size=args.size, files=args.files)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
