@@ -228,13 +228,43 @@ def memory_rows(root: Path, *, files: int, workers: int = 2) -> list[dict[str, A
     return rows
 
 
+def journal_row(root: Path, *, records: int = 20_000) -> dict[str, Any]:
+    """Driver memory per finished image: the journal's records (read back as a resumed run does).
+
+    Records are those of PASS images without regions (the smallest kind), on 1280x960 parts.
+    """
+    import gc
+
+    from inspector.review import Journal
+
+    header = {"journal": 1, "mode": "recipe", "folder": "/archive", "recipe": "part", "model_version": "v1",
+              "thresholds": [0.1, 0.2, 0.15]}
+    path = root / JOURNAL_NAME
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(header) + "\n")
+        for i in range(records):
+            rel = f"2026-11/line2/img_{i:07d}.png"
+            fh.write(json.dumps({"file": rel, "status": "ok", "verdict": "PASS", "score": 0.123456789,
+                                 "regions": [], "width": 1280, "height": 960,
+                                 "thumb": f"thumbs/{rel.replace('/', '_')}.jpg", "overlay": None}) + "\n")
+    gc.collect()
+    tracemalloc.start()
+    journal = Journal(path, header)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    row = {"run": "journal records held by the driver (Journal read back)", "records": len(journal.records),
+           "bytes_per_record": round(held / records), "mb_per_million_images": round(held / records * 1e6 / 2**20)}
+    print(row, flush=True)
+    return row
+
+
 def review_rows(*, images: int = 48, size: int = 112, files: int = 200_000,
                 workers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
     """The review part of the scale benchmark: throughput rows and driver-memory rows."""
     root = Path(tempfile.mkdtemp(prefix="scale-review-"))
     try:
         return {"throughput": throughput_rows(root, images=images, size=size, workers=workers),
-                "memory": memory_rows(root, files=files)}
+                "memory": [*memory_rows(root, files=files), journal_row(root)]}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
