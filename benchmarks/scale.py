@@ -6,16 +6,19 @@ Review rows (`review_rows`), all on one machine:
    defect) reviewed with a recipe taught on 8 good parts (random-init ViT-S/14 weights: the speed is
    the model's, the accuracy is not the point): single-process `inspector.review.review`, then
    `inspector.ray_review.ray_review` with 1 and 2 workers on one local Ray cluster (started once,
-   its start-up not counted). Per run: wall time (actor start-up and model loading included) and the
-   steady rate (images/s from the first finished image to the last), and the ratio of each to the
-   single-process run. The journals of the runs are compared (same verdicts and scores to 1e-5).
+   its start-up not counted). The single-process baseline runs torch on 1 thread, as each Ray
+   worker does; a second single-process row uses torch's default threads (a plain review). Per run:
+   wall time (actor start-up and model loading included), the steady rate (images/s from the first
+   finished image to the last), and the ratio of each to the baseline. The journals of the runs are
+   compared with the baseline's (same verdicts and scores to 1e-5).
 2. **Driver memory.** A synthetic folder of ``--files`` small files (default 200,000, one flat
    folder: the worst case, as the walk holds one folder's names at a time) is streamed through the
    real driver code (`iter_image_files` -> batches -> `WorkerPool` with ``ray.wait``) to 2 trivial
    actors that return a tiny record per file: scoring 200,000 images is out of reach on 2 cores. Peak
    Python memory of the driver (tracemalloc) and its RSS growth are measured, against building the
-   full list of paths (`image_files`, what a single-process review holds). Not measured: the journal's
-   record per finished image, which a real run keeps in the driver for the report.
+   full list of paths (`image_files`, what a single-process review holds).
+3. **Journal records.** What the driver holds per finished image (`journal_row`): the journal keeps
+   every record for the report, single-process and Ray alike.
 
 Usage (from the repository root):
     python -m benchmarks.scale --review-only
@@ -39,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.soak import rss_mb
 from inspector.results import Progress
 from inspector.review import JOURNAL_NAME, ReviewSummary
 
@@ -46,18 +50,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux: VmRSS of /proc/self/status; else 0)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _timed(job: Generator[Progress, None, ReviewSummary]) -> dict[str, Any]:
@@ -132,12 +124,23 @@ def throughput_rows(root: Path, *, images: int, size: int, workers: tuple[int, .
     parts = [with_defect(textured_part(rng, size), rng)[0] if i % 10 == 9 else textured_part(rng, size)
              for i in range(images)]
     folder = write_images(root / "lot", parts)[0].parent
+    import torch
+
     rows = []
+    default_threads = torch.get_num_threads()
+    # Baseline: one torch thread, as each Ray worker has (Ray sets OMP_NUM_THREADS to its 1 CPU).
+    torch.set_num_threads(1)
     base = _timed(review(folder, root / "out-single", recipe=recipe))
-    rows.append({"run": "single process", "workers": 1, **base, "ratio_wall": 1.0, "ratio_steady": 1.0,
+    rows.append({"run": "single process, 1 thread", "workers": 1, **base, "ratio_wall": 1.0, "ratio_steady": 1.0,
                  "same_records": True})
     print(_line(rows[-1]), flush=True)
     reference = _records(root / "out-single")
+    # What a plain `inspector review` does: torch's default threads (one per core).
+    torch.set_num_threads(default_threads)
+    row = _timed(review(folder, root / "out-single-threads", recipe=recipe))
+    rows.append({"run": f"single process, {default_threads} threads", "workers": 1, **row, **_ratios(row, base),
+                 "same_records": _same(_records(root / "out-single-threads"), reference)})
+    print(_line(rows[-1]), flush=True)
     t = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
     ray_start_s = round(time.perf_counter() - t, 1)
@@ -145,15 +148,18 @@ def throughput_rows(root: Path, *, images: int, size: int, workers: tuple[int, .
         for n in workers:
             out = root / f"out-ray-{n}"
             row = _timed(ray_review(folder, out, recipe=recipe, workers=n))
-            rows.append({"run": f"Ray, {n} worker(s)", "workers": n, **row,
-                         "ratio_wall": round(row["images_per_s_wall"] / base["images_per_s_wall"], 2),
-                         "ratio_steady": None if not (row["images_per_s_steady"] and base["images_per_s_steady"])
-                         else round(row["images_per_s_steady"] / base["images_per_s_steady"], 2),
+            rows.append({"run": f"Ray, {n} worker(s)", "workers": n, **row, **_ratios(row, base),
                          "same_records": _same(_records(out), reference), "ray_start_s": ray_start_s})
             print(_line(rows[-1]), flush=True)
     finally:
         ray.shutdown()
     return rows
+
+
+def _ratios(row: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    steady, base_steady = row["images_per_s_steady"], base["images_per_s_steady"]
+    return {"ratio_wall": round(row["images_per_s_wall"] / base["images_per_s_wall"], 2),
+            "ratio_steady": round(steady / base_steady, 2) if steady and base_steady else None}
 
 
 class CountingWorker:
@@ -179,6 +185,12 @@ def memory_rows(root: Path, *, files: int, workers: int = 2) -> list[dict[str, A
     for i in range(files):
         (folder / f"img_{i:07d}.png").touch()
     make_s = time.perf_counter() - t
+    tree = root / "tree"                   # the same number of files, 1,000 per folder (an archive by day/line)
+    for i in range(files):
+        sub = tree / f"day_{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True)
+        (sub / f"img_{i:07d}.png").touch()
     rows = []
 
     gc.collect()
@@ -198,33 +210,35 @@ def memory_rows(root: Path, *, files: int, workers: int = 2) -> list[dict[str, A
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=1)(CountingWorker)
-        pool = WorkerPool(lambda name: remote.options(name=name).remote(), workers=workers)
-        ray.get([a.score.remote([]) for a in pool.actors])       # actors up before measuring
-        gc.collect()
-        rss0 = rss_mb()
-        rss_peak = rss0
-        tracemalloc.start()
-        t = time.perf_counter()
-        done = 0
-        peak_in_flight = 0
-        todo = (relative_name(p, folder) for p in iter_image_files(folder))
-        for _rels, records in pool.results(batched(todo, BATCH_SIZE)):
-            done += len(records)
-            peak_in_flight = max(peak_in_flight, pool.in_flight)
-            if done % 20_000 < BATCH_SIZE:
-                rss_peak = max(rss_peak, rss_mb())
-        seconds = time.perf_counter() - t
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        pool.close()
+        for layout, where in (("one flat folder", folder), ("1,000 files per folder", tree)):
+            pool = WorkerPool(lambda name: remote.options(name=name).remote(), workers=workers)
+            ray.get([a.score.remote([]) for a in pool.actors])       # actors up before measuring
+            gc.collect()
+            rss0 = rss_mb()
+            rss_peak = rss0
+            tracemalloc.start()
+            t = time.perf_counter()
+            done = 0
+            peak_in_flight = 0
+            todo = (relative_name(p, where) for p in iter_image_files(where))
+            for _rels, records in pool.results(batched(todo, BATCH_SIZE)):
+                done += len(records)
+                peak_in_flight = max(peak_in_flight, pool.in_flight)
+                if done % 20_000 < BATCH_SIZE:
+                    rss_peak = max(rss_peak, rss_mb())
+            seconds = time.perf_counter() - t
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            pool.close()
+            rows.append({"run": f"{layout}, streamed to {workers} trivial Ray actors (iter_image_files + "
+                                f"WorkerPool)", "files": done, "peak_python_mb": round(peak / 2**20, 1),
+                         "rss_growth_mb": round(rss_peak - rss0, 1), "seconds": round(seconds, 1),
+                         "files_per_s": round(done / seconds), "batch_size": BATCH_SIZE,
+                         "peak_batches_in_flight": peak_in_flight})
+            print(rows[-1], flush=True)
     finally:
         ray.shutdown()
-    rows.append({"run": f"streamed to {workers} trivial Ray actors (iter_image_files + WorkerPool)",
-                 "files": done, "peak_python_mb": round(peak / 2**20, 1),
-                 "rss_growth_mb": round(rss_peak - rss0, 1), "seconds": round(seconds, 1),
-                 "files_per_s": round(done / seconds), "batch_size": BATCH_SIZE,
-                 "peak_batches_in_flight": peak_in_flight, "make_folder_s": round(make_s, 1)})
-    print(rows[-1], flush=True)
+    rows[0]["make_folder_s"] = round(make_s, 1)
     return rows
 
 
@@ -271,7 +285,7 @@ def review_rows(*, images: int = 48, size: int = 112, files: int = 200_000,
 
 def _line(row: dict[str, Any]) -> str:
     steady = row["images_per_s_steady"]
-    return (f"{row['run']:<22} {row['images']:>4} img  wall {row['wall_s']:>7.1f} s  "
+    return (f"{row['run']:<26} {row['images']:>4} img  wall {row['wall_s']:>7.1f} s  "
             f"{row['images_per_s_wall']:>6.2f} img/s (x{row['ratio_wall']})  steady "
             f"{'-' if steady is None else f'{steady:.2f}'} img/s (x{row['ratio_steady']})  "
             f"same records: {row['same_records']}")

@@ -438,22 +438,21 @@ def iter_image_files(root: Path, *, skip: Path | None = None) -> Iterator[Path]:
     skip_abs = skip.resolve() if skip is not None else None
 
     def walk(folder: Path) -> Iterator[Path]:
-        names: list[tuple[list[Any], str, bool]] = []
+        names: list[str] = []          # plain strings, a folder's with its "/": the least memory per entry
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir() and not entry.is_symlink():
-                    names.append((_natural_key(entry.name + "/"), entry.name, True))
+                    names.append(entry.name + "/")
                 elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
-                    names.append((_natural_key(entry.name), entry.name, False))
-        names.sort(key=lambda item: item[0])
-        for _, name, is_folder in names:
-            path = folder / name
-            if not is_folder:
-                yield path
-            elif skip_abs is None or path.resolve() != skip_abs:
-                yield from walk(path)
+                    names.append(entry.name)
+        names.sort(key=_natural_key)
+        for name in names:
+            if not name.endswith("/"):
+                yield folder / name
+            elif skip_abs is None or (folder / name).resolve() != skip_abs:
+                yield from walk(folder / name[:-1])
 
     yield from walk(root)
 
