@@ -179,6 +179,7 @@ class Journal:
 
 
 def relative_name(path: Path, folder: Path) -> str:
+    """A file's name in the journal and the report: its POSIX path relative to the reviewed folder."""
     return path.relative_to(folder).as_posix()
 
 
