@@ -301,8 +301,21 @@ def cmd_review(args: argparse.Namespace) -> int:
     from inspector.review import review
 
     out = args.out or args.folder.with_name(args.folder.name + "-review")
-    summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
-                           device=args.device, weights=args.weights), desc="reviewing")
+    if args.ray is None and args.workers is not None:
+        msg = "--workers needs --ray (one process scores alone without it)"
+        raise InspectorError(msg)
+    if args.ray is not None:
+        if args.zero_shot:
+            msg = "--ray needs --recipe: a zero-shot review compares the whole batch in one process"
+            raise InspectorError(msg)
+        from inspector.ray_review import ray_review
+
+        job = ray_review(args.folder, out, recipe=args.recipe, address=args.ray or None, workers=args.workers,
+                         device=args.device, weights=args.weights)
+        summary = drive(job, desc="reviewing on Ray")
+    else:
+        summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
+                               device=args.device, weights=args.weights), desc="reviewing")
     for line in summary.summary_lines():
         print(line)
     return 0

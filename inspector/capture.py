@@ -23,7 +23,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +53,7 @@ __all__ = [
     "VideoSource",
     "VideoSpec",
     "image_files",
+    "iter_image_files",
     "load_image",
     "open_source",
     "parse_source",
@@ -404,13 +405,13 @@ def _tiff_dims(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _natural_key(rel: str) -> list[Any]:
+    """Sort key of a relative POSIX path: case-insensitive, digit runs compared as numbers (img_2 < img_10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", rel.lower())]
+
+
 def image_files(root: Path) -> list[Path]:
     """Image files under ``root`` (recursive, hidden files skipped), in natural order of relative path."""
-
-    def natural(path: Path) -> list[Any]:
-        rel = path.relative_to(root).as_posix().lower()
-        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", rel)]
-
     files = [
         p
         for p in root.rglob("*")
@@ -418,7 +419,42 @@ def image_files(root: Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
         and p.is_file()
     ]
-    return sorted(files, key=natural)
+    return sorted(files, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+def iter_image_files(root: Path, *, skip: Path | None = None) -> Iterator[Path]:
+    """`image_files`, lazily: the same files in the same order, one folder read at a time.
+
+    Only the names of the folders on the current path are held, never the whole tree's, so a
+    review of a million-image archive does not keep a million paths in memory (a folder's names are
+    needed at once because the OS lists them unsorted). The order equals `image_files`'s because a
+    folder's name is sorted with a trailing ``/``, the way it prefixes its files' paths; files whose
+    names differ only in case or leading zeros may come in another order.
+
+    Args:
+        root: the folder to walk; like `Path.rglob`, symbolic links to folders are not followed.
+        skip: a folder left out with everything in it (a review's report folder inside ``root``).
+    """
+    skip_abs = skip.resolve() if skip is not None else None
+
+    def walk(folder: Path) -> Iterator[Path]:
+        names: list[str] = []          # plain strings, a folder's with its "/": the least memory per entry
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    names.append(entry.name + "/")
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    names.append(entry.name)
+        names.sort(key=_natural_key)
+        for name in names:
+            if not name.endswith("/"):
+                yield folder / name
+            elif skip_abs is None or (folder / name).resolve() != skip_abs:
+                yield from walk(folder / name[:-1])
+
+    yield from walk(root)
 
 
 # --------------------------------------------------------------------------------------------

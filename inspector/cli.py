@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--recipe", type=Path, help="score with this recipe's model")
     mode.add_argument("--zero-shot", action="store_true", help="no recipe: score images against each other")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report folder (default: FOLDER-review)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="score on a Ray cluster (recipe mode): 'auto' joins the cluster of `ray start` on this "
+                        "machine, HOST:PORT or ray://HOST:10001 a remote one, no value starts a local one for the "
+                        "run. On several machines, FOLDER and the report folder must be on a filesystem every "
+                        "node mounts at the same path (the workers read the images and write the thumbnails)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers, each holding the model (default: one per GPU of the cluster, else per CPU)")
     _add_device(p)
     _add_weights(p)
 

@@ -34,7 +34,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from inspector.paths import safe_name
 from inspector.results import DefectRegion, Progress, Verdict
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from inspector.station import Station
     from models.detectors.zero_shot import ZeroShotConfig
 
@@ -60,7 +61,15 @@ __all__ = [
     "REPORT_EVERY_S",
     "ZERO_SHOT_K_FAIL",
     "ZERO_SHOT_K_REVIEW",
+    "Journal",
+    "ReviewRate",
     "ReviewSummary",
+    "finish_review",
+    "inspect_file",
+    "ordered_records",
+    "recipe_journal_header",
+    "recipe_report_meta",
+    "relative_name",
     "review",
 ]
 
@@ -121,7 +130,7 @@ class ReviewSummary:
 # ------------------------------------------------------------------------------------ journal
 
 
-class _Journal:
+class Journal:
     """``progress.jsonl``: a header line, then one record per finished file (the last record of a file wins)."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
@@ -171,7 +180,8 @@ class _Journal:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _relative(path: Path, folder: Path) -> str:
+def relative_name(path: Path, folder: Path) -> str:
+    """A file's name in the journal and the report: its POSIX path relative to the reviewed folder."""
     return path.relative_to(folder).as_posix()
 
 
@@ -222,7 +232,7 @@ def _verdict(score: float, review_t: float, fail_t: float) -> Verdict:
     return Verdict.FAIL if score >= fail_t else Verdict.REVIEW if score >= review_t else Verdict.PASS
 
 
-class _Rate:
+class ReviewRate:
     """Images per second and time left, from the images done in this run only (resumed ones excluded)."""
 
     def __init__(self) -> None:
@@ -330,25 +340,43 @@ def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
     return files, skipped
 
 
-def _finish(
-    folder: Path, out: Path, files: list[Path], journal: _Journal, meta: ReportMeta, *, resumed: int,
+def finish_review(
+    folder: Path, out: Path, files: Iterable[Path], journal: Journal, meta: ReportMeta, *, resumed: int,
     scored: int, mode: str,
 ) -> dict[str, Any]:
-    records = _ordered(folder, files, journal)
+    """Write the final report and return the fields of the `ReviewSummary` (``scored`` included).
+
+    ``files`` is iterated once, so a lazy walk of the folder will do (`inspector.ray_review`).
+    """
+    counted = _Counted(files)
+    records = ordered_records(folder, counted, journal)
     index = write_report(out, records, meta)
     counts = Counter("ERROR" if r["status"] != "ok" else r["verdict"] for r in records)
     errors = tuple(f"{r['file']}: {r['error']}" for r in records if r["status"] != "ok")
     logger.info("review of %s: %s; report %s", folder, dict(counts), index)
-    return {"folder": folder, "out": out, "report": index, "mode": mode, "model": meta.model, "files": len(files),
+    return {"folder": folder, "out": out, "report": index, "mode": mode, "model": meta.model, "files": counted.count,
             "counts": {v.value: counts.get(v.value, 0) for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL,
                                                                  Verdict.ERROR)},
             "thresholds": meta.thresholds or (math.nan, math.nan, math.nan), "rule": meta.rule, "resumed": resumed,
             "scored": scored, "errors": errors}
 
 
-def _ordered(folder: Path, files: list[Path], journal: _Journal) -> list[dict[str, Any]]:
+class _Counted:
+    """An iterable that counts the items it gave."""
+
+    def __init__(self, items: Iterable[Path]) -> None:
+        self.items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Path]:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
+def ordered_records(folder: Path, files: Iterable[Path], journal: Journal) -> list[dict[str, Any]]:
     """Journal records in the folder's file order (files not done yet are left out)."""
-    return [journal.records[rel] for rel in (_relative(p, folder) for p in files) if rel in journal.records]
+    return [journal.records[rel] for rel in (relative_name(p, folder) for p in files) if rel in journal.records]
 
 
 def _now() -> str:
@@ -369,37 +397,56 @@ def _review_recipe(
     yield Progress(done=0, total=len(files), message=f"loading recipe {recipe.name}")
     station = Station.load(recipe, device=device, weights=weights)
     thresholds = station.thresholds
-    header = {"journal": JOURNAL_VERSION, "mode": "recipe", "folder": str(folder.resolve()), "recipe": recipe.name,
-              "model_version": station.model_version, "thresholds": list(thresholds)}
-    journal = _Journal(out / JOURNAL_NAME, header)
-    resumed = sum(1 for p in files if _relative(p, folder) in journal.records)
+    journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe, station.model_version, thresholds))
+    resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
     model = f"recipe {recipe.name}, model {station.model_version} on {station.device}"
-    rule = (f"the recipe's thresholds: FAIL at score >= {thresholds[1]:.4f}, REVIEW at >= {thresholds[0]:.4f}; "
-            f"defect regions where the map is >= {thresholds[2]:.4f}, at least {recipe.min_defect_area_px} px")
 
-    def meta(complete: bool, rate: _Rate) -> ReportMeta:
-        return ReportMeta(title=f"Review of {folder.name}", mode="recipe", source=str(folder), model=model,
-                          thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
-                          generated=_now(), images_per_second=rate.per_second or None,
-                          notes=tuple(station.warnings))
+    def meta(complete: bool, rate: ReviewRate) -> ReportMeta:
+        return recipe_report_meta(folder, recipe, model=model, thresholds=thresholds, total_files=len(files),
+                                  complete=complete, rate=rate, notes=tuple(station.warnings))
 
-    rate = _Rate()
+    rate = ReviewRate()
     last_report = time.perf_counter()
-    todo = [p for p in files if _relative(p, folder) not in journal.records]
+    todo = [p for p in files if relative_name(p, folder) not in journal.records]
     for i, path in enumerate(todo):
-        rel = _relative(path, folder)
-        journal.append(_inspect_one(station, path, rel, out, thresholds))
+        rel = relative_name(path, folder)
+        journal.append(inspect_file(station, path, rel, out, thresholds))
         rate.tick()
         done = resumed + i + 1
         yield Progress(done=done, total=len(files), message=f"{rel}  {rate.text(len(todo) - i - 1)}".strip())
         if time.perf_counter() - last_report >= REPORT_EVERY_S:
-            write_report(out, _ordered(folder, files, journal), meta(False, rate))
+            write_report(out, ordered_records(folder, files, journal), meta(False, rate))
             last_report = time.perf_counter()
-    return _finish(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo), mode="recipe")
+    return finish_review(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo),
+                         mode="recipe")
 
 
-def _inspect_one(station: Station, path: Path, rel: str, out: Path,
+def recipe_journal_header(
+    folder: Path, recipe: Recipe, model_version: str, thresholds: tuple[float, float, float],
+) -> dict[str, Any]:
+    """The first line of a recipe review's journal: a review continues only a journal with the same one."""
+    return {"journal": JOURNAL_VERSION, "mode": "recipe", "folder": str(folder.resolve()), "recipe": recipe.name,
+            "model_version": model_version, "thresholds": list(thresholds)}
+
+
+def recipe_report_meta(
+    folder: Path, recipe: Recipe, *, model: str, thresholds: tuple[float, float, float], total_files: int,
+    complete: bool, rate: ReviewRate, notes: tuple[str, ...],
+) -> ReportMeta:
+    """What a recipe review's report says about the run (``model``: what scored, in words)."""
+    rule = (f"the recipe's thresholds: FAIL at score >= {thresholds[1]:.4f}, REVIEW at >= {thresholds[0]:.4f}; "
+            f"defect regions where the map is >= {thresholds[2]:.4f}, at least {recipe.min_defect_area_px} px")
+    return ReportMeta(title=f"Review of {folder.name}", mode="recipe", source=str(folder), model=model,
+                      thresholds=thresholds, rule=rule, total_files=total_files, complete=complete,
+                      generated=_now(), images_per_second=rate.per_second or None, notes=notes)
+
+
+def inspect_file(station: Station, path: Path, rel: str, out: Path,
                  thresholds: tuple[float, float, float]) -> dict[str, Any]:
+    """Score one file with the station, write its thumbnail (and overlay) into ``out``; its journal record.
+
+    An unreadable file gives an ``"error"`` record with the reason, never an exception.
+    """
     try:
         image = load_image(path)
         result = station.inspect_image(image, path=rel)
@@ -431,17 +478,17 @@ def _review_zero_shot(
     config = config if config is not None else ZeroShotConfig()
     header = {"journal": JOURNAL_VERSION, "mode": "zero-shot", "folder": str(folder.resolve()),
               "backbone": settings.backbone, "blocks": list(settings.blocks), "config": config.to_dict()}
-    journal = _Journal(out / JOURNAL_NAME, header)
+    journal = Journal(out / JOURNAL_NAME, header)
     model = (f"zero-shot mutual scoring (no recipe) on {settings.backbone} block(s) "
              f"{', '.join(map(str, settings.blocks))}, shorter side {config.shorter_side} px")
-    rate = _Rate()
+    rate = ReviewRate()
     run_start = time.perf_counter()
-    resumed = sum(1 for p in files if _relative(p, folder) in journal.records)
+    resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
 
     saved = _load_scores(out / SCORES_NAME)
     if saved is not None:
         known = set(saved["files"]) | {rel for rel, r in journal.records.items() if r["status"] != "ok"}
-        added = [p for p in files if _relative(p, folder) not in known]
+        added = [p for p in files if relative_name(p, folder) not in known]
         if added:
             # Scores are relative to the batch: new images change everyone's, so the batch is scored again.
             logger.info("review: %d image(s) were added since the batch was scored; scoring it again", len(added))
@@ -462,7 +509,7 @@ def _review_zero_shot(
         shapes: list[tuple[int, int]] = []
         pending: list[np.ndarray] = []
         for i, path in enumerate(files):
-            rel = _relative(path, folder)
+            rel = relative_name(path, folder)
             try:
                 image = load_image(path)
             except FrameDecodeError as exc:
@@ -489,7 +536,7 @@ def _review_zero_shot(
         saved = {"files": readable, "shapes": shapes, "pred_score": scores.pred_score,
                  "patch_scores": scores.patch_scores, "patch_size": backbone.patch_size}
         _save_scores(out / SCORES_NAME, saved)
-        rate = _Rate()
+        rate = ReviewRate()
     review_t, fail_t, rule = robust_thresholds(saved["pred_score"], k_review=ZERO_SHOT_K_REVIEW,
                                                k_fail=ZERO_SHOT_K_FAIL)
     # Patch scores and image scores share one scale (the image score is a mean of top patch
@@ -514,7 +561,7 @@ def _review_zero_shot(
     index = {rel: i for i, rel in enumerate(saved["files"])}
     last_report = time.perf_counter()
     todo = [rel for rel in saved["files"] if fresh or journal.records.get(rel, {}).get("status") != "ok"]
-    by_rel = {_relative(p, folder): p for p in files}
+    by_rel = {relative_name(p, folder): p for p in files}
     for i, rel in enumerate(todo):
         file = by_rel.get(rel)
         k = index[rel]
@@ -535,10 +582,10 @@ def _review_zero_shot(
         rate.tick()
         yield Progress(done=i + 1, total=len(todo), message=f"report {rel}  {rate.text(len(todo) - i - 1)}".strip())
         if time.perf_counter() - last_report >= REPORT_EVERY_S:
-            write_report(out, _ordered(folder, files, journal), meta(False))
+            write_report(out, ordered_records(folder, files, journal), meta(False))
             last_report = time.perf_counter()
     scored = len(saved["files"]) if fresh else len(todo)
-    return _finish(folder, out, files, journal, meta(True), resumed=resumed, scored=scored, mode="zero-shot")
+    return finish_review(folder, out, files, journal, meta(True), resumed=resumed, scored=scored, mode="zero-shot")
 
 
 def _zero_shot_record(

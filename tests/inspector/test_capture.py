@@ -23,6 +23,8 @@ from inspector.capture import (
     VideoSource,
     VideoSpec,
     _genicam_to_bgr,
+    image_files,
+    iter_image_files,
     load_image,
     open_source,
     parse_source,
@@ -396,3 +398,19 @@ def test_array_source(rng: np.random.Generator) -> None:
 def test_fps_must_be_positive(image_folder: Path) -> None:
     with pytest.raises(ValueError, match="fps must be a positive number"):
         FolderSource(FolderSpec(path=image_folder, fps=0))
+
+
+def test_iter_image_files_walks_in_the_order_of_image_files(tmp_path: Path) -> None:
+    names = ["img_10.png", "img_2.png", "a.png", "a/b.png", "a1/x.png", "a12.png", "a1.png", "B/c.jpg",
+             "b.png", "d10/2x.png", "d10/ab.png", "d10a.png", "deep/er/still/z.tif", "deep/0.png",
+             ".hidden/x.png", "deep/.h.png", "notes.txt", "review/thumbs/img_1.jpg"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "deep", target_is_directory=True)
+
+    everything = image_files(tmp_path)
+    assert list(iter_image_files(tmp_path)) == everything
+    assert "a/b.png" in [p.relative_to(tmp_path).as_posix() for p in everything]
+    skipped = list(iter_image_files(tmp_path, skip=tmp_path / "review"))
+    assert skipped == [p for p in everything if "review" not in p.parts]

@@ -180,3 +180,14 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
     assert "label '=HYPERLINK(1)' is neither 'good' nor a defect class" in capsys.readouterr().err
     assert main([args[0], args[1], "dent", *args[2:]]) == EXIT_OK
     assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",)]
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--zero-shot", "--ray"], "--ray needs --recipe"),
+    (["--zero-shot", "--workers", "2"], "--workers needs --ray"),
+])
+def test_review_on_ray_options_that_cannot_work_exit_1(
+    frames: Path, extra: list[str], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["review", str(frames), *extra]) == EXIT_ERROR
+    assert match in capsys.readouterr().err
