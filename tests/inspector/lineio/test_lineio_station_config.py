@@ -65,7 +65,7 @@ def test_errors_name_the_file_and_the_field(change: tuple[str, str], field: str,
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(StationConfigError, match="station file not found"):
         load_station_config(tmp_path / "nope.yaml")
-    with pytest.raises(StationConfigError, match="YAML syntax error at line 1"):
+    with pytest.raises(StationConfigError, match="s.yaml: YAML syntax error at line 2"):
         parse_station_config("station: [", path="s.yaml")
     with pytest.raises(StationConfigError, match="must be a mapping"):
         parse_station_config("- 1", path="s.yaml")
