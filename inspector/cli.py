@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--no-archive", action="store_true", help="do not save FAIL/REVIEW images")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--station", type=Path, default=None, metavar="YAML",
+                   help="station.yaml: PLC trigger and result over Modbus TCP / OPC UA, results over MQTT "
+                        "(see docs/plc.md)")
     _add_store(p)
     _add_device(p)
     _add_weights(p)

@@ -69,7 +69,8 @@ class TriggeredRunner:
         inspector: the inspector of the active recipe (a `Station`, or anything with ``inspect``).
         signals: the handshake state the PLC links serve.
         deadline_ms: the longest time from trigger to answer.
-        record: called with each result before the PLC is answered (the recorder); must be quick.
+        record: called with each result before the PLC is answered (the recorder); must be quick. If it
+            returns an `InspectionResult` (the result as recorded, lot stamped), that one is published.
         after_answer: called with each result after the answer (the MQTT publisher); must be quick.
         load_recipe: builds the inspector of a PLC recipe number (changeover), on a loader thread.
         on_fault: called with a sentence when a fault is raised; any thread.
@@ -82,7 +83,7 @@ class TriggeredRunner:
         signals: LineSignals,
         *,
         deadline_ms: float,
-        record: ResultConsumer | None = None,
+        record: Callable[[InspectionResult], object] | None = None,
         after_answer: Sequence[ResultConsumer] = (),
         load_recipe: RecipeLoader | None = None,
         on_fault: Callable[[str], None] | None = None,
@@ -192,11 +193,13 @@ class TriggeredRunner:
             try:
                 # The answer must follow durability: when the recorder offers a "durable" callback,
                 # answer the PLC from it instead of right after record().
-                self._record(result)
+                recorded = self._record(result)
             except Exception as exc:
                 self._fault("store", f"recording failed: {type(exc).__name__}: {exc}")
             else:
                 self._signals.set_fault("store", None)
+                if isinstance(recorded, InspectionResult):
+                    result = recorded           # as recorded (lot stamped): what the line hears about
         self._signals.answer(trigger, result)
         answer_ms = (time.monotonic() - trigger.seen) * 1000.0
         with self._lock:
