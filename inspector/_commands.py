@@ -183,7 +183,8 @@ def _start_line_io(station_file: Path, recipe: Any) -> Any:
             active = slot.number
     if config.recipes and not active:
         files = ", ".join(f"{s.number}: {s.file}" for s in config.recipes)
-        msg = f"{station_file}: recipes does not list the recipe file {recipe.path} ({files}); add it, or run one of those"
+        msg = (f"{station_file}: recipes does not list the recipe file {recipe.path} ({files}); "
+               f"add it, or run one of those")
         raise InspectorError(msg)
     line = LineIO(config, active_recipe=active)
     line.start()

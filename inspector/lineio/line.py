@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Final
+from typing import Final, Protocol
 
 from inspector.lineio.signals import LineSignals, LinkMonitor
 from inspector.lineio.station_config import StationConfig
@@ -30,6 +30,12 @@ __all__ = ["HEARTBEAT_S", "LineIO"]
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S: Final = 1.0
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class LineIO:
@@ -47,7 +53,7 @@ class LineIO:
         self.signals = LineSignals(recipe_numbers=config.recipe_numbers, active_recipe=active_recipe)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
-        self._links: list[object] = []
+        self._links: list[_Server] = []
         self.mqtt = None
         if config.mqtt is not None:
             from inspector.lineio.mqtt import MqttPublisher
@@ -66,20 +72,20 @@ class LineIO:
             if self.config.modbus is not None:
                 from inspector.lineio.modbus import ModbusLink
 
-                modbus = ModbusLink(self.config.modbus, self.signals, self.monitor)
-                modbus.start()
-                self._links.append(modbus)
+                self._start(ModbusLink(self.config.modbus, self.signals, self.monitor))
             if self.config.opcua is not None:
                 from inspector.lineio.opcua import OpcUaLink
 
-                opcua = OpcUaLink(self.config.opcua, self.signals, self.monitor, station=self.config.station)
-                opcua.start()
-                self._links.append(opcua)
+                self._start(OpcUaLink(self.config.opcua, self.signals, self.monitor, station=self.config.station))
         except Exception:
             self.stop()
             raise
         if self.mqtt is not None:
             self.mqtt.start()
+
+    def _start(self, link: _Server) -> None:
+        link.start()
+        self._links.append(link)
 
     def publish(self, result: InspectionResult) -> None:
         """Result consumer, after the recorder: one MQTT message (spooled; never blocks)."""
@@ -91,7 +97,7 @@ class LineIO:
         self._stop.set()
         for link in reversed(self._links):
             try:
-                link.stop()  # type: ignore[attr-defined]
+                link.stop()
             except Exception:
                 logger.exception("stopping %r failed", link)
         self._links.clear()

@@ -149,7 +149,8 @@ class ModbusLink:
         self._monitor.update(LINK, clients_delta=1 if connected else -1)
 
     def _on_pdu(self, sending: bool, pdu: Any) -> Any:
-        if sending and getattr(pdu, "exception_code", 0):
+        code: int = getattr(pdu, "exception_code", 0)
+        if sending and code:
             self._monitor.update(LINK, error=f"refused function {pdu.function_code & 0x7F} "
-                                             f"(exception {pdu.exception_code})")
+                                             f"(exception {code})")
         return pdu

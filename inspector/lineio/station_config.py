@@ -194,7 +194,8 @@ def parse_station_config(text: str, *, path: str | Path | None = None) -> Statio
 
 def _validate(config: StationConfig, where: str, file: Path | None) -> None:
     def fail(name: str, message: str) -> NoReturn:
-        raise StationConfigError(f"{where}: {name} {message}", path=file, field=name)
+        msg = f"{where}: {name} {message}"
+        raise StationConfigError(msg, path=file, field=name)
 
     if not config.station.strip():
         fail("station", "must be a non-empty name")

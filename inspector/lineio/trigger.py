@@ -179,7 +179,8 @@ class TriggeredRunner:
         except concurrent.futures.TimeoutError:
             with self._lock:
                 self._misses += 1
-            future.add_done_callback(lambda f, n=trigger.count: logger.info("late result of trigger %d dropped", n))
+            count = trigger.count
+            future.add_done_callback(lambda _: logger.info("late result of trigger %d dropped", count))
             result = self._error(trigger, frame, f"deadline of {self._deadline_s * 1000:.0f} ms missed")
         except Exception as exc:
             self._fault("model", f"inspection failed: {type(exc).__name__}: {exc}")
