@@ -8,7 +8,9 @@ Run from the repository root::
 1. Trigger-to-result, fake detector (the IO overhead alone; the issue's goal: p99 <= 5 ms here): the
    station's Modbus server and `TriggeredRunner` on 127.0.0.1, a pymodbus client as the PLC writes
    HR2 = n and reads HR0..HR8 as fast as it can until HR3 == n; the time from before the write to
-   the read that shows the answer, over ``--triggers`` triggers.
+   the read that shows the answer, over ``--triggers`` triggers. Beside it, two parts of that time:
+   the write's own round trip (the floor under any answer on this machine) and the station's share
+   (trigger seen by the server -> answer written).
 2. The same with the real detector on the demo recipe (taught first into a temporary data folder
    when it has no model), over ``--real`` triggers (each is one ViT forward on this CPU).
 3. MQTT: a mosquitto started on a free loopback port, ``--messages`` results published as fast as
@@ -76,17 +78,26 @@ def trigger_latency(inspector: FrameInspector, source: Any, triggers: int, deadl
                            modbus=ModbusConfig(host="127.0.0.1", port=port))
     line = LineIO(config, active_recipe=1)
     line.start()
-    runner = TriggeredRunner(source, inspector, line.signals, deadline_ms=deadline_ms)
+    station_ms: list[float] = []          # trigger seen -> answer written, on the station's side
+    runner: TriggeredRunner | None = None
+
+    def answered(_: InspectionResult) -> None:
+        assert runner is not None
+        station_ms.append(runner.stats().last_answer_ms)
+
+    runner = TriggeredRunner(source, inspector, line.signals, deadline_ms=deadline_ms, after_answer=[answered])
     runner.start()
     plc = ModbusTcpClient("127.0.0.1", port=port)
     assert plc.connect()
     times: list[float] = []
+    write_ms: list[float] = []            # one Modbus write round trip: the floor under any answer
     verdicts: dict[int, int] = {}
     polls = 0
     try:
         for count in range(1, triggers + 1):
             started = time.perf_counter()
             plc.write_register(2, count)
+            write_ms.append((time.perf_counter() - started) * 1000)
             while True:
                 regs = plc.read_holding_registers(0, count=9).registers
                 polls += 1
@@ -99,7 +110,9 @@ def trigger_latency(inspector: FrameInspector, source: Any, triggers: int, deadl
         runner.stop()
         line.stop()
     stats = runner.stats()
-    return {**_percentiles(times), "polls_per_trigger": round(polls / triggers, 2), "verdict_codes": verdicts,
+    return {**_percentiles(times), "modbus_write_round_trip": _percentiles(write_ms),
+            "station_answer": _percentiles(station_ms), "polls_per_trigger": round(polls / triggers, 2),
+            "verdict_codes": verdicts,
             "deadline_ms": deadline_ms, "station_max_answer_ms": round(stats.max_answer_ms, 3),
             "late_answers": stats.late_answers, "deadline_misses": stats.deadline_misses}
 
