@@ -122,13 +122,15 @@ def test_broker_outage_spools_without_blocking_and_delivers_everything_in_order(
         while pub.connected and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not pub.connected
-        started = time.perf_counter()
-        during = []
+        during, calls = [], []
         for i in range(50, 250):
+            started = time.perf_counter()
             during.append(pub.publish(result(i)))
+            calls.append(time.perf_counter() - started)
             time.sleep(0.01)                                  # a 100 parts/s line during the outage
-        publish_s = time.perf_counter() - started - 200 * 0.01
-        assert publish_s < 1.0, f"200 publishes during the outage took {publish_s:.2f} s beyond the line's pace"
+        # Generous bound (a loaded 2-core CI machine): a call that waited on the network would take
+        # seconds (connect timeout, keepalive); a spool write takes about a millisecond.
+        assert max(calls) < 1.0, f"a publish during the outage took {max(calls):.2f} s"
         assert len(pub.spool) >= 150                          # kept on disk, not lost
         state = monitor.get("mqtt")
         assert state is not None and not state.up and state.errors >= 1

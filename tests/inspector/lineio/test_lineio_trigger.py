@@ -130,13 +130,13 @@ def test_a_counter_jump_from_a_slow_poll_is_answered_for_every_count(make_line: 
 def test_a_deadline_miss_is_answered_error_at_the_deadline(
     make_line: Callable[..., Line], stub_inspector: type
 ) -> None:
-    line = make_line(stub_inspector("recipe1", delay_s=0.6), deadline_ms=150)
+    line = make_line(stub_inspector("recipe1", delay_s=3.0), deadline_ms=150)
     started = time.monotonic()
     line.trigger(1)
     regs = line.wait_result(1)
     waited = time.monotonic() - started
     assert regs[VERDICT] == 4 and regs[SCORE] == 0
-    assert 0.14 <= waited < 0.55, waited          # at the deadline, well before the slow result
+    assert 0.14 <= waited < 2.0, waited           # at the deadline, not when the 3 s result comes
     assert line.recorded[0].verdict is Verdict.ERROR and "deadline" in (line.recorded[0].error or "")
     stats = line.runner.stats()
     assert stats.deadline_misses == 1 and stats.late_answers == 0
