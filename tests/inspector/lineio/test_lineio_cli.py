@@ -74,3 +74,22 @@ def test_a_bad_station_file_exits_1_naming_the_field(taught_recipe: Path, tmp_pa
     assert main(["run", str(taught_recipe), "--station", str(station), "--max-frames", "1"]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert "station.yaml: modbus.prot is not a known field; did you mean 'port'?" in err
+
+
+def test_run_continuous_publishes_every_result_with_its_lot(
+    taught_recipe: Path, broker: Broker, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    frames = write_images(tmp_path / "frames", [textured_part(rng) for _ in range(4)])[0].parent
+    station = tmp_path / "station.yaml"
+    station.write_text(f"station: st-c\nmqtt: {{host: 127.0.0.1, port: {broker.port}, "
+                       f"spool_dir: {tmp_path / 'spool'}}}\n")
+    sub = Subscriber(broker.port, "inspector/st-c/result")
+    try:
+        assert main(["run", str(taught_recipe), "--source", str(frames), "--station", str(station),
+                     "--store", str(tmp_path / "s.db"), "--lot", "L3", "--quiet"]) == EXIT_OK
+        sub.wait_for({1, 2, 3, 4})
+    finally:
+        sub.close()
+    assert [p["frame_id"] for p in sub.payloads] == [0, 1, 2, 3]
+    assert {p["lot"] for p in sub.payloads} == {"L3"} and {p["station"] for p in sub.payloads} == {"st-c"}

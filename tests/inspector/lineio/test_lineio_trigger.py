@@ -13,12 +13,13 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from inspector.capture import ArraySource
+from inspector.errors import CaptureError
 from inspector.lineio.line import LineIO
 from inspector.lineio.signals import StatusBits
 from inspector.lineio.station_config import ModbusConfig, RecipeSlot, StationConfig
 from inspector.lineio.trigger import TriggeredRunner
 from inspector.pipeline import FrameInspector
-from inspector.results import InspectionResult, Verdict
+from inspector.results import Frame, InspectionResult, Verdict
 from tests.helpers.lineio import free_port
 
 HB, STATUS, TRIG, RESULT, VERDICT, SCORE, DEFECTS, REQ, ACTIVE = range(9)
@@ -59,7 +60,7 @@ def make_line(stub_inspector: type) -> Iterator[Callable[..., Line]]:
     lines: list[Line] = []
 
     def make(inspector: FrameInspector | None = None, *, deadline_ms: float = 2000.0,
-             loader: Callable[[int], FrameInspector] | None = None, source: ArraySource | None = None) -> Line:
+             loader: Callable[[int], FrameInspector] | None = None, source: object | None = None) -> Line:
         port = free_port()
         config = StationConfig(station="t1", mode="triggered", deadline_ms=deadline_ms,
                                recipes=(RecipeSlot(number=1, file="a.yaml"), RecipeSlot(number=2, file="b.yaml")),
@@ -235,3 +236,63 @@ def test_a_restarted_station_never_offers_an_old_result_as_new(make_line: Callab
     assert again.wait_result(58)[VERDICT] == 1
     time.sleep(0.2)
     assert again.answered == [58]         # answered once, not 58 times
+
+
+class Camera:
+    """A live source at about 100 frames/s whose cable can be pulled (``lost``) and plugged back."""
+
+    is_live = True
+    name = "camera (test)"
+
+    def __init__(self) -> None:
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._id = 0
+
+    def open(self) -> None:
+        if self.lost.is_set():
+            msg = "camera gave no frame; is it connected?"
+            raise CaptureError(msg)
+
+    def read(self) -> Frame | None:
+        if self._stop.wait(0.01):
+            return None
+        if self.lost.is_set():
+            msg = "camera stream dropped"
+            raise CaptureError(msg)
+        self._id += 1
+        return Frame(image_bgr=np.full((8, 8, 3), 50, np.uint8), frame_id=self._id, timestamp=time.time(),
+                     source=self.name)
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lost_camera_sets_fault_answers_error_at_once_and_recovers(make_line: Callable[..., Line]) -> None:
+    camera = Camera()
+    line = make_line(source=camera, deadline_ms=3000)
+    before = time.time()
+    line.trigger(1)
+    assert line.wait_result(1)[VERDICT] == 1
+    assert line.recorded[0].timestamp >= before          # the newest frame after the trigger, not an old one
+    camera.lost.set()
+    end = time.monotonic() + 10
+    while not line.regs()[STATUS] & StatusBits.FAULT and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not line.regs()[STATUS] & StatusBits.READY
+    started = time.monotonic()
+    line.trigger(2)
+    regs = line.wait_result(2)
+    assert regs[VERDICT] == 4 and time.monotonic() - started < 2.0   # at once, not at the 3 s deadline
+    assert "camera" in (line.recorded[1].error or "")
+    camera.lost.clear()                                   # plugged back: the capture thread reconnects
+    end = time.monotonic() + 15
+    while line.regs()[STATUS] & StatusBits.FAULT and time.monotonic() < end:
+        time.sleep(0.02)
+    line.trigger(3)
+    regs = line.wait_result(3)
+    assert regs[VERDICT] == 1 and regs[STATUS] & StatusBits.READY
+    assert line.answered == [1, 2, 3]
