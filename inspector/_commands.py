@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts: Counter[str] = Counter()
     done = threading.Event()
     pipeline: Pipeline | None = None
-    line = _start_line_io(args.station, recipe) if args.station else None
+    line: Any = None
 
     def record(result: InspectionResult) -> InspectionResult:
         if recorder.lot and not result.lot:     # stamped here too, so that MQTT publishes the lot recorded
@@ -131,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     runner = None
     try:
+        line = _start_line_io(args.station, recipe) if args.station else None
         if line is not None and line.config.mode == "triggered":
             runner = _triggered_runner(args, line, source, station, recorder, record)
             runner.start()

@@ -156,6 +156,9 @@ def _start_line_io(station_file: Path) -> Any:
     from inspector.lineio.station_config import load_station_config
 
     config = load_station_config(station_file)
+    if config.mode == "triggered":
+        log.warning("%s: mode is triggered; the app runs continuously (publishing every result and showing "
+                    "the links); run triggered stations with `inspector run --station`", station_file)
     line = LineIO(config, active_recipe=config.initial_recipe or 0)
     line.start()
     return line
