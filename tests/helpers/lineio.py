@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,9 @@ class Broker:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # Started as root, mosquitto drops to the user "mosquitto", who cannot write into pytest's
+            # private tmp folder (no log, no persistent sessions): stay the user who started it.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"           # QoS 1 sessions of subscribers survive a restart
             f"persistence_location {folder}/\n"
             "autosave_interval 1\n"
