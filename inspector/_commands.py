@@ -127,45 +127,72 @@ def cmd_run(args: argparse.Namespace) -> int:
     not_recorded: list[str] = []
     printing = not args.quiet
     pipeline: Pipeline | None = None
+    line: Any = None
 
-    def record(result: InspectionResult) -> None:
+    def record(result: InspectionResult) -> InspectionResult:
+        """Record durably (raises InspectorError when it cannot), count, then print: in that order."""
         nonlocal printing
-        if done.is_set():
-            return                      # past --max-frames or a journal failure: neither recorded nor shown
-        try:
-            recorder.record(result)     # returns once the result is durable
-        except InspectorError as exc:
-            not_recorded.append(str(exc))
-            done.set()
-            return
+        if recorder.lot and not result.lot:     # stamped here too, so that MQTT publishes the lot recorded
+            result = dataclasses.replace(result, lot=recorder.lot)
+        recorder.record(result)     # returns once the result is durable
         counts[result.verdict.value] += 1
         if args.max_frames is not None and sum(counts.values()) >= args.max_frames:
             done.set()
             if pipeline is not None:
                 pipeline.pause()        # read no further frame
-        if printing and pipeline is not None:
-            stats = pipeline.stats()
+        if printing:
+            stats = pipeline.stats() if pipeline is not None else None
             try:
-                print(_result_line(result, stats.fps, stats.frames_dropped), flush=True)
+                print(_result_line(result, stats.fps if stats else 0.0, stats.frames_dropped if stats else 0),
+                      flush=True)
             except (BrokenPipeError, ValueError):       # stdout closed (| head -1): go on, silently
                 printing = False
                 _silence_stdout()
+        return result
+
+    def consume(result: InspectionResult) -> None:
+        if done.is_set():
+            return                      # past --max-frames or a journal failure: neither recorded nor shown
+        try:
+            recorded = record(result)
+        except InspectorError as exc:
+            not_recorded.append(str(exc))
+            done.set()
+            return
+        if line is not None:
+            line.publish(recorded)      # MQTT publishes after the result is durable
 
     def on_event(event: PipelineEvent) -> None:
         if event.kind is EventKind.SOURCE_FAILED:
             source_failed.append(event.message)
         print(f"{event.kind.value}: {event.message}", file=sys.stderr, flush=True)
 
-    pipeline = Pipeline(source, station, consumers=[record], on_event=on_event)
     started = time.perf_counter()
     left = 0
+    runner = None
     try:
-        pipeline.start()
-        while not done.is_set():
-            if pipeline.wait(timeout=0.2):
-                break
+        line = _start_line_io(args.station, recipe) if args.station else None
+        if line is not None and line.config.mode == "triggered":
+            runner = _triggered_runner(args, line, source, station, recorder, record)
+            runner.start()
+            print(f"triggered mode: waiting for PLC triggers ({_link_summary(line)})", file=sys.stderr, flush=True)
+            while not done.wait(0.2):
+                pass
+            time.sleep(_LAST_ANSWER_GRACE_S)    # --max-frames: let the PLC read the last answer before we go
+        else:
+            pipeline = Pipeline(source, station, consumers=[consume], on_event=on_event)
+            pipeline.start()
+            while not done.is_set():
+                if pipeline.wait(timeout=0.2):
+                    break
     finally:
-        pipeline.stop()
+        if runner is not None:
+            runner.stop()
+        if pipeline is not None:
+            pipeline.stop()
+        if line is not None:
+            print(f"line IO: {_link_summary(line)}", file=sys.stderr)
+            line.stop()
         recorder.close_archives()      # archives first: their images are on disk before the store says so
         left = _wait_for_store(recorder, leave=args.leave_pending)
         recorder.close(timeout=0.0 if left else 10.0)
@@ -222,6 +249,57 @@ def _silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):
         pass
+
+
+# How long ``run --max-frames`` keeps the PLC links up after the last answer in triggered mode.
+_LAST_ANSWER_GRACE_S = 1.0
+
+
+def _start_line_io(station_file: Path, recipe: Any) -> Any:
+    """The station's PLC and MQTT links (station.yaml), started; the recipe given is the active one."""
+    from inspector.lineio.line import LineIO
+    from inspector.lineio.station_config import load_station_config
+
+    config = load_station_config(station_file)
+    active = 1 if not config.recipes else 0
+    for slot in config.recipes:
+        if recipe.path is not None and config.recipe_file(slot.number) == Path(recipe.path).resolve():
+            active = slot.number
+    if config.recipes and not active:
+        files = ", ".join(f"{s.number}: {s.file}" for s in config.recipes)
+        msg = (f"{station_file}: recipes does not list the recipe file {recipe.path} ({files}); "
+               f"add it, or run one of those")
+        raise InspectorError(msg)
+    line = LineIO(config, active_recipe=active)
+    line.start()
+    return line
+
+
+def _triggered_runner(args: argparse.Namespace, line: Any, source: Any, station: Any, recorder: Any,
+                      record: Any) -> Any:
+    """Triggered mode: answer PLC triggers; a recipe number the PLC requests loads that recipe."""
+    from inspector.lineio.trigger import TriggeredRunner
+    from inspector.recipe import load_recipe
+    from inspector.station import Station
+
+    def load(number: int) -> Any:
+        loaded = Station.load(load_recipe(line.config.recipe_file(number)), device=args.device, weights=args.weights)
+        if not args.no_archive:
+            recorder.use(loaded)
+        return loaded
+
+    return TriggeredRunner(source, station, line.signals, deadline_ms=line.config.deadline_ms, record=record,
+                           after_answer=[line.publish], load_recipe=load,
+                           on_fault=lambda message: print(f"FAULT: {message}", file=sys.stderr, flush=True))
+
+
+def _link_summary(line: Any) -> str:
+    parts = []
+    for state in line.monitor.snapshot():
+        status = "up" if state.up else "down"
+        parts.append(f"{state.name} {state.endpoint} {status}, {state.errors} error(s)"
+                     + (f", {state.detail}" if state.detail else ""))
+    return "; ".join(parts) or "no links configured"
 
 
 # --------------------------------------------------------------------------- train

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leave-pending", action="store_true",
                    help="exit even while results wait for an unreachable store (they stay in the local "
                         "journal, which the next run forwards); default: wait until they are stored")
+    p.add_argument("--station", type=Path, default=None, metavar="YAML",
+                   help="station.yaml: PLC trigger and result over Modbus TCP / OPC UA, results over MQTT "
+                        "(see docs/plc.md)")
     _add_store(p)
     _add_device(p)
     _add_weights(p)

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the per-user data dir)")
     parser.add_argument("--start", action="store_true",
                         help="start inspecting at once (as if F5 was pressed)")
+    parser.add_argument("--station", type=Path, default=None, metavar="YAML",
+                        help="station.yaml: results over MQTT, PLC status over Modbus TCP / OPC UA (docs/plc.md)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -120,6 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         QMessageBox.warning(None, "Statistics store",
                             f"Results will not be recorded: {type(exc).__name__}: {exc}")
     window = MainWindow(recipes=recipe_choices(recipe), source=args.source, store=store, kiosk=args.kiosk)
+    line = None
+    if args.station is not None:
+        try:
+            line = _start_line_io(args.station)
+        except Exception as exc:   # a bad station.yaml or a port in use: say so; the station runs unlinked
+            log.exception("line IO unavailable")
+            QMessageBox.warning(None, "Line IO", f"PLC and MQTT links are off: {exc}")
+        else:
+            from ui.link_status import attach_line_io
+
+            attach_line_io(window, line)
     window.show()
     if args.start:
         window.start()
@@ -127,8 +140,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(app.exec())
     finally:
         window.shutdown()
+        if line is not None:
+            line.stop()
         if store is not None:
             store.close()
+
+
+def _start_line_io(station_file: Path) -> Any:
+    """The links of a station.yaml, started (continuous mode: the app publishes every result)."""
+    from inspector.lineio.line import LineIO
+    from inspector.lineio.station_config import load_station_config
+
+    config = load_station_config(station_file)
+    if config.mode == "triggered":
+        log.warning("%s: mode is triggered; the app runs continuously (publishing every result and showing "
+                    "the links); run triggered stations with `inspector run --station`", station_file)
+    line = LineIO(config, active_recipe=config.initial_recipe or 0)
+    line.start()
+    return line
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ class MainWindow(QMainWindow):
         self.bridge.event.connect(self._on_pipeline_event)
         self.bridge.warning.connect(self._on_warning)
         self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning)
+        self.line_consumers: list[Callable[[Any], None]] = []   # after the recorder: MQTT (ui/link_status.py)
         self.jobs = JobRunner(self)
         self.jobs.finished.connect(self._on_job_finished)
         self.jobs.raised.connect(self._on_job_raised)
@@ -532,7 +533,7 @@ class MainWindow(QMainWindow):
     def _launch(self, source: Any, inspector: Any) -> None:
         self._inspector = inspector
         self._source_done = False
-        consumers: list[Callable[[Any], None]] = [self.recorder.record, self.bridge.on_result]
+        consumers: list[Callable[[Any], None]] = [self.recorder.record, *self.line_consumers, self.bridge.on_result]
         try:
             self._pipeline = self._make_pipeline(source, inspector, consumers=consumers,
                                                  on_event=self.bridge.on_event)

@@ -1,0 +1,340 @@
+"""Triggered mode: one frame per PLC trigger, inspected and answered before the station's deadline.
+
+Threads (all daemon, one shared stop event)::
+
+    PLC --trigger counter--> LineSignals --controller--> grab frame --inspect worker--> result
+                                                        record (store) --> answer PLC --> publish (MQTT)
+
+- Each trigger is answered exactly once, in order. Its deadline starts when the station saw the
+  trigger; if no frame or no result is there by then, the answer is ERROR (a reject) at the deadline:
+  never late, never skipped. A late result is logged and dropped; the ERROR is what is recorded.
+- Frames: a live source (camera) is read continuously on a capture thread and the trigger takes the
+  first frame captured after it (the newest frame after the trigger); a file or memory source is read
+  on demand, one frame per trigger (a software trigger).
+- Faults (camera lost, model raising, the recorder failing) set FAULT and stay set until the part that
+  failed works again (the next frame read, inspection or record that succeeds clears its fault); the
+  trigger that met the fault is answered ERROR, and while a live camera is lost every trigger is
+  answered ERROR at once. Recording goes on whatever the links do.
+- Changeover: when the PLC requests another recipe (HR7), RecipeActive (HR8) reads 0 while the new
+  recipe loads on its own thread; triggers meanwhile are answered ERROR; the new inspector is used
+  from the next trigger on.
+- The answer follows the record step: the PLC hears a verdict only after the recorder took it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from inspector.capture import FrameSource
+from inspector.lineio.signals import LineSignals, Trigger
+from inspector.pipeline import FrameInspector, ResultConsumer, error_result
+from inspector.results import Frame, InspectionResult, Verdict
+
+__all__ = ["ANSWER_RESERVE_S", "TriggerStats", "TriggeredRunner"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_S: Final = 0.05
+# Kept free before the deadline to record and write an ERROR answer: waiting for the model right up to
+# the deadline would answer it a fraction of a millisecond late (measured: 0.4 ms).
+ANSWER_RESERVE_S: Final = 0.005
+_RECONNECT_MAX_S: Final = 5.0
+
+RecipeLoader = Callable[[int], FrameInspector]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerStats:
+    """Counters of a triggered run, cheap to take from any thread."""
+
+    answered: int
+    errors: int                 # answers that were ERROR, for whatever reason
+    deadline_misses: int        # inspections that did not finish before the deadline
+    late_answers: int           # answers written after their deadline (should stay 0)
+    last_answer_ms: float       # trigger seen -> answer written, last trigger
+    max_answer_ms: float
+
+
+class TriggeredRunner:
+    """Answers PLC triggers with inspections.
+
+    Args:
+        source: a `FrameSource`, not yet opened.
+        inspector: the inspector of the active recipe (a `Station`, or anything with ``inspect``).
+        signals: the handshake state the PLC links serve.
+        deadline_ms: the longest time from trigger to answer.
+        record: called with each result before the PLC is answered (the recorder); must be quick. If it
+            returns an `InspectionResult` (the result as recorded, lot stamped), that one is published.
+        after_answer: called with each result after the answer (the MQTT publisher); must be quick.
+        load_recipe: builds the inspector of a PLC recipe number (changeover), on a loader thread.
+        on_fault: called with a sentence when a fault is raised; any thread.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        inspector: FrameInspector,
+        signals: LineSignals,
+        *,
+        deadline_ms: float,
+        record: Callable[[InspectionResult], object] | None = None,
+        after_answer: Sequence[ResultConsumer] = (),
+        load_recipe: RecipeLoader | None = None,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self._source = source
+        self._inspector = inspector
+        self._signals = signals
+        self._deadline_s = deadline_ms / 1000.0
+        self._record = record
+        self._after = tuple(after_answer)
+        self._load_recipe = load_recipe
+        self._on_fault = on_fault
+        self._live = bool(source.is_live)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector-infer")
+        self._frame_cond = threading.Condition()
+        self._latest: tuple[Frame, float] | None = None       # newest live frame and when it arrived
+        self._lock = threading.Lock()
+        self._loading: int | None = None                      # recipe number being loaded
+        self._loaded: tuple[int, FrameInspector | None, str] | None = None
+        self._active = signals.snapshot().recipe_active
+        self._answered = 0
+        self._errors = 0
+        self._misses = 0
+        self._late = 0
+        self._last_ms = 0.0
+        self._max_ms = 0.0
+
+    # ---- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the source (on the capture thread for live sources) and start answering triggers."""
+        if not self._live:
+            self._open_on_demand()
+        else:
+            self._threads.append(threading.Thread(target=self._capture_loop, name="inspector-capture", daemon=True))
+        self._threads.append(threading.Thread(target=self._control_loop, name="inspector-trigger", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop answering, join the threads, close the source; idempotent."""
+        self._stop.set()
+        interrupt = getattr(self._source, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
+        with self._frame_cond:
+            self._frame_cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if not self._live:
+            self._close_source()
+
+    def stats(self) -> TriggerStats:
+        with self._lock:
+            return TriggerStats(answered=self._answered, errors=self._errors, deadline_misses=self._misses,
+                                late_answers=self._late, last_answer_ms=self._last_ms, max_answer_ms=self._max_ms)
+
+    # ---- the controller thread --------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        while not self._stop.is_set():
+            self._changeover()
+            trigger = self._signals.next_trigger(_POLL_S)
+            if trigger is None or self._stop.is_set():
+                continue
+            try:
+                self._handle(trigger)
+            except Exception as exc:        # a bug must not leave the PLC without an answer
+                logger.exception("trigger %d failed", trigger.count)
+                self._deliver(trigger, self._error(trigger, None, f"internal error: {exc}"))
+
+    def _handle(self, trigger: Trigger) -> None:
+        deadline = trigger.seen + self._deadline_s - min(ANSWER_RESERVE_S, self._deadline_s / 10)
+        camera_fault = self._signals.faults.get("camera")
+        if camera_fault is not None and self._live:     # the capture thread clears it when frames come back
+            self._deliver(trigger, self._error(trigger, None, f"station fault: {camera_fault}"))
+            return
+        if self._loading is not None or not self._active:
+            what = f"recipe changeover to {self._loading} in progress" if self._loading else "no active recipe"
+            self._deliver(trigger, self._error(trigger, None, what))
+            return
+        frame = self._grab(trigger.seen, deadline)
+        if frame is None:
+            self._deliver(trigger, self._error(trigger, None, "no frame before the deadline"))
+            return
+        future = self._executor.submit(self._inspector.inspect, frame)
+        try:
+            result = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            with self._lock:
+                self._misses += 1
+            count = trigger.count
+            future.add_done_callback(lambda _: logger.info("late result of trigger %d dropped", count))
+            result = self._error(trigger, frame, f"deadline of {self._deadline_s * 1000:.0f} ms missed")
+        except Exception as exc:
+            self._fault("model", f"inspection failed: {type(exc).__name__}: {exc}")
+            result = self._error(trigger, frame, f"inspection failed: {type(exc).__name__}: {exc}")
+        else:
+            self._signals.set_fault("model", None)
+        self._deliver(trigger, result)
+
+    def _deliver(self, trigger: Trigger, result: InspectionResult) -> None:
+        if self._record is not None:
+            try:
+                # The answer follows durability: the recorder returns once the result is in its journal.
+                recorded = self._record(result)
+            except Exception as exc:
+                # Never a verdict that is not recorded: the PLC hears ERROR (a reject) and FAULT is set.
+                self._fault("store", f"recording failed: {type(exc).__name__}: {exc}")
+                result = self._error(trigger, None, f"not recorded: {type(exc).__name__}: {exc}")
+            else:
+                self._signals.set_fault("store", None)
+                if isinstance(recorded, InspectionResult):
+                    result = recorded           # as recorded (lot stamped): what the line hears about
+        self._signals.answer(trigger, result)
+        answer_ms = (time.monotonic() - trigger.seen) * 1000.0
+        with self._lock:
+            self._answered += 1
+            self._errors += result.verdict is Verdict.ERROR
+            self._late += answer_ms > self._deadline_s * 1000.0
+            self._last_ms = answer_ms
+            self._max_ms = max(self._max_ms, answer_ms)
+        for consumer in self._after:
+            try:
+                consumer(result)
+            except Exception:
+                logger.exception("result consumer %r raised", consumer)
+
+    def _error(self, trigger: Trigger, frame: Frame | None, reason: str) -> InspectionResult:
+        return error_result(
+            frame_id=frame.frame_id if frame is not None else -1,
+            timestamp=frame.timestamp if frame is not None else time.time(),
+            source=frame.source if frame is not None else getattr(self._source, "name", "source"),
+            recipe=self._inspector.name,
+            error=f"trigger {trigger.count}: {reason}",
+            path=frame.path if frame is not None else None,
+            image_bgr=frame.image_bgr if frame is not None else None,
+        )
+
+    def _fault(self, key: str, reason: str) -> None:
+        if key not in self._signals.faults:
+            logger.warning("FAULT %s: %s", key, reason)
+            if self._on_fault is not None:
+                self._on_fault(reason)
+        self._signals.set_fault(key, reason)
+
+    # ---- changeover -------------------------------------------------------------------------
+
+    def _changeover(self) -> None:
+        with self._lock:
+            loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            number, inspector, problem = loaded
+            self._loading = None
+            if inspector is None:
+                self._fault("recipe", problem)
+            else:
+                self._inspector = inspector
+                self._active = number
+                self._signals.set_fault("recipe", None)
+                self._signals.set_recipe_active(number)
+                logger.info("recipe %d active: %s", number, inspector.name)
+        requested = self._signals.recipe_requested
+        if self._loading is not None or requested == self._active or self._load_recipe is None:
+            return
+        if requested == 0:
+            return
+        self._loading = requested
+        self._active = 0
+        self._signals.set_recipe_active(0)
+        threading.Thread(target=self._load, args=(requested,), name="inspector-recipe-load", daemon=True).start()
+
+    def _load(self, number: int) -> None:
+        assert self._load_recipe is not None
+        try:
+            inspector = self._load_recipe(number)
+        except Exception as exc:
+            logger.exception("loading recipe %d failed", number)
+            outcome: tuple[int, FrameInspector | None, str] = (number, None, f"recipe {number} failed to load: {exc}")
+        else:
+            outcome = (number, inspector, "")
+        with self._lock:
+            self._loaded = outcome
+
+    # ---- frames -----------------------------------------------------------------------------
+
+    def _grab(self, after: float, deadline: float) -> Frame | None:
+        if not self._live:
+            return self._read_on_demand()
+        with self._frame_cond:
+            while not self._stop.is_set():
+                if self._latest is not None and self._latest[1] >= after:
+                    return self._latest[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._frame_cond.wait(remaining)
+        return None
+
+    def _open_on_demand(self) -> None:
+        try:
+            self._source.open()
+        except Exception as exc:
+            self._fault("camera", f"source could not be opened: {exc}")
+
+    def _read_on_demand(self) -> Frame | None:
+        try:
+            frame = self._source.read()
+        except Exception as exc:
+            self._fault("camera", f"source failed: {exc}")
+            return None
+        if frame is None:
+            self._fault("camera", "source has no more frames")
+        else:
+            self._signals.set_fault("camera", None)
+        return frame
+
+    def _close_source(self) -> None:
+        try:
+            self._source.close()
+        except Exception:
+            logger.exception("closing the source failed")
+
+    def _capture_loop(self) -> None:
+        delay = 0.5
+        opened = False
+        while not self._stop.is_set():
+            try:
+                if not opened:
+                    self._source.open()
+                    opened = True
+                frame = self._source.read()
+                if frame is None:
+                    msg = "source ended"
+                    raise RuntimeError(msg)
+            except Exception as exc:
+                self._fault("camera", f"camera lost: {exc}")
+                if opened:
+                    self._close_source()
+                    opened = False
+                self._stop.wait(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_S)
+                continue
+            delay = 0.5
+            self._signals.set_fault("camera", None)
+            with self._frame_cond:
+                self._latest = (frame, time.monotonic())
+                self._frame_cond.notify_all()
+        if opened:
+            self._close_source()
