@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, Self, cast
@@ -190,7 +190,7 @@ class YieldRow:
     failed: int
     errors: int
     yield_pct: float
-    keys: tuple[str, ...] = ()   # the value of each group key, in the order asked
+    keys: tuple[str, ...] = field(default=(), compare=False)   # each group key's value, in the order asked
 
 
 class ScorePoint(NamedTuple):
@@ -1056,25 +1056,6 @@ class Store:
             msg = (f"the statistics store {self.display_name} has schema version {found}, newer than this "
                    f"inspector reads ({SCHEMA_VERSION}); upgrade inspector or use another database")
             raise StoreError(msg)
-        if int(found) < SCHEMA_VERSION:
-            self._upgrade_schema(int(found))
-
-    def _upgrade_schema(self, found: int) -> None:
-        """Bring a store of an older schema version up to this one (adds columns; keeps every row)."""
-        try:
-            with self._engine.begin() as conn:
-                have = {c["name"] for c in sa.inspect(conn).get_columns("inspections")}
-                if found < 2 and "result_id" not in have:
-                    conn.execute(sa.text("ALTER TABLE inspections ADD COLUMN result_id VARCHAR(64)"))
-                conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS ux_inspections_result_id "
-                                     "ON inspections (result_id)"))
-                conn.execute(sa.update(store_meta).where(store_meta.c.key == "schema_version")
-                             .values(value=str(SCHEMA_VERSION)))
-        except sa.exc.SQLAlchemyError as exc:
-            msg = (f"cannot upgrade the statistics store {self.display_name} from schema version {found} to "
-                   f"{SCHEMA_VERSION}: {_reason(exc)}; close other programs using it and try again")
-            raise StoreError(msg) from exc
-        logger.info("statistics store %s upgraded to schema version %d", self.display_name, SCHEMA_VERSION)
 
 
 class _WriteTransaction:

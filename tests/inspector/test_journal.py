@@ -97,6 +97,7 @@ def test_an_old_store_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
         conn.execute("INSERT INTO inspections (time, recipe, model_version, line, station, lot, source, frame_id,"
                      " verdict) VALUES (1, 'r', '', '', '', '', '', 7, 'PASS')")
         conn.execute("UPDATE store_meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute("UPDATE alembic_version SET version_num = '0001'")     # the revision of schema 1
     store = Store(db)
     assert store.insert_results([("new", result_rows(_result(8)))]) == 1
     assert store.insert_results([("new", result_rows(_result(8)))]) == 0

@@ -148,7 +148,7 @@ def test_bad_shift_settings(tmp_path: Path) -> None:
 
 
 def test_unknown_group_by(store: Store) -> None:
-    with pytest.raises(ValueError, match="unknown group_by 'week'; use one of recipe, line"):
+    with pytest.raises(ValueError, match="unknown or repeated group_by week; use one or more of recipe, line"):
         store.yield_summary(group_by="week")  # type: ignore[arg-type]
 
 
