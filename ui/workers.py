@@ -56,6 +56,7 @@ class PipelineBridge(QObject):
     result_ready = Signal(object)     # inspector.results.InspectionResult
     event = Signal(object)            # inspector.pipeline.PipelineEvent
     warning = Signal(str)             # one sentence (e.g. the archive paused: disk full)
+    station_event = Signal(object)    # inspector.controller.ControllerEvent (typed: StateChanged, ...)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -70,6 +71,11 @@ class PipelineBridge(QObject):
         """Pipeline ``on_event`` callback: called on engine threads with each `PipelineEvent`."""
         if not self._closed.is_set():
             self.event.emit(event)
+
+    def on_station_event(self, event: object) -> None:
+        """`StationController` listener: called on any thread with each `ControllerEvent`."""
+        if not self._closed.is_set():
+            self.station_event.emit(event)
 
     def on_warning(self, text: str) -> None:
         """Warning callback of engine helpers (archive, store); any thread."""

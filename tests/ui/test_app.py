@@ -60,7 +60,7 @@ def test_real_station_run_fills_store_statistics_and_review(qtbot, tmp_path, tau
     qtbot.addWidget(window)
     window.show()
     window.start()
-    qtbot.waitUntil(lambda: window.counts.inspected == 5 and window.state == RunState.STOPPED, timeout=60_000)
+    qtbot.waitUntil(lambda: window.counts.inspected == 5 and window.state == RunState.SOURCE_ENDED, timeout=60_000)
     assert window.counts.errors == 0, window.station.banner.detail_text
     assert "model v1" in window.station.info.text()
     store.flush()
