@@ -303,7 +303,8 @@ class StationController:
             self._run += 1
             run = self._run
             self._set(self._with(RunState.STOPPING, "finishing the frame under inspection"))
-        self._spawn(f"inspector-stop-{run}", self._finish, pipeline, run, RunState.STOPPED, "stopped")
+        self._spawn(f"inspector-stop-{run}", self._finish, pipeline, run, RunState.STOPPED,
+                    "stopped by the operator")
         return True
 
     def switch_recipe(self, recipe: Path) -> bool:

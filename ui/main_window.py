@@ -566,7 +566,9 @@ class MainWindow(QMainWindow):
         if self._closing:
             return
         if isinstance(event, StateChanged):
-            self._render_state(event.snapshot)
+            # events from the controller's threads may arrive after a newer state set on this one:
+            # render the controller's state now, not the one the event carried
+            self._render_state(self.controller.snapshot)
         elif isinstance(event, ResultArrived):
             self._on_result(event.result, current=event.current)
         elif isinstance(event, Notice):
@@ -577,6 +579,8 @@ class MainWindow(QMainWindow):
             self._on_switch_failed(event)
 
     def _render_state(self, snapshot: StationSnapshot) -> None:
+        if snapshot is self._snapshot:
+            return
         previous, self._snapshot = self._snapshot, snapshot
         state = snapshot.state
         loaded_now = snapshot.recipe is not None and (
@@ -602,13 +606,13 @@ class MainWindow(QMainWindow):
             self.station.faults.clear_fault("stop")
             self._stop_armed_until = 0.0
         if snapshot.message:
-            self._status.setText(f"{state.value.replace('_', ' ')}: {snapshot.message}")
+            self._status.setText(snapshot.message)
         self._update_controls()
         self._update_info()
 
     def _on_result(self, result: InspectionResult, *, current: bool) -> None:
         self._counts = self._counts.add(result.verdict)
-        if current:
+        if current and self.state is RunState.RUNNING:     # Pause may have come since it was sent
             self.station.show_result(result)        # banner, heatmap and the verdict strip
         else:
             self.station.strip.add(result.verdict)  # history only: the banner stays grey
