@@ -815,7 +815,7 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
     if name is not None:
         changes["name"] = name
     if roi != "keep":
-        changes["roi"] = "null" if roi is None else "{rect: [%d, %d, %d, %d]}" % tuple(roi)
+        changes["roi"] = "null" if roi is None else "{rect: [" + ", ".join(str(int(v)) for v in roi) + "]}"
     out: list[str] = []
     skipping = False                           # inside the block of a replaced key
     for line in lines:
