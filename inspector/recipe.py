@@ -61,6 +61,7 @@ __all__ = [
     "list_recipes",
     "dump_recipe",
     "edit_recipe_file",
+    "set_active_model_version",
     "load_recipe",
     "parse_recipe",
     "save_recipe",
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION: Final = 1             # bump with a migration in _MIGRATIONS when the file format changes
 RECIPE_SUFFIXES: Final = (".yaml", ".yml")
 MAX_RECIPE_BYTES: Final = 1 << 20     # a recipe is a page of text; anything bigger is not one
+ACTIVE_FILE: Final = "active"         # in a recipe's model folder: the version "latest" means on the line
 NEW_FILE_MODE: Final = 0o644          # a new recipe: readable by the station's other accounts, as an editor makes it
 DEFAULT_DEFECT_CLASSES: Final = ("other",)
 GOOD_LABEL: Final = "good"            # the feedback label for "no defect"; no defect class may use it
@@ -293,8 +295,21 @@ class Recipe:
         found = [p.name for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"v[1-9][0-9]*", p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
+    def active_model_version(self) -> str | None:
+        """The version named active in `model_dir` (its ``active`` file), if that version exists.
+
+        Teaching and hand-set thresholds make their new version active; "actually good" feedback
+        does not: its version waits until someone makes it active (`set_active_model_version`).
+        """
+        try:
+            name = (self.model_dir() / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return name if name in self.model_versions() else None
+
     def model_version_dir(self) -> Path:
-        """The folder of the model version to use: the pinned one, or the highest for ``latest``.
+        """The folder of the model version to use: the pinned one; for ``latest``, the active one
+        (`active_model_version`), else the highest.
 
         Raises:
             ModelError: if no model was taught yet, or the pinned version is missing.
@@ -311,7 +326,7 @@ class Recipe:
             msg = (f"recipe {self.name!r} has no taught model in {self.model_dir()}; "
                    f"teach it first (inspector train {self.path or '<recipe.yaml>'} --good DIR)")
             raise ModelError(msg)
-        return self.model_dir() / versions[-1]
+        return self.model_dir() / (self.active_model_version() or versions[-1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -841,7 +856,23 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
     return saved
 
 
-def _write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
+def set_active_model_version(recipe: Recipe, version: str) -> None:
+    """Make ``version`` the one the line uses for ``model.version: latest`` (written atomically).
+
+    Raises:
+        ModelError: ``version`` is not a saved version of the recipe.
+        RecipeError: the ``active`` file cannot be written.
+    """
+    versions = recipe.model_versions()
+    if version not in versions:
+        msg = (f"recipe {recipe.name!r} has no model version {version} in {recipe.model_dir()} "
+               f"(it has {', '.join(versions) or 'none'})")
+        raise ModelError(msg)
+    _write_atomically(recipe.model_dir() / ACTIVE_FILE, version + "\n", what="the active model version")
+    logger.info("recipe %s: model %s is active", recipe.name, version)
+
+
+def _write_atomically(path: Path, text: str, *, mode: int | None = None, what: str = "the recipe") -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync, chmod, then ``os.replace``.
 
     ``mode`` None keeps the mode of an existing ``path`` (``NEW_FILE_MODE`` for a new one): a temporary
@@ -865,7 +896,7 @@ def _write_atomically(path: Path, text: str, *, mode: int | None = None) -> None
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        msg = (f"{path}: cannot write the recipe: {exc.strerror or exc}; "
+        msg = (f"{path}: cannot write {what}: {exc.strerror or exc}; "
                "check the folder exists and is writable")
         raise RecipeError(msg, path=path) from exc
     finally:

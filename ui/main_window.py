@@ -216,7 +216,7 @@ class MainWindow(QMainWindow):
         self.statistics = StatisticsView(self._store)
         self.review = ReviewView(self._store, feedback_runner=self._run_feedback,
                                  recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of,
-                                 recipes=self._recipe_list)
+                                 recipes=self._recipe_list, on_model_changed=self.controller.forget)
         self.teach = TeachPage(recipes=self._recipes, open_source=self._open_source)
         self.tabs.addTab(self.statistics, "Statistics")
         self.tabs.addTab(self.review, "Review")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import logging
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -45,7 +47,7 @@ from ui.live_view import VERDICT_COLOURS, HeatmapView
 from ui.qimage import bgr_to_qimage
 from ui.workers import JobRunner
 
-__all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ReviewView"]
+__all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ModelVersionOps", "ReviewView"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,37 @@ def _default_good_feedback(recipe_path: Path, image_bgr: np.ndarray, note: str) 
     from inspector.teach import add_good_feedback
 
     return add_good_feedback(load_recipe(recipe_path), [image_bgr], note=note)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelVersionOps:
+    """What "actually good" needs to know and do about a recipe's model versions (cheap file operations).
+
+    Defaults: `inspector.station.next_version`, `inspector.recipe.set_active_model_version`,
+    `inspector.teach.undo_good_feedback`; tests pass their own.
+    """
+
+    next_version: Callable[[Path], str]             # recipe file -> the version a save would create
+    make_active: Callable[[Path, str], None]        # recipe file, version
+    undo: Callable[[Path, str], None]               # recipe file, version (an inactive feedback version)
+
+    @classmethod
+    def default(cls) -> ModelVersionOps:
+        from inspector.recipe import load_recipe, set_active_model_version
+        from inspector.station import next_version
+        from inspector.teach import undo_good_feedback
+
+        return cls(next_version=lambda path: next_version(load_recipe(path)).name,
+                   make_active=lambda path, version: set_active_model_version(load_recipe(path), version),
+                   undo=lambda path, version: undo_good_feedback(load_recipe(path), version) and None)
+
+
+def _ask(parent: QWidget, title: str, text: str) -> bool:
+    """A Yes/No question whose default is No: a stray Enter changes nothing."""
+    answer = QMessageBox.question(parent, title, text,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
 
 
 def _read_image(path: str | None) -> np.ndarray | None:
@@ -215,6 +248,9 @@ class ReviewView(QWidget):
         recipe_lookup: recipe name -> recipe file (to add "actually good" images to its model).
         good_feedback: (recipe file, image, note) -> new model version; default `add_good_feedback`.
         defect_classes: recipe name -> its defect classes (default `DEFAULT_DEFECT_CLASSES`).
+        versions: model version operations for "actually good" (default `ModelVersionOps.default()`).
+        confirm: (title, question) -> True to go on; default a Yes/No dialog whose default is No.
+        on_model_changed: called with a recipe file after its active model version changed.
     """
 
     def __init__(
@@ -227,9 +263,16 @@ class ReviewView(QWidget):
         defect_classes: Callable[[str], tuple[str, ...]] | None = None,
         recipes: Callable[[], list[Path]] = list,
         run_review: BatchReview | None = None,
+        versions: ModelVersionOps | None = None,
+        confirm: Callable[[str, str], bool] | None = None,
+        on_model_changed: Callable[[Path], None] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
+        self._versions = versions
+        self._confirm = confirm or (lambda title, text: _ask(self, title, text))
+        self._on_model_changed = on_model_changed or (lambda path: None)
+        self._made: tuple[Path, str] | None = None     # (recipe file, version) of the last feedback model
         self.batch = BatchReviewPanel(recipes=recipes, run_review=run_review)
         self._store = store
         self._feedback_runner = feedback_runner
@@ -241,6 +284,7 @@ class ReviewView(QWidget):
         self._image: np.ndarray | None = None
         self._overlay: np.ndarray | None = None
         self._pending_recipe: str | None = None
+        self._pending_path: Path | None = None
 
         self.verdict_box = QComboBox()
         self.verdict_box.addItem("All verdicts", None)
@@ -289,8 +333,15 @@ class ReviewView(QWidget):
         self.user_edit = QLineEdit(_user_name())
         self.user_edit.setPlaceholderText("reviewer")
         self.good_button = QPushButton("Actually good")
-        self.good_button.setToolTip("Record as good and add the image to the recipe's model (new version)")
+        self.good_button.setToolTip("Record as good and add the image to the recipe's model as a new version "
+                                    "(asks first; the new version is not used until made active)")
         self.good_button.clicked.connect(self.mark_good)
+        self.activate_button = QPushButton("Make active")
+        self.activate_button.clicked.connect(self.make_active)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.clicked.connect(self.undo_good)
+        for button in (self.activate_button, self.undo_button):
+            button.setVisible(False)
         self.class_box = QComboBox()
         self.class_button = QPushButton("Assign class")
         self.class_button.clicked.connect(self._on_assign_clicked)
@@ -302,6 +353,8 @@ class ReviewView(QWidget):
         actions.addWidget(QLabel("Reviewer"))
         actions.addWidget(self.user_edit)
         actions.addWidget(self.good_button)
+        actions.addWidget(self.activate_button)
+        actions.addWidget(self.undo_button)
         actions.addWidget(self.class_box)
         actions.addWidget(self.class_button)
         detail = QWidget()
@@ -382,6 +435,10 @@ class ReviewView(QWidget):
         record = self._current
         if record is None or self._store is None:
             return
+        recipe_path = self._recipe_lookup(record.recipe)
+        if not self._confirm("Actually good?", self._good_question(record, recipe_path)):
+            self.message.setText(f"Inspection {record.id}: nothing changed.")
+            return
         user = self._user()
         try:
             self._store.add_feedback(record.id, "good", user=user, note="actually good (review screen)")
@@ -389,7 +446,6 @@ class ReviewView(QWidget):
             self.message.setText(f"Feedback not recorded: {type(exc).__name__}: {exc}")
             return
         self._refresh_current()
-        recipe_path = self._recipe_lookup(record.recipe)
         image = self._image
         if recipe_path is None or image is None or self._feedback_runner is None:
             why = "its recipe file is not known here" if recipe_path is None else "its image was not archived"
@@ -404,6 +460,7 @@ class ReviewView(QWidget):
 
         if self._feedback_runner(job):
             self._pending_recipe = record.recipe
+            self._pending_path = recipe_path
             self.good_button.setEnabled(False)
             self.message.setText(f"Recorded as good; adding it to recipe {record.recipe}'s model…")
         else:
@@ -427,12 +484,80 @@ class ReviewView(QWidget):
         self.message.setText(f"Inspection {record.id}: class '{defect_class}' recorded.")
         self._refresh_current()
 
+    def _good_question(self, record: Any, recipe_path: Path | None) -> str:
+        """What "actually good" will do, named: the inspection, the version it creates, and the risk."""
+        version = "a new model version"
+        if recipe_path is not None:
+            try:
+                version = f"model {self._ops().next_version(recipe_path)}"
+            except Exception as exc:            # no model yet, a broken file: the job will say why
+                log.warning("next model version of %s unknown: %s", recipe_path, exc)
+        lines = [f"Mark inspection #{record.id} ({record.verdict}) as good and add its image to recipe "
+                 f"{record.recipe} as {version}?"]
+        if record.regions:
+            n = len(record.regions)
+            score = "" if record.score is None else f", score {record.score:.3f}"
+            lines.append(f"It was {record.verdict} with {n} defect region{'s' if n != 1 else ''}{score}: the "
+                         "model will learn those marks as normal, and miss them on later parts.")
+        lines.append(f"{version[0].upper()}{version[1:]} is not used on the line until you make it active; "
+                     "Undo takes it back.")
+        return "\n\n".join(lines)
+
+    def _ops(self) -> ModelVersionOps:
+        if self._versions is None:
+            self._versions = ModelVersionOps.default()
+        return self._versions
+
     def on_feedback_done(self, version: Any) -> None:
         """The "actually good" model update finished (called by the main window)."""
         self.good_button.setEnabled(self._current is not None)
-        self.message.setText(f"Recipe {self._pending_recipe}: model {version} saved with the good image. "
-                             "The station uses it from the next start or recipe switch.")
+        path = self._pending_path
+        self._made = (path, str(version)) if path is not None else None
+        for button in (self.activate_button, self.undo_button):
+            button.setVisible(self._made is not None)
+            button.setEnabled(self._made is not None)
+        self.activate_button.setText(f"Make {version} active")
+        self.undo_button.setText(f"Undo {version}")
+        self.message.setText(f"Recipe {self._pending_recipe}: model {version} saved with the good image. It is "
+                             f"not used on the line until you press 'Make {version} active'.")
         self._pending_recipe = None
+
+    @Slot()
+    def make_active(self) -> None:
+        """Make the last "actually good" version the one the line uses (from the next start or switch)."""
+        if self._made is None:
+            return
+        path, version = self._made
+        if not self._confirm("Make active?", f"Use model {version} of {path.stem} on the line from the next "
+                                             "start or recipe switch?"):
+            return
+        try:
+            self._ops().make_active(path, version)
+        except Exception as exc:
+            self.message.setText(f"Model {version} not made active: {exc}")
+            return
+        self._on_model_changed(path)
+        self.undo_button.setEnabled(False)
+        self.activate_button.setEnabled(False)
+        self.message.setText(f"Model {version} of {path.stem} is active: the station uses it from the next start "
+                             "or recipe switch.")
+
+    @Slot()
+    def undo_good(self) -> None:
+        """Take back the last "actually good" version (not active): the line never used it."""
+        if self._made is None:
+            return
+        path, version = self._made
+        try:
+            self._ops().undo(path, version)
+        except Exception as exc:
+            self.message.setText(f"Model {version} not undone: {exc}")
+            return
+        self._made = None
+        for button in (self.activate_button, self.undo_button):
+            button.setVisible(False)
+        self.message.setText(f"Model {version} of {path.stem} undone (its folder kept as {version}.undone-…); "
+                             "the 'good' label stays in the inspection's feedback history.")
 
     def on_feedback_failed(self, text: str) -> None:
         self.good_button.setEnabled(self._current is not None)

@@ -14,7 +14,7 @@ import pytest
 from inspector.results import Verdict
 from inspector.store import Store
 from tests.ui.conftest import FAIL, REVIEW, DarkSpotInspector
-from ui.review_view import ReviewView
+from ui.review_view import ModelVersionOps, ReviewView
 from ui.stats_view import StatisticsView, control_limits
 from ui.workers import JobRunner
 
@@ -92,8 +92,21 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
         return "v2"
 
     runner = JobRunner()
+    questions: list[str] = []
+    answers = [False, True, True]                        # No to the first question, then Yes
+    done: list[tuple[str, Path, str]] = []
+    versions = ModelVersionOps(next_version=lambda path: "v2",
+                               make_active=lambda path, v: done.append(("active", path, v)),
+                               undo=lambda path, v: done.append(("undo", path, v)))
+    changed: list[Path] = []
+
+    def confirm(title: str, text: str) -> bool:
+        questions.append(text)
+        return answers.pop(0)
+
     view = ReviewView(store, feedback_runner=lambda job: (runner.start(job, name="feedback"), True)[1],
-                      recipe_lookup=lambda name: tmp_path / f"{name}.yaml", good_feedback=good_feedback)
+                      recipe_lookup=lambda name: tmp_path / f"{name}.yaml", good_feedback=good_feedback,
+                      versions=versions, confirm=confirm, on_model_changed=changed.append)
     runner.finished.connect(view.on_feedback_done)
     qtbot.addWidget(view)
     view.set_range(time.time() - 3600, time.time() + 3600)
@@ -113,12 +126,27 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     assert {r.defect_class for r in again.regions} == {"scratch"}
     assert again.label == "scratch"
 
+    view.mark_good()                                     # answered No: nothing recorded, no model
+    assert "nothing changed" in view.message.text() and not calls and not runner.running
+    assert store.get_inspection(record.id).label == "scratch"
+    assert "as model v2?" in questions[0] and "defect region" in questions[0]
+    assert "not used on the line until you make it active" in questions[0]
     with qtbot.waitSignal(runner.stopped, timeout=10_000):
-        view.mark_good()
+        view.mark_good()                                 # Yes
     assert store.get_inspection(record.id).label == "good"
     assert calls and calls[0][0] == tmp_path / f"{record.recipe}.yaml" and calls[0][1] == (112, 112, 3)
-    assert "model v2 saved" in view.message.text()
+    assert "model v2 saved" in view.message.text() and "not used on the line" in view.message.text()
     assert view.table.item(0, 6).text() == "good"
+    assert view.undo_button.isVisibleTo(view) and view.activate_button.text() == "Make v2 active"
+    view.make_active()                                   # Yes
+    recipe_file = tmp_path / f"{record.recipe}.yaml"
+    assert done == [("active", recipe_file, "v2")] and changed == [recipe_file]
+    assert not view.undo_button.isEnabled(), "an active version is not undone from here"
+    view._pending_path = recipe_file
+    view.on_feedback_done("v3")                          # another feedback version, then undone
+    view.undo_good()
+    assert done[-1] == ("undo", recipe_file, "v3") and "undone" in view.message.text()
+    assert not view.undo_button.isVisibleTo(view)
 
     Path(record.image_path).unlink()       # the archive's size cap removed it
     view.select(1)
