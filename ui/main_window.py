@@ -160,6 +160,7 @@ class MainWindow(QMainWindow):
         self._open_source = open_source or _default_open_source
         self._recipes = [Path(p) for p in recipes]
         self._snapshot = StationSnapshot(state=RunState.READY)   # the controller's, as last rendered
+        self._applied: Any | None = None       # the inspector whose warnings and thresholds are shown
         self._counts = LotCounts()
         self._closing = False
         self._ticks = 0
@@ -583,13 +584,11 @@ class MainWindow(QMainWindow):
             return
         previous, self._snapshot = self._snapshot, snapshot
         state = snapshot.state
-        loaded_now = snapshot.recipe is not None and (
-            snapshot.recipe != previous.recipe or snapshot.model_version != previous.model_version
-            or previous.state not in (RunState.RUNNING, RunState.PAUSED))
-        if state in (RunState.RUNNING, RunState.PAUSED) and loaded_now:
-            inspector = self.controller.inspector
-            if inspector is not None:
-                self._apply_inspector(inspector)
+        inspector = self.controller.inspector
+        if inspector is not None and inspector is not self._applied:
+            # a run may even have ended before this thread heard it started: apply what was loaded anyway
+            self._applied = inspector
+            self._apply_inspector(inspector)
             self._select_quietly(snapshot.recipe)
         if state is RunState.RUNNING:
             if previous.state is not RunState.RUNNING:
@@ -844,6 +843,8 @@ class MainWindow(QMainWindow):
             self.teach.shutdown()
         if self.review is not None:
             self.review.shutdown()
+        if self.statistics is not None:
+            self.statistics.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
         self.save_settings()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import getpass
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QDateTime, QSize, Qt, QUrl, Slot
+from PySide6.QtCore import QSize, Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -43,9 +43,10 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
+from ui.date_range import FollowingRange
 from ui.live_view import VERDICT_COLOURS, HeatmapView
 from ui.qimage import bgr_to_qimage
-from ui.workers import JobRunner
+from ui.workers import JobRunner, QueryRunner
 
 __all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ModelVersionOps", "ReviewView"]
 
@@ -97,6 +98,37 @@ def _ask(parent: QWidget, title: str, text: str) -> bool:
                                   QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                                   QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewAnswer:
+    """What one refresh reads (on a query thread): records and their thumbnails, plain data."""
+
+    recipes: list[Any]                              # yield rows by recipe: the recipe filter's choices
+    records: list[Any]                              # InspectionRecord, newest first
+    thumbnails: list[np.ndarray | None]             # (THUMB_PX, w, 3) uint8 BGR per record, None if no image
+
+
+def _thumbnail(record: Any) -> np.ndarray | None:
+    """The record's archived image (else its source file) scaled to THUMB_PX high; None when gone."""
+    image = _read_image(record.image_path) if record.image_path else None
+    if image is None:
+        image = _read_image(record.path)
+    if image is None:
+        return None
+    scale = THUMB_PX / image.shape[0]
+    return cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX), interpolation=cv2.INTER_AREA)
+
+
+def _query_inspections(store: Any, filters: dict[str, Any]) -> Callable[[], ReviewAnswer]:
+    """The store reads and image decoding of one refresh, as a call for a `QueryRunner` thread."""
+
+    def query() -> ReviewAnswer:
+        records = store.inspections(limit=PAGE_SIZE, **filters)
+        return ReviewAnswer(recipes=store.yield_summary(group_by="recipe"), records=records,
+                            thumbnails=[_thumbnail(record) for record in records])
+
+    return query
 
 
 def _read_image(path: str | None) -> np.ndarray | None:
@@ -240,7 +272,7 @@ class BatchReviewPanel(QGroupBox):
 
 
 class ReviewView(QWidget):
-    """The review screen.
+    """The review screen. Store queries and thumbnails load on a `QueryRunner` thread (``refreshed``).
 
     Args:
         store: an `inspector.store.Store`, or None.
@@ -252,6 +284,8 @@ class ReviewView(QWidget):
         confirm: (title, question) -> True to go on; default a Yes/No dialog whose default is No.
         on_model_changed: called with a recipe file after its active model version changed.
     """
+
+    refreshed = Signal()      # a refresh's answer is in the table
 
     def __init__(
         self,
@@ -292,12 +326,12 @@ class ReviewView(QWidget):
             self.verdict_box.addItem(str(verdict), str(verdict))
         self.recipe_box = QComboBox()
         self.recipe_box.addItem("All recipes", None)
-        now = QDateTime.currentDateTime()
-        self.since_edit = QDateTimeEdit(now.addDays(-7))
-        self.until_edit = QDateTimeEdit(now.addDays(1))
-        for edit in (self.since_edit, self.until_edit):
-            edit.setCalendarPopup(True)
-            edit.setDisplayFormat("yyyy-MM-dd HH:mm")
+        self.since_edit = QDateTimeEdit()
+        self.until_edit = QDateTimeEdit()
+        self.range = FollowingRange(self.since_edit, self.until_edit)     # follows now until edited
+        self.queries = QueryRunner(self)
+        self.queries.ready.connect(self._on_query_ready)
+        self.queries.failed.connect(self._on_query_failed)
         refresh = QPushButton("Refresh")
         refresh.clicked.connect(self.refresh)
         self.verdict_box.currentIndexChanged.connect(self._on_filter_changed)
@@ -397,29 +431,35 @@ class ReviewView(QWidget):
         return {
             "verdict": self.verdict_box.currentData(),
             "recipe": self.recipe_box.currentData(),
-            "since": float(self.since_edit.dateTime().toSecsSinceEpoch()),
-            "until": float(self.until_edit.dateTime().toSecsSinceEpoch()),
+            **dict(zip(("since", "until"), self.range.bounds(), strict=True)),
         }
 
     def set_range(self, since: float, until: float) -> None:
-        self.since_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(since)))
-        self.until_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(until) + 1))
+        """A fixed date range (it no longer follows now)."""
+        self.range.set_range(since, until)
 
     @Slot()
     def refresh(self) -> None:
-        """Query the store again (keeps the selection when the inspection is still listed)."""
+        """Query the store and load the thumbnails off the GUI thread; the table is filled when the answer
+        comes (``refreshed``), keeping the selection when the inspection is still listed."""
         self.batch.refresh_recipes()
         if self._store is None:
             return
-        keep = self._current.id if self._current is not None else None
-        try:
-            self._refresh_recipes()
-            self._records = self._store.inspections(limit=PAGE_SIZE, **self.filters())
-        except Exception as exc:
-            log.exception("review refresh failed")
+        self.queries.submit(_query_inspections(self._store, self.filters()), name="review-query")
+
+    def _on_query_failed(self, request: int, exc: BaseException) -> None:
+        if self.queries.is_latest(request):
             self.message.setText(f"Review unavailable: {type(exc).__name__}: {exc}")
-            return
-        self._fill_table()
+            self.refreshed.emit()
+
+    def _on_query_ready(self, request: int, answer: ReviewAnswer) -> None:
+        if not self.queries.is_latest(request):
+            return                                  # a newer refresh is under way
+        keep = self._current.id if self._current is not None else None
+        self._refresh_recipes(answer.recipes)
+        self._records = list(answer.records)
+        self._fill_table(answer.thumbnails)
+        self.refreshed.emit()
         rows = [i for i, r in enumerate(self._records) if r.id == keep]
         if rows:
             self.table.selectRow(rows[0])
@@ -565,15 +605,16 @@ class ReviewView(QWidget):
         self._pending_recipe = None
 
     def shutdown(self) -> None:
-        """Cancel a running batch review and join its thread."""
+        """Cancel a running batch review and join its thread and a query under way."""
         self.batch.shutdown()
+        self.queries.shutdown()
 
     # ----------------------------------------------------------------------------- private
     def _user(self) -> str:
         return self.user_edit.text().strip() or "operator"
 
-    def _refresh_recipes(self) -> None:
-        names = sorted({row.key for row in self._store.yield_summary(group_by="recipe")})
+    def _refresh_recipes(self, rows: list[Any]) -> None:
+        names = sorted({row.key for row in rows})
         known = {self.recipe_box.itemData(i) for i in range(1, self.recipe_box.count())}
         self.recipe_box.blockSignals(True)
         for name in names:
@@ -581,20 +622,20 @@ class ReviewView(QWidget):
                 self.recipe_box.addItem(name, name)
         self.recipe_box.blockSignals(False)
 
-    def _fill_table(self) -> None:
+    def _fill_table(self, thumbnails: Sequence[np.ndarray | None]) -> None:
         table = self.table
         table.blockSignals(True)
+        table.setUpdatesEnabled(False)
+        header = table.horizontalHeader()
+        # ResizeToContents re-measures every row at each setItem: O(rows²), seconds at 200 rows once shown
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        first = table.rowCount() == 0
         table.clearContents()
         table.setRowCount(len(self._records))
         for row, record in enumerate(self._records):
             thumb = QTableWidgetItem()
-            image = _read_image(record.image_path) if record.image_path else None
-            if image is None:
-                image = _read_image(record.path)
-            if image is not None:
-                scale = THUMB_PX / image.shape[0]
-                small = cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX),
-                                   interpolation=cv2.INTER_AREA)
+            small = thumbnails[row] if row < len(thumbnails) else None
+            if small is not None:
                 thumb.setIcon(QIcon(QPixmap.fromImage(bgr_to_qimage(small))))
             table.setItem(row, 0, thumb)
             when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
@@ -609,6 +650,10 @@ class ReviewView(QWidget):
                     item.setForeground(QColor(text))
                     item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 table.setItem(row, col, item)
+        if first:
+            table.resizeColumnsToContents()      # once (it measures every cell), then the columns stay
+        header.setStretchLastSection(True)
+        table.setUpdatesEnabled(True)
         table.blockSignals(False)
 
     def _refresh_current(self) -> None:
