@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,33 +11,14 @@ from PySide6.QtCore import QSettings, Qt
 from inspector.capture import ArraySource
 from inspector.errors import ModelError
 from inspector.results import Verdict
-from tests.ui.conftest import DarkSpotInspector, FlakyCamera
+from tests.ui.conftest import DarkSpotInspector, FlakyCamera, open_window, stub_recipes
 from ui.main_window import MainWindow, RunState
 
 WAIT_MS = 15_000       # generous upper bound for a loaded 2-core CI machine; tests finish far sooner
 
 
-def _recipes(tmp_path: Path, *names: str) -> list[Path]:
-    paths = []
-    for name in names:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(f"name: {name}\n", encoding="utf-8")
-        paths.append(path)
-    return paths
-
-
-def _window(qtbot, settings: QSettings, recipes: list[Path], inspectors: dict[str, object],
-            **kw) -> MainWindow:
-    def load(path: Path) -> object:
-        found = inspectors[path.stem]
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-    window = MainWindow(recipes=recipes, settings=settings, load_inspector=load, **kw)
-    qtbot.addWidget(window)
-    window.show()
-    return window
+_recipes = stub_recipes
+_window = open_window
 
 
 def test_folder_replay_updates_banner_counters_and_strip(qtbot, tmp_path, settings, part_folder) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
@@ -17,8 +16,8 @@ from PySide6.QtWidgets import QApplication
 from inspector.capture import ArraySource
 from inspector.errors import ModelError
 from inspector.store import Store
-from tests.ui.conftest import DarkSpotInspector
-from ui.main_window import MainWindow, RunState
+from tests.ui.conftest import DarkSpotInspector, open_window, stub_recipes
+from ui.main_window import RunState
 
 WAIT_MS = 15_000          # generous bound for a loaded 2-core CI machine
 MAX_STALL_S = 0.3         # the bound: Stop and Pause answer within 0.3 s on the GUI thread
@@ -44,26 +43,8 @@ class GatedInspector(DarkSpotInspector):
         return super().inspect(frame)
 
 
-def _recipes(tmp_path: Path, *names: str) -> list[Path]:
-    paths = []
-    for name in names:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(f"name: {name}\n", encoding="utf-8")
-        paths.append(path)
-    return paths
-
-
-def _window(qtbot, settings, recipes, inspectors, **kw) -> MainWindow:
-    def load(path: Path) -> object:
-        found = inspectors[path.stem]
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-    window = MainWindow(recipes=recipes, settings=settings, load_inspector=load, **kw)
-    qtbot.addWidget(window)
-    window.show()
-    return window
+_recipes = stub_recipes
+_window = open_window
 
 
 def _looping(images, **kw):
