@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
@@ -24,6 +25,7 @@ from ui.qimage import bgr_to_qimage, heatmap_to_qimage
 
 __all__ = [
     "VERDICT_COLOURS",
+    "short_source",
     "FaultBanner",
     "HeatmapView",
     "LotCounts",
@@ -43,6 +45,17 @@ VERDICT_COLOURS: dict[str, tuple[str, str]] = {
     Verdict.ERROR: ("#5e1a8c", "#ffffff"),
     "IDLE": ("#37474f", "#ffffff"),
 }
+
+
+def short_source(text: str) -> str:
+    """A source name for the screen: a path inside the working folder is shown relative to it."""
+    try:
+        path = Path(text)
+        if path.is_absolute():
+            return str(path.relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        pass
+    return text
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -58,7 +58,7 @@ from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFo
 from inspector.pipeline import EventKind
 from inspector.recording import ResultRecorder
 from inspector.results import InspectionResult, Progress
-from ui.live_view import LotCounts
+from ui.live_view import LotCounts, short_source
 from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
 
@@ -303,7 +303,7 @@ class MainWindow(QMainWindow):
         bar.addWidget(QLabel(" Lot "))
         self.lot_edit = QLineEdit()
         self.lot_edit.setPlaceholderText("lot number")
-        self.lot_edit.setMaximumWidth(120)
+        self.lot_edit.setMaximumWidth(140)
         self.lot_edit.editingFinished.connect(self._on_lot_edited)
         bar.addWidget(self.lot_edit)
         bar.addAction(self.act_new_lot)
@@ -692,7 +692,7 @@ class MainWindow(QMainWindow):
                 parts.append(f"model {snap.model_version}")
             if snap.device:
                 parts.append(f"on {snap.device}")
-            parts.append(f"Source: {snap.source or '—'}")
+            parts.append(f"Source: {short_source(snap.source) if snap.source else '—'}")
         else:
             recipe = self.current_recipe
             parts = [f"Recipe: {recipe.stem if recipe else '—'} (selected)"]

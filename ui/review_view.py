@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
 
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
 from ui.date_range import FollowingRange
-from ui.live_view import VERDICT_COLOURS, HeatmapView
+from ui.live_view import VERDICT_COLOURS, HeatmapView, short_source
 from ui.qimage import bgr_to_qimage
 from ui.workers import JobRunner, QueryRunner
 
@@ -692,7 +692,7 @@ class ReviewView(QWidget):
         score = "—" if record.score is None else f"{record.score:.4f}"
         lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  "
                  f"{record.verdict}  score {score}",
-                 f"source {record.source}" + (f"  ·  lot {record.lot}" if record.lot else ""),
+                 f"source {short_source(record.source)}" + (f"  ·  lot {record.lot}" if record.lot else ""),
                  f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
         if record.feedback:
             last = record.feedback[-1]
