@@ -299,11 +299,16 @@ class Pipeline:
         for thread in self._threads:
             thread.start()
 
-    def pause(self) -> None:
-        """Stop reading frames; frames already queued are still inspected and delivered.
+    def pause(self, *, wait: bool = True) -> None:
+        """Stop reading and inspecting frames until `resume`.
 
-        Waits up to 1 s for the capture thread to finish the read it is in (not when called from a
-        consumer, on the worker thread).
+        Frames already queued from a file source are held and inspected after `resume`; a live
+        source's one waiting frame is dropped (counted), since it is stale by then. The frame inside
+        the inspector when this is called is finished and delivered.
+
+        Args:
+            wait: wait up to 1 s for the capture thread to finish the read it is in (never when called
+                from a consumer, on the worker thread). A GUI passes False and returns at once.
         """
         self._parked.clear()
         self._running.clear()
@@ -312,7 +317,7 @@ class Pipeline:
                 self._state = "paused"
         # Wait for the capture thread to park, so nothing is read after pause() returns. Not on the
         # worker thread: the capture thread may be waiting for the worker to take a frame.
-        if len(self._threads) == 2 and threading.current_thread() not in self._threads:
+        if wait and len(self._threads) == 2 and threading.current_thread() not in self._threads:
             if self._threads[0].is_alive():
                 self._parked.wait(_PAUSE_ACK_S)
 
@@ -524,6 +529,9 @@ class Pipeline:
     def _worker_loop(self) -> None:
         try:
             while True:
+                if not self._running.is_set() and not self._stop_event.is_set():
+                    self._hold()
+                    continue
                 try:
                     item = self._slot.get(timeout=_POLL_S)
                 except queue.Empty:
@@ -544,6 +552,21 @@ class Pipeline:
                 if self._drained:
                     self._state = "stopped"
             self._worker_exited.set()
+
+    def _hold(self) -> None:
+        """Paused: file frames wait in their queue; a live source's waiting frame is dropped as stale."""
+        if self._live:
+            try:
+                item = self._slot.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                if isinstance(item, _End):
+                    self._slot.put_nowait(item)       # the end marker is never dropped
+                else:
+                    with self._lock:
+                        self._dropped += 1
+        self._running.wait(_POLL_S)
 
     def _inspect(self, item: Frame | _FailedFrame) -> InspectionResult:
         with self._lock:

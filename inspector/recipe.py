@@ -60,6 +60,8 @@ __all__ = [
     "Thresholds",
     "list_recipes",
     "dump_recipe",
+    "edit_recipe_file",
+    "set_active_model_version",
     "load_recipe",
     "parse_recipe",
     "save_recipe",
@@ -70,6 +72,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION: Final = 1             # bump with a migration in _MIGRATIONS when the file format changes
 RECIPE_SUFFIXES: Final = (".yaml", ".yml")
 MAX_RECIPE_BYTES: Final = 1 << 20     # a recipe is a page of text; anything bigger is not one
+ACTIVE_FILE: Final = "active"         # in a recipe's model folder: the version "latest" means on the line
+NEW_FILE_MODE: Final = 0o644          # a new recipe: readable by the station's other accounts, as an editor makes it
 DEFAULT_DEFECT_CLASSES: Final = ("other",)
 GOOD_LABEL: Final = "good"            # the feedback label for "no defect"; no defect class may use it
 
@@ -308,8 +312,21 @@ class Recipe:
         found = [p.name for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"v[1-9][0-9]*", p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
+    def active_model_version(self) -> str | None:
+        """The version named active in `model_dir` (its ``active`` file), if that version exists.
+
+        Teaching and hand-set thresholds make their new version active; "actually good" feedback
+        does not: its version waits until someone makes it active (`set_active_model_version`).
+        """
+        try:
+            name = (self.model_dir() / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return name if name in self.model_versions() else None
+
     def model_version_dir(self) -> Path:
-        """The folder of the model version to use: the pinned one, or the highest for ``latest``.
+        """The folder of the model version to use: the pinned one; for ``latest``, the active one
+        (`active_model_version`), else the highest.
 
         Raises:
             ModelError: if no model was taught yet, or the pinned version is missing.
@@ -326,7 +343,7 @@ class Recipe:
             msg = (f"recipe {self.name!r} has no taught model in {self.model_dir()}; "
                    f"teach it first (inspector train {self.path or '<recipe.yaml>'} --good DIR)")
             raise ModelError(msg)
-        return self.model_dir() / versions[-1]
+        return self.model_dir() / (self.active_model_version() or versions[-1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -832,6 +849,98 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
     path = Path(path)
     text = dump_recipe(recipe)
     saved = parse_recipe(text, path=path)        # never write what we could not read back
+    _write_atomically(path, text)
+    logger.info("saved recipe %s to %s", recipe.name, path)
+    return saved
+
+
+_TOP_KEY = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<value>[^#]*?)(?P<comment>\s+#.*)?$")
+
+
+def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None = None,
+                     roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep") -> Recipe:
+    """Write ``source``'s text to ``target`` with the top-level ``name`` and/or ``roi`` changed.
+
+    Unlike `save_recipe`, every comment and the layout of the file are kept: only the value of the
+    changed keys is replaced (their trailing comments stay). The result is validated by parsing it
+    back before anything is written, and written atomically. ``target`` keeps its file mode when it
+    exists; a new file gets the source's mode (``NEW_FILE_MODE`` when that is unknown).
+
+    Args:
+        source: the recipe file to start from (may be ``target`` itself).
+        target: the file to write.
+        name: the new recipe name, or None to keep it.
+        roi: the new ROI rectangle (x, y, w, h), None for the whole frame, or "keep".
+
+    Returns:
+        The recipe as written (``path`` set to ``target``).
+
+    Raises:
+        RecipeError: the source cannot be read, the result is not a valid recipe, or it cannot be written.
+    """
+    source, target = Path(source), Path(target)
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        msg = f"{source}: cannot read the recipe: {exc.strerror or exc}"
+        raise RecipeError(msg, path=source) from exc
+    changes: dict[str, str] = {}
+    if name is not None:
+        changes["name"] = name
+    if roi != "keep":
+        changes["roi"] = "null" if roi is None else "{rect: [" + ", ".join(str(int(v)) for v in roi) + "]}"
+    out: list[str] = []
+    skipping = False                           # inside the block of a replaced key
+    for line in lines:
+        if skipping and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        skipping = False
+        match = _TOP_KEY.match(line)
+        if match and match["key"] in changes:
+            value = changes.pop(match["key"])
+            out.append(f"{match['key']}: {value}{match['comment'] or ''}")
+            skipping = not match["value"].strip()      # "roi:" followed by an indented block
+            continue
+        out.append(line)
+    out.extend(f"{key}: {value}" for key, value in changes.items())   # keys the file did not have
+    text = "\n".join(out) + "\n"
+    saved = parse_recipe(text, path=target)      # never write what we could not read back
+    try:
+        mode = (target if target.exists() else source).stat().st_mode & 0o777
+    except OSError:
+        mode = NEW_FILE_MODE
+    _write_atomically(target, text, mode=mode)
+    logger.info("wrote recipe %s to %s (comments kept)", saved.name, target)
+    return saved
+
+
+def set_active_model_version(recipe: Recipe, version: str) -> None:
+    """Make ``version`` the one the line uses for ``model.version: latest`` (written atomically).
+
+    Raises:
+        ModelError: ``version`` is not a saved version of the recipe.
+        RecipeError: the ``active`` file cannot be written.
+    """
+    versions = recipe.model_versions()
+    if version not in versions:
+        msg = (f"recipe {recipe.name!r} has no model version {version} in {recipe.model_dir()} "
+               f"(it has {', '.join(versions) or 'none'})")
+        raise ModelError(msg)
+    _write_atomically(recipe.model_dir() / ACTIVE_FILE, version + "\n", what="the active model version")
+    logger.info("recipe %s: model %s is active", recipe.name, version)
+
+
+def _write_atomically(path: Path, text: str, *, mode: int | None = None, what: str = "the recipe") -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync, chmod, then ``os.replace``.
+
+    ``mode`` None keeps the mode of an existing ``path`` (``NEW_FILE_MODE`` for a new one): a temporary
+    file is created 0600, which would otherwise hide the recipe from the station's other accounts.
+    """
+    if mode is None:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = NEW_FILE_MODE
     folder = path.parent
     tmp_name: str | None = None
     try:
@@ -841,18 +950,17 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
             tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        msg = (f"{path}: cannot write the recipe: {exc.strerror or exc}; "
+        msg = (f"{path}: cannot write {what}: {exc.strerror or exc}; "
                "check the folder exists and is writable")
         raise RecipeError(msg, path=path) from exc
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
     _fsync_dir(folder)
-    logger.info("saved recipe %s to %s", recipe.name, path)
-    return saved
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from inspector._jobs import relay_progress
 from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
+from inspector.recipe import set_active_model_version
 from inspector.results import Progress
 from inspector.station import Station, apply_roi, build_detector, next_version, resolve_version
 
@@ -37,6 +38,7 @@ __all__ = [
     "TeachCancelled",
     "TeachReport",
     "add_good_feedback",
+    "undo_good_feedback",
     "load_folder",
     "run_to_end",
     "save_thresholds",
@@ -232,6 +234,7 @@ def teach(
     save_detector(detector, thresholds, version.path, weights=weights_info,
                   metadata={"recipe": recipe.name, "good_images": len(images), "defect_images": len(defect_images),
                             "source": where})
+    set_active_model_version(recipe, version.name)     # taught on purpose: the line uses it
     yield Progress(done=1, total=1, message=f"saved model {version.name}")
     return TeachReport(
         recipe=recipe.name, version=version.name, model_dir=version.path, thresholds=thresholds,
@@ -264,16 +267,19 @@ def save_thresholds(
     target = next_version(recipe)
     save_detector(station.detector, thresholds, target.path, weights=station.weights,
                   metadata={"recipe": recipe.name, "derived_from": station.model_version, "change": "thresholds"})
+    set_active_model_version(recipe, target.name)      # the engineer saved them on purpose
     return target.name
 
 
 def add_good_feedback(
     recipe: Recipe, images_bgr: Sequence[np.ndarray], *, device: str | None = None, note: str = ""
 ) -> str:
-    """Operator feedback "actually good": add the frames' patches to the newest model as a new version.
+    """Operator feedback "actually good": add the frames' patches to the model in use as a new version.
 
     No retraining: the patches join the memory bank, so similar frames score low from now on. The
-    thresholds are kept as they were. Returns the new version's name.
+    thresholds are kept as they were. The new version is *not* active: the line keeps the version it
+    uses until someone makes the new one active (`inspector.recipe.set_active_model_version`), and
+    `undo_good_feedback` takes it back. Returns the new version's name.
     """
     from models.saved import save_detector
 
@@ -281,6 +287,8 @@ def add_good_feedback(
         msg = "no images were given as good feedback"
         raise ValueError(msg)
     base = resolve_version(recipe)
+    if recipe.model.version == "latest" and recipe.active_model_version() is None:
+        set_active_model_version(recipe, base.name)    # pin what runs now, so "latest" stays on it
     station = Station.load(recipe, version=base.name, device=device)
     crops = [cv2.cvtColor(apply_roi(f, recipe.roi)[0], cv2.COLOR_BGR2RGB) for f in images_bgr]
     station.detector.add_normal(crops)
@@ -290,3 +298,35 @@ def add_good_feedback(
                             "images": len(crops), "note": note})
     logger.info("recipe %s: %d good image(s) added as model %s", recipe.name, len(crops), target.name)
     return target.name
+
+
+def undo_good_feedback(recipe: Recipe, version: str) -> Path:
+    """Take back an "actually good" version that is not active: its folder is renamed ``<version>.undone-<time>``.
+
+    Only a version this module made from feedback is touched (its ``model.json`` says so), and never the
+    active one; nothing is deleted, so the images it added stay on disk for a later look.
+
+    Returns:
+        The renamed folder.
+
+    Raises:
+        ModelError: the version is missing, active, or was not made from "actually good" feedback.
+    """
+    import json
+
+    folder = recipe.model_dir() / version
+    try:
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError) as exc:
+        msg = f"recipe {recipe.name!r}: model {version} cannot be undone: {folder / 'model.json'} unreadable ({exc})"
+        raise ModelError(msg) from exc
+    if meta.get("change") != "good feedback":
+        msg = f"recipe {recipe.name!r}: model {version} was not made from 'actually good' feedback; not undone"
+        raise ModelError(msg)
+    if recipe.active_model_version() == version:
+        msg = f"recipe {recipe.name!r}: model {version} is active on the line; make another version active first"
+        raise ModelError(msg)
+    target = folder.with_name(f"{version}.undone-{time.strftime('%Y%m%dT%H%M%S')}")
+    folder.rename(target)
+    logger.info("recipe %s: good-feedback model %s undone (kept in %s)", recipe.name, version, target)
+    return target

@@ -12,18 +12,20 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent, QPen, QResizeEvent
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from inspector.controller import LineMetrics
 from inspector.results import InspectionResult, Verdict
 from ui.qimage import bgr_to_qimage, heatmap_to_qimage
 
 __all__ = [
     "VERDICT_COLOURS",
+    "short_source",
     "FaultBanner",
     "HeatmapView",
     "LotCounts",
@@ -43,6 +45,17 @@ VERDICT_COLOURS: dict[str, tuple[str, str]] = {
     Verdict.ERROR: ("#5e1a8c", "#ffffff"),
     "IDLE": ("#37474f", "#ffffff"),
 }
+
+
+def short_source(text: str) -> str:
+    """A source name for the screen: a path inside the working folder is shown relative to it."""
+    try:
+        path = Path(text)
+        if path.is_absolute():
+            return str(path.relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        pass
+    return text
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +108,7 @@ class HeatmapView(QWidget):
         self._vmin = 0.0
         self._vmax = 1.0
         self._placeholder = "No image yet: choose a source and press Start (F5)"
+        self._stale = ""       # when set, the shown frame is not the current one: greyed, with this caption
         self.show_labels = True           # region size / class under each box (off for small tiles)
         self.conversions = 0              # results turned into pixels: at most one per paint
 
@@ -130,6 +144,16 @@ class HeatmapView(QWidget):
             self._pending = self._shown
         self.update()
 
+    @property
+    def stale(self) -> str:
+        """The caption over a frame that is no longer current ("" while it is current)."""
+        return self._stale
+
+    def set_stale(self, caption: str) -> None:
+        """Grey the shown frame out under ``caption`` (e.g. "STOPPED · last frame"); "" makes it current."""
+        self._stale = caption
+        self.update()
+
     def set_placeholder(self, text: str) -> None:
         self._placeholder = text
         self.update()
@@ -137,6 +161,7 @@ class HeatmapView(QWidget):
     def show_result(self, result: InspectionResult | None) -> None:
         """Keep ``result`` as the newest and schedule a repaint (cheap; safe at any rate)."""
         self._pending = result
+        self._stale = ""
         if result is None:
             self._shown, self._frame, self._heat = None, None, None
         self.update()
@@ -214,6 +239,15 @@ class HeatmapView(QWidget):
                     f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
                 )
                 painter.drawText(rect.bottomLeft() + QPointF(0, 14), label)
+        if self._stale:
+            # a frame that is not being inspected now must not read as the current part
+            painter.fillRect(target, QColor(38, 50, 56, 190))
+            painter.setPen(QColor("#eceff1"))
+            font = painter.font()
+            font.setPointSize(20)
+            font.setBold(True)
+            painter.setFont(font)
+            painter.drawText(target, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._stale)
         painter.end()
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
@@ -354,13 +388,15 @@ class VerdictStrip(QWidget):
 
 
 class YieldPanel(QFrame):
-    """Counters of the running lot (inspected, pass, review, fail, errors, yield %) and pipeline health
-    (fps, latency, dropped frames). Refreshed by the main window's timer, a few times per second."""
+    """Counters of the running lot (inspected, pass, review, fail, errors, yield %) and line health
+    (parts per minute over a minute, inspection time as stored, frames waiting, dropped live frames).
+    Refreshed by the main window's timer, a few times per second."""
 
     FIELDS = (
         ("inspected", "Inspected"), ("passed", "Pass"), ("review", "Review"),
         ("failed", "Fail"), ("errors", "Errors"), ("yield", "Yield"),
-        ("fps", "FPS"), ("latency", "Latency"), ("dropped", "Dropped"),
+        ("rate", "Parts/min"), ("inspect", "Inspect time"), ("behind", "Behind"),
+        ("dropped", "Dropped"),
     )
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -403,18 +439,24 @@ class YieldPanel(QFrame):
         pct = counts.yield_pct
         self._values["yield"].setText("—" if pct is None else f"{pct:.1f} %")
 
-    def set_stats(self, stats: Any | None) -> None:
-        """Show a pipeline ``PipelineStats`` (fps, latency_ms, frames_dropped), or dashes when stopped."""
-        if stats is None:
-            for key in ("fps", "latency", "dropped"):
+    def set_metrics(self, metrics: LineMetrics | None) -> None:
+        """Show `inspector.controller.LineMetrics`, or dashes when nothing runs.
+
+        Inspect time is the last result's ``times.total_ms``, the figure the store records; Behind
+        counts frames read but not yet inspected; Dropped applies to live sources only ("n/a" for a
+        folder or video, where the reader waits instead of dropping).
+        """
+        if metrics is None:
+            for key in ("rate", "inspect", "behind", "dropped"):
                 self._values[key].setText("—")
             return
-        fps = float(getattr(stats, "fps", 0.0) or 0.0)
-        latency = getattr(stats, "latency_ms", None)
-        self._values["fps"].setText(f"{fps:.1f}")
-        unknown = latency is None or (isinstance(latency, float) and math.isnan(latency))
-        self._values["latency"].setText("—" if unknown else f"{latency:.0f} ms")
-        self._values["dropped"].setText(str(getattr(stats, "frames_dropped", 0)))
+        rate = metrics.parts_per_minute
+        self._values["rate"].setText("—" if rate is None else f"{rate:.1f}" if rate < 10 else f"{rate:.0f}")
+        ms = metrics.inspect_ms
+        unknown = ms is None or not math.isfinite(ms)
+        self._values["inspect"].setText("—" if unknown else f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms")
+        self._values["behind"].setText(f"{metrics.behind} frames" if metrics.behind else "0")
+        self._values["dropped"].setText("n/a" if metrics.dropped is None else str(metrics.dropped))
 
 
 class FaultBanner(QWidget):

@@ -1,9 +1,15 @@
 """The main window: station screen, statistics, review and teaching, and the run controls.
 
-The window owns the live pipeline (an `inspector.pipeline.Pipeline`) and drives it from the GUI
-thread: start / pause / stop / switch recipe. Results come back through a `PipelineBridge`;
-opening a source and loading a recipe's model run in a `JobRunner` thread, so the GUI never
-blocks on a camera or on torch. Closing the window stops the pipeline and every thread.
+The run state, the pipeline, the recorder and the recipe actually loaded belong to an
+`inspector.controller.StationController`; the window sends it intents (start / pause / stop /
+switch recipe) and renders the typed events it sends back through a `PipelineBridge`. Every intent
+returns at once (loading, opening and stopping run on the controller's threads), so the GUI never
+blocks on a camera, on torch or on a slow detector. Closing the window stops every thread.
+
+The verdict banner shows a verdict only for the frame being inspected now; in every other state it is
+grey (PAUSED, STOPPING, STOPPED, SOURCE ENDED, FAULT). A result finished after Pause or Stop is
+counted and recorded, never shown as current. Stop asks for a second press (Esc Esc) while running,
+and single-key shortcuts never fire while a text field has the focus.
 
 Engine entry points are injectable (``load_inspector``, ``make_pipeline``, ``open_source``), so tests
 can drive the real pipeline with a cheap stand-in inspector.
@@ -20,42 +26,67 @@ from typing import Any
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QApplication,
     QComboBox,
     QFileDialog,
     QLabel,
     QLineEdit,
     QMainWindow,
+    QPlainTextEdit,
     QSizePolicy,
     QSlider,
     QTabWidget,
+    QTextEdit,
     QToolBar,
     QWidget,
 )
 
+from inspector.controller import (
+    CAN_START,
+    ControllerEvent,
+    Notice,
+    RecipeSwitchFailed,
+    ResultArrived,
+    RunState,
+    StartFailed,
+    StateChanged,
+    StationController,
+    StationSnapshot,
+)
 from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
+from inspector.pipeline import EventKind
 from inspector.recording import ResultRecorder
 from inspector.results import InspectionResult, Progress
-from ui.live_view import LotCounts
+from ui.live_view import LotCounts, short_source
 from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
 
-__all__ = ["MainWindow", "RunState"]
+__all__ = ["MainWindow", "RunState"]    # RunState is inspector.controller's, re-exported for callers
 
 log = logging.getLogger(__name__)
 
-STATS_INTERVAL_MS = 250        # counters and fps refresh at 4 Hz: fast enough to feel live, cheap to paint
+STATS_INTERVAL_MS = 250        # counters and rates refresh at 4 Hz: fast enough to feel live, cheap to paint
 SCREEN_REFRESH_TICKS = 20      # the statistics screen, when shown, re-queries the store every 5 s (20 ticks)
 JOB_SHUTDOWN_MS = 60_000       # close waits this long for a job without yields (torch import, model load)
-STOP_TIMEOUT_S = 5.0           # a stop that takes longer is logged; threads are daemons in the engine
+STOP_CONFIRM_MS = 3000         # a second Stop (Esc) within this time confirms the first (ours: long enough
+                               # to read the prompt, short enough that a stray Esc later does nothing)
+MIN_REMEMBERED_OPACITY = 20    # a heatmap opacity below this % is not carried into the next session
+DEFAULT_OPACITY = 60           # % (ours: the defect reads clearly, the part stays visible under it)
 
-
-class RunState:
-    """What the run controls show; plain strings so tests and the status bar can print them."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
+# What the grey banner says in each state that shows no verdict: (word, detail).
+IDLE_BANNER: dict[RunState, tuple[str, str]] = {
+    RunState.READY: ("READY", "choose a source and press Start (F5)"),
+    RunState.STARTING: ("STARTING", ""),
+    RunState.RUNNING: ("RUNNING", "waiting for the first part"),
+    RunState.PAUSED: ("PAUSED", "Space to resume"),
+    RunState.STOPPING: ("STOPPING", "finishing the part under inspection"),
+    RunState.STOPPED: ("STOPPED", "F5 to start"),
+    RunState.SOURCE_ENDED: ("SOURCE ENDED", "every image was inspected; F5 to run again"),
+    RunState.FAULT: ("FAULT", "fix the fault above, then F5"),
+}
+# Widgets where a key is text: single-key shortcuts (Esc, Space, H, [ ]) never fire from them.
+TEXT_WIDGETS = (QLineEdit, QTextEdit, QPlainTextEdit, QAbstractSpinBox)
 
 
 def _default_load_inspector(recipe_path: Path) -> Any:
@@ -70,13 +101,6 @@ def _default_open_source(text: str) -> Any:
     from inspector.capture import open_source, parse_source
 
     return open_source(parse_source(text))
-
-
-def _default_make_pipeline(source: Any, inspector: Any, *, consumers: list[Callable[[Any], None]],
-                           on_event: Callable[[Any], None]) -> Any:
-    from inspector.pipeline import Pipeline
-
-    return Pipeline(source, inspector, consumers=consumers, on_event=on_event)
 
 
 def _thresholds(inspector: Any) -> tuple[float | None, float | None, float | None]:
@@ -98,11 +122,6 @@ def _recipe_source(inspector: Any) -> Any:
     from inspector.capture import open_source
 
     return open_source(recipe.resolved_source())
-
-
-def _event_kind(event: Any) -> str:
-    kind = getattr(event, "kind", "")
-    return str(getattr(kind, "name", kind)).upper()
 
 
 class MainWindow(QMainWindow):
@@ -138,26 +157,29 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Inspector — visual inspection station")
         self._settings = settings if settings is not None else QSettings("inspector", "inspector-gui")
         self._store = store
-        self._load_inspector = load_inspector or _default_load_inspector
         self._open_source = open_source or _default_open_source
-        self._make_pipeline = make_pipeline or _default_make_pipeline
         self._recipes = [Path(p) for p in recipes]
-        self._inspectors: dict[Path, Any] = {}      # loaded once per recipe, reused on switch back
-        self._pipeline: Any | None = None
-        self._inspector: Any | None = None
-        self._state = RunState.STOPPED
+        self._snapshot = StationSnapshot(state=RunState.READY)   # the controller's, as last rendered
+        self._applied: Any | None = None       # the inspector whose warnings and thresholds are shown
         self._counts = LotCounts()
-        self._last_result_time: float | None = None
         self._closing = False
-        self._source_done = False      # the pipeline's source ended or failed; stop once it has drained
         self._ticks = 0
+        self._stop_armed_until = 0.0   # time.monotonic() until which a second Stop confirms the first
 
         self.bridge = PipelineBridge(self)
-        self.bridge.result_ready.connect(self._on_result)
-        self.bridge.event.connect(self._on_pipeline_event)
+        self.bridge.station_event.connect(self._on_station_event)
         self.bridge.warning.connect(self._on_warning)
         self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning)
-        self.line_consumers: list[Callable[[Any], None]] = []   # after the recorder: MQTT (ui/link_status.py)
+        self.controller = StationController(
+            load_inspector=load_inspector or _default_load_inspector,
+            open_source=self._open_source,
+            recipe_source=_recipe_source,
+            recorder=self.recorder,
+            on_event=self.bridge.on_station_event,
+            make_pipeline=make_pipeline,
+        )
+        # Called with each result once it is durable, before it is shown: MQTT (ui/link_status.py).
+        self.line_consumers: list[Callable[[Any], None]] = self.controller.after_record
         self.jobs = JobRunner(self)
         self.jobs.finished.connect(self._on_job_finished)
         self.jobs.raised.connect(self._on_job_raised)
@@ -197,7 +219,7 @@ class MainWindow(QMainWindow):
         self.statistics = StatisticsView(self._store)
         self.review = ReviewView(self._store, feedback_runner=self._run_feedback,
                                  recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of,
-                                 recipes=self._recipe_list)
+                                 recipes=self._recipe_list, on_model_changed=self.controller.forget)
         self.teach = TeachPage(recipes=self._recipes, open_source=self._open_source)
         self.tabs.addTab(self.statistics, "Statistics")
         self.tabs.addTab(self.review, "Review")
@@ -220,8 +242,9 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         self.act_start = self._action("Start", "F5", self.start, tip="Start inspecting")
-        self.act_pause = self._action("Pause", "Space", self.toggle_pause, tip="Pause / resume")
-        self.act_stop = self._action("Stop", "Esc", self.stop, tip="Stop inspecting")
+        self.act_pause = self._action("Pause", "Space", self._on_pause_key, tip="Pause / resume")
+        self.act_stop = self._action("Stop", "Esc", self.request_stop,
+                                     tip="Stop inspecting: press twice while running")
         self.act_heatmap = self._action("Heatmap", "H", self._on_heatmap_toggled, checkable=True,
                                         tip="Show the anomaly heatmap")
         self.act_heatmap.setChecked(True)
@@ -249,7 +272,7 @@ class MainWindow(QMainWindow):
         bar.addWidget(QLabel(" Source "))
         self.source_box = QComboBox()
         self.source_box.setEditable(True)
-        self.source_box.setMinimumContentsLength(24)
+        self.source_box.setMinimumContentsLength(18)
         self.source_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.source_box.setToolTip('Camera index ("0"), stream URL ("rtsp://…"), video file or image folder; '
                                    "empty: the recipe's own source")
@@ -260,7 +283,7 @@ class MainWindow(QMainWindow):
         bar.addSeparator()
         bar.addWidget(QLabel(" Recipe "))
         self.recipe_box = QComboBox()
-        self.recipe_box.setMinimumContentsLength(16)
+        self.recipe_box.setMinimumContentsLength(12)
         for path in self._recipes:
             self.recipe_box.addItem(path.stem, str(path))
         self.recipe_box.currentIndexChanged.connect(self._on_recipe_changed)
@@ -273,7 +296,7 @@ class MainWindow(QMainWindow):
         bar.addAction(self.act_heatmap)
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(60)
+        self.opacity_slider.setValue(DEFAULT_OPACITY)
         self.opacity_slider.setFixedWidth(110)
         self.opacity_slider.setToolTip("Heatmap opacity ([ and ])")
         self.opacity_slider.valueChanged.connect(self._on_opacity_changed)
@@ -282,7 +305,7 @@ class MainWindow(QMainWindow):
         bar.addWidget(QLabel(" Lot "))
         self.lot_edit = QLineEdit()
         self.lot_edit.setPlaceholderText("lot number")
-        self.lot_edit.setMaximumWidth(130)
+        self.lot_edit.setMaximumWidth(140)
         self.lot_edit.editingFinished.connect(self._on_lot_edited)
         bar.addWidget(self.lot_edit)
         bar.addAction(self.act_new_lot)
@@ -320,7 +343,9 @@ class MainWindow(QMainWindow):
         if index >= 0 and source is None:
             self.recipe_box.setCurrentIndex(index)
         self.act_heatmap.setChecked(str(s.value("station/heatmap", "true")).lower() != "false")
-        self.opacity_slider.setValue(int(s.value("station/opacity", 60)))
+        opacity = int(s.value("station/opacity", DEFAULT_OPACITY))
+        # a heatmap turned (almost) invisible by one operator must not greet the next one
+        self.opacity_slider.setValue(opacity if opacity >= MIN_REMEMBERED_OPACITY else DEFAULT_OPACITY)
         self.tabs.setCurrentIndex(0)
 
     def save_settings(self) -> None:
@@ -341,9 +366,9 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------ properties
     @property
-    def state(self) -> str:
-        """One of `RunState`'s values."""
-        return self._state
+    def state(self) -> RunState:
+        """The controller's run state, as last rendered."""
+        return self._snapshot.state
 
     @property
     def counts(self) -> LotCounts:
@@ -351,7 +376,7 @@ class MainWindow(QMainWindow):
 
     @property
     def pipeline(self) -> Any | None:
-        return self._pipeline
+        return self.controller.pipeline
 
     @property
     def current_recipe(self) -> Path | None:
@@ -377,10 +402,10 @@ class MainWindow(QMainWindow):
     @Slot()
     def start(self) -> None:
         """Start inspecting (F5); resumes when paused."""
-        if self._state == RunState.PAUSED:
+        if self.state is RunState.PAUSED:
             self.resume()
             return
-        if self._state != RunState.STOPPED:
+        if self.state not in CAN_START:
             return
         recipe = self.current_recipe
         text = self.source_box.currentText().strip()
@@ -392,66 +417,69 @@ class MainWindow(QMainWindow):
             self.station.faults.clear_fault(key)
         if text and self.source_box.findText(text) < 0:
             self.source_box.addItem(text)
-        self._set_state(RunState.STARTING)
-        where = text or "the recipe's source"
-        self.station.banner.show_idle("STARTING", f"opening {where} · loading {recipe.stem}")
-        self.jobs.start(self._start_job(text, recipe), name="start")
-
-    def _start_job(self, text: str, recipe: Path) -> Callable[[], Generator[Progress, None, tuple[Any, Any]]]:
-        def job() -> Generator[Progress, None, tuple[Any, Any]]:
-            yield Progress(done=0, total=2, message=f"loading recipe {recipe.stem}")
-            inspector = self._inspector_for(recipe)
-            yield Progress(done=1, total=2, message=f"opening source {text or 'of the recipe'}")
-            source = self._open_source(text) if text else _recipe_source(inspector)
-            return source, inspector
-
-        return job
-
-    def _inspector_for(self, recipe: Path) -> Any:
-        """Called on the job thread: loads (or reuses) the recipe's inspector."""
-        inspector = self._inspectors.get(recipe)
-        if inspector is None:
-            inspector = self._load_inspector(recipe)
-            self._inspectors[recipe] = inspector
-        return inspector
+        self.controller.start(recipe, source_text=text)
 
     @Slot()
     def toggle_pause(self) -> None:
-        """Pause or resume (Space)."""
-        if self._state == RunState.RUNNING:
+        """Pause or resume."""
+        if self.state is RunState.RUNNING:
             self.pause()
-        elif self._state == RunState.PAUSED:
+        elif self.state is RunState.PAUSED:
             self.resume()
 
     def pause(self) -> None:
-        if self._pipeline is not None and self._state == RunState.RUNNING:
-            self._pipeline.pause()
-            self._set_state(RunState.PAUSED)
-            self.station.banner.show_idle("PAUSED", "Space to resume")
+        """Take no new frames; returns at once (queued folder images are held, not skipped)."""
+        self.controller.pause()
 
     def resume(self) -> None:
-        if self._pipeline is not None and self._state == RunState.PAUSED:
-            self._pipeline.resume()
-            self._set_state(RunState.RUNNING)
+        self.controller.resume()
+
+    @Slot()
+    def request_stop(self) -> None:
+        """Stop (Esc, the Stop button): while running, the first press asks and a second one stops.
+
+        Esc typed in a text field (the lot number, the source) only leaves the field.
+        """
+        if self._text_has_focus():
+            focus = QApplication.focusWidget()
+            if focus is not None:
+                focus.clearFocus()
+            self._status.setText("Esc left the text field; it did not stop the line")
+            return
+        if self.state in (RunState.RUNNING, RunState.PAUSED):
+            now = time.monotonic()
+            if now > self._stop_armed_until:
+                self._stop_armed_until = now + STOP_CONFIRM_MS / 1000
+                self._status.setText(f"Press Stop (Esc) again within {STOP_CONFIRM_MS // 1000} s to stop")
+                self.station.faults.set_fault(
+                    "stop", "Stop the line? Press Stop (Esc) again to confirm.", level="info")
+                QTimer.singleShot(STOP_CONFIRM_MS, self._on_stop_prompt_expired)
+                return
+        self.stop()
 
     @Slot()
     def stop(self) -> None:
-        """Stop inspecting (Esc); in kiosk mode Esc does not leave full screen (F11 does)."""
-        if self._state == RunState.STARTING:
-            self.jobs.cancel()
-        self._stop_pipeline()
-        if self._state != RunState.STOPPED:
-            self._set_state(RunState.STOPPED)
-            self.station.banner.show_idle("STOPPED", "F5 to start")
+        """Stop at once (no confirmation): returns immediately; the threads end on the controller's."""
+        self._stop_armed_until = 0.0
+        self.station.faults.clear_fault("stop")
+        self.controller.stop()
 
-    def _stop_pipeline(self) -> None:
-        pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            try:
-                pipeline.stop(timeout=STOP_TIMEOUT_S)
-            except Exception:
-                log.exception("pipeline did not stop cleanly")
-        self.station.yield_panel.set_stats(None)
+    @Slot()
+    def _on_stop_prompt_expired(self) -> None:
+        if time.monotonic() >= self._stop_armed_until:
+            self.station.faults.clear_fault("stop")
+
+    def _text_has_focus(self) -> bool:
+        """True when the keyboard focus is in a text field, where Esc / Space / H / [ ] are text."""
+        focus = QApplication.focusWidget()
+        if isinstance(focus, TEXT_WIDGETS):
+            return True
+        return isinstance(focus, QComboBox) and focus.isEditable()
+
+    @Slot()
+    def _on_pause_key(self) -> None:
+        if not self._text_has_focus():
+            self.toggle_pause()
 
     @Slot()
     def new_lot(self) -> None:
@@ -470,6 +498,7 @@ class MainWindow(QMainWindow):
         self.toolbar.setVisible(not on)
         self.statusBar().setVisible(not on)
         self.tabs.tabBar().setVisible(not on)
+        self.station.set_kiosk(on)
         if on:
             self.tabs.setCurrentWidget(self.station)
             self.showFullScreen()
@@ -483,71 +512,33 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_job_finished(self, value: Any) -> None:
-        name = self.jobs.name
-        if name == "start":
-            source, inspector = value
-            if self._state != RunState.STARTING or self._closing:
-                source.close()
-                return
-            self._launch(source, inspector)
-        elif name == "switch":
-            recipe, inspector = value
-            if self._pipeline is not None:
-                self._pipeline.switch_inspector(inspector)
-            self._inspector = inspector
-            self._apply_inspector(inspector)
-            self._status.setText(f"Switched to recipe {recipe.stem}")
-            self.recipe_box.setEnabled(True)
-        elif name == "feedback" and self.review is not None:
+        if self.jobs.name == "feedback" and self.review is not None:
             current = self.review.current
             recipe = self._recipe_file(current.recipe) if current is not None else None
             if recipe is not None:
-                self._inspectors.pop(recipe, None)    # reloaded with the new version on the next start
+                self.controller.forget(recipe)    # reloaded with the new version on the next start
             self.review.on_feedback_done(value)
 
     @Slot(object)
     def _on_job_raised(self, exc: BaseException) -> None:
-        name = self.jobs.name
-        text = str(exc) or type(exc).__name__
-        if name in ("start", "switch"):
-            if isinstance(exc, WeightsNotFound):
-                self._show_fault("model", f"DINOv2 weights missing: {text}")
-            elif isinstance(exc, ModelError):
-                recipe = self.current_recipe
-                stem = recipe.stem if recipe else "?"
-                self._show_fault("model",
-                                 f"Model missing for recipe {stem}: {text} — or use the Teach tab.")
-            elif isinstance(exc, RecipeError):
-                self._show_fault("recipe", f"Recipe problem: {text}")
-            elif isinstance(exc, CaptureError):
-                self._show_fault("camera", f"Cannot open the source: {text}")
-            else:
-                self._show_fault("source", f"Cannot start: {type(exc).__name__}: {text}")
-            if name == "start":
-                self._set_state(RunState.STOPPED)
-                self.station.banner.show_idle("STOPPED", "fix the fault above, then F5")
-            self.recipe_box.setEnabled(True)
-        elif name == "feedback" and self.review is not None:
+        if self.jobs.name == "feedback" and self.review is not None:
+            text = str(exc) or type(exc).__name__
             self.review.on_feedback_failed(f"{type(exc).__name__}: {text}")
 
-    def _launch(self, source: Any, inspector: Any) -> None:
-        self._inspector = inspector
-        self._source_done = False
-        consumers: list[Callable[[Any], None]] = [self.recorder.record, *self.line_consumers, self.bridge.on_result]
-        try:
-            self._pipeline = self._make_pipeline(source, inspector, consumers=consumers,
-                                                 on_event=self.bridge.on_event)
-            self._pipeline.start()
-        except Exception as exc:
-            log.exception("pipeline failed to start")
-            self._pipeline = None
-            source.close()
-            self._show_fault("source", f"Cannot start the pipeline: {type(exc).__name__}: {exc}")
-            self._set_state(RunState.STOPPED)
-            return
-        self._apply_inspector(inspector)
-        self._set_state(RunState.RUNNING)
-        self.station.banner.show_idle("RUNNING", "waiting for the first part")
+    def _show_start_failure(self, failed: StartFailed) -> None:
+        """Name what failed to start and how to fix it."""
+        exc = failed.error
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, WeightsNotFound):
+            self._show_fault("model", f"DINOv2 weights missing: {text}")
+        elif isinstance(exc, ModelError):
+            self._show_fault("model", f"Model missing for recipe {failed.recipe.stem}: {text} — or use the Teach tab.")
+        elif isinstance(exc, RecipeError):
+            self._show_fault("recipe", f"Recipe problem: {text}")
+        elif isinstance(exc, CaptureError):
+            self._show_fault("camera", f"Cannot open the source: {text}")
+        else:
+            self._show_fault("source", f"Cannot start: {type(exc).__name__}: {text}")
 
     def _apply_inspector(self, inspector: Any) -> None:
         """Show what the inspector says about itself: warnings (GPU unavailable), thresholds (heat range)."""
@@ -563,7 +554,6 @@ class MainWindow(QMainWindow):
         else:
             self.station.faults.clear_fault("warning")
         self.station.faults.clear_fault("model")
-        self.recorder.use(inspector)
         review, fail, pixel = _thresholds(inspector)
         if self.statistics is not None:
             self.statistics.set_thresholds(review, fail)
@@ -571,96 +561,146 @@ class MainWindow(QMainWindow):
             # transparent at half the pixel threshold, opaque red at 1.5x (as the archive's overlays):
             # defects stand out, good parts stay clear
             self.station.heatmap.set_heat_range(0.5 * float(pixel), 1.5 * float(pixel))
-        self._update_info()
 
     # ---------------------------------------------------------------------------- engine data
     @Slot(object)
-    def _on_result(self, result: InspectionResult) -> None:
+    def _on_station_event(self, event: ControllerEvent) -> None:
+        """Render one controller event (GUI thread)."""
         if self._closing:
             return
-        self._counts = self._counts.add(result.verdict)
-        self._last_result_time = time.monotonic()
-        self.station.show_result(result)
-        if self._state == RunState.RUNNING and result.model_version:
-            self._update_info(result)
+        if isinstance(event, StateChanged):
+            # events from the controller's threads may arrive after a newer state set on this one:
+            # render the controller's state now, not the one the event carried
+            self._render_state(self.controller.snapshot)
+        elif isinstance(event, ResultArrived):
+            self._on_result(event.result, current=event.current)
+        elif isinstance(event, Notice):
+            self._on_notice(event)
+        elif isinstance(event, StartFailed):
+            self._show_start_failure(event)
+        elif isinstance(event, RecipeSwitchFailed):
+            self._on_switch_failed(event)
 
-    @Slot(object)
-    def _on_pipeline_event(self, event: Any) -> None:
-        if self._closing:
+    def _render_state(self, snapshot: StationSnapshot) -> None:
+        if snapshot is self._snapshot:
             return
-        kind = _event_kind(event)
-        message = str(getattr(event, "message", "") or "")
-        log.info("pipeline event %s: %s", kind, message)
-        if kind == "SOURCE_LOST":
+        previous, self._snapshot = self._snapshot, snapshot
+        state = snapshot.state
+        inspector = self.controller.inspector
+        if inspector is not None and inspector is not self._applied:
+            # a run may even have ended before this thread heard it started: apply what was loaded anyway
+            self._applied = inspector
+            self._apply_inspector(inspector)
+            self._select_quietly(snapshot.recipe)
+        if state is RunState.RUNNING:
+            if previous.state is not RunState.RUNNING:
+                word, detail = IDLE_BANNER[state]
+                self.station.show_idle(word, detail)
+        else:
+            word, detail = IDLE_BANNER[state]
+            if state is RunState.STARTING:
+                detail = snapshot.message
+            elif state is RunState.SOURCE_ENDED and snapshot.message:
+                detail = f"{snapshot.message}; F5 to run again"
+            self.station.show_idle(word, detail)
+        if state not in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
+            self.station.faults.clear_fault("stop")
+            self._stop_armed_until = 0.0
+        if snapshot.message:
+            self._status.setText(snapshot.message)
+        self._update_controls()
+        self._update_info()
+
+    def _on_result(self, result: InspectionResult, *, current: bool) -> None:
+        self._counts = self._counts.add(result.verdict)
+        if current and self.state is RunState.RUNNING:     # Pause may have come since it was sent
+            self.station.show_result(result)        # banner, heatmap and the verdict strip
+        else:
+            self.station.strip.add(result.verdict)  # history only: the banner stays grey
+            self._status.setText(f"frame {result.frame_id} finished after {self.state.value.replace('_', ' ')}: "
+                                 f"{result.verdict.value}, recorded (not shown as current)")
+
+    def _on_notice(self, notice: Notice) -> None:
+        kind, message = notice.kind, notice.message
+        if kind is EventKind.SOURCE_LOST:
             self._show_fault("camera", f"Camera lost — reconnecting… {message}".strip())
-        elif kind == "SOURCE_RECONNECTED":
+        elif kind is EventKind.SOURCE_RECONNECTED:
             self.station.faults.clear_fault("camera")
             self._status.setText(f"Camera reconnected. {message}".strip())
-        elif kind == "SOURCE_FAILED":
+        elif kind is EventKind.SOURCE_FAILED:
             self._show_fault("camera", f"Source failed: {message}. Check the camera, cable or path, then F5.")
-            self._source_done = True
-        elif kind == "SOURCE_ENDED":
-            self._source_done = True
-        elif kind == "INSPECTOR_SWITCHED":
-            self._status.setText(message or "Recipe switched")
-        elif kind == "WARNING":
+        elif kind is EventKind.WARNING:
             self._show_fault("warning", message, level="warning")
-        if kind != "WARNING":
-            self._status.setText(f"{kind.replace('_', ' ').lower()}: {message}" if message else kind.lower())
+        else:
+            self._status.setText(message)
+
+    def _on_switch_failed(self, failed: RecipeSwitchFailed) -> None:
+        """The selector goes back to the recipe that runs; the banner says why."""
+        running = failed.running
+        self._select_quietly(running)
+        self.recipe_box.setEnabled(True)
+        goes_on = f"{running.stem} goes on inspecting" if running is not None else "nothing changed"
+        self._show_fault("recipe", f"Cannot switch to recipe {failed.requested.stem}: {failed.reason}. {goes_on}.")
+        self._update_info()
+
+    def _select_quietly(self, recipe: Path | None) -> None:
+        """Show ``recipe`` in the selector without asking for a switch."""
+        if recipe is None:
+            return
+        index = self.recipe_box.findData(str(recipe))
+        if index >= 0 and index != self.recipe_box.currentIndex():
+            self.recipe_box.blockSignals(True)
+            self.recipe_box.setCurrentIndex(index)
+            self.recipe_box.blockSignals(False)
 
     @Slot()
     def _on_stats_tick(self) -> None:
         self.station.set_counts(self._counts)
         self._ticks += 1
-        if (self._ticks % SCREEN_REFRESH_TICKS == 0 and self._pipeline is not None
+        pipeline = self.controller.pipeline
+        if (self._ticks % SCREEN_REFRESH_TICKS == 0 and pipeline is not None
                 and self.tabs.currentWidget() is self.statistics):
             self.statistics.refresh()
-        if self._pipeline is None:
+        if pipeline is None and self.state is not RunState.STOPPING:
+            self.station.yield_panel.set_metrics(None)
             return
         try:
-            stats = self._pipeline.stats()
+            metrics = self.controller.metrics()
         except Exception:
-            log.exception("pipeline.stats() failed")
+            log.exception("reading the line metrics failed")
             return
-        self.station.yield_panel.set_stats(stats)
-        if self._source_done and stats.state == "stopped":
-            # the source ended (or failed) and the worker delivered every queued frame: join the threads
-            self._stop_pipeline()
-            self._set_state(RunState.STOPPED)
-            self._status.setText(f"Source finished: {stats.frames_inspected} frames inspected")
-            if self.station.banner.state == "IDLE":
-                self.station.banner.show_idle("STOPPED", "source finished")
+        self.station.yield_panel.set_metrics(metrics)
 
     # ------------------------------------------------------------------------------- controls
-    def _set_state(self, state: str) -> None:
-        self._state = state
-        self._update_controls()
-        self._update_info()
-
     def _update_controls(self) -> None:
-        state = self._state
-        self.act_start.setEnabled(state in (RunState.STOPPED, RunState.PAUSED))
+        state = self.state
+        idle = state in CAN_START
+        self.act_start.setEnabled(idle or state is RunState.PAUSED)
         self.act_pause.setEnabled(state in (RunState.RUNNING, RunState.PAUSED))
-        self.act_pause.setText("Resume" if state == RunState.PAUSED else "Pause")
-        self.act_stop.setEnabled(state != RunState.STOPPED)
-        self.source_box.setEnabled(state == RunState.STOPPED)
-        self.act_open_folder.setEnabled(state == RunState.STOPPED)
-        self.act_open_video.setEnabled(state == RunState.STOPPED)
+        self.act_pause.setText("Resume" if state is RunState.PAUSED else "Pause")
+        self.act_stop.setEnabled(state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED))
+        self.source_box.setEnabled(idle)
+        self.act_open_folder.setEnabled(idle)
+        self.act_open_video.setEnabled(idle)
+        self.recipe_box.setEnabled(state is not RunState.STARTING and state is not RunState.STOPPING)
 
-    def _update_info(self, result: InspectionResult | None = None) -> None:
-        recipe = self.current_recipe
-        parts = [f"Recipe: {recipe.stem if recipe else '—'}"]
-        if result is not None:
-            version = result.model_version
+    def _update_info(self) -> None:
+        """The footer: what actually runs (the controller's recipe, model, device and source)."""
+        snap = self._snapshot
+        active = snap.state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
+        if snap.recipe is not None and (active or snap.recipe == self.current_recipe):
+            parts = [f"Recipe: {snap.recipe.stem}"]
+            if snap.model_version:
+                parts.append(f"model {snap.model_version}")
+            if snap.device:
+                parts.append(f"on {snap.device}")
+            parts.append(f"Source: {short_source(snap.source) if snap.source else '—'}")
         else:
-            version = getattr(self._inspector, "model_version", "")
-        if version:
-            parts.append(f"model {version}")
-        device = getattr(self._inspector, "device", None)
-        if device:
-            parts.append(f"on {device}")
-        parts.append(f"Source: {self.source_box.currentText() or '—'}")
-        parts.append(f"State: {self._state}")
+            recipe = self.current_recipe
+            parts = [f"Recipe: {recipe.stem if recipe else '—'} (selected)"]
+            text = self.source_box.currentText().strip()
+            parts.append(f"Source: {text or 'of the recipe'}")
+        parts.append(f"State: {snap.state.value.replace('_', ' ')}")
         self.station.set_info("   ·   ".join(parts))
 
     def _show_fault(self, key: str, text: str, *, level: str = "error") -> None:
@@ -669,21 +709,13 @@ class MainWindow(QMainWindow):
 
     @Slot(int)
     def _on_recipe_changed(self, index: int) -> None:
+        """The operator picked a recipe: while running, ask the controller to switch (it may refuse)."""
         recipe = self.current_recipe
+        if recipe is not None and self.state in (RunState.RUNNING, RunState.PAUSED):
+            self.station.faults.clear_fault("recipe")
+            self._status.setText(f"Loading recipe {recipe.stem}; the running recipe goes on until it is ready")
+            self.controller.switch_recipe(recipe)
         self._update_info()
-        if recipe is None or self._pipeline is None or self._state not in (RunState.RUNNING, RunState.PAUSED):
-            return
-        if self.jobs.running:
-            self._status.setText("busy: recipe switch ignored, try again")
-            return
-        self.recipe_box.setEnabled(False)
-        self._status.setText(f"Loading recipe {recipe.stem}…")
-
-        def job() -> Generator[Progress, None, tuple[Path, Any]]:
-            yield Progress(done=0, total=1, message=f"loading recipe {recipe.stem}")
-            return recipe, self._inspector_for(recipe)
-
-        self.jobs.start(job, name="switch")
 
     @Slot()
     def _on_next_recipe(self) -> None:
@@ -747,7 +779,8 @@ class MainWindow(QMainWindow):
         for path in self._recipes:
             if path.stem == name:
                 return path
-        for path, inspector in self._inspectors.items():
+        for path in self._recipes:
+            inspector = self.controller.loaded(path)
             if getattr(inspector, "name", None) == name:
                 return path
         return None
@@ -756,18 +789,29 @@ class MainWindow(QMainWindow):
         return list(self._recipes)
 
     def _defect_classes_of(self, name: str) -> tuple[str, ...]:
+        """The recipe's own defect classes (read from its file when its model is not loaded)."""
         from ui.review_view import DEFAULT_DEFECT_CLASSES
 
         path = self._recipe_file(name)
-        inspector = self._inspectors.get(path) if path is not None else None
-        classes = getattr(getattr(inspector, "recipe", None), "defect_classes", None)
+        if path is None:
+            return DEFAULT_DEFECT_CLASSES
+        recipe = getattr(self.controller.loaded(path), "recipe", None)
+        if recipe is None:
+            from inspector.recipe import load_recipe
+
+            try:
+                recipe = load_recipe(path)
+            except Exception as exc:           # a broken file: say so, offer the generic classes
+                log.warning("defect classes of %s unavailable: %s", path, exc)
+                return DEFAULT_DEFECT_CLASSES
+        classes = getattr(recipe, "defect_classes", None)
         return tuple(classes) if classes else DEFAULT_DEFECT_CLASSES
 
     @Slot(object, str)
     def _on_taught(self, recipe: Path, version: str) -> None:
         """A recipe got a new model version: forget its loaded model and offer it in the selector."""
         path = Path(recipe)
-        self._inspectors.pop(path, None)
+        self.controller.forget(path)
         index = self.recipe_box.findData(str(path))
         if index < 0:
             self._recipes.append(path)
@@ -795,13 +839,14 @@ class MainWindow(QMainWindow):
         self.bridge.close()
         # a job cancels at its next yield; loading a model has none, so give it time to finish
         self.jobs.shutdown(timeout_ms=JOB_SHUTDOWN_MS)
-        self._stop_pipeline()
+        self.controller.shutdown()
         self.recorder.close()
         if self.teach is not None:
             self.teach.shutdown()
         if self.review is not None:
             self.review.shutdown()
-        self._state = RunState.STOPPED
+        if self.statistics is not None:
+            self.statistics.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
         self.save_settings()

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import getpass
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QDateTime, QSize, Qt, QUrl, Slot
+from PySide6.QtCore import QSize, Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -31,6 +32,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -41,11 +43,12 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
-from ui.live_view import VERDICT_COLOURS, HeatmapView
+from ui.date_range import FollowingRange
+from ui.live_view import VERDICT_COLOURS, HeatmapView, short_source
 from ui.qimage import bgr_to_qimage
-from ui.workers import JobRunner
+from ui.workers import JobRunner, QueryRunner
 
-__all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ReviewView"]
+__all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ModelVersionOps", "ReviewView"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,68 @@ def _default_good_feedback(recipe_path: Path, image_bgr: np.ndarray, note: str) 
     from inspector.teach import add_good_feedback
 
     return add_good_feedback(load_recipe(recipe_path), [image_bgr], note=note)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelVersionOps:
+    """What "actually good" needs to know and do about a recipe's model versions (cheap file operations).
+
+    Defaults: `inspector.station.next_version`, `inspector.recipe.set_active_model_version`,
+    `inspector.teach.undo_good_feedback`; tests pass their own.
+    """
+
+    next_version: Callable[[Path], str]             # recipe file -> the version a save would create
+    make_active: Callable[[Path, str], None]        # recipe file, version
+    undo: Callable[[Path, str], None]               # recipe file, version (an inactive feedback version)
+
+    @classmethod
+    def default(cls) -> ModelVersionOps:
+        from inspector.recipe import load_recipe, set_active_model_version
+        from inspector.station import next_version
+        from inspector.teach import undo_good_feedback
+
+        return cls(next_version=lambda path: next_version(load_recipe(path)).name,
+                   make_active=lambda path, version: set_active_model_version(load_recipe(path), version),
+                   undo=lambda path, version: undo_good_feedback(load_recipe(path), version) and None)
+
+
+def _ask(parent: QWidget, title: str, text: str) -> bool:
+    """A Yes/No question whose default is No: a stray Enter changes nothing."""
+    answer = QMessageBox.question(parent, title, text,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewAnswer:
+    """What one refresh reads (on a query thread): records and their thumbnails, plain data."""
+
+    recipes: list[Any]                              # yield rows by recipe: the recipe filter's choices
+    records: list[Any]                              # InspectionRecord, newest first
+    thumbnails: list[np.ndarray | None]             # (THUMB_PX, w, 3) uint8 BGR per record, None if no image
+
+
+def _thumbnail(record: Any) -> np.ndarray | None:
+    """The record's archived image (else its source file) scaled to THUMB_PX high; None when gone."""
+    image = _read_image(record.image_path) if record.image_path else None
+    if image is None:
+        image = _read_image(record.path)
+    if image is None:
+        return None
+    scale = THUMB_PX / image.shape[0]
+    return cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX), interpolation=cv2.INTER_AREA)
+
+
+def _query_inspections(store: Any, filters: dict[str, Any]) -> Callable[[], ReviewAnswer]:
+    """The store reads and image decoding of one refresh, as a call for a `QueryRunner` thread."""
+
+    def query() -> ReviewAnswer:
+        records = store.inspections(limit=PAGE_SIZE, **filters)
+        return ReviewAnswer(recipes=store.yield_summary(group_by="recipe"), records=records,
+                            thumbnails=[_thumbnail(record) for record in records])
+
+    return query
 
 
 def _read_image(path: str | None) -> np.ndarray | None:
@@ -207,7 +272,7 @@ class BatchReviewPanel(QGroupBox):
 
 
 class ReviewView(QWidget):
-    """The review screen.
+    """The review screen. Store queries and thumbnails load on a `QueryRunner` thread (``refreshed``).
 
     Args:
         store: an `inspector.store.Store`, or None.
@@ -215,7 +280,12 @@ class ReviewView(QWidget):
         recipe_lookup: recipe name -> recipe file (to add "actually good" images to its model).
         good_feedback: (recipe file, image, note) -> new model version; default `add_good_feedback`.
         defect_classes: recipe name -> its defect classes (default `DEFAULT_DEFECT_CLASSES`).
+        versions: model version operations for "actually good" (default `ModelVersionOps.default()`).
+        confirm: (title, question) -> True to go on; default a Yes/No dialog whose default is No.
+        on_model_changed: called with a recipe file after its active model version changed.
     """
+
+    refreshed = Signal()      # a refresh's answer is in the table
 
     def __init__(
         self,
@@ -227,9 +297,16 @@ class ReviewView(QWidget):
         defect_classes: Callable[[str], tuple[str, ...]] | None = None,
         recipes: Callable[[], list[Path]] = list,
         run_review: BatchReview | None = None,
+        versions: ModelVersionOps | None = None,
+        confirm: Callable[[str, str], bool] | None = None,
+        on_model_changed: Callable[[Path], None] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
+        self._versions = versions
+        self._confirm = confirm or (lambda title, text: _ask(self, title, text))
+        self._on_model_changed = on_model_changed or (lambda path: None)
+        self._made: tuple[Path, str] | None = None     # (recipe file, version) of the last feedback model
         self.batch = BatchReviewPanel(recipes=recipes, run_review=run_review)
         self._store = store
         self._feedback_runner = feedback_runner
@@ -241,6 +318,7 @@ class ReviewView(QWidget):
         self._image: np.ndarray | None = None
         self._overlay: np.ndarray | None = None
         self._pending_recipe: str | None = None
+        self._pending_path: Path | None = None
 
         self.verdict_box = QComboBox()
         self.verdict_box.addItem("All verdicts", None)
@@ -248,12 +326,12 @@ class ReviewView(QWidget):
             self.verdict_box.addItem(str(verdict), str(verdict))
         self.recipe_box = QComboBox()
         self.recipe_box.addItem("All recipes", None)
-        now = QDateTime.currentDateTime()
-        self.since_edit = QDateTimeEdit(now.addDays(-7))
-        self.until_edit = QDateTimeEdit(now.addDays(1))
-        for edit in (self.since_edit, self.until_edit):
-            edit.setCalendarPopup(True)
-            edit.setDisplayFormat("yyyy-MM-dd HH:mm")
+        self.since_edit = QDateTimeEdit()
+        self.until_edit = QDateTimeEdit()
+        self.range = FollowingRange(self.since_edit, self.until_edit)     # follows now until edited
+        self.queries = QueryRunner(self)
+        self.queries.ready.connect(self._on_query_ready)
+        self.queries.failed.connect(self._on_query_failed)
         refresh = QPushButton("Refresh")
         refresh.clicked.connect(self.refresh)
         self.verdict_box.currentIndexChanged.connect(self._on_filter_changed)
@@ -289,8 +367,15 @@ class ReviewView(QWidget):
         self.user_edit = QLineEdit(_user_name())
         self.user_edit.setPlaceholderText("reviewer")
         self.good_button = QPushButton("Actually good")
-        self.good_button.setToolTip("Record as good and add the image to the recipe's model (new version)")
+        self.good_button.setToolTip("Record as good and add the image to the recipe's model as a new version "
+                                    "(asks first; the new version is not used until made active)")
         self.good_button.clicked.connect(self.mark_good)
+        self.activate_button = QPushButton("Make active")
+        self.activate_button.clicked.connect(self.make_active)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.clicked.connect(self.undo_good)
+        for button in (self.activate_button, self.undo_button):
+            button.setVisible(False)
         self.class_box = QComboBox()
         self.class_button = QPushButton("Assign class")
         self.class_button.clicked.connect(self._on_assign_clicked)
@@ -302,6 +387,8 @@ class ReviewView(QWidget):
         actions.addWidget(QLabel("Reviewer"))
         actions.addWidget(self.user_edit)
         actions.addWidget(self.good_button)
+        actions.addWidget(self.activate_button)
+        actions.addWidget(self.undo_button)
         actions.addWidget(self.class_box)
         actions.addWidget(self.class_button)
         detail = QWidget()
@@ -344,29 +431,35 @@ class ReviewView(QWidget):
         return {
             "verdict": self.verdict_box.currentData(),
             "recipe": self.recipe_box.currentData(),
-            "since": float(self.since_edit.dateTime().toSecsSinceEpoch()),
-            "until": float(self.until_edit.dateTime().toSecsSinceEpoch()),
+            **dict(zip(("since", "until"), self.range.bounds(), strict=True)),
         }
 
     def set_range(self, since: float, until: float) -> None:
-        self.since_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(since)))
-        self.until_edit.setDateTime(QDateTime.fromSecsSinceEpoch(int(until) + 1))
+        """A fixed date range (it no longer follows now)."""
+        self.range.set_range(since, until)
 
     @Slot()
     def refresh(self) -> None:
-        """Query the store again (keeps the selection when the inspection is still listed)."""
+        """Query the store and load the thumbnails off the GUI thread; the table is filled when the answer
+        comes (``refreshed``), keeping the selection when the inspection is still listed."""
         self.batch.refresh_recipes()
         if self._store is None:
             return
-        keep = self._current.id if self._current is not None else None
-        try:
-            self._refresh_recipes()
-            self._records = self._store.inspections(limit=PAGE_SIZE, **self.filters())
-        except Exception as exc:
-            log.exception("review refresh failed")
+        self.queries.submit(_query_inspections(self._store, self.filters()), name="review-query")
+
+    def _on_query_failed(self, request: int, exc: BaseException) -> None:
+        if self.queries.is_latest(request):
             self.message.setText(f"Review unavailable: {type(exc).__name__}: {exc}")
-            return
-        self._fill_table()
+            self.refreshed.emit()
+
+    def _on_query_ready(self, request: int, answer: ReviewAnswer) -> None:
+        if not self.queries.is_latest(request):
+            return                                  # a newer refresh is under way
+        keep = self._current.id if self._current is not None else None
+        self._refresh_recipes(answer.recipes)
+        self._records = list(answer.records)
+        self._fill_table(answer.thumbnails)
+        self.refreshed.emit()
         rows = [i for i, r in enumerate(self._records) if r.id == keep]
         if rows:
             self.table.selectRow(rows[0])
@@ -382,6 +475,10 @@ class ReviewView(QWidget):
         record = self._current
         if record is None or self._store is None:
             return
+        recipe_path = self._recipe_lookup(record.recipe)
+        if not self._confirm("Actually good?", self._good_question(record, recipe_path)):
+            self.message.setText(f"Inspection {record.id}: nothing changed.")
+            return
         user = self._user()
         try:
             self._store.add_feedback(record.id, "good", user=user, note="actually good (review screen)")
@@ -389,7 +486,6 @@ class ReviewView(QWidget):
             self.message.setText(f"Feedback not recorded: {type(exc).__name__}: {exc}")
             return
         self._refresh_current()
-        recipe_path = self._recipe_lookup(record.recipe)
         image = self._image
         if recipe_path is None or image is None or self._feedback_runner is None:
             why = "its recipe file is not known here" if recipe_path is None else "its image was not archived"
@@ -404,6 +500,7 @@ class ReviewView(QWidget):
 
         if self._feedback_runner(job):
             self._pending_recipe = record.recipe
+            self._pending_path = recipe_path
             self.good_button.setEnabled(False)
             self.message.setText(f"Recorded as good; adding it to recipe {record.recipe}'s model…")
         else:
@@ -427,12 +524,80 @@ class ReviewView(QWidget):
         self.message.setText(f"Inspection {record.id}: class '{defect_class}' recorded.")
         self._refresh_current()
 
+    def _good_question(self, record: Any, recipe_path: Path | None) -> str:
+        """What "actually good" will do, named: the inspection, the version it creates, and the risk."""
+        version = "a new model version"
+        if recipe_path is not None:
+            try:
+                version = f"model {self._ops().next_version(recipe_path)}"
+            except Exception as exc:            # no model yet, a broken file: the job will say why
+                log.warning("next model version of %s unknown: %s", recipe_path, exc)
+        lines = [f"Mark inspection #{record.id} ({record.verdict}) as good and add its image to recipe "
+                 f"{record.recipe} as {version}?"]
+        if record.regions:
+            n = len(record.regions)
+            score = "" if record.score is None else f", score {record.score:.3f}"
+            lines.append(f"It was {record.verdict} with {n} defect region{'s' if n != 1 else ''}{score}: the "
+                         "model will learn those marks as normal, and miss them on later parts.")
+        lines.append(f"{version[0].upper()}{version[1:]} is not used on the line until you make it active; "
+                     "Undo takes it back.")
+        return "\n\n".join(lines)
+
+    def _ops(self) -> ModelVersionOps:
+        if self._versions is None:
+            self._versions = ModelVersionOps.default()
+        return self._versions
+
     def on_feedback_done(self, version: Any) -> None:
         """The "actually good" model update finished (called by the main window)."""
         self.good_button.setEnabled(self._current is not None)
-        self.message.setText(f"Recipe {self._pending_recipe}: model {version} saved with the good image. "
-                             "The station uses it from the next start or recipe switch.")
+        path = self._pending_path
+        self._made = (path, str(version)) if path is not None else None
+        for button in (self.activate_button, self.undo_button):
+            button.setVisible(self._made is not None)
+            button.setEnabled(self._made is not None)
+        self.activate_button.setText(f"Make {version} active")
+        self.undo_button.setText(f"Undo {version}")
+        self.message.setText(f"Recipe {self._pending_recipe}: model {version} saved with the good image. It is "
+                             f"not used on the line until you press 'Make {version} active'.")
         self._pending_recipe = None
+
+    @Slot()
+    def make_active(self) -> None:
+        """Make the last "actually good" version the one the line uses (from the next start or switch)."""
+        if self._made is None:
+            return
+        path, version = self._made
+        if not self._confirm("Make active?", f"Use model {version} of {path.stem} on the line from the next "
+                                             "start or recipe switch?"):
+            return
+        try:
+            self._ops().make_active(path, version)
+        except Exception as exc:
+            self.message.setText(f"Model {version} not made active: {exc}")
+            return
+        self._on_model_changed(path)
+        self.undo_button.setEnabled(False)
+        self.activate_button.setEnabled(False)
+        self.message.setText(f"Model {version} of {path.stem} is active: the station uses it from the next start "
+                             "or recipe switch.")
+
+    @Slot()
+    def undo_good(self) -> None:
+        """Take back the last "actually good" version (not active): the line never used it."""
+        if self._made is None:
+            return
+        path, version = self._made
+        try:
+            self._ops().undo(path, version)
+        except Exception as exc:
+            self.message.setText(f"Model {version} not undone: {exc}")
+            return
+        self._made = None
+        for button in (self.activate_button, self.undo_button):
+            button.setVisible(False)
+        self.message.setText(f"Model {version} of {path.stem} undone (its folder kept as {version}.undone-…); "
+                             "the 'good' label stays in the inspection's feedback history.")
 
     def on_feedback_failed(self, text: str) -> None:
         self.good_button.setEnabled(self._current is not None)
@@ -440,15 +605,16 @@ class ReviewView(QWidget):
         self._pending_recipe = None
 
     def shutdown(self) -> None:
-        """Cancel a running batch review and join its thread."""
+        """Cancel a running batch review and join its thread and a query under way."""
         self.batch.shutdown()
+        self.queries.shutdown()
 
     # ----------------------------------------------------------------------------- private
     def _user(self) -> str:
         return self.user_edit.text().strip() or "operator"
 
-    def _refresh_recipes(self) -> None:
-        names = sorted({row.key for row in self._store.yield_summary(group_by="recipe")})
+    def _refresh_recipes(self, rows: list[Any]) -> None:
+        names = sorted({row.key for row in rows})
         known = {self.recipe_box.itemData(i) for i in range(1, self.recipe_box.count())}
         self.recipe_box.blockSignals(True)
         for name in names:
@@ -456,20 +622,20 @@ class ReviewView(QWidget):
                 self.recipe_box.addItem(name, name)
         self.recipe_box.blockSignals(False)
 
-    def _fill_table(self) -> None:
+    def _fill_table(self, thumbnails: Sequence[np.ndarray | None]) -> None:
         table = self.table
         table.blockSignals(True)
+        table.setUpdatesEnabled(False)
+        header = table.horizontalHeader()
+        # ResizeToContents re-measures every row at each setItem: O(rows²), seconds at 200 rows once shown
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        first = table.rowCount() == 0
         table.clearContents()
         table.setRowCount(len(self._records))
         for row, record in enumerate(self._records):
             thumb = QTableWidgetItem()
-            image = _read_image(record.image_path) if record.image_path else None
-            if image is None:
-                image = _read_image(record.path)
-            if image is not None:
-                scale = THUMB_PX / image.shape[0]
-                small = cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX),
-                                   interpolation=cv2.INTER_AREA)
+            small = thumbnails[row] if row < len(thumbnails) else None
+            if small is not None:
                 thumb.setIcon(QIcon(QPixmap.fromImage(bgr_to_qimage(small))))
             table.setItem(row, 0, thumb)
             when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
@@ -484,6 +650,10 @@ class ReviewView(QWidget):
                     item.setForeground(QColor(text))
                     item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 table.setItem(row, col, item)
+        if first:
+            table.resizeColumnsToContents()      # once (it measures every cell), then the columns stay
+        header.setStretchLastSection(True)
+        table.setUpdatesEnabled(True)
         table.blockSignals(False)
 
     def _refresh_current(self) -> None:
@@ -522,7 +692,7 @@ class ReviewView(QWidget):
         score = "—" if record.score is None else f"{record.score:.4f}"
         lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  "
                  f"{record.verdict}  score {score}",
-                 f"source {record.source}" + (f"  ·  lot {record.lot}" if record.lot else ""),
+                 f"source {short_source(record.source)}" + (f"  ·  lot {record.lot}" if record.lot else ""),
                  f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
         if record.feedback:
             last = record.feedback[-1]

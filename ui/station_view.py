@@ -60,6 +60,25 @@ class StationView(QWidget):
         self.banner.show_result(result)
         self.strip.add(result.verdict)
 
+    def show_idle(self, word: str, detail: str = "") -> None:
+        """No current verdict (PAUSED, STOPPED, SOURCE ENDED...): grey banner, last frame greyed out."""
+        self.banner.show_idle(word, detail)
+        if word == "RUNNING":
+            return                          # waiting for the first part of this run: nothing to grey
+        if self.heatmap.result is not None:
+            self.heatmap.set_stale(f"{word} · last frame, not the current part")
+
+    def set_kiosk(self, on: bool) -> None:
+        """Kiosk: the verdict takes half the width and most of the side, readable from across the line."""
+        side = self.splitter.widget(1)
+        layout = side.layout() if side is not None else None
+        if isinstance(layout, QVBoxLayout):
+            layout.setStretch(0, 9 if on else 5)       # the banner
+            layout.setStretch(3, 0 if on else 1)       # the small print
+        self.info.setVisible(not on)
+        total = max(self.splitter.width(), 2)
+        self.splitter.setSizes([total // 2, total // 2] if on else [total * 3 // 5, total * 2 // 5])
+
     def set_counts(self, counts: LotCounts) -> None:
         self.yield_panel.set_counts(counts)
 

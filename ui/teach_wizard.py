@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -89,7 +90,8 @@ class TeachEngine:
     """The engine calls the wizard makes (all run on its worker thread except `load_recipe`/`image_files`)."""
 
     load_recipe: Callable[[Path], Any]
-    save_recipe: Callable[[Any, Path], Any]
+    save_recipe: Callable[[Any, Path], Any]                 # kept for callers; the wizard edits in place
+    edit_recipe_file: Callable[..., Any]                    # inspector.recipe.edit_recipe_file (on Save)
     teach: Callable[..., Generator[Progress, None, Any]]     # inspector.teach.teach
     save_thresholds: Callable[..., str]                     # inspector.teach.save_thresholds
     load_station: Callable[[Any, str], Any]                 # (recipe, version) -> has .inspect_image()
@@ -100,12 +102,13 @@ class TeachEngine:
     def default(cls) -> TeachEngine:
         """The real engine: ``inspector.recipe``, ``inspector.teach``, ``inspector.station``."""
         from inspector.capture import image_files, load_image
-        from inspector.recipe import load_recipe, save_recipe
+        from inspector.recipe import edit_recipe_file, load_recipe, save_recipe
         from inspector.station import Station
         from inspector.teach import save_thresholds, teach
 
         return cls(
-            load_recipe=load_recipe, save_recipe=save_recipe, teach=teach, save_thresholds=save_thresholds,
+            load_recipe=load_recipe, save_recipe=save_recipe, edit_recipe_file=edit_recipe_file, teach=teach,
+            save_thresholds=save_thresholds,
             load_station=lambda recipe, version: Station.load(recipe, version=version),
             load_image=load_image, image_files=image_files,
         )
@@ -257,14 +260,19 @@ class RecipePage(QWizardPage):
                     self.error.setText(
                         f"{target.name} already exists: choose another name, or teach that recipe.")
                     return False
-                recipe = dataclasses.replace(recipe, name=name, roi=None)
-                recipe = self.w.engine.save_recipe(recipe, target) or self.w.engine.load_recipe(target)
+                # written on Save only (step 6): Cancel before that leaves no file behind
+                recipe = dataclasses.replace(recipe, name=name, roi=None, path=target)
+                self.w.copied_from = path
                 path = target
+            else:
+                self.w.copied_from = None
         except Exception as exc:
             self.error.setText(f"{type(exc).__name__}: {exc}")
             return False
         self.error.setText("")
         self.w.recipe_path, self.w.recipe = path, recipe
+        rect = getattr(getattr(recipe, "roi", None), "rect", None)
+        self.w.file_roi = tuple(rect) if rect and self.w.copied_from is None else None
         return True
 
 
@@ -479,6 +487,7 @@ class TrainPage(QWizardPage):
         self.bar.setRange(0, 0)
         self.message.setText("Starting…")
         self.cancel_button.setEnabled(True)
+        self.w.set_back_allowed(False)             # Back during training would leave a job behind the page
         self.w.jobs.start(self.w.train_job(), name="train")
 
     def cleanupPage(self) -> None:  # noqa: N802 (Qt name)  (Back pressed)
@@ -513,8 +522,10 @@ class TrainPage(QWizardPage):
         self.w.outcome = value
         self.bar.setRange(0, 1)
         self.bar.setValue(1)
-        self.message.setText(f"Done: model {value.report.version} saved. Next: check it.")
+        self.message.setText(f"Done: model {value.report.version} trained. Next: check it; Save writes "
+                             "the recipe.")
         self.cancel_button.setEnabled(False)
+        self.w.set_back_allowed(True)
         self.completeChanged.emit()
 
     @Slot(str)
@@ -526,6 +537,7 @@ class TrainPage(QWizardPage):
         self.message.setText(f"Training failed: {text}")
         self.log.appendPlainText(f"Training failed: {text}")
         self.cancel_button.setEnabled(False)
+        self.w.set_back_allowed(True)
 
     @Slot()
     def _on_cancelled(self) -> None:
@@ -535,6 +547,7 @@ class TrainPage(QWizardPage):
         self.bar.setValue(0)
         self.message.setText("Training cancelled; nothing was saved. Back to change the images, or close.")
         self.cancel_button.setEnabled(False)
+        self.w.set_back_allowed(True)
 
 
 class CheckTile(QWidget):
@@ -564,6 +577,17 @@ class CheckTile(QWidget):
         return verdict
 
 
+CALIBRATION_NOTE = ("measured on the known-bad images that set the thresholds, so optimistic; "
+                    "check parts the model has not seen")
+
+
+def _label_measured_on_calibration(line: str) -> str:
+    """Say on which images a defect figure (AUROC, F1) was measured: the ones that set the thresholds."""
+    if line.startswith("defects:") and ("AUROC" in line or "F1" in line):
+        return f"{line} ({CALIBRATION_NOTE})"
+    return line
+
+
 class CheckPage(QWizardPage):
     def __init__(self, wizard: TeachWizard) -> None:
         super().__init__()
@@ -573,7 +597,7 @@ class CheckPage(QWizardPage):
                          "Move the thresholds: counts update at once from the cached scores.")
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setMaximumHeight(90)
+        self.report.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.good_grid = QGridLayout()
         self.bad_grid = QGridLayout()
         self.review_slider = QSlider(Qt.Orientation.Horizontal)
@@ -587,7 +611,9 @@ class CheckPage(QWizardPage):
         self.counts.setHorizontalHeaderLabels(["PASS", "REVIEW", "FAIL"])
         self.counts.setVerticalHeaderLabels(["Good set", "Known-bad set"])
         self.counts.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.counts.setMaximumHeight(90)
+        self.counts.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.counts.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.counts.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.tiles: list[CheckTile] = []
         self._scale = 1.0
 
@@ -612,7 +638,9 @@ class CheckPage(QWizardPage):
         outcome: TeachOutcome = self.w.outcome
         report = outcome.report
         lines = report.summary_lines() if hasattr(report, "summary_lines") else [str(report)]
+        lines = [_label_measured_on_calibration(line) for line in lines]
         self.report.setPlainText("\n".join(lines))
+        self._fit_text_heights(len(lines))
         all_scores = np.concatenate([outcome.good_scores, outcome.bad_scores,
                                      [report.thresholds.fail, report.thresholds.review]])
         self._scale = float(np.nanmax(all_scores)) * 1.5 if all_scores.size else 1.0
@@ -631,6 +659,15 @@ class CheckPage(QWizardPage):
         self.set_thresholds(report.thresholds.review, report.thresholds.fail)
 
     # thresholds <-> slider positions (linear over 0 .. 1.5 x the highest score seen)
+    def _fit_text_heights(self, report_lines: int) -> None:
+        """Size the report box to its lines (up to 8, then it scrolls) and the counts table to its rows."""
+        spacing = self.report.fontMetrics().lineSpacing()
+        self.report.setFixedHeight(spacing * (min(max(report_lines, 2), 8) + 1) + 8)
+        self.counts.resizeRowsToContents()
+        height = self.counts.horizontalHeader().sizeHint().height() + 2 * self.counts.frameWidth()
+        height += sum(self.counts.rowHeight(row) for row in range(self.counts.rowCount()))
+        self.counts.setFixedHeight(height)
+
     def _to_slider(self, value: float) -> int:
         return int(round(min(max(value / self._scale, 0.0), 1.0) * SLIDER_STEPS))
 
@@ -689,12 +726,12 @@ class SavePage(QWizardPage):
         super().__init__()
         self.w = wizard
         self.setTitle("6 · Save")
-        self.setSubTitle("Thresholds changed by hand are saved as a new model version; "
-                         "the taught version stays.")
+        self.setSubTitle("Save writes the recipe file (a new recipe, or the ROI drawn; comments kept) and "
+                         "thresholds changed by hand as a new model version; the taught version stays.")
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setStyleSheet("font-size: 15px;")
-        self.save_button = QPushButton("Save thresholds as a new version")
+        self.save_button = QPushButton("Save")
         self.save_button.clicked.connect(self.save)
         layout = QVBoxLayout(self)
         layout.addWidget(self.message)
@@ -708,13 +745,18 @@ class SavePage(QWizardPage):
         outcome: TeachOutcome = self.w.outcome
         t = outcome.report.thresholds
         changed = self.w.thresholds_changed()
-        self._saved_version = None if changed else outcome.report.version
-        self.save_button.setEnabled(changed)
+        file_pending = self.w.recipe_file_pending()
+        self._saved_version = None if changed or file_pending else outcome.report.version
+        self.save_button.setEnabled(changed or file_pending)
+        todo = []
+        if file_pending and self.w.recipe_path is not None:
+            what = "the new recipe" if self.w.copied_from is not None else "the ROI drawn"
+            todo.append(f"writes {what} into {self.w.recipe_path.name}")
         if changed:
-            self.message.setText(
-                f"Model {outcome.report.version} is saved with review {t.review:.4f} / fail {t.fail:.4f}. "
-                f"You chose review {self.w.review:.4f} / fail {self.w.fail:.4f}: save them as a new version."
-            )
+            todo.append(f"saves review {self.w.review:.4f} / fail {self.w.fail:.4f} as a new model version "
+                        f"(model {outcome.report.version} keeps {t.review:.4f} / {t.fail:.4f})")
+        if todo:
+            self.message.setText("Save " + "; and ".join(todo) + ". Closing without Save writes no recipe.")
         else:
             self.message.setText(f"Model {outcome.report.version} of recipe {outcome.report.recipe} is "
                                  "saved with its calibrated thresholds. Finish, then select the recipe on "
@@ -729,9 +771,19 @@ class SavePage(QWizardPage):
         outcome: TeachOutcome = self.w.outcome
         engine, review, fail = self.w.engine, self.w.review, self.w.fail
         recipe, version = outcome.recipe, outcome.report.version
+        changed = self.w.thresholds_changed()
+        write = self.w.recipe_file_pending()
+        target, source = self.w.recipe_path, self.w.copied_from or self.w.recipe_path
+        rect = getattr(getattr(recipe, "roi", None), "rect", None)
+        name = recipe.name if self.w.copied_from is not None else None
 
         def job() -> Generator[Progress, None, str]:
-            yield Progress(done=0, total=1, message="saving thresholds")
+            if write and target is not None and source is not None:
+                yield Progress(done=0, total=2, message=f"writing {target.name}")
+                engine.edit_recipe_file(source, target, name=name, roi=tuple(rect) if rect else None)
+            if not changed:
+                return str(version)
+            yield Progress(done=1, total=2, message="saving thresholds")
             return engine.save_thresholds(recipe, version, review=review, fail=fail)
 
         self.save_button.setEnabled(False)
@@ -743,8 +795,11 @@ class SavePage(QWizardPage):
         if self.w.jobs.name != "save":
             return
         self._saved_version = str(version)
-        self.message.setText(f"Saved thresholds as model {version} (review {self.w.review:.4f}, "
-                             f"fail {self.w.fail:.4f}). Finish, then select the recipe on the station.")
+        self.w.copied_from = None                  # written: a second Save edits the file in place
+        self.w.file_roi = self.w.taught_roi()
+        self.message.setText(f"Saved: recipe {self.w.recipe_path.name if self.w.recipe_path else ''}, model "
+                             f"{version} (review {self.w.review:.4f}, fail {self.w.fail:.4f}). Finish, then "
+                             "select the recipe on the station.")
         self.completeChanged.emit()
 
     @Slot(str)
@@ -787,6 +842,8 @@ class TeachWizard(QWizard):
         self.first_frame: np.ndarray | None = None
         self.roi: tuple[int, int, int, int] | None = None
         self.outcome: TeachOutcome | None = None
+        self.copied_from: Path | None = None   # a new recipe is copied from this file on Save
+        self.file_roi: tuple[int, int, int, int] | None = None   # the ROI in the recipe file now
         self.review = 0.0
         self.fail = 0.0
         self.recipe_page = RecipePage(self)
@@ -805,6 +862,16 @@ class TeachWizard(QWizard):
         if self._engine is None:
             self._engine = TeachEngine.default()
         return self._engine
+
+    def taught_roi(self) -> tuple[int, int, int, int] | None:
+        """The ROI rectangle of the recipe taught (None: the whole frame)."""
+        recipe = self.outcome.recipe if self.outcome is not None else self.recipe
+        rect = getattr(getattr(recipe, "roi", None), "rect", None)
+        return tuple(rect) if rect else None
+
+    def recipe_file_pending(self) -> bool:
+        """True when Save has a recipe file to write: a new recipe, or an ROI the file does not have."""
+        return self.copied_from is not None or self.taught_roi() != self.file_roi
 
     def thresholds_changed(self) -> bool:
         t = self.outcome.report.thresholds if self.outcome is not None else None
@@ -831,9 +898,9 @@ class TeachWizard(QWizard):
             if roi != (tuple(current) if current else None):
                 from inspector.recipe import Roi
 
+                # taught with the ROI drawn; the file gets it on Save (step 6), comments kept
                 recipe = dataclasses.replace(recipe, roi=Roi(rect=roi) if roi else None)
-                recipe = engine.save_recipe(recipe, path) or recipe
-                yield Progress(done=0, total=0, message=f"saved the ROI into {path.name}")
+                yield Progress(done=0, total=0, message=f"the ROI is written into {path.name} on Save")
             report = yield from engine.teach(recipe, train, defects=bad_folder)
             yield Progress(done=0, total=0, message=f"loading model {report.version} to check it")
             station = engine.load_station(recipe, report.version)
@@ -857,6 +924,18 @@ class TeachWizard(QWizard):
             )
 
         return job
+
+    def set_back_allowed(self, allowed: bool) -> None:
+        """Show or hide the Back button (hidden while training: QWizard re-enables a disabled one)."""
+        buttons = [QWizard.WizardButton.Stretch, QWizard.WizardButton.NextButton,
+                   QWizard.WizardButton.FinishButton]
+        if allowed:
+            buttons.insert(1, QWizard.WizardButton.BackButton)
+        self.setButtonLayout(buttons)
+
+    @property
+    def back_allowed(self) -> bool:
+        return self.button(QWizard.WizardButton.BackButton).isVisible()
 
     @Slot(int)
     def _on_wizard_finished(self, result: int) -> None:

@@ -31,7 +31,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from inspector.errors import InspectorError
 from inspector.results import Progress
 
-__all__ = ["JobRunner", "JobWorker", "PipelineBridge", "call_as_job", "running_job_threads"]
+__all__ = ["JobRunner", "JobWorker", "PipelineBridge", "QueryRunner", "call_as_job", "running_job_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class PipelineBridge(QObject):
     result_ready = Signal(object)     # inspector.results.InspectionResult
     event = Signal(object)            # inspector.pipeline.PipelineEvent
     warning = Signal(str)             # one sentence (e.g. the archive paused: disk full)
+    station_event = Signal(object)    # inspector.controller.ControllerEvent (typed: StateChanged, ...)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -70,6 +71,11 @@ class PipelineBridge(QObject):
         """Pipeline ``on_event`` callback: called on engine threads with each `PipelineEvent`."""
         if not self._closed.is_set():
             self.event.emit(event)
+
+    def on_station_event(self, event: object) -> None:
+        """`StationController` listener: called on any thread with each `ControllerEvent`."""
+        if not self._closed.is_set():
+            self.station_event.emit(event)
 
     def on_warning(self, text: str) -> None:
         """Warning callback of engine helpers (archive, store); any thread."""
@@ -271,3 +277,62 @@ def call_as_job(function: Callable[[], Any], message: str) -> JobFactory:
         return function()
 
     return job
+
+
+class QueryRunner(QObject):
+    """Runs short reads (store queries, thumbnails, a CSV export) off the GUI thread; the newest wins.
+
+    ``submit(fn)`` runs ``fn()`` on a short-lived Python thread and returns a request id; ``ready`` (or
+    ``failed``) comes back on the GUI thread with that id. A view keeps only the answer to its latest
+    request (`is_latest`), so a slow query finishing after a newer one never overwrites it. The thread
+    only returns plain data (rows, numpy thumbnails); widgets are filled on the GUI thread.
+    """
+
+    ready = Signal(int, object)       # request id, fn()'s return value
+    failed = Signal(int, object)      # request id, the exception
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._latest = 0
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
+
+    def submit(self, fn: Callable[[], Any], *, name: str = "query") -> int:
+        """Run ``fn()`` on a new thread; returns the request id that ``ready``/``failed`` will carry."""
+        self._latest += 1
+        request = self._latest
+
+        def run() -> None:
+            try:
+                value = fn()
+            except Exception as exc:       # delivered, not swallowed
+                log.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
+                if not self._closed.is_set():
+                    self.failed.emit(request, exc)
+                return
+            if not self._closed.is_set():
+                self.ready.emit(request, value)
+
+        self._threads = [t for t in self._threads if t.is_alive()]
+        thread = threading.Thread(target=run, name=f"inspector-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return request
+
+    def is_latest(self, request: int) -> bool:
+        return request == self._latest
+
+    @property
+    def busy(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Join the running requests (tests, shutdown); False if one is still running after ``timeout``."""
+        for thread in list(self._threads):
+            thread.join(timeout)
+        return not self.busy
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop delivering and join the running requests (the view is closing)."""
+        self._closed.set()
+        self.wait(timeout)

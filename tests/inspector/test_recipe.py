@@ -509,3 +509,25 @@ def test_non_finite_thresholds_are_refused(tmp_path: Path, text: str) -> None:
     path.write_text(_MINIMAL + f"thresholds: {{fail: {text}}}\n")
     with pytest.raises(RecipeError, match="thresholds.fail must be a finite number"):
         load_recipe(path)
+
+
+def test_edit_recipe_file_keeps_comments_and_mode_and_replaces_a_block_roi(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from inspector.recipe import edit_recipe_file
+
+    source = tmp_path / "a.yaml"
+    source.write_text("# the engineer's notes\nname: a   # station name\nsource: {type: camera, device: 0}\n"
+                      "roi:\n  rect: [0, 0, 10, 10]\n"
+                      "min_defect_area_px: 5   # measured on the line\n", encoding="utf-8")
+    os.chmod(source, 0o640)
+    saved = edit_recipe_file(source, tmp_path / "b.yaml", name="b", roi=(1, 2, 3, 4))
+    text = (tmp_path / "b.yaml").read_text(encoding="utf-8")
+    assert saved.name == "b" and saved.roi is not None and saved.roi.rect == (1, 2, 3, 4)
+    assert "# the engineer's notes" in text and "# station name" in text and "# measured on the line" in text
+    assert "rect: [0, 0, 10, 10]" not in text
+    assert stat.S_IMODE((tmp_path / "b.yaml").stat().st_mode) == 0o640
+    with pytest.raises(RecipeError, match="b.yaml"):
+        edit_recipe_file(source, tmp_path / "b.yaml", name="B C/../x")     # invalid: nothing written
+    assert load_recipe(tmp_path / "b.yaml").name == "b"

@@ -39,3 +39,31 @@ def test_hand_set_thresholds_recompute_the_expected_shares(taught_recipe: Path) 
     assert after.expected_false_reject == pytest.approx(float((good >= fail).mean()))
     assert after.expected_false_reject >= 0.5
     assert "set by hand" in after.rule
+
+
+def test_actually_good_makes_a_version_that_is_not_active_until_made_active_and_can_be_undone(
+        taught_recipe: Path) -> None:
+    from inspector.errors import ModelError
+    from inspector.recipe import set_active_model_version
+    from inspector.station import resolve_version
+    from inspector.teach import add_good_feedback, undo_good_feedback
+
+    recipe = load_recipe(taught_recipe)
+    assert resolve_version(recipe).name == "v1"
+    image = textured_part(np.random.default_rng(9))
+    new = add_good_feedback(recipe, [image], device="cpu", note="test")
+    assert new == "v2" and recipe.model_versions() == ["v1", "v2"]
+    assert resolve_version(recipe).name == "v1", "a feedback version is not used on the line by itself"
+    assert Station.load(recipe, device="cpu").model_version == "v1"
+
+    set_active_model_version(recipe, "v2")
+    assert resolve_version(recipe).name == "v2"
+    with pytest.raises(ModelError, match="active on the line"):
+        undo_good_feedback(recipe, "v2")
+    set_active_model_version(recipe, "v1")
+    kept = undo_good_feedback(recipe, "v2")
+    assert recipe.model_versions() == ["v1"] and kept.is_dir() and kept.name.startswith("v2.undone")
+    with pytest.raises(ModelError, match="not made from 'actually good'"):
+        undo_good_feedback(recipe, "v1")
+    with pytest.raises(ModelError, match="has no model version v9"):
+        set_active_model_version(recipe, "v9")

@@ -146,6 +146,32 @@ class FlakyCamera:
         self.close()
 
 
+def stub_recipes(folder: Path, *names: str) -> list[Path]:
+    """Minimal recipe files (``name: X``) for a window whose inspectors are stand-ins."""
+    paths = []
+    for name in names:
+        path = folder / f"{name}.yaml"
+        path.write_text(f"name: {name}\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def open_window(qtbot, settings: QSettings, recipes: list[Path], inspectors: dict[str, object], **kw):
+    """A shown `MainWindow` whose recipes load the given stand-ins (an exception is raised on load)."""
+    from ui.main_window import MainWindow
+
+    def load(path: Path) -> object:
+        found = inspectors[path.stem]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    window = MainWindow(recipes=recipes, settings=settings, load_inspector=load, **kw)
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> QSettings:
     """QSettings in tmp_path: tests never read or write the user's real settings."""

@@ -60,13 +60,15 @@ def test_real_station_run_fills_store_statistics_and_review(qtbot, tmp_path, tau
     qtbot.addWidget(window)
     window.show()
     window.start()
-    qtbot.waitUntil(lambda: window.counts.inspected == 5 and window.state == RunState.STOPPED, timeout=60_000)
+    qtbot.waitUntil(lambda: window.counts.inspected == 5 and window.state == RunState.SOURCE_ENDED, timeout=60_000)
     assert window.counts.errors == 0, window.station.banner.detail_text
     assert "model v1" in window.station.info.text()
     store.flush()
-    window.tabs.setCurrentWidget(window.statistics)            # refreshes on show
+    with qtbot.waitSignal(window.statistics.refreshed, timeout=10_000):
+        window.tabs.setCurrentWidget(window.statistics)        # refreshes on show, off the GUI thread
     assert window.statistics.yield_table.item(0, 1).text() == "5"
-    window.tabs.setCurrentWidget(window.review)
+    with qtbot.waitSignal(window.review.refreshed, timeout=10_000):
+        window.tabs.setCurrentWidget(window.review)
     assert len(window.review.records) == 5
     window.close()
     store.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,61 +11,45 @@ from PySide6.QtCore import QSettings, Qt
 from inspector.capture import ArraySource
 from inspector.errors import ModelError
 from inspector.results import Verdict
-from tests.ui.conftest import DarkSpotInspector, FlakyCamera
+from tests.ui.conftest import DarkSpotInspector, FlakyCamera, open_window, stub_recipes
 from ui.main_window import MainWindow, RunState
 
 WAIT_MS = 15_000       # generous upper bound for a loaded 2-core CI machine; tests finish far sooner
 
 
-def _recipes(tmp_path: Path, *names: str) -> list[Path]:
-    paths = []
-    for name in names:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(f"name: {name}\n", encoding="utf-8")
-        paths.append(path)
-    return paths
-
-
-def _window(qtbot, settings: QSettings, recipes: list[Path], inspectors: dict[str, object],
-            **kw) -> MainWindow:
-    def load(path: Path) -> object:
-        found = inspectors[path.stem]
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-    window = MainWindow(recipes=recipes, settings=settings, load_inspector=load, **kw)
-    qtbot.addWidget(window)
-    window.show()
-    return window
+_recipes = stub_recipes
+_window = open_window
 
 
 def test_folder_replay_updates_banner_counters_and_strip(qtbot, tmp_path, settings, part_folder) -> None:
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
                      source=str(part_folder))
     window.start()
-    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.STOPPED,
+    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.SOURCE_ENDED,
                     timeout=WAIT_MS)
 
     assert (window.counts.passed, window.counts.failed, window.counts.review) == (4, 2, 0)
     strip = "".join(v.value[0] for v in window.station.strip.verdicts)
     assert strip == "PPFPFP"
-    assert window.station.banner.verdict_text == "PASS"          # the last part (005_good) passed
-    assert window.station.banner.detail_text.startswith("score ")
+    # the last part passed, but nothing is inspected now: no green PASS stays up
+    assert window.station.banner.verdict_text == "SOURCE ENDED"
+    assert window.station.banner.state == "IDLE"
+    assert "6 frames inspected" in window.station.banner.detail_text
+    # the last frame stays greyed out (or, when the end came before its result was painted, none is shown)
+    heatmap = window.station.heatmap
+    assert heatmap.result is None or heatmap.stale.startswith("SOURCE ENDED")
     qtbot.waitUntil(lambda: window.station.yield_panel.value("yield") == "66.7 %", timeout=WAIT_MS)
     assert window.station.yield_panel.value("failed") == "2"
     assert window.pipeline is None                                 # joined once the source drained
-    shown = window.station.heatmap.result
-    assert shown is not None and shown.anomaly_map is not None
     window.close()
 
 
 def test_fail_shows_regions_and_red_banner(qtbot, tmp_path, settings, part_images) -> None:
     bad = [image for name, image in part_images if "bad" in name][:1]
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
-                     source="memory", open_source=lambda text: ArraySource(bad, name="memory"))
+                     source="memory", open_source=lambda text: ArraySource(bad, name="memory", loop=True, fps=20))
     window.start()
-    qtbot.waitUntil(lambda: window.counts.inspected == 1, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.counts.inspected >= 1, timeout=WAIT_MS)
     assert window.station.banner.state == Verdict.FAIL
     assert "1 defect" in window.station.banner.detail_text
     assert window.station.heatmap.result.regions, "a FAIL of the stand-in inspector has a region"
@@ -89,7 +72,8 @@ def test_switch_recipe_mid_run(qtbot, tmp_path, settings, part_images) -> None:
     assert window.state == RunState.RUNNING
     assert "model v7" in window.station.info.text()
     window.stop()
-    assert window.state == RunState.STOPPED and window.pipeline is None
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
+    assert window.pipeline is None
     assert window.station.banner.verdict_text == "STOPPED"
     window.close()
 
@@ -120,7 +104,7 @@ def test_model_missing_banner(qtbot, tmp_path, settings, part_folder) -> None:
     qtbot.waitUntil(lambda: "model" in window.station.faults.faults(), timeout=WAIT_MS)
     assert "Model missing for recipe demo" in window.station.faults.faults()["model"]
     assert "Teach" in window.station.faults.faults()["model"]
-    assert window.state == RunState.STOPPED
+    assert window.state == RunState.FAULT
     window.close()
 
 
@@ -133,7 +117,7 @@ def test_untaught_recipe_shows_model_missing_with_the_real_loader(qtbot, tmp_pat
     qtbot.addWidget(window)
     window.start()
     # the first Station.load imports torch on the job thread: slow on a busy 2-core machine
-    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=90_000)
+    qtbot.waitUntil(lambda: window.state == RunState.FAULT, timeout=90_000)
     faults = window.station.faults.faults()
     assert "Model missing for recipe untaught" in faults.get("model", ""), faults
     window.close()
@@ -145,7 +129,7 @@ def test_broken_recipe_file_is_named(qtbot, tmp_path, settings, part_folder) -> 
     window = MainWindow(recipes=[broken], source=str(part_folder), settings=settings)
     qtbot.addWidget(window)
     window.start()
-    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.state == RunState.FAULT, timeout=WAIT_MS)
     assert "broken.yaml" in window.station.faults.faults().get("recipe", ""), window.station.faults.faults()
     window.close()
 
@@ -157,7 +141,7 @@ def test_gpu_unavailable_banner(qtbot, tmp_path, settings, part_folder) -> None:
     window.start()
     qtbot.waitUntil(lambda: "gpu" in window.station.faults.faults(), timeout=WAIT_MS)
     assert window.station.faults.faults()["gpu"] == "GPU unavailable: running on CPU"
-    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.state == RunState.SOURCE_ENDED, timeout=WAIT_MS)
     window.close()
 
 
@@ -182,7 +166,10 @@ def test_keyboard_shortcuts(qtbot, tmp_path, settings, part_images) -> None:
     qtbot.keyClick(window, Qt.Key.Key_BracketLeft)
     assert window.station.heatmap.opacity == pytest.approx(opacity - 0.1)
     qtbot.keyClick(window, Qt.Key.Key_Escape)
-    assert window.state == RunState.STOPPED
+    assert window.state == RunState.RUNNING                  # the first Esc only asks
+    assert "stop" in window.station.faults.faults()
+    qtbot.keyClick(window, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
     qtbot.keyClick(window, Qt.Key.Key_F11)
     assert window.act_kiosk.isChecked() and not window.toolbar.isVisible()
     qtbot.keyClick(window, Qt.Key.Key_F11)
@@ -218,7 +205,7 @@ def test_start_without_source_says_what_to_do(qtbot, tmp_path, settings) -> None
     window.source_box.setCurrentText("")
     window.start()                       # empty: the recipe's source, but the stand-in has no recipe
     qtbot.waitUntil(lambda: "camera" in window.station.faults.faults(), timeout=WAIT_MS)
-    assert window.state == RunState.STOPPED
+    assert window.state == RunState.FAULT
     assert "no source: type a camera index" in window.station.faults.faults()["camera"]
     window.close()
 
@@ -229,7 +216,7 @@ def test_bad_source_text_is_reported(qtbot, tmp_path, settings) -> None:
     window.start()
     qtbot.waitUntil(lambda: "camera" in window.station.faults.faults(), timeout=WAIT_MS)
     assert "no-such-folder" in window.station.faults.faults()["camera"]
-    assert window.state == RunState.STOPPED
+    assert window.state == RunState.FAULT
     window.close()
 
 
@@ -265,7 +252,7 @@ def test_inspection_errors_show_an_error_banner_and_count(qtbot, tmp_path, setti
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": _Broken("demo")},
                      source=str(part_folder))
     window.start()
-    qtbot.waitUntil(lambda: window.state == RunState.STOPPED and window.counts.inspected == 6,
+    qtbot.waitUntil(lambda: window.state == RunState.SOURCE_ENDED and window.counts.inspected == 6,
                     timeout=WAIT_MS)
     assert window.counts.errors == 2
     assert "E" in "".join(v.value[0] for v in window.station.strip.verdicts)

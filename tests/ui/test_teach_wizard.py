@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from inspector.capture import image_files, load_image
-from inspector.recipe import load_recipe, save_recipe
+from inspector.recipe import edit_recipe_file, load_recipe, save_recipe
 from inspector.results import Progress, Verdict
 from tests.conftest import write_recipe
 from tests.ui.conftest import FAIL, PIXEL, REVIEW, DarkSpotInspector, make_part
@@ -61,7 +61,7 @@ def teach_setup(tmp_path: Path):
         return "v2"
 
     engine = TeachEngine(
-        load_recipe=load_recipe, save_recipe=save_recipe, teach=fake_teach,
+        load_recipe=load_recipe, save_recipe=save_recipe, edit_recipe_file=edit_recipe_file, teach=fake_teach,
         save_thresholds=fake_save_thresholds,
         load_station=lambda recipe, version: DarkSpotInspector(recipe.name, version=version),
         load_image=load_image, image_files=image_files,
@@ -101,7 +101,8 @@ def test_teach_flow_roi_train_check_adjust_save(qtbot, teach_setup) -> None:
     message = wizard.train_page.message
     qtbot.waitUntil(lambda: wizard.train_page.isComplete() or "failed" in message.text(), timeout=15_000)
     assert wizard.train_page.isComplete(), message.text()
-    assert load_recipe(s.recipe).roi.rect == (8, 8, 96, 96), "the ROI drawn is saved into the recipe"
+    assert load_recipe(s.recipe).roi is None, "the recipe file is written on Save only"
+    assert wizard.outcome.recipe.roi.rect == (8, 8, 96, 96), "taught with the ROI drawn"
     outcome = wizard.outcome
     assert len(outcome.held_out) == 2 and len(outcome.known_bad) == 3
     assert len(outcome.good_scores) == 8                    # 6 taught (leave-one-out) + 2 held out
@@ -124,6 +125,7 @@ def test_teach_flow_roi_train_check_adjust_save(qtbot, teach_setup) -> None:
     wizard.save_page.save()
     qtbot.waitUntil(wizard.save_page.isComplete, timeout=10_000)
     assert s.saved == [("v1", pytest.approx(0.3), pytest.approx(0.6))]
+    assert load_recipe(s.recipe).roi.rect == (8, 8, 96, 96), "Save writes the ROI drawn into the recipe"
     wizard.accept()
     assert taught == [(s.recipe, "v2")]
 
@@ -139,10 +141,12 @@ def test_training_can_be_cancelled(qtbot, teach_setup) -> None:
     wizard.next()
     wizard.next()
     qtbot.waitUntil(lambda: "fitting" in wizard.train_page.message.text(), timeout=10_000)
+    assert not wizard.back_allowed, "Back is hidden while training"
     with qtbot.waitSignal(wizard.jobs.stopped, timeout=10_000):
         wizard.train_page.cancel_button.click()
     assert "cancelled" in wizard.train_page.message.text()
     assert not wizard.train_page.isComplete() and wizard.outcome is None
+    assert wizard.back_allowed
 
 
 def test_new_recipe_needs_a_free_name(qtbot, teach_setup) -> None:
@@ -156,7 +160,51 @@ def test_new_recipe_needs_a_free_name(qtbot, teach_setup) -> None:
     assert "part.yaml already exists" in page.error.text()
     page.new_name.setText("part_b")
     assert page.validatePage()
-    assert load_recipe(s.recipe.with_name("part_b.yaml")).name == "part_b"
+    assert not s.recipe.with_name("part_b.yaml").exists(), "nothing is written before Save"
+    assert wizard.recipe.name == "part_b"
+
+
+def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_no_file(
+        qtbot, teach_setup) -> None:
+    import os
+    import stat
+
+    s = teach_setup
+    text = s.recipe.read_text(encoding="utf-8")
+    s.recipe.write_text("# the part recipe, commented by its engineer\n" + text, encoding="utf-8")
+    os.chmod(s.recipe, 0o644)
+    target = s.recipe.with_name("part_b.yaml")
+
+    def teach_new(finish: bool) -> TeachWizard:
+        wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+        qtbot.addWidget(wizard)
+        wizard.show()
+        wizard.recipe_page.new_check.setChecked(True)
+        wizard.recipe_page.new_name.setText("part_b")
+        wizard.next()
+        wizard.images_page.good_edit.setText(str(s.good))
+        wizard.next()
+        wizard.next()
+        qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+        wizard.next()
+        wizard.next()
+        assert wizard.currentPage() is wizard.save_page and not wizard.save_page.isComplete()
+        if finish:
+            wizard.save_page.save()
+            qtbot.waitUntil(wizard.save_page.isComplete, timeout=10_000)
+        return wizard
+
+    cancelled = teach_new(finish=False)
+    cancelled.reject()                                      # closed at the last step without Save
+    assert not target.exists(), "teaching Cancel leaves no recipe file"
+
+    saved = teach_new(finish=True)
+    assert target.exists()
+    assert load_recipe(target).name == "part_b"
+    written = target.read_text(encoding="utf-8")
+    assert written.startswith("# the part recipe, commented by its engineer")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    saved.accept()
 
 
 def test_capture_good_frames_from_the_live_source(qtbot, teach_setup) -> None:
