@@ -23,7 +23,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -422,7 +422,8 @@ def image_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
 
 
-def iter_image_files(root: Path, *, skip: Path | None = None) -> Iterator[Path]:
+def iter_image_files(root: Path, *, skip: Path | None = None,
+                     on_skipped: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
     """`image_files`, lazily: the same files in the same order, one folder read at a time.
 
     Only the names of the folders on the current path are held, never the whole tree's, so a
@@ -434,18 +435,29 @@ def iter_image_files(root: Path, *, skip: Path | None = None) -> Iterator[Path]:
     Args:
         root: the folder to walk; like `Path.rglob`, symbolic links to folders are not followed.
         skip: a folder left out with everything in it (a review's report folder inside ``root``).
+        on_skipped: called with (file, reason) for each image file left out: a hidden name, or a link to
+            a file outside ``root`` (never followed).
     """
     skip_abs = skip.resolve() if skip is not None else None
+    root_abs = root.resolve()
 
     def walk(folder: Path) -> Iterator[Path]:
         names: list[str] = []          # plain strings, a folder's with its "/": the least memory per entry
         with os.scandir(folder) as entries:
             for entry in entries:
+                is_image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
                 if entry.name.startswith("."):
+                    if is_image and on_skipped is not None and entry.is_file():
+                        on_skipped(folder / entry.name, "hidden (its name starts with '.')")
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     names.append(entry.name + "/")
-                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                elif is_image and entry.is_file():
+                    target = Path(entry.path).resolve() if entry.is_symlink() else None
+                    if target is not None and not target.is_relative_to(root_abs):
+                        if on_skipped is not None:
+                            on_skipped(folder / entry.name, f"a link to {target}, outside the reviewed folder")
+                        continue
                     names.append(entry.name)
         names.sort(key=_natural_key)
         for name in names:

@@ -84,6 +84,7 @@ BATCH_SIZE: Final = 8             # images per actor call; the zero-shot review'
 IN_FLIGHT_PER_WORKER: Final = 2   # batches outstanding per worker: one scoring, one queued, so none idles
 MAX_BATCH_TRIES: Final = 3        # a batch whose worker died this often is recorded as unreadable (ours)
 WAIT_S: Final = 1.0               # longest wait for a batch before a progress tick (a place to cancel)
+MAX_SKIPPED_LISTED: Final = 10_000  # skipped files named in the summary; more are only logged
 
 
 # ------------------------------------------------------------------------------------ the actor
@@ -322,7 +323,14 @@ def ray_review(
     def files() -> Iterator[Path]:
         return iter_image_files(folder, skip=out)
 
-    total = sum(1 for _ in files())
+    skipped: list[str] = []          # hidden files and links out of the folder, as a single-process review lists them
+
+    def note_skipped(path: Path, reason: str) -> None:
+        logger.warning("review of %s: skipped %s: %s", folder, relative_name(path, folder), reason)
+        if len(skipped) < MAX_SKIPPED_LISTED:
+            skipped.append(f"{relative_name(path, folder)}: {reason}")
+
+    total = sum(1 for _ in iter_image_files(folder, skip=out, on_skipped=note_skipped))
     if not total:
         msg = f"{folder}: holds no image files to review"
         raise InspectorError(msg)
@@ -385,7 +393,8 @@ def ray_review(
             ray.shutdown()
     seconds = time.perf_counter() - start
     summary.pop("scored")
-    return ReviewSummary(**summary, seconds=seconds, images_per_second=scored / seconds if seconds > 0 else 0.0)
+    return ReviewSummary(**summary, seconds=seconds, images_per_second=scored / seconds if seconds > 0 else 0.0,
+                         skipped=tuple(skipped))
 
 
 def _import_ray() -> Any:

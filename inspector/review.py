@@ -329,14 +329,14 @@ def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
     skipped: list[str] = []
     for path in image_files(folder):
         if not path.resolve().is_relative_to(root):
-            skipped.append(f"{_relative(path, folder)}: a link to {path.resolve()}, outside the reviewed folder")
+            skipped.append(f"{relative_name(path, folder)}: a link to {path.resolve()}, outside the reviewed folder")
         else:
             files.append(path)
     hidden = sorted(
         p for p in folder.rglob(".*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.endswith(".tmp")
     )
-    skipped.extend(f"{_relative(p, folder)}: hidden (its name starts with '.')" for p in hidden)
+    skipped.extend(f"{relative_name(p, folder)}: hidden (its name starts with '.')" for p in hidden)
     return files, skipped
 
 

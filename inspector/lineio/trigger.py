@@ -198,8 +198,8 @@ class TriggeredRunner:
             except Exception as exc:
                 # Never a verdict that is not recorded: the PLC hears ERROR (a reject) and FAULT is set.
                 self._fault("store", f"recording failed: {type(exc).__name__}: {exc}")
-                result = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(),
-                                             error=f"trigger {trigger.count}: not recorded: {type(exc).__name__}: {exc}")
+                reason = f"trigger {trigger.count}: not recorded: {type(exc).__name__}: {exc}"
+                result = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason)
             else:
                 self._signals.set_fault("store", None)
                 if isinstance(recorded, InspectionResult):
