@@ -57,8 +57,11 @@ def drive(job: Generator[Progress, None, T], *, desc: str) -> T:
         job.close()
 
 
-def _open_store(url: str | None) -> Any:
-    """The statistics store of ``--store``; a file must lie where the station may write (`check_contained`)."""
+def _open_store(url: str | None, *, allow_offline: bool = False) -> Any:
+    """The statistics store of ``--store``; a file must lie where the station may write (`check_contained`).
+
+    ``allow_offline``: a station (``run``) starts while its PostgreSQL server is away; results wait in its journal.
+    """
     from inspector.paths import PathNotAllowed, check_contained
     from inspector.store import Store
 
@@ -67,7 +70,7 @@ def _open_store(url: str | None) -> Any:
             check_contained(Path(url), "--store")
         except PathNotAllowed as exc:
             raise InspectorError(str(exc)) from exc
-    return Store(url)
+    return Store(url, allow_offline=allow_offline)
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -115,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     spec = parse_source(args.source) if args.source else recipe.resolved_source()
     source = open_source(spec)
-    store = _open_store(args.store)
+    store = _open_store(args.store, allow_offline=True)
     recorder = ResultRecorder(store, on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
     recorder.set_lot(args.lot)
     if not args.no_archive:

@@ -294,9 +294,13 @@ class Store:
         shift_hours: length of a shift; 24 must be a multiple of it (8 = three shifts).
         tz: time zone for hour/day/shift groups and CSV times; None = the computer's local zone.
         busy_timeout_s: how long SQLite waits for another process's write lock before an error.
+        allow_offline: a server store (PostgreSQL) that cannot be reached now is opened anyway, offline:
+            `insert_results` raises a retryable `StoreError` until the server answers, then checks and
+            upgrades the schema first. For stations, whose results wait in their journal meanwhile.
 
     Raises:
-        StoreError: the database cannot be opened or was made by a newer inspector.
+        StoreError: the database cannot be opened (unless offline is allowed and it is only unreachable)
+            or was made by a newer inspector.
     """
 
     def __init__(
@@ -312,6 +316,7 @@ class Store:
         shift_hours: int = 8,
         tz: dt.tzinfo | None = None,
         busy_timeout_s: float = 10.0,
+        allow_offline: bool = False,
     ) -> None:
         if batch_size < 1 or flush_interval < 0 or max_pending < 1:
             msg = (f"Store: batch_size and max_pending must be >= 1 and flush_interval >= 0, got "
@@ -332,8 +337,17 @@ class Store:
         self.url = _database_url(url)
         self.display_name = _display(self.url)
         self._engine = _create_engine(self.url, busy_timeout_s)
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
         try:
             self._init_schema()
+            self._schema_ready = True
+        except StoreError as exc:
+            if not (allow_offline and self.url.get_backend_name() != "sqlite" and _unreachable(exc)):
+                self._engine.dispose()
+                raise
+            logger.warning("statistics store %s is offline (%s); results wait in the journal until it answers",
+                           self.display_name, exc)
         except BaseException:
             self._engine.dispose()
             raise
@@ -446,6 +460,7 @@ class Store:
         if self._closed:
             msg = f"statistics store {self.display_name} is closed"
             raise StoreError(msg)
+        self._ensure_schema()
         ids = [result_id for result_id, _ in entries]
         try:
             with self._engine.begin() as conn:
@@ -473,6 +488,26 @@ class Store:
             except Exception:
                 logger.exception("on_recorded callback failed")
         return len(fresh)
+
+    @property
+    def online(self) -> bool:
+        """False while a store opened offline (``allow_offline``) has not yet reached its server."""
+        return self._schema_ready
+
+    def _ensure_schema(self) -> None:
+        """For a store opened offline: check and upgrade the schema once the server answers."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            try:
+                self._init_schema()
+            except StoreError as exc:
+                exc.retry = _unreachable(exc)       # type: ignore[attr-defined]
+                raise
+            self._schema_ready = True
+            logger.info("statistics store %s is online", self.display_name)
 
     def forget_images(self, removed: Sequence[str]) -> int:
         """The archive removed these files: rows that pointed at them now say no image (NULL).
@@ -1089,6 +1124,14 @@ class _WriteTransaction:
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a store error means the server could not be reached (not: refused us, or our data)."""
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, sa.exc.SQLAlchemyError):
+        cause = cause.__cause__
+    return isinstance(cause, sa.exc.OperationalError | sa.exc.InterfaceError)
+
 
 def _close_at_exit(ref: weakref.ReferenceType[Store]) -> None:
     store = ref()

@@ -88,7 +88,9 @@ def recipe_choices(recipe: Path | None) -> list[Path]:
 def _open_store(text: str | None) -> Any | None:
     from inspector.store import Store
 
-    return Store(text or None)     # None: the configured plant store, else the per-user SQLite file
+    # None: the configured plant store, else the per-user SQLite file. A station starts while its server is
+    # away: results wait in the journal and the footer says "Store offline".
+    return Store(text or None, allow_offline=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

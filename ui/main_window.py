@@ -198,6 +198,11 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._status = QLabel("")
         self.statusBar().addWidget(self._status, 1)
+        self.store_status = QLabel("")          # "Store offline: N waiting" while the store is away
+        self.store_status.setObjectName("storeStatus")
+        self.store_status.setStyleSheet("QLabel#storeStatus { color: #b45309; font-weight: bold; }")
+        self.store_status.setVisible(False)
+        self.statusBar().addPermanentWidget(self.store_status)
 
         self._stats_timer = QTimer(self)
         self._stats_timer.setInterval(STATS_INTERVAL_MS)
@@ -656,6 +661,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def _on_stats_tick(self) -> None:
         self.station.set_counts(self._counts)
+        self._update_store_status()
         self._ticks += 1
         pipeline = self.controller.pipeline
         if (self._ticks % SCREEN_REFRESH_TICKS == 0 and pipeline is not None
@@ -670,6 +676,18 @@ class MainWindow(QMainWindow):
             log.exception("reading the line metrics failed")
             return
         self.station.yield_panel.set_metrics(metrics)
+
+    def _update_store_status(self) -> None:
+        """Say so while results wait in the local journal because the statistics store does not take them."""
+        error = self.recorder.last_error
+        waiting = self.recorder.pending
+        if error is None:
+            self.store_status.setVisible(False)
+            return
+        self.store_status.setText(f"Store offline: {waiting} waiting")
+        self.store_status.setToolTip(f"Results are kept in {self.recorder.journal_path} and sent in order when "
+                                     f"the store is back.\n{error}")
+        self.store_status.setVisible(True)
 
     # ------------------------------------------------------------------------------- controls
     def _update_controls(self) -> None:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,13 @@ class PostgresCluster:
     extra: tuple[str, ...] = ()          # more server arguments, e.g. ("-c", "ssl=on")
 
     @classmethod
-    def start(cls, root: Path, *, port: int | None = None, extra: tuple[str, ...] = ()) -> PostgresCluster:
+    def start(cls, root: Path | None = None, *, port: int | None = None,
+              extra: tuple[str, ...] = ()) -> PostgresCluster:
         """initdb (trust auth, loopback only) and start the server; waits until it accepts connections.
+
+        Args:
+            root: an empty folder for the cluster; default a new one under the system's temp folder
+                (not pytest's: its folders are private to their user, and the server runs as ``postgres``).
 
         Raises:
             RuntimeError: PostgreSQL is not installed, or the server did not come up (its log is quoted).
@@ -71,14 +77,11 @@ class PostgresCluster:
         if bin_dir is None:
             msg = "PostgreSQL is not installed (apt-get install postgresql)"
             raise RuntimeError(msg)
+        root = root if root is not None else Path(tempfile.mkdtemp(prefix="inspector-pg-"))
         root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")
-            # the server user must reach the folder through every parent (pytest's tmp dirs are 0700)
-            for parent in root.parents:
-                if parent == Path("/") or parent == Path("/tmp"):
-                    break
-                os.chmod(parent, os.stat(parent).st_mode | 0o011)
         data = root / "data"
         subprocess.run(
             _as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",

@@ -133,13 +133,13 @@ def no_thread_leak() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+def postgres_cluster() -> Iterator[PostgresCluster]:
     """A real PostgreSQL server on a free loopback port for the whole session (Debian's ``postgresql``).
 
     Skips, with the reason, only where the server is not installed (``.ci/run`` installs it)."""
     if postgres_bin_dir() is None:
         pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-    with PostgresCluster.start(tmp_path_factory.mktemp("postgres") / "cluster") as cluster:
+    with PostgresCluster.start() as cluster:
         yield cluster
 
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from inspector.errors import StoreError
 from inspector.results import InspectionResult, Verdict
 from inspector.store import STORE_URL_ENV, STORE_URL_FILE_ENV, Store, configured_url
+from tests.helpers.images import textured_part, write_images
 from tests.helpers.postgres import PostgresCluster, postgres_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,12 +99,11 @@ def test_store_url_from_the_environment_and_a_private_file(tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresCluster, Path]]:
+def tls_cluster() -> Iterator[tuple[PostgresCluster, Path]]:
     """A PostgreSQL server that offers TLS with a self-signed certificate (openssl, made here)."""
     if postgres_bin_dir() is None or shutil.which("openssl") is None:
         pytest.skip("PostgreSQL or openssl is not installed here")
-    root = tmp_path_factory.mktemp("pg-tls") / "cluster"
-    certs = tmp_path_factory.mktemp("pg-certs")
+    certs = Path(tempfile.mkdtemp(prefix="inspector-pg-certs-"))     # readable by the server's user
     subprocess.run(["openssl", "req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(certs / "server.key"),
                     "-out", str(certs / "server.crt")], check=True, capture_output=True)
@@ -108,10 +112,11 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Post
             shutil.chown(certs / name, "postgres", "postgres")
         os.chmod(certs, 0o755)
     os.chmod(certs / "server.key", 0o600)
-    cluster = PostgresCluster.start(root, extra=("-c", "ssl=on", "-c", f"ssl_cert_file={certs / 'server.crt'}",
+    cluster = PostgresCluster.start(extra=("-c", "ssl=on", "-c", f"ssl_cert_file={certs / 'server.crt'}",
                                                  "-c", f"ssl_key_file={certs / 'server.key'}"))
     yield cluster, certs / "server.crt"
     cluster.stop()
+    shutil.rmtree(certs, ignore_errors=True)
 
 
 def test_tls_to_postgresql_when_the_url_asks_for_it(tls_cluster: tuple[PostgresCluster, Path]) -> None:
@@ -125,3 +130,110 @@ def test_tls_to_postgresql_when_the_url_asks_for_it(tls_cluster: tuple[PostgresC
         assert ssl is True
     with pytest.raises(StoreError, match="cannot open the statistics store"):
         Store(f"{url}?sslmode=verify-full&sslrootcert={ca.parent / 'missing.crt'}")
+
+
+# ---- a station's PostgreSQL goes away: nothing printed is lost, nothing is stored twice, order kept ----
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PostgresCluster]:
+    """A server of this test's own, so that stopping it harms no other test."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    with PostgresCluster.start() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def forty_frames(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(5)
+    return write_images(tmp_path / "frames", [textured_part(rng) for _ in range(40)])[0].parent
+
+
+def _run(recipe: Path, frames: Path, url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STORE_URL_ENV: url}       # the URL as a plant configures it
+    return subprocess.Popen([sys.executable, "-m", "inspector", "run", str(recipe), "--source", str(frames),
+                             "--no-archive"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _frame_name(line: str) -> str:
+    return next(word for word in line.split() if word.endswith(".png"))
+
+
+def _stored_paths(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [Path(p).name for (p,) in conn.execute(sa.text("SELECT path FROM inspections ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+def test_postgres_stopped_for_20_s_mid_run_loses_nothing(
+    taught_recipe: Path, forty_frames: Path, own_cluster: PostgresCluster
+) -> None:
+    url = own_cluster.create_database("plant")
+    proc = _run(taught_recipe, forty_frames, url)
+    assert proc.stdout is not None
+    printed: list[str] = []
+    for line in proc.stdout:
+        if ".png" in line:
+            printed.append(_frame_name(line))
+        if len(printed) == 3:
+            own_cluster.pause()                   # the server goes away mid-run ...
+            break
+    time.sleep(20.0)
+    own_cluster.resume()                          # ... and comes back 20 s later
+    out, err = proc.communicate(timeout=300)
+    printed += [_frame_name(line) for line in out.splitlines() if ".png" in line]
+    assert proc.returncode == 0, err[-3000:]
+    assert len(printed) == 40
+    assert _stored_paths(url) == printed          # every printed result, once, in the order inspected
+
+
+def test_a_station_started_while_postgres_is_away_keeps_inspecting(
+    taught_recipe: Path, forty_frames: Path, own_cluster: PostgresCluster
+) -> None:
+    url = own_cluster.create_database("plant")
+    own_cluster.pause()
+    proc = _run(taught_recipe, forty_frames, url)
+    assert proc.stdout is not None
+    printed = []
+    for line in proc.stdout:                      # results are printed (durable in the journal) meanwhile
+        if ".png" in line:
+            printed.append(_frame_name(line))
+        if len(printed) == 5:
+            break
+    own_cluster.resume()
+    out, err = proc.communicate(timeout=300)
+    printed += [_frame_name(line) for line in out.splitlines() if ".png" in line]
+    assert proc.returncode == 0, err[-3000:]
+    assert "offline" in err or "wait in" in err, err[-3000:]
+    assert _stored_paths(url) == printed and len(printed) == 40
+
+
+def test_sigkill_of_a_station_writing_to_postgres_loses_nothing_printed(
+    taught_recipe: Path, forty_frames: Path, postgres_url: str
+) -> None:
+    from inspector.recording import ResultRecorder
+
+    proc = _run(taught_recipe, forty_frames, postgres_url)
+    assert proc.stdout is not None
+    printed = []
+    for line in proc.stdout:
+        if ".png" in line:
+            printed.append(_frame_name(line))
+        if len(printed) == 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+    rest, _ = proc.communicate(timeout=30)
+    printed += [_frame_name(line) for line in rest.splitlines() if ".png" in line]     # already in the pipe
+    assert proc.returncode == -signal.SIGKILL and len(printed) < 40
+    store = Store(postgres_url)                   # the next start forwards what the killed run left
+    recorder = ResultRecorder(store)
+    assert recorder.wait_stored(60)
+    recorder.close()
+    store.close()
+    stored = _stored_paths(postgres_url)
+    assert stored[:len(printed)] == printed and len(stored) == len(set(stored))
