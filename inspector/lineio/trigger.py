@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +101,10 @@ class TriggeredRunner:
         self._live = bool(source.is_live)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector-infer")
+        # One inference thread of our own (a ThreadPoolExecutor's workers are not daemons and are not
+        # joined by shutdown(wait=False)): jobs are (future, inspector, frame); None stops it.
+        self._jobs: queue.Queue[tuple[concurrent.futures.Future[InspectionResult], FrameInspector, Frame] | None] \
+            = queue.Queue()
         self._frame_cond = threading.Condition()
         self._latest: tuple[Frame, float] | None = None       # newest live frame and when it arrived
         self._lock = threading.Lock()
@@ -123,6 +127,7 @@ class TriggeredRunner:
         else:
             self._threads.append(threading.Thread(target=self._capture_loop, name="inspector-capture", daemon=True))
         self._threads.append(threading.Thread(target=self._control_loop, name="inspector-trigger", daemon=True))
+        self._threads.append(threading.Thread(target=self._infer_loop, name="inspector-infer", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -134,10 +139,13 @@ class TriggeredRunner:
             interrupt()
         with self._frame_cond:
             self._frame_cond.notify_all()
+        self._jobs.put(None)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:                       # a model stuck in a frame: the threads are daemons
+            logger.warning("%s did not stop within %s s", ", ".join(alive), timeout)
         if not self._live:
             self._close_source()
 
@@ -174,7 +182,8 @@ class TriggeredRunner:
         if frame is None:
             self._deliver(trigger, self._error(trigger, None, "no frame before the deadline"))
             return
-        future = self._executor.submit(self._inspector.inspect, frame)
+        future: concurrent.futures.Future[InspectionResult] = concurrent.futures.Future()
+        self._jobs.put((future, self._inspector, frame))
         try:
             result = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
@@ -235,6 +244,14 @@ class TriggeredRunner:
             if self._on_fault is not None:
                 self._on_fault(reason)
         self._signals.set_fault(key, reason)
+
+    def _infer_loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, inspector, frame = job
+            try:
+                future.set_result(inspector.inspect(frame))
+            except BaseException as exc:    # out of memory included: the controller answers ERROR
+                future.set_exception(exc)
 
     # ---- changeover -------------------------------------------------------------------------
 

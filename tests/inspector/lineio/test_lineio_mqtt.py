@@ -220,3 +220,4 @@ def test_last_will_says_offline_when_the_station_vanishes(broker: Broker, tmp_pa
     finally:
         watcher.disconnect()
         watcher.loop_stop()
+        pub.stop(flush_timeout=0)                             # its sender thread, which outlived the socket
