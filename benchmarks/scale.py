@@ -1,4 +1,13 @@
-"""Scale benchmarks of issue 15: batch review on Ray (this part) and PostgreSQL writers (added later).
+"""Scale benchmarks of issue 15: PostgreSQL writers (`store_rows`) and batch review on Ray (`review_rows`).
+
+Store rows (`store_rows`): a throwaway PostgreSQL server on loopback (Debian's ``postgresql``, the
+tests' `tests.helpers.postgres.PostgresCluster`, fsync on), and 1, 2 and 4 station processes writing
+at once, each through the station's own path (`inspector.recording.ResultRecorder`: every result is
+made durable in the station's local journal, then forwarded in batches to the server). Per run: results
+per second into PostgreSQL (all writers' results / time until the last is committed), and per result
+the record -> durable (journal) and record -> committed in PostgreSQL latencies, p50/p99, over all
+writers. Each writer records as fast as it can: the commit latency includes the queueing behind a
+batch, the worst case of a line.
 
 Review rows (`review_rows`), all on one machine:
 
@@ -21,6 +30,7 @@ Review rows (`review_rows`), all on one machine:
    every record for the report, single-process and Ray alike.
 
 Usage (from the repository root):
+    python -m benchmarks.scale --store-only --results 2000 --json benchmarks/results/scale-store.json
     python -m benchmarks.scale --review-only
     python -m benchmarks.scale --review-only --images 48 --files 200000 --json benchmarks/results/scale-review.json
 """
@@ -283,6 +293,83 @@ def review_rows(*, images: int = 48, size: int = 112, files: int = 200_000,
         shutil.rmtree(root, ignore_errors=True)
 
 
+_WRITER = """
+import json, sys, time
+from inspector.recording import ResultRecorder
+from inspector.results import InspectionResult, Verdict
+from inspector.store import Store
+
+url, station, n, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+recorded_at: list[float] = []
+stored_at: list[float] = []
+
+def on_recorded(count: int) -> None:           # the forwarder's commit moved the store's count
+    now = time.perf_counter()
+    stored_at.extend([now] * (count - len(stored_at)))
+
+store = Store(url, on_recorded=on_recorded)
+recorder = ResultRecorder(store)
+durable: list[float] = []
+while time.time() < start:                     # all writers begin together
+    time.sleep(0.002)
+began = time.perf_counter()
+for i in range(n):
+    t = time.perf_counter()
+    recorded_at.append(t)
+    recorder.record(InspectionResult(frame_id=i, timestamp=time.time(), source="bench", recipe="part",
+                                     model_version="v1", verdict=Verdict.PASS if i % 10 else Verdict.FAIL,
+                                     score=i / n, line="L1", station=station))
+    durable.append(time.perf_counter() - t)
+assert recorder.wait_stored(600)
+ended = time.perf_counter()
+recorder.close()
+store.close()
+print(json.dumps({"began": began, "ended": ended, "durable_ms": [d * 1000 for d in durable],
+                  "stored_ms": [(s - r) * 1000 for r, s in zip(recorded_at, stored_at)]}))
+"""
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 3)
+
+
+def store_rows(*, results: int = 2000, writers: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
+    """Results per second into a real PostgreSQL from 1, 2, 4 station processes, with commit latencies."""
+    import subprocess
+
+    from tests.helpers.postgres import PostgresCluster
+
+    rows = []
+    repo = Path(__file__).resolve().parents[1]
+    with PostgresCluster.start(extra=("-c", "fsync=on")) as cluster:
+        for n_writers in writers:
+            url = cluster.create_database(f"scale_{n_writers}")
+            data_dir = Path(tempfile.mkdtemp(prefix="scale-store-"))
+            env = {**os.environ, "INSPECTOR_DATA_DIR": str(data_dir)}
+            start = time.time() + 5.0
+            procs = [subprocess.Popen([sys.executable, "-c", _WRITER, url, f"S{k}", str(results), str(start)],
+                                      cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for k in range(n_writers)]
+            outs = []
+            for proc in procs:
+                out, err = proc.communicate(timeout=1800)
+                if proc.returncode != 0:
+                    msg = f"writer failed: {err[-2000:]}"
+                    raise RuntimeError(msg)
+                outs.append(json.loads(out.strip().splitlines()[-1]))
+            shutil.rmtree(data_dir, ignore_errors=True)
+            wall = max(o["ended"] for o in outs) - min(o["began"] for o in outs)
+            durable = [d for o in outs for d in o["durable_ms"]]
+            stored = [d for o in outs for d in o["stored_ms"]]
+            row = {"writers": n_writers, "results": n_writers * results, "wall_s": round(wall, 2),
+                   "results_per_s": round(n_writers * results / wall, 1),
+                   "durable_ms_p50": _pct(durable, 50), "durable_ms_p99": _pct(durable, 99),
+                   "committed_ms_p50": _pct(stored, 50), "committed_ms_p99": _pct(stored, 99)}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def _line(row: dict[str, Any]) -> str:
     steady = row["images_per_s_steady"]
     return (f"{row['run']:<26} {row['images']:>4} img  wall {row['wall_s']:>7.1f} s  "
@@ -304,16 +391,19 @@ def _conditions(command: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--review-only", action="store_true", help="only the Ray review rows (no PostgreSQL rows)")
+    p.add_argument("--store-only", action="store_true", help="only the PostgreSQL rows (no Ray review rows)")
+    p.add_argument("--results", type=int, default=2000, help="results each PostgreSQL writer records (default 2000)")
     p.add_argument("--images", type=int, default=48, help="images of the throughput folder (default 48)")
     p.add_argument("--size", type=int, default=112, help="side of the synthetic parts, px (default 112)")
     p.add_argument("--files", type=int, default=200_000, help="files of the driver-memory folder (default 200000)")
     p.add_argument("--json", type=Path, default=RESULTS / "scale-review.json", help="where the results go")
     args = p.parse_args(argv)
-    if not args.review_only:
-        print("the PostgreSQL rows are not in this file yet; running the review rows", file=sys.stderr)
     conditions = _conditions("python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:]))
-    data = {"conditions": conditions,
-            "review": review_rows(images=args.images, size=args.size, files=args.files)}
+    data: dict[str, Any] = {"conditions": conditions}
+    if not args.review_only:
+        data["store"] = store_rows(results=args.results)
+    if not args.store_only:
+        data["review"] = review_rows(images=args.images, size=args.size, files=args.files)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     print(f"wrote {args.json}")
