@@ -169,6 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.evaluation import Detector, evaluate, load_category
     from models.weights import resolve_weights
 
+    if args.types is not None:
+        return _evaluate_types(args)
     category = load_category(args.category)
     defaults = DetectorSettings()          # what a fresh recipe uses: the measured defaults
     resolved = resolve_weights(defaults.backbone, args.weights)
@@ -188,6 +190,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{category.name}: image AUROC {data['image_auroc']:.4f}  pixel AUROC {data['pixel_auroc']:.4f}  "
           f"AUPRO {data['aupro']:.4f}  F1 {data['f1']:.4f}  {data['ms_per_image']:.1f} ms/image  "
           f"({data.get('n_train', 0)} train, {data['n_test']} test)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate_types(args: argparse.Namespace) -> int:
+    """``inspector evaluate --types N``: few-shot defect typing accuracy (models.type_evaluation)."""
+    from inspector.recipe import DetectorSettings
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNNConfig, create_detector
+    from models.type_evaluation import evaluate_defect_types
+    from models.weights import resolve_weights
+
+    defaults = DetectorSettings()
+    resolved = resolve_weights(defaults.backbone, args.weights)
+    config = PatchKNNConfig.from_dict(dict(defaults.options))
+
+    def make_detector() -> Any:
+        backbone = create_backbone(defaults.backbone, state_dict=resolved.state_dict,
+                                   blocks=tuple(defaults.blocks), device=args.device or "auto")
+        return create_detector("patch_knn", backbone=backbone, config=config)
+
+    key = json.dumps([resolved.info.sha256, defaults.backbone, list(defaults.blocks), config.to_dict()],
+                     sort_keys=True)
+    start = time.perf_counter()
+    report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
+                                   shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
+                                   cache_dir=args.cache, cache_key=key, progress=_tqdm_progress("typing"))
+    data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),
+                            "weights": dataclasses.asdict(resolved.info), "wall_s": time.perf_counter() - start,
+                            "command": "inspector evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
+    print(f"{report.category}: defect type accuracy {report.accuracy:.3f} (balanced {report.balanced_accuracy:.3f}), "
+          f"unknown {report.unknown_share:.3f}, {report.n_types} types, {report.n_labelled} labelled per type, "
+          f"{report.n_typed_per_draw} typed per draw x {len(report.seeds)} draws")
+    for name, acc in sorted(report.per_type.items()):
+        print(f"  {name:<28} {acc:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-shot", action="store_true", help="no training: score the test set against itself")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the choice of training shots")
+    p.add_argument("--types", type=int, default=None, metavar="N",
+                   help="measure defect typing instead: N labelled defect images per type (test/<type>/)")
+    p.add_argument("--type-repeats", type=int, default=5, metavar="R",
+                   help="with --types: seeded draws of the labelled images, averaged (default 5)")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="with --types: keep per-image features here so that reruns skip the backbone")
     _add_device(p)
     _add_weights(p)
 

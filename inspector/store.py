@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, Self, cast
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.compiler import compiles
@@ -61,6 +62,7 @@ __all__ = [
     "ScorePoint",
     "Store",
     "YieldRow",
+    "inspection_conditions",
     "metadata",
 ]
 
@@ -68,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 GroupBy = Literal["recipe", "line", "lot", "hour", "shift", "day"]
 
+# Additive changes (new nullable columns, new tables) keep the version: older inspectors still read
+# and write such a store, and `_add_missing_columns` upgrades an older one in place when it opens.
 SCHEMA_VERSION: Final = 1
 UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nobody has classified yet
 # Time grouping is done on 15-minute buckets in SQL, then mapped to local hours/days/shifts in Python:
@@ -122,7 +126,19 @@ regions = sa.Table(
     sa.Column("defect_class", sa.Text),                  # None until a reviewer classifies it
     sa.Column("classified_by", sa.Text),
     sa.Column("classified_at", sa.Float),
+    # added later (upgraded in place): the few-shot typer's guess at inspection time, kept apart
+    # from a reviewer's defect_class
+    sa.Column("predicted_class", sa.Text),                # a labelled class, "unknown", or None (no typer)
+    sa.Column("predicted_confidence", sa.Float),          # [0, 1]
     sa.Index("ix_regions_inspection", "inspection_id"),
+    sa.Index("ix_regions_classified_at", "classified_at"),   # the defect typer's "labels since" query
+)
+
+# added later: each region's DINOv2 embedding ((D,) float32 bytes), so that labelling it teaches the typer
+region_embeddings = sa.Table(
+    "region_embeddings", metadata,
+    sa.Column("region_id", sa.Integer, sa.ForeignKey("regions.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
 )
 
 feedback = sa.Table(
@@ -204,6 +220,8 @@ class RegionRecord:
     defect_class: str | None
     classified_by: str | None = None
     classified_at: float | None = None
+    predicted_class: str | None = None       # the typer's guess at inspection time (None: no typer)
+    predicted_confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,6 +360,11 @@ class Store:
         logger.info("statistics store open: %s", self.display_name)
 
     # ---- counters ----
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine, for read queries of other modules (``inspector.statistics``)."""
+        return self._engine
 
     @property
     def recorded_count(self) -> int:
@@ -580,7 +603,7 @@ class Store:
             region_rows = [{**r, "inspection_id": i}
                            for i, p in zip(ids, batch, strict=True) for r in p.regions]
             if region_rows:
-                conn.execute(sa.insert(regions), region_rows)
+                _insert_regions(conn, region_rows)
 
     def _settle(self, *, committed: int = 0, rejected: int = 0, lost: int = 0) -> int:
         with self._cond:
@@ -796,7 +819,8 @@ class Store:
                     id=r["id"], inspection_id=r["inspection_id"], x=r["x"], y=r["y"], width=r["w"],
                     height=r["h"], area_px=r["area_px"], area_mm2=r["area_mm2"], max_score=r["max_score"],
                     mean_score=r["mean_score"], defect_class=r["defect_class"],
-                    classified_by=r["classified_by"], classified_at=r["classified_at"]))
+                    classified_by=r["classified_by"], classified_at=r["classified_at"],
+                    predicted_class=r["predicted_class"], predicted_confidence=r["predicted_confidence"]))
             for r in conn.execute(sa.select(feedback).where(feedback.c.inspection_id.in_(ids))
                                   .order_by(feedback.c.time, feedback.c.id)).mappings():
                 by_feedback[r["inspection_id"]].append(FeedbackRecord(**r))
@@ -958,6 +982,7 @@ class Store:
             for attempt in range(5):
                 try:
                     metadata.create_all(self._engine)
+                    _add_missing_columns(self._engine)
                     break
                 except sa.exc.OperationalError as exc:
                     # Another process created a table between our check and our CREATE.
@@ -1111,8 +1136,58 @@ def _pending(result: InspectionResult, image_path: str | None, overlay_path: str
         "area_mm2": _number(r.area_mm2), "max_score": _number(r.max_score),
         "mean_score": _number(r.mean_score),
         "defect_class": r.defect_class,
+        "predicted_class": r.predicted_class,
+        "predicted_confidence": _number(r.type_confidence),
+        "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float32).tobytes(),
     } for r in result.regions)
     return _Pending(inspection=row, regions=region_rows)
+
+
+def _insert_regions(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert region rows; their embeddings (where given) go to ``region_embeddings``."""
+    plain = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
+    if not any(r.get("embedding") is not None for r in rows):
+        conn.execute(sa.insert(regions), plain)
+        return
+    for row, values in zip(rows, plain, strict=True):
+        region_id = _new_id(conn.execute(sa.insert(regions), values))
+        if row.get("embedding") is not None:
+            conn.execute(sa.insert(region_embeddings), {"region_id": region_id, "vector": row["embedding"]})
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Upgrade an older store in place: add the columns and indexes that this schema has and it lacks.
+
+    Only additive changes (new nullable columns, new indexes); tables that are missing altogether are
+    made by ``create_all``. Safe when two processes upgrade at once (a duplicate column is ignored).
+    """
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+                logger.info("statistics store upgraded: added %s.%s", table.name, column.name)
+            except sa.exc.OperationalError as exc:
+                if "duplicate column" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                    raise
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(engine, checkfirst=True)
+
+
+def inspection_conditions(*, recipe: str | None = None, line: str | None = None, lot: str | None = None,
+                          station: str | None = None, verdict: Verdict | str | None = None,
+                          since: float | None = None, until: float | None = None) -> list[sa.ColumnElement[bool]]:
+    """SQL conditions on ``inspections`` for the usual filters (None = any); for other query modules."""
+    return _where(recipe=recipe, line=line, lot=lot, station=station, verdict=verdict, since=since, until=until)
 
 
 def _number(value: float | None) -> float | None:
