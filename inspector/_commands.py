@@ -219,7 +219,8 @@ def _evaluate_types(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
                                    shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
-                                   cache_dir=args.cache, cache_key=key, progress=_tqdm_progress("typing"))
+                                   cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
+                                   progress=_tqdm_progress("typing"))
     data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),
                             "weights": dataclasses.asdict(resolved.info), "wall_s": time.perf_counter() - start,
                             "command": "inspector evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
@@ -292,9 +293,71 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if args.csv:
             n = store.export_csv(args.csv, **filters)
             print(f"\nwrote {n} inspection(s) to {args.csv}")
+        _print_actionable_stats(store, args, filters)
     finally:
         store.close()
     return 0
+
+
+def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[str, Any]) -> None:
+    """``inspector stats``: Pareto of defect types, FAIL-rate p-chart, drift, exports and charts."""
+    from inspector import statistics as st
+
+    flt = st.Filters(**filters)
+    pareto = st.defect_pareto(store, flt)
+    if pareto:
+        print("\ndefect types (Pareto; reviewer's class, else the typer's guess):")
+        for row in pareto:
+            print(f"  {row.defect_type:<22} {row.count:>7} {100 * row.share:>6.1f} % "
+                  f"{100 * row.cumulative_share:>6.1f} % cum.")
+    chart = st.fail_rate_chart(store, flt, by=args.spc_by)
+    if chart.points:
+        print(f"\nFAIL-rate p-chart per {args.spc_by}: centre {100 * chart.centre:.2f} %, "
+              f"{len(chart.points)} group(s), {len(chart.alarms)} alarm(s)")
+        for alarm in chart.alarms:
+            print(f"  ALARM {alarm.rule}: {alarm.message}")
+    recipe = None
+    if args.recipe_file is not None:
+        from inspector.recipe import load_recipe
+        from inspector.station import resolve_version
+
+        recipe = load_recipe(args.recipe_file)
+        flt = dataclasses.replace(flt, recipe=flt.recipe or recipe.name)
+        scores, review, mean, std = st.teaching_scores(resolve_version(recipe).path)
+        drift = st.good_score_drift(store, flt, scores, review_threshold=review)
+        print(f"\ngood-score drift: {drift.message if drift else 'not enough recent PASS scores to judge'}")
+        if std > 0:
+            score_chart = st.score_chart(store, flt, mean=mean, sigma=std)
+            print(f"score chart: {len(score_chart.points)} point(s), {len(score_chart.alarms)} alarm(s)")
+            for alarm in score_chart.alarms[-5:]:
+                print(f"  ALARM {alarm.rule}: {alarm.message}")
+    if args.regions_csv:
+        n = st.export_regions_csv(store, args.regions_csv, flt)
+        print(f"wrote {n} region(s) to {args.regions_csv}")
+    if args.parquet:
+        counts = st.export_parquet(store, args.parquet, flt)
+        print(f"wrote {counts['inspections']} inspection(s) and {counts['regions']} region(s) to {args.parquet}")
+    if args.charts:
+        args.charts.mkdir(parents=True, exist_ok=True)
+        (args.charts / "pareto.svg").write_text(st.pareto_svg(pareto), encoding="utf-8")
+        (args.charts / "fail_rate.svg").write_text(
+            st.control_chart_svg(chart, title=f"FAIL rate per {args.spc_by} (p-chart, 3-sigma limits)"),
+            encoding="utf-8")
+        written = ["pareto.svg", "fail_rate.svg"]
+        if args.reference is not None:
+            reference = cv2.imread(str(args.reference), cv2.IMREAD_COLOR)
+            if reference is None:
+                msg = f"{args.reference}: cannot read the reference image; give a PNG or JPEG of a good part"
+                raise ValueError(msg)
+            area = (0, 0, reference.shape[1], reference.shape[0])
+            if recipe is not None and recipe.roi is not None:
+                area = recipe.roi.bounding_box()
+            x, y, w, h = area
+            locations = st.defect_locations(store, area, flt)
+            image = st.location_heat_image(np.ascontiguousarray(reference[y : y + h, x : x + w]), locations.total())
+            cv2.imwrite(str(args.charts / "locations.png"), image)
+            written.append("locations.png")
+        print(f"wrote {', '.join(written)} to {args.charts}")
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:

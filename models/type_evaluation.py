@@ -57,7 +57,8 @@ class TypeEvalReport:
     unknown_share: float              # mean over draws of the share typed "unknown"
     per_type: dict[str, float]        # accuracy per type, over all draws
     n_types: int
-    n_defect_images: int
+    n_defect_images: int              # defect images used (after max_per_type)
+    max_per_type: int | None          # the cap on defect images per type, None = all
     n_typed_per_draw: int             # test regions per draw (the defect images not labelled)
     fallback_regions: int             # images with no region at the pixel threshold (top 1 % used)
     pixel_threshold: float
@@ -108,6 +109,7 @@ def evaluate_defect_types(
     config: DefectTypeConfig | None = None,
     cache_dir: Path | None = None,
     cache_key: str = "",
+    max_per_type: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TypeEvalReport:
     """Few-shot defect typing accuracy on one category (see the module docstring).
@@ -123,6 +125,8 @@ def evaluate_defect_types(
         cache_dir: where per-image features and maps are kept between runs (None = no cache).
         cache_key: names what else changes the features (weights, detector options); part of the
             cache folder's name.
+        max_per_type: use at most this many defect images per type (a seeded choice), to bound the
+            time on a large category; None uses all.
         progress: ``progress(done, total, message)`` per image.
 
     Raises:
@@ -138,6 +142,8 @@ def evaluate_defect_types(
         msg = (f"{category.root}: defect typing needs test/ subfolders of at least two defect types, "
                f"found {types or 'none'}")
         raise ValueError(msg)
+    if max_per_type is not None:
+        defects = _at_most(defects, max_per_type, seed=seed)
     cfg = config if config is not None else DefectTypeConfig()
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
                                                cache_dir=cache_dir, cache_key=cache_key, progress=progress)
@@ -172,10 +178,23 @@ def evaluate_defect_types(
         accuracy_per_draw=tuple(accuracies), balanced_accuracy=float(np.mean(balanced)),
         unknown_share=float(np.mean(unknowns)),
         per_type={t: float(np.mean(v)) if v else float("nan") for t, v in hits.items()},
-        n_types=len(types), n_defect_images=len(items), n_typed_per_draw=n_typed,
+        n_types=len(types), n_defect_images=len(items), max_per_type=max_per_type, n_typed_per_draw=n_typed,
         fallback_regions=sum(it.fallback for it in items), pixel_threshold=pixel_threshold,
         seconds_features=seconds, config=asdict(cfg),
     )
+
+
+def _at_most(defects: list[TestItem], n: int, *, seed: int) -> list[TestItem]:
+    """At most ``n`` items per defect type, a seeded choice, in the original order."""
+    if n < 1:
+        msg = f"max_per_type must be >= 1 defect image per type, got {n}"
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for t in sorted({d.defect_type for d in defects}):
+        members = [i for i, d in enumerate(defects) if d.defect_type == t]
+        keep.update(members[int(j)] for j in rng.choice(len(members), size=min(n, len(members)), replace=False))
+    return [d for i, d in enumerate(defects) if i in keep]
 
 
 def _extract(
