@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = [
     "UNTYPED",
     "Filters",
+    "Insights",
+    "insights",
     "LocationMap",
     "ParetoRow",
     "TypeSource",
@@ -273,6 +275,28 @@ def good_score_drift(store: Store, flt: Filters, teaching_scores: np.ndarray, *,
         scores = np.asarray([s for (s,) in conn.execute(stmt)], np.float64)
     taught = np.asarray(teaching_scores, np.float64)
     return score_drift(taught[taught < review_threshold], scores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Insights:
+    """What the Statistics screen draws besides yield: computed on a worker thread, sent as one value."""
+
+    pareto: tuple[ParetoRow, ...]
+    fail_rate: ControlChart
+    locations: LocationMap | None      # None without an area (no recipe ROI or reference image)
+    seconds: float                     # time the queries took
+
+
+def insights(store: Store, flt: Filters, *, by: Literal["lot", "hour"] = "lot",
+             area: tuple[int, int, int, int] | None = None) -> Insights:
+    """Pareto, FAIL-rate p-chart and (with an area) the location map for one filter, in one call."""
+    import time
+
+    start = time.perf_counter()
+    pareto = tuple(defect_pareto(store, flt))
+    chart = fail_rate_chart(store, flt, by=by)
+    locations = defect_locations(store, area, flt) if area is not None else None
+    return Insights(pareto=pareto, fail_rate=chart, locations=locations, seconds=time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------- export

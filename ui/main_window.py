@@ -800,6 +800,7 @@ class MainWindow(QMainWindow):
             self.teach.shutdown()
         if self.review is not None:
             self.review.shutdown()
+        self.statistics.insights.shutdown()      # its worker thread (ui.defect_insights)
         self._state = RunState.STOPPED
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)

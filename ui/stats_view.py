@@ -141,9 +141,14 @@ class StatisticsView(QWidget):
         tables.addWidget(self.defect_table)
         tables.setStretchFactor(0, 3)
         tables.setStretchFactor(1, 1)
+        # defect types, p-chart with alarms, location map: computed on a worker thread (ui.defect_insights)
+        from ui.defect_insights import DefectInsightsPanel
+
+        self.insights = DefectInsightsPanel(store)
         body = QSplitter(Qt.Orientation.Vertical)
         body.addWidget(tables)
         body.addWidget(self.chart)
+        body.addWidget(self.insights)
         body.setStretchFactor(0, 1)
         body.setStretchFactor(1, 1)
 
@@ -157,6 +162,7 @@ class StatisticsView(QWidget):
     # ------------------------------------------------------------------------------ public
     def set_store(self, store: Any | None) -> None:
         self._store = store
+        self.insights.set_store(store)
         self.refresh()
 
     def set_thresholds(self, review: float | None, fail: float | None) -> None:
@@ -189,6 +195,7 @@ class StatisticsView(QWidget):
             self._fill_yield(rows)
             self._fill_defects(self._store.defects_by_class(**filters))
             self._draw_scores(self._store.score_series(**filters))
+            self.insights.refresh(filters)
             self.message.setText("")
         except Exception as exc:
             log.exception("statistics refresh failed")
