@@ -260,8 +260,13 @@ def cmd_review(args: argparse.Namespace) -> int:
     from inspector.review import review
 
     out = args.out or args.folder.with_name(args.folder.name + "-review")
-    summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
-                           device=args.device, weights=args.weights), desc="reviewing")
+    store = _open_store(args.types_from) if args.types_from else None
+    try:
+        summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
+                               device=args.device, weights=args.weights, store=store), desc="reviewing")
+    finally:
+        if store is not None:
+            store.close()
     for line in summary.summary_lines():
         print(line)
     return 0

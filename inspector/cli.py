@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--recipe", type=Path, help="score with this recipe's model")
     mode.add_argument("--zero-shot", action="store_true", help="no recipe: score images against each other")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report folder (default: FOLDER-review)")
+    p.add_argument("--types-from", default=None, metavar="PATH_OR_URL",
+                   help="type the defects with the regions labelled in this statistics store (recipe mode)")
     _add_device(p)
     _add_weights(p)
 

@@ -911,7 +911,8 @@ class Store:
         """Write the matching inspections to a CSV file (UTF-8, oldest first), atomically.
 
         Columns: the inspection's fields, ``local_time`` (ISO 8601 in the store's time zone),
-        ``regions`` (count), ``defect_classes`` (``;``-separated) and ``label`` (latest feedback).
+        ``regions`` (count), ``defect_classes`` (reviewers', ``;``-separated), ``predicted_classes``
+        (the few-shot typer's guesses) and ``label`` (latest feedback).
         Text that a spreadsheet would run as a formula (starting with ``= + - @``) is prefixed
         with ``'``.
 
@@ -932,7 +933,8 @@ class Store:
         stmt = (sa.select(inspections, n_regions, label).where(*conds)
                 .order_by(inspections.c.time, inspections.c.id))
         columns = ["id", "time", "local_time", "recipe", "model_version", "line", "station", "lot", "source",
-                   "frame_id", "path", "verdict", "score", "latency_ms", "regions", "defect_classes", "label",
+                   "frame_id", "path", "verdict", "score", "latency_ms", "regions", "defect_classes",
+                   "predicted_classes", "label",
                    "image_path", "overlay_path", "error"]
         count = 0
         tmp_name: str | None = None
@@ -946,10 +948,12 @@ class Store:
                     for chunk in _chunks(conn.execution_options(stream_results=True, yield_per=1000)
                                          .execute(stmt).mappings(), 1000):
                         classes = self._classes_of(conn, [r["id"] for r in chunk])
+                        predicted = self._classes_of(conn, [r["id"] for r in chunk], regions.c.predicted_class)
                         for r in chunk:
                             values = {**r, "local_time": dt.datetime.fromtimestamp(r["time"], tz=self._tz)
                                       .isoformat(timespec="milliseconds"),
-                                      "defect_classes": ";".join(classes.get(r["id"], ()))}
+                                      "defect_classes": ";".join(classes.get(r["id"], ())),
+                                      "predicted_classes": ";".join(predicted.get(r["id"], ()))}
                             writer.writerow([_csv_cell(values[c]) for c in columns])
                             count += 1
             os.replace(tmp_name, path)
@@ -965,11 +969,12 @@ class Store:
         return count
 
     @staticmethod
-    def _classes_of(conn: sa.Connection, ids: list[int]) -> dict[int, list[str]]:
+    def _classes_of(conn: sa.Connection, ids: list[int],
+                    column: sa.Column[Any] = regions.c.defect_class) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
-        stmt = (sa.select(regions.c.inspection_id, regions.c.defect_class).distinct()
-                .where(regions.c.inspection_id.in_(ids), regions.c.defect_class.is_not(None))
-                .order_by(regions.c.inspection_id, regions.c.defect_class))
+        stmt = (sa.select(regions.c.inspection_id, column).distinct()
+                .where(regions.c.inspection_id.in_(ids), column.is_not(None))
+                .order_by(regions.c.inspection_id, column))
         for i, c in conn.execute(stmt):
             out.setdefault(i, []).append(c)
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sqlite3
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def test_a_label_given_in_review_types_the_next_defects(taught_recipe: Path, tmp
         # predicted and confirmed are kept apart: the guess is not a reviewer's class
         assert newest.predicted_class == "scratch" and newest.defect_class is None
         assert newest.predicted_confidence == pytest.approx(second.regions[0].type_confidence)
+        store.export_csv(tmp_path / "inspections.csv")
+        with (tmp_path / "inspections.csv").open(encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["predicted_classes"] for r in rows] == ["", "scratch"]
+        assert [r["defect_classes"] for r in rows] == ["scratch", ""]
 
         # a relabel replaces the example's class rather than adding a second one
         store.set_defect_class("dent", user="qa", region_id=record.regions[0].id)
