@@ -226,7 +226,8 @@ def _evaluate_types(args: argparse.Namespace) -> int:
                             "command": "inspector evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
     print(f"{report.category}: defect type accuracy {report.accuracy:.3f} (balanced {report.balanced_accuracy:.3f}), "
           f"unknown {report.unknown_share:.3f}, {report.n_types} types, {report.n_labelled} labelled per type, "
-          f"{report.n_typed_per_draw} typed per draw x {len(report.seeds)} draws")
+          f"{report.n_typed_per_draw} typed per draw x {len(report.seeds)} draws; a type left unlabelled is "
+          f"typed unknown {100 * report.novel_unknown_share:.0f} % of the time")
     for name, acc in sorted(report.per_type.items()):
         print(f"  {name:<28} {acc:.3f}")
     if args.json:

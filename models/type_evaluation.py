@@ -55,6 +55,8 @@ class TypeEvalReport:
     accuracy_per_draw: tuple[float, ...]
     balanced_accuracy: float          # mean over draws of the mean per-type accuracy
     unknown_share: float              # mean over draws of the share typed "unknown"
+    # a type nobody labelled (each type left out in turn): the share of its images typed "unknown"
+    novel_unknown_share: float
     per_type: dict[str, float]        # accuracy per type, over all draws
     n_types: int
     n_defect_images: int              # defect images used (after max_per_type)
@@ -148,7 +150,7 @@ def evaluate_defect_types(
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
                                                cache_dir=cache_dir, cache_key=cache_key, progress=progress)
 
-    accuracies, balanced, unknowns = [], [], []
+    accuracies, balanced, unknowns, novel = [], [], [], []
     hits: dict[str, list[bool]] = {t: [] for t in types}
     n_typed = 0
     for draw in range(repeats):
@@ -172,11 +174,20 @@ def evaluate_defect_types(
         accuracies.append(float(np.mean(right)))
         balanced.append(float(np.mean([np.mean(v) for v in draw_hits.values()])))
         unknowns.append(float(np.mean([p.defect_class == UNKNOWN for p in predictions])))
+        for t in types:                   # the same draw with type t never labelled: a new kind of defect
+            others = sorted(i for i in labelled if items[i].defect_type != t)
+            held = [i for i in test if items[i].defect_type == t]
+            if not held:
+                continue
+            without = DefectTypeClassifier(config=cfg)
+            without.add_many([items[i].embedding for i in others], [items[i].defect_type for i in others])
+            typed = without.predict_many(np.stack([items[i].embedding for i in held]))
+            novel.append(float(np.mean([p.defect_class == UNKNOWN for p in typed])))
     return TypeEvalReport(
         category=category.name, n_labelled=n_labelled, shots=shots or len(category.train_good),
         seeds=tuple(seed + d for d in range(repeats)), accuracy=float(np.mean(accuracies)),
         accuracy_per_draw=tuple(accuracies), balanced_accuracy=float(np.mean(balanced)),
-        unknown_share=float(np.mean(unknowns)),
+        unknown_share=float(np.mean(unknowns)), novel_unknown_share=float(np.mean(novel)) if novel else float("nan"),
         per_type={t: float(np.mean(v)) if v else float("nan") for t, v in hits.items()},
         n_types=len(types), n_defect_images=len(items), max_per_type=max_per_type, n_typed_per_draw=n_typed,
         fallback_regions=sum(it.fallback for it in items), pixel_threshold=pixel_threshold,
