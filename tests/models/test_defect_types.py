@@ -104,3 +104,23 @@ def test_region_embedding_pools_the_patches_inside_the_region() -> None:
 def test_region_outside_the_map_is_refused() -> None:
     with pytest.raises(ValueError, match=r"region box \(90, 0, 5, 5\) lies outside the 56x56"):
         region_weights(np.zeros((56, 56), np.float32), box=(90, 0, 5, 5), pixel_threshold=0.1)
+
+
+def test_predict_returns_the_patch_features_of_the_same_pass() -> None:
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNN, PatchKNNConfig
+
+    backbone = create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
+    detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=56, masking="off",
+                                                                 augment_rotations=False))
+    rng = np.random.default_rng(0)
+    detector.fit([rng.integers(0, 255, (56, 84, 3), dtype=np.uint8) for _ in range(2)])
+    frames = [rng.integers(0, 255, (56, 84, 3), dtype=np.uint8) for _ in range(2)]
+    plain = detector.predict(frames)
+    rich = detector.predict(frames, with_features=True)
+    assert plain.patch_features is None
+    assert rich.patch_features is not None and len(rich.patch_features) == 2
+    grid = crop_geometry(56, 84, shorter_side=56).crop
+    assert rich.patch_features[0].shape == (grid[0] // 14, grid[1] // 14, backbone.feature_dim)
+    assert np.linalg.norm(rich.patch_features[0], axis=-1) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_array_equal(plain.pred_score, rich.pred_score)
