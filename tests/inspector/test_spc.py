@@ -91,7 +91,8 @@ def test_binomial_in_control_p_chart_stays_within_the_false_alarm_rate() -> None
         assert counts[rule] <= 1.5 * expected + 4 * math.sqrt(expected), (rule, counts[rule])
 
 
-@pytest.mark.parametrize(("groups", "match"), [([("a", 10, 11)], "11 failed of 10"), ([("b", -1, 0)], "0 failed of -1")])
+@pytest.mark.parametrize(("groups", "match"),
+                         [([("a", 10, 11)], "11 failed of 10"), ([("b", -1, 0)], "0 failed of -1")])
 def test_p_chart_refuses_impossible_counts(groups: list[tuple[str, int, int]], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         p_chart(groups)
@@ -133,7 +134,8 @@ def test_alarm_bus_sends_each_alarm_once_and_survives_a_failing_subscriber() -> 
     got: list[Alarm] = []
 
     def broken(alarm: Alarm) -> None:
-        raise RuntimeError("publisher down")
+        msg = "publisher down"
+        raise RuntimeError(msg)
 
     bus.subscribe(broken)
     unsubscribe = bus.subscribe(got.append)
