@@ -1,7 +1,8 @@
 """Defect insights on the Statistics screen: Pareto of defect types, FAIL-rate p-chart with alarms, location map.
 
 The queries (`inspector.statistics.insights`) run on a `ui.workers.JobRunner` thread, never on the
-GUI thread; a refresh asked for while one runs is kept and started when it ends (the newest wins).
+GUI thread; a refresh asked for while one runs, or while the screen is hidden, is kept and started
+when that job ends or the screen is shown (the newest wins).
 New SPC alarms are shown in red and published on an `inspector.spc.AlarmBus`, which a line
 publisher (MQTT) may subscribe to. Each chart can be saved as PNG or SVG (pyqtgraph's exporters).
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -196,14 +198,22 @@ class DefectInsightsPanel(QWidget):
         """Compute the insights for ``filters`` (recipe, since, until, ...) on a worker thread."""
         if self._store is None:
             return
-        if self._runner.running:
-            self._pending = dict(filters)        # the newest request wins, started when this one ends
+        if self._runner.running or not self.isVisible():
+            # the newest request wins; it starts when this job ends, or when the screen is shown
+            # (a hidden screen computes nothing)
+            self._pending = dict(filters)
             return
         store, area, by = self._store, self.area, self.by_box.currentData()
         flt = Filters(**{k: v for k, v in filters.items() if k in Filters.__dataclass_fields__})
         self.status.setText("computing…")
         self._runner.start(call_as_job(lambda: insights(store, flt, by=by, area=area), "statistics"),
                            name="insights")
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
+        super().showEvent(event)
+        if self._pending is not None and not self._runner.running:
+            pending, self._pending = self._pending, None
+            self.refresh(pending)
 
     def shutdown(self) -> None:
         """Stop the worker thread (the window is closing)."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QDateTime, Qt, Slot
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QDateTimeEdit,
@@ -158,6 +159,10 @@ class StatisticsView(QWidget):
         layout.addWidget(body, 1)
         if store is None:
             self.message.setText("No statistics store: start the app with --store PATH to record results.")
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
+        self.insights.shutdown()           # no worker thread outlives the screen
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------------------ public
     def set_store(self, store: Any | None) -> None:

@@ -51,6 +51,12 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     panel.set_reference(np.full((40, 40, 3), 120, np.uint8), (0, 0, 40, 40))
     alarms: list[Alarm] = []
     panel.alarm_raised.connect(alarms.append)
+    panel.refresh({"recipe": "part"})               # hidden: nothing runs until it is shown
+    assert not threads and panel.last is None
+    panel.show()
+    qtbot.waitUntil(lambda: panel.last is not None, timeout=30_000)
+    assert [a.key for a in alarms] == ["E"]
+    threads.clear()
     start = time.perf_counter()
     with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
         panel.refresh({"recipe": "part"})
