@@ -332,6 +332,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.evaluation import Detector, evaluate, load_category
     from models.weights import resolve_weights
 
+    if args.types is not None:
+        return _evaluate_types(args)
     category = load_category(args.category)
     defaults = DetectorSettings()          # what a fresh recipe uses: the measured defaults
     resolved = resolve_weights(defaults.backbone, args.weights)
@@ -351,6 +353,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{category.name}: image AUROC {data['image_auroc']:.4f}  pixel AUROC {data['pixel_auroc']:.4f}  "
           f"AUPRO {data['aupro']:.4f}  F1 {data['f1']:.4f}  {data['ms_per_image']:.1f} ms/image  "
           f"({data.get('n_train', 0)} train, {data['n_test']} test)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate_types(args: argparse.Namespace) -> int:
+    """``inspector evaluate --types N``: few-shot defect typing accuracy (models.type_evaluation)."""
+    from inspector.recipe import DetectorSettings
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNNConfig, create_detector
+    from models.type_evaluation import evaluate_defect_types
+    from models.weights import resolve_weights
+
+    defaults = DetectorSettings()
+    resolved = resolve_weights(defaults.backbone, args.weights)
+    config = PatchKNNConfig.from_dict(dict(defaults.options))
+
+    def make_detector() -> Any:
+        backbone = create_backbone(defaults.backbone, state_dict=resolved.state_dict,
+                                   blocks=tuple(defaults.blocks), device=args.device or "auto")
+        return create_detector("patch_knn", backbone=backbone, config=config)
+
+    key = json.dumps([resolved.info.sha256, defaults.backbone, list(defaults.blocks), config.to_dict()],
+                     sort_keys=True)
+    start = time.perf_counter()
+    report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
+                                   shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
+                                   cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
+                                   progress=_tqdm_progress("typing"))
+    data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),
+                            "weights": dataclasses.asdict(resolved.info), "wall_s": time.perf_counter() - start,
+                            "command": "inspector evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
+    print(f"{report.category}: defect type accuracy {report.accuracy:.3f} (balanced {report.balanced_accuracy:.3f}), "
+          f"unknown {report.unknown_share:.3f}, {report.n_types} types, {report.n_labelled} labelled per type, "
+          f"{report.n_typed_per_draw} typed per draw x {len(report.seeds)} draws; a type left unlabelled is "
+          f"typed unknown {100 * report.novel_unknown_share:.0f} % of the time")
+    for name, acc in sorted(report.per_type.items()):
+        print(f"  {name:<28} {acc:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
@@ -389,14 +431,22 @@ def cmd_review(args: argparse.Namespace) -> int:
         if args.zero_shot:
             msg = "--ray needs --recipe: a zero-shot review compares the whole batch in one process"
             raise InspectorError(msg)
+        if args.types_from:
+            msg = "--types-from works without --ray only (the Ray workers do not read the statistics store)"
+            raise InspectorError(msg)
         from inspector.ray_review import ray_review
 
         job = ray_review(args.folder, out, recipe=args.recipe, address=args.ray or None, workers=args.workers,
                          device=args.device, weights=args.weights)
         summary = drive(job, desc="reviewing on Ray")
     else:
-        summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
-                               device=args.device, weights=args.weights), desc="reviewing")
+        store = _open_store(args.types_from) if args.types_from else None
+        try:
+            summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
+                                   device=args.device, weights=args.weights, store=store), desc="reviewing")
+        finally:
+            if store is not None:
+                store.close()
     for line in summary.summary_lines():
         print(line)
     return 0
@@ -431,9 +481,71 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if args.csv:
             n = store.export_csv(args.csv, **filters)
             print(f"\nwrote {n} inspection(s) to {args.csv}")
+        _print_actionable_stats(store, args, filters)
     finally:
         store.close()
     return 0
+
+
+def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[str, Any]) -> None:
+    """``inspector stats``: Pareto of defect types, FAIL-rate p-chart, drift, exports and charts."""
+    from inspector import statistics as st
+
+    flt = st.Filters(**filters)
+    pareto = st.defect_pareto(store, flt)
+    if pareto:
+        print("\ndefect types (Pareto; reviewer's class, else the typer's guess):")
+        for row in pareto:
+            print(f"  {row.defect_type:<22} {row.count:>7} {100 * row.share:>6.1f} % "
+                  f"{100 * row.cumulative_share:>6.1f} % cum.")
+    chart = st.fail_rate_chart(store, flt, by=args.spc_by)
+    if chart.points:
+        print(f"\nFAIL-rate p-chart per {args.spc_by}: centre {100 * chart.centre:.2f} %, "
+              f"{len(chart.points)} group(s), {len(chart.alarms)} alarm(s)")
+        for alarm in chart.alarms:
+            print(f"  ALARM {alarm.rule}: {alarm.message}")
+    recipe = None
+    if args.recipe_file is not None:
+        from inspector.recipe import load_recipe
+        from inspector.station import resolve_version
+
+        recipe = load_recipe(args.recipe_file)
+        flt = dataclasses.replace(flt, recipe=flt.recipe or recipe.name)
+        scores, review, mean, std = st.teaching_scores(resolve_version(recipe).path)
+        drift = st.good_score_drift(store, flt, scores, review_threshold=review)
+        print(f"\ngood-score drift: {drift.message if drift else 'not enough recent PASS scores to judge'}")
+        if std > 0:
+            score_chart = st.score_chart(store, flt, mean=mean, sigma=std)
+            print(f"score chart: {len(score_chart.points)} point(s), {len(score_chart.alarms)} alarm(s)")
+            for alarm in score_chart.alarms[-5:]:
+                print(f"  ALARM {alarm.rule}: {alarm.message}")
+    if args.regions_csv:
+        n = st.export_regions_csv(store, args.regions_csv, flt)
+        print(f"wrote {n} region(s) to {args.regions_csv}")
+    if args.parquet:
+        counts = st.export_parquet(store, args.parquet, flt)
+        print(f"wrote {counts['inspections']} inspection(s) and {counts['regions']} region(s) to {args.parquet}")
+    if args.charts:
+        args.charts.mkdir(parents=True, exist_ok=True)
+        (args.charts / "pareto.svg").write_text(st.pareto_svg(pareto), encoding="utf-8")
+        (args.charts / "fail_rate.svg").write_text(
+            st.control_chart_svg(chart, title=f"FAIL rate per {args.spc_by} (p-chart, 3-sigma limits)"),
+            encoding="utf-8")
+        written = ["pareto.svg", "fail_rate.svg"]
+        if args.reference is not None:
+            reference = cv2.imread(str(args.reference), cv2.IMREAD_COLOR)
+            if reference is None:
+                msg = f"{args.reference}: cannot read the reference image; give a PNG or JPEG of a good part"
+                raise ValueError(msg)
+            area = (0, 0, reference.shape[1], reference.shape[0])
+            if recipe is not None and recipe.roi is not None:
+                area = recipe.roi.bounding_box()
+            x, y, w, h = area
+            locations = st.defect_locations(store, area, flt)
+            image = st.location_heat_image(np.ascontiguousarray(reference[y : y + h, x : x + w]), locations.total())
+            cv2.imwrite(str(args.charts / "locations.png"), image)
+            written.append("locations.png")
+        print(f"wrote {', '.join(written)} to {args.charts}")
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:

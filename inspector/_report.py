@@ -33,7 +33,7 @@ VERDICT_COLOURS: Final = {"PASS": "#2e7d32", "REVIEW": "#ef6c00", "FAIL": "#c628
 RESULT_COLUMNS: Final = ("file", "verdict", "score", "defects", "largest_defect_px", "largest_defect_mm2",
                          "width", "height", "thumbnail", "overlay", "error")
 DEFECT_COLUMNS: Final = ("file", "region", "x", "y", "width", "height", "area_px", "area_mm2", "max_score",
-                         "mean_score", "defect_class")
+                         "mean_score", "defect_class", "predicted_class", "type_confidence")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,7 +133,8 @@ def _defects_csv(records: Sequence[Mapping[str, Any]]) -> str:
         for i, reg in enumerate(r.get("regions") or [], 1):
             rows.append([r["file"], i, reg["x"], reg["y"], reg["width"], reg["height"], reg["area_px"],
                          _fmt(reg.get("area_mm2"), 3), _fmt(reg.get("max_score"), 6),
-                         _fmt(reg.get("mean_score"), 6), reg.get("defect_class") or ""])
+                         _fmt(reg.get("mean_score"), 6), reg.get("defect_class") or "",
+                         reg.get("predicted_class") or "", _fmt(reg.get("type_confidence"), 3)])
     return _csv_text(DEFECT_COLUMNS, rows)
 
 
@@ -269,8 +270,9 @@ def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> str:
     errors = [r for r in records if r.get("status") != "ok"]
     verdicts = Counter(str(r.get("verdict")) for r in ok)
     verdicts["ERROR"] = len(errors)
-    classes = Counter(reg.get("defect_class") for r in ok for reg in (r.get("regions") or [])
-                      if reg.get("defect_class"))
+    # a reviewer's class where given, else the few-shot typer's guess (inspector.defect_typing)
+    classes = Counter(reg.get("defect_class") or reg.get("predicted_class") for r in ok
+                      for reg in (r.get("regions") or []) if reg.get("defect_class") or reg.get("predicted_class"))
     out: list[str] = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-shot", action="store_true", help="no training: score the test set against itself")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the choice of training shots")
+    p.add_argument("--types", type=int, default=None, metavar="N",
+                   help="measure defect typing instead: N labelled defect images per type (test/<type>/)")
+    p.add_argument("--type-repeats", type=int, default=5, metavar="R",
+                   help="with --types: seeded draws of the labelled images, averaged (default 5)")
+    p.add_argument("--type-max-images", type=int, default=None, metavar="M",
+                   help="with --types: at most M defect images per type (a seeded choice), to bound the time")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="with --types: keep per-image features here so that reruns skip the backbone")
     _add_device(p)
     _add_weights(p)
 
@@ -132,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "node mounts at the same path (the workers read the images and write the thumbnails)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="Ray workers, each holding the model (default: one per GPU of the cluster, else per CPU)")
+    p.add_argument("--types-from", default=None, metavar="PATH_OR_URL",
+                   help="type the defects with the regions labelled in this statistics store (recipe mode)")
     _add_device(p)
     _add_weights(p)
 
@@ -146,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, metavar="ISO", help="from this local time, e.g. 2026-11-23T06:00")
     p.add_argument("--until", default=None, metavar="ISO", help="up to this local time")
     p.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also export the inspections as CSV")
+    p.add_argument("--spc-by", default="lot", choices=("lot", "hour"),
+                   help="groups of the FAIL-rate p-chart (default: lot)")
+    p.add_argument("--recipe-file", type=Path, default=None, metavar="YAML",
+                   help="the recipe: drift of good scores against its teaching, score chart, ROI of the location map")
+    p.add_argument("--regions-csv", type=Path, default=None, metavar="PATH",
+                   help="also export the defect regions with their types as CSV")
+    p.add_argument("--parquet", type=Path, default=None, metavar="DIR",
+                   help="also export inspections.parquet and regions.parquet into DIR")
+    p.add_argument("--charts", type=Path, default=None, metavar="DIR",
+                   help="write pareto.svg, fail_rate.svg (and locations.png with --reference) into DIR")
+    p.add_argument("--reference", type=Path, default=None, metavar="IMAGE",
+                   help="a good image (full frame) under the defect location map")
     _add_store(p)
 
     p = sub.add_parser("feedback", help="record a reviewer's verdict on a stored inspection")

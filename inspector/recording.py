@@ -144,6 +144,8 @@ class ResultRecorder:
         Called before the recipe's first result (in the app: on the GUI thread when a recipe is loaded).
         """
         recipe = getattr(inspector, "recipe", None)
+        if recipe is not None and hasattr(inspector, "attach_typer"):
+            self._attach_typer(inspector, recipe.name)
         if recipe is None or not getattr(getattr(recipe, "archive", None), "enabled", False):
             return
         with self._lock:
@@ -229,6 +231,20 @@ class ResultRecorder:
                 archive.close()
             except Exception:
                 log.exception("closing an archive failed")
+
+    def _attach_typer(self, inspector: Any, recipe_name: str) -> None:
+        """Give the station a defect typer that learns from the labels in this recorder's store."""
+        from inspector.defect_typing import DefectTyper
+
+        if self._store is None:
+            return
+        try:
+            inspector.attach_typer(DefectTyper(self._store, recipe_name))
+        except Exception as exc:   # typing is an aid: a store that cannot be read must not stop inspection
+            message = f"defect typing of recipe {recipe_name} unavailable ({exc}); regions are not typed"
+            log.warning(message)
+            if self._on_warning is not None:
+                self._on_warning(message)
 
     def close(self, timeout: float = 10.0) -> int:
         """Close the archives, forward what the journal holds (up to ``timeout`` s), stop the forwarder.

@@ -51,6 +51,11 @@ class DefectRegion:
     max_score: float
     mean_score: float
     defect_class: str | None = None  # assigned later by a reviewer, or None
+    # filled by the station's few-shot typer (inspector.defect_typing), None when it has no labels:
+    predicted_class: str | None = None   # a labelled defect class, or "unknown" (far from every example)
+    type_confidence: float | None = None  # [0, 1]
+    # (D,) float32 DINOv2 embedding of the region, stored so that a reviewer's label teaches the typer
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)

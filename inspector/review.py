@@ -194,7 +194,8 @@ def _reason(exc: BaseException, path: Path, rel: str) -> str:
 def _region_dict(r: DefectRegion) -> dict[str, Any]:
     return {"x": int(r.x), "y": int(r.y), "width": int(r.width), "height": int(r.height), "area_px": int(r.area_px),
             "area_mm2": None if r.area_mm2 is None else float(r.area_mm2), "max_score": float(r.max_score),
-            "mean_score": float(r.mean_score), "defect_class": r.defect_class}
+            "mean_score": float(r.mean_score), "defect_class": r.defect_class,
+            "predicted_class": r.predicted_class, "type_confidence": r.type_confidence}
 
 
 def _write_jpeg(path: Path, image_bgr: np.ndarray, quality: int) -> None:
@@ -267,6 +268,7 @@ def review(
     device: str | None = None,
     weights: str | Path | None = None,
     zero_shot_config: ZeroShotConfig | None = None,
+    store: Any | None = None,
 ) -> Generator[Progress, None, ReviewSummary]:
     """Score every image under ``folder`` and write the report into ``out``.
 
@@ -279,6 +281,8 @@ def review(
         device: ``auto | cpu | cuda``; default: the recipe's, ``auto`` in zero-shot mode.
         weights: DINOv2 weights file; default: the recipe's, else the resolution order of `models.weights`.
         zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: shorter side 224).
+        store: an `inspector.store.Store` whose labelled regions type the defects (recipe mode);
+            None leaves the report's types empty.
 
     Yields:
         Progress ticks, one per image (and per scored block in zero-shot mode), with rate and ETA in
@@ -311,7 +315,8 @@ def review(
         (out / sub).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if recipe is not None:
-        summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights)
+        summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights,
+                                              store=store)
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
                                                config=zero_shot_config)
@@ -388,7 +393,7 @@ def _now() -> str:
 
 def _review_recipe(
     folder: Path, out: Path, files: list[Path], recipe_path: Path, *, device: str | None,
-    weights: str | Path | None,
+    weights: str | Path | None, store: Any | None = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import load_recipe
     from inspector.station import Station
@@ -396,6 +401,10 @@ def _review_recipe(
     recipe = load_recipe(recipe_path)
     yield Progress(done=0, total=len(files), message=f"loading recipe {recipe.name}")
     station = Station.load(recipe, device=device, weights=weights)
+    if store is not None:
+        from inspector.defect_typing import DefectTyper
+
+        station.attach_typer(DefectTyper(store, recipe.name))
     thresholds = station.thresholds
     journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe, station.model_version, thresholds))
     resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)

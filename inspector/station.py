@@ -29,6 +29,7 @@ from inspector.errors import ModelError, WeightsNotFound
 from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict
 
 if TYPE_CHECKING:
+    from inspector.defect_typing import DefectTyper
     from inspector.recipe import Recipe, Roi
     from models.calibration import Thresholds
     from models.detectors.patch_knn import PatchKNN
@@ -183,6 +184,7 @@ class Station:
         self.weights = weights
         self.warnings: list[str] = list(warnings)
         self._lock = threading.Lock()
+        self.typer: DefectTyper | None = None   # few-shot defect typing (attach_typer)
 
     # ----------------------------------------------------------------- construction
 
@@ -306,6 +308,13 @@ class Station:
             regions: tuple[DefectRegion, ...] = ()
             if verdict is not Verdict.PASS:
                 regions = self._regions(crop_map, pixel, x0, y0)
+                features = getattr(detection, "patch_features", None)
+                if regions and features:
+                    from inspector.defect_typing import type_regions
+
+                    regions = type_regions(regions, typer=self.typer, patch_features=features[0], crop_map=crop_map,
+                                           pixel_threshold=pixel, offset=(x0, y0),
+                                           shorter_side=self.detector.config.shorter_side)
             anomaly_map = crop_map
             if crop_map.shape != image_bgr.shape[:2]:
                 anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)
@@ -320,8 +329,16 @@ class Station:
             line=self.recipe.line, station=self.recipe.station,
         )
 
+    def attach_typer(self, typer: DefectTyper | None) -> None:
+        """Type every region from now on with ``typer`` (None: stop typing; embeddings are still kept)."""
+        self.typer = typer
+
     def _predict(self, image_rgb: np.ndarray) -> Any:
+        from models.detectors.patch_knn import PatchKNN
+
         try:
+            if isinstance(self.detector, PatchKNN):   # the same backbone pass gives the region features
+                return self.detector.predict(image_rgb, with_features=True)
             return self.detector.predict(image_rgb)
         except Exception as exc:
             if "OutOfMemory" in type(exc).__name__ and self.detector.device.type != "cpu":

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import base64
 import csv
 import datetime as dt
 import functools
@@ -44,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, Self, cast
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.compiler import compiles
@@ -65,6 +67,7 @@ __all__ = [
     "Store",
     "YieldRow",
     "configured_url",
+    "inspection_conditions",
     "metadata",
     "result_rows",
 ]
@@ -75,7 +78,8 @@ GroupBy = Literal["recipe", "line", "station", "lot", "hour", "shift", "day"]
 _NAME_KEYS: Final = ("recipe", "line", "station", "lot")
 _TIME_KEYS: Final = ("hour", "shift", "day")
 
-SCHEMA_VERSION: Final = 2            # 2: inspections.result_id (unique)
+# Each change of the schema is a migration in inspector/migrations/versions (Alembic), which sets this version.
+SCHEMA_VERSION: Final = 3            # 2: inspections.result_id (unique); 3: predicted defect types, embeddings
 UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nobody has classified yet
 # Time grouping is done on 15-minute buckets in SQL, then mapped to local hours/days/shifts in Python:
 # every time zone in use today is a whole number of quarter hours from UTC, so a bucket never
@@ -134,7 +138,19 @@ regions = sa.Table(
     sa.Column("defect_class", sa.Text),                  # None until a reviewer classifies it
     sa.Column("classified_by", sa.Text),
     sa.Column("classified_at", sa.Float),
+    # added later (upgraded in place): the few-shot typer's guess at inspection time, kept apart
+    # from a reviewer's defect_class
+    sa.Column("predicted_class", sa.Text),                # a labelled class, "unknown", or None (no typer)
+    sa.Column("predicted_confidence", sa.Float),          # [0, 1]
     sa.Index("ix_regions_inspection", "inspection_id"),
+    sa.Index("ix_regions_classified_at", "classified_at"),   # the defect typer's "labels since" query
+)
+
+# added later: each region's DINOv2 embedding ((D,) float32 bytes), so that labelling it teaches the typer
+region_embeddings = sa.Table(
+    "region_embeddings", metadata,
+    sa.Column("region_id", sa.Integer, sa.ForeignKey("regions.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
 )
 
 feedback = sa.Table(
@@ -218,6 +234,8 @@ class RegionRecord:
     defect_class: str | None
     classified_by: str | None = None
     classified_at: float | None = None
+    predicted_class: str | None = None       # the typer's guess at inspection time (None: no typer)
+    predicted_confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,6 +392,11 @@ class Store:
     # ---- counters ----
 
     @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine, for read queries of other modules (``inspector.statistics``)."""
+        return self._engine
+
+    @property
     def recorded_count(self) -> int:
         """Results committed so far (each is on disk; a crash loses none of them)."""
         with self._cond:
@@ -470,9 +493,9 @@ class Store:
                 for rid, payload in fresh:
                     row = {**payload["inspection"], "result_id": rid}
                     new_id = _new_id(conn.execute(sa.insert(inspections), row))
-                    region_rows = [{**r, "inspection_id": new_id} for r in payload["regions"]]
+                    region_rows = [_region_from_json(r, new_id) for r in payload["regions"]]
                     if region_rows:
-                        conn.execute(sa.insert(regions), region_rows)
+                        _insert_regions(conn, region_rows)
         except sa.exc.SQLAlchemyError as exc:
             retry = isinstance(exc, sa.exc.OperationalError) or bool(getattr(exc, "connection_invalidated", False))
             msg = f"cannot write {len(entries)} result(s) to {self.display_name}: {_reason(exc)}"
@@ -697,7 +720,7 @@ class Store:
             region_rows = [{**r, "inspection_id": i}
                            for i, p in zip(ids, batch, strict=True) for r in p.regions]
             if region_rows:
-                conn.execute(sa.insert(regions), region_rows)
+                _insert_regions(conn, region_rows)
 
     def _settle(self, *, committed: int = 0, rejected: int = 0, lost: int = 0) -> int:
         with self._cond:
@@ -919,7 +942,8 @@ class Store:
                     id=r["id"], inspection_id=r["inspection_id"], x=r["x"], y=r["y"], width=r["w"],
                     height=r["h"], area_px=r["area_px"], area_mm2=r["area_mm2"], max_score=r["max_score"],
                     mean_score=r["mean_score"], defect_class=r["defect_class"],
-                    classified_by=r["classified_by"], classified_at=r["classified_at"]))
+                    classified_by=r["classified_by"], classified_at=r["classified_at"],
+                    predicted_class=r["predicted_class"], predicted_confidence=r["predicted_confidence"]))
             for r in conn.execute(sa.select(feedback).where(feedback.c.inspection_id.in_(ids))
                                   .order_by(feedback.c.time, feedback.c.id)).mappings():
                 by_feedback[r["inspection_id"]].append(FeedbackRecord(**r))
@@ -1010,7 +1034,8 @@ class Store:
         """Write the matching inspections to a CSV file (UTF-8, oldest first), atomically.
 
         Columns: the inspection's fields, ``local_time`` (ISO 8601 in the store's time zone),
-        ``regions`` (count), ``defect_classes`` (``;``-separated) and ``label`` (latest feedback).
+        ``regions`` (count), ``defect_classes`` (reviewers', ``;``-separated), ``predicted_classes``
+        (the few-shot typer's guesses) and ``label`` (latest feedback).
         Text that a spreadsheet would run as a formula (starting with ``= + - @``) is prefixed
         with ``'``.
 
@@ -1031,7 +1056,8 @@ class Store:
         stmt = (sa.select(inspections, n_regions, label).where(*conds)
                 .order_by(inspections.c.time, inspections.c.id))
         columns = ["id", "time", "local_time", "recipe", "model_version", "line", "station", "lot", "source",
-                   "frame_id", "path", "verdict", "score", "latency_ms", "regions", "defect_classes", "label",
+                   "frame_id", "path", "verdict", "score", "latency_ms", "regions", "defect_classes",
+                   "predicted_classes", "label",
                    "image_path", "overlay_path", "error"]
         count = 0
         tmp_name: str | None = None
@@ -1045,10 +1071,12 @@ class Store:
                     for chunk in _chunks(conn.execution_options(stream_results=True, yield_per=1000)
                                          .execute(stmt).mappings(), 1000):
                         classes = self._classes_of(conn, [r["id"] for r in chunk])
+                        predicted = self._classes_of(conn, [r["id"] for r in chunk], regions.c.predicted_class)
                         for r in chunk:
                             values = {**r, "local_time": dt.datetime.fromtimestamp(r["time"], tz=self._tz)
                                       .isoformat(timespec="milliseconds"),
-                                      "defect_classes": ";".join(classes.get(r["id"], ()))}
+                                      "defect_classes": ";".join(classes.get(r["id"], ())),
+                                      "predicted_classes": ";".join(predicted.get(r["id"], ()))}
                             writer.writerow([_csv_cell(values[c]) for c in columns])
                             count += 1
             os.replace(tmp_name, path)
@@ -1064,11 +1092,12 @@ class Store:
         return count
 
     @staticmethod
-    def _classes_of(conn: sa.Connection, ids: list[int]) -> dict[int, list[str]]:
+    def _classes_of(conn: sa.Connection, ids: list[int],
+                    column: sa.Column[Any] = regions.c.defect_class) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
-        stmt = (sa.select(regions.c.inspection_id, regions.c.defect_class).distinct()
-                .where(regions.c.inspection_id.in_(ids), regions.c.defect_class.is_not(None))
-                .order_by(regions.c.inspection_id, regions.c.defect_class))
+        stmt = (sa.select(regions.c.inspection_id, column).distinct()
+                .where(regions.c.inspection_id.in_(ids), column.is_not(None))
+                .order_by(regions.c.inspection_id, column))
         for i, c in conn.execute(stmt):
             out.setdefault(i, []).append(c)
         return out
@@ -1252,7 +1281,19 @@ def result_rows(result: InspectionResult, *, image_path: str | None = None,
     What the result journal keeps (see `inspector.journal`) and `Store.insert_results` writes.
     """
     pending = _pending(result, image_path, overlay_path)
-    return {"inspection": pending.inspection, "regions": list(pending.regions)}
+    return {"inspection": pending.inspection, "regions": [_region_to_json(r) for r in pending.regions]}
+
+
+def _region_to_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A region row as JSON data: its embedding (float32 bytes) as base64 text."""
+    vector = row.get("embedding")
+    return {**row, "embedding": None if vector is None else base64.b64encode(vector).decode("ascii")}
+
+
+def _region_from_json(row: dict[str, Any], inspection_id: int) -> dict[str, Any]:
+    vector = row.get("embedding")
+    return {**row, "inspection_id": inspection_id,
+            "embedding": None if vector is None else base64.b64decode(vector)}
 
 
 def _pending(result: InspectionResult, image_path: str | None, overlay_path: str | None) -> _Pending:
@@ -1278,8 +1319,30 @@ def _pending(result: InspectionResult, image_path: str | None, overlay_path: str
         "area_mm2": _number(r.area_mm2), "max_score": _number(r.max_score),
         "mean_score": _number(r.mean_score),
         "defect_class": r.defect_class,
+        "predicted_class": r.predicted_class,
+        "predicted_confidence": _number(r.type_confidence),
+        "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float32).tobytes(),
     } for r in result.regions)
     return _Pending(inspection=row, regions=region_rows)
+
+
+def _insert_regions(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert region rows; their embeddings (where given) go to ``region_embeddings``."""
+    plain = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
+    if not any(r.get("embedding") is not None for r in rows):
+        conn.execute(sa.insert(regions), plain)
+        return
+    for row, values in zip(rows, plain, strict=True):
+        region_id = _new_id(conn.execute(sa.insert(regions), values))
+        if row.get("embedding") is not None:
+            conn.execute(sa.insert(region_embeddings), {"region_id": region_id, "vector": row["embedding"]})
+
+
+def inspection_conditions(*, recipe: str | None = None, line: str | None = None, lot: str | None = None,
+                          station: str | None = None, verdict: Verdict | str | None = None,
+                          since: float | None = None, until: float | None = None) -> list[sa.ColumnElement[bool]]:
+    """SQL conditions on ``inspections`` for the usual filters (None = any); for other query modules."""
+    return _where(recipe=recipe, line=line, lot=lot, station=station, verdict=verdict, since=since, until=until)
 
 
 def _number(value: float | None) -> float | None:

@@ -7,13 +7,15 @@ does; DINOv2 itself pads).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "input_size", "to_model_input"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropGeometry", "crop_geometry", "frame_to_grid", "input_size",
+           "to_model_input"]
 
 # ImageNet statistics, used by DINOv2 (facebookresearch/dinov2, dinov2/data/transforms.py).
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
@@ -36,6 +38,44 @@ def input_size(height: int, width: int, *, shorter_side: int, patch_size: int = 
         msg = f"shorter_side {shorter_side} is smaller than one {patch_size}-px patch"
         raise ValueError(msg)
     return h, w
+
+
+class CropGeometry(NamedTuple):
+    """Where the model input sits in a frame: resized to ``resized``, then centre-cropped."""
+
+    resized: tuple[int, int]  # (H, W) after resizing the shorter side
+    crop: tuple[int, int]  # (H, W) of the centre crop fed to the backbone (multiples of the patch size)
+    offset: tuple[int, int]  # (top, left) of the crop inside the resized frame
+
+
+def crop_geometry(height: int, width: int, *, shorter_side: int, patch_size: int = 14) -> CropGeometry:
+    """How ``to_model_input`` resizes and crops a frame of ``height`` x ``width`` (same arithmetic)."""
+    h, w = input_size(height, width, shorter_side=shorter_side, patch_size=patch_size)
+    scale = shorter_side / min(height, width)
+    rh, rw = round(height * scale), round(width * scale)
+    return CropGeometry((rh, rw), (h, w), ((rh - h) // 2, (rw - w) // 2))
+
+
+def frame_to_grid(
+    values: np.ndarray, grid: tuple[int, int], *, shorter_side: int, patch_size: int = 14
+) -> np.ndarray:
+    """Average a per-pixel frame map over the backbone's patch grid.
+
+    Args:
+        values: (H, W) float map at the frame's full size (e.g. a region's weights).
+        grid: (h, w) of the patch grid (the crop size divided by the patch size).
+        shorter_side: as given to ``to_model_input``.
+        patch_size: the backbone's patch size.
+
+    Returns:
+        (h, w) float32: the mean of ``values`` over each patch's pixels (area interpolation).
+    """
+    height, width = values.shape
+    geo = crop_geometry(height, width, shorter_side=shorter_side, patch_size=patch_size)
+    (rh, rw), (ch, cw), (top, left) = geo
+    resized = cv2.resize(values.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA)
+    crop = resized[top : top + ch, left : left + cw]
+    return cv2.resize(crop, (grid[1], grid[0]), interpolation=cv2.INTER_AREA).astype(np.float32, copy=False)
 
 
 def to_model_input(

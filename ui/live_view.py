@@ -238,6 +238,10 @@ class HeatmapView(QWidget):
                 label = region.defect_class or (
                     f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
                 )
+                if region.defect_class is None and region.predicted_class is not None:
+                    # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
+                    label = (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"
+                             if region.predicted_class != "unknown" else "unknown type")
                 painter.drawText(rect.bottomLeft() + QPointF(0, 14), label)
         if self._stale:
             # a frame that is not being inspected now must not read as the current part

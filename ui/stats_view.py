@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QDateTimeEdit,
@@ -181,9 +182,14 @@ class StatisticsView(QWidget):
         tables.addWidget(self.defect_table)
         tables.setStretchFactor(0, 3)
         tables.setStretchFactor(1, 1)
+        # defect types, p-chart with alarms, location map: computed on a worker thread (ui.defect_insights)
+        from ui.defect_insights import DefectInsightsPanel
+
+        self.insights = DefectInsightsPanel(store)
         body = QSplitter(Qt.Orientation.Vertical)
         body.addWidget(tables)
         body.addWidget(self.chart)
+        body.addWidget(self.insights)
         body.setStretchFactor(0, 1)
         body.setStretchFactor(1, 1)
 
@@ -194,9 +200,14 @@ class StatisticsView(QWidget):
         if store is None:
             self.message.setText("No statistics store: start the app with --store PATH to record results.")
 
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
+        self.insights.shutdown()           # no worker thread outlives the screen
+        super().closeEvent(event)
+
     # ------------------------------------------------------------------------------ public
     def set_store(self, store: Any | None) -> None:
         self._store = store
+        self.insights.set_store(store)
         self.refresh()
 
     def set_thresholds(self, review: float | None, fail: float | None) -> None:
@@ -219,8 +230,10 @@ class StatisticsView(QWidget):
         """Query the store off the GUI thread; tables and chart are redrawn when the answer comes (`refreshed`)."""
         if self._store is None:
             return
-        self.queries.submit(_query_statistics(self._store, self.filters(), self.group_box.currentData()),
+        filters = self.filters()
+        self.queries.submit(_query_statistics(self._store, filters, self.group_box.currentData()),
                             name="statistics-query")
+        self.insights.refresh(filters)          # its own worker thread (ui.defect_insights)
 
     def _on_query_ready(self, request: int, answer: StatisticsAnswer) -> None:
         if not self.queries.is_latest(request):
@@ -238,9 +251,10 @@ class StatisticsView(QWidget):
             self.refreshed.emit()
 
     def shutdown(self) -> None:
-        """Join a query or export under way (the window is closing)."""
+        """Join a query, export or insights computation under way (the window is closing)."""
         self.queries.shutdown()
         self._exports.shutdown()
+        self.insights.shutdown()
 
     def export_csv(self, path: str | Path) -> Path:
         """Export the inspections matching the filters to ``path`` (via `Store.export_csv`)."""

@@ -67,6 +67,10 @@ class Detection(NamedTuple):
 
     pred_score: np.ndarray  # (B,) float32 image anomaly scores (cosine distance, 0 = normal)
     anomaly_map: np.ndarray | list[np.ndarray]  # (B, H, W) float32 at each input frame's full size
+    # with predict(..., with_features=True): per frame the (h, w, D) float32 L2-normalised patch
+    # features of the model input's centre crop (models.preprocess.crop_geometry maps frame pixels
+    # to that grid), taken from the same backbone pass that gave the scores; None otherwise
+    patch_features: list[np.ndarray] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,13 +471,17 @@ class PatchKNN(nn.Module):
 
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
-    def predict(self, images_rgb: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 8) -> Detection:
+    def predict(
+        self, images_rgb: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 8, with_features: bool = False
+    ) -> Detection:
         """Score frames.
 
         Args:
             images_rgb: one (H, W, 3) uint8 RGB frame, a (B, H, W, 3) batch, or a list of frames of
                 any sizes ((H, W) grayscale is accepted and stacked to RGB).
             batch_size: frames per backbone call (frames of one size are batched together).
+            with_features: also return each frame's patch features (``Detection.patch_features``),
+                e.g. to type the defect regions without a second backbone pass.
 
         Returns:
             ``Detection(pred_score (B,) float32, anomaly_map (B, H, W) float32)``; the map is at
@@ -489,6 +497,7 @@ class PatchKNN(nn.Module):
         frames = _as_image_list(images_rgb)
         scores = np.zeros(len(frames), dtype=np.float32)
         maps: list[np.ndarray | None] = [None] * len(frames)
+        features: list[np.ndarray | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
             by_size.setdefault(frame.shape[:2], []).append(i)
@@ -503,10 +512,15 @@ class PatchKNN(nn.Module):
                 scores[chunk] = image_scores.cpu().numpy()
                 for j, i in enumerate(chunk):
                     maps[i] = full_np[j]
+                if with_features:
+                    embedded = self._embed(raw).cpu().numpy()
+                    for j, i in enumerate(chunk):
+                        features[i] = embedded[j]
         out_maps = [m for m in maps if m is not None]
+        out_features = [f for f in features if f is not None] if with_features else None
         if len(by_size) == 1:
-            return Detection(pred_score=scores, anomaly_map=np.stack(out_maps))
-        return Detection(pred_score=scores, anomaly_map=out_maps)
+            return Detection(pred_score=scores, anomaly_map=np.stack(out_maps), patch_features=out_features)
+        return Detection(pred_score=scores, anomaly_map=out_maps, patch_features=out_features)
 
     def forward(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
         """Same as ``predict``."""

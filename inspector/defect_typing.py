@@ -1,0 +1,189 @@
+"""The station's few-shot defect typer: learns from the regions reviewers labelled in the store.
+
+Each inspected region keeps its DINOv2 embedding in the store (``region_embeddings``). A region that
+a reviewer classifies (Review screen, ``inspector feedback``: ``Store.set_defect_class``) becomes a
+labelled example of its recipe. `DefectTyper` reads those examples and types every new region with
+``models.defect_types.DefectTypeClassifier``; it looks for new or changed labels at most every
+``refresh_s`` seconds (one indexed query), so a label given in review, in this process or another,
+types the next frames without retraining.
+
+Example:
+    >>> typer = DefectTyper(store, "fryum")                           # doctest: +SKIP
+    >>> station.attach_typer(typer)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import sqlalchemy as sa
+
+from inspector.results import DefectRegion
+from inspector.store import inspections, region_embeddings, regions
+
+if TYPE_CHECKING:
+    from inspector.store import Store
+    from models.defect_types import DefectTypeConfig, TypePrediction
+
+__all__ = ["DefectTyper", "type_regions"]
+
+logger = logging.getLogger(__name__)
+
+REFRESH_S: Final = 1.0   # ours: how stale the labels may be; one indexed query per refresh
+
+
+class DefectTyper:
+    """Labelled examples of one recipe, read from the store, and the classifier built on them.
+
+    Args:
+        store: the statistics store holding the recipe's regions, labels and embeddings.
+        recipe: the recipe's name.
+        config: the classifier's options (``models.defect_types.DefectTypeConfig``).
+        refresh_s: at most this often, `predict` looks for labels added or changed since.
+
+    Thread-safe: the inspection worker calls `predict`, any thread may call `refresh`.
+    """
+
+    def __init__(self, store: Store, recipe: str, *, config: DefectTypeConfig | None = None,
+                 refresh_s: float = REFRESH_S) -> None:
+        from models.defect_types import DefectTypeClassifier
+
+        self._store = store
+        self.recipe = recipe
+        self._config = config
+        self._refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._examples: dict[int, tuple[np.ndarray, str]] = {}   # region id -> (embedding, class)
+        self._classifier = DefectTypeClassifier(config=config)
+        self._seen_at = -1.0          # newest classified_at read so far
+        self._checked = -float("inf")  # monotonic time of the last refresh
+        self.refresh()
+
+    @property
+    def n_examples(self) -> int:
+        """Labelled regions with an embedding."""
+        with self._lock:
+            return len(self._examples)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Defect classes that have labelled examples."""
+        return self._classifier.classes
+
+    def refresh(self) -> int:
+        """Read labels added or changed since the last refresh; returns how many were read."""
+        from models.defect_types import UNKNOWN, DefectTypeClassifier
+
+        stmt = (sa.select(regions.c.id, regions.c.defect_class, regions.c.classified_at, region_embeddings.c.vector)
+                .join(region_embeddings, region_embeddings.c.region_id == regions.c.id)
+                .join(inspections, inspections.c.id == regions.c.inspection_id)
+                .where(inspections.c.recipe == self.recipe, regions.c.defect_class.is_not(None),
+                       regions.c.classified_at >= self._seen_at)
+                .order_by(regions.c.classified_at))
+        with self._store.engine.connect() as conn:
+            rows = list(conn.execute(stmt))
+        with self._lock:
+            self._checked = time.monotonic()
+            new: list[tuple[int, np.ndarray, str]] = []
+            changed = False
+            for region_id, defect_class, classified_at, vector in rows:
+                self._seen_at = max(self._seen_at, float(classified_at or 0.0))
+                old = self._examples.get(region_id)
+                if old is not None and old[1] == defect_class:
+                    continue
+                if defect_class == UNKNOWN or not str(defect_class).strip():
+                    continue              # "unknown" is what the typer says, not a class it can learn
+                embedding = np.frombuffer(vector, dtype=np.float32).copy()
+                changed |= old is not None
+                self._examples[region_id] = (embedding, defect_class)
+                new.append((region_id, embedding, defect_class))
+            if changed:                   # a region got another class: rebuild from all examples
+                classifier = DefectTypeClassifier(config=self._config)
+                examples = list(self._examples.values())
+                if examples:
+                    classifier.add_many([e for e, _ in examples], [c for _, c in examples])
+                self._classifier = classifier
+            elif new:
+                try:
+                    self._classifier.add_many([e for _, e, _ in new], [c for _, _, c in new])
+                except ValueError as exc:  # embeddings of another backbone: keep the ones that fit
+                    logger.warning("recipe %s: labelled regions not used for typing: %s", self.recipe, exc)
+                    for region_id, _, _ in new:
+                        self._examples.pop(region_id, None)
+        if new:
+            logger.info("recipe %s: defect typer learned %d labelled region(s); %d in all",
+                        self.recipe, len(new), self.n_examples)
+        return len(new)
+
+    def learn(self, embedding: np.ndarray, defect_class: str) -> None:
+        """Add one example at once (a label given in this process before the store is re-read)."""
+        with self._lock:
+            self._classifier.add(embedding, defect_class)
+
+    def predict(self, embeddings: Sequence[np.ndarray]) -> list[TypePrediction]:
+        """Type region embeddings (refreshing the labels first when ``refresh_s`` has passed)."""
+        with self._lock:
+            due = time.monotonic() - self._checked >= self._refresh_s
+        if due:
+            try:
+                self.refresh()
+            except sa.exc.SQLAlchemyError as exc:   # a busy database must not cost the frame its types
+                logger.warning("recipe %s: could not read new labels: %s", self.recipe, exc)
+        if not embeddings:
+            return []
+        with self._lock:
+            classifier = self._classifier
+        return classifier.predict_many(np.stack(embeddings))
+
+
+def type_regions(
+    found: Sequence[DefectRegion],
+    *,
+    typer: DefectTyper | None,
+    patch_features: np.ndarray,
+    crop_map: np.ndarray,
+    pixel_threshold: float,
+    offset: tuple[int, int],
+    shorter_side: int,
+) -> tuple[DefectRegion, ...]:
+    """The regions with their embedding and, when a typer is given, their predicted type.
+
+    Args:
+        found: regions in full-frame coordinates (the ROI's ``offset`` added).
+        typer: the recipe's typer, or None to only attach embeddings.
+        patch_features: (h, w, D) float32 patch features of the ROI crop (``Detection.patch_features``).
+        crop_map: (H, W) float32 anomaly map of the ROI crop.
+        pixel_threshold: the threshold that made the regions.
+        offset: (x0, y0) of the ROI crop in the frame.
+        shorter_side: the detector's ``shorter_side``.
+    """
+    import dataclasses
+
+    from models.defect_types import region_embedding, region_weights
+
+    if not found:
+        return ()
+    x0, y0 = offset
+    embeddings = [
+        region_embedding(patch_features,
+                         region_weights(crop_map, box=(r.x - x0, r.y - y0, r.width, r.height),
+                                        pixel_threshold=pixel_threshold),
+                         shorter_side=shorter_side)
+        for r in found
+    ]
+    predictions: Sequence[TypePrediction | None] = [None] * len(found)
+    if typer is not None:
+        typed = typer.predict(embeddings)
+        if typer.n_examples:       # nothing labelled yet: no guess, rather than "unknown" everywhere
+            predictions = typed
+    return tuple(
+        dataclasses.replace(r, embedding=e,
+                            predicted_class=p.defect_class if p is not None else None,
+                            type_confidence=p.confidence if p is not None else None)
+        for r, e, p in zip(found, embeddings, predictions, strict=True)
+    )

@@ -1,0 +1,501 @@
+"""Statistics that lead to action, read from the store: Pareto of defect types, where on the part, SPC, drift.
+
+Every query aggregates in SQL (counts per type, per location cell, per lot or hour) so that a store of
+millions of inspections returns a few hundred rows; none pulls the regions themselves. The
+app runs these off the GUI thread; ``benchmarks/stats_scale.py`` times them on 1,000,000 inspections.
+
+A region's type for statistics is the reviewer's class when there is one, else the typer's guess,
+else ``untyped`` (`TypeSource` picks confirmed or predicted only).
+
+Exports: CSV and Parquet of inspections and regions with their types (`export_regions_csv`,
+`export_parquet`), charts as SVG (`pareto_svg`, `control_chart_svg`) and the location map as PNG
+(`location_heat_image`).
+
+Example:
+    >>> flt = Filters(recipe="fryum", since=time.time() - 86400)        # doctest: +SKIP
+    >>> for row in defect_pareto(store, flt): print(row.defect_type, row.count, row.cumulative_share)
+    >>> chart = fail_rate_chart(store, flt, by="lot")
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import html
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
+import sqlalchemy as sa
+
+from inspector.errors import StoreError
+from inspector.results import Verdict
+from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
+from inspector.store import inspection_conditions, inspections, regions
+
+if TYPE_CHECKING:
+    from inspector.store import Store
+
+__all__ = [
+    "UNTYPED",
+    "Filters",
+    "Insights",
+    "insights",
+    "LocationMap",
+    "ParetoRow",
+    "TypeSource",
+    "control_chart_svg",
+    "defect_locations",
+    "defect_pareto",
+    "export_parquet",
+    "export_regions_csv",
+    "fail_rate_chart",
+    "good_score_drift",
+    "location_heat_image",
+    "pareto_svg",
+    "score_chart",
+    "teaching_scores",
+]
+
+UNTYPED: Final = "untyped"        # neither a reviewer nor the typer gave the region a type
+TypeSource = Literal["best", "confirmed", "predicted"]
+LOCATION_GRID: Final = (48, 48)   # ours: cells of the location map (rows, columns) over the ROI
+DRIFT_RECENT: Final = 500         # ours: the newest PASS scores compared with the teaching scores
+_EXPORT_BATCH: Final = 10_000     # rows per fetch and per Parquet row group
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filters:
+    """Which inspections a statistic covers (None = any)."""
+
+    recipe: str | None = None
+    line: str | None = None
+    lot: str | None = None
+    station: str | None = None
+    since: float | None = None    # seconds since the epoch, inclusive
+    until: float | None = None    # exclusive
+
+    def conditions(self) -> list[sa.ColumnElement[bool]]:
+        return inspection_conditions(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParetoRow:
+    """One bar of the Pareto chart."""
+
+    defect_type: str
+    count: int
+    share: float              # of all regions counted, [0, 1]
+    cumulative_share: float   # this and every bigger bar, [0, 1]
+
+
+def _type_column(source: TypeSource) -> sa.ColumnElement[Any]:
+    if source == "confirmed":
+        return sa.func.coalesce(regions.c.defect_class, UNTYPED)
+    if source == "predicted":
+        return sa.func.coalesce(regions.c.predicted_class, UNTYPED)
+    if source == "best":
+        return sa.func.coalesce(regions.c.defect_class, regions.c.predicted_class, UNTYPED)
+    msg = f"unknown type source {source!r}; use best, confirmed or predicted"
+    raise ValueError(msg)
+
+
+def _region_select(*columns: Any, flt: Filters) -> sa.Select[Any]:
+    stmt = sa.select(*columns).select_from(regions)
+    conds = flt.conditions()
+    if conds:
+        stmt = stmt.join(inspections, inspections.c.id == regions.c.inspection_id).where(*conds)
+    return stmt
+
+
+def defect_pareto(store: Store, flt: Filters = Filters(), *, source: TypeSource = "best") -> list[ParetoRow]:
+    """Defect regions per type, most frequent first, with share and cumulative share."""
+    kind = _type_column(source).label("kind")
+    stmt = _region_select(kind, sa.func.count().label("n"), flt=flt).group_by(sa.text("kind"))
+    with store.engine.connect() as conn:
+        counts = sorted(((str(k), int(n)) for k, n in conn.execute(stmt)), key=lambda kn: (-kn[1], kn[0]))
+    total = sum(n for _, n in counts)
+    rows, running = [], 0
+    for name, n in counts:
+        running += n
+        rows.append(ParetoRow(defect_type=name, count=n, share=n / total, cumulative_share=running / total))
+    return rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocationMap:
+    """Where defects sit on the part: region centres counted on a grid over the ROI."""
+
+    area: tuple[int, int, int, int]       # (x, y, width, height) of the ROI in frame pixels
+    counts: dict[str, np.ndarray]         # type -> (rows, cols) int64 counts of region centres
+    outside: int                          # regions whose centre lies outside the area
+
+    def total(self) -> np.ndarray:
+        """(rows, cols) counts over all types."""
+        grids = list(self.counts.values())
+        return np.sum(grids, axis=0) if grids else np.zeros(LOCATION_GRID, np.int64)
+
+
+def defect_locations(
+    store: Store, area: tuple[int, int, int, int], flt: Filters = Filters(), *, source: TypeSource = "best",
+    grid: tuple[int, int] = LOCATION_GRID,
+) -> LocationMap:
+    """Count region centres per type on a ``grid`` over ``area`` (the recipe's ROI, frame pixels).
+
+    The cells are computed in SQL (``GROUP BY`` type, row, column), so only the occupied cells come back.
+
+    Raises:
+        ValueError: an area with no width or height, or a grid with no cells.
+    """
+    x0, y0, width, height = area
+    rows_n, cols_n = grid
+    if width < 1 or height < 1 or rows_n < 1 or cols_n < 1:
+        msg = f"location map needs an area with width and height >= 1 and a grid >= 1x1, got {area} and {grid}"
+        raise ValueError(msg)
+    kind = _type_column(source).label("kind")
+    # centre in the area, scaled to cells; 2 * (x - x0) + w avoids a float division per row
+    cx = (2 * (regions.c.x - x0) + regions.c.w) * cols_n
+    cy = (2 * (regions.c.y - y0) + regions.c.h) * rows_n
+    inside = sa.and_(cx >= 0, cx < 2 * width * cols_n, cy >= 0, cy < 2 * height * rows_n)
+    col = sa.case((inside, sa.cast(cx / (2 * width), sa.Integer)), else_=-1).label("col")
+    row = sa.case((inside, sa.cast(cy / (2 * height), sa.Integer)), else_=-1).label("row")
+    stmt = (_region_select(kind, row, col, sa.func.count().label("n"), flt=flt)
+            .group_by(sa.text("kind"), sa.text("row"), sa.text("col")))
+    counts: dict[str, np.ndarray] = {}
+    outside = 0
+    with store.engine.connect() as conn:
+        for name, r, c, n in conn.execute(stmt):
+            if r < 0 or c < 0:
+                outside += int(n)
+                continue
+            counts.setdefault(str(name), np.zeros(grid, np.int64))[int(r), int(c)] += int(n)
+    return LocationMap(area=area, counts=counts, outside=outside)
+
+
+def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
+    """The location map as a heat image over a reference good image (both the ROI's size).
+
+    Args:
+        reference_bgr: (H, W, 3) uint8 BGR good image of the ROI.
+        counts: (rows, cols) counts (``LocationMap.counts[type]`` or ``.total()``).
+        alpha: opacity of the heat where there are defects (none where there are none).
+
+    Returns:
+        (H, W, 3) uint8 BGR.
+    """
+    import cv2
+
+    h, w = reference_bgr.shape[:2]
+    density = cv2.resize(counts.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+    density = cv2.GaussianBlur(density, (0, 0), sigmaX=max(1.0, w / counts.shape[1] / 2))
+    peak = float(density.max())
+    if peak <= 0:
+        return reference_bgr.copy()
+    norm = density / peak
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    weight = (alpha * np.clip(norm * 3, 0, 1))[..., None]
+    return (reference_bgr * (1 - weight) + heat * weight).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- SPC
+
+
+def fail_rate_groups(store: Store, flt: Filters = Filters(), *, by: Literal["lot", "hour"] = "lot"
+                     ) -> list[tuple[str, int, int]]:
+    """``(key, inspected, failed)`` per lot (in order of each lot's first part) or per local hour."""
+    if by == "hour":
+        return [(r.key, r.inspected, r.failed)
+                for r in store.yield_summary(group_by="hour", **dataclasses.asdict(flt))]
+    if by != "lot":
+        msg = f"p-chart groups must be 'lot' or 'hour', got {by!r}"
+        raise ValueError(msg)
+    failed = sa.func.sum(sa.case((inspections.c.verdict == Verdict.FAIL.value, 1), else_=0))
+    stmt = (sa.select(inspections.c.lot, sa.func.count(), failed, sa.func.min(inspections.c.time).label("t0"))
+            .where(*flt.conditions()).group_by(inspections.c.lot).order_by(sa.text("t0")))
+    with store.engine.connect() as conn:
+        return [(str(lot) or "(no lot)", int(n), int(f or 0)) for lot, n, f, _ in conn.execute(stmt)]
+
+
+def fail_rate_chart(store: Store, flt: Filters = Filters(), *, by: Literal["lot", "hour"] = "lot",
+                    centre: float | None = None) -> ControlChart:
+    """p-chart of the FAIL rate per lot or hour, with its alarms."""
+    return p_chart(fail_rate_groups(store, flt, by=by), centre=centre, recipe=flt.recipe or "")
+
+
+def score_chart(store: Store, flt: Filters, *, mean: float, sigma: float, limit: int = 2000) -> ControlChart:
+    """Individuals chart of the newest ``limit`` scores against the taught mean and sigma."""
+    points = store.score_series(recipe=flt.recipe, line=flt.line, lot=flt.lot, since=flt.since,
+                                until=flt.until, limit=limit)
+    keys = [dt.datetime.fromtimestamp(p.time).isoformat(timespec="seconds") for p in points]
+    return individuals_chart([p.score for p in points], mean=mean, sigma=sigma, keys=keys,
+                             recipe=flt.recipe or "")
+
+
+def teaching_scores(model_dir: Path) -> tuple[np.ndarray, float, float, float]:
+    """The good images' leave-one-out scores of a saved model version, and its review threshold.
+
+    Returns:
+        ((N,) float32 scores, review threshold, good mean, good std) from ``model.safetensors`` and
+        ``model.json``.
+
+    Raises:
+        StoreError: the model version cannot be read (naming the file and how to fix it).
+    """
+    from safetensors.numpy import load_file
+
+    from models.saved import MODEL_JSON, MODEL_TENSORS, read_manifest
+
+    try:
+        thresholds = read_manifest(model_dir)["thresholds"]
+        scores = load_file(str(model_dir / MODEL_TENSORS))["train_scores"].astype(np.float32)
+        return scores, float(thresholds["review"]), float(thresholds["good_mean"]), float(thresholds["good_std"])
+    except (OSError, ValueError, KeyError) as exc:
+        msg = (f"{model_dir}: cannot read the teaching scores ({MODEL_TENSORS}, {MODEL_JSON}): {exc}; "
+               "teach the recipe again or pick another model version")
+        raise StoreError(msg) from exc
+
+
+def good_score_drift(store: Store, flt: Filters, teaching_scores: np.ndarray, *, review_threshold: float,
+                     recent: int = DRIFT_RECENT) -> DriftReport | None:
+    """The newest PASS scores against the teaching (leave-one-out) scores below the review threshold.
+
+    Both sides are cut at the review threshold: a PASS score is below it by definition, so an uncut
+    teaching distribution would look like drift.
+    """
+    conds = [*flt.conditions(), inspections.c.verdict == Verdict.PASS.value, inspections.c.score.is_not(None)]
+    stmt = (sa.select(inspections.c.score).where(*conds)
+            .order_by(inspections.c.time.desc()).limit(max(1, recent)))
+    with store.engine.connect() as conn:
+        scores = np.asarray([s for (s,) in conn.execute(stmt)], np.float64)
+    taught = np.asarray(teaching_scores, np.float64)
+    return score_drift(taught[taught < review_threshold], scores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Insights:
+    """What the Statistics screen draws besides yield: computed on a worker thread, sent as one value."""
+
+    pareto: tuple[ParetoRow, ...]
+    fail_rate: ControlChart
+    locations: LocationMap | None      # None without an area (no recipe ROI or reference image)
+    seconds: float                     # time the queries took
+
+
+def insights(store: Store, flt: Filters, *, by: Literal["lot", "hour"] = "lot",
+             area: tuple[int, int, int, int] | None = None) -> Insights:
+    """Pareto, FAIL-rate p-chart and (with an area) the location map for one filter, in one call."""
+    import time
+
+    start = time.perf_counter()
+    pareto = tuple(defect_pareto(store, flt))
+    chart = fail_rate_chart(store, flt, by=by)
+    locations = defect_locations(store, area, flt) if area is not None else None
+    return Insights(pareto=pareto, fail_rate=chart, locations=locations, seconds=time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------- export
+
+_REGION_COLUMNS: Final = ("region_id", "inspection_id", "time", "local_time", "recipe", "line", "station", "lot",
+                          "verdict", "score", "x", "y", "w", "h", "area_px", "area_mm2", "max_score",
+                          "mean_score", "defect_class", "classified_by", "predicted_class",
+                          "predicted_confidence", "defect_type")
+
+
+def _region_rows_stmt(flt: Filters) -> sa.Select[Any]:
+    return (sa.select(regions.c.id.label("region_id"), regions.c.inspection_id, inspections.c.time,
+                      inspections.c.recipe, inspections.c.line, inspections.c.station, inspections.c.lot,
+                      inspections.c.verdict, inspections.c.score, regions.c.x, regions.c.y, regions.c.w,
+                      regions.c.h, regions.c.area_px, regions.c.area_mm2, regions.c.max_score,
+                      regions.c.mean_score, regions.c.defect_class, regions.c.classified_by,
+                      regions.c.predicted_class, regions.c.predicted_confidence,
+                      _type_column("best").label("defect_type"))
+            .join(inspections, inspections.c.id == regions.c.inspection_id)
+            .where(*flt.conditions()).order_by(inspections.c.time, regions.c.id))
+
+
+def _batches(store: Store, stmt: sa.Select[Any]) -> Iterator[list[dict[str, Any]]]:
+    with store.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=_EXPORT_BATCH).execute(stmt).mappings()
+        while batch := [dict(r) for r in result.fetchmany(_EXPORT_BATCH)]:
+            yield batch
+
+
+@contextmanager
+def _atomic(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write ``path`` through a temporary file in its folder, replaced only when the write succeeded."""
+    kwargs: dict[str, Any] = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+    try:
+        tmp = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                          delete=False, **kwargs)
+    except OSError as exc:
+        msg = f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable"
+        raise StoreError(msg) from exc
+    try:
+        with tmp:
+            yield tmp
+        os.replace(tmp.name, path)
+    except OSError as exc:
+        msg = f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable"
+        raise StoreError(msg) from exc
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+
+
+def _local(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).isoformat(timespec="milliseconds")
+
+
+def _csv_cell(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula gets a leading ``'`` (OWASP CSV injection)."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
+
+
+def export_regions_csv(store: Store, path: str | Path, flt: Filters = Filters()) -> int:
+    """One row per defect region with its inspection's fields, confirmed and predicted type; atomically.
+
+    ``defect_type`` is the reviewer's class, else the typer's guess, else ``untyped``.
+
+    Returns:
+        The number of regions written.
+
+    Raises:
+        StoreError: the file cannot be written.
+    """
+    path = Path(path)
+    count = 0
+    with _atomic(path) as out:
+        writer = csv.writer(out)
+        writer.writerow(_REGION_COLUMNS)
+        for batch in _batches(store, _region_rows_stmt(flt)):
+            for row in batch:
+                row["local_time"] = _local(row["time"])
+                writer.writerow([_csv_cell(row[c]) for c in _REGION_COLUMNS])
+            count += len(batch)
+    return count
+
+
+def export_parquet(store: Store, folder: str | Path, flt: Filters = Filters()) -> dict[str, int]:
+    """``inspections.parquet`` and ``regions.parquet`` (with types) in ``folder``, in row groups of 10,000.
+
+    Returns:
+        Rows written per file.
+
+    Raises:
+        StoreError: pyarrow is missing, or a file cannot be written.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        msg = "Parquet export needs pyarrow: pip install pyarrow"
+        raise StoreError(msg) from exc
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_regions = (sa.select(sa.func.count()).where(regions.c.inspection_id == inspections.c.id)
+                 .scalar_subquery().label("regions"))
+    inspection_stmt = (sa.select(inspections, n_regions).where(*flt.conditions())
+                       .order_by(inspections.c.time, inspections.c.id))
+    float_cols = {"time", "score", "latency_ms", "area_mm2", "max_score", "mean_score", "predicted_confidence"}
+    int_cols = {"id", "frame_id", "regions", "region_id", "inspection_id", "x", "y", "w", "h", "area_px"}
+
+    def schema(columns: Sequence[str]) -> Any:
+        return pa.schema([(c, pa.float64() if c in float_cols else pa.int64() if c in int_cols else pa.string())
+                          for c in columns])
+
+    written: dict[str, int] = {}
+    jobs: list[tuple[str, sa.Select[Any], Callable[[dict[str, Any]], dict[str, Any]]]] = [
+        ("inspections", inspection_stmt, lambda r: r),
+        ("regions", _region_rows_stmt(flt), lambda r: {**r, "local_time": _local(r["time"])}),
+    ]
+    for name, stmt, shape in jobs:
+        path = folder / f"{name}.parquet"
+        columns = list(_REGION_COLUMNS) if name == "regions" else [*inspections.c.keys(), "regions"]
+        count = 0
+        with _atomic(path, "wb") as out:
+            with pq.ParquetWriter(out, schema(columns)) as writer:
+                for batch in _batches(store, stmt):
+                    rows = [shape(r) for r in batch]
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema(columns)))
+                    count += len(rows)
+                if count == 0:
+                    writer.write_table(schema(columns).empty_table())
+        written[name] = count
+    return written
+
+
+# --------------------------------------------------------------------------------------------- charts
+
+_SVG_W: Final = 720
+_SVG_H: Final = 360
+_PAD: Final = 48
+
+
+def _svg(body: list[str], title: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_SVG_W}" height="{_SVG_H}" '
+            f'viewBox="0 0 {_SVG_W} {_SVG_H}" font-family="sans-serif" font-size="11">'
+            f'<rect width="100%" height="100%" fill="white"/>'
+            f'<text x="{_SVG_W / 2}" y="18" text-anchor="middle" font-size="14">{html.escape(title)}</text>'
+            + "".join(body) + "</svg>\n")
+
+
+def pareto_svg(rows: Sequence[ParetoRow], *, title: str = "Defect types (Pareto)") -> str:
+    """Bars of counts, most frequent first, with the cumulative share as a line (right axis, %)."""
+    body: list[str] = []
+    if rows:
+        top = max(r.count for r in rows)
+        plot_w, plot_h = _SVG_W - 2 * _PAD, _SVG_H - 2 * _PAD - 20
+        step = plot_w / len(rows)
+        line = []
+        for i, r in enumerate(rows):
+            bar_h = plot_h * r.count / top
+            x = _PAD + i * step
+            body.append(f'<rect x="{x + step * 0.1:.1f}" y="{_PAD + plot_h - bar_h:.1f}" width="{step * 0.8:.1f}" '
+                        f'height="{bar_h:.1f}" fill="#4a7ab5"><title>{html.escape(r.defect_type)}: {r.count}'
+                        f'</title></rect>')
+            body.append(f'<text x="{x + step / 2:.1f}" y="{_PAD + plot_h + 14}" text-anchor="middle">'
+                        f'{html.escape(r.defect_type[:14])}</text>')
+            body.append(f'<text x="{x + step / 2:.1f}" y="{_PAD + plot_h - bar_h - 4:.1f}" text-anchor="middle">'
+                        f'{r.count}</text>')
+            line.append(f"{x + step / 2:.1f},{_PAD + plot_h * (1 - r.cumulative_share):.1f}")
+        body.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="#d9534f" stroke-width="2"/>')
+        body.append(f'<text x="{_SVG_W - _PAD + 4}" y="{_PAD + 4}">100 %</text>')
+    else:
+        body.append(f'<text x="{_SVG_W / 2}" y="{_SVG_H / 2}" text-anchor="middle">no defect regions</text>')
+    return _svg(body, title)
+
+
+def control_chart_svg(chart: ControlChart, *, title: str | None = None) -> str:
+    """The chart's points joined by a line, its centre line, limits, and the alarm points in red."""
+    body: list[str] = []
+    points = chart.points
+    if points:
+        values = [p.value for p in points] + [p.ucl for p in points] + [p.lcl for p in points]
+        lo, hi = min(values), max(values)
+        span = (hi - lo) or 1.0
+        plot_w, plot_h = _SVG_W - 2 * _PAD, _SVG_H - 2 * _PAD
+        step = plot_w / max(1, len(points) - 1)
+
+        def xy(i: int, v: float) -> str:
+            return f"{_PAD + i * step:.1f},{_PAD + plot_h * (1 - (v - lo) / span):.1f}"
+
+        for attr, colour in (("ucl", "#d9534f"), ("lcl", "#d9534f"), ("centre", "#5cb85c")):
+            path = " ".join(xy(i, getattr(p, attr)) for i, p in enumerate(points))
+            body.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-dasharray="4 3"/>')
+        body.append(f'<polyline points="{" ".join(xy(i, p.value) for i, p in enumerate(points))}" '
+                    f'fill="none" stroke="#333"/>')
+        for alarm in chart.alarms:
+            cx, cy = xy(alarm.index, points[alarm.index].value).split(",")
+            body.append(f'<circle cx="{cx}" cy="{cy}" r="4" fill="#d9534f"><title>'
+                        f'{html.escape(alarm.message)}</title></circle>')
+        body.append(f'<text x="4" y="{_PAD + 4}">{hi:.4g}</text><text x="4" y="{_PAD + plot_h}">{lo:.4g}</text>')
+    else:
+        body.append(f'<text x="{_SVG_W / 2}" y="{_SVG_H / 2}" text-anchor="middle">no data</text>')
+    return _svg(body, title or chart.name)

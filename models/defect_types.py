@@ -1,0 +1,276 @@
+"""Few-shot defect typing: which kind of defect a region is, from a few labelled examples.
+
+A region's embedding is the mean of the detector's L2-normalised DINOv2 patch features inside the
+region, each patch weighted by how much of it the region covers times its anomaly score (the most
+anomalous patches say the most about the defect), L2-normalised again. The classifier keeps every
+labelled embedding (no training loop: a label added in review is used by the next call) and types a
+region by its nearest labelled examples in cosine distance. A region farther than the rejection
+distance from every example is ``UNKNOWN``: a new kind of defect is a signal, not noise.
+
+Example:
+    >>> detection = detector.predict(frame_rgb, with_features=True)
+    >>> weights = region_weights(detection.anomaly_map[0], box=(x, y, w, h), pixel_threshold=0.3)
+    >>> emb = region_embedding(detection.patch_features[0], weights, shorter_side=448)
+    >>> classifier = DefectTypeClassifier()
+    >>> classifier.add(emb, "scratch")
+    >>> classifier.predict(emb)
+    TypePrediction(defect_class='scratch', confidence=1.0, distance=0.0)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from models.preprocess import frame_to_grid
+
+__all__ = [
+    "UNKNOWN",
+    "DefectTypeClassifier",
+    "DefectTypeConfig",
+    "TypePrediction",
+    "region_embedding",
+    "region_weights",
+]
+
+UNKNOWN: Final = "unknown"  # the predicted type of a region far from every labelled example
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefectTypeConfig:
+    """Options of the few-shot defect typer, with where each default comes from."""
+
+    k: int = 1  # ours: nearest labelled example per class (1-NN; with 5 shots, k > 1 blurs small classes)
+    temperature: float = 0.05  # ours: softmax temperature over cosine distances for the confidence
+    # ours: "unknown" when the nearest example is farther than reject_factor times the spread of the
+    # labelled examples (the 95th percentile of each example's distance to its nearest same-class example)
+    reject_factor: float = 2.0
+    reject_quantile: float = 0.95  # ours: quantile of the same-class nearest distances (see above)
+    reject_distance: float | None = None  # a fixed cosine distance instead of the rule above
+    default_reject_distance: float = 0.5  # ours: used until some class has two examples (no spread known)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            msg = f"DefectTypeConfig.k must be an integer >= 1, got {self.k!r}"
+            raise ValueError(msg)
+        for name in ("temperature", "reject_factor", "default_reject_distance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                msg = f"DefectTypeConfig.{name} must be a finite number > 0, got {value!r}"
+                raise ValueError(msg)
+        if not 0.0 < self.reject_quantile <= 1.0:
+            msg = f"DefectTypeConfig.reject_quantile must be in (0, 1], got {self.reject_quantile!r}"
+            raise ValueError(msg)
+        if self.reject_distance is not None and not (math.isfinite(self.reject_distance)
+                                                     and self.reject_distance > 0):
+            msg = f"DefectTypeConfig.reject_distance must be None or a number > 0, got {self.reject_distance!r}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TypePrediction:
+    """The type of one region."""
+
+    defect_class: str  # a labelled class, or UNKNOWN
+    confidence: float  # [0, 1]: the class's share of the softmax over classes; 0 for UNKNOWN
+    distance: float  # cosine distance to the nearest labelled example (0 = identical); inf with none
+
+
+def region_weights(
+    anomaly_map: np.ndarray, *, box: tuple[int, int, int, int], pixel_threshold: float
+) -> np.ndarray:
+    """Per-pixel weights of one region: its anomaly score where at or above the threshold in its box.
+
+    Args:
+        anomaly_map: (H, W) float32 anomaly scores at the frame's (or ROI's) full size.
+        box: (x, y, width, height) of the region in the map's pixels.
+        pixel_threshold: the pixel threshold that made the region.
+
+    Returns:
+        (H, W) float32, 0 outside the region. When no pixel of the box reaches the threshold (a
+        region given by hand), the box's own scores are used.
+    """
+    x, y, w, h = box
+    height, width = anomaly_map.shape
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + max(w, 1)), min(height, y + max(h, 1))
+    if x1 <= x0 or y1 <= y0:
+        msg = f"region box {box} lies outside the {width}x{height} anomaly map"
+        raise ValueError(msg)
+    out = np.zeros((height, width), dtype=np.float32)
+    inside = anomaly_map[y0:y1, x0:x1].astype(np.float32)
+    above = inside >= pixel_threshold
+    out[y0:y1, x0:x1] = np.where(above, inside, 0.0) if above.any() else np.maximum(inside, 1e-6)
+    return out
+
+
+def region_embedding(
+    patch_features: np.ndarray, weights: np.ndarray, *, shorter_side: int, patch_size: int = 14
+) -> np.ndarray:
+    """The region's embedding: weighted mean of the patch features, L2-normalised.
+
+    Args:
+        patch_features: (h, w, D) float32 L2-normalised patch features of the frame
+            (``Detection.patch_features``).
+        weights: (H, W) float32 per-pixel weights at the frame's full size (``region_weights``).
+        shorter_side: the detector's ``shorter_side`` (how the frame was resized for the model).
+        patch_size: the backbone's patch size.
+
+    Returns:
+        (D,) float32 unit vector.
+    """
+    h, w, _ = patch_features.shape
+    grid = frame_to_grid(weights, (h, w), shorter_side=shorter_side, patch_size=patch_size)
+    if not np.any(grid > 0):
+        # the region lies in the strip that the centre crop cut off: use its nearest patch
+        ys, xs = np.nonzero(weights)
+        cy, cx = (float(ys.mean()), float(xs.mean())) if ys.size else (0.0, 0.0)
+        gy = min(h - 1, int(cy / weights.shape[0] * h))
+        gx = min(w - 1, int(cx / weights.shape[1] * w))
+        grid = np.zeros((h, w), np.float32)
+        grid[gy, gx] = 1.0
+    pooled = np.tensordot(grid, patch_features.astype(np.float32, copy=False), axes=([0, 1], [0, 1]))
+    return _unit(pooled)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0.0:
+        msg = "a region embedding is zero or not finite; the patch features hold NaN or nothing"
+        raise ValueError(msg)
+    return (vector / norm).astype(np.float32)
+
+
+class DefectTypeClassifier:
+    """Nearest labelled examples in cosine distance, with an "unknown" rejection by distance.
+
+    Thread-safe: the inspection worker calls `predict` while a reviewer's label calls `add`.
+    """
+
+    def __init__(self, *, config: DefectTypeConfig | None = None) -> None:
+        self._config = config if config is not None else DefectTypeConfig()
+        self._lock = threading.Lock()
+        self._vectors = np.empty((0, 0), dtype=np.float32)
+        self._labels: list[str] = []
+        self._reject: float | None = None      # cached rejection distance; None = recompute
+
+    @property
+    def config(self) -> DefectTypeConfig:
+        """The classifier's options."""
+        return self._config
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Labelled classes, sorted."""
+        with self._lock:
+            return tuple(sorted(set(self._labels)))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._labels)
+
+    def add(self, embedding: np.ndarray, defect_class: str) -> None:
+        """Add one labelled example; the next `predict` uses it.
+
+        Raises:
+            ValueError: an empty class name, the reserved name ``unknown``, or an embedding of
+                another length than the ones already held.
+        """
+        self.add_many([embedding], [defect_class])
+
+    def add_many(self, embeddings: Sequence[np.ndarray] | np.ndarray, classes: Iterable[str]) -> None:
+        """Add labelled examples in one go (e.g. loaded from the store)."""
+        labels = list(classes)
+        vectors = [np.asarray(e, dtype=np.float32).reshape(-1) for e in embeddings]
+        if len(vectors) != len(labels):
+            msg = f"{len(vectors)} embeddings but {len(labels)} classes; give one class per embedding"
+            raise ValueError(msg)
+        for label in labels:
+            if not label.strip() or label == UNKNOWN:
+                msg = f"defect class {label!r} cannot be learned: give a non-empty name other than {UNKNOWN!r}"
+                raise ValueError(msg)
+        if not vectors:
+            return
+        stacked = np.stack([_unit(v) for v in vectors])
+        with self._lock:
+            if self._labels and stacked.shape[1] != self._vectors.shape[1]:
+                msg = (f"embedding of length {stacked.shape[1]} does not match the labelled examples' "
+                       f"{self._vectors.shape[1]}; were they made with another backbone?")
+                raise ValueError(msg)
+            self._vectors = stacked if not self._labels else np.concatenate([self._vectors, stacked])
+            self._labels.extend(labels)
+            self._reject = None
+
+    def rejection_distance(self) -> float:
+        """The cosine distance beyond which a region is ``unknown`` (see ``DefectTypeConfig``)."""
+        with self._lock:
+            return self._rejection_locked()
+
+    def predict(self, embedding: np.ndarray) -> TypePrediction:
+        """Type one region embedding ((D,) float32; normalised here).
+
+        Returns:
+            ``TypePrediction``; ``unknown`` with confidence 0 when no example is labelled yet or the
+            nearest one is beyond the rejection distance.
+        """
+        return self.predict_many(np.asarray(embedding, dtype=np.float32)[None])[0]
+
+    def predict_many(self, embeddings: np.ndarray) -> list[TypePrediction]:
+        """Type (N, D) region embeddings."""
+        queries = np.stack([_unit(e) for e in np.asarray(embeddings, dtype=np.float32)])
+        with self._lock:
+            if not self._labels:
+                return [TypePrediction(defect_class=UNKNOWN, confidence=0.0, distance=math.inf)
+                        for _ in queries]
+            if queries.shape[1] != self._vectors.shape[1]:
+                msg = (f"embedding of length {queries.shape[1]} does not match the labelled examples' "
+                       f"{self._vectors.shape[1]}")
+                raise ValueError(msg)
+            names = sorted(set(self._labels))
+            labels = np.asarray([names.index(label) for label in self._labels])
+            dists = 1.0 - queries @ self._vectors.T                      # (N, M) cosine distances
+            reject = self._rejection_locked()
+        per_class = np.stack([self._class_distance(dists[:, labels == c]) for c in range(len(names))], axis=1)
+        logits = -per_class / self._config.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        out = []
+        for row, prob, nearest in zip(per_class, probs, dists.min(axis=1), strict=True):
+            best = int(np.argmin(row))
+            if float(nearest) > reject:
+                out.append(TypePrediction(defect_class=UNKNOWN, confidence=0.0, distance=float(nearest)))
+            else:
+                out.append(TypePrediction(defect_class=names[best], confidence=float(prob[best]),
+                                          distance=float(nearest)))
+        return out
+
+    def _class_distance(self, dists: np.ndarray) -> np.ndarray:
+        """(N, m) distances to one class's examples -> (N,) mean of the k nearest."""
+        k = min(self._config.k, dists.shape[1])
+        return np.sort(dists, axis=1)[:, :k].mean(axis=1)
+
+    def _rejection_locked(self) -> float:
+        cfg = self._config
+        if cfg.reject_distance is not None:
+            return cfg.reject_distance
+        if self._reject is None:
+            spreads: list[float] = []
+            labels = np.asarray(self._labels)
+            for name in set(self._labels):
+                members = self._vectors[labels == name]
+                if len(members) < 2:
+                    continue
+                d = 1.0 - members @ members.T
+                np.fill_diagonal(d, np.inf)
+                spreads.extend(d.min(axis=1).tolist())
+            if spreads:
+                self._reject = cfg.reject_factor * float(np.quantile(spreads, cfg.reject_quantile))
+            else:
+                self._reject = cfg.default_reject_distance
+        return self._reject

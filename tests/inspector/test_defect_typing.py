@@ -1,0 +1,96 @@
+"""Defect typing at the station: embeddings stored, a reviewer's label types the next regions at once."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspector.defect_typing import DefectTyper
+from inspector.recipe import load_recipe
+from inspector.recording import ResultRecorder
+from inspector.station import Station
+from inspector.store import Store
+from tests.helpers.images import textured_part, with_defect
+
+
+def test_a_label_given_in_review_types_the_next_defects(taught_recipe: Path, tmp_path: Path) -> None:
+    station = Station.load(load_recipe(taught_recipe))
+    rng = np.random.default_rng(3)
+    with Store(tmp_path / "stats.db") as store:
+        typer = DefectTyper(store, station.name, refresh_s=0.0)
+        station.attach_typer(typer)
+        first = station.inspect_image(with_defect(textured_part(rng), rng)[0])
+        assert first.regions, "the drawn defect must give a region"
+        region = first.regions[0]
+        assert region.embedding is not None and region.embedding.dtype == np.float32
+        assert region.predicted_class is None          # nothing labelled yet: no guess
+        store.record(first)
+        store.flush()
+
+        record = store.inspections(recipe=station.name)[0]
+        store.set_defect_class("scratch", user="qa", region_id=record.regions[0].id)
+
+        second = station.inspect_image(with_defect(textured_part(rng), rng)[0])
+        assert second.regions[0].predicted_class == "scratch"
+        assert 0.0 < (second.regions[0].type_confidence or 0.0) <= 1.0
+        assert typer.n_examples == 1 and typer.classes == ("scratch",)
+        store.record(second)
+        store.flush()
+        stored = store.inspections(recipe=station.name)
+        newest = max(stored, key=lambda r: r.id).regions[0]
+        # predicted and confirmed are kept apart: the guess is not a reviewer's class
+        assert newest.predicted_class == "scratch" and newest.defect_class is None
+        assert newest.predicted_confidence == pytest.approx(second.regions[0].type_confidence)
+        store.export_csv(tmp_path / "inspections.csv")
+        with (tmp_path / "inspections.csv").open(encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["predicted_classes"] for r in rows] == ["", "scratch"]
+        assert [r["defect_classes"] for r in rows] == ["scratch", ""]
+
+        # a relabel replaces the example's class rather than adding a second one
+        store.set_defect_class("dent", user="qa", region_id=record.regions[0].id)
+        third = station.inspect_image(with_defect(textured_part(rng), rng)[0])
+        assert third.regions[0].predicted_class == "dent" and typer.classes == ("dent",)
+
+
+def test_the_recorder_gives_a_loaded_station_its_typer(taught_recipe: Path, tmp_path: Path) -> None:
+    station = Station.load(load_recipe(taught_recipe))
+    with Store(tmp_path / "stats.db") as store:
+        recorder = ResultRecorder(store)
+        recorder.use(station)
+        assert isinstance(station.typer, DefectTyper) and station.typer.recipe == station.name
+        recorder.close()
+
+
+def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:     # the schema before typing: no predicted_* columns
+        conn.executescript("""
+            CREATE TABLE inspections (id INTEGER PRIMARY KEY AUTOINCREMENT, time FLOAT NOT NULL,
+                recipe TEXT NOT NULL, model_version TEXT NOT NULL, line TEXT NOT NULL, station TEXT NOT NULL,
+                lot TEXT NOT NULL, source TEXT NOT NULL, frame_id BIGINT NOT NULL, path TEXT,
+                verdict VARCHAR(8) NOT NULL, score FLOAT, latency_ms FLOAT, image_path TEXT,
+                overlay_path TEXT, error TEXT);
+            CREATE TABLE regions (id INTEGER PRIMARY KEY AUTOINCREMENT, inspection_id INTEGER NOT NULL
+                REFERENCES inspections(id) ON DELETE CASCADE, x INTEGER NOT NULL, y INTEGER NOT NULL,
+                w INTEGER NOT NULL, h INTEGER NOT NULL, area_px INTEGER NOT NULL, area_mm2 FLOAT,
+                max_score FLOAT, mean_score FLOAT, defect_class TEXT, classified_by TEXT, classified_at FLOAT);
+            CREATE TABLE store_meta (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO store_meta VALUES ('schema_version', '1');
+            INSERT INTO inspections VALUES (1, 1.0e9, 'part', 'v1', '', '', 'L1', 'cam', 0, NULL, 'FAIL',
+                0.9, 5.0, NULL, NULL, NULL);
+            INSERT INTO regions VALUES (1, 1, 1, 2, 3, 4, 12, NULL, 0.9, 0.7, 'scratch', 'qa', 1.0e9);
+        """)
+    with Store(path) as store:
+        record = store.get_inspection(1)
+        assert record.regions[0].defect_class == "scratch" and record.regions[0].predicted_class is None
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(regions)")}
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(regions)")}
+    assert {"predicted_class", "predicted_confidence"} <= columns
+    assert "region_embeddings" in tables and "ix_regions_classified_at" in indexes

@@ -1,0 +1,141 @@
+"""Statistics from the store: Pareto of types, location map, p-chart per lot, drift, exports, charts, CLI."""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector import statistics as st
+from inspector.cli import main
+from inspector.results import DefectRegion, InspectionResult, Verdict
+from inspector.store import Store
+
+T0 = 1_790_000_000.0
+
+
+def _result(i: int, *, lot: str, verdict: Verdict, score: float, regions: tuple[DefectRegion, ...] = ()
+            ) -> InspectionResult:
+    return InspectionResult(frame_id=i, timestamp=T0 + i, source="cam", recipe="part", model_version="v1",
+                            verdict=verdict, score=score, regions=regions, lot=lot, line="L1")
+
+
+def _region(x: int, y: int, *, predicted: str | None, confidence: float | None = 0.9) -> DefectRegion:
+    return DefectRegion(x=x, y=y, width=10, height=10, area_px=80, area_mm2=None, max_score=0.9, mean_score=0.7,
+                        predicted_class=predicted, type_confidence=confidence)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """Lots A-E of 100 parts at 5 % FAIL, lot F at 30 %: scratches top left, dents bottom right."""
+    s = Store(tmp_path / "stats.db")
+    i = 0
+    for lot, n_fail in (("A", 5), ("B", 5), ("C", 5), ("D", 5), ("E", 5), ("F", 30)):
+        for k in range(100):
+            if k < n_fail:
+                kind = "scratch" if k % 3 else "dent"
+                xy = (5, 5) if kind == "scratch" else (80, 85)
+                regions = (_region(*xy, predicted=kind),)
+                s.record(_result(i, lot=lot, verdict=Verdict.FAIL, score=0.9, regions=regions))
+            else:
+                s.record(_result(i, lot=lot, verdict=Verdict.PASS, score=0.2 + 0.001 * (k % 7)))
+            i += 1
+    s.flush()
+    yield s
+    s.close()
+
+
+def test_pareto_counts_types_and_a_reviewers_class_wins_over_the_guess(store: Store) -> None:
+    rows = st.defect_pareto(store, st.Filters(recipe="part"))
+    assert [(r.defect_type, r.count) for r in rows] == [("scratch", 35), ("dent", 20)]
+    assert rows[0].share == pytest.approx(35 / 55) and rows[-1].cumulative_share == pytest.approx(1.0)
+    region_id = store.inspections(recipe="part", verdict="FAIL", limit=1)[0].regions[0].id
+    store.set_defect_class("crack", user="qa", region_id=region_id)
+    best = {r.defect_type: r.count for r in st.defect_pareto(store)}
+    assert best["crack"] == 1 and best["dent"] + best["scratch"] == 54
+    assert {r.defect_type for r in st.defect_pareto(store, source="confirmed")} == {"crack", st.UNTYPED}
+    assert st.defect_pareto(store, st.Filters(lot="nope")) == []
+
+
+def test_location_map_puts_each_type_where_it_sits_in_roi_coordinates(store: Store) -> None:
+    where = st.defect_locations(store, (0, 0, 100, 100), grid=(10, 10))
+    assert where.counts["scratch"][1, 1] == 35 and where.counts["scratch"].sum() == 35
+    assert where.counts["dent"][9, 8] == 20 and where.outside == 0
+    shifted = st.defect_locations(store, (50, 50, 50, 50), grid=(5, 5))   # an ROI over the bottom right
+    assert shifted.outside == 35 and shifted.counts["dent"][4, 3] == 20
+    with pytest.raises(ValueError, match="width and height >= 1"):
+        st.defect_locations(store, (0, 0, 0, 10))
+    reference = np.full((100, 100, 3), 128, np.uint8)
+    heat = st.location_heat_image(reference, where.total())
+    assert heat.shape == reference.shape
+    assert not np.array_equal(heat[15, 15], reference[15, 15]) and np.array_equal(heat[50, 20], reference[50, 20])
+
+
+def test_fail_rate_p_chart_per_lot_alarms_on_the_bad_lot(store: Store) -> None:
+    groups = st.fail_rate_groups(store, st.Filters(recipe="part"), by="lot")
+    assert groups == [("A", 100, 5), ("B", 100, 5), ("C", 100, 5), ("D", 100, 5), ("E", 100, 5), ("F", 100, 30)]
+    chart = st.fail_rate_chart(store, st.Filters(recipe="part"), by="lot", centre=0.05)
+    assert [(a.rule, a.key) for a in chart.alarms] == [("beyond_3sigma", "F")]
+    hourly = st.fail_rate_chart(store, st.Filters(recipe="part"), by="hour")
+    assert sum(p.n for p in hourly.points) == 600
+
+
+def test_drift_compares_recent_pass_scores_with_the_teaching_scores(store: Store) -> None:
+    taught_here = np.random.default_rng(0).normal(0.203, 0.002, 64)
+    taught_darker = np.random.default_rng(0).normal(0.15, 0.01, 64)
+    flt = st.Filters(recipe="part")
+    assert not st.good_score_drift(store, flt, taught_here, review_threshold=0.5).drifted  # type: ignore[union-attr]
+    moved = st.good_score_drift(store, flt, taught_darker, review_threshold=0.5)
+    assert moved is not None and moved.drifted and moved.n_recent == 500
+
+
+def test_exports_write_regions_with_confirmed_and_predicted_types(store: Store, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    region_id = store.inspections(recipe="part", verdict="FAIL", limit=1)[0].regions[0].id
+    store.set_defect_class("=crack", user="qa", region_id=region_id)     # a formula-looking class
+    n = st.export_regions_csv(store, tmp_path / "regions.csv", st.Filters(lot="F"))
+    with (tmp_path / "regions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert n == len(rows) == 30
+    assert {r["predicted_class"] for r in rows} == {"scratch", "dent"} and rows[0]["lot"] == "F"
+    by_id = {int(r["region_id"]): r for r in rows}
+    assert by_id[region_id]["defect_class"] == "'=crack" == by_id[region_id]["defect_type"]   # not a formula
+    assert all(r["defect_type"] == r["predicted_class"] for i, r in by_id.items() if i != region_id)
+    counts = st.export_parquet(store, tmp_path / "pq")
+    assert counts == {"inspections": 600, "regions": 55}
+    regions = pq.read_table(tmp_path / "pq" / "regions.parquet").to_pylist()
+    labelled = next(r for r in regions if r["region_id"] == region_id)
+    assert labelled["defect_class"] == "=crack" and labelled["predicted_class"] in ("scratch", "dent")
+    assert pq.read_table(tmp_path / "pq" / "inspections.parquet").num_rows == 600
+    assert st.export_parquet(store, tmp_path / "empty", st.Filters(lot="nope")) == {"inspections": 0, "regions": 0}
+    with pytest.raises(Exception, match="cannot write"):
+        st.export_regions_csv(store, tmp_path / "missing" / "r.csv")
+
+
+def test_charts_are_valid_svg(store: Store) -> None:
+    pareto = ET.fromstring(st.pareto_svg(st.defect_pareto(store)))
+    assert pareto.tag.endswith("svg") and len(pareto.findall("{http://www.w3.org/2000/svg}rect")) == 3
+    chart = st.fail_rate_chart(store, by="lot", centre=0.05)
+    svg = ET.fromstring(st.control_chart_svg(chart))
+    assert len(svg.findall("{http://www.w3.org/2000/svg}circle")) == 1       # the alarm point
+    ET.fromstring(st.pareto_svg([]))
+
+
+def test_stats_command_prints_pareto_and_alarm_and_writes_exports(store: Store, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    db = store.url.database
+    store.close()
+    reference = tmp_path / "good.png"
+    cv2.imwrite(str(reference), np.full((100, 100, 3), 128, np.uint8))
+    out = tmp_path / "charts"
+    code = main(["stats", "--store", str(db), "--recipe", "part", "--charts", str(out), "--reference",
+                 str(reference), "--regions-csv", str(tmp_path / "r.csv"), "--parquet", str(tmp_path / "pq")])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "scratch" in text and "63.6 %" in text and "ALARM beyond_3sigma" in text and "at F" in text
+    assert {p.name for p in out.iterdir()} == {"pareto.svg", "fail_rate.svg", "locations.png"}
+    assert "wrote 55 region(s)" in text and "600 inspection(s) and 55 region(s)" in text

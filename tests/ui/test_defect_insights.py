@@ -1,0 +1,81 @@
+"""Defect insights panel: queries off the GUI thread, Pareto and p-chart drawn, alarms raised, charts saved."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pytestqt.qtbot import QtBot
+
+from inspector.results import DefectRegion, InspectionResult, Verdict
+from inspector.spc import Alarm
+from inspector.store import Store
+from ui.defect_insights import DefectInsightsPanel, save_plot
+
+T0 = 1_790_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "stats.db")
+    i = 0
+    for lot, n_fail in (("A", 2), ("B", 2), ("C", 2), ("D", 2), ("E", 15)):
+        for k in range(50):
+            region = DefectRegion(x=10, y=10, width=5, height=5, area_px=20, area_mm2=None, max_score=0.9,
+                                  mean_score=0.8, predicted_class="scratch" if k % 2 else "dent")
+            failed = k < n_fail
+            s.record(InspectionResult(frame_id=i, timestamp=T0 + i, source="cam", recipe="part", model_version="v1",
+                                      verdict=Verdict.FAIL if failed else Verdict.PASS, score=0.9 if failed else 0.2,
+                                      regions=(region,) if failed else (), lot=lot))
+            i += 1
+    s.flush()
+    yield s
+    s.close()
+
+
+def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtBot, store: Store,
+                                                                    tmp_path: Path) -> None:
+    threads: list[str] = []
+    original = store.engine.connect
+
+    def spy() -> object:
+        threads.append(threading.current_thread().name)
+        return original()
+
+    store.engine.connect = spy  # type: ignore[method-assign]   # only records which thread queries
+    panel = DefectInsightsPanel(store)
+    qtbot.addWidget(panel)
+    panel.set_reference(np.full((40, 40, 3), 120, np.uint8), (0, 0, 40, 40))
+    alarms: list[Alarm] = []
+    panel.alarm_raised.connect(alarms.append)
+    panel.refresh({"recipe": "part"})               # hidden: nothing runs until it is shown
+    assert not threads and panel.last is None
+    panel.show()
+    qtbot.waitUntil(lambda: panel.last is not None, timeout=30_000)
+    assert [a.key for a in alarms] == ["E"]
+    threads.clear()
+    start = time.perf_counter()
+    with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
+        panel.refresh({"recipe": "part"})
+        returned_s = time.perf_counter() - start
+    assert returned_s < 0.3, "refresh must only start the worker"
+    assert threads and threading.main_thread().name not in threads
+    assert [r.defect_type for r in panel.pareto.rows] == ["dent", "scratch"]
+    assert panel.p_chart.chart is not None and [a.key for a in panel.p_chart.chart.alarms] == ["E"]
+    assert [a.key for a in alarms] == ["E"] and panel.alarm_list.count() == 1
+    assert panel.location.pixmap() is not None and not panel.location.pixmap().isNull()
+
+    saved = panel.save_charts(tmp_path / "charts", fmt="svg") + panel.save_charts(tmp_path / "charts", fmt="png")
+    assert all(p.stat().st_size > 100 for p in saved)
+    assert (tmp_path / "charts" / "pareto.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    with pytest.raises(ValueError, match=r"\.png or \.svg"):
+        save_plot(panel.pareto, tmp_path / "x.jpg")
+
+    # a second refresh with the same data publishes no alarm twice
+    with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
+        panel.refresh({"recipe": "part"})
+    assert len(alarms) == 1
+    panel.shutdown()
