@@ -84,6 +84,6 @@ def test_the_main_window_publishes_every_result_after_recording_it(qtbot: QtBot,
     attach_line_io(window, Line())
     window.show()
     window.start()
-    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.STOPPED, timeout=15_000)
+    qtbot.waitUntil(lambda: window.counts.inspected == 6 and window.state == RunState.SOURCE_ENDED, timeout=15_000)
     assert order == ["record", "publish"] * 6
     window.close()
