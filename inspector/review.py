@@ -31,14 +31,16 @@ import json
 import logging
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import cv2
 import numpy as np
@@ -73,6 +75,8 @@ REPORT_EVERY_S: Final = 30.0       # periodic report while running; a report cos
 THUMB_SIDE: Final = 160            # longer side of a thumbnail, px
 THUMB_QUALITY: Final = 80          # JPEG quality of thumbnails
 OVERLAY_QUALITY: Final = 90        # JPEG quality of full-size overlays
+REVIEW_BATCH: Final = 8            # images per model call in recipe mode (Station.inspect_images)
+DECODE_AHEAD: Final = 16           # images decoded ahead of the model by the decode thread
 ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
 ZERO_SHOT_K_FAIL: Final = 6.0      # ... and for FAIL: far outside what the batch does
 ZERO_SHOT_MIN_AREA_PX: Final = 25  # smallest zero-shot defect region, the recipe default `min_defect_area_px`
@@ -255,6 +259,7 @@ def review(
     device: str | None = None,
     weights: str | Path | None = None,
     zero_shot_config: ZeroShotConfig | None = None,
+    batch_size: int = REVIEW_BATCH,
 ) -> Generator[Progress, None, ReviewSummary]:
     """Score every image under ``folder`` and write the report into ``out``.
 
@@ -267,6 +272,8 @@ def review(
         device: ``auto | cpu | cuda``; default: the recipe's, ``auto`` in zero-shot mode.
         weights: DINOv2 weights file; default: the recipe's, else the resolution order of `models.weights`.
         zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: shorter side 224).
+        batch_size: images per model call in recipe mode (1 scores one image at a time); the files
+            are decoded on a separate thread, ``DECODE_AHEAD`` images ahead of the model.
 
     Yields:
         Progress ticks, one per image (and per scored block in zero-shot mode), with rate and ETA in
@@ -287,6 +294,9 @@ def review(
     if not folder.is_dir():
         msg = f"{folder}: not a folder of images to review"
         raise InspectorError(msg)
+    if batch_size < 1:
+        msg = f"review batch size must be >= 1, got {batch_size}"
+        raise InspectorError(msg)
     out_abs = out.resolve()
     files = [p for p in image_files(folder) if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
     if not files:
@@ -296,7 +306,8 @@ def review(
         (out / sub).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if recipe is not None:
-        summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights)
+        summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights,
+                                            batch_size=batch_size)
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
                                                config=zero_shot_config)
@@ -335,7 +346,7 @@ def _now() -> str:
 
 def _review_recipe(
     folder: Path, out: Path, files: list[Path], recipe_path: Path, *, device: str | None,
-    weights: str | Path | None,
+    weights: str | Path | None, batch_size: int,
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import load_recipe
     from inspector.station import Station
@@ -361,24 +372,112 @@ def _review_recipe(
     rate = _Rate()
     last_report = time.perf_counter()
     todo = [p for p in files if _relative(p, folder) not in journal.records]
-    for i, path in enumerate(todo):
-        rel = _relative(path, folder)
-        journal.append(_inspect_one(station, path, rel, out, thresholds))
-        rate.tick()
-        done = resumed + i + 1
-        yield Progress(done=done, total=len(files), message=f"{rel}  {rate.text(len(todo) - i - 1)}".strip())
-        if time.perf_counter() - last_report >= REPORT_EVERY_S:
-            write_report(out, _ordered(folder, files, journal), meta(False, rate))
-            last_report = time.perf_counter()
+    decoded = _decode_ahead(todo, folder)
+    batch: list[_Decoded] = []
+    i = 0
+    try:
+        for item in decoded:
+            batch.append(item)
+            if len(batch) < batch_size and item.index < len(todo) - 1:
+                continue
+            for rel, record in _review_batch(station, batch, out, thresholds, batch_size=batch_size):
+                journal.append(record)
+                rate.tick()
+                i += 1
+                yield Progress(done=resumed + i, total=len(files), message=f"{rel}  {rate.text(len(todo) - i)}".strip())
+            batch = []
+            if time.perf_counter() - last_report >= REPORT_EVERY_S:
+                write_report(out, _ordered(folder, files, journal), meta(False, rate))
+                last_report = time.perf_counter()
+    finally:
+        decoded.close()  # stops the decode thread when the review is cancelled
     return _finish(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo), mode="recipe")
 
 
-def _inspect_one(station: Station, path: Path, rel: str, out: Path,
-                 thresholds: tuple[float, float, float]) -> dict[str, Any]:
+class _Decoded(NamedTuple):
+    """One file of the review, decoded (or not) by the decode thread."""
+
+    index: int                      # position in the list of files to do
+    path: Path
+    rel: str
+    image: np.ndarray | None        # (H, W, 3) uint8 BGR; None when it could not be read
+    error: Exception | None
+
+
+_DONE: Final = object()
+
+
+def _decode_ahead(files: list[Path], folder: Path) -> Generator[_Decoded, None, None]:
+    """The files decoded on a thread of their own, up to ``DECODE_AHEAD`` ahead of the consumer,
+    so the model never waits for JPEG decoding (OpenCV releases the GIL while it decodes).
+
+    Closing the generator stops the thread.
+    """
+    ahead: queue.Queue[object] = queue.Queue(maxsize=DECODE_AHEAD)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        for index, path in enumerate(files):
+            rel = _relative(path, folder)
+            try:
+                item = _Decoded(index, path, rel, load_image(path), None)
+            except Exception as exc:  # handed to the consumer, which reports or re-raises it
+                item = _Decoded(index, path, rel, None, exc)
+            if not put(item):
+                return
+        put(_DONE)
+
+    thread = threading.Thread(target=work, name="review-decode", daemon=True)
+    thread.start()
     try:
-        image = load_image(path)
-        result = station.inspect_image(image, path=rel)
-    except (FrameDecodeError, ValueError, RuntimeError) as exc:
+        while (item := ahead.get()) is not _DONE:
+            assert isinstance(item, _Decoded)
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10.0)
+
+
+def _review_batch(
+    station: Station, batch: list[_Decoded], out: Path, thresholds: tuple[float, float, float], *, batch_size: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(relative path, journal record) of each decoded file, the readable ones scored in one batched call."""
+    readable = [d for d in batch if d.image is not None]
+    results: dict[int, Any] = {}
+    if len(readable) > 1:
+        try:
+            scored = station.inspect_images([d.image for d in readable if d.image is not None],
+                                            paths=[d.rel for d in readable], batch_size=batch_size)
+            results = {d.index: r for d, r in zip(readable, scored, strict=True)}
+        except (ValueError, RuntimeError) as exc:
+            # One bad image fails its batch: score them one at a time so that only it is an error.
+            logger.info("review: a batch of %d failed (%s); scoring its images one at a time", len(readable), exc)
+    for d in batch:
+        if d.error is not None and not isinstance(d.error, (FrameDecodeError, ValueError, RuntimeError, OSError)):
+            raise d.error
+        yield d.rel, _inspect_one(station, d, out, thresholds, results.get(d.index))
+
+
+def _inspect_one(station: Station, decoded: _Decoded, out: Path, thresholds: tuple[float, float, float],
+                 result: Any = None) -> dict[str, Any]:
+    """The journal record of one file: its scored ``result`` (scored here when None) or its error."""
+    path, rel, image = decoded.path, decoded.rel, decoded.image
+    try:
+        if decoded.error is not None:
+            raise decoded.error
+        assert image is not None
+        if result is None:
+            result = station.inspect_image(image, path=rel)
+    except (FrameDecodeError, ValueError, RuntimeError, OSError) as exc:
         # One bad file never costs the others: it is reported with its reason and the review goes on.
         logger.warning("review: %s: %s", rel, exc)
         return {"file": rel, "status": "error", "error": _reason(exc, path, rel)}
