@@ -378,7 +378,7 @@ def _review_recipe(
     try:
         for item in decoded:
             batch.append(item)
-            if len(batch) < batch_size and item.index < len(todo) - 1:
+            if len(batch) < batch_size and item.position < len(todo) - 1:
                 continue
             for rel, record in _review_batch(station, batch, out, thresholds, batch_size=batch_size):
                 journal.append(record)
@@ -397,7 +397,7 @@ def _review_recipe(
 class _Decoded(NamedTuple):
     """One file of the review, decoded (or not) by the decode thread."""
 
-    index: int                      # position in the list of files to do
+    position: int                   # in the list of files to do
     path: Path
     rel: str
     image: np.ndarray | None        # (H, W, 3) uint8 BGR; None when it could not be read
@@ -457,14 +457,14 @@ def _review_batch(
         try:
             scored = station.inspect_images([d.image for d in readable if d.image is not None],
                                             paths=[d.rel for d in readable], batch_size=batch_size)
-            results = {d.index: r for d, r in zip(readable, scored, strict=True)}
+            results = {d.position: r for d, r in zip(readable, scored, strict=True)}
         except (ValueError, RuntimeError) as exc:
             # One bad image fails its batch: score them one at a time so that only it is an error.
             logger.info("review: a batch of %d failed (%s); scoring its images one at a time", len(readable), exc)
     for d in batch:
         if d.error is not None and not isinstance(d.error, (FrameDecodeError, ValueError, RuntimeError, OSError)):
             raise d.error
-        yield d.rel, _inspect_one(station, d, out, thresholds, results.get(d.index))
+        yield d.rel, _inspect_one(station, d, out, thresholds, results.get(d.position))
 
 
 def _inspect_one(station: Station, decoded: _Decoded, out: Path, thresholds: tuple[float, float, float],

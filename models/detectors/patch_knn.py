@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
@@ -515,7 +516,7 @@ class PatchKNN(nn.Module):
                                 patch_size=self._backbone.patch_size)
                 uploaded = self._staging.upload(batch, self.device)
                 if self.uses_cuda_graphs:
-                    image_scores, full = self._graphs.run(lambda x, geo=geo: self._score_frames(x, geo), uploaded,
+                    image_scores, full = self._graphs.run(functools.partial(self._score_frames, geo=geo), uploaded,
                                                           reads=(self.memory_bank,))
                 else:
                     image_scores, full = self._score_frames(uploaded, geo)
