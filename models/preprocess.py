@@ -115,6 +115,17 @@ def to_model_input(
         batch = F.interpolate(batch, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
     top, left = (rh - h) // 2, (rw - w) // 2
     batch = batch[..., top : top + h, left : left + w]
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(batch.device)
     return ((batch - mean) / std).to(dtype)
+
+
+_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, 1, 1) mean and std on ``device``, made once per device: no host-to-device copy per call
+    (a CUDA graph cannot capture one, and it costs a synchronisation on every frame)."""
+    if device not in _STATS:
+        _STATS[device] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                          torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    return _STATS[device]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,13 +38,17 @@ from models.preprocess import to_model_input
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["PROVIDER_ORDER", "OrtBackbone", "OrtDetector", "create_session", "select_providers"]
+__all__ = ["PROVIDER_ORDER", "OrtBackbone", "OrtDetector", "Parity", "check_parity", "create_session",
+           "select_providers"]
 
 logger = logging.getLogger(__name__)
 
 # Fastest first; onnxruntime falls back along the list (its documented provider priority order).
 PROVIDER_ORDER: Final = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 DEVICES: Final = ("auto", "cpu", "cuda")
+# Parity of another runtime or precision with the fp32 torch detector (issue 17): scores this correlated
+# and the same verdict for every frame.
+MIN_PARITY_CORRELATION: Final = 0.9999
 
 
 def select_providers(device: str = "auto", *, tensorrt: bool = False) -> list[str]:
@@ -117,8 +122,15 @@ def create_session(
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads is not None:
         options.intra_op_num_threads = int(intra_op_threads)
+    provider_args: list[Any] = list(providers)
+    if providers[0] == "TensorrtExecutionProvider":
+        # fp16 engines, cached beside the model: the build takes minutes once, not at every start
+        cache = path.parent / f"{path.stem}.trt-cache"
+        cache.mkdir(exist_ok=True)
+        provider_args[0] = ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                                          "trt_engine_cache_path": str(cache)})
     try:
-        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=provider_args)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ... types
         msg = f"{path}: onnxruntime cannot load the file ({type(exc).__name__}: {exc}); export it again"
         raise RuntimeError(msg) from exc
@@ -255,6 +267,21 @@ class OrtDetector:
         values = self.session.run(names, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})
         return dict(zip(names, values, strict=True))
 
+    def run_bound(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        """``run_graph`` on a CUDA tensor through onnxruntime's I/O binding: the input is read where
+        torch preprocessed it (no copy through host memory); the outputs come back to the host.
+        """
+        x = images.detach().to(torch.float32).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input(name=INPUT_NAME, device_type="cuda", device_id=x.device.index or 0,
+                           element_type=np.float32, shape=tuple(x.shape), buffer_ptr=x.data_ptr())
+        names = [o.name for o in self.session.get_outputs()]
+        for name in names:
+            binding.bind_output(name, "cuda", x.device.index or 0)
+        torch.cuda.current_stream(x.device).synchronize()  # the preprocessing kernels have written x
+        self.session.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+
     def predict(self, images_rgb: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 8) -> Detection:
         """Score frames, as ``PatchKNN.predict``.
 
@@ -290,9 +317,10 @@ class OrtDetector:
                 raise ValueError(msg)
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
+                on_gpu = self.provider != "CPUExecutionProvider"
                 x = to_model_input(np.stack([frames[i] for i in chunk]), shorter_side=self.shorter_side,
-                                   patch_size=self.patch_size, device="cpu")
-                out = self.run_graph(x.numpy())
+                                   patch_size=self.patch_size, device="cuda" if on_gpu else "cpu")
+                out = self.run_bound(x) if on_gpu else self.run_graph(x.numpy())
                 scores[chunk] = out["pred_score"]
                 full = _to_frame_size(out["anomaly_map"], geo)
                 for j, i in enumerate(chunk):
@@ -304,6 +332,52 @@ class OrtDetector:
     def __call__(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
         """Same as ``predict``."""
         return self.predict(images_rgb)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Parity:
+    """How a runtime (or a precision) scores the same frames as the reference fp32 torch detector."""
+
+    frames: int
+    correlation: float          # Pearson correlation of the image scores (nan when either is constant)
+    score_max_abs_diff: float
+    map_max_abs_diff: float
+    verdicts_equal: bool        # the same side of ``threshold`` for every frame
+    threshold: float
+
+    @property
+    def ok(self) -> bool:
+        """Correlation >= ``MIN_PARITY_CORRELATION`` (or identical scores) and identical verdicts."""
+        same = self.score_max_abs_diff == 0.0 or self.correlation >= MIN_PARITY_CORRELATION
+        return bool(same and self.verdicts_equal)
+
+    def line(self) -> str:
+        return (f"{self.frames} frames: score correlation {self.correlation:.6f}, max |score diff| "
+                f"{self.score_max_abs_diff:.2e}, max |map diff| {self.map_max_abs_diff:.2e}, verdicts at "
+                f"{self.threshold:.4f} {'identical' if self.verdicts_equal else 'DIFFERENT'}"
+                f" -> {'parity' if self.ok else 'NO PARITY'}")
+
+
+def check_parity(
+    reference: Any, candidate: Any, frames: Sequence[np.ndarray], *, threshold: float, batch_size: int = 8
+) -> Parity:
+    """Score ``frames`` with both detectors (anything with ``PatchKNN.predict``) and compare.
+
+    Args:
+        reference: the fp32 torch detector.
+        candidate: the runtime or precision under test (``OrtDetector``, a PatchKNN in fp16, ...).
+        frames: same-sized (H, W, 3) uint8 RGB frames (at least 2 for a correlation).
+        threshold: the verdict threshold (the recipe's review threshold).
+        batch_size: frames per call of each detector.
+    """
+    a = reference.predict(list(frames), batch_size=batch_size)
+    b = candidate.predict(list(frames), batch_size=batch_size)
+    sa, sb = np.asarray(a.pred_score, np.float64), np.asarray(b.pred_score, np.float64)
+    corr = float(np.corrcoef(sa, sb)[0, 1]) if len(sa) > 1 and sa.std() > 0 and sb.std() > 0 else float("nan")
+    map_diff = float(np.abs(np.asarray(a.anomaly_map, np.float32) - np.asarray(b.anomaly_map, np.float32)).max())
+    return Parity(frames=len(sa), correlation=corr, score_max_abs_diff=float(np.abs(sa - sb).max()),
+                  map_max_abs_diff=map_diff, verdicts_equal=bool(np.array_equal(sa >= threshold, sb >= threshold)),
+                  threshold=float(threshold))
 
 
 def _to_frame_size(crop_maps: np.ndarray, geo: Any) -> np.ndarray:

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import DinoBackbone, resolve_device
+from models.detectors._fastpath import PRECISIONS, GraphCache, PinnedStaging, autocast_dtype
 from models.detectors._foreground import foreground_masks, mask_fractions
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
 from models.detectors.registry import register_detector
@@ -113,6 +115,12 @@ class PatchKNNConfig:
     query_chunk_size: int = 4096  # query rows per kNN block (largest temporary: 4096 x 16384)
     loo_max_images: int = 64  # ours: leave-one-out scores for at most this many training images
     seed: int = 0  # coreset start, coreset projection and the leave-one-out subset
+    # backbone matmuls: "auto" = fp16 on CUDA, fp32 on the CPU; "bf16"/"fp16" autocast everywhere
+    # (parity with fp32: score correlation >= 0.9999, tests/models/test_fastpath.py, benchmarks/speed.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # ours: replay one CUDA graph per frame shape (models.detectors._fastpath); CUDA only, without
+    # masking or a search radius (their data-dependent steps cannot be captured): elsewhere eager
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         positive_ints = ("shorter_side", "rotation_max_shots", "k", "mask_kernel_size", "fit_batch_size",
@@ -132,6 +140,12 @@ class PatchKNNConfig:
         if self.augment_rotations not in (True, False, "auto"):
             msg = (f"PatchKNNConfig.augment_rotations must be True, False or 'auto', "
                    f"got {self.augment_rotations!r}")
+            raise ValueError(msg)
+        if self.precision not in PRECISIONS:
+            msg = f"PatchKNNConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            raise ValueError(msg)
+        if not isinstance(self.cuda_graphs, bool):
+            msg = f"PatchKNNConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}"
             raise ValueError(msg)
         if self.masking not in ("auto", "on", "off"):
             msg = f"PatchKNNConfig.masking must be 'auto', 'on' or 'off', got {self.masking!r}"
@@ -340,6 +354,8 @@ class PatchKNN(nn.Module):
         self.reference_foreground: float = 1.0  # mean foreground share of the references' masks
         self.rotations_used: bool = False
         self.n_images: int = 0  # good frames in the bank (fit + add_normal); also the next owner id
+        self._staging = PinnedStaging()  # pinned host buffers of the CUDA upload/download
+        self._graphs = GraphCache()  # CUDA graphs per frame shape (config.cuda_graphs)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -504,15 +520,23 @@ class PatchKNN(nn.Module):
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                raw, geo = self._features([frames[i] for i in chunk])
-                patch_scores = self._patch_scores(raw)
-                image_scores = self._image_scores(patch_scores)
-                full = _anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=True)
-                full_np = full.cpu().numpy().astype(np.float32, copy=False)
-                scores[chunk] = image_scores.cpu().numpy()
+                batch = np.stack([frames[i] for i in chunk])
+                geo = _geometry(*batch.shape[1:3], shorter_side=self._config.shorter_side,
+                                patch_size=self._backbone.patch_size)
+                uploaded = self._staging.upload(batch, self.device)
+                raw: torch.Tensor | None = None
+                if with_features:              # eager: the features leave the graph's fixed buffers
+                    image_scores, full, raw = self._score_frames_and_features(uploaded, geo)
+                elif self.uses_cuda_graphs:
+                    image_scores, full = self._graphs.run(functools.partial(self._score_frames, geo=geo), uploaded,
+                                                          reads=(self.memory_bank,))
+                else:
+                    image_scores, full = self._score_frames(uploaded, geo)
+                scores_np, full_np = self._staging.download(image_scores, full)
+                scores[chunk] = scores_np
                 for j, i in enumerate(chunk):
                     maps[i] = full_np[j]
-                if with_features:
+                if raw is not None:
                     embedded = self._embed(raw).cpu().numpy()
                     for j, i in enumerate(chunk):
                         features[i] = embedded[j]
@@ -521,6 +545,41 @@ class PatchKNN(nn.Module):
         if len(by_size) == 1:
             return Detection(pred_score=scores, anomaly_map=np.stack(out_maps), patch_features=out_features)
         return Detection(pred_score=scores, anomaly_map=out_maps, patch_features=out_features)
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether ``predict`` replays CUDA graphs: asked for, on CUDA, and without data-dependent steps."""
+        cfg = self._config
+        return (cfg.cuda_graphs and self.device.type == "cuda" and not self.masking_active
+                and cfg.position_radius is None)
+
+    def _score_frames(self, frames: torch.Tensor, geo: _Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size).
+
+        Without masking and a search radius this runs without a host synchronisation, so a CUDA
+        graph can capture it (``uses_cuda_graphs``).
+        """
+        image_scores, full, _ = self._score_frames_and_features(frames, geo)
+        return image_scores, full
+
+    def _score_frames_and_features(self, frames: torch.Tensor,
+                                   geo: _Geometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_score_frames`, also returning the backbone's (B, h, w, D) patch features."""
+        x = to_model_input(frames, shorter_side=self._config.shorter_side, patch_size=self._backbone.patch_size,
+                           device=self.device)
+        raw = self._run_backbone(x)
+        patch_scores = self._patch_scores(raw)
+        full = _anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=True)
+        return self._image_scores(patch_scores), full, raw
+
+    def _run_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone under the configured precision (``PatchKNNConfig.precision``)."""
+        dtype = autocast_dtype(self._config.precision, self.device)
+        if dtype is None:
+            return self._backbone(x)
+        # no autocast weight cache: a CUDA graph must not read casts made outside its capture
+        with torch.autocast(self.device.type, dtype=dtype, cache_enabled=False):
+            return self._backbone(x).float()
 
     def forward(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
         """Same as ``predict``."""
@@ -592,9 +651,9 @@ class PatchKNN(nn.Module):
         height, width = frames[0].shape[:2]
         patch = self._backbone.patch_size
         geo = _geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
-        x = to_model_input(np.stack(frames), shorter_side=self._config.shorter_side, patch_size=patch,
-                           device=self.device)
-        return self._backbone(x), geo
+        x = to_model_input(self._staging.upload(np.stack(frames), self.device),
+                           shorter_side=self._config.shorter_side, patch_size=patch, device=self.device)
+        return self._run_backbone(x), geo
 
     @torch.inference_mode()
     def _extract_views(
@@ -685,6 +744,10 @@ class PatchKNN(nn.Module):
         b, h, w, d = raw.shape
         cfg = self._config
         feats = self._embed(raw).reshape(-1, d)
+        if not self.masking_active and cfg.position_radius is None and owner is None:
+            # every patch is scored: no boolean indexing (a host synchronisation on CUDA)
+            return knn_distances(feats, self.memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
+                                 query_chunk_size=cfg.query_chunk_size).reshape(b, h, w)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
         if self.masking_active:
             masks = self._masks(raw)

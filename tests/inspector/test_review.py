@@ -288,3 +288,33 @@ def test_hostile_file_names_are_escaped_listed_or_not_followed(data: dict[str, P
     assert any(s.startswith(".hidden.png: hidden") for s in summary.skipped), summary.skipped
     assert any(s.startswith("link.png: a link to") and "outside the reviewed folder" in s for s in summary.skipped)
     assert any(line.startswith("skipped: link.png") for line in summary.summary_lines())
+
+
+def test_batched_review_scores_like_one_image_at_a_time(recipe_review: tuple[ReviewSummary, Path],
+                                                        data: dict[str, Path]) -> None:
+    _, batched = recipe_review                                  # the default batch size
+    out = data["root"] / "recipe-one-at-a-time"
+    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", batch_size=1))
+    assert summary is not None and summary.counts["ERROR"] == 1
+    one = {r["file"]: r for r in _rows(out / "results.csv")}
+    many = {r["file"]: r for r in _rows(batched / "results.csv")}
+    assert one.keys() == many.keys()
+    for name, row in one.items():
+        assert row["verdict"] == many[name]["verdict"], name
+        if row["verdict"] != "ERROR":
+            assert float(row["score"]) == pytest.approx(float(many[name]["score"]), abs=1e-4), name
+
+
+def test_cancelled_review_stops_its_decode_thread(data: dict[str, Path]) -> None:
+    import threading
+
+    out = data["root"] / "recipe-cancelled"
+    stopped = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", batch_size=4),
+                     stop_after=lambda tick, n: n == 3)
+    assert stopped is None
+    assert not [t for t in threading.enumerate() if t.name == "review-decode"], "the decode thread is left running"
+
+
+def test_review_batch_size_below_one_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InspectorError, match="batch size must be >= 1"):
+        _drive(review(data["folder"], tmp_path / "out", recipe=data["recipe"], batch_size=0))

@@ -164,3 +164,31 @@ def test_non_finite_score_or_map_gives_error_not_pass(
         result = station.inspect_image(image)
         assert result.verdict is Verdict.ERROR and result.score is None
         assert result.error is not None and ("score nan" in result.error or "anomaly map" in result.error)
+
+
+def test_inspect_images_batches_frames_of_two_sizes_like_one_at_a_time(station: Station) -> None:
+    rng = np.random.default_rng(11)
+    small = [textured_part(rng), with_defect(textured_part(rng), rng)[0], textured_part(rng)]
+    large = [textured_part(rng, 126), with_defect(textured_part(rng, 126), rng)[0]]
+    images = [small[0], large[0], small[1], large[1], small[2]]      # sizes interleaved
+    paths = [f"img_{i}.png" for i in range(len(images))]
+
+    batched = station.inspect_images(images, paths=paths, first_frame_id=10, batch_size=2)
+    single = [station.inspect_image(image, path=path) for image, path in zip(images, paths, strict=True)]
+
+    assert [r.path for r in batched] == paths and [r.frame_id for r in batched] == [10, 11, 12, 13, 14]
+    for b, s in zip(batched, single, strict=True):
+        assert b.verdict is s.verdict
+        assert b.score == pytest.approx(s.score, abs=1e-5)
+        assert b.anomaly_map.shape == s.anomaly_map.shape
+        np.testing.assert_allclose(b.anomaly_map, s.anomaly_map, atol=1e-4)
+        assert [(r.x, r.y) for r in b.regions] == [(r.x, r.y) for r in s.regions]
+    assert batched[2].verdict is Verdict.FAIL and batched[0].verdict is Verdict.PASS
+
+
+def test_inspect_images_refuses_paths_that_do_not_match(station: Station) -> None:
+    image = textured_part(np.random.default_rng(2))
+    with pytest.raises(ValueError, match="2 paths for 1 images"):
+        station.inspect_images([image], paths=["a.png", "b.png"])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        station.inspect_images([image], batch_size=0)

@@ -251,3 +251,24 @@ def test_loading_onnxruntime_through_models_writes_nothing_under_home(tmp_path: 
     repo = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True, timeout=120)
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_parity_check_of_onnxruntime_with_torch(detector: PatchKNN, runtime: OrtDetector) -> None:
+    from models.runtime import check_parity
+
+    rng = np.random.default_rng(21)
+    frames = [good_frame(rng) for _ in range(4)] + [defect_frame(rng) for _ in range(4)]
+    scores = detector.predict(frames).pred_score
+    threshold = float((scores[:4].max() + scores[4:].min()) / 2)
+    parity = check_parity(detector, runtime, frames, threshold=threshold)
+    assert parity.ok, parity.line()
+    assert parity.frames == 8 and parity.verdicts_equal and parity.correlation >= 0.9999
+
+    class Shifted:  # a runtime that moves one score across the threshold: no parity
+        def predict(self, images: list[np.ndarray], *, batch_size: int = 8) -> object:
+            out = detector.predict(images, batch_size=batch_size)
+            out.pred_score[0] = threshold + 1.0
+            return out
+
+    broken = check_parity(detector, Shifted(), frames, threshold=threshold)
+    assert not broken.ok and not broken.verdicts_equal and "NO PARITY" in broken.line()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole GPU measurement of issue 17 in one command, within 8 minutes on one NVIDIA GPU.
+#
+# Needs on the GPU machine: Python 3.12 with torch (CUDA), timm, numpy, opencv, safetensors (no
+# network, no anomalib, no data sets). What it lacks travels with the working tree, prepared here:
+#     bash benchmarks/gpu_wheels.sh                                       # .whl/: anomalib + deps, ~10 MB
+#     python -m benchmarks.gpu_pack --data-root ../shared/data/visa_fryum  # .gpu/: fp16 weights + 48 frames, ~47 MB
+# then, on the GPU machine, from the repository root (with the device tool: carry [".whl", ".gpu"]):
+#     bash benchmarks/gpu.sh [RESULTS_DIR]        # default: $OUT if set, else benchmarks/results
+#
+# It runs benchmarks/speed.py at 448x672 and 224x336 with the 16-shot rotated bank and a padded
+# 1,000,000-patch bank: ours fp32 (same scores as anomalib, checked), ours fast (fp16 + CUDA
+# graphs, parity-checked against fp32: correlation >= 0.9999, identical verdicts), anomalib
+# AnomalyDINO, and onnxruntime CUDA/TensorRT rows when an onnxruntime with CUDA is installed there.
+# Then the GPU-marked tests. Results: speed_gpu.json (+ .log) in RESULTS_DIR.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${1:-${OUT:-benchmarks/results}}
+mkdir -p "$RESULTS"
+[ -d .whl ] && [ -f .gpu/weights_fp16.safetensors ] || {
+  echo "missing .whl/ or .gpu/: run benchmarks/gpu_wheels.sh and python -m benchmarks.gpu_pack here first" >&2; exit 2; }
+PY=${PYTHON:-python3}
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/inspector-site .whl/*.whl || exit 3
+export PYTHONPATH=/tmp/inspector-site:$PWD PYTHONUNBUFFERED=1 INSPECTOR_CACHE_DIR=/tmp/inspector-cache
+nvidia-smi -L 2>/dev/null | tee "$RESULTS/gpu.txt"
+ONNX=--no-onnx
+if $PY -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
+  ONNX=""
+fi
+# ~4-6 min on an H100/H200: 2 sizes x 2 banks x (32 frames x 5 repeats at batch 1 + batches up to 128)
+timeout 430 $PY -m benchmarks.speed --data-root .gpu/data --weights .gpu/weights_fp16.safetensors --device cuda \
+  --sizes 448,224 --shots 16 --frames 32 --repeats 5 --large-bank 1000000 --batch-sizes 1,8,32,64,128 $ONNX \
+  ${SPEED_ARGS:-} --json "$RESULTS/speed_gpu.json" 2>&1 | tee "$RESULTS/speed_gpu.log"
+status=${PIPESTATUS[0]}
+timeout 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fastpath.py 2>&1 | tail -5 | tee -a "$RESULTS/speed_gpu.log"
+exit "$status"
