@@ -150,8 +150,8 @@ def test_non_finite_score_or_map_gives_error_not_pass(
 ) -> None:
     real_predict = station.detector.predict
 
-    def broken(image_rgb: np.ndarray) -> object:
-        detection = real_predict(image_rgb)
+    def broken(image_rgb: np.ndarray, **options: object) -> object:
+        detection = real_predict(image_rgb, **options)
         if where == "score":
             detection.pred_score[0] = np.nan
         else:
