@@ -34,6 +34,7 @@ import numpy as np
 
 from inspector.errors import CameraNotFound, CaptureError, FrameDecodeError, redact_credentials
 from inspector.results import Frame
+from models.files import FileTooLarge, NotARegularFile, read_bounded
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -76,6 +77,8 @@ MIN_IMAGE_SIDE: Final = 14
 STREAM_TIMEOUT_MS: Final = 5000
 # 100 megapixels: ~300 MB as BGR uint8. Above this a "photo" is a mistake or a decompression bomb.
 MAX_IMAGE_PIXELS: Final = 100_000_000
+# Largest image file read: 100 MP of 16-bit RGB uncompressed is 600 MB; anything bigger is not a part image.
+MAX_IMAGE_FILE_BYTES: Final = 1 << 30
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,18 +261,18 @@ def load_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        # regular files only (no device, FIFO or socket), at most MAX_IMAGE_FILE_BYTES, checked before reading
+        data = np.frombuffer(read_bounded(path, MAX_IMAGE_FILE_BYTES, what="image"), dtype=np.uint8)
+    except (NotARegularFile, FileTooLarge) as exc:
+        msg = f"{path}: {exc.strerror}".replace(f"{path} ", "", 1)
+        raise FrameDecodeError(msg, path=path) from exc
     except OSError as exc:
         msg = f"{path}: cannot read image file ({exc.strerror or exc})"
         raise FrameDecodeError(msg, path=path) from exc
+    size = int(data.size)
     if size == 0:
         msg = f"{path}: image file is empty (0 bytes); it was probably not written completely"
         raise FrameDecodeError(msg, path=path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        msg = f"{path}: cannot read image file ({exc.strerror or exc})"
-        raise FrameDecodeError(msg, path=path) from exc
 
     dims = _header_dims(data[:65536].tobytes())
     if dims is not None:

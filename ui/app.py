@@ -86,8 +86,11 @@ def recipe_choices(recipe: Path | None) -> list[Path]:
 
 
 def _open_store(text: str | None) -> Any | None:
+    from inspector.paths import check_contained
     from inspector.store import Store
 
+    if text and "://" not in text:
+        check_contained(Path(text), "--store")   # a store file only where the station may write
     # None: the configured plant store, else the per-user SQLite file. A station starts while its server is
     # away: results wait in the journal and the footer says "Store offline".
     return Store(text or None, allow_offline=True)

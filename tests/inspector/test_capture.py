@@ -414,3 +414,29 @@ def test_iter_image_files_walks_in_the_order_of_image_files(tmp_path: Path) -> N
     assert "a/b.png" in [p.relative_to(tmp_path).as_posix() for p in everything]
     skipped = list(iter_image_files(tmp_path, skip=tmp_path / "review"))
     assert skipped == [p for p in everything if "review" not in p.parts]
+
+
+# ---- bounded reads (issue 12): an image path that is a device, a FIFO or a huge file ----
+
+
+def test_an_image_path_that_is_a_fifo_or_device_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+    import time
+
+    fifo = tmp_path / "frame.png"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a device")):
+        started = time.monotonic()
+        with pytest.raises(FrameDecodeError, match=rf"^{path}: .*{kind}, not a regular image file"):
+            load_image(path)
+        assert time.monotonic() - started < 1.0
+
+
+def test_an_image_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    from inspector.capture import MAX_IMAGE_FILE_BYTES
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as handle:
+        handle.truncate(MAX_IMAGE_FILE_BYTES + 1)        # sparse: no disk used, nothing to read
+    with pytest.raises(FrameDecodeError, match=rf"^{huge}: has {MAX_IMAGE_FILE_BYTES + 1} bytes; an? image file"):
+        load_image(huge)
