@@ -1,6 +1,6 @@
 """Defect insights on the Statistics screen: Pareto of defect types, FAIL-rate p-chart with alarms, location map.
 
-The queries (`inspector.statistics.insights`) run on a `ui.workers.JobRunner` thread, never on the
+The queries (`inspector.statistics.insights`) run on a `ui.workers.QueryRunner` thread, never on the
 GUI thread; a refresh asked for while one runs, or while the screen is hidden, is kept and started
 when that job ends or the screen is shown (the newest wins).
 New SPC alarms are shown in red and published on an `inspector.spc.AlarmBus`, which a line
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QShowEvent
+from PySide6.QtGui import QCloseEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 from inspector.spc import AlarmBus, ControlChart
 from inspector.statistics import Filters, Insights, ParetoRow, insights
 from ui.qimage import bgr_to_qimage
-from ui.workers import JobRunner, call_as_job
+from ui.workers import QueryRunner
 
 __all__ = ["ControlChartPlot", "DefectInsightsPanel", "ParetoChart", "save_plot"]
 
@@ -149,10 +149,9 @@ class DefectInsightsPanel(QWidget):
         super().__init__(parent)
         self._store = store
         self.alarm_bus = alarms if alarms is not None else AlarmBus()
-        self._runner = JobRunner(self)
-        self._runner.finished.connect(self._on_insights_done)
-        self._runner.errored.connect(self._on_insights_failed)
-        self._runner.stopped.connect(self._on_runner_stopped)
+        self._queries = QueryRunner(self)       # plain Python threads; the newest request's answer wins
+        self._queries.ready.connect(self._on_query_ready)
+        self._queries.failed.connect(self._on_query_failed)
         self._pending: dict[str, Any] | None = None
         self.area: tuple[int, int, int, int] | None = None     # the recipe's ROI in frame pixels
         self.reference_bgr: np.ndarray | None = None           # a good image of that ROI
@@ -198,27 +197,36 @@ class DefectInsightsPanel(QWidget):
         """Compute the insights for ``filters`` (recipe, since, until, ...) on a worker thread."""
         if self._store is None:
             return
-        if self._runner.running or not self.isVisible():
-            # the newest request wins; it starts when this job ends, or when the screen is shown
-            # (a hidden screen computes nothing)
-            self._pending = dict(filters)
+        if not self.isVisible():
+            self._pending = dict(filters)       # a hidden screen computes nothing; it starts when shown
             return
         store, area, by = self._store, self.area, self.by_box.currentData()
         flt = Filters(**{k: v for k, v in filters.items() if k in Filters.__dataclass_fields__})
         self.status.setText("computing…")
-        self._runner.start(call_as_job(lambda: insights(store, flt, by=by, area=area), "statistics"),
-                           name="insights")
+        self._queries.submit(lambda: insights(store, flt, by=by, area=area), name="insights")
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
         super().showEvent(event)
-        if self._pending is not None and not self._runner.running:
+        if self._pending is not None:
             pending, self._pending = self._pending, None
             self.refresh(pending)
 
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()                         # no query thread outlives the panel
+        super().closeEvent(event)
+
     def shutdown(self) -> None:
-        """Stop the worker thread (the window is closing)."""
+        """Stop delivering answers and join the queries under way (the window is closing)."""
         self._pending = None
-        self._runner.shutdown()
+        self._queries.shutdown()
+
+    def _on_query_ready(self, request: int, value: object) -> None:
+        if self._queries.is_latest(request):    # an older request finishing late never overwrites a newer one
+            self._on_insights_done(value)
+
+    def _on_query_failed(self, request: int, exc: BaseException) -> None:
+        if self._queries.is_latest(request):
+            self._on_insights_failed(f"{type(exc).__name__}: {exc}")
 
     def save_charts(self, folder: str | Path, *, fmt: str = "png") -> list[Path]:
         """Save the Pareto and p-chart as ``pareto.<fmt>`` and ``fail_rate.<fmt>`` in ``folder``."""
@@ -251,12 +259,6 @@ class DefectInsightsPanel(QWidget):
     @Slot(str)
     def _on_insights_failed(self, text: str) -> None:
         self.status.setText(f"Statistics unavailable: {text}")
-
-    @Slot()
-    def _on_runner_stopped(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self.refresh(pending)
 
     @Slot()
     def _on_save_clicked(self) -> None:
