@@ -318,7 +318,9 @@ def _to_bgr8(image: np.ndarray, path: Path) -> np.ndarray:
     elif image.dtype in (np.float32, np.float64):
         finite = image[np.isfinite(image)]
         scale = 255.0 if finite.size == 0 or float(finite.max()) <= 1.0 else 1.0   # 0..1 data, or 0..255
-        image = np.nan_to_num(image * scale).clip(0, 255).round().astype(np.uint8)
+        # clipped before scaling: a huge negative value times 255 would overflow float32
+        clean = np.nan_to_num(image, nan=0.0, posinf=255.0 / scale, neginf=0.0)
+        image = (np.clip(clean, 0.0, 255.0 / scale) * scale).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         image = image.clip(0, 255).astype(np.uint8)
     if image.ndim == 2:

@@ -440,3 +440,14 @@ def test_an_image_file_over_the_size_limit_is_refused_before_reading(tmp_path: P
         handle.truncate(MAX_IMAGE_FILE_BYTES + 1)        # sparse: no disk used, nothing to read
     with pytest.raises(FrameDecodeError, match=rf"^{huge}: has {MAX_IMAGE_FILE_BYTES + 1} bytes; an? image file"):
         load_image(huge)
+
+
+def test_a_float_image_with_huge_negative_values_converts_without_overflow(tmp_path: Path) -> None:
+    """Found by the decoder fuzzer: a PFM holding -3e38 overflowed float32 when scaled to 0..255."""
+    image = np.array([[0.5, -3.0e38, 1.0, np.nan], [np.inf, -np.inf, 0.2, 0.0]] * 7, np.float32)
+    image = np.repeat(image, 4, axis=1)                      # 14 x 16: above the smallest side
+    path = tmp_path / "frame.pfm"
+    assert cv2.imwrite(str(path), cv2.merge([image, image, image]))
+    out = load_image(path)                                   # warnings are errors in the tests
+    assert out.dtype == np.uint8 and out.shape == (14, 16, 3)
+    assert set(np.unique(out)) <= {0, 51, 128, 255}
