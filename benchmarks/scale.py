@@ -345,10 +345,11 @@ def store_rows(*, results: int = 2000, writers: tuple[int, ...] = (1, 2, 4)) -> 
         for n_writers in writers:
             url = cluster.create_database(f"scale_{n_writers}")
             data_dir = Path(tempfile.mkdtemp(prefix="scale-store-"))
-            env = {**os.environ, "INSPECTOR_DATA_DIR": str(data_dir)}
             start = time.time() + 5.0
+            # one data folder (so one result journal) per station, as on separate station PCs
             procs = [subprocess.Popen([sys.executable, "-c", _WRITER, url, f"S{k}", str(results), str(start)],
-                                      cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                      cwd=repo, env={**os.environ, "INSPECTOR_DATA_DIR": str(data_dir / f"S{k}")},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for k in range(n_writers)]
             outs = []
             for proc in procs:
