@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from inspector._csv import csv_cell
+
 __all__ = ["ReportMeta", "write_report"]
 
 HISTOGRAM_BINS: Final = 30
@@ -100,16 +102,12 @@ def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMe
     return index
 
 
-_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # what spreadsheets run as formulas (OWASP)
-
-
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """CSV text; a text cell that a spreadsheet would run as a formula (a file named ``=cmd|...``) gets a ``'``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([["'" + c if isinstance(c, str) and c.startswith(_CSV_FORMULA_START) else c for c in row]
-                      for row in rows])
+    writer.writerows([[csv_cell(c) for c in row] for row in rows])
     return buf.getvalue()
 
 

@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal
 import numpy as np
 import sqlalchemy as sa
 
+from inspector._csv import csv_cell
 from inspector.errors import StoreError
 from inspector.results import Verdict
 from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
@@ -351,13 +352,6 @@ def _local(t: float) -> str:
     return dt.datetime.fromtimestamp(t).isoformat(timespec="milliseconds")
 
 
-def _csv_cell(value: Any) -> Any:
-    """Text a spreadsheet would run as a formula gets a leading ``'`` (OWASP CSV injection)."""
-    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
-        return "'" + value
-    return value
-
-
 def export_regions_csv(store: Store, path: str | Path, flt: Filters = Filters()) -> int:
     """One row per defect region with its inspection's fields, confirmed and predicted type; atomically.
 
@@ -377,7 +371,7 @@ def export_regions_csv(store: Store, path: str | Path, flt: Filters = Filters())
         for batch in _batches(store, _region_rows_stmt(flt)):
             for row in batch:
                 row["local_time"] = _local(row["time"])
-                writer.writerow([_csv_cell(row[c]) for c in _REGION_COLUMNS])
+                writer.writerow([csv_cell(row[c]) for c in _REGION_COLUMNS])
             count += len(batch)
     return count
 

@@ -52,6 +52,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from inspector import paths
+from inspector._csv import csv_cell
 from inspector.errors import StoreError
 from inspector.results import InspectionResult, Verdict
 
@@ -89,7 +90,6 @@ STORE_URL_ENV: Final = "INSPECTOR_STORE_URL"            # a plant's shared store
 STORE_URL_FILE_ENV: Final = "INSPECTOR_STORE_URL_FILE"  # ... or a file (mode 0600) holding that URL
 _MAX_URL_FILE_BYTES: Final = 4096
 _RETRY_MAX_DELAY_S: Final = 5.0           # backoff cap while the database refuses writes
-_CSV_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")   # what spreadsheets run as formulas (OWASP)
 
 # --------------------------------------------------------------------------------------------------
 # Schema
@@ -1077,7 +1077,7 @@ class Store:
                                       .isoformat(timespec="milliseconds"),
                                       "defect_classes": ";".join(classes.get(r["id"], ())),
                                       "predicted_classes": ";".join(predicted.get(r["id"], ()))}
-                            writer.writerow([_csv_cell(values[c]) for c in columns])
+                            writer.writerow([csv_cell(values[c]) for c in columns])
                             count += 1
             os.replace(tmp_name, path)
             tmp_name = None
@@ -1415,14 +1415,6 @@ def _reason(exc: BaseException) -> str:
     """The database's own sentence, without SQLAlchemy's SQL dump and link."""
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).splitlines()[0]
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(_CSV_FORMULA_START):
-        return "'" + value
-    return value
 
 
 def _chunks(rows: Iterable[Any], size: int) -> Iterable[list[Any]]:
