@@ -1,5 +1,6 @@
-"""Reading files that come from outside with a size limit checked before a byte is read.
+"""Reading files that come from outside with a size limit, and writing files atomically.
 
+``read_bounded``:
 A recipe, a model's ``model.json`` or its tensors could be anything a user (or an attacker) named:
 ``/dev/zero`` grows without end, a FIFO blocks ``open`` forever, a socket cannot be read. So files are
 opened non-blocking, must be regular files, and their size is checked against the caller's limit
@@ -7,8 +8,13 @@ before reading; the read itself stops one byte past the limit, in case the file 
 
 No torch here: the engine's fast paths (``inspector --help``, recipe loading) import this module.
 
+``atomic_write``: the one way this project replaces a file (recipes, saved models, reports, exports,
+sidecars): a temporary file beside the target, flushed to disk, then ``os.replace``, so a reader or a crash
+sees either the old file or the whole new one, never half of it.
+
 Example:
     >>> data = read_bounded(Path("recipes/fryum_demo.yaml"), 1 << 20, what="recipe")   # doctest: +SKIP
+    >>> atomic_write(Path("out/report.html"), "<html>...</html>")                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
-__all__ = ["FileTooLarge", "NotARegularFile", "read_bounded"]
+__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_write", "read_bounded"]
+
+NEW_FILE_MODE = 0o644   # a new file: readable by the station's other accounts (a temporary file is 0600)
 
 
 class NotARegularFile(OSError):
@@ -73,3 +82,39 @@ def read_bounded(path: Path, limit: int, *, what: str = "file") -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that the name only ever holds a complete file.
+
+    Args:
+        path: the target; its folder must exist (the temporary file goes there: ``os.replace`` is atomic
+            only within one file system). Its name starts with a dot, so folder scans skip it.
+        data: bytes, or text written as UTF-8 with no newline translation.
+        mode: permission bits of the result; None keeps those of an existing ``path``, and
+            ``NEW_FILE_MODE`` for a new one.
+        fsync: flush the data to disk before the rename (off only for caches that may be lost).
+
+    Raises:
+        OSError: as ``open``/``write``/``os.replace`` (full disk, read-only folder); the temporary file is
+            removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode = NEW_FILE_MODE
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
