@@ -48,6 +48,8 @@ __all__ = ["ControlChartLines", "ControlChartPlot", "DefectInsightsPanel", "Insi
 log = logging.getLogger(__name__)
 
 PChartBy = Literal["lot", "hour"]
+AXIS_WIDTH_PX = 56              # left axis: room for "0.000" ticks and the axis title (ours)
+PARETO_TICKS_HEIGHT_PX = 34     # bottom axis of the Pareto chart: two lines of tick text, type and share (ours)
 P_CHART_GROUPS: Final[tuple[tuple[str, PChartBy], ...]] = (("p-chart per lot", "lot"), ("p-chart per hour", "hour"))
 
 
@@ -137,6 +139,9 @@ class ParetoChart(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships no t
         self.setBackground("#11161a")
         self.setLabel("left", "regions")
         self.setTitle("Defect types (Pareto)")
+        # fixed axis sizes: sizes that follow the tick labels re-lay the chart out and paint it again on data
+        self.getAxis("left").setWidth(AXIS_WIDTH_PX)
+        self.getAxis("bottom").setHeight(PARETO_TICKS_HEIGHT_PX)
         self.rows: tuple[ParetoRow, ...] = ()
         # made once; a refresh sets their data (making items is what cost the GUI thread, profiled)
         self._bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush="#4a7ab5")
@@ -151,6 +156,7 @@ class ParetoChart(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships no t
         self._bars.setOpts(x=xs, height=bars.counts)
         self._cumulative.setData(xs, bars.cumulative)
         self.getAxis("bottom").setTicks([bars.ticks])
+        self.getViewBox().updateAutoRange()      # now, not in the paint (see StatisticsView._draw_scores)
 
 
 class ControlChartPlot(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships no type hints
@@ -161,6 +167,7 @@ class ControlChartPlot(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships
         self.setBackground("#11161a")
         self.setLabel("left", "FAIL rate")
         self.setTitle("FAIL rate (p-chart, 3-sigma limits)")
+        self.getAxis("left").setWidth(AXIS_WIDTH_PX)      # fixed: see ParetoChart
         self.chart: ControlChart | None = None
         limit = pg.mkPen("#d9534f", style=Qt.PenStyle.DashLine)
         self._ucl = self.plot([], [], pen=limit)
@@ -179,6 +186,7 @@ class ControlChartPlot(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships
             item.setData(xs, ys)
         self._alarms.setData(xs[lines.alarms], lines.value[lines.alarms])
         self.getAxis("bottom").setTicks([lines.ticks])
+        self.getViewBox().updateAutoRange()      # now, not in the paint (see StatisticsView._draw_scores)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,7 +41,7 @@ from inspector.results import Verdict
 from inspector.statistics import Filters
 from inspector.store import GroupBy
 from ui.date_range import FollowingRange
-from ui.defect_insights import DefectInsightsPanel, InsightsDrawing
+from ui.defect_insights import AXIS_WIDTH_PX, DefectInsightsPanel, InsightsDrawing
 from ui.workers import QueryRunner
 
 if TYPE_CHECKING:
@@ -267,6 +267,8 @@ class StatisticsView(QWidget):
         chart.showGrid(x=True, y=True, alpha=0.25)
         chart.setLabel("left", "anomaly score")
         chart.getAxis("left").enableAutoSIPrefix(False)
+        # a fixed width: one that follows the tick labels re-lays the plot out and paints it again when data comes
+        chart.getAxis("left").setWidth(AXIS_WIDTH_PX)
         chart.addLegend(offset=(10, 10))
         chart.setMinimumHeight(220)
         self._score_line = chart.plot([], [], pen=pg.mkPen("#607d8b", width=1), name="score")
@@ -414,6 +416,8 @@ class StatisticsView(QWidget):
             self._set_line(line, value if shown and data.count else None)
         for name, value in (("review", self._review_threshold), ("fail", self._fail_threshold)):
             self._set_line(self._threshold_lines[name], value if data.count else None)
+        # the new range now, not in the paint: a range changed while painting costs a second full paint
+        self.chart.getViewBox().updateAutoRange()
 
     @staticmethod
     def _set_line(line: pg.InfiniteLine, value: float | None) -> None:

@@ -225,13 +225,48 @@ def test_date_filters_follow_now_until_someone_sets_them(qtbot, monkeypatch) -> 
     assert following.bounds() == fixed and not following.following
 
 
+class BusyMeter:
+    """The longest gap between 5 ms heartbeats of the GUI thread's event loop, in wall time and in the
+    GUI thread's own CPU time (`time.thread_time`).
+
+    The wall figure is what an operator feels, but on a loaded machine it also counts the time the OS
+    gave the CPU to other processes; the CPU figure is the work the GUI thread did without returning
+    to the event loop, which is what the code decides.
+    """
+
+    def __init__(self) -> None:
+        from PySide6.QtCore import QElapsedTimer, QTimer
+
+        self.longest_s = 0.0
+        self.longest_cpu_s = 0.0
+        self._clock = QElapsedTimer()
+        self._cpu = 0.0
+        self._timer = QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(self._beat)
+
+    def start(self) -> None:
+        self._clock.start()
+        self._cpu = time.thread_time()
+        self._timer.start()
+
+    def _beat(self) -> None:
+        cpu = time.thread_time()
+        self.longest_s = max(self.longest_s, self._clock.restart() / 1000)
+        self.longest_cpu_s = max(self.longest_cpu_s, cpu - self._cpu)
+        self._cpu = cpu
+
+    def stop(self) -> None:
+        self._timer.stop()
+        self._beat()
+
+
 def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_path, part_images) -> None:
     """10,000 inspections with archived images: every refresh and selection returns to the event loop fast."""
     from dataclasses import replace
 
-    from tests.ui.test_station_truth import StallMeter
-
-    GENEROUS_STALL_S = 1.0      # noqa: N806  (a loaded CI machine; the goal is 0.3 s, see below)
+    GOAL_S = 0.3                # noqa: N806  (issue 13: no click above 0.3 s)
+    GENEROUS_STALL_S = 1.0      # noqa: N806  (wall time on a loaded CI machine, other processes included)
 
     db = Store(tmp_path / "big.db", flush_interval=0.0)
     inspector = DarkSpotInspector("demo")
@@ -253,9 +288,9 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
     for view in (review, stats):
         qtbot.addWidget(view)
         view.show()
-    stalls = {}
+    stalls, busy = {}, {}
     for name, view in (("review", review), ("statistics", stats)):
-        meter = StallMeter()
+        meter = BusyMeter()
         meter.start()
         for _ in range(2):
             with qtbot.waitSignal(view.refreshed, timeout=60_000):
@@ -264,16 +299,20 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
             for row in (0, 50, 199):
                 review.select(row)
                 qtbot.wait(20)
+        else:
+            qtbot.waitUntil(lambda: stats.insights.last is not None, timeout=60_000)   # the insights drawn too
         qtbot.wait(100)                                  # the answer is painted
         meter.stop()
-        stalls[name] = meter.longest_s
+        stalls[name], busy[name] = meter.longest_s, meter.longest_cpu_s
     print("longest GUI stall at 10,000 inspections (2 refreshes; review also 3 selections): "
-          + ", ".join(f"{name} {value:.3f} s" for name, value in stalls.items()))
+          + ", ".join(f"{name} {stalls[name]:.3f} s wall, {busy[name]:.3f} s GUI-thread CPU" for name in stalls))
     review.shutdown()
     stats.shutdown()
     db.close()
     assert len(review.records) == 200
-    # The issue's goal is 0.3 s. Measured 0.19-0.35 s for review and 0.35-0.5 s for statistics (5,000 chart
-    # points drawn on the GUI thread) on the shared 2-core machine; before, the review table alone took
-    # 20 s once shown (ResizeToContents). The bound here is the generous one a loaded CI needs.
+    assert stats.points_drawn == 5000 and stats.insights.last is not None and stats.insights.pareto.rows
+    # Issue 13's goal is 0.3 s. GUI-thread CPU per refresh, statistics: 0.04-0.06 s after the chart items were
+    # made once and their arrays prepared on the query thread (0.10 s before); wall time on the shared 2-core
+    # machine depends on its load (see the issue's closing note), hence the generous wall bound.
+    assert max(busy.values()) < GOAL_S
     assert max(stalls.values()) < GENEROUS_STALL_S
