@@ -414,8 +414,8 @@ class StatisticsView(QWidget):
                                    (self._limit_lines["mean + 3σ"], high, data.limits is not None),
                                    (self._limit_lines["mean − 3σ"], low, data.limits is not None and low > 0)):
             self._set_line(line, value if shown and data.count else None)
-        for name, value in (("review", self._review_threshold), ("fail", self._fail_threshold)):
-            self._set_line(self._threshold_lines[name], value if data.count else None)
+        for name, threshold in (("review", self._review_threshold), ("fail", self._fail_threshold)):
+            self._set_line(self._threshold_lines[name], threshold if data.count else None)
         # the new range now, not in the paint: a range changed while painting costs a second full paint
         self.chart.getViewBox().updateAutoRange()
 
