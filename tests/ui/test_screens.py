@@ -15,7 +15,7 @@ from inspector.results import Verdict
 from inspector.store import Store
 from tests.ui.conftest import FAIL, REVIEW, DarkSpotInspector
 from ui.review_view import ModelVersionOps, ReviewView
-from ui.stats_view import StatisticsView, control_limits
+from ui.stats_view import StatisticsView, control_limits, score_chart_data
 from ui.workers import JobRunner
 
 
@@ -50,6 +50,22 @@ def test_control_limits() -> None:
     assert (high - mean) == pytest.approx(3.0) and (mean - low) == pytest.approx(3.0)
 
 
+def test_score_chart_data_splits_by_verdict_and_limits_follow_the_pass_scores() -> None:
+    from inspector.store import ScorePoint
+
+    rows = [(0.1, Verdict.PASS), (0.9, Verdict.FAIL), (0.2, Verdict.PASS), (0.3, Verdict.REVIEW), (0.15, Verdict.PASS)]
+    points = [ScorePoint(100.0 + i, score, verdict) for i, (score, verdict) in enumerate(rows)]
+    data = score_chart_data(points)
+    assert data.count == 5 and data.scores.tolist() == [0.1, 0.9, 0.2, 0.3, 0.15]
+    assert data.by_verdict[Verdict.PASS][0].tolist() == [100.0, 102.0, 104.0]
+    assert data.by_verdict[Verdict.FAIL][1].tolist() == [0.9] and data.by_verdict[Verdict.ERROR][0].size == 0
+    assert data.limits == control_limits(np.array([0.1, 0.2, 0.15]))
+    assert score_chart_data(points[1:2] + points[3:4]).limits == control_limits(np.array([0.9, 0.3])), \
+        "fewer than 2 PASS parts: the limits of every score"
+    empty = score_chart_data([])
+    assert empty.count == 0 and empty.limits is None
+
+
 def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     view = StatisticsView(store)
     qtbot.addWidget(view)
@@ -63,6 +79,8 @@ def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     assert rows == {"demo": ["12", "8", "0", "4", "0", "66.7"], "other": ["6", "4", "0", "2", "0", "66.7"]}
     assert view.defect_table.item(0, 1).text() == "6"           # one region per FAIL, none classified yet
     assert view.points_drawn == 18
+    items = list(view.chart.getPlotItem().items)        # made once: a refresh only sets their data
+    assert view.limits == control_limits(view._verdict_points[Verdict.PASS].getData()[1])
 
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
         view.group_box.setCurrentIndex(view.group_box.findData("lot"))   # re-queries on change
@@ -71,6 +89,7 @@ def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
         view.recipe_box.setCurrentIndex(view.recipe_box.findData("other"))
     assert view.points_drawn == 6
+    assert list(view.chart.getPlotItem().items) == items
 
     out = view.export_csv(tmp_path / "export.csv")
     with out.open(encoding="utf-8") as f:
