@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import threading
 import time
 from pathlib import Path
@@ -309,6 +310,10 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
         view.show()
     stalls, busy = {}, {}
     for name, view in (("review", review), ("statistics", stats)):
+        # A full garbage collection walks every object of the process (torch, imported by this test session,
+        # included) with the GIL held: 0.23-0.29 s here, and it fell inside the statistics click when the setup's
+        # garbage (10,000 results) was still pending. Collected now, the meter times the screen, not the setup.
+        gc.collect()
         meter = BusyMeter()
         meter.start()
         for _ in range(2):
@@ -330,8 +335,8 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
     db.close()
     assert len(review.records) == 200
     assert stats.points_drawn == 5000 and stats.insights.last is not None and stats.insights.pareto.rows
-    # Issue 13's goal is 0.3 s. GUI-thread CPU per refresh, statistics: 0.04-0.06 s after the chart items were
-    # made once and their arrays prepared on the query thread (0.10 s before); wall time on the shared 2-core
-    # machine depends on its load (see the issue's closing note), hence the generous wall bound.
+    # Issue 13's goal is 0.3 s. Statistics, busiest gap in GUI-thread CPU: 0.07-0.11 s with the chart items made
+    # once and their arrays prepared on the query thread, 0.13-0.22 s before (wall 0.16-0.28 s against 0.25-0.55 s,
+    # shared 2-core machine at load 6-7). Wall time follows the machine's load, hence the generous wall bound.
     assert max(busy.values()) < GOAL_S
     assert max(stalls.values()) < GENEROUS_STALL_S
