@@ -22,8 +22,9 @@ def test_mypy_inspector_models_and_ui() -> None:
     """``python -m mypy inspector models ui`` with the pyproject.toml config exits 0 (one run: the UI's
     imports of inspector and models are checked once).
 
-    Takes about 28 s on the 2-core dev machine with an empty .mypy_cache, about 2 s with a warm one;
-    ui adds about 10 s cold.
+    Takes about 28 s on the quiet 2-core dev machine with an empty .mypy_cache, about 2 s with a warm one.
+    ui's share is within the noise: on the shared machine (load 7) a cold run took 326 s without ui and
+    210 s with it, a warm one with ui 7.6 s.
     """
     pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[test]')")
     run = subprocess.run([sys.executable, "-m", "mypy", "inspector", "models", "ui"], cwd=REPO,

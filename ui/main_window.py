@@ -95,8 +95,8 @@ class MainWindow(QMainWindow):
         store: an `inspector.store.Store` (results are recorded into it by the pipeline, and the
             statistics and review screens read it), or None to run without one.
         settings: where window layout and choices are remembered; tests pass one in tmp_path.
-        load_inspector: recipe path -> `FrameInspector`; default loads the real `Station`.
-        open_source: source text -> `FrameSource`; default `inspector.capture`.
+        load_inspector: recipe path -> `ui.engine.StationInspector`; default loads the real `Station`.
+        open_source: source text -> `FrameSource` (not opened); default `inspector.capture`.
         make_pipeline: builds the pipeline; default `inspector.pipeline.Pipeline`.
         kiosk: start full screen with only the station screen.
     """
