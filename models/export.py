@@ -144,7 +144,7 @@ def _static_backbone(backbone: DinoBackbone, input_hw: tuple[int, int]) -> DinoB
     exporting). The copy does that resampling once, here, with the same timm function and the same
     arguments, so its values are those the torch model computes at run time.
     """
-    from timm.layers import resample_abs_pos_embed
+    from timm.layers.pos_embed import resample_abs_pos_embed
 
     vit = copy.deepcopy(backbone.vit)
     patch = backbone.patch_size
@@ -177,7 +177,8 @@ def _fixed_pos_embed(self: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
         if to_cat:
             x = torch.cat([*to_cat, x], dim=1)
         x = x + pos_embed
-    return self.pos_drop(x)
+    out: torch.Tensor = self.pos_drop(x)
+    return out
 
 
 class _BackboneGraph(nn.Module):
@@ -188,7 +189,8 @@ class _BackboneGraph(nn.Module):
         self.backbone = _static_backbone(backbone, input_hw)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        features: torch.Tensor = self.backbone(images)
+        return features
 
 
 class _DetectorGraph(nn.Module):
