@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self, runtime_checkable
 
+import numpy as np
+
 from inspector.errors import redact_credentials
 from inspector.results import Frame
 
@@ -164,6 +166,19 @@ class SourceBase:
         frame_id = self._next_id
         self._next_id += 1
         return frame_id
+
+    def _frame(self, image: np.ndarray, start: float, *, frame_id: int | None = None,
+               path: str | None = None) -> Frame:
+        """The frame just read: the next frame id (unless the read took one already), stamped now, with
+        the time since ``start`` (a `time.perf_counter` value) as its capture time."""
+        return Frame(
+            image_bgr=image,
+            frame_id=self._take_id() if frame_id is None else frame_id,
+            timestamp=time.time(),
+            source=self.name,
+            path=path,
+            capture_ms=(time.perf_counter() - start) * 1000,
+        )
 
     def _pace(self) -> bool:
         """Wait until the next frame is due at the replay rate. False when interrupted."""

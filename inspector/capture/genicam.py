@@ -133,13 +133,7 @@ class GenICamSource(SourceBase):
         except Exception as exc:
             msg = f"{self.name} gave no frame within {self.FETCH_TIMEOUT_S} s ({exc}); is it still connected?"
             raise CaptureError(msg) from exc
-        return Frame(
-            image_bgr=image,
-            frame_id=self._take_id(),
-            timestamp=time.time(),
-            source=self.name,
-            capture_ms=(time.perf_counter() - start) * 1000,
-        )
+        return self._frame(image, start)
 
     def close(self) -> None:
         acquirer, harvester = self._acquirer, self._harvester

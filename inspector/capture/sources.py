@@ -138,13 +138,7 @@ class CameraSource(SourceBase):
             raise CaptureError(msg)
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        return Frame(
-            image_bgr=image,
-            frame_id=self._take_id(),
-            timestamp=time.time(),
-            source=self.name,
-            capture_ms=(time.perf_counter() - start) * 1000,
-        )
+        return self._frame(image, start)
 
     def close(self) -> None:
         if self._capture is not None:
@@ -210,14 +204,7 @@ class VideoSource(SourceBase):
         self._frames_this_pass += 1
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        return Frame(
-            image_bgr=image,
-            frame_id=self._take_id(),
-            timestamp=time.time(),
-            source=self.name,
-            path=str(self.spec.path),
-            capture_ms=(time.perf_counter() - start) * 1000,
-        )
+        return self._frame(image, start, path=str(self.spec.path))
 
     def close(self) -> None:
         if self._capture is not None:
@@ -287,14 +274,7 @@ class FolderSource(SourceBase):
         frame_id = self._take_id()
         start = time.perf_counter()
         image = load_image(path)   # FrameDecodeError propagates; the id above stays used
-        return Frame(
-            image_bgr=image,
-            frame_id=frame_id,
-            timestamp=time.time(),
-            source=self.name,
-            path=str(path),
-            capture_ms=(time.perf_counter() - start) * 1000,
-        )
+        return self._frame(image, start, frame_id=frame_id, path=str(path))
 
     def close(self) -> None:
         self._opened = False

@@ -1,9 +1,7 @@
 """The statistics store's `Store`: opening the database and its writer thread (recording results).
 
-SQLAlchemy Core over SQLite by default (``<data dir>/inspector.db``, WAL journal, so several
-processes can read and write one file), or any SQLAlchemy URL (``postgresql://...``); the SQL is
-kept portable. All SQL is parameterised. Reading is `inspector.store.queries`, reviewers' input
-`inspector.store.feedback`, the CSV export `inspector.store.export`: mixins that `Store` combines.
+`Store` combines this writing side with the mixins of `inspector.store.queries` (reading),
+`inspector.store.feedback` (reviewers' input) and `inspector.store.export` (CSV).
 
 Writing never blocks the inspection worker: `Store.record` turns the result into plain rows and puts
 them on a bounded queue; the store's writer thread inserts them in batches, one transaction per
@@ -17,11 +15,11 @@ warning and reports a `StoreError` through ``on_error``. A database error is ret
 `Store.failed_count` and reported, so one bad result never costs the others.
 
 Example:
-    >>> with Store(tmp_path / "stats.db") as store:                       # doctest: +SKIP
-    ...     store.record(result, image_path="archive/2026-11-23/x.jpg")
-    ...     store.flush()
-    ...     store.yield_summary(group_by="hour")
-    [YieldRow(key='2026-11-23 10:00', inspected=1, passed=1, review=0, failed=0, errors=0, yield_pct=100.0)]
+    >>> store = Store(tmp_path / "stats.db", on_error=print)           # doctest: +SKIP
+    >>> store.record(result)                    # returns at once; the writer thread commits it
+    >>> store.flush(); store.recorded_count
+    1
+    >>> store.close()                           # writes what is queued, then releases the database
 """
 
 from __future__ import annotations
