@@ -32,6 +32,7 @@ logger = logging.getLogger("inspector.store")
 class StoreExport:
     """Export of the store's inspections to CSV."""
 
+    # set by Store.__init__
     _engine: sa.Engine
     _tz: dt.tzinfo | None
 

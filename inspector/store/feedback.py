@@ -21,6 +21,7 @@ __all__ = ["StoreFeedback"]
 class StoreFeedback:
     """Reviewers' labels and classes, written at once (not queued)."""
 
+    # set by Store.__init__
     _engine: sa.Engine
     display_name: str
 

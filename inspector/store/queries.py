@@ -128,6 +128,7 @@ class InspectionRecord:
 class StoreQueries:
     """The read side of `inspector.store.Store`; every query opens its own connection."""
 
+    # set by Store.__init__
     _engine: sa.Engine
     _tz: dt.tzinfo | None
     _shift_start_min: int

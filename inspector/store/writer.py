@@ -83,6 +83,9 @@ _FLUSH: Final = object()      # queue marker: write what you have now
 class Store(StoreQueries, StoreFeedback, StoreExport):
     """The statistics database and its writer thread.
 
+    Reading (`StoreQueries`), reviewers' input (`StoreFeedback`) and the CSV export (`StoreExport`) come
+    from the mixins of their modules; this class opens the database and owns the writing.
+
     Args:
         url: an SQLite file path, a SQLAlchemy URL (``"postgresql+psycopg://user@host/db"``; add
             ``?sslmode=verify-full&sslrootcert=ca.pem`` for TLS), or None for the plant's configured
