@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from models.evaluation import (
 )
 from models.preprocess import to_model_input
 
-__all__ = ["SweepData", "collect", "derive", "score"]
+__all__ = ["Setting", "SweepData", "collect", "derive", "score"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,20 @@ def collect(
     return data
 
 
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """The kNN-side settings a sweep derives without another search (PatchKNNConfig's names in brackets)."""
+
+    blocks: tuple[int, ...]          # backbone blocks, 1-based, concatenated
+    pool: int = 1                    # neighbourhood mean (patch_pooling)
+    k: int = 1                       # neighbours averaged (k), at most K_MAX
+    top_percent: float = 1.0         # image score = mean of the top % patch scores (top_percent)
+    sigma: float = 4.0               # blur of the map (blur_sigma)
+    masking: str = "off"             # "off" | "on" | "auto" (masking)
+
+
 def derive(
-    data: SweepData,
-    *,
-    blocks: tuple[int, ...],
-    pool: int = 1,
-    k: int = 1,
-    top_percent: float = 1.0,
-    sigma: float = 4.0,
-    masking: str = "off",
-    maps: bool = True,
-    full_size: bool = False,
+    data: SweepData, setting: Setting, *, maps: bool = True, full_size: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray], bool]:
     """Image scores and anomaly maps of every test image for one setting, as PatchKNN with it would give.
 
@@ -169,7 +173,8 @@ def derive(
     Returns:
         (N,) float32 image scores, N (H, W) float32 maps (empty when not ``maps``), whether masking was on.
     """
-    key = (tuple(blocks), pool)
+    key = (tuple(setting.blocks), setting.pool)
+    k, masking = setting.k, setting.masking
     if key not in data.knn:
         msg = f"no kNN distances were collected for {key}; add it to the variants of collect()"
         raise ValueError(msg)
@@ -190,28 +195,18 @@ def derive(
             if float(fg.float().mean()) >= 0.5 * ref_fg:             # PatchKNN's fallback rule
                 patch = torch.where(fg, patch, torch.zeros_like(patch))
         flat = patch.reshape(-1)
-        n_top = max(int(flat.numel() * top_percent / 100.0), 1)
+        n_top = max(int(flat.numel() * setting.top_percent / 100.0), 1)
         scores.append(float(flat.topk(n_top).values.mean()))
         if maps:
-            out_maps.append(_anomaly_maps(patch[None], data.geos[i], sigma=sigma, full_size=full_size)[0].numpy())
+            amap = _anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)
+            out_maps.append(amap[0].numpy())
     return np.asarray(scores, dtype=np.float32), out_maps, active
 
 
-def score(
-    data: SweepData,
-    *,
-    blocks: tuple[int, ...],
-    pool: int = 1,
-    k: int = 1,
-    top_percent: float = 1.0,
-    sigma: float = 4.0,
-    masking: str = "off",
-    pixel: bool = True,
-    pixel_size: int = 256,
-) -> dict[str, float]:
-    """Image AUROC (and AUPRO / pixel AUROC when ``pixel``) for one setting (the scores of ``derive``)."""
-    scores, amaps, active = derive(data, blocks=blocks, pool=pool, k=k, top_percent=top_percent, sigma=sigma,
-                                   masking=masking, maps=pixel)
+def score(data: SweepData, *, pixel: bool = True, pixel_size: int = 256, **setting: Any) -> dict[str, float]:
+    """Image AUROC (and AUPRO / pixel AUROC when ``pixel``) for one setting, given as ``Setting``'s fields
+    (``score(data, blocks=(8,), k=3)``); the scores are ``derive``'s."""
+    scores, amaps, active = derive(data, Setting(**setting), maps=pixel)
     labels = np.array([t.label for t in data.items])
     out = {"image_auroc": image_auroc(scores, labels), "masking_active": float(active)}
     if pixel:

@@ -12,7 +12,7 @@ import torch
 import benchmarks._sweep as sweep_module
 import models.detectors.patch_knn as patch_knn_module
 from benchmarks._features import CachedBackbone, FeatureStore
-from benchmarks._sweep import SweepData, collect, derive, score
+from benchmarks._sweep import Setting, SweepData, collect, derive, score
 from models.detectors import PatchKNN, PatchKNNConfig
 from models.evaluation import Category, TestItem, image_auroc, load_image_rgb
 from tests.benchmarks.conftest import SHORTER_SIDE
@@ -69,8 +69,8 @@ def test_derived_scores_and_maps_equal_a_direct_predict(
     detector = PatchKNN(backbone=CachedBackbone(store, blocks=blocks), config=config)
     detector.fit([load_image_rgb(p) for p in train])
     direct = detector.predict([load_image_rgb(t.path) for t in items])
-    scores, maps, active = derive(data, blocks=blocks, pool=pool, k=k, top_percent=top_percent, sigma=sigma,
-                                  masking=masking, full_size=True)
+    setting = Setting(blocks=blocks, pool=pool, k=k, top_percent=top_percent, sigma=sigma, masking=masking)
+    scores, maps, active = derive(data, setting, full_size=True)
     assert active == detector.masking_active
     np.testing.assert_allclose(scores, direct.pred_score, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.stack(maps), np.asarray(direct.anomaly_map), rtol=1e-5, atol=1e-6)
@@ -87,16 +87,16 @@ def test_masking_on_changes_the_scores(sweep: tuple[SweepData, list[TestItem], l
     ref_fg = data.ref_fg[((8,), 1)][0]
     shares = [float(fg.float().mean()) for fg in data.fg[((8,), 1)]]
     assert 0.0 < ref_fg < 1.0 and any(0.5 * ref_fg <= s < 1.0 for s in shares)
-    off = derive(data, blocks=(8,), masking="off", maps=False)[0]
-    on = derive(data, blocks=(8,), masking="on", maps=False)[0]
+    off = derive(data, Setting(blocks=(8,), masking="off"), maps=False)[0]
+    on = derive(data, Setting(blocks=(8,), masking="on"), maps=False)[0]
     assert not np.allclose(off, on)
 
 
 def test_asking_for_what_was_not_collected_names_it(sweep: tuple[SweepData, list[TestItem], list[Path]]) -> None:
     data = sweep[0]
     with pytest.raises(ValueError, match=r"no kNN distances were collected for \(\(9,\), 1\)"):
-        derive(data, blocks=(9,))
+        derive(data, Setting(blocks=(9,)))
     with pytest.raises(ValueError, match="no foreground masks"):
-        derive(data, blocks=(8, 10), masking="on")
+        derive(data, Setting(blocks=(8, 10), masking="on"))
     with pytest.raises(ValueError, match="k must be in 1..5"):
-        derive(data, blocks=(8,), k=6)
+        derive(data, Setting(blocks=(8,), k=6))
