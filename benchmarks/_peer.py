@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._features import FeatureStore
-from models.detectors.patch_knn import Detection, _geometry
-from models.preprocess import to_model_input
+from models.detectors.patch_knn import Detection
+from models.preprocess import frame_geometry, to_model_input
 
 __all__ = ["PeerDetector", "build_peer", "check_peer_features", "frame_maps"]
 
@@ -143,7 +143,7 @@ class PeerDetector:
 def frame_maps(anomaly_map: torch.Tensor, frame_hw: tuple[int, int], *, shorter_side: int) -> torch.Tensor:
     """The peer's (B, 1, crop_h, crop_w) maps brought back to the frame as PatchKNN does: the cropped-off
     border padded by edge replication, then resized to (H, W) bilinearly. Returns (B, H, W) float32."""
-    geo = _geometry(*frame_hw, shorter_side=shorter_side, patch_size=14)
+    geo = frame_geometry(*frame_hw, shorter_side=shorter_side, patch_size=14)
     amap = anomaly_map.float()
     (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
     if (rh, rw) != (ch, cw):

@@ -6,7 +6,7 @@ products with the bank give the cosine distance of *any* concatenation of blocks
 (cos = sum_b q_b.m_b / sqrt(sum_b |q_b|^2 * sum_b |m_b|^2), which is what PatchKNN computes on
 concatenated raw features), and the sorted k nearest distances give every k at once. Masking,
 the top-% image score and the blur are applied afterwards with PatchKNN's own helpers
-(``_foreground.foreground_masks``, ``_anomaly_maps``), so a swept setting scores exactly as
+(``_foreground.foreground_masks``, ``models.preprocess.anomaly_maps``), so a swept setting scores exactly as
 PatchKNN would with that setting (up to fp16 storage of the features).
 
 Not covered here (they change the bank): rotations and coreset; those are run through PatchKNN.
@@ -25,7 +25,6 @@ import torch
 
 from benchmarks._features import FeatureStore, neighbourhood_mean
 from models.detectors._foreground import foreground_masks, mask_fractions
-from models.detectors.patch_knn import _anomaly_maps, _geometry
 from models.evaluation import (
     Category,
     TestItem,
@@ -36,7 +35,7 @@ from models.evaluation import (
     pixel_auroc,
     resize_for_pixel_metrics,
 )
-from models.preprocess import to_model_input
+from models.preprocess import anomaly_maps, frame_geometry, to_model_input
 
 __all__ = ["Setting", "SweepData", "collect", "derive", "score"]
 
@@ -115,7 +114,7 @@ def collect(
     for n, item in enumerate(items):
         image = load_image_rgb(item.path)
         h_img, w_img = image.shape[:2]
-        data.geos.append(_geometry(h_img, w_img, shorter_side=shorter_side, patch_size=14))
+        data.geos.append(frame_geometry(h_img, w_img, shorter_side=shorter_side, patch_size=14))
         mask = load_mask(item.mask_path, (h_img, w_img)) if item.mask_path else np.zeros((h_img, w_img), bool)
         data.frame_masks.append(mask)
         small = resize_for_pixel_metrics(np.zeros((2, 2), np.float32), mask, pixel_size=pixel_size)[1]
@@ -198,7 +197,7 @@ def derive(
         n_top = max(int(flat.numel() * setting.top_percent / 100.0), 1)
         scores.append(float(flat.topk(n_top).values.mean()))
         if maps:
-            amap = _anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)
+            amap = anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)
             out_maps.append(amap[0].numpy())
     return np.asarray(scores, dtype=np.float32), out_maps, active
 
