@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.backbone import DinoBackbone
+from models.files import atomic_open
 
 __all__ = ["CachedBackbone", "FeatureStore", "neighbourhood_mean"]
 
@@ -69,17 +68,18 @@ class FeatureStore:
             (B, h, w, depth, D) float16 on the CPU.
         """
         keys = [self.key(img) for img in images]
+        patch = self.full.patch_size
+        expected = (images.shape[-2] // patch, images.shape[-1] // patch, self.full.depth, self.full.embed_dim)
         out: list[torch.Tensor | None] = []
         missing: list[int] = []
         for i, key in enumerate(keys):
             path = self._path(key)
             if path.is_file():
-                try:
-                    out.append(torch.from_numpy(np.load(path)))
+                entry = self._read(path, expected)
+                if entry is not None:
+                    out.append(entry)
                     self.hits += 1
                     continue
-                except (OSError, ValueError):
-                    logger.warning("%s: unreadable cache entry, recomputing", path)
             out.append(None)
             missing.append(i)
         if missing:
@@ -95,12 +95,24 @@ class FeatureStore:
         return torch.stack([t for t in out if t is not None])
 
     @staticmethod
+    def _read(path: Path, expected: tuple[int, ...]) -> torch.Tensor | None:
+        """The entry at ``path``, or None (logged) when it is unreadable or not a (h, w, depth, D) fp16 array."""
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            logger.warning("%s: unreadable cache entry (%s), recomputing", path, exc)
+            return None
+        if array.dtype != np.float16 or array.shape != expected:
+            logger.warning("%s: stale cache entry (%s %s, expected float16 %s), recomputing",
+                           path, array.dtype, array.shape, expected)
+            return None
+        return torch.from_numpy(array)
+
+    @staticmethod
     def _write(path: Path, array: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
+        with atomic_open(path, fsync=False) as handle:      # a cache: a lost entry is recomputed
+            np.save(handle, array)
 
 
 def neighbourhood_mean(features: torch.Tensor, size: int) -> torch.Tensor:

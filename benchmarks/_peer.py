@@ -33,7 +33,7 @@ from benchmarks._features import FeatureStore
 from models.detectors.patch_knn import Detection
 from models.preprocess import frame_geometry, to_model_input
 
-__all__ = ["PeerDetector", "build_peer"]
+__all__ = ["PeerDetector", "build_peer", "check_peer_features", "frame_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +136,21 @@ class PeerDetector:
         """One (1, H, W, 3) uint8 RGB frame -> Detection with the map brought back to frame size."""
         image = images_rgb[0]
         out = self.peer(self._input(image))
-        geo = frame_geometry(*image.shape[:2], shorter_side=self.shorter_side, patch_size=14)
-        amap = out.anomaly_map.float()                                       # (1, 1, crop_h, crop_w)
-        (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
-        if (rh, rw) != (ch, cw):
-            amap = F.pad(amap, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
+        amap = frame_maps(out.anomaly_map, image.shape[:2], shorter_side=self.shorter_side)
+        return Detection(pred_score=out.pred_score.reshape(-1).numpy(), anomaly_map=amap.numpy())
+
+
+def frame_maps(anomaly_map: torch.Tensor, frame_hw: tuple[int, int], *, shorter_side: int) -> torch.Tensor:
+    """The peer's (B, 1, crop_h, crop_w) maps brought back to the frame as PatchKNN does: the cropped-off
+    border padded by edge replication, then resized to (H, W) bilinearly. Returns (B, H, W) float32."""
+    geo = frame_geometry(*frame_hw, shorter_side=shorter_side, patch_size=14)
+    amap = anomaly_map.float()
+    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
+    if (rh, rw) != (ch, cw):
+        amap = F.pad(amap, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
+    if geo.frame != geo.resized:
         amap = F.interpolate(amap, size=geo.frame, mode="bilinear", align_corners=False)
-        return Detection(pred_score=out.pred_score.reshape(-1).numpy(), anomaly_map=amap[:, 0].numpy())
+    return amap[:, 0]
 
 
 def check_peer_features(

@@ -6,7 +6,7 @@ products with the bank give the cosine distance of *any* concatenation of blocks
 (cos = sum_b q_b.m_b / sqrt(sum_b |q_b|^2 * sum_b |m_b|^2), which is what PatchKNN computes on
 concatenated raw features), and the sorted k nearest distances give every k at once. Masking,
 the top-% image score and the blur are applied afterwards with PatchKNN's own helpers
-(``_foreground.foreground_masks``, ``_anomaly_maps``), so a swept setting scores exactly as
+(``_foreground.foreground_masks``, ``models.preprocess.anomaly_maps``), so a swept setting scores exactly as
 PatchKNN would with that setting (up to fp16 storage of the features).
 
 Not covered here (they change the bank): rotations and coreset; those are run through PatchKNN.
@@ -18,12 +18,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from benchmarks._features import FeatureStore
+from benchmarks._features import FeatureStore, neighbourhood_mean
 from models.detectors._foreground import foreground_masks, mask_fractions
 from models.evaluation import (
     Category,
@@ -37,7 +37,7 @@ from models.evaluation import (
 )
 from models.preprocess import anomaly_maps, frame_geometry, to_model_input
 
-__all__ = ["SweepData", "collect", "score"]
+__all__ = ["Setting", "SweepData", "collect", "derive", "score"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,8 @@ class SweepData:
 
 def _pool(feats: torch.Tensor, pool: int) -> torch.Tensor:
     """(h, w, L, D) -> same, each block averaged over a pool x pool neighbourhood (PatchCore)."""
-    if pool <= 1:
-        return feats
     h, w, n_blocks, d = feats.shape
-    x = feats.permute(2, 3, 0, 1).reshape(1, n_blocks * d, h, w)
-    x = F.avg_pool2d(x, pool, stride=1, padding=pool // 2, count_include_pad=False)
-    return x.reshape(n_blocks, d, h, w).permute(2, 3, 0, 1)
+    return neighbourhood_mean(feats.reshape(1, h, w, n_blocks * d), pool).reshape(h, w, n_blocks, d)
 
 
 def _features(store: FeatureStore, path, shorter_side: int) -> torch.Tensor:
@@ -152,26 +148,45 @@ def collect(
     return data
 
 
-def score(
-    data: SweepData,
-    *,
-    blocks: tuple[int, ...],
-    pool: int = 1,
-    k: int = 1,
-    top_percent: float = 1.0,
-    sigma: float = 4.0,
-    masking: str = "off",
-    pixel: bool = True,
-    pixel_size: int = 256,
-) -> dict[str, float]:
-    """Image AUROC (and AUPRO / pixel AUROC when ``pixel``) for one setting."""
-    key = (tuple(blocks), pool)
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """The kNN-side settings a sweep derives without another search (PatchKNNConfig's names in brackets)."""
+
+    blocks: tuple[int, ...]          # backbone blocks, 1-based, concatenated
+    pool: int = 1                    # neighbourhood mean (patch_pooling)
+    k: int = 1                       # neighbours averaged (k), at most K_MAX
+    top_percent: float = 1.0         # image score = mean of the top % patch scores (top_percent)
+    sigma: float = 4.0               # blur of the map (blur_sigma)
+    masking: str = "off"             # "off" | "on" | "auto" (masking)
+
+
+def derive(
+    data: SweepData, setting: Setting, *, maps: bool = True, full_size: bool = False,
+) -> tuple[np.ndarray, list[np.ndarray], bool]:
+    """Image scores and anomaly maps of every test image for one setting, as PatchKNN with it would give.
+
+    Args:
+        maps: also make the maps (the image score does not need them).
+        full_size: maps at each frame's size (as ``PatchKNN.predict``); else at the resized scale.
+
+    Returns:
+        (N,) float32 image scores, N (H, W) float32 maps (empty when not ``maps``), whether masking was on.
+    """
+    key = (tuple(setting.blocks), setting.pool)
+    k, masking = setting.k, setting.masking
+    if key not in data.knn:
+        msg = f"no kNN distances were collected for {key}; add it to the variants of collect()"
+        raise ValueError(msg)
+    if not 1 <= k <= K_MAX:
+        msg = f"k must be in 1..{K_MAX} (collect() keeps the {K_MAX} nearest distances), got {k}"
+        raise ValueError(msg)
     if masking != "off" and key not in data.ref_fg:
         msg = f"no foreground masks were collected for {key}; add it to mask_variants"
         raise ValueError(msg)
     ref_fg, ref_border = data.ref_fg.get(key, (1.0, 1.0))
     active = masking == "on" or (masking == "auto" and ref_border <= 0.2 and 0.0 < ref_fg < 1.0)
-    scores, maps = [], []
+    scores: list[float] = []
+    out_maps: list[np.ndarray] = []
     for i, knn in enumerate(data.knn[key]):
         patch = knn[..., :k].mean(-1)
         if active:
@@ -179,14 +194,23 @@ def score(
             if float(fg.float().mean()) >= 0.5 * ref_fg:             # PatchKNN's fallback rule
                 patch = torch.where(fg, patch, torch.zeros_like(patch))
         flat = patch.reshape(-1)
-        n_top = max(int(flat.numel() * top_percent / 100.0), 1)
+        n_top = max(int(flat.numel() * setting.top_percent / 100.0), 1)
         scores.append(float(flat.topk(n_top).values.mean()))
-        if pixel:
-            amap = anomaly_maps(patch[None], data.geos[i], sigma=sigma, full_size=False)[0].numpy()
-            maps.append(resize_for_pixel_metrics(amap, data.frame_masks[i], pixel_size=pixel_size)[0])
+        if maps:
+            amap = anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)
+            out_maps.append(amap[0].numpy())
+    return np.asarray(scores, dtype=np.float32), out_maps, active
+
+
+def score(data: SweepData, *, pixel: bool = True, pixel_size: int = 256, **setting: Any) -> dict[str, float]:
+    """Image AUROC (and AUPRO / pixel AUROC when ``pixel``) for one setting, given as ``Setting``'s fields
+    (``score(data, blocks=(8,), k=3)``); the scores are ``derive``'s."""
+    scores, amaps, active = derive(data, Setting(**setting), maps=pixel)
     labels = np.array([t.label for t in data.items])
-    out = {"image_auroc": image_auroc(np.array(scores), labels), "masking_active": float(active)}
+    out = {"image_auroc": image_auroc(scores, labels), "masking_active": float(active)}
     if pixel:
+        maps = [resize_for_pixel_metrics(amap, data.frame_masks[i], pixel_size=pixel_size)[0]
+                for i, amap in enumerate(amaps)]
         out["aupro"] = aupro(maps, data.masks_gt)
         out["pixel_auroc"] = pixel_auroc(maps, data.masks_gt)
     return out

@@ -32,9 +32,11 @@ if str(REPO) not in sys.path:          # run as a script: make `models` and `ben
 
 from benchmarks._features import CachedBackbone, FeatureStore  # noqa: E402
 from benchmarks._peer import PeerDetector, build_peer, check_peer_features  # noqa: E402
+from benchmarks._timing import cpu_model, versions  # noqa: E402
 from models.backbone import create_backbone  # noqa: E402
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig  # noqa: E402
 from models.evaluation import EvalReport, evaluate, load_category, load_image_rgb, subset_test  # noqa: E402
+from models.files import atomic_write  # noqa: E402
 from models.weights import resolve_weights  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -158,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                         "ours": ours.to_dict() if ours else None, "peer": peer.to_dict() if peer else None})
             print("\n".join([HEADER, *rows]), flush=True)
             if args.json:
-                args.json.write_text(json.dumps(out, indent=1))
+                env = {"device": str(args.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "cpu": cpu_model(), "versions": versions(),
+                       "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
+                       "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)}
+                atomic_write(args.json, json.dumps({"env": env, "results": out}, indent=1))
     print(f"\nfeature cache: {store.hits} hits, {store.misses} misses"
           f"{' (ms/img excludes the cached backbone)' if not args.no_cache else ''}")
     return 0

@@ -9,7 +9,7 @@ The scores are kept in the JSON; the rules are then computed from the 16 LOO sco
 
 * fail: ``max + m x spread`` for m in (1, 0.5, 0); spread = 1.4826 x MAD, at least 5 % of the
   median, as ``models.calibration.calibrate``;
-* review (never above fail): q99 (the current rule), q90, q75, median + 3 x spread,
+* review (never above fail): q99 (the rule before E5; ``calibrate`` now uses q90), q90, q75, median + 3 x spread,
   median + 2 x spread.
 
 Reported per category: good test images at >= review ("review rate") and at >= fail ("false

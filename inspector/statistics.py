@@ -23,8 +23,7 @@ import csv
 import dataclasses
 import datetime as dt
 import html
-import os
-import tempfile
+import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from inspector.errors import StoreError
 from inspector.results import Verdict
 from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
 from inspector.store import inspection_conditions, inspections, regions
+from models.files import atomic_open
 
 if TYPE_CHECKING:
     from inspector.store import Store
@@ -329,23 +329,21 @@ def _batches(store: Store, stmt: sa.Select[Any]) -> Iterator[list[dict[str, Any]
 
 @contextmanager
 def _atomic(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write ``path`` through a temporary file in its folder, replaced only when the write succeeded."""
-    kwargs: dict[str, Any] = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+    """Write ``path`` through ``models.files.atomic_open``: replaced only when the write succeeded."""
     try:
-        tmp = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                          delete=False, **kwargs)
+        with atomic_open(path) as raw:
+            if "b" in mode:
+                yield raw
+            else:
+                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+                try:
+                    yield text
+                    text.flush()
+                finally:
+                    text.detach()              # atomic_open syncs and closes the binary handle (or drops it)
     except OSError as exc:
         msg = f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable"
         raise StoreError(msg) from exc
-    try:
-        with tmp:
-            yield tmp
-        os.replace(tmp.name, path)
-    except OSError as exc:
-        msg = f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable"
-        raise StoreError(msg) from exc
-    finally:
-        Path(tmp.name).unlink(missing_ok=True)
 
 
 def _local(t: float) -> str:

@@ -14,7 +14,8 @@ JSON, the format name and a version this program knows, each failure a message n
 
 ``atomic_write``: the one way this project replaces a file (recipes, saved models, reports, exports,
 sidecars): a temporary file beside the target, flushed to disk, then ``os.replace``, so a reader or a crash
-sees either the old file or the whole new one, never half of it.
+sees either the old file or the whole new one, never half of it. ``atomic_open`` is the same for a writer
+that streams (exports of millions of rows) instead of holding the whole file in memory.
 
 Example:
     >>> data = read_bounded(Path("recipes/fryum_demo.yaml"), 1 << 20, what="recipe")   # doctest: +SKIP
@@ -23,15 +24,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_write", "read_bounded", "read_versioned_json"]
+__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_open", "atomic_write", "read_bounded",
+           "read_versioned_json"]
 
 NEW_FILE_MODE = 0o644   # a new file: readable by the station's other accounts (a temporary file is 0600)
 
@@ -88,6 +92,34 @@ def read_bounded(path: Path, limit: int, *, what: str = "file") -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, *, mode: int | None = None, fsync: bool = True) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces ``path`` when the ``with`` block ends without an error.
+
+    For writers that stream (a CSV export of millions of rows, a Parquet writer); ``atomic_write`` is
+    this with one ``write``. Same arguments and guarantees as ``atomic_write``: when the block raises,
+    the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode = NEW_FILE_MODE
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_versioned_json(
@@ -171,22 +203,5 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, fsyn
         OSError: as ``open``/``write``/``os.replace`` (full disk, read-only folder); the temporary file is
             removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    if mode is None:
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except OSError:
-            mode = NEW_FILE_MODE
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, mode=mode, fsync=fsync) as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)

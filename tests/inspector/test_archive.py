@@ -6,6 +6,7 @@ import errno
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -101,22 +102,23 @@ def test_disabled_archive_keeps_nothing_and_starts_no_thread(
 def test_files_appear_atomically(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writes: list[tuple[str, list[str]]] = []    # (name written to, visible files in the folder then)
+    writes: list[tuple[list[str], list[str]]] = []    # (visible files, temporary files) while writing
     real_write = archive_module._write_file
 
-    def watching_write(path: Path, data: bytes) -> None:
-        visible = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
-        writes.append((path.name, visible))
-        real_write(path, data)
+    def watching_write(handle: BinaryIO, data: bytes) -> None:
+        names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".inspector"))
+        writes.append(([n for n in names if not n.startswith(".")], [n for n in names if n.startswith(".")]))
+        real_write(handle, data)
 
     monkeypatch.setattr(archive_module, "_write_file", watching_write)
     with Archive(ArchivePolicy(directory=tmp_path)) as archive:
         paths = archive.submit(_result(0, Verdict.FAIL, rng=rng))
     assert paths is not None and paths.overlay is not None
-    (image_tmp, before_image), (overlay_tmp, before_overlay) = writes
-    assert image_tmp.startswith(f".{paths.image.name}.") and image_tmp.endswith(".tmp")
-    assert overlay_tmp.startswith(f".{paths.overlay.name}.") and overlay_tmp.endswith(".tmp")
-    # the final names appear only when their file is complete
+    (before_image, image_tmp), (before_overlay, overlay_tmp) = writes
+    # the bytes go to a dot-named temporary beside the final name ...
+    assert len(image_tmp) == 1 and image_tmp[0].startswith(f".{paths.image.name}.") and image_tmp[0].endswith(".tmp")
+    assert len(overlay_tmp) == 1 and overlay_tmp[0].startswith(f".{paths.overlay.name}.")
+    # ... and the final names appear only when their file is complete
     assert before_image == [] and before_overlay == [paths.image.name]
     visible = sorted(p.name for p in paths.image.parent.iterdir())
     assert visible == sorted([paths.image.name, paths.overlay.name])
@@ -127,8 +129,9 @@ def test_a_write_that_dies_leaves_no_partial_file(
 ) -> None:
     """Mocks a disk that fails mid-write (hardware): half the bytes land, then OSError."""
 
-    def half_write(path: Path, data: bytes) -> None:
-        path.write_bytes(data[: len(data) // 2])
+    def half_write(handle: BinaryIO, data: bytes) -> None:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(archive_module, "_write_file", half_write)
@@ -138,6 +141,7 @@ def test_a_write_that_dies_leaves_no_partial_file(
         assert archive.flush(10)
     assert paths is not None and not paths.image.exists()
     assert _archived_files(tmp_path) == []
+    assert [p for p in paths.image.parent.iterdir() if p.name.endswith(".tmp")] == []   # temporary removed too
     assert len(warnings) == 1 and "Input/output error" in warnings[0]
 
 
@@ -200,10 +204,10 @@ def test_disk_full_pauses_with_a_warning_then_resumes(
     full = threading.Event()
     full.set()
 
-    def maybe_full(path: Path, data: bytes) -> None:
+    def maybe_full(handle: BinaryIO, data: bytes) -> None:
         if full.is_set():
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(path, data)
+        real_write(handle, data)
 
     monkeypatch.setattr(archive_module, "_write_file", maybe_full)
     warnings: list[str] = []
@@ -232,7 +236,7 @@ def test_pipeline_goes_on_while_the_disk_is_full(
 ) -> None:
     """Mocks a full disk (hardware); every frame still gets its result."""
 
-    def no_space(path: Path, data: bytes) -> None:
+    def no_space(handle: BinaryIO, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(archive_module, "_write_file", no_space)
@@ -290,11 +294,11 @@ def test_writer_falling_behind_skips_and_warns_once(
     real_write = archive_module._write_file
     released: list[bool] = []
 
-    def slow_write(path: Path, data: bytes) -> None:
+    def slow_write(handle: BinaryIO, data: bytes) -> None:
         # Blocks until the submits are done; the timeout only keeps a broken test from hanging.
         writing.set()
         released.append(release.wait(120))
-        real_write(path, data)
+        real_write(handle, data)
 
     monkeypatch.setattr(archive_module, "_write_file", slow_write)
     warnings: list[str] = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,6 +116,26 @@ def test_exports_write_regions_with_confirmed_and_predicted_types(store: Store, 
     assert st.export_parquet(store, tmp_path / "empty", st.Filters(lot="nope")) == {"inspections": 0, "regions": 0}
     with pytest.raises(Exception, match="cannot write"):
         st.export_regions_csv(store, tmp_path / "missing" / "r.csv")
+
+
+def test_an_export_that_fails_midway_keeps_the_old_file(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "exports").mkdir()
+    target = tmp_path / "exports" / "regions.csv"
+    target.write_text("the export of yesterday\n", encoding="utf-8")
+    real_batches = st._batches
+
+    def failing_batches(*args: Any, **kwargs: Any) -> Any:
+        yield from itertools.islice(real_batches(*args, **kwargs), 1)
+        msg = "database connection lost"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(st, "_batches", failing_batches)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        st.export_regions_csv(store, target)
+    assert target.read_text(encoding="utf-8") == "the export of yesterday\n"
+    assert [p.name for p in target.parent.iterdir()] == ["regions.csv"]     # no temporary file left
 
 
 def test_charts_are_valid_svg(store: Store) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models import files
-from models.files import NEW_FILE_MODE, atomic_write
+from models.files import NEW_FILE_MODE, atomic_open, atomic_write
 
 
 def test_writes_text_and_bytes_and_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -54,6 +54,22 @@ def test_a_missing_folder_is_an_error_and_creates_nothing(tmp_path: Path) -> Non
         atomic_write(tmp_path / "missing" / "x.txt", "x")
     assert not (tmp_path / "missing").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_open_streams_and_a_failing_writer_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "export.csv"
+    with atomic_open(target) as handle:
+        handle.write(b"a,b\n")
+        assert not target.exists()                       # nothing under the final name mid-write
+        handle.write(b"1,2\n")
+    assert target.read_bytes() == b"a,b\n1,2\n"
+    assert stat.S_IMODE(target.stat().st_mode) == NEW_FILE_MODE
+    with pytest.raises(RuntimeError, match="writer died"), atomic_open(target) as handle:
+        handle.write(b"half")
+        msg = "writer died"
+        raise RuntimeError(msg)
+    assert target.read_bytes() == b"a,b\n1,2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["export.csv"]
 
 
 # ---- read_versioned_json: the one reader of model.json and the ONNX description

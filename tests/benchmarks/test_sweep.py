@@ -1,0 +1,102 @@
+"""benchmarks/_sweep: every score and map the sweep derives equals a direct ``PatchKNN.predict`` with that setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+import torch
+
+import benchmarks._sweep as sweep_module
+import models.detectors.patch_knn as patch_knn_module
+from benchmarks._features import CachedBackbone, FeatureStore
+from benchmarks._sweep import Setting, SweepData, collect, derive, score
+from models.detectors import PatchKNN, PatchKNNConfig
+from models.evaluation import Category, TestItem, image_auroc, load_image_rgb
+from tests.benchmarks.conftest import SHORTER_SIDE
+
+VARIANTS = [((8,), 1), ((8, 10), 1), ((8,), 3)]
+MASKED = [((8,), 1)]
+
+
+def stand_in_masks(features: torch.Tensor, **_: object) -> torch.Tensor:
+    """(B, h, w, D) -> (B, h, w) bool: patches whose first feature is positive.
+
+    The PCA foreground rule finds nothing in random-weights features (the tests' backbone), so both the
+    sweep and PatchKNN get this rule instead; what is tested is how the harness applies masks (zeroed
+    patches, the fallback for a small mask, "auto"), not the rule itself (tests/models covers it).
+    """
+    return features[..., 0] > 0
+
+
+@pytest.fixture
+def sweep(
+    store: FeatureStore, parts: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch,
+) -> tuple[SweepData, list[TestItem], list[Path]]:
+    monkeypatch.setattr(sweep_module, "foreground_masks", stand_in_masks)
+    monkeypatch.setattr(patch_knn_module, "foreground_masks", stand_in_masks)
+    items = ([TestItem(path=p, label=0, defect_type="good", mask_path=None) for p in parts["good"]]
+             + [TestItem(path=p, label=1, defect_type="blob", mask_path=m)
+                for p, m in zip(parts["bad"], parts["masks"], strict=True)])
+    category = Category(name="tiny", root=parts["train"][0].parent, train_good=tuple(parts["train"]),
+                        test=tuple(items))
+    data = collect(store, category, parts["train"], items, VARIANTS, shorter_side=SHORTER_SIDE,
+                   mask_variants=MASKED, dtype=torch.float32, pixel_size=56)
+    return data, items, parts["train"]
+
+
+# (blocks, pool, k, top_percent, sigma, masking)
+SETTINGS = [
+    ((8,), 1, 1, 1.0, 4.0, "off"),
+    ((8,), 1, 3, 10.0, 2.0, "off"),
+    ((8, 10), 1, 1, 1.0, 4.0, "off"),
+    ((8,), 3, 2, 5.0, 0.0, "off"),
+    ((8,), 1, 1, 1.0, 4.0, "on"),
+    ((8,), 1, 1, 1.0, 4.0, "auto"),
+]
+
+
+@pytest.mark.parametrize(("blocks", "pool", "k", "top_percent", "sigma", "masking"), SETTINGS)
+def test_derived_scores_and_maps_equal_a_direct_predict(
+    store: FeatureStore, sweep: tuple[SweepData, list[TestItem], list[Path]], blocks: tuple[int, ...], pool: int,
+    k: int, top_percent: float, sigma: float, masking: Literal["auto", "on", "off"],
+) -> None:
+    data, items, train = sweep
+    config = PatchKNNConfig(shorter_side=SHORTER_SIDE, k=k, top_percent=top_percent, blur_sigma=sigma,
+                            patch_pooling=pool, masking=masking, augment_rotations=False, loo_max_images=0)
+    detector = PatchKNN(backbone=CachedBackbone(store, blocks=blocks), config=config)
+    detector.fit([load_image_rgb(p) for p in train])
+    direct = detector.predict([load_image_rgb(t.path) for t in items])
+    setting = Setting(blocks=blocks, pool=pool, k=k, top_percent=top_percent, sigma=sigma, masking=masking)
+    scores, maps, active = derive(data, setting, full_size=True)
+    assert active == detector.masking_active
+    np.testing.assert_allclose(scores, direct.pred_score, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(maps), np.asarray(direct.anomaly_map), rtol=1e-5, atol=1e-6)
+    metrics = score(data, blocks=blocks, pool=pool, k=k, top_percent=top_percent, sigma=sigma, masking=masking,
+                    pixel_size=56)
+    labels = np.array([t.label for t in items])
+    assert metrics["image_auroc"] == pytest.approx(image_auroc(direct.pred_score, labels))
+    assert set(metrics) == {"image_auroc", "masking_active", "aupro", "pixel_auroc"}
+
+
+def test_masking_on_changes_the_scores(sweep: tuple[SweepData, list[TestItem], list[Path]]) -> None:
+    """The masked settings above compare something: masking leaves out patches, and the fallback happens."""
+    data = sweep[0]
+    ref_fg = data.ref_fg[((8,), 1)][0]
+    shares = [float(fg.float().mean()) for fg in data.fg[((8,), 1)]]
+    assert 0.0 < ref_fg < 1.0 and any(0.5 * ref_fg <= s < 1.0 for s in shares)
+    off = derive(data, Setting(blocks=(8,), masking="off"), maps=False)[0]
+    on = derive(data, Setting(blocks=(8,), masking="on"), maps=False)[0]
+    assert not np.allclose(off, on)
+
+
+def test_asking_for_what_was_not_collected_names_it(sweep: tuple[SweepData, list[TestItem], list[Path]]) -> None:
+    data = sweep[0]
+    with pytest.raises(ValueError, match=r"no kNN distances were collected for \(\(9,\), 1\)"):
+        derive(data, Setting(blocks=(9,)))
+    with pytest.raises(ValueError, match="no foreground masks"):
+        derive(data, Setting(blocks=(8, 10), masking="on"))
+    with pytest.raises(ValueError, match="k must be in 1..5"):
+        derive(data, Setting(blocks=(8,), k=6))
