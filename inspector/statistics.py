@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import datetime as dt
 import html
-import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from inspector.errors import StoreError
 from inspector.results import Verdict
 from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
 from inspector.store import inspection_conditions, inspections, regions
-from models.files import atomic_open
+from models.files import atomic_open, atomic_open_text
 
 if TYPE_CHECKING:
     from inspector.store import Store
@@ -331,16 +330,8 @@ def _batches(store: Store, stmt: sa.Select[Any]) -> Iterator[list[dict[str, Any]
 def _atomic(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write ``path`` through ``models.files.atomic_open``: replaced only when the write succeeded."""
     try:
-        with atomic_open(path) as raw:
-            if "b" in mode:
-                yield raw
-            else:
-                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-                try:
-                    yield text
-                    text.flush()
-                finally:
-                    text.detach()              # atomic_open syncs and closes the binary handle (or drops it)
+        with atomic_open(path) if "b" in mode else atomic_open_text(path) as handle:
+            yield handle
     except OSError as exc:
         msg = f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable"
         raise StoreError(msg) from exc

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
-__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_open", "atomic_write", "read_bounded",
+__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_open", "atomic_open_text", "atomic_write",
+           "read_bounded",
            "read_versioned_json"]
 
 NEW_FILE_MODE = 0o644   # a new file: readable by the station's other accounts (a temporary file is 0600)
@@ -120,6 +122,18 @@ def atomic_open(path: Path, *, mode: int | None = None, fsync: bool = True) -> I
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open_text(path: Path, *, mode: int | None = None, fsync: bool = True) -> Iterator[TextIO]:
+    """`atomic_open` for text: UTF-8, no newline translation (CSV writers want ``newline=""``)."""
+    with atomic_open(path, mode=mode, fsync=fsync) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()              # atomic_open syncs and closes the binary handle (or drops it)
 
 
 def read_versioned_json(

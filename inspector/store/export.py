@@ -1,15 +1,15 @@
 """The statistics store's CSV export: matching inspections, one row each, written atomically.
 
-`StoreExport` is a mixin of `inspector.store.Store`. The file is built from the database in chunks and
-replaced in one step (`models.files.atomic_write`), so a reader or a crash never sees half an export;
-text a spreadsheet would run as a formula is neutralised by `inspector._csv.csv_cell`.
+`StoreExport` is a mixin of `inspector.store.Store`. The file is built from the database in chunks,
+streamed to a temporary file and replaced in one step (`models.files.atomic_open_text`), so a reader or
+a crash never sees half an export, and a million rows never sit in memory; text a spreadsheet would run
+as a formula is neutralised by `inspector._csv.csv_cell`.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +22,7 @@ from inspector.errors import StoreError
 from inspector.results import Verdict
 from inspector.store.queries import inspection_conditions
 from inspector.store.schema import feedback, inspections, regions
-from models.files import atomic_write
+from models.files import atomic_open_text
 
 __all__ = ["StoreExport"]
 
@@ -76,24 +76,22 @@ class StoreExport:
                    "frame_id", "path", "verdict", "score", "latency_ms", "regions", "defect_classes",
                    "predicted_classes", "label",
                    "image_path", "overlay_path", "error"]
-        buffer = io.StringIO(newline="")
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
         count = 0
-        with self._engine.connect() as conn:
-            for chunk in _chunks(conn.execution_options(stream_results=True, yield_per=1000)
-                                 .execute(stmt).mappings(), 1000):
-                classes = self._classes_of(conn, [r["id"] for r in chunk])
-                predicted = self._classes_of(conn, [r["id"] for r in chunk], regions.c.predicted_class)
-                for r in chunk:
-                    values = {**r, "local_time": dt.datetime.fromtimestamp(r["time"], tz=self._tz)
-                              .isoformat(timespec="milliseconds"),
-                              "defect_classes": ";".join(classes.get(r["id"], ())),
-                              "predicted_classes": ";".join(predicted.get(r["id"], ()))}
-                    writer.writerow([csv_cell(values[c]) for c in columns])
-                    count += 1
         try:
-            atomic_write(path, buffer.getvalue())
+            with atomic_open_text(path) as handle, self._engine.connect() as conn:
+                writer = csv.writer(handle)
+                writer.writerow(columns)
+                for chunk in _chunks(conn.execution_options(stream_results=True, yield_per=1000)
+                                     .execute(stmt).mappings(), 1000):
+                    classes = self._classes_of(conn, [r["id"] for r in chunk])
+                    predicted = self._classes_of(conn, [r["id"] for r in chunk], regions.c.predicted_class)
+                    for r in chunk:
+                        values = {**r, "local_time": dt.datetime.fromtimestamp(r["time"], tz=self._tz)
+                                  .isoformat(timespec="milliseconds"),
+                                  "defect_classes": ";".join(classes.get(r["id"], ())),
+                                  "predicted_classes": ";".join(predicted.get(r["id"], ()))}
+                        writer.writerow([csv_cell(values[c]) for c in columns])
+                        count += 1
         except OSError as exc:
             msg = (f"cannot write the CSV export {path}: {exc.strerror or exc}; "
                    "check the folder exists and is writable")
