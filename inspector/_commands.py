@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
-from inspector.results import InspectionResult, Progress, Verdict
+from inspector.results import InspectionResult, Progress, Verdict, VerdictCounts
 
 T = TypeVar("T")
 
@@ -204,12 +204,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except InspectorError as exc:
             print(f"warning: {exc}", file=sys.stderr)
     elapsed = time.perf_counter() - started
-    total = sum(counts.values())
-    passed = counts[Verdict.PASS.value]
-    judged = total - counts[Verdict.ERROR.value]
-    yield_pct = 100.0 * passed / judged if judged else 0.0
-    summary = (f"inspected {total} frame(s) in {elapsed:.1f} s: PASS {passed}, REVIEW {counts['REVIEW']}, "
-               f"FAIL {counts['FAIL']}, ERROR {counts['ERROR']}; yield {yield_pct:.1f} %; "
+    tally = VerdictCounts.from_verdicts(counts.elements())
+    yield_pct = tally.yield_pct or 0.0
+    summary = (f"inspected {tally.inspected} frame(s) in {elapsed:.1f} s: PASS {tally.passed}, REVIEW "
+               f"{tally.review}, FAIL {tally.failed}, ERROR {tally.errors}; yield {yield_pct:.1f} %; "
                f"recorded {recorder.forwarded_count}")
     if printing:
         try:

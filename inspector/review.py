@@ -51,7 +51,7 @@ from inspector.capture import IMAGE_EXTENSIONS, image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError
 from inspector.overlay import render_overlay
 from inspector.paths import safe_name
-from inspector.results import DefectRegion, Progress, Verdict
+from inspector.results import DefectRegion, Progress, Verdict, verdict_for
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -231,10 +231,6 @@ def _images(
         _write_jpeg(out / "overlays" / name, overlay, OVERLAY_QUALITY)
         return f"thumbs/{name}", f"overlays/{name}"
     return f"thumbs/{name}", None
-
-
-def _verdict(score: float, review_t: float, fail_t: float) -> Verdict:
-    return Verdict.FAIL if score >= fail_t else Verdict.REVIEW if score >= review_t else Verdict.PASS
 
 
 class ReviewRate:
@@ -717,7 +713,7 @@ def _zero_shot_record(
 
     review_t, fail_t, pixel = thresholds
     score = float(saved["pred_score"][k])
-    verdict = _verdict(score, review_t, fail_t)
+    verdict = verdict_for(score, review_t, fail_t)
     anomaly_map = to_map(saved["patch_scores"][k], image.shape[:2], shorter_side=config.shorter_side,
                          patch_size=int(saved["patch_size"]), blur_sigma=config.blur_sigma)
     regions: tuple[DefectRegion, ...] = ()

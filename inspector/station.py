@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import ModelError, WeightsNotFound
-from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict
+from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict, verdict_for
 
 if TYPE_CHECKING:
     from inspector.defect_typing import DefectTyper
@@ -374,7 +374,7 @@ class Station:
                 path=path, times=StageTimes(capture_ms=capture_ms), error=problem,
                 line=self.recipe.line, station=self.recipe.station,
             )
-        verdict = Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
+        verdict = verdict_for(score, review, fail)
         regions: tuple[DefectRegion, ...] = ()
         if verdict is not Verdict.PASS:
             regions = self._regions(crop_map, pixel, x0, y0)

@@ -54,7 +54,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from inspector import paths
 from inspector._csv import csv_cell
 from inspector.errors import StoreError
-from inspector.results import InspectionResult, Verdict
+from inspector.results import InspectionResult, Verdict, VerdictCounts
 
 __all__ = [
     "FeedbackRecord",
@@ -196,7 +196,7 @@ def _bucket_sqlite(element: _bucket, compiler: Any, **kw: Any) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class YieldRow:
-    """Counts of one group. ``yield_pct`` = passed / inspected * 100: REVIEW and ERROR count against it."""
+    """Counts of one group (``inspected`` includes ERROR rows); ``yield_pct``: `inspector.results.VerdictCounts`."""
 
     key: str                 # recipe/line/lot, or local time: "2026-11-23 14:00", "2026-11-23 06:00-14:00";
                              # with several group keys their values joined by " / "
@@ -1376,7 +1376,7 @@ def _new_id(result: sa.CursorResult[Any]) -> Any:
 
 def _yield_row(keys: tuple[str, ...], inspected: int, passed: int, review: int, failed: int,
                errors: int) -> YieldRow:
-    pct = 100.0 * passed / inspected if inspected else 0.0
+    pct = VerdictCounts(passed=passed, review=review, failed=failed, errors=errors).yield_pct or 0.0
     return YieldRow(key=" / ".join(keys), keys=keys, inspected=inspected, passed=passed, review=review,
                     failed=failed, errors=errors, yield_pct=pct)
 

@@ -52,37 +52,16 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from inspector.results import InspectionResult, Progress, Verdict
+from inspector.results import InspectionResult, Progress, Verdict, VerdictCounts, verdict_for
 from ui.live_view import VERDICT_COLOURS, HeatmapView
 from ui.workers import JobRunner
 
-__all__ = ["RoiEditor", "TeachEngine", "TeachOutcome", "TeachPage", "TeachWizard", "verdict_counts"]
+__all__ = ["RoiEditor", "TeachEngine", "TeachOutcome", "TeachPage", "TeachWizard"]
 
 log = logging.getLogger(__name__)
 
 SLIDER_STEPS = 1000          # threshold slider resolution: 0.1 % of the score range
 MAX_CHECK_IMAGES = 8         # images shown per side on the check page (more do not fit and cost inference)
-
-
-def verdict_counts(scores: Sequence[float] | np.ndarray, review: float, fail: float) -> dict[Verdict, int]:
-    """Count PASS / REVIEW / FAIL of cached scores under thresholds (the rule of `Station`).
-
-    Args:
-        scores: (N,) float image anomaly scores.
-        review: score at or above which a part is REVIEW.
-        fail: score at or above which a part is FAIL (>= review).
-    """
-    values = np.asarray(scores, dtype=np.float64)
-    failed = int(np.count_nonzero(values >= fail))
-    review_n = int(np.count_nonzero((values >= review) & (values < fail)))
-    passed = int(values.size) - failed - review_n
-    return {Verdict.PASS: passed, Verdict.REVIEW: review_n, Verdict.FAIL: failed}
-
-
-def _verdict(score: float | None, review: float, fail: float) -> Verdict:
-    if score is None:
-        return Verdict.ERROR
-    return Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -569,7 +548,7 @@ class CheckTile(QWidget):
         layout.addWidget(self.label)
 
     def apply(self, review: float, fail: float) -> Verdict:
-        verdict = _verdict(self.result.score, review, fail)
+        verdict = verdict_for(self.result.score, review, fail)
         background, text = VERDICT_COLOURS[verdict]
         score = "—" if self.result.score is None else f"{self.result.score:.3f}"
         self.label.setText(f"{verdict} {score}")
@@ -706,9 +685,9 @@ class CheckPage(QWizardPage):
         self.review_label.setText(f"Review ≥ {review:.4f}")
         self.fail_label.setText(f"Fail ≥ {fail:.4f}")
         for row, scores in enumerate((outcome.good_scores, outcome.bad_scores)):
-            counts = verdict_counts(scores, review, fail)
+            counts = VerdictCounts.from_scores(scores, review, fail)
             for col, verdict in enumerate((Verdict.PASS, Verdict.REVIEW, Verdict.FAIL)):
-                item = QTableWidgetItem(str(counts[verdict]))
+                item = QTableWidgetItem(str(counts.count(verdict)))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.counts.setItem(row, col, item)
         for tile in self.tiles:
