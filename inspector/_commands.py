@@ -505,7 +505,7 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
     recipe = None
     if args.recipe_file is not None:
         from inspector.recipe import load_recipe
-        from inspector.station import resolve_version
+        from inspector.versions import resolve_version
 
         recipe = load_recipe(args.recipe_file)
         flt = dataclasses.replace(flt, recipe=flt.recipe or recipe.name)

@@ -29,9 +29,9 @@ import numpy as np
 from inspector._jobs import relay_progress
 from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
-from inspector.recipe import set_active_model_version
 from inspector.results import InspectionResult, Progress
-from inspector.station import Station, apply_roi, build_detector, next_version, resolve_version
+from inspector.station import Station, apply_roi, build_detector
+from inspector.versions import next_version, resolve_version, set_active_model_version
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
