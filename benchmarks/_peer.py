@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._features import FeatureStore
-from models.detectors.patch_knn import Detection, _geometry
-from models.preprocess import to_model_input
+from models.detectors.patch_knn import Detection
+from models.preprocess import frame_geometry, to_model_input
 
 __all__ = ["PeerDetector", "build_peer"]
 
@@ -136,7 +136,7 @@ class PeerDetector:
         """One (1, H, W, 3) uint8 RGB frame -> Detection with the map brought back to frame size."""
         image = images_rgb[0]
         out = self.peer(self._input(image))
-        geo = _geometry(*image.shape[:2], shorter_side=self.shorter_side, patch_size=14)
+        geo = frame_geometry(*image.shape[:2], shorter_side=self.shorter_side, patch_size=14)
         amap = out.anomaly_map.float()                                       # (1, 1, crop_h, crop_w)
         (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
         if (rh, rw) != (ch, cw):

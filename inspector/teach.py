@@ -86,7 +86,7 @@ class TeachReport:
             f"recipe {self.recipe}: saved model {self.version} in {self.model_dir}",
             f"trained on {self.n_good} good image(s)" + (f", checked on {self.n_defect} defect image(s)"
                                                          if self.n_defect else "") + f" in {self.seconds:.1f} s",
-            f"weights: {self.weights.source} ({self.weights.location})",
+            f"weights: {self.weights.name}, {self.weights.source} ({self.weights.location})",
             f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
             f"rule: {t.rule}",
         ]

@@ -158,7 +158,7 @@ def _fit_pos_embed(vit: VisionTransformer, state_dict: dict[str, torch.Tensor]) 
     pos_embed = cast("nn.Parameter", vit.pos_embed)   # Optional in timm; every DINOv2 ViT has one
     if key not in state_dict or state_dict[key].shape == pos_embed.shape:
         return state_dict
-    from timm.layers import resample_abs_pos_embed
+    from timm.layers.pos_embed import resample_abs_pos_embed
 
     prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
     grid = vit.patch_embed.grid_size

@@ -253,7 +253,8 @@ class DefectTypeClassifier:
     def _class_distance(self, dists: np.ndarray) -> np.ndarray:
         """(N, m) distances to one class's examples -> (N,) mean of the k nearest."""
         k = min(self._config.k, dists.shape[1])
-        return np.sort(dists, axis=1)[:, :k].mean(axis=1)
+        nearest: np.ndarray = np.sort(dists, axis=1)[:, :k].mean(axis=1)
+        return nearest
 
     def _rejection_locked(self) -> float:
         cfg = self._config

@@ -271,7 +271,7 @@ class _Batch:
     """The fields anomalib's metrics read (anomalib's ``Batch`` dataclasses carry the same names).
 
     ``AnomalibMetric.update`` is annotated with anomalib's ``Batch`` but only reads these fields by
-    name, so a ``_Batch`` is passed through ``cast("Batch", ...)``.
+    name, so a ``_Batch`` is passed through ``cast("Batch[Any]", ...)``.
     """
 
     pred_score: torch.Tensor | None = None
@@ -310,7 +310,7 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     # torchmetrics squashes scores outside [0, 1] through a sigmoid; monotone, so AUROC is unchanged,
     # but float64 keeps large distances from saturating to equal values.
     metric = AUROC(fields=["pred_score", "gt_label"])
-    metric.update(cast("Batch", _Batch(pred_score=preds, gt_label=target)))
+    metric.update(cast("Batch[Any]", _Batch(pred_score=preds, gt_label=target)))
     return float(metric.compute())
 
 
@@ -354,7 +354,7 @@ def pixel_auroc(anomaly_maps: Sequence[np.ndarray], defect_masks: Sequence[np.nd
     if not _check_both_classes(target, "pixel AUROC"):
         return math.nan
     metric = AUROC(fields=["anomaly_map", "gt_mask"])
-    metric.update(cast("Batch", _Batch(anomaly_map=preds, gt_mask=target)))
+    metric.update(cast("Batch[Any]", _Batch(anomaly_map=preds, gt_mask=target)))
     return float(metric.compute())
 
 
@@ -419,7 +419,7 @@ def f1_at(
     decided = (np.asarray(scores, dtype=np.float64) >= threshold).astype(np.float32)
     metric = F1Score(fields=["pred_score", "gt_label"], threshold=0.5)
     batch = _Batch(pred_score=_as_tensor(decided, torch.float32), gt_label=_as_tensor(labels, torch.long))
-    metric.update(cast("Batch", batch))
+    metric.update(cast("Batch[Any]", batch))
     return float(metric.compute())
 
 
@@ -439,7 +439,7 @@ def best_f1(
     # F1Max wants probabilities; min-max scaling to [0, 1] keeps the order and maps back exactly.
     metric = F1Max(fields=["pred_score", "gt_label"])
     scaled = _as_tensor((raw - lo) / span, torch.float64)
-    metric.update(cast("Batch", _Batch(pred_score=scaled, gt_label=_as_tensor(labels, torch.long))))
+    metric.update(cast("Batch[Any]", _Batch(pred_score=scaled, gt_label=_as_tensor(labels, torch.long))))
     value = float(metric.compute())
     return value, lo + float(metric.threshold) * span
 

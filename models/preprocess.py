@@ -1,12 +1,26 @@
-"""From uint8 frames to model input, in torch so it runs on the GPU as well as the CPU.
+"""Frame geometry: from uint8 frames to model input, and from patch scores back to frame-sized maps.
 
 The published AnomalyDINO recipe: shorter side resized (bicubic, antialiased), ImageNet mean/std,
 centre-cropped to a multiple of the patch size (the crop is what anomalib's ``AnomalyDINOModel``
-does; DINOv2 itself pads).
+does; DINOv2 itself pads). In torch, so it runs on the GPU as well as the CPU.
+
+This module is the one home of that geometry, both ways:
+
+* in: ``check_image`` / ``as_image_list`` (what a frame may be), ``input_size`` and ``frame_geometry``
+  (the arithmetic), ``to_model_input`` (the tensors);
+* out: ``crop_maps`` (patch scores -> blurred maps at the model input's size, the part inside the
+  ONNX graph), ``uncrop_maps`` (those maps -> the frame's size, edge-replicated over the cropped-off
+  border), ``anomaly_maps`` (both), ``frame_to_grid`` (a frame map averaged over the patch grid).
+
+Example:
+    >>> geo = frame_geometry(1080, 1920, shorter_side=448)
+    >>> geo.resized, geo.crop, geo.offset
+    ((448, 796), (448, 784), (0, 6))
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 import cv2
@@ -14,12 +28,76 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropGeometry", "crop_geometry", "frame_to_grid", "input_size",
-           "to_model_input"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_ASPECT_RATIO", "CropGeometry", "FrameGeometry", "anomaly_maps",
+           "as_image_list", "check_image", "crop_geometry", "crop_maps", "frame_geometry", "frame_to_grid",
+           "gaussian_blur", "input_size", "to_model_input", "uncrop_maps"]
 
 # ImageNet statistics, used by DINOv2 (facebookresearch/dinov2, dinov2/data/transforms.py).
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+# A frame longer than this many times its shorter side would blow up to a huge model input once
+# the shorter side is resized to 448; such frames need a region of interest first.
+MAX_ASPECT_RATIO: Final = 32.0
+
+
+def check_image(image: object, index: int) -> np.ndarray:
+    """Validate one frame; returns it as (H, W, 3) uint8 (grayscale is stacked to 3 channels).
+
+    Args:
+        image: (H, W, 3) uint8 RGB, or (H, W) / (H, W, 1) uint8 grayscale.
+        index: its position in the caller's batch, for the message.
+
+    Raises:
+        ValueError: not a numpy array, empty, not uint8, not 1 or 3 channels, or more elongated
+            than ``MAX_ASPECT_RATIO``; the message names the image and the fix.
+    """
+    if not isinstance(image, np.ndarray):
+        msg = f"image {index} is a {type(image).__name__}; expected a numpy array (H, W, 3) uint8 RGB"
+        raise ValueError(msg)
+    if image.size == 0:
+        msg = f"image {index} is empty (shape {image.shape}); every frame needs at least one pixel"
+        raise ValueError(msg)
+    if image.dtype != np.uint8:
+        msg = (f"image {index} has dtype {image.dtype}; expected uint8 RGB "
+               "(convert 16-bit or float frames to 8 bits first)")
+        raise ValueError(msg)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.ndim != 3:
+        msg = f"image {index} has shape {image.shape}; expected (H, W, 3) RGB or (H, W) grayscale"
+        raise ValueError(msg)
+    elif image.shape[2] != 3:
+        msg = (f"image {index} has {image.shape[2]} channels (shape {image.shape}); expected 3 (RGB); "
+               "drop the alpha channel or convert the frame to RGB first")
+        raise ValueError(msg)
+    h, w = image.shape[:2]
+    if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
+        msg = (f"image {index} of {h}x{w} pixels is too elongated (more than {MAX_ASPECT_RATIO:g}:1); "
+               "crop a region of interest first")
+        raise ValueError(msg)
+    return image
+
+
+def as_image_list(images_rgb: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One (H, W, 3) / (H, W) frame, a (B, H, W, 3) batch or a sequence of frames -> checked (H, W, 3) frames.
+
+    Raises:
+        ValueError: an array of another rank, or a frame ``check_image`` refuses.
+    """
+    if isinstance(images_rgb, np.ndarray):
+        if images_rgb.ndim == 4:
+            frames = list(images_rgb)
+        elif images_rgb.ndim in (2, 3):
+            frames = [images_rgb]
+        else:
+            msg = (f"images have shape {images_rgb.shape}; expected (H, W, 3), (B, H, W, 3) "
+                   "or a list of (H, W, 3) arrays")
+            raise ValueError(msg)
+    else:
+        frames = list(images_rgb)
+    return [check_image(image, i) for i, image in enumerate(frames)]
 
 
 def input_size(height: int, width: int, *, shorter_side: int, patch_size: int = 14) -> tuple[int, int]:
@@ -40,20 +118,31 @@ def input_size(height: int, width: int, *, shorter_side: int, patch_size: int = 
     return h, w
 
 
-class CropGeometry(NamedTuple):
-    """Where the model input sits in a frame: resized to ``resized``, then centre-cropped."""
+class FrameGeometry(NamedTuple):
+    """Where the model input sits in a frame: resized to ``resized``, then centre-cropped to ``crop``."""
 
+    frame: tuple[int, int]  # (H, W) of the frame
     resized: tuple[int, int]  # (H, W) after resizing the shorter side
     crop: tuple[int, int]  # (H, W) of the centre crop fed to the backbone (multiples of the patch size)
     offset: tuple[int, int]  # (top, left) of the crop inside the resized frame
 
 
-def crop_geometry(height: int, width: int, *, shorter_side: int, patch_size: int = 14) -> CropGeometry:
-    """How ``to_model_input`` resizes and crops a frame of ``height`` x ``width`` (same arithmetic)."""
+def frame_geometry(height: int, width: int, *, shorter_side: int, patch_size: int = 14) -> FrameGeometry:
+    """How ``to_model_input`` resizes and crops a frame of ``height`` x ``width`` (the one place of that
+    arithmetic: the detectors, the ONNX runtime and the benchmarks map their maps back with it).
+
+    Raises:
+        ValueError: the frame has no area, or ``shorter_side`` is below one patch.
+    """
     h, w = input_size(height, width, shorter_side=shorter_side, patch_size=patch_size)
     scale = shorter_side / min(height, width)
     rh, rw = round(height * scale), round(width * scale)
-    return CropGeometry((rh, rw), (h, w), ((rh - h) // 2, (rw - w) // 2))
+    return FrameGeometry((int(height), int(width)), (rh, rw), (h, w), ((rh - h) // 2, (rw - w) // 2))
+
+
+# The names this module had before frame_geometry also carried the frame size; kept for old importers.
+CropGeometry = FrameGeometry
+crop_geometry = frame_geometry
 
 
 def frame_to_grid(
@@ -71,11 +160,61 @@ def frame_to_grid(
         (h, w) float32: the mean of ``values`` over each patch's pixels (area interpolation).
     """
     height, width = values.shape
-    geo = crop_geometry(height, width, shorter_side=shorter_side, patch_size=patch_size)
-    (rh, rw), (ch, cw), (top, left) = geo
+    geo = frame_geometry(height, width, shorter_side=shorter_side, patch_size=patch_size)
+    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
     resized = cv2.resize(values.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA)
     crop = resized[top : top + ch, left : left + cw]
     return cv2.resize(crop, (grid[1], grid[0]), interpolation=cv2.INTER_AREA).astype(np.float32, copy=False)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W) maps; kernel radius 4 sigma, as anomalib's AnomalyMapGenerator.
+
+    Borders reflect (replicate when the map is smaller than the kernel). ``sigma <= 0`` returns ``maps``.
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    h, w = maps.shape[-2:]
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    out = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+
+
+def crop_maps(patch_scores: torch.Tensor, crop: tuple[int, int], *, sigma: float) -> torch.Tensor:
+    """(B, h, w) patch scores -> (B, 1, H, W) float32 maps at the model input's size ``crop``.
+
+    Upsampled bilinearly, then blurred at the model's scale (so sigma 4 means what it means in the
+    AnomalyDINO paper). Fixed shapes, no branches on data: this is the map part of the ONNX graph.
+    """
+    maps = F.interpolate(patch_scores[:, None].float(), size=crop, mode="bilinear", align_corners=False)
+    return gaussian_blur(maps, sigma)
+
+
+def uncrop_maps(maps: torch.Tensor, geo: FrameGeometry, *, full_size: bool = True) -> torch.Tensor:
+    """(B, 1, H, W) maps at the crop size -> (B, H', W') at the frame's size (or the resized size).
+
+    The cropped-off border is filled by edge replication, then the resized frame is brought back to
+    the frame's size bilinearly (``full_size=False`` stops at the resized size).
+    """
+    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
+    if (rh, rw) != (ch, cw):
+        maps = F.pad(maps, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
+    if full_size and geo.frame != geo.resized:
+        maps = F.interpolate(maps, size=geo.frame, mode="bilinear", align_corners=False)
+    return maps[:, 0]
+
+
+def anomaly_maps(patch_scores: torch.Tensor, geo: FrameGeometry, *, sigma: float, full_size: bool) -> torch.Tensor:
+    """(B, h, w) patch scores -> (B, H, W) float32 maps at the frame size (or the resized size).
+
+    ``crop_maps`` then ``uncrop_maps``: upsampled, blurred at the model's scale, padded over the
+    cropped-off border, resized to the frame.
+    """
+    return uncrop_maps(crop_maps(patch_scores, geo.crop, sigma=sigma), geo, full_size=full_size)
 
 
 def to_model_input(
@@ -107,13 +246,11 @@ def to_model_input(
         msg = f"expected (B, H, W, 3) uint8 RGB images, got shape {tuple(batch.shape)} {batch.dtype}"
         raise ValueError(msg)
     batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    height, width = batch.shape[-2:]
-    h, w = input_size(height, width, shorter_side=shorter_side, patch_size=patch_size)
-    scale = shorter_side / min(height, width)
-    rh, rw = round(height * scale), round(width * scale)
-    if (rh, rw) != (height, width):
-        batch = F.interpolate(batch, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (rh - h) // 2, (rw - w) // 2
+    geo = frame_geometry(int(batch.shape[-2]), int(batch.shape[-1]), shorter_side=shorter_side,
+                         patch_size=patch_size)
+    (h, w), (top, left) = geo.crop, geo.offset
+    if geo.resized != geo.frame:
+        batch = F.interpolate(batch, size=geo.resized, mode="bicubic", antialias=True, align_corners=False)
     batch = batch[..., top : top + h, left : left + w]
     mean, std = _imagenet_stats(batch.device)
     return ((batch - mean) / std).to(dtype)

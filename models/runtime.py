@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.detectors.patch_knn import Detection, PatchKNN, _as_image_list, _geometry
-from models.export import INPUT_NAME, read_description
-from models.preprocess import to_model_input
+from models.detectors.patch_knn import Detection, PatchKNN
+from models.onnx_contract import BACKBONE_OUTPUTS, INPUT_NAME, read_description
+from models.preprocess import as_image_list, frame_geometry, to_model_input, uncrop_maps
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -190,7 +189,7 @@ class OrtBackbone(nn.Module):
                    "export again with the camera's frame size")
             raise ValueError(msg)
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        (features,) = self.session.run(["features"], {INPUT_NAME: x})
+        (features,) = self.session.run(list(BACKBONE_OUTPUTS), {INPUT_NAME: x})
         return torch.from_numpy(features)
 
 
@@ -301,14 +300,14 @@ class OrtDetector:
         if batch_size < 1:
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ValueError(msg)
-        frames = _as_image_list(images_rgb)
+        frames = as_image_list(images_rgb)
         scores = np.zeros(len(frames), dtype=np.float32)
         maps: list[np.ndarray] = [np.empty(0, np.float32)] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
             by_size.setdefault(frame.shape[:2], []).append(i)
         for (height, width), indices in by_size.items():
-            geo = _geometry(height, width, shorter_side=self.shorter_side, patch_size=self.patch_size)
+            geo = frame_geometry(height, width, shorter_side=self.shorter_side, patch_size=self.patch_size)
             if geo.crop != self.input_hw:
                 msg = (f"a frame of {height}x{width} px gives a model input of {geo.crop[0]}x{geo.crop[1]}, "
                        f"but {self.path.name} was exported for {self.input_hw[0]}x{self.input_hw[1]}; "
@@ -322,7 +321,8 @@ class OrtDetector:
                                    patch_size=self.patch_size, device="cuda" if on_gpu else "cpu")
                 out = self.run_bound(x) if on_gpu else self.run_graph(x.numpy())
                 scores[chunk] = out["pred_score"]
-                full = _to_frame_size(out["anomaly_map"], geo)
+                crop = torch.from_numpy(np.ascontiguousarray(out["anomaly_map"]))[:, None]
+                full = uncrop_maps(crop, geo).numpy().astype(np.float32, copy=False)   # as PatchKNN does
                 for j, i in enumerate(chunk):
                     maps[i] = full[j]
         if len(by_size) == 1:
@@ -378,15 +378,3 @@ def check_parity(
     return Parity(frames=len(sa), correlation=corr, score_max_abs_diff=float(np.abs(sa - sb).max()),
                   map_max_abs_diff=map_diff, verdicts_equal=bool(np.array_equal(sa >= threshold, sb >= threshold)),
                   threshold=float(threshold))
-
-
-def _to_frame_size(crop_maps: np.ndarray, geo: Any) -> np.ndarray:
-    """(B, h, w) maps at the crop size -> (B, H, W) float32 at the frame size, as ``PatchKNN`` does."""
-    maps = torch.from_numpy(np.ascontiguousarray(crop_maps))[:, None]
-    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
-    if (rh, rw) != (ch, cw):
-        maps = F.pad(maps, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
-    if geo.frame != geo.resized:
-        maps = F.interpolate(maps, size=geo.frame, mode="bilinear", align_corners=False)
-    return maps[:, 0].numpy().astype(np.float32, copy=False)
-

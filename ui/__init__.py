@@ -10,7 +10,18 @@ Names are imported on first use, so ``inspector-gui`` can say "no display" befor
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # the real types for type checkers; at run time `__getattr__` imports on first use
+    from ui.app import main
+    from ui.live_view import FaultBanner, HeatmapView, VerdictBanner, VerdictStrip, YieldPanel
+    from ui.main_window import MainWindow
+    from ui.qimage import bgr_to_qimage
+    from ui.review_view import ReviewView
+    from ui.station_view import StationView
+    from ui.stats_view import StatisticsView
+    from ui.teach_wizard import TeachWizard
+    from ui.workers import JobRunner, PipelineBridge
 
 __all__ = [
     "FaultBanner",
@@ -47,9 +58,10 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
+    """PEP 562 lazy import of the names in ``__all__`` (a fixed table, not dispatch on input)."""
     module = _WHERE.get(name)
     if module is None:
         msg = f"module 'ui' has no attribute {name!r}"
         raise AttributeError(msg)
-    return getattr(importlib.import_module(module), name)
+    return vars(importlib.import_module(module))[name]

@@ -1,26 +1,29 @@
 """Defect insights on the Statistics screen: Pareto of defect types, FAIL-rate p-chart with alarms, location map.
 
 The queries (`inspector.statistics.insights`) run on a `ui.workers.QueryRunner` thread, never on the
-GUI thread; a refresh asked for while one runs, or while the screen is hidden, is kept and started
-when that job ends or the screen is shown (the newest wins).
+GUI thread, and so does everything the charts draw (`InsightsDrawing`: the bars, the p-chart's lines,
+the location heat image); the GUI thread only sets those arrays on chart items made once. A refresh
+asked for while the screen is hidden is kept and started when the screen is shown.
 New SPC alarms are shown in red and published on an `inspector.spc.AlarmBus`, which a line
 publisher (MQTT) may subscribe to. Each chart can be saved as PNG or SVG (pyqtgraph's exporters).
 
 Example:
     >>> panel = DefectInsightsPanel(store)
-    >>> panel.refresh({"recipe": "fryum", "since": t0, "until": t1})
+    >>> panel.refresh(Filters(recipe="fryum", since=t0, until=t1))
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Final, Literal
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QCloseEvent, QShowEvent
+from PySide6.QtGui import QCloseEvent, QPixmap, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -34,13 +37,20 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.spc import AlarmBus, ControlChart
-from inspector.statistics import Filters, Insights, ParetoRow, insights
+from inspector.statistics import Filters, Insights, ParetoRow, insights, location_heat_image
+from inspector.store import Store
 from ui.qimage import bgr_to_qimage
 from ui.workers import QueryRunner
 
-__all__ = ["ControlChartPlot", "DefectInsightsPanel", "ParetoChart", "save_plot"]
+__all__ = ["ControlChartLines", "ControlChartPlot", "DefectInsightsPanel", "InsightsDrawing", "ParetoBars",
+           "ParetoChart", "save_plot"]
 
 log = logging.getLogger(__name__)
+
+PChartBy = Literal["lot", "hour"]
+AXIS_WIDTH_PX = 56              # left axis: room for "0.000" ticks and the axis title (ours)
+PARETO_TICKS_HEIGHT_PX = 34     # bottom axis of the Pareto chart: two lines of tick text, type and share (ours)
+P_CHART_GROUPS: Final[tuple[tuple[str, PChartBy], ...]] = (("p-chart per lot", "lot"), ("p-chart per hour", "hour"))
 
 
 def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
@@ -81,7 +91,47 @@ def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
     return path
 
 
-class ParetoChart(pg.PlotWidget):
+@dataclass(frozen=True, kw_only=True)
+class ParetoBars:
+    """The Pareto chart's arrays, prepared off the GUI thread (`from_rows`)."""
+
+    counts: np.ndarray              # (K,) float64 regions per type, most frequent first; bar i sits at x = i
+    cumulative: np.ndarray          # (K,) float64 cumulative share drawn on the count scale
+    ticks: list[tuple[int, str]]    # x -> "type\ncumulative %"
+
+    @classmethod
+    def from_rows(cls, rows: tuple[ParetoRow, ...]) -> ParetoBars:
+        counts = np.asarray([r.count for r in rows], np.float64)
+        top = float(counts.max()) if counts.size else 0.0
+        cumulative = np.asarray([r.cumulative_share for r in rows], np.float64) * top
+        ticks = [(i, f"{r.defect_type}\n{100 * r.cumulative_share:.0f} %") for i, r in enumerate(rows)]
+        return cls(counts=counts, cumulative=cumulative, ticks=ticks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlChartLines:
+    """A control chart's arrays, prepared off the GUI thread (`from_chart`); point i sits at x = i."""
+
+    value: np.ndarray               # (N,) float64 the points
+    centre: np.ndarray              # (N,) float64
+    ucl: np.ndarray                 # (N,) float64 upper 3-sigma limit per point
+    lcl: np.ndarray                 # (N,) float64
+    alarms: np.ndarray              # (A,) int64 indices of the points where an alarm fired
+    ticks: list[tuple[int, str]]    # about 8 group keys along the x axis
+
+    @classmethod
+    def from_chart(cls, chart: ControlChart) -> ControlChartLines:
+        points = chart.points
+        step = max(1, len(points) // 8)
+        return cls(value=np.asarray([p.value for p in points], np.float64),
+                   centre=np.asarray([p.centre for p in points], np.float64),
+                   ucl=np.asarray([p.ucl for p in points], np.float64),
+                   lcl=np.asarray([p.lcl for p in points], np.float64),
+                   alarms=np.asarray([a.index for a in chart.alarms], np.int64),
+                   ticks=[(i, points[i].key) for i in range(0, len(points), step)])
+
+
+class ParetoChart(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships no type hints
     """Bars of defect counts per type, most frequent first, and the cumulative share (%) as a line."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -89,24 +139,27 @@ class ParetoChart(pg.PlotWidget):
         self.setBackground("#11161a")
         self.setLabel("left", "regions")
         self.setTitle("Defect types (Pareto)")
+        # fixed axis sizes: sizes that follow the tick labels re-lay the chart out and paint it again on data
+        self.getAxis("left").setWidth(AXIS_WIDTH_PX)
+        self.getAxis("bottom").setHeight(PARETO_TICKS_HEIGHT_PX)
         self.rows: tuple[ParetoRow, ...] = ()
+        # made once; a refresh sets their data (making items is what cost the GUI thread, profiled)
+        self._bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush="#4a7ab5")
+        self.addItem(self._bars)
+        self._cumulative = self.plot([], [], pen=pg.mkPen("#d9534f", width=2), symbol="o", symbolSize=5)
 
-    def show_rows(self, rows: tuple[ParetoRow, ...]) -> None:
-        self.clear()
+    def show_rows(self, rows: tuple[ParetoRow, ...], bars: ParetoBars | None = None) -> None:
+        """Draw ``rows``; ``bars`` are their arrays when already prepared off the GUI thread."""
+        bars = bars if bars is not None else ParetoBars.from_rows(rows)
         self.rows = rows
-        if not rows:
-            return
-        xs = np.arange(len(rows))
-        counts = np.asarray([r.count for r in rows], np.float64)
-        self.addItem(pg.BarGraphItem(x=xs, height=counts, width=0.7, brush="#4a7ab5"))
-        top = float(counts.max())
-        cumulative = np.asarray([r.cumulative_share for r in rows]) * top   # drawn on the count scale
-        self.plot(xs, cumulative, pen=pg.mkPen("#d9534f", width=2), symbol="o", symbolSize=5)
-        self.getAxis("bottom").setTicks([[(i, f"{r.defect_type}\n{100 * r.cumulative_share:.0f} %")
-                                          for i, r in enumerate(rows)]])
+        xs = np.arange(bars.counts.size, dtype=np.float64)
+        self._bars.setOpts(x=xs, height=bars.counts)
+        self._cumulative.setData(xs, bars.cumulative)
+        self.getAxis("bottom").setTicks([bars.ticks])
+        self.getViewBox().updateAutoRange()      # now, not in the paint (see StatisticsView._draw_scores)
 
 
-class ControlChartPlot(pg.PlotWidget):
+class ControlChartPlot(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships no type hints
     """A control chart: the points, centre line, per-point 3-sigma limits and alarm points in red."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -114,24 +167,49 @@ class ControlChartPlot(pg.PlotWidget):
         self.setBackground("#11161a")
         self.setLabel("left", "FAIL rate")
         self.setTitle("FAIL rate (p-chart, 3-sigma limits)")
+        self.getAxis("left").setWidth(AXIS_WIDTH_PX)      # fixed: see ParetoChart
         self.chart: ControlChart | None = None
+        limit = pg.mkPen("#d9534f", style=Qt.PenStyle.DashLine)
+        self._ucl = self.plot([], [], pen=limit)
+        self._lcl = self.plot([], [], pen=limit)
+        self._centre = self.plot([], [], pen=pg.mkPen("#5cb85c", style=Qt.PenStyle.DashLine))
+        self._value = self.plot([], [], pen=pg.mkPen("#e0e0e0"), symbol="o", symbolSize=4)
+        self._alarms = self.plot([], [], pen=None, symbol="o", symbolSize=10, symbolBrush="#ff3030")
 
-    def show_chart(self, chart: ControlChart) -> None:
-        self.clear()
+    def show_chart(self, chart: ControlChart, lines: ControlChartLines | None = None) -> None:
+        """Draw ``chart``; ``lines`` are its arrays when already prepared off the GUI thread."""
+        lines = lines if lines is not None else ControlChartLines.from_chart(chart)
         self.chart = chart
-        if not chart.points:
-            return
-        xs = np.arange(len(chart.points))
-        value = np.asarray([p.value for p in chart.points])
-        self.plot(xs, [p.ucl for p in chart.points], pen=pg.mkPen("#d9534f", style=Qt.PenStyle.DashLine))
-        self.plot(xs, [p.lcl for p in chart.points], pen=pg.mkPen("#d9534f", style=Qt.PenStyle.DashLine))
-        self.plot(xs, [p.centre for p in chart.points], pen=pg.mkPen("#5cb85c", style=Qt.PenStyle.DashLine))
-        self.plot(xs, value, pen=pg.mkPen("#e0e0e0"), symbol="o", symbolSize=4)
-        if chart.alarms:
-            idx = np.asarray([a.index for a in chart.alarms])
-            self.plot(idx, value[idx], pen=None, symbol="o", symbolSize=10, symbolBrush="#ff3030")
-        step = max(1, len(chart.points) // 8)
-        self.getAxis("bottom").setTicks([[(i, chart.points[i].key) for i in range(0, len(chart.points), step)]])
+        xs = np.arange(lines.value.size, dtype=np.float64)
+        for item, ys in ((self._ucl, lines.ucl), (self._lcl, lines.lcl), (self._centre, lines.centre),
+                         (self._value, lines.value)):
+            item.setData(xs, ys)
+        self._alarms.setData(xs[lines.alarms], lines.value[lines.alarms])
+        self.getAxis("bottom").setTicks([lines.ticks])
+        self.getViewBox().updateAutoRange()      # now, not in the paint (see StatisticsView._draw_scores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InsightsDrawing:
+    """One refresh's insights and everything the panel draws from them, made on the query thread."""
+
+    insights: Insights
+    pareto: ParetoBars
+    fail_rate: ControlChartLines
+    location_bgr: np.ndarray | None     # (H, W, 3) uint8 BGR heat over the reference image; None without one
+    sequence: int                       # which `DefectInsightsPanel.prepare` call asked for it (newest wins)
+
+
+def _draw_insights(store: Store, flt: Filters, by: PChartBy, area: tuple[int, int, int, int] | None,
+                   reference_bgr: np.ndarray | None, sequence: int) -> InsightsDrawing:
+    """The insights queries and the charts' arrays (runs on a `QueryRunner` thread)."""
+    found = insights(store, flt, by=by, area=area)
+    heat = None
+    if found.locations is not None and reference_bgr is not None:
+        heat = location_heat_image(reference_bgr, found.locations.total())
+    return InsightsDrawing(insights=found, pareto=ParetoBars.from_rows(found.pareto),
+                           fail_rate=ControlChartLines.from_chart(found.fail_rate), location_bgr=heat,
+                           sequence=sequence)
 
 
 class DefectInsightsPanel(QWidget):
@@ -145,21 +223,23 @@ class DefectInsightsPanel(QWidget):
     insights_ready = Signal(object)   # inspector.statistics.Insights
     alarm_raised = Signal(object)     # inspector.spc.Alarm, for each new alarm
 
-    def __init__(self, store: Any | None, *, alarms: AlarmBus | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Store | None, *, alarms: AlarmBus | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._store = store
         self.alarm_bus = alarms if alarms is not None else AlarmBus()
         self._queries = QueryRunner(self)       # plain Python threads; the newest request's answer wins
         self._queries.ready.connect(self._on_query_ready)
         self._queries.failed.connect(self._on_query_failed)
-        self._pending: dict[str, Any] | None = None
+        self._pending: Filters | None = None
         self.area: tuple[int, int, int, int] | None = None     # the recipe's ROI in frame pixels
         self.reference_bgr: np.ndarray | None = None           # a good image of that ROI
         self.last: Insights | None = None
+        self._sequence = 0          # of the newest `prepare` call
+        self._shown = 0             # sequence of the drawing on screen
 
         self.by_box = QComboBox()
-        self.by_box.addItem("p-chart per lot", "lot")
-        self.by_box.addItem("p-chart per hour", "hour")
+        for label, by in P_CHART_GROUPS:
+            self.by_box.addItem(label, by)
         self.save_button = QPushButton("Save charts…")
         self.save_button.clicked.connect(self._on_save_clicked)
         self.status = QLabel("")
@@ -185,25 +265,38 @@ class DefectInsightsPanel(QWidget):
         layout.addWidget(charts, 1)
         layout.addWidget(self.alarm_list)
 
-    def set_store(self, store: Any | None) -> None:
+    def set_store(self, store: Store | None) -> None:
         self._store = store
 
     def set_reference(self, reference_bgr: np.ndarray | None, area: tuple[int, int, int, int] | None) -> None:
         """A good image of the ROI ((H, W, 3) uint8 BGR) and the ROI (x, y, w, h) in frame pixels."""
         self.reference_bgr, self.area = reference_bgr, area
 
-    @Slot()
-    def refresh(self, filters: dict[str, Any]) -> None:
-        """Compute the insights for ``filters`` (recipe, since, until, ...) on a worker thread."""
+    def refresh(self, filters: Filters) -> None:
+        """Compute the insights for ``filters`` and what the charts draw on a worker thread."""
         if self._store is None:
             return
         if not self.isVisible():
-            self._pending = dict(filters)       # a hidden screen computes nothing; it starts when shown
+            self._pending = filters             # a hidden screen computes nothing; it starts when shown
             return
-        store, area, by = self._store, self.area, self.by_box.currentData()
-        flt = Filters(**{k: v for k, v in filters.items() if k in Filters.__dataclass_fields__})
+        job = self.prepare(filters)
+        if job is not None:
+            self._queries.submit(job, name="insights")
+
+    def prepare(self, filters: Filters) -> Callable[[], InsightsDrawing] | None:
+        """The worker call of a refresh for ``filters``, for a screen that runs it in its own query thread.
+
+        The Statistics screen runs it after its own queries and hands the result to `show_drawing` with
+        its answer: one draw on the GUI thread, and no query thread holding the GIL while it paints.
+        None without a store.
+        """
+        if self._store is None:
+            return None
+        self._sequence += 1
+        store, area, reference, sequence = self._store, self.area, self.reference_bgr, self._sequence
+        by = P_CHART_GROUPS[max(0, self.by_box.currentIndex())][1]
         self.status.setText("computing…")
-        self._queries.submit(lambda: insights(store, flt, by=by, area=area), name="insights")
+        return lambda: _draw_insights(store, filters, by, area, reference, sequence)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
         super().showEvent(event)
@@ -221,12 +314,12 @@ class DefectInsightsPanel(QWidget):
         self._queries.shutdown()
 
     def _on_query_ready(self, request: int, value: object) -> None:
-        if self._queries.is_latest(request):    # an older request finishing late never overwrites a newer one
-            self._on_insights_done(value)
+        if isinstance(value, InsightsDrawing):
+            self.show_drawing(value)
 
     def _on_query_failed(self, request: int, exc: BaseException) -> None:
         if self._queries.is_latest(request):
-            self._on_insights_failed(f"{type(exc).__name__}: {exc}")
+            self.show_failure(f"{type(exc).__name__}: {exc}")
 
     def save_charts(self, folder: str | Path, *, fmt: str = "png") -> list[Path]:
         """Save the Pareto and p-chart as ``pareto.<fmt>`` and ``fail_rate.<fmt>`` in ``folder``."""
@@ -234,30 +327,28 @@ class DefectInsightsPanel(QWidget):
         folder.mkdir(parents=True, exist_ok=True)
         return [save_plot(self.pareto, folder / f"pareto.{fmt}"), save_plot(self.p_chart, folder / f"fail_rate.{fmt}")]
 
-    @Slot(object)
-    def _on_insights_done(self, value: object) -> None:
-        if not isinstance(value, Insights):
-            return
+    def show_drawing(self, drawing: InsightsDrawing) -> None:
+        """Set a prepared drawing on the charts; one older than the drawing on screen is ignored."""
+        if drawing.sequence < self._shown:
+            return                              # an older request finishing late never overwrites a newer one
+        self._shown = drawing.sequence
+        value = drawing.insights
         self.last = value
-        self.pareto.show_rows(value.pareto)
-        self.p_chart.show_chart(value.fail_rate)
+        self.pareto.show_rows(value.pareto, drawing.pareto)
+        self.p_chart.show_chart(value.fail_rate, drawing.fail_rate)
         self.alarm_list.clear()
-        for alarm in value.fail_rate.alarms:
-            self.alarm_list.addItem(alarm.message)
+        self.alarm_list.addItems([alarm.message for alarm in value.fail_rate.alarms])
         for alarm in self.alarm_bus.publish(value.fail_rate.alarms):
             self.alarm_raised.emit(alarm)
-        if value.locations is not None and self.reference_bgr is not None:
-            from inspector.statistics import location_heat_image
-
-            heat = location_heat_image(self.reference_bgr, value.locations.total())
-            self.location.setPixmap(to_qimage_pixmap(heat))
+        if drawing.location_bgr is not None:
+            self.location.setPixmap(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr)))
         total = sum(r.count for r in value.pareto)
         self.status.setText(f"{total} region(s), {len(value.fail_rate.alarms)} alarm(s); "
                             f"queries took {value.seconds:.2f} s off screen")
         self.insights_ready.emit(value)
 
-    @Slot(str)
-    def _on_insights_failed(self, text: str) -> None:
+    def show_failure(self, text: str) -> None:
+        """Say that the insights could not be computed (``text``: "TypeName: message")."""
         self.status.setText(f"Statistics unavailable: {text}")
 
     @Slot()
@@ -272,9 +363,3 @@ class DefectInsightsPanel(QWidget):
         except (OSError, ValueError) as exc:
             self.status.setText(f"cannot save the charts: {exc}")
 
-
-def to_qimage_pixmap(image_bgr: np.ndarray) -> Any:
-    """(H, W, 3) uint8 BGR -> QPixmap (through `ui.qimage.bgr_to_qimage`)."""
-    from PySide6.QtGui import QPixmap
-
-    return QPixmap.fromImage(bgr_to_qimage(image_bgr))

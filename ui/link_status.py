@@ -10,14 +10,16 @@ window's status bar and adds the MQTT publisher after the window's recorder.
 from __future__ import annotations
 
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final, Protocol, runtime_checkable
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QWidget
 
 from inspector.lineio.signals import LinkMonitor, LinkState
+from inspector.results import InspectionResult
 
-__all__ = ["POLL_MS", "LinkStatusBar", "attach_line_io", "describe_link"]
+__all__ = ["POLL_MS", "LineOutput", "LinkStatusBar", "PublishingWindow", "attach_line_io", "describe_link"]
 
 POLL_MS: Final = 500
 _UP_STYLE: Final = "color: #1b7f3b; font-weight: bold;"
@@ -83,7 +85,27 @@ class LinkStatusBar(QWidget):
         self.banner.setVisible(bool(down))
 
 
-def attach_line_io(window: QMainWindow, line: Any) -> LinkStatusBar:
+class LineOutput(Protocol):
+    """What the footer needs of the line links (`inspector.lineio.line.LineIO`)."""
+
+    @property
+    def monitor(self) -> LinkMonitor:
+        """Every link's state."""
+        ...
+
+    def publish(self, result: InspectionResult) -> None:
+        """Send one durable result out (MQTT)."""
+        ...
+
+
+@runtime_checkable
+class PublishingWindow(Protocol):
+    """A window whose results go to ``line_consumers`` after they are recorded (`ui.main_window.MainWindow`)."""
+
+    line_consumers: list[Callable[[InspectionResult], None]]
+
+
+def attach_line_io(window: QMainWindow, line: LineOutput) -> LinkStatusBar:
     """Show ``line``'s links in ``window``'s footer; results are published after the window's recorder.
 
     Args:
@@ -92,7 +114,6 @@ def attach_line_io(window: QMainWindow, line: Any) -> LinkStatusBar:
     """
     bar = LinkStatusBar(line.monitor, window)
     window.statusBar().addPermanentWidget(bar)
-    consumers = getattr(window, "line_consumers", None)
-    if consumers is not None:
-        consumers.append(line.publish)
+    if isinstance(window, PublishingWindow):
+        window.line_consumers.append(line.publish)
     return bar

@@ -430,8 +430,10 @@ class YieldPanel(QFrame):
         rate = metrics.parts_per_minute
         self._values["rate"].setText("—" if rate is None else f"{rate:.1f}" if rate < 10 else f"{rate:.0f}")
         ms = metrics.inspect_ms
-        unknown = ms is None or not math.isfinite(ms)
-        self._values["inspect"].setText("—" if unknown else f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms")
+        if ms is None or not math.isfinite(ms):
+            self._values["inspect"].setText("—")
+        else:
+            self._values["inspect"].setText(f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms")
         self._values["behind"].setText(f"{metrics.behind} frames" if metrics.behind else "0")
         self._values["dropped"].setText("n/a" if metrics.dropped is None else str(metrics.dropped))
 

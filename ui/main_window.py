@@ -11,34 +11,27 @@ grey (PAUSED, STOPPING, STOPPED, SOURCE ENDED, FAULT). A result finished after P
 counted and recorded, never shown as current. Stop asks for a second press (Esc Esc) while running,
 and single-key shortcuts never fire while a text field has the focus.
 
-Engine entry points are injectable (``load_inspector``, ``make_pipeline``, ``open_source``), so tests
-can drive the real pipeline with a cheap stand-in inspector.
+Engine entry points are injectable (``load_inspector``, ``make_pipeline``, ``open_source``; their types
+and defaults are in `ui.engine`), so tests can drive the real pipeline with a cheap stand-in inspector.
+The toolbar and its actions are `ui.run_toolbar`, the footer line and the store warning `ui.footer`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractSpinBox,
     QApplication,
-    QComboBox,
     QFileDialog,
     QLabel,
-    QLineEdit,
     QMainWindow,
-    QPlainTextEdit,
-    QSizePolicy,
-    QSlider,
     QTabWidget,
-    QTextEdit,
-    QToolBar,
     QWidget,
 )
 
@@ -54,13 +47,31 @@ from inspector.controller import (
     StationController,
     StationSnapshot,
 )
-from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
 from inspector.pipeline import EventKind
 from inspector.recording import ResultRecorder
 from inspector.results import InspectionResult, Progress
-from ui.live_view import LotCounts, short_source
+from ui.engine import (
+    LoadInspector,
+    OpenSource,
+    RecipeInspector,
+    StationInspector,
+    default_load_inspector,
+    default_open_source,
+    recipe_source,
+)
+from ui.footer import StoreStatus, run_info
+from ui.live_view import LotCounts
+from ui.run_toolbar import RunActions, RunToolbar, make_action, text_has_focus
+from ui.station_messages import idle_banner, split_warnings, start_failure
 from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
+
+if TYPE_CHECKING:
+    from inspector.pipeline import Pipeline
+    from inspector.store import Store
+    from ui.review_view import FeedbackJob, ReviewView
+    from ui.stats_view import StatisticsView
+    from ui.teach_wizard import TeachPage
 
 __all__ = ["MainWindow", "RunState"]    # RunState is inspector.controller's, re-exported for callers
 
@@ -71,57 +82,7 @@ SCREEN_REFRESH_TICKS = 20      # the statistics screen, when shown, re-queries t
 JOB_SHUTDOWN_MS = 60_000       # close waits this long for a job without yields (torch import, model load)
 STOP_CONFIRM_MS = 3000         # a second Stop (Esc) within this time confirms the first (ours: long enough
                                # to read the prompt, short enough that a stray Esc later does nothing)
-MIN_REMEMBERED_OPACITY = 20    # a heatmap opacity below this % is not carried into the next session
-DEFAULT_OPACITY = 60           # % (ours: the defect reads clearly, the part stays visible under it)
 
-# What the grey banner says in each state that shows no verdict: (word, detail).
-IDLE_BANNER: dict[RunState, tuple[str, str]] = {
-    RunState.READY: ("READY", "choose a source and press Start (F5)"),
-    RunState.STARTING: ("STARTING", ""),
-    RunState.RUNNING: ("RUNNING", "waiting for the first part"),
-    RunState.PAUSED: ("PAUSED", "Space to resume"),
-    RunState.STOPPING: ("STOPPING", "finishing the part under inspection"),
-    RunState.STOPPED: ("STOPPED", "F5 to start"),
-    RunState.SOURCE_ENDED: ("SOURCE ENDED", "every image was inspected; F5 to run again"),
-    RunState.FAULT: ("FAULT", "fix the fault above, then F5"),
-}
-# Widgets where a key is text: single-key shortcuts (Esc, Space, H, [ ]) never fire from them.
-TEXT_WIDGETS = (QLineEdit, QTextEdit, QPlainTextEdit, QAbstractSpinBox)
-
-
-def _default_load_inspector(recipe_path: Path) -> Any:
-    """Load a recipe and its trained model as a `FrameInspector` (the real `Station`)."""
-    from inspector.recipe import load_recipe
-    from inspector.station import Station
-
-    return Station.load(load_recipe(recipe_path))
-
-
-def _default_open_source(text: str) -> Any:
-    from inspector.capture import open_source, parse_source
-
-    return open_source(parse_source(text))
-
-
-def _thresholds(inspector: Any) -> tuple[float | None, float | None, float | None]:
-    """(review, fail, pixel) of an inspector: `Station.thresholds` is that tuple; None where unknown."""
-    value = getattr(inspector, "thresholds", None)
-    if isinstance(value, tuple) and len(value) == 3:
-        return value
-    if value is None:
-        return None, None, None
-    return getattr(value, "review", None), getattr(value, "fail", None), getattr(value, "pixel", None)
-
-
-def _recipe_source(inspector: Any) -> Any:
-    """The source a recipe names (used when the source box is empty)."""
-    recipe = getattr(inspector, "recipe", None)
-    if recipe is None or not hasattr(recipe, "resolved_source"):
-        msg = "no source: type a camera index, a stream URL, or pick a folder or video"
-        raise CaptureError(msg)
-    from inspector.capture import open_source
-
-    return open_source(recipe.resolved_source())
 
 
 class MainWindow(QMainWindow):
@@ -134,8 +95,8 @@ class MainWindow(QMainWindow):
         store: an `inspector.store.Store` (results are recorded into it by the pipeline, and the
             statistics and review screens read it), or None to run without one.
         settings: where window layout and choices are remembered; tests pass one in tmp_path.
-        load_inspector: recipe path -> `FrameInspector`; default loads the real `Station`.
-        open_source: source text -> `FrameSource`; default `inspector.capture`.
+        load_inspector: recipe path -> `ui.engine.StationInspector`; default loads the real `Station`.
+        open_source: source text -> `FrameSource` (not opened); default `inspector.capture`.
         make_pipeline: builds the pipeline; default `inspector.pipeline.Pipeline`.
         kiosk: start full screen with only the station screen.
     """
@@ -145,11 +106,11 @@ class MainWindow(QMainWindow):
         *,
         recipes: Sequence[Path] = (),
         source: str | None = None,
-        store: Any | None = None,
+        store: Store | None = None,
         settings: QSettings | None = None,
-        load_inspector: Callable[[Path], Any] | None = None,
-        open_source: Callable[[str], Any] | None = None,
-        make_pipeline: Callable[..., Any] | None = None,
+        load_inspector: LoadInspector | None = None,
+        open_source: OpenSource | None = None,
+        make_pipeline: Callable[..., Pipeline] | None = None,
         kiosk: bool = False,
         parent: QWidget | None = None,
     ) -> None:
@@ -157,10 +118,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Inspector — visual inspection station")
         self._settings = settings if settings is not None else QSettings("inspector", "inspector-gui")
         self._store = store
-        self._open_source = open_source or _default_open_source
+        self._open_source = open_source or default_open_source
         self._recipes = [Path(p) for p in recipes]
         self._snapshot = StationSnapshot(state=RunState.READY)   # the controller's, as last rendered
-        self._applied: Any | None = None       # the inspector whose warnings and thresholds are shown
+        self._applied: StationInspector | None = None       # the inspector whose warnings and thresholds are shown
         self._counts = LotCounts()
         self._closing = False
         self._ticks = 0
@@ -171,15 +132,15 @@ class MainWindow(QMainWindow):
         self.bridge.warning.connect(self._on_warning)
         self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning)
         self.controller = StationController(
-            load_inspector=load_inspector or _default_load_inspector,
+            load_inspector=load_inspector or default_load_inspector,
             open_source=self._open_source,
-            recipe_source=_recipe_source,
+            recipe_source=recipe_source,
             recorder=self.recorder,
             on_event=self.bridge.on_station_event,
             make_pipeline=make_pipeline,
         )
         # Called with each result once it is durable, before it is shown: MQTT (ui/link_status.py).
-        self.line_consumers: list[Callable[[Any], None]] = self.controller.after_record
+        self.line_consumers: list[Callable[[InspectionResult], None]] = self.controller.after_record
         self.jobs = JobRunner(self)
         self.jobs.finished.connect(self._on_job_finished)
         self.jobs.raised.connect(self._on_job_raised)
@@ -189,19 +150,13 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.station, "Station")
-        self.statistics = None
-        self.review = None
-        self.teach = None
-        self._build_screens()
+        self.statistics, self.review, self.teach = self._build_screens()
         self.setCentralWidget(self.tabs)
         self._build_actions()
         self._build_toolbar()
         self._status = QLabel("")
         self.statusBar().addWidget(self._status, 1)
-        self.store_status = QLabel("")          # "Store offline: N waiting" while the store is away
-        self.store_status.setObjectName("storeStatus")
-        self.store_status.setStyleSheet("QLabel#storeStatus { color: #b45309; font-weight: bold; }")
-        self.store_status.setVisible(False)
+        self.store_status = StoreStatus()          # "Store offline: N waiting" while the store is away
         self.statusBar().addPermanentWidget(self.store_status)
 
         self._stats_timer = QTimer(self)
@@ -216,34 +171,26 @@ class MainWindow(QMainWindow):
             self.set_kiosk(True)
 
     # ---------------------------------------------------------------------------------- build
-    def _build_screens(self) -> None:
+    def _build_screens(self) -> tuple[StatisticsView, ReviewView, TeachPage]:
         from ui.review_view import ReviewView
         from ui.stats_view import StatisticsView
         from ui.teach_wizard import TeachPage
 
-        self.statistics = StatisticsView(self._store)
-        self.review = ReviewView(self._store, feedback_runner=self._run_feedback,
-                                 recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of,
-                                 recipes=self._recipe_list, on_model_changed=self.controller.forget)
-        self.teach = TeachPage(recipes=self._recipes, open_source=self._open_source)
-        self.tabs.addTab(self.statistics, "Statistics")
-        self.tabs.addTab(self.review, "Review")
-        self.tabs.addTab(self.teach, "Teach")
+        statistics = StatisticsView(self._store)
+        review = ReviewView(self._store, feedback_runner=self._run_feedback,
+                            recipe_lookup=self._recipe_file, defect_classes=self._defect_classes_of,
+                            recipes=self._recipe_list, on_model_changed=self.controller.forget)
+        teach = TeachPage(recipes=self._recipes, open_source=self._open_source)
+        self.tabs.addTab(statistics, "Statistics")
+        self.tabs.addTab(review, "Review")
+        self.tabs.addTab(teach, "Teach")
         self.tabs.currentChanged.connect(self._on_tab_changed)
-        self.teach.taught.connect(self._on_taught)
+        teach.taught.connect(self._on_taught)
+        return statistics, review, teach
 
-    def _action(self, text: str, shortcut: str | QKeySequence.StandardKey | None, slot: Callable[..., Any],
+    def _action(self, text: str, shortcut: str | QKeySequence.StandardKey | None, slot: Callable[..., object],
                 *, checkable: bool = False, tip: str = "") -> QAction:
-        action = QAction(text, self)
-        if shortcut is not None:
-            action.setShortcut(QKeySequence(shortcut))
-            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-        action.setCheckable(checkable)
-        label = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
-        action.setToolTip(f"{tip or text} ({label})" if label else (tip or text))
-        (action.toggled if checkable else action.triggered).connect(slot)
-        self.addAction(action)            # shortcuts work even when the toolbar is hidden (kiosk)
-        return action
+        return make_action(self, text, shortcut, slot, checkable=checkable, tip=tip)
 
     def _build_actions(self) -> None:
         self.act_start = self._action("Start", "F5", self.start, tip="Start inspecting")
@@ -270,56 +217,19 @@ class MainWindow(QMainWindow):
             self._action(f"Screen {index + 1}", f"Ctrl+{index + 1}", self._on_screen_shortcut)
 
     def _build_toolbar(self) -> None:
-        bar = QToolBar("Run")
-        bar.setObjectName("runToolbar")
-        bar.setMovable(False)
-        bar.setStyleSheet("QToolBar { spacing: 6px; } QToolButton { font-size: 15px; padding: 4px 10px; }")
-        bar.addWidget(QLabel(" Source "))
-        self.source_box = QComboBox()
-        self.source_box.setEditable(True)
-        self.source_box.setMinimumContentsLength(18)
-        self.source_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.source_box.setToolTip('Camera index ("0"), stream URL ("rtsp://…"), video file or image folder; '
-                                   "empty: the recipe's own source")
-        self.source_box.lineEdit().setPlaceholderText("empty: the recipe's source")
-        bar.addWidget(self.source_box)
-        bar.addAction(self.act_open_folder)
-        bar.addAction(self.act_open_video)
-        bar.addSeparator()
-        bar.addWidget(QLabel(" Recipe "))
-        self.recipe_box = QComboBox()
-        self.recipe_box.setMinimumContentsLength(12)
-        for path in self._recipes:
-            self.recipe_box.addItem(path.stem, str(path))
+        actions = RunActions(start=self.act_start, pause=self.act_pause, stop=self.act_stop,
+                             heatmap=self.act_heatmap, kiosk=self.act_kiosk, new_lot=self.act_new_lot,
+                             open_folder=self.act_open_folder, open_video=self.act_open_video)
+        self.toolbar = RunToolbar(actions, self._recipes)
+        # the toolbar's widgets, under the names tests and older callers use
+        self.source_box = self.toolbar.source_box
+        self.recipe_box = self.toolbar.recipe_box
+        self.opacity_slider = self.toolbar.opacity_slider
+        self.lot_edit = self.toolbar.lot_edit
         self.recipe_box.currentIndexChanged.connect(self._on_recipe_changed)
-        bar.addWidget(self.recipe_box)
-        bar.addSeparator()
-        bar.addAction(self.act_start)
-        bar.addAction(self.act_pause)
-        bar.addAction(self.act_stop)
-        bar.addSeparator()
-        bar.addAction(self.act_heatmap)
-        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
-        self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(DEFAULT_OPACITY)
-        self.opacity_slider.setFixedWidth(110)
-        self.opacity_slider.setToolTip("Heatmap opacity ([ and ])")
         self.opacity_slider.valueChanged.connect(self._on_opacity_changed)
-        bar.addWidget(self.opacity_slider)
-        bar.addSeparator()
-        bar.addWidget(QLabel(" Lot "))
-        self.lot_edit = QLineEdit()
-        self.lot_edit.setPlaceholderText("lot number")
-        self.lot_edit.setMaximumWidth(140)
         self.lot_edit.editingFinished.connect(self._on_lot_edited)
-        bar.addWidget(self.lot_edit)
-        bar.addAction(self.act_new_lot)
-        spacer = QWidget()
-        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        bar.addWidget(spacer)
-        bar.addAction(self.act_kiosk)
-        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
-        self.toolbar = bar
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
 
     # ------------------------------------------------------------------------------- settings
     def _restore_settings(self, source: str | None) -> None:
@@ -335,22 +245,7 @@ class MainWindow(QMainWindow):
         splitter = s.value("station/splitter")
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.station.splitter.restoreState(splitter)
-        history = s.value("station/sources") or []
-        if isinstance(history, str):
-            history = [history]
-        for text in history:
-            if self.source_box.findText(str(text)) < 0:
-                self.source_box.addItem(str(text))
-        remembered = str(s.value("station/source", "") or "")
-        self.source_box.setCurrentText(source if source is not None else remembered)
-        recipe = str(s.value("station/recipe", "") or "")
-        index = self.recipe_box.findData(recipe)
-        if index >= 0 and source is None:
-            self.recipe_box.setCurrentIndex(index)
-        self.act_heatmap.setChecked(str(s.value("station/heatmap", "true")).lower() != "false")
-        opacity = int(s.value("station/opacity", DEFAULT_OPACITY))
-        # a heatmap turned (almost) invisible by one operator must not greet the next one
-        self.opacity_slider.setValue(opacity if opacity >= MIN_REMEMBERED_OPACITY else DEFAULT_OPACITY)
+        self.toolbar.restore(s, source)
         self.tabs.setCurrentIndex(0)
 
     def save_settings(self) -> None:
@@ -360,13 +255,7 @@ class MainWindow(QMainWindow):
             s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
         s.setValue("station/splitter", self.station.splitter.saveState())
-        s.setValue("station/source", self.source_box.currentText())
-        sources = [self.source_box.itemText(i) for i in range(self.source_box.count())][-10:]
-        s.setValue("station/sources", sources)
-        if self.current_recipe is not None:
-            s.setValue("station/recipe", str(self.current_recipe))
-        s.setValue("station/heatmap", "true" if self.act_heatmap.isChecked() else "false")
-        s.setValue("station/opacity", self.opacity_slider.value())
+        self.toolbar.save(s)
         s.sync()
 
     # ------------------------------------------------------------------------------ properties
@@ -380,28 +269,26 @@ class MainWindow(QMainWindow):
         return self._counts
 
     @property
-    def pipeline(self) -> Any | None:
-        return self.controller.pipeline
+    def pipeline(self) -> Pipeline | None:
+        pipeline: Pipeline | None = self.controller.pipeline
+        return pipeline
 
     @property
     def current_recipe(self) -> Path | None:
-        data = self.recipe_box.currentData()
-        return Path(data) if data else None
+        return self.toolbar.current_recipe
 
     def set_source_text(self, text: str) -> None:
-        if self.source_box.findText(text) < 0:
-            self.source_box.addItem(text)
-        self.source_box.setCurrentText(text)
+        self.toolbar.set_source_text(text)
 
     def select_recipe(self, recipe: Path | str) -> None:
         """Select a recipe (added to the selector if new); switches the running pipeline to it."""
-        path = Path(recipe)
-        index = self.recipe_box.findData(str(path))
-        if index < 0:
+        self.recipe_box.setCurrentIndex(self._add_recipe(Path(recipe)))
+
+    def _add_recipe(self, path: Path) -> int:
+        """The recipe's row in the selector; a new recipe is added to the selector and the list offered."""
+        if path not in self._recipes:
             self._recipes.append(path)
-            self.recipe_box.addItem(path.stem, str(path))
-            index = self.recipe_box.count() - 1
-        self.recipe_box.setCurrentIndex(index)
+        return self.toolbar.recipe_index(path)
 
     # ----------------------------------------------------------------------------- run control
     @Slot()
@@ -413,15 +300,14 @@ class MainWindow(QMainWindow):
         if self.state not in CAN_START:
             return
         recipe = self.current_recipe
-        text = self.source_box.currentText().strip()
+        text = self.toolbar.source_text
         if recipe is None:
             self._show_fault("recipe",
                              "No recipe selected: choose one in the Recipe box, or teach one (Teach tab)")
             return
         for key in ("camera", "recipe", "model", "source"):
             self.station.faults.clear_fault(key)
-        if text and self.source_box.findText(text) < 0:
-            self.source_box.addItem(text)
+        self.toolbar.remember_source(text)
         self.controller.start(recipe, source_text=text)
 
     @Slot()
@@ -445,7 +331,7 @@ class MainWindow(QMainWindow):
 
         Esc typed in a text field (the lot number, the source) only leaves the field.
         """
-        if self._text_has_focus():
+        if text_has_focus():
             focus = QApplication.focusWidget()
             if focus is not None:
                 focus.clearFocus()
@@ -474,16 +360,9 @@ class MainWindow(QMainWindow):
         if time.monotonic() >= self._stop_armed_until:
             self.station.faults.clear_fault("stop")
 
-    def _text_has_focus(self) -> bool:
-        """True when the keyboard focus is in a text field, where Esc / Space / H / [ ] are text."""
-        focus = QApplication.focusWidget()
-        if isinstance(focus, TEXT_WIDGETS):
-            return True
-        return isinstance(focus, QComboBox) and focus.isEditable()
-
     @Slot()
     def _on_pause_key(self) -> None:
-        if not self._text_has_focus():
+        if not text_has_focus():
             self.toggle_pause()
 
     @Slot()
@@ -516,53 +395,36 @@ class MainWindow(QMainWindow):
         self._status.setText(progress.message)
 
     @Slot(object)
-    def _on_job_finished(self, value: Any) -> None:
-        if self.jobs.name == "feedback" and self.review is not None:
+    def _on_job_finished(self, value: object) -> None:
+        if self.jobs.name == "feedback":
             current = self.review.current
             recipe = self._recipe_file(current.recipe) if current is not None else None
             if recipe is not None:
                 self.controller.forget(recipe)    # reloaded with the new version on the next start
-            self.review.on_feedback_done(value)
+            self.review.on_feedback_done(str(value))
 
     @Slot(object)
     def _on_job_raised(self, exc: BaseException) -> None:
-        if self.jobs.name == "feedback" and self.review is not None:
+        if self.jobs.name == "feedback":
             text = str(exc) or type(exc).__name__
             self.review.on_feedback_failed(f"{type(exc).__name__}: {text}")
 
     def _show_start_failure(self, failed: StartFailed) -> None:
         """Name what failed to start and how to fix it."""
-        exc = failed.error
-        text = str(exc) or type(exc).__name__
-        if isinstance(exc, WeightsNotFound):
-            self._show_fault("model", f"DINOv2 weights missing: {text}")
-        elif isinstance(exc, ModelError):
-            self._show_fault("model", f"Model missing for recipe {failed.recipe.stem}: {text} — or use the Teach tab.")
-        elif isinstance(exc, RecipeError):
-            self._show_fault("recipe", f"Recipe problem: {text}")
-        elif isinstance(exc, CaptureError):
-            self._show_fault("camera", f"Cannot open the source: {text}")
-        else:
-            self._show_fault("source", f"Cannot start: {type(exc).__name__}: {text}")
+        line = start_failure(failed)
+        self._show_fault(line.key, line.text)
 
-    def _apply_inspector(self, inspector: Any) -> None:
+    def _apply_inspector(self, inspector: StationInspector) -> None:
         """Show what the inspector says about itself: warnings (GPU unavailable), thresholds (heat range)."""
-        warnings = tuple(getattr(inspector, "warnings", ()) or ())
-        gpu = [w for w in warnings if "gpu" in w.lower() or "cuda" in w.lower()]
-        other = [w for w in warnings if w not in gpu]
-        if gpu:
-            self._show_fault("gpu", "; ".join(gpu), level="warning")
-        else:
-            self.station.faults.clear_fault("gpu")
-        if other:
-            self._show_fault("warning", "; ".join(other), level="warning")
-        else:
-            self.station.faults.clear_fault("warning")
+        for key, text in zip(("gpu", "warning"), split_warnings(inspector.warnings), strict=True):
+            if text:
+                self._show_fault(key, text, level="warning")
+            else:
+                self.station.faults.clear_fault(key)
         self.station.faults.clear_fault("model")
-        review, fail, pixel = _thresholds(inspector)
-        if self.statistics is not None:
-            self.statistics.set_thresholds(review, fail)
-        if pixel is not None and pixel > 0:
+        review, fail, pixel = inspector.thresholds
+        self.statistics.set_thresholds(review, fail)
+        if pixel > 0:
             # transparent at half the pixel threshold, opaque red at 1.5x (as the archive's overlays):
             # defects stand out, good parts stay clear
             self.station.heatmap.set_heat_range(0.5 * float(pixel), 1.5 * float(pixel))
@@ -591,23 +453,14 @@ class MainWindow(QMainWindow):
             return
         previous, self._snapshot = self._snapshot, snapshot
         state = snapshot.state
-        inspector = self.controller.inspector
+        inspector: StationInspector | None = self.controller.inspector
         if inspector is not None and inspector is not self._applied:
             # a run may even have ended before this thread heard it started: apply what was loaded anyway
             self._applied = inspector
             self._apply_inspector(inspector)
             self._select_quietly(snapshot.recipe)
-        if state is RunState.RUNNING:
-            if previous.state is not RunState.RUNNING:
-                word, detail = IDLE_BANNER[state]
-                self.station.show_idle(word, detail)
-        else:
-            word, detail = IDLE_BANNER[state]
-            if state is RunState.STARTING:
-                detail = snapshot.message
-            elif state is RunState.SOURCE_ENDED and snapshot.message:
-                detail = f"{snapshot.message}; F5 to run again"
-            self.station.show_idle(word, detail)
+        if state is not RunState.RUNNING or previous.state is not RunState.RUNNING:
+            self.station.show_idle(*idle_banner(snapshot))    # RUNNING: until the first result comes
         if state not in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
             self.station.faults.clear_fault("stop")
             self._stop_armed_until = 0.0
@@ -650,13 +503,7 @@ class MainWindow(QMainWindow):
 
     def _select_quietly(self, recipe: Path | None) -> None:
         """Show ``recipe`` in the selector without asking for a switch."""
-        if recipe is None:
-            return
-        index = self.recipe_box.findData(str(recipe))
-        if index >= 0 and index != self.recipe_box.currentIndex():
-            self.recipe_box.blockSignals(True)
-            self.recipe_box.setCurrentIndex(index)
-            self.recipe_box.blockSignals(False)
+        self.toolbar.select_quietly(recipe)
 
     @Slot()
     def _on_stats_tick(self) -> None:
@@ -679,15 +526,7 @@ class MainWindow(QMainWindow):
 
     def _update_store_status(self) -> None:
         """Say so while results wait in the local journal because the statistics store does not take them."""
-        error = self.recorder.last_error
-        waiting = self.recorder.pending
-        if error is None:
-            self.store_status.setVisible(False)
-            return
-        self.store_status.setText(f"Store offline: {waiting} waiting")
-        self.store_status.setToolTip(f"Results are kept in {self.recorder.journal_path} and sent in order when "
-                                     f"the store is back.\n{error}")
-        self.store_status.setVisible(True)
+        self.store_status.show_recorder(self.recorder)
 
     # ------------------------------------------------------------------------------- controls
     def _update_controls(self) -> None:
@@ -704,22 +543,8 @@ class MainWindow(QMainWindow):
 
     def _update_info(self) -> None:
         """The footer: what actually runs (the controller's recipe, model, device and source)."""
-        snap = self._snapshot
-        active = snap.state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
-        if snap.recipe is not None and (active or snap.recipe == self.current_recipe):
-            parts = [f"Recipe: {snap.recipe.stem}"]
-            if snap.model_version:
-                parts.append(f"model {snap.model_version}")
-            if snap.device:
-                parts.append(f"on {snap.device}")
-            parts.append(f"Source: {short_source(snap.source) if snap.source else '—'}")
-        else:
-            recipe = self.current_recipe
-            parts = [f"Recipe: {recipe.stem if recipe else '—'} (selected)"]
-            text = self.source_box.currentText().strip()
-            parts.append(f"Source: {text or 'of the recipe'}")
-        parts.append(f"State: {snap.state.value.replace('_', ' ')}")
-        self.station.set_info("   ·   ".join(parts))
+        self.station.set_info(run_info(self._snapshot, selected=self.current_recipe,
+                                       source_text=self.toolbar.source_text))
 
     def _show_fault(self, key: str, text: str, *, level: str = "error") -> None:
         self.station.faults.set_fault(key, text, level=level)
@@ -737,8 +562,7 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_next_recipe(self) -> None:
-        if self.recipe_box.count() > 1 and self.recipe_box.isEnabled():
-            self.recipe_box.setCurrentIndex((self.recipe_box.currentIndex() + 1) % self.recipe_box.count())
+        self.toolbar.next_recipe()
 
     @Slot(bool)
     def _on_heatmap_toggled(self, on: bool) -> None:
@@ -779,9 +603,14 @@ class MainWindow(QMainWindow):
 
     @Slot(int)
     def _on_tab_changed(self, index: int) -> None:
-        widget = self.tabs.widget(index)
-        if widget is self.statistics or widget is self.review:
-            widget.refresh()
+        self._refresh_screen(self.tabs.widget(index))
+
+    def _refresh_screen(self, widget: QWidget | None) -> None:
+        """Re-query the statistics or review screen when it is ``widget`` (the others show live data)."""
+        if widget is self.statistics:
+            self.statistics.refresh()
+        elif widget is self.review:
+            self.review.refresh()
 
     @Slot()
     def _on_lot_edited(self) -> None:
@@ -798,8 +627,8 @@ class MainWindow(QMainWindow):
             if path.stem == name:
                 return path
         for path in self._recipes:
-            inspector = self.controller.loaded(path)
-            if getattr(inspector, "name", None) == name:
+            inspector: StationInspector | None = self.controller.loaded(path)
+            if inspector is not None and inspector.name == name:
                 return path
         return None
 
@@ -813,8 +642,10 @@ class MainWindow(QMainWindow):
         path = self._recipe_file(name)
         if path is None:
             return DEFAULT_DEFECT_CLASSES
-        recipe = getattr(self.controller.loaded(path), "recipe", None)
-        if recipe is None:
+        loaded = self.controller.loaded(path)
+        if isinstance(loaded, RecipeInspector):
+            recipe = loaded.recipe
+        else:
             from inspector.recipe import load_recipe
 
             try:
@@ -822,27 +653,21 @@ class MainWindow(QMainWindow):
             except Exception as exc:           # a broken file: say so, offer the generic classes
                 log.warning("defect classes of %s unavailable: %s", path, exc)
                 return DEFAULT_DEFECT_CLASSES
-        classes = getattr(recipe, "defect_classes", None)
-        return tuple(classes) if classes else DEFAULT_DEFECT_CLASSES
+        return tuple(recipe.defect_classes) or DEFAULT_DEFECT_CLASSES
 
     @Slot(object, str)
     def _on_taught(self, recipe: Path, version: str) -> None:
         """A recipe got a new model version: forget its loaded model and offer it in the selector."""
         path = Path(recipe)
         self.controller.forget(path)
-        index = self.recipe_box.findData(str(path))
-        if index < 0:
-            self._recipes.append(path)
-            self.recipe_box.addItem(path.stem, str(path))
+        self._add_recipe(path)
         self._status.setText(f"Recipe {path.stem}: model {version} ready; select it and press F5")
 
     @Slot()
     def _on_refresh(self) -> None:
-        widget = self.tabs.currentWidget()
-        if hasattr(widget, "refresh"):
-            widget.refresh()
+        self._refresh_screen(self.tabs.currentWidget())
 
-    def _run_feedback(self, job: Callable[[], Generator[Progress, None, Any]]) -> bool:
+    def _run_feedback(self, job: FeedbackJob) -> bool:
         """Run a review feedback job (e.g. teach.add_good_feedback) on the job thread; False when busy."""
         if self.jobs.running:
             return False
@@ -859,12 +684,9 @@ class MainWindow(QMainWindow):
         self.jobs.shutdown(timeout_ms=JOB_SHUTDOWN_MS)
         self.controller.shutdown()
         self.recorder.close()
-        if self.teach is not None:
-            self.teach.shutdown()
-        if self.review is not None:
-            self.review.shutdown()
-        if self.statistics is not None:
-            self.statistics.shutdown()
+        self.teach.shutdown()
+        self.review.shutdown()
+        self.statistics.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
         self.save_settings()

@@ -16,24 +16,21 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QSize, Qt, QUrl, Signal, Slot
-from PySide6.QtGui import QColor, QDesktopServices, QIcon, QPixmap
+from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDateTimeEdit,
-    QFileDialog,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QMessageBox,
-    QProgressBar,
     QPushButton,
     QSplitter,
     QTableWidget,
@@ -43,12 +40,17 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
+from ui.batch_review import ZERO_SHOT, BatchReview, BatchReviewPanel
 from ui.date_range import FollowingRange
 from ui.live_view import VERDICT_COLOURS, HeatmapView, short_source
 from ui.qimage import bgr_to_qimage
-from ui.workers import JobRunner, QueryRunner
+from ui.workers import QueryRunner
 
-__all__ = ["DEFAULT_DEFECT_CLASSES", "BatchReviewPanel", "ModelVersionOps", "ReviewView"]
+if TYPE_CHECKING:
+    from inspector.store import InspectionRecord, Store, YieldRow
+
+# BatchReviewPanel and ZERO_SHOT live in ui.batch_review; re-exported here for older imports.
+__all__ = ["DEFAULT_DEFECT_CLASSES", "ZERO_SHOT", "BatchReviewPanel", "ModelVersionOps", "ReviewView"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,8 @@ THUMB_PX = 56                # thumbnail height in the table: enough to recognis
 PAGE_SIZE = 200              # inspections listed at once (newest first)
 DEFAULT_DEFECT_CLASSES = ("scratch", "crack", "contamination", "missing", "deformation", "other")
 
-FeedbackRunner = Callable[[Callable[[], Generator[Progress, None, Any]]], bool]
-BatchReview = Callable[..., Generator[Progress, None, Any]]     # inspector.review.review
-ZERO_SHOT = "zero-shot (no recipe)"
+FeedbackJob = Callable[[], Generator[Progress, None, str]]   # returns the new model version
+FeedbackRunner = Callable[[FeedbackJob], bool]               # runs a job on the window's thread; False: busy
 
 
 def _default_good_feedback(recipe_path: Path, image_bgr: np.ndarray, note: str) -> str:
@@ -79,7 +80,7 @@ class ModelVersionOps:
 
     next_version: Callable[[Path], str]             # recipe file -> the version a save would create
     make_active: Callable[[Path, str], None]        # recipe file, version
-    undo: Callable[[Path, str], None]               # recipe file, version (an inactive feedback version)
+    undo: Callable[[Path, str], object]             # recipe file, version (an inactive feedback version)
 
     @classmethod
     def default(cls) -> ModelVersionOps:
@@ -89,7 +90,7 @@ class ModelVersionOps:
 
         return cls(next_version=lambda path: next_version(load_recipe(path)).name,
                    make_active=lambda path, version: set_active_model_version(load_recipe(path), version),
-                   undo=lambda path, version: undo_good_feedback(load_recipe(path), version) and None)
+                   undo=lambda path, version: undo_good_feedback(load_recipe(path), version))
 
 
 def _ask(parent: QWidget, title: str, text: str) -> bool:
@@ -101,15 +102,25 @@ def _ask(parent: QWidget, title: str, text: str) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReviewFilters:
+    """The review table's filters, as `inspector.store.Store.inspections` takes them (None: any)."""
+
+    verdict: str | None          # "PASS" / "REVIEW" / "FAIL" / "ERROR"
+    recipe: str | None           # recipe name
+    since: float | None          # seconds since the epoch
+    until: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReviewAnswer:
     """What one refresh reads (on a query thread): records and their thumbnails, plain data."""
 
-    recipes: list[Any]                              # yield rows by recipe: the recipe filter's choices
-    records: list[Any]                              # InspectionRecord, newest first
+    recipes: list[YieldRow]                         # yield rows by recipe: the recipe filter's choices
+    records: list[InspectionRecord]                 # newest first
     thumbnails: list[np.ndarray | None]             # (THUMB_PX, w, 3) uint8 BGR per record, None if no image
 
 
-def _thumbnail(record: Any) -> np.ndarray | None:
+def _thumbnail(record: InspectionRecord) -> np.ndarray | None:
     """The record's archived image (else its source file) scaled to THUMB_PX high; None when gone."""
     image = _read_image(record.image_path) if record.image_path else None
     if image is None:
@@ -120,11 +131,12 @@ def _thumbnail(record: Any) -> np.ndarray | None:
     return cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX), interpolation=cv2.INTER_AREA)
 
 
-def _query_inspections(store: Any, filters: dict[str, Any]) -> Callable[[], ReviewAnswer]:
+def _query_inspections(store: Store, filters: ReviewFilters) -> Callable[[], ReviewAnswer]:
     """The store reads and image decoding of one refresh, as a call for a `QueryRunner` thread."""
 
     def query() -> ReviewAnswer:
-        records = store.inspections(limit=PAGE_SIZE, **filters)
+        records = store.inspections(limit=PAGE_SIZE, verdict=filters.verdict, recipe=filters.recipe,
+                                    since=filters.since, until=filters.until)
         return ReviewAnswer(recipes=store.yield_summary(group_by="recipe"), records=records,
                             thumbnails=[_thumbnail(record) for record in records])
 
@@ -137,138 +149,6 @@ def _read_image(path: str | None) -> np.ndarray | None:
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     return image if image is not None and image.size else None
 
-
-def _default_batch_review(folder: Path, out: Path, *, recipe: Path | None, zero_shot: bool
-                          ) -> Generator[Progress, None, Any]:
-    from inspector.review import review
-
-    return review(folder, out, recipe=recipe, zero_shot=zero_shot)
-
-
-class BatchReviewPanel(QGroupBox):
-    """Review a folder of images offline (``inspector.review``) with a recipe or zero-shot, in a worker
-    thread with a progress bar and Cancel; the report opens in the browser. A cancelled review
-    continues where it stopped when run again with the same folders."""
-
-    def __init__(self, *, recipes: Callable[[], list[Path]] = list, run_review: BatchReview | None = None,
-                 parent: QWidget | None = None) -> None:
-        super().__init__("Batch review of a folder", parent)
-        self._recipes = recipes
-        self._run_review = run_review or _default_batch_review
-        self.jobs = JobRunner(self)
-        self.jobs.progress.connect(self._on_progress)
-        self.jobs.finished.connect(self._on_finished)
-        self.jobs.errored.connect(self._on_errored)
-        self.jobs.cancelled.connect(self._on_cancelled)
-        self.jobs.stopped.connect(self._on_stopped)
-        self.summary: Any | None = None
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("folder of images")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._on_browse)
-        self.recipe_box = QComboBox()
-        self.run_button = QPushButton("Review")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.jobs.cancel)
-        self.open_button = QPushButton("Open report")
-        self.open_button.setEnabled(False)
-        self.open_button.clicked.connect(self._on_open_report)
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1)
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        row = QHBoxLayout()
-        for widget in (self.folder_edit, browse, self.recipe_box, self.run_button, self.cancel_button,
-                       self.open_button):
-            row.addWidget(widget, 1 if widget is self.folder_edit else 0)
-        layout = QVBoxLayout(self)
-        layout.addLayout(row)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.message)
-        self.refresh_recipes()
-
-    def refresh_recipes(self) -> None:
-        current = self.recipe_box.currentText()
-        self.recipe_box.clear()
-        for path in self._recipes():
-            self.recipe_box.addItem(path.stem, str(path))
-        self.recipe_box.addItem(ZERO_SHOT, None)
-        index = self.recipe_box.findText(current) if current else -1
-        if index >= 0:
-            self.recipe_box.setCurrentIndex(index)
-
-    @Slot()
-    def run(self) -> None:
-        """Start reviewing the chosen folder into ``<folder>-review`` beside it."""
-        folder = Path(self.folder_edit.text().strip()).expanduser()
-        if not self.folder_edit.text().strip() or not folder.is_dir():
-            self.message.setText("Choose the folder of images to review.")
-            return
-        data = self.recipe_box.currentData()
-        recipe = Path(data) if data else None
-        out = folder.with_name(f"{folder.name}-review")
-        run_review = self._run_review
-
-        def job() -> Generator[Progress, None, Any]:
-            return (yield from run_review(folder, out, recipe=recipe, zero_shot=recipe is None))
-
-        self.summary = None
-        self.open_button.setEnabled(False)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.bar.setRange(0, 0)
-        self.message.setText(f"Reviewing {folder} into {out}…")
-        self.jobs.start(job, name="batch-review")
-
-    def shutdown(self) -> None:
-        self.jobs.shutdown()
-
-    @Slot()
-    def _on_browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of images to review")
-        if folder:
-            self.folder_edit.setText(folder)
-
-    @Slot(object)
-    def _on_progress(self, progress: Progress) -> None:
-        if progress.total:
-            self.bar.setRange(0, progress.total)
-            self.bar.setValue(progress.done)
-        self.message.setText(progress.message)
-
-    @Slot(object)
-    def _on_finished(self, summary: Any) -> None:
-        self.summary = summary
-        lines = summary.summary_lines() if hasattr(summary, "summary_lines") else [str(summary)]
-        self.message.setText("\n".join(lines))
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1)
-        self.open_button.setEnabled(getattr(summary, "report", None) is not None)
-
-    @Slot(str)
-    def _on_errored(self, text: str) -> None:
-        self.message.setText(f"Review failed: {text}")
-        self.bar.setRange(0, 1)
-        self.bar.setValue(0)
-
-    @Slot()
-    def _on_cancelled(self) -> None:
-        self.message.setText("Review cancelled; run it again to continue where it stopped.")
-        self.bar.setRange(0, 1)
-        self.bar.setValue(0)
-
-    @Slot()
-    def _on_stopped(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    @Slot()
-    def _on_open_report(self) -> None:
-        report = getattr(self.summary, "report", None)
-        if report is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(report)))
 
 
 class ReviewView(QWidget):
@@ -289,7 +169,7 @@ class ReviewView(QWidget):
 
     def __init__(
         self,
-        store: Any | None,
+        store: Store | None,
         *,
         feedback_runner: FeedbackRunner | None = None,
         recipe_lookup: Callable[[str], Path | None] | None = None,
@@ -313,8 +193,8 @@ class ReviewView(QWidget):
         self._recipe_lookup = recipe_lookup or (lambda name: None)
         self._good_feedback = good_feedback or _default_good_feedback
         self._defect_classes = defect_classes or (lambda name: DEFAULT_DEFECT_CLASSES)
-        self._records: list[Any] = []
-        self._current: Any | None = None
+        self._records: list[InspectionRecord] = []
+        self._current: InspectionRecord | None = None
         self._image: np.ndarray | None = None
         self._overlay: np.ndarray | None = None
         self._pending_recipe: str | None = None
@@ -414,25 +294,24 @@ class ReviewView(QWidget):
             self.message.setText("No statistics store: start the app with --store PATH to review results.")
 
     # ------------------------------------------------------------------------------ public
-    def set_store(self, store: Any | None) -> None:
+    def set_store(self, store: Store | None) -> None:
         self._store = store
         self.refresh()
 
     @property
-    def records(self) -> list[Any]:
+    def records(self) -> list[InspectionRecord]:
         """The inspections listed (store `InspectionRecord`s, newest first)."""
         return list(self._records)
 
     @property
-    def current(self) -> Any | None:
+    def current(self) -> InspectionRecord | None:
         return self._current
 
-    def filters(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict_box.currentData(),
-            "recipe": self.recipe_box.currentData(),
-            **dict(zip(("since", "until"), self.range.bounds(), strict=True)),
-        }
+    def filters(self) -> ReviewFilters:
+        since, until = self.range.bounds()
+        verdict, recipe = self.verdict_box.currentData(), self.recipe_box.currentData()
+        return ReviewFilters(verdict=None if verdict is None else str(verdict),
+                             recipe=None if recipe is None else str(recipe), since=since, until=until)
 
     def set_range(self, since: float, until: float) -> None:
         """A fixed date range (it no longer follows now)."""
@@ -524,7 +403,7 @@ class ReviewView(QWidget):
         self.message.setText(f"Inspection {record.id}: class '{defect_class}' recorded.")
         self._refresh_current()
 
-    def _good_question(self, record: Any, recipe_path: Path | None) -> str:
+    def _good_question(self, record: InspectionRecord, recipe_path: Path | None) -> str:
         """What "actually good" will do, named: the inspection, the version it creates, and the risk."""
         version = "a new model version"
         if recipe_path is not None:
@@ -548,7 +427,7 @@ class ReviewView(QWidget):
             self._versions = ModelVersionOps.default()
         return self._versions
 
-    def on_feedback_done(self, version: Any) -> None:
+    def on_feedback_done(self, version: str) -> None:
         """The "actually good" model update finished (called by the main window)."""
         self.good_button.setEnabled(self._current is not None)
         path = self._pending_path
@@ -613,7 +492,7 @@ class ReviewView(QWidget):
     def _user(self) -> str:
         return self.user_edit.text().strip() or "operator"
 
-    def _refresh_recipes(self, rows: list[Any]) -> None:
+    def _refresh_recipes(self, rows: list[YieldRow]) -> None:
         names = sorted({row.key for row in rows})
         known = {self.recipe_box.itemData(i) for i in range(1, self.recipe_box.count())}
         self.recipe_box.blockSignals(True)
@@ -673,7 +552,7 @@ class ReviewView(QWidget):
         rows = {index.row() for index in self.table.selectedIndexes()}
         self._show(self._records[min(rows)] if rows else None)
 
-    def _show(self, record: Any | None, *, reload_image: bool = True) -> None:
+    def _show(self, record: InspectionRecord | None, *, reload_image: bool = True) -> None:
         self._current = record
         self._set_actions_enabled(record is not None)
         if record is None:

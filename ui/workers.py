@@ -3,7 +3,8 @@
 Two patterns, both from STYLE.md section 5:
 
 - `PipelineBridge` lives on the GUI thread. The pipeline calls `PipelineBridge.on_result` and
-  `PipelineBridge.on_event` on its own threads; they only emit signals, and because the bridge
+  `PipelineBridge.on_event` on its own threads (the `StationController` calls
+  `PipelineBridge.on_station_event`); they only emit signals, and because the bridge
   lives on the GUI thread Qt queues the delivery there. Connect the signals to widget methods,
   not lambdas, so the receiving thread is unambiguous.
 - `JobRunner` runs a long engine job (teaching, feedback, loading a model) in a ``QThread``
@@ -24,12 +25,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from inspector.errors import InspectorError
-from inspector.results import Progress
+from inspector.results import InspectionResult, Progress
+
+if TYPE_CHECKING:
+    from inspector.controller import ControllerEvent
+    from inspector.pipeline import PipelineEvent
 
 __all__ = ["JobRunner", "JobWorker", "PipelineBridge", "QueryRunner", "call_as_job", "running_job_threads"]
 
@@ -42,7 +47,8 @@ def running_job_threads() -> list[str]:
     """Names of `JobRunner` threads still running: for tests and for a clean shutdown check."""
     return sorted(t.objectName() for t in _LIVE_THREADS if t.isRunning())
 
-JobFactory = Callable[[], Generator[Progress, None, Any]]
+# A job: called on the worker thread, yields progress (each yield is a place to cancel), returns its result.
+JobFactory = Callable[[], Generator[Progress, None, object]]
 
 
 class PipelineBridge(QObject):
@@ -53,8 +59,9 @@ class PipelineBridge(QObject):
     `ui.live_view.HeatmapView`), so a fast camera never floods the screen.
     """
 
+    # Qt carries these as Python objects; the emitting methods below fix their types.
     result_ready = Signal(object)     # inspector.results.InspectionResult
-    event = Signal(object)            # inspector.pipeline.PipelineEvent
+    pipeline_event = Signal(object)   # inspector.pipeline.PipelineEvent (not `event`: QObject.event is Qt's)
     warning = Signal(str)             # one sentence (e.g. the archive paused: disk full)
     station_event = Signal(object)    # inspector.controller.ControllerEvent (typed: StateChanged, ...)
 
@@ -62,17 +69,17 @@ class PipelineBridge(QObject):
         super().__init__(parent)
         self._closed = threading.Event()
 
-    def on_result(self, result: object) -> None:
+    def on_result(self, result: InspectionResult) -> None:
         """Pipeline consumer: called on the inference thread with each `InspectionResult`."""
         if not self._closed.is_set():
             self.result_ready.emit(result)
 
-    def on_event(self, event: object) -> None:
+    def on_event(self, event: PipelineEvent) -> None:
         """Pipeline ``on_event`` callback: called on engine threads with each `PipelineEvent`."""
         if not self._closed.is_set():
-            self.event.emit(event)
+            self.pipeline_event.emit(event)
 
-    def on_station_event(self, event: object) -> None:
+    def on_station_event(self, event: ControllerEvent) -> None:
         """`StationController` listener: called on any thread with each `ControllerEvent`."""
         if not self._closed.is_set():
             self.station_event.emit(event)
@@ -266,13 +273,13 @@ class JobRunner(QObject):
         self.stopped.emit()
 
 
-def call_as_job(function: Callable[[], Any], message: str) -> JobFactory:
+def call_as_job(function: Callable[[], object], message: str) -> JobFactory:
     """Wrap a plain call (no progress of its own) as a one-step job for `JobRunner`.
 
     It can be cancelled only before it starts: a function with no yields cannot be stopped midway.
     """
 
-    def job() -> Generator[Progress, None, Any]:
+    def job() -> Generator[Progress, None, object]:
         yield Progress(done=0, total=1, message=message)
         return function()
 
@@ -297,7 +304,7 @@ class QueryRunner(QObject):
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
 
-    def submit(self, fn: Callable[[], Any], *, name: str = "query") -> int:
+    def submit(self, fn: Callable[[], object], *, name: str = "query") -> int:
         """Run ``fn()`` on a new thread; returns the request id that ``ready``/``failed`` will carry."""
         self._latest += 1
         request = self._latest

@@ -172,19 +172,19 @@ def load_station_config(path: str | Path) -> StationConfig:
 def parse_station_config(text: str, *, path: str | Path | None = None) -> StationConfig:
     """Validate the text of a station.yaml; ``path`` is used in messages and to resolve recipe files."""
     # The recipe loader's checker: the same conversions, "did you mean" and messages as recipes have.
-    from inspector.recipe import _Checker, _parse_yaml
+    from inspector.recipe_check import RecipeChecker, parse_yaml
 
     file = Path(path) if path is not None else None
     where = str(file) if file is not None else "<station.yaml>"
     try:
-        raw = _parse_yaml(text, where, file)
+        raw = parse_yaml(text, where, file)
         if not isinstance(raw, dict):
             msg = f"{where}: must be a mapping of station settings (see docs/plc.md), got {type(raw).__name__}"
             raise StationConfigError(msg, path=file)
         if "path" in raw:   # a field of the dataclass, filled from where the file was read, never a key
             msg = f"{where}: path is not a known field (the station file's own location is used)"
             raise StationConfigError(msg, path=file, field="path")
-        config: StationConfig = _Checker(where, file).build(StationConfig, raw, "")
+        config: StationConfig = RecipeChecker(where, file).build(StationConfig, raw, "")
     except RecipeError as exc:
         raise StationConfigError(str(exc), path=file, field=exc.field) from exc
     config = dataclasses.replace(config, path=file)

@@ -150,7 +150,7 @@ class GraphCache:
         fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], frames: torch.Tensor, reads: tuple[torch.Tensor, ...]
     ) -> _Captured:
         static = frames.clone()
-        side = torch.cuda.Stream(device=frames.device)
+        side = torch.cuda.Stream(device=frames.device)  # type: ignore[no-untyped-call]  # untyped in torch
         side.wait_stream(torch.cuda.current_stream(frames.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):

@@ -26,7 +26,8 @@ def _principal_projection(features: torch.Tensor) -> torch.Tensor:
     first = vecs[..., -1]  # (B, D), eigenvalues ascend
     largest = first.abs().argmax(dim=1, keepdim=True)
     first = first * torch.sign(first.gather(1, largest))
-    return (centred @ first[..., None])[..., 0]
+    scores: torch.Tensor = (centred @ first[..., None])[..., 0]
+    return scores
 
 
 def _centre_slices(h: int, w: int, border: float) -> tuple[slice, slice]:

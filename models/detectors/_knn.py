@@ -30,7 +30,7 @@ def knn_distances(
     *,
     k: int = 1,
     chunk_size: int = 16384,
-    query_chunk_size: int = 4096,
+    query_chunk_size: int | None = 4096,
     query_owner: torch.Tensor | None = None,
     bank_owner: torch.Tensor | None = None,
     query_pos: torch.Tensor | None = None,
@@ -39,12 +39,15 @@ def knn_distances(
 ) -> torch.Tensor:
     """Mean cosine distance of each query to its ``k`` nearest bank entries.
 
+    Traceable for ONNX with ``query_chunk_size=None``: the bank blocks unroll into one MatMul each
+    against a constant, and no shape of the queries is baked into the graph (the batch stays dynamic).
+
     Args:
         queries: (Q, D) L2-normalised features, any float dtype, on the bank's device.
         bank: (M, D) L2-normalised features, float16 or float32.
         k: number of neighbours averaged (k=1: the nearest, as in AnomalyDINO).
         chunk_size: bank rows per block.
-        query_chunk_size: query rows per block.
+        query_chunk_size: query rows per block; None takes all queries in one block.
         query_owner: (Q,) int64 owner id per query; with ``bank_owner``, bank entries with the same
             owner as the query are skipped (leave-one-out scoring).
         bank_owner: (M,) int64 owner id per bank entry.
@@ -69,17 +72,21 @@ def knn_distances(
         raise ValueError(msg)
     r2 = float(radius) ** 2 if radius is not None else 0.0
     n_queries, n_bank = queries.shape[0], bank.shape[0]
-    out = torch.full((n_queries,), math.inf, dtype=torch.float32, device=queries.device)
     if n_queries == 0 or n_bank == 0:
-        return out
+        return torch.full((n_queries,), math.inf, dtype=torch.float32, device=queries.device)
     dtype = compute_dtype(bank.device)
     k_eff = min(k, n_bank)
-    for q0 in range(0, n_queries, query_chunk_size):
-        q = queries[q0 : q0 + query_chunk_size].to(dtype)
-        q_owner = query_owner[q0 : q0 + query_chunk_size, None] if query_owner is not None else None
-        q_pos = query_pos[q0 : q0 + query_chunk_size] if use_pos and query_pos is not None else None
+    step = n_queries if query_chunk_size is None else query_chunk_size
+    parts: list[torch.Tensor] = []
+    for q0 in range(0, n_queries, step):
+        whole = query_chunk_size is None          # no slicing: a traced graph keeps its dynamic batch
+        q = (queries if whole else queries[q0 : q0 + step]).to(dtype)
+        q_owner = None
+        if query_owner is not None:
+            q_owner = (query_owner if whole else query_owner[q0 : q0 + step])[:, None]
+        q_pos = (query_pos if whole else query_pos[q0 : q0 + step]) if use_pos and query_pos is not None else None
         # running best similarities (largest first), float32
-        best = torch.full((q.shape[0], k_eff), -math.inf, dtype=torch.float32, device=q.device)
+        best: torch.Tensor | None = None
         for b0 in range(0, n_bank, chunk_size):
             sim = q @ bank[b0 : b0 + chunk_size].to(dtype).T  # (q, b) block of similarities
             if q_owner is not None and bank_owner is not None:
@@ -88,14 +95,19 @@ def knn_distances(
                 far = torch.cdist(q_pos, bank_pos[b0 : b0 + chunk_size]).square_() > r2
                 sim.masked_fill_(far, -math.inf)
             if k_eff == 1:
-                best = torch.maximum(best, sim.amax(dim=1, keepdim=True).float())
+                top = sim.amax(dim=1, keepdim=True).float()
+                best = top if best is None else torch.maximum(best, top)
             else:
-                block_best = sim.topk(min(k_eff, sim.shape[1]), dim=1).values.float()
-                best = torch.cat([best, block_best], dim=1).topk(k_eff, dim=1).values
+                top = sim.topk(min(k_eff, sim.shape[1]), dim=1).values.float()
+                merged = top if best is None else torch.cat([best, top], dim=1)
+                best = merged.topk(min(k_eff, merged.shape[1]), dim=1).values
+        if best is None:  # pragma: no cover - n_bank > 0 gives at least one block
+            msg = "empty bank"
+            raise ValueError(msg)
         # cosine distance; only the lower bound is clamped so that "no neighbour allowed" stays inf
-        dist = (1.0 - best).clamp_(min=0.0)
-        out[q0 : q0 + q.shape[0]] = dist.mean(dim=1) if k_eff > 1 else dist[:, 0]
-    return out
+        dist = (1.0 - best).clamp(min=0.0)
+        parts.append(dist.mean(dim=1) if k_eff > 1 else dist[:, 0])
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def greedy_coreset(

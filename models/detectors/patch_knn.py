@@ -31,34 +31,36 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence, Sized
-from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import DinoBackbone, resolve_device
-from models.detectors._fastpath import PRECISIONS, GraphCache, PinnedStaging, autocast_dtype
+from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import foreground_masks, mask_fractions
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
+from models.detectors.patch_knn_config import PatchKNNConfig
+from models.detectors.patch_knn_core import CoreOptions, PatchKNNCore
 from models.detectors.registry import register_detector
-from models.preprocess import input_size, to_model_input
+from models.preprocess import (
+    FrameGeometry,
+    anomaly_maps,
+    as_image_list,
+    check_image,
+    frame_geometry,
+    to_model_input,
+    uncrop_maps,
+)
 
 __all__ = ["Detection", "PatchKNN", "PatchKNNConfig"]
 
 logger = logging.getLogger(__name__)
-
-# A frame longer than this many times its shorter side would blow up to a huge model input once
-# the shorter side is resized to 448; such frames need a region of interest first.
-MAX_ASPECT_RATIO: Final = 32.0
-
 
 class Detection(NamedTuple):
     """What ``PatchKNN.predict`` returns.
@@ -70,194 +72,9 @@ class Detection(NamedTuple):
     pred_score: np.ndarray  # (B,) float32 image anomaly scores (cosine distance, 0 = normal)
     anomaly_map: np.ndarray | list[np.ndarray]  # (B, H, W) float32 at each input frame's full size
     # with predict(..., with_features=True): per frame the (h, w, D) float32 L2-normalised patch
-    # features of the model input's centre crop (models.preprocess.crop_geometry maps frame pixels
+    # features of the model input's centre crop (models.preprocess.frame_geometry maps frame pixels
     # to that grid), taken from the same backbone pass that gave the scores; None otherwise
     patch_features: list[np.ndarray] | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class PatchKNNConfig:
-    """Every option of the patch-kNN detector, with where each default comes from."""
-
-    # --- input (models.preprocess) ---
-    shorter_side: int = 448  # AnomalyDINO: "we resize the shorter side to 448" (672 also reported)
-
-    # --- memory bank ---
-    augment_rotations: bool | Literal["auto"] = "auto"  # AnomalyDINO rotates references in few-shot runs
-    rotation_angles: tuple[float, ...] = (0, 45, 90, 135, 180, 225, 270, 315)  # AnomalyDINO, degrees
-    rotation_max_shots: int = 8  # ours: "auto" rotates when fitting on this many images or fewer
-    max_bank_size: int | None = None  # ours: greedy coreset down to this many patches; None keeps all
-    coreset_projection_dim: int = 128  # PatchCore's random-projection dimension for k-center greedy
-
-    # --- scoring ---
-    k: int = 1  # neighbours averaged per patch; AnomalyDINO uses k=1
-    top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
-    blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
-    patch_pooling: int = 1  # from PatchCore: average features over p x p patches (1 = off; PatchCore uses 3)
-    # ours, for aligned parts: match only bank patches within this distance of the query's position,
-    # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
-    # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
-    position_radius: float | None = None
-
-    # --- foreground masking of the test frame ---
-    # "auto": on when the references look like an object on a plain background (ours, see _decide_masking)
-    masking: Literal["auto", "on", "off"] = "auto"
-    mask_pca_threshold: float = 10.0  # AnomalyDINO: first principal component > 10 is foreground
-    mask_border: float = 0.2  # anomalib: the central crop leaves 20 % of the grid on each side
-    mask_min_centre_fraction: float = 0.35  # AnomalyDINO: flip the sign if <= 35 % of the centre is kept
-    mask_kernel_size: int = 3  # AnomalyDINO: 3x3 dilation, then 3x3 closing
-    masking_auto_max_border: float = 0.2  # ours: "auto" masks if <= 20 % of the references' border is kept
-    mask_fallback_ratio: float = 0.5  # ours: a test mask under half the references' foreground is ignored
-
-    # --- compute ---
-    fit_batch_size: int = 8  # frames per backbone call during fit
-    chunk_size: int = 16384  # bank rows per kNN block
-    query_chunk_size: int = 4096  # query rows per kNN block (largest temporary: 4096 x 16384)
-    loo_max_images: int = 64  # ours: leave-one-out scores for at most this many training images
-    seed: int = 0  # coreset start, coreset projection and the leave-one-out subset
-    # backbone matmuls: "auto" = fp16 on CUDA, fp32 on the CPU; "bf16"/"fp16" autocast everywhere
-    # (parity with fp32: score correlation >= 0.9999, tests/models/test_fastpath.py, benchmarks/speed.py)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # ours: replay one CUDA graph per frame shape (models.detectors._fastpath); CUDA only, without
-    # masking or a search radius (their data-dependent steps cannot be captured): elsewhere eager
-    cuda_graphs: bool = False
-
-    def __post_init__(self) -> None:
-        positive_ints = ("shorter_side", "rotation_max_shots", "k", "mask_kernel_size", "fit_batch_size",
-                         "chunk_size", "query_chunk_size", "coreset_projection_dim", "patch_pooling")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                msg = f"PatchKNNConfig.{name} must be an integer >= 1, got {value!r}"
-                raise ValueError(msg)
-        if not isinstance(self.loo_max_images, int) or self.loo_max_images < 0:
-            msg = f"PatchKNNConfig.loo_max_images must be an integer >= 0, got {self.loo_max_images!r}"
-            raise ValueError(msg)
-        bank = self.max_bank_size
-        if bank is not None and (not isinstance(bank, int) or isinstance(bank, bool) or bank < 1):
-            msg = f"PatchKNNConfig.max_bank_size must be None or an integer >= 1, got {self.max_bank_size!r}"
-            raise ValueError(msg)
-        if self.augment_rotations not in (True, False, "auto"):
-            msg = (f"PatchKNNConfig.augment_rotations must be True, False or 'auto', "
-                   f"got {self.augment_rotations!r}")
-            raise ValueError(msg)
-        if self.precision not in PRECISIONS:
-            msg = f"PatchKNNConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            raise ValueError(msg)
-        if not isinstance(self.cuda_graphs, bool):
-            msg = f"PatchKNNConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}"
-            raise ValueError(msg)
-        if self.masking not in ("auto", "on", "off"):
-            msg = f"PatchKNNConfig.masking must be 'auto', 'on' or 'off', got {self.masking!r}"
-            raise ValueError(msg)
-        if self.position_radius is not None and not self.position_radius > 0:
-            msg = f"PatchKNNConfig.position_radius must be None or > 0, got {self.position_radius!r}"
-            raise ValueError(msg)
-        if not 0.0 < self.top_percent <= 100.0:
-            msg = f"PatchKNNConfig.top_percent must be in (0, 100], got {self.top_percent!r}"
-            raise ValueError(msg)
-        if self.blur_sigma < 0:
-            msg = f"PatchKNNConfig.blur_sigma must be >= 0 (0 = no blur), got {self.blur_sigma!r}"
-            raise ValueError(msg)
-        if not self.rotation_angles:
-            msg = "PatchKNNConfig.rotation_angles must list at least one angle (0 for the frame itself)"
-            raise ValueError(msg)
-        fractions = ("mask_border", "mask_min_centre_fraction", "masking_auto_max_border",
-                     "mask_fallback_ratio")
-        for name in fractions:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                msg = f"PatchKNNConfig.{name} must be in [0, 1], got {value!r}"
-                raise ValueError(msg)
-        object.__setattr__(self, "rotation_angles", tuple(float(a) for a in self.rotation_angles))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        out["rotation_angles"] = list(self.rotation_angles)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PatchKNNConfig:
-        """Inverse of ``to_dict``; unknown keys are refused by name.
-
-        Raises:
-            ValueError: ``unknown PatchKNNConfig option(s): 'x'; known: ...``, or a bad value.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            msg = (f"unknown PatchKNNConfig option(s): {', '.join(map(repr, unknown))}; "
-                   f"known: {', '.join(sorted(known))}")
-            raise ValueError(msg)
-        values = dict(data)
-        if "rotation_angles" in values:
-            values["rotation_angles"] = tuple(values["rotation_angles"])
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """How a frame of ``frame`` size maps to the model input (mirrors ``models.preprocess``)."""
-
-    frame: tuple[int, int]  # (H, W) of the frame
-    resized: tuple[int, int]  # (H, W) after resizing the shorter side
-    crop: tuple[int, int]  # (H, W) of the centre crop fed to the backbone
-    offset: tuple[int, int]  # (top, left) of the crop inside the resized frame
-
-
-def _geometry(height: int, width: int, *, shorter_side: int, patch_size: int) -> _Geometry:
-    h, w = input_size(height, width, shorter_side=shorter_side, patch_size=patch_size)
-    scale = shorter_side / min(height, width)
-    rh, rw = round(height * scale), round(width * scale)
-    return _Geometry((height, width), (rh, rw), (h, w), ((rh - h) // 2, (rw - w) // 2))
-
-
-def _check_image(image: Any, index: int) -> np.ndarray:
-    """Validate one frame; returns it as (H, W, 3) uint8 (grayscale is stacked to 3 channels)."""
-    if not isinstance(image, np.ndarray):
-        msg = f"image {index} is a {type(image).__name__}; expected a numpy array (H, W, 3) uint8 RGB"
-        raise ValueError(msg)
-    if image.size == 0:
-        msg = f"image {index} is empty (shape {image.shape}); every frame needs at least one pixel"
-        raise ValueError(msg)
-    if image.dtype != np.uint8:
-        msg = (f"image {index} has dtype {image.dtype}; expected uint8 RGB "
-               "(convert 16-bit or float frames to 8 bits first)")
-        raise ValueError(msg)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.ndim != 3:
-        msg = f"image {index} has shape {image.shape}; expected (H, W, 3) RGB or (H, W) grayscale"
-        raise ValueError(msg)
-    elif image.shape[2] != 3:
-        msg = (f"image {index} has {image.shape[2]} channels (shape {image.shape}); expected 3 (RGB); "
-               "drop the alpha channel or convert the frame to RGB first")
-        raise ValueError(msg)
-    h, w = image.shape[:2]
-    if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
-        msg = (f"image {index} of {h}x{w} pixels is too elongated (more than {MAX_ASPECT_RATIO:g}:1); "
-               "crop a region of interest first")
-        raise ValueError(msg)
-    return image
-
-
-def _as_image_list(images_rgb: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    """One (H, W, 3) / (H, W) frame, a (B, H, W, 3) batch or a sequence of frames -> list of frames."""
-    if isinstance(images_rgb, np.ndarray):
-        if images_rgb.ndim == 4:
-            frames = list(images_rgb)
-        elif images_rgb.ndim in (2, 3):
-            frames = [images_rgb]
-        else:
-            msg = (f"images have shape {images_rgb.shape}; expected (H, W, 3), (B, H, W, 3) "
-                   "or a list of (H, W, 3) arrays")
-            raise ValueError(msg)
-    else:
-        frames = list(images_rgb)
-    return [_check_image(image, i) for i, image in enumerate(frames)]
 
 
 def _rotate(image: np.ndarray, angle: float) -> np.ndarray:
@@ -276,38 +93,6 @@ def _grid_positions(h: int, w: int, device: torch.device) -> torch.Tensor:
     ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
     xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
-
-
-def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, 1, H, W); kernel size as anomalib's AnomalyMapGenerator."""
-    if sigma <= 0:
-        return maps
-    radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    h, w = maps.shape[-2:]
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    out = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
-
-
-def _anomaly_maps(
-    patch_scores: torch.Tensor, geo: _Geometry, *, sigma: float, full_size: bool
-) -> torch.Tensor:
-    """(B, h, w) patch scores -> (B, H, W) float32 maps at the frame size (or the resized size).
-
-    Upsampled bilinearly to the crop, blurred at the model's scale (so sigma 4 means what it means
-    in the paper), padded by edge replication over the cropped-off border, then resized to the frame.
-    """
-    maps = F.interpolate(patch_scores[:, None].float(), size=geo.crop, mode="bilinear", align_corners=False)
-    maps = _gaussian_blur(maps, sigma)
-    (rh, rw), (ch, cw), (top, left) = geo.resized, geo.crop, geo.offset
-    if (rh, rw) != (ch, cw):
-        maps = F.pad(maps, (left, rw - cw - left, top, rh - ch - top), mode="replicate")
-    if full_size and geo.frame != geo.resized:
-        maps = F.interpolate(maps, size=geo.frame, mode="bilinear", align_corners=False)
-    return maps[:, 0]
 
 
 @register_detector("patch_knn")
@@ -342,6 +127,11 @@ class PatchKNN(nn.Module):
             backbone = backbone.to(resolve_device(device))
         self._backbone = backbone
         self._config = config if config is not None else PatchKNNConfig()
+        cfg = self._config
+        # the scoring arithmetic, shared with the ONNX export (models.export traces this module)
+        self._core = PatchKNNCore(backbone, CoreOptions(
+            k=cfg.k, top_percent=cfg.top_percent, blur_sigma=cfg.blur_sigma, patch_pooling=cfg.patch_pooling,
+            chunk_size=cfg.chunk_size, query_chunk_size=cfg.query_chunk_size, precision=cfg.precision))
         dev = self.device
         empty_bank = torch.empty(0, backbone.feature_dim, dtype=compute_dtype(dev), device=dev)
         self.register_buffer("memory_bank", empty_bank)
@@ -367,6 +157,12 @@ class PatchKNN(nn.Module):
     def backbone(self) -> DinoBackbone:
         """The feature extractor."""
         return self._backbone
+
+    @property
+    def core(self) -> PatchKNNCore:
+        """The pure-tensor scoring core (``models.detectors.patch_knn_core``): what ``predict`` and the
+        ONNX export run."""
+        return self._core
 
     @property
     def device(self) -> torch.device:
@@ -419,10 +215,10 @@ class PatchKNN(nn.Module):
         bank_parts: list[torch.Tensor] = []
         owner_parts: list[torch.Tensor] = []
         pos_parts: list[torch.Tensor] = []
-        loo_items: list[tuple[int, torch.Tensor, _Geometry]] = []
+        loo_items: list[tuple[int, torch.Tensor, FrameGeometry]] = []
         ref_masks: list[torch.Tensor] = []
 
-        def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
+        def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             bank_parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
             n_patches = raw.shape[0] * raw.shape[1]
             owner_parts.append(torch.full((n_patches,), owner, dtype=torch.int64, device=raw.device))
@@ -470,7 +266,7 @@ class PatchKNN(nn.Module):
         positions: list[torch.Tensor] = []
         first = self.n_images
 
-        def bank(owner: int, raw: torch.Tensor, angle: float, geo: _Geometry) -> None:
+        def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
             positions.append(_grid_positions(raw.shape[0], raw.shape[1], raw.device))
             owners.append(torch.full((raw.shape[0] * raw.shape[1],), first + owner, dtype=torch.int64,
@@ -510,7 +306,7 @@ class PatchKNN(nn.Module):
         if batch_size < 1:
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ValueError(msg)
-        frames = _as_image_list(images_rgb)
+        frames = as_image_list(images_rgb)
         scores = np.zeros(len(frames), dtype=np.float32)
         maps: list[np.ndarray | None] = [None] * len(frames)
         features: list[np.ndarray | None] = [None] * len(frames)
@@ -521,8 +317,8 @@ class PatchKNN(nn.Module):
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
                 batch = np.stack([frames[i] for i in chunk])
-                geo = _geometry(*batch.shape[1:3], shorter_side=self._config.shorter_side,
-                                patch_size=self._backbone.patch_size)
+                geo = frame_geometry(*batch.shape[1:3], shorter_side=self._config.shorter_side,
+                                     patch_size=self._backbone.patch_size)
                 uploaded = self._staging.upload(batch, self.device)
                 raw: torch.Tensor | None = None
                 if with_features:              # eager: the features leave the graph's fixed buffers
@@ -553,7 +349,7 @@ class PatchKNN(nn.Module):
         return (cfg.cuda_graphs and self.device.type == "cuda" and not self.masking_active
                 and cfg.position_radius is None)
 
-    def _score_frames(self, frames: torch.Tensor, geo: _Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_frames(self, frames: torch.Tensor, geo: FrameGeometry) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size).
 
         Without masking and a search radius this runs without a host synchronisation, so a CUDA
@@ -563,23 +359,21 @@ class PatchKNN(nn.Module):
         return image_scores, full
 
     def _score_frames_and_features(self, frames: torch.Tensor,
-                                   geo: _Geometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                                   geo: FrameGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`_score_frames`, also returning the backbone's (B, h, w, D) patch features."""
         x = to_model_input(frames, shorter_side=self._config.shorter_side, patch_size=self._backbone.patch_size,
                            device=self.device)
+        if not self.masking_active and self._config.position_radius is None:
+            scores, raw = self._core.score(x, self.memory_bank)      # the exported graph's arithmetic
+            return scores.pred_score, uncrop_maps(scores.anomaly_map[:, None], geo), raw
         raw = self._run_backbone(x)
         patch_scores = self._patch_scores(raw)
-        full = _anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=True)
-        return self._image_scores(patch_scores), full, raw
+        maps = self._core.maps(patch_scores, geo.crop)
+        return self._core.image_scores(patch_scores), uncrop_maps(maps[:, None], geo), raw
 
     def _run_backbone(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone under the configured precision (``PatchKNNConfig.precision``)."""
-        dtype = autocast_dtype(self._config.precision, self.device)
-        if dtype is None:
-            return self._backbone(x)
-        # no autocast weight cache: a CUDA graph must not read casts made outside its capture
-        with torch.autocast(self.device.type, dtype=dtype, cache_enabled=False):
-            return self._backbone(x).float()
+        return self._core.extract(x)
 
     def forward(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
         """Same as ``predict``."""
@@ -646,11 +440,11 @@ class PatchKNN(nn.Module):
             raise ValueError(msg)
 
     @torch.inference_mode()
-    def _features(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, _Geometry]:
+    def _features(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, FrameGeometry]:
         """Same-sized (H, W, 3) uint8 frames -> ((B, h, w, D) raw patch features, geometry)."""
         height, width = frames[0].shape[:2]
         patch = self._backbone.patch_size
-        geo = _geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
+        geo = frame_geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
         x = to_model_input(self._staging.upload(np.stack(frames), self.device),
                            shorter_side=self._config.shorter_side, patch_size=patch, device=self.device)
         return self._run_backbone(x), geo
@@ -660,7 +454,7 @@ class PatchKNN(nn.Module):
         self,
         images: Iterable[Any],
         angles: tuple[float, ...],
-        sink: Callable[[int, torch.Tensor, float, _Geometry], None],
+        sink: Callable[[int, torch.Tensor, float, FrameGeometry], None],
         *,
         progress: Callable[[int, int], None] | None,
         total: int,
@@ -689,7 +483,7 @@ class PatchKNN(nn.Module):
                     progress(done, total)
 
         for i, image in enumerate(images):
-            frame = _check_image(image, i)
+            frame = check_image(image, i)
             if pending and pending[-1][2].shape != frame.shape:
                 flush()
             pending.extend((i, angle, _rotate(frame, angle)) for angle in angles)
@@ -699,15 +493,7 @@ class PatchKNN(nn.Module):
 
     def _embed(self, raw: torch.Tensor) -> torch.Tensor:
         """(..., h, w, D) raw features -> the same, float32, pooled (if configured) and L2-normalised."""
-        pool = self._config.patch_pooling
-        feats = raw.float()
-        if pool > 1:
-            lead = feats.shape[:-3]
-            grid = feats.reshape(-1, *feats.shape[-3:]).permute(0, 3, 1, 2)
-            grid = F.avg_pool2d(grid, pool, stride=1, padding=pool // 2, count_include_pad=False)
-            grid = grid[..., : feats.shape[-3], : feats.shape[-2]]  # even sizes pad one too many
-            feats = grid.permute(0, 2, 3, 1).reshape(*lead, *feats.shape[-3:])
-        return F.normalize(feats, dim=-1)
+        return self._core.embed(raw)
 
     def _masks(self, raw: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) bool foreground masks."""
@@ -746,8 +532,7 @@ class PatchKNN(nn.Module):
         feats = self._embed(raw).reshape(-1, d)
         if not self.masking_active and cfg.position_radius is None and owner is None:
             # every patch is scored: no boolean indexing (a host synchronisation on CUDA)
-            return knn_distances(feats, self.memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
-                                 query_chunk_size=cfg.query_chunk_size).reshape(b, h, w)
+            return self._core.patch_scores(raw, self.memory_bank)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
         if self.masking_active:
             masks = self._masks(raw)
@@ -781,12 +566,10 @@ class PatchKNN(nn.Module):
 
     def _image_scores(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """(B, h, w) -> (B,) mean of the top ``top_percent`` % patch scores."""
-        flat = patch_scores.reshape(patch_scores.shape[0], -1)
-        n_top = max(int(flat.shape[1] * self._config.top_percent / 100.0), 1)
-        return flat.topk(n_top, dim=1).values.mean(dim=1)
+        return self._core.image_scores(patch_scores)
 
     @torch.inference_mode()
-    def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, _Geometry]]) -> None:
+    def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:
         scores: list[float] = []
         maps: list[np.ndarray] = []
         for owner, raw, geo in items:
@@ -794,7 +577,7 @@ class PatchKNN(nn.Module):
             if not torch.isfinite(patch_scores).all():  # the bank holds only this frame's patches
                 continue
             scores.append(float(self._image_scores(patch_scores)[0]))
-            maps.append(_anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
+            maps.append(anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
                         .cpu().numpy().astype(np.float32, copy=False))
         self.train_scores = np.asarray(scores, dtype=np.float32)
         self.train_maps = maps

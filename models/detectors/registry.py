@@ -4,6 +4,9 @@ A detector class registers itself with ``@register_detector("name")``; recipes a
 name it, and ``create_detector(name, **kw)`` builds it. An unknown name gets an error listing the
 valid ones, as ``get_model`` does in anomalib's ``src/anomalib/models/__init__.py``.
 
+The built-in detectors are registered by ``models/detectors/__init__.py``, which Python runs before
+this module whatever is imported first; so this module imports no detector (no import cycle).
+
 Example:
     >>> detector = create_detector("patch_knn", backbone=backbone, config=PatchKNNConfig(k=3))
 """
@@ -47,7 +50,6 @@ def register_detector(name: str) -> Callable[[ModuleT], ModuleT]:
 
 def available_detectors() -> tuple[str, ...]:
     """Registered detector names, sorted."""
-    _load_builtin()
     return tuple(sorted(_REGISTRY))
 
 
@@ -57,7 +59,6 @@ def get_detector_class(name: str) -> type[nn.Module]:
     Raises:
         ValueError: ``unknown detector 'x'; available: patch_knn``.
     """
-    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -79,8 +80,3 @@ def create_detector(name: str, **kw: Any) -> nn.Module:
         ValueError: ``unknown detector 'x'; available: patch_knn``.
     """
     return get_detector_class(name)(**kw)
-
-
-def _load_builtin() -> None:
-    """Import the built-in detector modules so they register, whatever was imported first."""
-    import models.detectors.patch_knn  # noqa: F401

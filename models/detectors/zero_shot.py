@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import DinoBackbone, resolve_device
-from models.detectors.patch_knn import _anomaly_maps, _check_image, _Geometry, _geometry
-from models.preprocess import to_model_input
+from models.detectors.patch_knn_config import check_score_options
+from models.preprocess import FrameGeometry, anomaly_maps, check_image, frame_geometry, to_model_input
 
 if TYPE_CHECKING:
     from models.evaluation import Category, EvalReport, TestItem
@@ -103,12 +103,7 @@ class ZeroShotConfig:
         if not 0.0 < self.neighbour_fraction <= 1.0:
             msg = f"ZeroShotConfig.neighbour_fraction must be in (0, 1], got {self.neighbour_fraction!r}"
             raise ValueError(msg)
-        if not 0.0 < self.top_percent <= 100.0:
-            msg = f"ZeroShotConfig.top_percent must be in (0, 100], got {self.top_percent!r}"
-            raise ValueError(msg)
-        if self.blur_sigma < 0:
-            msg = f"ZeroShotConfig.blur_sigma must be >= 0 (0 = no blur), got {self.blur_sigma!r}"
-            raise ValueError(msg)
+        check_score_options("ZeroShotConfig", top_percent=self.top_percent, blur_sigma=self.blur_sigma)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -185,21 +180,21 @@ def patch_scores_to_map(
     Raises:
         ValueError: the grid does not match what ``frame_hw`` gives at ``shorter_side``.
     """
-    geo = _geometry(int(frame_hw[0]), int(frame_hw[1]), shorter_side=shorter_side, patch_size=patch_size)
+    geo = frame_geometry(int(frame_hw[0]), int(frame_hw[1]), shorter_side=shorter_side, patch_size=patch_size)
     grid = np.asarray(patch_scores, dtype=np.float32)
     expected = (geo.crop[0] // patch_size, geo.crop[1] // patch_size)
     if grid.shape != expected:
         msg = (f"patch scores of shape {grid.shape} do not fit a {frame_hw[0]}x{frame_hw[1]} frame at "
                f"shorter_side {shorter_side} (expected {expected})")
         raise ValueError(msg)
-    return _anomaly_maps(torch.from_numpy(grid)[None], geo, sigma=blur_sigma, full_size=True)[0].numpy()
+    return anomaly_maps(torch.from_numpy(grid)[None], geo, sigma=blur_sigma, full_size=True)[0].numpy()
 
 
 @dataclass(frozen=True)
 class _Entry:
     features: torch.Tensor  # (h * w, D) float16, L2-normalised, CPU
     grid: tuple[int, int]  # (h, w) patches
-    geo: _Geometry
+    geo: FrameGeometry
 
 
 class ZeroShotScorer:
@@ -245,7 +240,7 @@ class ZeroShotScorer:
         Raises:
             ValueError: a frame is not a valid image.
         """
-        frames = [_check_image(image, len(self._entries) + i) for i, image in enumerate(images_rgb)]
+        frames = [check_image(image, len(self._entries) + i) for i, image in enumerate(images_rgb)]
         start = 0
         while start < len(frames):
             stop = start + 1
@@ -258,7 +253,7 @@ class ZeroShotScorer:
     def _extract(self, frames: list[np.ndarray]) -> None:
         height, width = frames[0].shape[:2]
         patch = self._backbone.patch_size
-        geo = _geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
+        geo = frame_geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
         x = to_model_input(np.stack(frames), shorter_side=self._config.shorter_side, patch_size=patch,
                            device=self.device)
         raw = self._backbone(x)  # (B, h, w, D)
@@ -364,7 +359,7 @@ class ZeroShotScorer:
         """
         geo = self._entries[index].geo
         grid = torch.as_tensor(np.asarray(patch_scores, dtype=np.float32))[None]
-        return _anomaly_maps(grid, geo, sigma=self._config.blur_sigma, full_size=True)[0].numpy()
+        return anomaly_maps(grid, geo, sigma=self._config.blur_sigma, full_size=True)[0].numpy()
 
 
 def evaluate_zero_shot(

@@ -22,7 +22,6 @@ from inspector.capture import (
     GenICamSpec,
     VideoSource,
     VideoSpec,
-    _genicam_to_bgr,
     image_files,
     iter_image_files,
     load_image,
@@ -30,6 +29,7 @@ from inspector.capture import (
     parse_source,
     redact_url,
 )
+from inspector.capture.genicam import _genicam_to_bgr
 from inspector.errors import CameraNotFound, CaptureError, FrameDecodeError
 
 
@@ -175,7 +175,7 @@ def test_load_image_refuses_huge_images_from_the_header(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ext", [".jpg", ".bmp", ".tif", ".webp"])
 def test_header_dims_match_decoded_size(tmp_path: Path, rng: np.random.Generator, ext: str) -> None:
-    from inspector.capture import _header_dims
+    from inspector.capture.decode import _header_dims
 
     image = rng.integers(0, 256, (42, 70, 3), dtype=np.uint8)
     data = _write(tmp_path / f"x{ext}", image, ext).read_bytes()

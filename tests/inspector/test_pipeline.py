@@ -13,7 +13,7 @@ import pytest
 
 from inspector.capture import ArraySource, FolderSource, FolderSpec, VideoSource, VideoSpec
 from inspector.errors import CaptureError
-from inspector.pipeline import EventKind, Pipeline, PipelineEvent, error_result
+from inspector.pipeline import FILE_QUEUE_SIZE, EventKind, Pipeline, PipelineEvent, error_result
 from inspector.results import Frame, InspectionResult, Verdict
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
@@ -244,6 +244,20 @@ def test_switching_inspector_takes_effect_on_the_next_frame(
     assert pipeline.inspector is second
 
 
+def _settled(snapshot: Callable[[], object], quiet_s: float = 0.2, timeout: float = 10.0) -> bool:
+    """True once ``snapshot()`` stays the same for ``quiet_s`` (False after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last, since = snapshot(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return True
+    return False
+
+
 def test_pause_and_resume(rng: np.random.Generator, stub_inspector: type) -> None:
     images = [rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)]
     source = ArraySource(images, loop=True, count=300, fps=500.0)
@@ -254,11 +268,13 @@ def test_pause_and_resume(rng: np.random.Generator, stub_inspector: type) -> Non
         assert _wait_until(lambda: len(results) >= 20)
         pipeline.pause()
         assert pipeline.stats().state == "paused"
-        assert pipeline._parked.wait(10)          # pause() waits 1 s for this; a loaded CI may need more
-        captured = pipeline.stats().frames_captured
-        assert _wait_until(lambda: len(results) == captured)  # what was queued is still delivered
+        # The frame in the inspector is finished; frames queued from a file source are held, not
+        # dropped (how many depends on the machine's load: the worker may be behind the reader).
+        assert _settled(lambda: (pipeline.stats().frames_captured, len(results)))
+        captured, delivered = pipeline.stats().frames_captured, len(results)
         time.sleep(0.1)
-        assert pipeline.stats().frames_captured == captured     # nothing read while paused
+        assert (pipeline.stats().frames_captured, len(results)) == (captured, delivered)  # nothing moves
+        assert 0 <= captured - delivered <= FILE_QUEUE_SIZE + 1    # the queue, and one waiting to enter it
         assert captured < 300
         pipeline.resume()
         assert pipeline.stats().state == "running"

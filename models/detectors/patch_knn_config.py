@@ -1,0 +1,145 @@
+"""``PatchKNNConfig``: every option of the patch-kNN detector, with where each default comes from.
+
+Plain data: saved with each model (``to_dict``) and read back with unknown keys refused
+(``from_dict``). ``models.detectors.patch_knn`` builds the detector from it and re-exports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from models.detectors._fastpath import PRECISIONS
+
+__all__ = ["PatchKNNConfig", "check_score_options"]
+
+
+def check_score_options(owner: str, *, top_percent: float, blur_sigma: float) -> None:
+    """The ranges of the image-score and map options every detector config shares.
+
+    Raises:
+        ValueError: ``{owner}.top_percent must be in (0, 100]`` or ``{owner}.blur_sigma must be >= 0``.
+    """
+    if not 0.0 < top_percent <= 100.0:
+        msg = f"{owner}.top_percent must be in (0, 100], got {top_percent!r}"
+        raise ValueError(msg)
+    if blur_sigma < 0:
+        msg = f"{owner}.blur_sigma must be >= 0 (0 = no blur), got {blur_sigma!r}"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchKNNConfig:
+    """Every option of the patch-kNN detector, with where each default comes from."""
+
+    # --- input (models.preprocess) ---
+    shorter_side: int = 448  # AnomalyDINO: "we resize the shorter side to 448" (672 also reported)
+
+    # --- memory bank ---
+    augment_rotations: bool | Literal["auto"] = "auto"  # AnomalyDINO rotates references in few-shot runs
+    rotation_angles: tuple[float, ...] = (0, 45, 90, 135, 180, 225, 270, 315)  # AnomalyDINO, degrees
+    rotation_max_shots: int = 8  # ours: "auto" rotates when fitting on this many images or fewer
+    max_bank_size: int | None = None  # ours: greedy coreset down to this many patches; None keeps all
+    coreset_projection_dim: int = 128  # PatchCore's random-projection dimension for k-center greedy
+
+    # --- scoring ---
+    k: int = 1  # neighbours averaged per patch; AnomalyDINO uses k=1
+    top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
+    blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
+    patch_pooling: int = 1  # from PatchCore: average features over p x p patches (1 = off; PatchCore uses 3)
+    # ours, for aligned parts: match only bank patches within this distance of the query's position,
+    # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
+    # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
+    position_radius: float | None = None
+
+    # --- foreground masking of the test frame ---
+    # "auto": on when the references look like an object on a plain background (ours, see _decide_masking)
+    masking: Literal["auto", "on", "off"] = "auto"
+    mask_pca_threshold: float = 10.0  # AnomalyDINO: first principal component > 10 is foreground
+    mask_border: float = 0.2  # anomalib: the central crop leaves 20 % of the grid on each side
+    mask_min_centre_fraction: float = 0.35  # AnomalyDINO: flip the sign if <= 35 % of the centre is kept
+    mask_kernel_size: int = 3  # AnomalyDINO: 3x3 dilation, then 3x3 closing
+    masking_auto_max_border: float = 0.2  # ours: "auto" masks if <= 20 % of the references' border is kept
+    mask_fallback_ratio: float = 0.5  # ours: a test mask under half the references' foreground is ignored
+
+    # --- compute ---
+    fit_batch_size: int = 8  # frames per backbone call during fit
+    chunk_size: int = 16384  # bank rows per kNN block
+    query_chunk_size: int = 4096  # query rows per kNN block (largest temporary: 4096 x 16384)
+    loo_max_images: int = 64  # ours: leave-one-out scores for at most this many training images
+    seed: int = 0  # coreset start, coreset projection and the leave-one-out subset
+    # backbone matmuls: "auto" = fp16 on CUDA, fp32 on the CPU; "bf16"/"fp16" autocast everywhere
+    # (parity with fp32: score correlation >= 0.9999, tests/models/test_fastpath.py, benchmarks/speed.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # ours: replay one CUDA graph per frame shape (models.detectors._fastpath); CUDA only, without
+    # masking or a search radius (their data-dependent steps cannot be captured): elsewhere eager
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        positive_ints = ("shorter_side", "rotation_max_shots", "k", "mask_kernel_size", "fit_batch_size",
+                         "chunk_size", "query_chunk_size", "coreset_projection_dim", "patch_pooling")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                msg = f"PatchKNNConfig.{name} must be an integer >= 1, got {value!r}"
+                raise ValueError(msg)
+        if not isinstance(self.loo_max_images, int) or self.loo_max_images < 0:
+            msg = f"PatchKNNConfig.loo_max_images must be an integer >= 0, got {self.loo_max_images!r}"
+            raise ValueError(msg)
+        bank = self.max_bank_size
+        if bank is not None and (not isinstance(bank, int) or isinstance(bank, bool) or bank < 1):
+            msg = f"PatchKNNConfig.max_bank_size must be None or an integer >= 1, got {self.max_bank_size!r}"
+            raise ValueError(msg)
+        if self.augment_rotations not in (True, False, "auto"):
+            msg = (f"PatchKNNConfig.augment_rotations must be True, False or 'auto', "
+                   f"got {self.augment_rotations!r}")
+            raise ValueError(msg)
+        if self.precision not in PRECISIONS:
+            msg = f"PatchKNNConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            raise ValueError(msg)
+        if not isinstance(self.cuda_graphs, bool):
+            msg = f"PatchKNNConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}"
+            raise ValueError(msg)
+        if self.masking not in ("auto", "on", "off"):
+            msg = f"PatchKNNConfig.masking must be 'auto', 'on' or 'off', got {self.masking!r}"
+            raise ValueError(msg)
+        if self.position_radius is not None and not self.position_radius > 0:
+            msg = f"PatchKNNConfig.position_radius must be None or > 0, got {self.position_radius!r}"
+            raise ValueError(msg)
+        check_score_options("PatchKNNConfig", top_percent=self.top_percent, blur_sigma=self.blur_sigma)
+        if not self.rotation_angles:
+            msg = "PatchKNNConfig.rotation_angles must list at least one angle (0 for the frame itself)"
+            raise ValueError(msg)
+        fractions = ("mask_border", "mask_min_centre_fraction", "masking_auto_max_border",
+                     "mask_fallback_ratio")
+        for name in fractions:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                msg = f"PatchKNNConfig.{name} must be in [0, 1], got {value!r}"
+                raise ValueError(msg)
+        object.__setattr__(self, "rotation_angles", tuple(float(a) for a in self.rotation_angles))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["rotation_angles"] = list(self.rotation_angles)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PatchKNNConfig:
+        """Inverse of ``to_dict``; unknown keys are refused by name.
+
+        Raises:
+            ValueError: ``unknown PatchKNNConfig option(s): 'x'; known: ...``, or a bad value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = (f"unknown PatchKNNConfig option(s): {', '.join(map(repr, unknown))}; "
+                   f"known: {', '.join(sorted(known))}")
+            raise ValueError(msg)
+        values = dict(data)
+        if "rotation_angles" in values:
+            values["rotation_angles"] = tuple(values["rotation_angles"])
+        return cls(**values)

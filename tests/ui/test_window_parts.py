@@ -1,0 +1,96 @@
+"""The parts the main window is built from, on their own: run toolbar settings, footer line, messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QWidget
+
+from inspector.controller import RunState, StartFailed, StationSnapshot
+from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
+from ui.footer import run_info
+from ui.run_toolbar import DEFAULT_OPACITY, RunActions, RunToolbar, make_action
+from ui.station_messages import idle_banner, split_warnings, start_failure
+
+
+def _toolbar(qtbot, recipes: list[Path], owner: QWidget) -> tuple[RunToolbar, RunActions]:
+    """A toolbar whose actions belong to ``owner`` (the window's part; the caller keeps it alive)."""
+    qtbot.addWidget(owner)
+    toggled: list[bool] = []
+    act = {name: make_action(owner, name, None, lambda *args: None) for name in
+           ("start", "pause", "stop", "kiosk", "new_lot", "open_folder", "open_video")}
+    heatmap = make_action(owner, "Heatmap", "H", toggled.append, checkable=True)
+    actions = RunActions(heatmap=heatmap, **act)
+    bar = RunToolbar(actions, recipes, owner)
+    return bar, actions
+
+
+def test_toolbar_settings_round_trip_and_survive_a_bad_file(qtbot, tmp_path: Path) -> None:
+    recipes = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    owners = [QWidget(), QWidget(), QWidget()]
+    bar, actions = _toolbar(qtbot, recipes, owners[0])
+    bar.set_source_text("0")
+    bar.set_source_text(str(tmp_path / "parts"))
+    bar.recipe_box.setCurrentIndex(1)
+    bar.opacity_slider.setValue(35)
+    actions.heatmap.setChecked(False)
+    bar.save(settings)
+    settings.sync()
+
+    again, again_actions = _toolbar(qtbot, recipes, owners[1])
+    again.restore(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), None)
+    assert [again.source_box.itemText(i) for i in range(again.source_box.count())] == ["0", str(tmp_path / "parts")]
+    assert again.source_text == str(tmp_path / "parts")
+    assert again.current_recipe == recipes[1]
+    assert again.opacity_slider.value() == 35 and not again_actions.heatmap.isChecked()
+
+    settings.setValue("station/opacity", "loud")      # a hand-edited file: the default, not a crash
+    settings.setValue("station/sources", "1")         # one remembered source comes back as a string
+    settings.sync()
+    third, _ = _toolbar(qtbot, recipes, owners[2])
+    third.restore(settings, "rtsp://cam/1")           # a source given on the command line wins
+    assert third.opacity_slider.value() == DEFAULT_OPACITY
+    assert third.source_text == "rtsp://cam/1" and third.source_box.findText("1") >= 0
+    assert third.current_recipe == recipes[0]         # the remembered recipe applies only without a source
+
+
+def test_toolbar_recipe_helpers(qtbot, tmp_path: Path) -> None:
+    owner = QWidget()
+    bar, _ = _toolbar(qtbot, [tmp_path / "a.yaml"], owner)
+    changes: list[int] = []
+    bar.recipe_box.currentIndexChanged.connect(changes.append)
+    assert bar.recipe_index(tmp_path / "b.yaml") == 1 and bar.recipe_box.count() == 2
+    bar.select_quietly(tmp_path / "b.yaml")
+    assert bar.current_recipe == tmp_path / "b.yaml" and changes == []
+    bar.next_recipe()
+    assert bar.current_recipe == tmp_path / "a.yaml" and changes == [0]
+
+
+def test_footer_names_what_runs_or_what_is_selected(tmp_path: Path) -> None:
+    running = StationSnapshot(state=RunState.RUNNING, recipe=tmp_path / "bracket.yaml", model_version="v3",
+                              device="cpu", source="folder parts")
+    text = run_info(running, selected=tmp_path / "other.yaml", source_text="")
+    assert text.startswith("Recipe: bracket   ·   model v3   ·   on cpu   ·   Source: ")
+    assert text.endswith("State: running")
+    stopped = StationSnapshot(state=RunState.STOPPED, recipe=tmp_path / "bracket.yaml")
+    assert run_info(stopped, selected=tmp_path / "other.yaml", source_text="") == (
+        "Recipe: other (selected)   ·   Source: of the recipe   ·   State: stopped")
+
+
+def test_messages_name_the_failure_and_the_state(tmp_path: Path) -> None:
+    recipe = tmp_path / "bracket.yaml"
+    cases = [(WeightsNotFound("no weights"), "model", "DINOv2 weights missing"),
+             (ModelError("no model"), "model", "Model missing for recipe bracket"),
+             (RecipeError("bad key"), "recipe", "Recipe problem: bad key"),
+             (CaptureError("camera 0 busy"), "camera", "Cannot open the source: camera 0 busy"),
+             (OSError("disk"), "source", "Cannot start: OSError: disk")]
+    for error, key, start in cases:
+        line = start_failure(StartFailed(recipe=recipe, error=error))
+        assert line.key == key and line.text.startswith(start), line
+    ended = StationSnapshot(state=RunState.SOURCE_ENDED, message="source ended: 6 frames")
+    assert idle_banner(ended) == ("SOURCE ENDED", "source ended: 6 frames; F5 to run again")
+    assert idle_banner(StationSnapshot(state=RunState.STARTING, message="loading")) == ("STARTING", "loading")
+    assert split_warnings(["GPU unavailable: running on CPU", "ROI clipped"]) == (
+        "GPU unavailable: running on CPU", "ROI clipped")
