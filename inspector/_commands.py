@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
-from inspector.results import InspectionResult, Progress, Verdict
+from inspector.results import InspectionResult, Progress, Verdict, VerdictCounts
 
 T = TypeVar("T")
 
@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_archive:
         recorder.use(station)   # the recipe's archive, if it keeps one
 
-    counts: Counter[str] = Counter()
+    tally = VerdictCounts()
     done = threading.Event()
     source_failed: list[str] = []
     not_recorded: list[str] = []
@@ -134,12 +134,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def record(result: InspectionResult) -> InspectionResult:
         """Record durably (raises InspectorError when it cannot), count, then print: in that order."""
-        nonlocal printing
+        nonlocal printing, tally
         if recorder.lot and not result.lot:     # stamped here too, so that MQTT publishes the lot recorded
             result = dataclasses.replace(result, lot=recorder.lot)
         recorder.record(result)     # returns once the result is durable
-        counts[result.verdict.value] += 1
-        if args.max_frames is not None and sum(counts.values()) >= args.max_frames:
+        tally = tally.add(result.verdict)
+        if args.max_frames is not None and tally.inspected >= args.max_frames:
             done.set()
             if pipeline is not None:
                 pipeline.pause()        # read no further frame
@@ -204,12 +204,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except InspectorError as exc:
             print(f"warning: {exc}", file=sys.stderr)
     elapsed = time.perf_counter() - started
-    total = sum(counts.values())
-    passed = counts[Verdict.PASS.value]
-    judged = total - counts[Verdict.ERROR.value]
-    yield_pct = 100.0 * passed / judged if judged else 0.0
-    summary = (f"inspected {total} frame(s) in {elapsed:.1f} s: PASS {passed}, REVIEW {counts['REVIEW']}, "
-               f"FAIL {counts['FAIL']}, ERROR {counts['ERROR']}; yield {yield_pct:.1f} %; "
+    yield_pct = tally.yield_pct or 0.0
+    summary = (f"inspected {tally.inspected} frame(s) in {elapsed:.1f} s: PASS {tally.passed}, REVIEW "
+               f"{tally.review}, FAIL {tally.failed}, ERROR {tally.errors}; yield {yield_pct:.1f} %; "
                f"recorded {recorder.forwarded_count}")
     if printing:
         try:
@@ -507,7 +504,7 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
     recipe = None
     if args.recipe_file is not None:
         from inspector.recipe import load_recipe
-        from inspector.station import resolve_version
+        from inspector.versions import resolve_version
 
         recipe = load_recipe(args.recipe_file)
         flt = dataclasses.replace(flt, recipe=flt.recipe or recipe.name)

@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import yaml
 
-from inspector import paths
+from inspector import paths, versions
 from inspector.capture import FolderSpec, GenICamSpec, SourceSpec, VideoSpec
-from inspector.errors import ModelError, RecipeError
+from inspector.errors import RecipeError
 from inspector.recipe_check import GOOD_LABEL, SCHEMA_VERSION, FrozenOptions, RecipeChecker, parse_yaml, short_repr
+from inspector.versions import ACTIVE_FILE as ACTIVE_FILE  # re-exported: versions moved to inspector.versions
+from inspector.versions import set_active_model_version
 from models.files import atomic_write
 
 if TYPE_CHECKING:
@@ -67,7 +69,6 @@ logger = logging.getLogger(__name__)
 
 RECIPE_SUFFIXES: Final = (".yaml", ".yml")
 MAX_RECIPE_BYTES: Final = 1 << 20     # a recipe is a page of text; anything bigger is not one
-ACTIVE_FILE: Final = "active"         # in a recipe's model folder: the version "latest" means on the line
 NEW_FILE_MODE: Final = 0o644          # a new recipe: readable by the station's other accounts, as an editor makes it
 DEFAULT_DEFECT_CLASSES: Final = ("other",)
 
@@ -257,45 +258,20 @@ class Recipe:
         return path
 
     def model_versions(self) -> list[str]:
-        """The model versions present in `model_dir`, oldest first (``["v1", "v2", "v10"]``)."""
-        folder = self.model_dir()
-        if not folder.is_dir():
-            return []
-        found = [p.name for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"v[1-9][0-9]*", p.name)]
-        return sorted(found, key=lambda v: int(v[1:]))
+        """The model versions present in `model_dir`, oldest first (`inspector.versions.model_versions`)."""
+        return versions.model_versions(self)
 
     def active_model_version(self) -> str | None:
-        """The version named active in `model_dir` (its ``active`` file), if that version exists.
-
-        Teaching and hand-set thresholds make their new version active; "actually good" feedback
-        does not: its version waits until someone makes it active (`set_active_model_version`).
-        """
-        try:
-            name = (self.model_dir() / ACTIVE_FILE).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return name if name in self.model_versions() else None
+        """The version named active in `model_dir`, if it exists (`inspector.versions.active_model_version`)."""
+        return versions.active_model_version(self)
 
     def model_version_dir(self) -> Path:
-        """The folder of the model version to use: the pinned one; for ``latest``, the active one
-        (`active_model_version`), else the highest.
+        """The folder of the model version to use (`inspector.versions.resolve_version`).
 
         Raises:
             ModelError: if no model was taught yet, or the pinned version is missing.
         """
-        versions = self.model_versions()
-        if self.model.version != "latest":
-            if self.model.version not in versions:
-                have = ", ".join(versions) or "none"
-                msg = (f"recipe {self.name!r} pins model version {self.model.version} but "
-                       f"{self.model_dir()} has {have}; teach the recipe or set model.version: latest")
-                raise ModelError(msg)
-            return self.model_dir() / self.model.version
-        if not versions:
-            msg = (f"recipe {self.name!r} has no taught model in {self.model_dir()}; "
-                   f"teach it first (inspector train {self.path or '<recipe.yaml>'} --good DIR)")
-            raise ModelError(msg)
-        return self.model_dir() / (self.active_model_version() or versions[-1])
+        return versions.resolve_version(self).path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,22 +459,6 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
     _write_atomically(target, text, mode=mode)
     logger.info("wrote recipe %s to %s (comments kept)", saved.name, target)
     return saved
-
-
-def set_active_model_version(recipe: Recipe, version: str) -> None:
-    """Make ``version`` the one the line uses for ``model.version: latest`` (written atomically).
-
-    Raises:
-        ModelError: ``version`` is not a saved version of the recipe.
-        RecipeError: the ``active`` file cannot be written.
-    """
-    versions = recipe.model_versions()
-    if version not in versions:
-        msg = (f"recipe {recipe.name!r} has no model version {version} in {recipe.model_dir()} "
-               f"(it has {', '.join(versions) or 'none'})")
-        raise ModelError(msg)
-    _write_atomically(recipe.model_dir() / ACTIVE_FILE, version + "\n", what="the active model version")
-    logger.info("recipe %s: model %s is active", recipe.name, version)
 
 
 def _write_atomically(path: Path, text: str, *, mode: int | None = None, what: str = "the recipe") -> None:

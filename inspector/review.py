@@ -27,18 +27,14 @@ Example:
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import math
-import os
 import queue
-import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -47,11 +43,24 @@ import numpy as np
 
 from inspector._jobs import relay_progress
 from inspector._report import ReportMeta, write_report
+from inspector._review_records import (
+    JOURNAL_NAME,
+    JOURNAL_VERSION,
+    REPORT_EVERY_S,
+    Journal,
+    ReviewRate,
+    error_reason,
+    finish_review,
+    now_text,
+    ordered_records,
+    region_dict,
+    relative_name,
+    write_images,
+)
 from inspector.capture import IMAGE_EXTENSIONS, image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError
-from inspector.overlay import render_overlay
-from inspector.paths import safe_name
-from inspector.results import DefectRegion, Progress, Verdict
+from inspector.results import DefectRegion, Progress, Verdict, verdict_for
+from models.files import atomic_write
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -77,13 +86,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_NAME: Final = "progress.jsonl"
 SCORES_NAME: Final = "zero_shot_scores.npz"
-JOURNAL_VERSION: Final = 1
-REPORT_EVERY_S: Final = 30.0       # periodic report while running; a report costs ~10 ms per 100 images
-THUMB_SIDE: Final = 160            # longer side of a thumbnail, px
-THUMB_QUALITY: Final = 80          # JPEG quality of thumbnails
-OVERLAY_QUALITY: Final = 90        # JPEG quality of full-size overlays
 REVIEW_BATCH: Final = 8            # images per model call in recipe mode (Station.inspect_images)
 DECODE_AHEAD: Final = 16           # images decoded ahead of the model by the decode thread
 ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
@@ -129,138 +132,6 @@ class ReviewSummary:
         lines.extend(f"skipped: {e}" for e in self.skipped)
         lines.append(f"report: {self.report}")
         return lines
-
-
-# ------------------------------------------------------------------------------------ journal
-
-
-class Journal:
-    """``progress.jsonl``: a header line, then one record per finished file (the last record of a file wins)."""
-
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        if path.is_file() and path.stat().st_size > 0:
-            self._read(header)
-        else:
-            self._write_line(header, mode="w")
-
-    def _read(self, header: dict[str, Any]) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            old = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError) as exc:
-            msg = f"{self.path}: not a review journal; delete it or choose another --out folder"
-            raise InspectorError(msg) from exc
-        if old != header:
-            diff = sorted(k for k in set(old) | set(header) if old.get(k) != header.get(k))
-            msg = (f"{self.path.parent}: holds a review made with other settings ({', '.join(diff)} differ: "
-                   f"{ {k: old.get(k) for k in diff} } before, { {k: header.get(k) for k in diff} } now); "
-                   f"choose another --out folder or delete that one to start afresh")
-            raise InspectorError(msg)
-        for n, line in enumerate(lines[1:], 2):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # A process killed mid-write leaves a cut-off last line: that file is done again.
-                logger.warning("%s: line %d is incomplete; its file is reviewed again", self.path, n)
-                continue
-            self.records[record["file"]] = record
-        if lines and not self.path.read_bytes().endswith(b"\n"):
-            with self.path.open("a", encoding="utf-8") as fh:   # end the cut-off line
-                fh.write("\n")
-
-    def _write_line(self, data: Mapping[str, Any], *, mode: str = "a") -> None:
-        with self.path.open(mode, encoding="utf-8") as fh:
-            fh.write(json.dumps(data, allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._write_line(record)
-        self.records[record["file"]] = record
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def relative_name(path: Path, folder: Path) -> str:
-    """A file's name in the journal and the report: its POSIX path relative to the reviewed folder."""
-    return path.relative_to(folder).as_posix()
-
-
-def _reason(exc: BaseException, path: Path, rel: str) -> str:
-    """The error's sentence with the absolute path replaced by the file's name relative to the folder."""
-    text = str(exc).replace(str(path), rel)
-    return text[len(rel) + 2:] if text.startswith(f"{rel}: ") else text
-
-
-def _region_dict(r: DefectRegion) -> dict[str, Any]:
-    return {"x": int(r.x), "y": int(r.y), "width": int(r.width), "height": int(r.height), "area_px": int(r.area_px),
-            "area_mm2": None if r.area_mm2 is None else float(r.area_mm2), "max_score": float(r.max_score),
-            "mean_score": float(r.mean_score), "defect_class": r.defect_class,
-            "predicted_class": r.predicted_class, "type_confidence": r.type_confidence}
-
-
-def _write_jpeg(path: Path, image_bgr: np.ndarray, quality: int) -> None:
-    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        msg = f"could not encode {path.name} as JPEG"
-        raise OSError(msg)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
-
-
-def _images(
-    out: Path, rel: str, image_bgr: np.ndarray, anomaly_map: np.ndarray, regions: tuple[DefectRegion, ...],
-    verdict: Verdict, thresholds: tuple[float, float, float],
-) -> tuple[str, str | None]:
-    """Write the thumbnail (every image) and the full-size overlay (REVIEW/FAIL); returns their relative paths."""
-    review_t, fail_t, pixel = thresholds
-    vmin = 0.5 * pixel
-    vmax = max(fail_t, pixel, vmin + 1e-6) * 1.5
-    overlay = render_overlay(image_bgr, anomaly_map, vmin=vmin, vmax=vmax, regions=regions)
-    name = safe_name(rel) + ".jpg"
-    height, width = overlay.shape[:2]
-    scale = min(1.0, THUMB_SIDE / max(height, width))
-    thumb = cv2.resize(overlay, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else overlay
-    _write_jpeg(out / "thumbs" / name, thumb, THUMB_QUALITY)
-    if verdict in (Verdict.REVIEW, Verdict.FAIL):
-        _write_jpeg(out / "overlays" / name, overlay, OVERLAY_QUALITY)
-        return f"thumbs/{name}", f"overlays/{name}"
-    return f"thumbs/{name}", None
-
-
-def _verdict(score: float, review_t: float, fail_t: float) -> Verdict:
-    return Verdict.FAIL if score >= fail_t else Verdict.REVIEW if score >= review_t else Verdict.PASS
-
-
-class ReviewRate:
-    """Images per second and time left, from the images done in this run only (resumed ones excluded)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.done = 0
-
-    def tick(self) -> None:
-        self.done += 1
-
-    def text(self, left: int) -> str:
-        elapsed = time.perf_counter() - self.start
-        if not self.done or elapsed <= 0:
-            return ""
-        rate = self.done / elapsed
-        return f"{rate:.2f} img/s, ETA {left / rate:.0f} s"
-
-    @property
-    def per_second(self) -> float:
-        elapsed = time.perf_counter() - self.start
-        return self.done / elapsed if self.done and elapsed > 0 else 0.0
-
-
-# ------------------------------------------------------------------------------------ review
 
 
 def review(
@@ -355,49 +226,6 @@ def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
     return files, skipped
 
 
-def finish_review(
-    folder: Path, out: Path, files: Iterable[Path], journal: Journal, meta: ReportMeta, *, resumed: int,
-    scored: int, mode: str,
-) -> dict[str, Any]:
-    """Write the final report and return the fields of the `ReviewSummary` (``scored`` included).
-
-    ``files`` is iterated once, so a lazy walk of the folder will do (`inspector.ray_review`).
-    """
-    counted = _Counted(files)
-    records = ordered_records(folder, counted, journal)
-    index = write_report(out, records, meta)
-    counts = Counter("ERROR" if r["status"] != "ok" else r["verdict"] for r in records)
-    errors = tuple(f"{r['file']}: {r['error']}" for r in records if r["status"] != "ok")
-    logger.info("review of %s: %s; report %s", folder, dict(counts), index)
-    return {"folder": folder, "out": out, "report": index, "mode": mode, "model": meta.model, "files": counted.count,
-            "counts": {v.value: counts.get(v.value, 0) for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL,
-                                                                 Verdict.ERROR)},
-            "thresholds": meta.thresholds or (math.nan, math.nan, math.nan), "rule": meta.rule, "resumed": resumed,
-            "scored": scored, "errors": errors}
-
-
-class _Counted:
-    """An iterable that counts the items it gave."""
-
-    def __init__(self, items: Iterable[Path]) -> None:
-        self.items = items
-        self.count = 0
-
-    def __iter__(self) -> Iterator[Path]:
-        for item in self.items:
-            self.count += 1
-            yield item
-
-
-def ordered_records(folder: Path, files: Iterable[Path], journal: Journal) -> list[dict[str, Any]]:
-    """Journal records in the folder's file order (files not done yet are left out)."""
-    return [journal.records[rel] for rel in (relative_name(p, folder) for p in files) if rel in journal.records]
-
-
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 # ------------------------------------------------------------------------------------ recipe mode
 
 
@@ -467,7 +295,7 @@ def recipe_report_meta(
             f"defect regions where the map is >= {thresholds[2]:.4f}, at least {recipe.min_defect_area_px} px")
     return ReportMeta(title=f"Review of {folder.name}", mode="recipe", source=str(folder), model=model,
                       thresholds=thresholds, rule=rule, total_files=total_files, complete=complete,
-                      generated=_now(), images_per_second=rate.per_second or None, notes=notes)
+                      generated=now_text(), images_per_second=rate.per_second or None, notes=notes)
 
 
 def inspect_files(station: Station, files: list[tuple[Path, str]], out: Path,
@@ -574,12 +402,12 @@ def _inspect_one(station: Station, decoded: _Decoded, out: Path, thresholds: tup
     except (FrameDecodeError, ValueError, RuntimeError, OSError) as exc:
         # One bad file never costs the others: it is reported with its reason and the review goes on.
         logger.warning("review: %s: %s", rel, exc)
-        return {"file": rel, "status": "error", "error": _reason(exc, path, rel)}
+        return {"file": rel, "status": "error", "error": error_reason(exc, path, rel)}
     score = float(result.score) if result.score is not None else math.nan
-    thumb, overlay = _images(out, rel, image, result.anomaly_map if result.anomaly_map is not None
+    thumb, overlay = write_images(out, rel, image, result.anomaly_map if result.anomaly_map is not None
                              else np.zeros(image.shape[:2], np.float32), result.regions, result.verdict, thresholds)
     return {"file": rel, "status": "ok", "verdict": result.verdict.value, "score": score,
-            "regions": [_region_dict(r) for r in result.regions], "width": int(image.shape[1]),
+            "regions": [region_dict(r) for r in result.regions], "width": int(image.shape[1]),
             "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay}
 
 
@@ -636,7 +464,7 @@ def _review_zero_shot(
             except FrameDecodeError as exc:
                 if rel not in journal.records:
                     logger.warning("review: %s: %s", rel, exc)
-                    journal.append({"file": rel, "status": "error", "error": _reason(exc, path, rel)})
+                    journal.append({"file": rel, "status": "error", "error": error_reason(exc, path, rel)})
             else:
                 readable.append(rel)
                 shapes.append((int(image.shape[0]), int(image.shape[1])))
@@ -673,7 +501,7 @@ def _review_zero_shot(
     def meta(complete: bool) -> ReportMeta:
         return ReportMeta(title=f"Zero-shot review of {folder.name}", mode="zero-shot", source=str(folder),
                           model=model, thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
-                          generated=_now(), images_per_second=_overall_rate() or None,
+                          generated=now_text(), images_per_second=_overall_rate() or None,
                           notes=("Zero-shot mode: no recipe and no good reference images. Each image was scored "
                                  "against the others of this folder, and flagged by how far its score lies above "
                                  "the batch's median. It assumes most images are good; a folder of mostly "
@@ -696,7 +524,7 @@ def _review_zero_shot(
                        f"{image.shape[:2]} now); delete {out} and review again")
                 raise FrameDecodeError(msg)
         except FrameDecodeError as exc:
-            journal.append({"file": rel, "status": "error", "error": _reason(exc, file or Path(rel), rel)})
+            journal.append({"file": rel, "status": "error", "error": error_reason(exc, file or Path(rel), rel)})
         else:
             journal.append(_zero_shot_record(out, rel, image, saved, k, thresholds, config,
                                              patch_scores_to_map))
@@ -717,7 +545,7 @@ def _zero_shot_record(
 
     review_t, fail_t, pixel = thresholds
     score = float(saved["pred_score"][k])
-    verdict = _verdict(score, review_t, fail_t)
+    verdict = verdict_for(score, review_t, fail_t)
     anomaly_map = to_map(saved["patch_scores"][k], image.shape[:2], shorter_side=config.shorter_side,
                          patch_size=int(saved["patch_size"]), blur_sigma=config.blur_sigma)
     regions: tuple[DefectRegion, ...] = ()
@@ -726,30 +554,23 @@ def _zero_shot_record(
             DefectRegion(x=r.x, y=r.y, width=r.width, height=r.height, area_px=r.area_px, area_mm2=r.area_mm2,
                          max_score=r.max_score, mean_score=r.mean_score)
             for r in find_regions(anomaly_map, pixel_threshold=pixel, min_area_px=ZERO_SHOT_MIN_AREA_PX))
-    thumb, overlay = _images(out, rel, image, anomaly_map, regions, verdict, thresholds)
+    thumb, overlay = write_images(out, rel, image, anomaly_map, regions, verdict, thresholds)
     return {"file": rel, "status": "ok", "verdict": verdict.value, "score": score,
-            "regions": [_region_dict(r) for r in regions], "width": int(image.shape[1]),
+            "regions": [region_dict(r) for r in regions], "width": int(image.shape[1]),
             "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay}
 
 
 def _save_scores(path: Path, saved: Mapping[str, Any]) -> None:
     """The batch's scores as plain arrays (no pickle), atomically."""
     grids = saved["patch_scores"]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, files=np.asarray(saved["files"], dtype=str),
-                     shapes=np.asarray(saved["shapes"], dtype=np.int64).reshape(-1, 2),
-                     pred_score=np.asarray(saved["pred_score"], dtype=np.float32),
-                     grids=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
-                     flat=np.concatenate([g.reshape(-1) for g in grids]).astype(np.float32),
-                     patch_size=np.int64(saved["patch_size"]))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, files=np.asarray(saved["files"], dtype=str),
+             shapes=np.asarray(saved["shapes"], dtype=np.int64).reshape(-1, 2),
+             pred_score=np.asarray(saved["pred_score"], dtype=np.float32),
+             grids=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
+             flat=np.concatenate([g.reshape(-1) for g in grids]).astype(np.float32),
+             patch_size=np.int64(saved["patch_size"]))
+    atomic_write(path, buffer.getvalue())
 
 
 def _load_scores(path: Path) -> dict[str, Any] | None:

@@ -3,8 +3,8 @@
 `Station.inspect` is what the pipeline's inference worker calls for every frame: region of interest,
 the detector, defect regions, the verdict. It is a `inspector.pipeline.FrameInspector`.
 
-Model versions live beside the recipe's model location: ``<model dir>/v1``, ``v2``, ... each holding a
-saved detector (``model.safetensors`` + ``model.json``). A recipe uses the newest unless it pins one.
+Which model version a station loads is `inspector.versions.resolve_version` (re-exported here with
+`ModelVersion` and `next_version`).
 
 Example:
     >>> station = Station.load(load_recipe("recipes/fryum_demo.yaml"))
@@ -14,12 +14,10 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -27,7 +25,8 @@ import cv2
 import numpy as np
 
 from inspector.errors import ModelError, WeightsNotFound
-from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict
+from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict, verdict_for
+from inspector.versions import ModelVersion, next_version, resolve_version
 
 if TYPE_CHECKING:
     from inspector.defect_typing import DefectTyper
@@ -48,36 +47,6 @@ MIN_ROI_PX: Final = PATCH_SIZE
 # Frames per model call in ``Station.inspect_images``: large enough to amortise the backbone's and the
 # kNN's per-call overhead, small enough that a batch of 448-px frames stays well under 1 GB of activations.
 INSPECT_BATCH: Final = 8
-
-
-# --------------------------------------------------------------------------- model versions
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelVersion:
-    """One saved model version of a recipe."""
-
-    name: str          # "v3"
-    path: Path         # the version's folder
-
-
-def resolve_version(recipe: Recipe, version: str | None = None) -> ModelVersion:
-    """The version to load: ``version`` if given, else the recipe's pin, else the newest.
-
-    Raises:
-        ModelError: no model was taught yet, or the asked-for version is missing.
-    """
-    if version not in (None, "", "latest"):
-        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, version=version))
-    path = recipe.model_version_dir()
-    return ModelVersion(name=path.name, path=path)
-
-
-def next_version(recipe: Recipe) -> ModelVersion:
-    """The folder the next saved version goes to (numbers are never reused)."""
-    versions = recipe.model_versions()
-    name = f"v{int(versions[-1][1:]) + 1}" if versions else "v1"
-    return ModelVersion(name=name, path=recipe.model_dir() / name)
 
 
 # --------------------------------------------------------------------------- ROI
@@ -374,7 +343,7 @@ class Station:
                 path=path, times=StageTimes(capture_ms=capture_ms), error=problem,
                 line=self.recipe.line, station=self.recipe.station,
             )
-        verdict = Verdict.FAIL if score >= fail else Verdict.REVIEW if score >= review else Verdict.PASS
+        verdict = verdict_for(score, review, fail)
         regions: tuple[DefectRegion, ...] = ()
         if verdict is not Verdict.PASS:
             regions = self._regions(crop_map, pixel, x0, y0)

@@ -4,6 +4,10 @@ Long work is a generator of `Progress` (STYLE.md section 5): each ``yield`` is a
 place to cancel (close the generator). The CLI drives it with a progress bar, the GUI from a worker
 thread; ``run_to_end`` gives the final `TeachReport` when no progress is wanted.
 
+`teach_and_check` is the teaching screen's whole train step, Qt-free: read the good images, hold some
+out, teach (with the ROI drawn), load the new version and score the held-out good and the known-bad
+images with it. The wizard (``ui.teach_wizard``) only renders its progress and its `TeachOutcome`.
+
 Example:
     >>> report = run_to_end(teach(recipe, Path("good/")))
     >>> report.version, report.thresholds.fail
@@ -14,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
@@ -25,9 +29,9 @@ import numpy as np
 from inspector._jobs import relay_progress
 from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
-from inspector.recipe import set_active_model_version
-from inspector.results import Progress
-from inspector.station import Station, apply_roi, build_detector, next_version, resolve_version
+from inspector.results import InspectionResult, Progress
+from inspector.station import Station, apply_roi, build_detector
+from inspector.versions import next_version, resolve_version, set_active_model_version
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -35,7 +39,10 @@ if TYPE_CHECKING:
     from models.weights import WeightsInfo
 
 __all__ = [
+    "MAX_CHECK_IMAGES",
     "TeachCancelled",
+    "TeachEngine",
+    "TeachOutcome",
     "TeachReport",
     "add_good_feedback",
     "undo_good_feedback",
@@ -43,10 +50,13 @@ __all__ = [
     "run_to_end",
     "save_thresholds",
     "teach",
+    "teach_and_check",
 ]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+MAX_CHECK_IMAGES = 8         # held-out good and known-bad images checked (each side): the check page shows these
 
 
 class TeachCancelled(InspectorError):
@@ -330,3 +340,113 @@ def undo_good_feedback(recipe: Recipe, version: str) -> Path:
     folder.rename(target)
     logger.info("recipe %s: good-feedback model %s undone (kept in %s)", recipe.name, version, target)
     return target
+
+
+# ------------------------------------------------------------------------------ teach, then check
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeachEngine:
+    """The engine calls of teach-then-check and of the teaching screen, swappable for a cheap stand-in in tests.
+
+    All run on a worker thread except `load_recipe` and `image_files` (cheap, called by the wizard's pages).
+    """
+
+    load_recipe: Callable[[Path], Any]
+    save_recipe: Callable[[Any, Path], Any]                 # kept for callers; the wizard edits in place
+    edit_recipe_file: Callable[..., Any]                    # inspector.recipe.edit_recipe_file (on Save)
+    teach: Callable[..., Generator[Progress, None, Any]]     # inspector.teach.teach
+    save_thresholds: Callable[..., str]                     # inspector.teach.save_thresholds
+    load_station: Callable[[Any, str], Any]                 # (recipe, version) -> has .inspect_image()
+    load_image: Callable[[Path], np.ndarray]                # -> (H, W, 3) uint8 BGR
+    image_files: Callable[[Path], list[Path]]
+
+    @classmethod
+    def default(cls) -> TeachEngine:
+        """The real engine: ``inspector.recipe``, ``inspector.teach``, ``inspector.station``."""
+        from inspector.recipe import edit_recipe_file, load_recipe, save_recipe
+
+        return cls(
+            load_recipe=load_recipe, save_recipe=save_recipe, edit_recipe_file=edit_recipe_file, teach=teach,
+            save_thresholds=save_thresholds,
+            load_station=lambda recipe, version: Station.load(recipe, version=version),
+            load_image=load_image, image_files=image_files,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TeachOutcome:
+    """What teach-then-check produced: the report and the new model's results on the images it did not learn."""
+
+    recipe: Any                                    # the Recipe taught (with the ROI drawn)
+    report: Any                                    # TeachReport (or a stand-in engine's report)
+    held_out: tuple[InspectionResult, ...] = ()    # held-out good images scored by the new model
+    known_bad: tuple[InspectionResult, ...] = ()   # known-bad images scored by the new model
+    good_scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))  # (N,) LOO + held-out
+    bad_scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))   # (M,)
+
+
+def teach_and_check(
+    engine: TeachEngine,
+    recipe: Recipe,
+    *,
+    good_files: Sequence[Path] = (),
+    captured: Sequence[np.ndarray] = (),
+    holdout: int = 0,
+    bad_files: Sequence[Path] = (),
+    defects: Path | None = None,
+    roi: tuple[int, int, int, int] | None,
+    recipe_file: Path | None = None,
+    max_check: int = MAX_CHECK_IMAGES,
+) -> Generator[Progress, None, TeachOutcome]:
+    """Teach a recipe on good images, then score held-out good and known-bad images with the new version.
+
+    Args:
+        engine: the engine calls (`TeachEngine.default()` for the real one).
+        recipe: the recipe to teach.
+        good_files: good image files; read after ``captured`` frames (BGR), both used as the good set.
+        holdout: how many of the last good images are kept out of teaching and scored as a check.
+        bad_files: known-bad images scored as a check (the first ``max_check``).
+        defects: the folder of known-bad images the calibration uses, or None.
+        roi: the rectangle drawn (x, y, w, h), or None for the whole frame; a rectangle that differs from
+            the recipe's replaces its ROI for teaching (the recipe file is written later, on Save).
+        recipe_file: the recipe's file, named in the progress message when the ROI changed.
+        max_check: most held-out and known-bad images scored (each).
+
+    Yields:
+        Progress ticks (reading, teaching's own ticks, loading, checking): each a place to cancel.
+
+    Returns:
+        The `TeachOutcome`; ``good_scores`` holds teaching's leave-one-out scores then the held-out ones.
+    """
+    images = list(captured)
+    for index, file in enumerate(good_files, 1):
+        images.append(engine.load_image(file))
+        yield Progress(done=index, total=len(good_files), message=f"reading good image {file.name}")
+    held, train = (images[len(images) - holdout:], images[: len(images) - holdout]) if holdout else ([], images)
+    current = recipe.roi.rect if recipe.roi is not None else None
+    if roi != (tuple(current) if current else None):
+        from inspector.recipe import Roi
+
+        recipe = dataclasses.replace(recipe, roi=Roi(rect=roi) if roi else None)
+        where = recipe_file.name if recipe_file is not None else "the recipe file"
+        yield Progress(done=0, total=0, message=f"the ROI is written into {where} on Save")
+    report = yield from engine.teach(recipe, train, defects=defects)
+    yield Progress(done=0, total=0, message=f"loading model {report.version} to check it")
+    station = engine.load_station(recipe, report.version)
+    checked_good: list[InspectionResult] = []
+    checked_bad: list[InspectionResult] = []
+    good_todo, bad_todo = held[:max_check], list(bad_files)[:max_check]
+    total = len(good_todo) + len(bad_todo)
+    for image in good_todo:
+        checked_good.append(station.inspect_image(image))
+        yield Progress(done=len(checked_good), total=total, message="checking held-out good images")
+    for file in bad_todo:
+        checked_bad.append(station.inspect_image(engine.load_image(file), path=str(file)))
+        yield Progress(done=len(good_todo) + len(checked_bad), total=total, message="checking known-bad images")
+    held_scores = [r.score for r in checked_good if r.score is not None]
+    return TeachOutcome(
+        recipe=recipe, report=report, held_out=tuple(checked_good), known_bad=tuple(checked_bad),
+        good_scores=np.concatenate([np.asarray(report.good_scores, np.float32), np.asarray(held_scores, np.float32)]),
+        bad_scores=np.asarray(report.defect_scores, np.float32),
+    )

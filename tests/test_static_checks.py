@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # UI modules rewritten on other branches (issue 18's teach-then-check): typed there, and this list shrinks
 # when they merge.
-UNTYPED_UI = {"teach_wizard.py"}
+UNTYPED_UI = {"teach_wizard.py", "teach_steps.py"}   # split from teach_wizard.py; typed next
 
 
 def test_mypy_inspector_models_and_ui() -> None:

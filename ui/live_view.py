@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent, QPen, QR
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from inspector.controller import LineMetrics
-from inspector.results import InspectionResult, Verdict
+from inspector.results import InspectionResult, Verdict, VerdictCounts
 from ui.qimage import bgr_to_qimage, heatmap_to_qimage
 
 __all__ = [
@@ -58,33 +57,7 @@ def short_source(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True, kw_only=True)
-class LotCounts:
-    """Verdict counts of the running lot, as shown by `YieldPanel`."""
-
-    inspected: int = 0
-    passed: int = 0
-    review: int = 0
-    failed: int = 0
-    errors: int = 0
-
-    @property
-    def yield_pct(self) -> float | None:
-        """PASS share of all inspected (REVIEW, FAIL and ERROR count against it); None before the first.
-
-        The same rule as `inspector.store.YieldRow.yield_pct`.
-        """
-        return 100.0 * self.passed / self.inspected if self.inspected else None
-
-    def add(self, verdict: Verdict) -> LotCounts:
-        """A copy with one more inspection of the given verdict."""
-        return LotCounts(
-            inspected=self.inspected + 1,
-            passed=self.passed + (verdict == Verdict.PASS),
-            review=self.review + (verdict == Verdict.REVIEW),
-            failed=self.failed + (verdict == Verdict.FAIL),
-            errors=self.errors + (verdict == Verdict.ERROR),
-        )
+LotCounts = VerdictCounts   # the running lot's counts: the project's one `VerdictCounts` (and yield)
 
 
 class HeatmapView(QWidget):

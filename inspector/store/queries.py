@@ -17,7 +17,7 @@ from typing import Final, Literal, NamedTuple
 import sqlalchemy as sa
 
 from inspector.errors import StoreError
-from inspector.results import Verdict
+from inspector.results import Verdict, VerdictCounts
 from inspector.store.schema import BUCKET_S, bucket, feedback, inspections, regions
 
 __all__ = [
@@ -42,7 +42,7 @@ UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nob
 
 @dataclass(frozen=True, kw_only=True)
 class YieldRow:
-    """Counts of one group. ``yield_pct`` = passed / inspected * 100: REVIEW and ERROR count against it."""
+    """Counts of one group (``inspected`` includes ERROR rows); ``yield_pct``: `inspector.results.VerdictCounts`."""
 
     key: str                 # recipe/line/lot, or local time: "2026-11-23 14:00", "2026-11-23 06:00-14:00";
                              # with several group keys their values joined by " / "
@@ -366,7 +366,7 @@ def inspection_conditions(*, recipe: str | None = None, line: str | None = None,
 
 def _yield_row(keys: tuple[str, ...], inspected: int, passed: int, review: int, failed: int,
                errors: int) -> YieldRow:
-    pct = 100.0 * passed / inspected if inspected else 0.0
+    pct = VerdictCounts(passed=passed, review=review, failed=failed, errors=errors).yield_pct or 0.0
     return YieldRow(key=" / ".join(keys), keys=keys, inspected=inspected, passed=passed, review=review,
                     failed=failed, errors=errors, yield_pct=pct)
 

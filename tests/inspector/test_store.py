@@ -101,7 +101,8 @@ def test_yield_per_recipe_line_lot(store: Store) -> None:
     assert store.yield_summary() == [
         YieldRow(key="bracket_a", inspected=9, passed=6, review=1, failed=2, errors=0,
                  yield_pct=pytest.approx(66.667, abs=1e-3)),
-        YieldRow(key="pcb", inspected=2, passed=1, review=0, failed=0, errors=1, yield_pct=50.0),
+        # the ERROR frame is not a part judged: yield = PASS / (PASS + REVIEW + FAIL) = 1 / 1
+        YieldRow(key="pcb", inspected=2, passed=1, review=0, failed=0, errors=1, yield_pct=100.0),
     ]
     by_line = {r.key: (r.inspected, r.passed) for r in store.yield_summary(group_by="line")}
     assert by_line == {"L1": (8, 6), "L2": (3, 1)}

@@ -16,7 +16,7 @@ from inspector.recipe import edit_recipe_file, load_recipe, save_recipe
 from inspector.results import Progress, Verdict
 from tests.conftest import write_recipe
 from tests.ui.conftest import FAIL, PIXEL, REVIEW, DarkSpotInspector, make_part
-from ui.teach_wizard import TeachEngine, TeachWizard, verdict_counts
+from ui.teach_wizard import TeachEngine, TeachWizard
 
 
 def _folder(folder: Path, images: list[np.ndarray]) -> Path:
@@ -67,11 +67,6 @@ def teach_setup(tmp_path: Path):
         load_image=load_image, image_files=image_files,
     )
     return SimpleNamespace(good=good, bad=bad, recipe=recipe, engine=engine, saved=saved, release=release)
-
-
-def test_verdict_counts() -> None:
-    counts = verdict_counts([0.1, 0.3, 0.6, 0.5], review=0.25, fail=0.5)
-    assert counts == {Verdict.PASS: 1, Verdict.REVIEW: 1, Verdict.FAIL: 2}
 
 
 def test_teach_flow_roi_train_check_adjust_save(qtbot, teach_setup) -> None:

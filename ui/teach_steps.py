@@ -1,0 +1,369 @@
+"""The teaching wizard's input steps: 1 the recipe, 2 the good (and known-bad) images, 3 the ROI.
+
+Each page validates what it was given before the wizard moves on, and writes it into the
+`ui.teach_wizard.TeachWizard` it belongs to; the train, check and save steps live in ``ui.teach_wizard``.
+`RoiEditor` is the rubber-band rectangle drawn on a frame in step 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal, Slot
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRubberBand,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+    QWizardPage,
+)
+
+from inspector.results import Progress
+from ui.live_view import HeatmapView
+
+if TYPE_CHECKING:
+    from ui.teach_wizard import TeachWizard
+
+__all__ = ["ImagesPage", "RecipePage", "RoiEditor", "RoiPage"]
+
+
+class RoiEditor(QWidget):
+    """A frame on which the engineer drags a rectangle (rubber band) to set the ROI, in frame pixels."""
+
+    roi_changed = Signal(object)     # (x, y, w, h) in frame pixels, or None for the whole frame
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.view = HeatmapView(self)
+        self.view.set_placeholder("No frame: choose good images first")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.view)
+        self._band = QRubberBand(QRubberBand.Shape.Rectangle, self.view)
+        self._origin: QPoint | None = None
+        self._image_size: tuple[int, int] | None = None     # (H, W)
+        self._roi: tuple[int, int, int, int] | None = None
+        self.view.installEventFilter(self)                  # last: the filter reads the fields above
+
+    @property
+    def roi(self) -> tuple[int, int, int, int] | None:
+        return self._roi
+
+    def set_image(self, image_bgr: np.ndarray) -> None:
+        """Show a (H, W, 3) uint8 BGR frame to draw on."""
+        self._image_size = image_bgr.shape[:2]
+        self.view.show_image(image_bgr)
+        self._update_band()
+
+    def set_roi(self, roi: tuple[int, int, int, int] | None) -> None:
+        self._roi = roi
+        self._update_band()
+        self.roi_changed.emit(roi)
+
+    def _to_image(self, point: QPoint) -> tuple[int, int]:
+        self.view.repaint()
+        target = self.view.image_rect()
+        height, width = self._image_size or (1, 1)
+        x = (point.x() - target.x()) * width / max(target.width(), 1)
+        y = (point.y() - target.y()) * height / max(target.height(), 1)
+        return int(min(max(x, 0), width)), int(min(max(y, 0), height))
+
+    def _update_band(self) -> None:
+        if self._roi is None or self._image_size is None:
+            self._band.hide()
+            return
+        target = self.view.image_rect()
+        height, width = self._image_size
+        sx, sy = target.width() / width, target.height() / height
+        x, y, w, h = self._roi
+        self._band.setGeometry(
+            QRect(int(target.x() + x * sx), int(target.y() + y * sy), int(w * sx), int(h * sy)))
+        self._band.show()
+
+    def drag(self, start: QPoint, end: QPoint) -> None:
+        """Set the ROI from a drag between two points in view coordinates (what the mouse does)."""
+        x0, y0 = self._to_image(start)
+        x1, y1 = self._to_image(end)
+        x, y, w, h = min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)
+        self.set_roi((x, y, w, h) if w >= 4 and h >= 4 else None)
+
+    def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
+        if watched is self.view and self._image_size is not None and isinstance(event, QMouseEvent):
+            kind = event.type()
+            pos = event.position().toPoint()
+            if kind == QMouseEvent.Type.MouseButtonPress and event.button() == Qt.MouseButton.LeftButton:
+                self._origin = pos
+                self._band.setGeometry(QRect(pos, QSize()))
+                self._band.show()
+                return True
+            if kind == QMouseEvent.Type.MouseMove and self._origin is not None:
+                self._band.setGeometry(QRect(self._origin, pos).normalized())
+                return True
+            if kind == QMouseEvent.Type.MouseButtonRelease and self._origin is not None:
+                origin, self._origin = self._origin, None
+                self.drag(origin, pos)
+                return True
+        if watched is self.view and event.type() == event.Type.Resize:
+            self._update_band()
+        return super().eventFilter(watched, event)
+
+
+class RecipePage(QWizardPage):
+    def __init__(self, wizard: TeachWizard) -> None:
+        super().__init__()
+        self.w = wizard
+        self.setTitle("1 · Recipe")
+        self.setSubTitle("Choose the product's recipe to teach, or create a new recipe from it.")
+        self.recipe_box = QComboBox()
+        for path in wizard.recipes:
+            self.recipe_box.addItem(path.stem, str(path))
+        self.browse = QPushButton("Other recipe file…")
+        self.browse.clicked.connect(self._on_browse)
+        self.new_check = QCheckBox("Create a new recipe from it, named:")
+        self.new_name = QLineEdit()
+        self.new_name.setPlaceholderText("e.g. bracket_b (letters, digits, _ and -)")
+        self.new_name.setEnabled(False)
+        self.new_check.toggled.connect(self.new_name.setEnabled)
+        self.error = QLabel("")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #ff5252; font-weight: bold;")
+        row = QHBoxLayout()
+        row.addWidget(self.recipe_box, 1)
+        row.addWidget(self.browse)
+        form = QFormLayout(self)
+        form.addRow("Recipe", row)
+        form.addRow(self.new_check, self.new_name)
+        form.addRow(self.error)
+
+    @Slot()
+    def _on_browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Recipe file", "", "Recipes (*.yaml *.yml)")
+        if path:
+            self.recipe_box.addItem(Path(path).stem, path)
+            self.recipe_box.setCurrentIndex(self.recipe_box.count() - 1)
+
+    def validatePage(self) -> bool:  # noqa: N802 (Qt name)
+        data = self.recipe_box.currentData()
+        if not data:
+            self.error.setText("Choose a recipe file first.")
+            return False
+        try:
+            path = Path(data)
+            recipe = self.w.engine.load_recipe(path)
+            if self.new_check.isChecked():
+                name = self.new_name.text().strip()
+                if not name:
+                    self.error.setText("Type a name for the new recipe.")
+                    return False
+                target = path.with_name(f"{name}.yaml")
+                if target.exists():
+                    self.error.setText(
+                        f"{target.name} already exists: choose another name, or teach that recipe.")
+                    return False
+                # written on Save only (step 6): Cancel before that leaves no file behind
+                recipe = dataclasses.replace(recipe, name=name, roi=None, path=target)
+                self.w.copied_from = path
+                path = target
+            else:
+                self.w.copied_from = None
+        except Exception as exc:
+            self.error.setText(f"{type(exc).__name__}: {exc}")
+            return False
+        self.error.setText("")
+        self.w.recipe_path, self.w.recipe = path, recipe
+        rect = getattr(getattr(recipe, "roi", None), "rect", None)
+        self.w.file_roi = tuple(rect) if rect and self.w.copied_from is None else None
+        return True
+
+
+class ImagesPage(QWizardPage):
+    def __init__(self, wizard: TeachWizard) -> None:
+        super().__init__()
+        self.w = wizard
+        self.setTitle("2 · Good images")
+        self.setSubTitle("Pick a folder of good parts (10–50 is plenty), or capture frames from the live "
+                         "source. "
+                         "Known-bad images are optional; they help to check and calibrate.")
+        self.good_edit = QLineEdit()
+        self.good_edit.setPlaceholderText("folder of good images")
+        good_browse = QPushButton("Browse…")
+        good_browse.clicked.connect(self._on_browse_good)
+        self.source_edit = QLineEdit()
+        self.source_edit.setPlaceholderText('camera "0", rtsp://…, video or folder')
+        self.capture_count = QSpinBox()
+        self.capture_count.setRange(2, 500)
+        self.capture_count.setValue(20)
+        self.capture_button = QPushButton("Capture")
+        self.capture_button.clicked.connect(self._on_capture)
+        self.bad_edit = QLineEdit()
+        self.bad_edit.setPlaceholderText("optional: folder of known-bad images")
+        bad_browse = QPushButton("Browse…")
+        bad_browse.clicked.connect(self._on_browse_bad)
+        self.holdout = QSpinBox()
+        self.holdout.setRange(0, 100)
+        self.holdout.setValue(3)
+        self.holdout.setSuffix(" images")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+
+        good_row = QHBoxLayout()
+        good_row.addWidget(self.good_edit, 1)
+        good_row.addWidget(good_browse)
+        capture_row = QHBoxLayout()
+        capture_row.addWidget(self.source_edit, 1)
+        capture_row.addWidget(self.capture_count)
+        capture_row.addWidget(self.capture_button)
+        bad_row = QHBoxLayout()
+        bad_row.addWidget(self.bad_edit, 1)
+        bad_row.addWidget(bad_browse)
+        form = QFormLayout(self)
+        form.addRow("Good images", good_row)
+        form.addRow("…or capture", capture_row)
+        form.addRow("Known-bad images", bad_row)
+        form.addRow("Hold out for the check", self.holdout)
+        form.addRow(self.summary)
+        wizard.jobs.finished.connect(self._on_job_finished)
+
+    def initializePage(self) -> None:  # noqa: N802 (Qt name)
+        if not self.source_edit.text() and self.w.source_text:
+            self.source_edit.setText(self.w.source_text)
+
+    @Slot()
+    def _on_browse_good(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of good images")
+        if folder:
+            self.good_edit.setText(folder)
+
+    @Slot()
+    def _on_browse_bad(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of known-bad images")
+        if folder:
+            self.bad_edit.setText(folder)
+
+    @Slot()
+    def _on_capture(self) -> None:
+        text, count = self.source_edit.text().strip(), self.capture_count.value()
+        if not text or self.w.open_source is None or self.w.jobs.running:
+            self.summary.setText("Type a source to capture from (camera index, URL, video or folder).")
+            return
+        open_source = self.w.open_source
+
+        def job() -> Generator[Progress, None, list[np.ndarray]]:
+            frames: list[np.ndarray] = []
+            source = open_source(text)
+            source.open()
+            try:
+                while len(frames) < count:
+                    frame = source.read()
+                    if frame is None:
+                        break
+                    frames.append(frame.image_bgr)
+                    yield Progress(done=len(frames), total=count,
+                                   message=f"captured {len(frames)} of {count}")
+            finally:
+                source.close()
+            return frames
+
+        self.capture_button.setEnabled(False)
+        self.summary.setText("Capturing…")
+        self.w.jobs.start(job, name="capture")
+
+    @Slot(object)
+    def _on_job_finished(self, value: Any) -> None:
+        if self.w.jobs.name != "capture":
+            return
+        self.capture_button.setEnabled(True)
+        self.w.captured = list(value)
+        self.good_edit.clear()
+        self.summary.setText(f"Captured {len(self.w.captured)} frames from {self.source_edit.text()}.")
+        self.completeChanged.emit()
+
+    def validatePage(self) -> bool:  # noqa: N802 (Qt name)
+        good_text, bad_text = self.good_edit.text().strip(), self.bad_edit.text().strip()
+        engine = self.w.engine
+        try:
+            if good_text:
+                folder = Path(good_text)
+                if not folder.is_dir():
+                    self.summary.setText(f"{folder}: not a folder; pick the folder holding the good images.")
+                    return False
+                files = engine.image_files(folder)
+                if len(files) < 2:
+                    self.summary.setText(f"{folder}: {len(files)} image(s) found; teaching needs at least 2.")
+                    return False
+                self.w.good_files, self.w.captured = files, []
+                first = engine.load_image(files[0])
+            elif self.w.captured:
+                self.w.good_files = []
+                first = self.w.captured[0]
+            else:
+                self.summary.setText("Choose a folder of good images, or capture frames first.")
+                return False
+            bad_files: list[Path] = []
+            if bad_text:
+                if not Path(bad_text).is_dir():
+                    self.summary.setText(f"{bad_text}: not a folder of known-bad images.")
+                    return False
+                bad_files = engine.image_files(Path(bad_text))
+        except Exception as exc:
+            self.summary.setText(f"{type(exc).__name__}: {exc}")
+            return False
+        self.w.bad_folder = Path(bad_text) if bad_text else None
+        self.w.bad_files = bad_files
+        total = len(self.w.good_files) or len(self.w.captured)
+        self.w.holdout = min(self.holdout.value(), max(total - 2, 0))
+        self.w.first_frame = first
+        return True
+
+
+class RoiPage(QWizardPage):
+    def __init__(self, wizard: TeachWizard) -> None:
+        super().__init__()
+        self.w = wizard
+        self.setTitle("3 · Region of interest")
+        self.setSubTitle("Drag a rectangle around the part. Only this region is inspected. "
+                         "Whole frame: no ROI.")
+        self.editor = RoiEditor()
+        self.editor.setMinimumHeight(260)
+        self.label = QLabel("")
+        whole = QPushButton("Whole frame")
+        whole.clicked.connect(self._on_whole)
+        self.editor.roi_changed.connect(self._on_roi_changed)
+        row = QHBoxLayout()
+        row.addWidget(self.label, 1)
+        row.addWidget(whole)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.editor, 1)
+        layout.addLayout(row)
+
+    def initializePage(self) -> None:  # noqa: N802 (Qt name)
+        if self.w.first_frame is not None:
+            self.editor.set_image(self.w.first_frame)
+        roi = getattr(self.w.recipe, "roi", None)
+        rect = getattr(roi, "rect", None) if roi is not None else None
+        self.editor.set_roi(tuple(rect) if rect else None)
+
+    @Slot()
+    def _on_whole(self) -> None:
+        self.editor.set_roi(None)
+
+    @Slot(object)
+    def _on_roi_changed(self, roi: tuple[int, int, int, int] | None) -> None:
+        self.label.setText("ROI: whole frame" if roi is None else "ROI: x {}, y {}, {} × {} px".format(*roi))
+
+    def validatePage(self) -> bool:  # noqa: N802 (Qt name)
+        self.w.roi = self.editor.roi
+        return True
