@@ -50,7 +50,7 @@ def roi_rect(recipe: Recipe | None) -> tuple[int, int, int, int] | None:
     return x, y, w, h
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CapturedFrames:
     """The capture job's result: the (H, W, 3) uint8 BGR frames read from the live source."""
 
