@@ -30,6 +30,7 @@ from models.files import atomic_write
 
 __all__ = [
     "JOURNAL_NAME",
+    "prepare_output",
     "JOURNAL_VERSION",
     "REPORT_EVERY_S",
     "Journal",
@@ -217,3 +218,16 @@ def ordered_records(folder: Path, files: Iterable[Path], journal: Journal) -> li
 def now_text() -> str:
     """The local time now, ISO 8601 to the second: when a report was made."""
     return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def prepare_output(folder: Path, out: Path, n_files: int) -> None:
+    """Refuse a folder with nothing to review; make the report's image folders (``thumbs/``, ``overlays/``).
+
+    Raises:
+        InspectorError: ``folder`` holds no image files.
+    """
+    if not n_files:
+        msg = f"{folder}: holds no image files to review"
+        raise InspectorError(msg)
+    for sub in ("thumbs", "overlays"):
+        (out / sub).mkdir(parents=True, exist_ok=True)

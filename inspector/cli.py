@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:
     from inspector import _commands
 
-    return getattr(_commands, f"cmd_{command}")
+    handler: Callable[[argparse.Namespace], int] = getattr(_commands, f"cmd_{command}")
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:

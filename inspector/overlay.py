@@ -47,7 +47,8 @@ def normalise_map(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarr
         msg = f"heatmap range is empty: vmin={vmin} must be below vmax={vmax}"
         raise ValueError(msg)
     scaled = (anomaly_map.astype(np.float32) - np.float32(vmin)) / np.float32(vmax - vmin)
-    return np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+    unit: np.ndarray = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+    return unit
 
 
 def heatmap_bgr(

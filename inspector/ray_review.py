@@ -57,6 +57,7 @@ from inspector.review import (
     finish_review,
     inspect_files,
     ordered_records,
+    prepare_output,
     recipe_journal_header,
     recipe_report_meta,
     relative_name,
@@ -330,11 +331,7 @@ def ray_review(
             skipped.append(f"{relative_name(path, folder)}: {reason}")
 
     total = sum(1 for _ in iter_image_files(folder, skip=out, on_skipped=note_skipped))
-    if not total:
-        msg = f"{folder}: holds no image files to review"
-        raise InspectorError(msg)
-    for sub in ("thumbs", "overlays"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    prepare_output(folder, out, total)
     start = time.perf_counter()
     yield Progress(done=0, total=total, message="connecting to Ray" if address else "starting Ray")
     started = _connect(ray, address)

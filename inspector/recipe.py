@@ -202,7 +202,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready data (lists, dicts, str, numbers, None), in field order, without ``path``."""
-        return _to_plain(self)
+        plain: dict[str, Any] = _to_plain(self)
+        return plain
 
     def resolve(self, path: str | Path) -> Path:
         """Make a path from this recipe absolute: relative paths are relative to the recipe's folder.
@@ -339,7 +340,7 @@ def parse_recipe(text: str, *, path: str | Path | None = None) -> Recipe:
     if not isinstance(raw, dict):
         checker.fail(None, f"must be a mapping of fields (name: ..., source: ...), got {short_repr(raw)}")
     raw = checker.migrate(raw)
-    recipe = dataclasses.replace(checker.build(Recipe, raw, ""), path=file)
+    recipe: Recipe = dataclasses.replace(checker.build(Recipe, raw, ""), path=file)
     checker.validate(recipe)
     if checker.unversioned:
         logger.warning("%s: no schema_version; read as version %d (add `schema_version: %d`)",
@@ -372,8 +373,9 @@ def dump_recipe(recipe: Recipe) -> str:
     header = (f"# {recipe.name}: inspection recipe (inspector schema {SCHEMA_VERSION}).\n"
               "# Relative paths are relative to this file's folder.\n")
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)    # libyaml when present: same output, faster
-    return header + yaml.dump(recipe.to_dict(), Dumper=dumper, sort_keys=False, allow_unicode=True,
-                              default_flow_style=None, width=100)
+    body: str = yaml.dump(recipe.to_dict(), Dumper=dumper, sort_keys=False, allow_unicode=True,
+                          default_flow_style=None, width=100)
+    return header + body
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
@@ -462,7 +464,7 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
 
 
 def _write_atomically(path: Path, text: str, *, mode: int | None = None, what: str = "the recipe") -> None:
-    """Replace ``path`` with ``text`` (`models.files.atomic_write`), then make the rename durable.
+    """Replace ``path`` with ``text`` (`models.files.atomic_write`: the data and the rename made durable).
 
     ``mode`` None keeps the mode of an existing ``path`` (``NEW_FILE_MODE`` for a new one): a temporary
     file is created 0600, which would otherwise hide the recipe from the station's other accounts.
@@ -478,23 +480,6 @@ def _write_atomically(path: Path, text: str, *, mode: int | None = None, what: s
         msg = (f"{path}: cannot write {what}: {exc.strerror or exc}; "
                "check the folder exists and is writable")
         raise RecipeError(msg, path=path) from exc
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable where the OS allows it (POSIX); best effort."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_recipes(folder: str | Path) -> list[Path]:

@@ -53,6 +53,7 @@ from inspector._review_records import (
     finish_review,
     now_text,
     ordered_records,
+    prepare_output,
     region_dict,
     relative_name,
     write_images,
@@ -78,6 +79,7 @@ __all__ = [
     "finish_review",
     "inspect_file",
     "ordered_records",
+    "prepare_output",
     "recipe_journal_header",
     "recipe_report_meta",
     "relative_name",
@@ -189,11 +191,7 @@ def review(
     files = [p for p in files if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
     for line in skipped:
         logger.warning("review of %s: skipped %s", folder, line)
-    if not files:
-        msg = f"{folder}: holds no image files to review"
-        raise InspectorError(msg)
-    for sub in ("thumbs", "overlays"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    prepare_output(folder, out, len(files))
     start = time.perf_counter()
     if recipe is not None:
         summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights,

@@ -200,7 +200,8 @@ def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha:
     norm = density / peak
     heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     weight = (alpha * np.clip(norm * 3, 0, 1))[..., None]
-    return (reference_bgr * (1 - weight) + heat * weight).astype(np.uint8)
+    blended: np.ndarray = (reference_bgr * (1 - weight) + heat * weight).astype(np.uint8)
+    return blended
 
 
 # --------------------------------------------------------------------------------------------- SPC

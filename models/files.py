@@ -122,6 +122,24 @@ def atomic_open(path: Path, *, mode: int | None = None, fsync: bool = True) -> I
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if fsync:
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable where the OS allows it (POSIX); best effort."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -211,7 +229,8 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, fsyn
         data: bytes, or text written as UTF-8 with no newline translation.
         mode: permission bits of the result; None keeps those of an existing ``path``, and
             ``NEW_FILE_MODE`` for a new one.
-        fsync: flush the data to disk before the rename (off only for caches that may be lost).
+        fsync: flush the data to disk before the rename, and the folder after it, so a power cut
+            cannot bring the old file back (off only for caches that may be lost).
 
     Raises:
         OSError: as ``open``/``write``/``os.replace`` (full disk, read-only folder); the temporary file is

@@ -1,0 +1,201 @@
+"""The ``inspector stats`` and ``inspector feedback`` commands, and the store helpers every command shares.
+
+Split from `inspector._commands` (which re-exports both commands for `inspector.cli`'s dispatch); this
+module never imports `inspector._commands`, so the import goes one way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from inspector.errors import InspectorError
+
+__all__ = ["REPO_ROOT", "cmd_feedback", "cmd_stats"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _open_store(url: str | None, *, allow_offline: bool = False) -> Any:
+    """The statistics store of ``--store``; a file must lie where the station may write (`check_contained`).
+
+    ``allow_offline``: a station (``run``) starts while its PostgreSQL server is away; results wait in its journal.
+    """
+    from inspector.paths import PathNotAllowed, check_contained
+    from inspector.store import Store
+
+    if url is not None and "://" not in url:
+        try:
+            check_contained(Path(url), "--store")
+        except PathNotAllowed as exc:
+            raise InspectorError(str(exc)) from exc
+    return Store(url, allow_offline=allow_offline)
+
+
+def _parse_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError as exc:
+        msg = f"cannot read the time {text!r}; write it like 2026-11-23T06:00"
+        raise ValueError(msg) from exc
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Yield and counts per group, defects by class; optional CSV export."""
+    store = _open_store(args.store)
+    try:
+        filters = {"recipe": args.recipe, "line": args.line, "lot": args.lot, "station": args.station,
+                   "since": _parse_time(args.since), "until": _parse_time(args.until)}
+        keys = (args.by,) if isinstance(args.by, str) else tuple(args.by)
+        rows = store.yield_summary(group_by=keys, **filters)
+        width = max([24, len(" / ".join(keys)), *(len(row.key) for row in rows)])
+        header = (f"{' / '.join(keys):<{width}} {'inspected':>9} {'pass':>7} {'review':>7} {'fail':>7} {'error':>7} "
+                  f"{'yield %':>8}")
+        print(header)
+        print("-" * len(header))
+        for row in rows:
+            print(f"{row.key:<{width}} {row.inspected:>9} {row.passed:>7} {row.review:>7} {row.failed:>7} "
+                  f"{row.errors:>7} {row.yield_pct:>8.1f}")
+        if not rows:
+            print("(no inspections recorded yet)")
+        defects = store.defects_by_class(**filters)
+        if defects:
+            print("\ndefects by class:")
+            for name, count in defects:
+                print(f"  {name:<22} {count:>7}")
+        if args.csv:
+            n = store.export_csv(args.csv, **filters)
+            print(f"\nwrote {n} inspection(s) to {args.csv}")
+        _print_actionable_stats(store, args, filters)
+    finally:
+        store.close()
+    return 0
+
+
+def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[str, Any]) -> None:
+    """``inspector stats``: Pareto of defect types, FAIL-rate p-chart, drift, exports and charts."""
+    from inspector import statistics as st
+
+    flt = st.Filters(**filters)
+    pareto = st.defect_pareto(store, flt)
+    if pareto:
+        print("\ndefect types (Pareto; reviewer's class, else the typer's guess):")
+        for row in pareto:
+            print(f"  {row.defect_type:<22} {row.count:>7} {100 * row.share:>6.1f} % "
+                  f"{100 * row.cumulative_share:>6.1f} % cum.")
+    chart = st.fail_rate_chart(store, flt, by=args.spc_by)
+    if chart.points:
+        print(f"\nFAIL-rate p-chart per {args.spc_by}: centre {100 * chart.centre:.2f} %, "
+              f"{len(chart.points)} group(s), {len(chart.alarms)} alarm(s)")
+        for alarm in chart.alarms:
+            print(f"  ALARM {alarm.rule}: {alarm.message}")
+    recipe = None
+    if args.recipe_file is not None:
+        from inspector.recipe import load_recipe
+        from inspector.versions import resolve_version
+
+        recipe = load_recipe(args.recipe_file)
+        flt = dataclasses.replace(flt, recipe=flt.recipe or recipe.name)
+        scores, review, mean, std = st.teaching_scores(resolve_version(recipe).path)
+        drift = st.good_score_drift(store, flt, scores, review_threshold=review)
+        print(f"\ngood-score drift: {drift.message if drift else 'not enough recent PASS scores to judge'}")
+        if std > 0:
+            score_chart = st.score_chart(store, flt, mean=mean, sigma=std)
+            print(f"score chart: {len(score_chart.points)} point(s), {len(score_chart.alarms)} alarm(s)")
+            for alarm in score_chart.alarms[-5:]:
+                print(f"  ALARM {alarm.rule}: {alarm.message}")
+    if args.regions_csv:
+        n = st.export_regions_csv(store, args.regions_csv, flt)
+        print(f"wrote {n} region(s) to {args.regions_csv}")
+    if args.parquet:
+        counts = st.export_parquet(store, args.parquet, flt)
+        print(f"wrote {counts['inspections']} inspection(s) and {counts['regions']} region(s) to {args.parquet}")
+    if args.charts:
+        args.charts.mkdir(parents=True, exist_ok=True)
+        (args.charts / "pareto.svg").write_text(st.pareto_svg(pareto), encoding="utf-8")
+        (args.charts / "fail_rate.svg").write_text(
+            st.control_chart_svg(chart, title=f"FAIL rate per {args.spc_by} (p-chart, 3-sigma limits)"),
+            encoding="utf-8")
+        written = ["pareto.svg", "fail_rate.svg"]
+        if args.reference is not None:
+            reference = cv2.imread(str(args.reference), cv2.IMREAD_COLOR)
+            if reference is None:
+                msg = f"{args.reference}: cannot read the reference image; give a PNG or JPEG of a good part"
+                raise ValueError(msg)
+            area = (0, 0, reference.shape[1], reference.shape[0])
+            if recipe is not None and recipe.roi is not None:
+                area = recipe.roi.bounding_box()
+            x, y, w, h = area
+            locations = st.defect_locations(store, area, flt)
+            image = st.location_heat_image(np.ascontiguousarray(reference[y : y + h, x : x + w]), locations.total())
+            cv2.imwrite(str(args.charts / "locations.png"), image)
+            written.append("locations.png")
+        print(f"wrote {', '.join(written)} to {args.charts}")
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """Record a reviewer's label; 'good' also adds the image to the recipe as a new model version."""
+    from inspector.capture import load_image
+    from inspector.recipe import load_recipe
+    from inspector.teach import add_good_feedback
+
+    user = args.user or getpass.getuser()
+    store = _open_store(args.store)
+    try:
+        record = store.get_inspection(args.inspection_id)
+        _check_label(args.label, record.recipe, args.recipe)
+        if args.label == "good":
+            recipe_path = args.recipe or REPO_ROOT / "recipes" / f"{record.recipe}.yaml"
+            image_path = record.image_path or record.path
+            if not image_path or not Path(image_path).is_file():
+                msg = (f"inspection {args.inspection_id} has no stored image to learn from "
+                       f"(archived image or source file); it is recorded as good but the model is unchanged")
+                store.add_feedback(args.inspection_id, "good", user=user, note=args.note)
+                raise InspectorError(msg)
+            version = add_good_feedback(load_recipe(recipe_path), [load_image(image_path)],
+                                        device=args.device, note=args.note)
+            store.add_feedback(args.inspection_id, "good", user=user, note=f"model {version}. {args.note}".strip())
+            print(f"inspection {args.inspection_id}: recorded as good by {user}; recipe {record.recipe} "
+                  f"now uses model {version}")
+        else:
+            store.add_feedback(args.inspection_id, args.label, user=user, note=args.note)
+            print(f"inspection {args.inspection_id}: recorded as {args.label} by {user}")
+    finally:
+        store.close()
+    return 0
+
+
+def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None:
+    """A label must be 'good' or a defect class of the inspection's recipe (``--recipe``, else its file in
+    recipes/); when neither is found, any label is taken with a warning.
+
+    Raises:
+        InspectorError: naming the label, the allowed ones and the recipe file.
+    """
+    from inspector.recipe import load_recipe
+
+    path = recipe_path or REPO_ROOT / "recipes" / f"{recipe_name}.yaml"
+    if recipe_path is None and not path.is_file():
+        if label != "good":
+            print(f"warning: recipe {recipe_name!r} not found (give --recipe); the label {label!r} is not checked "
+                  "against its defect classes", file=sys.stderr)
+        return
+    classes = tuple(load_recipe(path).defect_classes)
+    if label == "good" or label in classes:
+        return
+    msg = (f"label {label!r} is neither 'good' nor a defect class of recipe {path} ({', '.join(classes)}); "
+           "use one of those, or add the class to the recipe's defect_classes")
+    raise InspectorError(msg)
+
+
+# --------------------------------------------------------------------------- info
