@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CHECK_IMAGES",
+    "CalibratedThresholds",
+    "CheckStation",
+    "EditRecipeCall",
+    "SaveThresholdsCall",
+    "TaughtVersion",
+    "TeachCall",
     "TeachCancelled",
     "TeachEngine",
     "TeachOutcome",
@@ -345,6 +351,64 @@ def undo_good_feedback(recipe: Recipe, version: str) -> Path:
 # ------------------------------------------------------------------------------ teach, then check
 
 
+class CalibratedThresholds(Protocol):
+    """The thresholds a taught version was calibrated to (`models.calibration.Thresholds` is one)."""
+
+    @property
+    def review(self) -> float: ...
+
+    @property
+    def fail(self) -> float: ...
+
+    @property
+    def pixel(self) -> float: ...
+
+
+class TaughtVersion(Protocol):
+    """What teach-then-check and the teaching screen read of teaching's result (`TeachReport`, or a stand-in's)."""
+
+    @property
+    def recipe(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def thresholds(self) -> CalibratedThresholds: ...
+
+    @property
+    def good_scores(self) -> np.ndarray: ...      # (N,) leave-one-out scores of the good images taught
+
+    @property
+    def defect_scores(self) -> np.ndarray: ...    # (M,) scores of the known-bad images
+
+
+class CheckStation(Protocol):
+    """A loaded model version that scores the check images (`inspector.station.Station` is one)."""
+
+    def inspect_image(self, image_bgr: np.ndarray, *, path: str | None = None) -> InspectionResult: ...
+
+
+class TeachCall(Protocol):
+    """`teach` as teach-then-check calls it: good (H, W, 3) uint8 BGR frames, optionally a known-bad folder."""
+
+    def __call__(self, recipe: Recipe, good: Sequence[np.ndarray], *, defects: Path | None = None
+                 ) -> Generator[Progress, None, TaughtVersion]: ...
+
+
+class SaveThresholdsCall(Protocol):
+    """`save_thresholds` as the teaching screen's Save calls it; returns the new version."""
+
+    def __call__(self, recipe: Recipe, version: str | None, *, review: float, fail: float) -> str: ...
+
+
+class EditRecipeCall(Protocol):
+    """`inspector.recipe.edit_recipe_file` as the teaching screen's Save calls it."""
+
+    def __call__(self, source: Path, target: Path, *, name: str | None = None,
+                 roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep") -> Recipe: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class TeachEngine:
     """The engine calls of teach-then-check and of the teaching screen, swappable for a cheap stand-in in tests.
@@ -352,12 +416,12 @@ class TeachEngine:
     All run on a worker thread except `load_recipe` and `image_files` (cheap, called by the wizard's pages).
     """
 
-    load_recipe: Callable[[Path], Any]
-    save_recipe: Callable[[Any, Path], Any]                 # kept for callers; the wizard edits in place
-    edit_recipe_file: Callable[..., Any]                    # inspector.recipe.edit_recipe_file (on Save)
-    teach: Callable[..., Generator[Progress, None, Any]]     # inspector.teach.teach
-    save_thresholds: Callable[..., str]                     # inspector.teach.save_thresholds
-    load_station: Callable[[Any, str], Any]                 # (recipe, version) -> has .inspect_image()
+    load_recipe: Callable[[Path], Recipe]
+    save_recipe: Callable[[Recipe, Path], object]           # kept for callers; the wizard edits in place
+    edit_recipe_file: EditRecipeCall                        # inspector.recipe.edit_recipe_file (on Save)
+    teach: TeachCall                                        # inspector.teach.teach
+    save_thresholds: SaveThresholdsCall                     # inspector.teach.save_thresholds
+    load_station: Callable[[Recipe, str], CheckStation]     # (recipe, version) -> the version loaded
     load_image: Callable[[Path], np.ndarray]                # -> (H, W, 3) uint8 BGR
     image_files: Callable[[Path], list[Path]]
 
@@ -378,8 +442,8 @@ class TeachEngine:
 class TeachOutcome:
     """What teach-then-check produced: the report and the new model's results on the images it did not learn."""
 
-    recipe: Any                                    # the Recipe taught (with the ROI drawn)
-    report: Any                                    # TeachReport (or a stand-in engine's report)
+    recipe: Recipe                                 # the Recipe taught (with the ROI drawn)
+    report: TaughtVersion                          # TeachReport (or a stand-in engine's report)
     held_out: tuple[InspectionResult, ...] = ()    # held-out good images scored by the new model
     known_bad: tuple[InspectionResult, ...] = ()   # known-bad images scored by the new model
     good_scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))  # (N,) LOO + held-out

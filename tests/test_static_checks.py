@@ -13,11 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-# UI modules rewritten on other branches (issue 18's teach-then-check): typed there, and this list shrinks
-# when they merge.
-UNTYPED_UI = {"teach_wizard.py", "teach_steps.py"}   # split from teach_wizard.py; typed next
-
-
 def test_mypy_inspector_models_and_ui() -> None:
     """``python -m mypy inspector models ui`` with the pyproject.toml config exits 0 (one run: the UI's
     imports of inspector and models are checked once).
@@ -57,7 +52,7 @@ def test_untyped_spots_finds_each_kind() -> None:
 def test_ui_is_typed_without_any_cast_or_getattr() -> None:
     """The UI gets typed data from inspector: protocols and dataclasses, not ``Any`` and attribute probing."""
     spots = {path.name: untyped_spots(path.read_text(encoding="utf-8"))
-             for path in sorted((REPO / "ui").glob("*.py")) if path.name not in UNTYPED_UI}
+             for path in sorted((REPO / "ui").glob("*.py"))}
     assert {name: found for name, found in spots.items() if found} == {}
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -35,9 +36,25 @@ from inspector.results import Progress
 from ui.live_view import HeatmapView
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from ui.teach_wizard import TeachWizard
 
-__all__ = ["ImagesPage", "RecipePage", "RoiEditor", "RoiPage"]
+__all__ = ["CapturedFrames", "ImagesPage", "RecipePage", "RoiEditor", "RoiPage", "roi_rect"]
+
+
+def roi_rect(recipe: Recipe | None) -> tuple[int, int, int, int] | None:
+    """The recipe's ROI rectangle (x, y, w, h); None for no recipe, the whole frame or a polygon ROI."""
+    if recipe is None or recipe.roi is None or not recipe.roi.rect:
+        return None
+    x, y, w, h = recipe.roi.rect
+    return x, y, w, h
+
+
+@dataclass(frozen=True, eq=False)
+class CapturedFrames:
+    """The capture job's result: the (H, W, 3) uint8 BGR frames read from the live source."""
+
+    frames: tuple[np.ndarray, ...]
 
 
 class RoiEditor(QWidget):
@@ -64,7 +81,8 @@ class RoiEditor(QWidget):
 
     def set_image(self, image_bgr: np.ndarray) -> None:
         """Show a (H, W, 3) uint8 BGR frame to draw on."""
-        self._image_size = image_bgr.shape[:2]
+        height, width = image_bgr.shape[:2]
+        self._image_size = (height, width)
         self.view.show_image(image_bgr)
         self._update_band()
 
@@ -100,7 +118,7 @@ class RoiEditor(QWidget):
         x, y, w, h = min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)
         self.set_roi((x, y, w, h) if w >= 4 and h >= 4 else None)
 
-    def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if watched is self.view and self._image_size is not None and isinstance(event, QMouseEvent):
             kind = event.type()
             pos = event.position().toPoint()
@@ -116,7 +134,7 @@ class RoiEditor(QWidget):
                 origin, self._origin = self._origin, None
                 self.drag(origin, pos)
                 return True
-        if watched is self.view and event.type() == event.Type.Resize:
+        if watched is self.view and event.type() == QEvent.Type.Resize:
             self._update_band()
         return super().eventFilter(watched, event)
 
@@ -184,8 +202,7 @@ class RecipePage(QWizardPage):
             return False
         self.error.setText("")
         self.w.recipe_path, self.w.recipe = path, recipe
-        rect = getattr(getattr(recipe, "roi", None), "rect", None)
-        self.w.file_roi = tuple(rect) if rect and self.w.copied_from is None else None
+        self.w.file_roi = roi_rect(recipe) if self.w.copied_from is None else None
         return True
 
 
@@ -261,7 +278,7 @@ class ImagesPage(QWizardPage):
             return
         open_source = self.w.open_source
 
-        def job() -> Generator[Progress, None, list[np.ndarray]]:
+        def job() -> Generator[Progress, None, CapturedFrames]:
             frames: list[np.ndarray] = []
             source = open_source(text)
             source.open()
@@ -275,18 +292,18 @@ class ImagesPage(QWizardPage):
                                    message=f"captured {len(frames)} of {count}")
             finally:
                 source.close()
-            return frames
+            return CapturedFrames(tuple(frames))
 
         self.capture_button.setEnabled(False)
         self.summary.setText("Capturing…")
         self.w.jobs.start(job, name="capture")
 
     @Slot(object)
-    def _on_job_finished(self, value: Any) -> None:
-        if self.w.jobs.name != "capture":
+    def _on_job_finished(self, value: object) -> None:
+        if self.w.jobs.name != "capture" or not isinstance(value, CapturedFrames):
             return
         self.capture_button.setEnabled(True)
-        self.w.captured = list(value)
+        self.w.captured = list(value.frames)
         self.good_edit.clear()
         self.summary.setText(f"Captured {len(self.w.captured)} frames from {self.source_edit.text()}.")
         self.completeChanged.emit()
@@ -352,9 +369,7 @@ class RoiPage(QWizardPage):
     def initializePage(self) -> None:  # noqa: N802 (Qt name)
         if self.w.first_frame is not None:
             self.editor.set_image(self.w.first_frame)
-        roi = getattr(self.w.recipe, "roi", None)
-        rect = getattr(roi, "rect", None) if roi is not None else None
-        self.editor.set_roi(tuple(rect) if rect else None)
+        self.editor.set_roi(roi_rect(self.w.recipe))
 
     @Slot()
     def _on_whole(self) -> None:

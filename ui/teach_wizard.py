@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
@@ -44,17 +44,31 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Progress, Verdict, VerdictCounts, verdict_for
 from inspector.teach import MAX_CHECK_IMAGES, TeachEngine, TeachOutcome, teach_and_check
+from ui.engine import OpenSource
 from ui.live_view import VERDICT_COLOURS, HeatmapView
-from ui.teach_steps import ImagesPage, RecipePage, RoiEditor, RoiPage
+from ui.teach_steps import ImagesPage, RecipePage, RoiEditor, RoiPage, roi_rect
 from ui.workers import JobRunner
+
+if TYPE_CHECKING:
+    from inspector.recipe import Recipe
 
 __all__ = ["RoiEditor", "TeachEngine", "TeachOutcome", "TeachPage", "TeachWizard"]
 
 log = logging.getLogger(__name__)
 
 SLIDER_STEPS = 1000          # threshold slider resolution: 0.1 % of the score range
+
+
+@runtime_checkable
+class SummaryLines(Protocol):
+    """A teaching report that writes itself as lines (`inspector.teach.TeachReport` does; a stand-in may not)."""
+
+    def summary_lines(self) -> list[str]:
+        """The calibration report, one line each."""
+        ...
 
 
 class TrainPage(QWizardPage):
@@ -117,8 +131,8 @@ class TrainPage(QWizardPage):
         self.message.setText(progress.message)
 
     @Slot(object)
-    def _on_finished(self, value: Any) -> None:
-        if self.w.jobs.name != "train":
+    def _on_finished(self, value: object) -> None:
+        if self.w.jobs.name != "train" or not isinstance(value, TeachOutcome):
             return
         self.w.outcome = value
         self.bar.setRange(0, 1)
@@ -236,9 +250,9 @@ class CheckPage(QWizardPage):
         layout.addWidget(self.counts)
 
     def initializePage(self) -> None:  # noqa: N802 (Qt name)
-        outcome: TeachOutcome = self.w.outcome
+        outcome = self.w.trained()
         report = outcome.report
-        lines = report.summary_lines() if hasattr(report, "summary_lines") else [str(report)]
+        lines = report.summary_lines() if isinstance(report, SummaryLines) else [str(report)]
         lines = [_label_measured_on_calibration(line) for line in lines]
         self.report.setPlainText("\n".join(lines))
         self._fit_text_heights(len(lines))
@@ -302,7 +316,7 @@ class CheckPage(QWizardPage):
         self._rescore()
 
     def _rescore(self) -> None:
-        outcome: TeachOutcome = self.w.outcome
+        outcome = self.w.trained()
         review, fail = self.w.review, self.w.fail
         self.review_label.setText(f"Review ≥ {review:.4f}")
         self.fail_label.setText(f"Fail ≥ {fail:.4f}")
@@ -343,7 +357,7 @@ class SavePage(QWizardPage):
         self._saved_version: str | None = None
 
     def initializePage(self) -> None:  # noqa: N802 (Qt name)
-        outcome: TeachOutcome = self.w.outcome
+        outcome = self.w.trained()
         t = outcome.report.thresholds
         changed = self.w.thresholds_changed()
         file_pending = self.w.recipe_file_pending()
@@ -369,19 +383,19 @@ class SavePage(QWizardPage):
 
     @Slot()
     def save(self) -> None:
-        outcome: TeachOutcome = self.w.outcome
+        outcome = self.w.trained()
         engine, review, fail = self.w.engine, self.w.review, self.w.fail
         recipe, version = outcome.recipe, outcome.report.version
         changed = self.w.thresholds_changed()
         write = self.w.recipe_file_pending()
         target, source = self.w.recipe_path, self.w.copied_from or self.w.recipe_path
-        rect = getattr(getattr(recipe, "roi", None), "rect", None)
+        rect = roi_rect(recipe)
         name = recipe.name if self.w.copied_from is not None else None
 
         def job() -> Generator[Progress, None, str]:
             if write and target is not None and source is not None:
                 yield Progress(done=0, total=2, message=f"writing {target.name}")
-                engine.edit_recipe_file(source, target, name=name, roi=tuple(rect) if rect else None)
+                engine.edit_recipe_file(source, target, name=name, roi=rect)
             if not changed:
                 return str(version)
             yield Progress(done=1, total=2, message="saving thresholds")
@@ -392,7 +406,7 @@ class SavePage(QWizardPage):
         self.w.jobs.start(job, name="save")
 
     @Slot(object)
-    def _on_saved(self, version: Any) -> None:
+    def _on_saved(self, version: object) -> None:
         if self.w.jobs.name != "save":
             return
         self._saved_version = str(version)
@@ -421,7 +435,7 @@ class TeachWizard(QWizard):
     taught = Signal(object, str)
 
     def __init__(self, *, recipes: Sequence[Path] = (), engine: TeachEngine | None = None,
-                 open_source: Callable[[str], Any] | None = None, source_text: str = "",
+                 open_source: OpenSource | None = None, source_text: str = "",
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Teach a recipe")
@@ -434,7 +448,7 @@ class TeachWizard(QWizard):
         self.jobs = JobRunner(self)
         # what the pages fill in, in order
         self.recipe_path: Path | None = None
-        self.recipe: Any = None
+        self.recipe: Recipe | None = None
         self.good_files: list[Path] = []
         self.captured: list[np.ndarray] = []
         self.bad_folder: Path | None = None
@@ -464,11 +478,20 @@ class TeachWizard(QWizard):
             self._engine = TeachEngine.default()
         return self._engine
 
+    def trained(self) -> TeachOutcome:
+        """The train step's outcome, which the check and save steps render.
+
+        Raises:
+            RuntimeError: nothing was trained yet (those steps come after the train step completed).
+        """
+        if self.outcome is None:
+            msg = "no teaching outcome yet: the check and save steps come after the train step"
+            raise RuntimeError(msg)
+        return self.outcome
+
     def taught_roi(self) -> tuple[int, int, int, int] | None:
         """The ROI rectangle of the recipe taught (None: the whole frame)."""
-        recipe = self.outcome.recipe if self.outcome is not None else self.recipe
-        rect = getattr(getattr(recipe, "roi", None), "rect", None)
-        return tuple(rect) if rect else None
+        return roi_rect(self.outcome.recipe if self.outcome is not None else self.recipe)
 
     def recipe_file_pending(self) -> bool:
         """True when Save has a recipe file to write: a new recipe, or an ROI the file does not have."""
@@ -486,8 +509,16 @@ class TeachWizard(QWizard):
         engine, recipe, path, roi = self.engine, self.recipe, self.recipe_path, self.roi
         good_files, captured, holdout = list(self.good_files), list(self.captured), self.holdout
         bad_files, bad_folder = list(self.bad_files), self.bad_folder
-        return lambda: teach_and_check(engine, recipe, good_files=good_files, captured=captured, holdout=holdout,
-                                       bad_files=bad_files, defects=bad_folder, roi=roi, recipe_file=path)
+
+        def job() -> Generator[Progress, None, TeachOutcome]:
+            if recipe is None:
+                msg = "no recipe chosen: go back to the recipe step"
+                raise InspectorError(msg)
+            return (yield from teach_and_check(engine, recipe, good_files=good_files, captured=captured,
+                                               holdout=holdout, bad_files=bad_files, defects=bad_folder, roi=roi,
+                                               recipe_file=path))
+
+        return job
 
     def set_back_allowed(self, allowed: bool) -> None:
         """Show or hide the Back button (hidden while training: QWizard re-enables a disabled one)."""
@@ -517,7 +548,7 @@ class TeachPage(QWidget):
 
     taught = Signal(object, str)     # recipe path, model version
 
-    def __init__(self, *, recipes: Sequence[Path] = (), open_source: Callable[[str], Any] | None = None,
+    def __init__(self, *, recipes: Sequence[Path] = (), open_source: OpenSource | None = None,
                  engine: TeachEngine | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._recipes = list(recipes)
