@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +80,8 @@ class StoreExport:
             with atomic_open_text(path) as handle, self._engine.connect() as conn:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
-                for chunk in _chunks(conn.execution_options(stream_results=True, yield_per=1000)
-                                     .execute(stmt).mappings(), 1000):
+                for chunk in (conn.execution_options(stream_results=True, yield_per=1000)
+                              .execute(stmt).mappings().partitions()):
                     classes = self._classes_of(conn, [r["id"] for r in chunk])
                     predicted = self._classes_of(conn, [r["id"] for r in chunk], regions.c.predicted_class)
                     for r in chunk:
@@ -109,14 +108,3 @@ class StoreExport:
         for i, c in conn.execute(stmt):
             out.setdefault(i, []).append(c)
         return out
-
-
-def _chunks(rows: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
