@@ -424,6 +424,8 @@ class MainWindow(QMainWindow):
         self.station.faults.clear_fault("model")
         review, fail, pixel = inspector.thresholds
         self.statistics.set_thresholds(review, fail)
+        roi = inspector.recipe.roi if isinstance(inspector, RecipeInspector) else None
+        self.statistics.set_recipe_area(roi.bounding_box() if roi is not None else None)
         if pixel > 0:
             # transparent at half the pixel threshold, opaque red at 1.5x (as the archive's overlays):
             # defects stand out, good parts stay clear
@@ -473,6 +475,7 @@ class MainWindow(QMainWindow):
         self._counts = self._counts.add(result.verdict)
         if current and self.state is RunState.RUNNING:     # Pause may have come since it was sent
             self.station.show_result(result)        # banner, heatmap and the verdict strip
+            self.statistics.offer_frame(result)     # the location map's good image, once per recipe
         else:
             self.station.strip.add(result.verdict)  # history only: the banner stays grey
             self._status.setText(f"frame {result.frame_id} finished after {self.state.value.replace('_', ' ')}: "

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from inspector.results import Verdict
+from inspector.results import InspectionResult, Verdict
 from inspector.statistics import Filters
 from inspector.store import GroupBy
 from ui.date_range import FollowingRange
@@ -182,6 +182,8 @@ class StatisticsView(QWidget):
         self._store = store
         self._review_threshold: float | None = None
         self._fail_threshold: float | None = None
+        self._recipe_area: tuple[int, int, int, int] | None = None   # the running recipe's ROI box, frame pixels
+        self._has_reference = False                                  # the location map has its good image
 
         self.group_box = QComboBox()
         for group in GROUPS:
@@ -311,6 +313,23 @@ class StatisticsView(QWidget):
     def set_thresholds(self, review: float | None, fail: float | None) -> None:
         """Thresholds drawn on the score chart (the current recipe's)."""
         self._review_threshold, self._fail_threshold = review, fail
+
+    def set_recipe_area(self, area: tuple[int, int, int, int] | None) -> None:
+        """The loaded recipe's ROI box (x, y, w, h; None: the whole frame); its next PASS frame is the map's image."""
+        self._recipe_area, self._has_reference = area, False
+        self.insights.set_reference(None, None)
+
+    def offer_frame(self, result: InspectionResult) -> None:
+        """The first PASS frame of the running recipe becomes the location map's reference image (its ROI)."""
+        if self._has_reference or result.verdict is not Verdict.PASS or result.image_bgr is None:
+            return
+        height, width = result.image_bgr.shape[:2]
+        x, y, w, h = self._recipe_area or (0, 0, width, height)
+        crop = result.image_bgr[max(0, y): y + h, max(0, x): x + w]
+        if crop.size == 0 or crop.ndim != 3:
+            return
+        self.insights.set_reference(np.ascontiguousarray(crop), (max(0, x), max(0, y), crop.shape[1], crop.shape[0]))
+        self._has_reference = True
 
     def set_range(self, since: float | datetime, until: float | datetime) -> None:
         """A fixed date-range filter (seconds since the epoch, or datetimes); it no longer follows now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -80,3 +81,29 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
         panel.refresh(Filters(recipe="part"))
     assert len(alarms) == 1
     panel.shutdown()
+
+
+def test_the_running_recipes_first_pass_frame_becomes_the_location_maps_image(qtbot: QtBot, store: Store) -> None:
+    from ui.stats_view import StatisticsView
+
+    view = StatisticsView(store)
+    qtbot.addWidget(view)
+    frame = np.zeros((60, 80, 3), np.uint8)
+    frame[10:40, 20:60] = 200                                   # the ROI's content
+    result = InspectionResult(frame_id=1, timestamp=T0, source="cam", recipe="part", model_version="v1",
+                              verdict=Verdict.FAIL, score=0.9, image_bgr=frame)
+    view.set_recipe_area((20, 10, 40, 30))
+    view.offer_frame(result)                                    # a FAIL frame is no reference
+    assert view.insights.reference_bgr is None
+    view.offer_frame(dataclasses.replace(result, verdict=Verdict.PASS, score=0.1))
+    assert view.insights.area == (20, 10, 40, 30)
+    assert view.insights.reference_bgr is not None and view.insights.reference_bgr.shape == (30, 40, 3)
+    assert int(view.insights.reference_bgr.min()) == 200        # the ROI, not the frame around it
+    other = dataclasses.replace(result, verdict=Verdict.PASS, image_bgr=np.full((60, 80, 3), 7, np.uint8))
+    view.offer_frame(other)                                     # once per recipe
+    assert int(view.insights.reference_bgr.min()) == 200
+    view.set_recipe_area(None)                                  # another recipe (no ROI): the whole frame, anew
+    assert view.insights.reference_bgr is None
+    view.offer_frame(other)
+    assert view.insights.area == (0, 0, 80, 60)
+    view.close()
