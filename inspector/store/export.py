@@ -12,14 +12,13 @@ import csv
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import sqlalchemy as sa
 
 from inspector._csv import csv_cell
 from inspector.errors import StoreError
-from inspector.results import Verdict
-from inspector.store.queries import inspection_conditions
+from inspector.store.queries import InspectionFilter, inspection_conditions
 from inspector.store.schema import feedback, inspections, regions
 from models.files import atomic_open_text
 
@@ -38,14 +37,7 @@ class StoreExport:
     def export_csv(
         self,
         path: str | Path,
-        *,
-        recipe: str | None = None,
-        verdict: Verdict | str | None = None,
-        line: str | None = None,
-        lot: str | None = None,
-        station: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
+        **filters: Unpack[InspectionFilter],
     ) -> int:
         """Write the matching inspections to a CSV file (UTF-8, oldest first), atomically.
 
@@ -62,8 +54,7 @@ class StoreExport:
             StoreError: the file cannot be written.
         """
         path = Path(path)
-        conds = inspection_conditions(recipe=recipe, line=line, lot=lot, station=station, verdict=verdict,
-                                      since=since, until=until)
+        conds = inspection_conditions(**filters)
         n_regions = (sa.select(sa.func.count()).where(regions.c.inspection_id == inspections.c.id)
                      .scalar_subquery().label("regions"))
         label = (sa.select(feedback.c.label).where(feedback.c.inspection_id == inspections.c.id)

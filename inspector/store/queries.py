@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple, TypedDict, Unpack
 
 import sqlalchemy as sa
 
@@ -24,6 +24,7 @@ __all__ = [
     "UNCLASSIFIED",
     "FeedbackRecord",
     "GroupBy",
+    "InspectionFilter",
     "InspectionRecord",
     "RegionRecord",
     "ScorePoint",
@@ -200,20 +201,9 @@ class StoreQueries:
         begin = self._shift_start_min + index * self._shift_min
         return f"{since_start:%Y-%m-%d} {_hhmm(begin)}-{_hhmm(begin + self._shift_min)}"
 
-    def defects_by_class(
-        self,
-        *,
-        recipe: str | None = None,
-        line: str | None = None,
-        lot: str | None = None,
-        station: str | None = None,
-        verdict: Verdict | str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[tuple[str, int]]:
+    def defects_by_class(self, **filters: Unpack[InspectionFilter]) -> list[tuple[str, int]]:
         """Defect regions per class, most frequent first; unclassified regions count as ``"unclassified"``."""
-        conds = inspection_conditions(recipe=recipe, line=line, lot=lot, station=station, verdict=verdict,
-                                      since=since, until=until)
+        conds = inspection_conditions(**filters)
         stmt = (sa.select(regions.c.defect_class, sa.func.count().label("n"))
                 .select_from(regions.join(inspections, regions.c.inspection_id == inspections.c.id))
                 .where(*conds).group_by(regions.c.defect_class))
@@ -244,18 +234,8 @@ class StoreQueries:
         points.reverse()
         return points
 
-    def score_histogram(
-        self,
-        *,
-        recipe: str | None = None,
-        bins: int = 30,
-        line: str | None = None,
-        lot: str | None = None,
-        station: str | None = None,
-        verdict: Verdict | str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> tuple[list[float], list[int]]:
+    def score_histogram(self, *, bins: int = 30,
+                        **filters: Unpack[InspectionFilter]) -> tuple[list[float], list[int]]:
         """Histogram of image scores, counted in the database.
 
         Returns:
@@ -267,8 +247,7 @@ class StoreQueries:
             msg = f"score_histogram: bins must be >= 1, got {bins}"
             raise ValueError(msg)
         conds = [inspections.c.score.is_not(None),
-                 *inspection_conditions(recipe=recipe, line=line, lot=lot, station=station, verdict=verdict,
-                                        since=since, until=until)]
+                 *inspection_conditions(**filters)]
         with self._engine.connect() as conn:
             lo, hi = conn.execute(sa.select(sa.func.min(inspections.c.score),
                                             sa.func.max(inspections.c.score)).where(*conds)).one()
@@ -284,22 +263,10 @@ class StoreQueries:
         edges = [lo + i * width for i in range(bins + 1)]
         return edges, counts
 
-    def inspections(
-        self,
-        *,
-        recipe: str | None = None,
-        verdict: Verdict | str | None = None,
-        line: str | None = None,
-        lot: str | None = None,
-        station: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 200,
-        offset: int = 0,
-    ) -> list[InspectionRecord]:
+    def inspections(self, *, limit: int = 200, offset: int = 0,
+                    **filters: Unpack[InspectionFilter]) -> list[InspectionRecord]:
         """A page of inspections, newest first, each with its regions and feedback."""
-        conds = inspection_conditions(recipe=recipe, line=line, lot=lot, station=station, verdict=verdict,
-                                      since=since, until=until)
+        conds = inspection_conditions(**filters)
         stmt = (sa.select(inspections).where(*conds)
                 .order_by(inspections.c.time.desc(), inspections.c.id.desc())
                 .limit(max(0, limit)).offset(max(0, offset)))
@@ -347,14 +314,26 @@ class StoreQueries:
         ) for r in rows]
 
 
-def inspection_conditions(*, recipe: str | None = None, line: str | None = None, lot: str | None = None,
-                          station: str | None = None, verdict: Verdict | str | None = None,
-                          since: float | None = None, until: float | None = None) -> list[sa.ColumnElement[bool]]:
+class InspectionFilter(TypedDict, total=False):
+    """The usual filters of the store's queries, as keyword arguments (an absent key or None = any)."""
+
+    recipe: str | None
+    line: str | None
+    lot: str | None
+    station: str | None
+    verdict: Verdict | str | None
+    since: float | None          # seconds since the epoch, inclusive
+    until: float | None          # seconds since the epoch, exclusive
+
+
+def inspection_conditions(**filters: Unpack[InspectionFilter]) -> list[sa.ColumnElement[bool]]:
     """SQL conditions on ``inspections`` for the usual filters (None = any); for other query modules."""
     conds: list[sa.ColumnElement[bool]] = []
-    for column, value in (("recipe", recipe), ("line", line), ("lot", lot), ("station", station)):
+    for column in ("recipe", "line", "lot", "station"):
+        value = filters.get(column)
         if value is not None:
             conds.append(inspections.c[column] == value)
+    verdict, since, until = filters.get("verdict"), filters.get("since"), filters.get("until")
     if verdict is not None:
         conds.append(inspections.c.verdict == Verdict(verdict).value)
     if since is not None:
