@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, metavar="ISO", help="from this local time, e.g. 2026-11-23T06:00")
     p.add_argument("--until", default=None, metavar="ISO", help="up to this local time")
     p.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also export the inspections as CSV")
-    p.add_argument("--spc-by", default="lot", choices=("lot", "hour"),
+    p.add_argument("--spc-by", default="lot", choices=("lot", "hour", "shift"),
                    help="groups of the FAIL-rate p-chart (default: lot)")
     p.add_argument("--recipe-file", type=Path, default=None, metavar="YAML",
                    help="the recipe: drift of good scores against its teaching, score chart, ROI of the location map")

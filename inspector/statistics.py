@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UNTYPED",
     "Filters",
+    "SpcGroup",
     "Insights",
     "insights",
     "LocationMap",
@@ -62,6 +63,8 @@ __all__ = [
     "score_chart",
     "teaching_scores",
 ]
+
+SpcGroup = Literal["lot", "hour", "shift"]     # groups of the FAIL-rate p-chart (shifts: the store's shift_start)
 
 UNTYPED: Final = "untyped"        # neither a reviewer nor the typer gave the region a type
 TypeSource = Literal["best", "confirmed", "predicted"]
@@ -207,14 +210,14 @@ def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha:
 # --------------------------------------------------------------------------------------------- SPC
 
 
-def fail_rate_groups(store: Store, flt: Filters = Filters(), *, by: Literal["lot", "hour"] = "lot"
+def fail_rate_groups(store: Store, flt: Filters = Filters(), *, by: SpcGroup = "lot"
                      ) -> list[tuple[str, int, int]]:
-    """``(key, inspected, failed)`` per lot (in order of each lot's first part) or per local hour."""
-    if by == "hour":
+    """``(key, inspected, failed)`` per lot (in order of each lot's first part), per local hour or per shift."""
+    if by in ("hour", "shift"):
         return [(r.key, r.inspected, r.failed)
-                for r in store.yield_summary(group_by="hour", **dataclasses.asdict(flt))]
+                for r in store.yield_summary(group_by=by, **dataclasses.asdict(flt))]
     if by != "lot":
-        msg = f"p-chart groups must be 'lot' or 'hour', got {by!r}"
+        msg = f"p-chart groups must be 'lot', 'hour' or 'shift', got {by!r}"
         raise ValueError(msg)
     failed = sa.func.sum(sa.case((inspections.c.verdict == Verdict.FAIL.value, 1), else_=0))
     stmt = (sa.select(inspections.c.lot, sa.func.count(), failed, sa.func.min(inspections.c.time).label("t0"))
@@ -223,9 +226,9 @@ def fail_rate_groups(store: Store, flt: Filters = Filters(), *, by: Literal["lot
         return [(str(lot) or "(no lot)", int(n), int(f or 0)) for lot, n, f, _ in conn.execute(stmt)]
 
 
-def fail_rate_chart(store: Store, flt: Filters = Filters(), *, by: Literal["lot", "hour"] = "lot",
+def fail_rate_chart(store: Store, flt: Filters = Filters(), *, by: SpcGroup = "lot",
                     centre: float | None = None) -> ControlChart:
-    """p-chart of the FAIL rate per lot or hour, with its alarms."""
+    """p-chart of the FAIL rate per lot, hour or shift, with its alarms."""
     return p_chart(fail_rate_groups(store, flt, by=by), centre=centre, recipe=flt.recipe or "")
 
 
@@ -288,7 +291,7 @@ class Insights:
     seconds: float                     # time the queries took
 
 
-def insights(store: Store, flt: Filters, *, by: Literal["lot", "hour"] = "lot",
+def insights(store: Store, flt: Filters, *, by: SpcGroup = "lot",
              area: tuple[int, int, int, int] | None = None) -> Insights:
     """Pareto, FAIL-rate p-chart and (with an area) the location map for one filter, in one call."""
     import time

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import numpy as np
 import pyqtgraph as pg
@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.spc import AlarmBus, ControlChart
-from inspector.statistics import Filters, Insights, ParetoRow, insights, location_heat_image
+from inspector.statistics import Filters, Insights, ParetoRow, SpcGroup, insights, location_heat_image
 from inspector.store import Store
 from ui.qimage import bgr_to_qimage
 from ui.workers import QueryRunner
@@ -47,10 +47,11 @@ __all__ = ["ControlChartLines", "ControlChartPlot", "DefectInsightsPanel", "Insi
 
 log = logging.getLogger(__name__)
 
-PChartBy = Literal["lot", "hour"]
+PChartBy = SpcGroup
 AXIS_WIDTH_PX = 56              # left axis: room for "0.000" ticks and the axis title (ours)
 PARETO_TICKS_HEIGHT_PX = 34     # bottom axis of the Pareto chart: two lines of tick text, type and share (ours)
-P_CHART_GROUPS: Final[tuple[tuple[str, PChartBy], ...]] = (("p-chart per lot", "lot"), ("p-chart per hour", "hour"))
+P_CHART_GROUPS: Final[tuple[tuple[str, PChartBy], ...]] = (("p-chart per lot", "lot"), ("p-chart per hour", "hour"),
+                                                           ("p-chart per shift", "shift"))
 
 
 def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
@@ -231,6 +232,7 @@ class DefectInsightsPanel(QWidget):
         self._queries.ready.connect(self._on_query_ready)
         self._queries.failed.connect(self._on_query_failed)
         self._pending: Filters | None = None
+        self._filters: Filters | None = None     # of the newest refresh: a p-chart grouping change redraws it
         self.area: tuple[int, int, int, int] | None = None     # the recipe's ROI in frame pixels
         self.reference_bgr: np.ndarray | None = None           # a good image of that ROI
         self.last: Insights | None = None
@@ -240,6 +242,7 @@ class DefectInsightsPanel(QWidget):
         self.by_box = QComboBox()
         for label, by in P_CHART_GROUPS:
             self.by_box.addItem(label, by)
+        self.by_box.currentIndexChanged.connect(self._on_grouping_changed)
         self.save_button = QPushButton("Save charts…")
         self.save_button.clicked.connect(self._on_save_clicked)
         self.status = QLabel("")
@@ -293,10 +296,15 @@ class DefectInsightsPanel(QWidget):
         if self._store is None:
             return None
         self._sequence += 1
+        self._filters = filters
         store, area, reference, sequence = self._store, self.area, self.reference_bgr, self._sequence
         by = P_CHART_GROUPS[max(0, self.by_box.currentIndex())][1]
         self.status.setText("computing…")
         return lambda: _draw_insights(store, filters, by, area, reference, sequence)
+
+    def _on_grouping_changed(self, _index: int) -> None:
+        if self._filters is not None:
+            self.refresh(self._filters)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
         super().showEvent(event)

@@ -84,6 +84,11 @@ def test_fail_rate_p_chart_per_lot_alarms_on_the_bad_lot(store: Store) -> None:
     assert [(a.rule, a.key) for a in chart.alarms] == [("beyond_3sigma", "F")]
     hourly = st.fail_rate_chart(store, st.Filters(recipe="part"), by="hour")
     assert sum(p.n for p in hourly.points) == 600
+    shifts = st.fail_rate_groups(store, st.Filters(recipe="part"), by="shift")   # the store's shifts
+    assert shifts == [(r.key, r.inspected, r.failed) for r in store.yield_summary(group_by="shift", recipe="part")]
+    assert sum(n for _, n, _ in shifts) == 600 and sum(f for _, _, f in shifts) == 55
+    with pytest.raises(ValueError, match="'lot', 'hour' or 'shift'"):
+        st.fail_rate_groups(store, st.Filters(recipe="part"), by="week")  # type: ignore[arg-type]
 
 
 def test_drift_compares_recent_pass_scores_with_the_teaching_scores(store: Store) -> None:

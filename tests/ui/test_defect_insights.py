@@ -107,3 +107,18 @@ def test_the_running_recipes_first_pass_frame_becomes_the_location_maps_image(qt
     view.offer_frame(other)
     assert view.insights.area == (0, 0, 80, 60)
     view.close()
+
+
+def test_choosing_another_p_chart_grouping_redraws_it(qtbot: QtBot, store: Store) -> None:
+    panel = DefectInsightsPanel(store)
+    qtbot.addWidget(panel)
+    panel.show()
+    with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
+        panel.refresh(Filters(recipe="part"))
+    assert panel.p_chart.chart is not None and len(panel.p_chart.chart.points) == 5        # five lots
+    with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
+        panel.by_box.setCurrentIndex(panel.by_box.findData("shift"))                     # no other click
+    shifts = store.yield_summary(group_by="shift", recipe="part")
+    assert panel.p_chart.chart is not None
+    assert [p.key for p in panel.p_chart.chart.points] == [r.key for r in shifts]
+    panel.close()
