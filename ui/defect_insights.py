@@ -36,8 +36,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from inspector.errors import StoreError
 from inspector.spc import AlarmBus, ControlChart
-from inspector.statistics import Filters, Insights, ParetoRow, SpcGroup, insights, location_heat_image
+from inspector.statistics import (
+    Filters,
+    Insights,
+    ParetoRow,
+    SpcGroup,
+    good_score_drift,
+    insights,
+    location_heat_image,
+    teaching_scores,
+)
 from inspector.store import Store
 from ui.qimage import bgr_to_qimage
 from ui.workers import QueryRunner
@@ -198,19 +208,32 @@ class InsightsDrawing:
     pareto: ParetoBars
     fail_rate: ControlChartLines
     location_bgr: np.ndarray | None     # (H, W, 3) uint8 BGR heat over the reference image; None without one
+    drift: str | None = None            # the good-score drift sentence; None without a taught model version
+    drifted: bool = False
     sequence: int                       # which `DefectInsightsPanel.prepare` call asked for it (newest wins)
 
 
 def _draw_insights(store: Store, flt: Filters, by: PChartBy, area: tuple[int, int, int, int] | None,
-                   reference_bgr: np.ndarray | None, sequence: int) -> InsightsDrawing:
-    """The insights queries and the charts' arrays (runs on a `QueryRunner` thread)."""
+                   reference_bgr: np.ndarray | None, model_dir: Path | None, sequence: int) -> InsightsDrawing:
+    """The insights queries, the good-score drift and the charts' arrays (runs on a `QueryRunner` thread)."""
     found = insights(store, flt, by=by, area=area)
     heat = None
     if found.locations is not None and reference_bgr is not None:
         heat = location_heat_image(reference_bgr, found.locations.total())
+    drift, drifted = None, False
+    if model_dir is not None:
+        try:
+            scores, review, _, _ = teaching_scores(model_dir)
+        except StoreError as exc:
+            drift = f"good-score drift unknown: {exc}"
+        else:
+            report = good_score_drift(store, flt, scores, review_threshold=review)
+            drift = ("good-score drift: " + report.message if report is not None
+                     else "good-score drift: not enough recent PASS scores to judge")
+            drifted = report is not None and report.drifted
     return InsightsDrawing(insights=found, pareto=ParetoBars.from_rows(found.pareto),
                            fail_rate=ControlChartLines.from_chart(found.fail_rate), location_bgr=heat,
-                           sequence=sequence)
+                           drift=drift, drifted=drifted, sequence=sequence)
 
 
 class DefectInsightsPanel(QWidget):
@@ -235,6 +258,7 @@ class DefectInsightsPanel(QWidget):
         self._filters: Filters | None = None     # of the newest refresh: a p-chart grouping change redraws it
         self.area: tuple[int, int, int, int] | None = None     # the recipe's ROI in frame pixels
         self.reference_bgr: np.ndarray | None = None           # a good image of that ROI
+        self.model_dir: Path | None = None     # the running model version: its teaching scores judge drift
         self.last: Insights | None = None
         self._sequence = 0          # of the newest `prepare` call
         self._shown = 0             # sequence of the drawing on screen
@@ -251,6 +275,8 @@ class DefectInsightsPanel(QWidget):
         self.location = QLabel("location map: set a reference image of the recipe's ROI")
         self.location.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.location.setMinimumSize(160, 120)
+        self.drift = QLabel("")                 # good parts' scores against the teaching distribution
+        self.drift.setWordWrap(True)
         self.alarm_list = QListWidget()
         self.alarm_list.setMaximumHeight(90)
         self.alarm_list.setStyleSheet("color: #ff5050;")
@@ -266,6 +292,7 @@ class DefectInsightsPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)
         layout.addWidget(charts, 1)
+        layout.addWidget(self.drift)
         layout.addWidget(self.alarm_list)
 
     def set_store(self, store: Store | None) -> None:
@@ -298,9 +325,10 @@ class DefectInsightsPanel(QWidget):
         self._sequence += 1
         self._filters = filters
         store, area, reference, sequence = self._store, self.area, self.reference_bgr, self._sequence
+        model_dir = self.model_dir
         by = P_CHART_GROUPS[max(0, self.by_box.currentIndex())][1]
         self.status.setText("computing…")
-        return lambda: _draw_insights(store, filters, by, area, reference, sequence)
+        return lambda: _draw_insights(store, filters, by, area, reference, model_dir, sequence)
 
     def _on_grouping_changed(self, _index: int) -> None:
         if self._filters is not None:
@@ -350,6 +378,8 @@ class DefectInsightsPanel(QWidget):
             self.alarm_raised.emit(alarm)
         if drawing.location_bgr is not None:
             self.location.setPixmap(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr)))
+        self.drift.setText(drawing.drift or "")
+        self.drift.setStyleSheet("color: #ff5050;" if drawing.drifted else "")
         total = sum(r.count for r in value.pareto)
         self.status.setText(f"{total} region(s), {len(value.fail_rate.alarms)} alarm(s); "
                             f"queries took {value.seconds:.2f} s off screen")

@@ -424,8 +424,8 @@ class MainWindow(QMainWindow):
         self.station.faults.clear_fault("model")
         review, fail, pixel = inspector.thresholds
         self.statistics.set_thresholds(review, fail)
-        roi = inspector.recipe.roi if isinstance(inspector, RecipeInspector) else None
-        self.statistics.set_recipe_area(roi.bounding_box() if roi is not None else None)
+        self.statistics.set_recipe(inspector.recipe if isinstance(inspector, RecipeInspector) else None,
+                                   inspector.model_version)
         if pixel > 0:
             # transparent at half the pixel threshold, opaque red at 1.5x (as the archive's overlays):
             # defects stand out, good parts stay clear

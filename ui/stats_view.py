@@ -37,14 +37,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Verdict
 from inspector.statistics import Filters
 from inspector.store import GroupBy
+from inspector.versions import resolve_version
 from ui.date_range import FollowingRange
 from ui.defect_insights import AXIS_WIDTH_PX, DefectInsightsPanel, InsightsDrawing
 from ui.workers import QueryRunner
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from inspector.store import ScorePoint, Store, YieldRow
 
 __all__ = ["GROUPS", "ScoreChartData", "StatisticsAnswer", "StatisticsView", "StoreFilters", "control_limits",
@@ -314,10 +317,18 @@ class StatisticsView(QWidget):
         """Thresholds drawn on the score chart (the current recipe's)."""
         self._review_threshold, self._fail_threshold = review, fail
 
-    def set_recipe_area(self, area: tuple[int, int, int, int] | None) -> None:
-        """The loaded recipe's ROI box (x, y, w, h; None: the whole frame); its next PASS frame is the map's image."""
-        self._recipe_area, self._has_reference = area, False
+    def set_recipe(self, recipe: Recipe | None, version: str | None = None) -> None:
+        """The recipe now running and its model version: the location map's ROI (its next PASS frame is the
+        map's image) and the teaching scores that good parts' drift is judged against."""
+        roi = recipe.roi if recipe is not None else None
+        self._recipe_area, self._has_reference = (roi.bounding_box() if roi is not None else None), False
         self.insights.set_reference(None, None)
+        self.insights.model_dir = None
+        if recipe is not None:
+            try:
+                self.insights.model_dir = resolve_version(recipe, version).path
+            except InspectorError as exc:
+                log.info("no teaching scores for drift: %s", exc)
 
     def offer_frame(self, result: InspectionResult) -> None:
         """The first PASS frame of the running recipe becomes the location map's reference image (its ROI)."""

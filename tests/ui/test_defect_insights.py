@@ -83,16 +83,21 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     panel.shutdown()
 
 
-def test_the_running_recipes_first_pass_frame_becomes_the_location_maps_image(qtbot: QtBot, store: Store) -> None:
+def test_the_running_recipe_gives_the_map_its_image_and_the_drift_its_teaching(
+    qtbot: QtBot, store: Store, taught_recipe: Path,
+) -> None:
+    from inspector.recipe import Roi, load_recipe
     from ui.stats_view import StatisticsView
 
+    recipe = dataclasses.replace(load_recipe(taught_recipe), roi=Roi(rect=(20, 10, 40, 30)))
     view = StatisticsView(store)
     qtbot.addWidget(view)
     frame = np.zeros((60, 80, 3), np.uint8)
     frame[10:40, 20:60] = 200                                   # the ROI's content
     result = InspectionResult(frame_id=1, timestamp=T0, source="cam", recipe="part", model_version="v1",
                               verdict=Verdict.FAIL, score=0.9, image_bgr=frame)
-    view.set_recipe_area((20, 10, 40, 30))
+    view.set_recipe(recipe, "v1")
+    assert view.insights.model_dir is not None and view.insights.model_dir.name == "v1"
     view.offer_frame(result)                                    # a FAIL frame is no reference
     assert view.insights.reference_bgr is None
     view.offer_frame(dataclasses.replace(result, verdict=Verdict.PASS, score=0.1))
@@ -102,8 +107,16 @@ def test_the_running_recipes_first_pass_frame_becomes_the_location_maps_image(qt
     other = dataclasses.replace(result, verdict=Verdict.PASS, image_bgr=np.full((60, 80, 3), 7, np.uint8))
     view.offer_frame(other)                                     # once per recipe
     assert int(view.insights.reference_bgr.min()) == 200
-    view.set_recipe_area(None)                                  # another recipe (no ROI): the whole frame, anew
-    assert view.insights.reference_bgr is None
+
+    # the drift of the store's PASS scores against the taught model's good scores, on screen
+    view.show()
+    with qtbot.waitSignal(view.insights.insights_ready, timeout=60_000):
+        view.insights.refresh(Filters(recipe="part"))
+    assert view.insights.drift.text().startswith("good-score drift: "), view.insights.drift.text()
+    assert not view.insights.location.pixmap().isNull()         # the map over the reference image
+
+    view.set_recipe(None)                                       # a stand-in without a recipe: whole frame, anew
+    assert view.insights.reference_bgr is None and view.insights.model_dir is None
     view.offer_frame(other)
     assert view.insights.area == (0, 0, 80, 60)
     view.close()
