@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,7 @@ import numpy as np
 from inspector.capture import image_files
 from inspector.capture.base import FolderSpec
 from inspector.capture.sources import FolderSource
+from inspector.paths import ALLOWED_DIRS_ENV
 from inspector.pipeline import FrameInspector, Pipeline, PipelineEvent
 from inspector.recording import ResultRecorder
 from inspector.results import InspectionResult
@@ -191,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("models", "inspector"):
+    for name in ("models", "inspector", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="end-to-end-"))
+    # the station writes its model only into allowed folders: this run's temporary one too
+    os.environ[ALLOWED_DIRS_ENV] = os.pathsep.join(filter(None, (os.environ.get(ALLOWED_DIRS_ENV), str(work))))
     try:
         recipe = load_recipe(write_recipe(work, size=args.size))
         t0 = time.perf_counter()
