@@ -8,6 +8,7 @@ random-init ViT-S/14 (weights written to a safetensors file once per module), an
 from __future__ import annotations
 
 import csv
+import json
 import html.parser
 from collections.abc import Generator
 from pathlib import Path
@@ -357,6 +358,15 @@ def test_onnx_review_scores_like_torch_and_says_so(recipe_review: tuple[ReviewSu
             assert row["verdict"] == onnx_rows[name]["verdict"], name
             if row["verdict"] != "ERROR":
                 assert float(row["score"]) == pytest.approx(float(onnx_rows[name]["score"]), abs=SCORE_ATOL), name
+        # an export made with other weights is stale: auto scores with torch and says why
+        described = onnx.with_name("model.onnx.json")
+        description = json.loads(described.read_text(encoding="utf-8"))
+        description["weights_sha256"] = "f" * 64
+        described.write_text(json.dumps(description), encoding="utf-8")
+        stale = tmp_path / "stale"
+        assert _drive(review(data["folder"], stale, recipe=data["recipe"], device="cpu", runtime="auto")) is not None
+        page = (stale / "index.html").read_text(encoding="utf-8")
+        assert "scored by torch (ONNX fallback)" in page and "export it again" in page
     finally:
         for path in onnx.parent.glob("model.onnx*"):
             path.unlink()
