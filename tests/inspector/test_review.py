@@ -8,8 +8,8 @@ random-init ViT-S/14 (weights written to a safetensors file once per module), an
 from __future__ import annotations
 
 import csv
-import json
 import html.parser
+import json
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
