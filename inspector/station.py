@@ -442,7 +442,10 @@ def _onnx_detector(recipe: Recipe, version: ModelVersion, detector: PatchKNN, de
             msg = (f"{path} was exported with backbone weights sha256 {exported_sha[:12]}..., but model "
                    f"{version.name} runs with {weights_sha256[:12]}...; export it again (`inspector export`)")
             raise ValueError(msg)
-        return OrtDetector(path, device=device, detector=detector)
+        import torch
+
+        # as many CPU threads per operator as torch uses (torch.set_num_threads), not onnxruntime's all cores
+        return OrtDetector(path, device=device, detector=detector, intra_op_threads=torch.get_num_threads())
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         msg = f"{path}: cannot run model {version.name} of recipe '{recipe.name}' in onnxruntime: {exc}"
         raise ModelError(msg) from exc
