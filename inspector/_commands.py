@@ -403,6 +403,9 @@ def cmd_review(args: argparse.Namespace) -> int:
         if args.zero_shot:
             msg = "--ray needs --recipe: a zero-shot review compares the whole batch in one process"
             raise InspectorError(msg)
+        if args.runtime is not None:
+            msg = "--runtime works without --ray only (the Ray workers score with the recipe's runtime)"
+            raise InspectorError(msg)
         if args.types_from:
             msg = "--types-from works without --ray only (the Ray workers do not read the statistics store)"
             raise InspectorError(msg)
@@ -415,7 +418,8 @@ def cmd_review(args: argparse.Namespace) -> int:
         store = _open_store(args.types_from) if args.types_from else None
         try:
             summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
-                                   device=args.device, weights=args.weights, store=store), desc="reviewing")
+                                   device=args.device, weights=args.weights, store=store,
+                                   runtime=args.runtime), desc="reviewing")
         finally:
             if store is not None:
                 store.close()

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray workers, each holding the model (default: one per GPU of the cluster, else per CPU)")
     p.add_argument("--types-from", default=None, metavar="PATH_OR_URL",
                    help="type the defects with the regions labelled in this statistics store (recipe mode)")
+    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default=None,
+                   help="what scores (recipe mode): torch, onnx (the version's model.onnx from `inspector export`, "
+                        "onnxruntime), auto (onnx when it is there and current, else torch); default: the recipe's "
+                        "detector.runtime. The report names the runtime that scored")
     _add_device(p)
     _add_weights(p)
 

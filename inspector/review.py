@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -59,7 +59,7 @@ from inspector._review_records import (
     write_images,
 )
 from inspector.capture import IMAGE_EXTENSIONS, image_files, load_image
-from inspector.errors import FrameDecodeError, InspectorError
+from inspector.errors import FrameDecodeError, InspectorError, ModelError
 from inspector.results import DefectRegion, Progress, Verdict, verdict_for
 from models.files import atomic_write
 
@@ -90,6 +90,7 @@ logger = logging.getLogger(__name__)
 
 SCORES_NAME: Final = "zero_shot_scores.npz"
 REVIEW_BATCH: Final = 8            # images per model call in recipe mode (Station.inspect_images)
+REVIEW_RUNTIMES: Final = ("torch", "onnx", "auto")  # what scores a recipe review (see `review`)
 DECODE_AHEAD: Final = 16           # images decoded ahead of the model by the decode thread
 ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
 ZERO_SHOT_K_FAIL: Final = 6.0      # ... and for FAIL: far outside what the batch does
@@ -147,6 +148,7 @@ def review(
     zero_shot_config: ZeroShotConfig | None = None,
     store: Any | None = None,
     batch_size: int = REVIEW_BATCH,
+    runtime: str | None = None,
 ) -> Generator[Progress, None, ReviewSummary]:
     """Score every image under ``folder`` and write the report into ``out``.
 
@@ -163,6 +165,10 @@ def review(
             None leaves the report's types empty.
         batch_size: images per model call in recipe mode (1 scores one image at a time); the files
             are decoded on a separate thread, ``DECODE_AHEAD`` images ahead of the model.
+        runtime: what scores in recipe mode: ``torch``, ``onnx`` (the version's ``model.onnx`` from
+            `inspector export`, run by onnxruntime; an error when it is missing or stale), ``auto``
+            (``onnx`` when that works, else torch, with the reason in the report's notes) or None:
+            the recipe's ``detector.runtime``. The report names the runtime that scored.
 
     Yields:
         Progress ticks, one per image (and per scored block in zero-shot mode), with rate and ETA in
@@ -186,6 +192,9 @@ def review(
     if batch_size < 1:
         msg = f"review batch size must be >= 1, got {batch_size}"
         raise InspectorError(msg)
+    if runtime not in (None, *REVIEW_RUNTIMES):
+        msg = f"review runtime must be one of {', '.join(REVIEW_RUNTIMES)}, got {runtime!r}"
+        raise InspectorError(msg)
     out_abs = out.resolve()
     files, skipped = _reviewable(folder)
     files = [p for p in files if not p.resolve().is_relative_to(out_abs)]  # the report may sit inside
@@ -195,7 +204,7 @@ def review(
     start = time.perf_counter()
     if recipe is not None:
         summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights,
-                                              store=store, batch_size=batch_size)
+                                              store=store, batch_size=batch_size, runtime=runtime)
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
                                                config=zero_shot_config)
@@ -230,13 +239,13 @@ def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
 def _review_recipe(
     folder: Path, out: Path, files: list[Path], recipe_path: Path, *, device: str | None,
     weights: str | Path | None, store: Any | None = None, batch_size: int = REVIEW_BATCH,
+    runtime: str | None = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import load_recipe
-    from inspector.station import Station
 
     recipe = load_recipe(recipe_path)
     yield Progress(done=0, total=len(files), message=f"loading recipe {recipe.name}")
-    station = Station.load(recipe, device=device, weights=weights)
+    station, scored_by = load_station(recipe, runtime=runtime, device=device, weights=weights)
     if store is not None:
         from inspector.defect_typing import DefectTyper
 
@@ -244,7 +253,7 @@ def _review_recipe(
     thresholds = station.thresholds
     journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe, station.model_version, thresholds))
     resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
-    model = f"recipe {recipe.name}, model {station.model_version} on {station.device}"
+    model = f"recipe {recipe.name}, model {station.model_version} on {station.device}, scored by {scored_by}"
 
     def meta(complete: bool, rate: ReviewRate) -> ReportMeta:
         return recipe_report_meta(folder, recipe, model=model, thresholds=thresholds, total_files=len(files),
@@ -274,6 +283,34 @@ def _review_recipe(
         decoded.close()  # stops the decode thread when the review is cancelled
     return finish_review(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo),
                          mode="recipe")
+
+
+def load_station(
+    recipe: Recipe, *, runtime: str | None, device: str | None, weights: str | Path | None,
+) -> tuple[Station, str]:
+    """The recipe's station scoring with ``runtime`` (see `review`), and that runtime in words.
+
+    ``auto`` tries the exported ``model.onnx`` first; when onnxruntime is not installed, the file is
+    missing, or it was exported from another model (bank size), it loads the torch model and the
+    station's warnings (the report's notes) say why.
+    """
+    from inspector.station import Station
+
+    wanted = runtime or recipe.detector.runtime
+    if wanted == "torch":
+        return Station.load(replace(recipe, detector=replace(recipe.detector, runtime="torch")),
+                            device=device, weights=weights), "torch"
+    onnx_recipe = replace(recipe, detector=replace(recipe.detector, runtime="onnx"))
+    try:
+        station = Station.load(onnx_recipe, device=device, weights=weights)
+    except (ModelError, ImportError) as exc:
+        if wanted == "onnx":
+            raise
+        station = Station.load(replace(recipe, detector=replace(recipe.detector, runtime="torch")),
+                               device=device, weights=weights)
+        station.warnings.append(f"scored by torch: the ONNX model could not be used ({exc})")
+        return station, "torch (ONNX fallback)"
+    return station, "onnxruntime (model.onnx)"
 
 
 def recipe_journal_header(

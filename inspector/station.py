@@ -204,7 +204,7 @@ class Station:
             msg = f"{chosen.path}: cannot load model version {chosen.name} of recipe '{recipe.name}': {exc}"
             raise ModelError(msg) from exc
         if recipe.detector.runtime == "onnx":
-            detector = _onnx_detector(recipe, chosen, detector, wanted_device)
+            detector = _onnx_detector(recipe, chosen, detector, wanted_device, weights_sha256=resolved.info.sha256)
         logger.info("recipe %s: loaded model %s on %s", recipe.name, chosen.name, detector.device)
         return cls(
             recipe=recipe, detector=detector, thresholds=thresholds, version=chosen,
@@ -415,7 +415,8 @@ def _not_finite(score: float, review: float, fail: float, pixel: float, anomaly_
     return None
 
 
-def _onnx_detector(recipe: Recipe, version: ModelVersion, detector: PatchKNN, device: str) -> Any:
+def _onnx_detector(recipe: Recipe, version: ModelVersion, detector: PatchKNN, device: str, *,
+                   weights_sha256: str | None = None) -> Any:
     """The version's exported ``model.onnx`` run by onnxruntime (``detector.runtime: onnx``).
 
     ``models.runtime.OrtDetector`` has the torch detector's ``predict``; the torch detector is kept
@@ -430,12 +431,21 @@ def _onnx_detector(recipe: Recipe, version: ModelVersion, detector: PatchKNN, de
                f"`inspector export {recipe.path or recipe.name}` first, or set detector.runtime to 'torch'")
         raise ModelError(msg)
     try:
-        exported_bank = int(read_description(path)["detector"]["bank_size"])
+        description = read_description(path)
+        exported_bank = int(description["detector"]["bank_size"])
         if exported_bank != detector.bank_size:
             msg = (f"{path} was exported from a model with {exported_bank} bank patches, but model "
                    f"{version.name} has {detector.bank_size}; export it again (`inspector export`)")
             raise ValueError(msg)
-        return OrtDetector(path, device=device, detector=detector)
+        exported_sha = description.get("weights_sha256")
+        if exported_sha and weights_sha256 and exported_sha != weights_sha256:
+            msg = (f"{path} was exported with backbone weights sha256 {exported_sha[:12]}..., but model "
+                   f"{version.name} runs with {weights_sha256[:12]}...; export it again (`inspector export`)")
+            raise ValueError(msg)
+        import torch
+
+        # as many CPU threads per operator as torch uses (torch.set_num_threads), not onnxruntime's all cores
+        return OrtDetector(path, device=device, detector=detector, intra_op_threads=torch.get_num_threads())
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         msg = f"{path}: cannot run model {version.name} of recipe '{recipe.name}' in onnxruntime: {exc}"
         raise ModelError(msg) from exc

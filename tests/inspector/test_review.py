@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import html.parser
+import json
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,59 @@ def test_cancelled_review_stops_its_decode_thread(data: dict[str, Path]) -> None
 def test_review_batch_size_below_one_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InspectorError, match="batch size must be >= 1"):
         _drive(review(data["folder"], tmp_path / "out", recipe=data["recipe"], batch_size=0))
+
+
+def test_onnx_runtime_without_an_export_says_how_and_auto_falls_back_to_torch(data: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    from inspector.errors import ModelError
+
+    models = data["root"] / "models" / "part"
+    assert not list(models.glob("*/model.onnx")), "an earlier test left an export behind"
+    with pytest.raises(ModelError, match="inspector export"):
+        _drive(review(data["folder"], tmp_path / "onnx", recipe=data["recipe"], device="cpu", runtime="onnx"))
+    out = tmp_path / "auto"
+    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", runtime="auto"))
+    assert summary is not None
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "scored by torch (ONNX fallback)" in page
+    assert "the ONNX model could not be used" in page
+
+
+def test_onnx_review_scores_like_torch_and_says_so(recipe_review: tuple[ReviewSummary, Path],
+                                                   data: dict[str, Path], tmp_path: Path) -> None:
+    from inspector.station import Station
+    from models.export import SCORE_ATOL, export_onnx
+
+    station = Station.load(load_recipe(data["recipe"]), device="cpu", weights=data["weights"])
+    assert station.version is not None
+    onnx = station.version.path / "model.onnx"
+    export_onnx(station.detector, onnx, input_hw=(SIZE, SIZE), weights=station.weights)
+    try:
+        out = tmp_path / "onnx"
+        summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", runtime="onnx"))
+        assert summary is not None and summary.counts["ERROR"] == 1          # the corrupt file only
+        assert "scored by onnxruntime (model.onnx)" in (out / "index.html").read_text(encoding="utf-8")
+        torch_rows = {r["file"]: r for r in _rows(recipe_review[1] / "results.csv")}
+        onnx_rows = {r["file"]: r for r in _rows(out / "results.csv")}
+        assert torch_rows.keys() == onnx_rows.keys()
+        for name, row in torch_rows.items():
+            assert row["verdict"] == onnx_rows[name]["verdict"], name
+            if row["verdict"] != "ERROR":
+                assert float(row["score"]) == pytest.approx(float(onnx_rows[name]["score"]), abs=SCORE_ATOL), name
+        # an export made with other weights is stale: auto scores with torch and says why
+        described = onnx.with_name("model.onnx.json")
+        description = json.loads(described.read_text(encoding="utf-8"))
+        description["weights_sha256"] = "f" * 64
+        described.write_text(json.dumps(description), encoding="utf-8")
+        stale = tmp_path / "stale"
+        assert _drive(review(data["folder"], stale, recipe=data["recipe"], device="cpu", runtime="auto")) is not None
+        page = (stale / "index.html").read_text(encoding="utf-8")
+        assert "scored by torch (ONNX fallback)" in page and "export it again" in page
+    finally:
+        for path in onnx.parent.glob("model.onnx*"):
+            path.unlink()
+
+
+def test_unknown_review_runtime_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InspectorError, match="review runtime must be one of torch, onnx, auto"):
+        _drive(review(data["folder"], tmp_path / "out", recipe=data["recipe"], runtime="tensorflow"))
