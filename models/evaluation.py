@@ -485,12 +485,74 @@ class EvalReport:
     pixel_size: int
     config: dict[str, Any] = field(default_factory=dict)   # the detector's settings, as it reports them
     scores: tuple[float, ...] = ()         # per test image, in the order of the category's test list
+    # rates at the calibrated review/fail thresholds (``operating_point``) and the conformal outlook of
+    # the good-flag and good-fail rates from the training scores alone (``models.calibration.good_flag_outlook``)
+    operating_point: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (NaN stays NaN; ``json.dumps`` writes it as ``NaN``)."""
         out = asdict(self)
         out["scores"] = list(self.scores)
         return out
+
+
+def operating_point(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    defect_types: Sequence[str],
+    *,
+    review: float,
+    fail: float,
+) -> dict[str, Any]:
+    """Shares of good and defect images stopped at a recipe's thresholds, overall and per defect type.
+
+    The verdict rule is ``inspector.results.verdict_for``'s (``score >= fail`` FAIL, else ``>= review``
+    REVIEW, else PASS; models/ cannot import it, a test checks that the two agree). "Flagged" means
+    REVIEW or FAIL: the part leaves the line either way.
+
+    Args:
+        scores: (N,) finite image scores.
+        labels: (N,) 0 good / 1 defective.
+        defect_types: (N,) the defect type of each image (the test folder's subfolder; ignored for goods).
+        review: the REVIEW threshold.
+        fail: the FAIL threshold.
+
+    Returns:
+        ``defect_flag_rate``, ``good_flag_rate``, ``defect_fail_rate``, ``good_fail_rate`` (NaN when
+        there are no images of that kind), ``n_good``, ``n_defect`` and ``per_defect_type``: for each
+        type ``{"n", "flag_rate", "fail_rate"}``.
+
+    Raises:
+        ValueError: lengths differ or a score is not finite.
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    truth = np.asarray(labels).reshape(-1)
+    if not values.size == truth.size == len(defect_types):
+        msg = (f"operating_point: {values.size} scores, {truth.size} labels and {len(defect_types)} defect "
+               "types; give one of each per test image")
+        raise ValueError(msg)
+    if not np.isfinite(values).all():
+        msg = "operating_point: a score is NaN or infinite; score the test images again"
+        raise ValueError(msg)
+    failed = values >= fail
+    flagged = failed | (values >= review)
+    good, bad = truth == 0, truth == 1
+
+    def share(hit: np.ndarray, chosen: np.ndarray) -> float:
+        return float(hit[chosen].mean()) if chosen.any() else math.nan
+
+    types = np.asarray(list(defect_types), dtype=object)
+    per_type = {
+        str(name): {"n": int((bad & (types == name)).sum()), "flag_rate": share(flagged, bad & (types == name)),
+                    "fail_rate": share(failed, bad & (types == name))}
+        for name in sorted({str(t) for t in types[bad]})
+    }
+    return {
+        "review": float(review), "fail": float(fail),
+        "defect_flag_rate": share(flagged, bad), "good_flag_rate": share(flagged, good),
+        "defect_fail_rate": share(failed, bad), "good_fail_rate": share(failed, good),
+        "n_good": int(good.sum()), "n_defect": int(bad.sum()), "per_defect_type": per_type,
+    }
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -613,6 +675,10 @@ def evaluate(
         chosen = good | np.array([t.defect_type == defect_type for t in items])
         per_defect[defect_type] = image_auroc(score_arr[chosen], labels[chosen])
     best, best_threshold = best_f1(score_arr, labels)
+    review, fail = float(thresholds["review"]), float(thresholds["fail"])
+    point = operating_point(score_arr, labels, [t.defect_type for t in items], review=review, fail=fail)
+    point["expected_good_flag"] = _outlook(model, review)
+    point["expected_good_fail"] = _outlook(model, fail)
     return EvalReport(
         category=category.name,
         shots=shots,
@@ -634,4 +700,12 @@ def evaluate(
         pixel_size=pixel_size,
         config=_detector_config(model),
         scores=tuple(scores),
+        operating_point=point,
     )
+
+
+def _outlook(detector: Any, threshold: float) -> dict[str, Any]:
+    """``good_flag_outlook`` of a threshold from the fitted detector's leave-one-out training scores."""
+    from models.calibration import good_flag_outlook
+
+    return good_flag_outlook(_to_numpy(detector.train_scores), threshold).to_dict()
