@@ -26,7 +26,7 @@ equal chance, so with m good scores at or above the threshold the expected share
 flagged is m / (n + 1) when the threshold is a good score and at most (m + 1) / (n + 1) when it
 lies between two (``np.quantile`` interpolates). The true rate of this calibration, 1 - F(threshold),
 is Beta-distributed over the draw of the n good images; its 90 % quantile is the "could be as high
-as" figure.
+as" figure. ``operating_point`` measures the same shares on labelled test scores (``inspector evaluate``).
 
 Example:
     >>> thresholds = calibrate(detector.train_scores, good_maps=detector.train_maps)
@@ -44,7 +44,15 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["FlagRateOutlook", "Thresholds", "auroc", "beta_quantile", "calibrate", "good_flag_outlook"]
+__all__ = [
+    "FlagRateOutlook",
+    "Thresholds",
+    "auroc",
+    "beta_quantile",
+    "calibrate",
+    "good_flag_outlook",
+    "operating_point",
+]
 
 # ours: with a few near-identical good images the spread is ~0; it never drops below 5 % of
 # the median good score, so the fail threshold keeps a real margin above the goods.
@@ -279,6 +287,65 @@ def good_flag_outlook(
     upper = 1.0 if gaps >= n + 1 else (0.0 if gaps == 0 else beta_quantile(confidence, gaps, n + 1 - gaps))
     return FlagRateOutlook(threshold=float(threshold), n_good=n, n_at_or_above=above, expected=float(expected),
                            exact=on_a_score or gaps in (0, n + 1), upper=float(upper), confidence=float(confidence))
+
+
+def operating_point(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    defect_types: Sequence[str],
+    *,
+    review: float,
+    fail: float,
+) -> dict[str, Any]:
+    """Shares of good and defect images stopped at a recipe's thresholds, overall and per defect type.
+
+    The verdict rule is ``inspector.results.verdict_for``'s (``score >= fail`` FAIL, else ``>= review``
+    REVIEW, else PASS; models/ cannot import it, a test checks that the two agree). "Flagged" means
+    REVIEW or FAIL: the part leaves the line either way.
+
+    Args:
+        scores: (N,) finite image scores.
+        labels: (N,) 0 good / 1 defective.
+        defect_types: (N,) the defect type of each image (the test folder's subfolder; ignored for goods).
+        review: the REVIEW threshold.
+        fail: the FAIL threshold.
+
+    Returns:
+        ``defect_flag_rate``, ``good_flag_rate``, ``defect_fail_rate``, ``good_fail_rate`` (NaN when
+        there are no images of that kind), ``n_good``, ``n_defect`` and ``per_defect_type``: for each
+        type ``{"n", "flag_rate", "fail_rate"}``.
+
+    Raises:
+        ValueError: lengths differ or a score is not finite.
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    truth = np.asarray(labels).reshape(-1)
+    if not values.size == truth.size == len(defect_types):
+        msg = (f"operating_point: {values.size} scores, {truth.size} labels and {len(defect_types)} defect "
+               "types; give one of each per test image")
+        raise ValueError(msg)
+    if not np.isfinite(values).all():
+        msg = "operating_point: a score is NaN or infinite; score the test images again"
+        raise ValueError(msg)
+    failed = values >= fail
+    flagged = failed | (values >= review)
+    good, bad = truth == 0, truth == 1
+
+    def share(hit: np.ndarray, chosen: np.ndarray) -> float:
+        return float(hit[chosen].mean()) if chosen.any() else math.nan
+
+    types = np.asarray(list(defect_types), dtype=object)
+    per_type = {
+        str(name): {"n": int((bad & (types == name)).sum()), "flag_rate": share(flagged, bad & (types == name)),
+                    "fail_rate": share(failed, bad & (types == name))}
+        for name in sorted({str(t) for t in types[bad]})
+    }
+    return {
+        "review": float(review), "fail": float(fail),
+        "defect_flag_rate": share(flagged, bad), "good_flag_rate": share(flagged, good),
+        "defect_fail_rate": share(failed, bad), "good_fail_rate": share(failed, good),
+        "n_good": int(good.sum()), "n_defect": int(bad.sum()), "per_defect_type": per_type,
+    }
 
 
 def beta_quantile(q: float, a: int, b: int) -> float:

@@ -496,65 +496,6 @@ class EvalReport:
         return out
 
 
-def operating_point(
-    scores: Sequence[float] | np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    defect_types: Sequence[str],
-    *,
-    review: float,
-    fail: float,
-) -> dict[str, Any]:
-    """Shares of good and defect images stopped at a recipe's thresholds, overall and per defect type.
-
-    The verdict rule is ``inspector.results.verdict_for``'s (``score >= fail`` FAIL, else ``>= review``
-    REVIEW, else PASS; models/ cannot import it, a test checks that the two agree). "Flagged" means
-    REVIEW or FAIL: the part leaves the line either way.
-
-    Args:
-        scores: (N,) finite image scores.
-        labels: (N,) 0 good / 1 defective.
-        defect_types: (N,) the defect type of each image (the test folder's subfolder; ignored for goods).
-        review: the REVIEW threshold.
-        fail: the FAIL threshold.
-
-    Returns:
-        ``defect_flag_rate``, ``good_flag_rate``, ``defect_fail_rate``, ``good_fail_rate`` (NaN when
-        there are no images of that kind), ``n_good``, ``n_defect`` and ``per_defect_type``: for each
-        type ``{"n", "flag_rate", "fail_rate"}``.
-
-    Raises:
-        ValueError: lengths differ or a score is not finite.
-    """
-    values = np.asarray(scores, dtype=np.float64).reshape(-1)
-    truth = np.asarray(labels).reshape(-1)
-    if not values.size == truth.size == len(defect_types):
-        msg = (f"operating_point: {values.size} scores, {truth.size} labels and {len(defect_types)} defect "
-               "types; give one of each per test image")
-        raise ValueError(msg)
-    if not np.isfinite(values).all():
-        msg = "operating_point: a score is NaN or infinite; score the test images again"
-        raise ValueError(msg)
-    failed = values >= fail
-    flagged = failed | (values >= review)
-    good, bad = truth == 0, truth == 1
-
-    def share(hit: np.ndarray, chosen: np.ndarray) -> float:
-        return float(hit[chosen].mean()) if chosen.any() else math.nan
-
-    types = np.asarray(list(defect_types), dtype=object)
-    per_type = {
-        str(name): {"n": int((bad & (types == name)).sum()), "flag_rate": share(flagged, bad & (types == name)),
-                    "fail_rate": share(failed, bad & (types == name))}
-        for name in sorted({str(t) for t in types[bad]})
-    }
-    return {
-        "review": float(review), "fail": float(fail),
-        "defect_flag_rate": share(flagged, bad), "good_flag_rate": share(flagged, good),
-        "defect_fail_rate": share(failed, bad), "good_fail_rate": share(failed, good),
-        "n_good": int(good.sum()), "n_defect": int(bad.sum()), "per_defect_type": per_type,
-    }
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().float().cpu().numpy()
@@ -675,6 +616,8 @@ def evaluate(
         chosen = good | np.array([t.defect_type == defect_type for t in items])
         per_defect[defect_type] = image_auroc(score_arr[chosen], labels[chosen])
     best, best_threshold = best_f1(score_arr, labels)
+    from models.calibration import operating_point
+
     review, fail = float(thresholds["review"]), float(thresholds["fail"])
     point = operating_point(score_arr, labels, [t.defect_type for t in items], review=review, fail=fail)
     point["expected_good_flag"] = _outlook(model, review)

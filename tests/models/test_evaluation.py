@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.calibration import operating_point
 from models.evaluation import (
     Category,
     aupro,
@@ -21,7 +22,6 @@ from models.evaluation import (
     load_category,
     load_image_rgb,
     load_mask,
-    operating_point,
     pixel_auroc,
     resize_for_pixel_metrics,
     select_shots,
