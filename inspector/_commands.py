@@ -325,11 +325,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{category.name}: image AUROC {data['image_auroc']:.4f}  pixel AUROC {data['pixel_auroc']:.4f}  "
           f"AUPRO {data['aupro']:.4f}  F1 {data['f1']:.4f}  {data['ms_per_image']:.1f} ms/image  "
           f"({data.get('n_train', 0)} train, {data['n_test']} test)")
+    point = data.get("operating_point") or {}
+    if point:
+        data.update({k: point[k] for k in OPERATING_RATES})
+        print(_operating_point_line(point))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+# The four operating-point rates that `inspector evaluate --json` writes at the top level too.
+OPERATING_RATES = ("defect_flag_rate", "good_flag_rate", "defect_fail_rate", "good_fail_rate")
+
+
+def _operating_point_line(point: dict[str, Any]) -> str:
+    """One summary line: the evaluation's rates at the calibrated thresholds, per defect type, and the outlook."""
+    def pct(value: float) -> str:
+        return "n/a" if value != value else f"{100 * value:.0f} %"   # NaN: no image of that kind
+
+    per_type = ", ".join(f"{name} {pct(v['flag_rate'])}/{pct(v['fail_rate'])}"
+                         for name, v in point.get("per_defect_type", {}).items())
+    line = (f"at the calibrated thresholds: defects flagged {pct(point['defect_flag_rate'])} "
+            f"(FAIL {pct(point['defect_fail_rate'])}), good flagged {pct(point['good_flag_rate'])} "
+            f"(FAIL {pct(point['good_fail_rate'])})")
+    outlook = point.get("expected_good_flag")
+    if outlook:
+        line += (f"; teaching expected good flagged {'' if outlook['exact'] else 'at most '}{pct(outlook['expected'])} "
+                 f"(<= {pct(outlook['upper'])} at {100 * outlook['confidence']:g} %)")
+    return line + (f"; per type flagged/FAIL: {per_type}" if per_type else "")
 
 
 def _evaluate_types(args: argparse.Namespace) -> int:

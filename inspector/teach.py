@@ -29,7 +29,7 @@ import numpy as np
 from inspector._jobs import relay_progress
 from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
-from inspector.results import InspectionResult, Progress
+from inspector.results import InspectionResult, Progress, VerdictCounts
 from inspector.station import Station, apply_roi, build_detector
 from inspector.versions import next_version, resolve_version, set_active_model_version
 
@@ -103,6 +103,20 @@ class TeachReport:
         if t.expected_review is not None:
             lines.append(f"expected share of good parts sent to REVIEW or FAIL: {100 * t.expected_review:.1f} % "
                          f"(of the good images' leave-one-out scores)")
+        from models.calibration import good_flag_outlook
+
+        if len(self.good_scores):
+            lines.extend([
+                "on the line: " + good_flag_outlook(self.good_scores, t.review).sentence("go to REVIEW or FAIL"),
+                "on the line: " + good_flag_outlook(self.good_scores, t.fail).sentence("FAIL"),
+            ])
+        if len(self.defect_scores):
+            counts = VerdictCounts.from_scores(self.defect_scores, review=t.review, fail=t.fail)
+            flagged = (counts.review + counts.failed) / len(self.defect_scores)
+            failed = counts.failed / len(self.defect_scores)
+            same = " (the FAIL threshold was set on these same images: optimistic)" if t.n_defect else ""
+            lines.append(f"known-bad images: {100 * flagged:.0f} % flagged (REVIEW or FAIL), {100 * failed:.0f} % FAIL "
+                         f"of {len(self.defect_scores)}, measured on the images given{same}")
         if "auroc" in extra:
             lines.append(f"defects: AUROC {extra['auroc']:.3f}" + (f", F1 {extra['f1']:.3f}" if "f1" in extra else ""))
         if "confusion" in extra:

@@ -19,6 +19,15 @@ When defect scores exist, ``fail`` is the best-F1 threshold (or the threshold me
 false-reject rate), and with defect masks ``pixel`` is the best pixel-F1 threshold. The rule used
 is written into ``Thresholds.rule`` in one sentence.
 
+How often a threshold set from n good scores will stop new good parts is itself uncertain with
+n = 16. ``good_flag_outlook`` states it without assuming a score distribution (conformal): under
+exchangeability a new good score lands in each of the n + 1 gaps of the sorted good scores with
+equal chance, so with m good scores at or above the threshold the expected share of good parts
+flagged is m / (n + 1) when the threshold is a good score and at most (m + 1) / (n + 1) when it
+lies between two (``np.quantile`` interpolates). The true rate of this calibration, 1 - F(threshold),
+is Beta-distributed over the draw of the n good images; its 90 % quantile is the "could be as high
+as" figure. ``operating_point`` measures the same shares on labelled test scores (``inspector evaluate``).
+
 Example:
     >>> thresholds = calibrate(detector.train_scores, good_maps=detector.train_maps)
     >>> thresholds.fail > thresholds.good_max
@@ -28,13 +37,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["Thresholds", "auroc", "calibrate"]
+__all__ = [
+    "FlagRateOutlook",
+    "Thresholds",
+    "auroc",
+    "beta_quantile",
+    "calibrate",
+    "good_flag_outlook",
+    "operating_point",
+]
 
 # ours: with a few near-identical good images the spread is ~0; it never drops below 5 % of
 # the median good score, so the fail threshold keeps a real margin above the goods.
@@ -205,6 +223,150 @@ def calibrate(
         expected_false_reject=float((good >= fail).mean()), expected_review=float((good >= review).mean()),
         auroc=auc, f1=f1, confusion=confusion, pixel_f1=pixel_f1,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlagRateOutlook:
+    """The share of new good parts a threshold will stop, from n good (leave-one-out) scores.
+
+    ``expected`` is the conformal rate: exact when the threshold equals one of the good scores, an
+    upper bound (by at most 1 / (n + 1)) when it lies between two. ``upper`` is the ``confidence``
+    quantile of the true rate over the draw of the good images (a one-sided bound).
+    """
+
+    threshold: float
+    n_good: int            # good scores the threshold was set from
+    n_at_or_above: int     # of them, at or above the threshold
+    expected: float        # conformal expected share of new good parts at or above the threshold
+    exact: bool            # True: the threshold is a good score, ``expected`` is exact; False: an upper bound
+    upper: float           # one-sided ``confidence`` bound on the true share
+    confidence: float
+
+    def sentence(self, what: str) -> str:
+        """One line for the teach report, e.g. ``what="go to REVIEW or FAIL"``."""
+        parts = max(1, round(1 / self.expected)) if self.expected > 0 else 0
+        about = f"about 1 good part in {parts} will {what}" if parts else f"almost no good part will {what}"
+        share = f"{100 * self.expected:.1f} %" if self.exact else f"at most {100 * self.expected:.1f} %"
+        return (f"{about} ({share}, conformal); with {self.n_good} good images the true share "
+                f"could be as high as {100 * self.upper:.1f} % ({100 * self.confidence:g} % bound)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def good_flag_outlook(
+    good_scores: np.ndarray | Sequence[float], threshold: float, *, confidence: float = 0.90
+) -> FlagRateOutlook:
+    """Expected and worst-case (one-sided bound) share of new good parts at or above ``threshold``.
+
+    Args:
+        good_scores: (N,) leave-one-out scores of the good images the threshold was set from; N >= 1.
+        threshold: the REVIEW or FAIL threshold.
+        confidence: level of the one-sided upper bound, in (0, 1).
+
+    Raises:
+        ValueError: no scores, non-finite scores, or a confidence outside (0, 1).
+    """
+    good = _scores("good_scores", good_scores)
+    if good.size == 0:
+        msg = "good_flag_outlook needs at least one good score"
+        raise ValueError(msg)
+    if not 0.0 < confidence < 1.0:
+        msg = f"confidence must be in (0, 1), got {confidence}"
+        raise ValueError(msg)
+    n = int(good.size)
+    above = int((good >= threshold).sum())
+    on_a_score = bool(np.any(good == threshold))
+    # Gaps of the n + 1 sorted values that a new score must land in to be >= threshold: `above` when
+    # the threshold is a good score, one more (part of the gap holding it) when it lies between two.
+    gaps = above if on_a_score else min(n + 1, above + 1)
+    expected = gaps / (n + 1)
+    # True rate p = 1 - F(x_(j)) with j = n + 1 - gaps the order statistic at or below the threshold:
+    # p ~ Beta(gaps, n + 1 - gaps). gaps = n + 1 (threshold below every good score): p = 1.
+    upper = 1.0 if gaps >= n + 1 else (0.0 if gaps == 0 else beta_quantile(confidence, gaps, n + 1 - gaps))
+    return FlagRateOutlook(threshold=float(threshold), n_good=n, n_at_or_above=above, expected=float(expected),
+                           exact=on_a_score or gaps in (0, n + 1), upper=float(upper), confidence=float(confidence))
+
+
+def operating_point(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    defect_types: Sequence[str],
+    *,
+    review: float,
+    fail: float,
+) -> dict[str, Any]:
+    """Shares of good and defect images stopped at a recipe's thresholds, overall and per defect type.
+
+    The verdict rule is ``inspector.results.verdict_for``'s (``score >= fail`` FAIL, else ``>= review``
+    REVIEW, else PASS; models/ cannot import it, a test checks that the two agree). "Flagged" means
+    REVIEW or FAIL: the part leaves the line either way.
+
+    Args:
+        scores: (N,) finite image scores.
+        labels: (N,) 0 good / 1 defective.
+        defect_types: (N,) the defect type of each image (the test folder's subfolder; ignored for goods).
+        review: the REVIEW threshold.
+        fail: the FAIL threshold.
+
+    Returns:
+        ``defect_flag_rate``, ``good_flag_rate``, ``defect_fail_rate``, ``good_fail_rate`` (NaN when
+        there are no images of that kind), ``n_good``, ``n_defect`` and ``per_defect_type``: for each
+        type ``{"n", "flag_rate", "fail_rate"}``.
+
+    Raises:
+        ValueError: lengths differ or a score is not finite.
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    truth = np.asarray(labels).reshape(-1)
+    if not values.size == truth.size == len(defect_types):
+        msg = (f"operating_point: {values.size} scores, {truth.size} labels and {len(defect_types)} defect "
+               "types; give one of each per test image")
+        raise ValueError(msg)
+    if not np.isfinite(values).all():
+        msg = "operating_point: a score is NaN or infinite; score the test images again"
+        raise ValueError(msg)
+    failed = values >= fail
+    flagged = failed | (values >= review)
+    good, bad = truth == 0, truth == 1
+
+    def share(hit: np.ndarray, chosen: np.ndarray) -> float:
+        return float(hit[chosen].mean()) if chosen.any() else math.nan
+
+    types = np.asarray(list(defect_types), dtype=object)
+    per_type = {
+        str(name): {"n": int((bad & (types == name)).sum()), "flag_rate": share(flagged, bad & (types == name)),
+                    "fail_rate": share(failed, bad & (types == name))}
+        for name in sorted({str(t) for t in types[bad]})
+    }
+    return {
+        "review": float(review), "fail": float(fail),
+        "defect_flag_rate": share(flagged, bad), "good_flag_rate": share(flagged, good),
+        "defect_fail_rate": share(failed, bad), "good_fail_rate": share(failed, good),
+        "n_good": int(good.sum()), "n_defect": int(bad.sum()), "per_defect_type": per_type,
+    }
+
+
+def beta_quantile(q: float, a: int, b: int) -> float:
+    """The ``q`` quantile of Beta(a, b) for integer a, b >= 1 (bisection on the binomial identity).
+
+    P(Beta(a, b) <= x) = P(Binomial(a + b - 1, x) >= a), so no special-function library is needed.
+    """
+    if a < 1 or b < 1:
+        msg = f"beta_quantile needs integer a, b >= 1, got a={a}, b={b}"
+        raise ValueError(msg)
+    trials = a + b - 1
+    coefficients = [math.comb(trials, k) for k in range(a, trials + 1)]
+
+    def cdf(x: float) -> float:
+        return sum(c * x**k * (1 - x) ** (trials - k) for c, k in zip(coefficients, range(a, trials + 1), strict=True))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -485,6 +485,9 @@ class EvalReport:
     pixel_size: int
     config: dict[str, Any] = field(default_factory=dict)   # the detector's settings, as it reports them
     scores: tuple[float, ...] = ()         # per test image, in the order of the category's test list
+    # rates at the calibrated review/fail thresholds (``operating_point``) and the conformal outlook of
+    # the good-flag and good-fail rates from the training scores alone (``models.calibration.good_flag_outlook``)
+    operating_point: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (NaN stays NaN; ``json.dumps`` writes it as ``NaN``)."""
@@ -613,6 +616,12 @@ def evaluate(
         chosen = good | np.array([t.defect_type == defect_type for t in items])
         per_defect[defect_type] = image_auroc(score_arr[chosen], labels[chosen])
     best, best_threshold = best_f1(score_arr, labels)
+    from models.calibration import operating_point
+
+    review, fail = float(thresholds["review"]), float(thresholds["fail"])
+    point = operating_point(score_arr, labels, [t.defect_type for t in items], review=review, fail=fail)
+    point["expected_good_flag"] = _outlook(model, review)
+    point["expected_good_fail"] = _outlook(model, fail)
     return EvalReport(
         category=category.name,
         shots=shots,
@@ -634,4 +643,12 @@ def evaluate(
         pixel_size=pixel_size,
         config=_detector_config(model),
         scores=tuple(scores),
+        operating_point=point,
     )
+
+
+def _outlook(detector: Any, threshold: float) -> dict[str, Any]:
+    """``good_flag_outlook`` of a threshold from the fitted detector's leave-one-out training scores."""
+    from models.calibration import good_flag_outlook
+
+    return good_flag_outlook(_to_numpy(detector.train_scores), threshold).to_dict()

@@ -53,6 +53,10 @@ def test_train_prints_the_calibration_report(
     out = capsys.readouterr().out
     assert "saved model v1" in out and "thresholds: review" in out
     assert "AUROC 1.000" in out, out
+    # the operating point in words: 6 good images, fail above all 6: at most 1 gap of 7
+    assert "on the line: about 1 good part in 7 will FAIL (at most 14.3 %, conformal)" in out, out
+    assert "with 6 good images the true share could be as high as" in out
+    assert "known-bad images: 100 % flagged (REVIEW or FAIL)" in out and "set on these same images" in out, out
     assert (tmp_path / "r" / "models" / "v1" / "model.json").is_file()
 
 
@@ -192,3 +196,35 @@ def test_review_on_ray_options_that_cannot_work_exit_1(
 ) -> None:
     assert main(["review", str(frames), *extra]) == EXIT_ERROR
     assert match in capsys.readouterr().err
+
+
+def test_evaluate_json_has_the_operating_point(
+    tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`inspector evaluate --json` on a tiny MVTec-layout category: the rates at the calibrated thresholds."""
+    import json
+
+    import cv2
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "tiny_category"
+    write_images(root / "train" / "good", [textured_part(rng) for _ in range(4)])
+    write_images(root / "test" / "good", [textured_part(rng) for _ in range(2)])
+    for kind in ("blob", "scratch"):
+        image, mask = with_defect(textured_part(rng), rng)
+        write_images(root / "test" / kind, [image])
+        (root / "ground_truth" / kind).mkdir(parents=True)
+        cv2.imwrite(str(root / "ground_truth" / kind / "img_000_mask.png"), mask.astype(np.uint8) * 255)
+    out_json = tmp_path / "eval.json"
+    code = main(["evaluate", str(root), "--shots", "4", "--weights", str(tiny_weights_file), "--device", "cpu",
+                 "--json", str(out_json)])
+    assert code == EXIT_OK
+    out = capsys.readouterr().out
+    assert "at the calibrated thresholds: defects flagged" in out and "blob" in out, out
+    data = json.loads(out_json.read_text(encoding="utf-8"))
+    for key in ("defect_flag_rate", "good_flag_rate", "defect_fail_rate", "good_fail_rate"):
+        assert 0.0 <= data[key] <= 1.0 and data[key] == data["operating_point"][key], key
+    assert set(data["operating_point"]["per_defect_type"]) == {"blob", "scratch"}
+    assert data["operating_point"]["per_defect_type"]["blob"]["n"] == 1
+    outlook = data["operating_point"]["expected_good_flag"]
+    assert outlook["n_good"] == 4 and outlook["expected"] <= outlook["upper"] <= 1.0

@@ -107,3 +107,61 @@ def test_one_odd_good_image_does_not_widen_the_margin() -> None:
     scores = np.array([0.20, 0.21, 0.19, 0.20, 0.22, 0.40])  # the last good image looks unusual
     t = calibrate(scores)
     assert 0.40 < t.fail < 0.40 + 0.05, t.rule  # std (0.08) would have added 0.08
+
+
+# ------------------------------------------------------------------------ operating-point outlook
+
+
+def test_beta_quantile_matches_the_closed_form_and_scipy() -> None:
+    from models.calibration import beta_quantile
+
+    # Beta(1, n): P(p <= x) = 1 - (1 - x)^n, so the 90 % quantile is 1 - 0.1^(1/n)
+    assert beta_quantile(0.9, 1, 16) == pytest.approx(1 - 0.1 ** (1 / 16), abs=1e-9)
+    stats = pytest.importorskip("scipy.stats")
+    for a, b in ((3, 14), (2, 15), (8, 9)):
+        assert beta_quantile(0.9, a, b) == pytest.approx(float(stats.beta.ppf(0.9, a, b)), abs=1e-7)
+
+
+def test_good_flag_outlook_counts_the_gaps() -> None:
+    from models.calibration import good_flag_outlook
+
+    good = np.arange(1.0, 17.0)                         # 16 good scores 1..16
+    on_score = good_flag_outlook(good, 15.0)            # 15 and 16 at or above: 2 of 17 gaps
+    assert (on_score.n_at_or_above, on_score.exact) == (2, True)
+    assert on_score.expected == pytest.approx(2 / 17)
+    between = good_flag_outlook(good, 14.5)             # interpolated quantile: at most 3 of 17 gaps
+    assert (between.n_at_or_above, between.exact, between.expected) == (2, False, pytest.approx(3 / 17))
+    above_all = good_flag_outlook(good, 99.0)           # a fail threshold above every good score
+    assert above_all.expected == pytest.approx(1 / 17)
+    assert above_all.upper == pytest.approx(1 - 0.1 ** (1 / 16))
+    assert "1 good part in 17" in above_all.sentence("FAIL") and "16 good images" in above_all.sentence("FAIL")
+    with pytest.raises(ValueError, match="confidence"):
+        good_flag_outlook(good, 1.0, confidence=1.0)
+
+
+@pytest.mark.parametrize(("review_quantile", "exact"), [(14 / 15, True), (0.90, False)])
+def test_conformal_figure_matches_a_simulation(review_quantile: float, exact: bool) -> None:
+    """Calibrate on 16 exchangeable good scores, then score new good parts: the share flagged matches."""
+    from models.calibration import good_flag_outlook
+
+    rng = np.random.default_rng(0)
+    trials, n = 8_000, 16
+    draws = rng.gamma(2.0, 1.0, size=(trials, n + 1))   # skewed, like anomaly scores
+    flagged = np.empty(trials, bool)
+    uppers_hit = np.empty(trials, bool)
+    outlook = None
+    for i in range(trials):
+        good, new = draws[i, :n], draws[i, n]
+        review = float(np.quantile(good, review_quantile))    # calibrate()'s review rule
+        flagged[i] = new >= review
+        if i < 2000:   # the bound's coverage: the true rate 1 - F(review) below `upper` in >= 90 % of draws
+            outlook = good_flag_outlook(good, review)
+            true_rate = float(np.exp(-review) * (1 + review))  # Gamma(2, 1) survival function
+            uppers_hit[i] = true_rate <= outlook.upper
+    assert outlook is not None and outlook.exact is exact
+    rate = float(flagged.mean())
+    if exact:
+        assert rate == pytest.approx(outlook.expected, abs=0.01)       # 2/17 = 0.118
+    else:   # between the two order statistics: m / (n + 1) <= rate <= (m + 1) / (n + 1)
+        assert outlook.n_at_or_above / (n + 1) - 0.01 <= rate <= outlook.expected + 0.01
+    assert uppers_hit[:2000].mean() >= 0.88

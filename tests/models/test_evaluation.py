@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.calibration import operating_point
 from models.evaluation import (
     Category,
     aupro,
@@ -276,6 +277,12 @@ def test_evaluate_end_to_end_with_patch_knn(mvtec_dir: Path, random_backbone) ->
     assert data["config"]["shorter_side"] == SIZE
     assert len(data["scores"]) == 7
     assert ticks[0][:2] == (1, 8) and ticks[-1][:2] == (8, 8)
+    point = data["operating_point"]
+    for key in ("defect_flag_rate", "good_flag_rate", "defect_fail_rate", "good_fail_rate"):
+        assert 0.0 <= point[key] <= 1.0, f"{key} = {point[key]}"
+    assert set(point["per_defect_type"]) == {"blob", "scratch"}
+    assert point["expected_good_flag"]["n_good"] == 4
+    assert point["expected_good_fail"]["expected"] == pytest.approx(1 / 5)   # fail is above all 4 goods
     json.dumps(data)                                   # JSON-ready as the CLI writes it
 
 
@@ -309,3 +316,45 @@ def test_evaluate_perfect_detector_scores_one(mvtec_dir: Path) -> None:
     assert report.aupro > 0.8
     assert report.per_defect_auroc == {"blob": pytest.approx(1.0), "scratch": pytest.approx(1.0)}
     assert report.best_f1 == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------- operating point
+
+
+def test_operating_point_rates_and_per_type_split() -> None:
+    scores = [0.1, 0.5, 0.9, 0.2, 0.6, 0.95, 0.3, 0.55]
+    labels = [0, 0, 0, 1, 1, 1, 1, 1]
+    types = ["good", "good", "good", "scratch", "scratch", "blob", "blob", "blob"]
+    point = operating_point(scores, labels, types, review=0.5, fail=0.9)
+    assert point["good_flag_rate"] == pytest.approx(2 / 3) and point["good_fail_rate"] == pytest.approx(1 / 3)
+    assert point["defect_flag_rate"] == pytest.approx(3 / 5) and point["defect_fail_rate"] == pytest.approx(1 / 5)
+    assert point["per_defect_type"] == {
+        "blob": {"n": 3, "flag_rate": pytest.approx(2 / 3), "fail_rate": pytest.approx(1 / 3)},
+        "scratch": {"n": 2, "flag_rate": pytest.approx(1 / 2), "fail_rate": 0.0},
+    }
+    no_good = operating_point([0.7], [1], ["blob"], review=0.5, fail=0.9)
+    assert math.isnan(no_good["good_flag_rate"]) and no_good["defect_flag_rate"] == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        operating_point([math.nan], [0], ["good"], review=0.5, fail=0.9)
+    with pytest.raises(ValueError, match="one of each"):
+        operating_point([0.1, 0.2], [0], ["good"], review=0.5, fail=0.9)
+
+
+def test_operating_point_agrees_with_the_verdict_rule() -> None:
+    """models/ cannot import inspector.results; its rates must still be verdict_for's, thresholds in any order."""
+    from inspector.results import Verdict, verdict_for
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        scores = np.round(rng.random(40), 2)                 # ties with the thresholds happen
+        labels = rng.integers(0, 2, 40)
+        review, fail = (float(v) for v in np.round(rng.random(2), 2))
+        point = operating_point(scores, labels, ["x"] * 40, review=review, fail=fail)
+        verdicts = [verdict_for(float(s), review, fail) for s in scores]
+        for label, kind in ((0, "good"), (1, "defect")):
+            chosen = [v for v, y in zip(verdicts, labels, strict=True) if y == label]
+            if not chosen:
+                continue
+            flagged = sum(v in (Verdict.REVIEW, Verdict.FAIL) for v in chosen) / len(chosen)
+            assert point[f"{kind}_flag_rate"] == pytest.approx(flagged)
+            assert point[f"{kind}_fail_rate"] == pytest.approx(sum(v is Verdict.FAIL for v in chosen) / len(chosen))
