@@ -39,7 +39,7 @@ from inspector.errors import RecipeError
 from inspector.recipe_check import GOOD_LABEL, SCHEMA_VERSION, FrozenOptions, RecipeChecker, parse_yaml, short_repr
 from inspector.versions import ACTIVE_FILE as ACTIVE_FILE  # re-exported: versions moved to inspector.versions
 from inspector.versions import set_active_model_version
-from models.files import atomic_write
+from models.files import NEW_FILE_MODE, atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,7 +69,6 @@ logger = logging.getLogger(__name__)
 
 RECIPE_SUFFIXES: Final = (".yaml", ".yml")
 MAX_RECIPE_BYTES: Final = 1 << 20     # a recipe is a page of text; anything bigger is not one
-NEW_FILE_MODE: Final = 0o644          # a new recipe: readable by the station's other accounts, as an editor makes it
 DEFAULT_DEFECT_CLASSES: Final = ("other",)
 
 
@@ -466,14 +465,9 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
 def _write_atomically(path: Path, text: str, *, mode: int | None = None, what: str = "the recipe") -> None:
     """Replace ``path`` with ``text`` (`models.files.atomic_write`: the data and the rename made durable).
 
-    ``mode`` None keeps the mode of an existing ``path`` (``NEW_FILE_MODE`` for a new one): a temporary
-    file is created 0600, which would otherwise hide the recipe from the station's other accounts.
+    ``mode`` None keeps the mode of an existing ``path`` (``models.files.NEW_FILE_MODE``, 0644, for a new
+    one), so the recipe stays readable by the station's other accounts.
     """
-    if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError:
-            mode = NEW_FILE_MODE
     try:
         atomic_write(path, text, mode=mode)
     except OSError as exc:
