@@ -251,15 +251,18 @@ def teaching_scores(model_dir: Path) -> tuple[np.ndarray, float, float, float]:
     Raises:
         StoreError: the model version cannot be read (naming the file and how to fix it).
     """
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError, safe_open
 
     from models.saved import MODEL_JSON, MODEL_TENSORS, read_manifest
 
     try:
         thresholds = read_manifest(model_dir)["thresholds"]
-        scores = load_file(str(model_dir / MODEL_TENSORS))["train_scores"].astype(np.float32)
+        # only this one tensor: the file also holds the memory bank (hundreds of MB), and the Statistics
+        # screen asks on every refresh
+        with safe_open(str(model_dir / MODEL_TENSORS), framework="numpy") as tensors:
+            scores = tensors.get_tensor("train_scores").astype(np.float32)
         return scores, float(thresholds["review"]), float(thresholds["good_mean"]), float(thresholds["good_std"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:   # a missing tensor, a corrupt file
         msg = (f"{model_dir}: cannot read the teaching scores ({MODEL_TENSORS}, {MODEL_JSON}): {exc}; "
                "teach the recipe again or pick another model version")
         raise StoreError(msg) from exc

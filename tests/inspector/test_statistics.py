@@ -14,6 +14,7 @@ import pytest
 
 from inspector import statistics as st
 from inspector.cli import main
+from inspector.errors import StoreError
 from inspector.results import DefectRegion, InspectionResult, Verdict
 from inspector.store import Store
 
@@ -166,3 +167,16 @@ def test_stats_command_prints_pareto_and_alarm_and_writes_exports(store: Store, 
     assert "scratch" in text and "63.6 %" in text and "ALARM beyond_3sigma" in text and "at F" in text
     assert {p.name for p in out.iterdir()} == {"pareto.svg", "fail_rate.svg", "locations.png"}
     assert "wrote 55 region(s)" in text and "600 inspection(s) and 55 region(s)" in text
+
+
+def test_teaching_scores_read_only_their_tensor_and_a_broken_file_is_named(taught_recipe: Path) -> None:
+    from inspector.recipe import load_recipe
+    from inspector.versions import resolve_version
+
+    folder = resolve_version(load_recipe(taught_recipe)).path
+    scores, review, mean, std = st.teaching_scores(folder)
+    assert scores.dtype == np.float32 and scores.size >= 2 and np.all(np.isfinite(scores))
+    assert review > 0 and mean == pytest.approx(float(scores.mean()), rel=1e-4) and std > 0
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(StoreError, match=r"cannot read the teaching scores .*teach the recipe again"):
+        st.teaching_scores(folder)
