@@ -296,18 +296,18 @@ def load_station(
     """
     from inspector.station import Station
 
+    def scoring_with(name: str) -> Recipe:
+        return replace(recipe, detector=replace(recipe.detector, runtime=name))
+
     wanted = runtime or recipe.detector.runtime
     if wanted == "torch":
-        return Station.load(replace(recipe, detector=replace(recipe.detector, runtime="torch")),
-                            device=device, weights=weights), "torch"
-    onnx_recipe = replace(recipe, detector=replace(recipe.detector, runtime="onnx"))
+        return Station.load(scoring_with("torch"), device=device, weights=weights), "torch"
     try:
-        station = Station.load(onnx_recipe, device=device, weights=weights)
+        station = Station.load(scoring_with("onnx"), device=device, weights=weights)
     except (ModelError, ImportError) as exc:
         if wanted == "onnx":
             raise
-        station = Station.load(replace(recipe, detector=replace(recipe.detector, runtime="torch")),
-                               device=device, weights=weights)
+        station = Station.load(scoring_with("torch"), device=device, weights=weights)
         station.warnings.append(f"scored by torch: the ONNX model could not be used ({exc})")
         return station, "torch (ONNX fallback)"
     return station, "onnxruntime (model.onnx)"
