@@ -96,14 +96,8 @@ class TeachReport:
             f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
             f"rule: {t.rule}",
         ]
-        extra = {k: getattr(t, k) for k in ("expected_false_reject", "auroc", "f1", "confusion")
-                 if getattr(t, k, None) is not None}
-        if "expected_false_reject" in extra:
-            lines.append(f"expected false-reject rate: {100 * extra['expected_false_reject']:.1f} %")
-        if t.expected_review is not None:
-            lines.append(f"expected share of good parts sent to REVIEW or FAIL: {100 * t.expected_review:.1f} % "
-                         f"(of the good images' leave-one-out scores)")
-        from models.calibration import good_flag_outlook
+        extra = {k: getattr(t, k) for k in ("auroc", "f1", "confusion") if getattr(t, k, None) is not None}
+        from models.calibration import good_flag_outlook, held_out_defect_rates
 
         if len(self.good_scores):
             lines.extend([
@@ -117,6 +111,8 @@ class TeachReport:
             same = " (the FAIL threshold was set on these same images: optimistic)" if t.n_defect else ""
             lines.append(f"known-bad images: {100 * flagged:.0f} % flagged (REVIEW or FAIL), {100 * failed:.0f} % FAIL "
                          f"of {len(self.defect_scores)}, measured on the images given{same}")
+            if t.n_defect and len(self.good_scores):
+                lines.append(held_out_defect_rates(self.good_scores, self.defect_scores).sentence())
         if "auroc" in extra:
             lines.append(f"defects: AUROC {extra['auroc']:.3f}" + (f", F1 {extra['f1']:.3f}" if "f1" in extra else ""))
         if "confusion" in extra:

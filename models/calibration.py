@@ -26,7 +26,9 @@ equal chance, so with m good scores at or above the threshold the expected share
 flagged is m / (n + 1) when the threshold is a good score and at most (m + 1) / (n + 1) when it
 lies between two (``np.quantile`` interpolates). The true rate of this calibration, 1 - F(threshold),
 is Beta-distributed over the draw of the n good images; its 90 % quantile is the "could be as high
-as" figure. ``operating_point`` measures the same shares on labelled test scores (``inspector evaluate``).
+as" figure. ``held_out_defect_rates`` states how the known-bad images given to teaching fare when each is
+judged by thresholds set without it (leave-one-out), since the thresholds set on them flatter them.
+``operating_point`` measures the same shares on labelled test scores (``inspector evaluate``).
 
 Example:
     >>> thresholds = calibrate(detector.train_scores, good_maps=detector.train_maps)
@@ -46,11 +48,13 @@ import numpy as np
 
 __all__ = [
     "FlagRateOutlook",
+    "HeldOutDefectRates",
     "Thresholds",
     "auroc",
     "beta_quantile",
     "calibrate",
     "good_flag_outlook",
+    "held_out_defect_rates",
     "operating_point",
 ]
 
@@ -287,6 +291,59 @@ def good_flag_outlook(
     upper = 1.0 if gaps >= n + 1 else (0.0 if gaps == 0 else beta_quantile(confidence, gaps, n + 1 - gaps))
     return FlagRateOutlook(threshold=float(threshold), n_good=n, n_at_or_above=above, expected=float(expected),
                            exact=on_a_score or gaps in (0, n + 1), upper=float(upper), confidence=float(confidence))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldOutDefectRates:
+    """Known-bad images, each judged by the thresholds ``calibrate`` sets from the others (leave-one-out)."""
+
+    n_defect: int
+    flagged: int     # REVIEW or FAIL
+    failed: int      # FAIL
+
+    @property
+    def flag_rate(self) -> float:
+        return self.flagged / self.n_defect if self.n_defect else 0.0
+
+    @property
+    def fail_rate(self) -> float:
+        return self.failed / self.n_defect if self.n_defect else 0.0
+
+    def sentence(self) -> str:
+        """One line for the teach report."""
+        return (f"known-bad images, each judged by thresholds set without it (leave-one-out): "
+                f"{100 * self.flag_rate:.0f} % flagged (REVIEW or FAIL), {100 * self.fail_rate:.0f} % FAIL "
+                f"of {self.n_defect}")
+
+
+def held_out_defect_rates(
+    good_scores: np.ndarray | Sequence[float],
+    defect_scores: np.ndarray | Sequence[float],
+    **calibrate_options: Any,
+) -> HeldOutDefectRates:
+    """How many known-bad images the calibration would stop had it not seen them.
+
+    For each defect score, ``calibrate`` runs on the good scores and the other defect scores (with one
+    defect image, on the good scores alone) and the held-out score is compared with its review and fail
+    thresholds. The thresholds the recipe keeps are set from all of them; these rates are what a
+    defect the teaching never saw can expect, which the in-sample rates overstate.
+
+    Args:
+        calibrate_options: ``calibrate``'s score options (``target_false_reject``, ``fail_margin``,
+            ``review_quantile``) as teaching used them.
+
+    Raises:
+        ValueError: non-finite scores or bad options (from ``calibrate``).
+    """
+    good = _scores("good_scores", good_scores)
+    defects = _scores("defect_scores", defect_scores)
+    flagged = failed = 0
+    for i in range(defects.size):
+        rest = np.delete(defects, i)
+        t = calibrate(good, defect_scores=rest if rest.size else None, **calibrate_options)
+        flagged += int(defects[i] >= t.review)
+        failed += int(defects[i] >= t.fail)
+    return HeldOutDefectRates(n_defect=int(defects.size), flagged=flagged, failed=failed)
 
 
 def operating_point(

@@ -57,6 +57,8 @@ def test_train_prints_the_calibration_report(
     assert "on the line: about 1 good part in 7 will FAIL (at most 14.3 %, conformal)" in out, out
     assert "with 6 good images the true share could be as high as" in out
     assert "known-bad images: 100 % flagged (REVIEW or FAIL)" in out and "set on these same images" in out, out
+    assert "known-bad images, each judged by thresholds set without it (leave-one-out):" in out, out
+    assert "expected share of good parts" not in out     # the in-sample share: the conformal lines replace it
     assert (tmp_path / "r" / "models" / "v1" / "model.json").is_file()
 
 

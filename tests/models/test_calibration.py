@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.calibration import Thresholds, auroc, calibrate
+from models.calibration import Thresholds, auroc, calibrate, held_out_defect_rates
 
 
 def good_scores(n: int = 20) -> np.ndarray:
@@ -165,3 +165,26 @@ def test_conformal_figure_matches_a_simulation(review_quantile: float, exact: bo
     else:   # between the two order statistics: m / (n + 1) <= rate <= (m + 1) / (n + 1)
         assert outlook.n_at_or_above / (n + 1) - 0.01 <= rate <= outlook.expected + 0.01
     assert uppers_hit[:2000].mean() >= 0.88
+
+
+def test_held_out_defect_rates_judge_each_defect_without_it() -> None:
+    good = np.linspace(1.0, 2.0, 16)
+    # two clear defects and one among the top goods: in sample, best F1 puts FAIL under all three
+    defects = np.array([3.0, 3.1, 1.99])
+    in_sample = calibrate(good, defect_scores=defects)
+    assert (defects >= in_sample.fail).all()
+    rates = held_out_defect_rates(good, defects)
+    # held out, 1.99 is judged by a FAIL threshold set between the goods and 3.0: it escapes FAIL
+    # (REVIEW still stops it: the 90th percentile of the goods is 1.9)
+    assert (rates.n_defect, rates.flagged, rates.failed) == (3, 3, 2)
+    assert rates.fail_rate == pytest.approx(2 / 3)
+    assert "leave-one-out" in rates.sentence() and "67 % FAIL of 3" in rates.sentence()
+
+
+def test_held_out_with_one_defect_falls_back_to_the_good_only_rule() -> None:
+    good = np.linspace(1.0, 2.0, 16)
+    alone = calibrate(good)
+    rates = held_out_defect_rates(good, [alone.fail - 1e-6])
+    assert (rates.flagged, rates.failed) == (1, 0)
+    with pytest.raises(ValueError, match="defect_scores"):
+        held_out_defect_rates(good, [float("nan")])
