@@ -212,18 +212,24 @@ def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha:
 
 def fail_rate_groups(store: Store, flt: Filters = Filters(), *, by: SpcGroup = "lot"
                      ) -> list[tuple[str, int, int]]:
-    """``(key, inspected, failed)`` per lot (in order of each lot's first part), per local hour or per shift."""
+    """``(key, judged, failed)`` per lot (in order of each lot's first part), per local hour or per shift.
+
+    ``judged`` counts the parts that got a verdict (PASS, REVIEW, FAIL): an ERROR row (a frame that could not be
+    inspected) is neither a failed nor a good part, so it stays out of the FAIL rate, as it stays out of the yield
+    (``inspector.results.VerdictCounts``). A group of ERROR rows only is left out.
+    """
     if by in ("hour", "shift"):
-        return [(r.key, r.inspected, r.failed)
-                for r in store.yield_summary(group_by=by, **dataclasses.asdict(flt))]
+        rows = store.yield_summary(group_by=by, **dataclasses.asdict(flt))
+        return [(r.key, r.inspected - r.errors, r.failed) for r in rows if r.inspected > r.errors]
     if by != "lot":
         msg = f"p-chart groups must be 'lot', 'hour' or 'shift', got {by!r}"
         raise ValueError(msg)
     failed = sa.func.sum(sa.case((inspections.c.verdict == Verdict.FAIL.value, 1), else_=0))
-    stmt = (sa.select(inspections.c.lot, sa.func.count(), failed, sa.func.min(inspections.c.time).label("t0"))
+    judged = sa.func.sum(sa.case((inspections.c.verdict != Verdict.ERROR.value, 1), else_=0))
+    stmt = (sa.select(inspections.c.lot, judged, failed, sa.func.min(inspections.c.time).label("t0"))
             .where(*flt.conditions()).group_by(inspections.c.lot).order_by(sa.text("t0")))
     with store.engine.connect() as conn:
-        return [(str(lot) or "(no lot)", int(n), int(f or 0)) for lot, n, f, _ in conn.execute(stmt)]
+        return [(str(lot) or "(no lot)", int(n), int(f or 0)) for lot, n, f, _ in conn.execute(stmt) if n]
 
 
 def fail_rate_chart(store: Store, flt: Filters = Filters(), *, by: SpcGroup = "lot",

@@ -86,10 +86,25 @@ def test_fail_rate_p_chart_per_lot_alarms_on_the_bad_lot(store: Store) -> None:
     hourly = st.fail_rate_chart(store, st.Filters(recipe="part"), by="hour")
     assert sum(p.n for p in hourly.points) == 600
     shifts = st.fail_rate_groups(store, st.Filters(recipe="part"), by="shift")   # the store's shifts
-    assert shifts == [(r.key, r.inspected, r.failed) for r in store.yield_summary(group_by="shift", recipe="part")]
+    assert shifts == [(r.key, r.inspected - r.errors, r.failed)
+                      for r in store.yield_summary(group_by="shift", recipe="part")]
     assert sum(n for _, n, _ in shifts) == 600 and sum(f for _, _, f in shifts) == 55
     with pytest.raises(ValueError, match="'lot', 'hour' or 'shift'"):
         st.fail_rate_groups(store, st.Filters(recipe="part"), by="week")  # type: ignore[arg-type]
+
+
+def test_error_rows_stay_out_of_the_fail_rate(store: Store) -> None:
+    """A frame that could not be inspected is neither a good nor a failed part: the p-chart, like the yield,
+    counts judged parts only; a lot of ERROR rows only has no point."""
+    for i in range(40):
+        store.record(_result(1000 + i, lot="F", verdict=Verdict.ERROR, score=float("nan")))
+        store.record(_result(2000 + i, lot="G", verdict=Verdict.ERROR, score=float("nan")))
+    store.flush()
+    groups = dict((k, (n, f)) for k, n, f in st.fail_rate_groups(store, st.Filters(recipe="part"), by="lot"))
+    assert groups["F"] == (100, 30) and "G" not in groups
+    for by in ("hour", "shift"):
+        rows = st.fail_rate_groups(store, st.Filters(recipe="part"), by=by)  # type: ignore[arg-type]
+        assert sum(n for _, n, _ in rows) == 600, by
 
 
 def test_drift_compares_recent_pass_scores_with_the_teaching_scores(store: Store) -> None:
