@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+import cv2
+import numpy as np
+
 from inspector._csv import csv_cell
+from inspector.overlay import location_heat_image
 from models.files import atomic_write
 
 __all__ = ["ReportMeta", "write_report"]
@@ -34,6 +38,9 @@ VERDICT_ORDER: Final = ("FAIL", "REVIEW", "PASS", "ERROR")
 VERDICT_COLOURS: Final = {"PASS": "#2e7d32", "REVIEW": "#ef6c00", "FAIL": "#c62828", "ERROR": "#616161"}
 RESULT_COLUMNS: Final = ("file", "verdict", "score", "defects", "largest_defect_px", "largest_defect_mm2",
                          "width", "height", "thumbnail", "overlay", "error")
+LOCATION_COLUMNS: Final = 12        # cells across the frame in the location maps (rows follow the aspect)
+LOCATION_TYPES: Final = 4           # one map per defect type for the most frequent types, beside the map of all
+UNTYPED: Final = "untyped"
 DEFECT_COLUMNS: Final = ("file", "region", "x", "y", "width", "height", "area_px", "area_mm2", "max_score",
                          "mean_score", "defect_class", "predicted_class", "type_confidence")
 
@@ -84,9 +91,79 @@ def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMe
     """
     atomic_write(out / "results.csv", _results_csv(records))
     atomic_write(out / "defects.csv", _defects_csv(records))
+    locations = write_location_maps(out, records)
     index = out / "index.html"
-    atomic_write(index, render_html(records, meta))
+    atomic_write(index, render_html(records, meta, locations))
     return index
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocationMaps:
+    """The location maps a report shows: where on the frame the defect regions of a review sit."""
+
+    reference: str                        # the file whose thumbnail is the background
+    reference_is_good: bool               # False: no PASS image yet, a flagged one stands in
+    grid: tuple[int, int]                 # (rows, cols) over the frame
+    maps: tuple[tuple[str, str, int], ...]  # (defect type or "all types", image path relative to out, regions)
+
+
+def _region_type(region: Mapping[str, Any]) -> str:
+    # a reviewer's class where given, else the few-shot typer's guess (inspector.defect_typing)
+    return str(region.get("defect_class") or region.get("predicted_class") or UNTYPED)
+
+
+def location_counts(records: Sequence[Mapping[str, Any]], grid: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Region centres per defect type, counted on a ``grid`` (rows, cols) over each image's frame.
+
+    Centres are scaled by each image's own width and height, so images of different sizes share the map.
+    """
+    rows_n, cols_n = grid
+    counts: dict[str, np.ndarray] = {}
+    for r in records:
+        width, height = r.get("width"), r.get("height")
+        if r.get("status") != "ok" or not width or not height:
+            continue
+        for reg in r.get("regions") or []:
+            col = int((reg["x"] + reg["width"] / 2) / width * cols_n)
+            row = int((reg["y"] + reg["height"] / 2) / height * rows_n)
+            if 0 <= row < rows_n and 0 <= col < cols_n:
+                counts.setdefault(_region_type(reg), np.zeros(grid, np.int64))[row, col] += 1
+    return counts
+
+
+def write_location_maps(out: Path, records: Sequence[Mapping[str, Any]]) -> LocationMaps | None:
+    """Heat images of where the regions sit, over the thumbnail of the first PASS image (``locations/``).
+
+    None when there are no regions yet or no thumbnail to draw on.
+    """
+    with_thumbs = [r for r in records if r.get("status") == "ok" and r.get("thumb") and r.get("width")]
+    good = [r for r in with_thumbs if r.get("verdict") == "PASS"]
+    base = (good or with_thumbs)[:1]
+    if not base:
+        return None
+    reference = cv2.imread(str(out / base[0]["thumb"]), cv2.IMREAD_COLOR)
+    if reference is None:
+        return None
+    th, tw = reference.shape[:2]
+    grid = (max(1, round(LOCATION_COLUMNS * th / tw)), LOCATION_COLUMNS)
+    counts = location_counts(records, grid)
+    if not counts:
+        return None
+    folder = out / "locations"
+    folder.mkdir(exist_ok=True)
+    ranked = sorted(counts.items(), key=lambda kv: (-int(kv[1].sum()), kv[0]))
+    every: np.ndarray = np.sum(list(counts.values()), axis=0)
+    chosen = [("all types", every), *ranked[:LOCATION_TYPES]] if len(counts) > 1 else ranked
+    maps = []
+    for i, (name, cells) in enumerate(chosen):
+        # twice the thumbnail's size, so the map reads beside the thumbnails
+        ok, png = cv2.imencode(".png", location_heat_image(cv2.resize(reference, (tw * 2, th * 2)), cells))
+        if not ok:
+            continue
+        rel = f"locations/map-{i}.png"
+        atomic_write(out / rel, png.tobytes(), fsync=False)
+        maps.append((name, rel, int(cells.sum())))
+    return LocationMaps(reference=str(base[0]["file"]), reference_is_good=bool(good), grid=grid, maps=tuple(maps))
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -211,6 +288,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .v{font-weight:600;padding:1px 6px;border-radius:3px;color:#fff}
 .v-PASS{background:#2e7d32}.v-REVIEW{background:#ef6c00}.v-FAIL{background:#c62828}.v-ERROR{background:#616161}
 img.thumb{max-width:160px;max-height:120px;display:block}
+.locations figure{display:inline-block;margin:0 1em 1em 0}.locations img{max-width:340px;display:block}
 .filters{margin:.6em 0}.filters label{margin-right:1em}
 """
 
@@ -249,15 +327,15 @@ _JS: Final = """
 """
 
 
-def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> str:
+def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta, locations: LocationMaps | None = None) -> str:
     """The report page as one self-contained HTML document (see ``write_report`` for ``records``)."""
     ok = [r for r in records if r.get("status") == "ok"]
     errors = [r for r in records if r.get("status") != "ok"]
     verdicts = Counter(str(r.get("verdict")) for r in ok)
     verdicts["ERROR"] = len(errors)
     # a reviewer's class where given, else the few-shot typer's guess (inspector.defect_typing)
-    classes = Counter(reg.get("defect_class") or reg.get("predicted_class") for r in ok
-                      for reg in (r.get("regions") or []) if reg.get("defect_class") or reg.get("predicted_class"))
+    classes = Counter(_region_type(reg) for r in ok for reg in (r.get("regions") or [])
+                      if reg.get("defect_class") or reg.get("predicted_class"))
     out: list[str] = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -287,6 +365,17 @@ def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> str:
             f"<tr><td>{_e(name)}</td><td>{count}</td></tr>" for name, count in classes.most_common()) + "</table>")
     else:
         out.append("<p>No defect classes assigned yet: counts are per verdict.</p>")
+
+    if locations is not None:
+        rows_n, cols_n = locations.grid
+        background = ("a good image of this review" if locations.reference_is_good
+                      else "a flagged image of this review (no PASS image yet)")
+        out.append("<h2>Where the defects are</h2>")
+        out.append(f"<p>Centres of the defect regions on a {cols_n} x {rows_n} grid over the frame, drawn over "
+                   f"{_e(background)} ({_e(locations.reference)}); red: where most of them sit.</p>")
+        out.append('<div class="locations">' + "".join(
+            f'<figure><img src="{_href(rel)}" alt="location map: {_e(name)}"><figcaption>{_e(name)}: '
+            f"{n} region(s)</figcaption></figure>" for name, rel, n in locations.maps) + "</div>")
 
     out.append("<h2>Score histogram</h2>")
     out.append(histogram_svg([r["score"] for r in ok if r.get("score") is not None], meta.thresholds))
@@ -329,7 +418,7 @@ def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> str:
     else:
         out.append("<p>None.</p>")
     out.append("<p><small>Also in this folder: results.csv (one row per image), defects.csv (one row per defect "
-               "region), overlays/ (full-size heatmaps of REVIEW and FAIL images).</small></p>")
+               "region), overlays/ (full-size heatmaps of REVIEW and FAIL images), locations/ (the location maps).</small></p>")
     # The records as JSON too, for scripts that read the page; "</" is escaped so no text can close the tag.
     data = json.dumps({"thresholds": meta.thresholds, "mode": meta.mode}).replace("</", "<\\/")
     out.append(f'<script type="application/json" id="report-meta">{data}</script>')

@@ -18,7 +18,8 @@ import numpy as np
 
 from inspector.results import DefectRegion
 
-__all__ = ["DEFAULT_COLORMAP", "REGION_COLOR_BGR", "heatmap_bgr", "normalise_map", "render_overlay"]
+__all__ = ["DEFAULT_COLORMAP", "REGION_COLOR_BGR", "heatmap_bgr", "location_heat_image", "normalise_map",
+           "render_overlay"]
 
 # Turbo: perceptually smoother than Jet and readable by most colour-blind operators (Google AI blog, 2019).
 DEFAULT_COLORMAP: Final = cv2.COLORMAP_TURBO
@@ -129,3 +130,27 @@ def render_overlay(
         bottom_right = (int(region.x + region.width - 1), int(region.y + region.height - 1))
         cv2.rectangle(out, top_left, bottom_right, region_color, thickness, lineType=cv2.LINE_8)
     return out
+
+
+def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
+    """The location map as a heat image over a reference good image (both the ROI's size).
+
+    Args:
+        reference_bgr: (H, W, 3) uint8 BGR good image of the ROI.
+        counts: (rows, cols) counts (``LocationMap.counts[type]`` or ``.total()``).
+        alpha: opacity of the heat where there are defects (none where there are none).
+
+    Returns:
+        (H, W, 3) uint8 BGR.
+    """
+    h, w = reference_bgr.shape[:2]
+    density = cv2.resize(counts.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+    density = cv2.GaussianBlur(density, (0, 0), sigmaX=max(1.0, w / counts.shape[1] / 2))
+    peak = float(density.max())
+    if peak <= 0:
+        return reference_bgr.copy()
+    norm = density / peak
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    weight = (alpha * np.clip(norm * 3, 0, 1))[..., None]
+    blended: np.ndarray = (reference_bgr * (1 - weight) + heat * weight).astype(np.uint8)
+    return blended

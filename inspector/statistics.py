@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from inspector._csv import csv_cell
 from inspector.errors import StoreError
+from inspector.overlay import location_heat_image
 from inspector.results import Verdict
 from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
 from inspector.store import inspection_conditions, inspections, regions
@@ -179,32 +180,6 @@ def defect_locations(
                 continue
             counts.setdefault(str(name), np.zeros(grid, np.int64))[int(r), int(c)] += int(n)
     return LocationMap(area=area, counts=counts, outside=outside)
-
-
-def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
-    """The location map as a heat image over a reference good image (both the ROI's size).
-
-    Args:
-        reference_bgr: (H, W, 3) uint8 BGR good image of the ROI.
-        counts: (rows, cols) counts (``LocationMap.counts[type]`` or ``.total()``).
-        alpha: opacity of the heat where there are defects (none where there are none).
-
-    Returns:
-        (H, W, 3) uint8 BGR.
-    """
-    import cv2
-
-    h, w = reference_bgr.shape[:2]
-    density = cv2.resize(counts.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
-    density = cv2.GaussianBlur(density, (0, 0), sigmaX=max(1.0, w / counts.shape[1] / 2))
-    peak = float(density.max())
-    if peak <= 0:
-        return reference_bgr.copy()
-    norm = density / peak
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    weight = (alpha * np.clip(norm * 3, 0, 1))[..., None]
-    blended: np.ndarray = (reference_bgr * (1 - weight) + heat * weight).astype(np.uint8)
-    return blended
 
 
 # --------------------------------------------------------------------------------------------- SPC

@@ -178,6 +178,9 @@ def test_recipe_review_writes_a_complete_report(recipe_review: tuple[ReviewSumma
     defects = _rows(out / "defects.csv")
     flagged = {r["file"] for r in rows if r["verdict"] in ("REVIEW", "FAIL")}
     assert {d["file"] for d in defects} <= flagged
+    assert defects, "the planted defects give regions"
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Where the defects are" in page and (out / "locations" / "map-0.png").is_file()
 
 
 def test_interrupted_recipe_review_resumes_to_the_same_report(
