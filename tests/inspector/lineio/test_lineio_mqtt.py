@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 
-from inspector.lineio.mqtt import MessageSpool, MqttPublisher
+from inspector.lineio.mqtt import SEQ_BLOCK, SEQ_FILE, MessageSpool, MqttPublisher
 from inspector.lineio.signals import LinkMonitor
 from inspector.lineio.station_config import MqttConfig
 from inspector.results import InspectionResult, Verdict
@@ -221,3 +222,18 @@ def test_last_will_says_offline_when_the_station_vanishes(broker: Broker, tmp_pa
         watcher.disconnect()
         watcher.loop_stop()
         pub.stop(flush_timeout=0)                             # its sender thread, which outlived the socket
+
+
+def test_seq_never_starts_again_after_a_restart_with_an_empty_spool(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    first = MessageSpool(folder, max_messages=5_000)
+    used = [first.append(lambda seq: json.dumps({"seq": seq}).encode()) for _ in range(SEQ_BLOCK + 2)]
+    for seq in used:                                          # every message delivered: the spool is empty
+        first.remove(seq)
+    assert len(first) == 0 and not list(folder.glob("*.json"))
+    again = MessageSpool(folder, max_messages=5_000)          # the station restarts
+    seq = again.append(lambda seq: json.dumps({"seq": seq}).encode())
+    assert seq > max(used)                                    # a subscriber dropping seen seqs keeps it
+    (folder / SEQ_FILE).write_text("twelve\n")
+    with pytest.raises(ValueError, match=r"next-seq: holds 'twelve', not the next message number"):
+        MessageSpool(folder, max_messages=5_000)
