@@ -125,3 +125,48 @@ def test_no_unencrypted_endpoint(station: tuple[LineIO, str]) -> None:
         return [e.SecurityPolicyUri.rsplit("#", 1)[-1] for e in await client.connect_and_get_server_endpoints()]
 
     assert set(asyncio.run(endpoints())) == {"Basic256Sha256"}
+
+
+def test_first_start_makes_the_certificate_in_the_data_dir_reuses_it_and_anonymous_only_when_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "data"))
+    port = free_port()
+    config = StationConfig(station="t2", recipes=(RecipeSlot(number=1, file=Path("a.yaml")),
+                                                  RecipeSlot(number=2, file=Path("b.yaml"))),
+                           opcua=OpcUaConfig(host="127.0.0.1", port=port, allow_anonymous=True))
+    folder = tmp_path / "data" / "opcua"
+    assert not folder.exists()
+    url = f"opc.tcp://127.0.0.1:{port}/inspector/"
+
+    async def anonymous_session() -> tuple[int, int, int]:
+        client = await _client(url, tmp_path / "client", user=None, password=None)
+        async with client:
+            ns = await client.get_namespace_index(NAMESPACE)
+            obj = await client.nodes.objects.get_child(f"{ns}:Inspector")
+            beat = await obj.get_child(f"{ns}:Heartbeat")
+            first = await beat.read_value()
+            end = time.monotonic() + 10
+            while await beat.read_value() == first and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            requested = await obj.get_child(f"{ns}:RecipeRequested")
+            await requested.write_value(ua.Variant(2, ua.VariantType.UInt16))
+            return first, await beat.read_value(), await requested.read_value()
+
+    io = LineIO(config, active_recipe=1)
+    io.start()
+    try:
+        first, later, requested = asyncio.run(anonymous_session())
+        end = time.monotonic() + 10
+        while io.signals.recipe_requested != 2 and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        io.stop()
+    assert later > first and requested == 2 and io.signals.recipe_requested == 2
+    key, cert = folder / "server-key.pem", folder / "server-cert.der"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    made = key.read_bytes(), cert.read_bytes()
+    again = LineIO(config, active_recipe=1)      # the second start reuses the certificate and key
+    again.start()
+    again.stop()
+    assert (key.read_bytes(), cert.read_bytes()) == made

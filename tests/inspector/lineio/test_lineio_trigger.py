@@ -296,3 +296,16 @@ def test_a_lost_camera_sets_fault_answers_error_at_once_and_recovers(make_line: 
     regs = line.wait_result(3)
     assert regs[VERDICT] == 1 and regs[STATUS] & StatusBits.READY
     assert line.answered == [1, 2, 3]
+
+
+def test_the_heartbeat_counts_every_second(make_line: Callable[..., Line]) -> None:
+    line = make_line()
+    first = line.regs()[HB]
+    end = time.monotonic() + 10                    # a bound for a loaded machine, not a timing claim
+    while line.regs()[HB] < first + 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert line.regs()[HB] >= first + 2            # a PLC watching HR0 sees the station alive
+    line.io.stop()                                 # the station dies: HR0 stands still (read from the signals)
+    stopped = line.io.signals.snapshot().heartbeat
+    time.sleep(1.5)
+    assert line.io.signals.snapshot().heartbeat == stopped
