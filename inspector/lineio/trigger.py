@@ -111,6 +111,7 @@ class TriggeredRunner:
         self._loading: int | None = None                      # recipe number being loaded
         self._loaded: tuple[int, FrameInspector | None, str] | None = None
         self._active = signals.snapshot().recipe_active
+        self._held: str | None = None                         # why every trigger is answered ERROR now
         self._answered = 0
         self._errors = 0
         self._misses = 0
@@ -149,6 +150,21 @@ class TriggeredRunner:
         if not self._live:
             self._close_source()
 
+    def hold(self, reason: str | None) -> None:
+        """Answer every trigger ERROR with ``reason`` (the operator paused the station); None: inspect again."""
+        self._held = reason
+
+    def use(self, number: int, inspector: FrameInspector) -> None:
+        """Inspect with ``inspector`` as recipe ``number`` from the next trigger on (the operator switched).
+
+        Takes the changeover path: HR8 follows at the next trigger check, and HR7 is set to ``number`` so
+        that an older PLC request does not switch back. ``number`` 0 (a recipe station.yaml does not list)
+        answers every trigger ERROR ("no active recipe") until a listed one is used.
+        """
+        with self._lock:                   # both at once: _changeover never sees one without the other
+            self._signals.write_recipe_requested(number)
+            self._loaded = (number, inspector, "")
+
     def stats(self) -> TriggerStats:
         with self._lock:
             return TriggerStats(answered=self._answered, errors=self._errors, deadline_misses=self._misses,
@@ -173,6 +189,10 @@ class TriggeredRunner:
         camera_fault = self._signals.faults.get("camera")
         if camera_fault is not None and self._live:     # the capture thread clears it when frames come back
             self._deliver(trigger, self._error(trigger, None, f"station fault: {camera_fault}"))
+            return
+        held = self._held
+        if held is not None:
+            self._deliver(trigger, self._error(trigger, None, held))
             return
         if self._loading is not None or not self._active:
             what = f"recipe changeover to {self._loading} in progress" if self._loading else "no active recipe"
@@ -269,7 +289,10 @@ class TriggeredRunner:
                 self._signals.set_fault("recipe", None)
                 self._signals.set_recipe_active(number)
                 logger.info("recipe %d active: %s", number, inspector.name)
-        requested = self._signals.recipe_requested
+        with self._lock:
+            if self._loaded is not None:    # an operator's switch came meanwhile: taken on the next pass
+                return
+            requested = self._signals.recipe_requested
         if self._loading is not None or requested == self._active or self._load_recipe is None:
             return
         if requested == 0:

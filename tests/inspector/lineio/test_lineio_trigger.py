@@ -309,3 +309,26 @@ def test_the_heartbeat_counts_every_second(make_line: Callable[..., Line]) -> No
     stopped = line.io.signals.snapshot().heartbeat
     time.sleep(1.5)
     assert line.io.signals.snapshot().heartbeat == stopped
+
+
+def test_the_operator_switches_the_recipe_or_pauses_and_the_plc_sees_it(
+    make_line: Callable[..., Line], stub_inspector: type
+) -> None:
+    loads: list[int] = []
+    line = make_line(loader=lambda number: loads.append(number) or stub_inspector(f"plc{number}"))
+    line.trigger(1)
+    assert line.wait_result(1)[ACTIVE] == 1
+    line.runner.use(2, stub_inspector("chosen2"))         # the app's recipe box: recipe 2 of station.yaml
+    line.trigger(2)
+    regs = line.wait_result(2)
+    assert regs[VERDICT] == 1 and regs[ACTIVE] == 2 and regs[REQ] == 2
+    assert line.recorded[-1].recipe == "chosen2" and loads == []     # used as given, not loaded again
+    line.runner.hold("paused by the operator")
+    line.trigger(3)
+    assert line.wait_result(3)[VERDICT] == 4 and "paused" in (line.recorded[-1].error or "")
+    line.runner.hold(None)
+    line.runner.use(0, stub_inspector("unlisted"))        # a recipe station.yaml does not list
+    line.trigger(4)
+    regs = line.wait_result(4)
+    assert regs[VERDICT] == 4 and regs[ACTIVE] == 0 and not regs[STATUS] & StatusBits.READY
+    assert [r.frame_id for r in line.recorded] == [0, 1, -1, -1]     # no frame taken for an ERROR answer
