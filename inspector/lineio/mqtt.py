@@ -211,6 +211,8 @@ class MqttPublisher:
             self._client.username_pw_set(config.username, password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._outage_reported = False                # one error per outage, not one per retry
         self._client.on_publish = self._on_publish
         monitor.register(LINK, f"{config.host}:{config.port}")
         self._update_detail()
@@ -305,6 +307,7 @@ class MqttPublisher:
         client.publish(self.status_topic, "online", qos=1, retain=True)
         with self._cond:
             self._connected = True
+            self._outage_reported = False
             self._cond.notify_all()
         self._monitor.update(LINK, up=True)
         logger.info("MQTT connected to %s:%d", self._config.host, self._config.port)
@@ -312,9 +315,19 @@ class MqttPublisher:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._cond:
             self._connected = False
+            self._outage_reported = True
         if not self._stop.is_set():
             self._monitor.update(LINK, up=False, error=f"broker connection lost ({reason_code}); retrying")
             logger.warning("MQTT connection to %s:%d lost: %s", self._config.host, self._config.port, reason_code)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        """The broker could not be reached (refused, no route): said once per outage, retried every 1-2 s."""
+        with self._cond:
+            report, self._outage_reported = not self._outage_reported, True
+        if report and not self._stop.is_set():
+            where = f"{self._config.host}:{self._config.port}"
+            self._monitor.update(LINK, up=False, error=f"cannot reach the broker at {where}; retrying, results spooled")
+            logger.warning("MQTT broker at %s cannot be reached; retrying", where)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._cond:
