@@ -179,7 +179,8 @@ def station_window(recipes: Sequence[Path], line: LineIO | None, *, source: str 
                    load_inspector: LoadInspector | None = None) -> MainWindow:
     """The main window, with ``line``'s links in its footer when a station.yaml was given.
 
-    Continuous mode: every result is published after it is recorded. Triggered mode: each run of the
+    Continuous mode: every result is published after it is recorded, and FAULT (HR1 bit3) follows the
+    station (`inspector.lineio.triggered_pipeline.continuous_pipelines`). Triggered mode: each run of the
     window answers the PLC's triggers (`inspector.lineio.triggered_pipeline`), one frame per trigger,
     recorded, answered, then published; a recipe number the PLC writes into HR7 loads that recipe.
     """
@@ -187,9 +188,14 @@ def station_window(recipes: Sequence[Path], line: LineIO | None, *, source: str 
     from ui.main_window import MainWindow
 
     load = load_inspector or default_load_inspector
-    if line is None or line.config.mode != "triggered":
+    if line is None:
         window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
                             load_inspector=load)
+    elif line.config.mode == "continuous":
+        from inspector.lineio.triggered_pipeline import continuous_pipelines
+
+        window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
+                            load_inspector=load, make_pipeline=continuous_pipelines(line))
     else:
         from inspector.lineio.triggered_pipeline import triggered_pipelines
 

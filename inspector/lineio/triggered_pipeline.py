@@ -1,4 +1,4 @@
-"""Triggered mode behind the pipeline's interface, so that the app's `StationController` runs it.
+"""The app's runs with a station.yaml: triggered mode behind the pipeline's interface, and the FAULT bit.
 
 The desktop app drives every run through a `StationController`, which builds a pipeline, records each
 result before it shows it, and sends Start / Pause / Stop / recipe switches to the pipeline. For a
@@ -15,6 +15,10 @@ What the PLC sees of the operator's controls:
 - Pause: FAULT set ("paused"), READY off, every trigger answered ERROR at once; Resume clears it;
 - a recipe chosen in the app: HR8 and HR7 become its number in station.yaml (0, and every trigger
   answered ERROR, for a recipe station.yaml does not list); the PLC may still change over by HR7.
+
+In ``continuous`` mode the app runs its usual `Pipeline` (`continuous_pipelines`): no trigger is
+answered, but FAULT follows the station as in triggered mode (not inspecting, camera lost or ended,
+the last result ERROR or not recorded), so that a PLC watching HR1 stops the line.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from inspector.capture import FrameSource
 from inspector.errors import InspectorError
 from inspector.lineio.line import LineIO
 from inspector.lineio.trigger import TriggeredRunner
-from inspector.pipeline import EventKind, FrameInspector, PipelineEvent, PipelineStats
+from inspector.pipeline import EventKind, FrameInspector, Pipeline, PipelineEvent, PipelineStats
 from inspector.results import InspectionResult, Verdict
 
-__all__ = ["NOT_RUNNING", "OPERATOR_FAULT", "TriggeredPipeline", "recipe_number", "triggered_pipelines"]
+__all__ = ["NOT_RUNNING", "OPERATOR_FAULT", "TriggeredPipeline", "continuous_pipelines", "recipe_number",
+           "triggered_pipelines"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +186,33 @@ class TriggeredPipeline:
                 self._on_event(PipelineEvent(kind=kind, message=message))
             except Exception:
                 logger.exception("pipeline event listener raised")
+
+
+def continuous_pipelines(line: LineIO) -> Callable[..., Pipeline]:
+    """A ``make_pipeline`` for a continuous station.yaml in the app: the usual `Pipeline`, with the PLC's
+    FAULT bit following it (not inspecting, camera lost, an ERROR result, a result not recorded)."""
+    line.signals.set_fault(OPERATOR_FAULT, NOT_RUNNING)
+
+    def on_result(consume: RecordStep) -> Callable[[InspectionResult], None]:
+        def step(result: InspectionResult) -> None:
+            shown = consume(result)
+            line.follow_result(shown if isinstance(shown, InspectionResult) else result)
+        return step
+
+    def make(source: FrameSource, inspector: FrameInspector, *, consumers: Sequence[RecordStep],
+             on_event: Callable[[PipelineEvent], None] | None = None) -> Pipeline:
+        def event(e: PipelineEvent) -> None:
+            line.follow_pipeline(e)
+            if e.kind is EventKind.SOURCE_OPENED:
+                line.signals.set_fault(OPERATOR_FAULT, None)
+            elif e.kind is EventKind.STOPPED:
+                line.signals.set_fault(OPERATOR_FAULT, NOT_RUNNING)
+            if on_event is not None:
+                on_event(e)
+
+        return Pipeline(source, inspector, consumers=[on_result(c) for c in consumers], on_event=event)
+
+    return make
 
 
 def triggered_pipelines(line: LineIO, *, load_recipe: Callable[[int], FrameInspector] | None = None
