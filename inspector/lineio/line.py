@@ -52,6 +52,7 @@ class LineIO:
         self.config = config
         self.monitor = monitor or LinkMonitor()
         self.signals = LineSignals(recipe_numbers=config.recipe_numbers, active_recipe=active_recipe)
+        self._triggered = config.mode == "triggered"     # continuous mode refuses PLC triggers
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._links: list[_Server] = []
@@ -73,11 +74,12 @@ class LineIO:
             if self.config.modbus is not None:
                 from inspector.lineio.modbus import ModbusLink
 
-                self._start(ModbusLink(self.config.modbus, self.signals, self.monitor))
+                self._start(ModbusLink(self.config.modbus, self.signals, self.monitor, triggers=self._triggered))
             if self.config.opcua is not None:
                 from inspector.lineio.opcua import OpcUaLink
 
-                self._start(OpcUaLink(self.config.opcua, self.signals, self.monitor, station=self.config.station))
+                self._start(OpcUaLink(self.config.opcua, self.signals, self.monitor, station=self.config.station,
+                                      triggers=self._triggered))
         except Exception:
             self.stop()
             raise

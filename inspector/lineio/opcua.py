@@ -105,9 +105,12 @@ class OpcUaLink:
         signals: the handshake state it serves.
         monitor: where its state is reported.
         station: the station name (certificate and server name).
+        triggers: whether ``Trigger()`` is served (triggered mode); when False it fails with BadInvalidState.
     """
 
-    def __init__(self, config: OpcUaConfig, signals: LineSignals, monitor: LinkMonitor, *, station: str) -> None:
+    def __init__(self, config: OpcUaConfig, signals: LineSignals, monitor: LinkMonitor, *, station: str,
+                 triggers: bool = True) -> None:
+        self._triggers = triggers
         self._config = config
         self._signals = signals
         self._monitor = monitor
@@ -194,7 +197,11 @@ class OpcUaLink:
             nodes[name] = await obj.add_variable(ns, name, ua.Variant(initial, kind))
         await nodes["RecipeRequested"].set_writable()
 
-        async def trigger(parent: Any) -> list[Any]:
+        async def trigger(parent: Any) -> Any:
+            if not self._triggers:          # continuous mode: nothing would answer it (a status, not a raise:
+                # asyncua logs a raised exception with its traceback and answers BadUnexpectedError)
+                self._monitor.update(LINK, error="Trigger() refused: the station runs in continuous mode")
+                return ua.StatusCode(ua.UInt32(ua.StatusCodes.BadInvalidState))
             count = self._signals.add_trigger()
             self._monitor.update(LINK, message=True)
             return [ua.Variant(count, ua.VariantType.UInt16)]

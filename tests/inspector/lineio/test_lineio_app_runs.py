@@ -68,3 +68,28 @@ def test_in_continuous_mode_fault_follows_the_station(stub_inspector: type) -> N
     assert faults[OPERATOR_FAULT] == NOT_RUNNING and faults["camera"].startswith("source_ended")
     assert "inspection" not in faults                 # frame 4 was good
     assert not line.signals.snapshot().bits & StatusBits.READY
+
+
+def test_in_continuous_mode_a_plc_trigger_is_refused_not_left_unanswered() -> None:
+    from pymodbus.client import ModbusTcpClient
+
+    from inspector.lineio.station_config import ModbusConfig
+    from tests.helpers.lineio import free_port
+
+    port = free_port()
+    config = StationConfig(station="c2", recipes=(RecipeSlot(number=1, file=Path("a.yaml")),
+                                                  RecipeSlot(number=2, file=Path("b.yaml"))),
+                           modbus=ModbusConfig(host="127.0.0.1", port=port))
+    line = LineIO(config, active_recipe=1)
+    line.start()
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    try:
+        assert plc.connect()
+        reply = plc.write_register(2, 1)
+        assert reply.isError() and reply.exception_code == 2     # ILLEGAL ADDRESS: HR2 is read-only here
+        assert not plc.write_register(7, 2).isError()            # HR7 is still taken
+        regs = plc.read_holding_registers(0, count=9).registers
+    finally:
+        plc.close()
+        line.stop()
+    assert regs[2] == 0 and not regs[1] & StatusBits.BUSY and regs[7] == 2

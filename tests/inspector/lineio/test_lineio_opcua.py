@@ -127,7 +127,7 @@ def test_no_unencrypted_endpoint(station: tuple[LineIO, str]) -> None:
     assert set(asyncio.run(endpoints())) == {"Basic256Sha256"}
 
 
-def test_first_start_makes_the_certificate_in_the_data_dir_reuses_it_and_anonymous_only_when_allowed(
+def test_first_start_makes_the_certificate_in_the_data_dir_reuses_it_and_anonymous_only_when_allowed(  # continuous
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "data"))
@@ -151,6 +151,8 @@ def test_first_start_makes_the_certificate_in_the_data_dir_reuses_it_and_anonymo
                 await asyncio.sleep(0.05)
             requested = await obj.get_child(f"{ns}:RecipeRequested")
             await requested.write_value(ua.Variant(2, ua.VariantType.UInt16))
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):
+                await obj.call_method(f"{ns}:Trigger")         # continuous mode: nothing would answer it
             return first, await beat.read_value(), await requested.read_value()
 
     io = LineIO(config, active_recipe=1)
