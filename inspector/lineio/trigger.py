@@ -8,9 +8,10 @@ Threads (all daemon, one shared stop event)::
 - Each trigger is answered exactly once, in order. Its deadline starts when the station saw the
   trigger; if no frame or no result is there by then, the answer is ERROR (a reject) at the deadline:
   never late, never skipped. A late result is logged and dropped; the ERROR is what is recorded.
-- Frames: a live source (camera) is read continuously on a capture thread and the trigger takes the
-  first frame captured after it (the newest frame after the trigger); a file or memory source is read
-  on demand, one frame per trigger (a software trigger).
+- Frames: a camera with a software trigger (`SoftwareTriggerSource`, e.g. a GenICam camera) takes one
+  frame per PLC trigger, fired on the controller thread; any other live source is read continuously on
+  a capture thread and the trigger takes the first frame captured after it (the newest frame after the
+  trigger); a file or memory source is read on demand, one frame per trigger.
 - Faults (camera lost, model raising, the recorder failing) set FAULT and stay set until the part that
   failed works again (the next frame read, inspection or record that succeeds clears its fault); the
   trigger that met the fault is answered ERROR, and while a live camera is lost every trigger is
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from inspector.capture import FrameSource
+from inspector.capture import FrameSource, SoftwareTriggerSource
 from inspector.lineio.signals import LineSignals, Trigger
 from inspector.pipeline import FrameInspector, ResultConsumer, error_result
 from inspector.results import Frame, InspectionResult, Verdict
@@ -99,6 +100,8 @@ class TriggeredRunner:
         self._load_recipe = load_recipe
         self._on_fault = on_fault
         self._live = bool(source.is_live)
+        self._software: SoftwareTriggerSource | None = None   # armed camera: one frame per trigger
+        self._rearm = False                                   # the armed camera failed: open and arm again
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # One inference thread of our own (a ThreadPoolExecutor's workers are not daemons and are not
@@ -122,9 +125,17 @@ class TriggeredRunner:
     # ---- control ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the source (on the capture thread for live sources) and start answering triggers."""
-        if not self._live:
+        """Open the source (on the capture thread for free-running cameras) and start answering triggers."""
+        if self._live and isinstance(self._source, SoftwareTriggerSource):
             self._open_on_demand()
+            if "camera" not in self._signals.faults and self._source.arm_software_trigger():
+                self._software = self._source
+                self._live = False              # read on demand, like a file: never free-running
+            else:
+                self._close_source()
+        if not self._live:
+            if self._software is None:
+                self._open_on_demand()
         else:
             self._threads.append(threading.Thread(target=self._capture_loop, name="inspector-capture", daemon=True))
         self._threads.append(threading.Thread(target=self._control_loop, name="inspector-trigger", daemon=True))
@@ -200,7 +211,9 @@ class TriggeredRunner:
             return
         frame = self._grab(trigger.seen, deadline)
         if frame is None:
-            self._deliver(trigger, self._error(trigger, None, "no frame before the deadline"))
+            lost = self._signals.faults.get("camera")
+            reason = f"station fault: {lost}" if lost is not None else "no frame before the deadline"
+            self._deliver(trigger, self._error(trigger, None, reason))
             return
         future: concurrent.futures.Future[InspectionResult] = concurrent.futures.Future()
         self._jobs.put((future, self._inspector, frame))
@@ -317,6 +330,8 @@ class TriggeredRunner:
     # ---- frames -----------------------------------------------------------------------------
 
     def _grab(self, after: float, deadline: float) -> Frame | None:
+        if self._software is not None:
+            return self._read_triggered(deadline)
         if not self._live:
             return self._read_on_demand()
         with self._frame_cond:
@@ -345,6 +360,26 @@ class TriggeredRunner:
             self._fault("camera", "source has no more frames")
         else:
             self._signals.set_fault("camera", None)
+        return frame
+
+    def _read_triggered(self, deadline: float) -> Frame | None:
+        """One frame by the camera's software trigger; a camera that failed is opened and armed again first."""
+        camera = self._software
+        assert camera is not None
+        try:
+            if self._rearm:                     # lost at an earlier trigger: reconnect (fails fast when absent)
+                self._source.open()
+                if not camera.arm_software_trigger():
+                    msg = "the camera no longer accepts a software trigger"
+                    raise RuntimeError(msg)
+                self._rearm = False
+            frame: Frame = camera.read_triggered(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            self._fault("camera", f"camera lost: {exc}")
+            self._close_source()
+            self._rearm = True
+            return None
+        self._signals.set_fault("camera", None)
         return frame
 
     def _close_source(self) -> None:

@@ -332,3 +332,69 @@ def test_the_operator_switches_the_recipe_or_pauses_and_the_plc_sees_it(
     regs = line.wait_result(4)
     assert regs[VERDICT] == 4 and regs[ACTIVE] == 0 and not regs[STATUS] & StatusBits.READY
     assert [r.frame_id for r in line.recorded] == [0, 1, -1, -1]     # no frame taken for an ERROR answer
+
+
+class TriggerCamera(Camera):
+    """A live camera with a software trigger (as `GenICamSource` has one): one frame per trigger fired."""
+
+    name = "camera with software trigger (test)"
+
+    def __init__(self, *, supports: bool) -> None:
+        super().__init__()
+        self.supports = supports
+        self.fired = 0
+        self.free_reads = 0
+        self.opened = 0
+
+    def open(self) -> None:
+        super().open()
+        self.opened += 1
+
+    def arm_software_trigger(self) -> bool:
+        return self.supports
+
+    def read_triggered(self, timeout: float) -> Frame:
+        if self.lost.is_set():
+            msg = "no triggered frame: stream dropped"
+            raise CaptureError(msg)
+        self.fired += 1
+        self._id += 1
+        return Frame(image_bgr=np.full((8, 8, 3), 50, np.uint8), frame_id=self._id, timestamp=time.time(),
+                     source=self.name)
+
+    def read(self) -> Frame | None:
+        self.free_reads += 1
+        return super().read()
+
+
+def test_a_camera_with_a_software_trigger_takes_one_frame_per_trigger_and_reconnects(
+    make_line: Callable[..., Line]
+) -> None:
+    camera = TriggerCamera(supports=True)
+    line = make_line(source=camera, deadline_ms=3000)
+    for count in (1, 2, 3):
+        line.trigger(count)
+        assert line.wait_result(count)[VERDICT] == 1
+    assert [r.frame_id for r in line.recorded] == [1, 2, 3] and camera.fired == 3
+    assert camera.free_reads == 0                        # never free-running
+    camera.lost.set()
+    line.trigger(4)
+    regs = line.wait_result(4)
+    assert regs[VERDICT] == 4 and regs[STATUS] & StatusBits.FAULT and "camera lost" in (line.recorded[3].error or "")
+    camera.lost.clear()                                  # plugged back: opened and armed again at the next trigger
+    line.trigger(5)
+    regs = line.wait_result(5)
+    assert regs[VERDICT] == 1 and not regs[STATUS] & StatusBits.FAULT and camera.opened == 2
+    assert line.answered == [1, 2, 3, 4, 5]
+
+
+def test_a_camera_without_a_software_trigger_gives_the_newest_frame_after_each_trigger(
+    make_line: Callable[..., Line]
+) -> None:
+    camera = TriggerCamera(supports=False)
+    line = make_line(source=camera, deadline_ms=3000)
+    before = time.time()
+    line.trigger(1)
+    assert line.wait_result(1)[VERDICT] == 1
+    assert camera.fired == 0 and camera.free_reads > 0   # the capture thread, as for any live camera
+    assert line.recorded[0].timestamp >= before
