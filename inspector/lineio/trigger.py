@@ -189,6 +189,7 @@ class TriggeredRunner:
             trigger = self._signals.next_trigger(_POLL_S)
             if trigger is None or self._stop.is_set():
                 continue
+            self._changeover()      # a switch asked for before this trigger (HR7, the app) applies to it
             try:
                 self._handle(trigger)
             except Exception as exc:        # a bug must not leave the PLC without an answer
