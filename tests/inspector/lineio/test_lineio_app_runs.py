@@ -93,3 +93,4 @@ def test_in_continuous_mode_a_plc_trigger_is_refused_not_left_unanswered() -> No
         plc.close()
         line.stop()
     assert regs[2] == 0 and not regs[1] & StatusBits.BUSY and regs[7] == 2
+
