@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,3 +399,32 @@ def test_a_camera_without_a_software_trigger_gives_the_newest_frame_after_each_t
     assert line.wait_result(1)[VERDICT] == 1
     assert camera.fired == 0 and camera.free_reads > 0   # the capture thread, as for any live camera
     assert line.recorded[0].timestamp >= before
+
+
+def test_moved_register_addresses_are_served_where_station_yaml_puts_them(stub_inspector: type) -> None:
+    from inspector.lineio.station_config import ModbusRegisters
+
+    port = free_port()
+    config = StationConfig(station="t3", mode="triggered", deadline_ms=2000,
+                           recipes=(RecipeSlot(number=1, file=Path("a.yaml")),), initial_recipe=1,
+                           modbus=ModbusConfig(host="127.0.0.1", port=port,
+                                               registers=ModbusRegisters(trigger=100, result=101, verdict=102)))
+    io = LineIO(config, active_recipe=1)
+    io.start()
+    runner = TriggeredRunner(ArraySource([np.zeros((8, 8, 3), np.uint8)], loop=True), stub_inspector("r"),
+                             io.signals, deadline_ms=2000)
+    runner.start()
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    try:
+        assert plc.connect()
+        refused = plc.write_register(TRIG, 1)                 # HR2 is unmapped now
+        assert refused.isError() and refused.exception_code == 2
+        assert not plc.write_register(100, 1).isError()
+        end = time.monotonic() + 10
+        while (regs := plc.read_holding_registers(100, count=3).registers)[1] != 1 and time.monotonic() < end:
+            time.sleep(0.005)
+        assert regs == [1, 1, 1]                              # trigger, result, verdict PASS
+    finally:
+        plc.close()
+        runner.stop()
+        io.stop()
