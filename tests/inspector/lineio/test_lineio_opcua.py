@@ -89,7 +89,11 @@ def test_nodes_and_trigger_over_basic256sha256(station: tuple[LineIO, str], tmp_
             while await nodes["ResultCount"].read_value() != count and time.monotonic() < end:
                 await asyncio.sleep(0.01)
             after = {name: await node.read_value() for name, node in nodes.items()}
-            return {"before": before, "count": count - start, "after": after}
+            end = time.monotonic() + 10
+            while (state := io.monitor.get("opcua")) is not None and state.clients != 1 and time.monotonic() < end:
+                await asyncio.sleep(0.02)
+            clients = state.clients if state is not None else -1
+            return {"before": before, "count": count - start, "after": after, "clients": clients}
 
     got = asyncio.run(session())
     before, after = got["before"], got["after"]
@@ -98,6 +102,11 @@ def test_nodes_and_trigger_over_basic256sha256(station: tuple[LineIO, str], tmp_
     assert got["count"] == 1
     assert after["ResultCount"] == after["TriggerCount"] == before["ResultCount"] + 1 and after["Verdict"] == 1
     assert after["Score"] == pytest.approx(60 / 255, abs=1e-4) and after["Busy"] is False
+    assert got["clients"] == 1                         # the footer's "1 client" while the session is open
+    end = time.monotonic() + 10
+    while (state := io.monitor.get("opcua")) is not None and state.clients and time.monotonic() < end:
+        time.sleep(0.02)
+    assert state is not None and state.clients == 0
     key = io.config.opcua.pki_dir / "server-key.pem"  # type: ignore[union-attr, operator]
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
