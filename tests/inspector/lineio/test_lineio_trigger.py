@@ -14,7 +14,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from inspector.capture import ArraySource
-from inspector.errors import CaptureError
+from inspector.errors import CaptureError, StoreError
 from inspector.lineio.line import LineIO
 from inspector.lineio.signals import StatusBits
 from inspector.lineio.station_config import ModbusConfig, RecipeSlot, StationConfig
@@ -35,6 +35,11 @@ class Line:
     plc: ModbusTcpClient
     recorded: list[InspectionResult] = field(default_factory=list)
     answered: list[int] = field(default_factory=list)      # HR3 right after each answer
+    published: list[InspectionResult] = field(default_factory=list)   # what MQTT gets, after the answer
+
+    def after_answer(self, result: InspectionResult) -> None:
+        self.answered.append(self.io.signals.snapshot().result)
+        self.published.append(result)
 
     def regs(self) -> list[int]:
         reply = self.plc.read_holding_registers(0, count=9)
@@ -61,7 +66,8 @@ def make_line(stub_inspector: type) -> Iterator[Callable[..., Line]]:
     lines: list[Line] = []
 
     def make(inspector: FrameInspector | None = None, *, deadline_ms: float = 2000.0,
-             loader: Callable[[int], FrameInspector] | None = None, source: object | None = None) -> Line:
+             loader: Callable[[int], FrameInspector] | None = None, source: object | None = None,
+             record: Callable[[InspectionResult], object] | None = None) -> Line:
         port = free_port()
         config = StationConfig(station="t1", mode="triggered", deadline_ms=deadline_ms,
                                recipes=(RecipeSlot(number=1, file="a.yaml"), RecipeSlot(number=2, file="b.yaml")),
@@ -72,8 +78,8 @@ def make_line(stub_inspector: type) -> Iterator[Callable[..., Line]]:
         line = Line(io=io, runner=None, plc=ModbusTcpClient("127.0.0.1", port=port))  # type: ignore[arg-type]
         line.runner = TriggeredRunner(
             source or ArraySource(images, loop=True), inspector or stub_inspector("recipe1"), io.signals,
-            deadline_ms=deadline_ms, record=line.recorded.append,
-            after_answer=[lambda r: line.answered.append(io.signals.snapshot().result)], load_recipe=loader)
+            deadline_ms=deadline_ms, record=record or line.recorded.append,
+            after_answer=[line.after_answer], load_recipe=loader)
         line.runner.start()
         assert line.plc.connect()
         lines.append(line)
@@ -428,3 +434,30 @@ def test_moved_register_addresses_are_served_where_station_yaml_puts_them(stub_i
         plc.close()
         runner.stop()
         io.stop()
+
+
+def test_a_result_the_store_cannot_take_is_answered_error_with_fault_never_its_verdict(
+    make_line: Callable[..., Line]
+) -> None:
+    full = threading.Event()
+    stored: list[InspectionResult] = []
+
+    def record(result: InspectionResult) -> None:
+        if full.is_set():
+            msg = "store full: no space left on the device"
+            raise StoreError(msg)
+        stored.append(result)
+
+    line = make_line(record=record)
+    line.trigger(1)
+    assert line.wait_result(1)[VERDICT] == 1
+    full.set()
+    line.trigger(2)
+    regs = line.wait_result(2)
+    assert regs[VERDICT] == 4 and regs[STATUS] & StatusBits.FAULT and not regs[STATUS] & StatusBits.READY
+    assert line.published[-1].verdict is Verdict.ERROR and "not recorded" in (line.published[-1].error or "")
+    full.clear()                                        # space freed: the next result is recorded, FAULT clears
+    line.trigger(3)
+    regs = line.wait_result(3)
+    assert regs[VERDICT] == 1 and not regs[STATUS] & StatusBits.FAULT
+    assert [r.frame_id for r in stored] == [0, 2] and line.answered == [1, 2, 3]
