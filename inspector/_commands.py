@@ -135,14 +135,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             recorded = record(result)
         except InspectorError as exc:
             not_recorded.append(str(exc))
+            if line is not None:
+                line.signals.set_fault("store", f"not recorded: {exc}")
             done.set()
             return
         if line is not None:
+            line.follow_result(recorded)    # FAULT while results are ERROR (continuous mode)
             line.publish(recorded)      # MQTT publishes after the result is durable
 
     def on_event(event: PipelineEvent) -> None:
         if event.kind is EventKind.SOURCE_FAILED:
             source_failed.append(event.message)
+        if line is not None:
+            line.follow_pipeline(event)     # FAULT while the camera is lost (continuous mode)
         print(f"{event.kind.value}: {event.message}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()

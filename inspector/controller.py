@@ -32,7 +32,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -147,7 +147,7 @@ class LineMetrics:
     dropped: int | None              # live frames replaced before inspection; None for file sources
 
 
-def _default_make_pipeline(source: Any, inspector: Any, *, consumers: list[Callable[[Any], None]],
+def _default_make_pipeline(source: Any, inspector: Any, *, consumers: Sequence[Callable[[Any], object]],
                            on_event: Callable[[Any], None]) -> Any:
     return Pipeline(source, inspector, consumers=consumers, on_event=on_event)
 
@@ -426,12 +426,13 @@ class StationController:
         return inspector
 
     # ---- pipeline callbacks (engine threads) ------------------------------------------------
-    def _record_then_deliver(self, run: int) -> Callable[[InspectionResult], None]:
+    def _record_then_deliver(self, run: int) -> Callable[[InspectionResult], InspectionResult]:
         """Record durably first; only then publish and show. A result that could not be recorded is shown
-        as ERROR ("not recorded"), never with its verdict, and the reason is a notice."""
+        as ERROR ("not recorded"), never with its verdict, and the reason is a notice. Returns the result
+        shown (what a triggered run answers the PLC)."""
         deliver = self._consumer(run)
 
-        def consume(result: InspectionResult) -> None:
+        def consume(result: InspectionResult) -> InspectionResult:
             lot = getattr(self._recorder, "lot", "")
             if lot and not result.lot:              # as recorded: what MQTT publishes and the screen shows
                 result = dataclasses.replace(result, lot=lot)
@@ -441,14 +442,16 @@ class StationController:
                 reason = f"not recorded: {type(exc).__name__}: {exc}"
                 log.error("frame %s: %s", result.frame_id, reason)
                 self._emit(Notice(kind=EventKind.WARNING, message=f"frame {result.frame_id} {reason}"))
-                deliver(dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason))
-                return
+                shown = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason)
+                deliver(shown)
+                return shown
             for fn in tuple(self.after_record):
                 try:
                     fn(result)
                 except Exception:
                     log.exception("result consumer %r raised", fn)
             deliver(result)
+            return result
 
         return consume
 

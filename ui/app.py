@@ -2,7 +2,7 @@
 
 Usage::
 
-    inspector-gui [--recipe PATH] [--source TEXT] [--kiosk] [--store PATH_OR_URL] [--start]
+    inspector-gui [--recipe PATH] [--source TEXT] [--kiosk] [--store PATH_OR_URL] [--start] [--station YAML]
 
 Without ``--recipe`` the demo recipe ``recipes/fryum_demo.yaml`` is offered, with every other recipe
 of its folder. Without a display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``, and no
@@ -24,12 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from PySide6.QtCore import QSettings
+
     from inspector.lineio.line import LineIO
     from inspector.store import Store
+    from ui.engine import LoadInspector, StationInspector
+    from ui.main_window import MainWindow
 
 __all__ = [
     "EXIT_ERROR", "EXIT_NO_DISPLAY", "EXIT_OK", "build_parser", "default_recipe", "has_display", "main",
-    "recipe_choices",
+    "recipe_choices", "station_window",
 ]
 
 EXIT_OK: Final = 0
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", action="store_true",
                         help="start inspecting at once (as if F5 was pressed)")
     parser.add_argument("--station", type=Path, default=None, metavar="YAML",
-                        help="station.yaml: results over MQTT, PLC status over Modbus TCP / OPC UA (docs/plc.md)")
+                        help="station.yaml: PLC trigger and result over Modbus TCP / OPC UA (triggered mode), "
+                             "results over MQTT, the links' state in the footer (docs/plc.md)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -113,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from ui.main_window import MainWindow
     from ui.theme import apply_theme
 
     existing = QApplication.instance()
@@ -133,7 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("statistics store unavailable")
         QMessageBox.warning(None, "Statistics store",
                             f"Results will not be recorded: {type(exc).__name__}: {exc}")
-    window = MainWindow(recipes=recipe_choices(recipe), source=args.source, store=store, kiosk=args.kiosk)
     line: LineIO | None = None
     if args.station is not None:
         try:
@@ -141,10 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:   # a bad station.yaml or a port in use: say so; the station runs unlinked
             log.exception("line IO unavailable")
             QMessageBox.warning(None, "Line IO", f"PLC and MQTT links are off: {exc}")
-        else:
-            from ui.link_status import attach_line_io
-
-            attach_line_io(window, line)
+    window = station_window(recipe_choices(recipe), line, source=args.source, store=store, kiosk=args.kiosk)
     window.show()
     # Everything made so far (torch, the model, Qt's wrappers) lives as long as the app: moved out of the
     # collector's view, a full collection no longer walks it and holds the interpreter lock ~0.25 s on
@@ -164,17 +164,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start_line_io(station_file: Path) -> LineIO:
-    """The links of a station.yaml, started (continuous mode: the app publishes every result)."""
+    """The links of a station.yaml, started."""
     from inspector.lineio.line import LineIO
     from inspector.lineio.station_config import load_station_config
 
     config = load_station_config(station_file)
-    if config.mode == "triggered":
-        log.warning("%s: mode is triggered; the app runs continuously (publishing every result and showing "
-                    "the links); run triggered stations with `inspector run --station`", station_file)
     line = LineIO(config, active_recipe=config.initial_recipe or 0)
     line.start()
     return line
+
+
+def station_window(recipes: Sequence[Path], line: LineIO | None, *, source: str | None = None,
+                   store: Store | None = None, kiosk: bool = False, settings: QSettings | None = None,
+                   load_inspector: LoadInspector | None = None) -> MainWindow:
+    """The main window, with ``line``'s links in its footer when a station.yaml was given.
+
+    Continuous mode: every result is published after it is recorded, and FAULT (HR1 bit3) follows the
+    station (`inspector.lineio.triggered_pipeline.continuous_pipelines`). Triggered mode: each run of the
+    window answers the PLC's triggers (`inspector.lineio.triggered_pipeline`), one frame per trigger,
+    recorded, answered, then published; a recipe number the PLC writes into HR7 loads that recipe.
+    """
+    from ui.engine import default_load_inspector
+    from ui.main_window import MainWindow
+
+    load = load_inspector or default_load_inspector
+    if line is None:
+        window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
+                            load_inspector=load)
+    elif line.config.mode == "continuous":
+        from inspector.lineio.triggered_pipeline import continuous_pipelines
+
+        window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
+                            load_inspector=load, make_pipeline=continuous_pipelines(line))
+    else:
+        from inspector.lineio.triggered_pipeline import triggered_pipelines
+
+        config = line.config
+
+        def load_number(number: int) -> StationInspector:      # changeover by HR7, on the runner's thread
+            inspector = load(config.recipe_file(number))
+            window.recorder.use(inspector)                      # its archive, as a switch in the app does
+            return inspector
+
+        window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
+                            load_inspector=load, make_pipeline=triggered_pipelines(line, load_recipe=load_number))
+    if line is not None:
+        from ui.link_status import attach_line_io
+
+        attach_line_io(window, line, publish=line.config.mode != "triggered")
+    return window
 
 
 if __name__ == "__main__":

@@ -105,15 +105,17 @@ class PublishingWindow(Protocol):
     line_consumers: list[Callable[[InspectionResult], None]]
 
 
-def attach_line_io(window: QMainWindow, line: LineOutput) -> LinkStatusBar:
+def attach_line_io(window: QMainWindow, line: LineOutput, *, publish: bool = True) -> LinkStatusBar:
     """Show ``line``'s links in ``window``'s footer; results are published after the window's recorder.
 
     Args:
         window: a `ui.main_window.MainWindow` (its ``line_consumers`` run after its recorder).
         line: a started `inspector.lineio.line.LineIO`.
+        publish: add ``line.publish`` after the recorder (continuous mode). False in triggered mode,
+            where the run publishes each result after answering the PLC.
     """
     bar = LinkStatusBar(line.monitor, window)
     window.statusBar().addPermanentWidget(bar)
-    if isinstance(window, PublishingWindow):
+    if publish and isinstance(window, PublishingWindow):
         window.line_consumers.append(line.publish)
     return bar

@@ -67,6 +67,7 @@ from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
 
 if TYPE_CHECKING:
+    from inspector.lineio.triggered_pipeline import TriggeredPipeline
     from inspector.pipeline import Pipeline
     from inspector.store import Store
     from ui.review_view import FeedbackJob, ReviewView
@@ -97,7 +98,7 @@ class MainWindow(QMainWindow):
         settings: where window layout and choices are remembered; tests pass one in tmp_path.
         load_inspector: recipe path -> `ui.engine.StationInspector`; default loads the real `Station`.
         open_source: source text -> `FrameSource` (not opened); default `inspector.capture`.
-        make_pipeline: builds the pipeline; default `inspector.pipeline.Pipeline`.
+        make_pipeline: builds the pipeline; default `inspector.pipeline.Pipeline` (triggered: the app's --station).
         kiosk: start full screen with only the station screen.
     """
 
@@ -110,7 +111,7 @@ class MainWindow(QMainWindow):
         settings: QSettings | None = None,
         load_inspector: LoadInspector | None = None,
         open_source: OpenSource | None = None,
-        make_pipeline: Callable[..., Pipeline] | None = None,
+        make_pipeline: Callable[..., Pipeline | TriggeredPipeline] | None = None,
         kiosk: bool = False,
         parent: QWidget | None = None,
     ) -> None:
@@ -269,8 +270,8 @@ class MainWindow(QMainWindow):
         return self._counts
 
     @property
-    def pipeline(self) -> Pipeline | None:
-        pipeline: Pipeline | None = self.controller.pipeline
+    def pipeline(self) -> Pipeline | TriggeredPipeline | None:
+        pipeline: Pipeline | TriggeredPipeline | None = self.controller.pipeline
         return pipeline
 
     @property

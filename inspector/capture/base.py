@@ -24,6 +24,7 @@ __all__ = [
     "FolderSpec",
     "FrameSource",
     "GenICamSpec",
+    "SoftwareTriggerSource",
     "SourceBase",
     "SourceSpec",
     "VideoSpec",
@@ -126,6 +127,22 @@ class FrameSource(Protocol):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+@runtime_checkable
+class SoftwareTriggerSource(Protocol):
+    """A live source that can take one frame on request (a camera's software trigger; triggered mode).
+
+    Used by `inspector.lineio.trigger.TriggeredRunner` on its own thread, after ``open()``.
+    """
+
+    def arm_software_trigger(self) -> bool:
+        """Switch the open camera to software-triggered acquisition; False if it cannot (then it free-runs)."""
+        ...
+
+    def read_triggered(self, timeout: float) -> Frame:
+        """Fire the software trigger and return that frame; raises `CaptureError` if none came in ``timeout`` s."""
+        ...
 
 
 class SourceBase:

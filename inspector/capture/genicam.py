@@ -135,6 +135,60 @@ class GenICamSource(SourceBase):
             raise CaptureError(msg) from exc
         return self._frame(image, start)
 
+    def arm_software_trigger(self) -> bool:
+        """Acquire one frame per `read_triggered` (TriggerMode On, TriggerSource Software) instead of free-running.
+
+        Returns False, with the camera free-running again, when it has no software trigger (a warning
+        names the feature that failed). Needs an open camera.
+        """
+        acquirer = self._acquirer
+        if acquirer is None:
+            msg = f"{self.name} is not open; call open() first"
+            raise CaptureError(msg)
+        nodes = acquirer.remote_device.node_map
+        acquirer.stop()                         # trigger features are locked while acquiring
+        try:
+            try:
+                nodes.TriggerSelector.value = "FrameStart"
+            except Exception:                   # a camera with a single trigger has no selector
+                logger.debug("%s: no TriggerSelector", self.name, exc_info=True)
+            nodes.TriggerMode.value = "On"
+            nodes.TriggerSource.value = "Software"
+        except Exception as exc:                # GenApi raises its own types
+            logger.warning("%s: no software trigger (%s); taking the newest frame after each trigger", self.name, exc)
+            try:
+                nodes.TriggerMode.value = "Off"
+            except Exception:
+                logger.debug("%s: TriggerMode Off refused", self.name, exc_info=True)
+            acquirer.start()
+            return False
+        acquirer.start()
+        return True
+
+    def read_triggered(self, timeout: float) -> Frame:
+        """Execute TriggerSoftware and fetch that frame (armed by `arm_software_trigger`).
+
+        Raises:
+            CaptureError: not open, or no frame within ``timeout`` s.
+        """
+        if self._acquirer is None:
+            msg = f"{self.name} is not open; call open() first"
+            raise CaptureError(msg)
+        start = time.perf_counter()
+        try:
+            self._acquirer.remote_device.node_map.TriggerSoftware.execute()
+            with self._acquirer.fetch(timeout=max(0.001, timeout)) as buffer:
+                component = buffer.payload.components[0]
+                image = _genicam_to_bgr(
+                    np.asarray(component.data), str(component.data_format), component.width, component.height
+                )
+        except CaptureError:
+            raise
+        except Exception as exc:
+            msg = f"{self.name} gave no triggered frame within {timeout:.3f} s ({exc}); is it still connected?"
+            raise CaptureError(msg) from exc
+        return self._frame(image, start)
+
     def close(self) -> None:
         acquirer, harvester = self._acquirer, self._harvester
         self._acquirer = self._harvester = None

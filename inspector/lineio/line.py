@@ -23,7 +23,8 @@ from typing import Final, Protocol
 
 from inspector.lineio.signals import LineSignals, LinkMonitor
 from inspector.lineio.station_config import StationConfig
-from inspector.results import InspectionResult
+from inspector.pipeline import EventKind, PipelineEvent
+from inspector.results import InspectionResult, Verdict
 
 __all__ = ["HEARTBEAT_S", "LineIO"]
 
@@ -51,6 +52,7 @@ class LineIO:
         self.config = config
         self.monitor = monitor or LinkMonitor()
         self.signals = LineSignals(recipe_numbers=config.recipe_numbers, active_recipe=active_recipe)
+        self._triggered = config.mode == "triggered"     # continuous mode refuses PLC triggers
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._links: list[_Server] = []
@@ -72,11 +74,12 @@ class LineIO:
             if self.config.modbus is not None:
                 from inspector.lineio.modbus import ModbusLink
 
-                self._start(ModbusLink(self.config.modbus, self.signals, self.monitor))
+                self._start(ModbusLink(self.config.modbus, self.signals, self.monitor, triggers=self._triggered))
             if self.config.opcua is not None:
                 from inspector.lineio.opcua import OpcUaLink
 
-                self._start(OpcUaLink(self.config.opcua, self.signals, self.monitor, station=self.config.station))
+                self._start(OpcUaLink(self.config.opcua, self.signals, self.monitor, station=self.config.station,
+                                      triggers=self._triggered))
         except Exception:
             self.stop()
             raise
@@ -91,6 +94,19 @@ class LineIO:
         """Result consumer, after the recorder: one MQTT message (spooled; never blocks)."""
         if self.mqtt is not None:
             self.mqtt.publish(result)
+
+    def follow_pipeline(self, event: PipelineEvent) -> None:
+        """Continuous mode: FAULT follows the pipeline's source (lost, failed or ended: set; back: cleared)."""
+        if event.kind in (EventKind.SOURCE_LOST, EventKind.SOURCE_FAILED, EventKind.SOURCE_ENDED):
+            self.signals.set_fault("camera", f"{event.kind.value}: {event.message}")
+        elif event.kind in (EventKind.SOURCE_OPENED, EventKind.SOURCE_RECONNECTED):
+            self.signals.set_fault("camera", None)
+
+    def follow_result(self, result: InspectionResult) -> None:
+        """Continuous mode: FAULT while the last result is ERROR (the model raised, the frame could not be
+        read, the result could not be recorded); the next good result clears it."""
+        error = result.verdict is Verdict.ERROR
+        self.signals.set_fault("inspection", (result.error or "ERROR result") if error else None)
 
     def stop(self) -> None:
         """Stop every link and the heartbeat; idempotent."""

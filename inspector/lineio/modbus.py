@@ -41,14 +41,19 @@ class ModbusLink:
         config: host, port and register addresses (station.yaml ``modbus``).
         signals: the handshake state it serves.
         monitor: where its state (clients, last request, errors) is reported.
+        triggers: whether the PLC may write the trigger counter (triggered mode); when False a write to
+            it is refused (ILLEGAL ADDRESS) like one to any read-only register.
     """
 
-    def __init__(self, config: ModbusConfig, signals: LineSignals, monitor: LinkMonitor) -> None:
+    def __init__(self, config: ModbusConfig, signals: LineSignals, monitor: LinkMonitor, *,
+                 triggers: bool = True) -> None:
         self._config = config
         self._signals = signals
         self._monitor = monitor
         self._registers = config.registers.by_name()
-        self._writable = {self._registers["trigger"]: "trigger", self._registers["recipe_requested"]: "recipe"}
+        self._writable = {self._registers["recipe_requested"]: "recipe"}
+        if triggers:                    # continuous mode answers no trigger: its register is read-only there
+            self._writable[self._registers["trigger"]] = "trigger"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None

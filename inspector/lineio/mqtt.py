@@ -13,7 +13,10 @@
   "offline" (retained) if the station disappears, and the station publishes it on a clean stop.
 
 Each message carries ``seq``, the station's message number, so that a subscriber can drop QoS 1
-duplicates.
+duplicates. It only ever grows, across restarts of the station too (a spool that was emptied before a
+restart does not start again at 1): the spool keeps the next free number in a small file, reserved
+`SEQ_BLOCK` at a time, so that number is written once per block, not once per message. After a
+restart the numbers may jump (up to one block); they never repeat.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from inspector import paths
 from inspector.lineio.signals import LinkMonitor
 from inspector.lineio.station_config import MqttConfig
 from inspector.results import InspectionResult
+from models.files import atomic_write
 
 __all__ = ["MessageSpool", "MqttPublisher", "result_message"]
 
@@ -41,6 +45,8 @@ logger = logging.getLogger(__name__)
 LINK: Final = "mqtt"
 WINDOW: Final = 20                 # unacknowledged messages at a time (paho's default in-flight limit)
 _EARLY_ACK_S: Final = 10.0         # how long an acknowledgement that came before its bookkeeping is kept
+SEQ_BLOCK: Final = 1000            # message numbers reserved at once in the spool's SEQ_FILE
+SEQ_FILE: Final = "next-seq"
 
 
 def result_message(result: InspectionResult, *, station: str, seq: int,
@@ -85,7 +91,9 @@ class MessageSpool:
         self._held: collections.OrderedDict[int, bytes | None] = collections.OrderedDict(
             (int(p.stem), None) for p in files)
         self._unsent: collections.deque[int] = collections.deque(self._held)
-        self._next = (max(self._held) + 1) if self._held else 1
+        # Never a number already used: at least one past the newest file and past every number reserved.
+        self._next = max((max(self._held) + 1) if self._held else 1, self._read_reserved())
+        self._reserved = self._next               # numbers below this may be used without writing SEQ_FILE
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -95,10 +103,29 @@ class MessageSpool:
     def _file(self, seq: int) -> Path:
         return self.folder / f"{seq:012d}.json"
 
+    def _read_reserved(self) -> int:
+        """The next free number as SEQ_FILE keeps it (1 when there is none yet)."""
+        file = self.folder / SEQ_FILE
+        try:
+            text = file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 1
+        except (OSError, UnicodeDecodeError) as exc:
+            msg = f"{file}: cannot be read ({exc}); the MQTT message numbers (seq) would start again"
+            raise OSError(msg) from exc
+        if not text.isdigit():
+            msg = (f"{file}: holds {text[:40]!r}, not the next message number; put back a number above every "
+                   f"seq subscribers have seen (or delete the file to start at 1)")
+            raise ValueError(msg)
+        return int(text)
+
     def append(self, make: Callable[[int], bytes]) -> int:
         """Write ``make(seq)`` as the next message; returns its number."""
         with self._lock:
             seq, self._next = self._next, self._next + 1
+            if seq >= self._reserved:          # reserve the next block before using a number of it
+                self._reserved = seq + SEQ_BLOCK
+                atomic_write(self.folder / SEQ_FILE, f"{self._reserved}\n")
             payload = make(seq)
             # Written in place (no temporary file and rename: that halved the rate); a file cut short
             # by a crash is not valid JSON and is dropped when the spool is loaded again.
@@ -184,6 +211,8 @@ class MqttPublisher:
             self._client.username_pw_set(config.username, password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._outage_reported = False                # one error per outage, not one per retry
         self._client.on_publish = self._on_publish
         monitor.register(LINK, f"{config.host}:{config.port}")
         self._update_detail()
@@ -278,6 +307,7 @@ class MqttPublisher:
         client.publish(self.status_topic, "online", qos=1, retain=True)
         with self._cond:
             self._connected = True
+            self._outage_reported = False
             self._cond.notify_all()
         self._monitor.update(LINK, up=True)
         logger.info("MQTT connected to %s:%d", self._config.host, self._config.port)
@@ -285,9 +315,19 @@ class MqttPublisher:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._cond:
             self._connected = False
+            self._outage_reported = True
         if not self._stop.is_set():
             self._monitor.update(LINK, up=False, error=f"broker connection lost ({reason_code}); retrying")
             logger.warning("MQTT connection to %s:%d lost: %s", self._config.host, self._config.port, reason_code)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        """The broker could not be reached (refused, no route): said once per outage, retried every 1-2 s."""
+        with self._cond:
+            report, self._outage_reported = not self._outage_reported, True
+        if report and not self._stop.is_set():
+            where = f"{self._config.host}:{self._config.port}"
+            self._monitor.update(LINK, up=False, error=f"cannot reach the broker at {where}; retrying, results spooled")
+            logger.warning("MQTT broker at %s cannot be reached; retrying", where)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._cond:

@@ -105,9 +105,12 @@ class OpcUaLink:
         signals: the handshake state it serves.
         monitor: where its state is reported.
         station: the station name (certificate and server name).
+        triggers: whether ``Trigger()`` is served (triggered mode); when False it fails with BadInvalidState.
     """
 
-    def __init__(self, config: OpcUaConfig, signals: LineSignals, monitor: LinkMonitor, *, station: str) -> None:
+    def __init__(self, config: OpcUaConfig, signals: LineSignals, monitor: LinkMonitor, *, station: str,
+                 triggers: bool = True) -> None:
+        self._triggers = triggers
         self._config = config
         self._signals = signals
         self._monitor = monitor
@@ -194,7 +197,11 @@ class OpcUaLink:
             nodes[name] = await obj.add_variable(ns, name, ua.Variant(initial, kind))
         await nodes["RecipeRequested"].set_writable()
 
-        async def trigger(parent: Any) -> list[Any]:
+        async def trigger(parent: Any) -> Any:
+            if not self._triggers:          # continuous mode: nothing would answer it (a status, not a raise:
+                # asyncua logs a raised exception with its traceback and answers BadUnexpectedError)
+                self._monitor.update(LINK, error="Trigger() refused: the station runs in continuous mode")
+                return ua.StatusCode(ua.UInt32(ua.StatusCodes.BadInvalidState))
             count = self._signals.add_trigger()
             self._monitor.update(LINK, message=True)
             return [ua.Variant(count, ua.VariantType.UInt16)]
@@ -203,8 +210,13 @@ class OpcUaLink:
         async with server:
             self._ready.set()
             written: dict[str, Any] = {}
+            sessions = 0
             while not self._stop.is_set():
                 await self._sync(nodes, written, kinds)
+                now = _active_sessions(server)
+                if now != sessions:             # the footer's "N clients"
+                    sessions = now
+                    self._monitor.update(LINK, clients=now)
                 await asyncio.sleep(_SYNC_S)
 
     async def _sync(self, nodes: dict[str, Any], written: dict[str, Any], kinds: dict[str, Any]) -> None:
@@ -223,6 +235,15 @@ class OpcUaLink:
                 kind = kinds.get(name, ua.VariantType.UInt16)
                 await nodes[name].write_value(ua.Variant(value, kind))
                 written[name] = value
+
+
+def _active_sessions(server: Any) -> int:
+    """Client sessions logged in now. asyncua has no public count: its session table is read, and a
+    version without it reads 0 (the footer then says 0 clients; nothing else depends on it)."""
+    table = getattr(server.iserver, "_external_sessions", None)
+    if not isinstance(table, dict):
+        return 0
+    return sum(1 for session in list(table.values()) if session.is_activated())
 
 
 def _node_values(snap: SignalSnapshot) -> dict[str, Any]:

@@ -256,8 +256,10 @@ class LinkMonitor:
             self._states[name] = LinkState(name=name, endpoint=endpoint)
 
     def update(self, name: str, *, error: str | None = None, message: bool = False,
-               up: bool | None = None, clients_delta: int = 0, detail: str | None = None) -> None:
-        """Change one link's state: ``error`` counts one error, ``message`` stamps the last message now."""
+               up: bool | None = None, clients_delta: int = 0, clients: int | None = None,
+               detail: str | None = None) -> None:
+        """Change one link's state: ``error`` counts one error, ``message`` stamps the last message now,
+        ``clients_delta`` counts a client in or out, ``clients`` sets the count."""
         with self._lock:
             state = self._states.get(name) or LinkState(name=name, endpoint="")
             changes: dict[str, object] = {}
@@ -269,6 +271,8 @@ class LinkMonitor:
                 changes["up"] = up
             if clients_delta:
                 changes["clients"] = max(0, state.clients + clients_delta)
+            if clients is not None:
+                changes["clients"] = clients
             if detail is not None:
                 changes["detail"] = detail
             self._states[name] = dataclasses.replace(state, **changes)  # type: ignore[arg-type]

@@ -8,9 +8,10 @@ Threads (all daemon, one shared stop event)::
 - Each trigger is answered exactly once, in order. Its deadline starts when the station saw the
   trigger; if no frame or no result is there by then, the answer is ERROR (a reject) at the deadline:
   never late, never skipped. A late result is logged and dropped; the ERROR is what is recorded.
-- Frames: a live source (camera) is read continuously on a capture thread and the trigger takes the
-  first frame captured after it (the newest frame after the trigger); a file or memory source is read
-  on demand, one frame per trigger (a software trigger).
+- Frames: a camera with a software trigger (`SoftwareTriggerSource`, e.g. a GenICam camera) takes one
+  frame per PLC trigger, fired on the controller thread; any other live source is read continuously on
+  a capture thread and the trigger takes the first frame captured after it (the newest frame after the
+  trigger); a file or memory source is read on demand, one frame per trigger.
 - Faults (camera lost, model raising, the recorder failing) set FAULT and stay set until the part that
   failed works again (the next frame read, inspection or record that succeeds clears its fault); the
   trigger that met the fault is answered ERROR, and while a live camera is lost every trigger is
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from inspector.capture import FrameSource
+from inspector.capture import FrameSource, SoftwareTriggerSource
 from inspector.lineio.signals import LineSignals, Trigger
 from inspector.pipeline import FrameInspector, ResultConsumer, error_result
 from inspector.results import Frame, InspectionResult, Verdict
@@ -99,6 +100,8 @@ class TriggeredRunner:
         self._load_recipe = load_recipe
         self._on_fault = on_fault
         self._live = bool(source.is_live)
+        self._software: SoftwareTriggerSource | None = None   # armed camera: one frame per trigger
+        self._rearm = False                                   # the armed camera failed: open and arm again
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # One inference thread of our own (a ThreadPoolExecutor's workers are not daemons and are not
@@ -111,6 +114,7 @@ class TriggeredRunner:
         self._loading: int | None = None                      # recipe number being loaded
         self._loaded: tuple[int, FrameInspector | None, str] | None = None
         self._active = signals.snapshot().recipe_active
+        self._held: str | None = None                         # why every trigger is answered ERROR now
         self._answered = 0
         self._errors = 0
         self._misses = 0
@@ -121,9 +125,17 @@ class TriggeredRunner:
     # ---- control ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the source (on the capture thread for live sources) and start answering triggers."""
-        if not self._live:
+        """Open the source (on the capture thread for free-running cameras) and start answering triggers."""
+        if self._live and isinstance(self._source, SoftwareTriggerSource):
             self._open_on_demand()
+            if "camera" not in self._signals.faults and self._source.arm_software_trigger():
+                self._software = self._source
+                self._live = False              # read on demand, like a file: never free-running
+            else:
+                self._close_source()
+        if not self._live:
+            if self._software is None:
+                self._open_on_demand()
         else:
             self._threads.append(threading.Thread(target=self._capture_loop, name="inspector-capture", daemon=True))
         self._threads.append(threading.Thread(target=self._control_loop, name="inspector-trigger", daemon=True))
@@ -149,6 +161,21 @@ class TriggeredRunner:
         if not self._live:
             self._close_source()
 
+    def hold(self, reason: str | None) -> None:
+        """Answer every trigger ERROR with ``reason`` (the operator paused the station); None: inspect again."""
+        self._held = reason
+
+    def use(self, number: int, inspector: FrameInspector) -> None:
+        """Inspect with ``inspector`` as recipe ``number`` from the next trigger on (the operator switched).
+
+        Takes the changeover path: HR8 follows at the next trigger check, and HR7 is set to ``number`` so
+        that an older PLC request does not switch back. ``number`` 0 (a recipe station.yaml does not list)
+        answers every trigger ERROR ("no active recipe") until a listed one is used.
+        """
+        with self._lock:                   # both at once: _changeover never sees one without the other
+            self._signals.write_recipe_requested(number)
+            self._loaded = (number, inspector, "")
+
     def stats(self) -> TriggerStats:
         with self._lock:
             return TriggerStats(answered=self._answered, errors=self._errors, deadline_misses=self._misses,
@@ -162,6 +189,7 @@ class TriggeredRunner:
             trigger = self._signals.next_trigger(_POLL_S)
             if trigger is None or self._stop.is_set():
                 continue
+            self._changeover()      # a switch asked for before this trigger (HR7, the app) applies to it
             try:
                 self._handle(trigger)
             except Exception as exc:        # a bug must not leave the PLC without an answer
@@ -174,13 +202,19 @@ class TriggeredRunner:
         if camera_fault is not None and self._live:     # the capture thread clears it when frames come back
             self._deliver(trigger, self._error(trigger, None, f"station fault: {camera_fault}"))
             return
+        held = self._held
+        if held is not None:
+            self._deliver(trigger, self._error(trigger, None, held))
+            return
         if self._loading is not None or not self._active:
             what = f"recipe changeover to {self._loading} in progress" if self._loading else "no active recipe"
             self._deliver(trigger, self._error(trigger, None, what))
             return
         frame = self._grab(trigger.seen, deadline)
         if frame is None:
-            self._deliver(trigger, self._error(trigger, None, "no frame before the deadline"))
+            lost = self._signals.faults.get("camera")
+            reason = f"station fault: {lost}" if lost is not None else "no frame before the deadline"
+            self._deliver(trigger, self._error(trigger, None, reason))
             return
         future: concurrent.futures.Future[InspectionResult] = concurrent.futures.Future()
         self._jobs.put((future, self._inspector, frame))
@@ -269,7 +303,10 @@ class TriggeredRunner:
                 self._signals.set_fault("recipe", None)
                 self._signals.set_recipe_active(number)
                 logger.info("recipe %d active: %s", number, inspector.name)
-        requested = self._signals.recipe_requested
+        with self._lock:
+            if self._loaded is not None:    # an operator's switch came meanwhile: taken on the next pass
+                return
+            requested = self._signals.recipe_requested
         if self._loading is not None or requested == self._active or self._load_recipe is None:
             return
         if requested == 0:
@@ -294,6 +331,8 @@ class TriggeredRunner:
     # ---- frames -----------------------------------------------------------------------------
 
     def _grab(self, after: float, deadline: float) -> Frame | None:
+        if self._software is not None:
+            return self._read_triggered(deadline)
         if not self._live:
             return self._read_on_demand()
         with self._frame_cond:
@@ -322,6 +361,26 @@ class TriggeredRunner:
             self._fault("camera", "source has no more frames")
         else:
             self._signals.set_fault("camera", None)
+        return frame
+
+    def _read_triggered(self, deadline: float) -> Frame | None:
+        """One frame by the camera's software trigger; a camera that failed is opened and armed again first."""
+        camera = self._software
+        assert camera is not None
+        try:
+            if self._rearm:                     # lost at an earlier trigger: reconnect (fails fast when absent)
+                self._source.open()
+                if not camera.arm_software_trigger():
+                    msg = "the camera no longer accepts a software trigger"
+                    raise RuntimeError(msg)
+                self._rearm = False
+            frame: Frame = camera.read_triggered(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            self._fault("camera", f"camera lost: {exc}")
+            self._close_source()
+            self._rearm = True
+            return None
+        self._signals.set_fault("camera", None)
         return frame
 
     def _close_source(self) -> None:

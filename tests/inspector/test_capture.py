@@ -327,6 +327,17 @@ def test_genicam_without_harvesters_says_what_to_install(monkeypatch: pytest.Mon
         GenICamSource(GenICamSpec()).open()
 
 
+def test_genicam_offers_a_software_trigger_once_open() -> None:
+    from inspector.capture import SoftwareTriggerSource
+
+    source = GenICamSource(GenICamSpec())
+    assert isinstance(source, SoftwareTriggerSource)      # triggered mode takes one frame per PLC trigger
+    with pytest.raises(CaptureError, match="is not open; call open"):
+        source.arm_software_trigger()
+    with pytest.raises(CaptureError, match="is not open; call open"):
+        source.read_triggered(0.5)
+
+
 def test_genicam_without_producer_says_what_to_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GENICAM_GENTL64_PATH", raising=False)
     with pytest.raises(CaptureError, match="GENICAM_GENTL64_PATH"):

@@ -89,7 +89,11 @@ def test_nodes_and_trigger_over_basic256sha256(station: tuple[LineIO, str], tmp_
             while await nodes["ResultCount"].read_value() != count and time.monotonic() < end:
                 await asyncio.sleep(0.01)
             after = {name: await node.read_value() for name, node in nodes.items()}
-            return {"before": before, "count": count - start, "after": after}
+            end = time.monotonic() + 10
+            while (state := io.monitor.get("opcua")) is not None and state.clients != 1 and time.monotonic() < end:
+                await asyncio.sleep(0.02)
+            clients = state.clients if state is not None else -1
+            return {"before": before, "count": count - start, "after": after, "clients": clients}
 
     got = asyncio.run(session())
     before, after = got["before"], got["after"]
@@ -98,6 +102,11 @@ def test_nodes_and_trigger_over_basic256sha256(station: tuple[LineIO, str], tmp_
     assert got["count"] == 1
     assert after["ResultCount"] == after["TriggerCount"] == before["ResultCount"] + 1 and after["Verdict"] == 1
     assert after["Score"] == pytest.approx(60 / 255, abs=1e-4) and after["Busy"] is False
+    assert got["clients"] == 1                         # the footer's "1 client" while the session is open
+    end = time.monotonic() + 10
+    while (state := io.monitor.get("opcua")) is not None and state.clients and time.monotonic() < end:
+        time.sleep(0.02)
+    assert state is not None and state.clients == 0
     key = io.config.opcua.pki_dir / "server-key.pem"  # type: ignore[union-attr, operator]
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
@@ -125,3 +134,50 @@ def test_no_unencrypted_endpoint(station: tuple[LineIO, str]) -> None:
         return [e.SecurityPolicyUri.rsplit("#", 1)[-1] for e in await client.connect_and_get_server_endpoints()]
 
     assert set(asyncio.run(endpoints())) == {"Basic256Sha256"}
+
+
+def test_first_start_makes_the_certificate_in_the_data_dir_reuses_it_and_anonymous_only_when_allowed(  # continuous
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "data"))
+    port = free_port()
+    config = StationConfig(station="t2", recipes=(RecipeSlot(number=1, file=Path("a.yaml")),
+                                                  RecipeSlot(number=2, file=Path("b.yaml"))),
+                           opcua=OpcUaConfig(host="127.0.0.1", port=port, allow_anonymous=True))
+    folder = tmp_path / "data" / "opcua"
+    assert not folder.exists()
+    url = f"opc.tcp://127.0.0.1:{port}/inspector/"
+
+    async def anonymous_session() -> tuple[int, int, int]:
+        client = await _client(url, tmp_path / "client", user=None, password=None)
+        async with client:
+            ns = await client.get_namespace_index(NAMESPACE)
+            obj = await client.nodes.objects.get_child(f"{ns}:Inspector")
+            beat = await obj.get_child(f"{ns}:Heartbeat")
+            first = await beat.read_value()
+            end = time.monotonic() + 10
+            while await beat.read_value() == first and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            requested = await obj.get_child(f"{ns}:RecipeRequested")
+            await requested.write_value(ua.Variant(2, ua.VariantType.UInt16))
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):
+                await obj.call_method(f"{ns}:Trigger")         # continuous mode: nothing would answer it
+            return first, await beat.read_value(), await requested.read_value()
+
+    io = LineIO(config, active_recipe=1)
+    io.start()
+    try:
+        first, later, requested = asyncio.run(anonymous_session())
+        end = time.monotonic() + 10
+        while io.signals.recipe_requested != 2 and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        io.stop()
+    assert later > first and requested == 2 and io.signals.recipe_requested == 2
+    key, cert = folder / "server-key.pem", folder / "server-cert.der"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    made = key.read_bytes(), cert.read_bytes()
+    again = LineIO(config, active_recipe=1)      # the second start reuses the certificate and key
+    again.start()
+    again.stop()
+    assert (key.read_bytes(), cert.read_bytes()) == made

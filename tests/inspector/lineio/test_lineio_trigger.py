@@ -7,13 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pymodbus.client import ModbusTcpClient
 
 from inspector.capture import ArraySource
-from inspector.errors import CaptureError
+from inspector.errors import CaptureError, StoreError
 from inspector.lineio.line import LineIO
 from inspector.lineio.signals import StatusBits
 from inspector.lineio.station_config import ModbusConfig, RecipeSlot, StationConfig
@@ -34,6 +35,11 @@ class Line:
     plc: ModbusTcpClient
     recorded: list[InspectionResult] = field(default_factory=list)
     answered: list[int] = field(default_factory=list)      # HR3 right after each answer
+    published: list[InspectionResult] = field(default_factory=list)   # what MQTT gets, after the answer
+
+    def after_answer(self, result: InspectionResult) -> None:
+        self.answered.append(self.io.signals.snapshot().result)
+        self.published.append(result)
 
     def regs(self) -> list[int]:
         reply = self.plc.read_holding_registers(0, count=9)
@@ -60,7 +66,8 @@ def make_line(stub_inspector: type) -> Iterator[Callable[..., Line]]:
     lines: list[Line] = []
 
     def make(inspector: FrameInspector | None = None, *, deadline_ms: float = 2000.0,
-             loader: Callable[[int], FrameInspector] | None = None, source: object | None = None) -> Line:
+             loader: Callable[[int], FrameInspector] | None = None, source: object | None = None,
+             record: Callable[[InspectionResult], object] | None = None) -> Line:
         port = free_port()
         config = StationConfig(station="t1", mode="triggered", deadline_ms=deadline_ms,
                                recipes=(RecipeSlot(number=1, file="a.yaml"), RecipeSlot(number=2, file="b.yaml")),
@@ -71,8 +78,8 @@ def make_line(stub_inspector: type) -> Iterator[Callable[..., Line]]:
         line = Line(io=io, runner=None, plc=ModbusTcpClient("127.0.0.1", port=port))  # type: ignore[arg-type]
         line.runner = TriggeredRunner(
             source or ArraySource(images, loop=True), inspector or stub_inspector("recipe1"), io.signals,
-            deadline_ms=deadline_ms, record=line.recorded.append,
-            after_answer=[lambda r: line.answered.append(io.signals.snapshot().result)], load_recipe=loader)
+            deadline_ms=deadline_ms, record=record or line.recorded.append,
+            after_answer=[line.after_answer], load_recipe=loader)
         line.runner.start()
         assert line.plc.connect()
         lines.append(line)
@@ -296,3 +303,161 @@ def test_a_lost_camera_sets_fault_answers_error_at_once_and_recovers(make_line: 
     regs = line.wait_result(3)
     assert regs[VERDICT] == 1 and regs[STATUS] & StatusBits.READY
     assert line.answered == [1, 2, 3]
+
+
+def test_the_heartbeat_counts_every_second(make_line: Callable[..., Line]) -> None:
+    line = make_line()
+    first = line.regs()[HB]
+    end = time.monotonic() + 10                    # a bound for a loaded machine, not a timing claim
+    while line.regs()[HB] < first + 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert line.regs()[HB] >= first + 2            # a PLC watching HR0 sees the station alive
+    line.io.stop()                                 # the station dies: HR0 stands still (read from the signals)
+    stopped = line.io.signals.snapshot().heartbeat
+    time.sleep(1.5)
+    assert line.io.signals.snapshot().heartbeat == stopped
+
+
+def test_the_operator_switches_the_recipe_or_pauses_and_the_plc_sees_it(
+    make_line: Callable[..., Line], stub_inspector: type
+) -> None:
+    loads: list[int] = []
+    line = make_line(loader=lambda number: loads.append(number) or stub_inspector(f"plc{number}"))
+    line.trigger(1)
+    assert line.wait_result(1)[ACTIVE] == 1
+    line.runner.use(2, stub_inspector("chosen2"))         # the app's recipe box: recipe 2 of station.yaml
+    line.trigger(2)
+    regs = line.wait_result(2)
+    assert regs[VERDICT] == 1 and regs[ACTIVE] == 2 and regs[REQ] == 2
+    assert line.recorded[-1].recipe == "chosen2" and loads == []     # used as given, not loaded again
+    line.runner.hold("paused by the operator")
+    line.trigger(3)
+    assert line.wait_result(3)[VERDICT] == 4 and "paused" in (line.recorded[-1].error or "")
+    line.runner.hold(None)
+    line.runner.use(0, stub_inspector("unlisted"))        # a recipe station.yaml does not list
+    line.trigger(4)
+    regs = line.wait_result(4)
+    assert regs[VERDICT] == 4 and regs[ACTIVE] == 0 and not regs[STATUS] & StatusBits.READY
+    assert [r.frame_id for r in line.recorded] == [0, 1, -1, -1]     # no frame taken for an ERROR answer
+
+
+class TriggerCamera(Camera):
+    """A live camera with a software trigger (as `GenICamSource` has one): one frame per trigger fired."""
+
+    name = "camera with software trigger (test)"
+
+    def __init__(self, *, supports: bool) -> None:
+        super().__init__()
+        self.supports = supports
+        self.fired = 0
+        self.free_reads = 0
+        self.opened = 0
+
+    def open(self) -> None:
+        super().open()
+        self.opened += 1
+
+    def arm_software_trigger(self) -> bool:
+        return self.supports
+
+    def read_triggered(self, timeout: float) -> Frame:
+        if self.lost.is_set():
+            msg = "no triggered frame: stream dropped"
+            raise CaptureError(msg)
+        self.fired += 1
+        self._id += 1
+        return Frame(image_bgr=np.full((8, 8, 3), 50, np.uint8), frame_id=self._id, timestamp=time.time(),
+                     source=self.name)
+
+    def read(self) -> Frame | None:
+        self.free_reads += 1
+        return super().read()
+
+
+def test_a_camera_with_a_software_trigger_takes_one_frame_per_trigger_and_reconnects(
+    make_line: Callable[..., Line]
+) -> None:
+    camera = TriggerCamera(supports=True)
+    line = make_line(source=camera, deadline_ms=3000)
+    for count in (1, 2, 3):
+        line.trigger(count)
+        assert line.wait_result(count)[VERDICT] == 1
+    assert [r.frame_id for r in line.recorded] == [1, 2, 3] and camera.fired == 3
+    assert camera.free_reads == 0                        # never free-running
+    camera.lost.set()
+    line.trigger(4)
+    regs = line.wait_result(4)
+    assert regs[VERDICT] == 4 and regs[STATUS] & StatusBits.FAULT and "camera lost" in (line.recorded[3].error or "")
+    camera.lost.clear()                                  # plugged back: opened and armed again at the next trigger
+    line.trigger(5)
+    regs = line.wait_result(5)
+    assert regs[VERDICT] == 1 and not regs[STATUS] & StatusBits.FAULT and camera.opened == 2
+    assert line.answered == [1, 2, 3, 4, 5]
+
+
+def test_a_camera_without_a_software_trigger_gives_the_newest_frame_after_each_trigger(
+    make_line: Callable[..., Line]
+) -> None:
+    camera = TriggerCamera(supports=False)
+    line = make_line(source=camera, deadline_ms=3000)
+    before = time.time()
+    line.trigger(1)
+    assert line.wait_result(1)[VERDICT] == 1
+    assert camera.fired == 0 and camera.free_reads > 0   # the capture thread, as for any live camera
+    assert line.recorded[0].timestamp >= before
+
+
+def test_moved_register_addresses_are_served_where_station_yaml_puts_them(stub_inspector: type) -> None:
+    from inspector.lineio.station_config import ModbusRegisters
+
+    port = free_port()
+    config = StationConfig(station="t3", mode="triggered", deadline_ms=2000,
+                           recipes=(RecipeSlot(number=1, file=Path("a.yaml")),), initial_recipe=1,
+                           modbus=ModbusConfig(host="127.0.0.1", port=port,
+                                               registers=ModbusRegisters(trigger=100, result=101, verdict=102)))
+    io = LineIO(config, active_recipe=1)
+    io.start()
+    runner = TriggeredRunner(ArraySource([np.zeros((8, 8, 3), np.uint8)], loop=True), stub_inspector("r"),
+                             io.signals, deadline_ms=2000)
+    runner.start()
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    try:
+        assert plc.connect()
+        refused = plc.write_register(TRIG, 1)                 # HR2 is unmapped now
+        assert refused.isError() and refused.exception_code == 2
+        assert not plc.write_register(100, 1).isError()
+        end = time.monotonic() + 10
+        while (regs := plc.read_holding_registers(100, count=3).registers)[1] != 1 and time.monotonic() < end:
+            time.sleep(0.005)
+        assert regs == [1, 1, 1]                              # trigger, result, verdict PASS
+    finally:
+        plc.close()
+        runner.stop()
+        io.stop()
+
+
+def test_a_result_the_store_cannot_take_is_answered_error_with_fault_never_its_verdict(
+    make_line: Callable[..., Line]
+) -> None:
+    full = threading.Event()
+    stored: list[InspectionResult] = []
+
+    def record(result: InspectionResult) -> None:
+        if full.is_set():
+            msg = "store full: no space left on the device"
+            raise StoreError(msg)
+        stored.append(result)
+
+    line = make_line(record=record)
+    line.trigger(1)
+    assert line.wait_result(1)[VERDICT] == 1
+    full.set()
+    line.trigger(2)
+    regs = line.wait_result(2)
+    assert regs[VERDICT] == 4 and regs[STATUS] & StatusBits.FAULT and not regs[STATUS] & StatusBits.READY
+    assert line.published[-1].verdict is Verdict.ERROR and "not recorded" in (line.published[-1].error or "")
+    full.clear()                                        # space freed: the next result is recorded, FAULT clears
+    line.trigger(3)
+    regs = line.wait_result(3)
+    assert regs[VERDICT] == 1 and not regs[STATUS] & StatusBits.FAULT
+    assert [r.frame_id for r in stored] == [0, 2] and line.answered == [1, 2, 3]
