@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from alembic.script import ScriptDirectory
 from inspector import migrations
 from inspector.errors import StoreError
 from inspector.results import InspectionResult, Verdict
-from inspector.store import SCHEMA_VERSION, Store, metadata
+from inspector.store import SCHEMA_VERSION, STORE_URL_ENV, Store, metadata
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -262,3 +263,9 @@ def test_four_stations_create_and_fill_one_store_at_once(backend: str, tmp_path:
     assert total == distinct == 4 * n
     assert per_station == {f"S{k}": n for k in range(4)}
     assert revisions == 1
+    # the quality engineer's view across the four stations, the store URL configured as a plant does
+    stats = subprocess.run([sys.executable, "-m", "inspector", "stats", "--by", "line,station,recipe"], cwd=REPO,
+                           env={**os.environ, STORE_URL_ENV: url}, capture_output=True, text=True, timeout=240)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    rows = [line.split() for line in stats.stdout.splitlines() if line.startswith("L1 / S")]
+    assert rows == [["L1", "/", f"S{k}", "/", "part", "5000", "4500", "0", "500", "0", "90.0"] for k in range(4)]
