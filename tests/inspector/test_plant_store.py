@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from inspector.errors import StoreError
 from inspector.results import InspectionResult, Verdict
-from inspector.store import STORE_URL_ENV, STORE_URL_FILE_ENV, Store, configured_url
+from inspector.store import STORE_URL_ENV, STORE_URL_FILE_ENV, Store, configured_url, result_rows
 from tests.helpers.images import textured_part, write_images
 from tests.helpers.postgres import PostgresCluster, postgres_bin_dir
 
@@ -130,6 +130,21 @@ def test_tls_to_postgresql_when_the_url_asks_for_it(tls_cluster: tuple[PostgresC
         assert ssl is True
     with pytest.raises(StoreError, match="cannot open the statistics store"):
         Store(f"{url}?sslmode=verify-full&sslrootcert={ca.parent / 'missing.crt'}")
+
+
+def test_a_result_forwarded_twice_is_stored_once_on_postgresql(postgres_url: str) -> None:
+    """A lost acknowledgement: the journal sends a batch the server had committed; each result id lands once."""
+    batch = [(f"S1-{i}", result_rows(_result(i, line="L1", station="S1", recipe="r", verdict=Verdict.PASS)))
+             for i in range(3)]
+    with Store(postgres_url) as store:
+        assert store.insert_results(batch[:2]) == 2
+        assert store.insert_results(batch) == 1              # the replay: only the new one is inserted
+        assert store.insert_results(batch) == 0
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT result_id, frame_id FROM inspections ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("S1-0", 0), ("S1-1", 1), ("S1-2", 2)]
 
 
 # ---- a station's PostgreSQL goes away: nothing printed is lost, nothing is stored twice, order kept ----
