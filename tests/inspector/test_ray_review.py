@@ -126,6 +126,7 @@ def test_ray_review_equals_the_single_process_review(folder: Path, taught_recipe
     assert sorted(p.name for p in (tmp_path / "ray" / "thumbs").iterdir()) == \
            sorted(p.name for p in (tmp_path / "single" / "thumbs").iterdir())
     assert _actors_left() == []                                    # the run's actors are gone
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")) == []  # index removed
 
 
 @pytest.mark.usefixtures("ray_cluster")
