@@ -256,7 +256,8 @@ def memory_rows(root: Path, *, files: int, workers: int = 2) -> list[dict[str, A
 
 
 def journal_row(root: Path, *, records: int = 20_000) -> dict[str, Any]:
-    """Driver memory per finished image: the journal's records (read back as a resumed run does).
+    """Memory per finished image of a journal held in memory (a single-process review; read back as a resumed
+    run does). The Ray driver keeps them on disk instead (`report_row`).
 
     Records are those of PASS images without regions (the smallest kind), on 1280x960 parts.
     """
@@ -279,7 +280,8 @@ def journal_row(root: Path, *, records: int = 20_000) -> dict[str, Any]:
     journal = Journal(path, header)
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    row = {"run": "journal records held by the driver (Journal read back)", "records": len(journal.records),
+    row = {"run": "journal records held in memory (single-process review; Journal read back)",
+           "records": len(journal.records),
            "bytes_per_record": round(held / records), "mb_per_million_images": round(held / records * 1e6 / 2**20)}
     print(row, flush=True)
     return row
