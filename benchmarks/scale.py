@@ -26,13 +26,16 @@ Review rows (`review_rows`), all on one machine:
    actors that return a tiny record per file: scoring 200,000 images is out of reach on 2 cores. Peak
    Python memory of the driver (tracemalloc) and its RSS growth are measured, against building the
    full list of paths (`image_files`, what a single-process review holds).
-3. **Journal records.** What the driver holds per finished image (`journal_row`): the journal keeps
-   every record for the report, single-process and Ray alike.
+3. **Journal records.** What a single-process review holds per finished image (`journal_row`): its
+   journal keeps every record in memory for the report. The Ray driver keeps them in an SQLite index
+   beside the journal instead (`report_row`): its peak memory while reading back the journal of
+   ``--files`` finished images and while writing their report, streamed.
 
 Usage (from the repository root):
     python -m benchmarks.scale --store-only --results 2000 --json benchmarks/results/scale-store.json
     python -m benchmarks.scale --review-only
     python -m benchmarks.scale --review-only --images 48 --files 200000 --json benchmarks/results/scale-review.json
+    python -m benchmarks.scale --report-only --files 200000     # the Ray driver's streamed report, into that JSON
 """
 
 from __future__ import annotations
@@ -253,7 +256,8 @@ def memory_rows(root: Path, *, files: int, workers: int = 2) -> list[dict[str, A
 
 
 def journal_row(root: Path, *, records: int = 20_000) -> dict[str, Any]:
-    """Driver memory per finished image: the journal's records (read back as a resumed run does).
+    """Memory per finished image of a journal held in memory (a single-process review; read back as a resumed
+    run does). The Ray driver keeps them on disk instead (`report_row`).
 
     Records are those of PASS images without regions (the smallest kind), on 1280x960 parts.
     """
@@ -276,8 +280,67 @@ def journal_row(root: Path, *, records: int = 20_000) -> dict[str, Any]:
     journal = Journal(path, header)
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    row = {"run": "journal records held by the driver (Journal read back)", "records": len(journal.records),
+    row = {"run": "journal records held in memory (single-process review; Journal read back)",
+           "records": len(journal.records),
            "bytes_per_record": round(held / records), "mb_per_million_images": round(held / records * 1e6 / 2**20)}
+    print(row, flush=True)
+    return row
+
+
+def report_row(root: Path, *, records: int = 200_000) -> dict[str, Any]:
+    """The Ray driver at the end of a ``records``-image review: peak Python memory (tracemalloc) while it
+    reads the journal back into its on-disk index (a resumed run) and while it writes the final report,
+    streamed from that index in the folder's order (`inspector.review.finish_review`).
+
+    Records as `journal_row`'s, one in ten with a defect region; the folder's walk is given (no image files).
+    """
+    import gc
+
+    from inspector._report import ReportMeta
+    from inspector.review import Journal, finish_review
+
+    header = {"journal": 1, "mode": "recipe", "folder": "/archive", "recipe": "part", "model_version": "v1",
+              "thresholds": [0.1, 0.2, 0.15]}
+    out = root / "report"
+    out.mkdir()
+    path = out / JOURNAL_NAME
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(header) + "\n")
+        for i in range(records):
+            rel = f"2026-11/day_{i // 1000:03d}/img_{i:07d}.png"
+            regions = [] if i % 10 else [{"x": 10, "y": 20, "width": 8, "height": 6, "area_px": 40, "area_mm2": None,
+                                          "max_score": 0.3, "mean_score": 0.25, "defect_class": None,
+                                          "predicted_class": None, "type_confidence": None}]
+            fh.write(json.dumps({"file": rel, "status": "ok", "verdict": "FAIL" if regions else "PASS",
+                                 "score": 0.3 if regions else 0.123456789, "regions": regions, "width": 1280,
+                                 "height": 960, "thumb": f"thumbs/{rel.replace('/', '_')}.jpg",
+                                 "overlay": f"overlays/{rel.replace('/', '_')}.jpg" if regions else None}) + "\n")
+    folder = Path("/archive")
+    meta = ReportMeta(title="Review of archive", mode="recipe", source=str(folder), model="recipe part, model v1",
+                      thresholds=(0.1, 0.2, 0.15), rule="the recipe's thresholds", total_files=records,
+                      complete=True, generated="2026-12-02T00:00:00+00:00")
+
+    def walk() -> Any:
+        return (folder / f"2026-11/day_{i // 1000:03d}/img_{i:07d}.png" for i in range(records))
+
+    gc.collect()
+    tracemalloc.start()
+    t = time.perf_counter()
+    journal = Journal(path, header, on_disk=True)
+    read_s = time.perf_counter() - t
+    read_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    t = time.perf_counter()
+    summary = finish_review(folder, out, walk, journal, meta, resumed=records, scored=0, mode="recipe")
+    report_s = time.perf_counter() - t
+    report_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    journal.close()
+    row = {"run": "Ray driver: journal read back into its on-disk index, then the report streamed from it",
+           "records": summary["files"], "read_peak_python_mb": round(read_peak / 2**20, 2),
+           "read_s": round(read_s, 1), "report_peak_python_mb": round(report_peak / 2**20, 2),
+           "report_s": round(report_s, 1), "index_html_mb": round((out / "index.html").stat().st_size / 2**20, 1),
+           "counts": summary["counts"]}
     print(row, flush=True)
     return row
 
@@ -288,7 +351,7 @@ def review_rows(*, images: int = 48, size: int = 112, files: int = 200_000,
     root = Path(tempfile.mkdtemp(prefix="scale-review-"))
     try:
         return {"throughput": throughput_rows(root, images=images, size=size, workers=workers),
-                "memory": [*memory_rows(root, files=files), journal_row(root)]}
+                "memory": [*memory_rows(root, files=files), journal_row(root), report_row(root, records=files)]}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -397,9 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=48, help="images of the throughput folder (default 48)")
     p.add_argument("--size", type=int, default=112, help="side of the synthetic parts, px (default 112)")
     p.add_argument("--files", type=int, default=200_000, help="files of the driver-memory folder (default 200000)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only the Ray driver's streamed-report row (--files records), merged into --json")
     p.add_argument("--json", type=Path, default=RESULTS / "scale-review.json", help="where the results go")
     args = p.parse_args(argv)
     conditions = _conditions("python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:]))
+    if args.report_only:
+        return _merge_report_row(args.json, conditions, args.files)
     data: dict[str, Any] = {"conditions": conditions}
     if not args.review_only:
         data["store"] = store_rows(results=args.results)
@@ -408,6 +475,21 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     print(f"wrote {args.json}")
+    return 0
+
+
+def _merge_report_row(path: Path, conditions: dict[str, Any], records: int) -> int:
+    """Measure `report_row` and put it into the review JSON beside the rows measured before (its own conditions)."""
+    root = Path(tempfile.mkdtemp(prefix="scale-report-"))
+    try:
+        row = {**report_row(root, records=records), "conditions": conditions}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"review": {"memory": []}}
+    memory = [r for r in data.setdefault("review", {}).setdefault("memory", []) if r.get("run") != row["run"]]
+    data["review"]["memory"] = [*memory, row]
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    print(f"wrote {path}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Rendered from the review's journal records (plain dicts, see `inspector.review`), so the same code
 writes the periodic reports during a run and the final one. Every file is written atomically
-(``models.files.atomic_write``: a temporary file in the same folder, then ``os.replace``): a reader
+(``models.files.atomic_open_text``: a temporary file in the same folder, then ``os.replace``): a reader
 never sees half a report.
 
 The page opens from disk with no server and no network: inline CSS and JavaScript, an inline SVG
@@ -18,10 +18,10 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 import cv2
@@ -29,9 +29,13 @@ import numpy as np
 
 from inspector._csv import csv_cell
 from inspector.overlay import location_heat_image
-from models.files import atomic_write
+from models.files import atomic_open_text, atomic_write
 
-__all__ = ["ReportMeta", "write_report"]
+__all__ = ["Records", "ReportMeta", "write_report"]
+
+# The report's records: a sequence, or a function giving them afresh in report order on each call (the
+# report reads them a few times over and never holds them all: a review of a million images).
+Records = Sequence[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]]
 
 HISTOGRAM_BINS: Final = 30
 VERDICT_ORDER: Final = ("FAIL", "REVIEW", "PASS", "ERROR")
@@ -74,7 +78,7 @@ def _largest(record: Mapping[str, Any]) -> tuple[int | None, float | None]:
     return int(biggest["area_px"]), biggest.get("area_mm2")
 
 
-def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMeta) -> Path:
+def write_report(out: Path, records: Records, meta: ReportMeta) -> Path:
     """Write ``index.html``, ``results.csv`` and ``defects.csv`` into ``out``.
 
     Args:
@@ -83,17 +87,22 @@ def write_report(out: Path, records: Sequence[Mapping[str, Any]], meta: ReportMe
             ``status`` ("ok" or "error"), and for "ok" ``verdict``, ``score``, ``regions`` (dicts
             with x, y, width, height, area_px, area_mm2, max_score, mean_score, defect_class),
             ``width``, ``height``, ``thumb`` and ``overlay`` (paths relative to ``out`` or None);
-            for "error" ``error`` (the reason).
+            for "error" ``error`` (the reason). A sequence, or a function that gives them afresh on each
+            call: the files are streamed, so the report's memory does not grow with the number of images.
         meta: what the report says about the run.
 
     Returns:
         The path of ``index.html``.
     """
-    atomic_write(out / "results.csv", _results_csv(records))
-    atomic_write(out / "defects.csv", _defects_csv(records))
-    locations = write_location_maps(out, records)
+    again = _replayable(records)
+    with atomic_open_text(out / "results.csv") as fh:
+        _write_csv(fh, RESULT_COLUMNS, (_result_row(r) for r in again()))
+    with atomic_open_text(out / "defects.csv") as fh:
+        _write_csv(fh, DEFECT_COLUMNS, (row for r in again() for row in _defect_rows(r)))
+    locations = write_location_maps(out, again)
     index = out / "index.html"
-    atomic_write(index, render_html(records, meta, locations))
+    with atomic_open_text(index) as fh:
+        write_html(fh, again, meta, locations)
     return index
 
 
@@ -112,7 +121,7 @@ def _region_type(region: Mapping[str, Any]) -> str:
     return str(region.get("defect_class") or region.get("predicted_class") or UNTYPED)
 
 
-def location_counts(records: Sequence[Mapping[str, Any]], grid: tuple[int, int]) -> dict[str, np.ndarray]:
+def location_counts(records: Iterable[Mapping[str, Any]], grid: tuple[int, int]) -> dict[str, np.ndarray]:
     """Region centres per defect type, counted on a ``grid`` (rows, cols) over each image's frame.
 
     Centres are scaled by each image's own width and height, so images of different sizes share the map.
@@ -131,73 +140,82 @@ def location_counts(records: Sequence[Mapping[str, Any]], grid: tuple[int, int])
     return counts
 
 
-def write_location_maps(out: Path, records: Sequence[Mapping[str, Any]]) -> LocationMaps | None:
+def _reference(records: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, bool]:
+    """The first PASS record with a thumbnail (True), else the first record with one (False)."""
+    first = None
+    for r in records:
+        if r.get("status") == "ok" and r.get("thumb") and r.get("width"):
+            if r.get("verdict") == "PASS":
+                return r, True
+            first = first or r
+    return first, False
+
+
+def write_location_maps(out: Path, records: Records) -> LocationMaps | None:
     """Heat images of where the regions sit, over the thumbnail of the first PASS image (``locations/``).
 
-    None when there are no regions yet or no thumbnail to draw on.
+    Two passes over the records (the reference, the counts), holding none. None when there are no regions
+    yet or no thumbnail to draw on.
     """
-    with_thumbs = [r for r in records if r.get("status") == "ok" and r.get("thumb") and r.get("width")]
-    good = [r for r in with_thumbs if r.get("verdict") == "PASS"]
-    base = (good or with_thumbs)[:1]
-    if not base:
+    again = _replayable(records)
+    base, is_good = _reference(again())
+    if base is None:
         return None
-    reference = cv2.imread(str(out / base[0]["thumb"]), cv2.IMREAD_COLOR)
+    reference = cv2.imread(str(out / base["thumb"]), cv2.IMREAD_COLOR)
     if reference is None:
         return None
     th, tw = reference.shape[:2]
     grid = (max(1, round(LOCATION_COLUMNS * th / tw)), LOCATION_COLUMNS)
-    counts = location_counts(records, grid)
+    counts = location_counts(again(), grid)
     if not counts:
         return None
-    folder = out / "locations"
-    folder.mkdir(exist_ok=True)
+    (out / "locations").mkdir(exist_ok=True)
     ranked = sorted(counts.items(), key=lambda kv: (-int(kv[1].sum()), kv[0]))
     every: np.ndarray = np.sum(list(counts.values()), axis=0)
     chosen = [("all types", every), *ranked[:LOCATION_TYPES]] if len(counts) > 1 else ranked
+    background = cv2.resize(reference, (tw * 2, th * 2))    # twice the thumbnail, so the map reads beside them
     maps = []
     for i, (name, cells) in enumerate(chosen):
-        # twice the thumbnail's size, so the map reads beside the thumbnails
-        ok, png = cv2.imencode(".png", location_heat_image(cv2.resize(reference, (tw * 2, th * 2)), cells))
+        ok, png = cv2.imencode(".png", location_heat_image(background, cells))
         if not ok:
             continue
         rel = f"locations/map-{i}.png"
         atomic_write(out / rel, png.tobytes(), fsync=False)
         maps.append((name, rel, int(cells.sum())))
-    return LocationMaps(reference=str(base[0]["file"]), reference_is_good=bool(good), grid=grid, maps=tuple(maps))
+    return LocationMaps(reference=str(base["file"]), reference_is_good=is_good, grid=grid, maps=tuple(maps))
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """CSV text; a text cell that a spreadsheet would run as a formula (a file named ``=cmd|...``) gets a ``'``."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+def _replayable(records: Records) -> Callable[[], Iterable[Mapping[str, Any]]]:
+    if callable(records):
+        return records
+    return lambda: records
+
+
+def _write_csv(fh: TextIO, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """CSV rows; a text cell that a spreadsheet would run as a formula (a file named ``=cmd|...``) gets a ``'``."""
+    writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([[csv_cell(c) for c in row] for row in rows])
-    return buf.getvalue()
+    for row in rows:
+        writer.writerow([csv_cell(c) for c in row])
 
 
-def _results_csv(records: Sequence[Mapping[str, Any]]) -> str:
-    rows = []
-    for r in records:
-        area_px, area_mm2 = _largest(r)
-        ok = r.get("status") == "ok"
-        rows.append([
-            r["file"], r.get("verdict") if ok else "ERROR", _fmt(r.get("score"), 6) if ok else "",
-            len(r.get("regions") or []) if ok else "", area_px or "", _fmt(area_mm2, 3),
-            r.get("width") or "", r.get("height") or "", r.get("thumb") or "", r.get("overlay") or "",
-            r.get("error") or "",
-        ])
-    return _csv_text(RESULT_COLUMNS, rows)
+def _result_row(r: Mapping[str, Any]) -> list[Any]:
+    area_px, area_mm2 = _largest(r)
+    ok = r.get("status") == "ok"
+    return [
+        r["file"], r.get("verdict") if ok else "ERROR", _fmt(r.get("score"), 6) if ok else "",
+        len(r.get("regions") or []) if ok else "", area_px or "", _fmt(area_mm2, 3),
+        r.get("width") or "", r.get("height") or "", r.get("thumb") or "", r.get("overlay") or "",
+        r.get("error") or "",
+    ]
 
 
-def _defects_csv(records: Sequence[Mapping[str, Any]]) -> str:
-    rows = []
-    for r in records:
-        for i, reg in enumerate(r.get("regions") or [], 1):
-            rows.append([r["file"], i, reg["x"], reg["y"], reg["width"], reg["height"], reg["area_px"],
-                         _fmt(reg.get("area_mm2"), 3), _fmt(reg.get("max_score"), 6),
-                         _fmt(reg.get("mean_score"), 6), reg.get("defect_class") or "",
-                         reg.get("predicted_class") or "", _fmt(reg.get("type_confidence"), 3)])
-    return _csv_text(DEFECT_COLUMNS, rows)
+def _defect_rows(r: Mapping[str, Any]) -> Iterable[list[Any]]:
+    for i, reg in enumerate(r.get("regions") or [], 1):
+        yield [r["file"], i, reg["x"], reg["y"], reg["width"], reg["height"], reg["area_px"],
+               _fmt(reg.get("area_mm2"), 3), _fmt(reg.get("max_score"), 6),
+               _fmt(reg.get("mean_score"), 6), reg.get("defect_class") or "",
+               reg.get("predicted_class") or "", _fmt(reg.get("type_confidence"), 3)]
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -227,23 +245,40 @@ def histogram_svg(scores: Sequence[float], thresholds: tuple[float, float, float
         ``<svg ...>...</svg>`` markup.
     """
     finite = [float(s) for s in scores if s is not None and math.isfinite(s)]
+    if not finite:
+        return _histogram_markup(None, 0.0, 0.0, thresholds, width=width, height=height)
+    lo, hi = _histogram_range(min(finite), max(finite), thresholds)
+    return _histogram_markup(_bin_counts(finite, lo, hi, bins), lo, hi, thresholds, width=width, height=height)
+
+
+def _histogram_range(low: float, high: float, thresholds: tuple[float, float, float] | None) -> tuple[float, float]:
+    """The histogram's axis: the scores' range and the review/fail thresholds, with a 2 % margin."""
+    marks = [t for t in (thresholds or ())[:2] if math.isfinite(t)]
+    lo = min([low, *marks])
+    hi = max([high, *marks])
+    if hi <= lo:
+        hi = lo + 1e-6
+    span = hi - lo
+    return lo - 0.02 * span, hi + 0.02 * span
+
+
+def _bin_counts(scores: Iterable[float], lo: float, hi: float, bins: int) -> list[int]:
+    counts = [0] * bins
+    for s in scores:
+        counts[min(bins - 1, int((s - lo) / (hi - lo) * bins))] += 1
+    return counts
+
+
+def _histogram_markup(counts: list[int] | None, lo: float, hi: float,
+                      thresholds: tuple[float, float, float] | None, *, width: int = 640, height: int = 180) -> str:
     pad_l, pad_b, pad_t = 40, 28, 10
     plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="histogram of image scores">']
-    if not finite:
+    if counts is None:
         parts.append(f'<text x="{pad_l}" y="{height // 2}">no scores yet</text></svg>')
         return "".join(parts)
-    marks = [t for t in (thresholds or ())[:2] if math.isfinite(t)]
-    lo = min([*finite, *marks])
-    hi = max([*finite, *marks])
-    if hi <= lo:
-        hi = lo + 1e-6
-    span = hi - lo
-    lo, hi = lo - 0.02 * span, hi + 0.02 * span
-    counts = [0] * bins
-    for s in finite:
-        counts[min(bins - 1, int((s - lo) / (hi - lo) * bins))] += 1
+    bins = len(counts)
     top = max(counts)
 
     def x_of(v: float) -> float:
@@ -329,98 +364,157 @@ _JS: Final = """
 
 def render_html(records: Sequence[Mapping[str, Any]], meta: ReportMeta, locations: LocationMaps | None = None) -> str:
     """The report page as one self-contained HTML document (see ``write_report`` for ``records``)."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    errors = [r for r in records if r.get("status") != "ok"]
-    verdicts = Counter(str(r.get("verdict")) for r in ok)
-    verdicts["ERROR"] = len(errors)
-    # a reviewer's class where given, else the few-shot typer's guess (inspector.defect_typing)
-    classes = Counter(_region_type(reg) for r in ok for reg in (r.get("regions") or [])
-                      if reg.get("defect_class") or reg.get("predicted_class"))
-    out: list[str] = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(meta.title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(meta.title)}</h1>",
-    ]
+    buf = io.StringIO()
+    write_html(buf, lambda: records, meta, locations)
+    return buf.getvalue()
+
+
+@dataclass
+class _Summary:
+    """What the page says before its table, gathered in one pass over the records."""
+
+    records: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    classes: Counter[str] = field(default_factory=Counter)
+    scores: int = 0                  # finite scores, for the histogram
+    low: float = math.inf
+    high: float = -math.inf
+
+    def add(self, r: Mapping[str, Any]) -> None:
+        self.records += 1
+        if r.get("status") != "ok":
+            self.verdicts["ERROR"] += 1
+            return
+        self.verdicts[str(r.get("verdict"))] += 1
+        for reg in r.get("regions") or []:
+            if reg.get("defect_class") or reg.get("predicted_class"):
+                self.classes[_region_type(reg)] += 1
+        score = _finite_score(r)
+        if score is not None:
+            self.scores += 1
+            self.low, self.high = min(self.low, score), max(self.high, score)
+
+
+def _finite_score(r: Mapping[str, Any]) -> float | None:
+    score = r.get("score")
+    if r.get("status") != "ok" or score is None or not math.isfinite(score):
+        return None
+    return float(score)
+
+
+def write_html(fh: TextIO, records: Callable[[], Iterable[Mapping[str, Any]]], meta: ReportMeta,
+               locations: LocationMaps | None = None) -> None:
+    """Write the report page into ``fh``, reading ``records()`` four times (summary, histogram, table,
+    unreadable files) and holding none of them beyond the one being written."""
+    summary = _Summary()
+    for r in records():
+        summary.add(r)
+    first = True
+
+    def emit(part: str) -> None:
+        nonlocal first
+        fh.write(part if first else "\n" + part)
+        first = False
+
+    for part in ("<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                 '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                 f"<title>{_e(meta.title)}</title><style>{_CSS}</style></head><body>",
+                 f"<h1>{_e(meta.title)}</h1>"):
+        emit(part)
     if not meta.complete:
-        out.append(f'<p class="warn">This report is partial: {len(records)} of {meta.total_files} file(s) done so '
-                   f"far. Run the same command again to continue; it picks up where it stopped.</p>")
+        emit(f'<p class="warn">This report is partial: {summary.records} of {meta.total_files} file(s) done so '
+             f"far. Run the same command again to continue; it picks up where it stopped.</p>")
     rows = [("folder", meta.source), ("mode", meta.mode), ("model", meta.model), ("verdict rule", meta.rule),
-            ("files", f"{meta.total_files} image file(s) found, {len(records)} in this report"),
+            ("files", f"{meta.total_files} image file(s) found, {summary.records} in this report"),
             ("written", meta.generated)]
     if meta.thresholds is not None:
         review, fail, pixel = meta.thresholds
         rows.insert(3, ("thresholds", f"review {review:.4f}, fail {fail:.4f}, pixel {pixel:.4f}"))
     if meta.images_per_second:
         rows.append(("speed", f"{meta.images_per_second:.2f} images/s in the last run"))
-    out.append('<table class="meta">' + "".join(f"<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>" for k, v in rows)
-               + "</table>")
-    out.extend(f'<p class="warn">{_e(note)}</p>' for note in meta.notes)
+    emit('<table class="meta">' + "".join(f"<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>" for k, v in rows)
+         + "</table>")
+    for note in meta.notes:
+        emit(f'<p class="warn">{_e(note)}</p>')
 
-    out.append("<h2>Counts</h2>")
-    out.append('<p class="counts">' + "".join(
-        f'<span><span class="v v-{v}">{v}</span> {verdicts.get(v, 0)}</span>' for v in VERDICT_ORDER) + "</p>")
-    if classes:
-        out.append("<table class=\"meta\"><tr><td><b>defect class</b></td><td><b>regions</b></td></tr>" + "".join(
-            f"<tr><td>{_e(name)}</td><td>{count}</td></tr>" for name, count in classes.most_common()) + "</table>")
+    emit("<h2>Counts</h2>")
+    emit('<p class="counts">' + "".join(
+        f'<span><span class="v v-{v}">{v}</span> {summary.verdicts.get(v, 0)}</span>' for v in VERDICT_ORDER) + "</p>")
+    if summary.classes:
+        emit("<table class=\"meta\"><tr><td><b>defect class</b></td><td><b>regions</b></td></tr>" + "".join(
+            f"<tr><td>{_e(name)}</td><td>{count}</td></tr>" for name, count in summary.classes.most_common())
+            + "</table>")
     else:
-        out.append("<p>No defect classes assigned yet: counts are per verdict.</p>")
+        emit("<p>No defect classes assigned yet: counts are per verdict.</p>")
 
     if locations is not None:
         rows_n, cols_n = locations.grid
         background = ("a good image of this review" if locations.reference_is_good
                       else "a flagged image of this review (no PASS image yet)")
-        out.append("<h2>Where the defects are</h2>")
-        out.append(f"<p>Centres of the defect regions on a {cols_n} x {rows_n} grid over the frame, drawn over "
-                   f"{_e(background)} ({_e(locations.reference)}); red: where most of them sit.</p>")
-        out.append('<div class="locations">' + "".join(
+        emit("<h2>Where the defects are</h2>")
+        emit(f"<p>Centres of the defect regions on a {cols_n} x {rows_n} grid over the frame, drawn over "
+             f"{_e(background)} ({_e(locations.reference)}); red: where most of them sit.</p>")
+        emit('<div class="locations">' + "".join(
             f'<figure><img src="{_href(rel)}" alt="location map: {_e(name)}"><figcaption>{_e(name)}: '
             f"{n} region(s)</figcaption></figure>" for name, rel, n in locations.maps) + "</div>")
 
-    out.append("<h2>Score histogram</h2>")
-    out.append(histogram_svg([r["score"] for r in ok if r.get("score") is not None], meta.thresholds))
+    emit("<h2>Score histogram</h2>")
+    if summary.scores:
+        lo, hi = _histogram_range(summary.low, summary.high, meta.thresholds)
+        scores = (s for s in (_finite_score(r) for r in records()) if s is not None)
+        emit(_histogram_markup(_bin_counts(scores, lo, hi, HISTOGRAM_BINS), lo, hi, meta.thresholds))
+    else:
+        emit(_histogram_markup(None, 0.0, 0.0, meta.thresholds))
 
-    out.append("<h2>Images</h2>")
-    out.append('<div class="filters"><label>file contains <input id="f-text" type="search"></label>'
-               '<label>score at least <input id="f-score" type="number" step="any" style="width:7em"></label>'
-               + "".join(f'<label><input type="checkbox" class="f-verdict" value="{v}" checked> {v}</label>'
-                         for v in VERDICT_ORDER)
-               + ' <span id="shown"></span> shown</div>')
-    out.append('<table class="results" id="results"><thead><tr><th data-nosort>image</th><th>verdict</th>'
-               "<th>score</th><th>defects</th><th>largest defect (px)</th><th>file</th></tr></thead><tbody>")
-    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
-    for r in records:
-        is_ok = r.get("status") == "ok"
-        verdict = str(r.get("verdict")) if is_ok else "ERROR"
-        score = r.get("score") if is_ok else None
-        area_px, area_mm2 = _largest(r)
-        n_regions = len(r.get("regions") or [])
-        thumb, overlay = r.get("thumb"), r.get("overlay")
-        image_cell = f'<img class="thumb" loading="lazy" src="{_href(thumb)}" alt="">' if thumb else ""
-        if overlay and image_cell:
-            image_cell = f'<a href="{_href(overlay)}">{image_cell}</a>'
-        file_cell = _e(r["file"]) + (f'<br><small>{_e(r.get("error"))}</small>' if not is_ok else "")
-        area_text = "" if area_px is None else f"{area_px}" + (f" ({area_mm2:.2f} mm²)" if area_mm2 else "")
-        out.append(
-            f'<tr data-verdict="{verdict}" data-file="{_e(r["file"])}" data-score="{_fmt(score, 6)}">'
+    emit("<h2>Images</h2>")
+    emit('<div class="filters"><label>file contains <input id="f-text" type="search"></label>'
+         '<label>score at least <input id="f-score" type="number" step="any" style="width:7em"></label>'
+         + "".join(f'<label><input type="checkbox" class="f-verdict" value="{v}" checked> {v}</label>'
+                   for v in VERDICT_ORDER)
+         + ' <span id="shown"></span> shown</div>')
+    emit('<table class="results" id="results"><thead><tr><th data-nosort>image</th><th>verdict</th>'
+         "<th>score</th><th>defects</th><th>largest defect (px)</th><th>file</th></tr></thead><tbody>")
+    for r in records():
+        emit(_table_row(r))
+    emit("</tbody></table>")
+
+    emit("<h2>Unreadable files</h2>")
+    if summary.verdicts["ERROR"]:
+        emit("<ul>")
+        for r in records():
+            if r.get("status") != "ok":
+                fh.write(f"<li><b>{_e(r['file'])}</b>: {_e(r.get('error') or 'unknown reason')}</li>")
+        fh.write("</ul>")
+    else:
+        emit("<p>None.</p>")
+    emit("<p><small>Also in this folder: results.csv (one row per image), defects.csv (one row per defect "
+         "region), overlays/ (full-size heatmaps of REVIEW and FAIL images), locations/ (the location maps).</small></p>")
+    # The records as JSON too, for scripts that read the page; "</" is escaped so no text can close the tag.
+    data = json.dumps({"thresholds": meta.thresholds, "mode": meta.mode}).replace("</", "<\\/")
+    emit(f'<script type="application/json" id="report-meta">{data}</script>')
+    emit(f"<script>{_JS}</script></body></html>")
+
+
+_VERDICT_RANK: Final = {v: i for i, v in enumerate(VERDICT_ORDER)}
+
+
+def _table_row(r: Mapping[str, Any]) -> str:
+    is_ok = r.get("status") == "ok"
+    verdict = str(r.get("verdict")) if is_ok else "ERROR"
+    score = r.get("score") if is_ok else None
+    area_px, area_mm2 = _largest(r)
+    n_regions = len(r.get("regions") or [])
+    thumb, overlay = r.get("thumb"), r.get("overlay")
+    image_cell = f'<img class="thumb" loading="lazy" src="{_href(thumb)}" alt="">' if thumb else ""
+    if overlay and image_cell:
+        image_cell = f'<a href="{_href(overlay)}">{image_cell}</a>'
+    file_cell = _e(r["file"]) + (f'<br><small>{_e(r.get("error"))}</small>' if not is_ok else "")
+    area_text = "" if area_px is None else f"{area_px}" + (f" ({area_mm2:.2f} mm²)" if area_mm2 else "")
+    rank = _VERDICT_RANK.get(verdict, 9)
+    return (f'<tr data-verdict="{verdict}" data-file="{_e(r["file"])}" data-score="{_fmt(score, 6)}">'
             f"<td>{image_cell}</td>"
-            f'<td data-v="{rank[verdict] if verdict in rank else 9}"><span class="v v-{_e(verdict)}">{_e(verdict)}</span></td>'
+            f'<td data-v="{rank}"><span class="v v-{_e(verdict)}">{_e(verdict)}</span></td>'
             f'<td class="num" data-v="{_fmt(score, 6)}">{_fmt(score)}</td>'
             f'<td class="num" data-v="{n_regions if is_ok else ""}">{n_regions if is_ok else ""}</td>'
             f'<td class="num" data-v="{area_px if area_px is not None else 0}">{_e(area_text)}</td>'
             f"<td>{file_cell}</td></tr>")
-    out.append("</tbody></table>")
-
-    out.append("<h2>Unreadable files</h2>")
-    if errors:
-        out.append("<ul>" + "".join(f"<li><b>{_e(r['file'])}</b>: {_e(r.get('error') or 'unknown reason')}</li>"
-                                    for r in errors) + "</ul>")
-    else:
-        out.append("<p>None.</p>")
-    out.append("<p><small>Also in this folder: results.csv (one row per image), defects.csv (one row per defect "
-               "region), overlays/ (full-size heatmaps of REVIEW and FAIL images), locations/ (the location maps).</small></p>")
-    # The records as JSON too, for scripts that read the page; "</" is escaped so no text can close the tag.
-    data = json.dumps({"thresholds": meta.thresholds, "mode": meta.mode}).replace("</", "<\\/")
-    out.append(f'<script type="application/json" id="report-meta">{data}</script>')
-    out.append(f"<script>{_JS}</script></body></html>")
-    return "\n".join(out)

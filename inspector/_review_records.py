@@ -12,8 +12,9 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +40,7 @@ __all__ = [
     "finish_review",
     "now_text",
     "ordered_records",
+    "records_in_order",
     "region_dict",
     "relative_name",
     "write_images",
@@ -56,38 +58,53 @@ OVERLAY_QUALITY: Final = 90        # JPEG quality of full-size overlays
 
 
 class Journal:
-    """``progress.jsonl``: a header line, then one record per finished file (the last record of a file wins)."""
+    """``progress.jsonl``: a header line, then one record per finished file (the last record of a file wins).
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+    ``records`` maps each finished file to its record: a dict in memory, or with ``on_disk`` an SQLite
+    index beside the journal (`RecordIndex`), so that a review of a million images does not hold a
+    million records (the Ray driver). The journal file stays the one truth; the index is rebuilt from
+    it on every start and removed by `close`.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any], *, on_disk: bool = False) -> None:
         self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        if path.is_file() and path.stat().st_size > 0:
-            self._read(header)
-        else:
-            self._write_line(header, mode="w")
+        self.records: MutableMapping[str, dict[str, Any]] = (
+            RecordIndex(path.with_name(f".{path.stem}-index.sqlite")) if on_disk else {})
+        try:
+            if path.is_file() and path.stat().st_size > 0:
+                self._read(header)
+            else:
+                self._write_line(header, mode="w")
+        except BaseException:
+            self.close()
+            raise
 
     def _read(self, header: dict[str, Any]) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            old = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError) as exc:
-            msg = f"{self.path}: not a review journal; delete it or choose another --out folder"
-            raise InspectorError(msg) from exc
-        if old != header:
-            diff = sorted(k for k in set(old) | set(header) if old.get(k) != header.get(k))
-            msg = (f"{self.path.parent}: holds a review made with other settings ({', '.join(diff)} differ: "
-                   f"{ {k: old.get(k) for k in diff} } before, { {k: header.get(k) for k in diff} } now); "
-                   f"choose another --out folder or delete that one to start afresh")
-            raise InspectorError(msg)
-        for n, line in enumerate(lines[1:], 2):
+        with self.path.open("rb") as fh:           # line by line: a million-image journal is not read at once
+            first = fh.readline()
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # A process killed mid-write leaves a cut-off last line: that file is done again.
-                logger.warning("%s: line %d is incomplete; its file is reviewed again", self.path, n)
-                continue
-            self.records[record["file"]] = record
-        if lines and not self.path.read_bytes().endswith(b"\n"):
+                old = json.loads(first)
+            except json.JSONDecodeError as exc:
+                msg = f"{self.path}: not a review journal; delete it or choose another --out folder"
+                raise InspectorError(msg) from exc
+            if old != header:
+                diff = sorted(k for k in set(old) | set(header) if old.get(k) != header.get(k))
+                msg = (f"{self.path.parent}: holds a review made with other settings ({', '.join(diff)} differ: "
+                       f"{ {k: old.get(k) for k in diff} } before, { {k: header.get(k) for k in diff} } now); "
+                       f"choose another --out folder or delete that one to start afresh")
+                raise InspectorError(msg)
+            last = first
+            with _bulk(self.records):
+                for n, line in enumerate(fh, 2):
+                    last = line
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        # A process killed mid-write leaves a cut-off last line: that file is done again.
+                        logger.warning("%s: line %d is incomplete; its file is reviewed again", self.path, n)
+                        continue
+                    self.records[record["file"]] = record
+        if not last.endswith(b"\n"):
             with self.path.open("a", encoding="utf-8") as fh:   # end the cut-off line
                 fh.write("\n")
 
@@ -100,6 +117,69 @@ class Journal:
     def append(self, record: dict[str, Any]) -> None:
         self._write_line(record)
         self.records[record["file"]] = record
+
+    def close(self) -> None:
+        """Remove the on-disk index, if any (the journal file stays)."""
+        if isinstance(self.records, RecordIndex):
+            self.records.close()
+
+
+class RecordIndex(MutableMapping[str, dict[str, Any]]):
+    """A review's records by file in an SQLite file: what the journal holds, without holding it in memory.
+
+    A cache of the journal, never its only copy: not synced, rebuilt from the journal on each start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode = OFF")
+        self._conn.execute("PRAGMA synchronous = OFF")
+        self._conn.execute("CREATE TABLE records (file TEXT PRIMARY KEY, record TEXT NOT NULL)")
+
+    def __getitem__(self, file: str) -> dict[str, Any]:
+        row = self._conn.execute("SELECT record FROM records WHERE file = ?", (file,)).fetchone()
+        if row is None:
+            raise KeyError(file)
+        record: dict[str, Any] = json.loads(row[0])
+        return record
+
+    def __setitem__(self, file: str, record: dict[str, Any]) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO records (file, record) VALUES (?, ?)",
+                           (file, json.dumps(record, allow_nan=False)))
+
+    def __delitem__(self, file: str) -> None:
+        if self._conn.execute("DELETE FROM records WHERE file = ?", (file,)).rowcount == 0:
+            raise KeyError(file)
+
+    def __contains__(self, file: object) -> bool:
+        return self._conn.execute("SELECT 1 FROM records WHERE file = ?", (file,)).fetchone() is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (file for (file,) in self._conn.execute("SELECT file FROM records ORDER BY file"))
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _bulk:  # noqa: N801 (a context manager used like a function)
+    """One transaction around many writes to a `RecordIndex` (nothing to do for a dict)."""
+
+    def __init__(self, records: MutableMapping[str, dict[str, Any]]) -> None:
+        self._conn = records._conn if isinstance(records, RecordIndex) else None
+
+    def __enter__(self) -> None:
+        if self._conn is not None:
+            self._conn.execute("BEGIN")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.execute("COMMIT")
 
 
 def relative_name(path: Path, folder: Path) -> str:
@@ -177,42 +257,54 @@ class ReviewRate:
 
 
 def finish_review(
-    folder: Path, out: Path, files: Iterable[Path], journal: Journal, meta: ReportMeta, *, resumed: int,
-    scored: int, mode: str,
+    folder: Path, out: Path, files: Sequence[Path] | Callable[[], Iterable[Path]], journal: Journal,
+    meta: ReportMeta, *, resumed: int, scored: int, mode: str,
 ) -> dict[str, Any]:
     """Write the final report and return the fields of the `ReviewSummary` (``scored`` included).
 
-    ``files`` is iterated once, so a lazy walk of the folder will do (`inspector.ray_review`).
+    ``files`` is the folder's files in report order: a sequence, or a function that walks the folder
+    afresh (`inspector.ray_review`, with a journal on disk: the report is then streamed, and no list of
+    the folder's files or records is held).
     """
-    counted = _Counted(files)
-    records = ordered_records(folder, counted, journal)
+    walk = files if callable(files) else (lambda: files)
+    records = records_in_order(folder, walk, journal)
     index = write_report(out, records, meta)
-    tally = VerdictCounts.from_verdicts(Verdict.ERROR if r["status"] != "ok" else r["verdict"] for r in records)
+    count = sum(1 for _ in walk())
+    errors: list[str] = []
+
+    def verdicts() -> Iterator[Verdict | str]:
+        for r in records():
+            if r["status"] != "ok":
+                errors.append(f"{r['file']}: {r['error']}")
+                yield Verdict.ERROR
+            else:
+                yield r["verdict"]
+
+    tally = VerdictCounts.from_verdicts(verdicts())
     counts = {v.value: tally.count(v) for v in Verdict}
-    errors = tuple(f"{r['file']}: {r['error']}" for r in records if r["status"] != "ok")
     logger.info("review of %s: %s; report %s", folder, counts, index)
-    return {"folder": folder, "out": out, "report": index, "mode": mode, "model": meta.model, "files": counted.count,
+    return {"folder": folder, "out": out, "report": index, "mode": mode, "model": meta.model, "files": count,
             "counts": counts,
             "thresholds": meta.thresholds or (math.nan, math.nan, math.nan), "rule": meta.rule, "resumed": resumed,
-            "scored": scored, "errors": errors}
-
-
-class _Counted:
-    """An iterable that counts the items it gave."""
-
-    def __init__(self, items: Iterable[Path]) -> None:
-        self.items = items
-        self.count = 0
-
-    def __iter__(self) -> Iterator[Path]:
-        for item in self.items:
-            self.count += 1
-            yield item
+            "scored": scored, "errors": tuple(errors)}
 
 
 def ordered_records(folder: Path, files: Iterable[Path], journal: Journal) -> list[dict[str, Any]]:
     """Journal records in the folder's file order (files not done yet are left out)."""
     return [journal.records[rel] for rel in (relative_name(p, folder) for p in files) if rel in journal.records]
+
+
+def records_in_order(folder: Path, files: Callable[[], Iterable[Path]],
+                     journal: Journal) -> Callable[[], Iterator[dict[str, Any]]]:
+    """`ordered_records` as a function that reads them afresh on each call (for a streamed report)."""
+
+    def again() -> Iterator[dict[str, Any]]:
+        for rel in (relative_name(p, folder) for p in files()):
+            record = journal.records.get(rel)
+            if record is not None:
+                yield record
+
+    return again
 
 
 def now_text() -> str:

@@ -9,8 +9,9 @@ one per GPU of the cluster (else one per CPU slot, or ``workers`` of them), each
 - sends batches of relative paths, at most `IN_FLIGHT_PER_WORKER` batches per worker outstanding
   (``ray.wait``), so what it holds for the work in flight does not grow with the folder;
 - appends every returned record to the same journal as a single-process review (``progress.jsonl``,
-  same header line) and writes the same report. A Ray run continues an interrupted single-process
-  review of the same folder and recipe, and the other way round.
+  same header line) and writes the same report, streamed from an on-disk index of the records. A Ray
+  run continues an interrupted single-process review of the same folder and recipe, and the other way
+  round.
 
 The actors read the images and write thumbnails and overlays into the report folder themselves: only
 paths and journal records travel through Ray. **On a cluster of several machines the image folder and
@@ -22,8 +23,9 @@ scored again; a batch whose worker died `MAX_BATCH_TRIES` times is recorded as u
 reason, so one image that crashes the process cannot stop the review. Closing the generator (a
 cancelled run) kills the actors, and a local cluster this call started is shut down.
 
-What the driver still holds per image: the journal's record of every finished image (the report is
-one file written from all of them at the end), as a single-process review does.
+What the driver does not hold: a list of the folder's files, or the finished images' records. Those
+are appended to the journal and kept in an SQLite index beside it (`Journal` with ``on_disk``), and the
+report is streamed from the index in the folder's order, so its memory does not grow with the folder.
 
 Example:
     >>> job = ray_review(Path("archive/2026-11"), Path("archive/2026-11-review"),
@@ -56,10 +58,10 @@ from inspector.review import (
     ReviewSummary,
     finish_review,
     inspect_files,
-    ordered_records,
     prepare_output,
     recipe_journal_header,
     recipe_report_meta,
+    records_in_order,
     relative_name,
 )
 
@@ -336,6 +338,7 @@ def ray_review(
     yield Progress(done=0, total=total, message="connecting to Ray" if address else "starting Ray")
     started = _connect(ray, address)
     pool: WorkerPool | None = None
+    journal: Journal | None = None
     try:
         device = device or recipe_obj.detector.device
         count, options = _plan(ray, workers, device)
@@ -347,8 +350,10 @@ def ray_review(
         described = [_describe(ray, actor) for actor in pool.actors]
         first = described[0]
         thresholds = (float(first["thresholds"][0]), float(first["thresholds"][1]), float(first["thresholds"][2]))
+        # records on disk (an index beside the journal): the driver never holds one per image
         journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe_obj, first["model_version"],
-                                                                    thresholds))
+                                                                    thresholds), on_disk=True)
+        in_order = records_in_order(folder, files, journal)
         hosts = len({d["host"] for d in described})
         model = (f"recipe {recipe_obj.name}, model {first['model_version']} on {first['device']}, "
                  f"Ray: {count} worker(s) on {hosts} node(s)")
@@ -363,6 +368,7 @@ def ray_review(
         todo = (rel for rel in (relative_name(p, folder) for p in files()) if rel not in journal.records)
         done, scored = resumed, 0
         last_report = time.perf_counter()
+        report_every = REPORT_EVERY_S
         for rels, records in pool.results(batched(todo, batch_size)):
             if isinstance(records, str):
                 records = [{"file": rel, "status": "error", "error": records} for rel in rels]
@@ -375,16 +381,21 @@ def ray_review(
             scored += len(records)
             last = f"{rels[-1]}  " if rels else ""
             yield Progress(done=done, total=total, message=f"{last}{rate.text(total - done)}".strip())
-            if time.perf_counter() - last_report >= REPORT_EVERY_S:
-                write_report(out, ordered_records(folder, files(), journal), meta(False))
+            if time.perf_counter() - last_report >= report_every:
+                began = time.perf_counter()
+                write_report(out, in_order, meta(False))
                 last_report = time.perf_counter()
+                # the partial report of a huge folder takes a while: at most a tenth of the run goes to it
+                report_every = max(REPORT_EVERY_S, 10 * (last_report - began))
         if pool.replaced:
             logger.info("review: %d worker(s) were replaced during the run", pool.replaced)
-        summary = finish_review(folder, out, files(), journal, meta(True), resumed=resumed, scored=scored,
+        summary = finish_review(folder, out, files, journal, meta(True), resumed=resumed, scored=scored,
                                 mode="recipe")
     finally:
         if pool is not None:
             pool.close()
+        if journal is not None:
+            journal.close()
         if started:
             ray.shutdown()
     seconds = time.perf_counter() - start

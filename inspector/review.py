@@ -54,6 +54,7 @@ from inspector._review_records import (
     now_text,
     ordered_records,
     prepare_output,
+    records_in_order,
     region_dict,
     relative_name,
     write_images,
@@ -82,6 +83,7 @@ __all__ = [
     "prepare_output",
     "recipe_journal_header",
     "recipe_report_meta",
+    "records_in_order",
     "relative_name",
     "review",
 ]

@@ -316,7 +316,10 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
             try:
                 check_schema(self._engine, self.display_name)
             except StoreError as exc:
-                exc.retry = unreachable(exc)       # type: ignore[attr-defined]
+                # The server away, a store made by a newer inspector, a role that may not create the tables:
+                # the store's problem, not one result's. Results keep waiting in the journal, in order
+                # (never set aside as refused data), and the error says why.
+                exc.retry = True                   # type: ignore[attr-defined]
                 raise
             self._schema_ready = True
             logger.info("statistics store %s is online", self.display_name)

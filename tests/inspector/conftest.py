@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -146,5 +147,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 @pytest.fixture
 def postgres_url(postgres_cluster: PostgresCluster, request: pytest.FixtureRequest) -> str:
     """A new, empty database on the session's PostgreSQL server; its SQLAlchemy URL."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    # PostgreSQL cuts names at 63 bytes: a digest of the whole test id keeps parametrized cases apart
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40] + "_" + digest
     return postgres_cluster.create_database(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from alembic.script import ScriptDirectory
 from inspector import migrations
 from inspector.errors import StoreError
 from inspector.results import InspectionResult, Verdict
-from inspector.store import SCHEMA_VERSION, Store, metadata
+from inspector.store import SCHEMA_VERSION, STORE_URL_ENV, Store, metadata
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,6 +83,134 @@ def test_a_store_of_a_newer_program_is_refused_untouched(tmp_path: Path) -> None
     assert path.read_bytes() == before
 
 
+# The store exactly as inspector wrote it before migrations existed (schema version 1, SQLite): the
+# statements read back from sqlite_master of a store made by that program.
+_SCHEMA_1_SQLITE = """
+CREATE TABLE inspections (
+    id INTEGER NOT NULL, time FLOAT NOT NULL, recipe TEXT NOT NULL, model_version TEXT NOT NULL,
+    line TEXT NOT NULL, station TEXT NOT NULL, lot TEXT NOT NULL, source TEXT NOT NULL, frame_id BIGINT NOT NULL,
+    path TEXT, verdict VARCHAR(8) NOT NULL, score FLOAT, latency_ms FLOAT, image_path TEXT, overlay_path TEXT,
+    error TEXT, PRIMARY KEY (id));
+CREATE INDEX ix_inspections_time ON inspections (time);
+CREATE INDEX ix_inspections_recipe_time ON inspections (recipe, time);
+CREATE INDEX ix_inspections_verdict ON inspections (verdict);
+CREATE TABLE store_meta ("key" VARCHAR(64) NOT NULL, value TEXT NOT NULL, PRIMARY KEY ("key"));
+CREATE TABLE regions (
+    id INTEGER NOT NULL, inspection_id INTEGER NOT NULL, x INTEGER NOT NULL, y INTEGER NOT NULL,
+    w INTEGER NOT NULL, h INTEGER NOT NULL, area_px INTEGER NOT NULL, area_mm2 FLOAT, max_score FLOAT,
+    mean_score FLOAT, defect_class TEXT, classified_by TEXT, classified_at FLOAT, PRIMARY KEY (id),
+    FOREIGN KEY(inspection_id) REFERENCES inspections (id) ON DELETE CASCADE);
+CREATE INDEX ix_regions_inspection ON regions (inspection_id);
+CREATE TABLE feedback (
+    id INTEGER NOT NULL, inspection_id INTEGER NOT NULL, label TEXT NOT NULL, user TEXT NOT NULL,
+    time FLOAT NOT NULL, note TEXT NOT NULL, PRIMARY KEY (id),
+    FOREIGN KEY(inspection_id) REFERENCES inspections (id) ON DELETE CASCADE);
+CREATE INDEX ix_feedback_inspection ON feedback (inspection_id);
+INSERT INTO store_meta (key, value) VALUES ('schema_version', '1');
+INSERT INTO inspections (id, time, recipe, model_version, line, station, lot, source, frame_id, path, verdict,
+                         score) VALUES (1, 1.8e9, 'bracket', 'v1', 'L1', 'S1', 'A', 'cam', 7, 'p7.png', 'FAIL', 0.9);
+INSERT INTO regions (inspection_id, x, y, w, h, area_px, max_score, mean_score, defect_class, classified_by,
+                     classified_at) VALUES (1, 3, 4, 5, 6, 20, 0.9, 0.5, 'scratch', 'qe', 1.8e9);
+INSERT INTO feedback (inspection_id, label, user, time, note) VALUES (1, 'scratch', 'qe', 1.8e9, 'seen');
+"""
+
+
+def _first_rows(url: str) -> tuple[object, ...]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return (
+                conn.execute(sa.text("SELECT recipe, station, frame_id, verdict FROM inspections WHERE id = 1")).one(),
+                conn.execute(sa.text("SELECT x, y, w, h, defect_class FROM regions WHERE inspection_id = 1")).one(),
+                conn.execute(sa.text("SELECT label, note FROM feedback WHERE inspection_id = 1")).one(),
+                conn.execute(sa.text("SELECT value FROM store_meta WHERE key = 'schema_version'")).scalar(),
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_1_sqlite_store_is_upgraded_in_place_with_its_rows(tmp_path: Path) -> None:
+    """The SQLite store stations wrote before this version: every later column and table added, rows kept."""
+    path = tmp_path / "station.db"
+    con = sqlite3.connect(path)
+    con.executescript(_SCHEMA_1_SQLITE)
+    con.close()
+    url = f"sqlite:///{path}"
+    assert _schema_diff(url) != []                      # the old schema really lacks what came later
+    with Store(path) as store:
+        store.record(_result(2))
+        store.flush()
+        assert [(r.recipe, r.frame_id) for r in store.inspections()] == [("part", 2), ("bracket", 7)]
+    assert _schema_diff(url) == []
+    assert _first_rows(url) == (("bracket", "S1", 7, "FAIL"), (3, 4, 5, 6, "scratch"), ("scratch", "seen"),
+                                str(SCHEMA_VERSION))
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(migrations.HEAD,)]
+    con.close()
+
+
+def _stamp_at(url: str, revision: str) -> None:
+    """Build a store at an older revision with Alembic itself, as an older inspector left it."""
+    from alembic import command
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations._config(conn), revision)  # type: ignore[arg-type]
+            conn.execute(sa.text(
+                "INSERT INTO inspections (id, time, recipe, model_version, line, station, lot, source, frame_id, "
+                "path, verdict, score) VALUES (1, 1.8e9, 'bracket', 'v1', 'L1', 'S1', 'A', 'cam', 7, 'p7.png', "
+                "'FAIL', 0.9)"))
+            conn.execute(sa.text(
+                "INSERT INTO regions (inspection_id, x, y, w, h, area_px, max_score, mean_score, defect_class) "
+                "VALUES (1, 3, 4, 5, 6, 20, 0.9, 0.5, 'scratch')"))
+            conn.execute(sa.text("INSERT INTO feedback (inspection_id, label, \"user\", time, note) "
+                                 "VALUES (1, 'scratch', 'qe', 1.8e9, 'seen')"))
+            if conn.dialect.name == "postgresql":        # explicit ids: move the sequences past them
+                for table in ("inspections", "regions", "feedback"):
+                    conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)"))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("revision", ["0001", "0002"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_store_at_an_older_revision_is_upgraded_in_place(backend: str, revision: str, tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    _stamp_at(url, revision)
+    engine = sa.create_engine(url)
+    assert migrations.current_revision(engine) == revision
+    engine.dispose()
+    with Store(url) as store:
+        store.record(_result(2))
+        store.flush()
+        assert sorted((r.recipe, r.frame_id) for r in store.inspections()) == [("bracket", 7), ("part", 2)]
+    assert _schema_diff(url) == []
+    assert _first_rows(url) == (("bracket", "S1", 7, "FAIL"), (3, 4, 5, 6, "scratch"), ("scratch", "seen"),
+                                str(SCHEMA_VERSION))
+    engine = sa.create_engine(url)
+    assert migrations.current_revision(engine) == migrations.HEAD
+    engine.dispose()
+
+
+def test_a_postgresql_store_of_a_newer_program_is_refused_untouched(postgres_url: str) -> None:
+    with Store(postgres_url) as store:
+        store.record(_result(1))
+        store.flush()
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+        conn.execute(sa.text("UPDATE store_meta SET value = '99' WHERE key = 'schema_version'"))
+    with pytest.raises(StoreError, match=r"revision 9999, made by a newer inspector.*upgrade inspector") as info:
+        Store(postgres_url)
+    assert "/" in str(info.value) and "postgresql" in str(info.value)        # the store is named
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM inspections")).scalar() == 1
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "9999"
+    engine.dispose()
+
+
 def test_schema_version_is_written_for_older_programs(tmp_path: Path) -> None:
     Store(tmp_path / "s.db").close()
     con = sqlite3.connect(tmp_path / "s.db")
@@ -134,3 +263,9 @@ def test_four_stations_create_and_fill_one_store_at_once(backend: str, tmp_path:
     assert total == distinct == 4 * n
     assert per_station == {f"S{k}": n for k in range(4)}
     assert revisions == 1
+    # the quality engineer's view across the four stations, the store URL configured as a plant does
+    stats = subprocess.run([sys.executable, "-m", "inspector", "stats", "--by", "line,station,recipe"], cwd=REPO,
+                           env={**os.environ, STORE_URL_ENV: url}, capture_output=True, text=True, timeout=240)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    rows = [line.split() for line in stats.stdout.splitlines() if line.startswith("L1 / S")]
+    assert rows == [["L1", "/", f"S{k}", "/", "part", "5000", "4500", "0", "500", "0", "90.0"] for k in range(4)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from inspector.errors import StoreError
 from inspector.results import InspectionResult, Verdict
-from inspector.store import STORE_URL_ENV, STORE_URL_FILE_ENV, Store, configured_url
+from inspector.store import STORE_URL_ENV, STORE_URL_FILE_ENV, Store, configured_url, result_rows
 from tests.helpers.images import textured_part, write_images
 from tests.helpers.postgres import PostgresCluster, postgres_bin_dir
 
@@ -132,6 +133,21 @@ def test_tls_to_postgresql_when_the_url_asks_for_it(tls_cluster: tuple[PostgresC
         Store(f"{url}?sslmode=verify-full&sslrootcert={ca.parent / 'missing.crt'}")
 
 
+def test_a_result_forwarded_twice_is_stored_once_on_postgresql(postgres_url: str) -> None:
+    """A lost acknowledgement: the journal sends a batch the server had committed; each result id lands once."""
+    batch = [(f"S1-{i}", result_rows(_result(i, line="L1", station="S1", recipe="r", verdict=Verdict.PASS)))
+             for i in range(3)]
+    with Store(postgres_url) as store:
+        assert store.insert_results(batch[:2]) == 2
+        assert store.insert_results(batch) == 1              # the replay: only the new one is inserted
+        assert store.insert_results(batch) == 0
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT result_id, frame_id FROM inspections ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("S1-0", 0), ("S1-1", 1), ("S1-2", 2)]
+
+
 # ---- a station's PostgreSQL goes away: nothing printed is lost, nothing is stored twice, order kept ----
 
 
@@ -237,3 +253,38 @@ def test_sigkill_of_a_station_writing_to_postgres_loses_nothing_printed(
     store.close()
     stored = _stored_paths(postgres_url)
     assert stored[:len(printed)] == printed and len(stored) == len(set(stored))
+
+
+def test_a_station_started_offline_keeps_its_results_when_the_server_has_a_newer_store(
+    own_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """The server comes back holding a store of a newer inspector: refused with the reason, nothing set aside."""
+    from inspector.recording import ResultRecorder
+
+    url = own_cluster.create_database("plant")
+    Store(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    own_cluster.pause()
+    store = Store(url, allow_offline=True)
+    recorder = ResultRecorder(store, journal_path=tmp_path / "station.pending.db")
+    try:
+        for i in range(3):
+            recorder.record(_result(i, line="L1", station="S1", recipe="r", verdict=Verdict.PASS))
+        own_cluster.resume()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:     # until the forwarder has met the newer store (no timing assert)
+            error = recorder.last_error
+            if error is not None and "newer inspector" in str(error):
+                break
+            time.sleep(0.1)
+        assert error is not None and "made by a newer inspector" in str(error) and "upgrade inspector" in str(error)
+        assert recorder.pending == 3                          # still waiting, in order, for an upgraded station
+    finally:
+        recorder.close(timeout=1.0)
+        store.close()
+    with sqlite3.connect(tmp_path / "station.pending.db") as conn:
+        assert conn.execute("SELECT count(*) FROM set_aside").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pending").fetchone() == (3,)

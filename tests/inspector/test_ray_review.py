@@ -126,6 +126,7 @@ def test_ray_review_equals_the_single_process_review(folder: Path, taught_recipe
     assert sorted(p.name for p in (tmp_path / "ray" / "thumbs").iterdir()) == \
            sorted(p.name for p in (tmp_path / "single" / "thumbs").iterdir())
     assert _actors_left() == []                                    # the run's actors are gone
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")) == []  # index removed
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -206,3 +207,53 @@ def test_a_model_that_cannot_load_is_reported_in_words(folder: Path, taught_reci
     with pytest.raises(InspectorError, match="tiny_part"):
         run_to_end(ray_review(folder, tmp_path / "out", recipe=taught_recipe, workers=1))
     assert _actors_left() == []
+
+
+# ---- a million-image folder: the driver reads the folder and sends batches only as room frees ----
+
+
+def test_the_walk_is_lazy_one_folder_at_a_time(tmp_path: Path) -> None:
+    """A file added to a later folder after the walk began is still found: that folder was not read yet."""
+    from inspector.capture import iter_image_files
+
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "a.png").write_bytes(b"x")
+    walk = iter_image_files(tmp_path)
+    assert next(walk) == tmp_path / "day1" / "a.png"
+    (tmp_path / "day2" / "b.png").write_bytes(b"x")
+    assert list(walk) == [tmp_path / "day2" / "a.png", tmp_path / "day2" / "b.png"]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_pool_reads_batches_only_as_room_frees() -> None:
+    from inspector.ray_review import WorkerPool
+
+    class SlowEcho:       # defined here: Ray's workers get it by value (they cannot import this test module)
+        """A trivial review actor: one tiny record per file after a short nap (no model)."""
+
+        def score(self, rels: list[str]) -> list[dict[str, Any]]:
+            time.sleep(0.02)
+            return [{"file": rel, "status": "ok"} for rel in rels]
+
+    pulled = 0
+
+    def batches() -> Iterator[list[str]]:
+        nonlocal pulled
+        for i in range(60):
+            pulled += 1
+            yield [str(i)]
+
+    remote = ray.remote(num_cpus=1)(SlowEcho)
+    pool = WorkerPool(lambda name: remote.options(name=name).remote(), workers=2, in_flight_per_worker=2)
+    done: list[str] = []
+    most_read_ahead = 0
+    try:
+        for _rels, records in pool.results(batches()):
+            assert not isinstance(records, str)
+            done += [r["file"] for r in records]
+            most_read_ahead = max(most_read_ahead, pulled - len(done))
+    finally:
+        pool.close()
+    assert sorted(done, key=int) == [str(i) for i in range(60)]          # each batch once
+    assert pool.capacity == 4 and most_read_ahead <= pool.capacity      # never more than the room in flight
