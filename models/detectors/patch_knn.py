@@ -17,8 +17,8 @@ k-center greedy coreset for large banks (PatchCore), blocked kNN in bounded memo
 neighbours, PatchCore's neighbourhood pooling of features, a search radius around each patch's
 position for aligned parts (missing or misplaced components), an ``"auto"`` rule for masking and
 rotations (on by default), a fallback when a test frame's mask is nearly empty (a missing part must
-not pass because everything was masked out; on by default), and leave-one-out scores of the
-training images for calibration.
+not pass because everything was masked out; on by default), leave-one-out scores of the training
+images for calibration, and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
 
 Example:
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
