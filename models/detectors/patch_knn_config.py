@@ -85,7 +85,7 @@ class PatchKNNConfig:
     tile_overlap: float = 0.25  # least share of a tile side neighbouring tiles have in common
     # "shared": one bank of all tiles' patches (textures, any frame size); "per_position": each tile is
     # matched only against the same tile of the good frames (aligned parts: a part moved to another
-    # tile is found; frames must have the fit frames' size)
+    # tile is found; frames must have the fit frames' size; "auto" rotations stay off for it)
     tile_bank: Literal["shared", "per_position"] = "shared"
     tile_blend: Literal["mean", "max"] = "mean"  # patch cells covered by several tiles: mean or max
 

@@ -239,6 +239,17 @@ def test_auto_tiles_only_frames_that_would_shrink_2x(backbone: DinoBackbone) -> 
     assert detector.tiling_active
 
 
+def test_auto_rotations_rotate_shared_tiles_but_not_a_per_position_bank(backbone: DinoBackbone) -> None:
+    rng = np.random.default_rng(0)
+    frames = [stripes(rng, 112) for _ in range(2)]
+    shared = PatchKNN(backbone=backbone, config=config(augment_rotations="auto"))
+    shared.fit(frames)
+    per_position = PatchKNN(backbone=backbone, config=config(augment_rotations="auto", tile_bank="per_position"))
+    per_position.fit(frames)
+    assert shared.rotations_used and not per_position.rotations_used
+    assert shared.bank_size == 8 * per_position.bank_size       # every tile in 8 orientations
+
+
 def test_leave_one_out_scores_and_maps_of_a_tiled_fit(tiled: PatchKNN) -> None:
     assert tiled.train_scores.shape == (3,) and np.isfinite(tiled.train_scores).all()
     assert [m.shape for m in tiled.train_maps] == [(SIZE, SIZE)] * 3
