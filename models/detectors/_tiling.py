@@ -53,8 +53,12 @@ class TileLayout(NamedTuple):
 
 
 def tiling_shorter_side(height: int, width: int, *, shorter_side: int, tile_size: int) -> int:
-    """The shorter side (model pixels) of the whole frame at the tiling scale ``shorter_side / tile_size``."""
-    return max(1, round(min(height, width) * shorter_side / tile_size))
+    """The shorter side (model pixels) of the whole frame at the tiling scale ``shorter_side / tile_size``.
+
+    Never below ``shorter_side``: a frame whose shorter side is under ``tile_size`` is brought up to
+    the model's resolution, as the untiled detector does (one row or column of tiles).
+    """
+    return max(shorter_side, round(min(height, width) * shorter_side / tile_size))
 
 
 def _starts(length: int, tile: int, overlap: float) -> tuple[int, ...]:
@@ -81,13 +85,9 @@ def tile_layout(
         patch_size: the backbone's patch size.
 
     Raises:
-        ValueError: the frame at the tiling scale is smaller than one patch.
+        ValueError: ``shorter_side`` is below one patch, or the frame has no area (``frame_geometry``).
     """
     side = tiling_shorter_side(height, width, shorter_side=shorter_side, tile_size=tile_size)
-    if side < patch_size:
-        msg = (f"a frame of {height}x{width} px is smaller than one {patch_size}-px patch at the tiling scale "
-               f"(tile_size {tile_size} px -> {shorter_side} px); lower tile_size or turn tiling off")
-        raise ValueError(msg)
     geo = frame_geometry(height, width, shorter_side=side, patch_size=patch_size)
     gh, gw = geo.crop[0] // patch_size, geo.crop[1] // patch_size
     cells = max(shorter_side // patch_size, 1)

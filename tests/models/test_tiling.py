@@ -83,8 +83,10 @@ def test_layout_covers_the_frame_grid_with_tiles_at_the_model_resolution(
     assert (gh * 14, gw * 14) == layout.geo.crop
     cells = MODEL // 14
     assert layout.tile == (min(cells, gh), min(cells, gw))
-    if tile_size is None:                              # native resolution: no resize at all
+    if tile_size is None and min(height, width) >= MODEL:   # native resolution: no resize at all
         assert layout.geo.resized == (height, width)
+    if min(height, width) < cfg.tile_pixels:           # smaller than a tile: up to the model's resolution
+        assert min(layout.geo.resized) == MODEL and min(layout.tile) == cells
     covered = np.zeros(layout.grid, int)
     th, tw = layout.tile
     for r, c in layout.origins:
