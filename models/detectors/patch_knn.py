@@ -187,6 +187,11 @@ class PatchKNN(nn.Module):
         """Whether frames are cut into tiles (decided at fit: ``config.tiling``, ``"auto"`` by the frames' size)."""
         return self._tiles.active
 
+    @property
+    def tiling_summary(self) -> str | None:
+        """How frames are tiled, one sentence for reports; None when they are not."""
+        return self._tiles.describe() if self.tiling_active else None
+
     def scoring_shorter_side(self, height: int, width: int) -> int:
         """The ``shorter_side`` at which ``models.preprocess.frame_geometry`` gives the patch grid of a
         ``height`` x ``width`` frame's scores and features: the config's, or the tiling scale's."""

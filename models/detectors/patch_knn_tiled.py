@@ -98,6 +98,15 @@ class TiledScoring:
         ends = np.cumsum(counts).tolist()
         self._bounds = [(int(e - c), int(e)) for c, e in zip(counts, ends, strict=True)]
 
+    def describe(self) -> str:
+        """One sentence for reports: how the taught frames are tiled."""
+        if not self.active or self.frame is None:
+            return "frames are not tiled"
+        cfg, layout = self._config, self.layout(*self.frame)
+        scale = "native resolution" if cfg.tile_pixels == cfg.shorter_side else f"tiles of {cfg.tile_pixels} frame px"
+        return (f"{layout.n_tiles} tiles of {cfg.shorter_side} px ({scale}, overlap {cfg.tile_overlap:g}) per "
+                f"{self.frame[0]}x{self.frame[1]} frame, {cfg.tile_bank.replace('_', '-')} bank")
+
     @property
     def n_tiles(self) -> int:
         """Tile positions of the fit frames' layout."""

@@ -34,7 +34,9 @@ def test_a_tiled_recipe_is_taught_saved_and_finds_a_3_pixel_defect(tmp_path: Pat
     rng = np.random.default_rng(0)
     good = write_images(tmp_path / "good", [stripes(rng) for _ in range(5)])
     recipe = load_recipe(path)
-    run_to_end(teach(recipe, good[0].parent, device="cpu"))
+    report = run_to_end(teach(recipe, good[0].parent, device="cpu"))
+    assert "tiling: 9 tiles of 84 px (native resolution, overlap 0.25) per 168x168 frame, shared bank" in (
+        report.summary_lines()), report.summary_lines()
 
     version = recipe.model_versions()[-1]
     saved = json.loads((recipe.model_dir() / version / "model.json").read_text(encoding="utf-8"))
