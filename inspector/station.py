@@ -352,7 +352,7 @@ class Station:
 
                 regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
                                        pixel_threshold=pixel, offset=(x0, y0),
-                                       shorter_side=self.detector.config.shorter_side)
+                                       shorter_side=self._model_side(crop_map.shape))
         anomaly_map = crop_map
         if crop_map.shape != image_bgr.shape[:2]:
             anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)
@@ -387,12 +387,18 @@ class Station:
                 logger.warning("recipe %s: %s", self.name, warning)
             raise
 
+    def _model_side(self, shape: tuple[int, ...]) -> int:
+        """The shorter side (model pixels) a crop of ``shape`` is scored at: the recipe's, or a tiled model's
+        tiling scale (its maps and features have one patch per 14 model pixels of that size)."""
+        side = getattr(self.detector, "scoring_shorter_side", None)  # PatchKNN; the ONNX runtime never tiles
+        return int(side(shape[0], shape[1])) if side is not None else int(self.recipe.preprocess.shorter_side)
+
     def _regions(self, crop_map: np.ndarray, pixel: float, x0: int, y0: int) -> tuple[DefectRegion, ...]:
         from models.regions import find_regions
 
         # the map's resolution is one feature patch (14 px of the model input): fragments closer than
         # that come from neighbouring patches of one defect and are shown as one region
-        patch_px = PATCH_SIZE * min(crop_map.shape) / self.recipe.preprocess.shorter_side
+        patch_px = PATCH_SIZE * min(crop_map.shape) / self._model_side(crop_map.shape)
         found = find_regions(crop_map, pixel_threshold=pixel, min_area_px=self.recipe.min_defect_area_px,
                              mm_per_px=self.recipe.mm_per_px, merge_gap_px=round(patch_px))
         return tuple(

@@ -84,6 +84,7 @@ class TeachReport:
     weights: WeightsInfo
     seconds: float
     skipped: tuple[str, ...] = ()  # "file: reason" for images that could not be read
+    tiling: str | None = None      # how the detector tiles its frames (PatchKNN.tiling_summary); None: untiled
 
     def summary_lines(self) -> list[str]:
         """The calibration report, one line each, for the CLI and the GUI."""
@@ -93,6 +94,7 @@ class TeachReport:
             f"trained on {self.n_good} good image(s)" + (f", checked on {self.n_defect} defect image(s)"
                                                          if self.n_defect else "") + f" in {self.seconds:.1f} s",
             f"weights: {self.weights.name}, {self.weights.source} ({self.weights.location})",
+            *([f"tiling: {self.tiling}"] if self.tiling else []),
             f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
             f"rule: {t.rule}",
         ]
@@ -267,6 +269,7 @@ def teach(
         n_good=len(images), n_defect=len(defect_images),
         good_scores=np.asarray(detector.train_scores, np.float32), defect_scores=defect_scores,
         weights=weights_info, seconds=time.perf_counter() - start, skipped=tuple(skipped),
+        tiling=detector.tiling_summary,
     )
 
 

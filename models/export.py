@@ -250,7 +250,8 @@ def export_onnx(
 
     Raises:
         ValueError: the detector is not fitted, ``input_hw`` is not a multiple of the patch size,
-            a ``"detector"`` graph is asked for a masking detector, or a verify frame has another size.
+            a ``"detector"`` graph is asked for a masking detector, the detector tiles its frames
+            (``config.tiling``: no graph scores tiles), or a verify frame has another size.
         RuntimeError: onnxruntime's outputs differ from torch's by more than the tolerance (the
             message gives the numbers; the file is kept for inspection).
     """
@@ -258,6 +259,11 @@ def export_onnx(
     path = Path(path)
     if not detector.is_fitted:
         msg = "cannot export an unfitted detector: call fit() with good images first"
+        raise ValueError(msg)
+    if detector.tiling_active:
+        msg = ("cannot export a tiled model (config.tiling): its frames are cut into tiles, scored tile by tile "
+               "and stitched, which the exported graph does not do, so onnxruntime would score them differently; "
+               "run it with detector.runtime 'torch', or teach it with tiling 'off' to export it")
         raise ValueError(msg)
     patch = detector.backbone.patch_size
     input_hw = (int(input_hw[0]), int(input_hw[1]))

@@ -17,8 +17,8 @@ k-center greedy coreset for large banks (PatchCore), blocked kNN in bounded memo
 neighbours, PatchCore's neighbourhood pooling of features, a search radius around each patch's
 position for aligned parts (missing or misplaced components), an ``"auto"`` rule for masking and
 rotations (on by default), a fallback when a test frame's mask is nearly empty (a missing part must
-not pass because everything was masked out; on by default), and leave-one-out scores of the
-training images for calibration.
+not pass because everything was masked out; on by default), leave-one-out scores of the training
+images for calibration, and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
 
 Example:
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
@@ -47,6 +47,7 @@ from models.detectors._foreground import foreground_masks, mask_fractions
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
 from models.detectors.patch_knn_config import PatchKNNConfig
 from models.detectors.patch_knn_core import CoreOptions, PatchKNNCore
+from models.detectors.patch_knn_tiled import TiledScoring, tiles_sorted
 from models.detectors.registry import register_detector
 from models.preprocess import (
     FrameGeometry,
@@ -114,6 +115,10 @@ class PatchKNN(nn.Module):
     """
 
     detector_name: str = "patch_knn"
+    memory_bank: torch.Tensor  # buffers (register_buffer in __init__), annotated for the type checker
+    bank_owner: torch.Tensor
+    bank_pos: torch.Tensor
+    bank_tile: torch.Tensor
 
     def __init__(
         self,
@@ -138,6 +143,9 @@ class PatchKNN(nn.Module):
         self.register_buffer("bank_owner", torch.empty(0, dtype=torch.int64, device=dev))
         # (y, x) of each bank patch in its (rotated) view, scaled to [0, 1]; for position_radius
         self.register_buffer("bank_pos", torch.empty(0, 2, dtype=torch.float32, device=dev))
+        # tile position of each bank patch (tiling; rows of one position together for tile_bank="per_position")
+        self.register_buffer("bank_tile", torch.empty(0, dtype=torch.int64, device=dev))
+        self._tiles = TiledScoring(self._core, cfg, backbone.patch_size)  # config.tiling
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
@@ -175,6 +183,23 @@ class PatchKNN(nn.Module):
         return int(self.memory_bank.shape[0])
 
     @property
+    def tiling_active(self) -> bool:
+        """Whether frames are cut into tiles (decided at fit: ``config.tiling``, ``"auto"`` by the frames' size)."""
+        return self._tiles.active
+
+    @property
+    def tiling_summary(self) -> str | None:
+        """How frames are tiled, one sentence for reports; None when they are not."""
+        return self._tiles.describe() if self.tiling_active else None
+
+    def scoring_shorter_side(self, height: int, width: int) -> int:
+        """The ``shorter_side`` at which ``models.preprocess.frame_geometry`` gives the patch grid of a
+        ``height`` x ``width`` frame's scores and features: the config's, or the tiling scale's."""
+        if self.tiling_active:
+            return self._tiles.shorter_side(height, width)
+        return self._config.shorter_side
+
+    @property
     def is_fitted(self) -> bool:
         """True once the bank holds patches."""
         return self.bank_size > 0
@@ -204,7 +229,10 @@ class PatchKNN(nn.Module):
         if total == 0:
             msg = "no good images to fit on: fit() needs at least one good frame"
             raise ValueError(msg)
-        auto_rotate = cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots
+        tiled = cfg.tiling != "off" and self._tiles.decide(*check_image(next(iter(images)), 0).shape[:2])
+        # a per-position tile bank is for aligned parts: "auto" does not rotate their tiles
+        auto_rotate = (cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots
+                       and not (tiled and cfg.tile_bank == "per_position"))
         rotate = cfg.augment_rotations is True or auto_rotate
         angles = cfg.rotation_angles if rotate else (0.0,)
         rng = np.random.default_rng(cfg.seed)
@@ -229,24 +257,59 @@ class PatchKNN(nn.Module):
                 if owner in loo_ids:
                     loo_items.append((owner, raw.to(self.memory_bank.dtype), geo))
 
-        self._extract_views(images, angles, bank, progress=progress, total=total)
-        self.memory_bank = torch.cat(bank_parts)
-        self.bank_owner = torch.cat(owner_parts)
-        self.bank_pos = torch.cat(pos_parts)
+        if tiled:
+            parts = self._tiles.extract(images, angles, dtype=self.memory_bank.dtype, device=self.device,
+                                        loo_ids=loo_ids, progress=progress, total=total)
+            self.memory_bank = parts.bank
+            self.bank_owner = parts.owner
+            self.bank_pos = parts.pos
+            self.bank_tile = parts.tile
+        else:
+            self._tiles.active, self._tiles.frame = False, None
+            self._extract_views(images, angles, bank, progress=progress, total=total)
+            self.memory_bank = torch.cat(bank_parts)
+            self.bank_owner = torch.cat(owner_parts)
+            self.bank_pos = torch.cat(pos_parts)
+            self.bank_tile = torch.zeros_like(self.bank_owner)
         self.n_images = total
         self.rotations_used = rotate
         n_before = self.bank_size
-        if cfg.max_bank_size is not None and n_before > cfg.max_bank_size:
-            keep = greedy_coreset(self.memory_bank, cfg.max_bank_size,
-                                  projection_dim=cfg.coreset_projection_dim, seed=cfg.seed)
-            self.memory_bank = self.memory_bank[keep].contiguous()
-            self.bank_owner = self.bank_owner[keep].contiguous()
-            self.bank_pos = self.bank_pos[keep].contiguous()
+        self._shrink_bank()
         self._decide_masking(ref_masks)
         logger.info("patch_knn fitted on %d frame(s)%s: bank of %d patches (from %d), masking %s",
                     total, " with rotations" if rotate else "", self.bank_size, n_before,
                     "on" if self.masking_active else "off")
-        self._score_leave_one_out(loo_items)
+        if tiled:
+            self._tiles_leave_one_out(parts.loo)
+        else:
+            self._score_leave_one_out(loo_items)
+
+    def _shrink_bank(self, *, coreset: bool = True) -> None:
+        """Coreset down to ``max_bank_size`` (per tile position for a per-position tile bank); then the rows of
+        one tile position are put together."""
+        cfg = self._config
+        per_position = self.tiling_active and cfg.tile_bank == "per_position"
+        n_tiles = self._tiles.n_tiles if per_position else 1
+        keep: torch.Tensor | None = None
+        if coreset and cfg.max_bank_size is not None and self.bank_size > cfg.max_bank_size:
+            budget = max(cfg.max_bank_size // n_tiles, 1)
+            kept = []
+            for t in range(n_tiles):
+                rows = torch.nonzero(self.bank_tile == t).reshape(-1) if per_position else None
+                bank = self.memory_bank[rows] if rows is not None else self.memory_bank
+                chosen = greedy_coreset(bank, budget, projection_dim=cfg.coreset_projection_dim, seed=cfg.seed)
+                kept.append(rows[chosen] if rows is not None else chosen)
+            keep = torch.cat(kept)
+        if per_position:
+            order = tiles_sorted(self.bank_tile if keep is None else self.bank_tile[keep])
+            keep = order if keep is None else keep[order]
+        if keep is not None:
+            self.memory_bank = self.memory_bank[keep].contiguous()
+            self.bank_owner = self.bank_owner[keep].contiguous()
+            self.bank_pos = self.bank_pos[keep].contiguous()
+            self.bank_tile = self.bank_tile[keep].contiguous()
+        if per_position:
+            self._tiles.index(self.bank_tile, n_tiles)
 
     @torch.inference_mode()
     def add_normal(self, images_rgb: Iterable[np.ndarray]) -> None:
@@ -265,6 +328,16 @@ class PatchKNN(nn.Module):
         owners: list[torch.Tensor] = []
         positions: list[torch.Tensor] = []
         first = self.n_images
+        if self.tiling_active:
+            more = self._tiles.extract(images, angles, dtype=self.memory_bank.dtype, device=self.device,
+                                       loo_ids=set(), progress=None, total=len(images))
+            self.memory_bank = torch.cat([self.memory_bank, more.bank])
+            self.bank_owner = torch.cat([self.bank_owner, more.owner + first])
+            self.bank_pos = torch.cat([self.bank_pos, more.pos])
+            self.bank_tile = torch.cat([self.bank_tile, more.tile])
+            self.n_images += len(images)
+            self._shrink_bank(coreset=False)  # only the per-position order
+            return
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
@@ -278,6 +351,8 @@ class PatchKNN(nn.Module):
         self.memory_bank = torch.cat([self.memory_bank, *parts])
         self.bank_owner = torch.cat([self.bank_owner, *owners])
         self.bank_pos = torch.cat([self.bank_pos, *positions])
+        self.bank_tile = torch.cat([self.bank_tile, torch.zeros(sum(len(o) for o in owners), dtype=torch.int64,
+                                                                device=self.bank_tile.device)])
         self.n_images += len(images)
         logger.info("patch_knn: added %d good frame(s); bank now %d patches", len(images), self.bank_size)
 
@@ -321,7 +396,11 @@ class PatchKNN(nn.Module):
                                      patch_size=self._backbone.patch_size)
                 uploaded = self._staging.upload(batch, self.device)
                 raw: torch.Tensor | None = None
-                if with_features:              # eager: the features leave the graph's fixed buffers
+                if self.tiling_active:
+                    image_scores, full, raw = self._tiles.score(uploaded, self.memory_bank, self.bank_owner,
+                                                                device=self.device, batch_size=batch_size,
+                                                                with_features=with_features)
+                elif with_features:              # eager: the features leave the graph's fixed buffers
                     image_scores, full, raw = self._score_frames_and_features(uploaded, geo)
                 elif self.uses_cuda_graphs:
                     image_scores, full = self._graphs.run(functools.partial(self._score_frames, geo=geo), uploaded,
@@ -347,7 +426,7 @@ class PatchKNN(nn.Module):
         """Whether ``predict`` replays CUDA graphs: asked for, on CUDA, and without data-dependent steps."""
         cfg = self._config
         return (cfg.cuda_graphs and self.device.type == "cuda" and not self.masking_active
-                and cfg.position_radius is None)
+                and cfg.position_radius is None and not self.tiling_active)
 
     def _score_frames(self, frames: torch.Tensor, geo: FrameGeometry) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size).
@@ -395,6 +474,9 @@ class PatchKNN(nn.Module):
             "rotations_used": self.rotations_used,
             "n_images": self.n_images,
         }
+        if self.tiling_active:   # models saved untiled keep their layout (and load as before)
+            tensors["bank_tile"] = self.bank_tile.detach().contiguous()
+            info.update(self._tiles.state())
         return tensors, info
 
     def import_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
@@ -432,6 +514,21 @@ class PatchKNN(nn.Module):
         self.reference_foreground = float(info["reference_foreground"])
         self.rotations_used = bool(info["rotations_used"])
         self.n_images = int(info["n_images"])
+        self._tiles.load_state(info)
+        self.bank_tile = torch.zeros(bank.shape[0], dtype=torch.int64, device=dev)
+        if self.tiling_active:
+            tile = tensors.get("bank_tile")
+            n_tiles = self._tiles.n_tiles
+            if tile is None or tile.shape != (bank.shape[0],) or tile.is_floating_point() or (
+                    tile.numel() and not 0 <= int(tile.min()) <= int(tile.max()) < n_tiles):
+                msg = f"saved state of a tiled model lacks a valid bank_tile (tile positions 0..{n_tiles - 1})"
+                raise ValueError(msg)
+            self.bank_tile = tile.to(dev, torch.int64)
+            if self._config.tile_bank == "per_position":
+                if bool((self.bank_tile[1:] < self.bank_tile[:-1]).any()):
+                    msg = "saved bank_tile of a per-position tile bank is not sorted by tile position"
+                    raise ValueError(msg)
+                self._tiles.index(self.bank_tile, n_tiles)
 
     # ------------------------------------------------------------------ internals
     def _require_fitted(self) -> None:
@@ -567,6 +664,14 @@ class PatchKNN(nn.Module):
     def _image_scores(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """(B, h, w) -> (B,) mean of the top ``top_percent`` % patch scores."""
         return self._core.image_scores(patch_scores)
+
+    @torch.inference_mode()
+    def _tiles_leave_one_out(self, items: list[tuple[int, torch.Tensor]]) -> None:
+        scored = [self._tiles.leave_one_out(owner, emb, self.memory_bank, self.bank_owner) for owner, emb in items]
+        kept = [x for x in scored if x is not None]
+        self.train_scores = np.asarray([score for score, _ in kept], dtype=np.float32)
+        self.train_maps = [amap for _, amap in kept]
+        logger.info("patch_knn tiled leave-one-out scores of %d frame(s)", len(kept))
 
     @torch.inference_mode()
     def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:

@@ -76,6 +76,19 @@ class PatchKNNConfig:
     # masking or a search radius (their data-dependent steps cannot be captured): elsewhere eager
     cuda_graphs: bool = False
 
+    # --- tiling of high-resolution frames (issue 11; models.detectors._tiling) ---
+    # "on": cut every frame into overlapping tiles of shorter_side model pixels and score each at that
+    # resolution, instead of shrinking the whole frame; "auto": tile when the fit frames would shrink
+    # by 2x or more untiled (decided at fit, saved with the model); "off": today's single resize
+    tiling: Literal["off", "auto", "on"] = "off"
+    tile_size: int | None = None  # frame pixels per tile side; None = shorter_side (native resolution)
+    tile_overlap: float = 0.25  # least share of a tile side neighbouring tiles have in common
+    # "shared": one bank of all tiles' patches (textures, any frame size); "per_position": each tile is
+    # matched only against the same tile of the good frames (aligned parts: a part moved to another
+    # tile is found; frames must have the fit frames' size; "auto" rotations stay off for it)
+    tile_bank: Literal["shared", "per_position"] = "shared"
+    tile_blend: Literal["mean", "max"] = "mean"  # patch cells covered by several tiles: mean or max
+
     def __post_init__(self) -> None:
         positive_ints = ("shorter_side", "rotation_max_shots", "k", "mask_kernel_size", "fit_batch_size",
                          "chunk_size", "query_chunk_size", "coreset_projection_dim", "patch_pooling")
@@ -107,6 +120,7 @@ class PatchKNNConfig:
         if self.position_radius is not None and not self.position_radius > 0:
             msg = f"PatchKNNConfig.position_radius must be None or > 0, got {self.position_radius!r}"
             raise ValueError(msg)
+        self._check_tiling()
         check_score_options("PatchKNNConfig", top_percent=self.top_percent, blur_sigma=self.blur_sigma)
         if not self.rotation_angles:
             msg = "PatchKNNConfig.rotation_angles must list at least one angle (0 for the frame itself)"
@@ -119,6 +133,36 @@ class PatchKNNConfig:
                 msg = f"PatchKNNConfig.{name} must be in [0, 1], got {value!r}"
                 raise ValueError(msg)
         object.__setattr__(self, "rotation_angles", tuple(float(a) for a in self.rotation_angles))
+
+    def _check_tiling(self) -> None:
+        choices: tuple[tuple[str, tuple[str, ...]], ...] = (
+            ("tiling", ("off", "auto", "on")), ("tile_bank", ("shared", "per_position")),
+            ("tile_blend", ("mean", "max")))
+        for name, allowed in choices:
+            value = getattr(self, name)
+            if value not in allowed:
+                msg = f"PatchKNNConfig.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+                raise ValueError(msg)
+        size = self.tile_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 14):
+            msg = f"PatchKNNConfig.tile_size must be None or an integer >= 14 (frame pixels), got {size!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.tile_overlap <= 0.75:
+            msg = f"PatchKNNConfig.tile_overlap must be in [0, 0.75], got {self.tile_overlap!r}"
+            raise ValueError(msg)
+        if self.tiling != "off" and self.masking == "on":
+            msg = ("PatchKNNConfig.masking 'on' cannot be combined with tiling (a tile holds too little of the "
+                   "part for the foreground rule); set masking to 'off' or 'auto' (off while tiling)")
+            raise ValueError(msg)
+        if self.tiling != "off" and self.position_radius is not None:
+            msg = ("PatchKNNConfig.position_radius cannot be combined with tiling; for aligned parts use "
+                   "tile_bank='per_position'")
+            raise ValueError(msg)
+
+    @property
+    def tile_pixels(self) -> int:
+        """Frame pixels per tile side (``tile_size``, or ``shorter_side`` for the native resolution)."""
+        return self.tile_size if self.tile_size is not None else self.shorter_side
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
