@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import sqlalchemy as sa
@@ -70,6 +70,12 @@ class DefectTyper:
         self._seen_at = -1.0          # newest classified_at read so far
         self._checked = -float("inf")  # monotonic time of the last refresh
         self.refresh()
+
+    @property
+    def config(self) -> DefectTypeConfig:
+        """The classifier's options (the descriptor's among them)."""
+        with self._lock:
+            return self._classifier.config
 
     @property
     def n_examples(self) -> int:
@@ -184,6 +190,7 @@ def type_regions(
     pixel_threshold: float,
     offset: tuple[int, int],
     shorter_side: int,
+    memory_bank: Any = None,
 ) -> tuple[DefectRegion, ...]:
     """The regions with their embedding and, when a typer is given, their predicted type.
 
@@ -195,19 +202,24 @@ def type_regions(
         pixel_threshold: the threshold that made the regions.
         offset: (x0, y0) of the ROI crop in the frame.
         shorter_side: the detector's ``shorter_side``.
+        memory_bank: the detector's (N, D) good bank (``PatchKNN.memory_bank``); used when the
+            typer's descriptor takes each patch's residual to its nearest good patch
+            (``DefectTypeConfig.residual``).
     """
     import dataclasses
 
-    from models.defect_types import region_embedding, region_weights
+    from models.defect_types import nearest_good_patches, region_embedding, region_weights
 
     if not found:
         return ()
     x0, y0 = offset
+    residual = typer is not None and typer.config.residual and memory_bank is not None
+    nearest_good = nearest_good_patches(memory_bank) if residual else None
     embeddings = [
         region_embedding(patch_features,
                          region_weights(crop_map, box=(r.x - x0, r.y - y0, r.width, r.height),
                                         pixel_threshold=pixel_threshold),
-                         shorter_side=shorter_side)
+                         shorter_side=shorter_side, nearest_good=nearest_good)
         for r in found
     ]
     predictions: Sequence[TypePrediction | None] = [None] * len(found)

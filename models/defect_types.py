@@ -27,7 +27,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -38,6 +38,7 @@ __all__ = [
     "DefectTypeClassifier",
     "DefectTypeConfig",
     "TypePrediction",
+    "nearest_good_patches",
     "region_embedding",
     "region_weights",
 ]
@@ -47,8 +48,11 @@ UNKNOWN: Final = "unknown"  # the predicted type of a region far from every labe
 
 @dataclass(frozen=True, kw_only=True)
 class DefectTypeConfig:
-    """Options of the few-shot defect typer, with where each default comes from."""
+    """Options of the few-shot defect typer (region descriptor and classifier), with where each default comes from."""
 
+    # ours (benchmarks/README.md, defect typing): also describe each region patch minus its nearest
+    # patch of the detector's good bank (``region_embedding(nearest_good=...)``)
+    residual: bool = False
     k: int = 1  # ours: nearest labelled example per class (1-NN; with 5 shots, k > 1 blurs small classes)
     # ours (benchmarks/README.md, defect typing): subtract the labelled examples' mean before the cosine
     centre: bool = True
@@ -167,6 +171,44 @@ def _unit(vector: np.ndarray) -> np.ndarray:
         msg = "a region embedding is zero or not finite; the patch features hold NaN or nothing"
         raise ValueError(msg)
     return (vector / norm).astype(np.float32)
+
+
+def nearest_good_patches(memory_bank: Any, *, chunk: int = 65536) -> Callable[[np.ndarray], np.ndarray]:
+    """A lookup of the nearest good patch (cosine) in a detector's memory bank, for ``region_embedding``.
+
+    Args:
+        memory_bank: (N, D) L2-normalised good patch features (``PatchKNN.memory_bank``: a torch
+            tensor on the detector's device, or a numpy array).
+        chunk: bank rows compared at once (bounds the memory of the (m, chunk) similarity block).
+
+    Returns:
+        ``lookup(patches)``: (m, D) float32 unit patch features -> (m, D) float32 nearest bank rows.
+    """
+    import torch
+
+    bank = memory_bank if isinstance(memory_bank, torch.Tensor) else torch.from_numpy(np.asarray(memory_bank))
+    if bank.ndim != 2 or bank.shape[0] == 0:
+        msg = f"the good bank must be a non-empty (N, D) array, got shape {tuple(bank.shape)}"
+        raise ValueError(msg)
+
+    def lookup(patches: np.ndarray) -> np.ndarray:
+        if patches.shape[1] != bank.shape[1]:
+            msg = f"patch features of length {patches.shape[1]} do not match the good bank's {bank.shape[1]}"
+            raise ValueError(msg)
+        with torch.inference_mode():
+            query = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(bank.device)
+            best = torch.full((len(query),), -math.inf, device=bank.device)
+            index = torch.zeros(len(query), dtype=torch.int64, device=bank.device)
+            for start in range(0, bank.shape[0], chunk):
+                sims = query @ bank[start : start + chunk].float().T
+                value, where = sims.max(dim=1)
+                better = value > best
+                best = torch.where(better, value, best)
+                index = torch.where(better, where + start, index)
+            out: np.ndarray = bank[index].float().cpu().numpy()
+        return out
+
+    return lookup
 
 
 def _unit_or_zero(vector: np.ndarray) -> np.ndarray:
