@@ -270,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         if (folder / "meta.json").is_file():
             start = time.perf_counter()
             pickled = folder / "items.pkl"      # our own cache of the loaded regions (benchmark only)
-            if pickled.is_file() and pickled.stat().st_mtime > (folder / "meta.json").stat().st_mtime:
-                data[cat] = pickle.loads(pickled.read_bytes())
+            n_items = len(json.loads((folder / "meta.json").read_text())["items"])
+            cached = pickle.loads(pickled.read_bytes()) if pickled.is_file() else None
+            if cached is not None and len(cached) == n_items:
+                data[cat] = cached
             else:
                 data[cat] = load_category(folder)[1]
                 pickled.write_bytes(pickle.dumps(data[cat]))
@@ -365,7 +367,39 @@ def _unknown() -> dict[str, dict[str, Any]]:
     return v
 
 
-GRIDS = {"unknown": _unknown, "stage4": _stage4, "stage1": _stage1, "stage2": _stage2, "stage3": _stage3, "lda": _lda}
+def _short() -> dict[str, dict[str, Any]]:
+    v: dict[str, dict[str, Any]] = {"base b8 mean nn1": {"blocks": (8,)}}
+    for sources in [("feat",), ("feat", "resid")]:
+        for clf, centre in [("nn1", False), ("nn1", True), ("knn3", True), ("proto", True), ("lda", False)]:
+            v[f"b8 {'+'.join(sources)} mean+max {clf}{' centred' if centre else ''}"] = {
+                "blocks": (8,), "sources": sources, "pool": "mean+max", "classifier": clf, "centre": centre}
+    return v
+
+
+def _final() -> dict[str, dict[str, Any]]:
+    v: dict[str, dict[str, Any]] = {"base: b8 mean nn1": {"blocks": (8,)},
+                                    "b8 mean nn1 centred": {"blocks": (8,), "centre": True}}
+    for sources in [("feat",), ("feat", "resid")]:
+        for clf, centre in [("nn1", False), ("nn1", True), ("knn3", False), ("knn3", True), ("knn2", True)]:
+            v[f"b8 {'+'.join(sources)} mean+max {clf}{' centred' if centre else ''}"] = {
+                "blocks": (8,), "sources": sources, "pool": "mean+max", "classifier": clf, "centre": centre}
+    v["ref: b12 feat+resid nn1 (needs block 12)"] = {"blocks": (12,), "sources": ("feat", "resid")}
+    v["ref: b8+12 resid knn3 centred mean+max (needs block 12)"] = {
+        "blocks": (8, 12), "sources": ("resid",), "pool": "mean+max", "classifier": "knn3", "centre": True}
+    return v
+
+
+def _final_unknown() -> dict[str, dict[str, Any]]:
+    base = {"blocks": (8,), "sources": ("feat", "resid"), "pool": "mean+max", "classifier": "knn2", "centre": True}
+    v: dict[str, dict[str, Any]] = {}
+    for factor in (1.0, 1.25, 1.5, 2.0):
+        v[f"winner, reject {factor} x max per type"] = {**base, "reject_factor": factor, "reject_quantile": 1.0}
+    v["winner, reject 1.25 x max pooled"] = {**base, "reject_factor": 1.25, "reject_quantile": 1.0,
+                                             "reject_pooled": True}
+    return v
+
+
+GRIDS = {"final_unknown": _final_unknown, "final": _final, "short": _short, "unknown": _unknown, "stage4": _stage4, "stage1": _stage1, "stage2": _stage2, "stage3": _stage3, "lda": _lda}
 
 if __name__ == "__main__":
     raise SystemExit(main())
