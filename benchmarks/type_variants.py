@@ -399,7 +399,12 @@ def _final_unknown() -> dict[str, dict[str, Any]]:
     return v
 
 
-GRIDS = {"final_unknown": _final_unknown, "final": _final, "short": _short, "unknown": _unknown, "stage4": _stage4, "stage1": _stage1, "stage2": _stage2, "stage3": _stage3, "lda": _lda}
+def _final_shape() -> dict[str, dict[str, Any]]:
+    base = {"blocks": (8,), "sources": ("feat", "resid"), "pool": "mean+max", "classifier": "knn2", "centre": True}
+    return {f"winner + shape {lam}": {**base, "shape_weight": lam} for lam in (0.0, 0.2, 0.4, 0.8)}
+
+
+GRIDS = {"final_shape": _final_shape, "final_unknown": _final_unknown, "final": _final, "short": _short, "unknown": _unknown, "stage4": _stage4, "stage1": _stage1, "stage2": _stage2, "stage3": _stage3, "lda": _lda}
 
 if __name__ == "__main__":
     raise SystemExit(main())
