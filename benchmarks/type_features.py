@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("category", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--cache", type=Path, default=None, help="FeatureStore folder (all blocks, fp16); required to extract")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="FeatureStore folder (all blocks, fp16); required to extract")
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-per-type", type=int, default=None)
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_cache is not None:
         return fill_eval_cache(args.category, args.out, args.eval_cache, shots=args.shots, seed=args.seed,
                                weights=args.weights)
+    if args.cache is None:
+        p.error("--cache FOLDER is needed to extract (the FeatureStore that keeps all 12 blocks)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
 
@@ -82,14 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     shots = select_shots(category.train_good, args.shots, seed=args.seed)
+    detector.fit([load_image_rgb(p) for p in shots])
     train_tokens: list[np.ndarray] = []
-    for path in shots:                         # one by one: the recorder keeps the last batch only
+    for path in shots:                         # one by one (the recorder keeps the last batch): cache hits
         backbone.last = None
-        image = load_image_rgb(path)
-        detector._features([image])            # noqa: SLF001  (the detector's own preprocessing)
+        detector.predict(load_image_rgb(path))
         assert backbone.last is not None
         train_tokens.append(backbone.last[0].numpy())
-    detector.fit([load_image_rgb(p) for p in shots])       # all cache hits now
     thresholds = calibrate(np.asarray(detector.train_scores), good_maps=detector.train_maps or None)
     for i, tokens in enumerate(train_tokens):
         np.save(out / f"train_{i:02d}.npy", tokens)

@@ -87,7 +87,8 @@ def load_category(folder: Path) -> tuple[dict[str, Any], list[Item]]:
         if not np.any(grid > 0):
             ys, xs = np.nonzero(weights)
             grid = np.zeros((h, w), np.float32)
-            grid[min(h - 1, int(ys.mean() / weights.shape[0] * h)), min(w - 1, int(xs.mean() / weights.shape[1] * w))] = 1
+            gy, gx = int(ys.mean() / weights.shape[0] * h), int(xs.mean() / weights.shape[1] * w)
+            grid[min(h - 1, gy), min(w - 1, gx)] = 1
         mask = grid > 0
         feats, resid, means = {}, {}, {}
         for b in BLOCKS_KEPT:
@@ -173,7 +174,8 @@ def loo_thresholds(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, spe
         keep = np.arange(len(train_x)) != i
         if not np.any(train_y[keep] == train_y[i]):
             continue
-        per.setdefault(int(train_y[i]), []).append(_own_distance(train_x[keep], train_y[keep], train_x[i], int(train_y[i]), spec))
+        own = _own_distance(train_x[keep], train_y[keep], train_x[i], int(train_y[i]), spec)
+        per.setdefault(int(train_y[i]), []).append(own)
     q = spec.get("reject_quantile", 1.0)
     for c, values in per.items():
         out[c] = float(np.quantile(values, q))
@@ -307,7 +309,8 @@ def _stage1() -> dict[str, dict[str, Any]]:
 
 def _stage2() -> dict[str, dict[str, Any]]:
     v: dict[str, dict[str, Any]] = {}
-    for blocks, sources in itertools.product([(8,), (12,), (8, 12), (8, 11)], [("feat",), ("resid",), ("feat", "resid")]):
+    for blocks, sources in itertools.product([(8,), (12,), (8, 12), (8, 11)],
+                                             [("feat",), ("resid",), ("feat", "resid")]):
         base = {"blocks": blocks, "sources": sources}
         tag = f"b{blocks} {'+'.join(sources)}"
         for clf in ["nn1", "knn3", "proto", "lda"]:
@@ -404,7 +407,8 @@ def _final_shape() -> dict[str, dict[str, Any]]:
     return {f"winner + shape {lam}": {**base, "shape_weight": lam} for lam in (0.0, 0.2, 0.4, 0.8)}
 
 
-GRIDS = {"final_shape": _final_shape, "final_unknown": _final_unknown, "final": _final, "short": _short, "unknown": _unknown, "stage4": _stage4, "stage1": _stage1, "stage2": _stage2, "stage3": _stage3, "lda": _lda}
+GRIDS = {"final_shape": _final_shape, "final_unknown": _final_unknown, "final": _final, "short": _short,
+         "unknown": _unknown, "stage4": _stage4, "stage1": _stage1, "stage2": _stage2, "stage3": _stage3, "lda": _lda}
 
 if __name__ == "__main__":
     raise SystemExit(main())

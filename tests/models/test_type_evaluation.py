@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,7 +46,7 @@ def two_types(tmp_path: Path) -> Path:
     return root
 
 
-def _make_detector():  # type: ignore[no-untyped-def]
+def _make_detector() -> Any:
     from models.backbone import create_backbone
     from models.detectors import PatchKNN, PatchKNNConfig
 
@@ -54,7 +55,7 @@ def _make_detector():  # type: ignore[no-untyped-def]
                                                              augment_rotations=False))
 
 
-def _no_detector():  # type: ignore[no-untyped-def]
+def _no_detector() -> Any:
     msg = "the cache should have made the detector unnecessary"
     raise AssertionError(msg)
 
