@@ -7,6 +7,10 @@ labelled example of its recipe. `DefectTyper` reads those examples and types eve
 ``refresh_s`` seconds (one indexed query), so a label given in review, in this process or another,
 types the next frames without retraining.
 
+Only the labelled examples whose embedding has the length of the regions being typed are used: a
+region embedded by an older descriptor (or another backbone) keeps its reviewer's class in the store,
+and the typer says once, in the log, how many it leaves out.
+
 Example:
     >>> typer = DefectTyper(store, "fryum")                           # doctest: +SKIP
     >>> station.attach_typer(typer)
@@ -18,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import sqlalchemy as sa
@@ -59,25 +63,35 @@ class DefectTyper:
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
         self._examples: dict[int, tuple[np.ndarray, str]] = {}   # region id -> (embedding, class)
+        # the embedding length of the regions typed (set by `predict`); before that, the newest example's
+        self._length: int | None = None
         self._classifier = DefectTypeClassifier(config=config)
+        self._left_out = 0             # examples of another length, last reported
         self._seen_at = -1.0          # newest classified_at read so far
         self._checked = -float("inf")  # monotonic time of the last refresh
         self.refresh()
 
     @property
-    def n_examples(self) -> int:
-        """Labelled regions with an embedding."""
+    def config(self) -> DefectTypeConfig:
+        """The classifier's options (the descriptor's among them)."""
         with self._lock:
-            return len(self._examples)
+            return self._classifier.config
+
+    @property
+    def n_examples(self) -> int:
+        """Labelled regions whose embedding the classifier uses."""
+        with self._lock:
+            return len(self._classifier)
 
     @property
     def classes(self) -> tuple[str, ...]:
         """Defect classes that have labelled examples."""
-        return self._classifier.classes
+        with self._lock:
+            return self._classifier.classes
 
     def refresh(self) -> int:
         """Read labels added or changed since the last refresh; returns how many were read."""
-        from models.defect_types import UNKNOWN, DefectTypeClassifier
+        from models.defect_types import UNKNOWN
 
         stmt = (sa.select(regions.c.id, regions.c.defect_class, regions.c.classified_at, region_embeddings.c.vector)
                 .join(region_embeddings, region_embeddings.c.region_id == regions.c.id)
@@ -89,7 +103,7 @@ class DefectTyper:
             rows = list(conn.execute(stmt))
         with self._lock:
             self._checked = time.monotonic()
-            new: list[tuple[int, np.ndarray, str]] = []
+            new: list[tuple[np.ndarray, str]] = []
             changed = False
             for region_id, defect_class, classified_at, vector in rows:
                 self._seen_at = max(self._seen_at, float(classified_at or 0.0))
@@ -101,22 +115,17 @@ class DefectTyper:
                 embedding = np.frombuffer(vector, dtype=np.float32).copy()
                 changed |= old is not None
                 self._examples[region_id] = (embedding, defect_class)
-                new.append((region_id, embedding, defect_class))
-            if changed:                   # a region got another class: rebuild from all examples
-                classifier = DefectTypeClassifier(config=self._config)
-                examples = list(self._examples.values())
-                if examples:
-                    classifier.add_many([e for e, _ in examples], [c for _, c in examples])
-                self._classifier = classifier
+                new.append((embedding, defect_class))
+            length = self._length if self._length is not None else self._held_length()
+            if changed or length is None:  # a relabel, or nothing held yet: rebuild from all examples
+                self._rebuild_locked()
             elif new:
-                try:
-                    self._classifier.add_many([e for _, e, _ in new], [c for _, _, c in new])
-                except ValueError as exc:  # embeddings of another backbone: keep the ones that fit
-                    logger.warning("recipe %s: labelled regions not used for typing: %s", self.recipe, exc)
-                    for region_id, _, _ in new:
-                        self._examples.pop(region_id, None)
+                fitting = [(e, c) for e, c in new if len(e) == length]
+                if fitting:
+                    self._classifier.add_many([e for e, _ in fitting], [c for _, c in fitting])
+                self._report_left_out_locked()
         if new:
-            logger.info("recipe %s: defect typer learned %d labelled region(s); %d in all",
+            logger.info("recipe %s: defect typer read %d labelled region(s); %d in use",
                         self.recipe, len(new), self.n_examples)
         return len(new)
 
@@ -137,8 +146,39 @@ class DefectTyper:
         if not embeddings:
             return []
         with self._lock:
+            length = len(embeddings[0])
+            if length != self._length:     # the first regions typed, or a new descriptor: use what fits
+                self._length = length
+                if self._held_length() not in (None, length):
+                    self._rebuild_locked()
             classifier = self._classifier
         return classifier.predict_many(np.stack(embeddings))
+
+    def _held_length(self) -> int | None:
+        """The embedding length of the examples the classifier holds (None when it holds none)."""
+        return self._classifier.embedding_length
+
+    def _rebuild_locked(self) -> None:
+        """A new classifier from the examples of the typed length (before one is known: the newest's)."""
+        from models.defect_types import DefectTypeClassifier
+
+        examples = list(self._examples.values())
+        length = self._length if self._length is not None else (len(examples[-1][0]) if examples else None)
+        chosen = [(e, c) for e, c in examples if len(e) == length]
+        classifier = DefectTypeClassifier(config=self._config)
+        if chosen:
+            classifier.add_many([e for e, _ in chosen], [c for _, c in chosen])
+        self._classifier = classifier
+        self._report_left_out_locked()
+
+    def _report_left_out_locked(self) -> None:
+        left_out = len(self._examples) - len(self._classifier)
+        if left_out != self._left_out:
+            self._left_out = left_out
+            if left_out:
+                logger.warning("recipe %s: %d labelled region(s) have embeddings of another length than the "
+                               "regions typed now (an older descriptor or another backbone); they are not used "
+                               "for typing, and their classes stay in the store", self.recipe, left_out)
 
 
 def type_regions(
@@ -150,6 +190,7 @@ def type_regions(
     pixel_threshold: float,
     offset: tuple[int, int],
     shorter_side: int,
+    memory_bank: Any = None,
 ) -> tuple[DefectRegion, ...]:
     """The regions with their embedding and, when a typer is given, their predicted type.
 
@@ -161,19 +202,24 @@ def type_regions(
         pixel_threshold: the threshold that made the regions.
         offset: (x0, y0) of the ROI crop in the frame.
         shorter_side: the detector's ``shorter_side``.
+        memory_bank: the detector's (N, D) good bank (``PatchKNN.memory_bank``); used when the
+            typer's descriptor takes each patch's residual to its nearest good patch
+            (``DefectTypeConfig.residual``).
     """
     import dataclasses
 
-    from models.defect_types import region_embedding, region_weights
+    from models.defect_types import nearest_good_patches, region_embedding, region_weights
 
     if not found:
         return ()
     x0, y0 = offset
+    residual = typer is not None and typer.config.residual and memory_bank is not None
+    nearest_good = nearest_good_patches(memory_bank) if residual else None
     embeddings = [
         region_embedding(patch_features,
                          region_weights(crop_map, box=(r.x - x0, r.y - y0, r.width, r.height),
                                         pixel_threshold=pixel_threshold),
-                         shorter_side=shorter_side)
+                         shorter_side=shorter_side, nearest_good=nearest_good)
         for r in found
     ]
     predictions: Sequence[TypePrediction | None] = [None] * len(found)

@@ -352,7 +352,8 @@ class Station:
 
                 regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
                                        pixel_threshold=pixel, offset=(x0, y0),
-                                       shorter_side=self._model_side(crop_map.shape))
+                                       shorter_side=self._model_side(crop_map.shape),
+                                       memory_bank=getattr(self.detector, "memory_bank", None))
         anomaly_map = crop_map
         if crop_map.shape != image_bgr.shape[:2]:
             anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)

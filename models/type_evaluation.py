@@ -31,7 +31,14 @@ from typing import Any, Final
 import numpy as np
 
 from models.calibration import calibrate
-from models.defect_types import UNKNOWN, DefectTypeClassifier, DefectTypeConfig, region_embedding, region_weights
+from models.defect_types import (
+    UNKNOWN,
+    DefectTypeClassifier,
+    DefectTypeConfig,
+    nearest_good_patches,
+    region_embedding,
+    region_weights,
+)
 from models.evaluation import ProgressFn, TestItem, load_category, load_image_rgb, select_shots
 from models.regions import find_regions
 
@@ -148,7 +155,8 @@ def evaluate_defect_types(
         defects = _at_most(defects, max_per_type, seed=seed)
     cfg = config if config is not None else DefectTypeConfig()
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
-                                               cache_dir=cache_dir, cache_key=cache_key, progress=progress)
+                                               cache_dir=cache_dir, cache_key=cache_key, progress=progress,
+                                               residual=cfg.residual)
 
     accuracies, balanced, unknowns, novel = [], [], [], []
     hits: dict[str, list[bool]] = {t: [] for t in types}
@@ -218,8 +226,13 @@ def _extract(
     cache_dir: Path | None,
     cache_key: str,
     progress: ProgressFn | None,
+    residual: bool = False,
 ) -> tuple[list[_Item], float, float]:
-    """Per defect image: its largest region's embedding (from the cache where present)."""
+    """Per defect image: its largest region's embedding (from the cache where present).
+
+    With ``residual``, the detector's good bank is needed too (``DefectTypeConfig.residual``); the
+    cache keeps it as ``bank.npy`` beside the per-image features.
+    """
     folder: Path | None = None
     if cache_dir is not None:
         digest = hashlib.sha256(f"{root.resolve()}|{shots}|{seed}|{cache_key}".encode()).hexdigest()[:16]
@@ -249,7 +262,17 @@ def _extract(
             if meta_path is not None:
                 meta_path.write_text(json.dumps({"pixel_threshold": pixel_threshold,
                                                  "shorter_side": shorter_side}), encoding="utf-8")
+            if folder is not None:
+                np.save(folder / "bank.npy", detector.memory_bank.float().cpu().numpy().astype(np.float16))
         return detector
+
+    nearest_good = None
+    if residual:
+        bank_path = folder / "bank.npy" if folder is not None else None
+        bank = (np.load(bank_path, allow_pickle=False).astype(np.float32)
+                if bank_path is not None and bank_path.is_file() and pixel_threshold is not None
+                else fitted().memory_bank)
+        nearest_good = nearest_good_patches(bank)
 
     items: list[_Item] = []
     for n, item in enumerate(defects):
@@ -268,8 +291,8 @@ def _extract(
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
         box, threshold, fallback = largest_region_box(amap, pixel_threshold)
         weights = region_weights(amap, box=box, pixel_threshold=threshold)
-        items.append(_Item(item.defect_type, region_embedding(features, weights, shorter_side=shorter_side),
-                           fallback))
+        items.append(_Item(item.defect_type, region_embedding(features, weights, shorter_side=shorter_side,
+                                                              nearest_good=nearest_good), fallback))
         if progress is not None:
             progress(n + 1, len(defects), item.defect_type)
     assert pixel_threshold is not None

@@ -94,3 +94,37 @@ def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) 
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(regions)")}
     assert {"predicted_class", "predicted_confidence"} <= columns
     assert "region_embeddings" in tables and "ix_regions_classified_at" in indexes
+
+
+def _labelled(store: Store, recipe: str, embeddings: list[np.ndarray], classes: list[str]) -> None:
+    """Record one FAIL inspection per embedding and give each region its reviewer's class."""
+    from inspector.results import DefectRegion, InspectionResult, Verdict
+
+    for i, embedding in enumerate(embeddings):
+        region = DefectRegion(x=1, y=1, width=4, height=4, area_px=16, area_mm2=None, max_score=0.9,
+                              mean_score=0.7, embedding=embedding.astype(np.float32))
+        store.record(InspectionResult(frame_id=i, timestamp=1.0e9 + i, source="cam", recipe=recipe,
+                                      model_version="v1", verdict=Verdict.FAIL, score=0.9, regions=(region,)))
+    store.flush()
+    newest = sorted(store.inspections(recipe=recipe), key=lambda r: r.id)[-len(classes):]
+    for record, defect_class in zip(newest, classes, strict=True):
+        store.set_defect_class(defect_class, user="qa", region_id=record.regions[0].id)
+
+
+def test_labels_embedded_by_an_older_descriptor_are_kept_but_not_used(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    old = [rng.standard_normal(4) for _ in range(3)]        # the descriptor before: another length
+    new = [np.eye(8)[0] + 0.01 * rng.standard_normal(8), np.eye(8)[1] + 0.01 * rng.standard_normal(8)]
+    with Store(tmp_path / "stats.db") as store:
+        _labelled(store, "part", old + new, ["scratch", "scratch", "dent", "scratch", "dent"])
+        typer = DefectTyper(store, "part", refresh_s=0.0)
+        typed = typer.predict([np.eye(8)[0].astype(np.float32), np.eye(8)[1].astype(np.float32)])
+        assert [t.defect_class for t in typed] == ["scratch", "dent"]
+        assert typer.n_examples == 2                      # the three old ones are left out, not mixed in
+        # their reviewer's classes stay in the store
+        assert sorted(r.regions[0].defect_class or "" for r in store.inspections(recipe="part")) == \
+            ["dent", "dent", "scratch", "scratch", "scratch"]
+        # a new label of the typed length is used at once; one of the old length is not
+        _labelled(store, "part", [np.eye(8)[2], rng.standard_normal(4)], ["stain", "burn"])
+        assert typer.predict([np.eye(8)[2].astype(np.float32)])[0].defect_class == "stain"
+        assert typer.n_examples == 3 and typer.classes == ("dent", "scratch", "stain")

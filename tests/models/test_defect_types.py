@@ -32,14 +32,17 @@ def test_types_by_nearest_labelled_example_and_learns_a_new_label_at_once() -> N
     classifier.add_many(list(_cluster(rng, scratch, 5)) + list(_cluster(rng, dent, 5)), ["scratch"] * 5 + ["dent"] * 5)
 
     typed = classifier.predict_many(np.concatenate([_cluster(rng, scratch, 10), _cluster(rng, dent, 10)]))
-    assert [t.defect_class for t in typed] == ["scratch"] * 10 + ["dent"] * 10
-    assert all(0.5 < t.confidence <= 1.0 for t in typed)
+    truth = ["scratch"] * 10 + ["dent"] * 10
+    # conformal: a new example of a labelled type is as far out as the farthest example now and then
+    assert all(t.defect_class in (k, UNKNOWN) for t, k in zip(typed, truth, strict=True))
+    assert sum(t.defect_class == UNKNOWN for t in typed) <= 2
+    assert all(0.5 < t.confidence <= 1.0 for t in typed if t.defect_class != UNKNOWN)
 
     # a stain is far from every example: a new kind of defect is reported as unknown, not forced
     query = _cluster(rng, stain, 1)[0]
     first = classifier.predict(query)
     assert first.defect_class == UNKNOWN and first.confidence == 0.0
-    assert first.distance > classifier.rejection_distance()
+    assert first.distance > max(classifier.rejection_distances().values())
 
     classifier.add(_cluster(rng, stain, 1)[0], "stain")          # a reviewer labels one: used at once
     assert classifier.predict(query).defect_class == "stain"
@@ -47,7 +50,8 @@ def test_types_by_nearest_labelled_example_and_learns_a_new_label_at_once() -> N
 
 
 def test_confidence_drops_between_two_classes() -> None:
-    classifier = DefectTypeClassifier(config=DefectTypeConfig(reject_distance=1.5))
+    # plain cosine (no centring: with two examples it would push every query to one side)
+    classifier = DefectTypeClassifier(config=DefectTypeConfig(reject_distance=1.5, centre=False))
     a, b = _axis(8, 0), _axis(8, 1)
     classifier.add_many([a, b], ["a", "b"])
     clear = classifier.predict(a + 0.05 * b)
@@ -97,7 +101,8 @@ def test_region_embedding_pools_the_patches_inside_the_region() -> None:
     weights = region_weights(anomaly_map, box=(150, 30, 50, 30), pixel_threshold=0.5)
     assert weights[40, 160] == pytest.approx(0.8) and weights[40, 20] == 0.0
     emb = region_embedding(features, weights, shorter_side=shorter)
-    assert emb == pytest.approx(right, abs=1e-6)
+    # mean and maximum of the region's patches, each a unit vector, joined: both are `right` here
+    assert emb == pytest.approx(np.concatenate([right, right]) / np.sqrt(2), abs=1e-6)
     assert frame_to_grid(weights, grid, shorter_side=shorter)[:, :4].sum() == 0.0
 
 
@@ -124,3 +129,81 @@ def test_predict_returns_the_patch_features_of_the_same_pass() -> None:
     assert rich.patch_features[0].shape == (grid[0] // 14, grid[1] // 14, backbone.feature_dim)
     assert np.linalg.norm(rich.patch_features[0], axis=-1) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_array_equal(plain.pred_score, rich.pred_score)
+
+
+def test_the_maximum_keeps_a_small_part_of_the_region_that_the_mean_drowns() -> None:
+    # a 4 x 4 grid (56 px, 14-px patches); the region covers the whole frame, one patch differs
+    plain, spot = _axis(4, 0), _axis(4, 1)
+    features = np.tile(plain, (4, 4, 1)).astype(np.float32)
+    features[1, 2] = _unit(plain + 3 * spot)
+    weights = np.ones((56, 56), np.float32)
+    emb = region_embedding(features, weights, shorter_side=56)
+    mean, peak = emb[:4] * np.sqrt(2), emb[4:] * np.sqrt(2)
+    assert mean[1] < 0.1 < 0.6 < peak[1]      # the mean barely shows the spot, the maximum does
+
+
+def test_residual_half_describes_what_differs_from_the_nearest_good_patch() -> None:
+    good, defect = _axis(4, 0), _axis(4, 2)
+    features = np.tile(good, (4, 4, 1)).astype(np.float32)
+    features[:, :2] = _unit(good + defect)       # the defect patches still look partly like the part
+    weights = np.zeros((56, 56), np.float32)
+    weights[:, :28] = 1.0
+    bank = np.stack([good, _axis(4, 1)])
+
+    def nearest_good(patches: np.ndarray) -> np.ndarray:
+        return bank[np.argmax(patches @ bank.T, axis=1)]
+
+    emb = region_embedding(features, weights, shorter_side=56, nearest_good=nearest_good)
+    assert emb.shape == (16,) and np.linalg.norm(emb) == pytest.approx(1.0)
+    residual_mean = _unit(emb[8:12])
+    # what is left once the good patch is taken away points to the defect, and away from the part
+    assert residual_mean[2] > 0.7 and residual_mean[0] < 0.0
+    # a region identical to the good bank has no residual: that half is zero, not an error
+    same = region_embedding(np.tile(good, (4, 4, 1)).astype(np.float32), weights, shorter_side=56,
+                            nearest_good=nearest_good)
+    assert np.all(same[8:] == 0.0)
+
+
+def test_unknown_is_per_type_a_tight_type_rejects_sooner_than_a_spread_one() -> None:
+    rng = np.random.default_rng(1)
+    tight, wide, novel = _axis(32, 0), _axis(32, 1), _axis(32, 2)
+    classifier = DefectTypeClassifier(config=DefectTypeConfig(centre=False))
+    classifier.add_many(list(_cluster(rng, tight, 5, 0.02)) + list(_cluster(rng, wide, 5, 0.15)),
+                        ["tight"] * 5 + ["wide"] * 5)
+    limits = classifier.rejection_distances()
+    assert set(limits) == {"tight", "wide"} and limits["tight"] < limits["wide"]
+    # new examples of each labelled type are typed (their distances are like the examples' own) ...
+    typed = classifier.predict_many(np.concatenate([_cluster(rng, tight, 20, 0.02), _cluster(rng, wide, 20, 0.15)]))
+    assert sum(t.defect_class == UNKNOWN for t in typed) <= 2
+    # ... a defect half-way between a tight type and a new direction is unknown, though it is nearer
+    # to "tight" than the spread type's examples are to each other
+    between = classifier.predict_many(_cluster(rng, _unit(tight + 0.5 * novel), 10, 0.02))
+    assert all(t.defect_class == UNKNOWN for t in between)
+    assert max(t.distance for t in between) < limits["wide"]
+
+
+def test_centring_separates_types_that_share_what_the_part_looks_like() -> None:
+    # every defect of a part carries the part's look (a large shared component); the types differ
+    # only in a small one: plain cosine sees them all alike, centred cosine tells them apart
+    rng = np.random.default_rng(2)
+    part = 5.0 * _axis(16, 0)
+    kinds = {"a": _axis(16, 1), "b": _axis(16, 2), "c": _axis(16, 3)}
+    examples = {k: _cluster(rng, part + v, 5, 0.3) for k, v in kinds.items()}
+    queries = {k: _cluster(rng, part + v, 30, 0.3) for k, v in kinds.items()}
+
+    def typed(centre: bool) -> tuple[float, float]:
+        classifier = DefectTypeClassifier(config=DefectTypeConfig(centre=centre, reject_distance=2.0))
+        classifier.add_many([e for k in kinds for e in examples[k]], [k for k in kinds for _ in range(5)])
+        out = classifier.predict_many(np.concatenate([queries[k] for k in kinds]))
+        truth = [k for k in kinds for _ in range(30)]
+        return (float(np.mean([t.defect_class == k for t, k in zip(out, truth, strict=True)])),
+                float(np.mean([t.confidence for t in out])))
+
+    (acc_centred, conf_centred), (acc_plain, conf_plain) = typed(centre=True), typed(centre=False)
+    assert acc_centred >= acc_plain and acc_centred > 0.9
+    # plain cosine distances all look alike (about 1 - 25/26), so its confidence is a coin toss
+    assert conf_centred > 0.8 > 0.6 > conf_plain
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
