@@ -177,18 +177,26 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None:
     """A label must be 'good' or a defect class of the inspection's recipe (``--recipe``, else its file in
-    recipes/); when neither is found, any label is taken with a warning.
+    recipes/); when neither is found, any label of a class name's form is taken with a warning.
 
     Raises:
         InspectorError: naming the label, the allowed ones and the recipe file.
     """
     from inspector.recipe import load_recipe
 
+    from inspector.recipe_check import is_class_name
+
     path = recipe_path or REPO_ROOT / "recipes" / f"{recipe_name}.yaml"
     if recipe_path is None and not path.is_file():
-        if label != "good":
-            print(f"warning: recipe {recipe_name!r} not found (give --recipe); the label {label!r} is not checked "
-                  "against its defect classes", file=sys.stderr)
+        if label == "good":
+            return
+        if not is_class_name(label):     # not even the form of a class: a typo, or text a spreadsheet runs
+            msg = (f"label {label!r} is neither 'good' nor a defect class name (1-32 characters of a-z, 0-9, "
+                   "'_' and '-', starting with a letter or digit); give --recipe to check it against the "
+                   "recipe's defect classes")
+            raise InspectorError(msg)
+        print(f"warning: recipe {recipe_name!r} not found (give --recipe); the label {label!r} is not checked "
+              "against its defect classes", file=sys.stderr)
         return
     classes = tuple(load_recipe(path).defect_classes)
     if label == "good" or label in classes:

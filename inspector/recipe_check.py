@@ -46,6 +46,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "FrozenOptions",
     "RecipeChecker",
+    "is_class_name",
     "parse_yaml",
     "short_repr",
 ]
@@ -58,6 +59,7 @@ GOOD_LABEL: Final = "good"            # the feedback label for "no defect"; no d
 # Recipe names become file and folder names and database keys: lower case, digits, "_" and "-".
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _CLASS_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
 _VERSION_RE: Final = re.compile(r"latest|v[1-9][0-9]{0,5}")
 _DEVICE_RE: Final = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
 _BACKBONE_RE: Final = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")     # a timm name, tag optional
@@ -70,6 +72,11 @@ _show.maxstring = 60
 _show.maxother = 60
 _show.maxlist = _show.maxtuple = _show.maxdict = _show.maxset = 6
 _show.maxlevel = 2
+
+
+def is_class_name(text: str) -> bool:
+    """Whether ``text`` has the form of a defect class name (what ``defect_classes`` accepts)."""
+    return bool(_CLASS_RE.fullmatch(text))
 
 
 def short_repr(value: Any) -> str:

@@ -184,6 +184,12 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
     assert "label '=HYPERLINK(1)' is neither 'good' nor a defect class" in capsys.readouterr().err
     assert main([args[0], args[1], "dent", *args[2:]]) == EXIT_OK
     assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",)]
+    # without --recipe (its file not found): a class's form at least, never text a spreadsheet runs
+    assert main([args[0], args[1], "=HYPERLINK(1)", *args[2:4], "--user", "qa"]) == EXIT_ERROR
+    assert "label '=HYPERLINK(1)' is neither 'good' nor a defect class name" in capsys.readouterr().err
+    assert main([args[0], args[1], "scratch", *args[2:4], "--user", "qa"]) == EXIT_OK
+    assert "is not checked against its defect classes" in capsys.readouterr().err
+    assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",), ("scratch",)]
 
 
 @pytest.mark.parametrize(("extra", "match"), [
