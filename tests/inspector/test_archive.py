@@ -325,10 +325,16 @@ def test_a_shared_folder_keeps_foreign_files_and_each_recipe_its_own_cap(
     tmp_path: Path, rng: np.random.Generator,
 ) -> None:
     day = time.strftime("%Y-%m-%d", time.localtime(T0))
-    foreign = [tmp_path / day / "holiday_photo.jpg", tmp_path / "2020-01-01" / "IMG_0001.png"]
+    foreign = [tmp_path / day / "holiday_photo.jpg", tmp_path / "2020-01-01" / "IMG_0001.png",
+               # named like recipe-b's files, but recipe-b never wrote them: not in its manifest
+               tmp_path / day / "101502-123_recipe-b_000001_fail.png",
+               tmp_path / day / ".photo_recipe-b_1.jpg.abcdefgh.tmp"]
     for path in foreign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\xff" * 5000)
+    # what recipe-b's own crash mid-write leaves (atomic_open's temporary name): removed at its start
+    stale = tmp_path / day / ".101502-123_recipe-b_000099_fail.png.a1b2_c3d.tmp"
+    stale.write_bytes(b"\xff" * 10)
     big = ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-a")
     with Archive(big) as a:
         kept_a = [a.submit(_result(i, Verdict.FAIL, rng=rng, recipe="recipe-a", with_map=False)) for i in range(4)]
@@ -343,6 +349,7 @@ def test_a_shared_folder_keeps_foreign_files_and_each_recipe_its_own_cap(
     with Archive(ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-b", max_bytes=1)) as again:
         assert again.flush(10)                    # a restart with a smaller cap: still only recipe-b's files
     assert all(p.is_file() for p in foreign), "files the archive did not write were removed"
+    assert not stale.exists(), "recipe-b's own stale temporary was kept"
     assert all(item is not None and item.image.is_file() for item in kept_a), "recipe-b's cap removed recipe-a's"
     assert not any(item is not None and item.image.exists() for item in kept_b[:-1])
 
