@@ -183,7 +183,6 @@ def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None
         InspectorError: naming the label, the allowed ones and the recipe file.
     """
     from inspector.recipe import load_recipe
-
     from inspector.recipe_check import is_class_name
 
     path = recipe_path or REPO_ROOT / "recipes" / f"{recipe_name}.yaml"

@@ -37,6 +37,7 @@ import yaml
 from inspector import paths
 from inspector.capture import CameraSpec, SourceSpec
 from inspector.errors import RecipeError
+from models.calibration import MAX_SCORE
 
 if TYPE_CHECKING:
     from inspector.recipe import DetectorSettings, Recipe, Roi
@@ -355,8 +356,10 @@ class RecipeChecker:
                       f"must be 'latest' or a version such as 'v3', got {_show.repr(r.model.version)}")
         for key in ("review", "fail", "pixel"):
             value = getattr(r.thresholds, key)
-            if value is not None and not (value >= 0 and math.isfinite(value)):   # NaN fails both
-                self.fail(f"thresholds.{key}", f"must be a finite number >= 0 or null, got {value!r}")
+            if value is not None and not (0 <= value <= MAX_SCORE and math.isfinite(value)):   # NaN fails both
+                self.fail(f"thresholds.{key}", f"must be a finite number from 0 to {MAX_SCORE:g} or null, got "
+                                               f"{value!r} (scores are cosine distances: a threshold above "
+                                               f"{MAX_SCORE:g} would pass every part)")
         t = r.thresholds
         if t.review is not None and t.fail is not None and t.review > t.fail:
             self.fail("thresholds.review", f"({t.review!r}) must not be above thresholds.fail ({t.fail!r}): "
