@@ -381,3 +381,44 @@ def test_the_store_stops_pointing_at_images_the_cap_removed(
     store.close()
     assert after.image_path is None and after.overlay_path is None
     assert second.image_path is not None and Path(second.image_path).is_file()
+
+
+def test_images_the_cap_removes_while_the_store_is_locked_are_never_named_by_its_rows(
+    tmp_path: Path, rng: np.random.Generator, tiny_weights_file: Path,
+) -> None:
+    """The rows wait in the journal while the archive trims their images; a later start stores them without."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from inspector.recipe import load_recipe
+    from inspector.recording import ResultRecorder
+    from inspector.store import Store
+    from tests.conftest import write_recipe
+
+    extra = f"archive: {{directory: {(tmp_path / 'archive').as_posix()}, max_size_mb: 0.00001}}\n"
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file, extra=extra))
+    db = tmp_path / "station.db"
+    store = Store(db, busy_timeout_s=0.2)
+    recorder = ResultRecorder(store)
+    recorder.use(SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4)))
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")                 # another program holds the store's write lock
+    try:
+        for i in range(4):
+            recorder.record(_result(i, Verdict.FAIL, rng=rng, recipe=recipe.name))
+        recorder.close_archives()                   # every image written; the cap removed all but the newest
+        assert recorder.close(timeout=0.0) == 4     # the results wait in the journal, as after a crash
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    store.close()
+    store = Store(db)
+    again = ResultRecorder(store)                   # the next start forwards them
+    assert again.wait_stored(30) and again.close() == 0
+    with sqlite3.connect(db) as conn:
+        named = [p for row in conn.execute("SELECT image_path, overlay_path FROM inspections ORDER BY id")
+                 for p in row if p is not None]
+        assert conn.execute("SELECT count(*) FROM inspections").fetchone()[0] == 4
+    store.close()
+    assert named and all(Path(p).is_file() for p in named), "a row names an image the archive removed"
+    assert len(named) == 2                          # the newest frame's image and overlay
