@@ -256,3 +256,24 @@ def test_run_waits_for_a_store_that_comes_back(
         holder.join()
     assert code == EXIT_OK, capsys.readouterr().err
     assert len(_stored(db)) == 2
+
+
+def test_a_result_another_forwarder_stores_meanwhile_is_skipped_not_refused(tmp_path: Path) -> None:
+    """Two processes forwarding one journal: the other commits an id between our check and our insert."""
+    import sqlalchemy as sa
+
+    db = tmp_path / "station.db"
+    store, other = Store(db), Store(db)
+    raced: list[int] = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _other_commits_first(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.startswith("INSERT INTO inspections") and not raced:
+            raced.append(other.insert_results([("id-0", result_rows(_result(0)))]))
+
+    entries = [(f"id-{i}", result_rows(_result(i))) for i in range(3)]
+    assert store.insert_results(entries) == 2          # id-0 was the other's; no constraint error
+    assert raced == [1]
+    other.close()
+    store.close()
+    assert sorted(rid for _, rid in _stored(db)) == ["id-0", "id-1", "id-2"]
