@@ -40,6 +40,29 @@ def _open_store(url: str | None, *, allow_offline: bool = False) -> Any:
     return Store(url, allow_offline=allow_offline)
 
 
+def _forward_journal(store: Any, *, timeout: float = 10.0) -> None:
+    """Store what a run left in this store's result journal (killed, or the store was away) before reading it.
+
+    Any command that opens the store is "the next start": the inspections it shows include every result
+    a run printed. Says on stderr how many were stored, and how many still wait (the store refuses them now).
+    """
+    from inspector.recording import ResultRecorder, journal_path_of
+
+    path = journal_path_of(store)
+    if not path.is_file():
+        return
+    recorder = ResultRecorder(store, journal_path=path)
+    waiting = recorder.pending
+    if waiting:
+        recorder.wait_stored(timeout)
+    left = recorder.close(timeout=0.0 if recorder.pending else timeout)
+    if waiting:
+        print(f"note: stored {waiting - left} result(s) that a run had left in {path}", file=sys.stderr)
+    if left:
+        print(f"warning: {left} result(s) still wait in {path} for this store ({recorder.last_error}); they are "
+              "not counted here", file=sys.stderr)
+
+
 def _parse_time(text: str | None) -> float | None:
     if text is None:
         return None
@@ -54,6 +77,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Yield and counts per group, defects by class; optional CSV export."""
     store = _open_store(args.store)
     try:
+        _forward_journal(store)
         filters = {"recipe": args.recipe, "line": args.line, "lot": args.lot, "station": args.station,
                    "since": _parse_time(args.since), "until": _parse_time(args.until)}
         keys = (args.by,) if isinstance(args.by, str) else tuple(args.by)
@@ -152,6 +176,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     user = args.user or getpass.getuser()
     store = _open_store(args.store)
     try:
+        _forward_journal(store)
         record = store.get_inspection(args.inspection_id)
         _check_label(args.label, record.recipe, args.recipe)
         if args.label == "good":

@@ -34,7 +34,7 @@ from inspector.errors import StoreError
 from inspector.journal import DEFAULT_MAX_ENTRIES, JournalEntry, ResultJournal, journal_path_for
 from inspector.results import InspectionResult
 
-__all__ = ["DurableListener", "Receipt", "ResultRecorder"]
+__all__ = ["DurableListener", "Receipt", "ResultRecorder", "journal_path_of"]
 
 log = logging.getLogger(__name__)
 
@@ -361,12 +361,20 @@ def _without_files(entry: JournalEntry, removed: frozenset[str]) -> JournalEntry
     return dataclasses.replace(entry, payload={**entry.payload, "inspection": {**inspection, **gone}})
 
 
-def _default_journal_path(store: Any) -> Path:
+def journal_path_of(store: Any) -> Path:
+    """Where a recorder on ``store`` keeps its journal by default (nothing is created here).
+
+    Beside an SQLite file (``inspector.pending.db``), else ``<data dir>/journal/<store name>.pending.db``.
+    """
     url = getattr(store, "url", None)
     database = getattr(url, "database", None)
     if url is not None and url.get_backend_name() == "sqlite" and database:
         return journal_path_for(Path(database))
-    folder = paths.data_dir(create=True) / "journal"
-    folder.mkdir(parents=True, exist_ok=True)
     name = paths.safe_name(str(getattr(store, "display_name", "store")))
-    return folder / f"{name}.pending.db"
+    return paths.data_dir() / "journal" / f"{name}.pending.db"
+
+
+def _default_journal_path(store: Any) -> Path:
+    path = journal_path_of(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -277,3 +277,22 @@ def test_a_result_another_forwarder_stores_meanwhile_is_skipped_not_refused(tmp_
     other.close()
     store.close()
     assert sorted(rid for _, rid in _stored(db)) == ["id-0", "id-1", "id-2"]
+
+
+def test_stats_after_a_crash_counts_what_the_run_left_in_its_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inspector.cli import EXIT_OK, main
+
+    db = tmp_path / "station.db"
+    Store(db).close()
+    journal = ResultJournal(journal_path_for(db))      # what a run killed after printing three results leaves
+    for i in range(3):
+        journal.append(f"id-{i}", result_rows(_result(i)))
+    journal.close()
+    assert main(["stats", "--store", str(db)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert f"stored 3 result(s) that a run had left in {journal_path_for(db)}" in captured.err
+    assert [line.split()[:2] for line in captured.out.splitlines() if line.startswith("tiny_part")] == \
+        [["tiny_part", "3"]]
+    assert len(_stored(db)) == 3
