@@ -57,7 +57,8 @@ def _forward_journal(store: Any, *, timeout: float = 10.0) -> None:
         recorder.wait_stored(timeout)
     left = recorder.close(timeout=0.0 if recorder.pending else timeout)
     if waiting:
-        print(f"note: stored {waiting - left} result(s) that a run had left in {path}", file=sys.stderr)
+        print(f"note: forwarded {waiting - left} result(s) that a run had left in {path} (one already stored is "
+              "not stored twice)", file=sys.stderr)
     if left:
         print(f"warning: {left} result(s) still wait in {path} for this store ({recorder.last_error}); they are "
               "not counted here", file=sys.stderr)

@@ -292,7 +292,7 @@ def test_stats_after_a_crash_counts_what_the_run_left_in_its_journal(
     journal.close()
     assert main(["stats", "--store", str(db)]) == EXIT_OK
     captured = capsys.readouterr()
-    assert f"stored 3 result(s) that a run had left in {journal_path_for(db)}" in captured.err
+    assert f"forwarded 3 result(s) that a run had left in {journal_path_for(db)}" in captured.err
     assert [line.split()[:2] for line in captured.out.splitlines() if line.startswith("tiny_part")] == \
         [["tiny_part", "3"]]
     assert len(_stored(db)) == 3
