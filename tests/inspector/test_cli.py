@@ -234,3 +234,25 @@ def test_evaluate_json_has_the_operating_point(
     assert data["operating_point"]["per_defect_type"]["blob"]["n"] == 1
     outlook = data["operating_point"]["expected_good_flag"]
     assert outlook["n_good"] == 4 and outlook["expected"] <= outlook["upper"] <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_device_or_fifo_as_recipe_is_refused_before_the_command_loads(tmp_path: Path, kind: str) -> None:
+    """The check comes before OpenCV, torch and the command's own imports: the answer is immediate."""
+    import os
+    import subprocess
+    import sys
+
+    if kind == "device":
+        recipe = "/dev/zero"
+    else:
+        recipe = str(tmp_path / "recipe.yaml")
+        os.mkfifo(recipe)
+    code = ("import sys\nfrom inspector.cli import main\nrc = main(['run', sys.argv[1], '--max-frames', '1'])\n"
+            "print(sorted(m for m in ('cv2', 'torch', 'inspector._commands') if m in sys.modules))\nsys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, recipe], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == EXIT_ERROR
+    what = "a device" if kind == "device" else "a FIFO"
+    assert f"RecipeError: {recipe}: {recipe} is {what}, not a regular recipe file" in done.stderr
+    assert done.stdout.strip() == "[]"
