@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspector.errors import StoreError
 from inspector.journal import JournalFull, ResultJournal, journal_path_for
 from inspector.recording import Receipt, ResultRecorder
 from inspector.results import InspectionResult, Verdict
@@ -296,3 +297,36 @@ def test_stats_after_a_crash_counts_what_the_run_left_in_its_journal(
     assert [line.split()[:2] for line in captured.out.splitlines() if line.startswith("tiny_part")] == \
         [["tiny_part", "3"]]
     assert len(_stored(db)) == 3
+
+
+def test_a_full_store_loses_nothing_and_takes_the_results_when_it_has_room(tmp_path: Path) -> None:
+    """SQLite's own "database or disk is full" (its page limit reached), then room again."""
+    import sqlalchemy as sa
+
+    db = tmp_path / "station.db"
+    store = Store(db, busy_timeout_s=0.2)
+    pages = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
+
+    def no_room(dbapi_connection: sqlite3.Connection, record: object) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    sa.event.listen(store.engine, "connect", no_room)
+    store.engine.dispose()                               # every connection from now on is limited
+    filled = 0
+    with pytest.raises(StoreError, match="full"):        # fill the pages there are
+        for filled in range(1, 10_000):
+            store.insert_results([(f"fill-{filled}", result_rows(_result(100)))])
+    warnings: list[str] = []
+    recorder = ResultRecorder(store, on_warning=warnings.append)
+    receipts = [recorder.record(_result(i)) for i in range(5)]
+    assert all(r is not None for r in receipts)
+    assert not recorder.wait_stored(2.0)
+    assert recorder.pending == 5 and len(_stored(db)) == filled - 1
+    assert recorder.last_error is not None and "full" in str(recorder.last_error)
+    assert any("full" in w and "wait in" in w and "station.pending.db" in w for w in warnings), warnings
+    sa.event.remove(store.engine, "connect", no_room)
+    store.engine.dispose()                               # room again
+    assert recorder.wait_stored(30)
+    assert recorder.close() == 0
+    store.close()
+    assert [frame for frame, _ in _stored(db)] == [100] * (filled - 1) + list(range(5))
