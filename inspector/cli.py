@@ -218,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         recipe_file = getattr(args, "recipe", None)
-        if isinstance(recipe_file, Path):       # a device or FIFO is refused before the command's imports
+        # a device or FIFO is refused before the command's imports (a missing file: by the command, in its order)
+        if isinstance(recipe_file, Path) and recipe_file.exists():
             from inspector._recipe_file import read_recipe_file
 
             read_recipe_file(recipe_file)
