@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="folder for the store and journal (default: tmp)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]      # the machine is shared: say how busy it was
     workdir = tempfile.TemporaryDirectory(dir=args.dir)
     folder = Path(workdir.name)
     pause = 1.0 / args.rate if args.rate > 0 else 0.0
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.durable_latency", *(argv or sys.argv[1:])]),
         "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-                    "filesystem_dir": str(args.dir or tempfile.gettempdir())},
+                    "filesystem_dir": str(args.dir or tempfile.gettempdir()),
+                    "load_average_1_5_15_min_at_start": load_at_start},
         "results": args.results, "rate_per_s": args.rate, "left_in_journal": left,
         "record_to_durable_ms": _percentiles(durable),
         "record_to_stored_ms": _percentiles(stored),

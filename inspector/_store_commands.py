@@ -40,6 +40,30 @@ def _open_store(url: str | None, *, allow_offline: bool = False) -> Any:
     return Store(url, allow_offline=allow_offline)
 
 
+def _forward_journal(store: Any, *, timeout: float = 10.0) -> None:
+    """Store what a run left in this store's result journal (killed, or the store was away) before reading it.
+
+    Any command that opens the store is "the next start": the inspections it shows include every result
+    a run printed. Says on stderr how many were stored, and how many still wait (the store refuses them now).
+    """
+    from inspector.recording import ResultRecorder, journal_path_of
+
+    path = journal_path_of(store)
+    if not path.is_file():
+        return
+    recorder = ResultRecorder(store, journal_path=path)
+    waiting = recorder.pending
+    if waiting:
+        recorder.wait_stored(timeout)
+    left = recorder.close(timeout=0.0 if recorder.pending else timeout)
+    if waiting:
+        print(f"note: forwarded {waiting - left} result(s) that a run had left in {path} (one already stored is "
+              "not stored twice)", file=sys.stderr)
+    if left:
+        print(f"warning: {left} result(s) still wait in {path} for this store ({recorder.last_error}); they are "
+              "not counted here", file=sys.stderr)
+
+
 def _parse_time(text: str | None) -> float | None:
     if text is None:
         return None
@@ -54,6 +78,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Yield and counts per group, defects by class; optional CSV export."""
     store = _open_store(args.store)
     try:
+        _forward_journal(store)
         filters = {"recipe": args.recipe, "line": args.line, "lot": args.lot, "station": args.station,
                    "since": _parse_time(args.since), "until": _parse_time(args.until)}
         keys = (args.by,) if isinstance(args.by, str) else tuple(args.by)
@@ -152,6 +177,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     user = args.user or getpass.getuser()
     store = _open_store(args.store)
     try:
+        _forward_journal(store)
         record = store.get_inspection(args.inspection_id)
         _check_label(args.label, record.recipe, args.recipe)
         if args.label == "good":
@@ -177,18 +203,25 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def _check_label(label: str, recipe_name: str, recipe_path: Path | None) -> None:
     """A label must be 'good' or a defect class of the inspection's recipe (``--recipe``, else its file in
-    recipes/); when neither is found, any label is taken with a warning.
+    recipes/); when neither is found, any label of a class name's form is taken with a warning.
 
     Raises:
         InspectorError: naming the label, the allowed ones and the recipe file.
     """
     from inspector.recipe import load_recipe
+    from inspector.recipe_check import is_class_name
 
     path = recipe_path or REPO_ROOT / "recipes" / f"{recipe_name}.yaml"
     if recipe_path is None and not path.is_file():
-        if label != "good":
-            print(f"warning: recipe {recipe_name!r} not found (give --recipe); the label {label!r} is not checked "
-                  "against its defect classes", file=sys.stderr)
+        if label == "good":
+            return
+        if not is_class_name(label):     # not even the form of a class: a typo, or text a spreadsheet runs
+            msg = (f"label {label!r} is neither 'good' nor a defect class name (1-32 characters of a-z, 0-9, "
+                   "'_' and '-', starting with a letter or digit); give --recipe to check it against the "
+                   "recipe's defect classes")
+            raise InspectorError(msg)
+        print(f"warning: recipe {recipe_name!r} not found (give --recipe); the label {label!r} is not checked "
+              "against its defect classes", file=sys.stderr)
         return
     classes = tuple(load_recipe(path).defect_classes)
     if label == "good" or label in classes:

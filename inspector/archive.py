@@ -90,6 +90,14 @@ class ArchivePolicy:
             raise ValueError(msg)
 
 
+def _temporary_name(owner: str) -> re.Pattern[str]:
+    """The names of the temporaries `atomic_open` makes for this recipe's archive files (`Archive._paths_for`):
+    ``.<HHMMSS-mmm>_<recipe>_<frame>_<verdict>[_overlay].<ext>.<mkstemp's 8 characters>.tmp``; nothing else."""
+    recipe = re.escape(safe_name(owner, max_length=48))
+    return re.compile(rf"\.\d{{6}}-\d{{3}}_{recipe}_\d{{6,}}_(fail|review|pass)(_overlay)?\.(jpg|png)"
+                      r"\.[A-Za-z0-9_]{8}\.tmp")
+
+
 class ArchivedPaths(NamedTuple):
     """Where the archive writes a frame (the files appear once the writer gets to them)."""
 
@@ -421,13 +429,13 @@ class Archive:
         """
         if not self._directory.is_dir():
             return
-        marker = f"_{safe_name(self.policy.owner, max_length=48)}_" if self.policy.owner else None
+        ours = _temporary_name(self.policy.owner) if self.policy.owner else None
         for day in self._directory.iterdir():
-            if not (day.is_dir() and _DAY_DIR.match(day.name)) or marker is None:
+            if not (day.is_dir() and _DAY_DIR.match(day.name)) or ours is None:
                 continue
             for path in day.iterdir():
-                # left by our own crash mid-write: ".<stem with our recipe>.<ext>.<random>.tmp" (atomic_open)
-                if path.name.startswith(".") and path.name.endswith(".tmp") and marker in path.name:
+                # left by our own crash mid-write: exactly the temporary name atomic_open gives our file
+                if ours.fullmatch(path.name) and path.is_file() and not path.is_symlink():
                     path.unlink(missing_ok=True)
         found: list[tuple[tuple[Path, ...], int]] = []
         for files in self._read_manifest():

@@ -217,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inspector.errors import InspectorError, redact_credentials
 
     try:
+        recipe_file = getattr(args, "recipe", None)
+        # a device or FIFO is refused before the command's imports (a missing file: by the command, in its order)
+        if isinstance(recipe_file, Path) and recipe_file.exists():
+            from inspector._recipe_file import read_recipe_file
+
+            read_recipe_file(recipe_file)
         return _handler(args.command)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

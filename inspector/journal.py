@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS set_aside (
     payload TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS removed_files (
+    path TEXT PRIMARY KEY
+);
 """
 
 
@@ -102,6 +105,7 @@ class ResultJournal:
             self._conn.execute("PRAGMA synchronous = FULL")     # a COMMIT is on disk when it returns
             self._conn.executescript(_SCHEMA)
             self._count = int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+            self._removed = {str(p) for (p,) in self._conn.execute("SELECT path FROM removed_files")}
         except sqlite3.Error as exc:
             msg = (f"cannot open the result journal {self.path}: {exc}; check that the folder is writable "
                    "and the file is a journal (it holds results not yet in the store: do not delete it)")
@@ -139,6 +143,8 @@ class ResultJournal:
         with self._lock:
             rows = self._conn.execute("SELECT seq, result_id, payload FROM pending ORDER BY seq LIMIT ?",
                                       (limit,)).fetchall()
+            if not rows:        # another process sharing this journal may have forwarded ours: none wait
+                self._count = 0
         return [JournalEntry(seq=int(s), result_id=str(r), payload=json.loads(p)) for s, r, p in rows]
 
     def remove(self, seqs: list[int]) -> None:
@@ -170,6 +176,48 @@ class ResultJournal:
                 raise
             self._count = int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
         logger.error("result %s set aside in %s (table set_aside): %s", entry.result_id, self.path, reason)
+
+    def note_removed(self, paths: list[str]) -> None:
+        """Remember durably that the archive removed these files, until the store's rows forget them.
+
+        Results still waiting here may name them; they are stored without them (`removed_files`), and
+        rows already in the store are cleared by the forwarder (`forget_removed` once they are).
+
+        Raises:
+            StoreError: the journal cannot be written.
+        """
+        if not paths:
+            return
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany("INSERT OR IGNORE INTO removed_files (path) VALUES (?)", [(p,) for p in paths])
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                msg = f"cannot note {len(paths)} removed archive file(s) in the journal {self.path}: {exc}"
+                raise StoreError(msg) from exc
+            self._removed.update(paths)
+
+    def removed_files(self) -> frozenset[str]:
+        """Archive files removed whose rows in the store may still name them."""
+        with self._lock:
+            return frozenset(self._removed)
+
+    def forget_removed(self, paths: list[str]) -> None:
+        """The store's rows no longer name these files: stop remembering them."""
+        if not paths:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("DELETE FROM removed_files WHERE path = ?", [(p,) for p in paths])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._removed.difference_update(paths)
 
     def close(self) -> None:
         with self._lock:

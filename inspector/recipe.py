@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import yaml
 
 from inspector import paths, versions
+from inspector._recipe_file import MAX_RECIPE_BYTES as MAX_RECIPE_BYTES  # re-exported
+from inspector._recipe_file import read_recipe_file
 from inspector.capture import FolderSpec, GenICamSpec, SourceSpec, VideoSpec
 from inspector.errors import RecipeError
 from inspector.recipe_check import GOOD_LABEL, SCHEMA_VERSION, FrozenOptions, RecipeChecker, parse_yaml, short_repr
@@ -68,7 +70,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RECIPE_SUFFIXES: Final = (".yaml", ".yml")
-MAX_RECIPE_BYTES: Final = 1 << 20     # a recipe is a page of text; anything bigger is not one
 DEFAULT_DEFECT_CLASSES: Final = ("other",)
 
 
@@ -291,26 +292,8 @@ def load_recipe(path: str | Path) -> Recipe:
         RecipeError: the file is missing, unreadable, not YAML, or any field is invalid. The message
             names the file, the field and the bad value; ``.path`` and ``.field`` hold the same.
     """
-    from models.files import FileTooLarge, NotARegularFile, read_bounded
-
     path = Path(path)
-    try:
-        data = read_bounded(path, MAX_RECIPE_BYTES, what="recipe")
-    except FileTooLarge as exc:
-        msg = f"{path}: is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a short YAML text file"
-        raise RecipeError(msg, path=path) from exc
-    except NotARegularFile as exc:
-        msg = f"{path}: {exc.strerror}; give the recipe's .yaml file"
-        raise RecipeError(msg, path=path) from exc
-    except FileNotFoundError as exc:
-        msg = f"{path}: recipe file not found; check the path (recipes live in the recipes/ folder)"
-        raise RecipeError(msg, path=path) from exc
-    except IsADirectoryError as exc:
-        msg = f"{path}: is a folder, not a recipe file; give the .yaml file inside it"
-        raise RecipeError(msg, path=path) from exc
-    except OSError as exc:
-        msg = f"{path}: cannot read the recipe file: {exc.strerror or exc}"
-        raise RecipeError(msg, path=path) from exc
+    data = read_recipe_file(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

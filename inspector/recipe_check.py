@@ -37,6 +37,7 @@ import yaml
 from inspector import paths
 from inspector.capture import CameraSpec, SourceSpec
 from inspector.errors import RecipeError
+from models.calibration import MAX_SCORE
 
 if TYPE_CHECKING:
     from inspector.recipe import DetectorSettings, Recipe, Roi
@@ -46,6 +47,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "FrozenOptions",
     "RecipeChecker",
+    "is_class_name",
     "parse_yaml",
     "short_repr",
 ]
@@ -58,6 +60,7 @@ GOOD_LABEL: Final = "good"            # the feedback label for "no defect"; no d
 # Recipe names become file and folder names and database keys: lower case, digits, "_" and "-".
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _CLASS_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
 _VERSION_RE: Final = re.compile(r"latest|v[1-9][0-9]{0,5}")
 _DEVICE_RE: Final = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
 _BACKBONE_RE: Final = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")     # a timm name, tag optional
@@ -70,6 +73,11 @@ _show.maxstring = 60
 _show.maxother = 60
 _show.maxlist = _show.maxtuple = _show.maxdict = _show.maxset = 6
 _show.maxlevel = 2
+
+
+def is_class_name(text: str) -> bool:
+    """Whether ``text`` has the form of a defect class name (what ``defect_classes`` accepts)."""
+    return bool(_CLASS_RE.fullmatch(text))
 
 
 def short_repr(value: Any) -> str:
@@ -348,8 +356,10 @@ class RecipeChecker:
                       f"must be 'latest' or a version such as 'v3', got {_show.repr(r.model.version)}")
         for key in ("review", "fail", "pixel"):
             value = getattr(r.thresholds, key)
-            if value is not None and not (value >= 0 and math.isfinite(value)):   # NaN fails both
-                self.fail(f"thresholds.{key}", f"must be a finite number >= 0 or null, got {value!r}")
+            if value is not None and not (0 <= value <= MAX_SCORE and math.isfinite(value)):   # NaN fails both
+                self.fail(f"thresholds.{key}", f"must be a finite number from 0 to {MAX_SCORE:g} or null, got "
+                                               f"{value!r} (scores are cosine distances: a threshold above "
+                                               f"{MAX_SCORE:g} would pass every part)")
         t = r.thresholds
         if t.review is not None and t.fail is not None and t.review > t.fail:
             self.fail("thresholds.review", f"({t.review!r}) must not be above thresholds.fail ({t.fail!r}): "

@@ -34,7 +34,7 @@ from inspector.errors import StoreError
 from inspector.journal import DEFAULT_MAX_ENTRIES, JournalEntry, ResultJournal, journal_path_for
 from inspector.results import InspectionResult
 
-__all__ = ["DurableListener", "Receipt", "ResultRecorder"]
+__all__ = ["DurableListener", "Receipt", "ResultRecorder", "journal_path_of"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class ResultRecorder:
                     owner=recipe.name,
                 ),
                 on_warning=self._on_warning,
-                on_removed=self._images_removed if self._store is not None else None,
+                on_removed=self._images_removed if self._journal is not None else None,
             )
         except Exception as exc:   # a folder that cannot be made, a bad policy: record without images
             message = f"archive of recipe {recipe.name} unavailable ({exc}); results are recorded without images"
@@ -211,9 +211,10 @@ class ResultRecorder:
         return receipt
 
     def wait_stored(self, timeout: float | None = None) -> bool:
-        """Wait until the journal is empty (everything is in the store); False on timeout."""
+        """Wait until the journal is empty (every result in the store, no row naming a removed archive file);
+        False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.pending:
+        while self._journal is not None and (self._journal.count or self._journal.removed_files()):
             if self._thread is None or not self._thread.is_alive():
                 return False
             if deadline is not None and time.monotonic() >= deadline:
@@ -269,17 +270,22 @@ class ResultRecorder:
     # ------------------------------------------------------------------ the forwarder
 
     def _forward_loop(self) -> None:
-        assert self._journal is not None
+        assert self._journal is not None and self._store is not None
         journal = self._journal
         attempt = 0
         while not self._stop.is_set():
             entries = journal.peek(_FORWARD_BATCH)
-            if not entries:
+            removed = journal.removed_files()
+            if not entries and not removed:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
             try:
-                self._forward(journal, entries)
+                if entries:
+                    self._forward(journal, entries, removed)
+                else:       # every result is in the store: its rows stop naming the files the archive removed
+                    self._store.forget_images(sorted(removed))
+                    journal.forget_removed(list(removed))
             except StoreError as exc:
                 attempt += 1
                 with self._lock:
@@ -302,8 +308,10 @@ class ResultRecorder:
             with self._lock:
                 self._last_error = None
 
-    def _forward(self, journal: ResultJournal, entries: list[JournalEntry]) -> None:
+    def _forward(self, journal: ResultJournal, entries: list[JournalEntry], removed: frozenset[str]) -> None:
         assert self._store is not None
+        if removed:      # results recorded before the archive's cap removed their files are stored without them
+            entries = [_without_files(entry, removed) for entry in entries]
         try:
             self._store.insert_results([(e.result_id, e.payload) for e in entries])
         except StoreError as exc:
@@ -329,20 +337,44 @@ class ResultRecorder:
             self._forwarded += n
 
     def _images_removed(self, removed: list[Path]) -> None:
-        """The archive trimmed these files: the store's rows stop pointing at them (archive thread)."""
-        assert self._store is not None
+        """The archive trimmed these files: noted in the journal (archive thread; never waits for the store).
+
+        The forwarder then stores waiting results without them and clears the store's rows that name them,
+        also after a crash or with the store away for a while.
+        """
+        journal = self._journal
+        if journal is None:
+            return
         try:
-            self._store.forget_images([str(p) for p in removed])
+            journal.note_removed([str(p) for p in removed])
         except StoreError as exc:
             log.warning("%s", exc)
+        self._wake.set()
 
 
-def _default_journal_path(store: Any) -> Path:
+def _without_files(entry: JournalEntry, removed: frozenset[str]) -> JournalEntry:
+    """The entry with its archive paths cleared where the archive removed the file."""
+    inspection = entry.payload.get("inspection", {})
+    gone = {key: None for key in ("image_path", "overlay_path") if inspection.get(key) in removed}
+    if not gone:
+        return entry
+    return dataclasses.replace(entry, payload={**entry.payload, "inspection": {**inspection, **gone}})
+
+
+def journal_path_of(store: Any) -> Path:
+    """Where a recorder on ``store`` keeps its journal by default (nothing is created here).
+
+    Beside an SQLite file (``inspector.pending.db``), else ``<data dir>/journal/<store name>.pending.db``.
+    """
     url = getattr(store, "url", None)
     database = getattr(url, "database", None)
     if url is not None and url.get_backend_name() == "sqlite" and database:
         return journal_path_for(Path(database))
-    folder = paths.data_dir(create=True) / "journal"
-    folder.mkdir(parents=True, exist_ok=True)
     name = paths.safe_name(str(getattr(store, "display_name", "store")))
-    return folder / f"{name}.pending.db"
+    return paths.data_dir() / "journal" / f"{name}.pending.db"
+
+
+def _default_journal_path(store: Any) -> Path:
+    path = journal_path_of(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -59,7 +59,7 @@ from inspector._review_records import (
     relative_name,
     write_images,
 )
-from inspector.capture import IMAGE_EXTENSIONS, image_files, load_image
+from inspector.capture import image_files, iter_image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
 from inspector.results import DefectRegion, Progress, Verdict, verdict_for
 from models.files import atomic_write
@@ -217,21 +217,14 @@ def review(
 
 
 def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
-    """The image files to review, and "file: reason" for those left out: hidden names (``.x.png`` or in a
-    hidden folder) and links that lead out of the folder (never followed)."""
+    """The image files to review, and "name: reason" for what is left out: hidden names (``.x.png``), hidden
+    folders, links to folders, and links to files outside the folder (links are never followed)."""
     root = folder.resolve()
-    files: list[Path] = []
+    files = [path for path in image_files(folder) if path.resolve().is_relative_to(root)]
     skipped: list[str] = []
-    for path in image_files(folder):
-        if not path.resolve().is_relative_to(root):
-            skipped.append(f"{relative_name(path, folder)}: a link to {path.resolve()}, outside the reviewed folder")
-        else:
-            files.append(path)
-    hidden = sorted(
-        p for p in folder.rglob(".*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.endswith(".tmp")
-    )
-    skipped.extend(f"{relative_name(p, folder)}: hidden (its name starts with '.')" for p in hidden)
+    for _ in iter_image_files(folder, on_skipped=lambda path, why: skipped.append(f"{relative_name(path, folder)}: "
+                                                                                   f"{why}")):
+        pass                       # the walk that lists what it leaves out, as the review on Ray does
     return files, skipped
 
 

@@ -47,6 +47,8 @@ from typing import Any, Final
 import numpy as np
 
 __all__ = [
+    "MAX_SCORE",
+    "check_thresholds",
     "FlagRateOutlook",
     "HeldOutDefectRates",
     "Thresholds",
@@ -65,6 +67,31 @@ MIN_RELATIVE_SPREAD: Final = 0.05
 PIXEL_BINS: Final = 2048
 # Pooled good pixels beyond this many are subsampled (seeded) for the quantile.
 MAX_POOLED_PIXELS: Final = 20_000_000
+# Image scores and map values are cosine distances (1 - cos, models/detectors/_knn.py): never above 2.
+# A threshold above this can never be reached, so a model holding one would pass every part.
+MAX_SCORE: Final = 2.0
+
+
+def check_thresholds(review: object, fail: object, pixel: object, *, prefix: str = "thresholds") -> None:
+    """Refuse thresholds that no taught model has: not a finite number in [0, `MAX_SCORE`], or review above fail.
+
+    Args:
+        review, fail, pixel: the three thresholds (None is refused too).
+        prefix: how the message names them (``thresholds`` gives ``thresholds.fail``).
+
+    Raises:
+        ValueError: naming the field and its value.
+    """
+    values = {"review": review, "fail": fail, "pixel": pixel}
+    for key, value in values.items():
+        if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+                or not 0 <= value <= MAX_SCORE):
+            msg = (f"{prefix}.{key} is {value!r}; it must be a finite number from 0 to {MAX_SCORE:g} "
+                   "(scores are cosine distances: a threshold above that would pass every part)")
+            raise ValueError(msg)
+    if review > fail:    # type: ignore[operator]   # both numbers: checked above
+        msg = f"{prefix}.review ({review}) is above {prefix}.fail ({fail})"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, kw_only=True)

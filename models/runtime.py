@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from models.detectors.patch_knn import Detection, PatchKNN
-from models.onnx_contract import BACKBONE_OUTPUTS, INPUT_NAME, read_description
+from models.onnx_contract import BACKBONE_OUTPUTS, INPUT_NAME, describe_path, file_sha256, read_description
 from models.preprocess import as_image_list, frame_geometry, to_model_input, uncrop_maps
 
 if TYPE_CHECKING:
@@ -221,6 +221,11 @@ class OrtDetector:
     ) -> None:
         self.path = Path(path)
         self.description = read_description(self.path)
+        expected = self.description.get("onnx_sha256")      # absent only during the export's own self-check
+        if expected is not None and file_sha256(self.path) != expected:
+            msg = (f"{self.path} was changed after it was exported (its sha256 differs from the one in "
+                   f"{describe_path(self.path).name}); a model is used only as exported: export it again")
+            raise ValueError(msg)
         self.graph: str = self.description["graph"]
         height, width = self.description["input_hw"]
         self.input_hw: tuple[int, int] = (int(height), int(width))

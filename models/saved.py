@@ -46,7 +46,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from models.backbone import DinoBackbone, create_backbone, resolve_device
-from models.calibration import Thresholds
+from models.calibration import Thresholds, check_thresholds
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig
 from models.detectors.registry import get_detector_class
 from models.files import atomic_write, read_bounded, read_versioned_json
@@ -94,6 +94,11 @@ def save_detector(
         OSError: the folder cannot be written.
     """
     directory = Path(directory)
+    try:
+        check_thresholds(thresholds.review, thresholds.fail, thresholds.pixel)
+    except ValueError as exc:
+        msg = f"cannot save the model to {directory}: {exc}"
+        raise ValueError(msg) from exc
     tensors, state = detector.export_state()
     backbone = detector.backbone
     model_name = weights.model_name if weights is not None else _backbone_name(backbone)
@@ -309,14 +314,7 @@ def _check_settings(config: PatchKNNConfig, thresholds: Thresholds, blocks: tupl
     if not 14 <= config.shorter_side <= 4096:
         msg = f"config.shorter_side is {config.shorter_side}; it must be between 14 and 4096 px"
         raise ValueError(msg)
-    for key in ("review", "fail", "pixel"):
-        value = getattr(thresholds, key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            msg = f"thresholds.{key} is {value!r}; it must be a finite number >= 0"
-            raise ValueError(msg)
-    if thresholds.review > thresholds.fail:
-        msg = f"thresholds.review ({thresholds.review}) is above thresholds.fail ({thresholds.fail})"
-        raise ValueError(msg)
+    check_thresholds(thresholds.review, thresholds.fail, thresholds.pixel)
     if not blocks or any(not 1 <= b <= 48 for b in blocks) or len(set(blocks)) != len(blocks):
         msg = f"backbone.blocks is {list(blocks)}; it must list distinct block numbers from 1"
         raise ValueError(msg)

@@ -249,8 +249,8 @@ def iter_image_files(root: Path, *, skip: Path | None = None,
     Args:
         root: the folder to walk; like `Path.rglob`, symbolic links to folders are not followed.
         skip: a folder left out with everything in it (a review's report folder inside ``root``).
-        on_skipped: called with (file, reason) for each image file left out: a hidden name, or a link to
-            a file outside ``root`` (never followed).
+        on_skipped: called with (path, reason) for each image file left out (a hidden name, or a link to
+            a file outside ``root``, never followed), each hidden folder and each link to a folder.
     """
     skip_abs = skip.resolve() if skip is not None else None
     root_abs = root.resolve()
@@ -261,10 +261,17 @@ def iter_image_files(root: Path, *, skip: Path | None = None,
             for entry in entries:
                 is_image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
                 if entry.name.startswith("."):
-                    if is_image and on_skipped is not None and entry.is_file():
+                    if on_skipped is not None and is_image and entry.is_file():
                         on_skipped(folder / entry.name, "hidden (its name starts with '.')")
+                    elif on_skipped is not None and entry.is_dir(follow_symlinks=False):
+                        on_skipped(folder / entry.name, "a hidden folder (its name starts with '.'), not searched")
                     continue
-                if entry.is_dir() and not entry.is_symlink():
+                if entry.is_dir() and entry.is_symlink():
+                    if on_skipped is not None:
+                        on_skipped(folder / entry.name, f"a link to the folder {Path(entry.path).resolve()}, "
+                                                        "not followed")
+                    continue
+                if entry.is_dir():
                     names.append(entry.name + "/")
                 elif is_image and entry.is_file():
                     target = Path(entry.path).resolve() if entry.is_symlink() else None

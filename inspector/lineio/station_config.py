@@ -45,6 +45,8 @@ __all__ = [
     "parse_station_config",
 ]
 
+_MAX_STATION_FILE_BYTES: Final = 1 << 20     # a station.yaml is a page of settings, as a recipe is
+
 MAX_REGISTER: Final = 65_535
 
 
@@ -157,14 +159,17 @@ def load_station_config(path: str | Path) -> StationConfig:
     Raises:
         StationConfigError: the file is missing, is not YAML, or a field is wrong (the message names it).
     """
+    from models.files import read_bounded
+
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        # a regular file of a page or so, checked before reading: a device or FIFO is refused at once
+        text = read_bounded(file, _MAX_STATION_FILE_BYTES, what="station").decode("utf-8")
     except FileNotFoundError as exc:
         msg = f"{file}: station file not found; pass the path of a station.yaml (see docs/plc.md)"
         raise StationConfigError(msg, path=file) from exc
     except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{file}: cannot be read ({exc})"
+        msg = f"{file}: cannot be read ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})"
         raise StationConfigError(msg, path=file) from exc
     return parse_station_config(text, path=file)
 

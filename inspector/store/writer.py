@@ -273,18 +273,13 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
             msg = f"statistics store {self.display_name} is closed"
             raise StoreError(msg)
         self._ensure_schema()
-        ids = [result_id for result_id, _ in entries]
         try:
-            with self._engine.begin() as conn:
-                have = set(conn.execute(sa.select(inspections.c.result_id)
-                                        .where(inspections.c.result_id.in_(ids))).scalars())
-                fresh = [(rid, payload) for rid, payload in entries if rid not in have]
-                for rid, payload in fresh:
-                    row = {**payload["inspection"], "result_id": rid}
-                    inspection_id = new_id(conn.execute(sa.insert(inspections), row))
-                    region_rows = [_region_from_json(r, inspection_id) for r in payload["regions"]]
-                    if region_rows:
-                        _insert_regions(conn, region_rows)
+            try:
+                fresh = self._insert_new(entries)
+            except sa.exc.IntegrityError:
+                # Another process forwarding the same journal committed some of these ids between our
+                # check and our insert; once more sees them and skips them. A second failure is the data's.
+                fresh = self._insert_new(entries)
         except sa.exc.SQLAlchemyError as exc:
             retry = isinstance(exc, sa.exc.OperationalError) or bool(getattr(exc, "connection_invalidated", False))
             msg = f"cannot write {len(entries)} result(s) to {self.display_name}: {error_reason(exc)}"
@@ -300,6 +295,21 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
             except Exception:
                 logger.exception("on_recorded callback failed")
         return len(fresh)
+
+    def _insert_new(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        """One transaction: insert the entries whose result id the store does not have; returns those."""
+        ids = [result_id for result_id, _ in entries]
+        with self._engine.begin() as conn:
+            have = set(conn.execute(sa.select(inspections.c.result_id)
+                                    .where(inspections.c.result_id.in_(ids))).scalars())
+            fresh = [(rid, payload) for rid, payload in entries if rid not in have]
+            for rid, payload in fresh:
+                row = {**payload["inspection"], "result_id": rid}
+                inspection_id = new_id(conn.execute(sa.insert(inspections), row))
+                region_rows = [_region_from_json(r, inspection_id) for r in payload["regions"]]
+                if region_rows:
+                    _insert_regions(conn, region_rows)
+        return fresh
 
     @property
     def online(self) -> bool:

@@ -12,20 +12,24 @@ from typing import Any, Literal
 
 from models.detectors._fastpath import PRECISIONS
 
-__all__ = ["PatchKNNConfig", "check_score_options"]
+__all__ = ["MAX_BLUR_SIGMA", "PatchKNNConfig", "check_score_options"]
+
+# ours: 25x the default sigma (4 px, AnomalyDINO); a blur this wide already flattens the map to one value,
+# and a huge one overflows the kernel size
+MAX_BLUR_SIGMA = 100.0
 
 
 def check_score_options(owner: str, *, top_percent: float, blur_sigma: float) -> None:
     """The ranges of the image-score and map options every detector config shares.
 
     Raises:
-        ValueError: ``{owner}.top_percent must be in (0, 100]`` or ``{owner}.blur_sigma must be >= 0``.
+        ValueError: ``{owner}.top_percent must be in (0, 100]`` or ``{owner}.blur_sigma must be from 0 ...``.
     """
     if not 0.0 < top_percent <= 100.0:
         msg = f"{owner}.top_percent must be in (0, 100], got {top_percent!r}"
         raise ValueError(msg)
-    if blur_sigma < 0:
-        msg = f"{owner}.blur_sigma must be >= 0 (0 = no blur), got {blur_sigma!r}"
+    if not 0 <= blur_sigma <= MAX_BLUR_SIGMA:
+        msg = f"{owner}.blur_sigma must be from 0 (no blur) to {MAX_BLUR_SIGMA:g} px, got {blur_sigma!r}"
         raise ValueError(msg)
 
 

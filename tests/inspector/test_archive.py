@@ -325,10 +325,16 @@ def test_a_shared_folder_keeps_foreign_files_and_each_recipe_its_own_cap(
     tmp_path: Path, rng: np.random.Generator,
 ) -> None:
     day = time.strftime("%Y-%m-%d", time.localtime(T0))
-    foreign = [tmp_path / day / "holiday_photo.jpg", tmp_path / "2020-01-01" / "IMG_0001.png"]
+    foreign = [tmp_path / day / "holiday_photo.jpg", tmp_path / "2020-01-01" / "IMG_0001.png",
+               # named like recipe-b's files, but recipe-b never wrote them: not in its manifest
+               tmp_path / day / "101502-123_recipe-b_000001_fail.png",
+               tmp_path / day / ".photo_recipe-b_1.jpg.abcdefgh.tmp"]
     for path in foreign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\xff" * 5000)
+    # what recipe-b's own crash mid-write leaves (atomic_open's temporary name): removed at its start
+    stale = tmp_path / day / ".101502-123_recipe-b_000099_fail.png.a1b2_c3d.tmp"
+    stale.write_bytes(b"\xff" * 10)
     big = ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-a")
     with Archive(big) as a:
         kept_a = [a.submit(_result(i, Verdict.FAIL, rng=rng, recipe="recipe-a", with_map=False)) for i in range(4)]
@@ -343,6 +349,7 @@ def test_a_shared_folder_keeps_foreign_files_and_each_recipe_its_own_cap(
     with Archive(ArchivePolicy(directory=tmp_path, image_format="png", owner="recipe-b", max_bytes=1)) as again:
         assert again.flush(10)                    # a restart with a smaller cap: still only recipe-b's files
     assert all(p.is_file() for p in foreign), "files the archive did not write were removed"
+    assert not stale.exists(), "recipe-b's own stale temporary was kept"
     assert all(item is not None and item.image.is_file() for item in kept_a), "recipe-b's cap removed recipe-a's"
     assert not any(item is not None and item.image.exists() for item in kept_b[:-1])
 
@@ -374,3 +381,44 @@ def test_the_store_stops_pointing_at_images_the_cap_removed(
     store.close()
     assert after.image_path is None and after.overlay_path is None
     assert second.image_path is not None and Path(second.image_path).is_file()
+
+
+def test_images_the_cap_removes_while_the_store_is_locked_are_never_named_by_its_rows(
+    tmp_path: Path, rng: np.random.Generator, tiny_weights_file: Path,
+) -> None:
+    """The rows wait in the journal while the archive trims their images; a later start stores them without."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from inspector.recipe import load_recipe
+    from inspector.recording import ResultRecorder
+    from inspector.store import Store
+    from tests.conftest import write_recipe
+
+    extra = f"archive: {{directory: {(tmp_path / 'archive').as_posix()}, max_size_mb: 0.00001}}\n"
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file, extra=extra))
+    db = tmp_path / "station.db"
+    store = Store(db, busy_timeout_s=0.2)
+    recorder = ResultRecorder(store)
+    recorder.use(SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4)))
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")                 # another program holds the store's write lock
+    try:
+        for i in range(4):
+            recorder.record(_result(i, Verdict.FAIL, rng=rng, recipe=recipe.name))
+        recorder.close_archives()                   # every image written; the cap removed all but the newest
+        assert recorder.close(timeout=0.0) == 4     # the results wait in the journal, as after a crash
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    store.close()
+    store = Store(db)
+    again = ResultRecorder(store)                   # the next start forwards them
+    assert again.wait_stored(30) and again.close() == 0
+    with sqlite3.connect(db) as conn:
+        named = [p for row in conn.execute("SELECT image_path, overlay_path FROM inspections ORDER BY id")
+                 for p in row if p is not None]
+        assert conn.execute("SELECT count(*) FROM inspections").fetchone()[0] == 4
+    store.close()
+    assert named and all(Path(p).is_file() for p in named), "a row names an image the archive removed"
+    assert len(named) == 2                          # the newest frame's image and overlay

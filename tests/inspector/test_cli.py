@@ -186,6 +186,12 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
     assert "label '=HYPERLINK(1)' is neither 'good' nor a defect class" in capsys.readouterr().err
     assert main([args[0], args[1], "dent", *args[2:]]) == EXIT_OK
     assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",)]
+    # without --recipe (its file not found): a class's form at least, never text a spreadsheet runs
+    assert main([args[0], args[1], "=HYPERLINK(1)", *args[2:4], "--user", "qa"]) == EXIT_ERROR
+    assert "label '=HYPERLINK(1)' is neither 'good' nor a defect class name" in capsys.readouterr().err
+    assert main([args[0], args[1], "scratch", *args[2:4], "--user", "qa"]) == EXIT_OK
+    assert "is not checked against its defect classes" in capsys.readouterr().err
+    assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",), ("scratch",)]
 
 
 @pytest.mark.parametrize(("extra", "match"), [
@@ -230,3 +236,25 @@ def test_evaluate_json_has_the_operating_point(
     assert data["operating_point"]["per_defect_type"]["blob"]["n"] == 1
     outlook = data["operating_point"]["expected_good_flag"]
     assert outlook["n_good"] == 4 and outlook["expected"] <= outlook["upper"] <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_device_or_fifo_as_recipe_is_refused_before_the_command_loads(tmp_path: Path, kind: str) -> None:
+    """The check comes before OpenCV, torch and the command's own imports: the answer is immediate."""
+    import os
+    import subprocess
+    import sys
+
+    if kind == "device":
+        recipe = "/dev/zero"
+    else:
+        recipe = str(tmp_path / "recipe.yaml")
+        os.mkfifo(recipe)
+    code = ("import sys\nfrom inspector.cli import main\nrc = main(['run', sys.argv[1], '--max-frames', '1'])\n"
+            "print(sorted(m for m in ('cv2', 'torch', 'inspector._commands') if m in sys.modules))\nsys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, recipe], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == EXIT_ERROR
+    what = "a device" if kind == "device" else "a FIFO"
+    assert f"RecipeError: {recipe}: {recipe} is {what}, not a regular recipe file" in done.stderr
+    assert done.stdout.strip() == "[]"

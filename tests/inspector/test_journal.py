@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspector.errors import StoreError
 from inspector.journal import JournalFull, ResultJournal, journal_path_for
 from inspector.recording import Receipt, ResultRecorder
 from inspector.results import InspectionResult, Verdict
@@ -256,3 +257,76 @@ def test_run_waits_for_a_store_that_comes_back(
         holder.join()
     assert code == EXIT_OK, capsys.readouterr().err
     assert len(_stored(db)) == 2
+
+
+def test_a_result_another_forwarder_stores_meanwhile_is_skipped_not_refused(tmp_path: Path) -> None:
+    """Two processes forwarding one journal: the other commits an id between our check and our insert."""
+    import sqlalchemy as sa
+
+    db = tmp_path / "station.db"
+    store, other = Store(db), Store(db)
+    raced: list[int] = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _other_commits_first(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.startswith("INSERT INTO inspections") and not raced:
+            raced.append(other.insert_results([("id-0", result_rows(_result(0)))]))
+
+    entries = [(f"id-{i}", result_rows(_result(i))) for i in range(3)]
+    assert store.insert_results(entries) == 2          # id-0 was the other's; no constraint error
+    assert raced == [1]
+    other.close()
+    store.close()
+    assert sorted(rid for _, rid in _stored(db)) == ["id-0", "id-1", "id-2"]
+
+
+def test_stats_after_a_crash_counts_what_the_run_left_in_its_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inspector.cli import EXIT_OK, main
+
+    db = tmp_path / "station.db"
+    Store(db).close()
+    journal = ResultJournal(journal_path_for(db))      # what a run killed after printing three results leaves
+    for i in range(3):
+        journal.append(f"id-{i}", result_rows(_result(i)))
+    journal.close()
+    assert main(["stats", "--store", str(db)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert f"forwarded 3 result(s) that a run had left in {journal_path_for(db)}" in captured.err
+    assert [line.split()[:2] for line in captured.out.splitlines() if line.startswith("tiny_part")] == \
+        [["tiny_part", "3"]]
+    assert len(_stored(db)) == 3
+
+
+def test_a_full_store_loses_nothing_and_takes_the_results_when_it_has_room(tmp_path: Path) -> None:
+    """SQLite's own "database or disk is full" (its page limit reached), then room again."""
+    import sqlalchemy as sa
+
+    db = tmp_path / "station.db"
+    store = Store(db, busy_timeout_s=0.2)
+    pages = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
+
+    def no_room(dbapi_connection: sqlite3.Connection, record: object) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    sa.event.listen(store.engine, "connect", no_room)
+    store.engine.dispose()                               # every connection from now on is limited
+    filled = 0
+    with pytest.raises(StoreError, match="full"):        # fill the pages there are
+        for filled in range(1, 10_000):
+            store.insert_results([(f"fill-{filled}", result_rows(_result(100)))])
+    warnings: list[str] = []
+    recorder = ResultRecorder(store, on_warning=warnings.append)
+    receipts = [recorder.record(_result(i)) for i in range(5)]
+    assert all(r is not None for r in receipts)
+    assert not recorder.wait_stored(2.0)
+    assert recorder.pending == 5 and len(_stored(db)) == filled - 1
+    assert recorder.last_error is not None and "full" in str(recorder.last_error)
+    assert any("full" in w and "wait in" in w and "station.pending.db" in w for w in warnings), warnings
+    sa.event.remove(store.engine, "connect", no_room)
+    store.engine.dispose()                               # room again
+    assert recorder.wait_stored(30)
+    assert recorder.close() == 0
+    store.close()
+    assert [frame for frame, _ in _stored(db)] == [100] * (filled - 1) + list(range(5))

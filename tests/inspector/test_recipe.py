@@ -201,7 +201,7 @@ ERRORS = [
     ("thresholds.fial", 0.5, "thresholds.fial", r"did you mean 'fail'\?"),
     ("detecter", {}, "detecter", r"did you mean 'detector'\?.*allowed here: schema_version, name"),
     ("thresholds.review", 0.5, "thresholds.review", r"\(0\.5\) must not be above thresholds\.fail \(0\.3\)"),
-    ("thresholds.pixel", -0.1, "thresholds.pixel", r"must be a finite number >= 0 or null, got -0\.1"),
+    ("thresholds.pixel", -0.1, "thresholds.pixel", r"must be a finite number from 0 to 2 or null, got -0\.1"),
     ("mm_per_px", math.nan, "mm_per_px", r"must be a finite number, got nan"),
     ("mm_per_px", 0, "mm_per_px", r"must be a number > 0"),
     ("min_defect_area_px", -1, "min_defect_area_px", r"must be >= 0, got -1"),
@@ -503,7 +503,7 @@ def test_a_link_out_of_an_allowed_folder_is_refused(tmp_path: Path, monkeypatch:
     assert load_recipe(path).model_dir() == allowed / "models_ok"
 
 
-@pytest.mark.parametrize("text", [".nan", ".inf"])
+@pytest.mark.parametrize("text", [".nan", ".inf", "1.0e+300", "2.5"])     # above 2: no score reaches it
 def test_non_finite_thresholds_are_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "part.yaml"
     path.write_text(_MINIMAL + f"thresholds: {{fail: {text}}}\n")

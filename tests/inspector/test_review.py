@@ -284,6 +284,9 @@ def test_hostile_file_names_are_escaped_listed_or_not_followed(data: dict[str, P
     (folder / "img_001.png").rename(folder / ".hidden.png")
     secret = write_images(tmp_path / "elsewhere", [textured_part(rng, SIZE)])[0]
     (folder / "link.png").symlink_to(secret)
+    (folder / ".thumbs").mkdir()                          # a hidden folder: not searched, and listed as such
+    write_images(folder / ".thumbs", [textured_part(rng, SIZE)])
+    (folder / "elsewhere").symlink_to(secret.parent, target_is_directory=True)
     out = tmp_path / "lot-review"
     summary = _drive(review(folder, out, zero_shot=True, device="cpu", weights=data["weights"],
                             zero_shot_config=ZERO_SHOT))
@@ -292,6 +295,8 @@ def test_hostile_file_names_are_escaped_listed_or_not_followed(data: dict[str, P
     assert any(s.startswith(".hidden.png: hidden") for s in summary.skipped), summary.skipped
     assert any(s.startswith("link.png: a link to") and "outside the reviewed folder" in s for s in summary.skipped)
     assert any(line.startswith("skipped: link.png") for line in summary.summary_lines())
+    assert ".thumbs: a hidden folder (its name starts with '.'), not searched" in summary.skipped, summary.skipped
+    assert f"elsewhere: a link to the folder {secret.parent.resolve()}, not followed" in summary.skipped
 
 
 def test_batched_review_scores_like_one_image_at_a_time(recipe_review: tuple[ReviewSummary, Path],

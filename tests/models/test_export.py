@@ -272,3 +272,19 @@ def test_parity_check_of_onnxruntime_with_torch(detector: PatchKNN, runtime: Ort
 
     broken = check_parity(detector, Shifted(), frames, threshold=threshold)
     assert not broken.ok and not broken.verdicts_equal and "NO PARITY" in broken.line()
+
+
+def test_an_export_changed_after_it_was_written_is_refused(exported: ExportReport, tmp_path: Path) -> None:
+    import shutil
+
+    from models.onnx_contract import describe_path
+
+    copy = tmp_path / "model.onnx"
+    shutil.copy(exported.path, copy)
+    shutil.copy(describe_path(exported.path), describe_path(copy))
+    OrtDetector(copy, device="cpu")                       # as exported: loads
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF                          # one byte of the graph or its weights changed
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model\.onnx was changed after it was exported .*model\.onnx\.json"):
+        OrtDetector(copy, device="cpu")

@@ -143,10 +143,10 @@ def test_unserialisable_metadata_is_refused_and_nothing_is_written(fitted: Patch
 
 
 def test_saving_twice_replaces_the_model(fitted: PatchKNN, saved: Path, backbone: DinoBackbone) -> None:
-    thresholds = replace(calibrate(fitted.train_scores), fail=9.0)
+    thresholds = replace(calibrate(fitted.train_scores), fail=1.5)
     save_detector(fitted, thresholds, saved, weights=INFO, metadata={"v": 2})
     _, loaded, metadata = load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
-    assert loaded.fail == 9.0 and metadata == {"v": 2}
+    assert loaded.fail == 1.5 and metadata == {"v": 2}
     assert sorted(p.name for p in saved.iterdir()) == [MODEL_JSON, MODEL_TENSORS]
 
 
@@ -207,15 +207,65 @@ def test_bank_with_a_non_finite_value_is_refused(saved: Path, backbone: DinoBack
         load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
 
 
-@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
-def test_non_finite_thresholds_in_model_json_are_refused(saved: Path, backbone: DinoBackbone, text: str) -> None:
+@pytest.mark.parametrize(("text", "shown"), [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"),
+                                             ("1e999", "inf")])      # JSON reads 1e999 as infinity
+def test_non_finite_thresholds_in_model_json_are_refused(saved: Path, backbone: DinoBackbone, text: str,
+                                                         shown: str) -> None:
     raw = (saved / MODEL_JSON).read_text()
     manifest = json.loads(raw)
     old = json.dumps(manifest["thresholds"]["fail"])
     assert raw.count(f'"fail": {old}') == 1
     (saved / MODEL_JSON).write_text(raw.replace(f'"fail": {old}', f'"fail": {text}'))
-    with pytest.raises(ValueError, match=rf"{MODEL_JSON} .*{text}"):
+    with pytest.raises(ValueError, match=rf"{MODEL_JSON} .*{shown}"):
         load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def _rewrite_manifest(saved: Path, manifest: dict[str, object]) -> None:
+    """Write an edited model.json with every checksum recomputed (the one in the safetensors header too)."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    from models.saved import _manifest_digest
+
+    blob = (saved / MODEL_TENSORS).read_bytes()
+    length = int.from_bytes(blob[:8], "little")
+    metadata = {**json.loads(blob[8 : 8 + length])["__metadata__"], "manifest_sha256": _manifest_digest(manifest)}
+    new_blob = save(load(blob), metadata=metadata)
+    (saved / MODEL_TENSORS).write_bytes(new_blob)
+    (saved / MODEL_JSON).write_text(json.dumps({**manifest, "tensors_sha256": hashlib.sha256(new_blob).hexdigest()}))
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("fail", 1e300, r"thresholds\.fail is 1e\+300; it must be a finite number from 0 to 2"),
+    ("pixel", 2.5, r"thresholds\.pixel is 2\.5"),
+    ("review", -0.1, r"thresholds\.review is -0\.1"),
+])
+def test_thresholds_out_of_range_are_refused_even_with_checksums_recomputed(
+    saved: Path, backbone: DinoBackbone, key: str, value: float, match: str
+) -> None:
+    manifest = {k: v for k, v in json.loads((saved / MODEL_JSON).read_text()).items() if k != "tensors_sha256"}
+    manifest["thresholds"] = {**manifest["thresholds"], key: value}
+    if key == "fail":                                       # keep review <= fail: only the range is wrong
+        manifest["thresholds"]["review"] = 0.0
+    _rewrite_manifest(saved, manifest)
+    with pytest.raises(ValueError, match=rf"{MODEL_JSON} is incomplete or invalid .*{match}"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_a_blur_too_wide_to_compute_is_refused_on_load(saved: Path, backbone: DinoBackbone) -> None:
+    manifest = {k: v for k, v in json.loads((saved / MODEL_JSON).read_text()).items() if k != "tensors_sha256"}
+    manifest["config"] = {**manifest["config"], "blur_sigma": 1e300}     # scored every frame as an ERROR before
+    _rewrite_manifest(saved, manifest)
+    with pytest.raises(ValueError, match=r"blur_sigma must be from 0 \(no blur\) to 100 px"):
+        load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+
+
+def test_thresholds_no_score_can_reach_are_not_saved(fitted: PatchKNN, tmp_path: Path) -> None:
+    thresholds = replace(calibrate(fitted.train_scores), fail=3.0)
+    with pytest.raises(ValueError, match=r"cannot save the model to .*thresholds\.fail is 3\.0"):
+        save_detector(fitted, thresholds, tmp_path / "m", weights=INFO)
+    assert not (tmp_path / "m").exists()
 
 
 def test_edited_model_json_is_refused_even_with_sane_values(saved: Path) -> None:
@@ -230,7 +280,7 @@ def test_edited_model_json_is_refused_even_with_sane_values(saved: Path) -> None
 def test_downgrading_the_format_version_to_skip_the_check_is_refused(saved: Path, backbone: DinoBackbone) -> None:
     manifest = json.loads((saved / MODEL_JSON).read_text())
     manifest["format_version"] = 1
-    manifest["thresholds"]["fail"] = 1e9
+    manifest["thresholds"]["fail"] = 1.9
     (saved / MODEL_JSON).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="model.json was edited"):
         load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")

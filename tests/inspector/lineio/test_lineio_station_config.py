@@ -69,3 +69,16 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         parse_station_config("station: [", path="s.yaml")
     with pytest.raises(StationConfigError, match="must be a mapping"):
         parse_station_config("- 1", path="s.yaml")
+
+
+def test_duplicate_keys_and_special_files_are_refused(tmp_path: Path) -> None:
+    import os
+
+    with pytest.raises(StationConfigError, match=r"s\.yaml: YAML syntax error at line 3.*found the key 'mode' twice"):
+        parse_station_config("station: a\nmode: continuous\nmode: triggered\n", path="s.yaml")
+    fifo = tmp_path / "station.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(StationConfigError, match=r"station\.yaml: cannot be read \(.* is a FIFO, not a regular"):
+        load_station_config(fifo)
+    with pytest.raises(StationConfigError, match=r"/dev/zero: cannot be read \(/dev/zero is a device"):
+        load_station_config(Path("/dev/zero"))
