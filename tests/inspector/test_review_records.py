@@ -90,7 +90,9 @@ def test_records_on_disk_give_the_same_report_without_holding_them(tmp_path: Pat
     assert "0.990000" in (disk / "results.csv").read_text(encoding="utf-8").split("img_00005.png", 1)[1][:40]
     # Holding the records costs 46 MB here (20,000 of them); the streamed run peaked at 0.04 MB reading the
     # journal and 4-8 MB writing the report (pathlib's and SQLite's caches, flat from 20,000 to 40,000 records).
-    assert max(read_peak, report_peak) * 4 < memory_peak, (read_peak, report_peak, memory_peak)
+    # tracemalloc counts every thread: in a full test run, threads other tests left winding down add to the
+    # streamed peak (15 MB seen once), hence a factor 2 and not the 6 measured alone
+    assert max(read_peak, report_peak) * 2 < memory_peak, (read_peak, report_peak, memory_peak)
 
 
 def test_a_journal_on_disk_refuses_another_review_and_leaves_no_index(tmp_path: Path) -> None:
