@@ -60,11 +60,12 @@ class SweepData:
     geos: list                                   # PatchKNN _Geometry per test image
     masks_gt: list[np.ndarray]                   # (H, W) bool per test image (pixel-metric size)
     frame_masks: list[np.ndarray]                # full-size gt masks
-    knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)     # variant -> [(h, w, K_MAX)]
+    knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)     # variant -> [(h, w, k_max)]
+    k_max: int = K_MAX                                                       # distances kept per patch
     fg: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)      # variant -> [(h, w) bool]
     # variant -> (foreground share, border-ring share) of the references' masks
     ref_fg: dict[tuple, tuple[float, float]] = field(default_factory=dict)
-    # with collect(loo=True): variant -> [(h, w, K_MAX)] leave-one-out distances of each training image
+    # with collect(loo=True): variant -> [(h, w, k_max)] leave-one-out distances of each training image
     loo_knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
     # with collect(subspace=...): (blocks, variance fraction) -> [(h, w)] PCA residual per test image,
     # and the leave-one-out residuals of the training images; the number of components kept
@@ -133,6 +134,7 @@ def collect(
     mask_variants: Sequence[tuple[tuple[int, ...], int]] = (),
     dtype: torch.dtype = torch.bfloat16,
     loo: bool = False,
+    k_max: int = K_MAX,
     subspace: Sequence[tuple[tuple[int, ...], float]] = (),
 ) -> SweepData:
     """Run the kNN search once for every (blocks, pool) variant on every test image.
@@ -141,6 +143,7 @@ def collect(
         variants: (blocks (1-based), pool) pairs; pool 1 = raw patches, 3 = 3x3 neighbourhood mean.
         mask_variants: the variants for which foreground masks are computed too (a PCA per image
             and variant: not cheap on a CPU, so only for a few).
+        k_max: nearest distances kept per patch (1 = only the nearest: a max instead of a top-k).
         loo: also search every training image leave-one-out (the good-score scale of each variant).
         subspace: (blocks, variance fraction) pairs: PCA residual maps of the test images (and, with
             ``loo``, leave-one-out ones of the training images) on unpooled unit features.
@@ -167,6 +170,10 @@ def collect(
                                        float(torch.stack([s[1] for s in shares]).mean()))
     bank_sq = {pool: (bank * bank).sum(-1) for pool, bank in banks.items()}             # (M, L)
     banks_lp = {pool: bank.to(dtype) for pool, bank in banks.items()}
+    single = all(len(blocks) == 1 for blocks, _ in variants)
+    units_lp = {pool: (bank / bank.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(dtype)
+                for pool, bank in banks.items()} if single else {}
+    data.k_max = k_max
     offsets = np.cumsum([0] + [f.shape[0] * f.shape[1] for f in train_feats]).tolist()
     pca: dict[tuple[int, ...], _Subspace] = {}
     bases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -191,22 +198,29 @@ def collect(
             q = _pool(raw, pool).reshape(h * w, len(bidx), -1)
             # bfloat16 products with float32 accumulation (oneDNN): 2x faster on CPUs with
             # avx512_bf16; the cosine error is ~1e-4, far below the distances being ranked (0.05-0.5).
-            dots = [(q[:, j].to(dtype) @ banks_lp[pool][:, j].T).float() for j in range(len(bidx))]
+            if single:                  # one block per variant: unit vectors, the cosine is the product itself
+                unit = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                dots = [unit[:, j].to(dtype) @ units_lp[pool][:, j].T for j in range(len(bidx))]
+            else:
+                dots = [(q[:, j].to(dtype) @ banks_lp[pool][:, j].T).float() for j in range(len(bidx))]
             q_sq = (q * q).sum(-1)                                                       # (Q, L)
             for blocks, vpool in variants:
                 if vpool != pool:
                     continue
                 sel = [used_blocks.index(b) for b in blocks]
-                dot = dots[sel[0]].clone()
-                for j in sel[1:]:
-                    dot += dots[j]
-                q_norm = torch.sqrt(q_sq[:, sel].sum(1))[:, None]
-                denom = q_norm * torch.sqrt(bank_sq[pool][:, sel].sum(1))[None]
-                dist = (1.0 - dot / denom.clamp_min(1e-12)).clamp_(0.0, 2.0)
+                if single:
+                    sim = dots[sel[0]]
+                else:
+                    sim = dots[sel[0]].clone()
+                    for j in sel[1:]:
+                        sim += dots[j]
+                    q_norm = torch.sqrt(q_sq[:, sel].sum(1))[:, None]
+                    sim /= (q_norm * torch.sqrt(bank_sq[pool][:, sel].sum(1))[None]).clamp_min(1e-12)
                 if skip is not None:
-                    dist[:, skip[0] : skip[1]] = float("inf")
-                nearest = dist.topk(K_MAX, dim=1, largest=False).values
-                out.setdefault((blocks, pool), []).append(nearest.reshape(h, w, K_MAX))
+                    sim[:, skip[0] : skip[1]] = -float("inf")
+                best = sim.amax(1, keepdim=True) if k_max == 1 else sim.topk(k_max, dim=1).values
+                nearest = (1.0 - best.float()).clamp_(0.0, 2.0)
+                out.setdefault((blocks, pool), []).append(nearest.reshape(h, w, k_max))
             del dots
 
     if loo:
@@ -244,7 +258,7 @@ class Setting:
 
     blocks: tuple[int, ...]          # backbone blocks, 1-based, concatenated
     pool: int = 1                    # neighbourhood mean (patch_pooling)
-    k: int = 1                       # neighbours averaged (k), at most K_MAX
+    k: int = 1                       # neighbours averaged (k), at most collect()'s k_max
     top_percent: float = 1.0         # image score = mean of the top % patch scores (top_percent)
     sigma: float = 4.0               # blur of the map (blur_sigma)
     masking: str = "off"             # "off" | "on" | "auto" (masking)
@@ -322,8 +336,8 @@ def derive(
     if key not in data.knn:
         msg = f"no kNN distances were collected for {key}; add it to the variants of collect()"
         raise ValueError(msg)
-    if not 1 <= k <= K_MAX:
-        msg = f"k must be in 1..{K_MAX} (collect() keeps the {K_MAX} nearest distances), got {k}"
+    if not 1 <= k <= data.k_max:
+        msg = f"k must be in 1..{data.k_max} (collect() kept the {data.k_max} nearest distances), got {k}"
         raise ValueError(msg)
     if masking != "off" and key not in data.ref_fg:
         msg = f"no foreground masks were collected for {key}; add it to mask_variants"

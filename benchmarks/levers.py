@@ -92,7 +92,8 @@ def _collected(args: argparse.Namespace, store: FeatureStore | None, name: str, 
     train = select_shots(category.train_good, args.shots, seed=seed)
     start = time.perf_counter()
     data = collect(store, category, train, items, [(BLOCKS, 1), (BLOCKS, 3), (BLOCKS, 5)],
-                   mask_variants=[(BLOCKS, 1)], loo=True, subspace=[(BLOCKS, f) for f in FRACTIONS])
+                   mask_variants=[(BLOCKS, 1)], loo=True, k_max=1, dtype=torch.float32,
+                   subspace=[(BLOCKS, f) for f in FRACTIONS])
     logger.info("%s seed %d: collected in %.0f s (components kept: %s)", name, seed,
                 time.perf_counter() - start, data.components)
     path.parent.mkdir(parents=True, exist_ok=True)
