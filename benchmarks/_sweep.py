@@ -102,15 +102,18 @@ class _Subspace:
         self.sums = [p.sum(0) for p in parts]
         self.outers = [p.T @ p for p in parts]
         self.counts = [p.shape[0] for p in parts]
+        self._eigen: dict[int | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def basis(self, fraction: float, *, leave_out: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean (D,), components (D, c)): the fewest components explaining ``fraction`` of the variance."""
-        keep = [i for i in range(len(self.counts)) if i != leave_out]
-        n = sum(self.counts[i] for i in keep)
-        mean = sum(self.sums[i] for i in keep) / n
-        cov = sum(self.outers[i] for i in keep) / n - torch.outer(mean, mean)
-        values, vectors = torch.linalg.eigh(cov)                 # ascending
-        values, vectors = values.flip(0).clamp_min(0.0), vectors.flip(1)
+        if leave_out not in self._eigen:                      # one eigh per left-out image, for all fractions
+            keep = [i for i in range(len(self.counts)) if i != leave_out]
+            n = sum(self.counts[i] for i in keep)
+            mean = sum(self.sums[i] for i in keep) / n
+            cov = sum(self.outers[i] for i in keep) / n - torch.outer(mean, mean)
+            values, vectors = torch.linalg.eigh(cov)                 # ascending
+            self._eigen[leave_out] = (mean, values.flip(0).clamp_min(0.0), vectors.flip(1))
+        mean, values, vectors = self._eigen[leave_out]
         explained = torch.cumsum(values, 0) / values.sum()
         c = int(torch.searchsorted(explained, torch.tensor(fraction, dtype=explained.dtype))) + 1
         return mean, vectors[:, : min(c, vectors.shape[1])]
@@ -120,6 +123,11 @@ class _Subspace:
         """(Q, D) unit features -> (Q,) float32 squared distance to the affine subspace."""
         centred = x - mean
         return ((centred * centred).sum(1) - ((centred @ comps) ** 2).sum(1)).clamp_min(0.0).float()
+
+
+def _auto_masks(ref_fg: float, ref_border: float) -> bool:
+    """PatchKNN's ``masking="auto"`` rule on the references' foreground and border-ring shares."""
+    return ref_border <= 0.2 and 0.0 < ref_fg < 1.0
 
 
 def collect(
@@ -135,6 +143,7 @@ def collect(
     dtype: torch.dtype = torch.bfloat16,
     loo: bool = False,
     k_max: int = K_MAX,
+    auto_masks_only: bool = False,
     subspace: Sequence[tuple[tuple[int, ...], float]] = (),
 ) -> SweepData:
     """Run the kNN search once for every (blocks, pool) variant on every test image.
@@ -144,6 +153,8 @@ def collect(
         mask_variants: the variants for which foreground masks are computed too (a PCA per image
             and variant: not cheap on a CPU, so only for a few).
         k_max: nearest distances kept per patch (1 = only the nearest: a max instead of a top-k).
+        auto_masks_only: compute the test images' masks only for the mask variants whose references
+            turn ``masking="auto"`` on (then only "auto" and "off" can be derived for the others).
         loo: also search every training image leave-one-out (the good-score scale of each variant).
         subspace: (blocks, variance fraction) pairs: PCA residual maps of the test images (and, with
             ``loo``, leave-one-out ones of the training images) on unpooled unit features.
@@ -168,6 +179,7 @@ def collect(
                   for f in train_feats]
         data.ref_fg[(blocks, pool)] = (float(torch.stack([s[0] for s in shares]).mean()),
                                        float(torch.stack([s[1] for s in shares]).mean()))
+    test_masks = [v for v in mask_variants if not auto_masks_only or _auto_masks(*data.ref_fg[v])]
     bank_sq = {pool: (bank * bank).sum(-1) for pool, bank in banks.items()}             # (M, L)
     banks_lp = {pool: bank.to(dtype) for pool, bank in banks.items()}
     single = all(len(blocks) == 1 for blocks, _ in variants)
@@ -239,7 +251,7 @@ def collect(
         raw = _features(store, item.path, shorter_side)[:, :, bidx]                      # (h, w, L, D)
         h, w = raw.shape[:2]
         search(raw, data.knn, None)
-        for blocks, vpool in mask_variants:
+        for blocks, vpool in test_masks:
             sel = [used_blocks.index(b) for b in blocks]
             data.fg[(blocks, vpool)].append(foreground_masks(raw[:, :, sel].reshape(1, h, w, -1))[0])
         for blocks, fraction in subspace:
@@ -339,16 +351,21 @@ def derive(
     if not 1 <= k <= data.k_max:
         msg = f"k must be in 1..{data.k_max} (collect() kept the {data.k_max} nearest distances), got {k}"
         raise ValueError(msg)
-    if masking != "off" and key not in data.ref_fg:
+    # masks come from the unpooled features of the blocks, so any pooling's masks serve
+    mask_key = key if key in data.ref_fg else next((v for v in data.ref_fg if v[0] == key[0]), key)
+    if masking != "off" and mask_key not in data.ref_fg:
         msg = f"no foreground masks were collected for {key}; add it to mask_variants"
         raise ValueError(msg)
-    ref_fg, ref_border = data.ref_fg.get(key, (1.0, 1.0))
-    active = masking == "on" or (masking == "auto" and ref_border <= 0.2 and 0.0 < ref_fg < 1.0)
+    ref_fg, ref_border = data.ref_fg.get(mask_key, (1.0, 1.0))
+    active = masking == "on" or (masking == "auto" and _auto_masks(ref_fg, ref_border))
+    if active and len(data.fg[mask_key]) != len(data.items):
+        msg = f"the test masks of {mask_key} were not collected (collect(auto_masks_only=True) left them out)"
+        raise ValueError(msg)
     scores: list[float] = []
     out_maps: list[np.ndarray] = []
     for i, patch in enumerate(fused_patch_maps(data, setting)):
         if active:
-            fg = data.fg[key][i]
+            fg = data.fg[mask_key][i]
             if float(fg.float().mean()) >= 0.5 * ref_fg:             # PatchKNN's fallback rule
                 patch = torch.where(fg, patch, torch.zeros_like(patch))
         flat = patch.reshape(-1)

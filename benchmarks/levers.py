@@ -56,10 +56,8 @@ SETTINGS: Final[dict[str, dict[str, Any]]] = {
     "pool r=5": {"pool": 5},
     "ms r=1,3,5 mean": {"pools": (1, 3, 5), "normalise": False},
     "ms r=1,3,5 LOO-normalised": {"pools": (1, 3, 5)},
-    "ms r=1,3 LOO-normalised": {"pools": (1, 3)},
-    **{f"pca{round(f * 100)} residual only": {"subspace": f, "subspace_weight": 1.0} for f in FRACTIONS},
+    "pca95 residual only": {"subspace": 0.95, "subspace_weight": 1.0},
     **{f"knn + pca{round(f * 100)} (0.5, LOO-normalised)": {"subspace": f} for f in FRACTIONS},
-    "knn + pca95 (0.25, LOO-normalised)": {"subspace": 0.95, "subspace_weight": 0.25},
 }
 
 
@@ -74,13 +72,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, required=True, help="feature cache (outside the repo)")
     p.add_argument("--work", type=Path, default=None, help="collected distances (default: CACHE/levers)")
     p.add_argument("--collect-only", action="store_true", help="collect the given categories/seeds, no table")
+    p.add_argument("--only-collected", action="store_true",
+                   help="table over the (category, seed) pairs already collected; the others are listed as missing")
     p.add_argument("--json", type=Path, default=None, help="write the table here")
     return p.parse_args(argv)
 
 
+def _path(args: argparse.Namespace, name: str, seed: int) -> Path:
+    work: Path = args.work or args.cache_dir / "levers"
+    return work / f"{name}_shots{args.shots}_seed{seed}_test{args.limit_test}s{args.test_seed}.pt"
+
+
+def _metrics(args: argparse.Namespace, data: SweepData, name: str, seed: int) -> dict[str, dict[str, float]]:
+    """Every setting's metrics on one collected (category, seed); kept beside the distances (AUPRO is slow)."""
+    path = _path(args, name, seed).with_suffix(".metrics.json")
+    done: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+    for setting, change in SETTINGS.items():
+        if setting not in done:
+            metrics = score(data, **{**BASE, **change})
+            done[setting] = {m: metrics[m] for m in ("image_auroc", "aupro", "pixel_auroc")}
+            atomic_write(path, json.dumps(done, indent=1))
+    return done
+
+
 def _collected(args: argparse.Namespace, store: FeatureStore | None, name: str, seed: int) -> SweepData:
-    work = args.work or args.cache_dir / "levers"
-    path = work / f"{name}_shots{args.shots}_seed{seed}_test{args.limit_test}s{args.test_seed}.pt"
+    path = _path(args, name, seed)
     if path.is_file():
         data: SweepData = torch.load(path, weights_only=False)
         return data
@@ -92,7 +108,7 @@ def _collected(args: argparse.Namespace, store: FeatureStore | None, name: str, 
     train = select_shots(category.train_good, args.shots, seed=seed)
     start = time.perf_counter()
     data = collect(store, category, train, items, [(BLOCKS, 1), (BLOCKS, 3), (BLOCKS, 5)],
-                   mask_variants=[(BLOCKS, 1)], loo=True, k_max=1, dtype=torch.float32,
+                   mask_variants=[(BLOCKS, 1)], loo=True, k_max=1, dtype=torch.float32, auto_masks_only=True,
                    subspace=[(BLOCKS, f) for f in FRACTIONS])
     logger.info("%s seed %d: collected in %.0f s (components kept: %s)", name, seed,
                 time.perf_counter() - start, data.components)
@@ -115,22 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     full = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=tuple(range(1, 13)), device="cpu")
     store = FeatureStore(args.cache_dir / "features", weights_sha256=resolved.info.sha256, full=full)
     runs: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {}
+    missing: list[str] = []
     for seed in seeds:
         for name in names:
+            if args.only_collected and not _path(args, name, seed).is_file():
+                missing.append(f"{name} seed {seed}")
+                continue
             data = _collected(args, store, name, seed)
             if args.collect_only:
                 continue
-            for setting, change in SETTINGS.items():
-                metrics = score(data, **{**BASE, **change})
-                runs.setdefault(setting, {}).setdefault(name, {})[str(seed)] = {
-                    "image_auroc": metrics["image_auroc"], "aupro": metrics["aupro"],
-                    "pixel_auroc": metrics["pixel_auroc"]}
+            for setting, metrics in _metrics(args, data, name, seed).items():
+                if setting in SETTINGS:
+                    runs.setdefault(setting, {}).setdefault(name, {})[str(seed)] = metrics
             logger.info("%s seed %d: %d settings scored", name, seed, len(SETTINGS))
-            if name not in runs.get("_components", {}):
-                runs.setdefault("_components", {})[name] = {str(k[1]): v for k, v in data.components.items()}
+            components.setdefault(name, {str(k[1]): v for k, v in data.components.items()})
     if args.collect_only:
         return 0
-    components = runs.pop("_components")
     table: dict[str, Any] = {}
     for setting, per_cat in runs.items():
         row: dict[str, Any] = {"change": {k: list(v) if isinstance(v, tuple) else v
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for metric in ("image_auroc", "aupro"):
             cat_means = []
             for name in names:
-                vals = [per_cat[name][str(s)][metric] for s in seeds]
+                vals = [m[metric] for m in per_cat[name].values()]
                 row["categories"].setdefault(name, {"per_seed": per_cat[name]})[metric] = _summary(vals)
                 cat_means.append(float(np.mean(vals)))
             row[f"mean_{metric}"] = float(np.mean(cat_means))
@@ -163,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {"device": "cpu", "threads": torch.get_num_threads(), "cpu": cpu_model(), "versions": versions(),
                "torch": torch.__version__,
                "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
-               "shots": args.shots, "seeds": seeds, "limit_test": args.limit_test, "test_seed": args.test_seed,
+               "shots": args.shots, "seeds": seeds, "missing": missing, "limit_test": args.limit_test,
+               "test_seed": args.test_seed,
                "blocks": list(BLOCKS), "base": {k: list(v) if isinstance(v, tuple) else v for k, v in BASE.items()},
                "pca_components_kept": components,
                "rule": "kept if the mean image AUROC over categories (each the mean of the seeds) improves and "

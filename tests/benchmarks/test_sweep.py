@@ -179,3 +179,21 @@ def test_subspace_residual_matches_a_direct_pca(
     assert fused.shape == (len(items),) and not np.allclose(fused, derive(data, Setting(blocks=(8,)), maps=False)[0])
     with pytest.raises(ValueError, match="no PCA residuals were collected"):
         derive(data, Setting(blocks=(8,), subspace=0.5))
+
+
+def test_auto_masks_only_leaves_out_masks_that_auto_would_not_use(
+    store: FeatureStore, parts: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """auto_masks_only: "auto" still derives (off where the references say off); "on" names what is missing."""
+    monkeypatch.setattr(sweep_module, "foreground_masks", lambda f, **_: torch.ones(f.shape[:3], dtype=torch.bool))
+    items = [TestItem(path=p, label=0, defect_type="good", mask_path=None) for p in parts["good"]]
+    category = Category(name="tiny", root=parts["train"][0].parent, train_good=tuple(parts["train"]),
+                        test=tuple(items))
+    data = collect(store, category, parts["train"], items, [((8,), 1), ((8,), 3)], shorter_side=SHORTER_SIDE,
+                   mask_variants=[((8,), 1)], dtype=torch.float32, pixel_size=56, auto_masks_only=True)
+    assert data.ref_fg[((8,), 1)] == (1.0, 1.0) and data.fg[((8,), 1)] == []      # all foreground: auto is off
+    auto = derive(data, Setting(blocks=(8,), pool=3, masking="auto"), maps=False)
+    assert not auto[2]
+    np.testing.assert_array_equal(auto[0], derive(data, Setting(blocks=(8,), pool=3), maps=False)[0])
+    with pytest.raises(ValueError, match="test masks .* were not collected"):
+        derive(data, Setting(blocks=(8,), masking="on"))
