@@ -9,6 +9,13 @@ the top-% image score and the blur are applied afterwards with PatchKNN's own he
 (``_foreground.foreground_masks``, ``models.preprocess.anomaly_maps``), so a swept setting scores exactly as
 PatchKNN would with that setting (up to fp16 storage of the features).
 
+Issue 11's levers are derived from the same pass: with ``loo=True`` the training images are also
+searched leave-one-out (each against the bank without its own patches), which gives every variant's
+good-score scale; ``subspace`` adds the PCA residual of every patch (SubspaceAD) for a few variance
+fractions, its leave-one-out PCA refitted per training image from the bank's summed moments.
+``Setting.pools`` fuses the kNN maps of several poolings (MuSc's r = 1, 3, 5), ``Setting.subspace``
+fuses the residual map with the kNN map, each part optionally divided by its leave-one-out scale.
+
 Not covered here (they change the bank): rotations and coreset; those are run through PatchKNN.
 """
 
@@ -37,7 +44,7 @@ from models.evaluation import (
 )
 from models.preprocess import anomaly_maps, frame_geometry, to_model_input
 
-__all__ = ["Setting", "SweepData", "collect", "derive", "score"]
+__all__ = ["Setting", "SweepData", "collect", "derive", "fused_patch_maps", "score"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +60,18 @@ class SweepData:
     geos: list                                   # PatchKNN _Geometry per test image
     masks_gt: list[np.ndarray]                   # (H, W) bool per test image (pixel-metric size)
     frame_masks: list[np.ndarray]                # full-size gt masks
-    knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)     # variant -> [(h, w, K_MAX)]
+    knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)     # variant -> [(h, w, k_max)]
+    k_max: int = K_MAX                                                       # distances kept per patch
     fg: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)      # variant -> [(h, w) bool]
     # variant -> (foreground share, border-ring share) of the references' masks
     ref_fg: dict[tuple, tuple[float, float]] = field(default_factory=dict)
+    # with collect(loo=True): variant -> [(h, w, k_max)] leave-one-out distances of each training image
+    loo_knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
+    # with collect(subspace=...): (blocks, variance fraction) -> [(h, w)] PCA residual per test image,
+    # and the leave-one-out residuals of the training images; the number of components kept
+    residual: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
+    loo_residual: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
+    components: dict[tuple, int] = field(default_factory=dict)
 
 
 def _pool(feats: torch.Tensor, pool: int) -> torch.Tensor:
@@ -70,6 +85,51 @@ def _features(store: FeatureStore, path, shorter_side: int) -> torch.Tensor:
     return store.get(x)[0].float()                                      # (h, w, 12, D)
 
 
+def _unit(feats: torch.Tensor, sel: list[int]) -> torch.Tensor:
+    """(h, w, L, D) raw -> (h * w, len(sel) * D) float64, the chosen blocks concatenated and L2-normalised."""
+    x = feats[:, :, sel].reshape(feats.shape[0] * feats.shape[1], -1).double()
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class _Subspace:
+    """PCA of the bank's unit features (SubspaceAD): the residual of a patch outside the top components.
+
+    The moments are summed per training image, so the leave-one-out PCA of image j is the same
+    arithmetic on the sums without j's share (no second pass over the features).
+    """
+
+    def __init__(self, parts: list[torch.Tensor]) -> None:
+        self.sums = [p.sum(0) for p in parts]
+        self.outers = [p.T @ p for p in parts]
+        self.counts = [p.shape[0] for p in parts]
+        self._eigen: dict[int | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def basis(self, fraction: float, *, leave_out: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (D,), components (D, c)): the fewest components explaining ``fraction`` of the variance."""
+        if leave_out not in self._eigen:                      # one eigh per left-out image, for all fractions
+            keep = [i for i in range(len(self.counts)) if i != leave_out]
+            n = sum(self.counts[i] for i in keep)
+            mean = sum(self.sums[i] for i in keep) / n
+            cov = sum(self.outers[i] for i in keep) / n - torch.outer(mean, mean)
+            values, vectors = torch.linalg.eigh(cov)                 # ascending
+            self._eigen[leave_out] = (mean, values.flip(0).clamp_min(0.0), vectors.flip(1))
+        mean, values, vectors = self._eigen[leave_out]
+        explained = torch.cumsum(values, 0) / values.sum()
+        c = int(torch.searchsorted(explained, torch.tensor(fraction, dtype=explained.dtype))) + 1
+        return mean, vectors[:, : min(c, vectors.shape[1])]
+
+    @staticmethod
+    def residual(x: torch.Tensor, mean: torch.Tensor, comps: torch.Tensor) -> torch.Tensor:
+        """(Q, D) unit features -> (Q,) float32 squared distance to the affine subspace."""
+        centred = x - mean
+        return ((centred * centred).sum(1) - ((centred @ comps) ** 2).sum(1)).clamp_min(0.0).float()
+
+
+def _auto_masks(ref_fg: float, ref_border: float) -> bool:
+    """PatchKNN's ``masking="auto"`` rule on the references' foreground and border-ring shares."""
+    return ref_border <= 0.2 and 0.0 < ref_fg < 1.0
+
+
 def collect(
     store: FeatureStore,
     category: Category,
@@ -81,6 +141,10 @@ def collect(
     pixel_size: int = 256,
     mask_variants: Sequence[tuple[tuple[int, ...], int]] = (),
     dtype: torch.dtype = torch.bfloat16,
+    loo: bool = False,
+    k_max: int = K_MAX,
+    auto_masks_only: bool = False,
+    subspace: Sequence[tuple[tuple[int, ...], float]] = (),
 ) -> SweepData:
     """Run the kNN search once for every (blocks, pool) variant on every test image.
 
@@ -88,6 +152,12 @@ def collect(
         variants: (blocks (1-based), pool) pairs; pool 1 = raw patches, 3 = 3x3 neighbourhood mean.
         mask_variants: the variants for which foreground masks are computed too (a PCA per image
             and variant: not cheap on a CPU, so only for a few).
+        k_max: nearest distances kept per patch (1 = only the nearest: a max instead of a top-k).
+        auto_masks_only: compute the test images' masks only for the mask variants whose references
+            turn ``masking="auto"`` on (then only "auto" and "off" can be derived for the others).
+        loo: also search every training image leave-one-out (the good-score scale of each variant).
+        subspace: (blocks, variance fraction) pairs: PCA residual maps of the test images (and, with
+            ``loo``, leave-one-out ones of the training images) on unpooled unit features.
     """
     t0 = time.perf_counter()
     pools = sorted({p for _, p in variants})
@@ -109,8 +179,67 @@ def collect(
                   for f in train_feats]
         data.ref_fg[(blocks, pool)] = (float(torch.stack([s[0] for s in shares]).mean()),
                                        float(torch.stack([s[1] for s in shares]).mean()))
+    test_masks = [v for v in mask_variants if not auto_masks_only or _auto_masks(*data.ref_fg[v])]
     bank_sq = {pool: (bank * bank).sum(-1) for pool, bank in banks.items()}             # (M, L)
     banks_lp = {pool: bank.to(dtype) for pool, bank in banks.items()}
+    single = all(len(blocks) == 1 for blocks, _ in variants)
+    units_lp = {pool: (bank / bank.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(dtype)
+                for pool, bank in banks.items()} if single else {}
+    data.k_max = k_max
+    offsets = np.cumsum([0] + [f.shape[0] * f.shape[1] for f in train_feats]).tolist()
+    pca: dict[tuple[int, ...], _Subspace] = {}
+    bases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    for blocks, fraction in subspace:
+        sel = [used_blocks.index(b) for b in blocks]
+        if blocks not in pca:
+            pca[blocks] = _Subspace([_unit(f, sel) for f in train_feats])
+        mean, comps = bases[(blocks, fraction)] = pca[blocks].basis(fraction)
+        data.components[(blocks, fraction)] = int(comps.shape[1])
+        data.residual[(blocks, fraction)] = []
+        data.loo_residual[(blocks, fraction)] = []
+        if loo:
+            for j, f in enumerate(train_feats):
+                mean_j, comps_j = pca[blocks].basis(fraction, leave_out=j)
+                res = _Subspace.residual(_unit(f, sel), mean_j, comps_j)
+                data.loo_residual[(blocks, fraction)].append(res.reshape(f.shape[:2]))
+
+    def search(raw: torch.Tensor, out: dict[tuple, list[torch.Tensor]], skip: tuple[int, int] | None) -> None:
+        """kNN distances of one image's patches for every variant, appended to ``out``; ``skip`` = own bank rows."""
+        h, w = raw.shape[:2]
+        for pool in pools:
+            q = _pool(raw, pool).reshape(h * w, len(bidx), -1)
+            # bfloat16 products with float32 accumulation (oneDNN): 2x faster on CPUs with
+            # avx512_bf16; the cosine error is ~1e-4, far below the distances being ranked (0.05-0.5).
+            if single:                  # one block per variant: unit vectors, the cosine is the product itself
+                unit = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                dots = [unit[:, j].to(dtype) @ units_lp[pool][:, j].T for j in range(len(bidx))]
+            else:
+                dots = [(q[:, j].to(dtype) @ banks_lp[pool][:, j].T).float() for j in range(len(bidx))]
+            q_sq = (q * q).sum(-1)                                                       # (Q, L)
+            for blocks, vpool in variants:
+                if vpool != pool:
+                    continue
+                sel = [used_blocks.index(b) for b in blocks]
+                if single:
+                    sim = dots[sel[0]]
+                else:
+                    sim = dots[sel[0]].clone()
+                    for j in sel[1:]:
+                        sim += dots[j]
+                    q_norm = torch.sqrt(q_sq[:, sel].sum(1))[:, None]
+                    sim /= (q_norm * torch.sqrt(bank_sq[pool][:, sel].sum(1))[None]).clamp_min(1e-12)
+                if skip is not None:
+                    sim[:, skip[0] : skip[1]] = -float("inf")
+                best = sim.amax(1, keepdim=True) if k_max == 1 else sim.topk(k_max, dim=1).values
+                nearest = (1.0 - best.float()).clamp_(0.0, 2.0)
+                out.setdefault((blocks, pool), []).append(nearest.reshape(h, w, k_max))
+            del dots
+
+    if loo:
+        for j, f in enumerate(train_feats):
+            search(f, data.loo_knn, (offsets[j], offsets[j + 1]))
+        logger.info("%s: %d training images searched leave-one-out (%.0f s)", category.name, len(train_feats),
+                    time.perf_counter() - t0)
     for n, item in enumerate(items):
         image = load_image_rgb(item.path)
         h_img, w_img = image.shape[:2]
@@ -121,27 +250,14 @@ def collect(
         data.masks_gt.append(small)
         raw = _features(store, item.path, shorter_side)[:, :, bidx]                      # (h, w, L, D)
         h, w = raw.shape[:2]
-        for pool in pools:
-            q = _pool(raw, pool).reshape(h * w, len(bidx), -1)
-            # bfloat16 products with float32 accumulation (oneDNN): 2x faster on CPUs with
-            # avx512_bf16; the cosine error is ~1e-4, far below the distances being ranked (0.05-0.5).
-            dots = [(q[:, j].to(dtype) @ banks_lp[pool][:, j].T).float() for j in range(len(bidx))]
-            q_sq = (q * q).sum(-1)                                                       # (Q, L)
-            for blocks, vpool in variants:
-                if vpool != pool:
-                    continue
-                sel = [used_blocks.index(b) for b in blocks]
-                dot = dots[sel[0]].clone()
-                for j in sel[1:]:
-                    dot += dots[j]
-                q_norm = torch.sqrt(q_sq[:, sel].sum(1))[:, None]
-                denom = q_norm * torch.sqrt(bank_sq[pool][:, sel].sum(1))[None]
-                dist = (1.0 - dot / denom.clamp_min(1e-12)).clamp_(0.0, 2.0)
-                nearest = dist.topk(K_MAX, dim=1, largest=False).values
-                data.knn[(blocks, pool)].append(nearest.reshape(h, w, K_MAX))
-                if (blocks, pool) in mask_variants:
-                    data.fg[(blocks, pool)].append(foreground_masks(raw[:, :, sel].reshape(1, h, w, -1))[0])
-            del dots
+        search(raw, data.knn, None)
+        for blocks, vpool in test_masks:
+            sel = [used_blocks.index(b) for b in blocks]
+            data.fg[(blocks, vpool)].append(foreground_masks(raw[:, :, sel].reshape(1, h, w, -1))[0])
+        for blocks, fraction in subspace:
+            sel = [used_blocks.index(b) for b in blocks]
+            mean, comps = bases[(blocks, fraction)]
+            data.residual[(blocks, fraction)].append(_Subspace.residual(_unit(raw, sel), mean, comps).reshape(h, w))
         if n % 10 == 0:
             logger.info("%s: %d/%d test images searched (%.0f s)", category.name, n + 1, len(items),
                         time.perf_counter() - t0)
@@ -154,10 +270,65 @@ class Setting:
 
     blocks: tuple[int, ...]          # backbone blocks, 1-based, concatenated
     pool: int = 1                    # neighbourhood mean (patch_pooling)
-    k: int = 1                       # neighbours averaged (k), at most K_MAX
+    k: int = 1                       # neighbours averaged (k), at most collect()'s k_max
     top_percent: float = 1.0         # image score = mean of the top % patch scores (top_percent)
     sigma: float = 4.0               # blur of the map (blur_sigma)
     masking: str = "off"             # "off" | "on" | "auto" (masking)
+    # issue 11 levers (need collect(loo=True) when ``normalise``):
+    pools: tuple[int, ...] = ()      # multi-scale: mean of the kNN maps at these poolings (replaces pool)
+    subspace: float | None = None    # fuse the PCA residual kept at this variance fraction
+    subspace_weight: float = 0.5     # its weight in the fusion (the kNN part gets the rest)
+    normalise: bool = True           # divide each fused part by its leave-one-out good-score scale
+
+
+def _loo_scale(maps: list[torch.Tensor], top_percent: float) -> float:
+    """Mean leave-one-out image score (top-% mean) of a part: its good-score scale."""
+    tops = []
+    for m in maps:
+        flat = m.reshape(-1)
+        tops.append(float(flat.topk(max(int(flat.numel() * top_percent / 100.0), 1)).values.mean()))
+    return float(np.mean(tops))
+
+
+def _parts(data: SweepData, setting: Setting) -> list[tuple[float, list[torch.Tensor], list[torch.Tensor]]]:
+    """(weight, test maps, leave-one-out maps) of every part the setting fuses."""
+    blocks, k = tuple(setting.blocks), setting.k
+    pools = setting.pools or (setting.pool,)
+    knn_weight = 1.0 - setting.subspace_weight if setting.subspace is not None else 1.0
+    out = []
+    for pool in pools:
+        key = (blocks, pool)
+        if key not in data.knn:
+            msg = f"no kNN distances were collected for {key}; add it to the variants of collect()"
+            raise ValueError(msg)
+        out.append((knn_weight / len(pools), [d[..., :k].mean(-1) for d in data.knn[key]],
+                    [d[..., :k].mean(-1) for d in data.loo_knn.get(key, [])]))
+    if setting.subspace is not None:
+        key_s = (blocks, setting.subspace)
+        if key_s not in data.residual:
+            msg = f"no PCA residuals were collected for {key_s}; add it to the subspace of collect()"
+            raise ValueError(msg)
+        out.append((setting.subspace_weight, data.residual[key_s], data.loo_residual[key_s]))
+    return out
+
+
+def fused_patch_maps(data: SweepData, setting: Setting) -> list[torch.Tensor]:
+    """(h, w) patch scores of every test image for a setting, before masking: one part's kNN map, or
+    the weighted sum of several parts, each divided by its leave-one-out scale and the sum multiplied
+    by the first part's scale (so the unit stays that of the plain kNN distance)."""
+    parts = _parts(data, setting)
+    if len(parts) == 1:
+        return parts[0][1]
+    scales = [1.0] * len(parts)
+    if setting.normalise:
+        if any(not loo for _, _, loo in parts):
+            msg = "normalise needs the leave-one-out maps: collect(..., loo=True)"
+            raise ValueError(msg)
+        scales = [_loo_scale(loo, setting.top_percent) for _, _, loo in parts]
+    unit = scales[0]
+    n = len(parts[0][1])
+    return [unit * sum(wt * maps[i] / sc for (wt, maps, _), sc in zip(parts, scales, strict=True))
+            for i in range(n)]
 
 
 def derive(
@@ -172,25 +343,29 @@ def derive(
     Returns:
         (N,) float32 image scores, N (H, W) float32 maps (empty when not ``maps``), whether masking was on.
     """
-    key = (tuple(setting.blocks), setting.pool)
+    key = (tuple(setting.blocks), setting.pools[0] if setting.pools else setting.pool)
     k, masking = setting.k, setting.masking
     if key not in data.knn:
         msg = f"no kNN distances were collected for {key}; add it to the variants of collect()"
         raise ValueError(msg)
-    if not 1 <= k <= K_MAX:
-        msg = f"k must be in 1..{K_MAX} (collect() keeps the {K_MAX} nearest distances), got {k}"
+    if not 1 <= k <= data.k_max:
+        msg = f"k must be in 1..{data.k_max} (collect() kept the {data.k_max} nearest distances), got {k}"
         raise ValueError(msg)
-    if masking != "off" and key not in data.ref_fg:
+    # masks come from the unpooled features of the blocks, so any pooling's masks serve
+    mask_key = key if key in data.ref_fg else next((v for v in data.ref_fg if v[0] == key[0]), key)
+    if masking != "off" and mask_key not in data.ref_fg:
         msg = f"no foreground masks were collected for {key}; add it to mask_variants"
         raise ValueError(msg)
-    ref_fg, ref_border = data.ref_fg.get(key, (1.0, 1.0))
-    active = masking == "on" or (masking == "auto" and ref_border <= 0.2 and 0.0 < ref_fg < 1.0)
+    ref_fg, ref_border = data.ref_fg.get(mask_key, (1.0, 1.0))
+    active = masking == "on" or (masking == "auto" and _auto_masks(ref_fg, ref_border))
+    if active and len(data.fg[mask_key]) != len(data.items):
+        msg = f"the test masks of {mask_key} were not collected (collect(auto_masks_only=True) left them out)"
+        raise ValueError(msg)
     scores: list[float] = []
     out_maps: list[np.ndarray] = []
-    for i, knn in enumerate(data.knn[key]):
-        patch = knn[..., :k].mean(-1)
+    for i, patch in enumerate(fused_patch_maps(data, setting)):
         if active:
-            fg = data.fg[key][i]
+            fg = data.fg[mask_key][i]
             if float(fg.float().mean()) >= 0.5 * ref_fg:             # PatchKNN's fallback rule
                 patch = torch.where(fg, patch, torch.zeros_like(patch))
         flat = patch.reshape(-1)

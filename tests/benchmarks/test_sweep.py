@@ -100,3 +100,100 @@ def test_asking_for_what_was_not_collected_names_it(sweep: tuple[SweepData, list
         derive(data, Setting(blocks=(8, 10), masking="on"))
     with pytest.raises(ValueError, match="k must be in 1..5"):
         derive(data, Setting(blocks=(8,), k=6))
+
+
+# ----------------------------------------------------------------------------- issue 11 levers
+
+
+@pytest.fixture
+def lever_sweep(store: FeatureStore, parts: dict[str, list[Path]]) -> tuple[SweepData, list[TestItem], list[Path]]:
+    items = ([TestItem(path=p, label=0, defect_type="good", mask_path=None) for p in parts["good"]]
+             + [TestItem(path=p, label=1, defect_type="blob", mask_path=m)
+                for p, m in zip(parts["bad"], parts["masks"], strict=True)])
+    category = Category(name="tiny", root=parts["train"][0].parent, train_good=tuple(parts["train"]),
+                        test=tuple(items))
+    data = collect(store, category, parts["train"], items, [((8,), 1), ((8,), 3)], shorter_side=SHORTER_SIDE,
+                   dtype=torch.float32, pixel_size=56, loo=True, subspace=[((8,), 0.9)])
+    return data, items, parts["train"]
+
+
+@pytest.mark.parametrize("pool", [1, 3])
+def test_leave_one_out_distances_are_patch_knns_own(
+    store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]], pool: int,
+) -> None:
+    """The sweep's leave-one-out scale is the mean of PatchKNN's leave-one-out training scores."""
+    data, _, train = lever_sweep
+    config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking="off", augment_rotations=False)
+    detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
+    detector.fit([load_image_rgb(p) for p in train])
+    assert len(detector.train_scores) == len(train) == len(data.loo_knn[((8,), pool)])
+    assert sweep_module._loo_scale([d[..., 0] for d in data.loo_knn[((8,), pool)]], 1.0) == pytest.approx(
+        float(np.mean(detector.train_scores)), rel=1e-4, abs=1e-6)
+
+
+def test_multi_scale_fusion_is_the_scaled_mean_of_the_pooled_maps(
+    lever_sweep: tuple[SweepData, list[TestItem], list[Path]],
+) -> None:
+    data = lever_sweep[0]
+    one = sweep_module.fused_patch_maps(data, Setting(blocks=(8,), pool=1))
+    three = sweep_module.fused_patch_maps(data, Setting(blocks=(8,), pool=3))
+    plain = sweep_module.fused_patch_maps(data, Setting(blocks=(8,), pools=(1, 3), normalise=False))
+    scaled = sweep_module.fused_patch_maps(data, Setting(blocks=(8,), pools=(1, 3)))
+    s1 = sweep_module._loo_scale([d[..., 0] for d in data.loo_knn[((8,), 1)]], 1.0)
+    s3 = sweep_module._loo_scale([d[..., 0] for d in data.loo_knn[((8,), 3)]], 1.0)
+    assert s1 != pytest.approx(s3)
+    for i in range(len(one)):
+        torch.testing.assert_close(plain[i], (one[i] + three[i]) / 2)
+        torch.testing.assert_close(scaled[i], s1 * (one[i] / s1 + three[i] / s3) / 2)
+    assert not np.allclose(derive(data, Setting(blocks=(8,), pools=(1, 3)), maps=False)[0],
+                           derive(data, Setting(blocks=(8,)), maps=False)[0])
+
+
+def test_subspace_residual_matches_a_direct_pca(
+    store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]],
+) -> None:
+    """Residuals of the test images (PCA on every bank patch) and of a training image (PCA without it),
+    recomputed with numpy's SVD from the cached features."""
+    data, items, train = lever_sweep
+
+    def unit(path: Path) -> np.ndarray:
+        x = sweep_module._features(store, path, SHORTER_SIDE)[:, :, 7].reshape(-1, 384).double().numpy()
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def residual(bank: np.ndarray, x: np.ndarray) -> np.ndarray:
+        mean = bank.mean(0)
+        _, sv, vt = np.linalg.svd(bank - mean, full_matrices=False)
+        explained = np.cumsum(sv**2) / np.sum(sv**2)
+        comps = vt[: int(np.searchsorted(explained, 0.9)) + 1].T
+        c = x - mean
+        return np.sum(c * c, 1) - np.sum((c @ comps) ** 2, 1)
+
+    banks = [unit(p) for p in train]
+    full = np.concatenate(banks)
+    np.testing.assert_allclose(data.residual[((8,), 0.9)][-1].reshape(-1).numpy(),
+                               residual(full, unit(items[-1].path)), rtol=1e-4, atol=1e-6)
+    without_first = np.concatenate(banks[1:])
+    np.testing.assert_allclose(data.loo_residual[((8,), 0.9)][0].reshape(-1).numpy(),
+                               residual(without_first, banks[0]), rtol=1e-4, atol=1e-6)
+    fused = derive(data, Setting(blocks=(8,), subspace=0.9), maps=False)[0]
+    assert fused.shape == (len(items),) and not np.allclose(fused, derive(data, Setting(blocks=(8,)), maps=False)[0])
+    with pytest.raises(ValueError, match="no PCA residuals were collected"):
+        derive(data, Setting(blocks=(8,), subspace=0.5))
+
+
+def test_auto_masks_only_leaves_out_masks_that_auto_would_not_use(
+    store: FeatureStore, parts: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """auto_masks_only: "auto" still derives (off where the references say off); "on" names what is missing."""
+    monkeypatch.setattr(sweep_module, "foreground_masks", lambda f, **_: torch.ones(f.shape[:3], dtype=torch.bool))
+    items = [TestItem(path=p, label=0, defect_type="good", mask_path=None) for p in parts["good"]]
+    category = Category(name="tiny", root=parts["train"][0].parent, train_good=tuple(parts["train"]),
+                        test=tuple(items))
+    data = collect(store, category, parts["train"], items, [((8,), 1), ((8,), 3)], shorter_side=SHORTER_SIDE,
+                   mask_variants=[((8,), 1)], dtype=torch.float32, pixel_size=56, auto_masks_only=True)
+    assert data.ref_fg[((8,), 1)] == (1.0, 1.0) and data.fg[((8,), 1)] == []      # all foreground: auto is off
+    auto = derive(data, Setting(blocks=(8,), pool=3, masking="auto"), maps=False)
+    assert not auto[2]
+    np.testing.assert_array_equal(auto[0], derive(data, Setting(blocks=(8,), pool=3), maps=False)[0])
+    with pytest.raises(ValueError, match="test masks .* were not collected"):
+        derive(data, Setting(blocks=(8,), masking="on"))
