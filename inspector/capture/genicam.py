@@ -118,12 +118,18 @@ class GenICamSource(SourceBase):
         Raises:
             CaptureError: not open, no buffer within `FETCH_TIMEOUT_S`, or an unsupported pixel format.
         """
+        return self._fetch(self.FETCH_TIMEOUT_S, trigger=False)
+
+    def _fetch(self, timeout: float, *, trigger: bool) -> Frame:
+        """One buffer as a BGR frame; with ``trigger``, TriggerSoftware is executed first."""
         if self._acquirer is None:
             msg = f"{self.name} is not open; call open() first"
             raise CaptureError(msg)
         start = time.perf_counter()
         try:
-            with self._acquirer.fetch(timeout=self.FETCH_TIMEOUT_S) as buffer:
+            if trigger:
+                self._acquirer.remote_device.node_map.TriggerSoftware.execute()
+            with self._acquirer.fetch(timeout=timeout) as buffer:
                 component = buffer.payload.components[0]
                 image = _genicam_to_bgr(
                     np.asarray(component.data), str(component.data_format), component.width, component.height
@@ -131,7 +137,8 @@ class GenICamSource(SourceBase):
         except CaptureError:
             raise
         except Exception as exc:
-            msg = f"{self.name} gave no frame within {self.FETCH_TIMEOUT_S} s ({exc}); is it still connected?"
+            what = "triggered frame" if trigger else "frame"
+            msg = f"{self.name} gave no {what} within {timeout:.3f} s ({exc}); is it still connected?"
             raise CaptureError(msg) from exc
         return self._frame(image, start)
 
@@ -171,23 +178,7 @@ class GenICamSource(SourceBase):
         Raises:
             CaptureError: not open, or no frame within ``timeout`` s.
         """
-        if self._acquirer is None:
-            msg = f"{self.name} is not open; call open() first"
-            raise CaptureError(msg)
-        start = time.perf_counter()
-        try:
-            self._acquirer.remote_device.node_map.TriggerSoftware.execute()
-            with self._acquirer.fetch(timeout=max(0.001, timeout)) as buffer:
-                component = buffer.payload.components[0]
-                image = _genicam_to_bgr(
-                    np.asarray(component.data), str(component.data_format), component.width, component.height
-                )
-        except CaptureError:
-            raise
-        except Exception as exc:
-            msg = f"{self.name} gave no triggered frame within {timeout:.3f} s ({exc}); is it still connected?"
-            raise CaptureError(msg) from exc
-        return self._frame(image, start)
+        return self._fetch(max(0.001, timeout), trigger=True)
 
     def close(self) -> None:
         acquirer, harvester = self._acquirer, self._harvester
