@@ -334,6 +334,27 @@ class StationController:
         self._spawn(f"inspector-switch-{run}", self._switch, run, recipe)
         return True
 
+    def follow_pipeline(self, pipeline: Any, recipe: Path, inspector: Any | None, message: str) -> None:
+        """The running ``pipeline`` changed its recipe itself (a PLC changeover): what is loaded follows.
+
+        ``inspector`` answers as ``recipe`` from now on (kept for a later switch back, recorded with its
+        archive); None: ``recipe`` failed to load and no recipe inspects (`RecipeSwitchFailed` says why,
+        ``message``, and the snapshot names no recipe, so the operator may pick one again). Any thread;
+        ignored when ``pipeline`` is no longer the running one.
+        """
+        recipe = Path(recipe)
+        with self._lock:
+            if pipeline is not self._pipeline or self._snapshot.state not in (RunState.RUNNING, RunState.PAUSED):
+                return
+            snap = self._snapshot
+            if inspector is None:
+                self._set(StationSnapshot(state=snap.state, source=snap.source, message=message))
+                self._emit(RecipeSwitchFailed(requested=recipe, running=None, reason=message))
+                return
+            self._inspectors[recipe] = inspector
+            self._inspector = inspector
+            self._set(_loaded(snap.state, recipe, inspector, None, message, source_name=snap.source))
+
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop and join every controller thread (the window is closing)."""
         self.stop()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_ERROR", "EXIT_NO_DISPLAY", "EXIT_OK", "build_parser", "default_recipe", "has_display", "main",
-    "recipe_choices", "station_window",
+    "recipe_choices", "station_recipes", "station_window",
 ]
 
 EXIT_OK: Final = 0
@@ -182,7 +182,9 @@ def station_window(recipes: Sequence[Path], line: LineIO | None, *, source: str 
     Continuous mode: every result is published after it is recorded, and FAULT (HR1 bit3) follows the
     station (`inspector.lineio.triggered_pipeline.continuous_pipelines`). Triggered mode: each run of the
     window answers the PLC's triggers (`inspector.lineio.triggered_pipeline`), one frame per trigger,
-    recorded, answered, then published; a recipe number the PLC writes into HR7 loads that recipe.
+    recorded, answered, then published; a recipe number the PLC writes into HR7 loads that recipe, and
+    the window follows it (recipe box, info line, thresholds; "product changeover by the PLC: ...").
+    station.yaml's recipes are offered in the recipe box too.
     """
     from ui.engine import default_load_inspector
     from ui.main_window import MainWindow
@@ -197,22 +199,44 @@ def station_window(recipes: Sequence[Path], line: LineIO | None, *, source: str 
         window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
                             load_inspector=load, make_pipeline=continuous_pipelines(line))
     else:
-        from inspector.lineio.triggered_pipeline import triggered_pipelines
+        from inspector.lineio.triggered_pipeline import TriggeredPipeline, triggered_pipelines
+        from inspector.pipeline import FrameInspector
 
-        config = line.config
+        offered = station_recipes(recipes, line)
 
         def load_number(number: int) -> StationInspector:      # changeover by HR7, on the runner's thread
-            inspector = load(config.recipe_file(number))
+            inspector = load(offered[number])
             window.recorder.use(inspector)                      # its archive, as a switch in the app does
             return inspector
 
-        window = MainWindow(recipes=recipes, source=source, store=store, kiosk=kiosk, settings=settings,
-                            load_inspector=load, make_pipeline=triggered_pipelines(line, load_recipe=load_number))
+        def changed_over(pipeline: TriggeredPipeline, number: int, inspector: FrameInspector | None,
+                         problem: str) -> None:
+            # On the runner's thread: the controller only takes note and emits (queued to the GUI thread).
+            recipe = offered[number]
+            message = (f"product changeover by the PLC: {recipe.stem}" if inspector is not None else
+                       f"the PLC's product changeover failed: {problem}; every trigger is answered ERROR")
+            window.controller.follow_pipeline(pipeline, recipe, inspector, message)
+
+        window = MainWindow(recipes=[*recipes, *(p for p in offered.values() if p not in recipes)], source=source,
+                            store=store, kiosk=kiosk, settings=settings, load_inspector=load,
+                            make_pipeline=triggered_pipelines(line, load_recipe=load_number,
+                                                              on_changeover=changed_over))
     if line is not None:
         from ui.link_status import attach_line_io
 
         attach_line_io(window, line, publish=line.config.mode != "triggered")
     return window
+
+
+def station_recipes(recipes: Sequence[Path], line: LineIO) -> dict[int, Path]:
+    """Each PLC recipe number of ``line``'s station.yaml -> its file, as the recipe box offers it (the
+    offered path when it is the same file, so that a changeover selects that row)."""
+    out: dict[int, Path] = {}
+    for slot in line.config.recipes:
+        file = line.config.recipe_file(slot.number)
+        same = [p for p in recipes if p.resolve() == file.resolve()]
+        out[slot.number] = same[0] if same else file
+    return out
 
 
 if __name__ == "__main__":

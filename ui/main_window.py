@@ -501,7 +501,7 @@ class MainWindow(QMainWindow):
         running = failed.running
         self._select_quietly(running)
         self.recipe_box.setEnabled(True)
-        goes_on = f"{running.stem} goes on inspecting" if running is not None else "nothing changed"
+        goes_on = f"{running.stem} goes on inspecting" if running is not None else "no recipe inspects now"
         self._show_fault("recipe", f"Cannot switch to recipe {failed.requested.stem}: {failed.reason}. {goes_on}.")
         self._update_info()
 

@@ -77,6 +77,8 @@ class TriggeredRunner:
         after_answer: called with each result after the answer (the MQTT publisher); must be quick.
         load_recipe: builds the inspector of a PLC recipe number (changeover), on a loader thread.
         on_fault: called with a sentence when a fault is raised; any thread.
+        on_changeover: called on the controller thread once a PLC changeover (HR7) is over, with the
+            recipe number and its inspector (now answering), or None and why it failed to load.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class TriggeredRunner:
         after_answer: Sequence[ResultConsumer] = (),
         load_recipe: RecipeLoader | None = None,
         on_fault: Callable[[str], None] | None = None,
+        on_changeover: Callable[[int, FrameInspector | None, str], None] | None = None,
     ) -> None:
         self._source = source
         self._inspector = inspector
@@ -99,6 +102,7 @@ class TriggeredRunner:
         self._after = tuple(after_answer)
         self._load_recipe = load_recipe
         self._on_fault = on_fault
+        self._on_changeover = on_changeover
         self._live = bool(source.is_live)
         self._software: SoftwareTriggerSource | None = None   # armed camera: one frame per trigger
         self._rearm = False                                   # the armed camera failed: open and arm again
@@ -112,7 +116,8 @@ class TriggeredRunner:
         self._latest: tuple[Frame, float] | None = None       # newest live frame and when it arrived
         self._lock = threading.Lock()
         self._loading: int | None = None                      # recipe number being loaded
-        self._loaded: tuple[int, FrameInspector | None, str] | None = None
+        # (number, inspector or None, why it failed, whether the PLC asked for it)
+        self._loaded: tuple[int, FrameInspector | None, str, bool] | None = None
         self._active = signals.snapshot().recipe_active
         self._held: str | None = None                         # why every trigger is answered ERROR now
         self._answered = 0
@@ -174,7 +179,7 @@ class TriggeredRunner:
         """
         with self._lock:                   # both at once: _changeover never sees one without the other
             self._signals.write_recipe_requested(number)
-            self._loaded = (number, inspector, "")
+            self._loaded = (number, inspector, "", False)
 
     def stats(self) -> TriggerStats:
         with self._lock:
@@ -293,8 +298,10 @@ class TriggeredRunner:
         with self._lock:
             loaded, self._loaded = self._loaded, None
         if loaded is not None:
-            number, inspector, problem = loaded
+            number, inspector, problem, by_plc = loaded
             self._loading = None
+            # a recipe that fails to load is tried again on the next pass: the listener hears it once
+            by_plc = by_plc and (inspector is not None or "recipe" not in self._signals.faults)
             if inspector is None:
                 self._fault("recipe", problem)
             else:
@@ -303,6 +310,11 @@ class TriggeredRunner:
                 self._signals.set_fault("recipe", None)
                 self._signals.set_recipe_active(number)
                 logger.info("recipe %d active: %s", number, inspector.name)
+            if by_plc and self._on_changeover is not None:
+                try:
+                    self._on_changeover(number, inspector, problem)
+                except Exception:
+                    logger.exception("changeover listener raised")
         with self._lock:
             if self._loaded is not None:    # an operator's switch came meanwhile: taken on the next pass
                 return
@@ -322,9 +334,10 @@ class TriggeredRunner:
             inspector = self._load_recipe(number)
         except Exception as exc:
             logger.exception("loading recipe %d failed", number)
-            outcome: tuple[int, FrameInspector | None, str] = (number, None, f"recipe {number} failed to load: {exc}")
+            outcome: tuple[int, FrameInspector | None, str, bool] = (
+                number, None, f"recipe {number} failed to load: {exc}", True)
         else:
-            outcome = (number, inspector, "")
+            outcome = (number, inspector, "", True)
         with self._lock:
             self._loaded = outcome
 

@@ -14,7 +14,8 @@ What the PLC sees of the operator's controls:
   answered (ERROR, their deadline long gone) once the station runs again;
 - Pause: FAULT set ("paused"), READY off, every trigger answered ERROR at once; Resume clears it;
 - a recipe chosen in the app: HR8 and HR7 become its number in station.yaml (0, and every trigger
-  answered ERROR, for a recipe station.yaml does not list); the PLC may still change over by HR7.
+  answered ERROR, for a recipe station.yaml does not list); the PLC may still change over by HR7,
+  and ``on_changeover`` tells the app which recipe answers now (or why the new one failed to load).
 
 In ``continuous`` mode the app runs its usual `Pipeline` (`continuous_pipelines`): no trigger is
 answered, but FAULT follows the station as in triggered mode (not inspecting, camera lost or ended,
@@ -38,8 +39,8 @@ from inspector.lineio.trigger import TriggeredRunner
 from inspector.pipeline import EventKind, FrameInspector, Pipeline, PipelineEvent, PipelineStats
 from inspector.results import InspectionResult, Verdict
 
-__all__ = ["NOT_RUNNING", "OPERATOR_FAULT", "TriggeredPipeline", "continuous_pipelines", "recipe_number",
-           "triggered_pipelines"]
+__all__ = ["NOT_RUNNING", "OPERATOR_FAULT", "ChangeoverListener", "TriggeredPipeline", "continuous_pipelines",
+           "recipe_number", "triggered_pipelines"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ _PAUSED: Final = "paused by the operator"
 _FPS_WINDOW_S: Final = 2.0
 
 RecordStep = Callable[[InspectionResult], object]
+# (pipeline, recipe number, its inspector now answering or None, why it failed to load)
+ChangeoverListener = Callable[["TriggeredPipeline", int, FrameInspector | None, str], None]
 
 
 def recipe_number(line: LineIO, inspector: FrameInspector) -> int:
@@ -75,11 +78,14 @@ class TriggeredPipeline:
         on_event: gets warnings (faults) as `PipelineEvent`; any thread.
         line: the started links of a triggered station.yaml.
         load_recipe: builds the inspector of a PLC recipe number (changeover by HR7).
+        on_changeover: told when a changeover by HR7 is over: (this pipeline, the recipe number, its
+            inspector now answering or None, why it failed to load); on the runner's thread.
     """
 
     def __init__(self, source: FrameSource, inspector: FrameInspector, *, consumers: Sequence[RecordStep],
                  on_event: Callable[[PipelineEvent], None] | None, line: LineIO,
-                 load_recipe: Callable[[int], FrameInspector] | None = None) -> None:
+                 load_recipe: Callable[[int], FrameInspector] | None = None,
+                 on_changeover: ChangeoverListener | None = None) -> None:
         self._consumers = tuple(consumers)
         self._on_event = on_event
         self._line = line
@@ -95,9 +101,11 @@ class TriggeredPipeline:
         if not number:
             self._emit(EventKind.WARNING, f"recipe {inspector.name} is not in the recipes of "
                                           f"{line.config.path or 'station.yaml'}: PLC triggers are answered ERROR")
+        self._on_changeover = on_changeover
         self._runner = TriggeredRunner(source, inspector, line.signals, deadline_ms=line.config.deadline_ms,
                                        record=self._record, after_answer=[self._answered, line.publish],
-                                       load_recipe=load_recipe, on_fault=self._fault)
+                                       load_recipe=load_recipe, on_fault=self._fault,
+                                       on_changeover=self._changed_over)
 
     # ---- what the controller calls ------------------------------------------------------------
 
@@ -177,6 +185,10 @@ class TriggeredPipeline:
         with self._lock:
             self._done_times.append(time.monotonic())
 
+    def _changed_over(self, number: int, inspector: FrameInspector | None, problem: str) -> None:
+        if self._on_changeover is not None:
+            self._on_changeover(self, number, inspector, problem)
+
     def _fault(self, message: str) -> None:
         self._emit(EventKind.WARNING, f"FAULT: {message}")
 
@@ -215,8 +227,8 @@ def continuous_pipelines(line: LineIO) -> Callable[..., Pipeline]:
     return make
 
 
-def triggered_pipelines(line: LineIO, *, load_recipe: Callable[[int], FrameInspector] | None = None
-                        ) -> Callable[..., TriggeredPipeline]:
+def triggered_pipelines(line: LineIO, *, load_recipe: Callable[[int], FrameInspector] | None = None,
+                        on_changeover: ChangeoverListener | None = None) -> Callable[..., TriggeredPipeline]:
     """A ``make_pipeline`` for `inspector.controller.StationController`: every run answers ``line``'s PLC.
 
     Also raises FAULT ("not inspecting") at once: until the first Start, the PLC sees the station not READY.
@@ -226,6 +238,6 @@ def triggered_pipelines(line: LineIO, *, load_recipe: Callable[[int], FrameInspe
     def make(source: FrameSource, inspector: FrameInspector, *, consumers: Sequence[RecordStep],
              on_event: Callable[[PipelineEvent], None] | None = None) -> TriggeredPipeline:
         return TriggeredPipeline(source, inspector, consumers=consumers, on_event=on_event, line=line,
-                                 load_recipe=load_recipe)
+                                 load_recipe=load_recipe, on_changeover=on_changeover)
 
     return make
