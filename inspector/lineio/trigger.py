@@ -48,6 +48,9 @@ _POLL_S: Final = 0.05
 # the deadline would answer it a fraction of a millisecond late (measured: 0.4 ms).
 ANSWER_RESERVE_S: Final = 0.005
 _RECONNECT_MAX_S: Final = 5.0
+# A recipe that failed to load is loaded again after this long, or at once when the PLC asks for another
+# number: a broken recipe is not reloaded on every poll (a large model that fails late would hold the CPU).
+RECIPE_RETRY_S: Final = 10.0
 
 RecipeLoader = Callable[[int], FrameInspector]
 
@@ -116,6 +119,7 @@ class TriggeredRunner:
         self._latest: tuple[Frame, float] | None = None       # newest live frame and when it arrived
         self._lock = threading.Lock()
         self._loading: int | None = None                      # recipe number being loaded
+        self._failed_load: tuple[int, float] | None = None    # (number, monotonic time) of the last failed load
         # (number, inspector or None, why it failed, whether the PLC asked for it)
         self._loaded: tuple[int, FrameInspector | None, str, bool] | None = None
         self._active = signals.snapshot().recipe_active
@@ -212,7 +216,9 @@ class TriggeredRunner:
             self._deliver(trigger, self._error(trigger, None, held))
             return
         if self._loading is not None or not self._active:
-            what = f"recipe changeover to {self._loading} in progress" if self._loading else "no active recipe"
+            recipe_fault = self._signals.faults.get("recipe")
+            what = (f"recipe changeover to {self._loading} in progress" if self._loading
+                    else f"station fault: {recipe_fault}" if recipe_fault else "no active recipe")
             self._deliver(trigger, self._error(trigger, None, what))
             return
         frame = self._grab(trigger.seen, deadline)
@@ -300,11 +306,13 @@ class TriggeredRunner:
         if loaded is not None:
             number, inspector, problem, by_plc = loaded
             self._loading = None
-            # a recipe that fails to load is tried again on the next pass: the listener hears it once
+            # a recipe that fails to load is tried again (after RECIPE_RETRY_S): the listener hears it once
             by_plc = by_plc and (inspector is not None or "recipe" not in self._signals.faults)
             if inspector is None:
                 self._fault("recipe", problem)
+                self._failed_load = (number, time.monotonic())
             else:
+                self._failed_load = None
                 self._inspector = inspector
                 self._active = number
                 self._signals.set_fault("recipe", None)
@@ -322,6 +330,9 @@ class TriggeredRunner:
         if self._loading is not None or requested == self._active or self._load_recipe is None:
             return
         if requested == 0:
+            return
+        failed = self._failed_load
+        if failed is not None and failed[0] == requested and time.monotonic() - failed[1] < RECIPE_RETRY_S:
             return
         self._loading = requested
         self._active = 0

@@ -179,6 +179,37 @@ def test_changeover_by_hr7_while_running(make_line: Callable[..., Line], stub_in
     assert "changeover" in (line.recorded[1].error or "")
 
 
+def test_a_recipe_that_fails_to_load_is_not_reloaded_on_every_poll(
+        make_line: Callable[..., Line], stub_inspector: type) -> None:
+    loads: list[int] = []
+
+    def load(number: int) -> FrameInspector:
+        loads.append(number)
+        if number == 2:
+            msg = "model file is damaged"
+            raise RuntimeError(msg)
+        return stub_inspector(f"recipe{number}")
+
+    line = make_line(loader=load)
+    assert not line.plc.write_register(REQ, 2).isError()
+    end = time.monotonic() + 5
+    while not line.regs()[STATUS] & StatusBits.FAULT and time.monotonic() < end:
+        time.sleep(0.01)
+    time.sleep(1.0)                      # 20 polls of the runner: the broken recipe is not loaded again
+    assert loads == [2], loads
+    line.trigger(1)
+    regs = line.wait_result(1)
+    assert regs[VERDICT] == 4 and regs[ACTIVE] == 0 and regs[STATUS] & StatusBits.FAULT
+    assert "model file is damaged" in (line.recorded[-1].error or ""), line.recorded[-1].error
+    assert not line.plc.write_register(REQ, 1).isError()     # another number is loaded at once
+    end = time.monotonic() + 5
+    while line.regs()[ACTIVE] != 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert loads == [2, 1] and not line.regs()[STATUS] & StatusBits.FAULT
+    line.trigger(2)
+    assert line.wait_result(2)[VERDICT] == 1
+
+
 def test_garbage_and_writes_to_read_only_registers_are_refused(make_line: Callable[..., Line]) -> None:
     line = make_line()
     line.trigger(1)
