@@ -9,6 +9,9 @@ For every category and seed of the shot choice, ``benchmarks._sweep.collect`` se
 images and (leave-one-out) the training images once per pooling; every setting is then derived from
 those distances (``_sweep.derive``), so the baseline and the levers see the same bank and test images.
 The collected distances are kept under ``--work`` (outside the repository) so a re-run only derives.
+With ``--pools-only`` only "default (r=1)" and "pool r=3" are collected and scored (image AUROC, no r=5,
+no subspace, no leave-one-out search, no AUPRO): the real test AUROC the self-tuning check
+(``benchmarks/self_tune.py``) needs, at a third of the cost.
 
 Usage (from the repository root):
     python -m benchmarks.levers --data ../shared/data --limit-test 60 --test-seed 1 --seeds 0,1,2 \\
@@ -67,6 +70,13 @@ PIXEL_SETTINGS: Final = ("default (r=1)", "ms r=1,3,5 mean", "ms r=1,3,5 LOO-nor
                           *(f"knn + pca{round(f * 100)} (0.5, LOO-normalised)" for f in FRACTIONS))
 
 
+POOLS_ONLY: Final = ("default (r=1)", "pool r=3")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in SETTINGS.items() if k in POOLS_ONLY} if args.pools_only else SETTINGS
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of MVTec-AD-layout categories")
@@ -80,22 +90,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--collect-only", action="store_true", help="collect the given categories/seeds, no table")
     p.add_argument("--only-collected", action="store_true",
                    help="table over the (category, seed) pairs already collected; the others are listed as missing")
+    p.add_argument("--pools-only", action="store_true",
+                   help=f"only {', '.join(POOLS_ONLY)}: pools 1 and 3, image AUROC (for benchmarks/self_tune.py)")
     p.add_argument("--json", type=Path, default=None, help="write the table here")
     return p.parse_args(argv)
 
 
 def _path(args: argparse.Namespace, name: str, seed: int) -> Path:
     work: Path = args.work or args.cache_dir / "levers"
-    return work / f"{name}_shots{args.shots}_seed{seed}_test{args.limit_test}s{args.test_seed}.pt"
+    tail = "_r13" if args.pools_only else ""
+    return work / f"{name}_shots{args.shots}_seed{seed}_test{args.limit_test}s{args.test_seed}{tail}.pt"
 
 
 def _metrics(args: argparse.Namespace, data: SweepData, name: str, seed: int) -> dict[str, dict[str, float]]:
     """Every setting's metrics on one collected (category, seed); kept beside the distances (AUPRO is slow)."""
     path = _path(args, name, seed).with_suffix(".metrics.json")
     done: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
-    for setting, change in SETTINGS.items():
-        if setting not in done or (setting in PIXEL_SETTINGS and "aupro" not in done[setting]):
-            metrics = score(data, pixel=setting in PIXEL_SETTINGS, **{**BASE, **change})
+    pixel = set() if args.pools_only else set(PIXEL_SETTINGS)
+    for setting, change in _settings(args).items():
+        if setting not in done or (setting in pixel and "aupro" not in done[setting]):
+            metrics = score(data, pixel=setting in pixel, **{**BASE, **change})
             done[setting] = {m: metrics[m] for m in ("image_auroc", "aupro", "pixel_auroc") if m in metrics}
             atomic_write(path, json.dumps(done, indent=1))
     return done
@@ -113,9 +127,13 @@ def _collected(args: argparse.Namespace, store: FeatureStore | None, name: str, 
     items = subset_test(category.test, args.limit_test or None, seed=args.test_seed)
     train = select_shots(category.train_good, args.shots, seed=seed)
     start = time.perf_counter()
-    data = collect(store, category, train, items, [(BLOCKS, 1), (BLOCKS, 3), (BLOCKS, 5)],
-                   mask_variants=[(BLOCKS, 1)], loo=True, k_max=1, dtype=torch.float32, auto_masks_only=True,
-                   subspace=[(BLOCKS, f) for f in FRACTIONS])
+    if args.pools_only:         # the same search for r = 1 and 3 (the masks of the raw features, as below)
+        data = collect(store, category, train, items, [(BLOCKS, 1), (BLOCKS, 3)], mask_variants=[(BLOCKS, 1)],
+                       k_max=1, dtype=torch.float32, auto_masks_only=True)
+    else:
+        data = collect(store, category, train, items, [(BLOCKS, 1), (BLOCKS, 3), (BLOCKS, 5)],
+                       mask_variants=[(BLOCKS, 1)], loo=True, k_max=1, dtype=torch.float32, auto_masks_only=True,
+                       subspace=[(BLOCKS, f) for f in FRACTIONS])
     logger.info("%s seed %d: collected in %.0f s (components kept: %s)", name, seed,
                 time.perf_counter() - start, data.components)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.collect_only:
                 continue
             for setting, metrics in _metrics(args, data, name, seed).items():
-                if setting in SETTINGS:
+                if setting in _settings(args):
                     runs.setdefault(setting, {}).setdefault(name, {})[str(seed)] = metrics
-            logger.info("%s seed %d: %d settings scored", name, seed, len(SETTINGS))
+            logger.info("%s seed %d: %d settings scored", name, seed, len(_settings(args)))
             components.setdefault(name, {str(k[1]): v for k, v in data.components.items()})
     if args.collect_only:
         return 0
@@ -202,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__,
                "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
                "shots": args.shots, "seeds": seeds, "missing": missing, "limit_test": args.limit_test,
-               "test_seed": args.test_seed,
+               "test_seed": args.test_seed, "pools_only": args.pools_only,
                "blocks": list(BLOCKS), "base": {k: list(v) if isinstance(v, tuple) else v for k, v in BASE.items()},
                "pca_components_kept": components,
                "rule": "kept if the mean image AUROC over categories (each the mean of the seeds) improves and "

@@ -18,6 +18,10 @@ scoring, 60-image stratified test subsets), where "default (r=1)" and "pool r=3"
 Scoring is PatchKNN's at today's default: block 8, k = 1, cosine distance, image score = mean of the
 top 1 % patch scores, masking "auto" (foreground masks of the raw block-8 features).
 
+A third rule, read off seeds 0-2: pick r = 3 only when its synthetic AUROC beats r = 1 by more than
+``--margin`` (0.01). ``--reuse JSON`` takes the self-check results of an earlier run (same categories,
+seeds and shots) and only re-reads the real test AUROC from ``--levers`` and re-applies the rules.
+
 Usage (from the repository root):
     python -m benchmarks.self_tune --data ../shared/data --seeds 0,1,2 --cache-dir /tmp/featcache \\
         --levers benchmarks/results/issue11_levers_subsets.json --json benchmarks/results/issue11_self_tune.json
@@ -284,6 +288,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, required=True, help="feature cache (outside the repo)")
     p.add_argument("--synthetic-dir", type=Path, default=None, help="synthetic images (default: CACHE/self_tune)")
     p.add_argument("--levers", type=Path, default=None, help="levers table JSON: the real test AUROC per r")
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="margin rule: r=3 only when its synthetic AUROC beats r=1 by more than this")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier run's JSON: take its self-check results instead of recomputing them")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -317,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     store = FeatureStore(args.cache_dir / "features", weights_sha256=resolved.info.sha256, full=full)
     synth_root: Path = args.synthetic_dir or args.cache_dir / "self_tune"
     rows: list[dict[str, Any]] = []
+    reused: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text())
+        if earlier["env"]["shots"] != args.shots:
+            msg = f"{args.reuse}: {earlier['env']['shots']} shots, not {args.shots}"
+            raise SystemExit(msg)
+        reused = {(r["category"], int(r["seed"])): r for r in earlier["rows"]}
     for name in names:
         category = load_category(args.data / name)
         for seed in seeds:
@@ -324,15 +339,27 @@ def main(argv: list[str] | None = None) -> int:
             shots = select_shots(category.train_good, args.shots, seed=seed)
             synthetics = plan_synthetics(category.train_good, shots, synth_root / name)
             misses = store.misses
-            result = self_check(SelfCheck(store, shots), synthetics)
+            if args.reuse:
+                if (name, seed) not in reused:
+                    msg = f"{args.reuse}: no row for {name} seed {seed}"
+                    raise SystemExit(msg)
+                keep = ("masking_active", "per_pool", "pick_synthetic", "pick_loo_cv", "backbone_runs", "seconds")
+                result = {k: reused[(name, seed)][k] for k in keep}
+            else:
+                result = self_check(SelfCheck(store, shots), synthetics)
+            per = result["per_pool"]
+            gain = per["3"]["synthetic_auroc"] - per["1"]["synthetic_auroc"]
+            result["pick_synthetic_margin"] = 3 if gain > args.margin else 1
             real = {r: _real(levers, name, seed, r) for r in POOLS}
             row = {"category": name, "seed": seed, **result,
                    "real_test_auroc": {str(r): v for r, v in real.items()},
                    "real_of_pick_synthetic": real[result["pick_synthetic"]],
+                   "real_of_pick_synthetic_margin": real[result["pick_synthetic_margin"]],
                    "real_of_pick_loo_cv": real[result["pick_loo_cv"]],
                    "oracle_pool": None if None in real.values() else max(POOLS, key=lambda r: (real[r], -r)),
-                   "synthetic_images": [str(s.path.name) for s in synthetics],
-                   "backbone_runs": store.misses - misses, "seconds": time.perf_counter() - t0}
+                   "synthetic_images": [str(s.path.name) for s in synthetics]}
+            if not args.reuse:
+                row |= {"backbone_runs": store.misses - misses, "seconds": time.perf_counter() - t0}
             rows.append(row)
             per = result["per_pool"]
             logger.info("%s seed %d: synthetic AUROC r=1 %.3f r=3 %.3f -> pick r=%d (real %s); LOO cv %.3f/%.3f "
@@ -341,17 +368,19 @@ def main(argv: list[str] | None = None) -> int:
                         per["1"]["loo_cv"], per["3"]["loo_cv"], result["pick_loo_cv"], row["backbone_runs"],
                         row["seconds"])
     print("| category | seed | synth AUROC r=1 | synth AUROC r=3 | pick | real AUROC r=1 / r=3 | real of pick |"
-          " LOO cv r=1 / r=3 | cv pick |")
-    print("|---" * 9 + "|")
+          f" pick (margin {args.margin}) | real of margin pick | LOO cv r=1 / r=3 | cv pick |")
+    print("|---" * 11 + "|")
     for row in rows:
         per, real = row["per_pool"], row["real_test_auroc"]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"| {row['category']} | {row['seed']} | {per['1']['synthetic_auroc']:.3f} | "
               f"{per['3']['synthetic_auroc']:.3f} | r={row['pick_synthetic']} | {fmt(real['1'])} / {fmt(real['3'])} | "
-              f"{fmt(row['real_of_pick_synthetic'])} | {per['1']['loo_cv']:.3f} / {per['3']['loo_cv']:.3f} | "
+              f"{fmt(row['real_of_pick_synthetic'])} | r={row['pick_synthetic_margin']} | "
+              f"{fmt(row['real_of_pick_synthetic_margin'])} | {per['1']['loo_cv']:.3f} / {per['3']['loo_cv']:.3f} | "
               f"r={row['pick_loo_cv']} |")
     summary: dict[str, Any] = {}
     for label, key in (("default r=1", None), ("pick by synthetic AUROC", "real_of_pick_synthetic"),
+                       (f"pick by synthetic AUROC, margin {args.margin}", "real_of_pick_synthetic_margin"),
                        ("pick by LOO cv", "real_of_pick_loo_cv"), ("oracle per category", "oracle")):
         cat_means = []
         for name in names:
@@ -373,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                "shots": args.shots, "seeds": seeds, "block": BLOCK, "pools": list(POOLS), "shorter_side": 448,
                "scoring": "k=1 cosine kNN, top 1 % mean, masking auto (PatchKNN default)",
                "synthetic_per_shot": 2, "kinds": list(KINDS),
-               "real_auroc_from": str(args.levers) if args.levers else None,
+               "real_auroc_from": str(args.levers) if args.levers else None, "margin": args.margin,
+               "self_check_from": str(args.reuse) if args.reuse else None,
                "command": "python -m benchmarks.self_tune " + " ".join(sys.argv[1:] if argv is None else argv)}
         atomic_write(args.json, json.dumps({"env": env, "rows": rows, "summary": summary}, indent=1))
     return 0
