@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                    "crop_s_median": float(np.median(crop)),
                    "frame_s_median": float(np.median([f for _, f in pairs])) if pairs else None,
                    "crop_over_frame_median": float(np.median([c / f for c, f in pairs])) if pairs else None,
-                   "blocks_run": max(BLOCKS), "frame_blocks_run": max(BLOCKS), "threads": 2}
+                   "blocks_run": max(BLOCKS), "frame_blocks_run": max(BLOCKS), "threads": 2,
+                   "load_average_1min_at_end": os.getloadavg()[0]}
         (folder / f"crop{args.size}_timing.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         print(json.dumps(summary))
     return 0
