@@ -128,7 +128,21 @@ def attach(folder: Path, items: list[Item], size: int, *, data_root: Path | None
         peak.append(dataclasses.replace(
             item, weights=w, feats={**item.feats, **f}, resid={**item.resid, **r},
             extra={"crop": _crop_region(crop["peak_tokens"], crop["peak_grid"]), "colour": crop["peak_colour"]}))
+    if data_root is not None:        # the product's order (models.type_evaluation): its draws label the same images
+        order = _product_order(data_root / folder.name, meta)
+        names = [e["name"] for e in meta["items"]]
+        kept = [n for n in names if colour_only or (folder / f"{n}.crop{size}.npz").is_file()]
+        rank = sorted(range(len(kept)), key=lambda i: order[kept[i]])
+        largest = [largest[i] for i in rank]
+        peak = [peak[i] for i in rank] if len(peak) == len(largest) else peak
     return largest, peak
+
+
+def _product_order(category_root: Path, meta: dict[str, Any]) -> dict[str, int]:
+    """Image name -> its position in ``models.type_evaluation``'s list (the test folder's order)."""
+    category = eval_load_category(category_root)
+    names = [f"{t.defect_type}__{t.path.stem}" for t in category.test if t.label == 1]
+    return {n: i for i, n in enumerate(names)}
 
 
 def crop_vector(item: Item, spec: dict[str, Any]) -> np.ndarray:
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated variant names of the grid to run")
     p.add_argument("--colour-only", action="store_true",
                    help="no crops: the region's colour statistics only (grid colour), on every extracted image")
-    p.add_argument("--data", type=Path, default=None, help="the folder holding the categories (for --colour-only)")
+    p.add_argument("--data", type=Path, default=None, help="the folder holding the categories: the images for --colour-only, and the product's image order (its draws)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     seeds = _seeds(args.seeds)
