@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated variant names of the grid to run")
     p.add_argument("--colour-only", action="store_true",
                    help="no crops: the region's colour statistics only (grid colour), on every extracted image")
-    p.add_argument("--data", type=Path, default=None, help="the folder holding the categories: the images for --colour-only, and the product's image order (its draws)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the folder holding the categories: the images for --colour-only, and the "
+                        "product's image order (so that a draw labels the same images as inspector evaluate)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     seeds = _seeds(args.seeds)
