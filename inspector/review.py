@@ -242,9 +242,9 @@ def _review_recipe(
     yield Progress(done=0, total=len(files), message=f"loading recipe {recipe.name}")
     station, scored_by = load_station(recipe, runtime=runtime, device=device, weights=weights)
     if store is not None:
-        from inspector.defect_typing import DefectTyper
+        from inspector.defect_typing import DefectTyper, typer_config
 
-        station.attach_typer(DefectTyper(store, recipe.name))
+        station.attach_typer(DefectTyper(store, recipe.name, config=typer_config(recipe)))
     thresholds = station.thresholds
     journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe, station.model_version, thresholds))
     resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
