@@ -199,7 +199,7 @@ def test_threads_inspecting_at_once_on_the_cpu_get_what_one_thread_gets(station:
     for a, b in zip(alone, together, strict=True):
         assert a.verdict is b.verdict and a.score == pytest.approx(b.score, abs=1e-6)
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
-    assert {r.verdict for r in together} == {Verdict.PASS, Verdict.FAIL}
+    assert {Verdict.PASS, Verdict.FAIL} <= {r.verdict for r in together}, "good and defective parts both seen"
 
 
 def test_inspect_images_refuses_paths_that_do_not_match(station: Station) -> None:
