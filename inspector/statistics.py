@@ -1,8 +1,11 @@
 """Statistics that lead to action, read from the store: Pareto of defect types, where on the part, SPC, drift.
 
 Every query aggregates in SQL (counts per type, per location cell, per lot or hour) so that a store of
-millions of inspections returns a few hundred rows; none pulls the regions themselves. The
-app runs these off the GUI thread; ``benchmarks/stats_scale.py`` times them on 1,000,000 inspections.
+millions of inspections returns a few hundred rows; none pulls the regions themselves. The counts come from
+the store's roll-ups (`inspector.store.rollup`: counts per recipe, line, station, lot, 15 minutes, verdict and
+class, kept by every write) unless the store was opened with ``rollups=False``; the location map reads the
+detail rows for a time window or a lot, and for a grid finer than the roll-up's 8-px cells. The app runs these
+off the GUI thread; ``benchmarks/stats_scale.py`` times them on 1,000,000 inspections.
 
 A region's type for statistics is the reviewer's class when there is one, else the typer's guess,
 else ``untyped`` (`TypeSource` picks confirmed or predicted only).

@@ -9,13 +9,14 @@ Three tables (`inspector.store.schema`):
 - ``location_counts``: defect regions per recipe, line, station, confirmed and predicted class and centre cell of
   `LOCATION_CELL_PX` frame pixels (the location map; no time or lot: a time window or a lot reads the detail rows).
 
-Upkeep has one rule, `add_inspections`: it counts the chosen detail rows in SQL (the same grouping the
-queries use) and adds the counts to the roll-ups (an upsert), in the caller's transaction. The writer calls it
-for each batch it inserts, a reviewer's relabelling subtracts the old classes (``sign=-1``) and adds the new
-ones, and the schema-4 migration builds the roll-ups of an existing store with it (`build`, in chunks, with
-progress). The store never deletes inspections; a future deletion must subtract them the same way.
+Upkeep has one rule, `add_inspections` (`add_matching` for a range of ids): it counts the chosen detail rows in
+SQL (the same grouping the queries use) and adds the counts to the roll-ups (an upsert), in the caller's
+transaction. The writer calls it for each batch it inserts, a reviewer's relabelling subtracts the old classes
+(`recount_regions`, ``sign=-1``) and adds the new ones, and the schema-4 migration builds the roll-ups of an
+existing store with it (`build`, in chunks, with progress). The store never deletes inspections; a future
+deletion must subtract them the same way.
 
-Reading: `inspection_groups`, `region_class_counts` and `location_cell_counts` answer the usual filters
+Reading: `inspection_groups`, `region_class_counts` and `location_grid_counts` answer the usual filters
 (recipe, line, station, lot, verdict, since, until). A window whose ends fall inside a 15-minute bucket reads
 those partial buckets from the detail rows (an index range of minutes) and the whole buckets between them from
 the roll-up, so the answer equals the detail query's (tests/inspector/test_rollup.py checks that after random
@@ -24,6 +25,7 @@ inserts and relabellings, on SQLite and PostgreSQL).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +48,7 @@ from inspector.store.schema import (
 
 __all__ = [
     "add_inspections",
+    "add_matching",
     "build",
     "inspection_groups",
     "location_grid_counts",
@@ -102,11 +105,30 @@ def _region_stmts(where: sa.ColumnElement[bool]) -> list[tuple[sa.Table, sa.Sele
     ]
 
 
-def add_inspections(conn: sa.Connection, where: sa.ColumnElement[bool]) -> None:
-    """Add the inspections matching ``where`` (a condition on ``inspections``) and their regions to the roll-ups.
+def add_inspections(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """Add these inspections and their regions to the roll-ups.
 
-    Call it once per inspection, in the transaction that inserted it.
+    Call it once per inspection, in the transaction that inserted it (the writer: once per batch). The statements
+    are built once (`_by_ids`): building them costs more than running them for a batch of a few results.
     """
+    if not ids:
+        return
+    inspection_stmt, region_stmts = _by_ids()
+    params = {"ids": list(ids)}
+    _add(conn, inspection_counts, inspection_stmt, 1, params)
+    for table, stmt in region_stmts:
+        _add(conn, table, stmt, 1, params)
+
+
+@functools.cache
+def _by_ids() -> tuple[sa.Select[Any], list[tuple[sa.Table, sa.Select[Any]]]]:
+    where = inspections.c.id.in_(sa.bindparam("ids", expanding=True))
+    return _inspection_stmt(where), _region_stmts(where)
+
+
+def add_matching(conn: sa.Connection, where: sa.ColumnElement[bool]) -> None:
+    """Add the inspections matching ``where`` (a condition on ``inspections``) and their regions to the roll-ups
+    (`build`: a range of ids)."""
     _add(conn, inspection_counts, _inspection_stmt(where), 1)
     recount_regions(conn, where, 1)
 
@@ -118,8 +140,9 @@ def recount_regions(conn: sa.Connection, where: sa.ColumnElement[bool], sign: in
         _add(conn, table, stmt, sign)
 
 
-def _add(conn: sa.Connection, table: sa.Table, stmt: sa.Select[Any], sign: int) -> None:
-    rows = [dict(r) for r in conn.execute(stmt).mappings()]
+def _add(conn: sa.Connection, table: sa.Table, stmt: sa.Select[Any], sign: int,
+         params: dict[str, Any] | None = None) -> None:
+    rows = [dict(r) for r in conn.execute(stmt, params).mappings()]
     if not rows:
         return
     keys = [c.name for c in table.primary_key.columns]
@@ -127,14 +150,16 @@ def _add(conn: sa.Connection, table: sa.Table, stmt: sa.Select[Any], sign: int) 
         row["n"] = sign * int(row["n"])
     # a fixed order: two stations adding to the same groups lock their rows in one order (no deadlock)
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
-    _upsert(conn, table, keys, rows)
+    conn.execute(_upsert(conn.dialect.name, table), rows)
     if sign < 0:      # a group counted down to nothing leaves no row behind
         gone = sa.delete(table).where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in keys), table.c.n <= 0)
         conn.execute(gone, [{f"k_{k}": r[k] for k in keys} for r in rows])
 
 
-def _upsert(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]]) -> None:
-    dialect = conn.dialect.name
+@functools.cache
+def _upsert(dialect: str, table: sa.Table) -> Any:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET n = n + excluded.n`` (first_time: the smaller), built once."""
+    keys = [c.name for c in table.primary_key.columns]
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -150,7 +175,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[di
     if "first_time" in table.c:
         update["first_time"] = sa.case((stmt.excluded.first_time < table.c.first_time, stmt.excluded.first_time),
                                        else_=table.c.first_time)
-    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+    return stmt.on_conflict_do_update(index_elements=keys, set_=update)
 
 
 def build(conn: sa.Connection, chunk: int = BUILD_CHUNK) -> Iterator[Progress]:
@@ -164,7 +189,7 @@ def build(conn: sa.Connection, chunk: int = BUILD_CHUNK) -> Iterator[Progress]:
         return
     total = int(high) - int(low) + 1
     for start in range(int(low), int(high) + 1, chunk):
-        add_inspections(conn, inspections.c.id.between(start, start + chunk - 1))
+        add_matching(conn, inspections.c.id.between(start, start + chunk - 1))
         done = min(total, start + chunk - int(low))
         yield Progress(done=done, total=total, message=f"statistics roll-ups: {done:,} of {total:,} inspection ids")
 

@@ -309,16 +309,15 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
             have = set(conn.execute(sa.select(inspections.c.result_id)
                                     .where(inspections.c.result_id.in_(ids))).scalars())
             fresh = [(rid, payload) for rid, payload in entries if rid not in have]
-            ids = []
+            inserted: list[int] = []
             for rid, payload in fresh:
                 row = {**payload["inspection"], "result_id": rid}
                 inspection_id = new_id(conn.execute(sa.insert(inspections), row))
-                ids.append(inspection_id)
+                inserted.append(inspection_id)
                 region_rows = [_region_from_json(r, inspection_id) for r in payload["regions"]]
                 if region_rows:
                     _insert_regions(conn, region_rows)
-            if ids:
-                add_inspections(conn, inspections.c.id.in_(ids))   # same transaction: never out of step
+            add_inspections(conn, inserted)   # same transaction: never out of step
         return fresh
 
     @property
@@ -533,7 +532,7 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
                            for i, p in zip(ids, batch, strict=True) for r in p.regions]
             if region_rows:
                 _insert_regions(conn, region_rows)
-            add_inspections(conn, inspections.c.id.in_(ids))   # same transaction: never out of step
+            add_inspections(conn, ids)   # same transaction: never out of step
 
     def _settle(self, *, committed: int = 0, rejected: int = 0, lost: int = 0) -> int:
         with self._cond:
