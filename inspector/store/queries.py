@@ -179,14 +179,16 @@ class StoreQueries:
             with self._engine.connect() as conn:
                 found = inspection_groups(conn, flt, names, by_time=bool(times))
             time_keys: dict[int, str] = {}         # a bucket's local hour/shift/day, worked out once
+            # the group's place in ``keys``: a name's value, or the time key (index len(names))
+            order = [names.index(k) if k in names else len(names) for k in keys]
             for (named_values, b, verdict), (n, _) in sorted(found.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-                named: dict[str, str] = dict(zip(names, named_values, strict=True))
+                group_values = named_values
                 if times:
                     b = b or 0
                     if b not in time_keys:
                         time_keys[b] = self._time_key(b * BUCKET_S, times[0])
-                    named[times[0]] = time_keys[b]
-                acc = groups.setdefault(tuple(named[k] for k in keys), [0, 0, 0, 0, 0])
+                    group_values = (*named_values, time_keys[b])
+                acc = groups.setdefault(tuple(str(group_values[i]) for i in order), [0, 0, 0, 0, 0])
                 acc[0] += n
                 acc[1 + _VERDICT_SLOT[verdict]] += n
             return [_yield_row(k, *v) for k, v in groups.items()]

@@ -237,11 +237,17 @@ def inspection_groups(conn: sa.Connection, flt: Mapping[str, Any], names: Sequen
     whole, edges = _time_split(flt.get("since"), flt.get("until"), inspection_counts)
     out: dict[tuple[tuple[str, ...], int | None, str], tuple[int, float]] = {}
 
+    width = len(names)
+
     def merge(rows: Any) -> None:
+        # plain tuples (*names, [bucket], verdict, n, first time): this loop runs once per bucket and verdict
         for r in rows:
-            key = (tuple(str(r[k]) for k in names), int(r["bucket"]) if by_time else None, str(r["verdict"]))
-            n, t0 = out.get(key, (0, math.inf))
-            out[key] = (n + int(r["n"]), min(t0, float(r["first_time"])))
+            key = (tuple(r[:width]), int(r[width]) if by_time else None, r[-3])
+            found = out.get(key)
+            if found is None:
+                out[key] = (int(r[-2]), float(r[-1]))
+            else:
+                out[key] = (found[0] + int(r[-2]), min(found[1], float(r[-1])))
 
     if whole is not None:
         t = inspection_counts
@@ -249,13 +255,13 @@ def inspection_groups(conn: sa.Connection, flt: Mapping[str, Any], names: Sequen
         stmt = (sa.select(*whole_keys, sa.func.sum(t.c.n).label("n"),
                           sa.func.min(t.c.first_time).label("first_time"))
                 .where(*_equal(t, cond, (*_NAMES, "verdict")), *whole).group_by(*whole_keys))
-        merge(conn.execute(stmt).mappings())
+        merge(conn.execute(stmt))
     for edge in edges:
         keys = [*(inspections.c[k] for k in names), *([_bucket_of_time().label("bucket")] if by_time else []),
                 inspections.c.verdict]
         stmt = (sa.select(*keys, sa.func.count().label("n"), sa.func.min(inspections.c.time).label("first_time"))
                 .where(*_equal(inspections, cond, (*_NAMES, "verdict")), *edge).group_by(*keys))
-        merge(conn.execute(stmt).mappings())
+        merge(conn.execute(stmt))
     return out
 
 
