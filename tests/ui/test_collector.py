@@ -7,7 +7,6 @@ import threading
 
 from ui.collector import GuiThreadCollector
 
-
 CYCLES = 5000
 
 
