@@ -60,12 +60,12 @@ def test_a_synthetic_anomaly_changes_only_its_region_on_the_part(kind: str) -> N
     np.testing.assert_array_equal(out, again)
 
 
-def test_the_part_box_finds_a_part_on_a_plain_background_and_the_whole_frame_of_a_texture() -> None:
+def test_the_part_box_finds_a_part_on_a_plain_background_and_the_centre_of_a_texture() -> None:
     frame = np.full((100, 160, 3), 40, np.uint8)
     frame[30:70, 60:120] = 200
     assert part_box(frame) == pytest.approx((30, 60, 70, 120), abs=2)
     texture = np.random.default_rng(0).integers(0, 255, (100, 160, 3), dtype=np.uint8)
-    assert part_box(texture) == (0, 0, 100, 160)
+    assert part_box(texture) == (20, 32, 80, 128)
 
 
 def test_an_unknown_kind_is_named() -> None:
