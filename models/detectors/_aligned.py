@@ -19,7 +19,9 @@ leave-one-out matching of the fit, the share of (scored) good patches whose near
 is found within the radius of their own place anyway, i.e. for which restricting the search costs
 nothing. For a part in a fixture most patches match at their own place; for a texture, or a part lying
 at any angle, the nearest neighbour is anywhere, so the share falls towards the chance level (the
-disc's share of the frame, about 3 % at radius 0.1).
+disc's share of the frame, about 3 % at radius 0.1). Measured limit: on DINOv2 block-8 features a texture
+(magnetic tile) still gives 0.91, since the patch tokens carry their position; so "auto" calls every dev
+category aligned and is not the default (``benchmarks/README.md``, aligned parts).
 
 Example:
     >>> share = aligned_share(free_loo, restricted_loo)          # (Q,) distances of the same patches
