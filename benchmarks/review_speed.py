@@ -1,6 +1,7 @@
 """Batch review: scoring threads, batches and one image at a time, whole reviews interleaved (issue 17).
 
-Teaches a recipe with the product's defaults (448 px, block 8, the default detector options) on
+Teaches a recipe with the product's defaults (448 px, block 8, the default detector options, no
+self-tuning: the recipe as written, as `inspector train --fixed-config`) on
 ``--shots`` good frames of an MVTec-layout category, then reviews ``--images`` test images split
 into folders of ``--chunk`` images. Each folder is reviewed once per row, the order rotating from
 folder to folder so that load drift on a shared machine hits every row alike:
@@ -15,7 +16,8 @@ folder to folder so that load drift on a shared machine hits every row alike:
 - with ``--onnx``, batched and scored by onnxruntime from the version's exported ``model.onnx``
   (exported once after teaching, its export time reported apart).
 
-Every call is a whole ``inspector.review.review`` run: loading the model, decoding, scoring,
+Every row first reviews two images untimed (a warm-up). Every call is a whole
+``inspector.review.review`` run: loading the model, decoding, scoring,
 thumbnails, overlays, the journal and the HTML report. Verdicts and scores of every row are
 compared with the baseline's (ONNX: within the export self-check tolerance
 ``models.export.SCORE_ATOL``, identical verdicts). The JSON records the load average
@@ -151,12 +153,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(path, teach_dir / path.name)
         recipe = write_recipe(work, device=args.device)
         t0 = time.perf_counter()
-        run_to_end(teach(load_recipe(recipe), teach_dir))
+        run_to_end(teach(load_recipe(recipe), teach_dir, self_tune=False))   # the recipe as written
         logger.info("taught on %d shots in %.0f s", args.shots, time.perf_counter() - t0)
         files = image_files(args.data_root, "test")[: args.images]
         export_s = export_model(recipe, files[0]) if args.onnx else None
         rows = review_rows(args)
         base = rows[0]
+        # Untimed: one small review per row first, so that no row pays the process's first model load,
+        # allocator growth or thread-pool start (the first timed run was 3-4x slower than the others).
+        warm = work / "warm-up"
+        warm.mkdir()
+        for path in files[:2]:
+            shutil.copy(path, warm / path.name)
+        for k, row in enumerate(rows):
+            run_row(row, warm, work / f"warm-up_{k}", recipe, args.device)
         timings: dict[str, list[float]] = {row.label: [] for row in rows}
         models: dict[str, str] = {}
         mismatches: list[str] = []
