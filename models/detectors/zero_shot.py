@@ -116,7 +116,8 @@ class ZeroShotConfig:
             raise ValueError(msg)
         if not isinstance(self.rescore_k, tuple) or not all(
                 isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.rescore_k):
-            msg = f"ZeroShotConfig.rescore_k must be a tuple of integers >= 1 (() = no re-scoring), got {self.rescore_k!r}"
+            msg = (f"ZeroShotConfig.rescore_k must be a tuple of integers >= 1 (() = no re-scoring), "
+                   f"got {self.rescore_k!r}")
             raise ValueError(msg)
         for name in ("shorter_side", "max_references", "batch_size", "block_elements"):
             value = getattr(self, name)
@@ -555,7 +556,8 @@ def evaluate_zero_shot(
     values: dict[str, Any] = {
         "category": category.name, "shots": None, "n_train": 0, "n_test": len(items), "seed": scorer.config.seed,
         "image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
-        "aupro": aupro(maps, masks), "f1": f1_at(top, labels, review), "f1_fail": f1_at(top, labels, fail), "threshold": review,
+        "aupro": aupro(maps, masks), "f1": f1_at(top, labels, review), "f1_fail": f1_at(top, labels, fail),
+        "threshold": review,
         "thresholds": {"review": review, "fail": fail, "pixel": review, "rule": rule,
                        "top_score_auroc": image_auroc(top, labels)},
         "best_f1": best, "best_f1_threshold": best_threshold, "ms_per_image": 1e3 * seconds / len(items),
