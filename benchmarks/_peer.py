@@ -85,22 +85,29 @@ class PeerDetector:
         peer: from ``build_peer``.
         store: the feature cache; None runs the peer's own backbone (slow, used for the check).
         shorter_side: input resolution, as for PatchKNN.
+        block: 1-based block whose cached features the peer gets (12 = what anomalib extracts; another block
+            needs the cache).
     """
 
-    def __init__(self, peer: Any, *, store: FeatureStore | None, shorter_side: int = 448) -> None:
+    def __init__(self, peer: Any, *, store: FeatureStore | None, shorter_side: int = 448, block: int = 12) -> None:
         self.peer = peer
         self.store = store
         self.shorter_side = shorter_side
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
-        self.config = {"detector": "anomalib.AnomalyDINOModel", "shorter_side": shorter_side, "block": 12,
+        if store is None and block != 12:
+            msg = f"the peer's own backbone gives block 12 only; block {block} needs the feature cache"
+            raise ValueError(msg)
+        self.config = {"detector": "anomalib.AnomalyDINOModel", "shorter_side": shorter_side, "block": block,
                        "k": peer.num_neighbours, "masking": peer.masking,
                        "coreset_subsampling": peer.coreset_subsampling,
                        "features": "cached" if store else "own"}
         if store is not None:
-            depth = store.full.depth
+            if not 1 <= block <= store.full.depth:
+                msg = f"block must be 1 to {store.full.depth}, got {block}"
+                raise ValueError(msg)
 
             def cached(x: torch.Tensor) -> torch.Tensor:
-                feats = store.get(x)[:, :, :, depth - 1, :].float()        # (B, h, w, D), last block
+                feats = store.get(x)[:, :, :, block - 1, :].float()        # (B, h, w, D)
                 return feats.reshape(feats.shape[0], -1, feats.shape[-1])  # (B, N, D) as the peer's NLC
 
             self.peer.extract_features = cached

@@ -5,12 +5,15 @@ images, and all of them capped by ``--full-cap``), both detectors are fitted and
 ``models.evaluation.evaluate`` (image AUROC, AUPRO, pixel AUROC, F1 at the threshold calibrated on
 good images, ms per image). Features of all 12 blocks are cached on disk per input tensor
 (``benchmarks/_features.py``), so re-runs with other kNN settings skip the backbone; the peer is
-served the same cached features (``benchmarks/_peer.py``). ``--sweep`` runs the one-pass sweep of
-kNN-side settings (``benchmarks/_sweep.py``) instead of the table.
+served the same cached features (``benchmarks/_peer.py``), at one or more blocks (``--peer-blocks``).
+With several shot seeds (``--seeds``) every setting is run once per seed and a summary table gives
+the mean and spread over seeds, with ours' operating point at the thresholds calibrated from the
+good shots alone (``benchmarks/_table.py``).
 
 Usage (from the repository root):
     python -m benchmarks.accuracy --data ../shared/data --shots 16 --full-cap 200 --json out.json
     python -m benchmarks.accuracy --categories visa_fryum --limit-test 60 --settings 16
+    python -m benchmarks.accuracy --settings 16,4,1 --seeds 0,1,2 --peer-blocks 8,12 --json table.json
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,10 +34,11 @@ if str(REPO) not in sys.path:          # run as a script: make `models` and `ben
 
 from benchmarks._features import CachedBackbone, FeatureStore  # noqa: E402
 from benchmarks._peer import PeerDetector, build_peer, check_peer_features  # noqa: E402
+from benchmarks._table import markdown_table, summarise  # noqa: E402
 from benchmarks._timing import cpu_model, versions  # noqa: E402
 from models.backbone import create_backbone  # noqa: E402
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig  # noqa: E402
-from models.evaluation import EvalReport, evaluate, load_category, load_image_rgb, subset_test  # noqa: E402
+from models.evaluation import evaluate, load_category, load_image_rgb, subset_test  # noqa: E402
 from models.files import atomic_write  # noqa: E402
 from models.weights import resolve_weights  # noqa: E402
 
@@ -64,7 +67,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("both", "ours", "peer"), default="both", help="which detectors to run")
     p.add_argument("--no-cache", action="store_true", help="run the backbones for real (true ms/image)")
     p.add_argument("--json", type=Path, default=None, help="write all reports here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="shot seed (and test-subset seed)")
+    p.add_argument("--seeds", default=None, help="comma-separated shot seeds, e.g. 0,1,2 (overrides --seed)")
+    p.add_argument("--peer-blocks", default=str(PEER_BLOCK), help="peer blocks from the cache, e.g. 8,12")
     return p.parse_args(argv)
 
 
@@ -78,24 +83,16 @@ def _categories(root: Path, names: str | None) -> list[Path]:
     return found
 
 
-def _fmt(x: float) -> str:
-    return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-def _row(cat: str, setting: str, ours: EvalReport | None, peer: EvalReport | None) -> str:
-    def cols(r: EvalReport | None) -> str:
-        if r is None:
-            return " | ".join(["  -  "] * 4 + ["   -  "])
-        return " | ".join([_fmt(r.image_auroc), _fmt(r.aupro), _fmt(r.pixel_auroc), _fmt(r.f1),
-                           f"{r.ms_per_image:6.0f}"])
-    return f"| {cat:<18} | {setting:<8} | {cols(ours)} | {cols(peer)} |"
-
-
-HEADER: Final = (
-    "| category           | setting  | ours img AUROC | AUPRO | pix AUROC | F1 | ms/img "
-    "| peer img AUROC | AUPRO | pix AUROC | F1 | ms/img |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
-)
+def _settings(args: argparse.Namespace) -> list[tuple[str, int]]:
+    settings = []
+    for s in args.settings.split(","):
+        if s.strip() == "shots":
+            settings.append((f"{args.shots}-shot", args.shots))
+        elif s.strip() == "all":
+            settings.append((f"all<={args.full_cap}", args.full_cap))
+        else:
+            settings.append((f"{int(s)}-shot", int(s)))
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,17 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     blocks = tuple(int(b) for b in args.blocks.split(","))
     config = PatchKNNConfig.from_dict(json.loads(args.config))
     peer_model = None if args.only == "ours" else build_peer(resolved.state_dict, model_name=MODEL_NAME)
+    peer_blocks = [int(b) for b in args.peer_blocks.split(",")] if peer_model is not None else []
+    if args.no_cache and peer_blocks != [PEER_BLOCK]:
+        msg = f"--no-cache runs the peer's own backbone, which gives block {PEER_BLOCK} only; drop --peer-blocks"
+        raise SystemExit(msg)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    detectors = ([] if args.only == "peer" else ["ours"]) + [f"peer b{b}" for b in peer_blocks]
 
-    settings = []
-    for s in args.settings.split(","):
-        if s.strip() == "shots":
-            settings.append((f"{args.shots}-shot", args.shots))
-        elif s.strip() == "all":
-            settings.append((f"all<={args.full_cap}", args.full_cap))
-        else:
-            settings.append((f"{int(s)}-shot", int(s)))
-
-    rows: list[str] = []
     out: list[dict[str, Any]] = []
     for root in _categories(args.data, args.categories):
         category = load_category(root)
@@ -129,45 +122,51 @@ def main(argv: list[str] | None = None) -> int:
             worst = check_peer_features(peer_model, store, [load_image_rgb(category.test[0].path)],
                                         config.shorter_side)
             logger.info("%s: peer's own features vs cached: min cosine similarity %.5f", category.name, worst)
-        for label, shots in settings:
-            ours = None
-            if args.only != "peer":
-                start = time.perf_counter()
-                if args.no_cache:
-                    if args.neighbourhood > 1:
-                        msg = "--no-cache with --neighbourhood > 1 needs that option in PatchKNN itself"
-                        raise SystemExit(msg)
-                    backbone = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=blocks,
-                                               device=args.device)
-                else:
-                    backbone = CachedBackbone(store, blocks=blocks, neighbourhood=args.neighbourhood)
-                ours = evaluate(PatchKNN(backbone=backbone, config=config), category, shots=shots,
-                                seed=args.seed, test_items=items)
-                logger.info("%s %s ours: AUROC %.3f AUPRO %.3f (%.0f s)", category.name, label,
-                            ours.image_auroc, ours.aupro, time.perf_counter() - start)
-            peer = None
-            if peer_model is not None:
-                start = time.perf_counter()
-                peer_model.memory_bank = torch.empty(0)
-                detector = PeerDetector(peer_model, store=None if args.no_cache else store,
-                                        shorter_side=config.shorter_side)
-                peer = evaluate(detector, category, shots=shots, seed=args.seed, test_items=items)
-                logger.info("%s %s peer: AUROC %.3f AUPRO %.3f (%.0f s)", category.name, label,
-                            peer.image_auroc, peer.aupro, time.perf_counter() - start)
-            rows.append(_row(category.name, label, ours, peer))
-            out.append({"category": category.name, "setting": label, "blocks": list(blocks),
-                        "neighbourhood": args.neighbourhood,
-                        "ours": ours.to_dict() if ours else None, "peer": peer.to_dict() if peer else None})
-            print("\n".join([HEADER, *rows]), flush=True)
-            if args.json:
-                env = {"device": str(args.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "cpu": cpu_model(), "versions": versions(),
-                       "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
-                       "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)}
-                atomic_write(args.json, json.dumps({"env": env, "results": out}, indent=1))
+        for label, shots in _settings(args):
+            for seed in seeds:
+                for name in detectors:
+                    start = time.perf_counter()
+                    report = evaluate(_detector(name, args, blocks, config, store, peer_model, resolved.state_dict),
+                                      category, shots=shots, seed=seed, test_items=items)
+                    point = report.operating_point
+                    logger.info("%s %s seed %d %s: AUROC %.3f AUPRO %.3f flagged defects %s good %s (%.0f s)",
+                                category.name, label, seed, name, report.image_auroc, report.aupro,
+                                point.get("defect_flag_rate"), point.get("good_flag_rate"),
+                                time.perf_counter() - start)
+                    out.append({"category": category.name, "setting": label, "shots": shots, "seed": seed,
+                                "detector": name, "blocks": list(blocks) if name == "ours" else [int(name[6:])],
+                                "neighbourhood": args.neighbourhood if name == "ours" else 1,
+                                "report": report.to_dict()})
+                summary = summarise(out)
+                print(markdown_table(summary, detectors=detectors), flush=True)
+                if args.json:
+                    env = {"device": str(args.device), "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "cpu": cpu_model(), "versions": versions(),
+                           "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
+                           "test_images": "all" if args.limit_test is None else args.limit_test,
+                           "command": "python -m benchmarks.accuracy "
+                                      + " ".join(sys.argv[1:] if argv is None else argv)}
+                    atomic_write(args.json, json.dumps({"env": env, "summary": summary, "results": out}, indent=1))
     print(f"\nfeature cache: {store.hits} hits, {store.misses} misses"
           f"{' (ms/img excludes the cached backbone)' if not args.no_cache else ''}")
     return 0
+
+
+def _detector(name: str, args: argparse.Namespace, blocks: tuple[int, ...], config: PatchKNNConfig,
+              store: FeatureStore, peer_model: Any, state_dict: dict[str, torch.Tensor]) -> Any:
+    """A fresh unfitted detector: ours (PatchKNN on cached or real features) or the peer at one block."""
+    if name != "ours":
+        peer_model.memory_bank = torch.empty(0)
+        return PeerDetector(peer_model, store=None if args.no_cache else store,
+                            shorter_side=config.shorter_side, block=int(name[6:]))
+    if args.no_cache:
+        if args.neighbourhood > 1:
+            msg = "--no-cache with --neighbourhood > 1 needs that option in PatchKNN itself"
+            raise SystemExit(msg)
+        backbone = create_backbone(MODEL_NAME, state_dict=state_dict, blocks=blocks, device=args.device)
+    else:
+        backbone = CachedBackbone(store, blocks=blocks, neighbourhood=args.neighbourhood)
+    return PatchKNN(backbone=backbone, config=config)
 
 
 if __name__ == "__main__":

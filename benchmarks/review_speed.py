@@ -1,20 +1,29 @@
-"""Batch review: images scored in batches with a decode thread vs one image at a time (issue 17).
+"""Batch review: scoring threads, batches and one image at a time, whole reviews interleaved (issue 17).
 
 Teaches a recipe with the product's defaults (448 px, block 8, the default detector options) on
 ``--shots`` good frames of an MVTec-layout category, then reviews ``--images`` test images split
-into folders of ``--chunk`` images. Each folder is reviewed twice, once with
-``review(..., batch_size=1)`` (one model call per image: the path before batching) and once with
-``batch_size=--batch`` (``Station.inspect_images``; files decoded on a separate thread), and with
-``--onnx`` a third time, batched, scored by onnxruntime from the version's exported ``model.onnx``
-(``runtime="onnx"``; exported once after teaching, its export time reported apart), the order
-rotating from folder to folder so that load drift on a shared machine hits both alike. Every
-call is a whole ``inspector.review.review`` run: loading the model, decoding, scoring, thumbnails,
-overlays, the journal and the HTML report. Verdicts and scores of every run are compared with the
-one-at-a-time torch run (ONNX: within the export self-check tolerance ``models.export.SCORE_ATOL``, identical verdicts).
+into folders of ``--chunk`` images. Each folder is reviewed once per row, the order rotating from
+folder to folder so that load drift on a shared machine hits every row alike:
+
+- ``one at a time``: ``review(..., batch_size=1, workers=1)``, one model call per image on the
+  process's torch threads: the path before batching, the baseline of every ratio;
+- ``one at a time, 1 torch thread``: the same with ``torch.set_num_threads(1)`` (faster than two on
+  the loaded 2-core development machine);
+- ``default (scoring threads)``: ``review()`` as the CLI runs it: on the CPU several images at once,
+  one scoring thread each (`inspector._review_workers.plan_workers`; ``--workers N`` to force N);
+- ``batch N, 1 scoring thread``: ``batch_size=--batch`` (``Station.inspect_images``), unless ``--batch 1``;
+- with ``--onnx``, batched and scored by onnxruntime from the version's exported ``model.onnx``
+  (exported once after teaching, its export time reported apart).
+
+Every call is a whole ``inspector.review.review`` run: loading the model, decoding, scoring,
+thumbnails, overlays, the journal and the HTML report. Verdicts and scores of every row are
+compared with the baseline's (ONNX: within the export self-check tolerance
+``models.export.SCORE_ATOL``, identical verdicts). The JSON records the load average
+(``os.getloadavg()``) at the start and after every run.
 
 Usage (repository root):
-    python -m benchmarks.review_speed --data-root ../shared/data/visa_fryum --images 24 \\
-        --json benchmarks/results/review_cpu.json
+    python -m benchmarks.review_speed --data-root ../shared/data/visa_fryum --shots 16 --images 16 \\
+        --chunk 8 --json benchmarks/results/review_cpu_threads.json
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ import argparse
 import csv
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,15 +85,55 @@ def export_model(recipe: Path, sample: Path) -> float:
     return time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class Row:
+    """One way of reviewing a folder."""
+
+    label: str
+    runtime: str = "torch"
+    batch: int | None = None       # review(batch_size=)
+    workers: int | None = None     # review(workers=); None with batch None: the default rule
+    threads: int | None = None     # torch threads of the calling thread for this row (None: the process's)
+
+
+def review_rows(args: argparse.Namespace) -> list[Row]:
+    """The baseline first (one image per model call on the process's torch threads: the path before
+    batching), then the same on one torch thread, the default (scoring threads), and the options."""
+    rows = [Row("one at a time", batch=1, workers=1), Row("one at a time, 1 torch thread", batch=1, workers=1,
+                                                          threads=1),
+            Row("default (scoring threads)" if args.workers is None else f"{args.workers} scoring threads",
+                workers=args.workers)]
+    if args.batch > 1:
+        rows.append(Row(f"batch {args.batch}, 1 scoring thread", batch=args.batch, workers=1))
+    if args.onnx:
+        rows.append(Row(f"onnxruntime batch {args.batch}", runtime="onnx", batch=args.batch, workers=1))
+    return rows
+
+
+def run_row(row: Row, folder: Path, out: Path, recipe: Path, device: str) -> tuple[float, str]:
+    """Seconds of one whole ``review()`` run of ``folder`` the row's way, and what scored (the report's model)."""
+    caller = torch.get_num_threads()
+    if row.threads:
+        torch.set_num_threads(row.threads)
+    try:
+        t0 = time.perf_counter()
+        summary = run_to_end(review(folder, out, recipe=recipe, device=device, batch_size=row.batch,
+                                    workers=row.workers, runtime=row.runtime))
+        return time.perf_counter() - t0, summary.model
+    finally:
+        torch.set_num_threads(caller)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--images", type=int, default=24)
-    p.add_argument("--chunk", type=int, default=8, help="images per reviewed folder (one pair of runs each)")
-    p.add_argument("--batch", type=int, default=REVIEW_BATCH)
+    p.add_argument("--chunk", type=int, default=8, help="images per reviewed folder (one run of every row each)")
+    p.add_argument("--batch", type=int, default=REVIEW_BATCH, help="the batched row's batch size (1: no such row)")
+    p.add_argument("--workers", type=int, default=None, help="scoring threads of the threads row (default: the rule)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the process (default: torch's)")
     p.add_argument("--onnx", action="store_true", help="add a batched row scored by onnxruntime (model.onnx)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -91,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="review-speed-"))
+    load: list[tuple[float, float, float]] = [os.getloadavg()]
     try:
         teach_dir = work / "teach"
         teach_dir.mkdir()
@@ -102,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("taught on %d shots in %.0f s", args.shots, time.perf_counter() - t0)
         files = image_files(args.data_root, "test")[: args.images]
         export_s = export_model(recipe, files[0]) if args.onnx else None
-        rows = [("torch", 1), ("torch", args.batch)] + ([("onnx", args.batch)] if args.onnx else [])
-        timings: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
+        rows = review_rows(args)
+        base = rows[0]
+        timings: dict[str, list[float]] = {row.label: [] for row in rows}
+        models: dict[str, str] = {}
         mismatches: list[str] = []
         for c, start in enumerate(range(0, len(files), args.chunk)):
             folder = work / f"images_{c:02d}"
@@ -112,39 +167,42 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
             order = rows[c % len(rows):] + rows[: c % len(rows)]
             outs = {}
-            for runtime, b in order:
-                out = work / f"review_{c:02d}_{runtime}_b{b}"
-                t0 = time.perf_counter()
-                run_to_end(review(folder, out, recipe=recipe, device=args.device, batch_size=b, runtime=runtime))
-                timings[runtime, b].append(time.perf_counter() - t0)
-                outs[runtime, b] = scores(out)
-                logger.info("folder %d (%d images) %s batch %d: %.1f s", c, len(outs[runtime, b]), runtime, b,
-                            timings[runtime, b][-1])
+            for k, row in enumerate(order):
+                out = work / f"review_{c:02d}_{k}"
+                seconds, models[row.label] = run_row(row, folder, out, recipe, args.device)
+                timings[row.label].append(seconds)
+                load.append(os.getloadavg())
+                outs[row.label] = scores(out)
+                logger.info("folder %d (%d images) %s: %.1f s (load %.1f)", c, len(outs[row.label]), row.label,
+                            seconds, load[-1][0])
             for row in rows[1:]:
-                tolerance = SCORE_ATOL if row[0] == "onnx" else 1e-4
-                for name, (verdict, score) in outs["torch", 1].items():
-                    v2, s2 = outs[row][name]
+                tolerance = SCORE_ATOL if row.runtime == "onnx" else 1e-4
+                for name, (verdict, score) in outs[base.label].items():
+                    v2, s2 = outs[row.label][name]
                     if verdict != v2 or abs(score - s2) > tolerance:
-                        mismatches.append(f"{name} {row}: {verdict} {score:.5f} vs {v2} {s2:.5f}")
-        one, many = sum(timings["torch", 1]), sum(timings["torch", args.batch])
+                        mismatches.append(f"{name} {row.label}: {verdict} {score:.5f} vs {v2} {s2:.5f}")
         n = len(files)
+        total = {row.label: sum(timings[row.label]) for row in rows}
         result = {"env": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": args.device,
                           "versions": versions(), "command": "python -m benchmarks.review_speed "
-                          + " ".join(argv if argv is not None else __import__("sys").argv[1:])},
-                  "images": n, "chunk": args.chunk, "batch": args.batch,
-                  "one_at_a_time_s": timings["torch", 1], "batched_s": timings["torch", args.batch],
-                  "one_at_a_time_images_per_s": n / one, "batched_images_per_s": n / many,
-                  "speedup": one / many, "mismatches": mismatches}
+                          + " ".join(argv if argv is not None else sys.argv[1:]),
+                          "load_average_1_5_15": load},
+                  "images": n, "chunk": args.chunk, "shots": args.shots, "baseline": base.label,
+                  "rows": {row.label: {"runtime": row.runtime, "batch": row.batch, "workers": row.workers,
+                                       "threads": row.threads or torch.get_num_threads(),
+                                       "scored_by": models[row.label],
+                                       "seconds": timings[row.label], "images_per_s": n / total[row.label],
+                                       "speedup": total[base.label] / total[row.label]} for row in rows},
+                  "mismatches": mismatches}
         if args.onnx:
-            onnx = sum(timings["onnx", args.batch])
-            result.update(onnx_batched_s=timings["onnx", args.batch], onnx_images_per_s=n / onnx,
-                          onnx_speedup=one / onnx, onnx_export_s=export_s, onnx_score_atol=SCORE_ATOL)
-        print(f"\nreview of {n} images ({args.chunk} per folder, whole review() runs, interleaved): one at a time "
-              f"{one:.1f} s ({n / one:.3f} img/s), batch {args.batch} + decode thread {many:.1f} s "
-              f"({n / many:.3f} img/s): {one / many:.2f}x; verdict/score mismatches: {len(mismatches)}")
-        if args.onnx:
-            print(f"onnxruntime batch {args.batch}: {onnx:.1f} s ({n / onnx:.3f} img/s): {one / onnx:.2f}x the "
-                  f"one-at-a-time torch path (export once: {export_s:.0f} s, not counted)")
+            result.update(onnx_export_s=export_s, onnx_score_atol=SCORE_ATOL)
+        print(f"\nreview of {n} images ({args.chunk} per folder, whole review() runs, interleaved, "
+              f"{torch.get_num_threads()} torch threads, load average {load[0][0]:.1f} at the start, "
+              f"{max(x[0] for x in load):.1f} at most):")
+        for row in rows:
+            print(f"  {row.label}: {total[row.label]:.1f} s ({n / total[row.label]:.3f} img/s), "
+                  f"{total[base.label] / total[row.label]:.2f}x")
+        print(f"verdict/score mismatches vs {base.label}: {len(mismatches)}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")

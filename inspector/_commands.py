@@ -426,9 +426,6 @@ def cmd_review(args: argparse.Namespace) -> int:
     from inspector.review import review
 
     out = args.out or args.folder.with_name(args.folder.name + "-review")
-    if args.ray is None and args.workers is not None:
-        msg = "--workers needs --ray (one process scores alone without it)"
-        raise InspectorError(msg)
     if args.ray is not None:
         if args.zero_shot:
             msg = "--ray needs --recipe: a zero-shot review compares the whole batch in one process"
@@ -449,7 +446,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         try:
             summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
                                    device=args.device, weights=args.weights, store=store,
-                                   runtime=args.runtime), desc="reviewing")
+                                   runtime=args.runtime, workers=args.workers), desc="reviewing")
         finally:
             if store is not None:
                 store.close()

@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "run. On several machines, FOLDER and the report folder must be on a filesystem every "
                         "node mounts at the same path (the workers read the images and write the thumbnails)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="Ray workers, each holding the model (default: one per GPU of the cluster, else per CPU)")
+                   help="with --ray: Ray workers, each holding the model (default: one per GPU of the cluster, else "
+                        "per CPU). Without --ray (recipe mode): images scored at once, one thread each (default: on "
+                        "the CPU one per torch thread, at most 8; on a GPU 1, which scores in batches)")
     p.add_argument("--types-from", default=None, metavar="PATH_OR_URL",
                    help="type the defects with the regions labelled in this statistics store (recipe mode)")
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default=None,

@@ -31,14 +31,23 @@ from inspector.results import DefectRegion
 from inspector.store import inspections, region_embeddings, regions
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from inspector.store import Store
     from models.defect_types import DefectTypeConfig, TypePrediction
 
-__all__ = ["DefectTyper", "type_regions"]
+__all__ = ["DefectTyper", "type_regions", "typer_config"]
 
 logger = logging.getLogger(__name__)
 
 REFRESH_S: Final = 1.0   # ours: how stale the labels may be; one indexed query per refresh
+
+
+def typer_config(recipe: Recipe) -> DefectTypeConfig:
+    """The classifier's options from the recipe's ``defect_typing`` (validated by the recipe loader)."""
+    from models.defect_types import DefectTypeConfig
+
+    settings = recipe.defect_typing
+    return DefectTypeConfig(k=settings.k, reject_factor=settings.unknown_factor)
 
 
 class DefectTyper:

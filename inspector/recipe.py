@@ -51,6 +51,7 @@ __all__ = [
     "GOOD_LABEL",
     "SCHEMA_VERSION",
     "ArchiveSettings",
+    "DefectTypingSettings",
     "DetectorSettings",
     "FrozenOptions",
     "ModelSettings",
@@ -174,6 +175,18 @@ class ArchiveSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DefectTypingSettings:
+    """The few-shot defect typer's options (``models.defect_types.DefectTypeConfig``; the same defaults)."""
+
+    # mean cosine distance to the k nearest labelled examples of a type (DefectTypeConfig.k: 2 measured
+    # best of 1, 2, 3 on the dev categories, benchmarks/README.md "Defect typing")
+    k: int = 2
+    # "unknown" beyond this times the largest leave-one-out distance among a type's own examples
+    # (DefectTypeConfig.reject_factor: 1.25 measured, 1.0 rejects 5-10 % of labelled types' regions)
+    unknown_factor: float = 1.25
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Everything the station needs to inspect one product, as read from its YAML file."""
 
@@ -196,6 +209,7 @@ class Recipe:
     min_defect_area_px: int = 25           # smaller regions are ignored
     mm_per_px: float | None = None         # pixel scale, for defect areas in mm^2; None = pixels only
     defect_classes: tuple[str, ...] = DEFAULT_DEFECT_CLASSES  # labels a reviewer may give a defect
+    defect_typing: DefectTypingSettings = field(default_factory=DefectTypingSettings)  # the few-shot typer
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     # not written to the file
     path: Path | None = field(default=None, compare=False, metadata={"serialise": False})  # file read from

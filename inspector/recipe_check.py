@@ -66,6 +66,7 @@ _DEVICE_RE: Final = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
 _BACKBONE_RE: Final = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")     # a timm name, tag optional
 _OPTION_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_BLOCK: Final = 48                # deeper than any DINOv2 (ViT-g/14 has 40 blocks)
+_MAX_TYPING_K: Final = 50             # ours: more than any few-shot labelling averages; a typo guard
 _MAX_SHORTER_SIDE: Final = 4096
 
 _show = reprlib.Repr()                # short, safe reprs of bad values (YAML aliases can be huge or cyclic)
@@ -370,6 +371,13 @@ class RecipeChecker:
             self.fail("mm_per_px",
                       f"must be a number > 0 (millimetres per pixel) or null, got {r.mm_per_px!r}")
         self._validate_classes(r.defect_classes)
+        if not 1 <= r.defect_typing.k <= _MAX_TYPING_K:
+            self.fail("defect_typing.k", f"must be a whole number from 1 to {_MAX_TYPING_K} (labelled examples "
+                                         f"per type averaged), got {r.defect_typing.k!r}")
+        factor = r.defect_typing.unknown_factor
+        if not (math.isfinite(factor) and factor > 0):
+            self.fail("defect_typing.unknown_factor", f"must be a finite number > 0 (1.25 = the default; larger "
+                                                      f"says 'unknown' less often), got {factor!r}")
         if r.archive.save_pass_every < 0:
             self.fail("archive.save_pass_every", f"must be >= 0 (0 = keep no PASS images), got "
                                                  f"{r.archive.save_pass_every}")

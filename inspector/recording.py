@@ -145,7 +145,7 @@ class ResultRecorder:
         """
         recipe = getattr(inspector, "recipe", None)
         if recipe is not None and hasattr(inspector, "attach_typer"):
-            self._attach_typer(inspector, recipe.name)
+            self._attach_typer(inspector, recipe)
         if recipe is None or not getattr(getattr(recipe, "archive", None), "enabled", False):
             return
         with self._lock:
@@ -233,14 +233,17 @@ class ResultRecorder:
             except Exception:
                 log.exception("closing an archive failed")
 
-    def _attach_typer(self, inspector: Any, recipe_name: str) -> None:
+    def _attach_typer(self, inspector: Any, recipe: Any) -> None:
         """Give the station a defect typer that learns from the labels in this recorder's store."""
-        from inspector.defect_typing import DefectTyper
+        from inspector.defect_typing import DefectTyper, typer_config
+        from inspector.recipe import Recipe
 
         if self._store is None:
             return
+        recipe_name = recipe.name
         try:
-            inspector.attach_typer(DefectTyper(self._store, recipe_name))
+            config = typer_config(recipe) if isinstance(recipe, Recipe) else None   # a station built in code
+            inspector.attach_typer(DefectTyper(self._store, recipe_name, config=config))
         except Exception as exc:   # typing is an aid: a store that cannot be read must not stop inspection
             message = f"defect typing of recipe {recipe_name} unavailable ({exc}); regions are not typed"
             log.warning(message)

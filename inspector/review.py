@@ -61,6 +61,7 @@ from inspector._review_records import (
     relative_name,
     write_images,
 )
+from inspector._review_workers import WorkerPlan, plan_workers, score_concurrently
 from inspector.capture import image_files, iter_image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
 from inspector.results import DefectRegion, Progress, Verdict, verdict_for
@@ -147,8 +148,9 @@ def review(
     weights: str | Path | None = None,
     zero_shot_config: ZeroShotConfig | None = None,
     store: Any | None = None,
-    batch_size: int = REVIEW_BATCH,
+    batch_size: int | None = None,
     runtime: str | None = None,
+    workers: int | None = None,
 ) -> Generator[Progress, None, ReviewSummary]:
     """Score every image under ``folder`` and write the report into ``out``.
 
@@ -163,8 +165,15 @@ def review(
         zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: MuSc at shorter side 448).
         store: an `inspector.store.Store` whose labelled regions type the defects (recipe mode);
             None leaves the report's types empty.
-        batch_size: images per model call in recipe mode (1 scores one image at a time); the files
-            are decoded on a separate thread, ``DECODE_AHEAD`` images ahead of the model.
+        batch_size: images per model call in recipe mode with one scoring thread (1 scores one image
+            at a time); the files are decoded on a separate thread, ``DECODE_AHEAD`` images ahead of
+            the model. None: ``REVIEW_BATCH`` when one thread scores. Given alone, it means one
+            scoring thread (the batched path as asked).
+        workers: scoring threads in recipe mode, each scoring whole images one at a time and writing
+            their thumbnails and overlays (`inspector._review_workers`); records stay in the files'
+            order. None: the rule of `plan_workers` (on the CPU one per torch thread of the
+            process's budget, at most ``MAX_REVIEW_WORKERS``; on CUDA and with onnxruntime one, which
+            batches). More than 1 cannot be combined with ``batch_size`` > 1.
         runtime: what scores in recipe mode: ``torch``, ``onnx`` (the version's ``model.onnx`` from
             `inspector export`, run by onnxruntime; an error when it is missing or stale), ``auto``
             (``onnx`` when that works, else torch, with the reason in the report's notes) or None:
@@ -189,8 +198,18 @@ def review(
     if not folder.is_dir():
         msg = f"{folder}: not a folder of images to review"
         raise InspectorError(msg)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         msg = f"review batch size must be >= 1, got {batch_size}"
+        raise InspectorError(msg)
+    if zero_shot and workers is not None:
+        msg = "review workers (--workers) work with a recipe only: a zero-shot review scores the whole batch together"
+        raise InspectorError(msg)
+    if workers is not None and workers < 1:
+        msg = f"review workers must be >= 1, got {workers}"
+        raise InspectorError(msg)
+    if workers is not None and workers > 1 and batch_size is not None and batch_size > 1:
+        msg = (f"review with {workers} workers scores one image per thread; a batch size of {batch_size} "
+               f"works with one worker only (leave one of them out)")
         raise InspectorError(msg)
     if runtime not in (None, *REVIEW_RUNTIMES):
         msg = f"review runtime must be one of {', '.join(REVIEW_RUNTIMES)}, got {runtime!r}"
@@ -204,7 +223,8 @@ def review(
     start = time.perf_counter()
     if recipe is not None:
         summary = yield from _review_recipe(folder, out, files, Path(recipe), device=device, weights=weights,
-                                              store=store, batch_size=batch_size, runtime=runtime)
+                                              store=store, batch_size=batch_size, runtime=runtime,
+                                              workers=workers)
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
                                                config=zero_shot_config)
@@ -231,8 +251,8 @@ def _reviewable(folder: Path) -> tuple[list[Path], list[str]]:
 
 def _review_recipe(
     folder: Path, out: Path, files: list[Path], recipe_path: Path, *, device: str | None,
-    weights: str | Path | None, store: Any | None = None, batch_size: int = REVIEW_BATCH,
-    runtime: str | None = None,
+    weights: str | Path | None, store: Any | None = None, batch_size: int | None = None,
+    runtime: str | None = None, workers: int | None = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import load_recipe
 
@@ -240,13 +260,22 @@ def _review_recipe(
     yield Progress(done=0, total=len(files), message=f"loading recipe {recipe.name}")
     station, scored_by = load_station(recipe, runtime=runtime, device=device, weights=weights)
     if store is not None:
-        from inspector.defect_typing import DefectTyper
+        from inspector.defect_typing import DefectTyper, typer_config
 
-        station.attach_typer(DefectTyper(store, recipe.name))
+        station.attach_typer(DefectTyper(store, recipe.name, config=typer_config(recipe)))
     thresholds = station.thresholds
     journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe, station.model_version, thresholds))
     resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
+    todo = [p for p in files if relative_name(p, folder) not in journal.records]
+    if workers is None and batch_size is not None:
+        plan = WorkerPlan(1, 0, f"one scoring thread: batch size {batch_size} was asked for")
+    else:
+        plan = plan_workers(workers, device=station.device, images=len(todo),
+                            runtime="onnx" if scored_by.startswith("onnx") else "torch")
+    logger.info("review of %s: %s", folder, plan.reason)
     model = f"recipe {recipe.name}, model {station.model_version} on {station.device}, scored by {scored_by}"
+    if plan.workers > 1:
+        model += f", {plan.workers} images at a time (one scoring thread each)"
 
     def meta(complete: bool, rate: ReviewRate) -> ReportMeta:
         return recipe_report_meta(folder, recipe, model=model, thresholds=thresholds, total_files=len(files),
@@ -254,28 +283,39 @@ def _review_recipe(
 
     rate = ReviewRate()
     last_report = time.perf_counter()
-    todo = [p for p in files if relative_name(p, folder) not in journal.records]
     decoded = _decode_ahead(todo, folder)
-    batch: list[_Decoded] = []
-    i = 0
+    if plan.workers > 1:
+        records = score_concurrently(decoded, lambda d: (d.rel, _inspect_one(station, d, out, thresholds)),
+                                     plan=plan)
+    else:
+        records = _batched(station, decoded, len(todo), out, thresholds, batch_size=batch_size or REVIEW_BATCH)
     try:
-        for item in decoded:
-            batch.append(item)
-            if len(batch) < batch_size and item.position < len(todo) - 1:
-                continue
-            for rel, record in _review_batch(station, batch, out, thresholds, batch_size=batch_size):
-                journal.append(record)
-                rate.tick()
-                i += 1
-                yield Progress(done=resumed + i, total=len(files), message=f"{rel}  {rate.text(len(todo) - i)}".strip())
-            batch = []
+        for i, (rel, record) in enumerate(records, start=1):
+            journal.append(record)    # in the files' order: the threads' results are put back in order
+            rate.tick()
+            yield Progress(done=resumed + i, total=len(files), message=f"{rel}  {rate.text(len(todo) - i)}".strip())
             if time.perf_counter() - last_report >= REPORT_EVERY_S:
                 write_report(out, ordered_records(folder, files, journal), meta(False, rate))
                 last_report = time.perf_counter()
     finally:
-        decoded.close()  # stops the decode thread when the review is cancelled
+        records.close()   # a cancelled review: waits for the images being scored, drops the rest
+        decoded.close()   # stops the decode thread
     return finish_review(folder, out, files, journal, meta(True, rate), resumed=resumed, scored=len(todo),
                          mode="recipe")
+
+
+def _batched(
+    station: Station, decoded: Iterator[_Decoded], count: int, out: Path, thresholds: tuple[float, float, float],
+    *, batch_size: int,
+) -> Generator[tuple[str, dict[str, Any]], None, None]:
+    """(relative path, journal record) of each of the ``count`` decoded files, scored ``batch_size`` per call."""
+    batch: list[_Decoded] = []
+    for item in decoded:
+        batch.append(item)
+        if len(batch) < batch_size and item.position < count - 1:
+            continue
+        yield from _review_batch(station, batch, out, thresholds, batch_size=batch_size)
+        batch = []
 
 
 def load_station(

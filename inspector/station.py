@@ -14,10 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -136,8 +138,10 @@ def check_detector_options(recipe: Recipe) -> None:
 class Station:
     """A recipe with its fitted detector: inspects frames.
 
-    Thread-safe for one caller at a time (the pipeline's worker); `inspect` holds a lock so a GUI
-    "check this image" call cannot interleave with it.
+    Thread-safe. On CUDA `inspect` holds a lock, so a GUI "check this image" call cannot interleave
+    with the pipeline's worker (the detector reuses pinned buffers and CUDA graphs from call to call).
+    On the CPU the detector only reads its state while it scores, so callers on several threads
+    score at once (`concurrent_calls`; a review's scoring threads, `inspector._review_workers`).
     """
 
     def __init__(
@@ -235,6 +239,16 @@ class Station:
         pixel = over.pixel if over.pixel is not None else model.pixel
         return float(review), float(fail), float(pixel)
 
+    @property
+    def concurrent_calls(self) -> bool:
+        """Whether several threads may inspect at once: a detector on the CPU reads only its fitted
+        state while it scores; on CUDA it reuses per-call buffers and graphs, so calls take turns."""
+        return self.detector.device.type == "cpu"
+
+    def _turn(self) -> AbstractContextManager[object]:
+        """The lock when calls must take turns (`concurrent_calls`), else nothing to wait for."""
+        return contextlib.nullcontext() if self.concurrent_calls else self._lock
+
     # ----------------------------------------------------------------- inspection
 
     def inspect(self, frame: Frame) -> InspectionResult:
@@ -279,7 +293,7 @@ class Station:
             raise ValueError(msg)
         names = list(paths) if paths is not None else [None] * len(images_bgr)
         results: list[InspectionResult] = []
-        with self._lock:
+        with self._turn():
             for start in range(0, len(images_bgr), batch_size):
                 chunk = images_bgr[start : start + batch_size]
                 t0 = time.perf_counter()
@@ -304,7 +318,7 @@ class Station:
         self, image_bgr: np.ndarray, *, frame_id: int, timestamp: float, source: str,
         path: str | None, capture_ms: float,
     ) -> InspectionResult:
-        with self._lock:
+        with self._turn():
             t0 = time.perf_counter()
             crop_rgb, origin, polygon = self._crop(image_bgr)
             t1 = time.perf_counter()

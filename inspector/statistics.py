@@ -1,8 +1,11 @@
 """Statistics that lead to action, read from the store: Pareto of defect types, where on the part, SPC, drift.
 
 Every query aggregates in SQL (counts per type, per location cell, per lot or hour) so that a store of
-millions of inspections returns a few hundred rows; none pulls the regions themselves. The
-app runs these off the GUI thread; ``benchmarks/stats_scale.py`` times them on 1,000,000 inspections.
+millions of inspections returns a few hundred rows; none pulls the regions themselves. The counts come from
+the store's roll-ups (`inspector.store.rollup`: counts per recipe, line, station, lot, 15 minutes, verdict and
+class, kept by every write) unless the store was opened with ``rollups=False``; the location map reads the
+detail rows for a time window or a lot, and for a grid finer than the roll-up's 8-px cells. The app runs these
+off the GUI thread; ``benchmarks/stats_scale.py`` times them on 1,000,000 inspections.
 
 A region's type for statistics is the reviewer's class when there is one, else the typer's guess,
 else ``untyped`` (`TypeSource` picks confirmed or predicted only).
@@ -38,6 +41,8 @@ from inspector.overlay import location_heat_image
 from inspector.results import Verdict
 from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
 from inspector.store import inspection_conditions, inspections, regions
+from inspector.store.rollup import inspection_groups, location_grid_counts, region_class_counts
+from inspector.store.schema import LOCATION_CELL_PX, bucket
 from models.files import atomic_open, atomic_open_text
 
 if TYPE_CHECKING:
@@ -110,6 +115,16 @@ def _type_column(source: TypeSource) -> sa.ColumnElement[Any]:
     raise ValueError(msg)
 
 
+def _type_of(classes: tuple[str | None, str | None], source: TypeSource) -> str:
+    """The Python twin of `_type_column`, for counts per (confirmed, predicted) class read from the roll-ups."""
+    confirmed, predicted = classes
+    if source == "confirmed":
+        return confirmed or UNTYPED
+    if source == "predicted":
+        return predicted or UNTYPED
+    return confirmed or predicted or UNTYPED
+
+
 def _region_select(*columns: Any, flt: Filters) -> sa.Select[Any]:
     stmt = sa.select(*columns).select_from(regions)
     conds = flt.conditions()
@@ -120,10 +135,19 @@ def _region_select(*columns: Any, flt: Filters) -> sa.Select[Any]:
 
 def defect_pareto(store: Store, flt: Filters = Filters(), *, source: TypeSource = "best") -> list[ParetoRow]:
     """Defect regions per type, most frequent first, with share and cumulative share."""
-    kind = _type_column(source).label("kind")
-    stmt = _region_select(kind, sa.func.count().label("n"), flt=flt).group_by(sa.text("kind"))
-    with store.engine.connect() as conn:
-        counts = sorted(((str(k), int(n)) for k, n in conn.execute(stmt)), key=lambda kn: (-kn[1], kn[0]))
+    _type_column(source)          # checks the source's name
+    if store.rollups:
+        with store.engine.connect() as conn:
+            by_class = region_class_counts(conn, dataclasses.asdict(flt))
+        merged: dict[str, int] = {}
+        for classes, n in by_class.items():
+            merged[_type_of(classes, source)] = merged.get(_type_of(classes, source), 0) + n
+        counts = sorted(merged.items(), key=lambda kn: (-kn[1], kn[0]))
+    else:
+        kind = _type_column(source).label("kind")
+        stmt = _region_select(kind, sa.func.count().label("n"), flt=flt).group_by(sa.text("kind"))
+        with store.engine.connect() as conn:
+            counts = sorted(((str(k), int(n)) for k, n in conn.execute(stmt)), key=lambda kn: (-kn[1], kn[0]))
     total = sum(n for _, n in counts)
     rows, running = [], 0
     for name, n in counts:
@@ -139,6 +163,8 @@ class LocationMap:
     area: tuple[int, int, int, int]       # (x, y, width, height) of the ROI in frame pixels
     counts: dict[str, np.ndarray]         # type -> (rows, cols) int64 counts of region centres
     outside: int                          # regions whose centre lies outside the area
+    cell_px: int = 1                      # centres placed to this many pixels: 1 from the detail rows,
+                                          # LOCATION_CELL_PX from the roll-up (each at the middle of its cell)
 
     def total(self) -> np.ndarray:
         """(rows, cols) counts over all types."""
@@ -162,16 +188,30 @@ def defect_locations(
     if width < 1 or height < 1 or rows_n < 1 or cols_n < 1:
         msg = f"location map needs an area with width and height >= 1 and a grid >= 1x1, got {area} and {grid}"
         raise ValueError(msg)
+    if store.rollups and width >= LOCATION_CELL_PX * cols_n and height >= LOCATION_CELL_PX * rows_n:
+        with store.engine.connect() as conn:
+            cells = location_grid_counts(conn, dataclasses.asdict(flt), area, grid)
+        if cells is not None:
+            counts: dict[str, np.ndarray] = {}
+            outside = 0
+            for (confirmed, predicted, r, c), n in cells.items():
+                if r < 0 or c < 0:
+                    outside += n
+                else:
+                    kind_name = _type_of((confirmed, predicted), source)
+                    counts.setdefault(kind_name, np.zeros(grid, np.int64))[r, c] += n
+            return LocationMap(area=area, counts=counts, outside=outside, cell_px=LOCATION_CELL_PX)
     kind = _type_column(source).label("kind")
     # centre in the area, scaled to cells; 2 * (x - x0) + w avoids a float division per row
     cx = (2 * (regions.c.x - x0) + regions.c.w) * cols_n
     cy = (2 * (regions.c.y - y0) + regions.c.h) * rows_n
     inside = sa.and_(cx >= 0, cx < 2 * width * cols_n, cy >= 0, cy < 2 * height * rows_n)
-    col = sa.case((inside, sa.cast(cx / (2 * width), sa.Integer)), else_=-1).label("col")
-    row = sa.case((inside, sa.cast(cy / (2 * height), sa.Integer)), else_=-1).label("row")
+    # floor, not CAST: PostgreSQL's CAST rounds, which put a centre near an edge one cell past the grid
+    col = sa.case((inside, bucket(cx / (2 * width))), else_=-1).label("col")
+    row = sa.case((inside, bucket(cy / (2 * height))), else_=-1).label("row")
     stmt = (_region_select(kind, row, col, sa.func.count().label("n"), flt=flt)
             .group_by(sa.text("kind"), sa.text("row"), sa.text("col")))
-    counts: dict[str, np.ndarray] = {}
+    counts = {}
     outside = 0
     with store.engine.connect() as conn:
         for name, r, c, n in conn.execute(stmt):
@@ -199,6 +239,17 @@ def fail_rate_groups(store: Store, flt: Filters = Filters(), *, by: SpcGroup = "
     if by != "lot":
         msg = f"p-chart groups must be 'lot', 'hour' or 'shift', got {by!r}"
         raise ValueError(msg)
+    if store.rollups:
+        with store.engine.connect() as conn:
+            found = inspection_groups(conn, dataclasses.asdict(flt), ["lot"], by_time=False)
+        lots: dict[str, list[float]] = {}      # lot -> [judged, failed, first time]
+        for ((lot,), _, verdict), (n, first) in found.items():
+            acc = lots.setdefault(lot, [0, 0, first])
+            acc[0] += n if verdict != Verdict.ERROR.value else 0
+            acc[1] += n if verdict == Verdict.FAIL.value else 0
+            acc[2] = min(acc[2], first)
+        ordered = sorted(lots.items(), key=lambda kv: (kv[1][2], kv[0]))
+        return [(lot or "(no lot)", int(judged), int(fails)) for lot, (judged, fails, _) in ordered if judged]
     failed = sa.func.sum(sa.case((inspections.c.verdict == Verdict.FAIL.value, 1), else_=0))
     judged = sa.func.sum(sa.case((inspections.c.verdict != Verdict.ERROR.value, 1), else_=0))
     stmt = (sa.select(inspections.c.lot, judged, failed, sa.func.min(inspections.c.time).label("t0"))

@@ -101,7 +101,11 @@ class TeachReport:
         extra = {k: getattr(t, k) for k in ("auroc", "f1", "confusion") if getattr(t, k, None) is not None}
         from models.calibration import good_flag_outlook, held_out_defect_rates
 
-        if len(self.good_scores):
+        if len(self.good_scores) and self.n_good == 1:
+            lines.append("on the line: not known how many good parts will go to REVIEW or FAIL: taught from one "
+                         "image, the thresholds come from that image's own patches (each against the others, "
+                         "its neighbourhood left out), not from other good parts; teach from more to know")
+        elif len(self.good_scores):
             lines.extend([
                 "on the line: " + good_flag_outlook(self.good_scores, t.review).sentence("go to REVIEW or FAIL"),
                 "on the line: " + good_flag_outlook(self.good_scores, t.fail).sentence("FAIL"),
@@ -256,6 +260,10 @@ def teach(
         defect_maps=defect_maps if masks is not None else None,
         defect_masks=masks,
     )
+    if len(images) == 1:
+        from models.detectors.one_shot import ONE_SHOT_RULE
+
+        thresholds = dataclasses.replace(thresholds, rule=f"{ONE_SHOT_RULE}; {thresholds.rule}")
 
     version = next_version(recipe)
     yield Progress(done=0, total=1, message=f"saving model {version.name}")

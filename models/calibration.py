@@ -234,6 +234,9 @@ def calibrate(
         fail = top + fail_margin * spread
         fail_rule = (f"fail = highest good score {top:.4g} + {fail_margin:g} x spread {spread:.3g} "
                      f"(1.4826 x MAD, at least {100 * MIN_RELATIVE_SPREAD:g} % of the median)")
+        if fail > MAX_SCORE:     # widely spread good scores: no cosine distance reaches the margin
+            fail = MAX_SCORE
+            fail_rule += f", at most {MAX_SCORE:g} (the largest cosine distance)"
     review = min(review, fail)
     review_rule = f"review = {100 * review_quantile:g}th percentile of good scores (at most fail)"
     if defects.size:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import cv2
 import numpy as np
 
 from models.preprocess import frame_to_grid
@@ -40,7 +41,10 @@ __all__ = [
     "DefectTypeClassifier",
     "DefectTypeConfig",
     "TypePrediction",
+    "crop_weights",
     "nearest_good_patches",
+    "region_colour",
+    "region_crop_box",
     "region_embedding",
     "region_weights",
 ]
@@ -170,6 +174,97 @@ def region_embedding(
         residual = patches - np.asarray(nearest_good(patches), dtype=np.float32)
         parts += [_unit_or_zero(share @ residual), _unit_or_zero(residual.max(axis=0))]
     return _unit(np.concatenate(parts))
+
+
+CROP_MARGIN: Final = 0.5       # ours: the crop is the region's box plus half its longer side on each side
+CROP_MIN_SHARE: Final = 0.125  # ours: a crop spans at least 1/8 of the frame's shorter side (context for a dot)
+
+
+def region_crop_box(
+    box: tuple[int, int, int, int], frame_size: tuple[int, int], *, margin: float = CROP_MARGIN,
+    min_share: float = CROP_MIN_SHARE,
+) -> tuple[int, int, int]:
+    """The square window of the frame around a region that is re-embedded at a higher resolution.
+
+    Args:
+        box: (x, y, width, height) of the region in the frame's pixels.
+        frame_size: (H, W) of the frame.
+        margin: the box's longer side times this is added on each side.
+        min_share: the window's side is at least this share of the frame's shorter side.
+
+    Returns:
+        (x, y, side): the window's top-left corner and side, inside the frame (shifted in, never
+        larger than the frame's shorter side).
+    """
+    x, y, w, h = box
+    height, width = frame_size
+    shorter = min(height, width)
+    side = int(round(max(max(w, h) * (1.0 + 2.0 * margin), min_share * shorter)))
+    side = max(1, min(side, shorter))
+    x0 = int(round(x + w / 2 - side / 2))
+    y0 = int(round(y + h / 2 - side / 2))
+    return min(max(0, x0), width - side), min(max(0, y0), height - side), side
+
+
+def crop_weights(weights: np.ndarray, window: tuple[int, int, int], grid: tuple[int, int]) -> np.ndarray:
+    """A region's per-pixel weights (``region_weights``) averaged over a crop's patch grid.
+
+    Args:
+        weights: (H, W) float32 at the frame's size.
+        window: (x, y, side) from ``region_crop_box``.
+        grid: (h, w) patch grid of the crop's embedding.
+
+    Returns:
+        (h, w) float32; when the region covers no patch (thinner than the resampling), the patch
+        under its centre gets weight 1.
+    """
+    x, y, side = window
+    crop = weights[y:y + side, x:x + side].astype(np.float32)
+    out = cv2.resize(crop, (grid[1], grid[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
+    if not np.any(out > 0):
+        ys, xs = np.nonzero(crop)
+        cy, cx = (float(ys.mean()), float(xs.mean())) if ys.size else (side / 2, side / 2)
+        out[min(grid[0] - 1, int(cy / side * grid[0])), min(grid[1] - 1, int(cx / side * grid[1]))] = 1.0
+    return out
+
+
+def region_colour(frame_rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Colour and shape statistics of a region against its surroundings (a ring around it).
+
+    Args:
+        frame_rgb: (H, W, 3) uint8 RGB frame.
+        weights: (H, W) float32 region weights (``region_weights``); > 0 inside the region.
+
+    Returns:
+        (10,) float32: CIELAB mean of the region minus that of the ring (L, a, b; /255), the region's
+        and the ring's L standard deviation (/255), the region's own mean L, a, b (/255), log of the
+        region's area as a share of the frame, and log elongation (the ratio of its principal axes).
+    """
+    mask = weights > 0
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        msg = "region_colour: the region has no pixel"
+        raise ValueError(msg)
+    height, width = mask.shape
+    span = max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 1
+    pad = max(3, span // 4)                              # ours: a ring a quarter of the region's size wide
+    y0, y1 = max(0, int(ys.min()) - pad), min(height, int(ys.max()) + pad + 1)
+    x0, x1 = max(0, int(xs.min()) - pad), min(width, int(xs.max()) + pad + 1)
+    inside = mask[y0:y1, x0:x1].astype(np.uint8)
+    # the ring: pixels within `pad` of the region (a distance transform: linear time, whatever the pad)
+    ring = cv2.distanceTransform((inside == 0).astype(np.uint8), cv2.DIST_L2, 3) <= pad
+    ring &= inside == 0
+    lab = cv2.cvtColor(np.ascontiguousarray(frame_rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB).astype(np.float32) / 255.0
+    region_px = lab[inside > 0]
+    ring_px = lab[ring] if ring.any() else region_px
+    cov = np.cov(np.stack([xs.astype(np.float64), ys.astype(np.float64)])) if ys.size > 1 else np.eye(2)
+    axes = np.sort(np.linalg.eigvalsh(cov + 1e-6 * np.eye(2)))
+    return np.concatenate([
+        region_px.mean(axis=0) - ring_px.mean(axis=0),
+        [region_px[:, 0].std(), ring_px[:, 0].std()],
+        region_px.mean(axis=0),
+        [math.log(ys.size / float(height * width)), 0.5 * math.log(axes[1] / axes[0])],
+    ]).astype(np.float32)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

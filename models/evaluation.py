@@ -526,6 +526,8 @@ def _calibrated_threshold(detector: Any) -> tuple[float, dict[str, Any]]:
         )
         raise RuntimeError(msg)
     train_maps = getattr(detector, "train_maps", None) or None
+    if _to_numpy(train_scores).size < 2:     # e.g. the peer fitted on one image: no leave-one-out scores
+        return math.nan, {"rule": f"not calibrated: {_to_numpy(train_scores).size} good score(s), 2 needed"}
     thresholds = calibrate(_to_numpy(train_scores), good_maps=train_maps)
     info = _thresholds_dict(thresholds)
     # REVIEW already stops the part, so the decision "defective" starts at the review threshold.
@@ -618,10 +620,12 @@ def evaluate(
     best, best_threshold = best_f1(score_arr, labels)
     from models.calibration import operating_point
 
-    review, fail = float(thresholds["review"]), float(thresholds["fail"])
-    point = operating_point(score_arr, labels, [t.defect_type for t in items], review=review, fail=fail)
-    point["expected_good_flag"] = _outlook(model, review)
-    point["expected_good_fail"] = _outlook(model, fail)
+    point: dict[str, Any] = {}
+    if "fail" in thresholds:
+        review, fail = float(thresholds["review"]), float(thresholds["fail"])
+        point = operating_point(score_arr, labels, [t.defect_type for t in items], review=review, fail=fail)
+        point["expected_good_flag"] = _outlook(model, review)
+        point["expected_good_fail"] = _outlook(model, fail)
     return EvalReport(
         category=category.name,
         shots=shots,
@@ -631,8 +635,8 @@ def evaluate(
         image_auroc=image_auroc(score_arr, labels),
         pixel_auroc=pixel_auroc(maps, masks),
         aupro=aupro(maps, masks),
-        f1=f1_at(score_arr, labels, threshold),
-        f1_fail=f1_at(score_arr, labels, float(thresholds.get("fail", math.nan))),
+        f1=f1_at(score_arr, labels, threshold) if "fail" in thresholds else math.nan,
+        f1_fail=f1_at(score_arr, labels, float(thresholds["fail"])) if "fail" in thresholds else math.nan,
         threshold=threshold,
         thresholds=thresholds,
         best_f1=best,

@@ -3,7 +3,9 @@
 The package's modules: `inspector.store.schema` (tables, `SCHEMA_VERSION`, URL and engine setup),
 `inspector.store.writer` (`Store`: opening, the writer thread, the journal's durable path),
 `inspector.store.queries` (yield, defects, scores, pages of inspections and the records they return),
-`inspector.store.feedback` (reviewers' labels and classes) and `inspector.store.export` (CSV).
+`inspector.store.feedback` (reviewers' labels and classes), `inspector.store.export` (CSV) and
+`inspector.store.rollup` (counts per group kept in step with every write, so that statistics over millions
+of inspections read thousands of rows).
 Import the public names from here: ``from inspector.store import Store``.
 
 SQLAlchemy Core over SQLite by default (``<data dir>/inspector.db``, WAL journal, so several

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from inspector.errors import StoreError
 from inspector.store.queries import check_id
+from inspector.store.rollup import recount_regions
 from inspector.store.schema import WriteTransaction, feedback, inspections, new_id, regions
 
 __all__ = ["StoreFeedback"]
@@ -79,10 +80,12 @@ class StoreFeedback:
         stmt = (sa.update(regions).where(target)
                 .values(defect_class=defect_class, classified_by=user, classified_at=time.time()))
         with WriteTransaction(self._engine, self.display_name, f"class {defect_class!r} for {what}") as conn:
+            recount_regions(conn, target, -1)      # the roll-ups move with the class, in this transaction
             n = conn.execute(stmt).rowcount
             if not n:
                 msg = f"no {what} in {self.display_name}; defect class not set"
                 raise StoreError(msg)
+            recount_regions(conn, target, 1)
             return int(n)
 
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from inspector.errors import StoreError
 from inspector.results import Verdict, VerdictCounts
+from inspector.store.rollup import inspection_groups, region_class_counts
 from inspector.store.schema import BUCKET_S, bucket, feedback, inspections, regions
 
 __all__ = [
@@ -39,6 +40,8 @@ GroupBy = Literal["recipe", "line", "station", "lot", "hour", "shift", "day"]
 _NAME_KEYS: Final = ("recipe", "line", "station", "lot")
 _TIME_KEYS: Final = ("hour", "shift", "day")
 UNCLASSIFIED: Final = "unclassified"      # defects_by_class key for regions nobody has classified yet
+_VERDICT_SLOT: Final = {Verdict.PASS.value: 0, Verdict.REVIEW.value: 1, Verdict.FAIL.value: 2,
+                        Verdict.ERROR.value: 3}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +138,7 @@ class StoreQueries:
     _shift_start_min: int
     _shift_min: int
     display_name: str
+    rollups: bool     # answer counts from the roll-ups (inspector.store.rollup); False: from the detail rows
 
     def yield_summary(
         self,
@@ -167,19 +171,38 @@ class StoreQueries:
             msg = (f"unknown or repeated group_by {', '.join(keys) or '(none)'}; use one or more of "
                    f"{', '.join(_NAME_KEYS)} and at most one of {', '.join(_TIME_KEYS)}")
             raise ValueError(msg)
-        conds = inspection_conditions(recipe=recipe, line=line, lot=lot, station=station, since=since, until=until)
+        names = [k for k in keys if k in _NAME_KEYS]
+        flt: InspectionFilter = {"recipe": recipe, "line": line, "lot": lot, "station": station, "since": since,
+                                 "until": until}
+        groups: dict[tuple[str, ...], list[int]] = {}
+        if self.rollups:
+            with self._engine.connect() as conn:
+                found = inspection_groups(conn, flt, names, by_time=bool(times))
+            time_keys: dict[int, str] = {}         # a bucket's local hour/shift/day, worked out once
+            # the group's place in ``keys``: a name's value, or the time key (index len(names))
+            order = [names.index(k) if k in names else len(names) for k in keys]
+            for (named_values, b, verdict), (n, _) in sorted(found.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+                group_values = named_values
+                if times:
+                    b = b or 0
+                    if b not in time_keys:
+                        time_keys[b] = self._time_key(b * BUCKET_S, times[0])
+                    group_values = (*named_values, time_keys[b])
+                acc = groups.setdefault(tuple(str(group_values[i]) for i in order), [0, 0, 0, 0, 0])
+                acc[0] += n
+                acc[1 + _VERDICT_SLOT[verdict]] += n
+            return [_yield_row(k, *v) for k, v in groups.items()]
+        conds = inspection_conditions(**flt)
         counts = [
             sa.func.count().label("inspected"),
             *(sa.func.sum(sa.case((inspections.c.verdict == v.value, 1), else_=0)).label(v.value.lower())
               for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL, Verdict.ERROR)),
         ]
-        names = [k for k in keys if k in _NAME_KEYS]
         columns = [inspections.c[k].label(f"k_{k}") for k in names]
         if times:   # 15-minute buckets in SQL, mapped to local hours/shifts/days here
             columns.append(bucket(inspections.c.time / sa.literal_column(str(BUCKET_S))).label("k_time"))
         stmt = (sa.select(*columns, *counts).where(*conds)
                 .group_by(*(sa.text(c.name) for c in columns)).order_by(*(sa.text(c.name) for c in columns)))
-        groups: dict[tuple[str, ...], list[int]] = {}
         with self._engine.connect() as conn:
             for r in conn.execute(stmt).mappings():
                 values: dict[str, str] = {k: str(r[f"k_{k}"]) for k in names}
@@ -203,11 +226,17 @@ class StoreQueries:
 
     def defects_by_class(self, **filters: Unpack[InspectionFilter]) -> list[tuple[str, int]]:
         """Defect regions per class, most frequent first; unclassified regions count as ``"unclassified"``."""
+        totals: dict[str, int] = {}
+        if self.rollups:
+            with self._engine.connect() as conn:
+                for (confirmed, _), n in region_class_counts(conn, filters).items():
+                    key = confirmed or UNCLASSIFIED
+                    totals[key] = totals.get(key, 0) + n
+            return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
         conds = inspection_conditions(**filters)
         stmt = (sa.select(regions.c.defect_class, sa.func.count().label("n"))
                 .select_from(regions.join(inspections, regions.c.inspection_id == inspections.c.id))
                 .where(*conds).group_by(regions.c.defect_class))
-        totals: dict[str, int] = {}
         with self._engine.connect() as conn:
             for name, n in conn.execute(stmt):
                 key = name if name is not None else UNCLASSIFIED

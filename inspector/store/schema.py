@@ -24,6 +24,7 @@ from inspector.errors import StoreError
 
 __all__ = [
     "BUCKET_S",
+    "LOCATION_CELL_PX",
     "SCHEMA_VERSION",
     "STORE_URL_ENV",
     "STORE_URL_FILE_ENV",
@@ -36,9 +37,12 @@ __all__ = [
     "display_url",
     "error_reason",
     "feedback",
+    "inspection_counts",
     "inspections",
+    "location_counts",
     "metadata",
     "new_id",
+    "region_counts",
     "region_embeddings",
     "regions",
     "store_meta",
@@ -46,11 +50,15 @@ __all__ = [
 ]
 
 # Each change of the schema is a migration in inspector/migrations/versions (Alembic), which sets this version.
-SCHEMA_VERSION: Final = 3            # 2: inspections.result_id (unique); 3: predicted defect types, embeddings
+SCHEMA_VERSION: Final = 4            # 2: inspections.result_id (unique); 3: predicted defect types, embeddings;
+                                     # 4: roll-up tables (inspection_counts, region_counts, location_counts)
 # Time grouping is done on 15-minute buckets in SQL, then mapped to local hours/days/shifts in Python:
 # every time zone in use today is a whole number of quarter hours from UTC, so a bucket never
 # straddles a local hour, and shifts may start on any quarter hour.
 BUCKET_S: Final = 900
+# ours: the location roll-up counts region centres on cells of this many frame pixels (issue 16: 8 px keeps the
+# worst case, defects spread evenly over a 600 x 400 frame, at 3,750 cells per type and recipe)
+LOCATION_CELL_PX: Final = 8
 STORE_URL_ENV: Final = "INSPECTOR_STORE_URL"            # a plant's shared store, e.g. postgresql://...
 STORE_URL_FILE_ENV: Final = "INSPECTOR_STORE_URL_FILE"  # ... or a file (mode 0600) holding that URL
 _MAX_URL_FILE_BYTES: Final = 4096
@@ -127,6 +135,46 @@ feedback = sa.Table(
     sa.Column("time", sa.Float, nullable=False),
     sa.Column("note", sa.Text, nullable=False, default=""),
     sa.Index("ix_feedback_inspection", "inspection_id"),
+)
+
+# Roll-ups (schema 4), kept by `inspector.store.rollup` in the transaction that changes the detail rows, so that
+# whole-store statistics read thousands of rows, not millions. A class column holds '' for NULL (no class): NULLs
+# never collide in a primary key, so an upsert could not find their row.
+
+
+def _rollup_keys(*names: str) -> list[sa.Column[Any]]:
+    return [sa.Column(name, sa.Text, primary_key=True) for name in names]
+
+
+inspection_counts = sa.Table(
+    "inspection_counts", metadata,
+    *_rollup_keys("recipe", "line", "station", "lot"),
+    sa.Column("bucket", sa.BigInteger, primary_key=True, autoincrement=False),   # floor(time / BUCKET_S)
+    sa.Column("verdict", sa.String(8), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("first_time", sa.Float, nullable=False),    # the group's earliest inspection (orders lots)
+    # time windows: of one recipe, of all (the key starts with recipe, line, station, lot)
+    sa.Index("ix_inspection_counts_recipe_bucket", "recipe", "bucket"),
+    sa.Index("ix_inspection_counts_bucket", "bucket"),
+)
+
+region_counts = sa.Table(
+    "region_counts", metadata,
+    *_rollup_keys("recipe", "line", "station", "lot"),
+    sa.Column("bucket", sa.BigInteger, primary_key=True, autoincrement=False),
+    *_rollup_keys("defect_class", "predicted_class"),     # '' = none
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Index("ix_region_counts_recipe_bucket", "recipe", "bucket"),
+    sa.Index("ix_region_counts_bucket", "bucket"),
+)
+
+location_counts = sa.Table(
+    "location_counts", metadata,
+    *_rollup_keys("recipe", "line", "station", "defect_class", "predicted_class"),
+    # the region's centre, (2 x + w) // (2 LOCATION_CELL_PX) and likewise for y (truncated, as SQL divides)
+    sa.Column("cell_x", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("cell_y", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
 )
 
 store_meta = sa.Table(

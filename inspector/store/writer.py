@@ -48,6 +48,7 @@ from inspector.results import InspectionResult, Verdict
 from inspector.store.export import StoreExport
 from inspector.store.feedback import StoreFeedback
 from inspector.store.queries import StoreQueries, parse_shift_start
+from inspector.store.rollup import add_inspections
 from inspector.store.schema import (
     WriteTransaction,
     check_schema,
@@ -104,6 +105,9 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
         allow_offline: a server store (PostgreSQL) that cannot be reached now is opened anyway, offline:
             `insert_results` raises a retryable `StoreError` until the server answers, then checks and
             upgrades the schema first. For stations, whose results wait in their journal meanwhile.
+        rollups: answer counts (yield, classes, Pareto, p-charts, location map) from the roll-up tables, which
+            every write keeps in step (`inspector.store.rollup`); False reads the detail rows (slow on a big
+            store; for checks and benchmarks). Writing keeps the roll-ups either way.
 
     Raises:
         StoreError: the database cannot be opened (unless offline is allowed and it is only unreachable)
@@ -124,6 +128,7 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
         tz: dt.tzinfo | None = None,
         busy_timeout_s: float = 10.0,
         allow_offline: bool = False,
+        rollups: bool = True,
     ) -> None:
         if batch_size < 1 or flush_interval < 0 or max_pending < 1:
             msg = (f"Store: batch_size and max_pending must be >= 1 and flush_interval >= 0, got "
@@ -140,6 +145,7 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
         self._on_recorded = on_recorded
         self._on_error = on_error
         self._busy_timeout_s = busy_timeout_s
+        self.rollups = rollups
 
         self.url = database_url(url)
         self.display_name = display_url(self.url)
@@ -303,12 +309,15 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
             have = set(conn.execute(sa.select(inspections.c.result_id)
                                     .where(inspections.c.result_id.in_(ids))).scalars())
             fresh = [(rid, payload) for rid, payload in entries if rid not in have]
+            inserted: list[int] = []
             for rid, payload in fresh:
                 row = {**payload["inspection"], "result_id": rid}
                 inspection_id = new_id(conn.execute(sa.insert(inspections), row))
+                inserted.append(inspection_id)
                 region_rows = [_region_from_json(r, inspection_id) for r in payload["regions"]]
                 if region_rows:
                     _insert_regions(conn, region_rows)
+            add_inspections(conn, inserted)   # same transaction: never out of step
         return fresh
 
     @property
@@ -523,6 +532,7 @@ class Store(StoreQueries, StoreFeedback, StoreExport):
                            for i, p in zip(ids, batch, strict=True) for r in p.regions]
             if region_rows:
                 _insert_regions(conn, region_rows)
+            add_inspections(conn, ids)   # same transaction: never out of step
 
     def _settle(self, *, committed: int = 0, rejected: int = 0, lost: int = 0) -> int:
         with self._cond:

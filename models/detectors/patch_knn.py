@@ -45,6 +45,7 @@ from models.backbone import DinoBackbone, resolve_device
 from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import foreground_masks, mask_fractions
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
+from models.detectors.one_shot import region_leave_out_scores
 from models.detectors.patch_knn_config import PatchKNNConfig
 from models.detectors.patch_knn_core import CoreOptions, PatchKNNCore
 from models.detectors.patch_knn_tiled import TiledScoring, tiles_sorted
@@ -107,8 +108,8 @@ class PatchKNN(nn.Module):
 
     Attributes:
         train_scores: (N,) float32 leave-one-out image scores of (up to ``loo_max_images``)
-            training images, each scored against the bank without its own patches; empty when
-            fitted on a single image. For ``models.calibration.calibrate``.
+            training images, each scored against the bank without its own patches; fitted on one
+            image, its region-leave-out scores (``models.detectors.one_shot``). For ``calibrate``.
         train_maps: the matching leave-one-out anomaly maps, each (h, w) float32 at the model's
             resized scale (shorter side = ``shorter_side``), for pixel-threshold calibration.
         masking_active: whether test frames are masked (decided at fit when ``masking="auto"``).
@@ -254,7 +255,7 @@ class PatchKNN(nn.Module):
             if angle == 0.0:
                 if cfg.masking != "off":
                     ref_masks.append(self._masks(raw[None])[0])
-                if owner in loo_ids:
+                if owner in loo_ids or total == 1:
                     loo_items.append((owner, raw.to(self.memory_bank.dtype), geo))
 
         if tiled:
@@ -281,6 +282,11 @@ class PatchKNN(nn.Module):
                     "on" if self.masking_active else "off")
         if tiled:
             self._tiles_leave_one_out(parts.loo)
+        elif total == 1:   # nothing to leave out: regions of the one frame instead (models.detectors.one_shot)
+            _, raw, geo = loo_items[0]
+            keep = self._masks(raw[None])[0] if self.masking_active else None
+            self.train_scores, self.train_maps = region_leave_out_scores(
+                self._embed(raw), geo, image_score=self._image_scores, keep=keep, sigma=cfg.blur_sigma)
         else:
             self._score_leave_one_out(loo_items)
 
@@ -690,6 +696,4 @@ class PatchKNN(nn.Module):
             logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",
                         len(scores), float(np.mean(scores)), float(np.max(scores)))
         else:
-            logger.info("patch_knn: no leave-one-out scores (fitted on %d frame(s)); "
-                        "calibration needs 2 or more",
-                        self.n_images)
+            logger.info("patch_knn: no leave-one-out scores (fitted on %d frame(s))", self.n_images)

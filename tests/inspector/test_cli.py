@@ -196,7 +196,7 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
 
 @pytest.mark.parametrize(("extra", "match"), [
     (["--zero-shot", "--ray"], "--ray needs --recipe"),
-    (["--zero-shot", "--workers", "2"], "--workers needs --ray"),
+    (["--zero-shot", "--workers", "2"], "review workers (--workers) work with a recipe only"),
     (["--recipe", "part.yaml", "--ray", "--runtime", "onnx"], "--runtime works without --ray only"),
 ])
 def test_review_on_ray_options_that_cannot_work_exit_1(

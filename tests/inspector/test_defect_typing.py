@@ -63,6 +63,23 @@ def test_the_recorder_gives_a_loaded_station_its_typer(taught_recipe: Path, tmp_
         recorder = ResultRecorder(store)
         recorder.use(station)
         assert isinstance(station.typer, DefectTyper) and station.typer.recipe == station.name
+        assert (station.typer.config.k, station.typer.config.reject_factor) == (2, 1.25)   # the defaults
+        recorder.close()
+
+
+def test_the_recipe_sets_the_typers_k_and_unknown_factor(taught_recipe: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from inspector.recipe import DefectTypingSettings
+
+    recipe = load_recipe(taught_recipe)
+    recipe = dataclasses.replace(recipe, defect_typing=DefectTypingSettings(k=1, unknown_factor=3.0))
+    station = Station.load(recipe)
+    with Store(tmp_path / "stats.db") as store:
+        recorder = ResultRecorder(store)
+        recorder.use(station)
+        assert isinstance(station.typer, DefectTyper)
+        assert (station.typer.config.k, station.typer.config.reject_factor) == (1, 3.0)
         recorder.close()
 
 

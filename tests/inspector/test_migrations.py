@@ -173,7 +173,7 @@ def _stamp_at(url: str, revision: str) -> None:
         engine.dispose()
 
 
-@pytest.mark.parametrize("revision", ["0001", "0002"])
+@pytest.mark.parametrize("revision", ["0001", "0002", "0003"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_store_at_an_older_revision_is_upgraded_in_place(backend: str, revision: str, tmp_path: Path,
                                                            request: pytest.FixtureRequest) -> None:

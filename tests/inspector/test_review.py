@@ -337,10 +337,9 @@ def test_hostile_file_names_are_escaped_listed_or_not_followed(data: dict[str, P
 
 def test_batched_review_scores_like_one_image_at_a_time(recipe_review: tuple[ReviewSummary, Path],
                                                         data: dict[str, Path]) -> None:
-    _, batched = recipe_review                                  # the default batch size
-    out = data["root"] / "recipe-one-at-a-time"
-    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", batch_size=1))
-    assert summary is not None and summary.counts["ERROR"] == 1
+    batched = data["root"] / "recipe-batched"
+    _drive(review(data["folder"], batched, recipe=data["recipe"], device="cpu", batch_size=8))
+    out = _one_at_a_time(data)
     one = {r["file"]: r for r in _rows(out / "results.csv")}
     many = {r["file"]: r for r in _rows(batched / "results.csv")}
     assert one.keys() == many.keys()
@@ -348,6 +347,67 @@ def test_batched_review_scores_like_one_image_at_a_time(recipe_review: tuple[Rev
         assert row["verdict"] == many[name]["verdict"], name
         if row["verdict"] != "ERROR":
             assert float(row["score"]) == pytest.approx(float(many[name]["score"]), abs=1e-4), name
+
+
+def _one_at_a_time(data: dict[str, Path]) -> Path:
+    """The path before batching and threads: one image per model call, one scoring thread (made once)."""
+    out = data["root"] / "recipe-one-at-a-time"
+    if not (out / "results.csv").is_file():
+        summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", batch_size=1, workers=1))
+        assert summary is not None and summary.counts["ERROR"] == 1
+    return out
+
+
+def _journal(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()[1:]]
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_review_on_scoring_threads_matches_one_at_a_time(data: dict[str, Path], workers: int) -> None:
+    """N threads score whole images at once: same records in the same order, scores and verdicts as
+    one image at a time, and the corrupt file is one ERROR row (the others are scored)."""
+    one = _one_at_a_time(data)
+    out = data["root"] / f"recipe-threads-{workers}"
+    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", workers=workers))
+    assert summary is not None and summary.counts["ERROR"] == 1
+    assert f"{workers} images at a time" in summary.model, summary.model
+    serial, threaded = _journal(one), _journal(out)
+    assert [r["file"] for r in threaded] == [r["file"] for r in serial], "journal in the files' order"
+    for a, b in zip(serial, threaded, strict=True):
+        assert (a["status"], a.get("verdict"), a.get("regions")) == (b["status"], b.get("verdict"), b.get("regions"))
+        if a["status"] == "ok":
+            assert b["score"] == pytest.approx(a["score"], abs=1e-6), a["file"]
+    assert [r["file"] for r in _rows(out / "results.csv")] == [r["file"] for r in _rows(one / "results.csv")]
+    _check_report(out, data["folder"])
+
+
+def test_cancelled_threaded_review_stops_its_threads_and_resumes(data: dict[str, Path]) -> None:
+    import threading
+
+    out = data["root"] / "recipe-threads-cancelled"
+    stopped = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", workers=3),
+                     stop_after=lambda tick, n: n == 5)      # the loading tick, then 4 images
+    assert stopped is None
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("review-score", "review-decode"))]
+    assert not left, f"threads outlive the cancelled review: {left}"
+    assert len(_journal(out)) == 4, "only the images handed back before the cancel are journaled"
+    summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", workers=3))
+    assert summary is not None and summary.resumed == 4
+    assert len(_journal(out)) == 16, "nothing done twice"
+    one = _one_at_a_time(data)
+    assert [r["file"] for r in _rows(out / "results.csv")] == [r["file"] for r in _rows(one / "results.csv")]
+    for a, b in zip(_rows(one / "results.csv"), _rows(out / "results.csv"), strict=True):
+        assert a["verdict"] == b["verdict"], a["file"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"workers": 0}, "review workers must be >= 1, got 0"),
+    ({"workers": 2, "batch_size": 4}, "scores one image per thread; a batch size of 4 works with one worker"),
+])
+def test_review_workers_that_cannot_work_are_refused(data: dict[str, Path], tmp_path: Path,
+                                                     kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InspectorError, match=match):
+        _drive(review(data["folder"], tmp_path / "out", recipe=data["recipe"], **kwargs))
 
 
 def test_cancelled_review_stops_its_decode_thread(data: dict[str, Path]) -> None:

@@ -186,6 +186,22 @@ def test_inspect_images_batches_frames_of_two_sizes_like_one_at_a_time(station: 
     assert batched[2].verdict is Verdict.FAIL and batched[0].verdict is Verdict.PASS
 
 
+def test_threads_inspecting_at_once_on_the_cpu_get_what_one_thread_gets(station: Station) -> None:
+    """A station on the CPU lets callers score at once (a review's scoring threads): same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert station.concurrent_calls, "a CPU station takes callers at once"
+    rng = np.random.default_rng(12)
+    images = [textured_part(rng) if i % 3 else with_defect(textured_part(rng), rng)[0] for i in range(8)]
+    alone = [station.inspect_image(image) for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(station.inspect_image, images))
+    for a, b in zip(alone, together, strict=True):
+        assert a.verdict is b.verdict and a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+    assert {Verdict.PASS, Verdict.FAIL} <= {r.verdict for r in together}, "good and defective parts both seen"
+
+
 def test_inspect_images_refuses_paths_that_do_not_match(station: Station) -> None:
     image = textured_part(np.random.default_rng(2))
     with pytest.raises(ValueError, match="2 paths for 1 images"):

@@ -70,3 +70,27 @@ def test_actually_good_makes_a_version_that_is_not_active_until_made_active_and_
         undo_good_feedback(recipe, "v1")
     with pytest.raises(ModelError, match="has no model version v9"):
         set_active_model_version(recipe, "v9")
+
+
+def test_a_recipe_taught_from_one_good_image_is_saved_and_says_how_it_set_its_thresholds(
+    tmp_path: Path, tiny_weights_file: Path
+) -> None:
+    from tests.conftest import write_recipe
+
+    rng = np.random.default_rng(11)
+    good = write_images(tmp_path / "good", [textured_part(rng)])[0].parent
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file))
+    report = run_to_end(teach(recipe, good))       # before: "calibration needs ... at least 2 good images"
+
+    # 84 px at shorter_side 84: 6 x 6 patches, room to leave out radii 1 and 2 around each patch
+    assert report.n_good == 1 and report.good_scores.shape == (2,), report.good_scores
+    t = report.thresholds
+    assert 0 < t.review <= t.fail <= 2.0
+    assert t.rule.startswith("one good image: the good scores come from that image alone"), t.rule
+    lines = report.summary_lines()
+    assert any("not known how many good parts" in line and "taught from one image" in line for line in lines), lines
+    assert not any("conformal" in line for line in lines), "no conformal share from one image"
+    station = Station.load(load_recipe(recipe.path), device="cpu")
+    assert station.model_version == report.version
+    # random weights: whether a defect is flagged is checked with the real weights in
+    # tests/models/test_patch_knn.py::test_one_good_image_real_weights_flags_a_seeded_defect

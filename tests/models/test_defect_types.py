@@ -207,3 +207,55 @@ def test_centring_separates_types_that_share_what_the_part_looks_like() -> None:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("box", "frame"), [((10, 10, 20, 5), (1024, 1024)), ((1000, 990, 24, 34), (1024, 1024)),
+                                            ((0, 0, 900, 30), (500, 1000)), ((300, 200, 3, 3), (480, 640))])
+def test_crop_window_holds_the_region_stays_in_the_frame_and_gives_a_dot_some_context(
+        box: tuple[int, int, int, int], frame: tuple[int, int]) -> None:
+    from models.defect_types import CROP_MIN_SHARE, region_crop_box
+
+    x, y, side = region_crop_box(box, frame)
+    height, width = frame
+    assert 0 <= x and 0 <= y and x + side <= width and y + side <= height
+    assert side <= min(frame)
+    assert side >= min(min(frame), round(CROP_MIN_SHARE * min(frame)))
+    bx, by, bw, bh = box
+    if max(bw, bh) * 2 <= min(frame):          # the region fits: the window holds all of it
+        assert x <= bx and y <= by and bx + bw <= x + side and by + bh <= y + side
+
+
+def test_crop_weights_put_the_region_on_the_crop_patches_it_covers() -> None:
+    from models.defect_types import crop_weights, region_crop_box
+
+    amap = np.zeros((200, 300), np.float32)
+    amap[100:110, 150:190] = 1.0                                     # a horizontal streak
+    weights = region_weights(amap, box=(150, 100, 40, 10), pixel_threshold=0.5)
+    window = region_crop_box((150, 100, 40, 10), amap.shape)
+    grid = crop_weights(weights, window, (16, 16))
+    rows, cols = np.nonzero(grid > 0)
+    assert grid.shape == (16, 16)
+    assert 4 <= rows.min() and rows.max() <= 11 and cols.max() - cols.min() > rows.max() - rows.min()
+    thin = np.zeros((200, 300), np.float32)
+    thin[120, 20] = 1.0                                               # thinner than a crop patch: its patch
+    w1 = region_weights(thin, box=(20, 120, 1, 1), pixel_threshold=0.5)
+    assert crop_weights(w1, region_crop_box((20, 120, 1, 1), thin.shape), (16, 16)).sum() > 0
+
+
+def test_region_colour_tells_a_dark_spot_from_a_bright_one_and_a_streak_from_a_blob() -> None:
+    from models.defect_types import region_colour
+
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    frame[40:50, 40:50] = 30                                          # dark spot
+    frame[80:84, 90:150] = (230, 60, 60)                               # bright red streak
+    dark = np.zeros((120, 160), np.float32)
+    dark[40:50, 40:50] = 1.0
+    streak = np.zeros((120, 160), np.float32)
+    streak[80:84, 90:150] = 1.0
+    d, s = region_colour(frame, dark), region_colour(frame, streak)
+    assert d.shape == s.shape == (10,)
+    assert d[0] < -0.2 and s[0] > -0.05 and s[1] > 0.1           # L darker; a redder than the grey ring
+    assert s[9] > d[9] + 1.0                                      # elongation
+    assert d[8] > np.log(100 / (120 * 160)) - 0.01                 # log area share
+    with pytest.raises(ValueError, match="no pixel"):
+        region_colour(frame, np.zeros((120, 160), np.float32))

@@ -155,9 +155,45 @@ def test_leave_one_out_excludes_the_frames_own_rotations(backbone: DinoBackbone)
     assert (detector.train_scores > 1e-2).all(), detector.train_scores
 
 
-def test_single_shot_fits_without_leave_one_out_scores(backbone: DinoBackbone) -> None:
+def test_single_shot_calibrates_on_regions_of_the_one_frame(backbone: DinoBackbone) -> None:
+    detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=SIZE))
+    frame = good_frame(np.random.default_rng(7))
+    detector.fit([frame])
+    assert detector.bank_size == 8 * PATCHES
+    # no second frame to leave out: one score per left-out radius (1, 2, 3 patches), each patch
+    # matched only by patches of the same frame farther away than the radius
+    scores = detector.train_scores
+    assert scores.shape == (3,) and np.isfinite(scores).all() and (scores > 1e-3).all(), scores
+    assert [m.shape for m in detector.train_maps] == [(SIZE, SIZE)] * 3
+    # leaving more out never makes a patch's nearest match nearer
+    assert scores[0] <= scores[1] + 1e-6 <= scores[2] + 2e-6, scores
+    # a defect scores above them all
+    assert detector.predict(defect_frame(np.random.default_rng(8))[0]).pred_score[0] > scores.max()
+
+
+def test_one_good_image_real_weights_flags_a_seeded_defect(real_backbone: DinoBackbone) -> None:
+    from models.calibration import calibrate
+    from tests.helpers.images import textured_part, with_defect
+
+    rng = np.random.default_rng(12)
+    size = 168                                   # 12 x 12 patches
+
+    def rgb(bgr: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(shorter_side=size))
+    detector.fit([rgb(textured_part(rng, size))])               # ONE good image, rotations on ("auto")
+    t = calibrate(detector.train_scores, good_maps=detector.train_maps)
+    goods = [float(detector.predict(rgb(textured_part(rng, size))).pred_score[0]) for _ in range(3)]
+    defects = [float(detector.predict(rgb(with_defect(textured_part(rng, size), rng)[0])).pred_score[0])
+               for _ in range(3)]
+    assert max(goods) < t.review, (goods, t.review)
+    assert min(defects) >= t.review, (defects, t.review)        # every seeded defect is flagged
+
+
+def test_single_shot_on_a_tiny_grid_has_no_calibration_scores(backbone: DinoBackbone) -> None:
     detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=56))
-    detector.fit([good_frame(np.random.default_rng(7), 56)])
+    detector.fit([good_frame(np.random.default_rng(7), 56)])       # 4 x 4 patches: no region to leave out
     assert detector.bank_size == 8 * 16
     assert detector.train_scores.shape == (0,)
 

@@ -103,8 +103,12 @@ def test_stop_shows_stopped_and_a_late_result_is_recorded_but_not_shown(qtbot, t
     assert window.station.heatmap.result.frame_id != in_model     # never shown as current
     assert window.station.heatmap.stale.startswith("STOP")
     store.flush()
-    stored = {record.frame_id for record in store.inspections(recipe="demo", limit=100)}
-    assert in_model in stored                            # recorded all the same
+
+    def stored() -> set[int]:
+        return {record.frame_id for record in store.inspections(recipe="demo", limit=100)}
+
+    # recorded all the same: through the result journal, whose forwarder store.flush() does not wait for
+    qtbot.waitUntil(lambda: in_model in stored(), timeout=WAIT_MS)
     window.close()
     store.close()
 
