@@ -5,10 +5,9 @@ Two modes:
 - **recipe**: each image goes through a taught recipe's `Station` (ROI, detector, regions,
   verdict by the recipe's thresholds);
 - **zero-shot**: no recipe and no training; the images are scored against each other
-  (`models.detectors.zero_shot`, MuSc's mutual scoring), and an image is flagged when its top patch
-  scores lie in the far tail of the distribution of all patch scores of the batch
-  (`models.detectors.zero_shot.patch_thresholds`). That rule assumes only that most *patches* are
-  normal, not that most images are good; the report states it.
+  (`models.detectors.zero_shot`: MuSc's mutual scoring at 448 px, three scales, re-scored by similar
+  images), and flagged by a robust rule on the batch's own image scores (REVIEW above median + 3
+  robust sigma, FAIL above median + 6), which the report states.
 
 The report folder holds ``index.html`` (self-contained, opens from disk), ``results.csv``,
 ``defects.csv``, ``thumbs/`` (small heatmap overlays of every image) and ``overlays/`` (full-size
@@ -75,6 +74,8 @@ if TYPE_CHECKING:
 __all__ = [
     "JOURNAL_NAME",
     "REPORT_EVERY_S",
+    "ZERO_SHOT_K_FAIL",
+    "ZERO_SHOT_K_REVIEW",
     "Journal",
     "ReviewRate",
     "ReviewSummary",
@@ -95,6 +96,8 @@ SCORES_NAME: Final = "zero_shot_scores.npz"
 REVIEW_BATCH: Final = 8            # images per model call in recipe mode (Station.inspect_images)
 REVIEW_RUNTIMES: Final = ("torch", "onnx", "auto")  # what scores a recipe review (see `review`)
 DECODE_AHEAD: Final = 16           # images decoded ahead of the model by the decode thread
+ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
+ZERO_SHOT_K_FAIL: Final = 6.0      # ... and for FAIL: far outside what the batch does
 ZERO_SHOT_MIN_AREA_PX: Final = 25  # smallest zero-shot defect region, the recipe default `min_defect_area_px`
 EXTRACT_BATCH: Final = 8           # images per backbone call in zero-shot mode
 
@@ -488,7 +491,7 @@ def _review_zero_shot(
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import DetectorSettings
     from models.backbone import create_backbone
-    from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer, patch_scores_to_map, patch_thresholds
+    from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer, patch_scores_to_map, robust_thresholds
     from models.weights import resolve_weights
 
     settings = DetectorSettings()          # what a fresh recipe uses: the measured defaults
@@ -550,13 +553,14 @@ def _review_zero_shot(
         scores = yield from relay_progress(lambda progress: scorer.score(progress=progress),
                                            message="mutual scoring", name="inspector-zero-shot",
                                            cancelled=lambda: InspectorError("zero-shot scoring was cancelled"))
-        saved = {"files": readable, "shapes": shapes, "pred_score": scores.pred_score, "top_score": scores.top_score,
+        saved = {"files": readable, "shapes": shapes, "pred_score": scores.pred_score,
                  "patch_scores": scores.patch_scores, "patch_size": backbone.patch_size}
         _save_scores(out / SCORES_NAME, saved)
         rate = ReviewRate()
-    review_t, fail_t, rule = patch_thresholds(saved["patch_scores"])
-    # The verdict reads the top-patch score, on the patch scores' own scale, so a pixel reaching the
-    # review threshold marks a defect region.
+    review_t, fail_t, rule = robust_thresholds(saved["pred_score"], k_review=ZERO_SHOT_K_REVIEW,
+                                               k_fail=ZERO_SHOT_K_FAIL)
+    # Patch scores and image scores share one scale (the image score is a similarity-weighted mean of
+    # images' top patch scores), so a pixel reaching the review threshold marks a defect region.
     thresholds = (review_t, fail_t, review_t)
     rule += f"; defect regions where the map is >= the review threshold, at least {ZERO_SHOT_MIN_AREA_PX} px"
 
@@ -570,11 +574,9 @@ def _review_zero_shot(
                           model=model, thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
                           generated=now_text(), images_per_second=_overall_rate() or None,
                           notes=("Zero-shot mode: no recipe and no good reference images. Each image was scored "
-                                 "against the others of this folder (mutual scoring), and flagged when its top "
-                                 "patch scores lie in the far tail of all patch scores of the folder. It assumes "
-                                 "that most patches are normal, which holds even when most images hold a small "
-                                 "defect; a folder where one defect recurs in most images, at the same place, "
-                                 "needs a recipe.",))
+                                 "against the others of this folder, and flagged by how far its score lies above "
+                                 "the batch's median. It assumes most images are good; a folder of mostly "
+                                 "defective parts needs a recipe.",))
 
     index = {rel: i for i, rel in enumerate(saved["files"])}
     last_report = time.perf_counter()
@@ -613,7 +615,7 @@ def _zero_shot_record(
     from models.regions import find_regions
 
     review_t, fail_t, pixel = thresholds
-    score = float(saved["top_score"][k])          # what the verdict reads: the image's top patch scores
+    score = float(saved["pred_score"][k])
     verdict = verdict_for(score, review_t, fail_t)
     anomaly_map = to_map(saved["patch_scores"][k], image.shape[:2], shorter_side=config.shorter_side,
                          patch_size=int(saved["patch_size"]), blur_sigma=config.blur_sigma)
@@ -636,7 +638,6 @@ def _save_scores(path: Path, saved: Mapping[str, Any]) -> None:
     np.savez(buffer, files=np.asarray(saved["files"], dtype=str),
              shapes=np.asarray(saved["shapes"], dtype=np.int64).reshape(-1, 2),
              pred_score=np.asarray(saved["pred_score"], dtype=np.float32),
-             top_score=np.asarray(saved["top_score"], dtype=np.float32),
              grids=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
              flat=np.concatenate([g.reshape(-1) for g in grids]).astype(np.float32),
              patch_size=np.int64(saved["patch_size"]))
@@ -653,8 +654,7 @@ def _load_scores(path: Path) -> dict[str, Any] | None:
             patch_scores = list(_split(flat, grids))
             return {"files": [str(f) for f in data["files"]],
                     "shapes": [tuple(int(v) for v in s) for s in data["shapes"]],
-                    "pred_score": data["pred_score"].astype(np.float32),
-                    "top_score": data["top_score"].astype(np.float32), "patch_scores": patch_scores,
+                    "pred_score": data["pred_score"].astype(np.float32), "patch_scores": patch_scores,
                     "patch_size": int(data["patch_size"])}
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("%s: unreadable (%s); the batch is scored again", path, exc)

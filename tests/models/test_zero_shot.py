@@ -20,8 +20,8 @@ from models.detectors.zero_shot import (
     ZeroShotScorer,
     evaluate_zero_shot,
     patch_scores_to_map,
-    patch_thresholds,
     rescore,
+    robust_thresholds,
 )
 from models.evaluation import load_category
 from tests.helpers.images import textured_part, with_defect, write_images
@@ -137,22 +137,15 @@ def test_planted_defects_score_highest_and_maps_peak_inside(backbone: DinoBackbo
         np.testing.assert_allclose(rebuilt, amap)
 
 
-def test_patch_thresholds_fit_the_patch_scores_not_the_images() -> None:
-    rng = np.random.default_rng(0)
-    grids = [np.exp(rng.normal(np.log(0.2), 0.1, size=(20, 20))) for _ in range(10)]
-    review, fail, rule = patch_thresholds(grids)
-    logs = np.log(np.concatenate([g.reshape(-1) for g in grids]))
-    sigma = (np.quantile(logs, 0.75) - np.median(logs)) / 0.6745
-    assert review == pytest.approx(np.exp(np.median(logs) + 3.719 * sigma))
-    assert fail == pytest.approx(np.exp(np.median(logs) + 4.753 * sigma))
-    assert review < fail and "4000 patch scores" in rule and "1 - 1e-4" in rule
-    # Every image gets a small defect (4 patches of 400): the thresholds hardly move.
-    for g in grids:
-        g[5:7, 5:7] = 0.8
-    review_bad, fail_bad, _ = patch_thresholds(grids)
-    assert review_bad == pytest.approx(review, rel=0.05) and fail_bad == pytest.approx(fail, rel=0.05)
-    assert all(g.max() > fail_bad for g in grids), "every defect is past FAIL"
-    flat_review, flat_fail, _ = patch_thresholds([np.full((3, 3), 0.5)])
+def test_robust_thresholds_follow_median_and_mad() -> None:
+    scores = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 5.0]
+    review, fail, rule = robust_thresholds(scores, k_review=3, k_fail=6)
+    sigma = 1.4826 * 0.05
+    assert review == pytest.approx(1.0 + 3 * sigma)
+    assert fail == pytest.approx(1.0 + 6 * sigma)
+    assert review < 5.0, "the outlier does not drag the threshold up"
+    assert "median" in rule and "7 images" in rule
+    flat_review, flat_fail, _ = robust_thresholds([0.5, 0.5, 0.5])
     assert 0.5 < flat_review <= flat_fail < 0.5001, "equal scores: only strictly higher ones would be flagged"
 
 
@@ -170,8 +163,8 @@ def test_rescore_is_a_similarity_weighted_mean_of_the_nearest_images() -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: patch_thresholds([]), "at least one finite patch score"),
-        (lambda: patch_thresholds([np.ones((2, 2))], z_review=3, z_fail=2), "z_fail"),
+        (lambda: robust_thresholds([]), "at least one finite score"),
+        (lambda: robust_thresholds([1.0], k_review=3, k_fail=2), "k_fail"),
         (lambda: ZeroShotConfig(neighbour_fraction=0.0), "neighbour_fraction"),
         (lambda: ZeroShotConfig(scales=(1, 2)), "scales must be a non-empty tuple of odd integers"),
         (lambda: ZeroShotConfig(scales=()), "scales must be a non-empty tuple"),
@@ -213,3 +206,11 @@ def test_evaluate_zero_shot_on_a_tiny_category(backbone: DinoBackbone, tmp_path:
     assert report.per_defect_auroc == {"blob": 1.0}
     assert ticks[-1][0] == ticks[-1][1]
     assert report.to_dict()["config"]["detector"] == "zero_shot"
+    # The verdicts are the review's: the batch's robust rule on the re-scored image scores.
+    review, fail, rule = robust_thresholds(report.scores)
+    assert (report.thresholds["review"], report.thresholds["fail"]) == pytest.approx((review, fail))
+    assert report.thresholds["rule"] == rule and "median" in rule
+    labels = np.array([t.label for t in load_category(root).test])
+    flagged = np.asarray(report.scores) >= review
+    assert report.operating_point["defect_flag_rate"] == pytest.approx(flagged[labels == 1].mean())
+    assert report.operating_point["good_flag_rate"] == pytest.approx(flagged[labels == 0].mean())
