@@ -291,8 +291,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from inspector.teach import teach
 
     recipe = load_recipe(args.recipe)
-    report = drive(teach(recipe, args.good, defects=args.defects, device=args.device, weights=args.weights),
-                   desc="teaching")
+    report = drive(teach(recipe, args.good, defects=args.defects, device=args.device, weights=args.weights,
+                         self_tune=not args.fixed_config), desc="teaching")
     for line in report.summary_lines():
         print(line)
     return 0

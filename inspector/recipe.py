@@ -204,6 +204,9 @@ class Recipe:
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    # issue 11: milliseconds per part the station's device may spend scoring; teaching skips candidate
+    # configurations that are slower (models.self_tune). None = no limit: only the line knows its cycle time
+    cycle_time_ms: float | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     # how results are reported
     min_defect_area_px: int = 25           # smaller regions are ignored

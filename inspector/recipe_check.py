@@ -370,6 +370,10 @@ class RecipeChecker:
         if r.mm_per_px is not None and not (r.mm_per_px > 0 and math.isfinite(r.mm_per_px)):
             self.fail("mm_per_px",
                       f"must be a number > 0 (millimetres per pixel) or null, got {r.mm_per_px!r}")
+        if r.cycle_time_ms is not None and not (r.cycle_time_ms > 0 and math.isfinite(r.cycle_time_ms)):
+            self.fail("cycle_time_ms",
+                      f"must be a number > 0 (milliseconds per part on the station's device) or null, "
+                      f"got {r.cycle_time_ms!r}")
         self._validate_classes(r.defect_classes)
         if not 1 <= r.defect_typing.k <= _MAX_TYPING_K:
             self.fail("defect_typing.k", f"must be a whole number from 1 to {_MAX_TYPING_K} (labelled examples "

@@ -36,6 +36,8 @@ from inspector.versions import next_version, resolve_version, set_active_model_v
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
     from models.calibration import Thresholds
+    from models.detectors.patch_knn import PatchKNN
+    from models.self_tune import SelfTuneResult
     from models.weights import WeightsInfo
 
 __all__ = [
@@ -85,6 +87,8 @@ class TeachReport:
     seconds: float
     skipped: tuple[str, ...] = ()  # "file: reason" for images that could not be read
     tiling: str | None = None      # how the detector tiles its frames (PatchKNN.tiling_summary); None: untiled
+    self_tune: SelfTuneResult | None = None  # the configuration chosen from the good images (models.self_tune)
+    self_tune_note: str | None = None        # why self-tuning did not run (off, too few images, fixed by the recipe)
 
     def summary_lines(self) -> list[str]:
         """The calibration report, one line each, for the CLI and the GUI."""
@@ -95,6 +99,8 @@ class TeachReport:
                                                          if self.n_defect else "") + f" in {self.seconds:.1f} s",
             f"weights: {self.weights.name}, {self.weights.source} ({self.weights.location})",
             *([f"tiling: {self.tiling}"] if self.tiling else []),
+            *(self.self_tune.summary_lines() if self.self_tune is not None else []),
+            *([f"self-tuning: {self.self_tune_note}"] if self.self_tune_note else []),
             f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
             f"rule: {t.rule}",
         ]
@@ -188,8 +194,14 @@ def teach(
     defects: Path | None = None,
     device: str | None = None,
     weights: str | Path | None = None,
+    self_tune: bool = True,
 ) -> Generator[Progress, None, TeachReport]:
     """Fit the recipe's detector on good images, calibrate, and save a new model version.
+
+    With ``self_tune`` the configuration is first chosen from the good images alone (`models.self_tune`:
+    leave-fold-out scores of the good images against synthetic anomalies pasted on them, candidates
+    slower than the recipe's ``cycle_time_ms`` skipped); the choice and its numbers are saved in the
+    model's ``model.json`` (metadata ``self_tune``) and written in the report.
 
     Args:
         recipe: the recipe to teach.
@@ -198,9 +210,11 @@ def teach(
             threshold is chosen on them too.
         device: ``auto | cpu | cuda``; default: the recipe's.
         weights: DINOv2 weights file; default: the recipe's, else the resolution order.
+        self_tune: choose the configuration from the good images (default); False keeps the recipe's as
+            written (reproducible teaching, ``inspector train --fixed-config``).
 
     Yields:
-        Progress ticks (reading, learning, calibrating, saving).
+        Progress ticks (reading, self-tuning, learning, calibrating, saving).
 
     Returns:
         The `TeachReport` of the saved version.
@@ -236,6 +250,14 @@ def teach(
 
     yield Progress(done=0, total=len(images), message="loading the DINOv2 backbone")
     detector, weights_info = build_detector(recipe, device=device, weights=weights)
+    tuned, note = None, None
+    if self_tune:
+        tuned, note = yield from _self_tune(recipe, detector, images)
+        if tuned is not None and tuned.chosen.options:
+            detector = type(detector)(backbone=detector.backbone,
+                                      config=dataclasses.replace(detector.config, **tuned.chosen.options))
+    else:
+        note = "off (fixed configuration as the recipe writes it)"
     try:
         yield from relay_progress(lambda progress: detector.fit(images, progress=progress),
                                   message="learning good patches", name="inspector-fit",
@@ -269,7 +291,8 @@ def teach(
     yield Progress(done=0, total=1, message=f"saving model {version.name}")
     save_detector(detector, thresholds, version.path, weights=weights_info,
                   metadata={"recipe": recipe.name, "good_images": len(images), "defect_images": len(defect_images),
-                            "source": where})
+                            "source": where,
+                            "self_tune": tuned.to_dict() if tuned is not None else {"note": note}})
     set_active_model_version(recipe, version.name)     # taught on purpose: the line uses it
     yield Progress(done=1, total=1, message=f"saved model {version.name}")
     return TeachReport(
@@ -277,8 +300,40 @@ def teach(
         n_good=len(images), n_defect=len(defect_images),
         good_scores=np.asarray(detector.train_scores, np.float32), defect_scores=defect_scores,
         weights=weights_info, seconds=time.perf_counter() - start, skipped=tuple(skipped),
-        tiling=detector.tiling_summary,
+        tiling=detector.tiling_summary, self_tune=tuned, self_tune_note=note,
     )
+
+
+def _self_tune(
+    recipe: Recipe, detector: PatchKNN, images: list[np.ndarray]
+) -> Generator[Progress, None, tuple[SelfTuneResult | None, str | None]]:
+    """Choose the configuration for ``detector`` from the good images; (None, why) when it cannot run.
+
+    Candidates that change an option the recipe sets in ``detector.options`` are left out: an option
+    written in the recipe is the engineer's choice and is kept.
+    """
+    from models.self_tune import MIN_IMAGES, candidates_for, self_tune
+
+    if len(images) < MIN_IMAGES:
+        return None, f"skipped: it needs at least {MIN_IMAGES} good images, got {len(images)}"
+    pinned = set(recipe.detector.options)
+    candidates = [c for c in candidates_for(detector.config, images[0].shape[:2]) if not pinned & set(c.options)]
+    if len(candidates) < 2:
+        return None, "skipped: the recipe's detector.options fix every option it would choose"
+    yield Progress(done=0, total=1, message=f"self-tuning: checking {len(candidates)} configurations")
+    make = type(detector)
+    try:
+        result = yield from relay_progress(
+            lambda progress: self_tune(images, lambda cfg, backbone: make(backbone=backbone, config=cfg),
+                                       detector.config, candidates, detector.backbone,
+                                       budget_ms=recipe.cycle_time_ms, progress=progress),
+            message="self-tuning: scoring good images and synthetic anomalies", name="inspector-self-tune",
+            cancelled=lambda: TeachCancelled("teaching was cancelled"))
+    except ValueError as exc:
+        msg = f"recipe '{recipe.name}': self-tuning failed: {exc}"
+        raise ModelError(msg) from exc
+    logger.info("recipe %s: %s", recipe.name, result.reason)
+    return result, None
 
 
 def save_thresholds(

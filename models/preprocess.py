@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_ASPECT_RATIO", "CropGeometry", "FrameGeometry", "anomaly_maps",
+           "rotate_frame",
            "as_image_list", "check_image", "crop_geometry", "crop_maps", "frame_geometry", "frame_to_grid",
            "gaussian_blur", "input_size", "to_model_input", "uncrop_maps"]
 
@@ -266,3 +267,15 @@ def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         _STATS[device] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
                           torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
     return _STATS[device]
+
+
+def rotate_frame(image: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate an (H, W, C) frame about its centre by ``angle`` degrees, same size; corners are filled by
+    reflection, not black (the rotated references of a few-shot bank)."""
+    if angle % 360 == 0:
+        return image
+    h, w = image.shape[:2]
+    if angle % 90 == 0 and h == w:
+        return np.ascontiguousarray(np.rot90(image, k=int(angle // 90) % 4))
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)

@@ -84,7 +84,12 @@ def tiny_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_recipe(folder: Path, weights: Path, *, name: str = "tiny_part", source: Path | None = None,
                  extra: str = "") -> Path:
-    """A recipe file for tiny synthetic parts: 84 px, random weights, model versions under ``folder/models``."""
+    """A recipe file for tiny synthetic parts: 84 px, random weights, model versions under ``folder/models``.
+
+    ``patch_pooling: 1`` is written in the recipe, so teaching keeps it (self-tuning leaves options the
+    recipe sets alone): the engine's tests see one fixed configuration; tests/inspector/test_self_tune.py
+    teaches without it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     source = source or folder / "frames"
     source.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,7 @@ preprocess: {{shorter_side: 84}}
 detector:
   weights: {weights.as_posix()}
   device: cpu
-  options: {{augment_rotations: false, masking: "off", blur_sigma: 1.0}}
+  options: {{augment_rotations: false, masking: "off", blur_sigma: 1.0, patch_pooling: 1}}
 model: {{directory: models}}
 min_defect_area_px: 4
 {extra}"""

@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication, QMessageBox
 
+    from ui.collector import GuiThreadCollector
     from ui.theme import apply_theme
 
     existing = QApplication.instance()
@@ -151,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # whichever thread it lands, the GUI thread included.
     gc.collect()
     gc.freeze()
+    # and from now on cycles are collected on this thread only, never on a worker (ui.collector)
+    GuiThreadCollector(parent=window)
     if args.start:
         window.start()
     try:

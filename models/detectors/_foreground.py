@@ -8,10 +8,18 @@ a 3x3 closing clean the mask. Done here in torch, batched and on the features' d
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["foreground_masks", "mask_fractions"]
+if TYPE_CHECKING:
+    from models.detectors.patch_knn_config import PatchKNNConfig
+
+__all__ = ["decide_masking", "foreground_masks", "mask_fractions"]
+
+logger = logging.getLogger(__name__)
 
 
 def _principal_projection(features: torch.Tensor) -> torch.Tensor:
@@ -92,3 +100,21 @@ def mask_fractions(masks: torch.Tensor, *, border: float = 0.2) -> tuple[torch.T
     if not ring.any():
         return overall, overall
     return overall, masks[:, ring].float().mean(dim=1)
+
+
+def decide_masking(ref_masks: list[torch.Tensor], cfg: PatchKNNConfig) -> tuple[bool, float]:
+    """Whether test frames are masked, from the references' (h, w) bool masks (``PatchKNNConfig.masking``).
+
+    Returns:
+        (masking active, mean foreground share of the references' masks; 1.0 without masks).
+    """
+    if cfg.masking == "off" or not ref_masks:
+        return False, 1.0
+    overall = [mask_fractions(m[None], border=cfg.mask_border) for m in ref_masks]
+    fg = float(torch.stack([o for o, _ in overall]).mean())
+    border = float(torch.stack([b for _, b in overall]).mean())
+    # "auto": an object on a plain background leaves the border ring background; a texture does not.
+    active = cfg.masking == "on" or (border <= cfg.masking_auto_max_border and 0.0 < fg < 1.0)
+    logger.info("patch_knn masking (%s): references keep %.0f %% as foreground, %.0f %% of the border -> %s",
+                cfg.masking, 100 * fg, 100 * border, "on" if active else "off")
+    return active, fg

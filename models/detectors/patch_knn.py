@@ -36,14 +36,14 @@ import logging
 from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from models.backbone import DinoBackbone, resolve_device
+from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
-from models.detectors._foreground import foreground_masks, mask_fractions
+from models.detectors._foreground import decide_masking, foreground_masks
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
 from models.detectors.one_shot import region_leave_out_scores
 from models.detectors.patch_knn_config import PatchKNNConfig
@@ -56,6 +56,7 @@ from models.preprocess import (
     as_image_list,
     check_image,
     frame_geometry,
+    rotate_frame,
     to_model_input,
     uncrop_maps,
 )
@@ -77,24 +78,6 @@ class Detection(NamedTuple):
     # features of the model input's centre crop (models.preprocess.frame_geometry maps frame pixels
     # to that grid), taken from the same backbone pass that gave the scores; None otherwise
     patch_features: list[np.ndarray] | None = None
-
-
-def _rotate(image: np.ndarray, angle: float) -> np.ndarray:
-    """Rotate about the centre, same size; corners are filled by reflection, not black."""
-    if angle % 360 == 0:
-        return image
-    h, w = image.shape[:2]
-    if angle % 90 == 0 and h == w:
-        return np.ascontiguousarray(np.rot90(image, k=int(angle // 90) % 4))
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-
-
-def _grid_positions(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(h * w, 2) float32 (y, x) centres of an h x w patch grid, scaled to [0, 1], row-major."""
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
 @register_detector("patch_knn")
@@ -147,6 +130,7 @@ class PatchKNN(nn.Module):
         # tile position of each bank patch (tiling; rows of one position together for tile_bank="per_position")
         self.register_buffer("bank_tile", torch.empty(0, dtype=torch.int64, device=dev))
         self._tiles = TiledScoring(self._core, cfg, backbone.patch_size)  # config.tiling
+        self._aligned = AlignedScoring(cfg)  # config.alignment: position restriction + global term
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
@@ -201,6 +185,25 @@ class PatchKNN(nn.Module):
         return self._config.shorter_side
 
     @property
+    def aligned(self) -> bool:
+        """Whether the product is treated as aligned (config ``alignment``; ``"auto"`` decided at fit)."""
+        return self._aligned.active
+
+    @property
+    def alignment_state(self) -> AlignedScoring:
+        """The alignment decision, the good frames' global descriptors and the fusion's statistics."""
+        return self._aligned
+
+    def patch_scores(self, raw: torch.Tensor, *, radius: float | str | None = "active") -> torch.Tensor:
+        """(B, h, w, D) raw features -> (B, h, w) scores as ``predict`` (``"active"``: `search_radius`)."""
+        return self._patch_scores(raw, radius=radius)
+
+    @property
+    def search_radius(self) -> float | None:
+        """The position search radius in use (``position_radius``, or ``alignment_radius`` when aligned)."""
+        return self._aligned.radius()
+
+    @property
     def is_fitted(self) -> bool:
         """True once the bank holds patches."""
         return self.bank_size > 0
@@ -230,6 +233,7 @@ class PatchKNN(nn.Module):
         if total == 0:
             msg = "no good images to fit on: fit() needs at least one good frame"
             raise ValueError(msg)
+        self._aligned.reset()
         tiled = cfg.tiling != "off" and self._tiles.decide(*check_image(next(iter(images)), 0).shape[:2])
         # a per-position tile bank is for aligned parts: "auto" does not rotate their tiles
         auto_rotate = (cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots
@@ -248,11 +252,13 @@ class PatchKNN(nn.Module):
         ref_masks: list[torch.Tensor] = []
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
-            bank_parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            emb = self._embed(raw)
+            bank_parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
             n_patches = raw.shape[0] * raw.shape[1]
             owner_parts.append(torch.full((n_patches,), owner, dtype=torch.int64, device=raw.device))
-            pos_parts.append(_grid_positions(raw.shape[0], raw.shape[1], raw.device))
+            pos_parts.append(grid_positions(raw.shape[0], raw.shape[1], raw.device))
             if angle == 0.0:
+                self._aligned.add(owner, emb)
                 if cfg.masking != "off":
                     ref_masks.append(self._masks(raw[None])[0])
                 if owner in loo_ids or total == 1:
@@ -276,7 +282,7 @@ class PatchKNN(nn.Module):
         self.rotations_used = rotate
         n_before = self.bank_size
         self._shrink_bank()
-        self._decide_masking(ref_masks)
+        self.masking_active, self.reference_foreground = decide_masking(ref_masks, cfg)
         logger.info("patch_knn fitted on %d frame(s)%s: bank of %d patches (from %d), masking %s",
                     total, " with rotations" if rotate else "", self.bank_size, n_before,
                     "on" if self.masking_active else "off")
@@ -288,6 +294,7 @@ class PatchKNN(nn.Module):
             self.train_scores, self.train_maps = region_leave_out_scores(
                 self._embed(raw), geo, image_score=self._image_scores, keep=keep, sigma=cfg.blur_sigma)
         else:
+            self._aligned.decide_from_loo([(owner, raw[None]) for owner, raw, _ in loo_items], self._patch_scores)
             self._score_leave_one_out(loo_items)
 
     def _shrink_bank(self, *, coreset: bool = True) -> None:
@@ -346,8 +353,11 @@ class PatchKNN(nn.Module):
             return
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
-            parts.append(self._embed(raw).reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
-            positions.append(_grid_positions(raw.shape[0], raw.shape[1], raw.device))
+            emb = self._embed(raw)
+            parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            if angle == 0.0:
+                self._aligned.add(first + owner, emb)
+            positions.append(grid_positions(raw.shape[0], raw.shape[1], raw.device))
             owners.append(torch.full((raw.shape[0] * raw.shape[1],), first + owner, dtype=torch.int64,
                                      device=raw.device))
 
@@ -432,7 +442,7 @@ class PatchKNN(nn.Module):
         """Whether ``predict`` replays CUDA graphs: asked for, on CUDA, and without data-dependent steps."""
         cfg = self._config
         return (cfg.cuda_graphs and self.device.type == "cuda" and not self.masking_active
-                and cfg.position_radius is None and not self.tiling_active)
+                and self.search_radius is None and not self.tiling_active)
 
     def _score_frames(self, frames: torch.Tensor, geo: FrameGeometry) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size).
@@ -448,13 +458,14 @@ class PatchKNN(nn.Module):
         """`_score_frames`, also returning the backbone's (B, h, w, D) patch features."""
         x = to_model_input(frames, shorter_side=self._config.shorter_side, patch_size=self._backbone.patch_size,
                            device=self.device)
-        if not self.masking_active and self._config.position_radius is None:
+        if not self.masking_active and self.search_radius is None:
             scores, raw = self._core.score(x, self.memory_bank)      # the exported graph's arithmetic
             return scores.pred_score, uncrop_maps(scores.anomaly_map[:, None], geo), raw
         raw = self._run_backbone(x)
         patch_scores = self._patch_scores(raw)
         maps = self._core.maps(patch_scores, geo.crop)
-        return self._core.image_scores(patch_scores), uncrop_maps(maps[:, None], geo), raw
+        image_scores = self._aligned.fuse(self._core.image_scores(patch_scores), self._embed(raw))
+        return image_scores, uncrop_maps(maps[:, None], geo), raw
 
     def _run_backbone(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone under the configured precision (``PatchKNNConfig.precision``)."""
@@ -483,7 +494,8 @@ class PatchKNN(nn.Module):
         if self.tiling_active:   # models saved untiled keep their layout (and load as before)
             tensors["bank_tile"] = self.bank_tile.detach().contiguous()
             info.update(self._tiles.state())
-        return tensors, info
+        aligned_tensors, aligned_info = self._aligned.state()
+        return {**tensors, **aligned_tensors}, {**info, **aligned_info}
 
     def import_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
         """Restore what ``export_state`` gave (used by ``models.saved``).
@@ -507,9 +519,10 @@ class PatchKNN(nn.Module):
         dev = self.device
         self.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
         self.bank_owner = tensors["bank_owner"].to(dev, torch.int64)
+        self._aligned.load_state(tensors, info, self._backbone.feature_dim)
         if "bank_pos" in tensors and tensors["bank_pos"].shape == (bank.shape[0], 2):
             self.bank_pos = tensors["bank_pos"].to(dev, torch.float32)
-        elif self._config.position_radius is not None:
+        elif self.search_radius is not None:
             msg = "saved state lacks bank_pos (patch positions), which position_radius needs"
             raise ValueError(msg)
         else:
@@ -589,7 +602,7 @@ class PatchKNN(nn.Module):
             frame = check_image(image, i)
             if pending and pending[-1][2].shape != frame.shape:
                 flush()
-            pending.extend((i, angle, _rotate(frame, angle)) for angle in angles)
+            pending.extend((i, angle, rotate_frame(frame, angle)) for angle in angles)
             if len(pending) >= batch_size:
                 flush()
         flush()
@@ -605,35 +618,22 @@ class PatchKNN(nn.Module):
                                 min_centre_fraction=cfg.mask_min_centre_fraction,
                                 kernel_size=cfg.mask_kernel_size)
 
-    def _decide_masking(self, ref_masks: list[torch.Tensor]) -> None:
-        cfg = self._config
-        if cfg.masking == "off" or not ref_masks:
-            self.masking_active, self.reference_foreground = False, 1.0
-            return
-        overall = [mask_fractions(m[None], border=cfg.mask_border) for m in ref_masks]
-        fg = float(torch.stack([o for o, _ in overall]).mean())
-        border = float(torch.stack([b for _, b in overall]).mean())
-        self.reference_foreground = fg
-        if cfg.masking == "on":
-            self.masking_active = True
-        else:
-            # An object on a plain background leaves the border ring background; a texture does not.
-            self.masking_active = border <= cfg.masking_auto_max_border and 0.0 < fg < 1.0
-        logger.info("patch_knn masking (%s): references keep %.0f %% as foreground, "
-                    "%.0f %% of the border -> %s",
-                    cfg.masking, 100 * fg, 100 * border, "on" if self.masking_active else "off")
-
     def _patch_scores(
-        self, raw: torch.Tensor, *, owner: int | None = None
+        self, raw: torch.Tensor, *, owner: int | None = None, radius: float | str | None = "active"
     ) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) float32 patch scores (0 where masked out).
 
-        ``owner`` skips bank patches of that training frame (leave-one-out).
+        ``owner`` skips bank patches of that training frame (leave-one-out); ``radius`` is the position
+        search radius (``"active"``: ``search_radius``; None: anywhere).
         """
         b, h, w, d = raw.shape
         cfg = self._config
+        radius = self.search_radius if radius == "active" else radius
+        if isinstance(radius, str):
+            msg = f"radius must be a number, None or 'active', got {radius!r}"
+            raise ValueError(msg)
         feats = self._embed(raw).reshape(-1, d)
-        if not self.masking_active and cfg.position_radius is None and owner is None:
+        if not self.masking_active and radius is None and owner is None:
             # every patch is scored: no boolean indexing (a host synchronisation on CUDA)
             return self._core.patch_scores(raw, self.memory_bank)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
@@ -646,8 +646,7 @@ class PatchKNN(nn.Module):
             masks[too_small] = True
             keep = masks.reshape(-1)
         query_owner = bank_owner = None
-        radius = cfg.position_radius
-        query_pos = _grid_positions(h, w, raw.device).repeat(b, 1)[keep] if radius is not None else None
+        query_pos = grid_positions(h, w, raw.device).repeat(b, 1)[keep] if radius is not None else None
         if owner is not None:
             query_owner = torch.full((int(keep.sum()),), owner, dtype=torch.int64, device=raw.device)
             bank_owner = self.bank_owner
@@ -683,14 +682,16 @@ class PatchKNN(nn.Module):
     def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:
         scores: list[float] = []
         maps: list[np.ndarray] = []
+        owners: list[int] = []
         for owner, raw, geo in items:
             patch_scores = self._patch_scores(raw[None], owner=owner)
             if not torch.isfinite(patch_scores).all():  # the bank holds only this frame's patches
                 continue
+            owners.append(owner)
             scores.append(float(self._image_scores(patch_scores)[0]))
             maps.append(anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
                         .cpu().numpy().astype(np.float32, copy=False))
-        self.train_scores = np.asarray(scores, dtype=np.float32)
+        self.train_scores = self._aligned.fit_fusion(owners, np.asarray(scores, dtype=np.float32))
         self.train_maps = maps
         if scores:
             logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",

@@ -98,7 +98,7 @@ OPTIONS: dict[str, dict[str, st.SearchStrategy[str] | None]] = {
     # option -> strategy of its value (None: a flag)
     "run": {"--source": PATHS, "--lot": TEXT, "--max-frames": NUMBERS, "--no-archive": None, "--quiet": None,
             "--store": STORES, "--device": VALUE, "--weights": PATHS},
-    "train": {"--good": PATHS, "--defects": PATHS, "--device": VALUE, "--weights": PATHS},
+    "train": {"--good": PATHS, "--defects": PATHS, "--fixed-config": None, "--device": VALUE, "--weights": PATHS},
     "evaluate": {"--shots": NUMBERS, "--zero-shot": None, "--json": PATHS, "--seed": NUMBERS,
                  "--device": VALUE, "--weights": PATHS},
     "review": {"--recipe": PATHS, "--zero-shot": None, "--out": PATHS, "--device": VALUE, "--weights": PATHS},

@@ -64,7 +64,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "source: {type: folder, path: batch}\n"
         f"preprocess: {{shorter_side: {SIZE}}}\n"
         "detector: {name: patch_knn, backbone: vit_small_patch14_dinov2, blocks: [8], "
-        f"weights: {weights.name}, options: {{masking: 'off'}}, device: cpu}}\n"
+        f"weights: {weights.name}, options: {{masking: 'off', patch_pooling: 1}}, device: cpu}}\n"
         "model: {directory: models, version: latest}\n"
         "min_defect_area_px: 4\n",
         encoding="utf-8",

@@ -1,0 +1,45 @@
+"""Garbage cycles are freed on the GUI thread, never on the worker that happened to allocate."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+from ui.collector import GuiThreadCollector
+
+CYCLES = 5000
+
+
+class _Cycle:
+    """An object in a reference cycle that records the thread it was freed on."""
+
+    def __init__(self, freed_on: list[str]) -> None:
+        self.me = self
+        self.freed_on = freed_on
+
+    def __del__(self) -> None:
+        self.freed_on.append(threading.current_thread().name)
+
+
+def test_cycles_made_on_a_worker_are_collected_on_the_gui_thread(qtbot) -> None:
+    enabled_before = gc.isenabled()
+    gc.collect()
+    collector = GuiThreadCollector(interval_ms=10)
+    freed_on: list[str] = []
+    try:
+        assert not gc.isenabled()
+
+        def work() -> None:          # enough garbage to pass the youngest generation's threshold many times
+            for _ in range(CYCLES):
+                _Cycle(freed_on)
+
+        worker = threading.Thread(target=work, name="worker")
+        worker.start()
+        worker.join()
+        assert freed_on == []                       # nothing collected on the worker
+        qtbot.waitUntil(lambda: len(freed_on) == CYCLES, timeout=5000)
+        assert set(freed_on) == {threading.main_thread().name}
+        assert collector.collections >= 1
+    finally:
+        collector.stop()
+    assert gc.isenabled() == enabled_before
