@@ -19,7 +19,7 @@ feature cache): N images of the first category's subset, features and mutual sco
 
 Usage (from the repository root):
     python -m benchmarks.zero_shot --data ../shared/data --categories mvtec_transistor --limit-test 60 \\
-        --test-seed 1 --cache-dir /tmp/featcache --configs before,after --majority \\
+        --test-seed 1 --cache-dir FEATURE_CACHE_DIR --configs before,after --majority \\
         --json benchmarks/results/issue11_zero_shot.json
     python -m benchmarks.zero_shot --categories mvtec_transistor --timing 12 --repeats 3 \\
         --json benchmarks/results/issue11_zero_shot_timing.json
