@@ -5,8 +5,9 @@ Two modes:
 - **recipe**: each image goes through a taught recipe's `Station` (ROI, detector, regions,
   verdict by the recipe's thresholds);
 - **zero-shot**: no recipe and no training; the images are scored against each other
-  (`models.detectors.zero_shot`), and flagged by a robust rule on the batch's own scores
-  (REVIEW above median + 3 robust sigma, FAIL above median + 6), which the report states.
+  (`models.detectors.zero_shot`: MuSc's mutual scoring at 448 px, three scales, re-scored by similar
+  images), and flagged by a robust rule on the batch's own image scores (REVIEW above median + 3
+  robust sigma, FAIL above median + 6), which the report states.
 
 The report folder holds ``index.html`` (self-contained, opens from disk), ``results.csv``,
 ``defects.csv``, ``thumbs/`` (small heatmap overlays of every image) and ``overlays/`` (full-size
@@ -164,7 +165,7 @@ def review(
         zero_shot: score the images against each other, without a recipe.
         device: ``auto | cpu | cuda``; default: the recipe's, ``auto`` in zero-shot mode.
         weights: DINOv2 weights file; default: the recipe's, else the resolution order of `models.weights`.
-        zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: shorter side 224).
+        zero_shot_config: options of zero-shot scoring (default ``ZeroShotConfig()``: MuSc at shorter side 448).
         store: an `inspector.store.Store` whose labelled regions type the defects (recipe mode);
             None leaves the report's types empty.
         batch_size: images per model call in recipe mode with one scoring thread (1 scores one image
@@ -558,8 +559,8 @@ def _review_zero_shot(
         rate = ReviewRate()
     review_t, fail_t, rule = robust_thresholds(saved["pred_score"], k_review=ZERO_SHOT_K_REVIEW,
                                                k_fail=ZERO_SHOT_K_FAIL)
-    # Patch scores and image scores share one scale (the image score is a mean of top patch
-    # scores), so a pixel reaching the review threshold marks a defect region.
+    # Patch scores and image scores share one scale (the image score is a similarity-weighted mean of
+    # images' top patch scores), so a pixel reaching the review threshold marks a defect region.
     thresholds = (review_t, fail_t, review_t)
     rule += f"; defect regions where the map is >= the review threshold, at least {ZERO_SHOT_MIN_AREA_PX} px"
 

@@ -1,31 +1,48 @@
 """Zero-shot anomaly scoring of a batch of images against each other: no training, no good images.
 
-Most parts in a production batch are good, so a patch that finds close matches in many other images
-of the batch is normal, and one that finds a close match in few or none is anomalous. MuSc (Li et
-al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring of the
-Unlabeled Images", ICLR 2024) scores this way and reaches 97.8 image AUROC on MVTec AD, against 94.2
-for the batched zero-shot mode of AnomalyDINO (Damm et al., WACV 2025).
+A patch that finds close matches in many other images of the batch is normal, and one that finds
+a close match in few or none is anomalous. Defects differ from each other and cover few patches, so
+a defect's patch lacks matches in most images even when several images hold one. MuSc (Li et al.,
+"MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring of the
+Unlabeled Images", ICLR 2024) scores this way and reaches 97.8 image AUROC on MVTec AD. This module
+follows it (reference code: github.com/xrli-U/MuSc, written anew here):
 
-What this module does (MuSc's mutual scoring, with at most one aggregation scale and without its
-image-level re-scoring):
+1. patch features of each image (``DinoBackbone``; ``models.preprocess``: shorter side resized,
+   cropped to a multiple of the patch size), kept unnormalised in float16 on the CPU, and one global
+   descriptor per image (the L2-normalised mean patch feature);
+2. for each aggregation degree r in ``scales`` (MuSc's LNAMD, r = 1, 3, 5): every patch feature
+   averaged over its r x r neighbourhood, L2-normalised;
+3. up to ``max_references`` reference images (a seeded random subset when the batch is larger);
+4. for each patch of image *i* and each reference image *j != i*: the cosine distance to the
+   closest patch of *j* (MuSc's MSM);
+5. patch score at r = mean of the smallest ``neighbour_fraction`` (30 %) of those per-image minima;
+   the patch score is the mean over the scales;
+6. top-patch score of an image = mean of its top ``top_percent`` % patch scores; image score =
+   that, re-scored by its neighbours (MuSc's RsCIN, ``rescore``): the similarity-weighted mean of
+   the top-patch scores of its k most similar images (itself included) by the global descriptor,
+   averaged over k in ``rescore_k``;
+7. anomaly map = bilinear upsampling + Gaussian blur, as in ``PatchKNN``.
 
-1. patch features of each image (``DinoBackbone``), optionally averaged over each patch's r x r
-   neighbourhood (MuSc's local neighbourhood aggregation, ``aggregate``; off by default, it helped
-   one of our three categories and hurt two), L2-normalised, stored in float16 on the CPU
-   (``models.preprocess``: shorter side resized, crop to a multiple of the patch size);
-2. up to ``max_references`` reference images (a seeded random subset when the batch is larger);
-3. for each patch of image *i* and each reference image *j != i*: the cosine distance to the
-   closest patch of *j*;
-4. patch score = mean of the smallest ``neighbour_fraction`` of those per-image minima (a patch of a
-   defect that recurs in a few images still finds no match in most of them);
-5. image score = mean of the top ``top_percent`` % patch scores; anomaly map = bilinear upsampling
-   + Gaussian blur, as in ``PatchKNN``.
+Verdict rule (``robust_thresholds``, used by ``inspector review --zero-shot``): REVIEW when an image's
+re-scored score reaches the batch's median image score + 3 robust sigmas (1.4826 x MAD), FAIL at
++ 6; it assumes most images of the batch are good. A rule fitted to the distribution of all patch
+scores (log-normal, REVIEW at its 1 - 1e-4 quantile) was measured and rejected: on 60-image subsets
+it flagged 19 % of mvtec_transistor's defects and 0 % of visa_fryum's (3 % in a 32-of-37 defective
+transistor batch), against 25 %, 30 % and 25 % for this rule on the same scores, no good image
+flagged by either (benchmarks/README.md, zero-shot section).
 
-Memory is bounded for batches of thousands: the features are float16 on the CPU (ViT-S, 400
-patches: 300 kB an image) and distances are computed in blocks of at most ``block_elements``.
+Cost: 448 px and three scales make this slower than the former 224 px, single-scale scoring. On
+one CPU thread (mvtec_transistor, features and mutual scoring), a 14-image batch took 10.4x as long
+(3 interleaved repeats) and a 30-image batch 12.8x (one run each; features about 6x, the mutual
+scoring 39-54x, and it grows with the batch up to ``max_references``), so large lots want a GPU or
+fewer references (benchmarks/README.md).
+
+Memory is bounded for batches of thousands: features are float16 on the CPU (ViT-S at 448 px,
+1024 patches: 0.8 MB an image); each scale's reference bank is built once (``max_references`` x
+patches x 384 float16) and distances are computed in blocks of at most ``block_elements``.
 
 Example:
-    >>> scorer = ZeroShotScorer(backbone=backbone, config=ZeroShotConfig(shorter_side=224))
+    >>> scorer = ZeroShotScorer(backbone=backbone, config=ZeroShotConfig())
     >>> scorer.add(images_rgb)                       # list of (H, W, 3) uint8 RGB
     >>> scores = scorer.score()
     >>> scores.pred_score.shape, scorer.anomaly_map(0, scores.patch_scores[0]).shape
@@ -60,6 +77,7 @@ __all__ = [
     "ZeroShotScores",
     "evaluate_zero_shot",
     "patch_scores_to_map",
+    "rescore",
     "robust_thresholds",
 ]
 
@@ -69,20 +87,24 @@ logger = logging.getLogger(__name__)
 MAD_TO_SIGMA: Final = 1.4826
 
 
+def _odd_scales(value: object) -> bool:
+    return (isinstance(value, tuple) and len(value) > 0
+            and all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 and r % 2 == 1 for r in value))
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZeroShotConfig:
     """Options of batch zero-shot scoring, with where each default comes from."""
 
     # --- input ---
-    shorter_side: int = 224  # ours: modest, for CPU batches (AnomalyDINO/MuSc use 448-518 on a GPU)
+    shorter_side: int = 448  # the few-shot path's (PatchKNNConfig; AnomalyDINO: 448); MuSc uses 518
 
-    # --- mutual scoring ---
-    aggregate: int = 1  # mean of each patch's r x r neighbourhood of features (MuSc's LNAMD); 1 = off.
-    # Measured at 224 px, image AUROC / AUPRO with 1 vs 3: mvtec_transistor 0.857/0.826 vs 0.937/0.822,
-    # visa_fryum 0.830/0.813 vs 0.782/0.769, mtd_magnetic_tile 0.825/0.748 vs 0.757/0.610: off by default.
+    # --- mutual scoring (MuSc, ICLR 2024) ---
+    scales: tuple[int, ...] = (1, 3, 5)  # MuSc r_list: neighbourhood aggregation degrees, scores fused by mean
     max_references: int = 200  # ours: reference images per batch; a seeded random subset above this
-    neighbour_fraction: float = 0.1  # mean of the smallest 10 % of the per-image minima (MuSc-like)
-    top_percent: float = 1.0  # image score = mean of the top 1 % patch scores (AnomalyDINO)
+    neighbour_fraction: float = 0.3  # MuSc topmin_max: mean of the smallest 30 % of the per-image minima
+    top_percent: float = 1.0  # top-patch score = mean of the top 1 % patch scores (AnomalyDINO; MuSc: max)
+    rescore_k: tuple[int, ...] = (1, 2, 3)  # MuSc RsCIN k_list for MVTec AD (VisA: 1, 8, 9); () = off
     blur_sigma: float = 4.0  # Gaussian blur of the upsampled map (AnomalyDINO / anomalib, sigma 4)
 
     # --- compute ---
@@ -91,9 +113,14 @@ class ZeroShotConfig:
     seed: int = 0  # picks the reference subset
 
     def __post_init__(self) -> None:
-        if not isinstance(self.aggregate, int) or isinstance(self.aggregate, bool) or self.aggregate < 1 \
-                or self.aggregate % 2 == 0:
-            msg = f"ZeroShotConfig.aggregate must be an odd integer >= 1 (1 = off), got {self.aggregate!r}"
+        if not _odd_scales(self.scales):
+            msg = f"ZeroShotConfig.scales must be a non-empty tuple of odd integers >= 1 (1 = no aggregation), " \
+                  f"got {self.scales!r}"
+            raise ValueError(msg)
+        if not isinstance(self.rescore_k, tuple) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.rescore_k):
+            msg = (f"ZeroShotConfig.rescore_k must be a tuple of integers >= 1 (() = no re-scoring), "
+                   f"got {self.rescore_k!r}")
             raise ValueError(msg)
         for name in ("shorter_side", "max_references", "batch_size", "block_elements"):
             value = getattr(self, name)
@@ -106,15 +133,16 @@ class ZeroShotConfig:
         check_score_options("ZeroShotConfig", top_percent=self.top_percent, blur_sigma=self.blur_sigma)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """Plain JSON-ready dict (tuples as lists, as they read back from JSON)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 class ZeroShotScores(NamedTuple):
     """What ``ZeroShotScorer.score`` returns, in the order the images were added."""
 
-    pred_score: np.ndarray  # (N,) float32 image scores (cosine distance, 0 = like the others)
+    pred_score: np.ndarray  # (N,) float32 image scores after re-scoring (cosine distance, 0 = like the others)
     patch_scores: list[np.ndarray]  # N arrays (h_i, w_i) float32, one score per patch
+    top_score: np.ndarray  # (N,) float32 mean of each image's top patch scores, before re-scoring
 
 
 def robust_thresholds(scores: np.ndarray | Sequence[float], *, k_review: float = 3.0,
@@ -152,6 +180,46 @@ def robust_thresholds(scores: np.ndarray | Sequence[float], *, k_review: float =
             f"{k_fail:g} x robust sigma of the batch's scores (median {median:.4f}, sigma = "
             f"{MAD_TO_SIGMA} x MAD = {sigma:.4f}, {values.size} images)")
     return review, fail, rule
+
+
+def rescore(scores: np.ndarray, descriptors: np.ndarray | torch.Tensor, ks: Sequence[int],
+            *, block_rows: int = 1024) -> np.ndarray:
+    """Re-score images by their most similar images (MuSc's RsCIN, "re-scoring with constrained image-level
+    neighbourhood").
+
+    For each k: the image's new score is the similarity-weighted mean of the scores of its k most
+    similar images by the global descriptor (itself included, weight 1; negative similarities count
+    0); the result is the mean over ``ks``. A weighted mean of scores, so the scale is kept (MuSc
+    min-max normalises first, which changes no ranking).
+
+    Args:
+        scores: (N,) image scores.
+        descriptors: (N, D) L2-normalised global descriptors.
+        ks: neighbourhood sizes (k = 1 is the image alone); empty = no re-scoring.
+        block_rows: rows of the (N, N) similarity matrix computed at once (memory bound).
+
+    Returns:
+        (N,) float32 re-scored image scores.
+    """
+    values = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    if not ks or values.numel() < 2:
+        return values.numpy().copy()
+    desc = torch.as_tensor(descriptors).float()
+    n = values.numel()
+    out = torch.zeros(n)
+    k_max = min(max(ks), n)
+    for r0 in range(0, n, block_rows):
+        sim = desc[r0 : r0 + block_rows] @ desc.T                  # (rows, N) cosine similarity
+        rows = torch.arange(sim.shape[0])
+        sim[rows, rows + r0] = math.inf                            # itself first, whatever the ties
+        top_sim, top_idx = sim.topk(k_max, dim=1)
+        top_sim[:, 0] = 1.0
+        weights = top_sim.clamp(min=0.0)
+        for k in ks:
+            kk = min(k, n)
+            w = weights[:, :kk]
+            out[r0 : r0 + sim.shape[0]] += (w * values[top_idx[:, :kk]]).sum(dim=1) / w.sum(dim=1)
+    return (out / len(ks)).numpy()
 
 
 def patch_scores_to_map(
@@ -192,7 +260,8 @@ def patch_scores_to_map(
 
 @dataclass(frozen=True)
 class _Entry:
-    features: torch.Tensor  # (h * w, D) float16, L2-normalised, CPU
+    features: torch.Tensor  # (h * w, D) float16, as the backbone gave them (not normalised), CPU
+    descriptor: torch.Tensor  # (D,) float32 L2-normalised mean patch feature
     grid: tuple[int, int]  # (h, w) patches
     geo: FrameGeometry
 
@@ -256,17 +325,26 @@ class ZeroShotScorer:
         geo = frame_geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
         x = to_model_input(np.stack(frames), shorter_side=self._config.shorter_side, patch_size=patch,
                            device=self.device)
-        raw = self._backbone(x)  # (B, h, w, D)
-        r = self._config.aggregate
+        raw = self._backbone(x).float()  # (B, h, w, D)
+        b, h, w, d = raw.shape
+        descriptors = F.normalize(raw.mean(dim=(1, 2)), dim=-1).cpu()
+        feats = raw.reshape(b, h * w, d).to("cpu", torch.float16)
+        self._entries.extend(_Entry(features=f.contiguous(), descriptor=g, grid=(h, w), geo=geo)
+                             for f, g in zip(feats, descriptors, strict=True))
+
+    def _features_at(self, index: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(h * w, D) L2-normalised features of image ``index``, each averaged over its r x r neighbourhood.
+
+        MuSc's LNAMD: a patch is described with its context, so a defect larger than a patch is
+        judged as a whole; edge patches average the neighbours that exist.
+        """
+        entry = self._entries[index]
+        h, w = entry.grid
+        x = entry.features.to(device, torch.float32)
         if r > 1:
-            # Local neighbourhood aggregation: a patch is described by its r x r neighbourhood's mean
-            # feature, so a defect is judged with its context (MuSc, section 3.2).
-            grid = F.avg_pool2d(raw.permute(0, 3, 1, 2).float(), r, stride=1, padding=r // 2,
-                                count_include_pad=False)
-            raw = grid.permute(0, 2, 3, 1)
-        _, h, w, d = raw.shape
-        feats = F.normalize(raw.float(), dim=-1).reshape(len(frames), h * w, d).to("cpu", torch.float16)
-        self._entries.extend(_Entry(features=f.contiguous(), grid=(h, w), geo=geo) for f in feats)
+            grid = x.T.reshape(1, -1, h, w)
+            x = F.avg_pool2d(grid, r, stride=1, padding=r // 2, count_include_pad=False)[0].reshape(-1, h * w).T
+        return F.normalize(x, dim=-1).to(dtype)
 
     def references(self) -> np.ndarray:
         """Indices of the reference images: all, or a seeded random subset of ``max_references``."""
@@ -278,13 +356,14 @@ class ZeroShotScorer:
 
     @torch.inference_mode()
     def score(self, *, progress: Callable[[int, int], None] | None = None) -> ZeroShotScores:
-        """Score every image against the reference images (itself excluded).
+        """Score every image against the reference images (itself excluded), at every scale.
 
         Args:
-            progress: called as ``progress(done, total)`` after each block of images is scored.
+            progress: called as ``progress(done, total)`` after each block of images is scored at
+                one scale; ``total`` is the number of images times the number of scales.
 
         Returns:
-            ``ZeroShotScores(pred_score (N,), patch_scores [(h_i, w_i)])``.
+            ``ZeroShotScores(pred_score (N,), patch_scores [(h_i, w_i)], top_score (N,))``.
 
         Raises:
             ValueError: fewer than 2 images (there is nothing to compare with).
@@ -294,24 +373,47 @@ class ZeroShotScorer:
             msg = f"zero-shot scoring compares the images of a batch with each other; it needs 2 or more, got {n}"
             raise ValueError(msg)
         cfg = self._config
+        scales = cfg.scales
+        fused = [torch.zeros(e.features.shape[0]) for e in self._entries]
+        for s, r in enumerate(scales):
+            def tick(done: int, s: int = s) -> None:
+                if progress is not None:
+                    progress(s * n + done, len(scales) * n)
+
+            for i, per_patch in enumerate(self._mutual_scores(r, tick)):
+                fused[i] += per_patch
+        patch_scores: list[np.ndarray] = []
+        top = np.zeros(n, dtype=np.float32)
+        for i, total in enumerate(fused):
+            per_patch = total / len(scales)
+            patch_scores.append(per_patch.reshape(self._entries[i].grid).numpy().astype(np.float32))
+            n_top = max(int(per_patch.numel() * cfg.top_percent / 100.0), 1)
+            top[i] = float(per_patch.topk(n_top).values.mean())
+        descriptors = torch.stack([e.descriptor for e in self._entries])
+        pred = rescore(top, descriptors, cfg.rescore_k).astype(np.float32)
+        return ZeroShotScores(pred_score=pred, patch_scores=patch_scores, top_score=top)
+
+    def _mutual_scores(self, r: int, tick: Callable[[int], None]) -> list[torch.Tensor]:
+        """(h_i * w_i,) float32 patch scores of every image at aggregation degree ``r`` (MuSc's MSM)."""
+        n = len(self._entries)
+        cfg = self._config
         dev = self.device
         refs = self.references()
-        n_max = max(self._entries[int(r)].features.shape[0] for r in refs)
+        n_max = max(self._entries[int(j)].features.shape[0] for j in refs)
         dim = self._entries[0].features.shape[1]
-        # Padded references: (R, n_max, D) float16 on the CPU, a validity mask for the padding.
+        # Padded references at this scale: (R, n_max, D) float16 on the CPU, a validity mask for the padding.
         ref_feats = torch.zeros(len(refs), n_max, dim, dtype=torch.float16)
         ref_valid = torch.zeros(len(refs), n_max, dtype=torch.bool)
-        for slot, r in enumerate(refs):
-            f = self._entries[int(r)].features
+        for slot, j in enumerate(refs):
+            f = self._features_at(int(j), r, dev, torch.float32).to("cpu", torch.float16)
             ref_feats[slot, : f.shape[0]] = f
             ref_valid[slot, : f.shape[0]] = True
-        ref_slot = {int(r): slot for slot, r in enumerate(refs)}
+        ref_slot = {int(j): slot for slot, j in enumerate(refs)}
         work = torch.float16 if dev.type == "cuda" else torch.float32  # CPU half matmul is slow
         ref_chunk = max(1, min(len(refs), cfg.block_elements // max(1, 1024 * n_max)))
         max_rows = max(1, cfg.block_elements // (ref_chunk * n_max))
 
-        patch_scores: list[np.ndarray] = []
-        image_scores = np.zeros(n, dtype=np.float32)
+        out: list[torch.Tensor] = []
         i = 0
         while i < n:
             # A group of query images whose patches fit in one block of rows.
@@ -320,7 +422,7 @@ class ZeroShotScorer:
             while i + len(group) < n and rows + self._entries[i + len(group)].features.shape[0] <= max_rows:
                 rows += self._entries[i + len(group)].features.shape[0]
                 group.append(i + len(group))
-            queries = torch.cat([self._entries[g].features for g in group]).to(dev, work)
+            queries = torch.cat([self._features_at(g, r, dev, work) for g in group])
             owners = torch.cat([torch.full((self._entries[g].features.shape[0],), g) for g in group])
             minima = torch.empty(queries.shape[0], len(refs), dtype=torch.float32)
             for c0 in range(0, len(refs), ref_chunk):
@@ -329,23 +431,16 @@ class ZeroShotScorer:
                 sim = (queries @ block.reshape(-1, dim).T).float().view(queries.shape[0], block.shape[0], n_max)
                 sim.masked_fill_(~valid[None], -math.inf)
                 minima[:, c0 : c0 + block.shape[0]] = (1.0 - sim.amax(dim=2)).clamp_(0.0, 2.0).cpu()
-            # A query image is not its own reference.
-            for g in group:
-                if g in ref_slot:
-                    minima[owners == g, ref_slot[g]] = math.inf
             for g in group:
                 rows_g = minima[owners == g]
+                if g in ref_slot:              # a query image is not its own reference
+                    rows_g[:, ref_slot[g]] = math.inf
                 n_refs = len(refs) - (1 if g in ref_slot else 0)
                 k = max(1, round(cfg.neighbour_fraction * n_refs))
-                per_patch = rows_g.topk(k, dim=1, largest=False).values.mean(dim=1)
-                h, w = self._entries[g].grid
-                patch_scores.append(per_patch.reshape(h, w).numpy().astype(np.float32))
-                n_top = max(int(per_patch.numel() * cfg.top_percent / 100.0), 1)
-                image_scores[g] = float(per_patch.topk(n_top).values.mean())
+                out.append(rows_g.topk(k, dim=1, largest=False).values.mean(dim=1))
             i += len(group)
-            if progress is not None:
-                progress(i, n)
-        return ZeroShotScores(pred_score=image_scores, patch_scores=patch_scores)
+            tick(i)
+        return out
 
     def anomaly_map(self, index: int, patch_scores: np.ndarray) -> np.ndarray:
         """The anomaly map of image ``index`` from its patch scores.
@@ -373,9 +468,10 @@ def evaluate_zero_shot(
 ) -> EvalReport:
     """Zero-shot accuracy on an MVTec-AD-layout category: its test set is the batch.
 
-    No training image is used. The decision threshold for F1 is the batch's own robust rule
-    (``robust_thresholds``: REVIEW at median + 3 robust sigma), which is what ``inspector review
-    --zero-shot`` flags with.
+    No training image is used. Image AUROC is of the re-scored image score (``pred_score``); the
+    verdicts (F1, ``operating_point``) are what ``inspector review --zero-shot`` decides: the batch's own
+    robust rule on those scores (``robust_thresholds``: REVIEW at median + 3 robust sigma, FAIL at + 6).
+    ``top_score_auroc`` in ``thresholds`` is the image AUROC before re-scoring.
 
     Args:
         backbone: the DINOv2 feature extractor.
@@ -437,9 +533,13 @@ def evaluate_zero_shot(
         tick(2 * len(items) + i + 1, "anomaly maps")
     seconds = time.perf_counter() - start
 
+    from models.calibration import operating_point
+
     scores = result.pred_score.astype(np.float64)
+    top = result.top_score.astype(np.float64)
     labels = np.array([t.label for t in items])
     review, fail, rule = robust_thresholds(scores)
+    point = operating_point(scores, labels, [t.defect_type for t in items], review=review, fail=fail)
     best, best_threshold = best_f1(scores, labels)
     per_defect = {
         t: image_auroc(np.concatenate([scores[labels == 0], scores[[it.defect_type == t for it in items]]]),
@@ -452,10 +552,13 @@ def evaluate_zero_shot(
         "category": category.name, "shots": None, "n_train": 0, "n_test": len(items), "seed": scorer.config.seed,
         "image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
         "aupro": aupro(maps, masks), "f1": f1_at(scores, labels, review), "f1_fail": f1_at(scores, labels, fail),
-        "threshold": review, "thresholds": {"review": review, "fail": fail, "pixel": review, "rule": rule},
+        "threshold": review,
+        "thresholds": {"review": review, "fail": fail, "pixel": review, "rule": rule,
+                       "top_score_auroc": image_auroc(top, labels)},
         "best_f1": best, "best_f1_threshold": best_threshold, "ms_per_image": 1e3 * seconds / len(items),
         "fit_s": extract_s, "per_defect_auroc": per_defect, "pixel_size": pixel_size,
         "config": {"detector": "zero_shot", **scorer.config.to_dict()}, "scores": tuple(float(s) for s in scores),
+        "operating_point": point,
     }
     # Only the fields EvalReport has (it grows now and then; a field added with a default is not ours to fill).
     known = {f.name for f in dataclasses.fields(EvalReport)}

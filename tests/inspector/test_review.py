@@ -24,7 +24,7 @@ from inspector.recipe import load_recipe
 from inspector.results import Progress
 from inspector.review import JOURNAL_NAME, ReviewSummary, review
 from inspector.teach import run_to_end, teach
-from models.detectors.zero_shot import ZeroShotConfig
+from models.detectors.zero_shot import ZeroShotConfig, robust_thresholds
 from tests.helpers.images import textured_part, with_defect, write_images
 
 SIZE = 84                                  # 6 x 6 patches at shorter side 84
@@ -237,6 +237,14 @@ def test_zero_shot_review_ranks_planted_defects_first(zero_shot_review: tuple[Re
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "Zero-shot mode" in page and "median" in page, "the report says how images were flagged"
     assert summary.counts["PASS"] >= 8, summary.counts
+    # Each image's score is its re-scored MuSc score, and its verdict the batch's median rule on those scores.
+    with np.load(out / "zero_shot_scores.npz", allow_pickle=False) as saved:
+        scores = dict(zip([str(f) for f in saved["files"]], saved["pred_score"].tolist(), strict=True))
+    review_t, fail_t, _ = robust_thresholds(list(scores.values()))
+    for row in (r for r in rows if r["verdict"] != "ERROR"):
+        score = scores[row["file"]]
+        assert float(row["score"]) == pytest.approx(score, abs=1e-5), row["file"]
+        assert row["verdict"] == ("FAIL" if score >= fail_t else "REVIEW" if score >= review_t else "PASS"), row
 
 
 def test_interrupted_zero_shot_review_resumes_to_the_same_report(
