@@ -1,11 +1,13 @@
 """Scoring threads for a recipe review on the CPU: several images at once, each on its own thread.
 
 On a CPU, batching a ViT does not pay (a 448x672 frame is already 1,536 tokens of matmuls), and
-one image spread over all cores pays a synchronisation barrier at every operator: on the 2-core
-development machine one torch thread scored a review faster than two (benchmarks/speed_notes.md,
-issue 17). Scoring whole images concurrently, one torch thread each, has no such barriers: torch
-releases the GIL inside its operators, and OpenCV (thumbnails, overlays, JPEG encoding) does too,
-so the writing of one image's report files overlaps the scoring of the next.
+one image spread over all cores pays a synchronisation barrier at every operator, which a busy
+machine makes long (on the loaded 2-core development machine one torch thread scored a review
+faster than two). Scoring whole images concurrently, one torch thread each, has no such barriers:
+torch releases the GIL inside its operators, and OpenCV (thumbnails, overlays, JPEG encoding) does
+too, so the writing of one image's report files overlaps the scoring of the next. Measured
+(benchmarks/speed_notes.md, issue 17): 1.9-2.1x one image at a time under load, 1.04x on a quiet
+machine, where one image on all cores already runs the ViT at the CPU's matmul peak.
 
 `plan_workers` holds the rule for how many threads; `score_concurrently` runs them and hands the
 journal records back in the order of the files, whatever order the threads finish in.
