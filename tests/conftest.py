@@ -87,7 +87,7 @@ def write_recipe(folder: Path, weights: Path, *, name: str = "tiny_part", source
     """A recipe file for tiny synthetic parts: 84 px, random weights, model versions under ``folder/models``.
 
     ``patch_pooling: 1`` is written in the recipe, so teaching keeps it (self-tuning leaves options the
-    recipe sets alone): the engine's tests see one fixed configuration; tests/inspector/test_self_tune.py
+    recipe sets alone): the engine's tests see one fixed configuration; tests/inspector/test_teach_self_tune.py
     teaches without it.
     """
     folder.mkdir(parents=True, exist_ok=True)
