@@ -189,10 +189,30 @@ def _isolated_qsettings(tmp_path: Path) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _no_thread_left() -> Iterator[None]:
-    """Fail a test that leaves a Python thread or a QThread running (napari's ``_dangling_qthreads``)."""
+def _no_thread_left(qapp) -> Iterator[None]:
+    """Fail a test that leaves a Python thread or a QThread running (napari's ``_dangling_qthreads``).
+
+    The test runs under the app's garbage-collection rule (`ui.collector.GuiThreadCollector`, started by
+    ``ui.app.main``): no automatic collection, which would run on whichever thread allocates, a worker's too;
+    collections on the GUI thread instead, from the collector's timer and once more at the end of the test.
+    """
+    from ui.collector import GuiThreadCollector
+
     before = set(threading.enumerate())
-    yield
+    collector = GuiThreadCollector(parent=None)
+    try:
+        yield
+        _assert_no_thread_left(before)
+    finally:
+        # The test's garbage is freed here, on the GUI thread. Left to the collector, a cycle holding a Qt
+        # wrapper would be freed wherever a later test allocates, a job's QThread too, and Qt crashes when a
+        # widget is destroyed off its thread (a segfault in CI right after test_station_truth).
+        gc.collect()
+        qapp.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        collector.stop()
+
+
+def _assert_no_thread_left(before: set[threading.Thread]) -> None:
     from PySide6.QtCore import QCoreApplication
 
     from ui.workers import running_job_threads
@@ -209,9 +229,3 @@ def _no_thread_left() -> Iterator[None]:
     assert not left, f"threads left running: {left}"
     running = running_job_threads()
     assert not running, f"QThreads left running: {running}"
-    # The test's garbage is freed here, on the GUI thread. Left to the collector, a cycle holding a Qt
-    # wrapper would be freed wherever a later test allocates, a job's QThread too, and Qt crashes when a
-    # widget is destroyed off its thread (ui.collector; a segfault in CI right after test_station_truth).
-    gc.collect()
-    if app is not None:
-        app.sendPostedEvents(None, QEvent.Type.DeferredDelete)
