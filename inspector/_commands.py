@@ -426,6 +426,17 @@ def cmd_review(args: argparse.Namespace) -> int:
     from inspector.review import review
 
     out = args.out or args.folder.with_name(args.folder.name + "-review")
+    zero_shot_config = None
+    if args.references is not None:
+        if not args.zero_shot:
+            msg = "--references works with --zero-shot only (a recipe compares each image with its taught bank)"
+            raise InspectorError(msg)
+        if args.references < 1:
+            msg = f"--references must be at least 1, got {args.references}"
+            raise InspectorError(msg)
+        from models.detectors.zero_shot import ZeroShotConfig
+
+        zero_shot_config = ZeroShotConfig(max_references=args.references)
     if args.ray is not None:
         if args.zero_shot:
             msg = "--ray needs --recipe: a zero-shot review compares the whole batch in one process"
@@ -445,6 +456,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         store = _open_store(args.types_from) if args.types_from else None
         try:
             summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
+                                   zero_shot_config=zero_shot_config,
                                    device=args.device, weights=args.weights, store=store,
                                    runtime=args.runtime, workers=args.workers), desc="reviewing")
         finally:

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ray: Ray workers, each holding the model (default: one per GPU of the cluster, else "
                         "per CPU). Without --ray (recipe mode): images scored at once, one thread each (default: on "
                         "the CPU one per torch thread, at most 8; on a GPU 1, which scores in batches)")
+    p.add_argument("--references", type=int, default=None, metavar="N",
+                   help="with --zero-shot: compare each image with at most N images of the batch (a seeded random "
+                        "subset; default 200). The time grows with N: on a CPU fewer references review faster")
     p.add_argument("--types-from", default=None, metavar="PATH_OR_URL",
                    help="type the defects with the regions labelled in this statistics store (recipe mode)")
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default=None,

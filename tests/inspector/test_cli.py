@@ -198,12 +198,32 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
     (["--zero-shot", "--ray"], "--ray needs --recipe"),
     (["--zero-shot", "--workers", "2"], "review workers (--workers) work with a recipe only"),
     (["--recipe", "part.yaml", "--ray", "--runtime", "onnx"], "--runtime works without --ray only"),
+    (["--recipe", "part.yaml", "--references", "8"], "--references works with --zero-shot only"),
+    (["--zero-shot", "--references", "0"], "--references must be at least 1, got 0"),
 ])
 def test_review_on_ray_options_that_cannot_work_exit_1(
     frames: Path, extra: list[str], match: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["review", str(frames), *extra]) == EXIT_ERROR
     assert match in capsys.readouterr().err
+
+
+def test_zero_shot_review_compares_each_image_with_at_most_references_images(
+    frames: Path, tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    out = tmp_path / "review"
+    assert main(["review", str(frames), "--zero-shot", "--references", "3", "--out", str(out),
+                 "--weights", str(tiny_weights_file), "--device", "cpu"]) == EXIT_OK
+    header = json.loads((out / "progress.jsonl").read_text().splitlines()[0])
+    assert header["mode"] == "zero-shot" and header["config"]["max_references"] == 3
+    records = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()[1:]]
+    assert sorted(r["file"] for r in records) == sorted(p.name for p in frames.iterdir())
+    # the same folder again with another number of references is another review, refused in that folder
+    assert main(["review", str(frames), "--zero-shot", "--references", "4", "--out", str(out),
+                 "--weights", str(tiny_weights_file), "--device", "cpu"]) == EXIT_ERROR
+    assert "config" in capsys.readouterr().err
 
 
 def test_evaluate_json_has_the_operating_point(
