@@ -190,26 +190,31 @@ def _isolated_qsettings(tmp_path: Path) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _no_thread_left(qapp) -> Iterator[None]:
-    """Fail a test that leaves a Python thread or a QThread running (napari's ``_dangling_qthreads``).
+    """Fail a test that leaves a Python thread or a QThread running (napari's ``_dangling_qthreads``); then
+    destroy what the test left, C++ first.
 
-    The test runs under the app's garbage-collection rule (`ui.collector.GuiThreadCollector`, started by
-    ``ui.app.main``): no automatic collection, which would run on whichever thread allocates, a worker's too;
-    collections on the GUI thread instead, from the collector's timer and once more at the end of the test.
+    A test's window ends as a Python garbage cycle whose C++ objects still live. Freed by the cyclic
+    collector, its wrappers are cleared one by one (pyqtgraph's items lose their attributes) and the
+    window's destructor, run from the last one, calls their Python overrides: AttributeErrors on the GUI
+    thread, and a segmentation fault when automatic collection ran on a worker's thread (CI, right after
+    test_station_truth; the AttributeErrors reproduced by collecting every 20 ms). So the test runs without automatic
+    collection (as the app, `ui.collector`), and at its end every top-level widget is deleted by Qt, its
+    Python side intact, before the garbage is collected on the GUI thread.
     """
-    from ui.collector import GuiThreadCollector
-
     before = set(threading.enumerate())
-    collector = GuiThreadCollector(parent=None)
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         yield
         _assert_no_thread_left(before)
     finally:
-        # The test's garbage is freed here, on the GUI thread. Left to the collector, a cycle holding a Qt
-        # wrapper would be freed wherever a later test allocates, a job's QThread too, and Qt crashes when a
-        # widget is destroyed off its thread (a segfault in CI right after test_station_truth).
-        gc.collect()
+        for widget in qapp.topLevelWidgets():        # qtbot closed its widgets; the rest (pyqtgraph's menus, ...)
+            widget.close()
+            widget.deleteLater()
         qapp.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-        collector.stop()
+        gc.collect()
+        if was_enabled:
+            gc.enable()
 
 
 def _assert_no_thread_left(before: set[threading.Thread]) -> None:
