@@ -14,11 +14,17 @@ Usage (from the repository root):
     python -m benchmarks.accuracy --data ../shared/data --shots 16 --full-cap 200 --json out.json
     python -m benchmarks.accuracy --categories visa_fryum --limit-test 60 --settings 16
     python -m benchmarks.accuracy --settings 16,4,1 --seeds 0,1,2 --peer-blocks 8,12 --json table.json
+    python -m benchmarks.accuracy --settings shots --seeds 0,1,2 --self-tune --peer-blocks 8,12 --json table.json
+
+``--self-tune`` adds the configuration that teaching ships (``inspector train`` chooses it from the good
+shots alone, ``models.self_tune``) as "ours self-tuned", first in the table; "ours" stays the recipe's
+configuration as written (``inspector train --fixed-config``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -38,8 +44,9 @@ from benchmarks._table import markdown_table, summarise  # noqa: E402
 from benchmarks._timing import cpu_model, versions  # noqa: E402
 from models.backbone import create_backbone  # noqa: E402
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig  # noqa: E402
-from models.evaluation import evaluate, load_category, load_image_rgb, subset_test  # noqa: E402
+from models.evaluation import evaluate, load_category, load_image_rgb, select_shots, subset_test  # noqa: E402
 from models.files import atomic_write  # noqa: E402
+from models.self_tune import candidates_for, self_tune  # noqa: E402
 from models.weights import resolve_weights  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -70,6 +77,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="shot seed (and test-subset seed)")
     p.add_argument("--seeds", default=None, help="comma-separated shot seeds, e.g. 0,1,2 (overrides --seed)")
     p.add_argument("--peer-blocks", default=str(PEER_BLOCK), help="peer blocks from the cache, e.g. 8,12")
+    p.add_argument("--self-tune", action="store_true",
+                   help="also 'ours self-tuned': the configuration that `inspector train` chooses from the good "
+                        "shots (models.self_tune, no cycle-time budget), first in the table")
     return p.parse_args(argv)
 
 
@@ -112,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"--no-cache runs the peer's own backbone, which gives block {PEER_BLOCK} only; drop --peer-blocks"
         raise SystemExit(msg)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    detectors = ([] if args.only == "peer" else ["ours"]) + [f"peer b{b}" for b in peer_blocks]
+    ours = ["ours self-tuned", "ours"] if args.self_tune else ["ours"]
+    detectors = ([] if args.only == "peer" else ours) + [f"peer b{b}" for b in peer_blocks]
+    if args.self_tune and args.no_cache:
+        msg = "--self-tune runs on the feature cache; drop --no-cache"
+        raise SystemExit(msg)
 
     out: list[dict[str, Any]] = []
     for root in _categories(args.data, args.categories):
@@ -126,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 for name in detectors:
                     start = time.perf_counter()
-                    report = evaluate(_detector(name, args, blocks, config, store, peer_model, resolved.state_dict),
+                    tuned: dict[str, Any] | None = None
+                    chosen = config
+                    if name == "ours self-tuned":
+                        chosen, tuned = _self_tuned(config, category, shots, seed, args, blocks, store)
+                    report = evaluate(_detector(name, args, blocks, chosen, store, peer_model, resolved.state_dict),
                                       category, shots=shots, seed=seed, test_items=items)
                     point = report.operating_point
                     logger.info("%s %s seed %d %s: AUROC %.3f AUPRO %.3f flagged defects %s good %s (%.0f s)",
                                 category.name, label, seed, name, report.image_auroc, report.aupro,
                                 point.get("defect_flag_rate"), point.get("good_flag_rate"),
                                 time.perf_counter() - start)
+                    mine = name.startswith("ours")
                     out.append({"category": category.name, "setting": label, "shots": shots, "seed": seed,
-                                "detector": name, "blocks": list(blocks) if name == "ours" else [int(name[6:])],
-                                "neighbourhood": args.neighbourhood if name == "ours" else 1,
+                                "detector": name, "blocks": list(blocks) if mine else [int(name[6:])],
+                                "neighbourhood": args.neighbourhood if mine else 1,
+                                **({"self_tune": tuned} if tuned is not None else {}),
                                 "report": report.to_dict()})
                 summary = summarise(out)
                 print(markdown_table(summary, detectors=detectors), flush=True)
@@ -152,10 +172,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _self_tuned(config: PatchKNNConfig, category: Any, shots: int | None, seed: int, args: argparse.Namespace,
+                blocks: tuple[int, ...], store: FeatureStore) -> tuple[PatchKNNConfig, dict[str, Any]]:
+    """The configuration `inspector train` would choose from this seed's shots (as ``inspector.teach``: the
+    candidates of ``models.self_tune.candidates_for``, synthetic anomalies seeded 0), and what it measured."""
+    images = [load_image_rgb(p) for p in select_shots(category.train_good, shots, seed=seed)]
+    backbone = CachedBackbone(store, blocks=blocks, neighbourhood=args.neighbourhood)
+    result = self_tune(images, lambda cfg, bb: PatchKNN(backbone=bb, config=cfg), config,
+                       candidates_for(config, images[0].shape[:2]), backbone)
+    logger.info("%s seed %d: %s", category.name, seed, result.reason)
+    tuned = result.to_dict()
+    for check in tuned["candidates"]:          # the per-image scores are long and say little in a table's JSON
+        check.pop("good_scores")
+        check.pop("synthetic_scores")
+    return dataclasses.replace(config, **result.chosen.options), tuned
+
+
 def _detector(name: str, args: argparse.Namespace, blocks: tuple[int, ...], config: PatchKNNConfig,
               store: FeatureStore, peer_model: Any, state_dict: dict[str, torch.Tensor]) -> Any:
     """A fresh unfitted detector: ours (PatchKNN on cached or real features) or the peer at one block."""
-    if name != "ours":
+    if not name.startswith("ours"):
         peer_model.memory_bank = torch.empty(0)
         return PeerDetector(peer_model, store=None if args.no_cache else store,
                             shorter_side=config.shorter_side, block=int(name[6:]))
