@@ -208,10 +208,13 @@ def _no_thread_left(qapp) -> Iterator[None]:
         yield
         _assert_no_thread_left(before)
     finally:
-        for widget in qapp.topLevelWidgets():        # qtbot closed its widgets; the rest (pyqtgraph's menus, ...)
-            widget.close()
-            widget.deleteLater()
-        qapp.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        from ui.workers import running_job_threads
+
+        if not running_job_threads():                # never delete a widget whose job still runs (Qt aborts)
+            for widget in qapp.topLevelWidgets():    # qtbot closed its widgets; the rest (pyqtgraph's menus, ...)
+                widget.close()
+                widget.deleteLater()
+            qapp.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         gc.collect()
         if was_enabled:
             gc.enable()
