@@ -22,7 +22,7 @@ class _Cycle:
 
 
 def test_cycles_made_on_a_worker_are_collected_on_the_gui_thread(qtbot) -> None:
-    enabled_before = gc.isenabled()           # False: the fixture runs every GUI test under a collector
+    enabled_before = gc.isenabled()           # False: the fixture turns automatic collection off in GUI tests
     gc.enable()                               # as at start-up, before the app's collector exists
     gc.collect()
     collector = GuiThreadCollector(interval_ms=10)
