@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import sys
 import threading
@@ -364,8 +365,9 @@ def _operating_point_line(point: dict[str, Any]) -> str:
 
 def _evaluate_types(args: argparse.Namespace) -> int:
     """``inspector evaluate --types N``: few-shot defect typing accuracy (models.type_evaluation)."""
-    from inspector.recipe import DetectorSettings
+    from inspector.recipe import DefectTypingSettings, DetectorSettings
     from models.backbone import create_backbone
+    from models.defect_types import DefectTypeConfig
     from models.detectors import PatchKNNConfig, create_detector
     from models.type_evaluation import evaluate_defect_types
     from models.weights import resolve_weights
@@ -381,9 +383,14 @@ def _evaluate_types(args: argparse.Namespace) -> int:
 
     key = json.dumps([resolved.info.sha256, defaults.backbone, list(defaults.blocks), config.to_dict()],
                      sort_keys=True)
+    colour = DefectTypingSettings().colour_weight if args.type_colour_weight is None else args.type_colour_weight
+    if not (math.isfinite(colour) and colour >= 0):
+        msg = f"--type-colour-weight must be a finite number >= 0 (0 = features only), got {colour}"
+        raise InspectorError(msg)
     start = time.perf_counter()
     report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
                                    shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
+                                   config=DefectTypeConfig(colour_weight=colour),
                                    cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
                                    progress=_tqdm_progress("typing"))
     data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --types: seeded draws of the labelled images, averaged (default 5)")
     p.add_argument("--type-max-images", type=int, default=None, metavar="M",
                    help="with --types: at most M defect images per type (a seeded choice), to bound the time")
+    p.add_argument("--type-colour-weight", type=float, default=None, metavar="W",
+                   help="with --types: weight of the regions' colour statistics (a recipe's "
+                        "defect_typing.colour_weight; 0 = features only; default: the recipe default)")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="with --types: keep per-image features here so that reruns skip the backbone")
     _add_device(p)

@@ -7,9 +7,10 @@ labelled example of its recipe. `DefectTyper` reads those examples and types eve
 ``refresh_s`` seconds (one indexed query), so a label given in review, in this process or another,
 types the next frames without retraining.
 
-Only the labelled examples whose embedding has the length of the regions being typed are used: a
-region embedded by an older descriptor (or another backbone) keeps its reviewer's class in the store,
-and the typer says once, in the log, how many it leaves out.
+Only the labelled examples whose embedding has the length and layout of the regions being typed are
+used: a region embedded by an older descriptor (another backbone, or before the colour statistics
+joined the descriptor) keeps its reviewer's class in the store, and the typer says once, in the log,
+how many it leaves out.
 
 Example:
     >>> typer = DefectTyper(store, "fryum")                           # doctest: +SKIP
@@ -47,7 +48,7 @@ def typer_config(recipe: Recipe) -> DefectTypeConfig:
     from models.defect_types import DefectTypeConfig
 
     settings = recipe.defect_typing
-    return DefectTypeConfig(k=settings.k, reject_factor=settings.unknown_factor)
+    return DefectTypeConfig(k=settings.k, reject_factor=settings.unknown_factor, colour_weight=settings.colour_weight)
 
 
 class DefectTyper:
@@ -75,7 +76,7 @@ class DefectTyper:
         # the embedding length of the regions typed (set by `predict`); before that, the newest example's
         self._length: int | None = None
         self._classifier = DefectTypeClassifier(config=config)
-        self._left_out = 0             # examples of another length, last reported
+        self._left_out = 0             # examples of another length or layout, last reported
         self._seen_at = -1.0          # newest classified_at read so far
         self._checked = -float("inf")  # monotonic time of the last refresh
         self.refresh()
@@ -129,7 +130,7 @@ class DefectTyper:
             if changed or length is None:  # a relabel, or nothing held yet: rebuild from all examples
                 self._rebuild_locked()
             elif new:
-                fitting = [(e, c) for e, c in new if len(e) == length]
+                fitting = [(e, c) for e, c in new if len(e) == length and self._classifier.accepts(e)]
                 if fitting:
                     self._classifier.add_many([e for e, _ in fitting], [c for _, c in fitting])
                 self._report_left_out_locked()
@@ -173,8 +174,8 @@ class DefectTyper:
 
         examples = list(self._examples.values())
         length = self._length if self._length is not None else (len(examples[-1][0]) if examples else None)
-        chosen = [(e, c) for e, c in examples if len(e) == length]
         classifier = DefectTypeClassifier(config=self._config)
+        chosen = [(e, c) for e, c in examples if len(e) == length and classifier.accepts(e)]
         if chosen:
             classifier.add_many([e for e, _ in chosen], [c for _, c in chosen])
         self._classifier = classifier
@@ -185,8 +186,8 @@ class DefectTyper:
         if left_out != self._left_out:
             self._left_out = left_out
             if left_out:
-                logger.warning("recipe %s: %d labelled region(s) have embeddings of another length than the "
-                               "regions typed now (an older descriptor or another backbone); they are not used "
+                logger.warning("recipe %s: %d labelled region(s) have embeddings of another length or layout than "
+                               "the regions typed now (an older descriptor or another backbone); they are not used "
                                "for typing, and their classes stay in the store", self.recipe, left_out)
 
 
@@ -200,6 +201,7 @@ def type_regions(
     offset: tuple[int, int],
     shorter_side: int,
     memory_bank: Any = None,
+    crop_rgb: np.ndarray | None = None,
 ) -> tuple[DefectRegion, ...]:
     """The regions with their embedding and, when a typer is given, their predicted type.
 
@@ -214,23 +216,34 @@ def type_regions(
         memory_bank: the detector's (N, D) good bank (``PatchKNN.memory_bank``); used when the
             typer's descriptor takes each patch's residual to its nearest good patch
             (``DefectTypeConfig.residual``).
+        crop_rgb: (H, W, 3) uint8 RGB pixels of the ROI crop (the map's size); when the typer's
+            descriptor takes colour (``DefectTypeConfig.colour_weight``), each region's colour
+            statistics against its surroundings are appended from them.
+
+    Raises:
+        ValueError: the typer takes colour and ``crop_rgb`` is missing or not the map's size.
     """
     import dataclasses
 
-    from models.defect_types import nearest_good_patches, region_embedding, region_weights
+    from models.defect_types import nearest_good_patches, region_colour, region_embedding, region_weights
 
     if not found:
         return ()
     x0, y0 = offset
     residual = typer is not None and typer.config.residual and memory_bank is not None
     nearest_good = nearest_good_patches(memory_bank) if residual else None
-    embeddings = [
-        region_embedding(patch_features,
-                         region_weights(crop_map, box=(r.x - x0, r.y - y0, r.width, r.height),
-                                        pixel_threshold=pixel_threshold),
-                         shorter_side=shorter_side, nearest_good=nearest_good)
-        for r in found
-    ]
+    colour = typer is not None and typer.config.colour_weight > 0
+    if colour and (crop_rgb is None or crop_rgb.shape[:2] != crop_map.shape):
+        got = "none" if crop_rgb is None else f"shape {crop_rgb.shape}"
+        msg = f"defect typing with colour needs the ROI's pixels at the map's size {crop_map.shape}, got {got}"
+        raise ValueError(msg)
+    embeddings = []
+    for r in found:
+        weights = region_weights(crop_map, box=(r.x - x0, r.y - y0, r.width, r.height),
+                                 pixel_threshold=pixel_threshold)
+        stats = region_colour(crop_rgb, weights) if colour and crop_rgb is not None else None
+        embeddings.append(region_embedding(patch_features, weights, shorter_side=shorter_side,
+                                           nearest_good=nearest_good, colour=stats))
     predictions: Sequence[TypePrediction | None] = [None] * len(found)
     if typer is not None:
         typed = typer.predict(embeddings)

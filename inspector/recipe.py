@@ -184,6 +184,9 @@ class DefectTypingSettings:
     # "unknown" beyond this times the largest leave-one-out distance among a type's own examples
     # (DefectTypeConfig.reject_factor: 1.25 measured, 1.0 rejects 5-10 % of labelled types' regions)
     unknown_factor: float = 1.25
+    # weight of the region's colour statistics against its surroundings beside its features
+    # (DefectTypeConfig.colour_weight; 0 = features only, e.g. when the light's colour drifts)
+    colour_weight: float = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -382,6 +382,10 @@ class RecipeChecker:
         if not (math.isfinite(factor) and factor > 0):
             self.fail("defect_typing.unknown_factor", f"must be a finite number > 0 (1.25 = the default; larger "
                                                       f"says 'unknown' less often), got {factor!r}")
+        colour = r.defect_typing.colour_weight
+        if not (math.isfinite(colour) and colour >= 0):
+            self.fail("defect_typing.colour_weight", f"must be a finite number >= 0 (0.2 = the default; 0 = the "
+                                                     f"region's features only), got {colour!r}")
         if r.archive.save_pass_every < 0:
             self.fail("archive.save_pass_every", f"must be >= 0 (0 = keep no PASS images), got "
                                                  f"{r.archive.save_pass_every}")

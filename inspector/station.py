@@ -364,10 +364,12 @@ class Station:
             if regions and features is not None:
                 from inspector.defect_typing import type_regions
 
+                h, w = crop_map.shape
+                crop_rgb = np.ascontiguousarray(image_bgr[y0 : y0 + h, x0 : x0 + w, ::-1])
                 regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
                                        pixel_threshold=pixel, offset=(x0, y0),
                                        shorter_side=self._model_side(crop_map.shape),
-                                       memory_bank=getattr(self.detector, "memory_bank", None))
+                                       memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb)
         anomaly_map = crop_map
         if crop_map.shape != image_bgr.shape[:2]:
             anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)

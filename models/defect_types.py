@@ -12,6 +12,10 @@ type) in cosine distance, after centring all embeddings on the mean of the label
 defects of this part share says nothing about their kind). A region farther from its type's
 examples than they are from each other (each example's leave-one-out distance to the rest of its
 type, the largest, times ``reject_factor``) is ``UNKNOWN``: a new kind of defect is a signal, not noise.
+With ``colour_weight`` (the default), the region's colour and shape statistics against a ring around it
+(``region_colour``: what a burn or a colour spot is, which block-8 features see only faintly) ride along
+at the end of the embedding; the classifier z-scores them on the labelled examples and joins them with
+that weight.
 
 Example:
     >>> detection = detector.predict(frame_rgb, with_features=True)
@@ -50,6 +54,8 @@ __all__ = [
 ]
 
 UNKNOWN: Final = "unknown"  # the predicted type of a region far from every labelled example
+COLOUR_DIMS: Final = 10      # length of ``region_colour``: the tail of an embedding made with ``colour``
+COLOUR_MIN_EXAMPLES: Final = 4  # ours: fewer labelled examples give no spread to z-score the colour part on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +81,11 @@ class DefectTypeConfig:
     reject_quantile: float = 1.0  # ours: 1.0 = the largest leave-one-out distance (conformal, n <= 5)
     reject_distance: float | None = None  # a fixed cosine distance instead of the rule above
     default_reject_distance: float = 0.5  # ours: for a type with one example while no type has two
+    # ours: weight of the region's colour statistics (``region_colour``, z-scored on the labelled examples)
+    # joined to the feature part; 0 = features only. 0.2 was best of 0.1-0.8 on transistor and fryum
+    # (selection draws 100-119: +0.014 mean; report draws 0-4: +0.027; benchmarks/README.md, typing
+    # second pass); magnetic tile (grey) was measured after the choice, in the product
+    colour_weight: float = 0.2
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -85,6 +96,9 @@ class DefectTypeConfig:
             if not (math.isfinite(value) and value > 0):
                 msg = f"DefectTypeConfig.{name} must be a finite number > 0, got {value!r}"
                 raise ValueError(msg)
+        if not (math.isfinite(self.colour_weight) and self.colour_weight >= 0):
+            msg = f"DefectTypeConfig.colour_weight must be a finite number >= 0, got {self.colour_weight!r}"
+            raise ValueError(msg)
         if not 0.0 < self.reject_quantile <= 1.0:
             msg = f"DefectTypeConfig.reject_quantile must be in (0, 1], got {self.reject_quantile!r}"
             raise ValueError(msg)
@@ -140,6 +154,7 @@ def region_embedding(
     shorter_side: int,
     patch_size: int = 14,
     nearest_good: Callable[[np.ndarray], np.ndarray] | None = None,
+    colour: np.ndarray | None = None,
 ) -> np.ndarray:
     """The region's embedding: its patches' weighted mean and maximum, each L2-normalised, joined.
 
@@ -152,9 +167,11 @@ def region_embedding(
         nearest_good: maps the region's (m, D) patch features to their nearest good patches (m, D)
             (the detector's memory bank); when given, the same two poolings of each patch minus its
             nearest good patch (what differs, not what the part looks like there) are joined too.
+        colour: the region's ``region_colour`` (``COLOUR_DIMS``,), appended as it is after the unit
+            feature part (the classifier scales it; ``DefectTypeConfig.colour_weight``).
 
     Returns:
-        (2 D,) float32 unit vector, (4 D,) with ``nearest_good``.
+        (2 D,) float32 unit vector, (4 D,) with ``nearest_good``; ``COLOUR_DIMS`` more with ``colour``.
     """
     h, w, _ = patch_features.shape
     grid = frame_to_grid(weights, (h, w), shorter_side=shorter_side, patch_size=patch_size)
@@ -173,7 +190,14 @@ def region_embedding(
     if nearest_good is not None:
         residual = patches - np.asarray(nearest_good(patches), dtype=np.float32)
         parts += [_unit_or_zero(share @ residual), _unit_or_zero(residual.max(axis=0))]
-    return _unit(np.concatenate(parts))
+    features = _unit(np.concatenate(parts))
+    if colour is None:
+        return features
+    tail = np.asarray(colour, dtype=np.float32).reshape(-1)
+    if tail.shape != (COLOUR_DIMS,) or not np.all(np.isfinite(tail)):
+        msg = f"region colour statistics must be {COLOUR_DIMS} finite numbers, got shape {tail.shape}"
+        raise ValueError(msg)
+    return np.concatenate([features, tail])
 
 
 CROP_MARGIN: Final = 0.5       # ours: the crop is the region's box plus half its longer side on each side
@@ -375,7 +399,7 @@ class DefectTypeClassifier:
                 raise ValueError(msg)
         if not vectors:
             return
-        stacked = np.stack([_unit(v) for v in vectors])
+        stacked = np.stack([self._normalised(v) for v in vectors])
         with self._lock:
             if self._labels and stacked.shape[1] != self._vectors.shape[1]:
                 msg = (f"embedding of length {stacked.shape[1]} does not match the labelled examples' "
@@ -384,6 +408,14 @@ class DefectTypeClassifier:
             self._vectors = stacked if not self._labels else np.concatenate([self._vectors, stacked])
             self._labels.extend(labels)
             self._reject = None
+
+    def accepts(self, embedding: np.ndarray) -> bool:
+        """Whether ``add`` and ``predict`` take this embedding's layout (the colour tail when ``colour_weight``)."""
+        try:
+            self._normalised(np.asarray(embedding, dtype=np.float32).reshape(-1))
+        except ValueError:
+            return False
+        return True
 
     def rejection_distances(self) -> dict[str, float]:
         """Per labelled type, the distance beyond which a region typed so is ``unknown`` (see ``DefectTypeConfig``)."""
@@ -403,7 +435,7 @@ class DefectTypeClassifier:
 
     def predict_many(self, embeddings: np.ndarray) -> list[TypePrediction]:
         """Type (N, D) region embeddings."""
-        queries = np.stack([_unit(e) for e in np.asarray(embeddings, dtype=np.float32)])
+        queries = np.stack([self._normalised(e) for e in np.asarray(embeddings, dtype=np.float32)])
         with self._lock:
             if not self._labels:
                 return [TypePrediction(defect_class=UNKNOWN, confidence=0.0, distance=math.inf)
@@ -414,7 +446,7 @@ class DefectTypeClassifier:
                 raise ValueError(msg)
             names = sorted(set(self._labels))
             labels = np.asarray([names.index(label) for label in self._labels])
-            vectors, queries = self._centred(self._vectors, queries)
+            vectors, queries = self._centred(*self._with_colour(self._vectors, queries))
             reject = self._rejection_locked()                            # (C,) per type
         dists = 1.0 - queries @ vectors.T                                # (N, M) cosine distances
         per_class = np.stack([self._class_distance(dists[:, labels == c]) for c in range(len(names))], axis=1)
@@ -431,6 +463,45 @@ class DefectTypeClassifier:
             else:
                 out.append(TypePrediction(defect_class=names[best], confidence=float(prob[best]), distance=nearest))
         return out
+
+    def _normalised(self, embedding: np.ndarray) -> np.ndarray:
+        """One embedding as held: unit; with ``colour_weight``, the feature part unit and the colour tail as is.
+
+        Raises:
+            ValueError: zero or non-finite features, or (with ``colour_weight``) no colour tail after them.
+        """
+        if self._config.colour_weight <= 0:
+            return _unit(embedding)
+        head, tail = embedding[:-COLOUR_DIMS], embedding[-COLOUR_DIMS:]
+        norm = float(np.linalg.norm(head)) if len(embedding) > COLOUR_DIMS else 0.0
+        if not (abs(norm - 1.0) < 1e-5 and np.all(np.isfinite(tail))):   # float32 rounding of a unit part
+            msg = (f"embedding of length {len(embedding)} has no colour statistics after a unit feature part; "
+                   "make it with region_embedding(colour=region_colour(...)) or set colour_weight 0")
+            raise ValueError(msg)
+        return np.concatenate([_unit(head), tail]).astype(np.float32)
+
+    def _with_colour(self, vectors: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Held form -> compared form: the colour tail z-scored on the labelled examples, times
+        ``colour_weight / sqrt(COLOUR_DIMS)``, joined to the feature part, the whole unit again.
+
+        Below ``COLOUR_MIN_EXAMPLES`` labelled examples the tail is dropped (no spread to scale it by).
+        """
+        weight = self._config.colour_weight
+        if weight <= 0:
+            return vectors, queries
+        head_v, head_q = vectors[:, :-COLOUR_DIMS], queries[:, :-COLOUR_DIMS]
+        if len(vectors) < COLOUR_MIN_EXAMPLES:
+            return head_v, head_q
+        tail_v = vectors[:, -COLOUR_DIMS:].astype(np.float64)
+        mean, spread = tail_v.mean(axis=0), tail_v.std(axis=0) + 1e-3
+        scale = weight / math.sqrt(COLOUR_DIMS)
+
+        def joined(head: np.ndarray, tail: np.ndarray) -> np.ndarray:
+            both = np.concatenate([head, (scale * (tail - mean) / spread).astype(np.float32)], axis=1)
+            out: np.ndarray = (both / np.linalg.norm(both, axis=1, keepdims=True)).astype(np.float32)
+            return out
+
+        return joined(head_v, tail_v), joined(head_q, queries[:, -COLOUR_DIMS:].astype(np.float64))
 
     def _centred(self, vectors: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both moved by minus the labelled examples' mean and renormalised (when ``config.centre``).
@@ -467,7 +538,7 @@ class DefectTypeClassifier:
         if cfg.reject_distance is not None:
             return np.full(len(names), cfg.reject_distance)
         if self._reject is None or len(self._reject) != len(names):
-            vectors, _ = self._centred(self._vectors, self._vectors[:1])
+            vectors, _ = self._centred(*self._with_colour(self._vectors, self._vectors[:1]))
             labels = np.asarray(self._labels)
             per_type: dict[str, list[float]] = {}
             for name in names:

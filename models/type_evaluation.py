@@ -36,6 +36,7 @@ from models.defect_types import (
     DefectTypeClassifier,
     DefectTypeConfig,
     nearest_good_patches,
+    region_colour,
     region_embedding,
     region_weights,
 )
@@ -156,7 +157,7 @@ def evaluate_defect_types(
     cfg = config if config is not None else DefectTypeConfig()
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
                                                cache_dir=cache_dir, cache_key=cache_key, progress=progress,
-                                               residual=cfg.residual)
+                                               residual=cfg.residual, colour=cfg.colour_weight > 0)
 
     accuracies, balanced, unknowns, novel = [], [], [], []
     hits: dict[str, list[bool]] = {t: [] for t in types}
@@ -227,8 +228,12 @@ def _extract(
     cache_key: str,
     progress: ProgressFn | None,
     residual: bool = False,
+    colour: bool = False,
 ) -> tuple[list[_Item], float, float]:
     """Per defect image: its largest region's embedding (from the cache where present).
+
+    With ``colour``, the region's colour statistics are appended (``region_colour``, from the image
+    itself: the cache keeps no pixels).
 
     With ``residual``, the detector's good bank is needed too (``DefectTypeConfig.residual``); the
     cache keeps it as ``bank.npy`` beside the per-image features.
@@ -277,13 +282,15 @@ def _extract(
     items: list[_Item] = []
     for n, item in enumerate(defects):
         cached = folder / f"{item.defect_type}__{item.path.stem}.npz" if folder is not None else None
+        image: np.ndarray | None = None
         if cached is not None and cached.is_file() and pixel_threshold is not None:
             with np.load(cached, allow_pickle=False) as data:
                 features, amap = data["features"].astype(np.float32), data["anomaly_map"].astype(np.float32)
         else:
             model = fitted()
             start = time.perf_counter()
-            detection = model.predict(load_image_rgb(item.path), with_features=True)
+            image = load_image_rgb(item.path)
+            detection = model.predict(image, with_features=True)
             seconds += time.perf_counter() - start
             features, amap = detection.patch_features[0], np.asarray(detection.anomaly_map[0])
             if cached is not None:
@@ -291,8 +298,12 @@ def _extract(
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
         box, threshold, fallback = largest_region_box(amap, pixel_threshold)
         weights = region_weights(amap, box=box, pixel_threshold=threshold)
+        stats = None
+        if colour:
+            image = image if image is not None else load_image_rgb(item.path)
+            stats = region_colour(image, weights)
         items.append(_Item(item.defect_type, region_embedding(features, weights, shorter_side=shorter_side,
-                                                              nearest_good=nearest_good), fallback))
+                                                              nearest_good=nearest_good, colour=stats), fallback))
         if progress is not None:
             progress(n + 1, len(defects), item.defect_type)
     assert pixel_threshold is not None

@@ -14,6 +14,7 @@ from inspector.recipe import load_recipe
 from inspector.recording import ResultRecorder
 from inspector.station import Station
 from inspector.store import Store
+from models.defect_types import COLOUR_DIMS, DefectTypeConfig
 from tests.helpers.images import textured_part, with_defect
 
 
@@ -27,6 +28,9 @@ def test_a_label_given_in_review_types_the_next_defects(taught_recipe: Path, tmp
         assert first.regions, "the drawn defect must give a region"
         region = first.regions[0]
         assert region.embedding is not None and region.embedding.dtype == np.float32
+        # features (mean, max, and both of the residual to the good bank) then the colour statistics
+        assert len(region.embedding) == 4 * 384 + COLOUR_DIMS
+        assert np.linalg.norm(region.embedding[:-COLOUR_DIMS]) == pytest.approx(1.0, abs=1e-5)
         assert region.predicted_class is None          # nothing labelled yet: no guess
         store.record(first)
         store.flush()
@@ -134,7 +138,8 @@ def test_labels_embedded_by_an_older_descriptor_are_kept_but_not_used(tmp_path: 
     new = [np.eye(8)[0] + 0.01 * rng.standard_normal(8), np.eye(8)[1] + 0.01 * rng.standard_normal(8)]
     with Store(tmp_path / "stats.db") as store:
         _labelled(store, "part", old + new, ["scratch", "scratch", "dent", "scratch", "dent"])
-        typer = DefectTyper(store, "part", refresh_s=0.0)
+        # hand-made feature vectors: no colour statistics in them
+        typer = DefectTyper(store, "part", config=DefectTypeConfig(colour_weight=0.0), refresh_s=0.0)
         typed = typer.predict([np.eye(8)[0].astype(np.float32), np.eye(8)[1].astype(np.float32)])
         assert [t.defect_class for t in typed] == ["scratch", "dent"]
         assert typer.n_examples == 2                      # the three old ones are left out, not mixed in
@@ -145,3 +150,29 @@ def test_labels_embedded_by_an_older_descriptor_are_kept_but_not_used(tmp_path: 
         _labelled(store, "part", [np.eye(8)[2], rng.standard_normal(4)], ["stain", "burn"])
         assert typer.predict([np.eye(8)[2].astype(np.float32)])[0].defect_class == "stain"
         assert typer.n_examples == 3 and typer.classes == ("dent", "scratch", "stain")
+
+
+def test_labels_from_before_the_colour_statistics_are_left_out_without_failing(tmp_path: Path) -> None:
+    # the old descriptor: a unit feature vector; the new one: a unit feature part and the colour tail.
+    # Same length here, another layout: the typer must not read the old ones' last values as colour
+    rng = np.random.default_rng(1)
+    old = [_unit(np.eye(16)[i % 2] + 0.01 * rng.standard_normal(16)) for i in range(4)]
+
+    def new(axis: int, dark: float) -> np.ndarray:
+        head = _unit(np.eye(16 - COLOUR_DIMS)[axis] + 0.01 * rng.standard_normal(16 - COLOUR_DIMS))
+        return np.concatenate([head, np.full(COLOUR_DIMS, dark) + 0.01 * rng.standard_normal(COLOUR_DIMS)])
+
+    with Store(tmp_path / "stats.db") as store:
+        _labelled(store, "part", old, ["scratch", "dent", "scratch", "dent"])
+        # the default descriptor (colour on); a fixed rejection distance: two examples per type say little
+        typer = DefectTyper(store, "part", config=DefectTypeConfig(reject_distance=1.5), refresh_s=0.0)
+        assert typer.n_examples == 0
+        _labelled(store, "part", [new(0, -0.2), new(1, 0.2)] * 2, ["scratch", "dent"] * 2)
+        typed = typer.predict([new(0, -0.2).astype(np.float32), new(1, 0.2).astype(np.float32)])
+        assert [t.defect_class for t in typed] == ["scratch", "dent"]
+        assert typer.n_examples == 4
+        assert len(store.inspections(recipe="part")) == 8         # every label kept in the store
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)

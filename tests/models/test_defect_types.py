@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 from models.defect_types import (
+    COLOUR_DIMS,
     UNKNOWN,
     DefectTypeClassifier,
     DefectTypeConfig,
+    region_colour,
     region_embedding,
     region_weights,
 )
 from models.preprocess import crop_geometry, frame_to_grid
+
+# the classifier's tests below use hand-made feature vectors, which carry no colour statistics
+PLAIN = DefectTypeConfig(colour_weight=0.0)
 
 
 def _cluster(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float = 0.05) -> np.ndarray:
@@ -28,7 +33,7 @@ def _axis(dim: int, i: int) -> np.ndarray:
 def test_types_by_nearest_labelled_example_and_learns_a_new_label_at_once() -> None:
     rng = np.random.default_rng(0)
     scratch, dent, stain = _axis(16, 0), _axis(16, 1), _axis(16, 2)
-    classifier = DefectTypeClassifier()
+    classifier = DefectTypeClassifier(config=PLAIN)
     classifier.add_many(list(_cluster(rng, scratch, 5)) + list(_cluster(rng, dent, 5)), ["scratch"] * 5 + ["dent"] * 5)
 
     typed = classifier.predict_many(np.concatenate([_cluster(rng, scratch, 10), _cluster(rng, dent, 10)]))
@@ -51,7 +56,7 @@ def test_types_by_nearest_labelled_example_and_learns_a_new_label_at_once() -> N
 
 def test_confidence_drops_between_two_classes() -> None:
     # plain cosine (no centring: with two examples it would push every query to one side)
-    classifier = DefectTypeClassifier(config=DefectTypeConfig(reject_distance=1.5, centre=False))
+    classifier = DefectTypeClassifier(config=DefectTypeConfig(reject_distance=1.5, centre=False, colour_weight=0.0))
     a, b = _axis(8, 0), _axis(8, 1)
     classifier.add_many([a, b], ["a", "b"])
     clear = classifier.predict(a + 0.05 * b)
@@ -61,18 +66,18 @@ def test_confidence_drops_between_two_classes() -> None:
 
 
 def test_without_labels_everything_is_unknown() -> None:
-    prediction = DefectTypeClassifier().predict(np.ones(4, np.float32))
+    prediction = DefectTypeClassifier(config=PLAIN).predict(np.ones(4, np.float32))
     assert prediction.defect_class == UNKNOWN and prediction.distance == np.inf
 
 
 @pytest.mark.parametrize(("label", "match"), [("", "non-empty"), (UNKNOWN, "other than 'unknown'")])
 def test_refuses_labels_it_cannot_learn(label: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        DefectTypeClassifier().add(np.ones(4, np.float32), label)
+        DefectTypeClassifier(config=PLAIN).add(np.ones(4, np.float32), label)
 
 
 def test_refuses_embeddings_of_another_length() -> None:
-    classifier = DefectTypeClassifier()
+    classifier = DefectTypeClassifier(config=PLAIN)
     classifier.add(np.ones(4, np.float32), "a")
     with pytest.raises(ValueError, match="length 5 does not match .* 4"):
         classifier.add(np.ones(5, np.float32), "b")
@@ -81,7 +86,8 @@ def test_refuses_embeddings_of_another_length() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [("k", 0), ("temperature", 0.0), ("reject_quantile", 1.5),
-                                              ("reject_distance", -1.0)])
+                                              ("reject_distance", -1.0), ("colour_weight", -0.1),
+                                              ("colour_weight", float("nan"))])
 def test_config_names_a_bad_option(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"DefectTypeConfig.{field}"):
         DefectTypeConfig(**{field: value})
@@ -167,7 +173,7 @@ def test_residual_half_describes_what_differs_from_the_nearest_good_patch() -> N
 def test_unknown_is_per_type_a_tight_type_rejects_sooner_than_a_spread_one() -> None:
     rng = np.random.default_rng(1)
     tight, wide, novel = _axis(32, 0), _axis(32, 1), _axis(32, 2)
-    classifier = DefectTypeClassifier(config=DefectTypeConfig(centre=False))
+    classifier = DefectTypeClassifier(config=DefectTypeConfig(centre=False, colour_weight=0.0))
     classifier.add_many(list(_cluster(rng, tight, 5, 0.02)) + list(_cluster(rng, wide, 5, 0.15)),
                         ["tight"] * 5 + ["wide"] * 5)
     limits = classifier.rejection_distances()
@@ -192,7 +198,8 @@ def test_centring_separates_types_that_share_what_the_part_looks_like() -> None:
     queries = {k: _cluster(rng, part + v, 30, 0.3) for k, v in kinds.items()}
 
     def typed(centre: bool) -> tuple[float, float]:
-        classifier = DefectTypeClassifier(config=DefectTypeConfig(centre=centre, reject_distance=2.0))
+        config = DefectTypeConfig(centre=centre, reject_distance=2.0, colour_weight=0.0)
+        classifier = DefectTypeClassifier(config=config)
         classifier.add_many([e for k in kinds for e in examples[k]], [k for k in kinds for _ in range(5)])
         out = classifier.predict_many(np.concatenate([queries[k] for k in kinds]))
         truth = [k for k in kinds for _ in range(30)]
@@ -259,3 +266,61 @@ def test_region_colour_tells_a_dark_spot_from_a_bright_one_and_a_streak_from_a_b
     assert d[8] > np.log(100 / (120 * 160)) - 0.01                 # log area share
     with pytest.raises(ValueError, match="no pixel"):
         region_colour(frame, np.zeros((120, 160), np.float32))
+
+
+def _spot_frame(rng: np.random.Generator, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(64, 64, 3) uint8 RGB grey part with a round spot of grey ``level``, and the spot's region weights."""
+    frame = np.clip(128 + rng.normal(0.0, 4.0, (64, 64, 3)), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    cy, cx = (int(v) for v in rng.integers(20, 44, size=2))
+    spot = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+    frame[spot] = level
+    return frame, np.where(spot, 0.8, 0.0).astype(np.float32)
+
+
+def test_colour_statistics_tell_apart_types_whose_features_look_alike() -> None:
+    # a burn (dark spot) and a light stain whose patch features are the same cluster: features alone
+    # type them at chance, the region's colour against its ring tells them apart
+    rng = np.random.default_rng(3)
+    look = _axis(16, 0)
+
+    def embedded(level: int) -> np.ndarray:
+        frame, weights = _spot_frame(rng, level)
+        head = _unit(_cluster(rng, look, 1, 0.02)[0])
+        return np.concatenate([head, region_colour(frame, weights)])
+
+    labelled = [embedded(30) for _ in range(5)] + [embedded(230) for _ in range(5)]
+    queries = [embedded(30) for _ in range(20)] + [embedded(230) for _ in range(20)]
+    truth = ["burn"] * 20 + ["stain"] * 20
+
+    def accuracy(weight: float) -> float:
+        classifier = DefectTypeClassifier(config=DefectTypeConfig(colour_weight=weight, reject_distance=2.0))
+        if weight > 0:
+            classifier.add_many(labelled, ["burn"] * 5 + ["stain"] * 5)
+            typed = classifier.predict_many(np.stack(queries))
+        else:           # the same feature parts without the colour tail
+            classifier.add_many([e[:-COLOUR_DIMS] for e in labelled], ["burn"] * 5 + ["stain"] * 5)
+            typed = classifier.predict_many(np.stack([q[:-COLOUR_DIMS] for q in queries]))
+        return float(np.mean([t.defect_class == k for t, k in zip(typed, truth, strict=True)]))
+
+    assert accuracy(0.2) >= 0.95
+    assert accuracy(0.0) < 0.8
+
+
+def test_colour_needs_its_statistics_and_enough_examples_to_scale_them() -> None:
+    rng = np.random.default_rng(4)
+    frame, weights = _spot_frame(rng, 30)
+    stats = region_colour(frame, weights)
+    assert stats.shape == (COLOUR_DIMS,) and stats[0] < -0.1      # darker than its ring
+    features = np.tile(_axis(6, 0), (4, 4, 1)).astype(np.float32)
+    with_colour = region_embedding(features, np.ones((56, 56), np.float32), shorter_side=56, colour=stats)
+    assert with_colour.shape == (12 + COLOUR_DIMS,)
+    np.testing.assert_allclose(np.linalg.norm(with_colour[:-COLOUR_DIMS]), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="10 finite numbers"):
+        region_embedding(features, np.ones((56, 56), np.float32), shorter_side=56, colour=stats[:3])
+    classifier = DefectTypeClassifier()                       # colour on by default
+    with pytest.raises(ValueError, match="no colour statistics"):
+        classifier.add(_unit(np.ones(24, np.float32)), "burn")   # a plain unit feature vector: no tail
+    # below COLOUR_MIN_EXAMPLES labelled examples the colour part is left out: one example per type still types
+    classifier.add_many([with_colour, np.concatenate([_axis(12, 1), stats])], ["burn", "scratch"])
+    assert classifier.predict(with_colour).defect_class == "burn"
