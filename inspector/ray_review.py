@@ -352,7 +352,8 @@ def ray_review(
         thresholds = (float(first["thresholds"][0]), float(first["thresholds"][1]), float(first["thresholds"][2]))
         # records on disk (an index beside the journal): the driver never holds one per image
         journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe_obj, first["model_version"],
-                                                                    thresholds), on_disk=True)
+                                                                    thresholds, runtime=recipe_obj.detector.runtime),
+                          on_disk=True)
         in_order = records_in_order(folder, files, journal)
         hosts = len({d["host"] for d in described})
         model = (f"recipe {recipe_obj.name}, model {first['model_version']} on {first['device']}, "

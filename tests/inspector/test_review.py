@@ -427,6 +427,9 @@ def test_onnx_review_scores_like_torch_and_says_so(recipe_review: tuple[ReviewSu
         summary = _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", runtime="onnx"))
         assert summary is not None and summary.counts["ERROR"] == 1          # the corrupt file only
         assert "scored by onnxruntime (model.onnx)" in (out / "index.html").read_text(encoding="utf-8")
+        # its report folder is not continued by torch: one report, one runtime
+        with pytest.raises(InspectorError, match=r"other settings \(runtime differ.*'onnx'.*'torch'"):
+            _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu", runtime="torch"))
         torch_rows = {r["file"]: r for r in _rows(recipe_review[1] / "results.csv")}
         onnx_rows = {r["file"]: r for r in _rows(out / "results.csv")}
         assert torch_rows.keys() == onnx_rows.keys()
