@@ -49,7 +49,8 @@ def drive(job: Generator[Progress, None, T], *, desc: str) -> T:
                 tick = next(job)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            if bar.total != tick.total:
+            if bar.total != tick.total or bar.unit != tick.unit:
+                bar.unit = tick.unit
                 bar.reset(total=tick.total)
             bar.set_description(f"{desc}: {tick.message}" if tick.message else desc)
             bar.n = tick.done

@@ -28,6 +28,7 @@ def relay_progress(
     message: str,
     cancelled: Callable[[], BaseException],
     name: str = "inspector-job",
+    unit: str = "img",
 ) -> Generator[Progress, None, T]:
     """Run ``call(progress)`` on a helper thread, yielding a `Progress` per tick; returns its value.
 
@@ -36,6 +37,7 @@ def relay_progress(
         message: the `Progress.message` of every tick.
         cancelled: makes the exception the callback raises once the generator is closed.
         name: the helper thread's name (shows in debuggers and thread dumps).
+        unit: what ``call`` counts (`Progress.unit`).
 
     Raises:
         Whatever ``call`` raised, re-raised on the caller's thread.
@@ -64,7 +66,7 @@ def relay_progress(
                 done, total = ticks.get(timeout=0.1)
             except queue.Empty:
                 continue
-            yield Progress(done=done, total=total, message=message)
+            yield Progress(done=done, total=total, message=message, unit=unit)
     finally:
         cancel.set()
         thread.join()

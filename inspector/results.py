@@ -215,6 +215,7 @@ class Progress:
     done: int
     total: int                     # 0 when unknown
     message: str = ""
+    unit: str = "img"              # what done and total count (a progress bar's unit)
 
     @property
     def fraction(self) -> float:

@@ -320,14 +320,14 @@ def _self_tune(
     candidates = [c for c in candidates_for(detector.config, images[0].shape[:2]) if not pinned & set(c.options)]
     if len(candidates) < 2:
         return None, "skipped: the recipe's detector.options fix every option it would choose"
-    yield Progress(done=0, total=1, message=f"self-tuning: checking {len(candidates)} configurations")
+    yield Progress(done=0, total=1, message=f"self-tuning: checking {len(candidates)} configurations", unit="step")
     make = type(detector)
     try:
         result = yield from relay_progress(
             lambda progress: self_tune(images, lambda cfg, backbone: make(backbone=backbone, config=cfg),
                                        detector.config, candidates, detector.backbone,
                                        budget_ms=recipe.cycle_time_ms, progress=progress),
-            message="self-tuning: scoring good images and synthetic anomalies", name="inspector-self-tune",
+            message="self-tuning: scoring good images and synthetic anomalies", name="inspector-self-tune", unit="fit",
             cancelled=lambda: TeachCancelled("teaching was cancelled"))
     except ValueError as exc:
         msg = f"recipe '{recipe.name}': self-tuning failed: {exc}"

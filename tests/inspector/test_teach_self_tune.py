@@ -38,11 +38,15 @@ def test_teach_chooses_saves_and_reports_the_configuration(tmp_path: Path, tiny_
     job = teach(recipe, good, device="cpu")
     while True:
         try:
-            ticks.append(next(job).message)
+            tick = next(job)
+            ticks.append((tick.message, tick.unit))
         except StopIteration as stop:
             report = stop.value
             break
-    assert any(m.startswith("self-tuning") for m in ticks), "teaching shows the self-check's progress"
+    assert any(m.startswith("self-tuning") for m, _ in ticks), "teaching shows the self-check's progress"
+    # the self-check counts its fits, not images: a progress bar must not call them images
+    assert {u for m, u in ticks if m.startswith("self-tuning: scoring")} == {"fit"}
+    assert {u for m, u in ticks if m == "learning good patches"} == {"img"}
     tuned = report.self_tune
     assert tuned is not None and [c.candidate.name for c in tuned.checks] == ["default (pooling r=1)", "pooling r=3"]
     best = max(tuned.checks, key=lambda c: c.synthetic_auroc)
