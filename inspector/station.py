@@ -302,7 +302,7 @@ class Station:
                 detection = self._predict([rgb for rgb, _, _ in crops], batch_size=batch_size)
                 t2 = time.perf_counter()
                 share = 1.0 / len(chunk)
-                for j, (image, (_, origin, polygon)) in enumerate(zip(chunk, crops, strict=True)):
+                for j, (image, (rgb, origin, polygon)) in enumerate(zip(chunk, crops, strict=True)):
                     t_post = time.perf_counter()
                     path = names[start + j]
                     features = getattr(detection, "patch_features", None)
@@ -311,7 +311,7 @@ class Station:
                         frame_id=first_frame_id + start + j, timestamp=time.time(), source=path or "image",
                         path=path, capture_ms=0.0, preprocess_ms=(t1 - t0) * 1e3 * share,
                         model_ms=(t2 - t1) * 1e3 * share, t_post=t_post,
-                        features=features[j] if features else None))
+                        features=features[j] if features else None, crop_rgb=rgb))
         return results
 
     def _inspect(
@@ -329,7 +329,7 @@ class Station:
                                 polygon, frame_id=frame_id, timestamp=timestamp, source=source, path=path,
                                 capture_ms=capture_ms, preprocess_ms=(t1 - t0) * 1e3,
                                 model_ms=(t2 - t1) * 1e3, t_post=t2,
-                                features=features[0] if features else None)
+                                features=features[0] if features else None, crop_rgb=crop_rgb)
 
     def _crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
         """The recipe's region of interest as RGB, its top-left corner in the frame, and its polygon mask."""
@@ -340,10 +340,10 @@ class Station:
         self, image_bgr: np.ndarray, score: float, crop_map: np.ndarray, origin: tuple[int, int],
         polygon: np.ndarray | None, *, frame_id: int, timestamp: float, source: str, path: str | None,
         capture_ms: float, preprocess_ms: float, model_ms: float, t_post: float,
-        features: np.ndarray | None = None,
+        features: np.ndarray | None = None, crop_rgb: np.ndarray | None = None,
     ) -> InspectionResult:
-        """Verdict, regions (typed when ``features``, the crop's patch features, are given) and the
-        full-frame map of one scored crop."""
+        """Verdict, regions (typed when ``features``, the crop's patch features, are given; ``crop_rgb``, the
+        crop that was scored, gives the typer its colour) and the full-frame map of one scored crop."""
         x0, y0 = origin
         if polygon is not None:
             crop_map = np.where(polygon, crop_map, 0.0).astype(np.float32)
@@ -364,8 +364,6 @@ class Station:
             if regions and features is not None:
                 from inspector.defect_typing import type_regions
 
-                h, w = crop_map.shape
-                crop_rgb = np.ascontiguousarray(image_bgr[y0 : y0 + h, x0 : x0 + w, ::-1])
                 regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
                                        pixel_threshold=pixel, offset=(x0, y0),
                                        shorter_side=self._model_side(crop_map.shape),
