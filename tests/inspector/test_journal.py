@@ -113,26 +113,33 @@ def test_an_old_store_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
 ])
 def test_a_locked_store_loses_nothing_and_recording_does_not_wait(tmp_path: Path, lock_s: float) -> None:
     db = tmp_path / "station.db"
-    store = Store(db, busy_timeout_s=0.2)
+    busy_s = 0.2
+    store = Store(db, busy_timeout_s=busy_s)
     warnings: list[str] = []
     recorder = ResultRecorder(store, on_warning=warnings.append)
-    with _write_locked(db):
-        started = time.monotonic()
-        slowest = 0.0
-        n = 0
-        while time.monotonic() - started < lock_s:
-            t0 = time.perf_counter()
-            assert recorder.record(_result(n)) is not None
-            slowest = max(slowest, time.perf_counter() - t0)
-            n += 1
-            time.sleep(0.1)
-        assert recorder.pending == n and _stored(db) == []
-        assert recorder.last_error is not None and "locked" in str(recorder.last_error)
-    assert slowest < 0.5, f"record() waited {slowest:.2f} s for a locked store"     # generous: it never waits on it
-    assert any("wait in" in w and "station.pending.db" in w for w in warnings), warnings
-    assert recorder.wait_stored(30)
-    assert recorder.close() == 0
-    store.close()
+    try:
+        with _write_locked(db):
+            started = time.monotonic()
+            took: list[float] = []
+            while time.monotonic() - started < lock_s:
+                t0 = time.perf_counter()
+                assert recorder.record(_result(len(took))) is not None
+                took.append(time.perf_counter() - t0)
+                time.sleep(0.1)
+            n = len(took)
+            assert recorder.pending == n and _stored(db) == []
+            assert recorder.last_error is not None and "locked" in str(recorder.last_error)
+        # A record() that waited on the store would take the store's busy timeout every time; the median
+        # says whether it does, robust to the odd slow fsync of the journal on a loaded machine.
+        typical = float(np.median(took))
+        assert typical < busy_s / 2, f"record() typically took {typical:.3f} s while the store was locked"
+        assert max(took) < 5.0, f"record() once waited {max(took):.2f} s"
+        assert any("wait in" in w and "station.pending.db" in w for w in warnings), warnings
+        assert recorder.wait_stored(30)
+    finally:
+        left = recorder.close()
+        store.close()
+    assert left == 0
     assert [frame for frame, _ in _stored(db)] == list(range(n))
 
 

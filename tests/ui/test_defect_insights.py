@@ -63,8 +63,8 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     with qtbot.waitSignal(panel.insights_ready, timeout=30_000):
         panel.refresh(Filters(recipe="part"))
         returned_s = time.perf_counter() - start
-    assert returned_s < 0.3, "refresh must only start the worker"
-    assert threads and threading.main_thread().name not in threads
+    assert threads and threading.main_thread().name not in threads     # every query ran on the worker
+    assert returned_s < 1.0, "refresh must only start the worker"      # generous: a loaded CI machine
     assert [r.defect_type for r in panel.pareto.rows] == ["dent", "scratch"]
     assert panel.p_chart.chart is not None and [a.key for a in panel.p_chart.chart.alarms] == ["E"]
     assert [a.key for a in alarms] == ["E"] and panel.alarm_list.count() == 1

@@ -79,6 +79,7 @@ def test_switch_recipe_mid_run(qtbot, tmp_path, settings, part_images) -> None:
 
 
 def test_camera_lost_banner_and_reconnect(qtbot, tmp_path, settings, part_images) -> None:
+    before = set(threading.enumerate())
     camera = FlakyCamera([image for _, image in part_images], good_frames=3)
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
                      source="0", open_source=lambda text: camera)
@@ -93,7 +94,7 @@ def test_camera_lost_banner_and_reconnect(qtbot, tmp_path, settings, part_images
     qtbot.waitUntil(lambda: window.counts.inspected >= 5, timeout=WAIT_MS)
     window.close()
     assert window.pipeline is None
-    engine = [t.name for t in threading.enumerate() if t.name.startswith("inspector-") and t.is_alive()]
+    engine = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("inspector-")]
     assert engine == [], f"engine threads left after close: {engine}"
 
 

@@ -133,9 +133,12 @@ def test_broker_outage_spools_without_blocking_and_delivers_everything_in_order(
             calls.append(time.perf_counter() - started)
             i += 1
             time.sleep(0.02)                                  # a 50 parts/s line during the outage
-        # Generous bound (a loaded 2-core CI machine): a call that waited on the network would take
-        # seconds (connect timeout, keepalive); a spool write takes about a millisecond.
-        assert max(calls) < 1.0, f"a publish during the outage took {max(calls):.2f} s"
+        # A call that waited on the network would take seconds (connect timeout, keepalive); a spool write
+        # takes about a millisecond. The median says which it is; the bound on the slowest is generous
+        # (a loaded 2-core CI machine's disk can stall a write for a fraction of a second).
+        typical = sorted(calls)[len(calls) // 2]
+        assert typical < 0.1, f"a publish during the outage typically took {typical:.3f} s"
+        assert max(calls) < 3.0, f"a publish during the outage took {max(calls):.2f} s"
         assert len(during) >= 100 and len(pub.spool) >= len(during)   # kept on disk, not lost
         state = monitor.get("mqtt")
         assert state is not None and not state.up and state.errors >= 1
