@@ -45,3 +45,39 @@ def write_images(folder: Path, images: list[np.ndarray], *, prefix: str = "img")
             raise OSError(msg)
         paths.append(path)
     return paths
+
+
+TYPE_SIZE = 56   # px, a multiple of the 14-px patch
+
+
+def _round_part(rng: np.random.Generator) -> np.ndarray:
+    image = np.full((TYPE_SIZE, TYPE_SIZE, 3), 40, np.uint8)
+    cv2.circle(image, (TYPE_SIZE // 2, TYPE_SIZE // 2), TYPE_SIZE // 3, (170, 170, 170), -1)
+    return np.clip(image.astype(int) + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+
+
+def write_two_type_category(root: Path) -> Path:
+    """A category with 4 train/good images, 1 test/good, and 4 scratches and 4 blobs with their masks.
+
+    Returns:
+        ``root`` (MVTec AD layout, ``TYPE_SIZE`` px images).
+    """
+    rng = np.random.default_rng(0)
+    for sub in ("train/good", "test/good", "test/scratch", "test/blob", "ground_truth/scratch", "ground_truth/blob"):
+        (root / sub).mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), _round_part(rng))
+    cv2.imwrite(str(root / "test/good/000.png"), _round_part(rng))
+    for i in range(4):
+        scratch, blob = _round_part(rng), _round_part(rng)
+        scratch_mask, blob_mask = np.zeros((TYPE_SIZE, TYPE_SIZE), np.uint8), np.zeros((TYPE_SIZE, TYPE_SIZE), np.uint8)
+        for image, mask, colour in ((scratch, scratch_mask, (20, 20, 230)), (blob, blob_mask, (0, 200, 255))):
+            for target, value in ((image, colour), (mask, (255, 255, 255))):
+                if image is scratch:
+                    cv2.line(target, (12 + i, 16), (44, 38 - i), value, 3)
+                else:
+                    cv2.circle(target, (28 + i, 26), 7, value, -1)
+        for kind, image, mask in (("scratch", scratch, scratch_mask), ("blob", blob, blob_mask)):
+            cv2.imwrite(str(root / "test" / kind / f"{i:03d}.png"), image)
+            cv2.imwrite(str(root / "ground_truth" / kind / f"{i:03d}_mask.png"), mask)
+    return root

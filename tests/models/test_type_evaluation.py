@@ -5,45 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pytest
 
 from models.defect_types import DefectTypeConfig
 from models.type_evaluation import evaluate_defect_types
+from tests.helpers.images import TYPE_SIZE, write_two_type_category
 
-SIZE = 56   # px, a multiple of the 14-px patch
-
-
-def _part(rng: np.random.Generator) -> np.ndarray:
-    image = np.full((SIZE, SIZE, 3), 40, np.uint8)
-    cv2.circle(image, (SIZE // 2, SIZE // 2), SIZE // 3, (170, 170, 170), -1)
-    return np.clip(image.astype(int) + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+SIZE = TYPE_SIZE
 
 
 @pytest.fixture
 def two_types(tmp_path: Path) -> Path:
     """A category with 4 train/good images and 4 scratches and 4 blobs under test/."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "widget"
-    for sub in ("train/good", "test/good", "test/scratch", "test/blob", "ground_truth/scratch", "ground_truth/blob"):
-        (root / sub).mkdir(parents=True)
-    for i in range(4):
-        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), _part(rng))
-    cv2.imwrite(str(root / "test/good/000.png"), _part(rng))
-    for i in range(4):
-        scratch, blob = _part(rng), _part(rng)
-        scratch_mask, blob_mask = np.zeros((SIZE, SIZE), np.uint8), np.zeros((SIZE, SIZE), np.uint8)
-        for image, mask, colour in ((scratch, scratch_mask, (20, 20, 230)), (blob, blob_mask, (0, 200, 255))):
-            for target, value in ((image, colour), (mask, (255, 255, 255))):
-                if image is scratch:
-                    cv2.line(target, (12 + i, 16), (44, 38 - i), value, 3)
-                else:
-                    cv2.circle(target, (28 + i, 26), 7, value, -1)
-        for kind, image, mask in (("scratch", scratch, scratch_mask), ("blob", blob, blob_mask)):
-            cv2.imwrite(str(root / "test" / kind / f"{i:03d}.png"), image)
-            cv2.imwrite(str(root / "ground_truth" / kind / f"{i:03d}_mask.png"), mask)
-    return root
+    return write_two_type_category(tmp_path / "widget")
 
 
 def _make_detector() -> Any:

@@ -1,0 +1,224 @@
+"""Which region the typer describes: the detector's largest region against the ground-truth mask.
+
+Reads the features and anomaly maps that ``inspector evaluate DATA/CAT --types 5 --cache CACHE`` keeps
+(one folder per category: ``meta.json``, ``bank.npy`` and one ``.npz`` per defect image), builds the
+product's region embedding (``models.defect_types.region_embedding`` with the residual to the good bank
+and the colour statistics, as `DefectTypeConfig` defaults) over several choices of region, and scores
+each with the product's draw (5 labelled images per type, top-1, "unknown" counted wrong):
+
+- ``largest``: the product's region (``largest_region_box`` at the calibrated pixel threshold);
+- ``oracle``: the largest connected part of the ground-truth mask, weighted by the anomaly map as the
+  product weights its regions; an upper bound for any region rule with today's descriptor;
+- ``core``: the largest region's pixels above the threshold plus a share of its peak height;
+- ``excess``: the largest region weighted by its score above the threshold, not the score;
+- ``mass``: the region with the most score above the threshold instead of the largest;
+- ``high``: the largest region at a threshold raised by a share of the map's maximum.
+
+It also says how often the largest region touches the defect at all (``hit``: any pixel of it on the
+mask) and which share of its pixels lie on the mask (``precision``), per defect type.
+
+Usage:
+    python -m benchmarks.type_regions --data DATA --cache CACHE --seeds 0-4 --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from models.defect_types import (  # noqa: E402
+    DefectTypeClassifier,
+    DefectTypeConfig,
+    nearest_good_patches,
+    region_colour,
+    region_embedding,
+    region_weights,
+)
+from models.evaluation import TestItem, load_category, load_image_rgb  # noqa: E402
+from models.regions import find_regions  # noqa: E402
+from models.type_evaluation import _at_most, largest_region_box  # noqa: E402
+
+CATEGORIES = {"mvtec_transistor": None, "visa_fryum": None, "mtd_magnetic_tile": 12}   # name -> max per type
+N_LABELLED = 5
+
+Weights = Callable[[np.ndarray, float, np.ndarray], np.ndarray]
+
+
+def _largest(amap: np.ndarray, thr: float, _gt: np.ndarray) -> np.ndarray:
+    box, t, _ = largest_region_box(amap, thr)
+    return region_weights(amap, box=box, pixel_threshold=t)
+
+
+def _oracle(amap: np.ndarray, _thr: float, gt: np.ndarray) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(gt.astype(np.uint8))
+    if n < 2:
+        msg = "a defect image whose mask is empty"
+        raise ValueError(msg)
+    part = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.where(part, np.maximum(amap, 1e-6), 0.0).astype(np.float32)
+
+
+def _core(share: float) -> Weights:
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        box, t, _ = largest_region_box(amap, thr)          # t: below thr where no pixel reached it
+        inside = region_weights(amap, box=box, pixel_threshold=t) > 0
+        level = t + share * (float(amap[inside].max()) - t)
+        keep = inside & (amap >= level)
+        return np.where(keep, amap - level + 1e-6, 0.0).astype(np.float32)
+    return weights
+
+
+def _excess(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+    box, t, _ = largest_region_box(amap, thr)
+    inside = region_weights(amap, box=box, pixel_threshold=t) > 0
+    return np.where(inside, np.maximum(amap - t, 0.0) + 1e-6, 0.0).astype(np.float32)
+
+
+def _mass(amap: np.ndarray, thr: float, _gt: np.ndarray) -> np.ndarray:
+    regions = find_regions(amap, pixel_threshold=thr)
+    if not regions:
+        return _largest(amap, thr, _gt)
+
+    def excess(r: Any) -> float:
+        return float(np.clip(amap[r.y:r.y + r.height, r.x:r.x + r.width] - thr, 0.0, None).sum())
+    best = max(regions, key=excess)
+    return region_weights(amap, box=(best.x, best.y, best.width, best.height), pixel_threshold=thr)
+
+
+def _high(share: float) -> Weights:
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        return _largest(amap, thr + share * max(0.0, float(amap.max()) - thr), gt)
+    return weights
+
+
+VARIANTS: dict[str, Weights] = {
+    "largest": _largest, "oracle": _oracle, "core 0.25": _core(0.25), "core 0.5": _core(0.5),
+    "excess": _excess, "mass": _mass, "high 0.25": _high(0.25), "high 0.5": _high(0.5),
+}
+
+
+def _cache_folder(cache: Path, category: str) -> Path:
+    found = sorted(p for p in cache.glob(f"{category}-*") if (p / "meta.json").is_file())
+    if len(found) != 1:
+        msg = (f"{cache}: expected one typing cache folder of {category}, found {len(found)}; run "
+               f"`inspector evaluate DATA/{category} --types 5 --cache {cache}` first (or pass another --cache)")
+        raise SystemExit(msg)
+    return found[0]
+
+
+def _mask(item: TestItem, shape: tuple[int, ...]) -> np.ndarray:
+    if item.mask_path is None:
+        msg = f"{item.path}: a defect image without a ground-truth mask"
+        raise SystemExit(msg)
+    mask = cv2.imread(str(item.mask_path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        msg = f"{item.mask_path}: not a readable image"
+        raise SystemExit(msg)
+    return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
+                 n_labelled: int = N_LABELLED) -> dict[str, Any]:
+    folder = _cache_folder(cache, category)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    thr, side = float(meta["pixel_threshold"]), int(meta["shorter_side"])
+    nearest_good = nearest_good_patches(np.load(folder / "bank.npy", allow_pickle=False).astype(np.float32))
+    defects = [t for t in load_category(data / category).test if t.label == 1]
+    if CATEGORIES.get(category) is not None:
+        defects = _at_most(defects, CATEGORIES[category], seed=0)      # as `--type-max-images 12` chooses
+    types: list[str] = []
+    embeddings: dict[str, list[np.ndarray]] = {name: [] for name in VARIANTS}
+    hit, precision = [], []
+    for item in defects:
+        cached = folder / f"{item.defect_type}__{item.path.stem}.npz"
+        if not cached.is_file():
+            msg = f"{cached}: missing; run `inspector evaluate` with this --cache on {category} first"
+            raise SystemExit(msg)
+        with np.load(cached, allow_pickle=False) as npz:
+            features, amap = npz["features"].astype(np.float32), npz["anomaly_map"].astype(np.float32)
+        image = load_image_rgb(item.path)
+        gt = _mask(item, amap.shape)
+        types.append(item.defect_type)
+        for name, weights_of in VARIANTS.items():
+            w = weights_of(amap, thr, gt)
+            embeddings[name].append(region_embedding(features, w, shorter_side=side, nearest_good=nearest_good,
+                                                     colour=region_colour(image, w)))
+            if name == "largest":
+                on = w > 0
+                hit.append(bool((on & gt).any()))
+                precision.append(float((on & gt).sum() / max(1, on.sum())))
+    names = sorted(set(types))
+    rows: dict[str, Any] = {}
+    for name, vectors in embeddings.items():
+        per_draw = []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            labelled: set[int] = set()
+            for t in names:
+                members = [i for i, x in enumerate(types) if x == t]
+                take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
+                labelled.update(members[int(j)] for j in take)
+            classifier = DefectTypeClassifier(config=DefectTypeConfig())
+            classifier.add_many([vectors[i] for i in sorted(labelled)], [types[i] for i in sorted(labelled)])
+            test = [i for i in range(len(vectors)) if i not in labelled]
+            predicted = classifier.predict_many(np.stack([vectors[i] for i in test]))
+            per_draw.append(float(np.mean([p.defect_class == types[i] for p, i in zip(predicted, test, strict=True)])))
+        rows[name] = {"accuracy": float(np.mean(per_draw)), "per_draw": per_draw}
+    return {
+        "category": category, "defect_images": len(types), "pixel_threshold": thr,
+        "largest_hits_defect": float(np.mean(hit)), "largest_precision": float(np.mean(precision)),
+        "hit_per_type": {t: float(np.mean([h for h, x in zip(hit, types, strict=True) if x == t])) for t in names},
+        "variants": rows,
+    }
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = (int(x) for x in text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="folder of MVTec-AD-layout categories")
+    p.add_argument("--cache", type=Path, required=True, help="the --cache of `inspector evaluate --types`")
+    p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated names")
+    p.add_argument("--seeds", default="0-4", help="draws, e.g. 0-4 or 100-119")
+    p.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = p.parse_args(argv)
+    seeds = _seeds(args.seeds)
+    start = time.perf_counter()
+    results = []
+    for category in args.categories.split(","):
+        result = category_run(args.data, args.cache, category, seeds)
+        results.append(result)
+        cells = "  ".join(f"{n} {r['accuracy']:.3f}" for n, r in result["variants"].items())
+        print(f"{category}: largest region touches the defect in {result['largest_hits_defect']:.0%}; {cells}",
+              flush=True)
+    means = {name: float(np.mean([r["variants"][name]["accuracy"] for r in results])) for name in VARIANTS}
+    print("mean: " + "  ".join(f"{n} {v:.3f}" for n, v in means.items()))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": "python -m benchmarks.type_regions " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig() defaults",
+            "wall_s": time.perf_counter() - start, "categories": results, "mean": means,
+        }, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""``benchmarks/type_regions.py``: its "largest" row is the product's typing accuracy, its oracle sits on the mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import type_regions
+from models.type_evaluation import evaluate_defect_types
+from tests.helpers.images import write_two_type_category
+from tests.models.test_type_evaluation import _make_detector
+
+
+def test_the_largest_region_row_reproduces_evaluate_and_the_oracle_uses_the_mask(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_two_type_category(data / "widget")
+    cache = tmp_path / "cache"
+    product = evaluate_defect_types(_make_detector, data / "widget", n_labelled=2, shots=None, repeats=3,
+                                    cache_dir=cache)
+    result = type_regions.category_run(data, cache, "widget", [0, 1, 2], n_labelled=2)
+    assert result["defect_images"] == 8
+    assert result["variants"]["largest"]["per_draw"] == list(product.accuracy_per_draw)
+    assert set(result["variants"]) == set(type_regions.VARIANTS)
+    assert 0.0 <= result["largest_hits_defect"] <= 1.0
+
+
+def test_region_weights_of_the_variants() -> None:
+    amap = np.zeros((40, 40), np.float32)
+    amap[5:15, 5:15] = 1.0          # the larger region, flat
+    amap[8:12, 8:12] = 3.0          # with a peak
+    amap[30:33, 30:33] = 2.0        # a smaller one
+    mask = np.zeros((40, 40), bool)
+    mask[30:33, 30:33] = True       # the defect is the small one
+    largest = type_regions._largest(amap, 0.5, mask)
+    assert (largest[5:15, 5:15] > 0).all() and largest[30:, 30:].sum() == 0
+    oracle = type_regions._oracle(amap, 0.5, mask)
+    assert (oracle > 0).sum() == 9 and (oracle[mask] > 0).all()
+    core = type_regions._core(0.5)(amap, 0.5, mask)          # level 0.5 + 0.5 * (3 - 0.5) = 1.75
+    assert (core > 0).sum() == 16 and (core[8:12, 8:12] > 0).all()
+    mass = type_regions._mass(amap, 0.5, mask)               # 0.5 * 84 + 2.5 * 16 = 82 > 1.5 * 9
+    assert (mass[5:15, 5:15] > 0).all()
+    high = type_regions._high(0.5)(amap, 0.5, mask)          # threshold 1.75: only the peak is left
+    assert (high > 0).sum() == 16
