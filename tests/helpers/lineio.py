@@ -17,12 +17,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
+def wait_listening(port: int, timeout: float = 10.0, *, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once something accepts connections on ``port``; TimeoutError after ``timeout`` s, or as soon as
+    ``process`` (the server meant to listen) has exited."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if process is not None and process.poll() is not None:
+            msg = f"the server meant to listen on 127.0.0.1:{port} exited with code {process.returncode}"
+            raise TimeoutError(msg)
         time.sleep(0.02)
     msg = f"nothing listens on 127.0.0.1:{port} after {timeout} s"
     raise TimeoutError(msg)
@@ -35,6 +40,11 @@ class Broker:
         self.port = free_port()
         self.folder = folder
         self.config = folder / "mosquitto.conf"
+        self._write_config()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started = False
+
+    def _write_config(self) -> None:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -42,22 +52,45 @@ class Broker:
             # private tmp folder (no log, no persistent sessions): stay the user who started it.
             f"user {getpass.getuser()}\n"
             "persistence true\n"           # QoS 1 sessions of subscribers survive a restart
-            f"persistence_location {folder}/\n"
+            f"persistence_location {self.folder}/\n"
             "autosave_interval 1\n"
-            f"log_dest file {folder}/mosquitto.log\n"
+            f"log_dest file {self.folder}/mosquitto.log\n"
         )
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start mosquitto and wait until it listens (generous: a loaded CI machine starts it slowly).
+
+        On the first start only, a broker that exits at once (another program took the free port in the
+        meantime) is started again on a new port; a restart keeps its port, which clients reconnect to.
+        """
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self._proc = subprocess.Popen([mosquitto, "-c", str(self.config)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening(self.port)
+        for attempt in range(1 if self._started else 3):
+            self._proc = subprocess.Popen([mosquitto, "-c", str(self.config)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_listening(self.port, timeout=30.0, process=self._proc)
+            except TimeoutError as exc:
+                exited = self._proc.poll() is not None
+                self.stop()                      # never leave the process behind for a later test
+                if exited and not self._started and attempt < 2:
+                    self.port = free_port()
+                    self._write_config()
+                    continue
+                log = self.folder / "mosquitto.log"
+                tail = log.read_text(errors="replace")[-500:] if log.is_file() else "(no log)"
+                msg = f"{exc}; mosquitto's log ends: {tail}"
+                raise TimeoutError(msg) from exc
+            self._started = True
+            return
 
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
-            self._proc.wait(timeout=10)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
             self._proc = None
 
 

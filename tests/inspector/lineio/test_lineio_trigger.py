@@ -147,7 +147,10 @@ def test_a_deadline_miss_is_answered_error_at_the_deadline(
     assert 0.14 <= waited < 2.0, waited           # at the deadline, not when the 3 s result comes
     assert line.recorded[0].verdict is Verdict.ERROR and "deadline" in (line.recorded[0].error or "")
     stats = line.runner.stats()
-    assert stats.deadline_misses == 1 and stats.late_answers == 0
+    assert stats.deadline_misses == 1
+    # The ERROR is written a reserve (5 ms here) before the deadline: on time on a quiet machine. Where
+    # recording it took longer (a loaded CI machine), the counter must say so, and nothing else.
+    assert stats.late_answers == int(stats.max_answer_ms > 150.0), stats
 
 
 def test_changeover_by_hr7_while_running(make_line: Callable[..., Line], stub_inspector: type) -> None:
