@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.type_variants import _seeds  # noqa: E402
 from models.defect_types import (  # noqa: E402
     DefectTypeClassifier,
     DefectTypeConfig,
@@ -48,7 +49,7 @@ from models.defect_types import (  # noqa: E402
 )
 from models.evaluation import TestItem, load_category, load_image_rgb  # noqa: E402
 from models.regions import find_regions  # noqa: E402
-from models.type_evaluation import _at_most, largest_region_box  # noqa: E402
+from models.type_evaluation import _at_most, largest_region_weights  # noqa: E402
 
 CATEGORIES = {"mvtec_transistor": None, "visa_fryum": None, "mtd_magnetic_tile": 12}   # name -> max per type
 N_LABELLED = 5
@@ -57,8 +58,7 @@ Weights = Callable[[np.ndarray, float, np.ndarray], np.ndarray]
 
 
 def _largest(amap: np.ndarray, thr: float, _gt: np.ndarray) -> np.ndarray:
-    box, t, _ = largest_region_box(amap, thr)
-    return region_weights(amap, box=box, pixel_threshold=t)
+    return largest_region_weights(amap, thr)[0]
 
 
 def _oracle(amap: np.ndarray, _thr: float, gt: np.ndarray) -> np.ndarray:
@@ -72,8 +72,8 @@ def _oracle(amap: np.ndarray, _thr: float, gt: np.ndarray) -> np.ndarray:
 
 def _core(share: float) -> Weights:
     def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
-        box, t, _ = largest_region_box(amap, thr)          # t: below thr where no pixel reached it
-        inside = region_weights(amap, box=box, pixel_threshold=t) > 0
+        weights, t, _ = largest_region_weights(amap, thr)   # t: below thr where no pixel reached it
+        inside = weights > 0
         level = t + share * (float(amap[inside].max()) - t)
         keep = inside & (amap >= level)
         return np.where(keep, amap - level + 1e-6, 0.0).astype(np.float32)
@@ -81,8 +81,8 @@ def _core(share: float) -> Weights:
 
 
 def _excess(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
-    box, t, _ = largest_region_box(amap, thr)
-    inside = region_weights(amap, box=box, pixel_threshold=t) > 0
+    weights, t, _ = largest_region_weights(amap, thr)
+    inside = weights > 0
     return np.where(inside, np.maximum(amap - t, 0.0) + 1e-6, 0.0).astype(np.float32)
 
 
@@ -182,13 +182,6 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
         "hit_per_type": {t: float(np.mean([h for h, x in zip(hit, types, strict=True) if x == t])) for t in names},
         "variants": rows,
     }
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(x) for x in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(x) for x in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from models.defect_types import (
 from models.evaluation import ProgressFn, TestItem, load_category, load_image_rgb, select_shots
 from models.regions import find_regions
 
-__all__ = ["TypeEvalReport", "evaluate_defect_types", "largest_region_box"]
+__all__ = ["TypeEvalReport", "evaluate_defect_types", "largest_region_box", "largest_region_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,16 @@ def largest_region_box(
         regions = find_regions(anomaly_map, pixel_threshold=threshold)
     best = max(regions, key=lambda r: r.area_px)
     return (best.x, best.y, best.width, best.height), threshold, fallback
+
+
+def largest_region_weights(anomaly_map: np.ndarray, pixel_threshold: float) -> tuple[np.ndarray, float, bool]:
+    """The typed region's per-pixel weights (``region_weights`` of `largest_region_box`'s box).
+
+    Returns:
+        ((H, W) float32 weights, the threshold used, whether the fallback was needed).
+    """
+    box, threshold, fallback = largest_region_box(anomaly_map, pixel_threshold)
+    return region_weights(anomaly_map, box=box, pixel_threshold=threshold), threshold, fallback
 
 
 @dataclass(frozen=True)
@@ -296,8 +306,7 @@ def _extract(
             if cached is not None:
                 np.savez(cached, features=features.astype(np.float16), anomaly_map=amap.astype(np.float16))
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
-        box, threshold, fallback = largest_region_box(amap, pixel_threshold)
-        weights = region_weights(amap, box=box, pixel_threshold=threshold)
+        weights, _, fallback = largest_region_weights(amap, pixel_threshold)
         stats = None
         if colour:
             image = image if image is not None else load_image_rgb(item.path)
