@@ -249,6 +249,7 @@ class PatchKNN(nn.Module):
         owner_parts: list[torch.Tensor] = []
         pos_parts: list[torch.Tensor] = []
         loo_items: list[tuple[int, torch.Tensor, FrameGeometry]] = []
+        turned: list[tuple[float, torch.Tensor]] = []    # one frame: its rotated views, for its calibration
         ref_masks: list[torch.Tensor] = []
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
@@ -263,6 +264,8 @@ class PatchKNN(nn.Module):
                     ref_masks.append(self._masks(raw[None])[0])
                 if owner in loo_ids or total == 1:
                     loo_items.append((owner, raw.to(self.memory_bank.dtype), geo))
+            elif total == 1:
+                turned.append((angle, emb))
 
         if tiled:
             parts = self._tiles.extract(images, angles, dtype=self.memory_bank.dtype, device=self.device,
@@ -292,7 +295,7 @@ class PatchKNN(nn.Module):
             _, raw, geo = loo_items[0]
             keep = self._masks(raw[None])[0] if self.masking_active else None
             self.train_scores, self.train_maps = region_leave_out_scores(
-                self._embed(raw), geo, image_score=self._image_scores, keep=keep, sigma=cfg.blur_sigma)
+                self._embed(raw), geo, image_score=self._image_scores, turned=turned, keep=keep, sigma=cfg.blur_sigma)
         else:
             self._aligned.decide_from_loo([(owner, raw[None]) for owner, raw, _ in loo_items], self._patch_scores)
             self._score_leave_one_out(loo_items)
@@ -445,11 +448,8 @@ class PatchKNN(nn.Module):
                 and self.search_radius is None and not self.tiling_active)
 
     def _score_frames(self, frames: torch.Tensor, geo: FrameGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size).
-
-        Without masking and a search radius this runs without a host synchronisation, so a CUDA
-        graph can capture it (``uses_cuda_graphs``).
-        """
+        """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size);
+        with no masking and no search radius, no host synchronisation: a CUDA graph can capture it."""
         image_scores, full, _ = self._score_frames_and_features(frames, geo)
         return image_scores, full
 
