@@ -109,8 +109,9 @@ class TeachReport:
 
         if len(self.good_scores) and self.n_good == 1:
             lines.append("on the line: not known how many good parts will go to REVIEW or FAIL: taught from one "
-                         "image, the thresholds come from that image's own patches (each against the others, "
-                         "its neighbourhood left out), not from other good parts; teach from more to know")
+                         "image, the thresholds come from that image's own patches (each against the others and "
+                         "the image turned, its neighbourhood left out), not from other good parts; on a repeating "
+                         "texture they sit far below other good parts (most are flagged); teach from more to know")
         elif len(self.good_scores):
             lines.extend([
                 "on the line: " + good_flag_outlook(self.good_scores, t.review).sentence("go to REVIEW or FAIL"),
