@@ -558,7 +558,8 @@ def teach_and_check(
         Progress ticks (reading, teaching's own ticks, loading, checking): each a place to cancel.
 
     Returns:
-        The `TeachOutcome`; ``good_scores`` holds teaching's leave-one-out scores then the held-out ones.
+        The `TeachOutcome`; ``good_scores`` holds teaching's leave-one-out scores then the held-out ones
+        (the held-out ones alone when one image was taught: its scores are of its own regions).
     """
     images = list(captured)
     for index, file in enumerate(good_files, 1):
@@ -586,8 +587,10 @@ def teach_and_check(
         checked_bad.append(station.inspect_image(engine.load_image(file), path=str(file)))
         yield Progress(done=len(good_todo) + len(checked_bad), total=total, message="checking known-bad images")
     held_scores = [r.score for r in checked_good if r.score is not None]
+    # taught from one image, its scores are of that image's regions, not of good parts: the good set is the held-out
+    taught = np.asarray(report.good_scores if len(train) > 1 else [], np.float32)
     return TeachOutcome(
         recipe=recipe, report=report, held_out=tuple(checked_good), known_bad=tuple(checked_bad),
-        good_scores=np.concatenate([np.asarray(report.good_scores, np.float32), np.asarray(held_scores, np.float32)]),
+        good_scores=np.concatenate([taught, np.asarray(held_scores, np.float32)]),
         bad_scores=np.asarray(report.defect_scores, np.float32),
     )

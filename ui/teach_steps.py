@@ -221,7 +221,7 @@ class ImagesPage(QWizardPage):
         self.source_edit = QLineEdit()
         self.source_edit.setPlaceholderText('camera "0", rtsp://…, video or folder')
         self.capture_count = QSpinBox()
-        self.capture_count.setRange(2, 500)
+        self.capture_count.setRange(1, 500)
         self.capture_count.setValue(20)
         self.capture_button = QPushButton("Capture")
         self.capture_button.clicked.connect(self._on_capture)
@@ -318,8 +318,8 @@ class ImagesPage(QWizardPage):
                     self.summary.setText(f"{folder}: not a folder; pick the folder holding the good images.")
                     return False
                 files = engine.image_files(folder)
-                if len(files) < 2:
-                    self.summary.setText(f"{folder}: {len(files)} image(s) found; teaching needs at least 2.")
+                if not files:
+                    self.summary.setText(f"{folder}: no image found; teaching needs at least one good image.")
                     return False
                 self.w.good_files, self.w.captured = files, []
                 first = engine.load_image(files[0])
@@ -341,7 +341,8 @@ class ImagesPage(QWizardPage):
         self.w.bad_folder = Path(bad_text) if bad_text else None
         self.w.bad_files = bad_files
         total = len(self.w.good_files) or len(self.w.captured)
-        self.w.holdout = min(self.holdout.value(), max(total - 2, 0))
+        # at least one image is taught: a recipe taught from one image calibrates on that image's own regions
+        self.w.holdout = min(self.holdout.value(), max(total - 1, 0))
         self.w.first_frame = first
         return True
 

@@ -233,10 +233,12 @@ class CheckPage(QWizardPage):
         self._scale = 1.0
 
         sides = QHBoxLayout()
+        self.side_titles: list[QLabel] = []          # shown only over images: a check may have none of a kind
         for title, grid in (("Held-out good", self.good_grid), ("Known-bad", self.bad_grid)):
             box = QVBoxLayout()
             label = QLabel(title)
             label.setStyleSheet("font-weight: bold;")
+            self.side_titles.append(label)
             box.addWidget(label)
             box.addLayout(grid, 1)
             sides.addLayout(box, 1)
@@ -266,6 +268,8 @@ class CheckPage(QWizardPage):
         self.tiles = []
         pixel = float(report.thresholds.pixel)
         heat = (0.5 * pixel, 1.5 * pixel) if pixel > 0 else (0.0, 1.0)
+        for title, results in zip(self.side_titles, (outcome.held_out, outcome.known_bad), strict=True):
+            title.setVisible(bool(results))
         for grid, results in ((self.good_grid, outcome.held_out), (self.bad_grid, outcome.known_bad)):
             for index, result in enumerate(results[:MAX_CHECK_IMAGES]):
                 tile = CheckTile(result, heat)

@@ -202,6 +202,51 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
     saved.accept()
 
 
+def test_all_but_one_good_image_can_be_held_out(qtbot, teach_setup) -> None:
+    """One image is enough to teach (models.detectors.one_shot): the rest can all check it."""
+    s = teach_setup
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    wizard.next()
+    wizard.images_page.good_edit.setText(str(s.good))            # 8 good images
+    wizard.images_page.holdout.setValue(20)                       # more than there are: all but one
+    wizard.next()
+    wizard.next()
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+    assert len(wizard.outcome.held_out) == 7
+    # the good set: the seven held out; the one taught image's scores are of its own regions (fake_teach: one)
+    held = [r.score for r in wizard.outcome.held_out]
+    np.testing.assert_array_equal(wizard.outcome.good_scores, np.asarray(held, np.float32))
+    wizard.next()
+    assert wizard.check_page.count("good", Verdict.PASS) + wizard.check_page.count("good", Verdict.REVIEW) \
+        + wizard.check_page.count("good", Verdict.FAIL) == 7
+    good_title, bad_title = wizard.check_page.side_titles
+    assert not good_title.isHidden() and bad_title.isHidden(), "no known-bad images: no 'Known-bad' column title"
+
+
+def test_a_folder_of_one_good_image_is_taught_and_an_empty_one_is_refused(qtbot, teach_setup, tmp_path: Path) -> None:
+    s = teach_setup
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "000.png").write_bytes((s.good / "000.png").read_bytes())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    wizard.next()
+    wizard.images_page.good_edit.setText(str(empty))
+    wizard.next()
+    assert wizard.currentPage() is wizard.images_page
+    assert "no image found" in wizard.images_page.summary.text()
+    wizard.images_page.good_edit.setText(str(one))
+    wizard.next()                                                 # holdout 3 asked: none left to hold out
+    wizard.next()
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+    assert len(wizard.outcome.held_out) == 0 and len(wizard.outcome.good_scores) == 0
+
+
 def test_capture_good_frames_from_the_live_source(qtbot, teach_setup) -> None:
     from inspector.capture import ArraySource
 
