@@ -245,6 +245,11 @@ def test_a_folder_of_one_good_image_is_taught_and_an_empty_one_is_refused(qtbot,
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
     assert len(wizard.outcome.held_out) == 0 and len(wizard.outcome.good_scores) == 0
+    wizard.next()                                                 # the check page with nothing to check
+    assert wizard.currentPage() is wizard.check_page and not wizard.check_page.tiles
+    assert all(wizard.check_page.count(row, v) == 0 for row in ("good", "bad")
+               for v in (Verdict.PASS, Verdict.REVIEW, Verdict.FAIL))
+    assert all(title.isHidden() for title in wizard.check_page.side_titles)
 
 
 def test_capture_good_frames_from_the_live_source(qtbot, teach_setup) -> None:
