@@ -98,13 +98,12 @@ def region_leave_out_scores(
         stop = min(start + QUERY_CHUNK, h * w)
         for bank, where, in_frame in views:
             dist = 1.0 - flat[start:stop] @ bank.T                 # cosine distance, as the kNN's
+            if in_frame is not None:
+                dist = dist.masked_fill(~in_frame[None], float("inf"))
             apart = (centres[start:stop, None] - where[None]).abs().amax(dim=-1)
             for r in radii:
                 # + 0.5: a turn by other than a right angle puts centres between the frame's patch centres
-                left_out = apart <= r + 0.5
-                if in_frame is not None:
-                    left_out |= ~in_frame[None]
-                found = dist.masked_fill(left_out, float("inf")).min(dim=1).values
+                found = dist.masked_fill(apart <= r + 0.5, float("inf")).min(dim=1).values
                 nearest[r][start:stop] = torch.minimum(nearest[r][start:stop], found)
     scores: list[float] = []
     maps: list[np.ndarray] = []
