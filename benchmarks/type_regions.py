@@ -3,7 +3,8 @@
 Reads the features and anomaly maps that ``inspector evaluate DATA/CAT --types 5 --cache CACHE`` keeps
 (one folder per category: ``meta.json``, ``bank.npy`` and one ``.npz`` per defect image), builds the
 product's region embedding (``models.defect_types.region_embedding`` with the residual to the good bank
-and the colour statistics, as `DefectTypeConfig` defaults) over several choices of region, and scores
+and the colour statistics; without the crop part, ``crop_side=0``: this diagnosis was made before the
+crop pass joined the product) over several choices of region, and scores
 each with the product's draw (5 labelled images per type, top-1, "unknown" counted wrong):
 
 - ``largest``: the product's region (``largest_region_box`` at the calibrated pixel threshold);
@@ -53,6 +54,7 @@ from models.type_evaluation import _at_most, largest_region_weights  # noqa: E40
 
 CATEGORIES = {"mvtec_transistor": None, "visa_fryum": None, "mtd_magnetic_tile": 12}   # name -> max per type
 N_LABELLED = 5
+FRAME_ONLY = DefectTypeConfig(crop_side=0)   # the descriptor this diagnosis measured: no crop part
 
 Weights = Callable[[np.ndarray, float, np.ndarray], np.ndarray]
 
@@ -170,7 +172,7 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
                 members = [i for i, x in enumerate(types) if x == t]
                 take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
                 labelled.update(members[int(j)] for j in take)
-            classifier = DefectTypeClassifier(config=DefectTypeConfig())
+            classifier = DefectTypeClassifier(config=FRAME_ONLY)
             classifier.add_many([vectors[i] for i in sorted(labelled)], [types[i] for i in sorted(labelled)])
             test = [i for i in range(len(vectors)) if i not in labelled]
             predicted = classifier.predict_many(np.stack([vectors[i] for i in test]))
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "command": "python -m benchmarks.type_regions " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig() defaults",
+            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig(crop_side=0)",
             "wall_s": time.perf_counter() - start, "categories": results, "mean": means,
         }, indent=2), encoding="utf-8")
     return 0

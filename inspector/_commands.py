@@ -368,7 +368,7 @@ def _evaluate_types(args: argparse.Namespace) -> int:
     """``inspector evaluate --types N``: few-shot defect typing accuracy (models.type_evaluation)."""
     from inspector.recipe import DefectTypingSettings, DetectorSettings
     from models.backbone import create_backbone
-    from models.defect_types import DefectTypeConfig
+    from models.defect_types import MAX_CROP_SIDE, MIN_CROP_SIDE, DefectTypeConfig
     from models.detectors import PatchKNNConfig, create_detector
     from models.type_evaluation import evaluate_defect_types
     from models.weights import resolve_weights
@@ -388,10 +388,14 @@ def _evaluate_types(args: argparse.Namespace) -> int:
     if not (math.isfinite(colour) and colour >= 0):
         msg = f"--type-colour-weight must be a finite number >= 0 (0 = features only), got {colour}"
         raise InspectorError(msg)
+    side = DefectTypingSettings().crop_side if args.type_crop_side is None else args.type_crop_side
+    if side != 0 and not MIN_CROP_SIDE <= side <= MAX_CROP_SIDE:
+        msg = f"--type-crop-side must be 0 (off) or from {MIN_CROP_SIDE} to {MAX_CROP_SIDE} pixels, got {side}"
+        raise InspectorError(msg)
     start = time.perf_counter()
     report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
                                    shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
-                                   config=DefectTypeConfig(colour_weight=colour),
+                                   config=DefectTypeConfig(colour_weight=colour, crop_side=side),
                                    cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
                                    progress=_tqdm_progress("typing"))
     data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),

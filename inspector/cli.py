@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type-colour-weight", type=float, default=None, metavar="W",
                    help="with --types: weight of the regions' colour statistics (a recipe's "
                         "defect_typing.colour_weight; 0 = features only; default: the recipe default)")
+    p.add_argument("--type-crop-side", type=int, default=None, metavar="PX",
+                   help="with --types: each region's crop re-embedded at PX pixels (a recipe's "
+                        "defect_typing.crop_side; 0 = off; default: the recipe default)")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="with --types: keep per-image features here so that reruns skip the backbone")
     _add_device(p)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -48,7 +48,8 @@ def typer_config(recipe: Recipe) -> DefectTypeConfig:
     from models.defect_types import DefectTypeConfig
 
     settings = recipe.defect_typing
-    return DefectTypeConfig(k=settings.k, reject_factor=settings.unknown_factor, colour_weight=settings.colour_weight)
+    return DefectTypeConfig(k=settings.k, reject_factor=settings.unknown_factor, colour_weight=settings.colour_weight,
+                            crop_side=settings.crop_side)
 
 
 class DefectTyper:
@@ -202,6 +203,7 @@ def type_regions(
     shorter_side: int,
     memory_bank: Any = None,
     crop_rgb: np.ndarray | None = None,
+    embed_crops: Callable[[Sequence[np.ndarray], int], np.ndarray] | None = None,
 ) -> tuple[DefectRegion, ...]:
     """The regions with their embedding and, when a typer is given, their predicted type.
 
@@ -219,13 +221,23 @@ def type_regions(
         crop_rgb: (H, W, 3) uint8 RGB pixels of the ROI crop (the map's size); when the typer's
             descriptor takes colour (``DefectTypeConfig.colour_weight``), each region's colour
             statistics against its surroundings are appended from them.
+        embed_crops: the detector's backbone (``models.defect_types.crop_embedder``); when the typer's
+            descriptor takes the region's crop (``DefectTypeConfig.crop_side``), every region's crop of
+            ``crop_rgb`` is re-embedded, all in one batch. Without it, or without ``crop_rgb``, the
+            embeddings have no crop part (and labels made with one are not used for them).
 
     Raises:
         ValueError: the typer takes colour and ``crop_rgb`` is missing or not the map's size.
     """
     import dataclasses
 
-    from models.defect_types import nearest_good_patches, region_colour, region_embedding, region_weights
+    from models.defect_types import (
+        nearest_good_patches,
+        region_colour,
+        region_crop_descriptor,
+        region_embedding,
+        region_weights,
+    )
 
     if not found:
         return ()
@@ -237,13 +249,17 @@ def type_regions(
         got = "none" if crop_rgb is None else f"shape {crop_rgb.shape}"
         msg = f"defect typing with colour needs the ROI's pixels at the map's size {crop_map.shape}, got {got}"
         raise ValueError(msg)
+    boxes = [(r.x - x0, r.y - y0, r.width, r.height) for r in found]
+    weights = [region_weights(crop_map, box=box, pixel_threshold=pixel_threshold) for box in boxes]
+    crops: list[np.ndarray | None] = [None] * len(found)
+    side = typer.config.crop_side if typer is not None else 0
+    if side and embed_crops is not None and crop_rgb is not None and crop_rgb.shape[:2] == crop_map.shape:
+        crops = list(region_crop_descriptor(crop_rgb, list(zip(boxes, weights, strict=True)), embed_crops, side=side))
     embeddings = []
-    for r in found:
-        weights = region_weights(crop_map, box=(r.x - x0, r.y - y0, r.width, r.height),
-                                 pixel_threshold=pixel_threshold)
-        stats = region_colour(crop_rgb, weights) if colour and crop_rgb is not None else None
-        embeddings.append(region_embedding(patch_features, weights, shorter_side=shorter_side,
-                                           nearest_good=nearest_good, colour=stats))
+    for w, crop in zip(weights, crops, strict=True):
+        stats = region_colour(crop_rgb, w) if colour and crop_rgb is not None else None
+        embeddings.append(region_embedding(patch_features, w, shorter_side=shorter_side,
+                                           nearest_good=nearest_good, colour=stats, crop=crop))
     predictions: Sequence[TypePrediction | None] = [None] * len(found)
     if typer is not None:
         typed = typer.predict(embeddings)

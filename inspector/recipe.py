@@ -187,6 +187,9 @@ class DefectTypingSettings:
     # weight of the region's colour statistics against its surroundings beside its features
     # (DefectTypeConfig.colour_weight; 0 = features only, e.g. when the light's colour drifts)
     colour_weight: float = 0.2
+    # each flagged region's crop of the frame re-embedded at this side (px) by the same backbone, joined to
+    # its features (DefectTypeConfig.crop_side; 0 = off: no second backbone pass on REVIEW/FAIL frames)
+    crop_side: int = 224
 
 
 @dataclass(frozen=True, kw_only=True)

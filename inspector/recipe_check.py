@@ -38,6 +38,7 @@ from inspector import paths
 from inspector.capture import CameraSpec, SourceSpec
 from inspector.errors import RecipeError
 from models.calibration import MAX_SCORE
+from models.defect_types import MAX_CROP_SIDE, MIN_CROP_SIDE
 
 if TYPE_CHECKING:
     from inspector.recipe import DetectorSettings, Recipe, Roi
@@ -386,6 +387,10 @@ class RecipeChecker:
         if not (math.isfinite(colour) and colour >= 0):
             self.fail("defect_typing.colour_weight", f"must be a finite number >= 0 (0.2 = the default; 0 = the "
                                                      f"region's features only), got {colour!r}")
+        side = r.defect_typing.crop_side
+        if side != 0 and not MIN_CROP_SIDE <= side <= MAX_CROP_SIDE:
+            self.fail("defect_typing.crop_side", f"must be 0 (off) or a whole number of pixels from {MIN_CROP_SIDE} "
+                                                 f"to {MAX_CROP_SIDE} (224 = the default), got {side!r}")
         if r.archive.save_pass_every < 0:
             self.fail("archive.save_pass_every", f"must be >= 0 (0 = keep no PASS images), got "
                                                  f"{r.archive.save_pass_every}")

@@ -363,11 +363,13 @@ class Station:
             regions = self._regions(crop_map, pixel, x0, y0)
             if regions and features is not None:
                 from inspector.defect_typing import type_regions
+                from models.defect_types import crop_embedder
 
                 regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
                                        pixel_threshold=pixel, offset=(x0, y0),
                                        shorter_side=self._model_side(crop_map.shape),
-                                       memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb)
+                                       memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
+                                       embed_crops=crop_embedder(self.detector))
         anomaly_map = crop_map
         if crop_map.shape != image_bgr.shape[:2]:
             anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)

@@ -15,7 +15,10 @@ type, the largest, times ``reject_factor``) is ``UNKNOWN``: a new kind of defect
 With ``colour_weight`` (the default), the region's colour and shape statistics against a ring around it
 (``region_colour``: what a burn or a colour spot is, which block-8 features see only faintly) ride along
 at the end of the embedding; the classifier z-scores them on the labelled examples and joins them with
-that weight.
+that weight. With ``crop_side`` (the default, 224 px), the region's square crop of the frame is passed
+through the same backbone once more (``crop_embedder``, ``region_crop_descriptor``): a defect that
+covers 1-3 patches at the frame's resolution covers 4-12 across its crop, so the crop's two poolings
+inside the region see its shape; they join the feature part (each half L2-normalised, then the whole).
 
 Example:
     >>> detection = detector.predict(frame_rgb, with_features=True)
@@ -45,10 +48,12 @@ __all__ = [
     "DefectTypeClassifier",
     "DefectTypeConfig",
     "TypePrediction",
+    "crop_embedder",
     "crop_weights",
     "nearest_good_patches",
     "region_colour",
     "region_crop_box",
+    "region_crop_descriptor",
     "region_embedding",
     "region_weights",
 ]
@@ -56,6 +61,8 @@ __all__ = [
 UNKNOWN: Final = "unknown"  # the predicted type of a region far from every labelled example
 COLOUR_DIMS: Final = 10      # length of ``region_colour``: the tail of an embedding made with ``colour``
 COLOUR_MIN_EXAMPLES: Final = 4  # ours: fewer labelled examples give no spread to z-score the colour part on
+MIN_CROP_SIDE: Final = 56      # a crop of 4 x 4 patches; smaller sees less than the frame did
+MAX_CROP_SIDE: Final = 896     # ours: a typo guard (one crop at 896 px costs about four 448-px frame passes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +93,13 @@ class DefectTypeConfig:
     # (selection draws 100-119: +0.014 mean; report draws 0-4: +0.027; benchmarks/README.md, typing
     # second pass); magnetic tile (grey) was measured after the choice, in the product
     colour_weight: float = 0.2
+    # ours: the region's crop (``region_crop_box``) re-embedded at this side, its patches inside the region
+    # pooled and joined to the feature part; 0 = off (no second backbone pass). 224 with block 8, the
+    # detector's block, was best of blocks 8/10/12 and 8+12 (transistor); on all three dev categories,
+    # 5 labels per type, beside the colour part: +0.021 mean top-1 on selection draws 100-119, +0.014 on
+    # report draws 0-4, no category lower (benchmarks/README.md, typing fifth pass). Costs one backbone
+    # pass at this side per REVIEW/FAIL frame (all its regions in one batch).
+    crop_side: int = 224
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -96,6 +110,11 @@ class DefectTypeConfig:
             if not (math.isfinite(value) and value > 0):
                 msg = f"DefectTypeConfig.{name} must be a finite number > 0, got {value!r}"
                 raise ValueError(msg)
+        if not isinstance(self.crop_side, int) or isinstance(self.crop_side, bool) or not (
+                self.crop_side == 0 or MIN_CROP_SIDE <= self.crop_side <= MAX_CROP_SIDE):
+            msg = (f"DefectTypeConfig.crop_side must be 0 (off) or a whole number of pixels from {MIN_CROP_SIDE} "
+                   f"to {MAX_CROP_SIDE}, got {self.crop_side!r}")
+            raise ValueError(msg)
         if not (math.isfinite(self.colour_weight) and self.colour_weight >= 0):
             msg = f"DefectTypeConfig.colour_weight must be a finite number >= 0, got {self.colour_weight!r}"
             raise ValueError(msg)
@@ -155,6 +174,7 @@ def region_embedding(
     patch_size: int = 14,
     nearest_good: Callable[[np.ndarray], np.ndarray] | None = None,
     colour: np.ndarray | None = None,
+    crop: np.ndarray | None = None,
 ) -> np.ndarray:
     """The region's embedding: its patches' weighted mean and maximum, each L2-normalised, joined.
 
@@ -169,9 +189,12 @@ def region_embedding(
             nearest good patch (what differs, not what the part looks like there) are joined too.
         colour: the region's ``region_colour`` (``COLOUR_DIMS``,), appended as it is after the unit
             feature part (the classifier scales it; ``DefectTypeConfig.colour_weight``).
+        crop: the region's ``region_crop_descriptor`` (2 D,) unit vector, joined to the frame's part
+            (each unit, then the whole L2-normalised) before ``colour``.
 
     Returns:
-        (2 D,) float32 unit vector, (4 D,) with ``nearest_good``; ``COLOUR_DIMS`` more with ``colour``.
+        (2 D,) float32 unit vector, (4 D,) with ``nearest_good``; 2 D more with ``crop``; ``COLOUR_DIMS``
+        more with ``colour`` (after the unit feature part).
     """
     h, w, _ = patch_features.shape
     grid = frame_to_grid(weights, (h, w), shorter_side=shorter_side, patch_size=patch_size)
@@ -191,6 +214,13 @@ def region_embedding(
         residual = patches - np.asarray(nearest_good(patches), dtype=np.float32)
         parts += [_unit_or_zero(share @ residual), _unit_or_zero(residual.max(axis=0))]
     features = _unit(np.concatenate(parts))
+    if crop is not None:
+        extra = np.asarray(crop, dtype=np.float32).reshape(-1)
+        if extra.shape != (2 * patches.shape[1],):
+            msg = (f"a region's crop descriptor must have {2 * patches.shape[1]} numbers (two poolings of "
+                   f"{patches.shape[1]}-long features), got {extra.shape[0]}")
+            raise ValueError(msg)
+        features = _unit(np.concatenate([features, _unit(extra)]))
     if colour is None:
         return features
     tail = np.asarray(colour, dtype=np.float32).reshape(-1)
@@ -249,6 +279,69 @@ def crop_weights(weights: np.ndarray, window: tuple[int, int, int], grid: tuple[
         ys, xs = np.nonzero(crop)
         cy, cx = (float(ys.mean()), float(xs.mean())) if ys.size else (side / 2, side / 2)
         out[min(grid[0] - 1, int(cy / side * grid[0])), min(grid[1] - 1, int(cx / side * grid[1]))] = 1.0
+    return out
+
+
+def crop_embedder(detector: Any) -> Callable[[Sequence[np.ndarray], int], np.ndarray] | None:
+    """The detector's backbone as a crop embedding function, for ``region_crop_descriptor``.
+
+    Args:
+        detector: a ``PatchKNN`` (anything with ``core.extract``, ``backbone.patch_size`` and ``device``).
+
+    Returns:
+        ``embed(crops, side)``: square (s, s, 3) uint8 RGB crops (sides may differ) -> (n, h, w, D) float32
+        L2-normalised patch features, every crop resized to ``side`` and run in one batch under the
+        detector's precision; None when the detector has no torch backbone (an exported model).
+    """
+    core, backbone = getattr(detector, "core", None), getattr(detector, "backbone", None)
+    if core is None or not hasattr(core, "extract") or backbone is None:
+        return None
+
+    def embed(crops: Sequence[np.ndarray], side: int) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        from models.preprocess import to_model_input
+
+        with torch.inference_mode():
+            x = torch.cat([to_model_input(np.ascontiguousarray(c), shorter_side=side,
+                                          patch_size=backbone.patch_size, device=detector.device) for c in crops])
+            out: np.ndarray = F.normalize(core.extract(x).float(), dim=-1).cpu().numpy()
+        return out
+
+    return embed
+
+
+def region_crop_descriptor(
+    frame_rgb: np.ndarray,
+    regions: Sequence[tuple[tuple[int, int, int, int], np.ndarray]],
+    embed: Callable[[Sequence[np.ndarray], int], np.ndarray],
+    *,
+    side: int,
+) -> list[np.ndarray]:
+    """Each region's crop re-embedded: the two poolings of ``region_embedding`` over the crop's patches.
+
+    Args:
+        frame_rgb: (H, W, 3) uint8 RGB pixels the regions' maps were made from.
+        regions: per region, its box (x, y, width, height) in the frame and its (H, W) ``region_weights``.
+        embed: ``crop_embedder``'s function.
+        side: the crop's side fed to the backbone (``DefectTypeConfig.crop_side``).
+
+    Returns:
+        One (2 D,) float32 unit vector per region: the anomaly-weighted mean and the maximum of the
+        crop's patch features inside the region (``crop_weights``), each L2-normalised, joined.
+    """
+    if not regions:
+        return []
+    windows = [region_crop_box(box, frame_rgb.shape[:2]) for box, _ in regions]
+    crops = [frame_rgb[y:y + s, x:x + s] for x, y, s in windows]
+    features = embed(crops, side)
+    out = []
+    for (_, weights), window, feats in zip(regions, windows, features, strict=True):
+        grid = crop_weights(weights, window, feats.shape[:2])
+        inside = grid > 0
+        patches = feats[inside].astype(np.float32, copy=False)
+        out.append(_unit(np.concatenate([_unit(grid[inside] @ patches), _unit(patches.max(axis=0))])))
     return out
 
 

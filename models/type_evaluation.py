@@ -35,8 +35,10 @@ from models.defect_types import (
     UNKNOWN,
     DefectTypeClassifier,
     DefectTypeConfig,
+    crop_embedder,
     nearest_good_patches,
     region_colour,
+    region_crop_descriptor,
     region_embedding,
     region_weights,
 )
@@ -167,7 +169,8 @@ def evaluate_defect_types(
     cfg = config if config is not None else DefectTypeConfig()
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
                                                cache_dir=cache_dir, cache_key=cache_key, progress=progress,
-                                               residual=cfg.residual, colour=cfg.colour_weight > 0)
+                                               residual=cfg.residual, colour=cfg.colour_weight > 0,
+                                               crop_side=cfg.crop_side)
 
     accuracies, balanced, unknowns, novel = [], [], [], []
     hits: dict[str, list[bool]] = {t: [] for t in types}
@@ -239,6 +242,7 @@ def _extract(
     progress: ProgressFn | None,
     residual: bool = False,
     colour: bool = False,
+    crop_side: int = 0,
 ) -> tuple[list[_Item], float, float]:
     """Per defect image: its largest region's embedding (from the cache where present).
 
@@ -247,6 +251,10 @@ def _extract(
 
     With ``residual``, the detector's good bank is needed too (``DefectTypeConfig.residual``); the
     cache keeps it as ``bank.npy`` beside the per-image features.
+
+    With ``crop_side``, the region's crop is re-embedded by the detector's backbone
+    (``region_crop_descriptor``; an unfitted detector is enough when everything else is cached); the
+    cache keeps each crop descriptor as ``NAME.crop{side}.npy``.
     """
     folder: Path | None = None
     if cache_dir is not None:
@@ -289,6 +297,26 @@ def _extract(
                 else fitted().memory_bank)
         nearest_good = nearest_good_patches(bank)
 
+    embed: Callable[[Any, int], np.ndarray] | None = None
+
+    def crop_part(name: str, image: np.ndarray, box: tuple[int, int, int, int], weights: np.ndarray) -> np.ndarray:
+        nonlocal embed, seconds
+        cached = folder / f"{name}.crop{crop_side}.npy" if folder is not None else None
+        if cached is not None and cached.is_file():
+            stored: np.ndarray = np.load(cached, allow_pickle=False).astype(np.float32)
+            return stored
+        if embed is None:
+            embed = crop_embedder(detector if detector is not None else make_detector())
+            if embed is None:
+                msg = "defect typing with a crop needs a detector with a torch backbone (PatchKNN)"
+                raise ValueError(msg)
+        start = time.perf_counter()
+        vector = region_crop_descriptor(image, [(box, weights)], embed, side=crop_side)[0]
+        seconds += time.perf_counter() - start
+        if cached is not None:
+            np.save(cached, vector.astype(np.float16))
+        return vector
+
     items: list[_Item] = []
     for n, item in enumerate(defects):
         cached = folder / f"{item.defect_type}__{item.path.stem}.npz" if folder is not None else None
@@ -306,13 +334,16 @@ def _extract(
             if cached is not None:
                 np.savez(cached, features=features.astype(np.float16), anomaly_map=amap.astype(np.float16))
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
-        weights, _, fallback = largest_region_weights(amap, pixel_threshold)
-        stats = None
-        if colour:
-            image = image if image is not None else load_image_rgb(item.path)
-            stats = region_colour(image, weights)
+        box, threshold, fallback = largest_region_box(amap, pixel_threshold)
+        weights = region_weights(amap, box=box, pixel_threshold=threshold)
+        stats = crop = None
+        if colour or crop_side:
+            pixels = image if image is not None else load_image_rgb(item.path)
+            stats = region_colour(pixels, weights) if colour else None
+            crop = crop_part(f"{item.defect_type}__{item.path.stem}", pixels, box, weights) if crop_side else None
         items.append(_Item(item.defect_type, region_embedding(features, weights, shorter_side=shorter_side,
-                                                              nearest_good=nearest_good, colour=stats), fallback))
+                                                              nearest_good=nearest_good, colour=stats, crop=crop),
+                           fallback))
         if progress is not None:
             progress(n + 1, len(defects), item.defect_type)
     assert pixel_threshold is not None

@@ -17,7 +17,7 @@ def test_the_largest_region_row_reproduces_evaluate_and_the_oracle_uses_the_mask
     write_two_type_category(data / "widget")
     cache = tmp_path / "cache"
     product = evaluate_defect_types(_make_detector, data / "widget", n_labelled=2, shots=None, repeats=3,
-                                    cache_dir=cache)
+                                    cache_dir=cache, config=type_regions.FRAME_ONLY)
     result = type_regions.category_run(data, cache, "widget", [0, 1, 2], n_labelled=2)
     assert result["defect_images"] == 8
     assert result["variants"]["largest"]["per_draw"] == list(product.accuracy_per_draw)

@@ -28,8 +28,9 @@ def test_a_label_given_in_review_types_the_next_defects(taught_recipe: Path, tmp
         assert first.regions, "the drawn defect must give a region"
         region = first.regions[0]
         assert region.embedding is not None and region.embedding.dtype == np.float32
-        # features (mean, max, and both of the residual to the good bank) then the colour statistics
-        assert len(region.embedding) == 4 * 384 + COLOUR_DIMS
+        # features (mean, max, both of the residual to the good bank, mean and max of the region's crop
+        # re-embedded) then the colour statistics
+        assert len(region.embedding) == 6 * 384 + COLOUR_DIMS
         assert np.linalg.norm(region.embedding[:-COLOUR_DIMS]) == pytest.approx(1.0, abs=1e-5)
         assert region.predicted_class is None          # nothing labelled yet: no guess
         store.record(first)
@@ -85,6 +86,33 @@ def test_the_recipe_sets_the_typers_k_and_unknown_factor(taught_recipe: Path, tm
         assert isinstance(station.typer, DefectTyper)
         assert (station.typer.config.k, station.typer.config.reject_factor) == (1, 3.0)
         recorder.close()
+
+
+def test_a_recipe_can_turn_the_crop_pass_off_and_the_crop_part_follows_the_region(
+        taught_recipe: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from inspector.defect_typing import typer_config
+    from inspector.recipe import DefectTypingSettings
+
+    recipe = load_recipe(taught_recipe)
+    frame = with_defect(textured_part(np.random.default_rng(5)), np.random.default_rng(5))[0]
+    embeddings = {}
+    for side in (0, 224):
+        changed = dataclasses.replace(recipe, defect_typing=DefectTypingSettings(crop_side=side))
+        station = Station.load(changed)
+        with Store(tmp_path / f"stats{side}.db") as store:
+            station.attach_typer(DefectTyper(store, station.name, config=typer_config(changed), refresh_s=0.0))
+            assert station.typer is not None and station.typer.config.crop_side == side
+            result = station.inspect_image(frame)
+        assert result.regions and result.regions[0].embedding is not None
+        embeddings[side] = result.regions[0].embedding
+    assert len(embeddings[0]) == 4 * 384 + COLOUR_DIMS      # the frame's features only: no second pass
+    assert len(embeddings[224]) == 6 * 384 + COLOUR_DIMS
+    # the same frame part (scaled by joining) and colour tail; the crop part is its own
+    head0, head224 = embeddings[0][:-COLOUR_DIMS], embeddings[224][:4 * 384]
+    np.testing.assert_allclose(head224 / np.linalg.norm(head224), head0, atol=1e-4)
+    np.testing.assert_allclose(embeddings[0][-COLOUR_DIMS:], embeddings[224][-COLOUR_DIMS:], atol=1e-5)
 
 
 def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ VALID: dict[str, Any] = {
     "min_defect_area_px": 25,
     "mm_per_px": 0.1,
     "defect_classes": ["scratch", "dent", "other"],
-    "defect_typing": {"k": 3, "unknown_factor": 1.5, "colour_weight": 0.0},
+    "defect_typing": {"k": 3, "unknown_factor": 1.5, "colour_weight": 0.0, "crop_side": 0},
     "archive": {"enabled": True, "directory": None, "save_pass_every": 0, "max_size_mb": 512},
 }
 
@@ -118,8 +118,8 @@ def test_valid_recipe_types(tmp_path: Path) -> None:
     assert recipe.detector.blocks == (8,)
     assert recipe.detector.options == {"k": 1, "masking": False, "rotations": (0, 90)}
     assert recipe.defect_classes == ("scratch", "dent", "other")
-    assert (recipe.defect_typing.k, recipe.defect_typing.unknown_factor, recipe.defect_typing.colour_weight) == \
-        (3, 1.5, 0.0)
+    typing = recipe.defect_typing
+    assert (typing.k, typing.unknown_factor, typing.colour_weight, typing.crop_side) == (3, 1.5, 0.0, 0)
     assert isinstance(recipe.archive.max_size_mb, float)
     assert recipe.to_dict()["detector"]["options"]["rotations"] == [0, 90]
     assert "path" not in recipe.to_dict()
@@ -229,9 +229,11 @@ ERRORS = [
     ("defect_typing.k", 1.5, "defect_typing.k", r"must be a whole number, got 1\.5"),
     ("defect_typing.unknown_factor", -1, "defect_typing.unknown_factor", r"finite number > 0 .*got -1"),
     ("defect_typing.colour_weight", -0.5, "defect_typing.colour_weight", r"finite number >= 0 .*got -0\.5"),
+    ("defect_typing.crop_side", 30, "defect_typing.crop_side", r"0 \(off\) or a whole number of pixels from 56 "
+                                                                r"to 896 .*got 30"),
     ("defect_typing.unknown_factor", math.inf, "defect_typing.unknown_factor", r"finite"),
     ("defect_typing.k_nn", 3, "defect_typing.k_nn",
-     r"not a known field \(allowed here: k, unknown_factor, colour_weight\)"),
+     r"not a known field \(allowed here: k, unknown_factor, colour_weight, crop_side\)"),
     ("detector.blocks", "8", "detector.blocks", r"must be a list, got '8'"),
     ("detector.blocks", [8, 8], "detector.blocks", r"lists a block twice"),
     ("detector.device", "gpu", "detector.device", r"'auto', 'cpu', 'cuda'.*got 'gpu'"),

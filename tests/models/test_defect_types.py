@@ -10,7 +10,11 @@ from models.defect_types import (
     UNKNOWN,
     DefectTypeClassifier,
     DefectTypeConfig,
+    crop_embedder,
+    crop_weights,
     region_colour,
+    region_crop_box,
+    region_crop_descriptor,
     region_embedding,
     region_weights,
 )
@@ -324,3 +328,63 @@ def test_colour_needs_its_statistics_and_enough_examples_to_scale_them() -> None
     # below COLOUR_MIN_EXAMPLES labelled examples the colour part is left out: one example per type still types
     classifier.add_many([with_colour, np.concatenate([_axis(12, 1), stats])], ["burn", "scratch"])
     assert classifier.predict(with_colour).defect_class == "burn"
+
+
+def test_each_regions_crop_is_embedded_once_in_one_batch_and_pooled_where_the_region_lies() -> None:
+    frame = np.zeros((200, 300, 3), np.uint8)
+    amap = np.zeros((200, 300), np.float32)
+    amap[40:52, 60:66] = 1.0                       # a small streak
+    amap[150:190, 200:280] = 0.6                   # a large blob near the corner
+    boxes = [(60, 40, 6, 12), (200, 150, 80, 40)]
+    regions = [(box, region_weights(amap, box=box, pixel_threshold=0.5)) for box in boxes]
+    calls: list[tuple[list[tuple[int, ...]], int]] = []
+
+    def embed(crops, side):                        # patch (i, j) of a 4 x 4 grid is the unit vector e_(4i + j)
+        calls.append(([c.shape for c in crops], side))
+        return np.tile(np.eye(16, dtype=np.float32).reshape(1, 4, 4, 16), (len(crops), 1, 1, 1))
+
+    out = region_crop_descriptor(frame, regions, embed, side=56)
+    windows = [region_crop_box(box, frame.shape[:2]) for box in boxes]
+    assert calls == [([(s, s, 3) for _, _, s in windows], 56)]
+    for (_, weights), window, vector in zip(regions, windows, out, strict=True):
+        grid = crop_weights(weights, window, (4, 4)).reshape(-1)
+        assert vector.shape == (32,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-6)
+        mean, peak = vector[:16], vector[16:]
+        # the mean is weighted by how much of each crop patch the region covers; the maximum is flat over them
+        np.testing.assert_allclose(mean / np.linalg.norm(mean), grid / np.linalg.norm(grid), atol=1e-6)
+        np.testing.assert_array_equal(np.flatnonzero(peak), np.flatnonzero(grid > 0))
+    assert region_crop_descriptor(frame, [], embed, side=56) == []
+
+
+def test_the_crop_part_joins_the_frames_features_and_must_match_their_length() -> None:
+    features = np.tile(_axis(6, 0), (4, 4, 1)).astype(np.float32)
+    weights = np.ones((56, 56), np.float32)
+    crop = _unit(np.concatenate([_axis(6, 1), _axis(6, 2)]))
+    plain = region_embedding(features, weights, shorter_side=56)
+    joined = region_embedding(features, weights, shorter_side=56, crop=crop)
+    assert joined.shape == (24,) and np.linalg.norm(joined) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(joined[:12], plain / np.sqrt(2), atol=1e-6)   # each half unit, then the whole
+    np.testing.assert_allclose(joined[12:], crop / np.sqrt(2), atol=1e-6)
+    with pytest.raises(ValueError, match="12 numbers"):
+        region_embedding(features, weights, shorter_side=56, crop=crop[:6])
+    with pytest.raises(ValueError, match="crop_side"):
+        DefectTypeConfig(crop_side=20)
+    assert DefectTypeConfig(crop_side=0).crop_side == 0
+
+
+def test_the_detectors_own_backbone_embeds_crops_of_any_size_at_the_crop_side() -> None:
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNN, PatchKNNConfig
+
+    backbone = create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
+    detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=56, masking="off",
+                                                                 augment_rotations=False))
+    embed = crop_embedder(detector)                # an unfitted detector is enough: only its backbone runs
+    assert embed is not None and crop_embedder(object()) is None
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), rng.integers(0, 255, (90, 90, 3), dtype=np.uint8)]
+    out = embed(crops, 56)
+    assert out.shape == (2, 4, 4, backbone.feature_dim) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+    alone = embed(crops[1:], 56)                   # batching changes nothing
+    np.testing.assert_allclose(out[1], alone[0], atol=1e-4)

@@ -42,6 +42,7 @@ def test_typing_is_measured_and_a_rerun_from_the_cache_needs_no_backbone(two_typ
     assert first.config["residual"] is True          # the default descriptor needs the good bank ...
     folders = list(cache.iterdir())
     assert len(folders) == 1 and (folders[0] / "bank.npy").is_file()   # ... which the cache keeps
+    assert first.config["crop_side"] == 224 and len(list(folders[0].glob("*.crop224.npy"))) == 8   # crops too
     again = evaluate_defect_types(_no_detector, two_types, n_labelled=2, shots=None, repeats=2, cache_dir=cache)
     assert again.accuracy_per_draw == first.accuracy_per_draw and again.per_type == first.per_type
     # without the residual the embeddings are other ones, from the same cached features and maps
