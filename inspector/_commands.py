@@ -98,8 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = _open_store(args.store, allow_offline=True)
     recorder = ResultRecorder(store, on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
     recorder.set_lot(args.lot)
-    if not args.no_archive:
-        recorder.use(station)   # the recipe's archive, if it keeps one
+    recorder.use(station, archive=not args.no_archive)   # its defect typer, and the recipe's archive if it keeps one
 
     tally = VerdictCounts()
     done = threading.Event()
@@ -266,8 +265,7 @@ def _triggered_runner(args: argparse.Namespace, line: Any, source: Any, station:
 
     def load(number: int) -> Any:
         loaded = Station.load(load_recipe(line.config.recipe_file(number)), device=args.device, weights=args.weights)
-        if not args.no_archive:
-            recorder.use(loaded)
+        recorder.use(loaded, archive=not args.no_archive)
         return loaded
 
     return TriggeredRunner(source, station, line.signals, deadline_ms=line.config.deadline_ms, record=record,

@@ -138,15 +138,16 @@ class ResultRecorder:
         with self._lock:
             self._listeners = (*self._listeners, listener)
 
-    def use(self, inspector: Any) -> None:
-        """Prepare the archive of an inspector's recipe (a `Station` has ``.recipe``) if it keeps one.
+    def use(self, inspector: Any, *, archive: bool = True) -> None:
+        """Give an inspector (a `Station` has ``.recipe``) its defect typer and prepare its recipe's archive.
 
         Called before the recipe's first result (in the app: on the GUI thread when a recipe is loaded).
+        ``archive=False`` (``inspector run --no-archive``) keeps no images but still types the defects.
         """
         recipe = getattr(inspector, "recipe", None)
         if recipe is not None and hasattr(inspector, "attach_typer"):
             self._attach_typer(inspector, recipe)
-        if recipe is None or not getattr(getattr(recipe, "archive", None), "enabled", False):
+        if not archive or recipe is None or not getattr(getattr(recipe, "archive", None), "enabled", False):
             return
         with self._lock:
             if recipe.name in self._archives:
@@ -155,7 +156,7 @@ class ResultRecorder:
 
         review, fail, pixel = getattr(inspector, "thresholds", (None, None, None))
         try:
-            archive = Archive(
+            opened = Archive(
                 ArchivePolicy(
                     directory=recipe.archive_dir(),
                     save_pass_every=recipe.archive.save_pass_every,
@@ -175,7 +176,7 @@ class ResultRecorder:
                 self._on_warning(message)
             return
         with self._lock:
-            self._archives[recipe.name] = archive
+            self._archives[recipe.name] = opened
 
     # ------------------------------------------------------------------ recording
 

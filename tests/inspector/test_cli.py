@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from inspector.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from models.defect_types import COLOUR_DIMS
 from tests.conftest import write_recipe
 from tests.helpers.images import textured_part, with_defect, write_images
 
@@ -126,6 +127,9 @@ def test_max_frames_inspects_and_records_exactly_n(
     out = capsys.readouterr().out
     assert out.count(".png") == n and f"inspected {n} frame(s)" in out and f"recorded {n}" in out, out
     assert sqlite3.connect(db).execute("SELECT count(*) FROM inspections").fetchone()[0] == n
+    if n == 4:    # the defect of the 3rd frame: typed without an archive too (the recipe's full descriptor)
+        lengths = {row[0] for row in sqlite3.connect(db).execute("SELECT length(vector) FROM region_embeddings")}
+        assert lengths == {4 * (6 * 384 + COLOUR_DIMS)}, lengths
 
 
 def test_run_with_stdout_closed_still_stops_at_max_frames(taught_recipe: Path, tmp_path: Path) -> None:

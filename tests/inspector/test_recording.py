@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,25 @@ def test_archives_fail_records_everything_and_stamps_the_lot(tmp_path: Path, tin
     assert Path(image).is_file() and Path(overlay).is_file()
     assert Path(image).is_relative_to(tmp_path / "archive")
     assert warnings == []
+
+
+def test_without_the_archive_the_station_still_gets_its_defect_typer(tmp_path: Path, tiny_weights_file: Path) -> None:
+    from inspector.defect_typing import DefectTyper
+
+    archive = tmp_path / "archive"
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file,
+                                      extra=f"archive: {{directory: {archive.as_posix()}}}\n"))
+    typers: list[Any] = []
+    station = SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4), attach_typer=typers.append)
+    store = Store(tmp_path / "station.db")
+    recorder = ResultRecorder(store)
+    recorder.use(station, archive=False)               # inspector run --no-archive
+    recorder.record(_result(0, Verdict.FAIL, recipe.name))
+    recorder.close()
+    store.close()
+    assert len(typers) == 1 and isinstance(typers[0], DefectTyper) and typers[0].config.crop_side == 224
+    rows = sqlite3.connect(tmp_path / "station.db").execute("SELECT image_path FROM inspections").fetchall()
+    assert rows == [(None,)] and not archive.exists()
 
 
 def test_an_archive_folder_that_cannot_be_written_warns_and_still_records(
