@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import sqlalchemy as sa
@@ -223,8 +223,9 @@ def type_regions(
             statistics against its surroundings are appended from them.
         embed_crops: the detector's backbone (``models.defect_types.crop_embedder``); when the typer's
             descriptor takes the region's crop (``DefectTypeConfig.crop_side``), every region's crop of
-            ``crop_rgb`` is re-embedded, all in one batch. Without it, or without ``crop_rgb``, the
-            embeddings have no crop part (and labels made with one are not used for them).
+            ``crop_rgb`` is re-embedded, the ``crop_regions`` largest in one batch (the others' frame
+            pooling stands in). Without it, or without ``crop_rgb``, the embeddings have no crop part
+            (and labels made with one are not used for them).
 
     Raises:
         ValueError: the typer takes colour and ``crop_rgb`` is missing or not the map's size.
@@ -251,10 +252,17 @@ def type_regions(
         raise ValueError(msg)
     boxes = [(r.x - x0, r.y - y0, r.width, r.height) for r in found]
     weights = [region_weights(crop_map, box=box, pixel_threshold=pixel_threshold) for box in boxes]
-    crops: list[np.ndarray | None] = [None] * len(found)
+    crops: list[np.ndarray | Literal["frame"] | None] = [None] * len(found)
     side = typer.config.crop_side if typer is not None else 0
     if side and embed_crops is not None and crop_rgb is not None and crop_rgb.shape[:2] == crop_map.shape:
-        crops = list(region_crop_descriptor(crop_rgb, list(zip(boxes, weights, strict=True)), embed_crops, side=side))
+        assert typer is not None
+        # the largest regions get the crop pass; the others' frame pooling stands in (one layout for all)
+        largest = sorted(range(len(found)), key=lambda i: -found[i].area_px)[:typer.config.crop_regions]
+        described = region_crop_descriptor(crop_rgb, [(boxes[i], weights[i]) for i in largest], embed_crops,
+                                           side=side)
+        crops = ["frame"] * len(found)
+        for i, vector in zip(largest, described, strict=True):
+            crops[i] = vector
     embeddings = []
     for w, crop in zip(weights, crops, strict=True):
         stats = region_colour(crop_rgb, w) if colour and crop_rgb is not None else None

@@ -19,6 +19,7 @@ that weight. With ``crop_side`` (the default, 224 px), the region's square crop 
 through the same backbone once more (``crop_embedder``, ``region_crop_descriptor``): a defect that
 covers 1-3 patches at the frame's resolution covers 4-12 across its crop, so the crop's two poolings
 inside the region see its shape; they join the feature part (each half L2-normalised, then the whole).
+Only a frame's ``crop_regions`` largest regions are cropped (cost); the others' frame pooling stands in.
 
 Example:
     >>> detection = detector.predict(frame_rgb, with_features=True)
@@ -36,7 +37,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import cv2
 import numpy as np
@@ -98,8 +99,15 @@ class DefectTypeConfig:
     # detector's block, was best of blocks 8/10/12 and 8+12 (transistor); on all three dev categories,
     # 5 labels per type, beside the colour part: +0.021 mean top-1 on selection draws 100-119, +0.014 on
     # report draws 0-4, no category lower (benchmarks/README.md, typing fifth pass). Costs one backbone
-    # pass at this side per REVIEW/FAIL frame (all its regions in one batch).
+    # pass at this side per REVIEW/FAIL frame (its ``crop_regions`` largest regions in one batch).
     crop_side: int = 224
+    # ours: at most this many regions of a frame (the largest) get the crop pass; the others' crop part is
+    # their own frame pooling (``region_embedding(crop="frame")``), so every region keeps one layout. Bounds
+    # a FAIL frame's cost on the CPU: with every region cropped, a fryum with 14 regions took 1.6-2.5 s
+    # against 1.0-1.2 s without the crop pass (2 cores), and a PLC's deadline would see it; one crop costs
+    # 0.13x the frame's backbone pass. The typing benchmark types each image's largest region: the gain
+    # measured is that of the largest, which is always cropped
+    crop_regions: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -114,6 +122,9 @@ class DefectTypeConfig:
                 self.crop_side == 0 or MIN_CROP_SIDE <= self.crop_side <= MAX_CROP_SIDE):
             msg = (f"DefectTypeConfig.crop_side must be 0 (off) or a whole number of pixels from {MIN_CROP_SIDE} "
                    f"to {MAX_CROP_SIDE}, got {self.crop_side!r}")
+            raise ValueError(msg)
+        if not isinstance(self.crop_regions, int) or isinstance(self.crop_regions, bool) or self.crop_regions < 1:
+            msg = f"DefectTypeConfig.crop_regions must be a whole number >= 1, got {self.crop_regions!r}"
             raise ValueError(msg)
         if not (math.isfinite(self.colour_weight) and self.colour_weight >= 0):
             msg = f"DefectTypeConfig.colour_weight must be a finite number >= 0, got {self.colour_weight!r}"
@@ -174,7 +185,7 @@ def region_embedding(
     patch_size: int = 14,
     nearest_good: Callable[[np.ndarray], np.ndarray] | None = None,
     colour: np.ndarray | None = None,
-    crop: np.ndarray | None = None,
+    crop: np.ndarray | Literal["frame"] | None = None,
 ) -> np.ndarray:
     """The region's embedding: its patches' weighted mean and maximum, each L2-normalised, joined.
 
@@ -190,7 +201,8 @@ def region_embedding(
         colour: the region's ``region_colour`` (``COLOUR_DIMS``,), appended as it is after the unit
             feature part (the classifier scales it; ``DefectTypeConfig.colour_weight``).
         crop: the region's ``region_crop_descriptor`` (2 D,) unit vector, joined to the frame's part
-            (each unit, then the whole L2-normalised) before ``colour``.
+            (each unit, then the whole L2-normalised) before ``colour``; ``"frame"``: the region was not
+            cropped (``DefectTypeConfig.crop_regions``) and its frame patches' two poolings stand in.
 
     Returns:
         (2 D,) float32 unit vector, (4 D,) with ``nearest_good``; 2 D more with ``crop``; ``COLOUR_DIMS``
@@ -214,7 +226,12 @@ def region_embedding(
         residual = patches - np.asarray(nearest_good(patches), dtype=np.float32)
         parts += [_unit_or_zero(share @ residual), _unit_or_zero(residual.max(axis=0))]
     features = _unit(np.concatenate(parts))
-    if crop is not None:
+    if isinstance(crop, str):
+        if crop != "frame":
+            msg = f"crop must be a descriptor, 'frame' or None, got {crop!r}"
+            raise ValueError(msg)
+        features = _unit(np.concatenate([features, _unit(np.concatenate(parts[:2]))]))
+    elif crop is not None:
         extra = np.asarray(crop, dtype=np.float32).reshape(-1)
         if extra.shape != (2 * patches.shape[1],):
             msg = (f"a region's crop descriptor must have {2 * patches.shape[1]} numbers (two poolings of "

@@ -115,6 +115,44 @@ def test_a_recipe_can_turn_the_crop_pass_off_and_the_crop_part_follows_the_regio
     np.testing.assert_allclose(embeddings[0][-COLOUR_DIMS:], embeddings[224][-COLOUR_DIMS:], atol=1e-5)
 
 
+def test_only_the_largest_regions_get_the_crop_pass_the_others_keep_the_same_layout(tmp_path: Path) -> None:
+    from inspector.defect_typing import type_regions
+    from inspector.results import DefectRegion
+    from models.defect_types import region_embedding, region_weights
+
+    rng = np.random.default_rng(0)
+    crop_map = np.zeros((140, 140), np.float32)
+    boxes = [(5 + 22 * i, 10, 4 + 3 * i, 4 + 3 * i) for i in range(6)]      # six spots, growing
+    found = []
+    for x, y, w, h in boxes:
+        crop_map[y:y + h, x:x + w] = 1.0
+        found.append(DefectRegion(x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0,
+                                  mean_score=1.0))
+    features = rng.standard_normal((10, 10, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=-1, keepdims=True)
+    pixels = rng.integers(0, 255, (140, 140, 3), dtype=np.uint8)
+    batches: list[int] = []
+
+    def embed(crops, side):
+        batches.append(len(crops))
+        out = rng.standard_normal((len(crops), 4, 4, 8)).astype(np.float32)
+        return out / np.linalg.norm(out, axis=-1, keepdims=True)
+
+    with Store(tmp_path / "stats.db") as store:
+        typer = DefectTyper(store, "part", config=DefectTypeConfig(crop_regions=4), refresh_s=0.0)
+        typed = type_regions(found, typer=typer, patch_features=features, crop_map=crop_map, pixel_threshold=0.5,
+                             offset=(0, 0), shorter_side=140, crop_rgb=pixels, embed_crops=embed)
+    assert batches == [4]                                  # one batch, the four largest (default: the largest)
+    assert {len(r.embedding) for r in typed} == {4 * 8 + COLOUR_DIMS}
+    for region, box in zip(typed[:2], boxes[:2], strict=True):   # the two smallest: their frame pooling
+        weights = region_weights(crop_map, box=box, pixel_threshold=0.5)
+        expected = region_embedding(features, weights, shorter_side=140, crop="frame")
+        np.testing.assert_allclose(region.embedding[:-COLOUR_DIMS], expected, atol=1e-6)
+    frame_part = typed[5].embedding[:2 * 8]
+    assert not np.allclose(typed[5].embedding[2 * 8:4 * 8] / np.linalg.norm(typed[5].embedding[2 * 8:4 * 8]),
+                           frame_part / np.linalg.norm(frame_part), atol=1e-3)   # the largest: its own crop
+
+
 def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:     # the schema before typing: no predicted_* columns

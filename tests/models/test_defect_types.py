@@ -367,6 +367,11 @@ def test_the_crop_part_joins_the_frames_features_and_must_match_their_length() -
     np.testing.assert_allclose(joined[12:], crop / np.sqrt(2), atol=1e-6)
     with pytest.raises(ValueError, match="12 numbers"):
         region_embedding(features, weights, shorter_side=56, crop=crop[:6])
+    # a region left out of the crop pass: its frame pooling (mean and maximum) stands in, same layout
+    stand_in = region_embedding(features, weights, shorter_side=56, crop="frame")
+    np.testing.assert_allclose(stand_in, np.concatenate([plain, plain]) / np.sqrt(2), atol=1e-6)
+    with pytest.raises(ValueError, match="'frame'"):
+        region_embedding(features, weights, shorter_side=56, crop="crop")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="crop_side"):
         DefectTypeConfig(crop_side=20)
     assert DefectTypeConfig(crop_side=0).crop_side == 0
