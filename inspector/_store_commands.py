@@ -194,8 +194,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             print(f"inspection {args.inspection_id}: recorded as good by {user}; recipe {record.recipe} "
                   f"now uses model {version}")
         else:
+            # as the Review screen does: the inspection's regions take the class (the defect typer learns
+            # from them at once), and the label is kept as feedback
+            if record.regions:
+                store.set_defect_class(args.label, user=user, inspection_id=args.inspection_id)
             store.add_feedback(args.inspection_id, args.label, user=user, note=args.note)
-            print(f"inspection {args.inspection_id}: recorded as {args.label} by {user}")
+            regions = f"; its {len(record.regions)} region(s) classified" if record.regions else ""
+            print(f"inspection {args.inspection_id}: recorded as {args.label} by {user}{regions}")
     finally:
         store.close()
     return 0

@@ -84,6 +84,11 @@ def test_run_stores_every_frame_then_stats_and_feedback(
 
     first_fail = 3
     assert main(["feedback", str(first_fail), "scratch", "--store", str(db), "--user", "qa"]) == EXIT_OK
+    # as on the Review screen, the regions take the class: the defect typer learns from them
+    classes = sqlite3.connect(db).execute("SELECT DISTINCT defect_class, classified_by FROM regions "
+                                          "WHERE inspection_id = ?", (first_fail,)).fetchall()
+    assert classes == [("scratch", "qa")]
+    assert "region(s) classified" in capsys.readouterr().out
     assert main(["feedback", str(first_fail), "good", "--store", str(db), "--user", "qa",
                  "--recipe", str(taught_recipe)]) == EXIT_OK
     out = capsys.readouterr().out
