@@ -292,9 +292,10 @@ def _extract(
     nearest_good = None
     if residual:
         bank_path = folder / "bank.npy" if folder is not None else None
-        bank = (np.load(bank_path, allow_pickle=False).astype(np.float32)
-                if bank_path is not None and bank_path.is_file() and pixel_threshold is not None
-                else fitted().memory_bank)
+        if bank_path is None or not bank_path.is_file() or pixel_threshold is None:
+            bank = fitted().memory_bank          # fitting writes bank.npy where there is a cache
+        if bank_path is not None:                # the bank as stored (fp16), as a rerun reads it
+            bank = np.load(bank_path, allow_pickle=False).astype(np.float32)
         nearest_good = nearest_good_patches(bank)
 
     embed: Callable[[Any, int], np.ndarray] | None = None
@@ -313,8 +314,9 @@ def _extract(
         start = time.perf_counter()
         vector = region_crop_descriptor(image, [(box, weights)], embed, side=crop_side)[0]
         seconds += time.perf_counter() - start
-        if cached is not None:
+        if cached is not None:         # as stored, as above
             np.save(cached, vector.astype(np.float16))
+            vector = vector.astype(np.float16).astype(np.float32)
         return vector
 
     items: list[_Item] = []
@@ -331,8 +333,10 @@ def _extract(
             detection = model.predict(image, with_features=True)
             seconds += time.perf_counter() - start
             features, amap = detection.patch_features[0], np.asarray(detection.anomaly_map[0])
-            if cached is not None:
-                np.savez(cached, features=features.astype(np.float16), anomaly_map=amap.astype(np.float16))
+            if cached is not None:     # used as stored (fp16), so that a rerun from the cache types the same
+                features, amap = features.astype(np.float16), amap.astype(np.float16)
+                np.savez(cached, features=features, anomaly_map=amap)
+                features, amap = features.astype(np.float32), amap.astype(np.float32)
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
         box, threshold, fallback = largest_region_box(amap, pixel_threshold)
         weights = region_weights(amap, box=box, pixel_threshold=threshold)

@@ -1,0 +1,158 @@
+"""Typing when a label classifies every region of an inspection, as the Review screen and `inspector feedback` do.
+
+`inspector evaluate --types 5` labels the largest region of 5 images per type and types the largest
+region of every other defect image. At a station a reviewer's label classifies ALL regions of the
+inspection (the defect and its fragments), and every region is typed. This reads the cache that
+``inspector evaluate DATA/CAT --types 5 --cache CACHE`` wrote (with the crop pass: its ``.crop{side}.npy``
+files), builds the product's embedding of every region at the pixel threshold (the largest with its
+crop, the others with their frame pooling standing in, as `inspector.defect_typing.type_regions` does)
+and scores, with the product's draws, two ways of labelling:
+
+- ``largest``: the labelled images' largest regions are the examples (the benchmark's protocol; its
+  largest-region accuracy is `inspector evaluate`'s);
+- ``all``: every region of a labelled image is an example of its type (what the product does);
+
+each typing the largest region (``accuracy``) and the other regions (``fragments``: a fragment counts
+right when typed as its image's type) of every unlabelled image.
+
+Usage:
+    python -m benchmarks.type_labels --data DATA --cache CACHE --seeds 0-19 --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.type_regions import CATEGORIES, N_LABELLED, _cache_folder  # noqa: E402
+from benchmarks.type_variants import _seeds  # noqa: E402
+from models.defect_types import (  # noqa: E402
+    DefectTypeClassifier,
+    DefectTypeConfig,
+    nearest_good_patches,
+    region_colour,
+    region_embedding,
+    region_weights,
+)
+from models.evaluation import load_category, load_image_rgb  # noqa: E402
+from models.regions import find_regions  # noqa: E402
+from models.type_evaluation import _at_most, largest_region_box  # noqa: E402
+
+MODES = ("largest", "all")
+
+
+def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_labelled: int = N_LABELLED,
+                 config: DefectTypeConfig | None = None) -> dict[str, Any]:
+    """Both labelling modes on one category's cache (see the module docstring)."""
+    cfg = config if config is not None else DefectTypeConfig()
+    folder = _cache_folder(cache, category)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    thr, side = float(meta["pixel_threshold"]), int(meta["shorter_side"])
+    nearest_good = nearest_good_patches(np.load(folder / "bank.npy", allow_pickle=False).astype(np.float32))
+    defects = [t for t in load_category(data / category).test if t.label == 1]
+    if CATEGORIES.get(category) is not None:
+        defects = _at_most(defects, CATEGORIES[category], seed=0)      # as `--type-max-images 12` chooses
+    types: list[str] = []
+    largest: list[np.ndarray] = []
+    others: list[list[np.ndarray]] = []
+    for item in defects:
+        name = f"{item.defect_type}__{item.path.stem}"
+        with np.load(folder / f"{name}.npz", allow_pickle=False) as npz:
+            features, amap = npz["features"].astype(np.float32), npz["anomaly_map"].astype(np.float32)
+        image = load_image_rgb(item.path)
+
+        def embed(box: tuple[int, int, int, int], threshold: float, crop: Any,
+                  features: np.ndarray = features, amap: np.ndarray = amap, image: np.ndarray = image) -> np.ndarray:
+            w = region_weights(amap, box=box, pixel_threshold=threshold)
+            return region_embedding(features, w, shorter_side=side, nearest_good=nearest_good,
+                                    colour=region_colour(image, w) if cfg.colour_weight > 0 else None, crop=crop)
+
+        box, threshold, _ = largest_region_box(amap, thr)
+        crop = None
+        if cfg.crop_side:
+            path = folder / f"{name}.crop{cfg.crop_side}.npy"
+            if not path.is_file():
+                msg = f"{path}: missing; run `inspector evaluate DATA/{category} --types 5 --cache {cache}` first"
+                raise SystemExit(msg)
+            crop = np.load(path, allow_pickle=False).astype(np.float32)
+        largest.append(embed(box, threshold, crop))
+        rest = [(r.x, r.y, r.width, r.height) for r in find_regions(amap, pixel_threshold=threshold)]
+        others.append([embed(b, threshold, "frame" if cfg.crop_side else None) for b in rest if b != tuple(box)])
+        types.append(item.defect_type)
+    names = sorted(set(types))
+    rows: dict[str, Any] = {}
+    for mode in MODES:
+        accuracy, fragments = [], []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            labelled: set[int] = set()
+            for t in names:
+                members = [i for i, x in enumerate(types) if x == t]
+                take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
+                labelled.update(members[int(j)] for j in take)
+            examples, classes = [], []
+            for i in sorted(labelled):
+                examples.append(largest[i])
+                classes.append(types[i])
+                if mode == "all":
+                    examples += others[i]
+                    classes += [types[i]] * len(others[i])
+            classifier = DefectTypeClassifier(config=cfg)
+            classifier.add_many(examples, classes)
+            test = [i for i in range(len(types)) if i not in labelled]
+            typed = classifier.predict_many(np.stack([largest[i] for i in test]))
+            accuracy.append(float(np.mean([p.defect_class == types[i] for p, i in zip(typed, test, strict=True)])))
+            parts = [(e, types[i]) for i in test for e in others[i]]
+            if parts:
+                typed = classifier.predict_many(np.stack([e for e, _ in parts]))
+                fragments.append(float(np.mean([p.defect_class == t for p, (_, t) in zip(typed, parts, strict=True)])))
+        rows[mode] = {"accuracy": float(np.mean(accuracy)), "per_draw": accuracy,
+                      "fragments": float(np.mean(fragments)) if fragments else None}
+    return {"category": category, "defect_images": len(types), "pixel_threshold": thr,
+            "regions_per_image": float(np.mean([1 + len(o) for o in others])), "modes": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="folder of MVTec-AD-layout categories")
+    p.add_argument("--cache", type=Path, required=True, help="the --cache of `inspector evaluate --types`")
+    p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated names")
+    p.add_argument("--seeds", default="0-19", help="draws, e.g. 0-4 or 0-19")
+    p.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = p.parse_args(argv)
+    seeds = _seeds(args.seeds)
+    start = time.perf_counter()
+    results = []
+    for category in args.categories.split(","):
+        result = category_run(args.data, args.cache, category, seeds)
+        results.append(result)
+        cells = "  ".join(f"{m}: largest {r['accuracy']:.3f}, fragments "
+                          f"{r['fragments']:.3f}" if r["fragments"] is not None else f"{m}: {r['accuracy']:.3f}"
+                          for m, r in result["modes"].items())
+        print(f"{category} ({result['regions_per_image']:.1f} regions per image): {cells}", flush=True)
+    means = {m: {key: float(np.mean([r["modes"][m][key] for r in results if r["modes"][m][key] is not None]))
+                 for key in ("accuracy", "fragments")} for m in MODES}
+    print("mean: " + "  ".join(f"{m}: largest {v['accuracy']:.3f}, fragments {v['fragments']:.3f}"
+                               for m, v in means.items()))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": "python -m benchmarks.type_labels " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig() defaults",
+            "wall_s": time.perf_counter() - start, "categories": results, "mean": means,
+        }, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
