@@ -34,19 +34,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.type_regions import CATEGORIES, N_LABELLED, _cache_folder  # noqa: E402
+from benchmarks.type_regions import CATEGORIES, N_LABELLED, load_typing_cache  # noqa: E402
 from benchmarks.type_variants import _seeds  # noqa: E402
 from models.defect_types import (  # noqa: E402
     DefectTypeClassifier,
     DefectTypeConfig,
-    nearest_good_patches,
     region_colour,
     region_embedding,
     region_weights,
 )
-from models.evaluation import load_category, load_image_rgb  # noqa: E402
+from models.evaluation import load_image_rgb  # noqa: E402
 from models.regions import find_regions  # noqa: E402
-from models.type_evaluation import _at_most, largest_region_box  # noqa: E402
+from models.type_evaluation import labelled_draw, largest_region_box  # noqa: E402
 
 MODES = ("largest", "all")
 
@@ -55,13 +54,7 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_
                  config: DefectTypeConfig | None = None) -> dict[str, Any]:
     """Both labelling modes on one category's cache (see the module docstring)."""
     cfg = config if config is not None else DefectTypeConfig()
-    folder = _cache_folder(cache, category)
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    thr, side = float(meta["pixel_threshold"]), int(meta["shorter_side"])
-    nearest_good = nearest_good_patches(np.load(folder / "bank.npy", allow_pickle=False).astype(np.float32))
-    defects = [t for t in load_category(data / category).test if t.label == 1]
-    if CATEGORIES.get(category) is not None:
-        defects = _at_most(defects, CATEGORIES[category], seed=0)      # as `--type-max-images 12` chooses
+    folder, thr, side, nearest_good, defects = load_typing_cache(data, cache, category)
     types: list[str] = []
     largest: list[np.ndarray] = []
     others: list[list[np.ndarray]] = []
@@ -89,17 +82,11 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_
         rest = [(r.x, r.y, r.width, r.height) for r in find_regions(amap, pixel_threshold=threshold)]
         others.append([embed(b, threshold, "frame" if cfg.crop_side else None) for b in rest if b != tuple(box)])
         types.append(item.defect_type)
-    names = sorted(set(types))
     rows: dict[str, Any] = {}
     for mode in MODES:
         accuracy, fragments = [], []
         for seed in seeds:
-            rng = np.random.default_rng(seed)
-            labelled: set[int] = set()
-            for t in names:
-                members = [i for i, x in enumerate(types) if x == t]
-                take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
-                labelled.update(members[int(j)] for j in take)
+            labelled = labelled_draw(types, n_labelled, seed)
             examples, classes = [], []
             for i in sorted(labelled):
                 examples.append(largest[i])

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -50,7 +50,7 @@ from models.defect_types import (  # noqa: E402
 )
 from models.evaluation import TestItem, load_category, load_image_rgb  # noqa: E402
 from models.regions import find_regions  # noqa: E402
-from models.type_evaluation import _at_most, largest_region_weights  # noqa: E402
+from models.type_evaluation import _at_most, labelled_draw, largest_region_weights  # noqa: E402
 
 CATEGORIES = {"mvtec_transistor": None, "visa_fryum": None, "mtd_magnetic_tile": 12}   # name -> max per type
 N_LABELLED = 5
@@ -131,15 +131,30 @@ def _mask(item: TestItem, shape: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
-                 n_labelled: int = N_LABELLED) -> dict[str, Any]:
+class TypingCache(NamedTuple):
+    """What ``inspector evaluate --types --cache`` kept for one category, and its defect images."""
+
+    folder: Path
+    pixel_threshold: float
+    shorter_side: int
+    nearest_good: Callable[[np.ndarray], np.ndarray]   # the good bank's lookup (``nearest_good_patches``)
+    defects: list[TestItem]                            # in the product's order and choice
+
+
+def load_typing_cache(data: Path, cache: Path, category: str) -> TypingCache:
+    """The cache folder of ``category`` with its threshold, side and good bank, and its defect images."""
     folder = _cache_folder(cache, category)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    thr, side = float(meta["pixel_threshold"]), int(meta["shorter_side"])
     nearest_good = nearest_good_patches(np.load(folder / "bank.npy", allow_pickle=False).astype(np.float32))
     defects = [t for t in load_category(data / category).test if t.label == 1]
     if CATEGORIES.get(category) is not None:
         defects = _at_most(defects, CATEGORIES[category], seed=0)      # as `--type-max-images 12` chooses
+    return TypingCache(folder, float(meta["pixel_threshold"]), int(meta["shorter_side"]), nearest_good, defects)
+
+
+def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
+                 n_labelled: int = N_LABELLED) -> dict[str, Any]:
+    folder, thr, side, nearest_good, defects = load_typing_cache(data, cache, category)
     types: list[str] = []
     embeddings: dict[str, list[np.ndarray]] = {name: [] for name in VARIANTS}
     hit, precision = [], []
@@ -166,12 +181,7 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
     for name, vectors in embeddings.items():
         per_draw = []
         for seed in seeds:
-            rng = np.random.default_rng(seed)
-            labelled: set[int] = set()
-            for t in names:
-                members = [i for i, x in enumerate(types) if x == t]
-                take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
-                labelled.update(members[int(j)] for j in take)
+            labelled = labelled_draw(types, n_labelled, seed)
             classifier = DefectTypeClassifier(config=FRAME_ONLY)
             classifier.add_many([vectors[i] for i in sorted(labelled)], [types[i] for i in sorted(labelled)])
             test = [i for i in range(len(vectors)) if i not in labelled]

@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 
 from models.defect_types import region_weights  # noqa: E402
 from models.preprocess import frame_to_grid  # noqa: E402
-from models.type_evaluation import largest_region_box  # noqa: E402
+from models.type_evaluation import labelled_draw, largest_region_box  # noqa: E402
 
 BLOCKS_KEPT = (6, 8, 9, 10, 11, 12)
 
@@ -207,12 +207,7 @@ def run(items: list[Item], spec: dict[str, Any], *, n_labelled: int, seeds: list
     acc, unk, nov, per_draw = [], [], [], []
     per_type: dict[str, list[bool]] = {t: [] for t in types}
     for seed in seeds:
-        rng = np.random.default_rng(seed)
-        labelled: set[int] = set()
-        for c, _ in enumerate(types):           # the same draw as models.type_evaluation
-            members = [i for i in range(len(items)) if y_all[i] == c]
-            take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
-            labelled.update(members[int(j)] for j in take)
+        labelled = labelled_draw([it.defect_type for it in items], n_labelled, seed)   # the product's draw
         lab = np.array(sorted(labelled))
         test = np.array([i for i in range(len(items)) if i not in labelled])
         x = x_vis

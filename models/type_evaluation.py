@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -45,7 +45,8 @@ from models.defect_types import (
 from models.evaluation import ProgressFn, TestItem, load_category, load_image_rgb, select_shots
 from models.regions import find_regions
 
-__all__ = ["TypeEvalReport", "evaluate_defect_types", "largest_region_box", "largest_region_weights"]
+__all__ = ["TypeEvalReport", "evaluate_defect_types", "labelled_draw", "largest_region_box",
+           "largest_region_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,12 +177,7 @@ def evaluate_defect_types(
     hits: dict[str, list[bool]] = {t: [] for t in types}
     n_typed = 0
     for draw in range(repeats):
-        rng = np.random.default_rng(seed + draw)
-        labelled: set[int] = set()
-        for t in types:
-            members = [i for i, it in enumerate(items) if it.defect_type == t]
-            take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
-            labelled.update(members[int(j)] for j in take)
+        labelled = labelled_draw([it.defect_type for it in items], n_labelled, seed + draw)
         classifier = DefectTypeClassifier(config=cfg)
         classifier.add_many([items[i].embedding for i in sorted(labelled)],
                             [items[i].defect_type for i in sorted(labelled)])
@@ -215,6 +211,26 @@ def evaluate_defect_types(
         fallback_regions=sum(it.fallback for it in items), pixel_threshold=pixel_threshold,
         seconds_features=seconds, config=asdict(cfg),
     )
+
+
+def labelled_draw(types: Sequence[str], n_labelled: int, seed: int) -> set[int]:
+    """One draw of labelled images: ``n_labelled`` per type (all of a type with fewer), seeded.
+
+    Args:
+        types: the defect type of each image, in the category's order.
+        n_labelled: images labelled per type.
+        seed: the draw's seed.
+
+    Returns:
+        The indices into ``types`` of the labelled images.
+    """
+    rng = np.random.default_rng(seed)
+    labelled: set[int] = set()
+    for t in sorted(set(types)):
+        members = [i for i, x in enumerate(types) if x == t]
+        take = rng.choice(len(members), size=min(n_labelled, len(members)), replace=False)
+        labelled.update(members[int(j)] for j in take)
+    return labelled
 
 
 def _at_most(defects: list[TestItem], n: int, *, seed: int) -> list[TestItem]:
