@@ -79,7 +79,8 @@ class TriggeredRunner:
             returns an `InspectionResult` (the result as recorded, lot stamped), that one is published.
         after_answer: called with each result after the answer (the MQTT publisher); must be quick.
         load_recipe: builds the inspector of a PLC recipe number (changeover), on a loader thread.
-        on_fault: called with a sentence when a fault is raised; any thread.
+        on_fault: called with a sentence when a fault is raised (a failed changeover: on_changeover only, when
+            given); any thread.
         on_changeover: called on the controller thread once a PLC changeover (HR7) is over, with the
             recipe number and its inspector (now answering), or None and why it failed to load.
     """
@@ -283,10 +284,10 @@ class TriggeredRunner:
             image_bgr=frame.image_bgr if frame is not None else None,
         )
 
-    def _fault(self, key: str, reason: str) -> None:
+    def _fault(self, key: str, reason: str, *, tell: bool = True) -> None:
         if key not in self._signals.faults:
             logger.warning("FAULT %s: %s", key, reason)
-            if self._on_fault is not None:
+            if tell and self._on_fault is not None:
                 self._on_fault(reason)
         self._signals.set_fault(key, reason)
 
@@ -309,7 +310,8 @@ class TriggeredRunner:
             # a recipe that fails to load is tried again (after RECIPE_RETRY_S): the listener hears it once
             by_plc = by_plc and (inspector is not None or "recipe" not in self._signals.faults)
             if inspector is None:
-                self._fault("recipe", problem)
+                # the changeover listener says why (below); on_fault would show the same failure twice
+                self._fault("recipe", problem, tell=not (by_plc and self._on_changeover is not None))
                 self._failed_load = (number, time.monotonic())
             else:
                 self._failed_load = None

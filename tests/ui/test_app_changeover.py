@@ -114,6 +114,7 @@ def test_the_window_follows_a_plc_changeover_and_shows_one_that_fails(
         assert fault.startswith("Cannot switch to recipe broken: the PLC's product changeover failed: "
                                 "recipe 5 failed to load: ")
         assert fault.endswith("; every trigger is answered ERROR. no recipe inspects now.")
+        assert "warning" not in window.station.faults.faults()    # said once, not again as a warning
         assert window.station.info.text().startswith(f"Recipe: other (selected){SEP}")
         failed = answer(3)
         assert failed[VERDICT] == ERROR and failed[ACTIVE] == 0 and failed[STATUS] & StatusBits.FAULT
