@@ -6,7 +6,10 @@ scored as one batch by ``models.detectors.zero_shot.evaluate_zero_shot`` with th
 from the shared feature cache (``benchmarks._features``: only the ViT forward is memoised; the
 mutual scoring, re-scoring, maps and metrics run for real). With ``--majority``, a second batch per
 category holds all the subset's defective images and only ``--majority-good`` good ones, the case
-where "most images are good" fails.
+where "most images are good" fails; ``--minority`` a batch of its good images and ``--minority-bad``
+defective ones (a lot as a line makes it), ``--good-only`` its good images alone (``--no-subset``: not the
+subset itself). Each row keeps every image's re-scored score, label and type (``images``), so other
+verdict rules can be judged on the same scores without scoring again.
 
 Per run: image AUROC (re-scored, and of the top-patch score before re-scoring), AUPRO, and the verdict
 rates (defects flagged = REVIEW or FAIL, good flagged, FAIL rates) of what ``inspector review
@@ -77,7 +80,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-references", type=int, default=None, help="override ZeroShotConfig.max_references")
     p.add_argument("--majority", action="store_true", help="also score a batch where defects are the majority")
     p.add_argument("--majority-good", type=int, default=5, help="good images in the majority batch")
+    p.add_argument("--minority", action="store_true", help="also score a batch of mostly good images")
+    p.add_argument("--minority-bad", type=int, default=3, help="defective images in the minority batch")
+    p.add_argument("--good-only", action="store_true", help="also score a batch of the subset's good images only")
+    p.add_argument("--no-subset", action="store_true", help="score only the batches asked for above, not the subset")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (outside the repo); not for --timing")
+    p.add_argument("--blocks", default=",".join(map(str, BLOCKS)),
+                   help="ViT blocks whose features are joined (default: the few-shot default, as the review uses)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--timing", type=int, default=None, metavar="N",
                    help="time before vs after scoring on N images of the first category instead (no feature cache)")
@@ -96,7 +105,31 @@ def _rates(report: Any, items: list[Any]) -> dict[str, Any]:
         "verdict_rule": {k: point[k] for k in keys} | {"review": report.thresholds["review"],
                                                        "fail": report.thresholds["fail"]},
         "per_defect_auroc": report.per_defect_auroc, "config": report.config,
+        # per image, in the batch's order: what a verdict rule sees (re-scored score) and the truth
+        "images": [{"score": float(s), "label": int(t.label), "defect_type": t.defect_type}
+                   for s, t in zip(report.scores, items, strict=True)],
     }
+
+
+def batches_of(items: list[Any], *, subset: bool = True, majority_good: int | None = None,
+               minority_bad: int | None = None, good_only: bool = False) -> dict[str, list[Any]]:
+    """The batches scored per category, by name, from one test subset (its order kept within a batch).
+
+    ``subset``: all of it; ``majority_good``: its defective images and that many good ones (most images
+    defective); ``minority_bad``: its good images and that many defective ones (the first, in its order);
+    ``good_only``: its good images alone.
+    """
+    goods = [t for t in items if t.defect_type == GOOD]
+    bad = [t for t in items if t.defect_type != GOOD]
+    batches = {f"subset {len(items)}": list(items)} if subset else {}
+    if majority_good is not None:
+        batches[f"defect majority {len(bad)}/{len(bad) + min(majority_good, len(goods))}"] = goods[:majority_good] + bad
+    if minority_bad is not None:
+        few = bad[:minority_bad]
+        batches[f"defect minority {len(few)}/{len(few) + len(goods)}"] = goods + few
+    if good_only:
+        batches[f"good only {len(goods)}"] = goods
+    return batches
 
 
 def _pct(x: float) -> str:
@@ -114,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     resolved = resolve_weights(MODEL_NAME, None)
     full = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=tuple(range(1, 13)), device="cpu")
     store = FeatureStore(args.cache_dir / "features", weights_sha256=resolved.info.sha256, full=full)
-    backbone = CachedBackbone(store, blocks=BLOCKS)
+    blocks = tuple(int(b) for b in args.blocks.split(","))
+    backbone = CachedBackbone(store, blocks=blocks)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -126,11 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     for cat_name in [c.strip() for c in args.categories.split(",") if c.strip()]:
         category = load_category(args.data / cat_name)
         items = subset_test(category.test, args.limit_test, seed=args.test_seed)
-        batches = {f"subset {len(items)}": items}
-        if args.majority:
-            goods = [t for t in items if t.defect_type == GOOD][: args.majority_good]
-            bad = [t for t in items if t.defect_type != GOOD]
-            batches[f"defect majority {len(bad)}/{len(bad) + len(goods)}"] = goods + bad
+        batches = batches_of(items, subset=not args.no_subset,
+                             majority_good=args.majority_good if args.majority else None,
+                             minority_bad=args.minority_bad if args.minority else None, good_only=args.good_only)
         for batch, batch_items in batches.items():
             for name in names:
                 overrides = dict(CONFIGS[name])
@@ -197,7 +229,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], store: Featu
         "benchmark": "zero_shot_timing" if args.timing is not None else "zero_shot",
         "command": "python -m benchmarks.zero_shot " + " ".join(sys.argv[1:]),
         "conditions": {"device": "cpu", "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
-                       "backbone": MODEL_NAME, "blocks": list(BLOCKS), "limit_test": args.limit_test,
+                       "backbone": MODEL_NAME,
+                       "blocks": [int(b) for b in args.blocks.split(",")], "limit_test": args.limit_test,
                        "test_seed": args.test_seed, "load_average": os.getloadavg(),
                        "feature_cache": "benchmarks._features (ViT forward memoised)" if store is not None
                        else "not used: the backbone runs for real",
