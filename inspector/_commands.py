@@ -447,6 +447,9 @@ def cmd_review(args: argparse.Namespace) -> int:
         from models.detectors.zero_shot import ZeroShotConfig
 
         zero_shot_config = ZeroShotConfig(max_references=args.references)
+    if args.thresholds is not None and not args.zero_shot:
+        msg = "--thresholds works with --zero-shot only (a recipe flags images at its calibrated thresholds)"
+        raise InspectorError(msg)
     if args.ray is not None:
         if args.zero_shot:
             msg = "--ray needs --recipe: a zero-shot review compares the whole batch in one process"
@@ -468,7 +471,8 @@ def cmd_review(args: argparse.Namespace) -> int:
             summary = drive(review(args.folder, out, recipe=args.recipe, zero_shot=args.zero_shot,
                                    zero_shot_config=zero_shot_config,
                                    device=args.device, weights=args.weights, store=store,
-                                   runtime=args.runtime, workers=args.workers), desc="reviewing")
+                                   runtime=args.runtime, workers=args.workers,
+                                   zero_shot_thresholds=args.thresholds), desc="reviewing")
         finally:
             if store is not None:
                 store.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,6 +65,19 @@ def _group_keys(text: str) -> tuple[str, ...]:
                f"{', '.join(times)}, comma-separated, each once")
         raise argparse.ArgumentTypeError(msg)
     return keys
+
+
+def _threshold_pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        review, fail = (float(v) for v in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        review = fail = math.nan
+    if not (math.isfinite(review) and math.isfinite(fail) and 0.0 <= review <= fail):
+        msg = (f"invalid --thresholds {text!r}: give two scores REVIEW,FAIL with 0 <= REVIEW <= FAIL, "
+               "e.g. 0.085,0.12 (the scores of the report's histogram)")
+        raise argparse.ArgumentTypeError(msg)
+    return review, fail
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -154,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references", type=int, default=None, metavar="N",
                    help="with --zero-shot: compare each image with at most N images of the batch (a seeded random "
                         "subset; default 200). The time grows with N: on a CPU fewer references review faster")
+    p.add_argument("--thresholds", type=_threshold_pair, default=None, metavar="REVIEW,FAIL",
+                   help="with --zero-shot: flag images at these scores instead of the batch's rule (which assumes "
+                        "most images are good), e.g. read off the report's score histogram; a folder reviewed "
+                        "before is written again from its kept scores, nothing is scored again")
     p.add_argument("--types-from", default=None, metavar="PATH_OR_URL",
                    help="type the defects with the regions labelled in this statistics store (recipe mode)")
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default=None,

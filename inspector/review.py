@@ -98,6 +98,16 @@ REVIEW_RUNTIMES: Final = ("torch", "onnx", "auto")  # what scores a recipe revie
 DECODE_AHEAD: Final = 16           # images decoded ahead of the model by the decode thread
 ZERO_SHOT_K_REVIEW: Final = 3.0    # robust sigmas above the batch median for REVIEW (a 3-sigma outlier)
 ZERO_SHOT_K_FAIL: Final = 6.0      # ... and for FAIL: far outside what the batch does
+ZERO_SHOT_NOTE: Final = (
+    "Zero-shot mode: no recipe and no good reference images. Each image was scored against the others of this "
+    "folder, and flagged by how far its score lies above the batch's median. It assumes most images are good: "
+    "in a folder of mostly defective parts it flags few of them. Then set the thresholds from the score "
+    "histogram (inspector review --zero-shot --thresholds REVIEW,FAIL: the kept scores are used, nothing is "
+    "scored again), or teach a recipe.")
+ZERO_SHOT_NOTE_BY_HAND: Final = (
+    "Zero-shot mode: no recipe and no good reference images. Each image was scored against the others of this "
+    "folder; the REVIEW and FAIL thresholds were set by the reviewer, not by the batch's rule (named above, "
+    "with the thresholds it would have set).")
 ZERO_SHOT_MIN_AREA_PX: Final = 25  # smallest zero-shot defect region, the recipe default `min_defect_area_px`
 EXTRACT_BATCH: Final = 8           # images per backbone call in zero-shot mode
 
@@ -154,6 +164,7 @@ def review(
     batch_size: int | None = None,
     runtime: str | None = None,
     workers: int | None = None,
+    zero_shot_thresholds: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, ReviewSummary]:
     """Score every image under ``folder`` and write the report into ``out``.
 
@@ -181,6 +192,10 @@ def review(
             `inspector export`, run by onnxruntime; an error when it is missing or stale), ``auto``
             (``onnx`` when that works, else torch, with the reason in the report's notes) or None:
             the recipe's ``detector.runtime``. The report names the runtime that scored.
+        zero_shot_thresholds: ``(review, fail)`` set by the reviewer in zero-shot mode instead of the
+            batch's own rule (``robust_thresholds``), e.g. after looking at the report's score
+            histogram; the rule's thresholds are still named in the report. A folder reviewed before
+            is written again with them from its kept scores, without scoring the batch again.
 
     Yields:
         Progress ticks, one per image (and per scored block in zero-shot mode), with rate and ETA in
@@ -214,6 +229,15 @@ def review(
         msg = (f"review with {workers} workers scores one image per thread; a batch size of {batch_size} "
                f"works with one worker only (leave one of them out)")
         raise InspectorError(msg)
+    if zero_shot_thresholds is not None:
+        if not zero_shot:
+            msg = "review thresholds given by hand work in zero-shot mode only (a recipe has its calibrated ones)"
+            raise InspectorError(msg)
+        review_at, fail_at = (float(t) for t in zero_shot_thresholds)
+        if not (math.isfinite(review_at) and math.isfinite(fail_at) and 0.0 <= review_at <= fail_at):
+            msg = (f"review thresholds must be finite numbers with 0 <= review <= fail, got review {review_at:g}, "
+                   f"fail {fail_at:g}")
+            raise InspectorError(msg)
     if runtime not in (None, *REVIEW_RUNTIMES):
         msg = f"review runtime must be one of {', '.join(REVIEW_RUNTIMES)}, got {runtime!r}"
         raise InspectorError(msg)
@@ -230,7 +254,7 @@ def review(
                                               workers=workers)
     else:
         summary = yield from _review_zero_shot(folder, out, files, device=device, weights=weights,
-                                               config=zero_shot_config)
+                                               config=zero_shot_config, thresholds=zero_shot_thresholds)
     seconds = time.perf_counter() - start
     scored = summary.pop("scored")
     return ReviewSummary(**summary, seconds=seconds, images_per_second=scored / seconds if seconds > 0 else 0.0,
@@ -492,7 +516,7 @@ def _inspect_one(station: Station, decoded: _Decoded, out: Path, thresholds: tup
 
 def _review_zero_shot(
     folder: Path, out: Path, files: list[Path], *, device: str | None, weights: str | Path | None,
-    config: ZeroShotConfig | None,
+    config: ZeroShotConfig | None, thresholds: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     from inspector.recipe import DetectorSettings
     from models.backbone import create_backbone
@@ -508,7 +532,7 @@ def _review_zero_shot(
              f"{', '.join(map(str, settings.blocks))}, shorter side {config.shorter_side} px")
     rate = ReviewRate()
     run_start = time.perf_counter()
-    resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
+    done_before = {rel for rel in (relative_name(p, folder) for p in files) if rel in journal.records}
 
     saved = _load_scores(out / SCORES_NAME)
     if saved is not None:
@@ -564,9 +588,15 @@ def _review_zero_shot(
         rate = ReviewRate()
     review_t, fail_t, rule = robust_thresholds(saved["pred_score"], k_review=ZERO_SHOT_K_REVIEW,
                                                k_fail=ZERO_SHOT_K_FAIL)
+    by_hand = thresholds is not None
+    if thresholds is not None:
+        rule = (f"zero-shot, no recipe: thresholds set by the reviewer, REVIEW at {thresholds[0]:.4g}, FAIL at "
+                f"{thresholds[1]:.4g} (the batch's own rule would set {review_t:.4f} and {fail_t:.4f}: "
+                f"{rule.removeprefix('zero-shot, no recipe: ')})")
+        review_t, fail_t = float(thresholds[0]), float(thresholds[1])
     # Patch scores and image scores share one scale (the image score is a similarity-weighted mean of
     # images' top patch scores), so a pixel reaching the review threshold marks a defect region.
-    thresholds = (review_t, fail_t, review_t)
+    levels = (review_t, fail_t, review_t)
     rule += f"; defect regions where the map is >= the review threshold, at least {ZERO_SHOT_MIN_AREA_PX} px"
 
     def _overall_rate() -> float:
@@ -576,16 +606,16 @@ def _review_zero_shot(
 
     def meta(complete: bool) -> ReportMeta:
         return ReportMeta(title=f"Zero-shot review of {folder.name}", mode="zero-shot", source=str(folder),
-                          model=model, thresholds=thresholds, rule=rule, total_files=len(files), complete=complete,
+                          model=model, thresholds=levels, rule=rule, total_files=len(files), complete=complete,
                           generated=now_text(), images_per_second=_overall_rate() or None,
-                          notes=("Zero-shot mode: no recipe and no good reference images. Each image was scored "
-                                 "against the others of this folder, and flagged by how far its score lies above "
-                                 "the batch's median. It assumes most images are good; a folder of mostly "
-                                 "defective parts needs a recipe.",))
+                          notes=(ZERO_SHOT_NOTE_BY_HAND if by_hand else ZERO_SHOT_NOTE,))
 
     index = {rel: i for i, rel in enumerate(saved["files"])}
     last_report = time.perf_counter()
-    todo = [rel for rel in saved["files"] if fresh or journal.records.get(rel, {}).get("status") != "ok"]
+    # a record made at other thresholds (the reviewer's, or the rule's) is written again from the kept scores
+    todo = [rel for rel in saved["files"] if fresh or journal.records.get(rel, {}).get("status") != "ok"
+            or journal.records[rel].get("thresholds") != [review_t, fail_t]]
+    resumed = len(done_before - set(todo))      # kept as an earlier run wrote them
     by_rel = {relative_name(p, folder): p for p in files}
     for i, rel in enumerate(todo):
         file = by_rel.get(rel)
@@ -602,7 +632,7 @@ def _review_zero_shot(
         except FrameDecodeError as exc:
             journal.append({"file": rel, "status": "error", "error": error_reason(exc, file or Path(rel), rel)})
         else:
-            journal.append(_zero_shot_record(out, rel, image, saved, k, thresholds, config,
+            journal.append(_zero_shot_record(out, rel, image, saved, k, levels, config,
                                              patch_scores_to_map))
         rate.tick()
         yield Progress(done=i + 1, total=len(todo), message=f"report {rel}  {rate.text(len(todo) - i - 1)}".strip())
@@ -633,7 +663,7 @@ def _zero_shot_record(
     thumb, overlay = write_images(out, rel, image, anomaly_map, regions, verdict, thresholds)
     return {"file": rel, "status": "ok", "verdict": verdict.value, "score": score,
             "regions": [region_dict(r) for r in regions], "width": int(image.shape[1]),
-            "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay}
+            "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay, "thresholds": [review_t, fail_t]}
 
 
 def _save_scores(path: Path, saved: Mapping[str, Any]) -> None:

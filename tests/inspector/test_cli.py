@@ -209,12 +209,23 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
     (["--recipe", "part.yaml", "--ray", "--runtime", "onnx"], "--runtime works without --ray only"),
     (["--recipe", "part.yaml", "--references", "8"], "--references works with --zero-shot only"),
     (["--zero-shot", "--references", "0"], "--references must be at least 1, got 0"),
+    (["--recipe", "part.yaml", "--thresholds", "0.1,0.2"], "--thresholds works with --zero-shot only"),
 ])
 def test_review_on_ray_options_that_cannot_work_exit_1(
     frames: Path, extra: list[str], match: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["review", str(frames), *extra]) == EXIT_ERROR
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0.3,0.2", "0.1", "a,b", "-0.1,0.2", "0.1,inf"])
+def test_zero_shot_thresholds_that_cannot_work_exit_2(
+    frames: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["review", str(frames), "--zero-shot", f"--thresholds={value}"])
+    assert exit_info.value.code == 2
+    assert f"invalid --thresholds '{value}': give two scores REVIEW,FAIL" in capsys.readouterr().err
 
 
 def test_zero_shot_review_compares_each_image_with_at_most_references_images(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import html.parser
 import json
+import math
+import shutil
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,55 @@ def test_interrupted_zero_shot_review_resumes_to_the_same_report(
     assert summary is not None
     for name in ("results.csv", "defects.csv"):
         assert (out / name).read_text(encoding="utf-8") == (full / name).read_text(encoding="utf-8"), name
+
+
+def test_zero_shot_thresholds_set_by_hand_rewrite_the_report_from_the_kept_scores(
+    zero_shot_review: tuple[ReviewSummary, Path], data: dict[str, Path], tmp_path: Path
+) -> None:
+    _, full = zero_shot_review
+    out = tmp_path / "rethresholded"
+    shutil.copytree(full, out)
+    with np.load(out / "zero_shot_scores.npz", allow_pickle=False) as saved:
+        scores = dict(zip([str(f) for f in saved["files"]], saved["pred_score"].tolist(), strict=True))
+    ranked = sorted(scores.values(), reverse=True)
+    review_at, fail_at = ranked[5], ranked[1]            # 6 flagged, 2 of them FAIL: not what the rule says
+    rule_review, rule_fail, _ = robust_thresholds(list(scores.values()))
+    messages: list[str] = []
+    job = review(data["folder"], out, zero_shot=True, device="cpu", weights=data["weights"],
+                 zero_shot_config=ZERO_SHOT, zero_shot_thresholds=(review_at, fail_at))
+    summary = _drive(job, stop_after=lambda tick, n: messages.append(tick.message) or False)
+    assert summary is not None
+    assert messages and all(m.startswith("report") for m in messages), "nothing scored again, only written"
+    assert summary.resumed == 1, "every image written again; only the unreadable file's record kept"
+    assert summary.thresholds == (review_at, fail_at, review_at)
+    assert "set by the reviewer" in summary.rule and f"{rule_review:.4f} and {rule_fail:.4f}" in summary.rule
+    rows = [r for r in _rows(out / "results.csv") if r["verdict"] != "ERROR"]
+    assert sorted(r["verdict"] for r in rows).count("FAIL") == 2
+    for row in rows:
+        score = scores[row["file"]]
+        assert row["verdict"] == ("FAIL" if score >= fail_at else "REVIEW" if score >= review_at else "PASS"), row
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "set by the reviewer" in page
+    # the same thresholds again: nothing to do; the rule again: the report as the rule wrote it
+    again = _drive(review(data["folder"], out, zero_shot=True, device="cpu", weights=data["weights"],
+                          zero_shot_config=ZERO_SHOT, zero_shot_thresholds=(review_at, fail_at)))
+    assert again is not None and again.resumed == len(scores) + 1        # and the unreadable file
+    back = _drive(review(data["folder"], out, zero_shot=True, device="cpu", weights=data["weights"],
+                         zero_shot_config=ZERO_SHOT))
+    assert back is not None and "set by the reviewer" not in back.rule
+    for name in ("results.csv", "defects.csv"):
+        assert (out / name).read_text(encoding="utf-8") == (full / name).read_text(encoding="utf-8"), name
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"recipe": Path("part.yaml"), "zero_shot_thresholds": (0.1, 0.2)}, "zero-shot mode only"),
+    ({"zero_shot": True, "zero_shot_thresholds": (0.3, 0.2)}, "0 <= review <= fail"),
+    ({"zero_shot": True, "zero_shot_thresholds": (math.nan, 0.2)}, "0 <= review <= fail"),
+])
+def test_review_thresholds_by_hand_that_cannot_work_are_refused(data: dict[str, Path], tmp_path: Path,
+                                                                 kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InspectorError, match=match):
+        _drive(review(data["folder"], tmp_path / "out", **kwargs))
 
 
 def test_zero_shot_review_scores_the_batch_again_when_images_were_added(data: dict[str, Path], tmp_path: Path) -> None:
