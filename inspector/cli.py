@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,16 +67,12 @@ def _group_keys(text: str) -> tuple[str, ...]:
 
 
 def _threshold_pair(text: str) -> tuple[float, float]:
-    parts = text.split(",")
+    from inspector.review import parse_thresholds
+
     try:
-        review, fail = (float(v) for v in parts) if len(parts) == 2 else (math.nan, math.nan)
-    except ValueError:
-        review = fail = math.nan
-    if not (math.isfinite(review) and math.isfinite(fail) and 0.0 <= review <= fail):
-        msg = (f"invalid --thresholds {text!r}: give two scores REVIEW,FAIL with 0 <= REVIEW <= FAIL, "
-               "e.g. 0.085,0.12 (the scores of the report's histogram)")
-        raise argparse.ArgumentTypeError(msg)
-    return review, fail
+        return parse_thresholds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:

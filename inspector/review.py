@@ -151,6 +151,24 @@ class ReviewSummary:
         return lines
 
 
+def parse_thresholds(text: str) -> tuple[float, float]:
+    """``"REVIEW,FAIL"`` -> the two scores of a reviewer's zero-shot thresholds.
+
+    Raises:
+        ValueError: not two finite numbers with 0 <= REVIEW <= FAIL (the message says what to give).
+    """
+    parts = text.split(",")
+    try:
+        review_at, fail_at = (float(v) for v in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        review_at = fail_at = math.nan
+    if not (math.isfinite(review_at) and math.isfinite(fail_at) and 0.0 <= review_at <= fail_at):
+        msg = (f"invalid thresholds {text!r}: give two scores REVIEW,FAIL with 0 <= REVIEW <= FAIL, "
+               "e.g. 0.085,0.12 (the scores of the report's histogram)")
+        raise ValueError(msg)
+    return review_at, fail_at
+
+
 def review(
     folder: Path,
     out: Path,

@@ -48,15 +48,17 @@ class ReviewOutcome(Protocol):
         ...
 
 
-# (folder, out, *, recipe, zero_shot) -> progress, then the outcome: `inspector.review.review`.
+# (folder, out, *, recipe, zero_shot[, zero_shot_thresholds]) -> progress, then the outcome:
+# `inspector.review.review` (``zero_shot_thresholds`` is passed only when the reviewer set them).
 BatchReview = Callable[..., Generator[Progress, None, ReviewOutcome]]
 
 
-def _default_batch_review(folder: Path, out: Path, *, recipe: Path | None, zero_shot: bool
+def _default_batch_review(folder: Path, out: Path, *, recipe: Path | None, zero_shot: bool,
+                          zero_shot_thresholds: tuple[float, float] | None = None,
                           ) -> Generator[Progress, None, ReviewOutcome]:
     from inspector.review import review
 
-    return review(folder, out, recipe=recipe, zero_shot=zero_shot)
+    return review(folder, out, recipe=recipe, zero_shot=zero_shot, zero_shot_thresholds=zero_shot_thresholds)
 
 
 class BatchReviewPanel(QGroupBox):
@@ -86,6 +88,15 @@ class BatchReviewPanel(QGroupBox):
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._on_browse)
         self.recipe_box = QComboBox()
+        self.recipe_box.currentIndexChanged.connect(self._on_mode_changed)
+        # zero-shot only: the reviewer's REVIEW,FAIL scores, read off the report's histogram (empty: the batch's rule)
+        self.thresholds_edit = QLineEdit()
+        self.thresholds_edit.setPlaceholderText("REVIEW,FAIL")
+        self.thresholds_edit.setMaximumWidth(110)
+        self.thresholds_edit.setToolTip(
+            "Zero-shot only: flag images at these scores, e.g. 0.085,0.12 read off the report's score histogram. "
+            "Empty: the batch's own rule, which assumes most images are good. A folder reviewed before is "
+            "written again from its kept scores in seconds.")
         self.run_button = QPushButton("Review")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
@@ -99,8 +110,8 @@ class BatchReviewPanel(QGroupBox):
         self.message = QLabel("")
         self.message.setWordWrap(True)
         row = QHBoxLayout()
-        for widget in (self.folder_edit, browse, self.recipe_box, self.run_button, self.cancel_button,
-                       self.open_button):
+        for widget in (self.folder_edit, browse, self.recipe_box, self.thresholds_edit, self.run_button,
+                       self.cancel_button, self.open_button):
             row.addWidget(widget, 1 if widget is self.folder_edit else 0)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
@@ -127,11 +138,21 @@ class BatchReviewPanel(QGroupBox):
             return
         data = self.recipe_box.currentData()
         recipe = Path(data) if data else None
+        extra: dict[str, tuple[float, float]] = {}
+        text = self.thresholds_edit.text().strip()
+        if recipe is None and text:
+            from inspector.review import parse_thresholds
+
+            try:
+                extra["zero_shot_thresholds"] = parse_thresholds(text)
+            except ValueError as exc:
+                self.message.setText(f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+                return
         out = folder.with_name(f"{folder.name}-review")
         run_review = self._run_review
 
         def job() -> Generator[Progress, None, ReviewOutcome]:
-            return (yield from run_review(folder, out, recipe=recipe, zero_shot=recipe is None))
+            return (yield from run_review(folder, out, recipe=recipe, zero_shot=recipe is None, **extra))
 
         self.summary = None
         self.open_button.setEnabled(False)
@@ -143,6 +164,10 @@ class BatchReviewPanel(QGroupBox):
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
+
+    @Slot()
+    def _on_mode_changed(self) -> None:
+        self.thresholds_edit.setEnabled(self.recipe_box.currentData() is None)   # a recipe has its own
 
     @Slot()
     def _on_browse(self) -> None:

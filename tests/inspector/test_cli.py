@@ -225,7 +225,8 @@ def test_zero_shot_thresholds_that_cannot_work_exit_2(
     with pytest.raises(SystemExit) as exit_info:
         main(["review", str(frames), "--zero-shot", f"--thresholds={value}"])
     assert exit_info.value.code == 2
-    assert f"invalid --thresholds '{value}': give two scores REVIEW,FAIL" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"argument --thresholds: invalid thresholds '{value}': give two scores REVIEW,FAIL" in err
 
 
 def test_zero_shot_review_compares_each_image_with_at_most_references_images(

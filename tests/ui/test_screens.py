@@ -225,6 +225,43 @@ def test_batch_review_runs_in_a_worker_and_can_be_cancelled(qtbot, tmp_path, par
     assert "cancelled" in panel.message.text() and panel.run_button.isEnabled()
 
 
+def test_batch_review_takes_the_reviewers_zero_shot_thresholds(qtbot, tmp_path, part_folder) -> None:
+    from types import SimpleNamespace
+
+    from ui.review_view import BatchReviewPanel
+
+    calls: list[dict] = []
+
+    def fake_review(folder, out, *, recipe, zero_shot, **extra):
+        calls.append({"recipe": recipe, "zero_shot": zero_shot, **extra})
+        return SimpleNamespace(report=out / "index.html", summary_lines=lambda: ["PASS 4, REVIEW 2"])
+        yield                                               # a generator, as the review is
+
+    recipe = tmp_path / "demo.yaml"
+    panel = BatchReviewPanel(recipes=lambda: [recipe], run_review=fake_review)
+    qtbot.addWidget(panel)
+    panel.folder_edit.setText(str(part_folder))
+    assert not panel.thresholds_edit.isEnabled(), "a recipe flags at its calibrated thresholds"
+    panel.recipe_box.setCurrentIndex(1)                     # zero-shot
+    assert panel.thresholds_edit.isEnabled()
+    panel.thresholds_edit.setText("0.3,0.2")
+    panel.run()
+    assert calls == [] and panel.message.text().startswith("Invalid thresholds '0.3,0.2': give two scores")
+    panel.thresholds_edit.setText(" 0.085, 0.12 ")
+    with qtbot.waitSignal(panel.jobs.stopped, timeout=10_000):
+        panel.run()
+    assert calls == [{"recipe": None, "zero_shot": True, "zero_shot_thresholds": (0.085, 0.12)}]
+    panel.thresholds_edit.clear()                           # empty: the batch's own rule
+    with qtbot.waitSignal(panel.jobs.stopped, timeout=10_000):
+        panel.run()
+    assert calls[-1] == {"recipe": None, "zero_shot": True}
+    panel.thresholds_edit.setText("0.085,0.12")
+    panel.recipe_box.setCurrentIndex(0)                     # back to the recipe: the text is not used
+    with qtbot.waitSignal(panel.jobs.stopped, timeout=10_000):
+        panel.run()
+    assert calls[-1] == {"recipe": recipe, "zero_shot": False}
+
+
 def test_date_filters_follow_now_until_someone_sets_them(qtbot, monkeypatch) -> None:
     from PySide6.QtWidgets import QDateTimeEdit
 
