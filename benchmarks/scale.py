@@ -336,10 +336,12 @@ def report_row(root: Path, *, records: int = 200_000) -> dict[str, Any]:
     report_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     journal.close()
+    pages = list((out / "pages").glob("images-*.html"))
     row = {"run": "Ray driver: journal read back into its on-disk index, then the report streamed from it",
            "records": summary["files"], "read_peak_python_mb": round(read_peak / 2**20, 2),
            "read_s": round(read_s, 1), "report_peak_python_mb": round(report_peak / 2**20, 2),
            "report_s": round(report_s, 1), "index_html_mb": round((out / "index.html").stat().st_size / 2**20, 1),
+           "pages": len(pages), "largest_page_mb": round(max((p.stat().st_size for p in pages), default=0) / 2**20, 2),
            "counts": summary["counts"]}
     print(row, flush=True)
     return row

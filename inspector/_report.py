@@ -7,7 +7,10 @@ never sees half a report.
 
 The page opens from disk with no server and no network: inline CSS and JavaScript, an inline SVG
 score histogram, thumbnails and overlays referenced by relative paths. Every text that comes from
-outside (file names, error messages, recipe names) is HTML-escaped.
+outside (file names, error messages, recipe names) is HTML-escaped. A review of more than
+``PAGE_ROWS`` images puts every image's row on pages of that many (``pages/images-0001.html``, ...,
+`write_pages`) and the index lists the flagged and unreadable ones with links to the pages: one page
+of 200,000 rows was 77 MB, more than a browser opens comfortably.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
 import json
 import math
 from collections import Counter
@@ -38,6 +42,9 @@ __all__ = ["Records", "ReportMeta", "write_report"]
 Records = Sequence[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]]
 
 HISTOGRAM_BINS: Final = 30
+PAGE_ROWS: Final = 1000             # image rows per page: above this the table is split into pages/ (a browser
+                                    # stays quick with a thousand thumbnails; a 200,000-row page is 77 MB)
+PAGES_DIR: Final = "pages"
 VERDICT_ORDER: Final = ("FAIL", "REVIEW", "PASS", "ERROR")
 VERDICT_COLOURS: Final = {"PASS": "#2e7d32", "REVIEW": "#ef6c00", "FAIL": "#c62828", "ERROR": "#616161"}
 RESULT_COLUMNS: Final = ("file", "verdict", "score", "defects", "largest_defect_px", "largest_defect_mm2",
@@ -100,10 +107,63 @@ def write_report(out: Path, records: Records, meta: ReportMeta) -> Path:
     with atomic_open_text(out / "defects.csv") as fh:
         _write_csv(fh, DEFECT_COLUMNS, (row for r in again() for row in _defect_rows(r)))
     locations = write_location_maps(out, again)
+    pages = write_pages(out, again, meta)
     index = out / "index.html"
     with atomic_open_text(index) as fh:
-        write_html(fh, again, meta, locations)
+        write_html(fh, again, meta, locations, pages=pages)
     return index
+
+
+def write_pages(out: Path, records: Callable[[], Iterable[Mapping[str, Any]]], meta: ReportMeta,
+                rows: int | None = None) -> int:
+    """Above ``rows`` images, every image's row on pages of ``rows`` (``pages/images-0001.html``, ...);
+    returns how many pages there are (0: the index holds every row). Pages left by an earlier, longer
+    report are removed."""
+    rows = rows or PAGE_ROWS
+    folder = out / PAGES_DIR
+    count = 0
+    chunk: list[Mapping[str, Any]] = []
+    total = sum(1 for _ in records())
+    if total > rows:
+        n_pages = math.ceil(total / rows)
+        folder.mkdir(exist_ok=True)
+        for r in records():
+            chunk.append(r)
+            if len(chunk) == rows:
+                count += 1
+                _write_page(folder, chunk, meta, count, n_pages)
+                chunk = []
+        if chunk:
+            count += 1
+            _write_page(folder, chunk, meta, count, n_pages)
+    if folder.is_dir():
+        for stale in folder.glob("images-*.html"):
+            number = stale.stem.removeprefix("images-")
+            if not number.isdigit() or int(number) > count:
+                stale.unlink(missing_ok=True)
+    return count
+
+
+def _page_name(number: int) -> str:
+    return f"images-{number:04d}.html"
+
+
+def _write_page(folder: Path, chunk: Sequence[Mapping[str, Any]], meta: ReportMeta, number: int,
+                n_pages: int) -> None:
+    links = ['<a href="../index.html">report</a>']
+    if number > 1:
+        links.append(f'<a href="{_page_name(number - 1)}">previous page</a>')
+    if number < n_pages:
+        links.append(f'<a href="{_page_name(number + 1)}">next page</a>')
+    nav = f'<p class="nav">Page {number} of {n_pages} &middot; ' + " &middot; ".join(links) + "</p>"
+    with atomic_open_text(folder / _page_name(number)) as fh:
+        fh.write("\n".join((
+            "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(meta.title)}: images, page {number}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{_e(meta.title)}: images, page {number} of {n_pages}</h1>", nav)))
+        _write_table(fh, chunk, prefix="../")
+        fh.write("\n" + nav + f"\n<script>{_JS}</script></body></html>")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -403,9 +463,10 @@ def _finite_score(r: Mapping[str, Any]) -> float | None:
 
 
 def write_html(fh: TextIO, records: Callable[[], Iterable[Mapping[str, Any]]], meta: ReportMeta,
-               locations: LocationMaps | None = None) -> None:
+               locations: LocationMaps | None = None, *, pages: int = 0) -> None:
     """Write the report page into ``fh``, reading ``records()`` four times (summary, histogram, table,
-    unreadable files) and holding none of them beyond the one being written."""
+    unreadable files) and holding none of them beyond the one being written. With ``pages`` (from
+    `write_pages`), the table holds the flagged images and links every page."""
     summary = _Summary()
     for r in records():
         summary.add(r)
@@ -467,16 +528,16 @@ def write_html(fh: TextIO, records: Callable[[], Iterable[Mapping[str, Any]]], m
         emit(_histogram_markup(None, 0.0, 0.0, meta.thresholds))
 
     emit("<h2>Images</h2>")
-    emit('<div class="filters"><label>file contains <input id="f-text" type="search"></label>'
-         '<label>score at least <input id="f-score" type="number" step="any" style="width:7em"></label>'
-         + "".join(f'<label><input type="checkbox" class="f-verdict" value="{v}" checked> {v}</label>'
-                   for v in VERDICT_ORDER)
-         + ' <span id="shown"></span> shown</div>')
-    emit('<table class="results" id="results"><thead><tr><th data-nosort>image</th><th>verdict</th>'
-         "<th>score</th><th>defects</th><th>largest defect (px)</th><th>file</th></tr></thead><tbody>")
-    for r in records():
-        emit(_table_row(r))
-    emit("</tbody></table>")
+    if pages:
+        flagged = summary.records - summary.verdicts.get("PASS", 0)
+        links = ", ".join(f'<a href="{PAGES_DIR}/{_page_name(n)}">{n}</a>' for n in range(1, pages + 1))
+        emit(f"<p>{summary.records} images: too many for one page. Here the REVIEW, FAIL and unreadable ones"
+             + (f" (the first {PAGE_ROWS} of {flagged})" if flagged > PAGE_ROWS else f" ({flagged})")
+             + f"; every image, {PAGE_ROWS} a page, in the report's order: pages {links}.</p>")
+        shown = (r for r in records() if r.get("status") != "ok" or r.get("verdict") != "PASS")
+        _write_table(fh, itertools.islice(shown, PAGE_ROWS), emit=emit)
+    else:
+        _write_table(fh, records(), emit=emit)
 
     emit("<h2>Unreadable files</h2>")
     if summary.verdicts["ERROR"]:
@@ -498,16 +559,32 @@ def write_html(fh: TextIO, records: Callable[[], Iterable[Mapping[str, Any]]], m
 _VERDICT_RANK: Final = {v: i for i, v in enumerate(VERDICT_ORDER)}
 
 
-def _table_row(r: Mapping[str, Any]) -> str:
+def _write_table(fh: TextIO, records: Iterable[Mapping[str, Any]], *, prefix: str = "",
+                 emit: Callable[[str], None] | None = None) -> None:
+    """The filters and the sortable table of ``records`` (thumbnail paths behind ``prefix``)."""
+    put = emit or (lambda part: fh.write("\n" + part))
+    put('<div class="filters"><label>file contains <input id="f-text" type="search"></label>'
+        '<label>score at least <input id="f-score" type="number" step="any" style="width:7em"></label>'
+        + "".join(f'<label><input type="checkbox" class="f-verdict" value="{v}" checked> {v}</label>'
+                  for v in VERDICT_ORDER)
+        + ' <span id="shown"></span> shown</div>')
+    put('<table class="results" id="results"><thead><tr><th data-nosort>image</th><th>verdict</th>'
+        "<th>score</th><th>defects</th><th>largest defect (px)</th><th>file</th></tr></thead><tbody>")
+    for r in records:
+        put(_table_row(r, prefix=prefix))
+    put("</tbody></table>")
+
+
+def _table_row(r: Mapping[str, Any], *, prefix: str = "") -> str:
     is_ok = r.get("status") == "ok"
     verdict = str(r.get("verdict")) if is_ok else "ERROR"
     score = r.get("score") if is_ok else None
     area_px, area_mm2 = _largest(r)
     n_regions = len(r.get("regions") or [])
     thumb, overlay = r.get("thumb"), r.get("overlay")
-    image_cell = f'<img class="thumb" loading="lazy" src="{_href(thumb)}" alt="">' if thumb else ""
+    image_cell = f'<img class="thumb" loading="lazy" src="{_href(prefix + thumb)}" alt="">' if thumb else ""
     if overlay and image_cell:
-        image_cell = f'<a href="{_href(overlay)}">{image_cell}</a>'
+        image_cell = f'<a href="{_href(prefix + overlay)}">{image_cell}</a>'
     file_cell = _e(r["file"]) + (f'<br><small>{_e(r.get("error"))}</small>' if not is_ok else "")
     area_text = "" if area_px is None else f"{area_px}" + (f" ({area_mm2:.2f} mm²)" if area_mm2 else "")
     rank = _VERDICT_RANK.get(verdict, 9)

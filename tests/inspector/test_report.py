@@ -77,3 +77,56 @@ def test_no_regions_no_maps_and_a_flagged_image_stands_in_without_a_pass(tmp_pat
     flagged_only = [r for r in _records() if r["verdict"] != "PASS"]
     maps = write_location_maps(_report_folder(tmp_path / "b", flagged_only), flagged_only)
     assert maps is not None and not maps.reference_is_good and maps.reference == "bad_1.png"
+
+
+def test_a_long_report_pages_its_images_and_the_index_shows_the_flagged(tmp_path: Path, monkeypatch) -> None:
+    from inspector import _report
+
+    monkeypatch.setattr(_report, "PAGE_ROWS", 4)
+    verdicts = ["PASS", "FAIL", "PASS", "PASS", "REVIEW", "PASS", "PASS", "PASS", "FAIL", "PASS", "PASS"]
+    records: list[dict[str, Any]] = [_record(f"img_{i:02d}.png", v, []) for i, v in enumerate(verdicts)]
+    records[6] = {"file": "img_06.png", "status": "error", "error": "not a decodable image"}
+    out = _report_folder(tmp_path, [r for r in records if r["status"] == "ok"])
+    meta = ReportMeta(title="Review", mode="recipe", source="batch", model="m", thresholds=(0.4, 0.6, 0.5),
+                      rule="r", total_files=len(records), complete=True, generated="now")
+
+    def rows(html: str) -> list[str]:
+        return [part.split('"', 1)[0] for part in html.split('<tr data-verdict="')[1:]]
+
+    def files(html: str) -> list[str]:
+        return [part.split('"', 1)[0] for part in html.split('data-file="')[1:]]
+
+    index = write_report(out, records, meta).read_text(encoding="utf-8")
+    # the index: the flagged and unreadable images (the first 4 of 4 here), and a link to every page
+    assert files(index) == ["img_01.png", "img_04.png", "img_06.png", "img_08.png"]
+    assert "11 images: too many for one page" in index
+    assert all(f'href="pages/images-000{n}.html"' in index for n in (1, 2, 3))
+    pages = sorted((out / "pages").glob("*.html"))
+    assert [p.name for p in pages] == ["images-0001.html", "images-0002.html", "images-0003.html"]
+    texts = [p.read_text(encoding="utf-8") for p in pages]
+    assert [files(t) for t in texts] == [[r["file"] for r in records[i:i + 4]] for i in (0, 4, 8)]
+    assert rows(texts[2]) == ["FAIL", "PASS", "PASS"]
+    assert 'src="../thumbs/img_00.png.jpg"' in texts[0], "thumbnails one folder up"
+    assert 'href="images-0002.html">next page' in texts[0] and "previous page" not in texts[0]
+    assert 'href="images-0002.html">previous page' in texts[2] and "next page" not in texts[2]
+    assert all('href="../index.html"' in t and "<script>" in t for t in texts)
+    assert (out / "results.csv").read_text(encoding="utf-8").count("\n") == 12, "the CSV keeps every image"
+
+    # the review grows no longer: a shorter report takes its pages back; a short one needs none
+    write_report(out, records[:5], meta)
+    assert sorted(p.name for p in (out / "pages").glob("*.html")) == ["images-0001.html", "images-0002.html"]
+    index = write_report(out, records[:3], meta).read_text(encoding="utf-8")
+    assert list((out / "pages").glob("*.html")) == [] and "too many for one page" not in index
+    assert files(index) == ["img_00.png", "img_01.png", "img_02.png"]
+
+
+def test_the_index_says_when_it_shows_only_the_first_flagged(tmp_path: Path, monkeypatch) -> None:
+    from inspector import _report
+
+    monkeypatch.setattr(_report, "PAGE_ROWS", 2)
+    records = [_record(f"img_{i}.png", "FAIL", []) for i in range(5)]
+    out = _report_folder(tmp_path, records)
+    meta = ReportMeta(title="Review", mode="recipe", source="batch", model="m", thresholds=(0.4, 0.6, 0.5),
+                      rule="r", total_files=5, complete=True, generated="now")
+    index = write_report(out, records, meta).read_text(encoding="utf-8")
+    assert "(the first 2 of 5)" in index and index.count('<tr data-verdict="FAIL"') == 2
