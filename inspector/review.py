@@ -102,8 +102,8 @@ ZERO_SHOT_NOTE: Final = (
     "Zero-shot mode: no recipe and no good reference images. Each image was scored against the others of this "
     "folder, and flagged by how far its score lies above the batch's median. It assumes most images are good: "
     "in a folder of mostly defective parts it flags few of them. Then set the thresholds from the score "
-    "histogram (inspector review --zero-shot --thresholds REVIEW,FAIL: the kept scores are used, nothing is "
-    "scored again), or teach a recipe.")
+    "histogram (the REVIEW,FAIL box of the app's batch review, or inspector review --zero-shot --thresholds "
+    "REVIEW,FAIL: the kept scores are used, nothing is scored again), or teach a recipe.")
 ZERO_SHOT_NOTE_BY_HAND: Final = (
     "Zero-shot mode: no recipe and no good reference images. Each image was scored against the others of this "
     "folder; the REVIEW and FAIL thresholds were set by the reviewer, not by the batch's rule (named above, "
