@@ -291,11 +291,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     from inspector.teach import teach
 
     recipe = load_recipe(args.recipe)
-    report = drive(teach(recipe, args.good, defects=args.defects, device=args.device, weights=args.weights,
+    good: Path | list[np.ndarray] = args.good
+    if args.good_from_review is not None:
+        good = _good_from_review(args.good_from_review, 8 if args.count is None else args.count)
+    elif args.count is not None:
+        msg = "--count works with --good-from-review only (--good teaches from every image of its folder)"
+        raise InspectorError(msg)
+    report = drive(teach(recipe, good, defects=args.defects, device=args.device, weights=args.weights,
                          self_tune=not args.fixed_config), desc="teaching")
     for line in report.summary_lines():
         print(line)
     return 0
+
+
+def _good_from_review(out: Path, count: int) -> list[np.ndarray]:
+    """The frames of a zero-shot review's ``count`` lowest-scoring PASS images, each named on stdout."""
+    from inspector._review_zero_shot import good_candidates
+    from inspector.capture import load_image
+
+    if count < 1:
+        msg = f"--count must be at least 1, got {count}"
+        raise InspectorError(msg)
+    chosen = good_candidates(out, count)
+    print(f"teaching from the {len(chosen)} lowest-scoring PASS image(s) of the zero-shot review {out} "
+          f"(look at them in its report first: a defective one would be taught as good):")
+    for path, score in chosen:
+        print(f"  {score:.4f}  {path}")
+    return [load_image(path) for path, _ in chosen]
 
 
 # --------------------------------------------------------------------------- evaluate

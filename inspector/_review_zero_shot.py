@@ -9,7 +9,9 @@ are the batch's own rule (``robust_thresholds``: it assumes most images are good
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 import time
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
@@ -49,7 +51,7 @@ from models.files import atomic_write
 if TYPE_CHECKING:
     from models.detectors.zero_shot import ZeroShotConfig
 
-__all__ = ["review_zero_shot"]
+__all__ = ["good_candidates", "review_zero_shot"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,3 +253,51 @@ def _split(flat: np.ndarray, grids: list[tuple[int, ...]]) -> Iterator[np.ndarra
     for h, w in grids:
         yield flat[start : start + h * w].reshape(h, w)
         start += h * w
+
+
+def good_candidates(out: Path, count: int) -> list[tuple[Path, float]]:
+    """The ``count`` lowest-scoring PASS images of the zero-shot review in ``out``: (file, score), lowest first.
+
+    A first good set for teaching a recipe from a folder nobody labelled (``inspector train
+    --good-from-review``): in the half-defective 60-image lots of the three dev sets the 8 lowest-scoring
+    images were all good, and 1-2 of the 16 lowest were defective (``benchmarks/results/
+    issue11_zero_shot_batches.json``); in a mostly defective lot most of them are not.
+
+    Raises:
+        InspectorError: ``out`` holds no review, a recipe review, or no PASS image; a chosen file is gone.
+    """
+    journal = out / JOURNAL_NAME
+    if not journal.is_file():
+        msg = f"{out}: not a review folder (no {JOURNAL_NAME}); run inspector review FOLDER --zero-shot --out {out}"
+        raise InspectorError(msg)
+    with journal.open(encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    try:
+        header = json.loads(lines[0])
+    except (IndexError, json.JSONDecodeError) as exc:
+        msg = f"{journal}: not a review journal"
+        raise InspectorError(msg) from exc
+    if header.get("mode") != "zero-shot":
+        msg = (f"{out}: a {header.get('mode', 'unknown')} review, not a zero-shot one; its PASS images passed a "
+               f"recipe already: teach from its folder with --good")
+        raise InspectorError(msg)
+    records: dict[str, dict[str, Any]] = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:           # a cut-off last line of an interrupted run
+            continue
+        records[record["file"]] = record        # the last record of a file wins, as in the journal
+    passed = sorted((float(r["score"]), rel) for rel, r in records.items()
+                    if r.get("status") == "ok" and r.get("verdict") == Verdict.PASS.value
+                    and r.get("score") is not None and math.isfinite(float(r["score"])))
+    if not passed:
+        msg = f"{out}: the zero-shot review passed no image: nothing to teach from"
+        raise InspectorError(msg)
+    folder = Path(header["folder"])
+    chosen = [(folder / rel, score) for score, rel in passed[:count]]
+    gone = [str(path) for path, _ in chosen if not path.is_file()]
+    if gone:
+        msg = f"{out}: reviewed images are gone since the review: {', '.join(gone[:3])}"
+        raise InspectorError(msg)
+    return chosen

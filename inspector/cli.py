@@ -113,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="teach a recipe from good images and calibrate its thresholds")
     p.add_argument("recipe", type=Path, help="recipe file (YAML)")
-    p.add_argument("--good", type=Path, required=True, metavar="DIR", help="folder of good images")
+    good = p.add_mutually_exclusive_group(required=True)
+    good.add_argument("--good", type=Path, metavar="DIR", help="folder of good images")
+    good.add_argument("--good-from-review", type=Path, metavar="DIR",
+                      help="teach from the lowest-scoring PASS images of this zero-shot review's report folder "
+                           "(a folder nobody labelled: inspector review FOLDER --zero-shot first)")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="with --good-from-review: how many of its lowest-scoring PASS images (default 8)")
     p.add_argument("--defects", type=Path, default=None, metavar="DIR",
                    help="folder of known-bad images (optional; masks in DIR/../ground_truth or DIR/masks)")
     p.add_argument("--fixed-config", action="store_true",

@@ -247,6 +247,32 @@ def test_zero_shot_review_compares_each_image_with_at_most_references_images(
     assert "config" in capsys.readouterr().err
 
 
+def test_train_from_the_lowest_scoring_pass_images_of_a_zero_shot_review(
+    frames: Path, tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    out = tmp_path / "review"
+    assert main(["review", str(frames), "--zero-shot", "--out", str(out), "--weights", str(tiny_weights_file),
+                 "--device", "cpu"]) == EXIT_OK
+    records = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()[1:]]
+    lowest = sorted((r["score"], r["file"]) for r in records if r["verdict"] == "PASS")[:3]
+    capsys.readouterr()
+    recipe = write_recipe(tmp_path / "r", tiny_weights_file)
+    assert main(["train", str(recipe), "--good-from-review", str(out), "--count", "3"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "teaching from the 3 lowest-scoring PASS image(s) of the zero-shot review" in printed
+    listed = [line.split()[-1] for line in printed.splitlines() if line.startswith("  ")][:3]
+    assert [Path(p).name for p in listed] == [name for _, name in lowest]
+    assert "trained on 3 good image(s)" in printed and "saved model v1" in printed
+    # --count belongs to --good-from-review; one source of good images
+    assert main(["train", str(recipe), "--good", str(frames), "--count", "3"]) == EXIT_ERROR
+    assert "--count works with --good-from-review only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(recipe), "--good", str(frames), "--good-from-review", str(out)])
+    assert exit_info.value.code == EXIT_USAGE
+
+
 def test_evaluate_json_has_the_operating_point(
     tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -306,6 +306,25 @@ def test_zero_shot_thresholds_set_by_hand_rewrite_the_report_from_the_kept_score
         assert (out / name).read_text(encoding="utf-8") == (full / name).read_text(encoding="utf-8"), name
 
 
+def test_good_candidates_are_the_lowest_scoring_pass_images_of_a_zero_shot_review(
+    zero_shot_review: tuple[ReviewSummary, Path], recipe_review: tuple[ReviewSummary, Path], tmp_path: Path
+) -> None:
+    from inspector._review_zero_shot import good_candidates
+
+    _, out = zero_shot_review
+    rows = [r for r in _rows(out / "results.csv") if r["verdict"] == "PASS"]
+    lowest = sorted(rows, key=lambda r: float(r["score"]))
+    chosen = good_candidates(out, 4)
+    assert [p.name for p, _ in chosen] == [Path(r["file"]).name for r in lowest[:4]]
+    assert [s for _, s in chosen] == sorted(s for _, s in chosen) and all(p.is_file() for p, _ in chosen)
+    assert not any(str(p).endswith(DEFECT_FILES) for p, _ in chosen), "the planted defects score highest"
+    assert len(good_candidates(out, 99)) == len(rows), "at most every PASS image"
+    with pytest.raises(InspectorError, match="not a zero-shot one"):
+        good_candidates(recipe_review[1], 4)
+    with pytest.raises(InspectorError, match="not a review folder"):
+        good_candidates(tmp_path, 4)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"recipe": Path("part.yaml"), "zero_shot_thresholds": (0.1, 0.2)}, "zero-shot mode only"),
     ({"zero_shot": True, "zero_shot_thresholds": (0.3, 0.2)}, "0 <= review <= fail"),
