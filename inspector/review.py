@@ -137,6 +137,10 @@ class ReviewSummary:
         return lines
 
 
+def _threshold_pair_ok(review_at: float, fail_at: float) -> bool:
+    return math.isfinite(review_at) and math.isfinite(fail_at) and 0.0 <= review_at <= fail_at
+
+
 def parse_thresholds(text: str) -> tuple[float, float]:
     """``"REVIEW,FAIL"`` -> the two scores of a reviewer's zero-shot thresholds.
 
@@ -148,7 +152,7 @@ def parse_thresholds(text: str) -> tuple[float, float]:
         review_at, fail_at = (float(v) for v in parts) if len(parts) == 2 else (math.nan, math.nan)
     except ValueError:
         review_at = fail_at = math.nan
-    if not (math.isfinite(review_at) and math.isfinite(fail_at) and 0.0 <= review_at <= fail_at):
+    if not _threshold_pair_ok(review_at, fail_at):
         msg = (f"invalid thresholds {text!r}: give two scores REVIEW,FAIL with 0 <= REVIEW <= FAIL, "
                "e.g. 0.085,0.12 (the scores of the report's histogram)")
         raise ValueError(msg)
@@ -238,7 +242,7 @@ def review(
             msg = "review thresholds given by hand work in zero-shot mode only (a recipe has its calibrated ones)"
             raise InspectorError(msg)
         review_at, fail_at = (float(t) for t in zero_shot_thresholds)
-        if not (math.isfinite(review_at) and math.isfinite(fail_at) and 0.0 <= review_at <= fail_at):
+        if not _threshold_pair_ok(review_at, fail_at):
             msg = (f"review thresholds must be finite numbers with 0 <= review <= fail, got review {review_at:g}, "
                    f"fail {fail_at:g}")
             raise InspectorError(msg)
