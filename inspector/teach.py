@@ -486,11 +486,19 @@ class EditRecipeCall(Protocol):
                  roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep") -> Recipe: ...
 
 
+def _good_candidates(out: Path, count: int) -> list[tuple[Path, float]]:
+    """`inspector._review_zero_shot.good_candidates`, imported when first asked for."""
+    from inspector._review_zero_shot import good_candidates
+
+    return good_candidates(out, count)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TeachEngine:
     """The engine calls of teach-then-check and of the teaching screen, swappable for a cheap stand-in in tests.
 
-    All run on a worker thread except `load_recipe` and `image_files` (cheap, called by the wizard's pages).
+    All run on a worker thread except `load_recipe`, `image_files` and `good_from_review` (cheap, called by
+    the wizard's pages).
     """
 
     load_recipe: Callable[[Path], Recipe]
@@ -501,6 +509,8 @@ class TeachEngine:
     load_station: Callable[[Recipe, str], CheckStation]     # (recipe, version) -> the version loaded
     load_image: Callable[[Path], np.ndarray]                # -> (H, W, 3) uint8 BGR
     image_files: Callable[[Path], list[Path]]
+    # (review folder, count) -> the zero-shot review's lowest-scoring PASS images, (file, score), lowest first
+    good_from_review: Callable[[Path, int], list[tuple[Path, float]]] = _good_candidates
 
     @classmethod
     def default(cls) -> TeachEngine:

@@ -211,8 +211,9 @@ class ImagesPage(QWizardPage):
         super().__init__()
         self.w = wizard
         self.setTitle("2 · Good images")
-        self.setSubTitle("Pick a folder of good parts (10–50 is plenty), or capture frames from the live "
-                         "source. "
+        self.setSubTitle("Pick a folder of good parts (10–50 is plenty), capture frames from the live "
+                         "source, or take the lowest-scoring PASS images of a zero-shot review of a folder "
+                         "nobody labelled. "
                          "Known-bad images are optional; they help to check and calibrate.")
         self.good_edit = QLineEdit()
         self.good_edit.setPlaceholderText("folder of good images")
@@ -225,6 +226,16 @@ class ImagesPage(QWizardPage):
         self.capture_count.setValue(20)
         self.capture_button = QPushButton("Capture")
         self.capture_button.clicked.connect(self._on_capture)
+        self.review_edit = QLineEdit()
+        self.review_edit.setPlaceholderText("a zero-shot review's folder (Review screen, zero-shot mode)")
+        self.review_edit.editingFinished.connect(self._show_review_choice)
+        review_browse = QPushButton("Browse…")
+        review_browse.clicked.connect(self._on_browse_review)
+        self.review_count = QSpinBox()
+        self.review_count.setRange(1, 500)
+        self.review_count.setValue(8)         # `inspector train --good-from-review`'s default
+        self.review_count.setSuffix(" lowest")
+        self.review_count.valueChanged.connect(self._show_review_choice)
         self.bad_edit = QLineEdit()
         self.bad_edit.setPlaceholderText("optional: folder of known-bad images")
         bad_browse = QPushButton("Browse…")
@@ -243,12 +254,17 @@ class ImagesPage(QWizardPage):
         capture_row.addWidget(self.source_edit, 1)
         capture_row.addWidget(self.capture_count)
         capture_row.addWidget(self.capture_button)
+        review_row = QHBoxLayout()
+        review_row.addWidget(self.review_edit, 1)
+        review_row.addWidget(self.review_count)
+        review_row.addWidget(review_browse)
         bad_row = QHBoxLayout()
         bad_row.addWidget(self.bad_edit, 1)
         bad_row.addWidget(bad_browse)
         form = QFormLayout(self)
         form.addRow("Good images", good_row)
         form.addRow("…or capture", capture_row)
+        form.addRow("…or from a review", review_row)
         form.addRow("Known-bad images", bad_row)
         form.addRow("Hold out for the check", self.holdout)
         form.addRow(self.summary)
@@ -263,6 +279,33 @@ class ImagesPage(QWizardPage):
         folder = QFileDialog.getExistingDirectory(self, "Folder of good images")
         if folder:
             self.good_edit.setText(folder)
+
+    @Slot()
+    def _on_browse_review(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of a zero-shot review")
+        if folder:
+            self.review_edit.setText(folder)
+            self._show_review_choice()
+
+    @Slot()
+    def _show_review_choice(self) -> None:
+        """List the images a zero-shot review would give, before the engineer moves on."""
+        text = self.review_edit.text().strip()
+        if text:
+            self._review_choice(Path(text))
+
+    def _review_choice(self, folder: Path) -> list[Path] | None:
+        """The review's lowest-scoring PASS images, listed in the summary; None (and why) when there are none."""
+        try:
+            chosen = self.w.engine.good_from_review(folder, self.review_count.value())
+        except Exception as exc:
+            self.summary.setText(str(exc))
+            return None
+        lines = [f"{score:.4f}  {path.parent.name}/{path.name}" for path, score in chosen]
+        self.summary.setText(
+            f"Teaching from the {len(chosen)} lowest-scoring PASS image(s) of the zero-shot review {folder} "
+            f"(look at them in its report first: a defective one would be taught as good):\n" + "\n".join(lines))
+        return [path for path, _ in chosen]
 
     @Slot()
     def _on_browse_bad(self) -> None:
@@ -305,14 +348,25 @@ class ImagesPage(QWizardPage):
         self.capture_button.setEnabled(True)
         self.w.captured = list(value.frames)
         self.good_edit.clear()
+        self.review_edit.clear()
         self.summary.setText(f"Captured {len(self.w.captured)} frames from {self.source_edit.text()}.")
         self.completeChanged.emit()
 
     def validatePage(self) -> bool:  # noqa: N802 (Qt name)
         good_text, bad_text = self.good_edit.text().strip(), self.bad_edit.text().strip()
+        review_text = self.review_edit.text().strip()
         engine = self.w.engine
         try:
-            if good_text:
+            if good_text and review_text:
+                self.summary.setText("Choose one source of good images: a folder or a zero-shot review, not both.")
+                return False
+            if review_text:
+                chosen = self._review_choice(Path(review_text))
+                if chosen is None:
+                    return False
+                self.w.good_files, self.w.captured = chosen, []
+                first = engine.load_image(chosen[0])
+            elif good_text:
                 folder = Path(good_text)
                 if not folder.is_dir():
                     self.summary.setText(f"{folder}: not a folder; pick the folder holding the good images.")
@@ -327,7 +381,7 @@ class ImagesPage(QWizardPage):
                 self.w.good_files = []
                 first = self.w.captured[0]
             else:
-                self.summary.setText("Choose a folder of good images, or capture frames first.")
+                self.summary.setText("Choose a folder of good images or a zero-shot review, or capture frames first.")
                 return False
             bad_files: list[Path] = []
             if bad_text:

@@ -275,3 +275,51 @@ def test_capture_good_frames_from_the_live_source(qtbot, teach_setup) -> None:
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
     assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) == 5
+
+
+def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path, tiny_weights_file: Path) -> None:
+    """The Images step takes a zero-shot review's lowest-scoring PASS images, listed before teaching."""
+    import json
+
+    from inspector.review import JOURNAL_NAME, review
+    from inspector.teach import run_to_end
+    from models.detectors.zero_shot import ZeroShotConfig
+
+    s = teach_setup
+    lot = tmp_path / "lot"
+    lot.mkdir()
+    for folder in (s.good, s.bad):
+        for file in folder.iterdir():
+            (lot / f"{folder.name}_{file.name}").write_bytes(file.read_bytes())
+    out = tmp_path / "review"
+    run_to_end(review(lot, out, zero_shot=True, device="cpu", weights=tiny_weights_file,
+                      zero_shot_config=ZeroShotConfig(shorter_side=84)))
+    records = [json.loads(line) for line in (out / JOURNAL_NAME).read_text().splitlines()[1:]]
+    lowest = [name for _, name in sorted((r["score"], r["file"]) for r in records if r["verdict"] == "PASS")]
+    assert len(lowest) >= 5
+
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    wizard.next()
+    page = wizard.images_page
+    assert page.review_count.value() == 8, "the CLI's --count default"
+    page.review_edit.setText(str(tmp_path))
+    page.review_edit.editingFinished.emit()
+    assert "not a review folder" in page.summary.text()
+    page.review_edit.setText(str(out))
+    page.review_count.setValue(4)                      # lists the choice at once, before Next
+    listed = [line.split()[-1] for line in page.summary.text().splitlines()[1:]]
+    assert listed == [f"lot/{name}" for name in lowest[:4]], "score, then the file in its folder"
+    assert "lowest-scoring PASS image(s) of the zero-shot review" in page.summary.text()
+    page.good_edit.setText(str(s.good))
+    wizard.next()
+    assert wizard.currentPage() is page and "not both" in page.summary.text()
+    page.good_edit.clear()
+    page.holdout.setValue(1)
+    wizard.next()
+    assert wizard.currentPage() is wizard.roi_page
+    assert [p.name for p in wizard.good_files] == lowest[:4] and all(p.parent == lot for p in wizard.good_files)
+    wizard.next()
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+    assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) == 4
