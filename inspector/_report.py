@@ -201,18 +201,23 @@ def location_counts(records: Iterable[Mapping[str, Any]], grid: tuple[int, int])
 
 
 def _reference(records: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, bool]:
-    """The first PASS record with a thumbnail (True), else the first record with one (False)."""
-    first = None
+    """The lowest-scoring PASS record with a thumbnail (True), else the first record with one (False).
+
+    The lowest-scoring, not the first: in a zero-shot review a PASS can be a missed defect, and the image
+    least like a defect is the likeliest good one (``good_candidates`` teaches from the same end).
+    """
+    first, best, best_score = None, None, math.inf
     for r in records:
         if r.get("status") == "ok" and r.get("thumb") and r.get("width"):
-            if r.get("verdict") == "PASS":
-                return r, True
             first = first or r
-    return first, False
+            score = r.get("score")
+            if r.get("verdict") == "PASS" and score is not None and math.isfinite(score) and score < best_score:
+                best, best_score = r, float(score)
+    return (best, True) if best is not None else (first, False)
 
 
 def write_location_maps(out: Path, records: Records) -> LocationMaps | None:
-    """Heat images of where the regions sit, over the thumbnail of the first PASS image (``locations/``).
+    """Heat images of where the regions sit, over the thumbnail of the lowest-scoring PASS image (``locations/``).
 
     Two passes over the records (the reference, the counts), holding none. None when there are no regions
     yet or no thumbnail to draw on.
@@ -510,7 +515,7 @@ def write_html(fh: TextIO, records: Callable[[], Iterable[Mapping[str, Any]]], m
 
     if locations is not None:
         rows_n, cols_n = locations.grid
-        background = ("a good image of this review" if locations.reference_is_good
+        background = ("the lowest-scoring PASS image of this review" if locations.reference_is_good
                       else "a flagged image of this review (no PASS image yet)")
         emit("<h2>Where the defects are</h2>")
         emit(f"<p>Centres of the defect regions on a {cols_n} x {rows_n} grid over the frame, drawn over "

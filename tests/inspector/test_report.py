@@ -50,8 +50,11 @@ def test_region_centres_are_counted_per_type_on_the_frame_grid() -> None:
     assert counts["dent <b>"][8, 11] == 1 and counts["dent <b>"].sum() == 1
 
 
-def test_maps_are_drawn_over_the_first_good_image_and_shown_in_the_page(tmp_path: Path) -> None:
+def test_maps_are_drawn_over_the_lowest_scoring_pass_image_and_shown_in_the_page(tmp_path: Path) -> None:
     records = _records()
+    # the first PASS scores higher (in a zero-shot review it may be a missed defect): not the background
+    records.insert(1, {**_record("good_0.png", "PASS", []), "score": 0.3})
+    records[2]["score"] = 0.2
     out = _report_folder(tmp_path, records)
     maps = write_location_maps(out, records)
     assert maps is not None and maps.reference == "good_1.png" and maps.reference_is_good
@@ -64,9 +67,9 @@ def test_maps_are_drawn_over_the_first_good_image_and_shown_in_the_page(tmp_path
     assert np.abs(image[120, 160].astype(int) - grey).max() <= 2, "the good image untouched where there are none"
 
     meta = ReportMeta(title="Review", mode="recipe", source="batch", model="recipe part, model v1",
-                      thresholds=(0.4, 0.6, 0.5), rule="r", total_files=4, complete=True, generated="now")
+                      thresholds=(0.4, 0.6, 0.5), rule="r", total_files=5, complete=True, generated="now")
     page = write_report(out, records, meta).read_text(encoding="utf-8")
-    assert "Where the defects are" in page and "a good image of this review (good_1.png)" in page
+    assert "Where the defects are" in page and "the lowest-scoring PASS image of this review (good_1.png)" in page
     assert page.count('<img src="locations/map-') == 3
     assert "dent &lt;b&gt;: 1 region(s)" in page and "dent <b>" not in page
 
