@@ -8,6 +8,7 @@ are the batch's own rule (``robust_thresholds``: it assumes most images are good
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import logging
@@ -270,32 +271,32 @@ def good_candidates(out: Path, count: int) -> list[tuple[Path, float]]:
     if not journal.is_file():
         msg = f"{out}: not a review folder (no {JOURNAL_NAME}); run inspector review FOLDER --zero-shot --out {out}"
         raise InspectorError(msg)
-    with journal.open(encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    try:
-        header = json.loads(lines[0])
-    except (IndexError, json.JSONDecodeError) as exc:
-        msg = f"{journal}: not a review journal"
-        raise InspectorError(msg) from exc
-    if header.get("mode") != "zero-shot":
-        msg = (f"{out}: a {header.get('mode', 'unknown')} review, not a zero-shot one; its PASS images passed a "
-               f"recipe already: teach from its folder with --good")
-        raise InspectorError(msg)
-    records: dict[str, dict[str, Any]] = {}
-    for line in lines[1:]:
+    with journal.open(encoding="utf-8") as fh:       # line by line: a big review's journal is tens of MB
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:           # a cut-off last line of an interrupted run
-            continue
-        records[record["file"]] = record        # the last record of a file wins, as in the journal
-    passed = sorted((float(r["score"]), rel) for rel, r in records.items()
-                    if r.get("status") == "ok" and r.get("verdict") == Verdict.PASS.value
-                    and r.get("score") is not None and math.isfinite(float(r["score"])))
+            header = json.loads(fh.readline())
+        except json.JSONDecodeError as exc:
+            msg = f"{journal}: not a review journal"
+            raise InspectorError(msg) from exc
+        if header.get("mode") != "zero-shot":
+            msg = (f"{out}: a {header.get('mode', 'unknown')} review, not a zero-shot one; its PASS images passed "
+                   f"a recipe already: teach from its folder with --good")
+            raise InspectorError(msg)
+        last: dict[str, float | None] = {}     # file -> its score when its last record is a PASS, else None
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:       # a cut-off last line of an interrupted run
+                continue
+            score = record.get("score")
+            ok = (record.get("status") == "ok" and record.get("verdict") == Verdict.PASS.value
+                  and score is not None and math.isfinite(float(score)))
+            last[record["file"]] = float(score) if ok else None    # the last record of a file wins
+    passed = heapq.nsmallest(count, ((score, rel) for rel, score in last.items() if score is not None))
     if not passed:
         msg = f"{out}: the zero-shot review passed no image: nothing to teach from"
         raise InspectorError(msg)
     folder = Path(header["folder"])
-    chosen = [(folder / rel, score) for score, rel in passed[:count]]
+    chosen = [(folder / rel, score) for score, rel in passed]
     gone = [str(path) for path, _ in chosen if not path.is_file()]
     if gone:
         msg = f"{out}: reviewed images are gone since the review: {', '.join(gone[:3])}"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from inspector.recipe import Recipe
     from ui.teach_wizard import TeachWizard
 
-__all__ = ["CapturedFrames", "ImagesPage", "RecipePage", "RoiEditor", "RoiPage", "roi_rect"]
+__all__ = ["CapturedFrames", "ImagesPage", "RecipePage", "ReviewChoice", "RoiEditor", "RoiPage", "roi_rect"]
 
 
 def roi_rect(recipe: Recipe | None) -> tuple[int, int, int, int] | None:
@@ -55,6 +55,15 @@ class CapturedFrames:
     """The capture job's result: the (H, W, 3) uint8 BGR frames read from the live source."""
 
     frames: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class ReviewChoice:
+    """The review-reading job's result: a zero-shot review's ``count`` lowest-scoring PASS images."""
+
+    folder: Path
+    count: int
+    chosen: tuple[tuple[Path, float], ...]     # (file, score), lowest first
 
 
 class RoiEditor(QWidget):
@@ -268,7 +277,9 @@ class ImagesPage(QWizardPage):
         form.addRow("Known-bad images", bad_row)
         form.addRow("Hold out for the check", self.holdout)
         form.addRow(self.summary)
+        self.review_choice: ReviewChoice | None = None   # what the review folder gives, once read
         wizard.jobs.finished.connect(self._on_job_finished)
+        wizard.jobs.errored.connect(self._on_job_errored)
 
     def initializePage(self) -> None:  # noqa: N802 (Qt name)
         if not self.source_edit.text() and self.w.source_text:
@@ -289,23 +300,35 @@ class ImagesPage(QWizardPage):
 
     @Slot()
     def _show_review_choice(self) -> None:
-        """List the images a zero-shot review would give, before the engineer moves on."""
+        """Read the review on the job thread (a big review's journal takes seconds) and list its choice."""
         text = self.review_edit.text().strip()
-        if text:
-            self._review_choice(Path(text))
+        if not text:
+            return
+        if self.w.jobs.running:
+            self.summary.setText("Another job is running (a capture?): wait for it, then Next.")
+            return
+        folder, count, read = Path(text), self.review_count.value(), self.w.engine.good_from_review
+        self.review_choice = None
 
-    def _review_choice(self, folder: Path) -> list[Path] | None:
-        """The review's lowest-scoring PASS images, listed in the summary; None (and why) when there are none."""
-        try:
-            chosen = self.w.engine.good_from_review(folder, self.review_count.value())
-        except Exception as exc:
-            self.summary.setText(str(exc))
-            return None
-        lines = [f"{score:.4f}  {path.parent.name}/{path.name}" for path, score in chosen]
+        def job() -> Generator[Progress, None, ReviewChoice]:
+            yield Progress(done=0, total=0, message=f"reading the review {folder}")
+            return ReviewChoice(folder, count, tuple(read(folder, count)))
+
+        self.summary.setText(f"Reading the review {folder}…")
+        self.w.jobs.start(job, name="review-choice")
+
+    def _review_choice_shown(self, choice: ReviewChoice) -> None:
+        self.review_choice = choice
+        lines = [f"{score:.4f}  {path.parent.name}/{path.name}" for path, score in choice.chosen]
         self.summary.setText(
-            f"Teaching from the {len(chosen)} lowest-scoring PASS image(s) of the zero-shot review {folder} "
-            f"(look at them in its report first: a defective one would be taught as good):\n" + "\n".join(lines))
-        return [path for path, _ in chosen]
+            f"Teaching from the {len(choice.chosen)} lowest-scoring PASS image(s) of the zero-shot review "
+            f"{choice.folder} (look at them in its report first: a defective one would be taught as good):\n"
+            + "\n".join(lines))
+
+    @Slot(str)
+    def _on_job_errored(self, text: str) -> None:
+        if self.w.jobs.name == "review-choice":
+            self.summary.setText(text.partition(": ")[2] or text)
 
     @Slot()
     def _on_browse_bad(self) -> None:
@@ -343,6 +366,9 @@ class ImagesPage(QWizardPage):
 
     @Slot(object)
     def _on_job_finished(self, value: object) -> None:
+        if self.w.jobs.name == "review-choice" and isinstance(value, ReviewChoice):
+            self._review_choice_shown(value)
+            return
         if self.w.jobs.name != "capture" or not isinstance(value, CapturedFrames):
             return
         self.capture_button.setEnabled(True)
@@ -361,11 +387,12 @@ class ImagesPage(QWizardPage):
                 self.summary.setText("Choose one source of good images: a folder or a zero-shot review, not both.")
                 return False
             if review_text:
-                chosen = self._review_choice(Path(review_text))
-                if chosen is None:
+                choice = self.review_choice
+                if choice is None or choice.folder != Path(review_text) or choice.count != self.review_count.value():
+                    self._show_review_choice()        # read it (again); Next once its images are listed
                     return False
-                self.w.good_files, self.w.captured = chosen, []
-                first = engine.load_image(chosen[0])
+                self.w.good_files, self.w.captured = [path for path, _ in choice.chosen], []
+                first = engine.load_image(self.w.good_files[0])
             elif good_text:
                 folder = Path(good_text)
                 if not folder.is_dir():

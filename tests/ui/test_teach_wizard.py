@@ -305,13 +305,21 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     page = wizard.images_page
     assert page.review_count.value() == 8, "the CLI's --count default"
     page.review_edit.setText(str(tmp_path))
-    page.review_edit.editingFinished.emit()
-    assert "not a review folder" in page.summary.text()
+    page.review_edit.editingFinished.emit()           # read on the job thread: a big journal takes seconds
+    qtbot.waitUntil(lambda: "not a review folder" in page.summary.text() and not wizard.jobs.running)
     page.review_edit.setText(str(out))
-    page.review_count.setValue(4)                      # lists the choice at once, before Next
+    page.review_count.setValue(4)                      # lists the choice before Next
+    qtbot.waitUntil(lambda: page.review_choice is not None and not wizard.jobs.running)
     listed = [line.split()[-1] for line in page.summary.text().splitlines()[1:]]
     assert listed == [f"lot/{name}" for name in lowest[:4]], "score, then the file in its folder"
     assert "lowest-scoring PASS image(s) of the zero-shot review" in page.summary.text()
+    page.review_count.blockSignals(True)
+    page.review_count.setValue(3)                      # a count not read yet: Next reads it first
+    page.review_count.blockSignals(False)
+    wizard.next()
+    assert wizard.currentPage() is page
+    qtbot.waitUntil(lambda: page.review_choice is not None and not wizard.jobs.running)
+    assert [p.name for p, _ in page.review_choice.chosen] == lowest[:3]
     page.good_edit.setText(str(s.good))
     wizard.next()
     assert wizard.currentPage() is page and "not both" in page.summary.text()
@@ -319,7 +327,7 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     page.holdout.setValue(1)
     wizard.next()
     assert wizard.currentPage() is wizard.roi_page
-    assert [p.name for p in wizard.good_files] == lowest[:4] and all(p.parent == lot for p in wizard.good_files)
+    assert [p.name for p in wizard.good_files] == lowest[:3] and all(p.parent == lot for p in wizard.good_files)
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
-    assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) == 4
+    assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) == 3
