@@ -278,8 +278,10 @@ class ImagesPage(QWizardPage):
         form.addRow("Hold out for the check", self.holdout)
         form.addRow(self.summary)
         self.review_choice: ReviewChoice | None = None   # what the review folder gives, once read
+        self._read_again = False
         wizard.jobs.finished.connect(self._on_job_finished)
         wizard.jobs.errored.connect(self._on_job_errored)
+        wizard.jobs.stopped.connect(self._on_job_stopped)
 
     def initializePage(self) -> None:  # noqa: N802 (Qt name)
         if not self.source_edit.text() and self.w.source_text:
@@ -305,7 +307,10 @@ class ImagesPage(QWizardPage):
         if not text:
             return
         if self.w.jobs.running:
-            self.summary.setText("Another job is running (a capture?): wait for it, then Next.")
+            if self.w.jobs.name == "review-choice":   # typed on while it reads: read again when it ends
+                self._read_again = True
+            else:
+                self.summary.setText("Another job is running (a capture?): wait for it, then Next.")
             return
         folder, count, read = Path(text), self.review_count.value(), self.w.engine.good_from_review
         self.review_choice = None
@@ -324,6 +329,12 @@ class ImagesPage(QWizardPage):
             f"Teaching from the {len(choice.chosen)} lowest-scoring PASS image(s) of the zero-shot review "
             f"{choice.folder} (look at them in its report first: a defective one would be taught as good):\n"
             + "\n".join(lines))
+
+    @Slot()
+    def _on_job_stopped(self) -> None:
+        if self._read_again:
+            self._read_again = False
+            self._show_review_choice()
 
     @Slot(str)
     def _on_job_errored(self, text: str) -> None:

@@ -320,6 +320,10 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     assert wizard.currentPage() is page
     qtbot.waitUntil(lambda: page.review_choice is not None and not wizard.jobs.running)
     assert [p.name for p, _ in page.review_choice.chosen] == lowest[:3]
+    page.review_count.setValue(5)                      # typed on while a read runs: the last value is read
+    page.review_count.setValue(3)
+    qtbot.waitUntil(lambda: page.review_choice is not None and not wizard.jobs.running)
+    assert page.review_choice.count == 3 and "Another job" not in page.summary.text()
     page.good_edit.setText(str(s.good))
     wizard.next()
     assert wizard.currentPage() is page and "not both" in page.summary.text()
