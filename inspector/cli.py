@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the CPU one per torch thread, at most 8; on a GPU 1, which scores in batches)")
     p.add_argument("--references", type=int, default=None, metavar="N",
                    help="with --zero-shot: compare each image with at most N images of the batch (a seeded random "
-                        "subset; default 200). The time grows with N: on a CPU fewer references review faster")
+                        "subset; default 64). The time grows with N: on a CPU fewer references review faster")
     p.add_argument("--thresholds", type=_threshold_pair, default=None, metavar="REVIEW,FAIL",
                    help="with --zero-shot: flag images at these scores instead of the batch's rule (which assumes "
                         "most images are good), e.g. read off the report's score histogram; a folder reviewed "
