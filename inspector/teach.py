@@ -497,8 +497,7 @@ def _good_candidates(out: Path, count: int) -> list[tuple[Path, float]]:
 class TeachEngine:
     """The engine calls of teach-then-check and of the teaching screen, swappable for a cheap stand-in in tests.
 
-    All run on a worker thread except `load_recipe`, `image_files` and `good_from_review` (cheap, called by
-    the wizard's pages).
+    All run on a worker thread except `load_recipe` and `image_files` (cheap, called by the wizard's pages).
     """
 
     load_recipe: Callable[[Path], Recipe]
