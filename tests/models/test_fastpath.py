@@ -16,6 +16,7 @@ import torch
 from models.backbone import DinoBackbone, create_backbone
 from models.detectors import PatchKNN, PatchKNNConfig
 from models.detectors._fastpath import GraphCache, PinnedStaging, autocast_dtype
+from models.detectors._foreground import foreground_masks, leading_eigenvector
 from tests.models.test_patch_knn import defect_frame, good_frame
 
 SIZE = 112
@@ -110,6 +111,41 @@ def test_graph_cache_refuses_cpu_tensors_and_staging_passes_them_through() -> No
     assert back.dtype == np.float32 and np.array_equal(back, frames[..., 0])
 
 
+def _covariances(seed: int, gaps: tuple[float, ...]) -> torch.Tensor:
+    """(B, 64, 64) covariances of random features whose second eigenvalue is ``gap`` times the first."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for gap in gaps:
+        q, _ = torch.linalg.qr(torch.randn(64, 64, generator=gen, dtype=torch.float64))
+        values = torch.rand(64, generator=gen, dtype=torch.float64) * gap * 0.9
+        values[0], values[1] = 1.0, gap
+        out.append((q * values) @ q.T)
+    return torch.stack(out).float()
+
+
+def test_leading_eigenvector_is_eighs_last_eigenvector() -> None:
+    cov = _covariances(0, (0.1, 0.5, 0.9, 0.99))
+    expected = torch.linalg.eigh(cov.double())[1][..., -1]
+    got = leading_eigenvector(cov)
+    assert got.shape == (4, 64) and got.dtype == torch.float32
+    cosine = (got.double() * expected).sum(dim=1).abs()
+    assert float(cosine.min()) > 1 - 1e-6, cosine
+    assert torch.allclose(got.norm(dim=1), torch.ones(4), atol=1e-6)
+    assert torch.isfinite(leading_eigenvector(torch.zeros(1, 8, 8))).all()   # a blank frame: no NaN
+
+
+def test_foreground_masks_of_the_squaring_path_equal_eighs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.detectors import _foreground
+
+    rng = np.random.default_rng(3)
+    feats = torch.from_numpy(rng.normal(size=(2, 12, 16, 32)).astype(np.float32))
+    feats[:, 3:9, 4:12, :8] += 8.0                                # an object: a strong first component
+    by_eigh = foreground_masks(feats)
+    # the CUDA branch, run on the CPU: eigh's result replaced by leading_eigenvector's
+    monkeypatch.setattr(_foreground.torch.linalg, "eigh", lambda cov: (None, leading_eigenvector(cov)[..., None]))
+    assert torch.equal(foreground_masks(feats), by_eigh)
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 
 
@@ -132,3 +168,15 @@ def test_cuda_graphs_and_half_precision_keep_fp32_scores(real_backbone: DinoBack
     np.testing.assert_allclose(one, fast.predict(test, batch_size=1).pred_score, rtol=0, atol=1e-6)
     fast.add_normal([test[0]])                                   # a new bank: captured again, not stale
     assert fast.predict(test[0]).pred_score[0] < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masks_on_cuda_equal_the_cpus(real_backbone: DinoBackbone) -> None:
+    frames, _ = _frames(9, 3, 3)
+    x = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])
+    with torch.inference_mode():   # (an earlier GPU test may have moved the session's backbone to CUDA)
+        raw = real_backbone(x.to(next(real_backbone.parameters()).device) - 0.45).float().cpu()
+    on_cpu = foreground_masks(raw)
+    on_cuda = foreground_masks(raw.to("cuda")).cpu()
+    assert (on_cpu != on_cuda).float().mean() < 0.002
