@@ -35,11 +35,13 @@ Cost: 448 px and three scales make this slower than the former 224 px, single-sc
 one CPU thread (mvtec_transistor, features and mutual scoring), a 14-image batch took 10.4x as long
 (3 interleaved repeats) and a 30-image batch 12.8x (one run each; features about 6x, the mutual
 scoring 39-54x, and it grows with the batch up to ``max_references``), so large lots want a GPU or
-fewer references (benchmarks/README.md).
+fewer references (benchmarks/README.md). On one H200 a lot scores at 12 ms an image with 64 references
+(benchmarks/speed_notes.md).
 
 Memory is bounded for batches of thousands: features are float16 on the CPU (ViT-S at 448 px,
 1024 patches: 0.8 MB an image); each scale's reference bank is built once (``max_references`` x
-patches x 384 float16) and distances are computed in blocks of at most ``block_elements``.
+patches x 384 float16; on CUDA it stays on the device) and distances are computed in blocks of at
+most ``block_elements`` (16x that on CUDA).
 
 Example:
     >>> scorer = ZeroShotScorer(backbone=backbone, config=ZeroShotConfig())
@@ -85,6 +87,11 @@ logger = logging.getLogger(__name__)
 
 # Scales the median absolute deviation to the standard deviation of a normal distribution.
 MAD_TO_SIGMA: Final = 1.4826
+
+
+# On CUDA a distance block may be this many times ``block_elements`` (16 x 64 MB = 1 GB of float32):
+# fewer, larger matrix products; a GPU has the memory that the CPU default is sized against.
+CUDA_BLOCK_FACTOR: Final = 16
 
 
 def _odd_scales(value: object) -> bool:
@@ -404,17 +411,22 @@ class ZeroShotScorer:
         refs = self.references()
         n_max = max(self._entries[int(j)].features.shape[0] for j in refs)
         dim = self._entries[0].features.shape[1]
-        # Padded references at this scale: (R, n_max, D) float16 on the CPU, a validity mask for the padding.
-        ref_feats = torch.zeros(len(refs), n_max, dim, dtype=torch.float16)
-        ref_valid = torch.zeros(len(refs), n_max, dtype=torch.bool)
+        # Padded references at this scale: (R, n_max, D) float16, a validity mask for the padding. On CUDA
+        # they stay on the device (64 references at 448 px: 75 MB) and the per-patch minima too: copying
+        # them from the CPU for every block of queries made the GPU wait on the bus.
+        cuda = dev.type == "cuda"
+        home = dev if cuda else torch.device("cpu")
+        ref_feats = torch.zeros(len(refs), n_max, dim, dtype=torch.float16, device=home)
+        ref_valid = torch.zeros(len(refs), n_max, dtype=torch.bool, device=home)
         for slot, j in enumerate(refs):
-            f = self._features_at(int(j), r, dev, torch.float32).to("cpu", torch.float16)
+            f = self._features_at(int(j), r, dev, torch.float32).to(home, torch.float16)
             ref_feats[slot, : f.shape[0]] = f
             ref_valid[slot, : f.shape[0]] = True
         ref_slot = {int(j): slot for slot, j in enumerate(refs)}
-        work = torch.float16 if dev.type == "cuda" else torch.float32  # CPU half matmul is slow
-        ref_chunk = max(1, min(len(refs), cfg.block_elements // max(1, 1024 * n_max)))
-        max_rows = max(1, cfg.block_elements // (ref_chunk * n_max))
+        work = torch.float16 if cuda else torch.float32  # CPU half matmul is slow
+        elements = cfg.block_elements * (CUDA_BLOCK_FACTOR if cuda else 1)
+        ref_chunk = max(1, min(len(refs), elements // max(1, 1024 * n_max)))
+        max_rows = max(1, elements // (ref_chunk * n_max))
 
         out: list[torch.Tensor] = []
         i = 0
@@ -426,21 +438,21 @@ class ZeroShotScorer:
                 rows += self._entries[i + len(group)].features.shape[0]
                 group.append(i + len(group))
             queries = torch.cat([self._features_at(g, r, dev, work) for g in group])
-            owners = torch.cat([torch.full((self._entries[g].features.shape[0],), g) for g in group])
-            minima = torch.empty(queries.shape[0], len(refs), dtype=torch.float32)
+            owners = torch.cat([torch.full((self._entries[g].features.shape[0],), g) for g in group]).to(home)
+            minima = torch.empty(queries.shape[0], len(refs), dtype=torch.float32, device=home)
             for c0 in range(0, len(refs), ref_chunk):
-                block = ref_feats[c0 : c0 + ref_chunk].to(dev, work)  # (C, n_max, D)
+                block = ref_feats[c0 : c0 + ref_chunk].to(dev, work)  # (C, n_max, D); on CUDA already there
                 valid = ref_valid[c0 : c0 + ref_chunk].to(dev)
                 sim = (queries @ block.reshape(-1, dim).T).float().view(queries.shape[0], block.shape[0], n_max)
                 sim.masked_fill_(~valid[None], -math.inf)
-                minima[:, c0 : c0 + block.shape[0]] = (1.0 - sim.amax(dim=2)).clamp_(0.0, 2.0).cpu()
+                minima[:, c0 : c0 + block.shape[0]] = (1.0 - sim.amax(dim=2)).clamp_(0.0, 2.0).to(home)
             for g in group:
                 rows_g = minima[owners == g]
                 if g in ref_slot:              # a query image is not its own reference
                     rows_g[:, ref_slot[g]] = math.inf
                 n_refs = len(refs) - (1 if g in ref_slot else 0)
                 k = max(1, round(cfg.neighbour_fraction * n_refs))
-                out.append(rows_g.topk(k, dim=1, largest=False).values.mean(dim=1))
+                out.append(rows_g.topk(k, dim=1, largest=False).values.mean(dim=1).cpu())
             i += len(group)
             tick(i)
         return out
