@@ -118,3 +118,66 @@ def test_a_tiny_speed_run_writes_consistent_numbers(
     assert {"python", "torch", "timm", "anomalib"} <= set(data["env"]["versions"])
     printed = capsys.readouterr().out
     assert "score check at 56" in printed and "same scores" in printed and f"{mine['ratio_fps']:.2f}x" in printed
+
+
+def test_test_frames_take_every_class_in_turn_until_every_file_is_taken(tmp_path: Path) -> None:
+    from benchmarks.speed import image_files
+
+    rng = np.random.default_rng(1)
+    for name, count in (("good", 4), ("blob", 1), ("scratch", 2)):
+        write_images(tmp_path / "test" / name, [part(rng)[0] for _ in range(count)])
+    files = image_files(tmp_path, "test")
+    assert len(files) == 7                           # zip() stopped at the smallest class: 3
+    assert [f.parent.name for f in files] == ["blob", "good", "scratch", "good", "scratch", "good", "good"]
+
+
+@pytest.mark.filterwarnings("ignore:The anomalib.models.components.dinov2 package:FutureWarning")
+def test_a_fast_row_that_fails_is_reported_and_the_other_rows_stay(
+    tmp_path: Path, tiny_weights_file: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("anomalib")
+    from benchmarks import speed
+
+    def broken(*_: object, **__: object) -> None:
+        msg = "operation not permitted when stream is capturing"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(speed, "check_parity", broken)
+    rng = np.random.default_rng(0)
+    write_images(tmp_path / "data" / "train" / "good", [part(rng)[0]])
+    write_images(tmp_path / "data" / "test" / "good", [part(rng)[0] for _ in range(2)])
+    out = tmp_path / "speed.json"
+    code = speed.main(["--data-root", str(tmp_path / "data"), "--device", "cpu", "--sizes", "56", "--frames", "2",
+                       "--repeats", "1", "--shots", "1", "--large-bank", "0", "--no-onnx", "--batch-sizes", "1",
+                       "--precision", "bf16", "--weights", str(tiny_weights_file), "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["complete"] is True
+    assert "stream is capturing" in data["score_checks"]["56"]["fast_error"]
+    assert [r["model"] for r in data["rows"]] == ["ours", "anomalib"]
+
+
+def test_gpu_profile_and_zero_shot_scripts_run_on_the_cpu(tmp_path: Path, tiny_weights_file: Path) -> None:
+    """The GPU scripts' CPU run: the numbers they write are there and consistent (the GPU run is the real one)."""
+    from benchmarks import gpu_profile, gpu_zero_shot
+
+    rng = np.random.default_rng(0)
+    write_images(tmp_path / "data" / "train" / "good", [part(rng)[0] for _ in range(2)])
+    write_images(tmp_path / "data" / "test" / "good", [part(rng)[0] for _ in range(2)])
+    profile = tmp_path / "profile.json"
+    assert gpu_profile.main(["--data-root", str(tmp_path / "data"), "--weights", str(tiny_weights_file),
+                             "--device", "cpu", "--size", "56", "--shots", "2", "--frames", "2", "--repeats", "1",
+                             "--batch", "2", "--json", str(profile)]) == 0
+    data = json.loads(profile.read_text(encoding="utf-8"))
+    assert set(data["batch1_p50_ms"]) == {"eigh", "squaring"} and data["batch"] == 2
+    assert data["score_max_abs_diff_eigh_vs_squaring"] == 0.0     # on the CPU both are eigh
+    before = tmp_path / "zero_shot_before.py"
+    module = Path(__file__).resolve().parents[2] / "models" / "detectors" / "zero_shot.py"
+    before.write_text(module.read_text(encoding="utf-8"), encoding="utf-8")
+    zs = tmp_path / "zero_shot.json"
+    assert gpu_zero_shot.main(["--data-root", str(tmp_path / "data"), "--weights", str(tiny_weights_file),
+                               "--device", "cpu", "--images", "5", "--repeats", "1", "--before", str(before),
+                               "--json", str(zs)]) == 0
+    data = json.loads(zs.read_text(encoding="utf-8"))
+    assert data["images"] == 5 and data["score_max_abs_diff_before_vs_after"] == 0.0
+    assert data["per_image_ms"]["after"]["total"] == pytest.approx(1e3 * data["median_s"]["after"]["total_s"] / 5)
