@@ -5,8 +5,9 @@ masking, the bank that teach builds) end to end; this script says why it costs w
 It fits ``PatchKNN()`` with a default recipe's settings on ``--shots`` good frames and times
 ``predict`` at batch 1 and ``--batch`` with the first principal component of the masking step
 computed two ways, interleaved frame by frame: ``torch.linalg.eigh`` (cuSOLVER on CUDA) and
-``leading_eigenvector`` (repeated squaring, what the detector uses on CUDA). Then one profiled
-batch-1 pass prints the operators that took the most device time.
+``leading_eigenvector`` (repeated squaring, what the detector uses on CUDA), and batch 1 with the
+patch features as the station asks for them (region typing). Then one profiled batch-1 pass prints
+the operators that took the most device time.
 
 Usage (repository root, on the GPU machine; inputs packed by ``benchmarks/gpu_pack.py``):
     python -m benchmarks.gpu_profile --data-root .gpu/data --weights .gpu/weights_fp16.safetensors \\
@@ -57,10 +58,10 @@ def eigh_everywhere() -> Iterator[None]:
         _foreground.leading_eigenvector = before  # type: ignore[assignment]
 
 
-def time_ms(detector: PatchKNN, batch: np.ndarray, device: torch.device) -> float:
+def time_ms(detector: PatchKNN, batch: np.ndarray, device: torch.device, *, with_features: bool = False) -> float:
     sync_device(device)
     t0 = time.perf_counter()
-    detector.predict(batch, batch_size=len(batch))
+    detector.predict(batch, batch_size=len(batch), with_features=with_features)
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -99,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     ways = {"eigh": eigh_everywhere, "squaring": contextlib.nullcontext}
     one: dict[str, list[float]] = {k: [] for k in ways}
     many: dict[str, list[float]] = {k: [] for k in ways}
+    station: list[float] = []   # what inspector.station asks for: scores, maps and the patch features
     for _ in range(args.repeats):
         for f in test:
             for name, ctx in ways.items():
                 with ctx():
                     one[name].append(time_ms(detector, f[None], device))
+            station.append(time_ms(detector, f[None], device, with_features=True))
         for name, ctx in ways.items():
             with ctx():
                 many[name].append(time_ms(detector, batch, device))
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "rotations": detector.rotations_used, "blocks": list(settings.blocks),
         "command": "python -m benchmarks.gpu_profile " + " ".join(sys.argv[1:] if argv is None else argv),
         "batch1_p50_ms": {k: float(np.median(v)) for k, v in one.items()},
+        "station_batch1_p50_ms": float(np.median(station)),
+        "station_batch1_p99_ms": float(np.percentile(station, 99)),
         "batch_frames_per_s": {k: args.batch / (float(np.median(v)) / 1e3) for k, v in many.items()},
         "score_max_abs_diff_eigh_vs_squaring": float(np.abs(s_eigh - s_sq).max()),
     }

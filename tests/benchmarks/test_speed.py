@@ -170,6 +170,7 @@ def test_gpu_profile_and_zero_shot_scripts_run_on_the_cpu(tmp_path: Path, tiny_w
                              "--batch", "2", "--json", str(profile)]) == 0
     data = json.loads(profile.read_text(encoding="utf-8"))
     assert set(data["batch1_p50_ms"]) == {"eigh", "squaring"} and data["batch"] == 2
+    assert 0 < data["station_batch1_p50_ms"] <= data["station_batch1_p99_ms"]
     assert data["score_max_abs_diff_eigh_vs_squaring"] == 0.0     # on the CPU both are eigh
     before = tmp_path / "zero_shot_before.py"
     module = Path(__file__).resolve().parents[2] / "models" / "detectors" / "zero_shot.py"
