@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSize, Qt, Signal, Slot
-from PySide6.QtGui import QMouseEvent
+from PySide6.QtGui import QIcon, QMouseEvent, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,6 +24,9 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QRubberBand,
     QSpinBox,
@@ -34,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from inspector.results import Progress
 from ui.live_view import HeatmapView
+from ui.qimage import bgr_to_qimage
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -57,6 +61,10 @@ class CapturedFrames:
     frames: tuple[np.ndarray, ...]
 
 
+THUMB_SIDE = 200       # px, the longer side of a review image's thumbnail in the Images step
+THUMB_ROLE = Qt.ItemDataRole.UserRole + 1   # a thumbnail item's own pixmap (its icon is greyed when unticked)
+
+
 @dataclass(frozen=True)
 class ReviewChoice:
     """The review-reading job's result: a zero-shot review's ``count`` lowest-scoring PASS images."""
@@ -64,6 +72,19 @@ class ReviewChoice:
     folder: Path
     count: int
     chosen: tuple[tuple[Path, float], ...]     # (file, score), lowest first
+    thumbs: tuple[np.ndarray | None, ...] = ()  # BGR thumbnails of ``chosen`` (None: unreadable), same order
+
+
+def thumbnail(image_bgr: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+    """``image_bgr`` shrunk (area interpolation) so that its longer side is at most ``side`` px."""
+    import cv2
+
+    height, width = image_bgr.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale >= 1.0:
+        return image_bgr
+    return cv2.resize(image_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 class RoiEditor(QWidget):
@@ -255,6 +276,17 @@ class ImagesPage(QWizardPage):
         self.holdout.setSuffix(" images")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
+        # the review's choice as thumbnails, ticked: the engineer looks at them and unticks a defective one
+        self.review_list = QListWidget()
+        self.review_list.setViewMode(QListView.ViewMode.IconMode)
+        self.review_list.setIconSize(QSize(THUMB_SIDE, THUMB_SIDE))
+        self.review_list.setFlow(QListView.Flow.LeftToRight)
+        self.review_list.setWrapping(True)
+        self.review_list.setResizeMode(QListView.ResizeMode.Adjust)
+        self.review_list.setMovement(QListView.Movement.Static)
+        self.review_list.setMinimumHeight(THUMB_SIDE + 56)
+        self.review_list.setVisible(False)
+        self.review_list.itemChanged.connect(self._on_thumb_ticked)
 
         good_row = QHBoxLayout()
         good_row.addWidget(self.good_edit, 1)
@@ -270,13 +302,17 @@ class ImagesPage(QWizardPage):
         bad_row = QHBoxLayout()
         bad_row.addWidget(self.bad_edit, 1)
         bad_row.addWidget(bad_browse)
-        form = QFormLayout(self)
+        page = QVBoxLayout(self)
+        form = QFormLayout()
         form.addRow("Good images", good_row)
         form.addRow("…or capture", capture_row)
         form.addRow("…or from a review", review_row)
         form.addRow("Known-bad images", bad_row)
         form.addRow("Hold out for the check", self.holdout)
-        form.addRow(self.summary)
+        page.addLayout(form)
+        page.addWidget(self.summary)
+        page.addWidget(self.review_list, 1)      # the thumbnails take the page's height when shown
+        page.addStretch(0)
         self.review_choice: ReviewChoice | None = None   # what the review folder gives, once read
         self._read_again = False
         wizard.jobs.finished.connect(self._on_job_finished)
@@ -313,22 +349,77 @@ class ImagesPage(QWizardPage):
                 self.summary.setText("Another job is running (a capture?): wait for it, then Next.")
             return
         folder, count, read = Path(text), self.review_count.value(), self.w.engine.good_from_review
+        load = self.w.engine.load_image
         self.review_choice = None
+        self._show_thumbs(None)
 
         def job() -> Generator[Progress, None, ReviewChoice]:
             yield Progress(done=0, total=0, message=f"reading the review {folder}")
-            return ReviewChoice(folder, count, tuple(read(folder, count)))
+            chosen = tuple(read(folder, count))
+            thumbs: list[np.ndarray | None] = []
+            for i, (path, _) in enumerate(chosen):
+                yield Progress(done=i, total=len(chosen), message=f"thumbnail of {path.name}")
+                try:
+                    thumbs.append(thumbnail(load(path)))
+                except Exception:  # noqa: BLE001  # listed as unreadable; teaching names the file and the error
+                    thumbs.append(None)
+            return ReviewChoice(folder, count, chosen, tuple(thumbs))
 
         self.summary.setText(f"Reading the review {folder}…")
         self.w.jobs.start(job, name="review-choice")
 
     def _review_choice_shown(self, choice: ReviewChoice) -> None:
         self.review_choice = choice
-        lines = [f"{score:.4f}  {path.parent.name}/{path.name}" for path, score in choice.chosen]
+        folders = sorted({path.parent.name for path, _ in choice.chosen})
         self.summary.setText(
             f"Teaching from the {len(choice.chosen)} lowest-scoring PASS image(s) of the zero-shot review "
-            f"{choice.folder} (look at them in its report first: a defective one would be taught as good):\n"
-            + "\n".join(lines))
+            f"{choice.folder} (images of {', '.join(folders)}), below with their scores. Look at them, or at "
+            f"the review's report: a defective one would be taught as good; untick it.")
+        self._show_thumbs(choice)
+
+    def _show_thumbs(self, choice: ReviewChoice | None) -> None:
+        """List ``choice``'s images as ticked thumbnails with their scores; None hides the list."""
+        self.review_list.clear()
+        self.review_list.setVisible(choice is not None)
+        if choice is None:
+            return
+        thumbs = choice.thumbs or (None,) * len(choice.chosen)
+        self.review_list.blockSignals(True)
+        for (path, score), thumb in zip(choice.chosen, thumbs, strict=True):
+            caption = f"{score:.4f}\n{path.name}" if thumb is not None else f"{path.name}\n(unreadable)"
+            item = QListWidgetItem(caption)
+            item.setData(Qt.ItemDataRole.UserRole, caption)
+            if thumb is not None:
+                pixmap = QPixmap.fromImage(bgr_to_qimage(thumb))
+                item.setData(THUMB_ROLE, pixmap)
+                item.setIcon(QIcon(pixmap))
+            item.setToolTip(f"{path}\nuntick to leave it out of the good images")
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked)
+            self.review_list.addItem(item)
+        self.review_list.blockSignals(False)
+
+    @Slot(QListWidgetItem)
+    def _on_thumb_ticked(self, item: QListWidgetItem) -> None:
+        """An unticked image is shown greyed and marked "left out" (the view's own tick box barely shows)."""
+        ticked = item.checkState() == Qt.CheckState.Checked
+        caption = str(item.data(Qt.ItemDataRole.UserRole))
+        self.review_list.blockSignals(True)     # the changes below would call this again
+        item.setText(caption if ticked else f"{caption}\nleft out")
+        item.setForeground(self.palette().text() if ticked else self.palette().placeholderText())
+        pixmap = item.data(THUMB_ROLE)
+        if isinstance(pixmap, QPixmap):
+            mode = QIcon.Mode.Normal if ticked else QIcon.Mode.Disabled     # Disabled: Qt's greyed copy
+            item.setIcon(QIcon(QIcon(pixmap).pixmap(pixmap.size(), mode)))
+        self.review_list.blockSignals(False)
+
+    def ticked_review_files(self) -> list[Path]:
+        """The review's chosen images whose thumbnails are ticked, lowest score first."""
+        if self.review_choice is None:
+            return []
+        return [path for i, (path, _) in enumerate(self.review_choice.chosen)
+                if self.review_list.item(i) is None
+                or self.review_list.item(i).checkState() == Qt.CheckState.Checked]
 
     @Slot()
     def _on_job_stopped(self) -> None:
@@ -386,6 +477,7 @@ class ImagesPage(QWizardPage):
         self.w.captured = list(value.frames)
         self.good_edit.clear()
         self.review_edit.clear()
+        self._show_thumbs(None)
         self.summary.setText(f"Captured {len(self.w.captured)} frames from {self.source_edit.text()}.")
         self.completeChanged.emit()
 
@@ -402,7 +494,12 @@ class ImagesPage(QWizardPage):
                 if choice is None or choice.folder != Path(review_text) or choice.count != self.review_count.value():
                     self._show_review_choice()        # read it (again); Next once its images are listed
                     return False
-                self.w.good_files, self.w.captured = [path for path, _ in choice.chosen], []
+                ticked = self.ticked_review_files()
+                if not ticked:
+                    self.summary.setText("Every image of the review's choice is unticked: tick at least one good "
+                                         "image, or raise the count to list more.")
+                    return False
+                self.w.good_files, self.w.captured = ticked, []
                 first = engine.load_image(self.w.good_files[0])
             elif good_text:
                 folder = Path(good_text)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
 
 from inspector.capture import image_files, load_image
 from inspector.recipe import edit_recipe_file, load_recipe, save_recipe
@@ -310,8 +311,14 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     page.review_edit.setText(str(out))
     page.review_count.setValue(4)                      # lists the choice before Next
     qtbot.waitUntil(lambda: page.review_choice is not None and not wizard.jobs.running)
-    listed = [line.split()[-1] for line in page.summary.text().splitlines()[1:]]
-    assert listed == [f"lot/{name}" for name in lowest[:4]], "score, then the file in its folder"
+    thumbs = [page.review_list.item(i) for i in range(page.review_list.count())]
+    assert page.review_list.isVisible() and len(thumbs) == 4, "the choice as thumbnails, to look at"
+    assert all(not t.icon().isNull() and t.checkState() == Qt.CheckState.Checked for t in thumbs)
+    scores = [score for _, score in page.review_choice.chosen]
+    expected = [[f"{v:.4f}", n] for v, n in zip(scores, lowest[:4], strict=True)]
+    assert [t.text().splitlines() for t in thumbs] == expected, "score, then the file"
+    assert all(t.toolTip().startswith(f"{lot / n}\n") for t, n in zip(thumbs, lowest[:4], strict=True))
+    assert max(page.review_choice.thumbs[0].shape[:2]) <= 200
     assert "lowest-scoring PASS image(s) of the zero-shot review" in page.summary.text()
     page.review_count.blockSignals(True)
     page.review_count.setValue(3)                      # a count not read yet: Next reads it first
@@ -329,9 +336,17 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     assert wizard.currentPage() is page and "not both" in page.summary.text()
     page.good_edit.clear()
     page.holdout.setValue(1)
+    for i in range(3):                                 # nothing ticked: nothing to teach from
+        page.review_list.item(i).setCheckState(Qt.CheckState.Unchecked)
     wizard.next()
+    assert wizard.currentPage() is page and "tick at least one" in page.summary.text()
+    assert all(page.review_list.item(i).text().endswith("left out") for i in range(3)), "shown as left out"
+    for i in (1, 2):
+        page.review_list.item(i).setCheckState(Qt.CheckState.Checked)
+    assert [len(page.review_list.item(i).text().splitlines()) for i in range(3)] == [3, 2, 2]
+    wizard.next()                                      # the first one unticked (say it showed a defect)
     assert wizard.currentPage() is wizard.roi_page
-    assert [p.name for p in wizard.good_files] == lowest[:3] and all(p.parent == lot for p in wizard.good_files)
+    assert [p.name for p in wizard.good_files] == lowest[1:3] and all(p.parent == lot for p in wizard.good_files)
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
-    assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) == 3
+    assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) >= 1   # one image taught
