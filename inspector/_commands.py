@@ -288,12 +288,12 @@ def _link_summary(line: Any) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """Teach a recipe from good images; print the calibration report."""
     from inspector.recipe import load_recipe
-    from inspector.teach import teach
+    from inspector.teach import GOOD_FROM_REVIEW_COUNT, teach
 
     recipe = load_recipe(args.recipe)
     good: Path | list[np.ndarray] = args.good
     if args.good_from_review is not None:
-        good = _good_from_review(args.good_from_review, 8 if args.count is None else args.count)
+        good = _good_from_review(args.good_from_review, GOOD_FROM_REVIEW_COUNT if args.count is None else args.count)
     elif args.count is not None:
         msg = "--count works with --good-from-review only (--good teaches from every image of its folder)"
         raise InspectorError(msg)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from models.weights import WeightsInfo
 
 __all__ = [
+    "GOOD_FROM_REVIEW_COUNT",
     "MAX_CHECK_IMAGES",
     "CalibratedThresholds",
     "CheckStation",
@@ -65,6 +66,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_CHECK_IMAGES = 8         # held-out good and known-bad images checked (each side): the check page shows these
+# a zero-shot review's lowest-scoring PASS images taught by default (`inspector train --good-from-review`, the
+# Teach screen): in the half-defective 60-image lots of the dev sets the 8 lowest were all good, the 16 lowest
+# held 1-2 defective ones (``inspector._review_zero_shot.good_candidates``)
+GOOD_FROM_REVIEW_COUNT = 8
 
 
 class TeachCancelled(InspectorError):

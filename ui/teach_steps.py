@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.results import Progress
+from inspector.teach import GOOD_FROM_REVIEW_COUNT
 from ui.live_view import HeatmapView
 from ui.qimage import bgr_to_qimage
 
@@ -263,7 +264,7 @@ class ImagesPage(QWizardPage):
         review_browse.clicked.connect(self._on_browse_review)
         self.review_count = QSpinBox()
         self.review_count.setRange(1, 500)
-        self.review_count.setValue(8)         # `inspector train --good-from-review`'s default
+        self.review_count.setValue(GOOD_FROM_REVIEW_COUNT)       # `inspector train --good-from-review`'s too
         self.review_count.setSuffix(" lowest")
         self.review_count.valueChanged.connect(self._show_review_choice)
         self.bad_edit = QLineEdit()

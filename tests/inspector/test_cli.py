@@ -273,6 +273,15 @@ def test_train_from_the_lowest_scoring_pass_images_of_a_zero_shot_review(
     assert exit_info.value.code == EXIT_USAGE
 
 
+def test_the_count_of_good_images_from_a_review_has_one_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's help states the default that `inspector train` and the Teach screen use (inspector.teach)."""
+    from inspector.teach import GOOD_FROM_REVIEW_COUNT
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"(default {GOOD_FROM_REVIEW_COUNT})" in " ".join(capsys.readouterr().out.split())
+
+
 def test_evaluate_json_has_the_operating_point(
     tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
