@@ -9,6 +9,7 @@ clock instead of wall time.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = ["PeakMemory", "Row", "Runner", "cpu_model", "latency_pair", "ratio", "set_ratios", "sync_device",
-           "time_pair", "versions"]
+           "time_pair", "versions", "write_result"]
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -227,3 +228,9 @@ def versions() -> dict[str, str]:
     return out
 
 
+def write_result(path: Path, data: dict[str, Any]) -> None:
+    """A benchmark's result JSON at ``path`` (its folder made), whole or not at all (``models.files.atomic_write``)."""
+    from models.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")

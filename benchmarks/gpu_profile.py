@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks._timing import sync_device, versions  # noqa: E402
+from benchmarks._timing import sync_device, versions, write_result  # noqa: E402
 from benchmarks.speed import ASPECT, load_frames  # noqa: E402
 from models.backbone import create_backbone, resolve_device  # noqa: E402
 from models.detectors import (  # noqa: E402
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n4 frames at batch 1, {name}: operators by {key}\n{tables[name]}")
     result["profile_batch1_4_frames"] = tables
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_result(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

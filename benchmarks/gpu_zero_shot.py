@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks._timing import cpu_model, sync_device, versions  # noqa: E402
+from benchmarks._timing import cpu_model, sync_device, versions, write_result  # noqa: E402
 from benchmarks.speed import image_files  # noqa: E402
 from models.backbone import create_backbone, resolve_device  # noqa: E402
 from models.detectors import zero_shot as after_module  # noqa: E402
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         result["total_speedup"] = median["before"]["total_s"] / median["after"]["total_s"]
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "versions", "config")}, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_result(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

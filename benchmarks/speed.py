@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
@@ -63,6 +62,7 @@ from benchmarks._timing import (  # noqa: E402
     sync_device,
     time_pair,
     versions,
+    write_result,
 )
 from models.backbone import DinoBackbone, create_backbone, resolve_device  # noqa: E402
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
@@ -598,10 +598,8 @@ def write_json(path: Path | None, env: dict[str, Any], checks: dict[str, Any], r
     """All numbers so far; ``complete`` is false while sizes are still to come."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"env": env, "complete": complete, "score_checks": checks, "rows": [asdict(r) for r in rows],
-            "levers": levers}
-    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    write_result(path, {"env": env, "complete": complete, "score_checks": checks, "rows": [asdict(r) for r in rows],
+                        "levers": levers})
 
 
 def print_table(rows: list[Row], checks: dict[str, Any], env: dict[str, Any]) -> None:
