@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -109,8 +109,8 @@ class _Subspace:
         if leave_out not in self._eigen:                      # one eigh per left-out image, for all fractions
             keep = [i for i in range(len(self.counts)) if i != leave_out]
             n = sum(self.counts[i] for i in keep)
-            mean = sum(self.sums[i] for i in keep) / n
-            cov = sum(self.outers[i] for i in keep) / n - torch.outer(mean, mean)
+            mean = cast(torch.Tensor, sum(self.sums[i] for i in keep)) / n
+            cov = cast(torch.Tensor, sum(self.outers[i] for i in keep)) / n - torch.outer(mean, mean)
             values, vectors = torch.linalg.eigh(cov)                 # ascending
             self._eigen[leave_out] = (mean, values.flip(0).clamp_min(0.0), vectors.flip(1))
         mean, values, vectors = self._eigen[leave_out]
@@ -327,7 +327,7 @@ def fused_patch_maps(data: SweepData, setting: Setting) -> list[torch.Tensor]:
         scales = [_loo_scale(loo, setting.top_percent) for _, _, loo in parts]
     unit = scales[0]
     n = len(parts[0][1])
-    return [unit * sum(wt * maps[i] / sc for (wt, maps, _), sc in zip(parts, scales, strict=True))
+    return [unit * cast(torch.Tensor, sum(wt * maps[i] / sc for (wt, maps, _), sc in zip(parts, scales, strict=True)))
             for i in range(n)]
 
 

@@ -183,8 +183,9 @@ def time_pair(
         mem = PeakMemory(device)
         with mem.measure():
             runner.run(frames[0][None])
-            if best_batch[i] is not None:
-                runner.run(best_batch[i])
+            chosen = best_batch[i]
+            if chosen is not None:
+                runner.run(chosen)
         row.peak_mb = mem.peak_mb if device.type == "cuda" else mem.peak_mb - mem.base_mb
         row.mem_kind = "GPU alloc" if device.type == "cuda" else "RSS increase"
     return rows

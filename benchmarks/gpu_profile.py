@@ -21,7 +21,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         detector.predict(batch, batch_size=len(batch))
     detector.predict(batch, batch_size=len(batch))
 
-    ways = {"eigh": eigh_everywhere, "squaring": contextlib.nullcontext}
+    ways: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
+        "eigh": eigh_everywhere, "squaring": contextlib.nullcontext}
     one: dict[str, list[float]] = {k: [] for k in ways}
     many: dict[str, list[float]] = {k: [] for k in ways}
     station: list[float] = []   # what inspector.station asks for: scores, maps and the patch features

@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{auroc['mean']:.3f} ± {auroc['std']:.3f} (n={len(row['categories'][name]['per_seed'])}) "
                          f"/ {_fmt(c['aupro']['mean'])}")
         losses = {m: _worst(row, base, names, m) for m in ("image_auroc", "aupro")}
-        keep = (row["mean_image_auroc"] > base["mean_image_auroc"] and losses["image_auroc"] >= -0.01
-                and (losses["aupro"] is None or losses["aupro"] >= -0.01))
+        auroc_loss, aupro_loss = losses["image_auroc"], losses["aupro"]
+        keep = (row["mean_image_auroc"] > base["mean_image_auroc"] and auroc_loss is not None and auroc_loss >= -0.01
+                and (aupro_loss is None or aupro_loss >= -0.01))
         row["worst_category_change"] = losses
         row["passes_rule"] = bool(keep) and setting != "default (r=1)"
         verdict = "passes" if row["passes_rule"] else "fails" if setting != "default (r=1)" else ""

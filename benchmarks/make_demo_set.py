@@ -41,6 +41,9 @@ PICKS: Final = (
 
 def _write_image(src: Path, dst: Path) -> None:
     image = cv2.imread(str(src), cv2.IMREAD_COLOR)
+    if image is None:
+        msg = f"{src}: not a readable image"
+        raise SystemExit(msg)
     small = cv2.resize(image, DEMO_SIZE, interpolation=cv2.INTER_AREA)
     dst.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(dst.with_suffix(".jpg")), small, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])

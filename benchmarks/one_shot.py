@@ -29,7 +29,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +59,8 @@ def category_seed(store: FeatureStore, root: Path, seed: int, goods: int | None,
     category = load_category(root)
     shot = load_image_rgb(select_shots(category.train_good, 1, seed=seed)[0])
     fits = {}
-    for name, rotations in (("turned", "auto"), ("frame_only", False)):
+    variants: tuple[tuple[str, bool | Literal["auto"]], ...] = (("turned", "auto"), ("frame_only", False))
+    for name, rotations in variants:
         detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)),
                             config=dataclasses.replace(config or PatchKNNConfig(), augment_rotations=rotations))
         detector.fit([shot])

@@ -75,7 +75,11 @@ def export_model(recipe: Path, sample: Path) -> float:
 
     t0 = time.perf_counter()
     station = Station.load(load_recipe(recipe), device="cpu")
-    frame = cv2.cvtColor(cv2.imread(str(sample)), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(sample))
+    if bgr is None:
+        msg = f"{sample}: not a readable image"
+        raise SystemExit(msg)
+    frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     detector = station.detector
     hw = input_size(*frame.shape[:2], shorter_side=detector.config.shorter_side,
                     patch_size=detector.backbone.patch_size)

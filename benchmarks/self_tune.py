@@ -248,8 +248,8 @@ def self_check(check: SelfCheck, synthetics: Sequence[Synthetic]) -> dict[str, A
     source its synthetic images borrowed from.
     """
     sources = {s.shot: s.source for s in synthetics}
-    good = {r: [] for r in check.pools}
-    bad = {r: [] for r in check.pools}
+    good: dict[int, list[float]] = {r: [] for r in check.pools}
+    bad: dict[int, list[float]] = {r: [] for r in check.pools}
     kinds: dict[str, dict[int, list[float]]] = {}
     for shot in check.shots:
         exclude = [shot, sources.get(shot, shot)]

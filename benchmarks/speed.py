@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, cast
 
 import cv2
 import numpy as np
@@ -109,6 +110,9 @@ def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.nda
     frames = []
     for path in files[:count]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            msg = f"{path}: not a readable image; remove it from {folder} or pick another data root"
+            raise SystemExit(msg)
         bgr = cv2.resize(bgr, (round(size * ASPECT), size), interpolation=cv2.INTER_AREA)
         frames.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
     if len(frames) < count:
@@ -168,7 +172,7 @@ def peer_runner(peer: Any, *, shorter_side: int, device: torch.device, threshold
     return Runner(name="anomalib", run=run, query_bytes_per_frame=3.0 * patches * bank.shape[0] * bank.element_size())
 
 
-def compare_scores(ours: Runner, peer: Runner, frames: list[np.ndarray]) -> dict[str, float]:
+def compare_scores(ours: Runner, peer: Runner, frames: list[np.ndarray]) -> dict[str, Any]:
     a = np.concatenate([ours.run(f[None])[0] for f in frames])
     b = np.concatenate([peer.run(f[None])[0] for f in frames])
     ma = np.stack([ours.run(f[None])[1][0] for f in frames[:2]])
@@ -183,7 +187,7 @@ def compare_scores(ours: Runner, peer: Runner, frames: list[np.ndarray]) -> dict
 
 @contextlib.contextmanager
 def fused_attention(backbone: DinoBackbone, on: bool) -> Iterator[None]:
-    blocks = [blk.attn for blk in backbone.vit.blocks]
+    blocks: list[Any] = [blk.attn for blk in backbone.vit.blocks]   # timm Attention modules
     before = [a.fused_attn for a in blocks]
     for a in blocks:
         a.fused_attn = on
@@ -253,7 +257,7 @@ def measure_levers(detector: PatchKNN, frames: list[np.ndarray], *, repeats: int
            note="baseline uses F.scaled_dot_product_attention")
     n = torch.get_num_threads()
     for t in sorted({1, max(1, n // 2)} - {n}):
-        record(f"torch threads {t}", lambda t=t: threads(t), note=f"baseline {n}")
+        record(f"torch threads {t}", functools.partial(threads, t), note=f"baseline {n}")
     if device.type == "cpu":
         record("bf16 autocast of the ViT (CPU)", lambda: autocast_backbone(detector.backbone, device, torch.bfloat16),
                note="changes scores")
@@ -348,7 +352,8 @@ def fast_detector(ours: PatchKNN, args: argparse.Namespace, device: torch.device
     precision = args.precision or ("auto" if device.type == "cuda" else None)
     if precision is None:
         return None
-    config = dataclasses.replace(ours.config, precision=precision, cuda_graphs=not args.no_cuda_graphs)
+    config = dataclasses.replace(ours.config, precision=cast(Literal["auto", "fp32", "bf16", "fp16"], precision),
+                                 cuda_graphs=not args.no_cuda_graphs)
     fast = PatchKNN(backbone=ours.backbone, config=config)
     fast.import_state(*ours.export_state())
     return fast

@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,23 +107,25 @@ def _queries(store: Store) -> dict[str, Callable[[], Any]]:
     roi = (0, 0, 640, 480)
     queries: dict[str, Callable[[], Any]] = {}
     for label, flt in (("24 h of one recipe", day), ("7 days of one recipe", week), ("whole store", everything)):
-        kw = {k: v for k, v in (("recipe", flt.recipe), ("since", flt.since)) if v is not None}
-        queries |= {
-            f"yield by recipe, {label}": lambda kw=kw: store.yield_summary(group_by="recipe", **kw),
-            f"yield by line x lot, {label}": lambda kw=kw: store.yield_summary(group_by=("line", "lot"), **kw),
-            f"yield by hour, {label}": lambda kw=kw: store.yield_summary(group_by="hour", **kw),
-            f"yield by shift, {label}": lambda kw=kw: store.yield_summary(group_by="shift", **kw),
-            f"defects by class, {label}": lambda kw=kw: store.defects_by_class(**kw),
-            f"pareto (best type), {label}": lambda flt=flt: st.defect_pareto(store, flt),
-            f"pareto (confirmed), {label}": lambda flt=flt: st.defect_pareto(store, flt, source="confirmed"),
-            f"location map 48x48, {label}": lambda flt=flt: st.defect_locations(store, roi, flt),
-            f"p-chart by lot, {label}": lambda flt=flt: st.fail_rate_chart(store, flt, by="lot"),
-            f"p-chart by hour, {label}": lambda flt=flt: st.fail_rate_chart(store, flt, by="hour"),
-            f"p-chart by shift, {label}": lambda flt=flt: st.fail_rate_chart(store, flt, by="shift"),
-            f"score chart (2000 newest), {label}": lambda flt=flt: st.score_chart(store, flt, mean=0.2, sigma=0.02),
+        recipe, since = flt.recipe, flt.since      # None: any (the store's filters)
+        these: dict[str, Callable[[], Any]] = {
+            f"yield by recipe, {label}": partial(store.yield_summary, group_by="recipe", recipe=recipe, since=since),
+            f"yield by line x lot, {label}": partial(store.yield_summary, group_by=("line", "lot"), recipe=recipe,
+                                                     since=since),
+            f"yield by hour, {label}": partial(store.yield_summary, group_by="hour", recipe=recipe, since=since),
+            f"yield by shift, {label}": partial(store.yield_summary, group_by="shift", recipe=recipe, since=since),
+            f"defects by class, {label}": partial(store.defects_by_class, recipe=recipe, since=since),
+            f"pareto (best type), {label}": partial(st.defect_pareto, store, flt),
+            f"pareto (confirmed), {label}": partial(st.defect_pareto, store, flt, source="confirmed"),
+            f"location map 48x48, {label}": partial(st.defect_locations, store, roi, flt),
+            f"p-chart by lot, {label}": partial(st.fail_rate_chart, store, flt, by="lot"),
+            f"p-chart by hour, {label}": partial(st.fail_rate_chart, store, flt, by="hour"),
+            f"p-chart by shift, {label}": partial(st.fail_rate_chart, store, flt, by="shift"),
+            f"score chart (2000 newest), {label}": partial(st.score_chart, store, flt, mean=0.2, sigma=0.02),
             f"good-score drift (500 newest PASS), {label}":
-                lambda flt=flt: st.good_score_drift(store, flt, taught, review_threshold=0.3),
+                partial(st.good_score_drift, store, flt, taught, review_threshold=0.3),
         }
+        queries |= these
     return queries
 
 

@@ -65,7 +65,8 @@ def _region_448(folder: Path, name: str, box: np.ndarray, threshold: float, shor
     with np.load(folder / f"{name}.npz") as data:
         tokens = data["tokens"].astype(np.float32)
         amap = data["anomaly_map"].astype(np.float32)
-    weights = region_weights(amap, box=tuple(int(v) for v in box), pixel_threshold=threshold)
+    bx, by, bw, bh = (int(v) for v in box)
+    weights = region_weights(amap, box=(bx, by, bw, bh), pixel_threshold=threshold)
     h, w = tokens.shape[:2]
     grid = frame_to_grid(weights, (h, w), shorter_side=shorter)
     if not np.any(grid > 0):

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         frame_rgb = load_image_rgb(paths[name])
         box, threshold, _ = largest_region_box(amap, threshold0)
         peak = peak_region_box(amap, threshold) or box
-        out: dict[str, np.ndarray] = {"threshold": np.float32(threshold)}
+        out: dict[str, Any] = {"threshold": np.float32(threshold)}
         for kind, b in (("largest", box), ("peak", peak)):
             if kind == "peak" and b == box:
                 continue

@@ -147,8 +147,9 @@ def load_typing_cache(data: Path, cache: Path, category: str) -> TypingCache:
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     nearest_good = nearest_good_patches(np.load(folder / "bank.npy", allow_pickle=False).astype(np.float32))
     defects = [t for t in load_category(data / category).test if t.label == 1]
-    if CATEGORIES.get(category) is not None:
-        defects = _at_most(defects, CATEGORIES[category], seed=0)      # as `--type-max-images 12` chooses
+    at_most = CATEGORIES.get(category)
+    if at_most is not None:
+        defects = _at_most(defects, at_most, seed=0)      # as `--type-max-images 12` chooses
     return TypingCache(folder, float(meta["pixel_threshold"]), int(meta["shorter_side"]), nearest_good, defects)
 
 

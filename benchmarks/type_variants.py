@@ -351,7 +351,7 @@ def _stage4() -> dict[str, dict[str, Any]]:
 
 def _unknown() -> dict[str, dict[str, Any]]:
     v: dict[str, dict[str, Any]] = {}
-    bases = {"b8 feat mean+max nn1": {"blocks": (8,), "pool": "mean+max"},
+    bases: dict[str, dict[str, Any]] = {"b8 feat mean+max nn1": {"blocks": (8,), "pool": "mean+max"},
              "b8 feat+resid mean+max proto centred": {"blocks": (8,), "pool": "mean+max", "sources": ("feat", "resid"),
                                                       "classifier": "proto", "centre": True},
              "b8 feat mean+max proto centred": {"blocks": (8,), "pool": "mean+max", "classifier": "proto",
