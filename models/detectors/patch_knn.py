@@ -45,6 +45,7 @@ from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import decide_masking, foreground_masks
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
+from models.detectors._views import extract_views
 from models.detectors.one_shot import region_leave_out_scores
 from models.detectors.patch_knn_config import PatchKNNConfig
 from models.detectors.patch_knn_core import CoreOptions, PatchKNNCore
@@ -56,7 +57,6 @@ from models.preprocess import (
     as_image_list,
     check_image,
     frame_geometry,
-    rotate_frame,
     to_model_input,
     uncrop_maps,
 )
@@ -575,37 +575,9 @@ class PatchKNN(nn.Module):
         progress: Callable[[int, int], None] | None,
         total: int,
     ) -> None:
-        """Run every frame (and its rotations) through the backbone in batches of one size.
-
-        ``sink(owner, raw (h, w, D), angle, geometry)`` receives each view's features.
-        ``progress(done, total)`` is called once all views of a frame have been sunk.
-        """
-        batch_size = self._config.fit_batch_size
-        pending: list[tuple[int, float, np.ndarray]] = []
-        done = 0
-
-        def flush() -> None:
-            nonlocal done
-            for start in range(0, len(pending), batch_size):
-                chunk = pending[start : start + batch_size]
-                raw, geo = self._features([view for _, _, view in chunk])
-                for (owner, angle, _), feats in zip(chunk, raw, strict=True):
-                    sink(owner, feats, angle, geo)
-            finished = {owner for owner, _, _ in pending}
-            pending.clear()
-            for _ in finished:
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-
-        for i, image in enumerate(images):
-            frame = check_image(image, i)
-            if pending and pending[-1][2].shape != frame.shape:
-                flush()
-            pending.extend((i, angle, rotate_frame(frame, angle)) for angle in angles)
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+        """Every frame and its rotations through the backbone, in batches of one size (``extract_views``)."""
+        extract_views(images, angles, self._features, sink, batch_size=self._config.fit_batch_size,
+                      progress=progress, total=total)
 
     def _embed(self, raw: torch.Tensor) -> torch.Tensor:
         """(..., h, w, D) raw features -> the same, float32, pooled (if configured) and L2-normalised."""
