@@ -309,14 +309,16 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     page.review_edit.editingFinished.emit()           # read on the job thread: a big journal takes seconds
     qtbot.waitUntil(lambda: "not a review folder" in page.summary.text() and not wizard.jobs.running)
     page.review_edit.setText(str(out))
+    (lot / lowest[3]).write_bytes(b"not an image any more")   # damaged since the review
     page.review_count.setValue(4)                      # lists the choice before Next
     qtbot.waitUntil(lambda: page.review_choice is not None and not wizard.jobs.running)
     thumbs = [page.review_list.item(i) for i in range(page.review_list.count())]
     assert page.review_list.isVisible() and len(thumbs) == 4, "the choice as thumbnails, to look at"
-    assert all(not t.icon().isNull() and t.checkState() == Qt.CheckState.Checked for t in thumbs)
+    assert all(t.checkState() == Qt.CheckState.Checked for t in thumbs)
+    assert [t.icon().isNull() for t in thumbs] == [False, False, False, True]
     scores = [score for _, score in page.review_choice.chosen]
-    expected = [[f"{v:.4f}", n] for v, n in zip(scores, lowest[:4], strict=True)]
-    assert [t.text().splitlines() for t in thumbs] == expected, "score, then the file"
+    expected = [[f"{v:.4f}", n] for v, n in zip(scores[:3], lowest[:3], strict=True)]
+    assert [t.text().splitlines() for t in thumbs] == [*expected, [lowest[3], "(unreadable)"]], "score, then the file"
     assert all(t.toolTip().startswith(f"{lot / n}\n") for t, n in zip(thumbs, lowest[:4], strict=True))
     assert max(page.review_choice.thumbs[0].shape[:2]) <= 200
     assert "lowest-scoring PASS image(s) of the zero-shot review" in page.summary.text()
