@@ -477,6 +477,8 @@ class MainWindow(QMainWindow):
         if current and self.state is RunState.RUNNING:     # Pause may have come since it was sent
             self.station.show_result(result)        # banner, heatmap and the verdict strip
             self.statistics.offer_frame(result)     # the location map's good image, once per recipe
+            if self._snapshot.message and self._status.text() == self._snapshot.message:
+                self._status.clear()                # "waiting for the first part" is over
         else:
             self.station.strip.add(result.verdict)  # history only: the banner stays grey
             self._status.setText(f"frame {result.frame_id} finished after {self.state.value.replace('_', ' ')}: "

@@ -134,6 +134,21 @@ def test_pause_holds_queued_folder_frames_and_shows_paused(qtbot, tmp_path, sett
     window.close()
 
 
+def test_the_status_line_stops_waiting_for_the_first_part_when_it_came(qtbot, tmp_path, settings,
+                                                                          part_folder) -> None:
+    slow = GatedInspector("demo")
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": slow}, source=str(part_folder))
+    window.start()
+    assert slow.entered.wait(10)                         # frame 0 is in the model: RUNNING, no result yet
+    qtbot.waitUntil(lambda: window._status.text() == "waiting for the first part", timeout=WAIT_MS)
+    slow.gate.set()
+    qtbot.waitUntil(lambda: window.counts.inspected >= 1, timeout=WAIT_MS)
+    assert window._status.text() != "waiting for the first part"
+    window.stop()
+    qtbot.waitUntil(lambda: window.state in (RunState.STOPPED, RunState.SOURCE_ENDED), timeout=WAIT_MS)
+    window.close()
+
+
 def test_gui_thread_never_blocks_during_stop_and_pause_with_a_slow_detector(qtbot, tmp_path, settings,
                                                                            part_images) -> None:
     images = [image for _, image in part_images]
