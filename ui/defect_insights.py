@@ -272,8 +272,10 @@ class DefectInsightsPanel(QWidget):
         self.status = QLabel("")
         self.pareto = ParetoChart()
         self.p_chart = ControlChartPlot()
-        self.location = QLabel("location map: set a reference image of the recipe's ROI")
+        self.location = QLabel("Defect locations: drawn over a good part of this recipe once the station "
+                               "has passed one")
         self.location.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.location.setWordWrap(True)           # a narrow panel: the sentence wraps rather than being cut
         self.location.setMinimumSize(160, 120)
         self.drift = QLabel("")                 # good parts' scores against the teaching distribution
         self.drift.setWordWrap(True)
