@@ -272,7 +272,13 @@ def score_drift(reference: Sequence[float] | np.ndarray, recent: Sequence[float]
     drifted = p < DRIFT_P_VALUE and abs(shift) >= DRIFT_MEAN_SHIFT
     q_ref = tuple(float(v) for v in np.quantile(ref, (0.1, 0.5, 0.9)))
     q_new = tuple(float(v) for v in np.quantile(new, (0.1, 0.5, 0.9)))
-    verdict = "DRIFT: good parts now score unlike the teaching images" if drifted else "no drift"
+    if drifted:
+        verdict = "DRIFT: good parts now score unlike the teaching images"
+    elif p < DRIFT_P_VALUE:    # the shapes differ, the level has not moved enough to matter: say why it is calm
+        verdict = (f"no drift alarm: the spread differs from teaching, but the mean moved less than "
+                   f"{DRIFT_MEAN_SHIFT:.1f} teaching sigma")
+    else:
+        verdict = "no drift"
     message = (f"{verdict} (KS D={d:.3f}, p={p:.2g}; mean moved {shift:+.1f} teaching sigma; "
                f"median {q_ref[1]:.4f} -> {q_new[1]:.4f}; {new.size} recent vs {ref.size} taught)")
     if drifted:

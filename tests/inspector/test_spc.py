@@ -127,6 +127,10 @@ def test_drift_of_good_scores_is_reported_with_its_evidence() -> None:
     assert drifted.recent_quantiles[1] > drifted.reference_quantiles[2]
     assert "DRIFT" in drifted.message and "light" in drifted.message
     assert score_drift(taught, taught[:10]) is None                  # too few recent scores: no verdict
+    # another spread at the same level (p tiny, mean moved < 1 sigma): calm, and the sentence says why
+    wider = score_drift(taught, rng.normal(0.20, 0.06, 500))
+    assert wider is not None and not wider.drifted and wider.p_value < 1e-3
+    assert wider.message.startswith("no drift alarm: the spread differs from teaching, but the mean moved less")
 
 
 def test_alarm_bus_sends_each_alarm_once_and_survives_a_failing_subscriber() -> None:
