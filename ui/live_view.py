@@ -14,15 +14,16 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRectF, QSize, QSizeF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent, QPen, QResizeEvent
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from inspector.controller import LineMetrics
-from inspector.results import InspectionResult, Verdict, VerdictCounts
+from inspector.results import DefectRegion, InspectionResult, Verdict, VerdictCounts
 from ui.qimage import bgr_to_qimage, heatmap_to_qimage
 
 __all__ = [
+    "place_label",
     "VERDICT_COLOURS",
     "short_source",
     "FaultBanner",
@@ -59,6 +60,24 @@ def short_source(text: str) -> str:
 
 LotCounts = VerdictCounts   # the running lot's counts: the project's one `VerdictCounts` (and yield)
 
+
+def place_label(box: QRectF, size: QSizeF, taken: list[QRectF], bounds: QRectF) -> QRectF | None:
+    """Where a region's label goes: below its box, else above, else right of it, else left, inside
+    ``bounds`` and clear of the labels already ``taken``; None when no such place is free.
+
+    The regions come highest-scoring first, so on a crowded part the worst defects keep their labels.
+    """
+    w, h = size.width(), size.height()
+    candidates = (QPointF(box.left(), box.bottom() + 2), QPointF(box.left(), box.top() - h - 2),
+                  QPointF(box.right() + 2, box.top()), QPointF(box.left() - w - 2, box.top()))
+    for corner in candidates:
+        spot = QRectF(corner, size)
+        # a label running off the image is pulled back inside it (a box at the border)
+        spot.moveLeft(min(max(spot.left(), bounds.left()), bounds.right() - w))
+        spot.moveTop(min(max(spot.top(), bounds.top()), bounds.bottom() - h))
+        if not any(spot.intersects(other) for other in taken):
+            return spot
+    return None
 
 class HeatmapView(QWidget):
     """The inspected frame, scaled to fit, with the anomaly heatmap over it and defect regions outlined.
@@ -200,22 +219,24 @@ class HeatmapView(QWidget):
             font.setPointSize(11)
             font.setBold(True)
             painter.setFont(font)
+            placed: list[QRectF] = []                      # labels drawn so far: later ones go elsewhere
+            labels: list[tuple[QRectF, str]] = []
             for rank, region in enumerate(shown.regions):   # highest score first
                 rect = QRectF(
                     target.x() + region.x * scale, target.y() + region.y * scale,
                     max(region.width * scale, 3.0), max(region.height * scale, 3.0),
                 )
                 painter.drawRect(rect)
-                if not self.show_labels or rank >= MAX_LABELS:
-                    continue
-                label = region.defect_class or (
-                    f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
-                )
-                if region.defect_class is None and region.predicted_class is not None:
-                    # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
-                    label = (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"
-                             if region.predicted_class != "unknown" else "unknown type")
-                painter.drawText(rect.bottomLeft() + QPointF(0, 14), label)
+                if self.show_labels and rank < MAX_LABELS:
+                    labels.append((rect, self._label(region)))
+            for rect, label in labels:              # after every box: no box line crosses a label
+                size = painter.fontMetrics().boundingRect(label).size()
+                spot = place_label(rect, QSizeF(size.width() + 6, size.height() + 2), placed, target)
+                if spot is None:
+                    continue                        # no free place beside its box: the box stays unlabelled
+                placed.append(spot)
+                painter.fillRect(spot, QColor(0, 0, 0, 150))     # readable over the heatmap and the part
+                painter.drawText(spot, Qt.AlignmentFlag.AlignCenter, label)
         if self._stale:
             # a frame that is not being inspected now must not read as the current part
             painter.fillRect(target, QColor(38, 50, 56, 190))
@@ -226,6 +247,17 @@ class HeatmapView(QWidget):
             painter.setFont(font)
             painter.drawText(target, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._stale)
         painter.end()
+
+    @staticmethod
+    def _label(region: DefectRegion) -> str:
+        """A region's label: its confirmed class, else the typer's guess with its confidence, else its size."""
+        if region.defect_class:
+            return region.defect_class
+        if region.predicted_class is not None:
+            # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
+            return (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"
+                    if region.predicted_class != "unknown" else "unknown type")
+        return f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         return QSize(640, 480)

@@ -94,3 +94,21 @@ def test_messages_name_the_failure_and_the_state(tmp_path: Path) -> None:
     assert idle_banner(StationSnapshot(state=RunState.STARTING, message="loading")) == ("STARTING", "loading")
     assert split_warnings(["GPU unavailable: running on CPU", "ROI clipped"]) == (
         "GPU unavailable: running on CPU", "ROI clipped")
+
+
+def test_region_labels_take_free_places_and_the_worst_defects_keep_theirs() -> None:
+    from PySide6.QtCore import QRectF, QSizeF
+
+    from ui.live_view import place_label
+
+    bounds, size = QRectF(0, 0, 400, 300), QSizeF(50, 16)
+    first = QRectF(100, 100, 20, 20)
+    below = place_label(first, size, [], bounds)
+    assert below == QRectF(100, 122, 50, 16)                        # under its box
+    near = QRectF(110, 104, 20, 20)                                  # a neighbour: below is taken, above is free
+    above = place_label(near, size, [below], bounds)
+    assert above is not None and above.bottom() <= near.top() and not above.intersects(below)
+    at_edge = place_label(QRectF(390, 290, 8, 8), size, [], bounds)  # pulled back inside the image
+    assert at_edge is not None and bounds.contains(at_edge)
+    crowd = [QRectF(x, y, 50, 16) for x in range(0, 400, 50) for y in range(0, 300, 16)]
+    assert place_label(QRectF(200, 150, 10, 10), size, crowd, bounds) is None   # no free place: no label
