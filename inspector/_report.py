@@ -103,11 +103,11 @@ def write_report(out: Path, records: Records, meta: ReportMeta) -> Path:
     """
     again = _replayable(records)
     with atomic_open_text(out / "results.csv") as fh:
-        _write_csv(fh, RESULT_COLUMNS, (_result_row(r) for r in again()))
+        total = _write_csv(fh, RESULT_COLUMNS, (_result_row(r) for r in again()))   # one row per image
     with atomic_open_text(out / "defects.csv") as fh:
         _write_csv(fh, DEFECT_COLUMNS, (row for r in again() for row in _defect_rows(r)))
     locations = write_location_maps(out, again)
-    pages = write_pages(out, again, meta)
+    pages = write_pages(out, again, meta, total=total)
     index = out / "index.html"
     with atomic_open_text(index) as fh:
         write_html(fh, again, meta, locations, pages=pages)
@@ -115,15 +115,17 @@ def write_report(out: Path, records: Records, meta: ReportMeta) -> Path:
 
 
 def write_pages(out: Path, records: Callable[[], Iterable[Mapping[str, Any]]], meta: ReportMeta,
-                rows: int | None = None) -> int:
+                rows: int | None = None, *, total: int | None = None) -> int:
     """Above ``rows`` images, every image's row on pages of ``rows`` (``pages/images-0001.html``, ...);
     returns how many pages there are (0: the index holds every row). Pages left by an earlier, longer
-    report are removed."""
+    report are removed. ``total``: the number of records when known (else they are counted: one more
+    pass over a journal that may hold hundreds of thousands)."""
     rows = rows or PAGE_ROWS
     folder = out / PAGES_DIR
     count = 0
     chunk: list[Mapping[str, Any]] = []
-    total = sum(1 for _ in records())
+    if total is None:
+        total = sum(1 for _ in records())
     if total > rows:
         n_pages = math.ceil(total / rows)
         folder.mkdir(exist_ok=True)
@@ -256,12 +258,16 @@ def _replayable(records: Records) -> Callable[[], Iterable[Mapping[str, Any]]]:
     return lambda: records
 
 
-def _write_csv(fh: TextIO, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """CSV rows; a text cell that a spreadsheet would run as a formula (a file named ``=cmd|...``) gets a ``'``."""
+def _write_csv(fh: TextIO, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """CSV rows; a text cell that a spreadsheet would run as a formula (a file named ``=cmd|...``) gets a ``'``.
+    Returns the number of rows written (the header not counted)."""
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(header)
+    count = 0
     for row in rows:
         writer.writerow([csv_cell(c) for c in row])
+        count += 1
+    return count
 
 
 def _result_row(r: Mapping[str, Any]) -> list[Any]:
