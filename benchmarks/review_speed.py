@@ -49,6 +49,7 @@ from inspector.recipe import load_recipe
 from inspector.review import REVIEW_BATCH, review
 from inspector.station import Station
 from inspector.teach import run_to_end, teach
+from models.evaluation import load_image_rgb
 from models.export import SCORE_ATOL, export_onnx
 from models.preprocess import input_size
 
@@ -71,15 +72,9 @@ def scores(out: Path) -> dict[str, tuple[str, float]]:
 
 def export_model(recipe: Path, sample: Path) -> float:
     """Export the newest version of ``recipe`` to its ``model.onnx`` for frames like ``sample``; seconds taken."""
-    import cv2
-
     t0 = time.perf_counter()
     station = Station.load(load_recipe(recipe), device="cpu")
-    bgr = cv2.imread(str(sample))
-    if bgr is None:
-        msg = f"{sample}: not a readable image"
-        raise SystemExit(msg)
-    frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    frame = load_image_rgb(sample)          # a file it cannot decode: ValueError naming it
     detector = station.detector
     hw = input_size(*frame.shape[:2], shorter_side=detector.config.shorter_side,
                     patch_size=detector.backbone.patch_size)

