@@ -79,6 +79,7 @@ def place_label(box: QRectF, size: QSizeF, taken: list[QRectF], bounds: QRectF) 
             return spot
     return None
 
+
 class HeatmapView(QWidget):
     """The inspected frame, scaled to fit, with the anomaly heatmap over it and defect regions outlined.
 
@@ -251,13 +252,12 @@ class HeatmapView(QWidget):
     @staticmethod
     def _label(region: DefectRegion) -> str:
         """A region's label: its confirmed class, else the typer's guess with its confidence, else its size."""
-        if region.defect_class:
-            return region.defect_class
-        if region.predicted_class is not None:
+        if region.defect_class is None and region.predicted_class is not None:
             # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
             return (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"
                     if region.predicted_class != "unknown" else "unknown type")
-        return f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
+        return region.defect_class or (
+            f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px")
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         return QSize(640, 480)
