@@ -24,7 +24,7 @@ import numpy as np
 
 from inspector._report import ReportMeta, write_report
 from inspector.errors import InspectorError
-from inspector.overlay import render_overlay
+from inspector.overlay import render_overlay, thumbnail
 from inspector.paths import safe_name
 from inspector.results import DefectRegion, Verdict, VerdictCounts
 from models.files import atomic_write
@@ -219,11 +219,7 @@ def write_images(
     vmax = max(fail_t, pixel, vmin + 1e-6) * 1.5
     overlay = render_overlay(image_bgr, anomaly_map, vmin=vmin, vmax=vmax, regions=regions)
     name = safe_name(rel) + ".jpg"
-    height, width = overlay.shape[:2]
-    scale = min(1.0, THUMB_SIDE / max(height, width))
-    thumb = cv2.resize(overlay, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else overlay
-    write_jpeg(out / "thumbs" / name, thumb, THUMB_QUALITY)
+    write_jpeg(out / "thumbs" / name, thumbnail(overlay, THUMB_SIDE), THUMB_QUALITY)
     if verdict in (Verdict.REVIEW, Verdict.FAIL):
         write_jpeg(out / "overlays" / name, overlay, OVERLAY_QUALITY)
         return f"thumbs/{name}", f"overlays/{name}"

@@ -19,7 +19,7 @@ import numpy as np
 from inspector.results import DefectRegion
 
 __all__ = ["DEFAULT_COLORMAP", "REGION_COLOR_BGR", "heatmap_bgr", "location_heat_image", "normalise_map",
-           "render_overlay"]
+           "render_overlay", "thumbnail"]
 
 # Turbo: perceptually smoother than Jet and readable by most colour-blind operators (Google AI blog, 2019).
 DEFAULT_COLORMAP: Final = cv2.COLORMAP_TURBO
@@ -154,3 +154,13 @@ def location_heat_image(reference_bgr: np.ndarray, counts: np.ndarray, *, alpha:
     weight = (alpha * np.clip(norm * 3, 0, 1))[..., None]
     blended: np.ndarray = (reference_bgr * (1 - weight) + heat * weight).astype(np.uint8)
     return blended
+
+
+def thumbnail(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` shrunk (area interpolation) so that its longer side is at most ``side`` px; a smaller one as is."""
+    height, width = image.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale >= 1.0:
+        return image
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from inspector.overlay import thumbnail
 from inspector.results import Progress
 from inspector.teach import GOOD_FROM_REVIEW_COUNT
 from ui.live_view import HeatmapView
@@ -74,18 +75,6 @@ class ReviewChoice:
     count: int
     chosen: tuple[tuple[Path, float], ...]     # (file, score), lowest first
     thumbs: tuple[np.ndarray | None, ...] = ()  # BGR thumbnails of ``chosen`` (None: unreadable), same order
-
-
-def thumbnail(image_bgr: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
-    """``image_bgr`` shrunk (area interpolation) so that its longer side is at most ``side`` px."""
-    import cv2
-
-    height, width = image_bgr.shape[:2]
-    scale = min(1.0, side / max(height, width))
-    if scale >= 1.0:
-        return image_bgr
-    return cv2.resize(image_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
-                      interpolation=cv2.INTER_AREA)
 
 
 class RoiEditor(QWidget):
@@ -361,7 +350,7 @@ class ImagesPage(QWizardPage):
             for i, (path, _) in enumerate(chosen):
                 yield Progress(done=i, total=len(chosen), message=f"thumbnail of {path.name}")
                 try:
-                    thumbs.append(thumbnail(load(path)))
+                    thumbs.append(thumbnail(load(path), THUMB_SIDE))
                 except Exception:  # noqa: BLE001  # listed as unreadable; teaching names the file and the error
                     thumbs.append(None)
             return ReviewChoice(folder, count, chosen, tuple(thumbs))
