@@ -51,6 +51,56 @@ MIN_ROI_PX: Final = PATCH_SIZE
 INSPECT_BATCH: Final = 8
 
 
+# --------------------------------------------------------------------------- device
+
+
+NVIDIA_PCI_VENDOR: Final = "0x10de"
+PCI_DEVICES: Final = Path("/sys/bus/pci/devices")
+
+
+def nvidia_gpu_installed(pci_devices: Path = PCI_DEVICES) -> bool | None:
+    """Whether the machine has an NVIDIA display or 3D controller, driver or not (None: cannot tell).
+
+    Read from Linux's PCI listing (vendor 0x10de, class 0x03xxxx), so a GPU whose driver failed still
+    counts; None where there is no such listing (another OS, a container without ``/sys``).
+    """
+    try:
+        devices = list(pci_devices.iterdir())
+    except OSError:
+        return None
+    for device in devices:
+        try:
+            vendor = (device / "vendor").read_text(encoding="ascii").strip().lower()
+            klass = (device / "class").read_text(encoding="ascii").strip().lower()
+        except OSError:
+            continue
+        if vendor == NVIDIA_PCI_VENDOR and klass.startswith("0x03"):
+            return True
+    return False
+
+
+def _gpu_warning(pci_devices: Path = PCI_DEVICES) -> str | None:
+    """The operator's warning for a recipe with ``device: auto`` that finds no usable CUDA device.
+
+    A machine without an NVIDIA GPU is a CPU station: running on its CPU is what ``auto`` asks for
+    (logged, and the footer says "on cpu"), not a fault. An installed GPU that CUDA cannot use (driver,
+    CUDA build of torch) is one, and so is a machine where the hardware cannot be listed.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    installed = nvidia_gpu_installed(pci_devices)
+    if installed is False:
+        logger.info("no GPU on this machine: running on CPU")
+        return None
+    if installed and torch.version.cuda is None:
+        return "GPU unavailable: running on CPU (this torch is a CPU-only build; install a CUDA build)"
+    if installed:
+        return "GPU unavailable: running on CPU (an NVIDIA GPU is installed; check its driver)"
+    return "GPU unavailable: running on CPU"
+
+
 # --------------------------------------------------------------------------- ROI
 
 
@@ -187,10 +237,9 @@ class Station:
         wanted_device = device or recipe.detector.device
         warnings: list[str] = []
         if wanted_device == "auto":
-            import torch
-
-            if not torch.cuda.is_available():
-                warnings.append("GPU unavailable: running on CPU")
+            warning = _gpu_warning()
+            if warning:
+                warnings.append(warning)
         resolved = _weights(recipe, weights)
         try:
             saved = read_manifest(chosen.path)["backbone"]

@@ -7,11 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from inspector.errors import ModelError, WeightsNotFound
 from inspector.recipe import Roi, load_recipe
 from inspector.results import Frame, Verdict
-from inspector.station import Station, apply_roi, next_version, resolve_version
+from inspector.station import (
+    Station,
+    _gpu_warning,
+    apply_roi,
+    next_version,
+    nvidia_gpu_installed,
+    resolve_version,
+)
 from tests.helpers.images import textured_part, with_defect
 
 
@@ -208,3 +216,36 @@ def test_inspect_images_refuses_paths_that_do_not_match(station: Station) -> Non
         station.inspect_images([image], paths=["a.png", "b.png"])
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         station.inspect_images([image], batch_size=0)
+
+
+def _pci_tree(root: Path, devices: dict[str, tuple[str, str]]) -> Path:
+    """A folder laid out as Linux's /sys/bus/pci/devices: one folder per device, its vendor and class."""
+    for name, (vendor, klass) in devices.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "vendor").write_text(vendor + "\n", encoding="ascii")
+        (root / name / "class").write_text(klass + "\n", encoding="ascii")
+    return root
+
+
+def test_nvidia_gpu_is_found_by_its_pci_vendor_and_display_class(tmp_path: Path) -> None:
+    bridge, disk = ("0x8086", "0x060000"), ("0x1af4", "0x010000")
+    virtio_only = _pci_tree(tmp_path / "a", {"0000:00:01.0": disk, "0000:00:00.0": bridge})
+    with_gpu = _pci_tree(tmp_path / "b", {"0000:00:01.0": bridge, "0000:41:00.0": ("0x10de", "0x030200")})
+    nvidia_audio = _pci_tree(tmp_path / "c", {"0000:41:00.1": ("0x10de", "0x040300")})   # a GPU's HDMI audio part
+
+    assert nvidia_gpu_installed(virtio_only) is False
+    assert nvidia_gpu_installed(with_gpu) is True
+    assert nvidia_gpu_installed(nvidia_audio) is False
+    assert nvidia_gpu_installed(tmp_path / "no-such-listing") is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warnings are for a machine where CUDA is unusable")
+def test_device_auto_warns_only_where_a_gpu_is_installed_or_cannot_be_listed(tmp_path: Path) -> None:
+    cpu_station = _pci_tree(tmp_path / "cpu", {"0000:00:01.0": ("0x1af4", "0x010000")})
+    broken_gpu = _pci_tree(tmp_path / "gpu", {"0000:41:00.0": ("0x10de", "0x030000")})
+
+    assert _gpu_warning(cpu_station) is None
+    lost = _gpu_warning(broken_gpu)
+    assert lost is not None and lost.startswith("GPU unavailable: running on CPU")
+    assert ("driver" in lost) if torch.version.cuda else ("CPU-only build" in lost)
+    assert _gpu_warning(tmp_path / "no-such-listing") == "GPU unavailable: running on CPU"
