@@ -39,6 +39,7 @@ from benchmarks.type_variants import _seeds  # noqa: E402
 from models.defect_types import (  # noqa: E402
     DefectTypeClassifier,
     DefectTypeConfig,
+    frame_weights,
     region_colour,
     region_embedding,
     region_weights,
@@ -78,9 +79,17 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_
                 msg = f"{path}: missing; run `inspector evaluate DATA/{category} --types 5 --cache {cache}` first"
                 raise SystemExit(msg)
             crop = np.load(path, allow_pickle=False).astype(np.float32)
-        largest.append(embed(box, threshold, crop))
-        rest = [(r.x, r.y, r.width, r.height) for r in find_regions(amap, pixel_threshold=threshold)]
-        others.append([embed(b, threshold, "frame" if cfg.crop_side else None) for b in rest if b != tuple(box)])
+        boxes = [(r.x, r.y, r.width, r.height) for r in find_regions(amap, pixel_threshold=threshold)]
+        rest = [b for b in boxes if b != tuple(box)]
+        if cfg.scope == "frame":           # every region carries the frame's embedding (the largest's crop)
+            w = frame_weights(amap, boxes=boxes, pixel_threshold=threshold)
+            whole = region_embedding(features, w, shorter_side=side, nearest_good=nearest_good,
+                                     colour=region_colour(image, w) if cfg.colour_weight > 0 else None, crop=crop)
+            largest.append(whole)
+            others.append([whole] * len(rest))
+        else:
+            largest.append(embed(box, threshold, crop))
+            others.append([embed(b, threshold, "frame" if cfg.crop_side else None) for b in rest])
         types.append(item.defect_type)
     rows: dict[str, Any] = {}
     for mode in MODES:
@@ -91,7 +100,7 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_
             for i in sorted(labelled):
                 examples.append(largest[i])
                 classes.append(types[i])
-                if mode == "all":
+                if mode == "all" and cfg.scope == "region":    # "frame": the same embedding, kept once
                     examples += others[i]
                     classes += [types[i]] * len(others[i])
             classifier = DefectTypeClassifier(config=cfg)
@@ -115,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, required=True, help="the --cache of `inspector evaluate --types`")
     p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated names")
     p.add_argument("--seeds", default="0-19", help="draws, e.g. 0-4 or 0-19")
+    p.add_argument("--scope", choices=("frame", "region"), default=DefectTypeConfig().scope,
+                   help="DefectTypeConfig.scope: a frame's regions described together, or each on its own")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
     seeds = _seeds(args.seeds)
     start = time.perf_counter()
     results = []
     for category in args.categories.split(","):
-        result = category_run(args.data, args.cache, category, seeds)
+        result = category_run(args.data, args.cache, category, seeds, config=DefectTypeConfig(scope=args.scope))
         results.append(result)
         cells = "  ".join(f"{m}: largest {r['accuracy']:.3f}, fragments "
                           f"{r['fragments']:.3f}" if r["fragments"] is not None else f"{m}: {r['accuracy']:.3f}"
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "command": "python -m benchmarks.type_labels " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig() defaults",
+            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": f"DefectTypeConfig(scope={args.scope!r})",
             "wall_s": time.perf_counter() - start, "categories": results, "mean": means,
         }, indent=2), encoding="utf-8")
     return 0

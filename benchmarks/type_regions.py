@@ -54,7 +54,8 @@ from models.type_evaluation import _at_most, labelled_draw, largest_region_weigh
 
 CATEGORIES = {"mvtec_transistor": None, "visa_fryum": None, "mtd_magnetic_tile": 12}   # name -> max per type
 N_LABELLED = 5
-FRAME_ONLY = DefectTypeConfig(crop_side=0)   # the descriptor this diagnosis measured: no crop part
+# the descriptor this diagnosis measured: no crop part, each region on its own
+FRAME_ONLY = DefectTypeConfig(crop_side=0, scope="region")
 
 Weights = Callable[[np.ndarray, float, np.ndarray], np.ndarray]
 

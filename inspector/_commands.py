@@ -412,10 +412,11 @@ def _evaluate_types(args: argparse.Namespace) -> int:
     if side != 0 and not MIN_CROP_SIDE <= side <= MAX_CROP_SIDE:
         msg = f"--type-crop-side must be 0 (off) or from {MIN_CROP_SIDE} to {MAX_CROP_SIDE} pixels, got {side}"
         raise InspectorError(msg)
+    scope = DefectTypingSettings().scope if args.type_scope is None else args.type_scope
     start = time.perf_counter()
     report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
                                    shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
-                                   config=DefectTypeConfig(colour_weight=colour, crop_side=side),
+                                   config=DefectTypeConfig(colour_weight=colour, crop_side=side, scope=scope),
                                    cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
                                    progress=_tqdm_progress("typing"))
     data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),

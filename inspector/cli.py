@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type-crop-side", type=int, default=None, metavar="PX",
                    help="with --types: each region's crop re-embedded at PX pixels (a recipe's "
                         "defect_typing.crop_side; 0 = off; default: the recipe default)")
+    p.add_argument("--type-scope", choices=("frame", "region"), default=None,
+                   help="with --types: describe all of an image's regions together (frame) or each on its "
+                        "own (region) (a recipe's defect_typing.scope; default: the recipe default)")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="with --types: keep per-image features here so that reruns skip the backbone")
     _add_device(p)

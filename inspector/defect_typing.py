@@ -7,6 +7,10 @@ labelled example of its recipe. `DefectTyper` reads those examples and types eve
 ``refresh_s`` seconds (one indexed query), so a label given in review, in this process or another,
 types the next frames without retraining.
 
+With the typer's ``scope`` "frame" (the default), every region of an inspection carries the same
+embedding (all its regions described together), so a label given to every region of an inspection is one
+example, not one per region: examples are kept once per (embedding, class).
+
 Only the labelled examples whose embedding has the length and layout of the regions being typed are
 used: a region embedded by an older descriptor (another backbone, or before the colour statistics
 joined the descriptor) keeps its reviewer's class in the store, and the typer says once, in the log,
@@ -19,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -49,7 +54,7 @@ def typer_config(recipe: Recipe) -> DefectTypeConfig:
 
     settings = recipe.defect_typing
     return DefectTypeConfig(k=settings.k, reject_factor=settings.unknown_factor, colour_weight=settings.colour_weight,
-                            crop_side=settings.crop_side)
+                            crop_side=settings.crop_side, scope=settings.scope)
 
 
 class DefectTyper:
@@ -74,6 +79,7 @@ class DefectTyper:
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
         self._examples: dict[int, tuple[np.ndarray, str]] = {}   # region id -> (embedding, class)
+        self._held: set[tuple[bytes, str]] = set()               # the classifier's examples, by _key
         # the embedding length of the regions typed (set by `predict`); before that, the newest example's
         self._length: int | None = None
         self._classifier = DefectTypeClassifier(config=config)
@@ -90,7 +96,7 @@ class DefectTyper:
 
     @property
     def n_examples(self) -> int:
-        """Labelled regions whose embedding the classifier uses."""
+        """Distinct labelled examples (embedding and class) that the classifier uses."""
         with self._lock:
             return len(self._classifier)
 
@@ -131,9 +137,7 @@ class DefectTyper:
             if changed or length is None:  # a relabel, or nothing held yet: rebuild from all examples
                 self._rebuild_locked()
             elif new:
-                fitting = [(e, c) for e, c in new if len(e) == length and self._classifier.accepts(e)]
-                if fitting:
-                    self._classifier.add_many([e for e, _ in fitting], [c for _, c in fitting])
+                self._add_locked([(e, c) for e, c in new if len(e) == length and self._classifier.accepts(e)])
                 self._report_left_out_locked()
         if new:
             logger.info("recipe %s: defect typer read %d labelled region(s); %d in use",
@@ -143,7 +147,7 @@ class DefectTyper:
     def learn(self, embedding: np.ndarray, defect_class: str) -> None:
         """Add one example at once (a label given in this process before the store is re-read)."""
         with self._lock:
-            self._classifier.add(embedding, defect_class)
+            self._add_locked([(np.asarray(embedding, dtype=np.float32).reshape(-1), defect_class)])
 
     def predict(self, embeddings: Sequence[np.ndarray]) -> list[TypePrediction]:
         """Type region embeddings (refreshing the labels first when ``refresh_s`` has passed)."""
@@ -175,21 +179,36 @@ class DefectTyper:
 
         examples = list(self._examples.values())
         length = self._length if self._length is not None else (len(examples[-1][0]) if examples else None)
-        classifier = DefectTypeClassifier(config=self._config)
-        chosen = [(e, c) for e, c in examples if len(e) == length and classifier.accepts(e)]
-        if chosen:
-            classifier.add_many([e for e, _ in chosen], [c for _, c in chosen])
-        self._classifier = classifier
+        self._classifier = DefectTypeClassifier(config=self._config)
+        self._held = set()
+        self._add_locked([(e, c) for e, c in examples if len(e) == length and self._classifier.accepts(e)])
         self._report_left_out_locked()
 
+    def _add_locked(self, examples: Sequence[tuple[np.ndarray, str]]) -> None:
+        """Add the examples the classifier does not hold yet (the regions of one frame share an embedding)."""
+        fresh: dict[tuple[bytes, str], tuple[np.ndarray, str]] = {}
+        for embedding, defect_class in examples:
+            key = _key(embedding, defect_class)
+            if key not in self._held:
+                fresh.setdefault(key, (embedding, defect_class))
+        if fresh:
+            self._classifier.add_many([e for e, _ in fresh.values()], [c for _, c in fresh.values()])
+            self._held.update(fresh)
+
     def _report_left_out_locked(self) -> None:
-        left_out = len(self._examples) - len(self._classifier)
+        left_out = sum(_key(e, c) not in self._held for e, c in self._examples.values())
         if left_out != self._left_out:
             self._left_out = left_out
             if left_out:
                 logger.warning("recipe %s: %d labelled region(s) have embeddings of another length or layout than "
                                "the regions typed now (an older descriptor or another backbone); they are not used "
                                "for typing, and their classes stay in the store", self.recipe, left_out)
+
+
+def _key(embedding: np.ndarray, defect_class: str) -> tuple[bytes, str]:
+    """An example's identity: a digest of its embedding's bytes and its class."""
+    return hashlib.blake2b(np.ascontiguousarray(embedding, dtype=np.float32).tobytes(), digest_size=16).digest(), \
+        defect_class
 
 
 def type_regions(
@@ -227,12 +246,17 @@ def type_regions(
             pooling stands in). Without it, or without ``crop_rgb``, the embeddings have no crop part
             (and labels made with one are not used for them).
 
+    With the typer's ``scope`` "frame" (the default), the regions are described together
+    (``frame_weights``; the largest region's crop; the colour of all of them) and every region gets that
+    one embedding and its type; "region" describes and types each on its own.
+
     Raises:
         ValueError: the typer takes colour and ``crop_rgb`` is missing or not the map's size.
     """
     import dataclasses
 
     from models.defect_types import (
+        frame_weights,
         nearest_good_patches,
         region_colour,
         region_crop_descriptor,
@@ -252,10 +276,30 @@ def type_regions(
         raise ValueError(msg)
     boxes = [(r.x - x0, r.y - y0, r.width, r.height) for r in found]
     weights = [region_weights(crop_map, box=box, pixel_threshold=pixel_threshold) for box in boxes]
-    crops: list[np.ndarray | Literal["frame"] | None] = [None] * len(found)
     side = typer.config.crop_side if typer is not None else 0
-    if side and embed_crops is not None and crop_rgb is not None and crop_rgb.shape[:2] == crop_map.shape:
-        assert typer is not None
+    can_crop = bool(side) and embed_crops is not None and crop_rgb is not None and crop_rgb.shape[:2] == crop_map.shape
+    if typer is not None and typer.config.scope == "frame":
+        # one embedding for the frame's regions together (the largest's crop), and one type for all of them
+        whole = frame_weights(crop_map, boxes=boxes, pixel_threshold=pixel_threshold)
+        close_up: np.ndarray | None = None
+        if can_crop:
+            assert embed_crops is not None and crop_rgb is not None
+            biggest = max(range(len(found)), key=lambda i: found[i].area_px)
+            close_up = region_crop_descriptor(crop_rgb, [(boxes[biggest], weights[biggest])], embed_crops,
+                                              side=side)[0]
+        stats = region_colour(crop_rgb, whole) if colour and crop_rgb is not None else None
+        embedding = region_embedding(patch_features, whole, shorter_side=shorter_side, nearest_good=nearest_good,
+                                     colour=stats, crop=close_up)
+        typed = typer.predict([embedding])
+        one = typed[0] if typer.n_examples else None
+        return tuple(
+            dataclasses.replace(r, embedding=embedding, predicted_class=one.defect_class if one is not None else None,
+                                type_confidence=one.confidence if one is not None else None)
+            for r in found
+        )
+    crops: list[np.ndarray | Literal["frame"] | None] = [None] * len(found)
+    if can_crop:
+        assert typer is not None and embed_crops is not None and crop_rgb is not None
         # the largest regions get the crop pass; the others' frame pooling stands in (one layout for all)
         largest = sorted(range(len(found)), key=lambda i: -found[i].area_px)[:typer.config.crop_regions]
         described = region_crop_descriptor(crop_rgb, [(boxes[i], weights[i]) for i in largest], embed_crops,

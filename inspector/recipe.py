@@ -190,6 +190,9 @@ class DefectTypingSettings:
     # each flagged region's crop of the frame re-embedded at this side (px) by the same backbone, joined to
     # its features (DefectTypeConfig.crop_side; 0 = off: no second backbone pass on REVIEW/FAIL frames)
     crop_side: int = 224
+    # "frame": all of a frame's regions described together, every region takes that type (a defect that the
+    # threshold cut into pieces is typed whole); "region": each region on its own (DefectTypeConfig.scope)
+    scope: str = "frame"
 
 
 @dataclass(frozen=True, kw_only=True)

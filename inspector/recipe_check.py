@@ -391,6 +391,9 @@ class RecipeChecker:
         if side != 0 and not MIN_CROP_SIDE <= side <= MAX_CROP_SIDE:
             self.fail("defect_typing.crop_side", f"must be 0 (off) or a whole number of pixels from {MIN_CROP_SIDE} "
                                                  f"to {MAX_CROP_SIDE} (224 = the default), got {side!r}")
+        if r.defect_typing.scope not in ("frame", "region"):
+            self.fail("defect_typing.scope", f"must be 'frame' (a frame's regions typed together, the default) or "
+                                             f"'region' (each on its own), got {r.defect_typing.scope!r}")
         if r.archive.save_pass_every < 0:
             self.fail("archive.save_pass_every", f"must be >= 0 (0 = keep no PASS images), got "
                                                  f"{r.archive.save_pass_every}")

@@ -20,6 +20,8 @@ through the same backbone once more (``crop_embedder``, ``region_crop_descriptor
 covers 1-3 patches at the frame's resolution covers 4-12 across its crop, so the crop's two poolings
 inside the region see its shape; they join the feature part (each half L2-normalised, then the whole).
 Only a frame's ``crop_regions`` largest regions are cropped (cost); the others' frame pooling stands in.
+With ``scope`` "frame" (the default), a frame's regions are described together (``frame_weights``) and
+share one embedding and one type; "region" describes each on its own.
 
 Example:
     >>> detection = detector.predict(frame_rgb, with_features=True)
@@ -43,14 +45,26 @@ import cv2
 import numpy as np
 
 from models.preprocess import frame_to_grid
+from models.type_crops import (
+    CROP_MARGIN,
+    CROP_MIN_SHARE,
+    _unit,
+    crop_embedder,
+    crop_weights,
+    region_crop_box,
+    region_crop_descriptor,
+)
 
 __all__ = [
+    "CROP_MARGIN",
+    "CROP_MIN_SHARE",
     "UNKNOWN",
     "DefectTypeClassifier",
     "DefectTypeConfig",
     "TypePrediction",
     "crop_embedder",
     "crop_weights",
+    "frame_weights",
     "nearest_good_patches",
     "region_colour",
     "region_crop_box",
@@ -108,6 +122,12 @@ class DefectTypeConfig:
     # 0.13x the frame's backbone pass. The typing benchmark types each image's largest region: the gain
     # measured is that of the largest, which is always cropped
     crop_regions: int = 1
+    # ours: "frame": a frame's regions described together (``frame_weights``; the largest's crop), every region
+    # takes that embedding and type (a defect falls into 4-5.5 regions per image on the dev categories; a label
+    # classifies every region of an inspection); "region": each on its own. With labels on every region, draws
+    # 0-19: the largest 0.638 -> 0.664 mean top-1, the other regions 0.430 -> 0.636 (benchmarks/README.md,
+    # typing sixth pass). A frame with two kinds of defect gets one type; a reviewer can set a region's by hand
+    scope: str = "frame"
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -125,6 +145,9 @@ class DefectTypeConfig:
             raise ValueError(msg)
         if not isinstance(self.crop_regions, int) or isinstance(self.crop_regions, bool) or self.crop_regions < 1:
             msg = f"DefectTypeConfig.crop_regions must be a whole number >= 1, got {self.crop_regions!r}"
+            raise ValueError(msg)
+        if self.scope not in ("frame", "region"):
+            msg = f"DefectTypeConfig.scope must be 'frame' or 'region', got {self.scope!r}"
             raise ValueError(msg)
         if not (math.isfinite(self.colour_weight) and self.colour_weight >= 0):
             msg = f"DefectTypeConfig.colour_weight must be a finite number >= 0, got {self.colour_weight!r}"
@@ -174,6 +197,28 @@ def region_weights(
     inside = anomaly_map[y0:y1, x0:x1].astype(np.float32)
     above = inside >= pixel_threshold
     out[y0:y1, x0:x1] = np.where(above, inside, 0.0) if above.any() else np.maximum(inside, 1e-6)
+    return out
+
+
+def frame_weights(
+    anomaly_map: np.ndarray, *, boxes: Sequence[tuple[int, int, int, int]], pixel_threshold: float
+) -> np.ndarray:
+    """Per-pixel weights of a frame's regions together (``DefectTypeConfig.scope`` "frame").
+
+    Args:
+        anomaly_map: (H, W) float32 anomaly scores at the frame's (or ROI's) full size.
+        boxes: (x, y, width, height) of each region in the map's pixels (at least one).
+        pixel_threshold: the pixel threshold that made the regions.
+
+    Returns:
+        (H, W) float32: the largest of the regions' ``region_weights`` at each pixel.
+    """
+    if not boxes:
+        msg = "frame_weights needs at least one region box"
+        raise ValueError(msg)
+    out = region_weights(anomaly_map, box=boxes[0], pixel_threshold=pixel_threshold)
+    for box in boxes[1:]:
+        np.maximum(out, region_weights(anomaly_map, box=box, pixel_threshold=pixel_threshold), out=out)
     return out
 
 
@@ -247,121 +292,6 @@ def region_embedding(
     return np.concatenate([features, tail])
 
 
-CROP_MARGIN: Final = 0.5       # ours: the crop is the region's box plus half its longer side on each side
-CROP_MIN_SHARE: Final = 0.125  # ours: a crop spans at least 1/8 of the frame's shorter side (context for a dot)
-
-
-def region_crop_box(
-    box: tuple[int, int, int, int], frame_size: tuple[int, int], *, margin: float = CROP_MARGIN,
-    min_share: float = CROP_MIN_SHARE,
-) -> tuple[int, int, int]:
-    """The square window of the frame around a region that is re-embedded at a higher resolution.
-
-    Args:
-        box: (x, y, width, height) of the region in the frame's pixels.
-        frame_size: (H, W) of the frame.
-        margin: the box's longer side times this is added on each side.
-        min_share: the window's side is at least this share of the frame's shorter side.
-
-    Returns:
-        (x, y, side): the window's top-left corner and side, inside the frame (shifted in, never
-        larger than the frame's shorter side).
-    """
-    x, y, w, h = box
-    height, width = frame_size
-    shorter = min(height, width)
-    side = int(round(max(max(w, h) * (1.0 + 2.0 * margin), min_share * shorter)))
-    side = max(1, min(side, shorter))
-    x0 = int(round(x + w / 2 - side / 2))
-    y0 = int(round(y + h / 2 - side / 2))
-    return min(max(0, x0), width - side), min(max(0, y0), height - side), side
-
-
-def crop_weights(weights: np.ndarray, window: tuple[int, int, int], grid: tuple[int, int]) -> np.ndarray:
-    """A region's per-pixel weights (``region_weights``) averaged over a crop's patch grid.
-
-    Args:
-        weights: (H, W) float32 at the frame's size.
-        window: (x, y, side) from ``region_crop_box``.
-        grid: (h, w) patch grid of the crop's embedding.
-
-    Returns:
-        (h, w) float32; when the region covers no patch (thinner than the resampling), the patch
-        under its centre gets weight 1.
-    """
-    x, y, side = window
-    crop = weights[y:y + side, x:x + side].astype(np.float32)
-    out = cv2.resize(crop, (grid[1], grid[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
-    if not np.any(out > 0):
-        ys, xs = np.nonzero(crop)
-        cy, cx = (float(ys.mean()), float(xs.mean())) if ys.size else (side / 2, side / 2)
-        out[min(grid[0] - 1, int(cy / side * grid[0])), min(grid[1] - 1, int(cx / side * grid[1]))] = 1.0
-    return out
-
-
-def crop_embedder(detector: Any) -> Callable[[Sequence[np.ndarray], int], np.ndarray] | None:
-    """The detector's backbone as a crop embedding function, for ``region_crop_descriptor``.
-
-    Args:
-        detector: a ``PatchKNN`` (anything with ``core.extract``, ``backbone.patch_size`` and ``device``).
-
-    Returns:
-        ``embed(crops, side)``: square (s, s, 3) uint8 RGB crops (sides may differ) -> (n, h, w, D) float32
-        L2-normalised patch features, every crop resized to ``side`` and run in one batch under the
-        detector's precision; None when the detector has no torch backbone (an exported model).
-    """
-    core, backbone = getattr(detector, "core", None), getattr(detector, "backbone", None)
-    if core is None or not hasattr(core, "extract") or backbone is None:
-        return None
-
-    def embed(crops: Sequence[np.ndarray], side: int) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        from models.preprocess import to_model_input
-
-        with torch.inference_mode():
-            x = torch.cat([to_model_input(np.ascontiguousarray(c), shorter_side=side,
-                                          patch_size=backbone.patch_size, device=detector.device) for c in crops])
-            out: np.ndarray = F.normalize(core.extract(x).float(), dim=-1).cpu().numpy()
-        return out
-
-    return embed
-
-
-def region_crop_descriptor(
-    frame_rgb: np.ndarray,
-    regions: Sequence[tuple[tuple[int, int, int, int], np.ndarray]],
-    embed: Callable[[Sequence[np.ndarray], int], np.ndarray],
-    *,
-    side: int,
-) -> list[np.ndarray]:
-    """Each region's crop re-embedded: the two poolings of ``region_embedding`` over the crop's patches.
-
-    Args:
-        frame_rgb: (H, W, 3) uint8 RGB pixels the regions' maps were made from.
-        regions: per region, its box (x, y, width, height) in the frame and its (H, W) ``region_weights``.
-        embed: ``crop_embedder``'s function.
-        side: the crop's side fed to the backbone (``DefectTypeConfig.crop_side``).
-
-    Returns:
-        One (2 D,) float32 unit vector per region: the anomaly-weighted mean and the maximum of the
-        crop's patch features inside the region (``crop_weights``), each L2-normalised, joined.
-    """
-    if not regions:
-        return []
-    windows = [region_crop_box(box, frame_rgb.shape[:2]) for box, _ in regions]
-    crops = [frame_rgb[y:y + s, x:x + s] for x, y, s in windows]
-    features = embed(crops, side)
-    out = []
-    for (_, weights), window, feats in zip(regions, windows, features, strict=True):
-        grid = crop_weights(weights, window, feats.shape[:2])
-        inside = grid > 0
-        patches = feats[inside].astype(np.float32, copy=False)
-        out.append(_unit(np.concatenate([_unit(grid[inside] @ patches), _unit(patches.max(axis=0))])))
-    return out
-
-
 def region_colour(frame_rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Colour and shape statistics of a region against its surroundings (a ring around it).
 
@@ -399,14 +329,6 @@ def region_colour(frame_rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
         region_px.mean(axis=0),
         [math.log(ys.size / float(height * width)), 0.5 * math.log(axes[1] / axes[0])],
     ]).astype(np.float32)
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    if not math.isfinite(norm) or norm == 0.0:
-        msg = "a region embedding is zero or not finite; the patch features hold NaN or nothing"
-        raise ValueError(msg)
-    return (vector / norm).astype(np.float32)
 
 
 def nearest_good_patches(memory_bank: Any, *, chunk: int = 65536) -> Callable[[np.ndarray], np.ndarray]:

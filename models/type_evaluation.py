@@ -6,8 +6,9 @@ backbone pass gives the anomaly map and the patch features) and take its largest
 pixel threshold (when nothing reaches the threshold, the region of the top 1 % of the map's pixels
 stands in, and is counted). Then, for each of ``repeats`` seeded draws, label ``n_labelled`` images
 per defect type (the test folder's subfolders), and type the largest region of every other defect
-image: ``accuracy`` is the top-1 share typed right (``unknown`` counts as wrong), ``unknown_share``
-the share typed ``unknown``.
+image (with ``DefectTypeConfig.scope`` "frame", the default, that region carries what the station gives
+it: the embedding of all the image's regions together): ``accuracy`` is the top-1 share typed right
+(``unknown`` counts as wrong), ``unknown_share`` the share typed ``unknown``.
 
 The per-image features and maps can be cached (``cache_dir``) so that repeated runs and other
 draws cost no backbone pass.
@@ -36,6 +37,7 @@ from models.defect_types import (
     DefectTypeClassifier,
     DefectTypeConfig,
     crop_embedder,
+    frame_weights,
     nearest_good_patches,
     region_colour,
     region_crop_descriptor,
@@ -171,7 +173,7 @@ def evaluate_defect_types(
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
                                                cache_dir=cache_dir, cache_key=cache_key, progress=progress,
                                                residual=cfg.residual, colour=cfg.colour_weight > 0,
-                                               crop_side=cfg.crop_side)
+                                               crop_side=cfg.crop_side, scope=cfg.scope)
 
     accuracies, balanced, unknowns, novel = [], [], [], []
     hits: dict[str, list[bool]] = {t: [] for t in types}
@@ -259,8 +261,12 @@ def _extract(
     residual: bool = False,
     colour: bool = False,
     crop_side: int = 0,
+    scope: str = "region",
 ) -> tuple[list[_Item], float, float]:
     """Per defect image: its largest region's embedding (from the cache where present).
+
+    With ``scope`` "frame", the embedding the station gives that region: all the image's regions
+    described together (``frame_weights``), the largest region's crop.
 
     With ``colour``, the region's colour statistics are appended (``region_colour``, from the image
     itself: the cache keeps no pixels).
@@ -356,12 +362,16 @@ def _extract(
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
         box, threshold, fallback = largest_region_box(amap, pixel_threshold)
         weights = region_weights(amap, box=box, pixel_threshold=threshold)
+        described = weights
+        if scope == "frame":
+            boxes = [(r.x, r.y, r.width, r.height) for r in find_regions(amap, pixel_threshold=threshold)]
+            described = frame_weights(amap, boxes=boxes, pixel_threshold=threshold)
         stats = crop = None
         if colour or crop_side:
             pixels = image if image is not None else load_image_rgb(item.path)
-            stats = region_colour(pixels, weights) if colour else None
+            stats = region_colour(pixels, described) if colour else None
             crop = crop_part(f"{item.defect_type}__{item.path.stem}", pixels, box, weights) if crop_side else None
-        items.append(_Item(item.defect_type, region_embedding(features, weights, shorter_side=shorter_side,
+        items.append(_Item(item.defect_type, region_embedding(features, described, shorter_side=shorter_side,
                                                               nearest_good=nearest_good, colour=stats, crop=crop),
                            fallback))
         if progress is not None:

@@ -139,7 +139,7 @@ def test_only_the_largest_regions_get_the_crop_pass_the_others_keep_the_same_lay
         return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
     with Store(tmp_path / "stats.db") as store:
-        typer = DefectTyper(store, "part", config=DefectTypeConfig(crop_regions=4), refresh_s=0.0)
+        typer = DefectTyper(store, "part", config=DefectTypeConfig(crop_regions=4, scope="region"), refresh_s=0.0)
         typed = type_regions(found, typer=typer, patch_features=features, crop_map=crop_map, pixel_threshold=0.5,
                              offset=(0, 0), shorter_side=140, crop_rgb=pixels, embed_crops=embed)
     assert batches == [4]                                  # one batch, the four largest (default: the largest)
@@ -151,6 +151,61 @@ def test_only_the_largest_regions_get_the_crop_pass_the_others_keep_the_same_lay
     frame_part = typed[5].embedding[:2 * 8]
     assert not np.allclose(typed[5].embedding[2 * 8:4 * 8] / np.linalg.norm(typed[5].embedding[2 * 8:4 * 8]),
                            frame_part / np.linalg.norm(frame_part), atol=1e-3)   # the largest: its own crop
+
+
+def test_a_frames_regions_are_described_together_and_share_one_type(tmp_path: Path) -> None:
+    from inspector.defect_typing import type_regions
+    from inspector.results import DefectRegion, InspectionResult, Verdict
+    from models.defect_types import frame_weights, region_crop_descriptor, region_embedding, region_weights
+
+    rng = np.random.default_rng(2)
+    crop_map = np.zeros((140, 140), np.float32)
+    boxes = [(10, 10, 6, 6), (60, 70, 14, 10), (110, 20, 8, 8)]      # one defect the threshold cut in three
+    found = []
+    for x, y, w, h in boxes:
+        crop_map[y:y + h, x:x + w] = 1.0
+        found.append(DefectRegion(x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0,
+                                  mean_score=1.0))
+    features = rng.standard_normal((10, 10, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=-1, keepdims=True)
+    pixels = rng.integers(0, 255, (140, 140, 3), dtype=np.uint8)
+    crops = rng.standard_normal((1, 4, 4, 8)).astype(np.float32)
+    batches: list[int] = []
+
+    def embed(images, side):
+        batches.append(len(images))
+        return crops / np.linalg.norm(crops, axis=-1, keepdims=True)
+
+    with Store(tmp_path / "stats.db") as store:
+        typer = DefectTyper(store, "part", refresh_s=0.0)          # the default: scope "frame"
+        assert typer.config.scope == "frame"
+        typed = type_regions(found, typer=typer, patch_features=features, crop_map=crop_map, pixel_threshold=0.5,
+                             offset=(0, 0), shorter_side=140, crop_rgb=pixels, embed_crops=embed)
+        assert batches == [1]                                      # one crop pass: the largest region's
+        assert all(r.predicted_class is None for r in typed)       # nothing labelled yet: no guess
+        first = typed[0].embedding
+        assert first is not None and all(np.array_equal(r.embedding, first) for r in typed)
+        whole = frame_weights(crop_map, boxes=boxes, pixel_threshold=0.5)
+        assert np.count_nonzero(whole) == sum(w * h for _, _, w, h in boxes)
+        largest = region_weights(crop_map, box=boxes[1], pixel_threshold=0.5)
+        crop = region_crop_descriptor(pixels, [(boxes[1], largest)], embed, side=224)[0]
+        expected = region_embedding(features, whole, shorter_side=140, crop=crop)
+        np.testing.assert_allclose(first[:-COLOUR_DIMS], expected, atol=1e-6)
+
+        # a reviewer classifies every region of the inspection: one example, not three
+        store.record(InspectionResult(frame_id=1, timestamp=1.0e9, source="cam", recipe="part", model_version="v1",
+                                      verdict=Verdict.FAIL, score=1.0, regions=typed))
+        store.flush()
+        (record,) = store.inspections(recipe="part")
+        assert store.set_defect_class("scratch", user="qa", inspection_id=record.id) == 3
+        assert typer.refresh() == 3 and typer.n_examples == 1
+        again = type_regions(found, typer=typer, patch_features=features, crop_map=crop_map, pixel_threshold=0.5,
+                             offset=(0, 0), shorter_side=140, crop_rgb=pixels, embed_crops=embed)
+        assert [r.predicted_class for r in again] == ["scratch"] * 3
+        # one region set apart by hand: a second example (another class on the same embedding)
+        store.set_defect_class("dent", user="qa", region_id=record.regions[0].id)
+        typer.refresh()
+        assert typer.n_examples == 2 and typer.classes == ("dent", "scratch")
 
 
 def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -233,7 +288,7 @@ def test_labels_from_before_the_colour_statistics_are_left_out_without_failing(t
         # the default descriptor (colour on); a fixed rejection distance: two examples per type say little
         typer = DefectTyper(store, "part", config=DefectTypeConfig(reject_distance=1.5), refresh_s=0.0)
         assert typer.n_examples == 0
-        _labelled(store, "part", [new(0, -0.2), new(1, 0.2)] * 2, ["scratch", "dent"] * 2)
+        _labelled(store, "part", [new(0, -0.2), new(1, 0.2), new(0, -0.2), new(1, 0.2)], ["scratch", "dent"] * 2)
         typed = typer.predict([new(0, -0.2).astype(np.float32), new(1, 0.2).astype(np.float32)])
         assert [t.defect_class for t in typed] == ["scratch", "dent"]
         assert typer.n_examples == 4

@@ -51,7 +51,7 @@ VALID: dict[str, Any] = {
     "min_defect_area_px": 25,
     "mm_per_px": 0.1,
     "defect_classes": ["scratch", "dent", "other"],
-    "defect_typing": {"k": 3, "unknown_factor": 1.5, "colour_weight": 0.0, "crop_side": 0},
+    "defect_typing": {"k": 3, "unknown_factor": 1.5, "colour_weight": 0.0, "crop_side": 0, "scope": "region"},
     "archive": {"enabled": True, "directory": None, "save_pass_every": 0, "max_size_mb": 512},
 }
 
@@ -119,7 +119,8 @@ def test_valid_recipe_types(tmp_path: Path) -> None:
     assert recipe.detector.options == {"k": 1, "masking": False, "rotations": (0, 90)}
     assert recipe.defect_classes == ("scratch", "dent", "other")
     typing = recipe.defect_typing
-    assert (typing.k, typing.unknown_factor, typing.colour_weight, typing.crop_side) == (3, 1.5, 0.0, 0)
+    assert (typing.k, typing.unknown_factor, typing.colour_weight, typing.crop_side, typing.scope) == \
+        (3, 1.5, 0.0, 0, "region")
     assert isinstance(recipe.archive.max_size_mb, float)
     assert recipe.to_dict()["detector"]["options"]["rotations"] == [0, 90]
     assert "path" not in recipe.to_dict()
@@ -233,7 +234,8 @@ ERRORS = [
                                                                 r"to 896 .*got 30"),
     ("defect_typing.unknown_factor", math.inf, "defect_typing.unknown_factor", r"finite"),
     ("defect_typing.k_nn", 3, "defect_typing.k_nn",
-     r"not a known field \(allowed here: k, unknown_factor, colour_weight, crop_side\)"),
+     r"not a known field \(allowed here: k, unknown_factor, colour_weight, crop_side, scope\)"),
+    ("defect_typing.scope", "part", "defect_typing.scope", r"must be 'frame' .* or 'region' .*got 'part'"),
     ("detector.blocks", "8", "detector.blocks", r"must be a list, got '8'"),
     ("detector.blocks", [8, 8], "detector.blocks", r"lists a block twice"),
     ("detector.device", "gpu", "detector.device", r"'auto', 'cpu', 'cuda'.*got 'gpu'"),

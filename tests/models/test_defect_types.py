@@ -12,6 +12,7 @@ from models.defect_types import (
     DefectTypeConfig,
     crop_embedder,
     crop_weights,
+    frame_weights,
     region_colour,
     region_crop_box,
     region_crop_descriptor,
@@ -91,7 +92,7 @@ def test_refuses_embeddings_of_another_length() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [("k", 0), ("temperature", 0.0), ("reject_quantile", 1.5),
                                               ("reject_distance", -1.0), ("colour_weight", -0.1),
-                                              ("colour_weight", float("nan"))])
+                                              ("colour_weight", float("nan")), ("scope", "image")])
 def test_config_names_a_bad_option(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"DefectTypeConfig.{field}"):
         DefectTypeConfig(**{field: value})
@@ -114,6 +115,21 @@ def test_region_embedding_pools_the_patches_inside_the_region() -> None:
     # mean and maximum of the region's patches, each a unit vector, joined: both are `right` here
     assert emb == pytest.approx(np.concatenate([right, right]) / np.sqrt(2), abs=1e-6)
     assert frame_to_grid(weights, grid, shorter_side=shorter)[:, :4].sum() == 0.0
+
+
+def test_frame_weights_hold_every_regions_pixels_at_the_threshold_and_nothing_else() -> None:
+    anomaly_map = np.full((40, 60), 0.1, np.float32)
+    anomaly_map[5:10, 5:12] = 0.6                  # two parts of one defect, apart
+    anomaly_map[25:30, 40:44] = 0.9
+    anomaly_map[25, 45] = 0.2                      # below the threshold inside the second box's reach
+    boxes = [(5, 5, 7, 5), (40, 25, 6, 5)]
+    whole = frame_weights(anomaly_map, boxes=boxes, pixel_threshold=0.5)
+    assert np.count_nonzero(whole) == 7 * 5 + 4 * 5
+    assert whole[7, 8] == pytest.approx(0.6) and whole[27, 42] == pytest.approx(0.9) and whole[25, 45] == 0.0
+    np.testing.assert_array_equal(whole, np.maximum(*(region_weights(anomaly_map, box=b, pixel_threshold=0.5)
+                                                       for b in boxes)))
+    with pytest.raises(ValueError, match="at least one region"):
+        frame_weights(anomaly_map, boxes=[], pixel_threshold=0.5)
 
 
 def test_region_outside_the_map_is_refused() -> None:
