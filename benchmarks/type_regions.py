@@ -13,7 +13,9 @@ each with the product's draw (5 labelled images per type, top-1, "unknown" count
 - ``core``: the largest region's pixels above the threshold plus a share of its peak height;
 - ``excess``: the largest region weighted by its score above the threshold, not the score;
 - ``mass``: the region with the most score above the threshold instead of the largest;
-- ``high``: the largest region at a threshold raised by a share of the map's maximum.
+- ``high``: the largest region at a threshold raised by a share of the map's maximum;
+- ``union``: every pixel at the threshold, all regions together (``excess``: weighted by the score above it);
+- ``soft``: the whole map weighted by its score above a share of the threshold (no region).
 
 It also says how often the largest region touches the defect at all (``hit``: any pixel of it on the
 mask) and which share of its pixels lie on the mask (``precision``), per defect type.
@@ -41,10 +43,12 @@ if str(REPO) not in sys.path:
 
 from benchmarks.type_variants import _seeds  # noqa: E402
 from models.defect_types import (  # noqa: E402
+    COLOUR_DIMS,
     DefectTypeClassifier,
     DefectTypeConfig,
     nearest_good_patches,
     region_colour,
+    region_crop_box,
     region_embedding,
     region_weights,
 )
@@ -106,10 +110,87 @@ def _high(share: float) -> Weights:
     return weights
 
 
+def _union(excess: bool) -> Weights:
+    """Every region at the threshold together (the frame's defect, however many parts it fell into)."""
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        above = amap >= thr
+        if not above.any():
+            return _largest(amap, thr, gt)          # the product's fallback: the map's top 1 %
+        values = amap - thr + 1e-6 if excess else np.maximum(amap, 1e-6)
+        return np.where(above, values, 0.0).astype(np.float32)
+    return weights
+
+
+def _strong(share: float) -> Weights:
+    """``union`` of the regions whose peak rises at least ``share`` of the way from the threshold to the
+    map's maximum (weak fragments, often false alarms at the part's edge, left out)."""
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        above = amap >= thr
+        if not above.any():
+            return _largest(amap, thr, gt)
+        n, labels = cv2.connectedComponents(above.astype(np.uint8))
+        peaks = np.zeros(n, np.float32)
+        np.maximum.at(peaks, labels.ravel().astype(np.intp), amap.ravel())
+        level = thr + share * (float(amap.max()) - thr)
+        strong = np.nonzero(peaks >= level)[0]
+        keep = np.isin(labels, strong[strong > 0])
+        return np.where(keep, np.maximum(amap, 1e-6), 0.0).astype(np.float32)
+    return weights
+
+
+def _soft(share: float) -> Weights:
+    """The whole map, weighted by its excess over ``share`` x the threshold (no region at all)."""
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        level = min(share * thr, float(np.quantile(amap, 0.99)))
+        return np.where(amap > level, amap - level + 1e-6, 0.0).astype(np.float32)
+    return weights
+
+
+def _hysteresis(share: float) -> Weights:
+    """The parts of the map above ``share`` x the threshold that hold the largest region's pixels."""
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        seed_weights, t, _ = largest_region_weights(amap, thr)
+        level = min(share * t, float(np.quantile(amap, 0.99)))
+        n, labels = cv2.connectedComponents((amap > level).astype(np.uint8))
+        touched = np.unique(labels[(seed_weights > 0) & (labels > 0)])
+        keep = np.isin(labels, touched) | (seed_weights > 0)
+        return np.where(keep, np.maximum(amap - level, 0.0) + 1e-6, 0.0).astype(np.float32)
+    return weights
+
+
+def _window(share: float) -> Weights:
+    """``soft`` inside the largest region's crop window (``region_crop_box``) only."""
+    def weights(amap: np.ndarray, thr: float, gt: np.ndarray) -> np.ndarray:
+        seed_weights, t, _ = largest_region_weights(amap, thr)
+        ys, xs = np.nonzero(seed_weights)
+        box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+        x0, y0, side = region_crop_box(box, amap.shape[:2])
+        soft = _soft(share)(amap, thr, gt)
+        out = np.zeros_like(soft)
+        out[y0:y0 + side, x0:x0 + side] = soft[y0:y0 + side, x0:x0 + side]
+        return out if out.any() else seed_weights
+    return weights
+
+
 VARIANTS: dict[str, Weights] = {
     "largest": _largest, "oracle": _oracle, "core 0.25": _core(0.25), "core 0.5": _core(0.5),
     "excess": _excess, "mass": _mass, "high 0.25": _high(0.25), "high 0.5": _high(0.5),
+    "union": _union(excess=False), "union excess": _union(excess=True), "strong 0.25": _strong(0.25),
+    "strong 0.5": _strong(0.5), "soft 1.0": _soft(1.0),
+    "soft 0.75": _soft(0.75), "soft 0.5": _soft(0.5), "soft 0.25": _soft(0.25),
+    "hysteresis 0.5": _hysteresis(0.5), "hysteresis 0.75": _hysteresis(0.75), "window 0.5": _window(0.5),
 }
+
+
+# a region described together with its frame: the region's feature part joined to the frame's (each
+# unit, then the whole), the region's colour statistics after them
+JOINED: dict[str, tuple[str, str]] = {"largest + soft 0.5": ("largest", "soft 0.5"),
+                                      "largest + union": ("largest", "union")}
+
+
+def _joined(region: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    features = np.concatenate([region[:-COLOUR_DIMS], frame[:-COLOUR_DIMS]])
+    return np.concatenate([features / np.linalg.norm(features), region[-COLOUR_DIMS:]]).astype(np.float32)
 
 
 def _cache_folder(cache: Path, category: str) -> Path:
@@ -178,6 +259,8 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
                 on = w > 0
                 hit.append(bool((on & gt).any()))
                 precision.append(float((on & gt).sum() / max(1, on.sum())))
+    for name, (region, frame) in JOINED.items():
+        embeddings[name] = [_joined(a, b) for a, b in zip(embeddings[region], embeddings[frame], strict=True)]
     names = sorted(set(types))
     rows: dict[str, Any] = {}
     for name, vectors in embeddings.items():
@@ -215,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = "  ".join(f"{n} {r['accuracy']:.3f}" for n, r in result["variants"].items())
         print(f"{category}: largest region touches the defect in {result['largest_hits_defect']:.0%}; {cells}",
               flush=True)
-    means = {name: float(np.mean([r["variants"][name]["accuracy"] for r in results])) for name in VARIANTS}
+    means = {name: float(np.mean([r["variants"][name]["accuracy"] for r in results]))
+             for name in results[0]["variants"]}
     print("mean: " + "  ".join(f"{n} {v:.3f}" for n, v in means.items()))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def test_the_largest_region_row_reproduces_evaluate_and_the_oracle_uses_the_mask
     result = type_regions.category_run(data, cache, "widget", [0, 1, 2], n_labelled=2)
     assert result["defect_images"] == 8
     assert result["variants"]["largest"]["per_draw"] == list(product.accuracy_per_draw)
-    assert set(result["variants"]) == set(type_regions.VARIANTS)
+    assert set(result["variants"]) == set(type_regions.VARIANTS) | set(type_regions.JOINED)
     assert 0.0 <= result["largest_hits_defect"] <= 1.0
 
 
@@ -42,3 +42,9 @@ def test_region_weights_of_the_variants() -> None:
     assert (mass[5:15, 5:15] > 0).all()
     high = type_regions._high(0.5)(amap, 0.5, mask)          # threshold 1.75: only the peak is left
     assert (high > 0).sum() == 16
+    union = type_regions._union(excess=False)(amap, 0.5, mask)   # both regions, the map's own scores
+    assert (union > 0).sum() == 100 + 9 and union[31, 31] == 2.0
+    strong = type_regions._strong(0.75)(amap, 0.5, mask)   # peaks >= 0.5 + 0.75 * 2.5: the small one's 2.0 is not
+    assert (strong > 0).sum() == 100
+    soft = type_regions._soft(0.5)(amap, 0.5, mask)          # no region: everything above 0.25, less 0.25
+    assert (soft > 0).sum() == 109 and soft[31, 31] == np.float32(1.75 + 1e-6)
