@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,7 @@ class HeatmapView(QWidget):
             painter.setFont(font)
             placed: list[QRectF] = []                      # labels drawn so far: later ones go elsewhere
             labels: list[tuple[QRectF, str]] = []
+            texts = region_labels(shown.regions)
             for rank, region in enumerate(shown.regions):   # highest score first
                 rect = QRectF(
                     target.x() + region.x * scale, target.y() + region.y * scale,
@@ -229,7 +231,7 @@ class HeatmapView(QWidget):
                 )
                 painter.drawRect(rect)
                 if self.show_labels and rank < MAX_LABELS:
-                    labels.append((rect, self._label(region)))
+                    labels.append((rect, texts[rank]))
             for rect, label in labels:              # after every box: no box line crosses a label
                 size = painter.fontMetrics().boundingRect(label).size()
                 spot = place_label(rect, QSizeF(size.width() + 6, size.height() + 2), placed, target)
@@ -249,18 +251,29 @@ class HeatmapView(QWidget):
             painter.drawText(target, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._stale)
         painter.end()
 
-    @staticmethod
-    def _label(region: DefectRegion) -> str:
-        """A region's label: its confirmed class, else the typer's guess with its confidence, else its size."""
-        if region.defect_class is None and region.predicted_class is not None:
-            # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
-            return (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"
-                    if region.predicted_class != "unknown" else "unknown type")
-        return region.defect_class or (
-            f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px")
-
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         return QSize(640, 480)
+
+
+def region_labels(regions: Sequence[DefectRegion]) -> list[str]:
+    """Each region's label: its confirmed class, else the typer's guess with its confidence, else its size.
+
+    The typer types a frame's regions together by default (one guess for all of them), so a guess is
+    written once, on the first region that has it (the highest-scoring); the others show their size.
+    """
+    labels: list[str] = []
+    guessed: set[str] = set()
+    for region in regions:
+        size = f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
+        if region.defect_class is None and region.predicted_class is not None:
+            # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
+            guess = (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"
+                     if region.predicted_class != "unknown" else "unknown type")
+            labels.append(size if guess in guessed else guess)
+            guessed.add(guess)
+        else:
+            labels.append(region.defect_class or size)
+    return labels
 
 
 class VerdictBanner(QFrame):

@@ -112,3 +112,18 @@ def test_region_labels_take_free_places_and_the_worst_defects_keep_theirs() -> N
     assert at_edge is not None and bounds.contains(at_edge)
     crowd = [QRectF(x, y, 50, 16) for x in range(0, 400, 50) for y in range(0, 300, 16)]
     assert place_label(QRectF(200, 150, 10, 10), size, crowd, bounds) is None   # no free place: no label
+
+
+def test_a_frames_shared_type_guess_is_written_once_and_a_confirmed_class_always() -> None:
+    from inspector.results import DefectRegion
+    from ui.live_view import region_labels
+
+    def region(area: int, *, guess: str | None = None, confirmed: str | None = None) -> DefectRegion:
+        return DefectRegion(x=0, y=0, width=4, height=4, area_px=area, area_mm2=None, max_score=1.0, mean_score=1.0,
+                            defect_class=confirmed, predicted_class=guess, type_confidence=0.8 if guess else None)
+
+    regions = [region(300, guess="burnt"), region(40, guess="burnt"), region(12, guess="unknown"),
+               region(9, guess="unknown"), region(30, guess="burnt", confirmed="crack"),
+               region(30, guess="burnt", confirmed="crack"), region(20, confirmed=""), region(5)]
+    assert region_labels(regions) == ["burnt 80 %", "40 px", "unknown type", "9 px", "crack", "crack", "20 px",
+                                      "5 px"]
