@@ -117,20 +117,11 @@ def test_a_recipe_can_turn_the_crop_pass_off_and_the_crop_part_follows_the_regio
 
 def test_only_the_largest_regions_get_the_crop_pass_the_others_keep_the_same_layout(tmp_path: Path) -> None:
     from inspector.defect_typing import type_regions
-    from inspector.results import DefectRegion
     from models.defect_types import region_embedding, region_weights
 
     rng = np.random.default_rng(0)
-    crop_map = np.zeros((140, 140), np.float32)
     boxes = [(5 + 22 * i, 10, 4 + 3 * i, 4 + 3 * i) for i in range(6)]      # six spots, growing
-    found = []
-    for x, y, w, h in boxes:
-        crop_map[y:y + h, x:x + w] = 1.0
-        found.append(DefectRegion(x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0,
-                                  mean_score=1.0))
-    features = rng.standard_normal((10, 10, 8)).astype(np.float32)
-    features /= np.linalg.norm(features, axis=-1, keepdims=True)
-    pixels = rng.integers(0, 255, (140, 140, 3), dtype=np.uint8)
+    found, crop_map, features, pixels = _spots(boxes, rng)
     batches: list[int] = []
 
     def embed(crops, side):
@@ -155,20 +146,12 @@ def test_only_the_largest_regions_get_the_crop_pass_the_others_keep_the_same_lay
 
 def test_a_frames_regions_are_described_together_and_share_one_type(tmp_path: Path) -> None:
     from inspector.defect_typing import type_regions
-    from inspector.results import DefectRegion, InspectionResult, Verdict
+    from inspector.results import InspectionResult, Verdict
     from models.defect_types import frame_weights, region_crop_descriptor, region_embedding, region_weights
 
     rng = np.random.default_rng(2)
-    crop_map = np.zeros((140, 140), np.float32)
     boxes = [(10, 10, 6, 6), (60, 70, 14, 10), (110, 20, 8, 8)]      # one defect the threshold cut in three
-    found = []
-    for x, y, w, h in boxes:
-        crop_map[y:y + h, x:x + w] = 1.0
-        found.append(DefectRegion(x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0,
-                                  mean_score=1.0))
-    features = rng.standard_normal((10, 10, 8)).astype(np.float32)
-    features /= np.linalg.norm(features, axis=-1, keepdims=True)
-    pixels = rng.integers(0, 255, (140, 140, 3), dtype=np.uint8)
+    found, crop_map, features, pixels = _spots(boxes, rng)
     crops = rng.standard_normal((1, 4, 4, 8)).astype(np.float32)
     batches: list[int] = []
 
@@ -297,3 +280,18 @@ def test_labels_from_before_the_colour_statistics_are_left_out_without_failing(t
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _spots(boxes: list[tuple[int, int, int, int]], rng: np.random.Generator) -> tuple[list, np.ndarray, ...]:
+    """A 140 x 140 ROI whose map is 1 inside ``boxes``: its regions, map, random unit patch features, pixels."""
+    from inspector.results import DefectRegion
+
+    crop_map = np.zeros((140, 140), np.float32)
+    found = []
+    for x, y, w, h in boxes:
+        crop_map[y:y + h, x:x + w] = 1.0
+        found.append(DefectRegion(x=x, y=y, width=w, height=h, area_px=w * h, area_mm2=None, max_score=1.0,
+                                  mean_score=1.0))
+    features = rng.standard_normal((10, 10, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=-1, keepdims=True)
+    return found, crop_map, features, rng.integers(0, 255, (140, 140, 3), dtype=np.uint8)
