@@ -1,4 +1,5 @@
-"""Line IO test helpers: free loopback ports and a real mosquitto broker that a test can stop and start."""
+"""Line IO test helpers: free loopback ports, a PLC's Modbus client, and a real mosquitto broker that a test can
+stop and start."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from pymodbus.client import ModbusTcpClient
 
 
 def free_port() -> int:
@@ -31,6 +35,37 @@ def wait_listening(port: int, timeout: float = 10.0, *, process: subprocess.Pope
         time.sleep(0.02)
     msg = f"nothing listens on 127.0.0.1:{port} after {timeout} s"
     raise TimeoutError(msg)
+
+
+class Plc:
+    """The PLC's side of a station's Modbus link: a pymodbus client on 127.0.0.1 reading holding registers 0-8."""
+
+    TRIG, RESULT = 2, 3   # the trigger count the PLC writes, the count the station answers
+
+    def __init__(self, port: int) -> None:
+        self.client = ModbusTcpClient("127.0.0.1", port=port)
+        if not self.client.connect():
+            msg = f"the PLC cannot connect to the station's Modbus server on 127.0.0.1:{port}"
+            raise AssertionError(msg)
+
+    def regs(self) -> list[int]:
+        """Holding registers 0-8 as the station shows them now."""
+        reply = self.client.read_holding_registers(0, count=9)
+        assert not reply.isError(), reply
+        return list(reply.registers)
+
+    def write(self, register: int, value: int) -> None:
+        reply = self.client.write_register(register, value)
+        assert not reply.isError(), reply
+
+    def answer(self, count: int, wait_until: Callable[..., object], timeout_ms: int = 60_000) -> list[int]:
+        """Trigger ``count`` and wait (``wait_until(condition, timeout=ms)``, e.g. qtbot's) for its answer."""
+        self.write(self.TRIG, count)
+        wait_until(lambda: self.regs()[self.RESULT] == count, timeout=timeout_ms)
+        return self.regs()
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class Broker:

@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from pymodbus.client import ModbusTcpClient
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QLabel
 from pytestqt.qtbot import QtBot
@@ -22,13 +21,13 @@ from inspector.lineio.signals import StatusBits
 from inspector.lineio.station_config import load_station_config
 from inspector.store import Store
 from tests.helpers.images import textured_part, write_images
-from tests.helpers.lineio import free_port
+from tests.helpers.lineio import Plc, free_port
 from ui.app import station_window
 from ui.engine import StationInspector, default_load_inspector
 from ui.footer import SEPARATOR as SEP
 from ui.main_window import MainWindow, RunState
 
-STATUS, TRIG, RESULT, VERDICT, REQUESTED, ACTIVE = 1, 2, 3, 4, 7, 8
+STATUS, VERDICT, REQUESTED, ACTIVE = 1, 4, 7, 8
 PASS, ERROR = 1, 4
 
 
@@ -69,18 +68,11 @@ def test_the_window_follows_a_plc_changeover_and_shows_one_that_fails(
     window = station_window([taught_recipe], line, source=str(frames), store=store, load_inspector=load,
                             settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(window)
-    plc = ModbusTcpClient("127.0.0.1", port=port)
-    assert plc.connect()
-
-    def regs() -> list[int]:
-        reply = plc.read_holding_registers(0, count=9)
-        assert not reply.isError(), reply
-        return list(reply.registers)
+    plc = Plc(port)
+    regs = plc.regs
 
     def answer(count: int) -> list[int]:
-        assert not plc.write_register(TRIG, count).isError()
-        qtbot.waitUntil(lambda: regs()[RESULT] == count, timeout=60_000)
-        return regs()
+        return plc.answer(count, qtbot.waitUntil)
 
     try:
         window.show()
@@ -93,7 +85,7 @@ def test_the_window_follows_a_plc_changeover_and_shows_one_that_fails(
         assert answer(1)[VERDICT] == PASS and regs()[ACTIVE] == 3
 
         # The PLC changes over to recipe 4: the box, the info line and the status line follow it.
-        assert not plc.write_register(REQUESTED, 4).isError()
+        plc.write(REQUESTED, 4)
         qtbot.waitUntil(lambda: regs()[ACTIVE] == 4, timeout=60_000)
         qtbot.waitUntil(lambda: window.current_recipe == other, timeout=10_000)
         assert box.currentText() == "other"
@@ -108,7 +100,7 @@ def test_the_window_follows_a_plc_changeover_and_shows_one_that_fails(
         qtbot.waitUntil(lambda: window.counts.inspected == 2, timeout=10_000)
 
         # A changeover to a recipe that fails to load: every trigger ERROR, FAULT set, the window says why.
-        assert not plc.write_register(REQUESTED, 5).isError()
+        plc.write(REQUESTED, 5)
         qtbot.waitUntil(lambda: "recipe" in window.station.faults.faults(), timeout=60_000)
         fault = window.station.faults.faults()["recipe"]
         assert fault.startswith("Cannot switch to recipe broken: the PLC's product changeover failed: "

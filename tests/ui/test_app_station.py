@@ -11,7 +11,6 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
-from pymodbus.client import ModbusTcpClient
 from PySide6.QtCore import QSettings
 from pytestqt.qtbot import QtBot
 
@@ -20,12 +19,12 @@ from inspector.lineio.signals import StatusBits
 from inspector.lineio.station_config import load_station_config
 from inspector.store import Store
 from tests.helpers.images import textured_part, with_defect, write_images
-from tests.helpers.lineio import free_port
+from tests.helpers.lineio import Plc, free_port
 from ui.app import station_window
 from ui.link_status import LinkStatusBar
 from ui.main_window import RunState
 
-STATUS, TRIG, RESULT, VERDICT, ACTIVE = 1, 2, 3, 4, 8
+STATUS, VERDICT, ACTIVE = 1, 4, 8
 
 
 def test_a_triggered_station_answers_the_plc_from_the_app_and_shows_its_links(
@@ -49,20 +48,12 @@ def test_a_triggered_station_answers_the_plc_from_the_app_and_shows_its_links(
     window = station_window([taught_recipe], line, source=str(frames), store=store,
                             settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(window)
-    plc = ModbusTcpClient("127.0.0.1", port=port)
-    assert plc.connect()
-
-    def regs() -> list[int]:
-        reply = plc.read_holding_registers(0, count=9)
-        assert not reply.isError(), reply
-        return list(reply.registers)
-
+    plc = Plc(port)
+    regs = plc.regs
     answered: list[int] = []
 
     def answer(count: int) -> list[int]:
-        assert not plc.write_register(TRIG, count).isError()
-        qtbot.waitUntil(lambda: regs()[RESULT] == count, timeout=60_000)
-        now = regs()
+        now = plc.answer(count, qtbot.waitUntil)
         answered.append(now[VERDICT])
         return now
 
