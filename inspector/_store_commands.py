@@ -12,12 +12,15 @@ import getpass
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
+
+if TYPE_CHECKING:
+    from inspector.store import InspectionRecord, Store
 
 __all__ = ["REPO_ROOT", "cmd_feedback", "cmd_stats"]
 
@@ -180,6 +183,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         _forward_journal(store)
         record = store.get_inspection(args.inspection_id)
         _check_label(args.label, record.recipe, args.recipe)
+        if args.region is not None:
+            return _classify_region(store, record, args.region, args.label, user=user, note=args.note)
         if args.label == "good":
             recipe_path = args.recipe or REPO_ROOT / "recipes" / f"{record.recipe}.yaml"
             image_path = record.image_path or record.path
@@ -203,6 +208,24 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             print(f"inspection {args.inspection_id}: recorded as {args.label} by {user}{regions}")
     finally:
         store.close()
+    return 0
+
+
+def _classify_region(store: Store, record: InspectionRecord, region_id: int, label: str, *, user: str,
+                     note: str) -> int:
+    """``feedback --region``: one region of the inspection takes the class (the typer types a frame's regions
+    together; a part with a second kind of defect needs its own), the label kept as feedback naming it."""
+    ids = [r.id for r in record.regions]
+    if label == "good":
+        msg = "--region takes a defect class; 'good' is said of a whole inspection (leave out --region)"
+        raise InspectorError(msg)
+    if region_id not in ids:
+        held = ", ".join(str(i) for i in ids) if ids else "none"
+        msg = f"inspection {record.id} has no region {region_id} (its regions: {held}); no class recorded"
+        raise InspectorError(msg)
+    store.set_defect_class(label, user=user, region_id=region_id)
+    store.add_feedback(record.id, label, user=user, note=f"region {region_id}. {note}".strip())
+    print(f"inspection {record.id}: region {region_id} recorded as {label} by {user}")
     return 0
 
 

@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="")
     p.add_argument("--recipe", type=Path, default=None,
                    help="recipe file to update for 'good' (default: recipes/<recipe name>.yaml)")
+    p.add_argument("--region", type=int, default=None, metavar="REGION_ID",
+                   help="a defect class for this one region of the inspection (its region_id in `inspector stats "
+                        "--regions-csv`) instead of all of them: a part with a second kind of defect")
     _add_store(p)
     _add_device(p)
 

@@ -89,12 +89,27 @@ def test_run_stores_every_frame_then_stats_and_feedback(
                                           "WHERE inspection_id = ?", (first_fail,)).fetchall()
     assert classes == [("scratch", "qa")]
     assert "region(s) classified" in capsys.readouterr().out
+    # one region set apart: a second kind of defect on the same part
+    region_ids = [r for (r,) in sqlite3.connect(db).execute(
+        "SELECT id FROM regions WHERE inspection_id = ? ORDER BY id", (first_fail,))]
+    assert main(["feedback", str(first_fail), "dent", "--region", str(region_ids[-1]), "--store", str(db),
+                 "--user", "qa"]) == EXIT_OK
+    assert f"region {region_ids[-1]} recorded as dent" in capsys.readouterr().out
+    by_region = dict(sqlite3.connect(db).execute("SELECT id, defect_class FROM regions WHERE inspection_id = ?",
+                                                 (first_fail,)).fetchall())
+    assert by_region[region_ids[-1]] == "dent" and set(by_region.values()) == ({"scratch", "dent"}
+                                                                                if len(region_ids) > 1 else {"dent"})
+    assert main(["feedback", str(first_fail), "dent", "--region", "999999", "--store", str(db)]) == EXIT_ERROR
+    assert f"inspection {first_fail} has no region 999999 (its regions: " in capsys.readouterr().err
+    assert main(["feedback", str(first_fail), "good", "--region", str(region_ids[0]), "--store", str(db)]) == \
+        EXIT_ERROR
+    assert "--region takes a defect class" in capsys.readouterr().err
     assert main(["feedback", str(first_fail), "good", "--store", str(db), "--user", "qa",
                  "--recipe", str(taught_recipe)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "now uses model v2" in out
     labels = sqlite3.connect(db).execute("SELECT label, user FROM feedback ORDER BY id").fetchall()
-    assert labels == [("scratch", "qa"), ("good", "qa")]
+    assert labels == [("scratch", "qa"), ("dent", "qa"), ("good", "qa")]
 
 
 def test_broken_recipe_exits_1_naming_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -104,7 +104,8 @@ OPTIONS: dict[str, dict[str, st.SearchStrategy[str] | None]] = {
     "review": {"--recipe": PATHS, "--zero-shot": None, "--out": PATHS, "--device": VALUE, "--weights": PATHS},
     "stats": {"--by": VALUE, "--recipe": TEXT, "--line": TEXT, "--lot": TEXT, "--since": VALUE, "--until": VALUE,
               "--csv": PATHS, "--store": STORES},
-    "feedback": {"--user": TEXT, "--note": TEXT, "--recipe": PATHS, "--store": STORES, "--device": VALUE},
+    "feedback": {"--user": TEXT, "--note": TEXT, "--recipe": PATHS, "--region": NUMBERS, "--store": STORES,
+                 "--device": VALUE},
     "info": {"--weights": PATHS},
     "export": {"--out": PATHS, "--weights": PATHS},
 }
