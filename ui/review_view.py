@@ -257,6 +257,10 @@ class ReviewView(QWidget):
         for button in (self.activate_button, self.undo_button):
             button.setVisible(False)
         self.class_box = QComboBox()
+        self.region_box = QComboBox()         # which regions take the class: all of them, or one
+        self.region_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.region_box.setToolTip("The class goes to every region of the inspection, or to the one chosen "
+                                   "(a part with a second kind of defect)")
         self.class_button = QPushButton("Assign class")
         self.class_button.clicked.connect(self._on_assign_clicked)
         self.message = QLabel("")
@@ -270,6 +274,7 @@ class ReviewView(QWidget):
         actions.addWidget(self.activate_button)
         actions.addWidget(self.undo_button)
         actions.addWidget(self.class_box)
+        actions.addWidget(self.region_box)
         actions.addWidget(self.class_button)
         detail = QWidget()
         detail_layout = QVBoxLayout(detail)
@@ -386,21 +391,29 @@ class ReviewView(QWidget):
             self.message.setText(
                 "Recorded as good; the model was not updated: another job is running, try again.")
 
-    def assign_class(self, defect_class: str) -> None:
-        """Label the selected inspection's defect regions (and record the label as feedback)."""
+    def assign_class(self, defect_class: str, region_id: int | None = None) -> None:
+        """Label the selected inspection's defect regions, or only ``region_id`` of them (and record the
+        label as feedback)."""
         record = self._current
         if record is None or self._store is None or not defect_class:
             return
         user = self._user()
+        ids = [r.id for r in record.regions]
+        # as the region chooser numbers them (its position in the record), not the store's id
+        where = "" if region_id is None else (f"region {ids.index(region_id) + 1}" if region_id in ids
+                                              else f"region id {region_id}")
         try:
-            if record.regions:
+            if region_id is not None:
+                self._store.set_defect_class(defect_class, user=user, region_id=region_id)
+            elif record.regions:
                 self._store.set_defect_class(defect_class, user=user, inspection_id=record.id)
             self._store.add_feedback(record.id, defect_class, user=user,
-                                     note="class assigned on the review screen")
+                                     note=f"class assigned on the review screen {where}".strip())
         except Exception as exc:
             self.message.setText(f"Class not recorded: {type(exc).__name__}: {exc}")
             return
-        self.message.setText(f"Inspection {record.id}: class '{defect_class}' recorded.")
+        self.message.setText(f"Inspection {record.id}{' ' + where if where else ''}: class '{defect_class}' "
+                             "recorded.")
         self._refresh_current()
 
     def _good_question(self, record: InspectionRecord, recipe_path: Path | None) -> str:
@@ -586,6 +599,15 @@ class ReviewView(QWidget):
         self.details.setText("\n".join(lines))
         self.class_box.clear()
         self.class_box.addItems(list(self._defect_classes(record.recipe)))
+        keep = self.region_box.currentData()          # the same record shown again: its choice stays
+        self.region_box.clear()
+        self.region_box.addItem("all regions", None)
+        for n, r in enumerate(record.regions, 1):     # as drawn: the size is the box's label on the image
+            size = f"{r.area_mm2:.1f} mm²" if r.area_mm2 is not None else f"{r.area_px} px"
+            self.region_box.addItem(f"region {n}: {size} at ({r.x}, {r.y})"
+                                    + (f", {r.defect_class}" if r.defect_class else ""), r.id)
+        if isinstance(keep, int) and self.region_box.findData(keep) >= 0:
+            self.region_box.setCurrentIndex(self.region_box.findData(keep))
 
     def _show_image(self) -> None:
         record = self._current
@@ -609,7 +631,7 @@ class ReviewView(QWidget):
         ))
 
     def _set_actions_enabled(self, on: bool) -> None:
-        for widget in (self.good_button, self.class_button, self.class_box):
+        for widget in (self.good_button, self.class_button, self.class_box, self.region_box):
             widget.setEnabled(on)
 
     @Slot(bool)
@@ -618,7 +640,8 @@ class ReviewView(QWidget):
 
     @Slot()
     def _on_assign_clicked(self) -> None:
-        self.assign_class(self.class_box.currentText())
+        region = self.region_box.currentData()
+        self.assign_class(self.class_box.currentText(), region if isinstance(region, int) else None)
 
     @Slot(int)
     def _on_filter_changed(self, index: int) -> None:

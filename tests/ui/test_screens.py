@@ -153,10 +153,22 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     again = store.get_inspection(record.id)
     assert {r.defect_class for r in again.regions} == {"scratch"}
     assert again.label == "scratch"
+    # one region set apart through the screen's own controls: the others keep their class
+    assert view.region_box.count() == 1 + len(again.regions) and view.region_box.currentData() is None
+    view.region_box.setCurrentIndex(len(again.regions))               # the last region
+    one = again.regions[-1].id
+    view.class_box.setCurrentIndex(view.class_box.findText("crack"))
+    view.class_button.click()
+    apart = store.get_inspection(record.id)
+    assert {r.id: r.defect_class for r in apart.regions}[one] == "crack"
+    assert [r.defect_class for r in apart.regions if r.id != one] == ["scratch"] * (len(apart.regions) - 1)
+    assert f"region {len(apart.regions)}: class 'crack' recorded" in view.message.text()   # as the list numbers it
+    assert view.region_box.currentData() == one and view.region_box.currentText().endswith(", crack")
+    view.region_box.setCurrentIndex(0)
 
     view.mark_good()                                     # answered No: nothing recorded, no model
     assert "nothing changed" in view.message.text() and not calls and not runner.running
-    assert store.get_inspection(record.id).label == "scratch"
+    assert store.get_inspection(record.id).label == "crack"        # the last label given
     assert "as model v2?" in questions[0] and "defect region" in questions[0]
     assert "not used on the line until you make it active" in questions[0]
     with qtbot.waitSignal(runner.stopped, timeout=10_000):
