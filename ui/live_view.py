@@ -255,6 +255,11 @@ class HeatmapView(QWidget):
         return QSize(640, 480)
 
 
+def region_size(area_px: int, area_mm2: float | None) -> str:
+    """A region's size as the screens write it: mm² where the recipe gives a scale, else pixels."""
+    return f"{area_mm2:.1f} mm²" if area_mm2 is not None else f"{area_px} px"
+
+
 def region_labels(regions: Sequence[DefectRegion]) -> list[str]:
     """Each region's label: its confirmed class, else the typer's guess with its confidence, else its size.
 
@@ -264,7 +269,7 @@ def region_labels(regions: Sequence[DefectRegion]) -> list[str]:
     labels: list[str] = []
     guessed: set[str] = set()
     for region in regions:
-        size = f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} px"
+        size = region_size(region.area_px, region.area_mm2)
         if region.defect_class is None and region.predicted_class is not None:
             # the few-shot typer's guess, with its confidence ("unknown": a new kind of defect)
             guess = (f"{region.predicted_class} {100 * (region.type_confidence or 0):.0f} %"

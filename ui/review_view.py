@@ -42,7 +42,7 @@ from PySide6.QtWidgets import (
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
 from ui.batch_review import ZERO_SHOT, BatchReview, BatchReviewPanel
 from ui.date_range import FollowingRange
-from ui.live_view import VERDICT_COLOURS, HeatmapView, short_source
+from ui.live_view import VERDICT_COLOURS, HeatmapView, region_size, short_source
 from ui.qimage import bgr_to_qimage
 from ui.workers import QueryRunner
 
@@ -603,8 +603,7 @@ class ReviewView(QWidget):
         self.region_box.clear()
         self.region_box.addItem("all regions", None)
         for n, r in enumerate(record.regions, 1):     # as drawn: the size is the box's label on the image
-            size = f"{r.area_mm2:.1f} mm²" if r.area_mm2 is not None else f"{r.area_px} px"
-            self.region_box.addItem(f"region {n}: {size} at ({r.x}, {r.y})"
+            self.region_box.addItem(f"region {n}: {region_size(r.area_px, r.area_mm2)} at ({r.x}, {r.y})"
                                     + (f", {r.defect_class}" if r.defect_class else ""), r.id)
         if isinstance(keep, int) and self.region_box.findData(keep) >= 0:
             self.region_box.setCurrentIndex(self.region_box.findData(keep))
