@@ -275,7 +275,6 @@ def type_regions(
         msg = f"defect typing with colour needs the ROI's pixels at the map's size {crop_map.shape}, got {got}"
         raise ValueError(msg)
     boxes = [(r.x - x0, r.y - y0, r.width, r.height) for r in found]
-    weights = [region_weights(crop_map, box=box, pixel_threshold=pixel_threshold) for box in boxes]
     side = typer.config.crop_side if typer is not None else 0
     can_crop = bool(side) and embed_crops is not None and crop_rgb is not None and crop_rgb.shape[:2] == crop_map.shape
     if typer is not None and typer.config.scope == "frame":
@@ -284,9 +283,10 @@ def type_regions(
         close_up: np.ndarray | None = None
         if can_crop:
             assert embed_crops is not None and crop_rgb is not None
-            biggest = max(range(len(found)), key=lambda i: found[i].area_px)
-            close_up = region_crop_descriptor(crop_rgb, [(boxes[biggest], weights[biggest])], embed_crops,
-                                              side=side)[0]
+            box = boxes[max(range(len(found)), key=lambda i: found[i].area_px)]
+            close_up = region_crop_descriptor(
+                crop_rgb, [(box, region_weights(crop_map, box=box, pixel_threshold=pixel_threshold))], embed_crops,
+                side=side)[0]
         stats = region_colour(crop_rgb, whole) if colour and crop_rgb is not None else None
         embedding = region_embedding(patch_features, whole, shorter_side=shorter_side, nearest_good=nearest_good,
                                      colour=stats, crop=close_up)
@@ -297,6 +297,7 @@ def type_regions(
                                 type_confidence=one.confidence if one is not None else None)
             for r in found
         )
+    weights = [region_weights(crop_map, box=box, pixel_threshold=pixel_threshold) for box in boxes]
     crops: list[np.ndarray | Literal["frame"] | None] = [None] * len(found)
     if can_crop:
         assert typer is not None and embed_crops is not None and crop_rgb is not None

@@ -186,17 +186,9 @@ def region_weights(
         (H, W) float32, 0 outside the region. When no pixel of the box reaches the threshold (a
         region given by hand), the box's own scores are used.
     """
-    x, y, w, h = box
-    height, width = anomaly_map.shape
-    x0, y0 = max(0, x), max(0, y)
-    x1, y1 = min(width, x + max(w, 1)), min(height, y + max(h, 1))
-    if x1 <= x0 or y1 <= y0:
-        msg = f"region box {box} lies outside the {width}x{height} anomaly map"
-        raise ValueError(msg)
-    out = np.zeros((height, width), dtype=np.float32)
-    inside = anomaly_map[y0:y1, x0:x1].astype(np.float32)
-    above = inside >= pixel_threshold
-    out[y0:y1, x0:x1] = np.where(above, inside, 0.0) if above.any() else np.maximum(inside, 1e-6)
+    out = np.zeros(anomaly_map.shape, dtype=np.float32)
+    window, values = _box_weights(anomaly_map, box, pixel_threshold)
+    out[window] = values
     return out
 
 
@@ -216,10 +208,28 @@ def frame_weights(
     if not boxes:
         msg = "frame_weights needs at least one region box"
         raise ValueError(msg)
-    out = region_weights(anomaly_map, box=boxes[0], pixel_threshold=pixel_threshold)
-    for box in boxes[1:]:
-        np.maximum(out, region_weights(anomaly_map, box=box, pixel_threshold=pixel_threshold), out=out)
+    out = np.zeros(anomaly_map.shape, dtype=np.float32)
+    for box in boxes:          # each box's window only: no frame-sized array per region
+        window, values = _box_weights(anomaly_map, box, pixel_threshold)
+        np.maximum(out[window], values, out=out[window])
     return out
+
+
+def _box_weights(
+    anomaly_map: np.ndarray, box: tuple[int, int, int, int], pixel_threshold: float
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """``region_weights`` inside the box only: (the box's window of the map, its weights there)."""
+    x, y, w, h = box
+    height, width = anomaly_map.shape
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + max(w, 1)), min(height, y + max(h, 1))
+    if x1 <= x0 or y1 <= y0:
+        msg = f"region box {box} lies outside the {width}x{height} anomaly map"
+        raise ValueError(msg)
+    inside = anomaly_map[y0:y1, x0:x1].astype(np.float32)
+    above = inside >= pixel_threshold
+    values = np.where(above, inside, 0.0) if above.any() else np.maximum(inside, 1e-6)
+    return (slice(y0, y1), slice(x0, x1)), values.astype(np.float32, copy=False)
 
 
 def region_embedding(
