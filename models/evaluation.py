@@ -284,6 +284,19 @@ def _as_tensor(values: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values), dtype=dtype).flatten()
 
 
+def _unit_range(preds: torch.Tensor) -> torch.Tensor:
+    """Scores brought into [0, 1] by a monotone affine map when any lies outside it.
+
+    torchmetrics (under anomalib's metrics) treats scores outside [0, 1] as logits and pushes them through a
+    sigmoid, which rounds everything above about 17 (float32) or 37 (float64) to exactly 1.0: ranks, z-scores or
+    large distances would tie. A rank metric only needs the order, which the affine map keeps.
+    """
+    lo, hi = preds.min(), preds.max()
+    if lo >= 0 and hi <= 1:
+        return preds
+    return (preds - lo) / (hi - lo) if hi > lo else torch.zeros_like(preds)
+
+
 def _check_both_classes(labels: torch.Tensor, what: str) -> bool:
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == labels.numel():
@@ -304,11 +317,9 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     """
     from anomalib.metrics import AUROC
 
-    preds, target = _as_tensor(scores, torch.float64), _as_tensor(labels, torch.long)
+    preds, target = _unit_range(_as_tensor(scores, torch.float64)), _as_tensor(labels, torch.long)
     if not _check_both_classes(target, "image AUROC"):
         return math.nan
-    # torchmetrics squashes scores outside [0, 1] through a sigmoid; monotone, so AUROC is unchanged,
-    # but float64 keeps large distances from saturating to equal values.
     metric = AUROC(fields=["pred_score", "gt_label"])
     metric.update(cast("Batch[Any]", _Batch(pred_score=preds, gt_label=target)))
     return float(metric.compute())
@@ -349,7 +360,7 @@ def pixel_auroc(anomaly_maps: Sequence[np.ndarray], defect_masks: Sequence[np.nd
     """
     from anomalib.metrics import AUROC
 
-    preds = torch.cat([_as_tensor(m, torch.float32) for m in anomaly_maps])
+    preds = _unit_range(torch.cat([_as_tensor(m, torch.float32) for m in anomaly_maps]))
     target = torch.cat([_as_tensor(m, torch.uint8) for m in defect_masks]).long()
     if not _check_both_classes(target, "pixel AUROC"):
         return math.nan
@@ -395,7 +406,7 @@ def aupro(
     if offset == 0:
         logger.warning("AUPRO: no defect region in the masks; returning NaN")
         return math.nan
-    preds = torch.cat([_as_tensor(m, torch.float32) for m in anomaly_maps])
+    preds = _unit_range(torch.cat([_as_tensor(m, torch.float32) for m in anomaly_maps]))
     metric = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=fpr_limit)
     fpr, pro = metric.compute_pro(cca=torch.cat(labels), preds=preds)
     # float32 sums can land a hair above 1 for a perfect map; clip to the metric's range.

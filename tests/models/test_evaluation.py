@@ -182,6 +182,25 @@ def test_image_auroc_perfect_inverted_and_random() -> None:
     assert math.isnan(image_auroc([0.1, 0.2], [0, 0]))
 
 
+def test_auroc_does_not_depend_on_the_scale_of_the_scores() -> None:
+    """torchmetrics pushes scores outside [0, 1] through a sigmoid, which rounds large ones to 1.0 (equal):
+    ranks, z-scores or summed distances must give the AUROC of their order, as the docstrings promise."""
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 40 + [1] * 60)
+    scores = np.r_[rng.normal(0.0, 1.0, 40), rng.normal(1.0, 1.0, 60)]
+    expected = image_auroc((scores - scores.min()) / np.ptp(scores), labels)
+    assert 0.6 < expected < 0.95
+    ranks = np.argsort(np.argsort(scores)) + 1.0                     # 1 .. 100
+    for scaled in (ranks, scores * 100.0, scores + 1e3, -1e3 + scores):
+        assert image_auroc(scaled, labels) == pytest.approx(expected, abs=1e-9)
+    masks = [np.zeros((20, 20), bool) for _ in range(2)]
+    masks[0][5:10, 5:10] = True
+    maps = [rng.random((20, 20)).astype(np.float32) + 0.5 * m for m in masks]
+    for scale in (1.0, 100.0):
+        assert pixel_auroc([scale * m for m in maps], masks) == pytest.approx(pixel_auroc(maps, masks), abs=1e-6)
+        assert aupro([scale * m + 50.0 for m in maps], masks) == pytest.approx(aupro(maps, masks), abs=1e-5)
+
+
 def test_pixel_metrics_on_hand_made_maps() -> None:
     rng = np.random.default_rng(0)
     masks = [np.zeros((28, 42), bool) for _ in range(4)]
