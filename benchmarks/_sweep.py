@@ -67,6 +67,8 @@ class SweepData:
     ref_fg: dict[tuple, tuple[float, float]] = field(default_factory=dict)
     # with collect(loo=True): variant -> [(h, w, k_max)] leave-one-out distances of each training image
     loo_knn: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
+    # variant -> [(h, w) bool] foreground masks of the training images (the mask variants)
+    loo_fg: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
     # with collect(subspace=...): (blocks, variance fraction) -> [(h, w)] PCA residual per test image,
     # and the leave-one-out residuals of the training images; the number of components kept
     residual: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
@@ -175,8 +177,9 @@ def collect(
         data.fg[(blocks, pool)] = []
     for blocks, pool in mask_variants:
         sel = [used_blocks.index(b) for b in blocks]
-        shares = [mask_fractions(foreground_masks(f[:, :, sel].reshape(1, *f.shape[:2], -1)), border=0.2)
-                  for f in train_feats]
+        train_masks = [foreground_masks(f[:, :, sel].reshape(1, *f.shape[:2], -1)) for f in train_feats]
+        shares = [mask_fractions(m, border=0.2) for m in train_masks]
+        data.loo_fg[(blocks, pool)] = [m[0] for m in train_masks]
         data.ref_fg[(blocks, pool)] = (float(torch.stack([s[0] for s in shares]).mean()),
                                        float(torch.stack([s[1] for s in shares]).mean()))
     test_masks = [v for v in mask_variants if not auto_masks_only or _auto_masks(*data.ref_fg[v])]
@@ -279,6 +282,9 @@ class Setting:
     subspace: float | None = None    # fuse the PCA residual kept at this variance fraction
     subspace_weight: float = 0.5     # its weight in the fusion (the kNN part gets the rest)
     normalise: bool = True           # divide each fused part by its leave-one-out good-score scale
+    # "map": the parts' patch maps summed as above; "max_z": each part scored as an image on its own,
+    # turned into a z-score by its leave-one-out image scores, the largest kept (the map is the first part's)
+    fusion: str = "map"
 
 
 def _loo_scale(maps: list[torch.Tensor], top_percent: float) -> float:
@@ -361,16 +367,41 @@ def derive(
     if active and len(data.fg[mask_key]) != len(data.items):
         msg = f"the test masks of {mask_key} were not collected (collect(auto_masks_only=True) left them out)"
         raise ValueError(msg)
+
+    def image_score(patch: torch.Tensor, fg: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        if active and fg is not None and float(fg.float().mean()) >= 0.5 * ref_fg:   # PatchKNN's fallback rule
+            patch = torch.where(fg, patch, torch.zeros_like(patch))
+        flat = patch.reshape(-1)
+        n_top = max(int(flat.numel() * setting.top_percent / 100.0), 1)
+        return float(flat.topk(n_top).values.mean()), patch
+
+    if setting.fusion == "max_z":
+        parts = _parts(data, setting)
+        if any(not loo for _, _, loo in parts) or (active and mask_key not in data.loo_fg):
+            msg = "max_z fusion needs the leave-one-out maps (and masks): collect(..., loo=True)"
+            raise ValueError(msg)
+        loo_fg = data.loo_fg.get(mask_key, [None] * len(parts[0][2]))
+        stats, z_parts = [], []
+        for _, part_maps, loo_maps in parts:
+            loo = np.asarray([image_score(m, loo_fg[j])[0] for j, m in enumerate(loo_maps)])
+            test = np.asarray([image_score(m, data.fg[mask_key][i] if active else None)[0]
+                               for i, m in enumerate(part_maps)])
+            stats.append((float(loo.mean()), max(float(loo.std()), 1e-6)))
+            z_parts.append((test - stats[-1][0]) / stats[-1][1])
+        fused = stats[0][0] + stats[0][1] * np.max(np.stack(z_parts), axis=0)
+        z_maps: list[np.ndarray] = []
+        for i, m in enumerate(parts[0][1] if maps else []):
+            patch = image_score(m, data.fg[mask_key][i] if active else None)[1]
+            z_maps.append(anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)[0].numpy())
+        return fused.astype(np.float32), z_maps, active
+    if setting.fusion != "map":
+        msg = f"fusion must be 'map' or 'max_z', got {setting.fusion!r}"
+        raise ValueError(msg)
     scores: list[float] = []
     out_maps: list[np.ndarray] = []
     for i, patch in enumerate(fused_patch_maps(data, setting)):
-        if active:
-            fg = data.fg[mask_key][i]
-            if float(fg.float().mean()) >= 0.5 * ref_fg:             # PatchKNN's fallback rule
-                patch = torch.where(fg, patch, torch.zeros_like(patch))
-        flat = patch.reshape(-1)
-        n_top = max(int(flat.numel() * setting.top_percent / 100.0), 1)
-        scores.append(float(flat.topk(n_top).values.mean()))
+        value, patch = image_score(patch, data.fg[mask_key][i] if active else None)
+        scores.append(value)
         if maps:
             amap = anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)
             out_maps.append(amap[0].numpy())

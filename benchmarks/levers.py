@@ -4,6 +4,9 @@
     fused by their mean, each optionally divided by its leave-one-out good-score scale;
 (b) a subspace residual (SubspaceAD): the distance of each patch to the PCA subspace of the bank
     (components explaining 90 / 95 / 99 % of the variance), fused with the kNN score.
+(c) the same parts fused per image instead of per patch ("max-z" rows): each part's image score as a
+    z-score of its leave-one-out image scores (masked as the test images are), the largest kept, in the
+    r=1 score's units (``models.detectors._aligned.GlobalFusion``'s rule); the map stays r=1's.
 
 For every category and seed of the shot choice, ``benchmarks._sweep.collect`` searches the test
 images and (leave-one-out) the training images once per pooling; every setting is then derived from
@@ -63,6 +66,11 @@ SETTINGS: Final[dict[str, dict[str, Any]]] = {
     "ms r=1,3 mean": {"pools": (1, 3), "normalise": False},
     "pca95 residual only": {"subspace": 0.95, "subspace_weight": 1.0},
     **{f"knn + pca{round(f * 100)} (0.5, LOO-normalised)": {"subspace": f} for f in FRACTIONS},
+    # image-level fusion: each part's image score as a z-score of its leave-one-out scores, the largest
+    # kept (GlobalFusion's rule); the map, hence AUPRO, is the default's
+    "max-z r=1,3": {"pools": (1, 3), "fusion": "max_z"},
+    "max-z r=1,3,5": {"pools": (1, 3, 5), "fusion": "max_z"},
+    "max-z knn + pca99": {"subspace": 0.99, "fusion": "max_z"},
 }
 
 
@@ -97,6 +105,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"only {', '.join(POOLS_ONLY)}: pools 1 and 3, image AUROC (for benchmarks/self_tune.py)")
     p.add_argument("--aupro", action="store_true",
                    help="with --pools-only: also AUPRO of the default and of the r=1,3 fusion (slow on big test sets)")
+    p.add_argument("--image-only", action="store_true",
+                   help="image AUROC only, no AUPRO (full test sets: AUPRO costs minutes per setting)")
+    p.add_argument("--pixel", default=None,
+                   help="settings that get AUPRO, separated by ';' (instead of the usual ones; with --image-only: none)")
     p.add_argument("--json", type=Path, default=None, help="write the table here")
     return p.parse_args(argv)
 
@@ -112,6 +124,10 @@ def _metrics(args: argparse.Namespace, data: SweepData, name: str, seed: int) ->
     path = _path(args, name, seed).with_suffix(".metrics.json")
     done: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
     pixel = (set(POOLS_AUPRO) if args.aupro else set()) if args.pools_only else set(PIXEL_SETTINGS)
+    if args.pixel is not None:
+        pixel = {x.strip() for x in args.pixel.split(";") if x.strip()}
+    if args.image_only:
+        pixel = set()
     for setting, change in _settings(args).items():
         if setting not in done or (setting in pixel and "aupro" not in done[setting]):
             metrics = score(data, pixel=setting in pixel, **{**BASE, **change})
@@ -226,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__,
                "weights": {"source": resolved.info.source, "sha256": resolved.info.sha256},
                "shots": args.shots, "seeds": seeds, "missing": missing, "limit_test": args.limit_test,
-               "test_seed": args.test_seed, "pools_only": args.pools_only,
+               "test_seed": args.test_seed, "pools_only": args.pools_only, "image_only": args.image_only,
                "blocks": list(BLOCKS), "base": {k: list(v) if isinstance(v, tuple) else v for k, v in BASE.items()},
                "pca_components_kept": components,
                "rule": "kept if the mean image AUROC over categories (each the mean of the seeds) improves and "

@@ -113,7 +113,7 @@ def lever_sweep(store: FeatureStore, parts: dict[str, list[Path]]) -> tuple[Swee
     category = Category(name="tiny", root=parts["train"][0].parent, train_good=tuple(parts["train"]),
                         test=tuple(items))
     data = collect(store, category, parts["train"], items, [((8,), 1), ((8,), 3)], shorter_side=SHORTER_SIDE,
-                   dtype=torch.float32, pixel_size=56, loo=True, subspace=[((8,), 0.9)])
+                   dtype=torch.float32, pixel_size=56, loo=True, subspace=[((8,), 0.9)], mask_variants=[((8,), 1)])
     return data, items, parts["train"]
 
 
@@ -147,6 +147,36 @@ def test_multi_scale_fusion_is_the_scaled_mean_of_the_pooled_maps(
         torch.testing.assert_close(scaled[i], s1 * (one[i] / s1 + three[i] / s3) / 2)
     assert not np.allclose(derive(data, Setting(blocks=(8,), pools=(1, 3)), maps=False)[0],
                            derive(data, Setting(blocks=(8,)), maps=False)[0])
+
+
+@pytest.mark.parametrize("masking", ["off", "on"])
+def test_max_z_fusion_keeps_the_larger_z_score_of_each_pooling(
+    store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]], masking: str,
+) -> None:
+    """Image-level fusion: each pooling's image score as a z-score of PatchKNN's own leave-one-out scores at
+    that pooling, the larger kept, in the r=1 score's units (GlobalFusion's arithmetic); the map is r=1's."""
+    data, _, train = lever_sweep
+    loo = {}
+    for pool in (1, 3):
+        config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking=masking,
+                                augment_rotations=False)
+        detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
+        detector.fit([load_image_rgb(p) for p in train])
+        loo[pool] = np.asarray(detector.train_scores, dtype=np.float64)
+    single = {pool: derive(data, Setting(blocks=(8,), pool=pool, masking=masking), maps=False)[0] for pool in (1, 3)}
+    z = [(single[pool] - loo[pool].mean()) / loo[pool].std() for pool in (1, 3)]
+    fused, maps, active = derive(data, Setting(blocks=(8,), pools=(1, 3), masking=masking, fusion="max_z"))
+    assert active == (masking == "on")
+    np.testing.assert_allclose(fused, loo[1].mean() + loo[1].std() * np.maximum(*z), rtol=1e-4, atol=1e-6)
+    one_maps = derive(data, Setting(blocks=(8,), masking=masking))[1]
+    for got, want in zip(maps, one_maps, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # one part alone: the z-score and back is the identity
+    np.testing.assert_allclose(derive(data, Setting(blocks=(8,), pools=(1,), masking=masking, fusion="max_z"),
+                                      maps=False)[0],
+                               single[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="fusion must be"):
+        derive(data, Setting(blocks=(8,), fusion="mean"), maps=False)
 
 
 def test_subspace_residual_matches_a_direct_pca(
