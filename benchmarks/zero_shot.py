@@ -106,7 +106,8 @@ def _rates(report: Any, items: list[Any]) -> dict[str, Any]:
                                                        "fail": report.thresholds["fail"]},
         "per_defect_auroc": report.per_defect_auroc, "config": report.config,
         # per image, in the batch's order: what a verdict rule sees (re-scored score) and the truth
-        "images": [{"score": float(s), "label": int(t.label), "defect_type": t.defect_type}
+        "images": [{"score": float(s), "label": int(t.label), "defect_type": t.defect_type,
+                    "image": f"{Path(t.path).parent.name}/{Path(t.path).name}"}      # type folder / file name
                    for s, t in zip(report.scores, items, strict=True)],
     }
 

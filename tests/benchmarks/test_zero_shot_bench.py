@@ -48,6 +48,8 @@ def test_a_row_keeps_each_image_score_so_the_rule_can_be_judged_again(
                                     test_items=items)
     row = zero_shot._rates(report, items)
     assert [(im["label"], im["defect_type"]) for im in row["images"]] == [(t.label, t.defect_type) for t in items]
+    # named by type folder and file (no machine path), so another run's scores can be joined to these
+    assert [im["image"] for im in row["images"]] == [f"{t.path.parent.name}/{t.path.name}" for t in items]
     scores = np.array([im["score"] for im in row["images"]])
     np.testing.assert_allclose(scores, report.scores)
     labels = np.array([im["label"] for im in row["images"]])
