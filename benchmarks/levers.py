@@ -108,7 +108,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-only", action="store_true",
                    help="image AUROC only, no AUPRO (full test sets: AUPRO costs minutes per setting)")
     p.add_argument("--pixel", default=None,
-                   help="settings that get AUPRO, separated by ';' (instead of the usual ones; with --image-only: none)")
+                   help="settings that get AUPRO, separated by ';' (instead of the usual ones; "
+                        "with --image-only: none)")
     p.add_argument("--json", type=Path, default=None, help="write the table here")
     return p.parse_args(argv)
 
