@@ -375,6 +375,9 @@ def derive(
         n_top = max(int(flat.numel() * setting.top_percent / 100.0), 1)
         return float(flat.topk(n_top).values.mean()), patch
 
+    def test_fg(i: int) -> torch.Tensor | None:
+        return data.fg[mask_key][i] if active else None
+
     if setting.fusion == "max_z":
         parts = _parts(data, setting)
         if any(not loo for _, _, loo in parts) or (active and mask_key not in data.loo_fg):
@@ -384,14 +387,13 @@ def derive(
         stats, z_parts = [], []
         for _, part_maps, loo_maps in parts:
             loo = np.asarray([image_score(m, loo_fg[j])[0] for j, m in enumerate(loo_maps)])
-            test = np.asarray([image_score(m, data.fg[mask_key][i] if active else None)[0]
-                               for i, m in enumerate(part_maps)])
+            test = np.asarray([image_score(m, test_fg(i))[0] for i, m in enumerate(part_maps)])
             stats.append((float(loo.mean()), max(float(loo.std()), 1e-6)))
             z_parts.append((test - stats[-1][0]) / stats[-1][1])
         fused = stats[0][0] + stats[0][1] * np.max(np.stack(z_parts), axis=0)
         z_maps: list[np.ndarray] = []
         for i, m in enumerate(parts[0][1] if maps else []):
-            patch = image_score(m, data.fg[mask_key][i] if active else None)[1]
+            patch = image_score(m, test_fg(i))[1]
             z_maps.append(anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)[0].numpy())
         return fused.astype(np.float32), z_maps, active
     if setting.fusion != "map":
@@ -400,7 +402,7 @@ def derive(
     scores: list[float] = []
     out_maps: list[np.ndarray] = []
     for i, patch in enumerate(fused_patch_maps(data, setting)):
-        value, patch = image_score(patch, data.fg[mask_key][i] if active else None)
+        value, patch = image_score(patch, test_fg(i))
         scores.append(value)
         if maps:
             amap = anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)

@@ -42,10 +42,9 @@ if str(REPO) not in sys.path:          # run as a script: make `models` and `ben
 
 from benchmarks._sweep import Setting, SweepData, derive  # noqa: E402
 from benchmarks.levers import BASE  # noqa: E402
+from models.detectors.zero_shot import MAD_TO_SIGMA  # noqa: E402
 from models.evaluation import image_auroc  # noqa: E402
 from models.files import atomic_write  # noqa: E402
-
-MAD_TO_SIGMA: Final = 1.4826
 
 
 def rank_mean(*scores: np.ndarray) -> np.ndarray:
