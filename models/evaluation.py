@@ -291,10 +291,14 @@ def _unit_range(preds: torch.Tensor) -> torch.Tensor:
     sigmoid, which rounds everything above about 17 (float32) or 37 (float64) to exactly 1.0: ranks, z-scores or
     large distances would tie. A rank metric only needs the order, which the affine map keeps.
     """
-    lo, hi = preds.min(), preds.max()
-    if lo >= 0 and hi <= 1:
+    finite = preds[torch.isfinite(preds)]
+    if finite.numel() == 0 or (finite.min() >= 0 and finite.max() <= 1 and not torch.isinf(preds).any()):
         return preds
-    return (preds - lo) / (hi - lo) if hi > lo else torch.zeros_like(preds)
+    lo, hi = finite.min(), finite.max()
+    # finite scores into [0.25, 0.75], so that an infinite one stays strictly at its end (+inf above every
+    # finite score, -inf below), as the sigmoid put it
+    span = hi - lo if hi > lo else torch.ones_like(hi)
+    return (0.25 + 0.5 * (preds - lo) / span).clamp(0.0, 1.0)
 
 
 def _check_both_classes(labels: torch.Tensor, what: str) -> bool:

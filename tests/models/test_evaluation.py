@@ -193,6 +193,9 @@ def test_auroc_does_not_depend_on_the_scale_of_the_scores() -> None:
     ranks = np.argsort(np.argsort(scores)) + 1.0                     # 1 .. 100
     for scaled in (ranks, scores * 100.0, scores + 1e3, -1e3 + scores):
         assert image_auroc(scaled, labels) == pytest.approx(expected, abs=1e-9)
+    # an infinite score is the highest (or lowest) one, not a NaN
+    top = np.argmax(scores)
+    assert image_auroc(np.where(np.arange(100) == top, np.inf, scores * 100.0), labels) == pytest.approx(expected)
     masks = [np.zeros((20, 20), bool) for _ in range(2)]
     masks[0][5:10, 5:10] = True
     maps = [rng.random((20, 20)).astype(np.float32) + 0.5 * m for m in masks]
