@@ -57,6 +57,9 @@ def typer_config(recipe: Recipe) -> DefectTypeConfig:
                             crop_side=settings.crop_side, scope=settings.scope)
 
 
+ExampleKey = tuple[bytes, str]   # an example's identity (`_key`): a digest of its embedding, and its class
+
+
 class DefectTyper:
     """Labelled examples of one recipe, read from the store, and the classifier built on them.
 
@@ -78,8 +81,9 @@ class DefectTyper:
         self._config = config
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
-        self._examples: dict[int, tuple[np.ndarray, str]] = {}   # region id -> (embedding, class)
-        self._held: set[tuple[bytes, str]] = set()               # the classifier's examples, by _key
+        # region id -> (embedding, class, _key of the two: hashed once, when read)
+        self._examples: dict[int, tuple[np.ndarray, str, ExampleKey]] = {}
+        self._held: set[ExampleKey] = set()                      # the classifier's examples, by _key
         # the embedding length of the regions typed (set by `predict`); before that, the newest example's
         self._length: int | None = None
         self._classifier = DefectTypeClassifier(config=config)
@@ -120,7 +124,7 @@ class DefectTyper:
             rows = list(conn.execute(stmt))
         with self._lock:
             self._checked = time.monotonic()
-            new: list[tuple[np.ndarray, str]] = []
+            new: list[tuple[np.ndarray, str, ExampleKey]] = []
             changed = False
             for region_id, defect_class, classified_at, vector in rows:
                 self._seen_at = max(self._seen_at, float(classified_at or 0.0))
@@ -131,13 +135,13 @@ class DefectTyper:
                     continue              # "unknown" is what the typer says, not a class it can learn
                 embedding = np.frombuffer(vector, dtype=np.float32).copy()
                 changed |= old is not None
-                self._examples[region_id] = (embedding, defect_class)
-                new.append((embedding, defect_class))
+                self._examples[region_id] = (embedding, defect_class, _key(embedding, defect_class))
+                new.append(self._examples[region_id])
             length = self._length if self._length is not None else self._held_length()
             if changed or length is None:  # a relabel, or nothing held yet: rebuild from all examples
                 self._rebuild_locked()
             elif new:
-                self._add_locked([(e, c) for e, c in new if len(e) == length and self._classifier.accepts(e)])
+                self._add_locked([x for x in new if len(x[0]) == length and self._classifier.accepts(x[0])])
                 self._report_left_out_locked()
         if new:
             logger.info("recipe %s: defect typer read %d labelled region(s); %d in use",
@@ -146,8 +150,9 @@ class DefectTyper:
 
     def learn(self, embedding: np.ndarray, defect_class: str) -> None:
         """Add one example at once (a label given in this process before the store is re-read)."""
+        vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
         with self._lock:
-            self._add_locked([(np.asarray(embedding, dtype=np.float32).reshape(-1), defect_class)])
+            self._add_locked([(vector, defect_class, _key(vector, defect_class))])
 
     def predict(self, embeddings: Sequence[np.ndarray]) -> list[TypePrediction]:
         """Type region embeddings (refreshing the labels first when ``refresh_s`` has passed)."""
@@ -181,14 +186,13 @@ class DefectTyper:
         length = self._length if self._length is not None else (len(examples[-1][0]) if examples else None)
         self._classifier = DefectTypeClassifier(config=self._config)
         self._held = set()
-        self._add_locked([(e, c) for e, c in examples if len(e) == length and self._classifier.accepts(e)])
+        self._add_locked([x for x in examples if len(x[0]) == length and self._classifier.accepts(x[0])])
         self._report_left_out_locked()
 
-    def _add_locked(self, examples: Sequence[tuple[np.ndarray, str]]) -> None:
+    def _add_locked(self, examples: Sequence[tuple[np.ndarray, str, ExampleKey]]) -> None:
         """Add the examples the classifier does not hold yet (the regions of one frame share an embedding)."""
-        fresh: dict[tuple[bytes, str], tuple[np.ndarray, str]] = {}
-        for embedding, defect_class in examples:
-            key = _key(embedding, defect_class)
+        fresh: dict[ExampleKey, tuple[np.ndarray, str]] = {}
+        for embedding, defect_class, key in examples:
             if key not in self._held:
                 fresh.setdefault(key, (embedding, defect_class))
         if fresh:
@@ -196,7 +200,7 @@ class DefectTyper:
             self._held.update(fresh)
 
     def _report_left_out_locked(self) -> None:
-        left_out = sum(_key(e, c) not in self._held for e, c in self._examples.values())
+        left_out = sum(key not in self._held for _, _, key in self._examples.values())
         if left_out != self._left_out:
             self._left_out = left_out
             if left_out:
@@ -205,7 +209,7 @@ class DefectTyper:
                                "for typing, and their classes stay in the store", self.recipe, left_out)
 
 
-def _key(embedding: np.ndarray, defect_class: str) -> tuple[bytes, str]:
+def _key(embedding: np.ndarray, defect_class: str) -> ExampleKey:
     """An example's identity: a digest of its embedding's bytes and its class."""
     return hashlib.blake2b(np.ascontiguousarray(embedding, dtype=np.float32).tobytes(), digest_size=16).digest(), \
         defect_class
