@@ -45,7 +45,7 @@ from models.defect_types import (
     region_weights,
 )
 from models.evaluation import ProgressFn, TestItem, load_category, load_image_rgb, select_shots
-from models.regions import find_regions
+from models.regions import Region, find_regions
 
 __all__ = ["TypeEvalReport", "evaluate_defect_types", "labelled_draw", "largest_region_box",
            "largest_region_weights"]
@@ -96,14 +96,19 @@ def largest_region_box(
     Returns:
         ((x, y, width, height), the threshold used, whether the fallback was needed).
     """
-    regions = find_regions(anomaly_map, pixel_threshold=pixel_threshold)
-    fallback = not regions
-    threshold = pixel_threshold
-    if fallback:
-        threshold = float(np.quantile(anomaly_map, FALLBACK_QUANTILE))
-        regions = find_regions(anomaly_map, pixel_threshold=threshold)
+    regions, threshold, fallback = _regions(anomaly_map, pixel_threshold)
     best = max(regions, key=lambda r: r.area_px)
     return (best.x, best.y, best.width, best.height), threshold, fallback
+
+
+def _regions(anomaly_map: np.ndarray, pixel_threshold: float) -> tuple[list[Region], float, bool]:
+    """The regions at ``pixel_threshold`` (at least one: else those of the top 1 % of the map's pixels),
+    the threshold used and whether the fallback was needed."""
+    regions = find_regions(anomaly_map, pixel_threshold=pixel_threshold)
+    if regions:
+        return list(regions), pixel_threshold, False
+    threshold = float(np.quantile(anomaly_map, FALLBACK_QUANTILE))
+    return list(find_regions(anomaly_map, pixel_threshold=threshold)), threshold, True
 
 
 def largest_region_weights(anomaly_map: np.ndarray, pixel_threshold: float) -> tuple[np.ndarray, float, bool]:
@@ -360,12 +365,11 @@ def _extract(
                 np.savez(cached, features=features, anomaly_map=amap)
                 features, amap = features.astype(np.float32), amap.astype(np.float32)
         assert pixel_threshold is not None    # set by fitted() or read from the cache's meta.json
-        box, threshold, fallback = largest_region_box(amap, pixel_threshold)
+        found, threshold, fallback = _regions(amap, pixel_threshold)      # one search serves both scopes
+        boxes = [(r.x, r.y, r.width, r.height) for r in found]
+        box = boxes[max(range(len(found)), key=lambda i: found[i].area_px)]
         weights = region_weights(amap, box=box, pixel_threshold=threshold)
-        described = weights
-        if scope == "frame":
-            boxes = [(r.x, r.y, r.width, r.height) for r in find_regions(amap, pixel_threshold=threshold)]
-            described = frame_weights(amap, boxes=boxes, pixel_threshold=threshold)
+        described = frame_weights(amap, boxes=boxes, pixel_threshold=threshold) if scope == "frame" else weights
         stats = crop = None
         if colour or crop_side:
             pixels = image if image is not None else load_image_rgb(item.path)
