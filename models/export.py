@@ -275,19 +275,28 @@ def export_onnx(
         msg = f"graph must be 'auto', 'detector' or 'backbone', got {graph!r}"
         raise ValueError(msg)
     notes: list[str] = []
-    # a position search (aligned parts) and its global term are scored in torch, as masking is
+    # a position search (aligned parts) and its global term are scored in torch, as masking is; so is the
+    # second scale's image score (models.detectors._scales)
     positional = detector.search_radius is not None
+    scales = detector.second_scale_active
     if graph == "auto":
-        graph = "backbone" if detector.masking_active or positional else "detector"
+        graph = "backbone" if detector.masking_active or positional or scales else "detector"
         if detector.masking_active:
             notes.append("the detector masks the background (PCA per frame, no ONNX operator): exported the "
                          "backbone only; the kNN scoring runs in torch")
         elif positional:
             notes.append("the detector searches near each patch's place (aligned parts): exported the backbone "
                          "only; the kNN scoring and the global term run in torch")
+        elif scales:
+            notes.append("the detector fuses a second, coarser scale's image score: exported the backbone only; "
+                         "the kNN scoring at both scales runs in torch")
     elif graph == "detector" and positional:
         msg = ("this detector searches near each patch's place (position_radius or alignment), which the "
                "detector graph does not do; export graph='backbone' (or 'auto')")
+        raise ValueError(msg)
+    elif graph == "detector" and scales:
+        msg = ("this detector fuses a second scale's image score (second_scale), which the detector graph does "
+               "not do; export graph='backbone' (or 'auto'), or fit with second_scale=0")
         raise ValueError(msg)
     elif graph == "detector" and detector.masking_active:
         msg = ("this detector masks the background, which needs a per-frame eigendecomposition that ONNX "

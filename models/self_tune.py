@@ -291,9 +291,12 @@ def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int]) -> list[Cand
     one dev category, worse on two); tiling only when the base does not tile and the frames would
     shrink ``TILING_MIN_SCALE`` times or more untiled.
     """
-    out = [Candidate(name=f"default (pooling r={base.patch_pooling})", why="the recipe's configuration")]
+    second = f", + r={base.second_scale} image score" if base.second_scale > base.patch_pooling else ""
+    out = [Candidate(name=f"default (pooling r={base.patch_pooling}{second})", why="the recipe's configuration")]
     other = 3 if base.patch_pooling == 1 else 1
-    out.append(Candidate(name=f"pooling r={other}", options={"patch_pooling": other},
+    # the pooling alone, as measured (benchmarks/README.md, self-tuning teach): no second scale on top
+    options: dict[str, Any] = {"patch_pooling": other, **({"second_scale": 0} if second else {})}
+    out.append(Candidate(name=f"pooling r={other}", options=options,
                          why="neighbourhood pooling: large defects and aligned parts (r=3), small defects (r=1)"))
     scale = min(frame_hw) / base.shorter_side
     if base.tiling == "off" and base.position_radius is None and scale >= TILING_MIN_SCALE:

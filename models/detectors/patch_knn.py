@@ -18,7 +18,8 @@ neighbours, PatchCore's neighbourhood pooling of features, a search radius aroun
 position for aligned parts (missing or misplaced components), an ``"auto"`` rule for masking and
 rotations (on by default), a fallback when a test frame's mask is nearly empty (a missing part must
 not pass because everything was masked out; on by default), leave-one-out scores of the training
-images for calibration, and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
+images for calibration, a coarser second scale whose image score joins the patch score (``_scales``; on
+by default), and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
 
 Example:
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
@@ -45,6 +46,7 @@ from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import decide_masking, foreground_masks
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
+from models.detectors._scales import SecondScale
 from models.detectors._views import extract_views
 from models.detectors.one_shot import region_leave_out_scores
 from models.detectors.patch_knn_config import PatchKNNConfig
@@ -131,6 +133,7 @@ class PatchKNN(nn.Module):
         self.register_buffer("bank_tile", torch.empty(0, dtype=torch.int64, device=dev))
         self._tiles = TiledScoring(self._core, cfg, backbone.patch_size)  # config.tiling
         self._aligned = AlignedScoring(cfg)  # config.alignment: position restriction + global term
+        self._scales = SecondScale(cfg, empty_bank)  # config.second_scale: the coarse scale's image score
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
@@ -185,6 +188,16 @@ class PatchKNN(nn.Module):
         return self._config.shorter_side
 
     @property
+    def second_scale_active(self) -> bool:
+        """Whether image scores fuse the coarse scale's (``config.second_scale``; decided at fit)."""
+        return self._scales.active
+
+    @property
+    def second_scale(self) -> SecondScale:
+        """The coarse scale: its bank (``bank``, row for row with ``memory_bank``) and statistics (``fusion``)."""
+        return self._scales
+
+    @property
     def aligned(self) -> bool:
         """Whether the product is treated as aligned (config ``alignment``; ``"auto"`` decided at fit)."""
         return self._aligned.active
@@ -235,6 +248,7 @@ class PatchKNN(nn.Module):
             raise ValueError(msg)
         self._aligned.reset()
         tiled = cfg.tiling != "off" and self._tiles.decide(*check_image(next(iter(images)), 0).shape[:2])
+        self._scales.begin_fit(total=total, tiled=tiled)
         # a per-position tile bank is for aligned parts: "auto" does not rotate their tiles
         auto_rotate = (cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots
                        and not (tiled and cfg.tile_bank == "per_position"))
@@ -255,6 +269,7 @@ class PatchKNN(nn.Module):
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             emb = self._embed(raw)
             bank_parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            self._scales.add(raw)
             n_patches = raw.shape[0] * raw.shape[1]
             owner_parts.append(torch.full((n_patches,), owner, dtype=torch.int64, device=raw.device))
             pos_parts.append(grid_positions(raw.shape[0], raw.shape[1], raw.device))
@@ -281,6 +296,7 @@ class PatchKNN(nn.Module):
             self.bank_owner = torch.cat(owner_parts)
             self.bank_pos = torch.cat(pos_parts)
             self.bank_tile = torch.zeros_like(self.bank_owner)
+        self._scales.end()
         self.n_images = total
         self.rotations_used = rotate
         n_before = self.bank_size
@@ -295,7 +311,8 @@ class PatchKNN(nn.Module):
             _, raw, geo = loo_items[0]
             keep = self._masks(raw[None])[0] if self.masking_active else None
             self.train_scores, self.train_maps = region_leave_out_scores(
-                self._embed(raw), geo, image_score=self._image_scores, turned=turned, keep=keep, sigma=cfg.blur_sigma)
+                self._embed(raw), geo, image_score=self._core.image_scores, turned=turned, keep=keep,
+                sigma=cfg.blur_sigma)
         else:
             self._aligned.decide_from_loo([(owner, raw[None]) for owner, raw, _ in loo_items], self._patch_scores)
             self._score_leave_one_out(loo_items)
@@ -320,6 +337,7 @@ class PatchKNN(nn.Module):
             order = tiles_sorted(self.bank_tile if keep is None else self.bank_tile[keep])
             keep = order if keep is None else keep[order]
         if keep is not None:
+            self._scales.keep(keep, self.bank_size)
             self.memory_bank = self.memory_bank[keep].contiguous()
             self.bank_owner = self.bank_owner[keep].contiguous()
             self.bank_pos = self.bank_pos[keep].contiguous()
@@ -358,13 +376,16 @@ class PatchKNN(nn.Module):
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             emb = self._embed(raw)
             parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            self._scales.add(raw)
             if angle == 0.0:
                 self._aligned.add(first + owner, emb)
             positions.append(grid_positions(raw.shape[0], raw.shape[1], raw.device))
             owners.append(torch.full((raw.shape[0] * raw.shape[1],), first + owner, dtype=torch.int64,
                                      device=raw.device))
 
+        self._scales.begin_more()
         self._extract_views(images, angles, bank, progress=None, total=len(images))
+        self._scales.end()
         if not parts:
             return
         self.memory_bank = torch.cat([self.memory_bank, *parts])
@@ -445,7 +466,7 @@ class PatchKNN(nn.Module):
         """Whether ``predict`` replays CUDA graphs: asked for, on CUDA, and without data-dependent steps."""
         cfg = self._config
         return (cfg.cuda_graphs and self.device.type == "cuda" and not self.masking_active
-                and self.search_radius is None and not self.tiling_active)
+                and self.search_radius is None and not self.tiling_active and not self._scales.active)
 
     def _score_frames(self, frames: torch.Tensor, geo: FrameGeometry) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) uint8 frames on the device -> ((B,) image scores, (B, H, W) maps at the frame size);
@@ -458,18 +479,18 @@ class PatchKNN(nn.Module):
         """`_score_frames`, also returning the backbone's (B, h, w, D) patch features."""
         x = to_model_input(frames, shorter_side=self._config.shorter_side, patch_size=self._backbone.patch_size,
                            device=self.device)
-        if not self.masking_active and self.search_radius is None:
+        if not self.masking_active and self.search_radius is None and not self._scales.active:
             scores, raw = self._core.score(x, self.memory_bank)      # the exported graph's arithmetic
             return scores.pred_score, uncrop_maps(scores.anomaly_map[:, None], geo), raw
-        raw = self._run_backbone(x)
+        raw = self._core.extract(x)
         patch_scores = self._patch_scores(raw)
         maps = self._core.maps(patch_scores, geo.crop)
-        image_scores = self._aligned.fuse(self._core.image_scores(patch_scores), self._embed(raw))
+        image_scores = self._core.image_scores(patch_scores)
+        if self._scales.active:
+            coarse = self._core.image_scores(self._patch_scores(raw, coarse=True))
+            image_scores = self._scales.fuse(image_scores, coarse)
+        image_scores = self._aligned.fuse(image_scores, self._embed(raw))
         return image_scores, uncrop_maps(maps[:, None], geo), raw
-
-    def _run_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone under the configured precision (``PatchKNNConfig.precision``)."""
-        return self._core.extract(x)
 
     def forward(self, images_rgb: np.ndarray | Sequence[np.ndarray]) -> Detection:
         """Same as ``predict``."""
@@ -494,8 +515,9 @@ class PatchKNN(nn.Module):
         if self.tiling_active:   # models saved untiled keep their layout (and load as before)
             tensors["bank_tile"] = self.bank_tile.detach().contiguous()
             info.update(self._tiles.state())
+        scale_tensors, scale_info = self._scales.state()
         aligned_tensors, aligned_info = self._aligned.state()
-        return {**tensors, **aligned_tensors}, {**info, **aligned_info}
+        return {**tensors, **scale_tensors, **aligned_tensors}, {**info, **scale_info, **aligned_info}
 
     def import_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
         """Restore what ``export_state`` gave (used by ``models.saved``).
@@ -520,6 +542,7 @@ class PatchKNN(nn.Module):
         self.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
         self.bank_owner = tensors["bank_owner"].to(dev, torch.int64)
         self._aligned.load_state(tensors, info, self._backbone.feature_dim)
+        self._scales.load_state(tensors, info, self.memory_bank)
         if "bank_pos" in tensors and tensors["bank_pos"].shape == (bank.shape[0], 2):
             self.bank_pos = tensors["bank_pos"].to(dev, torch.float32)
         elif self.search_radius is not None:
@@ -563,7 +586,7 @@ class PatchKNN(nn.Module):
         geo = frame_geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
         x = to_model_input(self._staging.upload(np.stack(frames), self.device),
                            shorter_side=self._config.shorter_side, patch_size=patch, device=self.device)
-        return self._run_backbone(x), geo
+        return self._core.extract(x), geo
 
     @torch.inference_mode()
     def _extract_views(
@@ -591,12 +614,14 @@ class PatchKNN(nn.Module):
                                 kernel_size=cfg.mask_kernel_size)
 
     def _patch_scores(
-        self, raw: torch.Tensor, *, owner: int | None = None, radius: float | str | None = "active"
+        self, raw: torch.Tensor, *, owner: int | None = None, radius: float | str | None = "active",
+        coarse: bool = False,
     ) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) float32 patch scores (0 where masked out).
 
         ``owner`` skips bank patches of that training frame (leave-one-out); ``radius`` is the position
-        search radius (``"active"``: ``search_radius``; None: anywhere).
+        search radius (``"active"``: ``search_radius``; None: anywhere); ``coarse``: at the second scale,
+        against the coarse bank (``second_scale``).
         """
         b, h, w, d = raw.shape
         cfg = self._config
@@ -604,8 +629,9 @@ class PatchKNN(nn.Module):
         if isinstance(radius, str):
             msg = f"radius must be a number, None or 'active', got {radius!r}"
             raise ValueError(msg)
-        feats = self._embed(raw).reshape(-1, d)
-        if not self.masking_active and radius is None and owner is None:
+        feats = (self._scales.embed(raw) if coarse else self._embed(raw)).reshape(-1, d)
+        memory_bank = self._scales.bank if coarse else self.memory_bank
+        if not self.masking_active and radius is None and owner is None and not coarse:
             # every patch is scored: no boolean indexing (a host synchronisation on CUDA)
             return self._core.patch_scores(raw, self.memory_bank)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
@@ -622,7 +648,7 @@ class PatchKNN(nn.Module):
         if owner is not None:
             query_owner = torch.full((int(keep.sum()),), owner, dtype=torch.int64, device=raw.device)
             bank_owner = self.bank_owner
-        dists = knn_distances(feats[keep], self.memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
+        dists = knn_distances(feats[keep], memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
                               query_chunk_size=cfg.query_chunk_size,
                               query_owner=query_owner, bank_owner=bank_owner,
                               query_pos=query_pos, bank_pos=self.bank_pos, radius=radius)
@@ -631,16 +657,12 @@ class PatchKNN(nn.Module):
             lost = ~torch.isfinite(dists)
             if lost.any():
                 q_owner = query_owner[lost] if query_owner is not None else None
-                dists[lost] = knn_distances(feats[keep][lost], self.memory_bank, k=cfg.k,
+                dists[lost] = knn_distances(feats[keep][lost], memory_bank, k=cfg.k,
                                             chunk_size=cfg.chunk_size, query_chunk_size=cfg.query_chunk_size,
                                             query_owner=q_owner, bank_owner=bank_owner)
         scores = torch.zeros(b * h * w, dtype=torch.float32, device=raw.device)
         scores[keep] = dists
         return scores.reshape(b, h, w)
-
-    def _image_scores(self, patch_scores: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) -> (B,) mean of the top ``top_percent`` % patch scores."""
-        return self._core.image_scores(patch_scores)
 
     @torch.inference_mode()
     def _tiles_leave_one_out(self, items: list[tuple[int, torch.Tensor]]) -> None:
@@ -653,17 +675,23 @@ class PatchKNN(nn.Module):
     @torch.inference_mode()
     def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:
         scores: list[float] = []
+        coarse: list[float] = []
         maps: list[np.ndarray] = []
         owners: list[int] = []
+        with_coarse = self._scales.bank.shape[0] > 0
+        image_score = self._core.image_scores
         for owner, raw, geo in items:
             patch_scores = self._patch_scores(raw[None], owner=owner)
             if not torch.isfinite(patch_scores).all():  # the bank holds only this frame's patches
                 continue
             owners.append(owner)
-            scores.append(float(self._image_scores(patch_scores)[0]))
+            scores.append(float(image_score(patch_scores)[0]))
+            if with_coarse:
+                coarse.append(float(image_score(self._patch_scores(raw[None], owner=owner, coarse=True))[0]))
             maps.append(anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
                         .cpu().numpy().astype(np.float32, copy=False))
-        self.train_scores = self._aligned.fit_fusion(owners, np.asarray(scores, dtype=np.float32))
+        fused = self._scales.fit_fusion(np.asarray(scores, dtype=np.float32), coarse)
+        self.train_scores = self._aligned.fit_fusion(owners, fused)
         self.train_maps = maps
         if scores:
             logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.detectors._fastpath import PRECISIONS, autocast_dtype
 from models.detectors._knn import knn_distances
+from models.detectors._scales import pooled_unit
 from models.preprocess import crop_maps
 
 __all__ = ["CoreOptions", "CoreScores", "PatchKNNCore"]
@@ -96,14 +96,7 @@ class PatchKNNCore(nn.Module):
         """(B, h, w, D) or (h, w, D) raw features -> the same, float32, pooled (if configured) and L2-normalised."""
         if raw.ndim == 3:
             return self.embed(raw[None])[0]
-        pool = self.options.patch_pooling
-        feats = raw.float()
-        if pool > 1:
-            h, w = feats.shape[1], feats.shape[2]
-            grid = F.avg_pool2d(feats.permute(0, 3, 1, 2), pool, stride=1, padding=pool // 2,
-                                count_include_pad=False)
-            feats = grid[..., :h, :w].permute(0, 2, 3, 1)  # even sizes pad one too many
-        return F.normalize(feats, dim=-1)
+        return pooled_unit(raw, self.options.patch_pooling)
 
     def patch_scores(self, raw: torch.Tensor, memory_bank: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) float32 distance of every patch to the bank."""

@@ -123,7 +123,8 @@ def test_leave_one_out_distances_are_patch_knns_own(
 ) -> None:
     """The sweep's leave-one-out scale is the mean of PatchKNN's leave-one-out training scores."""
     data, _, train = lever_sweep
-    config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking="off", augment_rotations=False)
+    config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking="off", augment_rotations=False,
+                            second_scale=0)
     detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
     detector.fit([load_image_rgb(p) for p in train])
     assert len(detector.train_scores) == len(train) == len(data.loo_knn[((8,), pool)])
@@ -159,7 +160,7 @@ def test_max_z_fusion_keeps_the_larger_z_score_of_each_pooling(
     loo = {}
     for pool in (1, 3):
         config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking=masking,
-                                augment_rotations=False)
+                                augment_rotations=False, second_scale=0)
         detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
         detector.fit([load_image_rgb(p) for p in train])
         loo[pool] = np.asarray(detector.train_scores, dtype=np.float64)
@@ -177,6 +178,25 @@ def test_max_z_fusion_keeps_the_larger_z_score_of_each_pooling(
                                single[1], rtol=1e-5)
     with pytest.raises(ValueError, match="fusion must be"):
         derive(data, Setting(blocks=(8,), fusion="mean"), maps=False)
+
+
+@pytest.mark.parametrize("masking", ["off", "on"])
+def test_sum_z_fusion_is_the_products_second_scale(
+    store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]], masking: str,
+) -> None:
+    """The levers row "z r=1 + w z r=R" is what PatchKNN scores with second_scale=R, second_scale_weight=w."""
+    data, items, train = lever_sweep
+    config = PatchKNNConfig(shorter_side=SHORTER_SIDE, masking=masking, augment_rotations=False, second_scale=3,
+                            second_scale_weight=0.4)
+    detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
+    detector.fit([load_image_rgb(p) for p in train])
+    assert detector.second_scale_active
+    product = detector.predict([load_image_rgb(t.path) for t in items]).pred_score
+    swept = derive(data, Setting(blocks=(8,), pools=(1, 3), masking=masking, fusion="sum_z", z_weights=(1.0, 0.4)),
+                   maps=False)[0]
+    np.testing.assert_allclose(swept, product, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="one weight per part"):
+        derive(data, Setting(blocks=(8,), pools=(1, 3), fusion="sum_z", z_weights=(1.0,)), maps=False)
 
 
 def test_subspace_residual_matches_a_direct_pca(

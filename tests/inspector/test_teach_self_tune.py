@@ -48,7 +48,8 @@ def test_teach_chooses_saves_and_reports_the_configuration(tmp_path: Path, tiny_
     assert {u for m, u in ticks if m.startswith("self-tuning: scoring")} == {"fit"}
     assert {u for m, u in ticks if m == "learning good patches"} == {"img"}
     tuned = report.self_tune
-    assert tuned is not None and [c.candidate.name for c in tuned.checks] == ["default (pooling r=1)", "pooling r=3"]
+    assert tuned is not None and [c.candidate.name for c in tuned.checks] == [
+        "default (pooling r=1, + r=5 image score)", "pooling r=3"]
     best = max(tuned.checks, key=lambda c: c.synthetic_auroc)
     assert tuned.chosen == best.candidate or best.synthetic_auroc == tuned.checks[0].synthetic_auroc
     lines = report.summary_lines()

@@ -43,9 +43,11 @@ def backbone() -> DinoBackbone:
     return create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(8,), device="cpu")
 
 
-def _fitted(backbone: DinoBackbone, masking: str) -> PatchKNN:
+def _fitted(backbone: DinoBackbone, masking: str, *, second_scale: int = 0) -> PatchKNN:
+    """Fitted on 3 good frames; without the second scale unless asked (the detector graph is the fine scale)."""
     rng = np.random.default_rng(0)
-    detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=SIDE, masking=masking))  # type: ignore[arg-type]
+    config = PatchKNNConfig(shorter_side=SIDE, masking=masking, second_scale=second_scale)  # type: ignore[arg-type]
+    detector = PatchKNN(backbone=backbone, config=config)
     detector.fit([good_frame(rng) for _ in range(3)])
     return detector
 
@@ -152,6 +154,21 @@ def test_masking_detector_exports_the_backbone_and_scores_in_torch(
     frames = [defect_frame(np.random.default_rng(5))]
     np.testing.assert_allclose(runtime.predict(frames).pred_score, detector.predict(frames).pred_score, atol=1e-4)
     with pytest.raises(ValueError, match="cannot express"):
+        export_onnx(detector, tmp_path / "full.onnx", input_hw=INPUT_HW, graph="detector")
+
+
+def test_a_second_scale_detector_exports_the_backbone_and_scores_both_scales_in_torch(
+    backbone: DinoBackbone, tmp_path: Path
+) -> None:
+    detector = _fitted(backbone, "off", second_scale=5)
+    assert detector.second_scale_active
+    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW)
+    assert report.graph == "backbone"
+    assert any("second, coarser scale" in note for note in report.notes)
+    runtime = OrtDetector(report.path, device="cpu", detector=detector)
+    frames = [defect_frame(np.random.default_rng(5)), good_frame(np.random.default_rng(6))]
+    np.testing.assert_allclose(runtime.predict(frames).pred_score, detector.predict(frames).pred_score, atol=1e-4)
+    with pytest.raises(ValueError, match="second_scale=0"):
         export_onnx(detector, tmp_path / "full.onnx", input_hw=INPUT_HW, graph="detector")
 
 

@@ -34,6 +34,8 @@ def backbone() -> DinoBackbone:
 
 def _fitted(backbone: DinoBackbone, **options: object) -> PatchKNN:
     rng = np.random.default_rng(0)
+    # the core is the fine scale alone: no second scale (models.detectors._scales) on top
+    options = {"second_scale": 0, **options}
     config = PatchKNNConfig(shorter_side=SIDE, masking="off", augment_rotations=False, **options)  # type: ignore[arg-type]
     detector = PatchKNN(backbone=backbone, config=config)
     detector.fit([frame(rng) for _ in range(3)])

@@ -119,7 +119,7 @@ def test_the_choice_is_the_candidate_that_separates_synthetic_anomalies_better(b
 
 def test_a_budget_below_a_candidates_cost_skips_it(backbone: DinoBackbone) -> None:
     cands = candidates_for(BASE, (SIZE, SIZE))
-    assert [c.name for c in cands] == ["default (pooling r=1)", "pooling r=3"]
+    assert [c.name for c in cands] == ["default (pooling r=1, + r=5 image score)", "pooling r=3"]
     first = self_tune(_parts(6), _make, BASE, cands, backbone, budget_ms=None)
     assert not any(c.over_budget for c in first.checks)
     costs = [c.ms_per_part for c in first.checks]
@@ -132,7 +132,10 @@ def test_a_budget_below_a_candidates_cost_skips_it(backbone: DinoBackbone) -> No
 
 
 def test_tiling_is_a_candidate_only_for_large_frames() -> None:
-    assert [c.name for c in candidates_for(BASE, (SIZE, SIZE))] == ["default (pooling r=1)", "pooling r=3"]
+    assert [c.name for c in candidates_for(BASE, (SIZE, SIZE))] == ["default (pooling r=1, + r=5 image score)",
+                                                                     "pooling r=3"]
+    # the pooling alone, as it was measured: no second scale on top of it
+    assert candidates_for(BASE, (SIZE, SIZE))[1].options == {"patch_pooling": 3, "second_scale": 0}
     large = candidates_for(BASE, (4 * SIZE, 5 * SIZE))
     assert [c.name for c in large][-1] == "tiling" and large[-1].options["tiling"] == "on"
 
