@@ -138,6 +138,20 @@ def mask_fractions(masks: torch.Tensor, *, border: float = 0.2) -> tuple[torch.T
     return overall, masks[:, ring].float().mean(dim=1)
 
 
+def config_masks(raw: torch.Tensor, cfg: PatchKNNConfig) -> torch.Tensor:
+    """(B, h, w, D) raw features -> (B, h, w) bool foreground masks, with the config's mask options."""
+    return foreground_masks(raw, threshold=cfg.mask_pca_threshold, border=cfg.mask_border,
+                            min_centre_fraction=cfg.mask_min_centre_fraction, kernel_size=cfg.mask_kernel_size)
+
+
+def with_fallback(masks: torch.Tensor, cfg: PatchKNNConfig, reference_foreground: float) -> torch.Tensor:
+    """(B, h, w) foreground masks -> the patches to score: a frame whose mask is much smaller than the
+    references' (a missing or very different part) is scored everywhere, since masking it would hide exactly the
+    defect looked for (``mask_fallback_ratio``). Changes ``masks`` in place and returns it."""
+    masks[masks.float().mean(dim=(1, 2)) < cfg.mask_fallback_ratio * reference_foreground] = True
+    return masks
+
+
 def decide_masking(ref_masks: list[torch.Tensor], cfg: PatchKNNConfig) -> tuple[bool, float]:
     """Whether test frames are masked, from the references' (h, w) bool masks (``PatchKNNConfig.masking``).
 

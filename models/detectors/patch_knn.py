@@ -44,7 +44,7 @@ from torch import nn
 from models.backbone import DinoBackbone, resolve_device
 from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
-from models.detectors._foreground import decide_masking, foreground_masks
+from models.detectors._foreground import config_masks, decide_masking, with_fallback
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
 from models.detectors._scales import SecondScale
 from models.detectors._views import extract_views
@@ -483,11 +483,12 @@ class PatchKNN(nn.Module):
             scores, raw = self._core.score(x, self.memory_bank)      # the exported graph's arithmetic
             return scores.pred_score, uncrop_maps(scores.anomaly_map[:, None], geo), raw
         raw = self._core.extract(x)
-        patch_scores = self._patch_scores(raw)
+        masks = self._scored_masks(raw) if self.masking_active else None   # once for both scales
+        patch_scores = self._patch_scores(raw, masks=masks)
         maps = self._core.maps(patch_scores, geo.crop)
         image_scores = self._core.image_scores(patch_scores)
         if self._scales.active:
-            coarse = self._core.image_scores(self._patch_scores(raw, coarse=True))
+            coarse = self._core.image_scores(self._patch_scores(raw, coarse=True, masks=masks))
             image_scores = self._scales.fuse(image_scores, coarse)
         image_scores = self._aligned.fuse(image_scores, self._embed(raw))
         return image_scores, uncrop_maps(maps[:, None], geo), raw
@@ -608,20 +609,21 @@ class PatchKNN(nn.Module):
 
     def _masks(self, raw: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) bool foreground masks."""
-        cfg = self._config
-        return foreground_masks(raw, threshold=cfg.mask_pca_threshold, border=cfg.mask_border,
-                                min_centre_fraction=cfg.mask_min_centre_fraction,
-                                kernel_size=cfg.mask_kernel_size)
+        return config_masks(raw, self._config)
+
+    def _scored_masks(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) bool: the patches scored when masking (the foreground, ``with_fallback``)."""
+        return with_fallback(self._masks(raw), self._config, self.reference_foreground)
 
     def _patch_scores(
         self, raw: torch.Tensor, *, owner: int | None = None, radius: float | str | None = "active",
-        coarse: bool = False,
+        coarse: bool = False, masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) float32 patch scores (0 where masked out).
 
         ``owner`` skips bank patches of that training frame (leave-one-out); ``radius`` is the position
         search radius (``"active"``: ``search_radius``; None: anywhere); ``coarse``: at the second scale,
-        against the coarse bank (``second_scale``).
+        against the coarse bank (``second_scale``); ``masks``: ``_scored_masks(raw)`` when already made.
         """
         b, h, w, d = raw.shape
         cfg = self._config
@@ -635,14 +637,8 @@ class PatchKNN(nn.Module):
             # every patch is scored: no boolean indexing (a host synchronisation on CUDA)
             return self._core.patch_scores(raw, self.memory_bank)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
-        if self.masking_active:
-            masks = self._masks(raw)
-            share = masks.float().mean(dim=(1, 2))
-            # A frame whose mask is much smaller than the references' (a missing or very different
-            # part) is scored everywhere: masking it would hide exactly the defect we look for.
-            too_small = share < cfg.mask_fallback_ratio * self.reference_foreground
-            masks[too_small] = True
-            keep = masks.reshape(-1)
+        if self.masking_active:   # a frame that lost its part is scored everywhere (with_fallback)
+            keep = (self._scored_masks(raw) if masks is None else masks).reshape(-1)
         query_owner = bank_owner = None
         query_pos = grid_positions(h, w, raw.device).repeat(b, 1)[keep] if radius is not None else None
         if owner is not None:
@@ -681,13 +677,15 @@ class PatchKNN(nn.Module):
         with_coarse = self._scales.bank.shape[0] > 0
         image_score = self._core.image_scores
         for owner, raw, geo in items:
-            patch_scores = self._patch_scores(raw[None], owner=owner)
+            masks = self._scored_masks(raw[None]) if self.masking_active else None
+            patch_scores = self._patch_scores(raw[None], owner=owner, masks=masks)
             if not torch.isfinite(patch_scores).all():  # the bank holds only this frame's patches
                 continue
             owners.append(owner)
             scores.append(float(image_score(patch_scores)[0]))
             if with_coarse:
-                coarse.append(float(image_score(self._patch_scores(raw[None], owner=owner, coarse=True))[0]))
+                coarse_scores = self._patch_scores(raw[None], owner=owner, coarse=True, masks=masks)
+                coarse.append(float(image_score(coarse_scores)[0]))
             maps.append(anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
                         .cpu().numpy().astype(np.float32, copy=False))
         fused = self._scales.fit_fusion(np.asarray(scores, dtype=np.float32), coarse)

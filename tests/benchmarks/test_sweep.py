@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import benchmarks._sweep as sweep_module
-import models.detectors.patch_knn as patch_knn_module
+import models.detectors._foreground as foreground_module
 from benchmarks._features import CachedBackbone, FeatureStore
 from benchmarks._sweep import Setting, SweepData, collect, derive, score
 from models.detectors import PatchKNN, PatchKNNConfig
@@ -36,7 +36,7 @@ def sweep(
     store: FeatureStore, parts: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[SweepData, list[TestItem], list[Path]]:
     monkeypatch.setattr(sweep_module, "foreground_masks", stand_in_masks)
-    monkeypatch.setattr(patch_knn_module, "foreground_masks", stand_in_masks)
+    monkeypatch.setattr(foreground_module, "foreground_masks", stand_in_masks)   # what PatchKNN masks with
     items = ([TestItem(path=p, label=0, defect_type="good", mask_path=None) for p in parts["good"]]
              + [TestItem(path=p, label=1, defect_type="blob", mask_path=m)
                 for p, m in zip(parts["bad"], parts["masks"], strict=True)])
