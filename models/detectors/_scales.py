@@ -30,15 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.detectors._aligned import MIN_STD  # a scale whose leave-one-out scores do not vary still gets a z-score
+
 if TYPE_CHECKING:
     from models.detectors.patch_knn_config import PatchKNNConfig
 
 __all__ = ["ScaleFusion", "SecondScale", "pooled_unit"]
 
 logger = logging.getLogger(__name__)
-
-# ours: a scale whose leave-one-out scores do not vary (identical frames) still gets a finite z-score
-MIN_STD = 1e-6
 
 
 def pooled_unit(raw: torch.Tensor, pool: int) -> torch.Tensor:
