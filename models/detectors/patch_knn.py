@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from models.backbone import DinoBackbone, resolve_device
+from models.detectors import patch_knn_state
 from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import config_masks, decide_masking, with_fallback
@@ -186,6 +187,11 @@ class PatchKNN(nn.Module):
         if self.tiling_active:
             return self._tiles.shorter_side(height, width)
         return self._config.shorter_side
+
+    @property
+    def tiling(self) -> TiledScoring:
+        """The tiling decision, tile grid and per-position index (``patch_knn_tiled``)."""
+        return self._tiles
 
     @property
     def second_scale_active(self) -> bool:
@@ -499,26 +505,9 @@ class PatchKNN(nn.Module):
 
     # ------------------------------------------------------------------ state for models.saved
     def export_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Tensors and plain fields that make up a fitted detector (used by ``models.saved``)."""
-        self._require_fitted()
-        tensors = {
-            "memory_bank": self.memory_bank.detach().contiguous(),
-            "bank_owner": self.bank_owner.detach().contiguous(),
-            "bank_pos": self.bank_pos.detach().float().contiguous(),
-            "train_scores": torch.from_numpy(np.ascontiguousarray(self.train_scores, dtype=np.float32)),
-        }
-        info = {
-            "masking_active": self.masking_active,
-            "reference_foreground": self.reference_foreground,
-            "rotations_used": self.rotations_used,
-            "n_images": self.n_images,
-        }
-        if self.tiling_active:   # models saved untiled keep their layout (and load as before)
-            tensors["bank_tile"] = self.bank_tile.detach().contiguous()
-            info.update(self._tiles.state())
-        scale_tensors, scale_info = self._scales.state()
-        aligned_tensors, aligned_info = self._aligned.state()
-        return {**tensors, **scale_tensors, **aligned_tensors}, {**info, **scale_info, **aligned_info}
+        """Tensors and plain fields that make up a fitted detector (used by ``models.saved``;
+        ``models.detectors.patch_knn_state``)."""
+        return patch_knn_state.export_state(self)
 
     def import_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
         """Restore what ``export_state`` gave (used by ``models.saved``).
@@ -526,52 +515,7 @@ class PatchKNN(nn.Module):
         Raises:
             ValueError: when a tensor is missing or its feature size does not fit this backbone.
         """
-        for name in ("memory_bank", "bank_owner", "train_scores"):
-            if name not in tensors:
-                msg = f"saved detector state lacks the tensor {name!r}"
-                raise ValueError(msg)
-        bank = tensors["memory_bank"]
-        if bank.ndim != 2 or bank.shape[1] != self._backbone.feature_dim or bank.shape[0] == 0:
-            msg = (f"saved memory bank has shape {tuple(bank.shape)}; this backbone gives "
-                   f"{self._backbone.feature_dim}-long features")
-            raise ValueError(msg)
-        if tensors["bank_owner"].shape != (bank.shape[0],):
-            shape = tuple(tensors["bank_owner"].shape)
-            msg = f"saved bank_owner has shape {shape}; expected ({bank.shape[0]},)"
-            raise ValueError(msg)
-        dev = self.device
-        self.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
-        self.bank_owner = tensors["bank_owner"].to(dev, torch.int64)
-        self._aligned.load_state(tensors, info, self._backbone.feature_dim)
-        self._scales.load_state(tensors, info, self.memory_bank)
-        if "bank_pos" in tensors and tensors["bank_pos"].shape == (bank.shape[0], 2):
-            self.bank_pos = tensors["bank_pos"].to(dev, torch.float32)
-        elif self.search_radius is not None:
-            msg = "saved state lacks bank_pos (patch positions), which position_radius needs"
-            raise ValueError(msg)
-        else:
-            self.bank_pos = torch.zeros(bank.shape[0], 2, dtype=torch.float32, device=dev)
-        self.train_scores = tensors["train_scores"].float().cpu().numpy()
-        self.train_maps = []
-        self.masking_active = bool(info["masking_active"])
-        self.reference_foreground = float(info["reference_foreground"])
-        self.rotations_used = bool(info["rotations_used"])
-        self.n_images = int(info["n_images"])
-        self._tiles.load_state(info)
-        self.bank_tile = torch.zeros(bank.shape[0], dtype=torch.int64, device=dev)
-        if self.tiling_active:
-            tile = tensors.get("bank_tile")
-            n_tiles = self._tiles.n_tiles
-            if tile is None or tile.shape != (bank.shape[0],) or tile.is_floating_point() or (
-                    tile.numel() and not 0 <= int(tile.min()) <= int(tile.max()) < n_tiles):
-                msg = f"saved state of a tiled model lacks a valid bank_tile (tile positions 0..{n_tiles - 1})"
-                raise ValueError(msg)
-            self.bank_tile = tile.to(dev, torch.int64)
-            if self._config.tile_bank == "per_position":
-                if bool((self.bank_tile[1:] < self.bank_tile[:-1]).any()):
-                    msg = "saved bank_tile of a per-position tile bank is not sorted by tile position"
-                    raise ValueError(msg)
-                self._tiles.index(self.bank_tile, n_tiles)
+        patch_knn_state.import_state(self, tensors, info)
 
     # ------------------------------------------------------------------ internals
     def _require_fitted(self) -> None:
