@@ -15,6 +15,11 @@ full test sets, shot seeds 0-2 (``benchmarks/levers.py``, row "z r=1 + 0.2 z r=5
 0.925 on transistor, 0.918 -> 0.916 on fryum, 0.834 -> 0.828 on magnetic tile (mean 0.868 -> 0.889); the
 weight and the scale were chosen on those same sets (``benchmarks/README.md``).
 
+Taught from ONE good frame there is no leave-one-out spread: the frame's region-leave-out scores
+(``models.detectors.one_shot``, radius 1, 2, 3) at both scales give the means, and each scale's spread is taken in
+proportion to its mean (``ScaleFusion.from_one_frame``). Same scale and weight; measured the same way at one shot:
+transistor 0.718 -> 0.796, fryum 0.895 -> 0.894, magnetic tile 0.710 -> 0.714.
+
 Example:
     >>> fusion = ScaleFusion.from_loo(fine_loo, coarse_loo, weight=0.2)
     >>> fused = fusion.fuse(fine_scores, coarse_scores)
@@ -77,6 +82,26 @@ class ScaleFusion:
         return cls(fine_mean=float(f.mean()), fine_std=float(f.std()), coarse_mean=float(c.mean()),
                    coarse_std=float(c.std()), weight=float(weight))
 
+    @classmethod
+    def from_one_frame(cls, fine: np.ndarray, coarse: np.ndarray, *, weight: float) -> ScaleFusion:
+        """From the (R,) region-leave-out scores of ONE good frame at both scales (``models.detectors.one_shot``:
+        one score per radius left out). They do not say how much the scores of other good frames spread, so each
+        scale's spread is taken in proportion to its mean (the same coefficient of variation at both scales):
+        the fused score is then ``fine + weight * (fine_mean / coarse_mean) * (coarse - coarse_mean)``.
+
+        Raises:
+            ValueError: the two differ in length, are empty or hold a non-finite score.
+        """
+        f = np.asarray(fine, dtype=np.float64)
+        c = np.asarray(coarse, dtype=np.float64)
+        if f.shape != c.shape or f.ndim != 1 or f.size < 1 or not (np.isfinite(f).all() and np.isfinite(c).all()):
+            msg = (f"scale fusion from one frame needs finite region scores of the same radii at both scales, got "
+                   f"{f.shape} fine and {c.shape} coarse scores")
+            raise ValueError(msg)
+        fine_mean, coarse_mean = float(f.mean()), float(c.mean())
+        return cls(fine_mean=fine_mean, fine_std=fine_mean, coarse_mean=coarse_mean, coarse_std=coarse_mean,
+                   weight=float(weight))
+
     def fuse(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """(B,) fine and (B,) coarse image scores -> (B,) fused scores in the fine score's units."""
         f_std, c_std = max(self.fine_std, MIN_STD), max(self.coarse_std, MIN_STD)
@@ -128,13 +153,13 @@ class SecondScale:
         """Whether image scores fuse the coarse scale's (decided at fit)."""
         return self.fusion is not None
 
-    def begin_fit(self, *, total: int, tiled: bool) -> None:
+    def begin_fit(self, *, tiled: bool) -> None:
         """A new fit: forget everything; collect coarse rows when the scale can be calibrated (coarser than
-        the fine scale, untiled, 2 or more frames for the leave-one-out z-score)."""
+        the fine scale, untiled, calibration scores asked for; ``fit_fusion`` drops them when none come)."""
         cfg = self._config
         self.fusion = None
         self.bank = self.bank[:0]
-        self._collecting = cfg.second_scale > cfg.patch_pooling and total >= 2 and not tiled
+        self._collecting = cfg.second_scale > cfg.patch_pooling and cfg.loo_max_images > 0 and not tiled
         self._parts = []
 
     def begin_more(self) -> None:
@@ -162,19 +187,24 @@ class SecondScale:
         if self.bank.shape[0] == n_rows:
             self.bank = self.bank[rows].contiguous()
 
-    def fit_fusion(self, fine: np.ndarray, coarse: list[float]) -> np.ndarray:
+    def fit_fusion(self, fine: np.ndarray, coarse: list[float], *, one_frame: bool = False) -> np.ndarray:
         """The fusion's statistics from (N,) leave-one-out fine and coarse image scores of the same frames;
         returns the fused leave-one-out scores (the calibration's input), or ``fine`` unchanged when the
-        scale is not used or fewer than 2 frames were scored (then the coarse bank is dropped)."""
+        scale is not used or too few frames were scored (then the coarse bank is dropped).
+
+        ``one_frame``: the scores are one frame's region-leave-out scores (``models.detectors.one_shot``), not
+        N frames': ``ScaleFusion.from_one_frame`` (each scale's spread in proportion to its mean)."""
         if self.bank.shape[0] == 0:
             return fine
-        if len(fine) < 2 or len(coarse) != len(fine) or not np.isfinite(coarse).all():
+        needed = 1 if one_frame else 2
+        if len(fine) < needed or len(coarse) != len(fine) or not np.isfinite(coarse).all():
             self.bank = self.bank[:0]
             return fine
         weight = self._config.second_scale_weight
-        self.fusion = ScaleFusion.from_loo(fine, np.asarray(coarse), weight=weight)
-        logger.info("patch_knn second scale r=%d fused (weight %.2f): leave-one-out coarse scores mean %.4f",
-                    self._config.second_scale, weight, float(np.mean(coarse)))
+        make = ScaleFusion.from_one_frame if one_frame else ScaleFusion.from_loo
+        self.fusion = make(fine, np.asarray(coarse), weight=weight)
+        logger.info("patch_knn second scale r=%d fused (weight %.2f%s): coarse calibration scores mean %.4f",
+                    self._config.second_scale, weight, ", from one frame" if one_frame else "", float(np.mean(coarse)))
         fused = self.fusion.fuse(torch.from_numpy(np.asarray(fine, dtype=np.float32)), torch.tensor(coarse))
         return fused.numpy().astype(np.float32)
 

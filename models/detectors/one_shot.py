@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 ONE_SHOT_RADII: Final = (1, 2, 3)   # ours: patches left out around each patch, in patches (Chebyshev)
 ONE_SHOT_RULE: Final = ("one good image: the good scores come from that image alone, each patch scored "
                         "against the image's other patches (and its turned copies in the bank) with its "
-                        "neighbourhood (radius 1, 2, 3 patches) left out, not from other good images")
+                        "neighbourhood (radius 1, 2, 3 patches) left out, not from other good images; with the "
+                        "second scale, the same at both scales, each scale's spread taken in proportion to its mean")
 QUERY_CHUNK: Final = 1024           # query patches per distance block (1024 x h*w floats)
 
 

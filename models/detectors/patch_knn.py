@@ -254,7 +254,7 @@ class PatchKNN(nn.Module):
             raise ValueError(msg)
         self._aligned.reset()
         tiled = cfg.tiling != "off" and self._tiles.decide(*check_image(next(iter(images)), 0).shape[:2])
-        self._scales.begin_fit(total=total, tiled=tiled)
+        self._scales.begin_fit(tiled=tiled)
         # a per-position tile bank is for aligned parts: "auto" does not rotate their tiles
         auto_rotate = (cfg.augment_rotations == "auto" and total <= cfg.rotation_max_shots
                        and not (tiled and cfg.tile_bank == "per_position"))
@@ -269,7 +269,7 @@ class PatchKNN(nn.Module):
         owner_parts: list[torch.Tensor] = []
         pos_parts: list[torch.Tensor] = []
         loo_items: list[tuple[int, torch.Tensor, FrameGeometry]] = []
-        turned: list[tuple[float, torch.Tensor]] = []    # one frame: its rotated views, for its calibration
+        turned: list[tuple[float, torch.Tensor]] = []    # one frame: its rotated views (raw), for its calibration
         ref_masks: list[torch.Tensor] = []
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
@@ -286,7 +286,7 @@ class PatchKNN(nn.Module):
                 if owner in loo_ids or total == 1:
                     loo_items.append((owner, raw.to(self.memory_bank.dtype), geo))
             elif total == 1:
-                turned.append((angle, emb))
+                turned.append((angle, raw))
 
         if tiled:
             parts = self._tiles.extract(images, angles, dtype=self.memory_bank.dtype, device=self.device,
@@ -315,10 +315,7 @@ class PatchKNN(nn.Module):
             self._tiles_leave_one_out(parts.loo)
         elif total == 1:   # nothing to leave out: regions of the one frame instead (models.detectors.one_shot)
             _, raw, geo = loo_items[0]
-            keep = self._masks(raw[None])[0] if self.masking_active else None
-            self.train_scores, self.train_maps = region_leave_out_scores(
-                self._embed(raw), geo, image_score=self._core.image_scores, turned=turned, keep=keep,
-                sigma=cfg.blur_sigma)
+            self._score_one_frame(raw, geo, turned)
         else:
             self._aligned.decide_from_loo([(owner, raw[None]) for owner, raw, _ in loo_items], self._patch_scores)
             self._score_leave_one_out(loo_items)
@@ -611,6 +608,21 @@ class PatchKNN(nn.Module):
         self.train_scores = np.asarray([score for score, _ in kept], dtype=np.float32)
         self.train_maps = [amap for _, amap in kept]
         logger.info("patch_knn tiled leave-one-out scores of %d frame(s)", len(kept))
+
+    @torch.inference_mode()
+    def _score_one_frame(self, raw: torch.Tensor, geo: FrameGeometry, turned: list[tuple[float, torch.Tensor]]) -> None:
+        """Calibration scores of a detector fitted on one frame: its regions left out (``one_shot``), at both
+        scales when the second scale is collected (``SecondScale.fit_fusion`` with ``one_frame``)."""
+        keep = self._masks(raw[None])[0] if self.masking_active else None
+
+        def regions(embed: Callable[[torch.Tensor], torch.Tensor]) -> tuple[np.ndarray, list[np.ndarray]]:
+            return region_leave_out_scores(embed(raw[None])[0], geo, image_score=self._core.image_scores,
+                                           turned=[(angle, embed(view[None])[0]) for angle, view in turned],
+                                           keep=keep, sigma=self._config.blur_sigma)
+
+        fine, self.train_maps = regions(self._embed)
+        coarse = regions(self._scales.embed)[0] if self._scales.bank.shape[0] > 0 else np.empty(0)
+        self.train_scores = self._scales.fit_fusion(fine, list(coarse), one_frame=True)
 
     @torch.inference_mode()
     def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:

@@ -64,9 +64,12 @@ def test_one_frame_with_rotations_scores_its_regions_against_its_turned_views_to
     torch.manual_seed(0)
     backbone = create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
     frame = textured_part(np.random.default_rng(3), 112)[..., ::-1].copy()
-    plain = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=112, augment_rotations=False))
+    # the fine scale's region scores (their fusion with the coarse scale's: tests/models/test_scales.py)
+    plain = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=112, augment_rotations=False,
+                                                              second_scale=0))
     plain.fit([frame])
-    turned = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=112, augment_rotations=True))
+    turned = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=112, augment_rotations=True,
+                                                               second_scale=0))
     turned.fit([frame])
     assert plain.train_scores.shape == turned.train_scores.shape == (3,)
     # more places to match, never a nearer self: no score rises, and a round part's regions find look-alikes

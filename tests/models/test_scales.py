@@ -110,6 +110,43 @@ def test_a_fused_detector_scores_as_its_two_scales_fused(backbone: DinoBackbone,
     assert got.pred_score[0] > got.pred_score[1]
 
 
+def test_fusion_from_one_frame_takes_each_spread_in_proportion_to_its_mean() -> None:
+    fusion = ScaleFusion.from_one_frame(np.array([0.2, 0.3, 0.4]), np.array([0.05, 0.1, 0.15]), weight=0.5)
+    assert fusion.fine_mean == pytest.approx(0.3) and fusion.coarse_mean == pytest.approx(0.1)
+    # fine + 0.5 * (0.3 / 0.1) * (coarse - 0.1)
+    fused = fusion.fuse(torch.tensor([0.3, 0.3, 0.5]), torch.tensor([0.1, 0.3, 0.1]))
+    np.testing.assert_allclose(fused.numpy(), [0.3, 0.6, 0.5], rtol=1e-6)
+    with pytest.raises(ValueError, match="same radii"):
+        ScaleFusion.from_one_frame(np.array([0.2, 0.3]), np.array([0.1]), weight=0.2)
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+def test_one_good_frame_fuses_its_region_scores_at_both_scales(backbone: DinoBackbone, rotations: bool) -> None:
+    """Taught from one frame, the scales are fused by the one frame's region-leave-out scores (models.detectors.
+    one_shot): scores and calibration scores are those of a fine-only and a coarse-only detector on that frame."""
+    frame = [good_frame(np.random.default_rng(5))]
+    fused = _fit(backbone, frame, masking="off", augment_rotations=rotations)
+    fine = _fit(backbone, frame, masking="off", augment_rotations=rotations, second_scale=0)
+    coarse = _fit(backbone, frame, masking="off", augment_rotations=rotations, second_scale=0, patch_pooling=5)
+    assert fused.second_scale_active and fused.rotations_used is rotations
+    assert fused.second_scale.bank.shape == fused.memory_bank.shape
+    expected = ScaleFusion.from_one_frame(fine.train_scores, coarse.train_scores, weight=0.2)
+    assert fused.second_scale.fusion is not None
+    for name in ("fine_mean", "fine_std", "coarse_mean", "coarse_std", "weight"):
+        assert getattr(fused.second_scale.fusion, name) == pytest.approx(getattr(expected, name), rel=1e-5, abs=1e-7)
+    calibration = expected.fuse(torch.from_numpy(fine.train_scores), torch.from_numpy(coarse.train_scores)).numpy()
+    np.testing.assert_allclose(fused.train_scores, calibration, rtol=1e-5, atol=1e-6)
+    assert len(fused.train_maps) == len(fine.train_maps)
+
+    test = [defect_frame(np.random.default_rng(3)), good_frame(np.random.default_rng(4))]
+    got, f, c = fused.predict(test), fine.predict(test), coarse.predict(test)
+    want = expected.fuse(torch.from_numpy(f.pred_score), torch.from_numpy(c.pred_score)).numpy()
+    np.testing.assert_allclose(got.pred_score, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.anomaly_map, f.anomaly_map, rtol=1e-5, atol=1e-6)
+    assert got.pred_score[0] > got.pred_score[1]
+    assert calibrate(fused.train_scores).fail > 0
+
+
 def test_weight_zero_scores_as_the_fine_scale(backbone: DinoBackbone) -> None:
     rng = np.random.default_rng(1)
     frames = [good_frame(rng) for _ in range(4)]
@@ -121,11 +158,11 @@ def test_weight_zero_scores_as_the_fine_scale(backbone: DinoBackbone) -> None:
 
 
 @pytest.mark.parametrize(("frames", "options"), [
-    (1, {}),                                            # one good frame: no leave-one-out z-score
     (3, {"patch_pooling": 5}),                          # not coarser than the fine scale
     (3, {"second_scale": 0}),                           # off
     (3, {"tiling": "on", "shorter_side": 56}),          # tiled frames
     (3, {"loo_max_images": 0}),                         # no leave-one-out scores asked for
+    (1, {"loo_max_images": 0}),                         # nor from one frame
 ])
 def test_the_second_scale_stays_off_where_it_cannot_be_calibrated(
     backbone: DinoBackbone, frames: int, options: dict[str, object]
