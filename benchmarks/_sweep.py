@@ -284,7 +284,9 @@ class Setting:
     normalise: bool = True           # divide each fused part by its leave-one-out good-score scale
     # "map": the parts' patch maps summed as above; "max_z": each part scored as an image on its own,
     # turned into a z-score by its leave-one-out image scores, the largest kept (the map is the first part's);
-    # "sum_z": those z-scores summed with ``z_weights`` (one per part), the map the first part's
+    # "sum_z": those z-scores summed with ``z_weights`` (one per part), the map the first part's;
+    # "sum_z_proportional": the same with each part's spread taken as its leave-one-out mean
+    # (``ScaleFusion.from_one_frame``'s rule) instead of their standard deviation
     fusion: str = "map"
     z_weights: tuple[float, ...] = ()
 
@@ -380,20 +382,22 @@ def derive(
     def test_fg(i: int) -> torch.Tensor | None:
         return data.fg[mask_key][i] if active else None
 
-    if setting.fusion in ("max_z", "sum_z"):
+    if setting.fusion in ("max_z", "sum_z", "sum_z_proportional"):
         parts = _parts(data, setting)
         if any(not loo for _, _, loo in parts) or (active and mask_key not in data.loo_fg):
             msg = f"{setting.fusion} fusion needs the leave-one-out maps (and masks): collect(..., loo=True)"
             raise ValueError(msg)
-        if setting.fusion == "sum_z" and len(setting.z_weights) != len(parts):
-            msg = f"sum_z fusion needs one weight per part ({len(parts)}), got z_weights={setting.z_weights!r}"
+        if setting.fusion != "max_z" and len(setting.z_weights) != len(parts):
+            msg = (f"{setting.fusion} fusion needs one weight per part ({len(parts)}), "
+                   f"got z_weights={setting.z_weights!r}")
             raise ValueError(msg)
         loo_fg = data.loo_fg.get(mask_key, [None] * len(parts[0][2]))
         stats, z_parts = [], []
         for _, part_maps, loo_maps in parts:
             loo = np.asarray([image_score(m, loo_fg[j])[0] for j, m in enumerate(loo_maps)])
             test = np.asarray([image_score(m, test_fg(i))[0] for i, m in enumerate(part_maps)])
-            stats.append((float(loo.mean()), max(float(loo.std()), 1e-6)))
+            spread = loo.mean() if setting.fusion == "sum_z_proportional" else loo.std()
+            stats.append((float(loo.mean()), max(float(spread), 1e-6)))
             z_parts.append((test - stats[-1][0]) / stats[-1][1])
         z = np.stack(z_parts)
         combined = np.max(z, axis=0) if setting.fusion == "max_z" else np.asarray(setting.z_weights) @ z
@@ -404,7 +408,7 @@ def derive(
             z_maps.append(anomaly_maps(patch[None], data.geos[i], sigma=setting.sigma, full_size=full_size)[0].numpy())
         return fused.astype(np.float32), z_maps, active
     if setting.fusion != "map":
-        msg = f"fusion must be 'map', 'max_z' or 'sum_z', got {setting.fusion!r}"
+        msg = f"fusion must be 'map', 'max_z', 'sum_z' or 'sum_z_proportional', got {setting.fusion!r}"
         raise ValueError(msg)
     scores: list[float] = []
     out_maps: list[np.ndarray] = []

@@ -14,6 +14,7 @@ import models.detectors._foreground as foreground_module
 from benchmarks._features import CachedBackbone, FeatureStore
 from benchmarks._sweep import Setting, SweepData, collect, derive, score
 from models.detectors import PatchKNN, PatchKNNConfig
+from models.detectors._scales import ScaleFusion
 from models.evaluation import Category, TestItem, image_auroc, load_image_rgb
 from tests.benchmarks.conftest import SHORTER_SIDE
 
@@ -197,6 +198,30 @@ def test_sum_z_fusion_is_the_products_second_scale(
     np.testing.assert_allclose(swept, product, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="one weight per part"):
         derive(data, Setting(blocks=(8,), pools=(1, 3), fusion="sum_z", z_weights=(1.0,)), maps=False)
+
+
+@pytest.mark.parametrize("masking", ["off", "on"])
+def test_proportional_sum_z_takes_each_spread_as_its_leave_one_out_mean(
+    store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]], masking: str,
+) -> None:
+    """The levers row "..., proportional spreads" is a fine-only and a coarse-only PatchKNN fused by
+    ScaleFusion.from_one_frame's rule on their leave-one-out scores."""
+    data, items, train = lever_sweep
+    frames, test = [load_image_rgb(p) for p in train], [load_image_rgb(t.path) for t in items]
+
+    def fitted(**options: int) -> PatchKNN:
+        config = PatchKNNConfig(shorter_side=SHORTER_SIDE, masking=masking, augment_rotations=False, **options)
+        detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
+        detector.fit(frames)
+        return detector
+
+    fine, coarse = fitted(second_scale=0), fitted(second_scale=0, patch_pooling=3)
+    fusion = ScaleFusion.from_one_frame(fine.train_scores, coarse.train_scores, weight=0.4)
+    want = fusion.fuse(torch.from_numpy(fine.predict(test).pred_score),
+                       torch.from_numpy(coarse.predict(test).pred_score)).numpy()
+    swept = derive(data, Setting(blocks=(8,), pools=(1, 3), masking=masking, fusion="sum_z_proportional",
+                                 z_weights=(1.0, 0.4)), maps=False)[0]
+    np.testing.assert_allclose(swept, want, rtol=1e-4, atol=1e-6)
 
 
 def test_subspace_residual_matches_a_direct_pca(
