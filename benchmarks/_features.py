@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.backbone import DinoBackbone
+from models.backbone import DinoBackbone, create_backbone
 from models.files import atomic_open
+from models.weights import ResolvedWeights, resolve_weights
 
-__all__ = ["CachedBackbone", "FeatureStore", "neighbourhood_mean"]
+__all__ = ["CachedBackbone", "FeatureStore", "neighbourhood_mean", "open_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,3 +162,12 @@ class CachedBackbone(DinoBackbone):
         chosen = feats[:, :, :, [b - 1 for b in self.blocks], :].float()
         b, h, w = chosen.shape[:3]
         return neighbourhood_mean(chosen.reshape(b, h, w, -1), self.neighbourhood).to(images.device)
+
+
+def open_store(cache_dir: Path, weights: str | None, *, model_name: str = "vit_small_patch14_dinov2"
+               ) -> tuple[FeatureStore, ResolvedWeights]:
+    """The feature cache under ``cache_dir`` for the resolved DINOv2 weights (``models.weights``: ``weights``, a
+    file, or the default resolution), with all 12 blocks on the CPU to fill a miss; and the weights resolved."""
+    resolved = resolve_weights(model_name, weights)
+    full = create_backbone(model_name, state_dict=resolved.state_dict, blocks=tuple(range(1, 13)), device="cpu")
+    return FeatureStore(cache_dir / "features", weights_sha256=resolved.info.sha256, full=full), resolved

@@ -37,15 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._features import CachedBackbone, FeatureStore  # noqa: E402
+from benchmarks._features import CachedBackbone, FeatureStore, open_store  # noqa: E402
 from benchmarks._timing import cpu_model, versions  # noqa: E402
 from benchmarks.accuracy import DEFAULT_CACHE, MODEL_NAME  # noqa: E402
-from models.backbone import create_backbone  # noqa: E402
 from models.detectors import PatchKNN, PatchKNNConfig  # noqa: E402
 from models.detectors._scales import ScaleFusion  # noqa: E402
 from models.evaluation import image_auroc, load_category, load_image_rgb, select_shots  # noqa: E402
 from models.files import atomic_write  # noqa: E402
-from models.weights import resolve_weights  # noqa: E402
 
 RULES = ("fine", "coarse", "measured", "proportional")
 
@@ -95,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    resolved = resolve_weights(MODEL_NAME, args.weights)
-    full = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=tuple(range(1, 13)), device="cpu")
-    store = FeatureStore(args.cache_dir / "features", weights_sha256=resolved.info.sha256, full=full)
+    store, resolved = open_store(args.cache_dir, args.weights, model_name=MODEL_NAME)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, float]] = {}

@@ -56,6 +56,16 @@ def pooled_unit(raw: torch.Tensor, pool: int) -> torch.Tensor:
     return F.normalize(feats, dim=-1)
 
 
+def _paired(fine: np.ndarray, coarse: np.ndarray, *, at_least: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two score vectors as float64, checked: the same length of at least ``at_least``, every one finite."""
+    f = np.asarray(fine, dtype=np.float64)
+    c = np.asarray(coarse, dtype=np.float64)
+    if f.shape != c.shape or f.ndim != 1 or f.size < at_least or not (np.isfinite(f).all() and np.isfinite(c).all()):
+        msg = f"scale fusion needs finite {what}, got {f.shape} fine and {c.shape} coarse scores"
+        raise ValueError(msg)
+    return f, c
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScaleFusion:
     """The leave-one-out statistics that put the fine and the coarse image scores on one scale."""
@@ -73,12 +83,7 @@ class ScaleFusion:
         Raises:
             ValueError: the two differ in length, hold fewer than 2 scores or a non-finite one.
         """
-        f = np.asarray(fine, dtype=np.float64)
-        c = np.asarray(coarse, dtype=np.float64)
-        if f.shape != c.shape or f.ndim != 1 or f.size < 2 or not (np.isfinite(f).all() and np.isfinite(c).all()):
-            msg = (f"scale fusion needs finite leave-one-out scores of the same 2 or more frames, got {f.shape} "
-                   f"fine and {c.shape} coarse scores")
-            raise ValueError(msg)
+        f, c = _paired(fine, coarse, at_least=2, what="leave-one-out scores of the same 2 or more frames")
         return cls(fine_mean=float(f.mean()), fine_std=float(f.std()), coarse_mean=float(c.mean()),
                    coarse_std=float(c.std()), weight=float(weight))
 
@@ -92,12 +97,7 @@ class ScaleFusion:
         Raises:
             ValueError: the two differ in length, are empty or hold a non-finite score.
         """
-        f = np.asarray(fine, dtype=np.float64)
-        c = np.asarray(coarse, dtype=np.float64)
-        if f.shape != c.shape or f.ndim != 1 or f.size < 1 or not (np.isfinite(f).all() and np.isfinite(c).all()):
-            msg = (f"scale fusion from one frame needs finite region scores of the same radii at both scales, got "
-                   f"{f.shape} fine and {c.shape} coarse scores")
-            raise ValueError(msg)
+        f, c = _paired(fine, coarse, at_least=1, what="region scores of one frame, the same radii at both scales")
         fine_mean, coarse_mean = float(f.mean()), float(c.mean())
         return cls(fine_mean=fine_mean, fine_std=fine_mean, coarse_mean=coarse_mean, coarse_std=coarse_mean,
                    weight=float(weight))
