@@ -71,7 +71,7 @@ class ScaleFusion:
     """The leave-one-out statistics that put the fine and the coarse image scores on one scale."""
 
     fine_mean: float    # mean leave-one-out image score of the good frames at the fine scale
-    fine_std: float     # its standard deviation
+    fine_std: float     # its spread: the standard deviation (from one frame: the mean, ``from_one_frame``)
     coarse_mean: float  # the same at the coarse scale, over the same frames
     coarse_std: float
     weight: float       # the coarse z-score's weight (``PatchKNNConfig.second_scale_weight``)
