@@ -117,10 +117,11 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
     flt = st.Filters(**filters)
     pareto = st.defect_pareto(store, flt)
     if pareto:
-        print("\ndefect types (Pareto; reviewer's class, else the typer's guess):")
+        print("\ndefect types (Pareto of defective parts; reviewer's class, else the typer's guess):")
+        print(f"  {'type':<22} {'parts':>7} {'share':>8} {'cum.':>8} {'regions':>8}")
         for row in pareto:
-            print(f"  {row.defect_type:<22} {row.count:>7} {100 * row.share:>6.1f} % "
-                  f"{100 * row.cumulative_share:>6.1f} % cum.")
+            print(f"  {row.defect_type:<22} {row.parts:>7} {100 * row.share:>6.1f} % "
+                  f"{100 * row.cumulative_share:>6.1f} % {row.regions:>8}")
     chart = st.fail_rate_chart(store, flt, by=args.spc_by)
     if chart.points:
         print(f"\nFAIL-rate p-chart per {args.spc_by}: centre {100 * chart.centre:.2f} %, "

@@ -8,7 +8,8 @@ detail rows for a time window or a lot, and for a grid finer than the roll-up's 
 off the GUI thread; ``benchmarks/stats_scale.py`` times them on 1,000,000 inspections.
 
 A region's type for statistics is the reviewer's class when there is one, else the typer's guess,
-else ``untyped`` (`TypeSource` picks confirmed or predicted only).
+else ``untyped`` (`TypeSource` picks confirmed or predicted only). The Pareto counts parts (inspections with a
+region of the type), not regions: one defect found as several fragments is one defective part.
 
 Exports: CSV and Parquet of inspections and regions with their types (`export_regions_csv`,
 `export_parquet`), charts as SVG (`pareto_svg`, `control_chart_svg`) and the location map as PNG
@@ -16,7 +17,7 @@ Exports: CSV and Parquet of inspections and regions with their types (`export_re
 
 Example:
     >>> flt = Filters(recipe="fryum", since=time.time() - 86400)        # doctest: +SKIP
-    >>> for row in defect_pareto(store, flt): print(row.defect_type, row.count, row.cumulative_share)
+    >>> for row in defect_pareto(store, flt): print(row.defect_type, row.parts, row.cumulative_share)
     >>> chart = fail_rate_chart(store, flt, by="lot")
 """
 
@@ -41,7 +42,14 @@ from inspector.overlay import location_heat_image
 from inspector.results import Verdict
 from inspector.spc import ControlChart, DriftReport, individuals_chart, p_chart, score_drift
 from inspector.store import inspection_conditions, inspections, regions
-from inspector.store.rollup import inspection_groups, location_grid_counts, region_class_counts
+from inspector.store.rollup import (
+    UNTYPED,
+    TypeSource,
+    inspection_groups,
+    location_grid_counts,
+    part_type_counts,
+    type_expression,
+)
 from inspector.store.schema import LOCATION_CELL_PX, bucket
 from models.files import atomic_open, atomic_open_text
 
@@ -72,8 +80,6 @@ __all__ = [
 
 SpcGroup = Literal["lot", "hour", "shift"]     # groups of the FAIL-rate p-chart (shifts: the store's shift_start)
 
-UNTYPED: Final = "untyped"        # neither a reviewer nor the typer gave the region a type
-TypeSource = Literal["best", "confirmed", "predicted"]
 LOCATION_GRID: Final = (48, 48)   # ours: cells of the location map (rows, columns) over the ROI
 DRIFT_RECENT: Final = 500         # ours: the newest PASS scores compared with the teaching scores
 _EXPORT_BATCH: Final = 10_000     # rows per fetch and per Parquet row group
@@ -96,27 +102,18 @@ class Filters:
 
 @dataclass(frozen=True, kw_only=True)
 class ParetoRow:
-    """One bar of the Pareto chart."""
+    """One bar of the Pareto chart: the parts with a defect of this type (a part with nine fragments of one scratch
+    is one scratched part; a part with a scratch and a dent counts once in each bar)."""
 
     defect_type: str
-    count: int
-    share: float              # of all regions counted, [0, 1]
+    parts: int                # inspections with at least one region of this type: the bar
+    regions: int              # the regions of this type (fragments included)
+    share: float              # of all the bars' parts, [0, 1]
     cumulative_share: float   # this and every bigger bar, [0, 1]
 
 
-def _type_column(source: TypeSource) -> sa.ColumnElement[Any]:
-    if source == "confirmed":
-        return sa.func.coalesce(regions.c.defect_class, UNTYPED)
-    if source == "predicted":
-        return sa.func.coalesce(regions.c.predicted_class, UNTYPED)
-    if source == "best":
-        return sa.func.coalesce(regions.c.defect_class, regions.c.predicted_class, UNTYPED)
-    msg = f"unknown type source {source!r}; use best, confirmed or predicted"
-    raise ValueError(msg)
-
-
 def _type_of(classes: tuple[str | None, str | None], source: TypeSource) -> str:
-    """The Python twin of `_type_column`, for counts per (confirmed, predicted) class read from the roll-ups."""
+    """The Python twin of `type_expression`, for counts per (confirmed, predicted) class read from the roll-ups."""
     confirmed, predicted = classes
     if source == "confirmed":
         return confirmed or UNTYPED
@@ -134,26 +131,27 @@ def _region_select(*columns: Any, flt: Filters) -> sa.Select[Any]:
 
 
 def defect_pareto(store: Store, flt: Filters = Filters(), *, source: TypeSource = "best") -> list[ParetoRow]:
-    """Defect regions per type, most frequent first, with share and cumulative share."""
-    _type_column(source)          # checks the source's name
+    """Defective parts per type, most frequent first, with share and cumulative share, and each type's regions."""
+    type_expression(source)          # checks the source's name
     if store.rollups:
         with store.engine.connect() as conn:
-            by_class = region_class_counts(conn, dataclasses.asdict(flt))
-        merged: dict[str, int] = {}
-        for classes, n in by_class.items():
-            merged[_type_of(classes, source)] = merged.get(_type_of(classes, source), 0) + n
-        counts = sorted(merged.items(), key=lambda kn: (-kn[1], kn[0]))
+            found = part_type_counts(conn, dataclasses.asdict(flt), source)
     else:
-        kind = _type_column(source).label("kind")
-        stmt = _region_select(kind, sa.func.count().label("n"), flt=flt).group_by(sa.text("kind"))
+        kind = type_expression(source).label("kind")
+        stmt = _region_select(kind, sa.func.count(sa.distinct(regions.c.inspection_id)).label("parts"),
+                              sa.func.count().label("n"), flt=flt).group_by(sa.text("kind"))
         with store.engine.connect() as conn:
-            counts = sorted(((str(k), int(n)) for k, n in conn.execute(stmt)), key=lambda kn: (-kn[1], kn[0]))
-    total = sum(n for _, n in counts)
-    rows, running = [], 0
-    for name, n in counts:
-        running += n
-        rows.append(ParetoRow(defect_type=name, count=n, share=n / total, cumulative_share=running / total))
-    return rows
+            found = {str(k): (int(p), int(n)) for k, p, n in conn.execute(stmt)}
+    parts = {k: p for k, (p, _) in found.items()}
+    by_region = {k: n for k, (_, n) in found.items()}
+    order = sorted(parts, key=lambda k: (-parts[k], -by_region.get(k, 0), k))
+    total = sum(parts.values())
+    out, running = [], 0
+    for name in order:
+        running += parts[name]
+        out.append(ParetoRow(defect_type=name, parts=parts[name], regions=by_region.get(name, 0),
+                             share=parts[name] / total, cumulative_share=running / total))
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,7 +199,7 @@ def defect_locations(
                     kind_name = _type_of((confirmed, predicted), source)
                     counts.setdefault(kind_name, np.zeros(grid, np.int64))[r, c] += n
             return LocationMap(area=area, counts=counts, outside=outside, cell_px=LOCATION_CELL_PX)
-    kind = _type_column(source).label("kind")
+    kind = type_expression(source).label("kind")
     # centre in the area, scaled to cells; 2 * (x - x0) + w avoids a float division per row
     cx = (2 * (regions.c.x - x0) + regions.c.w) * cols_n
     cy = (2 * (regions.c.y - y0) + regions.c.h) * rows_n
@@ -353,7 +351,7 @@ def _region_rows_stmt(flt: Filters) -> sa.Select[Any]:
                       regions.c.h, regions.c.area_px, regions.c.area_mm2, regions.c.max_score,
                       regions.c.mean_score, regions.c.defect_class, regions.c.classified_by,
                       regions.c.predicted_class, regions.c.predicted_confidence,
-                      _type_column("best").label("defect_type"))
+                      type_expression("best").label("defect_type"))
             .join(inspections, inspections.c.id == regions.c.inspection_id)
             .where(*flt.conditions()).order_by(inspections.c.time, regions.c.id))
 
@@ -468,24 +466,24 @@ def _svg(body: list[str], title: str) -> str:
             + "".join(body) + "</svg>\n")
 
 
-def pareto_svg(rows: Sequence[ParetoRow], *, title: str = "Defect types (Pareto)") -> str:
-    """Bars of counts, most frequent first, with the cumulative share as a line (right axis, %)."""
+def pareto_svg(rows: Sequence[ParetoRow], *, title: str = "Defective parts per type (Pareto)") -> str:
+    """Bars of defective parts per type, most frequent first, with the cumulative share as a line (right axis, %)."""
     body: list[str] = []
     if rows:
-        top = max(r.count for r in rows)
+        top = max(r.parts for r in rows)
         plot_w, plot_h = _SVG_W - 2 * _PAD, _SVG_H - 2 * _PAD - 20
         step = plot_w / len(rows)
         line = []
         for i, r in enumerate(rows):
-            bar_h = plot_h * r.count / top
+            bar_h = plot_h * r.parts / top
             x = _PAD + i * step
             body.append(f'<rect x="{x + step * 0.1:.1f}" y="{_PAD + plot_h - bar_h:.1f}" width="{step * 0.8:.1f}" '
-                        f'height="{bar_h:.1f}" fill="#4a7ab5"><title>{html.escape(r.defect_type)}: {r.count}'
-                        f'</title></rect>')
+                        f'height="{bar_h:.1f}" fill="#4a7ab5"><title>{html.escape(r.defect_type)}: {r.parts} part(s), '
+                        f'{r.regions} region(s)</title></rect>')
             body.append(f'<text x="{x + step / 2:.1f}" y="{_PAD + plot_h + 14}" text-anchor="middle">'
                         f'{html.escape(r.defect_type[:14])}</text>')
             body.append(f'<text x="{x + step / 2:.1f}" y="{_PAD + plot_h - bar_h - 4:.1f}" text-anchor="middle">'
-                        f'{r.count}</text>')
+                        f'{r.parts}</text>')
             line.append(f"{x + step / 2:.1f},{_PAD + plot_h * (1 - r.cumulative_share):.1f}")
         body.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="#d9534f" stroke-width="2"/>')
         body.append(f'<text x="{_SVG_W - _PAD + 4}" y="{_PAD + 4}">100 %</text>')

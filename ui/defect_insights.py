@@ -106,13 +106,13 @@ def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
 class ParetoBars:
     """The Pareto chart's arrays, prepared off the GUI thread (`from_rows`)."""
 
-    counts: np.ndarray              # (K,) float64 regions per type, most frequent first; bar i sits at x = i
+    counts: np.ndarray              # (K,) float64 defective parts per type, most frequent first; bar i at x = i
     cumulative: np.ndarray          # (K,) float64 cumulative share drawn on the count scale
     ticks: list[tuple[int, str]]    # x -> "type\ncumulative %"
 
     @classmethod
     def from_rows(cls, rows: tuple[ParetoRow, ...]) -> ParetoBars:
-        counts = np.asarray([r.count for r in rows], np.float64)
+        counts = np.asarray([r.parts for r in rows], np.float64)
         top = float(counts.max()) if counts.size else 0.0
         cumulative = np.asarray([r.cumulative_share for r in rows], np.float64) * top
         ticks = [(i, f"{r.defect_type}\n{100 * r.cumulative_share:.0f} %") for i, r in enumerate(rows)]
@@ -143,13 +143,13 @@ class ControlChartLines:
 
 
 class ParetoChart(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships no type hints
-    """Bars of defect counts per type, most frequent first, and the cumulative share (%) as a line."""
+    """Bars of defective parts per type, most frequent first, and the cumulative share (%) as a line."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setBackground("#11161a")
-        self.setLabel("left", "regions")
-        self.setTitle("Defect types (Pareto)")
+        self.setLabel("left", "parts")
+        self.setTitle("Defective parts per type (Pareto)")
         # fixed axis sizes: sizes that follow the tick labels re-lay the chart out and paint it again on data
         self.getAxis("left").setWidth(AXIS_WIDTH_PX)
         self.getAxis("bottom").setHeight(PARETO_TICKS_HEIGHT_PX)
@@ -382,8 +382,8 @@ class DefectInsightsPanel(QWidget):
             self.location.setPixmap(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr)))
         self.drift.setText(drawing.drift or "")
         self.drift.setStyleSheet("color: #ff5050;" if drawing.drifted else "")
-        total = sum(r.count for r in value.pareto)
-        self.status.setText(f"{total} region(s), {len(value.fail_rate.alarms)} alarm(s); "
+        regions = sum(r.regions for r in value.pareto)
+        self.status.setText(f"{regions} defect region(s), {len(value.fail_rate.alarms)} alarm(s); "
                             f"queries took {value.seconds:.2f} s off screen")
         self.insights_ready.emit(value)
 

@@ -33,7 +33,7 @@ from inspector.errors import StoreError
 __all__ = ["HEAD", "current_revision", "upgrade"]
 
 HERE: Final = Path(__file__).resolve().parent
-HEAD: Final = "0004"                      # the newest revision in versions/ (a test checks it)
+HEAD: Final = "0005"                      # the newest revision in versions/ (a test checks it)
 _PG_LOCK_KEY: Final = 0x1A5B_EC70         # advisory lock id for "inspector schema upgrade"
 
 

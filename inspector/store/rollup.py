@@ -1,25 +1,29 @@
 """Roll-ups of the statistics store: counts kept in step with the detail rows, so that statistics over a whole
 store of millions of inspections read thousands of rows.
 
-Three tables (`inspector.store.schema`):
+Four tables (`inspector.store.schema`):
 
 - ``inspection_counts``: inspections per recipe, line, station, lot, 15-minute bucket and verdict, with the
   group's first time (yield per any key, the FAIL-rate p-chart per lot, hour or shift);
-- ``region_counts``: defect regions per recipe, line, station, lot, bucket, confirmed and predicted class (Pareto);
+- ``region_counts``: defect regions per recipe, line, station, lot, bucket, confirmed and predicted class (counts
+  per class);
 - ``location_counts``: defect regions per recipe, line, station, confirmed and predicted class and centre cell of
   `LOCATION_CELL_PX` frame pixels (the location map; no time or lot: a time window or a lot reads the detail rows).
+- ``part_counts`` (schema 5): inspections with at least one region of a type, and those regions, per recipe,
+  line, station, lot, bucket, type source and type (the Pareto: defective parts, not fragments).
 
 Upkeep has one rule, `add_inspections` (`add_matching` for a range of ids): it counts the chosen detail rows in
 SQL (the same grouping the queries use) and adds the counts to the roll-ups (an upsert), in the caller's
 transaction. The writer calls it for each batch it inserts, a reviewer's relabelling subtracts the old classes
-(`recount_regions`, ``sign=-1``) and adds the new ones, and the schema-4 migration builds the roll-ups of an
-existing store with it (`build`, in chunks, with progress). The store never deletes inspections; a future
+(`recount_regions`, ``sign=-1``) and adds the new ones (the part counts: over every region of the inspections
+touched, since a part's types are those of all its regions), and the schema-4 and -5 migrations build the roll-ups
+of an existing store with it (`build`, in chunks, with progress). The store never deletes inspections; a future
 deletion must subtract them the same way.
 
-Reading: `inspection_groups`, `region_class_counts` and `location_grid_counts` answer the usual filters
-(recipe, line, station, lot, verdict, since, until). A window whose ends fall inside a 15-minute bucket reads
-those partial buckets from the detail rows (an index range of minutes) and the whole buckets between them from
-the roll-up, so the answer equals the detail query's (tests/inspector/test_rollup.py checks that after random
+Reading: `inspection_groups`, `region_class_counts`, `part_type_counts` and `location_grid_counts` answer the
+usual filters (recipe, line, station, lot, verdict, since, until). A window whose ends fall inside a 15-minute
+bucket reads those partial buckets from the detail rows (an index range of minutes) and the whole buckets between
+them from the roll-up, so the answer equals the detail query's (tests/inspector/test_rollup.py checks that after random
 inserts and relabellings, on SQLite and PostgreSQL).
 """
 
@@ -29,7 +33,7 @@ import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import sqlalchemy as sa
 
@@ -42,26 +46,36 @@ from inspector.store.schema import (
     inspection_counts,
     inspections,
     location_counts,
+    part_counts,
     region_counts,
     regions,
 )
 
 __all__ = [
+    "ALL_TABLES",
+    "UNTYPED",
+    "TypeSource",
     "add_inspections",
     "add_matching",
     "build",
     "inspection_groups",
     "location_grid_counts",
+    "part_type_counts",
     "recount_regions",
     "region_class_counts",
+    "type_expression",
 ]
 
 logger = logging.getLogger("inspector.store")
 
+_COUNTS: Final = ("n", "regions")     # the roll-ups' additive columns
 BUILD_CHUNK: Final = 50_000       # ours: inspections per step when an existing store's roll-ups are built
 _NAMES: Final = ("recipe", "line", "station", "lot")
 
 ClassKey = tuple[str | None, str | None]          # (confirmed class, predicted class); None = none
+TypeSource = Literal["best", "confirmed", "predicted"]   # whose type a statistic counts
+UNTYPED: Final = "untyped"        # neither a reviewer nor the typer gave the region a type
+ALL_TABLES: Final = ("inspection_counts", "region_counts", "location_counts", "part_counts")
 
 
 def _bucket_of_time() -> sa.ColumnElement[int]:
@@ -79,6 +93,24 @@ def _cell(position: sa.ColumnElement[Any], size: sa.ColumnElement[Any]) -> sa.Co
 
 def _no_null(column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
     return sa.func.coalesce(column, sa.literal_column("''"))
+
+
+def type_expression(source: TypeSource) -> sa.ColumnElement[str]:
+    """A region's type as ``source`` gives it (``best``: the reviewer's class, else the typer's), `UNTYPED` when
+    none; literal SQL, so that PostgreSQL sees the grouped and the selected expression as one.
+
+    Raises:
+        ValueError: an unknown source.
+    """
+    untyped: sa.ColumnElement[str] = sa.literal_column(f"'{UNTYPED}'")
+    if source == "confirmed":
+        return sa.func.coalesce(regions.c.defect_class, untyped)
+    if source == "predicted":
+        return sa.func.coalesce(regions.c.predicted_class, untyped)
+    if source == "best":
+        return sa.func.coalesce(regions.c.defect_class, regions.c.predicted_class, untyped)
+    msg = f"unknown type source {source!r}; use best, confirmed or predicted"
+    raise ValueError(msg)
 
 
 # --------------------------------------------------------------------------------------------- upkeep
@@ -105,6 +137,22 @@ def _region_stmts(where: sa.ColumnElement[bool]) -> list[tuple[sa.Table, sa.Sele
     ]
 
 
+def _part_stmts(where: sa.ColumnElement[bool]) -> list[tuple[sa.Table, sa.Select[Any]]]:
+    """Per type source: inspections with a region of each type, of the inspections matching ``where`` (whole
+    inspections: a condition that picks some of an inspection's regions would count it by those alone)."""
+    joined = regions.join(inspections, inspections.c.id == regions.c.inspection_id)
+    keys = [*(inspections.c[k] for k in _NAMES), _bucket_of_time().label("bucket")]
+    out = []
+    for source in get_args(TypeSource):
+        kind = type_expression(source)
+        # the source is selected, not grouped: PostgreSQL refuses a constant in GROUP BY
+        stmt = (sa.select(*keys, sa.literal_column(f"'{source}'").label("source"), kind.label("defect_type"),
+                          sa.func.count(sa.distinct(inspections.c.id)).label("n"), sa.func.count().label("regions"))
+                .select_from(joined).where(where).group_by(*keys, kind))
+        out.append((part_counts, stmt))
+    return out
+
+
 def add_inspections(conn: sa.Connection, ids: Sequence[int]) -> None:
     """Add these inspections and their regions to the roll-ups.
 
@@ -123,20 +171,28 @@ def add_inspections(conn: sa.Connection, ids: Sequence[int]) -> None:
 @functools.cache
 def _by_ids() -> tuple[sa.Select[Any], list[tuple[sa.Table, sa.Select[Any]]]]:
     where = inspections.c.id.in_(sa.bindparam("ids", expanding=True))
-    return _inspection_stmt(where), _region_stmts(where)
+    return _inspection_stmt(where), _region_stmts(where) + _part_stmts(where)
 
 
-def add_matching(conn: sa.Connection, where: sa.ColumnElement[bool]) -> None:
+def add_matching(conn: sa.Connection, where: sa.ColumnElement[bool], tables: Sequence[str] = ALL_TABLES) -> None:
     """Add the inspections matching ``where`` (a condition on ``inspections``) and their regions to the roll-ups
-    (`build`: a range of ids)."""
-    _add(conn, inspection_counts, _inspection_stmt(where), 1)
-    recount_regions(conn, where, 1)
+    named in ``tables`` (`build`: a range of ids)."""
+    if "inspection_counts" in tables:
+        _add(conn, inspection_counts, _inspection_stmt(where), 1)
+    for table, stmt in _region_stmts(where) + _part_stmts(where):
+        if table.name in tables:
+            _add(conn, table, stmt, 1)
 
 
 def recount_regions(conn: sa.Connection, where: sa.ColumnElement[bool], sign: int) -> None:
     """Add (``sign=1``) or subtract (``-1``) the regions matching ``where`` (on ``regions`` joined with
-    ``inspections``) to or from the region roll-ups: around an update of their classes, subtract before, add after."""
-    for table, stmt in _region_stmts(where):
+    ``inspections``) to or from the region roll-ups, and their inspections (every region of them) to or from the
+    part counts: around an update of their classes, subtract before, add after."""
+    # not correlated: the part statements select from the same two tables
+    touched = inspections.c.id.in_(
+        sa.select(regions.c.inspection_id).select_from(
+            regions.join(inspections, inspections.c.id == regions.c.inspection_id)).where(where).correlate(None))
+    for table, stmt in _region_stmts(where) + _part_stmts(touched):
         _add(conn, table, stmt, sign)
 
 
@@ -147,7 +203,9 @@ def _add(conn: sa.Connection, table: sa.Table, stmt: sa.Select[Any], sign: int,
         return
     keys = [c.name for c in table.primary_key.columns]
     for row in rows:
-        row["n"] = sign * int(row["n"])
+        for count in _COUNTS:
+            if count in row:
+                row[count] = sign * int(row[count])
     # a fixed order: two stations adding to the same groups lock their rows in one order (no deadlock)
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
     conn.execute(_upsert(conn.dialect.name, table), rows)
@@ -158,7 +216,8 @@ def _add(conn: sa.Connection, table: sa.Table, stmt: sa.Select[Any], sign: int,
 
 @functools.cache
 def _upsert(dialect: str, table: sa.Table) -> Any:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE SET n = n + excluded.n`` (first_time: the smaller), built once."""
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET n = n + excluded.n`` (and regions; first_time: the smaller),
+    built once."""
     keys = [c.name for c in table.primary_key.columns]
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -171,15 +230,16 @@ def _upsert(dialect: str, table: sa.Table) -> Any:
     else:
         msg = f"the statistics store's roll-ups need SQLite or PostgreSQL, not {dialect}"
         raise StoreError(msg)
-    update: dict[str, Any] = {"n": table.c.n + stmt.excluded.n}
+    update: dict[str, Any] = {c: table.c[c] + stmt.excluded[c] for c in _COUNTS if c in table.c}
     if "first_time" in table.c:
         update["first_time"] = sa.case((stmt.excluded.first_time < table.c.first_time, stmt.excluded.first_time),
                                        else_=table.c.first_time)
     return stmt.on_conflict_do_update(index_elements=keys, set_=update)
 
 
-def build(conn: sa.Connection, chunk: int = BUILD_CHUNK) -> Iterator[Progress]:
-    """Count every inspection and region of an existing store into empty roll-ups, ``chunk`` inspections a step.
+def build(conn: sa.Connection, chunk: int = BUILD_CHUNK, tables: Sequence[str] = ALL_TABLES) -> Iterator[Progress]:
+    """Count every inspection and region of an existing store into the empty roll-ups named in ``tables`` (a
+    migration: those it creates), ``chunk`` inspections a step.
 
     Yields:
         `Progress` after each step (inspections counted so far of the store's id range).
@@ -189,7 +249,7 @@ def build(conn: sa.Connection, chunk: int = BUILD_CHUNK) -> Iterator[Progress]:
         return
     total = int(high) - int(low) + 1
     for start in range(int(low), int(high) + 1, chunk):
-        add_matching(conn, inspections.c.id.between(start, start + chunk - 1))
+        add_matching(conn, inspections.c.id.between(start, start + chunk - 1), tables)
         done = min(total, start + chunk - int(low))
         yield Progress(done=done, total=total, message=f"statistics roll-ups: {done:,} of {total:,} inspection ids")
 
@@ -295,6 +355,41 @@ def region_class_counts(conn: sa.Connection, flt: Mapping[str, Any]) -> dict[Cla
     for edge in edges:
         merge(conn.execute(sa.select(*detail_keys, sa.func.count()).select_from(joined)
                            .where(*_equal(inspections, flt, _NAMES), *edge).group_by(*detail_keys)))
+    return out
+
+
+def part_type_counts(conn: sa.Connection, flt: Mapping[str, Any], source: TypeSource) -> dict[str, tuple[int, int]]:
+    """Per type (as ``source`` gives it): the inspections with at least one region of it among those the filters
+    select, and those regions; from the part roll-up where it can, the detail rows for a verdict and for partial
+    buckets."""
+    kind = type_expression(source)
+    joined = regions.join(inspections, inspections.c.id == regions.c.inspection_id)
+    out: dict[str, tuple[int, int]] = {}
+
+    def merge(rows: Any) -> None:
+        for name, parts, n_regions in rows:
+            before = out.get(str(name), (0, 0))
+            out[str(name)] = (before[0] + int(parts), before[1] + int(n_regions))
+
+    def detail(*conds: sa.ColumnElement[bool]) -> None:
+        merge(conn.execute(sa.select(kind, sa.func.count(sa.distinct(inspections.c.id)), sa.func.count())
+                           .select_from(joined).where(*_equal(inspections, flt, _NAMES), *conds).group_by(kind)))
+
+    if flt.get("verdict") is not None:        # the roll-up has no verdict: the detail rows
+        conds = [inspections.c.verdict == str(getattr(flt["verdict"], "value", flt["verdict"]))]
+        if flt.get("since") is not None:
+            conds.append(inspections.c.time >= flt["since"])
+        if flt.get("until") is not None:
+            conds.append(inspections.c.time < flt["until"])
+        detail(*conds)
+        return out
+    whole, edges = _time_split(flt.get("since"), flt.get("until"), part_counts)
+    if whole is not None:
+        t = part_counts
+        merge(conn.execute(sa.select(t.c.defect_type, sa.func.sum(t.c.n), sa.func.sum(t.c.regions))
+                           .where(*_equal(t, flt, _NAMES), t.c.source == source, *whole).group_by(t.c.defect_type)))
+    for edge in edges:
+        detail(*edge)
     return out
 
 

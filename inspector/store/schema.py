@@ -42,6 +42,7 @@ __all__ = [
     "location_counts",
     "metadata",
     "new_id",
+    "part_counts",
     "region_counts",
     "region_embeddings",
     "regions",
@@ -50,8 +51,9 @@ __all__ = [
 ]
 
 # Each change of the schema is a migration in inspector/migrations/versions (Alembic), which sets this version.
-SCHEMA_VERSION: Final = 4            # 2: inspections.result_id (unique); 3: predicted defect types, embeddings;
-                                     # 4: roll-up tables (inspection_counts, region_counts, location_counts)
+SCHEMA_VERSION: Final = 5            # 2: inspections.result_id (unique); 3: predicted defect types, embeddings;
+                                     # 4: roll-up tables (inspection_counts, region_counts, location_counts);
+                                     # 5: part_counts (defective parts per type: the Pareto's unit)
 # Time grouping is done on 15-minute buckets in SQL, then mapped to local hours/days/shifts in Python:
 # every time zone in use today is a whole number of quarter hours from UTC, so a bucket never
 # straddles a local hour, and shifts may start on any quarter hour.
@@ -166,6 +168,21 @@ region_counts = sa.Table(
     sa.Column("n", sa.BigInteger, nullable=False),
     sa.Index("ix_region_counts_recipe_bucket", "recipe", "bucket"),
     sa.Index("ix_region_counts_bucket", "bucket"),
+)
+
+# (schema 5) inspections with at least one region of a type, per recipe, line, station, lot, bucket and type
+# source: a part with nine fragments of one scratch is one scratched part. One row set per source ('best': the
+# reviewer's class, else the typer's; 'confirmed'; 'predicted'), because a part counted once per type cannot be
+# summed from counts per (confirmed, predicted) pair: its regions may reach one type through different pairs.
+part_counts = sa.Table(
+    "part_counts", metadata,
+    *_rollup_keys("recipe", "line", "station", "lot"),
+    sa.Column("bucket", sa.BigInteger, primary_key=True, autoincrement=False),
+    *_rollup_keys("source", "defect_type"),
+    sa.Column("n", sa.BigInteger, nullable=False),          # parts
+    sa.Column("regions", sa.BigInteger, nullable=False),    # their regions of the type (the Pareto's second figure)
+    sa.Index("ix_part_counts_recipe_bucket", "recipe", "bucket"),
+    sa.Index("ix_part_counts_bucket", "bucket"),
 )
 
 location_counts = sa.Table(

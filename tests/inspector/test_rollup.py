@@ -21,7 +21,14 @@ from inspector import statistics as st
 from inspector.results import DefectRegion, InspectionResult, Verdict
 from inspector.store import Store, inspections, result_rows
 from inspector.store.rollup import build
-from inspector.store.schema import BUCKET_S, LOCATION_CELL_PX, inspection_counts, location_counts, region_counts
+from inspector.store.schema import (
+    BUCKET_S,
+    LOCATION_CELL_PX,
+    inspection_counts,
+    location_counts,
+    part_counts,
+    region_counts,
+)
 
 T0 = 1_790_000_000.0 - 1_790_000_000.0 % BUCKET_S       # on a bucket boundary
 TYPES = ("scratch", "dent", "unknown", None)
@@ -141,7 +148,7 @@ def _rollup_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
     try:
         with engine.connect() as conn:
             return {t.name: sorted(tuple(r) for r in conn.execute(sa.select(t))) for t in
-                    (inspection_counts, region_counts, location_counts)}
+                    (inspection_counts, region_counts, location_counts, part_counts)}
     finally:
         engine.dispose()
 
@@ -152,7 +159,7 @@ def test_rollups_built_from_scratch_equal_the_ones_kept_on_every_write(url: str)
     assert all(kept.values())
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for table in (inspection_counts, region_counts, location_counts):
+        for table in (inspection_counts, region_counts, location_counts, part_counts):
             conn.execute(sa.delete(table))
         n = conn.execute(sa.select(sa.func.max(inspections.c.id))).scalar_one()
         steps = list(build(conn, chunk=97))                     # chunks cut groups apart: the upserts join them
@@ -187,4 +194,38 @@ def test_a_schema_3_store_gets_its_rollups_built_on_upgrade(tmp_path: Path) -> N
         assert fast.yield_summary(group_by=("lot", "hour")) == slow.yield_summary(group_by=("lot", "hour"))
         assert fast.yield_summary()[0].inspected == 199
         assert st.defect_pareto(fast) == st.defect_pareto(slow)
+        assert all(r.parts == r.regions for r in st.defect_pareto(fast))       # one region per inspection
         assert st.fail_rate_groups(fast) == st.fail_rate_groups(slow)
+
+
+def test_a_schema_4_store_gets_its_part_counts_built_on_upgrade(tmp_path: Path) -> None:
+    """Revision 0005 counts the defective parts per type of a store that has the other roll-ups already."""
+    from alembic import command
+
+    from inspector import migrations
+
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0004")  # type: ignore[arg-type]
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.executemany("INSERT INTO inspections (id, time, recipe, model_version, line, station, lot, source, "
+                    "frame_id, verdict, score) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [(i, T0 + 60.0 * i, "part", "v1", "L1", "S1", "lot1", "cam", i, "FAIL", 0.9) for i in range(1, 31)])
+    # part i has i % 4 fragments of one type: scratch on even parts, dent on odd ones
+    con.executemany("INSERT INTO regions (inspection_id, x, y, w, h, area_px, predicted_class) "
+                    "VALUES (?, ?, 5, 9, 9, 50, ?)",
+                    [(i, 10 * k, "scratch" if i % 2 == 0 else "dent") for i in range(1, 31) for k in range(i % 4)])
+    con.commit()
+    con.close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:          # what a schema-4 program kept on every write
+        list(build(conn, tables=("inspection_counts", "region_counts", "location_counts")))
+    engine.dispose()
+    with Store(url, tz=dt.UTC) as fast, Store(url, tz=dt.UTC, rollups=False) as slow:
+        rows = st.defect_pareto(fast)
+        assert rows == st.defect_pareto(slow)
+        # parts with fragments: i % 4 == 1 or 3 (dent: 8 x 1 + 7 x 3 fragments), i % 4 == 2 (scratch: 8 x 2)
+        assert [(r.defect_type, r.parts, r.regions) for r in rows] == [("dent", 15, 29), ("scratch", 8, 16)]

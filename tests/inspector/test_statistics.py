@@ -54,14 +54,49 @@ def store(tmp_path: Path) -> Store:
 
 def test_pareto_counts_types_and_a_reviewers_class_wins_over_the_guess(store: Store) -> None:
     rows = st.defect_pareto(store, st.Filters(recipe="part"))
-    assert [(r.defect_type, r.count) for r in rows] == [("scratch", 35), ("dent", 20)]
+    assert [(r.defect_type, r.parts, r.regions) for r in rows] == [("scratch", 35, 35), ("dent", 20, 20)]
     assert rows[0].share == pytest.approx(35 / 55) and rows[-1].cumulative_share == pytest.approx(1.0)
     region_id = store.inspections(recipe="part", verdict="FAIL", limit=1)[0].regions[0].id
     store.set_defect_class("crack", user="qa", region_id=region_id)
-    best = {r.defect_type: r.count for r in st.defect_pareto(store)}
+    best = {r.defect_type: r.parts for r in st.defect_pareto(store)}
     assert best["crack"] == 1 and best["dent"] + best["scratch"] == 54
     assert {r.defect_type for r in st.defect_pareto(store, source="confirmed")} == {"crack", st.UNTYPED}
     assert st.defect_pareto(store, st.Filters(lot="nope")) == []
+
+
+@pytest.mark.parametrize("rollups", [True, False], ids=["rollups", "detail rows"])
+def test_pareto_counts_a_part_once_per_type_however_many_fragments_it_has(tmp_path: Path, rollups: bool) -> None:
+    """One scratch found as nine fragments is one scratched part; two parts with a dent each outrank it."""
+    with Store(tmp_path / "parts.db") as writer:
+        scratched = tuple(_region(5 + 12 * k, 5, predicted="scratch") for k in range(9))
+        writer.record(_result(0, lot="A", verdict=Verdict.FAIL, score=0.9, regions=scratched))
+        for i in (1, 2):
+            writer.record(_result(i, lot="A", verdict=Verdict.FAIL, score=0.9,
+                                  regions=(_region(80, 85, predicted="dent"),)))
+        both = (_region(5, 5, predicted="scratch"), _region(80, 85, predicted="dent"), _region(60, 5, predicted=None))
+        writer.record(_result(3, lot="A", verdict=Verdict.REVIEW, score=0.6, regions=both))
+        writer.flush()
+        first = writer.inspections(limit=10)[-1]                           # newest first: part 0
+        scratch_id = first.regions[0].id                                     # one of its fragments
+    with Store(tmp_path / "parts.db", rollups=rollups) as store:
+        rows = st.defect_pareto(store)
+        assert [(r.defect_type, r.parts, r.regions) for r in rows] == [
+            ("dent", 3, 3), ("scratch", 2, 10), (st.UNTYPED, 1, 1)]
+        assert rows[0].share == pytest.approx(3 / 6) and rows[1].cumulative_share == pytest.approx(5 / 6)
+        assert [(r.defect_type, r.parts) for r in st.defect_pareto(store, st.Filters(), source="predicted")] == [
+            ("dent", 3), ("scratch", 2), (st.UNTYPED, 1)]
+        # a reviewer calls one fragment a crack: the part is now scratched and cracked, still one scratched part
+        store.set_defect_class("crack", user="qa", region_id=scratch_id)
+        best = {r.defect_type: (r.parts, r.regions) for r in st.defect_pareto(store)}
+        assert best == {"dent": (3, 3), "scratch": (2, 9), "crack": (1, 1), st.UNTYPED: (1, 1)}
+        confirmed = {r.defect_type: r.parts for r in st.defect_pareto(store, source="confirmed")}
+        assert confirmed == {"crack": 1, st.UNTYPED: 4}
+        # the whole part relabelled: no scratch left on it
+        store.set_defect_class("crack", user="qa", inspection_id=first.id)
+        best = {r.defect_type: (r.parts, r.regions) for r in st.defect_pareto(store)}
+        assert best == {"dent": (3, 3), "crack": (1, 9), "scratch": (1, 1), st.UNTYPED: (1, 1)}
+        window = st.defect_pareto(store, st.Filters(since=T0 + 1, until=T0 + 3))      # parts 1 and 2
+        assert [(r.defect_type, r.parts) for r in window] == [("dent", 2)]
 
 
 def test_location_map_puts_each_type_where_it_sits_in_roi_coordinates(store: Store) -> None:
