@@ -195,7 +195,7 @@ def main() -> int:
             n_insp = conn.exec_driver_sql("SELECT count(*) FROM inspections").scalar()
             n_reg = conn.exec_driver_sql("SELECT count(*) FROM regions").scalar()
             sizes = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()   # noqa: S608 (our names)
-                     for t in ("inspection_counts", "region_counts", "location_counts")}
+                     for t in ("inspection_counts", "region_counts", "location_counts", "part_counts")}
         print(f"{n_insp:,} inspections, {n_reg:,} regions; roll-up rows {sizes}")
         results: dict[str, dict[str, list[float]]] = {}
         detail_queries = _queries(slow)
