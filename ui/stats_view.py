@@ -225,7 +225,7 @@ class StatisticsView(QWidget):
         self.yield_table.setHorizontalHeaderLabels(
             ["Group", "Inspected", "Pass", "Review", "Fail", "Errors", "Yield %"])
         self.defect_table = QTableWidget(0, 2)
-        self.defect_table.setHorizontalHeaderLabels(["Defect class", "Count"])
+        self.defect_table.setHorizontalHeaderLabels(["Defect class", "Regions"])
         for table in (self.yield_table, self.defect_table):
             table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
             table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
