@@ -11,6 +11,10 @@ With the typer's ``scope`` "frame" (the default), every region of an inspection 
 embedding (all its regions described together), so a label given to every region of an inspection is one
 example, not one per region: examples are kept once per (embedding, class).
 
+The typer also keeps the recipe's newest unlabelled embeddings (``DefectTypeConfig.pool_size``: read from the
+store when it starts, then every region it types), over which the classifier spreads the labels (label
+spreading: a type's cluster is seen through the parts nobody labelled).
+
 Only the labelled examples whose embedding has the length and layout of the regions being typed are
 used: a region embedded by an older descriptor (another backbone, or before the colour statistics
 joined the descriptor) keeps its reviewer's class in the store, and the typer says once, in the log,
@@ -23,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import threading
@@ -87,10 +92,37 @@ class DefectTyper:
         # the embedding length of the regions typed (set by `predict`); before that, the newest example's
         self._length: int | None = None
         self._classifier = DefectTypeClassifier(config=config)
+        # the newest unlabelled embeddings (label spreading's pool): the store's at start, then each one typed
+        self._pool: collections.deque[np.ndarray] = collections.deque(maxlen=self._classifier.config.pool_size)
         self._left_out = 0             # examples of another length or layout, last reported
         self._seen_at = -1.0          # newest classified_at read so far
         self._checked = -float("inf")  # monotonic time of the last refresh
+        self._load_pool()
         self.refresh()
+
+    def _load_pool(self) -> None:
+        """The recipe's newest unlabelled embeddings from the store, one per inspection, oldest first."""
+        if self._classifier.config.spread_alpha <= 0:
+            return
+        size = self._pool.maxlen or 0
+        # the recipe's newest flagged inspections through the (recipe, time) index, then their unlabelled regions
+        flagged = (sa.select(inspections.c.id).where(inspections.c.recipe == self.recipe,
+                                                     inspections.c.verdict.in_(("REVIEW", "FAIL")))
+                   .order_by(inspections.c.time.desc()).limit(2 * size).subquery())
+        first = (sa.select(sa.func.min(regions.c.id).label("id"))
+                 .where(regions.c.inspection_id.in_(sa.select(flagged.c.id)), regions.c.defect_class.is_(None))
+                 .group_by(regions.c.inspection_id).order_by(regions.c.inspection_id.desc()).limit(size).subquery())
+        stmt = (sa.select(region_embeddings.c.vector)
+                .where(region_embeddings.c.region_id.in_(sa.select(first.c.id)))
+                .order_by(region_embeddings.c.region_id))
+        with self._store.engine.connect() as conn:
+            vectors = [np.frombuffer(v, dtype=np.float32).copy() for (v,) in conn.execute(stmt)]
+        with self._lock:
+            self._pool.extend(vectors)
+            self._classifier.add_unlabelled(list(self._pool))
+        if vectors:
+            logger.info("recipe %s: defect typer read %d unlabelled inspection(s) for label spreading",
+                        self.recipe, len(vectors))
 
     @property
     def config(self) -> DefectTypeConfig:
@@ -103,6 +135,12 @@ class DefectTyper:
         """Distinct labelled examples (embedding and class) that the classifier uses."""
         with self._lock:
             return len(self._classifier)
+
+    @property
+    def n_unlabelled(self) -> int:
+        """Unlabelled embeddings the classifier spreads the labels over (the store's at start, then each typed)."""
+        with self._lock:
+            return self._classifier.n_unlabelled
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -172,7 +210,12 @@ class DefectTyper:
                 if self._held_length() not in (None, length):
                     self._rebuild_locked()
             classifier = self._classifier
-        return classifier.predict_many(np.stack(embeddings))
+        typed = classifier.predict_many(np.stack(embeddings))
+        fresh = list({_key(e, "")[0]: np.asarray(e, dtype=np.float32) for e in embeddings}.values())  # once a frame
+        with self._lock:
+            self._pool.extend(fresh)
+            self._classifier.add_unlabelled(fresh)     # the classifier now (a refresh may have rebuilt it)
+        return typed
 
     def _held_length(self) -> int | None:
         """The embedding length of the examples the classifier holds (None when it holds none)."""
@@ -187,6 +230,7 @@ class DefectTyper:
         self._classifier = DefectTypeClassifier(config=self._config)
         self._held = set()
         self._add_locked([x for x in examples if len(x[0]) == length and self._classifier.accepts(x[0])])
+        self._classifier.add_unlabelled([v for v in self._pool if len(v) == length])
         self._report_left_out_locked()
 
     def _add_locked(self, examples: Sequence[tuple[np.ndarray, str, ExampleKey]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -276,6 +277,34 @@ def test_labels_from_before_the_colour_statistics_are_left_out_without_failing(t
         assert [t.defect_class for t in typed] == ["scratch", "dent"]
         assert typer.n_examples == 4
         assert len(store.inspections(recipe="part")) == 8         # every label kept in the store
+
+
+def test_the_typer_spreads_labels_over_the_recipes_unlabelled_regions(tmp_path: Path) -> None:
+    """The store's unlabelled inspections join the typer's graph at start, each typed frame after it."""
+    from inspector.results import DefectRegion, InspectionResult, Verdict
+
+    def at(degrees: float, lift: float = 0.0) -> np.ndarray:
+        a = np.radians(degrees)
+        return _unit(np.array([np.cos(a), np.sin(a), lift, 0, 0, 0, 0, 0]))
+
+    # type a's regions along an arc (labels at one end), type b's in a tight cluster 20 degrees past its other end
+    unlabelled = [at(d) for d in range(9, 58, 3)] + [at(d, 0.05) for d in (80.0, 81.0, 82.0, 82.5, 83.0)]
+    with Store(tmp_path / "stats.db") as store:
+        for i, embedding in enumerate(unlabelled):     # two regions each, one embedding: the frame's
+            regions = tuple(DefectRegion(x=1 + 5 * j, y=1, width=4, height=4, area_px=16, area_mm2=None,
+                                         max_score=0.9, mean_score=0.7, embedding=embedding) for j in range(2))
+            store.record(InspectionResult(frame_id=100 + i, timestamp=1.0e9 + i, source="cam", recipe="part",
+                                          model_version="v1", verdict=Verdict.FAIL, score=0.9, regions=regions))
+        _labelled(store, "other", [at(60.0)], ["b"])                 # another recipe's: never used here
+        _labelled(store, "part", [at(0.0), at(3.0), at(6.0), at(79.5, 0.05), at(80.5, 0.05), at(81.5, 0.05)],
+                  ["a"] * 3 + ["b"] * 3)
+        config = DefectTypeConfig(colour_weight=0.0, centre=False, reject_distance=2.0)
+        typer = DefectTyper(store, "part", config=config, refresh_s=0.0)
+        assert typer.n_unlabelled == len(unlabelled)       # one per unlabelled inspection of this recipe
+        assert typer.predict([at(60.0)])[0].defect_class == "a"     # 54 degrees from a's labels, 20 from b's
+        assert typer.n_unlabelled == len(unlabelled) + 1            # the typed frame joins the pool
+        alone = DefectTyper(store, "part", config=dataclasses.replace(config, spread_alpha=0.0), refresh_s=0.0)
+        assert alone.n_unlabelled == 0 and alone.predict([at(60.0)])[0].defect_class == "b"
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

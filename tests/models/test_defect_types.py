@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -409,3 +411,51 @@ def test_the_detectors_own_backbone_embeds_crops_of_any_size_at_the_crop_side() 
     np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
     alone = embed(crops[1:], 56)                   # batching changes nothing
     np.testing.assert_allclose(out[1], alone[0], atol=1e-4)
+
+
+def _arc(degrees: np.ndarray, lift: float = 0.0) -> np.ndarray:
+    """Unit vectors at these angles in the plane of the first two axes, lifted along the third by ``lift``."""
+    rad = np.radians(degrees)
+    out = np.zeros((len(rad), 16), np.float32)
+    out[:, 0], out[:, 1], out[:, 2] = np.cos(rad), np.sin(rad), lift
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_label_spreading_follows_a_type_along_its_unlabelled_regions() -> None:
+    """A chain of unlabelled regions joins a far query to its type; the nearest examples alone say the other type."""
+    labelled_a, chain, query = _arc(np.array([0.0, 3.0, 6.0])), _arc(np.arange(9.0, 58.0, 3.0)), _arc(np.array([60.0]))
+    labelled_b = _arc(np.array([80.0, 81.0, 82.0]), lift=0.05)
+    # b's unlabelled regions: a cluster of its own, so that its members' nearest neighbours are each other
+    chain = np.concatenate([chain, _arc(np.array([79.5, 80.5, 81.5, 82.5]), lift=0.05)])
+    config = DefectTypeConfig(centre=False, colour_weight=0.0, reject_distance=2.0)
+    examples, classes = np.concatenate([labelled_a, labelled_b]), ["a"] * 3 + ["b"] * 3
+
+    knn = DefectTypeClassifier(config=dataclasses.replace(config, spread_alpha=0.0))
+    knn.add_many(examples, classes)
+    knn.add_unlabelled(chain)
+    assert knn.predict(query[0]).defect_class == "b"           # 20 degrees from b, 54 from the nearest a
+
+    spreading = DefectTypeClassifier(config=config)
+    spreading.add_many(examples, classes)
+    assert spreading.predict(query[0]).defect_class == "b"     # nothing unlabelled yet: the k-NN's answer
+    assert spreading.add_unlabelled(chain) == len(chain) and spreading.n_unlabelled == len(chain)
+    typed = spreading.predict(query[0])
+    assert typed.defect_class == "a" and typed.confidence < 0.5    # overruled: the k-NN's confidence says so
+    # the same regions typed together, with no pool held: they are each other's unlabelled neighbours
+    together = DefectTypeClassifier(config=config)
+    together.add_many(examples, classes)
+    assert together.predict_many(np.concatenate([chain, query]))[-1].defect_class == "a"
+    assert [t.defect_class for t in together.predict_many(chain[-4:])] == ["b"] * 4
+
+
+def test_the_unlabelled_pool_keeps_the_newest_of_the_labelled_length() -> None:
+    classifier = DefectTypeClassifier(config=DefectTypeConfig(colour_weight=0.0, pool_size=4))
+    classifier.add(np.eye(8, dtype=np.float32)[0], "a")
+    assert classifier.add_unlabelled([np.eye(8, dtype=np.float32)[i] for i in range(1, 7)]) == 6
+    assert classifier.n_unlabelled == 4
+    assert classifier.add_unlabelled([np.ones(5, np.float32), np.zeros(8, np.float32)]) == 0   # length, zero
+    assert classifier.n_unlabelled == 4
+    with pytest.raises(ValueError, match="spread_alpha"):
+        DefectTypeConfig(spread_alpha=1.0)
+    with pytest.raises(ValueError, match="pool_size"):
+        DefectTypeConfig(pool_size=0)
