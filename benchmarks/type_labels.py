@@ -51,10 +51,10 @@ from models.type_evaluation import labelled_draw, largest_region_box  # noqa: E4
 MODES = ("largest", "all")
 
 
-def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_labelled: int = N_LABELLED,
-                 config: DefectTypeConfig | None = None) -> dict[str, Any]:
-    """Both labelling modes on one category's cache (see the module docstring)."""
-    cfg = config if config is not None else DefectTypeConfig()
+def category_embeddings(data: Path, cache: Path, category: str, cfg: DefectTypeConfig
+                        ) -> tuple[list[str], list[np.ndarray], list[list[np.ndarray]], float]:
+    """The product's embeddings of one category's defect images from the cache: (each image's type, its largest
+    region's embedding, its other regions' embeddings, the pixel threshold)."""
     folder, thr, side, nearest_good, defects = load_typing_cache(data, cache, category)
     types: list[str] = []
     largest: list[np.ndarray] = []
@@ -91,6 +91,14 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_
             largest.append(embed(box, threshold, crop))
             others.append([embed(b, threshold, "frame" if cfg.crop_side else None) for b in rest])
         types.append(item.defect_type)
+    return types, largest, others, thr
+
+
+def category_run(data: Path, cache: Path, category: str, seeds: list[int], *, n_labelled: int = N_LABELLED,
+                 config: DefectTypeConfig | None = None) -> dict[str, Any]:
+    """Both labelling modes on one category's cache (see the module docstring)."""
+    cfg = config if config is not None else DefectTypeConfig()
+    types, largest, others, thr = category_embeddings(data, cache, category, cfg)
     rows: dict[str, Any] = {}
     for mode in MODES:
         accuracy, fragments = [], []
