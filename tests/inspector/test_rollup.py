@@ -169,7 +169,8 @@ def test_rollups_built_from_scratch_equal_the_ones_kept_on_every_write(url: str)
     assert all(r[-1] > 0 for rows in kept.values() for r in rows)        # relabelling left no empty groups
 
 
-def test_a_schema_3_store_gets_its_rollups_built_on_upgrade(tmp_path: Path) -> None:
+def _old_store(tmp_path: Path, revision: str) -> tuple[Path, str]:
+    """A SQLite store at an older schema revision (the tables that revision had), and its URL."""
     from alembic import command
 
     from inspector import migrations
@@ -178,8 +179,13 @@ def test_a_schema_3_store_gets_its_rollups_built_on_upgrade(tmp_path: Path) -> N
     url = f"sqlite:///{path}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        command.upgrade(migrations._config(conn), "0003")  # type: ignore[arg-type]
+        command.upgrade(migrations._config(conn), revision)  # type: ignore[arg-type]
     engine.dispose()
+    return path, url
+
+
+def test_a_schema_3_store_gets_its_rollups_built_on_upgrade(tmp_path: Path) -> None:
+    path, url = _old_store(tmp_path, "0003")
     con = sqlite3.connect(path)
     rows = [(i, T0 + 60.0 * i, "part", "v1", "L1", "S1", f"lot{i % 3}", "cam", i,
              ("PASS", "FAIL", "ERROR")[i % 3], 0.5) for i in range(1, 200)]
@@ -200,16 +206,7 @@ def test_a_schema_3_store_gets_its_rollups_built_on_upgrade(tmp_path: Path) -> N
 
 def test_a_schema_4_store_gets_its_part_counts_built_on_upgrade(tmp_path: Path) -> None:
     """Revision 0005 counts the defective parts per type of a store that has the other roll-ups already."""
-    from alembic import command
-
-    from inspector import migrations
-
-    path = tmp_path / "old.db"
-    url = f"sqlite:///{path}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        command.upgrade(migrations._config(conn), "0004")  # type: ignore[arg-type]
-    engine.dispose()
+    path, url = _old_store(tmp_path, "0004")
     con = sqlite3.connect(path)
     con.executemany("INSERT INTO inspections (id, time, recipe, model_version, line, station, lot, source, "
                     "frame_id, verdict, score) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
