@@ -11,9 +11,11 @@ With the typer's ``scope`` "frame" (the default), every region of an inspection 
 embedding (all its regions described together), so a label given to every region of an inspection is one
 example, not one per region: examples are kept once per (embedding, class).
 
-The typer also keeps the recipe's newest unlabelled embeddings (``DefectTypeConfig.pool_size``: read from the
-store when it starts, then every region it types), over which the classifier spreads the labels (label
-spreading: a type's cluster is seen through the parts nobody labelled).
+The typer also keeps the recipe's newest unlabelled embeddings of FAIL frames (``DefectTypeConfig.pool_size``:
+read from the store when it starts, then every FAIL frame it types), over which the classifier spreads the labels
+(label spreading: a type's cluster is seen through the parts nobody labelled). REVIEW frames are typed but not
+pooled: at a line's usual defect rates, good parts flagged REVIEW would outnumber the defects in the pool, and
+false alarms in the pool shrink the gain (benchmarks/README.md, typing seventh pass).
 
 Only the labelled examples whose embedding has the length and layout of the regions being typed are
 used: a region embedded by an older descriptor (another backbone, or before the colour statistics
@@ -101,13 +103,14 @@ class DefectTyper:
         self.refresh()
 
     def _load_pool(self) -> None:
-        """The recipe's newest unlabelled embeddings from the store, one per inspection, oldest first."""
+        """The recipe's newest FAIL inspections' unlabelled embeddings from the store, one per inspection, oldest
+        first (FAIL, not REVIEW: good parts flagged REVIEW would outnumber the defects in a pool)."""
         if self._classifier.config.spread_alpha <= 0:
             return
         size = self._pool.maxlen or 0
-        # the recipe's newest flagged inspections through the (recipe, time) index, then their unlabelled regions
+        # the recipe's newest FAIL inspections through the (recipe, time) index, then their unlabelled regions
         flagged = (sa.select(inspections.c.id).where(inspections.c.recipe == self.recipe,
-                                                     inspections.c.verdict.in_(("REVIEW", "FAIL")))
+                                                     inspections.c.verdict == "FAIL")
                    .order_by(inspections.c.time.desc()).limit(2 * size).subquery())
         first = (sa.select(sa.func.min(regions.c.id).label("id"))
                  .where(regions.c.inspection_id.in_(sa.select(flagged.c.id)), regions.c.defect_class.is_(None))
@@ -192,8 +195,9 @@ class DefectTyper:
         with self._lock:
             self._add_locked([(vector, defect_class, _key(vector, defect_class))])
 
-    def predict(self, embeddings: Sequence[np.ndarray]) -> list[TypePrediction]:
-        """Type region embeddings (refreshing the labels first when ``refresh_s`` has passed)."""
+    def predict(self, embeddings: Sequence[np.ndarray], *, pool: bool = True) -> list[TypePrediction]:
+        """Type region embeddings (refreshing the labels first when ``refresh_s`` has passed); with ``pool``, they
+        join the unlabelled pool afterwards (the station pools FAIL frames only: see `type_regions`)."""
         with self._lock:
             due = time.monotonic() - self._checked >= self._refresh_s
         if due:
@@ -211,6 +215,8 @@ class DefectTyper:
                     self._rebuild_locked()
             classifier = self._classifier
         typed = classifier.predict_many(np.stack(embeddings))
+        if not pool:
+            return typed
         fresh = list({_key(e, "")[0]: np.asarray(e, dtype=np.float32) for e in embeddings}.values())  # once a frame
         with self._lock:
             self._pool.extend(fresh)
@@ -271,6 +277,7 @@ def type_regions(
     memory_bank: Any = None,
     crop_rgb: np.ndarray | None = None,
     embed_crops: Callable[[Sequence[np.ndarray], int], np.ndarray] | None = None,
+    pool: bool = False,
 ) -> tuple[DefectRegion, ...]:
     """The regions with their embedding and, when a typer is given, their predicted type.
 
@@ -293,6 +300,7 @@ def type_regions(
             ``crop_rgb`` is re-embedded, the ``crop_regions`` largest in one batch (the others' frame
             pooling stands in). Without it, or without ``crop_rgb``, the embeddings have no crop part
             (and labels made with one are not used for them).
+        pool: the embeddings join the typer's unlabelled pool after typing (the station: FAIL frames).
 
     With the typer's ``scope`` "frame" (the default), the regions are described together
     (``frame_weights``; the largest region's crop; the colour of all of them) and every region gets that
@@ -338,7 +346,7 @@ def type_regions(
         stats = region_colour(crop_rgb, whole) if colour and crop_rgb is not None else None
         embedding = region_embedding(patch_features, whole, shorter_side=shorter_side, nearest_good=nearest_good,
                                      colour=stats, crop=close_up)
-        typed = typer.predict([embedding])
+        typed = typer.predict([embedding], pool=pool)
         one = typed[0] if typer.n_examples else None
         return tuple(
             dataclasses.replace(r, embedding=embedding, predicted_class=one.defect_class if one is not None else None,
@@ -363,7 +371,7 @@ def type_regions(
                                            nearest_good=nearest_good, colour=stats, crop=crop))
     predictions: Sequence[TypePrediction | None] = [None] * len(found)
     if typer is not None:
-        typed = typer.predict(embeddings)
+        typed = typer.predict(embeddings, pool=pool)
         if typer.n_examples:       # nothing labelled yet: no guess, rather than "unknown" everywhere
             predictions = typed
     return tuple(

@@ -418,7 +418,7 @@ class Station:
                                        pixel_threshold=pixel, offset=(x0, y0),
                                        shorter_side=self._model_side(crop_map.shape),
                                        memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
-                                       embed_crops=crop_embedder(self.detector))
+                                       embed_crops=crop_embedder(self.detector), pool=verdict is Verdict.FAIL)
         anomaly_map = crop_map
         if crop_map.shape != image_bgr.shape[:2]:
             anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)

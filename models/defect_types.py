@@ -138,7 +138,8 @@ class DefectTypeConfig:
     # call: a k-NN graph (``spread_k``) of cosine similarities in the classifier's space, clipped at 0 and cubed;
     # the class is the spread score's argmax (the ``unknown`` rule stays the k-NN's). 0 = the k-NN alone. Chosen
     # among alpha 0.2-0.99 and k 5-20 on selection draws 100-119 of the three dev categories (mean top-1 0.697 ->
-    # 0.721, every category up); report draws 0-4: 0.660 -> 0.691 (benchmarks/README.md, typing seventh pass)
+    # 0.721, every category up); report draws 0-4: 0.660 -> 0.691; with 40 good parts' embeddings in every pool
+    # (false alarms) 0.697 -> 0.703 and 0.660 -> 0.688 (benchmarks/README.md, typing seventh pass)
     spread_alpha: float = 0.8
     spread_k: int = 5
     # ours: the newest unlabelled embeddings kept. A typed frame pays the graph: 0.8 / 6.5 / 11.6 / 37 ms with 0 /

@@ -295,14 +295,20 @@ def test_the_typer_spreads_labels_over_the_recipes_unlabelled_regions(tmp_path: 
                                          max_score=0.9, mean_score=0.7, embedding=embedding) for j in range(2))
             store.record(InspectionResult(frame_id=100 + i, timestamp=1.0e9 + i, source="cam", recipe="part",
                                           model_version="v1", verdict=Verdict.FAIL, score=0.9, regions=regions))
+        store.record(InspectionResult(frame_id=99, timestamp=1.0e9, source="cam", recipe="part", model_version="v1",
+                                      verdict=Verdict.REVIEW, score=0.5, regions=(DefectRegion(
+                                          x=1, y=1, width=4, height=4, area_px=16, area_mm2=None, max_score=0.6,
+                                          mean_score=0.5, embedding=at(70.0)),)))     # REVIEW: not pooled
         _labelled(store, "other", [at(60.0)], ["b"])                 # another recipe's: never used here
         _labelled(store, "part", [at(0.0), at(3.0), at(6.0), at(79.5, 0.05), at(80.5, 0.05), at(81.5, 0.05)],
                   ["a"] * 3 + ["b"] * 3)
         config = DefectTypeConfig(colour_weight=0.0, centre=False, reject_distance=2.0)
         typer = DefectTyper(store, "part", config=config, refresh_s=0.0)
-        assert typer.n_unlabelled == len(unlabelled)       # one per unlabelled inspection of this recipe
+        assert typer.n_unlabelled == len(unlabelled)       # one per unlabelled FAIL inspection of this recipe
         assert typer.predict([at(60.0)])[0].defect_class == "a"     # 54 degrees from a's labels, 20 from b's
         assert typer.n_unlabelled == len(unlabelled) + 1            # the typed frame joins the pool
+        typer.predict([at(45.0)], pool=False)                       # a REVIEW frame at the station
+        assert typer.n_unlabelled == len(unlabelled) + 1
         alone = DefectTyper(store, "part", config=dataclasses.replace(config, spread_alpha=0.0), refresh_s=0.0)
         assert alone.n_unlabelled == 0 and alone.predict([at(60.0)])[0].defect_class == "b"
 
