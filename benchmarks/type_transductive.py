@@ -16,7 +16,9 @@ the product's evaluation does, and types every other defect image's largest regi
 The unlabelled pool here is the images being typed (transductive, one graph per draw); at a station it is the
 recipe's earlier regions (`DefectTypeClassifier.add_unlabelled`), each new one joining the graph as it is typed.
 ``product`` is `DefectTypeClassifier` with its defaults (spreading on, alpha 0.8, k 5), typing the draw's images
-in one call: it must equal the ``spread a=0.8 k=5`` row (a test checks the two agree).
+in one call: it equals the ``spread a=0.8 k=5`` row where the k-NN does not say ``unknown`` (a test checks it).
+``--good-pool N`` adds N good test images' embeddings to every pool (the false alarms a station's pool holds);
+``--good-labelled M`` labels M more good images as a class of their own in the spreading rows (never given).
 
 Usage:
     python -m benchmarks.type_transductive --data DATA --cache CACHE --seeds 100-119 --json OUT.json
@@ -54,14 +56,50 @@ def compared_space(classifier: DefectTypeClassifier, queries: np.ndarray) -> tup
     return classifier._centred(*classifier._with_colour(classifier._vectors, held))  # noqa: SLF001
 
 
-def _draw(largest: list[np.ndarray], types: list[str], labelled: set[int], cfg: DefectTypeConfig
-          ) -> dict[str, float]:
+def good_embeddings(data: Path, cache: Path, category: str, n: int, *, seed: int = 0) -> list[np.ndarray]:
+    """The product's frame embeddings of ``n`` good test images (a seeded choice), made as ``inspector evaluate
+    --types`` makes the defect images' (same detector, shots, pixel threshold and cache folder: the good images'
+    features are cached beside the defects'). A good image with no region at the threshold takes the top 1 % of
+    its map, as a defect image would: a pool noisier than a station's, where only flagged parts are typed."""
+    import json as _json
+
+    from inspector.recipe import DefectTypingSettings, DetectorSettings
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNNConfig, create_detector
+    from models.evaluation import load_category
+    from models.type_evaluation import _extract
+    from models.weights import resolve_weights
+
+    defaults, typing = DetectorSettings(), DefectTypingSettings()
+    resolved = resolve_weights(defaults.backbone, None)
+    config = PatchKNNConfig.from_dict(dict(defaults.options))
+
+    def make_detector() -> Any:
+        backbone = create_backbone(defaults.backbone, state_dict=resolved.state_dict, blocks=tuple(defaults.blocks),
+                                   device="cpu")
+        return create_detector("patch_knn", backbone=backbone, config=config)
+
+    key = _json.dumps([resolved.info.sha256, defaults.backbone, list(defaults.blocks), config.to_dict()],
+                      sort_keys=True)                                       # the CLI's cache key
+    goods = [t for t in load_category(data / category).test if t.label == 0]
+    rng = np.random.default_rng(seed)
+    chosen = [goods[i] for i in sorted(rng.choice(len(goods), size=min(n, len(goods)), replace=False))]
+    items, _, _ = _extract(make_detector, data / category, chosen, shots=16, seed=0, cache_dir=cache, cache_key=key,
+                           progress=None, residual=True, colour=typing.colour_weight > 0, crop_side=typing.crop_side,
+                           scope=typing.scope)
+    return [item.embedding for item in items]
+
+
+def _draw(largest: list[np.ndarray], types: list[str], labelled: set[int], cfg: DefectTypeConfig,
+          goods: list[np.ndarray] | None = None, known_good: list[np.ndarray] | None = None) -> dict[str, float]:
     examples = sorted(labelled)
     test = [i for i in range(len(types)) if i not in labelled]
     truth = [types[i] for i in test]
     out: dict[str, float] = {}
     product = DefectTypeClassifier(config=cfg)          # its defaults: spreading over the typed regions
     product.add_many([largest[i] for i in examples], [types[i] for i in examples])
+    if goods:
+        product.add_unlabelled(goods)
     typed = product.predict_many(np.stack([largest[i] for i in test]))
     out["product"] = float(np.mean([p.defect_class == t for p, t in zip(typed, truth, strict=True)]))
     cfg = dataclasses.replace(cfg, spread_alpha=0.0)      # the k-NN alone, and the space the rows below use
@@ -71,9 +109,20 @@ def _draw(largest: list[np.ndarray], types: list[str], labelled: set[int], cfg: 
     out["knn"] = float(np.mean([p.defect_class == t for p, t in zip(base, truth, strict=True)]))
     names = sorted(set(types[i] for i in examples))
     labels = np.asarray([names.index(types[i]) for i in examples])
-    vectors, queries = compared_space(classifier, np.stack([largest[i] for i in test]))
+    extra = len(goods) if goods else 0
+    background = len(known_good) if known_good else 0
+    vectors, both = compared_space(classifier, np.stack([*(known_good or []), *(goods or []),
+                                                          *(largest[i] for i in test)]))
+    if background:         # false alarms a reviewer called good: a class of their own in the graph, never given
+        vectors = np.concatenate([vectors, both[:background]])
+        labels_bg = np.concatenate([labels, np.full(background, len(names))])
     for alpha, k in SPREAD:
-        picks = list(np.argmax(label_spreading(vectors, labels, queries, len(names), alpha=alpha, k=k), axis=1))
+        if background:
+            scores = label_spreading(vectors, labels_bg, both[background:], len(names) + 1, alpha=alpha,
+                                     k=k)[extra:, :-1]
+        else:
+            scores = label_spreading(vectors, labels, both, len(names), alpha=alpha, k=k)[extra:]
+        picks = list(np.argmax(scores, axis=1))
         out[f"spread a={alpha} k={k}"] = float(np.mean([names[p] == t for p, t in zip(picks, truth, strict=True)]))
     for rounds in SELF_ROUNDS:
         grown = DefectTypeClassifier(config=cfg)
@@ -99,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, required=True, help="the --cache of `inspector evaluate --types`")
     p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated names")
     p.add_argument("--seeds", default="100-119", help="draws, e.g. 0-4 or 100-119")
+    p.add_argument("--good-pool", type=int, default=0,
+                   help="also pool this many good test images' embeddings (false alarms; fits the detector once)")
+    p.add_argument("--good-labelled", type=int, default=0,
+                   help="and this many more labelled good (a background class in the spreading rows)")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
     seeds = _seeds(args.seeds)
@@ -107,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for category in args.categories.split(","):
         types, largest, _, _ = category_embeddings(args.data, args.cache, category, cfg)
-        draws = [_draw(largest, types, labelled_draw(types, N_LABELLED, seed), cfg) for seed in seeds]
+        n_good = args.good_pool + args.good_labelled
+        goods = good_embeddings(args.data, args.cache, category, n_good) if n_good else []
+        known, pooled = goods[:args.good_labelled], goods[args.good_labelled:]
+        draws = [_draw(largest, types, labelled_draw(types, N_LABELLED, seed), cfg, pooled or None, known or None)
+                 for seed in seeds]
         results[category] = {name: float(np.mean([d[name] for d in draws])) for name in draws[0]}
         print(category, "  ".join(f"{n}: {v:.3f}" for n, v in results[category].items()), flush=True)
     rows = list(next(iter(results.values())))
