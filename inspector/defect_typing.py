@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import threading
@@ -94,8 +93,6 @@ class DefectTyper:
         # the embedding length of the regions typed (set by `predict`); before that, the newest example's
         self._length: int | None = None
         self._classifier = DefectTypeClassifier(config=config)
-        # the newest unlabelled embeddings (label spreading's pool): the store's at start, then each one typed
-        self._pool: collections.deque[np.ndarray] = collections.deque(maxlen=self._classifier.config.pool_size)
         self._left_out = 0             # examples of another length or layout, last reported
         self._seen_at = -1.0          # newest classified_at read so far
         self._checked = -float("inf")  # monotonic time of the last refresh
@@ -107,7 +104,7 @@ class DefectTyper:
         first (FAIL, not REVIEW: good parts flagged REVIEW would outnumber the defects in a pool)."""
         if self._classifier.config.spread_alpha <= 0:
             return
-        size = self._pool.maxlen or 0
+        size = self._classifier.config.pool_size
         # the recipe's newest FAIL inspections through the (recipe, time) index, then their unlabelled regions
         flagged = (sa.select(inspections.c.id).where(inspections.c.recipe == self.recipe,
                                                      inspections.c.verdict == "FAIL")
@@ -121,8 +118,7 @@ class DefectTyper:
         with self._store.engine.connect() as conn:
             vectors = [np.frombuffer(v, dtype=np.float32).copy() for (v,) in conn.execute(stmt)]
         with self._lock:
-            self._pool.extend(vectors)
-            self._classifier.add_unlabelled(list(self._pool))
+            self._classifier.add_unlabelled(vectors)
         if vectors:
             logger.info("recipe %s: defect typer read %d unlabelled inspection(s) for label spreading",
                         self.recipe, len(vectors))
@@ -219,7 +215,6 @@ class DefectTyper:
             return typed
         fresh = list({_key(e, "")[0]: np.asarray(e, dtype=np.float32) for e in embeddings}.values())  # once a frame
         with self._lock:
-            self._pool.extend(fresh)
             self._classifier.add_unlabelled(fresh)     # the classifier now (a refresh may have rebuilt it)
         return typed
 
@@ -233,10 +228,11 @@ class DefectTyper:
 
         examples = list(self._examples.values())
         length = self._length if self._length is not None else (len(examples[-1][0]) if examples else None)
+        pool = self._classifier.unlabelled()           # the unlabelled pool carries over (those of the length)
         self._classifier = DefectTypeClassifier(config=self._config)
         self._held = set()
         self._add_locked([x for x in examples if len(x[0]) == length and self._classifier.accepts(x[0])])
-        self._classifier.add_unlabelled([v for v in self._pool if len(v) == length])
+        self._classifier.add_unlabelled([v for v in pool if len(v) == length])
         self._report_left_out_locked()
 
     def _add_locked(self, examples: Sequence[tuple[np.ndarray, str, ExampleKey]]) -> None:

@@ -518,6 +518,11 @@ class DefectTypeClassifier:
             taken += 1
         return taken
 
+    def unlabelled(self) -> list[np.ndarray]:
+        """A copy of the unlabelled embeddings held, oldest first (as held: the feature part unit)."""
+        with self._lock:
+            return [v.copy() for v in self._pool]
+
     @property
     def n_unlabelled(self) -> int:
         """Unlabelled embeddings held for label spreading."""

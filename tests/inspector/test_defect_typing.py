@@ -309,6 +309,10 @@ def test_the_typer_spreads_labels_over_the_recipes_unlabelled_regions(tmp_path: 
         assert typer.n_unlabelled == len(unlabelled) + 1            # the typed frame joins the pool
         typer.predict([at(45.0)], pool=False)                       # a REVIEW frame at the station
         assert typer.n_unlabelled == len(unlabelled) + 1
+        one_b = next(r for r in store.inspections(recipe="part") if r.regions[0].defect_class == "b")
+        store.set_defect_class("b2", user="qa", region_id=one_b.regions[0].id)
+        typer.refresh()                                             # a relabel rebuilds the classifier
+        assert "b2" in typer.classes and typer.n_unlabelled == len(unlabelled) + 1     # the pool carried over
         alone = DefectTyper(store, "part", config=dataclasses.replace(config, spread_alpha=0.0), refresh_s=0.0)
         assert alone.n_unlabelled == 0 and alone.predict([at(60.0)])[0].defect_class == "b"
 
