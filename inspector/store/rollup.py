@@ -278,6 +278,16 @@ def _time_split(since: float | None, until: float | None, table: sa.Table
     return whole, edges
 
 
+def _verdict_window(flt: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
+    """The detail rows' conditions for a verdict filter (which no region roll-up keeps) and its time window."""
+    conds = [inspections.c.verdict == str(getattr(flt["verdict"], "value", flt["verdict"]))]
+    if flt.get("since") is not None:
+        conds.append(inspections.c.time >= flt["since"])
+    if flt.get("until") is not None:
+        conds.append(inspections.c.time < flt["until"])
+    return conds
+
+
 def _equal(table: sa.Table, flt: Mapping[str, Any], names: Sequence[str]) -> list[sa.ColumnElement[bool]]:
     return [table.c[k] == flt[k] for k in names if flt.get(k) is not None]
 
@@ -337,12 +347,7 @@ def region_class_counts(conn: sa.Connection, flt: Mapping[str, Any]) -> dict[Cla
 
     detail_keys = [regions.c.defect_class, regions.c.predicted_class]
     if flt.get("verdict") is not None:        # the roll-up has no verdict: the detail rows
-        conds = _equal(inspections, flt, _NAMES)
-        conds += [inspections.c.verdict == str(getattr(flt["verdict"], "value", flt["verdict"]))]
-        if flt.get("since") is not None:
-            conds.append(inspections.c.time >= flt["since"])
-        if flt.get("until") is not None:
-            conds.append(inspections.c.time < flt["until"])
+        conds = _equal(inspections, flt, _NAMES) + _verdict_window(flt)
         merge(conn.execute(sa.select(*detail_keys, sa.func.count()).select_from(joined).where(*conds)
                            .group_by(*detail_keys)))
         return out
@@ -376,12 +381,7 @@ def part_type_counts(conn: sa.Connection, flt: Mapping[str, Any], source: TypeSo
                            .select_from(joined).where(*_equal(inspections, flt, _NAMES), *conds).group_by(kind)))
 
     if flt.get("verdict") is not None:        # the roll-up has no verdict: the detail rows
-        conds = [inspections.c.verdict == str(getattr(flt["verdict"], "value", flt["verdict"]))]
-        if flt.get("since") is not None:
-            conds.append(inspections.c.time >= flt["since"])
-        if flt.get("until") is not None:
-            conds.append(inspections.c.time < flt["until"])
-        detail(*conds)
+        detail(*_verdict_window(flt))
         return out
     whole, edges = _time_split(flt.get("since"), flt.get("until"), part_counts)
     if whole is not None:
