@@ -453,6 +453,14 @@ class StationController:
         shown (what a triggered run answers the PLC)."""
         deliver = self._consumer(run)
 
+        def publish(result: InspectionResult) -> None:
+            for fn in tuple(self.after_record):
+                try:
+                    fn(result)
+                except Exception:
+                    log.exception("result consumer %r raised", fn)
+            deliver(result)
+
         def consume(result: InspectionResult) -> InspectionResult:
             lot = getattr(self._recorder, "lot", "")
             if lot and not result.lot:              # as recorded: what MQTT publishes and the screen shows
@@ -463,15 +471,18 @@ class StationController:
                 reason = f"not recorded: {type(exc).__name__}: {exc}"
                 log.error("frame %s: %s", result.frame_id, reason)
                 self._emit(Notice(kind=EventKind.WARNING, message=f"frame {result.frame_id} {reason}"))
-                shown = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason)
+                shown = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason,
+                                            typing=None)
                 deliver(shown)
                 return shown
-            for fn in tuple(self.after_record):
-                try:
-                    fn(result)
-                except Exception:
-                    log.exception("result consumer %r raised", fn)
-            deliver(result)
+            pending = result.typing
+            if pending is not None and not pending.done:
+                # a triggered run types after answering the PLC: shown (and published) once typed
+                recorded = result
+                pending.add_done_callback(
+                    lambda regions: publish(dataclasses.replace(recorded, regions=regions, typing=None)))
+            else:
+                publish(result)
             return result
 
         return consume

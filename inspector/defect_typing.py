@@ -22,6 +22,12 @@ used: a region embedded by an older descriptor (another backbone, or before the 
 joined the descriptor) keeps its reviewer's class in the store, and the typer says once, in the log,
 how many it leaves out.
 
+A triggered station answers the PLC before it types (`PendingTyping`): ``Station.inspect(frame,
+defer_typing=True)`` returns the verdict with the regions untyped; the recorder journals it, held back from
+the store; the PLC hears the verdict; then `finish_typing` types the regions (the crop pass and the
+spreading), the journal entry takes the types and goes on to the store, and the screen and MQTT get the
+typed result. A crash in between stores the result untyped (the verdict is never lost).
+
 Example:
     >>> typer = DefectTyper(store, "fryum")                           # doctest: +SKIP
     >>> station.attach_typer(typer)
@@ -39,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import numpy as np
 import sqlalchemy as sa
 
-from inspector.results import DefectRegion
+from inspector.results import DefectRegion, InspectionResult
 from inspector.store import inspections, region_embeddings, regions
 
 if TYPE_CHECKING:
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     from inspector.store import Store
     from models.defect_types import DefectTypeConfig, TypePrediction
 
-__all__ = ["DefectTyper", "type_regions", "typer_config"]
+__all__ = ["DefectTyper", "PendingTyping", "finish_typing", "type_regions", "typer_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -376,3 +382,69 @@ def type_regions(
                             type_confidence=p.confidence if p is not None else None)
         for r, e, p in zip(found, embeddings, predictions, strict=True)
     )
+
+
+TypedListener = Callable[[tuple[DefectRegion, ...]], None]
+
+
+class PendingTyping:
+    """A result's defect typing, run once after its verdict was reported (`finish_typing`).
+
+    ``work`` returns the result's regions typed (embeddings, predicted types). `run` calls it at most
+    once, from whichever thread comes first; a failure leaves the regions as they were (typing is an aid,
+    never a reason to lose a result). Listeners (`add_done_callback`: the recorder's held journal entry,
+    the screen) get the typed regions once typing is over, or at once if it already is.
+
+    Thread-safe.
+    """
+
+    def __init__(self, work: Callable[[], tuple[DefectRegion, ...]], untyped: tuple[DefectRegion, ...]) -> None:
+        self._work: Callable[[], tuple[DefectRegion, ...]] | None = work
+        self._regions = untyped
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._listeners: list[TypedListener] = []
+
+    @property
+    def done(self) -> bool:
+        """Whether typing is over (typed, failed or dropped)."""
+        return self._done.is_set()
+
+    def run(self) -> tuple[DefectRegion, ...]:
+        """Type the regions (once; a second call waits for the first) and tell the listeners."""
+        with self._lock:
+            work, self._work = self._work, None      # the features it holds are freed once it has run
+            if work is not None:
+                try:
+                    self._regions = work()
+                except Exception:
+                    logger.exception("defect typing failed; the result is kept with its regions untyped")
+            listeners, self._listeners = self._listeners, []
+            self._done.set()
+        for listener in listeners:
+            self._tell(listener)
+        return self._regions
+
+    def add_done_callback(self, listener: TypedListener) -> None:
+        """Call ``listener(regions)`` once typing is over (now, on this thread, if it already is)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._listeners.append(listener)
+                return
+        self._tell(listener)
+
+    def _tell(self, listener: TypedListener) -> None:
+        try:
+            listener(self._regions)
+        except Exception:
+            logger.exception("listener %r of a typed result failed", listener)
+
+
+def finish_typing(result: InspectionResult) -> InspectionResult:
+    """``result`` with its regions typed, when its typing was left for after the answer; else ``result``."""
+    import dataclasses
+
+    pending = result.typing
+    if pending is None:
+        return result
+    return dataclasses.replace(result, regions=pending.run(), typing=None)

@@ -14,6 +14,12 @@ Forwarding is idempotent by the result id (`inspector.store.Store.insert_results
 has), so an entry forwarded twice (a crash between the store's commit and the journal's delete) is
 stored once.
 
+An entry may be appended **held** (``append(..., hold=True)``): a triggered station answers the PLC before
+it types the defects, so the result is made durable untyped and held back from the store until `amend`
+gives it its types (or `release` lets it go as it is). The forwarder stops at the oldest held entry, so
+results still reach the store in order. A hold lives in this process only and lapses after
+``HOLD_MAX_S``: after a crash, or if typing never ends, the entry is forwarded as journalled.
+
 Example:
     >>> journal = ResultJournal(tmp_path / "inspector.pending.db")      # doctest: +SKIP
     >>> journal.append("c0ffee", {"inspection": {...}, "regions": []})
@@ -27,17 +33,19 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from inspector.errors import StoreError
 
-__all__ = ["DEFAULT_MAX_ENTRIES", "JournalEntry", "JournalFull", "ResultJournal", "journal_path_for"]
+__all__ = ["DEFAULT_MAX_ENTRIES", "HOLD_MAX_S", "JournalEntry", "JournalFull", "ResultJournal", "journal_path_for"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENTRIES: Final = 100_000     # about a day of a 1 fps line with the store away; ~1 KB each
+HOLD_MAX_S: Final = 30.0    # ours: a held entry is forwarded as it is after this (typing takes a fraction of a second)
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS pending (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -106,6 +114,7 @@ class ResultJournal:
             self._conn.executescript(_SCHEMA)
             self._count = int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
             self._removed = {str(p) for (p,) in self._conn.execute("SELECT path FROM removed_files")}
+            self._held: dict[int, float] = {}     # seq -> monotonic time it was held (this process only)
         except sqlite3.Error as exc:
             msg = (f"cannot open the result journal {self.path}: {exc}; check that the folder is writable "
                    "and the file is a journal (it holds results not yet in the store: do not delete it)")
@@ -117,8 +126,10 @@ class ResultJournal:
         with self._lock:
             return self._count
 
-    def append(self, result_id: str, payload: dict[str, Any]) -> int:
+    def append(self, result_id: str, payload: dict[str, Any], *, hold: bool = False) -> int:
         """Write one result durably; returns its sequence number once the commit is on disk.
+
+        ``hold``: not forwarded (nor any later entry) until `amend` or `release`, or ``HOLD_MAX_S``.
 
         Raises:
             JournalFull: ``max_entries`` results are waiting already.
@@ -136,16 +147,67 @@ class ResultJournal:
                 msg = f"cannot write result {result_id} to the journal {self.path}: {exc}"
                 raise StoreError(msg) from exc
             self._count += 1
-            return int(cur.lastrowid or 0)
+            seq = int(cur.lastrowid or 0)
+            if hold:
+                self._held[seq] = time.monotonic()
+            return seq
+
+    def amend(self, seq: int, payload: dict[str, Any]) -> bool:
+        """Replace a waiting entry's rows (its types, once known) and release its hold; durable on return.
+
+        Returns:
+            False when the entry is no longer here (a hold that lapsed and was forwarded, or another process
+            sharing the journal forwarded it): the store keeps it as it was journalled.
+
+        Raises:
+            StoreError: the journal cannot be written; the entry stays as it was (and is released).
+        """
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+        with self._lock:
+            self._held.pop(seq, None)
+            try:
+                cur = self._conn.execute("UPDATE pending SET payload = ? WHERE seq = ?", (text, seq))
+            except sqlite3.Error as exc:
+                msg = f"cannot amend journal entry {seq} in {self.path}: {exc}; it is forwarded as journalled"
+                raise StoreError(msg) from exc
+            return cur.rowcount > 0
+
+    def release(self, seq: int) -> None:
+        """Let a held entry go to the store as it is."""
+        with self._lock:
+            self._held.pop(seq, None)
+
+    @property
+    def held(self) -> int:
+        """Entries held back from the store now (waiting for their types)."""
+        with self._lock:
+            return len(self._held)
 
     def peek(self, limit: int) -> list[JournalEntry]:
-        """The oldest ``limit`` waiting results, in the order they were appended."""
+        """The oldest ``limit`` waiting results, in the order they were appended, up to the oldest held one."""
         with self._lock:
+            first_held = self._first_held_locked()
+            if first_held is not None:
+                rows = self._conn.execute("SELECT seq, result_id, payload FROM pending WHERE seq < ? ORDER BY seq "
+                                          "LIMIT ?", (first_held, limit)).fetchall()
+                return [JournalEntry(seq=int(s), result_id=str(r), payload=json.loads(p)) for s, r, p in rows]
             rows = self._conn.execute("SELECT seq, result_id, payload FROM pending ORDER BY seq LIMIT ?",
                                       (limit,)).fetchall()
             if not rows:        # another process sharing this journal may have forwarded ours: none wait
                 self._count = 0
         return [JournalEntry(seq=int(s), result_id=str(r), payload=json.loads(p)) for s, r, p in rows]
+
+    def _first_held_locked(self) -> int | None:
+        """The oldest held entry's seq, after letting go of holds older than ``HOLD_MAX_S``."""
+        if not self._held:
+            return None
+        now = time.monotonic()
+        lapsed = [seq for seq, since in self._held.items() if now - since > HOLD_MAX_S]
+        for seq in lapsed:
+            del self._held[seq]
+            logger.warning("journal entry %d was held for its types over %.0f s; it is forwarded untyped", seq,
+                           HOLD_MAX_S)
+        return min(self._held) if self._held else None
 
     def remove(self, seqs: list[int]) -> None:
         """Forget results the store has committed."""

@@ -20,6 +20,7 @@ under a lock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import Any, Final
 from inspector import paths
 from inspector.errors import StoreError
 from inspector.journal import DEFAULT_MAX_ENTRIES, JournalEntry, ResultJournal, journal_path_for
-from inspector.results import InspectionResult
+from inspector.results import DefectRegion, InspectionResult
 
 __all__ = ["DurableListener", "Receipt", "ResultRecorder", "journal_path_of"]
 
@@ -183,7 +184,9 @@ class ResultRecorder:
     def record(self, result: InspectionResult) -> Receipt | None:
         """Pipeline consumer (worker thread): archive, then make the result durable; returns its receipt.
 
-        Returns None only without a store. Report the verdict after this returns.
+        Returns None only without a store. Report the verdict after this returns. A result whose typing is
+        pending (``result.typing``: a triggered station answers first) is journalled untyped and held back from
+        the store until it is typed; its entry then takes the types.
 
         Raises:
             JournalFull: too many results wait for the store; this one is NOT recorded.
@@ -199,10 +202,15 @@ class ResultRecorder:
         if self._journal is None:
             return None
         result_id = uuid.uuid4().hex
-        payload = result_rows(result, image_path=str(archived.image) if archived and archived.image else None,
-                              overlay_path=str(archived.overlay) if archived and archived.overlay else None)
-        seq = self._journal.append(result_id, payload)
+        files = {"image_path": str(archived.image) if archived and archived.image else None,
+                 "overlay_path": str(archived.overlay) if archived and archived.overlay else None}
+        payload = result_rows(result, **files)
+        pending = result.typing
+        hold = pending is not None and not pending.done      # typed after the answer: the store waits for it
+        seq = self._journal.append(result_id, payload, hold=hold)
         receipt = Receipt(result_id=result_id, where=str(self._journal.path), seq=seq, durable_at=time.time())
+        if pending is not None:
+            pending.add_done_callback(functools.partial(self._typed, seq, result, files))
         self._wake.set()
         for listener in listeners:
             try:
@@ -210,6 +218,25 @@ class ResultRecorder:
             except Exception:
                 log.exception("durable listener %r failed", listener)
         return receipt
+
+    def _typed(self, seq: int, result: InspectionResult, files: dict[str, str | None],
+               regions: tuple[DefectRegion, ...]) -> None:
+        """A held result's types are known: its journal entry takes them and goes on to the store."""
+        from inspector.store import result_rows
+
+        journal = self._journal
+        if journal is None:
+            return
+        try:
+            if not journal.amend(seq, result_rows(dataclasses.replace(result, regions=regions, typing=None),
+                                                  **files)):
+                log.warning("frame %s of %s reached the store before its defect types; it is stored untyped",
+                            result.frame_id, result.recipe)
+        except StoreError as exc:
+            log.warning("%s", exc)
+        finally:
+            journal.release(seq)
+            self._wake.set()
 
     def wait_stored(self, timeout: float | None = None) -> bool:
         """Wait until the journal is empty (every result in the store, no row naming a removed archive file);

@@ -18,8 +18,12 @@ import enum
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inspector.defect_typing import PendingTyping
 
 __all__ = [
     "DefectRegion",
@@ -206,6 +210,9 @@ class InspectionResult:
     line: str = ""
     station: str = ""
     lot: str = ""
+    # the regions' typing when it runs after the verdict was reported (a triggered station answers the PLC
+    # first: Station.inspect(defer_typing=True)); inspector.defect_typing.finish_typing runs it. None: typed.
+    typing: PendingTyping | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,13 +15,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes,
 from inspector.versions import ModelVersion, next_version, resolve_version
 
 if TYPE_CHECKING:
-    from inspector.defect_typing import DefectTyper
+    from inspector.defect_typing import DefectTyper, PendingTyping
     from inspector.recipe import Recipe, Roi
     from models.calibration import Thresholds
     from models.detectors.patch_knn import PatchKNN
@@ -194,6 +195,8 @@ class Station:
     score at once (`concurrent_calls`; a review's scoring threads, `inspector._review_workers`).
     """
 
+    can_defer_typing: ClassVar[bool] = True     # inspect(frame, defer_typing=True): a PLC hears the verdict first
+
     def __init__(
         self,
         *,
@@ -300,13 +303,18 @@ class Station:
 
     # ----------------------------------------------------------------- inspection
 
-    def inspect(self, frame: Frame) -> InspectionResult:
+    def inspect(self, frame: Frame, *, defer_typing: bool = False) -> InspectionResult:
         """Inspect one frame (the pipeline's worker calls this).
+
+        ``defer_typing``: a REVIEW/FAIL result comes back with its regions untyped and its typing pending
+        (``result.typing``; `inspector.defect_typing.finish_typing` runs it), so that a PLC can hear the
+        verdict first (`inspector.lineio.trigger.TriggeredRunner`).
 
         Raises on failure; the pipeline turns that into an ERROR result.
         """
         return self._inspect(frame.image_bgr, frame_id=frame.frame_id, timestamp=frame.timestamp,
-                             source=frame.source, path=frame.path, capture_ms=frame.capture_ms)
+                             source=frame.source, path=frame.path, capture_ms=frame.capture_ms,
+                             defer_typing=defer_typing)
 
     def inspect_image(
         self, image_bgr: np.ndarray, *, path: str | None = None, frame_id: int = 0
@@ -365,7 +373,7 @@ class Station:
 
     def _inspect(
         self, image_bgr: np.ndarray, *, frame_id: int, timestamp: float, source: str,
-        path: str | None, capture_ms: float,
+        path: str | None, capture_ms: float, defer_typing: bool = False,
     ) -> InspectionResult:
         with self._turn():
             t0 = time.perf_counter()
@@ -378,7 +386,8 @@ class Station:
                                 polygon, frame_id=frame_id, timestamp=timestamp, source=source, path=path,
                                 capture_ms=capture_ms, preprocess_ms=(t1 - t0) * 1e3,
                                 model_ms=(t2 - t1) * 1e3, t_post=t2,
-                                features=features[0] if features else None, crop_rgb=crop_rgb)
+                                features=features[0] if features else None, crop_rgb=crop_rgb,
+                                defer_typing=defer_typing)
 
     def _crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
         """The recipe's region of interest as RGB, its top-left corner in the frame, and its polygon mask."""
@@ -389,10 +398,11 @@ class Station:
         self, image_bgr: np.ndarray, score: float, crop_map: np.ndarray, origin: tuple[int, int],
         polygon: np.ndarray | None, *, frame_id: int, timestamp: float, source: str, path: str | None,
         capture_ms: float, preprocess_ms: float, model_ms: float, t_post: float,
-        features: np.ndarray | None = None, crop_rgb: np.ndarray | None = None,
+        features: np.ndarray | None = None, crop_rgb: np.ndarray | None = None, defer_typing: bool = False,
     ) -> InspectionResult:
         """Verdict, regions (typed when ``features``, the crop's patch features, are given; ``crop_rgb``, the
-        crop that was scored, gives the typer its colour) and the full-frame map of one scored crop."""
+        crop that was scored, gives the typer its colour; ``defer_typing``: typed later, ``result.typing``)
+        and the full-frame map of one scored crop."""
         x0, y0 = origin
         if polygon is not None:
             crop_map = np.where(polygon, crop_map, 0.0).astype(np.float32)
@@ -408,17 +418,18 @@ class Station:
             )
         verdict = verdict_for(score, review, fail)
         regions: tuple[DefectRegion, ...] = ()
+        pending: PendingTyping | None = None
         if verdict is not Verdict.PASS:
             regions = self._regions(crop_map, pixel, x0, y0)
             if regions and features is not None:
-                from inspector.defect_typing import type_regions
-                from models.defect_types import crop_embedder
+                work = functools.partial(self._typed, regions, features, crop_map, pixel, (x0, y0), crop_rgb,
+                                         pool=verdict is Verdict.FAIL, turn=defer_typing)
+                if defer_typing:
+                    from inspector.defect_typing import PendingTyping
 
-                regions = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
-                                       pixel_threshold=pixel, offset=(x0, y0),
-                                       shorter_side=self._model_side(crop_map.shape),
-                                       memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
-                                       embed_crops=crop_embedder(self.detector), pool=verdict is Verdict.FAIL)
+                    pending = PendingTyping(work, regions)
+                else:
+                    regions = work()
         anomaly_map = crop_map
         if crop_map.shape != image_bgr.shape[:2]:
             anomaly_map = np.zeros(image_bgr.shape[:2], np.float32)
@@ -430,8 +441,23 @@ class Station:
             anomaly_map=anomaly_map, image_bgr=image_bgr, path=path,
             times=StageTimes(capture_ms=capture_ms, preprocess_ms=preprocess_ms,
                              model_ms=model_ms, postprocess_ms=(t3 - t_post) * 1e3),
-            line=self.recipe.line, station=self.recipe.station,
+            line=self.recipe.line, station=self.recipe.station, typing=pending,
         )
+
+    def _typed(
+        self, regions: tuple[DefectRegion, ...], features: np.ndarray, crop_map: np.ndarray, pixel: float,
+        offset: tuple[int, int], crop_rgb: np.ndarray | None, *, pool: bool, turn: bool,
+    ) -> tuple[DefectRegion, ...]:
+        """The regions with their embeddings and types (the typer's crop pass uses the backbone: ``turn``
+        takes the station's turn, for typing run after the answer, outside `inspect`)."""
+        from inspector.defect_typing import type_regions
+        from models.defect_types import crop_embedder
+
+        with self._turn() if turn else contextlib.nullcontext():
+            return type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
+                                pixel_threshold=pixel, offset=offset, shorter_side=self._model_side(crop_map.shape),
+                                memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
+                                embed_crops=crop_embedder(self.detector), pool=pool)
 
     def attach_typer(self, typer: DefectTyper | None) -> None:
         """Type every region from now on with ``typer`` (None: stop typing; embeddings are still kept)."""

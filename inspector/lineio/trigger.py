@@ -20,6 +20,10 @@ Threads (all daemon, one shared stop event)::
   recipe loads on its own thread; triggers meanwhile are answered ERROR; the new inspector is used
   from the next trigger on.
 - The answer follows the record step: the PLC hears a verdict only after the recorder took it.
+- Defect typing follows the answer: a `Station` returns the verdict with its regions untyped
+  (``inspect(frame, defer_typing=True)``), the recorder journals it held back from the store, the PLC is
+  answered, and then the regions are typed (the crop pass, label spreading) before the result goes on to
+  the store, the screen and MQTT. So a FAIL costs the PLC no more time than a PASS for the types.
 """
 
 from __future__ import annotations
@@ -254,7 +258,8 @@ class TriggeredRunner:
                 # Never a verdict that is not recorded: the PLC hears ERROR (a reject) and FAULT is set.
                 self._fault("store", f"recording failed: {type(exc).__name__}: {exc}")
                 reason = f"trigger {trigger.count}: not recorded: {type(exc).__name__}: {exc}"
-                result = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason)
+                result = dataclasses.replace(result, verdict=Verdict.ERROR, score=None, regions=(), error=reason,
+                                             typing=None)
             else:
                 self._signals.set_fault("store", None)
                 if isinstance(recorded, InspectionResult):
@@ -267,6 +272,10 @@ class TriggeredRunner:
             self._late += answer_ms > self._deadline_s * 1000.0
             self._last_ms = answer_ms
             self._max_ms = max(self._max_ms, answer_ms)
+        if result.typing is not None:       # the PLC has its verdict: now the defect types
+            from inspector.defect_typing import finish_typing
+
+            result = finish_typing(result)
         for consumer in self._after:
             try:
                 consumer(result)
@@ -295,7 +304,10 @@ class TriggeredRunner:
         while (job := self._jobs.get()) is not None:
             future, inspector, frame = job
             try:
-                future.set_result(inspector.inspect(frame))
+                if getattr(inspector, "can_defer_typing", False):     # a Station: the types after the answer
+                    future.set_result(inspector.inspect(frame, defer_typing=True))  # type: ignore[call-arg]
+                else:
+                    future.set_result(inspector.inspect(frame))
             except BaseException as exc:    # out of memory included: the controller answers ERROR
                 future.set_exception(exc)
 

@@ -1,0 +1,105 @@
+"""A triggered station answers the PLC before it types the defects; the screen and the store get the types.
+
+The app's path without Qt: a `StationController` running `triggered_pipelines`, a real taught `Station`, a
+`ResultRecorder` on an SQLite store, and a pymodbus client as the PLC on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymodbus.client import ModbusTcpClient
+
+from inspector.capture import ArraySource
+from inspector.controller import ControllerEvent, ResultArrived, StationController
+from inspector.defect_typing import DefectTyper
+from inspector.lineio.line import LineIO
+from inspector.lineio.station_config import ModbusConfig, RecipeSlot, StationConfig
+from inspector.lineio.triggered_pipeline import triggered_pipelines
+from inspector.recipe import load_recipe
+from inspector.recording import ResultRecorder
+from inspector.station import Station
+from inspector.store import Store
+from tests.helpers.images import textured_part, with_defect
+from tests.helpers.lineio import free_port
+
+TRIG, RESULT, VERDICT = 2, 3, 4
+
+
+def test_a_fail_is_answered_before_its_defects_are_typed_then_shown_and_stored_typed(
+    taught_recipe: Path, tmp_path: Path
+) -> None:
+    station = Station.load(load_recipe(taught_recipe))
+    rng = np.random.default_rng(5)
+    store = Store(tmp_path / "stats.db")
+    # a reviewer labelled one earlier defect "scratch"
+    station.attach_typer(DefectTyper(store, station.name, refresh_s=0.0))
+    first = station.inspect_image(with_defect(textured_part(rng), rng)[0])
+    store.record(first)
+    store.flush()
+    store.set_defect_class("scratch", user="qa", region_id=store.inspections(recipe=station.name)[0].regions[0].id)
+
+    port = free_port()
+    config = StationConfig(station="t1", mode="triggered", deadline_ms=60_000.0,
+                           recipes=(RecipeSlot(number=1, file=taught_recipe),), initial_recipe=1,
+                           modbus=ModbusConfig(host="127.0.0.1", port=port))
+    line = LineIO(config, active_recipe=1)
+    line.start()
+    answer_when_typed: list[int] = []      # the PLC's result register when the typer ran
+    real_attach = station.attach_typer
+
+    def attach(typer: Any) -> None:          # the recorder gives the station its typer at Start: watch it type
+        real_predict = typer.predict
+
+        def predict(embeddings: Any, *, pool: bool = True) -> Any:
+            answer_when_typed.append(line.signals.snapshot().result)
+            return real_predict(embeddings, pool=pool)
+
+        typer.predict = predict
+        real_attach(typer)
+
+    station.attach_typer = attach  # type: ignore[method-assign]
+    shown: list[ResultArrived] = []
+
+    def on_event(event: ControllerEvent) -> None:
+        if isinstance(event, ResultArrived):
+            shown.append(event)
+
+    recorder = ResultRecorder(store)
+    defect = with_defect(textured_part(rng), rng)[0]
+    controller = StationController(
+        load_inspector=lambda path: station, open_source=lambda text: ArraySource([defect], loop=True),
+        recipe_source=lambda inspector: None, recorder=recorder, on_event=on_event,
+        make_pipeline=triggered_pipelines(line))
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    try:
+        controller.start(taught_recipe, source_text="memory")
+        assert plc.connect()
+        end = time.monotonic() + 30
+        while not station.typer and time.monotonic() < end:
+            time.sleep(0.02)
+        assert not plc.write_register(TRIG, 1).isError()
+        while time.monotonic() < end:
+            regs = plc.read_holding_registers(0, count=9).registers
+            if regs[RESULT] == 1:
+                break
+        assert regs[RESULT] == 1 and regs[VERDICT] in (2, 3), regs          # REVIEW or FAIL
+        while not shown and time.monotonic() < end:
+            time.sleep(0.02)
+        assert answer_when_typed == [1]     # the typer ran once the PLC had its answer
+        result = shown[0].result
+        assert result.typing is None and result.regions
+        assert {r.predicted_class for r in result.regions} == {"scratch"}   # the screen shows the types
+        assert recorder.wait_stored(10)
+        newest = max(store.inspections(recipe=station.name), key=lambda r: r.id)
+        assert {r.predicted_class for r in newest.regions} == {"scratch"}  # and the store holds them
+        assert all(r.defect_class is None for r in newest.regions)
+    finally:
+        plc.close()
+        controller.shutdown()
+        recorder.close()
+        line.stop()
+        store.close()
