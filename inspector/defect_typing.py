@@ -15,7 +15,9 @@ The typer also keeps the recipe's newest unlabelled embeddings of FAIL frames (`
 read from the store when it starts, then every FAIL frame it types), over which the classifier spreads the labels
 (label spreading: a type's cluster is seen through the parts nobody labelled). REVIEW frames are typed but not
 pooled: at a line's usual defect rates, good parts flagged REVIEW would outnumber the defects in the pool, and
-false alarms in the pool shrink the gain (benchmarks/README.md, typing seventh pass).
+false alarms in the pool shrink the gain (benchmarks/README.md, typing seventh pass). A FAIL a reviewer calls
+good (Review screen, ``inspector feedback ID good``) leaves the pool at the next refresh, and is not read into
+it again.
 
 Only the labelled examples whose embedding has the length and layout of the regions being typed are
 used: a region embedded by an older descriptor (another backbone, or before the colour statistics
@@ -47,6 +49,7 @@ import sqlalchemy as sa
 
 from inspector.results import DefectRegion, InspectionResult
 from inspector.store import inspections, region_embeddings, regions
+from inspector.store.schema import feedback as feedback_table  # (inspector.store.feedback is the module)
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -101,6 +104,7 @@ class DefectTyper:
         self._classifier = DefectTypeClassifier(config=config)
         self._left_out = 0             # examples of another length or layout, last reported
         self._seen_at = -1.0          # newest classified_at read so far
+        self._good_seen_at = -1.0     # newest "good" feedback read so far (its parts leave the pool)
         self._checked = -float("inf")  # monotonic time of the last refresh
         self._load_pool()
         self.refresh()
@@ -112,8 +116,10 @@ class DefectTyper:
             return
         size = self._classifier.config.pool_size
         # the recipe's newest FAIL inspections through the (recipe, time) index, then their unlabelled regions
+        called_good = sa.exists().where(feedback_table.c.inspection_id == inspections.c.id,
+                                        feedback_table.c.label == "good")
         flagged = (sa.select(inspections.c.id).where(inspections.c.recipe == self.recipe,
-                                                     inspections.c.verdict == "FAIL")
+                                                     inspections.c.verdict == "FAIL", ~called_good)
                    .order_by(inspections.c.time.desc()).limit(2 * size).subquery())
         first = (sa.select(sa.func.min(regions.c.id).label("id"))
                  .where(regions.c.inspection_id.in_(sa.select(flagged.c.id)), regions.c.defect_class.is_(None))
@@ -163,10 +169,20 @@ class DefectTyper:
                 .where(inspections.c.recipe == self.recipe, regions.c.defect_class.is_not(None),
                        regions.c.classified_at >= self._seen_at)
                 .order_by(regions.c.classified_at))
+        goods = (sa.select(feedback_table.c.time, region_embeddings.c.vector)
+                 .join(inspections, inspections.c.id == feedback_table.c.inspection_id)
+                 .join(regions, regions.c.inspection_id == inspections.c.id)
+                 .join(region_embeddings, region_embeddings.c.region_id == regions.c.id)
+                 .where(inspections.c.recipe == self.recipe, feedback_table.c.label == "good",
+                        feedback_table.c.time >= self._good_seen_at))
         with self._store.engine.connect() as conn:
             rows = list(conn.execute(stmt))
+            good_rows = list(conn.execute(goods)) if self._classifier.config.spread_alpha > 0 else []
         with self._lock:
             self._checked = time.monotonic()
+            if good_rows:
+                self._good_seen_at = max(self._good_seen_at, max(float(t) for t, _ in good_rows))
+                self._drop_from_pool_locked([np.frombuffer(v, dtype=np.float32) for _, v in good_rows])
             new: list[tuple[np.ndarray, str, ExampleKey]] = []
             changed = False
             for region_id, defect_class, classified_at, vector in rows:
@@ -224,21 +240,38 @@ class DefectTyper:
             self._classifier.add_unlabelled(fresh)     # the classifier now (a refresh may have rebuilt it)
         return typed
 
+    def _drop_from_pool_locked(self, embeddings: Sequence[np.ndarray]) -> None:
+        """Parts a reviewer called good leave the unlabelled pool (false alarms there blur the types' clusters)."""
+        pool = self._classifier.unlabelled()
+        if not pool or not embeddings:
+            return
+        held = np.stack(pool)
+        gone = np.zeros(len(pool), dtype=bool)
+        for embedding in embeddings:
+            if len(embedding) == held.shape[1]:      # as held: the same numbers, up to the unit part's rounding
+                gone |= np.abs(held - embedding[None]).max(axis=1) < 1e-4
+        if gone.any():
+            self._rebuild_locked(pool=[v for v, drop in zip(pool, gone, strict=True) if not drop])
+            logger.info("recipe %s: %d part(s) a reviewer called good left the typer's unlabelled pool",
+                        self.recipe, int(gone.sum()))
+
     def _held_length(self) -> int | None:
         """The embedding length of the examples the classifier holds (None when it holds none)."""
         return self._classifier.embedding_length
 
-    def _rebuild_locked(self) -> None:
-        """A new classifier from the examples of the typed length (before one is known: the newest's)."""
+    def _rebuild_locked(self, *, pool: list[np.ndarray] | None = None) -> None:
+        """A new classifier from the examples of the typed length (before one is known: the newest's), with the
+        unlabelled ``pool`` (default: the one held now, carried over)."""
         from models.defect_types import DefectTypeClassifier
 
         examples = list(self._examples.values())
         length = self._length if self._length is not None else (len(examples[-1][0]) if examples else None)
-        pool = self._classifier.unlabelled()           # the unlabelled pool carries over (those of the length)
+        if pool is None:
+            pool = self._classifier.unlabelled()       # the unlabelled pool carries over (those of the length)
         self._classifier = DefectTypeClassifier(config=self._config)
         self._held = set()
         self._add_locked([x for x in examples if len(x[0]) == length and self._classifier.accepts(x[0])])
-        self._classifier.add_unlabelled([v for v in pool if len(v) == length])
+        self._classifier.add_unlabelled([v for v in pool if length is None or len(v) == length])
         self._report_left_out_locked()
 
     def _add_locked(self, examples: Sequence[tuple[np.ndarray, str, ExampleKey]]) -> None:

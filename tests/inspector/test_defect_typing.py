@@ -334,3 +334,36 @@ def _spots(boxes: list[tuple[int, int, int, int]], rng: np.random.Generator) -> 
     features = rng.standard_normal((10, 10, 8)).astype(np.float32)
     features /= np.linalg.norm(features, axis=-1, keepdims=True)
     return found, crop_map, features, rng.integers(0, 255, (140, 140, 3), dtype=np.uint8)
+
+
+def test_a_fail_a_reviewer_calls_good_leaves_the_typers_pool(tmp_path: Path) -> None:
+    """False alarms that bridge a region to another type's cluster mislead the spreading; called good, they leave."""
+    from inspector.results import DefectRegion, InspectionResult, Verdict
+
+    def at(degrees: float, lift: float = 0.0) -> np.ndarray:
+        a = np.radians(degrees)
+        return _unit(np.array([np.cos(a), np.sin(a), lift, 0, 0, 0, 0, 0]))
+
+    # as above: type a's parts along an arc away from its labels, type b's in a cluster past its far end
+    parts = [at(d) for d in range(9, 58, 3)] + [at(d, 0.05) for d in (80.0, 81.0, 82.0, 82.5, 83.0)]
+    bridge = [at(d, 0.05) for d in (63.0, 66.0, 69.0, 72.0, 75.0, 78.0)]    # good parts flagged FAIL, between
+    with Store(tmp_path / "stats.db") as store:
+        for i, embedding in enumerate(parts + bridge):
+            region = DefectRegion(x=1, y=1, width=4, height=4, area_px=16, area_mm2=None, max_score=0.9,
+                                  mean_score=0.7, embedding=embedding)
+            store.record(InspectionResult(frame_id=100 + i, timestamp=1.0e9 + i, source="cam", recipe="part",
+                                          model_version="v1", verdict=Verdict.FAIL, score=0.9, regions=(region,)))
+        _labelled(store, "part", [at(0.0), at(3.0), at(6.0), at(79.5, 0.05), at(80.5, 0.05), at(81.5, 0.05)],
+                  ["a"] * 3 + ["b"] * 3)
+        config = DefectTypeConfig(colour_weight=0.0, centre=False, reject_distance=2.0)
+        typer = DefectTyper(store, "part", config=config, refresh_s=0.0)
+        assert typer.n_unlabelled == len(parts) + len(bridge)
+        assert typer.predict([at(60.0)], pool=False)[0].defect_class == "b"   # the false alarms lead it to b
+        false_alarms = [r.id for r in store.inspections(recipe="part") if r.frame_id >= 100 + len(parts)]
+        assert len(false_alarms) == len(bridge)
+        for inspection_id in false_alarms:
+            store.add_feedback(inspection_id, "good", user="qa", note="actually good (review screen)")
+        assert typer.predict([at(60.0)], pool=False)[0].defect_class == "a"   # refreshed: they left the pool
+        assert typer.n_unlabelled == len(parts)
+        restarted = DefectTyper(store, "part", config=config, refresh_s=0.0)
+        assert restarted.n_unlabelled == len(parts)                     # and are not read into it again
