@@ -105,6 +105,7 @@ class DefectTyper:
         self._left_out = 0             # examples of another length or layout, last reported
         self._seen_at = -1.0          # newest classified_at read so far
         self._good_seen_at = -1.0     # newest "good" feedback read so far (its parts leave the pool)
+        self._good_done: set[int] = set()   # the feedback rows read at that time (re-read by the next ">=")
         self._checked = -float("inf")  # monotonic time of the last refresh
         self._load_pool()
         self.refresh()
@@ -169,7 +170,7 @@ class DefectTyper:
                 .where(inspections.c.recipe == self.recipe, regions.c.defect_class.is_not(None),
                        regions.c.classified_at >= self._seen_at)
                 .order_by(regions.c.classified_at))
-        goods = (sa.select(feedback_table.c.time, region_embeddings.c.vector)
+        goods = (sa.select(feedback_table.c.id, feedback_table.c.time, region_embeddings.c.vector)
                  .join(inspections, inspections.c.id == feedback_table.c.inspection_id)
                  .join(regions, regions.c.inspection_id == inspections.c.id)
                  .join(region_embeddings, region_embeddings.c.region_id == regions.c.id)
@@ -180,9 +181,11 @@ class DefectTyper:
             good_rows = list(conn.execute(goods)) if self._classifier.config.spread_alpha > 0 else []
         with self._lock:
             self._checked = time.monotonic()
-            if good_rows:
-                self._good_seen_at = max(self._good_seen_at, max(float(t) for t, _ in good_rows))
-                self._drop_from_pool_locked([np.frombuffer(v, dtype=np.float32) for _, v in good_rows])
+            fresh_goods = [(i, t, v) for i, t, v in good_rows if i not in self._good_done]
+            if fresh_goods:
+                self._good_seen_at = max(self._good_seen_at, max(float(t) for _, t, _ in fresh_goods))
+                self._good_done = {i for i, t, _ in good_rows if float(t) >= self._good_seen_at}
+                self._drop_from_pool_locked([np.frombuffer(v, dtype=np.float32) for _, _, v in fresh_goods])
             new: list[tuple[np.ndarray, str, ExampleKey]] = []
             changed = False
             for region_id, defect_class, classified_at, vector in rows:
