@@ -5,17 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import type_labels
-from models.type_evaluation import evaluate_defect_types
-from tests.helpers.images import write_two_type_category
-from tests.models.test_type_evaluation import _make_detector
+from tests.models.test_type_evaluation import evaluated_widget
 
 
 def test_the_largest_mode_reproduces_evaluate_and_both_modes_type_the_fragments(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_two_type_category(data / "widget")
-    cache = tmp_path / "cache"
-    product = evaluate_defect_types(_make_detector, data / "widget", n_labelled=2, shots=None, repeats=3,
-                                    cache_dir=cache)
+    data, cache, product = evaluated_widget(tmp_path)
     result = type_labels.category_run(data, cache, "widget", [0, 1, 2], n_labelled=2)
     assert result["defect_images"] == 8 and result["regions_per_image"] >= 1.0
     assert result["modes"]["largest"]["per_draw"] == list(product.accuracy_per_draw)

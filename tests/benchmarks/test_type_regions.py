@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import type_regions
-from models.type_evaluation import evaluate_defect_types
-from tests.helpers.images import write_two_type_category
-from tests.models.test_type_evaluation import _make_detector
+from tests.models.test_type_evaluation import evaluated_widget
 
 
 def test_the_largest_region_row_reproduces_evaluate_and_the_oracle_uses_the_mask(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_two_type_category(data / "widget")
-    cache = tmp_path / "cache"
-    product = evaluate_defect_types(_make_detector, data / "widget", n_labelled=2, shots=None, repeats=3,
-                                    cache_dir=cache, config=type_regions.FRAME_ONLY)
+    data, cache, product = evaluated_widget(tmp_path, config=type_regions.FRAME_ONLY)
     result = type_regions.category_run(data, cache, "widget", [0, 1, 2], n_labelled=2)
     assert result["defect_images"] == 8
     assert result["variants"]["largest"]["per_draw"] == list(product.accuracy_per_draw)

@@ -10,17 +10,12 @@ import numpy as np
 
 from benchmarks import type_labels, type_transductive
 from models.defect_types import DefectTypeConfig
-from models.type_evaluation import evaluate_defect_types, labelled_draw
-from tests.helpers.images import write_two_type_category
-from tests.models.test_type_evaluation import _make_detector
+from models.type_evaluation import labelled_draw
+from tests.models.test_type_evaluation import evaluated_widget
 
 
 def test_the_product_row_is_evaluates_number_and_the_spreading_rows_are_scored(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_two_type_category(data / "widget")
-    cache = tmp_path / "cache"
-    product = evaluate_defect_types(_make_detector, data / "widget", n_labelled=2, shots=None, repeats=3,
-                                    cache_dir=cache)
+    data, cache, product = evaluated_widget(tmp_path)
     types, largest, _, _ = type_labels.category_embeddings(data, cache, "widget", DefectTypeConfig())
     draws = [type_transductive._draw(largest, types, labelled_draw(types, 2, seed), DefectTypeConfig())
              for seed in range(3)]

@@ -29,6 +29,16 @@ def _make_detector() -> Any:
                                                              augment_rotations=False))
 
 
+def evaluated_widget(tmp_path: Path, *, config: DefectTypeConfig | None = None) -> tuple[Path, Path, Any]:
+    """A two-type category "widget" under ``tmp_path / "data"``, typed by `evaluate_defect_types` (2 labelled per
+    type, 3 draws) into the cache ``tmp_path / "cache"``: (data, cache, its result), what the typing benchmarks read."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_two_type_category(data / "widget")
+    product = evaluate_defect_types(_make_detector, data / "widget", n_labelled=2, shots=None, repeats=3,
+                                    cache_dir=cache, config=config)
+    return data, cache, product
+
+
 def _no_detector() -> Any:
     msg = "the cache should have made the detector unnecessary"
     raise AssertionError(msg)
