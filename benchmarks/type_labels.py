@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.type_regions import CATEGORIES, N_LABELLED, load_typing_cache  # noqa: E402
+from benchmarks.type_regions import CATEGORIES, N_LABELLED, load_typing_cache, write_typing_result  # noqa: E402
 from benchmarks.type_variants import _seeds  # noqa: E402
 from models.defect_types import (  # noqa: E402
     DefectTypeClassifier,
@@ -150,13 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                  for key in ("accuracy", "fragments")} for m in MODES}
     print("mean: " + "  ".join(f"{m}: largest {v['accuracy']:.3f}, fragments {v['fragments']:.3f}"
                                for m, v in means.items()))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python -m benchmarks.type_labels " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": f"DefectTypeConfig(scope={args.scope!r})",
-            "wall_s": time.perf_counter() - start, "categories": results, "mean": means,
-        }, indent=2), encoding="utf-8")
+    write_typing_result(args.json, "type_labels", argv, seeds=seeds,
+                        classifier=f"DefectTypeConfig(scope={args.scope!r})", start=start, categories=results,
+                        mean=means)
     return 0
 
 

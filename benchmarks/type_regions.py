@@ -281,6 +281,20 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
     }
 
 
+
+def write_typing_result(path: Path | None, module: str, argv: list[str] | None, *, seeds: list[int], classifier: str,
+                        start: float, categories: Any, mean: dict[str, Any]) -> None:
+    """A typing benchmark's JSON at ``path`` (nothing when None): its command, draws, classifier, time, results."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "command": f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seeds": seeds, "n_labelled": N_LABELLED, "classifier": classifier,
+        "wall_s": time.perf_counter() - start, "categories": categories, "mean": mean,
+    }, indent=2), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="folder of MVTec-AD-layout categories")
@@ -301,13 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     means = {name: float(np.mean([r["variants"][name]["accuracy"] for r in results]))
              for name in results[0]["variants"]}
     print("mean: " + "  ".join(f"{n} {v:.3f}" for n, v in means.items()))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python -m benchmarks.type_regions " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig(crop_side=0)",
-            "wall_s": time.perf_counter() - start, "categories": results, "mean": means,
-        }, indent=2), encoding="utf-8")
+    write_typing_result(args.json, "type_regions", argv, seeds=seeds, classifier="DefectTypeConfig(crop_side=0)",
+                        start=start, categories=results, mean=means)
     return 0
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.type_labels import category_embeddings  # noqa: E402
-from benchmarks.type_regions import CATEGORIES, N_LABELLED  # noqa: E402
+from benchmarks.type_regions import CATEGORIES, N_LABELLED, write_typing_result  # noqa: E402
 from benchmarks.type_variants import _seeds  # noqa: E402
 from models.defect_types import UNKNOWN, DefectTypeClassifier, DefectTypeConfig, label_spreading  # noqa: E402
 from models.type_evaluation import labelled_draw  # noqa: E402
@@ -170,13 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(next(iter(results.values())))
     mean = {n: float(np.mean([r[n] for r in results.values()])) for n in rows}
     print("mean", "  ".join(f"{n}: {v:.3f}" for n, v in mean.items()))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python -m benchmarks.type_transductive " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "seeds": seeds, "n_labelled": N_LABELLED, "classifier": "DefectTypeConfig() (the product's)",
-            "wall_s": time.perf_counter() - start, "categories": results, "mean": mean,
-        }, indent=2), encoding="utf-8")
+    write_typing_result(args.json, "type_transductive", argv, seeds=seeds,
+                        classifier="DefectTypeConfig() (the product's)", start=start, categories=results, mean=mean)
     return 0
 
 
