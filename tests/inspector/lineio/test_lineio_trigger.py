@@ -51,11 +51,18 @@ class Line:
         assert not reply.isError(), reply
 
     def wait_result(self, count: int, timeout: float = 10.0) -> list[int]:
-        """Poll as fast as the PLC can until HR3 equals ``count``; returns the registers then."""
+        """Poll as fast as the PLC can until HR3 equals ``count``; returns the registers then.
+
+        Also waits for the station's after-answer consumers (MQTT's place) to have had that answer: they
+        run after the answer is written, so a PLC poll can see it first, and the tests read ``answered``
+        and ``published`` next.
+        """
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             regs = self.regs()
             if regs[RESULT] == count:
+                while count not in self.answered and time.monotonic() < end:
+                    time.sleep(0.001)
                 return regs
         msg = f"no answer to trigger {count} within {timeout} s: {self.regs()}"
         raise AssertionError(msg)
