@@ -10,9 +10,14 @@ that alternate the two ways (``station.can_defer_typing`` False = inline, True =
 station-side answer time (trigger seen -> answer written) is read per frame, split by verdict, with the share of
 flagged results published with a predicted type (both ways type every one).
 
+``--mode continuous``: the app without a PLC, a `StationController` running the demo's test folder through its
+`Pipeline`; per frame the time from the start of its inspection to the screen's ``ResultArrived`` (the verdict
+shown), and for a flagged frame typed after it, to its ``ResultTyped`` (the types shown).
+
 Usage::
 
     python -m benchmarks.typing_latency --rounds 3 [--json benchmarks/results/typing_after_answer.json]
+    python -m benchmarks.typing_latency --mode continuous --rounds 4 [--json ...]
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def _taught_station(store: Any) -> Any:
     return station
 
 
-def run(rounds: int, deadline_ms: float = 60_000.0) -> dict[str, Any]:
+def run(rounds: int, deadline_ms: float = 60_000.0, *, mode: str = "triggered") -> dict[str, Any]:
     from inspector.recording import ResultRecorder
     from inspector.store import Store
 
@@ -73,19 +78,25 @@ def run(rounds: int, deadline_ms: float = 60_000.0) -> dict[str, Any]:
         recorder = ResultRecorder(store)
         for round_ in range(rounds):
             for after in (False, True) if round_ % 2 == 0 else (True, False):
-                rows += _one_pass(station, recorder, after=after, deadline_ms=deadline_ms)
-                print(f"round {round_ + 1}, typing {'after' if after else 'before'} the answer: done", flush=True)
+                if mode == "continuous":
+                    rows += _one_pass_continuous(station, recorder, after=after)
+                else:
+                    rows += _one_pass(station, recorder, after=after, deadline_ms=deadline_ms)
+                what = "answer" if mode == "triggered" else "verdict on screen"
+                print(f"round {round_ + 1}, typing {'after' if after else 'before'} the {what}: done", flush=True)
         recorder.close()
         pool = station.typer.n_unlabelled if station.typer is not None else 0
         store.close()
-    out: dict[str, Any] = {"frames_per_round": len(_frames()), "rounds": rounds, "pool_at_end": pool}
+    out: dict[str, Any] = {"mode": mode, "frames_per_round": len(_frames()), "rounds": rounds, "pool_at_end": pool}
     for after in (False, True):
-        key = "typing_after_answer" if after else "typing_inline"
+        key = ("typing_after_answer" if mode == "triggered" else "typing_after_shown") if after else "typing_inline"
         mine = [r for r in rows if r["after_answer"] is after]
         out[key] = {
             verdict: _summary([r["answer_ms"] for r in mine if r["verdict"] == verdict])
             for verdict in sorted({r["verdict"] for r in mine})
         }
+        if mode == "continuous":
+            out[key]["types_shown"] = _summary([r["typed_ms"] for r in mine if r.get("typed_ms") is not None])
         flagged = [r for r in mine if r["verdict"] in ("REVIEW", "FAIL")]
         out[key]["flagged_published_typed"] = f"{sum(bool(r['types'][0]) for r in flagged)} / {len(flagged)}"
     return out
@@ -138,6 +149,56 @@ def _one_pass(station: Any, recorder: Any, *, after: bool, deadline_ms: float) -
     return rows
 
 
+def _one_pass_continuous(station: Any, recorder: Any, *, after: bool) -> list[dict[str, Any]]:
+    """The demo's test folder through the app's `StationController`; a row per frame: inspection start to the
+    verdict on screen (``answer_ms``, the triggered mode's key) and, typed after it, to the types on screen."""
+    import threading
+
+    from inspector.capture import FolderSource, FolderSpec
+    from inspector.controller import ControllerEvent, ResultArrived, ResultTyped, StationController
+
+    station.can_defer_typing = after
+    started: dict[int, float] = {}
+    rows: dict[int, dict[str, Any]] = {}
+    done = threading.Event()
+    frames = len(_frames())
+    real_inspect = type(station).inspect
+
+    def inspect(frame: Any, **kw: Any) -> Any:
+        started[frame.frame_id] = time.perf_counter()
+        return real_inspect(station, frame, **kw)
+
+    def on_event(event: ControllerEvent) -> None:
+        now = time.perf_counter()
+        if isinstance(event, ResultArrived):
+            result = event.result
+            rows[result.frame_id] = {"after_answer": after, "verdict": result.verdict.value,
+                                     "answer_ms": (now - started[result.frame_id]) * 1000.0,
+                                     "path": Path(result.path or "").name,
+                                     "types": sorted({r.predicted_class or "" for r in result.regions})}
+        elif isinstance(event, ResultTyped):
+            row = rows[event.result.frame_id]
+            row["typed_ms"] = (now - started[event.result.frame_id]) * 1000.0
+            row["types"] = sorted({r.predicted_class or "" for r in event.result.regions})
+        flagged = [r for r in rows.values() if r["verdict"] in ("REVIEW", "FAIL")]
+        if len(rows) == frames and (not after or all("typed_ms" in r for r in flagged)):
+            done.set()
+
+    station.inspect = inspect
+    controller = StationController(load_inspector=lambda path: station,
+                                   open_source=lambda text: FolderSource(FolderSpec(path=DEMO / "test")),
+                                   recipe_source=lambda inspector: None, recorder=recorder, on_event=on_event)
+    try:
+        controller.start(REPO / "recipes" / "fryum_demo.yaml", source_text="demo test folder")
+        if not done.wait(600):
+            msg = f"only {len(rows)} of {frames} frames shown within 600 s"
+            raise RuntimeError(msg)
+    finally:
+        controller.shutdown()
+        del station.inspect
+    return list(rows.values())
+
+
 def _summary(ms: list[float]) -> dict[str, float]:
     data = np.asarray(ms)
     return {"n": len(ms), "median_ms": round(float(np.median(data)), 1), "mean_ms": round(statistics.fmean(ms), 1),
@@ -147,12 +208,14 @@ def _summary(ms: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds of the demo's 16 frames, each way")
+    parser.add_argument("--mode", choices=("triggered", "continuous"), default="triggered",
+                        help="a PLC's answer (triggered) or the app's screen without a PLC (continuous)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="typing-latency-data-") as data:
         os.environ.setdefault("INSPECTOR_DATA_DIR", data)
         started = time.perf_counter()
-        out = run(args.rounds)
+        out = run(args.rounds, mode=args.mode)
     report = {"command": "python -m benchmarks.typing_latency " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": f"CPU, {os.cpu_count()} cores, torch threads as the station sets them, load average "
                         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",

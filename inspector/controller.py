@@ -14,6 +14,10 @@ and the result belongs to the run in progress. A result that the worker finishes
 Stop (the frame already inside the model) is recorded like any other, and delivered as
 ``ResultArrived(current=False)``: counted and stored, never shown as the verdict of now.
 
+A REVIEW/FAIL result is shown before its defects are typed (``ResultArrived`` with the regions
+untyped); once typed, ``ResultTyped`` brings the same result with its types, and only then is it
+published (``after_record``: MQTT). A triggered run also answers the PLC before the typing.
+
 Pause holds the frames already queued (a folder source): they are inspected after Resume, none is
 skipped. A live source drops its one stale frame instead (counted as dropped).
 
@@ -47,6 +51,7 @@ __all__ = [
     "Notice",
     "RecipeSwitchFailed",
     "ResultArrived",
+    "ResultTyped",
     "RunState",
     "StartFailed",
     "StateChanged",
@@ -110,6 +115,15 @@ class ResultArrived:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResultTyped:
+    """The defect types of a result already delivered by ``ResultArrived`` (same frame): counted once,
+    there; this only brings the regions typed. ``current`` as the ``ResultArrived`` it follows."""
+
+    result: InspectionResult
+    current: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     """A pipeline event the operator should hear about (source lost/reconnected, a warning)."""
 
@@ -134,7 +148,7 @@ class RecipeSwitchFailed:
     reason: str
 
 
-ControllerEvent = StateChanged | ResultArrived | Notice | StartFailed | RecipeSwitchFailed
+ControllerEvent = StateChanged | ResultArrived | ResultTyped | Notice | StartFailed | RecipeSwitchFailed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +163,7 @@ class LineMetrics:
 
 def _default_make_pipeline(source: Any, inspector: Any, *, consumers: Sequence[Callable[[Any], object]],
                            on_event: Callable[[Any], None]) -> Any:
-    return Pipeline(source, inspector, consumers=consumers, on_event=on_event)
+    return Pipeline(source, inspector, consumers=consumers, on_event=on_event, defer_typing=True)
 
 
 class StationController:
@@ -459,7 +473,10 @@ class StationController:
                     fn(result)
                 except Exception:
                     log.exception("result consumer %r raised", fn)
-            deliver(result)
+
+        def typed(result: InspectionResult) -> None:
+            publish(result)
+            self._emit(ResultTyped(result=result, current=self._is_current(run)))
 
         def consume(result: InspectionResult) -> InspectionResult:
             lot = getattr(self._recorder, "lot", "")
@@ -476,16 +493,22 @@ class StationController:
                 deliver(shown)
                 return shown
             pending = result.typing
-            if pending is not None and not pending.done:
-                # a triggered run types after answering the PLC: shown (and published) once typed
-                recorded = result
-                pending.add_done_callback(
-                    lambda regions: publish(dataclasses.replace(recorded, regions=regions, typing=None)))
-            else:
+            if pending is None:
                 publish(result)
+                deliver(result)
+                return result
+            # typed after the verdict (a triggered run: after the PLC's answer): the verdict is shown now,
+            # the types follow (ResultTyped), and it is published once typed
+            recorded = dataclasses.replace(result, typing=None)
+            deliver(recorded)
+            pending.add_done_callback(lambda regions: typed(dataclasses.replace(recorded, regions=regions)))
             return result
 
         return consume
+
+    def _is_current(self, run: int) -> bool:
+        with self._lock:
+            return run == self._run and self._snapshot.state is RunState.RUNNING
 
     def _consumer(self, run: int) -> Callable[[InspectionResult], None]:
         def deliver(result: InspectionResult) -> None:

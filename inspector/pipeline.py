@@ -16,6 +16,10 @@ drive the same code (STYLE.md section 5)::
 - Consumers run on the worker thread, in the order added, and must be quick (the store and the
   archive enqueue to their own threads). One that raises is logged, reported once as a WARNING
   event, and called again for the next result.
+- ``defer_typing=True`` (the app's station): a `inspector.station.Station` returns a REVIEW/FAIL
+  result before its defects are typed (``result.typing``), the consumers get it at once (the screen
+  shows the verdict), and the worker types the regions right after them, before the next frame; the
+  consumers that want the types listen on ``result.typing`` (`inspector.defect_typing.PendingTyping`).
 
 Example:
     >>> pipeline = Pipeline(open_source(spec), station,
@@ -220,6 +224,8 @@ class Pipeline:
             the caller of `stop`/`switch_inspector`); must be quick and thread-safe.
         max_reconnect_delay: longest wait in seconds between reconnection attempts of a live source.
         reconnect_delay: first wait in seconds; doubles after each failed attempt.
+        defer_typing: deliver a result before its defect typing and type it after the consumers
+            (an inspector with ``can_defer_typing``); the consumers must handle ``result.typing``.
 
     A pipeline runs once: `start`, optionally `pause`/`resume`/`switch_inspector`, then `stop`
     (or use it as a context manager, which stops on exit). Build a new one to run again.
@@ -234,6 +240,7 @@ class Pipeline:
         on_event: Callable[[PipelineEvent], None] | None = None,
         max_reconnect_delay: float = 10.0,
         reconnect_delay: float = 0.5,
+        defer_typing: bool = False,
     ) -> None:
         if not 0 < reconnect_delay <= max_reconnect_delay:
             msg = (
@@ -247,6 +254,7 @@ class Pipeline:
         self._consumers: tuple[ResultConsumer, ...] = tuple(consumers)
         self._warned: set[int] = set()              # id() of consumers already reported
         self._on_event = on_event
+        self._defer_typing = defer_typing
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
         self._live = bool(source.is_live)
@@ -587,7 +595,10 @@ class Pipeline:
                 path=item.path,
             )
         try:
-            result = inspector.inspect(item)
+            if self._defer_typing and getattr(inspector, "can_defer_typing", False):
+                result = inspector.inspect(item, defer_typing=True)  # type: ignore[call-arg]
+            else:
+                result = inspector.inspect(item)
             if not isinstance(result, InspectionResult):
                 msg = (
                     f"{type(inspector).__name__}.inspect returned {type(result).__name__}, "
@@ -635,6 +646,10 @@ class Pipeline:
                         f"result consumer {name} raised {_one_sentence(exc)}; it is called again for "
                         f"later results, but this warning is not repeated",
                     )
+        if result.typing is not None:       # the verdict is out: now the defect types (the station's turn)
+            from inspector.defect_typing import finish_typing
+
+            finish_typing(result)
 
     # ---- events -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ into one paint per display frame, so only the newest result is ever converted an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -159,6 +160,19 @@ class HeatmapView(QWidget):
         if result is None:
             self._shown, self._frame, self._heat = None, None, None
         self.update()
+
+    def show_types(self, typed: InspectionResult) -> None:
+        """The defect types of a result already shown (typed after its verdict): its labels now read
+        them. A newer frame is never replaced by an older one's types."""
+        for attr in ("_pending", "_shown"):
+            held: InspectionResult | None = getattr(self, attr)
+            if held is not None and (held.frame_id, held.timestamp, held.source) == (
+                    typed.frame_id, typed.timestamp, typed.source):
+                setattr(self, attr, dataclasses.replace(held, regions=typed.regions))
+                self.update()
+                return
+            if held is not None:
+                return                      # the newest is another frame: these types are history
 
     def show_image(self, image_bgr: np.ndarray, anomaly_map: np.ndarray | None = None) -> None:
         """Show a bare frame (teaching, review), optionally with a (H, W) float32 anomaly map."""

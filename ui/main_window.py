@@ -41,6 +41,7 @@ from inspector.controller import (
     Notice,
     RecipeSwitchFailed,
     ResultArrived,
+    ResultTyped,
     RunState,
     StartFailed,
     StateChanged,
@@ -328,13 +329,10 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def request_stop(self) -> None:
-        """Stop (Esc, the Stop button): while running, the first press asks and a second one stops.
-
-        Esc typed in a text field (the lot number, the source) only leaves the field.
-        """
+        """Stop (Esc, the Stop button): while running, the first press asks and a second one stops; Esc typed
+        in a text field (the lot number, the source) only leaves the field."""
         if text_has_focus():
-            focus = QApplication.focusWidget()
-            if focus is not None:
+            if (focus := QApplication.focusWidget()) is not None:
                 focus.clearFocus()
             self._status.setText("Esc left the text field; it did not stop the line")
             return
@@ -444,6 +442,8 @@ class MainWindow(QMainWindow):
             self._render_state(self.controller.snapshot)
         elif isinstance(event, ResultArrived):
             self._on_result(event.result, current=event.current)
+        elif isinstance(event, ResultTyped):        # the types of a frame shown (if still shown) untyped
+            self.station.heatmap.show_types(event.result)
         elif isinstance(event, Notice):
             self._on_notice(event)
         elif isinstance(event, StartFailed):

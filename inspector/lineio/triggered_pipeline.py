@@ -222,7 +222,8 @@ def continuous_pipelines(line: LineIO) -> Callable[..., Pipeline]:
             if on_event is not None:
                 on_event(e)
 
-        return Pipeline(source, inspector, consumers=[on_result(c) for c in consumers], on_event=event)
+        return Pipeline(source, inspector, consumers=[on_result(c) for c in consumers], on_event=event,
+                        defer_typing=True)      # the controller's consumer shows first, publishes once typed
 
     return make
 

@@ -420,3 +420,43 @@ def test_soak_short(rng: np.random.Generator, stub_inspector: type) -> None:
     assert set(thread_counts) == {threads_before + 2}             # capture + worker, nothing more
     assert threading.active_count() == threads_before
     assert pipeline.stats().errors == 0
+
+
+def test_deferred_typing_runs_after_the_consumers_and_before_the_next_frame(rng: np.random.Generator) -> None:
+    from inspector.defect_typing import PendingTyping
+    from inspector.results import DefectRegion
+
+    log: list[str] = []
+    region = DefectRegion(x=1, y=1, width=2, height=2, area_px=4, area_mm2=None, max_score=1.0, mean_score=1.0)
+
+    class Typed:
+        name, can_defer_typing = "typed", True
+        asked: list[bool] = []
+
+        def inspect(self, frame: Frame, *, defer_typing: bool = False) -> InspectionResult:
+            log.append(f"inspect {frame.frame_id}")
+            self.asked.append(defer_typing)
+
+            def work() -> tuple[DefectRegion, ...]:
+                log.append(f"type {frame.frame_id}")
+                return (region,)
+
+            return InspectionResult(frame_id=frame.frame_id, timestamp=frame.timestamp, source=frame.source,
+                                    recipe=self.name, model_version="v1", verdict=Verdict.FAIL, score=1.0,
+                                    regions=(region,), typing=PendingTyping(work, (region,)) if defer_typing else None)
+
+    def consume(result: InspectionResult) -> None:
+        log.append(f"shown {result.frame_id} typed={result.typing is None or result.typing.done}")
+
+    frames = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in range(2)]
+    inspector = Typed()
+    with Pipeline(ArraySource(frames), inspector, consumers=[consume], defer_typing=True) as pipeline:
+        pipeline.start()
+        assert pipeline.wait(10)
+    assert log == ["inspect 0", "shown 0 typed=False", "type 0", "inspect 1", "shown 1 typed=False", "type 1"]
+    log.clear()
+    with Pipeline(ArraySource(frames), inspector, consumers=[consume]) as pipeline:   # the default: inline
+        pipeline.start()
+        assert pipeline.wait(10)
+    assert log == ["inspect 0", "shown 0 typed=True", "inspect 1", "shown 1 typed=True"]
+    assert inspector.asked == [True, True, False, False]

@@ -1,4 +1,5 @@
-"""Defect typing after the verdict: a journal entry held for its types, the recorder's amend, `PendingTyping`."""
+"""Defect typing after the verdict: a journal entry held for its types, the recorder's amend, `PendingTyping`,
+and the app's continuous station showing the verdict before the types."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import inspector.journal as journal_module
-from inspector.defect_typing import PendingTyping, finish_typing
+from inspector.capture import ArraySource
+from inspector.controller import ResultArrived, ResultTyped, StationController
+from inspector.defect_typing import DefectTyper, PendingTyping, finish_typing
 from inspector.journal import ResultJournal
+from inspector.recipe import load_recipe
 from inspector.recording import ResultRecorder
 from inspector.results import DefectRegion, InspectionResult, Verdict
+from inspector.station import Station
 from inspector.store import Store
+from tests.helpers.images import textured_part, with_defect
 
 REGION = DefectRegion(x=4, y=4, width=6, height=6, area_px=36, area_mm2=None, max_score=1.0, mean_score=0.8)
 
@@ -121,3 +128,60 @@ def test_the_recorder_holds_a_result_from_the_store_until_it_is_typed(tmp_path: 
     assert _predicted(db) == [(1, None), (2, "scratch"), (3, None)]
     recorder.close()
     store.close()
+
+
+def test_a_continuous_station_shows_the_verdict_first_then_its_types_and_publishes_them_typed(
+    taught_recipe: Path, tmp_path: Path
+) -> None:
+    """The app without a PLC: the screen gets a FAIL before the typer runs, then its types (`ResultTyped`);
+    MQTT's place (``after_record``) and the store get the typed result only."""
+    station = Station.load(load_recipe(taught_recipe))
+    rng = np.random.default_rng(5)
+    store = Store(tmp_path / "stats.db")
+    station.attach_typer(DefectTyper(store, station.name, refresh_s=0.0))
+    first = station.inspect_image(with_defect(textured_part(rng), rng)[0])
+    store.record(first)
+    store.flush()
+    store.set_defect_class("scratch", user="qa", region_id=store.inspections(recipe=station.name)[0].regions[0].id)
+    seen: list[object] = []                 # events and typer calls, in the order they happened
+    real_attach = station.attach_typer
+
+    def attach(typer: Any) -> None:
+        real_predict = typer.predict
+
+        def predict(embeddings: Any, *, pool: bool = True) -> Any:
+            seen.append("typer")
+            return real_predict(embeddings, pool=pool)
+
+        typer.predict = predict
+        real_attach(typer)
+
+    station.attach_typer = attach  # type: ignore[method-assign]
+    recorder = ResultRecorder(store)
+    defect = with_defect(textured_part(rng), rng)[0]
+    controller = StationController(
+        load_inspector=lambda path: station, open_source=lambda text: ArraySource([defect]),
+        recipe_source=lambda inspector: None, recorder=recorder,
+        on_event=lambda e: seen.append(e) if isinstance(e, ResultArrived | ResultTyped) else None)
+    published: list[InspectionResult] = []
+    controller.after_record.append(published.append)
+    try:
+        controller.start(taught_recipe, source_text="memory")
+        end = time.monotonic() + 60
+        while not any(isinstance(e, ResultTyped) for e in seen) and time.monotonic() < end:
+            time.sleep(0.02)
+        arrived, typer_ran, typed = seen
+        assert isinstance(arrived, ResultArrived) and typer_ran == "typer" and isinstance(typed, ResultTyped)
+        assert arrived.result.verdict in (Verdict.REVIEW, Verdict.FAIL) and arrived.result.regions
+        assert {r.predicted_class for r in arrived.result.regions} == {None}       # shown before typing
+        assert typed.result.frame_id == arrived.result.frame_id and typed.current
+        assert {r.predicted_class for r in typed.result.regions} == {"scratch"}
+        assert [r.frame_id for r in published] == [arrived.result.frame_id]         # published once, typed
+        assert {r.predicted_class for r in published[0].regions} == {"scratch"}
+        assert recorder.wait_stored(10)
+        newest = max(store.inspections(recipe=station.name), key=lambda r: r.id)
+        assert {r.predicted_class for r in newest.regions} == {"scratch"}
+    finally:
+        controller.shutdown()
+        recorder.close()
+        store.close()

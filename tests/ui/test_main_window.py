@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 
 from inspector.capture import ArraySource
+from inspector.defect_typing import PendingTyping
 from inspector.errors import ModelError
 from inspector.results import Verdict
 from tests.ui.conftest import DarkSpotInspector, FlakyCamera, open_window, stub_recipes
@@ -273,3 +275,62 @@ def test_error_banner_says_why(qtbot) -> None:
     ))
     assert banner.verdict_text == "ERROR" and banner.state == "ERROR"
     assert banner.detail_text == "inspection of frame 2 failed: CUDA out of memory"
+
+
+class _TypedLater(DarkSpotInspector):
+    """A stand-in that, like `inspector.station.Station`, can leave a flagged frame's typing for after it is shown."""
+
+    can_defer_typing = True
+
+    def __init__(self) -> None:
+        super().__init__("demo")
+        self.release = threading.Event()      # the typer waits for the test
+
+    def inspect(self, frame, *, defer_typing: bool = False):
+        result = super().inspect(frame)
+        if not defer_typing or not result.regions:
+            return result
+
+        def work():
+            assert self.release.wait(WAIT_MS / 1000)
+            return tuple(dataclasses.replace(r, predicted_class="burnt", type_confidence=0.9) for r in result.regions)
+
+        return dataclasses.replace(result, typing=PendingTyping(work, result.regions))
+
+
+def test_a_fail_is_shown_at_once_and_its_defect_types_follow(qtbot, tmp_path, settings, part_images) -> None:
+    bad = [image for name, image in part_images if "bad" in name][:1]
+    inspector = _TypedLater()
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": inspector},
+                     source="memory", open_source=lambda text: ArraySource(bad, name="memory"))
+    window.start()
+    qtbot.waitUntil(lambda: window.counts.inspected >= 1, timeout=WAIT_MS)
+    heatmap = window.station.heatmap
+    assert window.station.banner.state == Verdict.FAIL and heatmap.result.regions    # before the types
+    assert {r.predicted_class for r in heatmap.result.regions} == {None}
+    untyped = heatmap.grab().toImage()
+    inspector.release.set()
+    qtbot.waitUntil(lambda: {r.predicted_class for r in heatmap.result.regions} == {"burnt"}, timeout=WAIT_MS)
+    assert heatmap.grab().toImage() != untyped            # the box's label now reads the type
+    assert window.counts.inspected == 1 and window.counts.failed == 1       # counted once, not again when typed
+    window.close()
+
+
+def test_types_that_come_after_a_newer_frame_do_not_replace_it(qtbot, part_images) -> None:
+    from ui.live_view import HeatmapView
+
+    view = HeatmapView()
+    qtbot.addWidget(view)
+    bad = next(image for name, image in part_images if "bad" in name)
+    old = DarkSpotInspector().inspect_image(bad, frame_id=1, timestamp=1.0)
+    new = DarkSpotInspector().inspect_image(bad, frame_id=2, timestamp=2.0)
+    typed = dataclasses.replace(old, regions=tuple(dataclasses.replace(r, predicted_class="burnt")
+                                                   for r in old.regions))
+    view.show_result(old)
+    view.show_result(new)
+    view.show_types(typed)
+    assert view.result is not None and view.result.frame_id == 2
+    assert {r.predicted_class for r in view.result.regions} == {None}
+    view.grab()                                           # painted: the shown frame's types arrive after
+    view.show_types(dataclasses.replace(new, regions=typed.regions))
+    assert view.result.frame_id == 2 and {r.predicted_class for r in view.result.regions} == {"burnt"}

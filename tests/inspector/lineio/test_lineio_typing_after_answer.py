@@ -1,4 +1,5 @@
-"""A triggered station answers the PLC before it types the defects; the screen and the store get the types.
+"""A triggered station answers the PLC before it types the defects; the screen shows the verdict, then the types,
+and the store gets them.
 
 The app's path without Qt: a `StationController` running `triggered_pipelines`, a real taught `Station`, a
 `ResultRecorder` on an SQLite store, and a pymodbus client as the PLC on 127.0.0.1.
@@ -14,7 +15,7 @@ import numpy as np
 from pymodbus.client import ModbusTcpClient
 
 from inspector.capture import ArraySource
-from inspector.controller import ControllerEvent, ResultArrived, StationController
+from inspector.controller import ControllerEvent, ResultArrived, ResultTyped, StationController
 from inspector.defect_typing import DefectTyper
 from inspector.lineio.line import LineIO
 from inspector.lineio.station_config import ModbusConfig, RecipeSlot, StationConfig
@@ -62,10 +63,10 @@ def test_a_fail_is_answered_before_its_defects_are_typed_then_shown_and_stored_t
         real_attach(typer)
 
     station.attach_typer = attach  # type: ignore[method-assign]
-    shown: list[ResultArrived] = []
+    shown: list[ResultArrived | ResultTyped] = []
 
     def on_event(event: ControllerEvent) -> None:
-        if isinstance(event, ResultArrived):
+        if isinstance(event, ResultArrived | ResultTyped):
             shown.append(event)
 
     recorder = ResultRecorder(store)
@@ -87,12 +88,16 @@ def test_a_fail_is_answered_before_its_defects_are_typed_then_shown_and_stored_t
             if regs[RESULT] == 1:
                 break
         assert regs[RESULT] == 1 and regs[VERDICT] in (2, 3), regs          # REVIEW or FAIL
-        while not shown and time.monotonic() < end:
+        while len(shown) < 2 and time.monotonic() < end:
             time.sleep(0.02)
         assert answer_when_typed == [1]     # the typer ran once the PLC had its answer
-        result = shown[0].result
-        assert result.typing is None and result.regions
-        assert {r.predicted_class for r in result.regions} == {"scratch"}   # the screen shows the types
+        arrived, typed = shown              # the verdict on screen at once, its types once typed
+        assert isinstance(arrived, ResultArrived) and isinstance(typed, ResultTyped)
+        assert arrived.result.typing is None and arrived.result.regions
+        assert {r.predicted_class for r in arrived.result.regions} == {None}
+        assert arrived.result.verdict is typed.result.verdict and typed.result.frame_id == arrived.result.frame_id
+        assert typed.result.typing is None
+        assert {r.predicted_class for r in typed.result.regions} == {"scratch"}   # the screen shows the types
         assert recorder.wait_stored(10)
         newest = max(store.inspections(recipe=station.name), key=lambda r: r.id)
         assert {r.predicted_class for r in newest.regions} == {"scratch"}  # and the store holds them
