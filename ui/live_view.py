@@ -164,15 +164,16 @@ class HeatmapView(QWidget):
     def show_types(self, typed: InspectionResult) -> None:
         """The defect types of a result already shown (typed after its verdict): its labels now read
         them. A newer frame is never replaced by an older one's types."""
-        for attr in ("_pending", "_shown"):
-            held: InspectionResult | None = getattr(self, attr)
-            if held is not None and (held.frame_id, held.timestamp, held.source) == (
-                    typed.frame_id, typed.timestamp, typed.source):
-                setattr(self, attr, dataclasses.replace(held, regions=typed.regions))
+        def same(held: InspectionResult) -> bool:
+            return (held.frame_id, held.timestamp, held.source) == (typed.frame_id, typed.timestamp, typed.source)
+
+        if self._pending is not None:       # not painted yet: the newest result waits in _pending
+            if same(self._pending):
+                self._pending = dataclasses.replace(self._pending, regions=typed.regions)
                 self.update()
-                return
-            if held is not None:
-                return                      # the newest is another frame: these types are history
+        elif self._shown is not None and same(self._shown):
+            self._shown = dataclasses.replace(self._shown, regions=typed.regions)
+            self.update()
 
     def show_image(self, image_bgr: np.ndarray, anomaly_map: np.ndarray | None = None) -> None:
         """Show a bare frame (teaching, review), optionally with a (H, W) float32 anomaly map."""
