@@ -201,7 +201,8 @@ class SecondScale:
             self.bank = self.bank[:0]
             return fine
         weight = self._config.second_scale_weight
-        make = ScaleFusion.from_one_frame if one_frame else ScaleFusion.from_loo
+        proportional = one_frame or self._config.second_scale_spread == "proportional"
+        make = ScaleFusion.from_one_frame if proportional else ScaleFusion.from_loo
         self.fusion = make(fine, np.asarray(coarse), weight=weight)
         logger.info("patch_knn second scale r=%d fused (weight %.2f%s): coarse calibration scores mean %.4f",
                     self._config.second_scale, weight, ", from one frame" if one_frame else "", float(np.mean(coarse)))

@@ -61,6 +61,9 @@ class PatchKNNConfig:
     # benchmarks/README.md); one more kNN search per frame
     second_scale: int = 5
     second_scale_weight: float = 0.2
+    # how the two scales' spreads are set from 2 or more good frames: "measured" (the standard deviations of
+    # their leave-one-out scores) or "proportional" (each in proportion to its mean, as from one frame)
+    second_scale_spread: str = "measured"
     # ours, for aligned parts: match only bank patches within this distance of the query's position,
     # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
     # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
@@ -130,6 +133,10 @@ class PatchKNNConfig:
         weight = self.second_scale_weight
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 10.0:
             msg = f"PatchKNNConfig.second_scale_weight must be a number from 0 to 10, got {weight!r}"
+            raise ValueError(msg)
+        if self.second_scale_spread not in ("measured", "proportional"):
+            msg = (f"PatchKNNConfig.second_scale_spread must be 'measured' or 'proportional', "
+                   f"got {self.second_scale_spread!r}")
             raise ValueError(msg)
         if not isinstance(self.loo_max_images, int) or self.loo_max_images < 0:
             msg = f"PatchKNNConfig.loo_max_images must be an integer >= 0, got {self.loo_max_images!r}"

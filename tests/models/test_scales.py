@@ -244,3 +244,25 @@ def test_a_saved_second_scale_must_match_its_bank_and_config(backbone: DinoBackb
 def test_config_refuses_bad_second_scale_options(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PatchKNNConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spread", ["measured", "proportional"])
+def test_good_frames_set_the_spreads_measured_or_in_proportion_to_the_means(
+    backbone: DinoBackbone, spread: str
+) -> None:
+    """From several good frames the spreads are their leave-one-out scores' standard deviations, or (option
+    "proportional") each in proportion to its mean as from one frame: the fusion and the calibration follow."""
+    rng = np.random.default_rng(7)
+    frames = [good_frame(rng) for _ in range(4)]
+    fused = _fit(backbone, frames, masking="off", second_scale_spread=spread)
+    fine = _fit(backbone, frames, masking="off", second_scale=0)
+    coarse = _fit(backbone, frames, masking="off", second_scale=0, patch_pooling=5)
+    make = ScaleFusion.from_loo if spread == "measured" else ScaleFusion.from_one_frame
+    expected = make(fine.train_scores, coarse.train_scores, weight=0.2)
+    assert fused.second_scale.fusion is not None
+    for name in ("fine_mean", "fine_std", "coarse_mean", "coarse_std"):
+        assert getattr(fused.second_scale.fusion, name) == pytest.approx(getattr(expected, name), rel=1e-5, abs=1e-7)
+    calibration = expected.fuse(torch.from_numpy(fine.train_scores), torch.from_numpy(coarse.train_scores)).numpy()
+    np.testing.assert_allclose(fused.train_scores, calibration, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="second_scale_spread"):
+        PatchKNNConfig(second_scale_spread="median")
