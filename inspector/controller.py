@@ -499,9 +499,9 @@ class StationController:
                 return result
             # typed after the verdict (a triggered run: after the PLC's answer): the verdict is shown now,
             # the types follow (ResultTyped), and it is published once typed
-            recorded = dataclasses.replace(result, typing=None)
-            deliver(recorded)
-            pending.add_done_callback(lambda regions: typed(dataclasses.replace(recorded, regions=regions)))
+            deliver(dataclasses.replace(result, typing=None))
+            shown = result
+            pending.add_done_callback(lambda regions: typed(pending.applied(shown)))
             return result
 
         return consume

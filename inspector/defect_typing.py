@@ -429,7 +429,8 @@ class PendingTyping:
     ``work`` returns the result's regions typed (embeddings, predicted types). `run` calls it at most
     once, from whichever thread comes first; a failure leaves the regions as they were (typing is an aid,
     never a reason to lose a result). Listeners (`add_done_callback`: the recorder's held journal entry,
-    the screen) get the typed regions once typing is over, or at once if it already is.
+    the screen) get the typed regions once typing is over, or at once if it already is; `applied` gives
+    the result typed, with the typing's time in its ``postprocess_ms`` (where inline typing counts it).
 
     Thread-safe.
     """
@@ -437,6 +438,7 @@ class PendingTyping:
     def __init__(self, work: Callable[[], tuple[DefectRegion, ...]], untyped: tuple[DefectRegion, ...]) -> None:
         self._work: Callable[[], tuple[DefectRegion, ...]] | None = work
         self._regions = untyped
+        self._ms = 0.0
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._listeners: list[TypedListener] = []
@@ -451,15 +453,27 @@ class PendingTyping:
         with self._lock:
             work, self._work = self._work, None      # the features it holds are freed once it has run
             if work is not None:
+                started = time.perf_counter()
                 try:
                     self._regions = work()
                 except Exception:
                     logger.exception("defect typing failed; the result is kept with its regions untyped")
+                self._ms = (time.perf_counter() - started) * 1000.0
             listeners, self._listeners = self._listeners, []
             self._done.set()
         for listener in listeners:
             self._tell(listener)
         return self._regions
+
+    def applied(self, result: InspectionResult) -> InspectionResult:
+        """``result`` (the one this typing belongs to) with the regions as typed so far and no pending typing;
+        its ``postprocess_ms`` includes the typing's time once typing has run."""
+        import dataclasses
+
+        with self._lock:
+            regions, ms = self._regions, self._ms
+        times = dataclasses.replace(result.times, postprocess_ms=result.times.postprocess_ms + ms)
+        return dataclasses.replace(result, regions=regions, typing=None, times=times)
 
     def add_done_callback(self, listener: TypedListener) -> None:
         """Call ``listener(regions)`` once typing is over (now, on this thread, if it already is)."""
@@ -477,10 +491,10 @@ class PendingTyping:
 
 
 def finish_typing(result: InspectionResult) -> InspectionResult:
-    """``result`` with its regions typed, when its typing was left for after the answer; else ``result``."""
-    import dataclasses
-
+    """``result`` with its regions typed (and the typing's time in ``postprocess_ms``), when its typing was left
+    for after the answer; else ``result``."""
     pending = result.typing
     if pending is None:
         return result
-    return dataclasses.replace(result, regions=pending.run(), typing=None)
+    pending.run()
+    return pending.applied(result)

@@ -221,15 +221,17 @@ class ResultRecorder:
 
     def _typed(self, seq: int, result: InspectionResult, files: dict[str, str | None],
                regions: tuple[DefectRegion, ...]) -> None:
-        """A held result's types are known: its journal entry takes them and goes on to the store."""
+        """A held result's types are known: its journal entry takes them (and the typing's time) and goes on to
+        the store."""
         from inspector.store import result_rows
 
         journal = self._journal
         if journal is None:
             return
+        pending = result.typing
+        typed = pending.applied(result) if pending is not None else dataclasses.replace(result, regions=regions)
         try:
-            if not journal.amend(seq, result_rows(dataclasses.replace(result, regions=regions, typing=None),
-                                                  **files)):
+            if not journal.amend(seq, result_rows(typed, **files)):
                 log.warning("frame %s of %s reached the store before its defect types; it is stored untyped",
                             result.frame_id, result.recipe)
         except StoreError as exc:

@@ -96,6 +96,7 @@ def test_pending_typing_runs_once_and_tells_every_listener(tmp_path: Path) -> No
     finished = finish_typing(result)
     assert calls == [1] and pending.done
     assert finished.typing is None and finished.regions[0].predicted_class == "scratch"
+    assert finished.times.postprocess_ms >= 50 > result.times.postprocess_ms      # the typing's time counts
     pending.add_done_callback(heard.append)        # after the fact: told at once
     assert [r[0].predicted_class for r in heard] == ["scratch", "scratch"]
     assert finish_typing(finished) is finished
@@ -115,7 +116,11 @@ def test_the_recorder_holds_a_result_from_the_store_until_it_is_typed(tmp_path: 
     db = tmp_path / "station.db"
     store = Store(db)
     recorder = ResultRecorder(store)
-    pending = PendingTyping(lambda: (_typed(REGION, "scratch"),), (REGION,))
+    def work() -> tuple[DefectRegion, ...]:
+        time.sleep(0.05)
+        return (_typed(REGION, "scratch"),)
+
+    pending = PendingTyping(work, (REGION,))
     recorder.record(_result(1))
     receipt = recorder.record(_result(2, pending))          # durable now: the verdict can be reported
     recorder.record(_result(3))
@@ -126,6 +131,9 @@ def test_the_recorder_holds_a_result_from_the_store_until_it_is_typed(tmp_path: 
     finish_typing(_result(2, pending))
     assert recorder.wait_stored(10)
     assert _predicted(db) == [(1, None), (2, "scratch"), (3, None)]
+    with sqlite3.connect(db) as conn:                       # its time as stored includes the typing's
+        latency = dict(conn.execute("SELECT frame_id, latency_ms FROM inspections").fetchall())
+    assert latency[2] >= 50 > latency[1]
     recorder.close()
     store.close()
 
