@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,14 +15,13 @@ import pytest
 import inspector.journal as journal_module
 from inspector.capture import ArraySource
 from inspector.controller import ResultArrived, ResultTyped, StationController
-from inspector.defect_typing import DefectTyper, PendingTyping, finish_typing
+from inspector.defect_typing import PendingTyping, finish_typing
 from inspector.journal import ResultJournal
-from inspector.recipe import load_recipe
 from inspector.recording import ResultRecorder
 from inspector.results import DefectRegion, InspectionResult, Verdict
-from inspector.station import Station
 from inspector.store import Store
 from tests.helpers.images import textured_part, with_defect
+from tests.helpers.typing import labelled_station, watch_typing
 
 REGION = DefectRegion(x=4, y=4, width=6, height=6, area_px=36, area_mm2=None, max_score=1.0, mean_score=0.8)
 
@@ -143,28 +141,11 @@ def test_a_continuous_station_shows_the_verdict_first_then_its_types_and_publish
 ) -> None:
     """The app without a PLC: the screen gets a FAIL before the typer runs, then its types (`ResultTyped`);
     MQTT's place (``after_record``) and the store get the typed result only."""
-    station = Station.load(load_recipe(taught_recipe))
     rng = np.random.default_rng(5)
     store = Store(tmp_path / "stats.db")
-    station.attach_typer(DefectTyper(store, station.name, refresh_s=0.0))
-    first = station.inspect_image(with_defect(textured_part(rng), rng)[0])
-    store.record(first)
-    store.flush()
-    store.set_defect_class("scratch", user="qa", region_id=store.inspections(recipe=station.name)[0].regions[0].id)
+    station = labelled_station(taught_recipe, store, rng)
     seen: list[object] = []                 # events and typer calls, in the order they happened
-    real_attach = station.attach_typer
-
-    def attach(typer: Any) -> None:
-        real_predict = typer.predict
-
-        def predict(embeddings: Any, *, pool: bool = True) -> Any:
-            seen.append("typer")
-            return real_predict(embeddings, pool=pool)
-
-        typer.predict = predict
-        real_attach(typer)
-
-    station.attach_typer = attach  # type: ignore[method-assign]
+    watch_typing(station, lambda: seen.append("typer"))
     recorder = ResultRecorder(store)
     defect = with_defect(textured_part(rng), rng)[0]
     controller = StationController(

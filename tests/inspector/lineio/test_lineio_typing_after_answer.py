@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pymodbus.client import ModbusTcpClient
 
 from inspector.capture import ArraySource
 from inspector.controller import ControllerEvent, ResultArrived, ResultTyped, StationController
-from inspector.defect_typing import DefectTyper
 from inspector.lineio.line import LineIO
 from inspector.lineio.station_config import ModbusConfig, RecipeSlot, StationConfig
 from inspector.lineio.triggered_pipeline import triggered_pipelines
-from inspector.recipe import load_recipe
 from inspector.recording import ResultRecorder
-from inspector.station import Station
 from inspector.store import Store
 from tests.helpers.images import textured_part, with_defect
 from tests.helpers.lineio import free_port
+from tests.helpers.typing import labelled_station, watch_typing
 
 TRIG, RESULT, VERDICT = 2, 3, 4
 
@@ -33,16 +30,9 @@ TRIG, RESULT, VERDICT = 2, 3, 4
 def test_a_fail_is_answered_before_its_defects_are_typed_then_shown_and_stored_typed(
     taught_recipe: Path, tmp_path: Path
 ) -> None:
-    station = Station.load(load_recipe(taught_recipe))
     rng = np.random.default_rng(5)
     store = Store(tmp_path / "stats.db")
-    # a reviewer labelled one earlier defect "scratch"
-    station.attach_typer(DefectTyper(store, station.name, refresh_s=0.0))
-    first = station.inspect_image(with_defect(textured_part(rng), rng)[0])
-    store.record(first)
-    store.flush()
-    store.set_defect_class("scratch", user="qa", region_id=store.inspections(recipe=station.name)[0].regions[0].id)
-
+    station = labelled_station(taught_recipe, store, rng)     # a reviewer labelled one earlier defect "scratch"
     port = free_port()
     config = StationConfig(station="t1", mode="triggered", deadline_ms=60_000.0,
                            recipes=(RecipeSlot(number=1, file=taught_recipe),), initial_recipe=1,
@@ -50,19 +40,7 @@ def test_a_fail_is_answered_before_its_defects_are_typed_then_shown_and_stored_t
     line = LineIO(config, active_recipe=1)
     line.start()
     answer_when_typed: list[int] = []      # the PLC's result register when the typer ran
-    real_attach = station.attach_typer
-
-    def attach(typer: Any) -> None:          # the recorder gives the station its typer at Start: watch it type
-        real_predict = typer.predict
-
-        def predict(embeddings: Any, *, pool: bool = True) -> Any:
-            answer_when_typed.append(line.signals.snapshot().result)
-            return real_predict(embeddings, pool=pool)
-
-        typer.predict = predict
-        real_attach(typer)
-
-    station.attach_typer = attach  # type: ignore[method-assign]
+    watch_typing(station, lambda: answer_when_typed.append(line.signals.snapshot().result))
     shown: list[ResultArrived | ResultTyped] = []
 
     def on_event(event: ControllerEvent) -> None:
