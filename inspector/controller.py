@@ -207,6 +207,7 @@ class StationController:
         self._run = 0                       # id of the run in progress; results of older runs are late
         self._switching = False
         self._last_inspect_ms: float | None = None
+        self._last_frame: tuple[int, float] | None = None     # (frame_id, timestamp) of that result
         self._done_times: collections.deque[float] = collections.deque(maxlen=100_000)
         self._threads: list[threading.Thread] = []
         # Called with each result after the recorder made it durable and before it is delivered (MQTT
@@ -475,6 +476,9 @@ class StationController:
                     log.exception("result consumer %r raised", fn)
 
         def typed(result: InspectionResult) -> None:
+            with self._lock:            # its inspection time as stored: the typing's time included
+                if self._last_frame == (result.frame_id, result.timestamp):
+                    self._last_inspect_ms = result.times.total_ms
             publish(result)
             self._emit(ResultTyped(result=result, current=self._is_current(run)))
 
@@ -515,6 +519,7 @@ class StationController:
             with self._lock:
                 current = run == self._run and self._snapshot.state is RunState.RUNNING
                 self._last_inspect_ms = result.times.total_ms
+                self._last_frame = (result.frame_id, result.timestamp)
                 self._done_times.append(time.monotonic())
             self._emit(ResultArrived(result=result, current=current))
 

@@ -165,6 +165,9 @@ def test_a_continuous_station_shows_the_verdict_first_then_its_types_and_publish
         assert {r.predicted_class for r in arrived.result.regions} == {None}       # shown before typing
         assert typed.result.frame_id == arrived.result.frame_id and typed.current
         assert {r.predicted_class for r in typed.result.regions} == {"scratch"}
+        # its inspection time, on screen and stored, includes the typing's, as when typed inline
+        assert typed.result.times.total_ms > arrived.result.times.total_ms
+        assert controller.metrics().inspect_ms == typed.result.times.total_ms
         assert [r.frame_id for r in published] == [arrived.result.frame_id]         # published once, typed
         assert {r.predicted_class for r in published[0].regions} == {"scratch"}
         assert recorder.wait_stored(10)
