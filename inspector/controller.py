@@ -504,8 +504,8 @@ class StationController:
             # typed after the verdict (a triggered run: after the PLC's answer): the verdict is shown now,
             # the types follow (ResultTyped), and it is published once typed
             deliver(dataclasses.replace(result, typing=None))
-            shown = result
-            pending.add_done_callback(lambda regions: typed(pending.applied(shown)))
+            recorded = result
+            pending.add_done_callback(lambda regions: typed(pending.applied(recorded)))
             return result
 
         return consume
