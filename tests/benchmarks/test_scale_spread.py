@@ -30,7 +30,7 @@ def test_each_rule_is_the_product_fused_with_its_spreads(tmp_path: Path, store: 
     assert product.second_scale_active
     scores = [float(product.predict(load_image_rgb(item.path)).pred_score[0]) for item in category.test]
     labels = [item.label for item in category.test]
-    rule = "measured" if shots > 1 else "proportional"
+    rule = CONFIG.second_scale_spread if shots > 1 else "proportional"
     assert row["image_auroc"][rule] == pytest.approx(image_auroc(np.asarray(scores), labels), abs=1e-6)
     fusion = product.second_scale.fusion
     assert fusion is not None

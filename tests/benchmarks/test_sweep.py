@@ -187,10 +187,11 @@ def test_max_z_fusion_keeps_the_larger_z_score_of_each_pooling(
 def test_sum_z_fusion_is_the_products_second_scale(
     store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]], masking: str,
 ) -> None:
-    """The levers row "z r=1 + w z r=R" is what PatchKNN scores with second_scale=R, second_scale_weight=w."""
+    """The levers row "z r=1 + w z r=R" is what PatchKNN scores with second_scale=R, second_scale_weight=w and the
+    spreads measured."""
     data, items, train = lever_sweep
     config = PatchKNNConfig(shorter_side=SHORTER_SIDE, masking=masking, augment_rotations=False, second_scale=3,
-                            second_scale_weight=0.4)
+                            second_scale_weight=0.4, second_scale_spread="measured")
     detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
     detector.fit([load_image_rgb(p) for p in train])
     assert detector.second_scale_active

@@ -90,7 +90,8 @@ def test_a_fused_detector_scores_as_its_two_scales_fused(backbone: DinoBackbone,
     detector (r=1) and a coarse-only one (pooling r=5) fitted on the same frames, fused."""
     rng = np.random.default_rng(0)
     frames = [good_frame(rng) for _ in range(5)]
-    fused = _fit(backbone, frames, masking=masking, second_scale=5, second_scale_weight=0.3)
+    fused = _fit(backbone, frames, masking=masking, second_scale=5, second_scale_weight=0.3,
+                 second_scale_spread="measured")
     fine = _fit(backbone, frames, masking=masking, second_scale=0)
     coarse = _fit(backbone, frames, masking=masking, second_scale=0, patch_pooling=5)
     assert fused.second_scale_active and not fine.second_scale_active
@@ -246,15 +247,16 @@ def test_config_refuses_bad_second_scale_options(options: dict[str, object], mes
         PatchKNNConfig(**options)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("spread", ["measured", "proportional"])
-def test_good_frames_set_the_spreads_measured_or_in_proportion_to_the_means(
-    backbone: DinoBackbone, spread: str
+@pytest.mark.parametrize("spread", [None, "measured", "proportional"])
+def test_good_frames_set_the_spreads_in_proportion_to_the_means_or_measured(
+    backbone: DinoBackbone, spread: str | None
 ) -> None:
-    """From several good frames the spreads are their leave-one-out scores' standard deviations, or (option
-    "proportional") each in proportion to its mean as from one frame: the fusion and the calibration follow."""
+    """From several good frames each scale's spread is taken in proportion to its mean, as from one frame (the
+    default), or (option "measured") is their leave-one-out scores' standard deviation: the fusion and the
+    calibration follow."""
     rng = np.random.default_rng(7)
     frames = [good_frame(rng) for _ in range(4)]
-    fused = _fit(backbone, frames, masking="off", second_scale_spread=spread)
+    fused = _fit(backbone, frames, masking="off", **({"second_scale_spread": spread} if spread else {}))
     fine = _fit(backbone, frames, masking="off", second_scale=0)
     coarse = _fit(backbone, frames, masking="off", second_scale=0, patch_pooling=5)
     make = ScaleFusion.from_loo if spread == "measured" else ScaleFusion.from_one_frame
