@@ -479,8 +479,9 @@ class StationController:
             with self._lock:            # its inspection time as stored: the typing's time included
                 if self._last_frame == (result.frame_id, result.timestamp):
                     self._last_inspect_ms = result.times.total_ms
+                current = self._current_locked(run)
             publish(result)
-            self._emit(ResultTyped(result=result, current=self._is_current(run)))
+            self._emit(ResultTyped(result=result, current=current))
 
         def consume(result: InspectionResult) -> InspectionResult:
             lot = getattr(self._recorder, "lot", "")
@@ -510,14 +511,14 @@ class StationController:
 
         return consume
 
-    def _is_current(self, run: int) -> bool:
-        with self._lock:
-            return run == self._run and self._snapshot.state is RunState.RUNNING
+    def _current_locked(self, run: int) -> bool:
+        """Whether a result of ``run`` is shown as the verdict of now (held: ``_lock``)."""
+        return run == self._run and self._snapshot.state is RunState.RUNNING
 
     def _consumer(self, run: int) -> Callable[[InspectionResult], None]:
         def deliver(result: InspectionResult) -> None:
             with self._lock:
-                current = run == self._run and self._snapshot.state is RunState.RUNNING
+                current = self._current_locked(run)
                 self._last_inspect_ms = result.times.total_ms
                 self._last_frame = (result.frame_id, result.timestamp)
                 self._done_times.append(time.monotonic())

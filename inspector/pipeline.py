@@ -57,6 +57,7 @@ __all__ = [
     "PipelineStats",
     "ResultConsumer",
     "error_result",
+    "inspect_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,14 @@ def error_result(
         error=error,
         path=path,
     )
+
+
+def inspect_frame(inspector: FrameInspector, frame: Frame, *, defer_typing: bool) -> InspectionResult:
+    """``inspector.inspect(frame)``; with ``defer_typing``, an inspector that can (``can_defer_typing``: a
+    `inspector.station.Station`) leaves a REVIEW/FAIL frame's defect typing for later (``result.typing``)."""
+    if defer_typing and getattr(inspector, "can_defer_typing", False):
+        return inspector.inspect(frame, defer_typing=True)  # type: ignore[call-arg]
+    return inspector.inspect(frame)
 
 
 def _one_sentence(exc: BaseException, limit: int = 300) -> str:
@@ -595,10 +604,7 @@ class Pipeline:
                 path=item.path,
             )
         try:
-            if self._defer_typing and getattr(inspector, "can_defer_typing", False):
-                result = inspector.inspect(item, defer_typing=True)  # type: ignore[call-arg]
-            else:
-                result = inspector.inspect(item)
+            result = inspect_frame(inspector, item, defer_typing=self._defer_typing)
             if not isinstance(result, InspectionResult):
                 msg = (
                     f"{type(inspector).__name__}.inspect returned {type(result).__name__}, "

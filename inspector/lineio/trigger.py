@@ -40,7 +40,7 @@ from typing import Final
 
 from inspector.capture import FrameSource, SoftwareTriggerSource
 from inspector.lineio.signals import LineSignals, Trigger
-from inspector.pipeline import FrameInspector, ResultConsumer, error_result
+from inspector.pipeline import FrameInspector, ResultConsumer, error_result, inspect_frame
 from inspector.results import Frame, InspectionResult, Verdict
 
 __all__ = ["ANSWER_RESERVE_S", "TriggerStats", "TriggeredRunner"]
@@ -304,10 +304,7 @@ class TriggeredRunner:
         while (job := self._jobs.get()) is not None:
             future, inspector, frame = job
             try:
-                if getattr(inspector, "can_defer_typing", False):     # a Station: the types after the answer
-                    future.set_result(inspector.inspect(frame, defer_typing=True))  # type: ignore[call-arg]
-                else:
-                    future.set_result(inspector.inspect(frame))
+                future.set_result(inspect_frame(inspector, frame, defer_typing=True))   # the types after the answer
             except BaseException as exc:    # out of memory included: the controller answers ERROR
                 future.set_exception(exc)
 
