@@ -281,7 +281,6 @@ def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
     }
 
 
-
 def write_typing_result(path: Path | None, module: str, argv: list[str] | None, *, seeds: list[int], classifier: str,
                         start: float, categories: Any, mean: dict[str, Any]) -> None:
     """A typing benchmark's JSON at ``path`` (nothing when None): its command, draws, classifier, time, results."""

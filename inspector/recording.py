@@ -20,7 +20,6 @@ under a lock.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any, Final
 from inspector import paths
 from inspector.errors import StoreError
 from inspector.journal import DEFAULT_MAX_ENTRIES, JournalEntry, ResultJournal, journal_path_for
-from inspector.results import DefectRegion, InspectionResult
+from inspector.results import InspectionResult
 
 __all__ = ["DurableListener", "Receipt", "ResultRecorder", "journal_path_of"]
 
@@ -210,7 +209,8 @@ class ResultRecorder:
         seq = self._journal.append(result_id, payload, hold=hold)
         receipt = Receipt(result_id=result_id, where=str(self._journal.path), seq=seq, durable_at=time.time())
         if pending is not None:
-            pending.add_done_callback(functools.partial(self._typed, seq, result, files))
+            later = pending      # (bound for the callback: the narrowed name)
+            pending.add_done_callback(lambda _regions: self._typed(seq, later.applied(result), files))
         self._wake.set()
         for listener in listeners:
             try:
@@ -219,21 +219,18 @@ class ResultRecorder:
                 log.exception("durable listener %r failed", listener)
         return receipt
 
-    def _typed(self, seq: int, result: InspectionResult, files: dict[str, str | None],
-               regions: tuple[DefectRegion, ...]) -> None:
-        """A held result's types are known: its journal entry takes them (and the typing's time) and goes on to
-        the store."""
+    def _typed(self, seq: int, typed: InspectionResult, files: dict[str, str | None]) -> None:
+        """A held result is typed (``typed``: its regions and the typing's time): its journal entry takes them and
+        goes on to the store."""
         from inspector.store import result_rows
 
         journal = self._journal
         if journal is None:
             return
-        pending = result.typing
-        typed = pending.applied(result) if pending is not None else dataclasses.replace(result, regions=regions)
         try:
             if not journal.amend(seq, result_rows(typed, **files)):
                 log.warning("frame %s of %s reached the store before its defect types; it is stored untyped",
-                            result.frame_id, result.recipe)
+                            typed.frame_id, typed.recipe)
         except StoreError as exc:
             log.warning("%s", exc)
         finally:
