@@ -80,6 +80,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--self-tune", action="store_true",
                    help="also 'ours self-tuned': the configuration that `inspector train` chooses from the good "
                         "shots (models.self_tune, no cycle-time budget), first in the table")
+    p.add_argument("--choose-only", action="store_true",
+                   help="with --self-tune: only the teach step's choice per category and seed, no test images "
+                        "scored (the chosen configuration's numbers come from a run with --config)")
     return p.parse_args(argv)
 
 
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     ours = ["ours self-tuned", "ours"] if args.self_tune else ["ours"]
     detectors = ([] if args.only == "peer" else ours) + [f"peer b{b}" for b in peer_blocks]
+    if args.choose_only and not args.self_tune:
+        msg = "--choose-only needs --self-tune"
+        raise SystemExit(msg)
     if args.self_tune and args.no_cache:
         msg = "--self-tune runs on the feature cache; drop --no-cache"
         raise SystemExit(msg)
@@ -145,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                     chosen = config
                     if name == "ours self-tuned":
                         chosen, tuned = _self_tuned(config, category, shots, seed, args, blocks, store)
+                        if args.choose_only:
+                            out.append({"category": category.name, "setting": label, "shots": shots, "seed": seed,
+                                        "detector": name, "self_tune": tuned})
+                            break
                     if name == "ours" and same_as_ours is not None:
                         report = same_as_ours          # the same configuration, shots and features: the same scores
                     else:
@@ -166,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                                 **({"report_of": "ours self-tuned"} if name == "ours" and report is same_as_ours
                                    else {}),
                                 "report": report.to_dict()})
-                summary = summarise(out)
-                print(markdown_table(summary, detectors=detectors), flush=True)
+                summary = summarise(r for r in out if "report" in r)     # --choose-only rows have none
+                if summary:
+                    print(markdown_table(summary, detectors=detectors), flush=True)
                 if args.json:
                     env = {"device": str(args.device), "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "cpu": cpu_model(), "versions": versions(),
@@ -188,7 +199,7 @@ def _self_tuned(config: PatchKNNConfig, category: Any, shots: int | None, seed: 
     images = [load_image_rgb(p) for p in select_shots(category.train_good, shots, seed=seed)]
     backbone = CachedBackbone(store, blocks=blocks, neighbourhood=args.neighbourhood)
     result = self_tune(images, lambda cfg, bb: PatchKNN(backbone=bb, config=cfg), config,
-                       candidates_for(config, images[0].shape[:2]), backbone)
+                       candidates_for(config, images[0].shape[:2], len(images)), backbone)
     logger.info("%s seed %d: %s", category.name, seed, result.reason)
     tuned = result.to_dict()
     for check in tuned["candidates"]:          # the per-image scores are long and say little in a table's JSON

@@ -323,7 +323,8 @@ def _self_tune(
     if len(images) < MIN_IMAGES:
         return None, f"skipped: it needs at least {MIN_IMAGES} good images, got {len(images)}"
     pinned = set(recipe.detector.options)
-    candidates = [c for c in candidates_for(detector.config, images[0].shape[:2]) if not pinned & set(c.options)]
+    listed = candidates_for(detector.config, images[0].shape[:2], len(images))
+    candidates = [c for c in listed if not pinned & set(c.options)]
     if len(candidates) < 2:
         return None, "skipped: the recipe's detector.options fix every option it would choose"
     yield Progress(done=0, total=1, message=f"self-tuning: checking {len(candidates)} configurations", unit="step")

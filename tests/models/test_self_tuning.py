@@ -140,6 +140,54 @@ def test_tiling_is_a_candidate_only_for_large_frames() -> None:
     assert [c.name for c in large][-1] == "tiling" and large[-1].options["tiling"] == "on"
 
 
+def test_turned_views_are_a_candidate_only_where_auto_rotations_leave_them_out(backbone: DinoBackbone) -> None:
+    auto = PatchKNNConfig(shorter_side=SIZE, masking="on", blur_sigma=1.0, rotation_max_shots=4)
+    assert "turned views" not in [c.name for c in candidates_for(auto, (SIZE, SIZE))]       # count not known
+    assert "turned views" not in [c.name for c in candidates_for(auto, (SIZE, SIZE), 4)]    # auto turns them
+    assert "turned views" not in [c.name for c in candidates_for(BASE, (SIZE, SIZE), 9)]    # off by choice
+    fixed = PatchKNNConfig(shorter_side=SIZE, masking="off", rotation_max_shots=4, position_radius=2.0)
+    assert "turned views" not in [c.name for c in candidates_for(fixed, (SIZE, SIZE), 9)]   # positions would turn
+    cands = candidates_for(auto, (SIZE, SIZE), 5)
+    assert [c.name for c in cands][-1] == "turned views" and cands[-1].options == {"augment_rotations": True}
+    # each candidate's folds are fitted with what the taught model will do: auto pinned off (5 > 4 images)
+    # for the others, the candidate's turned views for it
+    seen: list[tuple[int, bool]] = []
+
+    def make(cfg: PatchKNNConfig, bb: DinoBackbone) -> PatchKNN:
+        detector = _make(cfg, bb)
+        original = detector.fit
+
+        def fit(frames: list[np.ndarray]) -> None:
+            original(frames)
+            seen.append((len(frames), detector.rotations_used))
+
+        detector.fit = fit  # type: ignore[method-assign]
+        return detector
+
+    result = self_tune(_parts(5), make, auto, [cands[0], cands[-1]], backbone)
+    assert {c.candidate.name for c in result.checks} == {cands[0].name, "turned views"}
+    assert seen[:5] == [(5, False), (3, False), (4, False), (4, False), (4, False)]   # banks of 3-4 in folds
+    assert seen[5:] == [(5, True), (3, True), (4, True), (4, True), (4, True)]
+    assert not result.not_checked
+
+
+def test_turned_views_are_not_checked_where_the_base_sees_no_part_on_a_plain_background(
+        backbone: DinoBackbone) -> None:
+    # a texture or a board that fills the frame (masking decided off) keeps its orientation: the turned
+    # views are left out, the report says why, and the progress still reaches its total
+    filled = PatchKNNConfig(shorter_side=SIZE, masking="off", blur_sigma=1.0, rotation_max_shots=4)
+    cands = candidates_for(filled, (SIZE, SIZE), 5)
+    assert cands[-1].name == "turned views" and cands[-1].plain_background_only
+    steps: list[tuple[int, int]] = []
+    result = self_tune(_parts(5), _make, filled, cands, backbone, progress=lambda d, t: steps.append((d, t)))
+    assert [c.candidate.name for c in result.checks] == [c.name for c in cands[:-1]]
+    assert [name for name, _ in result.not_checked] == ["turned views"]
+    assert any(line.startswith("  - turned views: not checked, the good images show no part on a plain")
+               for line in result.summary_lines()), result.summary_lines()
+    assert result.to_dict()["not_checked"][0]["name"] == "turned views"
+    assert steps[-1] == (15, 15) and all(d <= t for d, t in steps)
+
+
 def test_too_few_images_are_refused_with_the_number() -> None:
     with pytest.raises(ValueError, match="at least 3 good images \\(got 2\\)"):
         self_tune(_parts(2), _make, BASE, candidates_for(BASE, (SIZE, SIZE)), DinoBackbone.__new__(DinoBackbone))
