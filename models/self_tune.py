@@ -421,7 +421,7 @@ def self_tune(
         raise ValueError(msg)
     memo = MemoBackbone(backbone)
     # pin "auto" rotations to what the final fit on all n images will do, so that every fold is scored
-    # the way the taught model will score
+    # the way the taught model will score (a candidate that sets them, the turned views, keeps its own)
     rotate = base.augment_rotations if base.augment_rotations != "auto" else n <= base.rotation_max_shots
     synthetics = synthetic_set(images_rgb, seed=seed)
     folds = _fold_of(n)
