@@ -286,7 +286,7 @@ class Setting:
     # turned into a z-score by its leave-one-out image scores, the largest kept (the map is the first part's);
     # "sum_z": those z-scores summed with ``z_weights`` (one per part), the map the first part's;
     # "sum_z_proportional": the same with each part's spread taken as its leave-one-out mean
-    # (``ScaleFusion.from_one_frame``'s rule) instead of their standard deviation
+    # (``ScaleFusion.from_means``'s rule) instead of their standard deviation
     fusion: str = "map"
     z_weights: tuple[float, ...] = ()
 

@@ -78,7 +78,7 @@ SETTINGS: Final[dict[str, dict[str, Any]]] = {
        for w in (0.1, 0.2, 0.3, 0.4, 0.5)},
     **{f"z r=1 + {w} z r=3": {"pools": (1, 3), "fusion": "sum_z", "z_weights": (1.0, w)} for w in (0.2, 0.3, 0.5)},
     # the product's r=5 at 0.2 with each spread taken in proportion to its mean (the one-frame rule, ScaleFusion.
-    # from_one_frame) instead of measured (benchmarks/scale_spread.py at fewer shots)
+    # from_means) instead of measured (benchmarks/scale_spread.py at fewer shots)
     "z r=1 + 0.2 z r=5, proportional spreads": {"pools": (1, 5), "fusion": "sum_z_proportional",
                                                 "z_weights": (1.0, 0.2)},
     **{f"z r=1 + {w} mean z r=3,5": {"pools": (1, 3, 5), "fusion": "sum_z", "z_weights": (1.0, w / 2, w / 2)}

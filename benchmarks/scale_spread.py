@@ -3,7 +3,7 @@
 The second scale (``models.detectors._scales``) adds ``weight x`` the coarse image score's z-score to the fine
 one's. Each z-score needs the good frames' spread at its scale: with two or more good frames the product measures
 it (the standard deviation of the leave-one-out scores, ``ScaleFusion.from_loo``); with one frame it takes each
-scale's spread in proportion to its mean (``ScaleFusion.from_one_frame``). Both reduce to
+scale's spread in proportion to its mean (``ScaleFusion.from_means``). Both reduce to
 
     fused = fine + weight * k * coarse      (for ranking; k = fine spread / coarse spread)
 
@@ -67,7 +67,7 @@ def category_seed(store: FeatureStore, root: Path, shots: int, seed: int,
         test[name] = np.asarray([float(detector.predict(load_image_rgb(item.path)).pred_score[0])
                                  for item in category.test])
     fine, coarse = torch.from_numpy(test["fine"]), torch.from_numpy(test["coarse"])
-    fusions = {"proportional": ScaleFusion.from_one_frame(calibration["fine"], calibration["coarse"],
+    fusions = {"proportional": ScaleFusion.from_means(calibration["fine"], calibration["coarse"],
                                                           weight=base.second_scale_weight)}
     if shots >= 2:
         fusions["measured"] = ScaleFusion.from_loo(calibration["fine"], calibration["coarse"],

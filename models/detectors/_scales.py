@@ -17,7 +17,7 @@ weight and the scale were chosen on those same sets (``benchmarks/README.md``).
 
 Taught from ONE good frame there is no leave-one-out spread: the frame's region-leave-out scores
 (``models.detectors.one_shot``, radius 1, 2, 3) at both scales give the means, and each scale's spread is taken in
-proportion to its mean (``ScaleFusion.from_one_frame``). Same scale and weight; measured the same way at one shot:
+proportion to its mean (``ScaleFusion.from_means``). Same scale and weight; measured the same way at one shot:
 transistor 0.718 -> 0.796, fryum 0.895 -> 0.894, magnetic tile 0.710 -> 0.714.
 
 The same proportional rule is now the default from any number of good frames (``PatchKNNConfig.
@@ -28,7 +28,7 @@ transistor 0.925 -> 0.936, fryum 0.916 -> 0.916, magnetic tile 0.828 -> 0.826; 4
 fryum 0.913 -> 0.911. ``"measured"`` (``ScaleFusion.from_loo``) keeps the standard deviations.
 
 Example:
-    >>> fusion = ScaleFusion.from_one_frame(fine_loo, coarse_loo, weight=0.2)    # or .from_loo (measured)
+    >>> fusion = ScaleFusion.from_means(fine_loo, coarse_loo, weight=0.2)    # or .from_loo (measured)
     >>> fused = fusion.fuse(fine_scores, coarse_scores)
 """
 
@@ -78,7 +78,7 @@ class ScaleFusion:
     """The leave-one-out statistics that put the fine and the coarse image scores on one scale."""
 
     fine_mean: float    # mean leave-one-out image score of the good frames at the fine scale
-    fine_std: float     # its spread: the standard deviation (from one frame: the mean, ``from_one_frame``)
+    fine_std: float     # its spread: the standard deviation (in proportion to the mean: the mean, ``from_means``)
     coarse_mean: float  # the same at the coarse scale, over the same frames
     coarse_std: float
     weight: float       # the coarse z-score's weight (``PatchKNNConfig.second_scale_weight``)
@@ -95,16 +95,20 @@ class ScaleFusion:
                    coarse_std=float(c.std()), weight=float(weight))
 
     @classmethod
-    def from_one_frame(cls, fine: np.ndarray, coarse: np.ndarray, *, weight: float) -> ScaleFusion:
-        """From the (R,) region-leave-out scores of ONE good frame at both scales (``models.detectors.one_shot``:
-        one score per radius left out). They do not say how much the scores of other good frames spread, so each
-        scale's spread is taken in proportion to its mean (the same coefficient of variation at both scales):
-        the fused score is then ``fine + weight * (fine_mean / coarse_mean) * (coarse - coarse_mean)``.
+    def from_means(cls, fine: np.ndarray, coarse: np.ndarray, *, weight: float) -> ScaleFusion:
+        """From paired scores of the good frames at both scales, each scale's spread in proportion to its mean
+        (the same coefficient of variation at both scales): the fused score is then
+        ``fine + weight * (fine_mean / coarse_mean) * (coarse - coarse_mean)``.
+
+        The scores are N frames' leave-one-out scores (``second_scale_spread = "proportional"``, the default), or
+        the (R,) region-leave-out scores of ONE good frame (``models.detectors.one_shot``: one score per radius
+        left out), which do not say how much the scores of other good frames spread.
 
         Raises:
             ValueError: the two differ in length, are empty or hold a non-finite score.
         """
-        f, c = _paired(fine, coarse, at_least=1, what="region scores of one frame, the same radii at both scales")
+        f, c = _paired(fine, coarse, at_least=1,
+                       what="scores of the same frames (or of one frame, the same radii) at both scales")
         fine_mean, coarse_mean = float(f.mean()), float(c.mean())
         return cls(fine_mean=fine_mean, fine_std=fine_mean, coarse_mean=coarse_mean, coarse_std=coarse_mean,
                    weight=float(weight))
@@ -200,7 +204,7 @@ class SecondScale:
         scale is not used or too few frames were scored (then the coarse bank is dropped).
 
         ``one_frame``: the scores are one frame's region-leave-out scores (``models.detectors.one_shot``), not
-        N frames': ``ScaleFusion.from_one_frame`` (each scale's spread in proportion to its mean)."""
+        N frames': ``ScaleFusion.from_means`` (each scale's spread in proportion to its mean)."""
         if self.bank.shape[0] == 0:
             return fine
         needed = 1 if one_frame else 2
@@ -209,7 +213,7 @@ class SecondScale:
             return fine
         weight = self._config.second_scale_weight
         proportional = one_frame or self._config.second_scale_spread == "proportional"
-        make = ScaleFusion.from_one_frame if proportional else ScaleFusion.from_loo
+        make = ScaleFusion.from_means if proportional else ScaleFusion.from_loo
         self.fusion = make(fine, np.asarray(coarse), weight=weight)
         logger.info("patch_knn second scale r=%d fused (weight %.2f%s): coarse calibration scores mean %.4f",
                     self._config.second_scale, weight, ", from one frame" if one_frame else "", float(np.mean(coarse)))

@@ -56,7 +56,7 @@ class PatchKNNConfig:
     # second_scale x second_scale patches, and add that image score's z-score (on the good frames' leave-one-out
     # scale) times second_scale_weight to the z-score of the score above; the map stays this scale's. 0 = off;
     # used untiled, when coarser than patch_pooling (one good frame: its region-leave-out scores set the scales,
-    # models.detectors._scales.ScaleFusion.from_one_frame). r=5 with 0.2: dev mean image
+    # models.detectors._scales.ScaleFusion.from_means). r=5 with 0.2: dev mean image
     # AUROC 0.868 -> 0.889, no category below -0.007 (full test sets, 3 shot seeds; chosen on those same sets,
     # benchmarks/README.md); one more kNN search per frame
     second_scale: int = 5

@@ -208,7 +208,7 @@ def test_proportional_sum_z_takes_each_spread_as_its_leave_one_out_mean(
     store: FeatureStore, lever_sweep: tuple[SweepData, list[TestItem], list[Path]], masking: str,
 ) -> None:
     """The levers row "..., proportional spreads" is a fine-only and a coarse-only PatchKNN fused by
-    ScaleFusion.from_one_frame's rule on their leave-one-out scores."""
+    ScaleFusion.from_means's rule on their leave-one-out scores."""
     data, items, train = lever_sweep
     frames, test = [load_image_rgb(p) for p in train], [load_image_rgb(t.path) for t in items]
 
@@ -219,7 +219,7 @@ def test_proportional_sum_z_takes_each_spread_as_its_leave_one_out_mean(
         return detector
 
     fine, coarse = fitted(second_scale=0), fitted(second_scale=0, patch_pooling=3)
-    fusion = ScaleFusion.from_one_frame(fine.train_scores, coarse.train_scores, weight=0.4)
+    fusion = ScaleFusion.from_means(fine.train_scores, coarse.train_scores, weight=0.4)
     want = fusion.fuse(torch.from_numpy(fine.predict(test).pred_score),
                        torch.from_numpy(coarse.predict(test).pred_score)).numpy()
     swept = derive(data, Setting(blocks=(8,), pools=(1, 3), masking=masking, fusion="sum_z_proportional",

@@ -111,14 +111,14 @@ def test_a_fused_detector_scores_as_its_two_scales_fused(backbone: DinoBackbone,
     assert got.pred_score[0] > got.pred_score[1]
 
 
-def test_fusion_from_one_frame_takes_each_spread_in_proportion_to_its_mean() -> None:
-    fusion = ScaleFusion.from_one_frame(np.array([0.2, 0.3, 0.4]), np.array([0.05, 0.1, 0.15]), weight=0.5)
+def test_fusion_from_means_takes_each_spread_in_proportion_to_its_mean() -> None:
+    fusion = ScaleFusion.from_means(np.array([0.2, 0.3, 0.4]), np.array([0.05, 0.1, 0.15]), weight=0.5)
     assert fusion.fine_mean == pytest.approx(0.3) and fusion.coarse_mean == pytest.approx(0.1)
     # fine + 0.5 * (0.3 / 0.1) * (coarse - 0.1)
     fused = fusion.fuse(torch.tensor([0.3, 0.3, 0.5]), torch.tensor([0.1, 0.3, 0.1]))
     np.testing.assert_allclose(fused.numpy(), [0.3, 0.6, 0.5], rtol=1e-6)
     with pytest.raises(ValueError, match="same radii"):
-        ScaleFusion.from_one_frame(np.array([0.2, 0.3]), np.array([0.1]), weight=0.2)
+        ScaleFusion.from_means(np.array([0.2, 0.3]), np.array([0.1]), weight=0.2)
 
 
 @pytest.mark.parametrize(("rotations", "masking"), [(False, "off"), (True, "off"), (False, "on")])
@@ -133,7 +133,7 @@ def test_one_good_frame_fuses_its_region_scores_at_both_scales(
     coarse = _fit(backbone, frame, masking=masking, augment_rotations=rotations, second_scale=0, patch_pooling=5)
     assert fused.second_scale_active and fused.rotations_used is rotations
     assert fused.second_scale.bank.shape == fused.memory_bank.shape
-    expected = ScaleFusion.from_one_frame(fine.train_scores, coarse.train_scores, weight=0.2)
+    expected = ScaleFusion.from_means(fine.train_scores, coarse.train_scores, weight=0.2)
     assert fused.second_scale.fusion is not None
     for name in ("fine_mean", "fine_std", "coarse_mean", "coarse_std", "weight"):
         assert getattr(fused.second_scale.fusion, name) == pytest.approx(getattr(expected, name), rel=1e-5, abs=1e-7)
@@ -259,7 +259,7 @@ def test_good_frames_set_the_spreads_in_proportion_to_the_means_or_measured(
     fused = _fit(backbone, frames, masking="off", **({"second_scale_spread": spread} if spread else {}))
     fine = _fit(backbone, frames, masking="off", second_scale=0)
     coarse = _fit(backbone, frames, masking="off", second_scale=0, patch_pooling=5)
-    make = ScaleFusion.from_loo if spread == "measured" else ScaleFusion.from_one_frame
+    make = ScaleFusion.from_loo if spread == "measured" else ScaleFusion.from_means
     expected = make(fine.train_scores, coarse.train_scores, weight=0.2)
     assert fused.second_scale.fusion is not None
     for name in ("fine_mean", "fine_std", "coarse_mean", "coarse_std"):
