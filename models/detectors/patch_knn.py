@@ -271,10 +271,12 @@ class PatchKNN(nn.Module):
         loo_items: list[tuple[int, torch.Tensor, FrameGeometry]] = []
         turned: list[tuple[float, torch.Tensor]] = []    # one frame: its rotated views (raw), for its calibration
         ref_masks: list[torch.Tensor] = []
+        foreground: list[torch.Tensor] = []   # per view, its rows that stay if the frames are masked
 
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             emb = self._embed(raw)
             bank_parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            foreground.append(self._banked_rows(raw, angle))
             self._scales.add(raw)
             n_patches = raw.shape[0] * raw.shape[1]
             owner_parts.append(torch.full((n_patches,), owner, dtype=torch.int64, device=raw.device))
@@ -306,8 +308,10 @@ class PatchKNN(nn.Module):
         self.n_images = total
         self.rotations_used = rotate
         n_before = self.bank_size
-        self._shrink_bank()
         self.masking_active, self.reference_foreground = decide_masking(ref_masks, cfg)
+        if self.masking_active and foreground:
+            self._keep_rows(torch.cat(foreground))
+        self._shrink_bank()
         logger.info("patch_knn fitted on %d frame(s)%s: bank of %d patches (from %d), masking %s",
                     total, " with rotations" if rotate else "", self.bank_size, n_before,
                     "on" if self.masking_active else "off")
@@ -340,13 +344,29 @@ class PatchKNN(nn.Module):
             order = tiles_sorted(self.bank_tile if keep is None else self.bank_tile[keep])
             keep = order if keep is None else keep[order]
         if keep is not None:
-            self._scales.keep(keep, self.bank_size)
-            self.memory_bank = self.memory_bank[keep].contiguous()
-            self.bank_owner = self.bank_owner[keep].contiguous()
-            self.bank_pos = self.bank_pos[keep].contiguous()
-            self.bank_tile = self.bank_tile[keep].contiguous()
+            self._keep_rows(keep)
         if per_position:
             self._tiles.index(self.bank_tile, n_tiles)
+
+    def _keep_rows(self, keep: torch.Tensor) -> None:
+        """The bank (both scales, owners, positions, tiles) keeps ``keep``: row indices, or a bool per row."""
+        if keep.dtype == torch.bool:
+            if bool(keep.all()):
+                return
+            keep = torch.nonzero(keep).reshape(-1)
+        self._scales.keep(keep, self.bank_size)
+        self.memory_bank = self.memory_bank[keep].contiguous()
+        self.bank_owner = self.bank_owner[keep].contiguous()
+        self.bank_pos = self.bank_pos[keep].contiguous()
+        self.bank_tile = self.bank_tile[keep].contiguous()
+
+    def _banked_rows(self, raw: torch.Tensor, angle: float) -> torch.Tensor:
+        """(h * w,) bool: the rows of one (h, w, D) view that stay in the bank when the frames are masked: all of
+        the frame's own view; a rotated view's foreground only, unless ``rotation_background``."""
+        cfg = self._config
+        if angle == 0.0 or cfg.rotation_background or cfg.masking == "off":
+            return torch.ones(raw.shape[0] * raw.shape[1], dtype=torch.bool, device=raw.device)
+        return self._masks(raw[None])[0].reshape(-1)
 
     @torch.inference_mode()
     def add_normal(self, images_rgb: Iterable[np.ndarray]) -> None:
@@ -364,6 +384,7 @@ class PatchKNN(nn.Module):
         parts: list[torch.Tensor] = []
         owners: list[torch.Tensor] = []
         positions: list[torch.Tensor] = []
+        foreground: list[torch.Tensor] = []
         first = self.n_images
         if self.tiling_active:
             more = self._tiles.extract(images, angles, dtype=self.memory_bank.dtype, device=self.device,
@@ -379,6 +400,7 @@ class PatchKNN(nn.Module):
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             emb = self._embed(raw)
             parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
+            foreground.append(self._banked_rows(raw, angle))
             self._scales.add(raw)
             if angle == 0.0:
                 self._aligned.add(first + owner, emb)
@@ -391,11 +413,15 @@ class PatchKNN(nn.Module):
         self._scales.end()
         if not parts:
             return
+        n_before = self.bank_size
         self.memory_bank = torch.cat([self.memory_bank, *parts])
         self.bank_owner = torch.cat([self.bank_owner, *owners])
         self.bank_pos = torch.cat([self.bank_pos, *positions])
         self.bank_tile = torch.cat([self.bank_tile, torch.zeros(sum(len(o) for o in owners), dtype=torch.int64,
                                                                 device=self.bank_tile.device)])
+        if self.masking_active:
+            self._keep_rows(torch.cat([torch.ones(n_before, dtype=torch.bool, device=self.bank_owner.device),
+                                       *(rows.to(self.bank_owner.device) for rows in foreground)]))
         self.n_images += len(images)
         logger.info("patch_knn: added %d good frame(s); bank now %d patches", len(images), self.bank_size)
 

@@ -44,6 +44,11 @@ class PatchKNNConfig:
     augment_rotations: bool | Literal["auto"] = "auto"  # AnomalyDINO rotates references in few-shot runs
     rotation_angles: tuple[float, ...] = (0, 45, 90, 135, 180, 225, 270, 315)  # AnomalyDINO, degrees
     rotation_max_shots: int = 8  # ours: "auto" rotates when fitting on this many images or fewer
+    # ours: bank the background patches of the rotated views too; False keeps only their foreground (the
+    # frame's own view keeps all) when the test frames are masked, as a masked frame's part is what is
+    # matched: the rotations' bank shrinks to about the part's share (fryum: a third), and so do the kNN
+    # time and the model file (benchmarks/README.md); unmasked frames bank every patch either way
+    rotation_background: bool = False
     max_bank_size: int | None = None  # ours: greedy coreset down to this many patches; None keeps all
     coreset_projection_dim: int = 128  # PatchCore's random-projection dimension for k-center greedy
 
@@ -151,6 +156,9 @@ class PatchKNNConfig:
         if self.augment_rotations not in (True, False, "auto"):
             msg = (f"PatchKNNConfig.augment_rotations must be True, False or 'auto', "
                    f"got {self.augment_rotations!r}")
+            raise ValueError(msg)
+        if not isinstance(self.rotation_background, bool):
+            msg = f"PatchKNNConfig.rotation_background must be true or false, got {self.rotation_background!r}"
             raise ValueError(msg)
         if self.precision not in PRECISIONS:
             msg = f"PatchKNNConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"

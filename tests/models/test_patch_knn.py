@@ -79,7 +79,7 @@ def test_fit_builds_bank_with_rotations_and_reports_progress(backbone: DinoBackb
 def test_rotation_option(backbone: DinoBackbone, rotations: bool | str, max_shots: int, views: int) -> None:
     rng = np.random.default_rng(0)
     cfg = PatchKNNConfig(shorter_side=56, augment_rotations=rotations, rotation_max_shots=max_shots,
-                         rotation_angles=(0, 45, 90))
+                         rotation_angles=(0, 45, 90), rotation_background=True)  # every view's patches counted
     detector = PatchKNN(backbone=backbone, config=cfg)
     detector.fit(iter([good_frame(rng, 56), good_frame(rng, 56)]))  # a plain iterator works too
     assert detector.bank_size == 2 * views * 16
@@ -217,6 +217,47 @@ def test_masking_paths_run(backbone: DinoBackbone) -> None:
         assert detector.masking_active == (masking == "on")  # random features: auto finds no object
         out = detector.predict(defect_frame(rng)[0])
         assert np.isfinite(out.pred_score).all()
+
+
+def part_on_plain_background(rng: np.random.Generator) -> np.ndarray:
+    """A bright textured ellipse on a dark flat background: (SIZE, SIZE, 3) uint8 RGB."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    part = ((yy - SIZE / 2) / 30) ** 2 + ((xx - SIZE / 2) / 18) ** 2 < 1
+    noise = rng.normal(0, 1, (SIZE, SIZE, 1))
+    frame = np.where(part[..., None], 170.0 + 25 * noise, 30.0 + 3 * noise)
+    return np.clip(frame, 0, 255).astype(np.uint8).repeat(3, axis=2)
+
+
+def test_rotated_views_bank_their_foreground_only_when_frames_are_masked(backbone: DinoBackbone) -> None:
+    rng = np.random.default_rng(21)
+    frames = [part_on_plain_background(rng) for _ in range(3)]
+    more = part_on_plain_background(rng)
+    fitted = {}
+    for background in (True, False):
+        cfg = PatchKNNConfig(shorter_side=SIZE, masking="on", augment_rotations=True, rotation_background=background)
+        fitted[background] = PatchKNN(backbone=backbone, config=cfg)
+        fitted[background].fit(frames)
+    full, lean = fitted[True], fitted[False]
+    assert full.bank_size == 3 * 8 * PATCHES
+    assert 3 * PATCHES < lean.bank_size < full.bank_size / 2   # the frames' own views whole, rotations' part only
+    for owner in range(3):   # each frame's own view is banked whole
+        assert int((lean.bank_owner == owner).sum()) >= PATCHES
+    nearest = torch.cdist(lean.memory_bank.float(), full.memory_bank.float(),
+                          compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    assert float(nearest.max()) < 1e-5   # rows kept, not changed
+    assert lean.second_scale.bank.shape[0] in (0, lean.bank_size)   # the coarse bank follows row for row
+    # a good part scores as before: its patches are matched on the part, which both banks hold
+    test = part_on_plain_background(rng)
+    assert lean.predict(test).pred_score[0] == pytest.approx(full.predict(test).pred_score[0], rel=0.1)
+    # frames added later are banked the same way
+    before = lean.bank_size
+    lean.add_normal([more])
+    assert PATCHES < lean.bank_size - before < 8 * PATCHES / 2
+    # unmasked frames bank every view whole, whatever the option
+    unmasked = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=SIZE, masking="off",
+                                                                 augment_rotations=True, rotation_background=False))
+    unmasked.fit(frames)
+    assert unmasked.bank_size == full.bank_size
 
 
 @pytest.mark.parametrize("pooling", [2, 3])
@@ -407,6 +448,8 @@ def test_config_validates_and_round_trips() -> None:
         PatchKNNConfig(masking="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown PatchKNNConfig option.*'kk'"):
         PatchKNNConfig.from_dict({"kk": 1})
+    with pytest.raises(ValueError, match="PatchKNNConfig.rotation_background must be true or false, got 'no'"):
+        PatchKNNConfig(rotation_background="no")  # type: ignore[arg-type]
 
 
 @pytest.mark.gpu
