@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defects", type=Path, default=None, metavar="DIR",
                    help="folder of known-bad images (optional; masks in DIR/../ground_truth or DIR/masks)")
     p.add_argument("--fixed-config", action="store_true",
-                   help="teach the recipe's configuration as written; by default teaching chooses pooling (and "
-                        "tiling for large frames) from the good images, within the recipe's cycle_time_ms")
+                   help="teach the recipe's configuration as written; by default teaching chooses pooling, "
+                        "turned views for a loose part (more than 8 good images) and tiling for large frames from "
+                        "the good images, within the recipe's cycle_time_ms")
     _add_device(p)
     _add_weights(p)
 

@@ -327,7 +327,10 @@ def _self_tune(
     candidates = [c for c in listed if not pinned & set(c.options)]
     if len(candidates) < 2:
         return None, "skipped: the recipe's detector.options fix every option it would choose"
-    yield Progress(done=0, total=1, message=f"self-tuning: checking {len(candidates)} configurations", unit="step")
+    loose = [c.name for c in candidates if c.plain_background_only]
+    only_if = f" ({', '.join(loose)} only for a part on a plain background)" if loose else ""
+    yield Progress(done=0, total=1, message=f"self-tuning: checking {len(candidates)} configurations{only_if}",
+                   unit="step")
     make = type(detector)
     try:
         result = yield from relay_progress(
