@@ -11,7 +11,9 @@ from models.detectors import PatchKNN, PatchKNNConfig
 from models.self_tune import (
     KINDS,
     Candidate,
+    CandidateCheck,
     MemoBackbone,
+    _choose,
     candidates_for,
     part_box,
     self_tune,
@@ -129,6 +131,16 @@ def test_a_budget_below_a_candidates_cost_skips_it(backbone: DinoBackbone) -> No
     assert all(c.over_budget and c.synthetic_auroc is None for c in tight.checks)
     assert "no candidate fits" in tight.reason and "chose the fastest" in tight.reason
     assert any("skipped: over the cycle-time budget" in line for line in tight.summary_lines())
+
+
+@pytest.mark.parametrize(("ms", "chosen"), [((1000.0, 950.0, 1200.0), "default"), ((1000.0, 880.0, 1200.0), "r=3"),
+                                             ((1400.0, 1250.0, 1200.0), "r=3")])
+def test_when_nothing_fits_timing_noise_keeps_the_earlier_candidate(ms: tuple[float, ...], chosen: str) -> None:
+    checks = [CandidateCheck(candidate=Candidate(name=name), ms_per_part=t, over_budget=True)
+              for name, t in zip(("default", "r=3", "turned"), ms, strict=True)]
+    result = _choose(checks, budget_ms=500.0, n_good=8, n_synthetic=16)
+    assert result.chosen.name == chosen   # within 10 % of the fastest: the earlier one
+    assert f"the fastest takes {min(ms):.0f} ms per part" in result.reason and "chose the fastest" in result.reason
 
 
 def test_tiling_is_a_candidate_only_for_large_frames() -> None:
