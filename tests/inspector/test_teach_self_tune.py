@@ -96,3 +96,22 @@ def test_a_bad_cycle_time_names_the_file_and_field(tmp_path: Path, tiny_weights_
     path = _tunable_recipe(tmp_path / "r", tiny_weights_file, extra=f"cycle_time_ms: {value}\n")
     with pytest.raises(RecipeError, match=f"{path.name}: cycle_time_ms {message}"):
         load_recipe(path)
+
+
+def test_teaching_from_many_images_says_which_candidate_needs_a_plain_background(tmp_path: Path,
+                                                                                 tiny_weights_file: Path) -> None:
+    rng = np.random.default_rng(5)
+    good = write_images(tmp_path / "good", [textured_part(rng) for _ in range(9)])[0].parent   # above 8: no auto turns
+    path = write_recipe(tmp_path / "r", tiny_weights_file)        # patch_pooling and masking "off" written
+    path.write_text(path.read_text(encoding="utf-8").replace("augment_rotations: false, ", ""), encoding="utf-8")
+    messages = []
+    job = teach(load_recipe(path), good, device="cpu")
+    while True:
+        try:
+            messages.append(next(job).message)
+        except StopIteration as stop:
+            report = stop.value
+            break
+    # the count is known before the first fit; whether the turned views are checked, only after it
+    assert "self-tuning: checking 2 configurations (turned views only for a part on a plain background)" in messages
+    assert report.self_tune is not None and [name for name, _ in report.self_tune.not_checked] == ["turned views"]
