@@ -400,7 +400,8 @@ class PatchKNN(nn.Module):
         def bank(owner: int, raw: torch.Tensor, angle: float, geo: FrameGeometry) -> None:
             emb = self._embed(raw)
             parts.append(emb.reshape(-1, raw.shape[-1]).to(self.memory_bank.dtype))
-            foreground.append(self._banked_rows(raw, angle))
+            if self.masking_active:     # decided at fit: unmasked frames bank every patch, no masks needed
+                foreground.append(self._banked_rows(raw, angle))
             self._scales.add(raw)
             if angle == 0.0:
                 self._aligned.add(first + owner, emb)
@@ -419,7 +420,7 @@ class PatchKNN(nn.Module):
         self.bank_pos = torch.cat([self.bank_pos, *positions])
         self.bank_tile = torch.cat([self.bank_tile, torch.zeros(sum(len(o) for o in owners), dtype=torch.int64,
                                                                 device=self.bank_tile.device)])
-        if self.masking_active:
+        if foreground:
             self._keep_rows(torch.cat([torch.ones(n_before, dtype=torch.bool, device=self.bank_owner.device),
                                        *(rows.to(self.bank_owner.device) for rows in foreground)]))
         self.n_images += len(images)
