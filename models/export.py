@@ -482,7 +482,9 @@ def _description(
         "input_hw": list(input_hw),
         "preprocess": {"shorter_side": detector.config.shorter_side, "patch_size": backbone.patch_size,
                        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                       "resize": "bicubic antialias, then centre crop"},
+                       "resize": "bicubic antialias, then centre crop",
+                       # before all of the above (models.preprocess.standardise_brightness)
+                       "brightness": detector.config.brightness},
         "detector": {"name": type(detector).detector_name, "config": detector.config.to_dict(),
                      "bank_size": detector.bank_size, "masking_active": detector.masking_active},
         "backbone": {"blocks": list(backbone.blocks), "norm": bool(backbone.norm),

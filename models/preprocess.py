@@ -20,8 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Final, NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -31,6 +31,8 @@ import torch.nn.functional as F
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_ASPECT_RATIO", "CropGeometry", "FrameGeometry", "anomaly_maps",
            "rotate_frame",
            "as_image_list", "check_image", "crop_geometry", "crop_maps", "frame_geometry", "frame_to_grid",
+           "BRIGHTNESS_MEAN", "BRIGHTNESS_MODES", "BRIGHTNESS_SD", "SizedFrames", "StandardisedFrames",
+           "standardise_brightness",
            "gaussian_blur", "input_size", "to_model_input", "uncrop_maps"]
 
 # ImageNet statistics, used by DINOv2 (facebookresearch/dinov2, dinov2/data/transforms.py).
@@ -39,6 +41,12 @@ IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 # A frame longer than this many times its shorter side would blow up to a huge model input once
 # the shorter side is resized to 448; such frames need a region of interest first.
 MAX_ASPECT_RATIO: Final = 32.0
+# ours (issue 11): the grey level mean and spread every frame is brought to by brightness="standardise"
+# (PatchKNNConfig.brightness); measured on magnetic tile, whose good images' scores followed their mean grey
+# (benchmarks/README.md). Mid-grey with room on both sides: 110 +- 3 x 40 stays inside 0-255
+BRIGHTNESS_MEAN: Final = 110.0
+BRIGHTNESS_SD: Final = 40.0
+BRIGHTNESS_MODES: Final = ("as_is", "standardise")
 
 
 def check_image(image: object, index: int) -> np.ndarray:
@@ -99,6 +107,51 @@ def as_image_list(images_rgb: np.ndarray | Sequence[np.ndarray]) -> list[np.ndar
     else:
         frames = list(images_rgb)
     return [check_image(image, i) for i, image in enumerate(frames)]
+
+
+def standardise_brightness(image: np.ndarray) -> np.ndarray:
+    """One gain and one offset for the whole frame (all channels alike), so that its grey levels have mean
+    ``BRIGHTNESS_MEAN`` and standard deviation ``BRIGHTNESS_SD``: a frame lit brighter or darker, or with more
+    or less contrast, than the good images looks like them (a flat frame is only shifted).
+
+    Args:
+        image: (H, W, 3) uint8 RGB, as ``check_image`` returns it.
+
+    Returns:
+        (H, W, 3) uint8, clipped to 0-255.
+    """
+    x = image.astype(np.float32)
+    spread = max(float(x.std()), 1.0)
+    out = (x - float(x.mean())) / spread * BRIGHTNESS_SD + BRIGHTNESS_MEAN
+    clipped: np.ndarray = np.clip(out, 0.0, 255.0).astype(np.uint8)
+    return clipped
+
+
+class SizedFrames(Protocol):
+    """Frames that can be counted and iterated (a list, or a lazy loader with ``__len__``)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
+
+
+class StandardisedFrames:
+    """Frames as ``standardise_brightness`` gives them, each checked and converted as it is read (a long fit
+    list is not copied; iterating twice converts twice).
+
+    Args:
+        frames: a sized collection of frames; ``check_image`` names a bad one by its index.
+    """
+
+    def __init__(self, frames: SizedFrames) -> None:
+        self._frames = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i, image in enumerate(self._frames):
+            yield standardise_brightness(check_image(image, i))
 
 
 def input_size(height: int, width: int, *, shorter_side: int, patch_size: int = 14) -> tuple[int, int]:

@@ -32,7 +32,13 @@ from torch import nn
 
 from models.detectors.patch_knn import Detection, PatchKNN
 from models.onnx_contract import BACKBONE_OUTPUTS, INPUT_NAME, describe_path, file_sha256, read_description
-from models.preprocess import as_image_list, frame_geometry, to_model_input, uncrop_maps
+from models.preprocess import (
+    as_image_list,
+    frame_geometry,
+    standardise_brightness,
+    to_model_input,
+    uncrop_maps,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -232,6 +238,7 @@ class OrtDetector:
         prep = self.description["preprocess"]
         self.shorter_side: int = int(prep["shorter_side"])
         self.patch_size: int = int(prep["patch_size"])
+        self.brightness: str = str(prep.get("brightness", "as_is"))   # exports before the option: as is
         self._scorer: PatchKNN | None = None
         if self.graph == "backbone":
             if detector is None:
@@ -306,6 +313,8 @@ class OrtDetector:
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ValueError(msg)
         frames = as_image_list(images_rgb)
+        if self.brightness == "standardise":     # as PatchKNN.predict does
+            frames = [standardise_brightness(frame) for frame in frames]
         scores = np.zeros(len(frames), dtype=np.float32)
         maps: list[np.ndarray] = [np.empty(0, np.float32)] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = {}

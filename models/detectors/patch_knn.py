@@ -56,10 +56,13 @@ from models.detectors.patch_knn_tiled import TiledScoring, tiles_sorted
 from models.detectors.registry import register_detector
 from models.preprocess import (
     FrameGeometry,
+    SizedFrames,
+    StandardisedFrames,
     anomaly_maps,
     as_image_list,
     check_image,
     frame_geometry,
+    standardise_brightness,
     to_model_input,
     uncrop_maps,
 )
@@ -247,7 +250,7 @@ class PatchKNN(nn.Module):
             ValueError: "no good images to fit on" when empty, or a frame is not valid.
         """
         cfg = self._config
-        images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
+        images = self._frames_in(images_rgb)
         total = len(images)
         if total == 0:
             msg = "no good images to fit on: fit() needs at least one good frame"
@@ -379,7 +382,7 @@ class PatchKNN(nn.Module):
             ValueError: before fit, or when a frame is not valid.
         """
         self._require_fitted()
-        images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
+        images = self._frames_in(images_rgb)
         angles = self._config.rotation_angles if self.rotations_used else (0.0,)
         parts: list[torch.Tensor] = []
         owners: list[torch.Tensor] = []
@@ -452,6 +455,8 @@ class PatchKNN(nn.Module):
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ValueError(msg)
         frames = as_image_list(images_rgb)
+        if self._config.brightness == "standardise":
+            frames = [standardise_brightness(frame) for frame in frames]
         scores = np.zeros(len(frames), dtype=np.float32)
         maps: list[np.ndarray | None] = [None] * len(frames)
         features: list[np.ndarray | None] = [None] * len(frames)
@@ -542,6 +547,12 @@ class PatchKNN(nn.Module):
         patch_knn_state.import_state(self, tensors, info)
 
     # ------------------------------------------------------------------ internals
+    def _frames_in(self, images_rgb: Iterable[np.ndarray]) -> SizedFrames:
+        """The fit or added frames, sized (a lazy sized collection is not copied), brightness-standardised when
+        configured."""
+        images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
+        return StandardisedFrames(images) if self._config.brightness == "standardise" else images
+
     def _require_fitted(self) -> None:
         if not self.is_fitted:
             msg = "not fitted: call fit() with good images first"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.detectors._fastpath import PRECISIONS
+from models.preprocess import BRIGHTNESS_MODES
 
 __all__ = ["MAX_BLUR_SIGMA", "PatchKNNConfig", "check_score_options"]
 
@@ -39,6 +40,11 @@ class PatchKNNConfig:
 
     # --- input (models.preprocess) ---
     shorter_side: int = 448  # AnomalyDINO: "we resize the shorter side to 448" (672 also reported)
+    # ours (issue 11): "standardise" brings every frame, good and tested, to one grey mean and spread
+    # (models.preprocess.standardise_brightness) before the backbone, for products whose lighting or surface
+    # brightness varies from part to part (magnetic tile: the good images' scores followed their mean grey);
+    # "as_is" (AnomalyDINO) leaves the frames alone. A self-tuning candidate (models.self_tune)
+    brightness: Literal["as_is", "standardise"] = "as_is"
 
     # --- memory bank ---
     augment_rotations: bool | Literal["auto"] = "auto"  # AnomalyDINO rotates references in few-shot runs
@@ -159,6 +165,10 @@ class PatchKNNConfig:
             raise ValueError(msg)
         if not isinstance(self.rotation_background, bool):
             msg = f"PatchKNNConfig.rotation_background must be true or false, got {self.rotation_background!r}"
+            raise ValueError(msg)
+        if self.brightness not in BRIGHTNESS_MODES:
+            msg = (f"PatchKNNConfig.brightness must be one of {', '.join(BRIGHTNESS_MODES)}, "
+                   f"got {self.brightness!r}")
             raise ValueError(msg)
         if self.precision not in PRECISIONS:
             msg = f"PatchKNNConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"

@@ -43,10 +43,11 @@ def backbone() -> DinoBackbone:
     return create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(8,), device="cpu")
 
 
-def _fitted(backbone: DinoBackbone, masking: str, *, second_scale: int = 0) -> PatchKNN:
+def _fitted(backbone: DinoBackbone, masking: str, *, second_scale: int = 0, brightness: str = "as_is") -> PatchKNN:
     """Fitted on 3 good frames; without the second scale unless asked (the detector graph is the fine scale)."""
     rng = np.random.default_rng(0)
-    config = PatchKNNConfig(shorter_side=SIDE, masking=masking, second_scale=second_scale)  # type: ignore[arg-type]
+    config = PatchKNNConfig(shorter_side=SIDE, masking=masking, second_scale=second_scale,  # type: ignore[arg-type]
+                            brightness=brightness)  # type: ignore[arg-type]
     detector = PatchKNN(backbone=backbone, config=config)
     detector.fit([good_frame(rng) for _ in range(3)])
     return detector
@@ -170,6 +171,21 @@ def test_a_second_scale_detector_exports_the_backbone_and_scores_both_scales_in_
     np.testing.assert_allclose(runtime.predict(frames).pred_score, detector.predict(frames).pred_score, atol=1e-4)
     with pytest.raises(ValueError, match="second_scale=0"):
         export_onnx(detector, tmp_path / "full.onnx", input_hw=INPUT_HW, graph="detector")
+
+
+def test_a_brightness_standardising_detector_graph_standardises_in_the_runtime_too(
+    backbone: DinoBackbone, tmp_path: Path
+) -> None:
+    detector = _fitted(backbone, "off", brightness="standardise")
+    rng = np.random.default_rng(3)
+    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW,
+                         verify_images=[good_frame(rng), defect_frame(rng)])
+    assert report.graph == "detector"
+    assert read_description(report.path)["preprocess"]["brightness"] == "standardise"
+    runtime = OrtDetector(report.path, device="cpu")
+    darker = (good_frame(np.random.default_rng(7)) * 0.5).astype(np.uint8)   # lit at half: standardised alike
+    frames = [darker, defect_frame(np.random.default_rng(8))]
+    np.testing.assert_allclose(runtime.predict(frames).pred_score, detector.predict(frames).pred_score, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------- self-check and errors

@@ -1,0 +1,100 @@
+"""Brightness standardisation (PatchKNNConfig.brightness): the frame transform, and a detector that no longer
+flags a good part lit darker while it still finds a defect (random-init ViT-S/14 cut at block 2)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from models.backbone import DinoBackbone, create_backbone
+from models.detectors import PatchKNN, PatchKNNConfig
+from models.preprocess import BRIGHTNESS_MEAN, BRIGHTNESS_SD, StandardisedFrames, standardise_brightness
+
+SIZE = 112
+
+
+def part(rng: np.random.Generator) -> np.ndarray:
+    """A grey disc with a ring on a darker noisy background: (SIZE, SIZE, 3) uint8 RGB."""
+    image = np.full((SIZE, SIZE, 3), 70, np.uint8)
+    cv2.circle(image, (SIZE // 2, SIZE // 2), 40, (150, 160, 170), thickness=-1)
+    cv2.circle(image, (SIZE // 2, SIZE // 2), 22, (110, 120, 130), thickness=3)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def lit(image: np.ndarray, gain: float, offset: float = 0.0) -> np.ndarray:
+    """The same frame under other lighting: one gain and offset for every channel."""
+    return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+
+
+def with_defect(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    cv2.circle(out, (70, 44), 9, (20, 200, 40), thickness=-1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def backbone() -> DinoBackbone:
+    torch.manual_seed(0)
+    return create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
+
+
+def test_standardised_frames_have_one_mean_and_spread_whatever_the_lighting() -> None:
+    frame = part(np.random.default_rng(0))
+    outs = [standardise_brightness(lit(frame, gain, offset)) for gain, offset in ((1.0, 0), (0.6, 0), (1.2, -30))]
+    for out in outs:
+        assert out.dtype == np.uint8 and out.shape == frame.shape
+        assert abs(float(out.mean()) - BRIGHTNESS_MEAN) < 1.0 and abs(float(out.std()) - BRIGHTNESS_SD) < 1.0
+    # the same part under three lightings is (to rounding) one frame
+    assert max(int(np.abs(o.astype(int) - outs[0].astype(int)).max()) for o in outs) <= 2
+    flat = np.full((8, 8, 3), 30, np.uint8)
+    np.testing.assert_array_equal(standardise_brightness(flat), np.full_like(flat, int(BRIGHTNESS_MEAN)))
+
+
+def test_standardised_frames_are_checked_lazily_and_name_a_bad_frame() -> None:
+    good = part(np.random.default_rng(0))
+    frames = StandardisedFrames([good, good[..., 0], good.astype(np.float32)])
+    assert len(frames) == 3
+    it = iter(frames)
+    assert next(it).shape == good.shape and next(it).shape == good.shape    # grayscale stacked to RGB
+    with pytest.raises(ValueError, match="image 2 has dtype float32"):
+        next(it)
+
+
+def test_the_option_is_checked_and_saved_with_the_config() -> None:
+    cfg = PatchKNNConfig(brightness="standardise")
+    assert PatchKNNConfig.from_dict(cfg.to_dict()).brightness == "standardise"
+    assert PatchKNNConfig().brightness == "as_is"
+    with pytest.raises(ValueError, match="brightness must be one of as_is, standardise"):
+        PatchKNNConfig(brightness="auto")  # type: ignore[arg-type]
+
+
+def test_a_darker_good_part_passes_and_a_defect_is_still_found(backbone: DinoBackbone) -> None:
+    rng = np.random.default_rng(1)
+    goods = [part(rng) for _ in range(5)]
+    held_out = part(rng)
+    darker = lit(held_out, 0.55)
+    defect = with_defect(held_out)
+    scores = {}
+    for mode in ("as_is", "standardise"):
+        detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(
+            shorter_side=SIZE, masking="off", augment_rotations=False, brightness=mode))  # type: ignore[arg-type]
+        detector.fit(iter(goods))       # any iterable: counted once it is listed
+        scores[mode] = detector.predict([held_out, darker, defect]).pred_score
+    good_as_is, dark_as_is, defect_as_is = scores["as_is"]
+    good_std, dark_std, defect_std = scores["standardise"]
+    assert dark_as_is > 3.0 * good_as_is, "as is, the darker lighting alone moves the score"
+    assert dark_std < good_std + 0.25 * (defect_std - good_std), scores
+    assert defect_std > 2.0 * max(good_std, dark_std), scores
+
+
+def test_added_good_frames_are_standardised_too(backbone: DinoBackbone) -> None:
+    rng = np.random.default_rng(2)
+    cfg = PatchKNNConfig(shorter_side=SIZE, masking="off", augment_rotations=False, brightness="standardise")
+    detector = PatchKNN(backbone=backbone, config=cfg)
+    detector.fit([part(rng) for _ in range(3)])
+    extra = part(rng)
+    before = float(detector.predict(extra).pred_score[0])
+    detector.add_normal([lit(extra, 0.5)])      # the same part, darker: standardised it is the frame above
+    assert float(detector.predict(extra).pred_score[0]) < 0.5 * before
