@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks._features import FeatureStore, neighbourhood_mean
+from models.detectors import PatchKNNConfig
 from models.detectors._foreground import foreground_masks, mask_fractions
 from models.evaluation import (
     Category,
@@ -42,7 +43,7 @@ from models.evaluation import (
     pixel_auroc,
     resize_for_pixel_metrics,
 )
-from models.preprocess import anomaly_maps, frame_geometry, to_model_input
+from models.preprocess import anomaly_maps, frame_geometry, standardise_brightness, to_model_input
 
 __all__ = ["Setting", "SweepData", "collect", "derive", "fused_patch_maps", "score"]
 
@@ -82,8 +83,12 @@ def _pool(feats: torch.Tensor, pool: int) -> torch.Tensor:
     return neighbourhood_mean(feats.reshape(1, h, w, n_blocks * d), pool).reshape(h, w, n_blocks, d)
 
 
-def _features(store: FeatureStore, path, shorter_side: int) -> torch.Tensor:
-    x = to_model_input(load_image_rgb(path)[None], shorter_side=shorter_side)
+def _features(store: FeatureStore, path, shorter_side: int,
+              brightness: str = PatchKNNConfig().brightness) -> torch.Tensor:
+    image = load_image_rgb(path)
+    if brightness == "standardise":         # as PatchKNN does (PatchKNNConfig.brightness)
+        image = standardise_brightness(image)
+    x = to_model_input(image[None], shorter_side=shorter_side)
     return store.get(x)[0].float()                                      # (h, w, 12, D)
 
 
@@ -147,11 +152,13 @@ def collect(
     k_max: int = K_MAX,
     auto_masks_only: bool = False,
     subspace: Sequence[tuple[tuple[int, ...], float]] = (),
+    brightness: str = PatchKNNConfig().brightness,
 ) -> SweepData:
     """Run the kNN search once for every (blocks, pool) variant on every test image.
 
     Args:
         variants: (blocks (1-based), pool) pairs; pool 1 = raw patches, 3 = 3x3 neighbourhood mean.
+        brightness: ``PatchKNNConfig.brightness`` of the frames before the backbone (the product's default).
         mask_variants: the variants for which foreground masks are computed too (a PCA per image
             and variant: not cheap on a CPU, so only for a few).
         k_max: nearest distances kept per patch (1 = only the nearest: a max instead of a top-k).
@@ -167,7 +174,7 @@ def collect(
     bidx = [b - 1 for b in used_blocks]
     # bank per pool: (M, L, D) raw features of the used blocks
     banks: dict[int, torch.Tensor] = {}
-    train_feats = [_features(store, p, shorter_side)[:, :, bidx] for p in train_paths]
+    train_feats = [_features(store, p, shorter_side, brightness)[:, :, bidx] for p in train_paths]
     for pool in pools:
         banks[pool] = torch.cat([_pool(f, pool).reshape(-1, len(bidx), f.shape[-1]) for f in train_feats])
     data = SweepData(category=category.name, items=list(items), geos=[], masks_gt=[], frame_masks=[])
@@ -251,7 +258,7 @@ def collect(
         data.frame_masks.append(mask)
         small = resize_for_pixel_metrics(np.zeros((2, 2), np.float32), mask, pixel_size=pixel_size)[1]
         data.masks_gt.append(small)
-        raw = _features(store, item.path, shorter_side)[:, :, bidx]                      # (h, w, L, D)
+        raw = _features(store, item.path, shorter_side, brightness)[:, :, bidx]          # (h, w, L, D)
         h, w = raw.shape[:2]
         search(raw, data.knn, None)
         for blocks, vpool in test_masks:

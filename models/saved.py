@@ -66,6 +66,9 @@ FORMAT: Final = "inspector.detector"
 FORMAT_VERSION: Final = 2
 MAX_MANIFEST_BYTES: Final = 4 << 20       # model.json is a page of settings and statistics
 MAX_TENSORS_BYTES: Final = 8 << 30        # the largest bank we fit is a few hundred MB
+# detector options a model saved before they existed was taught and scored without: absent from its
+# model.json they take these values, not today's defaults
+SAVED_BEFORE: Final = {"brightness": "as_is"}
 
 
 def save_detector(
@@ -198,7 +201,7 @@ def load_detector(
         saved_weights = manifest.get("weights")
         saved_sha = saved_weights.get("sha256") if saved_weights else None
         detector_cls = get_detector_class(manifest["detector"])
-        config = PatchKNNConfig.from_dict(manifest["config"])
+        config = PatchKNNConfig.from_dict({**SAVED_BEFORE, **manifest["config"]})
         thresholds = Thresholds.from_dict(manifest["thresholds"])
         state = manifest["state"]
         expected_sha = manifest["tensors_sha256"]

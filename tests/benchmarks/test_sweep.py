@@ -235,7 +235,7 @@ def test_subspace_residual_matches_a_direct_pca(
     data, items, train = lever_sweep
 
     def unit(path: Path) -> np.ndarray:
-        x = sweep_module._features(store, path, SHORTER_SIDE)[:, :, 7].reshape(-1, 384).double().numpy()
+        x = sweep_module._features(store, path, SHORTER_SIDE, "standardise")[:, :, 7].reshape(-1, 384).double().numpy()
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def residual(bank: np.ndarray, x: np.ndarray) -> np.ndarray:

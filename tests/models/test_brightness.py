@@ -65,7 +65,7 @@ def test_standardised_frames_are_checked_lazily_and_name_a_bad_frame() -> None:
 def test_the_option_is_checked_and_saved_with_the_config() -> None:
     cfg = PatchKNNConfig(brightness="standardise")
     assert PatchKNNConfig.from_dict(cfg.to_dict()).brightness == "standardise"
-    assert PatchKNNConfig().brightness == "as_is"
+    assert PatchKNNConfig().brightness == "standardise"
     with pytest.raises(ValueError, match="brightness must be one of as_is, standardise"):
         PatchKNNConfig(brightness="auto")  # type: ignore[arg-type]
 

@@ -16,7 +16,7 @@ from models.backbone import DinoBackbone, create_backbone
 from models.detectors import PatchKNN, PatchKNNConfig
 from models.detectors.patch_knn_core import CoreScores, PatchKNNCore
 from models.export import export_onnx
-from models.preprocess import anomaly_maps, frame_geometry, to_model_input, uncrop_maps
+from models.preprocess import anomaly_maps, frame_geometry, standardise_brightness, to_model_input, uncrop_maps
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = 56
@@ -46,7 +46,7 @@ def test_predict_is_the_core_plus_the_frame_geometry(backbone: DinoBackbone) -> 
     detector = _fitted(backbone, k=2, patch_pooling=3)
     frames = [frame(np.random.default_rng(5), (70, 120)) for _ in range(2)]
     with torch.inference_mode():
-        x = to_model_input(np.stack(frames), shorter_side=SIDE)
+        x = to_model_input(np.stack([standardise_brightness(f) for f in frames]), shorter_side=SIDE)  # the default
         scores = detector.core(x, detector.memory_bank)
     assert isinstance(scores, CoreScores) and isinstance(detector.core, PatchKNNCore)
     assert scores.anomaly_map.shape == (2, *x.shape[-2:])

@@ -346,3 +346,11 @@ def test_model_saved_under_the_old_weights_label_still_loads(tmp_path: Path) -> 
     loaded, _, _ = load_detector(saved, device="cpu")
     test = [frame(np.random.default_rng(7))]
     np.testing.assert_array_equal(loaded.predict(test).pred_score, detector.predict(test).pred_score)
+
+
+def test_a_model_saved_before_an_option_existed_is_scored_as_it_was_taught(saved: Path, backbone: DinoBackbone) -> None:
+    manifest = json.loads((saved / MODEL_JSON).read_text())
+    del manifest["config"]["brightness"]            # saved before brightness standardisation existed
+    _rewrite_manifest(saved, manifest)
+    loaded, _, _ = load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
+    assert loaded.config.brightness == "as_is"

@@ -218,7 +218,8 @@ def test_a_model_saved_before_the_second_scale_loads_with_the_fine_scale_alone(b
     info.pop("scale_fusion")
     old = PatchKNN(backbone=backbone, config=detector.config)
     old.import_state(tensors, info)
-    fine = _fit(backbone, [good_frame(np.random.default_rng(10)) for _ in range(3)], masking="off", second_scale=0)
+    same = np.random.default_rng(10)    # the same three frames
+    fine = _fit(backbone, [good_frame(same) for _ in range(3)], masking="off", second_scale=0)
     frame = defect_frame(np.random.default_rng(11))
     assert not old.second_scale_active
     np.testing.assert_allclose(old.predict(frame).pred_score, fine.predict(frame).pred_score, rtol=1e-5)
