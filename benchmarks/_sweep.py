@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from benchmarks._features import FeatureStore, neighbourhood_mean
-from models.detectors import PatchKNNConfig
 from models.detectors._foreground import foreground_masks, mask_fractions
 from models.evaluation import (
     Category,
@@ -83,8 +82,7 @@ def _pool(feats: torch.Tensor, pool: int) -> torch.Tensor:
     return neighbourhood_mean(feats.reshape(1, h, w, n_blocks * d), pool).reshape(h, w, n_blocks, d)
 
 
-def _features(store: FeatureStore, path, shorter_side: int,
-              brightness: str = PatchKNNConfig().brightness) -> torch.Tensor:
+def _features(store: FeatureStore, path, shorter_side: int, brightness: str = "as_is") -> torch.Tensor:
     image = load_image_rgb(path)
     if brightness == "standardise":         # as PatchKNN does (PatchKNNConfig.brightness)
         image = standardise_brightness(image)
@@ -152,13 +150,14 @@ def collect(
     k_max: int = K_MAX,
     auto_masks_only: bool = False,
     subspace: Sequence[tuple[tuple[int, ...], float]] = (),
-    brightness: str = PatchKNNConfig().brightness,
+    brightness: str = "as_is",
 ) -> SweepData:
     """Run the kNN search once for every (blocks, pool) variant on every test image.
 
     Args:
         variants: (blocks (1-based), pool) pairs; pool 1 = raw patches, 3 = 3x3 neighbourhood mean.
-        brightness: ``PatchKNNConfig.brightness`` of the frames before the backbone (the product's default).
+        brightness: "standardise" to score the frames as ``PatchKNNConfig(brightness="standardise")`` does;
+            "as_is" (the default) as they are. The product's "auto" depends on a masking decision: set it here.
         mask_variants: the variants for which foreground masks are computed too (a PCA per image
             and variant: not cheap on a CPU, so only for a few).
         k_max: nearest distances kept per patch (1 = only the nearest: a max instead of a top-k).

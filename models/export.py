@@ -484,7 +484,7 @@ def _description(
                        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                        "resize": "bicubic antialias, then centre crop",
                        # before all of the above (models.preprocess.standardise_brightness)
-                       "brightness": detector.config.brightness},
+                       "brightness": "standardise" if detector.brightness_active else "as_is"},
         "detector": {"name": type(detector).detector_name, "config": detector.config.to_dict(),
                      "bank_size": detector.bank_size, "masking_active": detector.masking_active},
         "backbone": {"blocks": list(backbone.blocks), "norm": bool(backbone.norm),

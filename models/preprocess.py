@@ -31,7 +31,7 @@ import torch.nn.functional as F
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_ASPECT_RATIO", "CropGeometry", "FrameGeometry", "anomaly_maps",
            "rotate_frame",
            "as_image_list", "check_image", "crop_geometry", "crop_maps", "frame_geometry", "frame_to_grid",
-           "BRIGHTNESS_MEAN", "BRIGHTNESS_MODES", "BRIGHTNESS_SD", "SizedFrames", "StandardisedFrames",
+           "BRIGHTNESS_MEAN", "BRIGHTNESS_SD", "SizedFrames", "StandardisedFrames",
            "standardise_brightness",
            "gaussian_blur", "input_size", "to_model_input", "uncrop_maps"]
 
@@ -46,7 +46,6 @@ MAX_ASPECT_RATIO: Final = 32.0
 # (benchmarks/README.md). Mid-grey with room on both sides: 110 +- 3 x 40 stays inside 0-255
 BRIGHTNESS_MEAN: Final = 110.0
 BRIGHTNESS_SD: Final = 40.0
-BRIGHTNESS_MODES: Final = ("as_is", "standardise")
 
 
 def check_image(image: object, index: int) -> np.ndarray:

