@@ -113,7 +113,7 @@ preprocess: {{shorter_side: 84}}
 detector:
   weights: {weights.as_posix()}
   device: cpu
-  options: {{augment_rotations: false, masking: "off", blur_sigma: 1.0, patch_pooling: 1, brightness: as_is}}
+  options: {{augment_rotations: false, masking: "off", blur_sigma: 1.0, brightness: as_is, patch_pooling: 1}}
 model: {{directory: models}}
 min_defect_area_px: 4
 {extra}"""

@@ -20,7 +20,9 @@ from tests.helpers.images import textured_part, write_images
 def _tunable_recipe(folder: Path, weights: Path, *, extra: str = "") -> Path:
     """The tests' recipe without ``patch_pooling`` in its options, so teaching may choose it."""
     path = write_recipe(folder, weights, extra=extra)
-    text = path.read_text(encoding="utf-8").replace(", patch_pooling: 1}", "}")
+    written = path.read_text(encoding="utf-8")
+    text = written.replace(", patch_pooling: 1}", "}")
+    assert text != written, "the recipe's options were not found"
     path.write_text(text, encoding="utf-8")
     return path
 
