@@ -92,6 +92,7 @@ class TeachReport:
     seconds: float
     skipped: tuple[str, ...] = ()  # "file: reason" for images that could not be read
     tiling: str | None = None      # how the detector tiles its frames (PatchKNN.tiling_summary); None: untiled
+    brightness: bool = False       # frames brightness-standardised (PatchKNN.brightness_active)
     self_tune: SelfTuneResult | None = None  # the configuration chosen from the good images (models.self_tune)
     self_tune_note: str | None = None        # why self-tuning did not run (off, too few images, fixed by the recipe)
 
@@ -104,6 +105,8 @@ class TeachReport:
                                                          if self.n_defect else "") + f" in {self.seconds:.1f} s",
             f"weights: {self.weights.name}, {self.weights.source} ({self.weights.location})",
             *([f"tiling: {self.tiling}"] if self.tiling else []),
+            *(["brightness: each frame standardised to one grey mean and spread (the scene fills the frame): "
+               "lighting that varies from part to part is not scored"] if self.brightness else []),
             *(self.self_tune.summary_lines() if self.self_tune is not None else []),
             *([f"self-tuning: {self.self_tune_note}"] if self.self_tune_note else []),
             f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
@@ -306,7 +309,8 @@ def teach(
         n_good=len(images), n_defect=len(defect_images),
         good_scores=np.asarray(detector.train_scores, np.float32), defect_scores=defect_scores,
         weights=weights_info, seconds=time.perf_counter() - start, skipped=tuple(skipped),
-        tiling=detector.tiling_summary, self_tune=tuned, self_tune_note=note,
+        tiling=detector.tiling_summary, brightness=detector.brightness_active, self_tune=tuned,
+        self_tune_note=note,
     )
 
 

@@ -94,3 +94,21 @@ def test_a_recipe_taught_from_one_good_image_is_saved_and_says_how_it_set_its_th
     assert station.model_version == report.version
     # random weights: whether a defect is flagged is checked with the real weights in
     # tests/models/test_patch_knn.py::test_one_good_image_real_weights_flags_a_seeded_defect
+
+
+@pytest.mark.parametrize(("brightness", "said"), [("standardise", True), ("as_is", False)])
+def test_the_report_says_when_frames_are_brightness_standardised(
+    tmp_path: Path, tiny_weights_file: Path, brightness: str, said: bool
+) -> None:
+    from tests.conftest import write_recipe
+
+    rng = np.random.default_rng(12)
+    good = write_images(tmp_path / "good", [textured_part(rng) for _ in range(3)])[0].parent
+    path = write_recipe(tmp_path / "r", tiny_weights_file)
+    written = path.read_text(encoding="utf-8")
+    path.write_text(written.replace("brightness: as_is", f"brightness: {brightness}"), encoding="utf-8")
+    report = run_to_end(teach(load_recipe(path), good))
+    lines = [line for line in report.summary_lines() if line.startswith("brightness: ")]
+    assert len(lines) == int(said), report.summary_lines()
+    station = Station.load(load_recipe(path), device="cpu")
+    assert station.detector.brightness_active is said     # saved with the model
