@@ -26,10 +26,10 @@ __all__ = ["BRIGHTNESS_PROBE", "decide_brightness", "decide_masking", "foregroun
 logger = logging.getLogger(__name__)
 
 
-# Squarings of the covariance in ``leading_eigenvector``: its power 2**12 = 4096 leaves a second
-# eigenvalue of 0.998 of the first at 3e-4 of it; two plain power steps after that polish the result.
 # ours: brightness="auto" with masking="auto" looks at this many of the good frames (one backbone pass each)
 BRIGHTNESS_PROBE: Final = 4
+# Squarings of the covariance in ``leading_eigenvector``: its power 2**12 = 4096 leaves a second
+# eigenvalue of 0.998 of the first at 3e-4 of it; two plain power steps after that polish the result.
 SQUARINGS: Final = 12
 POLISH_STEPS: Final = 2
 
