@@ -316,6 +316,7 @@ def type_regions(
     crop_rgb: np.ndarray | None = None,
     embed_crops: Callable[[Sequence[np.ndarray], int], np.ndarray] | None = None,
     pool: bool = False,
+    standardised: bool = False,
 ) -> tuple[DefectRegion, ...]:
     """The regions with their embedding and, when a typer is given, their predicted type.
 
@@ -339,6 +340,10 @@ def type_regions(
             pooling stands in). Without it, or without ``crop_rgb``, the embeddings have no crop part
             (and labels made with one are not used for them).
         pool: the embeddings join the typer's unlabelled pool after typing (the station: FAIL frames).
+        standardised: the detector standardised the frame's brightness before its backbone
+            (``PatchKNN.brightness_active``); the crop pass then cuts its crops from the frame as the
+            detector saw it, so that both parts of the embedding see the same pixels (the colour
+            statistics keep the frame's own).
 
     With the typer's ``scope`` "frame" (the default), the regions are described together
     (``frame_weights``; the largest region's crop; the colour of all of them) and every region gets that
@@ -357,6 +362,7 @@ def type_regions(
         region_embedding,
         region_weights,
     )
+    from models.preprocess import standardise_brightness
 
     if not found:
         return ()
@@ -371,15 +377,16 @@ def type_regions(
     boxes = [(r.x - x0, r.y - y0, r.width, r.height) for r in found]
     side = typer.config.crop_side if typer is not None else 0
     can_crop = bool(side) and embed_crops is not None and crop_rgb is not None and crop_rgb.shape[:2] == crop_map.shape
+    seen = standardise_brightness(crop_rgb) if can_crop and standardised and crop_rgb is not None else crop_rgb
     if typer is not None and typer.config.scope == "frame":
         # one embedding for the frame's regions together (the largest's crop), and one type for all of them
         whole = frame_weights(crop_map, boxes=boxes, pixel_threshold=pixel_threshold)
         close_up: np.ndarray | None = None
         if can_crop:
-            assert embed_crops is not None and crop_rgb is not None
+            assert embed_crops is not None and seen is not None
             box = boxes[max(range(len(found)), key=lambda i: found[i].area_px)]
             close_up = region_crop_descriptor(
-                crop_rgb, [(box, region_weights(crop_map, box=box, pixel_threshold=pixel_threshold))], embed_crops,
+                seen, [(box, region_weights(crop_map, box=box, pixel_threshold=pixel_threshold))], embed_crops,
                 side=side)[0]
         stats = region_colour(crop_rgb, whole) if colour and crop_rgb is not None else None
         embedding = region_embedding(patch_features, whole, shorter_side=shorter_side, nearest_good=nearest_good,
@@ -394,10 +401,10 @@ def type_regions(
     weights = [region_weights(crop_map, box=box, pixel_threshold=pixel_threshold) for box in boxes]
     crops: list[np.ndarray | Literal["frame"] | None] = [None] * len(found)
     if can_crop:
-        assert typer is not None and embed_crops is not None and crop_rgb is not None
+        assert typer is not None and embed_crops is not None and seen is not None
         # the largest regions get the crop pass; the others' frame pooling stands in (one layout for all)
         largest = sorted(range(len(found)), key=lambda i: -found[i].area_px)[:typer.config.crop_regions]
-        described = region_crop_descriptor(crop_rgb, [(boxes[i], weights[i]) for i in largest], embed_crops,
+        described = region_crop_descriptor(seen, [(boxes[i], weights[i]) for i in largest], embed_crops,
                                            side=side)
         crops = ["frame"] * len(found)
         for i, vector in zip(largest, described, strict=True):

@@ -457,7 +457,8 @@ class Station:
             return type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
                                 pixel_threshold=pixel, offset=offset, shorter_side=self._model_side(crop_map.shape),
                                 memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
-                                embed_crops=crop_embedder(self.detector), pool=pool)
+                                embed_crops=crop_embedder(self.detector), pool=pool,
+                                standardised=bool(getattr(self.detector, "brightness_active", False)))
 
     def attach_typer(self, typer: DefectTyper | None) -> None:
         """Type every region from now on with ``typer`` (None: stop typing; embeddings are still kept)."""

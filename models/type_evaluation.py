@@ -45,6 +45,7 @@ from models.defect_types import (
     region_weights,
 )
 from models.evaluation import ProgressFn, TestItem, load_category, load_image_rgb, select_shots
+from models.preprocess import standardise_brightness
 from models.regions import Region, find_regions
 
 __all__ = ["TypeEvalReport", "evaluate_defect_types", "labelled_draw", "largest_region_box",
@@ -293,12 +294,14 @@ def _extract(
     pixel_threshold: float | None = None
     shorter_side = 448
     seconds = 0.0
+    standardised: bool | None = None     # the fitted detector's brightness_active (None: not known yet)
     if meta_path is not None and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         pixel_threshold, shorter_side = float(meta["pixel_threshold"]), int(meta["shorter_side"])
+        standardised = meta.get("brightness_active")      # caches from before the option: learnt by fitting
 
     def fitted() -> Any:
-        nonlocal detector, pixel_threshold, shorter_side, seconds
+        nonlocal detector, pixel_threshold, shorter_side, seconds, standardised
         if detector is None:
             start = time.perf_counter()
             detector = make_detector()
@@ -309,9 +312,10 @@ def _extract(
             if pixel_threshold is None:
                 pixel_threshold = float(thresholds.pixel)
             shorter_side = int(detector.config.shorter_side)
+            standardised = bool(getattr(detector, "brightness_active", False))
             if meta_path is not None:
-                meta_path.write_text(json.dumps({"pixel_threshold": pixel_threshold,
-                                                 "shorter_side": shorter_side}), encoding="utf-8")
+                meta_path.write_text(json.dumps({"pixel_threshold": pixel_threshold, "shorter_side": shorter_side,
+                                                 "brightness_active": standardised}), encoding="utf-8")
             if folder is not None:
                 np.save(folder / "bank.npy", detector.memory_bank.float().cpu().numpy().astype(np.float16))
         return detector
@@ -334,12 +338,15 @@ def _extract(
             stored: np.ndarray = np.load(cached, allow_pickle=False).astype(np.float32)
             return stored
         if embed is None:
+            if standardised is None:
+                fitted()                         # whether the detector standardises its frames
             embed = crop_embedder(detector if detector is not None else make_detector())
             if embed is None:
                 msg = "defect typing with a crop needs a detector with a torch backbone (PatchKNN)"
                 raise ValueError(msg)
         start = time.perf_counter()
-        vector = region_crop_descriptor(image, [(box, weights)], embed, side=crop_side)[0]
+        seen = standardise_brightness(image) if standardised else image     # as the station's crop pass
+        vector = region_crop_descriptor(seen, [(box, weights)], embed, side=crop_side)[0]
         seconds += time.perf_counter() - start
         if cached is not None:         # as stored, as above
             np.save(cached, vector.astype(np.float16))

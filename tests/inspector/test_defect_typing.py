@@ -192,6 +192,37 @@ def test_a_frames_regions_are_described_together_and_share_one_type(tmp_path: Pa
         assert typer.n_examples == 2 and typer.classes == ("dent", "scratch")
 
 
+def test_the_crop_pass_sees_the_frame_as_a_brightness_standardising_detector_saw_it(tmp_path: Path) -> None:
+    """With the frame standardised before the backbone, the crop is cut from it too; the colour stays the frame's."""
+    from inspector.defect_typing import type_regions
+    from models.defect_types import region_crop_box
+    from models.preprocess import standardise_brightness
+
+    rng = np.random.default_rng(4)
+    boxes = [(40, 50, 12, 10)]
+    found, crop_map, features, pixels = _spots(boxes, rng)
+    dark = (pixels // 4).astype(np.uint8)                  # a frame far darker than the standard grey
+    seen: list[np.ndarray] = []
+
+    def embed(crops, side):
+        seen.extend(np.array(c) for c in crops)
+        out = rng.standard_normal((len(crops), 4, 4, 8)).astype(np.float32)
+        return out / np.linalg.norm(out, axis=-1, keepdims=True)
+
+    typed = {}
+    with Store(tmp_path / "stats.db") as store:
+        typer = DefectTyper(store, "part", refresh_s=0.0)
+        for standardised in (False, True):
+            typed[standardised] = type_regions(found, typer=typer, patch_features=features, crop_map=crop_map,
+                                               pixel_threshold=0.5, offset=(0, 0), shorter_side=140, crop_rgb=dark,
+                                               embed_crops=embed, standardised=standardised)
+    x, y, side = region_crop_box(boxes[0], dark.shape[:2])
+    np.testing.assert_array_equal(seen[0], dark[y:y + side, x:x + side])
+    np.testing.assert_array_equal(seen[1], standardise_brightness(dark)[y:y + side, x:x + side])
+    assert seen[1].mean() > 2 * seen[0].mean()
+    np.testing.assert_array_equal(typed[False][0].embedding[-COLOUR_DIMS:], typed[True][0].embedding[-COLOUR_DIMS:])
+
+
 def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:     # the schema before typing: no predicted_* columns

@@ -59,3 +59,24 @@ def test_typing_is_measured_and_a_rerun_from_the_cache_needs_no_backbone(two_typ
     plain = evaluate_defect_types(_no_detector, two_types, n_labelled=2, shots=None, repeats=2, cache_dir=cache,
                                   config=DefectTypeConfig(residual=False))
     assert plain.config["residual"] is False and plain.n_typed_per_draw == 4
+
+
+def test_the_cache_remembers_whether_the_detector_standardised_its_frames(two_types: Path, tmp_path: Path) -> None:
+    """The crop pass cuts its crops from the frame as the detector saw it, so the cache keeps that decision."""
+    import json
+
+    cache = tmp_path / "cache"
+    first = evaluate_defect_types(_make_detector, two_types, n_labelled=2, shots=None, repeats=2, cache_dir=cache)
+    (folder,) = cache.iterdir()
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    assert meta["brightness_active"] is True      # masking off: the scene fills the frame, so "auto" standardises
+    # a cache written before the option (no key) with its crops to make: the detector is fitted to learn it
+    del meta["brightness_active"]
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    for crop in folder.glob("*.crop224.npy"):
+        crop.unlink()
+    with pytest.raises(AssertionError, match="unnecessary"):
+        evaluate_defect_types(_no_detector, two_types, n_labelled=2, shots=None, repeats=2, cache_dir=cache)
+    again = evaluate_defect_types(_make_detector, two_types, n_labelled=2, shots=None, repeats=2, cache_dir=cache)
+    assert again.accuracy_per_draw == first.accuracy_per_draw and again.per_type == first.per_type
+    assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["brightness_active"] is True
