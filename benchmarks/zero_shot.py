@@ -61,12 +61,15 @@ DEFAULT_DATA: Final = REPO.parent / "shared" / "data"
 MODEL_NAME: Final = "vit_small_patch14_dinov2"
 BLOCKS: Final = (8,)                   # the few-shot default (DetectorSettings.blocks), what the review uses
 # The zero-shot defaults before this change (ZeroShotConfig at the previous commit).
-BEFORE: Final[dict[str, Any]] = {"shorter_side": 224, "scales": (1,), "neighbour_fraction": 0.1, "rescore_k": ()}
+BEFORE: Final[dict[str, Any]] = {"shorter_side": 224, "scales": (1,), "neighbour_fraction": 0.1, "rescore_k": (),
+                                 "brightness": "as_is"}
 CONFIGS: Final[dict[str, dict[str, Any]]] = {
     "before": BEFORE,
     "after": {},                        # today's ZeroShotConfig() defaults
     "after, no re-scoring": {"rescore_k": ()},
     "after, r=1 only": {"scales": (1,)},
+    "as is": {"brightness": "as_is"},    # frames as they are: the default before the brightness option
+    "standardised": {"brightness": "standardise"},
 }
 
 

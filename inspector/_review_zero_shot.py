@@ -136,9 +136,11 @@ def review_zero_shot(
                                            message="mutual scoring", name="inspector-zero-shot",
                                            cancelled=lambda: InspectorError("zero-shot scoring was cancelled"))
         saved = {"files": readable, "shapes": shapes, "pred_score": scores.pred_score,
-                 "patch_scores": scores.patch_scores, "patch_size": backbone.patch_size}
+                 "patch_scores": scores.patch_scores, "patch_size": backbone.patch_size,
+                 "brightness_active": scorer.brightness_active}
         _save_scores(out / SCORES_NAME, saved)
         rate = ReviewRate()
+    model += _brightness_words(saved.get("brightness_active"), config.brightness)
     review_t, fail_t, rule = robust_thresholds(saved["pred_score"], k_review=ZERO_SHOT_K_REVIEW,
                                                k_fail=ZERO_SHOT_K_FAIL)
     by_hand = thresholds is not None
@@ -219,6 +221,14 @@ def _zero_shot_record(
             "height": int(image.shape[0]), "thumb": thumb, "overlay": overlay, "thresholds": [review_t, fail_t]}
 
 
+def _brightness_words(active: bool | None, mode: str) -> str:
+    """What the report's model line says of the frames' brightness (``ZeroShotConfig.brightness``)."""
+    if active is None:
+        return ""
+    why = {"auto": " (auto: the scene fills the frame)" if active else " (auto: a part on a plain background)"}
+    return f"; {'each frame brightness-standardised' if active else 'frames as they are'}{why.get(mode, '')}"
+
+
 def _save_scores(path: Path, saved: Mapping[str, Any]) -> None:
     """The batch's scores as plain arrays (no pickle), atomically."""
     grids = saved["patch_scores"]
@@ -228,7 +238,8 @@ def _save_scores(path: Path, saved: Mapping[str, Any]) -> None:
              pred_score=np.asarray(saved["pred_score"], dtype=np.float32),
              grids=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
              flat=np.concatenate([g.reshape(-1) for g in grids]).astype(np.float32),
-             patch_size=np.int64(saved["patch_size"]))
+             patch_size=np.int64(saved["patch_size"]),
+             brightness_active=np.int8(-1 if saved.get("brightness_active") is None else saved["brightness_active"]))
     atomic_write(path, buffer.getvalue())
 
 
@@ -243,7 +254,10 @@ def _load_scores(path: Path) -> dict[str, Any] | None:
             return {"files": [str(f) for f in data["files"]],
                     "shapes": [tuple(int(v) for v in s) for s in data["shapes"]],
                     "pred_score": data["pred_score"].astype(np.float32), "patch_scores": patch_scores,
-                    "patch_size": int(data["patch_size"])}
+                    "patch_size": int(data["patch_size"]),
+                    # scores saved before the option: frames as they were (-1: not known)
+                    "brightness_active": bool(data["brightness_active"]) if "brightness_active" in data.files
+                    and int(data["brightness_active"]) >= 0 else None}
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("%s: unreadable (%s); the batch is scored again", path, exc)
         return None

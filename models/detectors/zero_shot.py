@@ -9,7 +9,10 @@ follows it (reference code: github.com/xrli-U/MuSc, written anew here):
 
 1. patch features of each image (``DinoBackbone``; ``models.preprocess``: shorter side resized,
    cropped to a multiple of the patch size), kept unnormalised in float16 on the CPU, and one global
-   descriptor per image (the L2-normalised mean patch feature);
+   descriptor per image (the L2-normalised mean patch feature); ours: each frame first brought to one
+   grey mean and spread where the scene fills the frame (``brightness``, decided on the batch's first
+   frames as the few-shot path decides it: transistor 0.918 -> 0.929, magnetic tile 0.815 -> 0.821 image
+   AUROC on the full test sets, fryum left as is; benchmarks/README.md, sixteenth look);
 2. for each aggregation degree r in ``scales`` (MuSc's LNAMD, r = 1, 3, 5): every patch feature
    averaged over its r x r neighbourhood, L2-normalised;
 3. up to ``max_references`` reference images (a seeded random subset when the batch is larger);
@@ -66,8 +69,16 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import DinoBackbone, resolve_device
-from models.detectors.patch_knn_config import check_score_options
-from models.preprocess import FrameGeometry, anomaly_maps, check_image, frame_geometry, to_model_input
+from models.detectors._foreground import config_masks, decide_brightness
+from models.detectors.patch_knn_config import BRIGHTNESS_MODES, PatchKNNConfig, check_score_options
+from models.preprocess import (
+    FrameGeometry,
+    anomaly_maps,
+    check_image,
+    frame_geometry,
+    standardise_brightness,
+    to_model_input,
+)
 
 if TYPE_CHECKING:
     from models.evaluation import Category, EvalReport, TestItem
@@ -105,6 +116,10 @@ class ZeroShotConfig:
 
     # --- input ---
     shorter_side: int = 448  # the few-shot path's (PatchKNNConfig; AnomalyDINO: 448); MuSc uses 518
+    # ours: every frame brought to one grey mean and spread before the backbone (models.preprocess.
+    # standardise_brightness), as PatchKNNConfig.brightness: "auto" where the scene fills the frame, decided as the
+    # few-shot path decides it, on the batch's first frames; "as_is" / "standardise" say it outright
+    brightness: str = "auto"
 
     # --- mutual scoring (MuSc, ICLR 2024) ---
     scales: tuple[int, ...] = (1, 3, 5)  # MuSc r_list: neighbourhood aggregation degrees, scores fused by mean
@@ -131,6 +146,9 @@ class ZeroShotConfig:
                 isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.rescore_k):
             msg = (f"ZeroShotConfig.rescore_k must be a tuple of integers >= 1 (() = no re-scoring), "
                    f"got {self.rescore_k!r}")
+            raise ValueError(msg)
+        if self.brightness not in BRIGHTNESS_MODES:
+            msg = f"ZeroShotConfig.brightness must be one of {', '.join(BRIGHTNESS_MODES)}, got {self.brightness!r}"
             raise ValueError(msg)
         for name in ("shorter_side", "max_references", "batch_size", "block_elements"):
             value = getattr(self, name)
@@ -294,6 +312,9 @@ class ZeroShotScorer:
         self._backbone = backbone
         self._config = config if config is not None else ZeroShotConfig()
         self._entries: list[_Entry] = []
+        # whether frames are brightness-standardised; for "auto" decided on the first frames added
+        self.brightness_active: bool | None = (None if self._config.brightness == "auto"
+                                               else self._config.brightness == "standardise")
 
     @property
     def config(self) -> ZeroShotConfig:
@@ -320,6 +341,10 @@ class ZeroShotScorer:
             ValueError: a frame is not a valid image.
         """
         frames = [check_image(image, len(self._entries) + i) for i, image in enumerate(images_rgb)]
+        if self.brightness_active is None and frames:
+            self.brightness_active = self._decide_brightness(frames)
+        if self.brightness_active:
+            frames = [standardise_brightness(frame) for frame in frames]
         start = 0
         while start < len(frames):
             stop = start + 1
@@ -328,6 +353,19 @@ class ZeroShotScorer:
                 stop += 1
             self._extract(frames[start:stop])
             start = stop
+
+    def _decide_brightness(self, frames: list[np.ndarray]) -> bool:
+        """Brightness "auto" as the few-shot path decides it (``decide_brightness``): standardised unless the first
+        ``BRIGHTNESS_PROBE`` frames, as they are, show a part on a plain background (one backbone pass each)."""
+        cfg = PatchKNNConfig(shorter_side=self._config.shorter_side)      # its masking options and "auto"s
+
+        def features(batch: list[np.ndarray]) -> tuple[torch.Tensor, None]:
+            x = to_model_input(np.stack(batch), shorter_side=cfg.shorter_side, patch_size=self._backbone.patch_size,
+                               device=self.device)
+            return self._backbone(x).float(), None
+
+        with torch.inference_mode():
+            return decide_brightness(cfg, frames, features, lambda raw: config_masks(raw, cfg))
 
     def _extract(self, frames: list[np.ndarray]) -> None:
         height, width = frames[0].shape[:2]
@@ -572,7 +610,8 @@ def evaluate_zero_shot(
                        "top_score_auroc": image_auroc(top, labels)},
         "best_f1": best, "best_f1_threshold": best_threshold, "ms_per_image": 1e3 * seconds / len(items),
         "fit_s": extract_s, "per_defect_auroc": per_defect, "pixel_size": pixel_size,
-        "config": {"detector": "zero_shot", **scorer.config.to_dict()}, "scores": tuple(float(s) for s in scores),
+        "config": {"detector": "zero_shot", **scorer.config.to_dict(), "brightness_active": scorer.brightness_active},
+        "scores": tuple(float(s) for s in scores),
         "operating_point": point,
     }
     # Only the fields EvalReport has (it grows now and then; a field added with a default is not ours to fill).

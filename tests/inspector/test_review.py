@@ -242,6 +242,10 @@ def test_zero_shot_review_ranks_planted_defects_first(zero_shot_review: tuple[Re
     # Each image's score is its re-scored MuSc score, and its verdict the batch's median rule on those scores.
     with np.load(out / "zero_shot_scores.npz", allow_pickle=False) as saved:
         scores = dict(zip([str(f) for f in saved["files"]], saved["pred_score"].tolist(), strict=True))
+        standardised = int(saved["brightness_active"])        # "auto": decided on the batch's first frames
+    assert standardised in (0, 1)
+    assert ("each frame brightness-standardised (auto: the scene fills the frame)" if standardised
+            else "frames as they are (auto: a part on a plain background)") in page, "the report says which"
     review_t, fail_t, _ = robust_thresholds(list(scores.values()))
     for row in (r for r in rows if r["verdict"] != "ERROR"):
         score = scores[row["file"]]
@@ -524,3 +528,17 @@ def test_onnx_review_scores_like_torch_and_says_so(recipe_review: tuple[ReviewSu
 def test_unknown_review_runtime_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InspectorError, match="review runtime must be one of torch, onnx, auto"):
         _drive(review(data["folder"], tmp_path / "out", recipe=data["recipe"], runtime="tensorflow"))
+
+
+def test_zero_shot_scores_kept_before_the_brightness_option_still_load(tmp_path: Path) -> None:
+    from inspector._review_zero_shot import _load_scores, _save_scores
+
+    grids = [np.zeros((2, 3), np.float32), np.ones((3, 2), np.float32)]
+    saved = {"files": ["a.png", "b.png"], "shapes": [(28, 42), (42, 28)], "pred_score": np.array([0.1, 0.2]),
+             "patch_scores": grids, "patch_size": 14, "brightness_active": True}
+    _save_scores(tmp_path / "new.npz", saved)
+    assert _load_scores(tmp_path / "new.npz")["brightness_active"] is True          # type: ignore[index]
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as data:      # as written before the option
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files if k != "brightness_active"})
+    old = _load_scores(tmp_path / "old.npz")
+    assert old is not None and old["brightness_active"] is None and old["files"] == ["a.png", "b.png"]

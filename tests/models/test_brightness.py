@@ -117,23 +117,60 @@ def test_auto_standardises_a_scene_that_fills_the_frame_and_not_a_part_on_a_back
     assert old.brightness_active is False
 
 
+REAL_SIDE = 224
+
+
+def loose_part(rng: np.random.Generator) -> np.ndarray:
+    """A small part on a flat background (the border ring is background): (REAL_SIDE, REAL_SIDE, 3) uint8."""
+    image = np.full((REAL_SIDE, REAL_SIDE, 3), 40, np.uint8)
+    cv2.ellipse(image, (REAL_SIDE // 2, REAL_SIDE // 2), (50, 34), 30, 0, 360, (170, 140, 90), thickness=-1)
+    cv2.circle(image, (REAL_SIDE // 2, REAL_SIDE // 2), 14, (90, 70, 40), thickness=-1)
+    return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+
+
+def texture(rng: np.random.Generator) -> np.ndarray:
+    """A surface that fills the frame: (REAL_SIDE, REAL_SIDE, 3) uint8."""
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (REAL_SIDE, REAL_SIDE)).astype(np.float32), (0, 0), 3)
+    return np.clip(120 + 400 * noise[..., None], 0, 255).astype(np.uint8).repeat(3, axis=2)
+
+
 def test_auto_decides_as_masking_would_on_the_real_features(real_backbone: DinoBackbone) -> None:
     rng = np.random.default_rng(3)
-    side = 224
-
-    def loose_part() -> np.ndarray:       # a small part on a flat background: the border ring is background
-        image = np.full((side, side, 3), 40, np.uint8)
-        cv2.ellipse(image, (side // 2, side // 2), (50, 34), 30, 0, 360, (170, 140, 90), thickness=-1)
-        cv2.circle(image, (side // 2, side // 2), 14, (90, 70, 40), thickness=-1)
-        return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
-
-    def texture() -> np.ndarray:          # the surface fills the frame
-        noise = cv2.GaussianBlur(rng.normal(0, 1, (side, side)).astype(np.float32), (0, 0), 3)
-        return np.clip(120 + 400 * noise[..., None], 0, 255).astype(np.uint8).repeat(3, axis=2)
-
     decided = {}
     for name, make in (("part", loose_part), ("texture", texture)):
-        detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(shorter_side=side, augment_rotations=False))
-        detector.fit([make() for _ in range(2)])
+        detector = PatchKNN(backbone=real_backbone,
+                            config=PatchKNNConfig(shorter_side=REAL_SIDE, augment_rotations=False))
+        detector.fit([make(rng) for _ in range(2)])
         decided[name] = (detector.brightness_active, detector.masking_active)
     assert decided == {"part": (False, True), "texture": (True, False)}
+
+
+def test_zero_shot_decides_on_the_batch_as_the_few_shot_path(real_backbone: DinoBackbone) -> None:
+    from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer
+
+    rng = np.random.default_rng(4)
+    decided = {}
+    for name, make in (("part", loose_part), ("texture", texture)):
+        scorer = ZeroShotScorer(backbone=real_backbone, config=ZeroShotConfig(shorter_side=REAL_SIDE))
+        assert scorer.brightness_active is None                   # "auto": not known before the first frames
+        scorer.add([make(rng) for _ in range(2)])
+        decided[name] = scorer.brightness_active
+    assert decided == {"part": False, "texture": True}
+    with pytest.raises(ValueError, match="brightness must be one of auto, as_is, standardise"):
+        ZeroShotConfig(brightness="on")
+
+
+def test_zero_shot_standardised_a_darker_frame_of_the_lot_is_not_an_outlier(backbone: DinoBackbone) -> None:
+    from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer
+
+    rng = np.random.default_rng(5)
+    batch = [part(rng) for _ in range(7)] + [lit(part(rng), 0.55)]
+    scores = {}
+    for mode in ("as_is", "standardise"):
+        scorer = ZeroShotScorer(backbone=backbone, config=ZeroShotConfig(
+            shorter_side=SIZE, brightness=mode, scales=(1,), rescore_k=()))
+        scorer.add(batch)
+        assert scorer.brightness_active is (mode == "standardise")
+        scores[mode] = scorer.score().pred_score
+    assert scores["as_is"][7] > 2.0 * scores["as_is"][:7].max(), scores
+    assert scores["standardise"][7] < 1.5 * float(np.median(scores["standardise"][:7])), scores
