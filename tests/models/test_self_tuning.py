@@ -143,6 +143,19 @@ def test_when_nothing_fits_timing_noise_keeps_the_earlier_candidate(ms: tuple[fl
     assert f"the fastest takes {min(ms):.0f} ms per part" in result.reason and "chose the fastest" in result.reason
 
 
+@pytest.mark.parametrize(("aurocs", "chosen", "near_tie"), [
+    ((0.900, 0.903, 0.850), "r=3", True), ((0.900, 0.920, 0.850), "r=3", False),
+    ((0.910, 0.903, 0.850), "default", False)])
+def test_a_choice_by_less_than_the_check_can_tell_apart_is_called_a_near_tie(
+        aurocs: tuple[float, ...], chosen: str, near_tie: bool) -> None:
+    checks = [CandidateCheck(candidate=Candidate(name=name), ms_per_part=100.0, over_budget=False, synthetic_auroc=a)
+              for name, a in zip(("default", "r=3", "turned"), aurocs, strict=True)]
+    result = _choose(checks, budget_ms=None, n_good=16, n_synthetic=32)
+    assert result.chosen.name == chosen          # the choice itself is the highest, as before
+    assert ("a near tie: 0.003 above default" in result.reason) is near_tie, result.reason
+    assert ("near tie" in result.summary_lines()[0]) is near_tie
+
+
 def test_tiling_is_a_candidate_only_for_large_frames() -> None:
     assert [c.name for c in candidates_for(BASE, (SIZE, SIZE))] == ["default (pooling r=1, + r=5 image score)",
                                                                      "pooling r=3"]
