@@ -342,7 +342,11 @@ class ZeroShotScorer:
         """
         frames = [check_image(image, len(self._entries) + i) for i, image in enumerate(images_rgb)]
         if self.brightness_active is None and frames:
-            self.brightness_active = self._decide_brightness(frames)
+            self.brightness_active, probed = self._decide_brightness(frames)
+            if not self.brightness_active:       # the probed frames' features, as they are, are theirs: kept
+                for raw, geo in probed:
+                    self._keep(raw, geo)
+                frames = frames[len(probed):]
         if self.brightness_active:
             frames = [standardise_brightness(frame) for frame in frames]
         start = 0
@@ -354,26 +358,37 @@ class ZeroShotScorer:
             self._extract(frames[start:stop])
             start = stop
 
-    def _decide_brightness(self, frames: list[np.ndarray]) -> bool:
+    def _decide_brightness(self, frames: list[np.ndarray]) -> tuple[bool, list[tuple[torch.Tensor, FrameGeometry]]]:
         """Brightness "auto" as the few-shot path decides it (``decide_brightness``): standardised unless the first
-        ``BRIGHTNESS_PROBE`` frames, as they are, show a part on a plain background (one backbone pass each)."""
-        cfg = PatchKNNConfig(shorter_side=self._config.shorter_side)      # its masking options and "auto"s
+        ``BRIGHTNESS_PROBE`` frames, as they are, show a part on a plain background (one backbone pass each).
 
-        def features(batch: list[np.ndarray]) -> tuple[torch.Tensor, None]:
-            x = to_model_input(np.stack(batch), shorter_side=cfg.shorter_side, patch_size=self._backbone.patch_size,
-                               device=self.device)
-            return self._backbone(x).float(), None
+        Returns:
+            (standardise, the probed frames' (1, h, w, D) raw features and geometry, in order).
+        """
+        cfg = PatchKNNConfig(shorter_side=self._config.shorter_side)      # its masking options and "auto"s
+        probed: list[tuple[torch.Tensor, FrameGeometry]] = []
+
+        def features(batch: list[np.ndarray]) -> tuple[torch.Tensor, FrameGeometry]:
+            probed.append(self._raw(batch))
+            return probed[-1]
 
         with torch.inference_mode():
-            return decide_brightness(cfg, frames, features, lambda raw: config_masks(raw, cfg))
+            return decide_brightness(cfg, frames, features, lambda raw: config_masks(raw, cfg)), probed
 
-    def _extract(self, frames: list[np.ndarray]) -> None:
+    def _raw(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, FrameGeometry]:
+        """Same-sized frames -> ((B, h, w, D) float32 raw patch features, their geometry)."""
         height, width = frames[0].shape[:2]
         patch = self._backbone.patch_size
         geo = frame_geometry(height, width, shorter_side=self._config.shorter_side, patch_size=patch)
         x = to_model_input(np.stack(frames), shorter_side=self._config.shorter_side, patch_size=patch,
                            device=self.device)
-        raw = self._backbone(x).float()  # (B, h, w, D)
+        return self._backbone(x).float(), geo
+
+    def _extract(self, frames: list[np.ndarray]) -> None:
+        self._keep(*self._raw(frames))
+
+    def _keep(self, raw: torch.Tensor, geo: FrameGeometry) -> None:
+        """Keep (B, h, w, D) raw features as the batch's next entries."""
         b, h, w, d = raw.shape
         descriptors = F.normalize(raw.mean(dim=(1, 2)), dim=-1).cpu()
         feats = raw.reshape(b, h * w, d).to("cpu", torch.float16)

@@ -174,3 +174,28 @@ def test_zero_shot_standardised_a_darker_frame_of_the_lot_is_not_an_outlier(back
         scores[mode] = scorer.score().pred_score
     assert scores["as_is"][7] > 2.0 * scores["as_is"][:7].max(), scores
     assert scores["standardise"][7] < 1.5 * float(np.median(scores["standardise"][:7])), scores
+
+
+def test_zero_shot_auto_keeps_the_probed_frames_features_when_it_leaves_them_as_is(real_backbone: DinoBackbone) -> None:
+    """The decision's extra backbone passes are not wasted where the frames stay as they are."""
+    from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer
+
+    rng = np.random.default_rng(6)
+    frames = [loose_part(rng) for _ in range(6)]
+    seen: list[int] = []
+    hook = real_backbone.register_forward_hook(lambda module, args, out: seen.append(int(args[0].shape[0])))
+    try:
+        scorers = {}
+        for mode in ("auto", "as_is"):
+            seen.clear()
+            scorers[mode] = ZeroShotScorer(backbone=real_backbone, config=ZeroShotConfig(shorter_side=REAL_SIDE,
+                                                                                          brightness=mode))
+            with torch.inference_mode():
+                scorers[mode].add(frames)
+            assert sum(seen) == len(frames), (mode, seen)       # each frame through the backbone once
+    finally:
+        hook.remove()
+    assert scorers["auto"].brightness_active is False and len(scorers["auto"]) == len(frames)
+    for auto, plain in zip(scorers["auto"]._entries, scorers["as_is"]._entries, strict=True):
+        assert auto.grid == plain.grid
+        torch.testing.assert_close(auto.features.float(), plain.features.float(), atol=2e-2, rtol=1e-2)
