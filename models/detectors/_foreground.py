@@ -178,7 +178,7 @@ def decide_masking(ref_masks: list[torch.Tensor], cfg: PatchKNNConfig) -> tuple[
 
 def decide_brightness(cfg: PatchKNNConfig, frames: SizedFrames,
                       features: Callable[[list[np.ndarray]], tuple[torch.Tensor, Any]],
-                      masks: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+                      masks: Callable[[torch.Tensor], torch.Tensor]) -> tuple[bool, list[tuple[torch.Tensor, Any]]]:
     """Whether the frames are brightness-standardised (``PatchKNNConfig.brightness``), before a fit.
 
     "auto": yes where the scene fills the frame, no for a part on a plain background, as masking would decide
@@ -188,14 +188,18 @@ def decide_brightness(cfg: PatchKNNConfig, frames: SizedFrames,
         frames: the good frames (not yet checked).
         features: same-sized (H, W, 3) uint8 frames -> ((B, h, w, D) raw features, geometry).
         masks: (B, h, w, D) raw features -> (B, h, w) bool foreground masks.
+
+    Returns:
+        (standardise, what ``features`` gave for each probed frame, in order: one (1, h, w, D) batch each; empty
+        where nothing was probed). Where the frames stay as they are, those are the first frames' features: a
+        caller keeps them rather than passing the frames through the backbone again.
     """
     if cfg.brightness != "auto":
-        return cfg.brightness == "standardise"
+        return cfg.brightness == "standardise", []
     if cfg.masking != "auto":
-        return cfg.masking == "off"
-    probe = [masks(features([check_image(frame, i)])[0])[0]
-             for i, frame in zip(range(BRIGHTNESS_PROBE), frames, strict=False)]
-    part_on_background, _ = decide_masking(probe, cfg)
+        return cfg.masking == "off", []
+    probed = [features([check_image(frame, i)]) for i, frame in zip(range(BRIGHTNESS_PROBE), frames, strict=False)]
+    part_on_background, _ = decide_masking([masks(raw)[0] for raw, _ in probed], cfg)
     logger.info("patch_knn brightness (auto): %s", "a part on a plain background -> as is" if part_on_background
                 else "the scene fills the frame -> standardised")
-    return not part_on_background
+    return not part_on_background, probed

@@ -7,7 +7,7 @@ progress count (one step per frame, once all its views are in) live here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ def extract_views(
     batch_size: int,
     progress: Callable[[int, int], None] | None,
     total: int,
+    known: Sequence[tuple[torch.Tensor, FrameGeometry]] = (),
 ) -> None:
     """Run every frame (and its rotations by ``angles``) through ``features`` in batches of one size.
 
@@ -34,21 +35,29 @@ def extract_views(
         images: the frames, each checked (``check_image``; the error names its index).
         angles: the rotations of each frame, in degrees (0.0 is the frame itself).
         features: same-sized (H, W, 3) uint8 frames -> ((B, h, w, D) raw features, geometry).
-        sink: receives ``(owner, raw (h, w, D), angle, geometry)`` for each view; owner = the frame's index.
+        sink: receives ``(owner, raw (h, w, D), angle, geometry)`` for each view; owner = the frame's index,
+            in the order the views would come without ``known``.
         batch_size: at most this many views per ``features`` call.
         progress: called as ``progress(done, total)`` once all views of a frame have been sunk.
         total: the ``total`` that ``progress`` is given.
+        known: what ``features`` already gave for the first frames as they are (one (1, h, w, D) batch each, as
+            the brightness probe keeps them): their unturned views are not extracted again.
     """
-    pending: list[tuple[int, float, np.ndarray]] = []
+    pending: list[tuple[int, float, np.ndarray | None]] = []      # a known view has no pixels to extract
     done = 0
+    shape: tuple[int, ...] = ()             # the pending frames' size
 
     def flush() -> None:
         nonlocal done
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
-            raw, geo = features([view for _, _, view in chunk])
-            for (owner, angle, _), feats in zip(chunk, raw, strict=True):
-                sink(owner, feats, angle, geo)
+        extracted: dict[int, tuple[torch.Tensor, FrameGeometry]] = {}
+        todo = [k for k, (_, _, view) in enumerate(pending) if view is not None]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            raw, geo = features([view for k in chunk if (view := pending[k][2]) is not None])
+            extracted.update((k, (feats, geo)) for k, feats in zip(chunk, raw, strict=True))
+        for k, (owner, angle, _) in enumerate(pending):
+            feats, geo = extracted[k] if k in extracted else (known[owner][0][0], known[owner][1])
+            sink(owner, feats, angle, geo)
         finished = {owner for owner, _, _ in pending}
         pending.clear()
         for _ in finished:
@@ -58,9 +67,11 @@ def extract_views(
 
     for i, image in enumerate(images):
         frame = check_image(image, i)
-        if pending and pending[-1][2].shape != frame.shape:
+        if pending and shape != frame.shape:
             flush()
-        pending.extend((i, angle, rotate_frame(frame, angle)) for angle in angles)
+        shape = frame.shape
+        pending.extend((i, angle, None if angle == 0.0 and i < len(known) else rotate_frame(frame, angle))
+                       for angle in angles)
         if len(pending) >= batch_size:
             flush()
     flush()

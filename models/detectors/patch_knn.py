@@ -252,7 +252,7 @@ class PatchKNN(nn.Module):
             ValueError: "no good images to fit on" when empty, or a frame is not valid.
         """
         cfg = self._config
-        images = self._frames_in(images_rgb, decide=True)
+        images, probed = self._frames_in(images_rgb, decide=True)
         total = len(images)
         if total == 0:
             msg = "no good images to fit on: fit() needs at least one good frame"
@@ -304,7 +304,9 @@ class PatchKNN(nn.Module):
             self.bank_tile = parts.tile
         else:
             self._tiles.active, self._tiles.frame = False, None
-            self._extract_views(images, angles, bank, progress=progress, total=total)
+            with torch.inference_mode():     # every view through the backbone, in batches of one size
+                extract_views(images, angles, self._features, bank, batch_size=cfg.fit_batch_size,
+                              progress=progress, total=total, known=probed)
             self.memory_bank = torch.cat(bank_parts)
             self.bank_owner = torch.cat(owner_parts)
             self.bank_pos = torch.cat(pos_parts)
@@ -384,7 +386,7 @@ class PatchKNN(nn.Module):
             ValueError: before fit, or when a frame is not valid.
         """
         self._require_fitted()
-        images = self._frames_in(images_rgb)
+        images, _ = self._frames_in(images_rgb)
         angles = self._config.rotation_angles if self.rotations_used else (0.0,)
         parts: list[torch.Tensor] = []
         owners: list[torch.Tensor] = []
@@ -415,7 +417,9 @@ class PatchKNN(nn.Module):
                                      device=raw.device))
 
         self._scales.begin_more()
-        self._extract_views(images, angles, bank, progress=None, total=len(images))
+        with torch.inference_mode():
+            extract_views(images, angles, self._features, bank, batch_size=self._config.fit_batch_size,
+                          progress=None, total=len(images))
         self._scales.end()
         if not parts:
             return
@@ -549,13 +553,16 @@ class PatchKNN(nn.Module):
         patch_knn_state.import_state(self, tensors, info)
 
     # ------------------------------------------------------------------ internals
-    def _frames_in(self, images_rgb: Iterable[np.ndarray], *, decide: bool = False) -> SizedFrames:
+    def _frames_in(self, images_rgb: Iterable[np.ndarray], *, decide: bool = False
+                   ) -> tuple[SizedFrames, list[tuple[torch.Tensor, FrameGeometry]]]:
         """The fit (``decide``: brightness decided on them) or added frames, sized (a lazy sized collection is not
-        copied), brightness-standardised where decided."""
+        copied), brightness-standardised where decided; and the features of the first frames where the decision
+        probed them and left them as they are (``decide_brightness``), for the fit to keep."""
         images = images_rgb if isinstance(images_rgb, Sized) else list(images_rgb)
+        probed: list[tuple[torch.Tensor, FrameGeometry]] = []
         if decide:
-            self.brightness_active = decide_brightness(self._config, images, self._features, self._masks)
-        return StandardisedFrames(images) if self.brightness_active else images
+            self.brightness_active, probed = decide_brightness(self._config, images, self._features, self._masks)
+        return (StandardisedFrames(images), []) if self.brightness_active else (images, probed)
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
@@ -571,20 +578,6 @@ class PatchKNN(nn.Module):
         x = to_model_input(self._staging.upload(np.stack(frames), self.device),
                            shorter_side=self._config.shorter_side, patch_size=patch, device=self.device)
         return self._core.extract(x), geo
-
-    @torch.inference_mode()
-    def _extract_views(
-        self,
-        images: Iterable[Any],
-        angles: tuple[float, ...],
-        sink: Callable[[int, torch.Tensor, float, FrameGeometry], None],
-        *,
-        progress: Callable[[int, int], None] | None,
-        total: int,
-    ) -> None:
-        """Every frame and its rotations through the backbone, in batches of one size (``extract_views``)."""
-        extract_views(images, angles, self._features, sink, batch_size=self._config.fit_batch_size,
-                      progress=progress, total=total)
 
     def _embed(self, raw: torch.Tensor) -> torch.Tensor:
         """(..., h, w, D) raw features -> the same, float32, pooled (if configured) and L2-normalised."""

@@ -366,14 +366,8 @@ class ZeroShotScorer:
             (standardise, the probed frames' (1, h, w, D) raw features and geometry, in order).
         """
         cfg = PatchKNNConfig(shorter_side=self._config.shorter_side)      # its masking options and "auto"s
-        probed: list[tuple[torch.Tensor, FrameGeometry]] = []
-
-        def features(batch: list[np.ndarray]) -> tuple[torch.Tensor, FrameGeometry]:
-            probed.append(self._raw(batch))
-            return probed[-1]
-
         with torch.inference_mode():
-            return decide_brightness(cfg, frames, features, lambda raw: config_masks(raw, cfg)), probed
+            return decide_brightness(cfg, frames, self._raw, lambda raw: config_masks(raw, cfg))
 
     def _raw(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, FrameGeometry]:
         """Same-sized frames -> ((B, h, w, D) float32 raw patch features, their geometry)."""

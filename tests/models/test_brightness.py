@@ -145,6 +145,34 @@ def test_auto_decides_as_masking_would_on_the_real_features(real_backbone: DinoB
     assert decided == {"part": (False, True), "texture": (True, False)}
 
 
+@pytest.mark.parametrize("rotations", [False, True])
+def test_fit_keeps_the_probed_frames_features_when_auto_leaves_them_as_is(
+        real_backbone: DinoBackbone, rotations: bool) -> None:
+    """The brightness probe's backbone passes are not repeated by the fit: the same bank, each view extracted once."""
+    rng = np.random.default_rng(7)
+    frames = [loose_part(rng) for _ in range(5)] + [loose_part(rng)[:, 16:]]      # the last one of another size
+    seen: list[int] = []
+    hook = real_backbone.register_forward_hook(lambda module, args, out: seen.append(int(args[0].shape[0])))
+    fitted, progress = {}, []
+    try:
+        for mode in ("auto", "as_is"):
+            seen.clear()
+            detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(
+                shorter_side=REAL_SIDE, augment_rotations=rotations, brightness=mode, fit_batch_size=3,
+                loo_max_images=0))  # type: ignore[arg-type]
+            detector.fit(frames, progress=lambda done, total: progress.append((mode, done, total)))
+            views = len(frames) * len(detector.config.rotation_angles if rotations else (0.0,))
+            assert sum(seen) == views, (mode, seen)       # every view through the backbone once
+            fitted[mode] = detector
+    finally:
+        hook.remove()
+    auto, plain = fitted["auto"], fitted["as_is"]
+    assert auto.brightness_active is False and auto.masking_active is True
+    torch.testing.assert_close(auto.bank_owner, plain.bank_owner, rtol=0, atol=0)     # the views in one order
+    torch.testing.assert_close(auto.memory_bank.float(), plain.memory_bank.float(), atol=2e-2, rtol=1e-2)
+    assert [p[1:] for p in progress if p[0] == "auto"] == [(i, len(frames)) for i in range(1, len(frames) + 1)]
+
+
 def test_zero_shot_decides_on_the_batch_as_the_few_shot_path(real_backbone: DinoBackbone) -> None:
     from models.detectors.zero_shot import ZeroShotConfig, ZeroShotScorer
 
