@@ -98,7 +98,8 @@ class PatchKNNConfig:
     # ours: "auto" calls a product aligned when a majority of good patches match at their own place
     # (chance level: the disc's share of the frame, ~3 % at radius 0.1). FIXME: on DINOv2 block-8 features
     # the share is 0.91-1.00 on all three dev categories, the magnetic-tile texture included (the tokens
-    # carry their position; benchmarks/README.md, aligned parts): "auto" does not tell a texture yet
+    # carry their position; benchmarks/README.md, aligned parts): "auto" does not tell a texture yet. The good
+    # shots' pixels do (unturned vs turned cross-correlation; benchmarks/README.md, seventeenth look): not built
     alignment_min_share: float = 0.5
     global_grid: int = 4  # ours: cells per side of the global descriptor (a cell ~ a quarter of the side)
 
