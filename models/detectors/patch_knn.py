@@ -325,6 +325,9 @@ class PatchKNN(nn.Module):
         if tiled:
             self._tiles_leave_one_out(parts.loo)
         elif total == 1:   # nothing to leave out: regions of the one frame instead (models.detectors.one_shot)
+            if cfg.alignment != "off":
+                logger.warning("patch_knn alignment %r is not used with one good frame (nothing to fuse on)",
+                               cfg.alignment)
             _, raw, geo = loo_items[0]
             self._score_one_frame(raw, geo, turned)
         else:

@@ -92,7 +92,9 @@ class PatchKNNConfig:
     # alignment_radius of its place (unless position_radius is set) and fuses the distance of the frame's
     # global descriptor to the nearest good frame's, both on the good frames' leave-one-out scale; "auto"
     # turns both on at fit when most good patches find their nearest neighbour near their own place anyway
-    # (leave-one-out, 2 or more frames, untiled); "off": neither (AnomalyDINO)
+    # (leave-one-out, 2 or more frames, untiled); "off": neither (AnomalyDINO). "on" and "auto" need 2 or more
+    # good frames: with one, a warning and neither (restricting alone there ranks better but breaks the one-frame
+    # thresholds; benchmarks/README.md, seventeenth look)
     alignment: Literal["off", "on", "auto"] = "off"
     alignment_radius: float = 0.1  # ours: a tenth of the frame side, ~3 patches at 448 px: fixture drift
     # ours: "auto" calls a product aligned when a majority of good patches match at their own place

@@ -89,6 +89,16 @@ def test_a_missing_part_is_found_by_position_restriction(backbone: DinoBackbone)
     assert missing_off < 3 * good_off, scores
 
 
+def test_alignment_on_with_one_good_frame_says_it_is_not_used(backbone: DinoBackbone,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """One frame has no leave-one-out scores to fuse on: the fit says so rather than silently ignoring "on"."""
+    detector = PatchKNN(backbone=backbone, config=_config(alignment="on"))
+    with caplog.at_level("WARNING", logger="models.detectors.patch_knn"):
+        detector.fit([board(np.random.default_rng(1))])
+    assert not detector.aligned and detector.search_radius is None
+    assert "alignment 'on' is not used with one good frame" in caplog.text
+
+
 def test_a_moved_part_raises_the_global_distance() -> None:
     """The global descriptor (coarse grid of pooled features) sees a component moved to an empty place."""
     rng = np.random.default_rng(1)
