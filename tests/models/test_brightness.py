@@ -160,7 +160,7 @@ def test_fit_keeps_the_probed_frames_features_when_auto_leaves_them_as_is(
             detector = PatchKNN(backbone=real_backbone, config=PatchKNNConfig(
                 shorter_side=REAL_SIDE, augment_rotations=rotations, brightness=mode, fit_batch_size=3,
                 loo_max_images=0))  # type: ignore[arg-type]
-            detector.fit(frames, progress=lambda done, total: progress.append((mode, done, total)))
+            detector.fit(frames, progress=lambda done, total, mode=mode: progress.append((mode, done, total)))
             views = len(frames) * len(detector.config.rotation_angles if rotations else (0.0,))
             assert sum(seen) == views, (mode, seen)       # every view through the backbone once
             fitted[mode] = detector
