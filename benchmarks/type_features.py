@@ -1,7 +1,7 @@
 """Extract once what the defect-typing variants need (``benchmarks/type_variants.py`` reads it).
 
-For one MVTec-AD-layout category, teach the detector as ``inspector evaluate --types`` does (recipe
-defaults: block 8, shorter side 448, 16 good shots, seed 0, pixel threshold calibrated from the
+For one MVTec-AD-layout category, teach the detector as ``inspector evaluate --types --fixed-config`` does
+(recipe defaults as written: block 8, shorter side 448, 16 good shots, seed 0, pixel threshold calibrated from the
 leave-one-out maps), with the backbone served from a ``FeatureStore`` that keeps all 12 blocks of
 every input. Then, for every defective test image (at most ``--max-per-type``, the same seeded choice
 as the evaluation), keep its anomaly map and all 12 blocks' raw patch tokens; for the good shots,

@@ -2,15 +2,14 @@
 
 Kept apart from the parser so that ``inspector --help`` imports none of this. Each handler takes the
 parsed arguments and returns an exit code; errors are raised and printed by `inspector.cli.main`.
-``stats`` and ``feedback`` live in `inspector._store_commands` and are re-exported here.
+``stats`` and ``feedback`` live in `inspector._store_commands`, ``evaluate`` in `inspector._evaluate_commands`;
+they are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import platform
 import sys
 import threading
@@ -18,11 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
+from inspector._evaluate_commands import cmd_evaluate as cmd_evaluate  # re-exported, as the two above
 from inspector._store_commands import REPO_ROOT, _open_store
 from inspector._store_commands import cmd_feedback as cmd_feedback  # re-exported: inspector.cli dispatches here
 from inspector._store_commands import cmd_stats as cmd_stats
@@ -318,137 +318,6 @@ def _good_from_review(out: Path, count: int) -> list[np.ndarray]:
     for path, score in chosen:
         print(f"  {score:.4f}  {path}")
     return [load_image(path) for path, _ in chosen]
-
-
-# --------------------------------------------------------------------------- evaluate
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Accuracy on an MVTec-AD-layout category: image AUROC, pixel AUROC, AUPRO, F1, ms per image."""
-    from inspector.recipe import DetectorSettings
-    from models.backbone import create_backbone
-    from models.detectors import PatchKNNConfig, create_detector
-    from models.evaluation import Detector, evaluate, load_category
-    from models.weights import resolve_weights
-
-    if args.types is not None:
-        return _evaluate_types(args)
-    category = load_category(args.category)
-    defaults = DetectorSettings()          # what a fresh recipe uses: the measured defaults
-    resolved = resolve_weights(defaults.backbone, args.weights)
-    config = PatchKNNConfig.from_dict(dict(defaults.options))
-    backbone = create_backbone(defaults.backbone, state_dict=resolved.state_dict, blocks=tuple(defaults.blocks),
-                               device=args.device or "auto")
-    if args.zero_shot:
-        from models.detectors.zero_shot import evaluate_zero_shot
-
-        report = evaluate_zero_shot(backbone, category, progress=_tqdm_progress("zero-shot"))
-    else:
-        # create_detector is typed nn.Module (the registry's type); patch_knn is a Detector
-        report = evaluate(lambda: cast(Detector, create_detector("patch_knn", backbone=backbone, config=config)),
-                          category, shots=args.shots or None, seed=args.seed, progress=_tqdm_progress("evaluating"))
-    data = report.to_dict()
-    data["weights"] = dataclasses.asdict(resolved.info)
-    print(f"{category.name}: image AUROC {data['image_auroc']:.4f}  pixel AUROC {data['pixel_auroc']:.4f}  "
-          f"AUPRO {data['aupro']:.4f}  F1 {data['f1']:.4f}  {data['ms_per_image']:.1f} ms/image  "
-          f"({data.get('n_train', 0)} train, {data['n_test']} test)")
-    point = data.get("operating_point") or {}
-    if point:
-        data.update({k: point[k] for k in OPERATING_RATES})
-        print(_operating_point_line(point))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
-
-
-# The four operating-point rates that `inspector evaluate --json` writes at the top level too.
-OPERATING_RATES = ("defect_flag_rate", "good_flag_rate", "defect_fail_rate", "good_fail_rate")
-
-
-def _operating_point_line(point: dict[str, Any]) -> str:
-    """One summary line: the evaluation's rates at the calibrated thresholds, per defect type, and the outlook."""
-    def pct(value: float) -> str:
-        return "n/a" if value != value else f"{100 * value:.0f} %"   # NaN: no image of that kind
-
-    per_type = ", ".join(f"{name} {pct(v['flag_rate'])}/{pct(v['fail_rate'])}"
-                         for name, v in point.get("per_defect_type", {}).items())
-    line = (f"at the calibrated thresholds: defects flagged {pct(point['defect_flag_rate'])} "
-            f"(FAIL {pct(point['defect_fail_rate'])}), good flagged {pct(point['good_flag_rate'])} "
-            f"(FAIL {pct(point['good_fail_rate'])})")
-    outlook = point.get("expected_good_flag")
-    if outlook:
-        line += (f"; teaching expected good flagged {'' if outlook['exact'] else 'at most '}{pct(outlook['expected'])} "
-                 f"(<= {pct(outlook['upper'])} at {100 * outlook['confidence']:g} %)")
-    return line + (f"; per type flagged/FAIL: {per_type}" if per_type else "")
-
-
-def _evaluate_types(args: argparse.Namespace) -> int:
-    """``inspector evaluate --types N``: few-shot defect typing accuracy (models.type_evaluation)."""
-    from inspector.recipe import DefectTypingSettings, DetectorSettings
-    from models.backbone import create_backbone
-    from models.defect_types import MAX_CROP_SIDE, MIN_CROP_SIDE, DefectTypeConfig
-    from models.detectors import PatchKNNConfig, create_detector
-    from models.type_evaluation import evaluate_defect_types
-    from models.weights import resolve_weights
-
-    defaults = DetectorSettings()
-    resolved = resolve_weights(defaults.backbone, args.weights)
-    config = PatchKNNConfig.from_dict(dict(defaults.options))
-
-    def make_detector() -> Any:
-        backbone = create_backbone(defaults.backbone, state_dict=resolved.state_dict,
-                                   blocks=tuple(defaults.blocks), device=args.device or "auto")
-        return create_detector("patch_knn", backbone=backbone, config=config)
-
-    key = json.dumps([resolved.info.sha256, defaults.backbone, list(defaults.blocks), config.to_dict()],
-                     sort_keys=True)
-    colour = DefectTypingSettings().colour_weight if args.type_colour_weight is None else args.type_colour_weight
-    if not (math.isfinite(colour) and colour >= 0):
-        msg = f"--type-colour-weight must be a finite number >= 0 (0 = features only), got {colour}"
-        raise InspectorError(msg)
-    side = DefectTypingSettings().crop_side if args.type_crop_side is None else args.type_crop_side
-    if side != 0 and not MIN_CROP_SIDE <= side <= MAX_CROP_SIDE:
-        msg = f"--type-crop-side must be 0 (off) or from {MIN_CROP_SIDE} to {MAX_CROP_SIDE} pixels, got {side}"
-        raise InspectorError(msg)
-    scope = DefectTypingSettings().scope if args.type_scope is None else args.type_scope
-    start = time.perf_counter()
-    report = evaluate_defect_types(make_detector, args.category, n_labelled=args.types,
-                                   shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
-                                   config=DefectTypeConfig(colour_weight=colour, crop_side=side, scope=scope),
-                                   cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
-                                   progress=_tqdm_progress("typing"))
-    data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),
-                            "weights": dataclasses.asdict(resolved.info), "wall_s": time.perf_counter() - start,
-                            "command": "inspector evaluate " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
-    print(f"{report.category}: defect type accuracy {report.accuracy:.3f} (balanced {report.balanced_accuracy:.3f}), "
-          f"unknown {report.unknown_share:.3f}, {report.n_types} types, {report.n_labelled} labelled per type, "
-          f"{report.n_typed_per_draw} typed per draw x {len(report.seeds)} draws; a type left unlabelled is "
-          f"typed unknown {100 * report.novel_unknown_share:.0f} % of the time")
-    for name, acc in sorted(report.per_type.items()):
-        print(f"  {name:<28} {acc:.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _tqdm_progress(desc: str) -> Any:
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def progress(done: int, total: int, *rest: Any) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return progress
 
 
 # --------------------------------------------------------------------------- review

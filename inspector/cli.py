@@ -150,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type-scope", choices=("frame", "region"), default=None,
                    help="with --types: describe all of an image's regions together (frame) or each on its "
                         "own (region) (a recipe's defect_typing.scope; default: the recipe default)")
+    p.add_argument("--fixed-config", action="store_true",
+                   help="measure the recipe defaults as written; by default the detector is taught as "
+                        "`inspector train` teaches it: its configuration chosen from the good shots (self-tuning)")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="with --types: keep per-image features here so that reruns skip the backbone")
+                   help="keep the self-tuned choice and (with --types) per-image features here, so that reruns "
+                        "skip them")
     _add_device(p)
     _add_weights(p)
 

@@ -314,9 +314,9 @@ def test_evaluate_json_has_the_operating_point(
         write_images(root / "test" / kind, [image])
         (root / "ground_truth" / kind).mkdir(parents=True)
         cv2.imwrite(str(root / "ground_truth" / kind / "img_000_mask.png"), mask.astype(np.uint8) * 255)
-    out_json = tmp_path / "eval.json"
+    out_json, cache = tmp_path / "eval.json", tmp_path / "cache"
     code = main(["evaluate", str(root), "--shots", "4", "--weights", str(tiny_weights_file), "--device", "cpu",
-                 "--json", str(out_json)])
+                 "--json", str(out_json), "--cache", str(cache)])
     assert code == EXIT_OK
     out = capsys.readouterr().out
     assert "at the calibrated thresholds: defects flagged" in out and "blob" in out, out
@@ -327,6 +327,68 @@ def test_evaluate_json_has_the_operating_point(
     assert data["operating_point"]["per_defect_type"]["blob"]["n"] == 1
     outlook = data["operating_point"]["expected_good_flag"]
     assert outlook["n_good"] == 4 and outlook["expected"] <= outlook["upper"] <= 1.0
+    # taught as `inspector train` teaches: the configuration chosen from the good shots, said and kept
+    assert "as taught: chose " in out and data["self_tune"]["reason"].startswith("chose ")
+    assert data["self_tune"]["chosen"] in out
+
+    assert len(list(cache.glob("tiny_category-taught-*.json"))) == 1
+    for extra in (["--cache", str(cache)], ["--fixed-config"]):
+        assert main(["evaluate", str(root), "--shots", "4", "--weights", str(tiny_weights_file), "--device", "cpu",
+                     "--json", str(out_json), *extra]) == EXIT_OK
+        again, said = json.loads(out_json.read_text(encoding="utf-8")), capsys.readouterr().out
+        if extra[0] == "--cache":      # the kept choice is read back: the same model, the same numbers
+            assert again["self_tune"] == data["self_tune"] and again["image_auroc"] == data["image_auroc"]
+        else:                          # the recipe defaults as written: nothing chosen, nothing said
+            assert "self_tune" not in again and "as taught" not in said
+
+
+def test_evaluate_with_too_few_good_shots_to_self_tune_measures_the_defaults_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from inspector._evaluate_commands import _taught_config
+    from models.self_tune import MIN_IMAGES
+
+    shots = [tmp_path / f"good_{i}.png" for i in range(MIN_IMAGES - 1)]
+    args = argparse.Namespace(fixed_config=False, shots=0, seed=0, cache=tmp_path, category=tmp_path / "cat")
+
+    def no_backbone() -> None:
+        msg = "nothing to self-tune: no backbone needed"
+        raise AssertionError(msg)
+
+    config, said = _taught_config(args, shots, "the defaults", no_backbone, key="k")
+    assert config == "the defaults" and said is not None
+    assert said["note"] == f"not self-tuned: it needs at least {MIN_IMAGES} good images, got {MIN_IMAGES - 1}"
+    assert said["note"] in capsys.readouterr().out and list(tmp_path.glob("*.json")) == []
+
+
+def test_evaluate_types_writes_the_typing_accuracy(
+    tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`inspector evaluate --types 1` on a tiny category with two defect types, the recipe defaults as written."""
+    import json
+
+    import cv2
+
+    rng = np.random.default_rng(6)
+    root = tmp_path / "tiny_types"
+    write_images(root / "train" / "good", [textured_part(rng) for _ in range(4)])
+    write_images(root / "test" / "good", [textured_part(rng)])
+    for kind in ("blob", "scratch"):
+        made = [with_defect(textured_part(rng), rng) for _ in range(2)]
+        write_images(root / "test" / kind, [image for image, _ in made])
+        (root / "ground_truth" / kind).mkdir(parents=True)
+        for i, (_, mask) in enumerate(made):
+            cv2.imwrite(str(root / "ground_truth" / kind / f"img_{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
+    out_json, cache = tmp_path / "types.json", tmp_path / "cache"
+    assert main(["evaluate", str(root), "--types", "1", "--type-repeats", "1", "--shots", "4", "--fixed-config",
+                 "--weights", str(tiny_weights_file), "--device", "cpu", "--cache", str(cache),
+                 "--json", str(out_json)]) == EXIT_OK
+    data = json.loads(out_json.read_text(encoding="utf-8"))
+    assert 0.0 <= data["defect_type_accuracy"] <= 1.0 and data["n_types"] == 2 and data["n_typed_per_draw"] == 2
+    assert data["self_tune"] is None and "defect type accuracy" in capsys.readouterr().out
+    assert [f.name for f in cache.iterdir() if f.is_dir()] != []        # the features kept for a rerun
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo"])
