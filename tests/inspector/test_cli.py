@@ -297,23 +297,29 @@ def test_the_count_of_good_images_from_a_review_has_one_default(capsys: pytest.C
     assert f"(default {GOOD_FROM_REVIEW_COUNT})" in " ".join(capsys.readouterr().out.split())
 
 
+def write_tiny_category(root: Path, rng: np.random.Generator, *, test_good: int, per_type: int) -> None:
+    """An MVTec-AD-layout category: 4 good shots, ``test_good`` good test images and ``per_type`` images of two
+    defect types ("blob", "scratch") with their masks."""
+    import cv2
+
+    write_images(root / "train" / "good", [textured_part(rng) for _ in range(4)])
+    write_images(root / "test" / "good", [textured_part(rng) for _ in range(test_good)])
+    for kind in ("blob", "scratch"):
+        made = [with_defect(textured_part(rng), rng) for _ in range(per_type)]
+        write_images(root / "test" / kind, [image for image, _ in made])
+        (root / "ground_truth" / kind).mkdir(parents=True)
+        for i, (_, mask) in enumerate(made):
+            cv2.imwrite(str(root / "ground_truth" / kind / f"img_{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
+
+
 def test_evaluate_json_has_the_operating_point(
     tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`inspector evaluate --json` on a tiny MVTec-layout category: the rates at the calibrated thresholds."""
     import json
 
-    import cv2
-
-    rng = np.random.default_rng(5)
     root = tmp_path / "tiny_category"
-    write_images(root / "train" / "good", [textured_part(rng) for _ in range(4)])
-    write_images(root / "test" / "good", [textured_part(rng) for _ in range(2)])
-    for kind in ("blob", "scratch"):
-        image, mask = with_defect(textured_part(rng), rng)
-        write_images(root / "test" / kind, [image])
-        (root / "ground_truth" / kind).mkdir(parents=True)
-        cv2.imwrite(str(root / "ground_truth" / kind / "img_000_mask.png"), mask.astype(np.uint8) * 255)
+    write_tiny_category(root, np.random.default_rng(5), test_good=2, per_type=1)
     out_json, cache = tmp_path / "eval.json", tmp_path / "cache"
     code = main(["evaluate", str(root), "--shots", "4", "--weights", str(tiny_weights_file), "--device", "cpu",
                  "--json", str(out_json), "--cache", str(cache)])
@@ -369,18 +375,8 @@ def test_evaluate_types_writes_the_typing_accuracy(
     """`inspector evaluate --types 1` on a tiny category with two defect types, the recipe defaults as written."""
     import json
 
-    import cv2
-
-    rng = np.random.default_rng(6)
     root = tmp_path / "tiny_types"
-    write_images(root / "train" / "good", [textured_part(rng) for _ in range(4)])
-    write_images(root / "test" / "good", [textured_part(rng)])
-    for kind in ("blob", "scratch"):
-        made = [with_defect(textured_part(rng), rng) for _ in range(2)]
-        write_images(root / "test" / kind, [image for image, _ in made])
-        (root / "ground_truth" / kind).mkdir(parents=True)
-        for i, (_, mask) in enumerate(made):
-            cv2.imwrite(str(root / "ground_truth" / kind / f"img_{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
+    write_tiny_category(root, np.random.default_rng(6), test_good=1, per_type=2)
     out_json, cache = tmp_path / "types.json", tmp_path / "cache"
     assert main(["evaluate", str(root), "--types", "1", "--type-repeats", "1", "--shots", "4", "--fixed-config",
                  "--weights", str(tiny_weights_file), "--device", "cpu", "--cache", str(cache),
