@@ -178,13 +178,19 @@ def _taught_config(args: argparse.Namespace, train_good: Sequence[Path], config:
         return config, {"note": note}
     digest = hashlib.sha256(json.dumps([key, [p.name for p in paths]]).encode()).hexdigest()[:16]
     memo = args.cache / f"{args.category.name}-taught-{digest}.json" if args.cache is not None else None
+    said: dict[str, Any] | None = None
     if memo is not None and memo.is_file():
-        said = json.loads(memo.read_text(encoding="utf-8"))
-    else:
+        try:
+            said = json.loads(memo.read_text(encoding="utf-8"))
+            said = said if isinstance(said, dict) and {"options", "reason"} <= said.keys() else None
+        except (OSError, ValueError):
+            said = None
+        if said is None:
+            print(f"{memo}: not a kept self-tuning choice (damaged?); tuning again", file=sys.stderr)
+    if said is None:
         images = [load_image_rgb(p) for p in paths]
         result = self_tune(images, lambda cfg, bb: PatchKNN(backbone=bb, config=cfg), config,
-                           candidates_for(config, images[0].shape[:2], len(images)),
-                           backbone(),
+                           candidates_for(config, images[0].shape[:2], len(images)), backbone(),
                            progress=_tqdm_progress("self-tuning"), seed=0)
         said = {"chosen": result.chosen.name, "options": result.chosen.options, "reason": result.reason}
         if memo is not None:
