@@ -44,7 +44,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = evaluate_zero_shot(backbone, category, progress=_tqdm_progress("zero-shot"))
     else:
         config, taught = _taught_config(args, category.train_good, config, lambda: backbone,
-                                        key=_cache_key(resolved, config))
+                                        key=_cache_key(defaults, resolved, config))
         # create_detector is typed nn.Module (the registry's type); patch_knn is a Detector
         report = evaluate(lambda: cast(Detector, create_detector("patch_knn", backbone=backbone, config=config)),
                           category, shots=args.shots or None, seed=args.seed, progress=_tqdm_progress("evaluating"))
@@ -60,9 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data.update({k: point[k] for k in OPERATING_RATES})
         print(_operating_point_line(point))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        print(f"wrote {args.json}")
+        _write_json(args.json, data)
     return 0
 
 
@@ -109,12 +107,12 @@ def _evaluate_types(args: argparse.Namespace) -> int:
         return backbones[0]
 
     config, taught = _taught_config(args, load_category(args.category).train_good, config, backbone,
-                                    key=_cache_key(resolved, config))
+                                    key=_cache_key(defaults, resolved, config))
 
     def make_detector() -> Any:
         return create_detector("patch_knn", backbone=backbone(), config=config)
 
-    key = _cache_key(resolved, config)
+    key = _cache_key(defaults, resolved, config)
     colour = DefectTypingSettings().colour_weight if args.type_colour_weight is None else args.type_colour_weight
     if not (math.isfinite(colour) and colour >= 0):
         msg = f"--type-colour-weight must be a finite number >= 0 (0 = features only), got {colour}"
@@ -141,17 +139,18 @@ def _evaluate_types(args: argparse.Namespace) -> int:
     for name, acc in sorted(report.per_type.items()):
         print(f"  {name:<28} {acc:.3f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        print(f"wrote {args.json}")
+        _write_json(args.json, data)
     return 0
 
 
-def _cache_key(resolved: Any, config: Any) -> str:
-    """What makes a detector's features and maps what they are: the weights, the backbone and its options."""
-    from inspector.recipe import DetectorSettings
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    print(f"wrote {path}")
 
-    defaults = DetectorSettings()
+
+def _cache_key(defaults: Any, resolved: Any, config: Any) -> str:
+    """What makes a detector's features and maps what they are: the weights, the backbone and its options."""
     return json.dumps([resolved.info.sha256, defaults.backbone, list(defaults.blocks), config.to_dict()],
                       sort_keys=True)
 
