@@ -127,7 +127,7 @@ def _evaluate_types(args: argparse.Namespace) -> int:
                                    shots=args.shots or None, seed=args.seed, repeats=args.type_repeats,
                                    config=DefectTypeConfig(colour_weight=colour, crop_side=side, scope=scope),
                                    cache_dir=args.cache, cache_key=key, max_per_type=args.type_max_images,
-                                   progress=_tqdm_progress("typing"))
+                                   draw_seed=args.type_draw_seed, progress=_tqdm_progress("typing"))
     data: dict[str, Any] = {"defect_type_accuracy": report.accuracy, **report.to_dict(),
                             "weights": dataclasses.asdict(resolved.info), "wall_s": time.perf_counter() - start,
                             "self_tune": taught,

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure defect typing instead: N labelled defect images per type (test/<type>/)")
     p.add_argument("--type-repeats", type=int, default=5, metavar="R",
                    help="with --types: seeded draws of the labelled images, averaged (default 5)")
+    p.add_argument("--type-draw-seed", type=int, default=None, metavar="D",
+                   help="with --types: draw i labels with seed D + i, and D chooses the --type-max-images images "
+                        "(default: --seed); fixed while --seed varies, only the good shots change")
     p.add_argument("--type-max-images", type=int, default=None, metavar="M",
                    help="with --types: at most M defect images per type (a seeded choice), to bound the time")
     p.add_argument("--type-colour-weight", type=float, default=None, metavar="W",

@@ -64,7 +64,8 @@ class TypeEvalReport:
     category: str
     n_labelled: int                   # labelled images per type
     shots: int                        # good training images of the detector
-    seeds: tuple[int, ...]            # one per draw
+    shot_seed: int                    # seed of the detector's good shots
+    seeds: tuple[int, ...]            # one per draw (and the first also chose the ``max_per_type`` images)
     accuracy: float                   # mean over draws of the top-1 accuracy (micro, over test images)
     accuracy_per_draw: tuple[float, ...]
     balanced_accuracy: float          # mean over draws of the mean per-type accuracy
@@ -141,6 +142,7 @@ def evaluate_defect_types(
     cache_dir: Path | None = None,
     cache_key: str = "",
     max_per_type: int | None = None,
+    draw_seed: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TypeEvalReport:
     """Few-shot defect typing accuracy on one category (see the module docstring).
@@ -150,7 +152,7 @@ def evaluate_defect_types(
         category_root: the MVTec-AD-layout category folder.
         n_labelled: labelled images per defect type (>= 1).
         shots: good training images of the detector (None = all).
-        seed: first seed; draw i uses ``seed + i``; the detector's shots use ``seed``.
+        seed: the detector's shots; also the first draw's seed unless ``draw_seed`` is given.
         repeats: number of draws.
         config: the classifier's options.
         cache_dir: where per-image features and maps are kept between runs (None = no cache).
@@ -158,6 +160,9 @@ def evaluate_defect_types(
             cache folder's name.
         max_per_type: use at most this many defect images per type (a seeded choice), to bound the
             time on a large category; None uses all.
+        draw_seed: first seed of the draws (draw i uses ``draw_seed + i``) and of the ``max_per_type`` choice;
+            None: ``seed``. Fixed while ``seed`` varies, the labelled and typed images stay the same and only
+            the shots change.
         progress: ``progress(done, total, message)`` per image.
 
     Raises:
@@ -173,8 +178,9 @@ def evaluate_defect_types(
         msg = (f"{category.root}: defect typing needs test/ subfolders of at least two defect types, "
                f"found {types or 'none'}")
         raise ValueError(msg)
+    first = seed if draw_seed is None else draw_seed
     if max_per_type is not None:
-        defects = _at_most(defects, max_per_type, seed=seed)
+        defects = _at_most(defects, max_per_type, seed=first)
     cfg = config if config is not None else DefectTypeConfig()
     items, pixel_threshold, seconds = _extract(make_detector, category.root, defects, shots=shots, seed=seed,
                                                cache_dir=cache_dir, cache_key=cache_key, progress=progress,
@@ -185,7 +191,7 @@ def evaluate_defect_types(
     hits: dict[str, list[bool]] = {t: [] for t in types}
     n_typed = 0
     for draw in range(repeats):
-        labelled = labelled_draw([it.defect_type for it in items], n_labelled, seed + draw)
+        labelled = labelled_draw([it.defect_type for it in items], n_labelled, first + draw)
         classifier = DefectTypeClassifier(config=cfg)
         classifier.add_many([items[i].embedding for i in sorted(labelled)],
                             [items[i].defect_type for i in sorted(labelled)])
@@ -211,7 +217,7 @@ def evaluate_defect_types(
             novel.append(float(np.mean([p.defect_class == UNKNOWN for p in typed])))
     return TypeEvalReport(
         category=category.name, n_labelled=n_labelled, shots=shots or len(category.train_good),
-        seeds=tuple(seed + d for d in range(repeats)), accuracy=float(np.mean(accuracies)),
+        shot_seed=seed, seeds=tuple(first + d for d in range(repeats)), accuracy=float(np.mean(accuracies)),
         accuracy_per_draw=tuple(accuracies), balanced_accuracy=float(np.mean(balanced)),
         unknown_share=float(np.mean(unknowns)), novel_unknown_share=float(np.mean(novel)) if novel else float("nan"),
         per_type={t: float(np.mean(v)) if v else float("nan") for t, v in hits.items()},

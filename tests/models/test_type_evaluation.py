@@ -80,3 +80,25 @@ def test_the_cache_remembers_whether_the_detector_standardised_its_frames(two_ty
     again = evaluate_defect_types(_make_detector, two_types, n_labelled=2, shots=None, repeats=2, cache_dir=cache)
     assert again.accuracy_per_draw == first.accuracy_per_draw and again.per_type == first.per_type
     assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["brightness_active"] is True
+
+
+def test_the_draws_can_be_seeded_apart_from_the_shots(two_types: Path, tmp_path: Path) -> None:
+    """``draw_seed`` fixes the labelled draws and the capped choice of images while the shots' seed varies."""
+    import torch
+
+    def same_detector() -> Any:          # the same (random) backbone for both seeds: torch seeded first
+        torch.manual_seed(0)
+        return _make_detector()
+
+    cache = tmp_path / "cache"
+    # all good images are the shots (shots=None): the shot seed changes nothing, so the draws alone decide
+    apart = evaluate_defect_types(same_detector, two_types, n_labelled=1, shots=None, seed=0, draw_seed=7,
+                                  repeats=2, max_per_type=3, cache_dir=cache)
+    together = evaluate_defect_types(same_detector, two_types, n_labelled=1, shots=None, seed=7, repeats=2,
+                                     max_per_type=3, cache_dir=cache)
+    assert apart.shot_seed == 0 and together.shot_seed == 7
+    assert apart.seeds == together.seeds == (7, 8)
+    assert apart.n_defect_images == 6 and apart.accuracy_per_draw == together.accuracy_per_draw
+    plain = evaluate_defect_types(same_detector, two_types, n_labelled=1, shots=None, seed=0, repeats=2,
+                                  max_per_type=3, cache_dir=cache)
+    assert plain.seeds == (0, 1) and plain.to_dict()["shot_seed"] == 0
