@@ -22,6 +22,9 @@ mask) and which share of its pixels lie on the mask (``precision``), per defect 
 
 Usage:
     python -m benchmarks.type_regions --data DATA --cache CACHE --seeds 0-4 --json OUT.json
+    # a cache that `inspector evaluate --types 5 --type-max-images 12 --seed 2` wrote: its images were chosen
+    # with seed 2 (or its --type-draw-seed)
+    python -m benchmarks.type_regions --data DATA --cache CACHE2 --seeds 2-21 --subset-seed 2
 """
 
 from __future__ import annotations
@@ -223,30 +226,43 @@ class TypingCache(NamedTuple):
     defects: list[TestItem]                            # in the product's order and choice
 
 
-def load_typing_cache(data: Path, cache: Path, category: str) -> TypingCache:
-    """The cache folder of ``category`` with its threshold, side and good bank, and its defect images."""
+def load_typing_cache(data: Path, cache: Path, category: str, *, subset_seed: int = 0) -> TypingCache:
+    """The cache folder of ``category`` with its threshold, side and good bank, and its defect images: all of them,
+    or for a category capped in ``CATEGORIES`` the ones `--type-max-images` chose with ``subset_seed`` (the
+    evaluate run's ``--type-draw-seed``, else its ``--seed``).
+
+    Raises:
+        SystemExit: no single cache folder of the category, or an image of the choice is not in it.
+    """
     folder = _cache_folder(cache, category)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     nearest_good = nearest_good_patches(np.load(folder / "bank.npy", allow_pickle=False).astype(np.float32))
     defects = [t for t in load_category(data / category).test if t.label == 1]
     at_most = CATEGORIES.get(category)
     if at_most is not None:
-        defects = _at_most(defects, at_most, seed=0)      # as `--type-max-images 12` chooses
+        defects = _at_most(defects, at_most, seed=subset_seed)      # as `--type-max-images 12` chooses
+    missing = [t for t in defects if not _cached(folder, t).is_file()]
+    if missing:
+        capped = f" (the {at_most} per type that seed {subset_seed} chooses: --subset-seed)" if at_most else ""
+        msg = (f"{folder}: {len(missing)} of the {len(defects)} defect images{capped} are not cached, e.g. "
+               f"{_cached(folder, missing[0]).name}; run `inspector evaluate DATA/{category} --types 5 "
+               f"--cache {cache}` on them first")
+        raise SystemExit(msg)
     return TypingCache(folder, float(meta["pixel_threshold"]), int(meta["shorter_side"]), nearest_good, defects)
 
 
+def _cached(folder: Path, item: TestItem) -> Path:
+    return folder / f"{item.defect_type}__{item.path.stem}.npz"
+
+
 def category_run(data: Path, cache: Path, category: str, seeds: list[int], *,
-                 n_labelled: int = N_LABELLED) -> dict[str, Any]:
-    folder, thr, side, nearest_good, defects = load_typing_cache(data, cache, category)
+                 n_labelled: int = N_LABELLED, subset_seed: int = 0) -> dict[str, Any]:
+    folder, thr, side, nearest_good, defects = load_typing_cache(data, cache, category, subset_seed=subset_seed)
     types: list[str] = []
     embeddings: dict[str, list[np.ndarray]] = {name: [] for name in VARIANTS}
     hit, precision = [], []
     for item in defects:
-        cached = folder / f"{item.defect_type}__{item.path.stem}.npz"
-        if not cached.is_file():
-            msg = f"{cached}: missing; run `inspector evaluate` with this --cache on {category} first"
-            raise SystemExit(msg)
-        with np.load(cached, allow_pickle=False) as npz:
+        with np.load(_cached(folder, item), allow_pickle=False) as npz:
             features, amap = npz["features"].astype(np.float32), npz["anomaly_map"].astype(np.float32)
         image = load_image_rgb(item.path)
         gt = _mask(item, amap.shape)
@@ -300,13 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, required=True, help="the --cache of `inspector evaluate --types`")
     p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated names")
     p.add_argument("--seeds", default="0-4", help="draws, e.g. 0-4 or 100-119")
+    p.add_argument("--subset-seed", type=int, default=0,
+                   help="the seed that chose the capped categories' images (evaluate's --type-draw-seed, else --seed)")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
     seeds = _seeds(args.seeds)
     start = time.perf_counter()
     results = []
     for category in args.categories.split(","):
-        result = category_run(args.data, args.cache, category, seeds)
+        result = category_run(args.data, args.cache, category, seeds, subset_seed=args.subset_seed)
         results.append(result)
         cells = "  ".join(f"{n} {r['accuracy']:.3f}" for n, r in result["variants"].items())
         print(f"{category}: largest region touches the defect in {result['largest_hits_defect']:.0%}; {cells}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks import type_regions
 from tests.models.test_type_evaluation import evaluated_widget
@@ -17,6 +18,20 @@ def test_the_largest_region_row_reproduces_evaluate_and_the_oracle_uses_the_mask
     assert result["variants"]["largest"]["per_draw"] == list(product.accuracy_per_draw)
     assert set(result["variants"]) == set(type_regions.VARIANTS) | set(type_regions.JOINED)
     assert 0.0 <= result["largest_hits_defect"] <= 1.0
+
+
+def test_a_capped_category_reads_the_images_its_seed_chose_and_names_one_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, cache, _ = evaluated_widget(tmp_path, config=type_regions.FRAME_ONLY)
+    monkeypatch.setitem(type_regions.CATEGORIES, "widget", 3)    # as `--type-max-images 3` would choose
+    seeded = [type_regions.load_typing_cache(data, cache, "widget", subset_seed=s).defects for s in (0, 1, 2)]
+    assert all(len(d) == 6 for d in seeded) and len({tuple(x.path for x in d) for d in seeded}) > 1
+    result = type_regions.category_run(data, cache, "widget", [0], n_labelled=2, subset_seed=1)
+    assert result["defect_images"] == 6
+    gone = seeded[1][0]
+    next((cache).glob(f"*/{gone.defect_type}__{gone.path.stem}.npz")).unlink()
+    with pytest.raises(SystemExit, match=f"1 of the 6 defect images .* not cached, e.g. {gone.defect_type}__"):
+        type_regions.load_typing_cache(data, cache, "widget", subset_seed=1)
 
 
 def test_region_weights_of_the_variants() -> None:
