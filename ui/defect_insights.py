@@ -23,7 +23,7 @@ from typing import Final
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QCloseEvent, QPixmap, QShowEvent
+from PySide6.QtGui import QCloseEvent, QPixmap, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -52,8 +53,8 @@ from inspector.store import Store
 from ui.qimage import bgr_to_qimage
 from ui.workers import QueryRunner
 
-__all__ = ["ControlChartLines", "ControlChartPlot", "DefectInsightsPanel", "InsightsDrawing", "ParetoBars",
-           "ParetoChart", "save_plot"]
+__all__ = ["ControlChartLines", "ControlChartPlot", "DefectInsightsPanel", "FittedPicture", "InsightsDrawing",
+           "ParetoBars", "ParetoChart", "save_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,30 @@ def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
         msg = f"{path}: charts are saved as .png or .svg, not {suffix or 'a file without suffix'}"
         raise ValueError(msg)
     return path
+
+
+class FittedPicture(QLabel):
+    """A picture shown whole, scaled to the label with its aspect kept (a plain QLabel shows a pixmap at its own
+    size and cuts it to the label: a narrow panel would hide the defects at the part's edges); text until then."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.source = QPixmap()                 # the picture at its own size; null until one is set
+        # the label's size follows the layout, never the picture's (that would grow the panel at each fit)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+
+    def set_picture(self, picture: QPixmap) -> None:
+        self.source = picture
+        self._fit()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt name)
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        if not self.source.isNull() and self.width() > 0 and self.height() > 0:
+            self.setPixmap(self.source.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                              Qt.TransformationMode.SmoothTransformation))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,8 +297,8 @@ class DefectInsightsPanel(QWidget):
         self.status = QLabel("")
         self.pareto = ParetoChart()
         self.p_chart = ControlChartPlot()
-        self.location = QLabel("Defect locations: drawn over a good part of this recipe once the station "
-                               "has passed one")
+        self.location = FittedPicture("Defect locations: drawn over a good part of this recipe once the station "
+                                      "has passed one")
         self.location.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.location.setWordWrap(True)           # a narrow panel: the sentence wraps rather than being cut
         self.location.setMinimumSize(160, 120)
@@ -360,10 +385,23 @@ class DefectInsightsPanel(QWidget):
             self.show_failure(f"{type(exc).__name__}: {exc}")
 
     def save_charts(self, folder: str | Path, *, fmt: str = "png") -> list[Path]:
-        """Save the Pareto and p-chart as ``pareto.<fmt>`` and ``fail_rate.<fmt>`` in ``folder``."""
+        """Save the Pareto and p-chart as ``pareto.<fmt>`` and ``fail_rate.<fmt>`` in ``folder``, and the location
+        map, when there is one, as ``locations.png`` at its own size (a picture: PNG in either format).
+
+        Raises:
+            ValueError: ``fmt`` is neither png nor svg.
+            OSError: a file could not be written.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        return [save_plot(self.pareto, folder / f"pareto.{fmt}"), save_plot(self.p_chart, folder / f"fail_rate.{fmt}")]
+        saved = [save_plot(self.pareto, folder / f"pareto.{fmt}"), save_plot(self.p_chart, folder / f"fail_rate.{fmt}")]
+        if not self.location.source.isNull():
+            path = folder / "locations.png"
+            if not self.location.source.save(str(path), "PNG"):
+                msg = f"{path}: the location map could not be written"
+                raise OSError(msg)
+            saved.append(path)
+        return saved
 
     def show_drawing(self, drawing: InsightsDrawing) -> None:
         """Set a prepared drawing on the charts; one older than the drawing on screen is ignored."""
@@ -379,7 +417,7 @@ class DefectInsightsPanel(QWidget):
         for alarm in self.alarm_bus.publish(value.fail_rate.alarms):
             self.alarm_raised.emit(alarm)
         if drawing.location_bgr is not None:
-            self.location.setPixmap(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr)))
+            self.location.set_picture(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr)))
         self.drift.setText(drawing.drift or "")
         self.drift.setStyleSheet("color: #ff5050;" if drawing.drifted else "")
         regions = sum(r.regions for r in value.pareto)

@@ -69,9 +69,16 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     assert panel.p_chart.chart is not None and [a.key for a in panel.p_chart.chart.alarms] == ["E"]
     assert [a.key for a in alarms] == ["E"] and panel.alarm_list.count() == 1
     assert panel.location.pixmap() is not None and not panel.location.pixmap().isNull()
+    assert panel.location.source.size().toTuple() == (40, 40)      # the reference's size
+    panel.location.resize(600, 200)              # wide and low: the whole picture, as high as the label
+    assert panel.location.pixmap().size().toTuple() == (200, 200)
+    panel.location.resize(180, 400)              # narrow and tall: the whole picture, as wide, not cut
+    assert panel.location.pixmap().size().toTuple() == (180, 180)
 
     saved = panel.save_charts(tmp_path / "charts", fmt="svg") + panel.save_charts(tmp_path / "charts", fmt="png")
     assert all(p.stat().st_size > 100 for p in saved)
+    assert sorted({p.name for p in saved}) == ["fail_rate.png", "fail_rate.svg", "locations.png", "pareto.png",
+                                              "pareto.svg"]
     assert (tmp_path / "charts" / "pareto.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
     with pytest.raises(ValueError, match=r"\.png or \.svg"):
         save_plot(panel.pareto, tmp_path / "x.jpg")
