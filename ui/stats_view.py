@@ -286,13 +286,16 @@ class StatisticsView(QWidget):
             chart.addItem(points)
             self._verdict_points[verdict] = points
         limit_pen = {"color": "#29b6f6", "width": 1}
+        # each label at its own place along the chart: lines a few pixels apart (a review threshold just under
+        # the fail one, a narrow spread) would otherwise print their labels over each other
         self._limit_lines = {
-            name: self._horizontal_line(chart, name, pg.mkPen(**limit_pen, style=style), "#29b6f6", 0.05)
-            for name, style in (("mean (PASS)", Qt.PenStyle.SolidLine), ("mean + 3σ", Qt.PenStyle.DashLine),
-                                ("mean − 3σ", Qt.PenStyle.DashLine))}
+            name: self._horizontal_line(chart, name, pg.mkPen(**limit_pen, style=style), "#29b6f6", position)
+            for name, style, position in (("mean + 3σ", Qt.PenStyle.DashLine, 0.04),
+                                          ("mean (PASS)", Qt.PenStyle.SolidLine, 0.16),
+                                          ("mean − 3σ", Qt.PenStyle.DashLine, 0.28))}
         self._threshold_lines = {
-            name: self._horizontal_line(chart, f"{name} threshold", pg.mkPen(colour, width=2), colour, 0.95)
-            for name, colour in (("review", "#ffca28"), ("fail", "#ff5252"))}
+            name: self._horizontal_line(chart, f"{name} threshold", pg.mkPen(colour, width=2), colour, position)
+            for name, colour, position in (("review", "#ffca28", 0.78), ("fail", "#ff5252", 0.94))}
         return chart
 
     @staticmethod

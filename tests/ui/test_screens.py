@@ -101,6 +101,24 @@ def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     assert "Exported to" in view.message.text() and (tmp_path / "background.csv").stat().st_size > 0
 
 
+def test_the_score_chart_labels_its_lines_apart_when_they_lie_close(qtbot, store) -> None:
+    view = StatisticsView(store)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    view.set_thresholds(0.50, 0.51)              # a review threshold just under the fail one
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.refresh()
+    qtbot.wait(50)
+    lines = [line for line in [*view._limit_lines.values(), *view._threshold_lines.values()] if line.isVisible()]
+    assert len(lines) >= 4
+    boxes = [line.label.sceneBoundingRect() for line in lines]
+    overlapping = [(a.label.format, b.label.format) for i, a in enumerate(lines) for j, b in enumerate(lines)
+                   if i < j and boxes[i].intersects(boxes[j])]
+    assert not overlapping
+
+
 def test_statistics_without_store_says_so(qtbot) -> None:
     view = StatisticsView(None)
     qtbot.addWidget(view)
