@@ -20,6 +20,7 @@ import numpy as np
 from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from inspector.store import InspectionRecord, Store
 
 __all__ = ["REPO_ROOT", "cmd_feedback", "cmd_stats"]
@@ -156,20 +157,38 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
             st.control_chart_svg(chart, title=f"FAIL rate per {args.spc_by} (p-chart, 3-sigma limits)"),
             encoding="utf-8")
         written = ["pareto.svg", "fail_rate.svg"]
-        if args.reference is not None:
-            reference = cv2.imread(str(args.reference), cv2.IMREAD_COLOR)
-            if reference is None:
-                msg = f"{args.reference}: cannot read the reference image; give a PNG or JPEG of a good part"
-                raise ValueError(msg)
-            area = (0, 0, reference.shape[1], reference.shape[0])
-            if recipe is not None and recipe.roi is not None:
-                area = recipe.roi.bounding_box()
-            x, y, w, h = area
+        picture = _location_picture(args.reference, recipe)
+        if picture is not None:
+            crop, area = picture
             locations = st.defect_locations(store, area, flt)
-            image = st.location_heat_image(np.ascontiguousarray(reference[y : y + h, x : x + w]), locations.total())
-            cv2.imwrite(str(args.charts / "locations.png"), image)
+            cv2.imwrite(str(args.charts / "locations.png"), st.location_heat_image(crop, locations.total()))
             written.append("locations.png")
         print(f"wrote {', '.join(written)} to {args.charts}")
+
+
+def _location_picture(reference: Path | None, recipe: Recipe | None
+                      ) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """The good image under the location map (the ROI's crop, BGR) and the ROI in frame pixels: ``--reference``
+    (a full frame), else the recipe's taught picture (its version's ``reference.png``, already the ROI), else None.
+
+    Raises:
+        ValueError: ``reference`` is not a readable image.
+    """
+    from inspector.versions import reference_image, resolve_version
+
+    roi = recipe.roi.bounding_box() if recipe is not None and recipe.roi is not None else None
+    if reference is not None:
+        frame = cv2.imread(str(reference), cv2.IMREAD_COLOR)
+        if frame is None:
+            msg = f"{reference}: cannot read the reference image; give a PNG or JPEG of a good part"
+            raise ValueError(msg)
+        x, y, w, h = roi or (0, 0, frame.shape[1], frame.shape[0])
+        return np.ascontiguousarray(frame[y : y + h, x : x + w]), (x, y, w, h)
+    taught = reference_image(resolve_version(recipe).path) if recipe is not None else None
+    if taught is None:
+        return None
+    x, y = roi[:2] if roi is not None else (0, 0)
+    return taught, (x, y, taught.shape[1], taught.shape[0])
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:

@@ -213,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parquet", type=Path, default=None, metavar="DIR",
                    help="also export inspections.parquet and regions.parquet into DIR")
     p.add_argument("--charts", type=Path, default=None, metavar="DIR",
-                   help="write pareto.svg, fail_rate.svg (and locations.png with --reference) into DIR")
+                   help="write pareto.svg, fail_rate.svg and locations.png (with --reference or --recipe-file) "
+                        "into DIR")
     p.add_argument("--reference", type=Path, default=None, metavar="IMAGE",
-                   help="a good image (full frame) under the defect location map")
+                   help="a good image (full frame) under the defect location map (default with --recipe-file: a "
+                        "good image its model version was taught on)")
     _add_store(p)
 
     p = sub.add_parser("feedback", help="record a reviewer's verdict on a stored inspection")

@@ -31,7 +31,13 @@ from inspector.capture import image_files, load_image
 from inspector.errors import FrameDecodeError, InspectorError, ModelError
 from inspector.results import InspectionResult, Progress, VerdictCounts
 from inspector.station import Station, apply_roi, build_detector
-from inspector.versions import next_version, resolve_version, set_active_model_version
+from inspector.versions import (
+    copy_reference,
+    next_version,
+    resolve_version,
+    set_active_model_version,
+    write_reference,
+)
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -302,6 +308,7 @@ def teach(
                   metadata={"recipe": recipe.name, "good_images": len(images), "defect_images": len(defect_images),
                             "source": where,
                             "self_tune": tuned.to_dict() if tuned is not None else {"note": note}})
+    write_reference(version.path, cv2.cvtColor(images[0], cv2.COLOR_RGB2BGR))   # where defects sit, drawn on it
     set_active_model_version(recipe, version.name)     # taught on purpose: the line uses it
     yield Progress(done=1, total=1, message=f"saved model {version.name}")
     return TeachReport(
@@ -373,6 +380,7 @@ def save_thresholds(
     target = next_version(recipe)
     save_detector(station.detector, thresholds, target.path, weights=station.weights,
                   metadata={"recipe": recipe.name, "derived_from": station.model_version, "change": "thresholds"})
+    copy_reference(resolve_version(recipe, station.model_version).path, target.path)
     set_active_model_version(recipe, target.name)      # the engineer saved them on purpose
     return target.name
 
@@ -402,6 +410,7 @@ def add_good_feedback(
     save_detector(station.detector, station.model_thresholds, target.path, weights=station.weights,
                   metadata={"recipe": recipe.name, "derived_from": base.name, "change": "good feedback",
                             "images": len(crops), "note": note})
+    copy_reference(base.path, target.path)
     logger.info("recipe %s: %d good image(s) added as model %s", recipe.name, len(crops), target.name)
     return target.name
 

@@ -5,7 +5,9 @@ each holding a saved detector (``model.safetensors`` + ``model.json``); numbers 
 recipe pins one (``model.version: v3``) or says ``latest``, which means the version named in the
 folder's ``active`` file when that version exists, else the highest. Teaching and hand-set
 thresholds make their new version active; "actually good" feedback does not (it waits until someone
-calls `set_active_model_version`).
+calls `set_active_model_version`). A version may also hold ``reference.png``: one good image it was
+taught on (its ROI), the picture the Statistics screen draws where the defects sit (`write_reference`,
+`reference_image`); versions derived from another take their source's (`copy_reference`).
 
 This module is the one place those rules live; `Recipe.model_versions`, `Recipe.active_model_version`
 and `Recipe.model_version_dir` delegate here, and ``inspector.station`` / ``inspector.recipe`` re-export
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import cv2
+import numpy as np
+
 from inspector.errors import ModelError, RecipeError
 from models.files import atomic_write
 
@@ -34,17 +39,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVE_FILE",
+    "REFERENCE_FILE",
     "ModelVersion",
     "active_model_version",
+    "copy_reference",
     "model_versions",
     "next_version",
+    "reference_image",
     "resolve_version",
     "set_active_model_version",
+    "write_reference",
 ]
 
 logger = logging.getLogger(__name__)
 
 ACTIVE_FILE: Final = "active"         # in a recipe's model folder: the version "latest" means on the line
+REFERENCE_FILE: Final = "reference.png"   # in a version's folder: a good image it was taught on (its ROI)
 _FOLDER_RE: Final = re.compile(r"v[1-9][0-9]*")
 
 
@@ -126,3 +136,40 @@ def set_active_model_version(recipe: Recipe, version: str) -> None:
                "check the folder exists and is writable")
         raise RecipeError(msg, path=path) from exc
     logger.info("recipe %s: model %s is active", recipe.name, version)
+
+
+def write_reference(version_dir: Path, image_bgr: np.ndarray) -> Path | None:
+    """Keep ``image_bgr`` ((H, W, 3) uint8, a good image the version was taught on, its ROI) as the version's
+    ``reference.png``. A picture for the screens only: when it cannot be written (full disk), a warning says
+    so and the version stays as saved. Returns the file, or None when it was not written."""
+    path = version_dir / REFERENCE_FILE
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image_bgr))
+    try:
+        if not ok:
+            msg = f"not an image OpenCV can encode: {image_bgr.shape} {image_bgr.dtype}"
+            raise ValueError(msg)
+        atomic_write(path, encoded.tobytes())
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: the reference image was not written (%s); the Statistics screen's location map waits "
+                       "for a good part on the line instead", path, exc)
+        return None
+    return path
+
+
+def copy_reference(source_dir: Path, version_dir: Path) -> Path | None:
+    """The reference image of ``source_dir`` for the version derived from it (hand-set thresholds, feedback),
+    when there is one; None otherwise."""
+    image = reference_image(source_dir)
+    return write_reference(version_dir, image) if image is not None else None
+
+
+def reference_image(version_dir: Path) -> np.ndarray | None:
+    """The version's reference image ((H, W, 3) uint8 BGR), or None: a version taught before the file existed,
+    or one whose file is unreadable (said in the log)."""
+    path = version_dir / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        logger.warning("%s: not a readable image; the location map waits for a good part on the line", path)
+    return image

@@ -134,13 +134,9 @@ class MainWindow(QMainWindow):
         self.bridge.warning.connect(self._on_warning)
         self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning)
         self.controller = StationController(
-            load_inspector=load_inspector or default_load_inspector,
-            open_source=self._open_source,
-            recipe_source=recipe_source,
-            recorder=self.recorder,
-            on_event=self.bridge.on_station_event,
-            make_pipeline=make_pipeline,
-        )
+            load_inspector=load_inspector or default_load_inspector, open_source=self._open_source,
+            recipe_source=recipe_source, recorder=self.recorder, on_event=self.bridge.on_station_event,
+            make_pipeline=make_pipeline)
         # Called with each result once it is durable, before it is shown: MQTT (ui/link_status.py).
         self.line_consumers: list[Callable[[InspectionResult], None]] = self.controller.after_record
         self.jobs = JobRunner(self)
@@ -558,12 +554,15 @@ class MainWindow(QMainWindow):
 
     @Slot(int)
     def _on_recipe_changed(self, index: int) -> None:
-        """The operator picked a recipe: while running, ask the controller to switch (it may refuse)."""
+        """The operator picked a recipe: while running, ask the controller to switch (it may refuse); while
+        stopped, the Statistics screen takes its location map's picture and its drift's teaching scores at once."""
         recipe = self.current_recipe
         if recipe is not None and self.state in (RunState.RUNNING, RunState.PAUSED):
             self.station.faults.clear_fault("recipe")
             self._status.setText(f"Loading recipe {recipe.stem}; the running recipe goes on until it is ready")
             self.controller.switch_recipe(recipe)
+        elif recipe is not None:
+            self.statistics.show_recipe_file(recipe)
         self._update_info()
 
     @Slot()

@@ -41,7 +41,7 @@ from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Verdict
 from inspector.statistics import Filters
 from inspector.store import GroupBy
-from inspector.versions import resolve_version
+from inspector.versions import reference_image, resolve_version
 from ui.date_range import FollowingRange
 from ui.defect_insights import AXIS_WIDTH_PX, DefectInsightsPanel, InsightsDrawing
 from ui.workers import QueryRunner
@@ -171,6 +171,14 @@ def _query_statistics(store: Store, filters: StoreFilters, group: GroupKey,
     return query
 
 
+@dataclass(frozen=True, kw_only=True)
+class _RecipeRead:
+    """A recipe file read for ``StatisticsView.show_recipe_file``, and the ``set_recipe`` count it was asked at."""
+
+    generation: int
+    recipe: Recipe
+
+
 class StatisticsView(QWidget):
     """The statistics screen. ``store`` may be None (the screen then says there is no store).
 
@@ -179,6 +187,7 @@ class StatisticsView(QWidget):
 
     refreshed = Signal()      # a refresh's answer is on screen
     exported = Signal()       # a background export finished (its message says how)
+    recipe_shown = Signal()   # a recipe picked while stopped (``show_recipe_file``) is the screen's now
 
     def __init__(self, store: Store | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -205,6 +214,11 @@ class StatisticsView(QWidget):
         self._exports.ready.connect(self._on_export_done)
         self._exports.failed.connect(self._on_export_failed)
         self._export_paths: dict[int, Path] = {}
+        # a recipe picked while stopped: its file read off the GUI thread (reading one imports torch: seconds)
+        self._recipe_files = QueryRunner(self)
+        self._recipe_files.ready.connect(self._on_recipe_file_read)
+        self._recipe_files.failed.connect(self._on_recipe_file_failed)
+        self._recipe_generation = 0                 # set_recipe calls so far: a late file read yields to a newer one
         self.refresh_button = QPushButton("Refresh")
         self.export_button = QPushButton("Export CSV…")
         self.refresh_button.clicked.connect(self.refresh)
@@ -321,8 +335,10 @@ class StatisticsView(QWidget):
         self._review_threshold, self._fail_threshold = review, fail
 
     def set_recipe(self, recipe: Recipe | None, version: str | None = None) -> None:
-        """The recipe now running and its model version: the location map's ROI (its next PASS frame is the
-        map's image) and the teaching scores that good parts' drift is judged against."""
+        """The recipe now running (or picked) and its model version: the location map's ROI and its image (a good
+        part the version was taught on, its ``reference.png``; else the next PASS frame) and the teaching scores
+        that good parts' drift is judged against."""
+        self._recipe_generation += 1
         roi = recipe.roi if recipe is not None else None
         self._recipe_area, self._has_reference = (roi.bounding_box() if roi is not None else None), False
         self.insights.set_reference(None, None)
@@ -332,9 +348,37 @@ class StatisticsView(QWidget):
                 self.insights.model_dir = resolve_version(recipe, version).path
             except InspectorError as exc:
                 log.info("no teaching scores for drift: %s", exc)
+                return
+            taught = reference_image(self.insights.model_dir)
+            if taught is not None:
+                x, y = self._recipe_area[:2] if self._recipe_area is not None else (0, 0)
+                self._set_reference(taught, max(0, x), max(0, y))
+
+    def show_recipe_file(self, path: Path) -> None:
+        """A recipe picked while the station is stopped: its active version's picture and teaching scores, so its
+        statistics read as they do while it runs. The file is read on a worker thread; a recipe set since (the
+        station started) wins, and one that cannot be read leaves them as they are (said in the log)."""
+        generation = self._recipe_generation
+
+        def read() -> _RecipeRead:
+            from inspector.recipe import load_recipe
+
+            return _RecipeRead(generation=generation, recipe=load_recipe(path))
+
+        self._recipe_files.submit(read, name="recipe-file")
+
+    def _on_recipe_file_read(self, request: int, value: object) -> None:
+        if (isinstance(value, _RecipeRead) and value.generation == self._recipe_generation
+                and self._recipe_files.is_latest(request)):
+            self.set_recipe(value.recipe)
+            self.recipe_shown.emit()
+
+    def _on_recipe_file_failed(self, request: int, exc: BaseException) -> None:
+        log.info("no location map or drift for the recipe picked: %s", exc)
 
     def offer_frame(self, result: InspectionResult) -> None:
-        """The first PASS frame of the running recipe becomes the location map's reference image (its ROI)."""
+        """The first PASS frame of the running recipe becomes the location map's reference image (its ROI) when its
+        model version has none."""
         if self._has_reference or result.verdict is not Verdict.PASS or result.image_bgr is None:
             return
         height, width = result.image_bgr.shape[:2]
@@ -342,7 +386,11 @@ class StatisticsView(QWidget):
         crop = result.image_bgr[max(0, y): y + h, max(0, x): x + w]
         if crop.size == 0 or crop.ndim != 3:
             return
-        self.insights.set_reference(np.ascontiguousarray(crop), (max(0, x), max(0, y), crop.shape[1], crop.shape[0]))
+        self._set_reference(crop, max(0, x), max(0, y))
+
+    def _set_reference(self, image_bgr: np.ndarray, x: int, y: int) -> None:
+        height, width = image_bgr.shape[:2]
+        self.insights.set_reference(np.ascontiguousarray(image_bgr), (x, y, width, height))
         self._has_reference = True
 
     def set_range(self, since: float | datetime, until: float | datetime) -> None:
@@ -392,6 +440,7 @@ class StatisticsView(QWidget):
         """Join a query, export or insights computation under way (the window is closing)."""
         self.queries.shutdown()
         self._exports.shutdown()
+        self._recipe_files.shutdown()
         self.insights.shutdown()
 
     def export_csv(self, path: str | Path) -> Path:

@@ -230,3 +230,23 @@ def test_teaching_scores_read_only_their_tensor_and_a_broken_file_is_named(taugh
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(StoreError, match=r"cannot read the teaching scores .*teach the recipe again"):
         st.teaching_scores(folder)
+
+
+def test_stats_draws_the_location_map_over_the_recipes_taught_picture(store: Store, tmp_path: Path,
+                                                                       taught_recipe: Path) -> None:
+    db = store.url.database
+    store.close()
+    out = tmp_path / "charts"
+    assert main(["stats", "--store", str(db), "--recipe", "part", "--recipe-file", str(taught_recipe),
+                 "--charts", str(out)]) == 0
+    written = cv2.imread(str(out / "locations.png"), cv2.IMREAD_COLOR)
+    assert written is not None and written.shape == (84, 84, 3)    # the taught good image's size (no ROI)
+    # a version from before versions kept a picture: no location map without --reference, the rest as before
+    from inspector.recipe import load_recipe
+    from inspector.versions import REFERENCE_FILE, resolve_version
+
+    (resolve_version(load_recipe(taught_recipe)).path / REFERENCE_FILE).unlink()
+    again = tmp_path / "again"
+    assert main(["stats", "--store", str(db), "--recipe", "part", "--recipe-file", str(taught_recipe),
+                 "--charts", str(again)]) == 0
+    assert {p.name for p in again.iterdir()} == {"pareto.svg", "fail_rate.svg"}

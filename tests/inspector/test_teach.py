@@ -112,3 +112,25 @@ def test_the_report_says_when_frames_are_brightness_standardised(
     assert len(lines) == int(said), report.summary_lines()
     station = Station.load(load_recipe(path), device="cpu")
     assert station.detector.brightness_active is said     # saved with the model
+
+
+def test_a_taught_version_keeps_a_good_image_and_versions_made_from_it_take_it_along(taught_recipe: Path,
+                                                                                    tmp_path: Path) -> None:
+    """``reference.png``: the picture the Statistics screen draws where defects sit, there before any part passes."""
+    from inspector.versions import REFERENCE_FILE, reference_image, resolve_version, write_reference
+
+    recipe = load_recipe(taught_recipe)
+    taught = resolve_version(recipe).path
+    picture = reference_image(taught)
+    assert picture is not None and picture.ndim == 3 and picture.dtype == np.uint8
+    first_good = textured_part(np.random.default_rng(0))   # the template's first good part (tests/conftest.py)
+    assert np.array_equal(picture, first_good)          # as taught (no ROI: the whole frame), in BGR
+
+    version = save_thresholds(recipe, review=0.1, fail=0.2)
+    derived = resolve_version(recipe, version).path
+    assert (derived / REFERENCE_FILE).read_bytes() == (taught / REFERENCE_FILE).read_bytes()
+
+    # the picture is a convenience: one that cannot be written or read is said, and nothing fails
+    assert write_reference(tmp_path / "no such folder", picture) is None
+    (tmp_path / REFERENCE_FILE).write_bytes(b"not a png")
+    assert reference_image(tmp_path) is None and reference_image(tmp_path / "elsewhere") is None

@@ -105,6 +105,16 @@ def test_the_running_recipe_gives_the_map_its_image_and_the_drift_its_teaching(
                               verdict=Verdict.FAIL, score=0.9, image_bgr=frame)
     view.set_recipe(recipe, "v1")
     assert view.insights.model_dir is not None and view.insights.model_dir.name == "v1"
+    # the version's own picture (a good image it was taught on, reference.png) comes first, at the ROI's place
+    assert view.insights.reference_bgr is not None and view.insights.reference_bgr.shape == (84, 84, 3)
+    assert view.insights.area == (20, 10, 84, 84)
+    view.offer_frame(dataclasses.replace(result, verdict=Verdict.PASS, score=0.1))
+    assert view.insights.reference_bgr.shape == (84, 84, 3)     # kept: no frame replaces it
+
+    # a version taught before versions kept a picture: the first PASS frame's ROI instead
+    (view.insights.model_dir / "reference.png").unlink()
+    view.set_recipe(recipe, "v1")
+    assert view.insights.reference_bgr is None
     view.offer_frame(result)                                    # a FAIL frame is no reference
     assert view.insights.reference_bgr is None
     view.offer_frame(dataclasses.replace(result, verdict=Verdict.PASS, score=0.1))

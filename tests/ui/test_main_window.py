@@ -334,3 +334,16 @@ def test_types_that_come_after_a_newer_frame_do_not_replace_it(qtbot, part_image
     view.grab()                                           # painted: the shown frame's types arrive after
     view.show_types(dataclasses.replace(new, regions=typed.regions))
     assert view.result.frame_id == 2 and {r.predicted_class for r in view.result.regions} == {"burnt"}
+
+
+def test_picking_a_recipe_while_stopped_shows_its_location_picture_on_statistics(qtbot, tmp_path, settings,
+                                                                                   taught_recipe) -> None:
+    other = stub_recipes(tmp_path, "other")[0]
+    window = MainWindow(recipes=[other, taught_recipe], settings=settings)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.state is RunState.READY and window.statistics.insights.reference_bgr is None
+    with qtbot.waitSignal(window.statistics.recipe_shown, timeout=30_000):
+        window.select_recipe(taught_recipe)
+    assert window.statistics.insights.reference_bgr is not None
+    window.close()

@@ -407,3 +407,28 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
     # shared 2-core machine at load 6-7). Wall time follows the machine's load, hence the generous wall bound.
     assert max(busy.values()) < GOAL_S
     assert max(stalls.values()) < GENEROUS_STALL_S
+
+
+def test_a_recipe_picked_while_stopped_gives_the_location_map_its_taught_picture(qtbot, taught_recipe, store) -> None:
+    from inspector.recipe import load_recipe
+    from inspector.versions import reference_image, resolve_version
+
+    view = StatisticsView(store)
+    qtbot.addWidget(view)
+    assert view.insights.reference_bgr is None
+    with qtbot.waitSignal(view.recipe_shown, timeout=30_000):
+        view.show_recipe_file(taught_recipe)          # read on a worker thread: it imports the engine
+    taught = resolve_version(load_recipe(taught_recipe)).path
+    assert np.array_equal(view.insights.reference_bgr, reference_image(taught))
+    assert view.insights.model_dir == taught           # the drift's teaching scores too
+
+    # the station started (set_recipe) before a slow read came back: the running recipe stays the screen's
+    view.set_recipe(None)
+    view.show_recipe_file(taught_recipe)
+    view.set_recipe(None)
+    with qtbot.assertNotEmitted(view.recipe_shown, wait=3_000):
+        pass
+    assert view.insights.reference_bgr is None and view.insights.model_dir is None
+    view.show_recipe_file(taught_recipe.parent / "missing.yaml")   # unreadable: said in the log, nothing shown
+    qtbot.wait(1_000)
+    assert view.insights.reference_bgr is None
