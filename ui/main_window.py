@@ -164,7 +164,7 @@ class MainWindow(QMainWindow):
 
         self._restore_settings(source)
         self._update_controls()
-        self._update_info()
+        self._on_recipe_changed(self.recipe_box.currentIndex())     # the info line; statistics take the recipe
         if kiosk:
             self.set_kiosk(True)
 

@@ -347,3 +347,8 @@ def test_picking_a_recipe_while_stopped_shows_its_location_picture_on_statistics
         window.select_recipe(taught_recipe)
     assert window.statistics.insights.reference_bgr is not None
     window.close()
+
+    alone = MainWindow(recipes=[taught_recipe], settings=settings)      # the one recipe, shown from the start
+    qtbot.addWidget(alone)
+    qtbot.waitUntil(lambda: alone.statistics.insights.reference_bgr is not None, timeout=30_000)
+    alone.close()
