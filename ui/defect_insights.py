@@ -109,12 +109,17 @@ class FittedPicture(QLabel):
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
+        self._placeholder = text
         self.source = QPixmap()                 # the picture at its own size; null until one is set
         # the label's size follows the layout, never the picture's (that would grow the panel at each fit)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
 
-    def set_picture(self, picture: QPixmap) -> None:
-        self.source = picture
+    def set_picture(self, picture: QPixmap | None) -> None:
+        """Show ``picture`` whole; None shows the text again (no picture to draw on: another recipe's is gone)."""
+        self.source = picture if picture is not None else QPixmap()
+        if self.source.isNull():
+            self.clear()
+            self.setText(self._placeholder)
         self._fit()
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt name)
@@ -416,8 +421,8 @@ class DefectInsightsPanel(QWidget):
         self.alarm_list.addItems([alarm.message for alarm in value.fail_rate.alarms])
         for alarm in self.alarm_bus.publish(value.fail_rate.alarms):
             self.alarm_raised.emit(alarm)
-        if drawing.location_bgr is not None:
-            self.location.set_picture(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr)))
+        self.location.set_picture(QPixmap.fromImage(bgr_to_qimage(drawing.location_bgr))
+                                  if drawing.location_bgr is not None else None)
         self.drift.setText(drawing.drift or "")
         self.drift.setStyleSheet("color: #ff5050;" if drawing.drifted else "")
         regions = sum(r.regions for r in value.pareto)

@@ -134,6 +134,10 @@ def test_the_running_recipe_gives_the_map_its_image_and_the_drift_its_teaching(
 
     view.set_recipe(None)                                       # a stand-in without a recipe: whole frame, anew
     assert view.insights.reference_bgr is None and view.insights.model_dir is None
+    with qtbot.waitSignal(view.insights.insights_ready, timeout=60_000):
+        view.insights.refresh(Filters(recipe="part"))
+    assert view.insights.location.pixmap().isNull()             # the other recipe's map is not left on screen
+    assert view.insights.location.text().startswith("Defect locations:")
     view.offer_frame(other)
     assert view.insights.area == (0, 0, 80, 60)
     view.close()
