@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from models.weights import WeightsInfo
 
 __all__ = [
-    "ModelVersion", "Station", "apply_roi", "build_detector", "check_detector_options", "next_version",
-    "resolve_version",
+    "ModelVersion", "Station", "apply_roi", "build_detector", "check_detector_options", "line_thresholds",
+    "next_version", "resolve_version",
 ]
 
 logger = logging.getLogger(__name__)
@@ -284,12 +284,7 @@ class Station:
     @property
     def thresholds(self) -> tuple[float, float, float]:
         """(review, fail, pixel): the recipe's overrides where set, else the model's calibration."""
-        over = self.recipe.thresholds
-        model = self.model_thresholds
-        review = over.review if over.review is not None else model.review
-        fail = over.fail if over.fail is not None else model.fail
-        pixel = over.pixel if over.pixel is not None else model.pixel
-        return float(review), float(fail), float(pixel)
+        return line_thresholds(self.recipe, self.model_thresholds)
 
     @property
     def concurrent_calls(self) -> bool:
@@ -500,6 +495,26 @@ class Station:
             for r in found
         )
 
+
+
+def line_thresholds(recipe: Recipe, model: Thresholds | Path) -> tuple[float, float, float]:
+    """(review, fail, pixel) a station of ``recipe`` judges with: the recipe's overrides where set, else the
+    model's calibration (``model``: its `Thresholds`, or a saved version's folder, read from its ``model.json``
+    without loading the detector).
+
+    Raises:
+        FileNotFoundError, ValueError: the version's ``model.json`` is missing or unreadable (naming the file).
+    """
+    if isinstance(model, Path):
+        from models.calibration import Thresholds as Saved
+        from models.saved import read_manifest
+
+        model = Saved.from_dict(read_manifest(model)["thresholds"])
+    over = recipe.thresholds
+    review = over.review if over.review is not None else model.review
+    fail = over.fail if over.fail is not None else model.fail
+    pixel = over.pixel if over.pixel is not None else model.pixel
+    return float(review), float(fail), float(pixel)
 
 
 def _not_finite(score: float, review: float, fail: float, pixel: float, anomaly_map: np.ndarray) -> str | None:

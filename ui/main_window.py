@@ -555,7 +555,7 @@ class MainWindow(QMainWindow):
     @Slot(int)
     def _on_recipe_changed(self, index: int) -> None:
         """The operator picked a recipe: while running, ask the controller to switch (it may refuse); while
-        stopped, the Statistics screen takes its location map's picture and its drift's teaching scores at once."""
+        stopped, the Statistics screen takes its thresholds, location picture and drift's teaching scores at once."""
         recipe = self.current_recipe
         if recipe is not None and self.state in (RunState.RUNNING, RunState.PAUSED):
             self.station.faults.clear_fault("recipe")

@@ -176,7 +176,9 @@ class _RecipeRead:
     """A recipe file read for ``StatisticsView.show_recipe_file``, and the ``set_recipe`` count it was asked at."""
 
     generation: int
-    recipe: Recipe
+    recipe: Recipe | None                       # None: the file or its model could not be read (``problem``)
+    thresholds: tuple[float, float] | None      # (review, fail) its station would judge with
+    problem: str = ""
 
 
 class StatisticsView(QWidget):
@@ -355,22 +357,34 @@ class StatisticsView(QWidget):
                 self._set_reference(taught, max(0, x), max(0, y))
 
     def show_recipe_file(self, path: Path) -> None:
-        """A recipe picked while the station is stopped: its active version's picture and teaching scores, so its
-        statistics read as they do while it runs. The file is read on a worker thread; a recipe set since (the
-        station started) wins, and one that cannot be read leaves them as they are (said in the log)."""
+        """A recipe picked while the station is stopped: its active version's picture, thresholds and teaching
+        scores, so its statistics read as they do while it runs. The file is read on a worker thread; a recipe set
+        since (the station started) wins, and one that cannot be read shows none of them (said in the log)."""
         generation = self._recipe_generation
 
         def read() -> _RecipeRead:
             from inspector.recipe import load_recipe
+            from inspector.station import line_thresholds
 
-            return _RecipeRead(generation=generation, recipe=load_recipe(path))
+            try:
+                recipe = load_recipe(path)
+            except InspectorError as exc:
+                return _RecipeRead(generation=generation, recipe=None, thresholds=None, problem=str(exc))
+            try:
+                review, fail, _ = line_thresholds(recipe, resolve_version(recipe).path)
+            except (InspectorError, OSError, ValueError, KeyError) as exc:     # not taught yet, or its model.json
+                return _RecipeRead(generation=generation, recipe=recipe, thresholds=None, problem=str(exc))
+            return _RecipeRead(generation=generation, recipe=recipe, thresholds=(review, fail))
 
         self._recipe_files.submit(read, name="recipe-file")
 
     def _on_recipe_file_read(self, request: int, value: object) -> None:
         if (isinstance(value, _RecipeRead) and value.generation == self._recipe_generation
                 and self._recipe_files.is_latest(request)):
+            if value.problem:
+                log.info("recipe picked: %s", value.problem)
             self.set_recipe(value.recipe)
+            self.set_thresholds(*(value.thresholds or (None, None)))
             self.recipe_shown.emit()
 
     def _on_recipe_file_failed(self, request: int, exc: BaseException) -> None:

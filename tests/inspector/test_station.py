@@ -16,6 +16,7 @@ from inspector.station import (
     Station,
     _gpu_warning,
     apply_roi,
+    line_thresholds,
     next_version,
     nvidia_gpu_installed,
     resolve_version,
@@ -66,6 +67,19 @@ def test_recipe_thresholds_override_the_calibrated_ones(taught_recipe: Path) -> 
     lenient = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds, review=1e6, fail=1e6))
     bad, _ = with_defect(textured_part(np.random.default_rng(3)), np.random.default_rng(3))
     assert Station.load(lenient).inspect_image(bad).verdict is Verdict.PASS
+
+
+def test_line_thresholds_read_from_a_saved_version_are_the_stations(taught_recipe: Path) -> None:
+    """What the Statistics screen draws for a recipe picked while stopped: no detector loaded, the same numbers."""
+    recipe = load_recipe(taught_recipe)
+    folder = resolve_version(recipe).path
+    assert line_thresholds(recipe, folder) == Station.load(recipe).thresholds
+    review_only = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds, review=0.01))
+    review, fail, pixel = line_thresholds(review_only, folder)
+    assert review == 0.01 and (fail, pixel) == Station.load(recipe).thresholds[1:]
+    (folder / "model.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ValueError, match="model.json"):
+        line_thresholds(recipe, folder)
 
 
 def test_roi_rect_maps_regions_back_to_frame_coordinates(taught_recipe: Path) -> None:

@@ -411,6 +411,7 @@ def test_review_and_statistics_clicks_stay_under_0_3_s_at_10000_rows(qtbot, tmp_
 
 def test_a_recipe_picked_while_stopped_gives_the_location_map_its_taught_picture(qtbot, taught_recipe, store) -> None:
     from inspector.recipe import load_recipe
+    from inspector.station import line_thresholds
     from inspector.versions import reference_image, resolve_version
 
     view = StatisticsView(store)
@@ -421,6 +422,12 @@ def test_a_recipe_picked_while_stopped_gives_the_location_map_its_taught_picture
     taught = resolve_version(load_recipe(taught_recipe)).path
     assert np.array_equal(view.insights.reference_bgr, reference_image(taught))
     assert view.insights.model_dir == taught           # the drift's teaching scores too
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.refresh()
+    review, fail, _ = line_thresholds(load_recipe(taught_recipe), taught)      # and its thresholds on the chart
+    lines = view._threshold_lines
+    assert lines["review"].isVisible() and lines["review"].value() == pytest.approx(review)
+    assert lines["fail"].isVisible() and lines["fail"].value() == pytest.approx(fail)
 
     # the station started (set_recipe) before a slow read came back: the running recipe stays the screen's
     view.set_recipe(None)
@@ -429,6 +436,9 @@ def test_a_recipe_picked_while_stopped_gives_the_location_map_its_taught_picture
     with qtbot.assertNotEmitted(view.recipe_shown, wait=3_000):
         pass
     assert view.insights.reference_bgr is None and view.insights.model_dir is None
-    view.show_recipe_file(taught_recipe.parent / "missing.yaml")   # unreadable: said in the log, nothing shown
-    qtbot.wait(1_000)
-    assert view.insights.reference_bgr is None
+    view.set_thresholds(0.5, 0.6)
+    with qtbot.waitSignal(view.recipe_shown, timeout=30_000):   # unreadable: said in the log, nothing of another
+        view.show_recipe_file(taught_recipe.parent / "missing.yaml")
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.refresh()
+    assert view.insights.reference_bgr is None and not lines["review"].isVisible() and not lines["fail"].isVisible()
