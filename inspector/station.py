@@ -30,11 +30,11 @@ import numpy as np
 from inspector.errors import ModelError, WeightsNotFound
 from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict, verdict_for
 from inspector.versions import ModelVersion, next_version, resolve_version
+from models.calibration import Thresholds
 
 if TYPE_CHECKING:
     from inspector.defect_typing import DefectTyper, PendingTyping
     from inspector.recipe import Recipe, Roi
-    from models.calibration import Thresholds
     from models.detectors.patch_knn import PatchKNN
     from models.weights import WeightsInfo
 
@@ -506,10 +506,9 @@ def line_thresholds(recipe: Recipe, model: Thresholds | Path) -> tuple[float, fl
         FileNotFoundError, ValueError: the version's ``model.json`` is missing or unreadable (naming the file).
     """
     if isinstance(model, Path):
-        from models.calibration import Thresholds as Saved
         from models.saved import read_manifest
 
-        model = Saved.from_dict(read_manifest(model)["thresholds"])
+        model = Thresholds.from_dict(read_manifest(model)["thresholds"])
     over = recipe.thresholds
     review = over.review if over.review is not None else model.review
     fail = over.fail if over.fail is not None else model.fail
