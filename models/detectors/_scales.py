@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from models.detectors._aligned import MIN_STD  # a scale whose leave-one-out scores do not vary still gets a z-score
+from models.detectors._whitening import FeatureWhitening
 
 if TYPE_CHECKING:
     from models.detectors.patch_knn_config import PatchKNNConfig
@@ -52,10 +53,11 @@ __all__ = ["ScaleFusion", "SecondScale", "pooled_unit"]
 logger = logging.getLogger(__name__)
 
 
-def pooled_unit(raw: torch.Tensor, pool: int) -> torch.Tensor:
-    """(B, h, w, D) raw features -> the same, float32, averaged over ``pool`` x ``pool`` neighbours (PatchCore;
-    1 = none) and L2-normalised. ``PatchKNNCore.embed`` with ``patch_pooling=pool``."""
-    feats = raw.float()
+def pooled_unit(raw: torch.Tensor, pool: int, whitening: FeatureWhitening | None = None) -> torch.Tensor:
+    """(B, h, w, D) raw features -> the same, float32, mapped into the good patches' space (``whitening``, when
+    given and fitted), averaged over ``pool`` x ``pool`` neighbours (PatchCore; 1 = none) and L2-normalised.
+    ``PatchKNNCore.embed`` with ``patch_pooling=pool``."""
+    feats = raw.float() if whitening is None else whitening(raw.float())
     if pool > 1:
         h, w = feats.shape[1], feats.shape[2]
         grid = F.avg_pool2d(feats.permute(0, 3, 1, 2), pool, stride=1, padding=pool // 2, count_include_pad=False)
@@ -150,10 +152,12 @@ class SecondScale:
     Args:
         config: the detector's options (``second_scale``, ``second_scale_weight``, ``patch_pooling``).
         empty: an empty (0, D) bank of the detector's dtype and device.
+        whitening: the detector's feature map (``PatchKNNConfig.whitening``), shared with its core.
     """
 
-    def __init__(self, config: PatchKNNConfig, empty: torch.Tensor) -> None:
+    def __init__(self, config: PatchKNNConfig, empty: torch.Tensor, whitening: FeatureWhitening | None = None) -> None:
         self._config = config
+        self._whitening = whitening
         self.bank = empty.clone()   # (M, D) coarse patches of the bank's rows; empty when not used
         self.fusion: ScaleFusion | None = None   # None: the fine scale alone
         self._collecting = False
@@ -180,7 +184,7 @@ class SecondScale:
 
     def embed(self, raw: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D) raw features -> the same at the coarse scale, L2-normalised."""
-        return pooled_unit(raw, self._config.second_scale)
+        return pooled_unit(raw, self._config.second_scale, self._whitening)
 
     def add(self, raw: torch.Tensor) -> None:
         """Collect the coarse rows of one (h, w, D) view, in the order its fine rows join the bank."""

@@ -28,6 +28,7 @@ def extract_views(
     progress: Callable[[int, int], None] | None,
     total: int,
     known: Sequence[tuple[torch.Tensor, FrameGeometry]] = (),
+    before: Callable[[list[torch.Tensor]], object] | None = None,
 ) -> None:
     """Run every frame (and its rotations by ``angles``) through ``features`` in batches of one size.
 
@@ -42,7 +43,17 @@ def extract_views(
         total: the ``total`` that ``progress`` is given.
         known: what ``features`` already gave for the first frames as they are (one (1, h, w, D) batch each, as
             the brightness probe keeps them): their unturned views are not extracted again.
+        before: when given, every view is held until all are extracted; ``before`` gets their (h * w, D) rows
+            (a statistic of all views that the sink needs: the fit's feature map), then each goes to ``sink``.
     """
+    if before is not None:
+        held: list[tuple[int, torch.Tensor, float, FrameGeometry]] = []
+        extract_views(images, angles, features, lambda *view: held.append(view), batch_size=batch_size,
+                      progress=progress, total=total, known=known)
+        before([raw.reshape(-1, raw.shape[-1]) for _, raw, _, _ in held])
+        for view in held:
+            sink(*view)
+        return
     pending: list[tuple[int, float, np.ndarray | None]] = []      # a known view has no pixels to extract
     done = 0
     shape: tuple[int, ...] = ()             # the pending frames' size

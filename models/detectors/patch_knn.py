@@ -19,7 +19,8 @@ position for aligned parts (missing or misplaced components), an ``"auto"`` rule
 rotations (on by default), a fallback when a test frame's mask is nearly empty (a missing part must
 not pass because everything was masked out; on by default), leave-one-out scores of the training
 images for calibration, a coarser second scale whose image score joins the patch score (``_scales``; on
-by default), and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
+by default), patches compared in the good patches' whitened feature space (``_whitening``; a teach-step choice),
+and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
 
 Example:
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
@@ -138,7 +139,8 @@ class PatchKNN(nn.Module):
         self.register_buffer("bank_tile", torch.empty(0, dtype=torch.int64, device=dev))
         self._tiles = TiledScoring(self._core, cfg, backbone.patch_size)  # config.tiling
         self._aligned = AlignedScoring(cfg)  # config.alignment: position restriction + global term
-        self._scales = SecondScale(cfg, empty_bank)  # config.second_scale: the coarse scale's image score
+        # config.second_scale: the coarse scale's image score, in the core's feature space (config.whitening)
+        self._scales = SecondScale(cfg, empty_bank, self._core.whitening)
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
@@ -258,6 +260,7 @@ class PatchKNN(nn.Module):
             msg = "no good images to fit on: fit() needs at least one good frame"
             raise ValueError(msg)
         self._aligned.reset()
+        self._core.whitening.clear()
         tiled = cfg.tiling != "off" and self._tiles.decide(*check_image(next(iter(images)), 0).shape[:2])
         self._scales.begin_fit(tiled=tiled)
         # a per-position tile bank is for aligned parts: "auto" does not rotate their tiles
@@ -304,9 +307,10 @@ class PatchKNN(nn.Module):
             self.bank_tile = parts.tile
         else:
             self._tiles.active, self._tiles.frame = False, None
+            fit_map = functools.partial(self._core.whitening.fit, shrink=cfg.whitening_shrink)
             with torch.inference_mode():     # every view through the backbone, in batches of one size
                 extract_views(images, angles, self._features, bank, batch_size=cfg.fit_batch_size,
-                              progress=progress, total=total, known=probed)
+                              progress=progress, total=total, known=probed, before=fit_map if cfg.whitening else None)
             self.memory_bank = torch.cat(bank_parts)
             self.bank_owner = torch.cat(owner_parts)
             self.bank_pos = torch.cat(pos_parts)

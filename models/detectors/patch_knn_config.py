@@ -84,6 +84,12 @@ class PatchKNNConfig:
     # 16 shots mean image AUROC 0.889 -> 0.893 (transistor +0.012, fryum +0.001, magnetic tile -0.002),
     # 4 shots transistor +0.018 (benchmarks/README.md; chosen on those same sets)
     second_scale_spread: str = "proportional"
+    # ours (issue 11, twentieth look; models.detectors._whitening): compare patches in the good patches' own
+    # feature space, a Mahalanobis whitening fitted on the good frames' patches at teach time (each eigenvalue of
+    # their covariance + whitening_shrink x their mean), instead of the raw DINOv2 space whose cosine is dominated
+    # by what every patch shares and by the directions in which good parts vary most. Unused when tiled.
+    whitening: bool = False
+    whitening_shrink: float = 3.0
     # ours, for aligned parts: match only bank patches within this distance of the query's position,
     # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
     # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
@@ -160,6 +166,13 @@ class PatchKNNConfig:
         if self.second_scale_spread not in ("measured", "proportional"):
             msg = (f"PatchKNNConfig.second_scale_spread must be 'measured' or 'proportional', "
                    f"got {self.second_scale_spread!r}")
+            raise ValueError(msg)
+        if not isinstance(self.whitening, bool):
+            msg = f"PatchKNNConfig.whitening must be true or false, got {self.whitening!r}"
+            raise ValueError(msg)
+        shrink = self.whitening_shrink
+        if isinstance(shrink, bool) or not isinstance(shrink, int | float) or not 0.0 < shrink <= 1000.0:
+            msg = f"PatchKNNConfig.whitening_shrink must be a number above 0 and at most 1000, got {shrink!r}"
             raise ValueError(msg)
         if not isinstance(self.loo_max_images, int) or self.loo_max_images < 0:
             msg = f"PatchKNNConfig.loo_max_images must be an integer >= 0, got {self.loo_max_images!r}"

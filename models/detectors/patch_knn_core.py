@@ -9,7 +9,8 @@ ONNX graph, so torch and onnxruntime run one definition of the scoring, not two 
 ``forward(images (B, 3, H, W) normalised, memory_bank (M, D)) -> CoreScores``:
 
 1. the backbone's patch features (B, h, w, D), under the configured precision;
-2. optional PatchCore pooling over p x p patches, then L2 normalisation;
+2. the good patches' feature map (``_whitening``, fitted at teach time), optional PatchCore pooling over
+   p x p patches, then L2 normalisation;
 3. the cosine distance of every patch to its k nearest bank patches (``knn_distances``, in bank
    blocks: one MatMul each in the ONNX graph);
 4. image score = mean of the top ``top_percent`` % patch scores; anomaly map = bilinear upsampling
@@ -34,6 +35,7 @@ from torch import nn
 from models.detectors._fastpath import PRECISIONS, autocast_dtype
 from models.detectors._knn import knn_distances
 from models.detectors._scales import pooled_unit
+from models.detectors._whitening import FeatureWhitening
 from models.preprocess import crop_maps
 
 __all__ = ["CoreOptions", "CoreScores", "PatchKNNCore"]
@@ -71,17 +73,22 @@ class PatchKNNCore(nn.Module):
         backbone: (B, 3, H, W) normalised float -> (B, h, w, D) patch features (``DinoBackbone``,
             its static copy for export, or ``models.runtime.OrtBackbone``); it has ``patch_size``.
         options: the scoring options.
+        whitening: the good patches' feature map (``models.detectors._whitening``), applied before pooling;
+            None: a new one, the identity until fitted.
     """
 
-    def __init__(self, backbone: nn.Module, options: CoreOptions | None = None) -> None:
+    def __init__(self, backbone: nn.Module, options: CoreOptions | None = None,
+                 whitening: FeatureWhitening | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.options = options if options is not None else CoreOptions()
+        self.whitening = whitening if whitening is not None else FeatureWhitening()
 
     def replace(self, *, backbone: nn.Module | None = None, **changes: object) -> PatchKNNCore:
-        """A core with another backbone and/or other options (``CoreOptions`` field names); the rest kept."""
+        """A core with another backbone and/or other options (``CoreOptions`` field names); the rest kept
+        (the same feature map)."""
         options = dataclasses.replace(self.options, **changes)  # type: ignore[arg-type]
-        return PatchKNNCore(backbone if backbone is not None else self.backbone, options)
+        return PatchKNNCore(backbone if backbone is not None else self.backbone, options, self.whitening)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised float -> (B, h, w, D) raw patch features, float32 under autocast."""
@@ -93,10 +100,11 @@ class PatchKNNCore(nn.Module):
             return self.backbone(images).float()  # type: ignore[no-any-return]
 
     def embed(self, raw: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, D) or (h, w, D) raw features -> the same, float32, pooled (if configured) and L2-normalised."""
+        """(B, h, w, D) or (h, w, D) raw features -> the same, float32, mapped into the good patches' space (when
+        fitted), pooled (if configured) and L2-normalised."""
         if raw.ndim == 3:
             return self.embed(raw[None])[0]
-        return pooled_unit(raw, self.options.patch_pooling)
+        return pooled_unit(raw, self.options.patch_pooling, self.whitening)
 
     def patch_scores(self, raw: torch.Tensor, memory_bank: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D) raw features -> (B, h, w) float32 distance of every patch to the bank."""

@@ -52,7 +52,8 @@ def export_state(detector: PatchKNN) -> tuple[dict[str, torch.Tensor], dict[str,
         info.update(detector.tiling.state())
     scale_tensors, scale_info = detector.second_scale.state()
     aligned_tensors, aligned_info = detector.alignment_state.state()
-    return {**tensors, **scale_tensors, **aligned_tensors}, {**info, **scale_info, **aligned_info}
+    return ({**tensors, **scale_tensors, **aligned_tensors, **detector.core.whitening.state()},
+            {**info, **scale_info, **aligned_info})
 
 
 def import_state(detector: PatchKNN, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
@@ -77,6 +78,7 @@ def import_state(detector: PatchKNN, tensors: dict[str, torch.Tensor], info: dic
     dev = detector.device
     detector.memory_bank = bank.to(dev, compute_dtype(dev)).contiguous()
     detector.bank_owner = tensors["bank_owner"].to(dev, torch.int64)
+    detector.core.whitening.load_state(tensors, feature_dim, dev)    # none saved (before whitening): identity
     detector.alignment_state.load_state(tensors, info, feature_dim)
     detector.second_scale.load_state(tensors, info, detector.memory_bank)
     if "bank_pos" in tensors and tensors["bank_pos"].shape == (bank.shape[0], 2):

@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 
+import models.detectors._whitening as whitening_module
 from models.backbone import DinoBackbone, create_backbone
 from models.detectors import PatchKNN, PatchKNNConfig
 from models.export import ExportReport, describe_path, export_onnx, read_description
@@ -186,6 +187,25 @@ def test_a_brightness_standardising_detector_graph_standardises_in_the_runtime_t
     darker = (good_frame(np.random.default_rng(7)) * 0.5).astype(np.uint8)   # lit at half: standardised alike
     frames = [darker, defect_frame(np.random.default_rng(8))]
     np.testing.assert_allclose(runtime.predict(frames).pred_score, detector.predict(frames).pred_score, atol=1e-4)
+
+
+def test_a_whitened_detector_graph_carries_the_good_patches_map(
+    backbone: DinoBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(whitening_module, "MIN_ROWS_PER_DIM", 0)    # three small frames: too few patches otherwise
+    rng = np.random.default_rng(0)
+    config = PatchKNNConfig(shorter_side=SIDE, masking="off", second_scale=0, brightness="as_is", whitening=True)
+    detector = PatchKNN(backbone=backbone, config=config)
+    detector.fit([good_frame(rng) for _ in range(3)])
+    assert detector.core.whitening.active
+    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW,
+                         verify_images=[good_frame(rng), defect_frame(rng)])
+    assert report.graph == "detector"
+    frames = [good_frame(np.random.default_rng(7)), defect_frame(np.random.default_rng(8))]
+    expected = detector.predict(frames).pred_score
+    np.testing.assert_allclose(OrtDetector(report.path, device="cpu").predict(frames).pred_score, expected, atol=1e-4)
+    detector.core.whitening.clear()                                   # the map is what the graph carries
+    assert np.abs(detector.predict(frames).pred_score - expected).max() > 1e-3
 
 
 # --------------------------------------------------------------------------------- self-check and errors
