@@ -313,6 +313,10 @@ def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int], n_images: in
     options: dict[str, Any] = {"patch_pooling": other, **({"second_scale": 0} if second else {})}
     out.append(Candidate(name=f"pooling r={other}", options=options,
                          why="neighbourhood pooling: large defects and aligned parts (r=3), small defects (r=1)"))
+    if not base.whitening and base.tiling == "off":
+        out.append(Candidate(name="whitened", options={"whitening": True},
+                             why="patches compared in the good patches' own (whitened) feature space: a part whose "
+                                 "good look varies a lot in some ways"))
     if (n_images is not None and base.augment_rotations == "auto" and n_images > base.rotation_max_shots
             and base.tiling == "off" and base.position_radius is None):
         out.append(Candidate(name="turned views", options={"augment_rotations": True}, plain_background_only=True,

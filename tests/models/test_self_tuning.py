@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -120,7 +122,7 @@ def test_the_choice_is_the_candidate_that_separates_synthetic_anomalies_better(b
 
 
 def test_a_budget_below_a_candidates_cost_skips_it(backbone: DinoBackbone) -> None:
-    cands = candidates_for(BASE, (SIZE, SIZE))
+    cands = candidates_for(BASE, (SIZE, SIZE))[:2]
     assert [c.name for c in cands] == ["default (pooling r=1, + r=5 image score)", "pooling r=3"]
     first = self_tune(_parts(6), _make, BASE, cands, backbone, budget_ms=None)
     assert not any(c.over_budget for c in first.checks)
@@ -158,11 +160,18 @@ def test_a_choice_by_less_than_the_check_can_tell_apart_is_called_a_near_tie(
 
 def test_tiling_is_a_candidate_only_for_large_frames() -> None:
     assert [c.name for c in candidates_for(BASE, (SIZE, SIZE))] == ["default (pooling r=1, + r=5 image score)",
-                                                                     "pooling r=3"]
+                                                                     "pooling r=3", "whitened"]
     # the pooling alone, as it was measured: no second scale on top of it
     assert candidates_for(BASE, (SIZE, SIZE))[1].options == {"patch_pooling": 3, "second_scale": 0}
     large = candidates_for(BASE, (4 * SIZE, 5 * SIZE))
     assert [c.name for c in large][-1] == "tiling" and large[-1].options["tiling"] == "on"
+
+
+def test_the_whitened_space_is_a_candidate_unless_the_recipe_whitens_or_tiles() -> None:
+    cands = candidates_for(BASE, (SIZE, SIZE))
+    assert cands[2].name == "whitened" and cands[2].options == {"whitening": True}
+    for written in (dataclasses.replace(BASE, whitening=True), dataclasses.replace(BASE, tiling="on")):
+        assert "whitened" not in [c.name for c in candidates_for(written, (SIZE, SIZE))]
 
 
 def test_turned_views_are_a_candidate_only_where_auto_rotations_leave_them_out(backbone: DinoBackbone) -> None:
@@ -210,7 +219,7 @@ def test_turned_views_are_not_checked_where_the_base_sees_no_part_on_a_plain_bac
     assert any(line.startswith("  - turned views: not checked, the good images show no part on a plain")
                for line in result.summary_lines()), result.summary_lines()
     assert result.to_dict()["not_checked"][0]["name"] == "turned views"
-    assert steps[-1] == (15, 15) and all(d <= t for d, t in steps)
+    assert steps[-1] == (20, 20) and all(d <= t for d, t in steps)     # 5 images x 4 candidates (3 checked)
 
 
 def test_too_few_images_are_refused_with_the_number() -> None:
