@@ -29,6 +29,7 @@ def test_self_tuned_row_takes_the_choice_of_models_self_tune_on_the_seeds_shots(
                        candidates_for(config, images[0].shape[:2]), CachedBackbone(store, blocks=(8,)))
     assert chosen == dataclasses.replace(config, **direct.chosen.options)
     assert tuned["chosen"] == direct.chosen.name and tuned["n_good"] == 3
-    assert [c["name"] for c in tuned["candidates"]] == ["default (pooling r=1, + r=5 image score)", "pooling r=3"]
+    assert [c["name"] for c in tuned["candidates"]] == ["default (pooling r=1, + r=5 image score)", "pooling r=3",
+                                                       "whitened"]
     assert [c["synthetic_auroc"] for c in tuned["candidates"]] == [c.synthetic_auroc for c in direct.checks]
     assert all("good_scores" not in c and "synthetic_scores" not in c for c in tuned["candidates"])
