@@ -8,15 +8,16 @@ features of the good frames alone, the affine map
     x -> (x - mean) V diag(1 / sqrt(e + shrink * mean(e))) V^T
 
 (``e``, ``V``: eigenvalues and eigenvectors of the patches' covariance), a Mahalanobis whitening shrunk towards
-plain centring (``shrink`` large: centring; 0: full whitening, which a few hundred thousand patches of
-384 numbers do not estimate well). ``pooled_unit`` applies it before the pooling and the L2 normalisation,
-so the bank, the tested frames, the leave-one-out scores and both scales are compared in one space. Being
-linear, it commutes with the average pooling. Unfitted (before a fit, models saved before it, tiled frames,
+plain centring (``shrink`` large: centring; 0: full whitening, which lifts the directions good patches hardly
+vary in, and their noise, as high as any other; ``PatchKNNConfig.whitening_shrink``, 3, says where it comes
+from). ``pooled_unit`` applies it before the pooling and the L2 normalisation, so the bank, the tested frames,
+the leave-one-out scores and both scales are compared in one space. Being linear, it commutes with the average
+pooling. Unfitted (before a fit, models saved before it, tiled frames,
 fewer than ``MIN_ROWS_PER_DIM`` good patches per feature dimension) it is the identity.
 
 Example:
     >>> whitening = FeatureWhitening()
-    >>> whitening.fit(good_rows, shrink=1.0)        # (N, D) raw patch features of the good frames
+    >>> whitening.fit([good_rows], shrink=3.0)      # (N, D) raw patch features of the good frames
     >>> unit = pooled_unit(raw, 1, whitening)       # (B, h, w, D) -> the same, mapped and L2-normalised
 """
 

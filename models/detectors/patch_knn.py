@@ -299,6 +299,8 @@ class PatchKNN(nn.Module):
                 turned.append((angle, raw))
 
         if tiled:
+            if cfg.whitening:
+                logger.warning("patch_knn whitening is not used for tiled frames (each tile is compared as it is)")
             parts = self._tiles.extract(images, angles, dtype=self.memory_bank.dtype, device=self.device,
                                         loo_ids=loo_ids, progress=progress, total=total)
             self.memory_bank = parts.bank

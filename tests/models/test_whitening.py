@@ -141,11 +141,14 @@ def test_a_detector_fits_the_map_and_flags_every_seeded_defect(fitted: PatchKNN,
     assert not _fit(real_backbone, whitening=False).core.whitening.active
 
 
-def test_a_tiled_fit_stays_in_the_raw_space(backbone: DinoBackbone) -> None:
+def test_a_tiled_fit_stays_in_the_raw_space_and_says_so(backbone: DinoBackbone,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     detector = PatchKNN(backbone=backbone, config=PatchKNNConfig(shorter_side=SIZE, augment_rotations=False,
                                                                  tiling="on", tile_size=112, whitening=True))
-    detector.fit(_frames(0, 2))                                    # its tiles are embedded on their own path
+    with caplog.at_level("WARNING", logger="models.detectors.patch_knn"):
+        detector.fit(_frames(0, 2))                                # its tiles are embedded on their own path
     assert detector.tiling_active and not detector.core.whitening.active
+    assert "whitening is not used for tiled frames" in caplog.text
 
 
 def test_the_map_is_saved_and_a_model_saved_before_it_loads_without_one(fitted: PatchKNN, real_backbone: DinoBackbone,
