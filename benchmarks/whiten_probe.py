@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--foreground", action="store_true", help="statistics of the foreground only where masked")
     args = p.parse_args(argv[:split])
     probe = _probe_class(args.mode, args.shrink, foreground=args.foreground)
-    core.pooled_unit = _pooled_unit          # type: ignore[assignment]
+    core.pooled_unit = _pooled_unit          # type: ignore[attr-defined,assignment]
     scales.pooled_unit = _pooled_unit        # type: ignore[assignment]
 
     def detector(name: str, a: argparse.Namespace, blocks: tuple[int, ...], config: Any, store: Any,
