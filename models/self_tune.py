@@ -1,8 +1,9 @@
 """Self-tuning teach: choose the detector configuration per product from its good images alone.
 
 Issue 11 item 3. Teaching gets a small list of candidate configurations (today's default first, then
-neighbourhood pooling r = 3, then turned views of the good images in the bank when "auto" rotations leave
-them out, then tiling when the frames are large). For each candidate it
+neighbourhood pooling r = 3, then the good patches' whitened feature space, then turned views of the good
+images in the bank when "auto" rotations leave them out, then tiling when the frames are large). For each
+candidate it
 
 1. times the scoring of one good frame on the station's device (the real backbone, the bank of all the
    good images), so that candidates slower than the recipe's cycle-time budget are skipped;
@@ -296,7 +297,8 @@ class Candidate:
 
 
 def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int], n_images: int | None = None) -> list[Candidate]:
-    """The candidates for ``n_images`` frames of ``frame_hw`` (H, W): the base config, pooling, turned views, tiling.
+    """The candidates for ``n_images`` frames of ``frame_hw`` (H, W): the base config, pooling, the whitened feature
+    space, turned views, tiling.
 
     Pooling r = 3 (PatchCore's neighbourhood) is always a candidate (issue 11: measured better on
     one dev category, worse on two). Turned views of the good images in the bank, when "auto" rotations
@@ -304,7 +306,9 @@ def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int], n_images: in
     (``plain_background_only``: a loose part lies at any angle; a part in a fixture or a texture keeps
     its orientation, and there a turned copy of a component explains a misplaced one: issue 11, 16 shots,
     fryum +0.023 image AUROC, transistor's AUPRO -0.03). Tiling only when the base does not tile and the
-    frames would shrink ``TILING_MIN_SCALE`` times or more untiled.
+    frames would shrink ``TILING_MIN_SCALE`` times or more untiled. The whitened feature space
+    (``PatchKNNConfig.whitening``) untiled, unless the base whitens already (issue 11, twentieth look: chosen on
+    transistor, declined on the magnetic tile it would ruin).
     """
     second = f", + r={base.second_scale} image score" if base.second_scale > base.patch_pooling else ""
     out = [Candidate(name=f"default (pooling r={base.patch_pooling}{second})", why="the recipe's configuration")]
