@@ -41,7 +41,7 @@ from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Verdict
 from inspector.statistics import Filters
 from inspector.store import GroupBy
-from inspector.versions import reference_image, resolve_version
+from inspector.versions import REFERENCE_FILE, reference_image, resolve_version
 from ui.date_range import FollowingRange
 from ui.defect_insights import AXIS_WIDTH_PX, DefectInsightsPanel, InsightsDrawing
 from ui.workers import QueryRunner
@@ -221,6 +221,8 @@ class StatisticsView(QWidget):
         self._recipe_files.ready.connect(self._on_recipe_file_read)
         self._recipe_files.failed.connect(self._on_recipe_file_failed)
         self._recipe_generation = 0                 # set_recipe calls so far: a late file read yields to a newer one
+        self._references = QueryRunner(self)        # the taught reference.png, decoded off the GUI thread
+        self._references.ready.connect(self._on_reference_read)
         self.refresh_button = QPushButton("Refresh")
         self.export_button = QPushButton("Export CSV…")
         self.refresh_button.clicked.connect(self.refresh)
@@ -351,10 +353,20 @@ class StatisticsView(QWidget):
             except InspectorError as exc:
                 log.info("no teaching scores for drift: %s", exc)
                 return
-            taught = reference_image(self.insights.model_dir)
-            if taught is not None:
-                x, y = self._recipe_area[:2] if self._recipe_area is not None else (0, 0)
-                self._set_reference(taught, max(0, x), max(0, y))
+            if (self.insights.model_dir / REFERENCE_FILE).is_file():
+                # decoded off the GUI thread (a 5 MP PNG takes 0.1 s); a PASS frame offered meanwhile does not
+                # take its place, and an unreadable file leaves it to the next one (``_on_reference_read``)
+                self._has_reference = True
+                generation, model_dir = self._recipe_generation, self.insights.model_dir
+
+                def read() -> tuple[int, np.ndarray | None]:
+                    try:
+                        return generation, reference_image(model_dir)
+                    except (OSError, ValueError) as exc:        # a file gone or cut short while read
+                        log.info("%s: no location picture: %s", model_dir / REFERENCE_FILE, exc)
+                        return generation, None
+
+                self._references.submit(read, name="reference")
 
     def show_recipe_file(self, path: Path) -> None:
         """A recipe picked while the station is stopped: its active version's picture, thresholds and teaching
@@ -389,6 +401,16 @@ class StatisticsView(QWidget):
 
     def _on_recipe_file_failed(self, request: int, exc: BaseException) -> None:
         log.info("no location map or drift for the recipe picked: %s", exc)
+
+    def _on_reference_read(self, _request: int, value: object) -> None:
+        if not (isinstance(value, tuple) and value[0] == self._recipe_generation):
+            return                                   # another recipe since: its own picture or frame stands
+        taught = value[1]
+        if isinstance(taught, np.ndarray):
+            x, y = self._recipe_area[:2] if self._recipe_area is not None else (0, 0)
+            self._set_reference(taught, max(0, x), max(0, y))
+        else:                                        # unreadable (said in the log): the next PASS frame
+            self._has_reference = False
 
     def offer_frame(self, result: InspectionResult) -> None:
         """The first PASS frame of the running recipe becomes the location map's reference image (its ROI) when its
@@ -455,6 +477,7 @@ class StatisticsView(QWidget):
         self.queries.shutdown()
         self._exports.shutdown()
         self._recipe_files.shutdown()
+        self._references.shutdown()
         self.insights.shutdown()
 
     def export_csv(self, path: str | Path) -> Path:

@@ -91,7 +91,7 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
 
 
 def test_the_running_recipe_gives_the_map_its_image_and_the_drift_its_teaching(
-    qtbot: QtBot, store: Store, taught_recipe: Path,
+    qtbot: QtBot, store: Store, taught_recipe: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from inspector.recipe import Roi, load_recipe
     from ui.stats_view import StatisticsView
@@ -103,10 +103,25 @@ def test_the_running_recipe_gives_the_map_its_image_and_the_drift_its_teaching(
     frame[10:40, 20:60] = 200                                   # the ROI's content
     result = InspectionResult(frame_id=1, timestamp=T0, source="cam", recipe="part", model_version="v1",
                               verdict=Verdict.FAIL, score=0.9, image_bgr=frame)
+    import ui.stats_view
+
+    decoded_on: list[str] = []
+    decode = ui.stats_view.reference_image
+
+    def watched(version_dir: Path) -> np.ndarray | None:       # the real decode, its thread noted
+        decoded_on.append(threading.current_thread().name)
+        return decode(version_dir)
+
+    monkeypatch.setattr(ui.stats_view, "reference_image", watched)
     view.set_recipe(recipe, "v1")
     assert view.insights.model_dir is not None and view.insights.model_dir.name == "v1"
-    # the version's own picture (a good image it was taught on, reference.png) comes first, at the ROI's place
-    assert view.insights.reference_bgr is not None and view.insights.reference_bgr.shape == (84, 84, 3)
+    view.offer_frame(dataclasses.replace(result, verdict=Verdict.PASS, score=0.1))   # while the picture decodes
+    # the version's own picture (a good image it was taught on, reference.png) comes first, at the ROI's place,
+    # decoded off the GUI thread
+    qtbot.waitUntil(lambda: view.insights.reference_bgr is not None and view.insights.reference_bgr.shape[0] == 84,
+                    timeout=10_000)
+    assert decoded_on and threading.main_thread().name not in decoded_on
+    assert view.insights.reference_bgr.shape == (84, 84, 3)
     assert view.insights.area == (20, 10, 84, 84)
     view.offer_frame(dataclasses.replace(result, verdict=Verdict.PASS, score=0.1))
     assert view.insights.reference_bgr.shape == (84, 84, 3)     # kept: no frame replaces it

@@ -345,7 +345,7 @@ def test_picking_a_recipe_while_stopped_shows_its_location_picture_on_statistics
     assert window.state is RunState.READY and window.statistics.insights.reference_bgr is None
     with qtbot.waitSignal(window.statistics.recipe_shown, timeout=30_000):
         window.select_recipe(taught_recipe)
-    assert window.statistics.insights.reference_bgr is not None
+    qtbot.waitUntil(lambda: window.statistics.insights.reference_bgr is not None, timeout=10_000)
     window.close()
 
     alone = MainWindow(recipes=[taught_recipe], settings=settings)      # the one recipe, shown from the start

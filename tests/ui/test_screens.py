@@ -420,6 +420,7 @@ def test_a_recipe_picked_while_stopped_gives_the_location_map_its_taught_picture
     with qtbot.waitSignal(view.recipe_shown, timeout=30_000):
         view.show_recipe_file(taught_recipe)          # read on a worker thread: it imports the engine
     taught = resolve_version(load_recipe(taught_recipe)).path
+    qtbot.waitUntil(lambda: view.insights.reference_bgr is not None, timeout=10_000)    # decoded off the GUI thread
     assert np.array_equal(view.insights.reference_bgr, reference_image(taught))
     assert view.insights.model_dir == taught           # the drift's teaching scores too
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
