@@ -22,7 +22,7 @@ from typing import Final
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent, QPixmap, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -318,8 +318,12 @@ class DefectInsightsPanel(QWidget):
         bar.addWidget(self.status, 1)
         bar.addWidget(self.save_button)
         charts = QSplitter(Qt.Orientation.Horizontal)
-        for widget in (self.pareto, self.p_chart, self.location):
+        panels: tuple[QWidget, ...] = (self.pareto, self.p_chart, self.location)
+        for index, widget in enumerate(panels):
             charts.addWidget(widget)
+            charts.setStretchFactor(index, 1)
+        self.charts = charts
+        self._charts_even = False      # a third each once shown (`_even_charts`)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)
@@ -368,9 +372,19 @@ class DefectInsightsPanel(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
         super().showEvent(event)
+        if not self._charts_even:
+            QTimer.singleShot(0, self._even_charts)     # once laid out: the splitter's width is known then
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self.refresh(pending)
+
+    def _even_charts(self) -> None:
+        """A third of the width each, once: the picture has no size hint of its own and the charts' would leave it a
+        thumbnail (a reviewer reads the locations off it); the splitter's handles still move them after."""
+        width = self.charts.width()
+        if not self._charts_even and width > 0:
+            self.charts.setSizes([width // 3] * 3)
+            self._charts_even = True
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
         self.shutdown()                         # no query thread outlives the panel

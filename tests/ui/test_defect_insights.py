@@ -70,6 +70,8 @@ def test_insights_are_computed_off_the_gui_thread_and_raise_the_alarm(qtbot: QtB
     assert [a.key for a in alarms] == ["E"] and panel.alarm_list.count() == 1
     assert panel.location.pixmap() is not None and not panel.location.pixmap().isNull()
     assert panel.location.source.size().toTuple() == (40, 40)      # the reference's size
+    panel.resize(1200, 500)                      # the picture gets a third of the width, not a thumbnail's
+    qtbot.waitUntil(lambda: panel.location.width() > 0.25 * panel.charts.width(), timeout=5_000)
     panel.location.resize(600, 200)              # wide and low: the whole picture, as high as the label
     assert panel.location.pixmap().size().toTuple() == (200, 200)
     panel.location.resize(180, 400)              # narrow and tall: the whole picture, as wide, not cut
