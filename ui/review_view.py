@@ -597,8 +597,11 @@ class ReviewView(QWidget):
         elif self._image is None:
             lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
         self.details.setText("\n".join(lines))
+        chosen = self.class_box.currentText()         # a reviewer labelling a run of one kind keeps it chosen
         self.class_box.clear()
         self.class_box.addItems(list(self._defect_classes(record.recipe)))
+        if self.class_box.findText(chosen) >= 0:
+            self.class_box.setCurrentIndex(self.class_box.findText(chosen))
         keep = self.region_box.currentData()          # the same record shown again: its choice stays
         self.region_box.clear()
         self.region_box.addItem("all regions", None)

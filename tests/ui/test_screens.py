@@ -182,6 +182,10 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     assert [r.defect_class for r in apart.regions if r.id != one] == ["scratch"] * (len(apart.regions) - 1)
     assert f"region {len(apart.regions)}: class 'crack' recorded" in view.message.text()   # as the list numbers it
     assert view.region_box.currentData() == one and view.region_box.currentText().endswith(", crack")
+    assert view.class_box.currentText() == "crack"      # the class chosen stays chosen: a run of one kind
+    view.select(1)
+    assert view.class_box.currentText() == "crack"      # on the next image too
+    view.select(0)
     view.region_box.setCurrentIndex(0)
 
     view.mark_good()                                     # answered No: nothing recorded, no model
