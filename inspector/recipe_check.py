@@ -38,7 +38,7 @@ from inspector import paths
 from inspector.capture import CameraSpec, SourceSpec
 from inspector.errors import RecipeError
 from models.calibration import MAX_SCORE
-from models.defect_types import MAX_CROP_SIDE, MIN_CROP_SIDE
+from models.type_crops import MAX_CROP_SIDE, MIN_CROP_SIDE
 
 if TYPE_CHECKING:
     from inspector.recipe import DetectorSettings, Recipe, Roi

@@ -52,6 +52,8 @@ from models.preprocess import frame_to_grid
 from models.type_crops import (
     CROP_MARGIN,
     CROP_MIN_SHARE,
+    MAX_CROP_SIDE,
+    MIN_CROP_SIDE,
     _unit,
     crop_embedder,
     crop_weights,
@@ -62,6 +64,8 @@ from models.type_crops import (
 __all__ = [
     "CROP_MARGIN",
     "CROP_MIN_SHARE",
+    "MAX_CROP_SIDE",
+    "MIN_CROP_SIDE",
     "UNKNOWN",
     "DefectTypeClassifier",
     "DefectTypeConfig",
@@ -81,8 +85,6 @@ __all__ = [
 UNKNOWN: Final = "unknown"  # the predicted type of a region far from every labelled example
 COLOUR_DIMS: Final = 10      # length of ``region_colour``: the tail of an embedding made with ``colour``
 COLOUR_MIN_EXAMPLES: Final = 4  # ours: fewer labelled examples give no spread to z-score the colour part on
-MIN_CROP_SIDE: Final = 56      # a crop of 4 x 4 patches; smaller sees less than the frame did
-MAX_CROP_SIDE: Final = 896     # ours: a typo guard (one crop at 896 px costs about four 448-px frame passes)
 
 
 @dataclass(frozen=True, kw_only=True)

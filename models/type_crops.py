@@ -15,12 +15,15 @@ from typing import Any, Final
 import cv2
 import numpy as np
 
-__all__ = ["CROP_MARGIN", "CROP_MIN_SHARE", "crop_embedder", "crop_weights", "region_crop_box",
-           "region_crop_descriptor"]
+__all__ = ["CROP_MARGIN", "CROP_MIN_SHARE", "MAX_CROP_SIDE", "MIN_CROP_SIDE", "crop_embedder", "crop_weights",
+           "region_crop_box", "region_crop_descriptor"]
 
 
 CROP_MARGIN: Final = 0.5       # ours: the crop is the region's box plus half its longer side on each side
 CROP_MIN_SHARE: Final = 0.125  # ours: a crop spans at least 1/8 of the frame's shorter side (context for a dot)
+# the crop pass's side (``DefectTypeConfig.crop_side``), here without torch: a recipe's check reads them
+MIN_CROP_SIDE: Final = 56      # a crop of 4 x 4 patches; smaller sees less than the frame did
+MAX_CROP_SIDE: Final = 896     # ours: a typo guard (one crop at 896 px costs about four 448-px frame passes)
 
 
 def region_crop_box(

@@ -53,3 +53,15 @@ def test_cli_help_does_not_import_torch() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, "inspector --help imported torch\n" + run.stderr
+
+
+def test_reading_a_recipe_does_not_import_torch() -> None:
+    # the app reads recipe files on its GUI thread (Review's defect classes) and the CLI before it needs a model:
+    # importing torch costs 1-5 s there
+    code = (
+        "import sys; from inspector.recipe import load_recipe\n"
+        "load_recipe('recipes/fryum_demo.yaml')\n"
+        "sys.exit('torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, "reading a recipe imported torch\n" + run.stderr
