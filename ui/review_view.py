@@ -244,6 +244,10 @@ class ReviewView(QWidget):
         self.overlay_check.toggled.connect(self._on_overlay_toggled)
         self.details = QLabel("")
         self.details.setWordWrap(True)
+        # room for its usual lines (inspection, source, regions, label, a note): a label given or an image of
+        # fewer lines does not move the picture above it
+        self.details.setMinimumHeight(5 * self.details.fontMetrics().lineSpacing())
+        self.details.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.user_edit = QLineEdit(_user_name())
         self.user_edit.setPlaceholderText("reviewer")
         self.good_button = QPushButton("Actually good")

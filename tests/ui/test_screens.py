@@ -167,7 +167,13 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     assert record is not None and view.view.result is not None and view.view.result.regions
     assert f"#{record.id}" in view.details.text()
 
+    view.resize(1000, 700)
+    view.show()
+    qtbot.waitExposed(view)
+    picture = view.view.geometry()
     view.assign_class("scratch")
+    qtbot.wait(50)                                       # the layout settles
+    assert view.view.geometry() == picture               # the label's line did not move the picture
     again = store.get_inspection(record.id)
     assert {r.defect_class for r in again.regions} == {"scratch"}
     assert again.label == "scratch"
