@@ -41,27 +41,27 @@ def test_engine_import_pulls_no_qt() -> None:
         "import sys, inspector, inspector.cli, inspector.pipeline, inspector.store, inspector.recipe;"
         "bad = sorted(m for m in ('PySide6', 'pyqtgraph') if m in sys.modules); print(bad); sys.exit(bool(bad))"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = _fresh_interpreter(code)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_cli_help_does_not_import_torch() -> None:
-    code = (
-        "import sys; from inspector.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "sys.exit('torch' in sys.modules)"
-    )
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = _without_torch("from inspector.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
     assert run.returncode == 0, "inspector --help imported torch\n" + run.stderr
 
 
 def test_reading_a_recipe_does_not_import_torch() -> None:
     # the app reads recipe files on its GUI thread (Review's defect classes) and the CLI before it needs a model:
     # importing torch costs 1-5 s there
-    code = (
-        "import sys; from inspector.recipe import load_recipe\n"
-        "load_recipe('recipes/fryum_demo.yaml')\n"
-        "sys.exit('torch' in sys.modules)"
-    )
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = _without_torch("from inspector.recipe import load_recipe\nload_recipe('recipes/fryum_demo.yaml')")
     assert run.returncode == 0, "reading a recipe imported torch\n" + run.stderr
+
+
+def _fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a new Python in the repository root (nothing imported before it)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _without_torch(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a new Python, which then exits 1 if torch was imported on the way."""
+    return _fresh_interpreter(code + "\nimport sys\nsys.exit('torch' in sys.modules)")
