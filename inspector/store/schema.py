@@ -9,7 +9,9 @@ and `check_schema` creates or upgrades the tables in place and refuses a store m
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, cast
@@ -328,7 +330,7 @@ def create_engine(url: sa.URL, busy_timeout_s: float) -> sa.Engine:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")   # our own int: not user input
-            cur.execute("PRAGMA journal_mode = WAL")     # readers never block the writer, nor other processes
+            _journal_wal(cur, busy_timeout_s)           # readers never block the writer, nor other processes
             # FULL: a commit is on disk before recorded_count moves, even across a power cut.
             cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
@@ -336,6 +338,24 @@ def create_engine(url: sa.URL, busy_timeout_s: float) -> sa.Engine:
             cur.close()
 
     return engine
+
+
+def _journal_wal(cur: sqlite3.Cursor, busy_timeout_s: float) -> None:
+    """Switch the connection's database to WAL, retrying while another process holds the lock.
+
+    Changing the journal mode needs the database to itself for a moment, and SQLite answers "database is
+    locked" at once, without its busy handler, when another station is creating or upgrading a new store at
+    the same instant; so the switch is retried until the busy timeout has passed.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
 
 
 def check_schema(engine: sa.Engine, display_name: str) -> None:

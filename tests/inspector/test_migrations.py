@@ -269,3 +269,33 @@ def test_four_stations_create_and_fill_one_store_at_once(backend: str, tmp_path:
     assert stats.returncode == 0, stats.stderr[-2000:]
     rows = [line.split() for line in stats.stdout.splitlines() if line.startswith("L1 / S")]
     assert rows == [["L1", "/", f"S{k}", "/", "part", "5000", "4500", "0", "500", "0", "90.0"] for k in range(4)]
+
+
+def test_a_store_opens_while_another_station_holds_its_write_lock(tmp_path: Path) -> None:
+    """SQLite refuses the switch to WAL at once, without its busy handler, while another connection holds the
+    write lock of a store still in rollback-journal mode (a station creating it at the same instant)."""
+    import threading
+    import time
+
+    path = tmp_path / "plant.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other_station (x INTEGER)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO other_station VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):     # the race, as SQLite answers it
+        sqlite3.connect(path, timeout=5.0).execute("PRAGMA journal_mode = WAL")
+    released = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    released.start()
+    t0 = time.monotonic()
+    with Store(path, busy_timeout_s=10.0) as store:
+        store.record(InspectionResult(frame_id=1, timestamp=1.8e9, source="cam", recipe="part", model_version="v1",
+                                      verdict=Verdict.PASS, score=0.1))
+        store.flush()
+    released.join()
+    other.close()
+    assert time.monotonic() - t0 >= 0.4                                # it waited for the lock, then opened
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert con.execute("SELECT count(*) FROM inspections").fetchone() == (1,)
+    assert con.execute("SELECT count(*) FROM other_station").fetchone() == (1,)
+    con.close()
