@@ -4,8 +4,9 @@ A table of inspections (thumbnail, time, recipe, verdict, score, regions, label)
 recipe and time. Selecting a row shows the archived image with its heatmap overlay and regions.
 "Actually good" records the label in the store and, in a worker thread, adds the image to the
 recipe's model as a new version (`inspector.teach.add_good_feedback`); "Assign class" labels the
-defect regions. Store queries are small and indexed and run on the GUI thread; the model update
-never does.
+defect regions. The page of inspections and the selected one's picture are read on `QueryRunner` threads
+(`ui.review_reads`); a label or feedback is one small indexed write on the GUI thread; the model update
+runs on the worker thread.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal, Slot
 from PySide6.QtGui import QColor, QIcon, QPixmap
@@ -44,6 +44,7 @@ from ui.batch_review import ZERO_SHOT, BatchReview, BatchReviewPanel
 from ui.date_range import FollowingRange
 from ui.live_view import VERDICT_COLOURS, HeatmapView, region_size, short_source
 from ui.qimage import bgr_to_qimage
+from ui.review_reads import THUMB_PX, ReviewAnswer, ReviewFilters, query_inspections, read_record_images
 from ui.workers import QueryRunner
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ __all__ = ["DEFAULT_DEFECT_CLASSES", "ZERO_SHOT", "BatchReviewPanel", "ModelVers
 
 log = logging.getLogger(__name__)
 
-THUMB_PX = 56                # thumbnail height in the table: enough to recognise a part, cheap to load
-PAGE_SIZE = 200              # inspections listed at once (newest first)
 DEFAULT_DEFECT_CLASSES = ("scratch", "crack", "contamination", "missing", "deformation", "other")
 
 FeedbackJob = Callable[[], Generator[Progress, None, str]]   # returns the new model version
@@ -101,56 +100,6 @@ def _ask(parent: QWidget, title: str, text: str) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-@dataclass(frozen=True, kw_only=True)
-class ReviewFilters:
-    """The review table's filters, as `inspector.store.Store.inspections` takes them (None: any)."""
-
-    verdict: str | None          # "PASS" / "REVIEW" / "FAIL" / "ERROR"
-    recipe: str | None           # recipe name
-    since: float | None          # seconds since the epoch
-    until: float | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReviewAnswer:
-    """What one refresh reads (on a query thread): records and their thumbnails, plain data."""
-
-    recipes: list[YieldRow]                         # yield rows by recipe: the recipe filter's choices
-    records: list[InspectionRecord]                 # newest first
-    thumbnails: list[np.ndarray | None]             # (THUMB_PX, w, 3) uint8 BGR per record, None if no image
-
-
-def _thumbnail(record: InspectionRecord) -> np.ndarray | None:
-    """The record's archived image (else its source file) scaled to THUMB_PX high; None when gone."""
-    image = _read_image(record.image_path) if record.image_path else None
-    if image is None:
-        image = _read_image(record.path)
-    if image is None:
-        return None
-    scale = THUMB_PX / image.shape[0]
-    return cv2.resize(image, (max(1, int(image.shape[1] * scale)), THUMB_PX), interpolation=cv2.INTER_AREA)
-
-
-def _query_inspections(store: Store, filters: ReviewFilters) -> Callable[[], ReviewAnswer]:
-    """The store reads and image decoding of one refresh, as a call for a `QueryRunner` thread."""
-
-    def query() -> ReviewAnswer:
-        records = store.inspections(limit=PAGE_SIZE, verdict=filters.verdict, recipe=filters.recipe,
-                                    since=filters.since, until=filters.until)
-        return ReviewAnswer(recipes=store.yield_summary(group_by="recipe"), records=records,
-                            thumbnails=[_thumbnail(record) for record in records])
-
-    return query
-
-
-def _read_image(path: str | None) -> np.ndarray | None:
-    if not path or not Path(path).is_file():
-        return None
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    return image if image is not None and image.size else None
-
-
-
 class ReviewView(QWidget):
     """The review screen. Store queries and thumbnails load on a `QueryRunner` thread (``refreshed``).
 
@@ -166,6 +115,7 @@ class ReviewView(QWidget):
     """
 
     refreshed = Signal()      # a refresh's answer is in the table
+    shown = Signal()          # the selected inspection's picture is read (or known to be missing) and drawn
 
     def __init__(
         self,
@@ -197,6 +147,7 @@ class ReviewView(QWidget):
         self._current: InspectionRecord | None = None
         self._image: np.ndarray | None = None
         self._overlay: np.ndarray | None = None
+        self._loading = False                           # the selected inspection's picture is being read
         self._pending_recipe: str | None = None
         self._pending_path: Path | None = None
 
@@ -212,6 +163,9 @@ class ReviewView(QWidget):
         self.queries = QueryRunner(self)
         self.queries.ready.connect(self._on_query_ready)
         self.queries.failed.connect(self._on_query_failed)
+        self.pictures = QueryRunner(self)               # the selected inspection's image and overlay
+        self.pictures.ready.connect(self._on_picture_ready)
+        self.pictures.failed.connect(self._on_picture_failed)
         refresh = QPushButton("Refresh")
         refresh.clicked.connect(self.refresh)
         self.verdict_box.currentIndexChanged.connect(self._on_filter_changed)
@@ -333,7 +287,7 @@ class ReviewView(QWidget):
         self.batch.refresh_recipes()
         if self._store is None:
             return
-        self.queries.submit(_query_inspections(self._store, self.filters()), name="review-query")
+        self.queries.submit(query_inspections(self._store, self.filters()), name="review-query")
 
     def _on_query_failed(self, request: int, exc: BaseException) -> None:
         if self.queries.is_latest(request):
@@ -362,6 +316,9 @@ class ReviewView(QWidget):
         """Record the selected inspection as good and add its image to the recipe's model (worker thread)."""
         record = self._current
         if record is None or self._store is None:
+            return
+        if self._loading:                    # its button waits for the picture; a call from code says so
+            self.message.setText(f"Inspection {record.id}: its image is still being read; try again.")
             return
         recipe_path = self._recipe_lookup(record.recipe)
         if not self._confirm("Actually good?", self._good_question(record, recipe_path)):
@@ -446,7 +403,7 @@ class ReviewView(QWidget):
 
     def on_feedback_done(self, version: str) -> None:
         """The "actually good" model update finished (called by the main window)."""
-        self.good_button.setEnabled(self._current is not None)
+        self.good_button.setEnabled(self._current is not None and not self._loading)
         path = self._pending_path
         self._made = (path, str(version)) if path is not None else None
         for button in (self.activate_button, self.undo_button):
@@ -496,14 +453,15 @@ class ReviewView(QWidget):
                              "the 'good' label stays in the inspection's feedback history.")
 
     def on_feedback_failed(self, text: str) -> None:
-        self.good_button.setEnabled(self._current is not None)
+        self.good_button.setEnabled(self._current is not None and not self._loading)
         self.message.setText(f"Recorded as good, but the model update failed: {text}")
         self._pending_recipe = None
 
     def shutdown(self) -> None:
-        """Cancel a running batch review and join its thread and a query under way."""
+        """Cancel a running batch review and join its thread and the reads under way."""
         self.batch.shutdown()
         self.queries.shutdown()
+        self.pictures.shutdown()
 
     # ----------------------------------------------------------------------------- private
     def _user(self) -> str:
@@ -574,33 +532,18 @@ class ReviewView(QWidget):
         self._set_actions_enabled(record is not None)
         if record is None:
             self._image = None
+            self._loading = False
             self.view.show_result(None)
             self.details.setText("")
             return
-        if reload_image:
-            self._image = _read_image(record.image_path) if record.image_path else None
-            if self._image is None:
-                self._image = _read_image(record.path)
-            self._overlay = _read_image(record.overlay_path)
-        self._show_image()
-        when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
-        classes = sorted({r.defect_class for r in record.regions if r.defect_class})
-        score = "—" if record.score is None else f"{record.score:.4f}"
-        lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  "
-                 f"{record.verdict}  score {score}",
-                 f"source {short_source(record.source)}" + (f"  ·  lot {record.lot}" if record.lot else ""),
-                 f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
-        if record.feedback:
-            last = record.feedback[-1]
-            lines.append(f"label '{last.label}' by {last.user}")
-        if record.error:
-            lines.append(f"error: {record.error}")
-        if self._image is None and record.image_path:
-            lines.append(f"image {record.image_path} is gone (removed by the archive's size cap, or never "
-                         f"written: the archive pauses when the disk is full)")
-        elif self._image is None:
-            lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
-        self.details.setText("\n".join(lines))
+        if reload_image:            # read off the GUI thread; the previous picture stays until it comes
+            self._image = self._overlay = None
+            self._loading = True
+            self.good_button.setEnabled(False)          # "actually good" adds the picture: wait for it
+            self.pictures.submit(read_record_images(record), name="review-picture")
+        else:
+            self._show_image()
+        self._show_details(record)
         chosen = self.class_box.currentText()         # a reviewer labelling a run of one kind keeps it chosen
         self.class_box.clear()
         self.class_box.addItems(list(self._defect_classes(record.recipe)))
@@ -614,6 +557,43 @@ class ReviewView(QWidget):
                                     + (f", {r.defect_class}" if r.defect_class else ""), r.id)
         if isinstance(keep, int) and self.region_box.findData(keep) >= 0:
             self.region_box.setCurrentIndex(self.region_box.findData(keep))
+
+    def _show_details(self, record: InspectionRecord) -> None:
+        when = datetime.fromtimestamp(record.time).strftime("%Y-%m-%d %H:%M:%S")
+        classes = sorted({r.defect_class for r in record.regions if r.defect_class})
+        score = "—" if record.score is None else f"{record.score:.4f}"
+        lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  "
+                 f"{record.verdict}  score {score}",
+                 f"source {short_source(record.source)}" + (f"  ·  lot {record.lot}" if record.lot else ""),
+                 f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
+        if record.feedback:
+            last = record.feedback[-1]
+            lines.append(f"label '{last.label}' by {last.user}")
+        if record.error:
+            lines.append(f"error: {record.error}")
+        if self._loading:
+            lines.append("reading the image…")
+        elif self._image is None and record.image_path:
+            lines.append(f"image {record.image_path} is gone (removed by the archive's size cap, or never "
+                         f"written: the archive pauses when the disk is full)")
+        elif self._image is None:
+            lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
+        self.details.setText("\n".join(lines))
+
+    def _on_picture_ready(self, request: int, images: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+        if not self.pictures.is_latest(request) or self._current is None:
+            return                                  # another inspection was selected meanwhile
+        self._image, self._overlay = images
+        self._loading = False
+        self._show_image()
+        self._show_details(self._current)
+        self.good_button.setEnabled(True)
+        self.shown.emit()
+
+    def _on_picture_failed(self, request: int, exc: BaseException) -> None:
+        if self.pictures.is_latest(request) and self._current is not None:
+            self._on_picture_ready(request, (None, None))
+            self.message.setText(f"Image not read: {type(exc).__name__}: {exc}")
 
     def _show_image(self) -> None:
         record = self._current

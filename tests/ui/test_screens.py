@@ -128,7 +128,7 @@ def test_statistics_without_store_says_so(qtbot) -> None:
         view.export_csv("x.csv")
 
 
-def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
+def test_review_filter_open_and_feedback(qtbot, tmp_path, store, monkeypatch) -> None:
     calls: list[tuple[Path, tuple[int, ...], str]] = []
 
     def good_feedback(recipe: Path, image: np.ndarray, note: str) -> str:
@@ -162,10 +162,25 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     assert len(view.records) == 6 and all(r.verdict == Verdict.FAIL for r in view.records)
     assert not view.table.item(0, 0).icon().isNull(), "thumbnail from the archived image"
 
-    view.select(0)
-    record = view.current
-    assert record is not None and view.view.result is not None and view.view.result.regions
-    assert f"#{record.id}" in view.details.text()
+    import threading
+
+    import ui.review_reads
+    read_on: list[str] = []
+    decode = ui.review_reads._read_image
+
+    def watched(path: str | None) -> np.ndarray | None:
+        read_on.append(threading.current_thread().name)
+        return decode(path)
+
+    monkeypatch.setattr(ui.review_reads, "_read_image", watched)
+    with qtbot.waitSignal(view.shown, timeout=10_000):
+        view.select(0)
+        record = view.current
+        assert record is not None and f"#{record.id}" in view.details.text()
+        assert "reading the image" in view.details.text() and not view.good_button.isEnabled()
+    assert read_on and threading.main_thread().name not in read_on     # the picture is read off the GUI thread
+    assert view.view.result is not None and view.view.result.regions and view.good_button.isEnabled()
+    assert "reading the image" not in view.details.text()
 
     view.resize(1000, 700)
     view.show()
@@ -192,6 +207,9 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
     view.select(1)
     assert view.class_box.currentText() == "crack"      # on the next image too
     view.select(0)
+    view.mark_good()
+    assert "still being read" in view.message.text() and not questions   # nothing asked (the events wait)
+    qtbot.waitUntil(view.good_button.isEnabled, timeout=10_000)         # the picture came
     view.region_box.setCurrentIndex(0)
 
     view.mark_good()                                     # answered No: nothing recorded, no model
@@ -218,7 +236,8 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store) -> None:
 
     Path(record.image_path).unlink()       # the archive's size cap removed it
     view.select(1)
-    view.select(0)
+    with qtbot.waitSignal(view.shown, timeout=10_000):
+        view.select(0)
     assert "is gone" in view.details.text() and record.image_path in view.details.text()
 
 
