@@ -174,6 +174,7 @@ def _location_picture(reference: Path | None, recipe: Recipe | None
     Raises:
         ValueError: ``reference`` is not a readable image.
     """
+    from inspector import statistics as st
     from inspector.versions import reference_image, resolve_version
 
     roi = recipe.roi.bounding_box() if recipe is not None and recipe.roi is not None else None
@@ -182,13 +183,13 @@ def _location_picture(reference: Path | None, recipe: Recipe | None
         if frame is None:
             msg = f"{reference}: cannot read the reference image; give a PNG or JPEG of a good part"
             raise ValueError(msg)
-        x, y, w, h = roi or (0, 0, frame.shape[1], frame.shape[0])
-        return np.ascontiguousarray(frame[y : y + h, x : x + w]), (x, y, w, h)
+        found = st.location_reference(frame, roi, is_roi=False)
+        if found is None:
+            msg = f"{reference}: the recipe's ROI {roi} lies outside this {frame.shape[1]}x{frame.shape[0]} image"
+            raise ValueError(msg)
+        return found
     taught = reference_image(resolve_version(recipe).path) if recipe is not None else None
-    if taught is None:
-        return None
-    x, y = roi[:2] if roi is not None else (0, 0)
-    return taught, (x, y, taught.shape[1], taught.shape[0])
+    return None if taught is None else st.location_reference(taught, roi, is_roi=True)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:

@@ -73,6 +73,7 @@ __all__ = [
     "fail_rate_chart",
     "good_score_drift",
     "location_heat_image",
+    "location_reference",
     "pareto_svg",
     "score_chart",
     "teaching_scores",
@@ -168,6 +169,31 @@ class LocationMap:
         """(rows, cols) counts over all types."""
         grids = list(self.counts.values())
         return np.sum(grids, axis=0) if grids else np.zeros(LOCATION_GRID, np.int64)
+
+
+def location_reference(image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None, *, is_roi: bool
+                       ) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """The good picture under the location map and its area in frame pixels (``defect_locations``' ``area``).
+
+    Args:
+        image_bgr: a whole frame of a good part, or (``is_roi``) a picture that already is the ROI's crop
+            (a version's ``reference.png``).
+        roi: the recipe's ROI bounding box (x, y, w, h) in frame pixels; None: the whole frame.
+        is_roi: ``image_bgr`` is the ROI already; else it is cut to the ROI, clipped to the frame.
+
+    Returns:
+        (picture, area), the area as large as the picture; None when the ROI misses the frame.
+    """
+    if is_roi:
+        x, y = roi[:2] if roi is not None else (0, 0)
+        return image_bgr, (max(0, x), max(0, y), image_bgr.shape[1], image_bgr.shape[0])
+    height, width = image_bgr.shape[:2]
+    x, y, w, h = roi or (0, 0, width, height)
+    x0, y0 = max(0, x), max(0, y)
+    crop = image_bgr[y0 : max(y0, y + h), x0 : max(x0, x + w)]
+    if crop.size == 0:
+        return None
+    return np.ascontiguousarray(crop), (x0, y0, crop.shape[1], crop.shape[0])
 
 
 def defect_locations(

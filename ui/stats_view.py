@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 
 from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Verdict
-from inspector.statistics import Filters
+from inspector.statistics import Filters, location_reference
 from inspector.store import GroupBy
 from inspector.versions import REFERENCE_FILE, reference_image, resolve_version
 from ui.date_range import FollowingRange
@@ -407,8 +407,7 @@ class StatisticsView(QWidget):
             return                                   # another recipe since: its own picture or frame stands
         taught = value[1]
         if isinstance(taught, np.ndarray):
-            x, y = self._recipe_area[:2] if self._recipe_area is not None else (0, 0)
-            self._set_reference(taught, max(0, x), max(0, y))
+            self._set_reference(location_reference(taught, self._recipe_area, is_roi=True))
         else:                                        # unreadable (said in the log): the next PASS frame
             self._has_reference = False
 
@@ -417,17 +416,13 @@ class StatisticsView(QWidget):
         model version has none."""
         if self._has_reference or result.verdict is not Verdict.PASS or result.image_bgr is None:
             return
-        height, width = result.image_bgr.shape[:2]
-        x, y, w, h = self._recipe_area or (0, 0, width, height)
-        crop = result.image_bgr[max(0, y): y + h, max(0, x): x + w]
-        if crop.size == 0 or crop.ndim != 3:
-            return
-        self._set_reference(crop, max(0, x), max(0, y))
+        if result.image_bgr.ndim == 3:
+            self._set_reference(location_reference(result.image_bgr, self._recipe_area, is_roi=False))
 
-    def _set_reference(self, image_bgr: np.ndarray, x: int, y: int) -> None:
-        height, width = image_bgr.shape[:2]
-        self.insights.set_reference(np.ascontiguousarray(image_bgr), (x, y, width, height))
-        self._has_reference = True
+    def _set_reference(self, found: tuple[np.ndarray, tuple[int, int, int, int]] | None) -> None:
+        if found is not None:                        # None: the ROI misses the frame
+            self.insights.set_reference(*found)
+            self._has_reference = True
 
     def set_range(self, since: float | datetime, until: float | datetime) -> None:
         """A fixed date-range filter (seconds since the epoch, or datetimes); it no longer follows now."""

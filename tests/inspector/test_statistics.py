@@ -250,3 +250,20 @@ def test_stats_draws_the_location_map_over_the_recipes_taught_picture(store: Sto
     assert main(["stats", "--store", str(db), "--recipe", "part", "--recipe-file", str(taught_recipe),
                  "--charts", str(again)]) == 0
     assert {p.name for p in again.iterdir()} == {"pareto.svg", "fail_rate.svg"}
+
+
+def test_location_reference_cuts_a_frame_to_the_roi_clipped_to_the_frame() -> None:
+    frame = np.arange(60 * 80 * 3, dtype=np.uint32).reshape(60, 80, 3).astype(np.uint8)
+    crop, area = st.location_reference(frame, (10, 20, 30, 25), is_roi=False) or (None, None)
+    assert area == (10, 20, 30, 25) and np.array_equal(crop, frame[20:45, 10:40])
+    # an ROI drawn past the frame's top-left and bottom-right: the part inside, its area as large as the picture
+    crop, area = st.location_reference(frame, (-5, -8, 40, 100), is_roi=False) or (None, None)
+    assert area == (0, 0, 35, 60) and np.array_equal(crop, frame[:, :35]) and crop.flags["C_CONTIGUOUS"]
+    assert st.location_reference(frame, (100, 0, 10, 10), is_roi=False) is None     # misses the frame
+    assert st.location_reference(frame, (-20, 0, 10, 10), is_roi=False) is None
+    whole, area = st.location_reference(frame, None, is_roi=False) or (None, None)
+    assert area == (0, 0, 80, 60) and np.array_equal(whole, frame)
+    # a version's reference.png is the ROI already: placed at the ROI's corner, not cut again
+    taught = frame[:25, :30]
+    picture, area = st.location_reference(taught, (10, 20, 30, 25), is_roi=True) or (None, None)
+    assert picture is taught and area == (10, 20, 30, 25)
