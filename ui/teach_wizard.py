@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
+    QApplication,
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
@@ -134,35 +135,47 @@ class TrainPage(QWizardPage):
     def _on_finished(self, value: object) -> None:
         if self.w.jobs.name != "train" or not isinstance(value, TeachOutcome):
             return
+        held = self._holds_focus()                  # before the wizard's own updates move it
         self.w.outcome = value
         self.bar.setRange(0, 1)
         self.bar.setValue(1)
         self.message.setText(f"Done: model {value.report.version} trained. Next: check it; Save writes "
                              "the recipe.")
-        self.cancel_button.setEnabled(False)
-        self.w.set_back_allowed(True)
         self.completeChanged.emit()
+        self._job_over(QWizard.WizardButton.NextButton if held else None)
 
     @Slot(str)
     def _on_errored(self, text: str) -> None:
         if self.w.jobs.name != "train":
             return
+        held = self._holds_focus()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
         self.message.setText(f"Training failed: {text}")
         self.log.appendPlainText(f"Training failed: {text}")
-        self.cancel_button.setEnabled(False)
-        self.w.set_back_allowed(True)
+        self._job_over(QWizard.WizardButton.BackButton if held else None)
 
     @Slot()
     def _on_cancelled(self) -> None:
         if self.w.jobs.name != "train":
             return
+        held = self._holds_focus()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
         self.message.setText("Training cancelled; nothing was saved. Back to change the images, or close.")
+        self._job_over(QWizard.WizardButton.BackButton if held else None)
+
+    def _holds_focus(self) -> bool:
+        focus = QApplication.focusWidget()
+        return focus is not None and self.w.isAncestorOf(focus)
+
+    def _job_over(self, then: QWizard.WizardButton | None) -> None:
+        """Cancel goes off and Back comes back; the keyboard focus that this step held (``then`` not None) moves to
+        ``then``: Qt would hand it to the window's first widget (the toolbar's source box) as the wizard updates."""
         self.cancel_button.setEnabled(False)
         self.w.set_back_allowed(True)
+        if then is not None:
+            self.w.button(then).setFocus(Qt.FocusReason.OtherFocusReason)
 
 
 class CheckTile(QWidget):
@@ -475,6 +488,7 @@ class TeachWizard(QWizard):
                      self.save_page):
             self.addPage(page)
         self.finished.connect(self._on_wizard_finished)
+        self.currentIdChanged.connect(self._focus_step)
 
     @property
     def engine(self) -> TeachEngine:
@@ -535,6 +549,23 @@ class TeachWizard(QWizard):
     @property
     def back_allowed(self) -> bool:
         return self.button(QWizard.WizardButton.BackButton).isVisible()
+
+    @Slot(int)
+    def _focus_step(self, _page_id: int) -> None:
+        """A new step takes the keyboard focus at its first field: Next hid the button that had it, and Qt passed
+        it on to the window's first widget (the toolbar's source box), where the engineer's typing went."""
+        page = self.currentPage()
+        if page is None:
+            return
+        widget = page.nextInFocusChain()
+        while widget is not None and widget is not page:
+            if (page.isAncestorOf(widget) and widget.isEnabled() and widget.isVisibleTo(page)
+                    and widget.focusPolicy() in (Qt.FocusPolicy.StrongFocus, Qt.FocusPolicy.TabFocus,
+                                                 Qt.FocusPolicy.WheelFocus)):
+                widget.setFocus(Qt.FocusReason.TabFocusReason)
+                return
+            widget = widget.nextInFocusChain()
+        self.button(QWizard.WizardButton.NextButton).setFocus(Qt.FocusReason.TabFocusReason)
 
     @Slot(int)
     def _on_wizard_finished(self, result: int) -> None:

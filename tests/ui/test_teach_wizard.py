@@ -352,3 +352,38 @@ def test_good_images_from_a_zero_shot_review(qtbot, teach_setup, tmp_path: Path,
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
     assert len(wizard.outcome.held_out) == 1 and len(wizard.outcome.good_scores) >= 1   # one image taught
+
+
+def test_each_step_takes_the_keyboard_focus_not_the_window_around_it(qtbot, teach_setup) -> None:
+    """In the app the wizard sits below a toolbar. A new step, and the end of training (Cancel goes off, the buttons
+    are laid out again), lost the keyboard focus to the window's first widget (the toolbar's source box), so an
+    engineer's typing went there; found by typing into the app under Xvfb."""
+    from PySide6.QtWidgets import QApplication, QLineEdit, QVBoxLayout, QWidget
+
+    s = teach_setup
+    window = QWidget()
+    toolbar_box = QLineEdit()                                   # stands in for the toolbar's source box
+    wizard = TeachWizard(recipes=[s.recipe], engine=s.engine)
+    layout = QVBoxLayout(window)
+    layout.addWidget(toolbar_box)
+    layout.addWidget(wizard)
+    qtbot.addWidget(window)
+    window.show()
+    window.activateWindow()
+    qtbot.waitActive(window)
+    next_button = wizard.button(TeachWizard.WizardButton.NextButton)
+    qtbot.mouseClick(next_button, Qt.MouseButton.LeftButton)    # recipe page -> images
+    assert wizard.currentPage() is wizard.images_page
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is not None)
+    assert QApplication.focusWidget() is wizard.images_page.good_edit      # its first field, ready for a path
+    qtbot.keyClicks(QApplication.focusWidget(), str(s.good))
+    assert wizard.images_page.good_edit.text() == str(s.good) and toolbar_box.text() == ""
+    qtbot.mouseClick(next_button, Qt.MouseButton.LeftButton)    # images -> ROI
+    assert wizard.currentPage() is wizard.roi_page and wizard.roi_page.isAncestorOf(QApplication.focusWidget())
+    qtbot.mouseClick(next_button, Qt.MouseButton.LeftButton)    # ROI -> train: Next is disabled while it runs
+    assert wizard.currentPage() is wizard.train_page
+    assert wizard.train_page.isAncestorOf(QApplication.focusWidget())
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+    assert QApplication.focusWidget() is next_button            # trained: the next action has the keyboard
+    qtbot.keyClicks(QApplication.focusWidget(), "x")
+    assert toolbar_box.text() == ""                             # not typed into the window around it
