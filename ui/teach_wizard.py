@@ -552,14 +552,16 @@ class TeachWizard(QWizard):
 
     @Slot(int)
     def _focus_step(self, _page_id: int) -> None:
-        """A new step takes the keyboard focus at its first field: Next hid the button that had it, and Qt passed
-        it on to the window's first widget (the toolbar's source box), where the engineer's typing went."""
+        """A new step takes the keyboard focus at its first field (Next where it has none, as the ROI step: Enter goes
+        on): Next hid the button that had it, and Qt passed it on to the window's first widget (the toolbar's source
+        box), where the engineer's typing went."""
         page = self.currentPage()
         if page is None:
             return
         widget = page.nextInFocusChain()
         while widget is not None and widget is not page:
-            if (page.isAncestorOf(widget) and widget.isEnabled() and widget.isVisibleTo(page)
+            if (page.isAncestorOf(widget) and not isinstance(widget, QPushButton)      # a field, not an action
+                    and widget.isEnabled() and widget.isVisibleTo(page)
                     and widget.focusPolicy() in (Qt.FocusPolicy.StrongFocus, Qt.FocusPolicy.TabFocus,
                                                  Qt.FocusPolicy.WheelFocus)):
                 widget.setFocus(Qt.FocusReason.TabFocusReason)
