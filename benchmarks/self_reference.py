@@ -36,12 +36,10 @@ REPO: Final = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run as a script: make `models` and `benchmarks` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks._features import FeatureStore  # noqa: E402
+from benchmarks._features import open_store  # noqa: E402
 from benchmarks._sweep import _features, collect, score  # noqa: E402
-from models.backbone import create_backbone  # noqa: E402
 from models.evaluation import load_category, select_shots, subset_test  # noqa: E402
 from models.files import atomic_write  # noqa: E402
-from models.weights import resolve_weights  # noqa: E402
 
 logger = logging.getLogger("benchmarks.self_reference")
 
@@ -76,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    resolved = resolve_weights(MODEL_NAME, None)
-    full = create_backbone(MODEL_NAME, state_dict=resolved.state_dict, blocks=tuple(range(1, 13)), device="cpu")
-    store = FeatureStore(args.cache_dir / "features", weights_sha256=resolved.info.sha256, full=full)
+    store, resolved = open_store(args.cache_dir, None, model_name=MODEL_NAME)
     category = load_category(args.data / args.category)
     items = subset_test(category.test, args.limit_test or None, seed=0)
     train = select_shots(category.train_good, 16, seed=args.seed)

@@ -1,0 +1,143 @@
+"""Issue 11: a patch's distance to the good bank judged against how far apart good patches of that kind lie.
+
+The patch kNN scores a patch by its cosine distance d to the nearest patch m of the good bank. Where good parts
+vary (a transistor's leads and case edges, a tile's grain), normal patches of that kind lie far apart even among
+the good images, and d is large for good parts too; where they do not (a plain background), a small d already
+means something. Each bank patch's own radius r(m) is its distance to the nearest patch of the OTHER good images
+(the leave-one-out spread of the bank around it; PatchCore's neighbourhood, LOF's reach distance), and the patch is
+scored by (paired rows beside today's ``bank``, same search, bank and images; ``benchmarks._sweep``):
+
+- ``ratio floor F``: d / (r(m) + F), F a share of the bank's median or 90th-percentile radius (a floor, so that a
+  dense region's tiny radius does not blow the ratio up);
+- ``minus A``: d - A r(m).
+
+Conditions: block 8, pooling r = 1, k = 1, top 1 %, sigma 4, masking off, the product's brightness rule given per
+category (``--brightness``), shorter side 448, 16 good shots; no second scale (the product's r = 5 image score), so
+"bank" is the r = 1 part of today's default, not its full score. Image AUROC, AUPRO and pixel AUROC per row.
+Measured, not in the product.
+
+Usage (from the repository root; features from the shared fp16 cache):
+    python -m benchmarks.bank_density --data ../shared/data --category mvtec_transistor --brightness standardise \\
+        --seeds 0,1,2 --cache-dir CACHE --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+
+REPO: Final = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:          # run as a script: make `models` and `benchmarks` importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._features import FeatureStore, open_store  # noqa: E402
+from benchmarks._sweep import _features, collect, score  # noqa: E402
+from models.evaluation import load_category, select_shots, subset_test  # noqa: E402
+from models.files import atomic_write  # noqa: E402
+
+logger = logging.getLogger("benchmarks.bank_density")
+
+MODEL_NAME: Final = "vit_small_patch14_dinov2"
+BLOCK: Final = 8
+FLOORS: Final = (("2.0 med", 0.5, 2.0), ("1.0 q90", 0.9, 1.0), ("2.0 q90", 0.9, 2.0))   # (name, quantile, share)
+SHARES: Final = (0.25, 0.5)
+
+
+def bank_radii(bank: torch.Tensor, owner: torch.Tensor, *, chunk: int = 2048) -> torch.Tensor:
+    """(M, D) unit bank features and (M,) owner image ids -> (M,) cosine distance of each bank patch to the
+    nearest patch of another image (inf where the bank holds one image only)."""
+    out = torch.empty(len(bank))
+    for start in range(0, len(bank), chunk):
+        sims = bank[start : start + chunk] @ bank.T
+        sims.masked_fill_(owner[start : start + chunk, None] == owner[None], -float("inf"))
+        out[start : start + chunk] = (1.0 - sims.amax(dim=1)).clamp(min=0.0)
+    return out
+
+
+def nearest_with_radius(queries: torch.Tensor, bank: torch.Tensor, radii: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, D) unit queries -> (Q,) cosine distance to the nearest bank patch and (Q,) that patch's radius."""
+    best, index = (queries @ bank.T).max(dim=1)
+    return (1.0 - best).clamp(0.0, 2.0), radii[index]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def run_seed(store: FeatureStore, category: Any, items: list[Any], seed: int, brightness: str
+             ) -> dict[str, dict[str, float]]:
+    """Every row's image AUROC, AUPRO and pixel AUROC for one draw of 16 good shots."""
+    train = select_shots(category.train_good, 16, seed=seed)
+    key = ((BLOCK,), 1)
+    data = collect(store, category, train, items, [key], k_max=1, dtype=torch.float32, brightness=brightness)
+    shots = [_unit(_features(store, p, 448, brightness)[:, :, BLOCK - 1]) for p in train]
+    bank = torch.cat([f.reshape(-1, f.shape[-1]) for f in shots])
+    owner = torch.cat([torch.full((f.shape[0] * f.shape[1],), j) for j, f in enumerate(shots)])
+    radii = bank_radii(bank, owner)
+    spread = [round(float(v), 4) for v in torch.quantile(radii, torch.tensor([0.1, 0.5, 0.9]))]
+    print(f"{category.name} seed {seed}  bank of {len(bank)} patches, radius 10th / 50th / 90th percentile {spread}",
+          flush=True)
+    dist, near = [], []
+    for item in items:
+        q = _unit(_features(store, item.path, 448, brightness)[:, :, BLOCK - 1])
+        h, w, d = q.shape
+        found = nearest_with_radius(q.reshape(h * w, d), bank, radii)
+        dist.append(found[0].reshape(h, w, 1))
+        near.append(found[1].reshape(h, w, 1))
+    rows: dict[str, list[torch.Tensor]] = {"bank": list(data.knn[key])}
+    for name, quantile, share in FLOORS:
+        floor = share * float(torch.quantile(radii, quantile))
+        rows[f"ratio floor {name}"] = [a / (r + floor) for a, r in zip(dist, near, strict=True)]
+    for share in SHARES:
+        rows[f"minus {share}"] = [a - share * r for a, r in zip(dist, near, strict=True)]
+    table: dict[str, dict[str, float]] = {}
+    for name, maps in rows.items():
+        data.knn[key] = maps
+        table[name] = {k: round(v, 4) for k, v in score(data, blocks=(BLOCK,), masking="off").items()
+                       if k != "masking_active"}
+        print(f"{category.name} seed {seed}  {name:<18} image AUROC {table[name]['image_auroc']:.3f}  "
+              f"AUPRO {table[name]['aupro']:.3f}  pixel AUROC {table[name]['pixel_auroc']:.3f}", flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="folder of MVTec-AD-layout categories")
+    p.add_argument("--category", required=True)
+    p.add_argument("--brightness", choices=("as_is", "standardise"), required=True,
+                   help="as the product decides for the category (standardise where the scene fills the frame)")
+    p.add_argument("--seeds", default="0", help="seeds of the 16 good shots, comma-separated")
+    p.add_argument("--limit-test", type=int, default=0, help="stratified test subset (0 = the full test set)")
+    p.add_argument("--cache-dir", type=Path, required=True, help="feature cache (outside the repository)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(2)
+    store, resolved = open_store(args.cache_dir, None, model_name=MODEL_NAME)
+    category = load_category(args.data / args.category)
+    items = subset_test(category.test, args.limit_test or None, seed=0)
+    start = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    per_seed = {str(seed): run_seed(store, category, items, seed, args.brightness) for seed in seeds}
+    if args.json is not None:
+        out: dict[str, Any] = {"category": args.category, "seeds": seeds, "shots": 16, "brightness": args.brightness,
+                               "test_images": len(items), "block": BLOCK, "shorter_side": 448,
+                               "weights_sha256": resolved.info.sha256[:12], "rows": per_seed,
+                               "seconds": round(time.perf_counter() - start),
+                               "command": "python -m benchmarks.bank_density " + " ".join(sys.argv[1:])}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.json, json.dumps(out, indent=2).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
