@@ -164,6 +164,12 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
             cv2.imwrite(str(args.charts / "locations.png"), st.location_heat_image(crop, locations.total()))
             written.append("locations.png")
         print(f"wrote {', '.join(written)} to {args.charts}")
+        if picture is not None and recipe is not None:
+            from inspector.versions import resolve_version
+
+            caveat = st.location_caveat(resolve_version(recipe).path)
+            if caveat:
+                print(f"locations.png shows {caveat}")
 
 
 def _location_picture(reference: Path | None, recipe: Recipe | None

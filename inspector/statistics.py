@@ -72,6 +72,7 @@ __all__ = [
     "export_regions_csv",
     "fail_rate_chart",
     "good_score_drift",
+    "location_caveat",
     "location_heat_image",
     "location_reference",
     "pareto_svg",
@@ -169,6 +170,26 @@ class LocationMap:
         """(rows, cols) counts over all types."""
         grids = list(self.counts.values())
         return np.sum(grids, axis=0) if grids else np.zeros(LOCATION_GRID, np.int64)
+
+
+def location_caveat(model_dir: Path) -> str | None:
+    """A sentence for the location map when its positions are not places on the part, else None.
+
+    The map counts region centres in the ROI's pixels over one good picture. When the recipe's model learned its
+    good parts turned (the teach step chose turned views: the parts come at any angle), the same spot of the part
+    lands anywhere in the frame, so the map says where in the frame, not where on the part. None also when the
+    model version cannot be read (the map is drawn as before; the screen names that problem elsewhere).
+    """
+    from models.saved import read_manifest
+
+    try:
+        state = read_manifest(model_dir).get("state") or {}
+    except (OSError, ValueError):
+        return None
+    if isinstance(state, dict) and state.get("rotations_used"):
+        return ("where in the frame, not where on the part: this recipe's parts come turned (its model learned "
+                "them at any angle)")
+    return None
 
 
 def location_reference(image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None, *, is_roi: bool

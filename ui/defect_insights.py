@@ -307,6 +307,9 @@ class DefectInsightsPanel(QWidget):
         self.location.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.location.setWordWrap(True)           # a narrow panel: the sentence wraps rather than being cut
         self.location.setMinimumSize(160, 120)
+        self.location_note = QLabel("")         # what the map's positions mean, when not places on the part
+        self.location_note.setWordWrap(True)
+        self.location_note.setVisible(False)
         self.drift = QLabel("")                 # good parts' scores against the teaching distribution
         self.drift.setWordWrap(True)
         self.alarm_list = QListWidget()
@@ -318,7 +321,12 @@ class DefectInsightsPanel(QWidget):
         bar.addWidget(self.status, 1)
         bar.addWidget(self.save_button)
         charts = QSplitter(Qt.Orientation.Horizontal)
-        panels: tuple[QWidget, ...] = (self.pareto, self.p_chart, self.location)
+        location_panel = QWidget()
+        location_layout = QVBoxLayout(location_panel)
+        location_layout.setContentsMargins(0, 0, 0, 0)
+        location_layout.addWidget(self.location, 1)
+        location_layout.addWidget(self.location_note)
+        panels: tuple[QWidget, ...] = (self.pareto, self.p_chart, location_panel)
         for index, widget in enumerate(panels):
             charts.addWidget(widget)
             charts.setStretchFactor(index, 1)
@@ -337,6 +345,12 @@ class DefectInsightsPanel(QWidget):
     def set_reference(self, reference_bgr: np.ndarray | None, area: tuple[int, int, int, int] | None) -> None:
         """A good image of the ROI ((H, W, 3) uint8 BGR) and the ROI (x, y, w, h) in frame pixels."""
         self.reference_bgr, self.area = reference_bgr, area
+
+    def set_location_caveat(self, caveat: str | None) -> None:
+        """Say under the location map what its positions mean when they are not places on the part
+        (`inspector.statistics.location_caveat`); None hides the line."""
+        self.location_note.setText(f"Positions: {caveat}." if caveat else "")
+        self.location_note.setVisible(bool(caveat))
 
     def refresh(self, filters: Filters) -> None:
         """Compute the insights for ``filters`` and what the charts draw on a worker thread."""

@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 
 from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Verdict
-from inspector.statistics import Filters, location_reference
+from inspector.statistics import Filters, location_caveat, location_reference
 from inspector.store import GroupBy
 from inspector.versions import REFERENCE_FILE, reference_image, resolve_version
 from ui.date_range import FollowingRange
@@ -179,6 +179,16 @@ class _RecipeRead:
     recipe: Recipe | None                       # None: the file or its model could not be read (``problem``)
     thresholds: tuple[float, float] | None      # (review, fail) its station would judge with
     problem: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ReferenceRead:
+    """A model version's location picture and caveat, read for ``StatisticsView.set_recipe`` at ``generation``."""
+
+    generation: int
+    picture: np.ndarray | None                  # its reference.png (the ROI), None: none or unreadable
+    caveat: str | None                          # `inspector.statistics.location_caveat`
+    from_file: bool                             # the version kept a picture (None above: it could not be read)
 
 
 class StatisticsView(QWidget):
@@ -346,6 +356,7 @@ class StatisticsView(QWidget):
         roi = recipe.roi if recipe is not None else None
         self._recipe_area, self._has_reference = (roi.bounding_box() if roi is not None else None), False
         self.insights.set_reference(None, None)
+        self.insights.set_location_caveat(None)
         self.insights.model_dir = None
         if recipe is not None:
             try:
@@ -353,20 +364,24 @@ class StatisticsView(QWidget):
             except InspectorError as exc:
                 log.info("no teaching scores for drift: %s", exc)
                 return
-            if (self.insights.model_dir / REFERENCE_FILE).is_file():
-                # decoded off the GUI thread (a 5 MP PNG takes 0.1 s); a PASS frame offered meanwhile does not
-                # take its place, and an unreadable file leaves it to the next one (``_on_reference_read``)
-                self._has_reference = True
-                generation, model_dir = self._recipe_generation, self.insights.model_dir
+            # read off the GUI thread (a 5 MP PNG takes 0.1 s to decode): the taught picture, when the version kept
+            # one (a PASS frame offered meanwhile does not take its place; an unreadable file leaves it to the next
+            # one), and what the map's positions mean for this model (``_on_reference_read``)
+            generation, model_dir = self._recipe_generation, self.insights.model_dir
+            taught = self._has_reference = (model_dir / REFERENCE_FILE).is_file()
 
-                def read() -> tuple[int, np.ndarray | None]:
-                    try:
-                        return generation, reference_image(model_dir)
-                    except (OSError, ValueError) as exc:        # a file gone or cut short while read
-                        log.info("%s: no location picture: %s", model_dir / REFERENCE_FILE, exc)
-                        return generation, None
+            def read() -> _ReferenceRead:
+                caveat = location_caveat(model_dir)
+                if not taught:
+                    return _ReferenceRead(generation=generation, picture=None, caveat=caveat, from_file=False)
+                try:
+                    picture = reference_image(model_dir)
+                except (OSError, ValueError) as exc:        # a file gone or cut short while read
+                    log.info("%s: no location picture: %s", model_dir / REFERENCE_FILE, exc)
+                    picture = None
+                return _ReferenceRead(generation=generation, picture=picture, caveat=caveat, from_file=True)
 
-                self._references.submit(read, name="reference")
+            self._references.submit(read, name="reference")
 
     def show_recipe_file(self, path: Path) -> None:
         """A recipe picked while the station is stopped: its active version's picture, thresholds and teaching
@@ -403,12 +418,12 @@ class StatisticsView(QWidget):
         log.info("no location map or drift for the recipe picked: %s", exc)
 
     def _on_reference_read(self, _request: int, value: object) -> None:
-        if not (isinstance(value, tuple) and value[0] == self._recipe_generation):
+        if not (isinstance(value, _ReferenceRead) and value.generation == self._recipe_generation):
             return                                   # another recipe since: its own picture or frame stands
-        taught = value[1]
-        if isinstance(taught, np.ndarray):
-            self._set_reference(location_reference(taught, self._recipe_area, is_roi=True))
-        else:                                        # unreadable (said in the log): the next PASS frame
+        self.insights.set_location_caveat(value.caveat)
+        if value.picture is not None:
+            self._set_reference(location_reference(value.picture, self._recipe_area, is_roi=True))
+        elif value.from_file:                        # unreadable (said in the log): the next PASS frame
             self._has_reference = False
 
     def offer_frame(self, result: InspectionResult) -> None:

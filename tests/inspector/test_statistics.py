@@ -267,3 +267,27 @@ def test_location_reference_cuts_a_frame_to_the_roi_clipped_to_the_frame() -> No
     taught = frame[:25, :30]
     picture, area = st.location_reference(taught, (10, 20, 30, 25), is_roi=True) or (None, None)
     assert picture is taught and area == (10, 20, 30, 25)
+
+
+def test_the_location_map_says_when_its_positions_are_not_places_on_the_part(
+    store: Store, tmp_path: Path, taught_recipe: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from inspector.recipe import load_recipe
+    from inspector.versions import resolve_version
+
+    model_dir = resolve_version(load_recipe(taught_recipe)).path
+    assert st.location_caveat(model_dir) is None                # parts taught as they come
+    assert st.location_caveat(tmp_path / "no model here") is None
+    manifest = json.loads((model_dir / "model.json").read_text())
+    manifest["state"]["rotations_used"] = True                  # as when the teach step chose turned views
+    (model_dir / "model.json").write_text(json.dumps(manifest))
+    caveat = st.location_caveat(model_dir)
+    assert caveat is not None and "where in the frame, not where on the part" in caveat
+    db = store.url.database
+    store.close()
+    capsys.readouterr()
+    assert main(["stats", "--store", str(db), "--recipe", "part", "--recipe-file", str(taught_recipe),
+                 "--charts", str(tmp_path / "charts")]) == 0
+    assert f"locations.png shows {caveat}" in capsys.readouterr().out

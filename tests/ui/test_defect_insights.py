@@ -173,3 +173,28 @@ def test_choosing_another_p_chart_grouping_redraws_it(qtbot: QtBot, store: Store
     assert panel.p_chart.chart is not None
     assert [p.key for p in panel.p_chart.chart.points] == [r.key for r in shifts]
     panel.close()
+
+
+def test_the_location_map_says_when_its_positions_are_not_places_on_the_part(
+    qtbot: QtBot, store: Store, taught_recipe: Path,
+) -> None:
+    import json
+
+    from inspector.recipe import load_recipe
+    from ui.stats_view import StatisticsView
+
+    recipe = load_recipe(taught_recipe)
+    view = StatisticsView(store)
+    qtbot.addWidget(view)
+    view.set_recipe(recipe, "v1")
+    qtbot.waitUntil(lambda: view.insights.reference_bgr is not None, timeout=10_000)
+    assert view.insights.location_note.isHidden()               # parts taught as they come: frame = part
+    manifest_path = view.insights.model_dir / "model.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["state"]["rotations_used"] = True                  # as when the teach step chose turned views
+    manifest_path.write_text(json.dumps(manifest))
+    view.set_recipe(recipe, "v1")
+    qtbot.waitUntil(lambda: not view.insights.location_note.isHidden(), timeout=10_000)
+    assert "not where on the part" in view.insights.location_note.text()
+    view.set_recipe(None)
+    assert view.insights.location_note.isHidden()
