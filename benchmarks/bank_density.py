@@ -23,13 +23,10 @@ Usage (from the repository root; features from the shared fp16 cache):
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import torch
 
@@ -37,15 +34,11 @@ REPO: Final = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run as a script: make `models` and `benchmarks` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks._features import FeatureStore, open_store  # noqa: E402
-from benchmarks._sweep import _features, collect, score  # noqa: E402
-from models.evaluation import load_category, select_shots, subset_test  # noqa: E402
-from models.files import atomic_write  # noqa: E402
+from benchmarks._features import FeatureStore  # noqa: E402
+from benchmarks._probe import BLOCK, KEY, open_probe, probe_parser, score_row, write_probe_json  # noqa: E402
+from benchmarks._sweep import _features, collect  # noqa: E402
+from models.evaluation import Category, TestItem, select_shots  # noqa: E402
 
-logger = logging.getLogger("benchmarks.bank_density")
-
-MODEL_NAME: Final = "vit_small_patch14_dinov2"
-BLOCK: Final = 8
 FLOORS: Final = (("2.0 med", 0.5, 2.0), ("1.0 q90", 0.9, 1.0), ("2.0 q90", 0.9, 2.0))   # (name, quantile, share)
 SHARES: Final = (0.25, 0.5)
 
@@ -72,12 +65,11 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def run_seed(store: FeatureStore, category: Any, items: list[Any], seed: int, brightness: str
+def run_seed(store: FeatureStore, category: Category, items: list[TestItem], seed: int, brightness: str
              ) -> dict[str, dict[str, float]]:
     """Every row's image AUROC, AUPRO and pixel AUROC for one draw of 16 good shots."""
     train = select_shots(category.train_good, 16, seed=seed)
-    key = ((BLOCK,), 1)
-    data = collect(store, category, train, items, [key], k_max=1, dtype=torch.float32, brightness=brightness)
+    data = collect(store, category, train, items, [KEY], k_max=1, dtype=torch.float32, brightness=brightness)
     shots = [_unit(_features(store, p, 448, brightness)[:, :, BLOCK - 1]) for p in train]
     bank = torch.cat([f.reshape(-1, f.shape[-1]) for f in shots])
     owner = torch.cat([torch.full((f.shape[0] * f.shape[1],), j) for j, f in enumerate(shots)])
@@ -92,50 +84,25 @@ def run_seed(store: FeatureStore, category: Any, items: list[Any], seed: int, br
         found = nearest_with_radius(q.reshape(h * w, d), bank, radii)
         dist.append(found[0].reshape(h, w, 1))
         near.append(found[1].reshape(h, w, 1))
-    rows: dict[str, list[torch.Tensor]] = {"bank": list(data.knn[key])}
+    rows: dict[str, list[torch.Tensor]] = {"bank": list(data.knn[KEY])}
     for name, quantile, share in FLOORS:
         floor = share * float(torch.quantile(radii, quantile))
         rows[f"ratio floor {name}"] = [a / (r + floor) for a, r in zip(dist, near, strict=True)]
     for share in SHARES:
         rows[f"minus {share}"] = [a - share * r for a, r in zip(dist, near, strict=True)]
-    table: dict[str, dict[str, float]] = {}
-    for name, maps in rows.items():
-        data.knn[key] = maps
-        table[name] = {k: round(v, 4) for k, v in score(data, blocks=(BLOCK,), masking="off").items()
-                       if k != "masking_active"}
-        print(f"{category.name} seed {seed}  {name:<18} image AUROC {table[name]['image_auroc']:.3f}  "
-              f"AUPRO {table[name]['aupro']:.3f}  pixel AUROC {table[name]['pixel_auroc']:.3f}", flush=True)
-    return table
+    return {name: score_row(data, maps, f"{category.name} seed {seed}  {name:<18}") for name, maps in rows.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="folder of MVTec-AD-layout categories")
-    p.add_argument("--category", required=True)
-    p.add_argument("--brightness", choices=("as_is", "standardise"), required=True,
-                   help="as the product decides for the category (standardise where the scene fills the frame)")
+    p = probe_parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0", help="seeds of the 16 good shots, comma-separated")
-    p.add_argument("--limit-test", type=int, default=0, help="stratified test subset (0 = the full test set)")
-    p.add_argument("--cache-dir", type=Path, required=True, help="feature cache (outside the repository)")
-    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(2)
-    store, resolved = open_store(args.cache_dir, None, model_name=MODEL_NAME)
-    category = load_category(args.data / args.category)
-    items = subset_test(category.test, args.limit_test or None, seed=0)
+    store, resolved, category, items = open_probe(args, threads=2)
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {str(seed): run_seed(store, category, items, seed, args.brightness) for seed in seeds}
-    if args.json is not None:
-        out: dict[str, Any] = {"category": args.category, "seeds": seeds, "shots": 16, "brightness": args.brightness,
-                               "test_images": len(items), "block": BLOCK, "shorter_side": 448,
-                               "weights_sha256": resolved.info.sha256[:12], "rows": per_seed,
-                               "seconds": round(time.perf_counter() - start),
-                               "command": "python -m benchmarks.bank_density " + " ".join(sys.argv[1:])}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.json, json.dumps(out, indent=2).encode())
-        print(f"wrote {args.json}")
+    write_probe_json(args, "benchmarks.bank_density", resolved, len(items),
+                     {"seeds": seeds, "rows": per_seed, "seconds": round(time.perf_counter() - start)})
     return 0
 
 

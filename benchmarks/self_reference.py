@@ -22,13 +22,10 @@ Usage (from the repository root; features from the shared fp16 cache):
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import torch
 
@@ -36,15 +33,10 @@ REPO: Final = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run as a script: make `models` and `benchmarks` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks._features import open_store  # noqa: E402
-from benchmarks._sweep import _features, collect, score  # noqa: E402
-from models.evaluation import load_category, select_shots, subset_test  # noqa: E402
-from models.files import atomic_write  # noqa: E402
+from benchmarks._probe import BLOCK, KEY, open_probe, probe_parser, score_row, write_probe_json  # noqa: E402
+from benchmarks._sweep import _features, collect  # noqa: E402
+from models.evaluation import select_shots  # noqa: E402
 
-logger = logging.getLogger("benchmarks.self_reference")
-
-MODEL_NAME: Final = "vit_small_patch14_dinov2"
-BLOCK: Final = 8
 RADII: Final = (1, 2, 4)             # patches left out around the patch itself (Chebyshev radius)
 QUANTILES: Final = (0.25, 0.5)
 
@@ -62,26 +54,14 @@ def self_distances(unit: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="folder of MVTec-AD-layout categories")
-    p.add_argument("--category", required=True)
-    p.add_argument("--brightness", choices=("as_is", "standardise"), required=True,
-                   help="as the product decides for the category (standardise where the scene fills the frame)")
+    p = probe_parser(__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0, help="seed of the 16 good shots")
-    p.add_argument("--limit-test", type=int, default=0, help="stratified test subset (0 = the full test set)")
-    p.add_argument("--cache-dir", type=Path, required=True, help="feature cache (outside the repository)")
-    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    store, resolved = open_store(args.cache_dir, None, model_name=MODEL_NAME)
-    category = load_category(args.data / args.category)
-    items = subset_test(category.test, args.limit_test or None, seed=0)
+    store, resolved, category, items = open_probe(args, threads=1)
     train = select_shots(category.train_good, 16, seed=args.seed)
     start = time.perf_counter()
-    key = ((BLOCK,), 1)
-    data = collect(store, category, train, items, [key], k_max=1, dtype=torch.float32, brightness=args.brightness)
-    bank = list(data.knn[key])
+    data = collect(store, category, train, items, [KEY], k_max=1, dtype=torch.float32, brightness=args.brightness)
+    bank = list(data.knn[KEY])
     own: dict[int, list[torch.Tensor]] = {r: [] for r in RADII}
     for item in items:
         raw = _features(store, item.path, 448, args.brightness)[:, :, BLOCK - 1]
@@ -96,22 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     for q in QUANTILES:
         rows[f"minus q{q}"] = [b - torch.quantile(b.flatten(), q) for b in bank]
         rows[f"over q{q}"] = [b / torch.quantile(b.flatten(), q).clamp_min(1e-6) for b in bank]
-    table: dict[str, dict[str, float]] = {}
-    for name, maps in rows.items():
-        data.knn[key] = maps
-        table[name] = {k: round(v, 4) for k, v in score(data, blocks=(BLOCK,), masking="off").items()
-                       if k != "masking_active"}
-        print(f"{args.category} seed {args.seed}  {name:<12} image AUROC {table[name]['image_auroc']:.3f}  "
-              f"AUPRO {table[name]['aupro']:.3f}  pixel AUROC {table[name]['pixel_auroc']:.3f}", flush=True)
-    if args.json is not None:
-        out: dict[str, Any] = {"category": args.category, "seed": args.seed, "shots": 16, "brightness": args.brightness,
-                               "test_images": len(items), "block": BLOCK, "shorter_side": 448,
-                               "weights_sha256": resolved.info.sha256[:12], "rows": table,
-                               "seconds": round(time.perf_counter() - start),
-                               "command": "python -m benchmarks.self_reference " + " ".join(sys.argv[1:])}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.json, json.dumps(out, indent=2).encode())
-        print(f"wrote {args.json}")
+    table = {name: score_row(data, maps, f"{args.category} seed {args.seed}  {name:<12}")
+             for name, maps in rows.items()}
+    write_probe_json(args, "benchmarks.self_reference", resolved, len(items),
+                     {"seed": args.seed, "rows": table, "seconds": round(time.perf_counter() - start)})
     return 0
 
 
