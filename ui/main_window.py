@@ -642,23 +642,11 @@ class MainWindow(QMainWindow):
 
     def _defect_classes_of(self, name: str) -> tuple[str, ...]:
         """The recipe's own defect classes (read from its file when its model is not loaded)."""
-        from ui.review_view import DEFAULT_DEFECT_CLASSES
+        from ui.review_reads import recipe_defect_classes
 
         path = self._recipe_file(name)
-        if path is None:
-            return DEFAULT_DEFECT_CLASSES
-        loaded = self.controller.loaded(path)
-        if isinstance(loaded, RecipeInspector):
-            recipe = loaded.recipe
-        else:
-            from inspector.recipe import load_recipe
-
-            try:
-                recipe = load_recipe(path)
-            except Exception as exc:           # a broken file: say so, offer the generic classes
-                log.warning("defect classes of %s unavailable: %s", path, exc)
-                return DEFAULT_DEFECT_CLASSES
-        return tuple(recipe.defect_classes) or DEFAULT_DEFECT_CLASSES
+        loaded = self.controller.loaded(path) if path is not None else None
+        return recipe_defect_classes(path, loaded.recipe if isinstance(loaded, RecipeInspector) else None)
 
     @Slot(object, str)
     def _on_taught(self, recipe: Path, version: str) -> None:

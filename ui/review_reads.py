@@ -3,6 +3,7 @@ thumbnails, and the selected inspection's picture and heatmap overlay. Plain dat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,14 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
+    from inspector.recipe import Recipe
     from inspector.store import InspectionRecord, Store, YieldRow
+
+log = logging.getLogger(__name__)
 
 THUMB_PX = 56                # thumbnail height in the table: enough to recognise a part, cheap to load
 PAGE_SIZE = 200              # inspections listed at once (newest first)
+DEFAULT_DEFECT_CLASSES = ("scratch", "crack", "contamination", "missing", "deformation", "other")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,3 +84,17 @@ def _read_image(path: str | None) -> np.ndarray | None:
         return None
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     return image if image is not None and image.size else None
+
+
+def recipe_defect_classes(path: Path | None, loaded: Recipe | None) -> tuple[str, ...]:
+    """The classes a reviewer picks from for a recipe: its own (``loaded``, the recipe of a model the station has
+    loaded, else read from its file at ``path``), or `DEFAULT_DEFECT_CLASSES` when it names none or cannot be read."""
+    recipe = loaded
+    if recipe is None and path is not None:
+        from inspector.recipe import load_recipe
+
+        try:
+            recipe = load_recipe(path)
+        except Exception as exc:           # a broken file: say so, offer the generic classes
+            log.warning("defect classes of %s unavailable: %s", path, exc)
+    return (tuple(recipe.defect_classes) if recipe is not None else ()) or DEFAULT_DEFECT_CLASSES

@@ -44,7 +44,14 @@ from ui.batch_review import ZERO_SHOT, BatchReview, BatchReviewPanel
 from ui.date_range import FollowingRange
 from ui.live_view import VERDICT_COLOURS, HeatmapView, region_size, short_source
 from ui.qimage import bgr_to_qimage
-from ui.review_reads import THUMB_PX, ReviewAnswer, ReviewFilters, query_inspections, read_record_images
+from ui.review_reads import (
+    DEFAULT_DEFECT_CLASSES,
+    THUMB_PX,
+    ReviewAnswer,
+    ReviewFilters,
+    query_inspections,
+    read_record_images,
+)
 from ui.workers import QueryRunner
 
 if TYPE_CHECKING:
@@ -55,7 +62,6 @@ __all__ = ["DEFAULT_DEFECT_CLASSES", "ZERO_SHOT", "BatchReviewPanel", "ModelVers
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEFECT_CLASSES = ("scratch", "crack", "contamination", "missing", "deformation", "other")
 
 FeedbackJob = Callable[[], Generator[Progress, None, str]]   # returns the new model version
 FeedbackRunner = Callable[[FeedbackJob], bool]               # runs a job on the window's thread; False: busy

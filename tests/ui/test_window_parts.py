@@ -127,3 +127,21 @@ def test_a_frames_shared_type_guess_is_written_once_and_a_confirmed_class_always
                region(30, guess="burnt", confirmed="crack"), region(20, confirmed=""), region(5)]
     assert region_labels(regions) == ["burnt 80 %", "40 px", "unknown type", "9 px", "crack", "crack", "20 px",
                                       "5 px"]
+
+
+def test_a_reviewer_picks_from_the_recipes_own_defect_classes(tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from inspector.recipe import load_recipe
+    from ui.review_reads import DEFAULT_DEFECT_CLASSES, recipe_defect_classes
+
+    repo = Path(__file__).resolve().parents[2]
+    recipe_file = Path(shutil.copy(repo / "recipes" / "fryum_demo.yaml", tmp_path / "fryum_demo.yaml"))
+    assert recipe_defect_classes(recipe_file, None) == ("burnt", "crack", "spot", "stuck_together", "other")
+    loaded = dataclasses.replace(load_recipe(recipe_file), defect_classes=("chip",))
+    assert recipe_defect_classes(recipe_file, loaded) == ("chip",)      # the running model's recipe first
+    assert recipe_defect_classes(None, None) == DEFAULT_DEFECT_CLASSES    # a recipe name no file answers to
+    recipe_file.write_text("name: [unclosed\n")
+    assert recipe_defect_classes(recipe_file, None) == DEFAULT_DEFECT_CLASSES   # broken: the generic classes
+    assert recipe_defect_classes(recipe_file, dataclasses.replace(loaded, defect_classes=())) == DEFAULT_DEFECT_CLASSES
