@@ -545,10 +545,11 @@ class ReviewView(QWidget):
         if reload_image:            # read off the GUI thread; the previous picture stays until it comes
             self._image = self._overlay = None
             self._loading = True
-            self.good_button.setEnabled(False)          # "actually good" adds the picture: wait for it
             self.pictures.submit(read_record_images(record), name="review-picture")
-        else:
+        elif not self._loading:     # a label given while the picture is read: it is drawn with it when it comes
             self._show_image()
+        if self._loading:
+            self.good_button.setEnabled(False)          # "actually good" adds the picture: wait for it
         self._show_details(record)
         chosen = self.class_box.currentText()         # a reviewer labelling a run of one kind keeps it chosen
         self.class_box.clear()

@@ -209,7 +209,10 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store, monkeypatch) ->
     view.select(0)
     view.mark_good()
     assert "still being read" in view.message.text() and not questions   # nothing asked (the events wait)
+    view.assign_class("crack", one)                     # a label given while the picture is read
+    assert view.view.result is not None                 # the screen is not blanked meanwhile
     qtbot.waitUntil(view.good_button.isEnabled, timeout=10_000)         # the picture came
+    assert view.view.result.image_bgr is not None and "crack" in {r.defect_class for r in view.view.result.regions}
     view.region_box.setCurrentIndex(0)
 
     view.mark_good()                                     # answered No: nothing recorded, no model
