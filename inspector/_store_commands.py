@@ -136,9 +136,11 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
 
         recipe = load_recipe(args.recipe_file)
         flt = dataclasses.replace(flt, recipe=flt.recipe or recipe.name)
-        scores, review, mean, std = st.teaching_scores(resolve_version(recipe).path)
-        drift = st.good_score_drift(store, flt, scores, review_threshold=review)
-        print(f"\ngood-score drift: {drift.message if drift else 'not enough recent PASS scores to judge'}")
+        version = resolve_version(recipe)
+        scores, review, mean, std = st.teaching_scores(version.path)
+        drift = st.good_score_drift(store, flt, scores, review_threshold=review, model_version=version.name)
+        print(f"\ngood-score drift (model {version.name}): "
+              f"{drift.message if drift else 'not enough recent PASS scores of it to judge'}")
         if std > 0:
             score_chart = st.score_chart(store, flt, mean=mean, sigma=std)
             print(f"score chart: {len(score_chart.points)} point(s), {len(score_chart.alarms)} alarm(s)")

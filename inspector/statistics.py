@@ -346,13 +346,17 @@ def teaching_scores(model_dir: Path) -> tuple[np.ndarray, float, float, float]:
 
 
 def good_score_drift(store: Store, flt: Filters, teaching_scores: np.ndarray, *, review_threshold: float,
-                     recent: int = DRIFT_RECENT) -> DriftReport | None:
+                     recent: int = DRIFT_RECENT, model_version: str | None = None) -> DriftReport | None:
     """The newest PASS scores against the teaching (leave-one-out) scores below the review threshold.
 
     Both sides are cut at the review threshold: a PASS score is below it by definition, so an uncut
-    teaching distribution would look like drift.
+    teaching distribution would look like drift. ``model_version``: only the parts that version scored (the
+    version the teaching scores come from); another version's scores are on its own scale, and a version taught
+    anew would otherwise raise a drift alarm on the old version's parts.
     """
     conds = [*flt.conditions(), inspections.c.verdict == Verdict.PASS.value, inspections.c.score.is_not(None)]
+    if model_version is not None:
+        conds.append(inspections.c.model_version == model_version)
     stmt = (sa.select(inspections.c.score).where(*conds)
             .order_by(inspections.c.time.desc()).limit(max(1, recent)))
     with store.engine.connect() as conn:

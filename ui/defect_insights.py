@@ -257,9 +257,9 @@ def _draw_insights(store: Store, flt: Filters, by: PChartBy, area: tuple[int, in
         except StoreError as exc:
             drift = f"good-score drift unknown: {exc}"
         else:
-            report = good_score_drift(store, flt, scores, review_threshold=review)
+            report = good_score_drift(store, flt, scores, review_threshold=review, model_version=model_dir.name)
             drift = ("good-score drift: " + report.message if report is not None
-                     else "good-score drift: not enough recent PASS scores to judge")
+                     else f"good-score drift: not enough recent PASS scores of model {model_dir.name} to judge")
             drifted = report is not None and report.drifted
     return InsightsDrawing(insights=found, pareto=ParetoBars.from_rows(found.pareto),
                            fail_rate=ControlChartLines.from_chart(found.fail_rate), location_bgr=heat,

@@ -149,6 +149,10 @@ def test_drift_compares_recent_pass_scores_with_the_teaching_scores(store: Store
     assert not st.good_score_drift(store, flt, taught_here, review_threshold=0.5).drifted  # type: ignore[union-attr]
     moved = st.good_score_drift(store, flt, taught_darker, review_threshold=0.5)
     assert moved is not None and moved.drifted and moved.n_recent == 500
+    # a version taught since (its own, darker scale) judges only the parts it scored: none yet, so no alarm
+    assert st.good_score_drift(store, flt, taught_darker, review_threshold=0.5, model_version="v2") is None
+    same = st.good_score_drift(store, flt, taught_darker, review_threshold=0.5, model_version="v1")
+    assert same is not None and same.drifted and same.n_recent == 500
 
 
 def test_exports_write_regions_with_confirmed_and_predicted_types(store: Store, tmp_path: Path) -> None:
