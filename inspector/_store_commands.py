@@ -129,7 +129,7 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
               f"{len(chart.points)} group(s), {len(chart.alarms)} alarm(s)")
         for alarm in chart.alarms:
             print(f"  ALARM {alarm.rule}: {alarm.message}")
-    recipe = None
+    recipe, version = None, None
     if args.recipe_file is not None:
         from inspector.recipe import load_recipe
         from inspector.versions import resolve_version
@@ -166,12 +166,9 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
             cv2.imwrite(str(args.charts / "locations.png"), st.location_heat_image(crop, locations.total()))
             written.append("locations.png")
         print(f"wrote {', '.join(written)} to {args.charts}")
-        if picture is not None and recipe is not None:
-            from inspector.versions import resolve_version
-
-            caveat = st.location_caveat(resolve_version(recipe).path)
-            if caveat:
-                print(f"locations.png shows {caveat}")
+        caveat = st.location_caveat(version.path) if picture is not None and version is not None else None
+        if caveat:
+            print(f"locations.png shows {caveat}")
 
 
 def _location_picture(reference: Path | None, recipe: Recipe | None

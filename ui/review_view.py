@@ -57,11 +57,11 @@ from ui.workers import QueryRunner
 if TYPE_CHECKING:
     from inspector.store import InspectionRecord, Store, YieldRow
 
-# BatchReviewPanel and ZERO_SHOT live in ui.batch_review; re-exported here for older imports.
+# BatchReviewPanel and ZERO_SHOT live in ui.batch_review, DEFAULT_DEFECT_CLASSES in ui.review_reads; re-exported here
+# for older imports.
 __all__ = ["DEFAULT_DEFECT_CLASSES", "ZERO_SHOT", "BatchReviewPanel", "ModelVersionOps", "ReviewView"]
 
 log = logging.getLogger(__name__)
-
 
 FeedbackJob = Callable[[], Generator[Progress, None, str]]   # returns the new model version
 FeedbackRunner = Callable[[FeedbackJob], bool]               # runs a job on the window's thread; False: busy
