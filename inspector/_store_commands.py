@@ -142,7 +142,7 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
         print(f"\ngood-score drift (model {version.name}): "
               f"{drift.message if drift else 'not enough recent PASS scores of it to judge'}")
         if std > 0:
-            score_chart = st.score_chart(store, flt, mean=mean, sigma=std)
+            score_chart = st.score_chart(store, flt, mean=mean, sigma=std, model_version=version.name)
             print(f"score chart: {len(score_chart.points)} point(s), {len(score_chart.alarms)} alarm(s)")
             for alarm in score_chart.alarms[-5:]:
                 print(f"  ALARM {alarm.rule}: {alarm.message}")

@@ -309,10 +309,12 @@ def fail_rate_chart(store: Store, flt: Filters = Filters(), *, by: SpcGroup = "l
     return p_chart(fail_rate_groups(store, flt, by=by), centre=centre, recipe=flt.recipe or "")
 
 
-def score_chart(store: Store, flt: Filters, *, mean: float, sigma: float, limit: int = 2000) -> ControlChart:
-    """Individuals chart of the newest ``limit`` scores against the taught mean and sigma."""
+def score_chart(store: Store, flt: Filters, *, mean: float, sigma: float, limit: int = 2000,
+                model_version: str | None = None) -> ControlChart:
+    """Individuals chart of the newest ``limit`` scores against the taught mean and sigma; with ``model_version``
+    (the version taught with that mean and sigma), only the scores that version gave."""
     points = store.score_series(recipe=flt.recipe, line=flt.line, lot=flt.lot, since=flt.since,
-                                until=flt.until, limit=limit)
+                                until=flt.until, limit=limit, model_version=model_version)
     keys = [dt.datetime.fromtimestamp(p.time).isoformat(timespec="seconds") for p in points]
     return individuals_chart([p.score for p in points], mean=mean, sigma=sigma, keys=keys,
                              recipe=flt.recipe or "")

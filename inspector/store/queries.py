@@ -252,9 +252,13 @@ class StoreQueries:
         since: float | None = None,
         until: float | None = None,
         limit: int = 5000,
+        model_version: str | None = None,
     ) -> list[ScorePoint]:
-        """The newest ``limit`` scored inspections, oldest first (ERROR results have no score)."""
+        """The newest ``limit`` scored inspections, oldest first (ERROR results have no score); with
+        ``model_version``, only those that version scored (each version's scores are on its own scale)."""
         conds = inspection_conditions(recipe=recipe, line=line, lot=lot, since=since, until=until)
+        if model_version is not None:
+            conds.append(inspections.c.model_version == model_version)
         stmt = (sa.select(inspections.c.time, inspections.c.score, inspections.c.verdict)
                 .where(inspections.c.score.is_not(None), *conds)
                 .order_by(inspections.c.time.desc(), inspections.c.id.desc()).limit(max(0, limit)))

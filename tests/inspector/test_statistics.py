@@ -153,6 +153,10 @@ def test_drift_compares_recent_pass_scores_with_the_teaching_scores(store: Store
     assert st.good_score_drift(store, flt, taught_darker, review_threshold=0.5, model_version="v2") is None
     same = st.good_score_drift(store, flt, taught_darker, review_threshold=0.5, model_version="v1")
     assert same is not None and same.drifted and same.n_recent == 500
+    # the score chart against v2's taught mean and sigma: v2 scored nothing yet
+    assert st.score_chart(store, flt, mean=0.15, sigma=0.01, model_version="v2").points == ()
+    assert len(st.score_chart(store, flt, mean=0.15, sigma=0.01, model_version="v1").points) == 600
+    assert len(st.score_chart(store, flt, mean=0.15, sigma=0.01).points) == 600
 
 
 def test_exports_write_regions_with_confirmed_and_predicted_types(store: Store, tmp_path: Path) -> None:
