@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal, Slot
-from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtGui import QCloseEvent, QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -462,6 +462,10 @@ class ReviewView(QWidget):
         self.good_button.setEnabled(self._current is not None and not self._loading)
         self.message.setText(f"Recorded as good, but the model update failed: {text}")
         self._pending_recipe = None
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()                    # no read outlives the screen (a window of its own, as in tests)
+        super().closeEvent(event)
 
     def shutdown(self) -> None:
         """Cancel a running batch review and join its thread and the reads under way."""

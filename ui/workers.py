@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, SignalInstance, Slot
 
 from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Progress
@@ -303,6 +303,14 @@ class QueryRunner(QObject):
         self._latest = 0
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
+        self._delivering = threading.Lock()    # an answer is emitted whole or not at all once closed
+        closed, delivering = self._closed, self._delivering
+
+        def owner_gone() -> None:            # not a method: it runs while the object is being deleted
+            with delivering:
+                closed.set()
+
+        self.destroyed.connect(owner_gone, Qt.ConnectionType.DirectConnection)
 
     def submit(self, fn: Callable[[], object], *, name: str = "query") -> int:
         """Run ``fn()`` on a new thread; returns the request id that ``ready``/``failed`` will carry."""
@@ -314,11 +322,9 @@ class QueryRunner(QObject):
                 value = fn()
             except Exception as exc:       # delivered, not swallowed
                 log.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
-                if not self._closed.is_set():
-                    self.failed.emit(request, exc)
+                self._deliver(self.failed, request, exc)
                 return
-            if not self._closed.is_set():
-                self.ready.emit(request, value)
+            self._deliver(self.ready, request, value)
 
         self._threads = [t for t in self._threads if t.is_alive()]
         thread = threading.Thread(target=run, name=f"inspector-{name}", daemon=True)
@@ -341,5 +347,20 @@ class QueryRunner(QObject):
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop delivering and join the running requests (the view is closing)."""
-        self._closed.set()
+        self._close()
         self.wait(timeout)
+
+    def _close(self) -> None:
+        with self._delivering:            # an emit under way ends first; none starts after
+            self._closed.set()
+
+    def _deliver(self, signal: SignalInstance, request: int, value: object) -> None:
+        """Emit an answer from the reading thread unless the runner was shut down or its owner deleted
+        (a view closed while a slow read ran: nobody is left to take the answer)."""
+        with self._delivering:
+            if self._closed.is_set():
+                return
+            try:
+                signal.emit(request, value)
+            except RuntimeError:          # the Qt object went away without shutdown (its parent deleted)
+                self._closed.set()

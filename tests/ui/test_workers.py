@@ -7,13 +7,14 @@ from collections.abc import Generator
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QObject, QThread, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QThread, Slot
+from PySide6.QtWidgets import QWidget
 
 from inspector.results import Progress
 from tests.ui.conftest import DarkSpotInspector
 from ui.live_view import HeatmapView
 from ui.qimage import bgr_to_qimage, heatmap_rgba
-from ui.workers import JobRunner, PipelineBridge, call_as_job, running_job_threads
+from ui.workers import JobRunner, PipelineBridge, QueryRunner, call_as_job, running_job_threads
 
 
 class _Receiver(QObject):
@@ -98,6 +99,29 @@ def test_cancel_stops_at_the_next_yield_and_shutdown_joins(qtbot) -> None:
     runner.start(call_as_job(lambda: 42, "answer"), name="second")     # the old thread is collected
     assert runner.shutdown()
     assert running_job_threads() == []
+
+
+def test_a_read_outliving_its_deleted_screen_ends_quietly(qtbot) -> None:
+    """A screen deleted (its window closed) while its read still runs: the reading thread's answer has nowhere
+    to go and must not raise there (seen in CI: "Signal source has been deleted" from a Review picture read)."""
+    crashes: list[BaseException | None] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: crashes.append(args.exc_value)
+    try:
+        screen = QWidget()
+        reads = QueryRunner(screen)
+        answers: list[object] = []
+        reads.ready.connect(lambda request, value: answers.append(value))
+        release = threading.Event()
+        reads.submit(lambda: release.wait(10) and "picture", name="slow-read")
+        screen.deleteLater()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)     # deleted, read under way
+        release.set()
+        assert reads.wait(10)
+        qtbot.wait(50)
+    finally:
+        threading.excepthook = hook
+    assert crashes == [] and answers == []
 
 
 def test_heatmap_view_converts_only_the_newest_result(qtbot) -> None:
