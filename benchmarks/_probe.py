@@ -50,10 +50,13 @@ def open_probe(args: argparse.Namespace, *, threads: int
     return store, resolved, category, list(subset_test(category.test, args.limit_test or None, seed=0))
 
 
-def score_row(data: SweepData, maps: list[torch.Tensor], label: str) -> dict[str, float]:
-    """Image AUROC, AUPRO and pixel AUROC of one row's maps (printed after ``label``)."""
+def score_row(data: SweepData, maps: list[torch.Tensor], label: str, *, fused: dict[str, Any] | None = None
+              ) -> dict[str, float]:
+    """Image AUROC, AUPRO and pixel AUROC of one row's maps (printed after ``label``); ``fused``: sweep settings
+    that fuse them with other parts into the image score (the maps stay this row's)."""
     data.knn[KEY] = maps
-    row = {k: round(v, 4) for k, v in score(data, blocks=(BLOCK,), masking="off").items() if k != "masking_active"}
+    row = {k: round(v, 4) for k, v in score(data, blocks=(BLOCK,), masking="off", **(fused or {})).items()
+           if k != "masking_active"}
     print(f"{label} image AUROC {row['image_auroc']:.3f}  AUPRO {row['aupro']:.3f}  "
           f"pixel AUROC {row['pixel_auroc']:.3f}", flush=True)
     return row

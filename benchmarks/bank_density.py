@@ -9,12 +9,18 @@ scored by (paired rows beside today's ``bank``, same search, bank and images; ``
 
 - ``ratio floor F``: d / (r(m) + F), F a share of the bank's median or 90th-percentile radius (a floor, so that a
   dense region's tiny radius does not blow the ratio up);
-- ``minus A``: d - A r(m).
+- ``minus A``: d - A r(m);
+- ``scaled nearest``: the least d(q, m') / (r(m') + F) over every bank patch m' (the nearest in units of each good
+  patch's own spread: one search, no index to carry; the form the product's search paths could take).
+
+Rows marked ``fused`` are the product's image score: the row's r = 1 map fused with the coarse r = 5 part (weight
+0.2, each part over its good shots' mean leave-one-out score); their leave-one-out maps use the radii of the bank
+without that shot, recomputed.
 
 Conditions: block 8, pooling r = 1, k = 1, top 1 %, sigma 4, masking off, the product's brightness rule given per
-category (``--brightness``), shorter side 448, 16 good shots; no second scale (the product's r = 5 image score), so
-"bank" is the r = 1 part of today's default, not its full score. Image AUROC, AUPRO and pixel AUROC per row.
-Measured, not in the product.
+category (``--brightness``), shorter side 448, 16 good shots; the rows without ``fused`` have no second scale (the
+product's r = 5 image score): there "bank" is the r = 1 part of today's default, not its full score. Image AUROC,
+AUPRO and pixel AUROC per row. Measured, not in the product.
 
 Usage (from the repository root; features from the shared fp16 cache):
     python -m benchmarks.bank_density --data ../shared/data --category mvtec_transistor --brightness standardise \\
@@ -37,21 +43,13 @@ if str(REPO) not in sys.path:          # run as a script: make `models` and `ben
 from benchmarks._features import FeatureStore  # noqa: E402
 from benchmarks._probe import BLOCK, KEY, open_probe, probe_parser, score_row, write_probe_json  # noqa: E402
 from benchmarks._sweep import _features, collect  # noqa: E402
+from models.detectors._knn import bank_spread, knn_distances  # noqa: E402
 from models.evaluation import Category, TestItem, select_shots  # noqa: E402
 
+COARSE: Final = ((BLOCK,), 5)           # the product's second scale: pooling r = 5, weight 0.2 (issue 11's eighth look)
+FUSED: Final = {"pools": (1, 5), "fusion": "sum_z_proportional", "z_weights": (1.0, 0.2)}
 FLOORS: Final = (("2.0 med", 0.5, 2.0), ("1.0 q90", 0.9, 1.0), ("2.0 q90", 0.9, 2.0))   # (name, quantile, share)
 SHARES: Final = (0.25, 0.5)
-
-
-def bank_radii(bank: torch.Tensor, owner: torch.Tensor, *, chunk: int = 2048) -> torch.Tensor:
-    """(M, D) unit bank features and (M,) owner image ids -> (M,) cosine distance of each bank patch to the
-    nearest patch of another image (inf where the bank holds one image only)."""
-    out = torch.empty(len(bank))
-    for start in range(0, len(bank), chunk):
-        sims = bank[start : start + chunk] @ bank.T
-        sims.masked_fill_(owner[start : start + chunk, None] == owner[None], -float("inf"))
-        out[start : start + chunk] = (1.0 - sims.amax(dim=1)).clamp(min=0.0)
-    return out
 
 
 def nearest_with_radius(queries: torch.Tensor, bank: torch.Tensor, radii: torch.Tensor
@@ -69,28 +67,60 @@ def run_seed(store: FeatureStore, category: Category, items: list[TestItem], see
              ) -> dict[str, dict[str, float]]:
     """Every row's image AUROC, AUPRO and pixel AUROC for one draw of 16 good shots."""
     train = select_shots(category.train_good, 16, seed=seed)
-    data = collect(store, category, train, items, [KEY], k_max=1, dtype=torch.float32, brightness=brightness)
+    data = collect(store, category, train, items, [KEY, COARSE], k_max=1, dtype=torch.float32, brightness=brightness,
+                   loo=True)
     shots = [_unit(_features(store, p, 448, brightness)[:, :, BLOCK - 1]) for p in train]
     bank = torch.cat([f.reshape(-1, f.shape[-1]) for f in shots])
     owner = torch.cat([torch.full((f.shape[0] * f.shape[1],), j) for j, f in enumerate(shots)])
-    radii = bank_radii(bank, owner)
+    spread_of = bank_spread(bank, owner)
+    radii = spread_of.nearest
     spread = [round(float(v), 4) for v in torch.quantile(radii, torch.tensor([0.1, 0.5, 0.9]))]
     print(f"{category.name} seed {seed}  bank of {len(bank)} patches, radius 10th / 50th / 90th percentile {spread}",
           flush=True)
-    dist, near = [], []
+    floor = 2.0 * float(torch.quantile(radii, 0.5))
+    dist, near, scaled = [], [], []
     for item in items:
         q = _unit(_features(store, item.path, 448, brightness)[:, :, BLOCK - 1])
         h, w, d = q.shape
         found = nearest_with_radius(q.reshape(h * w, d), bank, radii)
         dist.append(found[0].reshape(h, w, 1))
         near.append(found[1].reshape(h, w, 1))
+        scaled.append(knn_distances(q.reshape(h * w, d), bank, bank_scale=radii + floor).reshape(h, w, 1))
     rows: dict[str, list[torch.Tensor]] = {"bank": list(data.knn[KEY])}
     for name, quantile, share in FLOORS:
-        floor = share * float(torch.quantile(radii, quantile))
-        rows[f"ratio floor {name}"] = [a / (r + floor) for a, r in zip(dist, near, strict=True)]
+        level = share * float(torch.quantile(radii, quantile))
+        rows[f"ratio floor {name}"] = [a / (r + level) for a, r in zip(dist, near, strict=True)]
     for share in SHARES:
         rows[f"minus {share}"] = [a - share * r for a, r in zip(dist, near, strict=True)]
-    return {name: score_row(data, maps, f"{category.name} seed {seed}  {name:<18}") for name, maps in rows.items()}
+    rows["scaled nearest 2.0 med"] = scaled
+    out = {name: score_row(data, maps, f"{category.name} seed {seed}  {name:<18}") for name, maps in rows.items()}
+    # the product's image score: the r = 1 part fused with the coarse r = 5 part, spreads in proportion to the
+    # good shots' leave-one-out means; the spread rows replace the r = 1 part (test and leave-one-out maps)
+    loo_dist, loo_near, loo_floor, loo_scaled = [], [], [], []
+    for j, f in enumerate(shots):
+        keep = owner != j
+        radii_j = spread_of.without(j)[keep]
+        h, w, d = f.shape
+        found = nearest_with_radius(f.reshape(h * w, d), bank[keep], radii_j)
+        loo_dist.append(found[0].reshape(h, w, 1))
+        loo_near.append(found[1].reshape(h, w, 1))
+        loo_floor.append(2.0 * float(torch.quantile(radii_j, 0.5)))
+        loo_scaled.append(knn_distances(f.reshape(h * w, d), bank[keep], bank_scale=radii_j + loo_floor[-1])
+                          .reshape(h, w, 1))
+    plain_loo = list(data.loo_knn[KEY])
+    fused_rows = {
+        "bank, fused": (rows["bank"], plain_loo),
+        "ratio floor 2.0 med, fused": ([a / (r + floor) for a, r in zip(dist, near, strict=True)],
+                                       [a / (r + fl) for a, r, fl in zip(loo_dist, loo_near, loo_floor, strict=True)]),
+        "minus 0.25, fused": ([a - 0.25 * r for a, r in zip(dist, near, strict=True)],
+                              [a - 0.25 * r for a, r in zip(loo_dist, loo_near, strict=True)]),
+        "scaled nearest 2.0 med, fused": (scaled, loo_scaled),
+    }
+    for name, (maps, loo_maps) in fused_rows.items():
+        data.loo_knn[KEY] = loo_maps
+        out[name] = score_row(data, maps, f"{category.name} seed {seed}  {name:<18}", fused=FUSED)
+    data.knn[KEY], data.loo_knn[KEY] = rows["bank"], plain_loo
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

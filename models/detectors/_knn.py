@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["compute_dtype", "greedy_coreset", "knn_distances"]
+__all__ = ["BankSpread", "bank_spread", "compute_dtype", "greedy_coreset", "knn_distances"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def knn_distances(
     query_pos: torch.Tensor | None = None,
     bank_pos: torch.Tensor | None = None,
     radius: float | None = None,
+    bank_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cosine distance of each query to its ``k`` nearest bank entries.
 
@@ -55,6 +57,9 @@ def knn_distances(
             ``bank_pos`` and ``radius``, only bank entries within ``radius`` (Euclidean) count.
         bank_pos: (M, 2) float32 (y, x) position of each bank entry.
         radius: search radius in the same normalised coordinates; None searches everywhere.
+        bank_scale: (M,) float32 positive unit per bank entry: each distance is divided by its entry's unit
+            before the nearest are taken (a query is judged in units of the spread of the good patches it
+            lies near; `bank_spread`). None: plain distances.
 
     Returns:
         (Q,) float32 cosine distances in [0, 2] (``1 - cos``), on the queries' device; ``inf``
@@ -72,9 +77,13 @@ def knn_distances(
         raise ValueError(msg)
     r2 = float(radius) ** 2 if radius is not None else 0.0
     n_queries, n_bank = queries.shape[0], bank.shape[0]
+    if bank_scale is not None and bank_scale.shape != (n_bank,):
+        msg = f"bank_scale must be ({n_bank},), one unit per bank entry, got {tuple(bank_scale.shape)}"
+        raise ValueError(msg)
     if n_queries == 0 or n_bank == 0:
         return torch.full((n_queries,), math.inf, dtype=torch.float32, device=queries.device)
     dtype = compute_dtype(bank.device)
+    inverse_scale = None if bank_scale is None else 1.0 / bank_scale.float()
     k_eff = min(k, n_bank)
     step = n_queries if query_chunk_size is None else query_chunk_size
     parts: list[torch.Tensor] = []
@@ -94,6 +103,10 @@ def knn_distances(
             if q_pos is not None and bank_pos is not None:
                 far = torch.cdist(q_pos, bank_pos[b0 : b0 + chunk_size]).square_() > r2
                 sim.masked_fill_(far, -math.inf)
+            if inverse_scale is not None:   # largest is nearest still: (cos - 1) / unit, the negated scaled distance
+                sim = sim.float() if sim.dtype != torch.float32 else sim
+                unit = inverse_scale[None, b0 : b0 + chunk_size]
+                sim.mul_(unit).sub_(unit)    # in place: two passes over the block, no new one
             if k_eff == 1:
                 top = sim.amax(dim=1, keepdim=True).float()
                 best = top if best is None else torch.maximum(best, top)
@@ -105,9 +118,66 @@ def knn_distances(
             msg = "empty bank"
             raise ValueError(msg)
         # cosine distance; only the lower bound is clamped so that "no neighbour allowed" stays inf
-        dist = (1.0 - best).clamp(min=0.0)
+        dist = (-best if inverse_scale is not None else 1.0 - best).clamp(min=0.0)
         parts.append(dist.mean(dim=1) if k_eff > 1 else dist[:, 0])
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class BankSpread:
+    """How far each bank entry lies from the good images other than its own: ``nearest`` (M,) the cosine distance
+    to the nearest entry of another image, ``nearest_owner`` (M,) that image, ``second`` (M,) the distance to the
+    nearest entry of a third image (inf where there is none). ``without(j)`` gives the radii of a bank without
+    image j exactly (a leave-one-out bank's own spread, no second search)."""
+
+    nearest: torch.Tensor
+    nearest_owner: torch.Tensor
+    second: torch.Tensor
+
+    def without(self, owner: int) -> torch.Tensor:
+        """(M,) each entry's distance to the nearest entry of another image, image ``owner`` left out (rows of
+        ``owner`` itself included: the caller drops them)."""
+        return torch.where(self.nearest_owner == owner, self.second, self.nearest)
+
+
+def bank_spread(bank: torch.Tensor, owner: torch.Tensor, *, query_chunk_size: int = 1024,
+                chunk_size: int = 16384) -> BankSpread:
+    """The bank's own spread (`BankSpread`): each entry against the entries of the other images, in blocks.
+
+    Args:
+        bank: (M, D) L2-normalised features.
+        owner: (M,) int64 image id of each entry.
+    """
+    if bank.ndim != 2 or owner.shape != (bank.shape[0],):
+        msg = f"bank {tuple(bank.shape)} and owner {tuple(owner.shape)} must be (M, D) and (M,)"
+        raise ValueError(msg)
+    dtype = compute_dtype(bank.device)
+    n = bank.shape[0]
+    first = torch.full((n,), -math.inf, device=bank.device)
+    first_owner = torch.full((n,), -1, dtype=torch.int64, device=bank.device)
+    second = torch.full((n,), -math.inf, device=bank.device)
+    for q0 in range(0, n, query_chunk_size):
+        q = bank[q0 : q0 + query_chunk_size].to(dtype)
+        q_owner = owner[q0 : q0 + query_chunk_size, None]
+        v1, o1, v2 = first[q0 : q0 + len(q)], first_owner[q0 : q0 + len(q)], second[q0 : q0 + len(q)]
+        for b0 in range(0, n, chunk_size):
+            b_owner = owner[None, b0 : b0 + chunk_size]
+            sim = (q @ bank[b0 : b0 + chunk_size].to(dtype).T).float()
+            sim.masked_fill_(q_owner == b_owner, -math.inf)                 # not against its own image
+            top, index = sim.max(dim=1)
+            top_owner = torch.where(torch.isfinite(top), b_owner[0, index], -1)
+            sim.masked_fill_(b_owner == top_owner[:, None], -math.inf)
+            runner_up = sim.amax(dim=1)                                     # the block's best of another image
+            # merge the block's (top, its image, best of another image) into the running three
+            same = top_owner == o1
+            keep_first = v1 >= top
+            new_second = torch.where(same, torch.maximum(v2, runner_up),
+                                     torch.where(keep_first, torch.maximum(v2, top), torch.maximum(runner_up, v1)))
+            o1.copy_(torch.where(keep_first, o1, top_owner))
+            v1.copy_(torch.maximum(v1, top))
+            v2.copy_(new_second)
+    return BankSpread(nearest=(1.0 - first).clamp(min=0.0), nearest_owner=first_owner,
+                      second=(1.0 - second).clamp(min=0.0))
 
 
 def greedy_coreset(
