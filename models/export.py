@@ -206,9 +206,11 @@ class _DetectorGraph(nn.Module):
         self.core = detector.core.replace(backbone=_static_backbone(detector.backbone, input_hw),
                                           chunk_size=chunk_rows, query_chunk_size=None, precision="fp32")
         self.register_buffer("memory_bank", detector.memory_bank.detach().float().cpu().contiguous())
+        units = detector.spread.scale           # config.bank_spread: a constant of the graph too
+        self.register_buffer("bank_scale", None if units is None else units.detach().float().cpu().contiguous())
 
     def forward(self, images: torch.Tensor) -> CoreScores:
-        return self.core(images, self.memory_bank)  # type: ignore[no-any-return]
+        return self.core(images, self.memory_bank, self.bank_scale)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------------------- export

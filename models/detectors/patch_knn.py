@@ -20,7 +20,8 @@ rotations (on by default), a fallback when a test frame's mask is nearly empty (
 not pass because everything was masked out; on by default), leave-one-out scores of the training
 images for calibration, a coarser second scale whose image score joins the patch score (``_scales``; on
 by default), patches compared in the good patches' whitened feature space (``_whitening``; a teach-step choice),
-and tiling of high-resolution frames (``patch_knn_tiled``; off by default).
+distances in units of the good bank's own spread (``_spread``; off by default), and tiling of high-resolution
+frames (``patch_knn_tiled``; off by default).
 
 Example:
     >>> backbone = create_backbone("vit_small_patch14_dinov2", state_dict=weights.state_dict)
@@ -49,6 +50,7 @@ from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import config_masks, decide_brightness, decide_masking, with_fallback
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
 from models.detectors._scales import SecondScale
+from models.detectors._spread import SpreadScale
 from models.detectors._views import extract_views
 from models.detectors.one_shot import region_leave_out_scores
 from models.detectors.patch_knn_config import PatchKNNConfig
@@ -141,6 +143,7 @@ class PatchKNN(nn.Module):
         self._aligned = AlignedScoring(cfg)  # config.alignment: position restriction + global term
         # config.second_scale: the coarse scale's image score, in the core's feature space (config.whitening)
         self._scales = SecondScale(cfg, empty_bank, self._core.whitening)
+        self.spread = SpreadScale(cfg.bank_spread)  # config.bank_spread: the bank's own spread as the unit
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"
@@ -325,11 +328,13 @@ class PatchKNN(nn.Module):
         if self.masking_active and foreground:
             self._keep_rows(torch.cat(foreground))
         self._shrink_bank()
+        self.spread.fit(self.memory_bank, self.bank_owner, usable=not tiled)
         logger.info("patch_knn fitted on %d frame(s)%s: bank of %d patches (from %d), masking %s",
                     total, " with rotations" if rotate else "", self.bank_size, n_before,
                     "on" if self.masking_active else "off")
         if tiled:
-            self._tiles_leave_one_out(parts.loo)
+            self.train_scores, self.train_maps = self._tiles.leave_one_out_all(parts.loo, self.memory_bank,
+                                                                               self.bank_owner)
         elif total == 1:   # nothing to leave out: regions of the one frame instead (models.detectors.one_shot)
             if cfg.alignment != "off":
                 logger.warning("patch_knn alignment %r is not used with one good frame (nothing to fuse on)",
@@ -442,6 +447,7 @@ class PatchKNN(nn.Module):
             self._keep_rows(torch.cat([torch.ones(n_before, dtype=torch.bool, device=self.bank_owner.device),
                                        *(rows.to(self.bank_owner.device) for rows in foreground)]))
         self.n_images += len(images)
+        self.spread.fit(self.memory_bank, self.bank_owner)      # the new frames' patches have units too
         logger.info("patch_knn: added %d good frame(s); bank now %d patches", len(images), self.bank_size)
 
     # ------------------------------------------------------------------ predict
@@ -494,7 +500,7 @@ class PatchKNN(nn.Module):
                     image_scores, full, raw = self._score_frames_and_features(uploaded, geo)
                 elif self.uses_cuda_graphs:
                     image_scores, full = self._graphs.run(functools.partial(self._score_frames, geo=geo), uploaded,
-                                                          reads=(self.memory_bank,))
+                                                          reads=self._graph_reads())
                 else:
                     image_scores, full = self._score_frames(uploaded, geo)
                 scores_np, full_np = self._staging.download(image_scores, full)
@@ -510,6 +516,9 @@ class PatchKNN(nn.Module):
         if len(by_size) == 1:
             return Detection(pred_score=scores, anomaly_map=np.stack(out_maps), patch_features=out_features)
         return Detection(pred_score=scores, anomaly_map=out_maps, patch_features=out_features)
+
+    def _graph_reads(self) -> tuple[torch.Tensor, ...]:
+        return (self.memory_bank,) if self.spread.scale is None else (self.memory_bank, self.spread.scale)
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -530,7 +539,7 @@ class PatchKNN(nn.Module):
         x = to_model_input(frames, shorter_side=self._config.shorter_side, patch_size=self._backbone.patch_size,
                            device=self.device)
         if not self.masking_active and self.search_radius is None and not self._scales.active:
-            scores, raw = self._core.score(x, self.memory_bank)      # the exported graph's arithmetic
+            scores, raw = self._core.score(x, self.memory_bank, self.spread.scale)   # as the exported graph
             return scores.pred_score, uncrop_maps(scores.anomaly_map[:, None], geo), raw
         raw = self._core.extract(x)
         masks = self._scored_masks(raw) if self.masking_active else None   # once for both scales
@@ -618,9 +627,10 @@ class PatchKNN(nn.Module):
             raise ValueError(msg)
         feats = (self._scales.embed(raw) if coarse else self._embed(raw)).reshape(-1, d)
         memory_bank = self._scales.bank if coarse else self.memory_bank
+        units = None if coarse else self.spread.for_owner(owner)      # config.bank_spread
         if not self.masking_active and radius is None and owner is None and not coarse:
             # every patch is scored: no boolean indexing (a host synchronisation on CUDA)
-            return self._core.patch_scores(raw, self.memory_bank)
+            return self._core.patch_scores(raw, self.memory_bank, units)
         keep = torch.ones(b * h * w, dtype=torch.bool, device=raw.device)
         if self.masking_active:   # a frame that lost its part is scored everywhere (with_fallback)
             keep = (self._scored_masks(raw) if masks is None else masks).reshape(-1)
@@ -632,7 +642,7 @@ class PatchKNN(nn.Module):
         dists = knn_distances(feats[keep], memory_bank, k=cfg.k, chunk_size=cfg.chunk_size,
                               query_chunk_size=cfg.query_chunk_size,
                               query_owner=query_owner, bank_owner=bank_owner,
-                              query_pos=query_pos, bank_pos=self.bank_pos, radius=radius)
+                              query_pos=query_pos, bank_pos=self.bank_pos, radius=radius, bank_scale=units)
         if radius is not None:
             # No bank patch near enough (a radius below one patch, or an odd frame size): search everywhere.
             lost = ~torch.isfinite(dists)
@@ -640,18 +650,10 @@ class PatchKNN(nn.Module):
                 q_owner = query_owner[lost] if query_owner is not None else None
                 dists[lost] = knn_distances(feats[keep][lost], memory_bank, k=cfg.k,
                                             chunk_size=cfg.chunk_size, query_chunk_size=cfg.query_chunk_size,
-                                            query_owner=q_owner, bank_owner=bank_owner)
+                                            query_owner=q_owner, bank_owner=bank_owner, bank_scale=units)
         scores = torch.zeros(b * h * w, dtype=torch.float32, device=raw.device)
         scores[keep] = dists
         return scores.reshape(b, h, w)
-
-    @torch.inference_mode()
-    def _tiles_leave_one_out(self, items: list[tuple[int, torch.Tensor]]) -> None:
-        scored = [self._tiles.leave_one_out(owner, emb, self.memory_bank, self.bank_owner) for owner, emb in items]
-        kept = [x for x in scored if x is not None]
-        self.train_scores = np.asarray([score for score, _ in kept], dtype=np.float32)
-        self.train_maps = [amap for _, amap in kept]
-        logger.info("patch_knn tiled leave-one-out scores of %d frame(s)", len(kept))
 
     @torch.inference_mode()
     def _score_one_frame(self, raw: torch.Tensor, geo: FrameGeometry, turned: list[tuple[float, torch.Tensor]]) -> None:

@@ -94,6 +94,12 @@ class PatchKNNConfig:
     # shrink 3 chosen on those same sets (0.3, 1, 3, 10 measured; benchmarks/README.md)
     whitening: bool = False
     whitening_shrink: float = 3.0
+    # ours (issue 11, twenty-third look; models.detectors._spread): judge each patch's distance to the good bank in
+    # units of how widely good patches of that kind spread among the good frames (each bank patch's distance to
+    # the nearest patch of another good frame, plus a floor), so that a lead's edge that varies from part to part
+    # is not scored like a change on a plain background. Unused when tiled or fitted on one frame. Off as
+    # written; measured in benchmarks/README.md
+    bank_spread: bool = False
     # ours, for aligned parts: match only bank patches within this distance of the query's position,
     # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
     # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
@@ -173,6 +179,9 @@ class PatchKNNConfig:
             raise ValueError(msg)
         if not isinstance(self.whitening, bool):
             msg = f"PatchKNNConfig.whitening must be true or false, got {self.whitening!r}"
+            raise ValueError(msg)
+        if not isinstance(self.bank_spread, bool):
+            msg = f"PatchKNNConfig.bank_spread must be true or false, got {self.bank_spread!r}"
             raise ValueError(msg)
         shrink = self.whitening_shrink
         if isinstance(shrink, bool) or not isinstance(shrink, int | float) or not 0.0 < shrink <= 1000.0:

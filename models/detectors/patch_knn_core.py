@@ -106,13 +106,15 @@ class PatchKNNCore(nn.Module):
             return self.embed(raw[None])[0]
         return pooled_unit(raw, self.options.patch_pooling, self.whitening)
 
-    def patch_scores(self, raw: torch.Tensor, memory_bank: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, D) raw features -> (B, h, w) float32 distance of every patch to the bank."""
+    def patch_scores(self, raw: torch.Tensor, memory_bank: torch.Tensor,
+                     bank_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, h, w, D) raw features -> (B, h, w) float32 distance of every patch to the bank (in each bank
+        entry's unit, ``bank_scale``, when given: ``models.detectors._spread``)."""
         h, w, d = raw.shape[1], raw.shape[2], raw.shape[3]
         opts = self.options
         feats = self.embed(raw).reshape(-1, d)
         dists = knn_distances(feats, memory_bank, k=opts.k, chunk_size=opts.chunk_size,
-                              query_chunk_size=opts.query_chunk_size)
+                              query_chunk_size=opts.query_chunk_size, bank_scale=bank_scale)
         return dists.reshape(-1, h, w)
 
     def image_scores(self, patch_scores: torch.Tensor) -> torch.Tensor:
@@ -125,22 +127,25 @@ class PatchKNNCore(nn.Module):
         """(B, h, w) patch scores -> (B, H, W) blurred anomaly maps at the model input's ``size``."""
         return crop_maps(patch_scores, size, sigma=self.options.blur_sigma)[:, 0]
 
-    def score(self, images: torch.Tensor, memory_bank: torch.Tensor) -> tuple[CoreScores, torch.Tensor]:
+    def score(self, images: torch.Tensor, memory_bank: torch.Tensor,
+              bank_scale: torch.Tensor | None = None) -> tuple[CoreScores, torch.Tensor]:
         """``forward``, also returning the (B, h, w, D) raw features of the same backbone pass."""
         raw = self.extract(images)
-        patch_scores = self.patch_scores(raw, memory_bank)
+        patch_scores = self.patch_scores(raw, memory_bank, bank_scale)
         size = (int(images.shape[-2]), int(images.shape[-1]))
         return CoreScores(self.image_scores(patch_scores), self.maps(patch_scores, size)), raw
 
-    def forward(self, images: torch.Tensor, memory_bank: torch.Tensor) -> CoreScores:
+    def forward(self, images: torch.Tensor, memory_bank: torch.Tensor,
+                bank_scale: torch.Tensor | None = None) -> CoreScores:
         """Score every patch of normalised images against a memory bank.
 
         Args:
             images: (B, 3, H, W) float, ImageNet-normalised RGB (``models.preprocess.to_model_input``),
                 H and W multiples of the backbone's patch size.
             memory_bank: (M, D) L2-normalised good patches, float32 (float16 on CUDA), on the images' device.
+            bank_scale: (M,) float32 unit of each bank entry's distances (``_spread``); None: plain distances.
 
         Returns:
             ``CoreScores(pred_score (B,), anomaly_map (B, H, W))``, float32.
         """
-        return self.score(images, memory_bank)[0]
+        return self.score(images, memory_bank, bank_scale)[0]

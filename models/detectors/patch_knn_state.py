@@ -52,8 +52,8 @@ def export_state(detector: PatchKNN) -> tuple[dict[str, torch.Tensor], dict[str,
         info.update(detector.tiling.state())
     scale_tensors, scale_info = detector.second_scale.state()
     aligned_tensors, aligned_info = detector.alignment_state.state()
-    return ({**tensors, **scale_tensors, **aligned_tensors, **detector.core.whitening.state()},
-            {**info, **scale_info, **aligned_info})
+    extra = {**detector.core.whitening.state(), **detector.spread.state()}
+    return {**tensors, **scale_tensors, **aligned_tensors, **extra}, {**info, **scale_info, **aligned_info}
 
 
 def import_state(detector: PatchKNN, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
@@ -81,6 +81,7 @@ def import_state(detector: PatchKNN, tensors: dict[str, torch.Tensor], info: dic
     detector.core.whitening.load_state(tensors, feature_dim, dev)    # none saved (before whitening): identity
     detector.alignment_state.load_state(tensors, info, feature_dim)
     detector.second_scale.load_state(tensors, info, detector.memory_bank)
+    detector.spread.load_state(tensors, bank.shape[0], dev)          # none saved (unused, or before): plain
     if "bank_pos" in tensors and tensors["bank_pos"].shape == (bank.shape[0], 2):
         detector.bank_pos = tensors["bank_pos"].to(dev, torch.float32)
     elif detector.search_radius is not None:

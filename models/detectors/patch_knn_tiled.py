@@ -212,6 +212,15 @@ class TiledScoring:
         amap = anomaly_maps(stitched, layout.geo, sigma=self._config.blur_sigma, full_size=False)[0]
         return float(self.image_scores(stitched, layout)[0]), amap.cpu().numpy().astype(np.float32, copy=False)
 
+    def leave_one_out_all(self, items: list[tuple[int, torch.Tensor]], bank: torch.Tensor, bank_owner: torch.Tensor
+                          ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`leave_one_out` of every (owner, tiles) fit item -> (N,) float32 image scores and their maps (the
+        frames whose bank holds nothing else left out)."""
+        scored = [self.leave_one_out(owner, emb, bank, bank_owner) for owner, emb in items]
+        kept = [x for x in scored if x is not None]
+        logger.info("patch_knn tiled leave-one-out scores of %d frame(s)", len(kept))
+        return np.asarray([score for score, _ in kept], dtype=np.float32), [amap for _, amap in kept]
+
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         """Plain fields for ``models.saved`` (absent from models saved before tiling: they load untiled)."""

@@ -208,6 +208,22 @@ def test_a_whitened_detector_graph_carries_the_good_patches_map(
     assert np.abs(detector.predict(frames).pred_score - expected).max() > 1e-3
 
 
+def test_a_detector_graph_carries_the_bank_spread_units(backbone: DinoBackbone, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    config = PatchKNNConfig(shorter_side=SIDE, masking="off", second_scale=0, brightness="as_is", bank_spread=True)
+    detector = PatchKNN(backbone=backbone, config=config)
+    detector.fit([good_frame(rng) for _ in range(3)])
+    assert detector.spread.active
+    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW,
+                         verify_images=[good_frame(rng), defect_frame(rng)])
+    assert report.graph == "detector"
+    frames = [good_frame(np.random.default_rng(7)), defect_frame(np.random.default_rng(8))]
+    expected = detector.predict(frames).pred_score
+    np.testing.assert_allclose(OrtDetector(report.path, device="cpu").predict(frames).pred_score, expected, atol=1e-4)
+    detector.spread.scale = None                                      # the units are what the graph carries
+    assert np.abs(detector.predict(frames).pred_score - expected).max() > 1e-3
+
+
 # --------------------------------------------------------------------------------- self-check and errors
 
 
