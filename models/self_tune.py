@@ -298,7 +298,7 @@ class Candidate:
 
 def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int], n_images: int | None = None) -> list[Candidate]:
     """The candidates for ``n_images`` frames of ``frame_hw`` (H, W): the base config, pooling, the whitened feature
-    space, the bank's spread, turned views, tiling.
+    space, turned views, tiling.
 
     Pooling r = 3 (PatchCore's neighbourhood) is always a candidate (issue 11: measured better on
     one dev category, worse on two). Turned views of the good images in the bank, when "auto" rotations
@@ -308,9 +308,7 @@ def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int], n_images: in
     fryum +0.023 image AUROC, transistor's AUPRO -0.03). Tiling only when the base does not tile and the
     frames would shrink ``TILING_MIN_SCALE`` times or more untiled. The whitened feature space
     (``PatchKNNConfig.whitening``) untiled, unless the base whitens already (issue 11, twentieth look: chosen on
-    transistor, declined on the magnetic tile it would ruin). Distances in units of the bank's own spread
-    (``PatchKNNConfig.bank_spread``) untiled, unless the base has them (issue 11, twenty-third look: transistor
-    +0.03 image AUROC and +0.04 AUPRO, fryum and the magnetic tile lower).
+    transistor, declined on the magnetic tile it would ruin).
     """
     second = f", + r={base.second_scale} image score" if base.second_scale > base.patch_pooling else ""
     out = [Candidate(name=f"default (pooling r={base.patch_pooling}{second})", why="the recipe's configuration")]
@@ -323,10 +321,6 @@ def candidates_for(base: PatchKNNConfig, frame_hw: tuple[int, int], n_images: in
         out.append(Candidate(name="whitened", options={"whitening": True},
                              why="patches compared in the good patches' own (whitened) feature space: a part whose "
                                  "good look varies a lot in some ways"))
-    if not base.bank_spread and base.tiling == "off":
-        out.append(Candidate(name="bank spread", options={"bank_spread": True},
-                             why="distances in units of how widely good patches of each kind lie apart among the good "
-                                 "images: a part whose good look varies in places (leads, edges) beside plain areas"))
     if (n_images is not None and base.augment_rotations == "auto" and n_images > base.rotation_max_shots
             and base.tiling == "off" and base.position_radius is None):
         out.append(Candidate(name="turned views", options={"augment_rotations": True}, plain_background_only=True,

@@ -93,8 +93,8 @@ def write_recipe(folder: Path, weights: Path, *, name: str = "tiny_part", source
                  extra: str = "") -> Path:
     """A recipe file for tiny synthetic parts: 84 px, random weights, model versions under ``folder/models``.
 
-    ``patch_pooling: 1``, ``whitening: false`` and ``bank_spread: false`` are written in the recipe, so teaching
-    keeps them (self-tuning leaves options the recipe sets alone): the engine's tests see one fixed configuration;
+    ``patch_pooling: 1`` and ``whitening: false`` are written in the recipe, so teaching keeps them (self-tuning
+    leaves options the recipe sets alone): the engine's tests see one fixed configuration;
     tests/inspector/test_teach_self_tune.py teaches without them. ``brightness: as_is`` too: on random weights
     these parts' good scores lie within a few per cent of each other, and the verdicts the tests expect were set
     on the frames as they are (the standardisation itself: tests/models/test_brightness.py).
@@ -113,8 +113,8 @@ preprocess: {{shorter_side: 84}}
 detector:
   weights: {weights.as_posix()}
   device: cpu
-  options: {{whitening: false, bank_spread: false, augment_rotations: false, masking: "off", blur_sigma: 1.0,
-             brightness: as_is, patch_pooling: 1}}
+  options: {{whitening: false, augment_rotations: false, masking: "off", blur_sigma: 1.0, brightness: as_is,
+             patch_pooling: 1}}
 model: {{directory: models}}
 min_defect_area_px: 4
 {extra}"""

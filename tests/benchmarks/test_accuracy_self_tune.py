@@ -30,6 +30,6 @@ def test_self_tuned_row_takes_the_choice_of_models_self_tune_on_the_seeds_shots(
     assert chosen == dataclasses.replace(config, **direct.chosen.options)
     assert tuned["chosen"] == direct.chosen.name and tuned["n_good"] == 3
     assert [c["name"] for c in tuned["candidates"]] == ["default (pooling r=1, + r=5 image score)", "pooling r=3",
-                                                       "whitened", "bank spread"]
+                                                       "whitened"]
     assert [c["synthetic_auroc"] for c in tuned["candidates"]] == [c.synthetic_auroc for c in direct.checks]
     assert all("good_scores" not in c and "synthetic_scores" not in c for c in tuned["candidates"])

@@ -19,11 +19,10 @@ from tests.helpers.images import textured_part, write_images
 
 
 def _tunable_recipe(folder: Path, weights: Path, *, extra: str = "") -> Path:
-    """The tests' recipe without ``whitening``, ``bank_spread`` and ``patch_pooling`` in its options, so teaching
-    may choose them."""
+    """The tests' recipe without ``whitening`` and ``patch_pooling`` in its options, so teaching may choose them."""
     path = write_recipe(folder, weights, extra=extra)
     written = path.read_text(encoding="utf-8")
-    text = re.sub(r",\s*patch_pooling: 1}", "}", written.replace("{whitening: false, bank_spread: false, ", "{"))
+    text = re.sub(r",\s*patch_pooling: 1}", "}", written.replace("{whitening: false, ", "{"))
     assert text != written, "the recipe's options were not found"
     path.write_text(text, encoding="utf-8")
     return path
@@ -53,12 +52,12 @@ def test_teach_chooses_saves_and_reports_the_configuration(tmp_path: Path, tiny_
     assert {u for m, u in ticks if m == "learning good patches"} == {"img"}
     tuned = report.self_tune
     assert tuned is not None and [c.candidate.name for c in tuned.checks] == [
-        "default (pooling r=1, + r=5 image score)", "pooling r=3", "whitened", "bank spread"]
+        "default (pooling r=1, + r=5 image score)", "pooling r=3", "whitened"]
     best = max(tuned.checks, key=lambda c: c.synthetic_auroc)
     assert tuned.chosen == best.candidate or best.synthetic_auroc == tuned.checks[0].synthetic_auroc
     lines = report.summary_lines()
     assert any(line.startswith(f"self-tuning: chose {tuned.chosen.name}") for line in lines), lines
-    assert sum("synthetic AUROC" in line and "ms per part" in line for line in lines) == 4, lines
+    assert sum("synthetic AUROC" in line and "ms per part" in line for line in lines) == 3, lines
     # saved with the model, and the model loads with the chosen configuration
     manifest = json.loads((report.model_dir / "model.json").read_text(encoding="utf-8"))
     assert manifest["metadata"]["self_tune"]["chosen"] == tuned.chosen.name

@@ -160,7 +160,7 @@ def test_a_choice_by_less_than_the_check_can_tell_apart_is_called_a_near_tie(
 
 def test_tiling_is_a_candidate_only_for_large_frames() -> None:
     assert [c.name for c in candidates_for(BASE, (SIZE, SIZE))] == ["default (pooling r=1, + r=5 image score)",
-                                                                     "pooling r=3", "whitened", "bank spread"]
+                                                                     "pooling r=3", "whitened"]
     # the pooling alone, as it was measured: no second scale on top of it
     assert candidates_for(BASE, (SIZE, SIZE))[1].options == {"patch_pooling": 3, "second_scale": 0}
     large = candidates_for(BASE, (4 * SIZE, 5 * SIZE))
@@ -172,13 +172,6 @@ def test_the_whitened_space_is_a_candidate_unless_the_recipe_whitens_or_tiles() 
     assert cands[2].name == "whitened" and cands[2].options == {"whitening": True}
     for written in (dataclasses.replace(BASE, whitening=True), dataclasses.replace(BASE, tiling="on")):
         assert "whitened" not in [c.name for c in candidates_for(written, (SIZE, SIZE))]
-
-
-def test_the_bank_spread_is_a_candidate_unless_the_recipe_has_it_or_tiles() -> None:
-    cands = candidates_for(BASE, (SIZE, SIZE))
-    assert cands[3].name == "bank spread" and cands[3].options == {"bank_spread": True}
-    for written in (dataclasses.replace(BASE, bank_spread=True), dataclasses.replace(BASE, tiling="on")):
-        assert "bank spread" not in [c.name for c in candidates_for(written, (SIZE, SIZE))]
 
 
 def test_turned_views_are_a_candidate_only_where_auto_rotations_leave_them_out(backbone: DinoBackbone) -> None:
@@ -226,7 +219,7 @@ def test_turned_views_are_not_checked_where_the_base_sees_no_part_on_a_plain_bac
     assert any(line.startswith("  - turned views: not checked, the good images show no part on a plain")
                for line in result.summary_lines()), result.summary_lines()
     assert result.to_dict()["not_checked"][0]["name"] == "turned views"
-    assert steps[-1] == (25, 25) and all(d <= t for d, t in steps)     # 5 images x 5 candidates (4 checked)
+    assert steps[-1] == (20, 20) and all(d <= t for d, t in steps)     # 5 images x 4 candidates (3 checked)
 
 
 def test_too_few_images_are_refused_with_the_number() -> None:
