@@ -11,7 +11,8 @@ scored by (paired rows beside today's ``bank``, same search, bank and images; ``
   dense region's tiny radius does not blow the ratio up);
 - ``minus A``: d - A r(m);
 - ``scaled nearest``: the least d(q, m') / (r(m') + F) over every bank patch m' (the nearest in units of each good
-  patch's own spread: one search, no index to carry; the form the product's search paths could take).
+  patch's own spread: one search, no index to carry; the product's ``bank_spread`` at F = 2 x the median radius),
+  F = 2, 4, 8 x the median radius (a larger floor: a softer unit).
 
 Rows marked ``fused`` are the product's image score: the row's r = 1 map fused with the coarse r = 5 part (weight
 0.2, each part over its good shots' mean leave-one-out score); their leave-one-out maps use the radii of the bank
@@ -50,6 +51,7 @@ COARSE: Final = ((BLOCK,), 5)           # the product's second scale: pooling r 
 FUSED: Final = {"pools": (1, 5), "fusion": "sum_z_proportional", "z_weights": (1.0, 0.2)}
 FLOORS: Final = (("2.0 med", 0.5, 2.0), ("1.0 q90", 0.9, 1.0), ("2.0 q90", 0.9, 2.0))   # (name, quantile, share)
 SHARES: Final = (0.25, 0.5)
+SCALED_FLOORS: Final = (2.0, 4.0, 8.0)     # the scaled search's floor F, in multiples of the bank's median radius
 
 
 def nearest_with_radius(queries: torch.Tensor, bank: torch.Tensor, radii: torch.Tensor
@@ -77,26 +79,31 @@ def run_seed(store: FeatureStore, category: Category, items: list[TestItem], see
     spread = [round(float(v), 4) for v in torch.quantile(radii, torch.tensor([0.1, 0.5, 0.9]))]
     print(f"{category.name} seed {seed}  bank of {len(bank)} patches, radius 10th / 50th / 90th percentile {spread}",
           flush=True)
-    floor = 2.0 * float(torch.quantile(radii, 0.5))
-    dist, near, scaled = [], [], []
+    median = float(torch.quantile(radii, 0.5))
+    floor = 2.0 * median
+    dist, near = [], []
+    scaled: dict[float, list[torch.Tensor]] = {share: [] for share in SCALED_FLOORS}
     for item in items:
         q = _unit(_features(store, item.path, 448, brightness)[:, :, BLOCK - 1])
         h, w, d = q.shape
         found = nearest_with_radius(q.reshape(h * w, d), bank, radii)
         dist.append(found[0].reshape(h, w, 1))
         near.append(found[1].reshape(h, w, 1))
-        scaled.append(knn_distances(q.reshape(h * w, d), bank, bank_scale=radii + floor).reshape(h, w, 1))
+        for share, maps in scaled.items():
+            maps.append(knn_distances(q.reshape(h * w, d), bank, bank_scale=radii + share * median).reshape(h, w, 1))
     rows: dict[str, list[torch.Tensor]] = {"bank": list(data.knn[KEY])}
     for name, quantile, share in FLOORS:
         level = share * float(torch.quantile(radii, quantile))
         rows[f"ratio floor {name}"] = [a / (r + level) for a, r in zip(dist, near, strict=True)]
     for share in SHARES:
         rows[f"minus {share}"] = [a - share * r for a, r in zip(dist, near, strict=True)]
-    rows["scaled nearest 2.0 med"] = scaled
+    for share, maps in scaled.items():
+        rows[f"scaled nearest {share} med"] = maps
     out = {name: score_row(data, maps, f"{category.name} seed {seed}  {name:<18}") for name, maps in rows.items()}
     # the product's image score: the r = 1 part fused with the coarse r = 5 part, spreads in proportion to the
     # good shots' leave-one-out means; the spread rows replace the r = 1 part (test and leave-one-out maps)
-    loo_dist, loo_near, loo_floor, loo_scaled = [], [], [], []
+    loo_dist, loo_near, loo_floor = [], [], []
+    loo_scaled: dict[float, list[torch.Tensor]] = {share: [] for share in SCALED_FLOORS}
     for j, f in enumerate(shots):
         keep = owner != j
         radii_j = spread_of.without(j)[keep]
@@ -104,9 +111,11 @@ def run_seed(store: FeatureStore, category: Category, items: list[TestItem], see
         found = nearest_with_radius(f.reshape(h * w, d), bank[keep], radii_j)
         loo_dist.append(found[0].reshape(h, w, 1))
         loo_near.append(found[1].reshape(h, w, 1))
-        loo_floor.append(2.0 * float(torch.quantile(radii_j, 0.5)))
-        loo_scaled.append(knn_distances(f.reshape(h * w, d), bank[keep], bank_scale=radii_j + loo_floor[-1])
-                          .reshape(h, w, 1))
+        median_j = float(torch.quantile(radii_j, 0.5))
+        loo_floor.append(2.0 * median_j)
+        for share, maps in loo_scaled.items():
+            maps.append(knn_distances(f.reshape(h * w, d), bank[keep], bank_scale=radii_j + share * median_j)
+                        .reshape(h, w, 1))
     plain_loo = list(data.loo_knn[KEY])
     fused_rows = {
         "bank, fused": (rows["bank"], plain_loo),
@@ -114,7 +123,7 @@ def run_seed(store: FeatureStore, category: Category, items: list[TestItem], see
                                        [a / (r + fl) for a, r, fl in zip(loo_dist, loo_near, loo_floor, strict=True)]),
         "minus 0.25, fused": ([a - 0.25 * r for a, r in zip(dist, near, strict=True)],
                               [a - 0.25 * r for a, r in zip(loo_dist, loo_near, strict=True)]),
-        "scaled nearest 2.0 med, fused": (scaled, loo_scaled),
+        **{f"scaled nearest {share} med, fused": (scaled[share], loo_scaled[share]) for share in SCALED_FLOORS},
     }
     for name, (maps, loo_maps) in fused_rows.items():
         data.loo_knn[KEY] = loo_maps

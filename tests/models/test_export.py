@@ -7,6 +7,7 @@ shorter_side 56 (4 x 6 patches); exports are written once per module to keep the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -189,39 +190,41 @@ def test_a_brightness_standardising_detector_graph_standardises_in_the_runtime_t
     np.testing.assert_allclose(runtime.predict(frames).pred_score, detector.predict(frames).pred_score, atol=1e-4)
 
 
+def _graph_carries(backbone: DinoBackbone, tmp_path: Path, drop: Callable[[PatchKNN], None], **options: bool) -> None:
+    """A detector fitted with ``options`` exports a detector graph whose scores match torch's; ``drop`` removes
+    what the option fitted, and the scores then differ (so the graph carries it)."""
+    rng = np.random.default_rng(0)
+    config = PatchKNNConfig(shorter_side=SIDE, masking="off", second_scale=0, brightness="as_is", **options)
+    detector = PatchKNN(backbone=backbone, config=config)
+    detector.fit([good_frame(rng) for _ in range(3)])
+    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW,
+                         verify_images=[good_frame(rng), defect_frame(rng)])
+    assert report.graph == "detector"
+    frames = [good_frame(np.random.default_rng(7)), defect_frame(np.random.default_rng(8))]
+    expected = detector.predict(frames).pred_score
+    np.testing.assert_allclose(OrtDetector(report.path, device="cpu").predict(frames).pred_score, expected, atol=1e-4)
+    drop(detector)
+    assert np.abs(detector.predict(frames).pred_score - expected).max() > 1e-3
+
+
 def test_a_whitened_detector_graph_carries_the_good_patches_map(
     backbone: DinoBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(whitening_module, "MIN_ROWS_PER_DIM", 0)    # three small frames: too few patches otherwise
-    rng = np.random.default_rng(0)
-    config = PatchKNNConfig(shorter_side=SIDE, masking="off", second_scale=0, brightness="as_is", whitening=True)
-    detector = PatchKNN(backbone=backbone, config=config)
-    detector.fit([good_frame(rng) for _ in range(3)])
-    assert detector.core.whitening.active
-    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW,
-                         verify_images=[good_frame(rng), defect_frame(rng)])
-    assert report.graph == "detector"
-    frames = [good_frame(np.random.default_rng(7)), defect_frame(np.random.default_rng(8))]
-    expected = detector.predict(frames).pred_score
-    np.testing.assert_allclose(OrtDetector(report.path, device="cpu").predict(frames).pred_score, expected, atol=1e-4)
-    detector.core.whitening.clear()                                   # the map is what the graph carries
-    assert np.abs(detector.predict(frames).pred_score - expected).max() > 1e-3
+
+    def drop(detector: PatchKNN) -> None:
+        assert detector.core.whitening.active
+        detector.core.whitening.clear()
+
+    _graph_carries(backbone, tmp_path, drop, whitening=True)
 
 
 def test_a_detector_graph_carries_the_bank_spread_units(backbone: DinoBackbone, tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    config = PatchKNNConfig(shorter_side=SIDE, masking="off", second_scale=0, brightness="as_is", bank_spread=True)
-    detector = PatchKNN(backbone=backbone, config=config)
-    detector.fit([good_frame(rng) for _ in range(3)])
-    assert detector.spread.active
-    report = export_onnx(detector, tmp_path / "model.onnx", input_hw=INPUT_HW,
-                         verify_images=[good_frame(rng), defect_frame(rng)])
-    assert report.graph == "detector"
-    frames = [good_frame(np.random.default_rng(7)), defect_frame(np.random.default_rng(8))]
-    expected = detector.predict(frames).pred_score
-    np.testing.assert_allclose(OrtDetector(report.path, device="cpu").predict(frames).pred_score, expected, atol=1e-4)
-    detector.spread.scale = None                                      # the units are what the graph carries
-    assert np.abs(detector.predict(frames).pred_score - expected).max() > 1e-3
+    def drop(detector: PatchKNN) -> None:
+        assert detector.spread.active
+        detector.spread.scale = None
+
+    _graph_carries(backbone, tmp_path, drop, bank_spread=True)
 
 
 # --------------------------------------------------------------------------------- self-check and errors
