@@ -62,8 +62,8 @@ def knn_distances(
             lies near; `bank_spread`). None: plain distances.
 
     Returns:
-        (Q,) float32 cosine distances in [0, 2] (``1 - cos``), on the queries' device; ``inf``
-        where fewer than ``k`` bank entries were allowed.
+        (Q,) float32 cosine distances in [0, 2] (``1 - cos``; divided by the units with ``bank_scale``), on the
+        queries' device; ``inf`` where fewer than ``k`` bank entries were allowed.
     """
     if bank.ndim != 2 or queries.ndim != 2 or queries.shape[1] != bank.shape[1]:
         msg = f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be (Q, D) and (M, D)"
