@@ -31,7 +31,8 @@ __all__ = ["FLOOR_SHARE", "SpreadScale"]
 logger = logging.getLogger(__name__)
 
 # ours (issue 11, twenty-second and twenty-third looks): F = 2 x the median radius; 1 x and 2 x the 90th
-# percentile measured beside it, chosen on the three dev categories (benchmarks/README.md)
+# percentile measured beside it, chosen on the three dev categories; 4 x and 8 x the median (a softer unit,
+# closer to today's scores on fryum and the tile) measured with the probe only (benchmarks/README.md)
 FLOOR_SHARE: Final = 2.0
 
 
