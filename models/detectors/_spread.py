@@ -8,7 +8,8 @@ With the bank's spread, each bank entry m gets a unit
     s(m) = (r(m) + F) / median over the bank of (r + F),
 
 r(m) its cosine distance to the nearest entry of ANOTHER good image (``_knn.bank_spread``) and F a floor of
-``FLOOR_SHARE`` x the bank's median r (so that a tight region's tiny radius does not blow the ratio up), and a
+``PatchKNNConfig.bank_spread_floor`` (default ``FLOOR_SHARE``) x the bank's median r (so that a tight region's
+tiny radius does not blow the ratio up; a larger floor gives softer units, closer to plain distances), and a
 patch q scores min over m of d(q, m) / s(m) (``knn_distances(bank_scale=...)``): the nearest good patch in units
 of how widely good patches of that kind spread. The units' median is 1, so scores keep the size of a cosine
 distance. Leave-one-out scores of a training frame use the radii of the bank without that frame
@@ -39,8 +40,9 @@ FLOOR_SHARE: Final = 2.0
 class SpreadScale:
     """The units of a PatchKNN's bank (``scale``, (M,) float32, median 1), or None where unused."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, floor_share: float = FLOOR_SHARE) -> None:
         self.enabled = enabled
+        self.floor_share = float(floor_share)
         self.scale: torch.Tensor | None = None
         self._spread: BankSpread | None = None      # the fit's radii, for the leave-one-out units
         self._floor = 0.0
@@ -61,13 +63,13 @@ class SpreadScale:
         if not bool(torch.isfinite(radii).any()):
             logger.info("patch_knn bank_spread unused: the bank holds one good frame")
             return
-        self._floor = FLOOR_SHARE * float(radii[torch.isfinite(radii)].median())
+        self._floor = self.floor_share * float(radii[torch.isfinite(radii)].median())
         unit = self._units(radii)
         self._norm = float(unit.median())
         self.scale = (unit / self._norm).contiguous()
         self._spread = spread
-        logger.info("patch_knn bank_spread: median radius %.4f, units from %.2f to %.2f", self._floor / FLOOR_SHARE,
-                    float(self.scale.min()), float(self.scale.max()))
+        logger.info("patch_knn bank_spread: median radius %.4f, floor %g x it, units from %.2f to %.2f",
+                    self._floor / self.floor_share, self.floor_share, float(self.scale.min()), float(self.scale.max()))
 
     def for_owner(self, owner: int | None) -> torch.Tensor | None:
         """The units of a search; ``owner``: a leave-one-out search of that training frame, whose bank entries'
@@ -78,7 +80,7 @@ class SpreadScale:
 
     def _units(self, radii: torch.Tensor) -> torch.Tensor:
         # an entry with no other frame left (a bank of two frames, one left out) takes the median radius
-        median = self._floor / FLOOR_SHARE
+        median = self._floor / self.floor_share
         return torch.where(torch.isfinite(radii), radii, torch.full_like(radii, median)) + self._floor
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -143,7 +143,7 @@ class PatchKNN(nn.Module):
         self._aligned = AlignedScoring(cfg)  # config.alignment: position restriction + global term
         # config.second_scale: the coarse scale's image score, in the core's feature space (config.whitening)
         self._scales = SecondScale(cfg, empty_bank, self._core.whitening)
-        self.spread = SpreadScale(cfg.bank_spread)  # config.bank_spread: the bank's own spread as the unit
+        self.spread = SpreadScale(cfg.bank_spread, cfg.bank_spread_floor)  # units of the bank's own spread
         self.train_scores: np.ndarray = np.empty(0, dtype=np.float32)
         self.train_maps: list[np.ndarray] = []
         self.masking_active: bool = self._config.masking == "on"

@@ -100,8 +100,11 @@ class PatchKNNConfig:
     # is not scored like a change on a plain background. Unused when tiled or fitted on one frame. 16 shots, full
     # test sets, image AUROC / AUPRO: transistor 0.952 / 0.839 -> 0.982 / 0.878 (3 shot seeds); fryum -0.012 and
     # magnetic tile -0.031 image AUROC (benchmarks.bank_density, masking off). Off as written and not a teach-step
-    # candidate (the check chose it on a tile seed where it loses 0.016); floor chosen on those same sets
+    # candidate (the check chose it on a tile seed where it loses 0.016). bank_spread_floor: the floor added to
+    # every radius, in multiples of the bank's median radius (larger = softer units, closer to plain distances);
+    # 2 chosen on those same sets (2, 4, 8 measured with the probe; benchmarks/README.md)
     bank_spread: bool = False
+    bank_spread_floor: float = 2.0
     # ours, for aligned parts: match only bank patches within this distance of the query's position,
     # in frame coordinates scaled to [0, 1] (0.1 = a tenth of the frame side); None = anywhere (AnomalyDINO).
     # Finds parts that are missing or misplaced, whose look is normal elsewhere on the part.
@@ -184,6 +187,10 @@ class PatchKNNConfig:
             raise ValueError(msg)
         if not isinstance(self.bank_spread, bool):
             msg = f"PatchKNNConfig.bank_spread must be true or false, got {self.bank_spread!r}"
+            raise ValueError(msg)
+        floor = self.bank_spread_floor
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0.0 < floor <= 1000.0:
+            msg = f"PatchKNNConfig.bank_spread_floor must be a number above 0 and at most 1000, got {floor!r}"
             raise ValueError(msg)
         shrink = self.whitening_shrink
         if isinstance(shrink, bool) or not isinstance(shrink, int | float) or not 0.0 < shrink <= 1000.0:

@@ -76,6 +76,22 @@ def test_units_are_off_by_default_and_have_median_one(backbone: DinoBackbone) ->
     assert float(units.max()) > 1.5 * float(units.min())          # the striped half spreads more than the plain
 
 
+def test_a_larger_floor_gives_softer_units_and_a_bad_floor_is_refused(backbone: DinoBackbone) -> None:
+    rng = np.random.default_rng(1)
+    frames = [striped_part(rng) for _ in range(3)]
+    ranges = []
+    for floor in (2.0, 8.0):
+        detector = _detector(backbone, True, bank_spread_floor=floor)
+        detector.fit(frames)
+        units = detector.spread.scale
+        assert units is not None and float(units.median()) == pytest.approx(1.0, abs=1e-3)
+        ranges.append(float(units.max()) / float(units.min()))
+    assert 1.0 < ranges[1] < ranges[0]                             # closer to plain distances, not plain
+    for bad in (0, -1.0, True, "8"):
+        with pytest.raises(ValueError, match="bank_spread_floor"):
+            PatchKNNConfig(bank_spread_floor=bad)  # type: ignore[arg-type]
+
+
 def test_leave_one_out_measures_the_spread_without_the_frame_left_out(backbone: DinoBackbone) -> None:
     """Two good frames: left out, the other frame's patches have no other frame to spread against, so all take
     the median unit, 1, and the leave-one-out scores are the plain ones (with the full bank's units, measured
