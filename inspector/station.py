@@ -506,7 +506,7 @@ def line_thresholds(recipe: Recipe, model: Thresholds | Path) -> tuple[float, fl
         FileNotFoundError, ValueError: the version's ``model.json`` is missing or unreadable (naming the file).
     """
     if isinstance(model, Path):
-        from models.saved import read_manifest
+        from models.manifest import read_manifest  # not models.saved: no torch import to read a threshold
 
         model = Thresholds.from_dict(read_manifest(model)["thresholds"])
     over = recipe.thresholds

@@ -180,7 +180,7 @@ def location_caveat(model_dir: Path) -> str | None:
     lands anywhere in the frame, so the map says where in the frame, not where on the part. None also when the
     model version cannot be read (the map is drawn as before; the screen names that problem elsewhere).
     """
-    from models.saved import read_manifest
+    from models.manifest import read_manifest
 
     try:
         state = read_manifest(model_dir).get("state") or {}
@@ -332,7 +332,7 @@ def teaching_scores(model_dir: Path) -> tuple[np.ndarray, float, float, float]:
     """
     from safetensors import SafetensorError, safe_open
 
-    from models.saved import MODEL_JSON, MODEL_TENSORS, read_manifest
+    from models.manifest import MODEL_JSON, MODEL_TENSORS, read_manifest
 
     try:
         thresholds = read_manifest(model_dir)["thresholds"]

@@ -49,7 +49,8 @@ from models.backbone import DinoBackbone, create_backbone, resolve_device
 from models.calibration import Thresholds, check_thresholds
 from models.detectors.patch_knn import PatchKNN, PatchKNNConfig
 from models.detectors.registry import get_detector_class
-from models.files import atomic_write, read_bounded, read_versioned_json
+from models.files import atomic_write, read_bounded
+from models.manifest import FORMAT, FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, read_manifest
 
 if TYPE_CHECKING:
     from models.weights import WeightsInfo
@@ -58,13 +59,6 @@ __all__ = ["FORMAT_VERSION", "MODEL_JSON", "MODEL_TENSORS", "load_detector", "re
 
 logger = logging.getLogger(__name__)
 
-MODEL_JSON: Final = "model.json"
-MODEL_TENSORS: Final = "model.safetensors"
-FORMAT: Final = "inspector.detector"
-# Bump when the layout changes; loading refuses files from a newer version.
-# 2: model.json's sha256 in the safetensors header (version 1 files load with a warning).
-FORMAT_VERSION: Final = 2
-MAX_MANIFEST_BYTES: Final = 4 << 20       # model.json is a page of settings and statistics
 MAX_TENSORS_BYTES: Final = 8 << 30        # the largest bank we fit is a few hundred MB
 # detector options a model saved before they existed was taught and scored without: absent from its
 # model.json they take these values, not today's defaults
@@ -149,19 +143,6 @@ def save_detector(
     logger.info("saved %s detector (%d bank patches) to %s", manifest["detector"], detector.bank_size,
                 directory)
     return directory
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The parsed ``model.json`` of a saved detector.
-
-    Raises:
-        FileNotFoundError: no ``model.json`` in ``directory``.
-        ValueError: the file is corrupt, truncated, or of another format or a newer version.
-    """
-    return read_versioned_json(
-        Path(directory) / MODEL_JSON, what="model manifest", format_name=FORMAT, supported=FORMAT_VERSION,
-        limit=MAX_MANIFEST_BYTES, fix="save the model again (or teach it again)",
-        missing=f"{directory} does not hold a saved detector (save one with save_detector)")
 
 
 def load_detector(

@@ -57,6 +57,22 @@ def test_reading_a_recipe_does_not_import_torch() -> None:
     assert run.returncode == 0, "reading a recipe imported torch\n" + run.stderr
 
 
+def test_reading_a_saved_models_thresholds_and_teaching_scores_does_not_import_torch(taught_recipe: Path) -> None:
+    # the Statistics screen reads them on a worker thread as the app starts: importing torch there held the
+    # interpreter lock in pieces of up to 0.3 s and stalled the screen (models.manifest)
+    run = _without_torch(
+        "from inspector.recipe import load_recipe\n"
+        "from inspector.station import line_thresholds\n"
+        "from inspector.statistics import location_caveat, teaching_scores\n"
+        "from inspector.versions import resolve_version\n"
+        f"recipe = load_recipe({str(taught_recipe)!r})\n"
+        "folder = resolve_version(recipe).path\n"
+        "print(line_thresholds(recipe, folder), teaching_scores(folder)[1:], location_caveat(folder))")
+    assert run.returncode == 0, "reading a saved model's numbers imported torch\n" + run.stdout + run.stderr
+    review, fail, _ = (float(x) for x in run.stdout.split(")")[0].strip("(").split(","))
+    assert 0 < review <= fail
+
+
 def _fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
     """``code`` run by a new Python in the repository root (nothing imported before it)."""
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
