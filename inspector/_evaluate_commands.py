@@ -161,7 +161,8 @@ def _taught_config(args: argparse.Namespace, train_good: Sequence[Path], config:
 
     ``config`` as written with ``--fixed-config`` (None: nothing said). Otherwise `models.self_tune` chooses from
     the shots, as teaching does (no recipe: nothing pinned, no cycle-time budget); with ``--cache`` the choice
-    is kept there (``CATEGORY-taught-HASH.json``), since a rerun on the same shots would choose the same.
+    is kept there (``CATEGORY-taught-HASH.json``), since a rerun on the same shots and candidates would choose
+    the same.
     ``backbone``: gives the detector's backbone (called only when self-tuning runs).
     """
     from models.detectors import PatchKNN
@@ -175,7 +176,9 @@ def _taught_config(args: argparse.Namespace, train_good: Sequence[Path], config:
         note = f"not self-tuned: it needs at least {MIN_IMAGES} good images, got {len(paths)}"
         print(f"as written: {note}")
         return config, {"note": note}
-    digest = hashlib.sha256(json.dumps([key, [p.name for p in paths]]).encode()).hexdigest()[:16]
+    # the candidates are part of the key: a choice kept from another list of candidates is not this one's
+    offered = [[c.name, c.options] for c in candidates_for(config, load_image_rgb(paths[0]).shape[:2], len(paths))]
+    digest = hashlib.sha256(json.dumps([key, [p.name for p in paths], offered]).encode()).hexdigest()[:16]
     memo = args.cache / f"{args.category.name}-taught-{digest}.json" if args.cache is not None else None
     said: dict[str, Any] | None = None
     if memo is not None and memo.is_file():

@@ -398,6 +398,32 @@ def test_a_damaged_kept_choice_is_said_and_tuned_again(tmp_path: Path, capsys: p
     assert chosen == dataclasses.replace(config, **first["options"])
 
 
+def test_a_choice_kept_from_other_candidates_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same shots offered another list of candidates (a new version's) are tuned again, not read back."""
+    import argparse
+
+    import torch
+
+    import models.self_tune
+    from inspector._evaluate_commands import _taught_config
+    from models.backbone import create_backbone
+    from models.detectors import PatchKNNConfig
+
+    rng = np.random.default_rng(8)
+    write_images(tmp_path / "cat" / "train" / "good", [textured_part(rng) for _ in range(4)])
+    shots = sorted((tmp_path / "cat" / "train" / "good").iterdir())
+    args = argparse.Namespace(fixed_config=False, shots=0, seed=0, cache=tmp_path / "cache", category=tmp_path / "cat")
+    config = PatchKNNConfig(shorter_side=56, masking="off", augment_rotations=False)
+    torch.manual_seed(0)
+    tiny = create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
+    _taught_config(args, shots, config, lambda: tiny, key="k")
+    offered = models.self_tune.candidates_for
+    monkeypatch.setattr(models.self_tune, "candidates_for", lambda *a, **k: offered(*a, **k)[:1])
+    _, only_default = _taught_config(args, shots, config, lambda: tiny, key="k")
+    assert only_default is not None and only_default["options"] == {}       # the one candidate left: the default
+    assert len(list((tmp_path / "cache").glob("cat-taught-*.json"))) == 2
+
+
 def test_evaluate_types_writes_the_typing_accuracy(
     tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
