@@ -41,6 +41,7 @@ import io
 import logging
 import os
 import re
+import sysconfig
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -628,9 +629,14 @@ def _split_name(model_name: str) -> tuple[str, str]:
 
 
 def _display(path: Path) -> str:
-    """A path for messages: the home folder written as ``~``."""
+    """A path for messages and reports: a file of an installed package by its place in the package (not the
+    folder Python happens to be installed in), the home folder written as ``~``."""
+    path = path.expanduser()
+    for root in sorted({Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}):
+        if path.is_relative_to(root):
+            return f"{path.relative_to(root).as_posix()} (installed package)"
     try:
-        return "~/" + str(path.expanduser().relative_to(Path.home()))
+        return "~/" + str(path.relative_to(Path.home()))
     except ValueError:
         return str(path)
 
