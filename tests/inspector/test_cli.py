@@ -369,14 +369,18 @@ def test_evaluate_with_too_few_good_shots_to_self_tune_measures_the_defaults_and
     assert said["note"] in capsys.readouterr().out and list(tmp_path.glob("*.json")) == []
 
 
-def test_a_damaged_kept_choice_is_said_and_tuned_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--cache`` keeps the self-tuned choice; a damaged file there is named, tuned again and rewritten."""
+def test_a_damaged_or_outdated_kept_choice_is_tuned_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--cache`` keeps the self-tuned choice; a damaged file there is named, tuned again and rewritten; the same
+    shots offered another list of candidates (a new version's) are tuned again, not read back."""
     import argparse
     import dataclasses
     import json
 
     import torch
 
+    import models.self_tune
     from inspector._evaluate_commands import _taught_config
     from models.backbone import create_backbone
     from models.detectors import PatchKNNConfig
@@ -396,27 +400,6 @@ def test_a_damaged_kept_choice_is_said_and_tuned_again(tmp_path: Path, capsys: p
     assert f"{memo}: not a kept self-tuning choice (damaged?); tuning again" in capsys.readouterr().err
     assert first is not None and again == first and json.loads(memo.read_text(encoding="utf-8")) == first
     assert chosen == dataclasses.replace(config, **first["options"])
-
-
-def test_a_choice_kept_from_other_candidates_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same shots offered another list of candidates (a new version's) are tuned again, not read back."""
-    import argparse
-
-    import torch
-
-    import models.self_tune
-    from inspector._evaluate_commands import _taught_config
-    from models.backbone import create_backbone
-    from models.detectors import PatchKNNConfig
-
-    rng = np.random.default_rng(8)
-    write_images(tmp_path / "cat" / "train" / "good", [textured_part(rng) for _ in range(4)])
-    shots = sorted((tmp_path / "cat" / "train" / "good").iterdir())
-    args = argparse.Namespace(fixed_config=False, shots=0, seed=0, cache=tmp_path / "cache", category=tmp_path / "cat")
-    config = PatchKNNConfig(shorter_side=56, masking="off", augment_rotations=False)
-    torch.manual_seed(0)
-    tiny = create_backbone("vit_small_patch14_dinov2", state_dict=None, blocks=(2,), device="cpu")
-    _taught_config(args, shots, config, lambda: tiny, key="k")
     offered = models.self_tune.candidates_for
     monkeypatch.setattr(models.self_tune, "candidates_for", lambda *a, **k: offered(*a, **k)[:1])
     _, only_default = _taught_config(args, shots, config, lambda: tiny, key="k")
