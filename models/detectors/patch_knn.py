@@ -49,6 +49,7 @@ from models.detectors._aligned import AlignedScoring, grid_positions
 from models.detectors._fastpath import GraphCache, PinnedStaging
 from models.detectors._foreground import config_masks, decide_brightness, decide_masking, with_fallback
 from models.detectors._knn import compute_dtype, greedy_coreset, knn_distances
+from models.detectors._loo import leave_one_out
 from models.detectors._scales import SecondScale
 from models.detectors._spread import SpreadScale
 from models.detectors._views import extract_views
@@ -61,7 +62,6 @@ from models.preprocess import (
     FrameGeometry,
     SizedFrames,
     StandardisedFrames,
-    anomaly_maps,
     as_image_list,
     check_image,
     frame_geometry,
@@ -672,29 +672,9 @@ class PatchKNN(nn.Module):
 
     @torch.inference_mode()
     def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:
-        scores: list[float] = []
-        coarse: list[float] = []
-        maps: list[np.ndarray] = []
-        owners: list[int] = []
-        with_coarse = self._scales.bank.shape[0] > 0
-        image_score = self._core.image_scores
-        for owner, raw, geo in items:
-            masks = self._scored_masks(raw[None]) if self.masking_active else None
-            patch_scores = self._patch_scores(raw[None], owner=owner, masks=masks)
-            if not torch.isfinite(patch_scores).all():  # the bank holds only this frame's patches
-                continue
-            owners.append(owner)
-            scores.append(float(image_score(patch_scores)[0]))
-            if with_coarse:
-                coarse_scores = self._patch_scores(raw[None], owner=owner, coarse=True, masks=masks)
-                coarse.append(float(image_score(coarse_scores)[0]))
-            maps.append(anomaly_maps(patch_scores, geo, sigma=self._config.blur_sigma, full_size=False)[0]
-                        .cpu().numpy().astype(np.float32, copy=False))
-        fused = self._scales.fit_fusion(np.asarray(scores, dtype=np.float32), coarse)
-        self.train_scores = self._aligned.fit_fusion(owners, fused)
-        self.train_maps = maps
-        if scores:
-            logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",
-                        len(scores), float(np.mean(scores)), float(np.max(scores)))
-        else:
-            logger.info("patch_knn: no leave-one-out scores (fitted on %d frame(s))", self.n_images)
+        loo = leave_one_out(items, patch_scores=self._patch_scores,
+                            scored_masks=self._scored_masks if self.masking_active else None,
+                            image_score=self._core.image_scores, with_coarse=self._scales.bank.shape[0] > 0,
+                            blur_sigma=self._config.blur_sigma)
+        self.train_scores = self._aligned.fit_fusion(loo.owners, self._scales.fit_fusion(loo.fine, loo.coarse))
+        self.train_maps = loo.maps
