@@ -634,7 +634,7 @@ def _display(path: Path) -> str:
     path = path.expanduser()
     for root in sorted({Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}):
         if path.is_relative_to(root):
-            return f"{path.relative_to(root).as_posix()} (installed package)"
+            return f"{path.relative_to(root).as_posix()} in the installed packages"
     try:
         return "~/" + str(path.relative_to(Path.home()))
     except ValueError:

