@@ -51,23 +51,25 @@ def leave_one_out(
     ``scored_masks``: the patches scored when masking (None: every patch); ``image_score``: (B, h, w) patch scores
     -> (B,) image scores; ``with_coarse``: score the second scale too.
     """
-    out = LeaveOneOut([], np.empty(0, dtype=np.float32), [], [])
+    owners: list[int] = []
     fine: list[float] = []
+    coarse: list[float] = []
+    maps: list[np.ndarray] = []
     for owner, raw, geo in items:
         masks = scored_masks(raw[None]) if scored_masks is not None else None
         scores = patch_scores(raw[None], owner=owner, masks=masks)
         if not torch.isfinite(scores).all():  # the bank holds only this frame's patches
             continue
-        out.owners.append(owner)
+        owners.append(owner)
         fine.append(float(image_score(scores)[0]))
         if with_coarse:
-            out.coarse.append(float(image_score(patch_scores(raw[None], owner=owner, coarse=True, masks=masks))[0]))
-        out.maps.append(anomaly_maps(scores, geo, sigma=blur_sigma, full_size=False)[0]
-                        .cpu().numpy().astype(np.float32, copy=False))
+            coarse.append(float(image_score(patch_scores(raw[None], owner=owner, coarse=True, masks=masks))[0]))
+        maps.append(anomaly_maps(scores, geo, sigma=blur_sigma, full_size=False)[0]
+                    .cpu().numpy().astype(np.float32, copy=False))
     if fine:
         logger.info("patch_knn leave-one-out scores of %d frame(s): mean %.4f, max %.4f",
                     len(fine), float(np.mean(fine)), float(np.max(fine)))
     else:
         logger.info("patch_knn: no leave-one-out scores (%d frame(s) asked, none with another frame to match)",
                     len(items))
-    return out._replace(fine=np.asarray(fine, dtype=np.float32))
+    return LeaveOneOut(owners, np.asarray(fine, dtype=np.float32), coarse, maps)
