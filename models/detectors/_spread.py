@@ -8,7 +8,7 @@ With the bank's spread, each bank entry m gets a unit
     s(m) = (r(m) + F) / median over the bank of (r + F),
 
 r(m) its cosine distance to the nearest entry of ANOTHER good image (``_knn.bank_spread``) and F a floor of
-``PatchKNNConfig.bank_spread_floor`` (default ``FLOOR_SHARE``) x the bank's median r (so that a tight region's
+``PatchKNNConfig.bank_spread_floor`` x the bank's median r (so that a tight region's
 tiny radius does not blow the ratio up; a larger floor gives softer units, closer to plain distances), and a
 patch q scores min over m of d(q, m) / s(m) (``knn_distances(bank_scale=...)``): the nearest good patch in units
 of how widely good patches of that kind spread. The units' median is 1, so scores keep the size of a cosine
@@ -21,28 +21,21 @@ Not used when the frames are tiled or the bank holds one good frame (there is no
 from __future__ import annotations
 
 import logging
-from typing import Final
 
 import torch
 
 from models.detectors._knn import BankSpread, bank_spread
 
-__all__ = ["FLOOR_SHARE", "SpreadScale"]
+__all__ = ["SpreadScale"]
 
 logger = logging.getLogger(__name__)
-
-# ours (issue 11, twenty-second and twenty-third looks): F = 2 x the median radius; 1 x and 2 x the 90th
-# percentile measured beside it, chosen on the three dev categories; 4 x and 8 x the median (a softer unit,
-# closer to today's scores on fryum and the tile) measured with the probe only (benchmarks/README.md)
-FLOOR_SHARE: Final = 2.0
-
 
 class SpreadScale:
     """The units of a PatchKNN's bank (``scale``, (M,) float32, median 1), or None where unused."""
 
-    def __init__(self, enabled: bool, floor_share: float = FLOOR_SHARE) -> None:
+    def __init__(self, enabled: bool, floor_share: float) -> None:
         self.enabled = enabled
-        self.floor_share = float(floor_share)
+        self.floor_share = float(floor_share)     # PatchKNNConfig.bank_spread_floor: F in median radii
         self.scale: torch.Tensor | None = None
         self._spread: BankSpread | None = None      # the fit's radii, for the leave-one-out units
         self._floor = 0.0

@@ -102,8 +102,9 @@ class PatchKNNConfig:
     # magnetic tile -0.031 image AUROC (benchmarks.bank_density, masking off). Off as written and not a teach-step
     # candidate (the check chose it on a tile seed where it loses 0.016). bank_spread_floor: the floor added to
     # every radius, in multiples of the bank's median radius (larger = softer units, closer to plain distances);
-    # 2 chosen on those same sets. Floor 8 in the product (3 seeds): transistor 0.971 / 0.859, fryum -0.007, the
-    # tile -0.005, but fryum's good parts flagged 18 % instead of 9 %, so the option stays off (benchmarks/README.md)
+    # 2 chosen on those same sets (1 x and 2 x the 90th percentile radius measured beside it). Floor 8 in the
+    # product (3 seeds): transistor 0.971 / 0.859, fryum -0.007, the tile -0.005, but fryum's good parts flagged
+    # 18 % instead of 9 %, so the option stays off (benchmarks/README.md)
     bank_spread: bool = False
     bank_spread_floor: float = 2.0
     # ours, for aligned parts: match only bank patches within this distance of the query's position,
