@@ -176,8 +176,9 @@ def _taught_config(args: argparse.Namespace, train_good: Sequence[Path], config:
         note = f"not self-tuned: it needs at least {MIN_IMAGES} good images, got {len(paths)}"
         print(f"as written: {note}")
         return config, {"note": note}
+    candidates = candidates_for(config, load_image_rgb(paths[0]).shape[:2], len(paths))
     # the candidates are part of the key: a choice kept from another list of candidates is not this one's
-    offered = [[c.name, c.options] for c in candidates_for(config, load_image_rgb(paths[0]).shape[:2], len(paths))]
+    offered = [[c.name, c.options] for c in candidates]
     digest = hashlib.sha256(json.dumps([key, [p.name for p in paths], offered]).encode()).hexdigest()[:16]
     memo = args.cache / f"{args.category.name}-taught-{digest}.json" if args.cache is not None else None
     said: dict[str, Any] | None = None
@@ -191,8 +192,7 @@ def _taught_config(args: argparse.Namespace, train_good: Sequence[Path], config:
             print(f"{memo}: not a kept self-tuning choice (damaged?); tuning again", file=sys.stderr)
     if said is None:
         images = [load_image_rgb(p) for p in paths]
-        result = self_tune(images, lambda cfg, bb: PatchKNN(backbone=bb, config=cfg), config,
-                           candidates_for(config, images[0].shape[:2], len(images)), backbone(),
+        result = self_tune(images, lambda cfg, bb: PatchKNN(backbone=bb, config=cfg), config, candidates, backbone(),
                            progress=_tqdm_progress("self-tuning"), seed=0)
         said = {"chosen": result.chosen.name, "options": result.chosen.options, "reason": result.reason}
         if memo is not None:
