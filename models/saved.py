@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 MAX_TENSORS_BYTES: Final = 8 << 30        # the largest bank we fit is a few hundred MB
 # detector options a model saved before they existed was taught and scored without: absent from its
 # model.json they take these values, not today's defaults
-SAVED_BEFORE: Final = {"brightness": "as_is"}
+SAVED_BEFORE: Final = {"brightness": "as_is", "second_scale_map": False}
 
 
 def save_detector(

@@ -1,4 +1,4 @@
-"""A second, coarser neighbourhood scale whose image score is fused with the patch score (issue 11).
+"""A second, coarser neighbourhood scale whose image score and map are fused with the fine scale's (issue 11).
 
 PatchCore averages each patch feature over its 3 x 3 neighbours, MuSc fuses patch scores at r = 1, 3 and 5.
 On the dev categories a coarse scale sees what a single patch does not (a misplaced or missing component, a
@@ -9,9 +9,8 @@ deviation over the same frames, as ``models.detectors._aligned.GlobalFusion`` do
 
     fine_mean + fine_std * (z_fine + weight * z_coarse)
 
-in the fine score's units, so thresholds and reports keep the meaning of a cosine distance. The anomaly map
-stays the fine scale's (the coarse one blurs the defect's outline). Measured on the three dev categories,
-full test sets, shot seeds 0-2 (``benchmarks/levers.py``, row "z r=1 + 0.2 z r=5"): image AUROC 0.850 ->
+in the fine score's units, so thresholds and reports keep the meaning of a cosine distance. Measured on the three
+dev categories, full test sets, shot seeds 0-2 (``benchmarks/levers.py``, row "z r=1 + 0.2 z r=5"): image AUROC 0.850 ->
 0.925 on transistor, 0.918 -> 0.916 on fryum, 0.834 -> 0.828 on magnetic tile (mean 0.868 -> 0.889); the
 weight and the scale were chosen on those same sets (``benchmarks/README.md``).
 
@@ -27,6 +26,14 @@ scores (whose ratio swung from 0.5 to 3.8 between 4-shot seeds). Full test sets,
 transistor 0.925 -> 0.936, fryum 0.916 -> 0.916, magnetic tile 0.828 -> 0.826; 4 shots transistor 0.888 -> 0.906,
 fryum 0.913 -> 0.911. ``"measured"`` (``ScaleFusion.from_loo``) keeps the standard deviations.
 
+The anomaly map holds both scales too (``PatchKNNConfig.second_scale_map``, issue 11's twenty-fifth look), at the
+image score's weight and units and in the fine map's: ``(fine + weight * (fine_std / coarse_std) * coarse) / (1 +
+weight)`` per patch (``ScaleFusion.fuse_maps``; a map is linear in its patch scores, so the leave-one-out maps that
+set the pixel threshold fuse alike). The coarse patch scores are the image score's, so it costs no search. 16 shots,
+full test sets, shot seeds 0-2, AUPRO: transistor 0.839 -> 0.877 as written (0.836 -> 0.855 where the teach step
+whitens), fryum 0.896 -> 0.897, magnetic tile 0.761 -> 0.757; one shot: transistor 0.627 -> 0.680, fryum 0.890 ->
+0.890 (``benchmarks/map_probe.py``). Models saved before keep the fine map (``models.saved.SAVED_BEFORE``).
+
 Example:
     >>> fusion = ScaleFusion.from_means(fine_loo, coarse_loo, weight=0.2)    # or .from_loo (measured)
     >>> fused = fusion.fuse(fine_scores, coarse_scores)
@@ -36,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["ScaleFusion", "SecondScale", "pooled_unit"]
 
 logger = logging.getLogger(__name__)
+
+MapT = TypeVar("MapT", np.ndarray, torch.Tensor)
 
 
 def pooled_unit(raw: torch.Tensor, pool: int, whitening: FeatureWhitening | None = None) -> torch.Tensor:
@@ -121,6 +130,13 @@ class ScaleFusion:
         z_fine = (fine.float() - self.fine_mean) / f_std
         z_coarse = (coarse.to(fine.device).float() - self.coarse_mean) / c_std
         return self.fine_mean + f_std * (z_fine + self.weight * z_coarse)
+
+    def fuse_maps(self, fine: MapT, coarse: MapT) -> MapT:
+        """Fine and coarse anomaly maps (or patch scores) of the same frames -> the map of both scales, in the fine
+        map's units: ``(fine + weight * (fine_std / coarse_std) * coarse) / (1 + weight)``, each scale in the image
+        score's units (a map is linear in the patch scores, so maps and patch scores fuse alike)."""
+        ratio = max(self.fine_std, MIN_STD) / max(self.coarse_std, MIN_STD)
+        return (fine + (self.weight * ratio) * coarse) / (1.0 + self.weight)
 
     def to_dict(self) -> dict[str, float]:
         """Plain fields, for the saved model's info."""
@@ -227,6 +243,22 @@ class SecondScale:
     def fuse(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """(B,) fine and coarse image scores -> (B,) fused (``fine`` when the scale is not used)."""
         return fine if self.fusion is None else self.fusion.fuse(fine, coarse).to(fine.dtype)
+
+    @property
+    def in_map(self) -> bool:
+        """Whether the anomaly map holds the coarse scale too (``second_scale_map``, the scale fused)."""
+        return self.fusion is not None and self._config.second_scale_map and self.fusion.weight > 0
+
+    def fuse_maps(self, fine: list[np.ndarray], coarse: list[np.ndarray]) -> list[np.ndarray]:
+        """Calibration maps of the same frames at both scales -> the maps the detector gives (``fine`` when the
+        coarse scale is not in the map)."""
+        if not self.in_map or self.fusion is None:
+            return fine
+        if len(coarse) != len(fine):
+            msg = f"scale fusion needs a coarse map for each of the {len(fine)} fine maps, got {len(coarse)}"
+            raise ValueError(msg)
+        fusion = self.fusion
+        return [fusion.fuse_maps(f, c).astype(np.float32, copy=False) for f, c in zip(fine, coarse, strict=True)]
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and plain fields to save; empty when not used (models saved before keep their layout)."""

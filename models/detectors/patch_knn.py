@@ -544,11 +544,15 @@ class PatchKNN(nn.Module):
         raw = self._core.extract(x)
         masks = self._scored_masks(raw) if self.masking_active else None   # once for both scales
         patch_scores = self._patch_scores(raw, masks=masks)
-        maps = self._core.maps(patch_scores, geo.crop)
+        map_scores = patch_scores
         image_scores = self._core.image_scores(patch_scores)
-        if self._scales.active:
-            coarse = self._core.image_scores(self._patch_scores(raw, coarse=True, masks=masks))
-            image_scores = self._scales.fuse(image_scores, coarse)
+        fusion = self._scales.fusion
+        if fusion is not None:
+            coarse = self._patch_scores(raw, coarse=True, masks=masks)
+            image_scores = self._scales.fuse(image_scores, self._core.image_scores(coarse))
+            if self._scales.in_map:   # config.second_scale_map
+                map_scores = fusion.fuse_maps(patch_scores, coarse)
+        maps = self._core.maps(map_scores, geo.crop)
         image_scores = self._aligned.fuse(image_scores, self._embed(raw))
         return image_scores, uncrop_maps(maps[:, None], geo), raw
 
@@ -666,9 +670,10 @@ class PatchKNN(nn.Module):
                                            turned=[(angle, embed(view[None])[0]) for angle, view in turned],
                                            keep=keep, sigma=self._config.blur_sigma)
 
-        fine, self.train_maps = regions(self._embed)
-        coarse = regions(self._scales.embed)[0] if self._scales.bank.shape[0] > 0 else np.empty(0)
+        fine, fine_maps = regions(self._embed)
+        coarse, coarse_maps = regions(self._scales.embed) if self._scales.bank.shape[0] > 0 else (np.empty(0), [])
         self.train_scores = self._scales.fit_fusion(fine, list(coarse), one_frame=True)
+        self.train_maps = self._scales.fuse_maps(fine_maps, coarse_maps)
 
     @torch.inference_mode()
     def _score_leave_one_out(self, items: list[tuple[int, torch.Tensor, FrameGeometry]]) -> None:
@@ -677,4 +682,4 @@ class PatchKNN(nn.Module):
                             image_score=self._core.image_scores, with_coarse=self._scales.bank.shape[0] > 0,
                             blur_sigma=self._config.blur_sigma)
         self.train_scores = self._aligned.fit_fusion(loo.owners, self._scales.fit_fusion(loo.fine, loo.coarse))
-        self.train_maps = loo.maps
+        self.train_maps = self._scales.fuse_maps(loo.maps, loo.coarse_maps)

@@ -351,6 +351,8 @@ def test_model_saved_under_the_old_weights_label_still_loads(tmp_path: Path) -> 
 def test_a_model_saved_before_an_option_existed_is_scored_as_it_was_taught(saved: Path, backbone: DinoBackbone) -> None:
     manifest = json.loads((saved / MODEL_JSON).read_text())
     del manifest["config"]["brightness"]            # saved before brightness standardisation existed
+    del manifest["config"]["second_scale_map"]      # and before the map held the second scale
     _rewrite_manifest(saved, manifest)
     loaded, _, _ = load_detector(saved, backbone=backbone, weights_sha256=SHA, device="cpu")
     assert loaded.config.brightness == "as_is"
+    assert loaded.config.second_scale_map is False and PatchKNNConfig().second_scale_map is True

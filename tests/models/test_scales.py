@@ -107,7 +107,12 @@ def test_a_fused_detector_scores_as_its_two_scales_fused(backbone: DinoBackbone,
     got, f, c = fused.predict(test), fine.predict(test), coarse.predict(test)
     want = expected.fuse(torch.from_numpy(f.pred_score), torch.from_numpy(c.pred_score)).numpy()
     np.testing.assert_allclose(got.pred_score, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.anomaly_map, f.anomaly_map, rtol=1e-5, atol=1e-6)   # the map stays fine
+    # the map holds both scales, at the image score's weight and units, and so do the calibration maps
+    np.testing.assert_allclose(got.anomaly_map, expected.fuse_maps(f.anomaly_map, c.anomaly_map), rtol=1e-5,
+                               atol=1e-6)
+    assert len(fused.train_maps) == len(fine.train_maps) == len(coarse.train_maps)
+    for g, a, b in zip(fused.train_maps, fine.train_maps, coarse.train_maps, strict=True):
+        np.testing.assert_allclose(g, expected.fuse_maps(a, b), rtol=1e-5, atol=1e-6)
     assert got.pred_score[0] > got.pred_score[1]
 
 
@@ -145,11 +150,42 @@ def test_one_good_frame_fuses_its_region_scores_at_both_scales(
     got, f, c = fused.predict(test), fine.predict(test), coarse.predict(test)
     want = expected.fuse(torch.from_numpy(f.pred_score), torch.from_numpy(c.pred_score)).numpy()
     np.testing.assert_allclose(got.pred_score, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.anomaly_map, f.anomaly_map, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.anomaly_map, expected.fuse_maps(f.anomaly_map, c.anomaly_map), rtol=1e-5,
+                               atol=1e-6)
+    for g, a, b in zip(fused.train_maps, fine.train_maps, coarse.train_maps, strict=True):
+        np.testing.assert_allclose(g, expected.fuse_maps(a, b), rtol=1e-5, atol=1e-6)
     assert got.pred_score[0] > got.pred_score[1]
     assert np.isfinite(fused.train_scores).all()
     if masking == "off":   # (this noise frame's own foreground mask is empty: its region scores are all 0)
         assert calibrate(fused.train_scores).fail > 0
+
+
+def test_fused_maps_are_in_the_fine_maps_units() -> None:
+    fusion = ScaleFusion.from_means(np.array([0.2, 0.3, 0.4]), np.array([0.05, 0.1, 0.15]), weight=0.5)
+    fine, coarse = np.array([[0.3, 0.6]]), np.array([[0.1, 0.0]])
+    # (fine + 0.5 * (0.3 / 0.1) * coarse) / 1.5: a patch at both scales' mean keeps the fine mean
+    np.testing.assert_allclose(fusion.fuse_maps(fine, coarse), [[0.3, 0.4]], rtol=1e-6)
+    torch.testing.assert_close(fusion.fuse_maps(torch.from_numpy(fine), torch.from_numpy(coarse)),
+                               torch.tensor([[0.3, 0.4]], dtype=torch.float64))
+
+
+def test_the_map_can_stay_the_fine_scales(backbone: DinoBackbone) -> None:
+    """second_scale_map=False (models saved before it): the image score fuses both scales, the map is the fine
+    scale's alone, and so are the calibration maps."""
+    rng = np.random.default_rng(6)
+    frames = [good_frame(rng) for _ in range(4)]
+    fine_map = _fit(backbone, frames, masking="off", second_scale_map=False)
+    both = _fit(backbone, frames, masking="off")
+    fine = _fit(backbone, frames, masking="off", second_scale=0)
+    test = [defect_frame(np.random.default_rng(8))]
+    got = fine_map.predict(test)
+    np.testing.assert_allclose(got.pred_score, both.predict(test).pred_score, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.anomaly_map, fine.predict(test).anomaly_map, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both.predict(test).anomaly_map, got.anomaly_map, rtol=1e-3, atol=1e-4)
+    for g, f in zip(fine_map.train_maps, fine.train_maps, strict=True):
+        np.testing.assert_allclose(g, f, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="second_scale_map must be true or false"):
+        PatchKNNConfig(second_scale_map="yes")  # type: ignore[arg-type]
 
 
 def test_weight_zero_scores_as_the_fine_scale(backbone: DinoBackbone) -> None:
@@ -160,6 +196,7 @@ def test_weight_zero_scores_as_the_fine_scale(backbone: DinoBackbone) -> None:
     test = [defect_frame(np.random.default_rng(2))]
     np.testing.assert_allclose(zero.predict(test).pred_score, fine.predict(test).pred_score, rtol=1e-5)
     np.testing.assert_allclose(zero.train_scores, fine.train_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(zero.predict(test).anomaly_map, fine.predict(test).anomaly_map, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(("frames", "options"), [
