@@ -252,12 +252,12 @@ class SecondScale:
     def fuse_maps(self, fine: list[np.ndarray], coarse: list[np.ndarray]) -> list[np.ndarray]:
         """Calibration maps of the same frames at both scales -> the maps the detector gives (``fine`` when the
         coarse scale is not in the map)."""
-        if not self.in_map or self.fusion is None:
+        fusion = self.fusion
+        if fusion is None or not self.in_map:
             return fine
         if len(coarse) != len(fine):
             msg = f"scale fusion needs a coarse map for each of the {len(fine)} fine maps, got {len(coarse)}"
             raise ValueError(msg)
-        fusion = self.fusion
         return [fusion.fuse_maps(f, c).astype(np.float32, copy=False) for f, c in zip(fine, coarse, strict=True)]
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
