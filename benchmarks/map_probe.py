@@ -52,17 +52,16 @@ def _score(self: PatchKNN, frames: torch.Tensor, geo: Any) -> tuple[torch.Tensor
     raw = self._core.extract(x)
     masks = self._scored_masks(raw) if self.masking_active else None
     fine = self._patch_scores(raw, masks=masks)
-    maps = self._core.maps(fine, geo.crop)
     image_scores = self._core.image_scores(fine)
     fusion = self._scales.fusion
     if fusion is None:
-        msg = "the probe needs the second scale active (16 shots, untiled, second_scale > patch_pooling)"
+        msg = "the probe needs the second scale active (untiled, second_scale > patch_pooling, calibration scores)"
         raise SystemExit(msg)
     coarse = self._patch_scores(raw, coarse=True, masks=masks)
     image_scores = self._scales.fuse(image_scores, self._core.image_scores(coarse))
     image_scores = self._aligned.fuse(image_scores, self._embed(raw))
-    if self._scales.in_map:          # the product's own map (config.second_scale_map)
-        maps = self._core.maps(fusion.fuse_maps(fine, coarse), geo.crop)
+    # the product's own map (config.second_scale_map)
+    maps = self._core.maps(fusion.fuse_maps(fine, coarse) if self._scales.in_map else fine, geo.crop)
     for b in range(frames.shape[0]):
         entry = {}
         for w in _WEIGHTS:
