@@ -13,7 +13,12 @@ without its own patches, so they behave like unseen good parts):
   lets through (benchmarks/README.md E5, 16 shots: defects caught as FAIL or REVIEW 74 % instead of
   45 % with the 99th percentile, at 7 % of good parts sent to review, 3-15 % per category);
 * ``pixel`` = the ``pixel_quantile`` of all good anomaly-map pixels, so good parts give (almost)
-  no defect regions.
+  no defect regions;
+* ``region_peak`` = the highest value of any good anomaly map: a region (pixels at or above ``pixel``)
+  is shown when its peak reaches it, or when it is the frame's strongest (``models.regions.shown_count``).
+  Hysteresis, as in edge detection: the low threshold gives a defect its extent, the high one decides
+  which regions are defects, so that the weak spots a good part also has are not boxed beside the defect
+  (benchmarks/README.md, "Which regions a flagged part shows").
 
 When defect scores exist, ``fail`` is the best-F1 threshold (or the threshold meeting a target
 false-reject rate), and with defect masks ``pixel`` is the best pixel-F1 threshold. The rule used
@@ -72,12 +77,16 @@ MAX_POOLED_PIXELS: Final = 20_000_000
 MAX_SCORE: Final = 2.0
 
 
-def check_thresholds(review: object, fail: object, pixel: object, *, prefix: str = "thresholds") -> None:
+def check_thresholds(
+    review: object, fail: object, pixel: object, *, prefix: str = "thresholds", region_peak: object = None
+) -> None:
     """Refuse thresholds that no taught model has: not a finite number in [0, `MAX_SCORE`], or review above fail.
 
     Args:
         review, fail, pixel: the three thresholds (None is refused too).
         prefix: how the message names them (``thresholds`` gives ``thresholds.fail``).
+        region_peak: ``Thresholds.region_peak``: None, or a finite number >= 0 (a map value, not bounded by
+            `MAX_SCORE` when the map is in units of the bank's spread).
 
     Raises:
         ValueError: naming the field and its value.
@@ -92,6 +101,10 @@ def check_thresholds(review: object, fail: object, pixel: object, *, prefix: str
     if review > fail:    # type: ignore[operator]   # both numbers: checked above
         msg = f"{prefix}.review ({review}) is above {prefix}.fail ({fail})"
         raise ValueError(msg)
+    if region_peak is not None and (not isinstance(region_peak, int | float) or isinstance(region_peak, bool)
+                                    or not math.isfinite(region_peak) or region_peak < 0):
+        msg = f"{prefix}.region_peak is {region_peak!r}; it must be a finite number >= 0 or null"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +112,8 @@ class Thresholds:
     """Decision thresholds and the score statistics they came from.
 
     A frame is FAIL when its score >= ``fail``, REVIEW when >= ``review``, PASS otherwise; pixels
-    at or above ``pixel`` form defect regions.
+    at or above ``pixel`` form defect regions; of those, the ones whose peak reaches ``region_peak``
+    (and the frame's strongest) are shown.
     """
 
     review: float  # image score at or above this -> REVIEW (<= fail)
@@ -119,6 +133,9 @@ class Thresholds:
     f1: float | None = None  # image F1 at ``fail`` (defect = positive)
     confusion: tuple[int, int, int, int] | None = None  # (tn, fp, fn, tp) at ``fail``
     pixel_f1: float | None = None  # pixel F1 at ``pixel`` over the defect masks
+    # a region is shown when its peak reaches this (the frame's strongest always): the highest good map
+    # value; None (no good maps, or a model saved before) shows every region
+    region_peak: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -249,13 +266,14 @@ def calibrate(
     pixel, pixel_rule, pixel_f1 = _pixel_threshold(
         good_maps, defect_maps, defect_masks, fallback=fail, pixel_quantile=pixel_quantile
     )
+    region_peak, peak_rule = _region_peak(good_maps)
     source = f"{good.size} good" + (f" and {defects.size} defect" if defects.size else "") + " image scores"
-    rule = f"{fail_rule}; {review_rule}; {pixel_rule} ({source})."
+    rule = f"{fail_rule}; {review_rule}; {pixel_rule}{peak_rule} ({source})."
     return Thresholds(
         review=float(review), fail=float(fail), pixel=float(pixel), rule=rule,
         good_mean=mean, good_std=std, good_max=top, n_good=int(good.size), n_defect=int(defects.size),
         expected_false_reject=float((good >= fail).mean()), expected_review=float((good >= review).mean()),
-        auroc=auc, f1=f1, confusion=confusion, pixel_f1=pixel_f1,
+        auroc=auc, f1=f1, confusion=confusion, pixel_f1=pixel_f1, region_peak=region_peak,
     )
 
 
@@ -540,6 +558,19 @@ def _pixel_threshold(
         pixel = float(np.quantile(pooled, pixel_quantile))
         return pixel, f"pixel = {100 * pixel_quantile:g}th percentile of {len(goods)} good anomaly maps", None
     return float(fallback), "pixel = fail (no anomaly maps given)", None
+
+
+def _region_peak(good_maps: np.ndarray | Sequence[np.ndarray] | None) -> tuple[float | None, str]:
+    """The highest value of the good maps and its clause of the rule (None and "" without good maps)."""
+    goods = _as_maps("good_maps", good_maps) if good_maps is not None else []
+    if not goods:
+        return None, ""
+    peak = max(float(np.max(g)) for g in goods)
+    if not math.isfinite(peak):
+        msg = "good_maps contain non-finite values (NaN or inf); score the images again"
+        raise ValueError(msg)
+    return peak, (f"; a region is shown when its peak reaches the highest good map value {peak:.4g} "
+                  "(or is the frame's strongest)")
 
 
 def _best_pixel_f1(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float]:

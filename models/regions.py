@@ -1,12 +1,13 @@
 """Defect regions: connected areas of an anomaly map at or above the pixel threshold.
 
 Example:
-    >>> regions = find_regions(anomaly_map, pixel_threshold=0.42, min_area_px=20, mm_per_px=0.05)
+    >>> regions = find_regions(anomaly_map, pixel_threshold=0.42, min_area_px=20, mm_per_px=0.05, min_peak=0.5)
     >>> regions[0].x, regions[0].width, regions[0].area_mm2
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -16,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-__all__ = ["Region", "defect_mask", "find_regions"]
+__all__ = ["Region", "defect_mask", "find_regions", "shown_count"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,7 @@ def find_regions(
     min_area_px: int = 0,
     mm_per_px: float | None = None,
     merge_gap_px: int = 0,
+    min_peak: float | None = None,
 ) -> list[Region]:
     """Connected regions (8-connectivity) of ``anomaly_map >= pixel_threshold``.
 
@@ -72,12 +74,15 @@ def find_regions(
         merge_gap_px: fragments less than this many pixels apart (in steps of 2 px) are one region:
             one defect that the threshold cut into pieces. The box, area and scores still come from the pixels at or
             above the threshold only. 0 = plain connected components.
+        min_peak: regions whose highest score is below this are dropped, except the strongest of the frame
+            (`shown_count`; ``Thresholds.region_peak``); None keeps every region.
 
     Returns:
         Regions sorted by ``max_score``, highest first.
 
     Raises:
-        ValueError: a map that is not (H, W), a negative ``min_area_px`` or a non-positive scale.
+        ValueError: a map that is not (H, W), a negative ``min_area_px``, a non-positive scale or a ``min_peak``
+            that is not a finite number.
     """
     scores = _check_map(anomaly_map).astype(np.float32, copy=False)
     if min_area_px < 0:
@@ -88,6 +93,9 @@ def find_regions(
         raise ValueError(msg)
     if merge_gap_px < 0:
         msg = f"merge_gap_px must be >= 0, got {merge_gap_px}"
+        raise ValueError(msg)
+    if min_peak is not None and not np.isfinite(min_peak):
+        msg = f"min_peak must be a finite score or None, got {min_peak}"
         raise ValueError(msg)
     mask = (scores >= pixel_threshold).astype(np.uint8)
     radius = (merge_gap_px - 1) // 2     # grown by r on each side, fragments up to 2r px apart touch
@@ -120,7 +128,27 @@ def find_regions(
             mean_score=float(sums[label] / area),
         ))
     regions.sort(key=lambda r: r.max_score, reverse=True)
-    return regions
+    return regions[:shown_count([r.max_score for r in regions], min_peak)]
+
+
+def shown_count(peaks: Sequence[float], min_peak: float | None) -> int:
+    """How many of a frame's regions are shown: those whose peak reaches ``min_peak``, and at least the strongest.
+
+    Hysteresis, as in edge detection: the pixel threshold gives a region its extent, ``min_peak``
+    (``Thresholds.region_peak``: the highest value of the good maps) decides which regions are defects, so
+    that the weak spots a good part also has are not boxed beside the defect. The strongest region is kept
+    whatever its peak, so that a flagged frame always shows where its evidence is.
+
+    Args:
+        peaks: the regions' ``max_score``, highest first (``find_regions``'s order).
+        min_peak: the region peak; None shows every region.
+
+    Returns:
+        The count: the shown regions are the first that many.
+    """
+    if min_peak is None:
+        return len(peaks)
+    return max(min(1, len(peaks)), sum(1 for p in peaks if p >= min_peak))
 
 
 def _component_stats(labels: np.ndarray, count: int) -> np.ndarray:

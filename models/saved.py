@@ -92,7 +92,7 @@ def save_detector(
     """
     directory = Path(directory)
     try:
-        check_thresholds(thresholds.review, thresholds.fail, thresholds.pixel)
+        check_thresholds(thresholds.review, thresholds.fail, thresholds.pixel, region_peak=thresholds.region_peak)
     except ValueError as exc:
         msg = f"cannot save the model to {directory}: {exc}"
         raise ValueError(msg) from exc
@@ -298,7 +298,7 @@ def _check_settings(config: PatchKNNConfig, thresholds: Thresholds, blocks: tupl
     if not 14 <= config.shorter_side <= 4096:
         msg = f"config.shorter_side is {config.shorter_side}; it must be between 14 and 4096 px"
         raise ValueError(msg)
-    check_thresholds(thresholds.review, thresholds.fail, thresholds.pixel)
+    check_thresholds(thresholds.review, thresholds.fail, thresholds.pixel, region_peak=thresholds.region_peak)
     if not blocks or any(not 1 <= b <= 48 for b in blocks) or len(set(blocks)) != len(blocks):
         msg = f"backbone.blocks is {list(blocks)}; it must list distinct block numbers from 1"
         raise ValueError(msg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.calibration import Thresholds, auroc, calibrate, held_out_defect_rates
+from models.calibration import Thresholds, auroc, calibrate, check_thresholds, held_out_defect_rates
 
 
 def good_scores(n: int = 20) -> np.ndarray:
@@ -40,6 +40,32 @@ def test_good_maps_give_a_pixel_threshold_that_leaves_good_maps_almost_clean() -
     above = np.mean([float((m >= t.pixel).mean()) for m in maps])
     assert above <= 0.0011
     assert "99.9th percentile of 10 good anomaly maps" in t.rule
+
+
+def test_good_maps_give_the_region_peak_no_good_map_exceeds() -> None:
+    rng = np.random.default_rng(2)
+    maps = [rng.gamma(2.0, 0.05, (56, 56)).astype(np.float32) for _ in range(10)]
+    t = calibrate(good_scores(10), good_maps=maps)
+    assert t.region_peak == pytest.approx(max(float(m.max()) for m in maps))
+    assert t.region_peak > t.pixel            # the high threshold of the two
+    assert f"highest good map value {t.region_peak:.4g}" in t.rule
+    assert calibrate(good_scores(10)).region_peak is None       # no maps: every region is shown
+    with pytest.raises(ValueError, match="good_maps contain non-finite values"):
+        calibrate(good_scores(10), good_maps=[*maps[:9], np.full((56, 56), np.inf, np.float32)])
+
+
+def test_a_model_saved_before_the_region_peak_shows_every_region() -> None:
+    old = calibrate(good_scores(), good_maps=[np.full((8, 8), 0.1, np.float32)] * 3).to_dict()
+    del old["region_peak"]
+    assert Thresholds.from_dict(old).region_peak is None
+
+
+@pytest.mark.parametrize("peak", [-0.1, float("nan"), float("inf"), True, "0.5"])
+def test_check_thresholds_refuses_a_region_peak_no_model_has(peak: object) -> None:
+    with pytest.raises(ValueError, match=r"model\.region_peak is .*finite number >= 0 or null"):
+        check_thresholds(0.2, 0.3, 0.25, prefix="model", region_peak=peak)
+    check_thresholds(0.2, 0.3, 0.25, region_peak=None)
+    check_thresholds(0.2, 0.3, 0.25, region_peak=2.5)      # a map in units of the bank's spread
 
 
 def test_defects_choose_fail_by_best_f1_and_report_metrics() -> None:

@@ -45,12 +45,39 @@ def test_threshold_is_inclusive_and_nothing_above_gives_no_regions() -> None:
     assert mask.dtype == bool and mask.shape == (60, 80) and int(mask.sum()) == 100 + 9 + 2
 
 
+def test_min_peak_keeps_the_regions_that_reach_it_at_their_full_extent() -> None:
+    # hysteresis: the 0.7 pair and the 0.6 block reach the pixel threshold but not the peak
+    regions = find_regions(hand_map(), pixel_threshold=0.5, min_peak=0.95)
+    assert [(r.max_score, r.area_px) for r in regions] == [(pytest.approx(1.0), 100)]
+    # the extent comes from the pixel threshold, not from the peak: the whole block, not its peak pixel
+    assert (regions[0].width, regions[0].height) == (10, 10)
+    assert [r.max_score for r in find_regions(hand_map(), pixel_threshold=0.5, min_peak=0.65)] == pytest.approx(
+        [1.0, 0.7])
+    assert len(find_regions(hand_map(), pixel_threshold=0.5, min_peak=None)) == 3
+
+
+def test_min_peak_above_every_region_keeps_the_strongest_only() -> None:
+    # a flagged frame shows why: its strongest region, even when no region reaches the peak
+    weak = hand_map()
+    weak[5:15, 10:20] = 0.55
+    regions = find_regions(weak, pixel_threshold=0.5, min_peak=0.95)
+    assert [(r.max_score, r.area_px) for r in regions] == [(pytest.approx(0.7), 2)]
+    assert find_regions(weak, pixel_threshold=0.8, min_peak=0.95) == []       # nothing at the pixel threshold
+
+
+def test_min_peak_counts_only_regions_of_at_least_min_area() -> None:
+    # the 100-pixel block is the only region of >= 9 px that reaches 0.95; below it, the strongest large one
+    assert [r.area_px for r in find_regions(hand_map(), pixel_threshold=0.5, min_area_px=9, min_peak=0.95)] == [100]
+    assert [r.area_px for r in find_regions(hand_map(), pixel_threshold=0.5, min_area_px=3, min_peak=0.65)] == [100]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"anomaly_map": np.zeros((2, 3, 4))}, r"anomaly_map must be a non-empty \(H, W\) array"),
         ({"min_area_px": -1}, "min_area_px must be >= 0"),
         ({"mm_per_px": 0.0}, "mm_per_px must be a positive number"),
+        ({"min_peak": float("nan")}, "min_peak must be a finite score or None"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
