@@ -31,6 +31,7 @@ from inspector.errors import ModelError, WeightsNotFound
 from inspector.results import DefectRegion, Frame, InspectionResult, StageTimes, Verdict, verdict_for
 from inspector.versions import ModelVersion, next_version, resolve_version
 from models.calibration import Thresholds
+from models.regions import shown_count
 
 if TYPE_CHECKING:
     from inspector.defect_typing import DefectTyper, PendingTyping
@@ -415,10 +416,13 @@ class Station:
         regions: tuple[DefectRegion, ...] = ()
         pending: PendingTyping | None = None
         if verdict is not Verdict.PASS:
-            regions = self._regions(crop_map, pixel, x0, y0)
+            every = self._regions(crop_map, pixel, x0, y0)
+            # shown: the regions whose peak no good image reached when teaching, and the strongest; the typer
+            # still describes the frame by all of them (typing from the shown ones alone measured worse)
+            regions = every[:shown_count([r.max_score for r in every], self.model_thresholds.region_peak)]
             if regions and features is not None:
-                work = functools.partial(self._typed, regions, features, crop_map, pixel, (x0, y0), crop_rgb,
-                                         pool=verdict is Verdict.FAIL, turn=defer_typing)
+                work = functools.partial(self._typed, every, len(regions), features, crop_map, pixel, (x0, y0),
+                                         crop_rgb, pool=verdict is Verdict.FAIL, turn=defer_typing)
                 if defer_typing:
                     from inspector.defect_typing import PendingTyping
 
@@ -440,20 +444,22 @@ class Station:
         )
 
     def _typed(
-        self, regions: tuple[DefectRegion, ...], features: np.ndarray, crop_map: np.ndarray, pixel: float,
-        offset: tuple[int, int], crop_rgb: np.ndarray | None, *, pool: bool, turn: bool,
+        self, regions: tuple[DefectRegion, ...], shown: int, features: np.ndarray, crop_map: np.ndarray,
+        pixel: float, offset: tuple[int, int], crop_rgb: np.ndarray | None, *, pool: bool, turn: bool,
     ) -> tuple[DefectRegion, ...]:
-        """The regions with their embeddings and types (the typer's crop pass uses the backbone: ``turn``
-        takes the station's turn, for typing run after the answer, outside `inspect`)."""
+        """The first ``shown`` of the frame's regions with their embeddings and types, typed from all of them
+        (the typer's crop pass uses the backbone: ``turn`` takes the station's turn, for typing run after the
+        answer, outside `inspect`)."""
         from inspector.defect_typing import type_regions
         from models.defect_types import crop_embedder
 
         with self._turn() if turn else contextlib.nullcontext():
-            return type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
-                                pixel_threshold=pixel, offset=offset, shorter_side=self._model_side(crop_map.shape),
-                                memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
-                                embed_crops=crop_embedder(self.detector), pool=pool,
-                                standardised=bool(getattr(self.detector, "brightness_active", False)))
+            typed = type_regions(regions, typer=self.typer, patch_features=features, crop_map=crop_map,
+                                 pixel_threshold=pixel, offset=offset, shorter_side=self._model_side(crop_map.shape),
+                                 memory_bank=getattr(self.detector, "memory_bank", None), crop_rgb=crop_rgb,
+                                 embed_crops=crop_embedder(self.detector), pool=pool,
+                                 standardised=bool(getattr(self.detector, "brightness_active", False)))
+        return typed[:shown]
 
     def attach_typer(self, typer: DefectTyper | None) -> None:
         """Type every region from now on with ``typer`` (None: stop typing; embeddings are still kept)."""

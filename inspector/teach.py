@@ -115,7 +115,8 @@ class TeachReport:
                "lighting that varies from part to part is not scored"] if self.brightness else []),
             *(self.self_tune.summary_lines() if self.self_tune is not None else []),
             *([f"self-tuning: {self.self_tune_note}"] if self.self_tune_note else []),
-            f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}",
+            f"thresholds: review {t.review:.4f}, fail {t.fail:.4f}, pixel {t.pixel:.4f}"
+            + (f", region peak {t.region_peak:.4f}" if t.region_peak is not None else ""),
             f"rule: {t.rule}",
         ]
         extra = {k: getattr(t, k) for k in ("auroc", "f1", "confusion") if getattr(t, k, None) is not None}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -67,6 +68,51 @@ def test_recipe_thresholds_override_the_calibrated_ones(taught_recipe: Path) -> 
     lenient = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds, review=1e6, fail=1e6))
     bad, _ = with_defect(textured_part(np.random.default_rng(3)), np.random.default_rng(3))
     assert Station.load(lenient).inspect_image(bad).verdict is Verdict.PASS
+
+
+def _two_marks(station: Station) -> tuple[np.ndarray, np.ndarray, float]:
+    """A frame with the drawn defect and a fainter mark on the background, its defect mask, and a pixel threshold
+    low enough for the mark to be a region of its own."""
+    rng = np.random.default_rng(11)
+    bad, mask = with_defect(textured_part(rng), rng)
+    cv2.rectangle(bad, (6, 6), (15, 15), (120, 120, 120), thickness=-1)
+    return bad, mask, float(np.quantile(station.inspect_image(bad).anomaly_map, 0.9))
+
+
+def test_regions_below_the_region_peak_are_not_shown_but_the_strongest_is(station: Station) -> None:
+    """Hysteresis: the pixel threshold gives a region its extent, the model's region peak decides which are shown."""
+    bad, mask, low = _two_marks(station)
+    taught = station.model_thresholds
+    assert taught.region_peak is not None and taught.region_peak >= taught.pixel   # calibrated when taught
+
+    def shown(region_peak: float | None) -> list[tuple[int, int, int, int, float]]:
+        station.model_thresholds = dataclasses.replace(taught, pixel=low, region_peak=region_peak)
+        return [(r.x, r.y, r.width, r.height, r.max_score) for r in station.inspect_image(bad).regions]
+
+    every = shown(None)
+    assert len(every) == 2, every
+    (x, y, w, h, strong), (*_, faint) = every
+    assert mask[y : y + h, x : x + w].any() and not mask[:16, :16].any() and faint < strong
+    assert shown((faint + strong) / 2) == every[:1], "the mark's peak is below the region peak"
+    assert shown(faint) == every, "a region whose peak reaches the region peak is shown"
+    assert shown(2 * strong) == every[:1], "nothing reaches it: the strongest region still shows why"
+
+
+def test_the_typer_describes_the_frame_by_every_region_also_those_not_shown(station: Station, tmp_path: Path) -> None:
+    from inspector.defect_typing import DefectTyper
+    from inspector.store import Store
+
+    bad, _, low = _two_marks(station)
+    taught = station.model_thresholds
+    with Store(tmp_path / "stats.db") as store:
+        station.attach_typer(DefectTyper(store, station.name, refresh_s=0.0))     # scope "frame", the default
+        station.model_thresholds = dataclasses.replace(taught, pixel=low, region_peak=None)
+        every = station.inspect_image(bad).regions
+        station.model_thresholds = dataclasses.replace(taught, pixel=low, region_peak=every[0].max_score)
+        shown = station.inspect_image(bad).regions
+    assert (len(every), len(shown)) == (2, 1)
+    assert shown[0].embedding is not None
+    np.testing.assert_array_equal(shown[0].embedding, every[0].embedding)   # the mark is in its description
 
 
 def test_line_thresholds_read_from_a_saved_version_are_the_stations(taught_recipe: Path) -> None:
