@@ -128,6 +128,7 @@ class ReviewWorker:
             return {"error": self.error}
         return {"error": None, "model_version": self.station.model_version,
                 "thresholds": list(self.station.thresholds), "device": self.station.device,
+                "region_peak": self.station.model_thresholds.region_peak,
                 "warnings": list(self.station.warnings), "host": socket.gethostname(), "pid": os.getpid()}
 
     def score(self, rels: list[str]) -> list[dict[str, Any]]:
@@ -363,7 +364,7 @@ def ray_review(
 
         def meta(complete: bool) -> ReportMeta:
             return recipe_report_meta(folder, recipe_obj, model=model, thresholds=thresholds, total_files=total,
-                                      complete=complete, rate=rate, notes=notes)
+                                      complete=complete, rate=rate, notes=notes, region_peak=first.get("region_peak"))
 
         resumed = sum(1 for p in files() if relative_name(p, folder) in journal.records)
         todo = (rel for rel in (relative_name(p, folder) for p in files()) if rel not in journal.records)

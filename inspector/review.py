@@ -317,7 +317,8 @@ def _review_recipe(
 
     def meta(complete: bool, rate: ReviewRate) -> ReportMeta:
         return recipe_report_meta(folder, recipe, model=model, thresholds=thresholds, total_files=len(files),
-                                  complete=complete, rate=rate, notes=tuple(station.warnings))
+                                  complete=complete, rate=rate, notes=tuple(station.warnings),
+                                  region_peak=station.model_thresholds.region_peak)
 
     rate = ReviewRate()
     last_report = time.perf_counter()
@@ -398,11 +399,15 @@ def recipe_journal_header(
 
 def recipe_report_meta(
     folder: Path, recipe: Recipe, *, model: str, thresholds: tuple[float, float, float], total_files: int,
-    complete: bool, rate: ReviewRate, notes: tuple[str, ...],
+    complete: bool, rate: ReviewRate, notes: tuple[str, ...], region_peak: float | None = None,
 ) -> ReportMeta:
-    """What a recipe review's report says about the run (``model``: what scored, in words)."""
+    """What a recipe review's report says about the run (``model``: what scored, in words; ``region_peak``: the
+    model's ``Thresholds.region_peak``, None for a model saved before it)."""
     rule = (f"the recipe's thresholds: FAIL at score >= {thresholds[1]:.4f}, REVIEW at >= {thresholds[0]:.4f}; "
             f"defect regions where the map is >= {thresholds[2]:.4f}, at least {recipe.min_defect_area_px} px")
+    if region_peak is not None:
+        rule += (f"; shown where a region's peak reaches {region_peak:.4f} (the highest value of the good images' "
+                 "maps when taught), and each image's strongest region")
     return ReportMeta(title=f"Review of {folder.name}", mode="recipe", source=str(folder), model=model,
                       thresholds=thresholds, rule=rule, total_files=total_files, complete=complete,
                       generated=now_text(), images_per_second=rate.per_second or None, notes=notes)

@@ -183,6 +183,8 @@ def test_recipe_review_writes_a_complete_report(recipe_review: tuple[ReviewSumma
     assert defects, "the planted defects give regions"
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "Where the defects are" in page and (out / "locations" / "map-0.png").is_file()
+    # the rule says which regions are drawn: those reaching the model's region peak, and each image's strongest
+    assert "shown where a region's peak reaches" in summary.rule and "strongest region" in page
 
 
 def test_interrupted_recipe_review_resumes_to_the_same_report(
