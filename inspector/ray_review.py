@@ -128,7 +128,7 @@ class ReviewWorker:
             return {"error": self.error}
         return {"error": None, "model_version": self.station.model_version,
                 "thresholds": list(self.station.thresholds), "device": self.station.device,
-                "region_peak": self.station.model_thresholds.region_peak,
+                "region_peak": self.station.region_peak,
                 "warnings": list(self.station.warnings), "host": socket.gethostname(), "pid": os.getpid()}
 
     def score(self, rels: list[str]) -> list[dict[str, Any]]:

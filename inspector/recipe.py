@@ -162,6 +162,9 @@ class Thresholds:
     review: float | None = None           # image score at or above this -> REVIEW
     fail: float | None = None             # image score at or above this -> FAIL (>= review)
     pixel: float | None = None            # per-pixel score above this belongs to a defect region
+    # a region is shown when its peak reaches this, and a part's strongest always (the model's: the highest value
+    # of the good images' maps when taught); 0 shows every region at the pixel threshold
+    region_peak: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

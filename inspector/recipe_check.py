@@ -363,6 +363,9 @@ class RecipeChecker:
                                                f"{value!r} (scores are cosine distances: a threshold above "
                                                f"{MAX_SCORE:g} would pass every part)")
         t = r.thresholds
+        if t.region_peak is not None and not (t.region_peak >= 0 and math.isfinite(t.region_peak)):
+            self.fail("thresholds.region_peak", f"must be a finite number >= 0 or null (the model's), got "
+                                                f"{t.region_peak!r}; 0 shows every region")
         if t.review is not None and t.fail is not None and t.review > t.fail:
             self.fail("thresholds.review", f"({t.review!r}) must not be above thresholds.fail ({t.fail!r}): "
                                            "a part scoring between them is sent to REVIEW")

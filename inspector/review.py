@@ -318,7 +318,7 @@ def _review_recipe(
     def meta(complete: bool, rate: ReviewRate) -> ReportMeta:
         return recipe_report_meta(folder, recipe, model=model, thresholds=thresholds, total_files=len(files),
                                   complete=complete, rate=rate, notes=tuple(station.warnings),
-                                  region_peak=station.model_thresholds.region_peak)
+                                  region_peak=station.region_peak)
 
     rate = ReviewRate()
     last_report = time.perf_counter()

@@ -288,6 +288,13 @@ class Station:
         return line_thresholds(self.recipe, self.model_thresholds)
 
     @property
+    def region_peak(self) -> float | None:
+        """A region is shown when its peak reaches this (and a frame's strongest always): the recipe's override
+        where set, else the model's calibration; None (a model saved before it) shows every region."""
+        over = self.recipe.thresholds.region_peak
+        return float(over) if over is not None else self.model_thresholds.region_peak
+
+    @property
     def concurrent_calls(self) -> bool:
         """Whether several threads may inspect at once: a detector on the CPU reads only its fitted
         state while it scores; on CUDA it reuses per-call buffers and graphs, so calls take turns."""
@@ -419,7 +426,7 @@ class Station:
             every = self._regions(crop_map, pixel, x0, y0)
             # shown: the regions whose peak no good image reached when teaching, and the strongest; the typer
             # still describes the frame by all of them (typing from the shown ones alone measured worse)
-            regions = every[:shown_count([r.max_score for r in every], self.model_thresholds.region_peak)]
+            regions = every[:shown_count([r.max_score for r in every], self.region_peak)]
             if regions and features is not None:
                 work = functools.partial(self._typed, every, len(regions), features, crop_map, pixel, (x0, y0),
                                          crop_rgb, pool=verdict is Verdict.FAIL, turn=defer_typing)

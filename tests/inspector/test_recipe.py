@@ -206,6 +206,8 @@ ERRORS = [
     ("detecter", {}, "detecter", r"did you mean 'detector'\?.*allowed here: schema_version, name"),
     ("thresholds.review", 0.5, "thresholds.review", r"\(0\.5\) must not be above thresholds\.fail \(0\.3\)"),
     ("thresholds.pixel", -0.1, "thresholds.pixel", r"must be a finite number from 0 to 2 or null, got -0\.1"),
+    ("thresholds.region_peak", -0.1, "thresholds.region_peak", r"must be a finite number >= 0 or null .*got -0\.1"),
+    ("thresholds.region_peak", math.inf, "thresholds.region_peak", r"must be a finite number, got inf"),
     ("mm_per_px", math.nan, "mm_per_px", r"must be a finite number, got nan"),
     ("mm_per_px", 0, "mm_per_px", r"must be a number > 0"),
     ("min_defect_area_px", -1, "min_defect_area_px", r"must be >= 0, got -1"),

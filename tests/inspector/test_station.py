@@ -98,6 +98,19 @@ def test_regions_below_the_region_peak_are_not_shown_but_the_strongest_is(statio
     assert shown(2 * strong) == every[:1], "nothing reaches it: the strongest region still shows why"
 
 
+def test_a_recipe_sets_its_own_region_peak_and_0_shows_every_region(taught_recipe: Path) -> None:
+    recipe = load_recipe(taught_recipe)
+    station = Station.load(recipe)
+    bad, _, low = _two_marks(station)
+    station.model_thresholds = dataclasses.replace(station.model_thresholds, pixel=low, region_peak=10.0)
+    assert len(station.inspect_image(bad).regions) == 1           # the model's peak: the strongest only
+    for peak, shown in ((0.0, 2), (5.0, 1)):
+        station.recipe = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds,
+                                                                                    region_peak=peak))
+        assert station.region_peak == peak
+        assert len(station.inspect_image(bad).regions) == shown
+
+
 def test_the_typer_describes_the_frame_by_every_region_also_those_not_shown(station: Station, tmp_path: Path) -> None:
     from inspector.defect_typing import DefectTyper
     from inspector.store import Store
