@@ -12,7 +12,10 @@ region its extent. This benchmark measures both on the test frames that the cali
 * ``defect_found``: flagged defective frames with at least one shown region on the defect;
 * ``largest_on_defect``: flagged defective frames whose largest shown region is on the defect (what the typer of
   issue 16 describes first);
-* ``per_good``: regions shown per flagged good frame.
+* ``per_good``: regions shown per flagged good frame;
+* ``coverage``: the share of the defect's mask pixels inside the shown regions' boxes (flagged defective frames).
+
+``--pixel-quantile`` sets the calibration's pixel quantile (the regions' extent; 0.999 as the product).
 
 Regions as the station finds them (``find_regions``: 8-connectivity, fragments within one feature patch merged,
 the recipe's default minimum area). Scored from the feature cache (``benchmarks._features``), detector as taught by
@@ -55,6 +58,7 @@ class FrameRegions:
     peaks: tuple[float, ...]
     areas: tuple[int, ...]
     on_defect: tuple[bool, ...]
+    covered: tuple[float, ...] = ()     # the share of the mask inside the first 1, 2, ... regions' boxes
 
 
 def frame_regions(anomaly_map: np.ndarray, mask: np.ndarray | None, *, label: int, score: float, pixel: float,
@@ -64,8 +68,14 @@ def frame_regions(anomaly_map: np.ndarray, mask: np.ndarray | None, *, label: in
     merge_gap = round(PATCH_SIZE * min(anomaly_map.shape) / shorter_side)
     regions = find_regions(anomaly_map, pixel_threshold=pixel, min_area_px=min_area_px, merge_gap_px=merge_gap)
     on = tuple(bool(mask is not None and mask[r.y : r.y + r.height, r.x : r.x + r.width].any()) for r in regions)
+    covered: list[float] = []
+    if mask is not None and mask.any():
+        boxes = np.zeros(mask.shape, bool)
+        for r in regions:
+            boxes[r.y : r.y + r.height, r.x : r.x + r.width] = True
+            covered.append(float((boxes & mask).sum() / mask.sum()))
     return FrameRegions(label=label, score=score, peaks=tuple(r.max_score for r in regions),
-                        areas=tuple(r.area_px for r in regions), on_defect=on)
+                        areas=tuple(r.area_px for r in regions), on_defect=on, covered=tuple(covered))
 
 
 def region_stats(frames: Sequence[FrameRegions], *, review: float, region_peak: float | None) -> dict[str, float]:
@@ -75,8 +85,11 @@ def region_stats(frames: Sequence[FrameRegions], *, review: float, region_peak: 
     defects = [f for f in flagged if f.label]
     goods = [f for f in flagged if not f.label]
     shown, on, found, largest = 0, 0, 0, 0
+    coverage: list[float] = []
     for f in defects:
         n = shown_count(f.peaks, region_peak)
+        if f.covered:
+            coverage.append(f.covered[n - 1] if n else 0.0)
         shown += n
         on += sum(f.on_defect[:n])
         found += any(f.on_defect[:n])
@@ -88,7 +101,8 @@ def region_stats(frames: Sequence[FrameRegions], *, review: float, region_peak: 
             "precision": on / shown if shown else float("nan"),
             "defect_found": found / len(defects) if defects else float("nan"),
             "largest_on_defect": largest / len(defects) if defects else float("nan"),
-            "per_good": good_regions / len(goods) if goods else float("nan")}
+            "per_good": good_regions / len(goods) if goods else float("nan"),
+            "coverage": float(np.mean(coverage)) if coverage else float("nan")}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +111,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--categories", required=True, help="comma-separated category folder names")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the good shots")
     parser.add_argument("--shots", type=int, default=16, help="good training images")
+    parser.add_argument("--pixel-quantile", type=float, default=0.999,
+                        help="the calibration's pixel quantile (models.calibration.calibrate; 0.999 as the product)")
     parser.add_argument("--config", default="{}", help="PatchKNNConfig options as JSON (the teach step's choice)")
     parser.add_argument("--cache-dir", type=Path, required=True, help="the feature cache (benchmarks._features)")
     parser.add_argument("--weights", default=None, help="DINOv2 weights file (default: models.weights resolution)")
@@ -121,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             config = PatchKNNConfig.from_dict(options)
             detector = PatchKNN(backbone=CachedBackbone(store, blocks=(8,)), config=config)
             detector.fit([load_image_rgb(p) for p in select_shots(category.train_good, args.shots, seed=seed)])
-            thresholds = calibrate(detector.train_scores, good_maps=detector.train_maps)
+            thresholds = calibrate(detector.train_scores, good_maps=detector.train_maps,
+                                   pixel_quantile=args.pixel_quantile)
             frames = []
             for item in category.test:
                 image = load_image_rgb(item.path)
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                             score=float(detection.pred_score[0]), pixel=thresholds.pixel,
                                             shorter_side=config.shorter_side))
             row = {"category": name, "seed": seed, "shots": args.shots, "config": options,
+                   "pixel_quantile": args.pixel_quantile,
                    "pixel": thresholds.pixel, "region_peak": thresholds.region_peak, "review": thresholds.review,
                    "every": region_stats(frames, review=thresholds.review, region_peak=None),
                    "shown": region_stats(frames, review=thresholds.review, region_peak=thresholds.region_peak),
