@@ -402,12 +402,14 @@ def recipe_report_meta(
     complete: bool, rate: ReviewRate, notes: tuple[str, ...], region_peak: float | None = None,
 ) -> ReportMeta:
     """What a recipe review's report says about the run (``model``: what scored, in words; ``region_peak``: the
-    model's ``Thresholds.region_peak``, None for a model saved before it)."""
+    station's `Station.region_peak`, the recipe's or else the model's; None for a model saved before it)."""
     rule = (f"the recipe's thresholds: FAIL at score >= {thresholds[1]:.4f}, REVIEW at >= {thresholds[0]:.4f}; "
             f"defect regions where the map is >= {thresholds[2]:.4f}, at least {recipe.min_defect_area_px} px")
-    if region_peak is not None:
-        rule += (f"; shown where a region's peak reaches {region_peak:.4f} (the highest value of the good images' "
-                 "maps when taught), and each image's strongest region")
+    if region_peak:              # None (a model saved before it) or 0 (the recipe's): every region is drawn
+        source = ("the recipe's" if recipe.thresholds.region_peak is not None
+                  else "the highest value of the good images' maps when taught")
+        rule += (f"; shown where a region's peak reaches {region_peak:.4f} ({source}), and each image's strongest "
+                 "region")
     return ReportMeta(title=f"Review of {folder.name}", mode="recipe", source=str(folder), model=model,
                       thresholds=thresholds, rule=rule, total_files=total_files, complete=complete,
                       generated=now_text(), images_per_second=rate.per_second or None, notes=notes)

@@ -544,3 +544,21 @@ def test_zero_shot_scores_kept_before_the_brightness_option_still_load(tmp_path:
         np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files if k != "brightness_active"})
     old = _load_scores(tmp_path / "old.npz")
     assert old is not None and old["brightness_active"] is None and old["files"] == ["a.png", "b.png"]
+
+
+def test_the_report_rule_names_where_the_region_peak_comes_from(taught_recipe: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from inspector._review_records import ReviewRate
+    from inspector.review import recipe_report_meta
+
+    recipe = load_recipe(taught_recipe)
+
+    def rule(region_peak: float | None, override: float | None = None) -> str:
+        over = dataclasses.replace(recipe, thresholds=dataclasses.replace(recipe.thresholds, region_peak=override))
+        return recipe_report_meta(tmp_path, over, model="m", thresholds=(0.1, 0.2, 0.05), total_files=1,
+                                  complete=True, rate=ReviewRate(), notes=(), region_peak=region_peak).rule
+
+    assert "reaches 0.0700 (the highest value of the good images' maps when taught)" in rule(0.07)
+    assert "reaches 0.0900 (the recipe's)" in rule(0.09, override=0.09)
+    assert "shown where" not in rule(None) and "shown where" not in rule(0.0, override=0.0)   # every region drawn
