@@ -352,8 +352,10 @@ def ray_review(
         first = described[0]
         thresholds = (float(first["thresholds"][0]), float(first["thresholds"][1]), float(first["thresholds"][2]))
         # records on disk (an index beside the journal): the driver never holds one per image
+        region_peak = first.get("region_peak")
         journal = Journal(out / JOURNAL_NAME, recipe_journal_header(folder, recipe_obj, first["model_version"],
-                                                                    thresholds, runtime=recipe_obj.detector.runtime),
+                                                                    thresholds, runtime=recipe_obj.detector.runtime,
+                                                                    region_peak=region_peak),
                           on_disk=True)
         in_order = records_in_order(folder, files, journal)
         hosts = len({d["host"] for d in described})
@@ -364,7 +366,7 @@ def ray_review(
 
         def meta(complete: bool) -> ReportMeta:
             return recipe_report_meta(folder, recipe_obj, model=model, thresholds=thresholds, total_files=total,
-                                      complete=complete, rate=rate, notes=notes, region_peak=first.get("region_peak"))
+                                      complete=complete, rate=rate, notes=notes, region_peak=region_peak)
 
         resumed = sum(1 for p in files() if relative_name(p, folder) in journal.records)
         todo = (rel for rel in (relative_name(p, folder) for p in files()) if rel not in journal.records)

@@ -302,7 +302,8 @@ def _review_recipe(
         station.attach_typer(DefectTyper(store, recipe.name, config=typer_config(recipe)))
     thresholds = station.thresholds
     journal = Journal(out / JOURNAL_NAME, recipe_journal_header(
-        folder, recipe, station.model_version, thresholds, runtime="onnx" if scored_by.startswith("onnx") else "torch"))
+        folder, recipe, station.model_version, thresholds, runtime="onnx" if scored_by.startswith("onnx") else "torch",
+        region_peak=station.region_peak))
     resumed = sum(1 for p in files if relative_name(p, folder) in journal.records)
     todo = [p for p in files if relative_name(p, folder) not in journal.records]
     if workers is None and batch_size is not None:
@@ -387,14 +388,18 @@ def load_station(
 
 def recipe_journal_header(
     folder: Path, recipe: Recipe, model_version: str, thresholds: tuple[float, float, float], *, runtime: str,
+    region_peak: float | None,
 ) -> dict[str, Any]:
     """The first line of a recipe review's journal: a review continues only a journal with the same one.
 
     ``runtime`` (``torch`` or ``onnx``: what scores) is part of it: the two agree to about 1e-3 in score,
-    so a report half from each could give one image two verdicts near a threshold.
+    so a report half from each could give one image two verdicts near a threshold. So is ``region_peak``
+    (`Station.region_peak`): a recipe whose ``thresholds.region_peak`` changed draws other regions, and one
+    report would hold two rules. A journal written before it was recorded is not continued either.
     """
     return {"journal": JOURNAL_VERSION, "mode": "recipe", "folder": str(folder.resolve()), "recipe": recipe.name,
-            "model_version": model_version, "thresholds": list(thresholds), "runtime": runtime}
+            "model_version": model_version, "thresholds": list(thresholds), "runtime": runtime,
+            "region_peak": region_peak}
 
 
 def recipe_report_meta(

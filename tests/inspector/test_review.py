@@ -206,6 +206,21 @@ def test_interrupted_recipe_review_resumes_to_the_same_report(
     _check_report(out, data["folder"])
 
 
+def test_review_is_not_continued_after_the_recipe_changed_its_region_peak(data: dict[str, Path]) -> None:
+    out = data["root"] / "recipe-peak-changed"
+    assert _drive(review(data["folder"], out, recipe=data["recipe"], device="cpu"),
+                  stop_after=lambda tick, n: n == 3) is None
+    header = json.loads((out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()[0])
+    assert header["region_peak"] is not None and header["region_peak"] > 0, "the model's peak, recorded"
+    every_region = data["root"] / "part-every-region.yaml"      # the same recipe, drawing every region
+    every_region.write_text(data["recipe"].read_text(encoding="utf-8") + "thresholds: {region_peak: 0}\n",
+                            encoding="utf-8")
+    with pytest.raises(InspectorError, match=r"other settings \(region_peak differ"):
+        _drive(review(data["folder"], out, recipe=every_region, device="cpu"))
+    kept = (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()
+    assert len(kept) == 1 + 2 and json.loads(kept[0]) == header, "what was recorded is kept"
+
+
 def test_report_folder_of_another_review_is_refused(
     recipe_review: tuple[ReviewSummary, Path], data: dict[str, Path]
 ) -> None:
