@@ -13,7 +13,9 @@ region its extent. This benchmark measures both on the test frames that the cali
 * ``largest_on_defect``: flagged defective frames whose largest shown region is on the defect (what the typer of
   issue 16 describes first);
 * ``per_good``: regions shown per flagged good frame;
-* ``coverage``: the share of the defect's mask pixels inside the shown regions' boxes (flagged defective frames).
+* ``coverage``: the share of the defect's mask pixels inside the shown regions' boxes (flagged defective frames);
+* ``tightness``: the share of the shown boxes' pixels on the defect's mask (flagged defective frames): a box that
+  touches the defect (``precision``) may still be mostly beside it.
 
 ``--pixel-quantile`` sets the calibration's pixel quantile (the regions' extent; 0.999 as the product).
 
@@ -59,6 +61,7 @@ class FrameRegions:
     areas: tuple[int, ...]
     on_defect: tuple[bool, ...]
     covered: tuple[float, ...] = ()     # the share of the mask inside the first 1, 2, ... regions' boxes
+    tight: tuple[float, ...] = ()       # the share of those boxes' pixels on the mask
 
 
 def frame_regions(anomaly_map: np.ndarray, mask: np.ndarray | None, *, label: int, score: float, pixel: float,
@@ -69,13 +72,16 @@ def frame_regions(anomaly_map: np.ndarray, mask: np.ndarray | None, *, label: in
     regions = find_regions(anomaly_map, pixel_threshold=pixel, min_area_px=min_area_px, merge_gap_px=merge_gap)
     on = tuple(bool(mask is not None and mask[r.y : r.y + r.height, r.x : r.x + r.width].any()) for r in regions)
     covered: list[float] = []
+    tight: list[float] = []
     if mask is not None and mask.any():
         boxes = np.zeros(mask.shape, bool)
         for r in regions:
             boxes[r.y : r.y + r.height, r.x : r.x + r.width] = True
             covered.append(float((boxes & mask).sum() / mask.sum()))
+            tight.append(float((boxes & mask).sum() / boxes.sum()))
     return FrameRegions(label=label, score=score, peaks=tuple(r.max_score for r in regions),
-                        areas=tuple(r.area_px for r in regions), on_defect=on, covered=tuple(covered))
+                        areas=tuple(r.area_px for r in regions), on_defect=on, covered=tuple(covered),
+                        tight=tuple(tight))
 
 
 def region_stats(frames: Sequence[FrameRegions], *, review: float, region_peak: float | None) -> dict[str, float]:
@@ -86,10 +92,13 @@ def region_stats(frames: Sequence[FrameRegions], *, review: float, region_peak: 
     goods = [f for f in flagged if not f.label]
     shown, on, found, largest = 0, 0, 0, 0
     coverage: list[float] = []
+    tightness: list[float] = []
     for f in defects:
         n = shown_count(f.peaks, region_peak)
         if f.covered:
             coverage.append(f.covered[n - 1] if n else 0.0)
+            if n:
+                tightness.append(f.tight[n - 1])
         shown += n
         on += sum(f.on_defect[:n])
         found += any(f.on_defect[:n])
@@ -102,7 +111,8 @@ def region_stats(frames: Sequence[FrameRegions], *, review: float, region_peak: 
             "defect_found": found / len(defects) if defects else float("nan"),
             "largest_on_defect": largest / len(defects) if defects else float("nan"),
             "per_good": good_regions / len(goods) if goods else float("nan"),
-            "coverage": float(np.mean(coverage)) if coverage else float("nan")}
+            "coverage": float(np.mean(coverage)) if coverage else float("nan"),
+            "tightness": float(np.mean(tightness)) if tightness else float("nan")}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
