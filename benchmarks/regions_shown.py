@@ -44,11 +44,11 @@ REPO: Final = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run as a script: make `models` and `benchmarks` importable
     sys.path.insert(0, str(REPO))
 
+from inspector.recipe import Recipe  # noqa: E402
 from models.files import atomic_write  # noqa: E402
-from models.regions import find_regions, shown_count  # noqa: E402
+from models.regions import find_regions, patch_gap_px, shown_count  # noqa: E402
 
-PATCH_SIZE: Final = 14           # DINOv2's patch, model pixels
-MIN_AREA_PX: Final = 25          # inspector.recipe.Recipe.min_defect_area_px's default
+MIN_AREA_PX: Final = Recipe.min_defect_area_px   # a recipe's default minimum region area
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def frame_regions(anomaly_map: np.ndarray, mask: np.ndarray | None, *, label: in
                   shorter_side: int, min_area_px: int = MIN_AREA_PX) -> FrameRegions:
     """The frame's regions as a station finds them (``inspector.station.Station._regions``), each checked against
     the defect mask (its box touches the mask; None: a good frame)."""
-    merge_gap = round(PATCH_SIZE * min(anomaly_map.shape) / shorter_side)
-    regions = find_regions(anomaly_map, pixel_threshold=pixel, min_area_px=min_area_px, merge_gap_px=merge_gap)
+    regions = find_regions(anomaly_map, pixel_threshold=pixel, min_area_px=min_area_px,
+                           merge_gap_px=patch_gap_px(anomaly_map.shape, shorter_side))
     on = tuple(bool(mask is not None and mask[r.y : r.y + r.height, r.x : r.x + r.width].any()) for r in regions)
     covered: list[float] = []
     tight: list[float] = []

@@ -495,13 +495,12 @@ class Station:
         return int(side(shape[0], shape[1])) if side is not None else int(self.recipe.preprocess.shorter_side)
 
     def _regions(self, crop_map: np.ndarray, pixel: float, x0: int, y0: int) -> tuple[DefectRegion, ...]:
-        from models.regions import find_regions
+        from models.regions import find_regions, patch_gap_px
 
-        # the map's resolution is one feature patch (14 px of the model input): fragments closer than
-        # that come from neighbouring patches of one defect and are shown as one region
-        patch_px = PATCH_SIZE * min(crop_map.shape) / self._model_side(crop_map.shape)
+        # fragments closer than one feature patch come from neighbouring patches of one defect: one region
+        gap = patch_gap_px(crop_map.shape, self._model_side(crop_map.shape), patch_size=PATCH_SIZE)
         found = find_regions(crop_map, pixel_threshold=pixel, min_area_px=self.recipe.min_defect_area_px,
-                             mm_per_px=self.recipe.mm_per_px, merge_gap_px=round(patch_px))
+                             mm_per_px=self.recipe.mm_per_px, merge_gap_px=gap)
         return tuple(
             DefectRegion(x=r.x + x0, y=r.y + y0, width=r.width, height=r.height, area_px=r.area_px,
                          area_mm2=r.area_mm2, max_score=r.max_score, mean_score=r.mean_score)

@@ -131,6 +131,13 @@ def find_regions(
     return regions[:shown_count([r.max_score for r in regions], min_peak)]
 
 
+def patch_gap_px(map_shape: tuple[int, ...], model_side: int, *, patch_size: int = 14) -> int:
+    """One feature patch's side in pixels of a map of ``map_shape`` scored at ``model_side`` (the model input's
+    shorter side): the ``merge_gap_px`` at which `find_regions` joins the fragments of one defect (the map's
+    resolution is one patch, so fragments closer than that come from neighbouring patches of one defect)."""
+    return round(patch_size * min(map_shape[:2]) / model_side)
+
+
 def shown_count(peaks: Sequence[float], min_peak: float | None) -> int:
     """How many of a frame's regions are shown: those whose peak reaches ``min_peak``, and at least the strongest.
 

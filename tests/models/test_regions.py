@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.regions import Region, defect_mask, find_regions
+from models.regions import Region, defect_mask, find_regions, patch_gap_px
 
 
 def hand_map() -> np.ndarray:
@@ -129,3 +129,9 @@ def test_merging_keeps_every_pixel_and_never_adds_regions(seed: int, gap: int) -
         box = anomaly_map[region.y : region.y + region.height, region.x : region.x + region.width]
         assert 0.9 <= region.max_score <= box.max()
         assert region.area_px <= box.size
+
+
+def test_patch_gap_is_one_feature_patch_in_map_pixels() -> None:
+    assert patch_gap_px((448, 600), 448) == 14           # scored at its own size
+    assert patch_gap_px((1000, 896), 448) == 28          # the shorter side halved for the model: a patch is 28 px
+    assert patch_gap_px((300, 300, 3), 448, patch_size=16) == 11
