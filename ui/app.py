@@ -147,13 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             QMessageBox.warning(None, "Line IO", f"PLC and MQTT links are off: {exc}")
     window = station_window(recipe_choices(recipe), line, source=args.source, store=store, kiosk=args.kiosk)
     window.show()
-    # Everything made so far (torch, the model, Qt's wrappers) lives as long as the app: moved out of the
+    # Everything made so far (Qt's wrappers, the store, the window) lives as long as the app: moved out of the
     # collector's view, a full collection no longer walks it and holds the interpreter lock ~0.25 s on
     # whichever thread it lands, the GUI thread included.
     gc.collect()
     gc.freeze()
-    # and from now on cycles are collected on this thread only, never on a worker (ui.collector)
-    GuiThreadCollector(parent=window)
+    # and from now on cycles are collected on this thread only, never on a worker (ui.collector); torch,
+    # imported when the first recipe loads, is frozen then
+    collector = GuiThreadCollector(parent=window)
+    window.engine_loaded.connect(collector.settle)
     if args.start:
         window.start()
     try:

@@ -10,10 +10,11 @@ segmentation fault, at a random moment, far from its cause.
 instead, one generation at a time as the counts ask for it, as the calibre e-book manager does
 (``calibre.gui2.GarbageCollector``). Reference counting, which frees most objects, is untouched.
 With `gc.freeze` at start-up (``ui.app.main``) a collection walks only what was made since, so a
-tick costs well under a millisecond.
+tick costs well under a millisecond; `settle` freezes again once the engine (torch) has loaded.
 
 Example:
     >>> collector = GuiThreadCollector(parent=window)   # in the GUI thread, after gc.freeze()
+    >>> window.engine_loaded.connect(collector.settle)   # freeze once more when torch has been imported
     >>> collector.stop()                                 # automatic collection back on
 """
 
@@ -43,6 +44,7 @@ class GuiThreadCollector(QObject):
         super().__init__(parent)
         self._was_enabled = gc.isenabled()
         self.collections = 0            # generations collected so far (for tests and logs)
+        self._settled = False           # `settle` has frozen the engine's objects
         gc.disable()
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
@@ -58,6 +60,20 @@ class GuiThreadCollector(QObject):
                 gc.collect(generation)
                 self.collections += 1
                 return
+
+    def settle(self) -> None:
+        """Freeze what lives now, the first time the engine has loaded (``MainWindow.engine_loaded``).
+
+        torch, timm and the detectors are imported when the first recipe loads, after the start-up
+        freeze: some 650,000 objects that live as long as the app. Left young, the timer's collections
+        walk them, 0.2 s each on the GUI thread (generation 0, then 1, then 2, a frame skipped each time).
+        Once only: later loads make a model and few other objects, and a model dropped at a recipe switch
+        is freed by reference counting (it holds no cycles), frozen or not, while each freeze would also
+        keep whatever cycles are garbage at that moment.
+        """
+        if not self._settled:
+            self._settled = True
+            gc.freeze()
 
     def stop(self) -> None:
         """Stop the timer and give collection back to the interpreter (as it was before)."""

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Slot
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -102,6 +102,8 @@ class MainWindow(QMainWindow):
         make_pipeline: builds the pipeline; default `inspector.pipeline.Pipeline` (triggered: the app's --station).
         kiosk: start full screen with only the station screen.
     """
+
+    engine_loaded = Signal()   # a recipe's inspector was loaded and applied (`ui.collector.GuiThreadCollector.settle`)
 
     def __init__(
         self,
@@ -425,6 +427,7 @@ class MainWindow(QMainWindow):
             # transparent at half the pixel threshold, opaque red at 1.5x (as the archive's overlays):
             # defects stand out, good parts stay clear
             self.station.heatmap.set_heat_range(0.5 * float(pixel), 1.5 * float(pixel))
+        self.engine_loaded.emit()
 
     # ---------------------------------------------------------------------------- engine data
     @Slot(object)

@@ -46,3 +46,20 @@ def test_cycles_made_on_a_worker_are_collected_on_the_gui_thread(qtbot) -> None:
     assert gc.isenabled()                     # given back as it was when the collector started
     if not enabled_before:
         gc.disable()
+
+
+def test_settle_freezes_what_lives_then_once_only() -> None:
+    before = gc.get_freeze_count()
+    collector = GuiThreadCollector(interval_ms=60_000)
+    try:
+        engine = [[i] for i in range(1000)]         # long-lived containers, as torch's import leaves
+        collector.settle()
+        frozen = gc.get_freeze_count()
+        assert frozen >= before + len(engine)       # out of the collector's view: its ticks no longer walk them
+        later = [[i] for i in range(1000)]          # a second load's objects stay collectable
+        collector.settle()
+        assert gc.get_freeze_count() == frozen and later
+    finally:
+        collector.stop()
+        if before == 0:
+            gc.unfreeze()

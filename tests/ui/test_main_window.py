@@ -141,7 +141,8 @@ def test_gpu_unavailable_banner(qtbot, tmp_path, settings, part_folder) -> None:
     inspector = DarkSpotInspector("demo", warnings=("GPU unavailable: running on CPU",))
     window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": inspector},
                      source=str(part_folder))
-    window.start()
+    with qtbot.waitSignal(window.engine_loaded, timeout=WAIT_MS):   # the app's collector freezes the engine then
+        window.start()
     qtbot.waitUntil(lambda: "gpu" in window.station.faults.faults(), timeout=WAIT_MS)
     assert window.station.faults.faults()["gpu"] == "GPU unavailable: running on CPU"
     qtbot.waitUntil(lambda: window.state == RunState.SOURCE_ENDED, timeout=WAIT_MS)
