@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Final
 
 from PySide6.QtCore import QObject, QTimer
@@ -62,16 +63,17 @@ class GuiThreadCollector(QObject):
                 return
 
     def settle(self) -> None:
-        """Freeze what lives now, the first time the engine has loaded (``MainWindow.engine_loaded``).
+        """Freeze what lives now, the first time it is called after torch was imported (``MainWindow.engine_loaded``:
+        a recipe loaded, a teaching or a batch review ended).
 
-        torch, timm and the detectors are imported when the first recipe loads, after the start-up
-        freeze: some 650,000 objects that live as long as the app. Left young, the timer's collections
-        walk them, 0.2 s each on the GUI thread (generation 0, then 1, then 2, a frame skipped each time).
-        Once only: later loads make a model and few other objects, and a model dropped at a recipe switch
-        is freed by reference counting (it holds no cycles), frozen or not, while each freeze would also
-        keep whatever cycles are garbage at that moment.
+        torch, timm and the detectors are imported when the first recipe loads (or the first teaching or
+        review runs), after the start-up freeze: some 650,000 objects that live as long as the app. Left
+        young, the timer's collections walk them, 0.2 s each on the GUI thread (generation 0, then 1, then
+        2, a frame skipped each time). Once only: later loads make a model and few other objects, and a
+        model dropped at a recipe switch is freed by reference counting (it holds no cycles), frozen or
+        not, while each freeze would also keep whatever cycles are garbage at that moment.
         """
-        if not self._settled:
+        if not self._settled and "torch" in sys.modules:
             self._settled = True
             gc.freeze()
 

@@ -103,7 +103,9 @@ class MainWindow(QMainWindow):
         kiosk: start full screen with only the station screen.
     """
 
-    engine_loaded = Signal()   # a recipe's inspector was loaded and applied (`ui.collector.GuiThreadCollector.settle`)
+    # a recipe's inspector was applied, a teaching or a batch review ended: torch may have been imported since
+    # (`ui.collector.GuiThreadCollector.settle`)
+    engine_loaded = Signal()
 
     def __init__(
         self,
@@ -186,6 +188,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(teach, "Teach")
         self.tabs.currentChanged.connect(self._on_tab_changed)
         teach.taught.connect(self._on_taught)
+        teach.taught.connect(self.engine_loaded)           # teaching and batch reviews import the engine too
+        review.batch.jobs.stopped.connect(self.engine_loaded)
         return statistics, review, teach
 
     def _action(self, text: str, shortcut: str | QKeySequence.StandardKey | None, slot: Callable[..., object],

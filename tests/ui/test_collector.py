@@ -49,6 +49,8 @@ def test_cycles_made_on_a_worker_are_collected_on_the_gui_thread(qtbot) -> None:
 
 
 def test_settle_freezes_what_lives_then_once_only() -> None:
+    import torch  # noqa: F401  (settle waits for the engine's import)
+
     before = gc.get_freeze_count()
     collector = GuiThreadCollector(interval_ms=60_000)
     try:
