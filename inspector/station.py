@@ -219,6 +219,15 @@ class Station:
 
     # ----------------------------------------------------------------- construction
 
+    @staticmethod
+    def import_engine() -> None:
+        """Import what `load` needs (torch, timm, the detectors) without loading a model: for a caller that loads
+        one later and would rather pay the imports while nothing waits for them (the app at start-up)."""
+        import importlib
+
+        for name in ("models.saved", "models.detectors"):     # torch, timm and the backbone with the first
+            importlib.import_module(name)
+
     @classmethod
     def load(
         cls,

@@ -39,6 +39,7 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_NO_DISPLAY: Final = 3      # distinct from argparse's 2, so the launcher can tell "no screen" apart
+WARM_UP_AFTER_MS: Final = 500   # the engine's imports begin this long after the window is shown (it paints first)
 
 DEMO_RECIPE: Final = Path("recipes") / "fryum_demo.yaml"
 
@@ -116,10 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from ui.collector import GuiThreadCollector
+    from ui.engine import warm_up
     from ui.theme import apply_theme
+    from ui.workers import JobRunner
 
     existing = QApplication.instance()
     app = existing if isinstance(existing, QApplication) else QApplication(
@@ -156,11 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imported when the first recipe loads, is frozen then
     collector = GuiThreadCollector(parent=window)
     window.engine_loaded.connect(collector.settle)
+    warm = JobRunner(window)
+    warm.stopped.connect(collector.settle)
     if args.start:
         window.start()
+    else:      # the engine imported while the window waits for its operator (ui.engine.warm_up), once it has painted
+        QTimer.singleShot(WARM_UP_AFTER_MS, lambda: warm.start(warm_up, name="warm-up"))
     try:
         return int(app.exec())
     finally:
+        warm.shutdown()
         window.shutdown()
         if line is not None:
             line.stop()

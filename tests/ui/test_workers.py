@@ -155,3 +155,38 @@ def test_heatmap_rgba_is_transparent_below_vmin() -> None:
     assert rgba.shape == (1, 4, 4) and rgba.dtype == np.uint8
     assert rgba[0, 0, 3] == 0 and rgba[0, 1, 3] == 0 and rgba[0, 3, 3] == 255
     assert rgba[0, 3, 0] > 150 and rgba[0, 3, 2] < 100      # the hot end is red
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_warm_up_imports_the_engine_on_a_job_thread_and_only_logs_a_broken_install(
+    qtbot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, broken: bool
+) -> None:
+    from inspector.station import Station
+    from ui.engine import warm_up
+
+    threads: list[str] = []
+
+    def import_engine() -> None:
+        threads.append(threading.current_thread().name)
+        if broken:
+            msg = "libtorch_cpu.so: cannot open shared object file"
+            raise OSError(msg)
+
+    monkeypatch.setattr(Station, "import_engine", staticmethod(import_engine))
+    runner = JobRunner()
+    errors: list[str] = []
+    runner.errored.connect(errors.append)
+    with qtbot.waitSignal(runner.stopped, timeout=10_000):
+        runner.start(warm_up, name="warm-up")
+    assert threads and threads[0] != threading.main_thread().name     # off the GUI thread
+    assert errors == []                                                # never an error dialog: Start says it
+    assert ("could not be imported ahead of Start" in caplog.text) is broken
+
+
+def test_the_engine_imports_without_loading_a_model() -> None:
+    import sys
+
+    from inspector.station import Station
+
+    Station.import_engine()
+    assert {"torch", "timm", "models.saved", "models.detectors"} <= sys.modules.keys()
