@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # whichever thread it lands, the GUI thread included.
     gc.collect()
     gc.freeze()
-    # and from now on cycles are collected on this thread only, never on a worker (ui.collector); torch,
-    # imported when the first recipe loads, is frozen then
+    # and from now on cycles are collected on this thread only, never on a worker (ui.collector); torch is
+    # frozen too once the warm-up below or the first recipe's load has imported it
     collector = GuiThreadCollector(parent=window)
     window.engine_loaded.connect(collector.settle)
     warm = JobRunner(window)

@@ -63,11 +63,11 @@ class GuiThreadCollector(QObject):
                 return
 
     def settle(self) -> None:
-        """Freeze what lives now, the first time it is called after torch was imported (``MainWindow.engine_loaded``:
-        a recipe loaded, a teaching or a batch review ended).
+        """Freeze what lives now, the first time it is called after torch was imported (the app's warm-up job
+        ended, or ``MainWindow.engine_loaded``: a recipe loaded, a teaching or a batch review ended).
 
-        torch, timm and the detectors are imported when the first recipe loads (or the first teaching or
-        review runs), after the start-up freeze: some 650,000 objects that live as long as the app. Left
+        torch, timm and the detectors are imported by the warm-up (``ui.engine.warm_up``) or whatever needs
+        them first, after the start-up freeze: some 650,000 objects that live as long as the app. Left
         young, the timer's collections walk them, 0.2 s each on the GUI thread (generation 0, then 1, then
         2, a frame skipped each time). Once only: later loads make a model and few other objects, and a
         model dropped at a recipe switch is freed by reference counting (it holds no cycles), frozen or
