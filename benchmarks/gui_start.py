@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,10 +46,7 @@ def _child(way: str, start_after_s: float, watch_s: float) -> dict[str, Any]:
     from ui.main_window import MainWindow
 
     if way in ("no_warm_up", "before"):
-        def no_warm_up() -> Generator[Any, None, None]:
-            return
-            yield
-        ui.engine.warm_up = no_warm_up
+        ui.engine.warm_up = lambda: None
     if way == "before":
         ui.collector.GuiThreadCollector.settle = lambda self: None  # type: ignore[method-assign]
     slow: list[float] = []

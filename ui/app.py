@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ui.collector import GuiThreadCollector
     from ui.engine import warm_up
     from ui.theme import apply_theme
-    from ui.workers import JobRunner
+    from ui.workers import JobRunner, call_as_job
 
     existing = QApplication.instance()
     app = existing if isinstance(existing, QApplication) else QApplication(
@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.start:
         window.start()
     else:      # the engine imported while the window waits for its operator (ui.engine.warm_up), once it has painted
-        QTimer.singleShot(WARM_UP_AFTER_MS, lambda: warm.start(warm_up, name="warm-up"))
+        QTimer.singleShot(WARM_UP_AFTER_MS, lambda: warm.start(call_as_job(warm_up, "importing the engine"),
+                                                                name="warm-up"))
     try:
         return int(app.exec())
     finally:

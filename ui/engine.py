@@ -9,7 +9,7 @@ defaults, which import the engine only when called: the window opens before torc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -19,7 +19,6 @@ from inspector.pipeline import FrameInspector
 if TYPE_CHECKING:
     from inspector.capture import FrameSource
     from inspector.recipe import Recipe
-    from inspector.results import Progress
 
 __all__ = [
     "LoadInspector",
@@ -81,8 +80,9 @@ def default_load_inspector(recipe_path: Path) -> StationInspector:
     return Station.load(load_recipe(recipe_path))
 
 
-def warm_up() -> Generator[Progress, None, None]:
-    """Import what loading a recipe needs (torch, timm, the detectors), as a background job at start-up.
+def warm_up() -> None:
+    """Import what loading a recipe needs (torch, timm, the detectors): the app's background job at start-up
+    (`ui.workers.call_as_job`).
 
     The first Start then loads only the model (Start to running: 1.3 s instead of 7.1 s with the demo
     recipe on a 2-core CPU), and the imports' stall (loading torch's shared libraries holds the interpreter
@@ -95,8 +95,6 @@ def warm_up() -> Generator[Progress, None, None]:
         Station.import_engine()
     except (ImportError, OSError) as exc:    # a broken install: Start reports it where it is needed
         log.warning("the engine could not be imported ahead of Start: %s: %s", type(exc).__name__, exc)
-    return
-    yield  # a generator: `ui.workers.JobRunner` runs it
 
 
 def default_open_source(text: str) -> FrameSource:

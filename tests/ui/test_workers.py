@@ -177,7 +177,7 @@ def test_warm_up_imports_the_engine_on_a_job_thread_and_only_logs_a_broken_insta
     errors: list[str] = []
     runner.errored.connect(errors.append)
     with qtbot.waitSignal(runner.stopped, timeout=10_000):
-        runner.start(warm_up, name="warm-up")
+        runner.start(call_as_job(warm_up, "importing the engine"), name="warm-up")
     assert threads and threads[0] != threading.main_thread().name     # off the GUI thread
     assert errors == []                                                # never an error dialog: Start says it
     assert ("could not be imported ahead of Start" in caplog.text) is broken
