@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QApplication,
     QFormLayout,
@@ -398,6 +399,12 @@ class SavePage(QWizardPage):
     def isComplete(self) -> bool:  # noqa: N802 (Qt name)
         return self._saved_version is not None
 
+    def take_focus(self) -> None:
+        """The keyboard goes to Save, or to Finish once there is nothing to save, so that Enter does the next thing;
+        Qt handed it to the window's first widget (the toolbar's source box) on this step, which has no Next."""
+        target = self.save_button if self.save_button.isEnabled() else self.w.button(QWizard.WizardButton.FinishButton)
+        target.setFocus(Qt.FocusReason.OtherFocusReason)
+
     @Slot()
     def save(self) -> None:
         outcome = self.w.trained()
@@ -433,12 +440,14 @@ class SavePage(QWizardPage):
                              f"{version} (review {self.w.review:.4f}, fail {self.w.fail:.4f}). Finish, then "
                              "select the recipe on the station.")
         self.completeChanged.emit()
+        self.take_focus()
 
     @Slot(str)
     def _on_failed(self, text: str) -> None:
         if self.w.jobs.name == "save":
             self.message.setText(f"Saving failed: {text}")
             self.save_button.setEnabled(True)
+            self.take_focus()
 
     @property
     def saved_version(self) -> str | None:
@@ -567,7 +576,19 @@ class TeachWizard(QWizard):
                 widget.setFocus(Qt.FocusReason.TabFocusReason)
                 return
             widget = widget.nextInFocusChain()
+        if page is self.save_page:                     # no Next there: its own action (Save, then Finish)
+            self.save_page.take_focus()
+            return
         self.button(QWizard.WizardButton.NextButton).setFocus(Qt.FocusReason.TabFocusReason)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt name)
+        """Escape does not close the wizard. A QWizard is a dialog, whose Escape is its Cancel: embedded in the Teach
+        tab (and without a Cancel button) a stray Escape, as to close a list, threw away the steps filled in and a
+        model trained but not yet saved, leaving an empty tab; found by driving the app under Xvfb."""
+        if event.key() == Qt.Key.Key_Escape:
+            event.ignore()
+            return
+        super().keyPressEvent(event)
 
     @Slot(int)
     def _on_wizard_finished(self, result: int) -> None:
@@ -581,7 +602,8 @@ class TeachWizard(QWizard):
 
 
 class TeachPage(QWidget):
-    """The Teach tab: the wizard embedded, restarted with "New teaching" when finished."""
+    """The Teach tab: the wizard embedded; when it is finished, what was saved and "New teaching" (not before: the
+    wizard's own Back goes to an earlier step, and a restart mid-way would throw the steps away)."""
 
     taught = Signal(object, str)     # recipe path, model version
 
@@ -592,9 +614,15 @@ class TeachPage(QWidget):
         self._open_source = open_source
         self._engine = engine
         self._layout = QVBoxLayout(self)
+        self.done_message = QLabel("")          # what the finished teaching left, where the wizard was
+        self.done_message.setWordWrap(True)
+        self.done_message.setStyleSheet("font-size: 15px;")
+        self.done_message.hide()
+        self._layout.addWidget(self.done_message)
         self.restart_button = QPushButton("New teaching")
         self.restart_button.clicked.connect(self.restart)
-        self._layout.addWidget(self.restart_button, 0, Qt.AlignmentFlag.AlignRight)
+        self._layout.addWidget(self.restart_button, 0, Qt.AlignmentFlag.AlignLeft)
+        self._layout.addStretch(0)      # below them when the wizard is gone; the wizard takes the space otherwise
         self.wizard: TeachWizard | None = None
         self.restart()
 
@@ -612,13 +640,27 @@ class TeachPage(QWidget):
         wizard.taught.connect(self.taught)
         wizard.finished.connect(self._on_finished)
         self._layout.insertWidget(0, wizard, 1)
+        self.done_message.hide()
+        self.restart_button.hide()      # shown when this teaching is finished: a click mid-way threw it away
         wizard.show()
         self.wizard = wizard
 
     @Slot(int)
     def _on_finished(self, result: int) -> None:
-        if self.wizard is not None:
-            self.wizard.hide()
+        wizard = self.wizard
+        if wizard is None:
+            return
+        wizard.hide()
+        version = wizard.save_page.saved_version
+        if result and wizard.recipe_path is not None and version:
+            self.done_message.setText(
+                f"Recipe {wizard.recipe_path.stem}: model {version} saved. Choose it in the toolbar's Recipe box "
+                "and press Start (F5). New teaching teaches another recipe.")
+        else:
+            self.done_message.setText("Teaching closed; nothing was saved. New teaching starts again.")
+        self.done_message.show()
+        self.restart_button.show()
+        self.restart_button.setFocus(Qt.FocusReason.OtherFocusReason)   # not the toolbar's source box
 
     def shutdown(self) -> None:
         if self.wizard is not None:

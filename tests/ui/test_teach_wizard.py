@@ -388,3 +388,55 @@ def test_each_step_takes_the_keyboard_focus_not_the_window_around_it(qtbot, teac
     assert QApplication.focusWidget() is next_button            # trained: the next action has the keyboard
     qtbot.keyClicks(QApplication.focusWidget(), "x")
     assert toolbar_box.text() == ""                             # not typed into the window around it
+    qtbot.mouseClick(next_button, Qt.MouseButton.LeftButton)    # train -> check: thresholds moved by hand
+    wizard.check_page.set_thresholds(0.3, 0.6)
+    qtbot.mouseClick(next_button, Qt.MouseButton.LeftButton)    # check -> save: no field, Next gone, Finish off
+    assert wizard.currentPage() is wizard.save_page
+    assert QApplication.focusWidget() is wizard.save_page.save_button   # Enter saves
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Return)
+    qtbot.waitUntil(wizard.save_page.isComplete, timeout=10_000)
+    finish = wizard.button(TeachWizard.WizardButton.FinishButton)
+    assert QApplication.focusWidget() is finish                 # saved: Enter finishes
+    qtbot.keyClicks(QApplication.focusWidget(), "x")
+    assert toolbar_box.text() == ""
+
+
+def test_escape_does_not_close_the_teach_tab_and_finish_says_what_was_saved(qtbot, teach_setup) -> None:
+    """A QWizard is a dialog and Escape was its Cancel: in the Teach tab a stray Escape threw away the steps filled
+    in and a model trained but not saved, and left an empty tab (found under Xvfb). Escape now does nothing there;
+    Finish leaves a line that says what was saved and what to do next, and only then offers New teaching."""
+    from PySide6.QtWidgets import QApplication
+
+    from ui.teach_wizard import TeachPage
+
+    s = teach_setup
+    page = TeachPage(recipes=[s.recipe], engine=s.engine)
+    qtbot.addWidget(page)
+    page.show()
+    page.activateWindow()
+    qtbot.waitActive(page)
+    wizard = page.wizard
+    assert wizard is not None and not page.done_message.isVisible()
+    assert not page.restart_button.isVisible(), "no restart mid-way, which would throw the steps away"
+    wizard.next()
+    qtbot.keyClicks(wizard.images_page.good_edit, str(s.good))
+    qtbot.keyClick(wizard.images_page.good_edit, Qt.Key.Key_Escape)     # ignored by the field: to the wizard
+    assert wizard.isVisible() and wizard.currentPage() is wizard.images_page
+    assert wizard.images_page.good_edit.text() == str(s.good)
+    wizard.next()
+    wizard.next()                                               # train
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=15_000)
+    qtbot.keyClick(wizard.button(TeachWizard.WizardButton.NextButton), Qt.Key.Key_Escape)
+    assert wizard.isVisible() and wizard.outcome is not None, "the trained model is still there to check and save"
+    wizard.next()
+    wizard.next()                                               # save: nothing changed, the taught version stands
+    assert wizard.save_page.isComplete()
+    qtbot.keyClick(wizard.button(TeachWizard.WizardButton.FinishButton), Qt.Key.Key_Escape)
+    assert wizard.isVisible()
+    wizard.button(TeachWizard.WizardButton.FinishButton).click()
+    assert not wizard.isVisible() and page.done_message.isVisible() and page.restart_button.isVisible()
+    assert "Recipe part: model v1 saved" in page.done_message.text()
+    assert QApplication.focusWidget() is page.restart_button
+    page.restart_button.click()
+    assert page.wizard is not wizard and page.wizard.isVisible() and not page.done_message.isVisible()
+    assert not page.restart_button.isVisible()
