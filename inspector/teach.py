@@ -355,6 +355,7 @@ def _self_tune(
         msg = f"recipe '{recipe.name}': self-tuning failed: {exc}"
         raise ModelError(msg) from exc
     logger.info("recipe %s: %s", recipe.name, result.reason)
+    yield Progress(done=1, total=1, message=f"self-tuning: {result.reason}", unit="step")   # the train log says it
     return result, None
 
 

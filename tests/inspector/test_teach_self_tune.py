@@ -118,3 +118,4 @@ def test_teaching_from_many_images_says_which_candidate_needs_a_plain_background
     # the count is known before the first fit; whether the turned views are checked, only after it
     assert "self-tuning: checking 2 configurations (turned views only for a part on a plain background)" in messages
     assert report.self_tune is not None and [name for name, _ in report.self_tune.not_checked] == ["turned views"]
+    assert f"self-tuning: {report.self_tune.reason}" in messages, "the train log says what was chosen, and why"
