@@ -60,6 +60,17 @@ def short_source(text: str) -> str:
     return text
 
 
+def frame_origin(source: str, frame_id: int, path: str | None) -> str:
+    """Which frame of its source an inspection was: the image file (inside a folder source, relative to it), else
+    the frame's number (a camera, a video)."""
+    if not path:
+        return f"frame {frame_id}"
+    try:
+        return f"file {Path(path).relative_to(Path(source))}"
+    except ValueError:
+        return f"file {short_source(path)}"
+
+
 LotCounts = VerdictCounts   # the running lot's counts: the project's one `VerdictCounts` (and yield)
 
 

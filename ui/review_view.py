@@ -42,7 +42,7 @@ from PySide6.QtWidgets import (
 from inspector.results import DefectRegion, InspectionResult, Progress, Verdict
 from ui.batch_review import ZERO_SHOT, BatchReview, BatchReviewPanel
 from ui.date_range import FollowingRange
-from ui.live_view import VERDICT_COLOURS, HeatmapView, region_size, short_source
+from ui.live_view import VERDICT_COLOURS, HeatmapView, frame_origin, region_size, short_source
 from ui.qimage import bgr_to_qimage
 from ui.review_reads import (
     DEFAULT_DEFECT_CLASSES,
@@ -575,7 +575,8 @@ class ReviewView(QWidget):
         score = "—" if record.score is None else f"{record.score:.4f}"
         lines = [f"#{record.id}  {when}  ·  {record.recipe} {record.model_version}  ·  "
                  f"{record.verdict}  score {score}",
-                 f"source {short_source(record.source)}" + (f"  ·  lot {record.lot}" if record.lot else ""),
+                 f"source {short_source(record.source)}  ·  {frame_origin(record.source, record.frame_id, record.path)}"
+                 + (f"  ·  lot {record.lot}" if record.lot else ""),
                  f"{len(record.regions)} region(s)" + (f": {', '.join(classes)}" if classes else "")]
         if record.feedback:
             last = record.feedback[-1]

@@ -177,6 +177,7 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store, monkeypatch) ->
         view.select(0)
         record = view.current
         assert record is not None and f"#{record.id}" in view.details.text()
+        assert record.path and f"file {record.path}" in view.details.text(), "which image the part was"
         assert "reading the image" in view.details.text() and not view.good_button.isEnabled()
     assert read_on and threading.main_thread().name not in read_on     # the picture is read off the GUI thread
     assert view.view.result is not None and view.view.result.regions and view.good_button.isEnabled()

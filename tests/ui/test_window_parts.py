@@ -79,6 +79,15 @@ def test_footer_names_what_runs_or_what_is_selected(tmp_path: Path) -> None:
         "Recipe: other (selected)   ·   Source: of the recipe   ·   State: stopped")
 
 
+def test_an_inspection_names_its_file_or_its_frame(tmp_path: Path) -> None:
+    from ui.live_view import frame_origin
+
+    folder = tmp_path / "lot7"
+    assert frame_origin(str(folder), 21, str(folder / "burnt" / "050.jpg")) == f"file {Path('burnt', '050.jpg')}"
+    assert frame_origin(str(folder), 3, str(tmp_path / "elsewhere.png")).endswith("elsewhere.png")
+    assert frame_origin("camera 0", 1234, None) == "frame 1234"
+
+
 def test_messages_name_the_failure_and_the_state(tmp_path: Path) -> None:
     recipe = tmp_path / "bracket.yaml"
     cases = [(WeightsNotFound("no weights"), "model", "DINOv2 weights missing"),
