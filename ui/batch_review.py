@@ -11,7 +11,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from PySide6.QtCore import QUrl, Slot
+from PySide6.QtCore import Qt, QUrl, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QComboBox,
@@ -156,8 +156,9 @@ class BatchReviewPanel(QGroupBox):
 
         self.summary = None
         self.open_button.setEnabled(False)
-        self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self._pass_focus(self.run_button, self.cancel_button)
+        self.run_button.setEnabled(False)
         self.bar.setRange(0, 0)
         self.message.setText(f"Reviewing {folder} into {out}…")
         self.jobs.start(job, name="batch-review")
@@ -207,7 +208,15 @@ class BatchReviewPanel(QGroupBox):
     @Slot()
     def _on_stopped(self) -> None:
         self.run_button.setEnabled(True)
+        self._pass_focus(self.cancel_button, self.open_button if self.open_button.isEnabled() else self.run_button)
         self.cancel_button.setEnabled(False)
+
+    @staticmethod
+    def _pass_focus(going: QPushButton, to: QPushButton) -> None:
+        """The keyboard focus on a button about to be disabled moves to the next action, not to the window's first
+        widget (the toolbar's source box), where Qt put it and a reviewer's typing went (found under Xvfb)."""
+        if going.hasFocus():
+            to.setFocus(Qt.FocusReason.OtherFocusReason)
 
     @Slot()
     def _on_open_report(self) -> None:

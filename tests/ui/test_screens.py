@@ -476,3 +476,44 @@ def test_a_recipe_picked_while_stopped_gives_the_location_map_its_taught_picture
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
         view.refresh()
     assert view.insights.reference_bgr is None and not lines["review"].isVisible() and not lines["fail"].isVisible()
+
+
+def test_batch_review_keeps_the_keyboard_on_its_own_buttons(qtbot, tmp_path, part_folder) -> None:
+    """Review went off under the reviewer's click and Qt gave the focus to the window's first widget (the toolbar's
+    source box), where typing went; Cancel takes it while the review runs, Open report when it is done."""
+    from types import SimpleNamespace
+
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication, QLineEdit, QVBoxLayout, QWidget
+
+    from inspector.results import Progress
+    from ui.review_view import BatchReviewPanel
+
+    release = threading.Event()
+
+    def fake_review(folder, out, *, recipe, zero_shot):
+        while not release.is_set():
+            yield Progress(done=0, total=0, message="scoring")
+            release.wait(0.005)
+        return SimpleNamespace(report=out / "index.html", summary_lines=lambda: ["reviewed"])
+
+    window = QWidget()
+    toolbar_box = QLineEdit()                                   # stands in for the toolbar's source box
+    panel = BatchReviewPanel(recipes=lambda: [tmp_path / "demo.yaml"], run_review=fake_review)
+    layout = QVBoxLayout(window)
+    layout.addWidget(toolbar_box)
+    layout.addWidget(panel)
+    qtbot.addWidget(window)
+    with qtbot.waitActive(window):
+        window.show()
+        window.activateWindow()
+    panel.folder_edit.setText(str(part_folder))
+    try:
+        qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+        assert QApplication.focusWidget() is panel.cancel_button
+    finally:
+        with qtbot.waitSignal(panel.jobs.stopped, timeout=10_000):
+            release.set()
+    assert QApplication.focusWidget() is panel.open_button
+    qtbot.keyClicks(QApplication.focusWidget(), "x")
+    assert toolbar_box.text() == ""
