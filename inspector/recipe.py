@@ -62,6 +62,7 @@ __all__ = [
     "list_recipes",
     "dump_recipe",
     "edit_recipe_file",
+    "new_recipe_from",
     "set_active_model_version",
     "load_recipe",
     "parse_recipe",
@@ -414,11 +415,27 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
     return saved
 
 
+# what a recipe made from another does not take from it: they belong to that product's models
+_NOT_COPIED: Final = ("model", "thresholds", "archive")
+
+
+def new_recipe_from(recipe: Recipe, name: str, path: Path) -> Recipe:
+    """A new product's recipe made from ``recipe`` (the teaching screen's "create a new recipe from it").
+
+    It keeps the source, preprocessing, detector, classes and the other settings, and starts without the
+    ROI and without what belongs to the other product's models: its model folder and pinned version (the
+    new recipe would teach into the other's folder, or ask for a version it never taught), thresholds set
+    by hand (on the other model's score scale) and its archive folder.
+    """
+    return dataclasses.replace(recipe, name=name, path=path, roi=None, model=ModelSettings(), thresholds=Thresholds(),
+                               archive=dataclasses.replace(recipe.archive, directory=None))
+
+
 _TOP_KEY = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<value>[^#]*?)(?P<comment>\s+#.*)?$")
 
 
 def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None = None,
-                     roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep") -> Recipe:
+                     roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep", new: bool = False) -> Recipe:
     """Write ``source``'s text to ``target`` with the top-level ``name`` and/or ``roi`` changed.
 
     Unlike `save_recipe`, every comment and the layout of the file are kept: only the value of the
@@ -431,6 +448,8 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
         target: the file to write.
         name: the new recipe name, or None to keep it.
         roi: the new ROI rectangle (x, y, w, h), None for the whole frame, or "keep".
+        new: ``target`` is a new product's recipe made from ``source`` (`new_recipe_from`): its ``model``,
+            ``thresholds`` and ``archive`` keys are written afresh where they differ, without their comments.
 
     Returns:
         The recipe as written (``path`` set to ``target``).
@@ -445,6 +464,15 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
         msg = f"{source}: cannot read the recipe: {exc.strerror or exc}"
         raise RecipeError(msg, path=source) from exc
     changes: dict[str, str] = {}
+    if new:
+        was = parse_recipe("\n".join(lines), path=source)
+        fresh = new_recipe_from(was, name or was.name, target).to_dict()
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        for key in _NOT_COPIED:
+            if fresh[key] != was.to_dict()[key]:
+                flow: str = yaml.dump(fresh[key], Dumper=dumper, sort_keys=False, default_flow_style=True, width=1000)
+                changes[key] = flow.strip()
+    renewed = set(changes)                     # their comments spoke of the source's models: dropped
     if name is not None:
         changes["name"] = name
     if roi != "keep":
@@ -458,7 +486,8 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
         match = _TOP_KEY.match(line)
         if match and match["key"] in changes:
             value = changes.pop(match["key"])
-            out.append(f"{match['key']}: {value}{match['comment'] or ''}")
+            comment = "" if match["key"] in renewed else match["comment"] or ""
+            out.append(f"{match['key']}: {value}{comment}")
             skipping = not match["value"].strip()      # "roi:" followed by an indented block
             continue
         out.append(line)

@@ -7,7 +7,6 @@ Each page validates what it was given before the wizard moves on, and writes it 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from inspector.overlay import thumbnail
+from inspector.recipe import new_recipe_from
 from inspector.results import Progress
 from inspector.teach import GOOD_FROM_REVIEW_COUNT
 from ui.live_view import HeatmapView
@@ -164,7 +164,8 @@ class RecipePage(QWizardPage):
         super().__init__()
         self.w = wizard
         self.setTitle("1 · Recipe")
-        self.setSubTitle("Choose the product's recipe to teach, or create a new recipe from it.")
+        self.setSubTitle("Choose the product's recipe to teach, or create a new recipe from it: its settings, not its "
+                         "models, thresholds or ROI.")
         self.recipe_box = QComboBox()
         for path in wizard.recipes:
             self.recipe_box.addItem(path.stem, str(path))
@@ -212,7 +213,7 @@ class RecipePage(QWizardPage):
                         f"{target.name} already exists: choose another name, or teach that recipe.")
                     return False
                 # written on Save only (step 6): Cancel before that leaves no file behind
-                recipe = dataclasses.replace(recipe, name=name, roi=None, path=target)
+                recipe = new_recipe_from(recipe, name, target)     # not the other product's models
                 self.w.copied_from = path
                 path = target
             else:

@@ -547,3 +547,29 @@ def test_edit_recipe_file_keeps_comments_and_mode_and_replaces_a_block_roi(tmp_p
     with pytest.raises(RecipeError, match="b.yaml"):
         edit_recipe_file(source, tmp_path / "b.yaml", name="B C/../x")     # invalid: nothing written
     assert load_recipe(tmp_path / "b.yaml").name == "b"
+
+
+def test_a_new_recipe_from_another_takes_its_settings_not_its_models(tmp_path: Path) -> None:
+    from inspector.recipe import ArchiveSettings, ModelSettings, Thresholds, edit_recipe_file, new_recipe_from
+
+    source = tmp_path / "a.yaml"
+    source.write_text("name: a\nsource: {type: camera, device: 0}\nroi: {rect: [0, 0, 10, 10]}\n"
+                      "model: {directory: models/a, version: v2}   # pinned after the v3 trial\n"
+                      "thresholds: {review: 0.3, fail: 0.6}   # set by hand on a's scores\n"
+                      "archive: {enabled: true, directory: archive/a, save_pass_every: 100}\n"
+                      "min_defect_area_px: 7   # measured on the line\n", encoding="utf-8")
+    a = load_recipe(source)
+    made = new_recipe_from(a, "b", tmp_path / "b.yaml")
+    assert (made.name, made.roi, made.model, made.thresholds) == ("b", None, ModelSettings(), Thresholds())
+    assert made.archive == ArchiveSettings(enabled=True, directory=None, save_pass_every=100)
+    assert made.min_defect_area_px == 7 and made.source == a.source
+    written = edit_recipe_file(source, tmp_path / "b.yaml", name="b", roi=None, new=True)
+    assert written == made
+    text = (tmp_path / "b.yaml").read_text(encoding="utf-8")
+    assert "pinned after" not in text and "set by hand" not in text and "# measured on the line" in text
+    assert load_recipe(source) == a, "the source is not touched"
+    same = tmp_path / "c.yaml"                          # nothing to reset: those lines are kept as written
+    same.write_text("name: c\nsource: {type: camera, device: 0}\nmodel: {directory: null}   # the default\n",
+                    encoding="utf-8")
+    edit_recipe_file(same, tmp_path / "d.yaml", name="d", new=True)
+    assert "model: {directory: null}   # the default" in (tmp_path / "d.yaml").read_text(encoding="utf-8")

@@ -165,8 +165,13 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
     import os
     import stat
 
+    from inspector.recipe import ModelSettings, Thresholds
+
     s = teach_setup
-    text = s.recipe.read_text(encoding="utf-8")
+    text = s.recipe.read_text(encoding="utf-8").replace(
+        "model: {directory: models}",
+        "model: {directory: models, version: v2}   # pinned after a trial\nthresholds: {review: 0.3, fail: 0.6}\n"
+        "archive: {directory: kept, save_pass_every: 10}")
     s.recipe.write_text("# the part recipe, commented by its engineer\n" + text, encoding="utf-8")
     os.chmod(s.recipe, 0o644)
     target = s.recipe.with_name("part_b.yaml")
@@ -196,9 +201,17 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
 
     saved = teach_new(finish=True)
     assert target.exists()
-    assert load_recipe(target).name == "part_b"
+    new = load_recipe(target)
+    assert new.name == "part_b"
+    # the other product's model folder, pinned version, thresholds and archive folder are not taken (the new recipe
+    # taught into the other's folder, and asked for a version it never taught); its other settings are
+    assert new.model == ModelSettings() and new.thresholds == Thresholds()
+    assert new.archive.directory is None and new.archive.save_pass_every == 10
+    assert saved.recipe is not None and saved.recipe.model == new.model and saved.recipe.thresholds == Thresholds()
+    assert new.model_dir() != load_recipe(s.recipe).model_dir()
     written = target.read_text(encoding="utf-8")
     assert written.startswith("# the part recipe, commented by its engineer")
+    assert "pinned after a trial" not in written
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     saved.accept()
 
