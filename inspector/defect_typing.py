@@ -5,7 +5,9 @@ a reviewer classifies (Review screen, ``inspector feedback``: ``Store.set_defect
 labelled example of its recipe. `DefectTyper` reads those examples and types every new region with
 ``models.defect_types.DefectTypeClassifier``; it looks for new or changed labels at most every
 ``refresh_s`` seconds (one indexed query), so a label given in review, in this process or another,
-types the next frames without retraining.
+types the next frames without retraining. It guesses once the labels let a guess say something
+(`DefectTyper.can_guess`): some type has two examples, whose spread tells a type's own kind from a new
+one; a lone first label typed every region as it, at 100 %.
 
 With the typer's ``scope`` "frame" (the default), every region of an inspection carries the same
 embedding (all its regions described together), so a label given to every region of an inspection is one
@@ -147,6 +149,13 @@ class DefectTyper:
         """Distinct labelled examples (embedding and class) that the classifier uses."""
         with self._lock:
             return len(self._classifier)
+
+    @property
+    def can_guess(self) -> bool:
+        """Whether the labels so far let a region's type be guessed (`DefectTypeClassifier.can_judge`): some type has
+        two examples. The first label alone typed every region as it, at 100 %."""
+        with self._lock:
+            return self._classifier.can_judge
 
     @property
     def n_unlabelled(self) -> int:
@@ -392,7 +401,7 @@ def type_regions(
         embedding = region_embedding(patch_features, whole, shorter_side=shorter_side, nearest_good=nearest_good,
                                      colour=stats, crop=close_up)
         typed = typer.predict([embedding], pool=pool)
-        one = typed[0] if typer.n_examples else None
+        one = typed[0] if typer.can_guess else None
         return tuple(
             dataclasses.replace(r, embedding=embedding, predicted_class=one.defect_class if one is not None else None,
                                 type_confidence=one.confidence if one is not None else None)
@@ -417,7 +426,7 @@ def type_regions(
     predictions: Sequence[TypePrediction | None] = [None] * len(found)
     if typer is not None:
         typed = typer.predict(embeddings, pool=pool)
-        if typer.n_examples:       # nothing labelled yet: no guess, rather than "unknown" everywhere
+        if typer.can_guess:        # too few labels yet: no guess, rather than "unknown" or the one type everywhere
             predictions = typed
     return tuple(
         dataclasses.replace(r, embedding=e,

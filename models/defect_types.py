@@ -33,7 +33,7 @@ Example:
     >>> classifier = DefectTypeClassifier()
     >>> classifier.add(emb, "scratch")
     >>> classifier.predict(emb)
-    TypePrediction(defect_class='scratch', confidence=1.0, distance=0.0)
+    TypePrediction(defect_class='scratch', confidence=0.99995..., distance=0.0)
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ class TypePrediction:
     """The type of one region."""
 
     defect_class: str  # a labelled class, or UNKNOWN
-    confidence: float  # [0, 1]: the class's share of the softmax over classes; 0 for UNKNOWN
+    confidence: float  # [0, 1]: the class's share of the softmax over classes (one: and unknown); 0 for UNKNOWN
     # cosine distance to the nearest example of the predicted type (0 = identical; centred on the labelled
     # examples' mean when the classifier centres); inf with none labelled
     distance: float
@@ -466,6 +466,13 @@ class DefectTypeClassifier:
             return len(self._labels)
 
     @property
+    def can_judge(self) -> bool:
+        """Some type has two examples, whose spread says what "near" is (a lone example typed every region as it, at
+        100 %; one of each of two types, every region ``unknown``): the station guesses only then."""
+        with self._lock:
+            return max(collections.Counter(self._labels).values(), default=0) >= 2
+
+    @property
     def embedding_length(self) -> int | None:
         """The length of the labelled embeddings (None before the first)."""
         with self._lock:
@@ -577,6 +584,8 @@ class DefectTypeClassifier:
         dists = 1.0 - queries @ vectors.T                                # (N, M) cosine distances
         per_class = np.stack([self._class_distance(dists[:, labels == c]) for c in range(len(names))], axis=1)
         logits = -per_class / self._config.temperature
+        if len(names) == 1:   # a softmax over one type is 1: "unknown" at its rejection distance is the alternative
+            logits = np.concatenate([logits, np.full_like(logits, -float(reject[0]) / self._config.temperature)], 1)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
@@ -641,9 +650,9 @@ class DefectTypeClassifier:
     def _centred(self, vectors: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both moved by minus the labelled examples' mean and renormalised (when ``config.centre``).
 
-        With one example, or all alike, there is nothing to centre on: both are returned as they are.
+        Not with one example, all alike, or one type (its examples share the type itself). Called with the lock held.
         """
-        if not self._config.centre or len(vectors) < 2:
+        if not self._config.centre or len(vectors) < 2 or len(set(self._labels)) < 2:
             return vectors, queries
         mean = vectors.mean(axis=0)
         moved_v, moved_q = vectors - mean, queries - mean

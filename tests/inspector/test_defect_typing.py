@@ -13,6 +13,7 @@ import pytest
 from inspector.defect_typing import DefectTyper
 from inspector.recipe import load_recipe
 from inspector.recording import ResultRecorder
+from inspector.results import InspectionResult
 from inspector.station import Station
 from inspector.store import Store
 from models.defect_types import COLOUR_DIMS, DefectTypeConfig
@@ -22,10 +23,21 @@ from tests.helpers.images import textured_part, with_defect
 def test_a_label_given_in_review_types_the_next_defects(taught_recipe: Path, tmp_path: Path) -> None:
     station = Station.load(load_recipe(taught_recipe))
     rng = np.random.default_rng(3)
+    frames = [with_defect(textured_part(rng), rng)[0] for _ in range(4)]
     with Store(tmp_path / "stats.db") as store:
         typer = DefectTyper(store, station.name, refresh_s=0.0)
         station.attach_typer(typer)
-        first = station.inspect_image(with_defect(textured_part(rng), rng)[0])
+
+        def inspect_and_label(frame: np.ndarray, label: str | None) -> InspectionResult:
+            result = station.inspect_image(frame)
+            store.record(result)
+            store.flush()
+            if label is not None:
+                newest = max(store.inspections(recipe=station.name), key=lambda r: r.id)
+                store.set_defect_class(label, user="qa", region_id=newest.regions[0].id)
+            return result
+
+        first = inspect_and_label(frames[0], "scratch")
         assert first.regions, "the drawn defect must give a region"
         region = first.regions[0]
         assert region.embedding is not None and region.embedding.dtype == np.float32
@@ -34,33 +46,38 @@ def test_a_label_given_in_review_types_the_next_defects(taught_recipe: Path, tmp
         assert len(region.embedding) == 6 * 384 + COLOUR_DIMS
         assert np.linalg.norm(region.embedding[:-COLOUR_DIMS]) == pytest.approx(1.0, abs=1e-5)
         assert region.predicted_class is None          # nothing labelled yet: no guess
-        store.record(first)
-        store.flush()
 
-        record = store.inspections(recipe=station.name)[0]
-        store.set_defect_class("scratch", user="qa", region_id=record.regions[0].id)
+        # one example: nothing to measure near or far by (it typed every region as it, at 100 %)
+        second = inspect_and_label(frames[1], "scratch")
+        assert second.regions[0].predicted_class is None
+        assert typer.n_examples == 1 and typer.classes == ("scratch",) and not typer.can_guess
 
-        second = station.inspect_image(with_defect(textured_part(rng), rng)[0])
-        assert second.regions[0].predicted_class == "scratch"
-        assert 0.0 < (second.regions[0].type_confidence or 0.0) <= 1.0
-        assert typer.n_examples == 1 and typer.classes == ("scratch",)
-        store.record(second)
-        store.flush()
+        # two: the next part is typed at once, no retraining (the same part again, so the guess is known)
+        again = inspect_and_label(frames[0], None)
+        assert typer.n_examples == 2 and typer.can_guess
+        assert again.regions[0].predicted_class == "scratch"
+        assert 0.5 < (again.regions[0].type_confidence or 0.0) < 1.0, "one type: not sure of itself by default"
         stored = store.inspections(recipe=station.name)
         newest = max(stored, key=lambda r: r.id).regions[0]
         # predicted and confirmed are kept apart: the guess is not a reviewer's class
         assert newest.predicted_class == "scratch" and newest.defect_class is None
-        assert newest.predicted_confidence == pytest.approx(second.regions[0].type_confidence)
+        assert newest.predicted_confidence == pytest.approx(again.regions[0].type_confidence)
         store.export_csv(tmp_path / "inspections.csv")
         with (tmp_path / "inspections.csv").open(encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        assert [r["predicted_classes"] for r in rows] == ["", "scratch"]
-        assert [r["defect_classes"] for r in rows] == ["scratch", ""]
+        assert [r["predicted_classes"] for r in rows] == ["", "", "scratch"]
+        assert [r["defect_classes"] for r in rows] == ["scratch", "scratch", ""]
+
+        # a second type with one example: chosen between the two, "unknown" judged by the scratches' spread
+        inspect_and_label(frames[2], "dent")
+        dent = station.inspect_image(frames[2])
+        assert typer.classes == ("dent", "scratch") and dent.regions[0].predicted_class == "dent"
 
         # a relabel replaces the example's class rather than adding a second one
+        record = min(store.inspections(recipe=station.name), key=lambda r: r.id)
         store.set_defect_class("dent", user="qa", region_id=record.regions[0].id)
-        third = station.inspect_image(with_defect(textured_part(rng), rng)[0])
-        assert third.regions[0].predicted_class == "dent" and typer.classes == ("dent",)
+        relabelled = station.inspect_image(frames[0])
+        assert typer.n_examples == 3 and relabelled.regions[0].predicted_class == "dent"
 
 
 def test_the_recorder_gives_a_loaded_station_its_typer(taught_recipe: Path, tmp_path: Path) -> None:
@@ -183,13 +200,27 @@ def test_a_frames_regions_are_described_together_and_share_one_type(tmp_path: Pa
         (record,) = store.inspections(recipe="part")
         assert store.set_defect_class("scratch", user="qa", inspection_id=record.id) == 3
         assert typer.refresh() == 3 and typer.n_examples == 1
-        again = type_regions(found, typer=typer, patch_features=features, crop_map=crop_map, pixel_threshold=0.5,
-                             offset=(0, 0), shorter_side=140, crop_rgb=pixels, embed_crops=embed)
-        assert [r.predicted_class for r in again] == ["scratch"] * 3
-        # one region set apart by hand: a second example (another class on the same embedding)
+
+        def type_first() -> tuple:
+            return type_regions(found, typer=typer, patch_features=features, crop_map=crop_map, pixel_threshold=0.5,
+                                offset=(0, 0), shorter_side=140, crop_rgb=pixels, embed_crops=embed)
+
+        assert [r.predicted_class for r in type_first()] == [None] * 3    # one example: no guess yet
+        other, other_map, other_features, other_pixels = _spots(boxes, rng)     # a second scratched part
+        second = type_regions(other, typer=typer, patch_features=other_features, crop_map=other_map,
+                              pixel_threshold=0.5, offset=(0, 0), shorter_side=140, crop_rgb=other_pixels,
+                              embed_crops=embed)
+        store.record(InspectionResult(frame_id=2, timestamp=1.0e9 + 1, source="cam", recipe="part",
+                                      model_version="v1", verdict=Verdict.FAIL, score=1.0, regions=second))
+        store.flush()
+        newest = max(store.inspections(recipe="part"), key=lambda r: r.id)
+        assert store.set_defect_class("scratch", user="qa", inspection_id=newest.id) == 3
+        assert typer.refresh() == 3 and typer.n_examples == 2
+        assert [r.predicted_class for r in type_first()] == ["scratch"] * 3       # one type for all three
+        # one region set apart by hand: a third example (another class on the same embedding)
         store.set_defect_class("dent", user="qa", region_id=record.regions[0].id)
         typer.refresh()
-        assert typer.n_examples == 2 and typer.classes == ("dent", "scratch")
+        assert typer.n_examples == 3 and typer.classes == ("dent", "scratch")
 
 
 def test_the_crop_pass_sees_the_frame_as_a_brightness_standardising_detector_saw_it(tmp_path: Path) -> None:

@@ -72,6 +72,33 @@ def test_confidence_drops_between_two_classes() -> None:
     assert clear.confidence > 0.99 > 0.7 > torn.confidence > 0.5
 
 
+def test_a_lone_label_cannot_judge_and_one_type_is_not_sure_of_itself_by_default() -> None:
+    """The first label of a recipe typed every region as it, at 100 % (a softmax over one class), burnt parts as
+    the one type labelled: found on the demo under Xvfb. A guess needs a type with two examples."""
+    rng = np.random.default_rng(1)
+    scratch, stain = _axis(16, 0), _axis(16, 1)
+    classifier = DefectTypeClassifier(config=PLAIN)
+    assert not classifier.can_judge
+    first, second = _cluster(rng, scratch, 2)
+    classifier.add(first, "scratch")
+    assert not classifier.can_judge, "one example: nothing to measure near or far by"
+    classifier.add(second, "scratch")
+    assert classifier.can_judge
+    radius = classifier.rejection_distances()["scratch"]
+    # one type: not centred (that took away the type itself, and every region came out as it, at 100 %)
+    typed = [classifier.predict((first + second) / 2 + a * stain) for a in (0.0, 0.05, 0.1, 0.2, 0.4, 1.0)]
+    inside = [t for t in typed if t.distance <= radius]
+    assert len(inside) >= 2 and all(t.defect_class == "scratch" for t in inside)
+    confidences = [t.confidence for t in inside]
+    assert all(0.5 <= c < 0.99 for c in confidences) and confidences == sorted(confidences, reverse=True)
+    assert typed[-1].defect_class == UNKNOWN, "another kind of defect beside the one type labelled"
+    two = DefectTypeClassifier(config=PLAIN)
+    two.add_many([scratch, stain], ["scratch", "stain"])
+    assert not two.can_judge, "one example of each: no spread to tell near from far (every region was unknown)"
+    two.add(_cluster(rng, stain, 1)[0], "stain")
+    assert two.can_judge
+
+
 def test_without_labels_everything_is_unknown() -> None:
     prediction = DefectTypeClassifier(config=PLAIN).predict(np.ones(4, np.float32))
     assert prediction.defect_class == UNKNOWN and prediction.distance == np.inf
