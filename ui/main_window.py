@@ -19,7 +19,6 @@ The toolbar and its actions are `ui.run_toolbar`, the footer line and the store 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,7 +83,7 @@ SCREEN_REFRESH_TICKS = 20      # the statistics screen, when shown, re-queries t
 JOB_SHUTDOWN_MS = 60_000       # close waits this long for a job without yields (torch import, model load)
 STOP_CONFIRM_MS = 3000         # a second Stop (Esc) within this time confirms the first (ours: long enough
                                # to read the prompt, short enough that a stray Esc later does nothing)
-
+STOP_PROMPT = "Press Stop (Esc) again within {seconds} s to stop"
 
 
 class MainWindow(QMainWindow):
@@ -131,7 +130,9 @@ class MainWindow(QMainWindow):
         self._counts = LotCounts()
         self._closing = False
         self._ticks = 0
-        self._stop_armed_until = 0.0   # time.monotonic() until which a second Stop confirms the first
+        self._stop_prompt = QTimer(self)   # running: a second Stop confirms the first (a Qt timer may fire early,
+        self._stop_prompt.setSingleShot(True)  # so the window is the timer's, not a clock's: the banner went with it)
+        self._stop_prompt.timeout.connect(self._on_stop_prompt_expired)
 
         self.bridge = PipelineBridge(self)
         self.bridge.station_event.connect(self._on_station_event)
@@ -338,28 +339,25 @@ class MainWindow(QMainWindow):
                 focus.clearFocus()
             self._status.setText("Esc left the text field; it did not stop the line")
             return
-        if self.state in (RunState.RUNNING, RunState.PAUSED):
-            now = time.monotonic()
-            if now > self._stop_armed_until:
-                self._stop_armed_until = now + STOP_CONFIRM_MS / 1000
-                self._status.setText(f"Press Stop (Esc) again within {STOP_CONFIRM_MS // 1000} s to stop")
-                self.station.faults.set_fault(
-                    "stop", "Stop the line? Press Stop (Esc) again to confirm.", level="info")
-                QTimer.singleShot(STOP_CONFIRM_MS, self._on_stop_prompt_expired)
-                return
+        if self.state in (RunState.RUNNING, RunState.PAUSED) and not self._stop_prompt.isActive():
+            self._stop_prompt.start(STOP_CONFIRM_MS)
+            self._status.setText(STOP_PROMPT.format(seconds=STOP_CONFIRM_MS // 1000))
+            self.station.faults.set_fault("stop", "Stop the line? Press Stop (Esc) again to confirm.", level="info")
+            return
         self.stop()
 
     @Slot()
     def stop(self) -> None:
         """Stop at once (no confirmation): returns immediately; the threads end on the controller's."""
-        self._stop_armed_until = 0.0
+        self._stop_prompt.stop()
         self.station.faults.clear_fault("stop")
         self.controller.stop()
 
     @Slot()
     def _on_stop_prompt_expired(self) -> None:
-        if time.monotonic() >= self._stop_armed_until:
-            self.station.faults.clear_fault("stop")
+        self.station.faults.clear_fault("stop")
+        if self._status.text().startswith(STOP_PROMPT[:16]):     # not left asking once the chance is gone
+            self._status.setText("")
 
     @Slot()
     def _on_pause_key(self) -> None:
@@ -469,7 +467,7 @@ class MainWindow(QMainWindow):
             self.station.show_idle(*idle_banner(snapshot))    # RUNNING: until the first result comes
         if state not in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
             self.station.faults.clear_fault("stop")
-            self._stop_armed_until = 0.0
+            self._stop_prompt.stop()
         if snapshot.message:
             self._status.setText(snapshot.message)
         self._update_controls()
