@@ -222,9 +222,12 @@ class ControlChartPlot(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships
         lines = lines if lines is not None else ControlChartLines.from_chart(chart)
         self.chart = chart
         xs = np.arange(lines.value.size, dtype=np.float64)
-        for item, ys in ((self._ucl, lines.ucl), (self._lcl, lines.lcl), (self._centre, lines.centre),
-                         (self._value, lines.value)):
-            item.setData(xs, ys)
+        # each group's limits hold across its own place (steps from i - 0.5 to i + 0.5), not sloped lines from one
+        # group's to the next; the half step each side also keeps the first and last group's names on the axis
+        edges = np.arange(lines.value.size + 1, dtype=np.float64) - 0.5
+        for item, ys in ((self._ucl, lines.ucl), (self._lcl, lines.lcl), (self._centre, lines.centre)):
+            item.setData(edges, ys, stepMode="center")
+        self._value.setData(xs, lines.value)
         self._alarms.setData(xs[lines.alarms], lines.value[lines.alarms])
         self.getAxis("bottom").setTicks([lines.ticks])
         self.getViewBox().updateAutoRange()      # now, not in the paint (see StatisticsView._draw_scores)

@@ -198,3 +198,20 @@ def test_the_location_map_says_when_its_positions_are_not_places_on_the_part(
     assert "not where on the part" in view.insights.location_note.text()
     view.set_recipe(None)
     assert view.insights.location_note.isHidden()
+
+
+def test_the_p_charts_limits_are_steps_per_group_and_the_end_groups_keep_their_names(qtbot: QtBot) -> None:
+    """Two lots drew their limits as sloped lines from one lot's to the next, and the view ended at the first and
+    last points, where their names did not fit (no label on the axis: seen under Xvfb)."""
+    from ui.defect_insights import ControlChartLines, ControlChartPlot
+
+    plot = ControlChartPlot()
+    qtbot.addWidget(plot)
+    lines = ControlChartLines(value=np.array([0.43, 0.39]), centre=np.array([0.42, 0.42]),
+                              ucl=np.array([0.56, 0.70]), lcl=np.array([0.28, 0.14]),
+                              alarms=np.array([], np.int64), ticks=[(0, "(no lot)"), (1, "LOT-A7")])
+    plot.show_chart(None, lines)
+    xs, ys = plot._ucl.getData()
+    assert xs.tolist() == [-0.5, 0.5, 1.5] and ys.tolist() == [0.56, 0.70]     # lot 0's limit up to 0.5, then 1's
+    (left, right), _ = plot.getViewBox().viewRange()
+    assert left <= -0.5 and right >= 1.5
