@@ -329,7 +329,9 @@ class StatisticsView(QWidget):
     @staticmethod
     def _horizontal_line(chart: pg.PlotWidget, label: str, pen: object, colour: str,
                          position: float) -> pg.InfiniteLine:
-        line = pg.InfiniteLine(0.0, angle=0, pen=pen, label=label, labelOpts={"color": colour, "position": position})
+        # on the chart's own background: readable where the label sits on another line or on the points
+        line = pg.InfiniteLine(0.0, angle=0, pen=pen, label=label,
+                               labelOpts={"color": colour, "position": position, "fill": (17, 22, 26, 210)})
         line.setVisible(False)                 # hidden lines do not count in the chart's auto range
         chart.addItem(line)
         return line
