@@ -220,7 +220,7 @@ class ReviewView(QWidget):
         self.undo_button.clicked.connect(self.undo_good)
         for button in (self.activate_button, self.undo_button):
             button.setVisible(False)
-        self.class_box = QComboBox()          # as wide as the recipe's longest class, which it gets after the first show
+        self.class_box = QComboBox()          # as wide as the longest class, which it gets after the first show
         self.class_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.region_box = QComboBox()         # which regions take the class: all of them, or one
         self.region_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
