@@ -290,18 +290,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     from inspector.recipe import load_recipe
     from inspector.teach import GOOD_FROM_REVIEW_COUNT, teach
 
-    recipe = load_recipe(args.recipe)
-    good: Path | list[np.ndarray] = args.good
-    if args.good_from_review is not None:
-        good = _good_from_review(args.good_from_review, GOOD_FROM_REVIEW_COUNT if args.count is None else args.count)
-    elif args.count is not None:
+    if args.count is not None and args.good_from_review is None:
         msg = "--count works with --good-from-review only (--good teaches from every image of its folder)"
         raise InspectorError(msg)
-    report = drive(teach(recipe, good, defects=args.defects, device=args.device, weights=args.weights,
-                         self_tune=not args.fixed_config), desc="teaching")
+    if args.template is None and not args.recipe.exists():
+        msg = (f"{args.recipe}: recipe file not found; check the path, or make a new product's recipe from another "
+               f"one: inspector train {args.recipe} --from recipes/OTHER.yaml --good DIR")
+        raise InspectorError(msg)
+    made = _new_recipe(args.recipe, args.template) if args.template is not None else None
+    try:
+        recipe = load_recipe(args.recipe)
+        good: Path | list[np.ndarray] = args.good
+        if args.good_from_review is not None:
+            good = _good_from_review(args.good_from_review,
+                                     GOOD_FROM_REVIEW_COUNT if args.count is None else args.count)
+        report = drive(teach(recipe, good, defects=args.defects, device=args.device, weights=args.weights,
+                             self_tune=not args.fixed_config), desc="teaching")
+    except BaseException:
+        if made is not None:              # nothing half made: the same command can be run again
+            made.unlink(missing_ok=True)
+            print(f"{made}: removed again (teaching did not finish)", file=sys.stderr)
+        raise
     for line in report.summary_lines():
         print(line)
     return 0
+
+
+def _new_recipe(target: Path, template: Path) -> Path:
+    """Write ``target`` from ``template`` as a new product's recipe (`inspector.recipe.new_recipe_from`)."""
+    from inspector.recipe import edit_recipe_file
+
+    if target.exists():
+        msg = (f"{target}: exists; --from writes a new recipe file (teach this one without --from, or give "
+               "another file name)")
+        raise InspectorError(msg)
+    edit_recipe_file(template, target, name=target.stem, roi=None, new=True)
+    print(f"wrote {target}: a new recipe from {template} (its settings; models, thresholds, ROI and archive "
+          "folder start afresh)")
+    if target.resolve().parent != template.resolve().parent:
+        print(f"note: relative paths in it (source, weights) now resolve against {target.parent}", file=sys.stderr)
+    return target
 
 
 def _good_from_review(out: Path, count: int) -> list[np.ndarray]:

@@ -445,3 +445,36 @@ def test_a_device_or_fifo_as_recipe_is_refused_before_the_command_loads(tmp_path
     what = "a device" if kind == "device" else "a FIFO"
     assert f"RecipeError: {recipe}: {recipe} is {what}, not a regular recipe file" in done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_train_from_another_recipe_writes_a_new_product_and_teaches_it(
+    tmp_path: Path, tiny_weights_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recipe engineer on a station without the app: a new product's recipe from another's, in one command."""
+    from inspector.recipe import ModelSettings, Thresholds, load_recipe
+
+    rng = np.random.default_rng(0)
+    good = write_images(tmp_path / "good", [textured_part(rng) for _ in range(6)])[0].parent
+    other = write_recipe(tmp_path / "r", tiny_weights_file, name="part_a")
+    other.write_text(other.read_text(encoding="utf-8").replace(
+        "model: {directory: models}", "model: {directory: models, version: v2}   # pinned\nthresholds: {fail: 0.9}"),
+        encoding="utf-8")
+    new = tmp_path / "r" / "part_b.yaml"
+    assert main(["train", str(new), "--good", str(good)]) == EXIT_ERROR             # no such file: says how
+    assert "--from recipes/OTHER.yaml" in capsys.readouterr().err
+
+    assert main(["train", str(new), "--from", str(other), "--good", str(good), "--fixed-config"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"wrote {new}" in out and "saved model v1" in out
+    b = load_recipe(new)
+    assert b.name == "part_b" and b.model == ModelSettings() and b.thresholds == Thresholds()
+    assert (b.model_dir() / "v1" / "model.json").is_file() and b.model_dir() != load_recipe(other).model_dir()
+    assert main(["train", str(new), "--from", str(other), "--good", str(good)]) == EXIT_ERROR   # exists: refused
+    assert "exists" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    c = tmp_path / "r" / "part_c.yaml"
+    assert main(["train", str(c), "--from", str(other), "--good", str(empty)]) == EXIT_ERROR
+    assert not c.exists(), "teaching failed: the new file is removed, and the same command can run again"
+    assert "removed again" in capsys.readouterr().err
