@@ -466,10 +466,10 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
     changes: dict[str, str] = {}
     if new:
         was = parse_recipe("\n".join(lines), path=source)
-        fresh = new_recipe_from(was, name or was.name, target).to_dict()
+        fresh, before = new_recipe_from(was, name or was.name, target).to_dict(), was.to_dict()
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         for key in _NOT_COPIED:
-            if fresh[key] != was.to_dict()[key]:
+            if fresh[key] != before[key]:
                 flow: str = yaml.dump(fresh[key], Dumper=dumper, sort_keys=False, default_flow_style=True, width=1000)
                 changes[key] = flow.strip()
     renewed = set(changes)                     # their comments spoke of the source's models: dropped

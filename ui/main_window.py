@@ -356,7 +356,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def _on_stop_prompt_expired(self) -> None:
         self.station.faults.clear_fault("stop")
-        if self._status.text().startswith(STOP_PROMPT[:16]):     # not left asking once the chance is gone
+        if self._status.text() == STOP_PROMPT.format(seconds=STOP_CONFIRM_MS // 1000):   # not left asking after it
             self._status.setText("")
 
     @Slot()
