@@ -16,7 +16,7 @@ from inspector.controller import RunState, StationSnapshot
 from inspector.recording import ResultRecorder
 from ui.live_view import short_source
 
-__all__ = ["ACTIVE_STATES", "StoreStatus", "run_info"]
+__all__ = ["ACTIVE_STATES", "StoreStatus", "kiosk_info", "run_info"]
 
 # States in which the footer names what the controller loaded rather than what is selected.
 ACTIVE_STATES = (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
@@ -43,6 +43,23 @@ def run_info(snapshot: StationSnapshot, *, selected: Path | None, source_text: s
         parts = [f"Recipe: {selected.stem if selected else '—'} (selected)",
                  f"Source: {source_text or 'of the recipe'}"]
     parts.append(f"State: {snapshot.state.value.replace('_', ' ')}")
+    return SEPARATOR.join(parts)
+
+
+def kiosk_info(snapshot: StationSnapshot, *, selected: Path | None, lot: str) -> str:
+    """The kiosk's headline over the verdict, e.g. ``fryum_demo · model v3 · Lot 2412-07``: with the toolbar and
+    footer hidden, which product runs and for which lot must still be seen at a changeover.
+
+    Args:
+        snapshot: the controller's state, as last rendered (its recipe while a run is on).
+        selected: the recipe chosen in the recipe box (shown when nothing runs).
+        lot: the lot number stamped on results ("" for none).
+    """
+    recipe = snapshot.recipe if snapshot.recipe is not None and snapshot.state in ACTIVE_STATES else selected
+    parts = [recipe.stem if recipe is not None else "no recipe"]
+    if recipe is not None and recipe == snapshot.recipe and snapshot.model_version:
+        parts.append(f"model {snapshot.model_version}")
+    parts.append(f"Lot {lot}" if lot else "no lot number")
     return SEPARATOR.join(parts)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -59,7 +59,7 @@ from ui.engine import (
     default_open_source,
     recipe_source,
 )
-from ui.footer import StoreStatus, run_info
+from ui.footer import StoreStatus, kiosk_info, run_info
 from ui.live_view import LotCounts
 from ui.run_toolbar import RunActions, RunToolbar, make_action, text_has_focus
 from ui.station_messages import idle_banner, split_warnings, start_failure
@@ -129,6 +129,7 @@ class MainWindow(QMainWindow):
         self._applied: StationInspector | None = None       # the inspector whose warnings and thresholds are shown
         self._counts = LotCounts()
         self._closing = False
+        self._windowed = QRect()              # the window's place before kiosk mode
         self._ticks = 0
         self._stop_prompt = QTimer(self)   # running: a second Stop confirms the first (a Qt timer may fire early,
         self._stop_prompt.setSingleShot(True)  # so the window is the timer's, not a clock's: the banner went with it)
@@ -384,9 +385,12 @@ class MainWindow(QMainWindow):
         self.station.set_kiosk(on)
         if on:
             self.tabs.setCurrentWidget(self.station)
+            self._windowed = self.geometry()
             self.showFullScreen()
+            self.setGeometry(self.screen().geometry())   # a bare X server (no window manager) does not resize it
         else:
             self.showNormal()
+            self.setGeometry(self._windowed)
 
     # --------------------------------------------------------------------------- job results
     @Slot(object)
@@ -551,7 +555,8 @@ class MainWindow(QMainWindow):
     def _update_info(self) -> None:
         """The footer: what actually runs (the controller's recipe, model, device and source)."""
         self.station.set_info(run_info(self._snapshot, selected=self.current_recipe,
-                                       source_text=self.toolbar.source_text))
+                                       source_text=self.toolbar.source_text),
+                              headline=kiosk_info(self._snapshot, selected=self.current_recipe, lot=self.recorder.lot))
 
     def _show_fault(self, key: str, text: str, *, level: str = "error") -> None:
         self.station.faults.set_fault(key, text, level=level)
@@ -626,6 +631,7 @@ class MainWindow(QMainWindow):
     def _on_lot_edited(self) -> None:
         self.recorder.set_lot(self.lot_edit.text())
         self._status.setText(f"Lot: {self.recorder.lot or '(none)'}")
+        self._update_info()
 
     @Slot(str)
     def _on_warning(self, text: str) -> None:

@@ -28,10 +28,15 @@ class StationView(QWidget):
         self.info.setWordWrap(True)
         self.info.setStyleSheet("color: #cfd8dc; font-size: 15px;")
         self.info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.headline = QLabel("")          # kiosk only: recipe, model and lot (the footer is hidden there)
+        self.headline.setObjectName("kioskHeadline")
+        self.headline.setStyleSheet("#kioskHeadline { color: #eceff1; font-size: 24px; font-weight: bold; }")
+        self.headline.setVisible(False)
 
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.setContentsMargins(6, 0, 0, 0)
+        side_layout.addWidget(self.headline)
         side_layout.addWidget(self.banner, 5)
         side_layout.addWidget(self.strip)
         side_layout.addWidget(self.yield_panel, 3)
@@ -73,15 +78,18 @@ class StationView(QWidget):
         side = self.splitter.widget(1)
         layout = side.layout() if side is not None else None
         if isinstance(layout, QVBoxLayout):
-            layout.setStretch(0, 9 if on else 5)       # the banner
-            layout.setStretch(3, 0 if on else 1)       # the small print
+            layout.setStretch(1, 9 if on else 5)       # the banner
+            layout.setStretch(4, 0 if on else 1)       # the small print
         self.info.setVisible(not on)
+        self.headline.setVisible(on)
         total = max(self.splitter.width(), 2)
         self.splitter.setSizes([total // 2, total // 2] if on else [total * 3 // 5, total * 2 // 5])
 
     def set_counts(self, counts: LotCounts) -> None:
         self.yield_panel.set_counts(counts)
 
-    def set_info(self, text: str) -> None:
-        """Recipe, model version and source, in small print under the counters."""
+    def set_info(self, text: str, *, headline: str = "") -> None:
+        """Recipe, model version and source, in small print under the counters; ``headline``: the kiosk's
+        large line over the verdict (`ui.footer.kiosk_info`)."""
         self.info.setText(text)
+        self.headline.setText(headline)

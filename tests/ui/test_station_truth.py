@@ -269,6 +269,39 @@ def test_kiosk_button_fits_the_default_window_and_kiosk_enlarges_the_verdict(qtb
     window.close()
 
 
+def test_kiosk_names_the_recipe_and_lot_covers_the_screen_and_gives_the_window_back(qtbot, tmp_path, settings,
+                                                                                      part_images) -> None:
+    """Kiosk hides the toolbar and footer, which named the recipe: at a changeover the operator must still see
+    which product runs and for which lot. Under a bare X server (no window manager, as many kiosks run) the
+    window kept its size: it now covers the screen, and leaving kiosk gives its place back."""
+    images = [image for _, image in part_images]
+    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
+                     source="memory", open_source=_looping(images))
+    window.lot_edit.setText("2412-07")
+    window.lot_edit.editingFinished.emit()
+    windowed = window.geometry()
+    window.set_kiosk(True)
+    qtbot.wait(50)
+    headline = window.station.headline
+    assert headline.isVisible() and not window.station.info.isVisible()
+    assert "demo" in headline.text() and "Lot 2412-07" in headline.text()
+    screen = window.screen().geometry()
+    assert window.geometry().size() == screen.size()
+    window.start()
+    qtbot.waitUntil(lambda: window.state == RunState.RUNNING and window.counts.inspected > 0, timeout=WAIT_MS)
+    assert "model" in headline.text()                # what the controller loaded, not only what is selected
+    window.lot_edit.setText("")
+    window.lot_edit.editingFinished.emit()
+    assert "no lot number" in headline.text()
+    window.set_kiosk(False)
+    qtbot.wait(50)
+    assert not headline.isVisible() and window.geometry() == windowed
+    window.request_stop()
+    window.request_stop()
+    qtbot.waitUntil(lambda: window.state == RunState.STOPPED, timeout=WAIT_MS)
+    window.close()
+
+
 def test_a_stop_prompt_that_ran_out_leaves_the_status_line_too(qtbot, tmp_path, settings, part_images,
                                                                monkeypatch) -> None:
     """One Esc asks to confirm; when the time to confirm has passed the banner went, and the status line kept
