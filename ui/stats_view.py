@@ -60,6 +60,10 @@ GroupKey = GroupBy | tuple[GroupBy, ...]
 GROUPS: Final[tuple[GroupKey, ...]] = ("recipe", "line", "station", ("line", "station", "recipe"), "lot",
                                        "shift", "hour", "day")
 CONTROL_SIGMA = 3.0          # Shewhart control limits: mean ± 3σ
+# The score line breaks where the line stopped: a time to the next inspection this many times the median one,
+# and at least this long (a pause for a jam is not a break; a night or a changeover is).
+GAP_MEDIANS = 20.0
+GAP_MIN_S = 600.0
 # One scatter per verdict, one brush each (a brush per point took ~3 s of the GUI thread at 5,000 points);
 # made once in this order, which is also their stacking order (PASS over FAIL, as the old sorted redraw had it).
 VERDICT_COLOURS: Final[dict[Verdict, str]] = {Verdict.ERROR: "#ce93d8", Verdict.FAIL: "#ff5252",
@@ -106,6 +110,7 @@ class ScoreChartData:
 
     times: np.ndarray               # (N,) float64 seconds since the epoch, oldest first
     scores: np.ndarray              # (N,) float64 anomaly scores
+    line: tuple[np.ndarray, np.ndarray]   # the score line: times and scores, a NaN score across each gap
     by_verdict: dict[Verdict, tuple[np.ndarray, np.ndarray]]   # verdict -> (times, scores) of its points
     limits: tuple[float, float, float] | None     # `control_limits` of the PASS scores (all with < 2 PASS)
 
@@ -130,7 +135,20 @@ def score_chart_data(points: Sequence[ScorePoint]) -> ScoreChartData:
         by_verdict[verdict] = (times[mine], scores[mine])
     passed = by_verdict[Verdict.PASS][1]
     limits = control_limits(passed if passed.size >= 2 else scores)
-    return ScoreChartData(times=times, scores=scores, by_verdict=by_verdict, limits=limits)
+    return ScoreChartData(times=times, scores=scores, line=_broken_at_gaps(times, scores), by_verdict=by_verdict,
+                          limits=limits)
+
+
+def _broken_at_gaps(times: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The score line with a NaN point (drawn as a break) where the time to the next inspection is above
+    `GAP_MEDIANS` times the median and at least `GAP_MIN_S`: a line across a night between two runs would draw
+    scores that were never measured."""
+    if times.size < 3:
+        return times, scores
+    steps = np.diff(times)
+    gaps = np.flatnonzero(steps > max(GAP_MIN_S, GAP_MEDIANS * float(np.median(steps)))) + 1
+    return (np.insert(times, gaps, times[gaps - 1] + steps[gaps - 1] / 2),
+            np.insert(scores, gaps, math.nan))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,7 +322,7 @@ class StatisticsView(QWidget):
         chart.getAxis("left").setWidth(AXIS_WIDTH_PX)
         chart.addLegend(offset=(10, 10))
         chart.setMinimumHeight(220)
-        self._score_line = chart.plot([], [], pen=pg.mkPen("#607d8b", width=1), name="score")
+        self._score_line = chart.plot([], [], pen=pg.mkPen("#607d8b", width=1), name="score", connect="finite")
         # 5,000 points on a chart some hundred pixels wide: draw each pixel column's min and max only
         self._score_line.setDownsampling(auto=True, method="peak")
         self._score_line.setClipToView(True)
@@ -536,7 +554,7 @@ class StatisticsView(QWidget):
         """Set the prepared arrays on the chart's items (no item is made or removed here)."""
         self.points_drawn = data.count
         self.limits = data.limits
-        self._score_line.setData(data.times, data.scores)
+        self._score_line.setData(*data.line)
         for verdict, points in self._verdict_points.items():
             points.setData(*data.by_verdict[verdict])
         mean, low, high = data.limits if data.limits is not None else (math.nan, math.nan, math.nan)

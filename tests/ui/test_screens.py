@@ -67,6 +67,24 @@ def test_score_chart_data_splits_by_verdict_and_limits_follow_the_pass_scores() 
     assert empty.count == 0 and empty.limits is None
 
 
+def test_the_score_line_breaks_between_runs_not_within_one() -> None:
+    """Two runs a night apart were joined by a straight line, drawing scores nobody measured; a pause of a
+    minute inside a run is not a break."""
+    from inspector.store import ScorePoint
+
+    night = 100.0 + 9 * 3600
+    times = [100.0, 101.0, 102.0, 162.0, 163.0, night, night + 1.0, night + 2.0]
+    data = score_chart_data([ScorePoint(t, 0.1 + i / 100, Verdict.PASS) for i, t in enumerate(times)])
+    line_times, line_scores = data.line
+    assert line_times.size == len(times) + 1 and data.count == len(times)
+    gap = int(np.flatnonzero(np.isnan(line_scores))[0])
+    assert np.isnan(line_scores).sum() == 1 and line_times[gap - 1] == 163.0 and line_times[gap + 1] == night
+    assert line_times[gap - 1] < line_times[gap] < line_times[gap + 1]
+    assert np.array_equal(line_scores[~np.isnan(line_scores)], data.scores)
+    steady = score_chart_data([ScorePoint(100.0 + 60 * i, 0.1, Verdict.PASS) for i in range(5)])
+    assert not np.isnan(steady.line[1]).any()
+
+
 def test_statistics_tables_chart_and_export(qtbot, tmp_path, store) -> None:
     view = StatisticsView(store)
     qtbot.addWidget(view)
