@@ -279,7 +279,8 @@ def score_drift(reference: Sequence[float] | np.ndarray, recent: Sequence[float]
                    f"{DRIFT_MEAN_SHIFT:.1f} teaching sigma")
     else:
         verdict = "no drift"
-    message = (f"{verdict} (KS D={d:.3f}, p={p:.2g}; mean moved {shift:+.1f} teaching sigma; "
+    message = (f"{verdict} (KS D={d:.3f}, p={p:.2g}, alarm below {DRIFT_P_VALUE:g}; mean moved {shift:+.1f} "
+               f"teaching sigma, alarm from {DRIFT_MEAN_SHIFT:.1f}; "
                f"median {q_ref[1]:.4f} -> {q_new[1]:.4f}; {new.size} recent vs {ref.size} taught)")
     if drifted:
         message += "; check the product, the light and the camera before defects are missed"

@@ -206,9 +206,13 @@ class ControlChartPlot(pg.PlotWidget):  # type: ignore[misc]   # pyqtgraph ships
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setBackground("#11161a")
-        self.setLabel("left", "FAIL rate")
+        self.setLabel("left", "FAIL rate (%)")
         self.setTitle("FAIL rate (p-chart, 3-sigma limits)")
-        self.getAxis("left").setWidth(AXIS_WIDTH_PX)      # fixed: see ParetoChart
+        axis = self.getAxis("left")
+        axis.setWidth(AXIS_WIDTH_PX)      # fixed: see ParetoChart
+        # rates in per cent: pyqtgraph's own prefix wrote 0.6 as "600" under "FAIL rate (x0.001)"
+        axis.setScale(100.0)
+        axis.enableAutoSIPrefix(False)
         self.chart: ControlChart | None = None
         limit = pg.mkPen("#d9534f", style=Qt.PenStyle.DashLine)
         self._ucl = self.plot([], [], pen=limit)

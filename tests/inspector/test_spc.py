@@ -121,6 +121,8 @@ def test_drift_of_good_scores_is_reported_with_its_evidence() -> None:
     taught = rng.normal(0.20, 0.02, 64)
     steady = score_drift(taught, rng.normal(0.20, 0.02, 500))
     assert steady is not None and not steady.drifted and steady.message.startswith("no drift")
+    # "no drift (KS ... p=0.0039 ...)" read as a contradiction on the Statistics screen: the levels are named
+    assert "alarm below 0.001" in steady.message and "alarm from 1.0" in steady.message
     drifted = score_drift(taught, rng.normal(0.25, 0.02, 500))     # e.g. the light got dimmer
     assert drifted is not None and drifted.drifted
     assert drifted.mean_shift_sigma == pytest.approx(2.5, abs=0.6)

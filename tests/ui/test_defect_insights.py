@@ -215,3 +215,25 @@ def test_the_p_charts_limits_are_steps_per_group_and_the_end_groups_keep_their_n
     assert xs.tolist() == [-0.5, 0.5, 1.5] and ys.tolist() == [0.56, 0.70]     # lot 0's limit up to 0.5, then 1's
     (left, right), _ = plot.getViewBox().viewRange()
     assert left <= -0.5 and right >= 1.5
+
+
+def test_the_p_chart_reads_its_fail_rates_in_per_cent(qtbot: QtBot) -> None:
+    """A FAIL rate of 0.6 read "600" on an axis labelled "FAIL rate (x0.001)" (pyqtgraph's own prefix; seen under
+    Xvfb): the axis now says per cent, 60."""
+    from ui.defect_insights import ControlChartLines, ControlChartPlot
+
+    plot = ControlChartPlot()
+    qtbot.addWidget(plot)
+    plot.resize(400, 250)
+    lines = ControlChartLines(value=np.array([0.63, 0.57]), centre=np.array([0.58, 0.58]),
+                              ucl=np.array([0.86, 0.71]), lcl=np.array([0.30, 0.45]),
+                              alarms=np.array([], np.int64), ticks=[(0, "(no lot)"), (1, "LOT-A7")])
+    plot.show_chart(None, lines)
+    plot.show()
+    qtbot.waitExposed(plot)
+    axis = plot.getAxis("left")
+    low, high = plot.getViewBox().viewRange()[1]
+    labels = [text for spacing, values in axis.tickValues(low, high, 200)       # as the axis paints them
+              for text in axis.tickStrings(values, axis.autoSIPrefixScale * axis.scale, spacing)]
+    assert "%" in axis.labelString() and "x0.001" not in axis.labelString()
+    assert {"40", "60", "80"} <= set(labels), labels
