@@ -93,6 +93,7 @@ class StationSnapshot:
     state: RunState
     recipe: Path | None = None       # the recipe file actually loaded (None before the first start)
     recipe_name: str = ""            # the name inside it (what results carry)
+    product: str = ""                # the recipe's product text, for the operator ("Bracket A (part 4711-200)")
     model_version: str = ""          # of the loaded model, e.g. "v3"
     device: str = ""                 # where the model runs ("cpu", "cuda:0")
     source: str = ""                 # the running source's display name
@@ -549,10 +550,7 @@ class StationController:
 
     # ---- helpers ----------------------------------------------------------------------------
     def _with(self, state: RunState, message: str) -> StationSnapshot:
-        snap = self._snapshot
-        return StationSnapshot(state=state, recipe=snap.recipe, recipe_name=snap.recipe_name,
-                               model_version=snap.model_version, device=snap.device, source=snap.source,
-                               message=message)
+        return dataclasses.replace(self._snapshot, state=state, message=message)
 
     def _set(self, snapshot: StationSnapshot) -> None:
         """Enter a new snapshot (under the lock) and tell the listener."""
@@ -581,6 +579,7 @@ def _loaded(state: RunState, recipe: Path, inspector: Any, source: Any, message:
         state=state,
         recipe=recipe,
         recipe_name=str(getattr(inspector, "name", recipe.stem)),
+        product=str(getattr(getattr(inspector, "recipe", None), "product", "") or ""),
         model_version=str(getattr(inspector, "model_version", "") or ""),
         device=str(getattr(inspector, "device", "") or ""),
         source=str(getattr(source, "name", "")) if source is not None else source_name,

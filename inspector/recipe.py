@@ -415,20 +415,22 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
     return saved
 
 
-# what a recipe made from another does not take from it: they belong to that product's models
-_NOT_COPIED: Final = ("model", "thresholds", "archive")
+# what a recipe made from another does not take from it: they belong to the other product (its name for the
+# operator, its models)
+_NOT_COPIED: Final = ("product", "model", "thresholds", "archive")
 
 
 def new_recipe_from(recipe: Recipe, name: str, path: Path) -> Recipe:
     """A new product's recipe made from ``recipe`` (the teaching screen's "create a new recipe from it").
 
     It keeps the source, preprocessing, detector, classes and the other settings, and starts without the
-    ROI and without what belongs to the other product's models: its model folder and pinned version (the
-    new recipe would teach into the other's folder, or ask for a version it never taught), thresholds set
-    by hand (on the other model's score scale) and its archive folder.
+    ROI and without what belongs to the other product: its product text (the kiosk shows it to the
+    operator), its model folder and pinned version (the new recipe would teach into the other's folder, or
+    ask for a version it never taught), thresholds set by hand (on the other model's score scale) and its
+    archive folder.
     """
-    return dataclasses.replace(recipe, name=name, path=path, roi=None, model=ModelSettings(), thresholds=Thresholds(),
-                               archive=dataclasses.replace(recipe.archive, directory=None))
+    return dataclasses.replace(recipe, name=name, path=path, product="", roi=None, model=ModelSettings(),
+                               thresholds=Thresholds(), archive=dataclasses.replace(recipe.archive, directory=None))
 
 
 _TOP_KEY = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<value>[^#]*?)(?P<comment>\s+#.*)?$")
@@ -448,8 +450,9 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
         target: the file to write.
         name: the new recipe name, or None to keep it.
         roi: the new ROI rectangle (x, y, w, h), None for the whole frame, or "keep".
-        new: ``target`` is a new product's recipe made from ``source`` (`new_recipe_from`): its ``model``,
-            ``thresholds`` and ``archive`` keys are written afresh where they differ, without their comments.
+        new: ``target`` is a new product's recipe made from ``source`` (`new_recipe_from`): its ``product``,
+            ``model``, ``thresholds`` and ``archive`` keys are written afresh where they differ, without their
+            comments.
 
     Returns:
         The recipe as written (``path`` set to ``target``).
@@ -492,6 +495,10 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
             continue
         out.append(line)
     out.extend(f"{key}: {value}" for key, value in changes.items())   # keys the file did not have
+    if new:    # the file's opening comment described the other product: one line says where this one came from
+        while out and (out[0].startswith("#") or not out[0].strip()):
+            out.pop(0)
+        out.insert(0, f"# Made from {source.name}: its settings, not its product, ROI, models, thresholds or archive.")
     text = "\n".join(out) + "\n"
     saved = parse_recipe(text, path=target)      # never write what we could not read back
     try:

@@ -47,8 +47,9 @@ def run_info(snapshot: StationSnapshot, *, selected: Path | None, source_text: s
 
 
 def kiosk_info(snapshot: StationSnapshot, *, selected: Path | None, lot: str) -> str:
-    """The kiosk's headline over the verdict, e.g. ``fryum_demo · model v3 · Lot 2412-07``: with the toolbar and
-    footer hidden, which product runs and for which lot must still be seen at a changeover.
+    """The kiosk's headline over the verdict, e.g. ``bracket_a — Bracket A (part 4711-200) · model v3 · Lot
+    2412-07``: with the toolbar and footer hidden, which product runs and for which lot must still be seen at a
+    changeover.
 
     Args:
         snapshot: the controller's state, as last rendered (its recipe while a run is on).
@@ -57,8 +58,11 @@ def kiosk_info(snapshot: StationSnapshot, *, selected: Path | None, lot: str) ->
     """
     recipe = snapshot.recipe if snapshot.recipe is not None and snapshot.state in ACTIVE_STATES else selected
     parts = [recipe.stem if recipe is not None else "no recipe"]
-    if recipe is not None and recipe == snapshot.recipe and snapshot.model_version:
-        parts.append(f"model {snapshot.model_version}")
+    if recipe is not None and recipe == snapshot.recipe:      # what was loaded: its product text and model
+        if snapshot.product:
+            parts[0] += f" — {snapshot.product}"
+        if snapshot.model_version:
+            parts.append(f"model {snapshot.model_version}")
     parts.append(f"Lot {lot}" if lot else "no lot number")
     return SEPARATOR.join(parts)
 

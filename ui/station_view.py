@@ -31,6 +31,7 @@ class StationView(QWidget):
         self.headline = QLabel("")          # kiosk only: recipe, model and lot (the footer is hidden there)
         self.headline.setObjectName("kioskHeadline")
         self.headline.setStyleSheet("#kioskHeadline { color: #eceff1; font-size: 24px; font-weight: bold; }")
+        self.headline.setWordWrap(True)
         self.headline.setVisible(False)
 
         side = QWidget()

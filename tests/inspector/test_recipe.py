@@ -553,7 +553,9 @@ def test_a_new_recipe_from_another_takes_its_settings_not_its_models(tmp_path: P
     from inspector.recipe import ArchiveSettings, ModelSettings, Thresholds, edit_recipe_file, new_recipe_from
 
     source = tmp_path / "a.yaml"
-    source.write_text("name: a\nsource: {type: camera, device: 0}\nroi: {rect: [0, 0, 10, 10]}\n"
+    source.write_text("# Bracket A under the ring light\n\n"
+                      "name: a\nproduct: Bracket A (part 4711-200)   # for the operator\n"
+                      "source: {type: camera, device: 0}\nroi: {rect: [0, 0, 10, 10]}\n"
                       "model: {directory: models/a, version: v2}   # pinned after the v3 trial\n"
                       "thresholds: {review: 0.3, fail: 0.6}   # set by hand on a's scores\n"
                       "archive: {enabled: true, directory: archive/a, save_pass_every: 100}\n"
@@ -561,12 +563,15 @@ def test_a_new_recipe_from_another_takes_its_settings_not_its_models(tmp_path: P
     a = load_recipe(source)
     made = new_recipe_from(a, "b", tmp_path / "b.yaml")
     assert (made.name, made.roi, made.model, made.thresholds) == ("b", None, ModelSettings(), Thresholds())
+    assert made.product == "", "the kiosk would show the other product's name and part number"
     assert made.archive == ArchiveSettings(enabled=True, directory=None, save_pass_every=100)
     assert made.min_defect_area_px == 7 and made.source == a.source
     written = edit_recipe_file(source, tmp_path / "b.yaml", name="b", roi=None, new=True)
     assert written == made
     text = (tmp_path / "b.yaml").read_text(encoding="utf-8")
     assert "pinned after" not in text and "set by hand" not in text and "# measured on the line" in text
+    assert "4711-200" not in text and "for the operator" not in text and "ring light" not in text
+    assert text.startswith("# Made from a.yaml")
     assert load_recipe(source) == a, "the source is not touched"
     same = tmp_path / "c.yaml"                          # nothing to reset: those lines are kept as written
     same.write_text("name: c\nsource: {type: camera, device: 0}\nmodel: {directory: null}   # the default\n",

@@ -274,9 +274,15 @@ def test_kiosk_names_the_recipe_and_lot_covers_the_screen_and_gives_the_window_b
     """Kiosk hides the toolbar and footer, which named the recipe: at a changeover the operator must still see
     which product runs and for which lot. Under a bare X server (no window manager, as many kiosks run) the
     window kept its size: it now covers the screen, and leaving kiosk gives its place back."""
+    from inspector.recipe import load_recipe
+
     images = [image for _, image in part_images]
-    window = _window(qtbot, settings, _recipes(tmp_path, "demo"), {"demo": DarkSpotInspector("demo")},
-                     source="memory", open_source=_looping(images))
+    recipes = _recipes(tmp_path, "demo")
+    recipes[0].write_text("name: demo\nproduct: Bracket A (part 4711-200)\nsource: {type: camera, device: 0}\n",
+                          encoding="utf-8")
+    loaded = DarkSpotInspector("demo")
+    loaded.recipe = load_recipe(recipes[0])        # as `Station` has it
+    window = _window(qtbot, settings, recipes, {"demo": loaded}, source="memory", open_source=_looping(images))
     window.lot_edit.setText("2412-07")
     window.lot_edit.editingFinished.emit()
     windowed = window.geometry()
@@ -289,7 +295,8 @@ def test_kiosk_names_the_recipe_and_lot_covers_the_screen_and_gives_the_window_b
     assert window.geometry().size() == screen.size()
     window.start()
     qtbot.waitUntil(lambda: window.state == RunState.RUNNING and window.counts.inspected > 0, timeout=WAIT_MS)
-    assert "model" in headline.text()                # what the controller loaded, not only what is selected
+    # what the controller loaded, not only what is selected: the product's own words and the model
+    assert headline.text().startswith("demo — Bracket A (part 4711-200)") and "model v1" in headline.text()
     window.lot_edit.setText("")
     window.lot_edit.editingFinished.emit()
     assert "no lot number" in headline.text()

@@ -172,7 +172,8 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
         "model: {directory: models}",
         "model: {directory: models, version: v2}   # pinned after a trial\nthresholds: {review: 0.3, fail: 0.6}\n"
         "archive: {directory: kept, save_pass_every: 10}")
-    s.recipe.write_text("# the part recipe, commented by its engineer\n" + text, encoding="utf-8")
+    s.recipe.write_text("# the part recipe, commented by its engineer\n" + text + "# checked on the line\n",
+                        encoding="utf-8")
     os.chmod(s.recipe, 0o644)
     target = s.recipe.with_name("part_b.yaml")
 
@@ -210,7 +211,9 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
     assert saved.recipe is not None and saved.recipe.model == new.model and saved.recipe.thresholds == Thresholds()
     assert new.model_dir() != load_recipe(s.recipe).model_dir()
     written = target.read_text(encoding="utf-8")
-    assert written.startswith("# the part recipe, commented by its engineer")
+    # the opening comment spoke of the other product: one line says where the new one came from; the rest stay
+    assert written.startswith("# Made from part.yaml") and "commented by its engineer" not in written
+    assert "# checked on the line" in written
     assert "pinned after a trial" not in written
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     saved.accept()
