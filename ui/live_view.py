@@ -164,6 +164,16 @@ class HeatmapView(QWidget):
         self._placeholder = text
         self.update()
 
+    def empty_text(self) -> str:
+        """What the view says where no frame is drawn: the placeholder before any result, or why the shown
+        result has no image (an unreadable file mid-run said "No image yet: ... press Start")."""
+        shown = self._pending or self._shown
+        if shown is None:
+            return self._placeholder
+        if shown.verdict is Verdict.ERROR:
+            return f"No image of this part: {shown.error or 'it could not be read'}"
+        return "No image came with this result"
+
     def show_result(self, result: InspectionResult | None) -> None:
         """Keep ``result`` as the newest and schedule a repaint (cheap; safe at any rate)."""
         self._pending = result
@@ -226,7 +236,7 @@ class HeatmapView(QWidget):
             font.setPointSize(14)
             painter.setFont(font)
             flags = Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap
-            painter.drawText(self.rect(), flags, self._placeholder)
+            painter.drawText(self.rect(), flags, self.empty_text())
             painter.end()
             return
         target = self.image_rect()

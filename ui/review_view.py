@@ -63,6 +63,7 @@ __all__ = ["DEFAULT_DEFECT_CLASSES", "ZERO_SHOT", "BatchReviewPanel", "ModelVers
 
 log = logging.getLogger(__name__)
 
+PICK_ONE = "Select an inspection to see it"       # the picture's place before one is chosen
 FeedbackJob = Callable[[], Generator[Progress, None, str]]   # returns the new model version
 FeedbackRunner = Callable[[FeedbackJob], bool]               # runs a job on the window's thread; False: busy
 
@@ -198,7 +199,7 @@ class ReviewView(QWidget):
         self.table.itemSelectionChanged.connect(self._on_selection_changed)
 
         self.view = HeatmapView()
-        self.view.set_placeholder("Select an inspection to see it")
+        self.view.set_placeholder(PICK_ONE)
         self.overlay_check = QCheckBox("Heatmap overlay")
         self.overlay_check.setChecked(True)
         self.overlay_check.toggled.connect(self._on_overlay_toggled)
@@ -410,7 +411,7 @@ class ReviewView(QWidget):
 
     def on_feedback_done(self, version: str) -> None:
         """The "actually good" model update finished (called by the main window)."""
-        self.good_button.setEnabled(self._current is not None and not self._loading)
+        self.good_button.setEnabled(self._judged() and not self._loading)
         path = self._pending_path
         self._made = (path, str(version)) if path is not None else None
         for button in (self.activate_button, self.undo_button):
@@ -460,7 +461,7 @@ class ReviewView(QWidget):
                              "the 'good' label stays in the inspection's feedback history.")
 
     def on_feedback_failed(self, text: str) -> None:
-        self.good_button.setEnabled(self._current is not None and not self._loading)
+        self.good_button.setEnabled(self._judged() and not self._loading)
         self.message.setText(f"Recorded as good, but the model update failed: {text}")
         self._pending_recipe = None
 
@@ -538,12 +539,18 @@ class ReviewView(QWidget):
         rows = {index.row() for index in self.table.selectedIndexes()}
         self._show(self._records[min(rows)] if rows else None)
 
+    def _judged(self) -> bool:
+        """The selected inspection was judged: an ERROR frame (unreadable, or the model failed) has no verdict to
+        call wrong and no region to label."""
+        return self._current is not None and self._current.verdict is not Verdict.ERROR
+
     def _show(self, record: InspectionRecord | None, *, reload_image: bool = True) -> None:
         self._current = record
-        self._set_actions_enabled(record is not None)
+        self._set_actions_enabled(self._judged())
         if record is None:
             self._image = None
             self._loading = False
+            self.view.set_placeholder(PICK_ONE)
             self.view.show_result(None)
             self.details.setText("")
             return
@@ -589,6 +596,8 @@ class ReviewView(QWidget):
         elif self._image is None and record.image_path:
             lines.append(f"image {record.image_path} is gone (removed by the archive's size cap, or never "
                          f"written: the archive pauses when the disk is full)")
+        elif self._image is None and record.verdict is Verdict.ERROR:
+            lines.append("no image: ERROR frames are not archived")
         elif self._image is None:
             lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
         self.details.setText("\n".join(lines))
@@ -600,7 +609,7 @@ class ReviewView(QWidget):
         self._loading = False
         self._show_image()
         self._show_details(self._current)
-        self.good_button.setEnabled(True)
+        self.good_button.setEnabled(self._judged())
         self.shown.emit()
 
     def _on_picture_failed(self, request: int, exc: BaseException) -> None:
@@ -614,7 +623,8 @@ class ReviewView(QWidget):
             return
         overlay = self._overlay if self.overlay_check.isChecked() else None
         image = overlay if overlay is not None else self._image
-        if image is None:
+        if image is None:     # not "Select an inspection" beside the one selected
+            self.view.set_placeholder(f"No image of inspection #{record.id}: its details below say why")
             self.view.show_result(None)
             return
         regions = tuple(

@@ -69,6 +69,8 @@ class StationView(QWidget):
     def show_idle(self, word: str, detail: str = "") -> None:
         """No current verdict (PAUSED, STOPPED, SOURCE ENDED...): grey banner, last frame greyed out."""
         self.banner.show_idle(word, detail)
+        if self.heatmap.result is None:     # the image area says the same, not "press Start" while running
+            self.heatmap.set_placeholder(f"No image yet: {detail}" if detail else "No image yet")
         if word == "RUNNING":
             return                          # waiting for the first part of this run: nothing to grey
         if self.heatmap.result is not None:

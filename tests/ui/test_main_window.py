@@ -242,6 +242,30 @@ def test_heatmap_paints_overlay(qtbot, part_images) -> None:
     assert arr.max() > 0
 
 
+def test_an_unreadable_part_says_so_where_its_image_would_be(qtbot, part_images) -> None:
+    """An unreadable file mid-run left the image area saying "No image yet: choose a source and press Start
+    (F5)" beside the ERROR banner (seen under Xvfb), as if the station had never run; so did a run waiting for
+    its first part."""
+    from inspector.results import InspectionResult, Verdict
+    from ui.live_view import HeatmapView
+    from ui.station_view import StationView
+
+    station = StationView()
+    qtbot.addWidget(station)
+    station.show_idle("RUNNING", "waiting for the first part")    # it said "choose a source and press Start"
+    assert station.heatmap.empty_text() == "No image yet: waiting for the first part"
+    view = HeatmapView()
+    qtbot.addWidget(view)
+    assert view.empty_text().startswith("No image yet")
+    view.show_result(DarkSpotInspector().inspect_image(part_images[0][1]))
+    view.grab()
+    error = "parts/003.png: not a decodable image (13 bytes)"
+    view.show_result(InspectionResult(frame_id=3, timestamp=3.0, source="parts", recipe="demo", model_version="v1",
+                                      verdict=Verdict.ERROR, score=None, error=error))
+    view.grab()
+    assert view.empty_text() == f"No image of this part: {error}"
+
+
 class _Broken(DarkSpotInspector):
     """A stand-in inspector whose every third frame fails, as a model can (e.g. out of memory)."""
 

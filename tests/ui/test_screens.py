@@ -263,6 +263,38 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store, monkeypatch) ->
     assert "is gone" in view.details.text() and record.image_path in view.details.text()
 
 
+def test_an_error_inspection_shows_why_it_has_no_image_and_cannot_be_judged(qtbot, tmp_path, store) -> None:
+    """An unreadable file's ERROR row (under Xvfb): the picture's place said "Select an inspection to see it" beside
+    the one selected, the details blamed the archive policy, and "Actually good" and "Assign class" were offered
+    for a frame that was never judged and has no region."""
+    from inspector.results import InspectionResult
+
+    error = "parts/003.png: not a decodable image (13 bytes)"
+    store.record(InspectionResult(frame_id=99, timestamp=time.time(), source="parts", recipe="demo",
+                                  model_version="v1", verdict=Verdict.ERROR, score=None, error=error))
+    store.flush()
+    view = ReviewView(store, recipe_lookup=lambda name: tmp_path / f"{name}.yaml")
+    qtbot.addWidget(view)
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.verdict_box.setCurrentIndex(view.verdict_box.findData("ERROR"))
+    assert [r.verdict for r in view.records] == [Verdict.ERROR]
+    with qtbot.waitSignal(view.shown, timeout=10_000):
+        view.select(0)
+    record = view.current
+    assert record is not None
+    assert view.view.empty_text() == f"No image of inspection #{record.id}: its details below say why"
+    assert error in view.details.text() and "ERROR frames are not archived" in view.details.text()
+    assert not any(w.isEnabled() for w in (view.good_button, view.class_button, view.class_box, view.region_box))
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.verdict_box.setCurrentIndex(view.verdict_box.findData("FAIL"))
+    with qtbot.waitSignal(view.shown, timeout=10_000):
+        view.select(0)
+    assert view.good_button.isEnabled() and view.class_button.isEnabled()
+    view.table.clearSelection()
+    assert view.view.empty_text() == "Select an inspection to see it"
+
+
 def test_batch_review_runs_in_a_worker_and_can_be_cancelled(qtbot, tmp_path, part_folder) -> None:
     from types import SimpleNamespace
 
