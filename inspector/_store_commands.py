@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
+from inspector.results import Verdict
 
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
@@ -208,6 +209,10 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     try:
         _forward_journal(store)
         record = store.get_inspection(args.inspection_id)
+        if record.verdict is Verdict.ERROR:     # as the Review screen: no verdict to call wrong, no region to type
+            msg = (f"inspection {record.id} is an ERROR ({record.error or 'not inspected'}): it was never judged, so "
+                   "there is nothing to call good or to classify; nothing recorded")
+            raise InspectorError(msg)
         _check_label(args.label, record.recipe, args.recipe)
         if args.region is not None:
             return _classify_region(store, record, args.region, args.label, user=user, note=args.note)

@@ -218,6 +218,24 @@ def test_feedback_refuses_a_label_the_recipe_does_not_have(
     assert sqlite3.connect(db).execute("SELECT label FROM feedback").fetchall() == [("dent",), ("scratch",)]
 
 
+def test_feedback_refuses_an_error_inspection(taught_recipe: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreadable file's ERROR was "recorded as burnt" (no region took it) and "good" failed on reading the
+    file: it was never judged, so neither label means anything; the Review screen offers neither."""
+    db, folder = tmp_path / "station.db", tmp_path / "parts"
+    folder.mkdir()
+    (folder / "003.png").write_text("not an image", encoding="utf-8")
+    taught_recipe.write_text(taught_recipe.read_text() + "defect_classes: [scratch, dent]\n")
+    assert main(["run", str(taught_recipe), "--source", str(folder), "--store", str(db), "--no-archive"]) == EXIT_OK
+    assert sqlite3.connect(db).execute("SELECT verdict FROM inspections").fetchall() == [("ERROR",)]
+    capsys.readouterr()
+    for label in ("good", "dent"):
+        assert main(["feedback", "1", label, "--store", str(db), "--recipe", str(taught_recipe)]) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert "inspection 1 is an ERROR (" in err and "003.png" in err and "nothing recorded" in err
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM feedback").fetchone() == (0,)
+
+
 @pytest.mark.parametrize(("extra", "match"), [
     (["--zero-shot", "--ray"], "--ray needs --recipe"),
     (["--zero-shot", "--workers", "2"], "review workers (--workers) work with a recipe only"),
