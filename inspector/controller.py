@@ -97,7 +97,7 @@ class StationSnapshot:
     model_version: str = ""          # of the loaded model, e.g. "v3"
     device: str = ""                 # where the model runs ("cpu", "cuda:0")
     source: str = ""                 # the running source's display name
-    message: str = ""                # one sentence: why this state (e.g. "source ended: 180 frames")
+    message: str = ""                # one sentence: why this state (e.g. "source ended (180 frames inspected)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -450,7 +450,7 @@ class StationController:
             if self._pipeline is pipeline:
                 self._pipeline = None
             stats = pipeline.stats()
-            text = f"{message}: {stats.frames_inspected} frames inspected"
+            text = f"{message} ({stats.frames_inspected} frames inspected)"   # a message may end in "?"
             self._set(self._with(state, text))
 
     def _inspector_for(self, recipe: Path) -> Any:

@@ -62,7 +62,7 @@ from ui.engine import (
 from ui.footer import StoreStatus, kiosk_info, run_info
 from ui.live_view import LotCounts
 from ui.run_toolbar import RunActions, RunToolbar, make_action, text_has_focus
-from ui.station_messages import idle_banner, split_warnings, start_failure
+from ui.station_messages import idle_banner, sentence, split_warnings, start_failure
 from ui.station_view import StationView
 from ui.workers import JobRunner, PipelineBridge
 
@@ -497,7 +497,7 @@ class MainWindow(QMainWindow):
             self.station.faults.clear_fault("camera")
             self._status.setText(f"Camera reconnected. {message}".strip())
         elif kind is EventKind.SOURCE_FAILED:
-            self._show_fault("camera", f"Source failed: {message}. Check the camera, cable or path, then F5.")
+            self._show_fault("camera", f"Source failed: {sentence(message)} Check the camera, cable or path, then F5.")
         elif kind is EventKind.WARNING:
             self._show_fault("warning", message, level="warning")
         else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from inspector.controller import RunState, StartFailed, StationSnapshot
 from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
 
-__all__ = ["IDLE_BANNER", "FaultLine", "idle_banner", "split_warnings", "start_failure"]
+__all__ = ["IDLE_BANNER", "FaultLine", "idle_banner", "sentence", "split_warnings", "start_failure"]
 
 # What the grey banner says in each state that shows no verdict: (word, detail).
 IDLE_BANNER: dict[RunState, tuple[str, str]] = {
@@ -44,6 +44,13 @@ def idle_banner(snapshot: StationSnapshot) -> tuple[str, str]:
     elif snapshot.state is RunState.SOURCE_ENDED and snapshot.message:
         detail = f"{snapshot.message}; F5 to run again"
     return word, detail
+
+
+def sentence(text: str) -> str:
+    """``text`` ended by a full stop, unless it ends in one, or in a question or an exclamation ("... another
+    program?. Check" read on the fault banner)."""
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else f"{text}."
 
 
 def start_failure(failed: StartFailed) -> FaultLine:

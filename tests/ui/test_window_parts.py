@@ -11,7 +11,7 @@ from inspector.controller import RunState, StartFailed, StationSnapshot
 from inspector.errors import CaptureError, ModelError, RecipeError, WeightsNotFound
 from ui.footer import run_info
 from ui.run_toolbar import DEFAULT_OPACITY, RunActions, RunToolbar, make_action
-from ui.station_messages import idle_banner, split_warnings, start_failure
+from ui.station_messages import idle_banner, sentence, split_warnings, start_failure
 
 
 def _toolbar(qtbot, recipes: list[Path], owner: QWidget) -> tuple[RunToolbar, RunActions]:
@@ -103,6 +103,9 @@ def test_messages_name_the_failure_and_the_state(tmp_path: Path) -> None:
     assert idle_banner(StationSnapshot(state=RunState.STARTING, message="loading")) == ("STARTING", "loading")
     assert split_warnings(["GPU unavailable: running on CPU", "ROI clipped"]) == (
         "GPU unavailable: running on CPU", "ROI clipped")
+    # the fault banner read "... not used by another program?. Check the camera"
+    assert sentence("camera 7 could not be opened; is it free?") == "camera 7 could not be opened; is it free?"
+    assert sentence("folder gone ") == "folder gone." and sentence("done.") == "done."
 
 
 def test_region_labels_take_free_places_and_the_worst_defects_keep_theirs() -> None:
