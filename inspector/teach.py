@@ -171,8 +171,9 @@ def load_folder(
         try:
             crop_bgr, _, _ = apply_roi(load_image(path), recipe.roi)
         except (FrameDecodeError, ValueError) as exc:
-            skipped.append(f"{path}: {exc}")
-            logger.warning("skipped %s: %s", path, exc)
+            why = str(exc)                  # a decode error names the file itself
+            skipped.append(why if why.startswith(str(path)) else f"{path}: {why}")
+            logger.warning("skipped %s", skipped[-1])
         else:
             crops.append(cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB))
             used.append(path)

@@ -134,3 +134,19 @@ def test_a_taught_version_keeps_a_good_image_and_versions_made_from_it_take_it_a
     assert write_reference(tmp_path / "no such folder", picture) is None
     (tmp_path / REFERENCE_FILE).write_bytes(b"not a png")
     assert reference_image(tmp_path) is None and reference_image(tmp_path / "elsewhere") is None
+
+
+def test_an_unreadable_good_image_is_skipped_and_named_once(tmp_path: Path, tiny_weights_file: Path) -> None:
+    """A truncated file among the good images is skipped, and the report names it once (it read "skipped
+    DIR/002.jpg: DIR/002.jpg: not a decodable image")."""
+    from tests.conftest import write_recipe
+
+    rng = np.random.default_rng(12)
+    good = write_images(tmp_path / "good", [textured_part(rng) for _ in range(2)])[0].parent
+    broken = good / "002_truncated.png"
+    broken.write_bytes((good / sorted(p.name for p in good.iterdir())[0]).read_bytes()[:200])
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file))
+    report = run_to_end(teach(recipe, good))
+    assert report.n_good == 2
+    lines = [line for line in report.summary_lines() if "002_truncated" in line]
+    assert len(lines) == 1 and lines[0].count(str(broken)) == 1 and "not a decodable image" in lines[0], lines
