@@ -157,7 +157,7 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
         args.charts.mkdir(parents=True, exist_ok=True)
         (args.charts / "pareto.svg").write_text(st.pareto_svg(pareto), encoding="utf-8")
         (args.charts / "fail_rate.svg").write_text(
-            st.control_chart_svg(chart, title=f"FAIL rate per {args.spc_by} (p-chart, 3-sigma limits)"),
+            st.control_chart_svg(chart, title=f"FAIL rate per {args.spc_by} (p-chart, 3-sigma limits)", percent=True),
             encoding="utf-8")
         written = ["pareto.svg", "fail_rate.svg"]
         picture = _location_picture(args.reference, recipe)

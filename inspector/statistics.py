@@ -538,6 +538,9 @@ def pareto_svg(rows: Sequence[ParetoRow], *, title: str = "Defective parts per t
             body.append(f'<text x="{x + step / 2:.1f}" y="{_PAD + plot_h - bar_h - 4:.1f}" text-anchor="middle">'
                         f'{r.parts}</text>')
             line.append(f"{x + step / 2:.1f},{_PAD + plot_h * (1 - r.cumulative_share):.1f}")
+            body.append(f'<text x="{x + step / 2 + 4:.1f}" y="{_PAD + plot_h * (1 - r.cumulative_share) + 14:.1f}" '
+                        f'fill="#d9534f" font-size="10" stroke="white" stroke-width="3" paint-order="stroke">'
+                        f'{100 * r.cumulative_share:.0f} %</text>')
         body.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="#d9534f" stroke-width="2"/>')
         body.append(f'<text x="{_SVG_W - _PAD + 4}" y="{_PAD + 4}">100 %</text>')
     else:
@@ -545,30 +548,65 @@ def pareto_svg(rows: Sequence[ParetoRow], *, title: str = "Defective parts per t
     return _svg(body, title)
 
 
-def control_chart_svg(chart: ControlChart, *, title: str | None = None) -> str:
-    """The chart's points joined by a line, its centre line, limits, and the alarm points in red."""
+def _round_ticks(lo: float, hi: float, count: int = 5) -> np.ndarray:
+    """About ``count`` values at a round step (1, 2 or 5 times a power of ten) between ``lo`` and ``hi``."""
+    raw = (hi - lo) / count
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return np.arange(np.ceil(lo / step) * step, hi, step)
+
+
+def control_chart_svg(chart: ControlChart, *, title: str | None = None, percent: bool = False) -> str:
+    """The chart as the app draws it: each group's 3-sigma limits as steps over its own place (a group's limits
+    follow its size), the centre line, the points joined and marked (a tooltip each), the alarm points in red
+    with the alarm as their tooltip, a value axis, and the first, the last and about eight groups' names between.
+
+    Args:
+        chart: the control chart (`fail_rate_chart`, `score_chart`).
+        title: the title; the chart's name when None.
+        percent: the values are rates (a p-chart): written in per cent.
+    """
     body: list[str] = []
     points = chart.points
-    if points:
-        values = [p.value for p in points] + [p.ucl for p in points] + [p.lcl for p in points]
-        lo, hi = min(values), max(values)
-        span = (hi - lo) or 1.0
-        plot_w, plot_h = _SVG_W - 2 * _PAD, _SVG_H - 2 * _PAD
-        step = plot_w / max(1, len(points) - 1)
-
-        def xy(i: int, v: float) -> str:
-            return f"{_PAD + i * step:.1f},{_PAD + plot_h * (1 - (v - lo) / span):.1f}"
-
-        for attr, colour in (("ucl", "#d9534f"), ("lcl", "#d9534f"), ("centre", "#5cb85c")):
-            path = " ".join(xy(i, getattr(p, attr)) for i, p in enumerate(points))
-            body.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-dasharray="4 3"/>')
-        body.append(f'<polyline points="{" ".join(xy(i, p.value) for i, p in enumerate(points))}" '
-                    f'fill="none" stroke="#333"/>')
-        for alarm in chart.alarms:
-            cx, cy = xy(alarm.index, points[alarm.index].value).split(",")
-            body.append(f'<circle cx="{cx}" cy="{cy}" r="4" fill="#d9534f"><title>'
-                        f'{html.escape(alarm.message)}</title></circle>')
-        body.append(f'<text x="4" y="{_PAD + 4}">{hi:.4g}</text><text x="4" y="{_PAD + plot_h}">{lo:.4g}</text>')
-    else:
+    if not points:
         body.append(f'<text x="{_SVG_W / 2}" y="{_SVG_H / 2}" text-anchor="middle">no data</text>')
+        return _svg(body, title or chart.name)
+    scale, unit = (100.0, " %") if percent else (1.0, "")
+    values = [v for p in points for v in (p.value, p.ucl, p.lcl) if np.isfinite(v)] or [0.0]
+    lo, hi = min(values), max(values)
+    margin = 0.05 * ((hi - lo) or abs(hi) or 1.0)
+    lo, hi = lo - margin, hi + margin
+    left, top = _PAD + 24, _PAD - 12                     # room for the value labels and the x axis' names
+    plot_w, plot_h = _SVG_W - left - _PAD - 40, _SVG_H - top - _PAD
+    step = plot_w / len(points)
+
+    def x(i: float) -> float:
+        return left + i * step
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - (v - lo) / (hi - lo))
+
+    body.append(f'<path d="M{left},{top} V{top + plot_h} H{left + plot_w}" fill="none" stroke="#888"/>')
+    for v in _round_ticks(lo, hi):
+        body.append(f'<line x1="{left - 4}" x2="{left}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#888"/>'
+                    f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v * scale:.3g}{unit}</text>')
+    for attr, colour, name in (("ucl", "#d9534f", "UCL"), ("lcl", "#d9534f", "LCL"), ("centre", "#5cb85c", "centre")):
+        levels = [float(getattr(p, attr)) for p in points]
+        steps = " ".join(f"{x(i):.1f},{y(v):.1f} {x(i + 1):.1f},{y(v):.1f}" for i, v in enumerate(levels))
+        body.append(f'<polyline points="{steps}" fill="none" stroke="{colour}" stroke-dasharray="4 3"/>')
+        body.append(f'<text x="{x(len(points)) + 4:.1f}" y="{y(levels[-1]) + 4:.1f}" fill="{colour}">{name}</text>')
+    centres = [(x(i + 0.5), y(p.value)) for i, p in enumerate(points)]
+    body.append(f'<polyline points="{" ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in centres)}" fill="none" '
+                f'stroke="#333"/>')
+    for (cx, cy), p in zip(centres, points, strict=True):
+        body.append(f'<rect x="{cx - 2.5:.1f}" y="{cy - 2.5:.1f}" width="5" height="5" fill="#333"><title>'
+                    f'{html.escape(p.key)}: {p.value * scale:.4g}{unit} of {p.n}</title></rect>')
+    for alarm in chart.alarms:
+        cx, cy = centres[alarm.index]
+        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="#d9534f"><title>'
+                    f'{html.escape(alarm.message)}</title></circle>')
+    every = max(1, len(points) // 8)
+    for i in sorted({*range(0, len(points), every), len(points) - 1}):
+        body.append(f'<text x="{x(i + 0.5):.1f}" y="{top + plot_h + 14:.1f}" text-anchor="middle">'
+                    f'{html.escape(points[i].key[:14])}</text>')
     return _svg(body, title or chart.name)

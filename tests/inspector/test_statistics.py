@@ -206,8 +206,18 @@ def test_charts_are_valid_svg(store: Store) -> None:
     pareto = ET.fromstring(st.pareto_svg(st.defect_pareto(store)))
     assert pareto.tag.endswith("svg") and len(pareto.findall("{http://www.w3.org/2000/svg}rect")) == 3
     chart = st.fail_rate_chart(store, by="lot", centre=0.05)
-    svg = ET.fromstring(st.control_chart_svg(chart))
-    assert len(svg.findall("{http://www.w3.org/2000/svg}circle")) == 1       # the alarm point
+    svg = ET.fromstring(st.control_chart_svg(chart, percent=True))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(svg.findall(f"{ns}circle")) == 1       # the alarm point
+    # as the app draws it (the export had sloped limits between groups, no group names and no value axis):
+    # each group's limits over its own place, its name under it, the rates in per cent
+    n = len(chart.points)
+    ucl = [line for line in svg.findall(f"{ns}polyline") if line.get("stroke") == "#d9534f"][0]
+    corners = [tuple(map(float, xy.split(","))) for xy in ucl.get("points").split()]
+    assert len(corners) == 2 * n and all(corners[2 * i][1] == corners[2 * i + 1][1] for i in range(n))
+    texts = [t.text or "" for t in svg.iter(f"{ns}text")]
+    assert {p.key for p in chart.points} <= set(texts) and any(t.endswith(" %") for t in texts)
+    assert st.control_chart_svg(chart).count(" %<") == 0      # not a rate: no per cent
     ET.fromstring(st.pareto_svg([]))
 
 
