@@ -394,7 +394,9 @@ class DefectInsightsPanel(QWidget):
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
         super().showEvent(event)
         if not self._charts_even:
-            QTimer.singleShot(0, self._even_charts)     # once laid out: the splitter's width is known then
+            # once laid out: the splitter's width is known then; the panel as context: a panel closed before the
+            # timer fires cancels it (it ran on a deleted splitter)
+            QTimer.singleShot(0, self, self._even_charts)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self.refresh(pending)
