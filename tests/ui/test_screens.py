@@ -137,6 +137,24 @@ def test_the_score_chart_labels_its_lines_apart_when_they_lie_close(qtbot, store
     assert not overlapping
 
 
+def test_the_score_charts_time_axis_reads_clock_times_over_a_short_run(qtbot, store) -> None:
+    """A run of 20 s read "19.000 20.000 ... 36.000" under the score chart (seconds and milliseconds: seen in
+    the statistics screenshot), with no hour or minute to place it by."""
+    import re
+
+    view = StatisticsView(store)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    view.chart.grab()                                   # painted once: the axis knows its font
+    axis = view.chart.getAxis("bottom")
+    start = 1_796_000_000.0
+    for span in (20.0, 4.0):
+        labels = [text for spacing, values in axis.tickValues(start, start + span, 1100)
+                  for text in axis.tickStrings(values, 1.0, spacing)]
+        assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", text) for text in labels), labels
+
+
 def test_statistics_without_store_says_so(qtbot) -> None:
     view = StatisticsView(None)
     qtbot.addWidget(view)
