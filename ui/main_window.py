@@ -390,7 +390,8 @@ class MainWindow(QMainWindow):
             self.setGeometry(self.screen().geometry())   # a bare X server (no window manager) does not resize it
         else:
             self.showNormal()
-            self.setGeometry(self._windowed)
+            if self._windowed.isValid():         # never in kiosk (a call from code): the window stays
+                self.setGeometry(self._windowed)
 
     # --------------------------------------------------------------------------- job results
     @Slot(object)

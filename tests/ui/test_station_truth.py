@@ -286,6 +286,8 @@ def test_kiosk_names_the_recipe_and_lot_covers_the_screen_and_gives_the_window_b
     window.lot_edit.setText("2412-07")
     window.lot_edit.editingFinished.emit()
     windowed = window.geometry()
+    window.set_kiosk(False)                         # not in kiosk: nothing to give back, the window stays
+    assert window.geometry() == windowed and window.toolbar.isVisible()
     window.set_kiosk(True)
     qtbot.wait(50)
     headline = window.station.headline
