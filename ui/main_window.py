@@ -252,6 +252,7 @@ class MainWindow(QMainWindow):
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.station.splitter.restoreState(splitter)
         self.toolbar.restore(s, source)
+        self.recorder.set_lot(self.lot_edit.text())     # the last session's lot goes on being stamped
         self.tabs.setCurrentIndex(0)
 
     def save_settings(self) -> None:
@@ -390,7 +391,7 @@ class MainWindow(QMainWindow):
             self.setGeometry(self.screen().geometry())   # a bare X server (no window manager) does not resize it
         else:
             self.showNormal()
-            if self._windowed.isValid():         # never in kiosk (a call from code): the window stays
+            if self._windowed.isValid():         # (invalid: never in kiosk, a call from code)
                 self.setGeometry(self._windowed)
 
     # --------------------------------------------------------------------------- job results

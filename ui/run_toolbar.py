@@ -201,9 +201,11 @@ class RunToolbar(QToolBar):
         opacity = _int_setting(settings, "station/opacity", DEFAULT_OPACITY)
         # a heatmap turned (almost) invisible by one operator must not greet the next one
         self.opacity_slider.setValue(opacity if opacity >= MIN_REMEMBERED_OPACITY else DEFAULT_OPACITY)
+        # the lot goes on after a restart (a power cut mid-lot left its results without a lot number)
+        self.lot_edit.setText(str(settings.value("station/lot", "") or ""))
 
     def save(self, settings: QSettings) -> None:
-        """Remember the source (and the last few), the recipe, the heatmap switch and its opacity."""
+        """Remember the source (and the last few), the recipe, the heatmap switch and its opacity, the lot."""
         settings.setValue("station/source", self.source_box.currentText())
         sources = [self.source_box.itemText(i) for i in range(self.source_box.count())][-SOURCE_HISTORY:]
         settings.setValue("station/sources", sources)
@@ -211,3 +213,4 @@ class RunToolbar(QToolBar):
             settings.setValue("station/recipe", str(self.current_recipe))
         settings.setValue("station/heatmap", "true" if self._run_actions.heatmap.isChecked() else "false")
         settings.setValue("station/opacity", self.opacity_slider.value())
+        settings.setValue("station/lot", self.lot_edit.text().strip())

@@ -253,6 +253,23 @@ def test_a_near_invisible_heatmap_is_not_carried_to_the_next_session(qtbot, tmp_
     again.close()
 
 
+def test_the_lot_goes_on_after_a_restart(qtbot, tmp_path, settings) -> None:
+    """A power cut mid-lot: the app came back with an empty lot field, so its results went on without a lot number
+    until someone noticed. The lot is carried to the next session and stamped at once; the counters start afresh
+    (the store holds the lot's earlier parts)."""
+    from PySide6.QtCore import QSettings
+
+    recipes = _recipes(tmp_path, "demo")
+    window = _window(qtbot, settings, recipes, {"demo": DarkSpotInspector("demo")})
+    window.lot_edit.setText(" 2412-07 ")
+    window.lot_edit.editingFinished.emit()
+    window.close()
+    again = _window(qtbot, QSettings(settings.fileName(), QSettings.Format.IniFormat), recipes,
+                    {"demo": DarkSpotInspector("demo")})
+    assert again.lot_edit.text() == "2412-07" and again.recorder.lot == "2412-07"
+    again.close()
+
+
 @pytest.mark.parametrize("width", [1400])
 def test_kiosk_button_fits_the_default_window_and_kiosk_enlarges_the_verdict(qtbot, tmp_path, settings,
                                                                             width) -> None:
