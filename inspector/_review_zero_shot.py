@@ -116,8 +116,9 @@ def review_zero_shot(
                 image = load_image(path)
             except FrameDecodeError as exc:
                 if rel not in journal.records:
-                    logger.warning("review: %s: %s", rel, exc)
-                    journal.append({"file": rel, "status": "error", "error": error_reason(exc, path, rel)})
+                    reason = error_reason(exc, path, rel)
+                    logger.warning("review: %s: %s", rel, reason)
+                    journal.append({"file": rel, "status": "error", "error": reason})
             else:
                 readable.append(rel)
                 shapes.append((int(image.shape[0]), int(image.shape[1])))

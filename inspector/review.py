@@ -523,8 +523,9 @@ def _inspect_one(station: Station, decoded: _Decoded, out: Path, thresholds: tup
             result = station.inspect_image(image, path=rel)
     except (FrameDecodeError, ValueError, RuntimeError, OSError) as exc:
         # One bad file never costs the others: it is reported with its reason and the review goes on.
-        logger.warning("review: %s: %s", rel, exc)
-        return {"file": rel, "status": "error", "error": error_reason(exc, path, rel)}
+        reason = error_reason(exc, path, rel)       # the file named once (a decode error names it too)
+        logger.warning("review: %s: %s", rel, reason)
+        return {"file": rel, "status": "error", "error": reason}
     score = float(result.score) if result.score is not None else math.nan
     thumb, overlay = write_images(out, rel, image, result.anomaly_map if result.anomaly_map is not None
                              else np.zeros(image.shape[:2], np.float32), result.regions, result.verdict, thresholds)

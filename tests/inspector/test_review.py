@@ -577,3 +577,18 @@ def test_the_report_rule_names_where_the_region_peak_comes_from(taught_recipe: P
     assert "reaches 0.0700 (the highest value of the good images' maps when taught)" in rule(0.07)
     assert "reaches 0.0900 (the recipe's)" in rule(0.09, override=0.09)
     assert "shown where" not in rule(None) and "shown where" not in rule(0.0, override=0.0)   # every region drawn
+
+
+def test_the_log_names_an_unreadable_file_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning read "review: 002.jpg: DIR/002.jpg: not a decodable image" (the decode error names the file)."""
+    import logging
+
+    from inspector.errors import FrameDecodeError
+    from inspector.review import _Decoded, _inspect_one
+
+    path = tmp_path / "002.jpg"
+    error = FrameDecodeError(f"{path}: not a decodable image (13 bytes)")
+    with caplog.at_level(logging.WARNING, logger="inspector.review"):
+        record = _inspect_one(None, _Decoded(0, path, "002.jpg", None, error), tmp_path, (0.1, 0.2, 0.05))
+    assert record == {"file": "002.jpg", "status": "error", "error": "not a decodable image (13 bytes)"}
+    assert [r.getMessage() for r in caplog.records] == ["review: 002.jpg: not a decodable image (13 bytes)"]
