@@ -387,8 +387,8 @@ class MainWindow(QMainWindow):
         if on:
             self.tabs.setCurrentWidget(self.station)
             self._windowed = self.geometry()
-            self.showFullScreen()
             self.setGeometry(self.screen().geometry())   # a bare X server (no window manager) does not resize it
+            self.showFullScreen()
         else:
             self.showNormal()
             if self._windowed.isValid():         # (invalid: never in kiosk, a call from code)
