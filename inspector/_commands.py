@@ -297,7 +297,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         msg = (f"{args.recipe}: recipe file not found; check the path, or make a new product's recipe from another "
                f"one: inspector train {args.recipe} --from recipes/OTHER.yaml --good DIR")
         raise InspectorError(msg)
-    made = _new_recipe(args.recipe, args.template) if args.template is not None else None
+    if args.product and args.template is None:
+        msg = "--product works with --from only (a new product's recipe); edit the recipe's product: line otherwise"
+        raise InspectorError(msg)
+    made = _new_recipe(args.recipe, args.template, args.product) if args.template is not None else None
     try:
         recipe = load_recipe(args.recipe)
         good: Path | list[np.ndarray] = args.good
@@ -316,7 +319,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_recipe(target: Path, template: Path) -> Path:
+def _new_recipe(target: Path, template: Path, product: str) -> Path:
     """Write ``target`` from ``template`` as a new product's recipe (`inspector.recipe.new_recipe_from`)."""
     from inspector.recipe import edit_recipe_file
 
@@ -324,9 +327,9 @@ def _new_recipe(target: Path, template: Path) -> Path:
         msg = (f"{target}: exists; --from writes a new recipe file (teach this one without --from, or give "
                "another file name)")
         raise InspectorError(msg)
-    edit_recipe_file(template, target, name=target.stem, roi=None, new=True)
-    print(f"wrote {target}: a new recipe from {template} (its settings; models, thresholds, ROI and archive "
-          "folder start afresh)")
+    edit_recipe_file(template, target, name=target.stem, roi=None, new=True, product=product)
+    print(f"wrote {target}: a new recipe from {template} (its settings; product text, models, thresholds, ROI and "
+          "archive folder start afresh)")
     if target.resolve().parent != template.resolve().parent:
         print(f"note: relative paths in it (source, weights) now resolve against {target.parent}", file=sys.stderr)
     return target

@@ -124,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of known-bad images (optional; masks in DIR/../ground_truth or DIR/masks)")
     p.add_argument("--from", dest="template", type=Path, default=None, metavar="RECIPE",
                    help="a new product: write the recipe file from RECIPE first (its settings and comments; not its "
-                        "models, thresholds, ROI or archive folder; named after the new file), then teach it; "
-                        "removed again if teaching fails")
+                        "product text, models, thresholds, ROI or archive folder; named after the new file), then "
+                        "teach it; removed again if teaching fails")
+    p.add_argument("--product", default="", metavar="TEXT",
+                   help="with --from: the new product's text for the operator (shown in kiosk mode), e.g. "
+                        "'Bracket B (part 4711-300)'")
     p.add_argument("--fixed-config", action="store_true",
                    help="teach the recipe's configuration as written; by default teaching chooses pooling, "
                         "turned views for a loose part (more than 8 good images) and tiling for large frames from "

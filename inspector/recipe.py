@@ -420,16 +420,16 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Recipe:
 _NOT_COPIED: Final = ("product", "model", "thresholds", "archive")
 
 
-def new_recipe_from(recipe: Recipe, name: str, path: Path) -> Recipe:
+def new_recipe_from(recipe: Recipe, name: str, path: Path, *, product: str = "") -> Recipe:
     """A new product's recipe made from ``recipe`` (the teaching screen's "create a new recipe from it").
 
     It keeps the source, preprocessing, detector, classes and the other settings, and starts without the
     ROI and without what belongs to the other product: its product text (the kiosk shows it to the
     operator), its model folder and pinned version (the new recipe would teach into the other's folder, or
     ask for a version it never taught), thresholds set by hand (on the other model's score scale) and its
-    archive folder.
+    archive folder. ``product``: the new product's text for the operator ("" for none yet).
     """
-    return dataclasses.replace(recipe, name=name, path=path, product="", roi=None, model=ModelSettings(),
+    return dataclasses.replace(recipe, name=name, path=path, product=product.strip(), roi=None, model=ModelSettings(),
                                thresholds=Thresholds(), archive=dataclasses.replace(recipe.archive, directory=None))
 
 
@@ -437,7 +437,8 @@ _TOP_KEY = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<value>[^#]*?)(?P<co
 
 
 def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None = None,
-                     roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep", new: bool = False) -> Recipe:
+                     roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep", new: bool = False,
+                     product: str = "") -> Recipe:
     """Write ``source``'s text to ``target`` with the top-level ``name`` and/or ``roi`` changed.
 
     Unlike `save_recipe`, every comment and the layout of the file are kept: only the value of the
@@ -453,6 +454,7 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
         new: ``target`` is a new product's recipe made from ``source`` (`new_recipe_from`): its ``product``,
             ``model``, ``thresholds`` and ``archive`` keys are written afresh where they differ, without their
             comments.
+        product: with ``new``, the new product's text for the operator.
 
     Returns:
         The recipe as written (``path`` set to ``target``).
@@ -469,7 +471,7 @@ def edit_recipe_file(source: str | Path, target: str | Path, *, name: str | None
     changes: dict[str, str] = {}
     if new:
         was = parse_recipe("\n".join(lines), path=source)
-        fresh, before = new_recipe_from(was, name or was.name, target).to_dict(), was.to_dict()
+        fresh, before = new_recipe_from(was, name or was.name, target, product=product).to_dict(), was.to_dict()
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         for key in _NOT_COPIED:
             if fresh[key] != before[key]:

@@ -508,7 +508,8 @@ class EditRecipeCall(Protocol):
     """`inspector.recipe.edit_recipe_file` as the teaching screen's Save calls it."""
 
     def __call__(self, source: Path, target: Path, *, name: str | None = None,
-                 roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep", new: bool = False) -> Recipe: ...
+                 roi: tuple[int, int, int, int] | None | Literal["keep"] = "keep", new: bool = False,
+                 product: str = "") -> Recipe: ...
 
 
 def _good_candidates(out: Path, count: int) -> list[tuple[Path, float]]:

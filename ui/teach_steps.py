@@ -175,7 +175,11 @@ class RecipePage(QWizardPage):
         self.new_name = QLineEdit()
         self.new_name.setPlaceholderText("e.g. bracket_b (letters, digits, _ and -)")
         self.new_name.setEnabled(False)
+        self.new_product = QLineEdit()        # the kiosk shows it to the operator; not the other product's
+        self.new_product.setPlaceholderText("product, for the operator: e.g. Bracket B (part 4711-300)")
+        self.new_product.setEnabled(False)
         self.new_check.toggled.connect(self.new_name.setEnabled)
+        self.new_check.toggled.connect(self.new_product.setEnabled)
         self.error = QLabel("")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #ff5252; font-weight: bold;")
@@ -185,6 +189,7 @@ class RecipePage(QWizardPage):
         form = QFormLayout(self)
         form.addRow("Recipe", row)
         form.addRow(self.new_check, self.new_name)
+        form.addRow("", self.new_product)
         form.addRow(self.error)
 
     @Slot()
@@ -213,7 +218,8 @@ class RecipePage(QWizardPage):
                         f"{target.name} already exists: choose another name, or teach that recipe.")
                     return False
                 # written on Save only (step 6): Cancel before that leaves no file behind
-                recipe = new_recipe_from(recipe, name, target)     # not the other product's models
+                # not the other product's text or models
+                recipe = new_recipe_from(recipe, name, target, product=self.new_product.text())
                 self.w.copied_from = path
                 path = target
             else:

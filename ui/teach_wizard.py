@@ -419,7 +419,8 @@ class SavePage(QWizardPage):
         def job() -> Generator[Progress, None, str]:
             if write and target is not None and source is not None:
                 yield Progress(done=0, total=2, message=f"writing {target.name}")
-                engine.edit_recipe_file(source, target, name=name, roi=rect, new=name is not None)
+                engine.edit_recipe_file(source, target, name=name, roi=rect, new=name is not None,
+                                        product=recipe.product if name is not None else "")
             if not changed:
                 return str(version)
             yield Progress(done=1, total=2, message="saving thresholds")

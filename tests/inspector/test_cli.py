@@ -481,11 +481,15 @@ def test_train_from_another_recipe_writes_a_new_product_and_teaches_it(
     assert main(["train", str(new), "--good", str(good)]) == EXIT_ERROR             # no such file: says how
     assert "--from recipes/OTHER.yaml" in capsys.readouterr().err
 
-    assert main(["train", str(new), "--from", str(other), "--good", str(good), "--fixed-config"]) == EXIT_OK
+    assert main(["train", str(other), "--product", "Part A", "--good", str(good)]) == EXIT_ERROR
+    assert "--product works with --from only" in capsys.readouterr().err
+    assert main(["train", str(new), "--from", str(other), "--good", str(good), "--fixed-config",
+                 "--product", "Part B (4711-300)"]) == EXIT_OK
     out = capsys.readouterr().out
     assert f"wrote {new}" in out and "saved model v1" in out
     b = load_recipe(new)
     assert b.name == "part_b" and b.model == ModelSettings() and b.thresholds == Thresholds()
+    assert b.product == "Part B (4711-300)", "the operator's name for the new product, not the other's"
     assert (b.model_dir() / "v1" / "model.json").is_file() and b.model_dir() != load_recipe(other).model_dir()
     assert main(["train", str(new), "--from", str(other), "--good", str(good)]) == EXIT_ERROR   # exists: refused
     assert "exists" in capsys.readouterr().err

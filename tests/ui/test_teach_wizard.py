@@ -183,6 +183,7 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
         wizard.show()
         wizard.recipe_page.new_check.setChecked(True)
         wizard.recipe_page.new_name.setText("part_b")
+        wizard.recipe_page.new_product.setText("Part B (4711-300)")
         wizard.next()
         wizard.images_page.good_edit.setText(str(s.good))
         wizard.next()
@@ -203,7 +204,7 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
     saved = teach_new(finish=True)
     assert target.exists()
     new = load_recipe(target)
-    assert new.name == "part_b"
+    assert new.name == "part_b" and new.product == "Part B (4711-300)"
     # the other product's model folder, pinned version, thresholds and archive folder are not taken (the new recipe
     # taught into the other's folder, and asked for a version it never taught); its other settings are
     assert new.model == ModelSettings() and new.thresholds == Thresholds()
