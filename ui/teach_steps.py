@@ -165,7 +165,7 @@ class RecipePage(QWizardPage):
         self.w = wizard
         self.setTitle("1 · Recipe")
         self.setSubTitle("Choose the product's recipe to teach, or create a new recipe from it: its settings, not its "
-                         "models, thresholds or ROI.")
+                         "product text, models, thresholds or ROI.")
         self.recipe_box = QComboBox()
         for path in wizard.recipes:
             self.recipe_box.addItem(path.stem, str(path))
