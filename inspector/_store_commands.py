@@ -144,8 +144,10 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
               f"{drift.message if drift else 'not enough recent PASS scores of it to judge'}")
         if std > 0:
             score_chart = st.score_chart(store, flt, mean=mean, sigma=std, model_version=version.name)
-            print(f"score chart: {len(score_chart.points)} point(s), {len(score_chart.alarms)} alarm(s)")
-            for alarm in score_chart.alarms[-5:]:
+            alarms = score_chart.alarms
+            shown = f"; the newest {len(alarms[-5:])}" if len(alarms) > 5 else ""   # 108 listed 5 without saying so
+            print(f"score chart: {len(score_chart.points)} point(s), {len(alarms)} alarm(s){shown}")
+            for alarm in alarms[-5:]:
                 print(f"  ALARM {alarm.rule}: {alarm.message}")
     if args.regions_csv:
         n = st.export_regions_csv(store, args.regions_csv, flt)
