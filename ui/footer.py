@@ -23,6 +23,11 @@ ACTIVE_STATES = (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.
 SEPARATOR = "   ·   "
 
 
+def _shows_loaded(snapshot: StationSnapshot, selected: Path | None) -> bool:
+    """Name what the controller loaded (while a run is on, or when it is the recipe selected), not the selection."""
+    return snapshot.recipe is not None and (snapshot.state in ACTIVE_STATES or snapshot.recipe == selected)
+
+
 def run_info(snapshot: StationSnapshot, *, selected: Path | None, source_text: str) -> str:
     """The footer line, e.g. ``Recipe: bracket · model v3 · on cpu · Source: parts · State: running``.
 
@@ -31,8 +36,7 @@ def run_info(snapshot: StationSnapshot, *, selected: Path | None, source_text: s
         selected: the recipe chosen in the recipe box.
         source_text: the source box's text (empty: the recipe's own source).
     """
-    active = snapshot.state in ACTIVE_STATES
-    if snapshot.recipe is not None and (active or snapshot.recipe == selected):
+    if snapshot.recipe is not None and _shows_loaded(snapshot, selected):
         parts = [f"Recipe: {snapshot.recipe.stem}"]
         if snapshot.model_version:
             parts.append(f"model {snapshot.model_version}")
@@ -56,13 +60,12 @@ def kiosk_info(snapshot: StationSnapshot, *, selected: Path | None, lot: str) ->
         selected: the recipe chosen in the recipe box (shown when nothing runs).
         lot: the lot number stamped on results ("" for none).
     """
-    recipe = snapshot.recipe if snapshot.recipe is not None and snapshot.state in ACTIVE_STATES else selected
-    parts = [recipe.stem if recipe is not None else "no recipe"]
-    if recipe is not None and recipe == snapshot.recipe:      # what was loaded: its product text and model
-        if snapshot.product:
-            parts[0] += f" — {snapshot.product}"
+    if snapshot.recipe is not None and _shows_loaded(snapshot, selected):    # its product text and model
+        parts = [f"{snapshot.recipe.stem} — {snapshot.product}" if snapshot.product else snapshot.recipe.stem]
         if snapshot.model_version:
             parts.append(f"model {snapshot.model_version}")
+    else:
+        parts = [selected.stem if selected is not None else "no recipe"]
     parts.append(f"Lot {lot}" if lot else "no lot number")
     return SEPARATOR.join(parts)
 
