@@ -20,6 +20,11 @@ gives it its types (or `release` lets it go as it is). The forwarder stops at th
 results still reach the store in order. A hold lives in this process only and lapses after
 ``HOLD_MAX_S``: after a crash, or if typing never ends, the entry is forwarded as journalled.
 
+A station's running lot counters live here too (``tally``): an append may count its verdict in the same
+commit, so after a crash or a restart the counters read back exactly what was recorded. A count belongs to
+an epoch (a "New lot" starts the next one); `tally` reads the newest. Entries leave the journal once
+stored; the counts stay until a newer epoch starts.
+
 Example:
     >>> journal = ResultJournal(tmp_path / "inspector.pending.db")      # doctest: +SKIP
     >>> journal.append("c0ffee", {"inspection": {...}, "regions": []})
@@ -61,7 +66,14 @@ CREATE TABLE IF NOT EXISTS set_aside (
 CREATE TABLE IF NOT EXISTS removed_files (
     path TEXT PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS tally (
+    epoch INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (epoch, verdict)
+);
 """
+_EPOCH_MARK: Final = ""      # the verdict of an epoch's first row: the epoch has begun, nothing counted yet
 
 
 class JournalFull(StoreError):
@@ -126,10 +138,12 @@ class ResultJournal:
         with self._lock:
             return self._count
 
-    def append(self, result_id: str, payload: dict[str, Any], *, hold: bool = False) -> int:
+    def append(self, result_id: str, payload: dict[str, Any], *, hold: bool = False,
+               tally: tuple[int, str] | None = None) -> int:
         """Write one result durably; returns its sequence number once the commit is on disk.
 
         ``hold``: not forwarded (nor any later entry) until `amend` or `release`, or ``HOLD_MAX_S``.
+        ``tally``: (epoch, verdict) counted in the same commit (`tally`).
 
         Raises:
             JournalFull: ``max_entries`` results are waiting already.
@@ -142,8 +156,15 @@ class ResultJournal:
                        "store; bring the store back (they are forwarded in order) before inspecting more")
                 raise JournalFull(msg)
             try:
+                self._conn.execute("BEGIN IMMEDIATE")
                 cur = self._conn.execute("INSERT INTO pending (result_id, payload) VALUES (?, ?)", (result_id, text))
+                if tally is not None:
+                    self._conn.execute("INSERT INTO tally (epoch, verdict, n) VALUES (?, ?, 1) "
+                                       "ON CONFLICT (epoch, verdict) DO UPDATE SET n = n + 1", tally)
+                self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 msg = f"cannot write result {result_id} to the journal {self.path}: {exc}"
                 raise StoreError(msg) from exc
             self._count += 1
@@ -176,6 +197,39 @@ class ResultJournal:
         """Let a held entry go to the store as it is."""
         with self._lock:
             self._held.pop(seq, None)
+
+    def tally(self) -> tuple[int, dict[str, int]]:
+        """The newest epoch of the counts and its count per verdict ((0, {}) when nothing was ever counted)."""
+        with self._lock:
+            row = self._conn.execute("SELECT max(epoch) FROM tally").fetchone()
+            if row is None or row[0] is None:
+                return 0, {}
+            epoch = int(row[0])
+            rows = self._conn.execute("SELECT verdict, n FROM tally WHERE epoch = ? AND verdict != ?",
+                                      (epoch, _EPOCH_MARK)).fetchall()
+        return epoch, {str(v): int(n) for v, n in rows}
+
+    def begin_tally(self, epoch: int) -> None:
+        """Record that counting ``epoch`` has begun (from zero) and forget older epochs' counts.
+
+        Appends may have counted into ``epoch`` already (they take the epoch when the lot changes, this
+        write may come after): those counts stay.
+
+        Raises:
+            StoreError: the journal cannot be written.
+        """
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("INSERT OR IGNORE INTO tally (epoch, verdict, n) VALUES (?, ?, 0)",
+                                   (epoch, _EPOCH_MARK))
+                self._conn.execute("DELETE FROM tally WHERE epoch < ?", (epoch,))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                msg = f"cannot start new lot counts in the journal {self.path}: {exc}"
+                raise StoreError(msg) from exc
 
     @property
     def held(self) -> int:

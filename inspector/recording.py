@@ -14,7 +14,9 @@ A locked, full or unreachable store costs nothing but time: results wait in the 
 and where, if it has to leave them.
 
 The lot number and the archive of each recipe are set from another thread (the GUI's); they are read
-under a lock.
+under a lock. A recorder made with ``count_lot=True`` (the app's) also counts the verdicts of the running lot
+in the journal, in the commit that makes each result durable, so a restart mid-lot goes on counting where the
+lot was (`lot_counts`, `new_lot`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Final
 from inspector import paths
 from inspector.errors import StoreError
 from inspector.journal import DEFAULT_MAX_ENTRIES, JournalEntry, ResultJournal, journal_path_for
-from inspector.results import InspectionResult
+from inspector.results import InspectionResult, VerdictCounts
 
 __all__ = ["DurableListener", "Receipt", "ResultRecorder", "journal_path_of"]
 
@@ -68,10 +70,13 @@ class ResultRecorder:
         journal_path: the result journal; default beside an SQLite store (``inspector.pending.db``),
             else ``<data dir>/journal/<store name>.pending.db``.
         max_journal: most results that may wait for the store; `record` raises `JournalFull` beyond.
+        count_lot: count the running lot's verdicts durably in the journal (`lot_counts`; one station's
+            window: a command-line run on the same store leaves them alone).
     """
 
     def __init__(self, store: Any | None, *, on_warning: Callable[[str], None] | None = None,
-                 journal_path: Path | None = None, max_journal: int = DEFAULT_MAX_ENTRIES) -> None:
+                 journal_path: Path | None = None, max_journal: int = DEFAULT_MAX_ENTRIES,
+                 count_lot: bool = False) -> None:
         self._store = store
         self._on_warning = on_warning
         self._lock = threading.Lock()
@@ -85,9 +90,16 @@ class ResultRecorder:
         self._last_error: StoreError | None = None
         self._thread: threading.Thread | None = None
         self._journal_path: Path | None = None
+        self._count_lot = count_lot
+        self._lot_epoch = 0                   # the running lot's counts (`new_lot` starts the next epoch)
+        self._lot_counts = VerdictCounts()
+        self._epoch_to_write: int | None = None     # begun by `new_lot`, not yet in the journal
         if store is not None:
             self._journal = ResultJournal(journal_path or _default_journal_path(store), max_entries=max_journal)
             self._journal_path = self._journal.path
+            if count_lot:
+                self._lot_epoch, counted = self._journal.tally()
+                self._lot_counts = VerdictCounts.from_counts(counted)
             if self._journal.count:
                 log.warning("%d result(s) left in %s by an earlier run; forwarding them to %s",
                             self._journal.count, self._journal.path, getattr(store, "display_name", store))
@@ -106,6 +118,21 @@ class ResultRecorder:
         """The lot number written with every result from now on ("" for none)."""
         with self._lock:
             self._lot = lot.strip()
+
+    @property
+    def lot_counts(self) -> VerdictCounts:
+        """The verdicts recorded since the last `new_lot` (also before a restart: read back from the journal);
+        empty unless made with ``count_lot``."""
+        with self._lock:
+            return self._lot_counts
+
+    def new_lot(self) -> None:
+        """Start the lot counts afresh; returns at once (any thread: the journal is written by the forwarder)."""
+        with self._lock:
+            self._lot_epoch += 1
+            self._lot_counts = VerdictCounts()
+            self._epoch_to_write = self._lot_epoch
+        self._wake.set()
 
     @property
     def journal_path(self) -> Path | None:
@@ -195,10 +222,12 @@ class ResultRecorder:
 
         with self._lock:
             lot, archive, listeners = self._lot, self._archives.get(result.recipe), self._listeners
+            epoch = self._lot_epoch if self._count_lot else None
         if lot and not result.lot:
             result = dataclasses.replace(result, lot=lot)
         archived = archive.submit(result) if archive is not None else None
         if self._journal is None:
+            self._counted(epoch, result)
             return None
         result_id = uuid.uuid4().hex
         files = {"image_path": str(archived.image) if archived and archived.image else None,
@@ -206,7 +235,9 @@ class ResultRecorder:
         payload = result_rows(result, **files)
         pending = result.typing
         hold = pending is not None and not pending.done      # typed after the answer: the store waits for it
-        seq = self._journal.append(result_id, payload, hold=hold)
+        seq = self._journal.append(result_id, payload, hold=hold,
+                                   tally=(epoch, result.verdict.value) if epoch is not None else None)
+        self._counted(epoch, result)
         receipt = Receipt(result_id=result_id, where=str(self._journal.path), seq=seq, durable_at=time.time())
         if pending is not None:
             later = pending      # (bound for the callback: the narrowed name)
@@ -218,6 +249,11 @@ class ResultRecorder:
             except Exception:
                 log.exception("durable listener %r failed", listener)
         return receipt
+
+    def _counted(self, epoch: int | None, result: InspectionResult) -> None:
+        with self._lock:
+            if epoch is not None and epoch == self._lot_epoch:    # (a New lot since: counted in the old one)
+                self._lot_counts = self._lot_counts.add(result.verdict)
 
     def _typed(self, seq: int, typed: InspectionResult, files: dict[str, str | None]) -> None:
         """A held result is typed (``typed``: its regions and the typing's time): its journal entry takes them and
@@ -292,6 +328,7 @@ class ResultRecorder:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout + 5.0)
+        self._write_epoch(self._journal)
         left = self._journal.count
         self._journal.close()
         self._journal = None
@@ -304,6 +341,7 @@ class ResultRecorder:
         journal = self._journal
         attempt = 0
         while not self._stop.is_set():
+            self._write_epoch(journal)
             entries = journal.peek(_FORWARD_BATCH)
             removed = journal.removed_files()
             if not entries and not removed:
@@ -337,6 +375,17 @@ class ResultRecorder:
             attempt = 0
             with self._lock:
                 self._last_error = None
+
+    def _write_epoch(self, journal: ResultJournal) -> None:
+        """Make a `new_lot` durable (forwarder thread, and `close`)."""
+        with self._lock:
+            epoch, self._epoch_to_write = self._epoch_to_write, None
+        if epoch is None:
+            return
+        try:
+            journal.begin_tally(epoch)
+        except StoreError as exc:    # the counts of the new lot are still kept with each result
+            log.warning("%s", exc)
 
     def _forward(self, journal: ResultJournal, entries: list[JournalEntry], removed: frozenset[str]) -> None:
         assert self._store is not None

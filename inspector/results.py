@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -87,6 +87,12 @@ class VerdictCounts:
             n[Verdict(verdict)] += 1
         return cls(passed=n[Verdict.PASS], review=n[Verdict.REVIEW], failed=n[Verdict.FAIL],
                    errors=n[Verdict.ERROR])
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int]) -> VerdictCounts:
+        """From a count per stored verdict value (``{"PASS": 3, "FAIL": 1}``); other keys are ignored."""
+        n = {v: int(counts.get(v.value, 0)) for v in Verdict}
+        return cls(passed=n[Verdict.PASS], review=n[Verdict.REVIEW], failed=n[Verdict.FAIL], errors=n[Verdict.ERROR])
 
     @classmethod
     def from_scores(cls, scores: Sequence[float] | np.ndarray, review: float, fail: float) -> VerdictCounts:

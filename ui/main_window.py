@@ -13,7 +13,8 @@ and single-key shortcuts never fire while a text field has the focus.
 
 Engine entry points are injectable (``load_inspector``, ``make_pipeline``, ``open_source``; their types
 and defaults are in `ui.engine`), so tests can drive the real pipeline with a cheap stand-in inspector.
-The toolbar and its actions are `ui.run_toolbar`, the footer line and the store warning `ui.footer`.
+The toolbar and its actions are `ui.run_toolbar`, the footer line and the store warning `ui.footer`, kiosk
+mode `ui.kiosk`. The lot counters go on after a restart: the recorder counts them in its journal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -60,6 +61,7 @@ from ui.engine import (
     recipe_source,
 )
 from ui.footer import StoreStatus, kiosk_info, run_info
+from ui.kiosk import Kiosk
 from ui.live_view import LotCounts
 from ui.run_toolbar import RunActions, RunToolbar, make_action, text_has_focus
 from ui.station_messages import idle_banner, sentence, split_warnings, start_failure
@@ -127,9 +129,8 @@ class MainWindow(QMainWindow):
         self._recipes = [Path(p) for p in recipes]
         self._snapshot = StationSnapshot(state=RunState.READY)   # the controller's, as last rendered
         self._applied: StationInspector | None = None       # the inspector whose warnings and thresholds are shown
-        self._counts = LotCounts()
+        self._counts = LotCounts()       # the running lot's, as shown (restored with the lot number, from the recorder)
         self._closing = False
-        self._windowed = QRect()              # the window's place before kiosk mode
         self._ticks = 0
         self._stop_prompt = QTimer(self)   # running: a second Stop confirms the first (a Qt timer may fire early,
         self._stop_prompt.setSingleShot(True)  # so the window is the timer's, not a clock's: the banner went with it)
@@ -138,7 +139,7 @@ class MainWindow(QMainWindow):
         self.bridge = PipelineBridge(self)
         self.bridge.station_event.connect(self._on_station_event)
         self.bridge.warning.connect(self._on_warning)
-        self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning)
+        self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning, count_lot=True)
         self.controller = StationController(
             load_inspector=load_inspector or default_load_inspector, open_source=self._open_source,
             recipe_source=recipe_source, recorder=self.recorder, on_event=self.bridge.on_station_event,
@@ -162,6 +163,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self._status, 1)
         self.store_status = StoreStatus()          # "Store offline: N waiting" while the store is away
         self.statusBar().addPermanentWidget(self.store_status)
+        self.kiosk = Kiosk(self, self.tabs, self.station, chrome=(self.toolbar, self.statusBar()))
 
         self._stats_timer = QTimer(self)
         self._stats_timer.setInterval(STATS_INTERVAL_MS)
@@ -253,6 +255,11 @@ class MainWindow(QMainWindow):
             self.station.splitter.restoreState(splitter)
         self.toolbar.restore(s, source)
         self.recorder.set_lot(self.lot_edit.text())     # the last session's lot goes on being stamped
+        self._counts = self.recorder.lot_counts         # and counted: what the journal holds since New lot
+        self.station.set_counts(self._counts)
+        if self._counts.inspected:
+            self._status.setText(f"Lot {self.recorder.lot or '(no number)'} goes on from {self._counts.inspected} "
+                                 "inspected; New lot (Ctrl+N) starts the counters afresh")
         self.tabs.setCurrentIndex(0)
 
     def save_settings(self) -> None:
@@ -370,6 +377,7 @@ class MainWindow(QMainWindow):
     def new_lot(self) -> None:
         """Reset the lot counters and the verdict strip (Ctrl+N)."""
         self._counts = LotCounts()
+        self.recorder.new_lot()
         self.station.strip.clear()
         self.station.set_counts(self._counts)
         self._status.setText("New lot: counters reset")
@@ -380,19 +388,7 @@ class MainWindow(QMainWindow):
         if self.act_kiosk.isChecked() != on:
             self.act_kiosk.setChecked(on)   # re-enters through toggled
             return
-        self.toolbar.setVisible(not on)
-        self.statusBar().setVisible(not on)
-        self.tabs.tabBar().setVisible(not on)
-        self.station.set_kiosk(on)
-        if on:
-            self.tabs.setCurrentWidget(self.station)
-            self._windowed = self.geometry()
-            self.setGeometry(self.screen().geometry())   # a bare X server (no window manager) does not resize it
-            self.showFullScreen()
-        else:
-            self.showNormal()
-            if self._windowed.isValid():         # (invalid: never in kiosk, a call from code)
-                self.setGeometry(self._windowed)
+        self.kiosk.apply(on)
 
     # --------------------------------------------------------------------------- job results
     @Slot(object)
@@ -631,8 +627,15 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_lot_edited(self) -> None:
+        before = self.recorder.lot
         self.recorder.set_lot(self.lot_edit.text())
-        self._status.setText(f"Lot: {self.recorder.lot or '(none)'}")
+        if (lot := self.recorder.lot) == before:
+            return
+        self._settings.setValue("station/lot", lot)
+        self._settings.sync()       # on disk now: a power cut must not take it (its counts are in the journal)
+        counted = self._counts.inspected     # a new number alone does not reset them (a typo mended mid-lot)
+        note = f"; the counters go on from {counted} inspected: New lot (Ctrl+N) starts them afresh" if counted else ""
+        self._status.setText(f"Lot: {lot or '(none)'}{note}")
         self._update_info()
 
     @Slot(str)
@@ -640,15 +643,9 @@ class MainWindow(QMainWindow):
         self._show_fault("warning", text, level="warning")
 
     def _recipe_file(self, name: str) -> Path | None:
-        """The recipe file of a recipe name (file stem first, then the name inside each file)."""
-        for path in self._recipes:
-            if path.stem == name:
-                return path
-        for path in self._recipes:
-            inspector: StationInspector | None = self.controller.loaded(path)
-            if inspector is not None and inspector.name == name:
-                return path
-        return None
+        from ui.review_reads import recipe_file_named
+
+        return recipe_file_named(name, self._recipes, self.controller.loaded)
 
     def _recipe_list(self) -> list[Path]:
         return list(self._recipes)

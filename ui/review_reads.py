@@ -4,10 +4,10 @@ thumbnails, and the selected inspection's picture and heatmap overlay. Plain dat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from inspector.store import InspectionRecord, Store, YieldRow
 
 log = logging.getLogger(__name__)
+
+
+class Named(Protocol):
+    """A loaded recipe's inspector, as far as its name goes."""
+
+    @property
+    def name(self) -> str: ...
 
 THUMB_PX = 56                # thumbnail height in the table: enough to recognise a part, cheap to load
 PAGE_SIZE = 200              # inspections listed at once (newest first)
@@ -84,6 +91,19 @@ def _read_image(path: str | None) -> np.ndarray | None:
         return None
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     return image if image is not None and image.size else None
+
+
+def recipe_file_named(name: str, recipes: Sequence[Path], loaded: Callable[[Path], Named | None]) -> Path | None:
+    """The recipe file of a recipe name as the store keeps it: a file stem first, then the name inside each loaded
+    recipe (``loaded``: the station's model of a file, or None when it has not loaded it)."""
+    for path in recipes:
+        if path.stem == name:
+            return path
+    for path in recipes:
+        inspector = loaded(path)
+        if inspector is not None and inspector.name == name:
+            return path
+    return None
 
 
 def recipe_defect_classes(path: Path | None, loaded: Recipe | None) -> tuple[str, ...]:

@@ -340,3 +340,94 @@ def test_a_full_store_loses_nothing_and_takes_the_results_when_it_has_room(tmp_p
     assert recorder.close() == 0
     store.close()
     assert [frame for frame, _ in _stored(db)] == [100] * (filled - 1) + list(range(5))
+
+
+def test_the_lot_counts_are_durable_with_each_result_and_a_new_lot_starts_them_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "station.pending.db"
+    journal = ResultJournal(path)
+    assert journal.tally() == (0, {})
+    for i, verdict in enumerate(["PASS", "FAIL", "PASS"]):
+        journal.append(f"r{i}", {"i": i}, tally=(0, verdict))
+    journal.append("untallied", {"i": 9})                      # a command-line run's result: not counted
+    # read by another connection while this one is still open: what a process killed now leaves
+    assert ResultJournal(path).tally() == (0, {"PASS": 2, "FAIL": 1})
+    journal.remove([e.seq for e in journal.peek(10)])          # stored: the counts stay
+    journal.append("r3", {"i": 3}, tally=(1, "REVIEW"))        # a New lot's first result, before its mark
+    journal.begin_tally(1)
+    journal.begin_tally(1)                                      # (twice: nothing counted is lost)
+    assert journal.tally() == (1, {"REVIEW": 1})
+    journal.begin_tally(2)
+    assert journal.tally() == (2, {})
+    journal.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT DISTINCT epoch FROM tally").fetchall() == [(2,)]   # older lots forgotten
+
+
+def test_a_station_recorder_counts_its_lot_across_a_restart_and_a_command_line_run_leaves_it(tmp_path: Path) -> None:
+    db = tmp_path / "station.db"
+    store = Store(db)
+    station = ResultRecorder(store, count_lot=True)
+    for i, verdict in enumerate([Verdict.PASS, Verdict.FAIL, Verdict.ERROR]):
+        station.record(_result(i, verdict))
+    assert (station.lot_counts.passed, station.lot_counts.failed, station.lot_counts.errors) == (1, 1, 1)
+    station.close()
+    cli = ResultRecorder(store)                                 # `inspector run` on the same store
+    cli.record(_result(3, Verdict.FAIL))
+    assert cli.lot_counts.inspected == 0
+    cli.close()
+    again = ResultRecorder(store, count_lot=True)
+    assert (again.lot_counts.inspected, again.lot_counts.failed) == (3, 1)
+    again.new_lot()                                             # returns at once; the forwarder writes it
+    again.record(_result(4, Verdict.REVIEW))
+    assert (again.lot_counts.inspected, again.lot_counts.review) == (1, 1)
+    again.close()
+    last = ResultRecorder(store, count_lot=True)
+    assert (last.lot_counts.inspected, last.lot_counts.review) == (1, 1)
+    last.new_lot()
+    last.close()                                                # a New lot just before closing is kept too
+    fresh = ResultRecorder(store, count_lot=True)
+    assert fresh.lot_counts.inspected == 0
+    fresh.close()
+    store.close()
+    assert len(_stored(db)) == 5
+
+
+def test_sigkill_mid_lot_loses_no_count_of_a_result_reported(tmp_path: Path) -> None:
+    """A station process records and reports results until it is killed; the next one counts every reported one."""
+    db = tmp_path / "station.db"
+    script = (
+        "import sys, time\n"
+        "from inspector.recording import ResultRecorder\n"
+        "from inspector.results import InspectionResult, Verdict\n"
+        "from inspector.store import Store\n"
+        f"recorder = ResultRecorder(Store({str(db)!r}), count_lot=True)\n"
+        "for i in range(100000):\n"
+        "    verdict = Verdict.FAIL if i % 3 == 0 else Verdict.PASS\n"
+        "    recorder.record(InspectionResult(frame_id=i, timestamp=time.time(), source='s', recipe='r',\n"
+        "                                     model_version='v1', verdict=verdict, score=0.1, image_bgr=None))\n"
+        "    print(verdict.value, flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    reported: list[str] = []
+    try:
+        for line in proc.stdout:
+            reported.append(line.strip())
+            if len(reported) >= 25:
+                proc.send_signal(signal.SIGKILL)
+                break
+        reported += [line.strip() for line in proc.stdout]
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and 25 <= len(reported) < 100000
+    store = Store(db)
+    next_run = ResultRecorder(store, count_lot=True)
+    counts = next_run.lot_counts
+    next_run.close()
+    # each report came after its commit; a commit whose line the kill cut off may be counted too (one at most)
+    assert counts.failed >= reported.count("FAIL") and counts.passed >= reported.count("PASS")
+    assert counts.inspected - len(reported) in (0, 1)
+    store.close()

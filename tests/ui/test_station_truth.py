@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
@@ -253,21 +254,64 @@ def test_a_near_invisible_heatmap_is_not_carried_to_the_next_session(qtbot, tmp_
     again.close()
 
 
-def test_the_lot_goes_on_after_a_restart(qtbot, tmp_path, settings) -> None:
+def test_the_lot_goes_on_after_a_restart(qtbot, tmp_path, settings, part_images) -> None:
     """A power cut mid-lot: the app came back with an empty lot field, so its results went on without a lot number
-    until someone noticed. The lot is carried to the next session and stamped at once; the counters start afresh
-    (the store holds the lot's earlier parts)."""
+    until someone noticed, and with its counters at zero, so the lot's yield and count were wrong. The lot number
+    is carried to the next session and stamped at once, and the counters go on from what was recorded (the
+    result journal counts each verdict in the commit that makes it durable); New lot starts them afresh, also
+    across a restart."""
     from PySide6.QtCore import QSettings
 
+    from inspector.capture import ArraySource
+
+    images = [image for _, image in part_images]
     recipes = _recipes(tmp_path, "demo")
-    window = _window(qtbot, settings, recipes, {"demo": DarkSpotInspector("demo")})
+
+    def session(**kw):
+        again = QSettings(settings.fileName(), QSettings.Format.IniFormat)
+        store = Store(tmp_path / "stats.db", flush_interval=0.0)
+        window = _window(qtbot, again, recipes, {"demo": DarkSpotInspector("demo")}, store=store, source="memory",
+                         open_source=lambda text: ArraySource(images, name="memory"), **kw)
+        return window, store
+
+    def run_through(window) -> None:
+        before = window.counts.inspected
+        window.start()
+        qtbot.waitUntil(lambda: window.counts.inspected == before + len(images), timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: window.state is RunState.SOURCE_ENDED, timeout=WAIT_MS)
+
+    window, store = session()
     window.lot_edit.setText(" 2412-07 ")
     window.lot_edit.editingFinished.emit()
+    assert "lot=2412-07" in Path(settings.fileName()).read_text(), \
+        "the lot number must be on disk at once, not only when the window closes (a power cut closes nothing)"
+    run_through(window)
+    shown = window.counts
+    assert shown.inspected == len(images) and shown.failed > 0 and shown.passed > 0
     window.close()
-    again = _window(qtbot, QSettings(settings.fileName(), QSettings.Format.IniFormat), recipes,
-                    {"demo": DarkSpotInspector("demo")})
-    assert again.lot_edit.text() == "2412-07" and again.recorder.lot == "2412-07"
-    again.close()
+    store.close()
+
+    window, store = session()
+    assert window.lot_edit.text() == "2412-07" and window.recorder.lot == "2412-07"
+    assert window.counts == shown
+    assert window.station.yield_panel._values["inspected"].text() == str(len(images))   # shown at once
+    assert f"Lot 2412-07 goes on from {len(images)} inspected; New lot (Ctrl+N)" in window._status.text()
+    run_through(window)
+    assert window.counts.inspected == 2 * len(images)
+    window.lot_edit.setText("2412-08")
+    window.lot_edit.editingFinished.emit()
+    assert window._status.text() == (f"Lot: 2412-08; the counters go on from {2 * len(images)} inspected: "
+                                     "New lot (Ctrl+N) starts them afresh")
+    window.new_lot()
+    window.close()
+    store.close()
+
+    window, store = session()
+    assert window.counts.inspected == 0
+    run_through(window)
+    assert window.counts == shown
+    window.close()
+    store.close()
 
 
 @pytest.mark.parametrize("width", [1400])
