@@ -1,4 +1,5 @@
-"""The image archive: FAIL and REVIEW frames (and every Nth PASS) saved with their heatmap overlay.
+"""The image archive: FAIL and REVIEW frames (and every Nth PASS) saved with their heatmap overlay, and the
+ERROR frames that have a picture (the model failed on them: a reviewer and the recipe engineer look at them later).
 
 Files are written by the archive's own thread, so `Archive.submit` is quick enough to be a pipeline
 consumer. Every file appears atomically (``models.files``: written under a temporary name in the same
@@ -124,7 +125,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class Archive:
-    """Saves FAIL/REVIEW frames (and every Nth PASS) with overlays on its own writer thread.
+    """Saves FAIL/REVIEW frames (and every Nth PASS), with overlays, and ERROR frames with a picture, on its own
+    writer thread.
 
     Args:
         policy: what to keep, where, and the size cap.
@@ -181,8 +183,8 @@ class Archive:
         """Queue a result for archiving if the policy keeps it.
 
         Returns:
-            The paths the writer will use, or None when the frame is not archived (a PASS not due, an
-            ERROR, no image, archiving disabled, paused or falling behind).
+            The paths the writer will use, or None when the frame is not archived (a PASS not due, no
+            image (an unreadable file's ERROR), archiving disabled, paused or falling behind).
         """
         if self._thread is None or self._closed or result.image_bgr is None:
             return None
@@ -193,7 +195,7 @@ class Archive:
                 self._pass_seen += 1
                 if self._pass_seen % self.policy.save_pass_every:
                     return None
-        elif result.verdict not in (Verdict.FAIL, Verdict.REVIEW):
+        elif result.verdict not in (Verdict.FAIL, Verdict.REVIEW, Verdict.ERROR):
             return None
         if self.paused:
             with self._lock:

@@ -170,7 +170,7 @@ class Thresholds:
 
 @dataclass(frozen=True, kw_only=True)
 class ArchiveSettings:
-    """Which inspected images are kept on disk (FAIL and REVIEW always, when enabled)."""
+    """Which inspected images are kept on disk (FAIL, REVIEW and ERROR frames with a picture always, when enabled)."""
 
     enabled: bool = True
     directory: Path | None = None         # None = <data dir>/archive/<recipe name>

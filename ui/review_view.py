@@ -597,7 +597,7 @@ class ReviewView(QWidget):
             lines.append(f"image {record.image_path} is gone (removed by the archive's size cap, or never "
                          f"written: the archive pauses when the disk is full)")
         elif self._image is None and record.verdict is Verdict.ERROR:
-            lines.append("no image: ERROR frames are not archived")
+            lines.append("no image: there was none to keep (the file could not be read), or archiving was off")
         elif self._image is None:
             lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
         self.details.setText("\n".join(lines))

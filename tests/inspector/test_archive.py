@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import threading
 import time
@@ -56,27 +58,36 @@ def _archived_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".inspector-archive-"))
 
 
-def test_keeps_fail_and_review_and_every_nth_pass(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_keeps_fail_review_error_and_every_nth_pass(tmp_path: Path, rng: np.random.Generator) -> None:
+    """FAIL, REVIEW and every Nth PASS with their overlays; an ERROR frame that has a picture (the model failed on
+    it) without one, so that a reviewer can see what it failed on; an unreadable file's ERROR has nothing to keep."""
     policy = ArchivePolicy(directory=tmp_path / "archive", save_pass_every=3, vmin=0.2, vmax=0.9)
     verdicts = [
         Verdict.PASS, Verdict.FAIL, Verdict.PASS, Verdict.REVIEW, Verdict.PASS, Verdict.ERROR, Verdict.PASS,
     ]
+    results = [_result(i, v, rng=rng, with_map=v is not Verdict.ERROR) for i, v in enumerate(verdicts)]
+    unreadable = dataclasses.replace(_result(7, Verdict.ERROR, rng=rng, with_map=False), image_bgr=None)
     with Archive(policy) as archive:
-        paths = [archive.submit(_result(i, v, rng=rng)) for i, v in enumerate(verdicts)]
+        paths = [archive.submit(result) for result in results]
+        assert archive.submit(unreadable) is None
         assert archive.flush(10)
-        assert archive.saved == 3
+        assert archive.saved == 4
     kept = [i for i, p in enumerate(paths) if p is not None]
-    assert kept == [1, 3, 4]                                  # FAIL, REVIEW, and the 3rd PASS
+    assert kept == [1, 3, 4, 5]                               # FAIL, REVIEW, the 3rd PASS, the ERROR
     for index in kept:
         item = paths[index]
-        assert isinstance(item, ArchivedPaths) and item.overlay is not None
+        assert isinstance(item, ArchivedPaths)
+        if verdicts[index] is Verdict.ERROR:
+            assert item.overlay is None and item.image.is_file()
+            continue
+        assert item.overlay is not None
         assert item.image.is_file() and item.overlay.is_file()
         assert item.image.is_relative_to(tmp_path / "archive")
         assert item.image.name.endswith(f"_bracket-a_{index:06d}_{verdicts[index].value.lower()}.jpg")
         assert item.overlay.name == item.image.name.replace(".jpg", "_overlay.jpg")
         decoded = cv2.imdecode(np.fromfile(item.image, np.uint8), cv2.IMREAD_COLOR)
         assert decoded is not None and decoded.shape == (56, 56, 3)
-    assert len(_archived_files(tmp_path / "archive")) == 6     # no temp files left behind
+    assert len(_archived_files(tmp_path / "archive")) == 7     # no temp files left behind
 
 
 def test_png_without_anomaly_map(tmp_path: Path, rng: np.random.Generator) -> None:

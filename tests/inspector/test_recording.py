@@ -87,3 +87,26 @@ def test_an_archive_folder_that_cannot_be_written_warns_and_still_records(
     assert len(warnings) == 1 and "archive paused" in warnings[0] and "Not a directory" in warnings[0], warnings
     rows = sqlite3.connect(tmp_path / "station.db").execute("SELECT verdict FROM inspections").fetchall()
     assert rows == [("FAIL",)]
+
+
+def test_an_error_frame_with_a_picture_is_archived_and_stored_with_it(tmp_path: Path, tiny_weights_file: Path) -> None:
+    """The model failed on a frame (a broken score): its picture is kept, so a reviewer can see what it failed on."""
+    import dataclasses
+
+    recipe = load_recipe(write_recipe(tmp_path / "r", tiny_weights_file,
+                                      extra=f"archive: {{directory: {(tmp_path / 'archive').as_posix()}}}\n"))
+    store = Store(tmp_path / "station.db")
+    recorder = ResultRecorder(store)
+    recorder.use(SimpleNamespace(recipe=recipe, thresholds=(0.3, 0.5, 0.4)))
+    failed = dataclasses.replace(_result(0, Verdict.PASS, recipe.name), verdict=Verdict.ERROR, score=None,
+                                 anomaly_map=None, error="the anomaly score is not a finite number (nan)")
+    unreadable = dataclasses.replace(failed, frame_id=1, image_bgr=None, error="003.png: not a decodable image")
+    recorder.record(failed)
+    recorder.record(unreadable)
+    recorder.close()
+    store.close()
+    rows = sqlite3.connect(tmp_path / "station.db").execute(
+        "SELECT frame_id, verdict, image_path, overlay_path FROM inspections ORDER BY id").fetchall()
+    assert [(f, v, o) for f, v, _, o in rows] == [(0, "ERROR", None), (1, "ERROR", None)]
+    assert rows[0][2] is not None and Path(rows[0][2]).name.endswith("_000000_error.jpg")
+    assert Path(rows[0][2]).is_file() and rows[1][2] is None

@@ -302,7 +302,7 @@ def test_an_error_inspection_shows_why_it_has_no_image_and_cannot_be_judged(qtbo
     record = view.current
     assert record is not None
     assert view.view.empty_text() == f"No image of inspection #{record.id}: its details below say why"
-    assert error in view.details.text() and "ERROR frames are not archived" in view.details.text()
+    assert error in view.details.text() and "no image: there was none to keep" in view.details.text()
     assert not any(w.isEnabled() for w in (view.good_button, view.class_button, view.class_box, view.region_box))
     with qtbot.waitSignal(view.refreshed, timeout=10_000):
         view.verdict_box.setCurrentIndex(view.verdict_box.findData("FAIL"))
@@ -311,6 +311,31 @@ def test_an_error_inspection_shows_why_it_has_no_image_and_cannot_be_judged(qtbo
     assert view.good_button.isEnabled() and view.class_button.isEnabled()
     view.table.clearSelection()
     assert view.view.empty_text() == "Select an inspection to see it"
+
+
+def test_an_error_frame_the_model_failed_on_is_shown_but_not_judged(qtbot, tmp_path, store) -> None:
+    """A frame the model failed on (a broken score, a GPU fault) is archived with its picture now: the reviewer sees
+    what it failed on and the error, and still cannot call it good or give it a class (it was never judged)."""
+    from inspector.results import InspectionResult
+
+    picture = tmp_path / "frames" / "120000-000_demo_000007_error.jpg"
+    picture.parent.mkdir()
+    cv2.imwrite(str(picture), np.full((64, 64, 3), 120, np.uint8))
+    error = "the anomaly score is not a finite number (nan)"
+    store.record(InspectionResult(frame_id=7, timestamp=time.time(), source="camera 0", recipe="demo",
+                                  model_version="v1", verdict=Verdict.ERROR, score=None, error=error),
+                 image_path=str(picture))
+    store.flush()
+    view = ReviewView(store, recipe_lookup=lambda name: tmp_path / f"{name}.yaml")
+    qtbot.addWidget(view)
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.verdict_box.setCurrentIndex(view.verdict_box.findData("ERROR"))
+    with qtbot.waitSignal(view.shown, timeout=10_000):
+        view.select(0)
+    assert view._image is not None and view._image.shape == (64, 64, 3)
+    assert error in view.details.text() and "no image" not in view.details.text()
+    assert not any(w.isEnabled() for w in (view.good_button, view.class_button, view.class_box, view.region_box))
 
 
 def test_batch_review_runs_in_a_worker_and_can_be_cancelled(qtbot, tmp_path, part_folder) -> None:
