@@ -146,7 +146,8 @@ def _print_actionable_stats(store: Any, args: argparse.Namespace, filters: dict[
             score_chart = st.score_chart(store, flt, mean=mean, sigma=std, model_version=version.name)
             alarms = score_chart.alarms
             shown = f"; the newest {len(alarms[-5:])}" if len(alarms) > 5 else ""   # 108 listed 5 without saying so
-            print(f"score chart: {len(score_chart.points)} point(s), {len(alarms)} alarm(s){shown}")
+            print(f"good-part score chart (PASS scores against the taught mean and sigma): {len(score_chart.points)} "
+                  f"point(s), {len(alarms)} alarm(s){shown}")
             for alarm in alarms[-5:]:
                 print(f"  ALARM {alarm.rule}: {alarm.message}")
     if args.regions_csv:

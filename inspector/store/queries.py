@@ -253,10 +253,12 @@ class StoreQueries:
         until: float | None = None,
         limit: int = 5000,
         model_version: str | None = None,
+        verdict: Verdict | None = None,
     ) -> list[ScorePoint]:
         """The newest ``limit`` scored inspections, oldest first (ERROR results have no score); with
-        ``model_version``, only those that version scored (each version's scores are on its own scale)."""
-        conds = inspection_conditions(recipe=recipe, line=line, lot=lot, since=since, until=until)
+        ``model_version``, only those that version scored (each version's scores are on its own scale); with
+        ``verdict``, only those judged so."""
+        conds = inspection_conditions(recipe=recipe, line=line, lot=lot, since=since, until=until, verdict=verdict)
         if model_version is not None:
             conds.append(inspections.c.model_version == model_version)
         stmt = (sa.select(inspections.c.time, inspections.c.score, inspections.c.verdict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -155,8 +156,22 @@ def test_drift_compares_recent_pass_scores_with_the_teaching_scores(store: Store
     assert same is not None and same.drifted and same.n_recent == 500
     # the score chart against v2's taught mean and sigma: v2 scored nothing yet
     assert st.score_chart(store, flt, mean=0.15, sigma=0.01, model_version="v2").points == ()
-    assert len(st.score_chart(store, flt, mean=0.15, sigma=0.01, model_version="v1").points) == 600
-    assert len(st.score_chart(store, flt, mean=0.15, sigma=0.01).points) == 600
+    assert len(st.score_chart(store, flt, mean=0.15, sigma=0.01, model_version="v1").points) == 545   # PASS only
+    assert len(st.score_chart(store, flt, mean=0.15, sigma=0.01).points) == 545
+
+
+def test_the_score_chart_watches_the_good_parts_and_does_not_repeat_the_fail_verdicts(store: Store) -> None:
+    """Over every score each FAIL raised "beyond 3 sigma" (it is a FAIL for that): the alarms repeated the verdicts.
+    The chart now holds the parts judged good; there a run of 8 above the taught mean is the process moving."""
+    flt = st.Filters(recipe="part")
+    steady = st.score_chart(store, flt, mean=0.203, sigma=0.002)
+    assert all(p.value < 0.5 for p in steady.points)
+    assert [a.rule for a in steady.alarms if a.rule == "beyond_3sigma"] == []       # 55 FAIL at 0.9: none
+    for k in range(8):                                     # good parts creeping up, all still PASS
+        store.record(_result(5000 + k, lot="G", verdict=Verdict.PASS, score=0.2062 + 0.0001 * (k % 2)))
+    store.flush()
+    moved = st.score_chart(store, dataclasses.replace(flt, lot="G"), mean=0.203, sigma=0.002)
+    assert [a.rule for a in moved.alarms] == ["run_of_8"] and "high" in moved.alarms[0].message
 
 
 def test_exports_write_regions_with_confirmed_and_predicted_types(store: Store, tmp_path: Path) -> None:
