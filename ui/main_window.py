@@ -14,7 +14,7 @@ and single-key shortcuts never fire while a text field has the focus.
 Engine entry points are injectable (``load_inspector``, ``make_pipeline``, ``open_source``; their types
 and defaults are in `ui.engine`), so tests can drive the real pipeline with a cheap stand-in inspector.
 The toolbar and its actions are `ui.run_toolbar`, the footer line and the store warning `ui.footer`, kiosk
-mode `ui.kiosk`. The lot counters go on after a restart: the recorder counts them in its journal.
+mode `ui.kiosk`, the lot number and counters `ui.lot` (they go on after a restart).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from ui.engine import (
 from ui.footer import StoreStatus, kiosk_info, run_info
 from ui.kiosk import Kiosk
 from ui.live_view import LotCounts
+from ui.lot import LotCounter
 from ui.run_toolbar import RunActions, RunToolbar, make_action, text_has_focus
 from ui.station_messages import idle_banner, sentence, split_warnings, start_failure
 from ui.station_view import StationView
@@ -129,7 +130,6 @@ class MainWindow(QMainWindow):
         self._recipes = [Path(p) for p in recipes]
         self._snapshot = StationSnapshot(state=RunState.READY)   # the controller's, as last rendered
         self._applied: StationInspector | None = None       # the inspector whose warnings and thresholds are shown
-        self._counts = LotCounts()       # the running lot's, as shown (restored with the lot number, from the recorder)
         self._closing = False
         self._ticks = 0
         self._stop_prompt = QTimer(self)   # running: a second Stop confirms the first (a Qt timer may fire early,
@@ -140,6 +140,7 @@ class MainWindow(QMainWindow):
         self.bridge.station_event.connect(self._on_station_event)
         self.bridge.warning.connect(self._on_warning)
         self.recorder = ResultRecorder(store, on_warning=self.bridge.on_warning, count_lot=True)
+        self.lot = LotCounter(self.recorder, self._settings)
         self.controller = StationController(
             load_inspector=load_inspector or default_load_inspector, open_source=self._open_source,
             recipe_source=recipe_source, recorder=self.recorder, on_event=self.bridge.on_station_event,
@@ -254,12 +255,8 @@ class MainWindow(QMainWindow):
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.station.splitter.restoreState(splitter)
         self.toolbar.restore(s, source)
-        self.recorder.set_lot(self.lot_edit.text())     # the last session's lot goes on being stamped
-        self._counts = self.recorder.lot_counts         # and counted: what the journal holds since New lot
-        self.station.set_counts(self._counts)
-        if self._counts.inspected:
-            self._status.setText(f"Lot {self.recorder.lot or '(no number)'} goes on from {self._counts.inspected} "
-                                 "inspected; New lot (Ctrl+N) starts the counters afresh")
+        self._status.setText(self.lot.restore(self.lot_edit.text()))    # stamped and counted as before
+        self.station.set_counts(self.lot.counts)
         self.tabs.setCurrentIndex(0)
 
     def save_settings(self) -> None:
@@ -280,7 +277,7 @@ class MainWindow(QMainWindow):
 
     @property
     def counts(self) -> LotCounts:
-        return self._counts
+        return self.lot.counts
 
     @property
     def pipeline(self) -> Pipeline | TriggeredPipeline | None:
@@ -322,6 +319,7 @@ class MainWindow(QMainWindow):
         for key in ("camera", "recipe", "model", "source"):
             self.station.faults.clear_fault(key)
         self.toolbar.remember_source(text)
+        self.save_settings()      # what runs is on disk: a power cut brings the station back to it
         self.controller.start(recipe, source_text=text)
 
     @Slot()
@@ -376,11 +374,13 @@ class MainWindow(QMainWindow):
     @Slot()
     def new_lot(self) -> None:
         """Reset the lot counters and the verdict strip (Ctrl+N)."""
-        self._counts = LotCounts()
-        self.recorder.new_lot()
-        self.station.strip.clear()
-        self.station.set_counts(self._counts)
+        self.lot.new_lot()
+        self._show_new_counts()
         self._status.setText("New lot: counters reset")
+
+    def _show_new_counts(self) -> None:
+        self.station.strip.clear()
+        self.station.set_counts(self.lot.counts)
 
     @Slot(bool)
     def set_kiosk(self, on: bool) -> None:
@@ -476,7 +476,7 @@ class MainWindow(QMainWindow):
         self._update_info()
 
     def _on_result(self, result: InspectionResult, *, current: bool) -> None:
-        self._counts = self._counts.add(result.verdict)
+        self.lot.add(result.verdict)
         if current and self.state is RunState.RUNNING:     # Pause may have come since it was sent
             self.station.show_result(result)        # banner, heatmap and the verdict strip
             self.statistics.offer_frame(result)     # the location map's good image, once per recipe
@@ -516,7 +516,7 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_stats_tick(self) -> None:
-        self.station.set_counts(self._counts)
+        self.station.set_counts(self.lot.counts)
         self._update_store_status()
         self._ticks += 1
         pipeline = self.controller.pipeline
@@ -554,7 +554,7 @@ class MainWindow(QMainWindow):
         """The footer: what actually runs (the controller's recipe, model, device and source)."""
         self.station.set_info(run_info(self._snapshot, selected=self.current_recipe,
                                        source_text=self.toolbar.source_text),
-                              headline=kiosk_info(self._snapshot, selected=self.current_recipe, lot=self.recorder.lot))
+                              headline=kiosk_info(self._snapshot, selected=self.current_recipe, lot=self.lot.number))
 
     def _show_fault(self, key: str, text: str, *, level: str = "error") -> None:
         self.station.faults.set_fault(key, text, level=level)
@@ -627,15 +627,13 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_lot_edited(self) -> None:
-        before = self.recorder.lot
-        self.recorder.set_lot(self.lot_edit.text())
-        if (lot := self.recorder.lot) == before:
+        counts = self.lot.counts
+        told = self.lot.set_number(self.lot_edit.text())
+        if told is None:
             return
-        self._settings.setValue("station/lot", lot)
-        self._settings.sync()       # on disk now: a power cut must not take it (its counts are in the journal)
-        counted = self._counts.inspected     # a new number alone does not reset them (a typo mended mid-lot)
-        note = f"; the counters go on from {counted} inspected: New lot (Ctrl+N) starts them afresh" if counted else ""
-        self._status.setText(f"Lot: {lot or '(none)'}{note}")
+        if self.lot.counts is not counts:         # another lot: its counters start afresh
+            self._show_new_counts()
+        self._status.setText(told)
         self._update_info()
 
     @Slot(str)

@@ -286,6 +286,7 @@ def test_the_lot_goes_on_after_a_restart(qtbot, tmp_path, settings, part_images)
     assert "lot=2412-07" in Path(settings.fileName()).read_text(), \
         "the lot number must be on disk at once, not only when the window closes (a power cut closes nothing)"
     run_through(window)
+    assert "source=memory" in Path(settings.fileName()).read_text(), "Start writes what runs (a power cut is no Quit)"
     shown = window.counts
     assert shown.inspected == len(images) and shown.failed > 0 and shown.passed > 0
     window.close()
@@ -298,18 +299,23 @@ def test_the_lot_goes_on_after_a_restart(qtbot, tmp_path, settings, part_images)
     assert f"Lot 2412-07 goes on from {len(images)} inspected; New lot (Ctrl+N)" in window._status.text()
     run_through(window)
     assert window.counts.inspected == 2 * len(images)
-    window.lot_edit.setText("2412-08")
+    window.lot_edit.setText("2412-08")                  # the next lot: its parts are counted apart
     window.lot_edit.editingFinished.emit()
-    assert window._status.text() == (f"Lot: 2412-08; the counters go on from {2 * len(images)} inspected: "
-                                     "New lot (Ctrl+N) starts them afresh")
+    assert window.counts.inspected == 0 and window.station.yield_panel._values["inspected"].text() == "0"
+    assert window._status.text() == (f"Lot 2412-08: the counters start afresh (lot 2412-07 ended at "
+                                     f"{2 * len(images)} inspected, {shown.yield_pct:.1f} % yield)")
+    run_through(window)
+    window.close()
+    store.close()
+
+    window, store = session()
+    assert window.recorder.lot == "2412-08" and window.counts == shown
     window.new_lot()
     window.close()
     store.close()
 
     window, store = session()
     assert window.counts.inspected == 0
-    run_through(window)
-    assert window.counts == shown
     window.close()
     store.close()
 

@@ -157,3 +157,27 @@ def test_a_reviewer_picks_from_the_recipes_own_defect_classes(tmp_path: Path) ->
     recipe_file.write_text("name: [unclosed\n")
     assert recipe_defect_classes(recipe_file, None) == DEFAULT_DEFECT_CLASSES   # broken: the generic classes
     assert recipe_defect_classes(recipe_file, dataclasses.replace(loaded, defect_classes=())) == DEFAULT_DEFECT_CLASSES
+
+
+def test_the_lot_counter_keeps_an_unnumbered_runs_parts_and_counts_the_next_lot_apart(tmp_path: Path) -> None:
+    """An operator who types the lot number after the first parts keeps them in the lot (they were its parts,
+    recorded without a number); typing the next lot's number starts its counters afresh and says how the last
+    one ended; the number is on disk as soon as it is typed; the same number again changes nothing."""
+    from inspector.recording import ResultRecorder
+    from inspector.results import Verdict
+    from ui.lot import LotCounter
+
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    counter = LotCounter(ResultRecorder(None, count_lot=True), settings)
+    assert counter.restore("") == "" and counter.counts.inspected == 0
+    for verdict in (Verdict.PASS, Verdict.PASS, Verdict.FAIL):
+        counter.add(verdict)
+    assert counter.set_number(" A-1 ") == ("Lot A-1: the counters go on from 3 inspected (recorded without a lot "
+                                          "number); New lot (Ctrl+N) starts them afresh")
+    assert counter.counts.inspected == 3 and "lot=A-1" in (tmp_path / "s.ini").read_text()
+    assert counter.set_number("A-1") is None
+    counter.add(Verdict.REVIEW)
+    told = counter.set_number("A-2")
+    assert told == "Lot A-2: the counters start afresh (lot A-1 ended at 4 inspected, 50.0 % yield)"
+    assert counter.counts.inspected == 0 and counter.number == "A-2"
+    assert counter.set_number("") == "Lot: (none)"
