@@ -9,6 +9,9 @@ of its folder. Without a display (Linux with neither ``DISPLAY`` nor ``WAYLAND_D
 ``QT_QPA_PLATFORM`` chosen) it prints one line and exits with `EXIT_NO_DISPLAY`, so a launcher can
 fall back to the headless demo (``inspector demo``).
 
+SIGTERM (a service stop, the PC shutting down) and SIGINT (Ctrl+C in its terminal) close the window as Quit
+does: the operator's choices are saved and every thread ends; exit code 0.
+
 Exit codes: 0 closed normally, 1 failed to start, 2 usage error, 3 no display.
 """
 
@@ -18,6 +21,7 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             QMessageBox.warning(None, "Line IO", f"PLC and MQTT links are off: {exc}")
     window = station_window(recipe_choices(recipe), line, source=args.source, store=store, kiosk=args.kiosk)
     window.show()
+    close_on_signals(window)
+    log.info("station window open; SIGTERM or Ctrl+C closes it as Quit does")
     # Everything made so far (Qt's wrappers, the store, the window) lives as long as the app: moved out of the
     # collector's view, a full collection no longer walks it and holds the interpreter lock ~0.25 s on
     # whichever thread it lands, the GUI thread included.
@@ -176,6 +182,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             line.stop()
         if store is not None:
             store.close()
+
+
+def close_on_signals(window: MainWindow) -> None:
+    """SIGTERM and SIGINT close ``window`` as Quit does, from its event loop (the handler itself only asks:
+    Python runs it between two of the GUI thread's Python calls, which the window's 250 ms timer ensures)."""
+    from PySide6.QtCore import QTimer
+
+    def close(signum: int, _frame: object) -> None:
+        log.info("%s: closing the window", signal.Signals(signum).name)
+        QTimer.singleShot(0, window, window.close)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, close)
 
 
 def _start_line_io(station_file: Path) -> LineIO:

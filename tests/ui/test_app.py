@@ -72,3 +72,41 @@ def test_real_station_run_fills_store_statistics_and_review(qtbot, tmp_path, tau
     assert len(window.review.records) == 5
     window.close()
     store.close()
+
+
+def test_sigterm_closes_the_app_as_quit_does_and_keeps_the_operators_choices(tmp_path: Path) -> None:
+    """A service stop or a shutdown sends SIGTERM: the app died at once and kept none of the operator's choices
+    (recipe, source, window). It now closes as Quit does: the settings are written and it exits with 0."""
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "INSPECTOR_DATA_DIR": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    proc = subprocess.Popen([sys.executable, "-m", "ui.app", "--recipe", str(repo / "recipes" / "fryum_demo.yaml"),
+                             "--source", "parts-folder", "--store", str(tmp_path / "stats.db")],
+                            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        while "station window open" not in lines.get(timeout=120):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+    finally:
+        proc.kill()
+        proc.wait(30)
+        reader.join(10)
+        proc.stderr.close()
+    told = []
+    while not lines.empty():
+        told.append(lines.get())
+    assert any("SIGTERM: closing the window" in line for line in told), told
+    settings = QSettings(str(tmp_path / "config" / "inspector" / "inspector-gui.conf"), QSettings.Format.IniFormat)
+    assert settings.value("station/source") == "parts-folder" and settings.value("window/geometry") is not None
