@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     A line is printed only once its result is durable (`inspector.recording.ResultRecorder.record`
     returned: it is in the local journal if not yet in the store). At the end the run waits until
     the store holds every result, unless ``--leave-pending`` says to leave them in the journal.
-    Exit code 1 when the source could not be opened or failed, or results were left unstored.
+    Exit code 1 when the source could not be opened or failed, or results were left unstored; 130 when Ctrl-C
+    or SIGTERM stopped it (after the same shutdown and summary as at the source's end).
     """
     from inspector.capture import open_source, parse_source
     from inspector.pipeline import EventKind, Pipeline, PipelineEvent
@@ -154,6 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     left = 0
     runner = None
+    interrupted = False
     try:
         line = _start_line_io(args.station, recipe) if args.station else None
         if line is not None and line.config.mode == "triggered":
@@ -169,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             while not done.is_set():
                 if pipeline.wait(timeout=0.2):
                     break
+    except KeyboardInterrupt:       # Ctrl-C, or SIGTERM (inspector.cli): stop as at the source's end, say what was done
+        interrupted = True
+        print("interrupted: stopping; every result printed is recorded", file=sys.stderr, flush=True)
     finally:
         if runner is not None:
             runner.stop()
@@ -202,6 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: the run stopped: {message}", file=sys.stderr)
     for message in source_failed:
         print(f"error: the source failed: {message}", file=sys.stderr)
+    if interrupted:
+        from inspector.cli import EXIT_INTERRUPTED
+
+        return EXIT_INTERRUPTED
     return 1 if left or not_recorded or source_failed else 0
 
 

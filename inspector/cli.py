@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, NoReturn
@@ -272,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from inspector.errors import InspectorError, redact_credentials
 
+    # SIGTERM (a service stop, a shutdown) stops a command as Ctrl-C does: ``run`` stops its pipeline and PLC
+    # links, forwards its journal and prints its summary; a review keeps what it did for --resume
+    on_main_thread = threading.current_thread() is threading.main_thread()     # (only there Python takes one)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
     try:
         recipe_file = getattr(args, "recipe", None)
         # a device or FIFO is refused before the command's imports (a missing file: by the command, in its order)
@@ -289,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the message may quote an argument, and an argument may be a URL with a password in it
         print(redact_credentials(f"{type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -224,6 +224,42 @@ def test_sigkill_after_the_nth_printed_result_loses_none_that_was_printed(
     assert duplicates == 0
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does_with_every_result_stored_and_a_summary(
+    taught_recipe: Path, many_frames: Path, tmp_path: Path
+) -> None:
+    """A service stop sends SIGTERM: the run died at once (no summary; the PLC links and the journal left to the
+    next start). It now stops as at the source's end: pipeline stopped, journal forwarded, summary printed."""
+    db = tmp_path / "station.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_run_command(taught_recipe, many_frames, db), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    printed = 0
+    try:
+        for line in proc.stdout:
+            printed += ".png" in line
+            if printed >= 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 130, err
+    assert "interrupted: stopping; every result printed is recorded" in err
+    summary = [line for line in out.splitlines() if line.startswith("inspected ")]
+    assert len(summary) == 1, out
+    inspected = int(summary[0].split()[1])
+    assert 2 <= inspected < 40 and f"recorded {inspected}" in summary[0]
+    assert len(_stored(db)) == inspected, "every result was in the store when the run ended"
+    if journal_path_for(db).exists():
+        journal = ResultJournal(journal_path_for(db))
+        assert journal.count == 0
+        journal.close()
+
+
 def test_run_with_the_store_locked_leaves_results_in_the_journal_and_says_where(
     taught_recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
