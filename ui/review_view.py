@@ -598,8 +598,11 @@ class ReviewView(QWidget):
                          f"written: the archive pauses when the disk is full)")
         elif self._image is None and record.verdict is Verdict.ERROR:
             lines.append("no image: there was none to keep (the file could not be read), or archiving was off")
+        elif self._image is None and record.verdict is Verdict.PASS:
+            lines.append("image not archived (a PASS frame is kept only where the recipe's archive.save_pass_every "
+                         "asks)")
         elif self._image is None:
-            lines.append("image not archived (only FAIL/REVIEW frames are kept by default)")
+            lines.append("image not archived (archiving was off for this run, or paused: disk full, or behind)")
         self.details.setText("\n".join(lines))
 
     def _on_picture_ready(self, request: int, images: tuple[np.ndarray | None, np.ndarray | None]) -> None:

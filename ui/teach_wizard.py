@@ -384,7 +384,7 @@ class SavePage(QWizardPage):
         todo = []
         if file_pending and self.w.recipe_path is not None:
             what = "the new recipe" if self.w.copied_from is not None else "the ROI drawn"
-            todo.append(f"writes {what} into {self.w.recipe_path.name}")
+            todo.append(f"writes {what} into {self.w.recipe_path}")
         if changed:
             todo.append(f"saves review {self.w.review:.4f} / fail {self.w.fail:.4f} as a new model version "
                         f"(model {outcome.report.version} keeps {t.review:.4f} / {t.fail:.4f})")
@@ -437,7 +437,7 @@ class SavePage(QWizardPage):
         self._saved_version = str(version)
         self.w.copied_from = None                  # written: a second Save edits the file in place
         self.w.file_roi = self.w.taught_roi()
-        self.message.setText(f"Saved: recipe {self.w.recipe_path.name if self.w.recipe_path else ''}, model "
+        self.message.setText(f"Saved: recipe {self.w.recipe_path or ''}, model "
                              f"{version} (review {self.w.review:.4f}, fail {self.w.fail:.4f}). Finish, then "
                              "select the recipe on the station.")
         self.completeChanged.emit()

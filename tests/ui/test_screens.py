@@ -338,6 +338,31 @@ def test_an_error_frame_the_model_failed_on_is_shown_but_not_judged(qtbot, tmp_p
     assert not any(w.isEnabled() for w in (view.good_button, view.class_button, view.class_box, view.region_box))
 
 
+def test_a_frame_without_an_image_says_why_by_its_verdict(qtbot, tmp_path) -> None:
+    """A PASS is kept only every Nth where the recipe asks; a FAIL without an image was recorded while archiving
+    was off or paused (it read "only FAIL/REVIEW frames are kept by default" for both)."""
+    from inspector.results import InspectionResult
+
+    store = Store(tmp_path / "solo.db", flush_interval=0.0)
+    for frame_id, verdict in ((1, Verdict.PASS), (2, Verdict.FAIL)):
+        store.record(InspectionResult(frame_id=frame_id, timestamp=time.time() + frame_id, source="camera 0",
+                                      recipe="demo", model_version="v1", verdict=verdict, score=0.5))
+    store.flush()
+    view = ReviewView(store, recipe_lookup=lambda name: tmp_path / f"{name}.yaml")
+    qtbot.addWidget(view)
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    for verdict, why in (("PASS", "a PASS frame is kept only where the recipe's archive.save_pass_every asks"),
+                         ("FAIL", "archiving was off for this run, or paused")):
+        with qtbot.waitSignal(view.refreshed, timeout=10_000):
+            view.verdict_box.setCurrentIndex(view.verdict_box.findData(verdict))
+        assert [r.verdict.value for r in view.records] == [verdict]
+        with qtbot.waitSignal(view.shown, timeout=10_000):
+            view.select(0)
+        assert why in view.details.text(), view.details.text()
+    view.shutdown()
+    store.close()
+
+
 def test_batch_review_runs_in_a_worker_and_can_be_cancelled(qtbot, tmp_path, part_folder) -> None:
     from types import SimpleNamespace
 

@@ -192,9 +192,12 @@ def test_new_recipe_is_written_on_save_with_comments_and_mode_and_cancel_leaves_
         wizard.next()
         wizard.next()
         assert wizard.currentPage() is wizard.save_page and not wizard.save_page.isComplete()
+        # where it is written, in full: the engineer knows which file to open, copy or put under version control
+        assert f"writes the new recipe into {target}" in wizard.save_page.message.text()
         if finish:
             wizard.save_page.save()
             qtbot.waitUntil(wizard.save_page.isComplete, timeout=10_000)
+            assert wizard.save_page.message.text().startswith(f"Saved: recipe {target}, model v1")
         return wizard
 
     cancelled = teach_new(finish=False)
