@@ -22,8 +22,8 @@ results still reach the store in order. A hold lives in this process only and la
 
 A station's running lot counters live here too (``tally``): an append may count its verdict in the same
 commit, so after a crash or a restart the counters read back exactly what was recorded. A count belongs to
-an epoch (a "New lot" starts the next one); `tally` reads the newest. Entries leave the journal once
-stored; the counts stay until a newer epoch starts.
+an epoch (a "New lot" starts the next one) with the lot number it counts under; `tally` reads the newest.
+Entries leave the journal once stored; the counts stay until a newer epoch starts.
 
 Example:
     >>> journal = ResultJournal(tmp_path / "inspector.pending.db")      # doctest: +SKIP
@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS tally (
     verdict TEXT NOT NULL,
     n INTEGER NOT NULL,
     PRIMARY KEY (epoch, verdict)
+);
+CREATE TABLE IF NOT EXISTS tally_lot (
+    epoch INTEGER PRIMARY KEY,
+    lot TEXT NOT NULL
 );
 """
 _EPOCH_MARK: Final = ""      # the verdict of an epoch's first row: the epoch has begun, nothing counted yet
@@ -198,22 +202,25 @@ class ResultJournal:
         with self._lock:
             self._held.pop(seq, None)
 
-    def tally(self) -> tuple[int, dict[str, int]]:
-        """The newest epoch of the counts and its count per verdict ((0, {}) when nothing was ever counted)."""
+    def tally(self) -> tuple[int, dict[str, int], str | None]:
+        """The newest epoch of the counts, its count per verdict and its lot number ((0, {}, None) when nothing
+        was ever counted; None: no number recorded for it)."""
         with self._lock:
             row = self._conn.execute("SELECT max(epoch) FROM tally").fetchone()
             if row is None or row[0] is None:
-                return 0, {}
+                return 0, {}, None
             epoch = int(row[0])
             rows = self._conn.execute("SELECT verdict, n FROM tally WHERE epoch = ? AND verdict != ?",
                                       (epoch, _EPOCH_MARK)).fetchall()
-        return epoch, {str(v): int(n) for v, n in rows}
+            named = self._conn.execute("SELECT lot FROM tally_lot WHERE epoch = ?", (epoch,)).fetchone()
+        return epoch, {str(v): int(n) for v, n in rows}, str(named[0]) if named is not None else None
 
-    def begin_tally(self, epoch: int) -> None:
-        """Record that counting ``epoch`` has begun (from zero) and forget older epochs' counts.
+    def begin_tally(self, epoch: int, lot: str) -> None:
+        """Record that counting ``epoch`` has begun (from zero, or goes on) under lot number ``lot``, and forget
+        older epochs' counts.
 
         Appends may have counted into ``epoch`` already (they take the epoch when the lot changes, this
-        write may come after): those counts stay.
+        write may come after): those counts stay. Called again for the same epoch, it renames its lot.
 
         Raises:
             StoreError: the journal cannot be written.
@@ -223,7 +230,9 @@ class ResultJournal:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute("INSERT OR IGNORE INTO tally (epoch, verdict, n) VALUES (?, ?, 0)",
                                    (epoch, _EPOCH_MARK))
+                self._conn.execute("INSERT OR REPLACE INTO tally_lot (epoch, lot) VALUES (?, ?)", (epoch, lot))
                 self._conn.execute("DELETE FROM tally WHERE epoch < ?", (epoch,))
+                self._conn.execute("DELETE FROM tally_lot WHERE epoch < ?", (epoch,))
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:

@@ -93,12 +93,13 @@ class ResultRecorder:
         self._count_lot = count_lot
         self._lot_epoch = 0                   # the running lot's counts (`new_lot` starts the next epoch)
         self._lot_counts = VerdictCounts()
-        self._epoch_to_write: int | None = None     # begun by `new_lot`, not yet in the journal
+        self._epoch_to_write: int | None = None     # begun by `new_lot` or renamed by `set_lot`, not yet written
+        self._counted_lot: str | None = None  # the lot number the journal's counts were kept under
         if store is not None:
             self._journal = ResultJournal(journal_path or _default_journal_path(store), max_entries=max_journal)
             self._journal_path = self._journal.path
             if count_lot:
-                self._lot_epoch, counted = self._journal.tally()
+                self._lot_epoch, counted, self._counted_lot = self._journal.tally()
                 self._lot_counts = VerdictCounts.from_counts(counted)
             if self._journal.count:
                 log.warning("%d result(s) left in %s by an earlier run; forwarding them to %s",
@@ -117,7 +118,18 @@ class ResultRecorder:
     def set_lot(self, lot: str) -> None:
         """The lot number written with every result from now on ("" for none)."""
         with self._lock:
+            changed = self._lot != lot.strip()
             self._lot = lot.strip()
+            if changed and self._count_lot:
+                self._epoch_to_write = self._lot_epoch      # the counts' lot number, written by the forwarder
+        if changed:
+            self._wake.set()
+
+    @property
+    def counted_lot(self) -> str | None:
+        """The lot number the journal's counts were kept under when this recorder opened it (None: none kept,
+        or a journal from before lot numbers were kept with the counts)."""
+        return self._counted_lot
 
     @property
     def lot_counts(self) -> VerdictCounts:
@@ -379,11 +391,11 @@ class ResultRecorder:
     def _write_epoch(self, journal: ResultJournal) -> None:
         """Make a `new_lot` durable (forwarder thread, and `close`)."""
         with self._lock:
-            epoch, self._epoch_to_write = self._epoch_to_write, None
+            epoch, self._epoch_to_write, lot = self._epoch_to_write, None, self._lot
         if epoch is None:
             return
         try:
-            journal.begin_tally(epoch)
+            journal.begin_tally(epoch, lot)
         except StoreError as exc:    # the counts of the new lot are still kept with each result
             log.warning("%s", exc)
 

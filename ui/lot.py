@@ -2,8 +2,8 @@
 
 The number is stamped on every result by the recorder and kept with the window's settings as soon as it is typed
 (a power cut closes no window). The counters are the parts recorded under that number since it was typed, or
-since New lot: the recorder counts them in its journal too, in the commit of each result, so a restart goes on
-from them. Typing another lot number over one in use starts the counters afresh (the parts are the next lot's);
+since New lot: the recorder counts them in its journal too, in the commit of each result, with the lot number,
+so a restart goes on from them under that number (the settings are the user's; the journal is the station's). Typing another lot number over one in use starts the counters afresh (the parts are the next lot's);
 typing the first number of a run that had none keeps them (those parts were this lot's, unnumbered).
 """
 
@@ -31,15 +31,25 @@ class LotCounter:
     def number(self) -> str:
         return self._recorder.lot
 
-    def restore(self, number: str) -> str:
-        """The last session's lot goes on: stamped from now on and counted from what the journal holds; returns
-        the sentence for the status bar ("" when nothing was counted)."""
+    def restore(self, number: str) -> tuple[str, str]:
+        """The last session's lot goes on: stamped from now on and counted from what the journal holds.
+
+        Args:
+            number: the lot number the window's settings remember; the journal's wins where it counted parts
+                under one (the settings are the user's: another operator's login has none, or an older one).
+
+        Returns:
+            The lot number now, and the sentence for the status bar ("" when nothing was counted).
+        """
+        counts, kept = self._recorder.lot_counts, self._recorder.counted_lot
+        if counts.inspected and kept is not None:
+            number = kept
         self._recorder.set_lot(number)
-        self.counts = self._recorder.lot_counts
-        if not self.counts.inspected:
-            return ""
-        return (f"Lot {self.number or '(no number)'} goes on from {self.counts.inspected} inspected; "
-                "New lot (Ctrl+N) starts the counters afresh")
+        self.counts = counts
+        if not counts.inspected:
+            return self.number, ""
+        return self.number, (f"Lot {self.number or '(no number)'} goes on from {counts.inspected} inspected; "
+                             "New lot (Ctrl+N) starts the counters afresh")
 
     def add(self, verdict: Verdict) -> None:
         self.counts = self.counts.add(verdict)

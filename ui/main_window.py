@@ -255,7 +255,9 @@ class MainWindow(QMainWindow):
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.station.splitter.restoreState(splitter)
         self.toolbar.restore(s, source)
-        self._status.setText(self.lot.restore(self.lot_edit.text()))    # stamped and counted as before
+        number, told = self.lot.restore(self.lot_edit.text())     # stamped and counted as before the restart
+        self.lot_edit.setText(number)
+        self._status.setText(told)
         self.station.set_counts(self.lot.counts)
         self.tabs.setCurrentIndex(0)
 

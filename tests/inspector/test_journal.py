@@ -381,38 +381,44 @@ def test_a_full_store_loses_nothing_and_takes_the_results_when_it_has_room(tmp_p
 def test_the_lot_counts_are_durable_with_each_result_and_a_new_lot_starts_them_afresh(tmp_path: Path) -> None:
     path = tmp_path / "station.pending.db"
     journal = ResultJournal(path)
-    assert journal.tally() == (0, {})
+    assert journal.tally() == (0, {}, None)
     for i, verdict in enumerate(["PASS", "FAIL", "PASS"]):
         journal.append(f"r{i}", {"i": i}, tally=(0, verdict))
     journal.append("untallied", {"i": 9})                      # a command-line run's result: not counted
     # read by another connection while this one is still open: what a process killed now leaves
-    assert ResultJournal(path).tally() == (0, {"PASS": 2, "FAIL": 1})
+    other = ResultJournal(path)
+    assert other.tally() == (0, {"PASS": 2, "FAIL": 1}, None)
+    other.close()
     journal.remove([e.seq for e in journal.peek(10)])          # stored: the counts stay
     journal.append("r3", {"i": 3}, tally=(1, "REVIEW"))        # a New lot's first result, before its mark
-    journal.begin_tally(1)
-    journal.begin_tally(1)                                      # (twice: nothing counted is lost)
-    assert journal.tally() == (1, {"REVIEW": 1})
-    journal.begin_tally(2)
-    assert journal.tally() == (2, {})
+    journal.begin_tally(1, "2412-07")
+    journal.begin_tally(1, "2412-07b")                          # renamed: nothing counted is lost
+    assert journal.tally() == (1, {"REVIEW": 1}, "2412-07b")
+    journal.begin_tally(2, "")
+    assert journal.tally() == (2, {}, "")
     journal.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT DISTINCT epoch FROM tally").fetchall() == [(2,)]   # older lots forgotten
+        assert conn.execute("SELECT epoch FROM tally_lot").fetchall() == [(2,)]
 
 
 def test_a_station_recorder_counts_its_lot_across_a_restart_and_a_command_line_run_leaves_it(tmp_path: Path) -> None:
     db = tmp_path / "station.db"
     store = Store(db)
     station = ResultRecorder(store, count_lot=True)
+    assert station.counted_lot is None
+    station.set_lot(" L-7 ")
     for i, verdict in enumerate([Verdict.PASS, Verdict.FAIL, Verdict.ERROR]):
         station.record(_result(i, verdict))
     assert (station.lot_counts.passed, station.lot_counts.failed, station.lot_counts.errors) == (1, 1, 1)
     station.close()
     cli = ResultRecorder(store)                                 # `inspector run` on the same store
+    cli.set_lot("OTHER")
     cli.record(_result(3, Verdict.FAIL))
     assert cli.lot_counts.inspected == 0
     cli.close()
     again = ResultRecorder(store, count_lot=True)
-    assert (again.lot_counts.inspected, again.lot_counts.failed) == (3, 1)
+    assert (again.lot_counts.inspected, again.lot_counts.failed) == (3, 1) and again.counted_lot == "L-7"
     again.new_lot()                                             # returns at once; the forwarder writes it
     again.record(_result(4, Verdict.REVIEW))
     assert (again.lot_counts.inspected, again.lot_counts.review) == (1, 1)

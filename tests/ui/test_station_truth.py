@@ -320,6 +320,35 @@ def test_the_lot_goes_on_after_a_restart(qtbot, tmp_path, settings, part_images)
     store.close()
 
 
+def test_another_operators_login_goes_on_with_the_stations_lot(qtbot, tmp_path, settings, part_images) -> None:
+    """The window's settings are the user's: after a shift change to another login the lot field was empty while
+    the counters (the station's journal) went on, so the next parts went unnumbered into the last lot's counts.
+    The journal keeps the lot number with its counts, and that number goes on."""
+    from PySide6.QtCore import QSettings
+
+    from inspector.capture import ArraySource
+
+    images = [image for _, image in part_images]
+    recipes = _recipes(tmp_path, "demo")
+    store = Store(tmp_path / "stats.db", flush_interval=0.0)
+    first = _window(qtbot, settings, recipes, {"demo": DarkSpotInspector("demo")}, store=store, source="memory",
+                    open_source=lambda text: ArraySource(images, name="memory"))
+    first.lot_edit.setText("2412-07")
+    first.lot_edit.editingFinished.emit()
+    first.start()
+    qtbot.waitUntil(lambda: first.counts.inspected == len(images), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: first.state is RunState.SOURCE_ENDED, timeout=WAIT_MS)
+    first.close()
+    store.close()
+    store = Store(tmp_path / "stats.db", flush_interval=0.0)
+    other_login = QSettings(str(tmp_path / "other_user.ini"), QSettings.Format.IniFormat)
+    second = _window(qtbot, other_login, recipes, {"demo": DarkSpotInspector("demo")}, store=store)
+    assert second.lot_edit.text() == "2412-07" and second.recorder.lot == "2412-07"
+    assert second.counts.inspected == len(images)
+    second.close()
+    store.close()
+
+
 @pytest.mark.parametrize("width", [1400])
 def test_kiosk_button_fits_the_default_window_and_kiosk_enlarges_the_verdict(qtbot, tmp_path, settings,
                                                                             width) -> None:

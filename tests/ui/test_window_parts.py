@@ -169,7 +169,7 @@ def test_the_lot_counter_keeps_an_unnumbered_runs_parts_and_counts_the_next_lot_
 
     settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
     counter = LotCounter(ResultRecorder(None, count_lot=True), settings)
-    assert counter.restore("") == "" and counter.counts.inspected == 0
+    assert counter.restore("") == ("", "") and counter.counts.inspected == 0
     for verdict in (Verdict.PASS, Verdict.PASS, Verdict.FAIL):
         counter.add(verdict)
     assert counter.set_number(" A-1 ") == ("Lot A-1: the counters go on from 3 inspected (recorded without a lot "
