@@ -3,8 +3,9 @@
 The number is stamped on every result by the recorder and kept with the window's settings as soon as it is typed
 (a power cut closes no window). The counters are the parts recorded under that number since it was typed, or
 since New lot: the recorder counts them in its journal too, in the commit of each result, with the lot number,
-so a restart goes on from them under that number (the settings are the user's; the journal is the station's). Typing another lot number over one in use starts the counters afresh (the parts are the next lot's);
-typing the first number of a run that had none keeps them (those parts were this lot's, unnumbered).
+so a restart goes on from them under that number (the settings are the user's; the journal is the station's).
+Typing another lot number over one in use starts the counters afresh (the parts are the next lot's); typing the
+first number of a run that had none keeps them (those parts were this lot's, unnumbered).
 """
 
 from __future__ import annotations
