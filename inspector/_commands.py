@@ -26,6 +26,7 @@ from inspector._evaluate_commands import cmd_evaluate as cmd_evaluate  # re-expo
 from inspector._store_commands import REPO_ROOT, _open_store
 from inspector._store_commands import cmd_feedback as cmd_feedback  # re-exported: inspector.cli dispatches here
 from inspector._store_commands import cmd_stats as cmd_stats
+from inspector.cli import EXIT_INTERRUPTED, StopRequest
 from inspector.errors import InspectorError
 from inspector.results import InspectionResult, Progress, Verdict, VerdictCounts
 
@@ -39,25 +40,32 @@ DEMO_RECIPE = REPO_ROOT / "recipes" / "fryum_demo.yaml"
 
 
 def drive(job: Generator[Progress, None, T], *, desc: str) -> T:
-    """Run a progress generator with a tqdm bar on stderr; returns the generator's value."""
+    """Run a progress generator with a tqdm bar on stderr; returns the generator's value.
+
+    Ctrl-C or SIGTERM stops it at its next tick and closes it (its threads end; a review keeps what it did, and
+    the same command goes on from there), then raises KeyboardInterrupt; a second signal while it closes only
+    says so.
+    """
     from tqdm import tqdm
 
     bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
-    try:
-        while True:
-            try:
-                tick = next(job)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            if bar.total != tick.total or bar.unit != tick.unit:
-                bar.unit = tick.unit
-                bar.reset(total=tick.total)
-            bar.set_description(f"{desc}: {tick.message}" if tick.message else desc)
-            bar.n = tick.done
-            bar.refresh()
-    finally:
-        bar.close()
-        job.close()
+    with StopRequest(f"\ninterrupted: stopping ({desc})", f"still stopping ({desc})") as request:
+        try:
+            while not request.stopping.is_set():
+                try:
+                    tick = next(job)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                if bar.total != tick.total or bar.unit != tick.unit:
+                    bar.unit = tick.unit
+                    bar.reset(total=tick.total)
+                bar.set_description(f"{desc}: {tick.message}" if tick.message else desc)
+                bar.n = tick.done
+                bar.refresh()
+            raise KeyboardInterrupt           # (after the job is closed below: inspector.cli says "interrupted")
+        finally:
+            bar.close()
+            job.close()
 
 
 def _result_line(result: InspectionResult, fps: float, dropped: int) -> str:
@@ -155,40 +163,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     left = 0
     runner = None
-    interrupted = False
-    try:
-        line = _start_line_io(args.station, recipe) if args.station else None
-        if line is not None and line.config.mode == "triggered":
-            runner = _triggered_runner(args, line, source, station, recorder, record)
-            runner.start()
-            print(f"triggered mode: waiting for PLC triggers ({_link_summary(line)})", file=sys.stderr, flush=True)
-            while not done.wait(0.2):
-                pass
-            time.sleep(_LAST_ANSWER_GRACE_S)    # --max-frames: let the PLC read the last answer before we go
-        else:
-            pipeline = Pipeline(source, station, consumers=[consume], on_event=on_event)
-            pipeline.start()
-            while not done.is_set():
-                if pipeline.wait(timeout=0.2):
-                    break
-    except KeyboardInterrupt:       # Ctrl-C, or SIGTERM (inspector.cli): stop as at the source's end, say what was done
-        interrupted = True
-        print("interrupted: stopping; every result printed is recorded", file=sys.stderr, flush=True)
-    finally:
-        if runner is not None:
-            runner.stop()
-        if pipeline is not None:
-            pipeline.stop()
-        if line is not None:
-            print(f"line IO: {_link_summary(line)}", file=sys.stderr)
-            line.stop()
-        recorder.close_archives()      # archives first: their images are on disk before the store says so
-        left = _wait_for_store(recorder, leave=args.leave_pending)
-        recorder.close(timeout=0.0 if left else 10.0)
+    # Ctrl-C or SIGTERM (a service stop): stop as at the source's end, and say what was done; a later one while
+    # it stops only says so, except while it waits for the store, where it leaves the results in the journal
+    request = StopRequest("interrupted: stopping; every result printed is recorded",
+                          "still stopping: the pipeline, the PLC links and the store are closing")
+    with request:
         try:
-            store.close()
-        except InspectorError as exc:
-            print(f"warning: {exc}", file=sys.stderr)
+            line = _start_line_io(args.station, recipe) if args.station else None
+            if line is not None and line.config.mode == "triggered":
+                runner = _triggered_runner(args, line, source, station, recorder, record)
+                runner.start()
+                print(f"triggered mode: waiting for PLC triggers ({_link_summary(line)})", file=sys.stderr,
+                      flush=True)
+                while not done.wait(0.2) and not request.stopping.is_set():
+                    pass
+                if not request.stopping.is_set():
+                    time.sleep(_LAST_ANSWER_GRACE_S)    # --max-frames: let the PLC read the last answer first
+            else:
+                pipeline = Pipeline(source, station, consumers=[consume], on_event=on_event)
+                pipeline.start()
+                while not done.is_set() and not request.stopping.is_set():
+                    if pipeline.wait(timeout=0.2):
+                        break
+        finally:
+            if runner is not None:
+                runner.stop()
+            if pipeline is not None:
+                pipeline.stop()
+            if line is not None:
+                print(f"line IO: {_link_summary(line)}", file=sys.stderr)
+                line.stop()
+            recorder.close_archives()      # archives first: their images are on disk before the store says so
+            left = _wait_for_store(recorder, leave=args.leave_pending, request=request)
+            recorder.close(timeout=0.0 if left else 10.0)
+            try:
+                store.close()
+            except InspectorError as exc:
+                print(f"warning: {exc}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     yield_pct = tally.yield_pct or 0.0
     summary = (f"inspected {tally.inspected} frame(s) in {elapsed:.1f} s: PASS {tally.passed}, REVIEW "
@@ -207,25 +218,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: the run stopped: {message}", file=sys.stderr)
     for message in source_failed:
         print(f"error: the source failed: {message}", file=sys.stderr)
-    if interrupted:
-        from inspector.cli import EXIT_INTERRUPTED
-
+    if request.count:
         return EXIT_INTERRUPTED
     return 1 if left or not_recorded or source_failed else 0
 
 
-def _wait_for_store(recorder: Any, *, leave: bool) -> int:
-    """Wait until the journal is forwarded; returns what is left (only with ``leave`` or Ctrl-C)."""
+def _wait_for_store(recorder: Any, *, leave: bool, request: StopRequest) -> int:
+    """Wait until the journal is forwarded; returns what is left (only with ``leave``, or a Ctrl-C / SIGTERM
+    that comes while it waits)."""
     if recorder.wait_stored(timeout=2.0) or leave:
         return int(recorder.pending)
-    try:
-        while not recorder.wait_stored(timeout=5.0):
+    signals, seconds = request.count, 0
+    while request.count == signals and not recorder.wait_stored(timeout=1.0):
+        if seconds % 5 == 0:
             error = recorder.last_error
             print(f"waiting: {recorder.pending} result(s) wait in {recorder.journal_path} for the statistics "
                   f"store{f' ({error})' if error else ''}; Ctrl-C leaves them there for the next run",
                   file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        pass
+        seconds += 1
     return int(recorder.pending)
 
 

@@ -23,6 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Final, NoReturn
 
 from inspector import __version__
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inspector.errors import InspectorError, redact_credentials
 
     # SIGTERM (a service stop, a shutdown) stops a command as Ctrl-C does: ``run`` stops its pipeline and PLC
-    # links, forwards its journal and prints its summary; a review keeps what it did for --resume
+    # links, forwards its journal and prints its summary; a review keeps what it did (the same command goes on)
     on_main_thread = threading.current_thread() is threading.main_thread()     # (only there Python takes one)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
     try:
@@ -298,6 +299,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM as a request to stop, never an exception, for a command that runs threads.
+
+    A KeyboardInterrupt raised amid a shutdown (a second Ctrl-C, a service manager's second SIGTERM) left the
+    pipeline's threads running into the interpreter's exit, which aborts ("terminate called without an active
+    exception", exit 134). Inside ``with StopRequest(...) as request`` the signals only set ``request.stopping``
+    (the first) and count (``request.count``); the command's loops look at them. Only on the main thread (where
+    Python takes signal handlers); elsewhere it installs nothing.
+
+    Args:
+        first: said on stderr at the first signal.
+        again: said at each later one.
+    """
+
+    def __init__(self, first: str, again: str) -> None:
+        self.stopping = threading.Event()
+        self.count = 0
+        self._said = (first, again)
+        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._on_signal)
+                              for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
+        self.stopping.set()
+        print(self._said[0] if self.count == 1 else self._said[1], file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -260,6 +260,44 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_every_result_stored_and_a_summa
         journal.close()
 
 
+def test_a_second_sigterm_while_the_run_stops_does_not_abort_it(
+    taught_recipe: Path, many_frames: Path, tmp_path: Path
+) -> None:
+    """An impatient second Ctrl-C, or a service manager's second SIGTERM, raised inside the shutdown and left the
+    pipeline's threads running into the interpreter's exit: "terminate called without an active exception", exit
+    134. While the pipeline and the links close, a second signal now only says so."""
+    db = tmp_path / "station.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_run_command(taught_recipe, many_frames, db), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    printed: list[str] = []
+    err: list[str] = []
+    try:
+        for line in proc.stdout:
+            printed += [w for w in line.split() if w.endswith(".png")][:1]
+            if len(printed) >= 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+        for line in proc.stderr:
+            err.append(line)
+            if line.startswith("interrupted: stopping"):
+                proc.send_signal(signal.SIGTERM)          # the second, while it stops
+                break
+        out, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    text = "".join(err) + rest
+    assert proc.returncode == 130 and "terminate called" not in text, text
+    printed += [w for line in out.splitlines() for w in line.split() if w.endswith(".png")][:1]
+    with sqlite3.connect(db) as conn:
+        stored = {Path(p).name for (p,) in conn.execute("SELECT path FROM inspections")}
+    assert [name for name in printed if name not in stored] == []
+
+
 def test_run_with_the_store_locked_leaves_results_in_the_journal_and_says_where(
     taught_recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
