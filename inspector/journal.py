@@ -34,11 +34,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -159,18 +161,11 @@ class ResultJournal:
                 msg = (f"the result journal {self.path} is full: {self._count} results wait for the statistics "
                        "store; bring the store back (they are forwarded in order) before inspecting more")
                 raise JournalFull(msg)
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
+            with self._writing(f"cannot write result {result_id} to the journal"):
                 cur = self._conn.execute("INSERT INTO pending (result_id, payload) VALUES (?, ?)", (result_id, text))
                 if tally is not None:
                     self._conn.execute("INSERT INTO tally (epoch, verdict, n) VALUES (?, ?, 1) "
                                        "ON CONFLICT (epoch, verdict) DO UPDATE SET n = n + 1", tally)
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                msg = f"cannot write result {result_id} to the journal {self.path}: {exc}"
-                raise StoreError(msg) from exc
             self._count += 1
             seq = int(cur.lastrowid or 0)
             if hold:
@@ -225,20 +220,11 @@ class ResultJournal:
         Raises:
             StoreError: the journal cannot be written.
         """
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute("INSERT OR IGNORE INTO tally (epoch, verdict, n) VALUES (?, ?, 0)",
-                                   (epoch, _EPOCH_MARK))
-                self._conn.execute("INSERT OR REPLACE INTO tally_lot (epoch, lot) VALUES (?, ?)", (epoch, lot))
-                self._conn.execute("DELETE FROM tally WHERE epoch < ?", (epoch,))
-                self._conn.execute("DELETE FROM tally_lot WHERE epoch < ?", (epoch,))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                msg = f"cannot start new lot counts in the journal {self.path}: {exc}"
-                raise StoreError(msg) from exc
+        with self._lock, self._writing("cannot start new lot counts in the journal"):
+            self._conn.execute("INSERT OR IGNORE INTO tally (epoch, verdict, n) VALUES (?, ?, 0)", (epoch, _EPOCH_MARK))
+            self._conn.execute("INSERT OR REPLACE INTO tally_lot (epoch, lot) VALUES (?, ?)", (epoch, lot))
+            self._conn.execute("DELETE FROM tally WHERE epoch < ?", (epoch,))
+            self._conn.execute("DELETE FROM tally_lot WHERE epoch < ?", (epoch,))
 
     @property
     def held(self) -> int:
@@ -314,15 +300,8 @@ class ResultJournal:
         if not paths:
             return
         with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
+            with self._writing(f"cannot note {len(paths)} removed archive file(s) in the journal"):
                 self._conn.executemany("INSERT OR IGNORE INTO removed_files (path) VALUES (?)", [(p,) for p in paths])
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                msg = f"cannot note {len(paths)} removed archive file(s) in the journal {self.path}: {exc}"
-                raise StoreError(msg) from exc
             self._removed.update(paths)
 
     def removed_files(self) -> frozenset[str]:
@@ -347,3 +326,21 @@ class ResultJournal:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @contextlib.contextmanager
+    def _writing(self, failing: str) -> Iterator[None]:
+        """One transaction (the caller holds ``_lock``): committed at the end, rolled back on an SQLite error,
+        which is raised as a StoreError that says ``failing``, this journal's path and why."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            yield
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            msg = f"{failing} {self.path}: {exc}"
+            raise StoreError(msg) from exc
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise

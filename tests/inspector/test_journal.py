@@ -224,30 +224,44 @@ def test_sigkill_after_the_nth_printed_result_loses_none_that_was_printed(
     assert duplicates == 0
 
 
+def _run_stopped_by_sigterm(recipe: Path, frames: Path, db: Path, *, again: bool) -> tuple[int, list[str], str, str]:
+    """`inspector run` sent SIGTERM after its second printed result (with ``again``, once more as it says that it
+    stops); returns its exit code, the frames it printed, its stdout and its stderr."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_run_command(recipe, frames, db), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    printed: list[str] = []
+    err: list[str] = []
+    try:
+        for line in proc.stdout:
+            printed += [w for w in line.split() if w.endswith(".png")][:1]
+            if len(printed) >= 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+        for line in proc.stderr if again else ():
+            err.append(line)
+            if line.startswith("interrupted: stopping"):
+                proc.send_signal(signal.SIGTERM)          # the second, while it stops
+                break
+        out, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    printed += [w for line in out.splitlines() for w in line.split() if w.endswith(".png")][:1]
+    return proc.returncode, printed, out, "".join(err) + rest
+
+
 def test_sigterm_stops_a_run_as_ctrl_c_does_with_every_result_stored_and_a_summary(
     taught_recipe: Path, many_frames: Path, tmp_path: Path
 ) -> None:
     """A service stop sends SIGTERM: the run died at once (no summary; the PLC links and the journal left to the
     next start). It now stops as at the source's end: pipeline stopped, journal forwarded, summary printed."""
     db = tmp_path / "station.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_run_command(taught_recipe, many_frames, db), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    printed = 0
-    try:
-        for line in proc.stdout:
-            printed += ".png" in line
-            if printed >= 2:
-                proc.send_signal(signal.SIGTERM)
-                break
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait(30)
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == 130, err
+    code, _, out, err = _run_stopped_by_sigterm(taught_recipe, many_frames, db, again=False)
+    assert code == 130, err
     assert "interrupted: stopping; every result printed is recorded" in err
     summary = [line for line in out.splitlines() if line.startswith("inspected ")]
     assert len(summary) == 1, out
@@ -267,32 +281,8 @@ def test_a_second_sigterm_while_the_run_stops_does_not_abort_it(
     pipeline's threads running into the interpreter's exit: "terminate called without an active exception", exit
     134. While the pipeline and the links close, a second signal now only says so."""
     db = tmp_path / "station.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_run_command(taught_recipe, many_frames, db), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    printed: list[str] = []
-    err: list[str] = []
-    try:
-        for line in proc.stdout:
-            printed += [w for w in line.split() if w.endswith(".png")][:1]
-            if len(printed) >= 2:
-                proc.send_signal(signal.SIGTERM)
-                break
-        for line in proc.stderr:
-            err.append(line)
-            if line.startswith("interrupted: stopping"):
-                proc.send_signal(signal.SIGTERM)          # the second, while it stops
-                break
-        out, rest = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait(30)
-        proc.stdout.close()
-        proc.stderr.close()
-    text = "".join(err) + rest
-    assert proc.returncode == 130 and "terminate called" not in text, text
-    printed += [w for line in out.splitlines() for w in line.split() if w.endswith(".png")][:1]
+    code, printed, _, err = _run_stopped_by_sigterm(taught_recipe, many_frames, db, again=True)
+    assert code == 130 and "terminate called" not in err, err
     with sqlite3.connect(db) as conn:
         stored = {Path(p).name for (p,) in conn.execute("SELECT path FROM inspections")}
     assert [name for name in printed if name not in stored] == []

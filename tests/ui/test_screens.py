@@ -281,6 +281,19 @@ def test_review_filter_open_and_feedback(qtbot, tmp_path, store, monkeypatch) ->
     assert "is gone" in view.details.text() and record.image_path in view.details.text()
 
 
+def _showing_the_first(qtbot, tmp_path: Path, store: Store, verdict: str) -> ReviewView:
+    """A Review screen over the last hour's ``verdict`` rows of ``store``, the newest selected and shown."""
+    store.flush()
+    view = ReviewView(store, recipe_lookup=lambda name: tmp_path / f"{name}.yaml")
+    qtbot.addWidget(view)
+    view.set_range(time.time() - 3600, time.time() + 3600)
+    with qtbot.waitSignal(view.refreshed, timeout=10_000):
+        view.verdict_box.setCurrentIndex(view.verdict_box.findData(verdict))
+    with qtbot.waitSignal(view.shown, timeout=10_000):
+        view.select(0)
+    return view
+
+
 def test_an_error_inspection_shows_why_it_has_no_image_and_cannot_be_judged(qtbot, tmp_path, store) -> None:
     """An unreadable file's ERROR row (under Xvfb): the picture's place said "Select an inspection to see it" beside
     the one selected, the details blamed the archive policy, and "Actually good" and "Assign class" were offered
@@ -290,15 +303,8 @@ def test_an_error_inspection_shows_why_it_has_no_image_and_cannot_be_judged(qtbo
     error = "parts/003.png: not a decodable image (13 bytes)"
     store.record(InspectionResult(frame_id=99, timestamp=time.time(), source="parts", recipe="demo",
                                   model_version="v1", verdict=Verdict.ERROR, score=None, error=error))
-    store.flush()
-    view = ReviewView(store, recipe_lookup=lambda name: tmp_path / f"{name}.yaml")
-    qtbot.addWidget(view)
-    view.set_range(time.time() - 3600, time.time() + 3600)
-    with qtbot.waitSignal(view.refreshed, timeout=10_000):
-        view.verdict_box.setCurrentIndex(view.verdict_box.findData("ERROR"))
+    view = _showing_the_first(qtbot, tmp_path, store, "ERROR")
     assert [r.verdict for r in view.records] == [Verdict.ERROR]
-    with qtbot.waitSignal(view.shown, timeout=10_000):
-        view.select(0)
     record = view.current
     assert record is not None
     assert view.view.empty_text() == f"No image of inspection #{record.id}: its details below say why"
@@ -325,14 +331,7 @@ def test_an_error_frame_the_model_failed_on_is_shown_but_not_judged(qtbot, tmp_p
     store.record(InspectionResult(frame_id=7, timestamp=time.time(), source="camera 0", recipe="demo",
                                   model_version="v1", verdict=Verdict.ERROR, score=None, error=error),
                  image_path=str(picture))
-    store.flush()
-    view = ReviewView(store, recipe_lookup=lambda name: tmp_path / f"{name}.yaml")
-    qtbot.addWidget(view)
-    view.set_range(time.time() - 3600, time.time() + 3600)
-    with qtbot.waitSignal(view.refreshed, timeout=10_000):
-        view.verdict_box.setCurrentIndex(view.verdict_box.findData("ERROR"))
-    with qtbot.waitSignal(view.shown, timeout=10_000):
-        view.select(0)
+    view = _showing_the_first(qtbot, tmp_path, store, "ERROR")
     assert view._image is not None and view._image.shape == (64, 64, 3)
     assert error in view.details.text() and "no image" not in view.details.text()
     assert not any(w.isEnabled() for w in (view.good_button, view.class_button, view.class_box, view.region_box))
