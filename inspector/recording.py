@@ -389,7 +389,7 @@ class ResultRecorder:
                 self._last_error = None
 
     def _write_epoch(self, journal: ResultJournal) -> None:
-        """Make a `new_lot` durable (forwarder thread, and `close`)."""
+        """Make a `new_lot`, or the counts' new lot number (`set_lot`), durable (forwarder thread, and `close`)."""
         with self._lock:
             epoch, self._epoch_to_write, lot = self._epoch_to_write, None, self._lot
         if epoch is None:
