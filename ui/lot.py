@@ -14,10 +14,9 @@ from PySide6.QtCore import QSettings
 
 from inspector.recording import ResultRecorder
 from inspector.results import Verdict, VerdictCounts
+from ui.run_toolbar import LOT_SETTING
 
 __all__ = ["LotCounter"]
-
-SETTINGS_KEY = "station/lot"
 
 
 class LotCounter:
@@ -69,7 +68,7 @@ class LotCounter:
         self._recorder.set_lot(text)
         if (number := self.number) == before:
             return None
-        self._settings.setValue(SETTINGS_KEY, number)
+        self._settings.setValue(LOT_SETTING, number)
         self._settings.sync()       # on disk now: a power cut must not take it (its counts are in the journal)
         shown = number or "(none)"
         if not self.counts.inspected:

@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_OPACITY", "MIN_REMEMBERED_OPACITY", "TEXT_WIDGETS", "RunActi
 MIN_REMEMBERED_OPACITY = 20    # a heatmap opacity below this % is not carried into the next session
 DEFAULT_OPACITY = 60           # % (ours: the defect reads clearly, the part stays visible under it)
 SOURCE_HISTORY = 10            # source texts remembered between sessions (the newest)
+LOT_SETTING = "station/lot"    # the lot number's key in the settings (also written as it is typed: ui.lot)
 # Widgets where a key is text: single-key shortcuts (Esc, Space, H, [ ]) never fire from them.
 TEXT_WIDGETS = (QLineEdit, QTextEdit, QPlainTextEdit, QAbstractSpinBox)
 
@@ -202,7 +203,7 @@ class RunToolbar(QToolBar):
         # a heatmap turned (almost) invisible by one operator must not greet the next one
         self.opacity_slider.setValue(opacity if opacity >= MIN_REMEMBERED_OPACITY else DEFAULT_OPACITY)
         # the lot goes on after a restart (a power cut mid-lot left its results without a lot number)
-        self.lot_edit.setText(str(settings.value("station/lot", "") or ""))
+        self.lot_edit.setText(str(settings.value(LOT_SETTING, "") or ""))
 
     def save(self, settings: QSettings) -> None:
         """Remember the source (and the last few), the recipe, the heatmap switch and its opacity, the lot."""
@@ -213,4 +214,4 @@ class RunToolbar(QToolBar):
             settings.setValue("station/recipe", str(self.current_recipe))
         settings.setValue("station/heatmap", "true" if self._run_actions.heatmap.isChecked() else "false")
         settings.setValue("station/opacity", self.opacity_slider.value())
-        settings.setValue("station/lot", self.lot_edit.text().strip())
+        settings.setValue(LOT_SETTING, self.lot_edit.text().strip())
