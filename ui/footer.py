@@ -23,9 +23,11 @@ ACTIVE_STATES = (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.
 SEPARATOR = "   ·   "
 
 
-def _shows_loaded(snapshot: StationSnapshot, selected: Path | None) -> bool:
-    """Name what the controller loaded (while a run is on, or when it is the recipe selected), not the selection."""
-    return snapshot.recipe is not None and (snapshot.state in ACTIVE_STATES or snapshot.recipe == selected)
+def _loaded_to_name(snapshot: StationSnapshot, selected: Path | None) -> Path | None:
+    """The recipe the controller loaded, where it is the one to name (while a run is on, or when it is the recipe
+    selected); None: name the selection."""
+    recipe = snapshot.recipe
+    return recipe if recipe is not None and (snapshot.state in ACTIVE_STATES or recipe == selected) else None
 
 
 def run_info(snapshot: StationSnapshot, *, selected: Path | None, source_text: str) -> str:
@@ -36,8 +38,8 @@ def run_info(snapshot: StationSnapshot, *, selected: Path | None, source_text: s
         selected: the recipe chosen in the recipe box.
         source_text: the source box's text (empty: the recipe's own source).
     """
-    if snapshot.recipe is not None and _shows_loaded(snapshot, selected):
-        parts = [f"Recipe: {snapshot.recipe.stem}"]
+    if (loaded := _loaded_to_name(snapshot, selected)) is not None:
+        parts = [f"Recipe: {loaded.stem}"]
         if snapshot.model_version:
             parts.append(f"model {snapshot.model_version}")
         if snapshot.device:
@@ -60,8 +62,8 @@ def kiosk_info(snapshot: StationSnapshot, *, selected: Path | None, lot: str) ->
         selected: the recipe chosen in the recipe box (shown when nothing runs).
         lot: the lot number stamped on results ("" for none).
     """
-    if snapshot.recipe is not None and _shows_loaded(snapshot, selected):    # its product text and model
-        parts = [f"{snapshot.recipe.stem} — {snapshot.product}" if snapshot.product else snapshot.recipe.stem]
+    if (loaded := _loaded_to_name(snapshot, selected)) is not None:    # its product text and model
+        parts = [f"{loaded.stem} — {snapshot.product}" if snapshot.product else loaded.stem]
         if snapshot.model_version:
             parts.append(f"model {snapshot.model_version}")
     else:

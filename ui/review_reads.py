@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,15 +15,9 @@ import numpy as np
 if TYPE_CHECKING:
     from inspector.recipe import Recipe
     from inspector.store import InspectionRecord, Store, YieldRow
+    from ui.engine import StationInspector
 
 log = logging.getLogger(__name__)
-
-
-class Named(Protocol):
-    """A loaded recipe's inspector, as far as its name goes."""
-
-    @property
-    def name(self) -> str: ...
 
 THUMB_PX = 56                # thumbnail height in the table: enough to recognise a part, cheap to load
 PAGE_SIZE = 200              # inspections listed at once (newest first)
@@ -93,7 +87,8 @@ def _read_image(path: str | None) -> np.ndarray | None:
     return image if image is not None and image.size else None
 
 
-def recipe_file_named(name: str, recipes: Sequence[Path], loaded: Callable[[Path], Named | None]) -> Path | None:
+def recipe_file_named(name: str, recipes: Sequence[Path],
+                      loaded: Callable[[Path], StationInspector | None]) -> Path | None:
     """The recipe file of a recipe name as the store keeps it: a file stem first, then the name inside each loaded
     recipe (``loaded``: the station's model of a file, or None when it has not loaded it)."""
     for path in recipes:
